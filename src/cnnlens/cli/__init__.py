@@ -1,0 +1,10 @@
+"""The ``cnnlens`` command line. Each command group lives in its own module."""
+
+from __future__ import annotations
+
+from .common import app, main  # noqa: F401
+
+# command modules register themselves on `app` when imported
+from . import demo as _demo  # noqa: F401,E402
+from . import evaluate as _evaluate  # noqa: F401,E402
+from . import train as _train  # noqa: F401,E402

@@ -1,0 +1,116 @@
+"""Shared CLI plumbing: the Typer app, error handling, progress bars, common options."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import sys
+from pathlib import Path
+from typing import Iterator, Optional
+
+import typer
+from rich.console import Console
+
+app = typer.Typer(
+    name="cnnlens",
+    help="Explain what an image CNN does: evaluate, explain, look inside, attack. Every command writes files and a report.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+console = Console(stderr=True)
+_state = {"debug": False}
+
+
+class UserError(Exception):
+    """A bad input: reported as one line, exit code 2."""
+
+
+@app.callback()
+def _root(
+    debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log what cnnlens chooses (layers, conversions)."),
+) -> None:
+    _state["debug"] = debug
+    logging.basicConfig(
+        level=logging.INFO if verbose or debug else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def main() -> None:
+    """Entry point: run the app, turning bad input into one-line errors."""
+    try:
+        app(standalone_mode=False)
+    except SystemExit as e:  # typer/click exits (help, usage errors) pass through
+        raise
+    except Exception as e:  # noqa: BLE001
+        import click
+
+        if isinstance(e, click.exceptions.Exit):
+            sys.exit(e.exit_code)
+        if isinstance(e, click.ClickException):
+            e.show()
+            sys.exit(e.exit_code)
+        if isinstance(e, click.exceptions.Abort):
+            console.print("aborted")
+            sys.exit(130)
+        if _state["debug"]:
+            raise
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        kind = "error" if isinstance(e, (ValueError, TypeError, FileNotFoundError, UserError, KeyError)) else f"error ({type(e).__name__})"
+        console.print(f"[bold red]{kind}:[/] {msg}", highlight=False, soft_wrap=True)
+        console.print("[dim](run with --debug for the traceback)[/]", highlight=False)
+        sys.exit(2 if kind == "error" else 1)
+
+
+@contextlib.contextmanager
+def progress_bar(description: str, total: Optional[int] = None) -> Iterator:
+    """A rich progress bar on a terminal, silent otherwise. Yields ``update(done, total)``."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    if not console.is_terminal:
+        yield lambda done, tot=None: None
+        return
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=console, transient=True) as prog:
+        task = prog.add_task(description, total=total)
+
+        def update(done: int, tot: Optional[int] = None) -> None:
+            prog.update(task, completed=done, total=tot if tot is not None else total)
+
+        yield update
+
+
+def parse_device(device: str) -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"--device {device}: no CUDA device is available here; use --device cpu")
+    return device
+
+
+def out_dir(path: Path) -> Path:
+    if path.exists() and not path.is_dir():
+        raise UserError(f"--out {path} is a file; give a directory")
+    return path
+
+
+# reusable option declarations
+MODEL_OPT = typer.Option(..., "--model", "-m", help="efficientnet-lite0, digits-cnn, timm:NAME, torchvision:NAME, or package.module:factory.")
+WEIGHTS_OPT = typer.Option(None, "--weights", "-w", help="Weights file (.safetensors, .pt/.pth).")
+PRETRAINED_OPT = typer.Option(False, "--pretrained", help="Let timm/torchvision download their pretrained weights.")
+TRUST_OPT = typer.Option(False, "--trust-pickle", help="Allow loading a whole pickled model (runs code from the file).")
+DEVICE_OPT = typer.Option("cpu", "--device", help="cpu, cuda, cuda:N or auto.")
+OUT_OPT = typer.Option(Path("cnnlens-out"), "--out", "-o", help="Output directory (files and report).")
+
+
+def load_model_from_options(model: str, weights: Optional[Path], pretrained: bool, trust_pickle: bool, device: str):
+    from .. import load_model
+
+    m = load_model(model, weights=weights, pretrained=pretrained, trust_pickle=trust_pickle)
+    return m.to(parse_device(device))

@@ -1,0 +1,176 @@
+"""The offline HTML report: ``index.html``, ``images/``, ``results.json``.
+
+Build a :class:`Report`, add sections (text, figures, tables, data), then
+``write(out_dir)``. Nothing in the page loads from the network. The directory is
+written atomically: everything goes to a sibling temporary directory that
+replaces ``out_dir`` only once complete, so a failed run never leaves a
+half-written report over a good one.
+
+Example::
+
+    rep = Report("cnnlens on my model")
+    sec = rep.section("Evaluation", intro="What the confusion matrix shows ...",
+                      settings={"model": "digits-cnn", "top-k": [1, 3]})
+    sec.figure(fig, "Confusion matrix")
+    sec.table([["0", "0.98"]], header=["class", "recall"])
+    sec.data("evaluation", result.to_dict())
+    rep.write("demo-report")
+"""
+
+from __future__ import annotations
+
+import html
+import io
+import json
+import os
+import re
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .results import jsonable
+
+
+def _slug(s: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", s.lower()).strip("-") or "item"
+
+
+@dataclass
+class _Block:
+    kind: str  # text | figure | table | gallery
+    payload: dict
+
+
+@dataclass
+class Section:
+    """A part of the report: a title, a teaching intro, the settings that ran, and content."""
+
+    title: str
+    intro: str = ""
+    settings: dict = field(default_factory=dict)
+    blocks: list[_Block] = field(default_factory=list)
+    results: dict = field(default_factory=dict)
+    _report: "Report | None" = None
+
+    def text(self, html_text: str) -> "Section":
+        """A paragraph of HTML (trusted: written by cnnlens, not user input)."""
+        self.blocks.append(_Block("text", {"html": html_text}))
+        return self
+
+    def figure(self, image: Any, caption: str = "", name: str | None = None, width: int | None = None) -> str:
+        """Add a matplotlib Figure, a PIL image or PNG bytes; returns its path in the report."""
+        assert self._report is not None
+        path = self._report._add_image(image, name or f"{self.title}-{caption}")
+        self.blocks.append(_Block("figure", {"src": path, "caption": caption, "width": width}))
+        return path
+
+    def gallery(self, items: list[tuple[Any, str]], caption: str = "", width: int = 220) -> None:
+        """Several images side by side: ``[(image, label), ...]``."""
+        assert self._report is not None
+        srcs = [(self._report._add_image(img, f"{self.title}-{caption}-{label}"), label) for img, label in items]
+        self.blocks.append(_Block("gallery", {"items": srcs, "caption": caption, "width": width}))
+
+    def table(self, rows: list[list[Any]], header: list[str] | None = None, caption: str = "") -> None:
+        fmt = [[_fmt(c) for c in r] for r in rows]
+        self.blocks.append(_Block("table", {"rows": fmt, "header": header or [], "caption": caption}))
+
+    def data(self, key: str, value: Any) -> None:
+        """Store a value in ``results.json`` under this section."""
+        self.results[key] = jsonable(value)
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)
+
+
+class Report:
+    """An offline HTML report assembled in memory and written atomically."""
+
+    def __init__(self, title: str = "cnnlens report", subtitle: str = ""):
+        self.title = title
+        self.subtitle = subtitle
+        self.sections: list[Section] = []
+        self._images: dict[str, bytes] = {}
+        self.meta: dict[str, Any] = {}
+
+    def section(self, title: str, intro: str = "", settings: dict | None = None) -> Section:
+        sec = Section(title=title, intro=intro, settings=dict(settings or {}), _report=self)
+        self.sections.append(sec)
+        return sec
+
+    def _add_image(self, image: Any, name: str) -> str:
+        data = _png_bytes(image)
+        stem = _slug(name)[:80]
+        fname, i = f"{stem}.png", 1
+        while f"images/{fname}" in self._images:
+            i += 1
+            fname = f"{stem}-{i}.png"
+        self._images[f"images/{fname}"] = data
+        return f"images/{fname}"
+
+    def results(self) -> dict:
+        return {
+            "title": self.title,
+            "meta": jsonable(self.meta),
+            "sections": {s.title: {"settings": jsonable(s.settings), **s.results} for s in self.sections},
+        }
+
+    def render_html(self) -> str:
+        from jinja2 import Environment, PackageLoader, select_autoescape
+
+        env = Environment(loader=PackageLoader("cnnlens", "templates"), autoescape=select_autoescape(["html"]))
+        tpl = env.get_template("report.html.j2")
+        return tpl.render(report=self, sections=self.sections, slug=_slug, generated=time.strftime("%Y-%m-%d %H:%M"))
+
+    def write(self, out_dir: str | os.PathLike) -> Path:
+        """Write ``index.html``, ``images/`` and ``results.json`` to ``out_dir`` atomically."""
+        out = Path(out_dir).resolve()
+        out.parent.mkdir(parents=True, exist_ok=True)
+        if out.exists() and not out.is_dir():
+            raise ValueError(f"--out {out} is a file; give a directory path for the report")
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+        try:
+            (tmp / "images").mkdir()
+            for rel, data in self._images.items():
+                (tmp / rel).write_bytes(data)
+            (tmp / "results.json").write_text(json.dumps(self.results(), indent=2))
+            (tmp / "index.html").write_text(self.render_html(), encoding="utf-8")
+            old = None
+            if out.exists():
+                old = out.parent / f".{out.name}.old-{os.getpid()}-{int(time.time() * 1e6)}"
+                out.rename(old)
+            tmp.rename(out)
+            if old is not None:
+                shutil.rmtree(old, ignore_errors=True)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return out / "index.html"
+
+
+def _png_bytes(image: Any) -> bytes:
+    """PNG bytes of a matplotlib Figure, a PIL image, a path to a PNG, or bytes."""
+    if isinstance(image, (bytes, bytearray)):
+        return bytes(image)
+    if isinstance(image, (str, Path)):
+        return Path(image).read_bytes()
+    buf = io.BytesIO()
+    if hasattr(image, "savefig"):
+        import matplotlib.pyplot as plt
+
+        image.savefig(buf, format="png", dpi=100, bbox_inches="tight")
+        plt.close(image)
+    elif hasattr(image, "save"):
+        image.save(buf, format="PNG")
+    else:
+        raise TypeError(f"cannot put {type(image).__name__} in a report; give a Figure, a PIL image or PNG bytes")
+    return buf.getvalue()
+
+
+def escape(s: Any) -> str:
+    return html.escape(str(s))

@@ -1,0 +1,181 @@
+"""One streaming pass over a dataset, feeding mergeable accumulators.
+
+An accumulator has three methods, ``update(batch)``, ``merge(other)`` and
+``compute()``, and may name the layers it wants to read (``layers``). One forward
+per batch feeds every accumulator: evaluation, dataset search and neuron
+statistics share it. Memory does not grow with the dataset.
+
+Under ``torchrun`` (``torch.distributed`` initialised) each process scans its own
+shard, ``rank::world_size`` (no padding, so no sample is counted twice), and the
+accumulators are gathered and merged on every process; the result equals one
+process's.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+import torch
+from torch import nn
+
+from .tap import LayerTap
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[int, int | None], None]
+
+
+@dataclass
+class Batch:
+    """What each accumulator sees for one batch.
+
+    x: inputs N×C×H×W in [0, 1]; y: labels (LongTensor N); logits: N×K (detached);
+    index: each sample's index in the whole dataset; acts: the tapped layers'
+    outputs (detached); model: the model (for accumulators that run their own passes).
+    """
+
+    x: torch.Tensor
+    y: torch.Tensor
+    logits: torch.Tensor
+    index: torch.Tensor
+    acts: dict[str, torch.Tensor] = field(default_factory=dict)
+    model: nn.Module | None = None
+
+
+@runtime_checkable
+class Accumulator(Protocol):
+    layers: Sequence[str]
+
+    def update(self, batch: Batch) -> None: ...
+
+    def merge(self, other: "Accumulator") -> "Accumulator": ...
+
+    def compute(self) -> Any: ...
+
+
+def distributed_info() -> tuple[int, int]:
+    """(rank, world_size); (0, 1) when torch.distributed is not initialised."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+class _Indexed(torch.utils.data.Dataset):
+    """Wrap a dataset so each item carries its index in the whole dataset."""
+
+    def __init__(self, dataset, indices):
+        self.dataset, self.indices = dataset, list(indices)
+
+    def __len__(self):
+        return len(self.indices)
+
+    def __getitem__(self, i):
+        j = self.indices[i]
+        x, y = self.dataset[j]
+        return x, y, j
+
+
+def _batches(data, batch_size: int, rank: int, world: int, num_workers: int):
+    """Yield (x, y, index) batches of this process's shard, and the shard's batch count."""
+    loader = data if isinstance(data, torch.utils.data.DataLoader) else None
+    dataset = loader.dataset if loader is not None else data
+    if loader is not None and isinstance(dataset, torch.utils.data.IterableDataset):
+        # cannot index: take every world-th batch, count samples as they come
+        def gen():
+            seen = 0
+            for b, (x, y) in enumerate(loader):
+                n = len(x)
+                if b % world == rank:
+                    yield x, y, torch.arange(seen, seen + n)
+                seen += n
+
+        return gen(), None
+    if not hasattr(dataset, "__getitem__") or not hasattr(dataset, "__len__"):
+        raise TypeError(
+            f"cannot scan {type(data).__name__}: give a dataset name, an ImageFolder path, "
+            "a torch Dataset or a DataLoader yielding (x, y)"
+        )
+    bs = loader.batch_size if loader is not None and loader.batch_size else batch_size
+    collate = loader.collate_fn if loader is not None else None
+    workers = loader.num_workers if loader is not None else num_workers
+    shard = _Indexed(dataset, range(rank, len(dataset), world))
+    dl = torch.utils.data.DataLoader(shard, batch_size=bs, shuffle=False, num_workers=workers)
+    if collate is not None and collate is not torch.utils.data.default_collate:
+        def gen():
+            for b in range(0, len(shard), bs):
+                items = [shard[i] for i in range(b, min(b + bs, len(shard)))]
+                x, y = collate([(it[0], it[1]) for it in items])
+                yield x, y, torch.tensor([it[2] for it in items])
+        return gen(), (len(shard) + bs - 1) // bs
+    return iter(dl), len(dl)
+
+
+def scan(
+    model: nn.Module,
+    data,
+    accumulators: Iterable[Accumulator],
+    *,
+    batch_size: int = 64,
+    device: str | torch.device | None = None,
+    progress: Progress | None = None,
+    num_workers: int = 0,
+) -> list[Any]:
+    """Run ``model`` once over ``data`` and feed every accumulator; return their ``compute()``.
+
+    ``data``: a dataset name (``"digits"``), an ImageFolder path, a torch
+    ``Dataset`` of (x, y) or a ``DataLoader``. Under torch.distributed the shards
+    are merged, and every process gets the same results.
+
+    Example::
+
+        acc = cnnlens.evaluation.EvaluationAccumulator(num_classes=10, topk=(1, 3))
+        (result,) = scan(model, "digits", [acc])
+    """
+    from .data import as_dataset
+
+    accs = list(accumulators)
+    if not accs:
+        raise ValueError("scan needs at least one accumulator")
+    data = as_dataset(data, model)
+    rank, world = distributed_info()
+    if device is None:
+        p = next(model.parameters(), None)
+        device = p.device if p is not None else torch.device("cpu")
+    device = torch.device(device)
+    layers = sorted({l for a in accs for l in getattr(a, "layers", ())})
+    batches, total = _batches(data, batch_size, rank, world, num_workers)
+    with LayerTap(model, layers, detach=True) as tap, torch.no_grad():
+        for b, (x, y, idx) in enumerate(batches):
+            x = x.to(device)
+            y = torch.as_tensor(y).to(device)
+            logits = tap.run(x)
+            if not torch.is_tensor(logits):
+                raise TypeError(
+                    f"the model returned {type(logits).__name__}; cnnlens needs a tensor of logits "
+                    "(wrap the model so forward() returns it)"
+                )
+            batch = Batch(x=x, y=y, logits=logits.detach(), index=torch.as_tensor(idx),
+                          acts={n: tap.outputs[n] for n in tap.names}, model=model)
+            for a in accs:
+                a.update(batch)
+            if progress is not None:
+                progress(b + 1, total)
+    if world > 1:
+        accs = _gather_merge(accs, world)
+    return [a.compute() for a in accs]
+
+
+def _gather_merge(accs: list[Accumulator], world: int) -> list[Accumulator]:
+    import torch.distributed as dist
+
+    gathered: list[list[Accumulator] | None] = [None] * world
+    dist.all_gather_object(gathered, accs)
+    merged = gathered[0]
+    for other in gathered[1:]:
+        merged = [m.merge(o) for m, o in zip(merged, other)]
+    return merged

@@ -1,0 +1,271 @@
+"""The layer tap: the one place in cnnlens that registers hooks on a model.
+
+Everything that reads inside a network (Grad-CAM, CAM, dataset search, neuron
+statistics, activation maximisation, deconvnet, guided backprop) goes through
+:class:`LayerTap`. Its hooks live for one ``with`` block; on exit (also when the
+block raises) it removes every hook and restores every module's ``training``
+flag and every parameter's ``requires_grad``.
+
+Gradients are taken with ``torch.autograd.grad`` on the recorded outputs; no
+module backward hooks are used, so only the part of the graph between the score
+and the tapped layer is differentiated.
+"""
+
+from __future__ import annotations
+
+import difflib
+import logging
+from collections.abc import Callable, Iterable, Mapping
+from typing import Union
+
+import torch
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+LayerRef = Union[str, nn.Module]
+#: an edit receives (module, inputs, output) and returns the output to use instead
+Edit = Callable[[nn.Module, tuple, torch.Tensor], torch.Tensor]
+
+
+class _StopForward(Exception):
+    """Raised by a hook to end a forward pass early (caught by the tap)."""
+
+
+def resolve_layer(model: nn.Module, layer: LayerRef) -> tuple[str, nn.Module]:
+    """Return ``(dotted_name, module)`` for a layer given by dotted path or as a module.
+
+    A name may also be given relative to a wrapped network (``conv_head`` for
+    ``net.conv_head``) when that suffix is unique.
+
+    >>> net = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU())
+    >>> resolve_layer(net, "0")[0]
+    '0'
+    """
+    named = dict(model.named_modules())
+    if isinstance(layer, nn.Module):
+        for name, mod in named.items():
+            if mod is layer:
+                return name, mod
+        raise ValueError(
+            f"layer {type(layer).__name__} is not a submodule of the model; "
+            "pass a module of this model or its dotted name"
+        )
+    if not isinstance(layer, str):
+        raise TypeError(f"layer must be a dotted name or an nn.Module, got {type(layer).__name__}")
+    if layer in named and layer != "":
+        return layer, named[layer]
+    suffix = [n for n in named if n.endswith("." + layer)]
+    if len(suffix) == 1:
+        return suffix[0], named[suffix[0]]
+    names = [n for n in named if n]
+    close = difflib.get_close_matches(layer, names, n=5, cutoff=0.5)
+    if len(suffix) > 1:
+        hint = f"it is ambiguous: {', '.join(suffix[:5])}"
+    elif close:
+        hint = f"did you mean {', '.join(repr(c) for c in close)}?"
+    else:
+        hint = "list the names with `cnnlens layers --model M` or model.named_modules()"
+    raise ValueError(f"layer {layer!r} is not in the model; {hint}")
+
+
+class LayerTap:
+    """Record the outputs of named layers during one forward pass.
+
+    Parameters
+    ----------
+    model: the network (any ``nn.Module``).
+    layers: dotted names or modules whose outputs to record.
+    eval: run the model in eval mode for the call (restored on exit).
+    freeze: set ``requires_grad=False`` on every parameter for the call, so a
+        backward computes no parameter gradients (restored on exit).
+    edits: ``{layer: fn(module, inputs, output) -> new_output}``, to change a
+        layer's output (ablation, guided ReLU, ...). Recorded outputs are the
+        edited ones.
+    stop_after: end the forward once this layer has run (``tap.stopped`` is
+        then True and the model call returns ``None``): for objectives that need
+        nothing past a layer.
+    detach: store detached outputs (for statistics; no graph is kept).
+
+    Example
+    -------
+    >>> net = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.Flatten(), nn.LazyLinear(3))
+    >>> x = torch.rand(1, 1, 5, 5, requires_grad=True)
+    >>> with LayerTap(net, ["1"]) as tap:
+    ...     y = tap.run(x)
+    ...     g = tap.grad(y[:, 0].sum(), "1")
+    >>> g.shape == tap["1"].shape
+    True
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        layers: Iterable[LayerRef] | LayerRef = (),
+        *,
+        eval: bool = True,
+        freeze: bool = True,
+        edits: Mapping[LayerRef, Edit] | None = None,
+        stop_after: LayerRef | None = None,
+        detach: bool = False,
+    ):
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        if isinstance(layers, (str, nn.Module)):
+            layers = [layers]
+        self.model = model
+        self._eval = eval
+        self._freeze = freeze
+        self._detach = detach
+        # resolve everything before touching the model
+        self.names: list[str] = []
+        self._modules: dict[str, nn.Module] = {}
+        for layer in layers:
+            name, mod = resolve_layer(model, layer)
+            if name not in self._modules:
+                self.names.append(name)
+                self._modules[name] = mod
+        self._edits: dict[str, tuple[nn.Module, Edit]] = {}
+        for layer, fn in (edits or {}).items():
+            name, mod = resolve_layer(model, layer)
+            self._edits[name] = (mod, fn)
+        self._stop: str | None = None
+        if stop_after is not None:
+            self._stop, mod = resolve_layer(model, stop_after)
+            self._modules.setdefault(self._stop, mod)
+        self.outputs: dict[str, torch.Tensor] = {}
+        self.inputs: dict[str, tuple] = {}
+        self.stopped = False
+        self._handles: list[torch.utils.hooks.RemovableHandle] = []
+        self._saved_training: list[tuple[nn.Module, bool]] = []
+        self._saved_grad: list[tuple[nn.Parameter, bool]] = []
+        self._active = False
+
+    # -- context management -------------------------------------------------
+    def __enter__(self) -> "LayerTap":
+        if self._active:
+            raise RuntimeError("a LayerTap is not re-entrant; make a new one")
+        self._active = True
+        self._saved_training = [(m, m.training) for m in self.model.modules()]
+        self._saved_grad = [(p, p.requires_grad) for p in self.model.parameters()]
+        try:
+            if self._eval:
+                self.model.eval()
+            if self._freeze:
+                for p, _ in self._saved_grad:
+                    p.requires_grad_(False)
+            hooked = set(self._modules) | set(self._edits)
+            named = dict(self.model.named_modules())
+            for name in hooked:
+                mod = self._modules[name] if name in self._modules else named[name]
+                self._handles.append(mod.register_forward_hook(self._make_hook(name)))
+        except BaseException:
+            self._restore()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._restore()
+
+    def _restore(self) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+        for m, flag in self._saved_training:
+            m.training = flag
+        for p, flag in self._saved_grad:
+            if p.requires_grad != flag:
+                p.requires_grad_(flag)
+        self._active = False
+
+    def _make_hook(self, name: str):
+        def hook(module, inputs, output):
+            if name in self._edits:
+                output = self._edits[name][1](module, inputs, output)
+            if name in self.names:
+                if name in self.outputs:
+                    raise ValueError(
+                        f"layer {name!r} ran twice in one forward pass, so its output is ambiguous; "
+                        "tap a module that runs once (e.g. a distinct ReLU instance per block)"
+                    )
+                self.outputs[name] = output.detach() if self._detach and torch.is_tensor(output) else output
+                self.inputs[name] = inputs
+            if name == self._stop:
+                self.outputs.setdefault(name, output.detach() if self._detach else output)
+                self.stopped = True
+                raise _StopForward
+            return output
+
+        return hook
+
+    # -- use -----------------------------------------------------------------
+    def run(self, x: torch.Tensor, *args, **kwargs):
+        """Clear previous records and run the model on ``x``; return its output.
+
+        Returns ``None`` when the forward was stopped at ``stop_after``.
+        """
+        if not self._active:
+            raise RuntimeError("use the tap inside `with LayerTap(...) as tap:`")
+        self.outputs = {}
+        self.inputs = {}
+        self.stopped = False
+        try:
+            return self.model(x, *args, **kwargs)
+        except _StopForward:
+            return None
+
+    def __getitem__(self, layer: LayerRef) -> torch.Tensor:
+        name = layer if isinstance(layer, str) and layer in self.outputs else resolve_layer(self.model, layer)[0]
+        if name not in self.outputs:
+            raise ValueError(f"layer {name!r} did not run in the last forward pass (is it used by forward()?)")
+        out = self.outputs[name]
+        if not torch.is_tensor(out):
+            raise TypeError(
+                f"layer {name!r} returned {type(out).__name__}, not a tensor; tap a submodule that returns a tensor"
+            )
+        return out
+
+    def grad(self, score: torch.Tensor, layers: LayerRef | list[LayerRef], retain_graph: bool = False):
+        """Gradient of ``score.sum()`` with respect to the recorded output(s) of ``layers``."""
+        single = not isinstance(layers, list)
+        acts = [self[l] for l in ([layers] if single else layers)]
+        for a in acts:
+            if not a.requires_grad:
+                raise ValueError(
+                    "the tapped output does not require grad: give the input requires_grad=True "
+                    "or use freeze=False so the graph reaches this layer"
+                )
+        grads = torch.autograd.grad(score.sum(), acts, retain_graph=retain_graph)
+        return grads[0] if single else list(grads)
+
+
+def find_last_spatial_layer(model: nn.Module, x: torch.Tensor) -> str:
+    """Name of the last module (in execution order) whose output is N×C×H×W with H·W > 1.
+
+    Containers finish after their children, so a ResNet gives ``layer4`` and a
+    timm EfficientNet ``bn2``. Logged at INFO.
+    """
+    spec = getattr(model, "spec", None)
+    if spec is not None and getattr(spec, "last_spatial_layer", None):
+        name = spec.last_spatial_layer
+        log.info("last spatial layer (from model.spec): %s", name)
+        return name
+    order: list[str] = []
+    names = [n for n, _ in model.named_modules() if n]
+
+    def record(name):
+        def fn(module, inputs, output):
+            if torch.is_tensor(output) and output.dim() == 4 and output.shape[-1] * output.shape[-2] > 1:
+                order.append(name)
+
+        return fn
+
+    edits = {n: (lambda n: (lambda m, i, o: (record(n)(m, i, o), o)[1]))(n) for n in names}
+    with LayerTap(model, edits=edits, detach=True) as tap, torch.no_grad():
+        tap.run(x[:1])
+    if not order:
+        raise ValueError(
+            "the model has no layer with a spatial (N×C×H×W) output; name a layer with layer=..."
+        )
+    log.info("last spatial layer (found automatically): %s", order[-1])
+    return order[-1]
