@@ -4,7 +4,5 @@ from __future__ import annotations
 
 from .common import app, main  # noqa: F401
 
-# command modules register themselves on `app` when imported
+# command modules register themselves on `app` when imported (one line each)
 from . import demo as _demo  # noqa: F401,E402
-from . import evaluate as _evaluate  # noqa: F401,E402
-from . import train as _train  # noqa: F401,E402

@@ -1,0 +1,48 @@
+"""`cnnlens demo`: the whole report on the models and images that ship with the install."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from .common import DEVICE_OPT, app, console, parse_device
+
+
+@app.command()
+def demo(
+    out: Path = typer.Option(Path("demo-report"), "--out", "-o", help="Report directory (replaced atomically)."),
+    device: str = DEVICE_OPT,
+    quick: bool = typer.Option(False, "--quick", help="Fewer samples and steps (a fast smoke run)."),
+    only: Optional[str] = typer.Option(None, "--only", help="Comma-separated section names to run."),
+) -> None:
+    """Run every section on the embedded models and photos and write the HTML report."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from ..demo import run_demo, sections
+
+    names = [n for n, _ in sections()]
+    chosen = [s.strip() for s in only.split(",")] if only else None
+    if chosen:
+        bad = [s for s in chosen if s not in names]
+        if bad:
+            raise typer.BadParameter(f"unknown section {bad[0]!r}; choose from {', '.join(names)}", param_hint="--only")
+    if console.is_terminal:
+        with Progress(TextColumn("{task.description:<28}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                      console=console) as prog:
+            tasks: dict[str, int] = {}
+
+            def progress(what: str, done: int, total: int | None) -> None:
+                if what not in tasks:
+                    tasks[what] = prog.add_task(what, total=total)
+                prog.update(tasks[what], completed=done, total=total)
+
+            index = run_demo(str(out), device=parse_device(device), quick=quick, only=chosen, progress=progress)
+    else:
+        def progress(what: str, done: int, total: int | None) -> None:
+            if done == total:
+                console.print(f"  {what}: done", highlight=False)
+
+        index = run_demo(str(out), device=parse_device(device), quick=quick, only=chosen, progress=progress)
+    console.print(f"report written: {index}", highlight=False)

@@ -1,0 +1,91 @@
+"""`cnnlens demo`: every capability on models and images that ship with the install.
+
+Each capability contributes a section function ``fn(report, ctx)``; they run in
+order, sharing the loaded models and images in :class:`DemoContext`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Callable
+
+import torch
+
+log = logging.getLogger(__name__)
+
+#: scikit-image sample photos shown in the demo (name, short description)
+PHOTOS = ("chelsea", "coffee", "astronaut", "rocket", "motorcycle_left", "cat")
+
+
+@dataclass
+class DemoContext:
+    """Shared state for demo sections: models and images are loaded once, lazily."""
+
+    device: str = "cpu"
+    quick: bool = False  # fewer steps/samples (used by tests)
+    progress: Callable[[str, int, int | None], None] = lambda what, done, total: None
+    timings: dict = field(default_factory=dict)
+
+    @cached_property
+    def digits_model(self):
+        from .models import load_model
+
+        return load_model("digits-cnn").to(self.device)
+
+    @cached_property
+    def effnet(self):
+        from .models import load_model
+
+        return load_model("efficientnet-lite0").to(self.device)
+
+    @cached_property
+    def photos(self) -> tuple[list[str], torch.Tensor]:
+        """(names, N×3×H×W in [0, 1]) of scikit-image's sample photos, sized for efficientnet-lite0."""
+        import skimage.data
+
+        from .data import load_images
+
+        names, arrays = [], []
+        for n in PHOTOS:
+            if hasattr(skimage.data, n):
+                names.append(n)
+                arrays.append(getattr(skimage.data, n)())
+        return names, load_images(arrays, self.effnet).to(self.device)
+
+    @cached_property
+    def digits_data(self):
+        from .data import as_dataset
+
+        return as_dataset("digits", self.digits_model)
+
+
+def sections() -> list[tuple[str, Callable]]:
+    """The demo's sections in order: (name, fn(report, ctx))."""
+    from .evaluation import demo_section as evaluation
+
+    out = [("evaluation", evaluation)]
+    return out
+
+
+def run_demo(out: str, device: str = "cpu", quick: bool = False, only: list[str] | None = None,
+             progress: Callable[[str, int, int | None], None] | None = None):
+    """Build the whole demo report into ``out`` (written atomically); returns the index path."""
+    from .report import Report
+
+    ctx = DemoContext(device=device, quick=quick)
+    if progress is not None:
+        ctx.progress = progress
+    rep = Report("cnnlens demo", "EfficientNet-Lite0 (ImageNet) on scikit-image's photos, and a small CNN on scikit-learn's digits.")
+    for name, fn in sections():
+        if only and name not in only:
+            continue
+        t0 = time.perf_counter()
+        fn(rep, ctx)
+        ctx.timings[name] = round(time.perf_counter() - t0, 2)
+        log.info("demo section %s: %.1f s", name, ctx.timings[name])
+    rep.meta["timings_s"] = ctx.timings
+    rep.meta["quick"] = quick
+    return rep.write(out)
