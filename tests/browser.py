@@ -1,0 +1,54 @@
+"""Open a report in Debian's headless Chromium and say what a person would see go wrong."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+
+import pytest
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
+
+
+def check_page(index: Path, screenshot: Path | None = None) -> dict:
+    """Load ``index`` and return {images, broken, console_errors, sections, external}."""
+    if not Path(CHROMIUM).exists() or not Path(CHROMEDRIVER).exists():
+        pytest.skip("Debian's chromium and chromium-driver are not installed (make install-test installs them)")
+    selenium = pytest.importorskip("selenium")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = CHROMIUM
+    profile = tempfile.mkdtemp(prefix="cnnlens-chromium-")
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--disable-dev-shm-usage", "--window-size=1400,1000", f"--user-data-dir={profile}"):
+        opts.add_argument(flag)
+    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
+    try:
+        driver.set_page_load_timeout(60)
+        driver.get(Path(index).resolve().as_uri())
+        info = driver.execute_script(
+            """
+            const imgs = Array.from(document.images);
+            return {
+              images: imgs.length,
+              broken: imgs.filter(i => !(i.complete && i.naturalWidth > 0)).map(i => i.getAttribute('src')),
+              sections: Array.from(document.querySelectorAll('section h2')).map(h => h.textContent),
+              external: Array.from(document.querySelectorAll('[src],[href]'))
+                 .map(e => e.getAttribute('src') || e.getAttribute('href'))
+                 .filter(u => /^(https?:)?\\/\\//.test(u)),
+            };
+            """
+        )
+        info["console_errors"] = [e["message"] for e in driver.get_log("browser") if e["level"] in ("SEVERE", "ERROR")]
+        if screenshot is not None:
+            driver.save_screenshot(str(screenshot))
+        return info
+    finally:
+        driver.quit()
+        shutil.rmtree(profile, ignore_errors=True)
