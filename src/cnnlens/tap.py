@@ -13,6 +13,7 @@ and the tapped layer is differentiated.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import logging
 from collections.abc import Callable, Iterable, Mapping
@@ -140,6 +141,7 @@ class LayerTap:
         self._saved_training: list[tuple[nn.Module, bool]] = []
         self._saved_grad: list[tuple[nn.Parameter, bool]] = []
         self._active = False
+        self._paused = False
 
     # -- context management -------------------------------------------------
     def __enter__(self) -> "LayerTap":
@@ -180,6 +182,8 @@ class LayerTap:
 
     def _make_hook(self, name: str):
         def hook(module, inputs, output):
+            if self._paused:
+                return None
             if name in self._edits:
                 output = self._edits[name][1](module, inputs, output)
             if name in self.names:
@@ -213,6 +217,22 @@ class LayerTap:
             return self.model(x, *args, **kwargs)
         except _StopForward:
             return None
+
+    @contextlib.contextmanager
+    def paused(self):
+        """Within this block the tap's hooks do nothing (no recording, edits or stop).
+
+        For code that runs its own forward passes while the tap is active, e.g. an
+        accumulator's ``update`` during :func:`cnnlens.scan.scan`::
+
+            with tap.paused():
+                acc.update(batch)      # may call the model again
+        """
+        prev, self._paused = self._paused, True
+        try:
+            yield self
+        finally:
+            self._paused = prev
 
     def __getitem__(self, layer: LayerRef) -> torch.Tensor:
         name = layer if isinstance(layer, str) and layer in self.outputs else resolve_layer(self.model, layer)[0]
