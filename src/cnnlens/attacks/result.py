@@ -1,0 +1,77 @@
+"""The value every attack returns: :class:`AttackResult`."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+
+from ..results import Result
+
+
+@dataclasses.dataclass(frozen=True)
+class AttackResult(Result):
+    """What an attack returns (tensors detached, on CPU).
+
+    x_adv: adversarial images N×C×H×W in [0, 1].
+    success: per sample, whether the goal was reached (targeted: ``pred_after == classes``;
+        untargeted: ``pred_after != classes``).
+    pred_before / pred_after: the arg-max class on ``x`` and on ``x_adv`` (LongTensor N).
+    steps: gradient steps used per sample (PGD stops early per sample).
+    perturbation: ``x_adv − x``.
+    eps: the budget of each sample (N), in pixel units; for :func:`minimal_eps`, the
+        smallest ε found (``inf`` where none up to ``max_eps`` worked).
+    settings: what ran (method, norm, steps, step size, target, ...).
+    classes: the class aimed at (targeted) or pushed away from (untargeted), per sample.
+    targeted: whether the attack was targeted.
+    logits_before / logits_after: N×K logits on ``x`` and on ``x_adv``.
+    extras: method-specific values (``eps_lower`` for :func:`minimal_eps`).
+
+    >>> r.success.float().mean()            # doctest: +SKIP
+    >>> r.linf()                            # doctest: +SKIP  # ||x_adv − x||∞ per sample
+    """
+
+    x_adv: torch.Tensor
+    success: torch.Tensor
+    pred_before: torch.Tensor
+    pred_after: torch.Tensor
+    steps: torch.Tensor
+    perturbation: torch.Tensor
+    eps: torch.Tensor
+    settings: dict = dataclasses.field(default_factory=dict)
+    classes: torch.Tensor | None = None
+    targeted: bool = False
+    logits_before: torch.Tensor | None = None
+    logits_after: torch.Tensor | None = None
+    extras: dict = dataclasses.field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return self.x_adv.shape[0]
+
+    @property
+    def success_rate(self) -> float:
+        """Fraction of samples whose goal was reached."""
+        return float(self.success.float().mean()) if len(self) else float("nan")
+
+    def linf(self) -> torch.Tensor:
+        """||x_adv − x||∞ per sample (N)."""
+        return self.perturbation.flatten(1).abs().amax(1)
+
+    def l2(self) -> torch.Tensor:
+        """||x_adv − x||₂ per sample (N)."""
+        return self.perturbation.flatten(1).norm(dim=1)
+
+    def amplified(self) -> torch.Tensor:
+        """The perturbation made visible: ``0.5 + δ / (2·max|δ|)`` per sample, in [0, 1] (grey = no change)."""
+        d = self.perturbation
+        m = d.flatten(1).abs().amax(1).clamp_min(1e-12).view(-1, *([1] * (d.dim() - 1)))
+        return (0.5 + d / (2 * m)).clamp(0, 1)
+
+    def topk(self, k: int = 5, after: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        """(probabilities, classes) of the top-k on ``x_adv`` (``after=True``) or on ``x``; each N×k."""
+        logits = self.logits_after if after else self.logits_before
+        if logits is None:
+            raise ValueError("this result carries no logits; run the attack through cnnlens.attacks")
+        p = logits.float().softmax(1)
+        v, i = p.topk(min(k, p.shape[1]), dim=1)
+        return v, i
