@@ -96,12 +96,26 @@ class Report:
         self.subtitle = subtitle
         self.sections: list[Section] = []
         self._images: dict[str, bytes] = {}
+        self._files: dict[str, bytes] = {}
         self.meta: dict[str, Any] = {}
 
     def section(self, title: str, intro: str = "", settings: dict | None = None) -> Section:
         sec = Section(title=title, intro=intro, settings=dict(settings or {}), _report=self)
         self.sections.append(sec)
         return sec
+
+    def file(self, name: str, data: bytes | str) -> str:
+        """Add a file (CSV, JSON, ...) written into the report directory with it, atomically.
+
+        ``name`` is a relative path such as ``"confusion.csv"`` or ``"tables/x.csv"``.
+        """
+        rel = Path(name)
+        if rel.is_absolute() or ".." in rel.parts or not rel.parts or rel.as_posix() in ("index.html", "results.json") \
+                or rel.parts[0] == "images":
+            raise ValueError(f"report file {name!r}: give a relative path inside the report "
+                             "(not index.html, results.json or images/)")
+        self._files[rel.as_posix()] = data.encode() if isinstance(data, str) else bytes(data)
+        return rel.as_posix()
 
     def _add_image(self, image: Any, name: str) -> str:
         data = _png_bytes(image)
@@ -137,6 +151,9 @@ class Report:
         try:
             (tmp / "images").mkdir()
             for rel, data in self._images.items():
+                (tmp / rel).write_bytes(data)
+            for rel, data in self._files.items():
+                (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
                 (tmp / rel).write_bytes(data)
             (tmp / "results.json").write_text(json.dumps(self.results(), indent=2))
             (tmp / "index.html").write_text(self.render_html(), encoding="utf-8")

@@ -80,6 +80,34 @@ class _Indexed(torch.utils.data.Dataset):
         return x, y, j
 
 
+def _loader_indices(loader, world: int) -> list[int] | None:
+    """The dataset indices a DataLoader's sampler visits; None when that is the whole dataset.
+
+    Sequential, shuffling and ``DistributedSampler``s cover the whole dataset (the
+    scan shards it itself, without the distributed sampler's padding, and order
+    does not matter to an accumulator); any other sampler (a subset, weights)
+    is followed, with rank 0's draw broadcast so every process shards one list.
+    """
+    from torch.utils.data import BatchSampler, DistributedSampler, RandomSampler, SequentialSampler
+
+    sampler, batch_sampler = loader.sampler, loader.batch_sampler
+    if batch_sampler is not None and type(batch_sampler) is not BatchSampler:
+        indices = [int(i) for b in batch_sampler for i in b]
+    elif isinstance(sampler, (SequentialSampler, DistributedSampler)):
+        return None
+    elif isinstance(sampler, RandomSampler) and not sampler.replacement and sampler.num_samples == len(loader.dataset):
+        return None
+    else:
+        indices = [int(i) for i in sampler]
+    if world > 1:
+        import torch.distributed as dist
+
+        box = [indices]
+        dist.broadcast_object_list(box, src=0)
+        indices = box[0]
+    return indices
+
+
 def _batches(data, batch_size: int, rank: int, world: int, num_workers: int):
     """Yield (x, y, index) batches of this process's shard, and the shard's batch count."""
     loader = data if isinstance(data, torch.utils.data.DataLoader) else None
@@ -103,7 +131,11 @@ def _batches(data, batch_size: int, rank: int, world: int, num_workers: int):
     bs = loader.batch_size if loader is not None and loader.batch_size else batch_size
     collate = loader.collate_fn if loader is not None else None
     workers = loader.num_workers if loader is not None else num_workers
-    shard = _Indexed(dataset, range(rank, len(dataset), world))
+    indices = _loader_indices(loader, world) if loader is not None else None
+    if indices is None:
+        shard = _Indexed(dataset, range(rank, len(dataset), world))
+    else:
+        shard = _Indexed(dataset, indices[rank::world])
     dl = torch.utils.data.DataLoader(shard, batch_size=bs, shuffle=False, num_workers=workers)
     if collate is not None and collate is not torch.utils.data.default_collate:
         def gen():

@@ -6,3 +6,5 @@ from .common import app, main  # noqa: F401
 
 # command modules register themselves on `app` when imported (one line each)
 from . import demo as _demo  # noqa: F401,E402
+from . import evaluate as _evaluate  # noqa: F401,E402
+from . import layers as _layers  # noqa: F401,E402

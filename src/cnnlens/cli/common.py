@@ -94,6 +94,38 @@ def parse_device(device: str) -> str:
     return device
 
 
+@contextlib.contextmanager
+def distributed(device: str) -> Iterator[tuple[int, int, str]]:
+    """Yield ``(rank, world_size, device)``; under ``torchrun`` (``WORLD_SIZE`` > 1) with a process group.
+
+    NCCL on CUDA (each process on ``cuda:LOCAL_RANK``), gloo on CPU; the group is
+    destroyed on exit. Commands print and write files on rank 0 only.
+    """
+    import os
+
+    import torch
+
+    device = parse_device(device)
+    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    if world <= 1:
+        yield 0, 1, device
+        return
+    import torch.distributed as dist
+
+    local = int(os.environ.get("LOCAL_RANK", "0") or 0)
+    if device.startswith("cuda"):
+        device = f"cuda:{local}" if device == "cuda" else device
+        torch.cuda.set_device(device)
+    ours = not dist.is_initialized()
+    if ours:
+        dist.init_process_group(backend="nccl" if device.startswith("cuda") else "gloo")
+    try:
+        yield dist.get_rank(), dist.get_world_size(), device
+    finally:
+        if ours:
+            dist.destroy_process_group()
+
+
 def out_dir(path: Path) -> Path:
     if path.exists() and not path.is_dir():
         raise UserError(f"--out {path} is a file; give a directory")

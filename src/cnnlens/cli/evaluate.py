@@ -1,0 +1,109 @@
+"""`cnnlens evaluate`: top-k accuracy, per-class table, confusion matrices (PNG, CSV, JSON) and a report."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from .common import (DEVICE_OPT, MODEL_OPT, OUT_OPT, PRETRAINED_OPT, TRUST_OPT, WEIGHTS_OPT, UserError, app,
+                     console, distributed, load_model_from_options, out_dir, progress_bar)
+
+
+def _topk_values(topk: Optional[List[str]], more: Optional[List[str]]) -> tuple[int, ...] | None:
+    """``--topk 1 3``, ``--topk 1 --topk 3`` and ``--topk 1,3`` all give (1, 3)."""
+    if more and not topk:
+        raise UserError(f"unexpected argument {more[0]!r}; options are given as --name value (see --help)")
+    if not topk:
+        return None
+    vals = []
+    for tok in [*topk, *(more or [])]:
+        for part in str(tok).replace(",", " ").split():
+            try:
+                vals.append(int(part))
+            except ValueError:
+                raise UserError(f"--topk {part!r} is not an integer; give k values like --topk 1 5") from None
+    return tuple(vals)
+
+
+def print_result(result, out=None) -> None:
+    """Top-k accuracy and the per-class table on the terminal (stdout)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    c = out or Console()
+    acc = "   ".join(f"top-{k}: [bold]{v:.2%}[/]" for k, v in result.topk_accuracy.items())
+    c.print(f"{result.n} samples, {result.num_classes} classes   {acc}")
+    rows = result.per_class
+    title = "per-class"
+    if len(rows) > 30:
+        rows = sorted(rows, key=lambda r: (r["recall"], r["index"]))[:20]
+        title = f"per-class: the 20 of {result.num_classes} classes with the lowest recall (all in per_class.csv)"
+    t = Table(title=title, title_justify="left")
+    for h in ("class", "precision", "recall", "F1", "support"):
+        t.add_column(h, justify="left" if h == "class" else "right")
+    for r in rows:
+        t.add_row(str(r["class"]), f"{r['precision']:.3f}", f"{r['recall']:.3f}", f"{r['f1']:.3f}", str(r["support"]))
+    c.print(t)
+    if result.most_confused:
+        pairs = ", ".join(f"{p['true']}→{p['predicted']} ({p['count']})" for p in result.most_confused[:5])
+        c.print(f"most confused (true→predicted): {pairs}")
+
+
+@app.command(context_settings={"allow_extra_args": True})
+def evaluate(
+    ctx: typer.Context,
+    model: str = MODEL_OPT,
+    data: str = typer.Option(..., "--data", "-d", help="digits, an ImageFolder directory (one sub-folder per class)."),
+    topk: Optional[List[str]] = typer.Option(None, "--topk", "-k", help="k values for top-k accuracy, e.g. --topk 1 5 "
+                                             "(default 1 5, without k above the number of classes)."),
+    weights: Optional[Path] = WEIGHTS_OPT,
+    pretrained: bool = PRETRAINED_OPT,
+    trust_pickle: bool = TRUST_OPT,
+    batch_size: int = typer.Option(64, "--batch-size", "-b", min=1, help="Images per forward pass."),
+    workers: int = typer.Option(0, "--workers", min=0, help="DataLoader worker processes."),
+    device: str = DEVICE_OPT,
+    out: Path = OUT_OPT,
+) -> None:
+    """Top-k accuracy, per-class precision/recall and the confusion matrix (raw and normalised by class support).
+
+    Writes confusion.png/.csv/.json (raw and normalised), per_class.csv,
+    evaluation.json and index.html into --out. Under `torchrun --nproc_per_node N
+    -m cnnlens evaluate ...` each process evaluates a shard; rank 0 writes.
+    """
+    from ..data import as_dataset
+    from ..evaluation import evaluate as run_evaluate
+    from ..evaluation import report_section
+    from ..report import Report
+
+    ks = _topk_values(topk, ctx.args)  # `--topk 1 3`: click leaves the 3 in ctx.args
+    out = out_dir(out)
+    with distributed(device) as (rank, world, dev):
+        m = load_model_from_options(model, weights, pretrained, trust_pickle, dev)
+        ds = as_dataset(data, m)
+        desc = f"evaluating {model}" + (f" (rank {rank}/{world})" if world > 1 else "")
+        with (progress_bar(desc) if rank == 0 else _quiet()) as update:
+            result = run_evaluate(m, ds, topk=ks, batch_size=batch_size, device=dev, progress=update,
+                                  num_workers=workers)
+        if rank != 0:
+            return
+        print_result(result)
+        rep = Report(f"cnnlens evaluate: {model}", f"{model} on {data}.")
+        settings = {"model": model, "weights": str(weights) if weights else "pretrained" if pretrained else "default",
+                    "data": data, "top-k": list(result.topk_accuracy), "n": result.n, "batch size": batch_size,
+                    "device": dev, "processes": world}
+        report_section(rep, result, settings=settings)
+        for name, blob in result.files().items():
+            rep.file(name, blob)
+        index = rep.write(out)
+        console.print(f"wrote {index.parent}: confusion.png/.csv/.json (raw and normalised), per_class.csv, "
+                      "evaluation.json, index.html", highlight=False)
+
+
+class _quiet:
+    def __enter__(self):
+        return lambda done, total=None: None
+
+    def __exit__(self, *exc):
+        return False

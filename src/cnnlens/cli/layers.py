@@ -1,0 +1,104 @@
+"""`cnnlens layers`: the dotted layer names of a model with their output shapes (one dry forward)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from .common import DEVICE_OPT, MODEL_OPT, PRETRAINED_OPT, TRUST_OPT, WEIGHTS_OPT, UserError, app, load_model_from_options
+
+
+def _shape(v) -> str:
+    import torch
+
+    if torch.is_tensor(v):
+        return "×".join(str(d) for d in v.shape)
+    if isinstance(v, (tuple, list)):
+        return "(" + ", ".join(_shape(u) for u in v) + ")"
+    if isinstance(v, dict):
+        return "{" + ", ".join(f"{k}: {_shape(u)}" for k, u in v.items()) + "}"
+    return type(v).__name__
+
+
+def layer_table(model, x) -> list[dict]:
+    """One row per module in execution order: name, type, output shape, own parameters, calls.
+
+    Runs one forward on ``x`` under :class:`~cnnlens.tap.LayerTap` (hooks removed,
+    flags restored). Modules that never run are listed last with shape ``—``.
+    """
+    import torch
+
+    from ..tap import LayerTap
+
+    mods = {n: m for n, m in model.named_modules() if n}
+    seen: dict[str, dict] = {}
+
+    def recorder(name):
+        def edit(module, inputs, output):
+            row = seen.get(name)
+            if row is None:
+                seen[name] = {"name": name, "type": type(module).__name__, "shape": _shape(output), "calls": 1,
+                              "params": sum(p.numel() for p in module.parameters(recurse=False))}
+            else:
+                row["calls"] += 1
+            return output
+
+        return edit
+
+    with LayerTap(model, edits={n: recorder(n) for n in mods}, detach=True) as tap, torch.no_grad():
+        tap.run(x)
+    rows = list(seen.values())
+    rows += [{"name": n, "type": type(m).__name__, "shape": "—", "calls": 0,
+              "params": sum(p.numel() for p in m.parameters(recurse=False))} for n, m in mods.items() if n not in seen]
+    return rows
+
+
+@app.command()
+def layers(
+    model: str = MODEL_OPT,
+    weights: Optional[Path] = WEIGHTS_OPT,
+    pretrained: bool = PRETRAINED_OPT,
+    trust_pickle: bool = TRUST_OPT,
+    input_size: Optional[str] = typer.Option(None, "--input-size", help="C,H,W of the dry-run input (default: model.spec)."),
+    device: str = DEVICE_OPT,
+) -> None:
+    """List the model's dotted layer names with their output shapes (for --layer options)."""
+    import torch
+    from rich.console import Console
+    from rich.table import Table
+
+    m = load_model_from_options(model, weights, pretrained, trust_pickle, device)
+    spec = getattr(m, "spec", None)
+    if input_size:
+        try:
+            c, h, w = (int(v) for v in input_size.replace("×", ",").replace("x", ",").split(","))
+        except ValueError:
+            raise UserError(f"--input-size {input_size!r}: give C,H,W, e.g. 3,224,224") from None
+    elif spec is not None:
+        c, (h, w) = spec.channels, spec.input_size
+    else:
+        raise UserError("the model has no spec with its input size; give --input-size C,H,W")
+    p = next(m.parameters(), None)
+    x = torch.zeros(1, c, h, w, device=p.device if p is not None else "cpu")
+    rows = layer_table(m, x)
+    marks = {}
+    if spec is not None:
+        for label, name in (("last spatial", spec.last_spatial_layer), ("classifier", spec.classifier),
+                            ("pooled (CAM)", spec.pooled_layer)):
+            if name:
+                marks.setdefault(name, []).append(label)
+    t = Table(title=f"{model}: layers in execution order (input 1×{c}×{h}×{w})", title_justify="left")
+    for col, just in (("layer", "left"), ("type", "left"), ("output", "left"), ("params", "right"), ("note", "left")):
+        t.add_column(col, justify=just)
+    for r in rows:
+        note = marks.get(r["name"], [])
+        if r["calls"] > 1:
+            note = [*note, f"runs {r['calls']}× (cannot be tapped)"]
+        elif r["calls"] == 0:
+            note = [*note, "not run by forward()"]
+        depth = r["name"].count(".")
+        t.add_row("  " * depth + r["name"], r["type"], r["shape"], f"{r['params']:,}" if r["params"] else "",
+                  ", ".join(note))
+    Console().print(t)
