@@ -107,10 +107,9 @@ def _pil_to_tensor(im, what: str) -> torch.Tensor:
     elif mode == "RGB" and "transparency" in im.info:
         im = im.convert("RGBA")
     if im.mode in ("L", "LA", "RGB", "RGBA"):
-        a = np.asarray(im)
-        t = torch.from_numpy(np.ascontiguousarray(a)).float() / 255.0
+        t = torch.from_numpy(np.array(im)).float() / 255.0
     elif im.mode.startswith("I") or im.mode == "F":  # 16/32-bit integer, 32-bit float: own range
-        t = torch.from_numpy(_own_range(np.asarray(im)))
+        t = torch.from_numpy(_own_range(np.array(im)))
     else:  # CMYK, YCbCr, LAB, HSV, RGBX, ...
         t = torch.from_numpy(np.asarray(im.convert("RGB")).copy()).float() / 255.0
     if t.dim() == 2:

@@ -55,6 +55,11 @@ def _check_topk(topk, num_classes: int | None) -> tuple[int, ...]:
     return ks
 
 
+def _default_topk(num_classes: int | None) -> tuple[int, ...]:
+    """(1, 5) without the k above the number of classes."""
+    return tuple(k for k in (1, 5) if num_classes is None or k <= num_classes) or (1,)
+
+
 def true_class_rank(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Rank of each sample's true class (0 = predicted), ties broken by the lower class index.
 
@@ -75,7 +80,8 @@ class EvaluationAccumulator:
 
     State: ``confusion`` (K×K int64, rows true, columns predicted) and
     ``hits[k]`` (int64); ``merge`` adds them, so shards of a dataset merge to
-    the one-pass result. ``num_classes=None`` takes K from the first batch.
+    the one-pass result. ``num_classes=None`` takes K from the first batch;
+    ``topk=None`` means (1, 5) without the k above K.
 
     >>> acc = EvaluationAccumulator(3, topk=(1, 2))
     >>> acc.update(Batch(x=torch.zeros(2, 1, 1, 1), y=torch.tensor([0, 2]),
@@ -86,7 +92,7 @@ class EvaluationAccumulator:
 
     layers: Sequence[str] = ()
 
-    def __init__(self, num_classes: int | None = None, topk: Sequence[int] | int = (1, 5),
+    def __init__(self, num_classes: int | None = None, topk: Sequence[int] | int | None = (1, 5),
                  class_names: Sequence[str] | None = None):
         if num_classes is not None and (not isinstance(num_classes, int) or num_classes < 1):
             raise ValueError(f"num_classes={num_classes!r}: give a positive int")
@@ -97,7 +103,8 @@ class EvaluationAccumulator:
             elif len(class_names) != num_classes:
                 raise ValueError(f"{len(class_names)} class names for {num_classes} classes; give one name per class")
         self.num_classes = num_classes
-        self.topk = _check_topk(topk, num_classes)
+        self._default_topk = topk is None
+        self.topk = _default_topk(num_classes) if topk is None else _check_topk(topk, num_classes)
         self.class_names = class_names
         self.confusion: torch.Tensor | None = None
         self.hits = torch.zeros(len(self.topk), dtype=torch.long)
@@ -106,7 +113,8 @@ class EvaluationAccumulator:
 
     def _init(self, k: int) -> None:
         self.num_classes = k
-        _check_topk(self.topk, k)
+        self.topk = _default_topk(k) if self._default_topk else _check_topk(self.topk, k)
+        self.hits = torch.zeros(len(self.topk), dtype=torch.long)
         self.confusion = torch.zeros(k, k, dtype=torch.long)
 
     def update(self, batch: Batch) -> None:
@@ -140,10 +148,14 @@ class EvaluationAccumulator:
 
     def merge(self, other: "EvaluationAccumulator") -> "EvaluationAccumulator":
         """A new accumulator holding both shards' counts."""
-        if not isinstance(other, EvaluationAccumulator) or other.topk != self.topk:
+        if not isinstance(other, EvaluationAccumulator):
             raise ValueError("can only merge evaluation accumulators with the same top-k")
-        out = EvaluationAccumulator(self.num_classes or other.num_classes, self.topk,
-                                    self.class_names or other.class_names)
+        K = self.num_classes or other.num_classes
+        mine, theirs = (a.topk if a.num_classes else _default_topk(K) if a._default_topk else a.topk
+                        for a in (self, other))
+        if mine != theirs:
+            raise ValueError("can only merge evaluation accumulators with the same top-k")
+        out = EvaluationAccumulator(K, mine, self.class_names or other.class_names)
         for part in (self, other):
             if part.confusion is not None:
                 if part.num_classes != out.num_classes:
@@ -316,9 +328,7 @@ def evaluate(model: torch.nn.Module, data, topk: Sequence[int] | int | None = No
         raise ValueError(f"{len(names)} class names for a model with {K} classes; give one name per class")
     if names is not None:
         K = len(names)
-    if topk is None:
-        topk = (1, 5) if K is None or K >= 5 else (1,) + ((K,) if K > 1 else ())
-    ks = _check_topk(topk, K)
+    ks = None if topk is None else _check_topk(topk, K)
     if device is not None:
         p, want = next(model.parameters(), None), torch.device(device)
         if p is not None and (p.device.type != want.type or (want.index is not None and p.device != want)):
