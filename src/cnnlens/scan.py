@@ -193,8 +193,9 @@ def scan(
                 )
             batch = Batch(x=x, y=y, logits=logits.detach(), index=torch.as_tensor(idx),
                           acts={n: tap.outputs[n] for n in tap.names}, model=model)
-            for a in accs:
-                a.update(batch)
+            with tap.paused():  # an accumulator's own forward passes (attacks, saliency) are not recorded
+                for a in accs:
+                    a.update(batch)
             if progress is not None:
                 progress(b + 1, total)
     if world > 1:
