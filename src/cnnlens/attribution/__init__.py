@@ -1,0 +1,57 @@
+"""Why this prediction: attribution maps and how faithful they are.
+
+Every method is ``method(model, x, target="predicted", **settings) -> Explanation``
+for any ``nn.Module`` mapping N×C×H×W pixels in [0, 1] to N×K logits:
+
+==========================  ===============================================================
+``saliency``                ∂S_c/∂x, max |·| over channels (Simonyan et al. 2014)
+``smoothgrad``              saliency averaged over noisy copies (Smilkov et al. 2017)
+``gradient_x_input``        x ⊙ ∂S_c/∂x
+``integrated_gradients``    path integral from a baseline, with the completeness gap
+``occlusion``               logit drop / probability map under a sliding patch (Zeiler & Fergus)
+``cam``                     Σ_k w_k^c f_k for a GAP + linear head (Zhou et al. 2016)
+``gradcam``/``gradcam_pp``  ReLU(Σ_k α_k A^k) at any layer (Selvaraju et al. 2017; Grad-CAM++)
+``guided_backprop``         the ReLU backward rule overridden (Springenberg et al. 2015)
+``guided_gradcam``          guided backprop ⊙ Grad-CAM
+``augmented_gradcam``       super-resolved Grad-CAM from augmented copies (Morbidelli et al. 2020)
+==========================  ===============================================================
+
+``faithfulness`` / ``deletion`` / ``insertion`` (Petsiuk et al. 2018) and
+``randomization_check`` (Adebayo et al. 2018) measure how much a map can be trusted.
+
+>>> import cnnlens
+>>> model = cnnlens.load_model("digits-cnn")                      # doctest: +SKIP
+>>> e = cnnlens.attribution.gradcam(model, x, target="second")    # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from .augmented import augmented_gradcam, random_affines, superresolve
+from .cam import cam, gradcam, gradcam_pp
+from .faithfulness import (Curve, Faithfulness, Randomization, deletion, faithfulness, insertion,
+                           randomization_check)
+from .gradients import gradient_x_input, integrated_gradients, saliency, smoothgrad
+from .guided import guided_backprop, guided_gradcam
+from .occlusion import occlusion
+
+#: every attribution method by name (``-`` in CLI names maps to ``_``)
+METHODS = {
+    "saliency": saliency,
+    "smoothgrad": smoothgrad,
+    "gradient_x_input": gradient_x_input,
+    "integrated_gradients": integrated_gradients,
+    "occlusion": occlusion,
+    "cam": cam,
+    "gradcam": gradcam,
+    "gradcam_pp": gradcam_pp,
+    "guided_backprop": guided_backprop,
+    "guided_gradcam": guided_gradcam,
+    "augmented_gradcam": augmented_gradcam,
+}
+
+__all__ = [
+    "METHODS", "Curve", "Faithfulness", "Randomization", "augmented_gradcam", "cam", "deletion", "faithfulness",
+    "gradcam", "gradcam_pp", "gradient_x_input", "guided_backprop", "guided_gradcam", "insertion",
+    "integrated_gradients", "occlusion", "random_affines", "randomization_check", "saliency", "smoothgrad",
+    "superresolve",
+]
