@@ -1,0 +1,30 @@
+"""Looking inside the network: filters, receptive fields, dataset search, activation
+maximisation, deconvnet, Deep Dream, neuron statistics and channel influence.
+
+    from cnnlens.inside import receptive_field, dataset_search, maximize, objectives
+    rf = receptive_field(model, "features.3")                 # size, stride, offset (+ gradient probe)
+    top = dataset_search(model, "digits", "features.3", k=9)  # top-9 patches per channel, one scan
+    viz = maximize(model, objectives.channel("features.3", [0, 1, 2]) - 0.05 * objectives.tv(), steps=128)
+
+Dataset-level views (:func:`dataset_search`, :func:`neuron_stats`,
+:func:`influence` on a dataset) are accumulators of :func:`cnnlens.scan.scan`,
+so they share one forward pass with evaluation and run under ``torchrun``.
+"""
+
+from __future__ import annotations
+
+from .deconv import Projection, deconvnet
+from .dream import Dream, deep_dream
+from .filters import FeatureMaps, Filters, feature_maps, filters
+from .influence import Influence, InfluenceAccumulator, influence
+from .maximize import Objective, Visualization, maximize, objectives, total_variation
+from .receptive import ReceptiveField, RFProbe, receptive_field
+from .search import SearchAccumulator, SearchResult, dataset_search
+from .stats import NeuronStats, StatsAccumulator, neuron_stats
+
+__all__ = [
+    "filters", "feature_maps", "receptive_field", "ReceptiveField", "dataset_search", "SearchResult",
+    "maximize", "objectives", "Objective", "deconvnet", "deep_dream", "neuron_stats", "influence",
+    "Filters", "FeatureMaps", "RFProbe", "SearchAccumulator", "Visualization", "Projection", "Dream",
+    "NeuronStats", "StatsAccumulator", "Influence", "InfluenceAccumulator", "total_variation",
+]

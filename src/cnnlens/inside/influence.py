@@ -1,0 +1,221 @@
+"""Which channels of a layer drive an output: gradient, gradient × activation, and ablation.
+
+For a target score y (a class's pre-softmax score, or a channel/neuron of a later
+layer) and a layer's activations A (C×H×W), per channel k, averaged over images:
+
+- ``gradient``:  mean_ij ∂y/∂A^k_ij                (Grad-CAM's α_k)
+- ``taylor``:    Σ_ij A^k_ij · ∂y/∂A^k_ij          (first-order estimate of the drop)
+- ``ablation``:  y(x) − y(x with A^k set to 0)     (the exact drop, one forward per channel)
+
+On a global-average-pool + linear head read at the pooled layer,
+y_c = Σ_k w_ck · mean_ij A^k_ij + b_c, so taylor = ablation = w_ck · mean(A^k)
+exactly: the gradient ranking is checked against the real effect.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from ..results import Result
+from ..scan import Batch
+from ..tap import LayerRef, LayerTap, resolve_layer
+from ..targets import Target, as_target
+
+
+@dataclass(frozen=True)
+class Influence(Result):
+    """Per-channel influence of a layer on a target (means over the images seen).
+
+    gradient, taylor, ablation: C (ablation None when not computed); count: images;
+    ranking: channels by taylor, descending; ablation_ranking: by ablation, descending.
+    """
+
+    layer: str
+    target: str
+    count: int
+    gradient: torch.Tensor
+    taylor: torch.Tensor
+    ablation: torch.Tensor | None
+    channels: tuple[int, ...]
+    settings: dict = field(default_factory=dict)
+
+    @property
+    def ranking(self) -> list[int]:
+        return [self.channels[i] for i in torch.sort(self.taylor, descending=True, stable=True).indices.tolist()]
+
+    @property
+    def ablation_ranking(self) -> list[int] | None:
+        if self.ablation is None:
+            return None
+        return [self.channels[i] for i in torch.sort(self.ablation, descending=True, stable=True).indices.tolist()]
+
+    def figure(self, top: int = 16):
+        """Bars of the top channels (by ablation if computed, else by taylor): the three measures side by side."""
+        from ..viz import _mpl
+
+        plt = _mpl()
+        key = self.ablation if self.ablation is not None else self.taylor
+        order = torch.sort(key, descending=True, stable=True).indices[:top]
+        fig, ax = plt.subplots(figsize=(max(4.0, 0.45 * len(order) + 1), 2.8))
+        xs = torch.arange(len(order)).float()
+        series = [("a·∂y/∂a", self.taylor), ("∂y/∂a (mean)", self.gradient)]
+        if self.ablation is not None:
+            series.insert(0, ("drop when zeroed", self.ablation))
+        w = 0.8 / len(series)
+        for s, (label, v) in enumerate(series):
+            ax.bar((xs + s * w).numpy(), v[order].numpy(), width=w, label=label)
+        ax.set_xticks((xs + w).numpy())
+        ax.set_xticklabels([str(self.channels[i]) for i in order.tolist()], fontsize=7)
+        ax.set_xlabel(f"channel of {self.layer}")
+        ax.axhline(0, color="k", lw=0.5)
+        ax.legend(fontsize=7)
+        ax.set_title(f"influence on {self.target}", fontsize=9)
+        fig.tight_layout()
+        return fig
+
+
+def _score(target: Target, tap: LayerTap, logits, classes: torch.Tensor | None) -> torch.Tensor:
+    if target.is_class:
+        return target.score(logits, classes)
+    return target.layer_score(tap[target.layer])
+
+
+class InfluenceAccumulator:
+    """Sums per-channel gradient, gradient × activation and ablation drops over batches.
+
+    It runs its own forward and backward passes on each batch (the scan's tap is
+    paused meanwhile), so it can sit in the same :func:`cnnlens.scan.scan` as
+    evaluation or dataset search.
+    """
+
+    layers: tuple = ()
+
+    def __init__(self, model: nn.Module, layer: LayerRef, target="predicted", *, ablation: bool = True,
+                 channels: Sequence[int] | None = None, chunk: int = 16):
+        self.layer, _ = resolve_layer(model, layer)
+        spec = getattr(model, "spec", None)
+        self.target = as_target(target, getattr(spec, "class_names", None) or None)
+        if not self.target.is_class:
+            resolve_layer(model, self.target.layer)
+        self.ablation = ablation
+        self.channels = None if channels is None else tuple(int(c) for c in channels)
+        self.chunk = max(1, int(chunk))
+        self.description = self.target.describe(getattr(spec, "class_names", None) or None)
+        self.count = 0
+        self.sums: dict[str, torch.Tensor] | None = None
+
+    def update(self, batch: Batch) -> None:
+        sums = measure(batch.model, batch.x, self.layer, self.target, y=batch.y, ablation=self.ablation,
+                       channels=self.channels, chunk=self.chunk)
+        self.channels = sums.pop("channels")
+        n = sums.pop("count")
+        self.count += n
+        self.sums = sums if self.sums is None else {k: self.sums[k] + v for k, v in sums.items()}
+
+    def merge(self, other: "InfluenceAccumulator") -> "InfluenceAccumulator":
+        if other.sums is None:
+            return self
+        if self.sums is None:
+            self.sums, self.channels, self.count = other.sums, other.channels, other.count
+            return self
+        self.sums = {k: self.sums[k] + other.sums[k] for k in self.sums}
+        self.count += other.count
+        return self
+
+    def compute(self) -> Influence:
+        if self.sums is None:
+            raise ValueError("influence saw no images: the dataset (or this shard) is empty")
+        n = max(1, self.count)
+        return Influence(self.layer, self.description, self.count, self.sums["gradient"] / n, self.sums["taylor"] / n,
+                         self.sums["ablation"] / n if "ablation" in self.sums else None, tuple(self.channels),
+                         settings={"ablation": self.ablation})
+
+
+def measure(model: nn.Module, x: torch.Tensor, layer: str, target: Target, *, y=None, ablation: bool = True,
+            channels: Sequence[int] | None = None, chunk: int = 16) -> dict:
+    """Per-channel sums over the batch of gradient, taylor and ablation (float64, CPU), and the count."""
+    target.validate(len(x), labels=y if target.kind == "true" else None)
+    score_layers = [layer] + ([] if target.is_class else [target.layer])
+    with torch.enable_grad():
+        with LayerTap(model, score_layers) as tap:
+            logits = tap.run(x.detach().requires_grad_(True))  # so the graph reaches the layer (weights are frozen)
+            a = tap[layer]
+            if a.dim() == 2:
+                raise ValueError(f"layer {layer!r} has no spatial grid (N×C); influence reads N×C×H×W layers")
+            C = a.shape[1]
+            chans = tuple(range(C)) if channels is None else tuple(channels)
+            if chans and max(chans) >= C:
+                raise ValueError(f"channel {max(chans)} is out of range: layer {layer!r} has {C} channels")
+            classes = target.classes(logits, y) if target.is_class else None
+            score = _score(target, tap, logits, classes)
+            if not a.requires_grad:
+                raise ValueError(f"the target does not depend on layer {layer!r}; pick a layer before the target")
+            (g,) = torch.autograd.grad(score.sum(), a)
+        a, g = a.detach(), g.detach()
+        base = score.detach()
+    out = {
+        "gradient": g.mean((2, 3))[:, list(chans)].double().sum(0).cpu(),
+        "taylor": (a * g).sum((2, 3))[:, list(chans)].double().sum(0).cpu(),
+    }
+    if ablation:
+        drops = torch.zeros(len(chans), dtype=torch.float64)
+        n = len(x)
+        with torch.no_grad():
+            for start in range(0, len(chans), chunk):
+                part = chans[start:start + chunk]
+                r = len(part)
+                mask = torch.ones(r, 1, C, 1, 1, dtype=a.dtype, device=a.device)
+                for i, c in enumerate(part):
+                    mask[i, 0, c] = 0
+                mask = mask.expand(r, n, C, 1, 1).reshape(r * n, C, 1, 1)
+
+                def zero(module, inputs, output, mask=mask):
+                    return output * mask
+
+                with LayerTap(model, score_layers[1:], edits={layer: zero}) as tap2:
+                    logits2 = tap2.run(x.repeat(r, *[1] * (x.dim() - 1)))
+                    cl = classes.repeat(r) if classes is not None else None
+                    s2 = _score(target, tap2, logits2, cl).view(r, n)
+                drops[start:start + r] = (base.view(1, n) - s2).double().sum(1).cpu()
+        out["ablation"] = drops
+    out["channels"] = chans
+    out["count"] = len(x)
+    return out
+
+
+def influence(model: nn.Module, x_or_data, layer: LayerRef, target="predicted", *, ablation: bool = True,
+              channels: Sequence[int] | None = None, y: torch.Tensor | None = None, batch_size: int = 32,
+              chunk: int = 16, device=None, progress=None) -> Influence:
+    """Rank a layer's channels by their effect on a target: mean ∂y/∂a, a·∂y/∂a, and the drop when zeroed.
+
+    ``x_or_data``: images N×C×H×W in [0, 1], or a dataset (``"digits"``, a folder,
+    a Dataset, a DataLoader), scanned once. ``target``: a class, ``"predicted"``,
+    ``"true"``, a class name, or ``Target.channel(layer, c)`` of a later layer.
+
+    Example::
+
+        inf = influence(model, x, "features.6", target="predicted")
+        inf.ranking[:5], inf.ablation_ranking[:5]
+    """
+    name, _ = resolve_layer(model, layer)
+    acc = InfluenceAccumulator(model, name, target, ablation=ablation, channels=channels, chunk=chunk)
+    if torch.is_tensor(x_or_data):
+        x = x_or_data
+        if x.dim() == 3:
+            x = x[None]
+        for start in range(0, len(x), batch_size):
+            xb = x[start:start + batch_size]
+            yb = None if y is None else torch.as_tensor(y)[start:start + batch_size]
+            acc.update(Batch(x=xb, y=yb, logits=torch.empty(0), index=torch.arange(len(xb)), model=model))
+            if progress is not None:
+                progress(min(start + batch_size, len(x)), len(x))
+        return acc.compute()
+    from ..data import as_dataset
+    from ..scan import scan
+
+    (res,) = scan(model, as_dataset(x_or_data, model), [acc], batch_size=batch_size, device=device, progress=progress)
+    return res

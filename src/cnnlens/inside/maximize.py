@@ -1,0 +1,476 @@
+"""Activation maximisation and class model visualisation.
+
+Gradient ascent on the input image x (Simonyan et al. 2014; Yosinski et al.
+2015; Olah et al. 2017): ``x ← x + η ∂J(x)/∂x`` for an objective J built from
+targets — a class's pre-softmax score, a channel's mean activation, one neuron,
+or the lecture's variant, minus the squared error between the network's response
+and a chosen target response. Without regularisation the image fills with
+high-frequency noise; the regularisers keep it closer to a natural image:
+
+- objective terms: total variation ``TV(x) = mean(|∂_u x|^p + |∂_v x|^p)`` and
+  ``‖x − ½‖²`` (subtract them: ``channel("conv3", 5) - 0.1 * tv()``);
+- L2 decay of the image parameter (pulls x toward grey), a Gaussian blur every
+  n steps, and random jitter / scale / rotation of the image before each forward;
+- the image parameterisation: plain pixels, or a Fourier spectrum scaled by 1/f
+  with decorrelated colour (natural-image statistics, Olah 2017); both end in a
+  sigmoid, so x stays a valid image in [0, 1].
+
+Objectives are values that add, subtract and scale; a per-sample objective
+(``channel(layer, [3, 5, 7])``) optimises several images in one batch. The
+forward stops at the last layer the objective reads when it needs no logits.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..results import Result
+from ..tap import LayerTap, resolve_layer
+from ..targets import Target, as_target
+
+
+# ---------------------------------------------------------------------------
+# objectives
+@dataclass
+class _Ctx:
+    image: torch.Tensor  # the parameterised image (before transforms), B×C×H×W
+    acts: dict
+    logits: torch.Tensor | None
+
+
+class Objective:
+    """A per-sample value J (B) to maximise, read from the image, tapped layers and/or the logits.
+
+    ``a + b``, ``a - b``, ``2 * a``, ``a / 2``, ``-a`` and ``sum([...])`` give new objectives.
+
+    >>> J = objectives.channel("features.3", 5) - 0.05 * objectives.tv()
+    >>> J.layers, J.needs_logits
+    (('features.3',), False)
+    """
+
+    def __init__(self, fn: Callable[[_Ctx], torch.Tensor], name: str, layers: Sequence[str] = (),
+                 needs_logits: bool = False, batch: int | None = None):
+        self.fn = fn
+        self.name = name
+        self.layers = tuple(dict.fromkeys(layers))
+        self.needs_logits = needs_logits
+        self.batch = batch
+
+    def __call__(self, ctx: _Ctx) -> torch.Tensor:
+        v = self.fn(ctx)
+        return v.reshape(-1) if v.dim() else v.expand(ctx.image.shape[0])
+
+    def __repr__(self) -> str:
+        return f"Objective({self.name})"
+
+    @staticmethod
+    def _join(a: "Objective", b: "Objective", fn, name: str) -> "Objective":
+        if a.batch is not None and b.batch is not None and a.batch != b.batch:
+            raise ValueError(f"cannot combine objectives for {a.batch} and {b.batch} images; give lists of one length")
+        return Objective(fn, name, a.layers + b.layers, a.needs_logits or b.needs_logits, a.batch or b.batch)
+
+    def __add__(self, other):
+        if isinstance(other, (int, float)):
+            if other == 0:
+                return self
+            return Objective(lambda c: self(c) + other, f"{self.name} + {other:g}", self.layers, self.needs_logits, self.batch)
+        if not isinstance(other, Objective):
+            return NotImplemented
+        return self._join(self, other, lambda c: self(c) + other(c), f"{self.name} + {other.name}")
+
+    __radd__ = __add__
+
+    def __sub__(self, other):
+        if isinstance(other, (int, float)):
+            return self + (-other)
+        if not isinstance(other, Objective):
+            return NotImplemented
+        return self._join(self, other, lambda c: self(c) - other(c), f"{self.name} − {_paren(other.name)}")
+
+    def __rsub__(self, other):
+        return (-self) + other
+
+    def __neg__(self):
+        return Objective(lambda c: -self(c), f"−{_paren(self.name)}", self.layers, self.needs_logits, self.batch)
+
+    def __mul__(self, k):
+        if not isinstance(k, (int, float)):
+            return NotImplemented
+        return Objective(lambda c: k * self(c), f"{k:g}·{_paren(self.name)}", self.layers, self.needs_logits, self.batch)
+
+    __rmul__ = __mul__
+
+    def __truediv__(self, k):
+        if not isinstance(k, (int, float)):
+            return NotImplemented
+        return self * (1.0 / k)
+
+
+def _paren(s: str) -> str:
+    return f"({s})" if any(op in s for op in (" + ", " − ")) else s
+
+
+def _per_sample(values) -> tuple[list, int | None]:
+    if isinstance(values, (list, tuple)) or torch.is_tensor(values):
+        vals = [int(v) for v in (values.tolist() if torch.is_tensor(values) else values)]
+        if not vals:
+            raise ValueError("give at least one channel or class")
+        return vals, len(vals)
+    return [int(values)], None
+
+
+class _Objectives:
+    """Objective constructors: ``objectives.channel(layer, c)``, ``objectives.class_score(c)``, ..."""
+
+    @staticmethod
+    def target(t: Target | Any, class_names: Sequence[str] | None = None) -> Objective:
+        """Any :class:`cnnlens.targets.Target`: a class's logit, a channel's mean or a neuron."""
+        t = as_target(t, class_names)
+        if t.is_class:
+            n = len(t.index) if t.kind == "class" and isinstance(t.index, tuple) else None
+
+            def fn(c: _Ctx):
+                return t.score(c.logits, t.classes(c.logits))
+
+            return Objective(fn, t.describe(class_names), (), True, n)
+        return Objective(lambda c: t.layer_score(c.acts[t.layer]), t.describe(), (t.layer,), False, None)
+
+    @staticmethod
+    def class_score(cls: int | Sequence[int], class_names: Sequence[str] | None = None) -> Objective:
+        """The pre-softmax score y_c (a list: one class per image in the batch)."""
+        vals, n = _per_sample(cls)
+        return _Objectives.target(Target.cls(vals if n else vals[0]), class_names)
+
+    @staticmethod
+    def channel(layer: str, channel: int | Sequence[int]) -> Objective:
+        """A channel's mean activation (a list: one channel per image in the batch)."""
+        vals, n = _per_sample(channel)
+        targets = [Target.channel(layer, c) for c in vals]
+        if n is None:
+            return Objective(lambda c: targets[0].layer_score(c.acts[layer]), targets[0].describe(), (layer,))
+
+        def fn(c: _Ctx):
+            a = c.acts[layer]
+            return torch.cat([t.layer_score(a[b:b + 1]) for b, t in enumerate(targets)])
+
+        return Objective(fn, f"{layer} channels {vals}", (layer,), False, n)
+
+    @staticmethod
+    def neuron(layer: str, channel: int | Sequence[int], i: int | None = None, j: int | None = None) -> Objective:
+        """One unit's activation; (i, j) default to the centre of the layer's grid."""
+        vals, n = _per_sample(channel)
+
+        def fn(c: _Ctx):
+            a = c.acts[layer]
+            ii = a.shape[-2] // 2 if i is None else i
+            jj = a.shape[-1] // 2 if j is None else j
+            ts = [Target.neuron(layer, ch, ii, jj) for ch in vals]
+            if n is None:
+                return ts[0].layer_score(a)
+            return torch.cat([t.layer_score(a[b:b + 1]) for b, t in enumerate(ts)])
+
+        where = "centre" if i is None else f"({i}, {j})"
+        return Objective(fn, f"{layer} unit {vals if n else vals[0]}@{where}", (layer,), False, n)
+
+    @staticmethod
+    def tv(p: float = 2.0) -> Objective:
+        """Total variation of the image, mean(|∂_u x|^p + |∂_v x|^p) (a penalty: subtract it)."""
+
+        def fn(c: _Ctx):
+            return total_variation(c.image, p)
+
+        return Objective(fn, "TV" if p == 2 else f"TV{p:g}")
+
+    @staticmethod
+    def l2(center: float = 0.5) -> Objective:
+        """mean((x − center)²) of the image (a penalty: subtract it)."""
+        return Objective(lambda c: ((c.image - center) ** 2).flatten(1).mean(1), "L2")
+
+    @staticmethod
+    def mse(target: torch.Tensor, layer: str | None = None) -> Objective:
+        """−mean((response − target)²): the response is the logits (or a layer's output) and
+        ``target`` the response wanted, e.g. a one-hot vector ×10 (broadcast over the batch)."""
+        target = torch.as_tensor(target, dtype=torch.float32)
+
+        def fn(c: _Ctx):
+            r = c.logits if layer is None else c.acts[layer]
+            t = target.to(r.device)
+            if t.shape != r.shape:
+                t = t.expand_as(r) if t.dim() < r.dim() or t.shape[0] == 1 else t
+            if t.shape != r.shape:
+                raise ValueError(f"the target response has shape {tuple(target.shape)}; the response is {tuple(r.shape)}")
+            return -((r - t) ** 2).flatten(1).mean(1)
+
+        where = "logits" if layer is None else layer
+        return Objective(fn, f"−MSE({where}, target)", () if layer is None else (layer,), layer is None,
+                         target.shape[0] if target.dim() >= 2 and target.shape[0] > 1 else None)
+
+
+objectives = _Objectives()
+
+
+def total_variation(x: torch.Tensor, p: float = 2.0) -> torch.Tensor:
+    """Per-sample TV: mean over pixels of |x[u+1,v] − x[u,v]|^p + |x[u,v+1] − x[u,v]|^p (B)."""
+    dv = (x[..., 1:, :] - x[..., :-1, :]).abs().pow(p).flatten(1).mean(1)
+    du = (x[..., :, 1:] - x[..., :, :-1]).abs().pow(p).flatten(1).mean(1)
+    return dv + du
+
+
+# ---------------------------------------------------------------------------
+# image parameterisations
+_COLOR_SVD_SQRT = torch.tensor([[0.26, 0.09, 0.02], [0.27, 0.00, -0.05], [0.27, -0.09, 0.03]])
+
+
+def _decorrelate_matrix() -> torch.Tensor:
+    return _COLOR_SVD_SQRT / _COLOR_SVD_SQRT.norm(dim=0).max()
+
+
+def _decorrelate(t: torch.Tensor) -> torch.Tensor:
+    """Map decorrelated colour to RGB (ImageNet colour covariance square root, as in Lucid)."""
+    return torch.einsum("bchw,dc->bdhw", t, _decorrelate_matrix().to(t))
+
+
+class _Param:
+    """An image parameterisation: ``image()`` gives B×C×H×W in [0, 1]."""
+
+    def __init__(self, shape, kind: str, decorrelate: bool, gen: torch.Generator, device, init=None, sd: float = 0.01):
+        self.shape, self.kind = shape, kind
+        B, C, H, W = shape
+        self.decorrelate = decorrelate and C == 3
+        if kind == "pixel":
+            if init is not None:
+                x = init.detach().to(torch.float32).clamp(1e-4, 1 - 1e-4).expand(shape).clone()
+                p = torch.log(x / (1 - x))
+                if self.decorrelate:
+                    p = torch.einsum("bchw,dc->bdhw", p, torch.linalg.inv(_decorrelate_matrix()))
+            else:
+                p = torch.randn(shape, generator=gen) * sd
+            self.p = p.to(device).requires_grad_(True)
+        elif kind == "fourier":
+            if init is not None:
+                raise ValueError("init= works with param='pixel'; a Fourier image starts from noise")
+            fy = torch.fft.fftfreq(H)[:, None]
+            fx = torch.fft.rfftfreq(W)[None, :]
+            self.freq = torch.sqrt(fx ** 2 + fy ** 2).to(device)
+            self.scale = 1.0 / self.freq.clamp_min(1.0 / max(H, W))  # 1/f, as Lucid/Lucent
+            self.p = (torch.randn(B, C, H, W // 2 + 1, 2, generator=gen) * sd).to(device).requires_grad_(True)
+        else:
+            raise ValueError(f"param must be 'pixel' or 'fourier', got {kind!r}")
+
+    def _linear(self) -> torch.Tensor:
+        if self.kind == "pixel":
+            t = self.p
+        else:
+            B, C, H, W = self.shape
+            spec = torch.view_as_complex(self.p) * self.scale
+            t = torch.fft.irfft2(spec, s=(H, W), norm="ortho") / 4.0
+        return _decorrelate(t) if self.decorrelate else t
+
+    def image(self) -> torch.Tensor:
+        return torch.sigmoid(self._linear())
+
+    @torch.no_grad()
+    def decay(self, rate: float) -> None:
+        self.p.mul_(1.0 - rate)
+
+    @torch.no_grad()
+    def blur(self, sigma: float) -> None:
+        """Gaussian blur of the image's linear part (in the spectrum: × exp(−2π²σ²f²))."""
+        if self.kind == "fourier":
+            g = torch.exp(-2 * math.pi ** 2 * sigma ** 2 * self.freq ** 2)
+            self.p.mul_(g[..., None])
+        else:
+            self.p.copy_(gaussian_blur(self.p, sigma))
+
+
+def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Depthwise Gaussian blur (reflect padding), radius ⌈3σ⌉."""
+    if sigma <= 0:
+        return x
+    r = max(1, int(math.ceil(3 * sigma)))
+    k = torch.arange(-r, r + 1, dtype=x.dtype, device=x.device)
+    k = torch.exp(-(k ** 2) / (2 * sigma ** 2))
+    k = k / k.sum()
+    C = x.shape[1]
+    pad_mode = "reflect" if min(x.shape[-2:]) > r else "replicate"
+    y = F.pad(x, (r, r, 0, 0), mode=pad_mode)
+    y = F.conv2d(y, k.view(1, 1, 1, -1).expand(C, 1, 1, -1), groups=C)
+    y = F.pad(y, (0, 0, r, r), mode=pad_mode)
+    return F.conv2d(y, k.view(1, 1, -1, 1).expand(C, 1, -1, 1), groups=C)
+
+
+# ---------------------------------------------------------------------------
+# transforms applied before each forward
+def _uniform(gen: torch.Generator, lo: float, hi: float) -> float:
+    return lo + (hi - lo) * float(torch.rand((), generator=gen))
+
+
+def _range(v, neutral: float) -> tuple[float, float] | None:
+    """A number r means neutral ± r (scale 0.1 → (0.9, 1.1), rotate 10 → (−10°, 10°)); a pair is (lo, hi)."""
+    if v is None or v == 0:
+        return None
+    if isinstance(v, (int, float)):
+        return (neutral - abs(v), neutral + abs(v))
+    lo, hi = v
+    return (float(lo), float(hi))
+
+
+def random_transform(x: torch.Tensor, gen: torch.Generator, jitter: int = 0, scale=None, rotate=None) -> torch.Tensor:
+    """Random affine (scale, rotation in degrees, reflection padding) then a roll by up to ±jitter pixels."""
+    if scale is not None or rotate is not None:
+        s = _uniform(gen, *scale) if scale else 1.0
+        a = math.radians(_uniform(gen, *rotate)) if rotate else 0.0
+        theta = torch.tensor([[math.cos(a) / s, -math.sin(a) / s, 0.0], [math.sin(a) / s, math.cos(a) / s, 0.0]],
+                             dtype=x.dtype, device=x.device)
+        grid = F.affine_grid(theta.expand(x.shape[0], 2, 3), list(x.shape), align_corners=False)
+        x = F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+    if jitter:
+        dy, dx = (int(v) for v in torch.randint(-jitter, jitter + 1, (2,), generator=gen))
+        x = torch.roll(x, (dy, dx), dims=(-2, -1))
+    return x
+
+
+# ---------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Visualization(Result):
+    """What activation maximisation made.
+
+    images: B×C×H×W in [0, 1]; objective: its description; start / final: J per
+    image on the untransformed image before the first and after the last step;
+    history: steps×B, J at each step (on the transformed image); settings: all that ran.
+    """
+
+    images: torch.Tensor
+    objective: str
+    start: torch.Tensor
+    final: torch.Tensor
+    history: torch.Tensor
+    settings: dict = field(default_factory=dict)
+
+    def figure(self, titles: Sequence[str] | None = None, ncols: int = 6):
+        from ..viz import image_grid
+
+        titles = titles or [f"J={float(v):.3g}" for v in self.final]
+        return image_grid(list(self.images), titles, ncols=ncols)
+
+
+def _acts(tap: LayerTap, layers) -> dict:
+    """The objective's layers by the names it uses (``features.3`` for ``net.features.3``)."""
+    return {l: tap[l] for l in layers}
+
+
+def _as_objective(obj, model) -> Objective:
+    if isinstance(obj, Objective):
+        return obj
+    names = getattr(getattr(model, "spec", None), "class_names", None) or None
+    return objectives.target(obj, names)
+
+
+def _input_geometry(model: nn.Module, size, channels) -> tuple[int, int, int]:
+    from .receptive import _input_shape
+
+    return _input_shape(model, size, channels)
+
+
+def maximize(
+    model: nn.Module,
+    objective,
+    steps: int = 256,
+    *,
+    lr: float = 0.05,
+    param: str = "fourier",
+    decorrelate: bool = True,
+    size: int | tuple[int, int] | None = None,
+    channels: int | None = None,
+    batch: int | None = None,
+    tv: float = 0.0,
+    l2: float = 0.0,
+    l2_decay: float = 0.0,
+    blur_every: int = 0,
+    blur_sigma: float = 0.5,
+    jitter: int = 0,
+    scale: float | tuple[float, float] | None = None,
+    rotate: float | tuple[float, float] | None = None,
+    init: torch.Tensor | None = None,
+    seed: int = 0,
+    progress: Callable[[int, int], None] | None = None,
+) -> Visualization:
+    """Gradient ascent on the input to maximise an objective: x* = argmax_x J(x) − λ_TV·TV(x) − λ_2‖x − ½‖².
+
+    ``objective``: an :class:`Objective` (``objectives.channel(...)``, sums of
+    them), a :class:`cnnlens.targets.Target` or a class shorthand (``281``,
+    ``"tabby"``). ``tv``/``l2`` add ``−tv·TV`` and ``−l2·L2`` terms; ``l2_decay``,
+    ``blur_every``/``blur_sigma``, ``jitter``/``scale``/``rotate`` regularise the
+    optimisation itself (``scale=0.1``: a random zoom in [0.9, 1.1]; ``rotate=10``:
+    a random rotation in [−10°, 10°]). Adam with step ``lr``; the same ``seed``
+    gives the same images.
+
+    Example::
+
+        from cnnlens.inside import maximize, objectives
+        v = maximize(model, objectives.channel("features.3", [0, 1, 2, 3]) - 0.05 * objectives.tv(), steps=128)
+        v.images   # 4×C×H×W, one per channel
+    """
+    J = _as_objective(objective, model)
+    if tv:
+        J = J - tv * objectives.tv()
+    if l2:
+        J = J - l2 * objectives.l2()
+    if param not in ("pixel", "fourier"):
+        raise ValueError(f"param must be 'pixel' or 'fourier', got {param!r}")
+    if steps < 0:
+        raise ValueError("steps must be ≥ 0")
+    if batch is not None and J.batch is not None and batch != J.batch:
+        raise ValueError(f"batch={batch} but the objective defines {J.batch} images; drop batch= or match it")
+    B = J.batch or batch or 1
+    C, H, W = _input_geometry(model, size, channels)
+    for layer in J.layers:
+        resolve_layer(model, layer)
+    p0 = next(model.parameters(), None)
+    dev = p0.device if p0 is not None else torch.device("cpu")
+    gen = torch.Generator().manual_seed(int(seed))
+    prm = _Param((B, C, H, W), param, decorrelate, gen, dev, init=init)
+    scale_r = _range(scale, 1.0)
+    rot_r = _range(rotate, 0.0)
+
+    # one full forward to learn where the objective's layers run (and the start value)
+    with LayerTap(model, J.layers) as tap, torch.no_grad():
+        img = prm.image()
+        logits = tap.run(img)
+        order = list(tap.outputs)
+        start = J(_Ctx(img, _acts(tap, J.layers), logits)).detach().cpu()
+    stop = None if J.needs_logits or not order else order[-1]
+    history = []
+    opt = torch.optim.Adam([prm.p], lr=lr)
+    with LayerTap(model, J.layers, stop_after=stop) as tap:
+        for step in range(steps):
+            img = prm.image()
+            xt = random_transform(img, gen, jitter, scale_r, rot_r)
+            logits = tap.run(xt)
+            val = J(_Ctx(img, _acts(tap, J.layers), logits))
+            (g,) = torch.autograd.grad(-val.sum(), prm.p)
+            prm.p.grad = g
+            opt.step()
+            if l2_decay:
+                prm.decay(l2_decay)
+            if blur_every and (step + 1) % blur_every == 0:
+                prm.blur(blur_sigma)
+            history.append(val.detach().cpu())
+            if progress is not None:
+                progress(step + 1, steps)
+    with LayerTap(model, J.layers, stop_after=stop) as tap, torch.no_grad():
+        img = prm.image()
+        logits = tap.run(img)
+        final = J(_Ctx(img, _acts(tap, J.layers), logits)).detach().cpu()
+    settings = {"steps": steps, "lr": lr, "param": param, "decorrelate": decorrelate and C == 3, "size": [H, W],
+                "batch": B, "tv": tv, "l2": l2, "l2_decay": l2_decay, "blur_every": blur_every,
+                "blur_sigma": blur_sigma, "jitter": jitter, "scale": scale_r, "rotate": rot_r, "seed": seed,
+                "optimizer": "Adam", "stopped_after": stop}
+    return Visualization(img.detach().cpu(), J.name, start, final,
+                         torch.stack(history) if history else torch.empty(0, B), settings)

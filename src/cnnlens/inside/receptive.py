@@ -1,0 +1,362 @@
+"""Receptive fields: which input pixels a unit of a layer can see.
+
+The analytic field is computed by following every torch operation of one
+forward pass from the input to the layer (conv, pooling, padding, slicing,
+element-wise ops, concatenation), so residual branches, functional padding
+(TF-style "same" convolutions) and concatenations are handled from the real
+graph of the model, not from the module list. Per axis a unit ``i`` of a layer
+sees input pixels ``[offset + i·stride, offset + i·stride + size)``, and
+
+    conv/pool (kernel k, stride s, padding p, dilation d):
+        size' = size + (d·(k−1))·stride,  stride' = stride·s,  offset' = offset − p·stride
+    element-wise op of several branches: the union of their fields (the larger one)
+
+The gradient probe checks it independently: the support of ∂(Σ_c a_c,ij)/∂x
+over a few random inputs is the unit's field, clipped to the image.
+
+Tracing uses a :class:`torch.overrides.TorchFunctionMode` (an observer of the
+torch calls made in one forward, active only inside :func:`receptive_field`),
+not a module hook: nothing is registered on the model. The layer itself is
+read and the forward stopped through :class:`cnnlens.tap.LayerTap`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from torch.overrides import TorchFunctionMode
+
+from ..results import Result
+from ..tap import LayerRef, LayerTap, resolve_layer
+
+log = logging.getLogger(__name__)
+
+Pair = tuple[int, int]
+
+
+# ---------------------------------------------------------------------------
+# the field of one tensor, per axis (rows, columns)
+@dataclass(frozen=True)
+class _Field:
+    kind: str  # "local" | "global" | "unknown"
+    size: Pair = (1, 1)
+    stride: Pair = (1, 1)
+    offset: Pair = (0, 0)
+    hw: Pair = (0, 0)  # spatial size of the tensor this field describes
+    why: str = ""
+
+    def conv(self, k: Pair, s: Pair, p: Pair, d: Pair, hw: Pair) -> "_Field":
+        if self.kind != "local":
+            return dataclasses.replace(self, hw=hw)
+        size = tuple(self.size[a] + d[a] * (k[a] - 1) * self.stride[a] for a in range(2))
+        stride = tuple(self.stride[a] * s[a] for a in range(2))
+        offset = tuple(self.offset[a] - p[a] * self.stride[a] for a in range(2))
+        return _Field("local", size, stride, offset, hw)
+
+
+def _pair(v: Any) -> Pair:
+    if isinstance(v, (list, tuple)):
+        if len(v) == 0:
+            return None  # type: ignore[return-value]
+        if len(v) == 1:
+            return (int(v[0]), int(v[0]))
+        return (int(v[-2]), int(v[-1]))
+    return (int(v), int(v))
+
+
+def _bind(names: tuple[str, ...], args: tuple, kwargs: dict, defaults: dict) -> dict:
+    out = dict(defaults)
+    out.update(zip(names, args))
+    out.update(kwargs or {})
+    return out
+
+
+def _tensors(obj: Any):
+    if torch.is_tensor(obj):
+        yield obj
+    elif isinstance(obj, (list, tuple)):
+        for o in obj:
+            yield from _tensors(o)
+    elif isinstance(obj, dict):
+        for o in obj.values():
+            yield from _tensors(o)
+
+
+def _union(fields: list[_Field], hw: Pair, op: str) -> _Field:
+    if any(f.kind == "unknown" for f in fields):
+        return next(f for f in fields if f.kind == "unknown")
+    if any(f.kind == "global" for f in fields):
+        return _Field("global", hw=hw)
+    strides = {f.stride for f in fields}
+    if len(strides) > 1:
+        return _Field("unknown", hw=hw, why=f"{op} joins branches with different strides {sorted(strides)}")
+    start = tuple(min(f.offset[a] for f in fields) for a in range(2))
+    end = tuple(max(f.offset[a] + f.size[a] for f in fields) for a in range(2))
+    return _Field("local", tuple(end[a] - start[a] for a in range(2)), fields[0].stride, start, hw)
+
+
+_CONV = ("conv2d",)
+_POOL = ("max_pool2d", "max_pool2d_with_indices", "avg_pool2d", "lp_pool2d")
+_ADAPTIVE = ("adaptive_avg_pool2d", "adaptive_max_pool2d", "adaptive_max_pool2d_with_indices")
+
+
+class _FieldTracer(TorchFunctionMode):
+    """Propagate receptive fields through every torch call of one forward pass."""
+
+    def __init__(self, x: torch.Tensor):
+        super().__init__()
+        self.fields: dict[int, _Field] = {id(x): _Field("local", hw=tuple(x.shape[-2:]))}
+        self._keep = [x]  # keep tensors alive so ids are not reused during the pass
+
+    def field(self, t: torch.Tensor) -> _Field | None:
+        return self.fields.get(id(t))
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        ins = [(t, self.fields[id(t)]) for t in _tensors((args, kwargs)) if id(t) in self.fields]
+        if not ins:
+            return out
+        name = getattr(func, "__name__", str(func))
+        outs = list(_tensors(out))
+        if not outs:
+            return out
+        first = ins[0][1]
+        for o in outs:
+            if o.dim() != 4:
+                f = _Field("global", hw=(1, 1)) if first.kind != "unknown" else first
+            else:
+                f = self._rule(name, args, kwargs, ins, o)
+            self.fields[id(o)] = f
+            self._keep.append(o)
+        return out
+
+    def _rule(self, name: str, args, kwargs, ins, o: torch.Tensor) -> _Field:
+        hw = tuple(o.shape[-2:])
+        x, f = ins[0]
+        if name in _CONV and x is (args[0] if args else kwargs.get("input")):
+            a = _bind(("input", "weight", "bias", "stride", "padding", "dilation", "groups"), args, kwargs,
+                      {"stride": 1, "padding": 0, "dilation": 1})
+            k = tuple(a["weight"].shape[-2:])
+            d = _pair(a["dilation"])
+            if isinstance(a["padding"], str):
+                p = (0, 0) if a["padding"] == "valid" else tuple(d[i] * (k[i] - 1) // 2 for i in range(2))
+            else:
+                p = _pair(a["padding"])
+            return f.conv(k, _pair(a["stride"]), p, d, hw)
+        if name in _POOL:
+            if name == "lp_pool2d":
+                a = _bind(("input", "norm_type", "kernel_size", "stride"), args, kwargs, {"stride": None})
+            elif name == "avg_pool2d":
+                a = _bind(("input", "kernel_size", "stride", "padding"), args, kwargs, {"stride": None})
+            else:
+                a = _bind(("input", "kernel_size", "stride", "padding", "dilation"), args, kwargs, {"stride": None})
+            a.setdefault("padding", 0)
+            a.setdefault("dilation", 1)
+            k = _pair(a["kernel_size"])
+            s = _pair(a["stride"]) if a["stride"] is not None else None
+            return f.conv(k, s or k, _pair(a["padding"]), _pair(a["dilation"]), hw)
+        if name in _ADAPTIVE:
+            hin = tuple(x.shape[-2:])
+            if hw == (1, 1):
+                return _Field("global", hw=hw) if f.kind != "unknown" else f
+            if all(hin[i] % hw[i] == 0 for i in range(2)):
+                k = tuple(hin[i] // hw[i] for i in range(2))
+                return f.conv(k, k, (0, 0), (1, 1), hw)
+            return _Field("unknown", hw=hw, why=f"{name} from {hin} to {hw} has bins of unequal size")
+        if name == "pad":
+            a = _bind(("input", "pad"), args, kwargs, {})
+            pad = list(a["pad"]) + [0] * 4
+            left, top = int(pad[0]), int(pad[2])
+            if f.kind != "local":
+                return dataclasses.replace(f, hw=hw)
+            return _Field("local", f.size, f.stride, (f.offset[0] - top * f.stride[0], f.offset[1] - left * f.stride[1]), hw)
+        if name == "__getitem__" and len(ins) == 1 and tuple(o.shape[-2:]) != f.hw:
+            idx = args[1] if len(args) > 1 else kwargs.get("idx")
+            idx = idx if isinstance(idx, tuple) else (idx,)
+            if len(idx) == 4 and all(isinstance(i, slice) for i in idx[2:]) and f.kind == "local":
+                off, st = list(f.offset), list(f.stride)
+                for a, sl in enumerate(idx[2:]):
+                    start, _, step = sl.indices(f.hw[a])
+                    off[a] += start * f.stride[a]
+                    st[a] *= step
+                return _Field("local", f.size, tuple(st), tuple(off), hw)
+        # anything else: an element-wise / channel op keeps the grid; join the branches
+        spatial = [fi for t, fi in ins if t.dim() == 4]
+        if spatial and all(fi.hw == hw or fi.kind == "global" for fi in spatial):
+            return _union(spatial, hw, name)
+        if not spatial:
+            return _Field("global", hw=hw)
+        return _Field("unknown", hw=hw, why=f"torch call {name!r} changes the spatial grid {spatial[0].hw} → {hw} "
+                                             "in a way receptive_field does not model")
+
+
+# ---------------------------------------------------------------------------
+@dataclass(frozen=True)
+class RFProbe(Result):
+    """The gradient probe of a receptive field.
+
+    position: the unit (row, col) probed; input_size: the probe input's (H, W);
+    expected: the analytic field of that unit clipped to the image, (top, left, bottom, right), end exclusive;
+    found: the bounding box of the support of ∂(Σ_c a_c,ij)/∂x; agrees: expected == found.
+    """
+
+    position: Pair
+    input_size: Pair
+    expected: tuple[int, int, int, int]
+    found: tuple[int, int, int, int] | None
+    agrees: bool
+
+
+@dataclass(frozen=True)
+class ReceptiveField(Result):
+    """A layer's receptive field in input pixels (per axis: rows, columns).
+
+    Unit (i, j) of the layer sees rows ``offset[0] + i·stride[0] … + size[0]`` and
+    columns likewise (``offset`` can be negative: the field reaches into the padding).
+
+    >>> rf = receptive_field(nn.Sequential(nn.Conv2d(1, 1, 3), nn.MaxPool2d(2)), "1", input_size=(8, 8))
+    >>> rf.size, rf.stride, rf.offset
+    ((4, 4), (2, 2), (0, 0))
+    """
+
+    layer: str
+    size: Pair
+    stride: Pair
+    offset: Pair
+    input_size: Pair
+    grid: Pair
+    is_global: bool = False
+    probe: RFProbe | None = None
+
+    def box(self, i: int, j: int) -> tuple[int, int, int, int]:
+        """The unit's field (top, left, bottom, right) in input pixels, end exclusive, not clipped."""
+        if self.is_global:
+            return (0, 0, self.input_size[0], self.input_size[1])
+        t = self.offset[0] + i * self.stride[0]
+        l = self.offset[1] + j * self.stride[1]
+        return (t, l, t + self.size[0], l + self.size[1])
+
+    def clipped_box(self, i: int, j: int, hw: Pair | None = None) -> tuple[tuple[int, int, int, int], bool]:
+        """(box clipped to an image of size ``hw`` (default: input_size), whether it was clipped)."""
+        H, W = hw or self.input_size
+        t, l, b, r = self.box(i, j)
+        c = (max(t, 0), max(l, 0), min(b, H), min(r, W))
+        return c, c != (t, l, b, r)
+
+    def center(self, i: int, j: int) -> tuple[float, float]:
+        t, l, b, r = self.box(i, j)
+        return ((t + b - 1) / 2, (l + r - 1) / 2)
+
+
+def _input_shape(model: nn.Module, input_size, channels) -> tuple[int, int, int]:
+    spec = getattr(model, "spec", None)
+    if channels is None:
+        channels = getattr(spec, "channels", None)
+    if channels is None:
+        conv = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
+        if conv is None:
+            raise ValueError("cannot tell how many input channels the model takes; pass channels=...")
+        channels = conv.in_channels
+    if input_size is None:
+        input_size = getattr(spec, "input_size", None)
+    if input_size is None:
+        raise ValueError("the model has no spec.input_size; pass input_size=(H, W)")
+    input_size = _pair(input_size)
+    return int(channels), input_size[0], input_size[1]
+
+
+def _device(model: nn.Module) -> torch.device:
+    p = next(model.parameters(), None)
+    return p.device if p is not None else torch.device("cpu")
+
+
+def _trace(model: nn.Module, name: str, x: torch.Tensor) -> tuple[_Field, torch.Tensor]:
+    """One forward (stopped after ``name``) with fields traced; returns the layer's field and output."""
+    with LayerTap(model, [name], stop_after=name) as tap:
+        with _FieldTracer(x) as tracer:
+            tap.run(x)
+        out = tap[name]
+        f = tracer.field(out)
+    if f is None:
+        raise ValueError(f"the output of layer {name!r} does not depend on the input; pick a layer inside the network")
+    return f, out
+
+
+def _to_rf(name: str, f: _Field, input_size: Pair, out: torch.Tensor) -> ReceptiveField:
+    if f.kind == "unknown":
+        raise ValueError(f"receptive_field cannot follow the path to layer {name!r}: {f.why}; "
+                         "pick an earlier layer or compute the field with the gradient probe")
+    grid = tuple(out.shape[-2:]) if out.dim() == 4 else (1, 1)
+    if f.kind == "global":
+        return ReceptiveField(name, input_size, input_size, (0, 0), input_size, grid, True)
+    return ReceptiveField(name, f.size, f.stride, f.offset, input_size, grid, False)
+
+
+def receptive_field(
+    model: nn.Module,
+    layer: LayerRef,
+    *,
+    input_size: Pair | int | None = None,
+    channels: int | None = None,
+    probe: bool = True,
+    probe_samples: int = 2,
+    probe_max: int = 1024,
+    seed: int = 0,
+) -> ReceptiveField:
+    """The theoretical receptive field of a layer's units, cross-checked by a gradient probe.
+
+    size, stride and offset are in input pixels, per axis (rows, columns); for
+    conv/pool layers ``size' = size + d(k−1)·stride``, ``stride' = stride·s``,
+    ``offset' = offset − p·stride``; branches that join take the union (the larger
+    field). With ``probe=True`` the support of ∂(Σ_c a_c,ij)/∂x over
+    ``probe_samples`` random inputs (on an input large enough to hold the whole
+    field, up to ``probe_max`` pixels) is compared with the analytic field
+    (``rf.probe.agrees``; a disagreement is logged as a warning).
+
+    Example::
+
+        import torchvision
+        rf = receptive_field(torchvision.models.resnet18(), "layer4", input_size=224)
+        rf.size, rf.stride      # ((435, 435), (32, 32))
+    """
+    name, _ = resolve_layer(model, layer)
+    c, H, W = _input_shape(model, input_size, channels)
+    dev = _device(model)
+    with torch.no_grad():
+        f, out = _trace(model, name, torch.rand(1, c, H, W, device=dev, generator=None))
+    rf = _to_rf(name, f, (H, W), out)
+    if not probe or rf.is_global:
+        return rf
+    # large enough that the central unit's whole field fits (then the probe checks the size, not a clipped box)
+    size = tuple(min(max(s, rf.size[a] + 2 * rf.stride[a]), probe_max) for a, s in enumerate((H, W)))
+    return dataclasses.replace(rf, probe=_probe(model, name, c, size, probe_samples, seed, dev))
+
+
+def _probe(model, name, c, size, samples, seed, dev) -> RFProbe:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(samples, c, *size, generator=g).to(dev).requires_grad_(True)
+    f, out = _trace(model, name, x)
+    rf = _to_rf(name, f, size, out)
+    i, j = rf.grid[0] // 2, rf.grid[1] // 2
+    expected, _ = rf.clipped_box(i, j)
+    score = out[:, :, i, j].sum()
+    if not score.requires_grad:
+        return RFProbe((i, j), size, expected, None, False)
+    (gx,) = torch.autograd.grad(score, x)
+    support = gx.detach().abs().sum((0, 1)) > 0
+    rows = support.any(1).nonzero().flatten()
+    cols = support.any(0).nonzero().flatten()
+    found = None
+    if len(rows):
+        found = (int(rows[0]), int(cols[0]), int(rows[-1]) + 1, int(cols[-1]) + 1)
+    agrees = found == expected
+    if not agrees:
+        log.warning("receptive field of %s: analytic box %s, gradient support %s (at unit %s of a %s input)",
+                    name, expected, found, (i, j), size)
+    return RFProbe((i, j), size, expected, found, agrees)

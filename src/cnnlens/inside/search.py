@@ -1,0 +1,282 @@
+"""Dataset search: the images (and image patches) that activate a channel most.
+
+For each channel of a layer, one scan over a dataset keeps the k images whose
+strongest unit in that channel is the highest, with that unit's position and the
+patch of the image it sees (its receptive field, cut out when the image is seen,
+so memory stays O(k × channels) whatever the dataset size). Runs as an
+accumulator of :func:`cnnlens.scan.scan`, so it shares the forward pass with
+evaluation and neuron statistics, and runs sharded under ``torchrun``.
+
+Per image and channel c the score is ``max_ij a_c,ij`` at position
+``argmax_ij a_c,ij`` (the first in row-major order on ties); images are ranked
+by score, descending, ties by dataset index, so a merge of shards equals one pass.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..results import Result
+from ..scan import Batch
+from ..tap import LayerRef, resolve_layer
+from .receptive import ReceptiveField, receptive_field
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SearchResult(Result):
+    """Top-k images of each channel, with the receptive-field patch of the strongest unit.
+
+    activations: C×k, descending per row; indices: C×k dataset indices; positions:
+    C×k×2 (row, col) in the layer's grid; labels: C×k true labels of those images;
+    crops: C×k×Cin×h×w image patches (h, w = the receptive field, at most the image;
+    parts outside the image are ``fill``); boxes: C×k×4 (top, left, bottom, right)
+    of each unit's field in image pixels, end exclusive, before clipping;
+    clipped: C×k, True where the field extends past the image border;
+    class_histogram: C×K, how many of a channel's top-k images are of each class.
+    """
+
+    layer: str
+    channels: tuple[int, ...]
+    activations: torch.Tensor
+    indices: torch.Tensor
+    positions: torch.Tensor
+    labels: torch.Tensor
+    crops: torch.Tensor
+    boxes: torch.Tensor
+    clipped: torch.Tensor
+    class_histogram: torch.Tensor
+    rf: ReceptiveField
+    settings: dict = field(default_factory=dict)
+
+    @property
+    def k(self) -> int:
+        return self.activations.shape[1]
+
+    def row(self, channel: int) -> int:
+        """The row of a channel (by its index in the layer)."""
+        if channel not in self.channels:
+            raise ValueError(f"channel {channel} was not searched; searched: {list(self.channels)[:10]}...")
+        return self.channels.index(channel)
+
+    def figure(self, channels: Sequence[int] | None = None, n: int | None = None,
+               class_names: Sequence[str] | None = None, size: float = 1.1):
+        """A grid: one row per channel, its top-n patches (clipped ones marked ✂), with activation and class."""
+        from ..viz import _mpl, show_image
+
+        plt = _mpl()
+        chans = list(channels) if channels is not None else list(self.channels)
+        n = min(n or self.k, self.k)
+        fig, axes = plt.subplots(len(chans), n, figsize=(size * n + 0.8, size * len(chans) + 0.3), squeeze=False)
+        for r, c in enumerate(chans):
+            row = self.row(c)
+            for j in range(n):
+                ax = axes[r, j]
+                lab = int(self.labels[row, j])
+                name = class_names[lab] if class_names and 0 <= lab < len(class_names) else str(lab)
+                mark = "✂" if bool(self.clipped[row, j]) else ""
+                show_image(ax, self.crops[row, j], f"{self.activations[row, j]:.2g} · {name}{mark}")
+                ax.title.set_fontsize(7)
+            axes[r, 0].text(-0.15, 0.5, f"ch {c}", transform=axes[r, 0].transAxes, ha="right", va="center", fontsize=8)
+        fig.tight_layout()
+        return fig
+
+
+def _rank(values: torch.Tensor, index: torch.Tensor, k: int) -> torch.Tensor:
+    """Per row, the positions of the top-k by (value desc, index asc): C×min(k, m)."""
+    o1 = torch.sort(index, dim=1, stable=True).indices
+    v1 = values.gather(1, o1)
+    o2 = torch.sort(v1, dim=1, descending=True, stable=True).indices
+    return o1.gather(1, o2)[:, :k]
+
+
+class SearchAccumulator:
+    """Keeps each channel's top-k (activation, image index, position, label, patch) during a scan.
+
+    Build it before the scan (it computes the layer's receptive field on an input
+    of ``input_size``); feed it to :func:`cnnlens.scan.scan` alone or next to other
+    accumulators::
+
+        acc = SearchAccumulator(model, "features.3", k=9, input_size=(32, 32))
+        ev = EvaluationAccumulator(num_classes=10)
+        search, evaluation = scan(model, "digits", [acc, ev])
+    """
+
+    def __init__(self, model: nn.Module, layer: LayerRef, channels: Sequence[int] | None = None, k: int = 9, *,
+                 input_size: tuple[int, int] | int | None = None, rf: ReceptiveField | None = None,
+                 max_crop: int | None = None, fill: float = 0.0):
+        if k < 1:
+            raise ValueError(f"k must be ≥ 1 (the number of images kept per channel), got {k}")
+        name, _ = resolve_layer(model, layer)
+        self.layer = name
+        self.layers = (name,)
+        self.k = int(k)
+        self.channels = None if channels is None else tuple(int(c) for c in channels)
+        if self.channels is not None and (not self.channels or min(self.channels) < 0):
+            raise ValueError("channels must be a non-empty list of channel indices ≥ 0 (or None for all)")
+        self.rf = rf or receptive_field(model, name, input_size=input_size, probe=False)
+        self.max_crop = max_crop
+        self.fill = float(fill)
+        self.num_classes = 0
+        self._state: dict[str, torch.Tensor] | None = None
+
+    # -- scan protocol --------------------------------------------------------
+    def update(self, batch: Batch) -> None:
+        a = batch.acts[self.layer].detach()
+        if a.dim() == 2:
+            a = a[:, :, None, None]
+        if a.dim() != 4:
+            raise ValueError(f"layer {self.layer!r} gives {a.dim()}-D outputs; dataset search needs N×C×H×W or N×C")
+        if self.channels is None:
+            self.channels = tuple(range(a.shape[1]))
+        if max(self.channels) >= a.shape[1]:
+            raise ValueError(f"channel {max(self.channels)} is out of range: layer {self.layer!r} has {a.shape[1]} channels")
+        self.num_classes = max(self.num_classes, int(batch.logits.shape[1]) if batch.logits.dim() == 2 else 0)
+        a = a[:, list(self.channels)].float()
+        n, C, H, W = a.shape
+        vals, arg = a.reshape(n, C, H * W).max(2)  # N×C, first maximum on ties
+        vals, arg = vals.t().cpu(), arg.t().cpu()
+        idx = batch.index.cpu().long().view(1, n).expand(C, n)
+        st = self._state
+        m = 0 if st is None else st["values"].shape[1]
+        cand_v = vals if st is None else torch.cat([st["values"], vals], 1)
+        cand_i = idx if st is None else torch.cat([st["indices"], idx], 1)
+        pick = _rank(cand_v, cand_i, self.k)  # C×k' positions into the candidates
+        new = pick >= m
+        x = batch.x.detach()
+        y = batch.y.detach().view(-1).cpu().long()
+        # the new entries: positions, labels, boxes and crops cut from this batch's images
+        bpos = (pick - m).clamp_min(0)
+        sample = bpos  # index into this batch
+        flat = arg.gather(1, sample)
+        pos = torch.stack([flat // W, flat % W], -1)
+        out = {
+            "values": cand_v.gather(1, pick),
+            "indices": cand_i.gather(1, pick),
+        }
+        positions = pos.clone()
+        labels = y[sample]
+        boxes = torch.zeros(C, pick.shape[1], 4, dtype=torch.long)
+        clipped = torch.zeros(C, pick.shape[1], dtype=torch.bool)
+        crops = None
+        if st is not None:
+            old = ~new
+            oi = pick.clamp_max(m - 1) if m else pick
+            positions[old] = st["positions"].gather(1, oi.unsqueeze(-1).expand(-1, -1, 2))[old]
+            labels = torch.where(old, st["labels"].gather(1, oi), labels)
+            boxes[old] = st["boxes"].gather(1, oi.unsqueeze(-1).expand(-1, -1, 4))[old]
+            clipped[old] = st["clipped"].gather(1, oi)[old]
+            crops = st["crops"][torch.arange(C).view(-1, 1), oi]
+        hw = tuple(x.shape[-2:])
+        xp, pad, win = self._padded(x)
+        cs = list(crops.shape[2:]) if crops is not None else [x.shape[1], *self._crop_size(win)]
+        if crops is None:
+            crops = torch.empty(C, pick.shape[1], *cs)
+        else:
+            crops = crops.clone()
+        for c, s in new.nonzero().tolist():
+            i, j = int(positions[c, s, 0]), int(positions[c, s, 1])
+            box, was_clipped = self.rf.clipped_box(i, j, hw)
+            boxes[c, s] = torch.tensor(self.rf.box(i, j))
+            clipped[c, s] = was_clipped
+            crops[c, s] = self._crop(xp, int(sample[c, s]), i, j, pad, win, hw)
+        out.update(positions=positions, labels=labels, boxes=boxes, clipped=clipped, crops=crops)
+        self._state = out
+
+    def _padded(self, x: torch.Tensor):
+        H, W = x.shape[-2:]
+        win = (min(self.rf.size[0], H), min(self.rf.size[1], W))
+        pad = (win[0], win[1])
+        xp = F.pad(x, (pad[1], pad[1], pad[0], pad[0]), value=self.fill)
+        return xp, pad, win
+
+    def _crop_size(self, win):
+        if self.max_crop is None or max(win) <= self.max_crop:
+            return win
+        s = self.max_crop / max(win)
+        return (max(1, round(win[0] * s)), max(1, round(win[1] * s)))
+
+    def _crop(self, xp, n, i, j, pad, win, hw) -> torch.Tensor:
+        if self.rf.is_global:
+            t = l = 0
+        else:
+            t, l, _, _ = self.rf.box(i, j)
+            # a field larger than the image: the crop is the whole image along that axis
+            t = t if self.rf.size[0] <= hw[0] else 0
+            l = l if self.rf.size[1] <= hw[1] else 0
+        c = xp[n, :, t + pad[0]: t + pad[0] + win[0], l + pad[1]: l + pad[1] + win[1]]
+        size = self._crop_size(win)
+        if tuple(size) != tuple(win):
+            c = F.interpolate(c[None].float(), size=size, mode="bilinear", antialias=True, align_corners=False)[0]
+        return c.detach().float().cpu()
+
+    def merge(self, other: "SearchAccumulator") -> "SearchAccumulator":
+        if other._state is None:
+            return self
+        if self._state is None:
+            self._state, self.channels = other._state, other.channels
+            self.num_classes = max(self.num_classes, other.num_classes)
+            return self
+        if self.channels != other.channels or self.layer != other.layer:
+            raise ValueError("cannot merge dataset searches of different layers or channels")
+        a, b = self._state, other._state
+        cat = {key: torch.cat([a[key], b[key]], 1) for key in a}
+        pick = _rank(cat["values"], cat["indices"], self.k)
+        rows = torch.arange(pick.shape[0]).view(-1, 1)
+        self._state = {key: v[rows, pick] for key, v in cat.items()}
+        self.num_classes = max(self.num_classes, other.num_classes)
+        return self
+
+    def compute(self) -> SearchResult:
+        if self._state is None:
+            raise ValueError("dataset search saw no images: the dataset (or this shard) is empty")
+        st = self._state
+        K = max(self.num_classes, int(st["labels"].max()) + 1 if st["labels"].numel() else 0)
+        hist = torch.zeros(st["labels"].shape[0], K, dtype=torch.long)
+        hist.scatter_add_(1, st["labels"].clamp_min(0), (st["labels"] >= 0).long())
+        return SearchResult(
+            layer=self.layer, channels=tuple(self.channels), activations=st["values"], indices=st["indices"],
+            positions=st["positions"], labels=st["labels"], crops=st["crops"], boxes=st["boxes"],
+            clipped=st["clipped"], class_histogram=hist, rf=self.rf,
+            settings={"k": self.k, "max_crop": self.max_crop, "fill": self.fill},
+        )
+
+
+def _input_size(data, model) -> tuple[int, int] | None:
+    dataset = data.dataset if isinstance(data, torch.utils.data.DataLoader) else data
+    try:
+        x0 = dataset[0][0]
+        if torch.is_tensor(x0) and x0.dim() == 3:
+            return tuple(x0.shape[-2:])
+    except Exception:  # noqa: BLE001 - an iterable dataset: fall back to the model's spec
+        pass
+    return getattr(getattr(model, "spec", None), "input_size", None)
+
+
+def dataset_search(model: nn.Module, data, layer: LayerRef, channels: Sequence[int] | None = None, k: int = 9, *,
+                   batch_size: int = 64, device=None, progress=None, max_crop: int | None = None) -> SearchResult:
+    """Maximally activating images and patches: each channel's top-k over a dataset, in one scan.
+
+    score(image, c) = max_ij a_c,ij(image); the patch is the receptive field of
+    the unit at the arg-max, cut from the image (clipped at the border and marked so).
+
+    Example::
+
+        r = dataset_search(cnnlens.load_model("digits-cnn"), "digits", "features.3", k=9)
+        r.activations[5]        # channel 5's nine best scores, descending
+        r.figure(channels=[0, 1, 2]).savefig("top9.png")
+    """
+    from ..data import as_dataset
+    from ..scan import scan
+
+    data = as_dataset(data, model)
+    acc = SearchAccumulator(model, layer, channels, k, input_size=_input_size(data, model), max_crop=max_crop)
+    (res,) = scan(model, data, [acc], batch_size=batch_size, device=device, progress=progress)
+    return res

@@ -1,0 +1,251 @@
+"""Neuron statistics over a dataset: what a channel's activity looks like, and which classes drive it.
+
+One streaming scan (an accumulator of :func:`cnnlens.scan.scan`, mergeable, so
+it shares the forward with evaluation and runs sharded under ``torchrun``) gives,
+per channel c of a layer, over every image and position:
+
+- mean and variance (population, ddof = 0), merged with Chan's formula
+  ``M2 = M2_a + M2_b + δ²·n_a·n_b / n`` (δ = mean_b − mean_a) in float64;
+- sparsity: the fraction of activations ≤ ``zero`` (exact zeros after a ReLU);
+- min, max, and dead channels (max ≤ ``zero`` on every image and position);
+- a histogram over fixed bin edges (values outside go to ``below``/``above``);
+- per-class mean of the image-level activation ``ā_c(x) = mean_ij a_c,ij(x)``;
+- a selectivity index ``(μ_max − μ_rest) / (μ_max + μ_rest)`` (Morcos et al. 2018),
+  μ_max the largest class mean and μ_rest the mean of the other class means:
+  0 for a channel that responds equally to every class, 1 for one class only
+  (meaningful for non-negative activations, e.g. after a ReLU).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from ..results import Result
+from ..scan import Batch
+from ..tap import LayerRef, LayerTap, resolve_layer
+
+
+@dataclass(frozen=True)
+class NeuronStats(Result):
+    """Per-channel statistics of a layer over a dataset (C channels, K classes, B bins).
+
+    count: values per channel (images × positions); mean, var, std, min, max,
+    sparsity: C; dead: C bool; edges: B+1 bin edges; histogram: C×B counts;
+    below/above: C counts outside the edges; class_mean: K×C mean image-level
+    activation per class; class_count: K images per class; selectivity: C;
+    preferred_class: C, the class with the largest mean.
+    """
+
+    layer: str
+    count: int
+    mean: torch.Tensor
+    var: torch.Tensor
+    std: torch.Tensor
+    min: torch.Tensor
+    max: torch.Tensor
+    sparsity: torch.Tensor
+    dead: torch.Tensor
+    edges: torch.Tensor
+    histogram: torch.Tensor
+    below: torch.Tensor
+    above: torch.Tensor
+    class_mean: torch.Tensor
+    class_count: torch.Tensor
+    selectivity: torch.Tensor
+    preferred_class: torch.Tensor
+    settings: dict = field(default_factory=dict)
+
+    @property
+    def dead_channels(self) -> list[int]:
+        return self.dead.nonzero().flatten().tolist()
+
+    def figure(self, channels: Sequence[int] | None = None, ncols: int = 8, size: float = 1.6):
+        """Small-multiple histograms (log counts) of the chosen channels, dead ones in red."""
+        from ..viz import _mpl
+
+        plt = _mpl()
+        chans = list(channels) if channels is not None else list(range(len(self.mean)))
+        ncols = min(ncols, len(chans))
+        nrows = (len(chans) + ncols - 1) // ncols
+        fig, axes = plt.subplots(nrows, ncols, figsize=(size * ncols, size * 0.8 * nrows + 0.3), squeeze=False)
+        centers = ((self.edges[1:] + self.edges[:-1]) / 2).numpy()
+        width = float(self.edges[1] - self.edges[0])
+        for ax in axes.flat:
+            ax.set_axis_off()
+        for ax, c in zip(axes.flat, chans):
+            ax.set_axis_on()
+            h = self.histogram[c].double().numpy()
+            ax.bar(centers, h, width=width, color="tab:red" if bool(self.dead[c]) else "tab:blue")
+            ax.set_yscale("log")
+            ax.set_title(f"ch {c}: sp {float(self.sparsity[c]):.2f} sel {float(self.selectivity[c]):.2f}", fontsize=7)
+            ax.tick_params(labelsize=6)
+        fig.tight_layout()
+        return fig
+
+
+class StatsAccumulator:
+    """Streaming, mergeable per-channel statistics of one layer (see the module docstring).
+
+    ``edges``: fixed histogram bin edges (B+1, increasing), the same on every
+    process so shards merge; :func:`neuron_stats` picks them from a first look at the data.
+
+        acc = StatsAccumulator("features.3", edges=torch.linspace(0, 4, 41), num_classes=10)
+        (stats,) = scan(model, "digits", [acc])
+    """
+
+    def __init__(self, layer: str, edges: torch.Tensor, num_classes: int | None = None, zero: float = 0.0):
+        edges = torch.as_tensor(edges, dtype=torch.float64).flatten()
+        if edges.numel() < 2 or not bool((edges[1:] > edges[:-1]).all()):
+            raise ValueError("edges must be at least two increasing bin edges, e.g. torch.linspace(0, 4, 41)")
+        self.layer = layer
+        self.layers = (layer,)
+        self.edges = edges
+        self.zero = float(zero)
+        self.num_classes = num_classes
+        self.s: dict[str, torch.Tensor] | None = None
+
+    def _init(self, C: int, K: int) -> dict:
+        B = self.edges.numel() - 1
+        z = lambda *s: torch.zeros(*s, dtype=torch.float64)  # noqa: E731
+        return {"n": z(C), "mean": z(C), "m2": z(C), "zeros": z(C),
+                "min": torch.full((C,), float("inf"), dtype=torch.float64),
+                "max": torch.full((C,), float("-inf"), dtype=torch.float64),
+                "hist": torch.zeros(C, B, dtype=torch.long), "below": torch.zeros(C, dtype=torch.long),
+                "above": torch.zeros(C, dtype=torch.long), "csum": z(K, C), "ccount": z(K)}
+
+    def update(self, batch: Batch) -> None:
+        a = batch.acts[self.layer].detach()
+        if a.dim() == 2:
+            a = a[:, :, None, None]
+        if a.dim() != 4:
+            raise ValueError(f"layer {self.layer!r} gives {a.dim()}-D outputs; neuron statistics need N×C×H×W or N×C")
+        a = a.double().cpu()
+        n, C = a.shape[:2]
+        K = self.num_classes or int(batch.logits.shape[1])
+        if self.s is None:
+            self.s = self._init(C, K)
+        s = self.s
+        v = a.transpose(0, 1).reshape(C, -1)  # C×(N·H·W)
+        nb = torch.full((C,), float(v.shape[1]), dtype=torch.float64)
+        mb = v.mean(1)
+        m2b = ((v - mb[:, None]) ** 2).sum(1)
+        self._chan(s, nb, mb, m2b)
+        s["zeros"] += (v <= self.zero).sum(1).double()
+        s["min"] = torch.minimum(s["min"], v.min(1).values)
+        s["max"] = torch.maximum(s["max"], v.max(1).values)
+        B = self.edges.numel() - 1
+        below = v < self.edges[0]
+        above = v > self.edges[-1]
+        s["below"] += below.sum(1)
+        s["above"] += above.sum(1)
+        inside = ~(below | above)
+        # bin b holds edges[b] ≤ v < edges[b+1]; the last bin also holds v == edges[-1]
+        b = (torch.bucketize(v, self.edges, right=True) - 1).clamp(0, B - 1)
+        flat = (b + torch.arange(C).view(-1, 1) * B)[inside]
+        s["hist"] += torch.bincount(flat, minlength=C * B).view(C, B)
+        img = a.mean((2, 3))  # N×C image-level activation
+        y = batch.y.detach().view(-1).cpu().long()
+        ok = (y >= 0) & (y < K)
+        s["csum"].index_add_(0, y[ok], img[ok])
+        s["ccount"] += torch.bincount(y[ok], minlength=K).double()
+
+    @staticmethod
+    def _chan(s, nb, mb, m2b) -> None:
+        n = s["n"] + nb
+        delta = mb - s["mean"]
+        s["mean"] = s["mean"] + delta * nb / n.clamp_min(1)
+        s["m2"] = s["m2"] + m2b + delta ** 2 * s["n"] * nb / n.clamp_min(1)
+        s["n"] = n
+
+    def merge(self, other: "StatsAccumulator") -> "StatsAccumulator":
+        if other.s is None:
+            return self
+        if self.s is None:
+            self.s = {k: v.clone() for k, v in other.s.items()}
+            return self
+        if not torch.equal(self.edges, other.edges):
+            raise ValueError("cannot merge neuron statistics with different histogram edges")
+        s, o = self.s, other.s
+        self._chan(s, o["n"], o["mean"], o["m2"])
+        for key in ("zeros", "hist", "below", "above", "csum", "ccount"):
+            s[key] = s[key] + o[key]
+        s["min"] = torch.minimum(s["min"], o["min"])
+        s["max"] = torch.maximum(s["max"], o["max"])
+        return self
+
+    def compute(self) -> NeuronStats:
+        if self.s is None:
+            raise ValueError("neuron statistics saw no images: the dataset (or this shard) is empty")
+        s = self.s
+        n = s["n"].clamp_min(1)
+        var = s["m2"] / n
+        cnt = s["ccount"]
+        cm = s["csum"] / cnt.clamp_min(1).view(-1, 1)
+        seen = cnt > 0
+        cms = cm[seen]  # classes with images
+        if cms.shape[0] >= 2:
+            mx, arg = cms.max(0)
+            rest = (cms.sum(0) - mx) / (cms.shape[0] - 1)
+            denom = mx + rest
+            sel = torch.where(denom.abs() > 1e-12, (mx - rest) / denom, torch.zeros_like(mx))
+            pref = seen.nonzero().flatten()[arg]
+        else:
+            sel = torch.zeros(cm.shape[1], dtype=torch.float64)
+            pref = torch.full((cm.shape[1],), int(seen.nonzero().flatten()[0]) if seen.any() else -1)
+        f = lambda t: t.float()  # noqa: E731
+        return NeuronStats(
+            layer=self.layer, count=int(s["n"][0]), mean=f(s["mean"]), var=f(var), std=f(var.sqrt()),
+            min=f(s["min"]), max=f(s["max"]), sparsity=f(s["zeros"] / n), dead=s["max"] <= self.zero,
+            edges=f(self.edges), histogram=s["hist"], below=s["below"], above=s["above"], class_mean=f(cm),
+            class_count=cnt.long(), selectivity=f(sel), preferred_class=pref.long(),
+            settings={"zero": self.zero, "bins": self.edges.numel() - 1,
+                      "range": [float(self.edges[0]), float(self.edges[-1])]},
+        )
+
+
+def default_edges(model: nn.Module, data, layer: str, bins: int = 40, look: int = 64) -> torch.Tensor:
+    """Bin edges from a first look at the first ``look`` samples (the same on every process).
+
+    Range [min(0, lo), hi + 10 % of the span]; the rest of the data may fall outside
+    (counted in ``below``/``above``).
+    """
+    dataset = data.dataset if isinstance(data, torch.utils.data.DataLoader) else data
+    try:
+        xs = torch.stack([torch.as_tensor(dataset[i][0]) for i in range(min(look, len(dataset)))])
+    except Exception as e:  # noqa: BLE001
+        raise ValueError("cannot look at the first samples to choose histogram bins; pass edges=...") from e
+    p = next(model.parameters(), None)
+    with LayerTap(model, [layer], stop_after=layer, detach=True) as tap, torch.no_grad():
+        tap.run(xs.to(p.device if p is not None else "cpu"))
+        a = tap[layer].float()
+    lo, hi = min(0.0, float(a.min())), float(a.max())
+    if hi <= lo:
+        hi = lo + 1.0
+    hi = hi + 0.1 * (hi - lo)
+    return torch.linspace(lo, hi, bins + 1, dtype=torch.float64)
+
+
+def neuron_stats(model: nn.Module, data, layer: LayerRef, *, bins: int = 40, edges: torch.Tensor | None = None,
+                 zero: float = 0.0, batch_size: int = 64, device=None, progress=None) -> NeuronStats:
+    """Per-channel statistics of a layer over a dataset, in one scan (see the module docstring).
+
+    Example::
+
+        st = neuron_stats(cnnlens.load_model("digits-cnn"), "digits", "features.1")
+        st.sparsity, st.dead_channels, st.selectivity, st.class_mean  # C, list, C, K×C
+    """
+    from ..data import as_dataset
+    from ..scan import scan
+
+    name, _ = resolve_layer(model, layer)
+    data = as_dataset(data, model)
+    if edges is None:
+        edges = default_edges(model, data, name, bins)
+    spec = getattr(model, "spec", None)
+    acc = StatsAccumulator(name, edges, num_classes=getattr(spec, "num_classes", None) or None, zero=zero)
+    (res,) = scan(model, data, [acc], batch_size=batch_size, device=device, progress=progress)
+    return res
