@@ -283,14 +283,82 @@ def test_cli_evaluate_end_to_end(tmp_path):
     (["--data", "{tmp}/nowhere"], "not a dataset name and no such directory"),
     (["--data", "{tmp}/colours", "--topk", "1", "7"], "top-7 is more than the model's 3 classes"),
     (["--data", "{tmp}/colours", "--topk", "x"], "--topk 'x' is not an integer"),
+    (["--data", "{tmp}/colours", "--topk", "1", "--batch-size", "4", "stray"], "unexpected argument 'stray'"),
 ])
-def test_cli_bad_input_is_one_line_without_traceback(tmp_path, args, message):
+def test_cli_bad_input_is_one_line_without_traceback(tmp_path, args, message, monkeypatch, capsys):
+    """In-process (the subprocess path is covered above): exit code 2, one error line, no traceback."""
     needs_load_model()
+    from cnnlens.cli import main
+
     evalnets.write_colour_folder(tmp_path / "colours")
-    p = run_cli("evaluate", "--model", "evalnets:colour_net", *[a.format(tmp=tmp_path) for a in args],
-                "--out", str(tmp_path / "out"))
-    assert p.returncode == 2
-    assert "Traceback" not in p.stderr
-    first = p.stderr.strip().splitlines()[0]
-    assert first.startswith("error:") and message in first
+    argv = ["cnnlens", "evaluate", "--model", "evalnets:colour_net", *[a.format(tmp=tmp_path) for a in args],
+            "--out", str(tmp_path / "out")]
+    monkeypatch.setattr(sys, "argv", argv)
+    with pytest.raises(SystemExit) as e:
+        main()
+    err = capsys.readouterr().err
+    assert e.value.code == 2
+    assert "Traceback" not in err
+    errors = [line for line in err.splitlines() if line.startswith("error")]
+    assert len(errors) == 1 and errors[0].startswith("error:") and message in errors[0]
     assert not (tmp_path / "out").exists()
+
+
+# -- demo section ------------------------------------------------------------------------
+
+def test_demo_section_with_small_stand_ins(untouched):
+    from types import SimpleNamespace
+
+    from cnnlens.data import as_dataset
+    from cnnlens.evaluation import demo_section
+    from cnnlens.models.digits import DigitsCNN, digits_spec
+    from cnnlens.models.spec import ModelSpec, PixelModel
+    from cnnlens.report import Report
+
+    torch.manual_seed(0)
+    digits = untouched(PixelModel(DigitsCNN(widths=(2, 2, 2)), digits_spec()).eval())
+    photo_net = untouched(PixelModel(nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(3, 6)),
+                                     ModelSpec("p", (16, 16), class_names=tuple("abcdef"))).eval())
+    x = torch.rand(2, 3, 16, 16)
+    calls = []
+    ctx = SimpleNamespace(digits_model=digits, digits_data=as_dataset("digits", digits), effnet=photo_net,
+                          photos=(["one", "two"], x), device="cpu",
+                          progress=lambda what, done, total: calls.append((what, done, total)))
+    rep = Report("t")
+    demo_section(rep, ctx)
+    ev, top = rep.sections
+    assert "class support" in ev.intro and "Top-k" in ev.intro
+    figures = [b for b in ev.blocks if b.kind == "figure"]
+    assert len(figures) == 2
+    per_class = next(b for b in ev.blocks if b.kind == "table")
+    labels = as_dataset("digits").y if hasattr(as_dataset("digits"), "y") else None
+    supports = [int(r[4]) for r in per_class.payload["rows"]]
+    assert len(supports) == 10 and sum(supports) == 359
+    if labels is not None:
+        assert supports == torch.bincount(labels, minlength=10).tolist()
+    assert ev.results["evaluation"]["n"] == 359
+    assert ("evaluation: digits-cnn", 6, 6) in calls  # 359 images in batches of 64
+    gallery = next(b for b in top.blocks if b.kind == "gallery")
+    assert [label for _, label in gallery.payload["items"]] == ["one", "two"]
+    ref = predict_topk(photo_net, x, k=5)
+    got = top.results["topk"]["two"]
+    assert [g["index"] for g in got] == ref.classes[1].tolist()
+    assert [g["probability"] for g in got] == pytest.approx(ref.probs[1].tolist())
+
+
+def test_cli_layers_lists_names_and_shapes(monkeypatch, capsys):
+    needs_load_model()
+    from cnnlens.cli import main
+    from cnnlens.cli.layers import layer_table
+
+    monkeypatch.setattr(sys, "argv", ["cnnlens", "layers", "--model", "evalnets:colour_net"])
+    main()
+    out = capsys.readouterr().out
+    for name, shape in (("net.0", "1×3×8×8"), ("net.1", "1×3×1×1"), ("net.2", "1×3")):
+        line = next(l for l in out.splitlines() if f" {name} " in l)
+        assert shape in line
+    # a module run twice is reported (it cannot be tapped); layer_table leaves the model as it was
+    relu = nn.ReLU()
+    net = nn.Sequential(nn.Conv2d(1, 2, 1), relu, nn.Conv2d(2, 2, 1), relu)
+    rows = {r["name"]: r for r in layer_table(net, torch.zeros(1, 1, 3, 3))}
+    assert rows["1"]["calls"] == 2 and rows["0"]["params"] == 4 and rows["2"]["shape"] == "1×2×3×3"

@@ -384,17 +384,19 @@ def confusion_figure(result: EvaluationResult, normalized: bool = False, max_cla
     vmax = 1.0 if normalized else max(1.0, float(M.max()))
     im = ax.imshow(M, cmap="Blues", vmin=0, vmax=vmax)
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.03, label="fraction of the true class" if normalized else "count")
-    ax.set_xticks(range(m), labels, rotation=60 if max(map(len, labels)) > 3 else 0, ha="right" if max(map(len, labels)) > 3 else "center", fontsize=8)
-    ax.set_yticks(range(m), labels, fontsize=8)
+    long = max(map(len, labels)) > 3
+    tfs = 10 if m <= 10 else 8
+    ax.set_xticks(range(m), labels, rotation=60 if long else 0, ha="right" if long else "center", fontsize=tfs)
+    ax.set_yticks(range(m), labels, fontsize=tfs)
     ax.set_xlabel("predicted class")
     ax.set_ylabel("true class")
     fs = 9 if m <= 10 else 7 if m <= 16 else 6
     for i in range(m):
         for j in range(m):
             v = M[i, j]
-            if v == 0:
-                continue
             txt = f"{v:.2f}" if normalized else f"{int(v)}"
+            if v == 0 or txt == "0.00":
+                continue
             ax.text(j, i, txt, ha="center", va="center", fontsize=fs,
                     color="white" if v > 0.55 * vmax else "black")
     what = "normalised by class support (rows sum to 1)" if normalized else "counts"
@@ -468,7 +470,9 @@ def topk_figure(image: torch.Tensor, top: list[tuple[str, float]], title: str = 
     a1.set_xlabel("probability", fontsize=8)
     a1.tick_params(axis="x", labelsize=7)
     for b, v in zip(bars, vals):
-        a1.text(min(v + 0.02, 0.8), b.get_y() + b.get_height() / 2, f"{v:.1%}", va="center", fontsize=7)
+        inside = v > 0.8
+        a1.text(v - 0.02 if inside else v + 0.02, b.get_y() + b.get_height() / 2, f"{v:.1%}", va="center",
+                ha="right" if inside else "left", fontsize=7, color="white" if inside else "black")
     for s in ("top", "right"):
         a1.spines[s].set_visible(False)
     fig.tight_layout()

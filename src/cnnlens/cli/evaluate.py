@@ -18,12 +18,16 @@ def _topk_values(topk: Optional[List[str]], more: Optional[List[str]]) -> tuple[
     if not topk:
         return None
     vals = []
-    for tok in [*topk, *(more or [])]:
-        for part in str(tok).replace(",", " ").split():
-            try:
-                vals.append(int(part))
-            except ValueError:
-                raise UserError(f"--topk {part!r} is not an integer; give k values like --topk 1 5") from None
+    for extra, tokens in ((False, topk), (True, more or [])):
+        for tok in tokens:
+            for part in str(tok).replace(",", " ").split():
+                try:
+                    vals.append(int(part))
+                except ValueError:
+                    if extra:
+                        raise UserError(f"unexpected argument {part!r}; options are given as --name value "
+                                        "(see --help)") from None
+                    raise UserError(f"--topk {part!r} is not an integer; give k values like --topk 1 5") from None
     return tuple(vals)
 
 

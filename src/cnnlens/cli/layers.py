@@ -23,10 +23,10 @@ def _shape(v) -> str:
 
 
 def layer_table(model, x) -> list[dict]:
-    """One row per module in execution order: name, type, output shape, own parameters, calls.
+    """One row per module (``named_modules`` order): name, type, output shape, own parameters, calls.
 
     Runs one forward on ``x`` under :class:`~cnnlens.tap.LayerTap` (hooks removed,
-    flags restored). Modules that never run are listed last with shape ``—``.
+    flags restored). A module that never runs has shape ``—`` and 0 calls.
     """
     import torch
 
@@ -49,10 +49,8 @@ def layer_table(model, x) -> list[dict]:
 
     with LayerTap(model, edits={n: recorder(n) for n in mods}, detach=True) as tap, torch.no_grad():
         tap.run(x)
-    rows = list(seen.values())
-    rows += [{"name": n, "type": type(m).__name__, "shape": "—", "calls": 0,
-              "params": sum(p.numel() for p in m.parameters(recurse=False))} for n, m in mods.items() if n not in seen]
-    return rows
+    return [seen.get(n) or {"name": n, "type": type(m).__name__, "shape": "—", "calls": 0,
+                            "params": sum(p.numel() for p in m.parameters(recurse=False))} for n, m in mods.items()]
 
 
 @app.command()
@@ -89,16 +87,19 @@ def layers(
                             ("pooled (CAM)", spec.pooled_layer)):
             if name:
                 marks.setdefault(name, []).append(label)
-    t = Table(title=f"{model}: layers in execution order (input 1×{c}×{h}×{w})", title_justify="left")
-    for col, just in (("layer", "left"), ("type", "left"), ("output", "left"), ("params", "right"), ("note", "left")):
-        t.add_column(col, justify=just)
+    t = Table(title=f"{model}: layers (dry run on 1×{c}×{h}×{w})", title_justify="left")
+    widest = max((len(r["name"]) for r in rows), default=5)
+    t.add_column("layer", no_wrap=True, min_width=widest)
+    t.add_column("type", no_wrap=True)
+    t.add_column("output", no_wrap=True)
+    t.add_column("params", justify="right")
+    t.add_column("note")
     for r in rows:
         note = marks.get(r["name"], [])
         if r["calls"] > 1:
             note = [*note, f"runs {r['calls']}× (cannot be tapped)"]
         elif r["calls"] == 0:
             note = [*note, "not run by forward()"]
-        depth = r["name"].count(".")
-        t.add_row("  " * depth + r["name"], r["type"], r["shape"], f"{r['params']:,}" if r["params"] else "",
+        t.add_row(r["name"], r["type"], r["shape"], f"{r['params']:,}" if r["params"] else "",
                   ", ".join(note))
     Console().print(t)
