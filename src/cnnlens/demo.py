@@ -17,7 +17,7 @@ import torch
 log = logging.getLogger(__name__)
 
 #: scikit-image sample photos shown in the demo (name, short description)
-PHOTOS = ("chelsea", "coffee", "astronaut", "rocket", "motorcycle_left", "cat")
+PHOTOS = ("chelsea", "coffee", "astronaut", "rocket", "clock", "camera")
 
 
 @dataclass
