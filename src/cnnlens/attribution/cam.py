@@ -68,7 +68,7 @@ def layer_gradient(tap: LayerTap, leaf: LeafAt, p: Prepared, xb: torch.Tensor, c
     if leaf.A is None:
         raise ValueError(f"layer {leaf.name!r} did not run in the forward pass; name a layer that forward() uses")
     if classes is None:
-        classes = pick_classes(p, None if out is None else out.detach(), xb.shape[0])
+        classes = pick_classes(p, out, xb.shape[0])
     s = score(p, tap, out, classes)
     g = None
     if s.requires_grad:

@@ -24,7 +24,7 @@ def input_gradient(tap: LayerTap, p: Prepared, xb: torch.Tensor, classes: torch.
     xb = xb.detach().requires_grad_(True)
     out = tap.run(xb)
     if classes is None:
-        classes = pick_classes(p, None if out is None else out.detach(), xb.shape[0])
+        classes = pick_classes(p, out, xb.shape[0])
     s = score(p, tap, out, classes)
     (g,) = torch.autograd.grad(s.sum(), xb)
     return g, s.detach(), classes

@@ -81,6 +81,11 @@ def occlusion(model: nn.Module, x: torch.Tensor, target: Any = "predicted", *, w
     if stride is None:
         stride = (max(1, wh // 2), max(1, ww // 2))
     sh, sw = _pair(stride, "stride")
+    if sh > wh or sw > ww:
+        raise ValueError(
+            f"stride {(sh, sw)} is larger than the window {(wh, ww)}, which leaves pixels that no patch covers; "
+            "use a stride ≤ the window"
+        )
     rows, cols = window_starts(H, wh, sh), window_starts(W, ww, sw)
     P = len(rows) * len(cols)
     dev = p.x.device
@@ -108,9 +113,13 @@ def occlusion(model: nn.Module, x: torch.Tensor, target: Any = "predicted", *, w
             xb = torch.where(mask, f, p.x[si])
             ob = tap.run(xb)
             sb = score(p, tap, ob, classes[si]).float()
-            drops[a:b] = s0[si] - sb
+            # a patch that changes no pixel (fill equal to the image there) changes nothing, exactly —
+            # not up to the batch-size-dependent rounding of the convolutions
+            same = ~(xb != p.x[si]).flatten(1).any(1)
+            drops[a:b] = torch.where(same, torch.zeros_like(sb), s0[si] - sb)
             if is_class:
-                probs[a:b] = logits_of(ob).float().softmax(1).gather(1, classes[si].view(-1, 1)).squeeze(1)
+                pb = logits_of(ob).float().softmax(1).gather(1, classes[si].view(-1, 1)).squeeze(1)
+                probs[a:b] = torch.where(same, p0[si], pb)
             if progress:
                 progress(b, total)
     raw = drops.view(p.n, len(rows), len(cols))

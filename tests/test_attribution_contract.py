@@ -1,0 +1,147 @@
+"""What every attribution method promises: no side effects (also on error), batch = per-sample,
+per-sample targets, low-precision inputs, targets checked before any forward."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from attribution_nets import BoomGapNet
+from cnnlens.attribution import METHODS
+from conftest import TinyGapNet
+
+#: small settings so every method runs in milliseconds on the tiny nets
+FAST = {
+    "smoothgrad": {"n": 3, "sigma": 0.2},
+    "integrated_gradients": {"steps": 4},
+    "occlusion": {"window": 3, "stride": 2},
+    "augmented_gradcam": {"augmentations": 3, "steps": 5},
+}
+LAYERED = {"cam", "gradcam", "gradcam_pp", "guided_gradcam", "augmented_gradcam"}
+ALL = sorted(METHODS)
+
+
+def run(name, model, x, **kw):
+    return METHODS[name](model, x, **{**FAST.get(name, {}), **kw})
+
+
+def _user_state(model: nn.Module) -> nn.Module:
+    """Put a model in a state a user might leave it in: training mode, a partial freeze, a stale .grad."""
+    model.train()
+    params = list(model.parameters())
+    params[0].requires_grad_(False)
+    params[-1].grad = torch.full_like(params[-1], 0.25)
+    return model
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_model_untouched_after_success(name, untouched):
+    model = untouched(_user_state(TinyGapNet()))
+    e = run(name, model, torch.rand(2, 3, 8, 8))
+    assert model.training and torch.isfinite(e.maps).all()
+    assert e.maps.dtype == torch.float32 and e.maps.device.type == "cpu" and e.maps.shape == (2, 8, 8)
+    json.dumps(e.to_dict())  # the summary is plain JSON
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_model_untouched_after_an_exception_inside_the_model(name, untouched):
+    model = untouched(_user_state(BoomGapNet()))
+    kw = {"layer": "features"} if name in LAYERED else {}
+    if name == "cam":
+        kw["classifier"] = "fc"
+    with pytest.raises(RuntimeError, match="boom inside the model"):
+        run(name, model, torch.rand(2, 3, 6, 6), **kw)
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_a_batch_explains_each_sample_as_alone(name, tiny_gap_net):
+    x = torch.rand(3, 3, 8, 8)
+    for target in ("predicted", [2, 0, 1]):
+        batch = run(name, tiny_gap_net, x, target=target)
+        for i in range(3):
+            t = target if isinstance(target, str) else target[i]
+            one = run(name, tiny_gap_net, x[i:i + 1], target=t)
+            assert one.classes.item() == batch.classes[i].item()
+            scale = float(one.maps.abs().max()) + 1e-12
+            assert torch.allclose(batch.maps[i], one.maps[0], atol=1e-5 * scale), name
+
+
+@pytest.mark.parametrize("name", ALL)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_low_precision_inputs_are_computed_in_float32(name, dtype, tiny_gap_net):
+    x = torch.rand(2, 3, 8, 8)
+    low = x.to(dtype)
+    e = run(name, tiny_gap_net, low, target=[0, 1])
+    ref = run(name, tiny_gap_net, low.float(), target=[0, 1])
+    assert e.maps.dtype == torch.float32 and torch.equal(e.maps, ref.maps)
+    assert e.settings["input_dtype"] == str(dtype).replace("torch.", "")
+    full = run(name, tiny_gap_net, x, target=[0, 1])
+    # relative L2 error: a rounded pixel may flip a ReLU, so single pixels can jump; the map may not
+    tol = 0.02 if dtype == torch.float16 else 0.05  # bf16 keeps 8 bits of the pixel
+    assert (e.maps - full.maps).norm() <= tol * full.maps.norm() + 1e-7, name
+
+
+class CountingNet(TinyGapNet):
+    def __init__(self, spec=None):
+        super().__init__()
+        self.calls = 0
+        if spec is not None:
+            self.spec = spec
+
+    def forward(self, x):
+        self.calls += 1
+        return super().forward(x)
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_targets_are_checked_before_any_forward(name, untouched):
+    from cnnlens.models.spec import ModelSpec
+
+    model = untouched(CountingNet(ModelSpec("tiny", (6, 6), class_names=("ant", "bee", "cat"))))
+    x = torch.rand(3, 3, 6, 6)
+    for target, msg in [([0, 1], "one class per input"), ("true", "labels"), ("tabby", "unknown target"),
+                        (5, "out of range")]:
+        with pytest.raises(ValueError, match=msg):
+            run(name, model, x, target=target)
+    assert model.calls == 0
+    # without a spec the class count is known only from the logits: one forward at most
+    # (plus one to find the last spatial layer when none is named)
+    bare = untouched(CountingNet())
+    with pytest.raises(ValueError, match="out of range"):
+        run(name, bare, x, target=5)
+    assert bare.calls <= (2 if name in LAYERED else 1)
+    e = run(name, model, x, target="bee")
+    assert e.classes.tolist() == [1, 1, 1] and "bee" in e.settings["target"]
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_true_target_uses_the_labels(name, tiny_gap_net):
+    x = torch.rand(2, 3, 8, 8)
+    e = run(name, tiny_gap_net, x, target="true", y=torch.tensor([2, 1]))
+    ref = run(name, tiny_gap_net, x, target=[2, 1])
+    assert e.classes.tolist() == [2, 1] and torch.allclose(e.maps, ref.maps)
+
+
+def test_bad_inputs_get_one_line_errors(tiny_gap_net):
+    from cnnlens.attribution import occlusion, saliency
+
+    with pytest.raises(TypeError, match="torch.Tensor"):
+        saliency(tiny_gap_net, [[0.0]])
+    with pytest.raises(TypeError, match="floating"):
+        saliency(tiny_gap_net, torch.zeros(1, 3, 4, 4, dtype=torch.uint8))
+    with pytest.raises(ValueError, match="N×C×H×W"):
+        saliency(tiny_gap_net, torch.rand(3, 4))
+    with pytest.raises(ValueError, match="reduce"):
+        saliency(tiny_gap_net, torch.rand(1, 3, 4, 4), reduce="mean")
+    with pytest.raises(ValueError, match="batch_size"):
+        occlusion(tiny_gap_net, torch.rand(1, 3, 4, 4), batch_size=0)
+
+    class TupleNet(TinyGapNet):
+        def forward(self, x):
+            return super().forward(x), None
+
+    with pytest.raises(TypeError, match="logits"):
+        saliency(TupleNet(), torch.rand(1, 3, 4, 4))
