@@ -7,7 +7,7 @@ import torch
 import torchvision
 
 from cnnlens.inside import receptive_field
-from inside_nets import ChainNet, OddNet, Upsampler, pixel_chain_net
+from inside_nets import ChainNet, OddNet, Upsampler, pixel_chain_net, one_thread  # noqa: F401 (autouse)
 
 
 def test_resnet18_known_values(untouched):

@@ -10,7 +10,7 @@ import torch
 
 from cnnlens import Batch, LayerTap, scan
 from cnnlens.inside import StatsAccumulator, neuron_stats
-from inside_nets import pixel_chain_net
+from inside_nets import pixel_chain_net, one_thread  # noqa: F401 (autouse)
 
 
 def _data(n=37, seed=2):
