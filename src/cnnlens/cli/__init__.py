@@ -8,3 +8,4 @@ from .common import app, main  # noqa: F401
 from . import demo as _demo  # noqa: F401,E402
 from . import evaluate as _evaluate  # noqa: F401,E402
 from . import layers as _layers  # noqa: F401,E402
+from . import train as _train  # noqa: F401,E402
