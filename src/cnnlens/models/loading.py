@@ -198,6 +198,10 @@ def _load_timm(arch, weights, pretrained, trust_pickle, num_classes, class_names
         with torch.random.fork_rng(devices=[]):
             return timm.create_model(arch, pretrained=download, **kw)
 
+    if num_classes is None and state is not None:
+        # size the head from the weights without building twice: timm names each architecture's classifier
+        head = getattr(timm.models.get_pretrained_cfg(arch), "classifier", None)
+        num_classes = _head_size(state, head) if isinstance(head, str) else None
     net = _create_fitting(create, state, num_classes)
     cfg = dict(getattr(net, "pretrained_cfg", None) or {})
     base = ModelSpec(
@@ -306,7 +310,7 @@ def _load_factory(module_name, attr, weights, pretrained, trust_pickle, num_clas
     if state is not None:
         _load_into(net, state, what, weights, num_classes)
     else:
-        log.warning("%s: no weights given, the network keeps the factory's initialisation", what)
+        log.info("%s: no weights given; the network keeps the parameters the factory gave it", what)
     return _finish(net.eval(), base, class_names=class_names, overrides=overrides, what=what, own=True)
 
 
@@ -537,50 +541,68 @@ def _finish(net: nn.Module, base: ModelSpec, *, class_names, overrides, what: st
     if len(spec.mean) != spec.channels or len(spec.std) != spec.channels:
         raise ValueError(f"mean {spec.mean} / std {spec.std} must have one value per channel ({spec.channels}); "
                          "pass mean= and std= of that length")
-    model = PixelModel(net, spec.with_(last_spatial_layer=None, pooled_layer=None) if not known else spec)
+    model = PixelModel(net, spec if known else spec.with_(last_spatial_layer=None, pooled_layer=None))
     model.eval()
-    x = torch.zeros(1, spec.channels, *spec.input_size)
-    if known and not overrides:
-        # a built-in architecture with its own geometry: the head size is known, skip the dry forward
-        k = resolve_layer(model, spec.classifier)[1].out_features
-    else:
-        k = _dry_forward(model, x, what)
-    names = _class_names(class_names, spec.class_names, k, what)
+    # a fixed random probe (not zeros: a constant input would hide a head that is not a plain average pool)
+    x = torch.rand(1, spec.channels, *spec.input_size, generator=torch.Generator().manual_seed(0))
     if known:
-        model.spec = spec.with_(class_names=names)
+        # a built-in architecture: the head size is known; check the output only if the geometry was overridden
+        k = _check_output(_forward(model, x, what), x, what) if overrides else \
+            resolve_layer(model, spec.classifier)[1].out_features
+        model.spec = spec.with_(class_names=_class_names(class_names, spec.class_names, k, what))
         return model
     last = spec.last_spatial_layer
     if last is None:
         try:
             last = find_last_spatial_layer(model, x)
-        except ValueError:
-            last = None
+        except Exception as e:  # noqa: BLE001
+            if not (isinstance(e, ValueError) and "no layer with a spatial" in str(e)):
+                raise _forward_failed(e, x, what) from e
             log.info("%s: no layer with a spatial output; last_spatial_layer is unset", what)
+            last = None
+    else:
+        _resolve_declared(model, "last_spatial_layer", last, what)
+    with LayerTap(model, [last] if last else [], detach=True) as tap:
+        out = _forward(model, x, what, tap)
+        act = tap[last] if last else None
+    k = _check_output(out, x, what)
     classifier = spec.classifier
     if classifier is None:
         fc = _last_linear(model)
         classifier = fc[0] if fc is not None and fc[1].out_features == k else None
-    for field, value in (("last_spatial_layer", last), ("classifier", classifier)):
-        if value is not None:
-            try:
-                resolve_layer(model, value)
-            except ValueError as e:
-                raise ValueError(f"{what}: its declared {field} {value!r} is not a layer; {_first_line(e)}") from e
-    pooled = spec.pooled_layer or _pooled_layer(model, last, classifier, spec)
+    else:
+        _resolve_declared(model, "classifier", classifier, what)
+    pooled = spec.pooled_layer or (last if _is_pooled(model, act, classifier, out) else None)
+    names = _class_names(class_names, spec.class_names, k, what)
     model.spec = spec.with_(class_names=names, last_spatial_layer=last, classifier=classifier, pooled_layer=pooled)
     log.info("%s: input %s×%s×%s, last spatial layer %s, classifier %s, pooled layer %s", what, spec.channels,
              *spec.input_size, last, classifier, pooled)
     return model
 
 
-def _dry_forward(model: PixelModel, x: torch.Tensor, what: str) -> int:
-    """One forward on zeros: the output must be N×K logits. Returns K."""
+def _resolve_declared(model: nn.Module, field: str, value: str, what: str) -> None:
+    try:
+        resolve_layer(model, value)
+    except ValueError as e:
+        raise ValueError(f"{what}: its declared {field} {value!r} is not a layer; {_first_line(e)}") from e
+
+
+def _forward_failed(e: BaseException, x: torch.Tensor, what: str) -> ValueError:
+    return ValueError(f"{what} failed on an input of shape {tuple(x.shape)} ({_first_line(e)}); pass "
+                      "input_size= and channels= that the model accepts")
+
+
+def _forward(model: PixelModel, x: torch.Tensor, what: str, tap: Optional[LayerTap] = None):
+    """One forward without gradients; a failure becomes a one-line error about the input geometry."""
     try:
         with torch.no_grad():
-            out = model(x)
+            return tap.run(x) if tap is not None else model(x)
     except Exception as e:  # noqa: BLE001 - report any failure as a bad configuration
-        raise ValueError(f"{what} failed on a zeros input of shape {tuple(x.shape)} ({_first_line(e)}); pass "
-                         "input_size= and channels= that the model accepts") from e
+        raise _forward_failed(e, x, what) from e
+
+
+def _check_output(out: Any, x: torch.Tensor, what: str) -> int:
+    """The output must be N×K logits (not a tuple or dict). Returns K."""
     if isinstance(out, Mapping):
         keys = list(out)
         key = next((k for k in keys if "logit" in str(k).lower()), keys[0] if keys else "logits")
@@ -598,6 +620,19 @@ def _dry_forward(model: PixelModel, x: torch.Tensor, what: str) -> int:
     return int(out.shape[1])
 
 
+def _is_pooled(model: PixelModel, act, classifier: Optional[str], logits: torch.Tensor) -> bool:
+    """True if logits = classifier(mean over H, W of ``act``): CAM's premise holds for that layer."""
+    if act is None or classifier is None or not torch.is_tensor(act) or act.dim() != 4:
+        return False
+    fc = resolve_layer(model, classifier)[1]
+    if not isinstance(fc, nn.Linear) or act.shape[1] != fc.in_features:
+        return False
+    with torch.no_grad():
+        cam = fc(act.mean(dim=(2, 3)))
+    scale = float(logits.abs().max()) + 1e-6
+    return bool(torch.allclose(cam, logits, rtol=1e-4, atol=1e-4 * scale))
+
+
 def _class_names(given, declared, k: int, what: str) -> tuple[str, ...]:
     if given is not None:
         if isinstance(given, str):
@@ -613,22 +648,3 @@ def _class_names(given, declared, k: int, what: str) -> tuple[str, ...]:
     if k == 1000:
         return imagenet_class_names()
     return tuple(str(i) for i in range(k))
-
-
-def _pooled_layer(model: PixelModel, last: Optional[str], classifier: Optional[str], spec: ModelSpec):
-    """``last`` if logits = classifier(global average of its output) on a random input (CAM applies), else None."""
-    if last is None or classifier is None:
-        return None
-    fc = resolve_layer(model, classifier)[1]
-    if not isinstance(fc, nn.Linear):
-        return None
-    gen = torch.Generator().manual_seed(0)
-    x = torch.rand(2, spec.channels, *spec.input_size, generator=gen)
-    with LayerTap(model, [last], detach=True) as tap, torch.no_grad():
-        logits = tap.run(x)
-        a = tap[last]
-        if not (torch.is_tensor(a) and a.dim() == 4 and a.shape[1] == fc.in_features):
-            return None
-        cam = fc(a.mean(dim=(2, 3)))
-    scale = float(logits.abs().max()) + 1e-6
-    return last if torch.allclose(cam, logits, rtol=1e-4, atol=1e-4 * scale) else None
