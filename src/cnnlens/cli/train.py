@@ -18,27 +18,41 @@ def digits(
     seed: int = typer.Option(0, "--seed", help="Seed of the initialisation and the batch order."),
     epochs: int = typer.Option(None, "--epochs", help="Passes over the training split (default: as shipped)."),
     out: Path = typer.Option(Path("digits_cnn.safetensors"), "--out", "-o", help="Weight file to write (.safetensors)."),
+    robust: str = typer.Option("none", "--robust", help="Training objective: none (cross-entropy), adversarial "
+                               "(clean + FGSM-with-random-start images, ε=0.1) or gradient-penalty (CE + λ·||∂CE/∂x||², λ=1)."),
 ) -> None:
     """Train digits-cnn on scikit-learn's digits (deterministic), print held-out accuracy, write the weights.
 
     The shipped weights come from:
     cnnlens train digits --seed 0 --epochs 20 --out src/cnnlens/models/weights/digits_cnn.safetensors
+    and the robust variants (see cnnlens.attacks.robust) from:
+    cnnlens train digits --seed 0 --epochs 20 --robust adversarial --out src/cnnlens/models/weights/digits_cnn_adversarial.safetensors
+    cnnlens train digits --seed 0 --epochs 20 --robust gradient-penalty --out src/cnnlens/models/weights/digits_cnn_gradient_penalty.safetensors
     """
     import torch
 
     from ..models.digits import digits_split
     from ..train import EPOCHS, accuracy, save_digits, train_digits
 
+    from ..attacks.robust import robust_loss
+
     epochs = EPOCHS if epochs is None else epochs
+    try:
+        loss_fn = robust_loss(robust)
+    except ValueError as e:
+        raise typer.BadParameter(str(e), param_hint="--robust") from None
     if out.exists() and out.is_dir():
         raise typer.BadParameter(f"{out} is a directory; give a file name ending in .safetensors", param_hint="--out")
     t0 = time.perf_counter()
     with progress_bar("training digits-cnn", total=epochs) as update:
-        model = train_digits(seed=seed, epochs=epochs, progress=update)
+        model = train_digits(seed=seed, epochs=epochs, loss_fn=loss_fn, progress=update)
     seconds = time.perf_counter() - t0
     acc = accuracy(model)
     command = f"cnnlens train digits --seed {seed} --epochs {epochs} --out {out}"
+    if loss_fn is not None:
+        command += f" --robust {robust}"
     save_digits(model, out, metadata={"seed": seed, "epochs": epochs, "test_accuracy": f"{acc:.4f}",
-                                      "command": command, "torch": torch.__version__})
+                                      "command": command, "torch": torch.__version__,
+                                      **({"robust": loss_fn.describe()} if loss_fn is not None else {})})
     typer.echo(f"held-out accuracy {acc:.2%} ({len(digits_split('test'))} images) after {epochs} epochs, "
                f"{seconds:.1f} s; wrote {out}")
