@@ -305,6 +305,23 @@ def test_factory_with_declared_spec_and_automatic_layers(tmp_path, untouched):
     assert m2.spec.class_names == ("a", "b") and m2.net.head[3].out_features == 2
 
 
+class SpecNet(TinyGapNet):
+    """Declares its spec as a ModelSpec; its declared last spatial layer is the conv *before* the final ReLU."""
+
+    def __init__(self):
+        super().__init__()
+        self.spec = ModelSpec(name="mine", input_size=(10, 10), class_names=("x", "y", "z"),
+                              last_spatial_layer="features.2")
+
+
+def test_factory_spec_attribute_and_pooled_check(untouched):
+    m = untouched(load_model("test_models:SpecNet", std=(0.5, 0.5, 0.5)))
+    s = m.spec
+    assert (s.name, s.input_size, s.class_names, s.std) == ("mine", (10, 10), ("x", "y", "z"), (0.5, 0.5, 0.5))
+    # logits = fc(mean(ReLU(conv))) ≠ fc(mean(conv)): the declared layer is not the pooled one
+    assert (s.last_spatial_layer, s.classifier, s.pooled_layer) == ("net.features.2", "net.fc", None)
+
+
 def test_factory_gap_net_gets_cam_layers(untouched):
     m = untouched(load_model("conftest:TinyGapNet", input_size=12))
     s = m.spec
