@@ -56,7 +56,7 @@ def test_filter_tiles_are_the_normalised_weights(untouched):
         assert float(f.tiles[k].max() - 0.5) == pytest.approx(0.5) or float(0.5 - f.tiles[k].min()) == pytest.approx(0.5)
     g = filters(model, "dil")                            # deeper: one grey tile per input channel
     assert g.mode == "grey" and g.tiles.shape == (6, 6, 3, 3)
-    assert len(g.figure(max_filters=4, max_inputs=3).axes) == 12
+    assert g.figure(max_filters=4, max_inputs=3).axes[0].images[0].get_array().shape == (4 * 26 + 2, 3 * 26 + 2)  # 24-px tiles, 2 px apart
     with pytest.raises(ValueError, match="no 4-D conv weight"):
         filters(model, "block1.relu")
 
@@ -67,6 +67,21 @@ def test_feature_maps_are_the_layer_output(untouched):
     fm = feature_maps(model, x, "features.4")
     with torch.no_grad():
         assert torch.equal(fm.activations, model.features[:5](x))
-    assert len(fm.figure(sample=1, image=x[1]).axes) == 7      # the input and its 6 maps
+    fig = fm.figure(sample=1, image=x[1], ncols=3, tile=8)
+    grid = fig.axes[1].images[0].get_array()             # 6 maps, 3 per row, 8 px each, 2 px apart
+    m = fm.activations[1, 4]
+    want = (m - m.min()) / (m.max() - m.min())
+    assert grid.shape == (2 * 10 + 2, 3 * 10 + 2)
+    assert torch.allclose(torch.as_tensor(grid[12:20, 12:20]).float(), want)
     with pytest.raises(ValueError, match="not N×C×H×W"):
         feature_maps(model, x, "fc")
+
+
+def test_mosaic_places_tiles():
+    from cnnlens.inside._plot import mosaic
+
+    t = torch.arange(5 * 2 * 2, dtype=torch.float32).view(5, 1, 2, 2) / 20
+    m = mosaic(t, ncols=2, pad=1, pad_value=1.0)
+    assert m.shape == (1, 3 * 3 + 1, 2 * 3 + 1)
+    assert torch.equal(m[0, 1:3, 4:6], t[1, 0]) and torch.equal(m[0, 7:9, 1:3], t[4, 0])
+    assert torch.equal(m[0, 7:9, 4:6], torch.ones(2, 2))    # the empty slot stays padding

@@ -163,7 +163,10 @@ def test_digits_search_figure_and_save(digits_model, tmp_path):
     ds = torch.utils.data.Subset(cnnlens.as_dataset("digits", digits_model), range(64))
     r = dataset_search(digits_model, ds, "features.4", channels=[0, 1], k=4)
     assert r.crops.shape[-2:] == (8, 8)   # digits-cnn's second conv sees 8×8 pixels
-    fig = r.figure()
-    assert len(fig.axes) == 8
+    fig = r.figure(tile=8)
+    img = fig.axes[0].images[0].get_array()        # 2 channels × 4 patches of 8 px, 10-px label rows
+    assert img.shape == (2 * 20 + 2, 4 * 10 + 2)
+    assert torch.allclose(torch.as_tensor(img[2 + 20 + 10: 2 + 20 + 18, 2 + 10: 2 + 18]).float(), r.crops[1, 1, 0])
+    assert fig.axes[0].texts[5].get_text().endswith("·" + str(int(r.labels[1, 1]))) or "✂" in fig.axes[0].texts[5].get_text()
     r.save(tmp_path)
     assert (tmp_path / "searchresult.json").exists() and (tmp_path / "searchresult.pt").exists()

@@ -34,31 +34,17 @@ class Filters(Result):
     mode: str
     settings: dict = field(default_factory=dict)
 
-    def figure(self, max_filters: int = 64, max_inputs: int = 16, ncols: int = 16, size: float = 0.55):
-        from ..viz import _mpl
+    def figure(self, max_filters: int = 64, max_inputs: int = 16, ncols: int = 16, tile: int = 24):
+        """RGB: one tile per filter; grey: one row per filter, one tile per input channel."""
+        from ._plot import mosaic_figure
 
-        plt = _mpl()
         n = min(max_filters, self.tiles.shape[0])
+        title = f"{self.layer}: {tuple(self.weights.shape)}"
         if self.mode == "rgb":
-            ncols = min(ncols, n)
-            nrows = (n + ncols - 1) // ncols
-            fig, axes = plt.subplots(nrows, ncols, figsize=(size * ncols, size * nrows + 0.3), squeeze=False)
-            for i, ax in enumerate(axes.flat):
-                ax.set_axis_off()
-                if i < n:
-                    ax.imshow(self.tiles[i].permute(1, 2, 0).numpy(), interpolation="nearest", vmin=0, vmax=1)
-        else:
-            m = min(max_inputs, self.tiles.shape[1])
-            fig, axes = plt.subplots(n, m, figsize=(size * m + 0.6, size * n + 0.3), squeeze=False)
-            for i in range(n):
-                for j in range(m):
-                    ax = axes[i, j]
-                    ax.set_axis_off()
-                    ax.imshow(self.tiles[i, j].numpy(), cmap="gray", interpolation="nearest", vmin=0, vmax=1)
-                axes[i, 0].text(-0.3, 0.5, str(i), transform=axes[i, 0].transAxes, ha="right", va="center", fontsize=6)
-        fig.suptitle(f"{self.layer}: {tuple(self.weights.shape)}", fontsize=9)
-        fig.tight_layout()
-        return fig
+            return mosaic_figure(self.tiles[:n], min(ncols, n), tile=tile, title=title)
+        m = min(max_inputs, self.tiles.shape[1])
+        t = self.tiles[:n, :m].reshape(n * m, 1, *self.tiles.shape[-2:])
+        return mosaic_figure(t, m, tile=tile, row_labels=[str(i) for i in range(n)], title=title)
 
 
 def first_conv(model: nn.Module) -> str:
@@ -98,28 +84,29 @@ class FeatureMaps(Result):
     settings: dict = field(default_factory=dict)
 
     def figure(self, sample: int = 0, channels: Sequence[int] | None = None, max_channels: int = 32,
-               ncols: int = 8, size: float = 1.1, image: torch.Tensor | None = None):
-        """Each channel's map for one image, min–max scaled per map (an inactive map is black)."""
+               ncols: int = 8, tile: int = 48, image: torch.Tensor | None = None):
+        """Each channel's map for one image, min–max scaled per map (an inactive map is black), next to the input."""
         from ..viz import _mpl, show_image
+        from ._plot import mosaic
 
         plt = _mpl()
         a = self.activations[sample]
         chans = list(channels) if channels is not None else list(range(min(max_channels, a.shape[0])))
-        extra = 1 if image is not None else 0
-        n = len(chans) + extra
-        ncols = min(ncols, n)
-        nrows = (n + ncols - 1) // ncols
-        fig, axes = plt.subplots(nrows, ncols, figsize=(size * ncols, size * nrows + 0.3), squeeze=False)
-        for ax in axes.flat:
-            ax.set_axis_off()
+        m = a[chans]
+        lo = m.flatten(1).min(1).values.view(-1, 1, 1)
+        hi = m.flatten(1).max(1).values.view(-1, 1, 1)
+        m = torch.where(hi > lo, (m - lo) / (hi - lo).clamp_min(1e-12), torch.zeros_like(m))
+        ncols = min(ncols, len(chans))
+        grid = mosaic(m[:, None], ncols, tile=tile, pad_value=0.0)
+        ratio = grid.shape[2] / grid.shape[1]
         if image is not None:
-            show_image(axes.flat[0], image, "input")
-        for ax, c in zip(list(axes.flat)[extra:], chans):
-            m = a[c]
-            lo, hi = float(m.min()), float(m.max())
-            ax.imshow(((m - lo) / (hi - lo) if hi > lo else torch.zeros_like(m)).numpy(), cmap="magma", vmin=0, vmax=1)
-            ax.set_title(f"{c}: max {hi:.2g}", fontsize=6)
-        fig.suptitle(f"{self.layer}", fontsize=9)
+            fig, (ax0, ax) = plt.subplots(1, 2, figsize=(2.0 + 2.4 * ratio, 2.6), gridspec_kw={"width_ratios": [1, ratio]})
+            show_image(ax0, image, "input")
+        else:
+            fig, ax = plt.subplots(figsize=(2.4 * ratio, 2.6))
+        ax.imshow(grid[0].numpy(), cmap="magma", vmin=0, vmax=1, interpolation="nearest")
+        ax.set_axis_off()
+        ax.set_title(f"{self.layer}: channels {chans[0]}…{chans[-1]}", fontsize=9)
         fig.tight_layout()
         return fig
 

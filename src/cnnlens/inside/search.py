@@ -67,26 +67,22 @@ class SearchResult(Result):
         return self.channels.index(channel)
 
     def figure(self, channels: Sequence[int] | None = None, n: int | None = None,
-               class_names: Sequence[str] | None = None, size: float = 1.1):
-        """A grid: one row per channel, its top-n patches (clipped ones marked ✂), with activation and class."""
-        from ..viz import _mpl, show_image
+               class_names: Sequence[str] | None = None, tile: int = 40):
+        """One row per channel: its top-n patches, each titled "activation · class" (✂: clipped at the border)."""
+        from ._plot import mosaic_figure
 
-        plt = _mpl()
         chans = list(channels) if channels is not None else list(self.channels)
         n = min(n or self.k, self.k)
-        fig, axes = plt.subplots(len(chans), n, figsize=(size * n + 0.8, size * len(chans) + 0.3), squeeze=False)
-        for r, c in enumerate(chans):
-            row = self.row(c)
+        rows = [self.row(c) for c in chans]
+        tiles = self.crops[rows, :n].reshape(len(rows) * n, *self.crops.shape[2:])
+        labels = []
+        for r in rows:
             for j in range(n):
-                ax = axes[r, j]
-                lab = int(self.labels[row, j])
+                lab = int(self.labels[r, j])
                 name = class_names[lab] if class_names and 0 <= lab < len(class_names) else str(lab)
-                mark = "✂" if bool(self.clipped[row, j]) else ""
-                show_image(ax, self.crops[row, j], f"{self.activations[row, j]:.2g} · {name}{mark}")
-                ax.title.set_fontsize(7)
-            axes[r, 0].text(-0.15, 0.5, f"ch {c}", transform=axes[r, 0].transAxes, ha="right", va="center", fontsize=8)
-        fig.tight_layout()
-        return fig
+                labels.append(f"{float(self.activations[r, j]):.2g}·{name}{'✂' if bool(self.clipped[r, j]) else ''}")
+        return mosaic_figure(tiles, n, tile=tile, labels=labels, row_labels=[f"ch {c}" for c in chans],
+                             title=f"{self.layer}: top-{n} patches ({self.rf.size[0]}×{self.rf.size[1]} px field)")
 
 
 def _rank(values: torch.Tensor, index: torch.Tensor, k: int) -> torch.Tensor:

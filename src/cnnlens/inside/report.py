@@ -1,0 +1,389 @@
+"""Report sections for the inside-the-network views, shared by the CLI and ``cnnlens demo``.
+
+Each ``add_*`` function renders one result into a report section; :func:`demo_section`
+runs the demo's part: EfficientNet-Lite0's first-layer filters, class visualisations
+and a Deep Dream on a photo; on digits-cnn the receptive fields, one scan for dataset
+search, neuron statistics and channel influence, deconvnet next to guided backprop,
+and class visualisations.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import time
+from typing import Sequence
+
+import torch
+
+log = logging.getLogger(__name__)
+
+#: short teaching intros (lectures 001, 003 and 004 of /work/shared/lectures)
+INTROS = {
+    "filters": (
+        "The first view into a CNN is its filters. A first-layer filter sees the three colour channels, so it can "
+        "be drawn as a small RGB image: colour blobs and oriented edges. Deeper filters have one slice per input "
+        "channel (dozens to hundreds); each slice can be drawn in grey, but together they are hard to read — which "
+        "is why the views below look at what units respond to rather than at their weights. Feature maps show the "
+        "other side: a layer's output for one image, one map per channel."
+    ),
+    "receptive": (
+        "What can a unit see? Its receptive field is the patch of input pixels that can change its value. Each "
+        "k×k convolution or pooling widens it by (k−1)·(product of the strides below), each stride multiplies the "
+        "step between neighbouring units: early units see a few pixels, deep units most of the image. cnnlens "
+        "computes it by following the real forward pass (padding, dilation, residual branches take the larger "
+        "field) and checks it with a gradient probe: the pixels where ∂a_ij/∂x ≠ 0."
+    ),
+    "search": (
+        "Dataset search (maximally activating patches): pick a unit, run the whole data set through the network, "
+        "keep the images that activate it most, and show the part of each image the unit actually sees — its "
+        "receptive field. That is why the patches are crops: an early unit sees a small part of the image, a deep "
+        "one a large part. The class histogram of a channel's top images says which classes it is discriminative "
+        "for. One pass over the data feeds search, statistics and influence together, in O(k × channels) memory."
+    ),
+    "stats": (
+        "Neuron-level statistics: one neuron's activities over the data set. The histogram shows how often it "
+        "fires and how strongly; sparsity is the fraction of zeros after the ReLU; a dead channel never fires. "
+        "Averaging a channel's activity per class shows which classes drive it; the selectivity index "
+        "(μ_max − μ_rest)/(μ_max + μ_rest) is 0 for a channel that answers every class alike and 1 for one class only."
+    ),
+    "influence": (
+        "Does a neuron matter for the decision? The derivative ∂y_c/∂a tells how much the class score y_c would "
+        "move if a channel's activity a moved (Grad-CAM's channel weight is its spatial mean); a·∂y_c/∂a is the "
+        "first-order estimate of what zeroing the channel would cost, and the ablation measures that cost "
+        "exactly, one forward pass per channel. Before a global-average-pool + linear head the two agree exactly: "
+        "the drop for channel k is w_k^c · mean(A_k)."
+    ),
+    "deconv": (
+        "Deconvnet (Zeiler & Fergus 2014) maps one unit back to pixel space: the forward pass records, for every "
+        "max-pool, where each maximum came from (the switches); the unit's activation is sent down the layers "
+        "again, max-pools replaced by unpooling into the recorded positions, ReLUs applied again to the signal "
+        "(un-ReLU), convolutions replaced by transposed convolutions with the same filters (flipped kernels). "
+        "Guided backprop differs in one rule: at each ReLU it also keeps only where the forward input was positive."
+    ),
+    "maximize": (
+        "Activation maximisation / class model visualisation: fix the trained weights and run gradient ascent "
+        "on the pixels of the input to maximise a class's pre-softmax score (or a channel, or one neuron). "
+        "Each pixel is pushed independently, so the raw result is high-frequency noise; regularisers keep it "
+        "closer to a natural image: total variation ‖∇x‖², L2 decay, a Gaussian blur every few steps, random "
+        "jitter/scale/rotation, and a Fourier parameterisation with decorrelated colour. The lecture's variant "
+        "minimises the squared error between the network's response and a chosen target response instead."
+    ),
+    "dream": (
+        "Deep Dream (Mordvintsev et al. 2015) starts from a photo instead of noise and boosts whatever a layer "
+        "already sees in it: gradient ascent on the layer's activation energy, the gradient normalised at each "
+        "step, the image randomly rolled (jitter), and done at several scales (octaves) so the patterns grow at "
+        "several sizes — dogs in clouds."
+    ),
+}
+
+
+def png(fig) -> bytes:
+    """A matplotlib figure as PNG bytes (the figure is closed)."""
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def tensors_file(result) -> bytes:
+    """The tensors of a result dataclass, as ``torch.save`` bytes."""
+    import dataclasses
+
+    buf = io.BytesIO()
+    torch.save({f.name: getattr(result, f.name) for f in dataclasses.fields(result)
+                if torch.is_tensor(getattr(result, f.name))}, buf)
+    return buf.getvalue()
+
+
+# ---------------------------------------------------------------------------
+# one result → one part of a section
+def add_filters(sec, f, *, max_filters: int = 64, caption: str | None = None) -> bytes:
+    img = png(f.figure(max_filters=max_filters))
+    sec.figure(img, caption or f"{f.layer}: {tuple(f.weights.shape)} filters ({f.mode}, each normalised, grey = 0)")
+    sec.data(f"filters {f.layer}", {"shape": list(f.weights.shape), "mode": f.mode})
+    return img
+
+
+def add_feature_maps(sec, fm, image=None, caption: str | None = None, max_channels: int = 16) -> bytes:
+    img = png(fm.figure(image=image, max_channels=max_channels))
+    sec.figure(img, caption or f"feature maps of {fm.layer} (each map min–max scaled)")
+    return img
+
+
+def rf_rows(rfs) -> list[list]:
+    rows = []
+    for rf in rfs:
+        probe = "—" if rf.probe is None else ("agrees" if rf.probe.agrees else f"differs: {rf.probe.found}")
+        rows.append([rf.layer, "whole image" if rf.is_global else f"{rf.size[0]}×{rf.size[1]}",
+                     f"{rf.stride[0]}×{rf.stride[1]}", f"({rf.offset[0]}, {rf.offset[1]})",
+                     f"{rf.grid[0]}×{rf.grid[1]}", probe])
+    return rows
+
+
+RF_HEADER = ["layer", "receptive field (px)", "stride", "offset of unit (0,0)", "grid", "gradient probe"]
+
+
+def add_receptive_fields(sec, rfs) -> None:
+    sec.table(rf_rows(rfs), header=RF_HEADER, caption="unit (i, j) sees rows offset + i·stride … + size "
+              "(a negative offset reaches into the padding); the probe compares ∂a_ij/∂x's support with the field")
+    sec.data("receptive fields", [rf.to_dict() for rf in rfs])
+
+
+def add_search(sec, r, class_names=None, channels: Sequence[int] | None = None, n: int | None = None) -> bytes:
+    chans = list(channels) if channels is not None else list(r.channels)
+    img = png(r.figure(channels=chans, n=n, class_names=class_names))
+    sec.figure(img, f"{r.layer}: top-{n or r.k} patches of channels {chans[0]}…{chans[-1]} "
+               f"(receptive field {r.rf.size[0]}×{r.rf.size[1]} px; ✂ = field clipped at the border, zero-filled); "
+               "titles: activation · true class")
+    top = [[c, class_names[int(r.class_histogram[r.row(c)].argmax())] if class_names else
+            int(r.class_histogram[r.row(c)].argmax()), int(r.class_histogram[r.row(c)].max()),
+            float(r.activations[r.row(c), 0])] for c in chans]
+    sec.table(top, header=["channel", "most frequent class in top-k", "count", "top activation"],
+              caption=f"{r.layer}: which classes the channel's top-{r.k} images belong to")
+    sec.data(f"search {r.layer}", {"channels": list(r.channels), "indices": r.indices, "activations": r.activations,
+                                   "class_histogram": r.class_histogram, "clipped": r.clipped})
+    return img
+
+
+def class_mean_figure(st, class_names=None, channels=None):
+    from ..viz import _mpl
+
+    plt = _mpl()
+    cm = st.class_mean if channels is None else st.class_mean[:, list(channels)]
+    fig, ax = plt.subplots(figsize=(min(14, 1.5 + 0.18 * cm.shape[1]), 0.3 * cm.shape[0] + 1.2))
+    im = ax.imshow(cm.numpy(), aspect="auto", cmap="viridis")
+    ax.set_yticks(range(cm.shape[0]))
+    ax.set_yticklabels(class_names or [str(i) for i in range(cm.shape[0])], fontsize=7)
+    ax.set_xlabel(f"channel of {st.layer}")
+    ax.set_ylabel("class")
+    plt.colorbar(im, ax=ax, fraction=0.03, pad=0.02)
+    ax.set_title("mean activation per class", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def add_stats(sec, st, class_names=None, channels: Sequence[int] | None = None) -> list[bytes]:
+    chans = list(channels) if channels is not None else list(range(min(16, len(st.mean))))
+    a = png(st.figure(channels=chans))
+    sec.figure(a, f"{st.layer}: activation histograms (log counts) of channels {chans[0]}…{chans[-1]}; "
+               "sp = sparsity, sel = selectivity; dead channels in red")
+    b = png(class_mean_figure(st, class_names))
+    sec.figure(b, f"{st.layer}: mean activation of every channel per class")
+    order = torch.argsort(st.selectivity, descending=True).tolist()
+    name = (lambda k: class_names[k]) if class_names else str
+    rows = [[c, name(int(st.preferred_class[c])), float(st.selectivity[c]), float(st.mean[c]), float(st.std[c]),
+             float(st.sparsity[c])] for c in order[:8]]
+    sec.table(rows, header=["channel", "preferred class", "selectivity", "mean", "std", "sparsity"],
+              caption=f"{st.layer}: the most class-selective channels; dead channels: "
+                      f"{st.dead_channels or 'none'}; mean sparsity {float(st.sparsity.mean()):.2f}")
+    sec.data(f"stats {st.layer}", {"mean": st.mean, "var": st.var, "sparsity": st.sparsity, "dead": st.dead_channels,
+                                  "selectivity": st.selectivity, "preferred_class": st.preferred_class})
+    return [a, b]
+
+
+def add_influence(sec, inf, top: int = 12) -> bytes:
+    img = png(inf.figure(top=top))
+    sec.figure(img, f"influence of {inf.layer}'s channels on the {inf.target}, mean over {inf.count} images")
+    rows = []
+    for rank, c in enumerate(inf.ranking[:top]):
+        i = inf.channels.index(c)
+        rows.append([rank + 1, c, float(inf.taylor[i]), float(inf.gradient[i]),
+                     "—" if inf.ablation is None else float(inf.ablation[i])])
+    agree = "" if inf.ablation is None else (
+        f"; the a·∂y/∂a ranking {'equals' if inf.ranking == inf.ablation_ranking else 'differs from'} the ablation ranking"
+        f" (largest |difference| {float((inf.taylor - inf.ablation).abs().max()):.2g})")
+    sec.table(rows, header=["rank", "channel", "a·∂y/∂a", "mean ∂y/∂a", "drop when zeroed"],
+              caption=f"channels ranked by a·∂y/∂a{agree}")
+    sec.data(f"influence {inf.layer}", inf.to_dict())
+    return img
+
+
+def deconv_figure(x, projections, guided=None, labels=None):
+    """Rows: images; columns: input, then per channel the deconvnet projection (and guided backprop)."""
+    from ..viz import _mpl, show_image
+
+    plt = _mpl()
+    n = x.shape[0]
+    per = 2 if guided is not None else 1
+    cols = 1 + per * len(projections)
+    fig, axes = plt.subplots(n, cols, figsize=(1.3 * cols, 1.35 * n + 0.3), squeeze=False)
+    for i in range(n):
+        show_image(axes[i, 0], x[i], labels[i] if labels else "input")
+        for j, p in enumerate(projections):
+            show_image(axes[i, 1 + per * j], p.normalized()[i], f"deconv ch {p.channel}" if i == 0 else None)
+            if guided is not None:
+                g = guided[j][i]
+                m = g.abs().max().clamp_min(1e-12)
+                show_image(axes[i, 2 + per * j], (0.5 + g / (2 * m)).clamp(0, 1), "guided bp" if i == 0 else None)
+    fig.tight_layout()
+    return fig
+
+
+def guided_for(model, x, p) -> torch.Tensor | None:
+    """Guided backprop of the same units a deconvnet projection used (N×C×H×W), or None if unavailable."""
+    try:
+        from ..attribution import guided_backprop
+    except ImportError:  # pragma: no cover - the attribution package is optional here
+        return None
+    from ..targets import Target
+
+    outs = []
+    for i in range(x.shape[0]):
+        if p.positions is None:
+            t = Target.channel(p.layer, p.channel)
+        else:
+            t = Target.neuron(p.layer, p.channel, *p.positions[i].tolist())
+        outs.append(guided_backprop(model, x[i:i + 1], t, reduce="none").raw[0])
+    return torch.stack(outs)
+
+
+def add_deconv(sec, model, x, projections, labels=None, with_guided: bool = True) -> bytes:
+    guided = [guided_for(model, x, p) for p in projections] if with_guided else None
+    if guided is not None and any(g is None for g in guided):
+        guided = None
+    img = png(deconv_figure(x, projections, guided, labels))
+    what = " next to guided backprop of the same unit" if guided is not None else ""
+    sec.figure(img, f"deconvnet projections of the strongest unit of {projections[0].layer}'s channels{what} "
+               "(grey = 0)")
+    if guided is not None:
+        corr = [float(torch.corrcoef(torch.stack([p.images.flatten(), g.flatten()]))[0, 1]) for p, g in zip(projections, guided)]
+        sec.data("deconv vs guided backprop correlation", corr)
+    return img
+
+
+def add_visualizations(sec, v, titles, caption: str) -> bytes:
+    img = png(v.figure(titles=titles, ncols=min(6, len(titles))))
+    sec.figure(img, caption)
+    sec.data(f"maximize {v.objective}", {"start": v.start, "final": v.final, "settings": v.settings})
+    return img
+
+
+def add_dream(sec, originals, d, caption: str) -> bytes:
+    img = png(d.figure(originals=originals))
+    sec.figure(img, caption)
+    sec.data("deep dream", {"start": d.start, "final": d.final, "settings": d.settings})
+    return img
+
+
+# ---------------------------------------------------------------------------
+def demo_section(report, ctx) -> None:
+    """The demo's inside-the-network part (see the module docstring); ``ctx.quick`` for a smoke run."""
+    from ..scan import scan
+    from .deconv import deconvnet
+    from .dream import deep_dream
+    from .filters import feature_maps, filters
+    from .influence import InfluenceAccumulator
+    from .maximize import maximize, objectives
+    from .receptive import receptive_field
+    from .search import SearchAccumulator, _input_size
+    from .stats import StatsAccumulator, default_edges
+
+    q = ctx.quick
+    prog = ctx.progress
+    t0 = time.perf_counter()
+
+    # -- EfficientNet-Lite0: filters, feature maps ---------------------------------------
+    prog("inside: efficientnet-lite0", 0, 3)
+    eff = ctx.effnet
+    names, photos = ctx.photos
+    cls_names = list(eff.spec.class_names)
+    sec = report.section("Inside: filters and feature maps", INTROS["filters"],
+                         {"model": "efficientnet-lite0", "layers": "conv_stem (first layer), blocks.1", "photo": names[0]})
+    add_filters(sec, filters(eff, "conv_stem"))
+    add_feature_maps(sec, feature_maps(eff, photos[:1], "blocks.1"), image=photos[0],
+                     caption=f"feature maps of blocks.1 for the {names[0]} photo (16 of 24 channels)")
+    add_filters(sec, filters(ctx.digits_model, "features.3"), max_filters=8,
+                caption="digits-cnn's second conv layer: one grey tile per input channel (8 of 32 filters, 16 of 16 inputs)")
+    prog("inside: efficientnet-lite0", 1, 3)
+
+    # -- class model visualisation ----------------------------------------------------------
+    classes = [130, 949, 980, 1] if not q else [130]
+    steps = 2 if q else 96
+    size = 96 if q else 160
+    mx_settings = dict(steps=steps, lr=0.05, param="fourier", size=size, jitter=8, scale=0.1, rotate=5, seed=0)
+    sec = report.section("Inside: activation maximisation", INTROS["maximize"],
+                         {"model": "efficientnet-lite0 and digits-cnn", **{k: str(v) for k, v in mx_settings.items()},
+                          "objective": "pre-softmax class score", "optimiser": "Adam"})
+    v = maximize(eff, objectives.class_score(classes), **mx_settings,
+                 progress=lambda d, t: prog("inside: class visualisation", d, t))
+    with torch.no_grad():
+        p = eff(v.images).softmax(1)
+    titles = [f"{cls_names[c].split(',')[0]} (p={float(p[i, c]):.2f})" for i, c in enumerate(classes)]
+    add_visualizations(sec, v, titles, f"efficientnet-lite0: images that maximise a class score ({steps} steps at "
+                       f"{size}×{size}, Fourier parameterisation with decorrelated colour, jitter ±8 px, scale ±10 %, "
+                       "rotation ±5°); p = the model's softmax probability for that class on the image")
+    dm = ctx.digits_model
+    dsteps = 3 if q else 200
+    dv = maximize(dm, objectives.class_score(list(range(10))), steps=dsteps, lr=0.05, param="pixel", tv=0.5, jitter=1,
+                  seed=0, progress=lambda d, t: prog("inside: digit visualisation", d, t))
+    add_visualizations(sec, dv, [f"digit {c}" for c in range(10)],
+                       f"digits-cnn: images that maximise each digit's score ({dsteps} steps, pixel parameterisation, "
+                       "TV weight 0.5, jitter ±1 px)")
+    mse_target = torch.zeros(1, 10)
+    mse_target[0, 3] = 15.0
+    mv = maximize(dm, objectives.mse(mse_target), steps=dsteps, lr=0.05, param="pixel", tv=0.5, seed=1)
+    add_visualizations(sec, mv, ["MSE to target 15·e₃"], "the lecture's variant: minimise ‖f(x) − t‖² for the target "
+                       f"response t = 15 on digit 3 and 0 elsewhere (J: {float(mv.start[0]):.1f} → {float(mv.final[0]):.2f})")
+    prog("inside: efficientnet-lite0", 2, 3)
+
+    # -- Deep Dream ---------------------------------------------------------------------------
+    dream_cfg = dict(octaves=2 if q else 3, steps=1 if q else 6, step_size=0.02, jitter=16, seed=0)
+    sec = report.section("Inside: Deep Dream", INTROS["dream"],
+                         {"model": "efficientnet-lite0", "photo": names[0], "layer": "blocks.4", **dream_cfg,
+                          "objective": "mean(a²) of blocks.4"})
+    img = photos[:1] if not q else torch.nn.functional.interpolate(photos[:1], size=(112, 112), mode="bilinear")
+    d = deep_dream(eff, img, "blocks.4", **dream_cfg, progress=lambda d_, t: prog("inside: deep dream", d_, t))
+    add_dream(sec, img, d, f"Deep Dream on {names[0]}: {d.settings['octaves']} octaves "
+              f"{', '.join(f'{h}×{w}' for h, w in d.settings['sizes'])}, {dream_cfg['steps']} steps each; "
+              f"blocks.4 energy {float(d.start[0]):.3g} → {float(d.final[0]):.3g}")
+    prog("inside: efficientnet-lite0", 3, 3)
+
+    # -- digits-cnn: receptive fields, one scan for search + stats + influence ------------------
+    data = ctx.digits_data
+    if q:
+        data = torch.utils.data.Subset(data, range(48))
+    layers = ["features.1", "features.4", "features.7"]
+    rfs = [receptive_field(dm, l, probe=True) for l in ["features.0", "features.2", "features.3", "features.5",
+                                                       "features.6", "features.7"]]
+    sec = report.section("Inside: receptive fields", INTROS["receptive"],
+                         {"model": "digits-cnn", "input": "1×32×32", "probe": "2 random inputs, sum over channels"})
+    add_receptive_fields(sec, rfs)
+
+    k = 9 if not q else 4
+    hw = _input_size(data, dm)
+    searches = [SearchAccumulator(dm, l, k=k, input_size=hw) for l in layers]
+    stats = [StatsAccumulator(f"net.{l}", default_edges(dm, data, f"net.{l}", 30), num_classes=10) for l in layers]
+    inf_data = torch.utils.data.Subset(data, range(min(len(data), 120 if not q else 16)))
+    results = scan(dm, data, searches + stats, batch_size=64, progress=lambda d_, t: prog("inside: digits scan", d_, t))
+    (inf,) = scan(dm, inf_data, [InfluenceAccumulator(dm, "features.7", "true")], batch_size=40,
+                  progress=lambda d_, t: prog("inside: digits influence", d_, t))
+    sres, sts = results[:3], results[3:]
+    names10 = list(dm.spec.class_names)
+    sec = report.section("Inside: dataset search (maximally activating patches)", INTROS["search"],
+                         {"model": "digits-cnn", "data": f"digits held-out split ({len(data)} images)", "k": k,
+                          "layers": ", ".join(layers), "shown": "the first 8 channels of each layer (all in results.json)"})
+    for r in sres:
+        add_search(sec, r, names10, channels=list(r.channels)[:8 if not q else 2])
+    sec = report.section("Inside: neuron statistics", INTROS["stats"],
+                         {"model": "digits-cnn", "data": f"digits held-out split ({len(data)} images)",
+                          "bins": 30, "histogram range": "from a first look at 64 images", "zero": "a ≤ 0"})
+    for st in sts[1:]:
+        add_stats(sec, st, names10, channels=list(range(8 if not q else 2)))
+    sec = report.section("Inside: channel influence", INTROS["influence"],
+                         {"model": "digits-cnn", "layer": "features.7 (before global average pooling)",
+                          "target": "true class", "images": inf.count})
+    add_influence(sec, inf)
+
+    # -- deconvnet next to guided backprop --------------------------------------------------------
+    xs = torch.stack([ctx.digits_data[i][0] for i in range(6 if not q else 2)]).to(next(dm.parameters()).device)
+    ys = [int(ctx.digits_data[i][1]) for i in range(xs.shape[0])]
+    chans = [int(c) for c in torch.argsort(inf.taylor, descending=True)[:3 if not q else 1]]
+    projs = [deconvnet(dm, xs, "features.7", c) for c in chans]
+    sec = report.section("Inside: deconvnet and guided backprop", INTROS["deconv"],
+                         {"model": "digits-cnn", "layer": "features.7", "channels": chans,
+                          "unit": "the strongest of the channel in each image", "images": len(ys)})
+    add_deconv(sec, dm, xs, projs, labels=[f"digit {y}" for y in ys])
+    log.info("inside demo section: %.1f s", time.perf_counter() - t0)
