@@ -1,0 +1,431 @@
+"""`cnnlens inside ...`: filters, receptive fields, dataset search, activation maximisation, deconvnet,
+Deep Dream, neuron statistics and channel influence. Each command writes figures, JSON and a report."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from .common import (DEVICE_OPT, MODEL_OPT, OUT_OPT, PRETRAINED_OPT, TRUST_OPT, WEIGHTS_OPT, UserError, app,
+                     console, distributed, load_model_from_options, out_dir, progress_bar)
+
+inside_app = typer.Typer(
+    name="inside",
+    help="Look inside a CNN: filters, receptive fields, dataset search, activation maximisation, deconvnet, "
+         "Deep Dream, neuron statistics, channel influence. Each command writes PNG figures, JSON and index.html.",
+    no_args_is_help=True,
+)
+app.add_typer(inside_app, name="inside")
+
+LAYER_OPT = typer.Option(..., "--layer", "-l", help="Dotted layer name (see `cnnlens layers --model M`).")
+CHANNELS_OPT = typer.Option(None, "--channels", "-c", help="Channels, e.g. 0,3,5 or 0-7 (default: all, or a few).")
+DATA_OPT = typer.Option(None, "--data", "-d", help="digits, or an ImageFolder directory.")
+IMAGE_OPT = typer.Option(None, "--image", "-i", help="Image file(s), folder or glob (repeat the option for several).")
+
+
+def parse_channels(text: Optional[str]) -> Optional[list[int]]:
+    """``"0,3,5"``, ``"0-7"``, ``"0-3,9"`` → a list of ints; None stays None."""
+    if text is None or not str(text).strip():
+        return None
+    out: list[int] = []
+    for part in str(text).replace(" ", "").split(","):
+        if not part:
+            continue
+        try:
+            if "-" in part[1:]:
+                a, b = part.split("-", 1)
+                lo, hi = int(a), int(b)
+                if hi < lo:
+                    raise ValueError
+                out.extend(range(lo, hi + 1))
+            else:
+                out.append(int(part))
+        except ValueError:
+            raise UserError(f"--channels {text!r}: give channel numbers like 0,3,5 or ranges like 0-7") from None
+    if any(c < 0 for c in out):
+        raise UserError("--channels: channel numbers are ≥ 0")
+    return out
+
+
+class _Model:
+    """The shared model options, resolved once."""
+
+    def __init__(self, model, weights, pretrained, trust_pickle, device):
+        self.name = model
+        self.m = load_model_from_options(model, weights, pretrained, trust_pickle, device)
+        spec = getattr(self.m, "spec", None)
+        self.class_names = list(getattr(spec, "class_names", ()) or ()) or None
+
+
+def _images(model, image: Optional[List[str]], data: Optional[str], n: int):
+    """(N×C×H×W, labels as text) from --image or the first n images of --data."""
+    import torch
+
+    if image:
+        from ..data import read_images
+
+        r = read_images(list(image), model, on_error="skip")
+        if r.images.shape[0] == 0:
+            raise UserError(f"--image {image[0]!r}: no readable image")
+        return r.images[:n] if n else r.images, list(r.names)[: n or None]
+    if data:
+        from ..data import as_dataset
+
+        ds = as_dataset(data, model)
+        k = min(n or 8, len(ds))
+        xs = torch.stack([torch.as_tensor(ds[i][0]) for i in range(k)])
+        return xs, [f"#{i} (label {int(ds[i][1])})" for i in range(k)]
+    raise UserError("give images with --image FILE (or --data D to take its first --n images)")
+
+
+def _dataset(model, data: Optional[str], n: Optional[int]):
+    import torch
+
+    from ..data import as_dataset
+
+    if not data:
+        raise UserError("this command scans a dataset: give --data digits or --data path/to/imagefolder")
+    ds = as_dataset(data, model)
+    if n:
+        ds = torch.utils.data.Subset(ds, range(min(n, len(ds))))
+    return ds
+
+
+def _report(title: str, section: str, intro_key: str, settings: dict):
+    from ..inside.report import INTROS
+    from ..report import Report
+
+    rep = Report(title)
+    return rep, rep.section(section, INTROS[intro_key], {k: v if isinstance(v, (int, float, str)) else str(v)
+                                                          for k, v in settings.items()})
+
+
+def _finish(rep, out: Path, files: dict, what: str) -> None:
+    for name, blob in files.items():
+        rep.file(name, blob)
+    index = rep.write(out)
+    console.print(f"wrote {index.parent}: {', '.join(files)}, index.html ({what})", highlight=False)
+
+
+def _say(*objs) -> None:
+    """Results go to stdout (the status lines and errors to stderr)."""
+    from rich.console import Console
+
+    Console().print(*objs, highlight=False)
+
+
+def _json(result) -> bytes:
+    return json.dumps(result.to_dict() if hasattr(result, "to_dict") else result, indent=2).encode()
+
+
+# ---------------------------------------------------------------------------
+@inside_app.command("filters")
+def filters_cmd(
+    model: str = MODEL_OPT,
+    layer: Optional[str] = typer.Option(None, "--layer", "-l", help="A conv layer (default: the first one)."),
+    image: Optional[List[str]] = IMAGE_OPT,
+    weights: Optional[Path] = WEIGHTS_OPT, pretrained: bool = PRETRAINED_OPT, trust_pickle: bool = TRUST_OPT,
+    device: str = DEVICE_OPT, out: Path = OUT_OPT,
+) -> None:
+    """A conv layer's filters as images (RGB tiles for the first layer), and its feature maps for --image."""
+    from ..inside import feature_maps, filters
+    from ..inside.report import add_feature_maps, add_filters, tensors_file
+
+    out = out_dir(out)
+    M = _Model(model, weights, pretrained, trust_pickle, device)
+    f = filters(M.m, layer)
+    rep, sec = _report(f"cnnlens inside filters: {model}", "Filters", "filters", {"model": model, "layer": f.layer})
+    files = {"filters.png": add_filters(sec, f), "filters.json": _json(f), "filters.pt": tensors_file(f)}
+    if image:
+        x, names = _images(M.m, image, None, 0)
+        fm = feature_maps(M.m, x, f.layer)
+        for i, nm in enumerate(names):
+            files[f"feature_maps_{i}.png"] = add_feature_maps(sec, fm, image=x[i], sample=i,
+                                                            caption=f"feature maps of {f.layer} for {nm}")
+    _say(f"{f.layer}: {tuple(f.weights.shape)} weights, shown as {f.mode} tiles")
+    _finish(rep, out, files, "filters")
+
+
+@inside_app.command("rf")
+def rf_cmd(
+    model: str = MODEL_OPT,
+    layer: Optional[List[str]] = typer.Option(None, "--layer", "-l", help="Layer(s); default: every conv and pooling layer."),
+    probe: bool = typer.Option(True, "--probe/--no-probe", help="Check each field with the gradient probe."),
+    input_size: Optional[int] = typer.Option(None, "--input-size", help="Input side in pixels (default: model.spec)."),
+    weights: Optional[Path] = WEIGHTS_OPT, pretrained: bool = PRETRAINED_OPT, trust_pickle: bool = TRUST_OPT,
+    device: str = DEVICE_OPT, out: Path = OUT_OPT,
+) -> None:
+    """Receptive field (size, stride, offset) of each layer, computed from the forward pass and checked by a gradient probe."""
+    from rich.table import Table
+    from torch import nn
+
+    from ..inside import receptive_field
+    from ..inside.report import RF_HEADER, add_receptive_fields, rf_rows
+
+    out = out_dir(out)
+    M = _Model(model, weights, pretrained, trust_pickle, device)
+    names = [s for l in (layer or []) for s in l.split(",") if s]
+    if not names:
+        kinds = (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d)
+        names = [n for n, m in M.m.named_modules() if isinstance(m, kinds)]
+    rfs = []
+    with progress_bar("receptive fields", len(names)) as update:
+        for i, n in enumerate(names):
+            rfs.append(receptive_field(M.m, n, input_size=input_size, probe=probe))
+            update(i + 1, len(names))
+    t = Table(title=f"receptive fields of {model}", title_justify="left")
+    for h in RF_HEADER:
+        t.add_column(h)
+    for row in rf_rows(rfs):
+        t.add_row(*[str(c) for c in row])
+    _say(t)
+    rep, sec = _report(f"cnnlens inside rf: {model}", "Receptive fields", "receptive",
+                       {"model": model, "probe": probe, "input size": rfs[0].input_size if rfs else "-"})
+    add_receptive_fields(sec, rfs)
+    _finish(rep, out, {"receptive_fields.json": _json([r.to_dict() for r in rfs])}, "receptive fields")
+
+
+@inside_app.command("search")
+def search_cmd(
+    model: str = MODEL_OPT, layer: str = LAYER_OPT, channels: Optional[str] = CHANNELS_OPT,
+    data: Optional[str] = DATA_OPT,
+    k: int = typer.Option(9, "--k", "-k", min=1, help="Images kept per channel."),
+    n: Optional[int] = typer.Option(None, "--n", min=1, help="Scan only the first n images."),
+    max_crop: Optional[int] = typer.Option(None, "--max-crop", min=4, help="Shrink patches larger than this (memory)."),
+    batch_size: int = typer.Option(64, "--batch-size", "-b", min=1),
+    weights: Optional[Path] = WEIGHTS_OPT, pretrained: bool = PRETRAINED_OPT, trust_pickle: bool = TRUST_OPT,
+    device: str = DEVICE_OPT, out: Path = OUT_OPT,
+) -> None:
+    """Dataset search: each channel's top-k images and the receptive-field patch of its strongest unit (one scan).
+
+    Runs under `torchrun --nproc_per_node N -m cnnlens inside search ...` (rank 0 writes).
+    """
+    from ..inside import dataset_search
+    from ..inside.report import add_search, tensors_file
+
+    out = out_dir(out)
+    chans = parse_channels(channels)
+    with distributed(device) as (rank, world, dev):
+        M = _Model(model, weights, pretrained, trust_pickle, dev)
+        ds = _dataset(M.m, data, n)
+        with progress_bar(f"searching {layer}") as update:
+            r = dataset_search(M.m, ds, layer, chans, k, batch_size=batch_size, device=dev,
+                               progress=update if rank == 0 else None, max_crop=max_crop)
+        if rank != 0:
+            return
+        rep, sec = _report(f"cnnlens inside search: {model}", "Dataset search", "search",
+                           {"model": model, "data": data, "layer": r.layer, "k": r.k, "images": len(ds), "processes": world})
+        files = {}
+        cs = list(r.channels)
+        for part in range(0, len(cs), 16):
+            files[f"search_{part // 16}.png"] = add_search(sec, r, M.class_names, channels=cs[part:part + 16])
+        files.update({"search.json": _json(r), "search.pt": tensors_file(r)})
+        for c in cs[:8]:
+            h = r.class_histogram[r.row(c)]
+            top = int(h.argmax())
+            _say(f"channel {c}: top activation {float(r.activations[r.row(c), 0]):.3g}, most frequent class "
+                 f"{M.class_names[top] if M.class_names else top} ({int(h[top])}/{r.k})")
+        _finish(rep, out, files, f"{len(cs)} channels")
+
+
+@inside_app.command("maximize")
+def maximize_cmd(
+    model: str = MODEL_OPT,
+    layer: Optional[str] = typer.Option(None, "--layer", "-l", help="Maximise channels of this layer (with --channels)."),
+    channels: Optional[str] = CHANNELS_OPT,
+    classes: Optional[str] = typer.Option(None, "--classes", help="Class indices or names, comma-separated (class model visualisation)."),
+    neuron: bool = typer.Option(False, "--neuron", help="The centre unit of each channel instead of the channel mean."),
+    steps: int = typer.Option(256, "--steps", min=0), lr: float = typer.Option(0.05, "--lr"),
+    param: str = typer.Option("fourier", "--param", help="fourier (decorrelated colour) or pixel."),
+    tv: float = typer.Option(0.0, "--tv", help="Weight of the total-variation penalty."),
+    l2: float = typer.Option(0.0, "--l2", help="Weight of the ‖x − ½‖² penalty."),
+    l2_decay: float = typer.Option(0.0, "--l2-decay", help="Shrink the image parameter by this fraction each step."),
+    blur_every: int = typer.Option(0, "--blur-every", help="Gaussian blur every n steps (0: never)."),
+    blur_sigma: float = typer.Option(0.5, "--blur-sigma"),
+    jitter: int = typer.Option(0, "--jitter", help="Random shift of up to ±n pixels each step."),
+    scale: float = typer.Option(0.0, "--scale", help="Random zoom by up to ±this fraction each step."),
+    rotate: float = typer.Option(0.0, "--rotate", help="Random rotation by up to ±this many degrees each step."),
+    size: Optional[int] = typer.Option(None, "--size", help="Image side in pixels (default: model.spec)."),
+    seed: int = typer.Option(0, "--seed"),
+    weights: Optional[Path] = WEIGHTS_OPT, pretrained: bool = PRETRAINED_OPT, trust_pickle: bool = TRUST_OPT,
+    device: str = DEVICE_OPT, out: Path = OUT_OPT,
+) -> None:
+    """Activation maximisation: images that maximise channels of --layer, or class scores (--classes)."""
+    from ..inside import maximize, objectives
+    from ..inside.report import add_visualizations, tensors_file
+    from ..targets import as_target
+
+    out = out_dir(out)
+    M = _Model(model, weights, pretrained, trust_pickle, device)
+    if (layer is None) == (classes is None):
+        raise UserError("give --layer L (with --channels) to maximise channels, or --classes to maximise class scores")
+    if classes is not None:
+        idx = [as_target(c.strip(), M.class_names).index for c in classes.split(",") if c.strip()]
+        J = objectives.class_score(idx)
+        titles = [M.class_names[i] if M.class_names else str(i) for i in idx]
+    else:
+        chans = parse_channels(channels) or [0, 1, 2, 3]
+        J = objectives.neuron(layer, chans) if neuron else objectives.channel(layer, chans)
+        titles = [f"{layer} {'unit' if neuron else 'ch'} {c}" for c in chans]
+    with progress_bar("maximising", steps) as update:
+        v = maximize(M.m, J, steps, lr=lr, param=param, tv=tv, l2=l2, l2_decay=l2_decay, blur_every=blur_every,
+                     blur_sigma=blur_sigma, jitter=jitter, scale=scale or None, rotate=rotate or None, size=size,
+                     seed=seed, progress=update)
+    rep, sec = _report(f"cnnlens inside maximize: {model}", "Activation maximisation", "maximize",
+                       {"model": model, "objective": v.objective, **v.settings})
+    img = add_visualizations(sec, v, [f"{t}: {float(s):.3g}→{float(f):.3g}" for t, s, f in zip(titles, v.start, v.final)],
+                             f"{v.objective}: {steps} steps")
+    for t, s, f in zip(titles, v.start, v.final):
+        _say(f"{t}: {float(s):.4g} → {float(f):.4g}")
+    _finish(rep, out, {"maximize.png": img, "maximize.json": _json(v), "maximize.pt": tensors_file(v)}, v.objective)
+
+
+@inside_app.command("deconv")
+def deconv_cmd(
+    model: str = MODEL_OPT, layer: str = LAYER_OPT, channels: Optional[str] = CHANNELS_OPT,
+    image: Optional[List[str]] = IMAGE_OPT, data: Optional[str] = DATA_OPT,
+    n: int = typer.Option(4, "--n", min=1, help="Images taken from --data."),
+    position: str = typer.Option("max", "--position", help="max (the strongest unit) or all (the whole map)."),
+    guided: bool = typer.Option(True, "--guided/--no-guided", help="Show guided backprop of the same unit alongside."),
+    weights: Optional[Path] = WEIGHTS_OPT, pretrained: bool = PRETRAINED_OPT, trust_pickle: bool = TRUST_OPT,
+    device: str = DEVICE_OPT, out: Path = OUT_OPT,
+) -> None:
+    """Deconvnet (Zeiler & Fergus): project a channel's strongest unit back to pixels through switches."""
+    from ..inside import deconvnet
+    from ..inside.report import add_deconv, tensors_file
+
+    out = out_dir(out)
+    M = _Model(model, weights, pretrained, trust_pickle, device)
+    x, names = _images(M.m, image, data, n)
+    x = x.to(next(M.m.parameters()).device)
+    chans = parse_channels(channels) or [0, 1, 2]
+    projs = [deconvnet(M.m, x, layer, c, position=position) for c in chans]
+    rep, sec = _report(f"cnnlens inside deconv: {model}", "Deconvnet", "deconv",
+                       {"model": model, "layer": projs[0].layer, "channels": chans, "position": position})
+    img = add_deconv(sec, M.m, x, projs, labels=names, with_guided=guided)
+    files = {"deconv.png": img}
+    for p in projs:
+        files[f"deconv_ch{p.channel}.json"] = _json(p)
+        files[f"deconv_ch{p.channel}.pt"] = tensors_file(p)
+    _finish(rep, out, files, f"{len(chans)} channels × {len(names)} images")
+
+
+@inside_app.command("dream")
+def dream_cmd(
+    model: str = MODEL_OPT,
+    image: Optional[List[str]] = IMAGE_OPT, data: Optional[str] = DATA_OPT,
+    layer: Optional[str] = typer.Option(None, "--layer", "-l", help="Amplify this layer's activations."),
+    target: Optional[str] = typer.Option(None, "--class", help="Or amplify a class score (index or name)."),
+    octaves: int = typer.Option(4, "--octaves", min=1), octave_scale: float = typer.Option(1.4, "--octave-scale"),
+    steps: int = typer.Option(10, "--steps", min=0), step_size: float = typer.Option(0.01, "--step-size"),
+    jitter: int = typer.Option(16, "--jitter", min=0), seed: int = typer.Option(0, "--seed"),
+    weights: Optional[Path] = WEIGHTS_OPT, pretrained: bool = PRETRAINED_OPT, trust_pickle: bool = TRUST_OPT,
+    device: str = DEVICE_OPT, out: Path = OUT_OPT,
+) -> None:
+    """Deep Dream: multi-octave gradient ascent from a photo on a layer's activations (or a class score)."""
+    from ..inside import deep_dream
+    from ..inside.report import add_dream, tensors_file
+    from ..viz import to_pil
+
+    out = out_dir(out)
+    M = _Model(model, weights, pretrained, trust_pickle, device)
+    x, names = _images(M.m, image, data, 1 if not image else 0)
+    x = x.to(next(M.m.parameters()).device)
+    with progress_bar("dreaming") as update:
+        d = deep_dream(M.m, x, layer, target, octaves=octaves, octave_scale=octave_scale, steps=steps,
+                       step_size=step_size, jitter=jitter, seed=seed, progress=update)
+    rep, sec = _report(f"cnnlens inside dream: {model}", "Deep Dream", "dream", {"model": model, **d.settings})
+    files = {"dream.png": add_dream(sec, x, d, f"{d.objective}: {float(d.start[0]):.3g} → {float(d.final[0]):.3g}")}
+    for i in range(d.images.shape[0]):
+        import io
+
+        buf = io.BytesIO()
+        to_pil(d.images[i]).save(buf, format="PNG")
+        files[f"dream_{i}.png"] = buf.getvalue()
+    files.update({"dream.json": _json(d), "dream.pt": tensors_file(d)})
+    _finish(rep, out, files, d.objective)
+
+
+@inside_app.command("stats")
+def stats_cmd(
+    model: str = MODEL_OPT, layer: str = LAYER_OPT, data: Optional[str] = DATA_OPT,
+    bins: int = typer.Option(40, "--bins", min=2), n: Optional[int] = typer.Option(None, "--n", min=1),
+    channels: Optional[str] = typer.Option(None, "--channels", "-c", help="Channels to plot (statistics cover all)."),
+    batch_size: int = typer.Option(64, "--batch-size", "-b", min=1),
+    weights: Optional[Path] = WEIGHTS_OPT, pretrained: bool = PRETRAINED_OPT, trust_pickle: bool = TRUST_OPT,
+    device: str = DEVICE_OPT, out: Path = OUT_OPT,
+) -> None:
+    """Neuron statistics over a dataset: mean, variance, sparsity, histograms, dead channels, per-class means, selectivity.
+
+    Runs under `torchrun --nproc_per_node N -m cnnlens inside stats ...` (rank 0 writes).
+    """
+    from ..inside import neuron_stats
+    from ..inside.report import add_stats, tensors_file
+
+    out = out_dir(out)
+    with distributed(device) as (rank, world, dev):
+        M = _Model(model, weights, pretrained, trust_pickle, dev)
+        ds = _dataset(M.m, data, n)
+        with progress_bar(f"statistics of {layer}") as update:
+            st = neuron_stats(M.m, ds, layer, bins=bins, batch_size=batch_size, device=dev,
+                              progress=update if rank == 0 else None)
+        if rank != 0:
+            return
+        rep, sec = _report(f"cnnlens inside stats: {model}", "Neuron statistics", "stats",
+                           {"model": model, "data": data, "layer": st.layer, "images": len(ds), "bins": bins,
+                            "processes": world})
+        a, b = add_stats(sec, st, M.class_names, channels=parse_channels(channels))
+        _say(f"{st.layer}: {len(st.mean)} channels, mean sparsity {float(st.sparsity.mean()):.3f}, dead "
+             f"channels: {st.dead_channels or 'none'}")
+        _finish(rep, out, {"stats.png": a, "class_mean.png": b, "stats.json": _json(st), "stats.pt": tensors_file(st)},
+                "neuron statistics")
+
+
+@inside_app.command("influence")
+def influence_cmd(
+    model: str = MODEL_OPT, layer: str = LAYER_OPT,
+    data: Optional[str] = DATA_OPT, image: Optional[List[str]] = IMAGE_OPT,
+    target: str = typer.Option("predicted", "--target", "-t", help="Class index or name, predicted, second or true."),
+    channels: Optional[str] = CHANNELS_OPT,
+    ablation: bool = typer.Option(True, "--ablation/--no-ablation", help="Also zero each channel (one forward each)."),
+    n: Optional[int] = typer.Option(None, "--n", min=1, help="Use only the first n images of --data."),
+    batch_size: int = typer.Option(32, "--batch-size", "-b", min=1),
+    weights: Optional[Path] = WEIGHTS_OPT, pretrained: bool = PRETRAINED_OPT, trust_pickle: bool = TRUST_OPT,
+    device: str = DEVICE_OPT, out: Path = OUT_OPT,
+) -> None:
+    """Rank a layer's channels by mean ∂y/∂a, a·∂y/∂a and the exact drop in y when the channel is zeroed."""
+    from rich.table import Table
+
+    from ..inside import influence
+    from ..inside.report import add_influence, tensors_file
+
+    out = out_dir(out)
+    with distributed(device) as (rank, world, dev):
+        M = _Model(model, weights, pretrained, trust_pickle, dev)
+        if image:
+            src, _ = _images(M.m, image, None, 0)
+            src = src.to(dev)
+        else:
+            src = _dataset(M.m, data, n)
+        with progress_bar(f"influence of {layer}") as update:
+            inf = influence(M.m, src, layer, target, ablation=ablation, channels=parse_channels(channels),
+                            batch_size=batch_size, device=dev, progress=update if rank == 0 else None)
+        if rank != 0:
+            return
+        t = Table(title=f"channels of {inf.layer} by influence on the {inf.target}", title_justify="left")
+        for h in ("rank", "channel", "a·∂y/∂a", "mean ∂y/∂a", "drop when zeroed"):
+            t.add_column(h, justify="right")
+        for r, c in enumerate(inf.ranking[:10]):
+            i = inf.channels.index(c)
+            t.add_row(str(r + 1), str(c), f"{float(inf.taylor[i]):.4g}", f"{float(inf.gradient[i]):.4g}",
+                      "—" if inf.ablation is None else f"{float(inf.ablation[i]):.4g}")
+        _say(t)
+        rep, sec = _report(f"cnnlens inside influence: {model}", "Channel influence", "influence",
+                           {"model": model, "layer": inf.layer, "target": inf.target, "images": inf.count,
+                            "ablation": ablation, "processes": world})
+        img = add_influence(sec, inf)
+        _finish(rep, out, {"influence.png": img, "influence.json": _json(inf), "influence.pt": tensors_file(inf)},
+                f"{len(inf.channels)} channels")
