@@ -133,3 +133,12 @@ def test_forward_stops_at_the_target_layer_and_errors_leave_no_trace(untouched):
         maximize(model, objectives.channel("features.44", 0), steps=5)
     with pytest.raises(ValueError, match="param"):
         maximize(model, objectives.channel("features.4", 0), param="wavelet")
+
+
+def test_pixel_init_starts_from_the_image(untouched):
+    model = untouched(pixel_chain_net())
+    x0 = torch.rand(1, 1, 16, 16, generator=torch.Generator().manual_seed(9)) * 0.8 + 0.1
+    v = maximize(model, objectives.channel("features.4", 2), steps=0, param="pixel", init=x0)
+    assert torch.allclose(v.images, x0, atol=1e-5) and torch.equal(v.start, v.final)
+    with pytest.raises(ValueError, match="init has shape"):
+        maximize(model, objectives.channel("features.4", 2), steps=1, param="pixel", init=torch.rand(3, 8, 8))

@@ -245,7 +245,10 @@ class _Param:
         self.decorrelate = decorrelate and C == 3
         if kind == "pixel":
             if init is not None:
-                x = init.detach().to(torch.float32).clamp(1e-4, 1 - 1e-4).expand(shape).clone()
+                init = torch.as_tensor(init)
+                if init.shape[-3:] != (C, H, W) or init.dim() not in (3, 4) or (init.dim() == 4 and init.shape[0] not in (1, B)):
+                    raise ValueError(f"init has shape {tuple(init.shape)}; give C×H×W or N×C×H×W = {B}×{C}×{H}×{W} in [0, 1]")
+                x = init.detach().to(torch.float32).cpu().clamp(1e-4, 1 - 1e-4).expand(shape).clone()
                 p = torch.log(x / (1 - x))
                 if self.decorrelate:
                     p = torch.einsum("bchw,dc->bdhw", p, torch.linalg.inv(_decorrelate_matrix()))
