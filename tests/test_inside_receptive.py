@@ -84,3 +84,13 @@ def test_untraceable_path_is_a_clear_error(untouched):
         receptive_field(model, "c2", input_size=12)
     with pytest.raises(ValueError, match="not in the model"):
         receptive_field(model, "c3", input_size=12)
+
+
+def test_efficientnet_same_padding_is_followed(effnet):
+    """TF-style 'same' padding pads (0, 1) before a stride-2 conv on an even input: the field starts at pixel 0."""
+    stem = receptive_field(effnet, "conv_stem", probe=False)
+    assert (stem.size, stem.stride, stem.offset) == ((3, 3), (2, 2), (0, 0))
+    for layer in ("blocks.1", "blocks.3"):
+        rf = receptive_field(effnet, layer, probe_samples=1)
+        assert rf.probe.agrees, (layer, rf.probe)
+    assert receptive_field(effnet, "blocks.3", probe=False).size == (147, 147)

@@ -149,8 +149,7 @@ class SearchAccumulator:
         x = batch.x.detach()
         y = batch.y.detach().view(-1).cpu().long()
         # the new entries: positions, labels, boxes and crops cut from this batch's images
-        bpos = (pick - m).clamp_min(0)
-        sample = bpos  # index into this batch
+        sample = (pick - m).clamp_min(0)  # for a new entry: its sample's index in this batch
         flat = arg.gather(1, sample)
         pos = torch.stack([flat // W, flat % W], -1)
         out = {
@@ -179,7 +178,7 @@ class SearchAccumulator:
             crops = crops.clone()
         for c, s in new.nonzero().tolist():
             i, j = int(positions[c, s, 0]), int(positions[c, s, 1])
-            box, was_clipped = self.rf.clipped_box(i, j, hw)
+            _, was_clipped = self.rf.clipped_box(i, j, hw)
             boxes[c, s] = torch.tensor(self.rf.box(i, j))
             clipped[c, s] = was_clipped
             crops[c, s] = self._crop(xp, int(sample[c, s]), i, j, pad, win, hw)
