@@ -296,8 +296,9 @@ def cnnlens_channel():
 
 
 # ----------------------------------------------------------------------------- minimal ε
+@pytest.mark.parametrize("start", ["linear", "number"])
 @pytest.mark.parametrize("norm", ["inf", "2"])
-def test_minimal_eps_matches_the_analytic_value_on_a_linear_model(untouched, norm):
+def test_minimal_eps_matches_the_analytic_value_on_a_linear_model(untouched, norm, start):
     # binary linear model, images in the middle of the cube so clipping never binds:
     # the smallest ε that flips x is margin / ||w_y − w_t||_q (q = 1 for L∞, 2 for L2)
     g = torch.Generator().manual_seed(12)
@@ -313,11 +314,15 @@ def test_minimal_eps_matches_the_analytic_value_on_a_linear_model(untouched, nor
     u = (w[other] - w[pred]) / (w[pred] - w[other]).norm(p=dual, dim=1, keepdim=True)
     largest_move = exact * (1 if norm == "inf" else u.abs().amax(1))
     assert float(largest_move.max()) < 0.45  # the optimal perturbation needs no clipping
-    r = minimal_eps(net, x, norm=norm, steps=5, rtol=0.01, start=0.01 if norm == "inf" else 0.05)
+    first = "linear" if start == "linear" else (0.01 if norm == "inf" else 0.05)
+    r = minimal_eps(net, x, norm=norm, steps=5, rtol=0.01, start=first)
     assert r.success.all() and torch.equal(r.pred_after, other)
     lower = r.extras["eps_lower"]
     assert (lower <= exact + 1e-9).all() and (r.eps >= exact - 1e-9).all()
     assert (r.eps - lower <= 0.01 * r.eps + 1e-12).all()
+    if start == "linear":  # the first-order start is exact for a linear model: few PGD runs are needed
+        assert torch.allclose(r.extras["eps_linear"], exact)
+        assert r.settings["pgd_runs"] <= 10
     # the returned ε works and the lower bound does not, when rerun
     ok = pgd(net, x, eps=r.eps, steps=5, norm=norm)
     bad = pgd(net, x, eps=lower, steps=5, norm=norm)

@@ -68,6 +68,7 @@ def sections() -> list[tuple[str, Callable]]:
 
     out = [("evaluation", evaluation)]
     out.append(("inside", __import__("cnnlens.inside.report", fromlist=["demo_section"]).demo_section))
+    out.append(("attacks", __import__("cnnlens.attacks.report", fromlist=["demo_section"]).demo_section))
     return out
 
 

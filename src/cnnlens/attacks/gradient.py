@@ -188,12 +188,14 @@ def _fgsm_core(forward: Forward, x: torch.Tensor, classes: torch.Tensor, targete
 
 def _pgd_core(forward: Forward, x: torch.Tensor, classes: torch.Tensor, targeted: bool, eps: torch.Tensor,
               steps: int, alpha: torch.Tensor, norm: str = "inf", random_start: bool = False,
-              generator: torch.Generator | None = None, early_stop: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+              generator: torch.Generator | None = None, early_stop: bool = True,
+              reached: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Projected gradient ascent on the attack objective; returns (x_adv, steps used per sample).
 
     With ``early_stop`` a sample stops (and keeps its image) as soon as its goal is
     reached; only the samples still running are passed through the model. A
-    sample with ε = 0 never moves.
+    sample with ε = 0 never moves. ``reached`` (a bool tensor N, optional) is set
+    True for the samples seen to reach their goal (so callers can skip a forward).
     """
     n = x.shape[0]
     if random_start:
@@ -211,6 +213,8 @@ def _pgd_core(forward: Forward, x: torch.Tensor, classes: torch.Tensor, targeted
             done = _goal(logits.argmax(1), classes[idx], targeted)
             if done.any():
                 active[idx[done]] = False
+                if reached is not None:
+                    reached[idx[done]] = True
                 keep = ~done
                 idx, direction = idx[keep], direction[keep]
                 if len(idx) == 0:
@@ -355,21 +359,48 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor | None = None, *, eps
     return _result(x, x_adv, used, logits0, logits1, classes, t is not None, e, settings)
 
 
-def minimal_eps(model: nn.Module, x: torch.Tensor, y: torch.Tensor | None = None, *, target: Any = "second",
-                norm: str = "inf", steps: int = 10, start: float | None = None, max_eps: float | None = None,
-                rtol: float = 0.05, max_iter: int = 20, random_start: bool = False, seed: int = 0,
-                progress: Callable[[int, int | None], None] | None = None) -> AttackResult:
-    """The smallest ε that reaches the goal for each image: doubling, then bisection over PGD.
+def _linear_eps(forward: Forward, x: torch.Tensor, logits: torch.Tensor, classes: torch.Tensor, targeted: bool,
+                norm: str) -> torch.Tensor:
+    """First-order distance to the goal: margin / ||∇ₓ margin||_dual (exact for a linear model).
 
-    For each sample, ε starts at ``start`` (1/255 for L∞, 0.1 for L2) and doubles
-    until PGD (``steps`` steps of 2.5·ε/steps, early stop) succeeds or ``max_eps``
-    (L∞: 1; L2: √d) is passed; then bisection between the largest failing and the
-    smallest succeeding ε until ``hi − lo ≤ rtol·hi``. Bisection assumes success
-    grows with ε (true for a linear model; PGD on a deep net is close to it).
+    margin = z_a − z_b, with (a, b) = (predicted, target) for a targeted attack and
+    (class, runner-up) for an untargeted one; the dual norm is L1 for an L∞ budget
+    and L2 for an L2 budget.
+    """
+    top2 = logits.topk(2, dim=1).indices
+    if targeted:
+        a, b = logits.argmax(1), classes
+    else:
+        a = classes
+        b = torch.where(top2[:, 0] == classes, top2[:, 1], top2[:, 0])
+    with torch.enable_grad():
+        xr = x.detach().requires_grad_(True)
+        z = _check_logits(forward(xr))
+        margin = z.gather(1, a[:, None]).squeeze(1) - z.gather(1, b[:, None]).squeeze(1)
+        (g,) = torch.autograd.grad(margin.sum(), xr)
+    dual = g.flatten(1).abs().sum(1) if norm == "inf" else g.flatten(1).norm(dim=1)
+    return (margin.detach() / dual.clamp_min(1e-20)).clamp_min(0)
+
+
+def minimal_eps(model: nn.Module, x: torch.Tensor, y: torch.Tensor | None = None, *, target: Any = "second",
+                norm: str = "inf", steps: int = 10, start: float | str = "linear", max_eps: float | None = None,
+                rtol: float = 0.05, max_iter: int = 20, factor: float = 1.5, random_start: bool = False, seed: int = 0,
+                progress: Callable[[int, int | None], None] | None = None) -> AttackResult:
+    """The smallest ε that reaches the goal for each image: a first-order guess, bracketing, then bisection over PGD.
+
+    Each sample starts from ``start``: by default its first-order distance to the
+    goal, margin / ||∇ₓ margin||₁ (L∞; ||·||₂ for L2), exact for a linear model; or a
+    number in pixel units. ε grows by ``factor`` until PGD (``steps`` steps of
+    2.5·ε/steps, early stop) succeeds or ``max_eps`` (L∞: 1; L2: √d) fails — or,
+    where the start already succeeds, shrinks by ``factor`` until PGD fails; then
+    bisection between the largest failing and the smallest succeeding ε until
+    ``hi − lo ≤ rtol·hi`` (or ``max_iter`` more PGD runs). Bisection assumes success grows with ε (true for a
+    linear model; PGD on a deep net is close to it).
 
     Returns an :class:`AttackResult` whose ``eps`` is the smallest succeeding ε
     (``inf`` where none succeeded), ``x_adv`` the image found at that ε, and
-    ``extras["eps_lower"]`` the largest ε seen to fail. A sample already at its goal
+    ``extras["eps_lower"]`` the largest ε seen to fail (0 if none was tried);
+    ``extras["eps_linear"]`` is the first-order guess. A sample already at its goal
     gets ε = 0.
 
     >>> r = minimal_eps(model, x)                         # toward the second class   # doctest: +SKIP
@@ -379,13 +410,21 @@ def minimal_eps(model: nn.Module, x: torch.Tensor, y: torch.Tensor | None = None
     steps = _check_steps(steps)
     if not (0 < rtol < 1):
         raise ValueError(f"rtol must be in (0, 1), got {rtol!r}")
+    if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 0:
+        raise ValueError(f"max_iter must be an integer ≥ 0, got {max_iter!r}")
     x = _check_input(x)
     n = x.shape[0]
     d = x[0].numel() if n else 1
-    start = (1 / 255 if nm == "inf" else 0.1) if start is None else float(start)
     max_eps = (1.0 if nm == "inf" else math.sqrt(d)) if max_eps is None else float(max_eps)
-    if not (0 < start <= max_eps):
+    linear_start = isinstance(start, str)
+    if linear_start and start != "linear":
+        raise ValueError(f"start must be 'linear' or a number in pixel units, got {start!r}")
+    if not linear_start and not (0 < float(start) <= max_eps):
         raise ValueError(f"need 0 < start ≤ max_eps, got start={start}, max_eps={max_eps}")
+    if not (max_eps > 0):
+        raise ValueError(f"max_eps must be > 0, got {max_eps}")
+    if not (factor > 1):
+        raise ValueError(f"factor must be > 1 (how much ε grows or shrinks while bracketing), got {factor!r}")
     t = _parse_target(target, model)
     y = _check_labels(y, n, x.device)
     if t is not None:
@@ -401,38 +440,54 @@ def minimal_eps(model: nn.Module, x: torch.Tensor, y: torch.Tensor | None = None
         logits0, classes = _resolve_classes(tap.run, x, y, t)
         at_goal = _goal(logits0.argmax(1), classes, targeted)
         hi[at_goal] = 0.0
+        if linear_start:
+            guess = _linear_eps(tap.run, x, logits0, classes, targeted, nm)
+            floor = max_eps * 1e-6
+            eps_try = guess.clamp(min=floor, max=max_eps)
+        else:
+            guess = torch.full((n,), float(start), dtype=x.dtype, device=x.device)
+            eps_try = guess.clone()
 
         def attempt(idx: torch.Tensor, eps_try: torch.Tensor) -> torch.Tensor:
             nonlocal runs
             e = eps_try.view(-1, 1, 1, 1)
+            ok = torch.zeros(len(idx), dtype=torch.bool, device=x.device)
             xa, used = _pgd_core(tap.run, x[idx], classes[idx], targeted, e, steps, _step_size(None, e, steps), nm,
-                                 random_start, gen, True)
-            ok = _goal(_predict(tap.run, xa).argmax(1), classes[idx], targeted)
+                                 random_start, gen, True, reached=ok)
+            rest = (~ok).nonzero().view(-1)  # ran every step: check the last iterate
+            if len(rest):
+                ok[rest] = _goal(_predict(tap.run, xa[rest]).argmax(1), classes[idx][rest], targeted)
             best[idx[ok]] = xa[ok]
             best_steps[idx[ok]] = used[ok]
             runs += 1
             return ok
 
-        # 1. doubling until success or max_eps
-        eps_try = torch.full((n,), start, dtype=x.dtype, device=x.device)
-        growing = ~at_goal
-        n_grow = max(1, math.ceil(math.log2(max_eps / start)) + 1)
-        total = n_grow + max_iter
-        for it in range(n_grow):
-            idx = growing.nonzero().view(-1)
+        # 1. bracket: from the start, grow ε by `factor` until success (or max_eps fails); where the
+        #    start already succeeds, shrink it by `factor` until a failure (or the floor)
+        floor = max_eps * 1e-6
+        searching = ~at_goal
+        span = max_eps / max(float(eps_try[searching].min()), floor) if searching.any() else 1.0
+        n_bracket = max(1, math.ceil(math.log(max(span, 1.0) * 1e6, factor)) + 1) if searching.any() else 1
+        n_bracket = min(n_bracket, 200)
+        total = n_bracket + max_iter
+        done_runs = 0
+        for _ in range(n_bracket):
+            idx = searching.nonzero().view(-1)
             if len(idx) == 0:
                 break
             e = eps_try[idx].clamp(max=max_eps)
             ok = attempt(idx, e)
-            hi[idx[ok]] = e[ok]
-            lo[idx[~ok]] = e[~ok]
-            growing[idx[ok]] = False
-            growing[idx[~ok & (e >= max_eps)]] = False
-            eps_try[idx] = e * 2
+            hi[idx[ok]] = torch.minimum(hi[idx[ok]], e[ok])
+            lo[idx[~ok]] = torch.maximum(lo[idx[~ok]], e[~ok])
+            bracketed = torch.isfinite(hi[idx]) & (lo[idx] > 0)
+            stop = bracketed | (~ok & (e >= max_eps)) | (ok & (e / factor < floor))
+            searching[idx[stop]] = False
+            eps_try[idx] = torch.where(ok, e / factor, e * factor)
+            done_runs += 1
             if progress is not None:
-                progress(it + 1, total)
+                progress(done_runs, total)
         # 2. bisection
-        for it in range(max_iter):
+        for _ in range(max_iter):
             open_ = torch.isfinite(hi) & (hi > 0) & (hi - lo > rtol * hi)
             idx = open_.nonzero().view(-1)
             if len(idx) == 0:
@@ -441,18 +496,19 @@ def minimal_eps(model: nn.Module, x: torch.Tensor, y: torch.Tensor | None = None
             ok = attempt(idx, mid)
             hi[idx[ok]] = mid[ok]
             lo[idx[~ok]] = mid[~ok]
+            done_runs += 1
             if progress is not None:
-                progress(n_grow + it + 1, total)
+                progress(done_runs, total)
         if progress is not None:
             progress(total, total)
         logits1 = _predict(tap.run, best)
-    settings = {"method": "minimal-eps (doubling + bisection over PGD)", "norm": nm, "steps": steps,
-                "step_size": "2.5·ε/steps", "start": start, "max_eps": max_eps, "rtol": rtol,
+    settings = {"method": "minimal-eps (first-order start, bracketing, bisection over PGD)", "norm": nm, "steps": steps,
+                "step_size": "2.5·ε/steps", "start": "margin/||∇margin||_dual" if linear_start else float(start),
+                "max_eps": max_eps, "rtol": rtol, "max_iter": max_iter, "factor": factor,
                 "target": _describe_target(t, _class_names(model)), "random_start": bool(random_start),
                 "seed": int(seed), "pgd_runs": runs, "loss": "cross-entropy on logits"}
-    r = _result(x, best, best_steps, logits0, logits1, classes, targeted, hi, settings,
-                extras={"eps_lower": lo.detach().cpu()})
-    return r
+    return _result(x, best, best_steps, logits0, logits1, classes, targeted, hi, settings,
+                   extras={"eps_lower": lo.detach().cpu(), "eps_linear": guess.detach().cpu()})
 
 
 def _eps_setting(e: torch.Tensor):

@@ -1,0 +1,69 @@
+"""The attacks demo section (quick mode, a tiny stand-in for EfficientNet) and its report blocks."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+from torch import nn
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def test_demo_section_quick_with_a_stand_in_photo_model(untouched, digits_model):
+    from cnnlens.attacks import minimal_eps
+    from cnnlens.attacks.report import demo_section
+    from cnnlens.data import as_dataset
+    from cnnlens.models.spec import ModelSpec, PixelModel
+    from cnnlens.report import Report
+
+    torch.manual_seed(0)
+    photo_net = untouched(PixelModel(nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                                                   nn.Linear(4, 6)),
+                                     ModelSpec("p", (16, 16), class_names=tuple("abcdef"))).eval())
+    x = torch.rand(3, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    calls = []
+    ctx = SimpleNamespace(digits_model=digits_model, digits_data=as_dataset("digits", digits_model), effnet=photo_net,
+                          photos=(["one", "two", "three"], x), device="cpu", quick=True,
+                          progress=lambda what, done, total: calls.append((what, done, total)))
+    rep = Report("t")
+    demo_section(rep, ctx)
+    attack, robust, conc = rep.sections
+    assert "second closest class" in attack.intro and "fast gradient" in attack.intro
+    assert "adversarial training" in robust.intro and "‖∂L/∂x‖²" in robust.intro
+    assert "1 − (1 − ε)^d" in conc.intro
+    # the photo table holds the minimal ε that minimal_eps gives with the quick settings (2 photos in quick mode)
+    ref = minimal_eps(photo_net, x[:2], target="second", steps=3, rtol=0.5, max_iter=2)
+    got = attack.results["attack"]
+    assert list(got) == ["one", "two"]
+    for i, name in enumerate(got):
+        assert got[name]["eps"] == pytest.approx(float(ref.eps[i]))
+        assert got[name]["after"] == int(ref.pred_after[i]) and got[name]["success"] == bool(ref.success[i])
+        assert got[name]["goal"] == int(ref.logits_before[i].topk(2).indices[1])
+    # robustness: ε = 0 is the clean accuracy of each model on the (quick) subset
+    from cnnlens.models.digits import digits_split
+
+    test = digits_split("test")
+    sub = list(range(0, len(test), 12))
+    with torch.no_grad():
+        clean = (digits_model(test.x[sub]).argmax(1) == test.y[sub]).double().mean().item()
+    plain = robust.results["plain"]
+    assert plain["n"] == len(sub) and plain["clean_accuracy"] == pytest.approx(clean)
+    assert plain["accuracy"]["pgd"][0] == pytest.approx(clean) and plain["eps"] == [0.0, pytest.approx(16 / 255)]
+    assert set(robust.results) >= {"plain", "adversarial training", "gradient penalty", "saliency_stroke_share"}
+    shares = robust.results["saliency_stroke_share"]
+    assert all(0 < v < 1 for v in shares.values())
+    # concentration data: the formula, and the measured dimensions
+    table = conc.results["concentration"]["0.01"]
+    assert table["formula"] == pytest.approx([1 - 0.99 ** d for d in table["d"]])
+    assert conc.results["minimal_eps"]["digits-cnn"]["d"] == 1024
+    assert conc.results["minimal_eps"]["efficientnet-lite0"]["d"] == 3 * 16 * 16
+    assert any(w.startswith("attacks: efficientnet-lite0") for w, _, _ in calls)
+    assert sum(b.kind == "figure" for b in robust.blocks) == 3  # curves, gallery, saliency
