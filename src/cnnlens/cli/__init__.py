@@ -10,3 +10,4 @@ from . import evaluate as _evaluate  # noqa: F401,E402
 from . import layers as _layers  # noqa: F401,E402
 from . import train as _train  # noqa: F401,E402
 from . import inside as _inside  # noqa: F401,E402
+from . import attack as _attack  # noqa: F401,E402

@@ -1,0 +1,278 @@
+"""`cnnlens attack` (adversarial images) and `cnnlens robustness` (accuracy against ε over a dataset)."""
+
+from __future__ import annotations
+
+import json
+from fractions import Fraction
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from .common import (DEVICE_OPT, MODEL_OPT, OUT_OPT, PRETRAINED_OPT, TRUST_OPT, WEIGHTS_OPT, UserError, app,
+                     console, distributed, load_model_from_options, out_dir, progress_bar)
+
+
+def parse_eps(text: str, option: str = "--eps") -> float:
+    """A budget in pixel units: ``2/255``, ``0.01`` or ``0``.
+
+    >>> round(parse_eps("2/255"), 6)
+    0.007843
+    """
+    s = str(text).strip()
+    try:
+        v = float(Fraction(s))
+    except (ValueError, ZeroDivisionError):
+        raise UserError(f"{option} {s!r} is not a number; give pixel units like 2/255 or 0.01") from None
+    if v < 0:
+        raise UserError(f"{option} {s!r} is negative; a budget is ≥ 0 (pixel units, e.g. 2/255)")
+    return v
+
+
+def parse_eps_list(text: str, option: str = "--eps") -> list[float]:
+    """``0,1/255,2/255`` → [0.0, 0.0039…, 0.0078…]."""
+    parts = [p for p in str(text).replace(" ", "").split(",") if p]
+    if not parts:
+        raise UserError(f"{option} is empty; give budgets like 0,1/255,2/255")
+    return [parse_eps(p, option) for p in parts]
+
+
+def _target(text: str):
+    t = str(text).strip()
+    if t.lower() in ("untargeted", "none", ""):
+        return None
+    return int(t) if t.lstrip("-").isdigit() else t
+
+
+def _unique(names: List[str]) -> List[str]:
+    seen: dict[str, int] = {}
+    out = []
+    for n in names:
+        stem = "".join(c if c.isalnum() or c in "-_." else "_" for c in n) or "image"
+        k = seen.get(stem, 0)
+        seen[stem] = k + 1
+        out.append(stem if k == 0 else f"{stem}-{k + 1}")
+    return out
+
+
+def _png(img) -> bytes:
+    import io
+
+    from ..viz import to_pil
+
+    buf = io.BytesIO()
+    to_pil(img).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+@app.command()
+def attack(
+    images: List[str] = typer.Argument(..., help="Image files, folders or globs."),
+    model: str = MODEL_OPT,
+    method: str = typer.Option("pgd", "--method", help="fgsm or pgd."),
+    eps: str = typer.Option("2/255", "--eps", help="Budget per pixel in pixel units ([0, 1]): 2/255, 0.01, ..."),
+    target: str = typer.Option("second", "--target", "-t", help="second (the runner-up class), untargeted, a class index or a class name."),
+    steps: int = typer.Option(10, "--steps", min=1, help="PGD steps."),
+    step_size: Optional[str] = typer.Option(None, "--step-size", help="PGD step in pixel units (default 2.5·ε/steps)."),
+    norm: str = typer.Option("inf", "--norm", help="inf (L∞) or 2 (L2)."),
+    random_start: bool = typer.Option(False, "--random-start", help="PGD from a random point of the ε-ball."),
+    minimal: bool = typer.Option(False, "--minimal", help="Find each image's smallest ε (bisection over PGD) instead of using --eps."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the random start."),
+    weights: Optional[Path] = WEIGHTS_OPT,
+    pretrained: bool = PRETRAINED_OPT,
+    trust_pickle: bool = TRUST_OPT,
+    batch_size: int = typer.Option(16, "--batch-size", "-b", min=1, help="Images attacked together."),
+    device: str = DEVICE_OPT,
+    out: Path = OUT_OPT,
+) -> None:
+    """Attack images: writes, per image, the original, the adversarial image, the amplified perturbation and the top-5 before and after.
+
+    Files in --out: <name>/original.png, adversarial.png, perturbation.png, top5.json;
+    attack.json (all numbers), x_adv.pt (the exact adversarial images: a PNG rounds to
+    8 bits, which can undo a perturbation below half a grey level) and index.html.
+    """
+    import torch
+
+    from ..attacks import fgsm, minimal_eps, pgd
+    from ..attacks.report import INTROS, add_attack_section, quantized_predictions, topk_rows
+    from ..data import read_images
+    from ..report import Report
+
+    method = method.strip().lower()
+    if method not in ("fgsm", "pgd"):
+        raise UserError(f"--method {method!r} is not known; use fgsm or pgd")
+    if minimal and method != "pgd":
+        raise UserError("--minimal searches over PGD; use it with --method pgd")
+    e = parse_eps(eps)
+    alpha = parse_eps(step_size, "--step-size") if step_size is not None else None
+    if alpha is not None and alpha <= 0:
+        raise UserError("--step-size must be > 0")
+    tgt = _target(target)
+    out = out_dir(out)
+    with distributed(device) as (rank, world, dev):
+        if world > 1:
+            raise UserError("cnnlens attack runs in one process; use torchrun with `cnnlens robustness`")
+        m = load_model_from_options(model, weights, pretrained, trust_pickle, dev)
+        loaded = read_images(list(images), m)
+        x = loaded.images.to(dev)
+        names = _unique(list(loaded.names))
+        class_names = getattr(getattr(m, "spec", None), "class_names", None)
+        parts = []
+        with progress_bar(f"attacking {len(names)} image(s)", total=(len(names) + batch_size - 1) // batch_size) as update:
+            for b, s in enumerate(range(0, len(names), batch_size)):
+                xb = x[s:s + batch_size]
+                if minimal:
+                    r = minimal_eps(m, xb, target=tgt, norm=norm, steps=steps, random_start=random_start, seed=seed)
+                elif method == "fgsm":
+                    r = fgsm(m, xb, eps=e, target=tgt, norm=norm)
+                else:
+                    r = pgd(m, xb, eps=e, steps=steps, step_size=alpha, target=tgt, norm=norm,
+                            random_start=random_start, seed=seed)
+                parts.append(r)
+                update(b + 1)
+        r = _concat(parts)
+        rep = Report(f"cnnlens attack: {model}", f"{method.upper()} on {len(names)} image(s).")
+        settings = {"model": model, "weights": str(weights) if weights else "pretrained" if pretrained else "default",
+                    "images": ", ".join(names[:10]) + (" ..." if len(names) > 10 else ""), "device": dev}
+        add_attack_section(rep, m, x.cpu(), names, r, title=f"{'Minimal-ε PGD' if minimal else method.upper()} attack",
+                           intro=INTROS["attack"], settings=settings)
+        q = quantized_predictions(m, r)
+        summary = {}
+        for i, nm in enumerate(names):
+            rep.file(f"{nm}/original.png", _png(x[i].cpu()))
+            rep.file(f"{nm}/adversarial.png", _png(r.x_adv[i]))
+            rep.file(f"{nm}/perturbation.png", _png(r.amplified()[i]))
+            top = topk_rows(r, i, class_names)
+            rep.file(f"{nm}/top5.json", json.dumps(top, indent=2))
+            summary[nm] = {"success": bool(r.success[i]), "goal": int(r.classes[i]), "targeted": r.targeted,
+                           "eps": float(r.eps[i]), "linf": float(r.linf()[i]), "l2": float(r.l2()[i]),
+                           "steps": int(r.steps[i]), "after_8bit_rounding": int(q[i]), **top}
+        rep.file("attack.json", json.dumps({"settings": r.settings, "images": summary}, indent=2, default=str))
+        import io
+
+        buf = io.BytesIO()
+        torch.save({"names": names, "x": x.cpu(), "x_adv": r.x_adv, "eps": r.eps}, buf)
+        rep.file("x_adv.pt", buf.getvalue())
+        index = rep.write(out)
+        _print_attack(names, r, class_names)
+        console.print(f"wrote {index.parent}: <image>/original.png, adversarial.png, perturbation.png, top5.json; "
+                      "attack.json, x_adv.pt, index.html", highlight=False)
+
+
+def _concat(parts):
+    import dataclasses
+
+    import torch
+
+    if len(parts) == 1:
+        return parts[0]
+    first = parts[0]
+    fields = {}
+    for f in dataclasses.fields(first):
+        vals = [getattr(p, f.name) for p in parts]
+        if torch.is_tensor(vals[0]):
+            fields[f.name] = torch.cat(vals)
+        elif f.name == "extras":
+            fields[f.name] = {k: torch.cat([p.extras[k] for p in parts]) for k in first.extras}
+        else:
+            fields[f.name] = vals[0]
+    return type(first)(**fields)
+
+
+def _print_attack(names, r, class_names) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    def nm(c):
+        return f"{c} {class_names[c]}" if class_names and 0 <= c < len(class_names) else str(c)
+
+    p0 = r.logits_before.float().softmax(1)
+    p1 = r.logits_after.float().softmax(1)
+    t = Table(title=f"{r.settings.get('method', '').upper()} — goal: {r.settings.get('target')}", title_justify="left")
+    for h in ("image", "before (p)", "after (p)", "reached", "ε", "‖δ‖∞·255", "steps"):
+        t.add_column(h)
+    for i, n in enumerate(names):
+        c0, c1 = int(r.pred_before[i]), int(r.pred_after[i])
+        e = float(r.eps[i])
+        t.add_row(n, f"{nm(c0)} ({float(p0[i, c0]):.3f})", f"{nm(c1)} ({float(p1[i, c1]):.3f})",
+                  "yes" if bool(r.success[i]) else "no", "–" if e == float("inf") else f"{e * 255:.3g}/255",
+                  f"{float(r.linf()[i]) * 255:.3g}", str(int(r.steps[i])))
+    Console().print(t)
+
+
+@app.command()
+def robustness(
+    model: str = MODEL_OPT,
+    data: str = typer.Option(..., "--data", "-d", help="digits, or an ImageFolder directory (one sub-folder per class)."),
+    eps: str = typer.Option("0,1/255,2/255,4/255,8/255", "--eps", help="Comma-separated budgets in pixel units."),
+    attacks: str = typer.Option("fgsm,pgd", "--attacks", help="fgsm, pgd or both (comma-separated)."),
+    steps: int = typer.Option(10, "--steps", min=1, help="PGD steps."),
+    step_size: Optional[str] = typer.Option(None, "--step-size", help="PGD step in pixel units (default 2.5·ε/steps)."),
+    norm: str = typer.Option("inf", "--norm", help="inf (L∞) or 2 (L2)."),
+    target: str = typer.Option("untargeted", "--target", "-t", help="untargeted (away from the true label), second, or a class."),
+    gallery: int = typer.Option(6, "--gallery", min=0, help="Attacked images to show with their saliency maps."),
+    weights: Optional[Path] = WEIGHTS_OPT,
+    pretrained: bool = PRETRAINED_OPT,
+    trust_pickle: bool = TRUST_OPT,
+    batch_size: int = typer.Option(64, "--batch-size", "-b", min=1, help="Images per batch."),
+    device: str = DEVICE_OPT,
+    out: Path = OUT_OPT,
+) -> None:
+    """Accuracy against ε for FGSM and PGD over a dataset: writes curves.png, robustness.json/.csv and index.html.
+
+    Under `torchrun --nproc_per_node N -m cnnlens robustness ...` each process attacks a
+    shard; the counts are merged and rank 0 writes.
+    """
+    from ..attacks.curves import robustness as run_robustness
+    from ..attacks.report import add_robustness_section
+    from ..data import as_dataset
+    from ..report import Report
+
+    budgets = parse_eps_list(eps)
+    alpha = parse_eps(step_size, "--step-size") if step_size is not None else None
+    atk = [a.strip().lower() for a in attacks.split(",") if a.strip()]
+    out = out_dir(out)
+    with distributed(device) as (rank, world, dev):
+        m = load_model_from_options(model, weights, pretrained, trust_pickle, dev)
+        ds = as_dataset(data, m)
+        desc = f"attacking {data}" + (f" (rank {rank}/{world})" if world > 1 else "")
+        with (progress_bar(desc) if rank == 0 else _quiet()) as update:
+            r = run_robustness(m, ds, eps=budgets, attacks=atk, steps=steps, step_size=alpha, norm=norm,
+                               target=_target(target), gallery=gallery, batch_size=batch_size, device=dev,
+                               progress=update)
+        if rank != 0:
+            return
+        rep = Report(f"cnnlens robustness: {model}", f"{model} on {data}.")
+        settings = {"model": model, "weights": str(weights) if weights else "pretrained" if pretrained else "default",
+                    "data": data, "n": r.n, "batch size": batch_size, "device": dev, "processes": world}
+        add_robustness_section(rep, {model: r}, title="Robustness", settings=settings, gallery_of=model)
+        fig = r.figure(title=f"{model} on {data}")
+        rep.file("curves.png", _fig_png(fig))
+        rep.file("robustness.json", json.dumps(r.to_dict(), indent=2))
+        header, rows = r.table()
+        rep.file("robustness.csv", "\n".join([",".join(header)] + [",".join(str(v) for v in row) for row in rows]) + "\n")
+        index = rep.write(out)
+        from rich.console import Console
+        from rich.table import Table
+
+        t = Table(title=f"{r.n} samples, clean accuracy {r.clean_accuracy:.2%}", title_justify="left")
+        for h in header:
+            t.add_column(h, justify="right")
+        for row in rows:
+            t.add_row(*[f"{v:.4g}" if isinstance(v, float) else str(v) for v in row])
+        Console().print(t)
+        console.print(f"wrote {index.parent}: curves.png, robustness.json, robustness.csv, index.html", highlight=False)
+
+
+def _fig_png(fig) -> bytes:
+    from ..report import _png_bytes
+
+    return _png_bytes(fig)
+
+
+class _quiet:
+    def __enter__(self):
+        return lambda done, total=None: None
+
+    def __exit__(self, *exc):
+        return False
