@@ -343,3 +343,18 @@ def test_minimal_eps_success_is_monotone_and_unreachable_is_inf(untouched):
     # already at the goal (target = predicted class): ε = 0
     rp = minimal_eps(net, x, target="predicted", steps=2)
     assert torch.equal(rp.eps, torch.zeros(8)) and rp.success.all()
+
+
+def test_efficientnet_goes_to_the_second_class_and_its_batchnorm_is_untouched(effnet):
+    """The real model (BatchNorm everywhere): chelsea (tiger cat, 282) → the runner-up, Egyptian cat (285)."""
+    import skimage.data
+
+    from cnnlens import load_images
+
+    x = load_images(skimage.data.chelsea(), effnet)
+    r = pgd(effnet, x, eps=1 / 255, steps=3)
+    assert int(r.pred_before[0]) == 282 and int(r.classes[0]) == 285
+    assert bool(r.success[0]) and int(r.pred_after[0]) == 285
+    assert float(r.linf()[0]) <= 1 / 255 + 1e-6
+    named = dict(effnet.named_modules())
+    assert not any(m.training for m in named.values())  # still in eval mode (the fixture checks buffers and grads)

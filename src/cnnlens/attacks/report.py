@@ -265,7 +265,7 @@ def demo_section(report, ctx) -> None:
         data = torch.utils.data.Subset(test, list(range(0, len(test), 12)))
         eps, steps = [0.0, 16 / 255], 3
     else:
-        eps, steps = [0.0, 4 / 255, 8 / 255, 16 / 255, 32 / 255], 10
+        eps, steps = [0.0, 8 / 255, 16 / 255, 32 / 255], 7
     results = {}
     for k, (name, m) in enumerate(models.items()):
         what = f"attacks: robustness of {name}"
