@@ -40,7 +40,7 @@ def test_demo_section_quick_with_a_stand_in_photo_model(untouched, digits_model)
     assert "adversarial training" in robust.intro and "‖∂L/∂x‖²" in robust.intro
     assert "1 − (1 − ε)^d" in conc.intro
     # the photo table holds the minimal ε that minimal_eps gives with the quick settings (2 photos in quick mode)
-    ref = minimal_eps(photo_net, x[:2], target="second", steps=3, rtol=0.5, max_iter=2)
+    ref = minimal_eps(photo_net, x[:2], target="second", steps=2, rtol=0.5, max_iter=1)
     got = attack.results["attack"]
     assert list(got) == ["one", "two"]
     for i, name in enumerate(got):

@@ -243,7 +243,7 @@ def demo_section(report, ctx) -> None:
     names, photos = ctx.photos
     if quick:
         names, photos = names[:2], photos[:2]
-    me_kw = dict(steps=3, rtol=0.5, max_iter=2) if quick else dict(steps=5, rtol=0.2, max_iter=6)
+    me_kw = dict(steps=2, rtol=0.5, max_iter=1) if quick else dict(steps=5, rtol=0.2, max_iter=6)
     what = "attacks: efficientnet-lite0 → second class"
     r_eff = minimal_eps(ctx.effnet, photos, target="second", **me_kw, progress=lambda d, t: ctx.progress(what, d, t))
     add_attack_section(report, ctx.effnet, photos, names, r_eff, title="Adversarial examples: to the second class",
@@ -299,7 +299,7 @@ def demo_section(report, ctx) -> None:
 
     # 3. measure concentration, and the measured minimal ε against input dimension
     what = "attacks: minimal ε of digits-cnn"
-    nd = 8 if quick else 48
+    nd = 4 if quick else 48
     xd = test.x[torch.linspace(0, len(test) - 1, nd).long()].to(ctx.device)
     r_dig = minimal_eps(ctx.digits_model, xd, target="second", **me_kw, progress=lambda d, t: ctx.progress(what, d, t))
     table = concentration_table(dims=(1, 10, 100, 1000) if quick else (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000),
