@@ -275,6 +275,10 @@ def test_errors_name_cause_and_fix_and_leave_the_model_untouched(untouched):
         fgsm(net, x, torch.tensor([0, 1]), eps=0.1)
     with pytest.raises(ValueError, match="steps"):
         pgd(net, x, eps=0.1, steps=0)
+    with pytest.raises(TypeError, match="x.to\\(torch.float32\\)"):
+        pgd(net, x.double(), eps=0.1)
+    with pytest.raises(TypeError, match="nn.Module"):
+        fgsm(lambda v: v, x, eps=0.1)
 
     class TupleNet(nn.Module):
         def __init__(self):

@@ -70,6 +70,19 @@ def _check_input(x: Any) -> torch.Tensor:
     return x.detach()
 
 
+def _check_model(model: Any, x: torch.Tensor) -> None:
+    """The model is an nn.Module on x's device with x's floating dtype (else a one-line fix)."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    t = next((p for p in list(model.parameters()) + list(model.buffers()) if p.is_floating_point()), None)
+    if t is None:
+        return
+    if t.device != x.device:
+        raise ValueError(f"the input is on {x.device} but the model is on {t.device}; move the input with x.to({str(t.device)!r})")
+    if t.dtype != x.dtype:
+        raise TypeError(f"the input is {x.dtype} but the model computes in {t.dtype}; convert it with x.to({t.dtype})")
+
+
 def _eps_tensor(eps: Any, n: int, x: torch.Tensor, what: str = "eps") -> torch.Tensor:
     """ε as an N×1×1×1 tensor on x's device (a number or one value per sample)."""
     if isinstance(eps, bool) or eps is None:
@@ -305,6 +318,7 @@ def fgsm(model: nn.Module, x: torch.Tensor, y: torch.Tensor | None = None, *, ep
     """
     nm = _norm(norm)
     x = _check_input(x)
+    _check_model(model, x)
     n = x.shape[0]
     t = _parse_target(target, model)
     y = _check_labels(y, n, x.device)
@@ -340,6 +354,7 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor | None = None, *, eps
     nm = _norm(norm)
     steps = _check_steps(steps)
     x = _check_input(x)
+    _check_model(model, x)
     n = x.shape[0]
     t = _parse_target(target, model)
     y = _check_labels(y, n, x.device)
@@ -413,6 +428,7 @@ def minimal_eps(model: nn.Module, x: torch.Tensor, y: torch.Tensor | None = None
     if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 0:
         raise ValueError(f"max_iter must be an integer ≥ 0, got {max_iter!r}")
     x = _check_input(x)
+    _check_model(model, x)
     n = x.shape[0]
     d = x[0].numel() if n else 1
     max_eps = (1.0 if nm == "inf" else math.sqrt(d)) if max_eps is None else float(max_eps)
