@@ -339,28 +339,6 @@ def random_transform(x: torch.Tensor, gen: torch.Generator, jitter: int = 0, sca
     return x
 
 
-class _Adam:
-    """Adam (Kingma & Ba 2015) on one tensor, as gradient *ascent*.
-
-    m ← β₁m + (1−β₁)g, v ← β₂v + (1−β₂)g², p ← p + lr·m̂ / (√v̂ + ε). Written out here
-    because the first ``torch.optim`` step imports torch's compiler stack (seconds).
-    """
-
-    def __init__(self, p: torch.Tensor, lr: float, betas=(0.9, 0.999), eps: float = 1e-8):
-        self.p, self.lr, self.b1, self.b2, self.eps, self.t = p, lr, betas[0], betas[1], eps, 0
-        self.m = torch.zeros_like(p)
-        self.v = torch.zeros_like(p)
-
-    @torch.no_grad()
-    def ascend(self, g: torch.Tensor) -> None:
-        self.t += 1
-        self.m.mul_(self.b1).add_(g, alpha=1 - self.b1)
-        self.v.mul_(self.b2).addcmul_(g, g, value=1 - self.b2)
-        mh = self.m / (1 - self.b1 ** self.t)
-        vh = self.v / (1 - self.b2 ** self.t)
-        self.p.add_(self.lr * mh / (vh.sqrt() + self.eps))
-
-
 # ---------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Visualization(Result):
@@ -477,15 +455,15 @@ def maximize(
         logits = tap.run(img)
         start = J(_Ctx(img, _acts(tap, J.layers), logits)).detach().cpu()
     history = []
-    opt = _Adam(prm.p, lr)
+    opt = torch.optim.Adam([prm.p], lr=lr, maximize=True)  # gradient ascent on J
     with LayerTap(model, J.layers, stop_after=stop) as tap:
         for step in range(steps):
             img = prm.image()
             xt = random_transform(img, gen, jitter, scale_r, rot_r)
             logits = tap.run(xt)
             val = J(_Ctx(img, _acts(tap, J.layers), logits))
-            (g,) = torch.autograd.grad(val.sum(), prm.p)
-            opt.ascend(g)
+            (prm.p.grad,) = torch.autograd.grad(val.sum(), prm.p)
+            opt.step()
             if l2_decay:
                 prm.decay(l2_decay)
             if blur_every and (step + 1) % blur_every == 0:
