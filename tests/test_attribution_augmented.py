@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from cnnlens.attribution import augmented_gradcam, gradcam, random_affines, superresolve
 from cnnlens.attribution._common import upsample
 from cnnlens.attribution.augmented import Operator, objective, total_variation, warp
+
+
+@pytest.fixture(autouse=True)
+def _seed_every_test():
+    torch.manual_seed(0)
 
 
 def _known_map(S: int = 32) -> torch.Tensor:

@@ -13,6 +13,11 @@ from cnnlens.models.spec import ModelSpec
 from conftest import TinyGapNet
 
 
+@pytest.fixture(autouse=True)
+def _seed_every_test():
+    torch.manual_seed(0)
+
+
 def test_cam_mean_is_the_logit_minus_bias(tiny_gap_net):
     x = torch.rand(3, 3, 6, 7)
     y = tiny_gap_net(x).detach()

@@ -12,6 +12,11 @@ from cnnlens.attribution.faithfulness import parameter_layers, spearman
 from cnnlens.results import Explanation
 
 
+@pytest.fixture(autouse=True)
+def _seed_every_test():
+    torch.manual_seed(0)
+
+
 def brute_curve(model, x, maps, cls, steps, base, kind):
     n, c, H, W = x.shape
     out = np.zeros((n, steps + 1))

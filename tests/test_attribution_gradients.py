@@ -5,10 +5,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-from attribution_nets import LinearNet
+from attribution_nets import LinearNet, SmoothGapNet
 from cnnlens import Target
 from cnnlens.attribution import gradient_x_input, integrated_gradients, saliency, smoothgrad
 from conftest import TinyGapNet
+
+
+@pytest.fixture(autouse=True)
+def _seed_every_test():
+    torch.manual_seed(0)
 
 
 def test_saliency_of_a_linear_model_is_its_weight_row(untouched):
@@ -70,18 +75,22 @@ def test_integrated_gradients_is_exact_on_a_linear_model(untouched):
         assert e.extras["completeness_gap"].abs().max() < 1e-5
 
 
-def test_integrated_gradients_completeness_gap_shrinks(tiny_gap_net):
+def test_integrated_gradients_completeness_gap_shrinks(tiny_gap_net, untouched):
     x = torch.rand(2, 3, 8, 8)
-    gaps = []
-    for steps in (3, 9, 33, 129):
-        e = integrated_gradients(tiny_gap_net, x, steps=steps, baseline="black", batch_size=50)
-        gap = e.extras["completeness_gap"].abs()
-        # completeness: Σ attributions + gap = f(x) − f(x')
-        total = e.extras["score"] - e.extras["baseline_score"]
-        assert torch.allclose(e.maps.flatten(1).sum(1) - total, e.extras["completeness_gap"], atol=1e-4)
-        gaps.append(float(gap.max()))
-    assert gaps[0] > gaps[1] > gaps[2] > gaps[3]
-    assert gaps[-1] < 2e-3 * float(total.abs().max()) + 1e-5
+    smooth = untouched(SmoothGapNet())
+    for method in ("trapezoid", "midpoint"):
+        gaps = []
+        for steps in (3, 9, 33, 129):
+            e = integrated_gradients(smooth, x, steps=steps, baseline="black", method=method)
+            # completeness: Σ attributions − gap = f(x) − f(x')
+            total = e.extras["score"] - e.extras["baseline_score"]
+            assert torch.allclose(e.maps.flatten(1).sum(1) - total, e.extras["completeness_gap"], atol=1e-4)
+            gaps.append(float(e.extras["completeness_gap"].abs().max()))
+        assert gaps[0] > gaps[1] > gaps[2] > gaps[3], (method, gaps)
+        assert gaps[-1] < 1e-3 * float(total.abs().max())  # O(1/n²) on a smooth path
+    # on a ReLU net the integrand jumps, so the gap falls unevenly, but it falls
+    g = [float(integrated_gradients(tiny_gap_net, x, steps=s).extras["completeness_gap"].abs().max()) for s in (3, 257)]
+    assert g[1] < 0.1 * g[0]
 
 
 def test_integrated_gradients_batching_and_baselines(tiny_gap_net):
@@ -135,3 +144,28 @@ def test_captum_agrees_on_saliency_and_integrated_gradients(tiny_gap_net):
     e = integrated_gradients(tiny_gap_net, x, target=cls, steps=16, method="trapezoid", reduce="none")
     a = ig.attribute(x, baselines=0.0, target=cls, n_steps=16, method="riemann_trapezoid")
     assert torch.allclose(e.raw, a.float() * 16 / 15, atol=1e-6)
+
+
+class ViewNet(TinyGapNet):
+    """Flattens with .view, which a channels-last tensor refuses."""
+
+    def forward(self, x):
+        a = self.features(x)
+        return self.fc(a.view(a.shape[0], a.shape[1], -1).mean(2))
+
+
+def test_channels_last_gives_the_same_values_and_falls_back(untouched):
+    net = untouched(TinyGapNet(seed=7))
+    x = torch.rand(2, 3, 64, 64)  # large enough for the automatic channels-last layout
+    xr = x.clone().requires_grad_(True)
+    y = net(xr)
+    (g,) = torch.autograd.grad(y.max(1).values.sum(), xr)
+    for cl in (None, True, False):
+        e = saliency(net, x, reduce="none", channels_last=cl)
+        assert torch.allclose(e.raw, g, atol=1e-6, rtol=1e-5)
+    view = untouched(ViewNet(seed=7))
+    e = saliency(view, x, reduce="none", channels_last=True)  # the model raises once, then runs contiguous
+    assert torch.allclose(e.raw, g, atol=1e-6, rtol=1e-5)
+    a = integrated_gradients(view, x, steps=4, channels_last=True, batch_size=3)
+    b = integrated_gradients(net, x, steps=4, channels_last=False, batch_size=3)
+    assert torch.allclose(a.maps, b.maps, atol=1e-6, rtol=1e-5)

@@ -10,6 +10,11 @@ from cnnlens.attribution import occlusion
 from cnnlens.attribution.occlusion import window_starts
 
 
+@pytest.fixture(autouse=True)
+def _seed_every_test():
+    torch.manual_seed(0)
+
+
 def brute_force(model, x, cls, window, stride, fill):
     """Slide the patch by hand: per-pixel mean drop and the probability grid."""
     n, c, H, W = x.shape

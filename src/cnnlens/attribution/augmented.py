@@ -166,9 +166,9 @@ def superresolve(g: torch.Tensor, thetas: torch.Tensor, size: tuple[int, int], *
 
 def augmented_gradcam(model: nn.Module, x: torch.Tensor, target: Any = "predicted", *, layer: Any = None,
                       augmentations: int = 100, max_angle: float = 15.0, max_shift: float = 0.1,
-                      size: Any = None, lam: float | None = None, mu: float | None = None, steps: int = 300,
+                      size: Any = None, lam: float | None = None, mu: float | None = None, steps: int = 150,
                       lr: float = 0.05, seed: int = 0, padding: str = "reflection", normalize: bool = True,
-                      batch_size: int = 32, y: torch.Tensor | None = None,
+                      batch_size: int | None = None, y: torch.Tensor | None = None,
                       progress: Progress | None = None) -> Explanation:
     """Augmented Grad-CAM: a high-resolution heat map h from L augmented Grad-CAMs (see module docs).
 
@@ -189,7 +189,7 @@ def augmented_gradcam(model: nn.Module, x: torch.Tensor, target: Any = "predicte
 
     >>> e = augmented_gradcam(model, x, augmentations=32, size=(112, 112), steps=150)   # doctest: +SKIP
     """
-    check_batch_size(batch_size)
+    batch_size = check_batch_size(batch_size, x)
     if padding not in PADDINGS:
         raise ValueError(f"padding={padding!r} is not known; use one of {', '.join(PADDINGS)}")
     p = prepare(model, x, target, y, "augmented_gradcam")

@@ -55,8 +55,8 @@ def _maps_of(attribution: Any, n: int, size: tuple[int, int]) -> torch.Tensor:
 
 
 def _curve(kind: str, model: nn.Module, x: torch.Tensor, attribution: Any, target: Any, steps: int, baseline: Any,
-           batch_size: int, blur_sigma: float | None, y, progress: Progress | None) -> Curve:
-    check_batch_size(batch_size)
+           batch_size: int | None, blur_sigma: float | None, y, progress: Progress | None) -> Curve:
+    batch_size = check_batch_size(batch_size, x)
     if not (isinstance(steps, int) and steps >= 1):
         raise ValueError(f"steps must be a positive int, got {steps!r}")
     if target is None:
@@ -97,7 +97,7 @@ def _curve(kind: str, model: nn.Module, x: torch.Tensor, attribution: Any, targe
 
 
 def deletion(model: nn.Module, x: torch.Tensor, attribution: Any, target: Any = None, *, steps: int = 32,
-             baseline: Any = "blur", batch_size: int = 64, blur_sigma: float | None = None,
+             baseline: Any = "blur", batch_size: int | None = None, blur_sigma: float | None = None,
              y: torch.Tensor | None = None, progress: Progress | None = None) -> Curve:
     """Deletion curve: p_c(x with its top-k most important pixels replaced by ``baseline``), k = 0 … H·W.
 
@@ -111,7 +111,7 @@ def deletion(model: nn.Module, x: torch.Tensor, attribution: Any, target: Any = 
 
 
 def insertion(model: nn.Module, x: torch.Tensor, attribution: Any, target: Any = None, *, steps: int = 32,
-              baseline: Any = "blur", batch_size: int = 64, blur_sigma: float | None = None,
+              baseline: Any = "blur", batch_size: int | None = None, blur_sigma: float | None = None,
               y: torch.Tensor | None = None, progress: Progress | None = None) -> Curve:
     """Insertion curve: p_c(``baseline`` with the top-k most important pixels of x put back); higher AUC = more faithful.
 
@@ -137,7 +137,7 @@ class Faithfulness(Result):
 
 
 def faithfulness(model: nn.Module, x: torch.Tensor, explanation: Any, target: Any = None, *, steps: int = 32,
-                 baseline: Any = "blur", batch_size: int = 64, blur_sigma: float | None = None,
+                 baseline: Any = "blur", batch_size: int | None = None, blur_sigma: float | None = None,
                  y: torch.Tensor | None = None) -> Faithfulness:
     """Both curves for one explanation (same baseline, same steps).
 

@@ -15,19 +15,25 @@ from torch import nn
 
 from ..results import Explanation
 from ..tap import LayerTap
-from ._common import (Progress, Prepared, check_batch_size, check_reduce, chunks, describe_fill, finish,
+from ._common import (Layout, Progress, Prepared, check_batch_size, check_reduce, chunks, describe_fill, finish,
                       pick_classes, pixel_fill, prepare, reduce_channels, score, target_layers)
 
 
-def input_gradient(tap: LayerTap, p: Prepared, xb: torch.Tensor, classes: torch.Tensor | None = None):
+def input_gradient(tap: LayerTap, p: Prepared, xb: torch.Tensor, classes: torch.Tensor | None = None,
+                   layout: Layout | None = None):
     """(∂s/∂x, s, classes) for a batch ``xb`` inside ``tap``; classes are picked from this forward if None."""
-    xb = xb.detach().requires_grad_(True)
-    out = tap.run(xb)
+    leaf: list[torch.Tensor] = []
+
+    def make_leaf(t: torch.Tensor) -> torch.Tensor:
+        leaf[:] = [t.detach().requires_grad_(True)]
+        return leaf[0]
+
+    out = layout.run(tap, xb, make_leaf) if layout is not None else tap.run(make_leaf(xb))
     if classes is None:
         classes = pick_classes(p, out, xb.shape[0])
     s = score(p, tap, out, classes)
-    (g,) = torch.autograd.grad(s.sum(), xb)
-    return g, s.detach(), classes
+    (g,) = torch.autograd.grad(s.sum(), leaf[0])
+    return g.contiguous(), s.detach(), classes
 
 
 def clean_pass(tap: LayerTap, p: Prepared):
@@ -44,7 +50,7 @@ def _maps_and_raw(a: torch.Tensor, reduce: str):
 
 
 def saliency(model: nn.Module, x: torch.Tensor, target: Any = "predicted", *, reduce: str = "abs_max",
-             y: torch.Tensor | None = None) -> Explanation:
+             y: torch.Tensor | None = None, channels_last: bool | None = None) -> Explanation:
     """Saliency map (Simonyan et al. 2014): the gradient of the target's pre-softmax score w.r.t. the pixels.
 
     map(i, j) = max_c |∂S_c/∂x_{c,i,j}| (``reduce="abs_max"``, the paper's choice);
@@ -57,14 +63,14 @@ def saliency(model: nn.Module, x: torch.Tensor, target: Any = "predicted", *, re
     check_reduce(reduce)
     p = prepare(model, x, target, y, "saliency")
     with LayerTap(model, target_layers(p.target)) as tap:
-        g, s, classes = input_gradient(tap, p, p.x)
+        g, s, classes = input_gradient(tap, p, p.x, layout=Layout(model, p.x, channels_last))
     maps, raw = _maps_and_raw(g.float(), reduce)
     return finish(p, maps, "saliency", classes, settings={"reduce": reduce}, raw=raw,
                   extras={"score": s})
 
 
 def gradient_x_input(model: nn.Module, x: torch.Tensor, target: Any = "predicted", *, reduce: str = "signed",
-                     y: torch.Tensor | None = None) -> Explanation:
+                     y: torch.Tensor | None = None, channels_last: bool | None = None) -> Explanation:
     """Gradient × input: x ⊙ ∂S/∂x, summed over channels by default (``reduce`` as in :func:`saliency`).
 
     For a linear model S = w·x + b this is w ⊙ x, whose sum is S − b.
@@ -74,7 +80,7 @@ def gradient_x_input(model: nn.Module, x: torch.Tensor, target: Any = "predicted
     check_reduce(reduce)
     p = prepare(model, x, target, y, "gradient_x_input")
     with LayerTap(model, target_layers(p.target)) as tap:
-        g, s, classes = input_gradient(tap, p, p.x)
+        g, s, classes = input_gradient(tap, p, p.x, layout=Layout(model, p.x, channels_last))
     a = (g * p.x).float()
     maps, raw = _maps_and_raw(a, reduce)
     return finish(p, maps, "gradient_x_input", classes, settings={"reduce": reduce}, raw=raw,
@@ -87,8 +93,9 @@ def _noise(n: int, shape, seed: int, device, dtype) -> torch.Tensor:
 
 
 def smoothgrad(model: nn.Module, x: torch.Tensor, target: Any = "predicted", *, sigma: float = 0.15,
-               n: int = 25, seed: int = 0, reduce: str = "abs_max", batch_size: int = 32,
-               y: torch.Tensor | None = None, progress: Progress | None = None) -> Explanation:
+               n: int = 25, seed: int = 0, reduce: str = "abs_max", batch_size: int | None = None,
+               y: torch.Tensor | None = None, progress: Progress | None = None,
+               channels_last: bool | None = None) -> Explanation:
     """SmoothGrad (Smilkov et al. 2017): the saliency map averaged over n noisy copies of the input.
 
     M̂(x) = 1/n Σ_k M(x + ε_k), ε_k ~ N(0, σ²) in pixel units (the input is in [0, 1]);
@@ -98,7 +105,7 @@ def smoothgrad(model: nn.Module, x: torch.Tensor, target: Any = "predicted", *, 
     >>> smoothgrad(model, x, sigma=0.1, n=50, seed=1)   # doctest: +SKIP
     """
     check_reduce(reduce)
-    check_batch_size(batch_size)
+    batch_size = check_batch_size(batch_size, x)
     if not (isinstance(n, int) and n >= 1):
         raise ValueError(f"n must be a positive int (number of noisy samples), got {n!r}")
     if not sigma >= 0:
@@ -108,12 +115,13 @@ def smoothgrad(model: nn.Module, x: torch.Tensor, target: Any = "predicted", *, 
     N = p.n
     acc = torch.zeros((N, *p.x.shape[1:]) if reduce == "none" else (N, *p.size), device=p.x.device)
     total = N * n
+    layout = Layout(model, p.x, channels_last)
     with LayerTap(model, target_layers(p.target)) as tap:
         classes, s0, _ = clean_pass(tap, p)
         for a, b in chunks(total, batch_size):
             idx = torch.arange(a, b, device=p.x.device)
             si, ki = idx // n, idx % n
-            g, _, _ = input_gradient(tap, p, p.x[si] + eps[ki], classes[si])
+            g, _, _ = input_gradient(tap, p, p.x[si] + eps[ki], classes[si], layout)
             g = g.float()
             part = g if reduce == "none" else reduce_channels(g, reduce)
             acc.index_add_(0, si, part)
@@ -150,8 +158,9 @@ def _ig_points(steps: int, method: str):
 
 def integrated_gradients(model: nn.Module, x: torch.Tensor, target: Any = "predicted", *,
                          baseline: Any = "black", steps: int = 50, method: str = "trapezoid",
-                         reduce: str = "signed", batch_size: int = 64, blur_sigma: float | None = None,
-                         y: torch.Tensor | None = None, progress: Progress | None = None) -> Explanation:
+                         reduce: str = "signed", batch_size: int | None = None, blur_sigma: float | None = None,
+                         y: torch.Tensor | None = None, progress: Progress | None = None,
+                         channels_last: bool | None = None) -> Explanation:
     """Integrated Gradients (Sundararajan et al. 2017) from a pixel-space baseline x'.
 
     IG_i(x) = (x_i − x'_i) · ∫₀¹ ∂S/∂x_i (x' + α (x − x')) dα, the integral by the
@@ -164,7 +173,7 @@ def integrated_gradients(model: nn.Module, x: torch.Tensor, target: Any = "predi
     >>> e.extras["completeness_gap"].abs().max()
     """
     check_reduce(reduce)
-    check_batch_size(batch_size)
+    batch_size = check_batch_size(batch_size, x)
     if not (isinstance(steps, int) and steps >= 1):
         raise ValueError(f"steps must be a positive int, got {steps!r}")
     alphas, weights = _ig_points(steps, method)
@@ -176,6 +185,7 @@ def integrated_gradients(model: nn.Module, x: torch.Tensor, target: Any = "predi
     weights = weights.to(device=p.x.device, dtype=torch.float32)
     avg = torch.zeros(p.x.shape, device=p.x.device, dtype=torch.float32)
     total = N * steps
+    layout = Layout(model, p.x, channels_last)
     with LayerTap(model, target_layers(p.target)) as tap:
         classes, s_x, _ = clean_pass(tap, p)
         with torch.no_grad():
@@ -185,7 +195,7 @@ def integrated_gradients(model: nn.Module, x: torch.Tensor, target: Any = "predi
             idx = torch.arange(a, b, device=p.x.device)
             si, ki = idx // steps, idx % steps
             xb = base[si] + alphas[ki].view(-1, 1, 1, 1) * diff[si]
-            g, _, _ = input_gradient(tap, p, xb, classes[si])
+            g, _, _ = input_gradient(tap, p, xb, classes[si], layout)
             avg.index_add_(0, si, g.float() * weights[ki].view(-1, 1, 1, 1))
             if progress:
                 progress(b, total)

@@ -21,7 +21,7 @@ from torch import nn
 
 from ..results import Explanation
 from ..tap import LayerTap
-from ._common import (Progress, check_batch_size, chunks, describe_fill, finish, logits_of, pick_classes,
+from ._common import (Layout, Progress, check_batch_size, chunks, describe_fill, finish, logits_of, pick_classes,
                       pixel_fill, prepare, score, target_layers)
 
 
@@ -56,22 +56,24 @@ def coverage(size: int, starts: list[int], window: int, device=None) -> torch.Te
 
 
 def occlusion(model: nn.Module, x: torch.Tensor, target: Any = "predicted", *, window: Any = None,
-              stride: Any = None, fill: Any = "grey", batch_size: int = 64, blur_sigma: float | None = None,
-              y: torch.Tensor | None = None, progress: Progress | None = None) -> Explanation:
+              stride: Any = None, fill: Any = "grey", batch_size: int | None = None, blur_sigma: float | None = None,
+              y: torch.Tensor | None = None, progress: Progress | None = None,
+              channels_last: bool | None = None) -> Explanation:
     """Occlusion sensitivity: the drop of the target's logit when a patch hides each region.
 
     For window positions p (the patch covers every channel, filled with ``fill``):
     raw[p] = S(x) − S(x ⊙ (1 − m_p) + fill ⊙ m_p); maps(i, j) = mean of raw[p] over
     the windows with m_p(i, j) = 1. ``fill``: "grey" (0.5, default), "black", "blur"
     (a Gaussian-blurred copy of the image), a number or a tensor, in pixel units.
-    ``window`` defaults to min(H, W)/8, ``stride`` to window/2.
+    ``window`` defaults to min(H, W)/8, ``stride`` to window/2; ``batch_size`` (images
+    per forward) is automatic by default (8 images of 224² on a CPU).
     ``extras["probability"]`` is the target's softmax probability at each position
     (class targets), ``extras["rows"]``/``["cols"]`` the window offsets.
 
     >>> e = occlusion(model, x, window=32, stride=16)          # doctest: +SKIP
     >>> e.raw.shape, e.extras["probability"].shape             # N×P_h×P_w both
     """
-    check_batch_size(batch_size)
+    batch_size = check_batch_size(batch_size, x)
     p = prepare(model, x, target, y, "occlusion")
     H, W = p.size
     if window is None:
@@ -99,6 +101,7 @@ def occlusion(model: nn.Module, x: torch.Tensor, target: Any = "predicted", *, w
     drops = torch.empty(p.n * P, device=dev, dtype=torch.float32)
     probs = torch.empty(p.n * P, device=dev, dtype=torch.float32) if is_class else None
     total = p.n * P
+    layout = Layout(model, p.x, channels_last)
     with LayerTap(model, target_layers(p.target)) as tap, torch.no_grad():
         out = tap.run(p.x)
         classes = pick_classes(p, out, p.n)
@@ -111,7 +114,7 @@ def occlusion(model: nn.Module, x: torch.Tensor, target: Any = "predicted", *, w
             mask = (ii >= r) & (ii < r + wh) & (jj >= c) & (jj < c + ww)
             f = filled[si] if per_sample_fill else filled
             xb = torch.where(mask, f, p.x[si])
-            ob = tap.run(xb)
+            ob = layout.run(tap, xb)
             sb = score(p, tap, ob, classes[si]).float()
             # a patch that changes no pixel (fill equal to the image there) changes nothing, exactly —
             # not up to the batch-size-dependent rounding of the convolutions

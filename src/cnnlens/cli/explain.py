@@ -1,0 +1,148 @@
+"""`cnnlens explain`: attribution maps for images, with faithfulness scores, files and a report."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from .common import (DEVICE_OPT, MODEL_OPT, OUT_OPT, PRETRAINED_OPT, TRUST_OPT, WEIGHTS_OPT, UserError, app,
+                     console, load_model_from_options, out_dir, progress_bar)
+
+DEFAULT_METHODS = "saliency,occlusion,cam,gradcam,augmented-gradcam,guided-gradcam"
+
+
+def parse_methods(text: str) -> list[str]:
+    """``"saliency,grad-cam"`` → canonical method names (``-`` and ``_`` alike); a clear error for unknown ones."""
+    from ..attribution import METHODS
+
+    aliases = {"grad_cam": "gradcam", "gradcampp": "gradcam_pp", "gradcam++": "gradcam_pp", "ig": "integrated_gradients",
+               "guided": "guided_backprop", "augmented": "augmented_gradcam"}
+    out = []
+    for part in str(text).split(","):
+        key = part.strip().lower().replace("-", "_")
+        if not key:
+            continue
+        key = aliases.get(key, key)
+        if key not in METHODS:
+            known = ", ".join(k.replace("_", "-") for k in METHODS)
+            raise UserError(f"--methods: unknown method {part.strip()!r}; choose from {known}")
+        if key not in out:
+            out.append(key)
+    if not out:
+        raise UserError("--methods: give at least one method, e.g. --methods saliency,gradcam")
+    return out
+
+
+def _png(fig) -> bytes:
+    from ..report import _png_bytes
+
+    return _png_bytes(fig)
+
+
+@app.command()
+def explain(
+    images: List[str] = typer.Argument(..., help="Image files, folders or globs."),
+    model: str = MODEL_OPT,
+    weights: Optional[Path] = WEIGHTS_OPT,
+    pretrained: bool = PRETRAINED_OPT,
+    trust_pickle: bool = TRUST_OPT,
+    methods: str = typer.Option(DEFAULT_METHODS, "--methods", help="Comma-separated: saliency, smoothgrad, "
+                                "gradient-x-input, integrated-gradients, occlusion, cam, gradcam, gradcam-pp, "
+                                "guided-backprop, guided-gradcam, augmented-gradcam."),
+    target: str = typer.Option("predicted", "--target", "-t", help="predicted, second, a class index or a class name."),
+    layer: Optional[str] = typer.Option(None, "--layer", "-l", help="Layer for the CAM family (default: the last "
+                                        "spatial layer; see `cnnlens layers --model M`)."),
+    shared_scale: bool = typer.Option(False, "--shared-scale", help="Draw every map on one scale (each divided by "
+                                      "its largest |value|) instead of each in its own units."),
+    faithfulness_steps: int = typer.Option(16, "--faithfulness-steps", min=0, help="Deletion/insertion steps "
+                                           "(0: skip the faithfulness scores)."),
+    window: Optional[int] = typer.Option(None, "--window", min=1, help="Occlusion patch size in pixels "
+                                         "(default: 1/8 of the image)."),
+    stride: Optional[int] = typer.Option(None, "--stride", min=1, help="Occlusion stride (default: window/2)."),
+    augmentations: int = typer.Option(100, "--augmentations", min=1, help="Augmented Grad-CAM: number of copies."),
+    device: str = DEVICE_OPT,
+    out: Path = OUT_OPT,
+) -> None:
+    """Explain the model's prediction on each image with the chosen attribution methods.
+
+    For each image, --out gets <image>/original.png, <image>/<method>.png (the map over the image with a
+    colour bar), <image>/top5.png, <image>/grid.png (all side by side with the deletion/insertion AUC)
+    and <image>/explanation.json (settings, classes, faithfulness); plus index.html and results.json.
+    """
+    import torch
+
+    from ..results import Explanation
+    from ..attribution.report import (INTROS, TITLES, grid_figure, overlay_figure, run_methods, score_all,
+                                      summary)
+    from ..data import read_images
+    from ..evaluation import predict_topk, topk_figure
+    from ..report import Report
+    from ..tap import LayerTap
+    from ..viz import _mpl, show_image
+
+    chosen = parse_methods(methods)
+    out = out_dir(out)
+    m = load_model_from_options(model, weights, pretrained, trust_pickle, device)
+    loaded = read_images(list(images), m)
+    x = loaded.images.to(next((p.device for p in m.parameters()), torch.device("cpu")))
+    names = list(loaded.names)
+    class_names = list(getattr(getattr(m, "spec", None), "class_names", ()) or ()) or None
+    settings = {"occlusion": {k: v for k, v in (("window", window), ("stride", stride)) if v is not None},
+                "augmented_gradcam": {"augmentations": augmentations}}
+    with progress_bar(f"explaining {len(names)} image(s)", total=2 * len(chosen)) as update:
+        expls = run_methods(m, x, chosen, target=target, layer=layer, settings=settings,
+                            progress=lambda name, d, t: update(d))
+        failed = {k: e for k, e in expls.items() if not isinstance(e, Explanation)}
+        if len(failed) == len(chosen):
+            raise UserError(f"no method applies: {next(iter(failed.values()))}")
+        for k, e in failed.items():
+            console.print(f"[yellow]{k.replace('_', '-')} skipped:[/] {e}", highlight=False)
+        faith = score_all(m, x, expls, steps=faithfulness_steps,
+                          progress=lambda name, d, t: update(len(chosen) + d)) if faithfulness_steps > 0 else {}
+    with LayerTap(m) as tap, torch.no_grad():
+        num_classes = tap.run(x[:1]).shape[1]
+    top = predict_topk(m, x, k=min(5, num_classes))
+    rep = Report(f"cnnlens explain: {model}", f"{len(names)} image(s), target {target}.")
+    ok = {k: e for k, e in expls.items() if isinstance(e, Explanation)}
+    plt = _mpl()
+    for i, name in enumerate(names):
+        sec = rep.section(f"{name}", intro=" ".join(f"<p>{INTROS[k]}</p>" for k in ok),
+                          settings={"model": model, "target": target, "methods": ", ".join(TITLES[k] for k in chosen),
+                                    "layer": layer or "automatic", "scale": "shared" if shared_scale else "per method",
+                                    "faithfulness steps": faithfulness_steps, "source": loaded.sources[i]})
+        cls0 = int(next(iter(ok.values())).classes[i])
+        cname = class_names[cls0] if class_names and cls0 < len(class_names) else str(cls0)
+        grid = grid_figure(x[i], name, ok, i, faith, shared=shared_scale, caption_top=f"explained: {cname}")
+        png = _png(grid)
+        rep.file(f"{name}/grid.png", png)
+        sec.figure(png, "Every map with its colour bar; deletion AUC (↓) and insertion AUC (↑) under each title.",
+                   name=f"{name}-grid")
+        fig, ax = plt.subplots(figsize=(3, 3))
+        show_image(ax, x[i], name)
+        rep.file(f"{name}/original.png", _png(fig))
+        for k, e in ok.items():
+            rep.file(f"{name}/{k.replace('_', '-')}.png", _png(overlay_figure(x[i], e, i, shared=shared_scale)))
+        t5 = _png(topk_figure(x[i], top.labels(i), name))
+        rep.file(f"{name}/top5.png", t5)
+        sec.figure(t5, "Top-5 predictions.", name=f"{name}-top5")
+        if faith:
+            sec.table([[TITLES[k], round(float(f.deletion_auc[i]), 4), round(float(f.insertion_auc[i]), 4)]
+                       for k, f in faith.items()], header=["method", "deletion AUC ↓", "insertion AUC ↑"])
+        for k, e in failed.items():
+            sec.text(f"<p><i>{TITLES[k]} skipped: {e}</i></p>")
+        info = {"image": name, "source": loaded.sources[i],
+                "top5": [{"class": c, "probability": p} for c, p in top.labels(i)],
+                "methods": {k: summary(e, faith.get(k), i) for k, e in ok.items()},
+                "skipped": {k: str(e) for k, e in failed.items()}}
+        rep.file(f"{name}/explanation.json", json.dumps(info, indent=2, default=str))
+        sec.data("explanation", info)
+        console.print(f"{name}: {cname}  " + "  ".join(
+            f"{TITLES[k]} del {float(f.deletion_auc[i]):.3f}/ins {float(f.insertion_auc[i]):.3f}" for k, f in faith.items()),
+            highlight=False)
+    index = rep.write(out)
+    console.print(f"wrote {index.parent}: per image original.png, <method>.png, top5.png, grid.png, "
+                  "explanation.json; index.html", highlight=False)
