@@ -67,6 +67,7 @@ def sections() -> list[tuple[str, Callable]]:
     from .evaluation import demo_section as evaluation
 
     out = [("evaluation", evaluation)]
+    out.append(("attribution", __import__("cnnlens.attribution.report", fromlist=["demo_section"]).demo_section))
     out.append(("inside", __import__("cnnlens.inside.report", fromlist=["demo_section"]).demo_section))
     out.append(("attacks", __import__("cnnlens.attacks.report", fromlist=["demo_section"]).demo_section))
     return out

@@ -202,7 +202,7 @@ def method_figure(images: torch.Tensor, names: Sequence[str], e: Explanation, fa
     plt = _mpl()
     n = len(names)
     rows = 2 if extra else 1
-    fig, axes = plt.subplots(rows, n, figsize=(2.9 * n, 2.9 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, n, figsize=(2.6 * n, 2.6 * rows), squeeze=False)
     for i in range(n):
         m, signed = _heat(e, i, False)
         c = int(e.classes[i])
@@ -291,19 +291,21 @@ def summary(e: Explanation, f: Faithfulness | None, i: int) -> dict:
 
 
 def _section_methods(report, title: str, intro: str, model, x: torch.Tensor, names: list[str], methods: list[str],
-                     settings: dict, ctx, steps: int, what: str, class_names=None, curves_for: int | None = 0):
+                     settings: dict, ctx, steps: int, what: str, class_names=None, curves_for: int | None = 0,
+                     baseline: str = "blur"):
     t0 = time.perf_counter()
     expls = run_methods(model, x, methods, settings=settings,
                         progress=lambda m, d, t: ctx.progress(f"attribution: {what}", d, 2 * t))
-    faith = score_all(model, x, expls, steps=steps,
+    faith = score_all(model, x, expls, steps=steps, baseline=baseline,
                       progress=lambda m, d, t: ctx.progress(f"attribution: {what}", t + d, 2 * t))
     ctx.progress(f"attribution: {what}", 1, 1)
     shown = {k: (v if isinstance(v, dict) else {}) for k, v in settings.items()}
     sec = report.section(title, intro=intro, settings={
         "methods": ", ".join(TITLES[m] for m in methods), "target": "the predicted class",
-        "faithfulness": f"deletion/insertion, {steps} steps, blurred baseline, softmax probability",
+        "faithfulness": f"deletion/insertion, {steps} steps, {'blurred' if baseline == 'blur' else baseline} "
+                        "baseline, softmax probability",
         **{TITLES[k]: ", ".join(f"{a}={b}" for a, b in v.items()) for k, v in shown.items() if v},
-        "seconds": round(time.perf_counter() - t0, 1)})
+        "seconds (maps and faithfulness)": round(time.perf_counter() - t0, 1)})
     for m in methods:
         e = expls[m]
         sec.text(f"<h3>{TITLES[m]}</h3><p>{INTROS[m]}</p>")
@@ -358,12 +360,12 @@ def demo_section(report, ctx) -> None:
         settings = {"occlusion": {"window": 56, "stride": 56}, "augmented_gradcam": {"augmentations": 4, "steps": 10}}
         steps = 4
     else:
-        methods = ["saliency", "smoothgrad", "integrated_gradients", "occlusion", "cam", "gradcam", "gradcam_pp",
-                   "guided_backprop", "guided_gradcam", "augmented_gradcam"]
-        settings = {"smoothgrad": {"n": 8, "sigma": 0.15}, "integrated_gradients": {"steps": 16},
-                    "occlusion": {"window": 48, "stride": 24},
+        # the lectures' methods here; SmoothGrad and Integrated Gradients run on the digits below
+        methods = ["saliency", "occlusion", "cam", "gradcam", "gradcam_pp", "guided_backprop", "guided_gradcam",
+                   "augmented_gradcam"]
+        settings = {"occlusion": {"window": 56, "stride": 28},
                     "augmented_gradcam": {"augmentations": 24, "steps": 100, "size": 56}}
-        steps = 10
+        steps = 8
     intro = ("Why did the network predict this class? Each method below turns one prediction into a map over the "
              "pixels. They answer different questions — how sensitive the score is to each pixel (gradients), what "
              "happens when a region is hidden (occlusion), which part of the last feature map the class reads "
@@ -427,12 +429,16 @@ def _digits_section(report, ctx) -> None:
     x = torch.stack([torch.as_tensor(ds[i][0]) for i in idx]).to(ctx.device)
     labels = [int(ds[i][1]) for i in idx]
     names = [f"#{i} (label {y})" for i, y in zip(idx, labels)]
-    methods = ["saliency", "occlusion", "cam", "gradcam", "guided_backprop"] + ([] if ctx.quick else
-                                                                                ["integrated_gradients", "augmented_gradcam"])
-    settings = {"occlusion": {"window": 6, "stride": 2}, "integrated_gradients": {"steps": 32},
-                "augmented_gradcam": {"augmentations": 32, "steps": 100}}
+    methods = ["saliency", "occlusion", "cam", "gradcam", "guided_backprop"]
+    if not ctx.quick:
+        methods[1:1] = ["smoothgrad", "integrated_gradients"]
+        methods.append("augmented_gradcam")
+    settings = {"smoothgrad": {"n": 16, "sigma": 0.15}, "occlusion": {"window": 8, "stride": 4, "fill": "black"},
+                "integrated_gradients": {"steps": 32}, "augmented_gradcam": {"augmentations": 32, "steps": 100}}
     intro = ("The same methods on the small digits CNN (conv + ReLU + max-pool blocks, then global average pooling "
-             "and a linear layer, so CAM applies exactly). Its last feature map is 8×8 for a 32×32 input.")
+             "and a linear layer, so CAM applies exactly). Its last feature map is 8×8 for a 32×32 input. The digits "
+             "are white strokes on black, so here occlusion and the faithfulness curves remove ink: the patch and "
+             "the deleted pixels are black.")
     _section_methods(report, "Explaining a prediction: digits CNN", intro, model, x, names, methods,
                      {m: settings[m] for m in methods if m in settings}, ctx, 8 if ctx.quick else 16, "digits",
-                     getattr(model.spec, "class_names", None))
+                     getattr(model.spec, "class_names", None), baseline="black")
