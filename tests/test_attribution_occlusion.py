@@ -11,8 +11,13 @@ from cnnlens.attribution.occlusion import window_starts
 
 
 @pytest.fixture(autouse=True)
-def _seed_every_test():
+def _seed_and_one_thread():
+    """Seeded inputs; one thread (tiny tensors: thread start-up would dominate, and the CPU is shared)."""
     torch.manual_seed(0)
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 
 def brute_force(model, x, cls, window, stride, fill):

@@ -83,7 +83,7 @@ def occlusion(model: nn.Module, x: torch.Tensor, target: Any = "predicted", *, w
     if stride is None:
         stride = (max(1, wh // 2), max(1, ww // 2))
     sh, sw = _pair(stride, "stride")
-    if sh > wh or sw > ww:
+    if (sh > wh and wh < H) or (sw > ww and ww < W):
         raise ValueError(
             f"stride {(sh, sw)} is larger than the window {(wh, ww)}, which leaves pixels that no patch covers; "
             "use a stride ≤ the window"

@@ -37,6 +37,19 @@ def parse_methods(text: str) -> list[str]:
     return out
 
 
+def _baseline(text: str):
+    key = text.strip().lower()
+    if key in ("blur", "grey", "gray", "black", "white"):
+        return key
+    try:
+        v = float(key)
+    except ValueError:
+        raise UserError(f"--baseline {text!r}: use blur, grey, black, white or a number in [0, 1]") from None
+    if not 0 <= v <= 1:
+        raise UserError(f"--baseline {text!r}: a pixel value is in [0, 1]")
+    return v
+
+
 def _png(fig) -> bytes:
     from ..report import _png_bytes
 
@@ -60,6 +73,8 @@ def explain(
                                       "its largest |value|) instead of each in its own units."),
     faithfulness_steps: int = typer.Option(16, "--faithfulness-steps", min=0, help="Deletion/insertion steps "
                                            "(0: skip the faithfulness scores)."),
+    baseline: str = typer.Option("blur", "--baseline", help="What deleted pixels become in the faithfulness "
+                                 "curves: blur, grey, black or a number in [0, 1] (black suits white-on-black digits)."),
     window: Optional[int] = typer.Option(None, "--window", min=1, help="Occlusion patch size in pixels "
                                          "(default: 1/8 of the image)."),
     stride: Optional[int] = typer.Option(None, "--stride", min=1, help="Occlusion stride (default: window/2)."),
@@ -71,9 +86,11 @@ def explain(
 
     For each image, --out gets <image>/original.png, <image>/<method>.png (the map over the image with a
     colour bar), <image>/top5.png, <image>/grid.png (all side by side with the deletion/insertion AUC)
-    and <image>/explanation.json (settings, classes, faithfulness); plus index.html and results.json.
+    <image>/explanation.json (settings, classes, faithfulness) and <image>/maps.pt (the maps as tensors);
+    plus index.html and results.json.
     """
     import torch
+    from rich.console import Console
 
     from ..results import Explanation
     from ..attribution.report import (INTROS, TITLES, grid_figure, overlay_figure, run_methods, score_all,
@@ -85,6 +102,7 @@ def explain(
     from ..viz import _mpl, show_image
 
     chosen = parse_methods(methods)
+    _baseline(baseline)  # check before loading anything
     out = out_dir(out)
     m = load_model_from_options(model, weights, pretrained, trust_pickle, device)
     loaded = read_images(list(images), m)
@@ -101,7 +119,7 @@ def explain(
             raise UserError(f"no method applies: {next(iter(failed.values()))}")
         for k, e in failed.items():
             console.print(f"[yellow]{k.replace('_', '-')} skipped:[/] {e}", highlight=False)
-        faith = score_all(m, x, expls, steps=faithfulness_steps,
+        faith = score_all(m, x, expls, steps=faithfulness_steps, baseline=_baseline(baseline),
                           progress=lambda name, d, t: update(len(chosen) + d)) if faithfulness_steps > 0 else {}
     with LayerTap(m) as tap, torch.no_grad():
         num_classes = tap.run(x[:1]).shape[1]
@@ -109,11 +127,13 @@ def explain(
     rep = Report(f"cnnlens explain: {model}", f"{len(names)} image(s), target {target}.")
     ok = {k: e for k, e in expls.items() if isinstance(e, Explanation)}
     plt = _mpl()
+    stdout = Console()
     for i, name in enumerate(names):
         sec = rep.section(f"{name}", intro=" ".join(f"<p>{INTROS[k]}</p>" for k in ok),
                           settings={"model": model, "target": target, "methods": ", ".join(TITLES[k] for k in chosen),
                                     "layer": layer or "automatic", "scale": "shared" if shared_scale else "per method",
-                                    "faithfulness steps": faithfulness_steps, "source": loaded.sources[i]})
+                                    "faithfulness": f"{faithfulness_steps} steps, baseline {baseline}",
+                                    "source": loaded.sources[i]})
         cls0 = int(next(iter(ok.values())).classes[i])
         cname = class_names[cls0] if class_names and cls0 < len(class_names) else str(cls0)
         grid = grid_figure(x[i], name, ok, i, faith, shared=shared_scale, caption_top=f"explained: {cname}")
@@ -134,15 +154,18 @@ def explain(
                        for k, f in faith.items()], header=["method", "deletion AUC ↓", "insertion AUC ↑"])
         for k, e in failed.items():
             sec.text(f"<p><i>{TITLES[k]} skipped: {e}</i></p>")
+        buf = io.BytesIO()
+        torch.save({k: e.maps[i].clone() for k, e in ok.items()}, buf)
+        rep.file(f"{name}/maps.pt", buf.getvalue())
         info = {"image": name, "source": loaded.sources[i],
                 "top5": [{"class": c, "probability": p} for c, p in top.labels(i)],
                 "methods": {k: summary(e, faith.get(k), i) for k, e in ok.items()},
                 "skipped": {k: str(e) for k, e in failed.items()}}
         rep.file(f"{name}/explanation.json", json.dumps(info, indent=2, default=str))
         sec.data("explanation", info)
-        console.print(f"{name}: {cname}  " + "  ".join(
+        stdout.print(f"{name}: {cname}  " + "  ".join(
             f"{TITLES[k]} del {float(f.deletion_auc[i]):.3f}/ins {float(f.insertion_auc[i]):.3f}" for k, f in faith.items()),
             highlight=False)
     index = rep.write(out)
     console.print(f"wrote {index.parent}: per image original.png, <method>.png, top5.png, grid.png, "
-                  "explanation.json; index.html", highlight=False)
+                  "explanation.json, maps.pt; index.html", highlight=False)
