@@ -218,3 +218,42 @@ def test_guided_gradcam_is_guided_backprop_times_gradcam(untouched):
     gc = gradcam(net, x, target="second", layer="c3")
     assert torch.equal(gg.classes, gb.classes)
     assert torch.allclose(gg.maps, gb.maps * gc.maps, atol=1e-7)
+
+
+def _check_cam(model, x, layer, classifier):
+    e = cam(model, x)
+    assert e.layer == layer and e.settings["classifier"] == classifier
+    with torch.no_grad():
+        y = model(x)
+    lin = dict(model.named_modules())[classifier]
+    expected = y[torch.arange(len(x)), e.classes] - lin.bias[e.classes]
+    assert torch.allclose(e.raw.mean((1, 2)), expected, atol=1e-4, rtol=1e-4)
+    return e
+
+
+def test_cam_finds_the_head_of_torchvision_and_timm_models(untouched):
+    import timm
+    import torchvision
+
+    torch.manual_seed(0)
+    x = torch.rand(2, 3, 64, 64)
+    _check_cam(untouched(torchvision.models.resnet18(num_classes=7).eval()), x, "layer4", "fc")
+    _check_cam(untouched(timm.create_model("resnet10t", num_classes=5, pretrained=False).eval()), x, "layer4", "fc")
+    eff = untouched(timm.create_model("tf_efficientnet_lite0", num_classes=4, pretrained=False).eval())
+    e = _check_cam(eff, x, "bn2", "classifier")
+    # Grad-CAM at the automatically found last spatial layer is CAM/(H·W) before the ReLU
+    g = gradcam(eff, x)
+    assert g.layer == "bn2" and torch.allclose(g.extras["pre_relu"], e.raw / 4, atol=1e-5)
+
+
+def test_cam_on_the_shipped_models_uses_their_spec(digits_model, effnet):
+    from cnnlens.models.digits import digits_split
+
+    d = digits_split("test").x[:3]
+    e = _check_cam(digits_model, d, "net.features", "net.fc")
+    assert e.raw.shape[-2:] == (8, 8)
+    g = gradcam(digits_model, d)
+    assert torch.allclose(g.extras["pre_relu"], e.raw / 64, atol=1e-5)
+    x = torch.rand(1, 3, 224, 224)
+    e = _check_cam(effnet, x, "net.bn2", "net.classifier")
+    assert e.raw.shape[-2:] == (7, 7)
