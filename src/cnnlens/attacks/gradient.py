@@ -202,13 +202,16 @@ def _fgsm_core(forward: Forward, x: torch.Tensor, classes: torch.Tensor, targete
 def _pgd_core(forward: Forward, x: torch.Tensor, classes: torch.Tensor, targeted: bool, eps: torch.Tensor,
               steps: int, alpha: torch.Tensor, norm: str = "inf", random_start: bool = False,
               generator: torch.Generator | None = None, early_stop: bool = True,
-              reached: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+              reached: torch.Tensor | None = None,
+              first: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Projected gradient ascent on the attack objective; returns (x_adv, steps used per sample).
 
     With ``early_stop`` a sample stops (and keeps its image) as soon as its goal is
     reached; only the samples still running are passed through the model. A
     sample with ε = 0 never moves. ``reached`` (a bool tensor N, optional) is set
     True for the samples seen to reach their goal (so callers can skip a forward).
+    ``first`` = (logits, direction) already computed at ``x`` (used when there is
+    no random start, saving the first step's forward and backward).
     """
     n = x.shape[0]
     if random_start:
@@ -217,11 +220,14 @@ def _pgd_core(forward: Forward, x: torch.Tensor, classes: torch.Tensor, targeted
         x_adv = x.clone()
     used = torch.zeros(n, dtype=torch.long, device=x.device)
     active = eps.view(-1) > 0
-    for _ in range(steps):
+    for i in range(steps):
         idx = active.nonzero().view(-1)
         if len(idx) == 0:
             break
-        logits, direction = _loss_grad(forward, x_adv[idx], classes[idx], targeted)
+        if i == 0 and first is not None and not random_start:
+            logits, direction = first[0][idx], first[1][idx]
+        else:
+            logits, direction = _loss_grad(forward, x_adv[idx], classes[idx], targeted)
         if early_stop:
             done = _goal(logits.argmax(1), classes[idx], targeted)
             if done.any():
@@ -251,6 +257,28 @@ def _resolve_classes(forward: Forward, x: torch.Tensor, y: torch.Tensor | None, 
     else:
         classes = t.classes(logits, y)
     return logits, classes
+
+
+def _resolve_and_grad(forward: Forward, x: torch.Tensor, y: torch.Tensor | None, t: Target | None
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(clean logits, classes, attack direction at x) from one forward and one backward.
+
+    The classes (predicted, second, ...) are read off the same forward whose graph
+    then gives the gradient, so an attack costs no separate clean pass.
+    """
+    with torch.enable_grad():
+        xr = x.detach().requires_grad_(True)
+        logits = _check_logits(forward(xr))
+        k = logits.shape[1]
+        if y is not None and ((y < 0) | (y >= k)).any():
+            raise ValueError(f"label {int(y[(y < 0) | (y >= k)][0])} is out of range for a model with {k} classes")
+        if t is None:
+            classes = y if y is not None else logits.detach().argmax(1)
+        else:
+            classes = t.classes(logits.detach(), y)
+        loss = F.cross_entropy(logits, classes, reduction="sum")
+        (g,) = torch.autograd.grad(loss, xr)
+    return logits.detach(), classes, (-g if t is not None else g)
 
 
 def _predict(forward: Forward, x: torch.Tensor) -> torch.Tensor:
@@ -326,8 +354,8 @@ def fgsm(model: nn.Module, x: torch.Tensor, y: torch.Tensor | None = None, *, ep
         t.validate(n, None, y)
     e = _eps_tensor(eps, n, x)
     with LayerTap(model) as tap:
-        logits0, classes = _resolve_classes(tap.run, x, y, t)
-        x_adv = _fgsm_core(tap.run, x, classes, t is not None, e, nm)
+        logits0, classes, direction = _resolve_and_grad(tap.run, x, y, t)
+        x_adv = _fgsm_core(tap.run, x, classes, t is not None, e, nm, direction=direction)
         logits1 = _predict(tap.run, x_adv)
     settings = {"method": "fgsm", "norm": nm, "eps": _eps_setting(e), "target": _describe_target(t, _class_names(model)),
                 "loss": "cross-entropy on logits"}
@@ -364,8 +392,14 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor | None = None, *, eps
     alpha = _step_size(step_size, e, steps)
     gen = torch.Generator().manual_seed(int(seed))
     with LayerTap(model) as tap:
-        logits0, classes = _resolve_classes(tap.run, x, y, t)
-        x_adv, used = _pgd_core(tap.run, x, classes, t is not None, e, steps, alpha, nm, random_start, gen, early_stop)
+        if random_start:
+            logits0, classes = _resolve_classes(tap.run, x, y, t)
+            first = None
+        else:
+            logits0, classes, direction = _resolve_and_grad(tap.run, x, y, t)
+            first = (logits0, direction)
+        x_adv, used = _pgd_core(tap.run, x, classes, t is not None, e, steps, alpha, nm, random_start, gen, early_stop,
+                                first=first)
         logits1 = _predict(tap.run, x_adv)
     settings = {"method": "pgd", "norm": nm, "eps": _eps_setting(e), "steps": steps,
                 "step_size": "2.5·ε/steps" if step_size is None else step_size,

@@ -1,0 +1,26 @@
+"""Run every benchmark in this folder (each ``bench_*.py`` has ``main(argv)``) and print its ratios.
+
+    python benchmarks/run.py [--quick]
+
+The peer libraries (Captum, pytorch-grad-cam) come from ``pip install -e '.[bench]'``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).parent
+
+
+def main() -> None:
+    sys.path.insert(0, str(HERE))
+    extra = [a for a in sys.argv[1:] if a == "--quick"]
+    for path in sorted(HERE.glob("bench_*.py")):
+        print(f"== {path.stem}", flush=True)
+        importlib.import_module(path.stem).main(extra)
+
+
+if __name__ == "__main__":
+    main()
