@@ -16,6 +16,16 @@ for any ``nn.Module`` mapping N×C×H×W pixels in [0, 1] to N×K logits:
 ``augmented_gradcam``       super-resolved Grad-CAM from augmented copies (Morbidelli et al. 2020)
 ==========================  ===============================================================
 
+Common settings: ``target`` (index, list/tensor per sample, "predicted", "second", "true"
+with ``y=labels``, a class name, or a ``Target.channel``/``Target.neuron`` for the gradient
+methods, occlusion and Grad-CAM), ``layer`` (CAM family; default: the last spatial layer,
+logged), ``batch_size`` (methods that run many forwards; default automatic),
+``channels_last`` (gradient methods and occlusion; default: on for image-sized inputs),
+``progress(done, total)``. Inputs in float16/bfloat16 are computed in the model's dtype
+(float32); results are float32 on the CPU; an all-zero map is flagged in
+``extras["empty"]``, never NaN. The model is never changed: LayerTap restores it, also
+when the model raises.
+
 ``faithfulness`` / ``deletion`` / ``insertion`` (Petsiuk et al. 2018) and
 ``randomization_check`` (Adebayo et al. 2018) measure how much a map can be trusted.
 
