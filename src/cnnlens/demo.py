@@ -64,13 +64,12 @@ class DemoContext:
 
 def sections() -> list[tuple[str, Callable]]:
     """The demo's sections in order: (name, fn(report, ctx))."""
+    from .attacks.report import demo_section as attacks
+    from .attribution.report import demo_section as attribution
     from .evaluation import demo_section as evaluation
+    from .inside.report import demo_section as inside
 
-    out = [("evaluation", evaluation)]
-    out.append(("attribution", __import__("cnnlens.attribution.report", fromlist=["demo_section"]).demo_section))
-    out.append(("inside", __import__("cnnlens.inside.report", fromlist=["demo_section"]).demo_section))
-    out.append(("attacks", __import__("cnnlens.attacks.report", fromlist=["demo_section"]).demo_section))
-    return out
+    return [("evaluation", evaluation), ("attribution", attribution), ("inside", inside), ("attacks", attacks)]
 
 
 def run_demo(out: str, device: str = "cpu", quick: bool = False, only: list[str] | None = None,
