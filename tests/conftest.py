@@ -32,6 +32,37 @@ def untouched():
         assert_unchanged(model, snap, type(model).__name__)
 
 
+@pytest.fixture
+def one_thread():
+    """Seeded, on one torch thread: tiny nets run fastest so (thread start-up dominates, and
+    two threads crawl when the cores are shared); the thread count is restored after."""
+    torch.manual_seed(0)
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture
+def run_cli(monkeypatch, capsys):
+    """Run ``cnnlens ARGS...`` in this process; returns (exit code, captured output)."""
+
+    def run(*args):
+        import sys
+
+        from cnnlens.cli import main
+
+        monkeypatch.setattr(sys, "argv", ["cnnlens", *map(str, args)])
+        try:
+            main()
+            code = 0
+        except SystemExit as e:
+            code = e.code
+        return code, capsys.readouterr()
+
+    return run
+
+
 @pytest.fixture(scope="session")
 def _digits_model():
     import cnnlens

@@ -10,13 +10,6 @@ from torch import nn
 from cnnlens.models.spec import ModelSpec, PixelModel
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny nets run fastest on one thread (and two threads crawl when the cores are shared); restored after."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def seeded_(module: nn.Module, seed: int, scale: float = 0.5) -> nn.Module:

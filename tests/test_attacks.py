@@ -11,13 +11,7 @@ from cnnlens.attacks import fgsm, minimal_eps, pgd
 from conftest import TinyGapNet
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny nets run fastest on one thread (two threads crawl when the cores are shared); restored after."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def linear_net(w: torch.Tensor, b: torch.Tensor, shape=(1, 4, 4)) -> nn.Module:

@@ -11,12 +11,7 @@ import torch
 from PIL import Image
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_parse_eps():
@@ -46,26 +41,14 @@ def _write_digits(root, per_class=2, flat=False):
     return paths
 
 
-def _run(monkeypatch, capsys, *args):
-    from cnnlens.cli import main
-
-    monkeypatch.setattr(sys, "argv", ["cnnlens", *args])
-    try:
-        main()
-        code = 0
-    except SystemExit as e:
-        code = e.code
-    return code, capsys.readouterr()
-
-
-def test_cli_attack_writes_the_library_result(tmp_path, monkeypatch, capsys, digits_model):
+def test_cli_attack_writes_the_library_result(tmp_path, monkeypatch, capsys, digits_model, run_cli):
     from cnnlens.attacks import pgd
     from cnnlens.attacks.report import topk_rows
     from cnnlens.data import read_images
 
     paths = _write_digits(tmp_path / "img", per_class=1, flat=True)[:3]
     out = tmp_path / "out"
-    code, cap = _run(monkeypatch, capsys, "attack", *map(str, paths), "--model", "digits-cnn", "--method", "pgd",
+    code, cap = run_cli("attack", *map(str, paths), "--model", "digits-cnn", "--method", "pgd",
                      "--eps", "8/255", "--steps", "5", "--target", "second", "--out", str(out))
     assert code == 0, cap.err
     loaded = read_images([str(p) for p in paths], digits_model)
@@ -87,18 +70,18 @@ def test_cli_attack_writes_the_library_result(tmp_path, monkeypatch, capsys, dig
     assert "reached" in cap.out or "yes" in cap.out
 
 
-def test_cli_minimal_and_fgsm(tmp_path, monkeypatch, capsys, digits_model):
+def test_cli_minimal_and_fgsm(tmp_path, monkeypatch, capsys, digits_model, run_cli):
     from cnnlens.attacks import fgsm, minimal_eps
     from cnnlens.data import read_images
 
     paths = _write_digits(tmp_path / "img", per_class=1, flat=True)[:2]
     x = read_images([str(p) for p in paths], digits_model).images
-    code, cap = _run(monkeypatch, capsys, "attack", *map(str, paths), "--model", "digits-cnn", "--method", "fgsm",
+    code, cap = run_cli("attack", *map(str, paths), "--model", "digits-cnn", "--method", "fgsm",
                      "--eps", "0.05", "--target", "untargeted", "--out", str(tmp_path / "f"))
     assert code == 0, cap.err
     ref = fgsm(digits_model, x, eps=0.05)
     assert torch.equal(torch.load(tmp_path / "f" / "x_adv.pt")["x_adv"], ref.x_adv)
-    code, cap = _run(monkeypatch, capsys, "attack", *map(str, paths), "--model", "digits-cnn", "--minimal",
+    code, cap = run_cli("attack", *map(str, paths), "--model", "digits-cnn", "--minimal",
                      "--steps", "4", "--out", str(tmp_path / "m"))
     assert code == 0, cap.err
     ref = minimal_eps(digits_model, x, steps=4)
@@ -106,13 +89,13 @@ def test_cli_minimal_and_fgsm(tmp_path, monkeypatch, capsys, digits_model):
     assert [v["eps"] for v in eps["images"].values()] == pytest.approx(ref.eps.tolist())
 
 
-def test_cli_robustness_matches_the_library(tmp_path, monkeypatch, capsys, digits_model):
+def test_cli_robustness_matches_the_library(tmp_path, monkeypatch, capsys, digits_model, run_cli):
     from cnnlens.attacks.curves import robustness
     from cnnlens.data import as_dataset
 
     _write_digits(tmp_path / "folder", per_class=2)
     out = tmp_path / "rob"
-    code, cap = _run(monkeypatch, capsys, "robustness", "--model", "digits-cnn", "--data", str(tmp_path / "folder"),
+    code, cap = run_cli("robustness", "--model", "digits-cnn", "--data", str(tmp_path / "folder"),
                      "--eps", "0,8/255,32/255", "--steps", "3", "--gallery", "2", "--out", str(out))
     assert code == 0, cap.err
     ref = robustness(digits_model, as_dataset(str(tmp_path / "folder"), digits_model), eps=[0, 8 / 255, 32 / 255],
@@ -135,9 +118,9 @@ def test_cli_robustness_matches_the_library(tmp_path, monkeypatch, capsys, digit
     (["robustness", "--model", "digits-cnn", "--data", "digits", "--attacks", "cw"], "unknown attack 'cw'"),
     (["robustness", "--model", "digits-cnn", "--data", "digits", "--eps", "0,-1/255"], "negative"),
 ])
-def test_cli_bad_input_is_one_line(tmp_path, monkeypatch, capsys, args, message):
+def test_cli_bad_input_is_one_line(tmp_path, monkeypatch, capsys, args, message, run_cli):
     img = _write_digits(tmp_path / "img", per_class=1, flat=True)[0]
-    code, cap = _run(monkeypatch, capsys, *[a.format(img=img) for a in args], "--out", str(tmp_path / "out"))
+    code, cap = run_cli(*[a.format(img=img) for a in args], "--out", str(tmp_path / "out"))
     assert code == 2
     errors = [line for line in cap.err.splitlines() if line.startswith("error")]
     assert len(errors) == 1 and message in errors[0], cap.err

@@ -9,12 +9,7 @@ import torch
 from torch import nn
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_demo_section_quick_with_a_stand_in_photo_model(untouched, digits_model):

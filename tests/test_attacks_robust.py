@@ -14,13 +14,7 @@ from cnnlens.attacks.robust import (AdversarialLoss, adversarial_loss, gradient_
                                     load_digits, robust_loss, robust_weights_path)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny nets run fastest on one thread (two threads crawl when the cores are shared); restored after."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class SmoothNet(nn.Module):

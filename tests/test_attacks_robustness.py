@@ -18,13 +18,7 @@ from conftest import TinyGapNet
 scan_mod = importlib.import_module("cnnlens.scan")  # the module (cnnlens.scan the attribute is the function)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny nets run fastest on one thread (two threads crawl when the cores are shared); restored after."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 EPS = [0.0, 0.02, 0.05, 0.1]
 

@@ -10,14 +10,7 @@ from cnnlens.attribution._common import upsample
 from cnnlens.attribution.augmented import Operator, objective, total_variation, warp
 
 
-@pytest.fixture(autouse=True)
-def _seed_and_one_thread():
-    """Seeded inputs; one thread (tiny tensors: thread start-up would dominate, and the CPU is shared)."""
-    torch.manual_seed(0)
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _known_map(S: int = 32) -> torch.Tensor:

@@ -13,13 +13,7 @@ from PIL import Image
 from torch import nn
 
 
-@pytest.fixture(autouse=True)
-def _seed_and_one_thread():
-    torch.manual_seed(0)
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _digit_pngs(root, n=3):
@@ -35,18 +29,6 @@ def _digit_pngs(root, n=3):
     return paths
 
 
-def _run(monkeypatch, capsys, *args):
-    from cnnlens.cli import main
-
-    monkeypatch.setattr(sys, "argv", ["cnnlens", *args])
-    try:
-        main()
-        code = 0
-    except SystemExit as e:
-        code = e.code
-    return code, capsys.readouterr()
-
-
 def test_parse_methods():
     from cnnlens.cli.common import UserError
     from cnnlens.cli.explain import parse_methods
@@ -57,14 +39,14 @@ def test_parse_methods():
         parse_methods("saliency,lime")
 
 
-def test_cli_explain_writes_the_library_result(tmp_path, monkeypatch, capsys, digits_model):
+def test_cli_explain_writes_the_library_result(tmp_path, monkeypatch, capsys, digits_model, run_cli):
     from cnnlens.attribution import augmented_gradcam, faithfulness, gradcam, occlusion, saliency
     from cnnlens.data import read_images
     from cnnlens.evaluation import predict_topk
 
     paths = _digit_pngs(tmp_path / "img")
     out = tmp_path / "out"
-    code, cap = _run(monkeypatch, capsys, "explain", *map(str, paths), "--model", "digits-cnn", "--methods",
+    code, cap = run_cli("explain", *map(str, paths), "--model", "digits-cnn", "--methods",
                      "saliency,occlusion,gradcam,augmented-gradcam", "--target", "second", "--window", "8",
                      "--stride", "4", "--augmentations", "4", "--faithfulness-steps", "4", "--baseline", "black",
                      "--out", str(out))
@@ -97,16 +79,16 @@ def test_cli_explain_writes_the_library_result(tmp_path, monkeypatch, capsys, di
     assert f.insertion_auc.max() > 0.01  # black → the digit's strokes: the second class shows up somewhere
 
 
-def test_cli_explain_bad_input_is_one_line(tmp_path, monkeypatch, capsys):
+def test_cli_explain_bad_input_is_one_line(tmp_path, monkeypatch, capsys, run_cli):
     paths = _digit_pngs(tmp_path / "img", n=1)
-    code, cap = _run(monkeypatch, capsys, "explain", str(paths[0]), "--model", "digits-cnn", "--methods", "lime",
+    code, cap = run_cli("explain", str(paths[0]), "--model", "digits-cnn", "--methods", "lime",
                      "--out", str(tmp_path / "o"))
     assert code == 2 and "unknown method 'lime'" in cap.err and "Traceback" not in cap.err
     bad = tmp_path / "not-an-image.png"
     bad.write_text("hello")
-    code, cap = _run(monkeypatch, capsys, "explain", str(bad), "--model", "digits-cnn", "--out", str(tmp_path / "o"))
+    code, cap = run_cli("explain", str(bad), "--model", "digits-cnn", "--out", str(tmp_path / "o"))
     assert code == 2 and "not-an-image.png" in cap.err and "Traceback" not in cap.err
-    code, cap = _run(monkeypatch, capsys, "explain", str(paths[0]), "--model", "digits-cnn", "--target", "11",
+    code, cap = run_cli("explain", str(paths[0]), "--model", "digits-cnn", "--target", "11",
                      "--methods", "saliency", "--out", str(tmp_path / "o"))
     assert code == 2 and "out of range" in cap.err
 

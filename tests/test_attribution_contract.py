@@ -14,14 +14,7 @@ from cnnlens.attribution import METHODS
 from conftest import TinyGapNet
 
 
-@pytest.fixture(autouse=True)
-def _seed_and_one_thread():
-    """Seeded inputs; one thread (tiny tensors: thread start-up would dominate, and the CPU is shared)."""
-    torch.manual_seed(0)
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 #: small settings so every method runs in milliseconds on the tiny nets
 FAST = {

@@ -12,14 +12,7 @@ from cnnlens.attribution.faithfulness import parameter_layers, spearman
 from cnnlens.results import Explanation
 
 
-@pytest.fixture(autouse=True)
-def _seed_and_one_thread():
-    """Seeded inputs; one thread (tiny tensors: thread start-up would dominate, and the CPU is shared)."""
-    torch.manual_seed(0)
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def brute_curve(model, x, maps, cls, steps, base, kind):

@@ -10,14 +10,7 @@ from cnnlens.attribution import occlusion
 from cnnlens.attribution.occlusion import window_starts
 
 
-@pytest.fixture(autouse=True)
-def _seed_and_one_thread():
-    """Seeded inputs; one thread (tiny tensors: thread start-up would dominate, and the CPU is shared)."""
-    torch.manual_seed(0)
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def brute_force(model, x, cls, window, stride, fill):

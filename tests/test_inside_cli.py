@@ -11,7 +11,8 @@ import torch
 from PIL import Image
 from torch import nn
 
-from inside_nets import one_thread  # noqa: F401 (autouse)
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 
 def cli(monkeypatch, capsys, *args):

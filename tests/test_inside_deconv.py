@@ -8,7 +8,9 @@ from torch import nn
 
 from cnnlens.inside import deconvnet
 from cnnlens.models.spec import ModelSpec, PixelModel
-from inside_nets import Block, seeded_, one_thread  # noqa: F401 (autouse)
+from inside_nets import Block, seeded_
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _one_block(seed=0):

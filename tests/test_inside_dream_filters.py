@@ -8,7 +8,9 @@ from torch import nn
 
 from cnnlens import LayerTap
 from cnnlens.inside import deep_dream, feature_maps, filters
-from inside_nets import ChainNet, OddNet, pixel_chain_net, one_thread  # noqa: F401 (autouse)
+from inside_nets import ChainNet, OddNet, pixel_chain_net
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _energy(model, x, layer="features.4"):

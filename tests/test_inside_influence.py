@@ -10,7 +10,9 @@ import torch
 from cnnlens import LayerTap, Target
 from cnnlens.inside import influence
 from conftest import TinyGapNet
-from inside_nets import pixel_chain_net, one_thread  # noqa: F401 (autouse)
+from inside_nets import pixel_chain_net
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_gap_linear_influence_equals_ablation_exactly(untouched):

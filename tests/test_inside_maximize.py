@@ -10,7 +10,9 @@ from cnnlens import LayerTap
 from cnnlens.inside import Objective, maximize, objectives, total_variation
 from cnnlens.inside.maximize import _Ctx, gaussian_blur
 from cnnlens.models.spec import ModelSpec, PixelModel
-from inside_nets import ChainNet, pixel_chain_net, one_thread  # noqa: F401 (autouse)
+from inside_nets import ChainNet, pixel_chain_net
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 FAST = dict(steps=60, lr=0.1, param="pixel")
 

@@ -6,7 +6,9 @@ import pytest
 import torchvision
 
 from cnnlens.inside import receptive_field
-from inside_nets import ChainNet, OddNet, Upsampler, pixel_chain_net, one_thread  # noqa: F401 (autouse)
+from inside_nets import ChainNet, OddNet, Upsampler, pixel_chain_net
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_resnet18_known_values(untouched):

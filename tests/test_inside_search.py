@@ -8,7 +8,9 @@ import torch.nn.functional as F
 
 from cnnlens import Batch, scan
 from cnnlens.inside import SearchAccumulator, dataset_search, receptive_field
-from inside_nets import pixel_chain_net, one_thread  # noqa: F401 (autouse)
+from inside_nets import pixel_chain_net
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _data(n=23, seed=0):

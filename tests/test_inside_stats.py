@@ -10,7 +10,9 @@ import torch
 
 from cnnlens import Batch, LayerTap, scan
 from cnnlens.inside import StatsAccumulator, neuron_stats
-from inside_nets import pixel_chain_net, one_thread  # noqa: F401 (autouse)
+from inside_nets import pixel_chain_net
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _data(n=37, seed=2):
