@@ -330,6 +330,19 @@ def _check_steps(steps: Any) -> int:
     return steps
 
 
+def _checked(model: nn.Module, x: Any, y: Any, target: Any, eps: Any):
+    """Validate an attack's inputs before any hook: (x, labels, target or None, ε as N×1×1×1)."""
+    x = _check_input(x)
+    _check_model(model, x)
+    n = x.shape[0]
+    t = _parse_target(target, model)
+    y = _check_labels(y, n, x.device)
+    if t is not None:
+        t.validate(n, None, y)
+    e = _eps_tensor(eps, n, x)
+    return x, y, t, e
+
+
 # --------------------------------------------------------------------------- public API
 def fgsm(model: nn.Module, x: torch.Tensor, y: torch.Tensor | None = None, *, eps: float | Sequence[float] | torch.Tensor,
          target: Any = None, norm: str = "inf") -> AttackResult:
@@ -345,14 +358,7 @@ def fgsm(model: nn.Module, x: torch.Tensor, y: torch.Tensor | None = None, *, ep
     >>> r.success.float().mean(), r.linf().max() <= 2/255 + 1e-6  # doctest: +SKIP
     """
     nm = _norm(norm)
-    x = _check_input(x)
-    _check_model(model, x)
-    n = x.shape[0]
-    t = _parse_target(target, model)
-    y = _check_labels(y, n, x.device)
-    if t is not None:
-        t.validate(n, None, y)
-    e = _eps_tensor(eps, n, x)
+    x, y, t, e = _checked(model, x, y, target, eps)
     with LayerTap(model) as tap:
         logits0, classes, direction = _resolve_and_grad(tap.run, x, y, t)
         x_adv = _fgsm_core(tap.run, x, classes, t is not None, e, nm, direction=direction)
@@ -381,14 +387,7 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor | None = None, *, eps
     """
     nm = _norm(norm)
     steps = _check_steps(steps)
-    x = _check_input(x)
-    _check_model(model, x)
-    n = x.shape[0]
-    t = _parse_target(target, model)
-    y = _check_labels(y, n, x.device)
-    if t is not None:
-        t.validate(n, None, y)
-    e = _eps_tensor(eps, n, x)
+    x, y, t, e = _checked(model, x, y, target, eps)
     alpha = _step_size(step_size, e, steps)
     gen = torch.Generator().manual_seed(int(seed))
     with LayerTap(model) as tap:
