@@ -91,6 +91,10 @@ def test_cli_explain_bad_input_is_one_line(tmp_path, monkeypatch, capsys, run_cl
     code, cap = run_cli("explain", str(paths[0]), "--model", "digits-cnn", "--target", "11",
                      "--methods", "saliency", "--out", str(tmp_path / "o"))
     assert code == 2 and "out of range" in cap.err
+    code, cap = run_cli("explain", str(paths[0]), "--model", "digits-cnn", "--layer", "features.33",
+                        "--out", str(tmp_path / "o"))
+    assert code == 2 and "layer 'features.33' is not in the model" in cap.err and "did you mean" in cap.err
+    assert not (tmp_path / "o").exists()  # nothing written for a failed run
 
 
 def test_demo_section_quick(untouched, digits_model):

@@ -105,6 +105,10 @@ def explain(
     _baseline(baseline)  # check before loading anything
     out = out_dir(out)
     m = load_model_from_options(model, weights, pretrained, trust_pickle, device)
+    if layer is not None:
+        from ..tap import resolve_layer
+
+        layer = resolve_layer(m, layer)[0]  # a named layer must exist: one clear error, before any work
     loaded = read_images(list(images), m)
     x = loaded.images.to(next((p.device for p in m.parameters()), torch.device("cpu")))
     names = list(loaded.names)
