@@ -69,10 +69,25 @@ def bench_gradients(model, layer, x, repeat):
         with torch.no_grad():
             model(x)
 
+    def plain_autograd(fmt):
+        """The floor: one forward + torch.autograd.grad to the input, frozen parameters, no cnnlens."""
+        flags = [p.requires_grad for p in model.parameters()]
+        for p in model.parameters():
+            p.requires_grad_(False)
+        try:
+            xr = x.contiguous(memory_format=fmt).requires_grad_(True)
+            y = model(xr)
+            torch.autograd.grad(y.max(1).values.sum(), xr)
+        finally:
+            for p, f in zip(model.parameters(), flags):
+                p.requires_grad_(f)
+
     t = interleaved({
         "forward": forward,
         "gradcam": lambda: gradcam(model, x, layer=layer),
         "saliency": lambda: saliency(model, x),
+        "autograd": lambda: plain_autograd(torch.contiguous_format),
+        "autograd (channels-last)": lambda: plain_autograd(torch.channels_last),
     }, repeat)
     return t
 
@@ -152,6 +167,9 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"  forward            {t['forward'] * 1e3:8.1f} ms")
     print(f"  gradcam            {t['gradcam'] * 1e3:8.1f} ms   ratio {out['gradcam/forward']:.2f}  (goal ≤ 1.1)")
     print(f"  saliency           {t['saliency'] * 1e3:8.1f} ms   ratio {out['saliency/forward']:.2f}  (goal ≤ 2.1)")
+    for k in ("autograd", "autograd (channels-last)"):
+        print(f"    plain torch {k:<25} {t[k] * 1e3:8.1f} ms   ratio {t[k] / t['forward']:.2f}"
+              "  (forward + backward to the input, no cnnlens: the floor)")
 
     try:
         xo = x[:1] if args.quick else x[:2]

@@ -20,7 +20,7 @@ Common settings: ``target`` (index, list/tensor per sample, "predicted", "second
 with ``y=labels``, a class name, or a ``Target.channel``/``Target.neuron`` for the gradient
 methods, occlusion and Grad-CAM), ``layer`` (CAM family; default: the last spatial layer,
 logged), ``batch_size`` (methods that run many forwards; default automatic),
-``channels_last`` (gradient methods and occlusion; default: on for image-sized inputs),
+``channels_last`` (all but CAM; default: on for image-sized inputs),
 ``progress(done, total)``. Inputs in float16/bfloat16 are computed in the model's dtype
 (float32); results are float32 on the CPU; an all-zero map is flagged in
 ``extras["empty"]``, never NaN. The model is never changed: LayerTap restores it, also

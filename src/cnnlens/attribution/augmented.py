@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..results import Explanation
-from ._common import Progress, check_batch_size, chunks, finish, prepare, upsample
+from ._common import Layout, Progress, check_batch_size, chunks, finish, prepare, upsample
 from .cam import gradcam_tap, gradcam_weights, layer_gradient, layer_name
 
 PADDINGS = ("reflection", "zeros", "border")
@@ -169,7 +169,7 @@ def augmented_gradcam(model: nn.Module, x: torch.Tensor, target: Any = "predicte
                       size: Any = None, lam: float | None = None, mu: float | None = None, steps: int = 150,
                       lr: float = 0.05, seed: int = 0, padding: str = "reflection", normalize: bool = True,
                       batch_size: int | None = None, y: torch.Tensor | None = None,
-                      progress: Progress | None = None) -> Explanation:
+                      progress: Progress | None = None, channels_last: bool | None = None) -> Explanation:
     """Augmented Grad-CAM: a high-resolution heat map h from L augmented Grad-CAMs (see module docs).
 
     1. A_1..A_L: random rotations (±``max_angle``°) and translations (±``max_shift`` of
@@ -207,7 +207,8 @@ def augmented_gradcam(model: nn.Module, x: torch.Tensor, target: Any = "predicte
     total = p.n * L
     cams = None
     with tap:
-        A, G, classes, s = layer_gradient(tap, leaf, p, p.x)
+        layout = Layout(model, p.x, channels_last)
+        A, G, classes, s = layer_gradient(tap, leaf, p, p.x, layout=layout)
         grid = tuple(A.shape[-2:])
         if size is None:
             size = (min(H, SUPER * grid[0]), min(W, SUPER * grid[1]))
@@ -216,7 +217,7 @@ def augmented_gradcam(model: nn.Module, x: torch.Tensor, target: Any = "predicte
             idx = torch.arange(a, b, device=dev)
             si, li = idx // L, idx % L
             xb = warp(p.x[si], th[li], padding)
-            A, G, _, _ = layer_gradient(tap, leaf, p, xb, classes[si])
+            A, G, _, _ = layer_gradient(tap, leaf, p, xb, classes[si], layout)
             A, G = A.float(), G.float()
             cams[si, li] = torch.einsum("nk,nkhw->nhw", gradcam_weights(A, G), A).clamp_min(0)
             if progress:

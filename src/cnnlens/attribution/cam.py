@@ -28,7 +28,7 @@ from torch import nn
 
 from ..results import Explanation
 from ..tap import LayerTap, find_last_spatial_layer, resolve_layer
-from ._common import Prepared, finish, log, logits_of, pick_classes, prepare, score, target_layers, upsample
+from ._common import Layout, Prepared, finish, log, logits_of, pick_classes, prepare, score, target_layers, upsample
 
 
 class LeafAt:
@@ -61,10 +61,11 @@ def layer_name(model: nn.Module, p: Prepared, layer: Any) -> str:
     return resolve_layer(model, layer)[0]
 
 
-def layer_gradient(tap: LayerTap, leaf: LeafAt, p: Prepared, xb: torch.Tensor, classes: torch.Tensor | None = None):
+def layer_gradient(tap: LayerTap, leaf: LeafAt, p: Prepared, xb: torch.Tensor, classes: torch.Tensor | None = None,
+                   layout: Layout | None = None):
     """(A, ∂s/∂A, classes, s) for a batch inside a tap that has ``leaf`` as an edit."""
     leaf.A = None
-    out = tap.run(xb)
+    out = layout.run(tap, xb) if layout is not None else tap.run(xb)
     if leaf.A is None:
         raise ValueError(f"layer {leaf.name!r} did not run in the forward pass; name a layer that forward() uses")
     if classes is None:
@@ -78,7 +79,7 @@ def layer_gradient(tap: LayerTap, leaf: LeafAt, p: Prepared, xb: torch.Tensor, c
             f"the target's score does not depend on layer {leaf.name!r} (the target is computed before it); "
             "name a layer that comes before the target"
         )
-    return leaf.A.detach(), g, classes, s.detach()
+    return leaf.A.detach().contiguous(), g.contiguous(), classes, s.detach()
 
 
 def gradcam_tap(model: nn.Module, p: Prepared, name: str) -> tuple[LayerTap, LeafAt]:
@@ -103,12 +104,12 @@ def gradcam_weights(A: torch.Tensor, G: torch.Tensor, plus: bool = False) -> tor
 
 
 def _gradcam(model: nn.Module, x: torch.Tensor, target: Any, layer: Any, relu: bool, y, plus: bool,
-             method: str) -> Explanation:
+             method: str, channels_last: bool | None = None) -> Explanation:
     p = prepare(model, x, target, y, method)
     name = layer_name(model, p, layer)
     tap, leaf = gradcam_tap(model, p, name)
     with tap:
-        A, G, classes, s = layer_gradient(tap, leaf, p, p.x)
+        A, G, classes, s = layer_gradient(tap, leaf, p, p.x, layout=Layout(model, p.x, channels_last))
     A, G = A.float(), G.float()
     w = gradcam_weights(A, G, plus)
     lin = torch.einsum("nk,nkhw->nhw", w, A)
@@ -119,7 +120,7 @@ def _gradcam(model: nn.Module, x: torch.Tensor, target: Any, layer: Any, relu: b
 
 
 def gradcam(model: nn.Module, x: torch.Tensor, target: Any = "predicted", *, layer: Any = None,
-            relu: bool = True, y: torch.Tensor | None = None) -> Explanation:
+            relu: bool = True, y: torch.Tensor | None = None, channels_last: bool | None = None) -> Explanation:
     """Grad-CAM: L = ReLU(Σ_k α_k A^k), α_k = mean_ij ∂y_c/∂A^k_ij, at ``layer`` (default: the last spatial layer).
 
     ``raw`` is the map at the layer's grid, ``maps`` its bilinear upsampling to the
@@ -127,16 +128,16 @@ def gradcam(model: nn.Module, x: torch.Tensor, target: Any = "predicted", *, lay
 
     >>> e = gradcam(model, x, target="second", layer="layer4")     # doctest: +SKIP
     """
-    return _gradcam(model, x, target, layer, relu, y, False, "gradcam")
+    return _gradcam(model, x, target, layer, relu, y, False, "gradcam", channels_last)
 
 
 def gradcam_pp(model: nn.Module, x: torch.Tensor, target: Any = "predicted", *, layer: Any = None,
-               relu: bool = True, y: torch.Tensor | None = None) -> Explanation:
+               relu: bool = True, y: torch.Tensor | None = None, channels_last: bool | None = None) -> Explanation:
     """Grad-CAM++: L = ReLU(Σ_k w_k A^k), w_k = Σ_ij a^k_ij ReLU(∂y_c/∂A^k_ij), a = G²/(2G² + Σ_ab A_ab G³).
 
     >>> gradcam_pp(model, x).maps           # doctest: +SKIP
     """
-    return _gradcam(model, x, target, layer, relu, y, True, "gradcam_pp")
+    return _gradcam(model, x, target, layer, relu, y, True, "gradcam_pp", channels_last)
 
 
 class _Order:

@@ -94,7 +94,7 @@ def guided_gradcam(model: nn.Module, x: torch.Tensor, target: Any = "predicted",
     name = layer_name(model, p, layer)
     tap, leaf = gradcam_tap(model, p, name)
     with tap:
-        A, G, _, _ = layer_gradient(tap, leaf, p, p.x, classes)
+        A, G, _, _ = layer_gradient(tap, leaf, p, p.x, classes, Layout(model, p.x, channels_last))
     A, G = A.float(), G.float()
     cam = upsample(torch.einsum("nk,nkhw->nhw", gradcam_weights(A, G), A).clamp_min(0), p.size)
     prod = g * cam.unsqueeze(1)
