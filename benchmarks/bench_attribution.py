@@ -86,6 +86,7 @@ def bench_gradients(model, layer, x, repeat):
         "forward": forward,
         "gradcam": lambda: gradcam(model, x, layer=layer),
         "saliency": lambda: saliency(model, x),
+        "saliency (one batch)": lambda: saliency(model, x, batch_size=len(x)),
         "autograd": lambda: plain_autograd(torch.contiguous_format),
         "autograd (channels-last)": lambda: plain_autograd(torch.channels_last),
     }, repeat)
@@ -142,6 +143,8 @@ def bench_pytorch_grad_cam(model, layer, x, repeat):
 
 
 def main(argv: list[str] | None = None) -> dict:
+    from cnnlens.attribution._common import check_batch_size
+
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="efficientnet-lite0")
     ap.add_argument("--batch", type=int, default=8)
@@ -167,6 +170,9 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"  forward            {t['forward'] * 1e3:8.1f} ms")
     print(f"  gradcam            {t['gradcam'] * 1e3:8.1f} ms   ratio {out['gradcam/forward']:.2f}  (goal ≤ 1.1)")
     print(f"  saliency           {t['saliency'] * 1e3:8.1f} ms   ratio {out['saliency/forward']:.2f}  (goal ≤ 2.1)")
+    print(f"    saliency, all {len(x)} in one forward+backward {t['saliency (one batch)'] * 1e3:8.1f} ms   ratio "
+          f"{t['saliency (one batch)'] / t['forward']:.2f}  (the default splits into batches of "
+          f"{check_batch_size(None, x, backward=True)})")
     for k in ("autograd", "autograd (channels-last)"):
         print(f"    plain torch {k:<25} {t[k] * 1e3:8.1f} ms   ratio {t[k] / t['forward']:.2f}"
               "  (forward + backward to the input, no cnnlens: the floor)")

@@ -3,6 +3,7 @@ per-sample targets, low-precision inputs, targets checked before any forward."""
 
 from __future__ import annotations
 
+import inspect
 import json
 
 import pytest
@@ -70,6 +71,31 @@ def test_a_batch_explains_each_sample_as_alone(name, tiny_gap_net):
             assert one.classes.item() == batch.classes[i].item()
             scale = float(one.maps.abs().max()) + 1e-12
             assert torch.allclose(batch.maps[i], one.maps[0], atol=1e-5 * scale), name
+
+
+BATCHED = [n for n in ALL if "batch_size" in inspect.signature(METHODS[n]).parameters]
+
+
+def test_every_multi_forward_method_takes_a_batch_size():
+    assert {"saliency", "gradient_x_input", "guided_backprop", "guided_gradcam", "smoothgrad",
+            "integrated_gradients", "occlusion", "augmented_gradcam"} <= set(BATCHED)
+
+
+@pytest.mark.parametrize("name", BATCHED)
+def test_the_batch_size_does_not_change_the_maps(name, tiny_gap_net):
+    """Chunks slice per-sample targets and labels with the images: 5 images in chunks of 2 = all at once."""
+    x = torch.rand(5, 3, 8, 8)
+    y = torch.tensor([2, 0, 2, 1, 1])
+    for target in ([2, 0, 1, 0, 1], "second", "true"):
+        whole = run(name, tiny_gap_net, x, target=target, y=y, batch_size=5)
+        parts = run(name, tiny_gap_net, x, target=target, y=y, batch_size=2)
+        assert torch.equal(whole.classes, parts.classes), (name, target)
+        if target == "true":
+            assert whole.classes.tolist() == y.tolist()
+        # augmented Grad-CAM: the batched part is the CAMs of the warped copies; its solver then takes
+        # 5 subgradient steps on TV_ℓ1 here, whose sign flips on float-rounding differences of flat regions
+        a, b = (whole.extras["cams"], parts.extras["cams"]) if name == "augmented_gradcam" else (whole.maps, parts.maps)
+        assert torch.allclose(a, b, atol=1e-5 * (float(a.abs().max()) + 1e-12)), (name, target)
 
 
 @pytest.mark.parametrize("name", ALL)

@@ -8,7 +8,6 @@ from torch import nn
 
 from cnnlens import LayerTap, Target, as_target, find_last_spatial_layer, resolve_layer, scan
 from cnnlens.results import Explanation, jsonable
-from conftest import TinyGapNet
 from modelstate import snapshot
 
 
@@ -62,6 +61,70 @@ def test_tap_eval_mode_keeps_batchnorm_buffers(untouched):
     untouched(m)
     with LayerTap(m, ["1"]) as tap:
         tap.run(torch.rand(4, 1, 5, 5))
+
+
+def _bn_net(seed: int = 0) -> nn.Module:
+    """conv → BN (affine) → tanh → conv → BN (no affine) → flatten → BN1d → linear, with random statistics."""
+    torch.manual_seed(seed)
+    net = nn.Sequential(nn.Conv2d(2, 4, 3), nn.BatchNorm2d(4), nn.Tanh(), nn.Conv2d(4, 3, 3),
+                        nn.BatchNorm2d(3, affine=False), nn.Flatten(), nn.BatchNorm1d(12), nn.Linear(12, 5))
+    for m in net.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.running_mean.uniform_(-1, 1)
+            m.running_var.uniform_(0.2, 3)
+            if m.affine:
+                nn.init.uniform_(m.weight, -2, 2)
+                nn.init.uniform_(m.bias, -1, 1)
+    return net
+
+
+def _grad_fns(t: torch.Tensor) -> set[str]:
+    seen, stack, names = set(), [t.grad_fn], set()
+    while stack:
+        f = stack.pop()
+        if f is None or f in seen:
+            continue
+        seen.add(f)
+        names.add(type(f).__name__)
+        stack.extend(g for g, _ in f.next_functions)
+    return names
+
+
+def test_tap_frozen_batchnorm_backward_equals_autograd(untouched):
+    """In a frozen eval tap, batch norm's backward is the per-channel scale γ/√(σ²+ε): the outputs
+    are bit-identical, first and second input derivatives equal plain autograd's."""
+    net = untouched(_bn_net().eval())
+    x = torch.randn(3, 2, 6, 6)
+    ref = _bn_net().eval()
+    xr = x.clone().requires_grad_(True)
+    y_ref = ref(xr)
+    g_ref, = torch.autograd.grad(y_ref[:, 1].sum(), xr, create_graph=True)
+    h_ref, = torch.autograd.grad(g_ref.pow(2).sum(), xr)
+    with LayerTap(net) as tap:
+        xt = x.clone().requires_grad_(True)
+        y = tap.run(xt)
+        assert "_FrozenBatchNormFnBackward" in _grad_fns(y)
+        assert "NativeBatchNormBackward0" not in _grad_fns(y)
+        g, = torch.autograd.grad(y[:, 1].sum(), xt, create_graph=True)
+        h, = torch.autograd.grad(g.pow(2).sum(), xt)
+    assert torch.equal(y, y_ref.detach())
+    torch.testing.assert_close(g, g_ref, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(h, h_ref, rtol=1e-5, atol=1e-6)
+
+
+def test_tap_keeps_autograd_batchnorm_when_it_trains_or_learns():
+    """Training-mode batch norm (batch statistics) and unfrozen parameters keep autograd's own backward."""
+    net = _bn_net(1).train()
+    x = torch.randn(4, 2, 6, 6, requires_grad=True)
+    with LayerTap(net, eval=False) as tap:
+        names = _grad_fns(tap.run(x))
+    assert "NativeBatchNormBackward0" in names and "_FrozenBatchNormFnBackward" not in names
+    with LayerTap(net.eval(), freeze=False) as tap:
+        y = tap.run(x)
+        names = _grad_fns(y)
+        y.sum().backward()
+    assert "NativeBatchNormBackward0" in names and "_FrozenBatchNormFnBackward" not in names
+    assert net[1].weight.grad is not None and net[1].weight.grad.abs().sum() > 0
 
 
 def test_tap_edit_replaces_output_and_stop_after_skips_the_rest(tiny_gap_net):

@@ -20,7 +20,9 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Union
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +33,54 @@ Edit = Callable[[nn.Module, tuple, torch.Tensor], torch.Tensor]
 
 class _StopForward(Exception):
     """Raised by a hook to end a forward pass early (caught by the tap)."""
+
+
+class _FrozenBatchNormFn(torch.autograd.Function):
+    """Eval-mode batch norm y = (x − μ)·γ/√(σ² + ε) + β with a backward to x only.
+
+    The forward is the inference kernel (as under ``no_grad``, so the values are
+    exactly the layer's); the backward is one multiplication, ∂L/∂x = ∂L/∂y · γ/√(σ² + ε).
+    Only used when μ, σ², γ and β need no gradient.
+    """
+
+    @staticmethod
+    def forward(ctx, x, mean, var, weight, bias, eps):
+        ctx.save_for_backward(var, weight)
+        ctx.eps = eps
+        return F.batch_norm(x, mean, var, weight, bias, False, 0.0, eps)
+
+    @staticmethod
+    def backward(ctx, grad):
+        var, weight = ctx.saved_tensors
+        scale = torch.rsqrt(var + ctx.eps)
+        if weight is not None:
+            scale = scale * weight
+        shape = [1, -1] + [1] * (grad.dim() - 2)
+        return grad * scale.reshape(shape).to(grad.dtype), None, None, None, None, None
+
+
+_BN_ARGS = ("input", "running_mean", "running_var", "weight", "bias", "training", "momentum", "eps")
+
+
+class _FrozenBatchNorm(TorchFunctionMode):
+    """Route eval-mode ``F.batch_norm`` calls with frozen statistics and affine through
+    :class:`_FrozenBatchNormFn` while a gradient is being recorded.
+
+    With frozen parameters, autograd's batch-norm backward still runs the general
+    kernel (it reads the saved input); here the backward is a per-channel scale. On
+    EfficientNet-Lite0 (49 batch norms) this takes ~10 % off a forward + backward to
+    the input. No module is changed: the mode only sees the call.
+    """
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is F.batch_norm:
+            a = dict(zip(_BN_ARGS, args), **kwargs)
+            x, mean, var, w, b = (a.get(k) for k in _BN_ARGS[:5])
+            if (not a.get("training", False) and mean is not None and var is not None and x.requires_grad
+                    and not any(t is not None and t.requires_grad for t in (mean, var, w, b))):
+                return _FrozenBatchNormFn.apply(x, mean, var, w, b, float(a.get("eps", 1e-5)))
+        return func(*args, **kwargs)
 
 
 def resolve_layer(model: nn.Module, layer: LayerRef) -> tuple[str, nn.Module]:
@@ -213,8 +263,10 @@ class LayerTap:
         self.outputs = {}
         self.inputs = {}
         self.stopped = False
+        fast = self._eval and self._freeze and torch.is_grad_enabled()
         try:
-            return self.model(x, *args, **kwargs)
+            with _FrozenBatchNorm() if fast else contextlib.nullcontext():
+                return self.model(x, *args, **kwargs)
         except _StopForward:
             return None
 

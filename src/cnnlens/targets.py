@@ -100,6 +100,12 @@ class Target:
             return f"{self.layer} channel {self.index}"
         return f"{self.layer} unit {self.index}@{self.position}"
 
+    def subset(self, start: int, stop: int) -> "Target":
+        """The target of samples ``start:stop`` of a batch (per-sample classes are sliced; others are shared)."""
+        if self.kind == "class" and isinstance(self.index, tuple):
+            return Target("class", self.index[start:stop])
+        return self
+
     def validate(self, n: int, num_classes: int | None = None, labels: torch.Tensor | None = None) -> None:
         """Check range and count before any forward: raises ValueError naming the fix."""
         if self.kind == "class":

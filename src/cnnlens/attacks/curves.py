@@ -24,7 +24,7 @@ from torch import nn
 from ..results import Result
 from ..scan import Batch
 from ..tap import LayerTap
-from .gradient import (_check_steps, _eps_tensor, _fgsm_core, _goal, _loss_grad, _norm, _parse_target,
+from .gradient import (_check_steps, _eps_tensor, _fgsm_core, _loss_grad, _norm, _parse_target,
                        _pgd_core, _predict, _step_size)
 
 log = logging.getLogger(__name__)

@@ -19,7 +19,7 @@ for any ``nn.Module`` mapping N×C×H×W pixels in [0, 1] to N×K logits:
 Common settings: ``target`` (index, list/tensor per sample, "predicted", "second", "true"
 with ``y=labels``, a class name, or a ``Target.channel``/``Target.neuron`` for the gradient
 methods, occlusion and Grad-CAM), ``layer`` (CAM family; default: the last spatial layer,
-logged), ``batch_size`` (methods that run many forwards; default automatic),
+logged), ``batch_size`` (images per forward for the methods that run several; default automatic),
 ``channels_last`` (all but CAM; default: on for image-sized inputs),
 ``progress(done, total)``. Inputs in float16/bfloat16 are computed in the model's dtype
 (float32); results are float32 on the CPU; an all-zero map is flagged in

@@ -15,6 +15,7 @@ Every method follows the same steps:
 from __future__ import annotations
 
 import logging
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
@@ -53,6 +54,11 @@ class Prepared:
 
     def describe(self) -> str:
         return self.target.describe(self.class_names)
+
+    def subset(self, start: int, stop: int) -> "Prepared":
+        """Samples ``start:stop``, with their labels and per-sample targets."""
+        return dataclasses.replace(self, x=self.x[start:stop], target=self.target.subset(start, stop),
+                                   labels=None if self.labels is None else self.labels[start:stop])
 
 
 def model_dtype(model: nn.Module) -> torch.dtype:
@@ -195,14 +201,19 @@ def chunks(total: int, size: int):
         yield s, min(total, s + size)
 
 
-def check_batch_size(batch_size: int | None, x: torch.Tensor | None = None) -> int:
+def check_batch_size(batch_size: int | None, x: torch.Tensor | None = None, backward: bool = False) -> int:
     """A positive int, or for None an automatic size: ~1.2 M input values per batch on CPU (8 images of
-    3×224×224 — larger batches only thrash the caches there), ~16 M on a GPU; between 1 and 512."""
+    3×224×224 — larger batches only thrash the caches there), ~16 M on a GPU; between 1 and 512.
+
+    With ``backward=True`` (a forward that keeps its graph for a backward to the input) the CPU budget
+    is halved to 4 such images: every activation is then kept until the backward, and on a 2-core
+    machine a batch of 8 EfficientNet-Lite0 images runs its forward + backward ~20 % slower than two
+    batches of 4 (``benchmarks/bench_attribution.py`` prints both)."""
     if batch_size is None:
         if not torch.is_tensor(x):
             return 8
         per = x[0].numel() if x.dim() == 4 else x.numel()
-        budget = 16_000_000 if x.device.type != "cpu" else 1_200_000
+        budget = 16_000_000 if x.device.type != "cpu" else (600_000 if backward else 1_200_000)
         return int(min(512, max(1, round(budget / max(1, per)))))
     if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive int (or None for automatic), got {batch_size!r}")

@@ -36,6 +36,24 @@ def input_gradient(tap: LayerTap, p: Prepared, xb: torch.Tensor, classes: torch.
     return g.contiguous(), s.detach(), classes
 
 
+def batched_input_gradient(model: nn.Module, p: Prepared, batch_size: int | None, channels_last: bool | None,
+                           edits: dict | None = None):
+    """(∂s/∂x, s, classes) for all of ``p`` in chunks of ``batch_size`` (automatic for None), in one tap.
+
+    Samples are independent, so the result does not depend on the chunking; the
+    automatic size keeps the graph of a chunk small (see :func:`check_batch_size`).
+    """
+    batch_size = check_batch_size(batch_size, p.x, backward=True)
+    layout = Layout(model, p.x, channels_last)
+    parts = []
+    with LayerTap(model, target_layers(p.target), edits=edits) as tap:
+        for a, b in chunks(p.n, batch_size):
+            q = p.subset(a, b)
+            parts.append(input_gradient(tap, q, q.x, layout=layout))
+    g, s, classes = (torch.cat(t) for t in zip(*parts))
+    return g, s, classes
+
+
 def clean_pass(tap: LayerTap, p: Prepared):
     """One no-grad forward on the clean input: (classes, scores, logits or None)."""
     with torch.no_grad():
@@ -50,27 +68,29 @@ def _maps_and_raw(a: torch.Tensor, reduce: str):
 
 
 def saliency(model: nn.Module, x: torch.Tensor, target: Any = "predicted", *, reduce: str = "abs_max",
-             y: torch.Tensor | None = None, channels_last: bool | None = None) -> Explanation:
+             y: torch.Tensor | None = None, batch_size: int | None = None,
+             channels_last: bool | None = None) -> Explanation:
     """Saliency map (Simonyan et al. 2014): the gradient of the target's pre-softmax score w.r.t. the pixels.
 
     map(i, j) = max_c |∂S_c/∂x_{c,i,j}| (``reduce="abs_max"``, the paper's choice);
     ``"signed"`` = Σ_c ∂S/∂x, ``"l2"`` = ‖∂S/∂x‖₂ over channels, ``"none"`` keeps every
-    channel in ``raw`` (N×C×H×W) and puts their sum in ``maps``.
+    channel in ``raw`` (N×C×H×W) and puts their sum in ``maps``. ``batch_size``: images
+    per forward + backward (None: automatic); the maps do not depend on it.
 
     >>> e = saliency(model, x)                 # doctest: +SKIP
     >>> e.maps.shape                           # N×H×W
     """
     check_reduce(reduce)
     p = prepare(model, x, target, y, "saliency")
-    with LayerTap(model, target_layers(p.target)) as tap:
-        g, s, classes = input_gradient(tap, p, p.x, layout=Layout(model, p.x, channels_last))
+    g, s, classes = batched_input_gradient(model, p, batch_size, channels_last)
     maps, raw = _maps_and_raw(g.float(), reduce)
     return finish(p, maps, "saliency", classes, settings={"reduce": reduce}, raw=raw,
                   extras={"score": s})
 
 
 def gradient_x_input(model: nn.Module, x: torch.Tensor, target: Any = "predicted", *, reduce: str = "signed",
-                     y: torch.Tensor | None = None, channels_last: bool | None = None) -> Explanation:
+                     y: torch.Tensor | None = None, batch_size: int | None = None,
+                     channels_last: bool | None = None) -> Explanation:
     """Gradient × input: x ⊙ ∂S/∂x, summed over channels by default (``reduce`` as in :func:`saliency`).
 
     For a linear model S = w·x + b this is w ⊙ x, whose sum is S − b.
@@ -79,8 +99,7 @@ def gradient_x_input(model: nn.Module, x: torch.Tensor, target: Any = "predicted
     """
     check_reduce(reduce)
     p = prepare(model, x, target, y, "gradient_x_input")
-    with LayerTap(model, target_layers(p.target)) as tap:
-        g, s, classes = input_gradient(tap, p, p.x, layout=Layout(model, p.x, channels_last))
+    g, s, classes = batched_input_gradient(model, p, batch_size, channels_last)
     a = (g * p.x).float()
     maps, raw = _maps_and_raw(a, reduce)
     return finish(p, maps, "gradient_x_input", classes, settings={"reduce": reduce}, raw=raw,
@@ -105,7 +124,7 @@ def smoothgrad(model: nn.Module, x: torch.Tensor, target: Any = "predicted", *, 
     >>> smoothgrad(model, x, sigma=0.1, n=50, seed=1)   # doctest: +SKIP
     """
     check_reduce(reduce)
-    batch_size = check_batch_size(batch_size, x)
+    batch_size = check_batch_size(batch_size, x, backward=True)
     if not (isinstance(n, int) and n >= 1):
         raise ValueError(f"n must be a positive int (number of noisy samples), got {n!r}")
     if not sigma >= 0:
@@ -173,7 +192,7 @@ def integrated_gradients(model: nn.Module, x: torch.Tensor, target: Any = "predi
     >>> e.extras["completeness_gap"].abs().max()
     """
     check_reduce(reduce)
-    batch_size = check_batch_size(batch_size, x)
+    batch_size = check_batch_size(batch_size, x, backward=True)
     if not (isinstance(steps, int) and steps >= 1):
         raise ValueError(f"steps must be a positive int, got {steps!r}")
     alphas, weights = _ig_points(steps, method)

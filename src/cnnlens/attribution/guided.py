@@ -21,10 +21,9 @@ import torch
 from torch import nn
 
 from ..results import Explanation
-from ..tap import LayerTap
-from ._common import Layout, check_reduce, finish, prepare, reduce_channels, target_layers, upsample
+from ._common import Layout, check_reduce, finish, prepare, reduce_channels, upsample
 from .cam import gradcam_tap, gradcam_weights, layer_gradient, layer_name
-from .gradients import input_gradient
+from .gradients import batched_input_gradient
 
 RECTIFIERS = (nn.ReLU, nn.ReLU6)
 
@@ -56,14 +55,14 @@ def guided_edits(model: nn.Module) -> dict:
     return {n: _guided for n in names}
 
 
-def _guided_gradient(model, p, channels_last):
-    with LayerTap(model, target_layers(p.target), edits=guided_edits(model)) as tap:
-        g, s, classes = input_gradient(tap, p, p.x, layout=Layout(model, p.x, channels_last))
+def _guided_gradient(model, p, batch_size, channels_last):
+    g, s, classes = batched_input_gradient(model, p, batch_size, channels_last, edits=guided_edits(model))
     return g.float(), s, classes
 
 
 def guided_backprop(model: nn.Module, x: torch.Tensor, target: Any = "predicted", *, reduce: str = "abs_max",
-                    y: torch.Tensor | None = None, channels_last: bool | None = None) -> Explanation:
+                    y: torch.Tensor | None = None, batch_size: int | None = None,
+                    channels_last: bool | None = None) -> Explanation:
     """Guided backpropagation: ∂S/∂x with every ReLU's backward replaced by 1[f_in>0]·1[R>0]·R.
 
     ``reduce`` over channels as in :func:`~cnnlens.attribution.saliency` ("none" keeps the
@@ -73,13 +72,13 @@ def guided_backprop(model: nn.Module, x: torch.Tensor, target: Any = "predicted"
     """
     check_reduce(reduce)
     p = prepare(model, x, target, y, "guided_backprop")
-    g, s, classes = _guided_gradient(model, p, channels_last)
+    g, s, classes = _guided_gradient(model, p, batch_size, channels_last)
     return finish(p, reduce_channels(g, reduce), "guided_backprop", classes, settings={"reduce": reduce},
                   raw=g if reduce == "none" else None, extras={"score": s})
 
 
 def guided_gradcam(model: nn.Module, x: torch.Tensor, target: Any = "predicted", *, layer: Any = None,
-                   reduce: str = "abs_max", y: torch.Tensor | None = None,
+                   reduce: str = "abs_max", y: torch.Tensor | None = None, batch_size: int | None = None,
                    channels_last: bool | None = None) -> Explanation:
     """Guided Grad-CAM: guided backprop ⊙ the Grad-CAM map upsampled to the input, reduced over channels.
 
@@ -90,7 +89,7 @@ def guided_gradcam(model: nn.Module, x: torch.Tensor, target: Any = "predicted",
     """
     check_reduce(reduce)
     p = prepare(model, x, target, y, "guided_gradcam")
-    g, s, classes = _guided_gradient(model, p, channels_last)
+    g, s, classes = _guided_gradient(model, p, batch_size, channels_last)
     name = layer_name(model, p, layer)
     tap, leaf = gradcam_tap(model, p, name)
     with tap:

@@ -44,7 +44,7 @@ def main() -> None:
     """Entry point: run the app, turning bad input into one-line errors."""
     try:
         app(standalone_mode=False)
-    except SystemExit as e:  # typer/click exits (help, usage errors) pass through
+    except SystemExit:  # typer/click exits (help, usage errors) pass through
         raise
     except Exception as e:  # noqa: BLE001
         import click
