@@ -43,7 +43,7 @@ def batched_input_gradient(model: nn.Module, p: Prepared, batch_size: int | None
     Samples are independent, so the result does not depend on the chunking; the
     automatic size keeps the graph of a chunk small (see :func:`check_batch_size`).
     """
-    batch_size = check_batch_size(batch_size, p.x, backward=True)
+    batch_size = check_batch_size(batch_size, p.x)
     layout = Layout(model, p.x, channels_last)
     parts = []
     with LayerTap(model, target_layers(p.target), edits=edits) as tap:
@@ -124,7 +124,7 @@ def smoothgrad(model: nn.Module, x: torch.Tensor, target: Any = "predicted", *, 
     >>> smoothgrad(model, x, sigma=0.1, n=50, seed=1)   # doctest: +SKIP
     """
     check_reduce(reduce)
-    batch_size = check_batch_size(batch_size, x, backward=True)
+    batch_size = check_batch_size(batch_size, x)
     if not (isinstance(n, int) and n >= 1):
         raise ValueError(f"n must be a positive int (number of noisy samples), got {n!r}")
     if not sigma >= 0:
@@ -192,7 +192,7 @@ def integrated_gradients(model: nn.Module, x: torch.Tensor, target: Any = "predi
     >>> e.extras["completeness_gap"].abs().max()
     """
     check_reduce(reduce)
-    batch_size = check_batch_size(batch_size, x, backward=True)
+    batch_size = check_batch_size(batch_size, x)
     if not (isinstance(steps, int) and steps >= 1):
         raise ValueError(f"steps must be a positive int, got {steps!r}")
     alphas, weights = _ig_points(steps, method)
