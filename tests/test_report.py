@@ -18,7 +18,7 @@ from browser import check_page
 def _report(title="t"):
     rep = Report(title)
     sec = rep.section("Evaluation", intro="<p>What a <code>confusion</code> matrix shows.</p>",
-                      settings={"model": "digits-cnn", "topk": [1, 3]})
+                      settings={"model": "digits-cnn", "topk": [1, 3], "eps": [0.0, 8 / 255], "fill": {"value": 0.5}})
     fig, ax = plt.subplots()
     ax.plot([0, 1], [1, 0])
     sec.figure(fig, "a line")
@@ -33,12 +33,16 @@ def test_report_writes_page_images_and_results(tmp_path):
     html = index.read_text()
     assert "What a <code>confusion</code> matrix shows." in html
     assert "<th>model</th><td>digits-cnn</td>" in html
+    # settings read as a person writes them; results.json keeps the exact values
+    assert "<th>topk</th><td>1, 3</td>" in html and "<th>eps</th><td>0, 0.03137</td>" in html
+    assert "<th>fill</th><td>value=0.5</td>" in html
     assert "0.9877" in html  # floats rounded to 4 significant digits
     imgs = sorted(p.name for p in (tmp_path / "rep" / "images").iterdir())
     assert len(imgs) == 3 and all(Image.open(tmp_path / "rep" / "images" / n).size[0] > 0 for n in imgs)
     res = json.loads((tmp_path / "rep" / "results.json").read_text())
     assert res["sections"]["Evaluation"]["accuracy"] == 0.5
     assert res["sections"]["Evaluation"]["settings"]["topk"] == [1, 3]
+    assert res["sections"]["Evaluation"]["settings"]["eps"] == [0.0, 8 / 255]
 
 
 def test_failed_write_leaves_the_previous_report(tmp_path, monkeypatch):

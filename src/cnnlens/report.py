@@ -34,6 +34,23 @@ from typing import Any
 from .results import jsonable
 
 
+def show_setting(v: Any) -> str:
+    """A setting as a person reads it: lists joined by commas, floats to 4 significant digits.
+
+    >>> show_setting([0.0, 0.03137254901960784, "pgd"])
+    '0, 0.03137, pgd'
+    """
+    if isinstance(v, bool) or v is None:
+        return str(v)
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    if isinstance(v, (list, tuple)):
+        return ", ".join(show_setting(x) for x in v)
+    if isinstance(v, dict):
+        return ", ".join(f"{k}={show_setting(x)}" for k, x in v.items())
+    return str(v)
+
+
 def _slug(s: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", s.lower()).strip("-") or "item"
 
@@ -138,6 +155,7 @@ class Report:
         from jinja2 import Environment, PackageLoader, select_autoescape
 
         env = Environment(loader=PackageLoader("cnnlens", "templates"), autoescape=select_autoescape(["html"]))
+        env.filters["setting"] = show_setting
         tpl = env.get_template("report.html.j2")
         return tpl.render(report=self, sections=self.sections, slug=_slug, generated=time.strftime("%Y-%m-%d %H:%M"))
 

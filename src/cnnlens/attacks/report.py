@@ -168,7 +168,10 @@ def add_robustness_section(report, results: dict, *, title: str = "Robustness", 
     from .curves import curves_figure
 
     first = next(iter(results.values()))
-    sec = report.section(title, intro=intro, settings={**first.settings, **(settings or {})})
+    shown = dict(first.settings)
+    if isinstance(shown.get("eps"), (list, tuple)):  # budgets as a person reads them: grey levels
+        shown["eps"] = ", ".join(_fmt_eps(float(e), shown.get("norm", "inf")) for e in shown["eps"])
+    sec = report.section(title, intro=intro, settings={**shown, **(settings or {})})
     sec.figure(curves_figure(results), "Accuracy under attack against ε (solid: PGD, dashed: FGSM)")
     norm = first.settings.get("norm", "inf")
     header = ["model", "clean"] + [f"PGD ε={_fmt_eps(e, norm)}" for e in first.eps if e > 0] + \
@@ -272,7 +275,7 @@ def demo_section(report, ctx) -> None:
         data = torch.utils.data.Subset(test, list(range(0, len(test), 12)))
         eps, steps = [0.0, 16 / 255], 3
     else:
-        eps, steps = [0.0, 8 / 255, 16 / 255, 32 / 255], 7
+        eps, steps = [0.0, 4 / 255, 8 / 255, 16 / 255, 24 / 255, 32 / 255], 7
     results = {}
     for k, (name, m) in enumerate(models.items()):
         what = f"attacks: robustness of {name}"
