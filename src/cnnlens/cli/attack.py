@@ -235,8 +235,7 @@ def robustness(
     with distributed(device) as (rank, world, dev):
         m = load_model_from_options(model, weights, pretrained, trust_pickle, dev)
         ds = as_dataset(data, m)
-        desc = f"attacking {data}" + (f" (rank {rank}/{world})" if world > 1 else "")
-        with (progress_bar(desc) if rank == 0 else _quiet()) as update:
+        with progress_bar(f"attacking {data}", rank=rank, world=world) as update:
             r = run_robustness(m, ds, eps=budgets, attacks=atk, steps=steps, step_size=alpha, norm=norm,
                                target=_target(target), gallery=gallery, batch_size=batch_size, device=dev,
                                progress=update)
@@ -268,11 +267,3 @@ def _fig_png(fig) -> bytes:
     from ..report import _png_bytes
 
     return _png_bytes(fig)
-
-
-class _quiet:
-    def __enter__(self):
-        return lambda done, total=None: None
-
-    def __exit__(self, *exc):
-        return False

@@ -67,11 +67,16 @@ def main() -> None:
 
 
 @contextlib.contextmanager
-def progress_bar(description: str, total: Optional[int] = None) -> Iterator:
-    """A rich progress bar on a terminal, silent otherwise. Yields ``update(done, total)``."""
+def progress_bar(description: str, total: Optional[int] = None, rank: int = 0, world: int = 1) -> Iterator:
+    """A rich progress bar on a terminal, silent otherwise. Yields ``update(done, total)``.
+
+    Under ``torchrun`` only rank 0 draws (its shard's progress, labelled "rank 0/N").
+    """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    if not console.is_terminal:
+    if world > 1:
+        description += f" (rank {rank}/{world})"
+    if not console.is_terminal or rank != 0:
         yield lambda done, tot=None: None
         return
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),

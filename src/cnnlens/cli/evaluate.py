@@ -86,8 +86,7 @@ def evaluate(
     with distributed(device) as (rank, world, dev):
         m = load_model_from_options(model, weights, pretrained, trust_pickle, dev)
         ds = as_dataset(data, m)
-        desc = f"evaluating {model}" + (f" (rank {rank}/{world})" if world > 1 else "")
-        with (progress_bar(desc) if rank == 0 else _quiet()) as update:
+        with progress_bar(f"evaluating {model}", rank=rank, world=world) as update:
             result = run_evaluate(m, ds, topk=ks, batch_size=batch_size, device=dev, progress=update,
                                   num_workers=workers)
         if rank != 0:
@@ -103,11 +102,3 @@ def evaluate(
         index = rep.write(out)
         console.print(f"wrote {index.parent}: confusion.png/.csv/.json (raw and normalised), per_class.csv, "
                       "evaluation.json, index.html", highlight=False)
-
-
-class _quiet:
-    def __enter__(self):
-        return lambda done, total=None: None
-
-    def __exit__(self, *exc):
-        return False

@@ -211,9 +211,9 @@ def search_cmd(
     with distributed(device) as (rank, world, dev):
         M = _Model(model, weights, pretrained, trust_pickle, dev)
         ds = _dataset(M.m, data, n)
-        with progress_bar(f"searching {layer}") as update:
+        with progress_bar(f"searching {layer}", rank=rank, world=world) as update:
             r = dataset_search(M.m, ds, layer, chans, k, batch_size=batch_size, device=dev,
-                               progress=update if rank == 0 else None, max_crop=max_crop)
+                               progress=update, max_crop=max_crop)
         if rank != 0:
             return
         rep, sec = _report(f"cnnlens inside search: {model}", "Dataset search", "search",
@@ -369,9 +369,8 @@ def stats_cmd(
     with distributed(device) as (rank, world, dev):
         M = _Model(model, weights, pretrained, trust_pickle, dev)
         ds = _dataset(M.m, data, n)
-        with progress_bar(f"statistics of {layer}") as update:
-            st = neuron_stats(M.m, ds, layer, bins=bins, batch_size=batch_size, device=dev,
-                              progress=update if rank == 0 else None)
+        with progress_bar(f"statistics of {layer}", rank=rank, world=world) as update:
+            st = neuron_stats(M.m, ds, layer, bins=bins, batch_size=batch_size, device=dev, progress=update)
         if rank != 0:
             return
         rep, sec = _report(f"cnnlens inside stats: {model}", "Neuron statistics", "stats",
@@ -410,9 +409,9 @@ def influence_cmd(
             src = src.to(dev)
         else:
             src = _dataset(M.m, data, n)
-        with progress_bar(f"influence of {layer}") as update:
+        with progress_bar(f"influence of {layer}", rank=rank, world=world) as update:
             inf = influence(M.m, src, layer, target, ablation=ablation, channels=parse_channels(channels),
-                            batch_size=batch_size, device=dev, progress=update if rank == 0 else None)
+                            batch_size=batch_size, device=dev, progress=update)
         if rank != 0:
             return
         t = Table(title=f"channels of {inf.layer} by influence on the {inf.target}", title_justify="left")
