@@ -16,6 +16,7 @@ Run:  python benchmarks/bench_attribution.py [--quick] [--model efficientnet-lit
 from __future__ import annotations
 
 import argparse
+import copy
 import time
 
 import torch
@@ -142,6 +143,31 @@ def bench_pytorch_grad_cam(model, layer, x, repeat):
     return t, float(corr)
 
 
+def bench_torchcam(model, layer, x, repeat):
+    """TorchCAM's GradCAM (the user runs the forward while its hooks are on) vs ours; maps correlated."""
+    from torchcam.methods import GradCAM as TorchCAMGradCAM
+
+    from cnnlens import resolve_layer
+    from cnnlens.attribution import gradcam
+
+    with torch.no_grad():
+        cls = model(x).argmax(1).tolist()
+    theirs_model = copy.deepcopy(model)  # TorchCAM's backward fills the parameters' .grad
+    name = resolve_layer(model, layer)[0]
+
+    def theirs():
+        with TorchCAMGradCAM(theirs_model, name, input_shape=tuple(x.shape[1:])) as extractor:
+            scores = theirs_model(x)
+            return extractor(class_idx=cls, scores=scores, normalized=False)[0]
+
+    t = interleaved({"torchcam": theirs, "cnnlens gradcam": lambda: gradcam(model, x, target=cls, layer=layer)},
+                    repeat)
+    ours = gradcam(model, x, target=cls, layer=layer).raw
+    other = theirs().detach()
+    corr = torch.corrcoef(torch.stack([ours.flatten(), other.flatten()]))[0, 1]
+    return t, float(corr)
+
+
 def main(argv: list[str] | None = None) -> dict:
     from cnnlens.attribution._common import check_batch_size
 
@@ -200,6 +226,14 @@ def main(argv: list[str] | None = None) -> dict:
               f" → ratio {out['gradcam pytorch-grad-cam/cnnlens']:.2f}; correlation of the maps {corr:.4f}")
     except ImportError:
         print("  pytorch-grad-cam is not installed (pip install grad-cam)")
+
+    try:
+        t, corr = bench_torchcam(model, layer, x, repeat)
+        out["gradcam torchcam/cnnlens"] = t["torchcam"] / t["cnnlens gradcam"]
+        print(f"  TorchCAM GradCAM   {t['torchcam'] * 1e3:8.1f} ms vs cnnlens {t['cnnlens gradcam'] * 1e3:.1f} ms"
+              f" → ratio {out['gradcam torchcam/cnnlens']:.2f}; correlation of the CAMs {corr:.4f}")
+    except ImportError:
+        print("  TorchCAM is not installed (pip install torchcam)")
     return out
 
 

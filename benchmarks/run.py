@@ -2,7 +2,7 @@
 
     python benchmarks/run.py [--quick]
 
-The peer libraries (Captum, pytorch-grad-cam) come from ``pip install -e '.[bench]'``.
+The peer libraries (Captum, pytorch-grad-cam, TorchCAM, Lucent) come from ``pip install -e '.[bench]'``.
 """
 
 from __future__ import annotations
