@@ -201,6 +201,9 @@ def test_guided_backprop_refuses_functional_relu(untouched):
         guided_backprop(net, torch.rand(1, 3, 5, 5))
     with pytest.raises(ValueError, match="functionally"):
         guided_gradcam(net, torch.rand(1, 3, 5, 5), layer="c1")
+    gelu = nn.Sequential(nn.Conv2d(3, 4, 3), nn.GELU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2))
+    with pytest.raises(ValueError, match=r"its activations are GELU\); use saliency or gradcam"):
+        guided_backprop(gelu, torch.rand(1, 3, 5, 5))
 
 
 def test_guided_gradcam_is_guided_backprop_times_gradcam(untouched):
