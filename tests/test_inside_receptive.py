@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import pytest
+import torch
 import torchvision
+from torch import nn
 
 from cnnlens.inside import receptive_field
+from cnnlens.inside.receptive import _measured
 from inside_nets import ChainNet, OddNet, Upsampler, pixel_chain_net
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -86,6 +89,50 @@ def test_untraceable_path_is_a_clear_error(untouched):
         receptive_field(model, "c2", input_size=12)
     with pytest.raises(ValueError, match="not in the model"):
         receptive_field(model, "c3", input_size=12)
+
+
+class _PermutedNorm(nn.Module):
+    """ConvNeXt's LayerNorm over channels: permute to N×H×W×C, normalise, permute back."""
+
+    def __init__(self, c):
+        super().__init__()
+        self.ln = nn.LayerNorm(c)
+
+    def forward(self, x):
+        return self.ln(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
+
+def _convnext_like(norm: bool) -> nn.Sequential:
+    torch.manual_seed(0)
+    layers = [nn.Conv2d(3, 4, 3, stride=2), _PermutedNorm(4) if norm else nn.Identity(), nn.Conv2d(4, 4, 3, padding=1),
+              nn.ReLU(), nn.Conv2d(4, 4, 5, padding=2, dilation=1, stride=2)]
+    return nn.Sequential(*layers).eval()
+
+
+def test_an_untraceable_path_is_measured_from_the_gradient_support(untouched):
+    """A permute around a LayerNorm stops the tracer; the measured field equals the traced one of the same
+    net without the norm (a per-position norm does not widen the field): 3 → 3 + 2·2 = 7 → 7 + 4·2 = 15."""
+    plain = untouched(_convnext_like(norm=False))
+    normed = untouched(_convnext_like(norm=True))
+    for layer, size, stride in (("2", 7, 2), ("4", 15, 4)):
+        traced = receptive_field(plain, layer, input_size=48)
+        measured = receptive_field(normed, layer, input_size=48)
+        assert traced.method == "traced" and measured.method == "measured"
+        assert (measured.size, measured.stride, measured.offset) == (traced.size, traced.stride, traced.offset)
+        assert measured.size == (size, size) and measured.stride == (stride, stride)
+    # the same measurement on traceable nets agrees with the tracer, layer by layer
+    model = untouched(OddNet().eval())
+    for layer in ("stem", "block1", "dil", "wide", "pool", "crop"):
+        traced = receptive_field(model, layer, input_size=64, channels=3, probe=False)
+        measured = _measured(model, traced.layer, 3, (64, 64), 2, 0, torch.device("cpu"), 1024)
+        assert (measured.size, measured.stride, measured.offset) == (traced.size, traced.stride, traced.offset), layer
+
+
+def test_a_model_without_an_input_size_gets_timms_or_224(untouched):
+    net = untouched(_convnext_like(norm=False))
+    assert receptive_field(net, "4", probe=False).input_size == (224, 224)
+    net.pretrained_cfg = {"input_size": (3, 96, 80)}
+    assert receptive_field(net, "4", probe=False).input_size == (96, 80)
 
 
 def test_efficientnet_same_padding_is_followed(effnet):

@@ -233,6 +233,9 @@ class ReceptiveField(Result):
     grid: Pair
     is_global: bool = False
     probe: RFProbe | None = None
+    #: "traced" (the analytic field, op by op) or "measured" (the gradient support of two units, for a
+    #: path the tracer cannot follow, e.g. a permute to channels-last around a LayerNorm)
+    method: str = "traced"
 
     def box(self, i: int, j: int) -> tuple[int, int, int, int]:
         """The unit's field (top, left, bottom, right) in input pixels, end exclusive, not clipped."""
@@ -254,6 +257,10 @@ class ReceptiveField(Result):
         return ((t + b - 1) / 2, (l + r - 1) / 2)
 
 
+#: the input size assumed for a model that carries none (a field does not depend on it once the image holds it)
+DEFAULT_INPUT_SIZE = (224, 224)
+
+
 def _input_shape(model: nn.Module, input_size, channels) -> tuple[int, int, int]:
     spec = getattr(model, "spec", None)
     if channels is None:
@@ -265,8 +272,13 @@ def _input_shape(model: nn.Module, input_size, channels) -> tuple[int, int, int]
         channels = conv.in_channels
     if input_size is None:
         input_size = getattr(spec, "input_size", None)
+    if input_size is None:  # timm models carry their input size in pretrained_cfg
+        cfg = getattr(model, "pretrained_cfg", None) or getattr(model, "default_cfg", None) or {}
+        input_size = tuple(cfg["input_size"][-2:]) if isinstance(cfg, dict) and cfg.get("input_size") else None
     if input_size is None:
-        raise ValueError("the model has no spec.input_size; pass input_size=(H, W)")
+        input_size = DEFAULT_INPUT_SIZE
+        log.info("receptive field: the model does not say its input size; using %s (pass input_size=...)",
+                 input_size)
     input_size = _pair(input_size)
     return int(channels), input_size[0], input_size[1]
 
@@ -319,6 +331,12 @@ def receptive_field(
     field, up to ``probe_max`` pixels) is compared with the analytic field
     (``rf.probe.agrees``; a disagreement is logged as a warning).
 
+    Where the tracer cannot follow the path (a ``permute`` to channels-last around a
+    LayerNorm, as in ConvNeXt), the field is measured instead (``rf.method ==
+    "measured"``, logged): the gradient support of the central unit and of its
+    diagonal neighbour give size, stride and offset. ``input_size`` defaults to
+    ``model.spec.input_size``, then timm's ``pretrained_cfg``, then 224×224.
+
     Example::
 
         import torchvision
@@ -330,12 +348,72 @@ def receptive_field(
     dev = _device(model)
     with torch.no_grad():
         f, out = _trace(model, name, torch.rand(1, c, H, W, device=dev, generator=None))
+    grid = tuple(out.shape[-2:]) if out.dim() == 4 else (1, 1)
+    if f.kind == "unknown" and grid[0] <= H and grid[1] <= W:  # not upsampled: an integer stride exists
+        log.info("receptive field of %s: the tracer cannot follow the path (%s); measuring it from the gradient "
+                 "support instead", name, f.why)
+        return _measured(model, name, c, (H, W), probe_samples, seed, dev, probe_max)
     rf = _to_rf(name, f, (H, W), out)
     if not probe or rf.is_global:
         return rf
     # large enough that the central unit's whole field fits (then the probe checks the size, not a clipped box)
     size = tuple(min(max(s, rf.size[a] + 2 * rf.stride[a]), probe_max) for a, s in enumerate((H, W)))
     return dataclasses.replace(rf, probe=_probe(model, name, c, size, probe_samples, seed, dev))
+
+
+def _support_box(gx: torch.Tensor) -> tuple[int, int, int, int] | None:
+    """Bounding box (top, left, bottom, right; end exclusive) of where an S×C×H×W gradient is non-zero."""
+    support = gx.detach().abs().sum((0, 1)) > 0
+    rows = support.any(1).nonzero().flatten()
+    cols = support.any(0).nonzero().flatten()
+    if not len(rows):
+        return None
+    return (int(rows[0]), int(cols[0]), int(rows[-1]) + 1, int(cols[-1]) + 1)
+
+
+def _measured(model, name, c, size, samples, seed, dev, probe_max) -> ReceptiveField:
+    """The field measured from the gradient support of the central unit and its diagonal neighbour.
+
+    size = the central unit's support; stride = how far the support moves to the next
+    unit; offset = where unit (0, 0)'s would start. The input grows (×2, twice, up to
+    ``probe_max``) until the central unit's support stays off the image border; a support
+    that still reaches every border is a global field. Random inputs (``samples`` of
+    them) keep ReLUs open; a dead path can only make the measured field smaller.
+    """
+    g = torch.Generator().manual_seed(seed)
+    hw = tuple(size)
+    for attempt in range(3):
+        x = torch.rand(samples, c, *hw, generator=g).to(dev).requires_grad_(True)
+        with LayerTap(model, [name], stop_after=name) as tap:
+            tap.run(x)
+            out = tap[name]
+            if out.dim() != 4:
+                return ReceptiveField(name, hw, hw, (0, 0), hw, (1, 1), True, method="measured")
+            grid = tuple(out.shape[-2:])
+            i, j = grid[0] // 2, grid[1] // 2
+            units = [(i, j), (min(i + 1, grid[0] - 1), min(j + 1, grid[1] - 1))]
+            boxes = []
+            # a random mix of the channels: a plain channel sum can be constant (Σ_c of a LayerNorm output is 0)
+            mix = torch.randn(out.shape[1], generator=g).to(device=out.device, dtype=out.dtype)
+            for a, b in units:
+                (gx,) = torch.autograd.grad((out[:, :, a, b] * mix).sum(), x, retain_graph=True)
+                boxes.append(_support_box(gx))
+        box = boxes[0]
+        if box is None:
+            raise ValueError(f"no gradient reaches the input from layer {name!r}, so its receptive field cannot "
+                             "be measured; pick another layer")
+        touches = box[0] == 0 or box[1] == 0 or box[2] == hw[0] or box[3] == hw[1]
+        if not touches or attempt == 2 or max(hw) >= probe_max:
+            break
+        hw = tuple(min(2 * s, probe_max) for s in hw)
+    if box == (0, 0, hw[0], hw[1]):
+        return ReceptiveField(name, hw, hw, (0, 0), hw, grid, True, method="measured")
+    nxt = boxes[1] or box
+    stride = tuple((nxt[a] - box[a]) if units[1][a] != units[0][a] else hw[a] for a in (0, 1))
+    stride = tuple(max(1, st) for st in stride)
+    rf_size = (box[2] - box[0], box[3] - box[1])
+    offset = (box[0] - i * stride[0], box[1] - j * stride[1])
+    return ReceptiveField(name, rf_size, stride, offset, hw, grid, False, method="measured")
 
 
 def _probe(model, name, c, size, samples, seed, dev) -> RFProbe:
@@ -345,16 +423,12 @@ def _probe(model, name, c, size, samples, seed, dev) -> RFProbe:
     rf = _to_rf(name, f, size, out)
     i, j = rf.grid[0] // 2, rf.grid[1] // 2
     expected, _ = rf.clipped_box(i, j)
-    score = out[:, :, i, j].sum()
+    mix = torch.randn(out.shape[1], generator=g).to(device=out.device, dtype=out.dtype)
+    score = (out[:, :, i, j] * mix).sum()  # a random channel mix: a plain sum can be constant (LayerNorm)
     if not score.requires_grad:
         return RFProbe((i, j), size, expected, None, False)
     (gx,) = torch.autograd.grad(score, x)
-    support = gx.detach().abs().sum((0, 1)) > 0
-    rows = support.any(1).nonzero().flatten()
-    cols = support.any(0).nonzero().flatten()
-    found = None
-    if len(rows):
-        found = (int(rows[0]), int(cols[0]), int(rows[-1]) + 1, int(cols[-1]) + 1)
+    found = _support_box(gx)
     agrees = found == expected
     if not agrees:
         log.warning("receptive field of %s: analytic box %s, gradient support %s (at unit %s of a %s input)",
