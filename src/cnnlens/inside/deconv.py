@@ -188,7 +188,8 @@ def deconvnet(model: nn.Module, x: torch.Tensor, layer: LayerRef, channel: int, 
                 r = r.reshape(inp.shape)
     except ValueError as e:
         if "ran twice" in str(e):
-            raise ValueError(f"deconvnet cannot invert this model: {e}") from e
+            raise ValueError(f"deconvnet cannot invert this model: {str(e).split(';')[0]}, so the chain back to the "
+                             "input is not a plain conv/ReLU/max-pool sequence — use guided backprop") from e
         raise
     return Projection(r.detach().cpu(), name, int(channel), None if positions is None else positions.cpu(),
                       vals.detach().cpu(), tuple(chain), settings={"position": position if isinstance(position, str) else list(position)})
