@@ -14,8 +14,8 @@ Every method follows the same steps:
 
 from __future__ import annotations
 
-import logging
 import dataclasses
+import logging
 import math
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence

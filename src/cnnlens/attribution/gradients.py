@@ -50,8 +50,7 @@ def batched_input_gradient(model: nn.Module, p: Prepared, batch_size: int | None
         for a, b in chunks(p.n, batch_size):
             q = p.subset(a, b)
             parts.append(input_gradient(tap, q, q.x, layout=layout))
-    g, s, classes = (torch.cat(t) for t in zip(*parts))
-    return g, s, classes
+    return tuple(torch.cat(t) for t in zip(*parts))
 
 
 def clean_pass(tap: LayerTap, p: Prepared):

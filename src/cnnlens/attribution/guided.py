@@ -48,7 +48,8 @@ def guided_edits(model: nn.Module) -> dict:
     """``{relu_name: edit}`` for every nn.ReLU/nn.ReLU6 module; a clear error when there is none."""
     names = [n for n, m in model.named_modules() if isinstance(m, RECTIFIERS)]
     if not names:
-        others = sorted({type(m).__name__ for m in model.modules() if type(m).__module__.startswith("torch.nn.modules.activation")})
+        others = sorted({type(m).__name__ for m in model.modules()
+                         if type(m).__module__ == "torch.nn.modules.activation"})
         uses = f"its activations are {', '.join(others)}" if others else "it applies its activations functionally"
         raise ValueError(
             f"guided backprop overrides the backward of nn.ReLU modules, but this model has none ({uses}); "
