@@ -2,7 +2,7 @@
 
 Every method returns one value. Tensors stay tensors (on CPU, detached);
 ``to_dict()`` gives a JSON-ready summary and ``save(dir)`` writes JSON plus the
-tensors as ``.pt`` (and figures where the result renders).
+tensors as ``.pt``; ``Explanation.plot(x)`` draws the maps over their images.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import dataclasses
 import json
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 
@@ -90,6 +90,28 @@ class Explanation(Result):
 
     def __len__(self) -> int:
         return self.maps.shape[0]
+
+    def plot(self, images: torch.Tensor, names: Sequence[str] | None = None,
+             class_names: Sequence[str] | None = None):
+        """A matplotlib figure: each map over its image (N×C×H×W in [0, 1]) with a colour bar,
+        the explained class in the title; occlusion adds its probability map below.
+
+        Signed maps (CAM, occlusion, gradient × input, IG) use a red–blue scale centred at 0;
+        pixel-gradient maps are shown clipped at the 99.5th percentile of |value| (``maps`` is not).
+
+        >>> e = cnnlens.attribution.gradcam(model, x)                        # doctest: +SKIP
+        >>> e.plot(x, class_names=model.spec.class_names).savefig("gradcam.png")  # doctest: +SKIP
+        """
+        from .attribution.report import method_figure
+
+        if not torch.is_tensor(images) or images.dim() != 4 or images.shape[0] != len(self) \
+                or tuple(images.shape[-2:]) != tuple(self.maps.shape[-2:]):
+            got = tuple(images.shape) if torch.is_tensor(images) else type(images).__name__
+            raise ValueError(f"plot needs the {len(self)} explained images as N×C×H×W of size "
+                             f"{tuple(self.maps.shape[-2:])}, got {got}; pass the x you explained")
+        names = list(names) if names is not None else [f"#{i}" for i in range(len(self))]
+        extra = "probability" if "probability" in self.extras else None
+        return method_figure(images.detach().float().cpu(), names, self, class_names=class_names, extra=extra)
 
     def normalized(self) -> torch.Tensor:
         """Maps scaled to [0, 1] per sample (an all-zero map stays zero, never NaN)."""
