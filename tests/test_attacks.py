@@ -356,3 +356,23 @@ def test_efficientnet_goes_to_the_second_class_and_its_batchnorm_is_untouched(ef
     assert float(r.linf()[0]) <= 1 / 255 + 1e-6
     named = dict(effnet.named_modules())
     assert not any(m.training for m in named.values())  # still in eval mode (the fixture checks buffers and grads)
+
+
+def test_attack_result_figure_shows_the_original_and_the_adversarial_image(untouched):
+    import numpy as np
+
+    net = untouched(TinyGapNet().eval())
+    x = torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    r = pgd(net, x, eps=0.1, steps=3, target="second")
+    fig = r.figure(x, names=["a", "b"], class_names=["zero", "one", "two"])
+    rows = [fig.axes[3 * i:3 * i + 3] for i in range(2)]
+    p0, p1 = r.logits_before.softmax(1), r.logits_after.softmax(1)
+    for i, (orig, adv, pert) in enumerate(rows):
+        np.testing.assert_allclose(orig.get_images()[0].get_array(), x[i].permute(1, 2, 0).numpy(), atol=1e-6)
+        np.testing.assert_allclose(adv.get_images()[0].get_array(), r.x_adv[i].permute(1, 2, 0).numpy(), atol=1e-6)
+        c0, c1 = int(r.pred_before[i]), int(r.pred_after[i])
+        assert orig.get_title() == f"{'ab'[i]}: {['zero', 'one', 'two'][c0]} ({float(p0[i, c0]):.2f})"
+        assert adv.get_title().startswith(f"→ {['zero', 'one', 'two'][c1]} ({float(p1[i, c1]):.2f})")
+        assert pert.get_title().startswith("perturbation, ε=25.5/255")
+    with pytest.raises(ValueError, match="pass the x you attacked"):
+        r.figure(x[:1])

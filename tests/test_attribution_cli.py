@@ -140,14 +140,14 @@ def test_demo_section_quick(untouched, digits_model):
     assert json.loads((__import__("pathlib").Path(rep_dir) / "results.json").read_text())["sections"]
 
 
-def test_explanation_plot_draws_each_map_over_its_image(digits_model):
+def test_explanation_figure_draws_each_map_over_its_image(digits_model):
     """The figure shows the map's own values (Grad-CAM is not clipped) over the image, named by class."""
     from cnnlens.attribution import gradcam, occlusion
     from cnnlens.models.digits import digits_split
 
     x = digits_split("test").x[:3]
     e = gradcam(digits_model, x)
-    fig = e.plot(x, names=["a", "b", "c"], class_names=digits_model.spec.class_names)
+    fig = e.figure(x, names=["a", "b", "c"], class_names=digits_model.spec.class_names)
     axes = [ax for ax in fig.axes if ax.get_title()]
     assert [ax.get_title() for ax in axes] == [f"{n}: {digits_model.spec.class_names[int(c)]}"
                                                for n, c in zip("abc", e.classes)]
@@ -157,6 +157,6 @@ def test_explanation_plot_draws_each_map_over_its_image(digits_model):
         np.testing.assert_allclose(heat.get_array(), e.maps[i].numpy(), atol=1e-6)
     assert len(fig.axes) == 6  # three maps, three colour bars
     occ = occlusion(digits_model, x[:2], window=4, stride=2)
-    assert sum("P(class)" in ax.get_title() for ax in occ.plot(x[:2]).axes) == 2  # the probability row
+    assert sum("P(class)" in ax.get_title() for ax in occ.figure(x[:2]).axes) == 2  # the probability row
     with pytest.raises(ValueError, match="pass the x you explained"):
-        e.plot(x[:2])
+        e.figure(x[:2])

@@ -362,3 +362,17 @@ def test_cli_layers_lists_names_and_shapes(monkeypatch, capsys):
     net = nn.Sequential(nn.Conv2d(1, 2, 1), relu, nn.Conv2d(2, 2, 1), relu)
     rows = {r["name"]: r for r in layer_table(net, torch.zeros(1, 1, 3, 3))}
     assert rows["1"]["calls"] == 2 and rows["0"]["params"] == 4 and rows["2"]["shape"] == "1×2×3×3"
+
+
+def test_evaluation_result_figure_is_the_confusion_matrix():
+    from cnnlens.evaluation import EvaluationResult
+
+    C = torch.tensor([[5, 1, 0], [2, 3, 0], [0, 0, 4]])
+    r = EvaluationResult.from_counts(C, {1: 12}, ["a", "b", "c"])
+    for normalized, M in ((False, C.double()), (True, C.double() / C.sum(1, keepdim=True))):
+        fig = r.figure(normalized=normalized)
+        ax = fig.axes[0]
+        assert torch.allclose(torch.from_numpy(ax.get_images()[0].get_array().data), M)
+        assert [t.get_text() for t in ax.get_xticklabels()] == ["a", "b", "c"]
+        shown = {t.get_text() for t in ax.texts}
+        assert shown == ({"0.83", "0.17", "0.40", "0.60", "1.00"} if normalized else {"5", "1", "2", "3", "4"})

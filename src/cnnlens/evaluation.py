@@ -196,6 +196,13 @@ class EvaluationResult(Result):
     n: int
     topk_hits: dict = field(default_factory=dict)
 
+    def figure(self, normalized: bool = False):
+        """The confusion matrix as an annotated heat map (``normalized=True``: rows divided by class support).
+
+        >>> cnnlens.evaluate(model, "digits").figure(normalized=True).savefig("confusion.png")  # doctest: +SKIP
+        """
+        return confusion_figure(self, normalized=normalized)
+
     @staticmethod
     def from_counts(confusion: torch.Tensor, hits: dict[int, int], class_names: Sequence[str] | None = None,
                     max_pairs: int = 20) -> "EvaluationResult":

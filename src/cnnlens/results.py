@@ -2,7 +2,7 @@
 
 Every method returns one value. Tensors stay tensors (on CPU, detached);
 ``to_dict()`` gives a JSON-ready summary and ``save(dir)`` writes JSON plus the
-tensors as ``.pt``; ``Explanation.plot(x)`` draws the maps over their images.
+tensors as ``.pt``; ``Explanation.figure(x)`` draws the maps over their images.
 """
 
 from __future__ import annotations
@@ -91,7 +91,7 @@ class Explanation(Result):
     def __len__(self) -> int:
         return self.maps.shape[0]
 
-    def plot(self, images: torch.Tensor, names: Sequence[str] | None = None,
+    def figure(self, images: torch.Tensor, names: Sequence[str] | None = None,
              class_names: Sequence[str] | None = None):
         """A matplotlib figure: each map over its image (N×C×H×W in [0, 1]) with a colour bar,
         the explained class in the title; occlusion adds its probability map below.
@@ -100,14 +100,14 @@ class Explanation(Result):
         pixel-gradient maps are shown clipped at the 99.5th percentile of |value| (``maps`` is not).
 
         >>> e = cnnlens.attribution.gradcam(model, x)                        # doctest: +SKIP
-        >>> e.plot(x, class_names=model.spec.class_names).savefig("gradcam.png")  # doctest: +SKIP
+        >>> e.figure(x, class_names=model.spec.class_names).savefig("gradcam.png")  # doctest: +SKIP
         """
         from .attribution.report import method_figure
 
         if not torch.is_tensor(images) or images.dim() != 4 or images.shape[0] != len(self) \
                 or tuple(images.shape[-2:]) != tuple(self.maps.shape[-2:]):
             got = tuple(images.shape) if torch.is_tensor(images) else type(images).__name__
-            raise ValueError(f"plot needs the {len(self)} explained images as N×C×H×W of size "
+            raise ValueError(f"figure() needs the {len(self)} explained images as N×C×H×W of size "
                              f"{tuple(self.maps.shape[-2:])}, got {got}; pass the x you explained")
         names = list(names) if names is not None else [f"#{i}" for i in range(len(self))]
         extra = "probability" if "probability" in self.extras else None

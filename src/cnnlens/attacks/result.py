@@ -48,6 +48,21 @@ class AttackResult(Result):
     def __len__(self) -> int:
         return self.x_adv.shape[0]
 
+    def figure(self, x: torch.Tensor, names=None, class_names=None):
+        """One row per image: the original and the adversarial image with their top class and probability,
+        and the perturbation amplified to be seen.
+
+        >>> attacks.pgd(model, x, eps=2 / 255).figure(x, class_names=model.spec.class_names)   # doctest: +SKIP
+        """
+        from .report import attack_figure
+
+        if not torch.is_tensor(x) or tuple(x.shape) != tuple(self.x_adv.shape):
+            got = tuple(x.shape) if torch.is_tensor(x) else type(x).__name__
+            raise ValueError(f"figure() needs the {len(self)} attacked images, shaped {tuple(self.x_adv.shape)}, "
+                             f"got {got}; pass the x you attacked")
+        names = list(names) if names is not None else [f"#{i}" for i in range(len(self))]
+        return attack_figure(x.detach().float().cpu(), self, names, class_names=class_names)
+
     @property
     def success_rate(self) -> float:
         """Fraction of samples whose goal was reached."""
