@@ -81,7 +81,8 @@ def attack(
     weights: Optional[Path] = WEIGHTS_OPT,
     pretrained: bool = PRETRAINED_OPT,
     trust_pickle: bool = TRUST_OPT,
-    batch_size: int = typer.Option(16, "--batch-size", "-b", min=1, help="Images attacked together."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", "-b", min=1,
+                                             help="Images attacked together (default: automatic, 4 of 224² on a CPU)."),
     device: str = DEVICE_OPT,
     out: Path = OUT_OPT,
 ) -> None:
@@ -95,6 +96,7 @@ def attack(
 
     from ..attacks import fgsm, minimal_eps, pgd
     from ..attacks.report import INTROS, add_attack_section, quantized_predictions, topk_rows
+    from ..attribution._common import check_batch_size
     from ..data import read_images
     from ..report import Report
 
@@ -117,6 +119,7 @@ def attack(
         x = loaded.images.to(dev)
         names = _unique(list(loaded.names))
         class_names = getattr(getattr(m, "spec", None), "class_names", None)
+        batch_size = check_batch_size(batch_size, x)
         parts = []
         with progress_bar(f"attacking {len(names)} image(s)", total=(len(names) + batch_size - 1) // batch_size) as update:
             for b, s in enumerate(range(0, len(names), batch_size)):
