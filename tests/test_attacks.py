@@ -376,3 +376,26 @@ def test_attack_result_figure_shows_the_original_and_the_adversarial_image(untou
         assert pert.get_title().startswith("perturbation, ε=25.5/255")
     with pytest.raises(ValueError, match="pass the x you attacked"):
         r.figure(x[:1])
+
+
+@pytest.mark.parametrize("attack", ["fgsm", "pgd"])
+def test_the_batch_size_does_not_change_an_attack(untouched, attack):
+    """Chunks slice labels, per-sample targets and budgets with the images; PGD's random start is drawn
+    once for the whole batch, so 5 images in chunks of 2 are attacked exactly as all at once."""
+    net = untouched(TinyGapNet().eval())
+    x = torch.rand(5, 3, 8, 8, generator=torch.Generator().manual_seed(3))
+    y = torch.tensor([2, 0, 1, 1, 0])
+    eps = torch.tensor([0.0, 0.02, 0.05, 0.1, 0.2])
+    kw = [dict(target=None, y=y), dict(target=[1, 2, 0, 0, 2])]
+    if attack == "pgd":
+        kw = [dict(k, steps=4, random_start=True, seed=7) for k in kw] + [dict(target="second", steps=3, norm="2")]
+    fn = {"fgsm": fgsm, "pgd": pgd}[attack]
+    for k in kw:
+        whole = fn(net, x, eps=eps, batch_size=5, **k)
+        parts = fn(net, x, eps=eps, batch_size=2, **k)
+        for f in ("success", "pred_after", "steps", "classes"):
+            assert torch.equal(getattr(whole, f), getattr(parts, f)), (attack, k, f)
+        # L∞ steps are signs (exact); an L2 step divides by the gradient's norm (float rounding)
+        assert torch.allclose(whole.x_adv, parts.x_adv, atol=0 if k.get("norm") != "2" else 1e-6), (attack, k)
+        assert torch.allclose(whole.logits_after, parts.logits_after, atol=1e-5)
+        assert torch.equal(whole.x_adv[0], x[0])  # ε = 0 stays put

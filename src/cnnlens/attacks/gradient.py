@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .._batch import check_batch_size, chunks
 from ..tap import LayerTap
 from ..targets import Target, as_target
 from .result import AttackResult
@@ -203,7 +204,8 @@ def _pgd_core(forward: Forward, x: torch.Tensor, classes: torch.Tensor, targeted
               steps: int, alpha: torch.Tensor, norm: str = "inf", random_start: bool = False,
               generator: torch.Generator | None = None, early_stop: bool = True,
               reached: torch.Tensor | None = None,
-              first: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+              first: tuple[torch.Tensor, torch.Tensor] | None = None,
+              start: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Projected gradient ascent on the attack objective; returns (x_adv, steps used per sample).
 
     With ``early_stop`` a sample stops (and keeps its image) as soon as its goal is
@@ -211,10 +213,13 @@ def _pgd_core(forward: Forward, x: torch.Tensor, classes: torch.Tensor, targeted
     sample with ε = 0 never moves. ``reached`` (a bool tensor N, optional) is set
     True for the samples seen to reach their goal (so callers can skip a forward).
     ``first`` = (logits, direction) already computed at ``x`` (used when there is
-    no random start, saving the first step's forward and backward).
+    no random start, saving the first step's forward and backward). ``start``: the random
+    start already drawn (for a batch attacked in chunks, drawn once for the whole batch).
     """
     n = x.shape[0]
-    if random_start:
+    if random_start and start is not None:
+        x_adv = start.clone()
+    elif random_start:
         x_adv = _random_start(x, eps, norm, generator or torch.Generator().manual_seed(0))
     else:
         x_adv = x.clone()
@@ -344,25 +349,35 @@ def _checked(model: nn.Module, x: Any, y: Any, target: Any, eps: Any):
 
 
 # --------------------------------------------------------------------------- public API
+def _chunk(a: int, b: int, y: torch.Tensor | None, t: Target | None):
+    """Labels and target of samples a:b (per-sample target classes are sliced)."""
+    return (None if y is None else y[a:b]), (None if t is None else t.subset(a, b))
+
+
 def fgsm(model: nn.Module, x: torch.Tensor, y: torch.Tensor | None = None, *, eps: float | Sequence[float] | torch.Tensor,
-         target: Any = None, norm: str = "inf") -> AttackResult:
+         target: Any = None, norm: str = "inf", batch_size: int | None = None) -> AttackResult:
     """Fast gradient sign method (Goodfellow et al. 2015): one step of size ε.
 
     Untargeted (``target=None``): ``x' = clip(x + ε·sign(∇ₓ CE(f(x), y)))``, with
     ``y`` the labels or, without labels, the predicted class. Targeted:
     ``x' = clip(x − ε·sign(∇ₓ CE(f(x), t)))``. ``norm="2"`` gives the fast
     gradient method ``x + ε·∇/||∇||₂``. ε in pixel units (one number or one per
-    sample); ε = 0 returns ``x`` bit for bit.
+    sample); ε = 0 returns ``x`` bit for bit. ``batch_size``: images per forward +
+    backward (None: automatic); the result does not depend on it.
 
     >>> r = fgsm(model, x, y, eps=2/255)                        # doctest: +SKIP
     >>> r.success.float().mean(), r.linf().max() <= 2/255 + 1e-6  # doctest: +SKIP
     """
     nm = _norm(norm)
     x, y, t, e = _checked(model, x, y, target, eps)
+    parts = []
     with LayerTap(model) as tap:
-        logits0, classes, direction = _resolve_and_grad(tap.run, x, y, t)
-        x_adv = _fgsm_core(tap.run, x, classes, t is not None, e, nm, direction=direction)
-        logits1 = _predict(tap.run, x_adv)
+        for a, b in chunks(x.shape[0], check_batch_size(batch_size, x)):
+            yb, tb = _chunk(a, b, y, t)
+            logits0, classes, direction = _resolve_and_grad(tap.run, x[a:b], yb, tb)
+            x_adv = _fgsm_core(tap.run, x[a:b], classes, t is not None, e[a:b], nm, direction=direction)
+            parts.append((x_adv, logits0, classes, _predict(tap.run, x_adv)))
+    x_adv, logits0, classes, logits1 = (torch.cat(v) for v in zip(*parts))
     settings = {"method": "fgsm", "norm": nm, "eps": _eps_setting(e), "target": _describe_target(t, _class_names(model)),
                 "loss": "cross-entropy on logits"}
     used = (e.view(-1) > 0).long()
@@ -371,7 +386,8 @@ def fgsm(model: nn.Module, x: torch.Tensor, y: torch.Tensor | None = None, *, ep
 
 def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor | None = None, *, eps: float | Sequence[float] | torch.Tensor,
         steps: int = 10, step_size: float | None = None, target: Any = "second", norm: str = "inf",
-        random_start: bool = False, early_stop: bool = True, seed: int = 0) -> AttackResult:
+        random_start: bool = False, early_stop: bool = True, seed: int = 0,
+        batch_size: int | None = None) -> AttackResult:
     """Projected gradient descent / basic iterative method (Kurakin et al. 2017; Madry et al. 2018).
 
     Repeats ``x ← Π_{B(x₀, ε) ∩ [0,1]}(x ± α·sign(∇ₓ CE(f(x), c)))`` (L∞; L2 steps along
@@ -379,8 +395,10 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor | None = None, *, eps
     the second most likely class, the lecture's "push over the decision boundary to
     the second closest class" — or untargeted with ``target=None``. ``step_size``
     defaults to ``2.5·ε/steps``; ``random_start`` starts from a uniform point of the
-    ε-ball (seeded by ``seed``); ``early_stop`` freezes each sample once its goal is
-    reached. With ``steps=1``, ``step_size=ε`` and no random start it is FGSM.
+    ε-ball (seeded by ``seed``, drawn for the whole batch); ``early_stop`` freezes each
+    sample once its goal is reached. With ``steps=1``, ``step_size=ε`` and no random
+    start it is FGSM. ``batch_size``: images per forward + backward (None: automatic);
+    the result does not depend on it.
 
     >>> r = pgd(model, x, eps=1/255)          # toward the second most likely class   # doctest: +SKIP
     >>> r.success, r.steps                                                            # doctest: +SKIP
@@ -390,16 +408,22 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor | None = None, *, eps
     x, y, t, e = _checked(model, x, y, target, eps)
     alpha = _step_size(step_size, e, steps)
     gen = torch.Generator().manual_seed(int(seed))
+    start = _random_start(x, e, nm, gen) if random_start else None
+    parts = []
     with LayerTap(model) as tap:
-        if random_start:
-            logits0, classes = _resolve_classes(tap.run, x, y, t)
-            first = None
-        else:
-            logits0, classes, direction = _resolve_and_grad(tap.run, x, y, t)
-            first = (logits0, direction)
-        x_adv, used = _pgd_core(tap.run, x, classes, t is not None, e, steps, alpha, nm, random_start, gen, early_stop,
-                                first=first)
-        logits1 = _predict(tap.run, x_adv)
+        for a, b in chunks(x.shape[0], check_batch_size(batch_size, x)):
+            yb, tb = _chunk(a, b, y, t)
+            if random_start:
+                logits0, classes = _resolve_classes(tap.run, x[a:b], yb, tb)
+                first = None
+            else:
+                logits0, classes, direction = _resolve_and_grad(tap.run, x[a:b], yb, tb)
+                first = (logits0, direction)
+            x_adv, used = _pgd_core(tap.run, x[a:b], classes, t is not None, e[a:b], steps, alpha[a:b], nm,
+                                    random_start, gen, early_stop, first=first,
+                                    start=None if start is None else start[a:b])
+            parts.append((x_adv, used, logits0, classes, _predict(tap.run, x_adv)))
+    x_adv, used, logits0, classes, logits1 = (torch.cat(v) for v in zip(*parts))
     settings = {"method": "pgd", "norm": nm, "eps": _eps_setting(e), "steps": steps,
                 "step_size": "2.5·ε/steps" if step_size is None else step_size,
                 "target": _describe_target(t, _class_names(model)), "random_start": bool(random_start),

@@ -24,8 +24,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .._batch import check_batch_size, chunks
 from ..results import Explanation
-from ._common import Layout, Progress, check_batch_size, chunks, finish, prepare, upsample
+from ._common import Layout, Progress, finish, prepare, upsample
 from .cam import gradcam_tap, gradcam_weights, layer_gradient, layer_name
 
 PADDINGS = ("reflection", "zeros", "border")

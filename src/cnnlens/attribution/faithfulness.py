@@ -23,9 +23,10 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import nn
 
+from .._batch import check_batch_size, chunks
 from ..results import Explanation, Result
 from ..tap import LayerTap
-from ._common import (Progress, check_batch_size, chunks, describe_fill, logits_of, pixel_fill, prepare, upsample)
+from ._common import Progress, describe_fill, logits_of, pixel_fill, prepare, upsample
 
 
 @dataclasses.dataclass(frozen=True)

@@ -13,10 +13,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from .._batch import check_batch_size, chunks
 from ..results import Explanation
 from ..tap import LayerTap
-from ._common import (Layout, Progress, Prepared, check_batch_size, check_reduce, chunks, describe_fill, finish,
-                      pick_classes, pixel_fill, prepare, reduce_channels, score, target_layers)
+from ._common import (Layout, Progress, Prepared, check_reduce, describe_fill, finish, pick_classes, pixel_fill,
+                      prepare, reduce_channels, score, target_layers)
 
 
 def input_gradient(tap: LayerTap, p: Prepared, xb: torch.Tensor, classes: torch.Tensor | None = None,

@@ -19,10 +19,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from .._batch import check_batch_size, chunks
 from ..results import Explanation
 from ..tap import LayerTap
-from ._common import (Layout, Progress, check_batch_size, chunks, describe_fill, finish, logits_of, pick_classes,
-                      pixel_fill, prepare, score, target_layers)
+from ._common import (Layout, Progress, describe_fill, finish, logits_of, pick_classes, pixel_fill, prepare, score,
+                      target_layers)
 
 
 def _pair(v: Any, name: str) -> tuple[int, int]:

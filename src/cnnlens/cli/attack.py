@@ -96,7 +96,7 @@ def attack(
 
     from ..attacks import fgsm, minimal_eps, pgd
     from ..attacks.report import INTROS, add_attack_section, quantized_predictions, topk_rows
-    from ..attribution._common import check_batch_size
+    from .._batch import check_batch_size
     from ..data import read_images
     from ..report import Report
 
