@@ -219,21 +219,17 @@ def main(argv: list[str] | None = None) -> dict:
     except ImportError:
         print("  occlusion vs Captum: captum is not installed (pip install captum)")
 
-    try:
-        t, corr = bench_pytorch_grad_cam(model, layer, x, repeat)
-        out["gradcam pytorch-grad-cam/cnnlens"] = t["pytorch-grad-cam"] / t["cnnlens gradcam"]
-        print(f"  pytorch-grad-cam   {t['pytorch-grad-cam'] * 1e3:8.1f} ms vs cnnlens {t['cnnlens gradcam'] * 1e3:.1f} ms"
-              f" → ratio {out['gradcam pytorch-grad-cam/cnnlens']:.2f}; correlation of the maps {corr:.4f}")
-    except ImportError:
-        print("  pytorch-grad-cam is not installed (pip install grad-cam)")
-
-    try:
-        t, corr = bench_torchcam(model, layer, x, repeat)
-        out["gradcam torchcam/cnnlens"] = t["torchcam"] / t["cnnlens gradcam"]
-        print(f"  TorchCAM GradCAM   {t['torchcam'] * 1e3:8.1f} ms vs cnnlens {t['cnnlens gradcam'] * 1e3:.1f} ms"
-              f" → ratio {out['gradcam torchcam/cnnlens']:.2f}; correlation of the CAMs {corr:.4f}")
-    except ImportError:
-        print("  TorchCAM is not installed (pip install torchcam)")
+    peers = [("pytorch-grad-cam", "pytorch-grad-cam", bench_pytorch_grad_cam, "grad-cam"),
+             ("torchcam", "TorchCAM GradCAM", bench_torchcam, "torchcam")]
+    for key, label, bench, package in peers:
+        try:
+            t, corr = bench(model, layer, x, repeat)
+        except ImportError:
+            print(f"  {label} is not installed (pip install {package})")
+            continue
+        out[f"gradcam {key}/cnnlens"] = t[key] / t["cnnlens gradcam"]
+        print(f"  {label:<18} {t[key] * 1e3:8.1f} ms vs cnnlens {t['cnnlens gradcam'] * 1e3:.1f} ms"
+              f" → ratio {out[f'gradcam {key}/cnnlens']:.2f}; correlation of the maps {corr:.4f}")
     return out
 
 
