@@ -152,7 +152,7 @@ def bench_torchcam(model, layer, x, repeat):
 
     with torch.no_grad():
         cls = model(x).argmax(1).tolist()
-    theirs_model = copy.deepcopy(model)  # TorchCAM's backward fills the parameters' .grad
+    theirs_model = copy.deepcopy(model)  # a copy of its own, so nothing TorchCAM sets can touch the model timed here
     name = resolve_layer(model, layer)[0]
 
     def theirs():
