@@ -16,8 +16,12 @@ DEFAULT_METHODS = "saliency,occlusion,cam,gradcam,augmented-gradcam,guided-gradc
 
 
 def parse_methods(text: str) -> list[str]:
-    """``"saliency,grad-cam"`` → canonical method names (``-`` and ``_`` alike); a clear error for unknown ones."""
+    """``"saliency,grad-cam"`` → canonical method names (``-`` and ``_`` alike; ``all`` = every method);
+    a clear error for unknown ones."""
     from ..attribution import METHODS
+
+    if str(text).strip().lower() == "all":
+        return list(METHODS)
 
     aliases = {"grad_cam": "gradcam", "gradcampp": "gradcam_pp", "gradcam++": "gradcam_pp", "ig": "integrated_gradients",
                "guided": "guided_backprop", "augmented": "augmented_gradcam"}
@@ -65,7 +69,7 @@ def explain(
     trust_pickle: bool = TRUST_OPT,
     methods: str = typer.Option(DEFAULT_METHODS, "--methods", help="Comma-separated: saliency, smoothgrad, "
                                 "gradient-x-input, integrated-gradients, occlusion, cam, gradcam, gradcam-pp, "
-                                "guided-backprop, guided-gradcam, augmented-gradcam."),
+                                "guided-backprop, guided-gradcam, augmented-gradcam; or all."),
     target: str = typer.Option("predicted", "--target", "-t", help="predicted, second, a class index or a class name."),
     layer: Optional[str] = typer.Option(None, "--layer", "-l", help="Layer for the CAM family (default: the last "
                                         "spatial layer; see `cnnlens layers --model M`)."),
