@@ -257,6 +257,9 @@ def test_errors_name_cause_and_fix_and_leave_the_model_untouched(untouched):
     x = rand_images(4)
     with pytest.raises(ValueError, match="outside \\[0, 1\\]"):
         fgsm(net, x * 2 - 1, eps=0.1)
+    for attack in (fgsm, pgd, minimal_eps):
+        with pytest.raises(ValueError, match="no image"):
+            attack(net, x[:0], **({} if attack is minimal_eps else {"eps": 0.1}))
     with pytest.raises(ValueError, match="norm"):
         pgd(net, x, eps=0.1, norm="1")
     with pytest.raises(ValueError, match="≥ 0"):

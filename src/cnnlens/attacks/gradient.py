@@ -63,6 +63,8 @@ def _check_input(x: Any) -> torch.Tensor:
             f"x must be a float tensor N×C×H×W in [0, 1], got {tuple(x.shape)} {x.dtype}; "
             "add a batch dimension with x[None] or load images with cnnlens.load_images"
         )
+    if x.shape[0] == 0:
+        raise ValueError("x holds no image (batch size 0); pass at least one image")
     if x.numel() and (x.min() < 0 or x.max() > 1):
         raise ValueError(
             f"x has values in [{float(x.min()):.3g}, {float(x.max()):.3g}], outside [0, 1]; cnnlens attacks work in "
