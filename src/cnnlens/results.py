@@ -48,6 +48,16 @@ def jsonable(v: Any, max_elems: int = 4096) -> Any:
     return repr(v)
 
 
+def figure_inputs(images: Any, names: Sequence[str] | None, n: int, hw: tuple, what: str):
+    """The images a result is drawn over (float, CPU) and their names (``#i`` by default), checked
+    against the result: n images of size hw, else a one-line error naming the fix."""
+    if not torch.is_tensor(images) or images.dim() != 4 or images.shape[0] != n or tuple(images.shape[-2:]) != hw:
+        got = tuple(images.shape) if torch.is_tensor(images) else type(images).__name__
+        raise ValueError(f"figure() needs the {n} {what} images as N×C×H×W of size {hw}, got {got}; "
+                         f"pass the x you {what}")
+    return images.detach().float().cpu(), (list(names) if names is not None else [f"#{i}" for i in range(n)])
+
+
 class Result:
     """Mixin for result dataclasses: ``to_dict``, ``save``."""
 
@@ -92,7 +102,7 @@ class Explanation(Result):
         return self.maps.shape[0]
 
     def figure(self, images: torch.Tensor, names: Sequence[str] | None = None,
-             class_names: Sequence[str] | None = None):
+               class_names: Sequence[str] | None = None):
         """A matplotlib figure: each map over its image (N×C×H×W in [0, 1]) with a colour bar,
         the explained class in the title; occlusion adds its probability map below.
 
@@ -104,14 +114,9 @@ class Explanation(Result):
         """
         from .attribution.report import method_figure
 
-        if not torch.is_tensor(images) or images.dim() != 4 or images.shape[0] != len(self) \
-                or tuple(images.shape[-2:]) != tuple(self.maps.shape[-2:]):
-            got = tuple(images.shape) if torch.is_tensor(images) else type(images).__name__
-            raise ValueError(f"figure() needs the {len(self)} explained images as N×C×H×W of size "
-                             f"{tuple(self.maps.shape[-2:])}, got {got}; pass the x you explained")
-        names = list(names) if names is not None else [f"#{i}" for i in range(len(self))]
+        images, names = figure_inputs(images, names, len(self), tuple(self.maps.shape[-2:]), "explained")
         extra = "probability" if "probability" in self.extras else None
-        return method_figure(images.detach().float().cpu(), names, self, class_names=class_names, extra=extra)
+        return method_figure(images, names, self, class_names=class_names, extra=extra)
 
     def normalized(self) -> torch.Tensor:
         """Maps scaled to [0, 1] per sample (an all-zero map stays zero, never NaN)."""

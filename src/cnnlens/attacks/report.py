@@ -168,12 +168,12 @@ def add_robustness_section(report, results: dict, *, title: str = "Robustness", 
     from .curves import curves_figure
 
     first = next(iter(results.values()))
+    norm = first.settings.get("norm", "inf")
     shown = dict(first.settings)
     if isinstance(shown.get("eps"), (list, tuple)):  # budgets as a person reads them: grey levels
-        shown["eps"] = ", ".join(_fmt_eps(float(e), shown.get("norm", "inf")) for e in shown["eps"])
+        shown["eps"] = ", ".join(_fmt_eps(float(e), norm) for e in shown["eps"])
     sec = report.section(title, intro=intro, settings={**shown, **(settings or {})})
     sec.figure(curves_figure(results), "Accuracy under attack against ε (solid: PGD, dashed: FGSM)")
-    norm = first.settings.get("norm", "inf")
     header = ["model", "clean"] + [f"PGD ε={_fmt_eps(e, norm)}" for e in first.eps if e > 0] + \
              [f"FGSM ε={_fmt_eps(e, norm)}" for e in first.eps if e > 0]
     rows = []

@@ -6,7 +6,7 @@ import dataclasses
 
 import torch
 
-from ..results import Result
+from ..results import Result, figure_inputs
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,12 +56,8 @@ class AttackResult(Result):
         """
         from .report import attack_figure
 
-        if not torch.is_tensor(x) or tuple(x.shape) != tuple(self.x_adv.shape):
-            got = tuple(x.shape) if torch.is_tensor(x) else type(x).__name__
-            raise ValueError(f"figure() needs the {len(self)} attacked images, shaped {tuple(self.x_adv.shape)}, "
-                             f"got {got}; pass the x you attacked")
-        names = list(names) if names is not None else [f"#{i}" for i in range(len(self))]
-        return attack_figure(x.detach().float().cpu(), self, names, class_names=class_names)
+        x, names = figure_inputs(x, names, len(self), tuple(self.x_adv.shape[-2:]), "attacked")
+        return attack_figure(x, self, names, class_names=class_names)
 
     @property
     def success_rate(self) -> float:
