@@ -57,12 +57,87 @@ def test_failed_write_leaves_the_previous_report(tmp_path, monkeypatch):
     assert [p.name for p in tmp_path.iterdir()] == ["rep"]  # no temporary left behind
 
 
-def test_rewrite_replaces_whole_directory(tmp_path):
+def test_rewrite_replaces_a_previous_report_but_not_files_added_to_it(tmp_path):
     out = tmp_path / "rep"
-    _report().write(out)
+    _report("first").write(out)
+    _report("second").write(out)  # a previous report and nothing else: replaced
+    assert "second" in (out / "index.html").read_text()
     (out / "stale.png").write_bytes(b"x")
-    _report().write(out)
-    assert not (out / "stale.png").exists()
+    with pytest.raises(ValueError, match=r"previous cnnlens report plus other files \(stale.png\).*--force"):
+        _report("third").write(out)
+    assert (out / "stale.png").read_bytes() == b"x" and "second" in (out / "index.html").read_text()
+    _report("third").write(out, force=True)
+    assert not (out / "stale.png").exists() and "third" in (out / "index.html").read_text()
+
+
+def _user_files(folder):
+    files = {"notes.txt": b"my notes\n", "chelsea.jpg": bytes(range(256)) * 4, "sub/deep.csv": b"a,b\n1,2\n"}
+    for rel, data in files.items():
+        (folder / rel).parent.mkdir(parents=True, exist_ok=True)
+        (folder / rel).write_bytes(data)
+    return files
+
+
+def _assert_files(folder, files):
+    for rel, data in files.items():
+        assert (folder / rel).read_bytes() == data, rel
+
+
+def test_a_folder_with_user_files_is_refused_and_left_byte_for_byte(tmp_path):
+    out = tmp_path / "precious"
+    files = _user_files(out)
+    with pytest.raises(ValueError, match=r"holds files that are not a cnnlens report \(chelsea.jpg, notes.txt, sub\)"):
+        _report().write(out)
+    _assert_files(out, files)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["precious"]  # no temporary left behind
+    # a results.json of someone else's is not a cnnlens report
+    (out / "results.json").write_text('{"sections": {}}')
+    with pytest.raises(ValueError, match="not a cnnlens report"):
+        _report().write(out)
+    _assert_files(out, files)
+
+
+def test_an_empty_folder_is_used_and_gets_the_usual_permissions(tmp_path):
+    import os
+    import stat
+
+    out = tmp_path / "empty"
+    out.mkdir()
+    old = os.umask(0o022)
+    try:
+        _report().write(out)
+    finally:
+        os.umask(old)
+    assert (out / "index.html").exists()
+    assert stat.S_IMODE(out.stat().st_mode) == 0o755  # not mkdtemp's 0700
+
+
+def test_cwd_home_and_folders_holding_an_input_are_never_replaced_even_with_force(tmp_path, monkeypatch):
+    work = tmp_path / "work"
+    files = _user_files(work)
+    monkeypatch.chdir(work)
+    for target in (".", str(work), str(tmp_path)):
+        for force in (False, True):
+            with pytest.raises(ValueError, match="the current directory, which a report must never replace|"
+                                                 "a folder that holds the current directory"):
+                _report().write(target, force=force)
+    _assert_files(work, files)
+    home = tmp_path / "home"
+    home_files = _user_files(home)
+    monkeypatch.setenv("HOME", str(home))
+    with pytest.raises(ValueError, match="your home directory"):
+        _report().write("~", force=True)
+    _assert_files(home, home_files)
+    monkeypatch.chdir(tmp_path / "home")
+    for force in (False, True):
+        with pytest.raises(ValueError, match="a folder that holds the input .*sub/deep.csv"):
+            _report().write(work / "sub", force=force, protect=(work / "sub" / "deep.csv",))
+        with pytest.raises(ValueError, match="is the input"):
+            _report().write(work / "sub", force=force, protect=(work / "sub",))
+    _assert_files(work, files)
+    # a folder beside the inputs is fine
+    _report().write(work / "report", protect=(work / "sub" / "deep.csv",))
+    _assert_files(work, files)
 
 
 def test_out_path_that_is_a_file_is_refused(tmp_path):

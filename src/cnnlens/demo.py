@@ -73,10 +73,14 @@ def sections() -> list[tuple[str, Callable]]:
 
 
 def run_demo(out: str, device: str = "cpu", quick: bool = False, only: list[str] | None = None,
-             progress: Callable[[str, int, int | None], None] | None = None):
-    """Build the whole demo report into ``out`` (written atomically); returns the index path."""
-    from .report import Report
+             progress: Callable[[str, int, int | None], None] | None = None, force: bool = False):
+    """Build the whole demo report into ``out`` (written atomically); returns the index path.
 
+    ``out`` must be new, empty or a previous report unless ``force`` (checked before any work).
+    """
+    from .report import Report, check_out_dir
+
+    check_out_dir(out, force=force)
     ctx = DemoContext(device=device, quick=quick)
     if progress is not None:
         ctx.progress = progress
@@ -90,4 +94,4 @@ def run_demo(out: str, device: str = "cpu", quick: bool = False, only: list[str]
         log.info("demo section %s: %.1f s", name, ctx.timings[name])
     rep.meta["timings_s"] = ctx.timings
     rep.meta["quick"] = quick
-    return rep.write(out)
+    return rep.write(out, force=force)

@@ -6,6 +6,13 @@ written atomically: everything goes to a sibling temporary directory that
 replaces ``out_dir`` only once complete, so a failed run never leaves a
 half-written report over a good one.
 
+A folder is replaced only when it is new, empty, or holds a previous cnnlens
+report and nothing else (``results.json`` carries a ``"cnnlens"`` header that
+lists the files the report wrote); otherwise ``write`` refuses unless
+``force=True``. The current directory, the home directory, and any folder that
+holds one of the run's inputs are never replaced, even with ``force``
+(:func:`check_out_dir`).
+
 Example::
 
     rep = Report("cnnlens on my model")
@@ -25,8 +32,8 @@ import json
 import os
 import re
 import shutil
-import tempfile
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,6 +56,73 @@ def show_setting(v: Any) -> str:
     if isinstance(v, dict):
         return ", ".join(f"{k}={show_setting(x)}" for k, x in v.items())
     return str(v)
+
+
+#: the key of the header in ``results.json`` that marks a folder as a cnnlens report
+MARKER = "cnnlens"
+FORMAT = "cnnlens-report/1"
+
+
+def _listed_files(folder: Path) -> set[str] | None:
+    """The files a previous cnnlens report says it wrote into ``folder``, or None if it is not one."""
+    try:
+        head = json.loads((folder / "results.json").read_text(encoding="utf-8")).get(MARKER)
+    except (OSError, ValueError, AttributeError):
+        return None
+    if not isinstance(head, dict) or head.get("format") != FORMAT or not isinstance(head.get("files"), list):
+        return None
+    return {str(f) for f in head["files"]}
+
+
+def _foreign(folder: Path, listed: set[str], limit: int = 3) -> list[str]:
+    """Up to ``limit`` entries of ``folder`` that are not in ``listed`` (nor folders that hold listed files)."""
+    dirs = {p.rstrip("/") for p in listed if p.endswith("/")}
+    dirs |= {p.rsplit("/", 1)[0] for p in listed if "/" in p.rstrip("/")}
+    dirs |= {d.rsplit("/", i)[0] for d in list(dirs) for i in range(1, d.count("/") + 1)}
+    found: list[str] = []
+    for root, subdirs, files in os.walk(folder, followlinks=False):
+        rel_root = Path(root).relative_to(folder).as_posix()
+        for name in sorted(subdirs + files):
+            rel = name if rel_root == "." else f"{rel_root}/{name}"
+            full = Path(root, name)
+            if (rel in dirs and full.is_dir() and not full.is_symlink()) or (rel in listed and not full.is_dir()):
+                continue
+            found.append(rel)
+            if len(found) >= limit:
+                return found
+        subdirs[:] = [d for d in subdirs if (f"{d}" if rel_root == "." else f"{rel_root}/{d}") in dirs]
+    return found
+
+
+def check_out_dir(out: str | os.PathLike, *, force: bool = False, protect: tuple = ()) -> Path:
+    """The resolved report folder, or a one-line ``ValueError`` if writing there could lose someone's files.
+
+    Allowed: a new folder, an empty one, or a previous cnnlens report that holds only what it
+    wrote. A folder with other files is replaced only with ``force=True``. Never replaced, even
+    with ``force``: the current directory, the home directory, a folder that holds either, and a
+    folder that is or holds one of the paths in ``protect`` (the run's inputs).
+
+    >>> check_out_dir("/tmp/new-cnnlens-report")                       # doctest: +SKIP
+    PosixPath('/tmp/new-cnnlens-report')
+    """
+    out = Path(out).expanduser().resolve()
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file; give a directory path for the report")
+    guarded = [(Path.cwd().resolve(), "the current directory"), (Path.home().resolve(), "your home directory")]
+    guarded += [(Path(p).expanduser().resolve(), f"the input {p}") for p in protect if p is not None]
+    for path, what in guarded:
+        if out == path or out in path.parents:
+            where = what if out == path else f"a folder that holds {what}"
+            raise ValueError(f"--out {out} is {where}, which a report must never replace; "
+                             f"give a new folder such as {out / 'cnnlens-report'}")
+    if out.is_dir() and not force:
+        listed = _listed_files(out)
+        foreign = _foreign(out, listed or set())
+        if foreign:
+            kind = "a previous cnnlens report plus other files" if listed is not None else "files that are not a cnnlens report"
+            raise ValueError(f"--out {out} holds {kind} ({', '.join(foreign)}); give a new or empty folder, "
+                             "or --force (force=True) to replace it and everything in it")
+    return out
 
 
 def _slug(s: str) -> str:
@@ -145,7 +219,9 @@ class Report:
         return f"images/{fname}"
 
     def results(self) -> dict:
+        files = ["index.html", "results.json", "images/", *self._images, *self._files]
         return {
+            MARKER: {"format": FORMAT, "files": files},
             "title": self.title,
             "meta": jsonable(self.meta),
             "sections": {s.title: {"settings": jsonable(s.settings), **s.results} for s in self.sections},
@@ -159,13 +235,17 @@ class Report:
         tpl = env.get_template("report.html.j2")
         return tpl.render(report=self, sections=self.sections, slug=_slug, generated=time.strftime("%Y-%m-%d %H:%M"))
 
-    def write(self, out_dir: str | os.PathLike) -> Path:
-        """Write ``index.html``, ``images/`` and ``results.json`` to ``out_dir`` atomically."""
-        out = Path(out_dir).resolve()
+    def write(self, out_dir: str | os.PathLike, *, force: bool = False, protect: tuple = ()) -> Path:
+        """Write ``index.html``, ``images/`` and ``results.json`` to ``out_dir`` atomically.
+
+        Refuses a folder that holds anything but a previous cnnlens report unless ``force``, and
+        never replaces the current directory, the home directory or a folder holding one of
+        ``protect`` (see :func:`check_out_dir`). The folder gets the usual permissions (umask).
+        """
+        out = check_out_dir(out_dir, force=force, protect=protect)
         out.parent.mkdir(parents=True, exist_ok=True)
-        if out.exists() and not out.is_dir():
-            raise ValueError(f"--out {out} is a file; give a directory path for the report")
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+        tmp = out.parent / f".{out.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        tmp.mkdir()  # os.mkdir honours the umask (tempfile.mkdtemp would leave mode 0700)
         try:
             (tmp / "images").mkdir()
             for rel, data in self._images.items():
@@ -177,7 +257,7 @@ class Report:
             (tmp / "index.html").write_text(self.render_html(), encoding="utf-8")
             old = None
             if out.exists():
-                old = out.parent / f".{out.name}.old-{os.getpid()}-{int(time.time() * 1e6)}"
+                old = out.parent / f".{out.name}.old-{os.getpid()}-{uuid.uuid4().hex[:8]}"
                 out.rename(old)
             tmp.rename(out)
             if old is not None:

@@ -9,7 +9,7 @@ from typing import List, Optional
 
 import typer
 
-from .common import (DEVICE_OPT, MODEL_OPT, OUT_OPT, PRETRAINED_OPT, TRUST_OPT, WEIGHTS_OPT, UserError, app,
+from .common import (DEVICE_OPT, FORCE_OPT, MODEL_OPT, OUT_OPT, PRETRAINED_OPT, TRUST_OPT, WEIGHTS_OPT, UserError, app,
                      console, distributed, load_model_from_options, out_dir, progress_bar)
 
 
@@ -85,6 +85,7 @@ def attack(
                                              help="Images attacked together (default: automatic, 4 of 224² on a CPU)."),
     device: str = DEVICE_OPT,
     out: Path = OUT_OPT,
+    force: bool = FORCE_OPT,
 ) -> None:
     """Attack images: writes, per image, the original, the adversarial image, the amplified perturbation and the top-5 before and after.
 
@@ -110,7 +111,7 @@ def attack(
     if alpha is not None and alpha <= 0:
         raise UserError("--step-size must be > 0")
     tgt = _target(target)
-    out = out_dir(out)
+    out = out_dir(out, force, images, weights)
     with distributed(device) as (rank, world, dev):
         if world > 1:
             raise UserError("cnnlens attack runs in one process; use torchrun with `cnnlens robustness`")
@@ -156,7 +157,7 @@ def attack(
         buf = io.BytesIO()
         torch.save({"names": names, "x": x.cpu(), "x_adv": r.x_adv, "eps": r.eps}, buf)
         rep.file("x_adv.pt", buf.getvalue())
-        index = rep.write(out)
+        index = out.write(rep)
         _print_attack(names, r, class_names)
         console.print(f"wrote {index.parent}: <image>/original.png, adversarial.png, perturbation.png, top5.json; "
                       "attack.json, x_adv.pt, index.html", highlight=False)
@@ -220,6 +221,7 @@ def robustness(
     batch_size: int = typer.Option(64, "--batch-size", "-b", min=1, help="Images per batch."),
     device: str = DEVICE_OPT,
     out: Path = OUT_OPT,
+    force: bool = FORCE_OPT,
 ) -> None:
     """Accuracy against ε for FGSM and PGD over a dataset: writes curves.png, robustness.json/.csv and index.html.
 
@@ -234,7 +236,7 @@ def robustness(
     budgets = parse_eps_list(eps)
     alpha = parse_eps(step_size, "--step-size") if step_size is not None else None
     atk = [a.strip().lower() for a in attacks.split(",") if a.strip()]
-    out = out_dir(out)
+    out = out_dir(out, force, data, weights)
     with distributed(device) as (rank, world, dev):
         m = load_model_from_options(model, weights, pretrained, trust_pickle, dev)
         ds = as_dataset(data, m)
@@ -253,7 +255,7 @@ def robustness(
         rep.file("robustness.json", json.dumps(r.to_dict(), indent=2))
         header, rows = r.table()
         rep.file("robustness.csv", "\n".join([",".join(header)] + [",".join(str(v) for v in row) for row in rows]) + "\n")
-        index = rep.write(out)
+        index = out.write(rep)
         from rich.console import Console
         from rich.table import Table
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import sys
 from pathlib import Path
@@ -131,10 +132,45 @@ def distributed(device: str) -> Iterator[tuple[int, int, str]]:
             dist.destroy_process_group()
 
 
-def out_dir(path: Path) -> Path:
-    if path.exists() and not path.is_dir():
-        raise UserError(f"--out {path} is a file; give a directory")
-    return path
+@dataclasses.dataclass(frozen=True)
+class ReportDir:
+    """Where a command writes its report, checked before any work (see ``cnnlens.report.check_out_dir``)."""
+
+    path: Path
+    force: bool = False
+    protect: tuple = ()
+
+    def write(self, rep) -> Path:
+        """Write ``rep`` here atomically; returns the index path."""
+        return rep.write(self.path, force=self.force, protect=self.protect)
+
+
+def input_paths(*items) -> tuple[Path, ...]:
+    """The existing paths among a command's inputs (files, folders, globs → their folder), to protect from --out."""
+    found: list[Path] = []
+    for item in items:
+        for one in (item if isinstance(item, (list, tuple)) else [item]):
+            if one is None:
+                continue
+            text = str(one)
+            if any(c in text for c in "*?["):
+                text = text[:min(text.index(c) for c in "*?[" if c in text)]
+                text = text.rsplit("/", 1)[0] if "/" in text else "."
+            path = Path(text).expanduser()
+            if path.exists():
+                found.append(path)
+    return tuple(found)
+
+
+def out_dir(path: Path, force: bool = False, *inputs) -> ReportDir:
+    """Check ``--out`` before any work: a new, empty or previous-report folder; never one holding an input."""
+    from ..report import check_out_dir
+
+    protect = input_paths(*inputs)
+    try:
+        return ReportDir(check_out_dir(path, force=force, protect=protect), force, protect)
+    except ValueError as e:
+        raise UserError(str(e)) from None
 
 
 # reusable option declarations
@@ -143,7 +179,10 @@ WEIGHTS_OPT = typer.Option(None, "--weights", "-w", help="Weights file (.safeten
 PRETRAINED_OPT = typer.Option(False, "--pretrained", help="Let timm/torchvision download their pretrained weights.")
 TRUST_OPT = typer.Option(False, "--trust-pickle", help="Allow loading a whole pickled model (runs code from the file).")
 DEVICE_OPT = typer.Option("cpu", "--device", help="cpu, cuda, cuda:N or auto.")
-OUT_OPT = typer.Option(Path("cnnlens-out"), "--out", "-o", help="Output directory (files and report).")
+OUT_OPT = typer.Option(Path("cnnlens-out"), "--out", "-o", help="Output directory (files and report); a new, empty or "
+                       "previous-report folder.")
+FORCE_OPT = typer.Option(False, "--force", help="Replace --out even if it holds other files (never the current "
+                         "directory, home, or a folder holding an input).")
 
 
 def load_model_from_options(model: str, weights: Optional[Path], pretrained: bool, trust_pickle: bool, device: str):

@@ -7,12 +7,14 @@ from typing import Optional
 
 import typer
 
-from .common import DEVICE_OPT, app, console, parse_device
+from .common import DEVICE_OPT, FORCE_OPT, app, console, out_dir, parse_device
 
 
 @app.command()
 def demo(
-    out: Path = typer.Option(Path("demo-report"), "--out", "-o", help="Report directory (replaced atomically)."),
+    out: Path = typer.Option(Path("demo-report"), "--out", "-o", help="Report directory: a new, empty or previous-report "
+                             "folder (replaced atomically)."),
+    force: bool = FORCE_OPT,
     device: str = DEVICE_OPT,
     quick: bool = typer.Option(False, "--quick", help="Fewer samples and steps (a fast smoke run)."),
     only: Optional[str] = typer.Option(None, "--only", help="Comma-separated section names to run."),
@@ -28,6 +30,7 @@ def demo(
         bad = [s for s in chosen if s not in names]
         if bad:
             raise typer.BadParameter(f"unknown section {bad[0]!r}; choose from {', '.join(names)}", param_hint="--only")
+    target = out_dir(out, force)  # checked before any work
     if console.is_terminal:
         with Progress(TextColumn("{task.description:<28}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                       console=console) as prog:
@@ -38,11 +41,11 @@ def demo(
                     tasks[what] = prog.add_task(what, total=total)
                 prog.update(tasks[what], completed=done, total=total)
 
-            index = run_demo(str(out), device=parse_device(device), quick=quick, only=chosen, progress=progress)
+            index = run_demo(target.path, force=force, device=parse_device(device), quick=quick, only=chosen, progress=progress)
     else:
         def progress(what: str, done: int, total: int | None) -> None:
             if done == total:
                 console.print(f"  {what}: done", highlight=False)
 
-        index = run_demo(str(out), device=parse_device(device), quick=quick, only=chosen, progress=progress)
+        index = run_demo(target.path, force=force, device=parse_device(device), quick=quick, only=chosen, progress=progress)
     console.print(f"report written: {index}", highlight=False)

@@ -7,7 +7,7 @@ from typing import List, Optional
 
 import typer
 
-from .common import (DEVICE_OPT, MODEL_OPT, OUT_OPT, PRETRAINED_OPT, TRUST_OPT, WEIGHTS_OPT, UserError, app,
+from .common import (DEVICE_OPT, FORCE_OPT, MODEL_OPT, OUT_OPT, PRETRAINED_OPT, TRUST_OPT, WEIGHTS_OPT, UserError, app,
                      console, distributed, load_model_from_options, out_dir, progress_bar)
 
 
@@ -69,6 +69,7 @@ def evaluate(
     workers: int = typer.Option(0, "--workers", min=0, help="DataLoader worker processes."),
     device: str = DEVICE_OPT,
     out: Path = OUT_OPT,
+    force: bool = FORCE_OPT,
 ) -> None:
     """Top-k accuracy, per-class precision/recall and the confusion matrix (raw and normalised by class support).
 
@@ -82,7 +83,7 @@ def evaluate(
     from ..report import Report
 
     ks = _topk_values(topk, ctx.args)  # `--topk 1 3`: click leaves the 3 in ctx.args
-    out = out_dir(out)
+    out = out_dir(out, force, data, weights)
     with distributed(device) as (rank, world, dev):
         m = load_model_from_options(model, weights, pretrained, trust_pickle, dev)
         ds = as_dataset(data, m)
@@ -99,6 +100,6 @@ def evaluate(
         report_section(rep, result, settings=settings)
         for name, blob in result.files().items():
             rep.file(name, blob)
-        index = rep.write(out)
+        index = out.write(rep)
         console.print(f"wrote {index.parent}: confusion.png/.csv/.json (raw and normalised), per_class.csv, "
                       "evaluation.json, index.html", highlight=False)

@@ -9,7 +9,7 @@ from typing import List, Optional
 
 import typer
 
-from .common import (DEVICE_OPT, MODEL_OPT, OUT_OPT, PRETRAINED_OPT, TRUST_OPT, WEIGHTS_OPT, UserError, app,
+from .common import (DEVICE_OPT, FORCE_OPT, MODEL_OPT, OUT_OPT, PRETRAINED_OPT, TRUST_OPT, WEIGHTS_OPT, UserError, app,
                      console, load_model_from_options, out_dir, progress_bar)
 
 DEFAULT_METHODS = "saliency,occlusion,cam,gradcam,augmented-gradcam,guided-gradcam"
@@ -85,6 +85,7 @@ def explain(
     augmentations: int = typer.Option(100, "--augmentations", min=1, help="Augmented Grad-CAM: number of copies."),
     device: str = DEVICE_OPT,
     out: Path = OUT_OPT,
+    force: bool = FORCE_OPT,
 ) -> None:
     """Explain the model's prediction on each image with the chosen attribution methods.
 
@@ -107,7 +108,7 @@ def explain(
 
     chosen = parse_methods(methods)
     _baseline(baseline)  # check before loading anything
-    out = out_dir(out)
+    out = out_dir(out, force, images, weights)
     m = load_model_from_options(model, weights, pretrained, trust_pickle, device)
     if layer is not None:
         from ..tap import resolve_layer
@@ -174,6 +175,6 @@ def explain(
         stdout.print(f"{name}: {cname}  " + "  ".join(
             f"{TITLES[k]} del {float(f.deletion_auc[i]):.3f}/ins {float(f.insertion_auc[i]):.3f}" for k, f in faith.items()),
             highlight=False)
-    index = rep.write(out)
+    index = out.write(rep)
     console.print(f"wrote {index.parent}: per image original.png, <method>.png, top5.png, grid.png, "
                   "explanation.json, maps.pt; index.html", highlight=False)

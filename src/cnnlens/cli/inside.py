@@ -9,8 +9,8 @@ from typing import List, Optional
 
 import typer
 
-from .common import (DEVICE_OPT, MODEL_OPT, OUT_OPT, PRETRAINED_OPT, TRUST_OPT, WEIGHTS_OPT, UserError, app,
-                     console, distributed, load_model_from_options, out_dir, progress_bar)
+from .common import (DEVICE_OPT, FORCE_OPT, MODEL_OPT, OUT_OPT, PRETRAINED_OPT, TRUST_OPT, WEIGHTS_OPT, ReportDir,
+                     UserError, app, console, distributed, load_model_from_options, out_dir, progress_bar)
 
 inside_app = typer.Typer(
     name="inside",
@@ -103,10 +103,10 @@ def _report(title: str, section: str, intro_key: str, settings: dict):
                                                           for k, v in settings.items()})
 
 
-def _finish(rep, out: Path, files: dict, what: str) -> None:
+def _finish(rep, out: ReportDir, files: dict, what: str) -> None:
     for name, blob in files.items():
         rep.file(name, blob)
-    index = rep.write(out)
+    index = out.write(rep)
     console.print(f"wrote {index.parent}: {', '.join(files)}, index.html ({what})", highlight=False)
 
 
@@ -128,13 +128,13 @@ def filters_cmd(
     layer: Optional[str] = typer.Option(None, "--layer", "-l", help="A conv layer (default: the first one)."),
     image: Optional[List[str]] = IMAGE_OPT,
     weights: Optional[Path] = WEIGHTS_OPT, pretrained: bool = PRETRAINED_OPT, trust_pickle: bool = TRUST_OPT,
-    device: str = DEVICE_OPT, out: Path = OUT_OPT,
+    device: str = DEVICE_OPT, out: Path = OUT_OPT, force: bool = FORCE_OPT,
 ) -> None:
     """A conv layer's filters as images (RGB tiles for the first layer), and its feature maps for --image."""
     from ..inside import feature_maps, filters
     from ..inside.report import add_feature_maps, add_filters, tensors_file
 
-    out = out_dir(out)
+    out = out_dir(out, force, image, weights)
     M = _Model(model, weights, pretrained, trust_pickle, device)
     f = filters(M.m, layer)
     rep, sec = _report(f"cnnlens inside filters: {model}", "Filters", "filters", {"model": model, "layer": f.layer})
@@ -156,7 +156,7 @@ def rf_cmd(
     probe: bool = typer.Option(True, "--probe/--no-probe", help="Check each field with the gradient probe."),
     input_size: Optional[int] = typer.Option(None, "--input-size", help="Input side in pixels (default: model.spec)."),
     weights: Optional[Path] = WEIGHTS_OPT, pretrained: bool = PRETRAINED_OPT, trust_pickle: bool = TRUST_OPT,
-    device: str = DEVICE_OPT, out: Path = OUT_OPT,
+    device: str = DEVICE_OPT, out: Path = OUT_OPT, force: bool = FORCE_OPT,
 ) -> None:
     """Receptive field (size, stride, offset) of each layer, computed from the forward pass and checked by a gradient probe."""
     from rich.table import Table
@@ -165,7 +165,7 @@ def rf_cmd(
     from ..inside import receptive_field
     from ..inside.report import RF_HEADER, add_receptive_fields, rf_rows
 
-    out = out_dir(out)
+    out = out_dir(out, force, weights)
     M = _Model(model, weights, pretrained, trust_pickle, device)
     names = [s for l in (layer or []) for s in l.split(",") if s]
     if not names:
@@ -197,7 +197,7 @@ def search_cmd(
     max_crop: Optional[int] = typer.Option(None, "--max-crop", min=4, help="Shrink patches larger than this (memory)."),
     batch_size: int = typer.Option(64, "--batch-size", "-b", min=1),
     weights: Optional[Path] = WEIGHTS_OPT, pretrained: bool = PRETRAINED_OPT, trust_pickle: bool = TRUST_OPT,
-    device: str = DEVICE_OPT, out: Path = OUT_OPT,
+    device: str = DEVICE_OPT, out: Path = OUT_OPT, force: bool = FORCE_OPT,
 ) -> None:
     """Dataset search: each channel's top-k images and the receptive-field patch of its strongest unit (one scan).
 
@@ -206,7 +206,7 @@ def search_cmd(
     from ..inside import dataset_search
     from ..inside.report import add_search, tensors_file
 
-    out = out_dir(out)
+    out = out_dir(out, force, data, weights)
     chans = parse_channels(channels)
     with distributed(device) as (rank, world, dev):
         M = _Model(model, weights, pretrained, trust_pickle, dev)
@@ -251,14 +251,14 @@ def maximize_cmd(
     size: Optional[int] = typer.Option(None, "--size", help="Image side in pixels (default: model.spec)."),
     seed: int = typer.Option(0, "--seed"),
     weights: Optional[Path] = WEIGHTS_OPT, pretrained: bool = PRETRAINED_OPT, trust_pickle: bool = TRUST_OPT,
-    device: str = DEVICE_OPT, out: Path = OUT_OPT,
+    device: str = DEVICE_OPT, out: Path = OUT_OPT, force: bool = FORCE_OPT,
 ) -> None:
     """Activation maximisation: images that maximise channels of --layer, or class scores (--classes)."""
     from ..inside import maximize, objectives
     from ..inside.report import add_visualizations, tensors_file
     from ..targets import as_target
 
-    out = out_dir(out)
+    out = out_dir(out, force, weights)
     M = _Model(model, weights, pretrained, trust_pickle, device)
     if (layer is None) == (classes is None):
         raise UserError("give --layer L (with --channels) to maximise channels, or --classes to maximise class scores")
@@ -291,13 +291,13 @@ def deconv_cmd(
     position: str = typer.Option("max", "--position", help="max (the strongest unit) or all (the whole map)."),
     guided: bool = typer.Option(True, "--guided/--no-guided", help="Show guided backprop of the same unit alongside."),
     weights: Optional[Path] = WEIGHTS_OPT, pretrained: bool = PRETRAINED_OPT, trust_pickle: bool = TRUST_OPT,
-    device: str = DEVICE_OPT, out: Path = OUT_OPT,
+    device: str = DEVICE_OPT, out: Path = OUT_OPT, force: bool = FORCE_OPT,
 ) -> None:
     """Deconvnet (Zeiler & Fergus): project a channel's strongest unit back to pixels through switches."""
     from ..inside import deconvnet
     from ..inside.report import add_deconv, tensors_file
 
-    out = out_dir(out)
+    out = out_dir(out, force, image, data, weights)
     M = _Model(model, weights, pretrained, trust_pickle, device)
     x, names = _images(M.m, image, data, n)
     x = x.to(next(M.m.parameters()).device)
@@ -323,14 +323,14 @@ def dream_cmd(
     steps: int = typer.Option(10, "--steps", min=0), step_size: float = typer.Option(0.01, "--step-size"),
     jitter: int = typer.Option(16, "--jitter", min=0), seed: int = typer.Option(0, "--seed"),
     weights: Optional[Path] = WEIGHTS_OPT, pretrained: bool = PRETRAINED_OPT, trust_pickle: bool = TRUST_OPT,
-    device: str = DEVICE_OPT, out: Path = OUT_OPT,
+    device: str = DEVICE_OPT, out: Path = OUT_OPT, force: bool = FORCE_OPT,
 ) -> None:
     """Deep Dream: multi-octave gradient ascent from a photo on a layer's activations (or a class score)."""
     from ..inside import deep_dream
     from ..inside.report import add_dream, tensors_file
     from ..viz import to_pil
 
-    out = out_dir(out)
+    out = out_dir(out, force, image, data, weights)
     M = _Model(model, weights, pretrained, trust_pickle, device)
     x, names = _images(M.m, image, data, 1 if not image else 0)
     x = x.to(next(M.m.parameters()).device)
@@ -356,7 +356,7 @@ def stats_cmd(
     channels: Optional[str] = typer.Option(None, "--channels", "-c", help="Channels to plot (statistics cover all)."),
     batch_size: int = typer.Option(64, "--batch-size", "-b", min=1),
     weights: Optional[Path] = WEIGHTS_OPT, pretrained: bool = PRETRAINED_OPT, trust_pickle: bool = TRUST_OPT,
-    device: str = DEVICE_OPT, out: Path = OUT_OPT,
+    device: str = DEVICE_OPT, out: Path = OUT_OPT, force: bool = FORCE_OPT,
 ) -> None:
     """Neuron statistics over a dataset: mean, variance, sparsity, histograms, dead channels, per-class means, selectivity.
 
@@ -365,7 +365,7 @@ def stats_cmd(
     from ..inside import neuron_stats
     from ..inside.report import add_stats, tensors_file
 
-    out = out_dir(out)
+    out = out_dir(out, force, data, weights)
     with distributed(device) as (rank, world, dev):
         M = _Model(model, weights, pretrained, trust_pickle, dev)
         ds = _dataset(M.m, data, n)
@@ -393,7 +393,7 @@ def influence_cmd(
     n: Optional[int] = typer.Option(None, "--n", min=1, help="Use only the first n images of --data."),
     batch_size: int = typer.Option(32, "--batch-size", "-b", min=1),
     weights: Optional[Path] = WEIGHTS_OPT, pretrained: bool = PRETRAINED_OPT, trust_pickle: bool = TRUST_OPT,
-    device: str = DEVICE_OPT, out: Path = OUT_OPT,
+    device: str = DEVICE_OPT, out: Path = OUT_OPT, force: bool = FORCE_OPT,
 ) -> None:
     """Rank a layer's channels by mean ∂y/∂a, a·∂y/∂a and the exact drop in y when the channel is zeroed."""
     from rich.table import Table
@@ -401,7 +401,7 @@ def influence_cmd(
     from ..inside import influence
     from ..inside.report import add_influence, tensors_file
 
-    out = out_dir(out)
+    out = out_dir(out, force, data, image, weights)
     with distributed(device) as (rank, world, dev):
         M = _Model(model, weights, pretrained, trust_pickle, dev)
         if image:
