@@ -32,6 +32,7 @@ import torch
 
 from .results import Result, jsonable
 from .scan import Batch, scan
+from ._autograd import needs_autograd
 
 log = logging.getLogger(__name__)
 
@@ -309,6 +310,7 @@ def _top_pairs(flat: torch.Tensor, m: int) -> list[int]:
     return idx[:m].tolist()
 
 
+@needs_autograd
 def evaluate(model: torch.nn.Module, data, topk: Sequence[int] | int | None = None, batch_size: int = 64,
              device: str | torch.device | None = None, progress: Callable[[int, int | None], None] | None = None,
              class_names: Sequence[str] | None = None, num_workers: int = 0) -> EvaluationResult:

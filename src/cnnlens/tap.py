@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import difflib
 import logging
+import weakref
 from collections.abc import Callable, Iterable, Mapping
 from typing import Union
 
@@ -29,6 +30,18 @@ log = logging.getLogger(__name__)
 LayerRef = Union[str, nn.Module]
 #: an edit receives (module, inputs, output) and returns the output to use instead
 Edit = Callable[[nn.Module, tuple, torch.Tensor], torch.Tensor]
+
+
+#: per model, how often each stopped-at layer runs in one forward: {model: {name: (module, calls)}}
+#: (weak keys: a model that is dropped leaves the cache with it)
+_CALLS: "weakref.WeakKeyDictionary[nn.Module, dict[str, tuple[nn.Module, int]]]" = weakref.WeakKeyDictionary()
+
+
+def ran_twice_error(name: str) -> ValueError:
+    return ValueError(
+        f"layer {name!r} ran twice in one forward pass, so its output is ambiguous; "
+        "tap a module that runs once (e.g. a distinct ReLU instance per block)"
+    )
 
 
 class _StopForward(Exception):
@@ -138,6 +151,14 @@ class LayerTap:
         nothing past a layer.
     detach: store detached outputs (for statistics; no graph is kept).
 
+    A recorded output is always the layer's own value: the rest of the forward
+    receives a copy of it, so an in-place operation after the layer (``ReLU(inplace=True)``,
+    ``out += identity``) changes the copy, never the record, and gradients taken with
+    respect to the record are the layer's. A record changed through memory it shares
+    with another tensor is detected (version counter) and refused when read. A layer
+    that runs more than once in a forward is refused, also when the forward stops
+    early at it (one probe forward per model and layer, cached).
+
     Example
     -------
     >>> net = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.Flatten(), nn.LazyLinear(3))
@@ -186,6 +207,10 @@ class LayerTap:
             self._modules.setdefault(self._stop, mod)
         self.outputs: dict[str, torch.Tensor] = {}
         self.inputs: dict[str, tuple] = {}
+        self._versions: dict[str, int] = {}
+        #: the copy of each recorded output that the rest of the forward received
+        self.passed_on: dict[str, torch.Tensor] = {}
+        self._counting: dict[str, int] | None = None
         self.stopped = False
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
         self._saved_training: list[tuple[nn.Module, bool]] = []
@@ -232,18 +257,26 @@ class LayerTap:
 
     def _make_hook(self, name: str):
         def hook(module, inputs, output):
+            if self._counting is not None:  # the probe forward of _check_runs_once
+                if name in self._counting:
+                    self._counting[name] += 1
+                return None
             if self._paused:
                 return None
             if name in self._edits:
                 output = self._edits[name][1](module, inputs, output)
             if name in self.names:
                 if name in self.outputs:
-                    raise ValueError(
-                        f"layer {name!r} ran twice in one forward pass, so its output is ambiguous; "
-                        "tap a module that runs once (e.g. a distinct ReLU instance per block)"
-                    )
-                self.outputs[name] = output.detach() if self._detach and torch.is_tensor(output) else output
+                    raise ran_twice_error(name)
+                rec = output.detach() if self._detach and torch.is_tensor(output) else output
+                self.outputs[name] = rec
                 self.inputs[name] = inputs
+                if torch.is_tensor(rec):
+                    self._versions[name] = rec._version
+                    if name != self._stop:
+                        # the forward goes on with a copy: later in-place ops cannot overwrite the record
+                        output = output.clone()
+                        self.passed_on[name] = output
             if name == self._stop:
                 self.outputs.setdefault(name, output.detach() if self._detach else output)
                 self.stopped = True
@@ -251,6 +284,34 @@ class LayerTap:
             return output
 
         return hook
+
+    def _check_runs_once(self, x, args, kwargs) -> None:
+        """Refuse a stop layer (or recorded layer) that runs more than once per forward.
+
+        An early stop ends the forward at the first call, so a second call is never seen;
+        one probe forward (eval mode, no grad, one sample) counts the calls, cached per
+        model and layer.
+        """
+        names = [self._stop] + [n for n in self.names if n != self._stop]
+        cache = _CALLS.setdefault(self.model, {})
+        todo = [n for n in names if n not in cache or cache[n][0] is not self._modules[n]]
+        if todo:
+            counts = {n: 0 for n in todo}
+            flags = [(m, m.training) for m in self.model.modules()]
+            self._counting = counts
+            try:
+                self.model.eval()  # a probe must not move batch-norm statistics
+                with torch.no_grad():
+                    self.model(x[:1] if torch.is_tensor(x) else x, *args, **kwargs)
+            finally:
+                self._counting = None
+                for m, flag in flags:
+                    m.training = flag
+            for n in todo:
+                cache[n] = (self._modules[n], counts[n])
+        for n in names:
+            if cache[n][1] > 1:
+                raise ran_twice_error(n)
 
     # -- use -----------------------------------------------------------------
     def run(self, x: torch.Tensor, *args, **kwargs):
@@ -260,8 +321,12 @@ class LayerTap:
         """
         if not self._active:
             raise RuntimeError("use the tap inside `with LayerTap(...) as tap:`")
+        if self._stop is not None:
+            self._check_runs_once(x, args, kwargs)
         self.outputs = {}
         self.inputs = {}
+        self._versions = {}
+        self.passed_on = {}
         self.stopped = False
         fast = self._eval and self._freeze and torch.is_grad_enabled()
         try:
@@ -294,6 +359,12 @@ class LayerTap:
         if not torch.is_tensor(out):
             raise TypeError(
                 f"layer {name!r} returned {type(out).__name__}, not a tensor; tap a submodule that returns a tensor"
+            )
+        if name in self._versions and out._version != self._versions[name]:
+            raise ValueError(
+                f"the output of layer {name!r} was changed in place after the layer ran (an in-place operation on "
+                "a tensor sharing its memory), so it is no longer the layer's value; make that operation "
+                "out-of-place (e.g. nn.ReLU(inplace=False)) or tap another layer"
             )
         return out
 

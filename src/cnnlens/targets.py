@@ -112,6 +112,10 @@ class Target:
             idx = self.index if isinstance(self.index, tuple) else (self.index,)
             if isinstance(self.index, tuple) and len(idx) != n:
                 raise ValueError(f"got {len(idx)} per-sample targets for {n} inputs; give one class per input")
+            neg = [i for i in idx if i < 0]
+            if neg:
+                raise ValueError(f"target class {neg[0]} is negative; give a class index from 0"
+                                 + (f" to {num_classes - 1}" if num_classes else "") + " (or a class name)")
             if num_classes is not None:
                 bad = [i for i in idx if not 0 <= i < num_classes]
                 if bad:
@@ -124,6 +128,11 @@ class Target:
                 raise ValueError('target "true" needs labels: pass y=... (or use "predicted")')
             if len(labels) != n:
                 raise ValueError(f"got {len(labels)} labels for {n} inputs")
+            lab = torch.as_tensor(labels).reshape(-1)
+            if lab.numel() and (lab.is_floating_point() or int(lab.min()) < 0
+                                or (num_classes is not None and int(lab.max()) >= num_classes)):
+                raise ValueError(f"labels must be class indices in 0–{(num_classes or 0) - 1 if num_classes else '…'}, "
+                                 f"got values from {lab.min().item()} to {lab.max().item()}")
         elif self.kind in ("channel", "neuron"):
             if self.index < 0:
                 raise ValueError("channel index must be ≥ 0")
@@ -163,6 +172,13 @@ class Target:
                 raise ValueError(f"position {(i, j)} is outside the layer's {tuple(a.shape[1:])} grid")
             return a[:, i, j]
         return a.reshape(a.shape[0], -1).mean(1)
+
+
+def model_classes(model: Any) -> tuple[tuple[str, ...] | None, int | None]:
+    """``(class_names, num_classes)`` from ``model.spec`` when it has them, else ``(None, None)``."""
+    spec = getattr(model, "spec", None)
+    names = tuple(getattr(spec, "class_names", ()) or ()) or None
+    return names, (len(names) if names else None)
 
 
 def as_target(target: Any, class_names: Sequence[str] | None = None) -> Target:

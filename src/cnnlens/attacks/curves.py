@@ -26,6 +26,7 @@ from ..scan import Batch
 from ..tap import LayerTap
 from .gradient import (_check_steps, _eps_tensor, _fgsm_core, _loss_grad, _norm, _parse_target,
                        _pgd_core, _predict, _step_size)
+from .._autograd import needs_autograd
 
 log = logging.getLogger(__name__)
 
@@ -345,6 +346,7 @@ def curves_figure(results: dict[str, RobustnessResult], title: str | None = None
     return fig
 
 
+@needs_autograd
 def robustness(model: nn.Module, data: Any, eps: Sequence[float] = DEFAULT_EPS, attacks: Sequence[str] = ATTACKS, *,
                steps: int = 10, step_size: float | None = None, norm: str = "inf", target: Any = None,
                random_start: bool = False, seed: int = 0, gallery: int = 6, batch_size: int = 64,

@@ -29,10 +29,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .._inputs import check_not_empty
 from .._batch import check_batch_size, chunks
 from ..tap import LayerTap
-from ..targets import Target, as_target
+from ..targets import Target, as_target, model_classes
 from .result import AttackResult
+from .._autograd import needs_autograd
 
 log = logging.getLogger(__name__)
 
@@ -63,8 +65,7 @@ def _check_input(x: Any) -> torch.Tensor:
             f"x must be a float tensor N×C×H×W in [0, 1], got {tuple(x.shape)} {x.dtype}; "
             "add a batch dimension with x[None] or load images with cnnlens.load_images"
         )
-    if x.shape[0] == 0:
-        raise ValueError("x holds no image (batch size 0); pass at least one image")
+    check_not_empty(x)
     if x.numel() and (x.min() < 0 or x.max() > 1):
         raise ValueError(
             f"x has values in [{float(x.min()):.3g}, {float(x.max()):.3g}], outside [0, 1]; cnnlens attacks work in "
@@ -345,7 +346,7 @@ def _checked(model: nn.Module, x: Any, y: Any, target: Any, eps: Any):
     t = _parse_target(target, model)
     y = _check_labels(y, n, x.device)
     if t is not None:
-        t.validate(n, None, y)
+        t.validate(n, model_classes(model)[1], y)
     e = _eps_tensor(eps, n, x)
     return x, y, t, e
 
@@ -356,6 +357,7 @@ def _chunk(a: int, b: int, y: torch.Tensor | None, t: Target | None):
     return (None if y is None else y[a:b]), (None if t is None else t.subset(a, b))
 
 
+@needs_autograd
 def fgsm(model: nn.Module, x: torch.Tensor, y: torch.Tensor | None = None, *, eps: float | Sequence[float] | torch.Tensor,
          target: Any = None, norm: str = "inf", batch_size: int | None = None) -> AttackResult:
     """Fast gradient sign method (Goodfellow et al. 2015): one step of size ε.
@@ -386,6 +388,7 @@ def fgsm(model: nn.Module, x: torch.Tensor, y: torch.Tensor | None = None, *, ep
     return _result(x, x_adv, used, logits0, logits1, classes, t is not None, e, settings)
 
 
+@needs_autograd
 def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor | None = None, *, eps: float | Sequence[float] | torch.Tensor,
         steps: int = 10, step_size: float | None = None, target: Any = "second", norm: str = "inf",
         random_start: bool = False, early_stop: bool = True, seed: int = 0,
@@ -456,6 +459,7 @@ def _linear_eps(forward: Forward, x: torch.Tensor, logits: torch.Tensor, classes
     return (margin.detach() / dual.clamp_min(1e-20)).clamp_min(0)
 
 
+@needs_autograd
 def minimal_eps(model: nn.Module, x: torch.Tensor, y: torch.Tensor | None = None, *, target: Any = "second",
                 norm: str = "inf", steps: int = 10, start: float | str = "linear", max_eps: float | None = None,
                 rtol: float = 0.05, max_iter: int = 20, factor: float = 1.5, random_start: bool = False, seed: int = 0,
@@ -503,7 +507,7 @@ def minimal_eps(model: nn.Module, x: torch.Tensor, y: torch.Tensor | None = None
     t = _parse_target(target, model)
     y = _check_labels(y, n, x.device)
     if t is not None:
-        t.validate(n, None, y)
+        t.validate(n, model_classes(model)[1], y)
     gen = torch.Generator().manual_seed(int(seed))
     targeted = t is not None
     lo = torch.zeros(n, dtype=x.dtype, device=x.device)

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .._inputs import check_not_empty
 from ..results import Explanation
 from ..targets import Target, as_target
 
@@ -89,8 +90,7 @@ def prepare(model: nn.Module, x: torch.Tensor, target: Any, labels: torch.Tensor
         x = x.unsqueeze(0)
     if x.dim() != 4:
         raise ValueError(f"x must be N×C×H×W (or C×H×W), got shape {tuple(x.shape)}")
-    if x.shape[0] == 0:
-        raise ValueError("x holds no image (batch size 0); pass at least one image")
+    check_not_empty(x)
     if not x.is_floating_point():
         raise TypeError(f"x must be a floating-point tensor in [0, 1], got {x.dtype}; divide uint8 images by 255")
     dev = model_device(model)
@@ -140,7 +140,7 @@ class Layout:
                     raise
                 log.info("the model needs contiguous inputs (%s); not using channels-last", str(e).splitlines()[0])
                 self.channels_last = False
-        return tap.run(prepare_input(x))
+        return tap.run(prepare_input(x.contiguous()))
 
 
 def check_reduce(reduce: str) -> str:

@@ -27,7 +27,8 @@ from torch import nn
 from .._batch import check_batch_size, chunks
 from ..results import Explanation
 from ._common import Layout, Progress, finish, prepare, upsample
-from .cam import gradcam_tap, gradcam_weights, layer_gradient, layer_name
+from .cam import gradcam_tap, gradcam_weights, layer_gradient, layer_name, warn_if_flat
+from .._autograd import needs_autograd
 
 PADDINGS = ("reflection", "zeros", "border")
 #: default super-resolution factor: h is solved on a grid SUPER× finer than the CAM grid (at most the input size)
@@ -165,6 +166,7 @@ def superresolve(g: torch.Tensor, thetas: torch.Tensor, size: tuple[int, int], *
     return best.detach(), hist
 
 
+@needs_autograd
 def augmented_gradcam(model: nn.Module, x: torch.Tensor, target: Any = "predicted", *, layer: Any = None,
                       augmentations: int = 100, max_angle: float = 15.0, max_shift: float = 0.1,
                       size: Any = None, lam: float | None = None, mu: float | None = None, steps: int = 150,
@@ -223,6 +225,7 @@ def augmented_gradcam(model: nn.Module, x: torch.Tensor, target: Any = "predicte
             cams[si, li] = torch.einsum("nk,nkhw->nhw", gradcam_weights(A, G), A).clamp_min(0)
             if progress:
                 progress(b, total + steps)
+    warn_if_flat(model, p, name, A)
     if lam is None or mu is None:
         dl, dm = default_weights(L, size, grid)
         lam = dl if lam is None else lam

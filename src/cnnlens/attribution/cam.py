@@ -28,6 +28,7 @@ from torch import nn
 from ..results import Explanation
 from ..tap import LayerTap, find_last_spatial_layer, resolve_layer
 from ._common import Layout, Prepared, finish, log, logits_of, pick_classes, prepare, score, target_layers, upsample
+from .._autograd import needs_autograd
 
 
 class LeafAt:
@@ -53,11 +54,35 @@ class LeafAt:
         return leaf.clone()
 
 
+def head_tolerance(feats: torch.Tensor, W: torch.Tensor, b: torch.Tensor, logits: torch.Tensor,
+                   low: torch.dtype = torch.float32) -> float:
+    """How far a GAP + linear head recomputed in float32 may be from logits computed in ``low`` precision.
+
+    Each logit Σ_k w_ck f_k + b_c is rounded at ``low``'s unit roundoff u per operation, so it
+    may be off by about u·(Σ_k |w_ck f_k| + |b_c|) (+ the rounding of the pooled features);
+    the bound below is 8 u of that magnitude, plus the float32 slack of 10⁻³ of the largest
+    logit. In bfloat16 a logit near 50 is only known to ±0.125.
+    """
+    u = torch.finfo(low).eps if low.is_floating_point else torch.finfo(torch.float32).eps
+    mag = feats.abs() @ W.abs().T + b.abs()
+    return float(8 * u * (mag + logits.abs()).max()) + 1e-3 * float(logits.abs().max()) + 1e-4
+
+
 def layer_name(model: nn.Module, p: Prepared, layer: Any) -> str:
     """The dotted name of ``layer``, or the last spatial layer (logged) when None."""
     if layer is None:
         return find_last_spatial_layer(model, p.x)
     return resolve_layer(model, layer)[0]
+
+
+def warn_if_flat(model: nn.Module, p: Prepared, name: str, A: torch.Tensor) -> None:
+    """Warn (once per call) when the layer's grid is 1×1: its map is one value spread over the image."""
+    if A.dim() == 4 and A.shape[-1] * A.shape[-2] == 1:
+        try:
+            better = f"the last layer with a real grid is {find_last_spatial_layer(model, p.x)!r}"
+        except ValueError:
+            better = "the model has no layer with a grid larger than 1×1"
+        log.warning("layer %r has a 1×1 grid, so its map is constant over the image; %s", name, better)
 
 
 def layer_gradient(tap: LayerTap, leaf: LeafAt, p: Prepared, xb: torch.Tensor, classes: torch.Tensor | None = None,
@@ -75,8 +100,8 @@ def layer_gradient(tap: LayerTap, leaf: LeafAt, p: Prepared, xb: torch.Tensor, c
         (g,) = torch.autograd.grad(s.sum(), leaf.A, allow_unused=True)
     if g is None:
         raise ValueError(
-            f"the target's score does not depend on layer {leaf.name!r} (the target is computed before it); "
-            "name a layer that comes before the target"
+            f"the target's score does not depend on layer {leaf.name!r}: no path leads from it to the target "
+            "(a side branch, or a layer after the target); name a layer on the way from the input to the target"
         )
     return leaf.A.detach().contiguous(), g.contiguous(), classes, s.detach()
 
@@ -109,6 +134,7 @@ def _gradcam(model: nn.Module, x: torch.Tensor, target: Any, layer: Any, relu: b
     tap, leaf = gradcam_tap(model, p, name)
     with tap:
         A, G, classes, s = layer_gradient(tap, leaf, p, p.x, layout=Layout(model, p.x, channels_last))
+    warn_if_flat(model, p, name, A)
     A, G = A.float(), G.float()
     w = gradcam_weights(A, G, plus)
     lin = torch.einsum("nk,nkhw->nhw", w, A)
@@ -118,6 +144,7 @@ def _gradcam(model: nn.Module, x: torch.Tensor, target: Any, layer: Any, relu: b
                   extras={"pre_relu": lin, "weights": w, "score": s})
 
 
+@needs_autograd
 def gradcam(model: nn.Module, x: torch.Tensor, target: Any = "predicted", *, layer: Any = None,
             relu: bool = True, y: torch.Tensor | None = None, channels_last: bool | None = None) -> Explanation:
     """Grad-CAM: L = ReLU(Σ_k α_k A^k), α_k = mean_ij ∂y_c/∂A^k_ij, at ``layer`` (default: the last spatial layer).
@@ -130,6 +157,7 @@ def gradcam(model: nn.Module, x: torch.Tensor, target: Any = "predicted", *, lay
     return _gradcam(model, x, target, layer, relu, y, False, "gradcam", channels_last)
 
 
+@needs_autograd
 def gradcam_pp(model: nn.Module, x: torch.Tensor, target: Any = "predicted", *, layer: Any = None,
                relu: bool = True, y: torch.Tensor | None = None, channels_last: bool | None = None) -> Explanation:
     """Grad-CAM++: L = ReLU(Σ_k w_k A^k), w_k = Σ_ij a^k_ij ReLU(∂y_c/∂A^k_ij), a = G²/(2G² + Σ_ab A_ab G³).
@@ -157,6 +185,7 @@ _NO_HEAD = ("{why}; CAM needs a global-average-pool + linear head — use gradca
             "or pass layer= (the pooled layer) and classifier= (the linear layer)")
 
 
+@needs_autograd
 def cam(model: nn.Module, x: torch.Tensor, target: Any = "predicted", *, layer: Any = None,
         classifier: Any = None, y: torch.Tensor | None = None) -> Explanation:
     """Class activation map: M_c(x, y) = Σ_k w_k^c f_k(x, y), for a global-average-pool + linear head.
@@ -202,6 +231,8 @@ def cam(model: nn.Module, x: torch.Tensor, target: Any = "predicted", *, layer: 
         cls_name = order.names[-1]
         lin = dict(model.named_modules())[cls_name]
         log.info("CAM: pooled layer %s, classifier %s", name, cls_name)
+    warn_if_flat(model, p, name, A)
+    A_dtype = A.dtype
     A = A.float()
     feats = A.mean((2, 3))
     Wt = lin.weight.detach().float()
@@ -212,10 +243,12 @@ def cam(model: nn.Module, x: torch.Tensor, target: Any = "predicted", *, layer: 
                 f"{feats.shape[1]} channels and the model {out.shape[1]} outputs"))
     rebuilt = feats @ Wt.T + b
     o = out.float()
-    if not torch.allclose(rebuilt, o, rtol=1e-3, atol=1e-4 * (1 + float(o.abs().max()))):
-        err = float((rebuilt - o).abs().max())
+    err = float((rebuilt - o).abs().max())
+    tol = head_tolerance(feats, Wt, b, o, low=max((out.dtype, A_dtype, lin.weight.dtype), key=lambda d: torch.finfo(d).eps))
+    if not err <= tol:
         raise ValueError(_NO_HEAD.format(
-            why=f"{cls_name!r} applied to the spatial mean of {name!r} does not give the logits (off by {err:.3g})"))
+            why=f"{cls_name!r} applied to the spatial mean of {name!r} does not give the logits (off by {err:.3g}, "
+                f"more than the {tol:.2g} that {str(out.dtype).replace('torch.', '')} rounding allows)"))
     raw = torch.einsum("nk,nkhw->nhw", Wt[classes], A)
     return finish(p, upsample(raw, p.size), "cam", classes, layer=name, raw=raw,
                   settings={"layer": name, "classifier": cls_name, "grid": tuple(raw.shape[-2:])},

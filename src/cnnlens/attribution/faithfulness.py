@@ -27,6 +27,7 @@ from .._batch import check_batch_size, chunks
 from ..results import Explanation, Result
 from ..tap import LayerTap
 from ._common import Progress, describe_fill, logits_of, pixel_fill, prepare, upsample
+from .._autograd import needs_autograd
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,6 +98,7 @@ def _curve(kind: str, model: nn.Module, x: torch.Tensor, attribution: Any, targe
                  settings={"steps": steps, "baseline": describe_fill(baseline), "score": "softmax probability"})
 
 
+@needs_autograd
 def deletion(model: nn.Module, x: torch.Tensor, attribution: Any, target: Any = None, *, steps: int = 32,
              baseline: Any = "blur", batch_size: int | None = None, blur_sigma: float | None = None,
              y: torch.Tensor | None = None, progress: Progress | None = None) -> Curve:
@@ -111,6 +113,7 @@ def deletion(model: nn.Module, x: torch.Tensor, attribution: Any, target: Any = 
     return _curve("deletion", model, x, attribution, target, steps, baseline, batch_size, blur_sigma, y, progress)
 
 
+@needs_autograd
 def insertion(model: nn.Module, x: torch.Tensor, attribution: Any, target: Any = None, *, steps: int = 32,
               baseline: Any = "blur", batch_size: int | None = None, blur_sigma: float | None = None,
               y: torch.Tensor | None = None, progress: Progress | None = None) -> Curve:
@@ -137,6 +140,7 @@ class Faithfulness(Result):
         return self.insertion.auc
 
 
+@needs_autograd
 def faithfulness(model: nn.Module, x: torch.Tensor, explanation: Any, target: Any = None, *, steps: int = 32,
                  baseline: Any = "blur", batch_size: int | None = None, blur_sigma: float | None = None,
                  y: torch.Tensor | None = None) -> Faithfulness:
@@ -207,6 +211,7 @@ def _reinit(module: nn.Module, seed: int, devices: list) -> None:
                     prm.normal_(0.0, float(prm.std()) if prm.numel() > 1 and float(prm.std()) > 0 else 0.01)
 
 
+@needs_autograd
 def randomization_check(model: nn.Module, x: torch.Tensor, method: Callable | str, target: Any = "predicted", *,
                         stages: int = 5, layers: Sequence[str] | None = None, seed: int = 0,
                         keep_maps: bool = False, y: torch.Tensor | None = None, progress: Progress | None = None,

@@ -18,6 +18,7 @@ from ..results import Explanation
 from ..tap import LayerTap
 from ._common import (Layout, Progress, Prepared, check_reduce, describe_fill, finish, pick_classes, pixel_fill,
                       prepare, reduce_channels, score, target_layers)
+from .._autograd import needs_autograd
 
 
 def input_gradient(tap: LayerTap, p: Prepared, xb: torch.Tensor, classes: torch.Tensor | None = None,
@@ -67,6 +68,7 @@ def _maps_and_raw(a: torch.Tensor, reduce: str):
     return reduce_channels(a, reduce), (a if reduce == "none" else None)
 
 
+@needs_autograd
 def saliency(model: nn.Module, x: torch.Tensor, target: Any = "predicted", *, reduce: str = "abs_max",
              y: torch.Tensor | None = None, batch_size: int | None = None,
              channels_last: bool | None = None) -> Explanation:
@@ -88,6 +90,7 @@ def saliency(model: nn.Module, x: torch.Tensor, target: Any = "predicted", *, re
                   extras={"score": s})
 
 
+@needs_autograd
 def gradient_x_input(model: nn.Module, x: torch.Tensor, target: Any = "predicted", *, reduce: str = "signed",
                      y: torch.Tensor | None = None, batch_size: int | None = None,
                      channels_last: bool | None = None) -> Explanation:
@@ -111,6 +114,7 @@ def _noise(n: int, shape, seed: int, device, dtype) -> torch.Tensor:
     return torch.randn((n, *shape), generator=g).to(device=device, dtype=dtype)
 
 
+@needs_autograd
 def smoothgrad(model: nn.Module, x: torch.Tensor, target: Any = "predicted", *, sigma: float = 0.15,
                n: int = 25, seed: int = 0, reduce: str = "abs_max", batch_size: int | None = None,
                y: torch.Tensor | None = None, progress: Progress | None = None,
@@ -175,6 +179,7 @@ def _ig_points(steps: int, method: str):
     return alphas, w
 
 
+@needs_autograd
 def integrated_gradients(model: nn.Module, x: torch.Tensor, target: Any = "predicted", *,
                          baseline: Any = "black", steps: int = 50, method: str = "trapezoid",
                          reduce: str = "signed", batch_size: int | None = None, blur_sigma: float | None = None,

@@ -22,8 +22,9 @@ from torch import nn
 
 from ..results import Explanation
 from ._common import Layout, check_reduce, finish, prepare, reduce_channels, upsample
-from .cam import gradcam_tap, gradcam_weights, layer_gradient, layer_name
+from .cam import gradcam_tap, gradcam_weights, layer_gradient, layer_name, warn_if_flat
 from .gradients import batched_input_gradient
+from .._autograd import needs_autograd
 
 RECTIFIERS = (nn.ReLU, nn.ReLU6)
 
@@ -63,6 +64,7 @@ def _guided_gradient(model, p, batch_size, channels_last):
     return g.float(), s, classes
 
 
+@needs_autograd
 def guided_backprop(model: nn.Module, x: torch.Tensor, target: Any = "predicted", *, reduce: str = "abs_max",
                     y: torch.Tensor | None = None, batch_size: int | None = None,
                     channels_last: bool | None = None) -> Explanation:
@@ -80,6 +82,7 @@ def guided_backprop(model: nn.Module, x: torch.Tensor, target: Any = "predicted"
                   raw=g if reduce == "none" else None, extras={"score": s})
 
 
+@needs_autograd
 def guided_gradcam(model: nn.Module, x: torch.Tensor, target: Any = "predicted", *, layer: Any = None,
                    reduce: str = "abs_max", y: torch.Tensor | None = None, batch_size: int | None = None,
                    channels_last: bool | None = None) -> Explanation:
@@ -97,6 +100,7 @@ def guided_gradcam(model: nn.Module, x: torch.Tensor, target: Any = "predicted",
     tap, leaf = gradcam_tap(model, p, name)
     with tap:
         A, G, _, _ = layer_gradient(tap, leaf, p, p.x, classes, Layout(model, p.x, channels_last))
+    warn_if_flat(model, p, name, A)
     A, G = A.float(), G.float()
     cam = upsample(torch.einsum("nk,nkhw->nhw", gradcam_weights(A, G), A).clamp_min(0), p.size)
     prod = g * cam.unsqueeze(1)

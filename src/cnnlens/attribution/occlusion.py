@@ -24,6 +24,7 @@ from ..results import Explanation
 from ..tap import LayerTap
 from ._common import (Layout, Progress, describe_fill, finish, logits_of, pick_classes, pixel_fill, prepare, score,
                       target_layers)
+from .._autograd import needs_autograd
 
 
 def _pair(v: Any, name: str) -> tuple[int, int]:
@@ -56,6 +57,7 @@ def coverage(size: int, starts: list[int], window: int, device=None) -> torch.Te
     return ((i >= s) & (i < s + window)).float()
 
 
+@needs_autograd
 def occlusion(model: nn.Module, x: torch.Tensor, target: Any = "predicted", *, window: Any = None,
               stride: Any = None, fill: Any = "grey", batch_size: int | None = None, blur_sigma: float | None = None,
               y: torch.Tensor | None = None, progress: Progress | None = None,

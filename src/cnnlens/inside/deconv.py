@@ -28,6 +28,8 @@ from torch import nn
 
 from ..results import Result
 from ..tap import LayerRef, LayerTap, resolve_layer
+from .._autograd import needs_autograd
+from .._inputs import check_not_empty
 
 
 @dataclass(frozen=True)
@@ -116,6 +118,7 @@ def _transpose(name: str, m: nn.Module, inp: torch.Tensor, r: torch.Tensor) -> t
                      "Conv2d, ReLU, MaxPool2d, BatchNorm2d, pooling and linear layers — use guided backprop for this model")
 
 
+@needs_autograd
 def deconvnet(model: nn.Module, x: torch.Tensor, layer: LayerRef, channel: int, *, position="max") -> Projection:
     """Project one channel of a layer back to pixel space with switches (Zeiler & Fergus 2014).
 
@@ -131,6 +134,7 @@ def deconvnet(model: nn.Module, x: torch.Tensor, layer: LayerRef, channel: int, 
     name, _ = resolve_layer(model, layer)
     if not torch.is_tensor(x) or x.dim() != 4:
         raise TypeError("x must be a tensor N×C×H×W in [0, 1]")
+    check_not_empty(x)
     if not (position in ("max", "all") or (isinstance(position, (tuple, list)) and len(position) == 2)):
         raise ValueError("position must be 'max', 'all' or a (row, col) pair")
     if channel < 0:
@@ -153,7 +157,7 @@ def deconvnet(model: nn.Module, x: torch.Tensor, layer: LayerRef, channel: int, 
                                      "not the previous layer's output (a residual connection or a computation in "
                                      "forward()); it inverts plain conv/ReLU/max-pool chains — use guided backprop")
                 chain.append(n)
-                prev = tap.outputs[n]
+                prev = tap.passed_on.get(n, tap.outputs[n])  # what the next layer received
             if not _same_data(prev, out):
                 raise ValueError(f"deconvnet cannot invert layer {name!r}: its output is not the last sub-layer's "
                                  "output (it computes something in forward()); pick one of its sub-layers")

@@ -22,6 +22,8 @@ from torch import nn
 from ..results import Result
 from ..tap import LayerRef, LayerTap, resolve_layer
 from ..targets import as_target
+from .._autograd import needs_autograd
+from .._inputs import check_not_empty
 
 
 @dataclass(frozen=True)
@@ -54,6 +56,7 @@ def _resize(x: torch.Tensor, size) -> torch.Tensor:
     return F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
 
 
+@needs_autograd
 def deep_dream(
     model: nn.Module,
     image: torch.Tensor,
@@ -86,7 +89,7 @@ def deep_dream(
         raise TypeError("image must be a tensor C×H×W or N×C×H×W in [0, 1] (load it with cnnlens.load_images)")
     if octaves < 1 or steps < 0 or octave_scale <= 1:
         raise ValueError("need octaves ≥ 1, steps ≥ 0 and octave_scale > 1")
-    base = (image[None] if image.dim() == 3 else image).detach().float()
+    base = check_not_empty(image[None] if image.dim() == 3 else image).detach().float()
     if float(base.min()) < 0 or float(base.max()) > 1:
         raise ValueError("image values must be in [0, 1] (pixel space); load it with cnnlens.load_images")
     p0 = next(model.parameters(), None)

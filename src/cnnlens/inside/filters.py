@@ -17,6 +17,8 @@ from torch import nn
 
 from ..results import Result
 from ..tap import LayerRef, LayerTap, resolve_layer
+from .._autograd import needs_autograd
+from .._inputs import check_not_empty
 
 
 @dataclass(frozen=True)
@@ -111,6 +113,7 @@ class FeatureMaps(Result):
         return fig
 
 
+@needs_autograd
 def feature_maps(model: nn.Module, x: torch.Tensor, layer: LayerRef) -> FeatureMaps:
     """A layer's output for images ``x`` (N×C×H×W in [0, 1]); the forward stops at the layer.
 
@@ -124,6 +127,7 @@ def feature_maps(model: nn.Module, x: torch.Tensor, layer: LayerRef) -> FeatureM
         raise TypeError("x must be a tensor N×C×H×W in [0, 1] (load images with cnnlens.load_images)")
     if x.dim() == 3:
         x = x[None]
+    check_not_empty(x)
     name, _ = resolve_layer(model, layer)
     with LayerTap(model, [name], stop_after=name, detach=True) as tap, torch.no_grad():
         tap.run(x)

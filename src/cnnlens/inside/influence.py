@@ -23,7 +23,9 @@ from torch import nn
 from ..results import Result
 from ..scan import Batch
 from ..tap import LayerRef, LayerTap, resolve_layer
-from ..targets import Target, as_target
+from ..targets import Target, as_target, model_classes
+from .._autograd import needs_autograd
+from .._inputs import check_not_empty
 
 
 @dataclass(frozen=True)
@@ -99,6 +101,9 @@ class InfluenceAccumulator:
         self.layer, _ = resolve_layer(model, layer)
         spec = getattr(model, "spec", None)
         self.target = as_target(target, getattr(spec, "class_names", None) or None)
+        if self.target.kind == "class":  # range and sign known now: refuse before any forward
+            self.target.validate(len(self.target.index) if isinstance(self.target.index, tuple) else 1,
+                                 model_classes(model)[1])
         if not self.target.is_class:
             resolve_layer(model, self.target.layer)
         self.ablation = ablation
@@ -138,7 +143,7 @@ class InfluenceAccumulator:
 def measure(model: nn.Module, x: torch.Tensor, layer: str, target: Target, *, y=None, ablation: bool = True,
             channels: Sequence[int] | None = None, chunk: int = 16) -> dict:
     """Per-channel sums over the batch of gradient, taylor and ablation (float64, CPU), and the count."""
-    target.validate(len(x), labels=y if target.kind == "true" else None)
+    target.validate(len(x), model_classes(model)[1], labels=y if target.kind == "true" else None)
     score_layers = [layer] + ([] if target.is_class else [target.layer])
     with torch.enable_grad():
         with LayerTap(model, score_layers) as tap:
@@ -187,6 +192,7 @@ def measure(model: nn.Module, x: torch.Tensor, layer: str, target: Target, *, y=
     return out
 
 
+@needs_autograd
 def influence(model: nn.Module, x_or_data, layer: LayerRef, target="predicted", *, ablation: bool = True,
               channels: Sequence[int] | None = None, y: torch.Tensor | None = None, batch_size: int = 32,
               chunk: int = 16, device=None, progress=None) -> Influence:
@@ -207,6 +213,7 @@ def influence(model: nn.Module, x_or_data, layer: LayerRef, target="predicted", 
         x = x_or_data
         if x.dim() == 3:
             x = x[None]
+        check_not_empty(x)
         for start in range(0, len(x), batch_size):
             xb = x[start:start + batch_size]
             yb = None if y is None else torch.as_tensor(y)[start:start + batch_size]

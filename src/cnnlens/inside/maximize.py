@@ -33,6 +33,7 @@ from torch import nn
 from ..results import Result
 from ..tap import LayerTap, resolve_layer
 from ..targets import Target, as_target
+from .._autograd import needs_autograd
 
 
 # ---------------------------------------------------------------------------
@@ -381,6 +382,7 @@ def _input_geometry(model: nn.Module, size, channels) -> tuple[int, int, int]:
     return _input_shape(model, size, channels)
 
 
+@needs_autograd
 def maximize(
     model: nn.Module,
     objective,

@@ -33,6 +33,7 @@ from torch.overrides import TorchFunctionMode
 
 from ..results import Result
 from ..tap import LayerRef, LayerTap, resolve_layer
+from .._autograd import needs_autograd
 
 log = logging.getLogger(__name__)
 
@@ -310,6 +311,7 @@ def _to_rf(name: str, f: _Field, input_size: Pair, out: torch.Tensor) -> Recepti
     return ReceptiveField(name, f.size, f.stride, f.offset, input_size, grid, False)
 
 
+@needs_autograd
 def receptive_field(
     model: nn.Module,
     layer: LayerRef,

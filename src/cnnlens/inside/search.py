@@ -26,6 +26,7 @@ from ..results import Result
 from ..scan import Batch
 from ..tap import LayerRef, resolve_layer
 from .receptive import ReceptiveField, receptive_field
+from .._autograd import needs_autograd
 
 log = logging.getLogger(__name__)
 
@@ -255,6 +256,7 @@ def _input_size(data, model) -> tuple[int, int] | None:
     return getattr(getattr(model, "spec", None), "input_size", None)
 
 
+@needs_autograd
 def dataset_search(model: nn.Module, data, layer: LayerRef, channels: Sequence[int] | None = None, k: int = 9, *,
                    batch_size: int = 64, device=None, progress=None, max_crop: int | None = None) -> SearchResult:
     """Maximally activating images and patches: each channel's top-k over a dataset, in one scan.

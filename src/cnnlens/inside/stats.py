@@ -27,6 +27,7 @@ from torch import nn
 from ..results import Result
 from ..scan import Batch
 from ..tap import LayerRef, LayerTap, resolve_layer
+from .._autograd import needs_autograd
 
 
 @dataclass(frozen=True)
@@ -229,6 +230,7 @@ def default_edges(model: nn.Module, data, layer: str, bins: int = 40, look: int 
     return torch.linspace(lo, hi, bins + 1, dtype=torch.float64)
 
 
+@needs_autograd
 def neuron_stats(model: nn.Module, data, layer: LayerRef, *, bins: int = 40, edges: torch.Tensor | None = None,
                  zero: float = 0.0, batch_size: int = 64, device=None, progress=None) -> NeuronStats:
     """Per-channel statistics of a layer over a dataset, in one scan (see the module docstring).
