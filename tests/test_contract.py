@@ -5,6 +5,9 @@ Each method runs (1) on a small conv/BN/ReLU/max-pool/GAP/linear net left in
 set, and (2) on the same net made to raise inside its forward. After both, the
 model must be exactly as it was: weights and BatchNorm buffers bit-identical,
 ``training`` flags, ``requires_grad`` and ``.grad`` unchanged, and no hook left.
+Every method also runs on the net's in-place twin, under the caller's
+``torch.no_grad()`` and ``torch.inference_mode()``, and in bfloat16 — and must
+neither refuse nor change the model in any of them.
 """
 
 from __future__ import annotations
@@ -81,25 +84,50 @@ CALLS = {
 }
 
 
+VARIANTS = ("plain", "inplace", "no_grad", "inference_mode", "bfloat16")
+
+
+def _variant(variant: str, m: Net) -> Net:
+    if variant == "inplace":  # every ReLU in place, as torchvision writes them
+        for mod in m.modules():
+            if isinstance(mod, nn.ReLU):
+                mod.inplace = True
+    if variant == "bfloat16":
+        m.to(torch.bfloat16)
+        m.fc.weight.grad = m.fc.weight.grad.to(torch.bfloat16)
+    return m
+
+
+def _call(variant: str, call, m):
+    if variant == "no_grad":
+        with torch.no_grad():
+            return call(m)
+    if variant == "inference_mode":
+        with torch.inference_mode():
+            return call(m)
+    return call(m)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
 @pytest.mark.parametrize("name", sorted(CALLS))
-def test_model_untouched_after_success_and_after_an_error_inside(name):
+def test_model_untouched_after_success_and_after_an_error_inside(name, variant):
     call = CALLS[name]
-    m = _model()
+    m = _variant(variant, _model())
     before = snapshot(m)
     try:
-        call(m)
+        _call(variant, call, m)
     except ValueError as e:  # a method may refuse this architecture, but must say so and leave it alone
-        pytest.fail(f"{name} refused the test net: {e}")
-    assert_unchanged(m, before, name)
+        pytest.fail(f"{name} refused the test net ({variant}): {e}")
+    assert_unchanged(m, before, f"{name} ({variant})")
 
     m.arm()
     before = snapshot(m)
     if name == "inside.filters":  # reads the weights only, runs no forward
-        call(m)
+        _call(variant, call, m)
     else:
         with pytest.raises(RuntimeError, match="boom inside the model"):
-            call(m)
-    assert_unchanged(m, before, name + " (after an error)")
+            _call(variant, call, m)
+    assert_unchanged(m, before, f"{name} ({variant}, after an error)")
 
 
 def test_one_scan_feeds_evaluation_search_and_statistics_with_the_results_of_separate_calls():

@@ -187,11 +187,9 @@ def test_retraining_reproduces_the_shipped_weights(digits_model):
     shipped = accuracy(digits_model)
     acc = accuracy(m)
     assert acc >= 0.97
-    # bit-identical on the machine that made the file; another CPU's kernels may round differently
+    # what README promises: the same held-out accuracy (to one image of 359). The weights are
+    # bit-identical only on a CPU whose kernels round as the one that made the file did.
     assert abs(acc - shipped) <= 1 / 359 + 1e-9
-    same = all(torch.equal(v, digits_model.net.state_dict()[k]) for k, v in m.net.state_dict().items())
-    if not same:
-        pytest.xfail("weights differ bitwise from the shipped file (different CPU kernels); accuracy matches")
 
 
 def test_cli_train_digits_writes_loadable_weights(tmp_path, untouched):

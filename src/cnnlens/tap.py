@@ -205,6 +205,9 @@ class LayerTap:
         if stop_after is not None:
             self._stop, mod = resolve_layer(model, stop_after)
             self._modules.setdefault(self._stop, mod)
+        #: the model's floating dtype: run() casts float inputs to it
+        self.dtype = next((t.dtype for t in list(model.parameters()) + list(model.buffers())
+                            if t.is_floating_point()), None)
         self.outputs: dict[str, torch.Tensor] = {}
         self.inputs: dict[str, tuple] = {}
         self._versions: dict[str, int] = {}
@@ -317,10 +320,14 @@ class LayerTap:
     def run(self, x: torch.Tensor, *args, **kwargs):
         """Clear previous records and run the model on ``x``; return its output.
 
+        A floating ``x`` is cast to the model's dtype (a bfloat16 model gets bfloat16 input).
+
         Returns ``None`` when the forward was stopped at ``stop_after``.
         """
         if not self._active:
             raise RuntimeError("use the tap inside `with LayerTap(...) as tap:`")
+        if torch.is_tensor(x) and x.is_floating_point() and self.dtype is not None and x.dtype != self.dtype:
+            x = x.to(self.dtype)  # a bfloat16/float16 model gets its own dtype; gradients flow through the cast
         if self._stop is not None:
             self._check_runs_once(x, args, kwargs)
         self.outputs = {}

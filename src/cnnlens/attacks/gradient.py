@@ -75,7 +75,7 @@ def _check_input(x: Any) -> torch.Tensor:
 
 
 def _check_model(model: Any, x: torch.Tensor) -> None:
-    """The model is an nn.Module on x's device with x's floating dtype (else a one-line fix)."""
+    """The model is an nn.Module on x's device (else a one-line fix); LayerTap.run casts x to the model's dtype."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     t = next((p for p in list(model.parameters()) + list(model.buffers()) if p.is_floating_point()), None)
@@ -83,8 +83,6 @@ def _check_model(model: Any, x: torch.Tensor) -> None:
         return
     if t.device != x.device:
         raise ValueError(f"the input is on {x.device} but the model is on {t.device}; move the input with x.to({str(t.device)!r})")
-    if t.dtype != x.dtype:
-        raise TypeError(f"the input is {x.dtype} but the model computes in {t.dtype}; convert it with x.to({t.dtype})")
 
 
 def _eps_tensor(eps: Any, n: int, x: torch.Tensor, what: str = "eps") -> torch.Tensor:

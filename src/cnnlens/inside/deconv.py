@@ -144,6 +144,7 @@ def deconvnet(model: nn.Module, x: torch.Tensor, layer: LayerRef, channel: int, 
     try:
         tap = LayerTap(model, leaves + [name], stop_after=name)
         with tap, torch.no_grad():
+            x = x.to(tap.dtype or x.dtype)  # the chain starts from the tensor the model receives
             tap.run(x)
             out = tap[name]
             # walk the executed leaves: each must take the previous one's output
