@@ -272,8 +272,9 @@ def test_errors_name_cause_and_fix_and_leave_the_model_untouched(untouched):
         fgsm(net, x, torch.tensor([0, 1]), eps=0.1)
     with pytest.raises(ValueError, match="steps"):
         pgd(net, x, eps=0.1, steps=0)
-    with pytest.raises(TypeError, match="x.to\\(torch.float32\\)"):
-        pgd(net, x.double(), eps=0.1)
+    # a float64 image attacks a float32 model: the model gets its own dtype, the image keeps its own
+    r64, r32 = fgsm(net, x.double(), eps=0.1), fgsm(net, x, eps=0.1)
+    assert r64.x_adv.dtype == torch.float64 and torch.allclose(r64.x_adv.float(), r32.x_adv, atol=1e-6)
     with pytest.raises(TypeError, match="nn.Module"):
         fgsm(lambda v: v, x, eps=0.1)
 

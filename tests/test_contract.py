@@ -78,7 +78,7 @@ CALLS = {
     "inside.deep_dream": lambda m: inside.deep_dream(m, X[:1], "features.5", octaves=1, steps=2),
     "attacks.fgsm": lambda m: attacks.fgsm(m, X, eps=2 / 255),
     "attacks.pgd": lambda m: attacks.pgd(m, X, eps=2 / 255, steps=2),
-    "attacks.minimal_eps": lambda m: attacks.minimal_eps(m, X, max_iter=3),
+    "attacks.minimal_eps": lambda m: attacks.minimal_eps(m, X, max_iter=3, steps=2),
     "attacks.robustness": lambda m: attacks.robustness(m, DATA, eps=[0, 2 / 255], steps=2),
     "evaluate": lambda m: evaluate(m, DATA, topk=(1, 2)),
 }

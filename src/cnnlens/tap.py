@@ -306,6 +306,13 @@ class LayerTap:
                 self.model.eval()  # a probe must not move batch-norm statistics
                 with torch.no_grad():
                     self.model(x[:1] if torch.is_tensor(x) else x, *args, **kwargs)
+            except Exception as e:  # noqa: BLE001
+                # past the layers the forward may fail legitimately (e.g. a fixed-size head on a smaller
+                # image, which is why the forward stops early): what ran until then is what counts
+                if not all(counts[n] for n in todo):
+                    raise
+                log.info("the probe forward for %s stopped after the layer (%s: %s); counting the calls seen",
+                         ", ".join(todo), type(e).__name__, str(e).splitlines()[0] if str(e) else "")
             finally:
                 self._counting = None
                 for m, flag in flags:
