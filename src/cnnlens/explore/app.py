@@ -69,19 +69,36 @@ class Urls:
         return f"img/pair-{ref}-{a}-{b}.png" if self.static else f"/img/sample/{ref}/pair.png?a={a}&b={b}"
 
 
-def colour(v: float) -> str:
-    """A white → blue background for a value in [0, 1] (the matrix cells)."""
+BLUE, ORANGE = (33, 102, 172), (214, 96, 77)
+
+
+def colour(v: float, rgb: tuple[int, int, int] = BLUE) -> str:
+    """A white → ``rgb`` background for a value in [0, 1] (the matrix cells)."""
     v = max(0.0, min(1.0, float(v)))
-    r, g, b = (round(255 + (a - 255) * v) for a in (33, 102, 172))
+    r, g, b = (round(255 + (a - 255) * v) for a in rgb)
     return f"rgb({r},{g},{b})"
 
 
 def render_overview(env, ex_overview: dict, urls: Urls) -> str:
+    """The overview page. Matrix colours: the diagonal in blue, the confusions in red, each on its own scale
+    (the largest diagonal / off-diagonal value is full colour; any confusion gets at least a light tint)."""
     o = ex_overview
-    vmax = max([max(r) for r in o["confusion"]] + [1])
-    cells = [[{"raw": v, "norm": o["confusion_normalized"][i][j], "bg_raw": colour(v / vmax),
-               "bg_norm": colour(o["confusion_normalized"][i][j])} for j, v in enumerate(row)]
-             for i, row in enumerate(o["confusion"])]
+    raw, norm = o["confusion"], o["confusion_normalized"]
+    m = len(raw)
+    scale = {}
+    for key, M in (("raw", raw), ("norm", norm)):
+        diag = max([M[i][i] for i in range(m)] + [1e-12])
+        off = max([M[i][j] for i in range(m) for j in range(m) if i != j] + [1e-12])
+        scale[key] = (diag, off)
+
+    def bg(key, v, i, j):
+        if v == 0:
+            return "rgb(255,255,255)"
+        diag, off = scale[key]
+        return colour(v / diag) if i == j else colour(0.15 + 0.85 * v / off, ORANGE)
+
+    cells = [[{"raw": v, "norm": norm[i][j], "bg_raw": bg("raw", v, i, j), "bg_norm": bg("norm", norm[i][j], i, j)}
+              for j, v in enumerate(row)] for i, row in enumerate(raw)]
     return env.get_template("overview.html.j2").render(o=o, cells=cells, urls=urls, title="overview")
 
 
@@ -227,8 +244,12 @@ def make_app(explorer: Explorer) -> Starlette:
         log.exception("explorer: %s failed", request.url.path)
         return JSONResponse({"error": f"internal error ({type(exc).__name__})", "status": 500}, status_code=500)
 
+    async def favicon(request: Request):
+        return Response(status_code=204)
+
     routes = [
         Route("/", overview),
+        Route("/favicon.ico", favicon),
         Route("/cell/{r}/{c}", cell),
         Route("/sample/{ref}", sample),
         Route("/upload", upload_page),

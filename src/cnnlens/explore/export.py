@@ -67,6 +67,7 @@ def export(explorer: Explorer, out: str | os.PathLike, *, cells: int = 6, max_pe
             if p == n_pages_of(pages, r, c) and cell["pages"] > p:
                 cell["pages"] = p  # the export stops here
             for s in cell["samples"]:
+                (tmp / "img" / f"sample-{s['ref']}.png").write_bytes(explorer.image_png(s["ref"]))
                 a = s["true"] if s["true"] != s["pred"] else s["second"]
                 (tmp / "img" / f"pair-{s['ref']}-{a}-{s['pred']}.png").write_bytes(explorer.pair_png(s["ref"], a,
                                                                                                      s["pred"]))

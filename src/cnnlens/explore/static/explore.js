@@ -27,13 +27,13 @@ function $(id) { return document.getElementById(id); }
       const v = td.querySelector(".v");
       const raw = Number(td.dataset.raw);
       if (raw) v.textContent = mode === "raw" ? td.dataset.raw : Number(td.dataset.norm).toFixed(2);
-      td.style.background = mode === "raw" ? td.dataset.bgRaw : td.dataset.bgNorm;
-      const strength = mode === "raw" ? 0 : Number(td.dataset.norm);
-      td.classList.toggle("dark", mode === "norm" ? strength > 0.55 : td.dataset.bgRaw && darkBg(td.dataset.bgRaw));
+      const bg = mode === "raw" ? td.dataset.bgRaw : td.dataset.bgNorm;
+      td.style.background = bg;
+      td.classList.toggle("dark", darkBg(bg));
     }
     for (const b of document.querySelectorAll(".toggle button")) b.classList.toggle("on", b.dataset.mode === mode);
   }
-  function darkBg(rgb) { const m = rgb.match(/\d+/g).map(Number); return m[0] < 120; }
+  function darkBg(rgb) { const m = rgb.match(/\d+/g).map(Number); return 0.299 * m[0] + 0.587 * m[1] + 0.114 * m[2] < 150; }
   for (const b of document.querySelectorAll(".toggle button")) b.addEventListener("click", () => show(b.dataset.mode));
   table.addEventListener("mouseover", e => {
     const td = e.target.closest("td");
