@@ -402,12 +402,17 @@ class Explorer:
             return path.read_bytes()
 
         def run(report):
-            from ..attribution import gradcam
+            from ..attribution import gradcam, saliency
 
             x = self._device_x(ref)
-            e = gradcam(self.model, x.repeat(2, 1, 1, 1), target=torch.tensor([a, b]))
+            xx, t = x.repeat(2, 1, 1, 1), torch.tensor([a, b])
+            try:
+                e, what = gradcam(self.model, xx, target=t), "Grad-CAM"
+            except ValueError as err:  # no spatial layer (an MLP): the input gradient still compares the classes
+                log.info("gallery maps by saliency: %s", err)
+                e, what = saliency(self.model, xx, target=t), "saliency"
             png = _png(pair_figure(x[0].cpu(), e.maps[0], e.maps[1], self.class_names[a], self.class_names[b],
-                                   roles=self._roles(s, a, b)))
+                                   roles=self._roles(s, a, b), method=what))
             _atomic_write(path, png)
             return png
 
@@ -507,15 +512,16 @@ class Explorer:
 
 
 def pair_figure(image: torch.Tensor, map_a: torch.Tensor, map_b: torch.Tensor, name_a: str, name_b: str,
-                roles: tuple[str, str] = ("", "")):
-    """Grad-CAM toward a and toward b over the image (one shared scale) and b − a (red: evidence for b)."""
+                roles: tuple[str, str] = ("", ""), method: str = "Grad-CAM"):
+    """A map (Grad-CAM) toward a and toward b over the image (one shared scale) and b − a (red: evidence for b)."""
     from ..viz import _mpl, overlay
 
     plt = _mpl()
     fig, axes = plt.subplots(1, 3, figsize=(7.2, 2.5))
     vmax = max(float(map_a.max()), float(map_b.max()), 1e-12)
     ra, rb = roles
-    overlay(axes[0], image, map_a, title=f"toward {name_a[:16]}" + (f" ({ra})" if ra else ""), vmin=0, vmax=vmax)
+    pre = "" if method == "Grad-CAM" else f"{method} "
+    overlay(axes[0], image, map_a, title=f"{pre}toward {name_a[:16]}" + (f" ({ra})" if ra else ""), vmin=0, vmax=vmax)
     overlay(axes[1], image, map_b, title=f"toward {name_b[:16]}" + (f" ({rb})" if rb else ""), vmin=0, vmax=vmax)
     overlay(axes[2], image, map_b - map_a, title=f"{name_b[:12]} − {name_a[:12]}", diverging=True)
     fig.tight_layout()
