@@ -282,3 +282,29 @@ def test_pages_wait_for_the_scan_and_json_says_503(tmp_path, data):
             assert page.status_code == 200 and 'id="scan-progress"' in page.text
     finally:
         ex.close()
+
+
+def test_the_pair_image_draws_each_map_on_the_shared_scale_and_their_difference():
+    import matplotlib
+
+    from cnnlens.explore.service import pair_figure
+
+    image = torch.zeros(1, 4, 4)
+    a = torch.zeros(4, 4)
+    b = torch.zeros(4, 4)
+    a[0, 0] = 2.0  # toward a: only the top-left pixel
+    b[3, 3] = 1.0  # toward b: only the bottom-right one, half as strong
+    im = np.asarray(pair_figure(image, a, b, "a", "b"), np.float64) / 255
+    step, gap, top = 150 / 4, 12, 20
+
+    def at(panel_x, i, j):
+        return im[int(top + (i + 0.5) * step), int(panel_x + (j + 0.5) * step)]
+
+    jet = matplotlib.colormaps["jet"]
+    assert at(gap, 0, 0) == pytest.approx(0.5 * np.array(jet(1.0)[:3]), abs=1 / 255)  # a's maximum: full scale
+    x_b = gap + 150 + gap
+    assert at(x_b, 3, 3) == pytest.approx(0.5 * np.array(jet(0.5)[:3]), abs=1 / 255)  # b's 1.0 is half of 2.0
+    x_d = x_b + 150 + 6 + 10 + 44 + gap
+    rdbu = matplotlib.colormaps["RdBu_r"]
+    assert at(x_d, 0, 0) == pytest.approx(0.5 * np.array(rdbu(0.0)[:3]), abs=1 / 255)  # b − a = −2: full blue
+    assert at(x_d, 3, 3) == pytest.approx(0.5 * np.array(rdbu(0.75)[:3]), abs=1 / 255)  # +1 of ±2

@@ -513,16 +513,18 @@ class Explorer:
 
 def pair_figure(image: torch.Tensor, map_a: torch.Tensor, map_b: torch.Tensor, name_a: str, name_b: str,
                 roles: tuple[str, str] = ("", ""), method: str = "Grad-CAM"):
-    """A map (Grad-CAM) toward a and toward b over the image (one shared scale) and b − a (red: evidence for b)."""
-    from ..viz import _mpl, overlay
+    """A map (Grad-CAM) toward a and toward b over the image, on one shared scale, and b − a (red: evidence
+    for b rather than a); a PIL image drawn by :func:`cnnlens.viz.panels_image` (fast: galleries draw many)."""
+    from ..viz import overlay_array, panels_image
 
-    plt = _mpl()
-    fig, axes = plt.subplots(1, 3, figsize=(7.2, 2.5))
     vmax = max(float(map_a.max()), float(map_b.max()), 1e-12)
+    vmin = min(float(map_a.min()), float(map_b.min()), 0.0)
+    diff = map_b - map_a
+    m = float(diff.abs().max()) or 1.0
     ra, rb = roles
     pre = "" if method == "Grad-CAM" else f"{method} "
-    overlay(axes[0], image, map_a, title=f"{pre}toward {name_a[:16]}" + (f" ({ra})" if ra else ""), vmin=0, vmax=vmax)
-    overlay(axes[1], image, map_b, title=f"toward {name_b[:16]}" + (f" ({rb})" if rb else ""), vmin=0, vmax=vmax)
-    overlay(axes[2], image, map_b - map_a, title=f"{name_b[:12]} − {name_a[:12]}", diverging=True)
-    fig.tight_layout()
-    return fig
+    panels = [overlay_array(image, map_a, vmin=vmin, vmax=vmax), overlay_array(image, map_b, vmin=vmin, vmax=vmax),
+              overlay_array(image, diff, diverging=True)]
+    titles = [f"{pre}toward {name_a[:14]}" + (f" ({ra})" if ra else ""),  # the bitmap font has ASCII only
+              f"{pre}toward {name_b[:14]}" + (f" ({rb})" if rb else ""), f"{name_b[:10]} - {name_a[:10]}"]
+    return panels_image(panels, titles, bars=[None, ("jet", vmin, vmax), ("RdBu_r", -m, m)])
