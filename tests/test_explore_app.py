@@ -308,3 +308,17 @@ def test_the_pair_image_draws_each_map_on_the_shared_scale_and_their_difference(
     rdbu = matplotlib.colormaps["RdBu_r"]
     assert at(x_d, 0, 0) == pytest.approx(0.5 * np.array(rdbu(0.0)[:3]), abs=1 / 255)  # b − a = −2: full blue
     assert at(x_d, 3, 3) == pytest.approx(0.5 * np.array(rdbu(0.75)[:3]), abs=1 / 255)  # +1 of ±2
+
+
+def test_cross_site_uploads_and_foreign_host_names_are_refused(served):
+    client, ex, model = served
+    png = _png_bytes(np.zeros((8, 8), np.uint8))
+    for kind in ("text/plain", "multipart/form-data; boundary=x", "application/x-www-form-urlencoded"):
+        r = client.post("/api/upload", content=png, headers={"Content-Type": kind})
+        assert r.status_code == 415 and "application/octet-stream" in r.json()["error"]
+    assert client.post("/api/upload", content=png, headers={"Content-Type": "image/png"}).status_code == 200
+    with TestClient(make_app(ex, allowed_hosts=["127.0.0.1", "localhost"]), base_url="http://127.0.0.1:8765") as local:
+        assert local.get("/api/status").status_code == 200
+        rebound = local.get("/api/status", headers={"Host": "attacker.example:8765"})  # DNS rebinding
+        assert rebound.status_code == 400
+    ok(client)

@@ -126,7 +126,9 @@ def serve(m, data: str, ds, cache: Path, host: str, port: int, batch_size: int, 
     url = f"http://{'[' + shown + ']' if ':' in shown else shown}:{port}/"
     console.print(f"cnnlens explore: {url}  (Ctrl-C stops; the page fills in when the scan is done)", highlight=False)
     try:
-        uvicorn.run(make_app(ex), host=host, port=port, log_level="warning")
+        local = host in ("127.0.0.1", "localhost", "::1")
+        app = make_app(ex, allowed_hosts=["127.0.0.1", "localhost", "::1", "[::1]"] if local else None)
+        uvicorn.run(app, host=host, port=port, log_level="warning")
     finally:
         if bar is not None:
             bar.stop()

@@ -106,8 +106,17 @@ def render_cell(env, cell: dict, urls: Urls, names) -> str:
                                                    f"{cell['pred_name']}", names=names)
 
 
-def make_app(explorer: Explorer) -> Starlette:
-    """The ASGI app serving ``explorer`` (start its scan with ``explorer.start_scan()``)."""
+#: CORS-safelisted content types: a web page on another site may POST these to a local server
+#: without asking first, so uploads must come as another type (the page sends application/octet-stream)
+_SIMPLE_TYPES = ("text/plain", "multipart/form-data", "application/x-www-form-urlencoded")
+
+
+def make_app(explorer: Explorer, allowed_hosts: list[str] | None = None) -> Starlette:
+    """The ASGI app serving ``explorer`` (start its scan with ``explorer.start_scan()``).
+
+    ``allowed_hosts``: the Host headers answered (others get 400), e.g. ``["127.0.0.1", "localhost"]``
+    for a server on the loopback, so a web page cannot reach it through DNS rebinding.
+    """
     env = templates()
     urls = Urls()
     ex = explorer
@@ -199,6 +208,10 @@ def make_app(explorer: Explorer) -> Starlette:
 
     @guarded("api")
     async def api_upload(request: Request):
+        kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if kind in _SIMPLE_TYPES:
+            raise BadRequest(f"send the image as the request body with Content-Type application/octet-stream "
+                             f"(or image/*), not {kind}", 415)
         size = request.headers.get("content-length")
         if size is not None and size.isdigit() and int(size) > MAX_UPLOAD:
             raise BadRequest(f"the upload is {int(size) / 2**20:.1f} MB; the limit is {MAX_UPLOAD // 2**20} MB", 413)
@@ -263,6 +276,13 @@ def make_app(explorer: Explorer) -> Starlette:
         Route("/img/sample/{ref}/method/{method}.png", img_method),
         Mount("/static", StaticFiles(directory=str(HERE / "static")), name="static"),
     ]
-    return Starlette(routes=routes, exception_handlers={HTTPException: not_found, 500: server_error})
+    middleware = []
+    if allowed_hosts:
+        from starlette.middleware import Middleware
+        from starlette.middleware.trustedhost import TrustedHostMiddleware
+
+        middleware.append(Middleware(TrustedHostMiddleware, allowed_hosts=list(allowed_hosts)))
+    return Starlette(routes=routes, middleware=middleware,
+                     exception_handlers={HTTPException: not_found, 500: server_error})
 
 

@@ -11,8 +11,8 @@ parts, and dataset samples are read by index through the dataset (never by a pat
 request). Nothing from a request is unpickled: uploads are decoded by Pillow (with its
 decompression-bomb limit) and cached as safetensors.
 
-Cache layout (``cache/``): ``scan-<key>.sqlite`` (the store), ``uploads/<ref>.safetensors``,
-``results/<model hash>/<ref>/<what>.png|.json``; each file written atomically.
+Cache layout (``cache/``): ``scan-<key>.sqlite`` (the store), ``uploads/<model hash>/<ref>.safetensors``,
+``results/<model hash>-<data hash>/<ref>/<what>.png|.json``; each file written atomically.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ import torch
 from torch import nn
 
 from ..attribution import METHODS
-from .store import Store, _scan_dataset, build_store, model_hash
+from .store import Store, _scan_dataset, build_store, dataset_hash, model_hash
 from .worker import Worker
 
 log = logging.getLogger(__name__)
@@ -144,9 +144,11 @@ class Explorer:
         self.n = len(self.dataset)
         spec = getattr(model, "spec", None)
         self.model_name = getattr(spec, "name", None) or type(model).__name__
-        self.mhash = model_hash(model)
-        self.results = self.cache / "results" / self.mhash[:16]
-        self.uploads = self.cache / "uploads"
+        self.mhash, self.dhash = model_hash(model), dataset_hash(self.dataset)
+        # results of dataset samples are keyed by model and data (an index means nothing across datasets);
+        # uploads are preprocessed for the model, so they are kept per model
+        self.results = self.cache / "results" / f"{self.mhash[:16]}-{self.dhash[:16]}"
+        self.uploads = self.cache / "uploads" / self.mhash[:16]
         self.worker = Worker()
         self.store: Store | None = None
         self._scan_job = None
@@ -168,7 +170,8 @@ class Explorer:
                     progress(done, total)
 
             store = build_store(self.model, self.data, self.cache, k=self.k, batch_size=self.batch_size,
-                                device=self.device, progress=prog, dataset=self.dataset)
+                                device=self.device, progress=prog, dataset=self.dataset,
+                                hashes=(self.mhash, self.dhash))
             self.store = store
             return True
 

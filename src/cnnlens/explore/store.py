@@ -311,12 +311,14 @@ def _class_names(model: nn.Module, ds) -> tuple[str, ...] | None:
 
 def build_store(model: nn.Module, data, cache_dir: str | os.PathLike, *, k: int = 5, topk: Sequence[int] | None = None,
                 batch_size: int = 64, chunk: int = CHUNK, device=None,
-                progress: Callable[[int, int], None] | None = None, dataset=None) -> Store:
+                progress: Callable[[int, int], None] | None = None, dataset=None,
+                hashes: tuple[str, str] | None = None) -> Store:
     """Scan ``data`` once (or reuse the stored scan) and return the :class:`Store`.
 
     ``data``: ``"digits"``, an ImageFolder path or a Dataset of (x, y). ``progress(done, total)``
     counts samples. Under ``torchrun`` every rank must call it; rank 0 writes, the others
-    return None. ``dataset``: the already-built dataset of ``data`` (skips building it twice).
+    return None. ``dataset``: the already-built dataset of ``data`` (skips building it twice);
+    ``hashes``: its ``(model_hash(model), dataset_hash(dataset))`` when already computed.
     """
     if not isinstance(chunk, int) or chunk < 1:
         raise ValueError(f"chunk={chunk!r}: give a positive int")
@@ -324,7 +326,7 @@ def build_store(model: nn.Module, data, cache_dir: str | os.PathLike, *, k: int 
     n = len(ds)
     cache = Path(cache_dir)
     rank, world = distributed_info()
-    mhash, dhash = model_hash(model), dataset_hash(ds)
+    mhash, dhash = hashes if hashes is not None else (model_hash(model), dataset_hash(ds))
     final = store_path(cache, mhash, dhash, k)
     if final.is_file():
         try:

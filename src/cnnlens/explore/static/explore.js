@@ -95,7 +95,7 @@ function poll(url, parts, done) {
       status.textContent = j.status + "… " + (100 * (j.progress || 0)).toFixed(0) + " %";
       setTimeout(tick, 300);
     }
-  });
+  }).catch(() => { if (!stopped) setTimeout(tick, 1000); });
   tick();
   return () => { stopped = true; };
 }
