@@ -132,6 +132,9 @@ def serve(m, data: str, ds, cache: Path, host: str, port: int, batch_size: int, 
     finally:
         if bar is not None:
             bar.stop()
-        ex.close()
+        ex.close(timeout=2.0)  # a scan still running stops with the process; its written chunks stay
+        if job.status in ("queued", "running"):
+            console.print("the scan stopped before the end; the next `cnnlens explore` with the same model and data "
+                          "resumes it", highlight=False)
         if job.status == "error":
             console.print(f"[bold red]error:[/] the scan failed: {job.error}", highlight=False)

@@ -179,6 +179,8 @@ class Explorer:
         return self._scan_job
 
     def wait_ready(self, timeout: float = 3600.0) -> Store:
+        if self.store is not None:
+            return self.store
         if self._scan_job is None:
             self.start_scan()
         self._scan_job.done.wait(timeout)
@@ -508,8 +510,9 @@ class Explorer:
         _atomic_write(meta_path, json.dumps(info).encode())
         return info
 
-    def close(self) -> None:
-        self.worker.close()
+    def close(self, timeout: float = 30.0) -> None:
+        """Stop the worker after its running job (waiting at most ``timeout`` s) and close the store."""
+        self.worker.close(timeout)
         if self.store is not None:
             self.store.close()
 
