@@ -151,6 +151,15 @@ def test_from_the_most_confused_cell_to_a_sample_and_an_upload(server, tmp_path)
               what="Grad-CAM toward class 3")
         driver.execute_script("arguments[0].blur()", box)  # close the class list's pop-up
         driver.find_element(By.TAG_NAME, "h1").click()
+        Select(driver.find_element(By.ID, "target")).select_by_value("predicted")
+        driver.find_element(By.ID, "run-all").click()  # every attribution method, one after the other
+        n_methods = len(Select(driver.find_element(By.ID, "method")).options)
+        _wait(driver, lambda: len(driver.find_elements(By.CSS_SELECTOR, "#all-methods .card img")) == n_methods and all(
+            i.is_displayed() for i in driver.find_elements(By.CSS_SELECTOR, "#all-methods .card img")),
+            timeout=240, what="every method")
+        aucs = [e.text for e in driver.find_elements(By.CSS_SELECTOR, "#all-methods .card .aucs")]
+        assert len(aucs) == n_methods == 11 and all(a.startswith("deletion ") for a in aucs)
+        driver.find_element(By.TAG_NAME, "h1").click()
         driver.find_element(By.ID, "run-attack").click()
         _wait(driver, lambda: "ε =" in driver.find_element(By.ID, "attack-status").text, timeout=120, what="attack")
         assert _images_ok(driver) == []

@@ -70,7 +70,7 @@ function $(id) { return document.getElementById(id); }
 })();
 
 // -- sample page: run a method (or the attack) in the worker, poll its progress ------------
-function poll(url, parts, done) {
+function poll(url, parts, done, fail) {
   const { progress, status, img } = parts;
   progress.hidden = false;
   img.hidden = true;
@@ -83,6 +83,7 @@ function poll(url, parts, done) {
       progress.hidden = true;
       status.textContent = j.error || ("error " + code);
       status.classList.add("error");
+      if (fail) fail(j);
       return;
     }
     progress.querySelector(".bar").style.width = (100 * (j.progress || 0)).toFixed(0) + "%";
@@ -126,6 +127,29 @@ function poll(url, parts, done) {
     });
   }
   method.addEventListener("change", run);
+
+  // every method toward the chosen target, one after the other (the worker runs one job at a time anyway)
+  $("run-all").addEventListener("click", async () => {
+    const t = targetValue();
+    if (t === null) { parts.status.textContent = "type or pick a class name from the list"; return; }
+    const grid = $("all-methods");
+    grid.textContent = "";
+    for (const opt of method.options) {
+      const card = document.createElement("div");
+      card.className = "card";
+      card.innerHTML = '<h3></h3><div class="progress"><div class="bar"></div></div><p class="status"></p><img alt="" hidden><p class="aucs"></p>';
+      card.querySelector("h3").textContent = opt.textContent;
+      grid.appendChild(card);
+      const p = { progress: card.querySelector(".progress"), status: card.querySelector(".status"), img: card.querySelector("img") };
+      const url = "/api/sample/" + encodeURIComponent(ref) + "/method/" + encodeURIComponent(opt.value) + "?target=" + encodeURIComponent(t);
+      await new Promise(resolve => poll(url, p, j => {
+        p.status.textContent = "toward " + j.class_name + " (" + j.target + "), " + j.seconds + " s";
+        card.querySelector(".aucs").textContent = "deletion " + j.deletion_auc.toFixed(3) + " · insertion " + j.insertion_auc.toFixed(3);
+        p.img.alt = opt.value + " toward " + j.class_name;
+        resolve();
+      }, resolve));
+    }
+  });
   target.addEventListener("change", () => { pick.hidden = target.value !== "class"; if (target.value !== "class") run(); else input.focus(); });
   input.addEventListener("change", run);
   run();
