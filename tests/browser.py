@@ -56,3 +56,34 @@ def check_page(index: Path, screenshot: Path | None = None) -> dict:
     finally:
         driver.quit()
         shutil.rmtree(profile, ignore_errors=True)
+
+
+def chromium_driver():
+    """A headless Debian Chromium driven by selenium (skips when it is not installed; fails under CI).
+
+    The caller quits it (``driver.quit()``) and removes ``driver.profile_dir``.
+    """
+    if not Path(CHROMIUM).exists() or not Path(CHROMEDRIVER).exists():
+        msg = "Debian's chromium and chromium-driver are not installed (`make install-test` installs them)"
+        if os.environ.get("CI"):
+            pytest.fail(msg)
+        pytest.skip(msg)
+    pytest.importorskip("selenium")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = CHROMIUM
+    profile = tempfile.mkdtemp(prefix="cnnlens-chromium-")
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--disable-dev-shm-usage", "--window-size=1400,1000", f"--user-data-dir={profile}"):
+        opts.add_argument(flag)
+    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    try:
+        driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
+    except BaseException:
+        shutil.rmtree(profile, ignore_errors=True)
+        raise
+    driver.profile_dir = profile
+    return driver

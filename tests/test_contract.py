@@ -12,12 +12,15 @@ neither refuse nor change the model in any of them.
 
 from __future__ import annotations
 
+import tempfile
+
 import pytest
 import torch
 from torch import nn
 
 from cnnlens import attacks, attribution, inside
 from cnnlens.evaluation import evaluate
+from cnnlens.explore import build_store
 from cnnlens.scan import scan
 from modelstate import assert_unchanged, snapshot
 
@@ -57,6 +60,11 @@ X = torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(1))
 DATA = torch.utils.data.TensorDataset(torch.rand(6, 3, 8, 8, generator=torch.Generator().manual_seed(2)),
                                       torch.tensor([0, 1, 2, 0, 1, 2]))
 
+def _in_temp_dir(fn):
+    with tempfile.TemporaryDirectory(prefix="cnnlens-contract-") as d:
+        return fn(d)
+
+
 CALLS = {
     **{f"attribution.{name}": (lambda fn: lambda m: fn(m, X))(fn)
        for name, fn in attribution.METHODS.items() if name not in ("occlusion", "augmented_gradcam", "smoothgrad",
@@ -81,6 +89,7 @@ CALLS = {
     "attacks.minimal_eps": lambda m: attacks.minimal_eps(m, X, max_iter=3, steps=2),
     "attacks.robustness": lambda m: attacks.robustness(m, DATA, eps=[0, 2 / 255], steps=2),
     "evaluate": lambda m: evaluate(m, DATA, topk=(1, 2)),
+    "explore.build_store": lambda m: _in_temp_dir(lambda d: build_store(m, DATA, d)),
 }
 
 

@@ -92,3 +92,67 @@ def rescale01(x: torch.Tensor) -> torch.Tensor:
     if hi - lo <= 0:
         return torch.full_like(x, 0.5)
     return (x - lo) / (hi - lo)
+
+
+def colormap_rgb(values: torch.Tensor, cmap: str = "jet", vmin: float = 0.0, vmax: float = 1.0) -> np.ndarray:
+    """H×W values → H×W×3 float RGB in [0, 1] through a matplotlib colour map (no figure is made)."""
+    import matplotlib
+
+    v = values.detach().float().cpu().numpy()
+    span = vmax - vmin
+    u = np.clip((v - vmin) / span, 0.0, 1.0) if span > 0 else np.full_like(v, 0.5)
+    return matplotlib.colormaps[cmap](u)[..., :3]
+
+
+def overlay_array(image: torch.Tensor, heat: torch.Tensor, *, cmap: str = "jet", alpha: float = 0.5,
+                  vmin: float | None = None, vmax: float | None = None, diverging: bool = False) -> np.ndarray:
+    """``heat`` (H×W) over ``image`` (C×H×W in [0, 1]) as an H×W×3 array, the way :func:`overlay` draws it:
+    ``(1 − α)·image + α·cmap((heat − vmin)/(vmax − vmin))``; ``diverging`` centres RdBu_r at 0.
+
+    For pages that need many small images fast (no matplotlib figure: about a millisecond each).
+
+    >>> a = overlay_array(torch.zeros(1, 2, 2), torch.ones(2, 2), vmin=0, vmax=1, alpha=0.5)
+    >>> a[0, 0].round(3).tolist()     # half of jet's top colour (dark red) over black
+    [0.25, 0.0, 0.0]
+    """
+    a = to_numpy_image(image)
+    if a.ndim == 2:
+        a = np.repeat(a[..., None], 3, axis=2)
+    if diverging:
+        m = float(heat.abs().max()) or 1.0
+        vmin, vmax, cmap = -m, m, "RdBu_r"
+    if vmin is None:
+        vmin = float(heat.min())
+    if vmax is None:
+        vmax = float(heat.max())
+    return (1 - alpha) * a + alpha * colormap_rgb(heat, cmap, vmin, vmax)
+
+
+def panels_image(panels: Sequence[np.ndarray], titles: Sequence[str], *, size: int = 150, gap: int = 12,
+                 bars: Sequence[tuple[str, float, float] | None] | None = None):
+    """H×W×3 arrays side by side, each scaled to ``size`` px, with a title above and, where given,
+    a colour bar ``(cmap, vmin, vmax)`` with its end values beside it. Returns a PIL image."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    font = ImageFont.load_default(size=12)
+    bar_w, label_w, top = 10, 44, 20
+    bars = list(bars or [None] * len(panels))
+    widths = [size + (gap // 2 + bar_w + label_w if b else 0) for b in bars]
+    W = sum(widths) + gap * (len(panels) + 1)
+    H = size + top + gap
+    out = Image.new("RGB", (W, H), "white")
+    draw = ImageDraw.Draw(out)
+    x = gap
+    for arr, title, bar, w in zip(panels, titles, bars, widths):
+        im = Image.fromarray((np.clip(arr, 0, 1) * 255).round().astype(np.uint8))
+        out.paste(im.resize((size, size), Image.Resampling.NEAREST), (x, top))
+        draw.text((x + size // 2, top - 4), title, fill="black", font=font, anchor="ms")
+        if bar:
+            cmap, lo, hi = bar
+            ramp = colormap_rgb(torch.linspace(1, 0, size).view(-1, 1).expand(size, bar_w), cmap, 0.0, 1.0)
+            bx = x + size + gap // 2
+            out.paste(Image.fromarray((ramp * 255).round().astype(np.uint8)), (bx, top))
+            draw.text((bx + bar_w + 3, top), f"{hi:.2g}", fill="black", font=font, anchor="lt")
+            draw.text((bx + bar_w + 3, top + size), f"{lo:.2g}", fill="black", font=font, anchor="lb")
+        x += w + gap
+    return out

@@ -1,0 +1,140 @@
+"""`cnnlens explore`: scan a dataset into the explorer's store and serve the local web app (or export it)."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from .common import (DEVICE_OPT, MODEL_OPT, PRETRAINED_OPT, TRUST_OPT, WEIGHTS_OPT, UserError, app, console,
+                     distributed, load_model_from_options, progress_bar)
+
+
+def default_cache() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "cnnlens" / "explore"
+
+
+def _check_port(host: str, port: int) -> None:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        try:
+            s.bind((host, port))
+        except OSError as e:
+            raise UserError(f"cannot listen on {host}:{port} ({e.strerror}); choose another --port") from None
+
+
+@app.command()
+def explore(
+    model: str = MODEL_OPT,
+    data: str = typer.Option(..., "--data", "-d", help="digits, or an ImageFolder directory (one sub-folder per class)."),
+    weights: Optional[Path] = WEIGHTS_OPT,
+    pretrained: bool = PRETRAINED_OPT,
+    trust_pickle: bool = TRUST_OPT,
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (0.0.0.0 opens it to the network)."),
+    port: int = typer.Option(8765, "--port", min=0, max=65535, help="Port to listen on."),
+    cache: Path = typer.Option(None, "--cache", help="Cache folder for the scan and the explanations "
+                               "(default ~/.cache/cnnlens/explore)."),
+    scan_only: bool = typer.Option(False, "--scan-only", help="Fill the store and exit (works under torchrun)."),
+    export: Optional[Path] = typer.Option(None, "--export", help="Write the overview and the most confused cells' "
+                                          "galleries as static pages into this folder, then exit."),
+    cells: int = typer.Option(6, "--cells", min=1, help="With --export: how many of the most confused cells."),
+    batch_size: int = typer.Option(64, "--batch-size", "-b", min=1, help="Images per forward pass of the scan."),
+    device: str = DEVICE_OPT,
+) -> None:
+    """A local web app from the confusion matrix to the explanation of each sample.
+
+    Scans --data once (reused while the weights and the files are unchanged; a
+    stopped scan resumes), then serves http://HOST:PORT: the overview with the
+    confusion matrix, each cell's samples with Grad-CAM toward the true and the
+    predicted class, and each sample's attributions, occlusion and attack.
+    All model work runs in one background thread. `torchrun --nproc_per_node N -m
+    cnnlens explore --scan-only ...` fills the store with N processes.
+    """
+    from ..explore.service import Explorer
+    from ..explore.store import _scan_dataset, build_store
+
+    cache = (cache or default_cache()).expanduser()
+    if cache.exists() and not cache.is_dir():
+        raise UserError(f"--cache {cache} is a file; give a folder")
+    if export is not None:
+        from ..explore.export import check_target
+
+        check_target(export.expanduser().resolve())
+    with distributed(device) as (rank, world, dev):
+        if world > 1 and not scan_only:
+            raise UserError("under torchrun only --scan-only runs (the server is one process); add --scan-only")
+        m = load_model_from_options(model, weights, pretrained, trust_pickle, dev)
+        ds = _scan_dataset(data, m)
+        if scan_only or export is not None:
+            with progress_bar(f"scanning {data} with {model}", total=len(ds), rank=rank, world=world) as update:
+                store = build_store(m, data, cache, batch_size=batch_size, device=dev, progress=update, dataset=ds)
+            if rank != 0:
+                return
+            r = store.evaluation()
+            acc = "   ".join(f"top-{k}: {v:.2%}" for k, v in r.topk_accuracy.items())
+            console.print(f"{r.n} samples, {r.num_classes} classes   {acc}", highlight=False)
+            console.print(f"store: {store.path}", highlight=False)
+            if export is None:
+                return
+            ex = Explorer(m, data, cache, batch_size=batch_size, device=dev, data_label=data)
+            ex.store = store
+            try:
+                from ..explore.export import export as run_export
+
+                with progress_bar("drawing the galleries") as update:
+                    index = run_export(ex, export, cells=cells, progress=update)
+            finally:
+                ex.close()
+            console.print(f"wrote {index}", highlight=False)
+            return
+        serve(m, data, ds, cache, host, port, batch_size, dev)
+
+
+def serve(m, data: str, ds, cache: Path, host: str, port: int, batch_size: int, device: str) -> None:
+    """Start the scan in the worker, print the URL and serve until Ctrl-C."""
+    import uvicorn
+
+    from ..explore.app import make_app
+    from ..explore.service import Explorer
+
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        console.print(f"[bold yellow]warning:[/] listening on {host}: anyone who can reach this machine on port "
+                      f"{port} can use the explorer and run your model (use the default --host 127.0.0.1 to keep "
+                      "it local)", highlight=False)
+    _check_port(host, port)
+    ex = Explorer(m, data, cache, batch_size=batch_size, device=device, data_label=data)
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    bar = None
+    if console.is_terminal:
+        bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                       console=console, transient=True)
+        task = bar.add_task(f"scanning {data}", total=len(ds))
+        bar.start()
+
+    def progress(done: int, total: int) -> None:
+        if bar is not None:
+            bar.update(task, completed=done, total=total)
+            if done >= total:
+                bar.stop()
+
+    job = ex.start_scan(progress)
+    shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+    url = f"http://{'[' + shown + ']' if ':' in shown else shown}:{port}/"
+    console.print(f"cnnlens explore: {url}  (Ctrl-C stops; the page fills in when the scan is done)", highlight=False)
+    try:
+        local = host in ("127.0.0.1", "localhost", "::1")
+        app = make_app(ex, allowed_hosts=["127.0.0.1", "localhost", "::1", "[::1]"] if local else None)
+        uvicorn.run(app, host=host, port=port, log_level="warning")
+    finally:
+        if bar is not None:
+            bar.stop()
+        ex.close(timeout=2.0)  # a scan still running stops with the process; its written chunks stay
+        if job.status in ("queued", "running"):
+            console.print("the scan stopped before the end; the next `cnnlens explore` with the same model and data "
+                          "resumes it", highlight=False)
+        if job.status == "error":
+            console.print(f"[bold red]error:[/] the scan failed: {job.error}", highlight=False)

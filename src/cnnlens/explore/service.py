@@ -1,0 +1,536 @@
+"""What the explorer's pages show: queries of the store, explanations run through the worker, drawings.
+
+:class:`Explorer` owns the model, the dataset, the store, the on-disk cache and the one
+:class:`~cnnlens.explore.worker.Worker` thread that runs everything touching the model.
+The web routes only validate a request and call it.
+
+Samples are named by a *ref*: the dataset index (``"12"``) or ``"u"`` + 16 hex digits for an
+uploaded image. Every ref, class, method and target is validated here before anything is
+read; files are only ever read from the cache directory under names built from validated
+parts, and dataset samples are read by index through the dataset (never by a path from a
+request). Nothing from a request is unpickled: uploads are decoded by Pillow (with its
+decompression-bomb limit) and cached as safetensors.
+
+Cache layout (``cache/``): ``scan-<key>.sqlite`` (the store), ``uploads/<model hash>/<ref>.safetensors``,
+``results/<model hash>-<data hash>/<ref>/<what>.png|.json``; each file written atomically.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import io
+import json
+import logging
+import os
+import re
+import tempfile
+import threading
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from ..attribution import METHODS
+from .store import Store, _scan_dataset, build_store, dataset_hash, model_hash
+from .worker import Worker
+
+log = logging.getLogger(__name__)
+
+#: the largest upload accepted, in bytes
+MAX_UPLOAD = 20 * 1024 * 1024
+#: samples per gallery page
+PAGE_SIZE = 24
+#: what the sample page can run: every attribution method, and the attack to the second class
+ACTIONS = tuple(METHODS) + ("attack",)
+#: settings the explorer runs the slower methods with (documented in the page)
+SETTINGS: dict[str, dict] = {
+    "smoothgrad": {"n": 16},
+    "integrated_gradients": {"steps": 32},
+    "augmented_gradcam": {"augmentations": 16},
+}
+FAITH_STEPS = 16
+
+_DATA_REF = re.compile(r"^[0-9]{1,10}$")
+_UPLOAD_REF = re.compile(r"^u[0-9a-f]{16}$")
+
+
+class NotFound(LookupError):
+    """A ref, class, method or page that does not exist (HTTP 404)."""
+
+
+class BadRequest(ValueError):
+    """A request the explorer cannot serve as given (HTTP 400, or ``status``)."""
+
+    def __init__(self, message: str, status: int = 400):
+        super().__init__(message)
+        self.status = status
+
+
+class NotReady(RuntimeError):
+    """The scan is still running (HTTP 503)."""
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _png(fig) -> bytes:
+    from ..report import _png_bytes
+
+    return _png_bytes(fig)
+
+
+def decode_upload(data: bytes, model: nn.Module) -> torch.Tensor:
+    """Image bytes → 1×C×H×W in [0, 1] for ``model`` (Pillow; bomb, truncation and non-images → BadRequest)."""
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    from ..data import Preprocess
+
+    if len(data) > MAX_UPLOAD:
+        raise BadRequest(f"the upload is {len(data) / 2**20:.1f} MB; the limit is {MAX_UPLOAD // 2**20} MB", 413)
+    if not data:
+        raise BadRequest("the upload is empty; send an image file (PNG, JPEG, ...)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as im:
+                im.load()
+                im = ImageOps.exif_transpose(im)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise BadRequest(f"the image is too large to decode safely ({str(e).split('.')[0]}); "
+                         "send an image under Pillow's limit of "
+                         f"{Image.MAX_IMAGE_PIXELS:,} pixels", 413) from None
+    except UnidentifiedImageError:
+        raise BadRequest("the upload is not an image Pillow can read; send a PNG, JPEG, BMP, WebP, ... file",
+                         415) from None
+    except (OSError, SyntaxError, ValueError) as e:
+        raise BadRequest(f"the image is corrupt or truncated ({str(e).strip() or type(e).__name__}); "
+                         "send the whole file") from None
+    try:
+        x = Preprocess.for_model(model)(im)
+    except (ValueError, TypeError) as e:
+        raise BadRequest(f"cannot use this image: {e}") from None
+    return x.unsqueeze(0).float().contiguous()
+
+
+class Explorer:
+    """The explorer's backend: store queries, cached explanations, drawings; all model work in one thread.
+
+    >>> ex = Explorer(cnnlens.load_model("digits-cnn"), "digits", "cache")    # doctest: +SKIP
+    >>> ex.start_scan(); ex.wait_ready(); ex.overview()["accuracy"]           # doctest: +SKIP
+    """
+
+    def __init__(self, model: nn.Module, data, cache_dir: str | os.PathLike, *, batch_size: int = 64,
+                 device=None, k: int = 5, page_size: int = PAGE_SIZE, data_label: str | None = None):
+        self.model = model
+        self.data = data
+        self.data_label = data_label or (data if isinstance(data, str) else type(data).__name__)
+        self.cache = Path(cache_dir).expanduser().resolve()
+        self.cache.mkdir(parents=True, exist_ok=True)
+        self.batch_size, self.device, self.k, self.page_size = batch_size, device, k, page_size
+        self.dataset = _scan_dataset(data, model)
+        self.n = len(self.dataset)
+        spec = getattr(model, "spec", None)
+        self.model_name = getattr(spec, "name", None) or type(model).__name__
+        self.mhash, self.dhash = model_hash(model), dataset_hash(self.dataset)
+        # results of dataset samples are keyed by model and data (an index means nothing across datasets);
+        # uploads are preprocessed for the model, so they are kept per model
+        self.results = self.cache / "results" / f"{self.mhash[:16]}-{self.dhash[:16]}"
+        self.uploads = self.cache / "uploads" / self.mhash[:16]
+        self.worker = Worker()
+        self.store: Store | None = None
+        self._scan_job = None
+        self._scan_done = 0
+        self._eval = None
+        self._lock = threading.Lock()
+        self._class_names: tuple[str, ...] | None = tuple(spec.class_names) if spec is not None and \
+            getattr(spec, "class_names", None) else None
+
+    # -- scan -----------------------------------------------------------------
+    def start_scan(self, progress: Callable[[int, int], None] | None = None):
+        """Scan (or reuse the stored scan) in the worker thread; returns the job."""
+
+        def run(report):
+            def prog(done, total):
+                self._scan_done = done
+                report(done / max(1, total))
+                if progress is not None:
+                    progress(done, total)
+
+            store = build_store(self.model, self.data, self.cache, k=self.k, batch_size=self.batch_size,
+                                device=self.device, progress=prog, dataset=self.dataset,
+                                hashes=(self.mhash, self.dhash))
+            self.store = store
+            return True
+
+        self._scan_job = self.worker.submit("scan", run)
+        return self._scan_job
+
+    def wait_ready(self, timeout: float = 3600.0) -> Store:
+        if self.store is not None:
+            return self.store
+        if self._scan_job is None:
+            self.start_scan()
+        self._scan_job.done.wait(timeout)
+        if self.store is None:
+            raise ValueError(f"the scan failed: {self._scan_job.error}")
+        return self.store
+
+    def status(self) -> dict:
+        job = self._scan_job
+        state = "ready" if self.store is not None else "error" if job is not None and job.status == "error" \
+            else "scanning"
+        return {"state": state, "done": self.n if state == "ready" else self._scan_done, "total": self.n,
+                "error": job.error if job is not None else None, "model": self.model_name, "data": self.data_label}
+
+    def _ready(self) -> Store:
+        if self.store is None:
+            st = self.status()
+            if st["state"] == "error":
+                raise BadRequest(f"the scan failed: {st['error']}", 500)
+            raise NotReady(f"the scan is still running ({st['done']} of {st['total']} samples)")
+        return self.store
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        if self.store is not None:
+            return self.store.class_names
+        return self._class_names or ()
+
+    # -- validation -----------------------------------------------------------
+    def check_class(self, c: Any) -> int:
+        store = self._ready()
+        s = str(c)
+        if not re.fullmatch(r"[0-9]{1,9}", s) or int(s) >= store.num_classes:
+            raise NotFound(f"no class {s[:40]!r}; classes are 0..{store.num_classes - 1}")
+        return int(s)
+
+    def check_ref(self, ref: Any) -> str:
+        s = str(ref)
+        if _DATA_REF.fullmatch(s):
+            if int(s) >= self.n:
+                raise NotFound(f"no sample {s}; the dataset has {self.n} (0..{self.n - 1})")
+            return str(int(s))
+        if _UPLOAD_REF.fullmatch(s) and (self.uploads / f"{s}.safetensors").is_file():
+            return s
+        raise NotFound(f"no sample {s[:40]!r}; samples are dataset indices or uploaded images")
+
+    def check_action(self, method: Any) -> str:
+        s = str(method).replace("-", "_")
+        if s not in ACTIONS:
+            raise NotFound(f"no method {str(method)[:40]!r}; methods: {', '.join(ACTIONS)}")
+        return s
+
+    # -- store queries --------------------------------------------------------
+    def evaluation(self):
+        store = self._ready()
+        with self._lock:
+            if self._eval is None:
+                self._eval = store.evaluation()
+            return self._eval
+
+    def overview(self, max_classes: int = 30, sub: int = 20) -> dict:
+        """Accuracy, top-k, per-class table, confusion matrix (or the most confused sub-matrix), confused pairs."""
+        from ..evaluation import most_confused_classes
+
+        r = self.evaluation()
+        K = r.num_classes
+        C = r.confusion
+        shown = list(range(K)) if K <= max_classes else most_confused_classes(C, sub)
+        ix = torch.tensor(shown)
+        off = C.clone()
+        off.fill_diagonal_(0)
+        nz = off.nonzero().tolist()
+        support = C.sum(1).tolist()
+        pairs = sorted(({"true": t, "pred": p, "true_name": r.class_names[t], "pred_name": r.class_names[p],
+                         "count": int(C[t, p]), "share": int(C[t, p]) / max(1, support[t])} for t, p in nz),
+                       key=lambda d: (-d["count"], d["true"], d["pred"]))
+        return {
+            "model": self.model_name, "data": self.data_label, "n": r.n, "num_classes": K,
+            "accuracy": r.accuracy, "topk_accuracy": r.topk_accuracy, "topk_hits": r.topk_hits,
+            "per_class": r.per_class, "classes": shown, "class_names": list(r.class_names),
+            "confusion": C[ix][:, ix].tolist(), "confusion_normalized": r.confusion_normalized[ix][:, ix].tolist(),
+            "submatrix": len(shown) < K, "confused_pairs": pairs[:1000],
+            "most_confused": pairs[0] if pairs else None,
+        }
+
+    def cell(self, true: Any, pred: Any, page: Any = 1, sort: str = "confidence", order: str | None = None) -> dict:
+        """One page of the cell (true, pred): rows with top-k and probabilities."""
+        store = self._ready()
+        r, c = self.check_class(true), self.check_class(pred)
+        if sort not in Store.SORTS:
+            raise BadRequest(f"sort={str(sort)[:30]!r}: use one of {', '.join(Store.SORTS)}")
+        if order not in (None, "", "asc", "desc"):
+            raise BadRequest(f"order={str(order)[:30]!r}: use asc or desc")
+        if not re.fullmatch(r"[0-9]{1,9}", str(page)) or int(page) < 1:
+            raise NotFound(f"no page {str(page)[:30]!r}; pages start at 1")
+        page = int(page)
+        count = store.cell_count(r, c)
+        pages = max(1, (count + self.page_size - 1) // self.page_size)
+        if page > pages:
+            raise NotFound(f"no page {page}; the cell has {pages}")
+        desc = None if not order else order == "desc"
+        if desc is None:
+            desc = r != c
+        rows = store.cell(r, c, sort=sort, descending=desc, offset=(page - 1) * self.page_size, limit=self.page_size)
+        names = store.class_names
+        for row in rows:
+            row["ref"] = str(row["idx"])
+            row["pred_name"], row["true_name"] = names[row["pred"]], names[row["true"]]
+            row["second_name"] = names[row["second"]]
+            row["top"] = [{"class": int(k), "name": names[k], "prob": p} for k, p in
+                          zip(row["top_classes"], row["top_probs"])]
+        return {"true": r, "pred": c, "true_name": names[r], "pred_name": names[c], "count": count, "page": page,
+                "pages": pages, "page_size": self.page_size, "sort": sort, "order": "desc" if desc else "asc",
+                "samples": rows}
+
+    # -- samples --------------------------------------------------------------
+    def _x(self, ref: str) -> torch.Tensor:
+        if ref.startswith("u"):
+            from safetensors.torch import load_file
+
+            return load_file(str(self.uploads / f"{ref}.safetensors"))["x"]
+        x, _ = self.dataset[int(ref)]
+        return torch.as_tensor(x).unsqueeze(0).float()
+
+    def _device_x(self, ref: str) -> torch.Tensor:
+        p = next(self.model.parameters(), None)
+        return self._x(ref).to(p.device if p is not None else "cpu")
+
+    def sample(self, ref: Any) -> dict:
+        """The sample's classes and top-k (from the store, or one forward for an upload)."""
+        ref = self.check_ref(ref)
+        names = self.class_names
+        if ref.startswith("u"):
+            pred = self._upload_prediction(ref)
+            row = {"ref": ref, "idx": None, "path": None, "true": None, **pred}
+        else:
+            store = self._ready()
+            row = store.sample(int(ref))
+            if row is None:
+                raise NotFound(f"no sample {ref} in the store")
+            row["ref"] = ref
+        row["top"] = [{"class": int(k), "name": names[k], "prob": p} for k, p in zip(row["top_classes"],
+                                                                                     row["top_probs"])]
+        row["pred_name"], row["second_name"] = names[row["pred"]], names[row["second"]]
+        row["true_name"] = names[row["true"]] if row.get("true") is not None else None
+        row["upload"] = ref.startswith("u")
+        return row
+
+    def _upload_prediction(self, ref: str) -> dict:
+        path = self.results / ref / "prediction.json"
+        if path.is_file():
+            return json.loads(path.read_text())
+
+        def run(report):
+            from ..tap import LayerTap
+
+            x = self._device_x(ref)
+            with LayerTap(self.model) as tap, torch.no_grad():
+                logits = tap.run(x).float().cpu()
+            order = torch.sort(-logits[0], stable=True).indices
+            p = logits[0].softmax(0)
+            pred, second = int(order[0]), int(order[1] if len(order) > 1 else order[0])
+            top = order[:self.k]
+            out = {"pred": pred, "second": second, "conf": float(p[pred]), "margin": float(p[pred] - p[second]),
+                   "top_classes": top.tolist(), "top_probs": [round(float(p[c]), 6) for c in top]}
+            _atomic_write(path, json.dumps(out).encode())
+            return out
+
+        return self.worker.run(f"predict/{ref}", run)
+
+    def upload(self, data: bytes) -> str:
+        """Decode and keep an uploaded image; returns its ref (``u`` + 16 hex digits of its SHA-256)."""
+        self._ready()
+        x = decode_upload(data, self.model)
+        from safetensors.torch import save_file
+
+        ref = "u" + hashlib.sha256(data).hexdigest()[:16]
+        path = self.uploads / f"{ref}.safetensors"
+        if not path.is_file():
+            self.uploads.mkdir(parents=True, exist_ok=True)
+            tmp = self.uploads / f".{ref}.{os.getpid()}.{threading.get_ident()}.tmp"
+            save_file({"x": x}, str(tmp))
+            os.replace(tmp, path)
+        return ref
+
+    def resolve_target(self, ref: str, target: Any) -> tuple[int, str]:
+        """``predicted`` / ``true`` / ``second`` / a class index → (class, what it is)."""
+        s = self.sample(ref)
+        t = str(target or "predicted")
+        if t in ("predicted", "pred"):
+            return s["pred"], "predicted"
+        if t == "second":
+            return s["second"], "second"
+        if t == "true":
+            if s.get("true") is None:
+                raise BadRequest("an uploaded image has no true class; choose predicted, second or a class")
+            return s["true"], "true"
+        if re.fullmatch(r"[0-9]{1,9}", t) and int(t) < len(self.class_names):
+            return int(t), "class"
+        raise NotFound(f"no target {t[:40]!r}; use predicted, true, second or a class index "
+                       f"0..{len(self.class_names) - 1}")
+
+    # -- images ---------------------------------------------------------------
+    def image_png(self, ref: Any) -> bytes:
+        from ..viz import to_pil
+
+        ref = self.check_ref(ref)
+        buf = io.BytesIO()
+        to_pil(self._x(ref)[0]).save(buf, format="PNG")
+        return buf.getvalue()
+
+    def pair_png(self, ref: Any, a: Any = None, b: Any = None) -> bytes:
+        """Grad-CAM toward class a (default: true, or second for uploads) and b (default: predicted)
+        side by side, and their difference b − a: what made it b rather than a."""
+        ref = self.check_ref(ref)
+        s = self.sample(ref)
+        if a is None:
+            a = s["true"] if s.get("true") is not None and s["true"] != s["pred"] else s["second"]
+        if b is None:
+            b = s["pred"]
+        a, b = self.check_class(a), self.check_class(b)
+        path = self.results / ref / f"pair-{a}-{b}.png"
+        if path.is_file():
+            return path.read_bytes()
+
+        def run(report):
+            from ..attribution import gradcam, saliency
+
+            x = self._device_x(ref)
+            xx, t = x.repeat(2, 1, 1, 1), torch.tensor([a, b])
+            try:
+                e, what = gradcam(self.model, xx, target=t), "Grad-CAM"
+            except ValueError as err:  # no spatial layer (an MLP): the input gradient still compares the classes
+                log.info("gallery maps by saliency: %s", err)
+                e, what = saliency(self.model, xx, target=t), "saliency"
+            png = _png(pair_figure(x[0].cpu(), e.maps[0], e.maps[1], self.class_names[a], self.class_names[b],
+                                   roles=self._roles(s, a, b), method=what))
+            _atomic_write(path, png)
+            return png
+
+        return self.worker.run(f"pair/{ref}/{a}/{b}", run)
+
+    @staticmethod
+    def _roles(s: dict, a: int, b: int) -> tuple[str, str]:
+        def role(c):
+            if s.get("true") == c and s["pred"] == c:
+                return "true = predicted"
+            if s.get("true") == c:
+                return "true"
+            if s["pred"] == c:
+                return "predicted"
+            if s["second"] == c:
+                return "second"
+            return "class"
+
+        return role(a), role(b)
+
+    # -- heavy methods (polled) ----------------------------------------------
+    def _result_paths(self, ref: str, action: str, cls: int) -> tuple[Path, Path]:
+        stem = self.results / ref / (f"attack-second" if action == "attack" else f"{action}-{cls}")
+        return stem.with_suffix(".png"), stem.with_suffix(".json")
+
+    def method(self, ref: Any, method: Any, target: Any = "predicted") -> dict:
+        """The cached result of a method (``status: done``) or its job's status (queued / running / error)."""
+        ref, action = self.check_ref(ref), self.check_action(method)
+        cls, kind = self.resolve_target(ref, target if action != "attack" else "second")
+        png, meta = self._result_paths(ref, action, cls)
+        out = {"ref": ref, "method": action, "target": kind, "class": cls, "class_name": self.class_names[cls]}
+        if meta.is_file():
+            info = json.loads(meta.read_text())
+            if "error" in info:
+                return {**out, "status": "error", "error": info["error"]}
+            return {**out, "status": "done", "progress": 1.0, **info}
+        job = self.worker.submit(f"{action}/{ref}/{cls}", lambda report: self._run(ref, action, cls, report))
+        return {**out, **job.to_dict()}
+
+    def method_png(self, ref: Any, method: Any, target: Any = "predicted") -> bytes:
+        ref, action = self.check_ref(ref), self.check_action(method)
+        cls, _ = self.resolve_target(ref, target if action != "attack" else "second")
+        png, _ = self._result_paths(ref, action, cls)
+        if not png.is_file():
+            raise NotFound(f"{action} toward class {cls} of sample {ref} is not computed yet; "
+                           "request its JSON endpoint first")
+        return png.read_bytes()
+
+    def _run(self, ref: str, action: str, cls: int, report: Callable[[float], None]) -> dict:
+        png_path, meta_path = self._result_paths(ref, action, cls)
+        x = self._device_x(ref)
+        names = self.class_names
+        label = f"#{ref}" if not ref.startswith("u") else "upload"
+        t0 = time.perf_counter()
+        try:
+            if action == "attack":
+                from ..attacks import minimal_eps
+
+                r = minimal_eps(self.model, x, target="second",
+                                progress=lambda d, t: report(0.95 * d / max(1, t or 1)))
+                fig = r.figure(x.cpu(), names=[label], class_names=names)
+                eps = float(r.eps[0])
+                info = {"eps": eps if eps != float("inf") else None,
+                        "eps_255": eps * 255 if eps != float("inf") else None, "success": bool(r.success[0]),
+                        "pred_after": int(r.pred_after[0]), "pred_after_name": names[int(r.pred_after[0])],
+                        "toward": int(r.classes[0]), "toward_name": names[int(r.classes[0])]}
+            else:
+                from ..attribution import faithfulness
+                from ..attribution.report import method_figure
+
+                fn = METHODS[action]
+                kw = dict(SETTINGS.get(action, {}))
+                if "progress" in inspect.signature(fn).parameters:
+                    kw["progress"] = lambda d, t: report(0.7 * d / max(1, t or 1))
+                e = fn(self.model, x, target=cls, **kw)
+                report(0.75)
+                f = faithfulness(self.model, x, e, steps=FAITH_STEPS)
+                extra = "probability" if "probability" in e.extras else None
+                fig = method_figure(x.cpu().float(), [label], e, f, class_names=names, extra=extra)
+                info = {"deletion_auc": float(f.deletion_auc[0]), "insertion_auc": float(f.insertion_auc[0]),
+                        "layer": e.layer, "settings": {k: v for k, v in kw.items() if k != "progress"},
+                        "empty": bool(e.extras.get("empty", torch.zeros(1))[0]) if torch.is_tensor(
+                            e.extras.get("empty")) else False}
+        except ValueError as err:  # a method that does not apply to this model: kept as its message
+            msg = str(err).strip().splitlines()[0]
+            _atomic_write(meta_path, json.dumps({"error": msg}).encode())
+            raise
+        info["seconds"] = round(time.perf_counter() - t0, 3)
+        _atomic_write(png_path, _png(fig))
+        _atomic_write(meta_path, json.dumps(info).encode())
+        return info
+
+    def close(self, timeout: float = 30.0) -> None:
+        """Stop the worker after its running job (waiting at most ``timeout`` s) and close the store."""
+        self.worker.close(timeout)
+        if self.store is not None:
+            self.store.close()
+
+
+def pair_figure(image: torch.Tensor, map_a: torch.Tensor, map_b: torch.Tensor, name_a: str, name_b: str,
+                roles: tuple[str, str] = ("", ""), method: str = "Grad-CAM"):
+    """A map (Grad-CAM) toward a and toward b over the image, on one shared scale, and b − a (red: evidence
+    for b rather than a); a PIL image drawn by :func:`cnnlens.viz.panels_image` (fast: galleries draw many)."""
+    from ..viz import overlay_array, panels_image
+
+    vmax = max(float(map_a.max()), float(map_b.max()), 1e-12)
+    vmin = min(float(map_a.min()), float(map_b.min()), 0.0)
+    diff = map_b - map_a
+    m = float(diff.abs().max()) or 1.0
+    ra, rb = roles
+    pre = "" if method == "Grad-CAM" else f"{method} "
+    panels = [overlay_array(image, map_a, vmin=vmin, vmax=vmax), overlay_array(image, map_b, vmin=vmin, vmax=vmax),
+              overlay_array(image, diff, diverging=True)]
+    titles = [f"{pre}toward {name_a[:14]}" + (f" ({ra})" if ra else ""),  # the bitmap font has ASCII only
+              f"{pre}toward {name_b[:14]}" + (f" ({rb})" if rb else ""), f"{name_b[:10]} - {name_a[:10]}"]
+    return panels_image(panels, titles, bars=[None, ("jet", vmin, vmax), ("RdBu_r", -m, m)])

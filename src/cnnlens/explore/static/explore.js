@@ -1,0 +1,189 @@
+// cnnlens explore: a little plain JavaScript, no libraries, no network beyond this server.
+"use strict";
+
+function $(id) { return document.getElementById(id); }
+
+// -- scan progress: poll /api/status and reload when the store is ready --------------------
+(function scanProgress() {
+  const box = $("scan-progress");
+  if (!box) return;
+  const tick = () => fetch(box.dataset.statusUrl).then(r => r.json()).then(s => {
+    box.querySelector(".bar").style.width = (100 * s.done / Math.max(1, s.total)).toFixed(1) + "%";
+    $("scan-text").textContent = s.state === "error" ? "the scan failed: " + s.error
+      : s.done + " of " + s.total + " samples";
+    if (s.state === "ready") location.reload();
+    else if (s.state !== "error") setTimeout(tick, 400);
+  }).catch(() => setTimeout(tick, 1000));
+  tick();
+})();
+
+// -- confusion matrix: raw / normalised toggle, hover tip ---------------------------------
+(function matrix() {
+  const table = $("confusion");
+  if (!table) return;
+  const tip = $("tip");
+  function show(mode) {
+    for (const td of table.querySelectorAll("td")) {
+      const v = td.querySelector(".v");
+      const raw = Number(td.dataset.raw);
+      if (raw) v.textContent = mode === "raw" ? td.dataset.raw : Number(td.dataset.norm).toFixed(2);
+      const bg = mode === "raw" ? td.dataset.bgRaw : td.dataset.bgNorm;
+      td.style.background = bg;
+      td.classList.toggle("dark", darkBg(bg));
+    }
+    for (const b of document.querySelectorAll(".toggle button")) b.classList.toggle("on", b.dataset.mode === mode);
+  }
+  function darkBg(rgb) { const m = rgb.match(/\d+/g).map(Number); return 0.299 * m[0] + 0.587 * m[1] + 0.114 * m[2] < 150; }
+  for (const b of document.querySelectorAll(".toggle button")) b.addEventListener("click", () => show(b.dataset.mode));
+  table.addEventListener("mouseover", e => {
+    const td = e.target.closest("td");
+    if (!td || !tip) return;
+    tip.textContent = td.title;
+    tip.hidden = false;
+  });
+  table.addEventListener("mousemove", e => { if (tip) { tip.style.left = (e.pageX + 14) + "px"; tip.style.top = (e.pageY + 14) + "px"; } });
+  table.addEventListener("mouseleave", () => { if (tip) tip.hidden = true; });
+  show("raw");
+})();
+
+// -- sortable tables and the class search ---------------------------------------------------
+(function tables() {
+  for (const table of document.querySelectorAll("table.sortable")) {
+    table.querySelectorAll("th").forEach((th, col) => {
+      th.addEventListener("click", () => {
+        const body = table.tBodies[0];
+        const rows = Array.from(body.rows);
+        const asc = th.dataset.dir !== "asc";
+        th.dataset.dir = asc ? "asc" : "desc";
+        const key = tr => { const td = tr.cells[col]; return th.dataset.type === "num" ? Number(td.dataset.v) : td.textContent.trim().toLowerCase(); };
+        rows.sort((a, b) => { const x = key(a), y = key(b); return (x < y ? -1 : x > y ? 1 : 0) * (asc ? 1 : -1); });
+        rows.forEach(r => body.appendChild(r));
+      });
+    });
+  }
+  const search = $("class-search");
+  if (search) search.addEventListener("input", () => {
+    const q = search.value.trim().toLowerCase();
+    for (const tr of document.querySelectorAll("tr[data-names]"))
+      tr.hidden = q !== "" && !tr.dataset.names.split("|").some(n => n.includes(q));
+  });
+})();
+
+// -- sample page: run a method (or the attack) in the worker, poll its progress ------------
+function poll(url, parts, done, fail) {
+  const { progress, status, img } = parts;
+  progress.hidden = false;
+  img.hidden = true;
+  status.textContent = "queued…";
+  status.classList.remove("error");
+  let stopped = false;
+  const tick = () => fetch(url).then(r => r.json().then(j => [r.status, j])).then(([code, j]) => {
+    if (stopped) return;
+    if (code >= 400 || j.status === "error") {
+      progress.hidden = true;
+      status.textContent = j.error || ("error " + code);
+      status.classList.add("error");
+      if (fail) fail(j);
+      return;
+    }
+    progress.querySelector(".bar").style.width = (100 * (j.progress || 0)).toFixed(0) + "%";
+    if (j.status === "done") {
+      progress.hidden = true;
+      img.onload = () => { img.hidden = false; };
+      img.src = j.png;
+      done(j);
+    } else {
+      status.textContent = j.status + "… " + (100 * (j.progress || 0)).toFixed(0) + " %";
+      setTimeout(tick, 300);
+    }
+  }).catch(() => { if (!stopped) setTimeout(tick, 1000); });
+  tick();
+  return () => { stopped = true; };
+}
+
+(function samplePage() {
+  const box = $("explain");
+  if (!box) return;
+  const ref = box.dataset.ref;
+  const names = JSON.parse($("class-data").textContent);
+  const method = $("method"), target = $("target"), pick = $("class-pick"), input = $("class-input");
+  const parts = { progress: $("method-progress"), status: $("method-status"), img: $("method-img") };
+  let stop = null;
+  function targetValue() {
+    if (target.value !== "class") return target.value;
+    const i = names.indexOf(input.value.trim());
+    return i >= 0 ? String(i) : null;
+  }
+  function run() {
+    const t = targetValue();
+    if (t === null) { parts.status.textContent = "type or pick a class name from the list"; return; }
+    if (stop) stop();
+    $("method-aucs").textContent = "";
+    const url = "/api/sample/" + encodeURIComponent(ref) + "/method/" + encodeURIComponent(method.value) + "?target=" + encodeURIComponent(t);
+    stop = poll(url, parts, j => {
+      parts.status.textContent = method.value.replace(/_/g, " ") + " toward " + j.class_name + " (" + j.target + ")" + (j.layer ? ", layer " + j.layer : "") + ", " + j.seconds + " s";
+      $("method-aucs").textContent = "deletion AUC " + j.deletion_auc.toFixed(3) + " · insertion AUC " + j.insertion_auc.toFixed(3);
+      parts.img.alt = method.value + " toward " + j.class_name;
+    });
+  }
+  method.addEventListener("change", run);
+
+  // every method toward the chosen target, one after the other (the worker runs one job at a time anyway)
+  $("run-all").addEventListener("click", async () => {
+    const t = targetValue();
+    if (t === null) { parts.status.textContent = "type or pick a class name from the list"; return; }
+    const grid = $("all-methods");
+    grid.textContent = "";
+    for (const opt of method.options) {
+      const card = document.createElement("div");
+      card.className = "card";
+      card.innerHTML = '<h3></h3><div class="progress"><div class="bar"></div></div><p class="status"></p><img alt="" hidden><p class="aucs"></p>';
+      card.querySelector("h3").textContent = opt.textContent;
+      grid.appendChild(card);
+      const p = { progress: card.querySelector(".progress"), status: card.querySelector(".status"), img: card.querySelector("img") };
+      const url = "/api/sample/" + encodeURIComponent(ref) + "/method/" + encodeURIComponent(opt.value) + "?target=" + encodeURIComponent(t);
+      await new Promise(resolve => poll(url, p, j => {
+        p.status.textContent = "toward " + j.class_name + " (" + j.target + "), " + j.seconds + " s";
+        card.querySelector(".aucs").textContent = "deletion " + j.deletion_auc.toFixed(3) + " · insertion " + j.insertion_auc.toFixed(3);
+        p.img.alt = opt.value + " toward " + j.class_name;
+        resolve();
+      }, resolve));
+    }
+  });
+  target.addEventListener("change", () => { pick.hidden = target.value !== "class"; if (target.value !== "class") run(); else input.focus(); });
+  input.addEventListener("change", run);
+  run();
+
+  const att = $("run-attack");
+  att.addEventListener("click", () => {
+    const url = "/api/sample/" + encodeURIComponent(ref) + "/method/attack";
+    const p = { progress: $("attack-progress"), status: $("attack-status"), img: $("attack-img") };
+    poll(url, p, j => {
+      p.status.textContent = j.success
+        ? "ε = " + j.eps_255.toFixed(2) + "/255 turns it into " + j.pred_after_name + " (" + j.seconds + " s)"
+        : "no ε up to 1 reached " + j.toward_name;
+      p.img.alt = "attack toward " + j.toward_name;
+    });
+  });
+})();
+
+// -- upload ---------------------------------------------------------------------------------
+(function upload() {
+  const input = $("file"), drop = $("drop");
+  if (!input) return;
+  const status = $("upload-status");
+  function send(file) {
+    status.textContent = "uploading " + file.name + "…";
+    status.classList.remove("error");
+    fetch("/api/upload", { method: "POST", body: file, headers: { "Content-Type": "application/octet-stream" } })
+      .then(r => r.json().then(j => [r.status, j]))
+      .then(([code, j]) => {
+        if (code >= 400) { status.textContent = j.error; status.classList.add("error"); }
+        else location.href = j.url;
+      });
+  }
+  input.addEventListener("change", () => { if (input.files.length) send(input.files[0]); });
+  drop.addEventListener("dragover", e => { e.preventDefault(); drop.classList.add("over"); });
+  drop.addEventListener("dragleave", () => drop.classList.remove("over"));
+  drop.addEventListener("drop", e => { e.preventDefault(); drop.classList.remove("over"); if (e.dataTransfer.files.length) send(e.dataTransfer.files[0]); });
+})();

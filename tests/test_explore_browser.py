@@ -1,0 +1,180 @@
+"""The explorer in a real browser: `cnnlens explore` started in a subprocess on a free local port,
+driven by Debian's headless Chromium from the confusion matrix to a sample's explanations and an upload.
+
+Set ``CNNLENS_SCREENSHOTS=docs`` to keep the overview and gallery screenshots there (the README's)."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from browser import chromium_driver
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def server(tmp_path):
+    """`cnnlens explore` on digits, on 127.0.0.1:<free port>; always stopped."""
+    import httpx
+
+    port = free_port()
+    env = dict(os.environ, COLUMNS="200", OMP_NUM_THREADS="1")
+    log = open(tmp_path / "server.log", "w")
+    proc = subprocess.Popen([sys.executable, "-m", "cnnlens", "explore", "--model", "digits-cnn", "--data", "digits",
+                             "--cache", str(tmp_path / "cache"), "--port", str(port)],
+                            stdout=log, stderr=subprocess.STDOUT, env=env)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            if proc.poll() is not None:
+                raise AssertionError("the server exited: " + (tmp_path / "server.log").read_text()[-2000:])
+            try:
+                if httpx.get(base + "/api/status", timeout=2).json()["state"] == "ready":
+                    break
+            except (httpx.HTTPError, ValueError):
+                pass
+            if time.monotonic() > deadline:
+                raise AssertionError("the scan did not finish in 120 s")
+            time.sleep(0.3)
+        yield base
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+        log.close()
+    assert "127.0.0.1" in (tmp_path / "server.log").read_text()  # it printed its URL
+
+
+def _wait(driver, cond, timeout=60, what="condition"):
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        try:
+            v = cond()
+        except Exception:  # noqa: BLE001 - element not there yet
+            v = None
+        if v:
+            return v
+        time.sleep(0.15)
+    statuses = driver.execute_script("return Array.from(document.querySelectorAll('.status')).map(e => e.textContent)")
+    raise AssertionError(f"timed out waiting for {what}; page: {driver.current_url}; status lines: {statuses}; "
+                         f"console: {driver.get_log('browser')}")
+
+
+def _images_ok(driver) -> list[str]:
+    """The src of every shown image that did not load (after scrolling lazy images into view)."""
+    driver.execute_script("window.scrollTo(0, document.body.scrollHeight)")
+    _wait(driver, lambda: driver.execute_script(
+        "return Array.from(document.images).filter(i => !i.hidden).every(i => i.complete)"), what="images")
+    return driver.execute_script("return Array.from(document.images).filter(i => !i.hidden)"
+                                 ".filter(i => !(i.complete && i.naturalWidth > 0)).map(i => i.src)")
+
+
+def test_from_the_most_confused_cell_to_a_sample_and_an_upload(server, tmp_path):
+    import httpx
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    shots = Path(os.environ.get("CNNLENS_SCREENSHOTS") or tmp_path)
+    shots.mkdir(parents=True, exist_ok=True)
+    overview = httpx.get(server + "/api/overview").json()
+    top = overview["most_confused"]
+    driver = chromium_driver()
+    try:
+        driver.set_page_load_timeout(60)
+        driver.get(server + "/")
+        cells = driver.find_elements(By.CSS_SELECTOR, "#confusion td a")
+        assert len(cells) == sum(v > 0 for row in overview["confusion"] for v in row)
+        # hover shows count and share; the toggle switches to the normalised matrix and back
+        td = driver.find_element(By.CSS_SELECTOR, f'#confusion td[data-true="{top["true"]}"][data-pred="{top["pred"]}"]')
+        assert f": {top['count']} (" in td.get_attribute("title")
+        driver.find_element(By.ID, "show-norm").click()
+        assert td.text.strip() == f"{top['share']:.2f}"
+        driver.save_screenshot(str(shots / "explore-overview.png"))
+        driver.find_element(By.ID, "show-raw").click()
+        assert td.text.strip() == str(top["count"])
+        assert _images_ok(driver) == []
+        # the most confused cell: as many samples across its pages as its count
+        td.find_element(By.TAG_NAME, "a").click()
+        _wait(driver, lambda: "/cell/" in driver.current_url, what="the gallery")
+        count = int(driver.find_element(By.ID, "cell-count").get_attribute("data-count"))
+        assert count == top["count"]
+        refs = []
+        while True:
+            refs += [e.get_attribute("data-ref") for e in driver.find_elements(By.CSS_SELECTOR, "#gallery .item")]
+            assert _images_ok(driver) == []
+            nxt = driver.find_elements(By.ID, "next-page")
+            if not nxt:
+                break
+            nxt[0].click()
+        assert len(refs) == len(set(refs)) == count
+        driver.get(server + f"/cell/{top['true']}/{top['pred']}")
+        driver.set_window_size(1100, 900)
+        driver.save_screenshot(str(shots / "explore-gallery.png"))
+        driver.set_window_size(1400, 1000)
+        # a sample: the default method, then another method and another target
+        driver.find_element(By.CSS_SELECTOR, "#gallery .sample-link").click()
+        _wait(driver, lambda: driver.find_element(By.ID, "method-img").is_displayed(), what="the first map")
+        assert "deletion AUC" in driver.find_element(By.ID, "method-aucs").text
+        Select(driver.find_element(By.ID, "method")).select_by_value("occlusion")
+        _wait(driver, lambda: "occlusion toward" in driver.find_element(By.ID, "method-status").text, what="occlusion")
+        Select(driver.find_element(By.ID, "target")).select_by_value("true")
+        true_name = overview["class_names"][top["true"]]
+        _wait(driver, lambda: f"occlusion toward {true_name} (true)" in driver.find_element(By.ID, "method-status").text,
+              what="occlusion toward the true class")
+        Select(driver.find_element(By.ID, "method")).select_by_value("gradcam")
+        Select(driver.find_element(By.ID, "target")).select_by_value("class")
+        box = driver.find_element(By.ID, "class-input")
+        box.send_keys("3")
+        driver.execute_script("arguments[0].dispatchEvent(new Event('change'))", box)
+        _wait(driver, lambda: "gradcam toward 3 (class)" in driver.find_element(By.ID, "method-status").text,
+              what="Grad-CAM toward class 3")
+        driver.execute_script("arguments[0].blur()", box)  # close the class list's pop-up
+        driver.find_element(By.TAG_NAME, "h1").click()
+        Select(driver.find_element(By.ID, "target")).select_by_value("predicted")
+        driver.find_element(By.ID, "run-all").click()  # every attribution method, one after the other
+        n_methods = len(Select(driver.find_element(By.ID, "method")).options)
+        _wait(driver, lambda: len(driver.find_elements(By.CSS_SELECTOR, "#all-methods .card img")) == n_methods and all(
+            i.is_displayed() for i in driver.find_elements(By.CSS_SELECTOR, "#all-methods .card img")),
+            timeout=240, what="every method")
+        aucs = [e.text for e in driver.find_elements(By.CSS_SELECTOR, "#all-methods .card .aucs")]
+        assert len(aucs) == n_methods == 11 and all(a.startswith("deletion ") for a in aucs)
+        driver.find_element(By.TAG_NAME, "h1").click()
+        driver.find_element(By.ID, "run-attack").click()
+        _wait(driver, lambda: "ε =" in driver.find_element(By.ID, "attack-status").text, timeout=120, what="attack")
+        assert _images_ok(driver) == []
+        # upload an image: its own sample page
+        a = np.zeros((48, 48), np.uint8)
+        a[10:38, 21:27] = 255
+        path = tmp_path / "one.png"
+        Image.fromarray(a).save(path)
+        driver.get(server + "/upload")
+        driver.find_element(By.ID, "file").send_keys(str(path))
+        _wait(driver, lambda: re.search(r"/sample/u[0-9a-f]{16}$", driver.current_url), what="the upload's page")
+        _wait(driver, lambda: driver.find_element(By.ID, "method-img").is_displayed(), what="the upload's map")
+        assert _images_ok(driver) == []
+        errors = [e["message"] for e in driver.get_log("browser") if e["level"] in ("SEVERE", "ERROR")]
+        assert errors == []
+    finally:
+        driver.quit()
+        shutil.rmtree(driver.profile_dir, ignore_errors=True)
