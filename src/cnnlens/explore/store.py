@@ -135,7 +135,7 @@ def model_hash(model: nn.Module) -> str:
     for name, t in sorted(model.state_dict().items()):
         t = t.detach().cpu().contiguous()
         h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
-        h.update(t.reshape(-1).numpy().tobytes() if t.numel() else b"")
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     h.update(repr(getattr(model, "spec", None)).encode())
     return h.hexdigest()
 
@@ -144,7 +144,7 @@ def _update_tensor(h, v: Any) -> None:
     t = torch.as_tensor(v).detach().cpu().contiguous()
     h.update(f"{t.dtype}|{tuple(t.shape)}|".encode())
     if t.numel():
-        h.update(t.reshape(-1).numpy().tobytes())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
 
 
 def _describe(obj: Any) -> str:
