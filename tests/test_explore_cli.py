@@ -11,7 +11,8 @@ import torch
 from torch import nn
 
 from cnnlens.explore.app import make_app
-from cnnlens.explore.export import MARKER, export
+from cnnlens.explore.export import export
+from cnnlens.report import MANIFEST
 from cnnlens.explore.service import Explorer
 
 
@@ -58,11 +59,17 @@ def test_export_writes_static_pages_atomically_and_refuses_a_foreign_folder(run_
         for src in re.findall(r'src="([^"]+)"', page):
             assert (out / src).is_file(), src  # every image of the gallery is there
         assert "/sample/" not in page and "http" not in page  # no server, no network
-    assert (out / "static" / "explore.css").is_file() and (out / MARKER).is_file()
-    # again: a previous export is replaced
-    (out / "stale.html").write_text("old")
+    assert (out / "static" / "explore.css").is_file() and (out / MANIFEST).is_file()
+    # again: a previous export is replaced; one with a file added to it only with --force
     code, _ = run_cli("explore", "--model", "digits-cnn", "--data", "digits", "--cache", tmp_path / "c",
                       "--export", out, "--cells", "1")
+    assert code == 0
+    (out / "stale.html").write_text("old")
+    code, res = run_cli("explore", "--model", "digits-cnn", "--data", "digits", "--cache", tmp_path / "c",
+                        "--export", out, "--cells", "1")
+    assert code == 2 and "plus other files (stale.html)" in res.err and (out / "stale.html").read_text() == "old"
+    code, _ = run_cli("explore", "--model", "digits-cnn", "--data", "digits", "--cache", tmp_path / "c",
+                      "--export", out, "--cells", "1", "--force")
     assert code == 0 and not (out / "stale.html").exists()
     # a folder with the user's files is never replaced
     mine = tmp_path / "mine"
@@ -70,7 +77,7 @@ def test_export_writes_static_pages_atomically_and_refuses_a_foreign_folder(run_
     (mine / "thesis.tex").write_text("precious")
     code, res = run_cli("explore", "--model", "digits-cnn", "--data", "digits", "--cache", tmp_path / "c",
                         "--export", mine)
-    assert code == 2 and "not a cnnlens explore export" in res.err
+    assert code == 2 and "not a cnnlens output" in res.err
     assert [p.name for p in mine.iterdir()] == ["thesis.tex"] and (mine / "thesis.tex").read_text() == "precious"
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary folder left
 

@@ -63,7 +63,7 @@ def test_rewrite_replaces_a_previous_report_but_not_files_added_to_it(tmp_path):
     _report("second").write(out)  # a previous report and nothing else: replaced
     assert "second" in (out / "index.html").read_text()
     (out / "stale.png").write_bytes(b"x")
-    with pytest.raises(ValueError, match=r"previous cnnlens report plus other files \(stale.png\).*--force"):
+    with pytest.raises(ValueError, match=r"previous cnnlens output plus other files \(stale.png\).*--force"):
         _report("third").write(out)
     assert (out / "stale.png").read_bytes() == b"x" and "second" in (out / "index.html").read_text()
     _report("third").write(out, force=True)
@@ -86,13 +86,13 @@ def _assert_files(folder, files):
 def test_a_folder_with_user_files_is_refused_and_left_byte_for_byte(tmp_path):
     out = tmp_path / "precious"
     files = _user_files(out)
-    with pytest.raises(ValueError, match=r"holds files that are not a cnnlens report \(chelsea.jpg, notes.txt, sub\)"):
+    with pytest.raises(ValueError, match=r"holds files that are not a cnnlens output \(chelsea.jpg, notes.txt, sub\)"):
         _report().write(out)
     _assert_files(out, files)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["precious"]  # no temporary left behind
-    # a results.json of someone else's is not a cnnlens report
-    (out / "results.json").write_text('{"sections": {}}')
-    with pytest.raises(ValueError, match="not a cnnlens report"):
+    # a manifest of someone else's is not a cnnlens output
+    (out / ".cnnlens.json").write_text('{"files": []}')
+    with pytest.raises(ValueError, match="not a cnnlens output"):
         _report().write(out)
     _assert_files(out, files)
 

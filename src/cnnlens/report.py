@@ -7,9 +7,8 @@ replaces ``out_dir`` only once complete, so a failed run never leaves a
 half-written report over a good one.
 
 A folder is replaced only when it is new, empty, or holds a previous cnnlens
-report and nothing else (``results.json`` carries a ``"cnnlens"`` header that
-lists the files the report wrote); otherwise ``write`` refuses unless
-``force=True``. The current directory, the home directory, and any folder that
+output and nothing else (its ``.cnnlens.json`` manifest lists what it wrote);
+otherwise ``write`` refuses unless ``force=True``. The current directory, the home directory, and any folder that
 holds one of the run's inputs are never replaced, even with ``force``
 (:func:`check_out_dir`).
 
@@ -36,7 +35,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from .results import jsonable
 
@@ -58,20 +57,20 @@ def show_setting(v: Any) -> str:
     return str(v)
 
 
-#: the key of the header in ``results.json`` that marks a folder as a cnnlens report
-MARKER = "cnnlens"
-FORMAT = "cnnlens-report/1"
+#: the manifest every cnnlens output folder carries: what it wrote, so a rerun may replace exactly that
+MANIFEST = ".cnnlens.json"
+FORMAT = "cnnlens-output/1"
 
 
 def _listed_files(folder: Path) -> set[str] | None:
-    """The files a previous cnnlens report says it wrote into ``folder``, or None if it is not one."""
+    """The files and folders (``name/``) a previous cnnlens output says it wrote, or None if it is not one."""
     try:
-        head = json.loads((folder / "results.json").read_text(encoding="utf-8")).get(MARKER)
-    except (OSError, ValueError, AttributeError):
+        head = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
         return None
     if not isinstance(head, dict) or head.get("format") != FORMAT or not isinstance(head.get("files"), list):
         return None
-    return {str(f) for f in head["files"]}
+    return {str(f) for f in head["files"]} | {MANIFEST}
 
 
 def _foreign(folder: Path, listed: set[str], limit: int = 3) -> list[str]:
@@ -97,8 +96,8 @@ def _foreign(folder: Path, listed: set[str], limit: int = 3) -> list[str]:
 def check_out_dir(out: str | os.PathLike, *, force: bool = False, protect: tuple = ()) -> Path:
     """The resolved report folder, or a one-line ``ValueError`` if writing there could lose someone's files.
 
-    Allowed: a new folder, an empty one, or a previous cnnlens report that holds only what it
-    wrote. A folder with other files is replaced only with ``force=True``. Never replaced, even
+    Allowed: a new folder, an empty one, or a previous cnnlens output (report, export, site)
+    that holds only what it wrote (its ``.cnnlens.json`` manifest lists it). A folder with other files is replaced only with ``force=True``. Never replaced, even
     with ``force``: the current directory, the home directory, a folder that holds either, and a
     folder that is or holds one of the paths in ``protect`` (the run's inputs).
 
@@ -119,9 +118,39 @@ def check_out_dir(out: str | os.PathLike, *, force: bool = False, protect: tuple
         listed = _listed_files(out)
         foreign = _foreign(out, listed or set())
         if foreign:
-            kind = "a previous cnnlens report plus other files" if listed is not None else "files that are not a cnnlens report"
+            kind = "a previous cnnlens output plus other files" if listed is not None else "files that are not a cnnlens output"
             raise ValueError(f"--out {out} holds {kind} ({', '.join(foreign)}); give a new or empty folder, "
                              "or --force (force=True) to replace it and everything in it")
+    return out
+
+
+def write_atomically(out: str | os.PathLike, build: Callable[[Path], None], *, force: bool = False,
+                     protect: tuple = ()) -> Path:
+    """Fill a new folder with ``build(tmp)`` and put it at ``out`` only when complete; returns ``out``.
+
+    ``out`` is checked first (:func:`check_out_dir`: never a folder with someone's files unless
+    ``force``, never the current directory, home, or a folder holding one of ``protect``). The
+    folder gets the usual permissions (umask) and a manifest of what was written, so the next
+    run may replace it. If ``build`` raises, nothing changes at ``out``.
+    """
+    out = check_out_dir(out, force=force, protect=protect)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()  # os.mkdir honours the umask (tempfile.mkdtemp would leave mode 0700)
+    try:
+        build(tmp)
+        files = sorted(p.relative_to(tmp).as_posix() + ("/" if p.is_dir() else "") for p in tmp.rglob("*"))
+        (tmp / MANIFEST).write_text(json.dumps({"format": FORMAT, "files": files}, indent=1))
+        old = None
+        if out.exists():
+            old = out.parent / f".{out.name}.old-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+            out.rename(old)
+        tmp.rename(out)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     return out
 
 
@@ -219,9 +248,7 @@ class Report:
         return f"images/{fname}"
 
     def results(self) -> dict:
-        files = ["index.html", "results.json", "images/", *self._images, *self._files]
         return {
-            MARKER: {"format": FORMAT, "files": files},
             "title": self.title,
             "meta": jsonable(self.meta),
             "sections": {s.title: {"settings": jsonable(s.settings), **s.results} for s in self.sections},
@@ -242,11 +269,7 @@ class Report:
         never replaces the current directory, the home directory or a folder holding one of
         ``protect`` (see :func:`check_out_dir`). The folder gets the usual permissions (umask).
         """
-        out = check_out_dir(out_dir, force=force, protect=protect)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.parent / f".{out.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        tmp.mkdir()  # os.mkdir honours the umask (tempfile.mkdtemp would leave mode 0700)
-        try:
+        def build(tmp: Path) -> None:
             (tmp / "images").mkdir()
             for rel, data in self._images.items():
                 (tmp / rel).write_bytes(data)
@@ -255,17 +278,8 @@ class Report:
                 (tmp / rel).write_bytes(data)
             (tmp / "results.json").write_text(json.dumps(self.results(), indent=2))
             (tmp / "index.html").write_text(self.render_html(), encoding="utf-8")
-            old = None
-            if out.exists():
-                old = out.parent / f".{out.name}.old-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-                out.rename(old)
-            tmp.rename(out)
-            if old is not None:
-                shutil.rmtree(old, ignore_errors=True)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        return out / "index.html"
+
+        return write_atomically(out_dir, build, force=force, protect=protect) / "index.html"
 
 
 def _png_bytes(image: Any) -> bytes:

@@ -9,8 +9,8 @@ from typing import Optional
 
 import typer
 
-from .common import (DEVICE_OPT, MODEL_OPT, PRETRAINED_OPT, TRUST_OPT, WEIGHTS_OPT, UserError, app, console,
-                     distributed, load_model_from_options, progress_bar)
+from .common import (DEVICE_OPT, FORCE_OPT, MODEL_OPT, PRETRAINED_OPT, TRUST_OPT, WEIGHTS_OPT, UserError, app, console,
+                     distributed, load_model_from_options, out_dir, progress_bar)
 
 
 def default_cache() -> Path:
@@ -41,6 +41,7 @@ def explore(
     export: Optional[Path] = typer.Option(None, "--export", help="Write the overview and the most confused cells' "
                                           "galleries as static pages into this folder, then exit."),
     cells: int = typer.Option(6, "--cells", min=1, help="With --export: how many of the most confused cells."),
+    force: bool = FORCE_OPT,
     batch_size: int = typer.Option(64, "--batch-size", "-b", min=1, help="Images per forward pass of the scan."),
     device: str = DEVICE_OPT,
 ) -> None:
@@ -59,10 +60,7 @@ def explore(
     cache = (cache or default_cache()).expanduser()
     if cache.exists() and not cache.is_dir():
         raise UserError(f"--cache {cache} is a file; give a folder")
-    if export is not None:
-        from ..explore.export import check_target
-
-        check_target(export.expanduser().resolve())
+    target = out_dir(export, force, data, weights) if export is not None else None  # checked before any work
     with distributed(device) as (rank, world, dev):
         if world > 1 and not scan_only:
             raise UserError("under torchrun only --scan-only runs (the server is one process); add --scan-only")
@@ -85,7 +83,8 @@ def explore(
                 from ..explore.export import export as run_export
 
                 with progress_bar("drawing the galleries") as update:
-                    index = run_export(ex, export, cells=cells, progress=update)
+                    index = run_export(ex, target.path, cells=cells, progress=update, force=force,
+                                       protect=target.protect)
             finally:
                 ex.close()
             console.print(f"wrote {index}", highlight=False)

@@ -1,25 +1,23 @@
 """``cnnlens explore --export DIR``: the overview and the galleries of the most confused cells as static pages.
 
 The pages are the app's templates rendered with static links (``cell-R-C-P.html``,
-``img/...png``); nothing needs a server. The folder is written to a temporary
-directory beside ``DIR`` and renamed into place when complete. An existing ``DIR`` is
-replaced only when it is empty or a previous explorer export (it holds the marker file
-``.cnnlens-explore-export``); any other folder is refused, never deleted.
+``img/...png``); nothing needs a server. The folder is written atomically, as the
+report is (:func:`cnnlens.report.write_atomically`): an existing ``DIR`` is replaced
+only when it is empty or a previous cnnlens output holding nothing else; any other
+folder is refused (unless ``force``), never deleted, and the current directory, home
+and a folder holding an input never replaced.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
-import tempfile
-import time
 from pathlib import Path
 from typing import Callable
 
+from ..report import check_out_dir, write_atomically
 from .app import HERE, Urls, render_cell, render_overview, templates
 from .service import Explorer
-
-MARKER = ".cnnlens-explore-export"
 
 
 class _StaticUrls(Urls):
@@ -31,31 +29,19 @@ class _StaticUrls(Urls):
         return super().cell(r, c, page) if (r, c) in self.cells else None
 
 
-def check_target(out: Path) -> None:
-    """Refuse to replace a file, or a non-empty folder that is not a previous explorer export."""
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"--export {out} is a file; give a folder path")
-    if out.is_dir() and any(out.iterdir()) and not (out / MARKER).is_file():
-        raise ValueError(f"--export {out} is a non-empty folder that is not a cnnlens explore export; "
-                         "give a new or empty folder (it would be replaced)")
-
-
 def export(explorer: Explorer, out: str | os.PathLike, *, cells: int = 6, max_per_cell: int = 96,
-           progress: Callable[[int, int], None] | None = None) -> Path:
+           progress: Callable[[int, int], None] | None = None, force: bool = False, protect: tuple = ()) -> Path:
     """Write the static overview and the galleries of the ``cells`` most confused cells; returns index.html."""
-    out = Path(out).expanduser().resolve()
-    check_target(out)
+    check_out_dir(out, force=force, protect=protect)  # before the wait for the scan
     explorer.wait_ready()
     o = explorer.overview()
     chosen = [(p["true"], p["pred"]) for p in o["confused_pairs"][:cells]]
     urls = _StaticUrls(set(chosen))
     env = templates()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
+
+    def build(tmp: Path) -> None:
         (tmp / "img").mkdir()
         shutil.copytree(HERE / "static", tmp / "static")
-        (tmp / MARKER).write_text("written by cnnlens explore --export; this folder is replaced by the next export\n")
         (tmp / "index.html").write_text(render_overview(env, o, urls), encoding="utf-8")
         pages = []
         for r, c in chosen:
@@ -75,18 +61,8 @@ def export(explorer: Explorer, out: str | os.PathLike, *, cells: int = 6, max_pe
                                                         encoding="utf-8")
             if progress is not None:
                 progress(i + 1, len(pages))
-        old = None
-        if out.exists():
-            check_target(out)
-            old = out.parent / f".{out.name}.old-{os.getpid()}-{int(time.time() * 1e6)}"
-            out.rename(old)
-        tmp.rename(out)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out / "index.html"
+
+    return write_atomically(out, build, force=force, protect=protect) / "index.html"
 
 
 def n_pages_of(pages: list[tuple[int, int, int]], r: int, c: int) -> int:
