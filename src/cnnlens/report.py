@@ -116,8 +116,37 @@ class Report:
         self._files: dict[str, bytes] = {}
         self.meta: dict[str, Any] = {}
 
+    def describe_model(self, model: Any) -> dict:
+        """Show what ``model`` is at the top of the report and in ``results.json`` (``meta.model``): its
+        weights file and SHA-256, input, mean/std, classes; a warning when its weights are random.
+
+        Sections whose settings name the model get its weights beside it."""
+        spec = getattr(model, "spec", model)
+        info = spec.settings() if hasattr(spec, "settings") else {"model": str(getattr(spec, "name", spec))}
+        self.meta["model"] = info
+        if getattr(spec, "random_weights", False):
+            self.meta["warnings"] = [*self.meta.get("warnings", []),
+                                     f"{info['model']}: random initial weights: explanations of an untrained model "
+                                     "(no weights file was given; pass --weights FILE)"]
+        for sec in self.sections:
+            self._add_weights(sec.settings)
+        return info
+
+    def _add_weights(self, settings: dict) -> None:
+        info = self.meta.get("model")
+        if not info or "model" not in settings or "weights" in settings:
+            return
+        items = list(settings.items())
+        at = [k for k, _ in items].index("model") + 1
+        extra = [("weights", info.get("weights"))]
+        if info.get("weights sha256"):
+            extra.append(("weights sha256", info["weights sha256"]))
+        settings.clear()
+        settings.update(items[:at] + extra + items[at:])
+
     def section(self, title: str, intro: str = "", settings: dict | None = None) -> Section:
         sec = Section(title=title, intro=intro, settings=dict(settings or {}), _report=self)
+        self._add_weights(sec.settings)
         self.sections.append(sec)
         return sec
 

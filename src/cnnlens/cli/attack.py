@@ -9,8 +9,9 @@ from typing import List, Optional
 
 import typer
 
-from .common import (DEVICE_OPT, MODEL_OPT, OUT_OPT, PRETRAINED_OPT, TRUST_OPT, WEIGHTS_OPT, UserError, app,
-                     console, distributed, load_model_from_options, out_dir, progress_bar)
+from .common import (DEVICE_OPT, MODEL_OPT, OUT_OPT, PRETRAINED_OPT, TRUST_OPT, WEIGHTS_OPT, app, console,
+                     distributed, load_model_from_options, model_options, names_from_data, new_report, out_dir,
+                     progress_bar, UserError)
 
 
 def parse_eps(text: str, option: str = "--eps") -> float:
@@ -66,6 +67,7 @@ def _png(img) -> bytes:
 
 
 @app.command()
+@model_options
 def attack(
     images: List[str] = typer.Argument(..., help="Image files, folders or globs."),
     model: str = MODEL_OPT,
@@ -98,7 +100,6 @@ def attack(
     from ..attacks.report import INTROS, add_attack_section, quantized_predictions, topk_rows
     from .._batch import check_batch_size
     from ..data import read_images
-    from ..report import Report
 
     method = method.strip().lower()
     if method not in ("fgsm", "pgd"):
@@ -134,8 +135,8 @@ def attack(
                 parts.append(r)
                 update(b + 1)
         r = _concat(parts)
-        rep = Report(f"cnnlens attack: {model}", f"{method.upper()} on {len(names)} image(s).")
-        settings = {"model": model, "weights": str(weights) if weights else "pretrained" if pretrained else "default",
+        rep = new_report(f"cnnlens attack: {model}", f"{method.upper()} on {len(names)} image(s).", m)
+        settings = {"model": model,
                     "images": ", ".join(names[:10]) + (" ..." if len(names) > 10 else ""), "device": dev}
         add_attack_section(rep, m, x.cpu(), names, r, title=f"{'Minimal-ε PGD' if minimal else method.upper()} attack",
                            intro=INTROS["attack"], settings=settings)
@@ -204,6 +205,7 @@ def _print_attack(names, r, class_names) -> None:
 
 
 @app.command()
+@model_options
 def robustness(
     model: str = MODEL_OPT,
     data: str = typer.Option(..., "--data", "-d", help="digits, or an ImageFolder directory (one sub-folder per class)."),
@@ -228,8 +230,7 @@ def robustness(
     """
     from ..attacks.curves import robustness as run_robustness
     from ..attacks.report import add_robustness_section
-    from ..data import as_dataset
-    from ..report import Report
+    from ..data import as_dataset, require_labels
 
     budgets = parse_eps_list(eps)
     alpha = parse_eps(step_size, "--step-size") if step_size is not None else None
@@ -238,14 +239,16 @@ def robustness(
     with distributed(device) as (rank, world, dev):
         m = load_model_from_options(model, weights, pretrained, trust_pickle, dev)
         ds = as_dataset(data, m)
+        require_labels(ds, "cnnlens robustness")
+        names_from_data(m, ds)
         with progress_bar(f"attacking {data}", rank=rank, world=world) as update:
             r = run_robustness(m, ds, eps=budgets, attacks=atk, steps=steps, step_size=alpha, norm=norm,
                                target=_target(target), gallery=gallery, batch_size=batch_size, device=dev,
                                progress=update)
         if rank != 0:
             return
-        rep = Report(f"cnnlens robustness: {model}", f"{model} on {data}.")
-        settings = {"model": model, "weights": str(weights) if weights else "pretrained" if pretrained else "default",
+        rep = new_report(f"cnnlens robustness: {model}", f"{model} on {data}.", m)
+        settings = {"model": model,
                     "data": data, "n": r.n, "batch size": batch_size, "device": dev, "processes": world}
         add_robustness_section(rep, {model: r}, title="Robustness", settings=settings, gallery_of=model)
         fig = r.figure(title=f"{model} on {data}")

@@ -9,8 +9,8 @@ from typing import List, Optional
 
 import typer
 
-from .common import (DEVICE_OPT, MODEL_OPT, OUT_OPT, PRETRAINED_OPT, TRUST_OPT, WEIGHTS_OPT, UserError, app,
-                     console, load_model_from_options, out_dir, progress_bar)
+from .common import (DEVICE_OPT, MODEL_OPT, OUT_OPT, PRETRAINED_OPT, TRUST_OPT, WEIGHTS_OPT, app, console,
+                     load_model_from_options, model_options, new_report, out_dir, progress_bar, UserError)
 
 DEFAULT_METHODS = "saliency,occlusion,cam,gradcam,augmented-gradcam,guided-gradcam"
 
@@ -61,6 +61,7 @@ def _png(fig) -> bytes:
 
 
 @app.command()
+@model_options
 def explain(
     images: List[str] = typer.Argument(..., help="Image files, folders or globs."),
     model: str = MODEL_OPT,
@@ -101,7 +102,6 @@ def explain(
                                       summary)
     from ..data import read_images
     from ..evaluation import predict_topk, topk_figure
-    from ..report import Report
     from ..tap import LayerTap
     from ..viz import _mpl, show_image
 
@@ -132,7 +132,7 @@ def explain(
     with LayerTap(m) as tap, torch.no_grad():
         num_classes = tap.run(x[:1]).shape[1]
     top = predict_topk(m, x, k=min(5, num_classes))
-    rep = Report(f"cnnlens explain: {model}", f"{len(names)} image(s), target {target}.")
+    rep = new_report(f"cnnlens explain: {model}", f"{len(names)} image(s), target {target}.", m)
     ok = {k: e for k, e in expls.items() if isinstance(e, Explanation)}
     plt = _mpl()
     stdout = Console()

@@ -152,11 +152,14 @@ def class_mean_figure(st, class_names=None, channels=None):
     from ..viz import _mpl
 
     plt = _mpl()
-    cm = st.class_mean if channels is None else st.class_mean[:, list(channels)]
+    present = [k for k in range(st.class_mean.shape[0]) if int(st.class_count[k]) > 0] or \
+        list(range(st.class_mean.shape[0]))  # only the classes that occur in the data
+    cm = st.class_mean[present] if channels is None else st.class_mean[present][:, list(channels)]
     fig, ax = plt.subplots(figsize=(min(14, 1.5 + 0.18 * cm.shape[1]), 0.3 * cm.shape[0] + 1.2))
     im = ax.imshow(cm.numpy(), aspect="auto", cmap="viridis")
     ax.set_yticks(range(cm.shape[0]))
-    ax.set_yticklabels(class_names or [str(i) for i in range(cm.shape[0])], fontsize=7)
+    ax.set_yticklabels([class_names[k] if class_names and k < len(class_names) else str(k) for k in present],
+                       fontsize=7)
     ax.set_xlabel(f"channel of {st.layer}")
     ax.set_ylabel("class")
     plt.colorbar(im, ax=ax, fraction=0.03, pad=0.02)
@@ -170,10 +173,20 @@ def add_stats(sec, st, class_names=None, channels: Sequence[int] | None = None) 
     a = png(st.figure(channels=chans))
     sec.figure(a, f"{st.layer}: activation histograms (log counts) of channels {chans[0]}…{chans[-1]}; "
                "sp = sparsity, sel = selectivity; dead channels in red")
-    b = png(class_mean_figure(st, class_names))
-    sec.figure(b, f"{st.layer}: mean activation of every channel per class")
+    present = int((st.class_count > 0).sum())
+    if present == 0:
+        b = None
+        sec.text("<p>The data has no labels (a flat folder of images): no per-class means or selectivity.</p>")
+    else:
+        b = png(class_mean_figure(st, class_names))
+        K = st.class_mean.shape[0]
+        sec.figure(b, f"{st.layer}: mean activation of every channel per class, for the {present} classes present "
+                      f"in the data" + (f" (of {K})" if present < K else ""))
     order = torch.argsort(st.selectivity, descending=True).tolist()
-    name = (lambda k: class_names[k]) if class_names else str
+
+    def name(k: int) -> str:
+        return "—" if k < 0 else class_names[k] if class_names and k < len(class_names) else str(k)
+
     rows = [[c, name(int(st.preferred_class[c])), float(st.selectivity[c]), float(st.mean[c]), float(st.std[c]),
              float(st.sparsity[c])] for c in order[:8]]
     sec.table(rows, header=["channel", "preferred class", "selectivity", "mean", "std", "sparsity"],
