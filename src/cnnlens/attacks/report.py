@@ -65,9 +65,21 @@ def _name(class_names, c: int) -> str:
 
 
 def _fmt_eps(e: float, norm: str = "inf") -> str:
+    """A short ε for titles: grey levels under L∞ (``2/255``), the L2 norm in pixel units otherwise."""
     if e != e or e == float("inf"):
         return "not reached"
     return f"{e * 255:.3g}/255" if norm == "inf" else f"{e:.3g}"
+
+
+def eps_text(e: float, norm: str = "inf") -> str:
+    """ε for tables: pixel units beside grey levels (×255), and the norm for L2.
+
+    >>> eps_text(2 / 255), eps_text(0.5, "2")
+    ('0.00784 (2/255)', '0.5 (127/255, L2)')
+    """
+    if e != e or e == float("inf"):
+        return "not reached"
+    return f"{e:.3g} ({e * 255:.3g}/255)" if norm == "inf" else f"{e:.3g} ({e * 255:.3g}/255, L2)"
 
 
 def attack_figure(x: torch.Tensor, r: AttackResult, names: Sequence[str], class_names=None, size: float = 2.3):
@@ -145,13 +157,14 @@ def add_attack_section(report, model, x: torch.Tensor, names: Sequence[str], r: 
         rows.append([nm, f"{_name(class_names, c0)} ({float(p0[i, c0]):.3f})",
                      ("→ " if r.targeted else "away from ") + _name(class_names, goal),
                      f"{_name(class_names, c1)} ({float(p1[i, c1]):.3f})", "yes" if bool(r.success[i]) else "no",
-                     _fmt_eps(float(r.eps[i]), norm), f"{float(r.linf()[i]) * 255:.3g}/255", f"{float(r.l2()[i]):.3g}",
+                     eps_text(float(r.eps[i]), norm), f"{float(r.linf()[i]) * 255:.3g}/255", f"{float(r.l2()[i]):.3g}",
                      int(r.steps[i]), _name(class_names, int(qpred[i]))])
         data[nm] = {"before": c0, "after": c1, "goal": goal, "success": bool(r.success[i]), "eps": float(r.eps[i]),
                     "linf": float(r.linf()[i]), "l2": float(r.l2()[i]), "steps": int(r.steps[i]),
                     "after_8bit_rounding": int(qpred[i]), "top5": topk_rows(r, i, class_names)}
     sec.figure(attack_figure(x, r, names, class_names), "Original, adversarial image, and the perturbation (amplified; grey = 0)")
-    sec.table(rows, header=["image", "before (p)", "goal", "after (p)", "reached", "ε budget", "‖δ‖∞", "‖δ‖₂", "PGD steps",
+    sec.table(rows, header=["image", "before (p)", "goal", "after (p)", "reached",
+                            f"ε budget ({'L∞' if norm == 'inf' else 'L2'}, pixel units)", "‖δ‖∞", "‖δ‖₂", "PGD steps",
                             "after 8-bit rounding"],
               caption="‖δ‖∞ in grey levels (1/255). The last column re-classifies the adversarial image rounded to 8 bits, "
                       "as a saved PNG would hold it: a perturbation below half a grey level is rounded away.")
@@ -170,12 +183,12 @@ def add_robustness_section(report, results: dict, *, title: str = "Robustness", 
     first = next(iter(results.values()))
     norm = first.settings.get("norm", "inf")
     shown = dict(first.settings)
-    if isinstance(shown.get("eps"), (list, tuple)):  # budgets as a person reads them: grey levels
-        shown["eps"] = ", ".join(_fmt_eps(float(e), norm) for e in shown["eps"])
+    if isinstance(shown.get("eps"), (list, tuple)):  # budgets as a person reads them: pixel units and grey levels
+        shown["eps"] = ", ".join(eps_text(float(e), norm) for e in shown["eps"])
     sec = report.section(title, intro=intro, settings={**shown, **(settings or {})})
     sec.figure(curves_figure(results), "Accuracy under attack against ε (solid: PGD, dashed: FGSM)")
-    header = ["model", "clean"] + [f"PGD ε={_fmt_eps(e, norm)}" for e in first.eps if e > 0] + \
-             [f"FGSM ε={_fmt_eps(e, norm)}" for e in first.eps if e > 0]
+    header = ["model", "clean"] + [f"PGD ε={eps_text(e, norm)}" for e in first.eps if e > 0] + \
+             [f"FGSM ε={eps_text(e, norm)}" for e in first.eps if e > 0]
     rows = []
     for name, r in results.items():
         pg = [f"{float(r.accuracy['pgd'][j]):.3f}" if "pgd" in r.attacks else "–" for j, e in enumerate(r.eps) if e > 0]
@@ -188,7 +201,7 @@ def add_robustness_section(report, results: dict, *, title: str = "Robustness", 
     cn = first.class_names or [str(c) for c in range(len(first.support))]
     pc_rows = [[cn[c], int(first.support[c])] + [f"{float(r.per_class[strongest][c, j]):.2f}" for r in results.values()]
                for c in range(len(first.support))]
-    sec.table(pc_rows, header=["class", "support"] + [f"{name}: {strongest.upper()} ε={_fmt_eps(first.eps[j], norm)}"
+    sec.table(pc_rows, header=["class", "support"] + [f"{name}: {strongest.upper()} ε={eps_text(first.eps[j], norm)}"
                                                       for name in results],
               caption="Robust accuracy per class at the largest ε.")
     g = results.get(gallery_of) if gallery_of else first

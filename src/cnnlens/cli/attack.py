@@ -14,8 +14,23 @@ from .common import (DEVICE_OPT, MODEL_OPT, OUT_OPT, PRETRAINED_OPT, TRUST_OPT, 
                      progress_bar, UserError)
 
 
-def parse_eps(text: str, option: str = "--eps") -> float:
-    """A budget in pixel units: ``2/255``, ``0.01`` or ``0``.
+def parse_norm(text: str) -> str:
+    """``inf``/``linf``/``L∞`` → "inf"; ``2``/``l2`` → "2"."""
+    key = str(text).strip().lower().replace("∞", "inf")
+    if key in ("inf", "linf", "l-inf", "max"):
+        return "inf"
+    if key in ("2", "l2"):
+        return "2"
+    raise UserError(f"--norm {text!r}: norm {str(text).strip()!r} is not supported; use inf (L∞) or 2 (L2)")
+
+
+def norm_name(norm: str) -> str:
+    return "L∞" if norm == "inf" else "L2"
+
+
+def parse_eps(text: str, option: str = "--eps", norm: str = "inf") -> float:
+    """A budget in pixel units: ``2/255``, ``0.01`` or ``0``. Under L∞ a budget above 1 (more than the whole
+    [0, 1] range) is surely grey levels meant as n/255: refused with that hint.
 
     >>> round(parse_eps("2/255"), 6)
     0.007843
@@ -27,15 +42,18 @@ def parse_eps(text: str, option: str = "--eps") -> float:
         raise UserError(f"{option} {s!r} is not a number; give pixel units like 2/255 or 0.01") from None
     if v < 0:
         raise UserError(f"{option} {s!r} is negative; a budget is ≥ 0 (pixel units, e.g. 2/255)")
+    if norm == "inf" and v > 1:
+        raise UserError(f"{option} {s}: ε = {s} in pixel units [0, 1]; did you mean {s}/255? (under the L∞ norm a "
+                        "budget above 1 exceeds the whole pixel range)")
     return v
 
 
-def parse_eps_list(text: str, option: str = "--eps") -> list[float]:
+def parse_eps_list(text: str, option: str = "--eps", norm: str = "inf") -> list[float]:
     """``0,1/255,2/255`` → [0.0, 0.0039…, 0.0078…]."""
     parts = [p for p in str(text).replace(" ", "").split(",") if p]
     if not parts:
         raise UserError(f"{option} is empty; give budgets like 0,1/255,2/255")
-    return [parse_eps(p, option) for p in parts]
+    return [parse_eps(p, option, norm) for p in parts]
 
 
 def _target(text: str):
@@ -76,7 +94,7 @@ def attack(
     target: str = typer.Option("second", "--target", "-t", help="second (the runner-up class), untargeted, a class index or a class name."),
     steps: int = typer.Option(10, "--steps", min=1, help="PGD steps."),
     step_size: Optional[str] = typer.Option(None, "--step-size", help="PGD step in pixel units (default 2.5·ε/steps)."),
-    norm: str = typer.Option("inf", "--norm", help="inf (L∞) or 2 (L2)."),
+    norm: str = typer.Option("inf", "--norm", help="inf (L∞: ε ≤ 1, e.g. 8/255) or 2 (L2: ε may exceed 1)."),
     random_start: bool = typer.Option(False, "--random-start", help="PGD from a random point of the ε-ball."),
     minimal: bool = typer.Option(False, "--minimal", help="Find each image's smallest ε (bisection over PGD) instead of using --eps."),
     seed: int = typer.Option(0, "--seed", help="Seed of the random start."),
@@ -102,12 +120,13 @@ def attack(
     from ..data import read_images
 
     method = method.strip().lower()
+    norm = parse_norm(norm)
     if method not in ("fgsm", "pgd"):
         raise UserError(f"--method {method!r} is not known; use fgsm or pgd")
     if minimal and method != "pgd":
         raise UserError("--minimal searches over PGD; use it with --method pgd")
-    e = parse_eps(eps)
-    alpha = parse_eps(step_size, "--step-size") if step_size is not None else None
+    e = parse_eps(eps, norm=norm)
+    alpha = parse_eps(step_size, "--step-size", norm) if step_size is not None else None
     if alpha is not None and alpha <= 0:
         raise UserError("--step-size must be > 0")
     tgt = _target(target)
@@ -192,14 +211,18 @@ def _print_attack(names, r, class_names) -> None:
 
     p0 = r.logits_before.float().softmax(1)
     p1 = r.logits_after.float().softmax(1)
-    t = Table(title=f"{r.settings.get('method', '').upper()} — goal: {r.settings.get('target')}", title_justify="left")
-    for h in ("image", "before (p)", "after (p)", "reached", "ε", "‖δ‖∞·255", "steps"):
+    from ..attacks.report import eps_text
+
+    norm = r.settings.get("norm", "inf")
+    t = Table(title=f"{r.settings.get('method', '').upper()} — goal: {r.settings.get('target')}, "
+                    f"norm {norm_name(norm)}", title_justify="left")
+    for h in ("image", "before (p)", "after (p)", "reached", f"ε ({norm_name(norm)}; pixel units = grey levels/255)",
+              "‖δ‖∞ (grey levels)", "steps"):
         t.add_column(h)
     for i, n in enumerate(names):
         c0, c1 = int(r.pred_before[i]), int(r.pred_after[i])
-        e = float(r.eps[i])
         t.add_row(n, f"{nm(c0)} ({float(p0[i, c0]):.3f})", f"{nm(c1)} ({float(p1[i, c1]):.3f})",
-                  "yes" if bool(r.success[i]) else "no", "–" if e == float("inf") else f"{e * 255:.3g}/255",
+                  "yes" if bool(r.success[i]) else "no", eps_text(float(r.eps[i]), norm),
                   f"{float(r.linf()[i]) * 255:.3g}", str(int(r.steps[i])))
     Console().print(t)
 
@@ -213,7 +236,7 @@ def robustness(
     attacks: str = typer.Option("fgsm,pgd", "--attacks", help="fgsm, pgd or both (comma-separated)."),
     steps: int = typer.Option(10, "--steps", min=1, help="PGD steps."),
     step_size: Optional[str] = typer.Option(None, "--step-size", help="PGD step in pixel units (default 2.5·ε/steps)."),
-    norm: str = typer.Option("inf", "--norm", help="inf (L∞) or 2 (L2)."),
+    norm: str = typer.Option("inf", "--norm", help="inf (L∞: ε ≤ 1, e.g. 8/255) or 2 (L2: ε may exceed 1)."),
     target: str = typer.Option("untargeted", "--target", "-t", help="untargeted (away from the true label), second, or a class."),
     gallery: int = typer.Option(6, "--gallery", min=0, help="Attacked images to show with their saliency maps."),
     weights: Optional[Path] = WEIGHTS_OPT,
@@ -232,8 +255,9 @@ def robustness(
     from ..attacks.report import add_robustness_section
     from ..data import as_dataset, require_labels
 
-    budgets = parse_eps_list(eps)
-    alpha = parse_eps(step_size, "--step-size") if step_size is not None else None
+    norm = parse_norm(norm)
+    budgets = parse_eps_list(eps, norm=norm)
+    alpha = parse_eps(step_size, "--step-size", norm) if step_size is not None else None
     atk = [a.strip().lower() for a in attacks.split(",") if a.strip()]
     out = out_dir(out)
     with distributed(device) as (rank, world, dev):

@@ -74,7 +74,8 @@ def progress_bar(description: str, total: Optional[int] = None, rank: int = 0, w
 
     Under ``torchrun`` only rank 0 draws (its shard's progress, labelled "rank 0/N").
     """
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                               TimeRemainingColumn)
 
     if world > 1:
         description += f" (rank {rank}/{world})"
@@ -82,7 +83,7 @@ def progress_bar(description: str, total: Optional[int] = None, rank: int = 0, w
         yield lambda done, tot=None: None
         return
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=console, transient=True) as prog:
+                  TextColumn("eta"), TimeRemainingColumn(), console=console, transient=True) as prog:
         task = prog.add_task(description, total=total)
 
         def update(done: int, tot: Optional[int] = None) -> None:

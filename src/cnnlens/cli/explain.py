@@ -119,16 +119,22 @@ def explain(
     class_names = list(getattr(getattr(m, "spec", None), "class_names", ()) or ()) or None
     settings = {"occlusion": {k: v for k, v in (("window", window), ("stride", stride)) if v is not None},
                 "augmented_gradcam": {"augmentations": augmentations}}
-    with progress_bar(f"explaining {len(names)} image(s)", total=2 * len(chosen)) as update:
+    n = len(names)
+    steps = 2 if faithfulness_steps > 0 else 1  # each method, then its deletion/insertion curves
+    total = n * len(chosen) * steps  # units: one image × one method (× map, then faithfulness)
+    with progress_bar(f"explaining {n} image(s) × {len(chosen)} method(s)", total=total) as update:
         expls = run_methods(m, x, chosen, target=target, layer=layer, settings=settings,
-                            progress=lambda name, d, t: update(d))
+                            progress=lambda name, d, t: update(d * n, total))
+        update(len(chosen) * n, total)
         failed = {k: e for k, e in expls.items() if not isinstance(e, Explanation)}
         if len(failed) == len(chosen):
             raise UserError(f"no method applies: {next(iter(failed.values()))}")
         for k, e in failed.items():
             console.print(f"[yellow]{k.replace('_', '-')} skipped:[/] {e}", highlight=False)
         faith = score_all(m, x, expls, steps=faithfulness_steps, baseline=_baseline(baseline),
-                          progress=lambda name, d, t: update(len(chosen) + d)) if faithfulness_steps > 0 else {}
+                          progress=lambda name, d, t: update((len(chosen) + d) * n, total)) \
+            if faithfulness_steps > 0 else {}
+        update(total, total)
     with LayerTap(m) as tap, torch.no_grad():
         num_classes = tap.run(x[:1]).shape[1]
     top = predict_topk(m, x, k=min(5, num_classes))

@@ -409,7 +409,12 @@ def influence_cmd(
     data: Optional[str] = DATA_OPT, image: Optional[List[str]] = IMAGE_OPT,
     target: str = typer.Option("predicted", "--target", "-t", help="Class index or name, predicted, second or true."),
     channels: Optional[str] = CHANNELS_OPT,
-    ablation: bool = typer.Option(True, "--ablation/--no-ablation", help="Also zero each channel (one forward each)."),
+    ablation: bool = typer.Option(True, "--ablation/--no-ablation", help="Also zero channels (one forward per "
+                                  "channel and image) to measure the exact drop."),
+    ablate_top: int = typer.Option(16, "--ablate-top", min=1, help="Zero only the channels ranked highest by "
+                                   "a·∂y/∂a (every channel is ranked)."),
+    all_channels: bool = typer.Option(False, "--all-channels", help="Zero every channel (slow on wide layers: "
+                                      "one forward per channel and image)."),
     n: Optional[int] = typer.Option(None, "--n", min=1, help="Use only the first n images of --data."),
     batch_size: int = typer.Option(32, "--batch-size", "-b", min=1),
     weights: Optional[Path] = WEIGHTS_OPT, pretrained: bool = PRETRAINED_OPT, trust_pickle: bool = TRUST_OPT,
@@ -429,22 +434,34 @@ def influence_cmd(
             src = src.to(dev)
         else:
             src = _dataset(M.m, data, n)
-        with progress_bar(f"influence of {layer}", rank=rank, world=world) as update:
+        if target.strip().lower() == "true" and not image:
+            from ..data import require_labels
+
+            require_labels(src, "--target true")
+        top = None if all_channels or not ablation else ablate_top
+        what = "gradients" + ("" if not ablation else ", then zeroing every channel" if top is None else
+                              f", then zeroing the top {top} channels")
+        with progress_bar(f"influence of {layer} ({what})", rank=rank, world=world) as update:
             inf = influence(M.m, src, layer, target, ablation=ablation, channels=parse_channels(channels),
-                            batch_size=batch_size, device=dev, progress=update)
+                            ablate_top=top, batch_size=batch_size, device=dev, progress=update)
         if rank != 0:
             return
+        ablated = inf.settings.get("ablated")
         t = Table(title=f"channels of {inf.layer} by influence on the {inf.target}", title_justify="left")
         for h in ("rank", "channel", "a·∂y/∂a", "mean ∂y/∂a", "drop when zeroed"):
             t.add_column(h, justify="right")
         for r, c in enumerate(inf.ranking[:10]):
             i = inf.channels.index(c)
+            v = None if inf.ablation is None else float(inf.ablation[i])
             t.add_row(str(r + 1), str(c), f"{float(inf.taylor[i]):.4g}", f"{float(inf.gradient[i]):.4g}",
-                      "—" if inf.ablation is None else f"{float(inf.ablation[i]):.4g}")
+                      "—" if v is None or v != v else f"{v:.4g}")
         _say(t)
+        zeroed = ("no" if not ablation else f"every channel ({len(inf.channels)})" if ablated is None else
+                  f"the top {len(ablated)} of {len(inf.channels)} channels by a·∂y/∂a")
         rep, sec = _report(f"cnnlens inside influence: {model}", "Channel influence", "influence",
                            {"model": model, "layer": inf.layer, "target": inf.target, "images": inf.count,
-                            "ablation": ablation, "processes": world}, model=M.m)
+                            "channels ranked": len(inf.channels), "zeroed (ablation)": zeroed,
+                            "processes": world}, model=M.m)
         img = add_influence(sec, inf)
         _finish(rep, out, {"influence.png": img, "influence.json": _json(inf), "influence.pt": tensors_file(inf)},
                 f"{len(inf.channels)} channels")

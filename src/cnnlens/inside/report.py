@@ -203,11 +203,16 @@ def add_influence(sec, inf, top: int = 12) -> bytes:
     rows = []
     for rank, c in enumerate(inf.ranking[:top]):
         i = inf.channels.index(c)
-        rows.append([rank + 1, c, float(inf.taylor[i]), float(inf.gradient[i]),
-                     "—" if inf.ablation is None else float(inf.ablation[i])])
-    agree = "" if inf.ablation is None else (
-        f"; the a·∂y/∂a ranking {'equals' if inf.ranking == inf.ablation_ranking else 'differs from'} the ablation ranking"
-        f" (largest |difference| {float((inf.taylor - inf.ablation).abs().max()):.2g})")
+        v = None if inf.ablation is None else float(inf.ablation[i])
+        rows.append([rank + 1, c, float(inf.taylor[i]), float(inf.gradient[i]), "—" if v is None or v != v else v])
+    agree = ""
+    if inf.ablation is not None:
+        done = ~torch.isnan(inf.ablation)
+        ranked = [c for c in inf.ranking if bool(done[inf.channels.index(c)])]
+        which = "the ablation ranking" if bool(done.all()) else \
+            f"the ablation ranking of the {int(done.sum())} channels zeroed (the top ones by a·∂y/∂a; — : not zeroed)"
+        agree = (f"; the a·∂y/∂a ranking {'equals' if ranked == inf.ablation_ranking else 'differs from'} {which}"
+                 f" (largest |difference| {float((inf.taylor[done] - inf.ablation[done]).abs().max()):.2g})")
     sec.table(rows, header=["rank", "channel", "a·∂y/∂a", "mean ∂y/∂a", "drop when zeroed"],
               caption=f"channels ranked by a·∂y/∂a{agree}")
     sec.data(f"influence {inf.layer}", inf.to_dict())
