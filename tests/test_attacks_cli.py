@@ -71,7 +71,10 @@ def test_cli_attack_writes_the_library_result(tmp_path, monkeypatch, capsys, dig
         assert np.array_equal(adv, (ref.x_adv[i, 0].numpy() * 255).round().astype(np.uint8))
         assert (out / name / "original.png").is_file() and (out / name / "perturbation.png").is_file()
     html = (out / "index.html").read_text()
-    assert "second closest class" in html and "digits-cnn" in html
+    assert "second most likely class" in html and "digits-cnn" in html
+    # the prose says what ran: PGD with one budget, no minimal-ε search, no FGSM
+    assert "Projected gradient descent" in html and "5 small steps" in html
+    assert "bisection" not in html and "smallest ε" not in html and "fast gradient" not in html
     assert "reached" in cap.out or "yes" in cap.out
 
 

@@ -10,6 +10,7 @@ side by side, and the concentration figure.
 
 from __future__ import annotations
 
+import html
 import logging
 import time
 from typing import Sequence
@@ -20,31 +21,75 @@ from .result import AttackResult
 
 log = logging.getLogger(__name__)
 
-#: short teaching intros (lectures 000 and 004 of /work/shared/lectures)
+#: short introductions, shown above each section (the attack's and robustness's are built from the settings)
+_ADVERSARIAL = (
+    "<b>Adversarial examples.</b> The gradient that explains a prediction also breaks it. "
+    "∂p(class)/∂x is the sensitivity of the prediction to every pixel; moving the image a little along the "
+    "gradient of another class changes the prediction completely while the image barely changes "
+    "(Szegedy et al. 2014). ")
+_PIXELS = ("cnnlens works in pixel space, [0, 1], with ε in pixel units (1/255 = one grey level), clips to [0, 1] "
+           "at every step, and differentiates the logits' cross-entropy, never probabilities.")
+
+
+def attack_intro(settings: dict) -> str:
+    """The attack section's introduction, saying only what ran (method, goal, norm, minimal-ε search or not)."""
+    method = str(settings.get("method", ""))
+    norm = "L∞" if settings.get("norm", "inf") == "inf" else "L2"
+    target = str(settings.get("target", ""))
+    out = _ADVERSARIAL
+    if method == "fgsm":
+        step = "ε·sign(∇ₓ CE)" if norm == "L∞" else "ε·∇ₓ CE/‖∇ₓ CE‖₂"
+        out += (f"The <b>fast gradient (sign) method</b> (Goodfellow et al. 2015) takes one step of {step}: a single "
+                f"linear step of size ε in the {norm} norm. ")
+    else:
+        out += (f"<b>Projected gradient descent</b> (Kurakin et al. 2017; Madry et al. 2018) takes "
+                f"{settings.get('steps', 'several')} small steps along the gradient's "
+                f"{'sign' if norm == 'L∞' else 'direction'} and projects back onto the {norm} ball of radius ε after "
+                "each one. ")
+    if method.startswith("minimal"):
+        out += ("Here each image gets <b>the smallest ε that reaches the goal</b>: a first-order guess "
+                "margin/‖∇margin‖ (exact for a linear model), then doubling until PGD succeeds and bisection between "
+                "the last failure and the first success. ")
+    else:
+        out += "Every image gets the same budget ε; the table says whether it was enough. "
+    if target.startswith("untargeted"):
+        out += "The attack is <b>untargeted</b>: it raises the loss of the predicted class until another wins. "
+    elif "second" in target:
+        out += ("The goal is the <b>second most likely class</b>: each image is pushed over the nearest decision "
+                "boundary, to its runner-up. ")
+    elif target:
+        out += f"The goal is <b>{html.escape(target)}</b>. "
+    return f"<p>{out}{_PIXELS}</p><p>The perturbation is drawn amplified: grey is no change.</p>"
+
+
+def robust_intro(results: dict, robustified: bool = False) -> str:
+    """The robustness section's introduction: the attacks that ran; robust training only when robust variants are
+    compared (``robustified``)."""
+    first = next(iter(results.values()))
+    attacks = list(first.attacks)
+    parts = ["<p><b>Robustness</b> is the accuracy that survives an attack of budget ε, plotted against ε"]
+    if attacks == ["fgsm"]:
+        parts.append(": here FGSM, one step of size ε.")
+    elif attacks == ["pgd"]:
+        parts.append(f": here PGD with {first.settings.get('pgd_steps', 10)} steps.")
+    else:
+        parts.append(f": FGSM is one step, PGD {first.settings.get('pgd_steps', 10)}; the gap between them shows how "
+                     "much a single linear step underestimates the danger.")
+    if len(results) > 1:
+        parts.append(f" {len(results)} models side by side: {', '.join(map(html.escape, results))}.")
+    if robustified:
+        parts.append(" <b>Robustifying</b> has two recipes, both trained here on the same data, seed and schedule: "
+                     "<i>adversarial training</i> (Goodfellow et al. 2015; Madry et al. 2018) — train on x ↦ l and "
+                     "also on the attacked x + δx ↦ l, the attack recomputed against the current weights at every "
+                     "step; and a <i>smooth function</i> (Drucker &amp; LeCun 1992; Ross &amp; Doshi-Velez 2018) — ask "
+                     "for ∂F/∂x ≈ 0 by adding λ·‖∂L/∂x‖² to the loss (double backpropagation). Robust models are "
+                     "reported to have more interpretable input gradients; the saliency maps below show what comes "
+                     "out here.")
+    parts.append("</p>")
+    return "".join(parts)
+
+
 INTROS = {
-    "attack": (
-        "<p><b>Adversarial examples.</b> The gradient that explains a prediction also breaks it. "
-        "∂p(class)/∂x is the sensitivity of the prediction to every pixel; moving the image a little along the "
-        "gradient of another class, x′ = x + η·∂p(other class)/∂x, changes the prediction completely while the image "
-        "barely changes (Szegedy et al. 2014). The <b>fast gradient (sign) method</b> takes one step of size ε "
-        "along the sign of the gradient of the loss: x′ = x + ε·sign(∇ₓ CE(f(x), y)) (Goodfellow et al. 2015); "
-        "iterating small steps and projecting back onto the ε-ball after each one (PGD) is stronger. cnnlens works "
-        "in pixel space, [0, 1] with ε in pixel units (1/255 = one grey level), clips to [0, 1] at every step, and "
-        "differentiates the logits' cross-entropy, never probabilities.</p>"
-        "<p>Here each photo is <b>pushed over the decision boundary to the second closest class</b>: a targeted "
-        "attack toward the runner-up, with the smallest ε that gets there (a first-order guess "
-        "margin/‖∇margin‖₁, then doubling and bisection over PGD). The perturbation is drawn amplified: grey is "
-        "no change.</p>"
-    ),
-    "robust": (
-        "<p><b>Robustness</b> is the accuracy that survives an attack of budget ε, against ε: FGSM is one "
-        "step, PGD ten; the gap between them shows how much a single linear step underestimates the danger. "
-        "<b>Robustifying</b> (lecture 004) has two recipes, both trained here on the same data, seed and schedule: "
-        "<i>adversarial training</i> — train on x ↦ l and also on the attacked x + δx ↦ l, the attack recomputed "
-        "against the current weights at every step; and a <i>smooth function</i> — ask for ∂F/∂x ≈ 0 by adding "
-        "λ·‖∂L/∂x‖² to the loss (double backpropagation). Robust models are reported to have more interpretable "
-        "input gradients; the saliency maps below show what comes out here.</p>"
-    ),
     "concentration": (
         "<p><b>Why do adversarial examples exist?</b> Because of the dimension of the data space. In high "
         "dimension there is no dense sampling (it would need 10^d samples), and <b>all points are on the "
@@ -142,11 +187,12 @@ def quantized_predictions(model, r: AttackResult) -> torch.Tensor:
 
 
 def add_attack_section(report, model, x: torch.Tensor, names: Sequence[str], r: AttackResult, *,
-                       title: str = "Adversarial examples", intro: str = INTROS["attack"],
+                       title: str = "Adversarial examples", intro: str | None = None,
                        settings: dict | None = None, topk: bool = True):
     """A section with each image, its adversarial version, the perturbation, a table and top-5 bars."""
     class_names = getattr(getattr(model, "spec", None), "class_names", None)
-    sec = report.section(title, intro=intro, settings={**r.settings, **(settings or {})})
+    sec = report.section(title, intro=attack_intro(r.settings) if intro is None else intro,
+                         settings={**r.settings, **(settings or {})})
     qpred = quantized_predictions(model, r)
     norm = r.settings.get("norm", "inf")
     rows, data = [], {}
@@ -175,8 +221,8 @@ def add_attack_section(report, model, x: torch.Tensor, names: Sequence[str], r: 
     return sec
 
 
-def add_robustness_section(report, results: dict, *, title: str = "Robustness", intro: str = INTROS["robust"],
-                           settings: dict | None = None, gallery_of: str | None = None):
+def add_robustness_section(report, results: dict, *, title: str = "Robustness", intro: str | None = None,
+                           settings: dict | None = None, gallery_of: str | None = None, robustified: bool = False):
     """Curves of several models (``{name: RobustnessResult}``), a side-by-side table, per-class accuracy, a gallery."""
     from .curves import curves_figure
 
@@ -185,8 +231,10 @@ def add_robustness_section(report, results: dict, *, title: str = "Robustness", 
     shown = dict(first.settings)
     if isinstance(shown.get("eps"), (list, tuple)):  # budgets as a person reads them: pixel units and grey levels
         shown["eps"] = ", ".join(eps_text(float(e), norm) for e in shown["eps"])
-    sec = report.section(title, intro=intro, settings={**shown, **(settings or {})})
-    sec.figure(curves_figure(results), "Accuracy under attack against ε (solid: PGD, dashed: FGSM)")
+    sec = report.section(title, intro=robust_intro(results, robustified) if intro is None else intro,
+                         settings={**shown, **(settings or {})})
+    styles = [s for a, s in (("pgd", "solid: PGD"), ("fgsm", "dashed: FGSM")) if a in first.attacks]
+    sec.figure(curves_figure(results), f"Accuracy under attack against ε ({', '.join(styles)})")
     header = ["model", "clean"] + [f"PGD ε={eps_text(e, norm)}" for e in first.eps if e > 0] + \
              [f"FGSM ε={eps_text(e, norm)}" for e in first.eps if e > 0]
     rows = []
@@ -296,6 +344,7 @@ def demo_section(report, ctx) -> None:
                                    batch_size=512, device=ctx.device, progress=lambda d, t, w=what: ctx.progress(w, d, t))
     sec = add_robustness_section(
         report, results, title="Robustness of the digits CNN, plain and robustified", gallery_of="plain",
+        robustified=True,
         settings={"models": "digits-cnn: plain (shipped), adversarial training, gradient penalty (shipped weights)",
                   "data": f"digits held-out split ({results['plain'].n} images)",
                   "adversarial training": f"50 % clean + 50 % FGSM with random start, ε = {ADV_EPS} (≈ {ADV_EPS * 255:.0f}/255), step 1.25·ε",

@@ -115,7 +115,7 @@ def attack(
     import torch
 
     from ..attacks import fgsm, minimal_eps, pgd
-    from ..attacks.report import INTROS, add_attack_section, quantized_predictions, topk_rows
+    from ..attacks.report import add_attack_section, quantized_predictions, topk_rows
     from .._batch import check_batch_size
     from ..data import read_images
 
@@ -158,7 +158,7 @@ def attack(
         settings = {"model": model,
                     "images": ", ".join(names[:10]) + (" ..." if len(names) > 10 else ""), "device": dev}
         add_attack_section(rep, m, x.cpu(), names, r, title=f"{'Minimal-ε PGD' if minimal else method.upper()} attack",
-                           intro=INTROS["attack"], settings=settings)
+                           settings=settings)
         q = quantized_predictions(m, r)
         summary = {}
         for i, nm in enumerate(names):

@@ -18,7 +18,7 @@ import torch
 
 log = logging.getLogger(__name__)
 
-#: short teaching intros (lectures 001, 003 and 004 of /work/shared/lectures)
+#: short introductions to each method, shown above its results
 INTROS = {
     "filters": (
         "The first view into a CNN is its filters. A first-layer filter sees the three colour channels, so it can "
@@ -66,8 +66,9 @@ INTROS = {
         "on the pixels of the input to maximise a class's pre-softmax score (or a channel, or one neuron). "
         "Each pixel is pushed independently, so the raw result is high-frequency noise; regularisers keep it "
         "closer to a natural image: total variation ‖∇x‖², L2 decay, a Gaussian blur every few steps, random "
-        "jitter/scale/rotation, and a Fourier parameterisation with decorrelated colour. The lecture's variant "
-        "minimises the squared error between the network's response and a chosen target response instead."
+        "jitter/scale/rotation, and a Fourier parameterisation with decorrelated colour. A variant "
+        "minimises the squared error between the network's response and a chosen target response instead "
+        "(Mahendran &amp; Vedaldi 2016)."
     ),
     "dream": (
         "Deep Dream (Mordvintsev et al. 2015) starts from a photo instead of noise and boosts whatever a layer "
@@ -347,7 +348,7 @@ def demo_section(report, ctx) -> None:
     mse_target[0, 3] = 15.0
     mv = maximize(dm, objectives.mse(mse_target) - 5 * objectives.tv() - 20 * objectives.l2(center=0.0), steps=dsteps,
                   lr=0.05, param="pixel", jitter=2, seed=1)
-    add_visualizations(sec, mv, ["MSE to target 15·e₃"], "the lecture's variant, with the same regularisers: "
+    add_visualizations(sec, mv, ["MSE to target 15·e₃"], "a target response instead of a score (Mahendran & Vedaldi 2016), with the same regularisers: "
                        "minimise ‖f(x) − t‖² for the target response t = 15 on digit 3 and 0 elsewhere "
                        f"(J: {float(mv.start[0]):.1f} → {float(mv.final[0]):.2f})")
     prog("inside: efficientnet-lite0", 2, 3)
