@@ -104,15 +104,43 @@ def _dataset(model, data: Optional[str], n: Optional[int]):
     return ds
 
 
-def _report(title: str, section: str, intro_key: str, settings: dict, model=None):
-    from ..inside.report import INTROS
+def _report(title: str, section: str, intro_key: str, settings: dict, model=None, ran: dict | None = None):
+    from ..inside.report import intro_for
     from ..report import Report
 
     rep = Report(title)
     if model is not None:
         rep.describe_model(model)
-    return rep, rep.section(section, INTROS[intro_key], {k: v if isinstance(v, (int, float, str)) else str(v)
-                                                          for k, v in settings.items()})
+    return rep, rep.section(section, intro_for(intro_key, **(ran or {})),
+                            {k: v if isinstance(v, (int, float, str)) else str(v) for k, v in settings.items()})
+
+
+def is_labelled(ds) -> bool:
+    from ..data import is_labelled as labelled
+
+    return labelled(ds)
+
+
+def _regularisers(param, tv, l2, l2_decay, blur_every, blur_sigma, jitter, scale, rotate) -> list[str]:
+    """The regularisers that ran, in words (for the report's introduction)."""
+    out = []
+    if str(param).lower().startswith("fourier"):
+        out.append("a Fourier parameterisation with decorrelated colour")
+    if tv:
+        out.append(f"total variation (weight {tv:g})")
+    if l2:
+        out.append(f"an L2 penalty ‖x − ½‖² (weight {l2:g})")
+    if l2_decay:
+        out.append(f"L2 decay ({l2_decay:g} per step)")
+    if blur_every:
+        out.append(f"a Gaussian blur (σ = {blur_sigma:g}) every {blur_every} steps")
+    if jitter:
+        out.append(f"random jitter of ±{jitter} px")
+    if scale:
+        out.append(f"random scaling by ±{scale:g}")
+    if rotate:
+        out.append(f"random rotation by ±{rotate:g}°")
+    return out
 
 
 def _finish(rep, out: Path, files: dict, what: str) -> None:
@@ -150,7 +178,8 @@ def filters_cmd(
     out = out_dir(out)
     M = _Model(model, weights, pretrained, trust_pickle, device)
     f = filters(M.m, layer)
-    rep, sec = _report(f"cnnlens inside filters: {model}", "Filters", "filters", {"model": model, "layer": f.layer}, model=M.m)
+    rep, sec = _report(f"cnnlens inside filters: {model}", "Filters", "filters", {"model": model, "layer": f.layer},
+                       model=M.m, ran={"images": bool(image)})
     files = {"filters.png": add_filters(sec, f), "filters.json": _json(f), "filters.pt": tensors_file(f)}
     if image:
         x, names = _images(M.m, image, None, 0)
@@ -231,17 +260,27 @@ def search_cmd(
         if rank != 0:
             return
         rep, sec = _report(f"cnnlens inside search: {model}", "Dataset search", "search",
-                           {"model": model, "data": data, "layer": r.layer, "k": r.k, "images": len(ds), "processes": world}, model=M.m)
+                           {"model": model, "data": data, "labels": getattr(ds, "cnnlens_labels", "given by the data"),
+                            "layer": r.layer, "k": r.k, "images": len(ds), "processes": world}, model=M.m,
+                           ran={"labels": is_labelled(ds)})
         files = {}
         cs = list(r.channels)
         for part in range(0, len(cs), 16):
-            files[f"search_{part // 16}.png"] = add_search(sec, r, M.class_names, channels=cs[part:part + 16])
+            img = add_search(sec, r, M.class_names, channels=cs[part:part + 16])
+            if img is not None:
+                files[f"search_{part // 16}.png"] = img
         files.update({"search.json": _json(r), "search.pt": tensors_file(r)})
+        silent = set(r.never_fired())
         for c in cs[:8]:
             h = r.class_histogram[r.row(c)]
             top = int(h.argmax())
-            _say(f"channel {c}: top activation {float(r.activations[r.row(c), 0]):.3g}, most frequent class "
-                 f"{M.class_names[top] if M.class_names else top} ({int(h[top])}/{r.k})")
+            if c in silent:
+                _say(f"channel {c}: never fired (activation ≤ 0 everywhere)")
+            elif int(h.sum()) == 0:
+                _say(f"channel {c}: top activation {float(r.activations[r.row(c), 0]):.3g} (no labels)")
+            else:
+                _say(f"channel {c}: top activation {float(r.activations[r.row(c), 0]):.3g}, most frequent class "
+                     f"{M.class_names[top] if M.class_names else top} ({int(h[top])}/{r.k})")
         _finish(rep, out, files, f"{len(cs)} channels")
 
 
@@ -290,7 +329,10 @@ def maximize_cmd(
                      blur_sigma=blur_sigma, jitter=jitter, scale=scale or None, rotate=rotate or None, size=size,
                      seed=seed, progress=update)
     rep, sec = _report(f"cnnlens inside maximize: {model}", "Activation maximisation", "maximize",
-                       {"model": model, "objective": v.objective, **v.settings}, model=M.m)
+                       {"model": model, "objective": v.objective, **v.settings}, model=M.m,
+                       ran={"objective": "class" if classes is not None else "neuron" if neuron else "channel",
+                            "regularisers": _regularisers(param, tv, l2, l2_decay, blur_every, blur_sigma, jitter,
+                                                          scale, rotate)})
     img = add_visualizations(sec, v, [f"{t}: {float(s):.3g}→{float(f):.3g}" for t, s, f in zip(titles, v.start, v.final)],
                              f"{v.objective}: {steps} steps")
     for t, s, f in zip(titles, v.start, v.final):
@@ -320,7 +362,8 @@ def deconv_cmd(
     chans = parse_channels(channels) or [0, 1, 2]
     projs = [deconvnet(M.m, x, layer, c, position=position) for c in chans]
     rep, sec = _report(f"cnnlens inside deconv: {model}", "Deconvnet", "deconv",
-                       {"model": model, "layer": projs[0].layer, "channels": chans, "position": position}, model=M.m)
+                       {"model": model, "layer": projs[0].layer, "channels": chans, "position": position,
+                        "guided backprop alongside": guided}, model=M.m, ran={"guided": guided})
     img = add_deconv(sec, M.m, x, projs, labels=names, with_guided=guided)
     files = {"deconv.png": img}
     for p in projs:
@@ -354,7 +397,8 @@ def dream_cmd(
     with progress_bar("dreaming") as update:
         d = deep_dream(M.m, x, layer, target, octaves=octaves, octave_scale=octave_scale, steps=steps,
                        step_size=step_size, jitter=jitter, seed=seed, progress=update)
-    rep, sec = _report(f"cnnlens inside dream: {model}", "Deep Dream", "dream", {"model": model, **d.settings}, model=M.m)
+    rep, sec = _report(f"cnnlens inside dream: {model}", "Deep Dream", "dream", {"model": model, **d.settings},
+                       model=M.m, ran={"objective": "class" if target is not None else "layer"})
     files = {"dream.png": add_dream(sec, x, d, f"{d.objective}: {float(d.start[0]):.3g} → {float(d.final[0]):.3g}")}
     for i in range(d.images.shape[0]):
         import io
@@ -392,8 +436,9 @@ def stats_cmd(
         if rank != 0:
             return
         rep, sec = _report(f"cnnlens inside stats: {model}", "Neuron statistics", "stats",
-                           {"model": model, "data": data, "layer": st.layer, "images": len(ds), "bins": bins,
-                            "processes": world}, model=M.m)
+                           {"model": model, "data": data, "labels": getattr(ds, "cnnlens_labels", "given by the data"),
+                            "layer": st.layer, "images": len(ds), "bins": bins, "processes": world}, model=M.m,
+                           ran={"labels": is_labelled(ds)})
         a, b = add_stats(sec, st, M.class_names, channels=parse_channels(channels))
         _say(f"{st.layer}: {len(st.mean)} channels, mean sparsity {float(st.sparsity.mean()):.3f}, dead "
              f"channels: {st.dead_channels or 'none'}")
@@ -461,7 +506,8 @@ def influence_cmd(
         rep, sec = _report(f"cnnlens inside influence: {model}", "Channel influence", "influence",
                            {"model": model, "layer": inf.layer, "target": inf.target, "images": inf.count,
                             "channels ranked": len(inf.channels), "zeroed (ablation)": zeroed,
-                            "processes": world}, model=M.m)
+                            "processes": world}, model=M.m,
+                           ran={"ablation": None if not ablation else "all" if ablated is None else len(ablated)})
         img = add_influence(sec, inf)
         _finish(rep, out, {"influence.png": img, "influence.json": _json(inf), "influence.pt": tensors_file(inf)},
                 f"{len(inf.channels)} channels")

@@ -79,6 +79,53 @@ INTROS = {
 }
 
 
+def intro_for(key: str, **ran) -> str:
+    """The introduction of one command's section, saying only what ran (``ran``: the facts that vary).
+
+    filters: images (bool); search: labels (bool); stats: labels; influence: ablation ("all", "top k", None);
+    deconv: guided (bool); maximize: objective ("class", "channel", "neuron"), regularisers (list of names);
+    dream: objective ("layer" or "class").
+    """
+    text = INTROS[key]
+    if key == "filters" and not ran.get("images"):
+        text = text.replace(" Feature maps show the other side: a layer's output for one image, one map per channel.",
+                            "")
+    elif key == "search":
+        text = text.replace(" One pass over the data feeds search, statistics and influence together, in "
+                            "O(k × channels) memory.", " One pass over the data, in O(k × channels) memory.")
+        if not ran.get("labels", True):
+            text = text.replace(" The class histogram of a channel's top images says which classes it is "
+                                "discriminative for.", " The data has no labels, so no class histogram.")
+    elif key == "stats" and not ran.get("labels", True):
+        text = text.split(" Averaging a channel's activity per class")[0] + \
+            " The data has no labels, so there are no per-class means or selectivity here."
+    elif key == "influence":
+        ablation = ran.get("ablation")
+        if ablation is None:
+            text = text.replace("and the ablation measures that cost exactly, one forward pass per channel. Before "
+                                "a global-average-pool + linear head the two agree exactly: the drop for channel k is "
+                                "w_k^c · mean(A_k).", "(no channel was zeroed here: --no-ablation).")
+        elif ablation != "all":
+            text = text.replace("one forward pass per channel.", f"one forward pass per channel — here for the "
+                                f"{ablation} channels with the largest a·∂y_c/∂a.")
+    elif key == "deconv" and not ran.get("guided", True):
+        text = text.replace(" Guided backprop differs in one rule: at each ReLU it also keeps only where the forward "
+                            "input was positive.", "")
+    elif key == "maximize":
+        what = {"class": "a class's pre-softmax score", "channel": "a channel's mean activation",
+                "neuron": "one neuron (the centre unit of a channel)"}.get(ran.get("objective", ""), None)
+        regs = ran.get("regularisers") or []
+        text = ("Activation maximisation / class model visualisation (Erhan et al. 2009; Simonyan et al. 2014): fix "
+                "the trained weights and run gradient ascent on the pixels of the input to maximise "
+                f"{what or 'an objective'}. Each pixel is pushed independently, so the raw result is "
+                "high-frequency noise; regularisers keep it closer to a natural image. "
+                + (f"Here: {', '.join(regs)}." if regs else "Here none was used."))
+    elif key == "dream" and ran.get("objective") == "class":
+        text = text.replace("boosts whatever a layer already sees in it: gradient ascent on the layer's activation "
+                            "energy", "boosts what makes it look like a class: gradient ascent on the class score")
+    return text
+
+
 def png(fig) -> bytes:
     """A matplotlib figure as PNG bytes (the figure is closed)."""
     import matplotlib.pyplot as plt
@@ -133,19 +180,44 @@ def add_receptive_fields(sec, rfs) -> None:
     sec.data("receptive fields", [rf.to_dict() for rf in rfs])
 
 
-def add_search(sec, r, class_names=None, channels: Sequence[int] | None = None, n: int | None = None) -> bytes:
+def add_search(sec, r, class_names=None, channels: Sequence[int] | None = None, n: int | None = None) -> bytes | None:
+    """The channels' top patches (channels that never fired are named instead of drawn as empty rows) and a table;
+    returns the figure's PNG, or None when no channel fired."""
     chans = list(channels) if channels is not None else list(r.channels)
-    img = png(r.figure(channels=chans, n=n, class_names=class_names))
-    sec.figure(img, f"{r.layer}: top-{n or r.k} patches of channels {chans[0]}…{chans[-1]} "
-               f"(receptive field {r.rf.size[0]}×{r.rf.size[1]} px; ✂ = field clipped at the border, zero-filled); "
-               "titles: activation · true class")
-    top = [[c, class_names[int(r.class_histogram[r.row(c)].argmax())] if class_names else
-            int(r.class_histogram[r.row(c)].argmax()), int(r.class_histogram[r.row(c)].max()),
-            float(r.activations[r.row(c), 0])] for c in chans]
-    sec.table(top, header=["channel", "most frequent class in top-k", "count", "top activation"],
+    silent = set(r.never_fired())
+    shown = [c for c in chans if c not in silent]
+    quiet = [c for c in chans if c in silent]
+    img = None
+    h, w = r.rf.size
+    if shown:
+        img = png(r.figure(channels=shown, n=n, class_names=class_names))
+        sec.figure(img, f"{r.layer}: top-{n or r.k} patches of channels {', '.join(map(str, shown[:12]))}"
+                   f"{', …' if len(shown) > 12 else ''}: each patch is the receptive field of the channel's strongest "
+                   f"unit in that image, {h}×{w} px, upsampled nearest-neighbour so every pixel is a visible block "
+                   "(✂ = field clipped at the border, zero-filled); titles: activation · true class")
+    if quiet:
+        sec.text(f"<p>{r.layer}: channel{'s' if len(quiet) > 1 else ''} {', '.join(map(str, quiet))} never fired "
+                 f"(activation ≤ 0 at every position of every image scanned): no patch to show.</p>")
+
+    def top_class(c: int):
+        hist = r.class_histogram[r.row(c)]
+        if int(hist.sum()) == 0:
+            return "— (no labels)", 0
+        k = int(hist.argmax())
+        return (class_names[k] if class_names and k < len(class_names) else k), int(hist.max())
+
+    rows = []
+    for c in chans:
+        if c in silent:
+            rows.append([c, "never fired", 0, float(r.activations[r.row(c), 0])])
+        else:
+            name, count = top_class(c)
+            rows.append([c, name, count, float(r.activations[r.row(c), 0])])
+    sec.table(rows, header=["channel", "most frequent class in top-k", "count", "top activation"],
               caption=f"{r.layer}: which classes the channel's top-{r.k} images belong to")
     sec.data(f"search {r.layer}", {"channels": list(r.channels), "indices": r.indices, "activations": r.activations,
-                                   "class_histogram": r.class_histogram, "clipped": r.clipped})
+                                   "class_histogram": r.class_histogram, "clipped": r.clipped,
+                                   "never_fired": sorted(silent)})
     return img
 
 
