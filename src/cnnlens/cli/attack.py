@@ -11,7 +11,7 @@ import typer
 
 from .common import (DEVICE_OPT, MODEL_OPT, OUT_OPT, PRETRAINED_OPT, TRUST_OPT, WEIGHTS_OPT, app, console,
                      distributed, load_model_from_options, model_options, names_from_data, new_report, out_dir,
-                     progress_bar, UserError)
+                     print_table, progress_bar, UserError)
 
 
 def parse_norm(text: str) -> str:
@@ -203,7 +203,6 @@ def _concat(parts):
 
 
 def _print_attack(names, r, class_names) -> None:
-    from rich.console import Console
     from rich.table import Table
 
     def nm(c):
@@ -224,7 +223,7 @@ def _print_attack(names, r, class_names) -> None:
         t.add_row(n, f"{nm(c0)} ({float(p0[i, c0]):.3f})", f"{nm(c1)} ({float(p1[i, c1]):.3f})",
                   "yes" if bool(r.success[i]) else "no", eps_text(float(r.eps[i]), norm),
                   f"{float(r.linf()[i]) * 255:.3g}", str(int(r.steps[i])))
-    Console().print(t)
+    print_table(t)
 
 
 @app.command()
@@ -279,9 +278,13 @@ def robustness(
         rep.file("curves.png", _fig_png(fig))
         rep.file("robustness.json", json.dumps(r.to_dict(), indent=2))
         header, rows = r.table()
-        rep.file("robustness.csv", "\n".join([",".join(header)] + [",".join(str(v) for v in row) for row in rows]) + "\n")
+        import csv
+        import io
+
+        buf = io.StringIO()
+        csv.writer(buf, lineterminator="\n").writerows([header, *rows])
+        rep.file("robustness.csv", buf.getvalue())
         index = rep.write(out)
-        from rich.console import Console
         from rich.table import Table
 
         t = Table(title=f"{r.n} samples, clean accuracy {r.clean_accuracy:.2%}", title_justify="left")
@@ -289,7 +292,7 @@ def robustness(
             t.add_column(h, justify="right")
         for row in rows:
             t.add_row(*[f"{v:.4g}" if isinstance(v, float) else str(v) for v in row])
-        Console().print(t)
+        print_table(t)
         console.print(f"wrote {index.parent}: curves.png, robustness.json, robustness.csv, index.html", highlight=False)
 
 

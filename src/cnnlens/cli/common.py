@@ -19,6 +19,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # plain click help: `cnnlens --help` stays well under a second (no rich/markdown import)
 )
 
 console = Console(stderr=True)
@@ -90,6 +91,22 @@ def progress_bar(description: str, total: Optional[int] = None, rank: int = 0, w
             prog.update(task, completed=done, total=tot if tot is not None else total)
 
         yield update
+
+
+def print_table(table, out=None) -> None:
+    """Print a rich table on stdout without cutting anything off: piped or redirected (where rich assumes 80
+    columns) at the table's natural width; on a narrow terminal cells wrap (``overflow="fold"``) instead of
+    ending in "…"."""
+    from rich.console import Console
+
+    c = out or Console()
+    for col in table.columns:
+        col.overflow = "fold"
+    if not c.is_terminal:
+        need = c.measure(table, options=c.options.update_width(10_000)).maximum
+        if need > c.width:
+            c = Console(width=need, file=c.file, highlight=False)
+    c.print(table)
 
 
 def parse_device(device: str) -> str:

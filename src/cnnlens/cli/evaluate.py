@@ -9,7 +9,7 @@ import typer
 
 from .common import (DEVICE_OPT, MODEL_OPT, OUT_OPT, PRETRAINED_OPT, TRUST_OPT, WEIGHTS_OPT, app, console,
                      distributed, load_model_from_options, model_options, names_from_data, new_report, out_dir,
-                     progress_bar, UserError)
+                     print_table, progress_bar, UserError)
 
 
 def _topk_values(topk: Optional[List[str]], more: Optional[List[str]]) -> tuple[int, ...] | None:
@@ -49,7 +49,7 @@ def print_result(result, out=None) -> None:
         t.add_column(h, justify="left" if h == "class" else "right")
     for r in rows:
         t.add_row(str(r["class"]), f"{r['precision']:.3f}", f"{r['recall']:.3f}", f"{r['f1']:.3f}", str(r["support"]))
-    c.print(t)
+    print_table(t, c)
     if result.most_confused:
         pairs = ", ".join(f"{p['true']}→{p['predicted']} ({p['count']})" for p in result.most_confused[:5])
         c.print(f"most confused (true→predicted): {pairs}")

@@ -10,14 +10,15 @@ from typing import List, Optional
 import typer
 
 from .common import (DEVICE_OPT, MODEL_OPT, OUT_OPT, PRETRAINED_OPT, TRUST_OPT, WEIGHTS_OPT, app, console,
-                     distributed, load_model_from_options, model_options, names_from_data, out_dir, progress_bar,
-                     UserError)
+                     distributed, load_model_from_options, model_options, names_from_data, out_dir, print_table,
+                     progress_bar, UserError)
 
 inside_app = typer.Typer(
     name="inside",
     help="Look inside a CNN: filters, receptive fields, dataset search, activation maximisation, deconvnet, "
          "Deep Dream, neuron statistics, channel influence. Each command writes PNG figures, JSON and index.html.",
     no_args_is_help=True,
+    rich_markup_mode=None,
 )
 app.add_typer(inside_app, name="inside")
 
@@ -223,7 +224,7 @@ def rf_cmd(
         t.add_column(h)
     for row in rf_rows(rfs):
         t.add_row(*[str(c) for c in row])
-    _say(t)
+    print_table(t)
     rep, sec = _report(f"cnnlens inside rf: {model}", "Receptive fields", "receptive",
                        {"model": model, "probe": probe, "input size": rfs[0].input_size if rfs else "-"}, model=M.m)
     add_receptive_fields(sec, rfs)
@@ -500,7 +501,7 @@ def influence_cmd(
             v = None if inf.ablation is None else float(inf.ablation[i])
             t.add_row(str(r + 1), str(c), f"{float(inf.taylor[i]):.4g}", f"{float(inf.gradient[i]):.4g}",
                       "—" if v is None or v != v else f"{v:.4g}")
-        _say(t)
+        print_table(t)
         zeroed = ("no" if not ablation else f"every channel ({len(inf.channels)})" if ablated is None else
                   f"the top {len(ablated)} of {len(inf.channels)} channels by a·∂y/∂a")
         rep, sec = _report(f"cnnlens inside influence: {model}", "Channel influence", "influence",

@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 
 from .common import (DEVICE_OPT, MODEL_OPT, PRETRAINED_OPT, TRUST_OPT, WEIGHTS_OPT, app, load_model_from_options,
-                     model_options, UserError)
+                     model_options, print_table, UserError)
 
 
 def _shape(v) -> str:
@@ -65,7 +65,6 @@ def layers(
 ) -> None:
     """List the model's dotted layer names with their output shapes (for --layer options)."""
     import torch
-    from rich.console import Console
     from rich.table import Table
 
     m = load_model_from_options(model, weights, pretrained, trust_pickle, device)
@@ -85,9 +84,9 @@ def layers(
                 marks.setdefault(name, []).append(label)
     t = Table(title=f"{model}: layers (dry run on 1×{c}×{h}×{w})", title_justify="left")
     widest = max((len(r["name"]) for r in rows), default=5)
-    t.add_column("layer", no_wrap=True, min_width=widest)
-    t.add_column("type", no_wrap=True)
-    t.add_column("output", no_wrap=True)
+    t.add_column("layer", min_width=widest)
+    t.add_column("type")
+    t.add_column("output")
     t.add_column("params", justify="right")
     t.add_column("note")
     for r in rows:
@@ -98,4 +97,4 @@ def layers(
             note = [*note, "not run by forward()"]
         t.add_row(r["name"], r["type"], r["shape"], f"{r['params']:,}" if r["params"] else "",
                   ", ".join(note))
-    Console().print(t)
+    print_table(t)
