@@ -100,9 +100,20 @@ def load_model(
     pretrained: let timm/torchvision download their own weights (never used by
         cnnlens itself; needs internet). trust_pickle: allow files that hold
         pickled Python objects (a whole nn.Module); unpickling runs code from
-        the file. num_classes / class_names: the head size and its names
-        (defaults: from the weights; ImageNet names for 1000 outputs, else
-        "0".."K-1"). mean / std / input_size / channels: override the spec.
+        the file. num_classes: the head size (default: from the weights; a
+        factory gets ``num_classes=K``). class_names: one per output (default:
+        declared by the model, ImageNet's for 1000 outputs, else "0".."K-1").
+        mean / std: per-channel normalisation the model was trained with (one
+        value: every channel). input_size: ``int`` or ``(H, W)``. channels: 1
+        or 3. The CLI's ``--num-classes``, ``--class-names``, ``--mean``,
+        ``--std``, ``--input-size`` and ``--channels`` are these arguments.
+
+    ``model.spec.extra`` records where the weights came from (``weights``,
+    ``weights_file``, ``weights_sha256``; ``weights_random`` when there are none:
+    a ``timm:``/``torchvision:`` architecture without ``weights``/``pretrained``
+    or a factory without ``weights``, logged as a warning), which of input size /
+    mean / std are cnnlens's defaults (``defaulted``) and where the class names
+    came from (``class_names_from``); ``model.spec.settings()`` shows all of it.
 
     >>> model = load_model("timm:resnet18", "resnet18.safetensors")      # doctest: +SKIP
     >>> model = load_model("mypkg.nets:small_cnn", "run3/best.pt", num_classes=5)   # doctest: +SKIP
