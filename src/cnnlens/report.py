@@ -132,8 +132,18 @@ class Report:
             self._add_weights(sec.settings)
         return info
 
-    def _add_weights(self, settings: dict) -> None:
-        info = self.meta.get("model")
+    def describe_models(self, models: dict) -> None:
+        """Several models (``{name: model}``, as sections name them in their ``model`` setting): each model's spec
+        and weights in ``results.json`` (``meta.models``), and its weights beside it in those sections."""
+        infos = {k: getattr(m, "spec", m).settings() for k, m in models.items()}
+        self.meta["models"] = infos
+        for sec in self.sections:
+            info = infos.get(str(sec.settings.get("model", "")))
+            if info:
+                self._add_weights(sec.settings, info)
+
+    def _add_weights(self, settings: dict, info: dict | None = None) -> None:
+        info = info or self.meta.get("model")
         if not info or "model" not in settings or "weights" in settings:
             return
         items = list(settings.items())
