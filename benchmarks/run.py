@@ -8,6 +8,7 @@ The peer libraries (Captum, pytorch-grad-cam, TorchCAM, Lucent) come from ``pip 
 from __future__ import annotations
 
 import importlib
+import resource
 import sys
 from pathlib import Path
 
@@ -20,6 +21,8 @@ def main() -> None:
     for path in sorted(HERE.glob("bench_*.py")):
         print(f"== {path.stem}", flush=True)
         importlib.import_module(path.stem).main(extra)
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        print(f"   peak memory of this process so far: {peak:.0f} MB (per call: bench_memory)", flush=True)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,9 @@ CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
 
 
 def check_page(index: Path, screenshot: Path | None = None) -> dict:
-    """Load ``index`` and return {images, broken, console_errors, sections, external}."""
+    """Load ``index`` and return {images, broken, console_errors, sections, external, widths (natural px),
+    shown (displayed px), linked (images wrapped in a link to themselves), nav (scroll/client width, height,
+    links, one line's height), page_scroll (horizontal overflow of the page)}."""
     if not Path(CHROMIUM).exists() or not Path(CHROMEDRIVER).exists():
         msg = "Debian's chromium and chromium-driver are not installed (`make install-test` installs them)"
         if os.environ.get("CI"):
@@ -46,6 +48,15 @@ def check_page(index: Path, screenshot: Path | None = None) -> dict:
               external: Array.from(document.querySelectorAll('[src],[href]'))
                  .map(e => e.getAttribute('src') || e.getAttribute('href'))
                  .filter(u => /^(https?:)?\\/\\//.test(u)),
+              widths: imgs.map(i => i.naturalWidth),
+              shown: imgs.map(i => i.getBoundingClientRect().width),
+              linked: imgs.filter(i => i.parentElement.tagName === 'A'
+                                   && i.parentElement.getAttribute('href') === i.getAttribute('src')).length,
+              nav: (() => { const n = document.querySelector('nav');
+                            return n ? {scroll: n.scrollWidth, client: n.clientWidth, height: n.offsetHeight,
+                                        links: n.querySelectorAll('a').length,
+                                        line: n.querySelector('a') ? n.querySelector('a').offsetHeight : 0} : null; })(),
+              page_scroll: document.documentElement.scrollWidth - document.documentElement.clientWidth,
             };
             """
         )

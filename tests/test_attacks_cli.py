@@ -22,6 +22,12 @@ def test_parse_eps():
     for bad, msg in (("x", "not a number"), ("1/0", "not a number"), ("-1/255", "negative")):
         with pytest.raises(UserError, match=msg):
             parse_eps(bad)
+    # under L∞ a budget above the whole [0, 1] range is grey levels meant as n/255; under L2 it is legitimate
+    with pytest.raises(UserError, match=r"ε = 8 in pixel units \[0, 1\]; did you mean 8/255\?"):
+        parse_eps("8")
+    assert parse_eps("1") == 1.0 and parse_eps("8", norm="2") == 8.0
+    with pytest.raises(UserError, match="did you mean 4/255"):
+        parse_eps_list("0,2/255,4", norm="inf")
 
 
 def _write_digits(root, per_class=2, flat=False):
@@ -65,7 +71,10 @@ def test_cli_attack_writes_the_library_result(tmp_path, monkeypatch, capsys, dig
         assert np.array_equal(adv, (ref.x_adv[i, 0].numpy() * 255).round().astype(np.uint8))
         assert (out / name / "original.png").is_file() and (out / name / "perturbation.png").is_file()
     html = (out / "index.html").read_text()
-    assert "second closest class" in html and "digits-cnn" in html
+    assert "second most likely class" in html and "digits-cnn" in html
+    # the prose says what ran: PGD with one budget, no minimal-ε search, no FGSM
+    assert "Projected gradient descent" in html and "5 small steps" in html
+    assert "bisection" not in html and "smallest ε" not in html and "fast gradient" not in html
     assert "reached" in cap.out or "yes" in cap.out
 
 
@@ -104,8 +113,10 @@ def test_cli_robustness_matches_the_library(tmp_path, monkeypatch, capsys, digit
     assert got["clean_accuracy"] == pytest.approx(ref.clean_accuracy) and got["n"] == 20
     assert [g["index"] for g in got["gallery"]] == [g["index"] for g in ref.gallery]
     csv = (out / "robustness.csv").read_text().splitlines()
-    assert csv[0].startswith("ε (×1/255)") and len(csv) == 4
-    assert float(csv[3].split(",")[2]) == pytest.approx(float(ref.accuracy["pgd"][2]))
+    assert csv[0].startswith("ε in pixel units (L∞),ε in grey levels (×255)") and len(csv) == 4
+    row = csv[3].split(",")
+    assert (float(row[0]), float(row[1])) == (pytest.approx(32 / 255, abs=1e-6), 32.0)
+    assert float(row[csv[0].split(",").index("pgd accuracy")]) == pytest.approx(float(ref.accuracy["pgd"][2]))
     assert (out / "curves.png").is_file() and (out / "index.html").is_file()
 
 
@@ -116,6 +127,8 @@ def test_cli_robustness_matches_the_library(tmp_path, monkeypatch, capsys, digit
     (["attack", "{img}", "--model", "digits-cnn", "--norm", "1"], "norm '1' is not supported"),
     (["robustness", "--model", "digits-cnn", "--data", "digits", "--attacks", "cw"], "unknown attack 'cw'"),
     (["robustness", "--model", "digits-cnn", "--data", "digits", "--eps", "0,-1/255"], "negative"),
+    (["attack", "{img}", "--model", "digits-cnn", "--eps", "8"], "ε = 8 in pixel units [0, 1]; did you mean 8/255?"),
+    (["robustness", "--model", "digits-cnn", "--data", "digits", "--eps", "0,4"], "did you mean 4/255?"),
 ])
 def test_cli_bad_input_is_one_line(tmp_path, monkeypatch, capsys, args, message, run_cli):
     img = _write_digits(tmp_path / "img", per_class=1, flat=True)[0]

@@ -31,8 +31,11 @@ def test_demo_section_quick_with_a_stand_in_photo_model(untouched, digits_model)
     rep = Report("t")
     demo_section(rep, ctx)
     attack, robust, conc = rep.sections
-    assert "second closest class" in attack.intro and "fast gradient" in attack.intro
-    assert "adversarial training" in robust.intro and "‖∂L/∂x‖²" in robust.intro
+    # the prose says what ran: the minimal-ε search over PGD toward the runner-up; three models, two robustified
+    assert "second most likely class" in attack.intro and "bisection" in attack.intro
+    assert "fast gradient" not in attack.intro and "<p><p>" not in attack.intro
+    assert "adversarial training" in robust.intro and "‖∂L/∂x‖²" in robust.intro and "3 models side by side" in robust.intro
+    assert "lecture" not in attack.intro + robust.intro + conc.intro
     assert "1 − (1 − ε)^d" in conc.intro
     # the photo table holds the minimal ε that minimal_eps gives with the quick settings (2 photos in quick mode)
     ref = minimal_eps(photo_net, x[:2], target="second", steps=2, rtol=0.5, max_iter=1)

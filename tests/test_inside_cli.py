@@ -65,8 +65,14 @@ def test_rf_search_stats_influence(tmp_path, monkeypatch, capsys, digits_model):
                    "--n", "20", "--target", "true", "--out", str(tmp_path / "inf"))
     assert code == 0, io.err
     inf = json.loads((tmp_path / "inf" / "influence.json").read_text())
+    # by default only the 16 channels highest by a·∂y/∂a are zeroed (every channel is ranked)
+    zeroed = [i for i, v in enumerate(inf["ablation"]) if v is not None]
+    assert len(inf["taylor"]) == 64 and inf["count"] == 20
+    assert sorted(zeroed) == sorted(torch.argsort(torch.tensor(inf["taylor"]), descending=True)[:16].tolist())
+    assert inf["settings"]["ablated"] == [inf["channels"][i] for i in
+                                          torch.argsort(torch.tensor(inf["taylor"]), descending=True)[:16].tolist()]
     # digits-cnn reads features.7 through global average pooling + linear: a·∂y/∂a is the exact drop
-    assert inf["taylor"] == pytest.approx(inf["ablation"], abs=1e-4) and inf["count"] == 20
+    assert [inf["taylor"][i] for i in zeroed] == pytest.approx([inf["ablation"][i] for i in zeroed], abs=1e-4)
     res = json.loads((tmp_path / "inf" / "results.json").read_text())
     assert "Channel influence" in res["sections"]
 

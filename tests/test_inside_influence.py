@@ -85,3 +85,26 @@ def test_errors_leave_the_model_untouched(untouched):
         influence(model, x, "features.4", channels=[0, 40])
     with pytest.raises(ValueError, match="spatial"):
         influence(model, x, "fc")
+
+
+def test_ablate_top_zeroes_only_the_top_channels_by_taylor(untouched):
+    """ablate_top=k: every channel ranked by a·∂y/∂a; only the k highest zeroed, with the same drops as zeroing all."""
+    model = untouched(pixel_chain_net(seed=4))
+    x = torch.rand(5, 1, 16, 16, generator=torch.Generator().manual_seed(1))
+    full = influence(model, x, "features.4", target="predicted", batch_size=2)
+    seen = []
+    part = influence(model, x, "features.4", target="predicted", ablate_top=3, batch_size=2,
+                     progress=lambda d, t: seen.append((d, t)))
+    top = full.ranking[:3]
+    assert part.settings["ablated"] == top and part.ranking == full.ranking
+    torch.testing.assert_close(part.taylor, full.taylor)
+    for i, c in enumerate(part.channels):
+        if c in top:
+            assert torch.allclose(part.ablation[i], full.ablation[i], atol=1e-6)
+        else:
+            assert torch.isnan(part.ablation[i])
+    assert part.ablation_ranking == [c for c in full.ablation_ranking if c in top]
+    # progress counts image forwards with a known total: 5 (ranking) + 5 (gradients again) + 5 × 3 (zeroing)
+    assert seen[-1] == (25, 25) and all(t == 25 for _, t in seen) and [d for d, _ in seen] == sorted(d for d, _ in seen)
+    with pytest.raises(ValueError, match="ablate_top=0"):
+        influence(model, x, "features.4", ablate_top=0)

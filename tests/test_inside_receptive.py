@@ -143,3 +143,19 @@ def test_efficientnet_same_padding_is_followed(effnet):
         rf = receptive_field(effnet, layer, probe_samples=1)
         assert rf.probe.agrees, (layer, rf.probe)
     assert receptive_field(effnet, "blocks.3", probe=False).size == (147, 147)
+
+
+def test_a_field_much_larger_than_the_image_is_probed_at_two_corners(untouched):
+    """ResNet-18's layer4 sees 435 px; for a 64 px model the centre probe would need a 499² input: the corner probe
+    uses an input just past unit (0, 0)'s far edge and checks both edges, one sample."""
+    model = untouched(torchvision.models.resnet18(weights=None).eval())
+    rf = receptive_field(model, "layer4", input_size=64, channels=3)
+    p = rf.probe
+    far = rf.offset[0] + rf.size[0]
+    assert p.input_size == (far + 2 * 32, far + 2 * 32) and p.input_size[0] < rf.size[0] + 2 * 32
+    assert p.position == (0, 0) and len(p.more) == 1 and p.agrees
+    # unit (0, 0): the field clipped at the top-left ends at offset + size; the last unit's starts inside the image
+    assert p.found == p.expected == (0, 0, far, far)
+    (last, expected, found), = p.more
+    assert found == expected and 0 < expected[0] == rf.offset[0] + last[0] * 32
+    assert expected[2:] == p.input_size

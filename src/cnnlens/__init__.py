@@ -11,15 +11,23 @@ Sub-packages: ``cnnlens.attribution`` (why this prediction), ``cnnlens.inside``
 
 from __future__ import annotations
 
-from .results import Explanation, Result
-from .scan import Batch, scan
-from .tap import LayerTap, find_last_spatial_layer, resolve_layer
-from .targets import Target, as_target
-
 __version__ = "0.1.0"
+
+#: names importable from cnnlens, loaded on first use so that `import cnnlens` (and `cnnlens --help`)
+#: does not import torch
+_LAZY = {
+    "Explanation": "results", "Result": "results", "Batch": "scan", "scan": "scan", "LayerTap": "tap",
+    "find_last_spatial_layer": "tap", "resolve_layer": "tap", "Target": "targets", "as_target": "targets",
+}
 
 
 def __getattr__(name):  # lazy: keep `import cnnlens` light
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+        globals()[name] = value
+        return value
     if name in ("load_model", "ModelSpec", "PixelModel", "known_models"):
         from . import models
 

@@ -36,6 +36,7 @@ from __future__ import annotations
 import glob as _glob
 import logging
 import os
+import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -525,27 +526,56 @@ class _LabelMap:
         return self.mapping[y]
 
 
-def _folder_label_map(folder_classes: list[str], model) -> dict[int, int] | None:
-    """Map ImageFolder's sorted class folders onto the model's class indices.
+#: the commands (and functions) that need labelled data: a flat folder of images has none
+NEEDS_LABELS = "evaluate, robustness, and --target true"
+NO_LABELS = "inside search, inside stats, inside dream, inside influence (other targets), explain"
 
-    By name (folders named like ``model.spec.class_names``), else by integer
-    folder names (``0``, ``281``), else by order when the counts agree.
+_WNID = re.compile(r"n\d{8}")
+
+
+def imagenet_wnids() -> tuple[str, ...]:
+    """The 1,000 ImageNet-1k WordNet IDs (``n01440764``, ...) in class-index order, from timm's bundled metadata."""
+    from timm.data import ImageNetInfo
+
+    ids = tuple(ImageNetInfo("imagenet-1k").label_names())
+    if len(ids) != 1000:  # pragma: no cover - a timm change
+        raise ValueError(f"timm's ImageNet-1k synset list has {len(ids)} entries, expected 1000")
+    return ids
+
+
+def _folder_label_map(folder_classes: list[str], model) -> tuple[dict[int, int] | None, str]:
+    """Map ImageFolder's sorted class folders onto the model's class indices; returns (mapping, how).
+
+    By name (folders named like ``model.spec.class_names``); by ImageNet WordNet ID
+    (``n03775071``) when the model has ImageNet's 1000 classes; by integer folder
+    names (``0``, ``281``); else by sorted folder order (torchvision's ImageFolder
+    order) when the counts agree.
     """
     spec = getattr(model, "spec", None)
     names = list(getattr(spec, "class_names", ()) or ())
     if not names:
-        return None
+        return None, "sorted folder order (as torchvision's ImageFolder)"
     if all(c in names for c in folder_classes):
-        m = {i: names.index(c) for i, c in enumerate(folder_classes)}
-        if m != {i: i for i in range(len(folder_classes))}:
-            log.info("ImageFolder classes matched to the model's classes by name")
-        return m
+        return {i: names.index(c) for i, c in enumerate(folder_classes)}, "folder names = the model's class names"
+    if all(_WNID.fullmatch(c) for c in folder_classes):
+        from .models.imagenet import imagenet_class_names
+
+        if len(names) == 1000 and tuple(names) == imagenet_class_names():
+            ids = imagenet_wnids()
+            unknown = [c for c in folder_classes if c not in ids]
+            if unknown:
+                raise ValueError(f"folder {unknown[0]} is a WordNet ID but not one of ImageNet-1k's 1000 classes; "
+                                 "rename the folder to a class name or index")
+            return ({i: ids.index(c) for i, c in enumerate(folder_classes)},
+                    "WordNet IDs (n########) mapped through ImageNet-1k's class list")
+        if len(folder_classes) != len(names):
+            raise ValueError(f"the folders are WordNet IDs ({folder_classes[0]}, ...) but the model's "
+                             f"{len(names)} classes are not ImageNet-1k's; name the folders by the model's class "
+                             "names or indices, or give --class-names")
     if all(c.isdigit() and int(c) < len(names) for c in folder_classes):
-        log.info("ImageFolder classes taken as the model's class indices (folder names are numbers)")
-        return {i: int(c) for i, c in enumerate(folder_classes)}
+        return {i: int(c) for i, c in enumerate(folder_classes)}, "folder names read as class indices"
     if len(folder_classes) == len(names):
-        log.info("ImageFolder classes matched to the model's %d classes by sorted folder order", len(names))
-        return {i: i for i in range(len(names))}
+        return {i: i for i in range(len(names))}, "sorted folder order (as torchvision's ImageFolder)"
     raise ValueError(
         f"the ImageFolder has {len(folder_classes)} class folders ({', '.join(folder_classes[:3])}, ...) but "
         f"the model has {len(names)} classes and the folder names are not its class names; name the folders "
@@ -553,27 +583,81 @@ def _folder_label_map(folder_classes: list[str], model) -> dict[int, int] | None
     )
 
 
-def image_folder(root: str | os.PathLike, model=None, *, background=(1.0, 1.0, 1.0)):
-    """An ImageFolder (``root/<class>/<image>``) preprocessed like :func:`load_images`.
+class FlatFolder(torch.utils.data.Dataset):
+    """A folder of images without class sub-folders: (x, −1) pairs (no labels), preprocessed like ImageFolder."""
 
-    Labels follow the model's classes: folder names are matched to
-    ``model.spec.class_names`` or read as class indices; otherwise sorted folder
-    order (which needs as many folders as classes).
+    labelled = False
+
+    def __init__(self, files: list[Path], transform):
+        self.files, self.transform = list(files), transform
+        self.cnnlens_labels = "none (a flat folder of images)"
+
+    def __len__(self):
+        return len(self.files)
+
+    def __getitem__(self, i):
+        return self.transform(open_image(self.files[i])), -1
+
+
+_IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+
+
+def _flat_images(root: Path) -> list[Path]:
+    return [p for p in sorted(root.iterdir()) if p.is_file() and not p.name.startswith(".")
+            and p.suffix.lower() in _IMAGE_SUFFIXES]
+
+
+def is_labelled(data) -> bool:
+    """False for a dataset known to carry no labels (a flat folder of images)."""
+    ds = getattr(data, "dataset", data)
+    while isinstance(ds, torch.utils.data.Subset):
+        ds = ds.dataset
+    return getattr(ds, "labelled", True)
+
+
+def require_labels(data, what: str) -> None:
+    """A one-line error when ``data`` has no labels but ``what`` needs them."""
+    if not is_labelled(data):
+        raise ValueError(f"{what} needs labelled data, and a flat folder of images has none; put each class's "
+                         f"images in a sub-folder named after the class (labels are needed by {NEEDS_LABELS}; "
+                         f"a flat folder works for {NO_LABELS})")
+
+
+def image_folder(root: str | os.PathLike, model=None, *, background=(1.0, 1.0, 1.0)):
+    """An ImageFolder (``root/<class>/<image>``) preprocessed like :func:`load_images`; a flat folder of images
+    (no sub-folders) gives a :class:`FlatFolder` without labels (y = −1).
+
+    Labels follow the model's classes (``ds.cnnlens_labels`` says how): folder names
+    matched to ``model.spec.class_names``, ImageNet WordNet IDs (``n03775071``)
+    through ImageNet-1k's class list, folder names read as class indices, else
+    sorted folder order as torchvision's ImageFolder (which needs as many folders
+    as classes; ``ds.cnnlens_class_names`` then holds the folder names).
     """
     from torchvision.datasets import ImageFolder
 
     pre = Preprocess.for_model(model, background=background)
     root = Path(root).expanduser()
+    has_dirs = root.is_dir() and any(p.is_dir() and not p.name.startswith(".") for p in root.iterdir())
+    if root.is_dir() and not has_dirs:
+        files = _flat_images(root)
+        if not files:
+            raise ValueError(f"{root}: no images and no class sub-folders; give a folder of images, or one "
+                             "sub-folder of images per class")
+        log.info("%s: a flat folder of %d images (no labels)", root, len(files))
+        return FlatFolder(files, pre)
     try:
         ds = ImageFolder(str(root), transform=pre, loader=open_image)
     except FileNotFoundError as e:
         raise ValueError(f"{root}: not an ImageFolder ({str(e).splitlines()[0].rstrip('.')}); "
                          "put each class's images in a sub-folder named after the class") from None
-    mapping = _folder_label_map(ds.classes, model)
+    mapping, how = _folder_label_map(ds.classes, model)
     if mapping is not None and mapping != {i: i for i in range(len(ds.classes))}:
         ds.target_transform = _LabelMap(mapping)
-    log.info("ImageFolder %s: %d images in %d classes; images → %s channel(s), size %s (%s)", root, len(ds),
-             len(ds.classes), pre.channels or "native", pre.size or "native", pre.resize)
+    ds.cnnlens_labels = how
+    if how.startswith("sorted folder order"):
+        ds.cnnlens_class_names = tuple(ds.classes)
+    log.info("ImageFolder %s: %d images in %d classes, labels by %s; images → %s channel(s), size %s (%s)", root,
+             len(ds), len(ds.classes), how, pre.channels or "native", pre.size or "native", pre.resize)
     return ds
 
 
@@ -597,7 +681,7 @@ def as_dataset(data, model=None):
 
     ``"digits"``: the held-out split of scikit-learn's digits (what ``digits-cnn``
     is evaluated on); a directory path: an ImageFolder preprocessed for
-    ``model`` (see :func:`image_folder`); a ``Dataset`` or ``DataLoader``:
+    ``model``, or a flat folder of images without labels (see :func:`image_folder`); a ``Dataset`` or ``DataLoader``:
     returned as is (its x must already be in the model's pixel space, [0, 1]).
 
     >>> ds = as_dataset(torch.utils.data.TensorDataset(torch.rand(4, 1, 8, 8), torch.zeros(4).long()))

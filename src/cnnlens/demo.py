@@ -92,6 +92,9 @@ def run_demo(out: str, device: str = "cpu", quick: bool = False, only: list[str]
         fn(rep, ctx)
         ctx.timings[name] = round(time.perf_counter() - t0, 2)
         log.info("demo section %s: %.1f s", name, ctx.timings[name])
+    loaded = {k: ctx.__dict__[attr] for k, attr in (("efficientnet-lite0", "effnet"), ("digits-cnn", "digits_model"))
+              if attr in ctx.__dict__}  # the models the sections used (cached_property stores them here)
+    rep.describe_models(loaded)
     rep.meta["timings_s"] = ctx.timings
     rep.meta["quick"] = quick
     return rep.write(out, force=force)

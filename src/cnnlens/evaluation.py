@@ -330,9 +330,17 @@ def evaluate(model: torch.nn.Module, data, topk: Sequence[int] | int | None = No
     >>> r.topk_accuracy[3], int(r.confusion.sum())
     (1.0, 10)
     """
+    from .data import as_dataset, require_labels
+
+    data = as_dataset(data, model)
+    require_labels(data, "evaluation")
     spec = getattr(model, "spec", None)
     K = (getattr(spec, "num_classes", 0) or None) if spec is not None else None
     names = class_names or (tuple(spec.class_names) if spec is not None and spec.class_names else None)
+    from_data = getattr(getattr(data, "dataset", data), "cnnlens_class_names", None)
+    if class_names is None and from_data and spec is not None and K == len(from_data) and \
+            getattr(spec, "extra", {}).get("class_names_from") == "numbers":
+        names = tuple(from_data)  # a model without class names: the folders name its classes
     if names is not None and K is not None and len(names) != K:
         raise ValueError(f"{len(names)} class names for a model with {K} classes; give one name per class")
     if names is not None:
@@ -368,6 +376,24 @@ def most_confused_classes(confusion: torch.Tensor, m: int = MAX_FIGURE_CLASSES) 
     return sorted(order.tolist())
 
 
+def present_classes(result: EvaluationResult) -> list[int]:
+    """The classes that occur in the data (support > 0), in index order; all classes when none is empty."""
+    support = result.confusion.sum(1)
+    return [i for i in range(result.num_classes) if int(support[i]) > 0] or list(range(result.num_classes))
+
+
+def per_class_shown(result: EvaluationResult, limit: int = 30, lowest: int = 20) -> tuple[list[dict], str]:
+    """The per-class rows a table shows, and what they are: the classes present in the data (support > 0);
+    with more than ``limit`` of them, the ``lowest`` by recall."""
+    rows = [r for r in result.per_class if r["support"] > 0] or list(result.per_class)
+    K = result.num_classes
+    what = f"the {len(rows)} classes present in the data (of {K})" if len(rows) < K else f"all {K} classes"
+    if len(rows) > limit:
+        rows = sorted(rows, key=lambda r: (r["recall"], r["index"]))[:lowest]
+        what = f"the {lowest} classes with the lowest recall, of " + what
+    return rows, what
+
+
 def _short(name: str, n: int = 18) -> str:
     return name if len(name) <= n else name[: n - 1] + "…"
 
@@ -383,25 +409,39 @@ def confusion_figure(result: EvaluationResult, normalized: bool = False, max_cla
 
     plt = _mpl()
     K = result.num_classes
-    idx = list(range(K)) if K <= max_classes else most_confused_classes(result.confusion, max_classes)
+    present = present_classes(result)
+    if len(present) < K:  # a subset of the model's classes in the data: rows and columns of those only
+        sub = result.confusion[present][:, present]
+        idx = present if len(present) <= max_classes else [
+            present[i] for i in most_confused_classes(sub, max_classes)]
+    else:
+        idx = list(range(K)) if K <= max_classes else most_confused_classes(result.confusion, max_classes)
     ix = torch.tensor(idx)
-    M = (result.confusion_normalized if normalized else result.confusion)[ix][:, ix].double().numpy()
+    full = (result.confusion_normalized if normalized else result.confusion)[ix].double()
+    M = full[:, ix]
+    other = full.sum(1) - M.sum(1)  # predictions of a class not shown
     labels = [_short(result.class_names[i]) for i in idx]
+    xlabels = list(labels)
+    if len(idx) < K and bool((other > 1e-12).any()):
+        M = torch.cat([M, other[:, None]], 1)
+        xlabels.append("other classes")
+    M = M.numpy()
     m = len(idx)
     side = max(4.0, 0.42 * m + 2.2)
     fig, ax = plt.subplots(figsize=(side + 0.8, side))
     vmax = 1.0 if normalized else max(1.0, float(M.max()))
     im = ax.imshow(M, cmap="Blues", vmin=0, vmax=vmax)
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.03, label="fraction of the true class" if normalized else "count")
-    long = max(map(len, labels)) > 3
+    long = max(map(len, xlabels)) > 3
     tfs = 10 if m <= 10 else 8
-    ax.set_xticks(range(m), labels, rotation=60 if long else 0, ha="right" if long else "center", fontsize=tfs)
+    ax.set_xticks(range(len(xlabels)), xlabels, rotation=60 if long else 0, ha="right" if long else "center",
+                  fontsize=tfs)
     ax.set_yticks(range(m), labels, fontsize=tfs)
     ax.set_xlabel("predicted class")
     ax.set_ylabel("true class")
     fs = 9 if m <= 10 else 7 if m <= 16 else 6
     for i in range(m):
-        for j in range(m):
+        for j in range(len(xlabels)):
             v = M[i, j]
             txt = f"{v:.2f}" if normalized else f"{int(v)}"
             if v == 0 or txt == "0.00":
@@ -410,7 +450,11 @@ def confusion_figure(result: EvaluationResult, normalized: bool = False, max_cla
                     color="white" if v > 0.55 * vmax else "black")
     what = "normalised by class support (rows sum to 1)" if normalized else "counts"
     title = f"Confusion matrix, {what}"
-    if m < K:
+    if m < K and len(present) < K:
+        title += (f"\nthe {m} classes present in the data" if m == len(present) else
+                  f"\n{m} of the {len(present)} classes present, with the most confusions") + \
+            f" (of {K}; full matrix in the CSV)"
+    elif m < K:
         title += f"\n{m} of {K} classes with the most confusions (full matrix in the CSV)"
     ax.set_title(title, fontsize=10)
     fig.tight_layout()
@@ -512,18 +556,24 @@ def report_section(report, result: EvaluationResult, settings: dict | None = Non
     acc = ", ".join(f"top-{k}: <b>{v:.2%}</b>" for k, v in result.topk_accuracy.items())
     sec.text(f"<p>{result.n} images, {result.num_classes} classes. {acc}.</p>")
     K = result.num_classes
-    note = "" if K <= MAX_FIGURE_CLASSES else (
-        f" Showing the {MAX_FIGURE_CLASSES} classes with the most confusions; the full matrix is in the CSV.")
+    present = present_classes(result)
+    if len(present) < K:
+        note = (f" Rows and columns: the {len(present)} classes present in the data (of {K})"
+                if len(present) <= MAX_FIGURE_CLASSES else
+                f" The {MAX_FIGURE_CLASSES} of the {len(present)} classes present in the data with the most "
+                "confusions") + "; “other classes” counts predictions of any other class; the full matrix is in " \
+            "the CSV."
+    else:
+        note = "" if K <= MAX_FIGURE_CLASSES else (
+            f" Showing the {MAX_FIGURE_CLASSES} classes with the most confusions; the full matrix is in the CSV.")
     sec.figure(confusion_figure(result, normalized=False), "Confusion matrix, raw counts (rows: true class, "
                "columns: predicted)." + note, name="confusion")
     sec.figure(confusion_figure(result, normalized=True), "Confusion matrix normalised by class support: "
                "each row sums to 1, an empty class gives a zero row." + note, name="confusion-normalized")
-    rows = result.per_class
+    rows, what = per_class_shown(result)
     cap = "Per-class precision (of the images predicted as the class, the fraction that are it), recall " \
-          "(of the images of the class, the fraction found) and support."
-    if K > 30:
-        rows = sorted(rows, key=lambda r: (r["recall"], r["index"]))[:20]
-        cap += " The 20 classes with the lowest recall; all classes are in results.json."
+          "(of the images of the class, the fraction found) and support"
+    cap += "." if what.startswith("all") else f": {what}; every class is in per_class.csv and results.json."
     sec.table([[r["class"], r["precision"], r["recall"], r["f1"], r["support"]] for r in rows],
               header=["class", "precision", "recall", "F1", "support"], caption=cap)
     if result.most_confused:

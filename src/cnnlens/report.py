@@ -219,8 +219,47 @@ class Report:
         self._files: dict[str, bytes] = {}
         self.meta: dict[str, Any] = {}
 
+    def describe_model(self, model: Any) -> dict:
+        """Show what ``model`` is at the top of the report and in ``results.json`` (``meta.model``): its
+        weights file and SHA-256, input, mean/std, classes; a warning when its weights are random.
+
+        Sections whose settings name the model get its weights beside it."""
+        spec = getattr(model, "spec", model)
+        info = spec.settings() if hasattr(spec, "settings") else {"model": str(getattr(spec, "name", spec))}
+        self.meta["model"] = info
+        if getattr(spec, "random_weights", False):
+            self.meta["warnings"] = [*self.meta.get("warnings", []),
+                                     f"{info['model']}: random initial weights: explanations of an untrained model "
+                                     "(no weights file was given; pass --weights FILE)"]
+        for sec in self.sections:
+            self._add_weights(sec.settings)
+        return info
+
+    def describe_models(self, models: dict) -> None:
+        """Several models (``{name: model}``, as sections name them in their ``model`` setting): each model's spec
+        and weights in ``results.json`` (``meta.models``), and its weights beside it in those sections."""
+        infos = {k: getattr(m, "spec", m).settings() for k, m in models.items()}
+        self.meta["models"] = infos
+        for sec in self.sections:
+            info = infos.get(str(sec.settings.get("model", "")))
+            if info:
+                self._add_weights(sec.settings, info)
+
+    def _add_weights(self, settings: dict, info: dict | None = None) -> None:
+        info = info or self.meta.get("model")
+        if not info or "model" not in settings or "weights" in settings:
+            return
+        items = list(settings.items())
+        at = [k for k, _ in items].index("model") + 1
+        extra = [("weights", info.get("weights"))]
+        if info.get("weights sha256"):
+            extra.append(("weights sha256", info["weights sha256"]))
+        settings.clear()
+        settings.update(items[:at] + extra + items[at:])
+
     def section(self, title: str, intro: str = "", settings: dict | None = None) -> Section:
         sec = Section(title=title, intro=intro, settings=dict(settings or {}), _report=self)
+        self._add_weights(sec.settings)
         self.sections.append(sec)
         return sec
 

@@ -44,26 +44,43 @@ def show_image(ax, x: torch.Tensor, title: str | None = None) -> None:
         ax.set_title(title, fontsize=9)
 
 
-def overlay(ax, image: torch.Tensor, heat: torch.Tensor, *, title: str | None = None, cmap: str = "jet",
-            alpha: float = 0.5, vmin: float | None = None, vmax: float | None = None, colorbar: bool = True,
-            diverging: bool = False):
-    """Draw ``heat`` (H×W) over ``image`` (C×H×W) with a colour bar; returns the mappable.
+#: the one colour map of non-negative maps (saliency, Grad-CAM, probabilities, ...)
+SEQUENTIAL = "inferno"
+#: the one colour map of signed maps (CAM, occlusion, gradient × input, IG), centred on 0
+DIVERGING = "RdBu_r"
 
-    ``diverging=True`` centres a red–blue map at zero (for signed attributions).
+
+def overlay(ax, image: torch.Tensor, heat: torch.Tensor, *, title: str | None = None, cmap: str | None = None,
+            alpha: float = 0.7, vmin: float | None = None, vmax: float | None = None, colorbar: bool = True,
+            diverging: bool = False, label: str | None = None):
+    """Draw ``heat`` (H×W) over ``image`` (C×H×W) with a colour bar (``label``: its units); returns the mappable.
+
+    Non-negative maps use :data:`SEQUENTIAL`; ``diverging=True`` uses :data:`DIVERGING` centred at zero.
+    The opacity grows with |value| (up to ``alpha``), so the photo stays visible where the map is weak.
     """
     plt = _mpl()
     a = to_numpy_image(image)
     h = heat.detach().float().cpu().numpy()
     ax.imshow(a, cmap="gray" if a.ndim == 2 else None, vmin=0, vmax=1)
     if diverging:
-        m = float(np.abs(h).max()) or 1.0
-        vmin, vmax, cmap = -m, m, "RdBu_r"
-    im = ax.imshow(h, cmap=cmap, alpha=alpha, vmin=vmin, vmax=vmax)
+        m = max(abs(vmin or 0.0), abs(vmax or 0.0)) or float(np.abs(h).max()) or 1.0
+        vmin, vmax, cmap = -m, m, cmap or DIVERGING
+        strength = np.clip(np.abs(h) / m, 0, 1)
+    else:
+        cmap = cmap or SEQUENTIAL
+        lo = float(h.min()) if vmin is None else vmin
+        hi = float(h.max()) if vmax is None else vmax
+        strength = np.clip((h - lo) / (hi - lo), 0, 1) if hi > lo else np.zeros_like(h)
+    im = ax.imshow(h, cmap=cmap, alpha=(0.2 + (alpha - 0.2) * strength).astype(np.float32), vmin=vmin, vmax=vmax)
     ax.set_axis_off()
     if title:
         ax.set_title(title, fontsize=9)
     if colorbar:
-        plt.colorbar(im, ax=ax, fraction=0.046, pad=0.02)
+        cb = plt.colorbar(im, ax=ax, fraction=0.046, pad=0.02)
+        cb.solids.set_alpha(1)
+        if label:
+            cb.set_label(label, fontsize=7)
+        cb.ax.tick_params(labelsize=7)
     return im
 
 

@@ -277,9 +277,10 @@ class RobustnessResult(Result):
 
     def table(self) -> tuple[list[str], list[list]]:
         """(header, rows): accuracy per ε for each attack."""
-        scale = 255 if self.settings.get("norm", "inf") == "inf" else 1
-        header = ["ε" + (" (×1/255)" if scale == 255 else " (L2)")] + [f"{a} accuracy" for a in self.attacks]
-        rows = [[round(e * scale, 3)] + [float(self.accuracy[a][j]) for a in self.attacks] for j, e in enumerate(self.eps)]
+        norm = "L∞" if self.settings.get("norm", "inf") == "inf" else "L2"
+        header = [f"ε in pixel units ({norm})", "ε in grey levels (×255)"] + [f"{a} accuracy" for a in self.attacks]
+        rows = [[round(float(e), 6), round(float(e) * 255, 3)] + [float(self.accuracy[a][j]) for a in self.attacks]
+                for j, e in enumerate(self.eps)]
         return header, rows
 
     def figure(self, title: str | None = None):

@@ -8,8 +8,8 @@ around ``x`` and clipped to [0, 1].
 * untargeted: raise the loss of the true class (``y``), or of the predicted one
   when no labels are given — ``x' = x + α·sign(∇ₓ CE(f(x), y))``;
 * targeted: lower the loss of a target class — ``x' = x − α·sign(∇ₓ CE(f(x), t))``;
-  ``target="second"`` is the lecture's "push the image over the decision
-  boundary to the second closest class".
+  ``target="second"`` pushes the image over the decision boundary to the
+  second closest class.
 
 The public functions run the model inside ``LayerTap(model)`` with no layers, so
 the model is in eval mode with frozen parameters for the call (both restored
@@ -395,8 +395,8 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor | None = None, *, eps
 
     Repeats ``x ← Π_{B(x₀, ε) ∩ [0,1]}(x ± α·sign(∇ₓ CE(f(x), c)))`` (L∞; L2 steps along
     ∇/||∇||₂ and projects onto the L2 ball). Targeted toward ``target`` — by default
-    the second most likely class, the lecture's "push over the decision boundary to
-    the second closest class" — or untargeted with ``target=None``. ``step_size``
+    the second most likely class (over the nearest decision boundary) — or
+    untargeted with ``target=None``. ``step_size``
     defaults to ``2.5·ε/steps``; ``random_start`` starts from a uniform point of the
     ε-ball (seeded by ``seed``, drawn for the whole batch); ``early_stop`` freezes each
     sample once its goal is reached. With ``steps=1``, ``step_size=ε`` and no random

@@ -10,6 +10,7 @@ side by side, and the concentration figure.
 
 from __future__ import annotations
 
+import html
 import logging
 import time
 from typing import Sequence
@@ -20,31 +21,75 @@ from .result import AttackResult
 
 log = logging.getLogger(__name__)
 
-#: short teaching intros (lectures 000 and 004 of /work/shared/lectures)
+#: short introductions, shown above each section (the attack's and robustness's are built from the settings)
+_ADVERSARIAL = (
+    "<b>Adversarial examples.</b> The gradient that explains a prediction also breaks it. "
+    "∂p(class)/∂x is the sensitivity of the prediction to every pixel; moving the image a little along the "
+    "gradient of another class changes the prediction completely while the image barely changes "
+    "(Szegedy et al. 2014). ")
+_PIXELS = ("cnnlens works in pixel space, [0, 1], with ε in pixel units (1/255 = one grey level), clips to [0, 1] "
+           "at every step, and differentiates the logits' cross-entropy, never probabilities.")
+
+
+def attack_intro(settings: dict) -> str:
+    """The attack section's introduction, saying only what ran (method, goal, norm, minimal-ε search or not)."""
+    method = str(settings.get("method", ""))
+    norm = "L∞" if settings.get("norm", "inf") == "inf" else "L2"
+    target = str(settings.get("target", ""))
+    out = _ADVERSARIAL
+    if method == "fgsm":
+        step = "ε·sign(∇ₓ CE)" if norm == "L∞" else "ε·∇ₓ CE/‖∇ₓ CE‖₂"
+        out += (f"The <b>fast gradient (sign) method</b> (Goodfellow et al. 2015) takes one step of {step}: a single "
+                f"linear step of size ε in the {norm} norm. ")
+    else:
+        out += (f"<b>Projected gradient descent</b> (Kurakin et al. 2017; Madry et al. 2018) takes "
+                f"{settings.get('steps', 'several')} small steps along the gradient's "
+                f"{'sign' if norm == 'L∞' else 'direction'} and projects back onto the {norm} ball of radius ε after "
+                "each one. ")
+    if method.startswith("minimal"):
+        out += ("Here each image gets <b>the smallest ε that reaches the goal</b>: a first-order guess "
+                "margin/‖∇margin‖ (exact for a linear model), then doubling until PGD succeeds and bisection between "
+                "the last failure and the first success. ")
+    else:
+        out += "Every image gets the same budget ε; the table says whether it was enough. "
+    if target.startswith("untargeted"):
+        out += "The attack is <b>untargeted</b>: it raises the loss of the predicted class until another wins. "
+    elif "second" in target:
+        out += ("The goal is the <b>second most likely class</b>: each image is pushed over the nearest decision "
+                "boundary, to its runner-up. ")
+    elif target:
+        out += f"The goal is <b>{html.escape(target)}</b>. "
+    return f"<p>{out}{_PIXELS}</p><p>The perturbation is drawn amplified: grey is no change.</p>"
+
+
+def robust_intro(results: dict, robustified: bool = False) -> str:
+    """The robustness section's introduction: the attacks that ran; robust training only when robust variants are
+    compared (``robustified``)."""
+    first = next(iter(results.values()))
+    attacks = list(first.attacks)
+    parts = ["<p><b>Robustness</b> is the accuracy that survives an attack of budget ε, plotted against ε"]
+    if attacks == ["fgsm"]:
+        parts.append(": here FGSM, one step of size ε.")
+    elif attacks == ["pgd"]:
+        parts.append(f": here PGD with {first.settings.get('pgd_steps', 10)} steps.")
+    else:
+        parts.append(f": FGSM is one step, PGD {first.settings.get('pgd_steps', 10)}; the gap between them shows how "
+                     "much a single linear step underestimates the danger.")
+    if len(results) > 1:
+        parts.append(f" {len(results)} models side by side: {', '.join(map(html.escape, results))}.")
+    if robustified:
+        parts.append(" <b>Robustifying</b> has two recipes, both trained here on the same data, seed and schedule: "
+                     "<i>adversarial training</i> (Goodfellow et al. 2015; Madry et al. 2018) — train on x ↦ l and "
+                     "also on the attacked x + δx ↦ l, the attack recomputed against the current weights at every "
+                     "step; and a <i>smooth function</i> (Drucker &amp; LeCun 1992; Ross &amp; Doshi-Velez 2018) — ask "
+                     "for ∂F/∂x ≈ 0 by adding λ·‖∂L/∂x‖² to the loss (double backpropagation). Robust models are "
+                     "reported to have more interpretable input gradients; the saliency maps below show what comes "
+                     "out here.")
+    parts.append("</p>")
+    return "".join(parts)
+
+
 INTROS = {
-    "attack": (
-        "<p><b>Adversarial examples.</b> The gradient that explains a prediction also breaks it. "
-        "∂p(class)/∂x is the sensitivity of the prediction to every pixel; moving the image a little along the "
-        "gradient of another class, x′ = x + η·∂p(other class)/∂x, changes the prediction completely while the image "
-        "barely changes (Szegedy et al. 2014). The <b>fast gradient (sign) method</b> takes one step of size ε "
-        "along the sign of the gradient of the loss: x′ = x + ε·sign(∇ₓ CE(f(x), y)) (Goodfellow et al. 2015); "
-        "iterating small steps and projecting back onto the ε-ball after each one (PGD) is stronger. cnnlens works "
-        "in pixel space, [0, 1] with ε in pixel units (1/255 = one grey level), clips to [0, 1] at every step, and "
-        "differentiates the logits' cross-entropy, never probabilities.</p>"
-        "<p>Here each photo is <b>pushed over the decision boundary to the second closest class</b>: a targeted "
-        "attack toward the runner-up, with the smallest ε that gets there (a first-order guess "
-        "margin/‖∇margin‖₁, then doubling and bisection over PGD). The perturbation is drawn amplified: grey is "
-        "no change.</p>"
-    ),
-    "robust": (
-        "<p><b>Robustness</b> is the accuracy that survives an attack of budget ε, against ε: FGSM is one "
-        "step, PGD ten; the gap between them shows how much a single linear step underestimates the danger. "
-        "<b>Robustifying</b> (lecture 004) has two recipes, both trained here on the same data, seed and schedule: "
-        "<i>adversarial training</i> — train on x ↦ l and also on the attacked x + δx ↦ l, the attack recomputed "
-        "against the current weights at every step; and a <i>smooth function</i> — ask for ∂F/∂x ≈ 0 by adding "
-        "λ·‖∂L/∂x‖² to the loss (double backpropagation). Robust models are reported to have more interpretable "
-        "input gradients; the saliency maps below show what comes out here.</p>"
-    ),
     "concentration": (
         "<p><b>Why do adversarial examples exist?</b> Because of the dimension of the data space. In high "
         "dimension there is no dense sampling (it would need 10^d samples), and <b>all points are on the "
@@ -65,9 +110,21 @@ def _name(class_names, c: int) -> str:
 
 
 def _fmt_eps(e: float, norm: str = "inf") -> str:
+    """A short ε for titles: grey levels under L∞ (``2/255``), the L2 norm in pixel units otherwise."""
     if e != e or e == float("inf"):
         return "not reached"
     return f"{e * 255:.3g}/255" if norm == "inf" else f"{e:.3g}"
+
+
+def eps_text(e: float, norm: str = "inf") -> str:
+    """ε for tables: pixel units beside grey levels (×255), and the norm for L2.
+
+    >>> eps_text(2 / 255), eps_text(0.5, "2")
+    ('0.00784 (2/255)', '0.5 (127/255, L2)')
+    """
+    if e != e or e == float("inf"):
+        return "not reached"
+    return f"{e:.3g} ({e * 255:.3g}/255)" if norm == "inf" else f"{e:.3g} ({e * 255:.3g}/255, L2)"
 
 
 def attack_figure(x: torch.Tensor, r: AttackResult, names: Sequence[str], class_names=None, size: float = 2.3):
@@ -130,11 +187,12 @@ def quantized_predictions(model, r: AttackResult) -> torch.Tensor:
 
 
 def add_attack_section(report, model, x: torch.Tensor, names: Sequence[str], r: AttackResult, *,
-                       title: str = "Adversarial examples", intro: str = INTROS["attack"],
+                       title: str = "Adversarial examples", intro: str | None = None,
                        settings: dict | None = None, topk: bool = True):
     """A section with each image, its adversarial version, the perturbation, a table and top-5 bars."""
     class_names = getattr(getattr(model, "spec", None), "class_names", None)
-    sec = report.section(title, intro=intro, settings={**r.settings, **(settings or {})})
+    sec = report.section(title, intro=attack_intro(r.settings) if intro is None else intro,
+                         settings={**r.settings, **(settings or {})})
     qpred = quantized_predictions(model, r)
     norm = r.settings.get("norm", "inf")
     rows, data = [], {}
@@ -145,13 +203,14 @@ def add_attack_section(report, model, x: torch.Tensor, names: Sequence[str], r: 
         rows.append([nm, f"{_name(class_names, c0)} ({float(p0[i, c0]):.3f})",
                      ("→ " if r.targeted else "away from ") + _name(class_names, goal),
                      f"{_name(class_names, c1)} ({float(p1[i, c1]):.3f})", "yes" if bool(r.success[i]) else "no",
-                     _fmt_eps(float(r.eps[i]), norm), f"{float(r.linf()[i]) * 255:.3g}/255", f"{float(r.l2()[i]):.3g}",
+                     eps_text(float(r.eps[i]), norm), f"{float(r.linf()[i]) * 255:.3g}/255", f"{float(r.l2()[i]):.3g}",
                      int(r.steps[i]), _name(class_names, int(qpred[i]))])
         data[nm] = {"before": c0, "after": c1, "goal": goal, "success": bool(r.success[i]), "eps": float(r.eps[i]),
                     "linf": float(r.linf()[i]), "l2": float(r.l2()[i]), "steps": int(r.steps[i]),
                     "after_8bit_rounding": int(qpred[i]), "top5": topk_rows(r, i, class_names)}
     sec.figure(attack_figure(x, r, names, class_names), "Original, adversarial image, and the perturbation (amplified; grey = 0)")
-    sec.table(rows, header=["image", "before (p)", "goal", "after (p)", "reached", "ε budget", "‖δ‖∞", "‖δ‖₂", "PGD steps",
+    sec.table(rows, header=["image", "before (p)", "goal", "after (p)", "reached",
+                            f"ε budget ({'L∞' if norm == 'inf' else 'L2'}, pixel units)", "‖δ‖∞", "‖δ‖₂", "PGD steps",
                             "after 8-bit rounding"],
               caption="‖δ‖∞ in grey levels (1/255). The last column re-classifies the adversarial image rounded to 8 bits, "
                       "as a saved PNG would hold it: a perturbation below half a grey level is rounded away.")
@@ -162,20 +221,22 @@ def add_attack_section(report, model, x: torch.Tensor, names: Sequence[str], r: 
     return sec
 
 
-def add_robustness_section(report, results: dict, *, title: str = "Robustness", intro: str = INTROS["robust"],
-                           settings: dict | None = None, gallery_of: str | None = None):
+def add_robustness_section(report, results: dict, *, title: str = "Robustness", intro: str | None = None,
+                           settings: dict | None = None, gallery_of: str | None = None, robustified: bool = False):
     """Curves of several models (``{name: RobustnessResult}``), a side-by-side table, per-class accuracy, a gallery."""
     from .curves import curves_figure
 
     first = next(iter(results.values()))
     norm = first.settings.get("norm", "inf")
     shown = dict(first.settings)
-    if isinstance(shown.get("eps"), (list, tuple)):  # budgets as a person reads them: grey levels
-        shown["eps"] = ", ".join(_fmt_eps(float(e), norm) for e in shown["eps"])
-    sec = report.section(title, intro=intro, settings={**shown, **(settings or {})})
-    sec.figure(curves_figure(results), "Accuracy under attack against ε (solid: PGD, dashed: FGSM)")
-    header = ["model", "clean"] + [f"PGD ε={_fmt_eps(e, norm)}" for e in first.eps if e > 0] + \
-             [f"FGSM ε={_fmt_eps(e, norm)}" for e in first.eps if e > 0]
+    if isinstance(shown.get("eps"), (list, tuple)):  # budgets as a person reads them: pixel units and grey levels
+        shown["eps"] = ", ".join(eps_text(float(e), norm) for e in shown["eps"])
+    sec = report.section(title, intro=robust_intro(results, robustified) if intro is None else intro,
+                         settings={**shown, **(settings or {})})
+    styles = [s for a, s in (("pgd", "solid: PGD"), ("fgsm", "dashed: FGSM")) if a in first.attacks]
+    sec.figure(curves_figure(results), f"Accuracy under attack against ε ({', '.join(styles)})")
+    header = ["model", "clean"] + [f"PGD ε={eps_text(e, norm)}" for e in first.eps if e > 0] + \
+             [f"FGSM ε={eps_text(e, norm)}" for e in first.eps if e > 0]
     rows = []
     for name, r in results.items():
         pg = [f"{float(r.accuracy['pgd'][j]):.3f}" if "pgd" in r.attacks else "–" for j, e in enumerate(r.eps) if e > 0]
@@ -188,7 +249,7 @@ def add_robustness_section(report, results: dict, *, title: str = "Robustness", 
     cn = first.class_names or [str(c) for c in range(len(first.support))]
     pc_rows = [[cn[c], int(first.support[c])] + [f"{float(r.per_class[strongest][c, j]):.2f}" for r in results.values()]
                for c in range(len(first.support))]
-    sec.table(pc_rows, header=["class", "support"] + [f"{name}: {strongest.upper()} ε={_fmt_eps(first.eps[j], norm)}"
+    sec.table(pc_rows, header=["class", "support"] + [f"{name}: {strongest.upper()} ε={eps_text(first.eps[j], norm)}"
                                                       for name in results],
               caption="Robust accuracy per class at the largest ε.")
     g = results.get(gallery_of) if gallery_of else first
@@ -283,6 +344,7 @@ def demo_section(report, ctx) -> None:
                                    batch_size=512, device=ctx.device, progress=lambda d, t, w=what: ctx.progress(w, d, t))
     sec = add_robustness_section(
         report, results, title="Robustness of the digits CNN, plain and robustified", gallery_of="plain",
+        robustified=True,
         settings={"models": "digits-cnn: plain (shipped), adversarial training, gradient penalty (shipped weights)",
                   "data": f"digits held-out split ({results['plain'].n} images)",
                   "adversarial training": f"50 % clean + 50 % FGSM with random start, ε = {ADV_EPS} (≈ {ADV_EPS * 255:.0f}/255), step 1.25·ε",

@@ -10,7 +10,7 @@ training loop that calls them on a pixel-space model ([0, 1] input):
   start, Wong et al. 2020) or PGD within ε of ``x``, recomputed at every step
   against the current weights.
 * :func:`gradient_penalty_loss` — make the function flat around the data, the
-  lecture's "∂F/∂x = 0" (Drucker & LeCun 1992; Ross & Doshi-Velez 2018):
+  "∂F/∂x = 0" (Drucker & LeCun 1992; Ross & Doshi-Velez 2018):
   ``L = mean_i [ CE(f(x_i), y_i) + λ·||∂CE(f(x_i), y_i)/∂x_i||² ]``, by double
   backpropagation (``create_graph=True``).
 

@@ -194,7 +194,7 @@ def cam(model: nn.Module, x: torch.Tensor, target: Any = "predicted", *, layer: 
     they come from ``model.spec`` (pooled_layer, classifier) or are found: the last
     spatial layer and the last ``nn.Linear`` that runs, accepted only if that linear
     applied to the spatial mean of the layer reproduces the model's logits. Then
-    mean_xy M_c = y_c − b_c (the lecture's Σ_xy M_c = S_c, with the mean that GAP takes).
+    mean_xy M_c = y_c − b_c (Zhou et al.'s Σ_xy M_c = S_c, with the mean that GAP takes).
     ``raw`` is M_c at the layer's grid; ``maps`` its bilinear upsampling.
 
     >>> e = cam(model, x)                         # doctest: +SKIP

@@ -8,7 +8,7 @@ batch size. Two readings of the same passes:
   averaged over the windows p that cover each pixel (the sliding grid gets a
   last window flush with the border, so every pixel is covered);
 * ``extras["probability"]``: the target's softmax probability with the patch at
-  each position — the lecture's "probability map" (low = the patch hid something
+  each position — Zeiler & Fergus's probability map (low = the patch hid something
   the model needs).
 """
 

@@ -33,7 +33,17 @@ SIGNED = {"cam", "occlusion", "integrated_gradients", "gradient_x_input"}
 #: at the 99.5th percentile of |value| (the numbers in results.json are not)
 CLIPPED = {"saliency", "smoothgrad", "gradient_x_input", "integrated_gradients", "guided_backprop", "guided_gradcam"}
 
-#: a short lesson per method (lectures 001–004), shown above its maps
+#: what a map's values mean, for its colour bar (signed maps are drawn centred on 0)
+UNITS = {
+    "saliency": "|∂S/∂x| (score per pixel unit)", "smoothgrad": "mean |∂S/∂x| over noisy copies",
+    "gradient_x_input": "x·∂S/∂x (score units)", "integrated_gradients": "share of S(x) − S(black) (score units)",
+    "occlusion": "drop of the class score (logit) when hidden", "cam": "Σ w·f (logit units; mean = score − bias)",
+    "gradcam": "ReLU(Σ α·A) (score units)", "gradcam_pp": "ReLU(Σ w·A) (score units)",
+    "guided_backprop": "guided |∂S/∂x|", "guided_gradcam": "guided backprop × Grad-CAM",
+    "augmented_gradcam": "super-resolved Grad-CAM (score units)",
+}
+
+#: a short description per method, shown above its maps
 INTROS = {
     "saliency": (
         "<b>Saliency</b> (Simonyan et al. 2014): back-propagate the class score <i>before</i> the softmax, "
@@ -55,8 +65,8 @@ INTROS = {
     "occlusion": (
         "<b>Occlusion sensitivity</b> (Zeiler &amp; Fergus 2014): slide a grey square over the image and re-score "
         "at every position. Shown: the drop of the class score when the square covers each pixel (red = hiding it "
-        "hurts the class). The lecture's <i>probability map</i> — the class probability for each position of the "
-        "square, low where the square hides what the model needs — is drawn next to it. Slow (one forward per "
+        "hurts the class). Its <i>probability map</i> (Zeiler &amp; Fergus 2014, Fig. 7) — the class probability for "
+        "each position of the square, low where the square hides what the model needs — is drawn next to it. Slow (one forward per "
         "position) but model-agnostic: no gradient at all."),
     "cam": (
         "<b>Class activation map</b> (Zhou et al. 2016). With a global-average-pool + linear head, "
@@ -64,8 +74,8 @@ INTROS = {
         "F<sub>k</sub> = mean<sub>x,y</sub> f<sub>k</sub>(x, y), so "
         "S<sub>c</sub> − b<sub>c</sub> = mean<sub>x,y</sub> M<sub>c</sub>(x, y) with "
         "M<sub>c</sub>(x, y) = Σ<sub>k</sub> w<sub>k</sub><sup>c</sup> f<sub>k</sub>(x, y): the score is exactly "
-        "the average of the map (the lecture's Σ<sub>x,y</sub> M<sub>c</sub> = S<sub>c</sub>, with the sum that "
-        "a sum-pool would take). Global average pooling keeps where each feature fired; the map is upsampled "
+        "the average of the map (Zhou et al. write Σ<sub>x,y</sub> M<sub>c</sub> = S<sub>c</sub>, with the sum "
+        "that a sum-pool would take). Global average pooling keeps where each feature fired; the map is upsampled "
         "from the last layer's grid."),
     "gradcam": (
         "<b>Grad-CAM</b> (Selvaraju et al. 2017) works for any head and any layer A: the importance of channel k "
@@ -140,7 +150,7 @@ def score_all(model, x: torch.Tensor, expls: dict, *, steps: int = 16, baseline:
 
 def _heat(e: Explanation, i: int, shared: bool) -> tuple[torch.Tensor, bool]:
     m = e.maps[i].float()
-    signed = e.method in SIGNED and bool((m < 0).any())
+    signed = e.method in SIGNED  # by the kind of map, never per image
     if e.method in CLIPPED and m.numel() > 1:
         q = float(torch.quantile(m.abs().flatten(), 0.995))
         if q > 0:
@@ -159,7 +169,8 @@ def overlay_figure(image: torch.Tensor, e: Explanation, i: int, *, title: str = 
     fig, ax = plt.subplots(figsize=(3.4, 3.0))
     m, signed = _heat(e, i, shared)
     kw = {"vmin": 0.0, "vmax": 1.0} if shared and not signed else {}
-    overlay(ax, image, m, title=title or TITLES.get(e.method, e.method), diverging=signed, **kw)
+    overlay(ax, image, m, title=title or TITLES.get(e.method, e.method), diverging=signed, label=_unit(e, shared),
+            **kw)
     fig.tight_layout()
     return fig
 
@@ -184,9 +195,47 @@ def grid_figure(image: torch.Tensor, name: str, expls: dict, i: int, faith: dict
             f = faith[k]
             t += f"\ndel {float(f.deletion_auc[i]):.3f} · ins {float(f.insertion_auc[i]):.3f}"
         kw = {"vmin": 0.0, "vmax": 1.0} if shared and not signed else {}
-        overlay(ax, image, m, title=t, diverging=signed, **kw)
+        overlay(ax, image, m, title=t, diverging=signed, label=_unit(e, shared), **kw)
     for ax in list(axes.flat)[n:]:
         ax.set_axis_off()
+    fig.tight_layout()
+    return fig
+
+
+#: methods that read a layer (the CAM family)
+LAYERED = ("cam", "gradcam", "gradcam_pp", "guided_gradcam", "augmented_gradcam")
+
+
+def images_by_methods_figure(images: torch.Tensor, names: Sequence[str], expls: dict, faith: dict | None = None, *,
+                             rows: Sequence[int] | None = None, shared: bool = False,
+                             class_names: Sequence[str] | None = None):
+    """A grid: one row per image (the image with its explained class), one column per method (the map over the
+    image, its colour bar with units, deletion/insertion AUC); occlusion adds its probability map."""
+    from ..viz import _mpl, overlay, show_image
+
+    plt = _mpl()
+    ok = [(k, e) for k, e in expls.items() if isinstance(e, Explanation)]
+    rows = list(range(len(names))) if rows is None else list(rows)
+    cols = [("image", None)] + [(k, e) for k, e in ok]
+    if any(k == "occlusion" and "probability" in e.extras for k, e in ok):
+        cols.append(("probability", dict(ok)["occlusion"]))
+    fig, axes = plt.subplots(len(rows), len(cols), figsize=(3.1 * len(cols), 3.0 * len(rows)), squeeze=False)
+    for r, i in enumerate(rows):
+        for c, (k, e) in enumerate(cols):
+            ax = axes[r, c]
+            if k == "image":
+                cls = int(ok[0][1].classes[i]) if ok else -1
+                cname = class_names[cls] if class_names and 0 <= cls < len(class_names) else str(cls)
+                show_image(ax, images[i], f"{names[i]}\nexplained: {_short(cname, 24)}")
+            elif k == "probability":
+                probability_panel(ax, e, i)
+            else:
+                m, signed = _heat(e, i, shared)
+                t = TITLES.get(k, k)
+                if faith and k in faith:
+                    t += f"\ndel {float(faith[k].deletion_auc[i]):.3f} · ins {float(faith[k].insertion_auc[i]):.3f}"
+                kw = {"vmin": 0.0, "vmax": 1.0} if shared and not signed else {}
+                overlay(ax, images[i], m, title=t, diverging=signed, label=_unit(e, shared), **kw)
     fig.tight_layout()
     return fig
 
@@ -202,7 +251,7 @@ def method_figure(images: torch.Tensor, names: Sequence[str], e: Explanation, fa
     plt = _mpl()
     n = len(names)
     rows = 2 if extra else 1
-    fig, axes = plt.subplots(rows, n, figsize=(2.6 * n, 2.6 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, n, figsize=(3.2 * n, 3.0 * rows), squeeze=False)
     for i in range(n):
         m, signed = _heat(e, i, False)
         c = int(e.classes[i])
@@ -210,17 +259,30 @@ def method_figure(images: torch.Tensor, names: Sequence[str], e: Explanation, fa
         t = f"{names[i]}: {_short(cname)}"
         if faith is not None:
             t += f"\ndel {float(faith.deletion_auc[i]):.3f} · ins {float(faith.insertion_auc[i]):.3f}"
-        overlay(axes[0, i], images[i], m, title=t, diverging=signed)
+        overlay(axes[0, i], images[i], m, title=t, diverging=signed, label=_unit(e, False))
         if extra == "probability":
-            prob = e.extras["probability"][i]
-            ax = axes[1, i]
-            im = ax.imshow(prob.numpy(), cmap="viridis", vmin=0, vmax=max(1e-6, float(prob.max())))
-            ax.set_title("P(class) with the square here", fontsize=8)
-            ax.set_xticks([])
-            ax.set_yticks([])
-            plt.colorbar(im, ax=ax, fraction=0.046, pad=0.02)
+            probability_panel(axes[1, i], e, i)
     fig.tight_layout()
     return fig
+
+
+def _unit(e: Explanation, shared: bool) -> str:
+    return "fraction of the largest |value|" if shared else UNITS.get(e.method, "attribution")
+
+
+def probability_panel(ax, e: Explanation, i: int) -> None:
+    """Occlusion's probability map: P(class) with the square at each position (sequential map, 0 to 1)."""
+    from ..viz import SEQUENTIAL, _mpl
+
+    plt = _mpl()
+    prob = e.extras["probability"][i].float()
+    im = ax.imshow(prob.numpy(), cmap=SEQUENTIAL, vmin=0, vmax=1, interpolation="nearest")
+    ax.set_title("occlusion: P(class) with\nthe square at each position", fontsize=8)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    cb = plt.colorbar(im, ax=ax, fraction=0.046, pad=0.02)
+    cb.set_label("probability", fontsize=7)
+    cb.ax.tick_params(labelsize=7)
 
 
 def curves_figure(faith: dict, i: int, name: str):
@@ -360,7 +422,7 @@ def demo_section(report, ctx) -> None:
         settings = {"occlusion": {"window": 56, "stride": 56}, "augmented_gradcam": {"augmentations": 4, "steps": 10}}
         steps = 4
     else:
-        # the lectures' methods here; SmoothGrad and Integrated Gradients run on the digits below
+        # SmoothGrad and Integrated Gradients run on the digits below
         methods = ["saliency", "occlusion", "cam", "gradcam", "gradcam_pp", "guided_backprop", "guided_gradcam",
                    "augmented_gradcam"]
         settings = {"occlusion": {"window": 56, "stride": 28},

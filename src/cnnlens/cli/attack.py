@@ -9,12 +9,28 @@ from typing import List, Optional
 
 import typer
 
-from .common import (DEVICE_OPT, FORCE_OPT, MODEL_OPT, OUT_OPT, PRETRAINED_OPT, TRUST_OPT, WEIGHTS_OPT, UserError, app,
-                     console, distributed, load_model_from_options, out_dir, progress_bar)
+from .common import (DEVICE_OPT, FORCE_OPT, MODEL_OPT, OUT_OPT, PRETRAINED_OPT, TRUST_OPT, WEIGHTS_OPT, app, console,
+                     distributed, load_model_from_options, model_options, names_from_data, new_report, out_dir,
+                     print_table, progress_bar, UserError)
 
 
-def parse_eps(text: str, option: str = "--eps") -> float:
-    """A budget in pixel units: ``2/255``, ``0.01`` or ``0``.
+def parse_norm(text: str) -> str:
+    """``inf``/``linf``/``L∞`` → "inf"; ``2``/``l2`` → "2"."""
+    key = str(text).strip().lower().replace("∞", "inf")
+    if key in ("inf", "linf", "l-inf", "max"):
+        return "inf"
+    if key in ("2", "l2"):
+        return "2"
+    raise UserError(f"--norm {text!r}: norm {str(text).strip()!r} is not supported; use inf (L∞) or 2 (L2)")
+
+
+def norm_name(norm: str) -> str:
+    return "L∞" if norm == "inf" else "L2"
+
+
+def parse_eps(text: str, option: str = "--eps", norm: str = "inf") -> float:
+    """A budget in pixel units: ``2/255``, ``0.01`` or ``0``. Under L∞ a budget above 1 (more than the whole
+    [0, 1] range) is surely grey levels meant as n/255: refused with that hint.
 
     >>> round(parse_eps("2/255"), 6)
     0.007843
@@ -26,15 +42,18 @@ def parse_eps(text: str, option: str = "--eps") -> float:
         raise UserError(f"{option} {s!r} is not a number; give pixel units like 2/255 or 0.01") from None
     if v < 0:
         raise UserError(f"{option} {s!r} is negative; a budget is ≥ 0 (pixel units, e.g. 2/255)")
+    if norm == "inf" and v > 1:
+        raise UserError(f"{option} {s}: ε = {s} in pixel units [0, 1]; did you mean {s}/255? (under the L∞ norm a "
+                        "budget above 1 exceeds the whole pixel range)")
     return v
 
 
-def parse_eps_list(text: str, option: str = "--eps") -> list[float]:
+def parse_eps_list(text: str, option: str = "--eps", norm: str = "inf") -> list[float]:
     """``0,1/255,2/255`` → [0.0, 0.0039…, 0.0078…]."""
     parts = [p for p in str(text).replace(" ", "").split(",") if p]
     if not parts:
         raise UserError(f"{option} is empty; give budgets like 0,1/255,2/255")
-    return [parse_eps(p, option) for p in parts]
+    return [parse_eps(p, option, norm) for p in parts]
 
 
 def _target(text: str):
@@ -66,6 +85,7 @@ def _png(img) -> bytes:
 
 
 @app.command()
+@model_options
 def attack(
     images: List[str] = typer.Argument(..., help="Image files, folders or globs."),
     model: str = MODEL_OPT,
@@ -74,7 +94,7 @@ def attack(
     target: str = typer.Option("second", "--target", "-t", help="second (the runner-up class), untargeted, a class index or a class name."),
     steps: int = typer.Option(10, "--steps", min=1, help="PGD steps."),
     step_size: Optional[str] = typer.Option(None, "--step-size", help="PGD step in pixel units (default 2.5·ε/steps)."),
-    norm: str = typer.Option("inf", "--norm", help="inf (L∞) or 2 (L2)."),
+    norm: str = typer.Option("inf", "--norm", help="inf (L∞: ε ≤ 1, e.g. 8/255) or 2 (L2: ε may exceed 1)."),
     random_start: bool = typer.Option(False, "--random-start", help="PGD from a random point of the ε-ball."),
     minimal: bool = typer.Option(False, "--minimal", help="Find each image's smallest ε (bisection over PGD) instead of using --eps."),
     seed: int = typer.Option(0, "--seed", help="Seed of the random start."),
@@ -96,18 +116,18 @@ def attack(
     import torch
 
     from ..attacks import fgsm, minimal_eps, pgd
-    from ..attacks.report import INTROS, add_attack_section, quantized_predictions, topk_rows
+    from ..attacks.report import add_attack_section, quantized_predictions, topk_rows
     from .._batch import check_batch_size
     from ..data import read_images
-    from ..report import Report
 
     method = method.strip().lower()
+    norm = parse_norm(norm)
     if method not in ("fgsm", "pgd"):
         raise UserError(f"--method {method!r} is not known; use fgsm or pgd")
     if minimal and method != "pgd":
         raise UserError("--minimal searches over PGD; use it with --method pgd")
-    e = parse_eps(eps)
-    alpha = parse_eps(step_size, "--step-size") if step_size is not None else None
+    e = parse_eps(eps, norm=norm)
+    alpha = parse_eps(step_size, "--step-size", norm) if step_size is not None else None
     if alpha is not None and alpha <= 0:
         raise UserError("--step-size must be > 0")
     tgt = _target(target)
@@ -135,11 +155,11 @@ def attack(
                 parts.append(r)
                 update(b + 1)
         r = _concat(parts)
-        rep = Report(f"cnnlens attack: {model}", f"{method.upper()} on {len(names)} image(s).")
-        settings = {"model": model, "weights": str(weights) if weights else "pretrained" if pretrained else "default",
+        rep = new_report(f"cnnlens attack: {model}", f"{method.upper()} on {len(names)} image(s).", m)
+        settings = {"model": model,
                     "images": ", ".join(names[:10]) + (" ..." if len(names) > 10 else ""), "device": dev}
         add_attack_section(rep, m, x.cpu(), names, r, title=f"{'Minimal-ε PGD' if minimal else method.upper()} attack",
-                           intro=INTROS["attack"], settings=settings)
+                           settings=settings)
         q = quantized_predictions(m, r)
         summary = {}
         for i, nm in enumerate(names):
@@ -184,7 +204,6 @@ def _concat(parts):
 
 
 def _print_attack(names, r, class_names) -> None:
-    from rich.console import Console
     from rich.table import Table
 
     def nm(c):
@@ -192,19 +211,24 @@ def _print_attack(names, r, class_names) -> None:
 
     p0 = r.logits_before.float().softmax(1)
     p1 = r.logits_after.float().softmax(1)
-    t = Table(title=f"{r.settings.get('method', '').upper()} — goal: {r.settings.get('target')}", title_justify="left")
-    for h in ("image", "before (p)", "after (p)", "reached", "ε", "‖δ‖∞·255", "steps"):
+    from ..attacks.report import eps_text
+
+    norm = r.settings.get("norm", "inf")
+    t = Table(title=f"{r.settings.get('method', '').upper()} — goal: {r.settings.get('target')}, "
+                    f"norm {norm_name(norm)}", title_justify="left")
+    for h in ("image", "before (p)", "after (p)", "reached", f"ε ({norm_name(norm)}; pixel units = grey levels/255)",
+              "‖δ‖∞ (grey levels)", "steps"):
         t.add_column(h)
     for i, n in enumerate(names):
         c0, c1 = int(r.pred_before[i]), int(r.pred_after[i])
-        e = float(r.eps[i])
         t.add_row(n, f"{nm(c0)} ({float(p0[i, c0]):.3f})", f"{nm(c1)} ({float(p1[i, c1]):.3f})",
-                  "yes" if bool(r.success[i]) else "no", "–" if e == float("inf") else f"{e * 255:.3g}/255",
+                  "yes" if bool(r.success[i]) else "no", eps_text(float(r.eps[i]), norm),
                   f"{float(r.linf()[i]) * 255:.3g}", str(int(r.steps[i])))
-    Console().print(t)
+    print_table(t)
 
 
 @app.command()
+@model_options
 def robustness(
     model: str = MODEL_OPT,
     data: str = typer.Option(..., "--data", "-d", help="digits, or an ImageFolder directory (one sub-folder per class)."),
@@ -212,7 +236,7 @@ def robustness(
     attacks: str = typer.Option("fgsm,pgd", "--attacks", help="fgsm, pgd or both (comma-separated)."),
     steps: int = typer.Option(10, "--steps", min=1, help="PGD steps."),
     step_size: Optional[str] = typer.Option(None, "--step-size", help="PGD step in pixel units (default 2.5·ε/steps)."),
-    norm: str = typer.Option("inf", "--norm", help="inf (L∞) or 2 (L2)."),
+    norm: str = typer.Option("inf", "--norm", help="inf (L∞: ε ≤ 1, e.g. 8/255) or 2 (L2: ε may exceed 1)."),
     target: str = typer.Option("untargeted", "--target", "-t", help="untargeted (away from the true label), second, or a class."),
     gallery: int = typer.Option(6, "--gallery", min=0, help="Attacked images to show with their saliency maps."),
     weights: Optional[Path] = WEIGHTS_OPT,
@@ -230,31 +254,38 @@ def robustness(
     """
     from ..attacks.curves import robustness as run_robustness
     from ..attacks.report import add_robustness_section
-    from ..data import as_dataset
-    from ..report import Report
+    from ..data import as_dataset, require_labels
 
-    budgets = parse_eps_list(eps)
-    alpha = parse_eps(step_size, "--step-size") if step_size is not None else None
+    norm = parse_norm(norm)
+    budgets = parse_eps_list(eps, norm=norm)
+    alpha = parse_eps(step_size, "--step-size", norm) if step_size is not None else None
     atk = [a.strip().lower() for a in attacks.split(",") if a.strip()]
     out = out_dir(out, force, data, weights)
     with distributed(device) as (rank, world, dev):
         m = load_model_from_options(model, weights, pretrained, trust_pickle, dev)
         ds = as_dataset(data, m)
+        require_labels(ds, "cnnlens robustness")
+        names_from_data(m, ds)
         with progress_bar(f"attacking {data}", rank=rank, world=world) as update:
             r = run_robustness(m, ds, eps=budgets, attacks=atk, steps=steps, step_size=alpha, norm=norm,
                                target=_target(target), gallery=gallery, batch_size=batch_size, device=dev,
                                progress=update)
         if rank != 0:
             return
-        rep = Report(f"cnnlens robustness: {model}", f"{model} on {data}.")
-        settings = {"model": model, "weights": str(weights) if weights else "pretrained" if pretrained else "default",
+        rep = new_report(f"cnnlens robustness: {model}", f"{model} on {data}.", m)
+        settings = {"model": model,
                     "data": data, "n": r.n, "batch size": batch_size, "device": dev, "processes": world}
         add_robustness_section(rep, {model: r}, title="Robustness", settings=settings, gallery_of=model)
         fig = r.figure(title=f"{model} on {data}")
         rep.file("curves.png", _fig_png(fig))
         rep.file("robustness.json", json.dumps(r.to_dict(), indent=2))
         header, rows = r.table()
-        rep.file("robustness.csv", "\n".join([",".join(header)] + [",".join(str(v) for v in row) for row in rows]) + "\n")
+        import csv
+        import io
+
+        buf = io.StringIO()
+        csv.writer(buf, lineterminator="\n").writerows([header, *rows])
+        rep.file("robustness.csv", buf.getvalue())
         index = out.write(rep)
         from rich.console import Console
         from rich.table import Table
@@ -264,7 +295,7 @@ def robustness(
             t.add_column(h, justify="right")
         for row in rows:
             t.add_row(*[f"{v:.4g}" if isinstance(v, float) else str(v) for v in row])
-        Console().print(t)
+        print_table(t)
         console.print(f"wrote {index.parent}: curves.png, robustness.json, robustness.csv, index.html", highlight=False)
 
 

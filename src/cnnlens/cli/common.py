@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
+import inspect
 import logging
 import sys
 from pathlib import Path
@@ -18,6 +20,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # plain click help: `cnnlens --help` stays well under a second (no rich/markdown import)
 )
 
 console = Console(stderr=True)
@@ -73,7 +76,8 @@ def progress_bar(description: str, total: Optional[int] = None, rank: int = 0, w
 
     Under ``torchrun`` only rank 0 draws (its shard's progress, labelled "rank 0/N").
     """
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                               TimeRemainingColumn)
 
     if world > 1:
         description += f" (rank {rank}/{world})"
@@ -81,13 +85,29 @@ def progress_bar(description: str, total: Optional[int] = None, rank: int = 0, w
         yield lambda done, tot=None: None
         return
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=console, transient=True) as prog:
+                  TextColumn("eta"), TimeRemainingColumn(), console=console, transient=True) as prog:
         task = prog.add_task(description, total=total)
 
         def update(done: int, tot: Optional[int] = None) -> None:
             prog.update(task, completed=done, total=tot if tot is not None else total)
 
         yield update
+
+
+def print_table(table, out=None) -> None:
+    """Print a rich table on stdout without cutting anything off: piped or redirected (where rich assumes 80
+    columns) at the table's natural width; on a narrow terminal cells wrap (``overflow="fold"``) instead of
+    ending in "…"."""
+    from rich.console import Console
+
+    c = out or Console()
+    for col in table.columns:
+        col.overflow = "fold"
+    if not c.is_terminal:
+        need = c.measure(table, options=c.options.update_width(10_000)).maximum
+        if need > c.width:
+            c = Console(width=need, file=c.file, highlight=False)
+    c.print(table)
 
 
 def parse_device(device: str) -> str:
@@ -181,12 +201,195 @@ TRUST_OPT = typer.Option(False, "--trust-pickle", help="Allow loading a whole pi
 DEVICE_OPT = typer.Option("cpu", "--device", help="cpu, cuda, cuda:N or auto.")
 OUT_OPT = typer.Option(Path("cnnlens-out"), "--out", "-o", help="Output directory (files and report); a new, empty or "
                        "previous-report folder.")
-FORCE_OPT = typer.Option(False, "--force", help="Replace --out even if it holds other files (never the current "
+FORCE_OPT = typer.Option(False, "--force", help="Replace the output folder even if it holds other files (never the current "
                          "directory, home, or a folder holding an input).")
 
 
+# what the model expects, on every command that takes --model (added by @model_options)
+_SPEC_PARAMS = ("spec_mean", "spec_std", "spec_input_size", "spec_channels", "spec_class_names", "spec_num_classes")
+
+
+def _spec_parameters(taken: set[str]) -> list[inspect.Parameter]:
+    chan = ["--input-channels"] if "--channels" in taken else ["--channels", "--input-channels"]
+    size = ["--input-size"]
+    opts = [
+        ("spec_mean", Optional[str], typer.Option(None, "--mean", help="Per-channel mean the model was trained with, "
+                                                  "e.g. 0.485,0.456,0.406 (one value: every channel).")),
+        ("spec_std", Optional[str], typer.Option(None, "--std", help="Per-channel std, e.g. 0.229,0.224,0.225.")),
+        ("spec_input_size", Optional[str], typer.Option(None, *size, help="Input size the model expects: 224, H,W "
+                                                        "or C,H,W (default: the model's, else 224).")),
+        ("spec_channels", Optional[int], typer.Option(None, *chan, help="Input channels the model expects: 1 (grey) "
+                                                      "or 3 (RGB).")),
+        ("spec_class_names", Optional[Path], typer.Option(None, "--class-names", help="File of class names: one a "
+                                                          "line, or JSON (a list, or {index: name}).")),
+        ("spec_num_classes", Optional[int], typer.Option(None, "--num-classes", min=1, help="Number of classes of "
+                                                         "the model's head (default: from the weights).")),
+    ]
+    return [inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, default=d, annotation=a) for n, a, d in opts]
+
+
+def _option_names(sig: inspect.Signature) -> set[str]:
+    out: set[str] = set()
+    for p in sig.parameters.values():
+        decls = getattr(p.default, "param_decls", None) or ()
+        out.update(d for d in decls if isinstance(d, str))
+    return out
+
+
+def model_options(fn):
+    """Add --mean, --std, --input-size, --channels, --class-names and --num-classes to a command with --model.
+
+    Their values reach :func:`load_model_from_options` (the command's own signature stays as it is). Where the
+    command already has ``--channels`` (a channel list) the input channels are ``--input-channels``.
+    """
+    sig = inspect.signature(fn, eval_str=True)
+    added = _spec_parameters(_option_names(sig))
+    params = [p for p in sig.parameters.values() if p.kind != inspect.Parameter.VAR_KEYWORD]
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        _state["spec"] = {k: kwargs.pop(k, None) for k in _SPEC_PARAMS}
+        return fn(*args, **kwargs)
+
+    wrapper.__signature__ = sig.replace(parameters=[
+        p.replace(kind=inspect.Parameter.KEYWORD_ONLY) if p.kind == inspect.Parameter.POSITIONAL_OR_KEYWORD else p
+        for p in params] + added)
+    wrapper.__annotations__ = {**{p.name: p.annotation for p in params}, **{p.name: p.annotation for p in added}}
+    return wrapper
+
+
+def _floats(text: str, option: str) -> tuple[float, ...]:
+    try:
+        vals = tuple(float(v) for v in text.replace(" ", ",").split(",") if v)
+    except ValueError:
+        raise UserError(f"{option} {text!r}: give numbers separated by commas, e.g. {option} 0.485,0.456,0.406") \
+            from None
+    if not vals:
+        raise UserError(f"{option}: give at least one number")
+    return vals
+
+
+def parse_input_size(text: str) -> tuple[int, ...]:
+    """``224`` → (224, 224); ``224,192`` / ``224x192`` → (224, 192); ``1,28,28`` (C,H,W) → (1, 28, 28)."""
+    parts = [p for p in str(text).lower().replace("×", ",").replace("x", ",").replace(" ", ",").split(",") if p]
+    try:
+        vals = [int(p) for p in parts]
+    except ValueError:
+        vals = []
+    if len(vals) == 1:
+        vals = vals * 2
+    if len(vals) not in (2, 3) or min(vals) < 1 or (len(vals) == 3 and vals[0] not in (1, 3)):
+        raise UserError(f"--input-size {text!r}: give one side, H,W or C,H,W in pixels, e.g. --input-size 224, "
+                        "224,192 or 1,28,28")
+    return tuple(vals)
+
+
+def read_class_names(path: Path) -> list[str]:
+    """Class names from a file: JSON (a list, or {index: name}) or one name a line (blank lines skipped)."""
+    import json
+
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"--class-names {p}: no such file; give a text file with one class name a line, or JSON")
+    text = p.read_text(encoding="utf-8-sig")
+    stripped = text.strip()
+    if p.suffix.lower() == ".json" or stripped[:1] in ("[", "{"):
+        try:
+            obj = json.loads(stripped)
+        except json.JSONDecodeError as e:
+            raise UserError(f"--class-names {p}: not valid JSON ({e.msg} at line {e.lineno}); give a list of names "
+                            "or {index: name}") from None
+        if isinstance(obj, dict):
+            try:
+                items = sorted((int(k), str(v)) for k, v in obj.items())
+            except ValueError:
+                raise UserError(f"--class-names {p}: a JSON object must map class indices to names, e.g. "
+                                '{"0": "cat", "1": "dog"}') from None
+            if [i for i, _ in items] != list(range(len(items))):
+                raise UserError(f"--class-names {p}: the indices must be 0..K-1 without gaps")
+            return [v for _, v in items]
+        if isinstance(obj, list) and all(isinstance(v, (str, int, float)) for v in obj):
+            return [str(v) for v in obj]
+        raise UserError(f"--class-names {p}: JSON must be a list of names or {{index: name}}")
+    names = [line.strip() for line in text.splitlines() if line.strip()]
+    if not names:
+        raise UserError(f"--class-names {p} is empty; give one class name a line")
+    return names
+
+
+def spec_options() -> dict:
+    """The load_model keyword arguments given on the command line (--mean, --std, ...)."""
+    raw = _state.get("spec") or {}
+    kw: dict = {}
+    if raw.get("spec_mean"):
+        kw["mean"] = _floats(raw["spec_mean"], "--mean")
+    if raw.get("spec_std"):
+        kw["std"] = _floats(raw["spec_std"], "--std")
+        if any(v <= 0 for v in kw["std"]):
+            raise UserError(f"--std {raw['spec_std']!r}: every std must be positive")
+    if raw.get("spec_input_size"):
+        size = parse_input_size(raw["spec_input_size"])
+        kw["input_size"] = size[-2:]
+        if len(size) == 3:
+            kw["channels"] = size[0]
+    if raw.get("spec_channels") is not None:
+        if raw["spec_channels"] not in (1, 3):
+            raise UserError(f"--channels {raw['spec_channels']}: give 1 (grey) or 3 (RGB)")
+        kw["channels"] = raw["spec_channels"]
+    if raw.get("spec_class_names"):
+        kw["class_names"] = read_class_names(raw["spec_class_names"])
+    if raw.get("spec_num_classes") is not None:
+        kw["num_classes"] = raw["spec_num_classes"]
+    return kw
+
+
 def load_model_from_options(model: str, weights: Optional[Path], pretrained: bool, trust_pickle: bool, device: str):
+    """load_model with the command's --weights/--pretrained/--trust-pickle and the spec options; the spec used is
+    logged (-v) and a model on random weights is warned about."""
     from .. import load_model
 
-    m = load_model(model, weights=weights, pretrained=pretrained, trust_pickle=trust_pickle)
+    kw = spec_options()
+    quiet = logging.getLogger("cnnlens.models.loading")
+    said = lambda record: not any(w in record.getMessage() for w in (  # noqa: E731 - said below instead
+        "random initial weights", "using cnnlens's defaults"))
+    quiet.addFilter(said)
+    try:
+        m = load_model(model, weights=weights, pretrained=pretrained, trust_pickle=trust_pickle, **kw)
+    finally:
+        quiet.removeFilter(said)
+    if getattr(m.spec, "random_weights", False):
+        console.print(f"[bold yellow]warning:[/] {model}: random initial weights: explanations of an untrained "
+                      "model (pass --weights FILE)", highlight=False)
+    guessed = m.spec.extra.get("defaulted")
+    if guessed:
+        console.print(f"[bold yellow]warning:[/] {model} declares no {'/'.join(guessed)}: using cnnlens's defaults "
+                      f"(input {m.spec.input_size[0]}×{m.spec.input_size[1]}, mean {list(m.spec.mean)}, std "
+                      f"{list(m.spec.std)}); give {' '.join('--' + g.replace('_', '-') for g in guessed)} if it was "
+                      "trained otherwise", highlight=False)
+    logging.getLogger(__name__).info("model spec: %s", _describe(m.spec))
     return m.to(parse_device(device))
+
+
+def _describe(spec) -> str:
+    from ..models.loading import describe_spec
+
+    return describe_spec(spec)
+
+
+def new_report(title: str, subtitle: str, model):
+    """A Report that shows ``model``'s spec and weights (file, SHA-256) at the top and in results.json."""
+    from ..report import Report
+
+    rep = Report(title, subtitle)
+    rep.describe_model(model)
+    return rep
+
+
+def names_from_data(model, dataset) -> None:
+    """Give the model the data's class names when it has none of its own (numbered classes, same count)."""
+    names = getattr(dataset, "cnnlens_class_names", None)
+    spec = getattr(model, "spec", None)
+    if not names or spec is None or spec.extra.get("class_names_from") != "numbers":
+        return
+    if len(names) == spec.num_classes:
+        model.spec = spec.with_(class_names=tuple(names), extra={**spec.extra, "class_names_from": "data"})

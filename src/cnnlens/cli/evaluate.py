@@ -7,8 +7,9 @@ from typing import List, Optional
 
 import typer
 
-from .common import (DEVICE_OPT, FORCE_OPT, MODEL_OPT, OUT_OPT, PRETRAINED_OPT, TRUST_OPT, WEIGHTS_OPT, UserError, app,
-                     console, distributed, load_model_from_options, out_dir, progress_bar)
+from .common import (DEVICE_OPT, FORCE_OPT, MODEL_OPT, OUT_OPT, PRETRAINED_OPT, TRUST_OPT, WEIGHTS_OPT, app, console,
+                     distributed, load_model_from_options, model_options, names_from_data, new_report, out_dir,
+                     print_table, progress_bar, UserError)
 
 
 def _topk_values(topk: Optional[List[str]], more: Optional[List[str]]) -> tuple[int, ...] | None:
@@ -39,23 +40,23 @@ def print_result(result, out=None) -> None:
     c = out or Console()
     acc = "   ".join(f"top-{k}: [bold]{v:.2%}[/]" for k, v in result.topk_accuracy.items())
     c.print(f"{result.n} samples, {result.num_classes} classes   {acc}")
-    rows = result.per_class
-    title = "per-class"
-    if len(rows) > 30:
-        rows = sorted(rows, key=lambda r: (r["recall"], r["index"]))[:20]
-        title = f"per-class: the 20 of {result.num_classes} classes with the lowest recall (all in per_class.csv)"
+    from ..evaluation import per_class_shown
+
+    rows, what = per_class_shown(result)
+    title = "per-class" if what.startswith("all") else f"per-class: {what} (all in per_class.csv)"
     t = Table(title=title, title_justify="left")
     for h in ("class", "precision", "recall", "F1", "support"):
         t.add_column(h, justify="left" if h == "class" else "right")
     for r in rows:
         t.add_row(str(r["class"]), f"{r['precision']:.3f}", f"{r['recall']:.3f}", f"{r['f1']:.3f}", str(r["support"]))
-    c.print(t)
+    print_table(t, c)
     if result.most_confused:
         pairs = ", ".join(f"{p['true']}→{p['predicted']} ({p['count']})" for p in result.most_confused[:5])
         c.print(f"most confused (true→predicted): {pairs}")
 
 
 @app.command(context_settings={"allow_extra_args": True})
+@model_options
 def evaluate(
     ctx: typer.Context,
     model: str = MODEL_OPT,
@@ -77,25 +78,26 @@ def evaluate(
     evaluation.json and index.html into --out. Under `torchrun --nproc_per_node N
     -m cnnlens evaluate ...` each process evaluates a shard; rank 0 writes.
     """
-    from ..data import as_dataset
+    from ..data import as_dataset, require_labels
     from ..evaluation import evaluate as run_evaluate
     from ..evaluation import report_section
-    from ..report import Report
 
     ks = _topk_values(topk, ctx.args)  # `--topk 1 3`: click leaves the 3 in ctx.args
     out = out_dir(out, force, data, weights)
     with distributed(device) as (rank, world, dev):
         m = load_model_from_options(model, weights, pretrained, trust_pickle, dev)
         ds = as_dataset(data, m)
+        require_labels(ds, "cnnlens evaluate")
+        names_from_data(m, ds)
         with progress_bar(f"evaluating {model}", rank=rank, world=world) as update:
             result = run_evaluate(m, ds, topk=ks, batch_size=batch_size, device=dev, progress=update,
                                   num_workers=workers)
         if rank != 0:
             return
         print_result(result)
-        rep = Report(f"cnnlens evaluate: {model}", f"{model} on {data}.")
-        settings = {"model": model, "weights": str(weights) if weights else "pretrained" if pretrained else "default",
-                    "data": data, "top-k": list(result.topk_accuracy), "n": result.n, "batch size": batch_size,
+        rep = new_report(f"cnnlens evaluate: {model}", f"{model} on {data}.", m)
+        settings = {"model": model, "data": data, "labels": getattr(ds, "cnnlens_labels", "given by the data"),
+                    "top-k": list(result.topk_accuracy), "n": result.n, "batch size": batch_size,
                     "device": dev, "processes": world}
         report_section(rep, result, settings=settings)
         for name, blob in result.files().items():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import io
 import json
 from pathlib import Path
@@ -9,8 +10,8 @@ from typing import List, Optional
 
 import typer
 
-from .common import (DEVICE_OPT, FORCE_OPT, MODEL_OPT, OUT_OPT, PRETRAINED_OPT, TRUST_OPT, WEIGHTS_OPT, UserError, app,
-                     console, load_model_from_options, out_dir, progress_bar)
+from .common import (DEVICE_OPT, FORCE_OPT, MODEL_OPT, OUT_OPT, PRETRAINED_OPT, TRUST_OPT, WEIGHTS_OPT, app, console,
+                     load_model_from_options, model_options, new_report, out_dir, progress_bar, UserError)
 
 DEFAULT_METHODS = "saliency,occlusion,cam,gradcam,augmented-gradcam,guided-gradcam"
 
@@ -60,7 +61,46 @@ def _png(fig) -> bytes:
     return _png_bytes(fig)
 
 
+def explain_intro(ok: dict, faithfulness: bool, n: int, baseline: str = "blur") -> str:
+    """What the page shows, then one paragraph per method that ran (never a method that did not)."""
+    from ..attribution.report import FAITH_INTRO, INTROS
+
+    head = (f"<p>Why did the model predict what it did? Each method below turns the prediction for each of the {n} "
+            "image(s) into a map over the pixels; they answer different questions, so they are shown side by side.</p>")
+    body = "".join(f"<p>{INTROS[k]}</p>" for k in ok)
+    what = {"blur": "a blurred copy", "grey": "grey", "gray": "grey", "black": "black", "white": "white"}.get(
+        str(baseline).strip().lower(), f"the value {baseline}")
+    text = FAITH_INTRO.split(" <i>Model randomisation</i>")[0].replace("by a blurred copy", f"by {what}").replace(
+        "start from the blurred image", "start from the image with every pixel removed")
+    faith = f"<p>{text}</p>" if faithfulness else ""
+    return head + body + faith
+
+
+def explain_settings(model: str, target: str, chosen: list, ok: dict, layer, shared: bool, steps: int,
+                     baseline: str, n: int) -> dict:
+    """The settings that ran: the layer each CAM-family method read (named, also when chosen automatically),
+    each method's own settings as it ran, the faithfulness curves."""
+    from ..attribution.report import LAYERED, TITLES
+    from ..report import show_setting
+
+    out = {"model": model, "images": n, "target": target, "methods": ", ".join(TITLES[k] for k in chosen)}
+    layers = {k: e.layer for k, e in ok.items() if k in LAYERED and e.layer}
+    if layers:
+        used = sorted(set(layers.values()))
+        how = "given with --layer" if layer else "chosen automatically: the last spatial layer"
+        out["layer"] = (used[0] if len(used) == 1 else
+                        ", ".join(f"{TITLES[k]}: {v}" for k, v in layers.items())) + f" ({how})"
+    for k, e in ok.items():
+        shown = {a: b for a, b in e.settings.items() if a not in ("layer",)}
+        if shown:
+            out[TITLES[k]] = ", ".join(f"{a}={show_setting(b)}" for a, b in shown.items())
+    out["scale"] = "shared (each map divided by its largest |value|)" if shared else "each map in its own units"
+    out["faithfulness"] = f"deletion/insertion, {steps} steps, baseline {baseline}" if steps > 0 else "not computed"
+    return out
+
+
 @app.command()
+@model_options
 def explain(
     images: List[str] = typer.Argument(..., help="Image files, folders or globs."),
     model: str = MODEL_OPT,
@@ -98,11 +138,10 @@ def explain(
     from rich.console import Console
 
     from ..results import Explanation
-    from ..attribution.report import (INTROS, TITLES, grid_figure, overlay_figure, run_methods, score_all,
-                                      summary)
+    from ..attribution.report import (TITLES, grid_figure, images_by_methods_figure, overlay_figure, run_methods,
+                                      score_all, summary)
     from ..data import read_images
     from ..evaluation import predict_topk, topk_figure
-    from ..report import Report
     from ..tap import LayerTap
     from ..viz import _mpl, show_image
 
@@ -120,49 +159,69 @@ def explain(
     class_names = list(getattr(getattr(m, "spec", None), "class_names", ()) or ()) or None
     settings = {"occlusion": {k: v for k, v in (("window", window), ("stride", stride)) if v is not None},
                 "augmented_gradcam": {"augmentations": augmentations}}
-    with progress_bar(f"explaining {len(names)} image(s)", total=2 * len(chosen)) as update:
+    n = len(names)
+    steps = 2 if faithfulness_steps > 0 else 1  # each method, then its deletion/insertion curves
+    total = n * len(chosen) * steps  # units: one image × one method (× map, then faithfulness)
+    with progress_bar(f"explaining {n} image(s) × {len(chosen)} method(s)", total=total) as update:
         expls = run_methods(m, x, chosen, target=target, layer=layer, settings=settings,
-                            progress=lambda name, d, t: update(d))
+                            progress=lambda name, d, t: update(d * n, total))
+        update(len(chosen) * n, total)
         failed = {k: e for k, e in expls.items() if not isinstance(e, Explanation)}
         if len(failed) == len(chosen):
             raise UserError(f"no method applies: {next(iter(failed.values()))}")
         for k, e in failed.items():
             console.print(f"[yellow]{k.replace('_', '-')} skipped:[/] {e}", highlight=False)
         faith = score_all(m, x, expls, steps=faithfulness_steps, baseline=_baseline(baseline),
-                          progress=lambda name, d, t: update(len(chosen) + d)) if faithfulness_steps > 0 else {}
+                          progress=lambda name, d, t: update((len(chosen) + d) * n, total)) \
+            if faithfulness_steps > 0 else {}
+        update(total, total)
     with LayerTap(m) as tap, torch.no_grad():
         num_classes = tap.run(x[:1]).shape[1]
     top = predict_topk(m, x, k=min(5, num_classes))
-    rep = Report(f"cnnlens explain: {model}", f"{len(names)} image(s), target {target}.")
     ok = {k: e for k, e in expls.items() if isinstance(e, Explanation)}
+    rep = new_report(f"cnnlens explain: {model}", f"{n} image(s), target {target}, {len(ok)} method(s).", m)
+    sec = rep.section("Explanations", intro=explain_intro(ok, faithfulness_steps > 0, n, baseline),
+                      settings=explain_settings(model, target, chosen, ok, layer, shared_scale, faithfulness_steps,
+                                                baseline, n))
+    for k, e in failed.items():
+        sec.text(f"<p><i>{TITLES[k]} skipped: {html.escape(str(e))}</i></p>")
+    per_fig = 4
+    for part in range(0, n, per_fig):
+        rows = list(range(part, min(n, part + per_fig)))
+        fig = images_by_methods_figure(x.cpu(), names, ok, faith, rows=rows, shared=shared_scale,
+                                       class_names=class_names)
+        label = f"images {rows[0] + 1}–{rows[-1] + 1} of {n}" if n > per_fig else f"{n} image(s)"
+        sec.figure(_png(fig), f"One row per image ({label}), one column per method: each map over its image with "
+                   "its colour bar (signed maps: blue–white–red centred on 0; non-negative maps: one dark-to-bright "
+                   "scale)" + ("; under each title the deletion AUC (↓) and insertion AUC (↑)" if faith else "")
+                   + (". The last column is occlusion's probability map." if "occlusion" in ok else "."),
+                   name=f"explain-grid-{part // per_fig}")
+    if faith:
+        header = ["image", "explained class"] + [f"{TITLES[k]} del / ins" for k in faith]
+        table = []
+        for i, name in enumerate(names):
+            cls = int(next(iter(ok.values())).classes[i])
+            table.append([name, class_names[cls] if class_names and cls < len(class_names) else str(cls)] +
+                         [f"{float(f.deletion_auc[i]):.3f} / {float(f.insertion_auc[i]):.3f}" for f in faith.values()])
+        table.append([f"mean over {n} image(s)", ""] + [
+            f"{float(f.deletion_auc.mean()):.3f} / {float(f.insertion_auc.mean()):.3f}" for f in faith.values()])
+        sec.table(table, header=header, caption="Deletion AUC (lower is better) / insertion AUC (higher is better) "
+                                                "per image and method; the last row is the mean over the images.")
+    sec.gallery([(topk_figure(x[i], top.labels(i), name), name) for i, name in enumerate(names)],
+                caption="Top-5 predictions of each image.", width=420)
     plt = _mpl()
     stdout = Console()
     for i, name in enumerate(names):
-        sec = rep.section(f"{name}", intro=" ".join(f"<p>{INTROS[k]}</p>" for k in ok),
-                          settings={"model": model, "target": target, "methods": ", ".join(TITLES[k] for k in chosen),
-                                    "layer": layer or "automatic", "scale": "shared" if shared_scale else "per method",
-                                    "faithfulness": f"{faithfulness_steps} steps, baseline {baseline}",
-                                    "source": loaded.sources[i]})
         cls0 = int(next(iter(ok.values())).classes[i])
         cname = class_names[cls0] if class_names and cls0 < len(class_names) else str(cls0)
         grid = grid_figure(x[i], name, ok, i, faith, shared=shared_scale, caption_top=f"explained: {cname}")
-        png = _png(grid)
-        rep.file(f"{name}/grid.png", png)
-        sec.figure(png, "Every map with its colour bar; deletion AUC (↓) and insertion AUC (↑) under each title.",
-                   name=f"{name}-grid")
+        rep.file(f"{name}/grid.png", _png(grid))
         fig, ax = plt.subplots(figsize=(3, 3))
         show_image(ax, x[i], name)
         rep.file(f"{name}/original.png", _png(fig))
         for k, e in ok.items():
             rep.file(f"{name}/{k.replace('_', '-')}.png", _png(overlay_figure(x[i], e, i, shared=shared_scale)))
-        t5 = _png(topk_figure(x[i], top.labels(i), name))
-        rep.file(f"{name}/top5.png", t5)
-        sec.figure(t5, "Top-5 predictions.", name=f"{name}-top5")
-        if faith:
-            sec.table([[TITLES[k], round(float(f.deletion_auc[i]), 4), round(float(f.insertion_auc[i]), 4)]
-                       for k, f in faith.items()], header=["method", "deletion AUC ↓", "insertion AUC ↑"])
-        for k, e in failed.items():
-            sec.text(f"<p><i>{TITLES[k]} skipped: {e}</i></p>")
+        rep.file(f"{name}/top5.png", _png(topk_figure(x[i], top.labels(i), name)))
         buf = io.BytesIO()
         torch.save({k: e.maps[i].clone() for k, e in ok.items()}, buf)
         rep.file(f"{name}/maps.pt", buf.getvalue())
@@ -171,7 +230,7 @@ def explain(
                 "methods": {k: summary(e, faith.get(k), i) for k, e in ok.items()},
                 "skipped": {k: str(e) for k, e in failed.items()}}
         rep.file(f"{name}/explanation.json", json.dumps(info, indent=2, default=str))
-        sec.data("explanation", info)
+        sec.data(name, info)
         stdout.print(f"{name}: {cname}  " + "  ".join(
             f"{TITLES[k]} del {float(f.deletion_auc[i]):.3f}/ins {float(f.insertion_auc[i]):.3f}" for k, f in faith.items()),
             highlight=False)

@@ -10,7 +10,7 @@ from typing import Optional
 import typer
 
 from .common import (DEVICE_OPT, FORCE_OPT, MODEL_OPT, PRETRAINED_OPT, TRUST_OPT, WEIGHTS_OPT, UserError, app, console,
-                     distributed, load_model_from_options, out_dir, progress_bar)
+                     distributed, load_model_from_options, model_options, out_dir, progress_bar)
 
 
 def default_cache() -> Path:
@@ -27,6 +27,7 @@ def _check_port(host: str, port: int) -> None:
 
 
 @app.command()
+@model_options
 def explore(
     model: str = MODEL_OPT,
     data: str = typer.Option(..., "--data", "-d", help="digits, or an ImageFolder directory (one sub-folder per class)."),

@@ -9,20 +9,23 @@ from typing import List, Optional
 
 import typer
 
-from .common import (DEVICE_OPT, FORCE_OPT, MODEL_OPT, OUT_OPT, PRETRAINED_OPT, TRUST_OPT, WEIGHTS_OPT, ReportDir,
-                     UserError, app, console, distributed, load_model_from_options, out_dir, progress_bar)
+from .common import (DEVICE_OPT, FORCE_OPT, MODEL_OPT, OUT_OPT, PRETRAINED_OPT, TRUST_OPT, WEIGHTS_OPT, app, console,
+                     distributed, load_model_from_options, model_options, names_from_data, out_dir, print_table, ReportDir,
+                     progress_bar, UserError)
 
 inside_app = typer.Typer(
     name="inside",
     help="Look inside a CNN: filters, receptive fields, dataset search, activation maximisation, deconvnet, "
          "Deep Dream, neuron statistics, channel influence. Each command writes PNG figures, JSON and index.html.",
     no_args_is_help=True,
+    rich_markup_mode=None,
 )
 app.add_typer(inside_app, name="inside")
 
 LAYER_OPT = typer.Option(..., "--layer", "-l", help="Dotted layer name (see `cnnlens layers --model M`).")
 CHANNELS_OPT = typer.Option(None, "--channels", "-c", help="Channels, e.g. 0,3,5 or 0-7 (default: all, or a few).")
-DATA_OPT = typer.Option(None, "--data", "-d", help="digits, or an ImageFolder directory.")
+DATA_OPT = typer.Option(None, "--data", "-d", help="digits, an ImageFolder directory, or a flat folder of images "
+                        "(no labels needed).")
 IMAGE_OPT = typer.Option(None, "--image", "-i", help="Image file(s), folder or glob (repeat the option for several).")
 
 
@@ -56,8 +59,12 @@ class _Model:
     def __init__(self, model, weights, pretrained, trust_pickle, device):
         self.name = model
         self.m = load_model_from_options(model, weights, pretrained, trust_pickle, device)
+
+    @property
+    def class_names(self):
+        """The model's class names (the data's folder names once a dataset named classes the model had not)."""
         spec = getattr(self.m, "spec", None)
-        self.class_names = list(getattr(spec, "class_names", ()) or ()) or None
+        return list(getattr(spec, "class_names", ()) or ()) or None
 
 
 def _images(model, image: Optional[List[str]], data: Optional[str], n: int):
@@ -75,9 +82,11 @@ def _images(model, image: Optional[List[str]], data: Optional[str], n: int):
         from ..data import as_dataset
 
         ds = as_dataset(data, model)
+        names_from_data(model, ds)
         k = min(n or 8, len(ds))
-        xs = torch.stack([torch.as_tensor(ds[i][0]) for i in range(k)])
-        return xs, [f"#{i} (label {int(ds[i][1])})" for i in range(k)]
+        items = [ds[i] for i in range(k)]
+        xs = torch.stack([torch.as_tensor(x) for x, _ in items])
+        return xs, [f"#{i}" if int(y) < 0 else f"#{i} (label {int(y)})" for i, (_, y) in enumerate(items)]
     raise UserError("give images with --image FILE (or --data D to take its first --n images)")
 
 
@@ -87,20 +96,52 @@ def _dataset(model, data: Optional[str], n: Optional[int]):
     from ..data import as_dataset
 
     if not data:
-        raise UserError("this command scans a dataset: give --data digits or --data path/to/imagefolder")
+        raise UserError("this command scans a dataset: give --data digits, --data path/to/imagefolder or a flat "
+                        "folder of images (no labels needed)")
     ds = as_dataset(data, model)
+    names_from_data(model, ds)
     if n:
         ds = torch.utils.data.Subset(ds, range(min(n, len(ds))))
     return ds
 
 
-def _report(title: str, section: str, intro_key: str, settings: dict):
-    from ..inside.report import INTROS
+def _report(title: str, section: str, intro_key: str, settings: dict, model=None, ran: dict | None = None):
+    from ..inside.report import intro_for
     from ..report import Report
 
     rep = Report(title)
-    return rep, rep.section(section, INTROS[intro_key], {k: v if isinstance(v, (int, float, str)) else str(v)
-                                                          for k, v in settings.items()})
+    if model is not None:
+        rep.describe_model(model)
+    return rep, rep.section(section, intro_for(intro_key, **(ran or {})),
+                            {k: v if isinstance(v, (int, float, str)) else str(v) for k, v in settings.items()})
+
+
+def is_labelled(ds) -> bool:
+    from ..data import is_labelled as labelled
+
+    return labelled(ds)
+
+
+def _regularisers(param, tv, l2, l2_decay, blur_every, blur_sigma, jitter, scale, rotate) -> list[str]:
+    """The regularisers that ran, in words (for the report's introduction)."""
+    out = []
+    if str(param).lower().startswith("fourier"):
+        out.append("a Fourier parameterisation with decorrelated colour")
+    if tv:
+        out.append(f"total variation (weight {tv:g})")
+    if l2:
+        out.append(f"an L2 penalty ‖x − ½‖² (weight {l2:g})")
+    if l2_decay:
+        out.append(f"L2 decay ({l2_decay:g} per step)")
+    if blur_every:
+        out.append(f"a Gaussian blur (σ = {blur_sigma:g}) every {blur_every} steps")
+    if jitter:
+        out.append(f"random jitter of ±{jitter} px")
+    if scale:
+        out.append(f"random scaling by ±{scale:g}")
+    if rotate:
+        out.append(f"random rotation by ±{rotate:g}°")
+    return out
 
 
 def _finish(rep, out: ReportDir, files: dict, what: str) -> None:
@@ -123,6 +164,7 @@ def _json(result) -> bytes:
 
 # ---------------------------------------------------------------------------
 @inside_app.command("filters")
+@model_options
 def filters_cmd(
     model: str = MODEL_OPT,
     layer: Optional[str] = typer.Option(None, "--layer", "-l", help="A conv layer (default: the first one)."),
@@ -137,7 +179,8 @@ def filters_cmd(
     out = out_dir(out, force, image, weights)
     M = _Model(model, weights, pretrained, trust_pickle, device)
     f = filters(M.m, layer)
-    rep, sec = _report(f"cnnlens inside filters: {model}", "Filters", "filters", {"model": model, "layer": f.layer})
+    rep, sec = _report(f"cnnlens inside filters: {model}", "Filters", "filters", {"model": model, "layer": f.layer},
+                       model=M.m, ran={"images": bool(image)})
     files = {"filters.png": add_filters(sec, f), "filters.json": _json(f), "filters.pt": tensors_file(f)}
     if image:
         x, names = _images(M.m, image, None, 0)
@@ -150,11 +193,11 @@ def filters_cmd(
 
 
 @inside_app.command("rf")
+@model_options
 def rf_cmd(
     model: str = MODEL_OPT,
     layer: Optional[List[str]] = typer.Option(None, "--layer", "-l", help="Layer(s); default: every conv and pooling layer."),
     probe: bool = typer.Option(True, "--probe/--no-probe", help="Check each field with the gradient probe."),
-    input_size: Optional[int] = typer.Option(None, "--input-size", help="Input side in pixels (default: model.spec)."),
     weights: Optional[Path] = WEIGHTS_OPT, pretrained: bool = PRETRAINED_OPT, trust_pickle: bool = TRUST_OPT,
     device: str = DEVICE_OPT, out: Path = OUT_OPT, force: bool = FORCE_OPT,
 ) -> None:
@@ -174,21 +217,22 @@ def rf_cmd(
     rfs = []
     with progress_bar("receptive fields", len(names)) as update:
         for i, n in enumerate(names):
-            rfs.append(receptive_field(M.m, n, input_size=input_size, probe=probe))
+            rfs.append(receptive_field(M.m, n, probe=probe))
             update(i + 1, len(names))
     t = Table(title=f"receptive fields of {model}", title_justify="left")
     for h in RF_HEADER:
         t.add_column(h)
     for row in rf_rows(rfs):
         t.add_row(*[str(c) for c in row])
-    _say(t)
+    print_table(t)
     rep, sec = _report(f"cnnlens inside rf: {model}", "Receptive fields", "receptive",
-                       {"model": model, "probe": probe, "input size": rfs[0].input_size if rfs else "-"})
+                       {"model": model, "probe": probe, "input size": rfs[0].input_size if rfs else "-"}, model=M.m)
     add_receptive_fields(sec, rfs)
     _finish(rep, out, {"receptive_fields.json": _json([r.to_dict() for r in rfs])}, "receptive fields")
 
 
 @inside_app.command("search")
+@model_options
 def search_cmd(
     model: str = MODEL_OPT, layer: str = LAYER_OPT, channels: Optional[str] = CHANNELS_OPT,
     data: Optional[str] = DATA_OPT,
@@ -217,21 +261,32 @@ def search_cmd(
         if rank != 0:
             return
         rep, sec = _report(f"cnnlens inside search: {model}", "Dataset search", "search",
-                           {"model": model, "data": data, "layer": r.layer, "k": r.k, "images": len(ds), "processes": world})
+                           {"model": model, "data": data, "labels": getattr(ds, "cnnlens_labels", "given by the data"),
+                            "layer": r.layer, "k": r.k, "images": len(ds), "processes": world}, model=M.m,
+                           ran={"labels": is_labelled(ds)})
         files = {}
         cs = list(r.channels)
         for part in range(0, len(cs), 16):
-            files[f"search_{part // 16}.png"] = add_search(sec, r, M.class_names, channels=cs[part:part + 16])
+            img = add_search(sec, r, M.class_names, channels=cs[part:part + 16])
+            if img is not None:
+                files[f"search_{part // 16}.png"] = img
         files.update({"search.json": _json(r), "search.pt": tensors_file(r)})
+        silent = set(r.never_fired())
         for c in cs[:8]:
             h = r.class_histogram[r.row(c)]
             top = int(h.argmax())
-            _say(f"channel {c}: top activation {float(r.activations[r.row(c), 0]):.3g}, most frequent class "
-                 f"{M.class_names[top] if M.class_names else top} ({int(h[top])}/{r.k})")
+            if c in silent:
+                _say(f"channel {c}: never fired (activation ≤ 0 everywhere)")
+            elif int(h.sum()) == 0:
+                _say(f"channel {c}: top activation {float(r.activations[r.row(c), 0]):.3g} (no labels)")
+            else:
+                _say(f"channel {c}: top activation {float(r.activations[r.row(c), 0]):.3g}, most frequent class "
+                     f"{M.class_names[top] if M.class_names else top} ({int(h[top])}/{r.k})")
         _finish(rep, out, files, f"{len(cs)} channels")
 
 
 @inside_app.command("maximize")
+@model_options
 def maximize_cmd(
     model: str = MODEL_OPT,
     layer: Optional[str] = typer.Option(None, "--layer", "-l", help="Maximise channels of this layer (with --channels)."),
@@ -275,7 +330,10 @@ def maximize_cmd(
                      blur_sigma=blur_sigma, jitter=jitter, scale=scale or None, rotate=rotate or None, size=size,
                      seed=seed, progress=update)
     rep, sec = _report(f"cnnlens inside maximize: {model}", "Activation maximisation", "maximize",
-                       {"model": model, "objective": v.objective, **v.settings})
+                       {"model": model, "objective": v.objective, **v.settings}, model=M.m,
+                       ran={"objective": "class" if classes is not None else "neuron" if neuron else "channel",
+                            "regularisers": _regularisers(param, tv, l2, l2_decay, blur_every, blur_sigma, jitter,
+                                                          scale, rotate)})
     img = add_visualizations(sec, v, [f"{t}: {float(s):.3g}→{float(f):.3g}" for t, s, f in zip(titles, v.start, v.final)],
                              f"{v.objective}: {steps} steps")
     for t, s, f in zip(titles, v.start, v.final):
@@ -284,6 +342,7 @@ def maximize_cmd(
 
 
 @inside_app.command("deconv")
+@model_options
 def deconv_cmd(
     model: str = MODEL_OPT, layer: str = LAYER_OPT, channels: Optional[str] = CHANNELS_OPT,
     image: Optional[List[str]] = IMAGE_OPT, data: Optional[str] = DATA_OPT,
@@ -304,7 +363,8 @@ def deconv_cmd(
     chans = parse_channels(channels) or [0, 1, 2]
     projs = [deconvnet(M.m, x, layer, c, position=position) for c in chans]
     rep, sec = _report(f"cnnlens inside deconv: {model}", "Deconvnet", "deconv",
-                       {"model": model, "layer": projs[0].layer, "channels": chans, "position": position})
+                       {"model": model, "layer": projs[0].layer, "channels": chans, "position": position,
+                        "guided backprop alongside": guided}, model=M.m, ran={"guided": guided})
     img = add_deconv(sec, M.m, x, projs, labels=names, with_guided=guided)
     files = {"deconv.png": img}
     for p in projs:
@@ -314,6 +374,7 @@ def deconv_cmd(
 
 
 @inside_app.command("dream")
+@model_options
 def dream_cmd(
     model: str = MODEL_OPT,
     image: Optional[List[str]] = IMAGE_OPT, data: Optional[str] = DATA_OPT,
@@ -337,7 +398,8 @@ def dream_cmd(
     with progress_bar("dreaming") as update:
         d = deep_dream(M.m, x, layer, target, octaves=octaves, octave_scale=octave_scale, steps=steps,
                        step_size=step_size, jitter=jitter, seed=seed, progress=update)
-    rep, sec = _report(f"cnnlens inside dream: {model}", "Deep Dream", "dream", {"model": model, **d.settings})
+    rep, sec = _report(f"cnnlens inside dream: {model}", "Deep Dream", "dream", {"model": model, **d.settings},
+                       model=M.m, ran={"objective": "class" if target is not None else "layer"})
     files = {"dream.png": add_dream(sec, x, d, f"{d.objective}: {float(d.start[0]):.3g} → {float(d.final[0]):.3g}")}
     for i in range(d.images.shape[0]):
         import io
@@ -350,6 +412,7 @@ def dream_cmd(
 
 
 @inside_app.command("stats")
+@model_options
 def stats_cmd(
     model: str = MODEL_OPT, layer: str = LAYER_OPT, data: Optional[str] = DATA_OPT,
     bins: int = typer.Option(40, "--bins", min=2), n: Optional[int] = typer.Option(None, "--n", min=1),
@@ -374,22 +437,30 @@ def stats_cmd(
         if rank != 0:
             return
         rep, sec = _report(f"cnnlens inside stats: {model}", "Neuron statistics", "stats",
-                           {"model": model, "data": data, "layer": st.layer, "images": len(ds), "bins": bins,
-                            "processes": world})
+                           {"model": model, "data": data, "labels": getattr(ds, "cnnlens_labels", "given by the data"),
+                            "layer": st.layer, "images": len(ds), "bins": bins, "processes": world}, model=M.m,
+                           ran={"labels": is_labelled(ds)})
         a, b = add_stats(sec, st, M.class_names, channels=parse_channels(channels))
         _say(f"{st.layer}: {len(st.mean)} channels, mean sparsity {float(st.sparsity.mean()):.3f}, dead "
              f"channels: {st.dead_channels or 'none'}")
-        _finish(rep, out, {"stats.png": a, "class_mean.png": b, "stats.json": _json(st), "stats.pt": tensors_file(st)},
-                "neuron statistics")
+        files = {"stats.png": a, **({"class_mean.png": b} if b is not None else {}), "stats.json": _json(st),
+                 "stats.pt": tensors_file(st)}
+        _finish(rep, out, files, "neuron statistics")
 
 
 @inside_app.command("influence")
+@model_options
 def influence_cmd(
     model: str = MODEL_OPT, layer: str = LAYER_OPT,
     data: Optional[str] = DATA_OPT, image: Optional[List[str]] = IMAGE_OPT,
     target: str = typer.Option("predicted", "--target", "-t", help="Class index or name, predicted, second or true."),
     channels: Optional[str] = CHANNELS_OPT,
-    ablation: bool = typer.Option(True, "--ablation/--no-ablation", help="Also zero each channel (one forward each)."),
+    ablation: bool = typer.Option(True, "--ablation/--no-ablation", help="Also zero channels (one forward per "
+                                  "channel and image) to measure the exact drop."),
+    ablate_top: int = typer.Option(16, "--ablate-top", min=1, help="Zero only the channels ranked highest by "
+                                   "a·∂y/∂a (every channel is ranked)."),
+    all_channels: bool = typer.Option(False, "--all-channels", help="Zero every channel (slow on wide layers: "
+                                      "one forward per channel and image)."),
     n: Optional[int] = typer.Option(None, "--n", min=1, help="Use only the first n images of --data."),
     batch_size: int = typer.Option(32, "--batch-size", "-b", min=1),
     weights: Optional[Path] = WEIGHTS_OPT, pretrained: bool = PRETRAINED_OPT, trust_pickle: bool = TRUST_OPT,
@@ -409,22 +480,35 @@ def influence_cmd(
             src = src.to(dev)
         else:
             src = _dataset(M.m, data, n)
-        with progress_bar(f"influence of {layer}", rank=rank, world=world) as update:
+        if target.strip().lower() == "true" and not image:
+            from ..data import require_labels
+
+            require_labels(src, "--target true")
+        top = None if all_channels or not ablation else ablate_top
+        what = "gradients" + ("" if not ablation else ", then zeroing every channel" if top is None else
+                              f", then zeroing the top {top} channels")
+        with progress_bar(f"influence of {layer} ({what})", rank=rank, world=world) as update:
             inf = influence(M.m, src, layer, target, ablation=ablation, channels=parse_channels(channels),
-                            batch_size=batch_size, device=dev, progress=update)
+                            ablate_top=top, batch_size=batch_size, device=dev, progress=update)
         if rank != 0:
             return
+        ablated = inf.settings.get("ablated")
         t = Table(title=f"channels of {inf.layer} by influence on the {inf.target}", title_justify="left")
         for h in ("rank", "channel", "a·∂y/∂a", "mean ∂y/∂a", "drop when zeroed"):
             t.add_column(h, justify="right")
         for r, c in enumerate(inf.ranking[:10]):
             i = inf.channels.index(c)
+            v = None if inf.ablation is None else float(inf.ablation[i])
             t.add_row(str(r + 1), str(c), f"{float(inf.taylor[i]):.4g}", f"{float(inf.gradient[i]):.4g}",
-                      "—" if inf.ablation is None else f"{float(inf.ablation[i]):.4g}")
-        _say(t)
+                      "—" if v is None or v != v else f"{v:.4g}")
+        print_table(t)
+        zeroed = ("no" if not ablation else f"every channel ({len(inf.channels)})" if ablated is None else
+                  f"the top {len(ablated)} of {len(inf.channels)} channels by a·∂y/∂a")
         rep, sec = _report(f"cnnlens inside influence: {model}", "Channel influence", "influence",
                            {"model": model, "layer": inf.layer, "target": inf.target, "images": inf.count,
-                            "ablation": ablation, "processes": world})
+                            "channels ranked": len(inf.channels), "zeroed (ablation)": zeroed,
+                            "processes": world}, model=M.m,
+                           ran={"ablation": None if not ablation else "all" if ablated is None else len(ablated)})
         img = add_influence(sec, inf)
         _finish(rep, out, {"influence.png": img, "influence.json": _json(inf), "influence.pt": tensors_file(inf)},
                 f"{len(inf.channels)} channels")

@@ -7,7 +7,8 @@ from typing import Optional
 
 import typer
 
-from .common import DEVICE_OPT, MODEL_OPT, PRETRAINED_OPT, TRUST_OPT, WEIGHTS_OPT, UserError, app, load_model_from_options
+from .common import (DEVICE_OPT, MODEL_OPT, PRETRAINED_OPT, TRUST_OPT, WEIGHTS_OPT, app, load_model_from_options,
+                     model_options, print_table, UserError)
 
 
 def _shape(v) -> str:
@@ -54,27 +55,21 @@ def layer_table(model, x) -> list[dict]:
 
 
 @app.command()
+@model_options
 def layers(
     model: str = MODEL_OPT,
     weights: Optional[Path] = WEIGHTS_OPT,
     pretrained: bool = PRETRAINED_OPT,
     trust_pickle: bool = TRUST_OPT,
-    input_size: Optional[str] = typer.Option(None, "--input-size", help="C,H,W of the dry-run input (default: model.spec)."),
     device: str = DEVICE_OPT,
 ) -> None:
     """List the model's dotted layer names with their output shapes (for --layer options)."""
     import torch
-    from rich.console import Console
     from rich.table import Table
 
     m = load_model_from_options(model, weights, pretrained, trust_pickle, device)
     spec = getattr(m, "spec", None)
-    if input_size:
-        try:
-            c, h, w = (int(v) for v in input_size.replace("×", ",").replace("x", ",").split(","))
-        except ValueError:
-            raise UserError(f"--input-size {input_size!r}: give C,H,W, e.g. 3,224,224") from None
-    elif spec is not None:
+    if spec is not None:  # --input-size / --channels set the spec
         c, (h, w) = spec.channels, spec.input_size
     else:
         raise UserError("the model has no spec with its input size; give --input-size C,H,W")
@@ -89,9 +84,9 @@ def layers(
                 marks.setdefault(name, []).append(label)
     t = Table(title=f"{model}: layers (dry run on 1×{c}×{h}×{w})", title_justify="left")
     widest = max((len(r["name"]) for r in rows), default=5)
-    t.add_column("layer", no_wrap=True, min_width=widest)
-    t.add_column("type", no_wrap=True)
-    t.add_column("output", no_wrap=True)
+    t.add_column("layer", min_width=widest)
+    t.add_column("type")
+    t.add_column("output")
     t.add_column("params", justify="right")
     t.add_column("note")
     for r in rows:
@@ -102,4 +97,4 @@ def layers(
             note = [*note, "not run by forward()"]
         t.add_row(r["name"], r["type"], r["shape"], f"{r['params']:,}" if r["params"] else "",
                   ", ".join(note))
-    Console().print(t)
+    print_table(t)

@@ -14,7 +14,7 @@ exactly: the gradient ranking is checked against the real effect.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Sequence
 
 import torch
@@ -32,8 +32,10 @@ from .._inputs import check_not_empty
 class Influence(Result):
     """Per-channel influence of a layer on a target (means over the images seen).
 
-    gradient, taylor, ablation: C (ablation None when not computed); count: images;
-    ranking: channels by taylor, descending; ablation_ranking: by ablation, descending.
+    gradient, taylor, ablation: C (ablation None when not computed, NaN for channels
+    not ablated when only the top ones were, ``settings["ablated"]``); count: images;
+    ranking: channels by taylor, descending; ablation_ranking: the ablated channels by
+    ablation, descending.
     """
 
     layer: str
@@ -53,20 +55,24 @@ class Influence(Result):
     def ablation_ranking(self) -> list[int] | None:
         if self.ablation is None:
             return None
-        return [self.channels[i] for i in torch.sort(self.ablation, descending=True, stable=True).indices.tolist()]
+        done = ~torch.isnan(self.ablation)
+        key = torch.where(done, self.ablation, torch.full_like(self.ablation, -float("inf")))
+        order = torch.sort(key, descending=True, stable=True).indices.tolist()
+        return [self.channels[i] for i in order if bool(done[i])]
 
     def figure(self, top: int = 16):
         """Bars of the top channels (by ablation if computed, else by taylor): the three measures side by side."""
         from ..viz import _mpl
 
         plt = _mpl()
-        key = self.ablation if self.ablation is not None else self.taylor
+        full = self.ablation is not None and not bool(torch.isnan(self.ablation).any())
+        key = self.ablation if full else self.taylor
         order = torch.sort(key, descending=True, stable=True).indices[:top]
         fig, ax = plt.subplots(figsize=(max(4.0, 0.45 * len(order) + 1), 2.8))
         xs = torch.arange(len(order)).float()
         series = [("a·∂y/∂a", self.taylor), ("∂y/∂a (mean)", self.gradient)]
         if self.ablation is not None:
-            series.insert(0, ("drop when zeroed", self.ablation))
+            series.insert(0, ("drop when zeroed", torch.nan_to_num(self.ablation, nan=0.0)))
         w = 0.8 / len(series)
         for s, (label, v) in enumerate(series):
             ax.bar((xs + s * w).numpy(), v[order].numpy(), width=w, label=label)
@@ -97,7 +103,7 @@ class InfluenceAccumulator:
     layers: tuple = ()
 
     def __init__(self, model: nn.Module, layer: LayerRef, target="predicted", *, ablation: bool = True,
-                 channels: Sequence[int] | None = None, chunk: int = 16):
+                 channels: Sequence[int] | None = None, chunk: int = 16, tick=None):
         self.layer, _ = resolve_layer(model, layer)
         spec = getattr(model, "spec", None)
         self.target = as_target(target, getattr(spec, "class_names", None) or None)
@@ -109,13 +115,14 @@ class InfluenceAccumulator:
         self.ablation = ablation
         self.channels = None if channels is None else tuple(int(c) for c in channels)
         self.chunk = max(1, int(chunk))
+        self.tick = tick  # tick(units): one unit per image forward (n per gradient pass, n per ablated channel)
         self.description = self.target.describe(getattr(spec, "class_names", None) or None)
         self.count = 0
         self.sums: dict[str, torch.Tensor] | None = None
 
     def update(self, batch: Batch) -> None:
         sums = measure(batch.model, batch.x, self.layer, self.target, y=batch.y, ablation=self.ablation,
-                       channels=self.channels, chunk=self.chunk)
+                       channels=self.channels, chunk=self.chunk, tick=self.tick)
         self.channels = sums.pop("channels")
         n = sums.pop("count")
         self.count += n
@@ -141,7 +148,7 @@ class InfluenceAccumulator:
 
 
 def measure(model: nn.Module, x: torch.Tensor, layer: str, target: Target, *, y=None, ablation: bool = True,
-            channels: Sequence[int] | None = None, chunk: int = 16) -> dict:
+            channels: Sequence[int] | None = None, chunk: int = 16, tick=None) -> dict:
     """Per-channel sums over the batch of gradient, taylor and ablation (float64, CPU), and the count."""
     target.validate(len(x), model_classes(model)[1], labels=y if target.kind == "true" else None)
     score_layers = [layer] + ([] if target.is_class else [target.layer])
@@ -162,6 +169,8 @@ def measure(model: nn.Module, x: torch.Tensor, layer: str, target: Target, *, y=
             (g,) = torch.autograd.grad(score.sum(), a)
         a, g = a.detach(), g.detach()
         base = score.detach()
+    if tick is not None:
+        tick(len(x))
     out = {
         "gradient": g.mean((2, 3))[:, list(chans)].double().sum(0).cpu(),
         "taylor": (a * g).sum((2, 3))[:, list(chans)].double().sum(0).cpu(),
@@ -186,6 +195,8 @@ def measure(model: nn.Module, x: torch.Tensor, layer: str, target: Target, *, y=
                     cl = classes.repeat(r) if classes is not None else None
                     s2 = _score(target, tap2, logits2, cl).view(r, n)
                 drops[start:start + r] = (base.view(1, n) - s2).double().sum(1).cpu()
+                if tick is not None:
+                    tick(r * n)
         out["ablation"] = drops
     out["channels"] = chans
     out["count"] = len(x)
@@ -194,21 +205,91 @@ def measure(model: nn.Module, x: torch.Tensor, layer: str, target: Target, *, y=
 
 @needs_autograd
 def influence(model: nn.Module, x_or_data, layer: LayerRef, target="predicted", *, ablation: bool = True,
-              channels: Sequence[int] | None = None, y: torch.Tensor | None = None, batch_size: int = 32,
-              chunk: int = 16, device=None, progress=None) -> Influence:
+              channels: Sequence[int] | None = None, ablate_top: int | None = None, y: torch.Tensor | None = None,
+              batch_size: int = 32, chunk: int = 16, device=None, progress=None) -> Influence:
     """Rank a layer's channels by their effect on a target: mean ∂y/∂a, a·∂y/∂a, and the drop when zeroed.
 
     ``x_or_data``: images N×C×H×W in [0, 1], or a dataset (``"digits"``, a folder,
     a Dataset, a DataLoader), scanned once. ``target``: a class, ``"predicted"``,
     ``"true"``, a class name, or ``Target.channel(layer, c)`` of a later layer.
 
+    Ablation costs one forward per channel and image; ``ablate_top=k`` first ranks
+    every channel by a·∂y/∂a (one backward per image), then zeroes only the k
+    highest (a second pass; the others' ``ablation`` is NaN, ``settings["ablated"]``
+    lists the k). ``progress(done, total)`` counts image forwards: n for each
+    gradient pass plus n per ablated channel.
+
     Example::
 
-        inf = influence(model, x, "features.6", target="predicted")
+        inf = influence(model, x, "features.6", target="predicted", ablate_top=16)
         inf.ranking[:5], inf.ablation_ranking[:5]
     """
     name, _ = resolve_layer(model, layer)
-    acc = InfluenceAccumulator(model, name, target, ablation=ablation, channels=channels, chunk=chunk)
+    if ablate_top is not None and (isinstance(ablate_top, bool) or not isinstance(ablate_top, int) or ablate_top < 1):
+        raise ValueError(f"ablate_top={ablate_top!r}: give a positive number of channels, or None for all")
+    two_pass = ablation and ablate_top is not None
+    n = _count(model, x_or_data, device)
+    C = len(channels) if channels is not None else _channels_of(model, name, x_or_data, device)
+    k = min(ablate_top, C) if two_pass else C
+    total = n * (2 + k) if two_pass else n * (1 + (C if ablation else 0))
+    done = [0]
+
+    def tick(units: int) -> None:
+        done[0] += units
+        if progress is not None:
+            progress(min(done[0], total), total)
+
+    first = _run(model, x_or_data, name, target, ablation=ablation and not two_pass, channels=channels, y=y,
+                 batch_size=batch_size, chunk=chunk, device=device, tick=tick)
+    if not two_pass:
+        return first
+    top = first.ranking[:k]
+    second = _run(model, x_or_data, name, target, ablation=True, channels=top, y=y, batch_size=batch_size,
+                  chunk=chunk, device=device, tick=tick)
+    abl = torch.full((len(first.channels),), float("nan"), dtype=second.ablation.dtype)
+    for i, c in enumerate(second.channels):
+        abl[first.channels.index(c)] = second.ablation[i]
+    return replace(first, ablation=abl, settings={**first.settings, "ablation": True, "ablate_top": k,
+                                                   "ablated": list(top)})
+
+
+def _count(model, x_or_data, device) -> int:
+    if torch.is_tensor(x_or_data):
+        return 1 if x_or_data.dim() == 3 else len(x_or_data)
+    from ..data import as_dataset
+
+    from ..scan import distributed_info
+
+    data = as_dataset(x_or_data, model)
+    try:
+        n = len(data.dataset if isinstance(data, torch.utils.data.DataLoader) else data)
+    except TypeError:  # an iterable dataset: unknown
+        return 0
+    rank, world = distributed_info()
+    return len(range(rank, n, world))  # this process's shard
+
+
+def _channels_of(model, layer: str, x_or_data, device) -> int:
+    """The layer's channel count, from one forward of one image."""
+    if torch.is_tensor(x_or_data):
+        x = x_or_data if x_or_data.dim() == 4 else x_or_data[None]
+        x = x[:1]
+    else:
+        from ..data import as_dataset
+
+        data = as_dataset(x_or_data, model)
+        ds = data.dataset if isinstance(data, torch.utils.data.DataLoader) else data
+        x = torch.as_tensor(ds[0][0])[None]
+    p = next(model.parameters(), None)
+    x = x.to(device if device is not None else (p.device if p is not None else "cpu"))
+    with LayerTap(model, [layer], detach=True, stop_after=layer) as tap, torch.no_grad():
+        tap.run(x)
+        a = tap[layer]
+    return int(a.shape[1]) if a.dim() >= 2 else 1
+
+
+def _run(model, x_or_data, name, target, *, ablation, channels, y, batch_size, chunk, device, tick) -> Influence:
+    acc = InfluenceAccumulator(model, name, target, ablation=ablation, channels=channels, chunk=chunk, tick=tick)
     if torch.is_tensor(x_or_data):
         x = x_or_data
         if x.dim() == 3:
@@ -218,11 +299,9 @@ def influence(model: nn.Module, x_or_data, layer: LayerRef, target="predicted", 
             xb = x[start:start + batch_size]
             yb = None if y is None else torch.as_tensor(y)[start:start + batch_size]
             acc.update(Batch(x=xb, y=yb, logits=torch.empty(0), index=torch.arange(len(xb)), model=model))
-            if progress is not None:
-                progress(min(start + batch_size, len(x)), len(x))
         return acc.compute()
     from ..data import as_dataset
     from ..scan import scan
 
-    (res,) = scan(model, as_dataset(x_or_data, model), [acc], batch_size=batch_size, device=device, progress=progress)
+    (res,) = scan(model, as_dataset(x_or_data, model), [acc], batch_size=batch_size, device=device)
     return res

@@ -3,7 +3,7 @@
 Gradient ascent on the input image x (Simonyan et al. 2014; Yosinski et al.
 2015; Olah et al. 2017): ``x ← x + η ∂J(x)/∂x`` for an objective J built from
 targets — a class's pre-softmax score, a channel's mean activation, one neuron,
-or the lecture's variant, minus the squared error between the network's response
+or (Mahendran & Vedaldi 2016) minus the squared error between the network's response
 and a chosen target response. Without regularisation the image fills with
 high-frequency noise; the regularisers keep it closer to a natural image:
 

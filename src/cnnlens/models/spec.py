@@ -38,6 +38,41 @@ class ModelSpec:
     def with_(self, **kw) -> "ModelSpec":
         return replace(self, **kw)
 
+    @property
+    def random_weights(self) -> bool:
+        """True when the network runs on random initial weights (no weights file, no pretrained download)."""
+        return bool(self.extra.get("weights_random"))
+
+    def settings(self) -> dict:
+        """What the model is and expects, as a report's settings: weights (file and SHA-256), input, mean/std,
+        classes (where their names came from), and which of these are cnnlens's defaults.
+
+        >>> ModelSpec("m", (32, 32), channels=1, mean=(0.5,), std=(0.25,), class_names=("a", "b")).settings()["input"]
+        '1×32×32 pixels in [0, 1]'
+        """
+        names = self.class_names
+        source = {"given": "given", "declared": "declared by the model", "imagenet": "ImageNet's 1000 classes",
+                  "numbers": "no names: numbered", "data": "the data's folder names"}.get(
+            self.extra.get("class_names_from", ""), "")
+        shown = ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")
+        out = {"model": self.name}
+        if self.extra.get("architecture"):
+            out["architecture"] = self.extra["architecture"]
+        out["weights"] = self.extra.get("weights", "unknown")
+        if self.random_weights:
+            out["weights"] = f"{out['weights']} — random initial weights: explanations of an untrained model"
+        if self.extra.get("weights_file"):
+            out["weights file"] = self.extra["weights_file"]
+            out["weights sha256"] = self.extra.get("weights_sha256")
+        out["input"] = f"{self.channels}×{self.input_size[0]}×{self.input_size[1]} pixels in [0, 1]"
+        out["mean"] = [round(float(v), 6) for v in self.mean]
+        out["std"] = [round(float(v), 6) for v in self.std]
+        out["classes"] = f"{len(names)}: {shown}" + (f" ({source})" if source else "")
+        if self.extra.get("defaulted"):
+            out["defaults used"] = ", ".join(self.extra["defaulted"]) + \
+                " (not declared by the model: cnnlens's defaults; set them with --mean/--std/--input-size)"
+        return out
+
 
 class Normalize(nn.Module):
     """(x − mean) / std per channel; the first step of every cnnlens model."""
