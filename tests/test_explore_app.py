@@ -288,6 +288,7 @@ def test_the_pair_image_draws_each_map_on_the_shared_scale_and_their_difference(
     import matplotlib
 
     from cnnlens.explore.service import pair_figure
+    from cnnlens.viz import DIVERGING, SEQUENTIAL
 
     image = torch.zeros(1, 4, 4)
     a = torch.zeros(4, 4)
@@ -300,12 +301,12 @@ def test_the_pair_image_draws_each_map_on_the_shared_scale_and_their_difference(
     def at(panel_x, i, j):
         return im[int(top + (i + 0.5) * step), int(panel_x + (j + 0.5) * step)]
 
-    jet = matplotlib.colormaps["jet"]
-    assert at(gap, 0, 0) == pytest.approx(0.5 * np.array(jet(1.0)[:3]), abs=1 / 255)  # a's maximum: full scale
+    seq = matplotlib.colormaps[SEQUENTIAL]  # the one map for non-negative maps, as in the report
+    assert at(gap, 0, 0) == pytest.approx(0.5 * np.array(seq(1.0)[:3]), abs=1 / 255)  # a's maximum: full scale
     x_b = gap + 150 + gap
-    assert at(x_b, 3, 3) == pytest.approx(0.5 * np.array(jet(0.5)[:3]), abs=1 / 255)  # b's 1.0 is half of 2.0
+    assert at(x_b, 3, 3) == pytest.approx(0.5 * np.array(seq(0.5)[:3]), abs=1 / 255)  # b's 1.0 is half of 2.0
     x_d = x_b + 150 + 6 + 10 + 44 + gap
-    rdbu = matplotlib.colormaps["RdBu_r"]
+    rdbu = matplotlib.colormaps[DIVERGING]
     assert at(x_d, 0, 0) == pytest.approx(0.5 * np.array(rdbu(0.0)[:3]), abs=1 / 255)  # b − a = −2: full blue
     assert at(x_d, 3, 3) == pytest.approx(0.5 * np.array(rdbu(0.75)[:3]), abs=1 / 255)  # +1 of ±2
 

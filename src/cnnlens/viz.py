@@ -111,7 +111,7 @@ def rescale01(x: torch.Tensor) -> torch.Tensor:
     return (x - lo) / (hi - lo)
 
 
-def colormap_rgb(values: torch.Tensor, cmap: str = "jet", vmin: float = 0.0, vmax: float = 1.0) -> np.ndarray:
+def colormap_rgb(values: torch.Tensor, cmap: str = SEQUENTIAL, vmin: float = 0.0, vmax: float = 1.0) -> np.ndarray:
     """H×W values → H×W×3 float RGB in [0, 1] through a matplotlib colour map (no figure is made)."""
     import matplotlib
 
@@ -121,23 +121,24 @@ def colormap_rgb(values: torch.Tensor, cmap: str = "jet", vmin: float = 0.0, vma
     return matplotlib.colormaps[cmap](u)[..., :3]
 
 
-def overlay_array(image: torch.Tensor, heat: torch.Tensor, *, cmap: str = "jet", alpha: float = 0.5,
+def overlay_array(image: torch.Tensor, heat: torch.Tensor, *, cmap: str = SEQUENTIAL, alpha: float = 0.5,
                   vmin: float | None = None, vmax: float | None = None, diverging: bool = False) -> np.ndarray:
     """``heat`` (H×W) over ``image`` (C×H×W in [0, 1]) as an H×W×3 array, the way :func:`overlay` draws it:
-    ``(1 − α)·image + α·cmap((heat − vmin)/(vmax − vmin))``; ``diverging`` centres RdBu_r at 0.
+    ``(1 − α)·image + α·cmap((heat − vmin)/(vmax − vmin))`` with the one colour map of each kind of map
+    (:data:`SEQUENTIAL`; ``diverging`` centres :data:`DIVERGING` at 0), as everywhere in cnnlens.
 
     For pages that need many small images fast (no matplotlib figure: about a millisecond each).
 
     >>> a = overlay_array(torch.zeros(1, 2, 2), torch.ones(2, 2), vmin=0, vmax=1, alpha=0.5)
-    >>> a[0, 0].round(3).tolist()     # half of jet's top colour (dark red) over black
-    [0.25, 0.0, 0.0]
+    >>> a[0, 0].round(3).tolist()     # half of inferno's top colour (pale yellow) over black
+    [0.494, 0.499, 0.322]
     """
     a = to_numpy_image(image)
     if a.ndim == 2:
         a = np.repeat(a[..., None], 3, axis=2)
     if diverging:
         m = float(heat.abs().max()) or 1.0
-        vmin, vmax, cmap = -m, m, "RdBu_r"
+        vmin, vmax, cmap = -m, m, DIVERGING
     if vmin is None:
         vmin = float(heat.min())
     if vmax is None:

@@ -521,7 +521,7 @@ def pair_figure(image: torch.Tensor, map_a: torch.Tensor, map_b: torch.Tensor, n
                 roles: tuple[str, str] = ("", ""), method: str = "Grad-CAM"):
     """A map (Grad-CAM) toward a and toward b over the image, on one shared scale, and b − a (red: evidence
     for b rather than a); a PIL image drawn by :func:`cnnlens.viz.panels_image` (fast: galleries draw many)."""
-    from ..viz import overlay_array, panels_image
+    from ..viz import DIVERGING, SEQUENTIAL, overlay_array, panels_image
 
     vmax = max(float(map_a.max()), float(map_b.max()), 1e-12)
     vmin = min(float(map_a.min()), float(map_b.min()), 0.0)
@@ -533,4 +533,4 @@ def pair_figure(image: torch.Tensor, map_a: torch.Tensor, map_b: torch.Tensor, n
               overlay_array(image, diff, diverging=True)]
     titles = [f"{pre}toward {name_a[:14]}" + (f" ({ra})" if ra else ""),  # the bitmap font has ASCII only
               f"{pre}toward {name_b[:14]}" + (f" ({rb})" if rb else ""), f"{name_b[:10]} - {name_a[:10]}"]
-    return panels_image(panels, titles, bars=[None, ("jet", vmin, vmax), ("RdBu_r", -m, m)])
+    return panels_image(panels, titles, bars=[None, (SEQUENTIAL, vmin, vmax), (DIVERGING, -m, m)])
