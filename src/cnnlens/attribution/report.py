@@ -138,6 +138,25 @@ def score_all(model, x: torch.Tensor, expls: dict, *, steps: int = 16, baseline:
     return out
 
 
+#: the methods that fail Adebayo et al.'s sanity check; every map of theirs in a report carries a note
+GUIDED = ("guided_backprop", "guided_gradcam")
+GUIDED_MARK = "⚠ fails the sanity check"
+GUIDED_NOTE = (
+    "<p class=\"note\"><b>⚠ Sanity check.</b> Guided backprop barely changes when the network's top layers are "
+    "re-initialised (Adebayo et al. 2018, “Sanity checks for saliency maps”; reproduced on EfficientNet-Lite0 in "
+    "“How far to trust each map”, ρ ≈ 1 with the trained map): much of what it shows is image structure — edges "
+    "passed through the ReLU masks — rather than what the model uses. Guided Grad-CAM inherits that detail; only "
+    "its envelope, the Grad-CAM factor, depends on the model. Read the fine structure of both as a sharpened "
+    "picture of the input, not as evidence for the class.</p>")
+
+
+def guided_mark(ax, method: str) -> None:
+    """Write the sanity-check warning under a guided map's axes (nothing for other methods)."""
+    if method in GUIDED:
+        ax.text(0.5, -0.04, GUIDED_MARK, transform=ax.transAxes, ha="center", va="top", fontsize=7,
+                color="#b35900")
+
+
 def _heat(e: Explanation, i: int, shared: bool) -> tuple[torch.Tensor, bool]:
     m = e.maps[i].float()
     signed = e.method in SIGNED and bool((m < 0).any())
@@ -160,6 +179,7 @@ def overlay_figure(image: torch.Tensor, e: Explanation, i: int, *, title: str = 
     m, signed = _heat(e, i, shared)
     kw = {"vmin": 0.0, "vmax": 1.0} if shared and not signed else {}
     overlay(ax, image, m, title=title or TITLES.get(e.method, e.method), diverging=signed, **kw)
+    guided_mark(ax, e.method)
     fig.tight_layout()
     return fig
 
@@ -185,6 +205,7 @@ def grid_figure(image: torch.Tensor, name: str, expls: dict, i: int, faith: dict
             t += f"\ndel {float(f.deletion_auc[i]):.3f} · ins {float(f.insertion_auc[i]):.3f}"
         kw = {"vmin": 0.0, "vmax": 1.0} if shared and not signed else {}
         overlay(ax, image, m, title=t, diverging=signed, **kw)
+        guided_mark(ax, e.method)
     for ax in list(axes.flat)[n:]:
         ax.set_axis_off()
     fig.tight_layout()
@@ -211,6 +232,7 @@ def method_figure(images: torch.Tensor, names: Sequence[str], e: Explanation, fa
         if faith is not None:
             t += f"\ndel {float(faith.deletion_auc[i]):.3f} · ins {float(faith.insertion_auc[i]):.3f}"
         overlay(axes[0, i], images[i], m, title=t, diverging=signed)
+        guided_mark(axes[0, i], e.method)
         if extra == "probability":
             prob = e.extras["probability"][i]
             ax = axes[1, i]
@@ -319,6 +341,8 @@ def _section_methods(report, title: str, intro: str, model, x: torch.Tensor, nam
         note = _method_note(m, e)
         if note:
             sec.text(note)
+        if m in GUIDED:
+            sec.text(GUIDED_NOTE)
         sec.data(m, {n: summary(e, faith.get(m), i) for i, n in enumerate(names)})
     rows, header = faith_table(faith, names)
     sec.text(f"<h3>Faithfulness</h3><p>{FAITH_INTRO}</p>")
@@ -379,26 +403,10 @@ def demo_section(report, ctx) -> None:
     if isinstance(e, Explanation):
         sec.figure(_augmented_figure(x, names, e), "Grad-CAM (left of each pair) and augmented Grad-CAM (right), "
                                                    "with the objective per step.", name="attribution-augmented")
-    # model randomisation on one or two photos
-    k = 1 if quick else 2
-    rnd = {}
-    for m in (["gradcam", "saliency"] if quick else ["saliency", "gradcam", "guided_backprop"]):
-        ctx.progress("attribution: sanity check", len(rnd), 3)
-        rnd[m] = randomization_check(model, x[:k], m, stages=2 if quick else 4, keep_maps=True)
-    ctx.progress("attribution: sanity check", 1, 1)
-    rows = []
-    for m, r in rnd.items():
-        for j, layer in enumerate(r.layers):
-            rows.append([TITLES[m], f"{layer} and above"] + [
-                "undefined (constant map)" if v != v else round(v, 3) for v in r.correlations[j].tolist()])
-    sec.text("<h3>Sanity check: model randomisation</h3><p>The layers of a copy of the network are re-initialised "
-             "from the classifier down (cumulatively); each row gives the Spearman rank correlation between the map "
-             "of the partly random network and the trained network's map. Near 1: the map did not notice that the "
-             "weights are gone.</p>")
-    sec.table(rows, header=["method", "re-initialised"] + names[:k], caption="Spearman ρ with the trained model's map.")
-    sec.figure(randomization_figure(x[0], rnd, 0), f"Cascading randomisation on {names[0]}.",
-               name="attribution-randomization")
-    sec.data("randomization", {m: {"layers": r.layers, "spearman": r.correlations} for m, r in rnd.items()})
+    # the model-randomisation check (Adebayo et al.) runs in "How far to trust each map" (cnnlens.metrics.report)
+    sec.text("<p>How far each of these maps can be trusted — a leaderboard on a data set where the evidence is "
+             "known, and the model-randomisation sanity check on this network — is the next section, "
+             "“How far to trust each map”.</p>")
     _digits_section(report, ctx)
 
 

@@ -97,8 +97,8 @@ def explain(
     from rich.console import Console
 
     from ..results import Explanation
-    from ..attribution.report import (INTROS, TITLES, grid_figure, overlay_figure, run_methods, score_all,
-                                      summary)
+    from ..attribution.report import (GUIDED, GUIDED_NOTE, INTROS, TITLES, grid_figure, overlay_figure, run_methods,
+                                      score_all, summary)
     from ..data import read_images
     from ..evaluation import predict_topk, topk_figure
     from ..report import Report
@@ -149,6 +149,8 @@ def explain(
         rep.file(f"{name}/grid.png", png)
         sec.figure(png, "Every map with its colour bar; deletion AUC (↓) and insertion AUC (↑) under each title.",
                    name=f"{name}-grid")
+        if any(k in GUIDED for k in ok):
+            sec.text(GUIDED_NOTE)
         fig, ax = plt.subplots(figsize=(3, 3))
         show_image(ax, x[i], name)
         rep.file(f"{name}/original.png", _png(fig))

@@ -113,3 +113,111 @@ def examples_figure(lb: Leaderboard, images, boxes=None, class_names=None):
                 ax.text(-0.05, 0.5, m, transform=ax.transAxes, ha="right", va="center", fontsize=9)
     fig.tight_layout()
     return fig
+
+
+SANITY_INTRO = (
+    "<h3>Sanity check: does the map depend on the model?</h3>"
+    "<p>Adebayo et al. (NeurIPS 2018, “Sanity checks for saliency maps”) re-initialised a trained network's "
+    "layers from the top (the classifier) down, one more block at a time, and compared each method's map with "
+    "the trained network's by Spearman rank correlation ρ. A map that explains the model must change once the "
+    "weights are random. They found that the gradient and Grad-CAM do, while guided backprop and guided "
+    "Grad-CAM barely change: they mostly show the image's edges, passed through the ReLU masks, whatever the "
+    "top of the network says. Reproduced here on EfficientNet-Lite0 and the photos: guided backprop stays at "
+    "ρ ≈ 1 while the gradient and Grad-CAM fall at the first step. (cnnlens' guided Grad-CAM is guided backprop "
+    "times the upsampled Grad-CAM, so its ρ follows the Grad-CAM factor; its fine detail is still guided "
+    "backprop's.) ρ is computed on the maps "
+    "as shown (|gradient| for saliency and guided backprop); a constant map (Grad-CAM is all zero once the "
+    "classifier is random, for some images) has no ranks left and counts as ρ = 0.</p>")
+
+
+def cascade_figure(s, names=None):
+    """Mean Spearman ρ (over the images; each image as a dot) of every method at each cascade step."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    from ..attribution.report import TITLES
+
+    fig, ax = plt.subplots(figsize=(7.5, 3.6))
+    steps = list(range(len(s.layers)))
+    for k in s.methods:
+        c = s.correlations(k)
+        line, = ax.plot(steps, c.mean(1).numpy(), marker="o", label=TITLES.get(k, k))
+        for j in steps:
+            ax.scatter([j] * c.shape[1], c[j].numpy(), s=8, color=line.get_color(), alpha=0.5)
+    ax.set_xticks(steps)
+    ax.set_xticklabels([lbl.replace("net.", "").replace(".0.conv_pw", "") for lbl in s.layers], rotation=30,
+                       ha="right", fontsize=8)
+    ax.set_xlabel("re-initialised from the top down to", fontsize=9)
+    ax.set_ylabel("Spearman ρ with the trained map", fontsize=9)
+    low = min([-0.2] + [float(s.correlations(k).min()) - 0.05 for k in s.methods])
+    ax.set_ylim(low, 1.05)
+    ax.axhline(0, color="grey", lw=0.5)
+    ax.legend(fontsize=8, loc="lower left")
+    ax.set_title("Cascading randomisation" + (f" ({', '.join(names)})" if names else ""), fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def sanity_rows(s) -> tuple[list[str], list[list]]:
+    header = ["method"] + [lbl.replace("net.", "").replace(".0.conv_pw", "") + " ↓" for lbl in s.layers]
+    from ..attribution.report import TITLES
+
+    rows = [[TITLES.get(k, k)] + [round(v, 3) for v in s.mean(k).tolist()] for k in s.methods]
+    return header, rows
+
+
+def demo_section(report, ctx) -> None:
+    """The demo's "How far to trust each map": the leaderboard on cluttered digits, then the sanity check on
+    EfficientNet-Lite0 and the photos."""
+    import time
+
+    from ..attribution import METHODS
+    from ..attribution.report import randomization_figure
+    from ..data import cluttered_digits
+    from .benchmark import benchmark
+    from .sanity import SANITY_METHODS, sanity_check
+
+    quick = ctx.quick
+    t0 = time.perf_counter()
+    model = ctx.cluttered_model
+    ds = cluttered_digits("test")
+    n = 4 if quick else 12
+    methods = ["saliency", "gradcam", "guided_backprop"] if quick else list(METHODS)
+    small = {"faithfulness_correlation": {"runs": 10}, "road_morf": {"percentages": (20, 60)},
+             "road_lerf": {"percentages": (20, 60)}, "max_sensitivity": {"samples": 2},
+             "deletion_auc": {"steps": 8}, "insertion_auc": {"steps": 8}} if quick else {}
+    lb = benchmark(model, ds.x[:n].to(ctx.device), y=ds.y[:n].to(ctx.device), boxes=ds.boxes[:n], methods=methods,
+                   metric_settings=small, progress=lambda d, t: ctx.progress("trust: leaderboard", d, t))
+    fig = examples_figure(lb, ds.x[:4], ds.boxes[:4])
+    settings = {"model": "cluttered-digits-cnn (97.5 % on the held-out cluttered digits)",
+                "images": f"the first {n} held-out cluttered digits", "target": "the true digit",
+                "metric settings": "; ".join(f"{k}: {', '.join(f'{a}={b}' for a, b in v.items())}"
+                                             for k, v in lb.settings["metrics"].items() if v),
+                "seconds (leaderboard)": round(time.perf_counter() - t0, 1)}
+    sec = leaderboard_section(report, lb, settings=settings,
+                              figures=[(fig, "Each method's map (|value|) on four held-out cluttered digits; the "
+                                             "digit's box in white. The clutter is fragments of other digits.")])
+    sec.text("<p>The test bed: <code>cnnlens.data.cluttered_digits()</code> puts one of scikit-learn's digits "
+             "(upsampled to 24×24) at a random place on a 64×64 canvas among fragments of other digits and noise; "
+             "the label is that digit and its box is known, so a map can be scored against where the evidence "
+             "is. <code>cnnlens benchmark</code> runs this table (and on any ImageFolder with a boxes CSV).</p>")
+    # the sanity check
+    names, x = ctx.photos
+    k = 1 if quick else 2
+    layers = ["classifier", "conv_head", "blocks.6"] if quick else \
+        ["classifier", "conv_head", "blocks.6", "blocks.5", "blocks.3", "blocks.1"]
+    t1 = time.perf_counter()
+    s = sanity_check(ctx.effnet, x[:k], SANITY_METHODS, layers=layers,
+                     progress=lambda d, t: ctx.progress("trust: sanity check", d, t))
+    sec.text(SANITY_INTRO)
+    header, rows = sanity_rows(s)
+    sec.table(rows, header=header, caption=f"Mean Spearman ρ over {k} photo(s) ({', '.join(names[:k])}) after "
+                                           "re-initialising every layer from the top down to the one named "
+                                           f"({round(time.perf_counter() - t1, 1)} s).")
+    sec.figure(cascade_figure(s, names[:k]), "ρ per cascade step: the line is the mean, dots are the photos.",
+               name="trust-cascade")
+    sec.figure(randomization_figure(x[0], s.results, 0), f"The maps along the cascade on {names[0]}.",
+               name="trust-cascade-maps")
+    sec.data("sanity_check", s.to_dict())
