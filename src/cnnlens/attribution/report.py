@@ -16,7 +16,7 @@ import torch
 
 from ..results import Explanation
 from . import METHODS
-from .faithfulness import Faithfulness, faithfulness, randomization_check
+from .faithfulness import Faithfulness, faithfulness
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,9 @@ metric                         question                                   better
 =============================  =========================================  ======  =============================
 
 Deletion / insertion AUC (Petsiuk et al. 2018) are :func:`cnnlens.attribution.deletion`
-and :func:`~cnnlens.attribution.insertion`. The localisation metrics need a
+and :func:`~cnnlens.attribution.insertion`; :func:`benchmark` scores every method on every
+metric (a :class:`Leaderboard`), :func:`sanity_check` runs Adebayo et al.'s cascade for several
+methods. The localisation metrics need a
 ground truth: ``boxes`` (N×4 x0, y0, x1, y1 in pixels, end exclusive) or
 ``masks`` (N×H×W); ``cnnlens.data.cluttered_digits()`` provides both.
 
@@ -36,9 +38,10 @@ from .randomisation import model_parameter_randomisation
 from .result import Aggregate, MetricResult, aggregate
 from .robustness import max_sensitivity
 from .sanity import SANITY_METHODS, SanityCheck, sanity_check
+from .benchmark import Leaderboard, benchmark  # noqa: E402  (the module stays importable as cnnlens.metrics.benchmark)
 
 __all__ = [
     "Aggregate", "MetricResult", "ROAD_PERCENTAGES", "aggregate", "faithfulness_correlation", "max_sensitivity",
     "model_parameter_randomisation", "noisy_linear_imputation", "pointing_game", "relevance_mass_accuracy",
-    "relevance_rank_accuracy", "road", "SANITY_METHODS", "SanityCheck", "sanity_check",
+    "relevance_rank_accuracy", "road", "SANITY_METHODS", "SanityCheck", "sanity_check", "Leaderboard", "benchmark",
 ]
