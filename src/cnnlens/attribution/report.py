@@ -274,6 +274,7 @@ def randomization_figure(image: torch.Tensor, results: dict, i: int = 0):
     fig, axes = plt.subplots(rows, cols, figsize=(2.5 * cols, 2.5 * rows), squeeze=False)
     for r_i, (k, r) in enumerate(results.items()):
         overlay(axes[r_i, 0], image, r.original[i], title=f"{TITLES.get(k, k)}\ntrained", colorbar=False)
+        guided_mark(axes[r_i, 0], k)
         for j, layer in enumerate(r.layers):
             rho = float(r.correlations[j, i])
             overlay(axes[r_i, j + 1], image, r.maps[j, i], colorbar=False,

@@ -56,7 +56,7 @@ DEFAULTS: dict[str, dict] = {
 METHOD_DEFAULTS: dict[str, dict] = {
     "smoothgrad": {"n": 16},
     "integrated_gradients": {"steps": 16},
-    "augmented_gradcam": {"augmentations": 8},
+    "augmented_gradcam": {"augmentations": 8, "steps": 40},
 }
 
 

@@ -3,6 +3,7 @@ presentation code."""
 
 from __future__ import annotations
 
+from ..attribution.report import GUIDED, GUIDED_MARK
 from .benchmark import Leaderboard
 
 #: short column labels
@@ -111,6 +112,9 @@ def examples_figure(lb: Leaderboard, images, boxes=None, class_names=None):
                 ax.add_patch(plt.Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False, ec="white", lw=1.2))
             if c == 0:
                 ax.text(-0.05, 0.5, m, transform=ax.transAxes, ha="right", va="center", fontsize=9)
+                if m in GUIDED:
+                    ax.text(-0.05, 0.3, GUIDED_MARK, transform=ax.transAxes, ha="right", va="center", fontsize=7,
+                            color="#b35900")
     fig.tight_layout()
     return fig
 
