@@ -34,6 +34,9 @@ def model_parameter_randomisation(model: nn.Module, x: torch.Tensor, method: Cal
     the layers (Quantus' ``return_average_correlation``); **lower is better**: a map that explains
     the model must change when its weights go. ``extras``: ``layers`` (names, top first),
     ``correlations`` (L×N), ``last`` (ρ with every layer randomised). ``abs`` as Quantus' default.
+    Quantus also divides the maps by the batch's largest |value| in float32 before ranking; that
+    changes no rank in exact arithmetic, but on maps with near-ties (values a few ulps apart, e.g. a
+    flat Grad-CAM region) the rounding can merge them, so ρ can differ from Quantus' by ~1e-3 there.
 
     >>> model_parameter_randomisation(model, x, "guided_backprop").extras["correlations"]   # doctest: +SKIP
     """
