@@ -130,8 +130,17 @@ def test_demo_section_quick(untouched, digits_model):
         assert got["deletion_auc"] == pytest.approx(float(f.deletion_auc[i]), abs=1e-6)
         assert got["insertion_auc"] == pytest.approx(float(f.insertion_auc[i]), abs=1e-6)
     assert photos.results["cam"]["one"]["class"] == int(cam(photo_net, x).classes[0])
-    rnd = photos.results["randomization"]
-    assert set(rnd) == {"gradcam", "saliency"} and len(rnd["gradcam"]["layers"]) == 2
+    assert "How far to trust each map" in text  # the randomisation check lives in that section now
+    # every guided map carries the sanity-check note: in the text and under the map itself
+    dtext = " ".join(b.payload.get("html", "") for b in digits.blocks)
+    assert dtext.count("⚠ Sanity check") == 1 and "guided_backprop" in digits.results
+    from cnnlens.attribution import guided_backprop
+    from cnnlens.attribution.report import GUIDED_MARK, method_figure
+
+    fig = method_figure(x[:1], ["one"], guided_backprop(photo_net, x[:1]))
+    assert any(t.get_text() == GUIDED_MARK for ax in fig.axes for t in ax.texts)
+    fig = method_figure(x[:1], ["one"], gradcam(photo_net, x[:1]))
+    assert not any(t.get_text() == GUIDED_MARK for ax in fig.axes for t in ax.texts)
     assert set(digits.results) >= {"saliency", "occlusion", "cam", "gradcam", "guided_backprop"}
     for m, per in digits.results.items():
         if m == "settings":

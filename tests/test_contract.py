@@ -18,7 +18,8 @@ import pytest
 import torch
 from torch import nn
 
-from cnnlens import attacks, attribution, inside
+from cnnlens import attacks, attribution, inside, metrics
+from cnnlens.metrics.benchmark import benchmark
 from cnnlens.evaluation import evaluate
 from cnnlens.explore import build_store
 from cnnlens.scan import scan
@@ -90,6 +91,18 @@ CALLS = {
     "attacks.robustness": lambda m: attacks.robustness(m, DATA, eps=[0, 2 / 255], steps=2),
     "evaluate": lambda m: evaluate(m, DATA, topk=(1, 2)),
     "explore.build_store": lambda m: _in_temp_dir(lambda d: build_store(m, DATA, d)),
+    "metrics.faithfulness_correlation": lambda m: metrics.faithfulness_correlation(m, X, torch.rand(2, 8, 8), runs=3,
+                                                                                   subset_size=10),
+    "metrics.road": lambda m: metrics.road(m, X, torch.rand(2, 8, 8), percentages=(20, 60)),
+    "metrics.max_sensitivity": lambda m: metrics.max_sensitivity(m, X, "saliency", samples=2),
+    "metrics.model_parameter_randomisation": lambda m: metrics.model_parameter_randomisation(m, X, "saliency"),
+    "metrics.sanity_check": lambda m: metrics.sanity_check(m, X, ["saliency", "gradcam"], layers=["fc", "features.4"]),
+    "metrics.benchmark": lambda m: benchmark(m, X, boxes=torch.tensor([[0, 0, 4, 4], [2, 2, 8, 8]]),
+                                             methods=["saliency", "gradcam"],
+                                             metric_settings={"faithfulness_correlation": {"runs": 3},
+                                                              "road_morf": {"percentages": (50,)},
+                                                              "road_lerf": {"percentages": (50,)},
+                                                              "max_sensitivity": {"samples": 2}}),
 }
 
 

@@ -13,7 +13,7 @@ import sys
 from browser import check_page
 
 SECTIONS = ["Evaluation", "Top-5 predictions on photos", "Explaining a prediction: EfficientNet-Lite0",
-            "Explaining a prediction: digits CNN", "Inside: filters and feature maps",
+            "Explaining a prediction: digits CNN", "How far to trust each map", "Inside: filters and feature maps",
             "Inside: activation maximisation", "Inside: Deep Dream", "Inside: receptive fields",
             "Inside: dataset search (maximally activating patches)", "Inside: neuron statistics",
             "Inside: channel influence", "Inside: deconvnet and guided backprop",
@@ -31,8 +31,8 @@ def test_quick_demo_end_to_end(tmp_path):
 
     res = json.loads((out / "results.json").read_text())
     assert list(res["sections"]) == SECTIONS
-    assert res["meta"]["quick"] is True and set(res["meta"]["timings_s"]) == {"evaluation", "attribution", "inside",
-                                                                              "attacks"}
+    assert res["meta"]["quick"] is True and set(res["meta"]["timings_s"]) == {"evaluation", "attribution", "trust",
+                                                                              "inside", "attacks"}
     s = res["sections"]
     # the shipped digits CNN on its held-out split, and EfficientNet-Lite0 on scikit-image's photos
     ev = s["Evaluation"]["evaluation"]
@@ -46,6 +46,11 @@ def test_quick_demo_end_to_end(tmp_path):
         assert a["before"] == top5[name][0]["index"] and a["goal"] == top5[name][1]["index"], name
         assert not a["success"] or a["after"] == a["goal"], name
     assert sum(a["success"] for a in attack.values()) >= len(attack) - 1
+    # the leaderboard on cluttered digits, and the sanity check: guided backprop survives the randomised top
+    trust = s["How far to trust each map"]
+    assert trust["leaderboard"]["methods"] == ["saliency", "gradcam", "guided_backprop"]
+    rho = {m: [r[0] if r[0] is not None else 0.0 for r in v] for m, v in trust["sanity_check"]["spearman"].items()}
+    assert rho["guided_backprop"][-1] > max(rho["saliency"][-1], rho["gradcam"][-1]) + 0.3
     # the receptive fields it shows were confirmed by the gradient probe
     assert all(rf["probe"] is None or rf["probe"]["agrees"] for rf in s["Inside: receptive fields"]["receptive fields"])
 

@@ -84,7 +84,7 @@ def test_effnet_loads_without_touching_global_rng():
 
 
 def test_known_models_load(digits_model, effnet):
-    assert known_models() == ("efficientnet-lite0", "digits-cnn")
+    assert known_models() == ("efficientnet-lite0", "digits-cnn", "cluttered-digits-cnn")
     assert effnet.spec.name == "efficientnet-lite0" and digits_model.spec.name == "digits-cnn"
     assert cnnlens.load_model is load_model and cnnlens.ModelSpec is ModelSpec
     assert isinstance(digits_model.normalize, Normalize)

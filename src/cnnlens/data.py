@@ -48,9 +48,9 @@ import torch
 log = logging.getLogger(__name__)
 
 #: dataset names :func:`as_dataset` knows
-DATASETS = ("digits",)
+DATASETS = ("digits", "cluttered-digits")
 
-_ACCEPTED_DATA = ("'digits', an ImageFolder directory (one sub-folder per class), "
+_ACCEPTED_DATA = ("'digits', 'cluttered-digits', an ImageFolder directory (one sub-folder per class), "
                   "a torch Dataset of (x, y) or a DataLoader yielding (x, y)")
 _ACCEPTED_IMAGES = ("file paths, globs, folders, PIL images, numpy arrays (H×W or H×W×C) "
                     "and tensors (C×H×W or N×C×H×W)")
@@ -676,11 +676,37 @@ def _digits(model):
     return ds
 
 
+def cluttered_digits(split: str = "test"):
+    """The cluttered-digits test bed: one digit among clutter on a 64×64 canvas, with its box.
+
+    A Dataset of (x 1×64×64 in [0, 1], label) with ``.boxes`` (N×4 x0, y0, x1, y1,
+    end exclusive) and ``.masks`` (N×64×64 bool); see :mod:`cnnlens.models.cluttered`.
+
+    >>> ds = cluttered_digits("test"); len(ds), tuple(ds.boxes.shape)
+    (718, (718, 4))
+    """
+    from .models.cluttered import cluttered_digits as make
+
+    return make(split)
+
+
+def _cluttered(model):
+    ds = cluttered_digits("test")
+    spec = getattr(model, "spec", None)
+    if spec is not None and (tuple(getattr(spec, "input_size", (64, 64))) != (64, 64)
+                             or getattr(spec, "channels", 1) != 1):
+        raise ValueError(f"cluttered-digits images are 1×64×64, but the model {spec.name!r} takes "
+                         f"{spec.channels}×{spec.input_size[0]}×{spec.input_size[1]}; use cluttered-digits-cnn "
+                         "or a model made for 64×64 grey input")
+    return ds
+
+
 def as_dataset(data, model=None):
     """Turn ``data`` into a torch ``Dataset`` (or ``DataLoader``) of (x, y) for a scan.
 
     ``"digits"``: the held-out split of scikit-learn's digits (what ``digits-cnn``
-    is evaluated on); a directory path: an ImageFolder preprocessed for
+    is evaluated on); ``"cluttered-digits"``: the held-out split of
+    :func:`cluttered_digits` (with ``.boxes``); a directory path: an ImageFolder preprocessed for
     ``model``, or a flat folder of images without labels (see :func:`image_folder`); a ``Dataset`` or ``DataLoader``:
     returned as is (its x must already be in the model's pixel space, [0, 1]).
 
@@ -692,6 +718,8 @@ def as_dataset(data, model=None):
         return data
     if isinstance(data, (str, os.PathLike)):
         s = os.fspath(data)
+        if s == "cluttered-digits":
+            return _cluttered(model)
         if s in DATASETS:
             return _digits(model)
         p = Path(s).expanduser()
@@ -706,3 +734,124 @@ def as_dataset(data, model=None):
     if hasattr(data, "__getitem__") and hasattr(data, "__len__"):
         return data  # a sequence of (x, y) pairs works like a map-style dataset
     raise TypeError(f"cannot use {type(data).__name__} as a dataset; give {_ACCEPTED_DATA}")
+
+
+# ---------------------------------------------------------------------------
+# ground-truth boxes for an ImageFolder
+# ---------------------------------------------------------------------------
+
+class BoxedImages(torch.utils.data.Dataset):
+    """Images with labels and one ground-truth box each, in the model's input pixels.
+
+    ``.x`` N×C×H×W in [0, 1], ``.y`` N, ``.boxes`` N×4 long (x0, y0, x1, y1, end
+    exclusive), ``.masks`` N×H×W bool, ``.paths`` the files (relative to the root).
+    """
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, boxes: torch.Tensor, paths: list[str]):
+        self.x, self.y, self.boxes, self.paths = x, y, boxes, paths
+
+    @property
+    def masks(self) -> torch.Tensor:
+        from .models.cluttered import boxes_to_masks
+
+        return boxes_to_masks(self.boxes, tuple(self.x.shape[-2:]))
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def __getitem__(self, i: int):
+        return self.x[i], int(self.y[i])
+
+
+def read_boxes_csv(path: str | os.PathLike) -> dict[str, tuple[float, float, float, float]]:
+    """Read a boxes CSV: a header ``path,x0,y0,x1,y1`` and one row per image.
+
+    ``path`` is relative to the ImageFolder root (``cat/001.jpg``); x0, y0, x1, y1
+    are pixels of the image as stored (after its EXIF orientation), x to the
+    right, y down, x1/y1 exclusive (a box covering a whole W×H image is
+    ``0,0,W,H``).
+    """
+    import csv
+
+    p = Path(path)
+    if not p.is_file():
+        raise ValueError(f"boxes CSV {p}: no such file; give a CSV with the header path,x0,y0,x1,y1")
+    out: dict[str, tuple[float, float, float, float]] = {}
+    with open(p, newline="") as f:
+        rows = list(csv.reader(f))
+    if not rows or [c.strip() for c in rows[0]] != ["path", "x0", "y0", "x1", "y1"]:
+        raise ValueError(f"boxes CSV {p}: the first line must be the header path,x0,y0,x1,y1")
+    for k, r in enumerate(rows[1:], start=2):
+        if not r or all(not c.strip() for c in r):
+            continue
+        try:
+            name, *v = (c.strip() for c in r)
+            x0, y0, x1, y1 = (float(c) for c in v)
+        except ValueError:
+            raise ValueError(f"boxes CSV {p}, line {k}: expected path,x0,y0,x1,y1 with numbers, got {r!r}") from None
+        if not (x1 > x0 and y1 > y0):
+            raise ValueError(f"boxes CSV {p}, line {k}: the box {x0, y0, x1, y1} is empty; need x1 > x0 and y1 > y0")
+        key = Path(name).as_posix()
+        if key in out:
+            raise ValueError(f"boxes CSV {p}, line {k}: a second box for {name}; give one box per image")
+        out[key] = (x0, y0, x1, y1)
+    return out
+
+
+def box_to_input(box: Sequence[float], image_size: tuple[int, int], pre: Preprocess) -> tuple[int, int, int, int]:
+    """A box in original image pixels (W×H = ``image_size`` as (w, h)) → the model's input pixels,
+    through ``pre``'s resize (stretch, or cover-and-centre-crop); clipped to the input, rounded outward."""
+    import math
+
+    w, h = image_size
+    x0, y0, x1, y1 = (float(v) for v in box)
+    if pre.size is None:
+        W, H = w, h
+        sx = sy = 1.0
+        left = top = 0
+    else:
+        H, W = pre.size
+        if pre.resize == "crop":
+            s = max(H / pre.crop_pct / h, W / pre.crop_pct / w)
+            nh, nw = max(H, round(h * s)), max(W, round(w * s))
+            top, left = int(round((nh - H) / 2.0)), int(round((nw - W) / 2.0))
+        else:
+            nh, nw, top, left = H, W, 0, 0
+        sx, sy = nw / w, nh / h
+    bx0 = min(max(math.floor(x0 * sx - left), 0), W)
+    by0 = min(max(math.floor(y0 * sy - top), 0), H)
+    bx1 = min(max(math.ceil(x1 * sx - left), 0), W)
+    by1 = min(max(math.ceil(y1 * sy - top), 0), H)
+    return bx0, by0, bx1, by1
+
+
+def boxed_image_folder(root: str | os.PathLike, boxes_csv: str | os.PathLike, model=None, *,
+                       limit: int | None = None) -> BoxedImages:
+    """An ImageFolder with a boxes CSV (:func:`read_boxes_csv`) → :class:`BoxedImages` in the model's
+    input pixels (boxes mapped through the same resize/crop as the images). Images without a row in
+    the CSV are left out (logged); rows naming no image of the folder are an error. ``limit``: the
+    first ``limit`` boxed images (sorted by path).
+    """
+    root = Path(root).expanduser()
+    ds = image_folder(root, model)
+    table = read_boxes_csv(boxes_csv)
+    pre = Preprocess.for_model(model)
+    files = {Path(s).relative_to(root).as_posix(): (s, t) for s, t in ds.samples}
+    missing = sorted(set(table) - set(files))
+    if missing:
+        raise ValueError(f"boxes CSV names {len(missing)} image(s) not in {root} (first: {missing[0]}); "
+                         "paths are relative to the ImageFolder root, like cat/001.jpg")
+    keys = sorted(k for k in files if k in table)
+    if len(keys) < len(files):
+        log.info("boxes CSV: %d of %d images have a box; the others are left out", len(keys), len(files))
+    if not keys:
+        raise ValueError(f"no image of {root} has a box in {boxes_csv}")
+    keys = keys[:limit] if limit else keys
+    xs, ys, bs = [], [], []
+    for k in keys:
+        path, t = files[k]
+        im = open_image(path)
+        bs.append(box_to_input(table[k], im.size, pre))
+        xs.append(pre(im))
+        ys.append(ds.target_transform(t) if ds.target_transform else t)
+    return BoxedImages(torch.stack(xs), torch.tensor(ys), torch.tensor(bs, dtype=torch.long), keys)

@@ -36,6 +36,12 @@ class DemoContext:
         return load_model("digits-cnn").to(self.device)
 
     @cached_property
+    def cluttered_model(self):
+        from .models import load_model
+
+        return load_model("cluttered-digits-cnn").to(self.device)
+
+    @cached_property
     def effnet(self):
         from .models import load_model
 
@@ -68,8 +74,10 @@ def sections() -> list[tuple[str, Callable]]:
     from .attribution.report import demo_section as attribution
     from .evaluation import demo_section as evaluation
     from .inside.report import demo_section as inside
+    from .metrics.report import demo_section as trust
 
-    return [("evaluation", evaluation), ("attribution", attribution), ("inside", inside), ("attacks", attacks)]
+    return [("evaluation", evaluation), ("attribution", attribution), ("trust", trust), ("inside", inside),
+            ("attacks", attacks)]
 
 
 def run_demo(out: str, device: str = "cpu", quick: bool = False, only: list[str] | None = None,

@@ -82,17 +82,39 @@ def train_digits(
 
     >>> model = train_digits(seed=0, epochs=1)
     """
+    data = digits_split("train")
+    return train_classifier(lambda: PixelModel(DigitsCNN(), digits_spec()), data, seed=seed, epochs=epochs,
+                            loss_fn=loss_fn, progress=progress, lr=lr, batch_size=batch_size, what="digits")
+
+
+def train_classifier(
+    make_model: Callable[[], nn.Module],
+    data,
+    seed: int = 0,
+    epochs: int = EPOCHS,
+    loss_fn: Optional[LossFn] = None,
+    progress: Optional[Callable[[int, int], None]] = None,
+    *,
+    lr: float = LR,
+    batch_size: int = BATCH_SIZE,
+    what: str = "model",
+) -> nn.Module:
+    """Train ``make_model()`` (built under the seed) on ``data`` (``.x``/``.y`` tensors); returned in eval mode.
+
+    The loop behind :func:`train_digits` and :func:`train_cluttered`: Adam with a
+    one-cycle learning rate (peak ``lr``), ``epochs`` passes of batches of
+    ``batch_size`` in a seeded order, one thread; the same seed gives the same weights.
+    """
     if epochs < 1:
         raise ValueError(f"epochs must be at least 1, got {epochs}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     loss_fn = loss_fn or cross_entropy
-    data = digits_split("train")
     x_all, y_all = data.x, data.y
     n = len(y_all)
     steps = (n + batch_size - 1) // batch_size
     with deterministic(seed) as gen:
-        model = PixelModel(DigitsCNN(), digits_spec())
+        model = make_model()
         opt = torch.optim.Adam(model.parameters(), lr=lr)
         sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=epochs * steps)
         model.train()
@@ -109,13 +131,38 @@ def train_digits(
                 opt.step()
                 sched.step()
                 total += float(loss.detach()) * len(idx)
-            log.info("digits epoch %d/%d: train loss %.4f", epoch + 1, epochs, total / n)
+            log.info("%s epoch %d/%d: train loss %.4f", what, epoch + 1, epochs, total / n)
             if progress is not None:
                 progress(epoch + 1, epochs)
     model.eval()
     for p in model.parameters():
         p.grad = None
     return model
+
+
+#: epochs of the shipped cluttered-digits-cnn
+CLUTTERED_EPOCHS = 12
+
+
+def train_cluttered(
+    seed: int = 0,
+    epochs: int = CLUTTERED_EPOCHS,
+    loss_fn: Optional[LossFn] = None,
+    progress: Optional[Callable[[int, int], None]] = None,
+    *,
+    lr: float = LR,
+    batch_size: int = BATCH_SIZE,
+) -> PixelModel:
+    """Train ``cluttered-digits-cnn`` from scratch on the cluttered-digits train split (see :func:`train_classifier`).
+
+    >>> model = train_cluttered(seed=0, epochs=1)            # doctest: +SKIP
+    """
+    from .models.cluttered import ClutteredDigitsCNN, cluttered_digits, cluttered_spec
+
+    data = cluttered_digits("train")
+    return train_classifier(lambda: PixelModel(ClutteredDigitsCNN(), cluttered_spec()), data, seed=seed,
+                            epochs=epochs, loss_fn=loss_fn, progress=progress, lr=lr, batch_size=batch_size,
+                            what="cluttered-digits")
 
 
 @torch.no_grad()
@@ -142,7 +189,7 @@ def accuracy(model: nn.Module, data=None, batch_size: int = 512) -> float:
 
 
 def save_digits(model: nn.Module, path: str | Path, metadata: Optional[dict] = None) -> Path:
-    """Write the digits CNN's weights (keys of the inner network) to a .safetensors file."""
+    """Write a small CNN's weights (keys of the inner network) to a .safetensors file."""
     from safetensors.torch import save_file
 
     net = model.net if isinstance(model, PixelModel) else model

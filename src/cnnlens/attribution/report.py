@@ -16,7 +16,7 @@ import torch
 
 from ..results import Explanation
 from . import METHODS
-from .faithfulness import Faithfulness, faithfulness, randomization_check
+from .faithfulness import Faithfulness, faithfulness
 
 log = logging.getLogger(__name__)
 
@@ -148,6 +148,25 @@ def score_all(model, x: torch.Tensor, expls: dict, *, steps: int = 16, baseline:
     return out
 
 
+#: the methods that fail Adebayo et al.'s sanity check; every map of theirs in a report carries a note
+GUIDED = ("guided_backprop", "guided_gradcam")
+GUIDED_MARK = "⚠ fails the sanity check"
+GUIDED_NOTE = (
+    "<p class=\"note\"><b>⚠ Sanity check.</b> Guided backprop barely changes when the network's top layers are "
+    "re-initialised (Adebayo et al. 2018, “Sanity checks for saliency maps”; reproduced on EfficientNet-Lite0 in "
+    "“How far to trust each map”, ρ ≈ 1 with the trained map): much of what it shows is image structure — edges "
+    "passed through the ReLU masks — rather than what the model uses. Guided Grad-CAM inherits that detail; only "
+    "its envelope, the Grad-CAM factor, depends on the model. Read the fine structure of both as a sharpened "
+    "picture of the input, not as evidence for the class.</p>")
+
+
+def guided_mark(ax, method: str) -> None:
+    """Write the sanity-check warning under a guided map's axes (nothing for other methods)."""
+    if method in GUIDED:
+        ax.text(0.5, -0.04, GUIDED_MARK, transform=ax.transAxes, ha="center", va="top", fontsize=7,
+                color="#b35900")
+
+
 def _heat(e: Explanation, i: int, shared: bool) -> tuple[torch.Tensor, bool]:
     m = e.maps[i].float()
     signed = e.method in SIGNED  # by the kind of map, never per image
@@ -171,6 +190,7 @@ def overlay_figure(image: torch.Tensor, e: Explanation, i: int, *, title: str = 
     kw = {"vmin": 0.0, "vmax": 1.0} if shared and not signed else {}
     overlay(ax, image, m, title=title or TITLES.get(e.method, e.method), diverging=signed, label=_unit(e, shared),
             **kw)
+    guided_mark(ax, e.method)
     fig.tight_layout()
     return fig
 
@@ -196,6 +216,7 @@ def grid_figure(image: torch.Tensor, name: str, expls: dict, i: int, faith: dict
             t += f"\ndel {float(f.deletion_auc[i]):.3f} · ins {float(f.insertion_auc[i]):.3f}"
         kw = {"vmin": 0.0, "vmax": 1.0} if shared and not signed else {}
         overlay(ax, image, m, title=t, diverging=signed, label=_unit(e, shared), **kw)
+        guided_mark(ax, e.method)
     for ax in list(axes.flat)[n:]:
         ax.set_axis_off()
     fig.tight_layout()
@@ -260,6 +281,7 @@ def method_figure(images: torch.Tensor, names: Sequence[str], e: Explanation, fa
         if faith is not None:
             t += f"\ndel {float(faith.deletion_auc[i]):.3f} · ins {float(faith.insertion_auc[i]):.3f}"
         overlay(axes[0, i], images[i], m, title=t, diverging=signed, label=_unit(e, False))
+        guided_mark(axes[0, i], e.method)
         if extra == "probability":
             probability_panel(axes[1, i], e, i)
     fig.tight_layout()
@@ -314,6 +336,7 @@ def randomization_figure(image: torch.Tensor, results: dict, i: int = 0):
     fig, axes = plt.subplots(rows, cols, figsize=(2.5 * cols, 2.5 * rows), squeeze=False)
     for r_i, (k, r) in enumerate(results.items()):
         overlay(axes[r_i, 0], image, r.original[i], title=f"{TITLES.get(k, k)}\ntrained", colorbar=False)
+        guided_mark(axes[r_i, 0], k)
         for j, layer in enumerate(r.layers):
             rho = float(r.correlations[j, i])
             overlay(axes[r_i, j + 1], image, r.maps[j, i], colorbar=False,
@@ -381,6 +404,8 @@ def _section_methods(report, title: str, intro: str, model, x: torch.Tensor, nam
         note = _method_note(m, e)
         if note:
             sec.text(note)
+        if m in GUIDED:
+            sec.text(GUIDED_NOTE)
         sec.data(m, {n: summary(e, faith.get(m), i) for i, n in enumerate(names)})
     rows, header = faith_table(faith, names)
     sec.text(f"<h3>Faithfulness</h3><p>{FAITH_INTRO}</p>")
@@ -441,26 +466,10 @@ def demo_section(report, ctx) -> None:
     if isinstance(e, Explanation):
         sec.figure(_augmented_figure(x, names, e), "Grad-CAM (left of each pair) and augmented Grad-CAM (right), "
                                                    "with the objective per step.", name="attribution-augmented")
-    # model randomisation on one or two photos
-    k = 1 if quick else 2
-    rnd = {}
-    for m in (["gradcam", "saliency"] if quick else ["saliency", "gradcam", "guided_backprop"]):
-        ctx.progress("attribution: sanity check", len(rnd), 3)
-        rnd[m] = randomization_check(model, x[:k], m, stages=2 if quick else 4, keep_maps=True)
-    ctx.progress("attribution: sanity check", 1, 1)
-    rows = []
-    for m, r in rnd.items():
-        for j, layer in enumerate(r.layers):
-            rows.append([TITLES[m], f"{layer} and above"] + [
-                "undefined (constant map)" if v != v else round(v, 3) for v in r.correlations[j].tolist()])
-    sec.text("<h3>Sanity check: model randomisation</h3><p>The layers of a copy of the network are re-initialised "
-             "from the classifier down (cumulatively); each row gives the Spearman rank correlation between the map "
-             "of the partly random network and the trained network's map. Near 1: the map did not notice that the "
-             "weights are gone.</p>")
-    sec.table(rows, header=["method", "re-initialised"] + names[:k], caption="Spearman ρ with the trained model's map.")
-    sec.figure(randomization_figure(x[0], rnd, 0), f"Cascading randomisation on {names[0]}.",
-               name="attribution-randomization")
-    sec.data("randomization", {m: {"layers": r.layers, "spearman": r.correlations} for m, r in rnd.items()})
+    # the model-randomisation check (Adebayo et al.) runs in "How far to trust each map" (cnnlens.metrics.report)
+    sec.text("<p>How far each of these maps can be trusted — a leaderboard on a data set where the evidence is "
+             "known, and the model-randomisation sanity check on this network — is the next section, "
+             "“How far to trust each map”.</p>")
     _digits_section(report, ctx)
 
 

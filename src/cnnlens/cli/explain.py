@@ -138,7 +138,7 @@ def explain(
     from rich.console import Console
 
     from ..results import Explanation
-    from ..attribution.report import (TITLES, grid_figure, images_by_methods_figure, overlay_figure, run_methods,
+    from ..attribution.report import (GUIDED, GUIDED_NOTE, TITLES, grid_figure, images_by_methods_figure, overlay_figure, run_methods,
                                       score_all, summary)
     from ..data import read_images
     from ..evaluation import predict_topk, topk_figure
@@ -196,6 +196,8 @@ def explain(
                    "scale)" + ("; under each title the deletion AUC (↓) and insertion AUC (↑)" if faith else "")
                    + (". The last column is occlusion's probability map." if "occlusion" in ok else "."),
                    name=f"explain-grid-{part // per_fig}")
+    if any(k in GUIDED for k in ok):
+        sec.text(GUIDED_NOTE)
     if faith:
         header = ["image", "explained class"] + [f"{TITLES[k]} del / ins" for k in faith]
         table = []

@@ -308,7 +308,7 @@ def deconv_figure(x, projections, guided=None, labels=None):
             if guided is not None:
                 g = guided[j][i]
                 m = g.abs().max().clamp_min(1e-12)
-                show_image(axes[i, 2 + per * j], (0.5 + g / (2 * m)).clamp(0, 1), "guided bp" if i == 0 else None)
+                show_image(axes[i, 2 + per * j], (0.5 + g / (2 * m)).clamp(0, 1), "guided bp ⚠" if i == 0 else None)
     fig.tight_layout()
     return fig
 
@@ -340,6 +340,9 @@ def add_deconv(sec, model, x, projections, labels=None, with_guided: bool = True
     sec.figure(img, f"deconvnet projections of the strongest unit of {projections[0].layer}'s channels{what} "
                "(grey = 0)")
     if guided is not None:
+        from ..attribution.report import GUIDED_NOTE
+
+        sec.text(GUIDED_NOTE)
         corr = [float(torch.corrcoef(torch.stack([p.images.flatten(), g.flatten()]))[0, 1]) for p, g in zip(projections, guided)]
         sec.data("deconv vs guided backprop correlation", corr)
     return img

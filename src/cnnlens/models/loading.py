@@ -52,6 +52,8 @@ PathLike = Union[str, "os.PathLike[str]"]
 _BUILTIN = {
     "efficientnet-lite0": "EfficientNet-Lite0, ImageNet-1k weights bundled with the install (224×224 RGB)",
     "digits-cnn": "small CNN for scikit-learn's digits, weights ship with cnnlens (32×32 grey)",
+    "cluttered-digits-cnn": "small CNN for cluttered digits (one digit among clutter, with its box; "
+                            "weights ship with cnnlens, 64×64 grey)",
 }
 #: the name patterns load_model accepts besides the built-in names
 PATTERNS = (
@@ -72,7 +74,7 @@ def known_models() -> tuple[str, ...]:
     """The built-in model names (loadable with no other argument); see ``PATTERNS`` for the rest.
 
     >>> known_models()
-    ('efficientnet-lite0', 'digits-cnn')
+    ('efficientnet-lite0', 'digits-cnn', 'cluttered-digits-cnn')
     """
     return tuple(_BUILTIN)
 
@@ -170,6 +172,26 @@ def _load_builtin(name, weights, trust_pickle, num_classes, class_names, overrid
             k = num_classes or _head_size(state, "classifier") or default_k
             net = efficientnet.build(num_classes=k, bundled_weights=False)
             _load_into(net, state, name, weights, num_classes)
+    elif name == "cluttered-digits-cnn":
+        from safetensors.torch import load_file
+
+        from .cluttered import ClutteredDigitsCNN, cluttered_spec
+
+        base = cluttered_spec()
+        path = _weights_path("cluttered_digits_cnn.safetensors")
+        if weights is None and num_classes not in (None, 10):
+            raise ValueError(f"the shipped cluttered-digits-cnn weights have 10 classes, not {num_classes}; "
+                             "pass weights= trained with that head, or leave num_classes out")
+        if weights is None:
+            state = load_file(str(path))
+            provenance = _weights_record("bundled: trained on cluttered-digits", path)
+        else:
+            state = _read_state_dict(weights, trust_pickle)
+            provenance = _weights_record("file", weights)
+        k = num_classes or _head_size(state, "fc") or 10
+        with torch.random.fork_rng(devices=[]):
+            net = ClutteredDigitsCNN(num_classes=k)
+        _load_into(net, state, name, weights or path, num_classes)
     else:
         from .digits import DigitsCNN, digits_spec
 
@@ -196,6 +218,10 @@ def _load_builtin(name, weights, trust_pickle, num_classes, class_names, overrid
 
 def _digits_weights_path() -> Path:
     return Path(__file__).parent / "weights" / "digits_cnn.safetensors"
+
+
+def _weights_path(file: str) -> Path:
+    return Path(__file__).parent / "weights" / file
 
 
 # --------------------------------------------------------------------------- timm / torchvision

@@ -1,0 +1,228 @@
+"""The leaderboard's report section ("How far to trust each map"); takes the report object, imports no
+presentation code."""
+
+from __future__ import annotations
+
+from ..attribution.report import GUIDED, GUIDED_MARK
+from .benchmark import Leaderboard
+
+#: short column labels
+LABELS = {
+    "pointing_game": "pointing game",
+    "relevance_mass_accuracy": "mass accuracy",
+    "relevance_rank_accuracy": "rank accuracy",
+    "deletion_auc": "deletion AUC",
+    "insertion_auc": "insertion AUC",
+    "faithfulness_correlation": "faithfulness corr.",
+    "road_morf": "ROAD MoRF",
+    "road_lerf": "ROAD LeRF",
+    "max_sensitivity": "max-sensitivity",
+    "model_parameter_randomisation": "MPRT ρ",
+}
+
+INTRO = (
+    "<p>A map answers “where is the model looking?” — but methods disagree, and a map can look right while "
+    "explaining nothing. Each row is an attribution method, each column a metric from the evaluation "
+    "literature (the reference implementation is Quantus; cnnlens' metrics equal it on the same maps). "
+    "Cells are the mean over the images with a 95 % confidence interval (t), ↑ higher is better, ↓ lower; "
+    "the best mean per column is bold.</p>"
+    "<ul>"
+    "<li><b>Localisation</b> (needs the object's box): <i>pointing game</i> — is the map's maximum in the box; "
+    "<i>mass accuracy</i> — share of the map's mass in the box; <i>rank accuracy</i> — share of the "
+    "|box| most relevant pixels in the box (Arras et al. 2022).</li>"
+    "<li><b>Faithfulness</b>: <i>deletion / insertion AUC</i> — the class probability as the most relevant "
+    "pixels are blurred away / put back (Petsiuk et al. 2018); <i>faithfulness correlation</i> — does the map's "
+    "mass on random pixel subsets predict the logit drop when they are removed (Bhatt et al. 2020); "
+    "<i>ROAD</i> — accuracy after the most (MoRF) / least (LeRF) relevant pixels are imputed from their "
+    "neighbours, which avoids the edges a constant fill would leave (Rong et al. 2022).</li>"
+    "<li><b>Robustness</b>: <i>max-sensitivity</i> — the largest relative change of the map under small "
+    "uniform input noise (Yeh et al. 2019).</li>"
+    "<li><b>Randomisation</b>: <i>MPRT ρ</i> — Spearman correlation of the map with the map of the model whose "
+    "layers are re-initialised from the top, averaged over the cascade (Adebayo et al. 2018). A map that "
+    "explains the <em>model</em> must change when the weights do: a high ρ means the map shows the image "
+    "more than the model.</li></ul>"
+)
+
+
+def cell(a) -> str:
+    if a.n == 0:
+        return "—"
+    return f"{a.mean:.3f} ± {a.half_width:.3f}"
+
+
+def leaderboard_table(lb: Leaderboard) -> tuple[list[str], list[list[str]]]:
+    """(header, rows) of the leaderboard: a row per method, ``mean ± half-width`` cells, seconds per map."""
+    header = ["method"] + [f"{LABELS.get(k, k)} {'↑' if lb.higher_is_better[k] else '↓'}" for k in lb.metrics] + \
+        ["s / map"]
+    rows = []
+    for m in lb.methods:
+        rows.append([m] + [cell(lb.aggregates[m][k]) for k in lb.metrics] + [f"{lb.seconds_per_map[m]:.4f}"])
+    return header, rows
+
+
+def leaderboard_section(report, lb: Leaderboard, settings: dict | None = None,
+                        title: str = "How far to trust each map", figures: list | None = None):
+    """Add the leaderboard section to ``report`` (a :class:`cnnlens.report.Report`); ``figures``:
+    ``[(figure, caption), ...]`` shown below the table."""
+    sec = report.section(title, intro=INTRO, settings=settings or {})
+    header, rows = leaderboard_table(lb)
+    best = {k: lb.best(k) for k in lb.metrics}
+    for r in rows:
+        for j, k in enumerate(lb.metrics, start=1):
+            if best[k] == r[0]:
+                r[j] = f"<b>{r[j]}</b>"
+    sec.text(_html_table(header, rows))
+    sec.text(f"<p>{lb.n} images. Seconds per map are wall time on this machine (shared CPUs: a rough "
+             "figure). Every per-image score is in results.json and leaderboard.csv.</p>")
+    for fig, caption in figures or []:
+        sec.figure(fig, caption)
+    sec.data("leaderboard", lb.to_dict())
+    return sec
+
+
+def _html_table(header, rows) -> str:
+    from html import escape
+
+    def c(v):
+        s = str(v)
+        return s if s.startswith("<b>") else escape(s)
+
+    head = "".join(f"<th>{escape(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{c(v)}</td>" for v in r) + "</tr>" for r in rows)
+    return f'<table class="leaderboard"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+
+
+def examples_figure(lb: Leaderboard, images, boxes=None, class_names=None):
+    """Each method's maps (rows) over the first images (columns), the ground-truth box drawn in white."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    from ..viz import overlay
+
+    k = min(len(images), min(len(v) for v in lb.examples.values()))
+    fig, axes = plt.subplots(len(lb.methods), k, figsize=(1.9 * k, 1.9 * len(lb.methods)), squeeze=False)
+    for r, m in enumerate(lb.methods):
+        for c in range(k):
+            ax = axes[r][c]
+            overlay(ax, images[c], lb.examples[m][c].abs(), colorbar=False, alpha=0.55)
+            if boxes is not None:
+                x0, y0, x1, y1 = (float(v) for v in boxes[c])
+                ax.add_patch(plt.Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False, ec="white", lw=1.2))
+            if c == 0:
+                ax.text(-0.05, 0.5, m, transform=ax.transAxes, ha="right", va="center", fontsize=9)
+                if m in GUIDED:
+                    ax.text(-0.05, 0.3, GUIDED_MARK, transform=ax.transAxes, ha="right", va="center", fontsize=7,
+                            color="#b35900")
+    fig.tight_layout()
+    return fig
+
+
+SANITY_INTRO = (
+    "<h3>Sanity check: does the map depend on the model?</h3>"
+    "<p>Adebayo et al. (NeurIPS 2018, “Sanity checks for saliency maps”) re-initialised a trained network's "
+    "layers from the top (the classifier) down, one more block at a time, and compared each method's map with "
+    "the trained network's by Spearman rank correlation ρ. A map that explains the model must change once the "
+    "weights are random. They found that the gradient and Grad-CAM do, while guided backprop and guided "
+    "Grad-CAM barely change: they mostly show the image's edges, passed through the ReLU masks, whatever the "
+    "top of the network says. Reproduced here on EfficientNet-Lite0 and the photos: guided backprop stays at "
+    "ρ ≈ 1 while the gradient and Grad-CAM fall at the first step. (cnnlens' guided Grad-CAM is guided backprop "
+    "times the upsampled Grad-CAM, so its ρ follows the Grad-CAM factor; its fine detail is still guided "
+    "backprop's.) ρ is computed on the maps "
+    "as shown (|gradient| for saliency and guided backprop); a constant map (Grad-CAM is all zero once the "
+    "classifier is random, for some images) has no ranks left and counts as ρ = 0.</p>")
+
+
+def cascade_figure(s, names=None):
+    """Mean Spearman ρ (over the images; each image as a dot) of every method at each cascade step."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    from ..attribution.report import TITLES
+
+    fig, ax = plt.subplots(figsize=(7.5, 3.6))
+    steps = list(range(len(s.layers)))
+    for k in s.methods:
+        c = s.correlations(k)
+        line, = ax.plot(steps, c.mean(1).numpy(), marker="o", label=TITLES.get(k, k))
+        for j in steps:
+            ax.scatter([j] * c.shape[1], c[j].numpy(), s=8, color=line.get_color(), alpha=0.5)
+    ax.set_xticks(steps)
+    ax.set_xticklabels([lbl.replace("net.", "").replace(".0.conv_pw", "") for lbl in s.layers], rotation=30,
+                       ha="right", fontsize=8)
+    ax.set_xlabel("re-initialised from the top down to", fontsize=9)
+    ax.set_ylabel("Spearman ρ with the trained map", fontsize=9)
+    low = min([-0.2] + [float(s.correlations(k).min()) - 0.05 for k in s.methods])
+    ax.set_ylim(low, 1.05)
+    ax.axhline(0, color="grey", lw=0.5)
+    ax.legend(fontsize=8, loc="lower left")
+    ax.set_title("Cascading randomisation" + (f" ({', '.join(names)})" if names else ""), fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def sanity_rows(s) -> tuple[list[str], list[list]]:
+    header = ["method"] + [lbl.replace("net.", "").replace(".0.conv_pw", "") + " ↓" for lbl in s.layers]
+    from ..attribution.report import TITLES
+
+    rows = [[TITLES.get(k, k)] + [round(v, 3) for v in s.mean(k).tolist()] for k in s.methods]
+    return header, rows
+
+
+def demo_section(report, ctx) -> None:
+    """The demo's "How far to trust each map": the leaderboard on cluttered digits, then the sanity check on
+    EfficientNet-Lite0 and the photos."""
+    import time
+
+    from ..attribution import METHODS
+    from ..attribution.report import randomization_figure
+    from ..data import cluttered_digits
+    from .benchmark import benchmark
+    from .sanity import SANITY_METHODS, sanity_check
+
+    quick = ctx.quick
+    t0 = time.perf_counter()
+    model = ctx.cluttered_model
+    ds = cluttered_digits("test")
+    n = 3 if quick else 8
+    methods = ["saliency", "gradcam", "guided_backprop"] if quick else list(METHODS)
+    small = {"faithfulness_correlation": {"runs": 10}, "road_morf": {"percentages": (20, 60)},
+             "road_lerf": {"percentages": (20, 60)}, "max_sensitivity": {"samples": 2},
+             "deletion_auc": {"steps": 8}, "insertion_auc": {"steps": 8}} if quick else \
+        {"faithfulness_correlation": {"runs": 20}, "max_sensitivity": {"samples": 3}}
+    lb = benchmark(model, ds.x[:n].to(ctx.device), y=ds.y[:n].to(ctx.device), boxes=ds.boxes[:n], methods=methods,
+                   metric_settings=small, progress=lambda d, t: ctx.progress("trust: leaderboard", d, t))
+    fig = examples_figure(lb, ds.x[:4], ds.boxes[:4])
+    settings = {"model": "cluttered-digits-cnn (97.5 % on the held-out cluttered digits)",
+                "images": f"the first {n} held-out cluttered digits", "target": "the true digit",
+                "metric settings": "; ".join(f"{k}: {', '.join(f'{a}={b}' for a, b in v.items())}"
+                                             for k, v in lb.settings["metrics"].items() if v),
+                "seconds (leaderboard)": round(time.perf_counter() - t0, 1)}
+    sec = leaderboard_section(report, lb, settings=settings,
+                              figures=[(fig, "Each method's map (|value|) on four held-out cluttered digits; the "
+                                             "digit's box in white. The clutter is fragments of other digits.")])
+    sec.text("<p>The test bed: <code>cnnlens.data.cluttered_digits()</code> puts one of scikit-learn's digits "
+             "(upsampled to 24×24) at a random place on a 64×64 canvas among fragments of other digits and noise; "
+             "the label is that digit and its box is known, so a map can be scored against where the evidence "
+             "is. <code>cnnlens benchmark</code> runs this table (and on any ImageFolder with a boxes CSV).</p>")
+    # the sanity check
+    names, x = ctx.photos
+    k = 1 if quick else 2
+    layers = ["classifier", "blocks.6"] if quick else \
+        ["classifier", "conv_head", "blocks.6", "blocks.5", "blocks.3"]
+    t1 = time.perf_counter()
+    s = sanity_check(ctx.effnet, x[:k], SANITY_METHODS[:3] if quick else SANITY_METHODS, layers=layers,
+                     progress=lambda d, t: ctx.progress("trust: sanity check", d, t))
+    sec.text(SANITY_INTRO)
+    header, rows = sanity_rows(s)
+    sec.table(rows, header=header, caption=f"Mean Spearman ρ over {k} photo(s) ({', '.join(names[:k])}) after "
+                                           "re-initialising every layer from the top down to the one named "
+                                           f"({round(time.perf_counter() - t1, 1)} s).")
+    sec.figure(cascade_figure(s, names[:k]), "ρ per cascade step: the line is the mean, dots are the photos.",
+               name="trust-cascade")
+    sec.figure(randomization_figure(x[0], s.results, 0), f"The maps along the cascade on {names[0]}.",
+               name="trust-cascade-maps")
+    sec.data("sanity_check", s.to_dict())
