@@ -62,6 +62,7 @@ CALLS = {
     "attribution.integrated_gradients": lambda m: attribution.integrated_gradients(m, X, steps=4),
     "attribution.occlusion": lambda m: attribution.occlusion(m, X, window=4, stride=4),
     "attribution.augmented_gradcam": lambda m: attribution.augmented_gradcam(m, X[:1], augmentations=3, steps=5),
+    "attribution.layercam(fused)": lambda m: attribution.layercam(m, X, layer=["features.2", "features.5"]),
     "attribution.faithfulness": lambda m: attribution.faithfulness(m, X, attribution.gradcam(m, X), steps=4),
     "attribution.randomization_check": lambda m: attribution.randomization_check(m, X, attribution.saliency),
     "inside.filters": lambda m: inside.filters(m, "features.0"),

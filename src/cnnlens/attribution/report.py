@@ -24,7 +24,8 @@ TITLES = {
     "saliency": "Saliency", "smoothgrad": "SmoothGrad", "gradient_x_input": "Gradient × input",
     "integrated_gradients": "Integrated Gradients", "occlusion": "Occlusion", "cam": "CAM", "gradcam": "Grad-CAM",
     "gradcam_pp": "Grad-CAM++", "guided_backprop": "Guided backprop", "guided_gradcam": "Guided Grad-CAM",
-    "augmented_gradcam": "Augmented Grad-CAM",
+    "augmented_gradcam": "Augmented Grad-CAM", "xgradcam": "XGrad-CAM", "hirescam": "HiResCAM",
+    "layercam": "LayerCAM", "eigencam": "Eigen-CAM",
 }
 
 #: maps whose sign means something (drawn with a diverging colour map centred at 0)
@@ -92,7 +93,28 @@ INTROS = {
         "down-sampled by D. Recover h from the inverse problem "
         "argmin<sub>h</sub> ½ Σ<sub>l</sub> ‖D(A<sub>l</sub>(h)) − g<sub>l</sub>‖² + λ TV<sub>ℓ1</sub>(h) + "
         "(μ/2)‖h‖², solved by (sub)gradient descent; the anisotropic total variation keeps edges."),
+    "xgradcam": (
+        "<b>XGrad-CAM</b> (Fu et al. 2020): Grad-CAM with each channel's gradient averaged with the channel's own "
+        "activations as weights, α<sub>k</sub> = Σ<sub>ij</sub> A<sup>k</sup><sub>ij</sub> "
+        "∂y<sub>c</sub>/∂A<sup>k</sup><sub>ij</sub> / Σ<sub>ij</sub> A<sup>k</sup><sub>ij</sub>, chosen so that the "
+        "map adds up to the score where the head is linear (conservation)."),
+    "hirescam": (
+        "<b>HiResCAM</b> (Draelos &amp; Carin 2020): Σ<sub>k</sub> ∂y<sub>c</sub>/∂A<sup>k</sup> ⊙ A<sup>k</sup> — "
+        "the gradient is not averaged over positions, so the map shows exactly which positions raise the score "
+        "(on a global-average-pool head it adds up to the score minus the bias)."),
+    "layercam": (
+        "<b>LayerCAM</b> (Jiang et al. 2021): Σ<sub>k</sub> ReLU(∂y<sub>c</sub>/∂A<sup>k</sup>) ⊙ A<sup>k</sup>, "
+        "each position weighted by its own positive gradient, which keeps fine detail at earlier layers; maps of "
+        "several layers can be fused."),
+    "eigencam": (
+        "<b>Eigen-CAM</b> (Muhammad &amp; Yeasin 2020): no gradient and no class — the layer's activations "
+        "projected on their first principal component (what varies most across positions). It shows what the "
+        "layer attends to, the same map for every class."),
 }
+
+#: methods that read one layer (``layer=`` is passed on to them)
+LAYERED = ("cam", "gradcam", "gradcam_pp", "guided_gradcam", "augmented_gradcam", "xgradcam", "hirescam",
+           "layercam", "eigencam")
 
 FAITH_INTRO = (
     "<b>How faithful is a map?</b> <i>Deletion</i> (Petsiuk et al. 2018): replace the pixels by a blurred copy in "
@@ -111,7 +133,7 @@ def run_methods(model, x: torch.Tensor, methods: Sequence[str], target: Any = "p
     for i, name in enumerate(methods):
         fn = METHODS[name]
         kw = dict((settings or {}).get(name, {}))
-        if layer is not None and name in ("cam", "gradcam", "gradcam_pp", "guided_gradcam", "augmented_gradcam"):
+        if layer is not None and name in LAYERED:
             kw.setdefault("layer", layer)
         if progress:
             progress(name, i, len(methods))

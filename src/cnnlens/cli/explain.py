@@ -69,7 +69,8 @@ def explain(
     trust_pickle: bool = TRUST_OPT,
     methods: str = typer.Option(DEFAULT_METHODS, "--methods", help="Comma-separated: saliency, smoothgrad, "
                                 "gradient-x-input, integrated-gradients, occlusion, cam, gradcam, gradcam-pp, "
-                                "guided-backprop, guided-gradcam, augmented-gradcam; or all."),
+                                "guided-backprop, guided-gradcam, augmented-gradcam, xgradcam, hirescam, layercam, "
+                                "eigencam; or all."),
     target: str = typer.Option("predicted", "--target", "-t", help="predicted, second, a class index or a class name."),
     layer: Optional[str] = typer.Option(None, "--layer", "-l", help="Layer for the CAM family (default: the last "
                                         "spatial layer; see `cnnlens layers --model M`)."),
