@@ -78,6 +78,10 @@ CALLS = {
     "attacks.pgd": lambda m: attacks.pgd(m, X, eps=2 / 255, steps=2),
     "attacks.minimal_eps": lambda m: attacks.minimal_eps(m, X, max_iter=3),
     "attacks.robustness": lambda m: attacks.robustness(m, DATA, eps=[0, 2 / 255], steps=2),
+    "attacks.robustness(deepfool,cw)": lambda m: attacks.robustness(m, DATA, eps=[0, 0.5], attacks=["deepfool", "cw"],
+                                                                    deepfool_steps=2, cw_steps=2),
+    "attacks.deepfool": lambda m: attacks.deepfool(m, X, steps=3),
+    "attacks.cw": lambda m: attacks.cw(m, X, steps=3),
     "evaluate": lambda m: evaluate(m, DATA, topk=(1, 2)),
 }
 

@@ -36,6 +36,18 @@ INTROS = {
         "margin/‖∇margin‖₁, then doubling and bisection over PGD). The perturbation is drawn amplified: grey is "
         "no change.</p>"
     ),
+    "deepfool": (
+        "<p><b>DeepFool</b> (Moosavi-Dezfooli et al. 2016) is the lecture's push over the decision boundary to the "
+        "closest class, done geometrically: linearise the network at the image, step straight to the nearest "
+        "linearised boundary (distance |z<sub>k</sub> − z<sub>a</sub>| / ‖∇(z<sub>k</sub> − z<sub>a</sub>)‖₂), repeat "
+        "until the class changes, then go 2 % further. No budget: the result is the smallest L2 perturbation it "
+        "found (the ε column).</p>"
+    ),
+    "cw": (
+        "<p><b>Carlini–Wagner L2</b> (Carlini &amp; Wagner 2017) minimises ‖δ‖₂² + c·max(z<sub>a</sub> − "
+        "max<sub>j≠a</sub> z<sub>j</sub>, −κ) with Adam, writing the image as (tanh w + 1)/2 so it always stays in "
+        "[0, 1]; the smallest image that changes the class is kept. No budget: the ε column is the L2 norm found.</p>"
+    ),
     "robust": (
         "<p><b>Robustness</b> is the accuracy that survives an attack of budget ε, against ε: FGSM is one "
         "step, PGD ten; the gap between them shows how much a single linear step underestimates the danger. "
@@ -56,6 +68,10 @@ INTROS = {
         "shows the ε each image really needed, for the two models.</p>"
     ),
 }
+
+
+#: how each attack is named in tables and titles
+ATTACK_TITLES = {"fgsm": "FGSM", "pgd": "PGD", "deepfool": "DeepFool", "cw": "C&W L2", "minimal": "Minimal-ε PGD"}
 
 
 def _name(class_names, c: int) -> str:
@@ -151,7 +167,7 @@ def add_attack_section(report, model, x: torch.Tensor, names: Sequence[str], r: 
                     "linf": float(r.linf()[i]), "l2": float(r.l2()[i]), "steps": int(r.steps[i]),
                     "after_8bit_rounding": int(qpred[i]), "top5": topk_rows(r, i, class_names)}
     sec.figure(attack_figure(x, r, names, class_names), "Original, adversarial image, and the perturbation (amplified; grey = 0)")
-    sec.table(rows, header=["image", "before (p)", "goal", "after (p)", "reached", "ε budget", "‖δ‖∞", "‖δ‖₂", "PGD steps",
+    sec.table(rows, header=["image", "before (p)", "goal", "after (p)", "reached", "ε budget", "‖δ‖∞", "‖δ‖₂", "steps",
                             "after 8-bit rounding"],
               caption="‖δ‖∞ in grey levels (1/255). The last column re-classifies the adversarial image rounded to 8 bits, "
                       "as a saved PNG would hold it: a perturbation below half a grey level is rounded away.")
@@ -173,14 +189,19 @@ def add_robustness_section(report, results: dict, *, title: str = "Robustness", 
     if isinstance(shown.get("eps"), (list, tuple)):  # budgets as a person reads them: grey levels
         shown["eps"] = ", ".join(_fmt_eps(float(e), norm) for e in shown["eps"])
     sec = report.section(title, intro=intro, settings={**shown, **(settings or {})})
-    sec.figure(curves_figure(results), "Accuracy under attack against ε (solid: PGD, dashed: FGSM)")
-    header = ["model", "clean"] + [f"PGD ε={_fmt_eps(e, norm)}" for e in first.eps if e > 0] + \
-             [f"FGSM ε={_fmt_eps(e, norm)}" for e in first.eps if e > 0]
+    shown_attacks = ["pgd", "fgsm"] + [a for r in results.values() for a in r.attacks if a not in ("pgd", "fgsm")]
+    shown_attacks = list(dict.fromkeys(shown_attacks))
+    styles = {"pgd": "solid", "fgsm": "dashed", "deepfool": "dotted", "cw": "dash-dot"}
+    legend = ", ".join(f"{styles.get(a, 'solid')}: {ATTACK_TITLES.get(a, a.upper())}" for a in shown_attacks
+                       if any(a in r.attacks for r in results.values()))
+    sec.figure(curves_figure(results), f"Accuracy under attack against ε ({legend})")
+    header = ["model", "clean"] + [f"{ATTACK_TITLES.get(a, a.upper())} ε={_fmt_eps(e, norm)}"
+                                   for a in shown_attacks for e in first.eps if e > 0]
     rows = []
     for name, r in results.items():
-        pg = [f"{float(r.accuracy['pgd'][j]):.3f}" if "pgd" in r.attacks else "–" for j, e in enumerate(r.eps) if e > 0]
-        fg = [f"{float(r.accuracy['fgsm'][j]):.3f}" if "fgsm" in r.attacks else "–" for j, e in enumerate(r.eps) if e > 0]
-        rows.append([name, f"{r.clean_accuracy:.3f}"] + pg + fg)
+        cols = [f"{float(r.accuracy[a][j]):.3f}" if a in r.attacks else "–"
+                for a in shown_attacks for j, e in enumerate(r.eps) if e > 0]
+        rows.append([name, f"{r.clean_accuracy:.3f}"] + cols)
         sec.data(name, r.to_dict())
     sec.table(rows, header=header, caption=f"Accuracy on {first.n} images, clean and under attack.")
     strongest = "pgd" if "pgd" in first.attacks else first.attacks[0]
