@@ -341,3 +341,98 @@ def find_last_spatial_layer(model: nn.Module, x: torch.Tensor) -> str:
         )
     log.info("last spatial layer (found automatically): %s", order[-1])
     return order[-1]
+
+
+_GLOBAL_HOOKS = ("_global_backward_pre_hooks", "_global_backward_hooks", "_global_forward_pre_hooks",
+                 "_global_forward_hooks", "_global_forward_hooks_always_called", "_global_forward_hooks_with_kwargs")
+
+
+class guarded:
+    """Run third-party code on a model (Captum, torchattacks) and undo whatever it left behind.
+
+    On entry the model is put in eval mode with frozen parameters (like a
+    :class:`LayerTap`); on exit — also when the block raises — every module's
+    attributes are put back as they were (``training``, a ``rule`` or ``forward``
+    set on an instance, and the contents of its hook, parameter, buffer and
+    sub-module dicts, so hooks registered and not removed are dropped), as are
+    torch's global module hooks, each parameter's ``requires_grad``, its ``.grad``
+    (the same tensor, with its values) and its tensor hooks. Weights are not copied:
+    frozen parameters and eval-mode batch norms do not change.
+
+    >>> net = nn.Sequential(nn.Linear(2, 2)).train()
+    >>> with guarded(net):
+    ...     _ = net[0].register_forward_hook(lambda m, i, o: o)
+    ...     net.training
+    False
+    >>> net.training, len(net[0]._forward_hooks)
+    (True, 0)
+    """
+
+    def __init__(self, model: nn.Module, *, eval: bool = True, freeze: bool = True):
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        self.model = model
+        self._eval = eval
+        self._freeze = freeze
+
+    def __enter__(self) -> nn.Module:
+        import torch.nn.modules.module as mm
+
+        self._modules = []
+        for m in self.model.modules():
+            attrs = dict(m.__dict__)
+            contents = {k: dict(v) for k, v in attrs.items() if isinstance(v, dict)}
+            self._modules.append((m, attrs, contents))
+        self._globals = {k: dict(getattr(mm, k)) for k in _GLOBAL_HOOKS if isinstance(getattr(mm, k, None), dict)}
+        self._params = []
+        for p in self.model.parameters():
+            g = p.grad
+            hooks = getattr(p, "_backward_hooks", None)
+            self._params.append((p, p.requires_grad, g, None if g is None else g.detach().clone(),
+                                 None if hooks is None else dict(hooks)))
+        try:
+            if self._eval:
+                self.model.eval()
+            if self._freeze:
+                for p, *_ in self._params:
+                    p.requires_grad_(False)
+        except BaseException:
+            self._restore()
+            raise
+        return self.model
+
+    def __exit__(self, *exc) -> None:
+        self._restore()
+
+    def _restore(self) -> None:
+        import torch.nn.modules.module as mm
+
+        for m, attrs, contents in self._modules:
+            d = m.__dict__
+            for k in [k for k in d if k not in attrs]:
+                del d[k]
+            for k, v in attrs.items():
+                if d.get(k, _MISSING) is not v:
+                    d[k] = v
+                if k in contents:
+                    v.clear()
+                    v.update(contents[k])
+        for k, saved in self._globals.items():
+            g = getattr(mm, k)
+            g.clear()
+            g.update(saved)
+        for p, flag, g, values, hooks in self._params:
+            if p.requires_grad != flag:
+                p.requires_grad_(flag)
+            if p.grad is not g:
+                p.grad = g
+            if g is not None and not torch.equal(g, values):
+                with torch.no_grad():
+                    g.copy_(values)
+            now = getattr(p, "_backward_hooks", None)
+            if now is not None and (hooks is None or dict(now) != hooks):
+                now.clear()
+                now.update(hooks or {})
+
+
+_MISSING = object()

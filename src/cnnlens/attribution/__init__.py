@@ -30,6 +30,10 @@ logged), ``batch_size`` (images per forward for the methods that run several; de
 ``extras["empty"]``, never NaN. The model is never changed: LayerTap restores it, also
 when the model raises.
 
+``captum(model, x, "DeepLift")`` runs any Captum attribution class (DeepLift, GradientShap,
+LRP, Lime, KernelShap, FeatureAblation, ...) and returns an Explanation (``pip install
+'cnnlens[captum]'``).
+
 ``faithfulness`` / ``deletion`` / ``insertion`` (Petsiuk et al. 2018) and
 ``randomization_check`` (Adebayo et al. 2018) measure how much a map can be trusted.
 
@@ -41,6 +45,7 @@ when the model raises.
 from __future__ import annotations
 
 from .augmented import augmented_gradcam, random_affines, superresolve
+from .bridge import captum
 from .cam import cam, eigencam, gradcam, gradcam_pp, hirescam, layercam, xgradcam
 from .faithfulness import (Curve, Faithfulness, Randomization, deletion, faithfulness, insertion,
                            randomization_check)
@@ -68,7 +73,7 @@ METHODS = {
 }
 
 __all__ = [
-    "METHODS", "Curve", "Faithfulness", "Randomization", "augmented_gradcam", "cam", "deletion", "eigencam",
+    "METHODS", "Curve", "Faithfulness", "Randomization", "augmented_gradcam", "cam", "captum", "deletion", "eigencam",
     "faithfulness", "gradcam", "gradcam_pp", "gradient_x_input", "guided_backprop", "guided_gradcam", "hirescam",
     "insertion", "integrated_gradients", "layercam", "occlusion", "random_affines", "randomization_check", "saliency",
     "smoothgrad", "superresolve", "xgradcam",

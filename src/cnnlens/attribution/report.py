@@ -112,6 +112,38 @@ INTROS = {
         "layer attends to, the same map for every class."),
 }
 
+def _captum_takes_layer(name: str) -> bool:
+    import inspect
+
+    from .bridge import captum_class
+
+    try:
+        return "layer" in inspect.signature(captum_class(name.split(":", 1)[1]).__init__).parameters
+    except (ImportError, ValueError, TypeError):
+        return False
+
+
+def title_of(method: str) -> str:
+    """The display name of a method (``captum:DeepLift`` → ``DeepLift (Captum)``)."""
+    if method.startswith("captum:"):
+        return f"{method.split(':', 1)[1]} (Captum)"
+    return TITLES.get(method, method)
+
+
+def intro_of(method: str) -> str:
+    """The lesson shown above a method's maps (a short line for a bridged Captum class)."""
+    if method.startswith("captum:"):
+        name = html.escape(method.split(":", 1)[1])
+        return (f"<b>{name}</b>, computed by Captum (<code>captum.attr.{name}</code>) through cnnlens's bridge: the "
+                "attributions summed over colour channels, scored for faithfulness like every other map.")
+    return INTROS.get(method, "")
+
+
+def is_signed(method: str) -> bool:
+    """Whether a map's sign means something (a diverging colour map centred at 0)."""
+    return method in SIGNED or method.startswith("captum:")
+
+
 #: methods that read one layer (``layer=`` is passed on to them)
 LAYERED = ("cam", "gradcam", "gradcam_pp", "guided_gradcam", "augmented_gradcam", "xgradcam", "hirescam",
            "layercam", "eigencam")
@@ -131,9 +163,14 @@ def run_methods(model, x: torch.Tensor, methods: Sequence[str], target: Any = "p
     """Run each method on the batch; a method that does not apply (ValueError) is kept as its error."""
     out: dict[str, Explanation | Exception] = {}
     for i, name in enumerate(methods):
-        fn = METHODS[name]
+        if name.startswith("captum:"):
+            from .bridge import captum
+
+            fn = (lambda cls: lambda model, x, **kw: captum(model, x, cls, **kw))(name.split(":", 1)[1])
+        else:
+            fn = METHODS[name]
         kw = dict((settings or {}).get(name, {}))
-        if layer is not None and name in LAYERED:
+        if layer is not None and (name in LAYERED or (name.startswith("captum:") and _captum_takes_layer(name))):
             kw.setdefault("layer", layer)
         if progress:
             progress(name, i, len(methods))
@@ -143,6 +180,11 @@ def run_methods(model, x: torch.Tensor, methods: Sequence[str], target: Any = "p
         except ValueError as e:
             log.warning("%s does not apply: %s", name, e)
             out[name] = e
+        except (TypeError, AssertionError, NotImplementedError) as e:
+            if not name.startswith("captum:"):
+                raise
+            log.warning("%s does not apply: %s", name, e)  # Captum refuses a layer type, an argument, ...
+            out[name] = ValueError(str(e).splitlines()[0] if str(e) else type(e).__name__)
         else:
             out[name].extras["seconds"] = round(time.perf_counter() - t0, 3)
     return out
@@ -162,7 +204,7 @@ def score_all(model, x: torch.Tensor, expls: dict, *, steps: int = 16, baseline:
 
 def _heat(e: Explanation, i: int, shared: bool) -> tuple[torch.Tensor, bool]:
     m = e.maps[i].float()
-    signed = e.method in SIGNED and bool((m < 0).any())
+    signed = is_signed(e.method) and bool((m < 0).any())
     if e.method in CLIPPED and m.numel() > 1:
         q = float(torch.quantile(m.abs().flatten(), 0.995))
         if q > 0:
@@ -181,7 +223,7 @@ def overlay_figure(image: torch.Tensor, e: Explanation, i: int, *, title: str = 
     fig, ax = plt.subplots(figsize=(3.4, 3.0))
     m, signed = _heat(e, i, shared)
     kw = {"vmin": 0.0, "vmax": 1.0} if shared and not signed else {}
-    overlay(ax, image, m, title=title or TITLES.get(e.method, e.method), diverging=signed, **kw)
+    overlay(ax, image, m, title=title or title_of(e.method), diverging=signed, **kw)
     fig.tight_layout()
     return fig
 
@@ -201,7 +243,7 @@ def grid_figure(image: torch.Tensor, name: str, expls: dict, i: int, faith: dict
     for j, (k, e) in enumerate(ok, start=1):
         ax = axes.flat[j]
         m, signed = _heat(e, i, shared)
-        t = TITLES.get(k, k)
+        t = title_of(k)
         if faith and k in faith:
             f = faith[k]
             t += f"\ndel {float(f.deletion_auc[i]):.3f} · ins {float(f.insertion_auc[i]):.3f}"
@@ -252,8 +294,8 @@ def curves_figure(faith: dict, i: int, name: str):
     plt = _mpl()
     fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.2))
     for k, f in faith.items():
-        a.plot(f.deletion.fractions, f.deletion.scores[i], label=f"{TITLES.get(k, k)} ({float(f.deletion_auc[i]):.3f})")
-        b.plot(f.insertion.fractions, f.insertion.scores[i], label=f"{TITLES.get(k, k)} ({float(f.insertion_auc[i]):.3f})")
+        a.plot(f.deletion.fractions, f.deletion.scores[i], label=f"{title_of(k)} ({float(f.deletion_auc[i]):.3f})")
+        b.plot(f.insertion.fractions, f.insertion.scores[i], label=f"{title_of(k)} ({float(f.insertion_auc[i]):.3f})")
     for ax, t in ((a, "deletion (lower is better)"), (b, "insertion (higher is better)")):
         ax.set_title(f"{name}: {t}", fontsize=9)
         ax.set_xlabel("fraction of pixels removed" if ax is a else "fraction of pixels inserted", fontsize=8)

@@ -27,6 +27,13 @@ def parse_methods(text: str) -> list[str]:
                "guided": "guided_backprop", "augmented": "augmented_gradcam"}
     out = []
     for part in str(text).split(","):
+        if part.strip().lower().startswith("captum:"):  # a Captum class, checked when it runs (Captum is optional)
+            key = "captum:" + part.strip().split(":", 1)[1].strip()
+            if key == "captum:":
+                raise UserError("--methods: name the Captum class after captum:, e.g. captum:DeepLift")
+            if key not in out:
+                out.append(key)
+            continue
         key = part.strip().lower().replace("-", "_")
         if not key:
             continue
@@ -70,7 +77,8 @@ def explain(
     methods: str = typer.Option(DEFAULT_METHODS, "--methods", help="Comma-separated: saliency, smoothgrad, "
                                 "gradient-x-input, integrated-gradients, occlusion, cam, gradcam, gradcam-pp, "
                                 "guided-backprop, guided-gradcam, augmented-gradcam, xgradcam, hirescam, layercam, "
-                                "eigencam; or all."),
+                                "eigencam; or all (the native ones); captum:<Class> runs a Captum attribution class, "
+                                "e.g. captum:DeepLift,captum:KernelShap (pip install 'cnnlens[captum]')."),
     target: str = typer.Option("predicted", "--target", "-t", help="predicted, second, a class index or a class name."),
     layer: Optional[str] = typer.Option(None, "--layer", "-l", help="Layer for the CAM family (default: the last "
                                         "spatial layer; see `cnnlens layers --model M`)."),
@@ -98,8 +106,8 @@ def explain(
     from rich.console import Console
 
     from ..results import Explanation
-    from ..attribution.report import (INTROS, TITLES, grid_figure, overlay_figure, run_methods, score_all,
-                                      summary)
+    from ..attribution.report import (grid_figure, intro_of, overlay_figure, run_methods, score_all, summary,
+                                      title_of)
     from ..data import read_images
     from ..evaluation import predict_topk, topk_figure
     from ..report import Report
@@ -108,6 +116,15 @@ def explain(
 
     chosen = parse_methods(methods)
     _baseline(baseline)  # check before loading anything
+    if any(k.startswith("captum:") for k in chosen):
+        from ..attribution.bridge import captum_class
+
+        try:
+            for k in chosen:
+                if k.startswith("captum:"):
+                    captum_class(k.split(":", 1)[1])
+        except (ImportError, ValueError, TypeError) as e:
+            raise UserError(f"--methods: {e}") from None
     out = out_dir(out)
     m = load_model_from_options(model, weights, pretrained, trust_pickle, device)
     if layer is not None:
@@ -138,8 +155,8 @@ def explain(
     plt = _mpl()
     stdout = Console()
     for i, name in enumerate(names):
-        sec = rep.section(f"{name}", intro=" ".join(f"<p>{INTROS[k]}</p>" for k in ok),
-                          settings={"model": model, "target": target, "methods": ", ".join(TITLES[k] for k in chosen),
+        sec = rep.section(f"{name}", intro=" ".join(f"<p>{intro_of(k)}</p>" for k in ok),
+                          settings={"model": model, "target": target, "methods": ", ".join(title_of(k) for k in chosen),
                                     "layer": layer or "automatic", "scale": "shared" if shared_scale else "per method",
                                     "faithfulness": f"{faithfulness_steps} steps, baseline {baseline}",
                                     "source": loaded.sources[i]})
@@ -159,10 +176,10 @@ def explain(
         rep.file(f"{name}/top5.png", t5)
         sec.figure(t5, "Top-5 predictions.", name=f"{name}-top5")
         if faith:
-            sec.table([[TITLES[k], round(float(f.deletion_auc[i]), 4), round(float(f.insertion_auc[i]), 4)]
+            sec.table([[title_of(k), round(float(f.deletion_auc[i]), 4), round(float(f.insertion_auc[i]), 4)]
                        for k, f in faith.items()], header=["method", "deletion AUC ↓", "insertion AUC ↑"])
         for k, e in failed.items():
-            sec.text(f"<p><i>{TITLES[k]} skipped: {e}</i></p>")
+            sec.text(f"<p><i>{title_of(k)} skipped: {e}</i></p>")
         buf = io.BytesIO()
         torch.save({k: e.maps[i].clone() for k, e in ok.items()}, buf)
         rep.file(f"{name}/maps.pt", buf.getvalue())
@@ -173,7 +190,7 @@ def explain(
         rep.file(f"{name}/explanation.json", json.dumps(info, indent=2, default=str))
         sec.data("explanation", info)
         stdout.print(f"{name}: {cname}  " + "  ".join(
-            f"{TITLES[k]} del {float(f.deletion_auc[i]):.3f}/ins {float(f.insertion_auc[i]):.3f}" for k, f in faith.items()),
+            f"{title_of(k)} del {float(f.deletion_auc[i]):.3f}/ins {float(f.insertion_auc[i]):.3f}" for k, f in faith.items()),
             highlight=False)
     index = rep.write(out)
     console.print(f"wrote {index.parent}: per image original.png, <method>.png, top5.png, grid.png, "
