@@ -76,6 +76,9 @@ CALLS = {
     "inside.neuron_stats": lambda m: inside.neuron_stats(m, DATA, "features.5"),
     "inside.influence": lambda m: inside.influence(m, X, "features.5"),
     "inside.maximize": lambda m: inside.maximize(m, inside.objectives.channel("features.5", 0), steps=3, size=8),
+    "inside.maximize(direction+diversity)": lambda m: inside.maximize(
+        m, inside.objectives.direction("features.5", torch.ones(6)) + inside.objectives.diversity("features.5"),
+        batch=2, steps=3, size=8),
     "inside.deconvnet": lambda m: inside.deconvnet(m, X, "features.5", 0),
     "inside.deep_dream": lambda m: inside.deep_dream(m, X[:1], "features.5", octaves=1, steps=2),
     "attacks.fgsm": lambda m: attacks.fgsm(m, X, eps=2 / 255),
