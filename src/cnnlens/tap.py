@@ -312,23 +312,37 @@ class LayerTap:
 
 
 def find_last_spatial_layer(model: nn.Module, x: torch.Tensor) -> str:
-    """Name of the last module (in execution order) whose output is N×C×H×W with H·W > 1.
+    """Name of the last module (in execution order) whose output is a spatial grid with h·w > 1.
 
-    Containers finish after their children, so a ResNet gives ``layer4`` and a
-    timm EfficientNet ``bn2``. Logged at INFO.
+    Containers finish after their children, so a ResNet gives ``layer4``, a timm
+    EfficientNet ``bn2`` and a Swin ``norm`` (N×h×w×C). Token outputs N×T×C count when
+    their patch tokens form a grid (:mod:`cnnlens.grid`); for a model with prefix tokens
+    (a ViT's class token) the last transformer block's first layer is taken instead
+    (``blocks.<last>.norm1`` in timm, as pytorch-grad-cam recommends: after the last
+    block only the class token reaches the head, so the patch tokens get no gradient).
+    Logged at INFO.
     """
+    from .grid import _token_grid, prefix_tokens
+
     spec = getattr(model, "spec", None)
     if spec is not None and getattr(spec, "last_spatial_layer", None):
         name = spec.last_spatial_layer
         log.info("last spatial layer (from model.spec): %s", name)
         return name
     order: list[str] = []
+    tokens: list[str] = []
     names = [n for n, _ in model.named_modules() if n]
+    H, W = x.shape[-2:]
+    prefix = prefix_tokens(model)
 
     def record(name):
         def fn(module, inputs, output):
             if torch.is_tensor(output) and output.dim() == 4 and output.shape[-1] * output.shape[-2] > 1:
                 order.append(name)
+            elif (torch.is_tensor(output) and output.dim() == 3 and output.shape[1] - prefix > 1
+                  and _token_grid(output.shape[1] - prefix, H, W) is not None):
+                order.append(name)
+                tokens.append(name)
 
         return fn
 
@@ -337,10 +351,22 @@ def find_last_spatial_layer(model: nn.Module, x: torch.Tensor) -> str:
         tap.run(x[:1])
     if not order:
         raise ValueError(
-            "the model has no layer with a spatial (N×C×H×W) output; name a layer with layer=..."
+            "the model has no layer with a spatial (N×C×H×W or token-grid) output; name a layer with layer=..."
         )
-    log.info("last spatial layer (found automatically): %s", order[-1])
-    return order[-1]
+    last = order[-1]
+    if last in tokens and prefix > 0:
+        blocks = [n for n in tokens if n.rsplit(".", 2)[-2:-1] == ["blocks"] or ".blocks." in n]
+        heads = sorted({n.split(".blocks.")[0] + ".blocks." + n.split(".blocks.")[1].split(".")[0]
+                        if ".blocks." in n else "blocks." + n.split("blocks.")[1].split(".")[0]
+                        for n in blocks if "blocks." in n}, key=lambda n: (n.count("."), int(n.rsplit(".", 1)[1])))
+        if heads:
+            norm1 = heads[-1] + ".norm1"
+            if norm1 in tokens:
+                log.info("last spatial layer (found automatically): %s (the last block's first layer: after it, only "
+                         "the %d prefix token(s) reach the head)", norm1, prefix)
+                return norm1
+    log.info("last spatial layer (found automatically): %s", last)
+    return last
 
 
 _GLOBAL_HOOKS = ("_global_backward_pre_hooks", "_global_backward_hooks", "_global_forward_pre_hooks",

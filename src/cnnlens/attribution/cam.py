@@ -37,6 +37,7 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import nn
 
+from ..grid import as_grid, grid_layout, to_grid
 from ..results import Explanation
 from ..tap import LayerTap, find_last_spatial_layer, resolve_layer
 from ._common import Layout, Prepared, finish, log, logits_of, pick_classes, prepare, score, target_layers, upsample
@@ -56,11 +57,11 @@ class LeafAt:
         self.A: torch.Tensor | None = None
 
     def __call__(self, module, inputs, output):
-        if not torch.is_tensor(output) or output.dim() != 4:
+        if not torch.is_tensor(output) or output.dim() not in (3, 4):
             shape = tuple(output.shape) if torch.is_tensor(output) else type(output).__name__
             raise ValueError(
-                f"layer {self.name!r} returns {shape}, not an N×C×H×W feature map; "
-                "name a convolutional layer with layer=..."
+                f"layer {self.name!r} returns {shape}, not a feature map (N×C×H×W, N×H×W×C or N×tokens×C); "
+                "name a convolutional layer or a transformer block with layer=..."
             )
         leaf = output if output.requires_grad else output.detach().requires_grad_(True)
         self.A = leaf
@@ -102,7 +103,16 @@ def layer_gradients(tap: LayerTap, leaves: Sequence[LeafAt], p: Prepared, xb: to
                 f"the target's score does not depend on layer {leaf.name!r} (the target is computed before it); "
                 "name a layer that comes before the target"
             )
-    return ([leaf.A.detach().contiguous() for leaf in leaves], [g.contiguous() for g in gs]), classes, s.detach()
+    hw = tuple(xb.shape[-2:])
+    As, Gs = [], []
+    for leaf, g in zip(leaves, gs):  # token and channels-last outputs as N×C×h×w (a linear map: G maps alike)
+        layout, prefix = grid_layout(leaf.A, tap.model, resolve_layer(tap.model, leaf.name)[1], hw, leaf.name)
+        if layout != "nchw":
+            log.info("layer %s: %s output read as an N×C×h×w grid%s", leaf.name, layout,
+                     f" ({prefix} prefix token(s) dropped)" if prefix else "")
+        As.append(to_grid(leaf.A.detach(), layout, prefix, hw).contiguous())
+        Gs.append(to_grid(g, layout, prefix, hw).contiguous())
+    return (As, Gs), classes, s.detach()
 
 
 def gradcam_tap(model: nn.Module, p: Prepared, name: str) -> tuple[LayerTap, LeafAt]:
@@ -262,10 +272,7 @@ def eigencam(model: nn.Module, x: torch.Tensor, target: Any = "predicted", *, la
     name = layer_name(model, p, layer)
     with LayerTap(model, [name] + target_layers(p.target), detach=True) as tap, torch.no_grad():
         out = Layout(model, p.x, channels_last).run(tap, p.x)
-        A = tap[name]
-        if A.dim() != 4:
-            raise ValueError(f"layer {name!r} returns {tuple(A.shape)}, not an N×C×H×W feature map; "
-                             "name a convolutional layer with layer=...")
+        A = as_grid(tap[name], model, resolve_layer(model, name)[1], p.size, name)
         classes = pick_classes(p, out, p.n)
     A = A.float().contiguous()
     n, k, h, w = A.shape
