@@ -42,6 +42,7 @@ test: install-test
 
 bench: install
 	$(PIP) install -q -e ".[bench]"
+	$(PIP) install -q --no-deps "torchattacks>=3.5"
 	$(PY) benchmarks/run.py
 
 clean:
