@@ -17,8 +17,11 @@ $(VENV)/.installed: pyproject.toml | $(VENV)/bin/python
 	$(PIP) install -q -e .
 	touch $@
 
+# torchattacks (the tests' reference for DeepFool and C&W) pins an old `requests`; it needs only torch,
+# numpy and scipy at import, so it goes in without its dependencies, in a step of its own
 $(VENV)/.installed-test: $(VENV)/.installed
 	$(PIP) install -q -e ".[test]"
+	$(PIP) install -q --no-deps "torchattacks>=3.5"
 	touch $@
 
 install: $(VENV)/.installed
@@ -39,6 +42,7 @@ test: install-test
 
 bench: install
 	$(PIP) install -q -e ".[bench]"
+	$(PIP) install -q --no-deps "torchattacks>=3.5"
 	$(PY) benchmarks/run.py
 
 clean:

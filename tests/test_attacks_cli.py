@@ -121,11 +121,11 @@ def test_cli_robustness_matches_the_library(tmp_path, monkeypatch, capsys, digit
 
 
 @pytest.mark.parametrize("args, message", [
-    (["attack", "{img}", "--model", "digits-cnn", "--method", "cw"], "--method 'cw' is not known"),
+    (["attack", "{img}", "--model", "digits-cnn", "--method", "lbfgs"], "--method 'lbfgs' is not known"),
     (["attack", "{img}", "--model", "digits-cnn", "--eps", "two"], "--eps 'two' is not a number"),
     (["attack", "{img}", "--model", "digits-cnn", "--target", "12"], "target class 12 is out of range"),
     (["attack", "{img}", "--model", "digits-cnn", "--norm", "1"], "norm '1' is not supported"),
-    (["robustness", "--model", "digits-cnn", "--data", "digits", "--attacks", "cw"], "unknown attack 'cw'"),
+    (["robustness", "--model", "digits-cnn", "--data", "digits", "--attacks", "lbfgs"], "unknown attack 'lbfgs'"),
     (["robustness", "--model", "digits-cnn", "--data", "digits", "--eps", "0,-1/255"], "negative"),
     (["attack", "{img}", "--model", "digits-cnn", "--eps", "8"], "ε = 8 in pixel units [0, 1]; did you mean 8/255?"),
     (["robustness", "--model", "digits-cnn", "--data", "digits", "--eps", "0,4"], "did you mean 4/255?"),

@@ -145,7 +145,7 @@ def test_robustness_errors(net):
     x, y = make_data(net, n=4)
     ds = TensorDataset(x, y)
     with pytest.raises(ValueError, match="unknown attack"):
-        robustness(net, ds, attacks=["cw"])
+        robustness(net, ds, attacks=["lbfgs"])
     with pytest.raises(ValueError, match="≥ 0"):
         robustness(net, ds, eps=[0, -0.1])
     with pytest.raises(ValueError, match="outside \\[0, 1\\]"):

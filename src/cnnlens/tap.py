@@ -397,23 +397,37 @@ class LayerTap:
 
 
 def find_last_spatial_layer(model: nn.Module, x: torch.Tensor) -> str:
-    """Name of the last module (in execution order) whose output is N×C×H×W with H·W > 1.
+    """Name of the last module (in execution order) whose output is a spatial grid with h·w > 1.
 
-    Containers finish after their children, so a ResNet gives ``layer4`` and a
-    timm EfficientNet ``bn2``. Logged at INFO.
+    Containers finish after their children, so a ResNet gives ``layer4``, a timm
+    EfficientNet ``bn2`` and a Swin ``norm`` (N×h×w×C). Token outputs N×T×C count when
+    their patch tokens form a grid (:mod:`cnnlens.grid`); for a model with prefix tokens
+    (a ViT's class token) the last transformer block's first layer is taken instead
+    (``blocks.<last>.norm1`` in timm, as pytorch-grad-cam recommends: after the last
+    block only the class token reaches the head, so the patch tokens get no gradient).
+    Logged at INFO.
     """
+    from .grid import _token_grid, prefix_tokens
+
     spec = getattr(model, "spec", None)
     if spec is not None and getattr(spec, "last_spatial_layer", None):
         name = spec.last_spatial_layer
         log.info("last spatial layer (from model.spec): %s", name)
         return name
     order: list[str] = []
+    tokens: list[str] = []
     names = [n for n, _ in model.named_modules() if n]
+    H, W = x.shape[-2:]
+    prefix = prefix_tokens(model)
 
     def record(name):
         def fn(module, inputs, output):
             if torch.is_tensor(output) and output.dim() == 4 and output.shape[-1] * output.shape[-2] > 1:
                 order.append(name)
+            elif (torch.is_tensor(output) and output.dim() == 3 and output.shape[1] - prefix > 1
+                  and _token_grid(output.shape[1] - prefix, H, W) is not None):
+                order.append(name)
+                tokens.append(name)
 
         return fn
 
@@ -422,7 +436,121 @@ def find_last_spatial_layer(model: nn.Module, x: torch.Tensor) -> str:
         tap.run(x[:1])
     if not order:
         raise ValueError(
-            "the model has no layer with a spatial (N×C×H×W) output; name a layer with layer=..."
+            "the model has no layer with a spatial (N×C×H×W or token-grid) output; name a layer with layer=..."
         )
-    log.info("last spatial layer (found automatically): %s", order[-1])
-    return order[-1]
+    last = order[-1]
+    if last in tokens and prefix > 0:
+        blocks = [n for n in tokens if n.rsplit(".", 2)[-2:-1] == ["blocks"] or ".blocks." in n]
+        heads = sorted({n.split(".blocks.")[0] + ".blocks." + n.split(".blocks.")[1].split(".")[0]
+                        if ".blocks." in n else "blocks." + n.split("blocks.")[1].split(".")[0]
+                        for n in blocks if "blocks." in n}, key=lambda n: (n.count("."), int(n.rsplit(".", 1)[1])))
+        if heads:
+            norm1 = heads[-1] + ".norm1"
+            if norm1 in tokens:
+                log.info("last spatial layer (found automatically): %s (the last block's first layer: after it, only "
+                         "the %d prefix token(s) reach the head)", norm1, prefix)
+                return norm1
+    log.info("last spatial layer (found automatically): %s", last)
+    return last
+
+
+_GLOBAL_HOOKS = ("_global_backward_pre_hooks", "_global_backward_hooks", "_global_forward_pre_hooks",
+                 "_global_forward_hooks", "_global_forward_hooks_always_called", "_global_forward_hooks_with_kwargs")
+
+
+class guarded:
+    """Run third-party code on a model (Captum, torchattacks) and undo whatever it left behind.
+
+    On entry the model is put in eval mode with frozen parameters (like a
+    :class:`LayerTap`); on exit — also when the block raises — every module's
+    attributes are put back as they were (``training``, a ``rule`` or ``forward``
+    set on an instance, and the contents of its hook, parameter, buffer and
+    sub-module dicts, so hooks registered and not removed are dropped), as are
+    torch's global module hooks, each parameter's ``requires_grad``, its ``.grad``
+    (the same tensor, with its values) and its tensor hooks, and every buffer's values
+    (batch-norm statistics a training-mode forward would move). Weights are not
+    copied: frozen parameters do not change.
+
+    >>> net = nn.Sequential(nn.Linear(2, 2)).train()
+    >>> with guarded(net):
+    ...     _ = net[0].register_forward_hook(lambda m, i, o: o)
+    ...     net.training
+    False
+    >>> net.training, len(net[0]._forward_hooks)
+    (True, 0)
+    """
+
+    def __init__(self, model: nn.Module, *, eval: bool = True, freeze: bool = True):
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        self.model = model
+        self._eval = eval
+        self._freeze = freeze
+
+    def __enter__(self) -> nn.Module:
+        import torch.nn.modules.module as mm
+
+        self._modules = []
+        for m in self.model.modules():
+            attrs = dict(m.__dict__)
+            contents = {k: dict(v) for k, v in attrs.items() if isinstance(v, dict)}
+            self._modules.append((m, attrs, contents))
+        self._globals = {k: dict(getattr(mm, k)) for k in _GLOBAL_HOOKS if isinstance(getattr(mm, k, None), dict)}
+        # buffers are small (batch-norm statistics): kept by value, in case the code ran a training-mode forward
+        self._buffers = [(b, b.detach().clone()) for b in self.model.buffers()]
+        self._params = []
+        for p in self.model.parameters():
+            g = p.grad
+            hooks = getattr(p, "_backward_hooks", None)
+            self._params.append((p, p.requires_grad, g, None if g is None else g.detach().clone(),
+                                 None if hooks is None else dict(hooks)))
+        try:
+            if self._eval:
+                self.model.eval()
+            if self._freeze:
+                for p, *_ in self._params:
+                    p.requires_grad_(False)
+        except BaseException:
+            self._restore()
+            raise
+        return self.model
+
+    def __exit__(self, *exc) -> None:
+        self._restore()
+
+    def _restore(self) -> None:
+        import torch.nn.modules.module as mm
+
+        for m, attrs, contents in self._modules:
+            d = m.__dict__
+            for k in [k for k in d if k not in attrs]:
+                del d[k]
+            for k, v in attrs.items():
+                if d.get(k, _MISSING) is not v:
+                    d[k] = v
+                if k in contents:
+                    v.clear()
+                    v.update(contents[k])
+        for b, values in self._buffers:
+            if not torch.equal(b, values):
+                with torch.no_grad():
+                    b.copy_(values)
+        for k, saved in self._globals.items():
+            g = getattr(mm, k)
+            g.clear()
+            g.update(saved)
+        for p, flag, g, values, hooks in self._params:
+            if p.requires_grad != flag:
+                p.requires_grad_(flag)
+            if p.grad is not g:
+                p.grad = g
+            if g is not None and not torch.equal(g, values):
+                with torch.no_grad():
+                    g.copy_(values)
+            now = getattr(p, "_backward_hooks", None)
+            if now is not None and (hooks is None or dict(now) != hooks):
+                now.clear()
+                now.update(hooks or {})
+
+
+_MISSING = object()

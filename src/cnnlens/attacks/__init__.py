@@ -2,6 +2,9 @@
 
 * :func:`fgsm`, :func:`pgd`, :func:`minimal_eps` — gradient attacks in pixel space
   ([0, 1], ε in pixel units), on the logits; each returns an :class:`AttackResult`.
+* :func:`deepfool`, :func:`cw` — minimum-norm L2 attacks (DeepFool; Carlini–Wagner L2):
+  the smallest perturbation that changes the decision, ``result.eps`` = its L2 norm.
+* :func:`from_torchattacks` — any torchattacks attack on a cnnlens model, as an :class:`AttackResult`.
 * :func:`robustness` / :class:`RobustnessAccumulator` — accuracy against ε per
   attack over a dataset, as an accumulator of :func:`cnnlens.scan`.
 * :mod:`~cnnlens.attacks.robust` — adversarial training and the input-gradient
@@ -22,9 +25,10 @@ Example::
 from __future__ import annotations
 
 from .gradient import fgsm, minimal_eps, pgd
+from .minnorm import cw, deepfool
 from .result import AttackResult
 
-__all__ = ["AttackResult", "fgsm", "pgd", "minimal_eps", "robustness", "RobustnessAccumulator", "RobustnessResult",
+__all__ = ["AttackResult", "fgsm", "pgd", "minimal_eps", "deepfool", "cw", "from_torchattacks", "robustness", "RobustnessAccumulator", "RobustnessResult",
            "adversarial_loss", "gradient_penalty_loss", "input_gradient_penalty"]
 
 
@@ -37,4 +41,8 @@ def __getattr__(name):  # keep `import cnnlens.attacks` light
         from . import robust as _rb
 
         return getattr(_rb, name)
+    if name == "from_torchattacks":
+        from .bridge import from_torchattacks
+
+        return from_torchattacks
     raise AttributeError(f"module 'cnnlens.attacks' has no attribute {name!r}")

@@ -4,7 +4,9 @@
 accumulator (``update``, ``merge``, ``compute``), so the same code runs in one
 process or sharded under ``torchrun``. For every batch and every ε it attacks
 each image away from its true label (FGSM: one gradient reused for every ε; PGD:
-one run per ε) and counts the images still classified correctly:
+one run per ε; the minimum-norm attacks DeepFool and C&W: one run for all ε, an
+image counting as broken at ε when the perturbation found is within ε, measured in
+the curve's norm) and counts the images still classified correctly:
 
     robust accuracy(ε) = #{i : argmax f(x_adv_i(ε)) = y_i} / N
 
@@ -27,10 +29,13 @@ from ..tap import LayerTap
 from .gradient import (_check_steps, _eps_tensor, _fgsm_core, _loss_grad, _norm, _parse_target,
                        _pgd_core, _predict, _step_size)
 from .._autograd import needs_autograd
+from .minnorm import _cw_core, _deepfool_core
 
 log = logging.getLogger(__name__)
 
 ATTACKS = ("fgsm", "pgd")
+#: attacks that look for the smallest perturbation (L2) instead of using a budget: one run gives every ε
+MIN_NORM = ("deepfool", "cw")
 DEFAULT_EPS = (0.0, 1 / 255, 2 / 255, 4 / 255, 8 / 255)
 
 
@@ -54,9 +59,9 @@ def _check_attacks(attacks: Any) -> tuple[str, ...]:
     if isinstance(attacks, str):
         attacks = [a for a in attacks.split(",") if a.strip()]
     out = tuple(str(a).strip().lower() for a in attacks)
-    bad = [a for a in out if a not in ATTACKS]
+    bad = [a for a in out if a not in ATTACKS + MIN_NORM]
     if bad or not out:
-        raise ValueError(f"unknown attack {bad[0] if bad else '(none)'!r}; choose from {', '.join(ATTACKS)}")
+        raise ValueError(f"unknown attack {bad[0] if bad else '(none)'!r}; choose from {', '.join(ATTACKS + MIN_NORM)}")
     if len(set(out)) != len(out):
         raise ValueError(f"attack listed twice in {list(out)}")
     return out
@@ -65,9 +70,11 @@ def _check_attacks(attacks: Any) -> tuple[str, ...]:
 class RobustnessAccumulator:
     """Accuracy under attack for a list of ε, per attack and per class, plus a small gallery.
 
-    eps: budgets in pixel units (0 gives clean accuracy); attacks: ``"fgsm"`` and/or
-    ``"pgd"``; steps / step_size / norm / random_start / seed: PGD settings (step size
-    2.5·ε/steps by default); target: ``None`` (untargeted, away from the true label,
+    eps: budgets in pixel units (0 gives clean accuracy); attacks: any of ``"fgsm"``,
+    ``"pgd"``, ``"deepfool"``, ``"cw"``; steps / step_size / norm / random_start / seed: PGD
+    settings (step size 2.5·ε/steps by default); deepfool_steps, cw_steps, cw_c: the
+    minimum-norm attacks' iterations and C&W's c (they minimise the L2 norm; with
+    ``norm="inf"`` the L∞ norm of what they find is used, a weaker attack there); target: ``None`` (untargeted, away from the true label,
     the usual robust accuracy) or a class target such as ``"second"``; gallery: how
     many attacked images to keep (the lowest dataset indices that the gallery attack
     flips, each at the smallest ε in the list that flips it), with saliency maps
@@ -84,10 +91,16 @@ class RobustnessAccumulator:
 
     def __init__(self, eps: Sequence[float] = DEFAULT_EPS, attacks: Sequence[str] = ATTACKS, *, steps: int = 10,
                  step_size: float | None = None, norm: str = "inf", target: Any = None, random_start: bool = False,
-                 seed: int = 0, gallery: int = 6, class_names: Sequence[str] | None = None):
+                 seed: int = 0, gallery: int = 6, class_names: Sequence[str] | None = None, deepfool_steps: int = 50,
+                 cw_steps: int = 100, cw_c: float = 1.0):
         self.eps = _check_eps_list(eps)
         self.attacks = _check_attacks(attacks)
         self.steps = _check_steps(steps)
+        self.deepfool_steps = _check_steps(deepfool_steps)
+        self.cw_steps = _check_steps(cw_steps)
+        if isinstance(cw_c, bool) or not isinstance(cw_c, (int, float)) or not cw_c > 0:
+            raise ValueError(f"cw_c must be a number > 0, got {cw_c!r}")
+        self.cw_c = float(cw_c)
         self.step_size = step_size
         self.norm = _norm(norm)
         self.target = target
@@ -109,11 +122,28 @@ class RobustnessAccumulator:
 
     # ------------------------------------------------------------------ settings
     def settings(self) -> dict:
-        return {"eps": list(self.eps), "attacks": list(self.attacks), "norm": self.norm, "pgd_steps": self.steps,
-                "pgd_step_size": "2.5·ε/steps" if self.step_size is None else self.step_size,
-                "target": "untargeted (away from the true label)" if self.target is None else str(self.target),
-                "random_start": self.random_start, "seed": self.seed, "gallery_attack": self.gallery_attack,
-                "loss": "cross-entropy on logits"}
+        s = {"eps": list(self.eps), "attacks": list(self.attacks), "norm": self.norm, "pgd_steps": self.steps,
+             "pgd_step_size": "2.5·ε/steps" if self.step_size is None else self.step_size,
+             "target": "untargeted (away from the true label)" if self.target is None else str(self.target),
+             "random_start": self.random_start, "seed": self.seed, "gallery_attack": self.gallery_attack,
+             "loss": "cross-entropy on logits"}
+        if "deepfool" in self.attacks:
+            s.update(deepfool_steps=self.deepfool_steps, deepfool_overshoot=0.02)
+        if "cw" in self.attacks:
+            s.update(cw_steps=self.cw_steps, cw_c=self.cw_c, cw_lr=0.01, cw_kappa=0.0)
+        return s
+
+    def _min_norm(self, attack: str, forward, x, classes, targeted, logits):
+        """(x found, its perturbation's norm in the curve's norm, inf where the goal was not reached, prediction)."""
+        if attack == "deepfool":
+            x_adv, _ = _deepfool_core(forward, x, classes, targeted, self.deepfool_steps, 0.02, 10, logits)
+        else:
+            x_adv = _cw_core(forward, x, classes, targeted, self.cw_c, 0.0, self.cw_steps, 0.01, 1)[0]
+        pred = _predict(forward, x_adv).argmax(1)
+        d = (x_adv - x).flatten(1)
+        size = d.abs().amax(1) if self.norm == "inf" else d.norm(dim=1)
+        reached = (pred == classes) if targeted else (pred != classes)
+        return x_adv, torch.where(reached, size, torch.full_like(size, math.inf)), pred
 
     def _init(self, k: int) -> None:
         if self.num_classes is None:
@@ -155,9 +185,14 @@ class RobustnessAccumulator:
         with LayerTap(model) as tap:
             for a in self.attacks:
                 direction = None
+                found = self._min_norm(a, tap.run, x, classes, targeted, logits) if a in MIN_NORM else None
                 for j, eps in enumerate(self.eps):
                     e = _eps_tensor(eps, n, x)
-                    if a == "fgsm":
+                    if found is not None:
+                        within = (found[1] <= eps).view(-1, 1, 1, 1)
+                        x_adv = torch.where(within, found[0], x)
+                        pred = torch.where(within.view(-1), found[2], logits.argmax(1))
+                    elif a == "fgsm":
                         if direction is None and eps > 0:
                             _, direction = _loss_grad(tap.run, x, classes, targeted)
                         x_adv = x if eps == 0 else _fgsm_core(tap.run, x, classes, targeted, e, self.norm, direction)
@@ -165,7 +200,8 @@ class RobustnessAccumulator:
                         alpha = _step_size(self.step_size, e, self.steps)
                         x_adv, _ = _pgd_core(tap.run, x, classes, targeted, e, self.steps, alpha, self.norm,
                                              self.random_start, gen, True)
-                    pred = _predict(tap.run, x_adv).argmax(1)
+                    if found is None:
+                        pred = _predict(tap.run, x_adv).argmax(1)
                     ok = (pred == y).cpu()
                     self.correct[a][j] += int(ok.sum())
                     self.class_correct[a][:, j] += torch.bincount(yc[ok], minlength=k)[:k]
@@ -325,7 +361,7 @@ def curves_figure(results: dict[str, RobustnessResult], title: str | None = None
 
     plt = _mpl()
     fig, ax = plt.subplots(figsize=(6.4, 4.0))
-    styles = {"fgsm": "--", "pgd": "-"}
+    styles = {"fgsm": "--", "pgd": "-", "deepfool": ":", "cw": "-."}
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     norm = "inf"
     for i, (name, r) in enumerate(results.items()):
@@ -351,8 +387,10 @@ def curves_figure(results: dict[str, RobustnessResult], title: str | None = None
 def robustness(model: nn.Module, data: Any, eps: Sequence[float] = DEFAULT_EPS, attacks: Sequence[str] = ATTACKS, *,
                steps: int = 10, step_size: float | None = None, norm: str = "inf", target: Any = None,
                random_start: bool = False, seed: int = 0, gallery: int = 6, batch_size: int = 64,
-               device: Any = None, progress=None) -> RobustnessResult:
-    """Accuracy under FGSM/PGD for each ε over a dataset, in one :func:`cnnlens.scan` pass.
+               device: Any = None, progress=None, **minimum_norm: Any) -> RobustnessResult:
+    """Accuracy under FGSM/PGD (and DeepFool/C&W) for each ε over a dataset, in one :func:`cnnlens.scan` pass.
+
+    ``minimum_norm``: ``deepfool_steps``, ``cw_steps``, ``cw_c`` (see :class:`RobustnessAccumulator`).
 
     acc_attack(ε) = mean_i [argmax f(x_adv_i) = y_i], x_adv = attack(x, y, ε) away from the true label.
 
@@ -362,7 +400,7 @@ def robustness(model: nn.Module, data: Any, eps: Sequence[float] = DEFAULT_EPS, 
     from ..scan import scan
 
     acc = RobustnessAccumulator(eps, attacks, steps=steps, step_size=step_size, norm=norm, target=target,
-                                random_start=random_start, seed=seed, gallery=gallery)
+                                random_start=random_start, seed=seed, gallery=gallery, **minimum_norm)
     if target is not None:
         _parse_target(target, model)  # validate before the scan
     (res,) = scan(model, data, [acc], batch_size=batch_size, device=device, progress=progress)

@@ -37,7 +37,18 @@ def attack_intro(settings: dict) -> str:
     norm = "L∞" if settings.get("norm", "inf") == "inf" else "L2"
     target = str(settings.get("target", ""))
     out = _ADVERSARIAL
-    if method == "fgsm":
+    if method == "deepfool":
+        out += ("<b>DeepFool</b> (Moosavi-Dezfooli et al. 2016) pushes the image over the decision boundary to the "
+                "closest class geometrically: linearise the network at the image, step straight to the nearest "
+                "linearised boundary (distance |z<sub>k</sub> − z<sub>a</sub>| / ‖∇(z<sub>k</sub> − z<sub>a</sub>)‖₂), "
+                "repeat until the class changes, then go 2 % further. No budget: the ε column is the L2 norm of the "
+                "perturbation it found. ")
+    elif method == "cw":
+        out += ("<b>Carlini–Wagner L2</b> (Carlini &amp; Wagner 2017) minimises ‖δ‖₂² + c·max(z<sub>a</sub> − "
+                "max<sub>j≠a</sub> z<sub>j</sub>, −κ) with Adam, writing the image as (tanh w + 1)/2 so it stays in "
+                "[0, 1]; the smallest image that changes the class is kept. No budget: the ε column is the L2 norm "
+                "found. ")
+    elif method == "fgsm":
         step = "ε·sign(∇ₓ CE)" if norm == "L∞" else "ε·∇ₓ CE/‖∇ₓ CE‖₂"
         out += (f"The <b>fast gradient (sign) method</b> (Goodfellow et al. 2015) takes one step of {step}: a single "
                 f"linear step of size ε in the {norm} norm. ")
@@ -46,7 +57,9 @@ def attack_intro(settings: dict) -> str:
                 f"{settings.get('steps', 'several')} small steps along the gradient's "
                 f"{'sign' if norm == 'L∞' else 'direction'} and projects back onto the {norm} ball of radius ε after "
                 "each one. ")
-    if method.startswith("minimal"):
+    if method in ("deepfool", "cw"):
+        pass
+    elif method.startswith("minimal"):
         out += ("Here each image gets <b>the smallest ε that reaches the goal</b>: a first-order guess "
                 "margin/‖∇margin‖ (exact for a linear model), then doubling until PGD succeeds and bisection between "
                 "the last failure and the first success. ")
@@ -75,6 +88,11 @@ def robust_intro(results: dict, robustified: bool = False) -> str:
     else:
         parts.append(f": FGSM is one step, PGD {first.settings.get('pgd_steps', 10)}; the gap between them shows how "
                      "much a single linear step underestimates the danger.")
+    if "deepfool" in attacks or "cw" in attacks:
+        parts.append(" The minimum-norm attacks (" + ", ".join(n for a, n in (("deepfool", "DeepFool"), ("cw", "C&amp;W L2"))
+                                                          if a in attacks)
+                     + ") run once per image; an image counts as broken at ε when the perturbation they found is "
+                       "no larger than ε.")
     if len(results) > 1:
         parts.append(f" {len(results)} models side by side: {', '.join(map(html.escape, results))}.")
     if robustified:
@@ -101,6 +119,10 @@ INTROS = {
         "shows the ε each image really needed, for the two models.</p>"
     ),
 }
+
+
+#: how each attack is named in tables and titles
+ATTACK_TITLES = {"fgsm": "FGSM", "pgd": "PGD", "deepfool": "DeepFool", "cw": "C&W L2", "minimal": "Minimal-ε PGD"}
 
 
 def _name(class_names, c: int) -> str:
@@ -210,7 +232,7 @@ def add_attack_section(report, model, x: torch.Tensor, names: Sequence[str], r: 
                     "after_8bit_rounding": int(qpred[i]), "top5": topk_rows(r, i, class_names)}
     sec.figure(attack_figure(x, r, names, class_names), "Original, adversarial image, and the perturbation (amplified; grey = 0)")
     sec.table(rows, header=["image", "before (p)", "goal", "after (p)", "reached",
-                            f"ε budget ({'L∞' if norm == 'inf' else 'L2'}, pixel units)", "‖δ‖∞", "‖δ‖₂", "PGD steps",
+                            f"ε budget ({'L∞' if norm == 'inf' else 'L2'}, pixel units)", "‖δ‖∞", "‖δ‖₂", "steps",
                             "after 8-bit rounding"],
               caption="‖δ‖∞ in grey levels (1/255). The last column re-classifies the adversarial image rounded to 8 bits, "
                       "as a saved PNG would hold it: a perturbation below half a grey level is rounded away.")
@@ -233,15 +255,18 @@ def add_robustness_section(report, results: dict, *, title: str = "Robustness", 
         shown["eps"] = ", ".join(eps_text(float(e), norm) for e in shown["eps"])
     sec = report.section(title, intro=robust_intro(results, robustified) if intro is None else intro,
                          settings={**shown, **(settings or {})})
-    styles = [s for a, s in (("pgd", "solid: PGD"), ("fgsm", "dashed: FGSM")) if a in first.attacks]
-    sec.figure(curves_figure(results), f"Accuracy under attack against ε ({', '.join(styles)})")
-    header = ["model", "clean"] + [f"PGD ε={eps_text(e, norm)}" for e in first.eps if e > 0] + \
-             [f"FGSM ε={eps_text(e, norm)}" for e in first.eps if e > 0]
+    shown_attacks = ["pgd", "fgsm"] + [a for r in results.values() for a in r.attacks if a not in ("pgd", "fgsm")]
+    shown_attacks = [a for a in dict.fromkeys(shown_attacks) if any(a in r.attacks for r in results.values())]
+    styles = {"pgd": "solid", "fgsm": "dashed", "deepfool": "dotted", "cw": "dash-dot"}
+    legend = ", ".join(f"{styles.get(a, 'solid')}: {ATTACK_TITLES.get(a, a.upper())}" for a in shown_attacks)
+    sec.figure(curves_figure(results), f"Accuracy under attack against ε ({legend})")
+    header = ["model", "clean"] + [f"{ATTACK_TITLES.get(a, a.upper())} ε={eps_text(e, norm)}"
+                                   for a in shown_attacks for e in first.eps if e > 0]
     rows = []
     for name, r in results.items():
-        pg = [f"{float(r.accuracy['pgd'][j]):.3f}" if "pgd" in r.attacks else "–" for j, e in enumerate(r.eps) if e > 0]
-        fg = [f"{float(r.accuracy['fgsm'][j]):.3f}" if "fgsm" in r.attacks else "–" for j, e in enumerate(r.eps) if e > 0]
-        rows.append([name, f"{r.clean_accuracy:.3f}"] + pg + fg)
+        cols = [f"{float(r.accuracy[a][j]):.3f}" if a in r.attacks else "–"
+                for a in shown_attacks for j, e in enumerate(r.eps) if e > 0]
+        rows.append([name, f"{r.clean_accuracy:.3f}"] + cols)
         sec.data(name, r.to_dict())
     sec.table(rows, header=header, caption=f"Accuracy on {first.n} images, clean and under attack.")
     strongest = "pgd" if "pgd" in first.attacks else first.attacks[0]

@@ -11,6 +11,10 @@ for any ``nn.Module`` mapping N×C×H×W pixels in [0, 1] to N×K logits:
 ``occlusion``               logit drop / probability map under a sliding patch (Zeiler & Fergus)
 ``cam``                     Σ_k w_k^c f_k for a GAP + linear head (Zhou et al. 2016)
 ``gradcam``/``gradcam_pp``  ReLU(Σ_k α_k A^k) at any layer (Selvaraju et al. 2017; Grad-CAM++)
+``xgradcam``                α_k = Σ_ij A_ij G_ij / Σ_ij A_ij (Fu et al. 2020)
+``hirescam``                ReLU(Σ_k G^k ⊙ A^k) (Draelos & Carin 2020)
+``layercam``                ReLU(Σ_k ReLU(G^k) ⊙ A^k), fused over layers (Jiang et al. 2021)
+``eigencam``                first principal component of the activations (Muhammad & Yeasin 2020)
 ``guided_backprop``         the ReLU backward rule overridden (Springenberg et al. 2015)
 ``guided_gradcam``          guided backprop ⊙ Grad-CAM
 ``augmented_gradcam``       super-resolved Grad-CAM from augmented copies (Morbidelli et al. 2020)
@@ -26,6 +30,10 @@ logged), ``batch_size`` (images per forward for the methods that run several; de
 ``extras["empty"]``, never NaN. The model is never changed: LayerTap restores it, also
 when the model raises.
 
+``captum(model, x, "DeepLift")`` runs any Captum attribution class (DeepLift, GradientShap,
+LRP, Lime, KernelShap, FeatureAblation, ...) and returns an Explanation (``pip install
+'cnnlens[captum]'``).
+
 ``faithfulness`` / ``deletion`` / ``insertion`` (Petsiuk et al. 2018) and
 ``randomization_check`` (Adebayo et al. 2018) measure how much a map can be trusted.
 
@@ -37,7 +45,8 @@ when the model raises.
 from __future__ import annotations
 
 from .augmented import augmented_gradcam, random_affines, superresolve
-from .cam import cam, gradcam, gradcam_pp
+from .bridge import captum
+from .cam import cam, eigencam, gradcam, gradcam_pp, hirescam, layercam, xgradcam
 from .faithfulness import (Curve, Faithfulness, Randomization, deletion, faithfulness, insertion,
                            randomization_check)
 from .gradients import gradient_x_input, integrated_gradients, saliency, smoothgrad
@@ -54,14 +63,18 @@ METHODS = {
     "cam": cam,
     "gradcam": gradcam,
     "gradcam_pp": gradcam_pp,
+    "xgradcam": xgradcam,
+    "hirescam": hirescam,
+    "layercam": layercam,
+    "eigencam": eigencam,
     "guided_backprop": guided_backprop,
     "guided_gradcam": guided_gradcam,
     "augmented_gradcam": augmented_gradcam,
 }
 
 __all__ = [
-    "METHODS", "Curve", "Faithfulness", "Randomization", "augmented_gradcam", "cam", "deletion", "faithfulness",
-    "gradcam", "gradcam_pp", "gradient_x_input", "guided_backprop", "guided_gradcam", "insertion",
-    "integrated_gradients", "occlusion", "random_affines", "randomization_check", "saliency", "smoothgrad",
-    "superresolve",
+    "METHODS", "Curve", "Faithfulness", "Randomization", "augmented_gradcam", "cam", "captum", "deletion", "eigencam",
+    "faithfulness", "gradcam", "gradcam_pp", "gradient_x_input", "guided_backprop", "guided_gradcam", "hirescam",
+    "insertion", "integrated_gradients", "layercam", "occlusion", "random_affines", "randomization_check", "saliency",
+    "smoothgrad", "superresolve", "xgradcam",
 ]

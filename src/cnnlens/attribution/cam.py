@@ -1,4 +1,4 @@
-"""Class activation maps: CAM, Grad-CAM and Grad-CAM++.
+"""Class activation maps: CAM, Grad-CAM, Grad-CAM++, XGrad-CAM, HiResCAM, LayerCAM and Eigen-CAM.
 
 CAM (Zhou et al. 2016) needs a head "global average pool → linear": with f_k the
 k-th feature map of the pooled layer and w^c the classifier row of class c,
@@ -16,15 +16,28 @@ On a GAP + linear head α_k^c = w_k^c/(H·W), so Grad-CAM there is CAM/(H·W) be
 the ReLU. Only the backward from the score to the layer runs: the layer's output is
 made a leaf of the graph for the call, so nothing before it is differentiated and
 no parameter gradient is computed.
+
+The gradient variants differ only in how (A, G = ∂y_c/∂A) become a map — one small
+function each (:data:`COMBINE`), like pytorch-grad-cam's ``get_cam_weights``:
+
+    Grad-CAM    Σ_k mean_ij(G_k) · A_k
+    Grad-CAM++  Σ_k (Σ_ij a_kij ReLU(G_kij)) · A_k
+    XGrad-CAM   Σ_k (Σ_ij A_kij G_kij / Σ_ij A_kij) · A_k          (Fu et al. 2020)
+    HiResCAM    Σ_k G_k ⊙ A_k                                       (Draelos & Carin 2020)
+    LayerCAM    Σ_k ReLU(G_k) ⊙ A_k                                 (Jiang et al. 2021)
+
+Eigen-CAM (Muhammad & Yeasin 2020) needs no gradient: the projection of the
+activations on their first principal component.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import nn
 
+from ..grid import as_grid, grid_layout, to_grid
 from ..results import Explanation
 from ..tap import LayerTap, find_last_spatial_layer, resolve_layer
 from ._common import Layout, Prepared, finish, log, logits_of, pick_classes, prepare, score, target_layers, upsample
@@ -36,6 +49,8 @@ class LeafAt:
 
     The recorded leaf ``A`` is what gradients are taken against; the model carries
     on with a copy, so in-place operations after the layer cannot modify ``A``.
+    When the output is already part of a graph (an earlier layer of the same tap
+    was made a leaf), it is recorded as it is, so one backward reaches every layer.
     """
 
     def __init__(self, name: str):
@@ -43,13 +58,13 @@ class LeafAt:
         self.A: torch.Tensor | None = None
 
     def __call__(self, module, inputs, output):
-        if not torch.is_tensor(output) or output.dim() != 4:
+        if not torch.is_tensor(output) or output.dim() not in (3, 4):
             shape = tuple(output.shape) if torch.is_tensor(output) else type(output).__name__
             raise ValueError(
-                f"layer {self.name!r} returns {shape}, not an N×C×H×W feature map; "
-                "name a convolutional layer with layer=..."
+                f"layer {self.name!r} returns {shape}, not a feature map (N×C×H×W, N×H×W×C or N×tokens×C); "
+                "name a convolutional layer or a transformer block with layer=..."
             )
-        leaf = output.detach().requires_grad_(True)
+        leaf = output if output.requires_grad else output.detach().requires_grad_(True)
         self.A = leaf
         return leaf.clone()
 
@@ -88,22 +103,41 @@ def warn_if_flat(model: nn.Module, p: Prepared, name: str, A: torch.Tensor) -> N
 def layer_gradient(tap: LayerTap, leaf: LeafAt, p: Prepared, xb: torch.Tensor, classes: torch.Tensor | None = None,
                    layout: Layout | None = None):
     """(A, ∂s/∂A, classes, s) for a batch inside a tap that has ``leaf`` as an edit."""
-    leaf.A = None
+    (A, G), classes, s = layer_gradients(tap, [leaf], p, xb, classes, layout)
+    return A[0], G[0], classes, s
+
+
+def layer_gradients(tap: LayerTap, leaves: Sequence[LeafAt], p: Prepared, xb: torch.Tensor,
+                    classes: torch.Tensor | None = None, layout: Layout | None = None):
+    """([A_l], [∂s/∂A_l]), classes, s for several layers from one forward and one backward."""
+    for leaf in leaves:
+        leaf.A = None
     out = layout.run(tap, xb) if layout is not None else tap.run(xb)
-    if leaf.A is None:
-        raise ValueError(f"layer {leaf.name!r} did not run in the forward pass; name a layer that forward() uses")
+    for leaf in leaves:
+        if leaf.A is None:
+            raise ValueError(f"layer {leaf.name!r} did not run in the forward pass; name a layer that forward() uses")
     if classes is None:
         classes = pick_classes(p, out, xb.shape[0])
     s = score(p, tap, out, classes)
-    g = None
+    gs = [None] * len(leaves)
     if s.requires_grad:
-        (g,) = torch.autograd.grad(s.sum(), leaf.A, allow_unused=True)
-    if g is None:
-        raise ValueError(
-            f"the target's score does not depend on layer {leaf.name!r}: no path leads from it to the target "
-            "(a side branch, or a layer after the target); name a layer on the way from the input to the target"
-        )
-    return leaf.A.detach().contiguous(), g.contiguous(), classes, s.detach()
+        gs = list(torch.autograd.grad(s.sum(), [leaf.A for leaf in leaves], allow_unused=True))
+    for leaf, g in zip(leaves, gs):
+        if g is None:
+            raise ValueError(
+                f"the target's score does not depend on layer {leaf.name!r}: no path leads from it to the target "
+                "(a side branch, or a layer after the target); name a layer on the way from the input to the target"
+            )
+    hw = tuple(xb.shape[-2:])
+    As, Gs = [], []
+    for leaf, g in zip(leaves, gs):  # token and channels-last outputs as N×C×h×w (a linear map: G maps alike)
+        layout, prefix = grid_layout(leaf.A, tap.model, resolve_layer(tap.model, leaf.name)[1], hw, leaf.name)
+        if layout != "nchw":
+            log.info("layer %s: %s output read as an N×C×h×w grid%s", leaf.name, layout,
+                     f" ({prefix} prefix token(s) dropped)" if prefix else "")
+        As.append(to_grid(leaf.A.detach(), layout, prefix, hw).contiguous())
+        Gs.append(to_grid(g, layout, prefix, hw).contiguous())
+    return (As, Gs), classes, s.detach()
 
 
 def gradcam_tap(model: nn.Module, p: Prepared, name: str) -> tuple[LayerTap, LeafAt]:
@@ -127,8 +161,29 @@ def gradcam_weights(A: torch.Tensor, G: torch.Tensor, plus: bool = False) -> tor
     return (a * G.clamp_min(0)).sum((2, 3))
 
 
-def _gradcam(model: nn.Module, x: torch.Tensor, target: Any, layer: Any, relu: bool, y, plus: bool,
-             method: str, channels_last: bool | None = None) -> Explanation:
+def xgradcam_weights(A: torch.Tensor, G: torch.Tensor) -> torch.Tensor:
+    """XGrad-CAM channel weights N×K: α_k = Σ_ij (A_kij / Σ_ab A_kab) · G_kij (0 for a channel summing to 0)."""
+    total = A.sum((2, 3))
+    safe = torch.where(total != 0, total, torch.ones_like(total))
+    return torch.where(total != 0, (A * G).sum((2, 3)) / safe, torch.zeros_like(total))
+
+
+def _weighted(w: torch.Tensor, A: torch.Tensor):
+    return torch.einsum("nk,nkhw->nhw", w, A), w
+
+
+#: (A, G) → (map before the ReLU, channel weights or None), per method
+COMBINE: dict[str, Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor | None]]] = {
+    "gradcam": lambda A, G: _weighted(gradcam_weights(A, G), A),
+    "gradcam_pp": lambda A, G: _weighted(gradcam_weights(A, G, plus=True), A),
+    "xgradcam": lambda A, G: _weighted(xgradcam_weights(A, G), A),
+    "hirescam": lambda A, G: ((G * A).sum(1), None),
+    "layercam": lambda A, G: ((G.clamp_min(0) * A).sum(1), None),
+}
+
+
+def _gradcam(model: nn.Module, x: torch.Tensor, target: Any, layer: Any, relu: bool, y, method: str,
+             channels_last: bool | None = None) -> Explanation:
     p = prepare(model, x, target, y, method)
     name = layer_name(model, p, layer)
     tap, leaf = gradcam_tap(model, p, name)
@@ -136,12 +191,13 @@ def _gradcam(model: nn.Module, x: torch.Tensor, target: Any, layer: Any, relu: b
         A, G, classes, s = layer_gradient(tap, leaf, p, p.x, layout=Layout(model, p.x, channels_last))
     warn_if_flat(model, p, name, A)
     A, G = A.float(), G.float()
-    w = gradcam_weights(A, G, plus)
-    lin = torch.einsum("nk,nkhw->nhw", w, A)
+    lin, w = COMBINE[method](A, G)
     raw = lin.clamp_min(0) if relu else lin
+    extras = {"pre_relu": lin, "score": s}
+    if w is not None:
+        extras["weights"] = w
     return finish(p, upsample(raw, p.size), method, classes, layer=name, raw=raw,
-                  settings={"layer": name, "relu": relu, "grid": tuple(raw.shape[-2:])},
-                  extras={"pre_relu": lin, "weights": w, "score": s})
+                  settings={"layer": name, "relu": relu, "grid": tuple(raw.shape[-2:])}, extras=extras)
 
 
 @needs_autograd
@@ -154,7 +210,7 @@ def gradcam(model: nn.Module, x: torch.Tensor, target: Any = "predicted", *, lay
 
     >>> e = gradcam(model, x, target="second", layer="layer4")     # doctest: +SKIP
     """
-    return _gradcam(model, x, target, layer, relu, y, False, "gradcam", channels_last)
+    return _gradcam(model, x, target, layer, relu, y, "gradcam", channels_last)
 
 
 @needs_autograd
@@ -164,7 +220,108 @@ def gradcam_pp(model: nn.Module, x: torch.Tensor, target: Any = "predicted", *, 
 
     >>> gradcam_pp(model, x).maps           # doctest: +SKIP
     """
-    return _gradcam(model, x, target, layer, relu, y, True, "gradcam_pp", channels_last)
+    return _gradcam(model, x, target, layer, relu, y, "gradcam_pp", channels_last)
+
+
+@needs_autograd
+def xgradcam(model: nn.Module, x: torch.Tensor, target: Any = "predicted", *, layer: Any = None,
+             relu: bool = True, y: torch.Tensor | None = None, channels_last: bool | None = None) -> Explanation:
+    """XGrad-CAM (Fu et al. 2020): L = ReLU(Σ_k α_k A^k), α_k = Σ_ij (A^k_ij / Σ_ab A^k_ab) ∂y_c/∂A^k_ij.
+
+    The weights that satisfy the paper's conservation axiom: on a GAP + linear head
+    over non-negative features, α = w^c/(H·W) and Σ_ij (Σ_k α_k A^k_ij) = y_c − b_c.
+
+    >>> xgradcam(model, x, layer="layer4").extras["weights"]     # doctest: +SKIP
+    """
+    return _gradcam(model, x, target, layer, relu, y, "xgradcam", channels_last)
+
+
+@needs_autograd
+def hirescam(model: nn.Module, x: torch.Tensor, target: Any = "predicted", *, layer: Any = None,
+             relu: bool = True, y: torch.Tensor | None = None, channels_last: bool | None = None) -> Explanation:
+    """HiResCAM (Draelos & Carin 2020): L = ReLU(Σ_k ∂y_c/∂A^k ⊙ A^k), the gradient × activation summed over channels.
+
+    No spatial averaging of the gradient, so where the head is linear in A (GAP +
+    linear) the map before the ReLU adds up to the score: Σ_ij pre_relu = y_c − b_c.
+
+    >>> hirescam(model, x, relu=False).raw.sum((1, 2))     # doctest: +SKIP
+    """
+    return _gradcam(model, x, target, layer, relu, y, "hirescam", channels_last)
+
+
+@needs_autograd
+def layercam(model: nn.Module, x: torch.Tensor, target: Any = "predicted", *, layer: Any = None,
+             gamma: float = 2.0, y: torch.Tensor | None = None, channels_last: bool | None = None) -> Explanation:
+    """LayerCAM (Jiang et al. 2021): L = ReLU(Σ_k ReLU(∂y_c/∂A^k) ⊙ A^k), also fused over several layers.
+
+    ``layer`` is one layer (default: the last spatial layer) or a list of layers.
+    With several, one forward and one backward give every layer's map L_l; each is
+    scaled as in the paper's eq. 9, tanh(γ · L_l / max L_l), upsampled to the input
+    and fused by the element-wise maximum (``extras["per_layer"]`` holds each L_l
+    at its grid). With one layer, ``maps`` is L itself (no scaling).
+
+    >>> layercam(model, x, layer=["layer2", "layer3", "layer4"]).maps     # doctest: +SKIP
+    """
+    if not isinstance(layer, (list, tuple)):
+        return _gradcam(model, x, target, layer, True, y, "layercam", channels_last)
+    if not layer:
+        raise ValueError("layercam: layer=[] names no layer; give one layer or a list of layers")
+    p = prepare(model, x, target, y, "layercam")
+    names = list(dict.fromkeys(layer_name(model, p, l) for l in layer))
+    leaves = [LeafAt(n) for n in names]
+    with LayerTap(model, names + target_layers(p.target), edits=dict(zip(names, leaves))) as tap:
+        (As, Gs), classes, s = layer_gradients(tap, leaves, p, p.x, layout=Layout(model, p.x, channels_last))
+    per_layer, fused = [], None
+    for A, G in zip(As, Gs):
+        L = COMBINE["layercam"](A.float(), G.float())[0].clamp_min(0)
+        per_layer.append(L)
+        top = L.flatten(1).amax(1).view(-1, 1, 1)
+        scaled = torch.tanh(float(gamma) * L / torch.where(top > 0, top, torch.ones_like(top)))
+        up = upsample(scaled, p.size)
+        fused = up if fused is None else torch.maximum(fused, up)
+    return finish(p, fused, "layercam", classes, layer=",".join(names),
+                  settings={"layers": names, "gamma": float(gamma), "fusion": "max of tanh(γ·L/max L)",
+                            "grids": [tuple(L.shape[-2:]) for L in per_layer]},
+                  extras={"per_layer": [L.detach().float().cpu() for L in per_layer], "score": s})
+
+
+@needs_autograd
+def eigencam(model: nn.Module, x: torch.Tensor, target: Any = "predicted", *, layer: Any = None,
+             relu: bool = True, y: torch.Tensor | None = None, channels_last: bool | None = None) -> Explanation:
+    """Eigen-CAM (Muhammad & Yeasin 2020): the activations projected on their first principal component.
+
+    With A the layer's output as an (H·W)×K matrix per image, centred over positions
+    (Ā = A − mean_ij A), and v₁ the first right-singular vector of Ā, the map is
+    L = ReLU(Ā v₁). SVD leaves the sign of v₁ arbitrary; it is chosen so that the map
+    correlates positively with the activations' channel mean, mean_k A^k.
+    No gradient and no class: the map is the same for every target (``classes`` still
+    records the target, for faithfulness scores). ``extras["pre_relu"]`` = Ā v₁,
+    ``extras["explained"]`` = σ₁² / Σ σ², the share of the variance it shows.
+
+    >>> eigencam(model, x, layer="layer4").maps     # doctest: +SKIP
+    """
+    p = prepare(model, x, target, y, "eigencam")
+    name = layer_name(model, p, layer)
+    with LayerTap(model, [name] + target_layers(p.target), detach=True) as tap, torch.no_grad():
+        out = Layout(model, p.x, channels_last).run(tap, p.x)
+        A = as_grid(tap[name], model, resolve_layer(model, name)[1], p.size, name)
+        classes = pick_classes(p, out, p.n)
+    A = A.float().contiguous()
+    n, k, h, w = A.shape
+    M = A.reshape(n, k, h * w).transpose(1, 2)  # N × positions × channels
+    Mc = M - M.mean(1, keepdim=True)
+    _, S, Vh = torch.linalg.svd(Mc, full_matrices=False)
+    proj = torch.einsum("npk,nk->np", Mc, Vh[:, 0])
+    mean = M.mean(2)
+    sign = torch.where((proj * (mean - mean.mean(1, keepdim=True))).sum(1) < 0, -1.0, 1.0)
+    lin = (proj * sign.view(-1, 1)).view(n, h, w)
+    raw = lin.clamp_min(0) if relu else lin
+    var = (S * S).sum(1)
+    explained = torch.where(var > 0, S[:, 0] ** 2 / torch.where(var > 0, var, torch.ones_like(var)),
+                            torch.zeros_like(var))
+    return finish(p, upsample(raw, p.size), "eigencam", classes, layer=name, raw=raw,
+                  settings={"layer": name, "relu": relu, "grid": (h, w)},
+                  extras={"pre_relu": lin, "explained": explained})
 
 
 class _Order:

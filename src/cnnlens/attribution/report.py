@@ -24,7 +24,8 @@ TITLES = {
     "saliency": "Saliency", "smoothgrad": "SmoothGrad", "gradient_x_input": "Gradient × input",
     "integrated_gradients": "Integrated Gradients", "occlusion": "Occlusion", "cam": "CAM", "gradcam": "Grad-CAM",
     "gradcam_pp": "Grad-CAM++", "guided_backprop": "Guided backprop", "guided_gradcam": "Guided Grad-CAM",
-    "augmented_gradcam": "Augmented Grad-CAM",
+    "augmented_gradcam": "Augmented Grad-CAM", "xgradcam": "XGrad-CAM", "hirescam": "HiResCAM",
+    "layercam": "LayerCAM", "eigencam": "Eigen-CAM",
 }
 
 #: maps whose sign means something (drawn with a diverging colour map centred at 0)
@@ -40,7 +41,9 @@ UNITS = {
     "occlusion": "drop of the class score (logit) when hidden", "cam": "Σ w·f (logit units; mean = score − bias)",
     "gradcam": "ReLU(Σ α·A) (score units)", "gradcam_pp": "ReLU(Σ w·A) (score units)",
     "guided_backprop": "guided |∂S/∂x|", "guided_gradcam": "guided backprop × Grad-CAM",
-    "augmented_gradcam": "super-resolved Grad-CAM (score units)",
+    "augmented_gradcam": "super-resolved Grad-CAM (score units)", "xgradcam": "ReLU(Σ w·A), w = Σ A·∂S/∂A / Σ A",
+    "hirescam": "ReLU(Σ_k A ⊙ ∂S/∂A) (score units)", "layercam": "ReLU(Σ_k ReLU(∂S/∂A) ⊙ A)",
+    "eigencam": "first principal component of the activations",
 }
 
 #: a short description per method, shown above its maps
@@ -102,7 +105,60 @@ INTROS = {
         "down-sampled by D. Recover h from the inverse problem "
         "argmin<sub>h</sub> ½ Σ<sub>l</sub> ‖D(A<sub>l</sub>(h)) − g<sub>l</sub>‖² + λ TV<sub>ℓ1</sub>(h) + "
         "(μ/2)‖h‖², solved by (sub)gradient descent; the anisotropic total variation keeps edges."),
+    "xgradcam": (
+        "<b>XGrad-CAM</b> (Fu et al. 2020): Grad-CAM with each channel's gradient averaged with the channel's own "
+        "activations as weights, α<sub>k</sub> = Σ<sub>ij</sub> A<sup>k</sup><sub>ij</sub> "
+        "∂y<sub>c</sub>/∂A<sup>k</sup><sub>ij</sub> / Σ<sub>ij</sub> A<sup>k</sup><sub>ij</sub>, chosen so that the "
+        "map adds up to the score where the head is linear (conservation)."),
+    "hirescam": (
+        "<b>HiResCAM</b> (Draelos &amp; Carin 2020): Σ<sub>k</sub> ∂y<sub>c</sub>/∂A<sup>k</sup> ⊙ A<sup>k</sup> — "
+        "the gradient is not averaged over positions, so the map shows exactly which positions raise the score "
+        "(on a global-average-pool head it adds up to the score minus the bias)."),
+    "layercam": (
+        "<b>LayerCAM</b> (Jiang et al. 2021): Σ<sub>k</sub> ReLU(∂y<sub>c</sub>/∂A<sup>k</sup>) ⊙ A<sup>k</sup>, "
+        "each position weighted by its own positive gradient, which keeps fine detail at earlier layers; maps of "
+        "several layers can be fused."),
+    "eigencam": (
+        "<b>Eigen-CAM</b> (Muhammad &amp; Yeasin 2020): no gradient and no class — the layer's activations "
+        "projected on their first principal component (what varies most across positions). It shows what the "
+        "layer attends to, the same map for every class."),
 }
+
+def _captum_takes_layer(name: str) -> bool:
+    import inspect
+
+    from .bridge import captum_class
+
+    try:
+        return "layer" in inspect.signature(captum_class(name.split(":", 1)[1]).__init__).parameters
+    except (ImportError, ValueError, TypeError):
+        return False
+
+
+def title_of(method: str) -> str:
+    """The display name of a method (``captum:DeepLift`` → ``DeepLift (Captum)``)."""
+    if method.startswith("captum:"):
+        return f"{method.split(':', 1)[1]} (Captum)"
+    return TITLES.get(method, method)
+
+
+def intro_of(method: str) -> str:
+    """The lesson shown above a method's maps (a short line for a bridged Captum class)."""
+    if method.startswith("captum:"):
+        name = html.escape(method.split(":", 1)[1])
+        return (f"<b>{name}</b>, computed by Captum (<code>captum.attr.{name}</code>) through cnnlens's bridge: the "
+                "attributions summed over colour channels, scored for faithfulness like every other map.")
+    return INTROS.get(method, "")
+
+
+def is_signed(method: str) -> bool:
+    """Whether a map's sign means something (a diverging colour map centred at 0)."""
+    return method in SIGNED or method.startswith("captum:")
+
+
+#: methods that read one layer (``layer=`` is passed on to them)
+LAYERED = ("cam", "gradcam", "gradcam_pp", "guided_gradcam", "augmented_gradcam", "xgradcam", "hirescam",
+           "layercam", "eigencam")
 
 FAITH_INTRO = (
     "<b>How faithful is a map?</b> <i>Deletion</i> (Petsiuk et al. 2018): replace the pixels by a blurred copy in "
@@ -119,9 +175,14 @@ def run_methods(model, x: torch.Tensor, methods: Sequence[str], target: Any = "p
     """Run each method on the batch; a method that does not apply (ValueError) is kept as its error."""
     out: dict[str, Explanation | Exception] = {}
     for i, name in enumerate(methods):
-        fn = METHODS[name]
+        if name.startswith("captum:"):
+            from .bridge import captum
+
+            fn = (lambda cls: lambda model, x, **kw: captum(model, x, cls, **kw))(name.split(":", 1)[1])
+        else:
+            fn = METHODS[name]
         kw = dict((settings or {}).get(name, {}))
-        if layer is not None and name in ("cam", "gradcam", "gradcam_pp", "guided_gradcam", "augmented_gradcam"):
+        if layer is not None and (name in LAYERED or (name.startswith("captum:") and _captum_takes_layer(name))):
             kw.setdefault("layer", layer)
         if progress:
             progress(name, i, len(methods))
@@ -131,6 +192,11 @@ def run_methods(model, x: torch.Tensor, methods: Sequence[str], target: Any = "p
         except ValueError as e:
             log.warning("%s does not apply: %s", name, e)
             out[name] = e
+        except (TypeError, AssertionError, NotImplementedError) as e:
+            if not name.startswith("captum:"):
+                raise
+            log.warning("%s does not apply: %s", name, e)  # Captum refuses a layer type, an argument, ...
+            out[name] = ValueError(str(e).splitlines()[0] if str(e) else type(e).__name__)
         else:
             out[name].extras["seconds"] = round(time.perf_counter() - t0, 3)
     return out
@@ -169,7 +235,7 @@ def guided_mark(ax, method: str) -> None:
 
 def _heat(e: Explanation, i: int, shared: bool) -> tuple[torch.Tensor, bool]:
     m = e.maps[i].float()
-    signed = e.method in SIGNED  # by the kind of map, never per image
+    signed = is_signed(e.method)  # by the kind of map, never per image
     if e.method in CLIPPED and m.numel() > 1:
         q = float(torch.quantile(m.abs().flatten(), 0.995))
         if q > 0:
@@ -188,7 +254,7 @@ def overlay_figure(image: torch.Tensor, e: Explanation, i: int, *, title: str = 
     fig, ax = plt.subplots(figsize=(3.4, 3.0))
     m, signed = _heat(e, i, shared)
     kw = {"vmin": 0.0, "vmax": 1.0} if shared and not signed else {}
-    overlay(ax, image, m, title=title or TITLES.get(e.method, e.method), diverging=signed, label=_unit(e, shared),
+    overlay(ax, image, m, title=title or title_of(e.method), diverging=signed, label=_unit(e, shared),
             **kw)
     guided_mark(ax, e.method)
     fig.tight_layout()
@@ -210,7 +276,7 @@ def grid_figure(image: torch.Tensor, name: str, expls: dict, i: int, faith: dict
     for j, (k, e) in enumerate(ok, start=1):
         ax = axes.flat[j]
         m, signed = _heat(e, i, shared)
-        t = TITLES.get(k, k)
+        t = title_of(k)
         if faith and k in faith:
             f = faith[k]
             t += f"\ndel {float(f.deletion_auc[i]):.3f} · ins {float(f.insertion_auc[i]):.3f}"
@@ -221,10 +287,6 @@ def grid_figure(image: torch.Tensor, name: str, expls: dict, i: int, faith: dict
         ax.set_axis_off()
     fig.tight_layout()
     return fig
-
-
-#: methods that read a layer (the CAM family)
-LAYERED = ("cam", "gradcam", "gradcam_pp", "guided_gradcam", "augmented_gradcam")
 
 
 def images_by_methods_figure(images: torch.Tensor, names: Sequence[str], expls: dict, faith: dict | None = None, *,
@@ -252,7 +314,7 @@ def images_by_methods_figure(images: torch.Tensor, names: Sequence[str], expls: 
                 probability_panel(ax, e, i)
             else:
                 m, signed = _heat(e, i, shared)
-                t = TITLES.get(k, k)
+                t = title_of(k)
                 if faith and k in faith:
                     t += f"\ndel {float(faith[k].deletion_auc[i]):.3f} · ins {float(faith[k].insertion_auc[i]):.3f}"
                 kw = {"vmin": 0.0, "vmax": 1.0} if shared and not signed else {}
@@ -314,8 +376,8 @@ def curves_figure(faith: dict, i: int, name: str):
     plt = _mpl()
     fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.2))
     for k, f in faith.items():
-        a.plot(f.deletion.fractions, f.deletion.scores[i], label=f"{TITLES.get(k, k)} ({float(f.deletion_auc[i]):.3f})")
-        b.plot(f.insertion.fractions, f.insertion.scores[i], label=f"{TITLES.get(k, k)} ({float(f.insertion_auc[i]):.3f})")
+        a.plot(f.deletion.fractions, f.deletion.scores[i], label=f"{title_of(k)} ({float(f.deletion_auc[i]):.3f})")
+        b.plot(f.insertion.fractions, f.insertion.scores[i], label=f"{title_of(k)} ({float(f.insertion_auc[i]):.3f})")
     for ax, t in ((a, "deletion (lower is better)"), (b, "insertion (higher is better)")):
         ax.set_title(f"{name}: {t}", fontsize=9)
         ax.set_xlabel("fraction of pixels removed" if ax is a else "fraction of pixels inserted", fontsize=8)
@@ -335,7 +397,7 @@ def randomization_figure(image: torch.Tensor, results: dict, i: int = 0):
     cols = 1 + max(len(r.layers) for r in results.values())
     fig, axes = plt.subplots(rows, cols, figsize=(2.5 * cols, 2.5 * rows), squeeze=False)
     for r_i, (k, r) in enumerate(results.items()):
-        overlay(axes[r_i, 0], image, r.original[i], title=f"{TITLES.get(k, k)}\ntrained", colorbar=False)
+        overlay(axes[r_i, 0], image, r.original[i], title=f"{title_of(k)}\ntrained", colorbar=False)
         guided_mark(axes[r_i, 0], k)
         for j, layer in enumerate(r.layers):
             rho = float(r.correlations[j, i])
@@ -357,7 +419,7 @@ def faith_table(faith: dict, names: Sequence[str]) -> tuple[list[list[Any]], lis
     rows = []
     for k, f in faith.items():
         cells = [f"{float(f.deletion_auc[i]):.3f} / {float(f.insertion_auc[i]):.3f}" for i in range(len(names))]
-        rows.append([TITLES.get(k, k)] + cells + [round(float(f.deletion_auc.mean()), 4),
+        rows.append([title_of(k)] + cells + [round(float(f.deletion_auc.mean()), 4),
                                                    round(float(f.insertion_auc.mean()), 4)])
     return rows, header
 
@@ -386,20 +448,20 @@ def _section_methods(report, title: str, intro: str, model, x: torch.Tensor, nam
     ctx.progress(f"attribution: {what}", 1, 1)
     shown = {k: (v if isinstance(v, dict) else {}) for k, v in settings.items()}
     sec = report.section(title, intro=intro, settings={
-        "methods": ", ".join(TITLES[m] for m in methods), "target": "the predicted class",
+        "methods": ", ".join(title_of(m) for m in methods), "target": "the predicted class",
         "faithfulness": f"deletion/insertion, {steps} steps, {'blurred' if baseline == 'blur' else baseline} "
                         "baseline, softmax probability",
         **{TITLES[k]: ", ".join(f"{a}={b}" for a, b in v.items()) for k, v in shown.items() if v},
         "seconds (maps and faithfulness)": round(time.perf_counter() - t0, 1)})
     for m in methods:
         e = expls[m]
-        sec.text(f"<h3>{TITLES[m]}</h3><p>{INTROS[m]}</p>")
+        sec.text(f"<h3>{title_of(m)}</h3><p>{intro_of(m)}</p>")
         if not isinstance(e, Explanation):
             sec.text(f"<p><i>Does not apply to this model: {html.escape(str(e))}</i></p>")
             continue
         extra = "probability" if m == "occlusion" and "probability" in e.extras else None
         sec.figure(method_figure(x, names, e, faith.get(m), class_names, extra=extra),
-                   f"{TITLES[m]} on {what} — under each map: deletion AUC (↓) · insertion AUC (↑).",
+                   f"{title_of(m)} on {what} — under each map: deletion AUC (↓) · insertion AUC (↑).",
                    name=f"attribution-{what}-{m}")
         note = _method_note(m, e)
         if note:

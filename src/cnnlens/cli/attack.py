@@ -89,12 +89,16 @@ def _png(img) -> bytes:
 def attack(
     images: List[str] = typer.Argument(..., help="Image files, folders or globs."),
     model: str = MODEL_OPT,
-    method: str = typer.Option("pgd", "--method", help="fgsm or pgd."),
+    method: str = typer.Option("pgd", "--method", help="fgsm, pgd, deepfool or cw (Carlini–Wagner L2); the last two "
+                               "find the smallest L2 perturbation and ignore --eps."),
     eps: str = typer.Option("2/255", "--eps", help="Budget per pixel in pixel units ([0, 1]): 2/255, 0.01, ..."),
     target: str = typer.Option("second", "--target", "-t", help="second (the runner-up class), untargeted, a class index or a class name."),
-    steps: int = typer.Option(10, "--steps", min=1, help="PGD steps."),
+    steps: Optional[int] = typer.Option(None, "--steps", min=1, help="PGD steps (default 10), DeepFool iterations "
+                                        "(50) or C&W Adam steps (100)."),
     step_size: Optional[str] = typer.Option(None, "--step-size", help="PGD step in pixel units (default 2.5·ε/steps)."),
     norm: str = typer.Option("inf", "--norm", help="inf (L∞: ε ≤ 1, e.g. 8/255) or 2 (L2: ε may exceed 1)."),
+    c: float = typer.Option(1.0, "--c", min=0.0, help="C&W: weight c of the misclassification term."),
+    overshoot: float = typer.Option(0.02, "--overshoot", min=0.0, help="DeepFool: how far past the boundary (× the step)."),
     random_start: bool = typer.Option(False, "--random-start", help="PGD from a random point of the ε-ball."),
     minimal: bool = typer.Option(False, "--minimal", help="Find each image's smallest ε (bisection over PGD) instead of using --eps."),
     seed: int = typer.Option(0, "--seed", help="Seed of the random start."),
@@ -115,17 +119,21 @@ def attack(
     """
     import torch
 
-    from ..attacks import fgsm, minimal_eps, pgd
-    from ..attacks.report import add_attack_section, quantized_predictions, topk_rows
+    from ..attacks import cw, deepfool, fgsm, minimal_eps, pgd
+    from ..attacks.report import ATTACK_TITLES, add_attack_section, quantized_predictions, topk_rows
     from .._batch import check_batch_size
     from ..data import read_images
 
     method = method.strip().lower()
     norm = parse_norm(norm)
-    if method not in ("fgsm", "pgd"):
-        raise UserError(f"--method {method!r} is not known; use fgsm or pgd")
+    if method not in ("fgsm", "pgd", "deepfool", "cw"):
+        raise UserError(f"--method {method!r} is not known; use fgsm, pgd, deepfool or cw")
     if minimal and method != "pgd":
-        raise UserError("--minimal searches over PGD; use it with --method pgd")
+        raise UserError("--minimal searches over PGD; use it with --method pgd (deepfool and cw are minimal already)")
+    if method == "cw" and c <= 0:
+        raise UserError("--c must be > 0")
+    if steps is None:
+        steps = {"deepfool": 50, "cw": 100}.get(method, 10)
     e = parse_eps(eps, norm=norm)
     alpha = parse_eps(step_size, "--step-size", norm) if step_size is not None else None
     if alpha is not None and alpha <= 0:
@@ -149,17 +157,21 @@ def attack(
                     r = minimal_eps(m, xb, target=tgt, norm=norm, steps=steps, random_start=random_start, seed=seed)
                 elif method == "fgsm":
                     r = fgsm(m, xb, eps=e, target=tgt, norm=norm)
+                elif method == "deepfool":
+                    r = deepfool(m, xb, target=tgt, steps=steps, overshoot=overshoot)
+                elif method == "cw":
+                    r = cw(m, xb, target=tgt, c=c, steps=steps)
                 else:
                     r = pgd(m, xb, eps=e, steps=steps, step_size=alpha, target=tgt, norm=norm,
                             random_start=random_start, seed=seed)
                 parts.append(r)
                 update(b + 1)
         r = _concat(parts)
-        rep = new_report(f"cnnlens attack: {model}", f"{method.upper()} on {len(names)} image(s).", m)
+        title = "Minimal-ε PGD" if minimal else ATTACK_TITLES[method]
+        rep = new_report(f"cnnlens attack: {model}", f"{title} on {len(names)} image(s).", m)
         settings = {"model": model,
                     "images": ", ".join(names[:10]) + (" ..." if len(names) > 10 else ""), "device": dev}
-        add_attack_section(rep, m, x.cpu(), names, r, title=f"{'Minimal-ε PGD' if minimal else method.upper()} attack",
-                           settings=settings)
+        add_attack_section(rep, m, x.cpu(), names, r, title=f"{title} attack", settings=settings)
         q = quantized_predictions(m, r)
         summary = {}
         for i, nm in enumerate(names):
@@ -233,7 +245,8 @@ def robustness(
     model: str = MODEL_OPT,
     data: str = typer.Option(..., "--data", "-d", help="digits, or an ImageFolder directory (one sub-folder per class)."),
     eps: str = typer.Option("0,1/255,2/255,4/255,8/255", "--eps", help="Comma-separated budgets in pixel units."),
-    attacks: str = typer.Option("fgsm,pgd", "--attacks", help="fgsm, pgd or both (comma-separated)."),
+    attacks: str = typer.Option("fgsm,pgd", "--attacks", help="Comma-separated: fgsm, pgd, deepfool, cw (the last "
+                                "two are minimum-norm L2 attacks: one run gives every ε)."),
     steps: int = typer.Option(10, "--steps", min=1, help="PGD steps."),
     step_size: Optional[str] = typer.Option(None, "--step-size", help="PGD step in pixel units (default 2.5·ε/steps)."),
     norm: str = typer.Option("inf", "--norm", help="inf (L∞: ε ≤ 1, e.g. 8/255) or 2 (L2: ε may exceed 1)."),

@@ -28,6 +28,13 @@ def parse_methods(text: str) -> list[str]:
                "guided": "guided_backprop", "augmented": "augmented_gradcam"}
     out = []
     for part in str(text).split(","):
+        if part.strip().lower().startswith("captum:"):  # a Captum class, checked when it runs (Captum is optional)
+            key = "captum:" + part.strip().split(":", 1)[1].strip()
+            if key == "captum:":
+                raise UserError("--methods: name the Captum class after captum:, e.g. captum:DeepLift")
+            if key not in out:
+                out.append(key)
+            continue
         key = part.strip().lower().replace("-", "_")
         if not key:
             continue
@@ -63,11 +70,11 @@ def _png(fig) -> bytes:
 
 def explain_intro(ok: dict, faithfulness: bool, n: int, baseline: str = "blur") -> str:
     """What the page shows, then one paragraph per method that ran (never a method that did not)."""
-    from ..attribution.report import FAITH_INTRO, INTROS
+    from ..attribution.report import FAITH_INTRO, intro_of
 
     head = (f"<p>Why did the model predict what it did? Each method below turns the prediction for each of the {n} "
             "image(s) into a map over the pixels; they answer different questions, so they are shown side by side.</p>")
-    body = "".join(f"<p>{INTROS[k]}</p>" for k in ok)
+    body = "".join(f"<p>{intro_of(k)}</p>" for k in ok)
     what = {"blur": "a blurred copy", "grey": "grey", "gray": "grey", "black": "black", "white": "white"}.get(
         str(baseline).strip().lower(), f"the value {baseline}")
     text = FAITH_INTRO.split(" <i>Model randomisation</i>")[0].replace("by a blurred copy", f"by {what}").replace(
@@ -80,20 +87,20 @@ def explain_settings(model: str, target: str, chosen: list, ok: dict, layer, sha
                      baseline: str, n: int) -> dict:
     """The settings that ran: the layer each CAM-family method read (named, also when chosen automatically),
     each method's own settings as it ran, the faithfulness curves."""
-    from ..attribution.report import LAYERED, TITLES
+    from ..attribution.report import LAYERED, title_of
     from ..report import show_setting
 
-    out = {"model": model, "images": n, "target": target, "methods": ", ".join(TITLES[k] for k in chosen)}
+    out = {"model": model, "images": n, "target": target, "methods": ", ".join(title_of(k) for k in chosen)}
     layers = {k: e.layer for k, e in ok.items() if k in LAYERED and e.layer}
     if layers:
         used = sorted(set(layers.values()))
         how = "given with --layer" if layer else "chosen automatically: the last spatial layer"
         out["layer"] = (used[0] if len(used) == 1 else
-                        ", ".join(f"{TITLES[k]}: {v}" for k, v in layers.items())) + f" ({how})"
+                        ", ".join(f"{title_of(k)}: {v}" for k, v in layers.items())) + f" ({how})"
     for k, e in ok.items():
         shown = {a: b for a, b in e.settings.items() if a not in ("layer",)}
         if shown:
-            out[TITLES[k]] = ", ".join(f"{a}={show_setting(b)}" for a, b in shown.items())
+            out[title_of(k)] = ", ".join(f"{a}={show_setting(b)}" for a, b in shown.items())
     out["scale"] = "shared (each map divided by its largest |value|)" if shared else "each map in its own units"
     out["faithfulness"] = f"deletion/insertion, {steps} steps, baseline {baseline}" if steps > 0 else "not computed"
     return out
@@ -109,7 +116,9 @@ def explain(
     trust_pickle: bool = TRUST_OPT,
     methods: str = typer.Option(DEFAULT_METHODS, "--methods", help="Comma-separated: saliency, smoothgrad, "
                                 "gradient-x-input, integrated-gradients, occlusion, cam, gradcam, gradcam-pp, "
-                                "guided-backprop, guided-gradcam, augmented-gradcam; or all."),
+                                "guided-backprop, guided-gradcam, augmented-gradcam, xgradcam, hirescam, layercam, "
+                                "eigencam; or all (the native ones); captum:<Class> runs a Captum attribution class, "
+                                "e.g. captum:DeepLift,captum:KernelShap (pip install 'cnnlens[captum]')."),
     target: str = typer.Option("predicted", "--target", "-t", help="predicted, second, a class index or a class name."),
     layer: Optional[str] = typer.Option(None, "--layer", "-l", help="Layer for the CAM family (default: the last "
                                         "spatial layer; see `cnnlens layers --model M`)."),
@@ -138,8 +147,8 @@ def explain(
     from rich.console import Console
 
     from ..results import Explanation
-    from ..attribution.report import (GUIDED, GUIDED_NOTE, TITLES, grid_figure, images_by_methods_figure, overlay_figure, run_methods,
-                                      score_all, summary)
+    from ..attribution.report import (GUIDED, GUIDED_NOTE, grid_figure, images_by_methods_figure, overlay_figure,
+                                      run_methods, score_all, summary, title_of)
     from ..data import read_images
     from ..evaluation import predict_topk, topk_figure
     from ..tap import LayerTap
@@ -147,6 +156,15 @@ def explain(
 
     chosen = parse_methods(methods)
     _baseline(baseline)  # check before loading anything
+    if any(k.startswith("captum:") for k in chosen):
+        from ..attribution.bridge import captum_class
+
+        try:
+            for k in chosen:
+                if k.startswith("captum:"):
+                    captum_class(k.split(":", 1)[1])
+        except (ImportError, ValueError, TypeError) as e:
+            raise UserError(f"--methods: {e}") from None
     out = out_dir(out, force, images, weights)
     m = load_model_from_options(model, weights, pretrained, trust_pickle, device)
     if layer is not None:
@@ -184,7 +202,7 @@ def explain(
                       settings=explain_settings(model, target, chosen, ok, layer, shared_scale, faithfulness_steps,
                                                 baseline, n))
     for k, e in failed.items():
-        sec.text(f"<p><i>{TITLES[k]} skipped: {html.escape(str(e))}</i></p>")
+        sec.text(f"<p><i>{title_of(k)} skipped: {html.escape(str(e))}</i></p>")
     per_fig = 4
     for part in range(0, n, per_fig):
         rows = list(range(part, min(n, part + per_fig)))
@@ -199,7 +217,7 @@ def explain(
     if any(k in GUIDED for k in ok):
         sec.text(GUIDED_NOTE)
     if faith:
-        header = ["image", "explained class"] + [f"{TITLES[k]} del / ins" for k in faith]
+        header = ["image", "explained class"] + [f"{title_of(k)} del / ins" for k in faith]
         table = []
         for i, name in enumerate(names):
             cls = int(next(iter(ok.values())).classes[i])
@@ -234,7 +252,7 @@ def explain(
         rep.file(f"{name}/explanation.json", json.dumps(info, indent=2, default=str))
         sec.data(name, info)
         stdout.print(f"{name}: {cname}  " + "  ".join(
-            f"{TITLES[k]} del {float(f.deletion_auc[i]):.3f}/ins {float(f.insertion_auc[i]):.3f}" for k, f in faith.items()),
+            f"{title_of(k)} del {float(f.deletion_auc[i]):.3f}/ins {float(f.insertion_auc[i]):.3f}" for k, f in faith.items()),
             highlight=False)
     index = out.write(rep)
     console.print(f"wrote {index.parent}: per image original.png, <method>.png, top5.png, grid.png, "

@@ -15,7 +15,7 @@ exactly: the gradient ranking is checked against the real effect.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 from torch import nn
@@ -92,6 +92,17 @@ def _score(target: Target, tap: LayerTap, logits, classes: torch.Tensor | None) 
     return target.layer_score(tap[target.layer])
 
 
+def checked_target(model: nn.Module, target: Any) -> Target:
+    """The target as a :class:`Target`, its class range and sign checked against the model before any forward."""
+    names, k = model_classes(model)
+    t = as_target(target, names)
+    if t.kind == "class":
+        t.validate(len(t.index) if isinstance(t.index, tuple) else 1, k)
+    if not t.is_class:
+        resolve_layer(model, t.layer)
+    return t
+
+
 class InfluenceAccumulator:
     """Sums per-channel gradient, gradient × activation and ablation drops over batches.
 
@@ -106,12 +117,7 @@ class InfluenceAccumulator:
                  channels: Sequence[int] | None = None, chunk: int = 16, tick=None):
         self.layer, _ = resolve_layer(model, layer)
         spec = getattr(model, "spec", None)
-        self.target = as_target(target, getattr(spec, "class_names", None) or None)
-        if self.target.kind == "class":  # range and sign known now: refuse before any forward
-            self.target.validate(len(self.target.index) if isinstance(self.target.index, tuple) else 1,
-                                 model_classes(model)[1])
-        if not self.target.is_class:
-            resolve_layer(model, self.target.layer)
+        self.target = checked_target(model, target)
         self.ablation = ablation
         self.channels = None if channels is None else tuple(int(c) for c in channels)
         self.chunk = max(1, int(chunk))
@@ -225,6 +231,9 @@ def influence(model: nn.Module, x_or_data, layer: LayerRef, target="predicted", 
         inf.ranking[:5], inf.ablation_ranking[:5]
     """
     name, _ = resolve_layer(model, layer)
+    checked_target(model, target)  # before any forward
+    if torch.is_tensor(x_or_data):
+        check_not_empty(x_or_data[None] if x_or_data.dim() == 3 else x_or_data)
     if ablate_top is not None and (isinstance(ablate_top, bool) or not isinstance(ablate_top, int) or ablate_top < 1):
         raise ValueError(f"ablate_top={ablate_top!r}: give a positive number of channels, or None for all")
     two_pass = ablation and ablate_top is not None

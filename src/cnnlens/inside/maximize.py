@@ -16,7 +16,10 @@ high-frequency noise; the regularisers keep it closer to a natural image:
   sigmoid, so x stays a valid image in [0, 1].
 
 Objectives are values that add, subtract and scale; a per-sample objective
-(``channel(layer, [3, 5, 7])``) optimises several images in one batch. The
+(``channel(layer, [3, 5, 7])``) optimises several images in one batch. Lucent's
+objectives are here: a neuron at (x, y), a direction in channel space (one position
+or all), channel interactions as sums and differences
+(``channel("conv3", 4) - channel("conv3", 7)``) and diversity across a batch. The
 forward stops at the last layer the objective reads when it needs no logits.
 """
 
@@ -163,8 +166,19 @@ class _Objectives:
         return Objective(fn, f"{layer} channels {vals}", (layer,), False, n)
 
     @staticmethod
-    def neuron(layer: str, channel: int | Sequence[int], i: int | None = None, j: int | None = None) -> Objective:
-        """One unit's activation; (i, j) default to the centre of the layer's grid."""
+    def neuron(layer: str, channel: int | Sequence[int], i: int | None = None, j: int | None = None, *,
+               x: int | None = None, y: int | None = None) -> Objective:
+        """One unit's activation at row ``i``, column ``j`` (default: the centre of the layer's grid).
+
+        ``x``/``y`` name the position as Lucent does (x = column, y = row):
+        ``neuron("features.3", 5, x=2, y=1)`` is ``neuron("features.3", 5, 1, 2)``.
+        """
+        if x is not None or y is not None:
+            if i is not None or j is not None:
+                raise ValueError("give the position as (i, j) or as x=, y=, not both")
+            if x is None or y is None:
+                raise ValueError("give both x= (column) and y= (row)")
+            i, j = int(y), int(x)
         vals, n = _per_sample(channel)
 
         def fn(c: _Ctx):
@@ -178,6 +192,81 @@ class _Objectives:
 
         where = "centre" if i is None else f"({i}, {j})"
         return Objective(fn, f"{layer} unit {vals if n else vals[0]}@{where}", (layer,), False, n)
+
+    @staticmethod
+    def direction(layer: str, vector, *, cosine: bool = False) -> Objective:
+        """A direction v in the layer's channel space: mean over positions of ⟨a(u, v), v⟩ (Lucid's ``direction``).
+
+        Linear in the activations, so ``direction(layer, e_k)`` is ``channel(layer, k)`` and a
+        direction is a weighted sum of channels. ``cosine=True``: the mean cosine similarity
+        cos(a(u, v), v) instead, which ignores how strongly the position fires (Lucent's
+        ``direction``). ``vector``: K values, or B×K (one direction per image).
+
+        >>> J = objectives.direction("features.3", torch.tensor([1.0, -1.0, 0.0, 0.0]))
+        """
+        v = torch.as_tensor(vector, dtype=torch.float32)
+        if v.dim() not in (1, 2) or v.shape[-1] == 0:
+            raise ValueError(f"vector must hold K values (or B×K), got shape {tuple(v.shape)}")
+        n = v.shape[0] if v.dim() == 2 else None
+
+        def fn(c: _Ctx):
+            a = c.acts[layer]
+            if a.shape[1] != v.shape[-1]:
+                raise ValueError(f"the direction has {v.shape[-1]} values; layer {layer} has {a.shape[1]} channels")
+            w = v.to(a.device, a.dtype, copy=True).reshape(-1, v.shape[-1], *([1] * (a.dim() - 2)))
+            if cosine:
+                return F.cosine_similarity(a, w.expand_as(a), dim=1, eps=1e-8).flatten(1).mean(1)
+            return (a * w).sum(1).flatten(1).mean(1)
+
+        what = "cosine to a direction" if cosine else "direction"
+        return Objective(fn, f"{layer} {what}", (layer,), False, n)
+
+    @staticmethod
+    def direction_neuron(layer: str, vector, i: int | None = None, j: int | None = None, *,
+                         cosine: bool = False) -> Objective:
+        """⟨a(i, j), v⟩ at one position (default: the centre), or its cosine (Lucent's ``direction_neuron``)."""
+        v = torch.as_tensor(vector, dtype=torch.float32)
+        if v.dim() not in (1, 2) or v.shape[-1] == 0:
+            raise ValueError(f"vector must hold K values (or B×K), got shape {tuple(v.shape)}")
+        n = v.shape[0] if v.dim() == 2 else None
+
+        def fn(c: _Ctx):
+            a = c.acts[layer]
+            ii = a.shape[-2] // 2 if i is None else i
+            jj = a.shape[-1] // 2 if j is None else j
+            if not (0 <= ii < a.shape[-2] and 0 <= jj < a.shape[-1]):
+                raise ValueError(f"position {(ii, jj)} is outside the layer's {tuple(a.shape[-2:])} grid")
+            if a.shape[1] != v.shape[-1]:
+                raise ValueError(f"the direction has {v.shape[-1]} values; layer {layer} has {a.shape[1]} channels")
+            at = a[:, :, ii, jj]
+            w = v.to(a.device, a.dtype, copy=True).reshape(-1, v.shape[-1]).expand_as(at)
+            return F.cosine_similarity(at, w, dim=1, eps=1e-8) if cosine else (at * w).sum(1)
+
+        where = "centre" if i is None else f"({i}, {j})"
+        return Objective(fn, f"{layer} direction@{where}", (layer,), False, n)
+
+    @staticmethod
+    def diversity(layer: str) -> Objective:
+        """How different the images of a batch are at ``layer`` (Lucid/Lucent's ``diversity``).
+
+        With G_b = A_b A_bᵀ the K×K Gram matrix of image b's activations (K channels ×
+        positions) and Ĝ_b = G_b/‖G_b‖_F, image b's value is −(1/B) Σ_{b'≠b} ⟨Ĝ_b, Ĝ_b'⟩:
+        adding it (``channel(layer, k) + 100 * diversity(layer)``, with ``batch=``) pushes
+        the images apart in style; its sum over the batch is Lucent's objective. Needs B ≥ 2.
+        """
+
+        def fn(c: _Ctx):
+            a = c.acts[layer]
+            b = a.shape[0]
+            if b < 2:
+                raise ValueError("diversity compares the images of a batch; pass batch=2 or more to maximize")
+            f = a.reshape(b, a.shape[1], -1)
+            g = f @ f.transpose(1, 2)
+            g = g / g.flatten(1).norm(dim=1).clamp_min(1e-12).view(b, 1, 1)
+            sim = torch.einsum("bij,cij->bc", g, g)
+            return -(sim.sum(1) - sim.diagonal()) / b
+
+        return Objective(fn, f"diversity({layer})", (layer,), False, None)
 
     @staticmethod
     def tv(p: float = 2.0) -> Objective:

@@ -24,6 +24,7 @@ from .localisation import pointing_game, relevance_mass_accuracy, relevance_rank
 from .randomisation import model_parameter_randomisation
 from .result import Aggregate, MetricResult, aggregate
 from .robustness import max_sensitivity
+from .._autograd import needs_autograd
 
 log = logging.getLogger(__name__)
 
@@ -122,6 +123,7 @@ def _check_names(given, known, what):
     return names
 
 
+@needs_autograd
 def benchmark(model: nn.Module, x: torch.Tensor, *, y: torch.Tensor | None = None, boxes: Any = None,
               masks: Any = None, methods: Sequence[str] | None = None, metrics: Sequence[str] | None = None,
               target: Any = None, method_settings: dict | None = None, metric_settings: dict | None = None,

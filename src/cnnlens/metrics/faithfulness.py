@@ -24,6 +24,7 @@ from torch import nn
 from .._batch import check_batch_size, chunks
 from ._common import class_scores, explained_classes, maps_of, pearson_rows, rng
 from .result import MetricResult
+from .._autograd import needs_autograd
 
 Progress = Any
 
@@ -48,6 +49,7 @@ def _fill_values(x: torch.Tensor, baseline: Any) -> torch.Tensor:
     raise TypeError(f"baseline must be a name or a number, got {type(baseline).__name__}")
 
 
+@needs_autograd
 def faithfulness_correlation(model: nn.Module, x: torch.Tensor, explanation: Any, target: Any = None, *,
                              runs: int = 100, subset_size: int = 224, baseline: Any = "black", seed: int = 0,
                              abs: bool = False, batch_size: int | None = None, y: torch.Tensor | None = None,
@@ -161,6 +163,7 @@ def noisy_linear_imputation(image: np.ndarray, removed: np.ndarray, noise: float
     return out.reshape(C, H, W)
 
 
+@needs_autograd
 def road(model: nn.Module, x: torch.Tensor, explanation: Any, target: Any = None, *, order: str = "morf",
          percentages: Sequence[float] = ROAD_PERCENTAGES, noise: float = 0.01, seed: int = 0,
          batch_size: int | None = None, y: torch.Tensor | None = None,
@@ -196,7 +199,7 @@ def road(model: nn.Module, x: torch.Tensor, explanation: Any, target: Any = None
     flat = a.reshape(n, -1)
     ranking = torch.argsort(-flat if order == "morf" else flat, dim=1, stable=True).numpy()
     rs = rng(seed)
-    xs = x_c.detach().cpu().double().numpy() if x_c.dtype == torch.float64 else x_c.detach().cpu().numpy()
+    xs = x_c.detach().cpu().double().numpy() if x_c.dtype == torch.float64 else x_c.detach().cpu().float().numpy()
     imputed = np.empty((len(pcts), n, C, H, W), dtype=xs.dtype)
     for j, p in enumerate(pcts):
         k = int(H * W * p / 100)

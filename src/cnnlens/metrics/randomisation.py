@@ -16,10 +16,12 @@ from torch import nn
 
 from ._common import explained_classes, maps_of, resolve_method, spearman_rows
 from .result import MetricResult
+from .._autograd import needs_autograd
 
 Progress = Any
 
 
+@needs_autograd
 def model_parameter_randomisation(model: nn.Module, x: torch.Tensor, method: Callable | str,
                                   target: Any = "predicted", *, explanation: Any = None, seed: int = 42,
                                   abs: bool = True, y: torch.Tensor | None = None,

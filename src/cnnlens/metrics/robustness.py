@@ -9,10 +9,12 @@ from torch import nn
 
 from ._common import explained_classes, maps_of, resolve_method, rng
 from .result import MetricResult
+from .._autograd import needs_autograd
 
 Progress = Any
 
 
+@needs_autograd
 def max_sensitivity(model: nn.Module, x: torch.Tensor, method: Callable | str, target: Any = "predicted", *,
                     explanation: Any = None, radius: float = 0.2, samples: int = 200, seed: int = 0,
                     y: torch.Tensor | None = None, progress: Progress | None = None, **settings) -> MetricResult:

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from ..results import Result
+from .._autograd import needs_autograd
 
 #: the methods of the published comparison
 SANITY_METHODS = ("saliency", "gradcam", "guided_backprop", "guided_gradcam")
@@ -59,6 +60,7 @@ class SanityCheck(Result):
                 "spearman": {m: self.correlations(m, None).tolist() for m in self.methods}}
 
 
+@needs_autograd
 def sanity_check(model: nn.Module, x: torch.Tensor, methods: Sequence[str] = SANITY_METHODS,
                  layers: Sequence[str] | None = None, target: Any = "predicted", *, seed: int = 0,
                  keep_maps: bool = True, method_settings: dict | None = None,

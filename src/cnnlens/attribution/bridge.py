@@ -1,0 +1,193 @@
+"""Any Captum attribution method as a cnnlens method: ``captum(model, x, "DeepLift")`` → :class:`Explanation`.
+
+Captum (Kokhlikyan et al. 2020) implements DeepLIFT, GradientSHAP, LRP, LIME,
+KernelSHAP, feature ablation and many more. The bridge runs one of them on a cnnlens
+model and returns a cnnlens :class:`~cnnlens.results.Explanation`, so it gets the
+faithfulness scores, figures, the report and ``cnnlens explain``:
+
+* the target is a cnnlens target (``"predicted"``, ``"second"``, ``"true"`` with
+  ``y=``, an index, a name, per-sample classes), resolved to one class per image
+  and passed to Captum as ``target``;
+* attributions (N×C×H×W) are summed over channels (``reduce="signed"``; or
+  ``abs_max``/``l2``) into N×H×W maps; a layer method (``LayerGradCam``, ...)
+  gets ``layer=`` and its N×C×h×w output is summed over channels and upsampled;
+* baselines may be given as a cnnlens fill (``"blur"``, ``"grey"``, ``"black"``,
+  a number); methods that require baselines and get none use a black and a grey
+  image; perturbation methods (LIME, KernelSHAP, feature ablation, Shapley
+  sampling) get a ``feature_mask`` of ``blocks``×``blocks`` squares unless one is
+  given (Captum's default, one feature per pixel, needs ~H·W forwards);
+* the model runs inside :class:`~cnnlens.tap.guarded`: whatever Captum does to it
+  (hooks, LRP's ``rule`` attributes, flags) is undone, also when Captum raises.
+
+Keyword arguments go to the Captum class's constructor when it takes them
+(``multiply_by_inputs``, ``interpretable_model``), else to ``attribute``
+(``n_samples``, ``stdevs``, ``sliding_window_shapes``, ...).
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import logging
+import warnings
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..results import Explanation
+from ..tap import guarded, resolve_layer
+from ._common import check_reduce, finish, pick_classes, pixel_fill, prepare, reduce_channels, upsample
+from .._autograd import needs_autograd
+
+log = logging.getLogger(__name__)
+
+_MISSING_CAPTUM = ("the Captum bridge needs the package captum, which is not installed; "
+                   "install it with pip install 'cnnlens[captum]' (or pip install captum)")
+_NO_DEFAULT = object()
+
+
+def _captum_attr():
+    try:
+        return importlib.import_module("captum.attr")
+    except ImportError:
+        raise ModuleNotFoundError(_MISSING_CAPTUM) from None
+
+
+def captum_class(method: Any) -> type:
+    """A Captum attribution class from its name (``"DeepLift"``, case-insensitive) or the class itself."""
+    ca = _captum_attr()
+    if isinstance(method, type):
+        if not hasattr(method, "attribute"):
+            raise TypeError(f"{method.__name__} is not a Captum attribution class (it has no attribute() method)")
+        return method
+    if not isinstance(method, str):
+        raise TypeError(f"method must be a Captum class or its name, e.g. 'DeepLift', got {type(method).__name__}")
+    known = {n.lower(): getattr(ca, n) for n in dir(ca)
+             if isinstance(getattr(ca, n), type) and hasattr(getattr(ca, n), "attribute")}
+    key = method.strip().lower().replace("_", "").replace("-", "")
+    if key not in known:
+        import difflib
+
+        close = difflib.get_close_matches(key, list(known), n=3, cutoff=0.6)
+        names = [known[c].__name__ for c in close]
+        hint = f"did you mean {', '.join(names)}?" if names else "e.g. DeepLift, GradientShap, LRP, Lime, KernelShap"
+        raise ValueError(f"captum.attr has no attribution class {method!r}; {hint}")
+    return known[key]
+
+
+#: Captum warnings that say nothing to a cnnlens user (the bridge does what they warn about on purpose)
+_NOISE = (r"Input Tensor \d+ did not already require gradients", r"Setting forward, backward hooks and attributes",
+          r"You are providing multiple inputs for Lime")
+
+
+def _lrp_rules(model: nn.Module, settings: dict) -> None:
+    """Give cnnlens's normalisation layer (an affine map per channel) LRP's identity rule, for this call only
+    (the guard removes the ``rule`` attribute afterwards)."""
+    from captum.attr._utils.lrp_rules import IdentityRule
+
+    from ..models.spec import Normalize
+
+    named = [n for n, m in model.named_modules() if isinstance(m, Normalize) and not hasattr(m, "rule")]
+    for n in named:
+        model.get_submodule(n).rule = IdentityRule()
+    if named:
+        settings["lrp_rules"] = f"identity for the normalisation layer {', '.join(named)}; Captum's defaults elsewhere"
+
+
+def block_mask(size: tuple[int, int], blocks: int, device=None) -> torch.Tensor:
+    """1×1×H×W feature ids: the image cut into blocks×blocks squares (ids 0..blocks²−1, row-major)."""
+    h, w = size
+    rows = torch.div(torch.arange(h, device=device) * blocks, h, rounding_mode="floor")
+    cols = torch.div(torch.arange(w, device=device) * blocks, w, rounding_mode="floor")
+    return (rows.view(-1, 1) * blocks + cols.view(1, -1)).view(1, 1, h, w)
+
+
+@needs_autograd
+def captum(model: nn.Module, x: torch.Tensor, method: Any, target: Any = "predicted", *, y: torch.Tensor | None = None,
+           layer: Any = None, reduce: str = "signed", blocks: int = 8, **kwargs: Any) -> Explanation:
+    """Run a Captum attribution class on ``model`` and return a cnnlens :class:`Explanation`.
+
+    ``method``: a class name in ``captum.attr`` (``"DeepLift"``, ``"GradientShap"``,
+    ``"LRP"``, ``"Lime"``, ``"KernelShap"``, ``"FeatureAblation"``, ...) or the class.
+    ``maps`` = Σ_channels of the attributions (``reduce``), upsampled for layer methods;
+    ``raw`` = the attributions as Captum returned them; ``method`` = ``"captum:<Class>"``.
+    A convergence delta, when Captum returns one, is in ``extras["delta"]``.
+
+    >>> e = captum(model, x, "DeepLift", target="second", baselines="blur")   # doctest: +SKIP
+    >>> e = captum(model, x, "KernelShap", n_samples=200)                      # doctest: +SKIP
+    """
+    cls = captum_class(method)
+    name = f"captum:{cls.__name__}"
+    reduce = check_reduce(reduce)
+    if isinstance(blocks, bool) or not isinstance(blocks, int) or blocks < 1:
+        raise ValueError(f"blocks must be an integer ≥ 1 (the feature mask is blocks×blocks squares), got {blocks!r}")
+    p = prepare(model, x, target, y, name)
+    if not p.target.is_class:
+        raise ValueError(f"{name} explains a class; give a class target (an index, 'predicted', 'second', ...)")
+    init_params = inspect.signature(cls.__init__).parameters
+    attr_params = inspect.signature(cls.attribute).parameters
+    init_kw = {k: kwargs.pop(k) for k in list(kwargs) if k in init_params and k not in ("self", "model", "forward_func")}
+    unknown = [k for k in kwargs if k not in attr_params and not any(
+        v.kind is inspect.Parameter.VAR_KEYWORD for v in attr_params.values())]
+    if unknown:
+        raise ValueError(f"{cls.__name__} takes no argument {unknown[0]!r}; see help(captum.attr.{cls.__name__})")
+    layer_name = None
+    if "layer" in init_params:
+        if layer is None:
+            raise ValueError(f"{cls.__name__} is a layer method; name the layer with layer=...")
+        layer_name, init_kw["layer"] = resolve_layer(model, layer)
+    elif layer is not None:
+        raise ValueError(f"{cls.__name__} takes no layer; drop layer= (or use a Layer* class)")
+    settings: dict[str, Any] = {"captum_class": cls.__name__, "reduce": reduce}
+    b = kwargs.get("baselines", _NO_DEFAULT)
+    if isinstance(b, (str, int, float)) and not isinstance(b, bool):
+        settings["baselines"] = b
+        kwargs["baselines"] = pixel_fill(b, p.x, what="baselines").expand_as(p.x).contiguous()
+    elif b is _NO_DEFAULT and "baselines" in attr_params and attr_params["baselines"].default is inspect.Parameter.empty:
+        kwargs["baselines"] = torch.cat([torch.zeros_like(p.x[:1]), torch.full_like(p.x[:1], 0.5)])
+        settings["baselines"] = "black and grey images"
+    elif b is not _NO_DEFAULT:
+        settings["baselines"] = "given"
+    shared = False
+    if "feature_mask" in attr_params and "feature_mask" not in kwargs:
+        kwargs["feature_mask"] = block_mask(p.size, blocks, p.x.device).expand(p.n, p.x.shape[1], *p.size).contiguous()
+        settings["feature_mask"] = f"{blocks}×{blocks} blocks, each spanning every channel"
+        # each block is one feature: Captum gives every pixel and channel of it the feature's value,
+        # so the map takes the channel mean (= that value) rather than a sum over channels
+        shared = True
+        settings["reduce"] = "channel mean (one feature per block)"
+    missing = [k for k, v in attr_params.items() if k not in ("self", "inputs") and v.default is inspect.Parameter.empty
+               and v.kind not in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD) and k not in kwargs]
+    if missing:
+        raise ValueError(f"{cls.__name__}.attribute needs {', '.join(missing)}; pass it as a keyword argument")
+    settings.update({k: v for k, v in {**init_kw, **kwargs}.items()
+                     if k not in ("baselines", "feature_mask", "layer") and isinstance(v, (int, float, str, bool, tuple))})
+    if layer_name:
+        settings["layer"] = layer_name
+    with guarded(model), warnings.catch_warnings():
+        for text in _NOISE:
+            warnings.filterwarnings("ignore", message=text)
+        with torch.no_grad():
+            classes = pick_classes(p, model(p.x), p.n)
+        if cls.__name__ == "LRP":
+            _lrp_rules(model, settings)
+        obj = cls(model, **init_kw)
+        out = obj.attribute(p.x.clone(), target=classes, **kwargs)
+    delta = None
+    if isinstance(out, tuple) and len(out) == 2 and torch.is_tensor(out[0]) and torch.is_tensor(out[1]) \
+            and kwargs.get("return_convergence_delta"):
+        out, delta = out
+    if isinstance(out, tuple):
+        out = out[0]
+    a = out.detach().float()
+    if a.dim() == 4 and a.shape[0] == p.n:
+        maps = a.mean(1) if shared else reduce_channels(a, reduce)
+    elif a.dim() == 3 and a.shape[0] == p.n:
+        maps = a
+    else:
+        raise ValueError(f"{cls.__name__} returned attributions of shape {tuple(a.shape)}, not N×C×H×W; "
+                         "use an attribution method for the input or a layer")
+    maps = upsample(maps, p.size)
+    extras = {} if delta is None else {"delta": delta}
+    return finish(p, maps, name, classes, layer=layer_name, settings=settings, raw=a, extras=extras)
