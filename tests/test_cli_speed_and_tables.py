@@ -41,13 +41,11 @@ def test_lazy_names_still_work():
     assert out.split() == ["5", "5", "Target"]
 
 
-def test_layer_table_keeps_full_names_at_80_columns(run_cli, monkeypatch):
-    import cnnlens
-
+def test_layer_table_keeps_full_names_at_80_columns(run_cli, monkeypatch, _effnet):
     monkeypatch.setenv("COLUMNS", "80")
     code, cap = run_cli("layers", "--model", "efficientnet-lite0")
     assert code == 0, cap.err
-    names = [n for n, _ in cnnlens.load_model("efficientnet-lite0").named_modules() if n]
+    names = [n for n, _ in _effnet.named_modules() if n]
     assert "…" not in cap.out
     cells = {c.strip() for line in cap.out.splitlines() for c in line.split("│")}
     missing = [n for n in names if n not in cells]

@@ -218,3 +218,16 @@ def test_explain_grid_and_wrapping_nav_in_a_browser(run_cli, tmp_path):
     index = rep.write(tmp_path / "nav")
     nav = check_page(index)["nav"]
     assert nav["links"] == 24 and nav["scroll"] <= nav["client"] and nav["height"] > 2 * nav["line"]
+
+
+def test_explain_takes_images_from_a_flat_folder_with_data(run_cli, tmp_path):
+    _digit_files(tmp_path / "flat", n=3)
+    out = tmp_path / "ex"
+    code, cap = run_cli("explain", "--data", tmp_path / "flat", "--n", "2", "--model", "digits-cnn", "--methods",
+                        "saliency", "--faithfulness-steps", "0", "--out", out)
+    assert code == 0, cap.err
+    res = json.loads((out / "results.json").read_text())
+    (sec,) = res["sections"].values()
+    assert sec["settings"]["images"] == 2 and set(sec) >= {"0", "1"} and sec["0"]["source"].endswith("flat[0]")
+    code, cap = run_cli("explain", "--model", "digits-cnn", "--out", tmp_path / "none")
+    assert code == 2 and "give image files or folders, or --data D" in " ".join(cap.err.split())

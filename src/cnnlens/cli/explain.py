@@ -109,7 +109,11 @@ def explain_settings(model: str, target: str, chosen: list, ok: dict, layer, sha
 @app.command()
 @model_options
 def explain(
-    images: List[str] = typer.Argument(..., help="Image files, folders or globs."),
+    images: Optional[List[str]] = typer.Argument(None, help="Image files, folders (a flat folder or one with "
+                                                 "sub-folders) or globs."),
+    data: Optional[str] = typer.Option(None, "--data", "-d", help="Or take images from a dataset: digits, an "
+                                       "ImageFolder, or a flat folder of images (no labels needed)."),
+    n_images: int = typer.Option(8, "--n", min=1, help="With --data: how many of its first images."),
     model: str = MODEL_OPT,
     weights: Optional[Path] = WEIGHTS_OPT,
     pretrained: bool = PRETRAINED_OPT,
@@ -171,9 +175,23 @@ def explain(
         from ..tap import resolve_layer
 
         layer = resolve_layer(m, layer)[0]  # a named layer must exist: one clear error, before any work
-    loaded = read_images(list(images), m)
-    x = loaded.images.to(next((p.device for p in m.parameters()), torch.device("cpu")))
-    names = list(loaded.names)
+    dev = next((p.device for p in m.parameters()), torch.device("cpu"))
+    if bool(images) == bool(data):
+        raise UserError("give image files or folders, or --data D (digits, an ImageFolder or a flat folder), "
+                        "not both")
+    if images:
+        loaded = read_images(list(images), m)
+        x, names, sources = loaded.images.to(dev), list(loaded.names), list(loaded.sources)
+    else:
+        from ..data import as_dataset
+        from .common import names_from_data
+
+        ds = as_dataset(data, m)
+        names_from_data(m, ds)
+        items = [ds[i] for i in range(min(n_images, len(ds)))]
+        x = torch.stack([torch.as_tensor(a) for a, _ in items]).to(dev)
+        names = [f"{i}" if int(y) < 0 else f"{i}-label-{int(y)}" for i, (_, y) in enumerate(items)]
+        sources = [f"{data}[{i}]" for i in range(len(items))]
     class_names = list(getattr(getattr(m, "spec", None), "class_names", ()) or ()) or None
     settings = {"occlusion": {k: v for k, v in (("window", window), ("stride", stride)) if v is not None},
                 "augmented_gradcam": {"augmentations": augmentations}}
@@ -245,7 +263,7 @@ def explain(
         buf = io.BytesIO()
         torch.save({k: e.maps[i].clone() for k, e in ok.items()}, buf)
         rep.file(f"{name}/maps.pt", buf.getvalue())
-        info = {"image": name, "source": loaded.sources[i],
+        info = {"image": name, "source": sources[i],
                 "top5": [{"class": c, "probability": p} for c, p in top.labels(i)],
                 "methods": {k: summary(e, faith.get(k), i) for k, e in ok.items()},
                 "skipped": {k: str(e) for k, e in failed.items()}}
