@@ -187,7 +187,7 @@ def demo_section(report, ctx) -> None:
     t0 = time.perf_counter()
     model = ctx.cluttered_model
     ds = cluttered_digits("test")
-    n = 3 if quick else 8
+    n = 3 if quick else 6
     methods = ["saliency", "gradcam", "guided_backprop"] if quick else list(METHODS)
     small = {"faithfulness_correlation": {"runs": 10}, "road_morf": {"percentages": (20, 60)},
              "road_lerf": {"percentages": (20, 60)}, "max_sensitivity": {"samples": 2},
@@ -212,7 +212,7 @@ def demo_section(report, ctx) -> None:
     names, x = ctx.photos
     k = 1 if quick else 2
     layers = ["classifier", "blocks.6"] if quick else \
-        ["classifier", "conv_head", "blocks.6", "blocks.5", "blocks.3"]
+        ["classifier", "conv_head", "blocks.6", "blocks.4"]
     t1 = time.perf_counter()
     s = sanity_check(ctx.effnet, x[:k], SANITY_METHODS[:3] if quick else SANITY_METHODS, layers=layers,
                      progress=lambda d, t: ctx.progress("trust: sanity check", d, t))
