@@ -179,6 +179,30 @@ class _Objectives:
         return Objective(fn, f"{layer} unit {vals if n else vals[0]}@{where}", (layer,), False, n)
 
     @staticmethod
+    def diversity(layer: str, group: int) -> Objective:
+        """−(mean cosine similarity of an image's Gram matrix at ``layer`` to the others of its group).
+
+        The batch is cut into consecutive groups of ``group`` images (a diversity set of one
+        channel each); adding ``w · diversity(layer, n)`` to a channel objective pushes the
+        images of a set apart in style (Olah et al. 2017; Lucid/Lucent's ``diversity``, per group).
+        """
+        if int(group) < 2:
+            raise ValueError("diversity needs groups of at least 2 images")
+        n = int(group)
+
+        def fn(c: _Ctx):
+            a = c.acts[layer]
+            B, C = a.shape[:2]
+            if B % n:
+                raise ValueError(f"diversity groups of {n} do not divide the batch of {B} images")
+            f = a.reshape(B, C, -1)
+            g = F.normalize((f @ f.transpose(1, 2)).reshape(B, -1), dim=1).reshape(B // n, n, -1)
+            sim = g @ g.transpose(1, 2)  # groups×n×n cosine similarities
+            return -((sim.sum(-1) - sim.diagonal(dim1=1, dim2=2)) / (n - 1)).reshape(B)
+
+        return Objective(fn, f"diversity({layer}, groups of {n})", (layer,))
+
+    @staticmethod
     def tv(p: float = 2.0) -> Objective:
         """Total variation of the image, mean(|∂_u x|^p + |∂_v x|^p) (a penalty: subtract it)."""
 
@@ -239,9 +263,14 @@ def _decorrelate(t: torch.Tensor) -> torch.Tensor:
 class _Param:
     """An image parameterisation: ``image()`` gives B×C×H×W in [0, 1]."""
 
-    def __init__(self, shape, kind: str, decorrelate: bool, gen: torch.Generator, device, init=None, sd: float = 0.01):
+    def __init__(self, shape, kind: str, decorrelate: bool, gen: torch.Generator, device, init=None, sd: float = 0.01,
+                 shared: bool = False):
         self.shape, self.kind = shape, kind
         B, C, H, W = shape
+        # shared: every image starts from the noise a batch of one would draw (image b then follows a run of
+        # objective b alone, step for step); otherwise each image draws its own
+        noise = (lambda *s: torch.randn(1, *s[1:], generator=gen).expand(*s).clone()) if shared else \
+            (lambda *s: torch.randn(*s, generator=gen))
         self.decorrelate = decorrelate and C == 3
         if kind == "pixel":
             if init is not None:
@@ -253,7 +282,7 @@ class _Param:
                 if self.decorrelate:
                     p = torch.einsum("bchw,dc->bdhw", p, torch.linalg.inv(_decorrelate_matrix()))
             else:
-                p = torch.randn(shape, generator=gen) * sd
+                p = noise(*shape) * sd
             self.p = p.to(device).requires_grad_(True)
         elif kind == "fourier":
             if init is not None:
@@ -262,7 +291,7 @@ class _Param:
             fx = torch.fft.rfftfreq(W)[None, :]
             self.freq = torch.sqrt(fx ** 2 + fy ** 2).to(device)
             self.scale = 1.0 / self.freq.clamp_min(1.0 / max(H, W))  # 1/f, as Lucid/Lucent
-            self.p = (torch.randn(B, C, H, W // 2 + 1, 2, generator=gen) * sd).to(device).requires_grad_(True)
+            self.p = (noise(B, C, H, W // 2 + 1, 2) * sd).to(device).requires_grad_(True)
         else:
             raise ValueError(f"param must be 'pixel' or 'fourier', got {kind!r}")
 
@@ -402,6 +431,7 @@ def maximize(
     rotate: float | tuple[float, float] | None = None,
     init: torch.Tensor | None = None,
     seed: int = 0,
+    noise: str = "independent",
     progress: Callable[[int, int], None] | None = None,
 ) -> Visualization:
     """Gradient ascent on the input to maximise an objective: x* = argmax_x J(x) − λ_TV·TV(x) − λ_2‖x − ½‖².
@@ -412,7 +442,10 @@ def maximize(
     ``blur_every``/``blur_sigma``, ``jitter``/``scale``/``rotate`` regularise the
     optimisation itself (``scale=0.1``: a random zoom in [0.9, 1.1]; ``rotate=10``:
     a random rotation in [−10°, 10°]). Adam with step ``lr``; the same ``seed``
-    gives the same images.
+    gives the same images. ``noise="shared"``: every image of a batch starts from the
+    noise a single image would draw with this seed (one transform is drawn per step
+    for the whole batch), so a batch of per-image objectives reproduces separate
+    runs of each; ``"independent"`` (default): each image draws its own.
 
     Example::
 
@@ -438,7 +471,9 @@ def maximize(
     p0 = next(model.parameters(), None)
     dev = p0.device if p0 is not None else torch.device("cpu")
     gen = torch.Generator().manual_seed(int(seed))
-    prm = _Param((B, C, H, W), param, decorrelate, gen, dev, init=init)
+    if noise not in ("independent", "shared"):
+        raise ValueError(f"noise must be 'independent' or 'shared', got {noise!r}")
+    prm = _Param((B, C, H, W), param, decorrelate, gen, dev, init=init, shared=noise == "shared")
     scale_r = _range(scale, 1.0)
     rot_r = _range(rotate, 0.0)
 
@@ -477,7 +512,7 @@ def maximize(
         final = J(_Ctx(img, _acts(tap, J.layers), logits)).detach().cpu()
     settings = {"steps": steps, "lr": lr, "param": param, "decorrelate": decorrelate and C == 3, "size": [H, W],
                 "batch": B, "tv": tv, "l2": l2, "l2_decay": l2_decay, "blur_every": blur_every,
-                "blur_sigma": blur_sigma, "jitter": jitter, "scale": scale_r, "rotate": rot_r, "seed": seed,
+                "blur_sigma": blur_sigma, "jitter": jitter, "scale": scale_r, "rotate": rot_r, "seed": seed, "noise": noise,
                 "optimizer": "Adam", "stopped_after": stop}
     return Visualization(img.detach().cpu(), J.name, start, final,
                          torch.stack(history) if history else torch.empty(0, B), settings)
