@@ -95,14 +95,16 @@ class MicroscopeAccumulator:
 
     def __init__(self, model: nn.Module, layers: Sequence[LayerRef], k: int = 9, *, edges: dict,
                  input_size: tuple[int, int] | None = None, num_classes: int | None = None,
-                 max_crop: int | None = None, zero: float = 0.0):
+                 max_crop: int | None = None, zero: float = 0.0, rfs: dict | None = None):
         names = _names(model, layers)
         missing = [n for n in names if n not in edges]
         if missing:
             raise ValueError(f"no histogram edges for layer(s) {', '.join(missing)}; build them with layer_edges()")
         self.layers = tuple(names)
         self.k = int(k)
-        self.search = {n: SearchAccumulator(model, n, k=k, input_size=input_size, max_crop=max_crop) for n in names}
+        rfs = rfs or {}  # receptive fields known already (by layer name), else traced here
+        self.search = {n: SearchAccumulator(model, n, k=k, input_size=input_size, max_crop=max_crop, rf=rfs.get(n))
+                       for n in names}
         self.stats = {n: StatsAccumulator(n, edges[n], num_classes=num_classes, zero=zero) for n in names}
         self.shapes: dict[str, tuple[int, ...]] = {}
         self.count = 0

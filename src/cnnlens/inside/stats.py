@@ -125,26 +125,39 @@ class StatsAccumulator:
             a = a[:, :, None, None]
         if a.dim() != 4:
             raise ValueError(f"layer {self.layer!r} gives {a.dim()}-D outputs; neuron statistics need N×C×H×W or N×C")
-        # per-batch reductions in float32 (torch's var_mean is Welford/pairwise), merged across batches in float64
         a = a.float().cpu()
-        n, C = a.shape[:2]
+        n, C, H, W = a.shape
         K = self.num_classes or int(batch.logits.shape[1])
         if self.s is None:
             self.s = self._init(C, K)
+        if getattr(self, "shift", None) is None:
+            # a per-channel shift (the first batch's mean) keeps the sums of squares below free of cancellation
+            self.shift = a.mean((0, 2, 3)).view(1, C, 1)
         s = self.s
-        dims = (0, 2, 3)
-        nb = torch.full((C,), float(n * a.shape[2] * a.shape[3]), dtype=torch.float64)
-        vb, mb = torch.var_mean(a, dim=dims, correction=0)
-        self._chan(s, nb, mb.double(), vb.double() * nb)
-        s["zeros"] += (nb - torch.count_nonzero(a > self.zero, dim=dims).double())
-        lo, hi = a.amin(dims).double(), a.amax(dims).double()
+        v = a.view(n, C, H * W)  # per-image reductions run over the contiguous last axis (fast on the CPU)
+        m = float(H * W)
+        raw = v.sum(2).double()  # N×C, float32 sums of H·W values, merged in float64
+        shift = self.shift.view(1, C).double()
+        s1 = raw - m * shift
+        d = v - self.shift
+        s2 = torch.linalg.vecdot(d, d).double()
+        nb = torch.full((C,), n * m, dtype=torch.float64)
+        mb = s1.sum(0) / nb
+        m2b = (s2.sum(0) - s1.sum(0) ** 2 / nb).clamp_min(0)
+        self._chan(s, nb, mb + shift.view(C), m2b)
+        mn, mx = torch.aminmax(v, dim=2)
+        lo, hi = mn.amin(0).double(), mx.amax(0).double()
+        if self.zero == 0.0 and bool((lo >= 0).all()):  # non-negative (after a ReLU): v ≤ 0 iff v == 0
+            s["zeros"] += nb - torch.count_nonzero(v, dim=(0, 2)).double()
+        else:
+            s["zeros"] += (v <= self.zero).sum((0, 2)).double()
         s["min"] = torch.minimum(s["min"], lo)
         s["max"] = torch.maximum(s["max"], hi)
         h, below, above = self._histogram(a, lo, hi)
         s["hist"] += h
         s["below"] += below
         s["above"] += above
-        img = a.mean((2, 3)).double()  # N×C image-level activation
+        img = raw / m  # N×C image-level activation mean_ij a_ij
         y = batch.y.detach().view(-1).cpu().long()
         ok = (y >= 0) & (y < K)
         onehot = torch.zeros(n, K, dtype=torch.float64)
@@ -171,8 +184,9 @@ class StatsAccumulator:
             scale = B / (e1 - e0)
             off = torch.arange(C, dtype=torch.float32).view(1, C, 1, 1) * (B + 2)
             t = torch.addcmul(off + (1.0 - e0 * scale), a, torch.tensor(scale, dtype=torch.float32))
-            t = torch.maximum(torch.minimum(t, off + (B + 1)), off)
-            counts = torch.bincount(t.long().flatten(), minlength=C * (B + 2)).view(C, B + 2)
+            if bool((lo < e0).any() or (hi > e1).any()):  # else every value lies inside its channel's slots
+                t = torch.maximum(torch.minimum(t, off + (B + 1)), off)
+            counts = torch.bincount(t.int().flatten(), minlength=C * (B + 2)).view(C, B + 2)
             h = counts[:, 1:B + 1].clone()
             # the end slots hold what lies outside plus values that round onto them (v == e1 belongs to the last bin)
             h[:, 0] += counts[:, 0] - below
