@@ -59,7 +59,7 @@ def bench_render(args) -> dict:
 
     def separate(n):  # n separate maximize calls, one channel each
         for c in range(n):
-            maximize(model, objectives.channel(layer, c), steps=T, noise="shared", **opts)
+            maximize(model, objectives.channel(layer, c), steps=T, noise="shared", redirect_relu=True, **opts)
 
     def batched(b):
         maximize_channels(model, layer, list(range(b)), steps=T, **opts)
@@ -96,7 +96,7 @@ def bench_render(args) -> dict:
     v = maximize_channels(model, layer, chans, steps=S, robust=True, **opts)
     worst = 0.0
     for r, c in enumerate(chans):
-        one = maximize(model, objectives.channel(layer, c), steps=S, noise="shared", jitter=8, scale=0.1, rotate=10,
+        one = maximize(model, objectives.channel(layer, c), steps=S, noise="shared", redirect_relu=True, jitter=8, scale=0.1, rotate=10,
                        **opts)
         a, s = channel_mean(model, layer, c, v.images[r, 0]), channel_mean(model, layer, c, one.images[0])
         worst = max(worst, abs(a - s) / max(abs(s), 1e-9))

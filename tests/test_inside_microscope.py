@@ -178,7 +178,7 @@ def test_batched_channel_visualisations_go_up_and_equal_separate_runs(untouched)
     for r, c in enumerate(chans):
         assert float(v.activation[r, 0]) == pytest.approx(_channel_mean(model, "features.3", v.images[r, 0], c), rel=1e-5)
         one = maximize(model, objectives.channel("features.3", c), steps=24, lr=0.1, tv=0.01, seed=3,
-                       noise="shared", size=(16, 16))
+                       noise="shared", size=(16, 16), redirect_relu=True)
         alone = _channel_mean(model, "features.3", one.images[0], c)
         assert abs(float(v.activation[r, 0]) - alone) <= 0.1 * abs(alone), (c, float(v.activation[r, 0]), alone)
         assert float(v.objective[r, 0]) == pytest.approx(float(one.final[0]), rel=0.1)
@@ -255,3 +255,12 @@ def test_unit_page_pieces(untouched):
     inf = class_influence(model, x[:6], "features.4")
     assert inf.taylor.shape == (3, 6) and inf.ablation.shape == (3, 6)
     assert inf.top(1, 1)[0][0] == int(torch.argmax(inf.ablation[:, 1]))
+
+
+def test_redirected_relu_wakes_a_channel_that_starts_inactive(untouched):
+    model = untouched(pixel_chain_net())
+    # channel 3 of features.4 is 0 on the starting noise: a plain ReLU gradient is 0 there, so it stays grey
+    off = maximize_channels(model, "features.4", [3], steps=24, lr=0.1, redirect_relu=False)
+    on = maximize_channels(model, "features.4", [3], steps=24, lr=0.1)
+    assert float(off.start[0, 0]) == pytest.approx(0.0, abs=1e-6) and float(off.activation[0, 0]) == 0.0
+    assert float(on.activation[0, 0]) > 0.1

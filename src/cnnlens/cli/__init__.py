@@ -12,3 +12,4 @@ from . import train as _train  # noqa: F401,E402
 from . import inside as _inside  # noqa: F401,E402
 from . import attack as _attack  # noqa: F401,E402
 from . import explain as _explain  # noqa: F401,E402
+from . import microscope as _microscope  # noqa: F401,E402

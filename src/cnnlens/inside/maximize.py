@@ -338,6 +338,37 @@ def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------------------
+# redirected ReLU gradients (Lucid's ``redirected_relu_grad``)
+class _RedirectedReLU(torch.autograd.Function):
+    """y = the ReLU's output; backward: the ReLU's gradient for every image whose gradient through it is not
+    all zero, else the incoming gradient wherever it would raise the input (so an image whose unit starts
+    inactive is pushed toward activating it instead of getting no gradient at all)."""
+
+    @staticmethod
+    def forward(ctx, x, y):
+        ctx.save_for_backward(x)
+        return y.clone()
+
+    @staticmethod
+    def backward(ctx, g):
+        (x,) = ctx.saved_tensors
+        relu = torch.where(x > 0, g, torch.zeros_like(g))
+        redirected = torch.where((x <= 0) & (g < 0), torch.zeros_like(g), g)  # ascent: g > 0 raises the objective
+        dead = relu.flatten(1).abs().amax(1) == 0 if g.dim() > 1 else relu.abs().amax() == 0
+        dead = dead.view(-1, *[1] * (g.dim() - 1)) if g.dim() > 1 else dead
+        return torch.where(dead, redirected, relu), None
+
+
+def _redirect(module, inputs, output):
+    return _RedirectedReLU.apply(inputs[0], output)
+
+
+def redirect_edits(model: nn.Module) -> dict:
+    """``{name: edit}`` redirecting the gradient of every nn.ReLU / nn.ReLU6 module of ``model``."""
+    return {n: _redirect for n, m in model.named_modules() if isinstance(m, (nn.ReLU, nn.ReLU6))}
+
+
+# ---------------------------------------------------------------------------
 # transforms applied before each forward
 def _uniform(gen: torch.Generator, lo: float, hi: float) -> float:
     return lo + (hi - lo) * float(torch.rand((), generator=gen))
@@ -432,6 +463,7 @@ def maximize(
     init: torch.Tensor | None = None,
     seed: int = 0,
     noise: str = "independent",
+    redirect_relu: bool = False,
     progress: Callable[[int, int], None] | None = None,
 ) -> Visualization:
     """Gradient ascent on the input to maximise an objective: x* = argmax_x J(x) − λ_TV·TV(x) − λ_2‖x − ½‖².
@@ -446,6 +478,9 @@ def maximize(
     noise a single image would draw with this seed (one transform is drawn per step
     for the whole batch), so a batch of per-image objectives reproduces separate
     runs of each; ``"independent"`` (default): each image draws its own.
+    ``redirect_relu=True``: an image whose gradient through a ReLU module is all zero
+    (its unit starts inactive, e.g. on grey noise) gets the gradient that would raise the
+    ReLU's input instead (Lucid's redirected ReLU; forward values are unchanged).
 
     Example::
 
@@ -491,7 +526,8 @@ def maximize(
         start = J(_Ctx(img, _acts(tap, J.layers), logits)).detach().cpu()
     history = []
     opt = torch.optim.Adam([prm.p], lr=lr, maximize=True)  # gradient ascent on J
-    with LayerTap(model, J.layers, stop_after=stop) as tap:
+    edits = redirect_edits(model) if redirect_relu else None
+    with LayerTap(model, J.layers, stop_after=stop, edits=edits) as tap:
         for step in range(steps):
             img = prm.image()
             xt = random_transform(img, gen, jitter, scale_r, rot_r)
@@ -513,6 +549,7 @@ def maximize(
     settings = {"steps": steps, "lr": lr, "param": param, "decorrelate": decorrelate and C == 3, "size": [H, W],
                 "batch": B, "tv": tv, "l2": l2, "l2_decay": l2_decay, "blur_every": blur_every,
                 "blur_sigma": blur_sigma, "jitter": jitter, "scale": scale_r, "rotate": rot_r, "seed": seed, "noise": noise,
+                "redirect_relu": redirect_relu,
                 "optimizer": "Adam", "stopped_after": stop}
     return Visualization(img.detach().cpu(), J.name, start, final,
                          torch.stack(history) if history else torch.empty(0, B), settings)

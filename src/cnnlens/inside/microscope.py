@@ -250,7 +250,7 @@ def _mean_channel(model, layer, images, channels) -> torch.Tensor:
 def maximize_channels(model: nn.Module, layer: LayerRef, channels: Sequence[int] | None = None, steps: int = 128, *,
                       size: int | tuple[int, int] | None = None, robust: bool = False, diversity: int = 1,
                       diversity_weight: float | Sequence[float] | torch.Tensor = 1.0, batch_size: int | None = None,
-                      lr: float = 0.05, param: str = "fourier", seed: int = 0,
+                      lr: float = 0.05, param: str = "fourier", seed: int = 0, redirect_relu: bool = True,
                       progress: Callable[[int, int], None] | None = None, **settings: Any) -> ChannelViews:
     """Feature visualisations of many channels in one optimisation: x*_c = argmax_x mean_ij a_c,ij(x).
 
@@ -260,6 +260,8 @@ def maximize_channels(model: nn.Module, layer: LayerRef, channels: Sequence[int]
     of the set's Gram matrices at the layer) pushes them apart. ``robust=True`` adds
     random jitter, zoom and rotation before each step (:func:`robust_transforms`).
     Other keywords go to :func:`maximize` (``tv``, ``l2_decay``, ``blur_every``, ...).
+    ``redirect_relu`` (default on): a channel that is inactive on the starting noise still
+    gets a gradient (see :func:`maximize`), so no visualisation stays grey.
 
     With ``diversity=1`` every image starts from the same noise as a single-channel
     :func:`maximize` with this seed and sees the same transforms, so channel c's image
@@ -314,7 +316,7 @@ def maximize_channels(model: nn.Module, layer: LayerRef, channels: Sequence[int]
             if progress is not None:
                 progress(s * steps + done * m, total)
 
-        v = maximize(model, J, steps, size=(H, W), lr=lr, param=param, seed=seed,
+        v = maximize(model, J, steps, size=(H, W), lr=lr, param=param, seed=seed, redirect_relu=redirect_relu,
                      noise="shared" if n == 1 else "independent", progress=prog, **settings)
         images.append(v.images)
         starts.append(v.start)
@@ -323,6 +325,7 @@ def maximize_channels(model: nn.Module, layer: LayerRef, channels: Sequence[int]
     act = _mean_channel(model, name, imgs, [c for c in chans for _ in range(n)])
     start, final = torch.cat(starts), torch.cat(finals)
     settings_out = {"steps": steps, "size": [H, W], "robust": robust, "diversity": n, "batch_size": per, "lr": lr,
+                    "redirect_relu": redirect_relu,
                     "param": param, "seed": seed, **{k: v for k, v in settings.items()}}
     if n > 1:
         settings_out["diversity_weight"] = w.tolist()
