@@ -264,3 +264,16 @@ def test_redirected_relu_wakes_a_channel_that_starts_inactive(untouched):
     on = maximize_channels(model, "features.4", [3], steps=24, lr=0.1)
     assert float(off.start[0, 0]) == pytest.approx(0.0, abs=1e-6) and float(off.activation[0, 0]) == 0.0
     assert float(on.activation[0, 0]) > 0.1
+
+
+def test_class_influence_of_every_class_equals_influence_class_by_class(untouched):
+    from cnnlens.inside import influence
+
+    model = untouched(pixel_chain_net())
+    x = _data(12).tensors[0][:7]
+    ci = class_influence(model, x, "features.4", channels=[0, 2, 5], batch_size=4)
+    for r, c in enumerate(ci.classes):
+        one = influence(model, x, "features.4", target=c, batch_size=3)
+        assert torch.allclose(ci.taylor[r].double(), one.taylor[[0, 2, 5]].double(), atol=1e-5)
+        assert torch.allclose(ci.ablation[r].double(), one.ablation[[0, 2, 5]].double(), atol=1e-5)
+    assert ci.top(2, 1)[0][0] == ci.classes[int(torch.argmax(ci.ablation[:, 1]))]

@@ -185,7 +185,8 @@ def precompute(model: nn.Module, data, layers: Sequence[str], work: Path, settin
             x = dataset_images(data, range(n_inf))
             classes = _classes(model, x, st.max_classes)
             if micro[name].top.positions.numel() and len(micro[name].shape) == 3:
-                inf = class_influence(model, x, name, classes, ablation=True, batch_size=st.batch_size)
+                inf = class_influence(model, x, name, classes, channels=chans, ablation=True,
+                                      batch_size=st.batch_size)
             else:
                 inf = False
             wd.save(f"influence-{_slug(name)}", inf)
@@ -290,7 +291,8 @@ def _write(model, data, pre: Precomputed, root: Path, model_name, data_name, cla
         for r, c in enumerate(chans):
             # the images of a card and a unit page
             fv = views["plain"].of(c)[0]
-            (d / f"fv-{c}.png").write_bytes(draw.png(draw.image_tile(fv, 112)))
+            # cards show the robust one: transformation robustness removes most of the high-frequency noise
+            (d / f"fv-{c}.png").write_bytes(draw.png(draw.image_tile(views["robust"].of(c)[0], 112)))
             (d / f"fvr-{c}.png").write_bytes(draw.png(draw.image_tile(views["robust"].of(c)[0], 160)))
             (d / f"fvp-{c}.png").write_bytes(draw.png(draw.image_tile(fv, 160)))
             for s, im in enumerate(views["diverse"].of(c)):
@@ -312,6 +314,7 @@ def _write(model, data, pre: Precomputed, root: Path, model_name, data_name, cla
             card = {"c": c, "sel": float(st.selectivity[c]), "pref": cname(int(st.preferred_class[c])),
                     "mean": float(st.mean[c]), "max": float(st.max[c]), "sparsity": float(st.sparsity[c]),
                     "dead": bool(st.dead[c]), "fv_act": float(views["plain"].activation[r, 0]),
+                    "fvr_act": float(views["robust"].activation[r, 0]),
                     "top_act": float(ls.top.activations[row, 0]), "labels": labels,
                     "influence": [(cname(k), v) for k, v in infl],
                     "deconv_error": proj.deconv_error, "guided_error": proj.guided_error, "proj_rows": card_rows}

@@ -398,8 +398,8 @@ def building_blocks(model: nn.Module, x: torch.Tensor, layer: LayerRef, target: 
 class ClassInfluence(Result):
     """How much each channel of a layer drives each class (means over the images seen).
 
-    classes: K' classes; taylor: K'×C mean Σ_ij a·∂y_c/∂a; ablation: K'×C mean drop of y_c
-    when the channel is zeroed (None when not computed).
+    classes: K' classes; taylor: K'×C' mean Σ_ij a·∂y_c/∂a; ablation: K'×C' mean drop of y_c
+    when the channel is zeroed (None when not computed); C' the channels in ``settings["channels"]``.
     """
 
     layer: str
@@ -411,29 +411,67 @@ class ClassInfluence(Result):
 
     def top(self, channel: int, n: int = 5) -> list[tuple[int, float]]:
         """The n classes whose score the channel raises most: (class, drop when zeroed, or a·∂y/∂a)."""
-        v = (self.ablation if self.ablation is not None else self.taylor)[:, channel]
+        chans = self.settings.get("channels")
+        col = chans.index(channel) if chans is not None else channel
+        v = (self.ablation if self.ablation is not None else self.taylor)[:, col]
         order = torch.sort(v, descending=True, stable=True).indices[:n]
         return [(self.classes[i], float(v[i])) for i in order.tolist()]
 
 
 def class_influence(model: nn.Module, x: torch.Tensor, layer: LayerRef, classes: Sequence[int] | None = None, *,
-                    ablation: bool = True, batch_size: int = 32) -> ClassInfluence:
-    """:func:`cnnlens.inside.influence` of every channel on each class in ``classes`` (default: all), over images x."""
-    from .influence import influence
-
+                    channels: Sequence[int] | None = None, ablation: bool = True,
+                    batch_size: int = 32, chunk: int = 16) -> ClassInfluence:
+    """The influence of each channel on each class's score, over images x (means over the images):
+    taylor[c, k] = Σ_ij a_k,ij · ∂y_c/∂a_k,ij, and ablation[c, k] = y_c(x) − y_c(x with channel k zeroed),
+    as :func:`cnnlens.inside.influence` for one class — here every class at once: one backward per class
+    from the logits down to the layer only, and one ablated forward per channel (chunked) for all classes.
+    """
     name = resolve_layer(model, layer)[0]
-    if classes is None:
-        with LayerTap(model, [], detach=True) as tap, torch.no_grad():  # the tap runs the model in eval mode
-            K = int(tap.run(x[:1].to(_device(model))).shape[1])
-        classes = range(K)
-    cls = tuple(int(c) for c in classes)
-    tay, abl = [], []
-    for c in cls:
-        inf = influence(model, x, name, target=c, ablation=ablation, batch_size=batch_size)
-        tay.append(inf.taylor)
-        abl.append(inf.ablation)
-    return ClassInfluence(name, cls, torch.stack(tay).float(), torch.stack(abl).float() if ablation else None,
-                          int(x.shape[0]), settings={"ablation": ablation})
+    dev = _device(model)
+    tay = abl = None
+    cls = None
+    seen = 0
+    for s0 in range(0, len(x), batch_size):
+        xb = x[s0:s0 + batch_size].to(dev)
+        with torch.enable_grad(), LayerTap(model, [name]) as tap:
+            logits = tap.run(xb.detach().requires_grad_(True))  # so the graph reaches the layer (weights frozen)
+            a = tap[name]
+            if a.dim() != 4:
+                raise ValueError(f"layer {name!r} has no spatial grid (N×C); class influence reads N×C×H×W layers")
+            C = a.shape[1]
+            chans = list(range(C)) if channels is None else [int(c) for c in channels]
+            if chans and max(chans) >= C:
+                raise ValueError(f"channel {max(chans)} is out of range: layer {name!r} has {C} channels")
+            if cls is None:
+                K = logits.shape[1]
+                cls = tuple(range(K)) if classes is None else tuple(int(c) for c in classes)
+                if cls and (min(cls) < 0 or max(cls) >= K):
+                    raise ValueError(f"class {max(cls)} is out of range: the model has {K} classes")
+                tay = torch.zeros(len(cls), len(chans), dtype=torch.float64)
+                abl = torch.zeros(len(cls), len(chans), dtype=torch.float64) if ablation else None
+            for r, c in enumerate(cls):
+                (g,) = torch.autograd.grad(logits[:, c].sum(), a, retain_graph=r + 1 < len(cls))
+                tay[r] += (a.detach() * g).sum((2, 3))[:, chans].double().sum(0).cpu()
+            base = logits.detach()[:, list(cls)]
+        if ablation:
+            n = len(xb)
+            with torch.no_grad():
+                for q in range(0, len(chans), chunk):
+                    part = chans[q:q + chunk]
+                    mask = torch.ones(len(part), 1, C, 1, 1, dtype=a.dtype, device=a.device)
+                    for i, ch in enumerate(part):
+                        mask[i, 0, ch] = 0
+                    mask = mask.expand(len(part), n, C, 1, 1).reshape(len(part) * n, C, 1, 1)
+                    with LayerTap(model, [], edits={name: lambda mod, inp, out, mask=mask: out * mask}) as tap2:
+                        l2 = tap2.run(xb.repeat(len(part), *[1] * (xb.dim() - 1)))[:, list(cls)]
+                    drop = base.unsqueeze(0) - l2.view(len(part), n, len(cls))  # part × n × classes
+                    abl[:, q:q + len(part)] += drop.sum(1).t().double().cpu()
+        seen += len(xb)
+    if cls is None:
+        raise ValueError("class influence needs at least one image")
+    m = max(1, seen)
+    return ClassInfluence(name, cls, (tay / m).float(), (abl / m).float() if ablation else None, seen,
+                          settings={"ablation": ablation, "channels": chans})
 
 
 def dataset_images(data, indices: Sequence[int]) -> torch.Tensor:
