@@ -14,8 +14,10 @@ import torch
 
 from browser import CHROMEDRIVER, CHROMIUM
 
-ARGS = ["--model", "digits-cnn", "--data", "digits", "--n", "40", "--layers", "features.4,features.7",
-        "--steps", "6", "--max-channels", "3", "--samples", "1", "--k", "4"]
+ARGS = ["--model", "digits-cnn", "--data", "digits", "--n", "20", "--layers", "features.4,features.7",
+        "--steps", "4", "--max-channels", "3", "--samples", "1", "--k", "3"]
+SMALL = ["--model", "digits-cnn", "--data", "digits", "--n", "20", "--layers", "features.7", "--steps", "4",
+         "--max-channels", "2", "--samples", "0", "--k", "3"]
 
 
 @pytest.fixture(scope="module")
@@ -39,6 +41,7 @@ def site(tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_site_pages_and_numbers(site):
     assert (site / "index.html").exists() and (site / ".cnnlens-microscope").exists()
     html = (site / "index.html").read_text()
@@ -58,11 +61,12 @@ def test_site_pages_and_numbers(site):
     assert not (site.parent / "site.work").exists()  # the work folder goes after success
 
 
+@pytest.mark.slow
 def test_refuses_a_foreign_folder_and_resumes_from_the_work_folder(tmp_path, run_cli, monkeypatch):
     foreign = tmp_path / "mine"
     foreign.mkdir()
     (foreign / "thesis.tex").write_text("precious")
-    code, cap = run_cli("microscope", *ARGS, "--out", foreign)
+    code, cap = run_cli("microscope", *SMALL, "--out", foreign)
     assert code == 2 and "not a cnnlens microscope site" in cap.err
     assert (foreign / "thesis.tex").read_text() == "precious"
 
@@ -76,7 +80,7 @@ def test_refuses_a_foreign_folder_and_resumes_from_the_work_folder(tmp_path, run
         raise KeyboardInterrupt
 
     monkeypatch.setattr(ms, "write_site", interrupted)
-    code, _ = run_cli("microscope", *ARGS, "--out", out)
+    code, _ = run_cli("microscope", *SMALL, "--out", out)
     assert code == 130 and not out.exists()
     work = tmp_path / "m.work"
     done = sorted(p.name for p in work.glob("*.pt"))
@@ -84,16 +88,17 @@ def test_refuses_a_foreign_folder_and_resumes_from_the_work_folder(tmp_path, run
     monkeypatch.setattr(ms, "write_site", real)
     computed = []
     monkeypatch.setattr(ms.WorkDir, "save", lambda self, name, value: computed.append(name))
-    code, cap = run_cli("microscope", *ARGS, "--out", out, "--threads", "1")
+    # a previous microscope site in the way is replaced, whole
+    out.mkdir()
+    (out / ".cnnlens-microscope").write_text("")
+    (out / "stale.txt").write_text("from before")
+    code, cap = run_cli("microscope", *SMALL, "--out", out, "--threads", "1")
     assert code == 0, cap.err
     assert computed == [] and (out / "index.html").exists()  # nothing computed again
-    # a second run replaces its own previous site, whole
-    (out / "stale.txt").write_text("from before")
-    monkeypatch.undo()
-    code, _ = run_cli("microscope", *ARGS, "--out", out)
-    assert code == 0 and not (out / "stale.txt").exists() and (out / "index.html").exists()
+    assert not (out / "stale.txt").exists() and not work.exists()
 
 
+@pytest.mark.slow
 @pytest.mark.browser
 def test_browse_layers_channels_units_and_building_blocks(site, tmp_path):
     if not Path(CHROMIUM).exists() or not Path(CHROMEDRIVER).exists():
@@ -138,7 +143,14 @@ def test_browse_layers_channels_units_and_building_blocks(site, tmp_path):
         assert check("microscope-unit") >= 11
         driver.get((site / "sample-0.html").resolve().as_uri())
         grid = driver.find_elements(By.CSS_SELECTOR, "img.bb-grid")[1]           # features.7: 8×8 grid
-        ActionChains(driver).move_to_element_with_offset(grid, 10, 10).click().perform()  # a cell right of centre
+        # a cell where a shown channel fires (from the page's own data), clicked at its centre
+        i, j = driver.execute_script(
+            "const c = BLOCKS[1].cells; for (let i = 0; i < c.length; i++) for (let j = 0; j < c[i].length; j++)"
+            " if (c[i][j].length) return [i, j]; return [0, 0];")
+        w, h = grid.size["width"], grid.size["height"]
+        ActionChains(driver).move_to_element_with_offset(grid, int((j + 0.5) * w / 8 - w / 2),
+                                                         int((i + 0.5) * h / 8 - h / 2)).click().perform()
+        assert f"row {i}, column {j}" in driver.find_element(By.ID, "bb-out-1").text
         cards = driver.find_elements(By.CSS_SELECTOR, "#bb-out-1 a.bb-card")
         text = driver.find_element(By.ID, "bb-out-1").text
         assert "row" in text and "contribute" in text

@@ -150,7 +150,7 @@ def precompute(model: nn.Module, data, layers: Sequence[str], work: Path, settin
     out = Precomputed(micro)
     # the samples of the building-block pages: the first images of the data
     n_s = min(st.samples, len(data))
-    out.samples = dataset_images(data, range(n_s))
+    out.samples = dataset_images(data, range(n_s)) if n_s else None
     dataset = data.dataset if isinstance(data, torch.utils.data.DataLoader) else data
     out.sample_labels = [int(dataset[i][1]) for i in range(n_s)]
     n_inf = min(st.influence_images, len(data))
@@ -194,7 +194,7 @@ def precompute(model: nn.Module, data, layers: Sequence[str], work: Path, settin
         prog(stage, 1, 2)
         bb = wd.get(f"blocks-{_slug(name)}")
         if bb is None:
-            bb = building_blocks(model, out.samples, name) if len(micro[name].shape) == 3 else False
+            bb = building_blocks(model, out.samples, name) if n_s and len(micro[name].shape) == 3 else False
             wd.save(f"blocks-{_slug(name)}", bb)
         out.blocks[name] = bb or None
         prog(stage, 2, 2)
@@ -345,7 +345,7 @@ def _write(model, data, pre: Precomputed, root: Path, model_name, data_name, cla
             for a in range(g[0]):
                 row = []
                 for b in range(g[1]):
-                    top = [t for t in bb.at(i, a, b, k=12) if t["channel"] in shown][:6]
+                    top = [t for t in bb.at(i, a, b, k=len(A)) if t["channel"] in shown and t["activation"] > 0][:6]
                     row.append([[t["channel"], round(t["activation"], 4), round(t["contribution"], 4)] for t in top])
                 cells.append(row)
             blocks.append({"name": name, "slug": slug, "grid": list(g), "img": img, "cells": cells,

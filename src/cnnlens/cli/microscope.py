@@ -128,7 +128,7 @@ def microscope_cmd(
     except KeyboardInterrupt:
         console.print(f"interrupted: finished stages are kept in {work}; run the same command again to resume",
                       highlight=False)
-        raise  # the CLI's handler says "aborted" and exits with 130
+        raise SystemExit(130) from None
     if not keep_work:
         shutil.rmtree(work, ignore_errors=True)
     console.print(f"wrote {index.parent} (open {index})", highlight=False)
