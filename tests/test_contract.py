@@ -93,6 +93,16 @@ CALLS = {
         batch=2, steps=3, size=8),
     "inside.deconvnet": lambda m: inside.deconvnet(m, X, "features.5", 0),
     "inside.deep_dream": lambda m: inside.deep_dream(m, X[:1], "features.5", octaves=1, steps=2),
+    "inside.microscope_scan": lambda m: inside.microscope_scan(m, DATA, ["features.2", "features.5"], k=2),
+    "inside.layer_edges": lambda m: inside.layer_edges(m, DATA, ["features.2", "features.5"]),
+    "inside.maximize_channels": lambda m: inside.maximize_channels(m, "features.5", [0, 1], steps=2, size=8,
+                                                                   robust=True, diversity=2),
+    "inside.building_blocks": lambda m: inside.building_blocks(m, X, "features.5"),
+    "inside.class_influence": lambda m: inside.class_influence(m, X, "features.5"),
+    "inside.top_maps": lambda m: inside.top_maps(m, DATA, inside.microscope_scan(m, DATA, ["features.5"], k=2)
+                                                 ["features.5"]),
+    "inside.unit_projections": lambda m: inside.unit_projections(
+        m, X, "features.5", 1, torch.tensor([[0, 1], [2, 3]]), inside.receptive_field(m, "features.5", input_size=8)),
     "attacks.fgsm": lambda m: attacks.fgsm(m, X, eps=2 / 255),
     "attacks.pgd": lambda m: attacks.pgd(m, X, eps=2 / 255, steps=2),
     "attacks.minimal_eps": lambda m: attacks.minimal_eps(m, X, max_iter=3, steps=2),

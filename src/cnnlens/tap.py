@@ -275,7 +275,8 @@ class LayerTap:
                 self.outputs[name] = rec
                 self.inputs[name] = inputs
                 if torch.is_tensor(rec):
-                    self._versions[name] = rec._version
+                    if not rec.is_inference():  # inference tensors keep no version counter (nor change under us)
+                        self._versions[name] = rec._version
                     if name != self._stop:
                         # the forward goes on with a copy: later in-place ops cannot overwrite the record
                         output = output.clone()

@@ -14,3 +14,4 @@ from . import attack as _attack  # noqa: F401,E402
 from . import explain as _explain  # noqa: F401,E402
 from . import explore as _explore  # noqa: F401,E402
 from . import benchmark as _benchmark  # noqa: F401,E402
+from . import microscope as _microscope  # noqa: F401,E402

@@ -17,6 +17,9 @@ from .deconv import Projection, deconvnet
 from .dream import Dream, deep_dream
 from .filters import FeatureMaps, Filters, feature_maps, filters
 from .influence import Influence, InfluenceAccumulator, influence
+from .microscope import (BuildingBlocks, ChannelViews, ClassInfluence, LayerScan, MicroscopeAccumulator,
+                         MicroscopeScan, UnitProjections, building_blocks, class_influence, layer_edges,
+                         maximize_channels, microscope_scan, top_maps, unit_projections)
 from .maximize import Objective, Visualization, maximize, objectives, total_variation
 from .receptive import ReceptiveField, RFProbe, receptive_field
 from .search import SearchAccumulator, SearchResult, dataset_search
@@ -27,4 +30,7 @@ __all__ = [
     "maximize", "objectives", "Objective", "deconvnet", "deep_dream", "neuron_stats", "influence",
     "Filters", "FeatureMaps", "RFProbe", "SearchAccumulator", "Visualization", "Projection", "Dream",
     "NeuronStats", "StatsAccumulator", "Influence", "InfluenceAccumulator", "total_variation",
+    "microscope_scan", "MicroscopeScan", "MicroscopeAccumulator", "LayerScan", "layer_edges", "maximize_channels",
+    "ChannelViews", "building_blocks", "BuildingBlocks", "class_influence", "ClassInfluence", "top_maps",
+    "unit_projections", "UnitProjections",
 ]

@@ -246,27 +246,35 @@ class _Objectives:
         return Objective(fn, f"{layer} direction@{where}", (layer,), False, n)
 
     @staticmethod
-    def diversity(layer: str) -> Objective:
-        """How different the images of a batch are at ``layer`` (Lucid/Lucent's ``diversity``).
+    def diversity(layer: str, group: int | None = None) -> Objective:
+        """How different the images of a batch (or of each group) are at ``layer`` (Lucid/Lucent's ``diversity``).
 
         With G_b = A_b A_bᵀ the K×K Gram matrix of image b's activations (K channels ×
-        positions) and Ĝ_b = G_b/‖G_b‖_F, image b's value is −(1/B) Σ_{b'≠b} ⟨Ĝ_b, Ĝ_b'⟩:
-        adding it (``channel(layer, k) + 100 * diversity(layer)``, with ``batch=``) pushes
-        the images apart in style; its sum over the batch is Lucent's objective. Needs B ≥ 2.
+        positions) and Ĝ_b = G_b/‖G_b‖_F, image b's value is −(1/n) Σ_{b'≠b} ⟨Ĝ_b, Ĝ_b'⟩ over
+        the n images of its group: the whole batch by default (its sum over the batch is
+        Lucent's objective), or consecutive groups of ``group`` images (a diversity set per
+        channel, as the microscope renders them). Adding it (``channel(layer, k) + 100 *
+        diversity(layer)``, with ``batch=``) pushes the images apart in style. Needs n ≥ 2.
         """
+        if group is not None and int(group) < 2:
+            raise ValueError("diversity needs groups of at least 2 images")
 
         def fn(c: _Ctx):
             a = c.acts[layer]
             b = a.shape[0]
-            if b < 2:
+            n = b if group is None else int(group)
+            if n < 2:
                 raise ValueError("diversity compares the images of a batch; pass batch=2 or more to maximize")
+            if b % n:
+                raise ValueError(f"diversity groups of {n} do not divide the batch of {b} images")
             f = a.reshape(b, a.shape[1], -1)
             g = f @ f.transpose(1, 2)
-            g = g / g.flatten(1).norm(dim=1).clamp_min(1e-12).view(b, 1, 1)
-            sim = torch.einsum("bij,cij->bc", g, g)
-            return -(sim.sum(1) - sim.diagonal()) / b
+            g = (g / g.flatten(1).norm(dim=1).clamp_min(1e-12).view(b, 1, 1)).reshape(b // n, n, -1)
+            sim = g @ g.transpose(1, 2)  # groups × n × n cosine similarities of the Gram matrices
+            return (-(sim.sum(-1) - sim.diagonal(dim1=1, dim2=2)) / n).reshape(b)
 
-        return Objective(fn, f"diversity({layer})", (layer,), False, None)
+        what = f"diversity({layer})" if group is None else f"diversity({layer}, groups of {int(group)})"
+        return Objective(fn, what, (layer,), False, None)
 
     @staticmethod
     def tv(p: float = 2.0) -> Objective:
@@ -329,9 +337,14 @@ def _decorrelate(t: torch.Tensor) -> torch.Tensor:
 class _Param:
     """An image parameterisation: ``image()`` gives B×C×H×W in [0, 1]."""
 
-    def __init__(self, shape, kind: str, decorrelate: bool, gen: torch.Generator, device, init=None, sd: float = 0.01):
+    def __init__(self, shape, kind: str, decorrelate: bool, gen: torch.Generator, device, init=None, sd: float = 0.01,
+                 shared: bool = False):
         self.shape, self.kind = shape, kind
         B, C, H, W = shape
+        # shared: every image starts from the noise a batch of one would draw (image b then follows a run of
+        # objective b alone, step for step); otherwise each image draws its own
+        noise = (lambda *s: torch.randn(1, *s[1:], generator=gen).expand(*s).clone()) if shared else \
+            (lambda *s: torch.randn(*s, generator=gen))
         self.decorrelate = decorrelate and C == 3
         if kind == "pixel":
             if init is not None:
@@ -343,7 +356,7 @@ class _Param:
                 if self.decorrelate:
                     p = torch.einsum("bchw,dc->bdhw", p, torch.linalg.inv(_decorrelate_matrix()))
             else:
-                p = torch.randn(shape, generator=gen) * sd
+                p = noise(*shape) * sd
             self.p = p.to(device).requires_grad_(True)
         elif kind == "fourier":
             if init is not None:
@@ -352,7 +365,7 @@ class _Param:
             fx = torch.fft.rfftfreq(W)[None, :]
             self.freq = torch.sqrt(fx ** 2 + fy ** 2).to(device)
             self.scale = 1.0 / self.freq.clamp_min(1.0 / max(H, W))  # 1/f, as Lucid/Lucent
-            self.p = (torch.randn(B, C, H, W // 2 + 1, 2, generator=gen) * sd).to(device).requires_grad_(True)
+            self.p = (noise(B, C, H, W // 2 + 1, 2) * sd).to(device).requires_grad_(True)
         else:
             raise ValueError(f"param must be 'pixel' or 'fourier', got {kind!r}")
 
@@ -396,6 +409,37 @@ def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
     y = F.conv2d(y, k.view(1, 1, 1, -1).expand(C, 1, 1, -1), groups=C)
     y = F.pad(y, (0, 0, r, r), mode=pad_mode)
     return F.conv2d(y, k.view(1, 1, -1, 1).expand(C, 1, -1, 1), groups=C)
+
+
+# ---------------------------------------------------------------------------
+# redirected ReLU gradients (Lucid's ``redirected_relu_grad``)
+class _RedirectedReLU(torch.autograd.Function):
+    """y = the ReLU's output; backward: the ReLU's gradient for every image whose gradient through it is not
+    all zero, else the incoming gradient wherever it would raise the input (so an image whose unit starts
+    inactive is pushed toward activating it instead of getting no gradient at all)."""
+
+    @staticmethod
+    def forward(ctx, x, y):
+        ctx.save_for_backward(x)
+        return y.clone()
+
+    @staticmethod
+    def backward(ctx, g):
+        (x,) = ctx.saved_tensors
+        relu = torch.where(x > 0, g, torch.zeros_like(g))
+        redirected = torch.where((x <= 0) & (g < 0), torch.zeros_like(g), g)  # ascent: g > 0 raises the objective
+        dead = relu.flatten(1).abs().amax(1) == 0 if g.dim() > 1 else relu.abs().amax() == 0
+        dead = dead.view(-1, *[1] * (g.dim() - 1)) if g.dim() > 1 else dead
+        return torch.where(dead, redirected, relu), None
+
+
+def _redirect(module, inputs, output):
+    return _RedirectedReLU.apply(inputs[0], output)
+
+
+def redirect_edits(model: nn.Module) -> dict:
+    """``{name: edit}`` redirecting the gradient of every nn.ReLU / nn.ReLU6 module of ``model``."""
+    return {n: _redirect for n, m in model.named_modules() if isinstance(m, (nn.ReLU, nn.ReLU6))}
 
 
 # ---------------------------------------------------------------------------
@@ -493,6 +537,8 @@ def maximize(
     rotate: float | tuple[float, float] | None = None,
     init: torch.Tensor | None = None,
     seed: int = 0,
+    noise: str = "independent",
+    redirect_relu: bool = False,
     progress: Callable[[int, int], None] | None = None,
 ) -> Visualization:
     """Gradient ascent on the input to maximise an objective: x* = argmax_x J(x) − λ_TV·TV(x) − λ_2‖x − ½‖².
@@ -503,7 +549,13 @@ def maximize(
     ``blur_every``/``blur_sigma``, ``jitter``/``scale``/``rotate`` regularise the
     optimisation itself (``scale=0.1``: a random zoom in [0.9, 1.1]; ``rotate=10``:
     a random rotation in [−10°, 10°]). Adam with step ``lr``; the same ``seed``
-    gives the same images.
+    gives the same images. ``noise="shared"``: every image of a batch starts from the
+    noise a single image would draw with this seed (one transform is drawn per step
+    for the whole batch), so a batch of per-image objectives reproduces separate
+    runs of each; ``"independent"`` (default): each image draws its own.
+    ``redirect_relu=True``: an image whose gradient through a ReLU module is all zero
+    (its unit starts inactive, e.g. on grey noise) gets the gradient that would raise the
+    ReLU's input instead (Lucid's redirected ReLU; forward values are unchanged).
 
     Example::
 
@@ -529,7 +581,9 @@ def maximize(
     p0 = next(model.parameters(), None)
     dev = p0.device if p0 is not None else torch.device("cpu")
     gen = torch.Generator().manual_seed(int(seed))
-    prm = _Param((B, C, H, W), param, decorrelate, gen, dev, init=init)
+    if noise not in ("independent", "shared"):
+        raise ValueError(f"noise must be 'independent' or 'shared', got {noise!r}")
+    prm = _Param((B, C, H, W), param, decorrelate, gen, dev, init=init, shared=noise == "shared")
     scale_r = _range(scale, 1.0)
     rot_r = _range(rotate, 0.0)
 
@@ -547,7 +601,8 @@ def maximize(
         start = J(_Ctx(img, _acts(tap, J.layers), logits)).detach().cpu()
     history = []
     opt = torch.optim.Adam([prm.p], lr=lr, maximize=True)  # gradient ascent on J
-    with LayerTap(model, J.layers, stop_after=stop) as tap:
+    edits = redirect_edits(model) if redirect_relu else None
+    with LayerTap(model, J.layers, stop_after=stop, edits=edits) as tap:
         for step in range(steps):
             img = prm.image()
             xt = random_transform(img, gen, jitter, scale_r, rot_r)
@@ -568,7 +623,8 @@ def maximize(
         final = J(_Ctx(img, _acts(tap, J.layers), logits)).detach().cpu()
     settings = {"steps": steps, "lr": lr, "param": param, "decorrelate": decorrelate and C == 3, "size": [H, W],
                 "batch": B, "tv": tv, "l2": l2, "l2_decay": l2_decay, "blur_every": blur_every,
-                "blur_sigma": blur_sigma, "jitter": jitter, "scale": scale_r, "rotate": rot_r, "seed": seed,
+                "blur_sigma": blur_sigma, "jitter": jitter, "scale": scale_r, "rotate": rot_r, "seed": seed, "noise": noise,
+                "redirect_relu": redirect_relu,
                 "optimizer": "Adam", "stopped_after": stop}
     return Visualization(img.detach().cpu(), J.name, start, final,
                          torch.stack(history) if history else torch.empty(0, B), settings)

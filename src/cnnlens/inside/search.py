@@ -144,7 +144,9 @@ class SearchAccumulator:
         if max(self.channels) >= a.shape[1]:
             raise ValueError(f"channel {max(self.channels)} is out of range: layer {self.layer!r} has {a.shape[1]} channels")
         self.num_classes = max(self.num_classes, int(batch.logits.shape[1]) if batch.logits.dim() == 2 else 0)
-        a = a[:, list(self.channels)].float()
+        if self.channels != tuple(range(a.shape[1])):
+            a = a[:, list(self.channels)]
+        a = a.float()
         n, C, H, W = a.shape
         vals, arg = a.reshape(n, C, H * W).max(2)  # N×C, first maximum on ties
         vals, arg = vals.t().cpu(), arg.t().cpu()
@@ -179,47 +181,55 @@ class SearchAccumulator:
             clipped[old] = st["clipped"].gather(1, oi)[old]
             crops = st["crops"][torch.arange(C).view(-1, 1), oi]
         hw = tuple(x.shape[-2:])
-        xp, pad, win = self._padded(x)
+        win = (min(self.rf.size[0], hw[0]), min(self.rf.size[1], hw[1]))
         cs = list(crops.shape[2:]) if crops is not None else [x.shape[1], *self._crop_size(win)]
-        if crops is None:
-            crops = torch.empty(C, pick.shape[1], *cs)
-        else:
-            crops = crops.clone()
-        for c, s in new.nonzero().tolist():
-            i, j = int(positions[c, s, 0]), int(positions[c, s, 1])
-            _, was_clipped = self.rf.clipped_box(i, j, hw)
-            boxes[c, s] = torch.tensor(self.rf.box(i, j))
-            clipped[c, s] = was_clipped
-            crops[c, s] = self._crop(xp, int(sample[c, s]), i, j, pad, win, hw)
+        crops = torch.empty(C, pick.shape[1], *cs) if crops is None else crops.clone()
+        cn, sn = new.nonzero(as_tuple=True)
+        if len(cn):
+            ij = positions[cn, sn]  # E×2 units of the new entries
+            box = self._boxes(ij, hw)
+            boxes[cn, sn] = box
+            clipped[cn, sn] = (box[:, 0] < 0) | (box[:, 1] < 0) | (box[:, 2] > hw[0]) | (box[:, 3] > hw[1])
+            crops[cn, sn] = self._crops(x, sample[cn, sn], box, win, hw)
         out.update(positions=positions, labels=labels, boxes=boxes, clipped=clipped, crops=crops)
         self._state = out
 
-    def _padded(self, x: torch.Tensor):
-        H, W = x.shape[-2:]
-        win = (min(self.rf.size[0], H), min(self.rf.size[1], W))
-        pad = (win[0], win[1])
-        xp = F.pad(x, (pad[1], pad[1], pad[0], pad[0]), value=self.fill)
-        return xp, pad, win
+    def _boxes(self, ij: torch.Tensor, hw) -> torch.Tensor:
+        """E×4 (top, left, bottom, right) fields of E units (row, col), end exclusive, not clipped."""
+        if self.rf.is_global:
+            return torch.tensor([0, 0, *self.rf.input_size]).expand(len(ij), 4).clone()
+        t = self.rf.offset[0] + ij[:, 0] * self.rf.stride[0]
+        l = self.rf.offset[1] + ij[:, 1] * self.rf.stride[1]
+        return torch.stack([t, l, t + self.rf.size[0], l + self.rf.size[1]], 1).long()
+
+    def _crops(self, x, n, box, win, hw) -> torch.Tensor:
+        """The E patches (E×Cin×h×w) of the fields ``box`` in the images ``x[n]``, gathered at once;
+        the parts outside the image are ``fill``."""
+        t, l = box[:, 0].clone(), box[:, 1].clone()
+        if self.rf.is_global:
+            t.zero_(), l.zero_()
+        # a field larger than the image: the crop is the whole image along that axis
+        if self.rf.size[0] > hw[0]:
+            t.zero_()
+        if self.rf.size[1] > hw[1]:
+            l.zero_()
+        dev = x.device
+        rows = t.to(dev).view(-1, 1, 1) + torch.arange(win[0], device=dev).view(1, -1, 1)
+        cols = l.to(dev).view(-1, 1, 1) + torch.arange(win[1], device=dev).view(1, 1, -1)
+        inside = (rows >= 0) & (rows < hw[0]) & (cols >= 0) & (cols < hw[1])  # E×h×w
+        c = x[n.to(dev).view(-1, 1, 1), :, rows.clamp(0, hw[0] - 1), cols.clamp(0, hw[1] - 1)]  # E×h×w×Cin
+        c = torch.where(inside.unsqueeze(-1), c, torch.full((), self.fill, dtype=c.dtype, device=dev))
+        c = c.permute(0, 3, 1, 2)
+        size = self._crop_size(win)
+        if tuple(size) != tuple(win):
+            c = F.interpolate(c.float(), size=size, mode="bilinear", antialias=True, align_corners=False)
+        return c.detach().float().cpu()
 
     def _crop_size(self, win):
         if self.max_crop is None or max(win) <= self.max_crop:
             return win
         s = self.max_crop / max(win)
         return (max(1, round(win[0] * s)), max(1, round(win[1] * s)))
-
-    def _crop(self, xp, n, i, j, pad, win, hw) -> torch.Tensor:
-        if self.rf.is_global:
-            t = l = 0
-        else:
-            t, l, _, _ = self.rf.box(i, j)
-            # a field larger than the image: the crop is the whole image along that axis
-            t = t if self.rf.size[0] <= hw[0] else 0
-            l = l if self.rf.size[1] <= hw[1] else 0
-        c = xp[n, :, t + pad[0]: t + pad[0] + win[0], l + pad[1]: l + pad[1] + win[1]]
-        size = self._crop_size(win)
-        if tuple(size) != tuple(win):
-            c = F.interpolate(c[None].float(), size=size, mode="bilinear", antialias=True, align_corners=False)[0]
-        return c.detach().float().cpu()
 
     def merge(self, other: "SearchAccumulator") -> "SearchAccumulator":
         if other._state is None:

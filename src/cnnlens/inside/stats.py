@@ -107,6 +107,8 @@ class StatsAccumulator:
         self.edges = edges
         self.zero = float(zero)
         self.num_classes = num_classes
+        w = edges[1:] - edges[:-1]
+        self._uniform = bool(((w - w.mean()).abs() <= 1e-9 * w.mean().abs().clamp_min(1e-300)).all())
         self.s: dict[str, torch.Tensor] | None = None
 
     def _init(self, C: int, K: int) -> dict:
@@ -124,35 +126,78 @@ class StatsAccumulator:
             a = a[:, :, None, None]
         if a.dim() != 4:
             raise ValueError(f"layer {self.layer!r} gives {a.dim()}-D outputs; neuron statistics need N×C×H×W or N×C")
-        a = a.double().cpu()
-        n, C = a.shape[:2]
+        a = a.float().cpu()
+        n, C, H, W = a.shape
         K = self.num_classes or int(batch.logits.shape[1])
         if self.s is None:
             self.s = self._init(C, K)
+        if getattr(self, "shift", None) is None:
+            # a per-channel shift (the first batch's mean) keeps the sums of squares below free of cancellation
+            self.shift = a.mean((0, 2, 3)).view(1, C, 1)
         s = self.s
-        v = a.transpose(0, 1).reshape(C, -1)  # C×(N·H·W)
-        nb = torch.full((C,), float(v.shape[1]), dtype=torch.float64)
-        mb = v.mean(1)
-        m2b = ((v - mb[:, None]) ** 2).sum(1)
-        self._chan(s, nb, mb, m2b)
-        s["zeros"] += (v <= self.zero).sum(1).double()
-        s["min"] = torch.minimum(s["min"], v.min(1).values)
-        s["max"] = torch.maximum(s["max"], v.max(1).values)
-        B = self.edges.numel() - 1
-        below = v < self.edges[0]
-        above = v > self.edges[-1]
-        s["below"] += below.sum(1)
-        s["above"] += above.sum(1)
-        inside = ~(below | above)
-        # bin b holds edges[b] ≤ v < edges[b+1]; the last bin also holds v == edges[-1]
-        b = (torch.bucketize(v, self.edges, right=True) - 1).clamp(0, B - 1)
-        flat = (b + torch.arange(C).view(-1, 1) * B)[inside]
-        s["hist"] += torch.bincount(flat, minlength=C * B).view(C, B)
-        img = a.mean((2, 3))  # N×C image-level activation
+        v = a.view(n, C, H * W)  # per-image reductions run over the contiguous last axis (fast on the CPU)
+        m = float(H * W)
+        raw = v.sum(2).double()  # N×C, float32 sums of H·W values, merged in float64
+        shift = self.shift.view(1, C).double()
+        s1 = raw - m * shift
+        d = v - self.shift
+        s2 = torch.linalg.vecdot(d, d).double()
+        nb = torch.full((C,), n * m, dtype=torch.float64)
+        mb = s1.sum(0) / nb
+        m2b = (s2.sum(0) - s1.sum(0) ** 2 / nb).clamp_min(0)
+        self._chan(s, nb, mb + shift.view(C), m2b)
+        mn, mx = torch.aminmax(v, dim=2)
+        lo, hi = mn.amin(0).double(), mx.amax(0).double()
+        if self.zero == 0.0 and bool((lo >= 0).all()):  # non-negative (after a ReLU): v ≤ 0 iff v == 0
+            s["zeros"] += nb - torch.count_nonzero(v, dim=(0, 2)).double()
+        else:
+            s["zeros"] += (v <= self.zero).sum((0, 2)).double()
+        s["min"] = torch.minimum(s["min"], lo)
+        s["max"] = torch.maximum(s["max"], hi)
+        h, below, above = self._histogram(a, lo, hi)
+        s["hist"] += h
+        s["below"] += below
+        s["above"] += above
+        img = raw / m  # N×C image-level activation mean_ij a_ij
         y = batch.y.detach().view(-1).cpu().long()
         ok = (y >= 0) & (y < K)
-        s["csum"].index_add_(0, y[ok], img[ok])
-        s["ccount"] += torch.bincount(y[ok], minlength=K).double()
+        onehot = torch.zeros(n, K, dtype=torch.float64)
+        onehot[ok.nonzero().flatten(), y[ok]] = 1.0
+        s["csum"] += onehot.t() @ img  # (index_add_ of float64 rows is slow on the CPU)
+        s["ccount"] += onehot.sum(0)
+
+    def _histogram(self, a: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor):
+        """(C×B counts, C below, C above) of an N×C×H×W batch.
+
+        Bin b holds edges[b] ≤ v < edges[b+1]; the last bin also holds v == edges[-1].
+        Uniform edges (``linspace``): bin = ⌊(v − e₀)/w⌋ in one fused pass with a
+        per-channel offset, so one ``bincount`` fills every channel (a value within float
+        rounding of an inner edge may land in the neighbouring bin); other edges: ``bucketize``.
+        """
+        C = a.shape[1]
+        B = self.edges.numel() - 1
+        e0, e1 = float(self.edges[0]), float(self.edges[-1])
+        below = (a < e0).sum((0, 2, 3)) if bool((lo < e0).any()) else torch.zeros(C, dtype=torch.long)
+        above = (a > e1).sum((0, 2, 3)) if bool((hi > e1).any()) else torch.zeros(C, dtype=torch.long)
+        if self._uniform:
+            # t = (v − e0)/w + 1 + (B+2)·c, clamped into channel c's B+2 slots [below, bins…, top]; the float is exact
+            # for these small integers and truncation is floor for t ≥ 0
+            scale = B / (e1 - e0)
+            off = torch.arange(C, dtype=torch.float32).view(1, C, 1, 1) * (B + 2)
+            t = torch.addcmul(off + (1.0 - e0 * scale), a, torch.tensor(scale, dtype=torch.float32))
+            if bool((lo < e0).any() or (hi > e1).any()):  # else every value lies inside its channel's slots
+                t = torch.maximum(torch.minimum(t, off + (B + 1)), off)
+            counts = torch.bincount(t.int().flatten(), minlength=C * (B + 2)).view(C, B + 2)
+            h = counts[:, 1:B + 1].clone()
+            # the end slots hold what lies outside plus values that round onto them (v == e1 belongs to the last bin)
+            h[:, 0] += counts[:, 0] - below
+            h[:, B - 1] += counts[:, B + 1] - above
+            return h, below, above
+        v = a.double().transpose(0, 1).reshape(C, -1)
+        inside = (v >= self.edges[0]) & (v <= self.edges[-1])
+        b = (torch.bucketize(v, self.edges, right=True) - 1).clamp(0, B - 1)
+        flat = (b + torch.arange(C).view(-1, 1) * B)[inside]
+        return torch.bincount(flat, minlength=C * B).view(C, B), below, above
 
     @staticmethod
     def _chan(s, nb, mb, m2b) -> None:

@@ -1,0 +1,579 @@
+"""The microscope: every channel of chosen layers, from one dataset scan and one batched optimisation.
+
+What OpenAI Microscope showed for a fixed zoo of models, for the user's own model and data:
+
+- :func:`microscope_scan` — ONE streaming scan (:func:`cnnlens.scan.scan`) that keeps,
+  for every channel of every chosen layer, its top-k dataset images with the patch
+  its strongest unit sees (cropped to the receptive field) and its statistics
+  (histogram, mean, sparsity, mean activation per class and the class-selectivity
+  index). Memory is O(layers × channels × k), whatever the dataset size; the
+  accumulator merges, so the scan runs sharded under ``torchrun``.
+
+  Class selectivity (Morcos et al. 2018), per channel:
+  ``(μ_max − μ_rest) / (μ_max + μ_rest)`` where μ_c is the channel's mean
+  image-level activation ``mean_ij a_ij(x)`` over the images of class c, μ_max the
+  largest class mean and μ_rest the mean of the other classes' means: 0 when every
+  class drives the channel equally, 1 when only one does (for non-negative
+  activations, e.g. after a ReLU).
+- :func:`maximize_channels` — feature visualisations of many channels in one
+  optimisation: a batch of images, one channel objective each (as Lucent's batched
+  objectives), plain, with transformation robustness, or a diversity set per channel.
+- :func:`building_blocks` — for a sample and a layer, at each position, the channels
+  that fire most and their contribution ``A_k(i, j) · ∂y/∂A_k(i, j)`` to the class score
+  (Olah et al. 2018, "Building Blocks").
+- :func:`class_influence`, :func:`top_maps`, :func:`unit_projections` — the rest of a
+  unit page: the classes a channel drives, its activation maps over its top images,
+  deconvnet and guided backprop of its top patches.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..results import Result
+from ..scan import Batch
+from ..tap import LayerRef, LayerTap, resolve_layer
+from .receptive import ReceptiveField
+from .search import SearchAccumulator, SearchResult, _input_size
+from .stats import NeuronStats, StatsAccumulator
+from .._autograd import needs_autograd
+
+log = logging.getLogger(__name__)
+
+
+# ---------------------------------------------------------------------------
+# one scan for every channel of every chosen layer
+@dataclass(frozen=True)
+class LayerScan(Result):
+    """One layer's part of a microscope scan.
+
+    shape: (C, H, W) of the layer's output for one image; rf: its receptive field;
+    top: each channel's top-k images and patches (:class:`SearchResult`);
+    stats: per-channel statistics (:class:`NeuronStats`: histogram, class means, selectivity).
+    """
+
+    layer: str
+    shape: tuple[int, ...]
+    rf: ReceptiveField
+    top: SearchResult
+    stats: NeuronStats
+
+    @property
+    def channels(self) -> int:
+        return self.shape[0]
+
+
+@dataclass(frozen=True)
+class MicroscopeScan(Result):
+    """Per-layer top-k patches and statistics of every channel, from one scan (layers in the order given)."""
+
+    layers: dict
+    count: int
+    settings: dict = field(default_factory=dict)
+
+    def __getitem__(self, layer: str) -> LayerScan:
+        if layer in self.layers:
+            return self.layers[layer]
+        hits = [n for n in self.layers if n.endswith("." + layer)]
+        if len(hits) == 1:
+            return self.layers[hits[0]]
+        raise KeyError(f"layer {layer!r} was not scanned; scanned: {', '.join(self.layers)}")
+
+
+class MicroscopeAccumulator:
+    """Top-k patches (:class:`SearchAccumulator`) and statistics (:class:`StatsAccumulator`) of every
+    channel of several layers, fed by one forward per batch; ``merge`` combines shards.
+
+        acc = MicroscopeAccumulator(model, ["features.1", "features.4"], edges=layer_edges(model, data, ...))
+        (micro,) = scan(model, data, [acc])
+    """
+
+    def __init__(self, model: nn.Module, layers: Sequence[LayerRef], k: int = 9, *, edges: dict,
+                 input_size: tuple[int, int] | None = None, num_classes: int | None = None,
+                 max_crop: int | None = None, zero: float = 0.0, rfs: dict | None = None):
+        names = _names(model, layers)
+        missing = [n for n in names if n not in edges]
+        if missing:
+            raise ValueError(f"no histogram edges for layer(s) {', '.join(missing)}; build them with layer_edges()")
+        self.layers = tuple(names)
+        self.k = int(k)
+        rfs = rfs or {}  # receptive fields known already (by layer name), else traced here
+        self.search = {n: SearchAccumulator(model, n, k=k, input_size=input_size, max_crop=max_crop, rf=rfs.get(n))
+                       for n in names}
+        self.stats = {n: StatsAccumulator(n, edges[n], num_classes=num_classes, zero=zero) for n in names}
+        self.shapes: dict[str, tuple[int, ...]] = {}
+        self.count = 0
+
+    def update(self, batch: Batch) -> None:
+        self.count += int(batch.x.shape[0])
+        for n in self.layers:
+            a = batch.acts[n]
+            self.shapes.setdefault(n, tuple(a.shape[1:]))
+            self.search[n].update(batch)
+            self.stats[n].update(batch)
+
+    def merge(self, other: "MicroscopeAccumulator") -> "MicroscopeAccumulator":
+        if self.layers != other.layers:
+            raise ValueError("cannot merge microscope scans of different layers")
+        for n in self.layers:
+            self.search[n].merge(other.search[n])
+            self.stats[n].merge(other.stats[n])
+        for n, s in other.shapes.items():
+            self.shapes.setdefault(n, s)
+        self.count += other.count
+        return self
+
+    def compute(self) -> MicroscopeScan:
+        if not self.shapes:
+            raise ValueError("the microscope scan saw no images: the dataset (or this shard) is empty")
+        out = {}
+        for n in self.layers:
+            top = self.search[n].compute()
+            out[n] = LayerScan(n, self.shapes[n], top.rf, top, self.stats[n].compute())
+        return MicroscopeScan(out, self.count, settings={"k": self.k})
+
+
+def _names(model: nn.Module, layers: Sequence[LayerRef]) -> list[str]:
+    if isinstance(layers, (str, nn.Module)):
+        layers = [layers]
+    names = list(dict.fromkeys(resolve_layer(model, l)[0] for l in layers))
+    if not names:
+        raise ValueError("give at least one layer (see `cnnlens layers --model M`)")
+    return names
+
+
+def _device(model: nn.Module) -> torch.device:
+    p = next(model.parameters(), None)
+    return p.device if p is not None else torch.device("cpu")
+
+
+@needs_autograd
+def layer_edges(model: nn.Module, data, layers: Sequence[LayerRef], bins: int = 40, look: int = 64) -> dict:
+    """Histogram bin edges per layer from ONE forward over the first ``look`` samples (as
+    :func:`cnnlens.inside.stats.default_edges`, for many layers at once): [min(0, lo), hi + 10 % of the span]."""
+    names = _names(model, layers)
+    dataset = data.dataset if isinstance(data, torch.utils.data.DataLoader) else data
+    try:
+        xs = torch.stack([torch.as_tensor(dataset[i][0]) for i in range(min(look, len(dataset)))])
+    except Exception as e:  # noqa: BLE001
+        raise ValueError("cannot look at the first samples to choose histogram bins; pass edges=...") from e
+    with LayerTap(model, names, detach=True) as tap, torch.no_grad():
+        tap.run(xs.to(_device(model)))
+        acts = {n: tap[n].float() for n in names}
+    out = {}
+    for n, a in acts.items():
+        lo, hi = min(0.0, float(a.min())), float(a.max())
+        if hi <= lo:
+            hi = lo + 1.0
+        out[n] = torch.linspace(lo, hi + 0.1 * (hi - lo), bins + 1, dtype=torch.float64)
+    return out
+
+
+@needs_autograd
+def microscope_scan(model: nn.Module, data, layers: Sequence[LayerRef], k: int = 9, *, bins: int = 40,
+                    edges: dict | None = None, batch_size: int = 64, device=None, progress=None,
+                    max_crop: int | None = None) -> MicroscopeScan:
+    """Every channel of every layer in ``layers``: top-k patches and statistics, in ONE scan over ``data``.
+
+    Example::
+
+        micro = microscope_scan(cnnlens.load_model("digits-cnn"), "digits", ["features.1", "features.4"])
+        micro["features.4"].top.crops[5]          # channel 5's nine best patches (9×1×h×w)
+        micro["features.4"].stats.selectivity     # per channel, (μ_max − μ_rest)/(μ_max + μ_rest)
+    """
+    from ..data import as_dataset
+    from ..scan import scan
+
+    data = as_dataset(data, model)
+    names = _names(model, layers)
+    if edges is None:
+        edges = layer_edges(model, data, names, bins)
+    spec = getattr(model, "spec", None)
+    acc = MicroscopeAccumulator(model, names, k, edges=edges, input_size=_input_size(data, model),
+                                num_classes=getattr(spec, "num_classes", None) or None, max_crop=max_crop)
+    (res,) = scan(model, data, [acc], batch_size=batch_size, device=device, progress=progress)
+    return res
+
+
+# ---------------------------------------------------------------------------
+# batched feature visualisation
+@dataclass(frozen=True)
+class ChannelViews(Result):
+    """Feature visualisations of channels of one layer.
+
+    images: C×S×Cin×H×W (S images per channel: 1, or a diversity set); activation: C×S,
+    each image's mean activation of its channel (the channel objective, without penalties);
+    start / objective: C×S, the whole objective J (with penalties and diversity) on the
+    starting noise and on the result; settings: what ran.
+    """
+
+    layer: str
+    channels: tuple[int, ...]
+    images: torch.Tensor
+    activation: torch.Tensor
+    start: torch.Tensor
+    objective: torch.Tensor
+    settings: dict = field(default_factory=dict)
+
+    def of(self, channel: int) -> torch.Tensor:
+        """S×Cin×H×W images of one channel."""
+        if channel not in self.channels:
+            raise ValueError(f"channel {channel} was not visualised; visualised: {list(self.channels)[:10]}...")
+        return self.images[self.channels.index(channel)]
+
+    def figure(self, ncols: int = 8):
+        from ..viz import image_grid
+
+        imgs = [im for row in self.images for im in row]
+        S = self.images.shape[1]
+        titles = [f"ch {c}" + (f" #{s}" if S > 1 else "") for c in self.channels for s in range(S)]
+        return image_grid(imgs, titles, ncols=ncols)
+
+
+def robust_transforms(size: int) -> dict:
+    """Transformation robustness for an image of side ``size`` (as Lucent's standard transforms,
+    scaled): jitter by up to size/16 px, zoom ×[0.9, 1.1], rotate ±10°."""
+    return {"jitter": max(1, int(size) // 16), "scale": 0.1, "rotate": 10}
+
+
+def _mean_channel(model, layer, images, channels) -> torch.Tensor:
+    with LayerTap(model, [layer], stop_after=layer, detach=True) as tap, torch.no_grad():
+        tap.run(images.to(_device(model)))
+        a = tap[layer].float()
+    idx = torch.as_tensor(channels, device=a.device)
+    return a[torch.arange(len(idx), device=a.device), idx].flatten(1).mean(1).cpu()
+
+
+@needs_autograd
+def maximize_channels(model: nn.Module, layer: LayerRef, channels: Sequence[int] | None = None, steps: int = 128, *,
+                      size: int | tuple[int, int] | None = None, robust: bool = False, diversity: int = 1,
+                      diversity_weight: float | Sequence[float] | torch.Tensor = 1.0, batch_size: int | None = None,
+                      lr: float = 0.05, param: str = "fourier", seed: int = 0, redirect_relu: bool = True,
+                      progress: Callable[[int, int], None] | None = None, **settings: Any) -> ChannelViews:
+    """Feature visualisations of many channels in one optimisation: x*_c = argmax_x mean_ij a_c,ij(x).
+
+    A batch of images, one channel objective each (``batch_size`` channels per
+    optimisation, default all); with ``diversity=n`` each channel gets a set of n
+    images and the objective ``mean a_c + w_c · diversity`` (−mean cosine similarity
+    of the set's Gram matrices at the layer) pushes them apart. ``robust=True`` adds
+    random jitter, zoom and rotation before each step (:func:`robust_transforms`).
+    Other keywords go to :func:`maximize` (``tv``, ``l2_decay``, ``blur_every``, ...).
+    ``redirect_relu`` (default on): a channel that is inactive on the starting noise still
+    gets a gradient (see :func:`maximize`), so no visualisation stays grey.
+
+    With ``diversity=1`` every image starts from the same noise as a single-channel
+    :func:`maximize` with this seed and sees the same transforms, so channel c's image
+    equals ``maximize(model, objectives.channel(layer, c), noise="shared", ...)``
+    up to float rounding — batching changes the speed, not the result.
+
+    Example::
+
+        v = maximize_channels(model, "features.4", range(32), steps=128, robust=True)
+        v.images[5, 0]      # channel 5's visualisation; v.activation[5, 0] its mean activation
+    """
+    from .maximize import maximize, objectives
+
+    name, _ = resolve_layer(model, layer)
+    with LayerTap(model, [name], stop_after=name, detach=True) as tap, torch.no_grad():
+        from .receptive import _input_shape
+
+        cin, H, W = _input_shape(model, size, settings.get("channels"))
+        tap.run(torch.full((1, cin, H, W), 0.5, device=_device(model)))
+        C = tap[name].shape[1]
+    chans = list(range(C)) if channels is None else [int(c) for c in channels]
+    if not chans:
+        raise ValueError("give at least one channel (or None for all)")
+    bad = [c for c in chans if not 0 <= c < C]
+    if bad:
+        raise ValueError(f"channel {bad[0]} is out of range: layer {name!r} has {C} channels")
+    n = int(diversity)
+    if n < 1:
+        raise ValueError("diversity must be ≥ 1 (images per channel)")
+    w = torch.as_tensor(diversity_weight, dtype=torch.float32).flatten()
+    if w.numel() not in (1, len(chans)):
+        raise ValueError(f"diversity_weight: give one number or one per channel ({len(chans)})")
+    w = w.expand(len(chans)) if w.numel() == 1 else w
+    per = len(chans) if batch_size is None else int(batch_size)
+    if per < 1:
+        raise ValueError("batch_size must be ≥ 1 (channels per optimisation)")
+    if robust:
+        for key, v in robust_transforms(min(H, W)).items():
+            settings.setdefault(key, v)
+    settings.pop("channels", None)
+    total = len(chans) * steps
+    images, starts, finals = [], [], []
+    for s in range(0, len(chans), per):
+        part = chans[s:s + per]
+        J = objectives.channel(name, [c for c in part for _ in range(n)])
+        if n > 1:
+            div = objectives.diversity(name, n)
+            wp = w[s:s + per].repeat_interleave(n)
+            J = J + type(div)(lambda c, div=div, wp=wp: wp.to(c.image) * div(c), div.name, div.layers, False, None)
+
+        def prog(done, _tot, s=s, m=len(part)):
+            if progress is not None:
+                progress(s * steps + done * m, total)
+
+        v = maximize(model, J, steps, size=(H, W), lr=lr, param=param, seed=seed, redirect_relu=redirect_relu,
+                     noise="shared" if n == 1 else "independent", progress=prog, **settings)
+        images.append(v.images)
+        starts.append(v.start)
+        finals.append(v.final)
+    imgs = torch.cat(images)
+    act = _mean_channel(model, name, imgs, [c for c in chans for _ in range(n)])
+    start, final = torch.cat(starts), torch.cat(finals)
+    settings_out = {"steps": steps, "size": [H, W], "robust": robust, "diversity": n, "batch_size": per, "lr": lr,
+                    "redirect_relu": redirect_relu,
+                    "param": param, "seed": seed, **{k: v for k, v in settings.items()}}
+    if n > 1:
+        settings_out["diversity_weight"] = w.tolist()
+    return ChannelViews(name, tuple(chans), imgs.view(len(chans), n, *imgs.shape[1:]), act.view(len(chans), n),
+                        start.view(len(chans), n), final.view(len(chans), n), settings_out)
+
+
+# ---------------------------------------------------------------------------
+# building blocks
+@dataclass(frozen=True)
+class BuildingBlocks(Result):
+    """At each position of a layer, what fires and what it contributes to the explained class.
+
+    activations: N×C×h×w; contributions: N×C×h×w, A_k(i, j) · ∂y/∂A_k(i, j);
+    classes: N explained classes; score: N their scores. ``contributions.sum(1)``
+    is the first-order (gradient × activation) map of the class at the layer; on a
+    GAP + linear head it equals Grad-CAM before its ReLU.
+    """
+
+    layer: str
+    activations: torch.Tensor
+    contributions: torch.Tensor
+    classes: torch.Tensor
+    score: torch.Tensor
+    settings: dict = field(default_factory=dict)
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        return tuple(self.activations.shape[-2:])
+
+    def at(self, n: int, i: int, j: int, k: int = 6, by: str = "activation") -> list[dict]:
+        """The ``k`` channels at sample n, position (i, j) with the largest activation (or ``by="contribution"``)."""
+        if by not in ("activation", "contribution"):
+            raise ValueError("by must be 'activation' or 'contribution'")
+        a = self.activations[n, :, i, j]
+        c = self.contributions[n, :, i, j]
+        key = a if by == "activation" else c
+        order = torch.sort(key, descending=True, stable=True).indices[:k]
+        return [{"channel": int(ch), "activation": float(a[ch]), "contribution": float(c[ch])} for ch in order]
+
+
+@needs_autograd
+def building_blocks(model: nn.Module, x: torch.Tensor, layer: LayerRef, target: Any = "predicted", *,
+                    y: torch.Tensor | None = None) -> BuildingBlocks:
+    """Per position of ``layer``: every channel's activation and its contribution A·∂y/∂A to the target score.
+
+    One forward and one backward from the score down to the layer only.
+
+    Example::
+
+        bb = building_blocks(model, x, "features.7")
+        bb.at(0, 3, 4)   # the channels that fire most at row 3, column 4 of sample 0, with their contributions
+    """
+    from ..attribution._common import prepare
+    from ..attribution.cam import gradcam_tap, layer_gradient
+
+    p = prepare(model, x, target, y, "building_blocks")
+    name = resolve_layer(model, layer)[0]
+    tap, leaf = gradcam_tap(model, p, name)
+    with tap, torch.enable_grad():
+        A, G, classes, s = layer_gradient(tap, leaf, p, p.x)
+    if A.dim() != 4:
+        raise ValueError(f"layer {name!r} has no spatial grid (N×C); building blocks need an N×C×H×W layer")
+    A, G = A.float().cpu(), G.float().cpu()
+    return BuildingBlocks(name, A, A * G, classes.cpu(), s.float().cpu(), settings={"target": str(target)})
+
+
+# ---------------------------------------------------------------------------
+# the rest of a unit page
+@dataclass(frozen=True)
+class ClassInfluence(Result):
+    """How much each channel of a layer drives each class (means over the images seen).
+
+    classes: K' classes; taylor: K'×C' mean Σ_ij a·∂y_c/∂a; ablation: K'×C' mean drop of y_c
+    when the channel is zeroed (None when not computed); C' the channels in ``settings["channels"]``.
+    """
+
+    layer: str
+    classes: tuple[int, ...]
+    taylor: torch.Tensor
+    ablation: torch.Tensor | None
+    count: int
+    settings: dict = field(default_factory=dict)
+
+    def top(self, channel: int, n: int = 5) -> list[tuple[int, float]]:
+        """The n classes whose score the channel raises most: (class, drop when zeroed, or a·∂y/∂a)."""
+        chans = self.settings.get("channels")
+        col = chans.index(channel) if chans is not None else channel
+        v = (self.ablation if self.ablation is not None else self.taylor)[:, col]
+        order = torch.sort(v, descending=True, stable=True).indices[:n]
+        return [(self.classes[i], float(v[i])) for i in order.tolist()]
+
+
+@needs_autograd
+def class_influence(model: nn.Module, x: torch.Tensor, layer: LayerRef, classes: Sequence[int] | None = None, *,
+                    channels: Sequence[int] | None = None, ablation: bool = True,
+                    batch_size: int = 32, chunk: int = 16) -> ClassInfluence:
+    """The influence of each channel on each class's score, over images x (means over the images):
+    taylor[c, k] = Σ_ij a_k,ij · ∂y_c/∂a_k,ij, and ablation[c, k] = y_c(x) − y_c(x with channel k zeroed),
+    as :func:`cnnlens.inside.influence` for one class — here every class at once: one backward per class
+    from the logits down to the layer only, and one ablated forward per channel (chunked) for all classes.
+    """
+    name = resolve_layer(model, layer)[0]
+    dev = _device(model)
+    tay = abl = None
+    cls = None
+    seen = 0
+    for s0 in range(0, len(x), batch_size):
+        xb = x[s0:s0 + batch_size].to(dev)
+        with torch.enable_grad(), LayerTap(model, [name]) as tap:
+            logits = tap.run(xb.detach().requires_grad_(True))  # so the graph reaches the layer (weights frozen)
+            a = tap[name]
+            if a.dim() != 4:
+                raise ValueError(f"layer {name!r} has no spatial grid (N×C); class influence reads N×C×H×W layers")
+            C = a.shape[1]
+            chans = list(range(C)) if channels is None else [int(c) for c in channels]
+            if chans and max(chans) >= C:
+                raise ValueError(f"channel {max(chans)} is out of range: layer {name!r} has {C} channels")
+            if cls is None:
+                K = logits.shape[1]
+                cls = tuple(range(K)) if classes is None else tuple(int(c) for c in classes)
+                if cls and (min(cls) < 0 or max(cls) >= K):
+                    raise ValueError(f"class {max(cls)} is out of range: the model has {K} classes")
+                tay = torch.zeros(len(cls), len(chans), dtype=torch.float64)
+                abl = torch.zeros(len(cls), len(chans), dtype=torch.float64) if ablation else None
+            for r, c in enumerate(cls):
+                (g,) = torch.autograd.grad(logits[:, c].sum(), a, retain_graph=r + 1 < len(cls))
+                tay[r] += (a.detach() * g).sum((2, 3))[:, chans].double().sum(0).cpu()
+            base = logits.detach()[:, list(cls)]
+        if ablation:
+            n = len(xb)
+            with torch.no_grad():
+                for q in range(0, len(chans), chunk):
+                    part = chans[q:q + chunk]
+                    mask = torch.ones(len(part), 1, C, 1, 1, dtype=a.dtype, device=a.device)
+                    for i, ch in enumerate(part):
+                        mask[i, 0, ch] = 0
+                    mask = mask.expand(len(part), n, C, 1, 1).reshape(len(part) * n, C, 1, 1)
+                    with LayerTap(model, [], edits={name: lambda mod, inp, out, mask=mask: out * mask}) as tap2:
+                        l2 = tap2.run(xb.repeat(len(part), *[1] * (xb.dim() - 1)))[:, list(cls)]
+                    drop = base.unsqueeze(0) - l2.view(len(part), n, len(cls))  # part × n × classes
+                    abl[:, q:q + len(part)] += drop.sum(1).t().double().cpu()
+        seen += len(xb)
+    if cls is None:
+        raise ValueError("class influence needs at least one image")
+    m = max(1, seen)
+    return ClassInfluence(name, cls, (tay / m).float(), (abl / m).float() if ablation else None, seen,
+                          settings={"ablation": ablation, "channels": chans})
+
+
+def dataset_images(data, indices: Sequence[int]) -> torch.Tensor:
+    """The images of ``data`` at the given dataset indices (N×C×H×W)."""
+    dataset = data.dataset if isinstance(data, torch.utils.data.DataLoader) else data
+    return torch.stack([torch.as_tensor(dataset[int(i)][0]) for i in indices])
+
+
+@needs_autograd
+def top_maps(model: nn.Module, data, layer_scan: LayerScan, channels: Sequence[int] | None = None,
+             batch_size: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+    """(images C×k×Cin×H×W, activation maps C×k×h×w): each channel's top-k dataset images and
+    its map over each, from one batched forward over the distinct images."""
+    top = layer_scan.top
+    chans = list(top.channels) if channels is None else [int(c) for c in channels]
+    rows = [top.row(c) for c in chans]
+    idx = top.indices[rows]  # C×k
+    uniq, inv = torch.unique(idx.flatten(), return_inverse=True)
+    from ..data import as_dataset
+
+    data = as_dataset(data, model)
+    imgs = dataset_images(data, uniq.tolist())
+    maps = []
+    with LayerTap(model, [layer_scan.layer], stop_after=layer_scan.layer, detach=True) as tap, torch.no_grad():
+        for s in range(0, len(imgs), batch_size):
+            tap.run(imgs[s:s + batch_size].to(_device(model)))
+            a = tap[layer_scan.layer].float().cpu()
+            maps.append(a if a.dim() == 4 else a[:, :, None, None])
+    maps = torch.cat(maps)  # U×C×h×w
+    inv = inv.view(idx.shape)
+    ch = torch.as_tensor(chans).view(-1, 1).expand_as(inv)
+    return imgs[inv], maps[inv, ch]
+
+
+def crop_fields(images: torch.Tensor, boxes: torch.Tensor, fill: float = 0.0) -> torch.Tensor:
+    """Crop each image to its box (top, left, bottom, right; end exclusive; may reach past the border,
+    which is filled with ``fill``): N×C×h×w, all boxes of one size (clipped to the image size)."""
+    N, C, H, W = images.shape
+    bh, bw = int(boxes[0, 2] - boxes[0, 0]), int(boxes[0, 3] - boxes[0, 1])
+    h, w = min(bh, H), min(bw, W)
+    # a field larger than the image: the crop is the whole image along that axis (as the dataset search's)
+    t = boxes[:, 0].long() if bh <= H else torch.zeros(N, dtype=torch.long)
+    l = boxes[:, 1].long() if bw <= W else torch.zeros(N, dtype=torch.long)
+    rows = t.view(-1, 1, 1) + torch.arange(h).view(1, -1, 1)
+    cols = l.view(-1, 1, 1) + torch.arange(w).view(1, 1, -1)
+    inside = (rows >= 0) & (rows < H) & (cols >= 0) & (cols < W)
+    c = images[torch.arange(N).view(-1, 1, 1), :, rows.clamp(0, H - 1), cols.clamp(0, W - 1)]
+    return torch.where(inside.unsqueeze(-1), c, torch.full((), fill, dtype=c.dtype)).permute(0, 3, 1, 2)
+
+
+@dataclass(frozen=True)
+class UnitProjections(Result):
+    """Deconvnet and guided backprop of a unit at its top images, cropped to the unit's field.
+
+    deconv: N×Cin×h×w signed (None when the path to the layer is not a plain
+    conv/ReLU/pool chain — ``deconv_error`` says why); guided: N×Cin×h×w signed.
+    """
+
+    layer: str
+    channel: int
+    deconv: torch.Tensor | None
+    guided: torch.Tensor | None
+    deconv_error: str | None = None
+    guided_error: str | None = None
+
+
+@needs_autograd
+def unit_projections(model: nn.Module, images: torch.Tensor, layer: LayerRef, channel: int,
+                     positions: torch.Tensor, rf: ReceptiveField) -> UnitProjections:
+    """Deconvnet (Zeiler & Fergus) and guided backprop of unit (channel, positions[n]) on image n, both
+    cropped to the unit's receptive field. Guided backprop runs once for the whole batch (each image's
+    score is its own unit, so the per-image gradients do not mix)."""
+    from ..attribution.guided import guided_edits
+    from .deconv import deconvnet
+
+    name = resolve_layer(model, layer)[0]
+    pos = torch.as_tensor(positions).long().view(-1, 2)
+    boxes = torch.stack([torch.tensor(rf.box(int(i), int(j))) for i, j in pos.tolist()])
+    dec = derr = None
+    try:
+        dec = deconvnet(model, images, name, channel, position="max").images
+        # deconvnet's "max" is the first arg-max in row-major order, like the dataset search's position
+        dec = crop_fields(dec, boxes)
+    except ValueError as e:
+        derr = str(e).splitlines()[0]
+    gui = gerr = None
+    try:
+        edits = guided_edits(model)
+        x = images.to(_device(model)).detach().requires_grad_(True)
+        with torch.enable_grad(), LayerTap(model, [name], stop_after=name, edits=edits) as tap:
+            tap.run(x)
+            a = tap[name]
+            n = torch.arange(len(x), device=a.device)
+            score = a[n, channel, pos[:, 0].to(a.device), pos[:, 1].to(a.device)] if a.dim() == 4 else a[n, channel]
+            (g,) = torch.autograd.grad(score.sum(), x)
+        gui = crop_fields(g.detach().float().cpu(), boxes)
+    except ValueError as e:
+        gerr = str(e).splitlines()[0]
+    return UnitProjections(name, int(channel), dec, gui, derr, gerr)

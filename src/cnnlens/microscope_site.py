@@ -1,0 +1,342 @@
+"""The microscope as a static site: layer list → channel grid → unit pages, and building-block sample pages.
+
+:func:`precompute` runs the methods (:mod:`cnnlens.inside.microscope`) and keeps each
+stage's result in a work directory, so an interrupted run (Ctrl-C) resumes where it
+stopped: the dataset scan (one pass for every layer), then per layer the feature
+visualisations, the class influence and the building blocks of a few samples.
+:func:`write_site` draws everything (:mod:`cnnlens.microscope_draw`) into a new folder and
+puts it at the output only when complete, like every cnnlens output
+(:func:`cnnlens.report.write_atomically`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+from torch import nn
+
+from . import microscope_draw as draw
+from .results import jsonable
+
+log = logging.getLogger(__name__)
+
+#: the file that marks a folder as a microscope site (so it may be replaced by the next run)
+Progress = Callable[[str, int, "int | None"], None]
+
+
+@dataclass
+class Settings:
+    """What the microscope computes (defaults: fast on digits-cnn, a few minutes on 2 busy CPU cores)."""
+
+    k: int = 9                      # top dataset images per channel
+    max_channels: int = 64          # channels shown per layer (the first ones; the scan covers all)
+    steps: int = 128                # Adam steps of each feature visualisation
+    fv_size: int | None = None      # feature visualisation side (default: the model's input size, at most 128)
+    diversity: int = 4              # images of the diversity set
+    influence_images: int = 64      # images for the class influence (ablation: one forward per channel chunk)
+    max_classes: int = 20           # classes for the influence (the most predicted, if the model has more)
+    samples: int = 4                # building-block sample pages
+    batch_size: int = 64
+    seed: int = 0
+
+    def key(self) -> dict:
+        return dict(self.__dict__)
+
+
+def model_hash(model: nn.Module) -> str:
+    """A short hash of the model's parameters and buffers (names, shapes and values)."""
+    h = hashlib.sha1()
+    for name, t in model.state_dict().items():
+        h.update(name.encode())
+        h.update(str(tuple(t.shape)).encode())
+        h.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes()
+                 if t.numel() else b"")
+    return h.hexdigest()[:16]
+
+
+def _slug(name: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "-_" else "-" for ch in name)
+
+
+class WorkDir:
+    """Stage results of one microscope run, as ``.pt`` files, keyed by model, data, layers and settings."""
+
+    def __init__(self, path: Path, key: dict):
+        self.path = Path(path)
+        self.key = key
+        kf = self.path / "key.json"
+        if self.path.is_dir() and not kf.exists() and any(self.path.iterdir()):
+            # a run deletes its work folder when done: never adopt a folder with someone else's files
+            raise ValueError(f"work folder {self.path} holds files that are not a cnnlens microscope run's; "
+                             "give a new folder with --work")
+        self.path.mkdir(parents=True, exist_ok=True)
+        if kf.exists():
+            try:
+                old = json.loads(kf.read_text())
+            except ValueError:
+                old = None
+            if old != key:
+                log.info("work directory %s holds another run's results; starting over", self.path)
+                for f in self.path.glob("*.pt"):
+                    f.unlink()
+        kf.write_text(json.dumps(key, indent=1))
+
+    def get(self, name: str):
+        f = self.path / f"{name}.pt"
+        if not f.exists():
+            return None
+        try:
+            # our own files, written by save() below in this work directory
+            return torch.load(f, map_location="cpu", weights_only=False)
+        except Exception:  # noqa: BLE001 - a file cut short by an interruption: compute it again
+            log.info("work file %s is unreadable; computing it again", f)
+            return None
+
+    def save(self, name: str, value) -> None:
+        f = self.path / f"{name}.pt"
+        tmp = f.with_suffix(".tmp")
+        torch.save(value, tmp)
+        os.replace(tmp, f)  # atomic: an interruption leaves the old file or none
+
+
+@dataclass
+class Precomputed:
+    """Everything a site needs, in memory (see :func:`precompute`)."""
+
+    scan: Any
+    views: dict = field(default_factory=dict)        # layer -> {"plain"|"robust"|"diverse": ChannelViews}
+    influence: dict = field(default_factory=dict)    # layer -> ClassInfluence
+    blocks: dict = field(default_factory=dict)       # layer -> BuildingBlocks of the samples
+    samples: torch.Tensor | None = None
+    sample_labels: list = field(default_factory=list)
+    shown: dict = field(default_factory=dict)        # layer -> channels shown
+
+
+def _fv_size(model, settings: Settings) -> int:
+    if settings.fv_size:
+        return int(settings.fv_size)
+    spec = getattr(model, "spec", None)
+    size = getattr(spec, "input_size", None) or (128, 128)
+    return int(min(128, max(size)))
+
+
+def precompute(model: nn.Module, data, layers: Sequence[str], work: Path, settings: Settings | None = None, *,
+               data_name: str = "", progress: Progress | None = None) -> Precomputed:
+    """Run every stage (or load it from ``work``): the scan, then per layer the feature visualisations
+    (plain, robust, diversity set), the class influence and the building blocks of the samples."""
+    from .data import as_dataset
+    from .inside.microscope import (_names, building_blocks, class_influence, dataset_images, maximize_channels,
+                                    microscope_scan)
+
+    st = settings or Settings()
+    prog = progress or (lambda stage, done, total: None)
+    data = as_dataset(data, model)
+    names = _names(model, layers)
+    wd = WorkDir(work, {"model": model_hash(model), "data": str(data_name), "n": len(data), "layers": names,
+                        "settings": st.key()})
+    micro = wd.get("scan")
+    if micro is None:
+        micro = microscope_scan(model, data, names, k=st.k, batch_size=st.batch_size,
+                                progress=lambda d, t: prog("dataset scan (all layers at once)", d, t))
+        wd.save("scan", micro)
+    prog("dataset scan (all layers at once)", 1, 1)
+    out = Precomputed(micro)
+    # the samples of the building-block pages: the first images of the data
+    n_s = min(st.samples, len(data))
+    out.samples = dataset_images(data, range(n_s)) if n_s else None
+    dataset = data.dataset if isinstance(data, torch.utils.data.DataLoader) else data
+    out.sample_labels = [int(dataset[i][1]) for i in range(n_s)]
+    n_inf = min(st.influence_images, len(data))
+    size = _fv_size(model, st)
+    for li, name in enumerate(names):
+        C = micro[name].channels
+        chans = list(range(min(C, st.max_channels)))
+        out.shown[name] = chans
+        stage = f"layer {li + 1}/{len(names)} {name}: feature visualisations"
+        views = wd.get(f"fv-{_slug(name)}")
+        if views is None:
+            views = {}
+            total = 3
+
+            def step(i, what):
+                prog(stage, i, total)
+
+            views["plain"] = maximize_channels(model, name, chans, st.steps, size=size, seed=st.seed, tv=0.0)
+            step(1, "plain")
+            views["robust"] = maximize_channels(model, name, chans, st.steps, size=size, seed=st.seed, robust=True)
+            step(2, "robust")
+            # the diversity term weighs about half the channel's plain activation, so both matter
+            w = (0.5 * views["plain"].activation[:, 0].abs()).clamp_min(1e-3)
+            views["diverse"] = maximize_channels(model, name, chans, st.steps, size=size, seed=st.seed + 1,
+                                                 robust=True, diversity=st.diversity, diversity_weight=w)
+            wd.save(f"fv-{_slug(name)}", views)
+        prog(stage, 3, 3)
+        out.views[name] = views
+        stage = f"layer {li + 1}/{len(names)} {name}: class influence and building blocks"
+        inf = wd.get(f"influence-{_slug(name)}")
+        if inf is None:
+            x = dataset_images(data, range(n_inf))
+            classes = _classes(model, x, st.max_classes)
+            if micro[name].top.positions.numel() and len(micro[name].shape) == 3:
+                inf = class_influence(model, x, name, classes, channels=chans, ablation=True,
+                                      batch_size=st.batch_size)
+            else:
+                inf = False
+            wd.save(f"influence-{_slug(name)}", inf)
+        out.influence[name] = inf or None
+        prog(stage, 1, 2)
+        bb = wd.get(f"blocks-{_slug(name)}")
+        if bb is None:
+            bb = building_blocks(model, out.samples, name) if n_s and len(micro[name].shape) == 3 else False
+            wd.save(f"blocks-{_slug(name)}", bb)
+        out.blocks[name] = bb or None
+        prog(stage, 2, 2)
+    return out
+
+
+def _classes(model, x, limit: int) -> list[int]:
+    from .tap import LayerTap
+
+    with LayerTap(model, [], detach=True) as tap, torch.no_grad():
+        logits = tap.run(x[: min(len(x), 64)].to(next(model.parameters()).device))
+    K = int(logits.shape[1])
+    if K <= limit:
+        return list(range(K))
+    counts = torch.bincount(logits.argmax(1).cpu(), minlength=K)
+    return sorted(torch.sort(counts, descending=True, stable=True).indices[:limit].tolist())
+
+
+# ---------------------------------------------------------------------------
+# writing the site
+def _env():
+    from jinja2 import Environment, PackageLoader, select_autoescape
+
+    return Environment(loader=PackageLoader("cnnlens", "templates/microscope"), autoescape=select_autoescape(["html", "j2"]))
+
+
+def write_site(model: nn.Module, data, pre: Precomputed, out: Path, *, model_name: str = "model",
+               data_name: str = "", class_names: Sequence[str] | None = None,
+               progress: Progress | None = None, force: bool = False, protect: tuple = ()) -> Path:
+    """Draw the site into a new folder and put it at ``out`` when complete; returns index.html.
+
+    Written like every cnnlens output (:func:`cnnlens.report.write_atomically`): ``out`` is replaced
+    only when new, empty or a previous cnnlens output holding nothing else (unless ``force``).
+    """
+    from .report import write_atomically
+
+    def build(tmp: Path) -> None:
+        _write(model, data, pre, tmp, model_name, data_name, class_names, progress or (lambda *a: None))
+
+    return write_atomically(out, build, force=force, protect=protect) / "index.html"
+
+
+def _write(model, data, pre: Precomputed, root: Path, model_name, data_name, class_names, prog) -> None:
+    from .data import as_dataset
+    from .inside.microscope import top_maps, unit_projections
+
+    data = as_dataset(data, model)
+    env = _env()
+    (root / "img").mkdir()
+    cname = (lambda k: class_names[k] if class_names and 0 <= k < len(class_names) else str(k))
+    common = {"model_name": model_name, "data_name": data_name, "count": pre.scan.count,
+              "generated": time.strftime("%Y-%m-%d %H:%M")}
+    layers = []
+    for name, ls in pre.scan.layers.items():
+        rf = ls.rf
+        layers.append({"name": name, "slug": _slug(name), "shape": "×".join(str(s) for s in ls.shape),
+                       "channels": ls.channels, "shown": len(pre.shown[name]),
+                       "rf": "whole image" if rf.is_global else f"{rf.size[0]}×{rf.size[1]} px",
+                       "stride": "–" if rf.is_global else f"{rf.stride[0]}×{rf.stride[1]}",
+                       "dead": int(ls.stats.dead.sum())})
+    samples = [{"i": i, "label": cname(lab)} for i, lab in enumerate(pre.sample_labels)]
+    (root / "index.html").write_text(env.get_template("index.html.j2").render(
+        layers=layers, samples=samples, **common), encoding="utf-8")
+    data_json = {"model": model_name, "data": data_name, "images": pre.scan.count, "layers": {}}
+    for li, name in enumerate(pre.scan.layers):
+        ls = pre.scan[name]
+        slug = _slug(name)
+        chans = pre.shown[name]
+        views = pre.views[name]
+        stage = f"layer {li + 1}/{len(pre.scan.layers)} {name}: drawing pages"
+        imgs, maps = top_maps(model, data, ls, chans)
+        cards = []
+        d = root / "img" / slug
+        d.mkdir(parents=True)
+        st = ls.stats
+        for r, c in enumerate(chans):
+            # the images of a card and a unit page
+            fv = views["plain"].of(c)[0]
+            # cards show the robust one: transformation robustness removes most of the high-frequency noise
+            (d / f"fv-{c}.png").write_bytes(draw.png(draw.image_tile(views["robust"].of(c)[0], 112)))
+            (d / f"fvr-{c}.png").write_bytes(draw.png(draw.image_tile(views["robust"].of(c)[0], 160)))
+            (d / f"fvp-{c}.png").write_bytes(draw.png(draw.image_tile(fv, 160)))
+            for s, im in enumerate(views["diverse"].of(c)):
+                (d / f"fvd-{c}-{s}.png").write_bytes(draw.png(draw.image_tile(im, 112)))
+            row = ls.top.row(c)
+            (d / f"top-{c}.png").write_bytes(draw.png(draw.patch_grid(ls.top.crops[row], ncols=3, tile=36)))
+            (d / f"topbig-{c}.png").write_bytes(draw.png(draw.patch_grid(ls.top.crops[row], ncols=9, tile=96, pad=3)))
+            labels = [f"{float(ls.top.activations[row, s]):.3g} · {cname(int(ls.top.labels[row, s]))}"
+                      for s in range(ls.top.k)]
+            (d / f"maps-{c}.png").write_bytes(draw.png(draw.maps_image(imgs[r], maps[r], ncols=9, side=96)))
+            (d / f"hist-{c}.png").write_bytes(draw.png(draw.histogram_figure(st, c)))
+            (d / f"class-{c}.png").write_bytes(draw.png(draw.class_figure(st, c, class_names, pre.influence[name])))
+            proj = unit_projections(model, imgs[r], name, c, ls.top.positions[row], ls.rf)
+            (d / f"proj-{c}.png").write_bytes(draw.png(draw.projections_image(ls.top.crops[row], proj.deconv,
+                                                                               proj.guided, tile=72)))
+            card_rows = ["patch"] + (["deconvnet"] if proj.deconv is not None else []) + \
+                (["guided backprop"] if proj.guided is not None else [])
+            infl = pre.influence[name].top(c, 5) if pre.influence[name] is not None else []
+            card = {"c": c, "sel": float(st.selectivity[c]), "pref": cname(int(st.preferred_class[c])),
+                    "mean": float(st.mean[c]), "max": float(st.max[c]), "sparsity": float(st.sparsity[c]),
+                    "dead": bool(st.dead[c]), "fv_act": float(views["plain"].activation[r, 0]),
+                    "fvr_act": float(views["robust"].activation[r, 0]),
+                    "top_act": float(ls.top.activations[row, 0]), "labels": labels,
+                    "influence": [(cname(k), v) for k, v in infl],
+                    "deconv_error": proj.deconv_error, "guided_error": proj.guided_error, "proj_rows": card_rows}
+            cards.append(card)
+            prev = chans[r - 1] if r > 0 else None
+            nxt = chans[r + 1] if r + 1 < len(chans) else None
+            (root / f"unit-{slug}-{c}.html").write_text(env.get_template("unit.html.j2").render(
+                layer=layers[li], card=card, prev=prev, next=nxt, k=ls.top.k, diversity=views["diverse"].images.shape[1],
+                settings=views["plain"].settings, rsettings=views["robust"].settings, **common), encoding="utf-8")
+            prog(stage, r + 1, len(chans))
+        (root / f"layer-{slug}.html").write_text(env.get_template("layer.html.j2").render(
+            layer=layers[li], cards=cards, **common), encoding="utf-8")
+        data_json["layers"][name] = {"shape": list(ls.shape), "rf": jsonable(ls.rf), "channels": cards}
+    # building-block pages: one per sample, every layer's grid clickable
+    for s in samples:
+        i = s["i"]
+        blocks = []
+        for name, bb in pre.blocks.items():
+            if bb is None:
+                continue
+            slug = _slug(name)
+            shown = set(pre.shown[name])
+            g = bb.grid
+            img = f"img/{slug}/sample-{i}.png"
+            draw.grid_overlay(pre.samples[i], g, 288).save(root / img)
+            A, Ct = bb.activations[i], bb.contributions[i]
+            cells = []
+            for a in range(g[0]):
+                row = []
+                for b in range(g[1]):
+                    top = [t for t in bb.at(i, a, b, k=len(A)) if t["channel"] in shown and t["activation"] > 0][:6]
+                    row.append([[t["channel"], round(t["activation"], 4), round(t["contribution"], 4)] for t in top])
+                cells.append(row)
+            blocks.append({"name": name, "slug": slug, "grid": list(g), "img": img, "cells": cells,
+                           "total": [[round(float(v), 4) for v in r] for r in Ct.sum(0)]})
+        cls = int(pre.blocks[next(iter(pre.blocks))].classes[i]) if pre.blocks else -1
+        (root / f"sample-{i}.html").write_text(env.get_template("sample.html.j2").render(
+            sample=s, blocks=blocks, blocks_json=json.dumps(blocks), predicted=cname(cls), **common),
+            encoding="utf-8")
+    (root / "microscope.json").write_text(json.dumps(jsonable(data_json), indent=1))
