@@ -12,7 +12,7 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-from .viz import _mpl, overlay, show_image, to_pil
+from .viz import _mpl, show_image, to_pil
 
 
 def png(image) -> bytes:

@@ -20,9 +20,7 @@ import torch
 from torch import nn
 
 from ..tap import guarded
-from ..targets import model_classes
-from .gradient import (_check_input, _check_labels, _check_model, _class_names, _describe_target, _goal,
-                       _parse_target, _predict, _resolve_classes, _result)
+from .gradient import _checked_inputs, _class_names, _describe_target, _goal, _predict, _resolve_classes, _result
 from .result import AttackResult
 from .._autograd import needs_autograd
 
@@ -88,13 +86,8 @@ def from_torchattacks(attack_class: Any, model: nn.Module, x: torch.Tensor, y: t
     >>> r = from_torchattacks(torchattacks.Square, model, x, eps=8/255)               # doctest: +SKIP
     """
     cls = torchattacks_class(attack_class)
-    x = _check_input(x)
-    _check_model(model, x)
+    x, y, t = _checked_inputs(model, x, y, target)
     n = x.shape[0]
-    t = _parse_target(target, model)
-    y = _check_labels(y, n, x.device)
-    if t is not None:
-        t.validate(n, model_classes(model)[1], y)
     params = inspect.signature(cls.__init__).parameters
     if not any(v.kind is inspect.Parameter.VAR_KEYWORD for v in params.values()):
         unknown = [k for k in kwargs if k not in params or k in ("self", "model")]

@@ -336,8 +336,8 @@ def _check_steps(steps: Any) -> int:
     return steps
 
 
-def _checked(model: nn.Module, x: Any, y: Any, target: Any, eps: Any):
-    """Validate an attack's inputs before any hook: (x, labels, target or None, ε as N×1×1×1)."""
+def _checked_inputs(model: nn.Module, x: Any, y: Any, target: Any):
+    """Validate an attack's image, labels and target before any hook or forward: (x, labels, target or None)."""
     x = _check_input(x)
     _check_model(model, x)
     n = x.shape[0]
@@ -345,8 +345,13 @@ def _checked(model: nn.Module, x: Any, y: Any, target: Any, eps: Any):
     y = _check_labels(y, n, x.device)
     if t is not None:
         t.validate(n, model_classes(model)[1], y)
-    e = _eps_tensor(eps, n, x)
-    return x, y, t, e
+    return x, y, t
+
+
+def _checked(model: nn.Module, x: Any, y: Any, target: Any, eps: Any):
+    """:func:`_checked_inputs` and the budget: (x, labels, target or None, ε as N×1×1×1)."""
+    x, y, t = _checked_inputs(model, x, y, target)
+    return x, y, t, _eps_tensor(eps, x.shape[0], x)
 
 
 # --------------------------------------------------------------------------- public API

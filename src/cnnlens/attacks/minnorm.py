@@ -30,8 +30,8 @@ from torch import nn
 
 from .._batch import check_batch_size, chunks
 from ..tap import LayerTap
-from .gradient import (_check_input, _check_labels, _check_logits, _check_model, _check_steps, _chunk, _class_names,
-                       _describe_target, _goal, _parse_target, _predict, _resolve_classes, _result)
+from .gradient import (_check_logits, _check_steps, _checked_inputs, _chunk, _class_names, _describe_target, _goal,
+                       _predict, _resolve_classes, _result)
 from .result import AttackResult
 from .._autograd import needs_autograd
 
@@ -130,13 +130,8 @@ def deepfool(model: nn.Module, x: torch.Tensor, y: torch.Tensor | None = None, *
     steps = _check_steps(steps)
     _check_positive("overshoot", overshoot, allow_zero=True)
     _check_positive("candidates", candidates, integer=True)
-    x = _check_input(x)
-    _check_model(model, x)
+    x, y, t = _checked_inputs(model, x, y, target)
     n = x.shape[0]
-    t = _parse_target(target, model)
-    y = _check_labels(y, n, x.device)
-    if t is not None:
-        t.validate(n, model_classes(model)[1], y)
     parts = []
     with LayerTap(model) as tap:
         for a, b in chunks(n, check_batch_size(batch_size, x)):
@@ -226,13 +221,8 @@ def cw(model: nn.Module, x: torch.Tensor, y: torch.Tensor | None = None, *, targ
     steps = _check_steps(steps)
     _check_positive("lr", lr)
     search_steps = _check_steps(search_steps)
-    x = _check_input(x)
-    _check_model(model, x)
+    x, y, t = _checked_inputs(model, x, y, target)
     n = x.shape[0]
-    t = _parse_target(target, model)
-    y = _check_labels(y, n, x.device)
-    if t is not None:
-        t.validate(n, model_classes(model)[1], y)
     parts = []
     with LayerTap(model) as tap:
         for a, b in chunks(n, check_batch_size(batch_size, x)):

@@ -300,7 +300,6 @@ def robustness(
         csv.writer(buf, lineterminator="\n").writerows([header, *rows])
         rep.file("robustness.csv", buf.getvalue())
         index = out.write(rep)
-        from rich.console import Console
         from rich.table import Table
 
         t = Table(title=f"{r.n} samples, clean accuracy {r.clean_accuracy:.2%}", title_justify="left")

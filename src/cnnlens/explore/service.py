@@ -440,7 +440,7 @@ class Explorer:
 
     # -- heavy methods (polled) ----------------------------------------------
     def _result_paths(self, ref: str, action: str, cls: int) -> tuple[Path, Path]:
-        stem = self.results / ref / (f"attack-second" if action == "attack" else f"{action}-{cls}")
+        stem = self.results / ref / ("attack-second" if action == "attack" else f"{action}-{cls}")
         return stem.with_suffix(".png"), stem.with_suffix(".json")
 
     def method(self, ref: Any, method: Any, target: Any = "predicted") -> dict:
