@@ -110,6 +110,8 @@ def histogram_figure(stats, channel: int, size=(3.6, 2.2)):
     if h.max() > 0:
         ax.set_yscale("log")
     ax.axvline(float(stats.mean[channel]), color="k", lw=0.8, ls="--")
+    w = float(e[1] - e[0])  # the edges are the layer's: show this channel's range
+    ax.set_xlim(float(e[0]) - w, min(float(e[-1]), float(stats.max[channel]) + 2 * w) + w)
     ax.set_xlabel("activation", fontsize=8)
     ax.set_ylabel("count (log)", fontsize=8)
     ax.tick_params(labelsize=7)
@@ -203,8 +205,8 @@ def grid_overlay(image: torch.Tensor, grid: tuple[int, int], side: int = 256):
     gh, gw = grid
     for i in range(1, gh):
         y = round(i * H / gh)
-        d.line([(0, y), (W, y)], fill=(255, 255, 255), width=1)
+        d.line([(0, y), (W, y)], fill=(90, 140, 220), width=1)
     for j in range(1, gw):
         x = round(j * W / gw)
-        d.line([(x, 0), (x, H)], fill=(255, 255, 255), width=1)
+        d.line([(x, 0), (x, H)], fill=(90, 140, 220), width=1)
     return im
