@@ -20,7 +20,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from ..results import jsonable
-from .service import ACTIONS, MAX_UPLOAD, SETTINGS, BadRequest, Explorer, NotFound, NotReady
+from .service import ACTIONS, MAX_UPLOAD, SETTINGS, BadRequest, Computing, Explorer, NotFound, NotReady
 
 log = logging.getLogger(__name__)
 
@@ -124,6 +124,11 @@ def make_app(explorer: Explorer, allowed_hosts: list[str] | None = None) -> Star
     def page(title: str, body_tpl: str, **kw) -> HTMLResponse:
         return HTMLResponse(env.get_template(body_tpl).render(urls=urls, title=title, **kw))
 
+    def computing(message: str, url: str) -> HTMLResponse:
+        return HTMLResponse(env.get_template("computing.html.j2").render(urls=urls, title="computing",
+                                                                         message=message, url=url),
+                            status_code=503, headers={"Retry-After": "1"})
+
     def guarded(kind: str):
         """Map the explorer's errors to one-line answers: JSON for ``api``/``img``, HTML for pages."""
 
@@ -134,6 +139,10 @@ def make_app(explorer: Explorer, allowed_hosts: list[str] | None = None) -> Star
                     return await fn(request)
                 except NotFound as e:
                     status, msg = 404, str(e)
+                except Computing as e:
+                    if kind == "page":
+                        return computing(str(e), e.url)
+                    status, msg = 503, str(e)
                 except NotReady as e:
                     status, msg = 503, str(e)
                 except BadRequest as e:
@@ -173,7 +182,29 @@ def make_app(explorer: Explorer, allowed_hosts: list[str] | None = None) -> Star
     async def sample(request: Request):
         s = await run(ex.sample, request.path_params["ref"])
         return page(f"sample {s['ref']}", "sample.html.j2", s=s, actions=ACTIONS, names=ex.class_names,
-                    settings=SETTINGS)
+                    settings=SETTINGS, unit_layers=await run(ex.unit_layers))
+
+    @guarded("page")
+    async def layers_page(request: Request):
+        return page("units", "layers.html.j2", o=await run(ex.layers))
+
+    @guarded("page")
+    async def layer_page(request: Request):
+        lay = await run(ex.layer, request.path_params["name"])
+        return page(f"layer {lay['name']}", "layer.html.j2", layer=lay)
+
+    @guarded("page")
+    async def unit_page(request: Request):
+        p = request.path_params
+        u = await run(ex.unit, p["name"], p["channel"])
+        if u["status"] == "error":
+            raise BadRequest(f"unit {u['layer']}/{u['channel']} failed: {u['error']}", 500)
+        if u["status"] != "done":
+            return computing(f"computing unit {u['layer']}/{u['channel']} ({u['status']})",
+                             f"/api/unit/{u['layer']}/{u['channel']}")
+        lay = await run(ex.layers)
+        row = next(r for r in lay["layers"] if r["name"] == u["layer"])
+        return page(f"unit {u['layer']}/{u['channel']}", "unit.html.j2", u=u, layer=row, names=ex.class_names)
 
     async def upload_page(request: Request):
         return page("upload", "upload.html.j2", limit=MAX_UPLOAD // 2**20)
@@ -205,6 +236,30 @@ def make_app(explorer: Explorer, allowed_hosts: list[str] | None = None) -> Star
             out["png"] = (f"/img/sample/{out['ref']}/method/{out['method']}.png?target="
                           f"{request.query_params.get('target', 'predicted')}")
         return JSONResponse(jsonable(out))
+
+    @guarded("api")
+    async def api_microscope(request: Request):
+        return JSONResponse(await run(ex.microscope))
+
+    @guarded("api")
+    async def api_layers(request: Request):
+        return JSONResponse(jsonable(await run(ex.layers)))
+
+    @guarded("api")
+    async def api_layer(request: Request):
+        return JSONResponse(jsonable(await run(ex.layer, request.path_params["name"])))
+
+    @guarded("api")
+    async def api_unit(request: Request):
+        p = request.path_params
+        return JSONResponse(jsonable(await run(ex.unit, p["name"], p["channel"])))
+
+    @guarded("api")
+    async def api_blocks(request: Request):
+        layer = request.query_params.get("layer")
+        if layer is None:
+            layer = (await run(ex.unit_layers) or [None])[-1]
+        return JSONResponse(jsonable(await run(ex.blocks, request.path_params["ref"], layer)))
 
     @guarded("api")
     async def api_upload(request: Request):
@@ -242,6 +297,11 @@ def make_app(explorer: Explorer, allowed_hosts: list[str] | None = None) -> Star
         p = request.path_params
         return png(await run(ex.method_png, p["ref"], p["method"], request.query_params.get("target", "predicted")))
 
+    @guarded("img")
+    async def img_unit(request: Request):
+        p = request.path_params
+        return png(await run(ex.unit_png, p["name"], p["channel"], p["what"]))
+
     async def not_found(request: Request, exc: HTTPException):
         msg = "no such page" if exc.status_code == 404 else (exc.detail or "error")
         if request.url.path.startswith(("/api/", "/img/")):
@@ -265,6 +325,15 @@ def make_app(explorer: Explorer, allowed_hosts: list[str] | None = None) -> Star
         Route("/cell/{r}/{c}", cell),
         Route("/sample/{ref}", sample),
         Route("/upload", upload_page),
+        Route("/layers", layers_page),
+        Route("/layer/{name}", layer_page),
+        Route("/unit/{name}/{channel}", unit_page),
+        Route("/api/microscope", api_microscope),
+        Route("/api/layers", api_layers),
+        Route("/api/layer/{name}", api_layer),
+        Route("/api/unit/{name}/{channel}", api_unit),
+        Route("/api/sample/{ref}/blocks", api_blocks),
+        Route("/img/unit/{name}/{channel}/{what}.png", img_unit),
         Route("/api/status", api_status),
         Route("/api/overview", api_overview),
         Route("/api/cell/{r}/{c}", api_cell),
