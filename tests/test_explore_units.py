@@ -163,3 +163,29 @@ def test_bad_layer_or_channel_is_404_and_the_next_request_succeeds(served, micro
     r = client.get(url.replace("{L}", L))
     assert r.status_code == 404, (url, r.text[:200])
     ok(client, L)
+
+
+def test_leaderboard_on_request_equals_the_benchmark(served, data):
+    from cnnlens.explore.service import LEADERBOARD_METHODS, LEADERBOARD_METRICS
+    from cnnlens.metrics import benchmark
+
+    client, ex, model = served
+    ex.leaderboard_n = 4
+    assert client.get("/api/leaderboard").json()["status"] == "none"  # nothing runs unless asked
+    page = client.get("/leaderboard")
+    assert page.status_code == 200 and 'id="run-leaderboard"' in page.text
+    assert client.post("/api/leaderboard").status_code == 415  # a form post from another site cannot start it
+    assert client.post("/api/leaderboard", json={}).status_code == 200
+    j = wait(client, "/api/leaderboard").json()
+    assert j["status"] == "done", j
+    x, y = data.tensors[0][:4], data.tensors[1][:4]
+    lb = benchmark(model, x, y=y, methods=LEADERBOARD_METHODS, metrics=LEADERBOARD_METRICS)
+    want = {(r["method"], r["metric"]): r["mean"] for r in lb.rows()}
+    got = {(r["method"], r["metric"]): r["mean"] for r in j["scores"]}
+    assert got.keys() == want.keys()
+    for key, v in want.items():
+        assert got[key] == pytest.approx(v, rel=1e-4, abs=1e-6, nan_ok=True), key
+    page = client.get("/leaderboard")
+    assert page.status_code == 200 and 'id="leaderboard"' in page.text
+    for m in LEADERBOARD_METHODS:
+        assert f"<td>{m}</td>" in page.text or f"<td><b>{m}</b></td>" in page.text

@@ -206,6 +206,10 @@ def make_app(explorer: Explorer, allowed_hosts: list[str] | None = None) -> Star
         row = next(r for r in lay["layers"] if r["name"] == u["layer"])
         return page(f"unit {u['layer']}/{u['channel']}", "unit.html.j2", u=u, layer=row, names=ex.class_names)
 
+    @guarded("page")
+    async def leaderboard_page(request: Request):
+        return page("leaderboard", "leaderboard.html.j2", lb=await run(ex.leaderboard))
+
     async def upload_page(request: Request):
         return page("upload", "upload.html.j2", limit=MAX_UPLOAD // 2**20)
 
@@ -260,6 +264,13 @@ def make_app(explorer: Explorer, allowed_hosts: list[str] | None = None) -> Star
         if layer is None:
             layer = (await run(ex.unit_layers) or [None])[-1]
         return JSONResponse(jsonable(await run(ex.blocks, request.path_params["ref"], layer)))
+
+    @guarded("api")
+    async def api_leaderboard(request: Request):
+        kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if request.method == "POST" and kind != "application/json":  # not a request another site may send
+            raise BadRequest("start the leaderboard with Content-Type application/json", 415)
+        return JSONResponse(jsonable(await run(ex.leaderboard, request.method == "POST")))
 
     @guarded("api")
     async def api_upload(request: Request):
@@ -326,6 +337,8 @@ def make_app(explorer: Explorer, allowed_hosts: list[str] | None = None) -> Star
         Route("/sample/{ref}", sample),
         Route("/upload", upload_page),
         Route("/layers", layers_page),
+        Route("/leaderboard", leaderboard_page),
+        Route("/api/leaderboard", api_leaderboard, methods=["GET", "POST"]),
         Route("/layer/{name}", layer_page),
         Route("/unit/{name}/{channel}", unit_page),
         Route("/api/microscope", api_microscope),

@@ -37,6 +37,7 @@ from torch import nn
 from ..attribution import METHODS
 from .store import Store, _scan_dataset, build_store, dataset_hash, model_hash
 from .worker import Worker
+from ..results import jsonable as jsonable_
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +58,9 @@ FAITH_STEPS = 16
 UNIT_K, INFLUENCE_IMAGES, BLOCKS_K = 9, 64, 6
 #: a unit page's images computed in the worker (the top patches are drawn from the scan)
 UNIT_IMAGES = ("maps", "hist", "class")
+#: the leaderboard the explorer runs on request: cheap methods and metrics without ground truth
+LEADERBOARD_METHODS = ("saliency", "gradient_x_input", "integrated_gradients", "gradcam")
+LEADERBOARD_METRICS = ("deletion_auc", "insertion_auc", "faithfulness_correlation", "max_sensitivity")
 
 _DATA_REF = re.compile(r"^[0-9]{1,10}$")
 _UPLOAD_REF = re.compile(r"^u[0-9a-f]{16}$")
@@ -169,6 +173,7 @@ class Explorer:
         self._lock = threading.Lock()
         self._unit_layers: list[str] | None = None
         self._micro = None
+        self.leaderboard_n = 16
         self._class_names: tuple[str, ...] | None = tuple(spec.class_names) if spec is not None and \
             getattr(spec, "class_names", None) else None
 
@@ -729,6 +734,43 @@ class Explorer:
             return out
 
         return self.worker.run(f"blocks/{ref}/{layer}", run)
+
+    # -- the leaderboard (cnnlens.metrics) -------------------------------------
+    def _leaderboard_path(self) -> Path:
+        key = json.dumps({"n": self.leaderboard_n, "methods": LEADERBOARD_METHODS,
+                          "metrics": LEADERBOARD_METRICS}, sort_keys=True)
+        return self.results / f"leaderboard-{hashlib.sha1(key.encode()).hexdigest()[:12]}.json"
+
+    def leaderboard(self, start: bool = False) -> dict:
+        """The leaderboard of a few methods on the first ``leaderboard_n`` images (cached), its job's state
+        (``start``: run it in the worker), or ``status: none`` when it has not been asked for."""
+        path = self._leaderboard_path()
+        out = {"n": self.leaderboard_n, "methods": list(LEADERBOARD_METHODS), "metrics": list(LEADERBOARD_METRICS)}
+        if path.is_file():
+            return {**out, "status": "done", "progress": 1.0, **json.loads(path.read_text())}
+        job = self.worker.get("leaderboard")
+        if job is None and not start:
+            return {**out, "status": "none", "progress": 0.0, "error": None}
+
+        def run(report):
+            from ..inside.microscope import dataset_images
+            from ..metrics import benchmark
+            from ..metrics.report import leaderboard_table
+
+            n = min(self.leaderboard_n, self.n)
+            x = dataset_images(self.dataset, range(n)).to(next(self.model.parameters()).device)
+            y = torch.tensor([int(self.dataset[i][1]) for i in range(n)])
+            lb = benchmark(self.model, x, y=y, methods=LEADERBOARD_METHODS, metrics=LEADERBOARD_METRICS,
+                           progress=lambda d, t: report(d / max(1, t or 1)))
+            header, rows = leaderboard_table(lb)
+            info = {"header": header, "rows": rows, "best": {k: lb.best(k) for k in lb.metrics},
+                    "scores": lb.rows(), "images": n}
+            _atomic_write(path, json.dumps(jsonable_(info)).encode())
+            return info
+
+        if start:
+            job = self.worker.submit("leaderboard", run)
+        return {**out, **job.to_dict()}
 
     def close(self, timeout: float = 30.0) -> None:
         """Stop the worker after its running job (waiting at most ``timeout`` s) and close the store."""

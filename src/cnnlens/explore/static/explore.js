@@ -250,3 +250,22 @@ function poll(url, parts, done, fail) {
   select.addEventListener("change", load);
   load();
 })();
+
+// -- leaderboard: run it in the worker on request, poll, reload when done -------------------
+(function leaderboardPage() {
+  const btn = $("run-leaderboard");
+  if (!btn) return;
+  const bar = $("leaderboard-progress"), status = $("leaderboard-status");
+  const tick = () => fetch("/api/leaderboard").then(r => r.json()).then(j => {
+    if (j.status === "done") { location.reload(); return; }
+    if (j.status === "error") { status.textContent = j.error; status.classList.add("error"); bar.hidden = true; return; }
+    bar.querySelector(".bar").style.width = (100 * (j.progress || 0)).toFixed(0) + "%";
+    status.textContent = j.status + "… " + (100 * (j.progress || 0)).toFixed(0) + " %";
+    setTimeout(tick, 500);
+  }).catch(() => setTimeout(tick, 1000));
+  btn.addEventListener("click", () => {
+    btn.disabled = true;
+    bar.hidden = false;
+    fetch("/api/leaderboard", { method: "POST", headers: { "Content-Type": "application/json" }, body: "{}" }).then(() => tick());
+  });
+})();
