@@ -126,8 +126,7 @@ def make_app(explorer: Explorer, allowed_hosts: list[str] | None = None) -> Star
 
     def computing(message: str, url: str) -> HTMLResponse:
         return HTMLResponse(env.get_template("computing.html.j2").render(urls=urls, title="computing",
-                                                                         message=message, url=url),
-                            status_code=503, headers={"Retry-After": "1"})
+                                                                         message=message, url=url))
 
     def guarded(kind: str):
         """Map the explorer's errors to one-line answers: JSON for ``api``/``img``, HTML for pages."""
