@@ -189,3 +189,19 @@ def test_leaderboard_on_request_equals_the_benchmark(served, data):
     assert page.status_code == 200 and 'id="leaderboard"' in page.text
     for m in LEADERBOARD_METHODS:
         assert f"<td>{m}</td>" in page.text or f"<td><b>{m}</b></td>" in page.text
+
+
+def test_units_wait_for_the_store_scan_without_touching_the_worker(tmp_path, data):
+    model = cnnlens.load_model("digits-cnn")
+    before = snapshot(model)
+    ex = Explorer(model, data, tmp_path)  # its scan not started
+    try:
+        with TestClient(make_app(ex)) as client:
+            assert client.get("/api/layers").status_code == 503
+            assert client.get("/api/unit/net.features.7/0").status_code == 503
+            page = client.get("/layers")
+            assert page.status_code == 200 and 'id="scan-progress"' in page.text
+            assert ex.worker.get("unit-layers") is None and ex.worker.get("microscope") is None
+    finally:
+        ex.close()
+    assert_unchanged(model, before, "the model")

@@ -533,6 +533,8 @@ class Explorer:
     def unit_layers(self) -> list[str]:
         """The layers the explorer shows units of: up to 3 spatial activation layers (as ``cnnlens microscope``)."""
         if self._unit_layers is None:
+            self._ready()  # the store's scan first (its page shows the progress), then one forward here
+
             def run(report):
                 from ..cli.common import UserError
                 from ..cli.microscope import default_layers
