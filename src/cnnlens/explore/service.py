@@ -651,9 +651,10 @@ class Explorer:
             except Exception:  # noqa: BLE001
                 pass
         x = dataset_images(self.dataset, range(min(INFLUENCE_IMAGES, self.n)))
-        K = len(self.class_names)
-        inf = class_influence(self.model, x, layer, list(range(K)) if K <= 20 else None, ablation=True,
-                              batch_size=self.batch_size)
+        from ..microscope_site import _classes
+
+        inf = class_influence(self.model, x, layer, _classes(self.model, x, 20), ablation=True,
+                              batch_size=self.batch_size)  # at most the 20 most predicted classes, as the site
         buf = io.BytesIO()
         torch.save(inf, buf)
         _atomic_write(path, buf.getvalue())
