@@ -209,8 +209,11 @@ def test_units_from_the_overview_to_a_unit_and_back_from_a_sample(server, tmp_pa
         driver.find_elements(By.CSS_SELECTOR, "#channels .unit-card")[5].click()
         _wait(driver, lambda: driver.find_element(By.TAG_NAME, "h1").text.startswith(f"Unit {layer} / 5"),
               timeout=120, what="the unit page")
+        _wait(driver, lambda: driver.find_element(By.ID, "fv-img").is_displayed(), timeout=120,
+              what="the feature visualisation")
+        assert "mean activation" in driver.find_element(By.ID, "fv-status").text
         assert _images_ok(driver) == []
-        assert len(driver.find_elements(By.CSS_SELECTOR, "img")) == 4  # patches, maps, histogram, classes
+        assert len(driver.find_elements(By.CSS_SELECTOR, "img")) == 5  # fv, patches, maps, histogram, classes
         driver.save_screenshot(str(shots / "explore-unit.png"))
         # a sample's building blocks: click the middle of the grid, follow a channel to its unit page
         driver.get(server + "/sample/7")

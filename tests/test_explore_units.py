@@ -128,6 +128,25 @@ def test_unit_page_values_equal_the_library(served, micro, data):
     for what in ("top", "topbig", "maps", "hist", "class"):
         r = client.get(f"/img/unit/{name}/{c}/{what}.png")
         assert r.status_code == 200 and r.content[:8] == b"\x89PNG\r\n\x1a\n", what
+    assert client.get(f"/img/unit/{name}/{c}/fv.png").status_code == 404  # lazily: not asked for yet
+
+
+def test_feature_visualisation_lazily_equals_the_library(served, micro):
+    from cnnlens import microscope_draw as draw
+    from cnnlens.inside.microscope import maximize_channels
+    from cnnlens.microscope_site import Settings
+
+    client, _, model = served
+    wait(client, "/api/microscope")
+    name, c = list(micro.layers)[0], 2
+    j = wait(client, f"/api/unit/{name}/{c}/fv").json()
+    assert j["status"] == "done", j
+    st = Settings()
+    v = maximize_channels(model, name, [c], st.steps, size=32, seed=st.seed, robust=True)
+    assert j["activation"] == pytest.approx(float(v.activation[0, 0]), rel=1e-4)
+    r = client.get(j["png"])
+    assert r.status_code == 200 and r.content == draw.png(draw.image_tile(v.of(c)[0], 160))
+    assert client.get(f"/api/unit/{name}/16/fv").status_code == 404  # 16 channels: 0..15
 
 
 def test_building_blocks_equal_the_library(served, micro, data):

@@ -258,6 +258,11 @@ def make_app(explorer: Explorer, allowed_hosts: list[str] | None = None) -> Star
         return JSONResponse(jsonable(await run(ex.unit, p["name"], p["channel"])))
 
     @guarded("api")
+    async def api_fv(request: Request):
+        p = request.path_params
+        return JSONResponse(jsonable(await run(ex.feature_vis, p["name"], p["channel"])))
+
+    @guarded("api")
     async def api_blocks(request: Request):
         layer = request.query_params.get("layer")
         if layer is None:
@@ -344,6 +349,7 @@ def make_app(explorer: Explorer, allowed_hosts: list[str] | None = None) -> Star
         Route("/api/layers", api_layers),
         Route("/api/layer/{name}", api_layer),
         Route("/api/unit/{name}/{channel}", api_unit),
+        Route("/api/unit/{name}/{channel}/fv", api_fv),
         Route("/api/sample/{ref}/blocks", api_blocks),
         Route("/img/unit/{name}/{channel}/{what}.png", img_unit),
         Route("/api/status", api_status),

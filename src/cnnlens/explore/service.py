@@ -57,7 +57,7 @@ FAITH_STEPS = 16
 #: top dataset images per channel on the unit pages; images for the class influence; channels per position
 UNIT_K, INFLUENCE_IMAGES, BLOCKS_K = 9, 64, 6
 #: a unit page's images computed in the worker (the top patches are drawn from the scan)
-UNIT_IMAGES = ("maps", "hist", "class")
+UNIT_IMAGES = ("maps", "hist", "class", "fv")
 #: the leaderboard the explorer runs on request: cheap methods and metrics without ground truth
 LEADERBOARD_METHODS = ("saliency", "gradient_x_input", "integrated_gradients", "gradcam")
 LEADERBOARD_METRICS = ("deletion_auc", "insertion_auc", "faithfulness_correlation", "max_sensitivity")
@@ -699,6 +699,32 @@ class Explorer:
             return info
 
         return {**out, **self.worker.submit(f"unit/{layer}/{c}", run).to_dict()}
+
+    def feature_vis(self, layer: Any, channel: Any) -> dict:
+        """The channel's feature visualisation (robust, :func:`maximize_channels` with the microscope site's
+        settings), cached; requested lazily by the unit page and run in the worker."""
+        layer = self.check_layer(layer)
+        c = self.check_channel(layer, channel)
+        d = self._unit_dir(layer, c)
+        meta = d / "fv.json"
+        out = {"layer": layer, "channel": c, "png": f"/img/unit/{layer}/{c}/fv.png"}
+        if meta.is_file():
+            return {**out, "status": "done", "progress": 1.0, **json.loads(meta.read_text())}
+
+        def run(report):
+            from .. import microscope_draw as draw
+            from ..inside.microscope import maximize_channels
+            from ..microscope_site import Settings, _fv_size
+
+            st = Settings()
+            v = maximize_channels(self.model, layer, [c], st.steps, size=_fv_size(self.model, st), seed=st.seed,
+                                  robust=True, progress=lambda d_, t: report(d_ / max(1, t or 1)))
+            _atomic_write(d / "fv.png", draw.png(draw.image_tile(v.of(c)[0], 160)))
+            info = {"activation": float(v.activation[0, 0]), "steps": st.steps, "seed": st.seed, "robust": True}
+            _atomic_write(meta, json.dumps(info).encode())
+            return info
+
+        return {**out, **self.worker.submit(f"fv/{layer}/{c}", run).to_dict()}
 
     def unit_png(self, layer: Any, channel: Any, what: Any) -> bytes:
         layer = self.check_layer(layer)

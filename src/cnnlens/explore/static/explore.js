@@ -269,3 +269,11 @@ function poll(url, parts, done, fail) {
     fetch("/api/leaderboard", { method: "POST", headers: { "Content-Type": "application/json" }, body: "{}" }).then(() => tick());
   });
 })();
+
+// -- unit page: the feature visualisation, computed lazily in the worker ------------------
+(function featureVis() {
+  const box = $("fv");
+  if (!box) return;
+  poll(box.dataset.url, { progress: $("fv-progress"), status: $("fv-status"), img: $("fv-img") },
+    j => { $("fv-status").textContent = "mean activation " + j.activation.toFixed(3); });
+})();
