@@ -205,6 +205,7 @@ def test_units_from_the_overview_to_a_unit_and_back_from_a_sample(server, tmp_pa
         _wait(driver, lambda: driver.find_elements(By.CSS_SELECTOR, "#channels .unit-card"), what="the channel grid")
         assert len(driver.find_elements(By.CSS_SELECTOR, "#channels .unit-card")) == 64
         assert _images_ok(driver) == []
+        driver.execute_script("window.scrollTo(0, 0)")
         driver.save_screenshot(str(shots / "explore-layer.png"))
         driver.find_elements(By.CSS_SELECTOR, "#channels .unit-card")[5].click()
         _wait(driver, lambda: driver.find_element(By.TAG_NAME, "h1").text.startswith(f"Unit {layer} / 5"),
@@ -214,6 +215,7 @@ def test_units_from_the_overview_to_a_unit_and_back_from_a_sample(server, tmp_pa
         assert "mean activation" in driver.find_element(By.ID, "fv-status").text
         assert _images_ok(driver) == []
         assert len(driver.find_elements(By.CSS_SELECTOR, "img")) == 5  # fv, patches, maps, histogram, classes
+        driver.execute_script("window.scrollTo(0, 0)")
         driver.save_screenshot(str(shots / "explore-unit.png"))
         # a sample's building blocks: click the middle of the grid, follow a channel to its unit page
         driver.get(server + "/sample/7")
