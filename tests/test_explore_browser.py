@@ -180,3 +180,61 @@ def test_from_the_most_confused_cell_to_a_sample_and_an_upload(server, tmp_path)
     finally:
         driver.quit()
         shutil.rmtree(driver.profile_dir, ignore_errors=True)
+
+
+def test_units_from_the_overview_to_a_unit_and_back_from_a_sample(server, tmp_path):
+    """Overview → Units → a layer's channel grid → a unit page (computed in the worker while the page waits);
+    a sample's building blocks link to unit pages; every image loads; no console errors."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    shots = Path(os.environ.get("CNNLENS_SCREENSHOTS") or tmp_path)
+    shots.mkdir(parents=True, exist_ok=True)
+    driver = chromium_driver()
+    try:
+        driver.set_page_load_timeout(60)
+        driver.set_window_size(1400, 1000)
+        driver.get(server + "/")
+        driver.find_element(By.LINK_TEXT, "Units").click()
+        _wait(driver, lambda: driver.find_elements(By.CSS_SELECTOR, "#layers tbody tr"), timeout=120,
+              what="the layer list")
+        rows = driver.find_elements(By.CSS_SELECTOR, "#layers tbody tr")
+        assert len(rows) == 3
+        layer = rows[-1].find_element(By.TAG_NAME, "a").text
+        rows[-1].find_element(By.TAG_NAME, "a").click()
+        _wait(driver, lambda: driver.find_elements(By.CSS_SELECTOR, "#channels .unit-card"), what="the channel grid")
+        assert len(driver.find_elements(By.CSS_SELECTOR, "#channels .unit-card")) == 64
+        assert _images_ok(driver) == []
+        driver.execute_script("window.scrollTo(0, 0)")
+        driver.save_screenshot(str(shots / "explore-layer.png"))
+        driver.find_elements(By.CSS_SELECTOR, "#channels .unit-card")[5].click()
+        _wait(driver, lambda: driver.find_element(By.TAG_NAME, "h1").text.startswith(f"Unit {layer} / 5"),
+              timeout=120, what="the unit page")
+        _wait(driver, lambda: driver.find_element(By.ID, "fv-img").is_displayed(), timeout=120,
+              what="the feature visualisation")
+        assert "mean activation" in driver.find_element(By.ID, "fv-status").text
+        assert _images_ok(driver) == []
+        assert len(driver.find_elements(By.CSS_SELECTOR, "img")) == 5  # fv, patches, maps, histogram, classes
+        driver.execute_script("window.scrollTo(0, 0)")
+        driver.save_screenshot(str(shots / "explore-unit.png"))
+        # a sample's building blocks: click the middle of the grid, follow a channel to its unit page
+        driver.get(server + "/sample/7")
+        _wait(driver, lambda: driver.find_elements(By.CSS_SELECTOR, "#blocks-grid button"), what="the blocks grid")
+        assert Select(driver.find_element(By.ID, "blocks-layer")).first_selected_option.text == layer
+        buttons = driver.find_elements(By.CSS_SELECTOR, "#blocks-grid button")
+        assert len(buttons) == 64  # 8×8 at the last layer
+        buttons[3 * 8 + 4].click()
+        _wait(driver, lambda: driver.find_elements(By.CSS_SELECTOR, "#blocks-list a"), what="the channels at a position")
+        assert "row 3, column 4" in driver.find_element(By.ID, "blocks-status").text
+        driver.save_screenshot(str(shots / "explore-blocks.png"))
+        link = driver.find_element(By.CSS_SELECTOR, "#blocks-list a")
+        channel = link.text.split()[-1]
+        link.click()
+        _wait(driver, lambda: driver.find_element(By.TAG_NAME, "h1").text.startswith(f"Unit {layer} / {channel}"),
+              timeout=120, what="the unit page from a building block")
+        assert _images_ok(driver) == []
+        errors = [e["message"] for e in driver.get_log("browser") if e["level"] in ("SEVERE", "ERROR")]
+        assert errors == []
+    finally:
+        driver.quit()
+        shutil.rmtree(driver.profile_dir, ignore_errors=True)

@@ -238,6 +238,28 @@ def write_site(model: nn.Module, data, pre: Precomputed, out: Path, *, model_nam
     return write_atomically(out, build, force=force, protect=protect) / "index.html"
 
 
+def layer_row(ls) -> dict:
+    """A layer's line in the layer list: output shape, receptive field size and stride, channels, dead channels."""
+    rf = ls.rf
+    return {"name": ls.layer, "slug": _slug(ls.layer), "shape": "×".join(str(s) for s in ls.shape),
+            "channels": ls.channels,
+            "rf": "whole image" if rf.is_global else f"{rf.size[0]}×{rf.size[1]} px",
+            "stride": "–" if rf.is_global else f"{rf.stride[0]}×{rf.stride[1]}",
+            "dead": int(ls.stats.dead.sum())}
+
+
+def unit_card(ls, c: int, cname, influence=None) -> dict:
+    """A channel's statistics as the channel grid and the unit page show them (from the scan alone)."""
+    st, row = ls.stats, ls.top.row(c)
+    infl = influence.top(c, 5) if influence is not None else []
+    return {"c": int(c), "sel": float(st.selectivity[c]), "pref": cname(int(st.preferred_class[c])),
+            "mean": float(st.mean[c]), "max": float(st.max[c]), "sparsity": float(st.sparsity[c]),
+            "dead": bool(st.dead[c]), "top_act": float(ls.top.activations[row, 0]),
+            "labels": [f"{float(ls.top.activations[row, s]):.3g} · {cname(int(ls.top.labels[row, s]))}"
+                       for s in range(ls.top.k)],
+            "influence": [(cname(k), v) for k, v in infl]}
+
+
 def _write(model, data, pre: Precomputed, root: Path, model_name, data_name, class_names, prog) -> None:
     from .data import as_dataset
     from .inside.microscope import top_maps, unit_projections
@@ -248,14 +270,7 @@ def _write(model, data, pre: Precomputed, root: Path, model_name, data_name, cla
     cname = (lambda k: class_names[k] if class_names and 0 <= k < len(class_names) else str(k))
     common = {"model_name": model_name, "data_name": data_name, "count": pre.scan.count,
               "generated": time.strftime("%Y-%m-%d %H:%M")}
-    layers = []
-    for name, ls in pre.scan.layers.items():
-        rf = ls.rf
-        layers.append({"name": name, "slug": _slug(name), "shape": "×".join(str(s) for s in ls.shape),
-                       "channels": ls.channels, "shown": len(pre.shown[name]),
-                       "rf": "whole image" if rf.is_global else f"{rf.size[0]}×{rf.size[1]} px",
-                       "stride": "–" if rf.is_global else f"{rf.stride[0]}×{rf.stride[1]}",
-                       "dead": int(ls.stats.dead.sum())})
+    layers = [{**layer_row(ls), "shown": len(pre.shown[name])} for name, ls in pre.scan.layers.items()]
     samples = [{"i": i, "label": cname(lab)} for i, lab in enumerate(pre.sample_labels)]
     (root / "index.html").write_text(env.get_template("index.html.j2").render(
         layers=layers, samples=samples, **common), encoding="utf-8")
@@ -283,8 +298,6 @@ def _write(model, data, pre: Precomputed, root: Path, model_name, data_name, cla
             row = ls.top.row(c)
             (d / f"top-{c}.png").write_bytes(draw.png(draw.patch_grid(ls.top.crops[row], ncols=3, tile=36)))
             (d / f"topbig-{c}.png").write_bytes(draw.png(draw.patch_grid(ls.top.crops[row], ncols=9, tile=96, pad=3)))
-            labels = [f"{float(ls.top.activations[row, s]):.3g} · {cname(int(ls.top.labels[row, s]))}"
-                      for s in range(ls.top.k)]
             (d / f"maps-{c}.png").write_bytes(draw.png(draw.maps_image(imgs[r], maps[r], ncols=9, side=96)))
             (d / f"hist-{c}.png").write_bytes(draw.png(draw.histogram_figure(st, c)))
             (d / f"class-{c}.png").write_bytes(draw.png(draw.class_figure(st, c, class_names, pre.influence[name])))
@@ -293,13 +306,9 @@ def _write(model, data, pre: Precomputed, root: Path, model_name, data_name, cla
                                                                                proj.guided, tile=72)))
             card_rows = ["patch"] + (["deconvnet"] if proj.deconv is not None else []) + \
                 (["guided backprop"] if proj.guided is not None else [])
-            infl = pre.influence[name].top(c, 5) if pre.influence[name] is not None else []
-            card = {"c": c, "sel": float(st.selectivity[c]), "pref": cname(int(st.preferred_class[c])),
-                    "mean": float(st.mean[c]), "max": float(st.max[c]), "sparsity": float(st.sparsity[c]),
-                    "dead": bool(st.dead[c]), "fv_act": float(views["plain"].activation[r, 0]),
+            card = {**unit_card(ls, c, cname, pre.influence[name]),
+                    "fv_act": float(views["plain"].activation[r, 0]),
                     "fvr_act": float(views["robust"].activation[r, 0]),
-                    "top_act": float(ls.top.activations[row, 0]), "labels": labels,
-                    "influence": [(cname(k), v) for k, v in infl],
                     "deconv_error": proj.deconv_error, "guided_error": proj.guided_error, "proj_rows": card_rows}
             cards.append(card)
             prev = chans[r - 1] if r > 0 else None

@@ -20,7 +20,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from ..results import jsonable
-from .service import ACTIONS, MAX_UPLOAD, SETTINGS, BadRequest, Explorer, NotFound, NotReady
+from .service import ACTIONS, MAX_UPLOAD, SETTINGS, BadRequest, Computing, Explorer, NotFound, NotReady
 
 log = logging.getLogger(__name__)
 
@@ -124,6 +124,10 @@ def make_app(explorer: Explorer, allowed_hosts: list[str] | None = None) -> Star
     def page(title: str, body_tpl: str, **kw) -> HTMLResponse:
         return HTMLResponse(env.get_template(body_tpl).render(urls=urls, title=title, **kw))
 
+    def computing(message: str, url: str) -> HTMLResponse:
+        return HTMLResponse(env.get_template("computing.html.j2").render(urls=urls, title="computing",
+                                                                         message=message, url=url))
+
     def guarded(kind: str):
         """Map the explorer's errors to one-line answers: JSON for ``api``/``img``, HTML for pages."""
 
@@ -134,6 +138,10 @@ def make_app(explorer: Explorer, allowed_hosts: list[str] | None = None) -> Star
                     return await fn(request)
                 except NotFound as e:
                     status, msg = 404, str(e)
+                except Computing as e:
+                    if kind == "page":
+                        return computing(str(e), e.url)
+                    status, msg = 503, str(e)
                 except NotReady as e:
                     status, msg = 503, str(e)
                 except BadRequest as e:
@@ -173,7 +181,33 @@ def make_app(explorer: Explorer, allowed_hosts: list[str] | None = None) -> Star
     async def sample(request: Request):
         s = await run(ex.sample, request.path_params["ref"])
         return page(f"sample {s['ref']}", "sample.html.j2", s=s, actions=ACTIONS, names=ex.class_names,
-                    settings=SETTINGS)
+                    settings=SETTINGS, unit_layers=await run(ex.unit_layers))
+
+    @guarded("page")
+    async def layers_page(request: Request):
+        return page("units", "layers.html.j2", o=await run(ex.layers))
+
+    @guarded("page")
+    async def layer_page(request: Request):
+        lay = await run(ex.layer, request.path_params["name"])
+        return page(f"layer {lay['name']}", "layer.html.j2", layer=lay)
+
+    @guarded("page")
+    async def unit_page(request: Request):
+        p = request.path_params
+        u = await run(ex.unit, p["name"], p["channel"])
+        if u["status"] == "error":
+            raise BadRequest(f"unit {u['layer']}/{u['channel']} failed: {u['error']}", 500)
+        if u["status"] != "done":
+            return computing(f"computing unit {u['layer']}/{u['channel']} ({u['status']})",
+                             f"/api/unit/{u['layer']}/{u['channel']}")
+        lay = await run(ex.layers)
+        row = next(r for r in lay["layers"] if r["name"] == u["layer"])
+        return page(f"unit {u['layer']}/{u['channel']}", "unit.html.j2", u=u, layer=row, names=ex.class_names)
+
+    @guarded("page")
+    async def leaderboard_page(request: Request):
+        return page("leaderboard", "leaderboard.html.j2", lb=await run(ex.leaderboard))
 
     async def upload_page(request: Request):
         return page("upload", "upload.html.j2", limit=MAX_UPLOAD // 2**20)
@@ -205,6 +239,42 @@ def make_app(explorer: Explorer, allowed_hosts: list[str] | None = None) -> Star
             out["png"] = (f"/img/sample/{out['ref']}/method/{out['method']}.png?target="
                           f"{request.query_params.get('target', 'predicted')}")
         return JSONResponse(jsonable(out))
+
+    @guarded("api")
+    async def api_microscope(request: Request):
+        return JSONResponse(await run(ex.microscope))
+
+    @guarded("api")
+    async def api_layers(request: Request):
+        return JSONResponse(jsonable(await run(ex.layers)))
+
+    @guarded("api")
+    async def api_layer(request: Request):
+        return JSONResponse(jsonable(await run(ex.layer, request.path_params["name"])))
+
+    @guarded("api")
+    async def api_unit(request: Request):
+        p = request.path_params
+        return JSONResponse(jsonable(await run(ex.unit, p["name"], p["channel"])))
+
+    @guarded("api")
+    async def api_fv(request: Request):
+        p = request.path_params
+        return JSONResponse(jsonable(await run(ex.feature_vis, p["name"], p["channel"])))
+
+    @guarded("api")
+    async def api_blocks(request: Request):
+        layer = request.query_params.get("layer")
+        if layer is None:
+            layer = (await run(ex.unit_layers) or [None])[-1]
+        return JSONResponse(jsonable(await run(ex.blocks, request.path_params["ref"], layer)))
+
+    @guarded("api")
+    async def api_leaderboard(request: Request):
+        kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if request.method == "POST" and kind != "application/json":  # not a request another site may send
+            raise BadRequest("start the leaderboard with Content-Type application/json", 415)
+        return JSONResponse(jsonable(await run(ex.leaderboard, request.method == "POST")))
 
     @guarded("api")
     async def api_upload(request: Request):
@@ -242,6 +312,11 @@ def make_app(explorer: Explorer, allowed_hosts: list[str] | None = None) -> Star
         p = request.path_params
         return png(await run(ex.method_png, p["ref"], p["method"], request.query_params.get("target", "predicted")))
 
+    @guarded("img")
+    async def img_unit(request: Request):
+        p = request.path_params
+        return png(await run(ex.unit_png, p["name"], p["channel"], p["what"]))
+
     async def not_found(request: Request, exc: HTTPException):
         msg = "no such page" if exc.status_code == 404 else (exc.detail or "error")
         if request.url.path.startswith(("/api/", "/img/")):
@@ -265,6 +340,18 @@ def make_app(explorer: Explorer, allowed_hosts: list[str] | None = None) -> Star
         Route("/cell/{r}/{c}", cell),
         Route("/sample/{ref}", sample),
         Route("/upload", upload_page),
+        Route("/layers", layers_page),
+        Route("/leaderboard", leaderboard_page),
+        Route("/api/leaderboard", api_leaderboard, methods=["GET", "POST"]),
+        Route("/layer/{name}", layer_page),
+        Route("/unit/{name}/{channel}", unit_page),
+        Route("/api/microscope", api_microscope),
+        Route("/api/layers", api_layers),
+        Route("/api/layer/{name}", api_layer),
+        Route("/api/unit/{name}/{channel}", api_unit),
+        Route("/api/unit/{name}/{channel}/fv", api_fv),
+        Route("/api/sample/{ref}/blocks", api_blocks),
+        Route("/img/unit/{name}/{channel}/{what}.png", img_unit),
         Route("/api/status", api_status),
         Route("/api/overview", api_overview),
         Route("/api/cell/{r}/{c}", api_cell),

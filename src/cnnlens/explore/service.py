@@ -37,6 +37,7 @@ from torch import nn
 from ..attribution import METHODS
 from .store import Store, _scan_dataset, build_store, dataset_hash, model_hash
 from .worker import Worker
+from ..results import jsonable as jsonable_
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +54,13 @@ SETTINGS: dict[str, dict] = {
     "augmented_gradcam": {"augmentations": 16},
 }
 FAITH_STEPS = 16
+#: top dataset images per channel on the unit pages; images for the class influence; channels per position
+UNIT_K, INFLUENCE_IMAGES, BLOCKS_K = 9, 64, 6
+#: a unit page's images computed in the worker (the top patches are drawn from the scan)
+UNIT_IMAGES = ("maps", "hist", "class", "fv")
+#: the leaderboard the explorer runs on request: cheap methods and metrics without ground truth
+LEADERBOARD_METHODS = ("saliency", "gradient_x_input", "integrated_gradients", "gradcam")
+LEADERBOARD_METRICS = ("deletion_auc", "insertion_auc", "faithfulness_correlation", "max_sensitivity")
 
 _DATA_REF = re.compile(r"^[0-9]{1,10}$")
 _UPLOAD_REF = re.compile(r"^u[0-9a-f]{16}$")
@@ -60,6 +68,14 @@ _UPLOAD_REF = re.compile(r"^u[0-9a-f]{16}$")
 
 class NotFound(LookupError):
     """A ref, class, method or page that does not exist (HTTP 404)."""
+
+
+class Computing(LookupError):
+    """Model work that runs in the worker now: pages show a progress bar polling ``url`` (HTTP 503)."""
+
+    def __init__(self, message: str, url: str):
+        super().__init__(message)
+        self.url = url
 
 
 class BadRequest(ValueError):
@@ -155,6 +171,9 @@ class Explorer:
         self._scan_done = 0
         self._eval = None
         self._lock = threading.Lock()
+        self._unit_layers: list[str] | None = None
+        self._micro = None
+        self.leaderboard_n = 16
         self._class_names: tuple[str, ...] | None = tuple(spec.class_names) if spec is not None and \
             getattr(spec, "class_names", None) else None
 
@@ -509,6 +528,278 @@ class Explorer:
         _atomic_write(png_path, _png(fig))
         _atomic_write(meta_path, json.dumps(info).encode())
         return info
+
+    # -- units (the microscope) ------------------------------------------------
+    def unit_layers(self) -> list[str]:
+        """The layers the explorer shows units of: up to 3 spatial activation layers (as ``cnnlens microscope``)."""
+        if self._unit_layers is None:
+            self._ready()  # the store's scan first (its page shows the progress), then one forward here
+
+            def run(report):
+                from ..cli.common import UserError
+                from ..cli.microscope import default_layers
+
+                try:
+                    return default_layers(self.model)
+                except UserError:
+                    return []
+
+            self._unit_layers = list(self.worker.run("unit-layers", run))
+        return self._unit_layers
+
+    def check_layer(self, name: Any) -> str:
+        s = str(name)
+        layers = self.unit_layers()
+        if s not in layers:
+            known = s in dict(self.model.named_modules())
+            raise NotFound(f"{'layer' if known else 'no layer'} {s[:60]!r}"
+                           f"{' is not among the layers shown' if known else ''}; layers: {', '.join(layers) or 'none'}")
+        return s
+
+    def check_channel(self, layer: str, channel: Any) -> int:
+        C = self.micro_scan()[layer].channels
+        s = str(channel)
+        if not re.fullmatch(r"[0-9]{1,9}", s) or int(s) >= C:
+            raise NotFound(f"no channel {s[:30]!r}; layer {layer} has channels 0..{C - 1}")
+        return int(s)
+
+    def _micro_dir(self) -> Path:
+        key = json.dumps({"layers": self.unit_layers(), "k": UNIT_K, "bins": 40}, sort_keys=True)
+        return self.results / "micro" / hashlib.sha1(key.encode()).hexdigest()[:12]
+
+    def microscope(self) -> dict:
+        """The state of the microscope scan (ONE scan over the dataset for every shown layer), started if needed."""
+        if self._micro is not None:
+            return {"status": "done", "progress": 1.0, "error": None}
+        layers = self.unit_layers()
+        if not layers:
+            raise NotFound("the model has no spatial activation layers to show units of")
+        path = self._micro_dir() / "scan.pt"
+
+        def run(report):
+            from ..inside.microscope import microscope_scan
+
+            m = None
+            if path.is_file():
+                try:  # our own file, written below under the cache
+                    m = torch.load(path, map_location="cpu", weights_only=False)
+                except Exception:  # noqa: BLE001 - cut short: scan again
+                    m = None
+            if m is None:
+                m = microscope_scan(self.model, self.dataset, layers, k=UNIT_K, batch_size=self.batch_size,
+                                    device=self.device, progress=lambda d, t: report(d / max(1, t or 1)))
+                buf = io.BytesIO()
+                torch.save(m, buf)
+                _atomic_write(path, buf.getvalue())
+            self._micro = m
+            return True
+
+        return self.worker.submit("microscope", run).to_dict()
+
+    def micro_scan(self):
+        """The microscope scan, or NotReady (a "computing" page) while the worker runs it."""
+        st = self.microscope()
+        if self._micro is None:
+            if st["status"] == "error":
+                raise BadRequest(f"the microscope scan failed: {st['error']}", 500)
+            raise Computing(f"the microscope scan is running ({100 * st['progress']:.0f} %)", "/api/microscope")
+        return self._micro
+
+    def layers(self) -> dict:
+        from ..microscope_site import layer_row
+
+        m = self.micro_scan()
+        return {"model": self.model_name, "data": self.data_label, "images": m.count,
+                "layers": [layer_row(m[n]) for n in m.layers]}
+
+    def _cname(self):
+        names = self.class_names
+        return lambda k: names[k] if 0 <= k < len(names) else str(k)
+
+    def layer(self, name: Any) -> dict:
+        from ..microscope_site import layer_row, unit_card
+
+        name = self.check_layer(name)
+        ls = self.micro_scan()[name]
+        cn = self._cname()
+        return {**layer_row(ls), "k": ls.top.k, "cards": [unit_card(ls, c, cn) for c in range(ls.channels)]}
+
+    def top_png(self, layer: Any, channel: Any, big: bool = False) -> bytes:
+        """A channel's top-k dataset patches (drawn from the scan; no model work)."""
+        from .. import microscope_draw as draw
+
+        layer = self.check_layer(layer)
+        c = self.check_channel(layer, channel)
+        ls = self._micro[layer]
+        crops = ls.top.crops[ls.top.row(c)]
+        img = draw.patch_grid(crops, ncols=9, tile=96, pad=3) if big else draw.patch_grid(crops, ncols=3, tile=36)
+        return draw.png(img)
+
+    def _unit_dir(self, layer: str, c: int) -> Path:
+        from ..microscope_site import _slug
+
+        return self._micro_dir() / _slug(layer) / str(c)
+
+    def _influence(self, layer: str):
+        """The class influence (ablation) of every channel of ``layer`` over the first images (worker only)."""
+        from ..inside.microscope import class_influence, dataset_images
+
+        path = self._micro_dir() / f"influence-{hashlib.sha1(layer.encode()).hexdigest()[:10]}.pt"
+        if path.is_file():
+            try:
+                return torch.load(path, map_location="cpu", weights_only=False)
+            except Exception:  # noqa: BLE001
+                pass
+        x = dataset_images(self.dataset, range(min(INFLUENCE_IMAGES, self.n)))
+        from ..microscope_site import _classes
+
+        inf = class_influence(self.model, x, layer, _classes(self.model, x, 20), ablation=True,
+                              batch_size=self.batch_size)  # at most the 20 most predicted classes, as the site
+        buf = io.BytesIO()
+        torch.save(inf, buf)
+        _atomic_write(path, buf.getvalue())
+        return inf
+
+    def unit(self, layer: Any, channel: Any) -> dict:
+        """A unit page's values (``status: done``) or its job's state: top patches, activation maps over the
+        top images, histogram, per-class means and selectivity, class influence (computed in the worker)."""
+        from ..microscope_site import unit_card
+
+        layer = self.check_layer(layer)
+        c = self.check_channel(layer, channel)
+        ls = self._micro[layer]
+        d = self._unit_dir(layer, c)
+        meta = d / "unit.json"
+        row = ls.top.row(c)
+        out = {"layer": layer, "channel": c, "channels": ls.channels, "k": ls.top.k,
+               "top_indices": ls.top.indices[row].tolist(),
+               "top_activations": [float(v) for v in ls.top.activations[row]],
+               "top_labels": ls.top.labels[row].tolist(),
+               "class_means": ls.stats.class_mean[:, c].tolist() if getattr(ls.stats, "class_mean", None) is not None
+               else None}
+        if meta.is_file():
+            return {**out, "status": "done", "progress": 1.0, **json.loads(meta.read_text())}
+
+        def run(report):
+            from .. import microscope_draw as draw
+            from ..inside.microscope import top_maps
+
+            inf = None
+            if len(ls.shape) == 3:
+                inf = self._influence(layer)
+            report(0.5)
+            imgs, maps = top_maps(self.model, self.dataset, ls, [c], batch_size=self.batch_size)
+            report(0.8)
+            _atomic_write(d / "maps.png", draw.png(draw.maps_image(imgs[0], maps[0], ncols=9, side=96)))
+            _atomic_write(d / "hist.png", draw.png(draw.histogram_figure(ls.stats, c)))
+            _atomic_write(d / "class.png", draw.png(draw.class_figure(ls.stats, c, self.class_names, inf)))
+            info = {"card": unit_card(ls, c, self._cname(), inf),
+                    "influence": [[k, v] for k, v in inf.top(c, len(inf.classes))] if inf is not None else None}
+            _atomic_write(meta, json.dumps(info).encode())
+            return info
+
+        return {**out, **self.worker.submit(f"unit/{layer}/{c}", run).to_dict()}
+
+    def feature_vis(self, layer: Any, channel: Any) -> dict:
+        """The channel's feature visualisation (robust, :func:`maximize_channels` with the microscope site's
+        settings), cached; requested lazily by the unit page and run in the worker."""
+        layer = self.check_layer(layer)
+        c = self.check_channel(layer, channel)
+        d = self._unit_dir(layer, c)
+        meta = d / "fv.json"
+        out = {"layer": layer, "channel": c, "png": f"/img/unit/{layer}/{c}/fv.png"}
+        if meta.is_file():
+            return {**out, "status": "done", "progress": 1.0, **json.loads(meta.read_text())}
+
+        def run(report):
+            from .. import microscope_draw as draw
+            from ..inside.microscope import maximize_channels
+            from ..microscope_site import Settings, _fv_size
+
+            st = Settings()
+            v = maximize_channels(self.model, layer, [c], st.steps, size=_fv_size(self.model, st), seed=st.seed,
+                                  robust=True, progress=lambda d_, t: report(d_ / max(1, t or 1)))
+            _atomic_write(d / "fv.png", draw.png(draw.image_tile(v.of(c)[0], 160)))
+            info = {"activation": float(v.activation[0, 0]), "steps": st.steps, "seed": st.seed, "robust": True}
+            _atomic_write(meta, json.dumps(info).encode())
+            return info
+
+        return {**out, **self.worker.submit(f"fv/{layer}/{c}", run).to_dict()}
+
+    def unit_png(self, layer: Any, channel: Any, what: Any) -> bytes:
+        layer = self.check_layer(layer)
+        c = self.check_channel(layer, channel)
+        if what in ("top", "topbig"):
+            return self.top_png(layer, c, big=what == "topbig")
+        if what not in UNIT_IMAGES:
+            raise NotFound(f"no unit image {str(what)[:30]!r}; images: top, topbig, {', '.join(UNIT_IMAGES)}")
+        path = self._unit_dir(layer, c) / f"{what}.png"
+        if not path.is_file():
+            raise NotFound(f"unit {layer}/{c} is not computed yet; request /api/unit/{layer}/{c} first")
+        return path.read_bytes()
+
+    def blocks(self, ref: Any, layer: Any) -> dict:
+        """Building blocks of a sample at ``layer``: per grid position, the channels that fire most there and
+        their contribution A·∂y/∂A to the predicted class (one forward and backward, in the worker)."""
+        ref, layer = self.check_ref(ref), self.check_layer(layer)
+        from ..microscope_site import _slug
+
+        path = self.results / ref / f"blocks-{_slug(layer)}.json"
+        if path.is_file():
+            return json.loads(path.read_text())
+
+        def run(report):
+            from ..inside.microscope import building_blocks
+
+            bb = building_blocks(self.model, self._device_x(ref), layer)
+            g = bb.grid
+            cells = [[[[t["channel"], round(t["activation"], 5), round(t["contribution"], 5)]
+                       for t in bb.at(0, i, j, k=BLOCKS_K) if t["activation"] > 0] for j in range(g[1])]
+                     for i in range(g[0])]
+            out = {"ref": ref, "layer": layer, "grid": list(g), "class": int(bb.classes[0]),
+                   "class_name": self.class_names[int(bb.classes[0])], "cells": cells,
+                   "total": [[round(float(v), 5) for v in r] for r in bb.contributions[0].sum(0)]}
+            _atomic_write(path, json.dumps(out).encode())
+            return out
+
+        return self.worker.run(f"blocks/{ref}/{layer}", run)
+
+    # -- the leaderboard (cnnlens.metrics) -------------------------------------
+    def _leaderboard_path(self) -> Path:
+        key = json.dumps({"n": self.leaderboard_n, "methods": LEADERBOARD_METHODS,
+                          "metrics": LEADERBOARD_METRICS}, sort_keys=True)
+        return self.results / f"leaderboard-{hashlib.sha1(key.encode()).hexdigest()[:12]}.json"
+
+    def leaderboard(self, start: bool = False) -> dict:
+        """The leaderboard of a few methods on the first ``leaderboard_n`` images (cached), its job's state
+        (``start``: run it in the worker), or ``status: none`` when it has not been asked for."""
+        path = self._leaderboard_path()
+        out = {"n": self.leaderboard_n, "methods": list(LEADERBOARD_METHODS), "metrics": list(LEADERBOARD_METRICS)}
+        if path.is_file():
+            return {**out, "status": "done", "progress": 1.0, **json.loads(path.read_text())}
+        job = self.worker.get("leaderboard")
+        if job is None and not start:
+            return {**out, "status": "none", "progress": 0.0, "error": None}
+
+        def run(report):
+            from ..inside.microscope import dataset_images
+            from ..metrics import benchmark
+            from ..metrics.report import leaderboard_table
+
+            n = min(self.leaderboard_n, self.n)
+            x = dataset_images(self.dataset, range(n)).to(next(self.model.parameters()).device)
+            y = torch.tensor([int(self.dataset[i][1]) for i in range(n)])
+            lb = benchmark(self.model, x, y=y, methods=LEADERBOARD_METHODS, metrics=LEADERBOARD_METRICS,
+                           progress=lambda d, t: report(d / max(1, t or 1)))
+            header, rows = leaderboard_table(lb)
+            info = {"header": header, "rows": rows, "best": {k: lb.best(k) for k in lb.metrics},
+                    "scores": lb.rows(), "images": n}
+            _atomic_write(path, json.dumps(jsonable_(info)).encode())
+            return info
+
+        if start:
+            job = self.worker.submit("leaderboard", run)
+        return {**out, **job.to_dict()}
 
     def close(self, timeout: float = 30.0) -> None:
         """Stop the worker after its running job (waiting at most ``timeout`` s) and close the store."""

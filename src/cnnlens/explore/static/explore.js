@@ -187,3 +187,93 @@ function poll(url, parts, done, fail) {
   drop.addEventListener("dragleave", () => drop.classList.remove("over"));
   drop.addEventListener("drop", e => { e.preventDefault(); drop.classList.remove("over"); if (e.dataTransfer.files.length) send(e.dataTransfer.files[0]); });
 })();
+
+// -- a "computing" page: poll the job and reload when it is done --------------------------
+(function computingPage() {
+  const box = $("job-progress");
+  if (!box) return;
+  const tick = () => fetch(box.dataset.jobUrl).then(r => r.json().then(j => [r.status, j])).then(([code, j]) => {
+    if (j.status === "done") { location.reload(); return; }
+    if (j.status === "error" || (code >= 400 && code !== 503)) { $("job-text").textContent = j.error || ("error " + code); return; }
+    box.querySelector(".bar").style.width = (100 * (j.progress || 0)).toFixed(0) + "%";
+    $("job-text").textContent = (j.status || "running") + "… " + (100 * (j.progress || 0)).toFixed(0) + " %";
+    setTimeout(tick, 400);
+  }).catch(() => setTimeout(tick, 1000));
+  tick();
+})();
+
+// -- sample page: building blocks over a grid of the image ---------------------------------
+(function blocksPage() {
+  const box = $("blocks");
+  if (!box) return;
+  const ref = box.dataset.ref, select = $("blocks-layer"), grid = $("blocks-grid");
+  const status = $("blocks-status"), list = $("blocks-list");
+  let data = null;
+  function show(i, j, btn) {
+    for (const b of grid.querySelectorAll("button")) b.classList.toggle("on", b === btn);
+    list.textContent = "";
+    const cell = data.cells[i][j];
+    status.textContent = "row " + i + ", column " + j + " of " + data.layer + ": " +
+      (cell.length ? "channels that fire most, contribution to " + data.class_name : "no channel fires here");
+    for (const [ch, act, con] of cell) {
+      const tr = list.insertRow();
+      const a = document.createElement("a");
+      a.href = "/unit/" + encodeURIComponent(data.layer) + "/" + ch;
+      a.textContent = "channel " + ch;
+      tr.insertCell().appendChild(a);
+      tr.insertCell().textContent = "activation " + act.toFixed(3);
+      tr.insertCell().textContent = "contribution " + (con >= 0 ? "+" : "") + con.toFixed(3);
+    }
+  }
+  function load() {
+    status.textContent = "computing…";
+    grid.textContent = "";
+    list.textContent = "";
+    fetch("/api/sample/" + ref + "/blocks?layer=" + encodeURIComponent(select.value))
+      .then(r => r.json().then(j => [r.status, j])).then(([code, j]) => {
+        if (code >= 400) { status.textContent = j.error || ("error " + code); return; }
+        data = j;
+        const [h, w] = j.grid;
+        grid.style.gridTemplateRows = "repeat(" + h + ", 1fr)";
+        grid.style.gridTemplateColumns = "repeat(" + w + ", 1fr)";
+        for (let i = 0; i < h; i++) for (let k = 0; k < w; k++) {
+          const b = document.createElement("button");
+          b.type = "button";
+          b.title = "row " + i + ", column " + k + ": total contribution " + j.total[i][k].toFixed(3);
+          b.dataset.i = i; b.dataset.j = k;
+          b.addEventListener("click", () => show(i, k, b));
+          grid.appendChild(b);
+        }
+        status.textContent = "click a position (" + h + "×" + w + " grid of " + j.layer + ")";
+      }).catch(e => { status.textContent = String(e); });
+  }
+  select.addEventListener("change", load);
+  load();
+})();
+
+// -- leaderboard: run it in the worker on request, poll, reload when done -------------------
+(function leaderboardPage() {
+  const btn = $("run-leaderboard");
+  if (!btn) return;
+  const bar = $("leaderboard-progress"), status = $("leaderboard-status");
+  const tick = () => fetch("/api/leaderboard").then(r => r.json()).then(j => {
+    if (j.status === "done") { location.reload(); return; }
+    if (j.status === "error") { status.textContent = j.error; status.classList.add("error"); bar.hidden = true; return; }
+    bar.querySelector(".bar").style.width = (100 * (j.progress || 0)).toFixed(0) + "%";
+    status.textContent = j.status + "… " + (100 * (j.progress || 0)).toFixed(0) + " %";
+    setTimeout(tick, 500);
+  }).catch(() => setTimeout(tick, 1000));
+  btn.addEventListener("click", () => {
+    btn.disabled = true;
+    bar.hidden = false;
+    fetch("/api/leaderboard", { method: "POST", headers: { "Content-Type": "application/json" }, body: "{}" }).then(() => tick());
+  });
+})();
+
+// -- unit page: the feature visualisation, computed lazily in the worker ------------------
+(function featureVis() {
+  const box = $("fv");
+  if (!box) return;
+  poll(box.dataset.url, { progress: $("fv-progress"), status: $("fv-status"), img: $("fv-img") },
+    j => { $("fv-status").textContent = "mean activation " + j.activation.toFixed(3); });
+})();

@@ -1,0 +1,226 @@
+"""The explorer's units (the microscope joined into ``cnnlens explore``), in process: the layer list, the
+channel grid, the unit pages and the sample page's building blocks show what the library computes directly
+(one microscope scan, class influence, building blocks); a bad layer or channel is a 404 and the next good
+request still succeeds; the model is unchanged after every request."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import torch
+
+import cnnlens
+from cnnlens.explore.app import make_app
+from cnnlens.explore.service import INFLUENCE_IMAGES, UNIT_K, Explorer
+from modelstate import assert_unchanged, snapshot
+
+pytest.importorskip("httpx")
+from starlette.testclient import TestClient  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def data():
+    from cnnlens.models.digits import digits_split
+
+    ds = digits_split("test")
+    xs, ys = zip(*(ds[i] for i in range(0, len(ds), 4)))  # 90 samples
+    return torch.utils.data.TensorDataset(torch.stack(xs), torch.tensor(ys))
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory, data):
+    model = cnnlens.load_model("digits-cnn")
+    before = snapshot(model)
+    ex = Explorer(model, data, tmp_path_factory.mktemp("cache"))
+    ex.start_scan()
+    ex.wait_ready()
+    with TestClient(make_app(ex)) as client:
+        yield client, ex, model
+    ex.close()
+    assert_unchanged(model, before, "the model after every units request")
+
+
+@pytest.fixture(scope="module")
+def micro(served, data):
+    """The library's own scan of the same layers, computed directly."""
+    from cnnlens.cli.microscope import default_layers
+    from cnnlens.inside.microscope import microscope_scan
+
+    _, _, model = served
+    return microscope_scan(model, data, default_layers(model), k=UNIT_K)
+
+
+def wait(client, url, timeout=120.0):
+    t0 = time.monotonic()
+    while True:
+        r = client.get(url)
+        j = r.json()
+        if j.get("status") in ("done", "error") or r.status_code not in (200, 503) or time.monotonic() - t0 > timeout:
+            return r
+        time.sleep(0.1)
+
+
+def ok(client, layer):
+    """The next good request still succeeds."""
+    r = client.get(f"/api/layer/{layer}")
+    assert r.status_code == 200 and r.json()["name"] == layer
+
+
+def test_layers_page_computes_once_then_lists_the_scanned_layers(served, micro):
+    from cnnlens.microscope_site import layer_row
+
+    client, ex, _ = served
+    first = client.get("/layers")  # the microscope scan starts in the worker: a computing page first
+    assert first.status_code == 200 and 'id="job-progress"' in first.text and "/api/microscope" in first.text
+    assert wait(client, "/api/microscope").json()["status"] == "done"
+    r = client.get("/api/layers")
+    assert r.status_code == 200
+    assert r.json()["layers"] == [layer_row(micro[n]) for n in micro.layers]
+    assert r.json()["images"] == micro.count == 90
+    page = client.get("/layers")
+    assert page.status_code == 200 and '<a href="/layers">Units</a>' in page.text
+    for n in micro.layers:
+        assert f'href="/layer/{n}"' in page.text
+    assert ex.worker.get("microscope").status == "done"  # one scan for every layer
+
+
+def test_layer_grid_and_top_patches_from_the_scan(served, micro):
+    from cnnlens import microscope_draw as draw
+
+    client, _, _ = served
+    wait(client, "/api/microscope")
+    name = list(micro.layers)[1]
+    ls = micro[name]
+    j = client.get(f"/api/layer/{name}").json()
+    assert [c["c"] for c in j["cards"]] == list(range(ls.channels))
+    assert [c["sel"] for c in j["cards"]] == pytest.approx(ls.stats.selectivity.tolist(), abs=1e-6)
+    assert [c["dead"] for c in j["cards"]] == ls.stats.dead.tolist()
+    page = client.get(f"/layer/{name}")
+    assert page.status_code == 200 and page.text.count('class="card unit-card') == ls.channels
+    png = client.get(f"/img/unit/{name}/5/top.png")
+    assert png.status_code == 200
+    assert png.content == draw.png(draw.patch_grid(ls.top.crops[ls.top.row(5)], ncols=3, tile=36))
+
+
+def test_unit_page_values_equal_the_library(served, micro, data):
+    from cnnlens.inside.microscope import class_influence, dataset_images
+
+    client, _, model = served
+    wait(client, "/api/microscope")
+    name = list(micro.layers)[-1]
+    ls, c = micro[name], 7
+    row = ls.top.row(c)
+    j = wait(client, f"/api/unit/{name}/{c}").json()
+    assert j["status"] == "done", j
+    assert j["top_indices"] == ls.top.indices[row].tolist()
+    assert j["top_activations"] == pytest.approx(ls.top.activations[row].tolist(), rel=1e-5)
+    assert j["class_means"] == pytest.approx(ls.stats.class_mean[:, c].tolist(), rel=1e-5, abs=1e-6)
+    assert j["card"]["sel"] == pytest.approx(float(ls.stats.selectivity[c]), abs=1e-6)
+    inf = class_influence(model, dataset_images(data, range(INFLUENCE_IMAGES)), name, list(range(10)))
+    expect = inf.top(c, 10)
+    assert [k for k, _ in j["influence"]] == [k for k, _ in expect]
+    assert [v for _, v in j["influence"]] == pytest.approx([v for _, v in expect], rel=1e-4, abs=1e-5)
+    page = client.get(f"/unit/{name}/{c}")
+    assert page.status_code == 200
+    for i in ls.top.indices[row].tolist():
+        assert f'href="/sample/{i}"' in page.text
+    for what in ("top", "topbig", "maps", "hist", "class"):
+        r = client.get(f"/img/unit/{name}/{c}/{what}.png")
+        assert r.status_code == 200 and r.content[:8] == b"\x89PNG\r\n\x1a\n", what
+    assert client.get(f"/img/unit/{name}/{c}/fv.png").status_code == 404  # lazily: not asked for yet
+
+
+def test_feature_visualisation_lazily_equals_the_library(served, micro):
+    from cnnlens import microscope_draw as draw
+    from cnnlens.inside.microscope import maximize_channels
+    from cnnlens.microscope_site import Settings
+
+    client, _, model = served
+    wait(client, "/api/microscope")
+    name, c = list(micro.layers)[0], 2
+    j = wait(client, f"/api/unit/{name}/{c}/fv").json()
+    assert j["status"] == "done", j
+    st = Settings()
+    v = maximize_channels(model, name, [c], st.steps, size=32, seed=st.seed, robust=True)
+    assert j["activation"] == pytest.approx(float(v.activation[0, 0]), rel=1e-4)
+    r = client.get(j["png"])
+    assert r.status_code == 200 and r.content == draw.png(draw.image_tile(v.of(c)[0], 160))
+    assert client.get(f"/api/unit/{name}/16/fv").status_code == 404  # 16 channels: 0..15
+
+
+def test_building_blocks_equal_the_library(served, micro, data):
+    from cnnlens.inside.microscope import building_blocks
+
+    client, _, model = served
+    name = list(micro.layers)[-1]
+    j = client.get(f"/api/sample/11/blocks?layer={name}")
+    assert j.status_code == 200
+    j = j.json()
+    bb = building_blocks(model, data[11][0].unsqueeze(0), name)
+    assert j["grid"] == list(bb.grid) and j["class"] == int(bb.classes[0])
+    for i, k in [(0, 0), (3, 4), (7, 7)]:
+        want = [[t["channel"], t["activation"], t["contribution"]] for t in bb.at(0, i, k, k=6) if t["activation"] > 0]
+        got = j["cells"][i][k]
+        assert [g[0] for g in got] == [w[0] for w in want]
+        assert [g[1:] for g in got] == [pytest.approx(w[1:], abs=1e-4) for w in want]
+    torch.testing.assert_close(torch.tensor(j["total"]), bb.contributions[0].sum(0), atol=1e-4, rtol=0)
+    page = client.get("/sample/11")
+    assert page.status_code == 200 and 'id="blocks-layer"' in page.text and f'value="{name}"' in page.text
+
+
+@pytest.mark.parametrize("url", [
+    "/layer/nope", "/layer/net.fc", "/layer/..%2F..%2Fetc", "/unit/nope/0", "/unit/{L}/999", "/unit/{L}/-1",
+    "/unit/{L}/abc", "/unit/{L}/1e3", "/api/unit/{L}/64", "/api/layer/net", "/img/unit/{L}/0/evil.png",
+    "/img/unit/{L}/99/top.png", "/img/unit/zz/0/top.png", "/api/sample/11/blocks?layer=net.fc",
+    "/api/sample/999999/blocks?layer={L}", "/api/sample/..%2Fx/blocks?layer={L}",
+])
+def test_bad_layer_or_channel_is_404_and_the_next_request_succeeds(served, micro, url):
+    client, _, _ = served
+    wait(client, "/api/microscope")
+    L = list(micro.layers)[-1]
+    r = client.get(url.replace("{L}", L))
+    assert r.status_code == 404, (url, r.text[:200])
+    ok(client, L)
+
+
+def test_leaderboard_on_request_equals_the_benchmark(served, data):
+    from cnnlens.explore.service import LEADERBOARD_METHODS, LEADERBOARD_METRICS
+    from cnnlens.metrics import benchmark
+
+    client, ex, model = served
+    ex.leaderboard_n = 4
+    assert client.get("/api/leaderboard").json()["status"] == "none"  # nothing runs unless asked
+    page = client.get("/leaderboard")
+    assert page.status_code == 200 and 'id="run-leaderboard"' in page.text
+    assert client.post("/api/leaderboard").status_code == 415  # a form post from another site cannot start it
+    assert client.post("/api/leaderboard", json={}).status_code == 200
+    j = wait(client, "/api/leaderboard").json()
+    assert j["status"] == "done", j
+    x, y = data.tensors[0][:4], data.tensors[1][:4]
+    lb = benchmark(model, x, y=y, methods=LEADERBOARD_METHODS, metrics=LEADERBOARD_METRICS)
+    want = {(r["method"], r["metric"]): r["mean"] for r in lb.rows()}
+    got = {(r["method"], r["metric"]): r["mean"] for r in j["scores"]}
+    assert got.keys() == want.keys()
+    for key, v in want.items():
+        assert got[key] == pytest.approx(v, rel=1e-4, abs=1e-6, nan_ok=True), key
+    page = client.get("/leaderboard")
+    assert page.status_code == 200 and 'id="leaderboard"' in page.text
+    for m in LEADERBOARD_METHODS:
+        assert f"<td>{m}</td>" in page.text or f"<td><b>{m}</b></td>" in page.text
+
+
+def test_units_wait_for_the_store_scan_without_touching_the_worker(tmp_path, data):
+    model = cnnlens.load_model("digits-cnn")
+    before = snapshot(model)
+    ex = Explorer(model, data, tmp_path)  # its scan not started
+    try:
+        with TestClient(make_app(ex)) as client:
+            assert client.get("/api/layers").status_code == 503
+            assert client.get("/api/unit/net.features.7/0").status_code == 503
+            page = client.get("/layers")
+            assert page.status_code == 200 and 'id="scan-progress"' in page.text
+            assert ex.worker.get("unit-layers") is None and ex.worker.get("microscope") is None
+    finally:
+        ex.close()
+    assert_unchanged(model, before, "the model")
