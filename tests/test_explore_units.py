@@ -44,7 +44,7 @@ def served(tmp_path_factory, data):
 @pytest.fixture(scope="module")
 def micro(served, data):
     """The library's own scan of the same layers, computed directly."""
-    from cnnlens.cli.microscope import default_layers
+    from cnnlens.inside.microscope import default_layers
     from cnnlens.inside.microscope import microscope_scan
 
     _, _, model = served

@@ -9,32 +9,8 @@ from typing import Optional
 
 import typer
 
-from .common import (DEVICE_OPT, FORCE_OPT, MODEL_OPT, PRETRAINED_OPT, TRUST_OPT, WEIGHTS_OPT, UserError, app,
+from .common import (DEVICE_OPT, FORCE_OPT, MODEL_OPT, PRETRAINED_OPT, TRUST_OPT, WEIGHTS_OPT, app,
                      console, load_model_from_options, model_options, out_dir)
-
-ACTIVATIONS = ("ReLU", "ReLU6", "SiLU", "GELU", "Hardswish", "LeakyReLU", "ELU", "Mish")
-
-
-def default_layers(model, most: int = 3) -> list[str]:
-    """The activation modules (ReLU, SiLU, ...) that produce spatial maps, at most ``most`` evenly spread."""
-    import torch
-
-    from ..tap import LayerTap
-
-    names = [n for n, m in model.named_modules() if type(m).__name__ in ACTIVATIONS and n]
-    if not names:
-        raise UserError("found no activation modules to look at; name the layers with --layers L1,L2 "
-                        "(see `cnnlens layers --model M`)")
-    spec = getattr(model, "spec", None)
-    size = getattr(spec, "input_size", None) or (64, 64)
-    ch = getattr(spec, "channels", None) or 3
-    with LayerTap(model, names, detach=True) as tap, torch.no_grad():
-        tap.run(torch.rand(1, ch, *size, device=next(model.parameters()).device))
-        spatial = [n for n in tap.outputs if torch.is_tensor(tap.outputs[n]) and tap.outputs[n].dim() == 4]
-    if len(spatial) > most:
-        spatial = [spatial[round(i * (len(spatial) - 1) / (most - 1))] for i in range(most)]
-    return spatial
-
 
 class _Bars:
     """One rich progress bar per stage (silent when stderr is not a terminal)."""
@@ -96,6 +72,7 @@ def microscope_cmd(
     import torch
 
     from ..data import as_dataset
+    from ..inside.microscope import default_layers
     from ..microscope_site import Settings, precompute, write_site
     from ..tap import resolve_layer
 

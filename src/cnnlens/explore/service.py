@@ -536,12 +536,11 @@ class Explorer:
             self._ready()  # the store's scan first (its page shows the progress), then one forward here
 
             def run(report):
-                from ..cli.common import UserError
-                from ..cli.microscope import default_layers
+                from ..inside.microscope import default_layers
 
                 try:
                     return default_layers(self.model)
-                except UserError:
+                except ValueError:  # no activation module to show
                     return []
 
             self._unit_layers = list(self.worker.run("unit-layers", run))

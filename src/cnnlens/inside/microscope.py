@@ -576,3 +576,33 @@ def unit_projections(model: nn.Module, images: torch.Tensor, layer: LayerRef, ch
     except ValueError as e:
         gerr = str(e).splitlines()[0]
     return UnitProjections(name, int(channel), dec, gui, derr, gerr)
+
+
+#: the modules whose outputs the microscope shows by default
+ACTIVATIONS = ("ReLU", "ReLU6", "SiLU", "GELU", "Hardswish", "LeakyReLU", "ELU", "Mish")
+
+
+def default_layers(model: nn.Module, most: int = 3) -> list[str]:
+    """Activation modules (ReLU, SiLU, ...) that run once per forward with spatial maps, at most ``most``
+    spread evenly in execution order (a module that runs twice, like torchvision's shared ReLU, is skipped)."""
+    names = [n for n, m in model.named_modules() if type(m).__name__ in ACTIVATIONS and n]
+    if not names:
+        raise ValueError("found no activation modules to look at; name the layers (--layers L1,L2; "
+                         "see `cnnlens layers --model M`)")
+    spec = getattr(model, "spec", None)
+    size = getattr(spec, "input_size", None) or (64, 64)
+    ch = getattr(spec, "channels", None) or 3
+    seen: dict[str, list[int]] = {}
+
+    def record(name):
+        def edit(module, inputs, output):
+            seen.setdefault(name, []).append(output.dim() if torch.is_tensor(output) else 0)
+            return output
+        return edit
+
+    with LayerTap(model, edits={n: record(n) for n in names}, detach=True) as tap, torch.no_grad():
+        tap.run(torch.rand(1, ch, *size, device=next(model.parameters()).device))
+    spatial = [n for n, dims in seen.items() if dims == [4]]
+    if len(spatial) > most:
+        spatial = [spatial[round(i * (len(spatial) - 1) / (most - 1))] for i in range(most)]
+    return spatial
