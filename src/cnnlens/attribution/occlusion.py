@@ -22,8 +22,13 @@ from torch import nn
 from .._batch import check_batch_size, chunks
 from ..results import Explanation
 from ..tap import LayerTap
+from .incremental import IncrementalOcclusion, Unsupported, input_box, log_fallback
 from ._common import (Layout, Progress, describe_fill, finish, logits_of, pick_classes, pixel_fill, prepare, score,
                       target_layers)
+
+
+#: window positions per batch on the incremental path (a layer's boxes for this many positions are one tensor)
+POSITIONS_PER_BATCH = 128
 
 
 def _pair(v: Any, name: str) -> tuple[int, int]:
@@ -59,7 +64,7 @@ def coverage(size: int, starts: list[int], window: int, device=None) -> torch.Te
 def occlusion(model: nn.Module, x: torch.Tensor, target: Any = "predicted", *, window: Any = None,
               stride: Any = None, fill: Any = "grey", batch_size: int | None = None, blur_sigma: float | None = None,
               y: torch.Tensor | None = None, progress: Progress | None = None,
-              channels_last: bool | None = None) -> Explanation:
+              channels_last: bool | None = None, incremental: bool | None = None) -> Explanation:
     """Occlusion sensitivity: the drop of the target's logit when a patch hides each region.
 
     For window positions p (the patch covers every channel, filled with ``fill``):
@@ -71,9 +76,18 @@ def occlusion(model: nn.Module, x: torch.Tensor, target: Any = "predicted", *, w
     ``extras["probability"]`` is the target's softmax probability at each position
     (class targets), ``extras["rows"]``/``["cols"]`` the window offsets.
 
+    ``incremental`` (default: whenever the model allows it) recomputes, per position,
+    only the part of each layer that the patch can reach (Krypton, Nakandala et al.
+    2019; :mod:`cnnlens.attribution.incremental`) — the same values as full
+    re-inference up to float rounding. A model that does not trace with torch.fx, or
+    a channel/neuron target, runs the whole model per position (logged once);
+    ``settings["path"]`` says which ran ("incremental" or "full"). With
+    ``incremental``, ``batch_size`` counts window positions per batch.
+
     >>> e = occlusion(model, x, window=32, stride=16)          # doctest: +SKIP
     >>> e.raw.shape, e.extras["probability"].shape             # N×P_h×P_w both
     """
+    batch_size_given = batch_size is not None
     batch_size = check_batch_size(batch_size, x)
     p = prepare(model, x, target, y, "occlusion")
     H, W = p.size
@@ -94,13 +108,56 @@ def occlusion(model: nn.Module, x: torch.Tensor, target: Any = "predicted", *, w
     dev = p.x.device
     filled = pixel_fill(fill, p.x, blur_sigma, "fill")
     per_sample_fill = filled.shape[0] == p.n and p.n > 1
+    is_class = p.target.is_class
+    drops = torch.empty(p.n * P, device=dev, dtype=torch.float32)
+    probs = torch.empty(p.n * P, device=dev, dtype=torch.float32) if is_class else None
+    path, why = "full", None
+    if incremental is not False:
+        why = None if is_class else "a channel or neuron target is read inside the model"
+        if why is None:
+            try:
+                s0, p0, classes = _incremental(model, p, filled, per_sample_fill, rows, cols, wh, ww, drops, probs,
+                                               batch_size_given, batch_size, progress)
+                path = "incremental"
+            except Unsupported as e:
+                why = str(e)
+        if why is not None:
+            if incremental:
+                raise ValueError(f"incremental occlusion is not possible here: {why}; use incremental=None or False")
+            log_fallback(why)
+    if path == "full":
+        s0, p0, classes = _full_reinference(model, p, filled, per_sample_fill, rows, cols, wh, ww, drops, probs,
+                                            batch_size, progress, channels_last)
+    raw = drops.view(p.n, len(rows), len(cols))
+    R = coverage(H, rows, wh, dev)  # H × Ph
+    C = coverage(W, cols, ww, dev)  # W × Pw
+    summed = torch.einsum("hp,npq,wq->nhw", R, raw, C)
+    count = R.sum(1).view(H, 1) * C.sum(1).view(1, W)
+    maps = summed / count
+    extras = {"rows": torch.tensor(rows), "cols": torch.tensor(cols), "score": s0}
+    if is_class:
+        extras["probability"] = probs.view(p.n, len(rows), len(cols))
+        extras["clean_probability"] = p0
+    settings = {"window": (wh, ww), "stride": (sh, sw), "fill": describe_fill(fill), "positions": (len(rows), len(cols)),
+                "path": path}
+    if why is not None:
+        settings["full_reason"] = why
+    if isinstance(fill, str) and fill == "blur":
+        settings["blur_sigma"] = blur_sigma
+    return finish(p, maps, "occlusion", classes, settings=settings, raw=raw, extras=extras)
+
+
+def _full_reinference(model, p, filled, per_sample_fill, rows, cols, wh, ww, drops, probs, batch_size, progress,
+                      channels_last):
+    """Every window position through the whole model, ``batch_size`` images per forward."""
+    H, W = p.size
+    P = len(rows) * len(cols)
+    dev = p.x.device
+    is_class = p.target.is_class
     r0 = torch.tensor(rows, device=dev).repeat_interleave(len(cols))
     c0 = torch.tensor(cols, device=dev).repeat(len(rows))
     ii = torch.arange(H, device=dev).view(1, 1, H, 1)
     jj = torch.arange(W, device=dev).view(1, 1, 1, W)
-    is_class = p.target.is_class
-    drops = torch.empty(p.n * P, device=dev, dtype=torch.float32)
-    probs = torch.empty(p.n * P, device=dev, dtype=torch.float32) if is_class else None
     total = p.n * P
     layout = Layout(model, p.x, channels_last)
     with LayerTap(model, target_layers(p.target)) as tap, torch.no_grad():
@@ -126,17 +183,50 @@ def occlusion(model: nn.Module, x: torch.Tensor, target: Any = "predicted", *, w
                 probs[a:b] = torch.where(same, p0[si], pb)
             if progress:
                 progress(b, total)
-    raw = drops.view(p.n, len(rows), len(cols))
-    R = coverage(H, rows, wh, dev)  # H × Ph
-    C = coverage(W, cols, ww, dev)  # W × Pw
-    summed = torch.einsum("hp,npq,wq->nhw", R, raw, C)
-    count = R.sum(1).view(H, 1) * C.sum(1).view(1, W)
-    maps = summed / count
-    extras = {"rows": torch.tensor(rows), "cols": torch.tensor(cols), "score": s0}
-    if is_class:
-        extras["probability"] = probs.view(p.n, len(rows), len(cols))
-        extras["clean_probability"] = p0
-    settings = {"window": (wh, ww), "stride": (sh, sw), "fill": describe_fill(fill), "positions": (len(rows), len(cols))}
-    if isinstance(fill, str) and fill == "blur":
-        settings["blur_sigma"] = blur_sigma
-    return finish(p, maps, "occlusion", classes, settings=settings, raw=raw, extras=extras)
+    return s0, p0, classes
+
+
+def _incremental(model, p, filled, per_sample_fill, rows, cols, wh, ww, drops, probs, batch_size_given, batch_size,
+                 progress, stats=None):
+    """Every window position through only the part of each layer that the patch reaches (see incremental.py)."""
+    P = len(rows) * len(cols)
+    Pc = len(cols)
+    dev = p.x.device
+    is_class = p.target.is_class
+    rows_t = torch.tensor(rows, device=dev)
+    cols_t = torch.tensor(cols, device=dev)
+    per_chunk = max(1, (batch_size if batch_size_given else POSITIONS_PER_BATCH) // Pc)
+    total = p.n * P
+    with LayerTap(model, []) as tap, torch.no_grad():
+        out = logits_of(tap.run(p.x))
+        classes = pick_classes(p, out, p.n)
+        inc = IncrementalOcclusion(model)
+        s0 = torch.empty(p.n, device=dev)
+        p0 = torch.empty(p.n, device=dev) if is_class else None
+        done = 0
+        for i in range(p.n):
+            xi = p.x[i:i + 1]
+            env = inc.clean(xi)
+            o = env[inc.nodes[-1]]
+            if not torch.is_tensor(o) or o.shape != out[i:i + 1].shape or not torch.allclose(
+                    o, out[i:i + 1], rtol=1e-4, atol=1e-4 * float(out[i].abs().max()) + 1e-6):
+                raise Unsupported("the traced model's output differs from the model's")
+            ci = classes[i:i + 1]
+            s0[i] = p.target.score(o, ci).float()[0]
+            if is_class:
+                p0[i] = o.float().softmax(1)[0, ci[0]]
+            fi = filled[i:i + 1] if per_sample_fill else filled
+            for a, b in chunks(len(rows), per_chunk):
+                box, same = input_box(xi, fi, rows_t[a:b], cols_t, wh, ww)
+                ob = logits_of(inc.run(env, box, stats))
+                cb = ci.expand(ob.shape[0])
+                sb = p.target.score(ob, cb).float()
+                lo, hi = i * P + a * Pc, i * P + b * Pc
+                drops[lo:hi] = torch.where(same, torch.zeros_like(sb), s0[i] - sb)
+                if is_class:
+                    pb = ob.float().softmax(1).gather(1, cb.view(-1, 1)).squeeze(1)
+                    probs[lo:hi] = torch.where(same, p0[i].expand_as(pb), pb)
+                done += hi - lo
+                if progress:
+                    progress(done, total)
+    return s0, p0, classes
