@@ -36,7 +36,7 @@ def test_parse_methods():
     assert parse_methods("gradcam++,ig,guided-backprop") == ["gradcam_pp", "integrated_gradients", "guided_backprop"]
     from cnnlens.attribution import METHODS
 
-    assert parse_methods(" ALL ") == list(METHODS) and len(METHODS) == 11
+    assert parse_methods(" ALL ") == list(METHODS) and len(METHODS) == 13
     with pytest.raises(UserError, match="unknown method 'lime'"):
         parse_methods("saliency,lime")
 

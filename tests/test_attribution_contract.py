@@ -24,7 +24,7 @@ FAST = {
     "occlusion": {"window": 3, "stride": 2},
     "augmented_gradcam": {"augmentations": 3, "steps": 5},
 }
-LAYERED = {"cam", "gradcam", "gradcam_pp", "guided_gradcam", "augmented_gradcam"}
+LAYERED = {"cam", "gradcam", "gradcam_pp", "guided_gradcam", "augmented_gradcam", "ablation_cam", "score_cam"}
 ALL = sorted(METHODS)
 
 

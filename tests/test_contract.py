@@ -61,6 +61,7 @@ CALLS = {
     "attribution.smoothgrad": lambda m: attribution.smoothgrad(m, X, n=3),
     "attribution.integrated_gradients": lambda m: attribution.integrated_gradients(m, X, steps=4),
     "attribution.occlusion": lambda m: attribution.occlusion(m, X, window=4, stride=4),
+    "attribution.ablation_cam(layer=features.2)": lambda m: attribution.ablation_cam(m, X, layer="features.2"),
     "attribution.occlusion(incremental=False)": lambda m: attribution.occlusion(m, X, window=4, stride=4,
                                                                                 incremental=False),
     "attribution.augmented_gradcam": lambda m: attribution.augmented_gradcam(m, X[:1], augmentations=3, steps=5),

@@ -75,21 +75,24 @@ class _Root(nn.Module):
 
 
 class _Tracer(fx.Tracer):
-    def __init__(self):
+    def __init__(self, leaves: tuple[str, ...] = ()):
         self.leaves, fns = _timm_fx()
+        self.named = {"m." + n for n in leaves}
         super().__init__(autowrap_functions=fns)
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
         from ..models.spec import Normalize  # noqa: PLC0415
 
-        return isinstance(m, Normalize) or type(m) in self.leaves or super().is_leaf_module(m, qualname)
+        return (qualname in self.named or isinstance(m, Normalize) or type(m) in self.leaves
+                or super().is_leaf_module(m, qualname))
 
 
-def trace(model: nn.Module) -> tuple[nn.Module, fx.Graph]:
-    """(root, graph): the model's forward as an fx graph; raises :class:`Unsupported` if it does not trace."""
+def trace(model: nn.Module, leaves: tuple[str, ...] = ()) -> tuple[nn.Module, fx.Graph]:
+    """(root, graph): the model's forward as an fx graph (the modules named in ``leaves`` kept whole; their
+    nodes' targets are ``"m." + name``); raises :class:`Unsupported` if it does not trace."""
     root = _Root(model)
     try:
-        graph = _Tracer().trace(root)
+        graph = _Tracer(leaves).trace(root)
     except Exception as e:  # any tracing failure means: run the model as it is
         raise Unsupported(f"the model does not trace with torch.fx ({type(e).__name__}: "
                           f"{str(e).splitlines()[0] if str(e) else ''})") from None
@@ -381,24 +384,26 @@ class Stats:
         return self.full / self.incremental if self.incremental else float("inf")
 
 
-class IncrementalOcclusion:
-    """The traced model and its incremental forward. Raises :class:`Unsupported` when it does not trace."""
+def _depends(nodes: list, start: fx.Node) -> set:
+    dep = {start}
+    for n in nodes:
+        if any(a in dep for a in n.all_input_nodes):
+            dep.add(n)
+    return dep
 
-    def __init__(self, model: nn.Module, tau: float | None = None):
-        self.root, self.graph = trace(model)
+
+class Traced:
+    """A model's forward as an fx graph, run node by node. Raises :class:`Unsupported` when it does not trace."""
+
+    def __init__(self, model: nn.Module, leaves: tuple[str, ...] = ()):
+        self.root, self.graph = trace(model, leaves)
         self.nodes = list(self.graph.nodes)
-        self.tau = tau
         self.modules = dict(self.root.named_modules())
         ph = [n for n in self.nodes if n.op == "placeholder"]
         if len(ph) != 1:
             raise Unsupported(f"the traced forward takes {len(ph)} inputs, not one image batch")
         self.input = ph[0]
-        dep = {self.input}
-        for n in self.nodes:
-            if any(a in dep for a in n.all_input_nodes):
-                dep.add(n)
-        self.dep = dep
-        self.stats = Stats()
+        self.dep = _depends(self.nodes, self.input)
 
     # -- plain execution of one node
     def _fetch_attr(self, target: str):
@@ -439,6 +444,46 @@ class IncrementalOcclusion:
                 args, kwargs = self._prot(n, args, kwargs)
                 env[n] = self._call(n, args, kwargs)
         return env
+
+    def module_node(self, name: str) -> fx.Node | None:
+        """The (single) node that calls module ``name``, or None."""
+        found = [n for n in self.nodes if n.op == "call_module" and n.target == "m." + name]
+        return found[0] if len(found) == 1 else None
+
+    def rerun(self, env: dict, node: fx.Node, value: torch.Tensor):
+        """The output with ``node``'s value replaced by ``value`` (a batch of B), recomputing only the nodes
+        after it; the other nodes' values come from ``env`` (a clean run on one image, expanded to B)."""
+        after = _depends(self.nodes, node)
+        B = value.shape[0]
+        st = {node: value}
+
+        def look(a):
+            if a in st:
+                return st[a]
+            v = env[a]
+            if a in self.dep and torch.is_tensor(v) and v.dim() >= 1 and v.shape[0] == 1:
+                return v.expand(B, *v.shape[1:])
+            return v
+
+        for n in self.nodes:
+            if n not in after or n is node:
+                continue
+            if n.op == "output":
+                return fx.graph.map_arg(n.args[0], look)
+            args = fx.graph.map_arg(n.args, look)
+            kwargs = fx.graph.map_arg(n.kwargs, look)
+            args, kwargs = self._prot(n, args, kwargs)
+            st[n] = self._call(n, args, kwargs)
+        raise Unsupported("the model's output does not depend on the layer")
+
+
+class IncrementalOcclusion(Traced):
+    """The traced model and its incremental forward. Raises :class:`Unsupported` when it does not trace."""
+
+    def __init__(self, model: nn.Module, tau: float | None = None):
+        super().__init__(model)
+        self.tau = tau
+        self.stats = Stats()
 
     # -- incremental execution
     def run(self, env: dict, box: Box, stats: Stats | None = None) -> torch.Tensor:

@@ -24,7 +24,7 @@ TITLES = {
     "saliency": "Saliency", "smoothgrad": "SmoothGrad", "gradient_x_input": "Gradient × input",
     "integrated_gradients": "Integrated Gradients", "occlusion": "Occlusion", "cam": "CAM", "gradcam": "Grad-CAM",
     "gradcam_pp": "Grad-CAM++", "guided_backprop": "Guided backprop", "guided_gradcam": "Guided Grad-CAM",
-    "augmented_gradcam": "Augmented Grad-CAM",
+    "augmented_gradcam": "Augmented Grad-CAM", "ablation_cam": "Ablation-CAM", "score_cam": "Score-CAM",
 }
 
 #: maps whose sign means something (drawn with a diverging colour map centred at 0)
@@ -35,6 +35,16 @@ CLIPPED = {"saliency", "smoothgrad", "gradient_x_input", "integrated_gradients",
 
 #: a short lesson per method (lectures 001–004), shown above its maps
 INTROS = {
+    "ablation_cam": (
+        "<b>Ablation-CAM</b> (Desai &amp; Ramaswamy 2020): weigh each channel A<sub>k</sub> of the layer by how much "
+        "the class score drops when the channel is set to zero, w<sub>k</sub> = (S<sub>c</sub> − "
+        "S<sub>c</sub><sup>(k)</sup>)/S<sub>c</sub>, and draw ReLU(Σ<sub>k</sub> w<sub>k</sub> A<sub>k</sub>). No "
+        "gradient. Before a global-average-pool + linear head the drop is exactly w<sub>k</sub><sup>c</sup> · "
+        "mean(A<sub>k</sub>); elsewhere only the layers after the tapped one run again."),
+    "score_cam": (
+        "<b>Score-CAM</b> (Wang et al. 2020): mask the image with each channel's activation map (upsampled, scaled "
+        "to [0, 1]), score each masked image, and weigh the channels by the softmax of those scores. No gradient; "
+        "one forward per channel."),
     "saliency": (
         "<b>Saliency</b> (Simonyan et al. 2014): back-propagate the class score <i>before</i> the softmax, "
         "S<sub>c</sub>, to the pixels: M(i, j) = max<sub>channel</sub> |∂S<sub>c</sub>/∂x<sub>i,j</sub>|. "
