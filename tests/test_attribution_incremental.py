@@ -218,3 +218,17 @@ def test_in_float32_no_further_from_float64_than_full_reinference(untouched, nam
     scale = float(exact.abs().max())
     err_inc, err_full = float((inc - exact).abs().max()), float((full - exact).abs().max())
     assert err_inc <= max(1e-5 * scale, 2 * err_full), (err_inc, err_full, scale)
+
+
+def test_the_calibrated_full_reinference_gives_the_same_map(untouched, monkeypatch):
+    import importlib
+
+    occ = importlib.import_module("cnnlens.attribution.occlusion")
+    monkeypatch.setattr(occ, "CANDIDATES", ((1, True), (3, False), (2, True)))
+    model = untouched(Zoo().double().eval())
+    x = torch.rand(2, 3, 24, 24, dtype=torch.float64)
+    auto = occlusion(model, x, window=4, stride=4, incremental=False, channels_last=True)  # 72 positions ≥ 4·12
+    fixed = occlusion(model, x, window=4, stride=4, incremental=False, batch_size=5)
+    assert occ._CHOSEN[0] in ((1, True), (3, False), (2, True))
+    assert torch.allclose(auto.raw, fixed.raw, rtol=0, atol=1e-9 * float(fixed.raw.abs().max()))
+    assert torch.allclose(auto.extras["probability"], fixed.extras["probability"], atol=1e-7)
