@@ -232,3 +232,33 @@ def test_the_calibrated_full_reinference_gives_the_same_map(untouched, monkeypat
     assert occ._CHOSEN[0] in ((1, True), (3, False), (2, True))
     assert torch.allclose(auto.raw, fixed.raw, rtol=0, atol=1e-9 * float(fixed.raw.abs().max()))
     assert torch.allclose(auto.extras["probability"], fixed.extras["probability"], atol=1e-7)
+
+
+def test_approximate_mode_with_no_cap_and_every_position_is_exact(untouched):
+    model = untouched(Zoo().double().eval())
+    x = torch.rand(1, 3, 30, 28, dtype=torch.float64)
+    exact = occlusion(model, x, window=6, stride=2)
+    full = occlusion(model, x, window=6, stride=2, approximate={"tau": 1.0, "fraction": 1.0}, check=True)
+    assert full.settings["path"] == "approximate" and full.settings["approximate"]["tau"] == 1.0
+    assert torch.allclose(full.raw, exact.raw, rtol=0, atol=1e-9 * float(exact.raw.abs().max()))
+    assert full.extras["ssim"][0] == pytest.approx(1.0)
+
+
+def test_approximate_mode_interpolates_what_it_does_not_compute(untouched):
+    model = untouched(Zoo().double().eval())
+    x = torch.rand(1, 3, 30, 28, dtype=torch.float64)
+    e = occlusion(model, x, window=6, stride=2, approximate={"tau": 1.0, "fraction": 0.2, "coarse": 3}, check=True)
+    exact = occlusion(model, x, window=6, stride=2)
+    rows, cols = e.extras["rows"].tolist(), e.extras["cols"].tolist()
+    coarse_r = [r for r in rows if r % 6 == 0]
+    coarse_c = [c for c in cols if c % 6 == 0]
+    # positions on the coarse grid are computed (exactly, with no cap)
+    for r in coarse_r:
+        for c in coarse_c:
+            i, j = rows.index(r), cols.index(c)
+            assert e.raw[0, i, j] == pytest.approx(float(exact.raw[0, i, j]), abs=1e-9)
+    same = torch.isclose(e.raw, exact.raw, rtol=0, atol=1e-9).float().mean()
+    assert 0.2 <= same < 1  # the top fifth (and the coarse grid) exactly, the rest interpolated
+    assert 0 < float(e.extras["ssim"][0]) < 1
+    with pytest.raises(ValueError, match="tau"):
+        occlusion(model, x, window=6, stride=2, approximate={"tau": 0})

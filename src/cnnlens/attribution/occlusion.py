@@ -31,6 +31,38 @@ from ._common import (Layout, Progress, describe_fill, finish, logits_of, pick_c
 
 log = logging.getLogger("cnnlens.attribution")
 
+#: approximate mode (Krypton §4): box cap τ (share of each layer's size), coarse grid = stride × ``coarse``,
+#: ``fraction`` of the fine positions recomputed (the top ones by the coarse map)
+APPROXIMATE = {"tau": 0.5, "coarse": 2, "fraction": 0.25}
+
+
+def _approx_settings(approximate: Any, H: int, W: int, wh: int, ww: int, sh: int, sw: int) -> dict | None:
+    if approximate is False or approximate is None:
+        return None
+    if approximate is True:
+        a = dict(APPROXIMATE)
+    elif isinstance(approximate, dict):
+        unknown = set(approximate) - set(APPROXIMATE)
+        if unknown:
+            raise ValueError(f"approximate: unknown setting(s) {sorted(unknown)}; use {sorted(APPROXIMATE)}")
+        a = {**APPROXIMATE, **approximate}
+    else:
+        raise TypeError(f"approximate must be True, False or a dict of {sorted(APPROXIMATE)}, got {approximate!r}")
+    if not (0 < float(a["tau"]) <= 1) or not (0 < float(a["fraction"]) <= 1) or int(a["coarse"]) < 1:
+        raise ValueError(f"approximate needs 0 < tau ≤ 1, 0 < fraction ≤ 1 and coarse ≥ 1, got {a}")
+    a["coarse_rows"] = window_starts(H, wh, sh * int(a["coarse"]) if sh * int(a["coarse"]) <= wh else wh)
+    a["coarse_cols"] = window_starts(W, ww, sw * int(a["coarse"]) if sw * int(a["coarse"]) <= ww else ww)
+    return a
+
+
+def _ssim(a: torch.Tensor, b: torch.Tensor) -> float:
+    from skimage.metrics import structural_similarity  # noqa: PLC0415
+
+    a, b = a.double().numpy(), b.double().numpy()
+    rng = float(b.max() - b.min()) or 1.0
+    return float(structural_similarity(a, b, data_range=rng))
+
+
 #: window positions per batch on the incremental path (a layer's boxes for this many positions are one tensor)
 POSITIONS_PER_BATCH = 128
 
@@ -68,7 +100,8 @@ def coverage(size: int, starts: list[int], window: int, device=None) -> torch.Te
 def occlusion(model: nn.Module, x: torch.Tensor, target: Any = "predicted", *, window: Any = None,
               stride: Any = None, fill: Any = "grey", batch_size: int | None = None, blur_sigma: float | None = None,
               y: torch.Tensor | None = None, progress: Progress | None = None,
-              channels_last: bool | None = None, incremental: bool | None = None) -> Explanation:
+              channels_last: bool | None = None, incremental: bool | None = None, approximate: Any = False,
+              check: bool = False) -> Explanation:
     """Occlusion sensitivity: the drop of the target's logit when a patch hides each region.
 
     For window positions p (the patch covers every channel, filled with ``fill``):
@@ -90,6 +123,15 @@ def occlusion(model: nn.Module, x: torch.Tensor, target: Any = "predicted", *, w
     a channel/neuron target, runs the whole model per position (logged once);
     ``settings["path"]`` says which ran ("incremental" or "full"). With
     ``incremental``, ``batch_size`` counts window positions per batch.
+
+    ``approximate=True`` (or a dict overriding ``tau``, ``coarse`` and ``fraction``;
+    defaults in :data:`APPROXIMATE`) trades exactness for speed as Krypton §4 does: every
+    recomputed box is capped at τ of its layer's size (centre-cropped), and the fine grid
+    is drilled down adaptively — a grid ``coarse`` times coarser first, then only the top
+    ``fraction`` of the fine positions (ranked by the coarse map), the rest interpolated.
+    ``settings["approximate"]`` records the parameters; ``check=True`` also computes the
+    exact map and stores the SSIM of each approximate map against it in
+    ``extras["ssim"]`` (scikit-image's ``structural_similarity``).
 
     >>> e = occlusion(model, x, window=32, stride=16)          # doctest: +SKIP
     >>> e.raw.shape, e.extras["probability"].shape             # N×P_h×P_w both
@@ -118,19 +160,23 @@ def occlusion(model: nn.Module, x: torch.Tensor, target: Any = "predicted", *, w
     is_class = p.target.is_class
     drops = torch.empty(p.n * P, device=dev, dtype=torch.float32)
     probs = torch.empty(p.n * P, device=dev, dtype=torch.float32) if is_class else None
+    approx = _approx_settings(approximate, H, W, wh, ww, sh, sw)
+    if approx is not None and incremental is False:
+        raise ValueError("approximate=True needs the incremental path; drop incremental=False")
     path, why = "full", None
     if incremental is not False:
         why = None if is_class else "a channel or neuron target is read inside the model"
         if why is None:
             try:
                 s0, p0, classes = _incremental(model, p, filled, per_sample_fill, rows, cols, wh, ww, drops, probs,
-                                               batch_size_given, batch_size, progress)
-                path = "incremental"
+                                               batch_size_given, batch_size, progress, approx=approx)
+                path = "incremental" if approx is None else "approximate"
             except Unsupported as e:
                 why = str(e)
         if why is not None:
-            if incremental:
-                raise ValueError(f"incremental occlusion is not possible here: {why}; use incremental=None or False")
+            if incremental or approx is not None:
+                raise ValueError(f"incremental occlusion is not possible here: {why}; use incremental=None or False"
+                                 + (" and approximate=False" if approx is not None else ""))
             log_fallback(why)
     if path == "full":
         s0, p0, classes = _full_reinference(model, p, filled, per_sample_fill, rows, cols, wh, ww, drops, probs,
@@ -149,6 +195,13 @@ def occlusion(model: nn.Module, x: torch.Tensor, target: Any = "predicted", *, w
                 "path": path}
     if why is not None:
         settings["full_reason"] = why
+    if approx is not None:
+        settings["approximate"] = {k: approx[k] for k in ("tau", "coarse", "fraction")}
+        settings["approximate"]["coarse_positions"] = (len(approx["coarse_rows"]), len(approx["coarse_cols"]))
+        if check:
+            exact = occlusion(model, x, target, window=window, stride=stride, fill=fill, batch_size=batch_size
+                              if batch_size_given else None, blur_sigma=blur_sigma, y=y, incremental=True)
+            extras["ssim"] = torch.tensor([_ssim(a, b) for a, b in zip(maps.cpu(), exact.maps)])
     if isinstance(fill, str) and fill == "blur":
         settings["blur_sigma"] = blur_sigma
     return finish(p, maps, "occlusion", classes, settings=settings, raw=raw, extras=extras)
@@ -244,24 +297,60 @@ def _full_reinference(model, p, filled, per_sample_fill, rows, cols, wh, ww, dro
     return s0, p0, classes
 
 
+def _interp(fine: list[int], coarse: list[int]) -> torch.Tensor:
+    """len(fine) × len(coarse) linear-interpolation weights between window offsets."""
+    c = torch.tensor(coarse, dtype=torch.float64)
+    f = torch.tensor(fine, dtype=torch.float64)
+    M = torch.zeros(len(fine), len(coarse), dtype=torch.float64)
+    if len(coarse) == 1:
+        M[:, 0] = 1
+        return M.float()
+    j = (torch.searchsorted(c, f, right=True) - 1).clamp(0, len(coarse) - 2)
+    t = ((f - c[j]) / (c[j + 1] - c[j])).clamp(0, 1)
+    M[torch.arange(len(fine)), j] = 1 - t
+    M[torch.arange(len(fine)), j + 1] += t
+    return M.float()
+
+
 def _incremental(model, p, filled, per_sample_fill, rows, cols, wh, ww, drops, probs, batch_size_given, batch_size,
-                 progress, stats=None):
-    """Every window position through only the part of each layer that the patch reaches (see incremental.py)."""
+                 progress, stats=None, approx: dict | None = None):
+    """Every window position through only the part of each layer that the patch reaches (see incremental.py).
+
+    With ``approx`` (Krypton §4): boxes capped at τ of each layer, and adaptive drill-down — the positions of a
+    coarse grid first, then only the top ``fraction`` of the fine positions (ranked by the coarse map,
+    interpolated), the others interpolated from the coarse grid."""
     P = len(rows) * len(cols)
     Pc = len(cols)
     dev = p.x.device
     is_class = p.target.is_class
-    rows_t = torch.tensor(rows, device=dev)
-    cols_t = torch.tensor(cols, device=dev)
-    per_chunk = max(1, (batch_size if batch_size_given else POSITIONS_PER_BATCH) // Pc)
+    per = batch_size if batch_size_given else POSITIONS_PER_BATCH
     total = p.n * P
     with LayerTap(model, []) as tap, torch.no_grad():
         out = logits_of(tap.run(p.x))
         classes = pick_classes(p, out, p.n)
-        inc = IncrementalOcclusion(model)
+        inc = IncrementalOcclusion(model, tau=None if approx is None else approx["tau"])
         s0 = torch.empty(p.n, device=dev)
         p0 = torch.empty(p.n, device=dev) if is_class else None
         done = 0
+
+        def grid(xi, fi, env, ci, s0i, p0i, rr: list[int], cc: list[int]):
+            """drops and probabilities (len(rr)·len(cc)) for the grid rr × cc of window offsets."""
+            rows_t = torch.tensor(rr, device=dev)
+            cols_t = torch.tensor(cc, device=dev)
+            d = torch.empty(len(rr) * len(cc), device=dev)
+            q = torch.empty(len(rr) * len(cc), device=dev)
+            for a, b in chunks(len(rr), max(1, per // len(cc))):
+                box, same = input_box(xi, fi, rows_t[a:b], cols_t, wh, ww)
+                ob = logits_of(inc.run(env, box, stats))
+                cb = ci.expand(ob.shape[0])
+                sb = p.target.score(ob, cb).float()
+                lo, hi = a * len(cc), b * len(cc)
+                d[lo:hi] = torch.where(same, torch.zeros_like(sb), s0i - sb)
+                if is_class:
+                    pb = ob.float().softmax(1).gather(1, cb.view(-1, 1)).squeeze(1)
+                    q[lo:hi] = torch.where(same, p0i.expand_as(pb), pb)
+            return d, q
+
         for i in range(p.n):
             xi = p.x[i:i + 1]
             env = inc.clean(xi)
@@ -273,18 +362,31 @@ def _incremental(model, p, filled, per_sample_fill, rows, cols, wh, ww, drops, p
             s0[i] = p.target.score(o, ci).float()[0]
             if is_class:
                 p0[i] = o.float().softmax(1)[0, ci[0]]
+            p0i = p0[i] if is_class else s0[i]
             fi = filled[i:i + 1] if per_sample_fill else filled
-            for a, b in chunks(len(rows), per_chunk):
-                box, same = input_box(xi, fi, rows_t[a:b], cols_t, wh, ww)
-                ob = logits_of(inc.run(env, box, stats))
-                cb = ci.expand(ob.shape[0])
-                sb = p.target.score(ob, cb).float()
-                lo, hi = i * P + a * Pc, i * P + b * Pc
-                drops[lo:hi] = torch.where(same, torch.zeros_like(sb), s0[i] - sb)
-                if is_class:
-                    pb = ob.float().softmax(1).gather(1, cb.view(-1, 1)).squeeze(1)
-                    probs[lo:hi] = torch.where(same, p0[i].expand_as(pb), pb)
-                done += hi - lo
-                if progress:
-                    progress(done, total)
+            lo, hi = i * P, (i + 1) * P
+            if approx is None:
+                d, q = grid(xi, fi, env, ci, s0[i], p0i, rows, cols)
+            else:
+                rc, cc = approx["coarse_rows"], approx["coarse_cols"]
+                dc, qc = grid(xi, fi, env, ci, s0[i], p0i, rc, cc)
+                Mr, Mc = _interp(rows, rc).to(dev), _interp(cols, cc).to(dev)
+                d = (Mr @ dc.view(len(rc), len(cc)) @ Mc.T).flatten()
+                q = (Mr @ qc.view(len(rc), len(cc)) @ Mc.T).flatten()
+                k = min(P, max(1, round(approx["fraction"] * P)))
+                top = torch.zeros(P, dtype=torch.bool, device=dev)
+                top[d.topk(k).indices] = True
+                top = top.view(len(rows), len(cols))
+                for r in range(len(rows)):
+                    js = top[r].nonzero().flatten().tolist()
+                    if js:
+                        dr, qr = grid(xi, fi, env, ci, s0[i], p0i, [rows[r]], [cols[j] for j in js])
+                        d[r * Pc + torch.tensor(js, device=dev)] = dr
+                        q[r * Pc + torch.tensor(js, device=dev)] = qr
+            drops[lo:hi] = d
+            if is_class:
+                probs[lo:hi] = q
+            done += P
+            if progress:
+                progress(done, total)
     return s0, p0, classes
