@@ -557,7 +557,9 @@ class IncrementalOcclusion(Traced):
             if n.op == "call_method" and len(args) > 1:
                 return shape[args[1]]
             return shape
-        if not fulls and not nested and len(boxes) == 1 and n.op == "call_module" and len(args) == 1 and not kwargs:
+        spatial = torch.is_tensor(clean_out) and clean_out.dim() == 4  # a rule's result is an N×C×H×W box
+        if spatial and not fulls and not nested and len(boxes) == 1 and n.op == "call_module" and len(args) == 1 \
+                and not kwargs:
             b = boxes[0]
             if _pointwise_module(mod):
                 # an in-place layer may overwrite the box only when no other node reads it
@@ -569,7 +571,7 @@ class IncrementalOcclusion(Traced):
             wp = _window_params(n, mod, b.clean.shape, clean_out.shape)
             if wp is not None and clean_out.dim() == 4:
                 return self._window(n, b, wp, clean_out, padded, count)
-        if not fulls and not nested and boxes and n.op in ("call_function", "call_method"):
+        if spatial and not fulls and not nested and boxes and n.op in ("call_function", "call_method"):
             pointwise = (n.target in _POINTWISE_FUNCTIONS if n.op == "call_function" else n.target in _POINTWISE_METHODS)
             if n.op == "call_function" and n.target in (F.batch_norm, F.dropout):
                 pointwise = not kwargs.get("training", args[5] if n.target is F.batch_norm and len(args) > 5 else
@@ -583,7 +585,7 @@ class IncrementalOcclusion(Traced):
                     k2 = {k: (data if v is b else v) for k, v in kwargs.items()}
                     return Box(self._call(n, a2, k2), b.rows, b.cols, clean_out)
                 return self._union(n, args, kwargs, boxes, clean_out, padded)
-        if (not fulls and n.op == "call_function" and n.target is torch.cat and len(args) >= 1
+        if (spatial and not fulls and n.op == "call_function" and n.target is torch.cat and len(args) >= 1
                 and isinstance(args[0], (list, tuple)) and all(isinstance(a, Box) for a in args[0])
                 and (args[1] if len(args) > 1 else kwargs.get("dim", 0)) in (1, -3) and clean_out.dim() == 4):
             return self._union(n, args, kwargs, list(args[0]), clean_out, padded, cat=True)
