@@ -262,3 +262,11 @@ def test_approximate_mode_interpolates_what_it_does_not_compute(untouched):
     assert 0 < float(e.extras["ssim"][0]) < 1
     with pytest.raises(ValueError, match="tau"):
         occlusion(model, x, window=6, stride=2, approximate={"tau": 0})
+
+
+def test_adaptive_pooling_to_the_maps_own_size_is_the_identity(untouched):
+    """VGG's head at 224²: AdaptiveAvgPool2d((7, 7)) on a 7×7 map."""
+    torch.manual_seed(0)
+    model = untouched(nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d((12, 10)),
+                                    nn.Conv2d(4, 4, 3, padding=1), nn.Flatten(), nn.Linear(480, 3)).double().eval())
+    _agree(model, torch.rand(1, 3, 12, 10, dtype=torch.float64), window=3, stride=2)

@@ -567,7 +567,7 @@ class IncrementalOcclusion(Traced):
                 data = b.data.clone() if getattr(mod, "inplace", False) and shared else b.data
                 return Box(mod(data), b.rows, b.cols, clean_out)
             if isinstance(mod, nn.AdaptiveAvgPool2d) and tuple(clean_out.shape[-2:]) == tuple(b.clean.shape[-2:]):
-                return Box(mod(b.data), b.rows, b.cols, clean_out)
+                return Box(b.data, b.rows, b.cols, clean_out)  # adaptive pooling to its own size: the identity
             wp = _window_params(n, mod, b.clean.shape, clean_out.shape)
             if wp is not None and clean_out.dim() == 4:
                 return self._window(n, b, wp, clean_out, padded, count)
