@@ -39,7 +39,7 @@ def test_parse_methods():
     assert parse_methods(" ALL ") == list(METHODS)
     assert {"saliency", "smoothgrad", "gradient_x_input", "integrated_gradients", "occlusion", "cam", "gradcam",
             "gradcam_pp", "guided_backprop", "guided_gradcam", "augmented_gradcam", "xgradcam", "hirescam", "layercam",
-            "eigencam"} <= set(METHODS)
+            "eigencam", "ablation_cam", "score_cam"} <= set(METHODS)
     with pytest.raises(UserError, match="unknown method 'lime'"):
         parse_methods("saliency,lime")
 

@@ -25,7 +25,7 @@ FAST = {
     "augmented_gradcam": {"augmentations": 3, "steps": 5},
 }
 LAYERED = {"cam", "gradcam", "gradcam_pp", "guided_gradcam", "augmented_gradcam", "xgradcam", "hirescam", "layercam",
-           "eigencam"}
+           "eigencam", "ablation_cam", "score_cam"}
 ALL = sorted(METHODS)
 
 

@@ -18,6 +18,8 @@ for any ``nn.Module`` mapping N×C×H×W pixels in [0, 1] to N×K logits:
 ``guided_backprop``         the ReLU backward rule overridden (Springenberg et al. 2015)
 ``guided_gradcam``          guided backprop ⊙ Grad-CAM
 ``augmented_gradcam``       super-resolved Grad-CAM from augmented copies (Morbidelli et al. 2020)
+``ablation_cam``            channels weighted by the score drop when zeroed (Desai & Ramaswamy 2020)
+``score_cam``               channels weighted by the score of the input masked by them (Wang et al. 2020)
 ==========================  ===============================================================
 
 Common settings: ``target`` (index, list/tensor per sample, "predicted", "second", "true"
@@ -47,6 +49,7 @@ from __future__ import annotations
 from .augmented import augmented_gradcam, random_affines, superresolve
 from .bridge import captum
 from .cam import cam, eigencam, gradcam, gradcam_pp, hirescam, layercam, xgradcam
+from .cam_ablation import ablation_cam, score_cam
 from .faithfulness import (Curve, Faithfulness, Randomization, deletion, faithfulness, insertion,
                            randomization_check)
 from .gradients import gradient_x_input, integrated_gradients, saliency, smoothgrad
@@ -70,11 +73,13 @@ METHODS = {
     "guided_backprop": guided_backprop,
     "guided_gradcam": guided_gradcam,
     "augmented_gradcam": augmented_gradcam,
+    "ablation_cam": ablation_cam,
+    "score_cam": score_cam,
 }
 
 __all__ = [
-    "METHODS", "Curve", "Faithfulness", "Randomization", "augmented_gradcam", "cam", "captum", "deletion", "eigencam",
-    "faithfulness", "gradcam", "gradcam_pp", "gradient_x_input", "guided_backprop", "guided_gradcam", "hirescam",
-    "insertion", "integrated_gradients", "layercam", "occlusion", "random_affines", "randomization_check", "saliency",
-    "smoothgrad", "superresolve", "xgradcam",
+    "METHODS", "Curve", "Faithfulness", "Randomization", "ablation_cam", "augmented_gradcam", "cam", "captum",
+    "deletion", "eigencam", "faithfulness", "gradcam", "gradcam_pp", "gradient_x_input", "guided_backprop",
+    "guided_gradcam", "hirescam", "insertion", "integrated_gradients", "layercam", "occlusion", "random_affines",
+    "randomization_check", "saliency", "score_cam", "smoothgrad", "superresolve", "xgradcam",
 ]

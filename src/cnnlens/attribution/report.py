@@ -26,6 +26,7 @@ TITLES = {
     "gradcam_pp": "Grad-CAM++", "guided_backprop": "Guided backprop", "guided_gradcam": "Guided Grad-CAM",
     "augmented_gradcam": "Augmented Grad-CAM", "xgradcam": "XGrad-CAM", "hirescam": "HiResCAM",
     "layercam": "LayerCAM", "eigencam": "Eigen-CAM",
+    "ablation_cam": "Ablation-CAM", "score_cam": "Score-CAM",
 }
 
 #: maps whose sign means something (drawn with a diverging colour map centred at 0)
@@ -48,6 +49,16 @@ UNITS = {
 
 #: a short description per method, shown above its maps
 INTROS = {
+    "ablation_cam": (
+        "<b>Ablation-CAM</b> (Desai &amp; Ramaswamy 2020): weigh each channel A<sub>k</sub> of the layer by how much "
+        "the class score drops when the channel is set to zero, w<sub>k</sub> = (S<sub>c</sub> − "
+        "S<sub>c</sub><sup>(k)</sup>)/S<sub>c</sub>, and draw ReLU(Σ<sub>k</sub> w<sub>k</sub> A<sub>k</sub>). No "
+        "gradient. Before a global-average-pool + linear head the drop is exactly w<sub>k</sub><sup>c</sup> · "
+        "mean(A<sub>k</sub>); elsewhere only the layers after the tapped one run again."),
+    "score_cam": (
+        "<b>Score-CAM</b> (Wang et al. 2020): mask the image with each channel's activation map (upsampled, scaled "
+        "to [0, 1]), score each masked image, and weigh the channels by the softmax of those scores. No gradient; "
+        "one forward per channel."),
     "saliency": (
         "<b>Saliency</b> (Simonyan et al. 2014): back-propagate the class score <i>before</i> the softmax, "
         "S<sub>c</sub>, to the pixels: M(i, j) = max<sub>channel</sub> |∂S<sub>c</sub>/∂x<sub>i,j</sub>|. "
@@ -158,7 +169,7 @@ def is_signed(method: str) -> bool:
 
 #: methods that read one layer (``layer=`` is passed on to them)
 LAYERED = ("cam", "gradcam", "gradcam_pp", "guided_gradcam", "augmented_gradcam", "xgradcam", "hirescam",
-           "layercam", "eigencam")
+           "layercam", "eigencam", "ablation_cam", "score_cam")
 
 FAITH_INTRO = (
     "<b>How faithful is a map?</b> <i>Deletion</i> (Petsiuk et al. 2018): replace the pixels by a blurred copy in "

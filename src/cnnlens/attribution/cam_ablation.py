@@ -1,0 +1,202 @@
+"""Gradient-free CAMs: Ablation-CAM and Score-CAM.
+
+Ablation-CAM (Desai & Ramaswamy, WACV 2020) weighs each channel k of a layer A by
+how much the class score y_c drops when the channel is set to zero:
+
+    w_k = (y_c − y_c^{A_k = 0}) / y_c,        L = ReLU(Σ_k w_k A_k).
+
+On a global-average-pool + linear head the drop is closed-form: y_c = Σ_k W_ck ·
+mean(A_k) + b_c, so zeroing channel k lowers it by exactly W_ck · mean(A_k) — no
+forward at all. At any other layer, only the part of the network after the layer
+runs on the batch of ablated activations (a torch.fx graph split at the layer: the
+layers before it run once, never again).
+
+Score-CAM (Wang et al., CVPRW 2020) weighs each channel by the score of the input
+masked by that channel's activation map, bilinearly upsampled (corners aligned)
+and min-max normalised to [0, 1]: w = softmax_k(y_c(x ⊙ M_k)), L = ReLU(Σ_k w_k A_k).
+The layer runs once; the masked inputs run in batches, channels-last; channels
+whose map is constant give an all-zero mask and share one forward.
+
+Both follow pytorch-grad-cam's definitions (the tests check the maps agree).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .._batch import check_batch_size, chunks
+from ..results import Explanation
+from ..tap import LayerTap
+from ._common import Layout, Progress, finish, log, logits_of, pick_classes, prepare, upsample
+from .cam import layer_name
+from .incremental import Traced, Unsupported
+from .._autograd import needs_autograd
+
+#: ablated activations per batch when only the network after the layer runs
+ABLATIONS_PER_BATCH = 64
+
+_POOL_FUNCTIONS = {F.adaptive_avg_pool2d}
+_PASS_MODULES = (nn.Flatten, nn.Dropout, nn.Identity)
+
+
+def _gap_linear_head(tr: Traced, layer_node) -> nn.Linear | None:
+    """The linear layer when the layer's output reaches the logits only through global average pooling,
+    flattening/dropout and one ``nn.Linear`` (then each channel's ablation drop is closed-form)."""
+    n, pooled = layer_node, False
+    while True:
+        users = list(n.users)
+        if len(users) != 1:
+            return None
+        u = users[0]
+        mod = tr.modules.get(u.target) if u.op == "call_module" else None
+        if u.op == "output":
+            return None
+        if not pooled:
+            ok = ((isinstance(mod, nn.AdaptiveAvgPool2d) and mod.output_size in (1, (1, 1)))
+                  or (u.op == "call_function" and u.target in _POOL_FUNCTIONS and u.args[1:2] in ((1,), ((1, 1),)))
+                  or (u.op == "call_method" and u.target == "mean" and tuple(u.args[1:2]) in (((2, 3),), ((-2, -1),))
+                      or u.op == "call_function" and u.target is torch.mean
+                      and tuple(u.args[1:2]) in (((2, 3),), ((-2, -1),))))
+            if type(mod).__name__ == "SelectAdaptivePool2d":
+                ok = getattr(mod, "pool_type", "") == "avg"
+            if not ok:
+                return None
+            pooled = True
+        elif isinstance(mod, nn.Linear):
+            return mod if [v.op for v in u.users] == ["output"] else None
+        elif not (isinstance(mod, _PASS_MODULES) and not (isinstance(mod, nn.Dropout) and mod.training)
+                  or u.op == "call_function" and u.target is torch.flatten
+                  or u.op == "call_method" and u.target in ("flatten", "view", "reshape", "squeeze")):
+            return None
+        n = u
+
+
+@needs_autograd
+def ablation_cam(model: nn.Module, x: torch.Tensor, target: Any = "predicted", *, layer: Any = None,
+                 y: torch.Tensor | None = None, batch_size: int | None = None,
+                 progress: Progress | None = None) -> Explanation:
+    """Ablation-CAM: L = ReLU(Σ_k w_k A_k), w_k = (y_c − y_c with channel k of ``layer`` zeroed) / y_c.
+
+    On a global-average-pool + linear head the drop is W_ck · mean(A_k), exactly
+    (``settings["path"] = "closed form"``); elsewhere only the network after the layer
+    runs on ``batch_size`` ablated copies at a time (``"after the layer"``), or, when
+    the model does not trace with torch.fx, the whole model with the layer's output
+    replaced (``"whole model"``, logged). ``extras["drops"]`` = y_c − y_c^{(k)},
+    ``extras["weights"]`` = w, ``raw`` the map at the layer's grid.
+
+    >>> e = ablation_cam(model, x, layer="layer3")            # doctest: +SKIP
+    """
+    p = prepare(model, x, target, y, "ablation_cam")
+    if not p.target.is_class:
+        raise ValueError("Ablation-CAM explains a class score; for a channel or neuron target use gradcam(...)")
+    name = layer_name(model, p, layer)
+    per = ABLATIONS_PER_BATCH if batch_size is None else check_batch_size(batch_size)
+    with LayerTap(model, [name]) as tap, torch.no_grad():
+        out = logits_of(tap.run(p.x))
+        A = tap[name]
+        if not torch.is_tensor(A) or A.dim() != 4:
+            raise ValueError(f"layer {name!r} does not return an N×C×H×W feature map; name a convolutional layer")
+        A = A.detach().clone()
+        classes = pick_classes(p, out, p.n)
+        s0 = p.target.score(out, classes)
+        K = A.shape[1]
+        try:
+            tr = Traced(model, leaves=(name,))
+            node = tr.module_node(name)
+            if node is None:
+                raise Unsupported(f"layer {name!r} is not called once as a module in the traced forward")
+            head = _gap_linear_head(tr, node)
+        except Unsupported as e:
+            tr, head, why = None, None, str(e)
+        if head is not None:
+            path = "closed form"
+            drops = head.weight[classes].to(A.dtype) * A.mean((2, 3))  # N × K
+        else:
+            path = "after the layer" if tr is not None else "whole model"
+            if tr is None:
+                log.info("ablation_cam: running the whole model per ablation (%s)", why)
+            drops = torch.empty(p.n, K, dtype=A.dtype, device=A.device)
+            total, done = p.n * K, 0
+            with tap.paused():  # the traced graph calls the tapped layer again
+                for i in range(p.n):
+                    env = tr.clean(p.x[i:i + 1]) if tr is not None else None
+                    for a, b in chunks(K, per):
+                        ks = torch.arange(a, b, device=A.device)
+                        Ab = A[i:i + 1].repeat(b - a, 1, 1, 1)
+                        Ab[torch.arange(b - a), ks] = 0
+                        if tr is not None:
+                            ob = logits_of(tr.rerun(env, node, Ab))
+                        else:
+                            with LayerTap(model, [], edits={name: lambda m, inp, o, Ab=Ab: Ab}) as t2:
+                                ob = logits_of(t2.run(p.x[i:i + 1].expand(b - a, *p.x.shape[1:])))
+                        drops[i, a:b] = s0[i] - p.target.score(ob, classes[i].expand(b - a))
+                        done += b - a
+                        if progress:
+                            progress(done, total)
+    w = drops / s0.view(-1, 1)
+    lin = torch.einsum("nk,nkhw->nhw", w.float(), A.float())
+    raw = lin.clamp_min(0)
+    return finish(p, upsample(raw, p.size), "ablation_cam", classes, layer=name, raw=raw,
+                  settings={"layer": name, "path": path, "grid": tuple(raw.shape[-2:])},
+                  extras={"drops": drops, "weights": w, "score": s0, "pre_relu": lin})
+
+
+@needs_autograd
+def score_cam(model: nn.Module, x: torch.Tensor, target: Any = "predicted", *, layer: Any = None,
+              y: torch.Tensor | None = None, batch_size: int | None = None, progress: Progress | None = None,
+              channels_last: bool | None = None) -> Explanation:
+    """Score-CAM: L = ReLU(Σ_k w_k A_k), w = softmax_k y_c(x ⊙ M_k), M_k = A_k upsampled and scaled to [0, 1].
+
+    The layer runs once; the K masked copies of each image run ``batch_size`` at a
+    time (automatic by default, channels-last). ``extras["scores"]`` = y_c(x ⊙ M_k),
+    ``extras["weights"]`` = w.
+
+    >>> e = score_cam(model, x, layer="layer4")               # doctest: +SKIP
+    """
+    batch_size = check_batch_size(batch_size, x)
+    p = prepare(model, x, target, y, "score_cam")
+    if not p.target.is_class:
+        raise ValueError("Score-CAM explains a class score; for a channel or neuron target use gradcam(...)")
+    name = layer_name(model, p, layer)
+    layout = Layout(model, p.x, channels_last)
+    with LayerTap(model, [name]) as tap, torch.no_grad():
+        out = logits_of(tap.run(p.x))
+        A = tap[name]
+        if not torch.is_tensor(A) or A.dim() != 4:
+            raise ValueError(f"layer {name!r} does not return an N×C×H×W feature map; name a convolutional layer")
+        A = A.detach().clone()
+        classes = pick_classes(p, out, p.n)
+        s0 = p.target.score(out, classes)
+        K = A.shape[1]
+        scores = torch.empty(p.n, K, dtype=A.dtype, device=A.device)
+        total, done = p.n * K, 0
+        with tap.paused():
+            for i in range(p.n):
+                up = F.interpolate(A[i:i + 1], size=p.size, mode="bilinear", align_corners=True)[0]  # K×H×W
+                lo = up.flatten(1).amin(1).view(-1, 1, 1)
+                hi = up.flatten(1).amax(1).view(-1, 1, 1)
+                masks = (up - lo) / (hi - lo + 1e-8)
+                flat = (hi == lo).flatten()  # a constant map: all-zero mask, one forward for all of them
+                live = (~flat).nonzero().flatten()
+                if flat.any():
+                    zero = layout.run(tap, torch.zeros_like(p.x[i:i + 1]))
+                    scores[i, flat] = p.target.score(logits_of(zero), classes[i:i + 1])[0]
+                for a, b in chunks(len(live), batch_size):
+                    ks = live[a:b]
+                    xb = p.x[i:i + 1] * masks[ks].unsqueeze(1)
+                    ob = logits_of(layout.run(tap, xb))
+                    scores[i, ks] = p.target.score(ob, classes[i].expand(b - a))
+                    done += b - a
+                    if progress:
+                        progress(done + int(flat.sum()), total)
+                done += int(flat.sum())
+    w = scores.float().softmax(1)
+    lin = torch.einsum("nk,nkhw->nhw", w, A.float())
+    raw = lin.clamp_min(0)
+    return finish(p, upsample(raw, p.size), "score_cam", classes, layer=name, raw=raw,
+                  settings={"layer": name, "grid": tuple(raw.shape[-2:]), "batch_size": batch_size},
+                  extras={"scores": scores, "weights": w, "score": s0, "pre_relu": lin})
