@@ -310,6 +310,62 @@ def _top_pairs(flat: torch.Tensor, m: int) -> list[int]:
     return idx[:m].tolist()
 
 
+class PredictionAccumulator:
+    """Each sample's index, label and predicted class over a stream of batches (mergeable; for selections)."""
+
+    layers: Sequence[str] = ()
+
+    def __init__(self):
+        self.index: list[torch.Tensor] = []
+        self.y: list[torch.Tensor] = []
+        self.pred: list[torch.Tensor] = []
+
+    def update(self, batch: Batch) -> None:
+        self.index.append(batch.index.cpu())
+        self.y.append(batch.y.cpu())
+        self.pred.append(batch.logits.argmax(1).cpu())
+
+    def merge(self, other: "PredictionAccumulator") -> "PredictionAccumulator":
+        out = PredictionAccumulator()
+        out.index, out.y, out.pred = self.index + other.index, self.y + other.y, self.pred + other.pred
+        return out
+
+    def compute(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        if not self.index:
+            return (torch.empty(0, dtype=torch.long),) * 3
+        index, y, pred = torch.cat(self.index), torch.cat(self.y), torch.cat(self.pred)
+        order = torch.argsort(index)
+        return index[order], y[order], pred[order]
+
+
+def select_samples(model: torch.nn.Module, data, *, misclassified: bool = False, true: int | None = None,
+                   predicted: int | None = None, limit: int | None = None, batch_size: int = 64,
+                   device=None) -> list[int]:
+    """Indices of the samples of ``data`` that the model gets wrong (``misclassified``), whose label is
+    ``true``, and/or that it predicts as ``predicted`` — every condition given must hold; one scan.
+
+    ``select_samples(model, "digits", true=8, predicted=5)`` is the cell (8, 5) of the confusion matrix.
+
+    >>> select_samples(cnnlens.load_model("digits-cnn"), "digits", misclassified=True)[:3]  # doctest: +SKIP
+    """
+    from .data import as_dataset
+
+    (res,) = scan(model, as_dataset(data, model), [PredictionAccumulator()], batch_size=batch_size, device=device)
+    index, y, pred = res
+    if (misclassified or true is not None) and len(y) and bool((y < 0).any()):
+        raise ValueError("selecting by the true class or by mistakes needs labels, and this data has none; "
+                         "give a labelled dataset (an ImageFolder with one sub-folder per class)")
+    keep = torch.ones(len(index), dtype=torch.bool)
+    if misclassified:
+        keep &= y != pred
+    if true is not None:
+        keep &= y == int(true)
+    if predicted is not None:
+        keep &= pred == int(predicted)
+    chosen = index[keep].tolist()
+    return chosen[:limit] if limit is not None else chosen
+
+
 @needs_autograd
 def evaluate(model: torch.nn.Module, data, topk: Sequence[int] | int | None = None, batch_size: int = 64,
              device: str | torch.device | None = None, progress: Callable[[int, int | None], None] | None = None,

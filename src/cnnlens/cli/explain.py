@@ -106,6 +106,71 @@ def explain_settings(model: str, target: str, chosen: list, ok: dict, layer, sha
     return out
 
 
+def _selection(model, ds, misclassified: bool, true_class, confused, n: int) -> list[int]:
+    """The dataset indices to explain: the first n, or the first n that the selection options keep."""
+    from ..evaluation import select_samples
+    from ..targets import as_target, model_classes
+
+    if not (misclassified or true_class is not None or confused is not None):
+        return list(range(min(n, len(ds))))
+    names, k = model_classes(model)
+
+    def cls(text: str, option: str) -> int:
+        t = as_target(text.strip(), names)
+        if t.kind != "class" or isinstance(t.index, tuple):
+            raise UserError(f"{option} {text!r}: give a class index or name")
+        t.validate(1, k)
+        return int(t.index)
+
+    true = cls(true_class, "--class") if true_class is not None else None
+    predicted = None
+    if confused is not None:
+        parts = confused.split(",")
+        if len(parts) != 2:
+            raise UserError(f"--confused {confused!r}: give the true and the predicted class as R,C (e.g. 8,5)")
+        r, c = cls(parts[0], "--confused"), cls(parts[1], "--confused")
+        if true is not None and true != r:
+            raise UserError(f"--class {true_class} and --confused {confused} name different true classes")
+        true, predicted = r, c
+    picked = select_samples(model, ds, misclassified=misclassified, true=true, predicted=predicted, limit=n)
+    if not picked:
+        raise UserError("no image of --data matches the selection (--misclassified/--class/--confused); "
+                        "`cnnlens evaluate` shows which cells of the confusion matrix hold images")
+    return picked
+
+
+def class_means_figure(expls: dict, class_names=None):
+    """Each method's mean map over the images of each explained class: a figure and {class: count}."""
+
+    from ..attribution.report import is_signed, title_of
+    from ..viz import DIVERGING, SEQUENTIAL, _mpl
+
+    plt = _mpl()
+    first = next(iter(expls.values()))
+    classes = sorted(set(int(c) for c in first.classes))
+    fig, axes = plt.subplots(len(classes), len(expls), figsize=(2.2 * len(expls), 2.2 * len(classes)), squeeze=False)
+    counts = {}
+    for r, c in enumerate(classes):
+        sel = first.classes == c
+        counts[str(c)] = int(sel.sum())
+        label = class_names[c] if class_names and c < len(class_names) else str(c)
+        for j, (k, e) in enumerate(expls.items()):
+            mean = e.maps[e.classes == c].float().mean(0)
+            ax = axes[r, j]
+            if is_signed(k):
+                lim = float(mean.abs().max()) or 1.0
+                ax.imshow(mean.numpy(), cmap=DIVERGING, vmin=-lim, vmax=lim)
+            else:
+                ax.imshow(mean.numpy(), cmap=SEQUENTIAL)
+            ax.set_xticks([]), ax.set_yticks([])
+            if r == 0:
+                ax.set_title(title_of(k), fontsize=8)
+            if j == 0:
+                ax.set_ylabel(f"{label} ({counts[str(c)]})", fontsize=8)
+    fig.tight_layout()
+    return fig, counts
+
+
 @app.command()
 @model_options
 def explain(
@@ -113,7 +178,14 @@ def explain(
                                                  "sub-folders) or globs."),
     data: Optional[str] = typer.Option(None, "--data", "-d", help="Or take images from a dataset: digits, an "
                                        "ImageFolder, or a flat folder of images (no labels needed)."),
-    n_images: int = typer.Option(8, "--n", min=1, help="With --data: how many of its first images."),
+    n_images: int = typer.Option(8, "--n", min=1, help="With --data: how many of its first images (or of the "
+                                 "selected ones)."),
+    misclassified: bool = typer.Option(False, "--misclassified", help="With --data: only the images the model gets "
+                                       "wrong (needs labels)."),
+    true_class: Optional[str] = typer.Option(None, "--class", help="With --data: only images of this true class "
+                                             "(index or name; needs labels)."),
+    confused: Optional[str] = typer.Option(None, "--confused", help="With --data: only images of true class R "
+                                           "predicted as C, given as R,C (a cell of the confusion matrix)."),
     model: str = MODEL_OPT,
     weights: Optional[Path] = WEIGHTS_OPT,
     pretrained: bool = PRETRAINED_OPT,
@@ -176,6 +248,8 @@ def explain(
 
         layer = resolve_layer(m, layer)[0]  # a named layer must exist: one clear error, before any work
     dev = next((p.device for p in m.parameters()), torch.device("cpu"))
+    if images and (misclassified or true_class is not None or confused is not None):
+        raise UserError("--misclassified, --class and --confused select from --data; give --data D instead of files")
     if bool(images) == bool(data):
         raise UserError("give image files or folders, or --data D (digits, an ImageFolder or a flat folder), "
                         "not both")
@@ -188,10 +262,11 @@ def explain(
 
         ds = as_dataset(data, m)
         names_from_data(m, ds)
-        items = [ds[i] for i in range(min(n_images, len(ds)))]
+        picked = _selection(m, ds, misclassified, true_class, confused, n_images)
+        items = [ds[i] for i in picked]
         x = torch.stack([torch.as_tensor(a) for a, _ in items]).to(dev)
-        names = [f"{i}" if int(y) < 0 else f"{i}-label-{int(y)}" for i, (_, y) in enumerate(items)]
-        sources = [f"{data}[{i}]" for i in range(len(items))]
+        names = [f"{i}" if int(y) < 0 else f"{i}-label-{int(y)}" for i, (_, y) in zip(picked, items)]
+        sources = [f"{data}[{i}]" for i in picked]
     class_names = list(getattr(getattr(m, "spec", None), "class_names", ()) or ()) or None
     settings = {"occlusion": {k: v for k, v in (("window", window), ("stride", stride)) if v is not None},
                 "augmented_gradcam": {"augmentations": augmentations}}
@@ -234,6 +309,12 @@ def explain(
                    name=f"explain-grid-{part // per_fig}")
     if any(k in GUIDED for k in ok):
         sec.text(GUIDED_NOTE)
+    if n > 1:
+        fig, counts = class_means_figure(ok, class_names)
+        sec.figure(_png(fig), "Mean map per explained class (rows; the number of images in brackets) and method "
+                   "(columns): where the model looks on average for each class among these images.",
+                   name="explain-class-means")
+        sec.data("class_means", counts)
     if faith:
         header = ["image", "explained class"] + [f"{title_of(k)} del / ins" for k in faith]
         table = []
