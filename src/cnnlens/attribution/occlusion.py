@@ -51,6 +51,8 @@ def _approx_settings(approximate: Any, H: int, W: int, wh: int, ww: int, sh: int
         raise TypeError(f"approximate must be True, False or a dict of {sorted(APPROXIMATE)}, got {approximate!r}")
     if not (0 < float(a["tau"]) <= 1) or not (0 < float(a["fraction"]) <= 1) or int(a["coarse"]) < 1:
         raise ValueError(f"approximate needs 0 < tau ≤ 1, 0 < fraction ≤ 1 and coarse ≥ 1, got {a}")
+    log.warning("approximate occlusion is experimental: with these settings its map can differ much from the "
+                "exact one (mean SSIM 0.14–0.31 measured on EfficientNet-Lite0); pass check=True to see how far")
     a["coarse_rows"] = window_starts(H, wh, sh * int(a["coarse"]) if sh * int(a["coarse"]) <= wh else wh)
     a["coarse_cols"] = window_starts(W, ww, sw * int(a["coarse"]) if sw * int(a["coarse"]) <= ww else ww)
     return a
