@@ -28,10 +28,9 @@ import functools
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
 from torch.utils.data import Dataset
 
-from .digits import CLASS_NAMES, split_indices
+from .digits import CLASS_NAMES, DigitsCNN, split_indices
 from .spec import ModelSpec
 
 #: canvas side
@@ -50,29 +49,16 @@ NOISE = 0.08
 INK = 0.1
 
 
-class ClutteredDigitsCNN(nn.Module):
+class ClutteredDigitsCNN(DigitsCNN):
     """Four conv-ReLU stages (three max-pools), global average pool, linear: CAM and Grad-CAM apply.
 
     The last conv's receptive field is 38 pixels, enough for a 24-pixel digit;
     its 8×8 output (for 64×64 input) is averaged by ``pool`` and classified by
-    ``fc``: logits = fc(mean_{h,w} features(x)).
+    ``fc``: logits = fc(mean_{h,w} features(x)). The digits CNN with one stage more.
     """
 
-    def __init__(self, widths: tuple[int, int, int, int] = (8, 16, 32, 64), num_classes: int = 10,
-                 in_channels: int = 1):
-        super().__init__()
-        a, b, c, d = widths
-        self.features = nn.Sequential(
-            nn.Conv2d(in_channels, a, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(a, b, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(b, c, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(c, d, 3, padding=1), nn.ReLU(),
-        )
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(d, num_classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(self.pool(self.features(x)).flatten(1))
+    def __init__(self, widths: tuple[int, ...] = (8, 16, 32, 64), num_classes: int = 10, in_channels: int = 1):
+        super().__init__(widths, num_classes, in_channels)
 
 
 def cluttered_spec(class_names: tuple[str, ...] = CLASS_NAMES) -> ModelSpec:

@@ -31,7 +31,8 @@ CLASS_NAMES = tuple(str(i) for i in range(10))
 
 
 class DigitsCNN(nn.Module):
-    """conv-ReLU-pool ×2, conv-ReLU, global average pool, linear: CAM, Grad-CAM and deconvnet apply.
+    """conv-ReLU-pool per stage, conv-ReLU last (one stage per width), global average pool, linear: CAM,
+    Grad-CAM and deconvnet apply.
 
     ``features`` is a plain ``nn.Sequential`` of Conv2d / ReLU / MaxPool2d with a
     separate ReLU instance after each conv (no in-place ops); its output
@@ -39,16 +40,16 @@ class DigitsCNN(nn.Module):
     logits = fc(mean_{h,w} features(x)).
     """
 
-    def __init__(self, widths: tuple[int, int, int] = (16, 32, 64), num_classes: int = 10, in_channels: int = 1):
+    def __init__(self, widths: tuple[int, ...] = (16, 32, 64), num_classes: int = 10, in_channels: int = 1):
         super().__init__()
-        a, b, c = widths
-        self.features = nn.Sequential(
-            nn.Conv2d(in_channels, a, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(a, b, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(b, c, 3, padding=1), nn.ReLU(),
-        )
+        layers: list[nn.Module] = []
+        for i, (cin, cout) in enumerate(zip((in_channels, *widths[:-1]), widths)):
+            layers += [nn.Conv2d(cin, cout, 3, padding=1), nn.ReLU()]
+            if i < len(widths) - 1:  # a 2×2 max-pool after every stage but the last
+                layers.append(nn.MaxPool2d(2))
+        self.features = nn.Sequential(*layers)
         self.pool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(c, num_classes)
+        self.fc = nn.Linear(widths[-1], num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(self.pool(self.features(x)).flatten(1))
