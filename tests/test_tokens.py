@@ -171,3 +171,54 @@ def test_a_layer_without_a_grid_is_a_clear_error(vit, untouched):
         gradcam(untouched(vit), X, layer="head")
     with pytest.raises(ValueError, match="no spatial grid"):
         eigencam(untouched(vit), X, layer="fc_norm")
+
+
+@pytest.mark.parametrize("which", ["vit", "deit"])
+def test_dataset_search_and_neuron_stats_read_token_layers_as_grids(request, untouched, which):
+    """A block's tokens (prefix tokens dropped) are the grid the scan hands to search and statistics; attention
+    mixes every position, so a unit's field is the whole image (the receptive field says "global")."""
+    from cnnlens import inside
+
+    model = untouched(request.getfixturevalue(which))
+    prefix = 2 if which == "deit" else 1
+    g = torch.Generator().manual_seed(3)
+    x = torch.rand(6, 3, 32, 32, generator=g)
+    ds = torch.utils.data.TensorDataset(x, torch.tensor([0, 1, 2, 3, 4, 0]))
+    seen = []
+    h = model.blocks[1].register_forward_hook(lambda m, i, o: seen.append(o.detach()))  # the test's own reference
+    try:
+        with torch.no_grad():
+            model(x)
+    finally:
+        h.remove()
+    tokens = seen[0][:, prefix:]  # N×16×C: the 4×4 patch grid
+    se = inside.dataset_search(model, ds, "blocks.1", k=2)
+    per_image = tokens.max(1).values  # each image's strongest unit per channel
+    want = per_image.topk(2, dim=0)
+    assert torch.allclose(se.activations, want.values.T, atol=1e-5)
+    assert torch.equal(se.indices, want.indices.T)
+    assert torch.equal(se.crops[0, 0], x[int(se.indices[0, 0])])  # a global field: the whole image
+    st = inside.neuron_stats(model, ds, "blocks.1")
+    assert torch.allclose(st.mean, tokens.mean((0, 1)), atol=1e-5)
+    assert inside.receptive_field(model, "blocks.1", input_size=32, channels=3).is_global
+
+
+def test_dataset_search_and_neuron_stats_read_swin_channels_last_as_grids(swin, untouched):
+    from cnnlens import inside
+
+    model = untouched(swin)
+    x = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(5))
+    ds = torch.utils.data.TensorDataset(x, torch.tensor([0, 1, 2, 3]))
+    seen = []
+    h = model.norm.register_forward_hook(lambda m, i, o: seen.append(o.detach()))
+    try:
+        with torch.no_grad():
+            model(x)
+    finally:
+        h.remove()
+    nhwc = seen[0]
+    assert nhwc.dim() == 4 and nhwc.shape[-1] == 48  # N×h×w×C
+    st = inside.neuron_stats(model, ds, "norm")
+    assert st.mean.shape == (48,) and torch.allclose(st.mean, nhwc.mean((0, 1, 2)), atol=1e-5)
+    se = inside.dataset_search(model, ds, "norm", k=1)
+    assert torch.allclose(se.activations[:, 0], nhwc.flatten(1, 2).max(1).values.max(0).values, atol=1e-5)

@@ -192,7 +192,7 @@ def scan(
                     "(wrap the model so forward() returns it)"
                 )
             batch = Batch(x=x, y=y, logits=logits.detach(), index=torch.as_tensor(idx),
-                          acts={n: tap.outputs[n] for n in tap.names}, model=model)
+                          acts={n: _grid(tap, n, x) for n in tap.names}, model=model)
             with tap.paused():  # an accumulator's own forward passes (attacks, saliency) are not recorded
                 for a in accs:
                     a.update(batch)
@@ -201,6 +201,17 @@ def scan(
     if world > 1:
         accs = _gather_merge(accs, world)
     return [a.compute() for a in accs]
+
+
+def _grid(tap: LayerTap, name: str, x: torch.Tensor) -> torch.Tensor:
+    """A recorded output for the accumulators, as N×C×h×w: token outputs (N×tokens×C, timm ViT/DeiT) and
+    channels-last ones (N×h×w×C, Swin, ConvNeXt blocks) as their grid (:func:`cnnlens.grid.as_grid`)."""
+    out = tap.outputs[name]
+    if torch.is_tensor(out) and out.dim() in (3, 4):
+        from .grid import as_grid
+
+        return as_grid(out, tap.model, tap._modules.get(name), tuple(x.shape[-2:]), name)
+    return out
 
 
 def _gather_merge(accs: list[Accumulator], world: int) -> list[Accumulator]:
