@@ -17,24 +17,7 @@ def check_page(index: Path, screenshot: Path | None = None) -> dict:
     """Load ``index`` and return {images, broken, console_errors, sections, external, widths (natural px),
     shown (displayed px), linked (images wrapped in a link to themselves), nav (scroll/client width, height,
     links, one line's height), page_scroll (horizontal overflow of the page)}."""
-    if not Path(CHROMIUM).exists() or not Path(CHROMEDRIVER).exists():
-        msg = "Debian's chromium and chromium-driver are not installed (`make install-test` installs them)"
-        if os.environ.get("CI"):
-            pytest.fail(msg)  # CI must really open the report in a browser
-        pytest.skip(msg)
-    pytest.importorskip("selenium")
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = CHROMIUM
-    profile = tempfile.mkdtemp(prefix="cnnlens-chromium-")
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--disable-dev-shm-usage", "--window-size=1400,1000", f"--user-data-dir={profile}"):
-        opts.add_argument(flag)
-    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
+    driver = chromium_driver()
     try:
         driver.set_page_load_timeout(60)
         driver.get(Path(index).resolve().as_uri())
@@ -66,7 +49,7 @@ def check_page(index: Path, screenshot: Path | None = None) -> dict:
         return info
     finally:
         driver.quit()
-        shutil.rmtree(profile, ignore_errors=True)
+        shutil.rmtree(driver.profile_dir, ignore_errors=True)
 
 
 def chromium_driver():

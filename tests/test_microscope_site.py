@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import pytest
@@ -14,7 +13,7 @@ import pytest
 from cnnlens.report import MANIFEST
 import torch
 
-from browser import CHROMEDRIVER, CHROMIUM
+from browser import chromium_driver
 
 ARGS = ["--model", "digits-cnn", "--data", "digits", "--n", "20", "--layers", "features.4,features.7",
         "--steps", "4", "--max-channels", "3", "--samples", "1", "--k", "3"]
@@ -105,25 +104,11 @@ def test_refuses_a_foreign_folder_and_resumes_from_the_work_folder(tmp_path, run
 @pytest.mark.slow
 @pytest.mark.browser
 def test_browse_layers_channels_units_and_building_blocks(site, tmp_path):
-    if not Path(CHROMIUM).exists() or not Path(CHROMEDRIVER).exists():
-        msg = "Debian's chromium and chromium-driver are not installed (`make install-test` installs them)"
-        if os.environ.get("CI"):
-            pytest.fail(msg)
-        pytest.skip(msg)
-    pytest.importorskip("selenium")
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.by import By
 
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = CHROMIUM
-    profile = tempfile.mkdtemp(prefix="cnnlens-chromium-")
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-dev-shm-usage",
-                 "--disable-background-networking", "--window-size=1300,1000", f"--user-data-dir={profile}"):
-        opts.add_argument(flag)
-    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
+    driver = chromium_driver()
+    profile = driver.profile_dir
     shots = Path(os.environ.get("CNNLENS_SCREENSHOTS", tmp_path))
 
     def check(name):

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from .digits import CLASS_NAMES, DigitsCNN, split_indices
+from .digits import CLASS_NAMES, DigitsCNN, grey_digits_spec, split_indices
 from .spec import ModelSpec
 
 #: canvas side
@@ -63,19 +63,9 @@ class ClutteredDigitsCNN(DigitsCNN):
 
 def cluttered_spec(class_names: tuple[str, ...] = CLASS_NAMES) -> ModelSpec:
     """The spec of ``cluttered-digits-cnn``: 1 channel, 64×64, mean/std 0.5."""
-    return ModelSpec(
-        name="cluttered-digits-cnn",
-        input_size=(SIZE, SIZE),
-        channels=1,
-        mean=(0.5,),
-        std=(0.5,),
-        class_names=tuple(class_names),
-        last_spatial_layer="net.features",
-        classifier="net.fc",
-        pooled_layer="net.features",
-        extra={"dataset": "cluttered-digits: one 24×24 digit on a 64×64 canvas among fragments of others and noise",
-               "test_split": "cluttered_digits('test')"},
-    )
+    return grey_digits_spec("cluttered-digits-cnn", SIZE, class_names,
+                            dataset="cluttered-digits: one 24×24 digit on a 64×64 canvas among fragments of others and noise",
+                            test_split="cluttered_digits('test')")
 
 
 class ClutteredDigits(Dataset):

@@ -55,11 +55,11 @@ class DigitsCNN(nn.Module):
         return self.fc(self.pool(self.features(x)).flatten(1))
 
 
-def digits_spec(class_names: tuple[str, ...] = CLASS_NAMES) -> ModelSpec:
-    """The spec of ``digits-cnn``: 1 channel, 32×32, mean/std 0.5, layer names in the PixelModel."""
+def grey_digits_spec(name: str, size: int, class_names: tuple[str, ...], **extra: str) -> ModelSpec:
+    """The spec of a :class:`DigitsCNN`: 1 channel, size×size, mean/std 0.5, layer names in the PixelModel."""
     return ModelSpec(
-        name="digits-cnn",
-        input_size=(SIZE, SIZE),
+        name=name,
+        input_size=(size, size),
         channels=1,
         mean=(0.5,),
         std=(0.5,),
@@ -67,8 +67,14 @@ def digits_spec(class_names: tuple[str, ...] = CLASS_NAMES) -> ModelSpec:
         last_spatial_layer="net.features",
         classifier="net.fc",
         pooled_layer="net.features",
-        extra={"dataset": "sklearn digits, 8×8 upsampled (bilinear) to 32×32", "test_split": "digits_split('test')"},
+        extra=dict(extra),
     )
+
+
+def digits_spec(class_names: tuple[str, ...] = CLASS_NAMES) -> ModelSpec:
+    """The spec of ``digits-cnn``: 1 channel, 32×32, mean/std 0.5."""
+    return grey_digits_spec("digits-cnn", SIZE, class_names, dataset="sklearn digits, 8×8 upsampled (bilinear) to 32×32",
+                            test_split="digits_split('test')")
 
 
 def _all_digits() -> tuple[torch.Tensor, torch.Tensor]:
