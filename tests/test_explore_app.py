@@ -18,7 +18,7 @@ from PIL import Image
 import cnnlens
 from cnnlens.explore.app import make_app
 from cnnlens.explore.service import MAX_UPLOAD, Explorer
-from modelstate import assert_unchanged, snapshot
+from explorenets import digits_every, serve_digits
 
 pytest.importorskip("httpx")
 from starlette.testclient import TestClient  # noqa: E402
@@ -26,24 +26,13 @@ from starlette.testclient import TestClient  # noqa: E402
 
 @pytest.fixture(scope="module")
 def data():
-    from cnnlens.models.digits import digits_split
-
-    ds = digits_split("test")
-    xs, ys = zip(*(ds[i] for i in range(0, len(ds), 3)))  # 120 samples
-    return torch.utils.data.TensorDataset(torch.stack(xs), torch.tensor(ys))
+    return digits_every(3)
 
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory, data):
-    model = cnnlens.load_model("digits-cnn")
-    before = snapshot(model)
-    ex = Explorer(model, data, tmp_path_factory.mktemp("cache"), page_size=4)
-    ex.start_scan()
-    ex.wait_ready()
-    with TestClient(make_app(ex)) as client:
-        yield client, ex, model
-    ex.close()
-    assert_unchanged(model, before, "the model after every request")
+    with serve_digits(tmp_path_factory.mktemp("cache"), data, page_size=4) as served:
+        yield served
 
 
 def ok(client):

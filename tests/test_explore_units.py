@@ -13,6 +13,7 @@ import torch
 import cnnlens
 from cnnlens.explore.app import make_app
 from cnnlens.explore.service import INFLUENCE_IMAGES, UNIT_K, Explorer
+from explorenets import digits_every, serve_digits
 from modelstate import assert_unchanged, snapshot
 
 pytest.importorskip("httpx")
@@ -21,24 +22,13 @@ from starlette.testclient import TestClient  # noqa: E402
 
 @pytest.fixture(scope="module")
 def data():
-    from cnnlens.models.digits import digits_split
-
-    ds = digits_split("test")
-    xs, ys = zip(*(ds[i] for i in range(0, len(ds), 4)))  # 90 samples
-    return torch.utils.data.TensorDataset(torch.stack(xs), torch.tensor(ys))
+    return digits_every(4)
 
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory, data):
-    model = cnnlens.load_model("digits-cnn")
-    before = snapshot(model)
-    ex = Explorer(model, data, tmp_path_factory.mktemp("cache"))
-    ex.start_scan()
-    ex.wait_ready()
-    with TestClient(make_app(ex)) as client:
-        yield client, ex, model
-    ex.close()
-    assert_unchanged(model, before, "the model after every units request")
+    with serve_digits(tmp_path_factory.mktemp("cache"), data) as served:
+        yield served
 
 
 @pytest.fixture(scope="module")
