@@ -345,13 +345,15 @@ class _Param:
     """An image parameterisation: ``image()`` gives B×C×H×W in [0, 1]."""
 
     def __init__(self, shape, kind: str, decorrelate: bool, gen: torch.Generator, device, init=None, sd: float = 0.01,
-                 shared: bool = False):
+                 shared: bool | int = False):
         self.shape, self.kind = shape, kind
         B, C, H, W = shape
-        # shared: every image starts from the noise a batch of one would draw (image b then follows a run of
-        # objective b alone, step for step); otherwise each image draws its own
-        noise = (lambda *s: torch.randn(1, *s[1:], generator=gen).expand(*s).clone()) if shared else \
-            (lambda *s: torch.randn(*s, generator=gen))
+        # shared (= 1): every image starts from the noise a batch of one would draw (image b then follows a run of
+        # objective b alone, step for step); shared = n: every run of n images starts from the noise a batch of
+        # n would draw; otherwise each image draws its own
+        n = int(shared)
+        noise = (lambda *s: torch.randn(n, *s[1:], generator=gen).repeat(s[0] // n, *[1] * (len(s) - 1))) if n \
+            else (lambda *s: torch.randn(*s, generator=gen))
         self.decorrelate = decorrelate and C == 3
         if kind == "pixel":
             if init is not None:
@@ -449,10 +451,10 @@ class _RedirectedReLU(torch.autograd.Function):
         grad = (torch.ops.aten.threshold_backward(g, x, lo) if hi is None
                 else torch.ops.aten.hardtanh_backward(g, x, lo, hi))
         if g.dim() > 1:
-            f = grad.flatten(1)
-            dead = f.amax(1) == 0  # one pass (aminmax is 3× slower on the CPU); amin only if some max is 0
+            dims = tuple(range(1, grad.dim()))  # not flatten(1): a channels-last gradient would be copied
+            dead = grad.amax(dims) == 0  # one pass (aminmax is 3× slower on the CPU); amin only if some max is 0
             if bool(dead.any()):
-                dead &= f.amin(1) == 0
+                dead &= grad.amin(dims) == 0
         else:
             dead = (grad == 0).all().reshape(1)
         if bool(dead.any()):  # only while some image's unit is inactive (the first steps): the redirected gradient
@@ -601,7 +603,7 @@ def maximize(
     rotate: float | tuple[float, float] | None = None,
     init: torch.Tensor | None = None,
     seed: int = 0,
-    noise: str = "independent",
+    noise: str | int = "independent",
     redirect_relu: bool = False,
     progress: Callable[[int, int], None] | None = None,
 ) -> Visualization:
@@ -616,7 +618,9 @@ def maximize(
     gives the same images. ``noise="shared"``: every image of a batch starts from the
     noise a single image would draw with this seed (one transform is drawn per step
     for the whole batch), so a batch of per-image objectives reproduces separate
-    runs of each; ``"independent"`` (default): each image draws its own.
+    runs of each; ``"independent"`` (default): each image draws its own; an int n: every
+    run of n consecutive images starts from the noise a batch of n would draw (n
+    images per objective, e.g. a diversity set, each set as if optimised alone).
     ``redirect_relu=True``: an image whose gradient through a ReLU module is all zero
     (its unit starts inactive, e.g. on grey noise) gets the gradient that would raise the
     ReLU's input instead (Lucid's redirected ReLU; forward values are unchanged).
@@ -645,9 +649,12 @@ def maximize(
     p0 = next(model.parameters(), None)
     dev = p0.device if p0 is not None else torch.device("cpu")
     gen = torch.Generator().manual_seed(int(seed))
-    if noise not in ("independent", "shared"):
-        raise ValueError(f"noise must be 'independent' or 'shared', got {noise!r}")
-    prm = _Param((B, C, H, W), param, decorrelate, gen, dev, init=init, shared=noise == "shared")
+    if isinstance(noise, bool) or not (noise in ("independent", "shared") or (isinstance(noise, int) and noise >= 1)):
+        raise ValueError(f"noise must be 'independent', 'shared' or a group size ≥ 1, got {noise!r}")
+    if isinstance(noise, int) and B % noise:
+        raise ValueError(f"noise={noise}: groups of {noise} images do not divide the batch of {B}")
+    prm = _Param((B, C, H, W), param, decorrelate, gen, dev, init=init,
+                 shared=1 if noise == "shared" else (noise if isinstance(noise, int) else 0))
     scale_r = _range(scale, 1.0)
     rot_r = _range(rotate, 0.0)
 
