@@ -152,3 +152,20 @@ def test_a_damaged_file_is_rendered_again_not_crashed_on(untouched, renders, tmp
 def test_bad_cache_argument():
     with pytest.raises(TypeError, match="cache must be a folder"):
         maximize_channels(pixel_chain_net(), LAYER, [0], steps=1, cache=3)
+
+
+def test_the_microscope_site_renders_nothing_the_second_time(untouched, renders, tmp_path):
+    from cnnlens.microscope_site import Settings, precompute
+
+    model = untouched(pixel_chain_net())
+    g = torch.Generator().manual_seed(0)
+    data = torch.utils.data.TensorDataset(torch.rand(10, 1, 16, 16, generator=g), torch.randint(0, 3, (10,), generator=g))
+    st = Settings(k=2, max_channels=2, steps=3, diversity=2, influence_images=4, samples=0)
+    a = precompute(model, data, ["features.4"], tmp_path / "w1", st, cache=tmp_path / "fv")
+    assert renders["images"] == 2 + 2 + 2 * 2  # plain, robust, a diversity set of 2 per channel
+    # another run (its own work folder, other images: the same model and settings) reads them all back
+    data2 = torch.utils.data.TensorDataset(torch.rand(12, 1, 16, 16, generator=g), torch.randint(0, 3, (12,), generator=g))
+    b = precompute(model, data2, ["features.4"], tmp_path / "w2", st, cache=tmp_path / "fv")
+    assert renders["images"] == 8
+    for what in ("plain", "robust", "diverse"):
+        assert torch.equal(a.views["net.features.4"][what].images, b.views["net.features.4"][what].images), what
