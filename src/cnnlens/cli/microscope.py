@@ -9,7 +9,7 @@ from typing import Optional
 
 import typer
 
-from .common import (DEVICE_OPT, FORCE_OPT, MODEL_OPT, PRETRAINED_OPT, TRUST_OPT, WEIGHTS_OPT, app,
+from .common import (DEVICE_OPT, FORCE_OPT, MODEL_OPT, PRETRAINED_OPT, TRUST_OPT, WEIGHTS_OPT, UserError, app,
                      console, load_model_from_options, model_options, out_dir)
 
 class _Bars:
@@ -99,8 +99,8 @@ def microscope_cmd(
     work = Path(work) if work else out.with_name(out.name + ".work")
     fv_cache = None if no_cache else (Path(cache) if cache else out.with_name(out.name + ".fvcache"))
     if fv_cache is not None and fv_cache.resolve().is_relative_to(out.resolve()):
-        raise typer.BadParameter(f"{fv_cache} is inside the output folder, which each run replaces; give a folder "
-                                 "outside it", param_hint="--cache")
+        raise UserError(f"--cache {fv_cache} is inside the output folder, which each run replaces; give a folder "
+                        "outside it")
     console.print(f"microscope: {model}, layers {', '.join(names)}; work folder {work} (rerun to resume)"
                   + (f"; feature visualisations cached in {fv_cache}" if fv_cache else ""), highlight=False)
     bars = _Bars()

@@ -621,9 +621,10 @@ def maximize(
     runs of each; ``"independent"`` (default): each image draws its own; an int n: every
     run of n consecutive images starts from the noise a batch of n would draw (n
     images per objective, e.g. a diversity set, each set as if optimised alone).
-    ``redirect_relu=True``: an image whose gradient through a ReLU module is all zero
+    ``redirect_relu=True``: an image whose gradient through a ReLU (or ReLU6) is all zero
     (its unit starts inactive, e.g. on grey noise) gets the gradient that would raise the
-    ReLU's input instead (Lucid's redirected ReLU; forward values are unchanged).
+    ReLU's input instead (Lucid's redirected ReLU, :class:`redirected_relus`: every relu /
+    relu6 / hardtanh call, module or functional, in place or not; forward values are unchanged).
 
     Example::
 
