@@ -191,7 +191,7 @@ def test_redirected_relus_give_lucids_gradient_and_the_same_forward(kind):
 
 
 def test_redirected_relu_wakes_a_channel_behind_in_place_relus(untouched):
-    # torchvision's and timm's nets use ReLU(inplace=True): a hook after it sees no pre-activation any more
+    # torchvision's ResNets use ReLU(inplace=True): a hook after it sees no pre-activation any more
     net = pixel_chain_net()
     for m in net.modules():
         if isinstance(m, nn.ReLU):

@@ -492,7 +492,7 @@ class redirected_relus(TorchFunctionMode):
     redirected gradient (:class:`_RedirectedReLU`); forward values are unchanged.
 
     A mode around the calls rather than a hook on the modules: an in-place ReLU (``nn.ReLU(inplace=True)``,
-    as in torchvision's ResNets and timm's EfficientNets) overwrites its input, so a forward hook sees no
+    as in torchvision's ResNets) overwrites its input, so a forward hook sees no
     pre-activation to send the gradient to. An in-place call still writes its result into its input.
     No module is touched.
     """
