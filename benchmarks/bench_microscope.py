@@ -4,9 +4,10 @@
    112 channels) at 128², Fourier parameterisation, Adam. ``maximize_channels`` renders
    many channels in one optimisation (a batch of images, one channel objective each);
    the baseline is one ``maximize`` call per channel. Reported: time per channel per
-   step at batch 1, 8 and 64 against separate calls (the time of a step does not change
-   along the optimisation, so it is timed over ``--timed-steps`` steps and the total for
-   64 channels × 256 steps and for the whole layer is extrapolated from it — say so), and
+   step at batch 1, 8, 16 and 64 against separate calls (the time of a step does not change
+   along the optimisation, so a step is timed as the shortest of a few, the fixed cost of a
+   call — layer probe, start and final forwards — as the rest, and the totals for
+   64 channels × 256 steps and for the whole layer are extrapolated from them — say so), and
    a check that batching gives the same per-channel objective as separate calls (within
    10 %, ``--check-steps`` steps). ``--profile`` prints where the time of one step goes.
 2. One microscope scan collecting top-9 patches and statistics (histogram, class means,
@@ -46,49 +47,86 @@ def channel_mean(model, layer: str, channel: int, img: torch.Tensor) -> float:
     return float(got["a"][0, channel].mean())
 
 
+def _run_timed(fn, steps: int) -> tuple[float, float]:
+    """(time of one step, fixed cost of the call): fn(progress) runs ``steps`` steps and calls progress after each;
+    a step is the shortest interval between two calls, the fixed cost (layer probe, start and final forwards,
+    reading the activation) the rest of the call's time."""
+    ts = []
+    t0 = time.perf_counter()
+    fn(lambda *_: ts.append(time.perf_counter()))
+    t1 = time.perf_counter()
+    step = min(b - a for a, b in zip(ts, ts[1:]))
+    return step, max(0.0, (t1 - t0) - steps * step)
+
+
 def bench_render(args) -> dict:
+    import math
+
     import cnnlens
     from cnnlens.inside import maximize, maximize_channels, objectives
 
     model = cnnlens.load_model("efficientnet-lite0")
-    layer, size = "net.blocks.4", 128
+    layer, size, C = "net.blocks.4", 128, 112
     T = args.timed_steps
     opts = dict(size=size, lr=0.05, param="fourier", seed=0)
-    print(f"batched feature visualisation: efficientnet-lite0 {layer}, {size}², {T} timed Adam steps per run, "
-          f"{torch.get_num_threads()} threads, min of {args.repeat} interleaved repeats (shared, busy machine)")
+    print(f"batched feature visualisation: efficientnet-lite0 {layer} ({C} channels), {size}², Fourier, Adam; "
+          f"{torch.get_num_threads()} thread(s); each run times {T} steps (a step is the shortest interval between "
+          f"two steps, the fixed cost of a call the rest) and 256-step totals are extrapolated from them; min of "
+          f"{args.repeat} interleaved repeats; shared machine with other busy processes")
 
-    def separate(n):  # n separate maximize calls, one channel each
-        for c in range(n):
-            maximize(model, objectives.channel(layer, c), steps=T, noise="shared", redirect_relu=True, **opts)
+    def separate(progress):  # one maximize call for one channel (the baseline), as a user would without batching
+        maximize(model, objectives.channel(layer, 0), steps=T, noise="shared", redirect_relu=True, progress=progress,
+                 **opts)
 
     def batched(b):
-        maximize_channels(model, layer, list(range(b)), steps=T, **opts)
+        return lambda progress: maximize_channels(model, layer, list(range(b)), steps=T, batch_size=b,
+                                                  progress=progress, **opts)
 
-    n_sep = 4 if args.quick else 8
-    runs = {"separate": (lambda: separate(n_sep), n_sep)}
-    for b in args.batches:
-        runs[f"batch {b}"] = ((lambda b=b: batched(b)), b)
-    best = {k: float("inf") for k in runs}
+    from cnnlens.tap import LayerTap
+
+    def floor(b):  # the model alone: forward to the layer and backward to the input, T times (no parameterisation,
+        x = torch.rand(b, 3, size, size)  # transforms, objective, optimiser or redirected ReLU)
+
+        def run(progress):
+            for _ in range(T):
+                xi = x.clone().requires_grad_(True)
+                with LayerTap(model, [layer], stop_after=layer) as tap:
+                    tap.run(xi)
+                    torch.autograd.grad(tap[layer][:, 0].mean(), xi)
+                progress()
+        return run
+
+    runs = {"separate": (separate, 1), **{f"batch {b}": (batched(b), b) for b in args.batches},
+            **{f"floor {b}": (floor(b), b) for b in args.batches}}
+    step = {k: float("inf") for k in runs}
+    fixed = {k: float("inf") for k in runs}
     for _ in range(args.repeat):
-        for k, (fn, _n) in runs.items():
-            best[k] = min(best[k], _time(fn))
-    # one run = T steps plus a start and a final forward; per channel per step:
-    per = {k: best[k] / runs[k][1] / T for k in runs}
-    out = {"per_channel_step_s": per}
-    print(f"  separate maximize calls ({n_sep} channels): {per['separate'] * 1e3:.0f} ms per channel per step")
+        for k, (fn, _b) in runs.items():
+            st, fx = _run_timed(fn, T)
+            step[k], fixed[k] = min(step[k], st), min(fixed[k], fx)
+
+    def total(k, channels, steps=256):  # whole optimisations of b channels, steps each, plus their fixed costs
+        b = runs[k][1]
+        return math.ceil(channels / b) * (fixed[k] + steps * step[k])
+
+    out = {"threads": torch.get_num_threads()}
+    sep64 = total("separate", 64)
+    print(f"  separate maximize calls: {step['separate'] * 1e3:.1f} ms per step (+ {fixed['separate']:.2f} s fixed per "
+          f"call) → 64 channels × 256 steps {sep64 / 60:.1f} min")
     for b in args.batches:
         k = f"batch {b}"
-        print(f"  maximize_channels, {b:>2} channels per optimisation: {per[k] * 1e3:.0f} ms per channel per step "
-              f"→ {per['separate'] / per[k]:.2f}× faster per channel than separate calls")
-        out[f"ratio_batch_{b}"] = per["separate"] / per[k]
-    b = max(args.batches)
-    k = f"batch {b}"
-    est64 = per[k] * 64 * 256
-    est_layer = per[k] * 112 * 256
-    print(f"  extrapolated (time per step × steps): 64 channels × 256 steps {est64 / 60:.1f} min batched "
-          f"vs {per['separate'] * 64 * 256 / 60:.1f} min separate; the whole layer (112 channels) "
-          f"{est_layer / 60:.1f} min at batch {b} — on this loaded machine")
-    out.update(est_64x256_min=est64 / 60, est_layer_min=est_layer / 60)
+        t64 = total(k, 64)
+        print(f"  maximize_channels, batch {b:>2}: {step[k] / b * 1e3:.1f} ms per channel per step (the model's own "
+              f"forward + backward to the input: {step[f'floor {b}'] / b * 1e3:.1f} ms per image) (+ {fixed[k]:.2f} s "
+              f"fixed per optimisation) → 64 channels × 256 steps {t64 / 60:.1f} min: {sep64 / t64:.2f}× faster per "
+              f"channel than separate calls; the whole layer {total(k, C) / 60:.1f} min")
+        out[f"ratio_batch_{b}"] = sep64 / t64
+        out[f"layer_min_batch_{b}"] = total(k, C) / 60
+        out[f"floor_share_batch_{b}"] = step[f"floor {b}"] / step[k]
+    best = min(args.batches, key=lambda b: total(f"batch {b}", C))
+    out.update(best_batch=best, est_layer_min=total(f"batch {best}", C) / 60)
+    print(f"  fastest: batch {best}, the whole layer ({C} channels × 256 steps) in {out['est_layer_min']:.1f} min "
+          f"(extrapolated, on this loaded machine)")
 
     # the same objective: batched vs separate, for a few channels (shared starting noise and transforms)
     S = args.check_steps
@@ -96,8 +134,8 @@ def bench_render(args) -> dict:
     v = maximize_channels(model, layer, chans, steps=S, robust=True, **opts)
     worst = 0.0
     for r, c in enumerate(chans):
-        one = maximize(model, objectives.channel(layer, c), steps=S, noise="shared", redirect_relu=True, jitter=8, scale=0.1, rotate=10,
-                       **opts)
+        one = maximize(model, objectives.channel(layer, c), steps=S, noise="shared", redirect_relu=True, jitter=8,
+                       scale=0.1, rotate=10, **opts)
         a, s = channel_mean(model, layer, c, v.images[r, 0]), channel_mean(model, layer, c, one.images[0])
         worst = max(worst, abs(a - s) / max(abs(s), 1e-9))
         print(f"  channel {c}: mean activation batched {a:.3f}, separate {s:.3f} (grey image "
@@ -109,11 +147,11 @@ def bench_render(args) -> dict:
     if args.profile:
         from torch.profiler import ProfilerActivity, profile
 
-        for b in (1, max(args.batches)):
+        for b in (1, best):
             with profile(activities=[ProfilerActivity.CPU]) as prof:
-                maximize_channels(model, layer, list(range(b)), steps=2, **opts)
-            print(f"  profile, {b} channel(s), 2 steps:")
-            print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12))
+                maximize_channels(model, layer, list(range(b)), steps=2, batch_size=b, **opts)
+            print(f"  profile, {b} channel(s), 2 steps (+ the fixed forwards):")
+            print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=14))
     return out
 
 
@@ -171,11 +209,11 @@ def main(argv: list[str] | None = None) -> dict:
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    args.timed_steps = 2 if args.quick else 6
+    args.timed_steps = 3 if args.quick else 5
     args.check_steps = 8 if args.quick else 32
     args.repeat = 1 if args.quick else 2
     args.scan_repeat = 3 if args.quick else 7
-    args.batches = [1, 8] if args.quick else [1, 8, 64]
+    args.batches = [1, 8] if args.quick else [1, 8, 16, 64]
     out = {}
     if args.only in (None, "scan"):
         out.update(bench_scan(args))

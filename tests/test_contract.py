@@ -100,6 +100,9 @@ CALLS = {
     "inside.layer_edges": lambda m: inside.layer_edges(m, DATA, ["features.2", "features.5"]),
     "inside.maximize_channels": lambda m: inside.maximize_channels(m, "features.5", [0, 1], steps=2, size=8,
                                                                    robust=True, diversity=2),
+    # twice into one cache folder: rendered and stored, then read back
+    "inside.maximize_channels(cache)": lambda m: _in_temp_dir(lambda d: [
+        inside.maximize_channels(m, "features.5", [0, 1], steps=2, size=8, cache=d) for _ in range(2)][-1]),
     "inside.building_blocks": lambda m: inside.building_blocks(m, X, "features.5"),
     "inside.class_influence": lambda m: inside.class_influence(m, X, "features.5"),
     "inside.top_maps": lambda m: inside.top_maps(m, DATA, inside.microscope_scan(m, DATA, ["features.5"], k=2)

@@ -139,6 +139,31 @@ def test_feature_visualisation_lazily_equals_the_library(served, micro):
     assert client.get(f"/api/unit/{name}/16/fv").status_code == 404  # 16 channels: 0..15
 
 
+def test_feature_visualisation_comes_from_the_disk_cache_the_second_time(served, micro, monkeypatch):
+    import importlib
+
+    client, ex, _ = served
+    wait(client, "/api/microscope")
+    name, c = list(micro.layers)[0], 5
+    j = wait(client, f"/api/unit/{name}/{c}/fv").json()
+    assert j["status"] == "done", j
+    png = client.get(j["png"]).content
+    assert list((ex.cache / "fv").rglob(f"{c}-*.npz"))  # kept in <cache>/fv, keyed by model, layer, channel, settings
+    # another dataset's results folder (here: this one's unit files gone, the job forgotten): no optimisation runs
+    d = ex._unit_dir(name, c)
+    (d / "fv.json").unlink()
+    (d / "fv.png").unlink()
+    with ex.worker._lock:
+        ex.worker._jobs.pop(f"fv/{name}/{c}", None)
+    mx = importlib.import_module("cnnlens.inside.maximize")
+    calls = []
+    real = mx.maximize
+    monkeypatch.setattr(mx, "maximize", lambda *a, **k: calls.append(1) or real(*a, **k))
+    j2 = wait(client, f"/api/unit/{name}/{c}/fv").json()
+    assert j2["status"] == "done" and calls == []
+    assert j2["activation"] == j["activation"] and client.get(j2["png"]).content == png
+
+
 def test_building_blocks_equal_the_library(served, micro, data):
     from cnnlens.inside.microscope import building_blocks
 

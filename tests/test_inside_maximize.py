@@ -144,3 +144,60 @@ def test_pixel_init_starts_from_the_image(untouched):
     assert torch.allclose(v.images, x0, atol=1e-5) and torch.equal(v.start, v.final)
     with pytest.raises(ValueError, match="init has shape"):
         maximize(model, objectives.channel("features.4", 2), steps=1, param="pixel", init=torch.rand(3, 8, 8))
+
+
+def _lucid_redirected(x, g, lo, hi):
+    """Lucid's redirected_relu(6)_grad, written out in float64: per image, the clamp's own gradient where it is not
+    all zero, else the incoming gradient except where it would push x below lo or above hi."""
+    inside = (x > lo) & (x < hi)
+    own = torch.where(inside, g, torch.zeros_like(g))
+    blocked = ((x <= lo) & (g < 0)) | ((x >= hi) & (g > 0))
+    red = torch.where(blocked, torch.zeros_like(g), g)
+    alive = own.flatten(1).abs().amax(1) > 0
+    return torch.where(alive.view(-1, 1, 1, 1), own, red)
+
+
+@pytest.mark.parametrize("kind", ["relu", "relu_inplace", "relu6", "relu6_inplace", "module_relu6_inplace",
+                                  "torch_relu"])
+def test_redirected_relus_give_lucids_gradient_and_the_same_forward(kind):
+    from cnnlens.inside.maximize import redirected_relus
+
+    import torch.nn.functional as F
+
+    g0 = torch.Generator().manual_seed(4)
+    x0 = torch.randn(4, 3, 5, 5, generator=g0, dtype=torch.float64) * 4
+    x0[1] = -x0[1].abs() - 0.1  # image 1: every unit inactive (the ReLU's own gradient is all zero)
+    x0[2, :, :2] = 7.0          # image 2: some units past 6 (ReLU6 saturates)
+    w = torch.randn(4, 3, 5, 5, generator=g0, dtype=torch.float64)  # signed incoming gradient
+    hi = 6.0 if "relu6" in kind else float("inf")
+    fn = {"relu": lambda h: F.relu(h), "relu_inplace": lambda h: F.relu(h, inplace=True),
+          "relu6": lambda h: F.relu6(h), "relu6_inplace": lambda h: F.hardtanh(h, 0.0, 6.0, True),
+          "module_relu6_inplace": nn.ReLU6(inplace=True), "torch_relu": torch.relu}[kind]
+    outs = []
+    for redirect in (False, True):
+        x = x0.clone().requires_grad_(True)
+        with redirected_relus() if redirect else torch.enable_grad():
+            h = x * 1.0  # not a leaf, so an in-place call may overwrite it
+            y = fn(h)
+        (gx,) = torch.autograd.grad((y * w).sum(), x)
+        outs.append((y.detach(), gx))
+    (y_plain, g_plain), (y_red, g_red) = outs
+    assert torch.equal(y_red, y_plain)  # the forward is untouched
+    assert torch.equal(g_red, _lucid_redirected(x0, w, 0.0, hi))
+    # images whose own gradient is not all zero get exactly the plain gradient; image 1 gets a redirected one
+    alive = [0, 2, 3]
+    assert torch.equal(g_red[alive], g_plain[alive])
+    assert float(g_plain[1].abs().sum()) == 0 and float(g_red[1].abs().sum()) > 0
+
+
+def test_redirected_relu_wakes_a_channel_behind_in_place_relus(untouched):
+    # torchvision's ResNets use ReLU(inplace=True): a hook after it sees no pre-activation any more
+    net = pixel_chain_net()
+    for m in net.modules():
+        if isinstance(m, nn.ReLU):
+            m.inplace = True
+    model = untouched(net)
+    off = maximize(model, objectives.channel("features.4", 3), steps=24, lr=0.1, redirect_relu=False)
+    on = maximize(model, objectives.channel("features.4", 3), steps=24, lr=0.1, redirect_relu=True)
+    assert float(off.start[0]) == pytest.approx(0.0, abs=1e-6) and float(off.final[0]) == 0.0
+    assert float(on.final[0]) > 0.1

@@ -151,3 +151,27 @@ def test_browse_layers_channels_units_and_building_blocks(site, tmp_path):
     finally:
         driver.quit()
         shutil.rmtree(profile, ignore_errors=True)
+
+
+@pytest.mark.slow
+def test_a_second_run_reads_the_feature_visualisations_from_the_cache(tmp_path, run_cli, monkeypatch):
+    import importlib
+
+    mx = importlib.import_module("cnnlens.inside.maximize")
+    real = mx.maximize
+    calls = []
+    monkeypatch.setattr(mx, "maximize", lambda *a, **k: calls.append(1) or real(*a, **k))
+    out = tmp_path / "m"
+    code, cap = run_cli("microscope", *SMALL, "--out", out, "--threads", "1")
+    assert code == 0, cap.err
+    first = len(calls)
+    assert first == 3 and list((tmp_path / "m.fvcache").rglob("*.npz"))  # plain, robust, diversity: one each
+    fv1 = (out / "img" / "net-features-7" / "fvr-1.png").read_bytes()
+    code, cap = run_cli("microscope", *SMALL, "--out", out, "--threads", "1")  # no work folder left: a new run
+    assert code == 0, cap.err
+    assert len(calls) == first  # nothing rendered
+    assert (out / "img" / "net-features-7" / "fvr-1.png").read_bytes() == fv1
+    code, cap = run_cli("microscope", *SMALL, "--out", out, "--threads", "1", "--no-cache", "--force")
+    assert code == 0 and len(calls) == 2 * first
+    code, cap = run_cli("microscope", *SMALL, "--out", out, "--cache", out / "fv")
+    assert code == 2 and "inside the output folder" in cap.err

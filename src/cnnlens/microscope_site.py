@@ -129,17 +129,24 @@ def _fv_size(model, settings: Settings) -> int:
 
 
 def precompute(model: nn.Module, data, layers: Sequence[str], work: Path, settings: Settings | None = None, *,
-               data_name: str = "", progress: Progress | None = None) -> Precomputed:
+               data_name: str = "", progress: Progress | None = None, cache=None) -> Precomputed:
     """Run every stage (or load it from ``work``): the scan, then per layer the feature visualisations
-    (plain, robust, diversity set), the class influence and the building blocks of the samples."""
+    (plain, robust, diversity set), the class influence and the building blocks of the samples.
+
+    ``cache``: a folder (or :class:`cnnlens.inside.fvcache.FeatureCache`) keeping every channel's feature
+    visualisations across runs, keyed by the model's weights, layer, channel and settings: a second run
+    (another dataset, more channels, after the work folder is gone) renders only what it has not seen."""
     from .data import as_dataset
     from .inside.microscope import (_names, building_blocks, class_influence, dataset_images, maximize_channels,
                                     microscope_scan)
+
+    from .inside.fvcache import as_cache
 
     st = settings or Settings()
     prog = progress or (lambda stage, done, total: None)
     data = as_dataset(data, model)
     names = _names(model, layers)
+    fv = as_cache(cache, model)
     wd = WorkDir(work, {"model": model_hash(model), "data": str(data_name), "n": len(data), "layers": names,
                         "settings": st.key()})
     micro = wd.get("scan")
@@ -169,14 +176,16 @@ def precompute(model: nn.Module, data, layers: Sequence[str], work: Path, settin
             def step(i, what):
                 prog(stage, i, total)
 
-            views["plain"] = maximize_channels(model, name, chans, st.steps, size=size, seed=st.seed, tv=0.0)
+            views["plain"] = maximize_channels(model, name, chans, st.steps, size=size, seed=st.seed, tv=0.0,
+                                               cache=fv)
             step(1, "plain")
-            views["robust"] = maximize_channels(model, name, chans, st.steps, size=size, seed=st.seed, robust=True)
+            views["robust"] = maximize_channels(model, name, chans, st.steps, size=size, seed=st.seed, robust=True,
+                                                cache=fv)
             step(2, "robust")
             # the diversity term weighs about half the channel's plain activation, so both matter
             w = (0.5 * views["plain"].activation[:, 0].abs()).clamp_min(1e-3)
             views["diverse"] = maximize_channels(model, name, chans, st.steps, size=size, seed=st.seed + 1,
-                                                 robust=True, diversity=st.diversity, diversity_weight=w)
+                                                 robust=True, diversity=st.diversity, diversity_weight=w, cache=fv)
             wd.save(f"fv-{_slug(name)}", views)
         prog(stage, 3, 3)
         out.views[name] = views

@@ -9,7 +9,7 @@ from typing import Optional
 
 import typer
 
-from .common import (DEVICE_OPT, FORCE_OPT, MODEL_OPT, PRETRAINED_OPT, TRUST_OPT, WEIGHTS_OPT, app,
+from .common import (DEVICE_OPT, FORCE_OPT, MODEL_OPT, PRETRAINED_OPT, TRUST_OPT, WEIGHTS_OPT, UserError, app,
                      console, load_model_from_options, model_options, out_dir)
 
 class _Bars:
@@ -58,6 +58,9 @@ def microscope_cmd(
     n: Optional[int] = typer.Option(None, "--n", min=1, help="Scan only the first n images."),
     work: Optional[Path] = typer.Option(None, "--work", help="Work folder for resuming (default: OUT.work)."),
     keep_work: bool = typer.Option(False, "--keep-work", help="Keep the work folder after success."),
+    cache: Optional[Path] = typer.Option(None, "--cache", help="Feature visualisation cache kept across runs, keyed "
+                                         "by the model's weights, layer, channel and settings (default: OUT.fvcache)."),
+    no_cache: bool = typer.Option(False, "--no-cache", help="Render every feature visualisation again; keep none."),
     batch_size: int = typer.Option(64, "--batch-size", "-b", min=1),
     threads: Optional[int] = typer.Option(None, "--threads", min=1,
                                           help="Torch threads (default: 1 for inputs up to 64×64 px, where "
@@ -94,12 +97,17 @@ def microscope_cmd(
     st = Settings(k=k, max_channels=max_channels, steps=steps, fv_size=fv_size, samples=samples,
                   batch_size=batch_size)
     work = Path(work) if work else out.with_name(out.name + ".work")
-    console.print(f"microscope: {model}, layers {', '.join(names)}; work folder {work} (rerun to resume)",
-                  highlight=False)
+    fv_cache = None if no_cache else (Path(cache) if cache else out.with_name(out.name + ".fvcache"))
+    if fv_cache is not None and fv_cache.resolve().is_relative_to(out.resolve()):
+        raise UserError(f"--cache {fv_cache} is inside the output folder, which each run replaces; give a folder "
+                        "outside it")
+    console.print(f"microscope: {model}, layers {', '.join(names)}; work folder {work} (rerun to resume)"
+                  + (f"; feature visualisations cached in {fv_cache}" if fv_cache else ""), highlight=False)
     bars = _Bars()
     try:
         with bars.running():
-            pre = precompute(m, ds, names, work, st, data_name=f"{data}" + (f"[:{n}]" if n else ""), progress=bars)
+            pre = precompute(m, ds, names, work, st, data_name=f"{data}" + (f"[:{n}]" if n else ""), progress=bars,
+                             cache=fv_cache)
             index = write_site(m, ds, pre, out, model_name=model, data_name=str(data), class_names=class_names,
                                progress=bars, force=force, protect=target.protect)
     except KeyboardInterrupt:

@@ -12,7 +12,8 @@ request). Nothing from a request is unpickled: uploads are decoded by Pillow (wi
 decompression-bomb limit) and cached as safetensors.
 
 Cache layout (``cache/``): ``scan-<key>.sqlite`` (the store), ``uploads/<model hash>/<ref>.safetensors``,
-``results/<model hash>-<data hash>/<ref>/<what>.png|.json``; each file written atomically.
+``results/<model hash>-<data hash>/<ref>/<what>.png|.json``, ``fv/<model hash>/<layer>/<channel>-<key>.npz`` (feature
+visualisations, :mod:`cnnlens.inside.fvcache`, shared by every dataset); each file written atomically.
 """
 
 from __future__ import annotations
@@ -712,12 +713,16 @@ class Explorer:
 
         def run(report):
             from .. import microscope_draw as draw
+            from ..inside.fvcache import FeatureCache
             from ..inside.microscope import maximize_channels
             from ..microscope_site import Settings, _fv_size
 
             st = Settings()
+            # kept across datasets and runs in <cache>/fv, keyed by the model's weights, layer, channel and
+            # settings (the microscope site's robust view: `cnnlens microscope --cache <cache>/fv` shares it)
             v = maximize_channels(self.model, layer, [c], st.steps, size=_fv_size(self.model, st), seed=st.seed,
-                                  robust=True, progress=lambda d_, t: report(d_ / max(1, t or 1)))
+                                  robust=True, cache=FeatureCache(self.cache / "fv", mhash=self.mhash),
+                                  progress=lambda d_, t: report(d_ / max(1, t or 1)))
             _atomic_write(d / "fv.png", draw.png(draw.image_tile(v.of(c)[0], 160)))
             info = {"activation": float(v.activation[0, 0]), "steps": st.steps, "seed": st.seed, "robust": True}
             _atomic_write(meta, json.dumps(info).encode())

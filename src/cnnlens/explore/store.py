@@ -40,6 +40,7 @@ import torch
 from torch import nn
 
 from ..evaluation import EvaluationResult, true_class_rank
+from ..inside.fvcache import model_hash  # SHA-256 of the state_dict and spec (one definition, also the fv cache key)
 from ..scan import Batch, distributed_info, scan
 
 log = logging.getLogger(__name__)
@@ -128,17 +129,6 @@ class SampleAccumulator:
 # ---------------------------------------------------------------------------
 # keys
 # ---------------------------------------------------------------------------
-
-def model_hash(model: nn.Module) -> str:
-    """SHA-256 of the state_dict (names, dtypes, shapes, bytes) and the spec (class names, input size, ...)."""
-    h = hashlib.sha256()
-    for name, t in sorted(model.state_dict().items()):
-        t = t.detach().cpu().contiguous()
-        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    h.update(repr(getattr(model, "spec", None)).encode())
-    return h.hexdigest()
-
 
 def _update_tensor(h, v: Any) -> None:
     t = torch.as_tensor(v).detach().cpu().contiguous()

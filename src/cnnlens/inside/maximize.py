@@ -25,6 +25,7 @@ forward stops at the last layer the objective reads when it needs no logits.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
@@ -32,6 +33,7 @@ from typing import Any, Callable, Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 from ..results import Result
 from ..tap import LayerTap, resolve_layer
@@ -159,9 +161,14 @@ class _Objectives:
         if n is None:
             return Objective(lambda c: targets[0].layer_score(c.acts[layer]), targets[0].describe(), (layer,))
 
-        def fn(c: _Ctx):
+        idx = torch.as_tensor(vals)
+
+        def fn(c: _Ctx):  # one gather for the whole batch: image b's channel vals[b]
             a = c.acts[layer]
-            return torch.cat([t.layer_score(a[b:b + 1]) for b, t in enumerate(targets)])
+            if max(vals) >= a.shape[1] or min(vals) < 0:
+                return torch.cat([t.layer_score(a[b:b + 1]) for b, t in enumerate(targets)])  # its error message
+            rows = torch.arange(n, device=a.device)
+            return a[rows, idx.to(a.device)].reshape(n, -1).mean(1)
 
         return Objective(fn, f"{layer} channels {vals}", (layer,), False, n)
 
@@ -338,13 +345,15 @@ class _Param:
     """An image parameterisation: ``image()`` gives B×C×H×W in [0, 1]."""
 
     def __init__(self, shape, kind: str, decorrelate: bool, gen: torch.Generator, device, init=None, sd: float = 0.01,
-                 shared: bool = False):
+                 shared: bool | int = False):
         self.shape, self.kind = shape, kind
         B, C, H, W = shape
-        # shared: every image starts from the noise a batch of one would draw (image b then follows a run of
-        # objective b alone, step for step); otherwise each image draws its own
-        noise = (lambda *s: torch.randn(1, *s[1:], generator=gen).expand(*s).clone()) if shared else \
-            (lambda *s: torch.randn(*s, generator=gen))
+        # shared (= 1): every image starts from the noise a batch of one would draw (image b then follows a run of
+        # objective b alone, step for step); shared = n: every run of n images starts from the noise a batch of
+        # n would draw; otherwise each image draws its own
+        n = int(shared)
+        noise = (lambda *s: torch.randn(n, *s[1:], generator=gen).repeat(s[0] // n, *[1] * (len(s) - 1))) if n \
+            else (lambda *s: torch.randn(*s, generator=gen))
         self.decorrelate = decorrelate and C == 3
         if kind == "pixel":
             if init is not None:
@@ -412,34 +421,91 @@ def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------------------
-# redirected ReLU gradients (Lucid's ``redirected_relu_grad``)
+# redirected ReLU gradients (Lucid's ``redirected_relu_grad`` and ``redirected_relu6_grad``)
 class _RedirectedReLU(torch.autograd.Function):
-    """y = the ReLU's output; backward: the ReLU's gradient for every image whose gradient through it is not
-    all zero, else the incoming gradient wherever it would raise the input (so an image whose unit starts
-    inactive is pushed toward activating it instead of getting no gradient at all)."""
+    """y = clamp(x, lo, hi) (a ReLU: lo = 0, hi = ∞; ReLU6: hi = 6); backward: the clamp's own gradient for
+    every image whose gradient through it is not all zero, else the incoming gradient wherever following it
+    moves x back into (lo, hi) or within it — not below lo, not above hi (so an image whose unit starts inactive
+    is pushed toward activating it instead of getting no gradient at all).
+
+    ``inplace``: overwrite x with y and keep y for the backward instead of x (the masks are the same:
+    lo < y < hi ⇔ lo < x < hi, y ≤ lo ⇔ x ≤ lo, y ≥ hi ⇔ x ≥ hi).
+    """
 
     @staticmethod
-    def forward(ctx, x, y):
-        ctx.save_for_backward(x)
-        return y.clone()
+    def forward(ctx, x, lo, hi, inplace):
+        if inplace:  # as torch's own in-place relu: x is overwritten and the output is kept for the backward
+            ctx.mark_dirty(x)
+            y = x.clamp_min_(lo) if hi is None else x.clamp_(lo, hi)
+        else:
+            y = x.clamp_min(lo) if hi is None else x.clamp(lo, hi)
+        ctx.save_for_backward(y if inplace else x)
+        ctx.lo, ctx.hi = lo, hi
+        return y
 
     @staticmethod
     def backward(ctx, g):
         (x,) = ctx.saved_tensors
-        relu = torch.where(x > 0, g, torch.zeros_like(g))
-        redirected = torch.where((x <= 0) & (g < 0), torch.zeros_like(g), g)  # ascent: g > 0 raises the objective
-        dead = relu.flatten(1).abs().amax(1) == 0 if g.dim() > 1 else relu.abs().amax() == 0
-        dead = dead.view(-1, *[1] * (g.dim() - 1)) if g.dim() > 1 else dead
-        return torch.where(dead, redirected, relu), None
+        lo, hi = ctx.lo, ctx.hi
+        # the clamp's gradient, by the kernels autograd uses for relu / hardtanh (one pass)
+        grad = (torch.ops.aten.threshold_backward(g, x, lo) if hi is None
+                else torch.ops.aten.hardtanh_backward(g, x, lo, hi))
+        if g.dim() > 1:
+            dims = tuple(range(1, grad.dim()))  # not flatten(1): a channels-last gradient would be copied
+            dead = grad.amax(dims) == 0  # one pass (aminmax is 3× slower on the CPU); amin only if some max is 0
+            if bool(dead.any()):
+                dead &= grad.amin(dims) == 0
+        else:
+            dead = (grad == 0).all().reshape(1)
+        if bool(dead.any()):  # only while some image's unit is inactive (the first steps): the redirected gradient
+            red = torch.where(x <= lo, g.clamp_min(0), g)  # ascent: g > 0 raises the objective
+            if hi is not None:
+                red = torch.where(x >= hi, g.clamp_max(0), red)
+            dead = dead.view(-1, *[1] * (g.dim() - 1)) if g.dim() > 1 else dead.reshape(())
+            grad = torch.where(dead, red, grad)
+        return grad, None, None, None
 
 
-def _redirect(module, inputs, output):
-    return _RedirectedReLU.apply(inputs[0], output)
+def _relu_call(func, args, kwargs):
+    """(x, lo, hi, inplace) of a ReLU-like call, or None."""
+    if func is F.hardtanh:
+        a = dict(zip(("input", "min_val", "max_val", "inplace"), args), **kwargs)
+        return a["input"], float(a.get("min_val", -1.0)), float(a.get("max_val", 1.0)), bool(a.get("inplace", False))
+    if func is F.relu6:
+        a = dict(zip(("input", "inplace"), args), **kwargs)
+        return a["input"], 0.0, 6.0, bool(a.get("inplace", False))
+    if func is F.relu:
+        a = dict(zip(("input", "inplace"), args), **kwargs)
+        return a["input"], 0.0, None, bool(a.get("inplace", False))
+    if func in (torch.relu, torch.Tensor.relu):
+        return (args[0] if args else kwargs["input"]), 0.0, None, False
+    if func in (torch.relu_, torch.Tensor.relu_):
+        return (args[0] if args else kwargs["input"]), 0.0, None, True
+    return None
 
 
-def redirect_edits(model: nn.Module) -> dict:
-    """``{name: edit}`` redirecting the gradient of every nn.ReLU / nn.ReLU6 module of ``model``."""
-    return {n: _redirect for n, m in model.named_modules() if isinstance(m, (nn.ReLU, nn.ReLU6))}
+_RELU_FUNCS = frozenset([F.hardtanh, F.relu6, F.relu, torch.relu, torch.Tensor.relu, torch.relu_, torch.Tensor.relu_])
+
+
+class redirected_relus(TorchFunctionMode):
+    """Within this block, every ReLU / ReLU6 / hardtanh call that records a gradient backpropagates the
+    redirected gradient (:class:`_RedirectedReLU`); forward values are unchanged.
+
+    A mode around the calls rather than a hook on the modules: an in-place ReLU (``nn.ReLU(inplace=True)``,
+    as in torchvision's ResNets) overwrites its input, so a forward hook sees no
+    pre-activation to send the gradient to. An in-place call still writes its result into its input.
+    No module is touched.
+    """
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func in _RELU_FUNCS and torch.is_grad_enabled():
+            call = _relu_call(func, args, kwargs)
+            x = call[0] if call else None
+            if torch.is_tensor(x) and x.requires_grad and x.is_floating_point():
+                _, lo, hi, inplace = call
+                return _RedirectedReLU.apply(x, lo, hi, inplace)
+        return func(*args, **kwargs)
 
 
 # ---------------------------------------------------------------------------
@@ -537,7 +603,7 @@ def maximize(
     rotate: float | tuple[float, float] | None = None,
     init: torch.Tensor | None = None,
     seed: int = 0,
-    noise: str = "independent",
+    noise: str | int = "independent",
     redirect_relu: bool = False,
     progress: Callable[[int, int], None] | None = None,
 ) -> Visualization:
@@ -552,10 +618,13 @@ def maximize(
     gives the same images. ``noise="shared"``: every image of a batch starts from the
     noise a single image would draw with this seed (one transform is drawn per step
     for the whole batch), so a batch of per-image objectives reproduces separate
-    runs of each; ``"independent"`` (default): each image draws its own.
-    ``redirect_relu=True``: an image whose gradient through a ReLU module is all zero
+    runs of each; ``"independent"`` (default): each image draws its own; an int n: every
+    run of n consecutive images starts from the noise a batch of n would draw (n
+    images per objective, e.g. a diversity set, each set as if optimised alone).
+    ``redirect_relu=True``: an image whose gradient through a ReLU (or ReLU6) is all zero
     (its unit starts inactive, e.g. on grey noise) gets the gradient that would raise the
-    ReLU's input instead (Lucid's redirected ReLU; forward values are unchanged).
+    ReLU's input instead (Lucid's redirected ReLU, :class:`redirected_relus`: every relu /
+    relu6 / hardtanh call, module or functional, in place or not; forward values are unchanged).
 
     Example::
 
@@ -581,9 +650,12 @@ def maximize(
     p0 = next(model.parameters(), None)
     dev = p0.device if p0 is not None else torch.device("cpu")
     gen = torch.Generator().manual_seed(int(seed))
-    if noise not in ("independent", "shared"):
-        raise ValueError(f"noise must be 'independent' or 'shared', got {noise!r}")
-    prm = _Param((B, C, H, W), param, decorrelate, gen, dev, init=init, shared=noise == "shared")
+    if isinstance(noise, bool) or not (noise in ("independent", "shared") or (isinstance(noise, int) and noise >= 1)):
+        raise ValueError(f"noise must be 'independent', 'shared' or a group size ≥ 1, got {noise!r}")
+    if isinstance(noise, int) and B % noise:
+        raise ValueError(f"noise={noise}: groups of {noise} images do not divide the batch of {B}")
+    prm = _Param((B, C, H, W), param, decorrelate, gen, dev, init=init,
+                 shared=1 if noise == "shared" else (noise if isinstance(noise, int) else 0))
     scale_r = _range(scale, 1.0)
     rot_r = _range(rotate, 0.0)
 
@@ -601,12 +673,13 @@ def maximize(
         start = J(_Ctx(img, _acts(tap, J.layers), logits)).detach().cpu()
     history = []
     opt = torch.optim.Adam([prm.p], lr=lr, maximize=True)  # gradient ascent on J
-    edits = redirect_edits(model) if redirect_relu else None
-    with LayerTap(model, J.layers, stop_after=stop, edits=edits) as tap:
+    redirect = redirected_relus() if redirect_relu else contextlib.nullcontext()
+    with LayerTap(model, J.layers, stop_after=stop) as tap:
         for step in range(steps):
             img = prm.image()
             xt = random_transform(img, gen, jitter, scale_r, rot_r)
-            logits = tap.run(xt)
+            with redirect:
+                logits = tap.run(xt)
             val = J(_Ctx(img, _acts(tap, J.layers), logits))
             (prm.p.grad,) = torch.autograd.grad(val.sum(), prm.p)
             opt.step()

@@ -254,11 +254,13 @@ def maximize_channels(model: nn.Module, layer: LayerRef, channels: Sequence[int]
                       size: int | tuple[int, int] | None = None, robust: bool = False, diversity: int = 1,
                       diversity_weight: float | Sequence[float] | torch.Tensor = 1.0, batch_size: int | None = None,
                       lr: float = 0.05, param: str = "fourier", seed: int = 0, redirect_relu: bool = True,
-                      progress: Callable[[int, int], None] | None = None, **settings: Any) -> ChannelViews:
+                      cache=None, progress: Callable[[int, int], None] | None = None, **settings: Any) -> ChannelViews:
     """Feature visualisations of many channels in one optimisation: x*_c = argmax_x mean_ij a_c,ij(x).
 
     A batch of images, one channel objective each (``batch_size`` channels per
-    optimisation, default all); with ``diversity=n`` each channel gets a set of n
+    optimisation; default: about 600 k input values per optimisation, e.g. 12 channels
+    at 3×128×128 — on the CPU larger batches only thrash the caches, see
+    :func:`cnnlens._batch.check_batch_size`); with ``diversity=n`` each channel gets a set of n
     images and the objective ``mean a_c + w_c · diversity`` (−mean cosine similarity
     of the set's Gram matrices at the layer) pushes them apart. ``robust=True`` adds
     random jitter, zoom and rotation before each step (:func:`robust_transforms`).
@@ -266,23 +268,27 @@ def maximize_channels(model: nn.Module, layer: LayerRef, channels: Sequence[int]
     ``redirect_relu`` (default on): a channel that is inactive on the starting noise still
     gets a gradient (see :func:`maximize`), so no visualisation stays grey.
 
-    With ``diversity=1`` every image starts from the same noise as a single-channel
-    :func:`maximize` with this seed and sees the same transforms, so channel c's image
-    equals ``maximize(model, objectives.channel(layer, c), noise="shared", ...)``
+    Every channel (or diversity set) starts from the noise a render of that channel alone
+    would draw with this seed and sees the same transforms, so channel c's images equal
+    ``maximize(model, objectives.channel(layer, c), noise="shared", ...)`` (``noise=n`` for a set of n)
     up to float rounding — batching changes the speed, not the result.
+
+    ``cache``: a folder (or a :class:`cnnlens.inside.fvcache.FeatureCache`) where each channel's result is
+    kept under a key of the model's weights, the layer, the channel and every setting here; channels
+    found there are not rendered again.
 
     Example::
 
-        v = maximize_channels(model, "features.4", range(32), steps=128, robust=True)
+        v = maximize_channels(model, "features.4", range(32), steps=128, robust=True, cache="fv-cache")
         v.images[5, 0]      # channel 5's visualisation; v.activation[5, 0] its mean activation
     """
-    from .maximize import maximize, objectives
+    from .fvcache import as_cache
+    from .receptive import _input_shape
+    from .._batch import check_batch_size
 
     name, _ = resolve_layer(model, layer)
+    cin, H, W = _input_shape(model, size, settings.get("channels"))
     with LayerTap(model, [name], stop_after=name, detach=True) as tap, torch.no_grad():
-        from .receptive import _input_shape
-
-        cin, H, W = _input_shape(model, size, settings.get("channels"))
         tap.run(torch.full((1, cin, H, W), 0.5, device=_device(model)))
         C = tap[name].shape[1]
     chans = list(range(C)) if channels is None else [int(c) for c in channels]
@@ -298,15 +304,60 @@ def maximize_channels(model: nn.Module, layer: LayerRef, channels: Sequence[int]
     if w.numel() not in (1, len(chans)):
         raise ValueError(f"diversity_weight: give one number or one per channel ({len(chans)})")
     w = w.expand(len(chans)) if w.numel() == 1 else w
-    per = len(chans) if batch_size is None else int(batch_size)
+    if batch_size is None:  # images per optimisation by the CPU rule, in whole sets of n
+        per = max(1, check_batch_size(None, torch.empty(1, cin, H, W, device=_device(model))) // n)
+    else:
+        per = int(batch_size)
     if per < 1:
         raise ValueError("batch_size must be ≥ 1 (channels per optimisation)")
     if robust:
         for key, v in robust_transforms(min(H, W)).items():
             settings.setdefault(key, v)
     settings.pop("channels", None)
+    settings_out = {"steps": steps, "size": [H, W], "robust": robust, "diversity": n, "batch_size": per, "lr": lr,
+                    "redirect_relu": redirect_relu,
+                    "param": param, "seed": seed, **{k: v for k, v in settings.items()}}
+    if n > 1:
+        settings_out["diversity_weight"] = w.tolist()
+
+    store = as_cache(cache, model)
+    found: dict[int, dict] = {}
+    keys: dict[int, str] = {}
+    if store is not None:
+        what = {k: v for k, v in settings_out.items() if k not in ("batch_size", "diversity_weight")}
+        what["input"] = [cin, H, W]
+        shapes = {"images": (n, cin, H, W), "activation": (n,), "start": (n,), "objective": (n,)}
+        for i, c in enumerate(chans):
+            keys[c] = store.key(name, c, {**what, **({"diversity_weight": float(w[i])} if n > 1 else {})})
+            got = store.load(name, c, keys[c], shapes)
+            if got is not None:
+                found[c] = got
+    todo = [i for i, c in enumerate(chans) if c not in found]
+    fresh = _render(model, name, [chans[i] for i in todo], w[todo] if todo else w[:0], n, per, steps, H, W, lr,
+                    param, seed, redirect_relu, progress, settings) if todo else {}
+    if store is not None:
+        for c, arrays in fresh.items():
+            store.save(name, c, keys[c], arrays)
+    rows = [found[c] if c in found else fresh[c] for c in chans]
+    if store is None:
+        cat = {k: torch.stack([r[k] for r in rows]) for k in ("images", "activation", "start", "objective")}
+    else:  # as stored (float32), so a result read back equals the one computed
+        cat = {k: torch.stack([r[k].float() for r in rows]) for k in ("images", "activation", "start", "objective")}
+    if progress is not None and not todo:
+        progress(len(chans) * steps, len(chans) * steps)
+    return ChannelViews(name, tuple(chans), cat["images"], cat["activation"], cat["start"], cat["objective"],
+                        settings_out)
+
+
+def _render(model, name, chans, w, n, per, steps, H, W, lr, param, seed, redirect_relu, progress,
+            settings) -> dict:
+    """{channel: {"images": n×Cin×H×W, "activation": n, "start": n, "objective": n}}, ``per`` channels per
+    optimisation; each set of n images starts from the noise of a batch of n (so from the same noise
+    whichever channels share its optimisation)."""
+    from .maximize import maximize, objectives
+
     total = len(chans) * steps
-    images, starts, finals = [], [], []
+    images, acts, starts, finals = [], [], [], []
     for s in range(0, len(chans), per):
         part = chans[s:s + per]
         J = objectives.channel(name, [c for c in part for _ in range(n)])
@@ -320,20 +371,16 @@ def maximize_channels(model: nn.Module, layer: LayerRef, channels: Sequence[int]
                 progress(s * steps + done * m, total)
 
         v = maximize(model, J, steps, size=(H, W), lr=lr, param=param, seed=seed, redirect_relu=redirect_relu,
-                     noise="shared" if n == 1 else "independent", progress=prog, **settings)
+                     noise="shared" if n == 1 else n, progress=prog, **settings)
         images.append(v.images)
+        acts.append(_mean_channel(model, name, v.images, [c for c in part for _ in range(n)]))
         starts.append(v.start)
         finals.append(v.final)
-    imgs = torch.cat(images)
-    act = _mean_channel(model, name, imgs, [c for c in chans for _ in range(n)])
-    start, final = torch.cat(starts), torch.cat(finals)
-    settings_out = {"steps": steps, "size": [H, W], "robust": robust, "diversity": n, "batch_size": per, "lr": lr,
-                    "redirect_relu": redirect_relu,
-                    "param": param, "seed": seed, **{k: v for k, v in settings.items()}}
-    if n > 1:
-        settings_out["diversity_weight"] = w.tolist()
-    return ChannelViews(name, tuple(chans), imgs.view(len(chans), n, *imgs.shape[1:]), act.view(len(chans), n),
-                        start.view(len(chans), n), final.view(len(chans), n), settings_out)
+    imgs, act, start, final = torch.cat(images), torch.cat(acts), torch.cat(starts), torch.cat(finals)
+    m = len(chans)
+    imgs, act, start, final = imgs.view(m, n, *imgs.shape[1:]), act.view(m, n), start.view(m, n), final.view(m, n)
+    return {c: {"images": imgs[i], "activation": act[i], "start": start[i], "objective": final[i]}
+            for i, c in enumerate(chans)}
 
 
 # ---------------------------------------------------------------------------
