@@ -66,28 +66,24 @@ def _coarse_index(n: int, every: int) -> list[int]:
     return idx
 
 
-def _cell(n: int, coarse: list[int]) -> torch.Tensor:
-    """For each of n fine indices, the coarse index j whose cell [coarse[j], coarse[j + 1]] holds it."""
-    if len(coarse) == 1:
-        return torch.zeros(n, dtype=torch.long)
-    return (torch.searchsorted(torch.tensor(coarse), torch.arange(n), right=True) - 1).clamp(0, len(coarse) - 2)
+def _around(n: int, coarse: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """For each of n fine indices, the coarse indices of the nearest coarse lines at or before it and at or after
+    it (the same one for a fine index on a coarse line)."""
+    c, i = torch.tensor(coarse), torch.arange(n)
+    return torch.searchsorted(c, i, right=True) - 1, torch.searchsorted(c, i, right=False)
 
 
 def _drill_order(dc: torch.Tensor, rc: list[int], cc: list[int], Pr: int, Pc: int) -> torch.Tensor:
     """The fine positions off the coarse grid (flat indices into Pr × Pc), most worth recomputing first: those
     inside a coarse cell (off every coarse row and column: farthest from what is known) before those on a cell's
-    edge, and within each group by the spread (max − min) of the coarse drops at the cell's four corners — where
-    the map changes most, interpolation errs most."""
-    jr, jc = _cell(Pr, rc), _cell(Pc, cc)
-    r1 = (jr + 1).clamp(max=len(rc) - 1)
-    c1 = (jc + 1).clamp(max=len(cc) - 1)
+    edge, and within each group by the spread (max − min) of the coarse drops around them (a cell's four corners,
+    an edge's two ends) — where the map changes most, interpolation errs most; ties in position order."""
+    r0, r1 = _around(Pr, rc)
+    c0, c1 = _around(Pc, cc)
     d = dc.cpu().double()
-    corners = torch.stack([d[jr][:, jc], d[jr][:, c1], d[r1][:, jc], d[r1][:, c1]])
+    corners = torch.stack([d[r0][:, c0], d[r0][:, c1], d[r1][:, c0], d[r1][:, c1]])
     spread = corners.amax(0) - corners.amin(0)
-    on_r = torch.zeros(Pr, dtype=torch.bool)
-    on_r[rc] = True
-    on_c = torch.zeros(Pc, dtype=torch.bool)
-    on_c[cc] = True
+    on_r, on_c = r0 == r1, c0 == c1
     coarse = on_r.view(-1, 1) & on_c.view(1, -1)
     inside = ~on_r.view(-1, 1) & ~on_c.view(1, -1)
     key = spread / (float(spread.max()) + 1) + inside.double()  # inside first, then by spread
@@ -113,11 +109,18 @@ def _fill(v: torch.Tensor, known: torch.Tensor, rc: list[int], cc: list[int], ro
 
 
 def _ssim(a: torch.Tensor, b: torch.Tensor) -> float:
+    """SSIM of map ``a`` against the exact map ``b``: scikit-image's ``structural_similarity`` with its defaults
+    (7×7 uniform window, K1 = 0.01, K2 = 0.03; a smaller odd window on maps under 7 pixels) and ``data_range`` the
+    exact map's max − min (the maps are logit drops in no fixed range; 1 if the exact map is constant)."""
     from skimage.metrics import structural_similarity  # noqa: PLC0415
 
-    a, b = a.double().numpy(), b.double().numpy()
+    a, b = a.double().cpu().numpy(), b.double().cpu().numpy()
     rng = float(b.max() - b.min()) or 1.0
-    return float(structural_similarity(a, b, data_range=rng))
+    win = min(7, *a.shape)
+    win -= 1 - win % 2
+    if win < 3:
+        raise ValueError(f"check=True needs maps of at least 3×3 pixels for SSIM, got {tuple(a.shape)}")
+    return float(structural_similarity(a, b, data_range=rng, win_size=win))
 
 
 #: window positions per batch on the incremental path (a layer's boxes for this many positions are one tensor)
@@ -183,13 +186,22 @@ def occlusion(model: nn.Module, x: torch.Tensor, target: Any = "predicted", *, w
     ``incremental``, ``batch_size`` counts window positions per batch.
 
     ``approximate=True`` (or a dict overriding ``tau``, ``coarse`` and ``fraction``;
-    defaults in :data:`APPROXIMATE`) trades exactness for speed as Krypton §4 does: every
-    recomputed box is capped at τ of its layer's size (centre-cropped), and the fine grid
-    is drilled down adaptively — a grid ``coarse`` times coarser first, then only the top
-    ``fraction`` of the fine positions (ranked by the coarse map), the rest interpolated.
-    ``settings["approximate"]`` records the parameters; ``check=True`` also computes the
-    exact map and stores the SSIM of each approximate map against it in
-    ``extras["ssim"]`` (scikit-image's ``structural_similarity``).
+    defaults in :data:`APPROXIMATE`) trades exactness for speed as Krypton §4 does.
+    Adaptive drill-down: every ``coarse``-th window position along each axis (and the
+    last) runs first; then the share ``fraction`` of the other positions, those inside a
+    coarse cell first, each group ranked by how much the coarse drops at the cell's
+    corners differ; the rest are estimated from the computed positions around them
+    (weighted mean of the 8 neighbours, beside 1, diagonal ½). ``tau`` < 1 caps every
+    recomputed box at ⌈τ · size⌉ of its layer, centred on the patch, and reads clean
+    values outside the cap. The defaults (τ 1: no cap, coarse 2, fraction 0.2: 41 % of
+    the positions run) keep the mean SSIM against the exact map at 0.94 (min 0.90) on the
+    bundled photos with EfficientNet-Lite0, window 16, stride 4; a cap costs more SSIM
+    than it saves time there (τ 0.8: SSIM 0.83 for 1.3× fewer multiply-adds). With
+    ``fraction=1`` and ``tau=1`` the map is exact. ``settings["approximate"]`` records
+    τ, coarse, fraction, the coarse grid's size and ``computed`` (the share of positions
+    run); ``check=True`` also computes the exact map and stores the SSIM of each
+    approximate map against it in ``extras["ssim"]`` (:func:`_ssim`: scikit-image's
+    ``structural_similarity``, data range = the exact map's max − min).
 
     >>> e = occlusion(model, x, window=32, stride=16)          # doctest: +SKIP
     >>> e.raw.shape, e.extras["probability"].shape             # N×P_h×P_w both
