@@ -25,6 +25,7 @@ against Captum's best (timed on 49 positions and scaled) and against exact incre
 Run:  python benchmarks/bench_occlusion.py [--quick] [--models resnet18,vgg16,tf_efficientnet_lite0]
         [--images 1,8] [--rounds 3] [--ppe 4,8,16,32] [--load] [--extrapolate] [--threads 2]
       python benchmarks/bench_occlusion.py --approximate [--photos 6] [--models resnet18,efficientnet-lite0]
+        [--fractions 0,0.1,0.2]
 """
 
 from __future__ import annotations
@@ -103,7 +104,9 @@ def approximate(a) -> None:
         else:
             model, label = build(name), f"{name} (random weights)"
         best = {}
-        ssim, computed = [], []
+        fractions = [float(f) for f in a.fractions.split(",")] if a.fractions else [APPROXIMATE["fraction"]]
+        ssim: dict = {f: [] for f in fractions}
+        computed: dict = {f: [] for f in fractions}
 
         def timed(k, f):
             t = time.perf_counter()
@@ -115,29 +118,37 @@ def approximate(a) -> None:
             x = photos[i:i + 1]
             with torch.no_grad():
                 cls = model(x).argmax(1)
-            e = timed("approximate", lambda: occlusion(model, x, cls, window=WINDOW, stride=4, approximate=True))
+            es = {f: timed(f"approximate {f}", lambda f=f: occlusion(model, x, cls, window=WINDOW, stride=4,
+                                                                      approximate={"fraction": f}))
+                  for f in fractions}
             ex = timed("exact", lambda: occlusion(model, x, cls, window=WINDOW, stride=4))
-            assert ex.settings["path"] == "incremental" and e.settings["path"] == "approximate"
+            assert ex.settings["path"] == "incremental"
             for k in [int(v) for v in a.ppe.split(",")]:
                 timed(f"captum ppe={k}", lambda k=k: Occlusion(model).attribute(
                     x, sliding_window_shapes=(3, 32, 32), strides=(3, 32, 32), baselines=0.5, target=cls,
                     perturbations_per_eval=k))
-            ssim.append(_ssim(e.maps[0], ex.maps[0]))
-            computed.append(e.settings["approximate"]["computed"])
-            print(f"    {photo}: SSIM {ssim[-1]:.3f}, approximate {best['approximate']:.1f} s, exact "
-                  f"{best['exact']:.1f} s (minima so far)", flush=True)
+            for f, e in es.items():
+                assert e.settings["path"] == "approximate"
+                ssim[f].append(_ssim(e.maps[0], ex.maps[0]))
+                computed[f].append(e.settings["approximate"]["computed"])
+            print(f"    {photo}: SSIM " + ", ".join(f"{ssim[f][-1]:.3f}" for f in fractions)
+                  + f" (fraction {', '.join(map(str, fractions))}); exact {best['exact']:.1f} s (minimum so far)",
+                  flush=True)
         for k in best:
             if k.startswith("captum"):
                 best[k] *= n_fine / 49
         cap = min((v, k) for k, v in best.items() if k.startswith("captum"))
-        print(f"{label}, window {WINDOW}, stride 4 ({n_fine} positions), approximate {APPROXIMATE} "
-              f"(computes {sum(computed) / len(computed):.0%} of the positions), {len(names)} photos:\n"
-              f"  SSIM against exact: mean {sum(ssim) / len(ssim):.3f}, min {min(ssim):.3f}\n"
-              f"  approximate {best['approximate']:.1f} s, exact incremental {best['exact']:.1f} s, Captum best "
-              f"({cap[1]}, timed on 49 positions and scaled) {cap[0]:.1f} s\n"
-              f"  Captum best / approximate = {cap[0] / best['approximate']:.1f}×; exact / approximate = "
-              f"{best['exact'] / best['approximate']:.2f}×; Captum best / exact = {cap[0] / best['exact']:.2f}×",
-              flush=True)
+        print(f"{label}, window {WINDOW}, stride 4 ({n_fine} positions), {len(names)} photos, threads "
+              f"{torch.get_num_threads()}, minima over the photos on a shared machine:\n"
+              f"  exact incremental {best['exact']:.1f} s, Captum best ({cap[1]}, timed on 49 positions and scaled) "
+              f"{cap[0]:.1f} s: Captum best / exact = {cap[0] / best['exact']:.2f}×", flush=True)
+        for f in fractions:
+            t = best[f"approximate {f}"]
+            print(f"  approximate {dict(APPROXIMATE, fraction=f)} (computes "
+                  f"{sum(computed[f]) / len(computed[f]):.0%} of the positions): SSIM against exact mean "
+                  f"{sum(ssim[f]) / len(ssim[f]):.3f}, min {min(ssim[f]):.3f}; {t:.1f} s; "
+                  f"Captum best / approximate = {cap[0] / t:.1f}×, exact / approximate = {best['exact'] / t:.2f}×",
+                  flush=True)
 
 
 def main(argv=None) -> None:
@@ -154,6 +165,8 @@ def main(argv=None) -> None:
                     help="instead: approximate mode (defaults) vs exact and Captum, window 16, stride 4, on the bundled "
                          "photos (--models resnet18,efficientnet-lite0 by default here)")
     ap.add_argument("--photos", type=int, default=6, help="with --approximate: how many of the bundled photos")
+    ap.add_argument("--fractions", default="", help="with --approximate: drill-down fractions to compare, e.g. "
+                                                    "0,0.1,0.2 (default: the default's)")
     a = ap.parse_args(argv)
     if a.quick:
         a.models, a.images, a.rounds, a.extrapolate = "resnet18", "1", 2, True
