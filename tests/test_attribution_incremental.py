@@ -342,7 +342,7 @@ def test_a_tau_cap_recomputes_less(untouched):
 
 def test_approximate_defaults_keep_ssim_on_the_cluttered_digits_model(untouched):
     """The bundled trained 64×64 model, window 8, stride 2 (29×29 positions: as 16/4 on 224²). Measured: mean SSIM
-    0.97 (min 0.96) over these 6 images with the defaults, 0.90 with no drill-down (fraction 0)."""
+    0.970 (min 0.959) over these 4 images with the defaults, 0.901 with no drill-down (fraction 0)."""
     import skimage.metrics
 
     import cnnlens
@@ -351,7 +351,7 @@ def test_approximate_defaults_keep_ssim_on_the_cluttered_digits_model(untouched)
 
     model = untouched(cnnlens.load_model("cluttered-digits-cnn"))
     ds = cluttered_digits("test")
-    x = torch.stack([ds[i][0] for i in range(6)])
+    x = torch.stack([ds[i][0] for i in range(4)])
     e = occlusion(model, x, window=8, stride=2, approximate=True, check=True)
     exact = occlusion(model, x, window=8, stride=2)
     assert e.settings["approximate"] == {**APPROXIMATE, "coarse_positions": (15, 15),
@@ -360,7 +360,7 @@ def test_approximate_defaults_keep_ssim_on_the_cluttered_digits_model(untouched)
     for s, a, b in zip(ssim, e.maps, exact.maps):  # the stored SSIM is scikit-image's, data range of the exact map
         assert float(s) == pytest.approx(skimage.metrics.structural_similarity(
             a.double().numpy(), b.double().numpy(), data_range=float(b.max() - b.min())), abs=1e-6)
-    assert float(ssim.mean()) > 0.94 and float(ssim.min()) > 0.92
+    assert float(ssim.mean()) > 0.94 and float(ssim.min()) > 0.93
     coarse_only = occlusion(model, x, window=8, stride=2, approximate={"fraction": 0.0})
     assert coarse_only.settings["approximate"]["computed"] == pytest.approx(225 / 841)
     ssim0 = [_ssim(a, b) for a, b in zip(coarse_only.maps, exact.maps)]
