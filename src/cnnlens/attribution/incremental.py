@@ -104,7 +104,8 @@ def trace(model: nn.Module, leaves: tuple[str, ...] = ()) -> tuple[nn.Module, fx
 @dataclass
 class Box:
     """Per position p = (i, j) of a Pr × Pc grid: rows [rows[i], rows[i] + h), cols [cols[j], cols[j] + w)
-    of the clean activation replaced by ``data[i * Pc + j]`` (P×C×h×w)."""
+    of the clean activation replaced by ``data[i * Pc + j]`` (P×C×h×w). With ``pairs``, the positions are a
+    list instead: position p at (rows[p], cols[p]) (rows and cols both of length P)."""
 
     data: torch.Tensor
     rows: torch.Tensor  # (Pr,) long
@@ -112,6 +113,12 @@ class Box:
     clean: torch.Tensor  # 1×C×H×W
     node: Any = None  # the graph node whose value this is (keys the cache of padded clean activations)
     fresh: bool = False  # ``data`` was made by this node (not shared with another node's box)
+    pairs: bool = False  # positions (rows[p], cols[p]) rather than the grid rows × cols
+
+    @property
+    def n(self) -> int:
+        """The number of positions."""
+        return len(self.rows) if self.pairs else len(self.rows) * len(self.cols)
 
     @property
     def h(self) -> int:
@@ -134,15 +141,17 @@ def _ceil_div(a: torch.Tensor, b: int) -> torch.Tensor:
 def _window_dim(starts: torch.Tensor, size: int, n_in: int, n_out: int, k: int, s: int, d: int, pb: int,
                 tau: float | None) -> tuple[torch.Tensor, int]:
     """Output box (starts, size) along one dim of a sliding-window layer for an input box (starts, size)."""
-    lo = _ceil_div(starts + pb - (k - 1) * d, s).clamp(0, n_out - 1)
-    hi = torch.div(starts + size - 1 + pb, s, rounding_mode="floor").clamp(0, n_out - 1)
-    hi = torch.maximum(hi, lo)
+    lo_all = _ceil_div(starts + pb - (k - 1) * d, s)
+    hi_all = torch.div(starts + size - 1 + pb, s, rounding_mode="floor")
+    lo = lo_all.clamp(0, n_out - 1)
+    hi = torch.maximum(hi_all.clamp(0, n_out - 1), lo)
     length = int((hi - lo + 1).max())
     if tau is not None:
         cap = max(1, math.ceil(tau * n_out))
         if length > cap:
-            centre = (lo + hi + 1) // 2
-            lo = centre - cap // 2
+            # centred on the patch: the middle of the whole projective field, not of its part inside the map
+            # (at a border that part's middle lies inward of the patch, and the cap would miss the patch itself)
+            lo = torch.div(lo_all + hi_all + 1 - cap, 2, rounding_mode="floor")
             length = cap
     out = lo.clamp(0, n_out - length)
     return out, length
@@ -155,12 +164,19 @@ def _union_dim(a: torch.Tensor, la: int, b: torch.Tensor, lb: int, n: int) -> tu
     return lo.clamp(max=n - length), length
 
 
-def _flat(rows: torch.Tensor, h: int, cols: torch.Tensor, w: int, W: int, per: int | None = None) -> torch.Tensor:
+def _flat(rows: torch.Tensor, h: int, cols: torch.Tensor, w: int, W: int, per: int | None = None,
+          pairs: bool = False) -> torch.Tensor:
     """Flat pixel indices (row-major, width W) of the window at (rows[i], cols[j]) for every grid position,
-    ordered (i, j, row, col); with ``per``, position p's pixels are offset by p · per (one image per position)."""
+    ordered (i, j, row, col); with ``per``, position p's pixels are offset by p · per (one image per position).
+    With ``pairs``: the window at (rows[p], cols[p]) for every position p, ordered (p, row, col)."""
     dev = rows.device
     ri = (rows.view(-1, 1) + torch.arange(h, device=dev)) * W  # Pr × h
     ci = cols.view(-1, 1) + torch.arange(w, device=dev)  # Pc × w
+    if pairs:
+        idx = ri.view(-1, h, 1) + ci.view(-1, 1, w)  # P × h × w
+        if per is not None:
+            idx = idx + (torch.arange(len(rows), device=dev) * per).view(-1, 1, 1)
+        return idx.reshape(-1)
     idx = ri.view(-1, 1, h, 1) + ci.view(1, -1, 1, w)  # Pr × Pc × h × w
     if per is not None:
         idx = idx + (torch.arange(len(rows) * len(cols), device=dev) * per).view(len(rows), len(cols), 1, 1)
@@ -177,24 +193,27 @@ def _nchw(flat: torch.Tensor, P: int, h: int, w: int) -> torch.Tensor:
     return flat.view(P, h, w, flat.shape[1]).permute(0, 3, 1, 2)
 
 
-def _gather(src: torch.Tensor, rows: torch.Tensor, h: int, cols: torch.Tensor, w: int) -> torch.Tensor:
+def _gather(src: torch.Tensor, rows: torch.Tensor, h: int, cols: torch.Tensor, w: int,
+            pairs: bool = False) -> torch.Tensor:
     """src 1×C×H×W → P×C×h×w (channels-last): the window at (rows[i], cols[j]) for every grid position."""
-    return _gather_hwc(_rows_of(src), src.shape[-1], rows, h, cols, w)
+    return _gather_hwc(_rows_of(src), src.shape[-1], rows, h, cols, w, pairs)
 
 
-def _gather_hwc(src_hwc: torch.Tensor, W: int, rows: torch.Tensor, h: int, cols: torch.Tensor, w: int) -> torch.Tensor:
-    P = len(rows) * len(cols)
-    return _nchw(src_hwc.index_select(0, _flat(rows, h, cols, w, W)), P, h, w)
+def _gather_hwc(src_hwc: torch.Tensor, W: int, rows: torch.Tensor, h: int, cols: torch.Tensor, w: int,
+                pairs: bool = False) -> torch.Tensor:
+    P = len(rows) if pairs else len(rows) * len(cols)
+    return _nchw(src_hwc.index_select(0, _flat(rows, h, cols, w, W, pairs=pairs)), P, h, w)
 
 
-def _window(src: torch.Tensor, Pr: int, Pc: int, rows: torch.Tensor, h: int, cols: torch.Tensor,
-            w: int) -> torch.Tensor:
+def _window(src: torch.Tensor, rows: torch.Tensor, h: int, cols: torch.Tensor, w: int,
+            pairs: bool = False) -> torch.Tensor:
     """src P×C×H×W (one per grid position) → P×C×h×w: position (i, j)'s window at (rows[i], cols[j])."""
     H, W = src.shape[-2:]
-    return _nchw(_rows_of(src).index_select(0, _flat(rows, h, cols, w, W, per=H * W)), Pr * Pc, h, w)
+    return _nchw(_rows_of(src).index_select(0, _flat(rows, h, cols, w, W, per=H * W, pairs=pairs)), src.shape[0],
+                 h, w)
 
 
-def _paste(dst: torch.Tensor, box: torch.Tensor, Pr: int, Pc: int, rows: torch.Tensor, cols: torch.Tensor) -> None:
+def _paste(dst: torch.Tensor, box: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, pairs: bool = False) -> None:
     """dst[p, :, rows[i]:rows[i]+h, cols[j]:cols[j]+w] = box[p] for every grid position p = (i, j), in place.
     ``dst`` must be channels-last (as :func:`_gather` returns it)."""
     h, w = box.shape[-2:]
@@ -202,7 +221,7 @@ def _paste(dst: torch.Tensor, box: torch.Tensor, Pr: int, Pc: int, rows: torch.T
     d = dst.permute(0, 2, 3, 1)
     if not d.is_contiguous():
         raise AssertionError("paste target must be channels-last")
-    d.view(-1, dst.shape[1]).index_copy_(0, _flat(rows, h, cols, w, W, per=H * W), _rows_of(box))
+    d.view(-1, dst.shape[1]).index_copy_(0, _flat(rows, h, cols, w, W, per=H * W, pairs=pairs), _rows_of(box))
 
 
 def _region(clean: torch.Tensor, box: Box, rows: torch.Tensor, h: int, cols: torch.Tensor, w: int,
@@ -215,20 +234,20 @@ def _region(clean: torch.Tensor, box: Box, rows: torch.Tensor, h: int, cols: tor
     if padded is None:
         padded = _padded_hwc(clean, pad, value)
     src, Hp, Wp = padded
-    Pr, Pc = len(box.rows), len(box.cols)
+    pairs = box.pairs
     br, bc = box.rows + pt, box.cols + pl  # box starts in padded coordinates
     fits = bool((br >= rows).all() and (br + box.h <= rows + h).all()
                 and (bc >= cols).all() and (bc + box.w <= cols + w).all())
     if fits:
-        out = _gather_hwc(src, Wp, rows, h, cols, w)
-        _paste(out, box.data, Pr, Pc, br - rows, bc - cols)
+        out = _gather_hwc(src, Wp, rows, h, cols, w, pairs)
+        _paste(out, box.data, br - rows, bc - cols, pairs)
         return out
     # the box reaches outside the region (e.g. a 1×1 stride-2 convolution skips some of its rows): build the hull
     hr, hh = _union_dim(rows, h, br, box.h, Hp)
     hc, hw = _union_dim(cols, w, bc, box.w, Wp)
-    hull = _gather_hwc(src, Wp, hr, hh, hc, hw)
-    _paste(hull, box.data, Pr, Pc, br - hr, bc - hc)
-    return _window(hull, Pr, Pc, rows - hr, h, cols - hc, w)
+    hull = _gather_hwc(src, Wp, hr, hh, hc, hw, pairs)
+    _paste(hull, box.data, br - hr, bc - hc, pairs)
+    return _window(hull, rows - hr, h, cols - hc, w, pairs)
 
 
 def _padded_hwc(clean: torch.Tensor, pad: tuple[int, int, int, int], value: float) -> tuple[torch.Tensor, int, int]:
@@ -237,12 +256,12 @@ def _padded_hwc(clean: torch.Tensor, pad: tuple[int, int, int, int], value: floa
 
 
 def _full(box: Box) -> torch.Tensor:
-    P = len(box.rows) * len(box.cols)
+    P = box.n
     C, H, W = box.clean.shape[1:]
     out = torch.empty(P, H, W, C, dtype=box.data.dtype, device=box.data.device)
     out.copy_(box.clean.permute(0, 2, 3, 1))
     out = out.permute(0, 3, 1, 2)
-    _paste(out, box.data, len(box.rows), len(box.cols), box.rows, box.cols)
+    _paste(out, box.data, box.rows, box.cols, box.pairs)
     return out
 
 
@@ -488,8 +507,7 @@ class IncrementalOcclusion(Traced):
     # -- incremental execution
     def run(self, env: dict, box: Box, stats: Stats | None = None) -> torch.Tensor:
         """The model's output (P×K) for the clean input with ``box`` pasted, for every grid position."""
-        Pr, Pc = len(box.rows), len(box.cols)
-        P = Pr * Pc
+        P = box.n
         st: dict = {}
         padded = env.setdefault("_padded", {})  # padded clean activations, kept for every chunk of this image
         users_left = {n: len(n.users) for n in self.nodes}
@@ -565,9 +583,9 @@ class IncrementalOcclusion(Traced):
                 # an in-place layer may overwrite the box only when no other node reads it
                 shared = not (b.fresh and b.node is not None and len(b.node.users) == 1)
                 data = b.data.clone() if getattr(mod, "inplace", False) and shared else b.data
-                return Box(mod(data), b.rows, b.cols, clean_out)
+                return Box(mod(data), b.rows, b.cols, clean_out, pairs=b.pairs)
             if isinstance(mod, nn.AdaptiveAvgPool2d) and tuple(clean_out.shape[-2:]) == tuple(b.clean.shape[-2:]):
-                return Box(b.data, b.rows, b.cols, clean_out)  # adaptive pooling to its own size: the identity
+                return Box(b.data, b.rows, b.cols, clean_out, pairs=b.pairs)  # adaptive pooling to its own size: the identity
             wp = _window_params(n, mod, b.clean.shape, clean_out.shape)
             if wp is not None and clean_out.dim() == 4:
                 return self._window(n, b, wp, clean_out, padded, count)
@@ -583,7 +601,7 @@ class IncrementalOcclusion(Traced):
                     data = b.data.clone() if _inplace(n, None) else b.data
                     a2 = tuple(data if a is b else a for a in args)
                     k2 = {k: (data if v is b else v) for k, v in kwargs.items()}
-                    return Box(self._call(n, a2, k2), b.rows, b.cols, clean_out)
+                    return Box(self._call(n, a2, k2), b.rows, b.cols, clean_out, pairs=b.pairs)
                 return self._union(n, args, kwargs, boxes, clean_out, padded)
         if (spatial and not fulls and n.op == "call_function" and n.target is torch.cat and len(args) >= 1
                 and isinstance(args[0], (list, tuple)) and all(isinstance(a, Box) for a in args[0])
@@ -623,7 +641,7 @@ class IncrementalOcclusion(Traced):
         res = run(ctx)
         P = res.shape[0]
         count(macs, P * h * w, P * Ho * Wo)
-        return Box(res, rows, cols, clean_out)
+        return Box(res, rows, cols, clean_out, pairs=b.pairs)
 
     def _union(self, n, args, kwargs, boxes: list[Box], clean_out, padded, cat: bool = False):
         H, W = clean_out.shape[-2:]
@@ -640,6 +658,9 @@ class IncrementalOcclusion(Traced):
                 padded[key] = _padded_hwc(b.clean, (0, 0, 0, 0), 0.0)
             return _region(b.clean, b, rows, h, cols, w, padded=padded[key])
 
+        if len({b.pairs for b in boxes}) != 1:
+            raise AssertionError("boxes of one run are all grids or all position lists")
+
         if cat:
             parts = [on_union(b) for b in args[0]]
             res = torch.cat(parts, *args[1:], **kwargs)
@@ -649,7 +670,7 @@ class IncrementalOcclusion(Traced):
             k2 = {k: (ids[id(v)] if isinstance(v, Box) else v) for k, v in kwargs.items()}
             a2, k2 = self._prot(n, a2, k2)
             res = self._call(n, a2, k2)
-        return Box(res, rows, cols, clean_out)
+        return Box(res, rows, cols, clean_out, pairs=boxes[0].pairs)
 
 
 _logged: set[str] = set()
@@ -663,10 +684,11 @@ def log_fallback(reason: str) -> None:
 
 
 def input_box(x: torch.Tensor, fill: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, wh: int,
-              ww: int) -> tuple[Box, torch.Tensor]:
-    """The patched input as a box for every grid position, and which positions change no pixel."""
+              ww: int, pairs: bool = False) -> tuple[Box, torch.Tensor]:
+    """The patched input as a box for every grid position (with ``pairs``: for the positions (rows[p], cols[p])),
+    and which positions change no pixel."""
     f = fill.expand_as(x) if fill.shape != x.shape else fill
-    data = _gather(f.contiguous() if f.stride() != x.stride() else f, rows, wh, cols, ww)
-    orig = _gather(x, rows, wh, cols, ww)
+    data = _gather(f.contiguous() if f.stride() != x.stride() else f, rows, wh, cols, ww, pairs)
+    orig = _gather(x, rows, wh, cols, ww, pairs)
     same = ~(data != orig).flatten(1).any(1)
-    return Box(data, rows, cols, x), same
+    return Box(data, rows, cols, x, pairs=pairs), same

@@ -32,12 +32,12 @@ from .._autograd import needs_autograd
 
 log = logging.getLogger("cnnlens.attribution")
 
-#: approximate mode (Krypton §4): box cap τ (share of each layer's size), coarse grid = stride × ``coarse``,
-#: ``fraction`` of the fine positions recomputed (the top ones by the coarse map)
-APPROXIMATE = {"tau": 0.5, "coarse": 2, "fraction": 0.25}
+#: approximate mode (Krypton §4): box cap τ (share of each layer's size; 1 = no cap), coarse grid = every
+#: ``coarse``-th window position, ``fraction`` of the other positions recomputed (see :func:`occlusion`)
+APPROXIMATE = {"tau": 1.0, "coarse": 2, "fraction": 0.2}
 
 
-def _approx_settings(approximate: Any, H: int, W: int, wh: int, ww: int, sh: int, sw: int) -> dict | None:
+def _approx_settings(approximate: Any) -> dict | None:
     if approximate is False or approximate is None:
         return None
     if approximate is True:
@@ -49,21 +49,78 @@ def _approx_settings(approximate: Any, H: int, W: int, wh: int, ww: int, sh: int
         a = {**APPROXIMATE, **approximate}
     else:
         raise TypeError(f"approximate must be True, False or a dict of {sorted(APPROXIMATE)}, got {approximate!r}")
-    if not (0 < float(a["tau"]) <= 1) or not (0 < float(a["fraction"]) <= 1) or int(a["coarse"]) < 1:
-        raise ValueError(f"approximate needs 0 < tau ≤ 1, 0 < fraction ≤ 1 and coarse ≥ 1, got {a}")
-    log.warning("approximate occlusion is experimental: with these settings its map can differ much from the "
-                "exact one (mean SSIM 0.14–0.31 measured on EfficientNet-Lite0); pass check=True to see how far")
-    a["coarse_rows"] = window_starts(H, wh, sh * int(a["coarse"]) if sh * int(a["coarse"]) <= wh else wh)
-    a["coarse_cols"] = window_starts(W, ww, sw * int(a["coarse"]) if sw * int(a["coarse"]) <= ww else ww)
-    return a
+    if not (0 < float(a["tau"]) <= 1) or not (0 <= float(a["fraction"]) <= 1) or int(a["coarse"]) < 1:
+        raise ValueError(f"approximate needs 0 < tau ≤ 1, 0 ≤ fraction ≤ 1 and coarse ≥ 1, got {a}")
+    return {"tau": float(a["tau"]), "coarse": int(a["coarse"]), "fraction": float(a["fraction"])}
+
+
+def _coarse_index(n: int, every: int) -> list[int]:
+    """Every ``every``-th of n window positions along one axis, and the last.
+
+    >>> _coarse_index(7, 2), _coarse_index(6, 2), _coarse_index(1, 3)
+    ([0, 2, 4, 6], [0, 2, 4, 5], [0])
+    """
+    idx = list(range(0, n, every))
+    if idx[-1] != n - 1:
+        idx.append(n - 1)
+    return idx
+
+
+def _around(n: int, coarse: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """For each of n fine indices, the coarse indices of the nearest coarse lines at or before it and at or after
+    it (the same one for a fine index on a coarse line)."""
+    c, i = torch.tensor(coarse), torch.arange(n)
+    return torch.searchsorted(c, i, right=True) - 1, torch.searchsorted(c, i, right=False)
+
+
+def _drill_order(dc: torch.Tensor, rc: list[int], cc: list[int], Pr: int, Pc: int) -> torch.Tensor:
+    """The fine positions off the coarse grid (flat indices into Pr × Pc), most worth recomputing first: those
+    inside a coarse cell (off every coarse row and column: farthest from what is known) before those on a cell's
+    edge, and within each group by the spread (max − min) of the coarse drops around them (a cell's four corners,
+    an edge's two ends) — where the map changes most, interpolation errs most; ties in position order."""
+    r0, r1 = _around(Pr, rc)
+    c0, c1 = _around(Pc, cc)
+    d = dc.cpu().double()
+    corners = torch.stack([d[r0][:, c0], d[r0][:, c1], d[r1][:, c0], d[r1][:, c1]])
+    spread = corners.amax(0) - corners.amin(0)
+    on_r, on_c = r0 == r1, c0 == c1
+    coarse = on_r.view(-1, 1) & on_c.view(1, -1)
+    inside = ~on_r.view(-1, 1) & ~on_c.view(1, -1)
+    key = spread / (float(spread.max()) + 1) + inside.double()  # inside first, then by spread
+    order = key.flatten().argsort(descending=True, stable=True)
+    return order[~coarse.flatten()[order]]
+
+
+def _fill(v: torch.Tensor, known: torch.Tensor, rc: list[int], cc: list[int], rows: list[int],
+          cols: list[int]) -> torch.Tensor:
+    """Pr × Pc values with the unknown ones estimated: the weighted mean of the known values among the 8
+    neighbouring positions (weight 1 for the 4 beside, ½ for the 4 diagonal), or, with none known nearby,
+    bilinear interpolation between the coarse grid's positions."""
+    import torch.nn.functional as F  # noqa: PLC0415
+
+    v = v.double()
+    est = _interp(rows, [rows[i] for i in rc]).double() @ v[rc][:, cc] @ _interp(cols, [cols[j] for j in cc]).double().T
+    k = known.double()
+    ker = torch.tensor([[0.5, 1, 0.5], [1, 0, 1], [0.5, 1, 0.5]], dtype=torch.float64).view(1, 1, 3, 3)
+    num = F.conv2d((v * k)[None, None], ker, padding=1)[0, 0]
+    den = F.conv2d(k[None, None], ker, padding=1)[0, 0]
+    est = torch.where(den > 0, num / den.clamp(min=1e-12), est)
+    return torch.where(known, v, est).float()
 
 
 def _ssim(a: torch.Tensor, b: torch.Tensor) -> float:
+    """SSIM of map ``a`` against the exact map ``b``: scikit-image's ``structural_similarity`` with its defaults
+    (7×7 uniform window, K1 = 0.01, K2 = 0.03; a smaller odd window on maps under 7 pixels) and ``data_range`` the
+    exact map's max − min (the maps are logit drops in no fixed range; 1 if the exact map is constant)."""
     from skimage.metrics import structural_similarity  # noqa: PLC0415
 
-    a, b = a.double().numpy(), b.double().numpy()
+    a, b = a.double().cpu().numpy(), b.double().cpu().numpy()
     rng = float(b.max() - b.min()) or 1.0
-    return float(structural_similarity(a, b, data_range=rng))
+    win = min(7, *a.shape)
+    win -= 1 - win % 2
+    if win < 3:
+        raise ValueError(f"check=True needs maps of at least 3×3 pixels for SSIM, got {tuple(a.shape)}")
+    return float(structural_similarity(a, b, data_range=rng, win_size=win))
 
 
 #: window positions per batch on the incremental path (a layer's boxes for this many positions are one tensor)
@@ -129,13 +186,22 @@ def occlusion(model: nn.Module, x: torch.Tensor, target: Any = "predicted", *, w
     ``incremental``, ``batch_size`` counts window positions per batch.
 
     ``approximate=True`` (or a dict overriding ``tau``, ``coarse`` and ``fraction``;
-    defaults in :data:`APPROXIMATE`) trades exactness for speed as Krypton §4 does: every
-    recomputed box is capped at τ of its layer's size (centre-cropped), and the fine grid
-    is drilled down adaptively — a grid ``coarse`` times coarser first, then only the top
-    ``fraction`` of the fine positions (ranked by the coarse map), the rest interpolated.
-    ``settings["approximate"]`` records the parameters; ``check=True`` also computes the
-    exact map and stores the SSIM of each approximate map against it in
-    ``extras["ssim"]`` (scikit-image's ``structural_similarity``).
+    defaults in :data:`APPROXIMATE`) trades exactness for speed as Krypton §4 does.
+    Adaptive drill-down: every ``coarse``-th window position along each axis (and the
+    last) runs first; then the share ``fraction`` of the other positions, those inside a
+    coarse cell first, each group ranked by how much the coarse drops at the cell's
+    corners differ; the rest are estimated from the computed positions around them
+    (weighted mean of the 8 neighbours, beside 1, diagonal ½). ``tau`` < 1 caps every
+    recomputed box at ⌈τ · size⌉ of its layer, centred on the patch, and reads clean
+    values outside the cap. The defaults (τ 1: no cap, coarse 2, fraction 0.2: 41 % of
+    the positions run) keep the mean SSIM against the exact map at 0.94 (min 0.90) on the
+    bundled photos with EfficientNet-Lite0, window 16, stride 4; a cap costs more SSIM
+    than it saves time there (on one photo at stride 8, τ 0.8 gave SSIM 0.83 for 1.3×
+    fewer multiply-adds). With ``fraction=1`` and ``tau=1`` the map is exact. ``settings["approximate"]`` records
+    τ, coarse, fraction, the coarse grid's size and ``computed`` (the share of positions
+    run); ``check=True`` also computes the exact map and stores the SSIM of each
+    approximate map against it in ``extras["ssim"]`` (:func:`_ssim`: scikit-image's
+    ``structural_similarity``, data range = the exact map's max − min).
 
     >>> e = occlusion(model, x, window=32, stride=16)          # doctest: +SKIP
     >>> e.raw.shape, e.extras["probability"].shape             # N×P_h×P_w both
@@ -164,7 +230,7 @@ def occlusion(model: nn.Module, x: torch.Tensor, target: Any = "predicted", *, w
     is_class = p.target.is_class
     drops = torch.empty(p.n * P, device=dev, dtype=torch.float32)
     probs = torch.empty(p.n * P, device=dev, dtype=torch.float32) if is_class else None
-    approx = _approx_settings(approximate, H, W, wh, ww, sh, sw)
+    approx = _approx_settings(approximate)
     if approx is not None and incremental is False:
         raise ValueError("approximate=True needs the incremental path; drop incremental=False")
     path, why = "full", None
@@ -201,7 +267,9 @@ def occlusion(model: nn.Module, x: torch.Tensor, target: Any = "predicted", *, w
         settings["full_reason"] = why
     if approx is not None:
         settings["approximate"] = {k: approx[k] for k in ("tau", "coarse", "fraction")}
-        settings["approximate"]["coarse_positions"] = (len(approx["coarse_rows"]), len(approx["coarse_cols"]))
+        settings["approximate"]["coarse_positions"] = (len(_coarse_index(len(rows), approx["coarse"])),
+                                                      len(_coarse_index(len(cols), approx["coarse"])))
+        settings["approximate"]["computed"] = approx["computed"]  # share of the window positions run
         if check:
             exact = occlusion(model, x, target, window=window, stride=stride, fill=fill, batch_size=batch_size
                               if batch_size_given else None, blur_sigma=blur_sigma, y=y, incremental=True)
@@ -321,10 +389,9 @@ def _incremental(model, p, filled, per_sample_fill, rows, cols, wh, ww, drops, p
     """Every window position through only the part of each layer that the patch reaches (see incremental.py).
 
     With ``approx`` (Krypton §4): boxes capped at τ of each layer, and adaptive drill-down — the positions of a
-    coarse grid first, then only the top ``fraction`` of the fine positions (ranked by the coarse map,
-    interpolated), the others interpolated from the coarse grid."""
+    coarse grid first, then the ``fraction`` of the other positions ranked first by :func:`_drill_order`, the
+    rest estimated from their neighbours (:func:`_fill`)."""
     P = len(rows) * len(cols)
-    Pc = len(cols)
     dev = p.x.device
     is_class = p.target.is_class
     per = batch_size if batch_size_given else POSITIONS_PER_BATCH
@@ -332,10 +399,27 @@ def _incremental(model, p, filled, per_sample_fill, rows, cols, wh, ww, drops, p
     with LayerTap(model, []) as tap, torch.no_grad():
         out = logits_of(tap.run(p.x))
         classes = pick_classes(p, out, p.n)
-        inc = IncrementalOcclusion(model, tau=None if approx is None else approx["tau"])
+        inc = IncrementalOcclusion(model, tau=None if approx is None or approx["tau"] >= 1 else approx["tau"])
         s0 = torch.empty(p.n, device=dev)
         p0 = torch.empty(p.n, device=dev) if is_class else None
+        rows_all, cols_all = torch.tensor(rows, device=dev), torch.tensor(cols, device=dev)
         done = 0
+
+        def at(xi, fi, env, ci, s0i, p0i, idx: torch.Tensor):
+            """drops and probabilities at the flat grid positions ``idx``."""
+            d = torch.empty(len(idx), device=dev)
+            q = torch.empty(len(idx), device=dev)
+            for a, b in chunks(len(idx), per):
+                box, same = input_box(xi, fi, rows_all[idx[a:b] // len(cols)], cols_all[idx[a:b] % len(cols)], wh,
+                                      ww, pairs=True)
+                ob = logits_of(inc.run(env, box, stats))
+                cb = ci.expand(ob.shape[0])
+                sb = p.target.score(ob, cb).float()
+                d[a:b] = torch.where(same, torch.zeros_like(sb), s0i - sb)
+                if is_class:
+                    pb = ob.float().softmax(1).gather(1, cb.view(-1, 1)).squeeze(1)
+                    q[a:b] = torch.where(same, p0i.expand_as(pb), pb)
+            return d, q
 
         def grid(xi, fi, env, ci, s0i, p0i, rr: list[int], cc: list[int]):
             """drops and probabilities (len(rr)·len(cc)) for the grid rr × cc of window offsets."""
@@ -355,6 +439,7 @@ def _incremental(model, p, filled, per_sample_fill, rows, cols, wh, ww, drops, p
                     q[lo:hi] = torch.where(same, p0i.expand_as(pb), pb)
             return d, q
 
+        computed = 0
         for i in range(p.n):
             xi = p.x[i:i + 1]
             env = inc.clean(xi)
@@ -371,26 +456,32 @@ def _incremental(model, p, filled, per_sample_fill, rows, cols, wh, ww, drops, p
             lo, hi = i * P, (i + 1) * P
             if approx is None:
                 d, q = grid(xi, fi, env, ci, s0[i], p0i, rows, cols)
+                computed += P
             else:
-                rc, cc = approx["coarse_rows"], approx["coarse_cols"]
-                dc, qc = grid(xi, fi, env, ci, s0[i], p0i, rc, cc)
-                Mr, Mc = _interp(rows, rc).to(dev), _interp(cols, cc).to(dev)
-                d = (Mr @ dc.view(len(rc), len(cc)) @ Mc.T).flatten()
-                q = (Mr @ qc.view(len(rc), len(cc)) @ Mc.T).flatten()
-                k = min(P, max(1, round(approx["fraction"] * P)))
-                top = torch.zeros(P, dtype=torch.bool, device=dev)
-                top[d.topk(k).indices] = True
-                top = top.view(len(rows), len(cols))
-                for r in range(len(rows)):
-                    js = top[r].nonzero().flatten().tolist()
-                    if js:
-                        dr, qr = grid(xi, fi, env, ci, s0[i], p0i, [rows[r]], [cols[j] for j in js])
-                        d[r * Pc + torch.tensor(js, device=dev)] = dr
-                        q[r * Pc + torch.tensor(js, device=dev)] = qr
+                rc, cc = _coarse_index(len(rows), approx["coarse"]), _coarse_index(len(cols), approx["coarse"])
+                dc, qc = grid(xi, fi, env, ci, s0[i], p0i, [rows[r] for r in rc], [cols[c] for c in cc])
+                known = torch.zeros(len(rows), len(cols), dtype=torch.bool)
+                known[torch.tensor(rc).view(-1, 1), torch.tensor(cc).view(1, -1)] = True
+                d = torch.zeros(len(rows), len(cols), device=dev)
+                q = torch.zeros(len(rows), len(cols), device=dev)
+                d[torch.tensor(rc).view(-1, 1), torch.tensor(cc).view(1, -1)] = dc.view(len(rc), len(cc))
+                q[torch.tensor(rc).view(-1, 1), torch.tensor(cc).view(1, -1)] = qc.view(len(rc), len(cc))
+                order = _drill_order(dc.view(len(rc), len(cc)), rc, cc, len(rows), len(cols))
+                pick = order[:round(approx["fraction"] * len(order))].to(dev)
+                if len(pick):
+                    dp, qp = at(xi, fi, env, ci, s0[i], p0i, pick)
+                    d.view(-1)[pick] = dp
+                    q.view(-1)[pick] = qp
+                    known.view(-1)[pick.cpu()] = True
+                computed += int(known.sum())
+                d = _fill(d.cpu(), known, rc, cc, rows, cols).to(dev).flatten()
+                q = _fill(q.cpu(), known, rc, cc, rows, cols).to(dev).flatten()
             drops[lo:hi] = d
             if is_class:
                 probs[lo:hi] = q
             done += P
             if progress:
                 progress(done, total)
+        if approx is not None:
+            approx["computed"] = computed / total
     return s0, p0, classes
