@@ -94,6 +94,19 @@ class SearchResult(Result):
         return [c for r, c in enumerate(self.channels) if not float(self.activations[r, 0]) > 0]
 
 
+def image_max(batch: Batch, layer: str) -> torch.Tensor:
+    """N×C: each image's largest activation per channel of ``layer`` (N×C×H×W or N×C), computed once per batch
+    and shared by the accumulators of one scan (:meth:`cnnlens.scan.Batch.memo`)."""
+
+    def fn():
+        a = batch.acts[layer].detach()
+        if a.dim() == 2:
+            return a
+        return a.reshape(a.shape[0], a.shape[1], -1).amax(2)
+
+    return batch.memo(("image_max", layer), fn)
+
+
 def _rank(values: torch.Tensor, index: torch.Tensor, k: int) -> torch.Tensor:
     """Per row, the positions of the top-k by (value desc, index asc): C×min(k, m)."""
     o1 = torch.sort(index, dim=1, stable=True).indices
@@ -144,54 +157,66 @@ class SearchAccumulator:
         if max(self.channels) >= a.shape[1]:
             raise ValueError(f"channel {max(self.channels)} is out of range: layer {self.layer!r} has {a.shape[1]} channels")
         self.num_classes = max(self.num_classes, int(batch.logits.shape[1]) if batch.logits.dim() == 2 else 0)
-        if self.channels != tuple(range(a.shape[1])):
-            a = a[:, list(self.channels)]
-        a = a.float()
-        n, C, H, W = a.shape
-        vals, arg = a.reshape(n, C, H * W).max(2)  # N×C, first maximum on ties
-        vals, arg = vals.t().cpu(), arg.t().cpu()
+        n, _, H, W = a.shape
+        if self.channels == tuple(range(a.shape[1])):
+            # each image's strongest unit per channel: one reduction over the contiguous maps, shared with
+            # the layer's neuron statistics in the same scan
+            vals = image_max(batch, self.layer)
+            chan = None
+        else:
+            chan = torch.tensor(self.channels, device=a.device)
+            vals = a[:, chan].reshape(n, len(self.channels), H * W).amax(2)
+        vals = vals.t().float().cpu()  # C×N
+        C = vals.shape[0]
         idx = batch.index.cpu().long().view(1, n).expand(C, n)
         st = self._state
         m = 0 if st is None else st["values"].shape[1]
+        if m == self.k:
+            # only images that reach a channel's k-th best can enter its top-k (ties go by dataset index)
+            if not bool((vals >= st["values"][:, -1:]).any()):
+                return
         cand_v = vals if st is None else torch.cat([st["values"], vals], 1)
         cand_i = idx if st is None else torch.cat([st["indices"], idx], 1)
         pick = _rank(cand_v, cand_i, self.k)  # C×k' positions into the candidates
         new = pick >= m
+        if st is not None and m == pick.shape[1] and not bool(new.any()):
+            return
         x = batch.x.detach()
-        y = batch.y.detach().view(-1).cpu().long()
-        # the new entries: positions, labels, boxes and crops cut from this batch's images
         sample = (pick - m).clamp_min(0)  # for a new entry: its sample's index in this batch
-        flat = arg.gather(1, sample)
-        pos = torch.stack([flat // W, flat % W], -1)
-        out = {
-            "values": cand_v.gather(1, pick),
-            "indices": cand_i.gather(1, pick),
-        }
-        positions = pos.clone()
-        labels = y[sample]
-        boxes = torch.zeros(C, pick.shape[1], 4, dtype=torch.long)
-        clipped = torch.zeros(C, pick.shape[1], dtype=torch.bool)
-        crops = None
-        if st is not None:
-            old = ~new
-            oi = pick.clamp_max(m - 1) if m else pick
-            positions[old] = st["positions"].gather(1, oi.unsqueeze(-1).expand(-1, -1, 2))[old]
-            labels = torch.where(old, st["labels"].gather(1, oi), labels)
-            boxes[old] = st["boxes"].gather(1, oi.unsqueeze(-1).expand(-1, -1, 4))[old]
-            clipped[old] = st["clipped"].gather(1, oi)[old]
-            crops = st["crops"][torch.arange(C).view(-1, 1), oi]
+        cn, sn = new.nonzero(as_tuple=True)
+        k2 = pick.shape[1]
+        if st is None:
+            out = {"values": cand_v.gather(1, pick), "indices": cand_i.gather(1, pick),
+                   "positions": torch.zeros(C, k2, 2, dtype=torch.long),
+                   "labels": torch.zeros(C, k2, dtype=torch.long),
+                   "boxes": torch.zeros(C, k2, 4, dtype=torch.long),
+                   "clipped": torch.zeros(C, k2, dtype=torch.bool)}
+            crops = None
+        else:
+            oi = pick.clamp_max(m - 1)
+            rows = torch.arange(C).view(-1, 1)
+            out = {key: st[key][rows, oi] for key in ("positions", "labels", "boxes", "clipped")}
+            out["values"], out["indices"] = cand_v.gather(1, pick), cand_i.gather(1, pick)
+            crops = st["crops"][rows, oi]
         hw = tuple(x.shape[-2:])
         win = (min(self.rf.size[0], hw[0]), min(self.rf.size[1], hw[1]))
-        cs = list(crops.shape[2:]) if crops is not None else [x.shape[1], *self._crop_size(win)]
-        crops = torch.empty(C, pick.shape[1], *cs) if crops is None else crops.clone()
-        cn, sn = new.nonzero(as_tuple=True)
+        if crops is None:
+            crops = torch.empty(C, k2, x.shape[1], *self._crop_size(win))
         if len(cn):
-            ij = positions[cn, sn]  # E×2 units of the new entries
+            # the new entries only: the position of each one's strongest unit (the first maximum, row-major),
+            # its label, field and patch, cut from this batch's images
+            s_new = sample[cn, sn]
+            ch = cn if chan is None else chan.cpu()[cn]
+            maps = a.reshape(n, a.shape[1], H * W)[s_new.to(a.device), ch.to(a.device)]  # E×HW
+            flat = maps.argmax(1).cpu()
+            ij = torch.stack([flat // W, flat % W], -1)
+            out["positions"][cn, sn] = ij
+            out["labels"][cn, sn] = batch.y.detach().view(-1).cpu().long()[s_new]
             box = self._boxes(ij, hw)
-            boxes[cn, sn] = box
-            clipped[cn, sn] = (box[:, 0] < 0) | (box[:, 1] < 0) | (box[:, 2] > hw[0]) | (box[:, 3] > hw[1])
-            crops[cn, sn] = self._crops(x, sample[cn, sn], box, win, hw)
-        out.update(positions=positions, labels=labels, boxes=boxes, clipped=clipped, crops=crops)
+            out["boxes"][cn, sn] = box
+            out["clipped"][cn, sn] = (box[:, 0] < 0) | (box[:, 1] < 0) | (box[:, 2] > hw[0]) | (box[:, 3] > hw[1])
+            crops[cn, sn] = self._crops(x, s_new, box, win, hw)
+        out["crops"] = crops
         self._state = out
 
     def _boxes(self, ij: torch.Tensor, hw) -> torch.Tensor:

@@ -126,35 +126,42 @@ class StatsAccumulator:
             a = a[:, :, None, None]
         if a.dim() != 4:
             raise ValueError(f"layer {self.layer!r} gives {a.dim()}-D outputs; neuron statistics need N×C×H×W or N×C")
-        a = a.float().cpu()
+        from .search import image_max
+
         n, C, H, W = a.shape
         K = self.num_classes or int(batch.logits.shape[1])
         if self.s is None:
             self.s = self._init(C, K)
+        # every reduction runs per image over the contiguous last axis of N×C×(H·W) (fast on the CPU, and few:
+        # maximum, minimum, shifted sum and sum of squares, a zero count, one histogram pass); the per-image
+        # maxima are shared with a dataset search of the same layer
+        v = a.float().reshape(n, C, H * W)
+        m = float(H * W)
         if getattr(self, "shift", None) is None:
             # a per-channel shift (the first batch's mean) keeps the sums of squares below free of cancellation
-            self.shift = a.mean((0, 2, 3)).view(1, C, 1)
+            self.shift = (v.sum(2).sum(0) / (n * m)).view(1, C, 1)
         s = self.s
-        v = a.view(n, C, H * W)  # per-image reductions run over the contiguous last axis (fast on the CPU)
-        m = float(H * W)
-        raw = v.sum(2).double()  # N×C, float32 sums of H·W values, merged in float64
-        shift = self.shift.view(1, C).double()
+        shift = self.shift.view(1, C).double().cpu()
+        raw = v.sum(2).double().cpu()  # N×C, float32 sums of H·W values, merged in float64
         s1 = raw - m * shift
-        d = v - self.shift
-        s2 = torch.linalg.vecdot(d, d).double()
+        # the temporaries go to buffers kept from batch to batch: a fresh tensor the size of a layer's output
+        # per operation would cost page faults that take longer than the arithmetic
+        buf = self._work(v.shape, torch.float32, v.device)
+        torch.sub(v, self.shift, out=buf)
+        s2 = (torch.linalg.vector_norm(buf, dim=2).double() ** 2).cpu()  # Σ (v − shift)² per image, one pass
         nb = torch.full((C,), n * m, dtype=torch.float64)
         mb = s1.sum(0) / nb
         m2b = (s2.sum(0) - s1.sum(0) ** 2 / nb).clamp_min(0)
         self._chan(s, nb, mb + shift.view(C), m2b)
-        mn, mx = torch.aminmax(v, dim=2)
-        lo, hi = mn.amin(0).double(), mx.amax(0).double()
+        lo = v.amin(2).amin(0).double().cpu()
+        hi = image_max(batch, self.layer).amax(0).double().cpu()
         if self.zero == 0.0 and bool((lo >= 0).all()):  # non-negative (after a ReLU): v ≤ 0 iff v == 0
-            s["zeros"] += nb - torch.count_nonzero(v, dim=(0, 2)).double()
+            s["zeros"] += nb - torch.sign(v, out=buf).sum(2).sum(0).double().cpu()
         else:
-            s["zeros"] += (v <= self.zero).sum((0, 2)).double()
+            s["zeros"] += (v <= self.zero).sum((0, 2), dtype=torch.int64).double().cpu()
         s["min"] = torch.minimum(s["min"], lo)
         s["max"] = torch.maximum(s["max"], hi)
-        h, below, above = self._histogram(a, lo, hi)
+        h, below, above = self._histogram(v, lo, hi, buf)
         s["hist"] += h
         s["below"] += below
         s["above"] += above
@@ -166,38 +173,63 @@ class StatsAccumulator:
         s["csum"] += onehot.t() @ img  # (index_add_ of float64 rows is slow on the CPU)
         s["ccount"] += onehot.sum(0)
 
-    def _histogram(self, a: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor):
-        """(C×B counts, C below, C above) of an N×C×H×W batch.
+    def _work(self, shape, dtype, device) -> torch.Tensor:
+        """A scratch tensor of ``shape`` kept between batches (one per dtype, grown when needed)."""
+        key = (dtype, str(device))
+        work = getattr(self, "_scratch", None)
+        if work is None:
+            work = self._scratch = {}
+        numel = 1
+        for d in shape:
+            numel *= int(d)
+        b = work.get(key)
+        if b is None or b.numel() < numel:
+            b = work[key] = torch.empty(numel, dtype=dtype, device=device)
+        return b[:numel].view(shape)
+
+    def __getstate__(self):  # scratch buffers are not state: a gathered or pickled accumulator leaves them behind
+        d = dict(self.__dict__)
+        d.pop("_scratch", None)
+        return d
+
+    def _histogram(self, v: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, buf: torch.Tensor | None = None):
+        """(C×B counts, C below, C above) of an N×C×M batch of values (M positions per image).
 
         Bin b holds edges[b] ≤ v < edges[b+1]; the last bin also holds v == edges[-1].
         Uniform edges (``linspace``): bin = ⌊(v − e₀)/w⌋ in one fused pass with a
         per-channel offset, so one ``bincount`` fills every channel (a value within float
         rounding of an inner edge may land in the neighbouring bin); other edges: ``bucketize``.
         """
-        C = a.shape[1]
+        C = v.shape[1]
         B = self.edges.numel() - 1
         e0, e1 = float(self.edges[0]), float(self.edges[-1])
-        below = (a < e0).sum((0, 2, 3)) if bool((lo < e0).any()) else torch.zeros(C, dtype=torch.long)
-        above = (a > e1).sum((0, 2, 3)) if bool((hi > e1).any()) else torch.zeros(C, dtype=torch.long)
+        cpu = lambda t: t.cpu()  # noqa: E731
+        below = cpu((v < e0).sum((0, 2))) if bool((lo < e0).any()) else torch.zeros(C, dtype=torch.long)
+        above = cpu((v > e1).sum((0, 2))) if bool((hi > e1).any()) else torch.zeros(C, dtype=torch.long)
         if self._uniform:
             # t = (v − e0)/w + 1 + (B+2)·c, clamped into channel c's B+2 slots [below, bins…, top]; the float is exact
             # for these small integers and truncation is floor for t ≥ 0
             scale = B / (e1 - e0)
-            off = torch.arange(C, dtype=torch.float32).view(1, C, 1, 1) * (B + 2)
-            t = torch.addcmul(off + (1.0 - e0 * scale), a, torch.tensor(scale, dtype=torch.float32))
+            off = torch.arange(C, dtype=torch.float32, device=v.device).view(1, C, 1) * (B + 2)
+            t = buf if buf is not None else torch.empty_like(v, dtype=torch.float32)
+            torch.addcmul(off + (1.0 - e0 * scale), v, torch.tensor(scale, dtype=torch.float32, device=v.device), out=t)
             if bool((lo < e0).any() or (hi > e1).any()):  # else every value lies inside its channel's slots
-                t = torch.maximum(torch.minimum(t, off + (B + 1)), off)
-            counts = torch.bincount(t.int().flatten(), minlength=C * (B + 2)).view(C, B + 2)
+                torch.minimum(t, off + (B + 1), out=t)
+                torch.maximum(t, off, out=t)
+            # int16 indices are the cheapest to convert and count when every slot fits
+            t = self._work(v.shape, torch.int16 if C * (B + 2) <= 32767 else torch.int32, v.device).copy_(t)
+            counts = cpu(torch.bincount(t.flatten(), minlength=C * (B + 2))).view(C, B + 2)
             h = counts[:, 1:B + 1].clone()
             # the end slots hold what lies outside plus values that round onto them (v == e1 belongs to the last bin)
             h[:, 0] += counts[:, 0] - below
             h[:, B - 1] += counts[:, B + 1] - above
             return h, below, above
-        v = a.double().transpose(0, 1).reshape(C, -1)
-        inside = (v >= self.edges[0]) & (v <= self.edges[-1])
-        b = (torch.bucketize(v, self.edges, right=True) - 1).clamp(0, B - 1)
-        flat = (b + torch.arange(C).view(-1, 1) * B)[inside]
-        return torch.bincount(flat, minlength=C * B).view(C, B), below, above
+        edges = self.edges.to(v.device)
+        v = v.double().transpose(0, 1).reshape(C, -1)
+        inside = (v >= edges[0]) & (v <= edges[-1])
+        b = (torch.bucketize(v, edges, right=True) - 1).clamp(0, B - 1)
+        flat = (b + torch.arange(C, device=v.device).view(-1, 1) * B)[inside]
+        return cpu(torch.bincount(flat, minlength=C * B).view(C, B)), below, above
 
     @staticmethod
     def _chan(s, nb, mb, m2b) -> None:
