@@ -146,6 +146,15 @@ class SearchAccumulator:
         self._state: dict[str, torch.Tensor] | None = None
 
     # -- scan protocol --------------------------------------------------------
+    #
+    # State, per channel in rank order (C×k', k' ≤ k): values, indices, positions, labels, boxes, clipped; and
+    # "slot" (C×k'), where each entry's patch lives. Patches are kept one of two ways, chosen on the first batch:
+    # - "crop": cut from the batch when the entry arrives, stored in a C×k slot array that is written only where
+    #   an entry is new (an evicted entry's slot is reused), so a batch never copies the kept patches;
+    # - "image" (a field that covers at least half the image, e.g. a deep layer whose field is the whole image):
+    #   the images of the current winners are kept once each by dataset index, shared by every channel, and the
+    #   patches are cut once in ``compute`` — a patch would be as large as its image, and most entries are
+    #   evicted again before the end.
     def update(self, batch: Batch) -> None:
         a = batch.acts[self.layer].detach()
         if a.dim() == 2:
@@ -171,10 +180,8 @@ class SearchAccumulator:
         idx = batch.index.cpu().long().view(1, n).expand(C, n)
         st = self._state
         m = 0 if st is None else st["values"].shape[1]
-        if m == self.k:
-            # only images that reach a channel's k-th best can enter its top-k (ties go by dataset index)
-            if not bool((vals >= st["values"][:, -1:]).any()):
-                return
+        if m == self.k and not bool((vals >= st["values"][:, -1:]).any()):
+            return  # no image reaches a channel's k-th best (ties go by dataset index, so ≥)
         cand_v = vals if st is None else torch.cat([st["values"], vals], 1)
         cand_i = idx if st is None else torch.cat([st["indices"], idx], 1)
         pick = _rank(cand_v, cand_i, self.k)  # C×k' positions into the candidates
@@ -182,29 +189,37 @@ class SearchAccumulator:
         if st is not None and m == pick.shape[1] and not bool(new.any()):
             return
         x = batch.x.detach()
+        hw = tuple(x.shape[-2:])
+        win = (min(self.rf.size[0], hw[0]), min(self.rf.size[1], hw[1]))
+        if st is None:
+            self._hw, self._win = hw, win
+            self._mode = "image" if 2 * win[0] * win[1] >= hw[0] * hw[1] else "crop"
+            self._images: dict[int, torch.Tensor] = {}
+            self._crops_store = None
         sample = (pick - m).clamp_min(0)  # for a new entry: its sample's index in this batch
         cn, sn = new.nonzero(as_tuple=True)
         k2 = pick.shape[1]
+        rows = torch.arange(C).view(-1, 1)
         if st is None:
-            out = {"values": cand_v.gather(1, pick), "indices": cand_i.gather(1, pick),
-                   "positions": torch.zeros(C, k2, 2, dtype=torch.long),
-                   "labels": torch.zeros(C, k2, dtype=torch.long),
-                   "boxes": torch.zeros(C, k2, 4, dtype=torch.long),
-                   "clipped": torch.zeros(C, k2, dtype=torch.bool)}
-            crops = None
+            out = {"positions": torch.zeros(C, k2, 2, dtype=torch.long), "labels": torch.zeros(C, k2, dtype=torch.long),
+                   "boxes": torch.zeros(C, k2, 4, dtype=torch.long), "clipped": torch.zeros(C, k2, dtype=torch.bool)}
+            old_slot = torch.zeros(C, k2, dtype=torch.long)
+            kept = torch.zeros(C, self.k, dtype=torch.bool)
         else:
             oi = pick.clamp_max(m - 1)
-            rows = torch.arange(C).view(-1, 1)
             out = {key: st[key][rows, oi] for key in ("positions", "labels", "boxes", "clipped")}
-            out["values"], out["indices"] = cand_v.gather(1, pick), cand_i.gather(1, pick)
-            crops = st["crops"][rows, oi]
-        hw = tuple(x.shape[-2:])
-        win = (min(self.rf.size[0], hw[0]), min(self.rf.size[1], hw[1]))
-        if crops is None:
-            crops = torch.empty(C, k2, x.shape[1], *self._crop_size(win))
+            old_slot = st["slot"][rows, oi]
+            kept = torch.zeros(C, self.k, dtype=torch.bool)
+            oc, oj = (~new).nonzero(as_tuple=True)
+            kept[oc, old_slot[oc, oj]] = True
+        # new entries take the slots no surviving entry holds, in rank order
+        free = torch.sort(kept.to(torch.uint8), dim=1, stable=True).indices
+        nth = (new.long().cumsum(1) - 1).clamp_min(0)
+        out["slot"] = torch.where(new, free.gather(1, nth), old_slot)
+        out["values"], out["indices"] = cand_v.gather(1, pick), cand_i.gather(1, pick)
         if len(cn):
             # the new entries only: the position of each one's strongest unit (the first maximum, row-major),
-            # its label, field and patch, cut from this batch's images
+            # its label, field and patch (or image)
             s_new = sample[cn, sn]
             ch = cn if chan is None else chan.cpu()[cn]
             maps = a.reshape(n, a.shape[1], H * W)[s_new.to(a.device), ch.to(a.device)]  # E×HW
@@ -215,9 +230,36 @@ class SearchAccumulator:
             box = self._boxes(ij, hw)
             out["boxes"][cn, sn] = box
             out["clipped"][cn, sn] = (box[:, 0] < 0) | (box[:, 1] < 0) | (box[:, 2] > hw[0]) | (box[:, 3] > hw[1])
-            crops[cn, sn] = self._crops(x, s_new, box, win, hw)
-        out["crops"] = crops
+            if self._mode == "crop":
+                if self._crops_store is None:
+                    self._crops_store = torch.empty(C, self.k, x.shape[1], *self._crop_size(win))
+                self._crops_store[cn, out["slot"][cn, sn]] = self._crops(x, s_new, box, win, hw)
+            else:
+                ids = batch.index.cpu().long()
+                for s_i in torch.unique(s_new).tolist():
+                    key = int(ids[s_i])
+                    if key not in self._images:
+                        self._images[key] = x[s_i].detach().float().cpu().clone()
         self._state = out
+        if self._mode == "image":
+            self._prune()
+
+    def _prune(self) -> None:
+        alive = set(self._state["indices"].flatten().tolist())
+        for key in [key for key in self._images if key not in alive]:
+            del self._images[key]
+
+    def _ranked_crops(self) -> torch.Tensor:
+        """C×k'×Cin×h×w patches in rank order."""
+        st = self._state
+        C, k2 = st["values"].shape
+        if self._mode == "crop":
+            return self._crops_store[torch.arange(C).view(-1, 1), st["slot"]]
+        keys = st["indices"].flatten()
+        uniq, inv = torch.unique(keys, return_inverse=True)
+        imgs = torch.stack([self._images[int(i)] for i in uniq.tolist()])
+        c = self._crops(imgs, inv, st["boxes"].reshape(-1, 4), self._win, self._hw)
+        return c.view(C, k2, *c.shape[1:])
 
     def _boxes(self, ij: torch.Tensor, hw) -> torch.Tensor:
         """E×4 (top, left, bottom, right) fields of E units (row, col), end exclusive, not clipped."""
@@ -239,12 +281,17 @@ class SearchAccumulator:
         if self.rf.size[1] > hw[1]:
             l.zero_()
         dev = x.device
-        rows = t.to(dev).view(-1, 1, 1) + torch.arange(win[0], device=dev).view(1, -1, 1)
-        cols = l.to(dev).view(-1, 1, 1) + torch.arange(win[1], device=dev).view(1, 1, -1)
-        inside = (rows >= 0) & (rows < hw[0]) & (cols >= 0) & (cols < hw[1])  # E×h×w
-        c = x[n.to(dev).view(-1, 1, 1), :, rows.clamp(0, hw[0] - 1), cols.clamp(0, hw[1] - 1)]  # E×h×w×Cin
-        c = torch.where(inside.unsqueeze(-1), c, torch.full((), self.fill, dtype=c.dtype, device=dev))
-        c = c.permute(0, 3, 1, 2)
+        # each image once, padded with the fill only where a field leaves it; the windows are a strided view,
+        # so the E patches are one gather
+        uniq, inv = torch.unique(n, return_inverse=True)
+        imgs = x[uniq.to(dev)]
+        pt, pl = max(0, -int(t.min())), max(0, -int(l.min()))
+        pb, pr = max(0, int((t + win[0]).max()) - hw[0]), max(0, int((l + win[1]).max()) - hw[1])
+        if pt or pl or pb or pr:
+            imgs = F.pad(imgs, (pl, pr, pt, pb), value=self.fill)
+            t, l = t + pt, l + pl
+        wins = imgs.unfold(2, win[0], 1).unfold(3, win[1], 1)  # U×Cin×H'×W'×h×w
+        c = wins[inv.to(dev), :, t.to(dev), l.to(dev)]  # E×Cin×h×w
         size = self._crop_size(win)
         if tuple(size) != tuple(win):
             c = F.interpolate(c.float(), size=size, mode="bilinear", antialias=True, align_corners=False)
@@ -260,16 +307,28 @@ class SearchAccumulator:
         if other._state is None:
             return self
         if self._state is None:
-            self._state, self.channels = other._state, other.channels
+            self.__dict__.update({key: v for key, v in other.__dict__.items()
+                                  if key in ("_state", "channels", "_hw", "_win", "_mode", "_images", "_crops_store")})
             self.num_classes = max(self.num_classes, other.num_classes)
             return self
         if self.channels != other.channels or self.layer != other.layer:
             raise ValueError("cannot merge dataset searches of different layers or channels")
         a, b = self._state, other._state
-        cat = {key: torch.cat([a[key], b[key]], 1) for key in a}
+        keys = ("values", "indices", "positions", "labels", "boxes", "clipped")
+        cat = {key: torch.cat([a[key], b[key]], 1) for key in keys}
         pick = _rank(cat["values"], cat["indices"], self.k)
         rows = torch.arange(pick.shape[0]).view(-1, 1)
-        self._state = {key: v[rows, pick] for key, v in cat.items()}
+        state = {key: v[rows, pick] for key, v in cat.items()}
+        if self._mode == "crop":
+            crops = torch.cat([self._ranked_crops(), other._ranked_crops()], 1)[rows, pick]
+            self._crops_store = torch.empty(pick.shape[0], self.k, *crops.shape[2:])
+            self._crops_store[:, :pick.shape[1]] = crops
+        else:
+            self._images = {**other._images, **self._images}
+        state["slot"] = torch.arange(pick.shape[1]).expand_as(pick).clone()
+        self._state = state
+        if self._mode == "image":
+            self._prune()
         self.num_classes = max(self.num_classes, other.num_classes)
         return self
 
@@ -282,7 +341,7 @@ class SearchAccumulator:
         hist.scatter_add_(1, st["labels"].clamp_min(0), (st["labels"] >= 0).long())
         return SearchResult(
             layer=self.layer, channels=tuple(self.channels), activations=st["values"], indices=st["indices"],
-            positions=st["positions"], labels=st["labels"], crops=st["crops"], boxes=st["boxes"],
+            positions=st["positions"], labels=st["labels"], crops=self._ranked_crops(), boxes=st["boxes"],
             clipped=st["clipped"], class_histogram=hist, rf=self.rf,
             settings={"k": self.k, "max_crop": self.max_crop, "fill": self.fill},
         )
