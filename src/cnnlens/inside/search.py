@@ -290,8 +290,11 @@ class SearchAccumulator:
         if pt or pl or pb or pr:
             imgs = F.pad(imgs, (pl, pr, pt, pb), value=self.fill)
             t, l = t + pt, l + pl
-        wins = imgs.unfold(2, win[0], 1).unfold(3, win[1], 1)  # U×Cin×H'×W'×h×w
-        c = wins[inv.to(dev), :, t.to(dev), l.to(dev)]  # E×Cin×h×w
+        if tuple(win) == tuple(imgs.shape[-2:]):  # every patch is its whole image
+            c = imgs[inv.to(dev)]
+        else:
+            wins = imgs.unfold(2, win[0], 1).unfold(3, win[1], 1)  # U×Cin×H'×W'×h×w
+            c = wins[inv.to(dev), :, t.to(dev), l.to(dev)]  # E×Cin×h×w
         size = self._crop_size(win)
         if tuple(size) != tuple(win):
             c = F.interpolate(c.float(), size=size, mode="bilinear", antialias=True, align_corners=False)

@@ -196,9 +196,10 @@ class StatsAccumulator:
         """(C×B counts, C below, C above) of an N×C×M batch of values (M positions per image).
 
         Bin b holds edges[b] ≤ v < edges[b+1]; the last bin also holds v == edges[-1].
-        Uniform edges (``linspace``): bin = ⌊(v − e₀)/w⌋ in one fused pass with a
-        per-channel offset, so one ``bincount`` fills every channel (a value within float
-        rounding of an inner edge may land in the neighbouring bin); other edges: ``bucketize``.
+        Uniform edges (``linspace``): bin = ⌊(v − e₀)/w⌋ in float32, plus a per-channel offset
+        as integers, so one ``bincount`` fills every channel (a value within float32 rounding,
+        ~1e-7·B bin widths, of an inner edge may land in the neighbouring bin; numpy decides
+        those in float64); other edges: ``bucketize`` in float64.
         """
         C = v.shape[1]
         B = self.edges.numel() - 1
@@ -207,17 +208,18 @@ class StatsAccumulator:
         below = cpu((v < e0).sum((0, 2))) if bool((lo < e0).any()) else torch.zeros(C, dtype=torch.long)
         above = cpu((v > e1).sum((0, 2))) if bool((hi > e1).any()) else torch.zeros(C, dtype=torch.long)
         if self._uniform:
-            # t = (v − e0)/w + 1 + (B+2)·c, clamped into channel c's B+2 slots [below, bins…, top]; the float is exact
-            # for these small integers and truncation is floor for t ≥ 0
+            # slot t = ⌊(v − e0)/w⌋ + 1, clamped to [0, B+1] (0: below, B+1: above the edges), in float32 without the
+            # channel's offset (so the rounding stays ~1e-7 of t), then (B+2)·c added as integers: one bincount
+            # fills every channel; truncation is floor for t ≥ 0
             scale = B / (e1 - e0)
-            off = torch.arange(C, dtype=torch.float32, device=v.device).view(1, C, 1) * (B + 2)
             t = buf if buf is not None else torch.empty_like(v, dtype=torch.float32)
-            torch.addcmul(off + (1.0 - e0 * scale), v, torch.tensor(scale, dtype=torch.float32, device=v.device), out=t)
-            if bool((lo < e0).any() or (hi > e1).any()):  # else every value lies inside its channel's slots
-                torch.minimum(t, off + (B + 1), out=t)
-                torch.maximum(t, off, out=t)
+            torch.mul(v, scale, out=t).add_(1.0 - e0 * scale)
+            if bool((lo < e0).any() or (hi > e1).any()):  # else every value lies inside [0, B+1]
+                t.clamp_(0.0, B + 1.0)
             # int16 indices are the cheapest to convert and count when every slot fits
-            t = self._work(v.shape, torch.int16 if C * (B + 2) <= 32767 else torch.int32, v.device).copy_(t)
+            dt = torch.int16 if C * (B + 2) <= 32767 else torch.int32
+            t = self._work(v.shape, dt, v.device).copy_(t)
+            t.add_(torch.arange(C, dtype=dt, device=v.device).view(1, C, 1) * (B + 2))
             counts = cpu(torch.bincount(t.flatten(), minlength=C * (B + 2))).view(C, B + 2)
             h = counts[:, 1:B + 1].clone()
             # the end slots hold what lies outside plus values that round onto them (v == e1 belongs to the last bin)
