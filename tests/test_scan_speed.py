@@ -133,19 +133,30 @@ def _feed(acc, model, x, y, idx):
     return acc
 
 
-@pytest.mark.parametrize("layer, mode", [("features.4", "crop"), ("features.7", "image")])
-def test_merged_halves_equal_the_whole_in_both_ways_of_keeping_patches(untouched, layer, mode):
+@pytest.mark.parametrize("layer, store, mode", [
+    ("features.4", 0, "crop"),          # patches cut when they arrive, kept in slots
+    ("features.7", 0, "image"),         # features.7's field (18 px) covers the 16-px image: images kept, cut at the end
+    ("features.4", None, "image"),      # small images: always kept whole, cut at the end
+])
+def test_merged_halves_equal_the_whole_in_both_ways_of_keeping_patches(untouched, monkeypatch, layer, store, mode):
+    import cnnlens.inside.search as search
+
+    if store is not None:
+        monkeypatch.setattr(search, "_IMAGE_STORE_VALUES", store)
     model = untouched(pixel_chain_net())
     g = torch.Generator().manual_seed(7)
     x, y = torch.rand(19, 1, 16, 16, generator=g), torch.randint(0, 3, (19,), generator=g)
     whole = _feed(SearchAccumulator(model, layer, k=4), model, x, y, range(19))
-    assert whole._mode == mode  # features.7's field (18 px) covers the 16-px image: images kept, cut at the end
+    assert whole._mode == mode
     halves = [_feed(SearchAccumulator(model, layer, k=4), model, x, y, range(r, 19, 2)) for r in (0, 1)]
     one = whole.compute()
     for merged in (copy.deepcopy(halves[0]).merge(copy.deepcopy(halves[1])).compute(),
                    halves[1].merge(halves[0]).compute()):
         for f in ("activations", "indices", "positions", "labels", "crops", "boxes", "clipped", "class_histogram"):
             assert torch.equal(getattr(merged, f), getattr(one, f)), f
-    # and the whole equals one batch of everything (patches from the same images)
+    # the whole equals one batch of everything, and patches are the same whichever way they were kept
     allx = scan(model, torch.utils.data.TensorDataset(x, y), [SearchAccumulator(model, layer, k=4)], batch_size=19)[0]
     assert torch.equal(allx.indices, one.indices) and torch.equal(allx.crops, one.crops)
+    monkeypatch.setattr(search, "_IMAGE_STORE_VALUES", 0 if store is None else 2**40)
+    other = scan(model, torch.utils.data.TensorDataset(x, y), [SearchAccumulator(model, layer, k=4)], batch_size=5)[0]
+    assert torch.equal(other.indices, one.indices) and torch.equal(other.crops, one.crops)

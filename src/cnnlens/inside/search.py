@@ -94,6 +94,11 @@ class SearchResult(Result):
         return [c for r, c in enumerate(self.channels) if not float(self.activations[r, 0]) > 0]
 
 
+#: below this many values (4 bytes each) for every channel's k images, a search keeps the winners' images and cuts the
+#: patches once at the end (64 MB: digits-sized images always, photos only for a few channels)
+_IMAGE_STORE_VALUES = 16 * 2**20
+
+
 def image_max(batch: Batch, layer: str) -> torch.Tensor:
     """N×C: each image's largest activation per channel of ``layer`` (N×C×H×W or N×C), computed once per batch
     and shared by the accumulators of one scan (:meth:`cnnlens.scan.Batch.memo`)."""
@@ -193,7 +198,8 @@ class SearchAccumulator:
         win = (min(self.rf.size[0], hw[0]), min(self.rf.size[1], hw[1]))
         if st is None:
             self._hw, self._win = hw, win
-            self._mode = "image" if 2 * win[0] * win[1] >= hw[0] * hw[1] else "crop"
+            small = C * self.k * x[0].numel() <= _IMAGE_STORE_VALUES  # every winner's image would fit anyway
+            self._mode = "image" if small or 2 * win[0] * win[1] >= hw[0] * hw[1] else "crop"
             self._images: dict[int, torch.Tensor] = {}
             self._crops_store = None
         sample = (pick - m).clamp_min(0)  # for a new entry: its sample's index in this batch
@@ -203,19 +209,21 @@ class SearchAccumulator:
         if st is None:
             out = {"positions": torch.zeros(C, k2, 2, dtype=torch.long), "labels": torch.zeros(C, k2, dtype=torch.long),
                    "boxes": torch.zeros(C, k2, 4, dtype=torch.long), "clipped": torch.zeros(C, k2, dtype=torch.bool)}
-            old_slot = torch.zeros(C, k2, dtype=torch.long)
-            kept = torch.zeros(C, self.k, dtype=torch.bool)
         else:
             oi = pick.clamp_max(m - 1)
             out = {key: st[key][rows, oi] for key in ("positions", "labels", "boxes", "clipped")}
-            old_slot = st["slot"][rows, oi]
+        if self._mode == "crop":
+            # new entries take the slots no surviving entry holds, in rank order
             kept = torch.zeros(C, self.k, dtype=torch.bool)
-            oc, oj = (~new).nonzero(as_tuple=True)
-            kept[oc, old_slot[oc, oj]] = True
-        # new entries take the slots no surviving entry holds, in rank order
-        free = torch.sort(kept.to(torch.uint8), dim=1, stable=True).indices
-        nth = (new.long().cumsum(1) - 1).clamp_min(0)
-        out["slot"] = torch.where(new, free.gather(1, nth), old_slot)
+            if st is None:
+                old_slot = torch.zeros(C, k2, dtype=torch.long)
+            else:
+                old_slot = st["slot"][rows, oi]
+                oc, oj = (~new).nonzero(as_tuple=True)
+                kept[oc, old_slot[oc, oj]] = True
+            free = torch.sort(kept.to(torch.uint8), dim=1, stable=True).indices
+            nth = (new.long().cumsum(1) - 1).clamp_min(0)
+            out["slot"] = torch.where(new, free.gather(1, nth), old_slot)
         out["values"], out["indices"] = cand_v.gather(1, pick), cand_i.gather(1, pick)
         if len(cn):
             # the new entries only: the position of each one's strongest unit (the first maximum, row-major),
@@ -236,10 +244,10 @@ class SearchAccumulator:
                 self._crops_store[cn, out["slot"][cn, sn]] = self._crops(x, s_new, box, win, hw)
             else:
                 ids = batch.index.cpu().long()
-                for s_i in torch.unique(s_new).tolist():
-                    key = int(ids[s_i])
-                    if key not in self._images:
-                        self._images[key] = x[s_i].detach().float().cpu().clone()
+                fresh = [s_i for s_i in torch.unique(s_new).tolist() if int(ids[s_i]) not in self._images]
+                if fresh:
+                    imgs = x[torch.tensor(fresh, device=x.device)].detach().float().cpu()  # a copy: the batch is not kept
+                    self._images.update(zip(ids[fresh].tolist(), imgs.unbind(0)))
         self._state = out
         if self._mode == "image":
             self._prune()
@@ -328,7 +336,8 @@ class SearchAccumulator:
             self._crops_store[:, :pick.shape[1]] = crops
         else:
             self._images = {**other._images, **self._images}
-        state["slot"] = torch.arange(pick.shape[1]).expand_as(pick).clone()
+        if self._mode == "crop":
+            state["slot"] = torch.arange(pick.shape[1]).expand_as(pick).clone()
         self._state = state
         if self._mode == "image":
             self._prune()
