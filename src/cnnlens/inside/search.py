@@ -200,7 +200,7 @@ class SearchAccumulator:
             self._hw, self._win = hw, win
             small = C * self.k * x[0].numel() <= _IMAGE_STORE_VALUES  # every winner's image would fit anyway
             self._mode = "image" if small or 2 * win[0] * win[1] >= hw[0] * hw[1] else "crop"
-            self._images: dict[int, torch.Tensor] = {}
+            self._images = _ImageStore(C * self.k)
             self._crops_store = None
         sample = (pick - m).clamp_min(0)  # for a new entry: its sample's index in this batch
         cn, sn = new.nonzero(as_tuple=True)
@@ -246,16 +246,14 @@ class SearchAccumulator:
                 ids = batch.index.cpu().long()
                 fresh = [s_i for s_i in torch.unique(s_new).tolist() if int(ids[s_i]) not in self._images]
                 if fresh:
-                    imgs = x[torch.tensor(fresh, device=x.device)].detach().float().cpu()  # a copy: the batch is not kept
-                    self._images.update(zip(ids[fresh].tolist(), imgs.unbind(0)))
+                    self._images.add(ids[fresh].tolist(), x[torch.tensor(fresh, device=x.device)].detach())
         self._state = out
         if self._mode == "image":
             self._prune()
 
     def _prune(self) -> None:
         alive = set(self._state["indices"].flatten().tolist())
-        for key in [key for key in self._images if key not in alive]:
-            del self._images[key]
+        self._images.keep(alive)
 
     def _ranked_crops(self) -> torch.Tensor:
         """C×k'×Cin×h×w patches in rank order."""
@@ -265,7 +263,7 @@ class SearchAccumulator:
             return self._crops_store[torch.arange(C).view(-1, 1), st["slot"]]
         keys = st["indices"].flatten()
         uniq, inv = torch.unique(keys, return_inverse=True)
-        imgs = torch.stack([self._images[int(i)] for i in uniq.tolist()])
+        imgs = self._images.get(uniq.tolist())
         c = self._crops(imgs, inv, st["boxes"].reshape(-1, 4), self._win, self._hw)
         return c.view(C, k2, *c.shape[1:])
 
@@ -335,7 +333,7 @@ class SearchAccumulator:
             self._crops_store = torch.empty(pick.shape[0], self.k, *crops.shape[2:])
             self._crops_store[:, :pick.shape[1]] = crops
         else:
-            self._images = {**other._images, **self._images}
+            self._images.update(other._images)
         if self._mode == "crop":
             state["slot"] = torch.arange(pick.shape[1]).expand_as(pick).clone()
         self._state = state
@@ -357,6 +355,54 @@ class SearchAccumulator:
             clipped=st["clipped"], class_histogram=hist, rf=self.rf,
             settings={"k": self.k, "max_crop": self.max_crop, "fill": self.fill},
         )
+
+
+class _ImageStore:
+    """Images by dataset index in one growing tensor (a free list of its rows), so that the images a search keeps
+    do not scatter small long-lived blocks among each batch's temporaries (the heap would grow with the scan)."""
+
+    def __init__(self, limit: int):
+        self.limit = max(1, int(limit))  # never more than this many images are kept at once
+        self.data: torch.Tensor | None = None
+        self.row: dict[int, int] = {}
+        self.free: list[int] = []
+
+    def __contains__(self, key: int) -> bool:
+        return key in self.row
+
+    def __len__(self) -> int:
+        return len(self.row)
+
+    def add(self, keys: list[int], images: torch.Tensor) -> None:
+        images = images.float().cpu()
+        if self.data is None:
+            # room for every image at once when that is small (memory then does not change along the scan)
+            full = self.limit * images[0].numel() <= _IMAGE_STORE_VALUES
+            self.data = torch.empty(self.limit if full else 0, *images.shape[1:])
+            self.free = list(range(self.data.shape[0] - 1, -1, -1))
+        need = len(keys) - len(self.free)
+        if need > 0:
+            cap = self.data.shape[0]
+            new = min(max(cap * 2, cap + need, 16), max(self.limit, cap + need))
+            grown = torch.empty(new, *self.data.shape[1:])
+            grown[:cap] = self.data
+            self.data = grown
+            self.free.extend(range(new - 1, cap - 1, -1))
+        rows = [self.free.pop() for _ in keys]
+        self.data[torch.tensor(rows)] = images
+        self.row.update(zip(keys, rows))
+
+    def keep(self, alive: set) -> None:
+        for key in [k for k in self.row if k not in alive]:
+            self.free.append(self.row.pop(key))
+
+    def get(self, keys: list[int]) -> torch.Tensor:
+        return self.data[torch.tensor([self.row[k] for k in keys], dtype=torch.long)]
+
+    def update(self, other: "_ImageStore") -> None:
+        keys = [k for k in other.row if k not in self.row]
+        if keys:
+            self.add(keys, other.get(keys))
 
 
 def _input_size(data, model) -> tuple[int, int] | None:
