@@ -93,7 +93,12 @@ def _feed_stats(acc, batches):
     torch.linspace(-1.5, 2.5, 4097, dtype=torch.float64),   # so many bins that the slots need int32
     torch.tensor([-1.0, -0.2, 0.0, 0.05, 0.5, 2.0], dtype=torch.float64),  # not uniform: bucketize
 ], ids=["uniform", "int32-slots", "uneven"])
-def test_vectorised_histograms_equal_numpy_per_channel(edges):
+@pytest.mark.parametrize("chunk", [None, 100], ids=["whole-batches", "chunks-of-2-images"])
+def test_vectorised_histograms_equal_numpy_per_channel(monkeypatch, edges, chunk):
+    import cnnlens.inside.stats as stats
+
+    if chunk is not None:
+        monkeypatch.setattr(stats, "_CHUNK_VALUES", chunk * 9 * 30 // 100 * 2)  # 2 images of 9×30 per chunk
     g = torch.Generator().manual_seed(5)
     # signed values beyond both ends, a ReLU-like channel of exact zeros, two batches of different sizes
     batches = [torch.randn(7, 9, 5, 6, generator=g) * 1.3, torch.randn(3, 9, 5, 6, generator=g) * 1.3]
@@ -160,3 +165,24 @@ def test_merged_halves_equal_the_whole_in_both_ways_of_keeping_patches(untouched
     monkeypatch.setattr(search, "_IMAGE_STORE_VALUES", 0 if store is None else 2**40)
     other = scan(model, torch.utils.data.TensorDataset(x, y), [SearchAccumulator(model, layer, k=4)], batch_size=5)[0]
     assert torch.equal(other.indices, one.indices) and torch.equal(other.crops, one.crops)
+
+
+def test_a_microscope_scan_in_small_chunks_equals_one_in_whole_batches(untouched, monkeypatch):
+    """The statistics' chunked pass leaves each image's maxima for the search; both equal the whole-batch scan."""
+    import cnnlens.inside.stats as stats
+
+    model = untouched(pixel_chain_net())
+    g = torch.Generator().manual_seed(11)
+    ds = torch.utils.data.TensorDataset(torch.rand(13, 1, 16, 16, generator=g), torch.randint(0, 3, (13,), generator=g))
+    layers = ["features.1", "features.4", "features.7"]
+    whole = microscope_scan(model, ds, layers, k=3, batch_size=6)
+    monkeypatch.setattr(stats, "_CHUNK_VALUES", 150)  # one or two images per chunk
+    small = microscope_scan(model, ds, layers, k=3, batch_size=6)
+    for n in whole.layers:
+        a, b = whole[n], small[n]
+        for f in ("activations", "indices", "positions", "crops"):
+            assert torch.equal(getattr(a.top, f), getattr(b.top, f)), f
+        for f in ("histogram", "below", "above", "min", "max", "class_count"):
+            assert torch.equal(getattr(a.stats, f), getattr(b.stats, f)), f
+        for f in ("mean", "var", "sparsity", "class_mean", "selectivity"):
+            assert torch.allclose(getattr(a.stats, f), getattr(b.stats, f), rtol=1e-6, atol=1e-7), f
