@@ -2,10 +2,15 @@
 
 For each channel of a layer, one scan over a dataset keeps the k images whose
 strongest unit in that channel is the highest, with that unit's position and the
-patch of the image it sees (its receptive field, cut out when the image is seen,
-so memory stays O(k × channels) whatever the dataset size). Runs as an
-accumulator of :func:`cnnlens.scan.scan`, so it shares the forward pass with
-evaluation and neuron statistics, and runs sharded under ``torchrun``.
+patch of the image it sees (its receptive field). Memory stays O(k × channels)
+whatever the dataset size: the winners' images are kept (once each, shared by
+all channels) and cut once at the end when every channel's k images are small
+or the field covers most of the image, else each patch is cut when its image
+arrives. Per batch, each image's maximum per channel is one reduction (shared
+with neuron statistics of the same layer); a batch that reaches no channel's
+k-th best costs nothing more. Runs as an accumulator of :func:`cnnlens.scan.scan`,
+so it shares the forward pass with evaluation and neuron statistics, and runs
+sharded under ``torchrun``.
 
 Per image and channel c the score is ``max_ij a_c,ij`` at position
 ``argmax_ij a_c,ij`` (the first in row-major order on ties); images are ranked
@@ -240,7 +245,7 @@ class SearchAccumulator:
             out["clipped"][cn, sn] = (box[:, 0] < 0) | (box[:, 1] < 0) | (box[:, 2] > hw[0]) | (box[:, 3] > hw[1])
             if self._mode == "crop":
                 if self._crops_store is None:
-                    self._crops_store = torch.empty(C, self.k, x.shape[1], *self._crop_size(win))
+                    self._crops_store = torch.zeros(C, self.k, x.shape[1], *self._crop_size(win))  # taken now
                 self._crops_store[cn, out["slot"][cn, sn]] = self._crops(x, s_new, box, win, hw)
             else:
                 ids = batch.index.cpu().long()
@@ -358,8 +363,9 @@ class SearchAccumulator:
 
 
 class _ImageStore:
-    """Images by dataset index in one growing tensor (a free list of its rows), so that the images a search keeps
-    do not scatter small long-lived blocks among each batch's temporaries (the heap would grow with the scan)."""
+    """Images by dataset index in one tensor of ``limit`` rows with a free list, allocated on the first batch: the
+    kept images neither scatter small long-lived blocks among each batch's temporaries (the heap would grow along
+    the scan) nor grow with the dataset."""
 
     def __init__(self, limit: int):
         self.limit = max(1, int(limit))  # never more than this many images are kept at once
@@ -376,18 +382,17 @@ class _ImageStore:
     def add(self, keys: list[int], images: torch.Tensor) -> None:
         images = images.float().cpu()
         if self.data is None:
-            # room for every image at once when that is small (memory then does not change along the scan)
-            full = self.limit * images[0].numel() <= _IMAGE_STORE_VALUES
-            self.data = torch.empty(self.limit if full else 0, *images.shape[1:])
-            self.free = list(range(self.data.shape[0] - 1, -1, -1))
+            # room for as many images as can be kept at once (channels × k, as many as the patches a search returns):
+            # memory is then set by the first batch and does not change along the scan, whatever the dataset size
+            self.data = torch.zeros(self.limit, *images.shape[1:])  # zeros: the pages are taken now, not later
+            self.free = list(range(self.limit - 1, -1, -1))
         need = len(keys) - len(self.free)
-        if need > 0:
+        if need > 0:  # only a merge can hold more than the limit for a moment
             cap = self.data.shape[0]
-            new = min(max(cap * 2, cap + need, 16), max(self.limit, cap + need))
-            grown = torch.empty(new, *self.data.shape[1:])
+            grown = torch.empty(cap + need, *self.data.shape[1:])
             grown[:cap] = self.data
             self.data = grown
-            self.free.extend(range(new - 1, cap - 1, -1))
+            self.free.extend(range(cap + need - 1, cap - 1, -1))
         rows = [self.free.pop() for _ in keys]
         self.data[torch.tensor(rows)] = images
         self.row.update(zip(keys, rows))
