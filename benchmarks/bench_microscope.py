@@ -17,6 +17,20 @@ Timings are minima over interleaved repeats (A, B, A, B, ...): this machine is s
 with other busy processes, so absolute times vary a lot; the ratios are what to read.
 
 Run:  python benchmarks/bench_microscope.py [--quick] [--threads N] [--profile]
+
+Scan part, measured 2026-12-01 on the shared 2-core machine (load average 4.5–6), minima of 7 interleaved rounds:
+
+    python benchmarks/bench_microscope.py --only scan --threads 1
+      evaluation pass 116 ms, microscope scan 285 ms: 2.46× wall, 2.76× CPU time (goal ≤ 1.3×)
+      top-9 patches alone 1.26 / 1.53×, statistics alone 2.42 / 2.40× (wall / CPU)
+    python benchmarks/bench_microscope.py --only scan          (2 threads: the other jobs make 2 threads crawl)
+      evaluation pass 402 ms, microscope scan 1245 ms: 3.10× wall, 4.02× CPU time
+
+The code before the scan work, run alternately with it (``--quick --threads 1``): 3.6–3.8× CPU time against
+2.7× for the new. What is left is the statistics' few passes over each image's 28.7 k activations (max, min, sum,
+shifted sum of squares, zero count, histogram slot, bincount: about 5 ns per activation with hot caches, 8–10 ns
+in the scan, the bincount ~1.6 ns of it) against a forward of about 11 ns per activation on this tiny net; 1.3×
+would need a fused kernel (one pass computing every statistic), which eager PyTorch does not offer.
 """
 
 from __future__ import annotations
