@@ -92,7 +92,8 @@ def _feed_stats(acc, batches):
     torch.linspace(-1.5, 2.5, 17, dtype=torch.float64),     # uniform: one fused binning pass, int16 slots
     torch.linspace(-1.5, 2.5, 4097, dtype=torch.float64),   # so many bins that the slots need int32
     torch.tensor([-1.0, -0.2, 0.0, 0.05, 0.5, 2.0], dtype=torch.float64),  # not uniform: bucketize
-], ids=["uniform", "int32-slots", "uneven"])
+    torch.linspace(0.0, 2.5, 26, dtype=torch.float64),      # from 0 on ReLU outputs: the slot's +1 as an integer
+], ids=["uniform", "int32-slots", "uneven", "from-zero"])
 @pytest.mark.parametrize("chunk", [None, 100], ids=["whole-batches", "chunks-of-2-images"])
 def test_vectorised_histograms_equal_numpy_per_channel(monkeypatch, edges, chunk):
     import cnnlens.inside.stats as stats
@@ -108,6 +109,8 @@ def test_vectorised_histograms_equal_numpy_per_channel(monkeypatch, edges, chunk
             f = torch.frac((a.double() - float(edges[0])) / w)
             a += (((f < 1e-3) | (f > 1 - 1e-3)).float() * 2e-3 * w)
         a[:, 4] = a[:, 4].clamp_min(0)
+        if float(edges[0]) == 0.0:  # every channel after a ReLU: exact zeros, and values beyond the last edge
+            a.clamp_(min=0)
     st = _feed_stats(StatsAccumulator("l", edges, num_classes=3), batches)
     v = torch.cat(batches).transpose(0, 1).reshape(9, -1).double()
     e = edges.numpy()

@@ -238,13 +238,20 @@ class StatsAccumulator:
             # fills every channel; truncation is floor for t ≥ 0
             scale = B / (e1 - e0)
             t = buf if buf is not None else torch.empty_like(v, dtype=torch.float32)
-            torch.mul(v, scale, out=t).add_(1.0 - e0 * scale)
-            if bool((lo < e0).any() or (hi > e1).any()):  # else every value lies inside [0, B+1]
-                t.clamp_(0.0, B + 1.0)
+            # edges from 0 and no value below (after a ReLU): ⌊v/w⌋ ≥ 0, and the slot's +1 goes with the offsets
+            from_zero = e0 == 0.0 and not bool((lo < 0).any())
+            if from_zero:
+                torch.mul(v, scale, out=t)
+                if bool((hi > e1).any()):
+                    t.clamp_(max=B)
+            else:
+                torch.mul(v, scale, out=t).add_(1.0 - e0 * scale)
+                if bool((lo < e0).any() or (hi > e1).any()):  # else every value lies inside [0, B+1]
+                    t.clamp_(0.0, B + 1.0)
             # int16 indices are the cheapest to convert and count when every slot fits
             dt = torch.int16 if C * (B + 2) <= 32767 else torch.int32
             t = self._work(v.shape, dt, v.device).copy_(t)
-            t.add_(torch.arange(C, dtype=dt, device=v.device).view(1, C, 1) * (B + 2))
+            t.add_(torch.arange(C, dtype=dt, device=v.device).view(1, C, 1) * (B + 2) + int(from_zero))
             counts = cpu(torch.bincount(t.flatten(), minlength=C * (B + 2))).view(C, B + 2)
             h = counts[:, 1:B + 1].clone()
             # the end slots hold what lies outside plus values that round onto them (v == e1 belongs to the last bin)
