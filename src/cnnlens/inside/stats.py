@@ -148,7 +148,10 @@ class StatsAccumulator:
         s = self.s
         key = ("image_max", self.layer)
         known = batch.cache.get(key)
-        rows = n if v.device.type != "cpu" else max(1, _CHUNK_VALUES // max(1, C * H * W))
+        # (on one CPU thread only: with more, every operation is a parallel region whose start costs more than the
+        # cache saves, and far more when other processes hold the cores)
+        one = v.device.type == "cpu" and torch.get_num_threads() == 1
+        rows = max(1, _CHUNK_VALUES // max(1, C * H * W)) if one else n
         raws, sq, mins, maxs = [], [], [], []
         zeros = torch.zeros(C, dtype=torch.float64)
         h = below = above = 0
