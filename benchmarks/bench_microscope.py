@@ -18,16 +18,19 @@ with other busy processes, so absolute times vary a lot; the ratios are what to 
 
 Run:  python benchmarks/bench_microscope.py [--quick] [--threads N] [--profile]
 
-Scan part, measured 2026-12-01 on the shared 2-core machine (load average 4.5–6), minima of 7 interleaved rounds:
+Scan part, measured 2026-12-01/02 on the shared 2-core machine (load average 4–6), minima of interleaved rounds:
 
-    python benchmarks/bench_microscope.py --only scan --threads 1
+    python benchmarks/bench_microscope.py --only scan --threads 1          (7 rounds)
       evaluation pass 116 ms, microscope scan 285 ms: 2.46× wall, 2.76× CPU time (goal ≤ 1.3×)
       top-9 patches alone 1.26 / 1.53×, statistics alone 2.42 / 2.40× (wall / CPU)
-    python benchmarks/bench_microscope.py --only scan          (2 threads: the other jobs make 2 threads crawl)
-      evaluation pass 402 ms, microscope scan 1245 ms: 3.10× wall, 4.02× CPU time
+      later, load ≈ 4: evaluation pass 67 ms, microscope scan 180 ms: 2.70× wall and CPU time
+    the code before the scan work and this code run alternately (``--only scan --quick``, 3 rounds each):
+      1 thread:  before 3.97× / 4.11× CPU time (262 / 276 ms), now 2.73× / 2.79× (194 / 204 ms)
+      2 threads: the statistics alone before 3.4–3.8×, now 2.2–2.7×; the top-9 patches alone before 1.75×, now
+                 1.1–1.5×; whole ratios swing from 1.9× to 13× because two threads crawl while other jobs hold
+                 the cores (an evaluation pass took 67 ms on one thread and 190–840 ms on two)
 
-The code before the scan work, run alternately with it (``--quick --threads 1``): 3.6–3.8× CPU time against
-2.7× for the new. What is left is the statistics' few passes over each image's 28.7 k activations (max, min, sum,
+What is left is the statistics' few passes over each image's 28.7 k activations (max, min, sum,
 shifted sum of squares, zero count, histogram slot, bincount: about 5 ns per activation with hot caches, 8–10 ns
 in the scan, the bincount ~1.6 ns of it) against a forward of about 11 ns per activation on this tiny net; 1.3×
 would need a fused kernel (one pass computing every statistic), which eager PyTorch does not offer.
