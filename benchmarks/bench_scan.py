@@ -34,7 +34,8 @@ thread, 2,000 images, minima of 3 interleaved rounds:
     python benchmarks/bench_scan.py --threads 1
       evaluate: cnnlens 1089 images/s, torchmetrics loop 1035 images/s → 1.05× (CPU time 1.07×)
       one scan: cnnlens 714 images/s; torchmetrics pass + hooked search pass 485 images/s → 1.47× (CPU 1.47×)
-      the one scan costs 1.53× cnnlens' evaluation alone (a net this small spends as long reading its
+      the one scan costs 1.53× cnnlens' evaluation alone; a later run (load ≈ 4, --only speed): evaluate
+      1.08×, one scan 1354 vs 982 images/s → 1.38× (a net this small spends as long reading its
       activations for the statistics as computing them: the ≥ 1.8× goal holds on ResNet-18, not here)
     python benchmarks/bench_scan.py --only memory --threads 1 [--model resnet18]
       ResNet-18: 500 images +773.6/785.0/743.4 MB RSS, 2,000 images +834.8/815.4/825.7 MB → medians +7 %;
