@@ -18,6 +18,23 @@ Timings are minima over interleaved repeats (A, B, A, B, ...): this machine is s
 with other busy processes, so absolute times vary a lot; the ratios are what to read.
 
 Run:  python benchmarks/bench_microscope.py [--quick] [--threads N] [--profile]
+
+Scan part, measured 2026-12-01/02 on the shared 2-core machine (load average 4–6), minima of interleaved rounds:
+
+    python benchmarks/bench_microscope.py --only scan --threads 1          (7 rounds)
+      evaluation pass 116 ms, microscope scan 285 ms: 2.46× wall, 2.76× CPU time (goal ≤ 1.3×)
+      top-9 patches alone 1.26 / 1.53×, statistics alone 2.42 / 2.40× (wall / CPU)
+      later, load ≈ 4: evaluation pass 67 ms, microscope scan 180 ms: 2.70× wall and CPU time
+    the code before the scan work and this code run alternately (``--only scan --quick``, 3 rounds each):
+      1 thread:  before 3.97× / 4.11× CPU time (262 / 276 ms), now 2.73× / 2.79× (194 / 204 ms)
+      2 threads: the statistics alone before 3.4–3.8×, now 2.2–2.7×; the top-9 patches alone before 1.75×, now
+                 1.1–1.5×; whole ratios swing from 1.9× to 13× because two threads crawl while other jobs hold
+                 the cores (an evaluation pass took 67 ms on one thread and 190–840 ms on two)
+
+What is left is the statistics' few passes over each image's 28.7 k activations (max, min, sum,
+shifted sum of squares, zero count, histogram slot, bincount: about 5 ns per activation with hot caches, 8–10 ns
+in the scan, the bincount ~1.6 ns of it) against a forward of about 11 ns per activation on this tiny net; 1.3×
+would need a fused kernel (one pass computing every statistic), which eager PyTorch does not offer.
 """
 
 from __future__ import annotations
@@ -168,7 +185,8 @@ def bench_scan(args) -> dict:
     edges = layer_edges(model, data, layers)  # chosen once, as the microscope does before its scan
     rfs = {a.layer: a.rf for a in MicroscopeAccumulator(model, layers, 9, edges=edges, input_size=(32, 32)).search.values()}
     print(f"microscope scan: digits-cnn, top-9 + statistics of every channel of {', '.join(layers)} "
-          f"({len(data)} digits, batch 64) vs one evaluation pass; min of {args.scan_repeat} interleaved repeats")
+          f"({len(data)} digits, batch 64, {torch.get_num_threads()} torch thread(s)) vs one evaluation pass; min of "
+          f"{args.scan_repeat} interleaved repeats")
 
     def plain():
         scan(model, data, [EvaluationAccumulator(num_classes=10)])
@@ -187,17 +205,24 @@ def bench_scan(args) -> dict:
 
     runs = {"plain": plain, "micro": micro, "top": top_only, "stats": stats_only}
     best = {k: float("inf") for k in runs}
+    cpu = dict(best)
     for _ in range(args.scan_repeat):
         for k, fn in runs.items():
-            best[k] = min(best[k], _time(fn))
+            w, c = time.perf_counter(), time.process_time()
+            fn()
+            best[k], cpu[k] = min(best[k], time.perf_counter() - w), min(cpu[k], time.process_time() - c)
     ratio = best["micro"] / best["plain"]
     print(f"  evaluation pass {best['plain'] * 1e3:.0f} ms, microscope scan {best['micro'] * 1e3:.0f} ms "
-          f"(receptive fields computed before, as in the CLI): {ratio:.2f}× (goal ≤ 1.3×)")
-    print(f"  where the time goes (each alone, as × the evaluation pass): top-9 patches "
-          f"{best['top'] / best['plain']:.2f}×, statistics {best['stats'] / best['plain']:.2f}× — the net is tiny "
-          f"(3 convolutions), so reading its activations a few times (max, sums, histogram binning) costs as much "
-          f"as computing them")
-    return {"scan_ratio": ratio, "top_ratio": best["top"] / best["plain"], "stats_ratio": best["stats"] / best["plain"]}
+          f"(receptive fields computed before, as in the CLI; both through cnnlens.scan, same batches): {ratio:.2f}× "
+          f"wall, {cpu['micro'] / cpu['plain']:.2f}× CPU time (goal ≤ 1.3×)")
+    print(f"  where the time goes (each alone, as × the evaluation pass, wall / CPU): top-9 patches "
+          f"{best['top'] / best['plain']:.2f} / {cpu['top'] / cpu['plain']:.2f}×, statistics "
+          f"{best['stats'] / best['plain']:.2f} / {cpu['stats'] / cpu['plain']:.2f}× — digits-cnn is three small "
+          f"convolutions: each image's 28.7 k activations of the three layers cost the forward about as much as "
+          f"the few passes over them (max, min, sum, shifted sum of squares, zero count, one histogram binning + "
+          f"bincount) that statistics need")
+    return {"scan_ratio": ratio, "scan_ratio_cpu": cpu["micro"] / cpu["plain"], "top_ratio": best["top"] / best["plain"],
+            "stats_ratio": best["stats"] / best["plain"]}
 
 
 def main(argv: list[str] | None = None) -> dict:

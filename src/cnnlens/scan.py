@@ -43,6 +43,15 @@ class Batch:
     index: torch.Tensor
     acts: dict[str, torch.Tensor] = field(default_factory=dict)
     model: nn.Module | None = None
+    cache: dict = field(default_factory=dict, repr=False, compare=False)
+
+    def memo(self, key, fn: Callable[[], Any]) -> Any:
+        """``fn()``, computed once per batch and ``key``: accumulators that read the same layer share their
+        reductions (e.g. the per-image maximum of each channel, which dataset search and neuron statistics
+        both need), so a layer's activations are read as few times as possible."""
+        if key not in self.cache:
+            self.cache[key] = fn()
+        return self.cache[key]
 
 
 @runtime_checkable
@@ -181,18 +190,28 @@ def scan(
     device = torch.device(device)
     layers = sorted({l for a in accs for l in getattr(a, "layers", ())})
     batches, total = _batches(data, batch_size, rank, world, num_workers)
-    with LayerTap(model, layers, detach=True) as tap, torch.no_grad():
+    layouts: dict = {}
+    # the forward goes on with the layers' own outputs (no copy per layer and batch); a layer whose output a
+    # later in-place op changes (``ReLU(inplace=True)`` after a conv) shows it in its version counter: that
+    # batch runs again with a copy passed on for that layer, as for every later batch
+    with LayerTap(model, layers, detach=True, copy=False) as tap, torch.no_grad():
         for b, (x, y, idx) in enumerate(batches):
             x = x.to(device)
             y = torch.as_tensor(y).to(device)
             logits = tap.run(x)
+            changed = tap.changed()
+            if changed:
+                log.info("layer(s) %s are changed in place later in the forward; the scan passes a copy on",
+                         ", ".join(changed))
+                tap.copy = set(tap.copy or ()) | set(changed)
+                logits = tap.run(x)
             if not torch.is_tensor(logits):
                 raise TypeError(
                     f"the model returned {type(logits).__name__}; cnnlens needs a tensor of logits "
                     "(wrap the model so forward() returns it)"
                 )
             batch = Batch(x=x, y=y, logits=logits.detach(), index=torch.as_tensor(idx),
-                          acts={n: _grid(tap, n, x) for n in tap.names}, model=model)
+                          acts={n: _grid(tap, n, x, layouts) for n in tap.names}, model=model)
             with tap.paused():  # an accumulator's own forward passes (attacks, saliency) are not recorded
                 for a in accs:
                     a.update(batch)
@@ -203,14 +222,27 @@ def scan(
     return [a.compute() for a in accs]
 
 
-def _grid(tap: LayerTap, name: str, x: torch.Tensor) -> torch.Tensor:
+def _grid(tap: LayerTap, name: str, x: torch.Tensor, layouts: dict | None = None) -> torch.Tensor:
     """A recorded output for the accumulators, as N×C×h×w: token outputs (N×tokens×C, timm ViT/DeiT) and
-    channels-last ones (N×h×w×C, Swin, ConvNeXt blocks) as their grid (:func:`cnnlens.grid.as_grid`)."""
-    out = tap.outputs[name]
-    if torch.is_tensor(out) and out.dim() in (3, 4):
-        from .grid import as_grid
+    channels-last ones (N×h×w×C, Swin, ConvNeXt blocks) as their grid (:func:`cnnlens.grid.as_grid`).
 
-        return as_grid(out, tap.model, tap._modules.get(name), tuple(x.shape[-2:]), name)
+    ``layouts`` caches each layer's layout by output and input shape for the scan (found, and logged, once)."""
+    out = tap.outputs[name]
+    if torch.is_tensor(out):
+        out = tap[name]  # refuses a record changed in place through memory it shares with another tensor
+    if torch.is_tensor(out) and out.dim() in (3, 4):
+        from .grid import as_grid, to_grid
+
+        if layouts is None:
+            return as_grid(out, tap.model, tap._modules.get(name), tuple(x.shape[-2:]), name)
+        key = (name, tuple(out.shape[1:]), tuple(x.shape[-2:]))
+        if key not in layouts:
+            g = as_grid(out, tap.model, tap._modules.get(name), tuple(x.shape[-2:]), name)
+            from .grid import grid_layout
+
+            layouts[key] = grid_layout(out, tap.model, tap._modules.get(name), tuple(x.shape[-2:]), name)
+            return g
+        return to_grid(out, *layouts[key], tuple(x.shape[-2:]))
     return out
 
 

@@ -150,6 +150,12 @@ class LayerTap:
         then True and the model call returns ``None``): for objectives that need
         nothing past a layer.
     detach: store detached outputs (for statistics; no graph is kept).
+    copy: pass a copy of each recorded output on to the rest of the forward (the default), or
+        only for the layers named in a set, or for none (``False``). Without the copy a later
+        in-place operation changes the record itself: :meth:`changed` names such layers (their
+        version counters moved) and reading them is refused, so a caller that saves the copies
+        (:func:`cnnlens.scan.scan`) runs the batch again with ``tap.copy`` naming them.
+        An inference tensor keeps no version counter, so it is always copied.
 
     A recorded output is always the layer's own value: the rest of the forward
     receives a copy of it, so an in-place operation after the layer (``ReLU(inplace=True)``,
@@ -180,6 +186,7 @@ class LayerTap:
         edits: Mapping[LayerRef, Edit] | None = None,
         stop_after: LayerRef | None = None,
         detach: bool = False,
+        copy: bool | Iterable[str] = True,
     ):
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -189,6 +196,8 @@ class LayerTap:
         self._eval = eval
         self._freeze = freeze
         self._detach = detach
+        #: True, False, or the set of layer names whose output the forward receives as a copy
+        self.copy = copy if isinstance(copy, bool) else {resolve_layer(model, c)[0] for c in copy}
         # resolve everything before touching the model
         self.names: list[str] = []
         self._modules: dict[str, nn.Module] = {}
@@ -277,7 +286,8 @@ class LayerTap:
                 if torch.is_tensor(rec):
                     if not rec.is_inference():  # inference tensors keep no version counter (nor change under us)
                         self._versions[name] = rec._version
-                    if name != self._stop:
+                    if name != self._stop and (self.copy is True or rec.is_inference()
+                                               or (self.copy and name in self.copy)):
                         # the forward goes on with a copy: later in-place ops cannot overwrite the record
                         output = output.clone()
                         self.passed_on[name] = output
@@ -382,6 +392,12 @@ class LayerTap:
                 "out-of-place (e.g. nn.ReLU(inplace=False)) or tap another layer"
             )
         return out
+
+    def changed(self) -> list[str]:
+        """The recorded layers whose output was changed in place after the layer ran in the last forward
+        (their version counter moved); empty when every record is the layer's own value."""
+        return [n for n, v in self._versions.items()
+                if n in self.outputs and torch.is_tensor(self.outputs[n]) and self.outputs[n]._version != v]
 
     def grad(self, score: torch.Tensor, layers: LayerRef | list[LayerRef], retain_graph: bool = False):
         """Gradient of ``score.sum()`` with respect to the recorded output(s) of ``layers``."""

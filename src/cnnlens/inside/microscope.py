@@ -114,8 +114,8 @@ class MicroscopeAccumulator:
         for n in self.layers:
             a = batch.acts[n]
             self.shapes.setdefault(n, tuple(a.shape[1:]))
+            self.stats[n].update(batch)  # first: its pass over the layer leaves each image's maxima for the search
             self.search[n].update(batch)
-            self.stats[n].update(batch)
 
     def merge(self, other: "MicroscopeAccumulator") -> "MicroscopeAccumulator":
         if self.layers != other.layers:

@@ -2,10 +2,15 @@
 
 For each channel of a layer, one scan over a dataset keeps the k images whose
 strongest unit in that channel is the highest, with that unit's position and the
-patch of the image it sees (its receptive field, cut out when the image is seen,
-so memory stays O(k × channels) whatever the dataset size). Runs as an
-accumulator of :func:`cnnlens.scan.scan`, so it shares the forward pass with
-evaluation and neuron statistics, and runs sharded under ``torchrun``.
+patch of the image it sees (its receptive field). Memory stays O(k × channels)
+whatever the dataset size: the winners' images are kept (once each, shared by
+all channels) and cut once at the end when every channel's k images are small
+or the field covers most of the image, else each patch is cut when its image
+arrives. Per batch, each image's maximum per channel is one reduction (shared
+with neuron statistics of the same layer); a batch that reaches no channel's
+k-th best costs nothing more. Runs as an accumulator of :func:`cnnlens.scan.scan`,
+so it shares the forward pass with evaluation and neuron statistics, and runs
+sharded under ``torchrun``.
 
 Per image and channel c the score is ``max_ij a_c,ij`` at position
 ``argmax_ij a_c,ij`` (the first in row-major order on ties); images are ranked
@@ -94,6 +99,24 @@ class SearchResult(Result):
         return [c for r, c in enumerate(self.channels) if not float(self.activations[r, 0]) > 0]
 
 
+#: below this many values (4 bytes each) for every channel's k images, a search keeps the winners' images and cuts the
+#: patches once at the end (64 MB: digits-sized images always, photos only for a few channels)
+_IMAGE_STORE_VALUES = 16 * 2**20
+
+
+def image_max(batch: Batch, layer: str) -> torch.Tensor:
+    """N×C: each image's largest activation per channel of ``layer`` (N×C×H×W or N×C), computed once per batch
+    and shared by the accumulators of one scan (:meth:`cnnlens.scan.Batch.memo`)."""
+
+    def fn():
+        a = batch.acts[layer].detach()
+        if a.dim() == 2:
+            return a
+        return a.reshape(a.shape[0], a.shape[1], -1).amax(2)
+
+    return batch.memo(("image_max", layer), fn)
+
+
 def _rank(values: torch.Tensor, index: torch.Tensor, k: int) -> torch.Tensor:
     """Per row, the positions of the top-k by (value desc, index asc): C×min(k, m)."""
     o1 = torch.sort(index, dim=1, stable=True).indices
@@ -133,6 +156,15 @@ class SearchAccumulator:
         self._state: dict[str, torch.Tensor] | None = None
 
     # -- scan protocol --------------------------------------------------------
+    #
+    # State, per channel in rank order (C×k', k' ≤ k): values, indices, positions, labels, boxes, clipped; and
+    # "slot" (C×k'), where each entry's patch lives. Patches are kept one of two ways, chosen on the first batch:
+    # - "crop": cut from the batch when the entry arrives, stored in a C×k slot array that is written only where
+    #   an entry is new (an evicted entry's slot is reused), so a batch never copies the kept patches;
+    # - "image" (a field that covers at least half the image, e.g. a deep layer whose field is the whole image):
+    #   the images of the current winners are kept once each by dataset index, shared by every channel, and the
+    #   patches are cut once in ``compute`` — a patch would be as large as its image, and most entries are
+    #   evicted again before the end.
     def update(self, batch: Batch) -> None:
         a = batch.acts[self.layer].detach()
         if a.dim() == 2:
@@ -144,55 +176,101 @@ class SearchAccumulator:
         if max(self.channels) >= a.shape[1]:
             raise ValueError(f"channel {max(self.channels)} is out of range: layer {self.layer!r} has {a.shape[1]} channels")
         self.num_classes = max(self.num_classes, int(batch.logits.shape[1]) if batch.logits.dim() == 2 else 0)
-        if self.channels != tuple(range(a.shape[1])):
-            a = a[:, list(self.channels)]
-        a = a.float()
-        n, C, H, W = a.shape
-        vals, arg = a.reshape(n, C, H * W).max(2)  # N×C, first maximum on ties
-        vals, arg = vals.t().cpu(), arg.t().cpu()
+        n, _, H, W = a.shape
+        if self.channels == tuple(range(a.shape[1])):
+            # each image's strongest unit per channel: one reduction over the contiguous maps, shared with
+            # the layer's neuron statistics in the same scan
+            vals = image_max(batch, self.layer)
+            chan = None
+        else:
+            chan = torch.tensor(self.channels, device=a.device)
+            vals = a[:, chan].reshape(n, len(self.channels), H * W).amax(2)
+        vals = vals.t().float().cpu()  # C×N
+        C = vals.shape[0]
         idx = batch.index.cpu().long().view(1, n).expand(C, n)
         st = self._state
         m = 0 if st is None else st["values"].shape[1]
+        if m == self.k and not bool((vals >= st["values"][:, -1:]).any()):
+            return  # no image reaches a channel's k-th best (ties go by dataset index, so ≥)
         cand_v = vals if st is None else torch.cat([st["values"], vals], 1)
         cand_i = idx if st is None else torch.cat([st["indices"], idx], 1)
         pick = _rank(cand_v, cand_i, self.k)  # C×k' positions into the candidates
         new = pick >= m
+        if st is not None and m == pick.shape[1] and not bool(new.any()):
+            return
         x = batch.x.detach()
-        y = batch.y.detach().view(-1).cpu().long()
-        # the new entries: positions, labels, boxes and crops cut from this batch's images
-        sample = (pick - m).clamp_min(0)  # for a new entry: its sample's index in this batch
-        flat = arg.gather(1, sample)
-        pos = torch.stack([flat // W, flat % W], -1)
-        out = {
-            "values": cand_v.gather(1, pick),
-            "indices": cand_i.gather(1, pick),
-        }
-        positions = pos.clone()
-        labels = y[sample]
-        boxes = torch.zeros(C, pick.shape[1], 4, dtype=torch.long)
-        clipped = torch.zeros(C, pick.shape[1], dtype=torch.bool)
-        crops = None
-        if st is not None:
-            old = ~new
-            oi = pick.clamp_max(m - 1) if m else pick
-            positions[old] = st["positions"].gather(1, oi.unsqueeze(-1).expand(-1, -1, 2))[old]
-            labels = torch.where(old, st["labels"].gather(1, oi), labels)
-            boxes[old] = st["boxes"].gather(1, oi.unsqueeze(-1).expand(-1, -1, 4))[old]
-            clipped[old] = st["clipped"].gather(1, oi)[old]
-            crops = st["crops"][torch.arange(C).view(-1, 1), oi]
         hw = tuple(x.shape[-2:])
         win = (min(self.rf.size[0], hw[0]), min(self.rf.size[1], hw[1]))
-        cs = list(crops.shape[2:]) if crops is not None else [x.shape[1], *self._crop_size(win)]
-        crops = torch.empty(C, pick.shape[1], *cs) if crops is None else crops.clone()
+        if st is None:
+            self._hw, self._win = hw, win
+            small = C * self.k * x[0].numel() <= _IMAGE_STORE_VALUES  # every winner's image would fit anyway
+            self._mode = "image" if small or 2 * win[0] * win[1] >= hw[0] * hw[1] else "crop"
+            self._images = _ImageStore(C * self.k)
+            self._crops_store = None
+        sample = (pick - m).clamp_min(0)  # for a new entry: its sample's index in this batch
         cn, sn = new.nonzero(as_tuple=True)
+        k2 = pick.shape[1]
+        rows = torch.arange(C).view(-1, 1)
+        if st is None:
+            out = {"positions": torch.zeros(C, k2, 2, dtype=torch.long), "labels": torch.zeros(C, k2, dtype=torch.long),
+                   "boxes": torch.zeros(C, k2, 4, dtype=torch.long), "clipped": torch.zeros(C, k2, dtype=torch.bool)}
+        else:
+            oi = pick.clamp_max(m - 1)
+            out = {key: st[key][rows, oi] for key in ("positions", "labels", "boxes", "clipped")}
+        if self._mode == "crop":
+            # new entries take the slots no surviving entry holds, in rank order
+            kept = torch.zeros(C, self.k, dtype=torch.bool)
+            if st is None:
+                old_slot = torch.zeros(C, k2, dtype=torch.long)
+            else:
+                old_slot = st["slot"][rows, oi]
+                oc, oj = (~new).nonzero(as_tuple=True)
+                kept[oc, old_slot[oc, oj]] = True
+            free = torch.sort(kept.to(torch.uint8), dim=1, stable=True).indices
+            nth = (new.long().cumsum(1) - 1).clamp_min(0)
+            out["slot"] = torch.where(new, free.gather(1, nth), old_slot)
+        out["values"], out["indices"] = cand_v.gather(1, pick), cand_i.gather(1, pick)
         if len(cn):
-            ij = positions[cn, sn]  # E×2 units of the new entries
+            # the new entries only: the position of each one's strongest unit (the first maximum, row-major),
+            # its label, field and patch (or image)
+            s_new = sample[cn, sn]
+            ch = cn if chan is None else chan.cpu()[cn]
+            maps = a.reshape(n, a.shape[1], H * W)[s_new.to(a.device), ch.to(a.device)]  # E×HW
+            flat = maps.argmax(1).cpu()
+            ij = torch.stack([flat // W, flat % W], -1)
+            out["positions"][cn, sn] = ij
+            out["labels"][cn, sn] = batch.y.detach().view(-1).cpu().long()[s_new]
             box = self._boxes(ij, hw)
-            boxes[cn, sn] = box
-            clipped[cn, sn] = (box[:, 0] < 0) | (box[:, 1] < 0) | (box[:, 2] > hw[0]) | (box[:, 3] > hw[1])
-            crops[cn, sn] = self._crops(x, sample[cn, sn], box, win, hw)
-        out.update(positions=positions, labels=labels, boxes=boxes, clipped=clipped, crops=crops)
+            out["boxes"][cn, sn] = box
+            out["clipped"][cn, sn] = (box[:, 0] < 0) | (box[:, 1] < 0) | (box[:, 2] > hw[0]) | (box[:, 3] > hw[1])
+            if self._mode == "crop":
+                if self._crops_store is None:
+                    self._crops_store = torch.zeros(C, self.k, x.shape[1], *self._crop_size(win))  # taken now
+                self._crops_store[cn, out["slot"][cn, sn]] = self._crops(x, s_new, box, win, hw)
+            else:
+                ids = batch.index.cpu().long()
+                fresh = [s_i for s_i in torch.unique(s_new).tolist() if int(ids[s_i]) not in self._images]
+                if fresh:
+                    self._images.add(ids[fresh].tolist(), x[torch.tensor(fresh, device=x.device)].detach())
         self._state = out
+        if self._mode == "image":
+            self._prune()
+
+    def _prune(self) -> None:
+        alive = set(self._state["indices"].flatten().tolist())
+        self._images.keep(alive)
+
+    def _ranked_crops(self) -> torch.Tensor:
+        """C×k'×Cin×h×w patches in rank order."""
+        st = self._state
+        C, k2 = st["values"].shape
+        if self._mode == "crop":
+            return self._crops_store[torch.arange(C).view(-1, 1), st["slot"]]
+        keys = st["indices"].flatten()
+        uniq, inv = torch.unique(keys, return_inverse=True)
+        imgs = self._images.get(uniq.tolist())
+        c = self._crops(imgs, inv, st["boxes"].reshape(-1, 4), self._win, self._hw)
+        return c.view(C, k2, *c.shape[1:])
 
     def _boxes(self, ij: torch.Tensor, hw) -> torch.Tensor:
         """E×4 (top, left, bottom, right) fields of E units (row, col), end exclusive, not clipped."""
@@ -214,12 +292,20 @@ class SearchAccumulator:
         if self.rf.size[1] > hw[1]:
             l.zero_()
         dev = x.device
-        rows = t.to(dev).view(-1, 1, 1) + torch.arange(win[0], device=dev).view(1, -1, 1)
-        cols = l.to(dev).view(-1, 1, 1) + torch.arange(win[1], device=dev).view(1, 1, -1)
-        inside = (rows >= 0) & (rows < hw[0]) & (cols >= 0) & (cols < hw[1])  # E×h×w
-        c = x[n.to(dev).view(-1, 1, 1), :, rows.clamp(0, hw[0] - 1), cols.clamp(0, hw[1] - 1)]  # E×h×w×Cin
-        c = torch.where(inside.unsqueeze(-1), c, torch.full((), self.fill, dtype=c.dtype, device=dev))
-        c = c.permute(0, 3, 1, 2)
+        # each image once, padded with the fill only where a field leaves it; the windows are a strided view,
+        # so the E patches are one gather
+        uniq, inv = torch.unique(n, return_inverse=True)
+        imgs = x[uniq.to(dev)]
+        pt, pl = max(0, -int(t.min())), max(0, -int(l.min()))
+        pb, pr = max(0, int((t + win[0]).max()) - hw[0]), max(0, int((l + win[1]).max()) - hw[1])
+        if pt or pl or pb or pr:
+            imgs = F.pad(imgs, (pl, pr, pt, pb), value=self.fill)
+            t, l = t + pt, l + pl
+        if tuple(win) == tuple(imgs.shape[-2:]):  # every patch is its whole image
+            c = imgs[inv.to(dev)]
+        else:
+            wins = imgs.unfold(2, win[0], 1).unfold(3, win[1], 1)  # U×Cin×H'×W'×h×w
+            c = wins[inv.to(dev), :, t.to(dev), l.to(dev)]  # E×Cin×h×w
         size = self._crop_size(win)
         if tuple(size) != tuple(win):
             c = F.interpolate(c.float(), size=size, mode="bilinear", antialias=True, align_corners=False)
@@ -235,16 +321,29 @@ class SearchAccumulator:
         if other._state is None:
             return self
         if self._state is None:
-            self._state, self.channels = other._state, other.channels
+            self.__dict__.update({key: v for key, v in other.__dict__.items()
+                                  if key in ("_state", "channels", "_hw", "_win", "_mode", "_images", "_crops_store")})
             self.num_classes = max(self.num_classes, other.num_classes)
             return self
         if self.channels != other.channels or self.layer != other.layer:
             raise ValueError("cannot merge dataset searches of different layers or channels")
         a, b = self._state, other._state
-        cat = {key: torch.cat([a[key], b[key]], 1) for key in a}
+        keys = ("values", "indices", "positions", "labels", "boxes", "clipped")
+        cat = {key: torch.cat([a[key], b[key]], 1) for key in keys}
         pick = _rank(cat["values"], cat["indices"], self.k)
         rows = torch.arange(pick.shape[0]).view(-1, 1)
-        self._state = {key: v[rows, pick] for key, v in cat.items()}
+        state = {key: v[rows, pick] for key, v in cat.items()}
+        if self._mode == "crop":
+            crops = torch.cat([self._ranked_crops(), other._ranked_crops()], 1)[rows, pick]
+            self._crops_store = torch.empty(pick.shape[0], self.k, *crops.shape[2:])
+            self._crops_store[:, :pick.shape[1]] = crops
+        else:
+            self._images.update(other._images)
+        if self._mode == "crop":
+            state["slot"] = torch.arange(pick.shape[1]).expand_as(pick).clone()
+        self._state = state
+        if self._mode == "image":
+            self._prune()
         self.num_classes = max(self.num_classes, other.num_classes)
         return self
 
@@ -257,10 +356,58 @@ class SearchAccumulator:
         hist.scatter_add_(1, st["labels"].clamp_min(0), (st["labels"] >= 0).long())
         return SearchResult(
             layer=self.layer, channels=tuple(self.channels), activations=st["values"], indices=st["indices"],
-            positions=st["positions"], labels=st["labels"], crops=st["crops"], boxes=st["boxes"],
+            positions=st["positions"], labels=st["labels"], crops=self._ranked_crops(), boxes=st["boxes"],
             clipped=st["clipped"], class_histogram=hist, rf=self.rf,
             settings={"k": self.k, "max_crop": self.max_crop, "fill": self.fill},
         )
+
+
+class _ImageStore:
+    """Images by dataset index in one tensor of ``limit`` rows with a free list, allocated on the first batch: the
+    kept images neither scatter small long-lived blocks among each batch's temporaries (the heap would grow along
+    the scan) nor grow with the dataset."""
+
+    def __init__(self, limit: int):
+        self.limit = max(1, int(limit))  # never more than this many images are kept at once
+        self.data: torch.Tensor | None = None
+        self.row: dict[int, int] = {}
+        self.free: list[int] = []
+
+    def __contains__(self, key: int) -> bool:
+        return key in self.row
+
+    def __len__(self) -> int:
+        return len(self.row)
+
+    def add(self, keys: list[int], images: torch.Tensor) -> None:
+        images = images.float().cpu()
+        if self.data is None:
+            # room for as many images as can be kept at once (channels × k, as many as the patches a search returns):
+            # memory is then set by the first batch and does not change along the scan, whatever the dataset size
+            self.data = torch.zeros(self.limit, *images.shape[1:])  # zeros: the pages are taken now, not later
+            self.free = list(range(self.limit - 1, -1, -1))
+        need = len(keys) - len(self.free)
+        if need > 0:  # only a merge can hold more than the limit for a moment
+            cap = self.data.shape[0]
+            grown = torch.empty(cap + need, *self.data.shape[1:])
+            grown[:cap] = self.data
+            self.data = grown
+            self.free.extend(range(cap + need - 1, cap - 1, -1))
+        rows = [self.free.pop() for _ in keys]
+        self.data[torch.tensor(rows)] = images
+        self.row.update(zip(keys, rows))
+
+    def keep(self, alive: set) -> None:
+        for key in [k for k in self.row if k not in alive]:
+            self.free.append(self.row.pop(key))
+
+    def get(self, keys: list[int]) -> torch.Tensor:
+        return self.data[torch.tensor([self.row[k] for k in keys], dtype=torch.long)]
+
+    def update(self, other: "_ImageStore") -> None:
+        keys = [k for k in other.row if k not in self.row]
+        if keys:
+            self.add(keys, other.get(keys))
 
 
 def _input_size(data, model) -> tuple[int, int] | None:
