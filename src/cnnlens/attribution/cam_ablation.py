@@ -155,7 +155,8 @@ def score_cam(model: nn.Module, x: torch.Tensor, target: Any = "predicted", *, l
     time (channels-last; by default the batch size and thread count measured fastest
     while the work runs, :class:`cnnlens._batch.Tuner`). A channel whose map is
     constant has an all-zero mask: all such channels share one forward of a black
-    image. ``extras["scores"]`` = y_c(x ⊙ M_k), ``extras["weights"]`` = w.
+    image. ``extras["scores"]`` = y_c(x ⊙ M_k), ``extras["weights"]`` = w,
+    ``extras["constant"]`` which maps were constant (N×K).
 
     >>> e = score_cam(model, x, layer="layer4")               # doctest: +SKIP
     """
@@ -177,6 +178,7 @@ def score_cam(model: nn.Module, x: torch.Tensor, target: Any = "predicted", *, l
         s0 = p.target.score(out, classes)
         K = A.shape[1]
         scores = torch.empty(p.n, K, dtype=A.dtype, device=A.device)
+        constant = torch.zeros(p.n, K, dtype=torch.bool, device=A.device)
         total, done = p.n * K, 0
         with tap.paused():
             for i in range(p.n):
@@ -186,6 +188,7 @@ def score_cam(model: nn.Module, x: torch.Tensor, target: Any = "predicted", *, l
                 masks = (up - lo) / (hi - lo + 1e-8)
                 flat = (hi == lo).flatten()  # a constant map: all-zero mask, one forward for all of them
                 live = (~flat).nonzero().flatten()
+                constant[i] = flat
                 if flat.any():
                     zero = layout.run(tap, torch.zeros_like(p.x[i:i + 1]))
                     scores[i, flat] = p.target.score(logits_of(zero), classes[i:i + 1])[0]
@@ -208,4 +211,4 @@ def score_cam(model: nn.Module, x: torch.Tensor, target: Any = "predicted", *, l
     return finish(p, upsample(raw, p.size), "score_cam", classes, layer=name, raw=raw,
                   settings={"layer": name, "grid": tuple(raw.shape[-2:]),
                             "batch_size": batch_size if given is not None else "auto"},
-                  extras={"scores": scores, "weights": w, "score": s0, "pre_relu": lin})
+                  extras={"scores": scores, "weights": w, "score": s0, "pre_relu": lin, "constant": constant})
