@@ -21,10 +21,14 @@ process: the first round also pays the trials); its measurements are printed.
 from __future__ import annotations
 
 import argparse
+import os
 import time
 
 import numpy as np
 import torch
+
+
+os.environ.setdefault("TQDM_DISABLE", "1")  # pytorch-grad-cam's ScoreCAM shows a tqdm bar per image
 
 
 def _corr(a, b) -> float:
