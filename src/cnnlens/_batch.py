@@ -133,6 +133,19 @@ class Tuner:
         return best
 
     @contextlib.contextmanager
+    def threads(self):
+        """Run other work of the call (the clean forward) on the thread count of the best arm measured so far."""
+        n = self.best().threads if len(self.arms) > 1 and any(self.seen.values()) else 0
+        before = torch.get_num_threads()
+        try:
+            if n and n != before:
+                torch.set_num_threads(n)
+            yield
+        finally:
+            if n and n != before:
+                torch.set_num_threads(before)
+
+    @contextlib.contextmanager
     def timed(self, arm: Arm, n: int):
         """Run a batch of ``n`` images with the arm's thread count, and record its time per image."""
         before = torch.get_num_threads()

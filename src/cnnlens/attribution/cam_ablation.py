@@ -169,7 +169,8 @@ def score_cam(model: nn.Module, x: torch.Tensor, target: Any = "predicted", *, l
     layout = Layout(model, p.x, channels_last)
     tuner = Tuner(workload("score_cam", model, p.x), arms(p.x, given, layout.channels_last))
     with LayerTap(model, [name]) as tap, torch.no_grad():
-        out = logits_of(tap.run(p.x))
+        with tuner.threads():
+            out = logits_of(tap.run(p.x))
         A = tap[name]
         if not torch.is_tensor(A) or A.dim() != 4:
             raise ValueError(f"layer {name!r} does not return an N×C×H×W feature map; name a convolutional layer")
@@ -190,7 +191,8 @@ def score_cam(model: nn.Module, x: torch.Tensor, target: Any = "predicted", *, l
                 live = (~flat).nonzero().flatten()
                 constant[i] = flat
                 if flat.any():
-                    zero = layout.run(tap, torch.zeros_like(p.x[i:i + 1]))
+                    with tuner.threads():
+                        zero = layout.run(tap, torch.zeros_like(p.x[i:i + 1]))
                     scores[i, flat] = p.target.score(logits_of(zero), classes[i:i + 1])[0]
                 j = 0
                 while j < len(live):

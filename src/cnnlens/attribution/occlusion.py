@@ -227,7 +227,8 @@ def _full_reinference(model, p, filled, per_sample_fill, rows, cols, wh, ww, dro
     layout = Layout(model, p.x, channels_last)
     tuner = Tuner(workload("occlusion", model, p.x), arms(p.x, None if calibrate else batch_size, layout.channels_last))
     with LayerTap(model, target_layers(p.target)) as tap, torch.no_grad():
-        out = tap.run(p.x)
+        with tuner.threads():
+            out = tap.run(p.x)
         classes = pick_classes(p, out, p.n)
         s0 = score(p, tap, out, classes).float()
         p0 = logits_of(out).float().softmax(1).gather(1, classes.view(-1, 1)).squeeze(1) if is_class else None
