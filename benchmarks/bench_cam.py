@@ -21,14 +21,11 @@ process: the first round also pays the trials); its measurements are printed.
 from __future__ import annotations
 
 import argparse
-import os
+import functools
 import time
 
 import numpy as np
 import torch
-
-
-os.environ.setdefault("TQDM_DISABLE", "1")  # pytorch-grad-cam's ScoreCAM shows a tqdm bar per image
 
 
 def _corr(a, b) -> float:
@@ -60,7 +57,13 @@ def main(argv=None) -> None:
         a.size, a.rounds = 112, 1
     torch.set_num_threads(a.threads)
     import torchvision
+    import pytorch_grad_cam.score_cam as grad_cam_score
     from pytorch_grad_cam import AblationCAM, ScoreCAM
+
+    import types
+
+    # its ScoreCAM draws a tqdm bar per image: off, in this process only (its own code is not changed)
+    grad_cam_score.tqdm = types.SimpleNamespace(tqdm=functools.partial(grad_cam_score.tqdm.tqdm, disable=True))
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
     from cnnlens._batch import chosen, workload
