@@ -194,9 +194,8 @@ def main(argv=None) -> None:
                     if k != "incremental":
                         best[k] *= scale
                 cap = min((v, k) for k, v in best.items() if k.startswith("captum") and "thread" not in k)
-                print(f"{name}, {n} image(s), {positions(STRIDE)} positions"
-                      f"{f' (full re-inference timed on {timed_positions} positions and scaled)' if a.extrapolate else ''}:",
-                      flush=True)
+                how = f" (full re-inference timed on {timed_positions} positions and scaled)" if a.extrapolate else ""
+                print(f"{name}, {n} image(s), {positions(STRIDE)} positions{how}:", flush=True)
                 for k, v in best.items():
                     print(f"  {k:22s} {v:8.2f} s  ({v / n / positions(STRIDE) * 1e3:.2f} ms per position)")
                 arms = chosen(workload("occlusion", model, x))

@@ -57,7 +57,10 @@ def test_the_fastest_arm_runs_and_the_others_get_a_bounded_share(fake):
 
 def test_a_change_of_load_changes_the_choice(fake):
     t = B.Tuner("w", (A, S))
-    log = run(t, fake, 4000, lambda arm, done: (1.0 if arm == A else 2.0) if done < 1000 else (5.0 if arm == A else 2.0))
+    def cost(arm, done):  # A is twice as fast as S, until a load arrives after 1000 images
+        return (1.0 if arm == A else 2.0) if done < 1000 else (5.0 if arm == A else 2.0)
+
+    log = run(t, fake, 4000, cost)
     late = [a for a, *_ in log][-50:]
     assert late.count(S) > 40 and t.best() == S
     assert [a for a, *_ in log[3:60]].count(A) > 50  # before the change, A ran

@@ -1,8 +1,10 @@
 """How batched work is split: one rule for every method that runs several forwards.
 
 :func:`check_batch_size` picks the automatic batch size (measured fastest per image
-on the CPU), :func:`chunks` walks a range in steps of it. Results never depend on
-the batch size (the tests check it method by method).
+on the CPU), :func:`chunks` walks a range in steps of it; long runs of same-shaped
+forwards (occlusion's full re-inference, Score-CAM) let :class:`Tuner` measure the
+batch size and thread count as they run. Results never depend on the batch size or
+the thread count (the tests check it method by method).
 """
 
 from __future__ import annotations
@@ -88,10 +90,11 @@ class Tuner:
     """Chooses, batch by batch, the :class:`Arm` measured fastest per image for one workload.
 
     Every arm is tried twice first (interleaved; real work, nothing is thrown away — the first run of a batch shape
-    also pays one-off set-up costs; an arm 3× slower than the best needs no second trial), or not at all when an earlier call of the process already measured it. Then
-    the best arm runs, and about :data:`EXPLORE` of the time goes to re-measuring the others, the least recently
-    measured first, so a change of load changes the choice. Results never depend on the arm (the same values up to
-    float rounding: per-image forwards in any batch, on any number of threads).
+    also pays one-off set-up costs; an arm 3× slower than the best needs no second trial), or not at all when an
+    earlier call of the process already measured it. Then the best arm runs, and about :data:`EXPLORE` of the time
+    goes to re-measuring the others, the least recently measured first, so a change of load changes the choice.
+    Results never depend on the arm (the same values up to float rounding: per-image forwards in any batch, on any
+    number of threads).
 
     >>> t = Tuner(("occlusion", ...), arms(x, None, True))           # doctest: +SKIP
     >>> while done < total:
