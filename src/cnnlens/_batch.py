@@ -68,7 +68,7 @@ class Arm:
 _MEASURED: dict = {}
 #: share of the running time spent re-measuring the arms that are not the current best (so that the choice follows
 #: a change of load); an arm measured slower costs proportionally more and is re-measured less often
-EXPLORE = 0.08
+EXPLORE = 0.05
 #: seconds per image of an arm: the minimum of its last few measurements (others' load only ever slows a batch down)
 RECENT = 3
 
