@@ -137,3 +137,40 @@ def test_score_cam_weights_are_the_softmax_of_masked_scores():
     scores = torch.stack(scores)
     assert torch.allclose(e.extras["scores"][0].double(), scores, rtol=1e-6, atol=1e-9)
     assert torch.allclose(e.extras["weights"][0].double(), scores.softmax(0), rtol=1e-5)
+
+
+@pytest.mark.parametrize("batch_size", [None, 1, 3])
+def test_score_cam_sharing_the_forward_of_constant_maps_changes_nothing(batch_size, untouched):
+    """Channels whose map is constant (dead after the ReLU, or a constant bias) get an all-zero mask and share one
+    forward; their scores, and every other, equal a forward per channel with no sharing (also on two threads)."""
+    model = Net().double().eval()
+    with torch.no_grad():
+        conv = model.b[0]
+        conv.weight[[1, 4]] = 0
+        conv.bias[[1, 4]] = -1.0  # ReLU(−1) = 0 everywhere
+        conv.weight[2] = 0
+        conv.bias[2] = 0.3  # constant 0.3
+    model = untouched(model)
+    x = torch.rand(2, 3, 10, 12, dtype=torch.float64)
+    n = torch.get_num_threads()
+    torch.set_num_threads(2)  # the tuner also tries one thread
+    try:
+        e = score_cam(model, x, layer="b", batch_size=batch_size)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(n)
+    with torch.no_grad():
+        A = {}
+        h = model.b.register_forward_hook(lambda m, i, o: A.setdefault("a", o.detach()))
+        model(x)
+        h.remove()
+        up = torch.nn.functional.interpolate(A["a"], size=(10, 12), mode="bilinear", align_corners=True)
+        want = torch.empty(2, 6, dtype=torch.float64)
+        for i in range(2):
+            for k in range(6):
+                m = (up[i, k] - up[i, k].min()) / (up[i, k].max() - up[i, k].min() + 1e-8)
+                want[i, k] = model(x[i:i + 1] * m)[0, e.classes[i]]
+    assert bool((up[:, [1, 2, 4]].flatten(2).std(2) == 0).all())  # the three channels really are constant
+    assert torch.equal(e.extras["constant"], up.flatten(2).amax(2) == up.flatten(2).amin(2))
+    assert torch.allclose(e.extras["scores"].double(), want, rtol=1e-6, atol=1e-9)  # kept as float32
+    assert torch.allclose(e.extras["weights"].double(), want.softmax(1), rtol=1e-6)

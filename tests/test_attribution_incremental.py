@@ -220,18 +220,35 @@ def test_in_float32_no_further_from_float64_than_full_reinference(untouched, nam
     assert err_inc <= max(1e-5 * scale, 2 * err_full), (err_inc, err_full, scale)
 
 
-def test_the_calibrated_full_reinference_gives_the_same_map(untouched, monkeypatch):
+def test_the_tuned_full_reinference_gives_the_same_map(untouched, monkeypatch):
+    """Whatever the tuner picks (batch sizes 1, 3 and 2, one thread or two, its choice kept from an earlier call), the
+    map equals one forward at a time."""
     import importlib
 
+    import cnnlens._batch as B
+
     occ = importlib.import_module("cnnlens.attribution.occlusion")
-    monkeypatch.setattr(occ, "CANDIDATES", ((1, True), (3, False), (2, True)))
+    monkeypatch.setattr(B, "_MEASURED", {})
+    monkeypatch.setattr(B, "EXPLORE", 0.5)  # re-measure often: every arm runs several times
+    monkeypatch.setattr(occ, "arms", lambda x, bs, cl: (B.Arm(1, cl), B.Arm(3, False, 1), B.Arm(2, True, 2)))
     model = untouched(Zoo().double().eval())
     x = torch.rand(2, 3, 24, 24, dtype=torch.float64)
-    auto = occlusion(model, x, window=4, stride=4, incremental=False, channels_last=True)  # 72 positions ≥ 4·12
-    fixed = occlusion(model, x, window=4, stride=4, incremental=False, batch_size=5)
-    assert occ._CHOSEN[0] in ((1, True), (3, False), (2, True))
-    assert torch.allclose(auto.raw, fixed.raw, rtol=0, atol=1e-9 * float(fixed.raw.abs().max()))
-    assert torch.allclose(auto.extras["probability"], fixed.extras["probability"], atol=1e-7)
+    one = occlusion(model, x, window=4, stride=4, incremental=False, batch_size=1)
+    ran = []
+    real = B.Tuner.timed
+
+    def spy(self, arm, n):
+        ran.append((arm, n))
+        return real(self, arm, n)
+
+    monkeypatch.setattr(B.Tuner, "timed", spy)
+    n = torch.get_num_threads()
+    for _ in range(2):  # the second call starts from the first one's measurements
+        auto = occlusion(model, x, window=4, stride=4, incremental=False, channels_last=True)
+        assert torch.get_num_threads() == n
+        assert torch.allclose(auto.raw, one.raw, rtol=0, atol=1e-9 * float(one.raw.abs().max()))
+        assert torch.allclose(auto.extras["probability"], one.extras["probability"], atol=1e-9)
+    assert {a.batch for a, _ in ran} == {1, 2, 3} and sum(k for _, k in ran) == 2 * 2 * 36
 
 
 @pytest.mark.parametrize("coarse", [1, 2, 3])

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .._batch import check_batch_size, chunks
+from .._batch import Tuner, arms, check_batch_size, chunks, workload
 from ..results import Explanation
 from ..tap import LayerTap
 from ._common import Layout, Progress, finish, log, logits_of, pick_classes, prepare, upsample
@@ -152,19 +152,25 @@ def score_cam(model: nn.Module, x: torch.Tensor, target: Any = "predicted", *, l
     """Score-CAM: L = ReLU(Σ_k w_k A_k), w = softmax_k y_c(x ⊙ M_k), M_k = A_k upsampled and scaled to [0, 1].
 
     The layer runs once; the K masked copies of each image run ``batch_size`` at a
-    time (automatic by default, channels-last). ``extras["scores"]`` = y_c(x ⊙ M_k),
-    ``extras["weights"]`` = w.
+    time (channels-last; by default the batch size and thread count measured fastest
+    while the work runs, :class:`cnnlens._batch.Tuner`). A channel whose map is
+    constant has an all-zero mask: all such channels share one forward of a black
+    image. ``extras["scores"]`` = y_c(x ⊙ M_k), ``extras["weights"]`` = w,
+    ``extras["constant"]`` which maps were constant (N×K).
 
     >>> e = score_cam(model, x, layer="layer4")               # doctest: +SKIP
     """
+    given = batch_size
     batch_size = check_batch_size(batch_size, x)
     p = prepare(model, x, target, y, "score_cam")
     if not p.target.is_class:
         raise ValueError("Score-CAM explains a class score; for a channel or neuron target use gradcam(...)")
     name = layer_name(model, p, layer)
     layout = Layout(model, p.x, channels_last)
+    tuner = Tuner(workload("score_cam", model, p.x), arms(p.x, given, layout.channels_last))
     with LayerTap(model, [name]) as tap, torch.no_grad():
-        out = logits_of(tap.run(p.x))
+        with tuner.threads():
+            out = logits_of(tap.run(p.x))
         A = tap[name]
         if not torch.is_tensor(A) or A.dim() != 4:
             raise ValueError(f"layer {name!r} does not return an N×C×H×W feature map; name a convolutional layer")
@@ -173,6 +179,7 @@ def score_cam(model: nn.Module, x: torch.Tensor, target: Any = "predicted", *, l
         s0 = p.target.score(out, classes)
         K = A.shape[1]
         scores = torch.empty(p.n, K, dtype=A.dtype, device=A.device)
+        constant = torch.zeros(p.n, K, dtype=torch.bool, device=A.device)
         total, done = p.n * K, 0
         with tap.paused():
             for i in range(p.n):
@@ -182,15 +189,21 @@ def score_cam(model: nn.Module, x: torch.Tensor, target: Any = "predicted", *, l
                 masks = (up - lo) / (hi - lo + 1e-8)
                 flat = (hi == lo).flatten()  # a constant map: all-zero mask, one forward for all of them
                 live = (~flat).nonzero().flatten()
+                constant[i] = flat
                 if flat.any():
-                    zero = layout.run(tap, torch.zeros_like(p.x[i:i + 1]))
+                    with tuner.threads():
+                        zero = layout.run(tap, torch.zeros_like(p.x[i:i + 1]))
                     scores[i, flat] = p.target.score(logits_of(zero), classes[i:i + 1])[0]
-                for a, b in chunks(len(live), batch_size):
-                    ks = live[a:b]
-                    xb = p.x[i:i + 1] * masks[ks].unsqueeze(1)
-                    ob = logits_of(layout.run(tap, xb))
-                    scores[i, ks] = p.target.score(ob, classes[i].expand(b - a))
-                    done += b - a
+                j = 0
+                while j < len(live):
+                    arm = tuner.next(len(live) - j)
+                    ks = live[j:j + arm.batch]
+                    with tuner.timed(arm, len(ks)):
+                        xb = p.x[i:i + 1] * masks[ks].unsqueeze(1)
+                        ob = logits_of(layout.run(tap, xb))
+                        scores[i, ks] = p.target.score(ob, classes[i].expand(len(ks)))
+                    j += len(ks)
+                    done += len(ks)
                     if progress:
                         progress(done + int(flat.sum()), total)
                 done += int(flat.sum())
@@ -198,5 +211,6 @@ def score_cam(model: nn.Module, x: torch.Tensor, target: Any = "predicted", *, l
     lin = torch.einsum("nk,nkhw->nhw", w, A.float())
     raw = lin.clamp_min(0)
     return finish(p, upsample(raw, p.size), "score_cam", classes, layer=name, raw=raw,
-                  settings={"layer": name, "grid": tuple(raw.shape[-2:]), "batch_size": batch_size},
-                  extras={"scores": scores, "weights": w, "score": s0, "pre_relu": lin})
+                  settings={"layer": name, "grid": tuple(raw.shape[-2:]),
+                            "batch_size": batch_size if given is not None else "auto"},
+                  extras={"scores": scores, "weights": w, "score": s0, "pre_relu": lin, "constant": constant})

@@ -15,13 +15,12 @@ batch size. Two readings of the same passes:
 from __future__ import annotations
 
 import logging
-import time
 from typing import Any
 
 import torch
 from torch import nn
 
-from .._batch import check_batch_size, chunks
+from .._batch import Tuner, arms, check_batch_size, chunks, workload
 from ..results import Explanation
 from ..tap import LayerTap
 from .incremental import IncrementalOcclusion, Unsupported, input_box, log_fallback
@@ -169,11 +168,13 @@ def occlusion(model: nn.Module, x: torch.Tensor, target: Any = "predicted", *, w
     raw[p] = S(x) − S(x ⊙ (1 − m_p) + fill ⊙ m_p); maps(i, j) = mean of raw[p] over
     the windows with m_p(i, j) = 1. ``fill``: "grey" (0.5, default), "black", "blur"
     (a Gaussian-blurred copy of the image), a number or a tensor, in pixel units.
-    ``window`` defaults to min(H, W)/8, ``stride`` to window/2; ``batch_size`` (images
-    per forward on the full re-inference path) is automatic by default: on a CPU with
-    enough positions the first batches try each of :data:`CANDIDATES` twice (4 and 16
-    channels-last images, 32 contiguous ones — real work, nothing is thrown away) and
-    the rest run with the fastest per image, so the choice follows the machine's load.
+    ``window`` defaults to min(H, W)/8, ``stride`` to window/2. On the full
+    re-inference path, ``batch_size`` (images per forward) is automatic by default:
+    on a CPU, :class:`cnnlens._batch.Tuner` measures, while the work runs, which batch
+    size (the automatic one or 4× it) and thread count (the process's or one) is
+    fastest per image, and keeps following the machine's load (an explicit
+    ``batch_size`` fixes the size; the thread count is still measured). The map never
+    depends on these choices.
     ``extras["probability"]`` is the target's softmax probability at each position
     (class targets), ``extras["rows"]``/``["cols"]`` the window offsets.
 
@@ -279,47 +280,6 @@ def occlusion(model: nn.Module, x: torch.Tensor, target: Any = "predicted", *, w
     return finish(p, maps, "occlusion", classes, settings=settings, raw=raw, extras=extras)
 
 
-def _schedule(total: int, batch_size: int, calibrate: bool, default_cl: bool):
-    """The batches of full re-inference: (start, stop, channels_last) triples, plus a ``report(seconds)`` to call
-    after each batch. With ``calibrate``, the first batches try each of :data:`CANDIDATES` twice (interleaved; real
-    work, nothing is thrown away) and the rest run with the one fastest per image."""
-    if not calibrate:
-        return [(a, b, default_cl) for a, b in chunks(total, batch_size)], None
-    cands = [(n, cl) for n, cl in CANDIDATES if default_cl or not cl]
-    trial = 2 * sum(n for n, _ in cands)
-    if total < 4 * trial:
-        return [(a, b, default_cl) for a, b in chunks(total, batch_size)], None
-    plan, a = [], 0
-    for _ in range(2):
-        for n, cl in cands:
-            plan.append((a, a + n, cl))
-            a += n
-    times: dict = {}
-
-    def report(i: int, seconds: float):
-        if i >= len(plan):  # past the trials
-            return
-        n, cl = plan[i][1] - plan[i][0], plan[i][2]
-        per = seconds / n
-        times[(n, cl)] = min(times.get((n, cl), float("inf")), per)
-
-    def rest():
-        (n, cl), per = min(times.items(), key=lambda kv: kv[1])
-        log.debug("occlusion: %d images per forward%s measured fastest (%.1f ms per image)", n,
-                  " channels-last" if cl else "", per * 1e3)
-        _CHOSEN[0] = (n, cl)
-        return [(b, min(total, b + n), cl) for b in range(a, total, n)]
-
-    return plan, (report, rest)
-
-
-#: full re-inference batch layouts tried by the calibration: (images per forward, channels-last). On 2 shared
-#: cores, small channels-last batches are fastest when the machine is quiet and large ones when other processes
-#: compete for the cores (each forward then waits less often for a descheduled thread); see bench_occlusion.py
-CANDIDATES = ((4, True), (16, True), (32, False))
-_CHOSEN: list = [None]  # the last calibration's choice (for the benchmark's report)
-
-
 def _full_reinference(model, p, filled, per_sample_fill, rows, cols, wh, ww, drops, probs, batch_size, progress,
                       channels_last, calibrate=False):
     """Every window position through the whole model, ``batch_size`` images per forward (or as calibrated)."""
@@ -332,40 +292,37 @@ def _full_reinference(model, p, filled, per_sample_fill, rows, cols, wh, ww, dro
     ii = torch.arange(H, device=dev).view(1, 1, H, 1)
     jj = torch.arange(W, device=dev).view(1, 1, 1, W)
     total = p.n * P
-    layouts = {flag: Layout(model, p.x, flag) for flag in (True, False)}
-    default = Layout(model, p.x, channels_last)
-    plan, cal = _schedule(total, batch_size, calibrate and dev.type == "cpu", default.channels_last)
+    layout = Layout(model, p.x, channels_last)
+    tuner = Tuner(workload("occlusion", model, p.x), arms(p.x, None if calibrate else batch_size, layout.channels_last))
     with LayerTap(model, target_layers(p.target)) as tap, torch.no_grad():
-        out = tap.run(p.x)
+        with tuner.threads():
+            out = tap.run(p.x)
         classes = pick_classes(p, out, p.n)
         s0 = score(p, tap, out, classes).float()
         p0 = logits_of(out).float().softmax(1).gather(1, classes.view(-1, 1)).squeeze(1) if is_class else None
-        i = 0
-        while i < len(plan):
-            a, b, cl = plan[i]
-            t = time.perf_counter()
-            idx = torch.arange(a, b, device=dev)
-            si, pi = idx // P, idx % P
-            r, c = r0[pi].view(-1, 1, 1, 1), c0[pi].view(-1, 1, 1, 1)
-            mask = (ii >= r) & (ii < r + wh) & (jj >= c) & (jj < c + ww)
-            f = filled[si] if per_sample_fill else filled
-            xb = torch.where(mask, f, p.x[si])
-            ob = (layouts[cl] if cal is not None else default).run(tap, xb)
-            sb = score(p, tap, ob, classes[si]).float()
-            # a patch that changes no pixel (fill equal to the image there) changes nothing, exactly —
-            # not up to the batch-size-dependent rounding of the convolutions
-            same = ~(xb != p.x[si]).flatten(1).any(1)
-            drops[a:b] = torch.where(same, torch.zeros_like(sb), s0[si] - sb)
-            if is_class:
-                pb = logits_of(ob).float().softmax(1).gather(1, classes[si].view(-1, 1)).squeeze(1)
-                probs[a:b] = torch.where(same, p0[si], pb)
+        a = 0
+        while a < total:
+            arm = tuner.next(total - a)
+            b = min(total, a + arm.batch)
+            with tuner.timed(arm, b - a):
+                idx = torch.arange(a, b, device=dev)
+                si, pi = idx // P, idx % P
+                r, c = r0[pi].view(-1, 1, 1, 1), c0[pi].view(-1, 1, 1, 1)
+                mask = (ii >= r) & (ii < r + wh) & (jj >= c) & (jj < c + ww)
+                f = filled[si] if per_sample_fill else filled
+                xb = torch.where(mask, f, p.x[si])
+                ob = layout.run(tap, xb)
+                sb = score(p, tap, ob, classes[si]).float()
+                # a patch that changes no pixel (fill equal to the image there) changes nothing, exactly —
+                # not up to the batch-size-dependent rounding of the convolutions
+                same = ~(xb != p.x[si]).flatten(1).any(1)
+                drops[a:b] = torch.where(same, torch.zeros_like(sb), s0[si] - sb)
+                if is_class:
+                    pb = logits_of(ob).float().softmax(1).gather(1, classes[si].view(-1, 1)).squeeze(1)
+                    probs[a:b] = torch.where(same, p0[si], pb)
+            a = b
             if progress:
                 progress(b, total)
-            if cal is not None:
-                cal[0](i, time.perf_counter() - t)
-                if i == len(plan) - 1 and b < total:
-                    plan = plan + cal[1]()
-            i += 1
     return s0, p0, classes
 
 
