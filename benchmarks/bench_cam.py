@@ -69,22 +69,10 @@ def main(argv=None) -> None:
     from cnnlens._batch import chosen, workload
     from cnnlens.attribution import ablation_cam, score_cam
 
-    stop = None
-    if a.load:
-        import multiprocessing as mp
+    from bench_occlusion import competing_load
 
-        from bench_occlusion import _burn
-
-        ctx = mp.get_context("spawn")
-        stop = ctx.Event()
-        proc = ctx.Process(target=_burn, args=(stop,), daemon=True)
-        proc.start()
-    try:
+    with competing_load(a.load):
         _run(a, AblationCAM, ScoreCAM, ClassifierOutputTarget, ablation_cam, score_cam, chosen, workload, torchvision)
-    finally:
-        if stop is not None:
-            stop.set()
-            proc.join(5)
 
 
 def _run(a, AblationCAM, ScoreCAM, ClassifierOutputTarget, ablation_cam, score_cam, chosen, workload, torchvision):

@@ -36,6 +36,7 @@ measurements are printed after each case.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import multiprocessing as mp
 import time
 
@@ -60,6 +61,23 @@ def _burn(stop):  # pragma: no cover - runs in a child process
     a = torch.rand(512, 512)
     while not stop.is_set():
         a = (a @ a).clamp_(-1, 1)
+
+
+@contextlib.contextmanager
+def competing_load(on: bool):
+    """While the block runs, a second process doing 512×512 matrix products on one thread (when ``on``)."""
+    if not on:
+        yield
+        return
+    ctx = mp.get_context("spawn")
+    stop = ctx.Event()
+    proc = ctx.Process(target=_burn, args=(stop,), daemon=True)
+    proc.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        proc.join(5)
 
 
 def positions(stride: int) -> int:
@@ -190,12 +208,8 @@ def main(argv=None) -> None:
         if a.models == ap.get_default("models"):
             a.models = "resnet18,efficientnet-lite0"
         return approximate(a)
-    stop = None
-    if a.load:
-        ctx = mp.get_context("spawn")
-        stop = ctx.Event()
-        proc = ctx.Process(target=_burn, args=(stop,), daemon=True)
-        proc.start()
+    load = contextlib.ExitStack()
+    load.enter_context(competing_load(a.load))
     print(f"threads {a.threads}, competing load: {'a matmul process' if a.load else 'none of our own'}; "
           "times are minima of interleaved rounds on a shared machine", flush=True)
     try:
@@ -272,9 +286,7 @@ def main(argv=None) -> None:
                           f"{best['full'] / best['incremental']:.2f}× = "
                           f"{best['full'] / best['incremental'] / bound:.0%} of it", flush=True)
     finally:
-        if stop is not None:
-            stop.set()
-            proc.join(5)
+        load.close()
 
 
 if __name__ == "__main__":
