@@ -1,0 +1,32 @@
+"""Time the whole of EfficientNet-Lite0's ``blocks.4`` (112 channels, 128², 256 steps) rendered by
+``maximize_channels`` for real (not extrapolated), at the default batch and at 16 channels per optimisation.
+
+Run:  python benchmarks/whole_layer.py [--threads 2]   (about 11 minutes on a quiet 2-core machine)
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--threads", type=int, default=2)
+    a = ap.parse_args(argv)
+    torch.set_num_threads(a.threads)
+    import cnnlens
+    from cnnlens.inside import maximize_channels
+
+    model = cnnlens.load_model("efficientnet-lite0")
+    for bs in (None, 16):
+        t = time.perf_counter()
+        maximize_channels(model, "net.blocks.4", list(range(112)), steps=256, size=128, batch_size=bs)
+        print(f"whole layer net.blocks.4 (112 channels), 128², 256 steps, batch_size={bs or 'default'}, "
+              f"{a.threads} threads: {time.perf_counter() - t:.0f} s", flush=True)
+
+
+if __name__ == "__main__":
+    main()
