@@ -231,18 +231,16 @@ def _grid(tap: LayerTap, name: str, x: torch.Tensor, layouts: dict | None = None
     if torch.is_tensor(out):
         out = tap[name]  # refuses a record changed in place through memory it shares with another tensor
     if torch.is_tensor(out) and out.dim() in (3, 4):
-        from .grid import as_grid, to_grid
+        from .grid import as_grid, grid_layout, to_grid
 
-        if layouts is None:
-            return as_grid(out, tap.model, tap._modules.get(name), tuple(x.shape[-2:]), name)
-        key = (name, tuple(out.shape[1:]), tuple(x.shape[-2:]))
-        if key not in layouts:
-            g = as_grid(out, tap.model, tap._modules.get(name), tuple(x.shape[-2:]), name)
-            from .grid import grid_layout
-
-            layouts[key] = grid_layout(out, tap.model, tap._modules.get(name), tuple(x.shape[-2:]), name)
+        hw, module = tuple(x.shape[-2:]), tap._modules.get(name)
+        key = (name, tuple(out.shape[1:]), hw)
+        if layouts is None or key not in layouts:
+            g = as_grid(out, tap.model, module, hw, name)  # finds the layout and logs it
+            if layouts is not None:
+                layouts[key] = grid_layout(out, tap.model, module, hw, name)
             return g
-        return to_grid(out, *layouts[key], tuple(x.shape[-2:]))
+        return to_grid(out, *layouts[key], hw)
     return out
 
 
