@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +23,7 @@ import torch
 from torch import nn
 
 from . import microscope_draw as draw
+from ._files import atomic_write
 from .results import jsonable
 
 log = logging.getLogger(__name__)
@@ -102,9 +102,7 @@ class WorkDir:
 
     def save(self, name: str, value) -> None:
         f = self.path / f"{name}.pt"
-        tmp = f.with_suffix(".tmp")
-        torch.save(value, tmp)
-        os.replace(tmp, f)  # atomic: an interruption leaves the old file or none
+        atomic_write(f, lambda fh: torch.save(value, fh))  # an interruption leaves the old file or none
 
 
 @dataclass

@@ -25,7 +25,6 @@ import json
 import logging
 import os
 import re
-import tempfile
 import threading
 import time
 import warnings
@@ -35,6 +34,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from .._files import atomic_write
 from ..attribution import METHODS
 from .store import Store, _scan_dataset, build_store, dataset_hash, model_hash
 from .worker import Worker
@@ -89,18 +89,6 @@ class BadRequest(ValueError):
 
 class NotReady(RuntimeError):
     """The scan is still running (HTTP 503)."""
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _png(fig) -> bytes:
@@ -366,7 +354,7 @@ class Explorer:
             top = order[:self.k]
             out = {"pred": pred, "second": second, "conf": float(p[pred]), "margin": float(p[pred] - p[second]),
                    "top_classes": top.tolist(), "top_probs": [round(float(p[c]), 6) for c in top]}
-            _atomic_write(path, json.dumps(out).encode())
+            atomic_write(path, json.dumps(out).encode())
             return out
 
         return self.worker.run(f"predict/{ref}", run)
@@ -438,7 +426,7 @@ class Explorer:
                 e, what = saliency(self.model, xx, target=t), "saliency"
             png = _png(pair_figure(x[0].cpu(), e.maps[0], e.maps[1], self.class_names[a], self.class_names[b],
                                    roles=self._roles(s, a, b), method=what))
-            _atomic_write(path, png)
+            atomic_write(path, png)
             return png
 
         return self.worker.run(f"pair/{ref}/{a}/{b}", run)
@@ -523,11 +511,11 @@ class Explorer:
                             e.extras.get("empty")) else False}
         except ValueError as err:  # a method that does not apply to this model: kept as its message
             msg = str(err).strip().splitlines()[0]
-            _atomic_write(meta_path, json.dumps({"error": msg}).encode())
+            atomic_write(meta_path, json.dumps({"error": msg}).encode())
             raise
         info["seconds"] = round(time.perf_counter() - t0, 3)
-        _atomic_write(png_path, _png(fig))
-        _atomic_write(meta_path, json.dumps(info).encode())
+        atomic_write(png_path, _png(fig))
+        atomic_write(meta_path, json.dumps(info).encode())
         return info
 
     # -- units (the microscope) ------------------------------------------------
@@ -590,7 +578,7 @@ class Explorer:
                                     device=self.device, progress=lambda d, t: report(d / max(1, t or 1)))
                 buf = io.BytesIO()
                 torch.save(m, buf)
-                _atomic_write(path, buf.getvalue())
+                atomic_write(path, buf.getvalue())
             self._micro = m
             return True
 
@@ -657,7 +645,7 @@ class Explorer:
                               batch_size=self.batch_size)  # at most the 20 most predicted classes, as the site
         buf = io.BytesIO()
         torch.save(inf, buf)
-        _atomic_write(path, buf.getvalue())
+        atomic_write(path, buf.getvalue())
         return inf
 
     def unit(self, layer: Any, channel: Any) -> dict:
@@ -690,12 +678,12 @@ class Explorer:
             report(0.5)
             imgs, maps = top_maps(self.model, self.dataset, ls, [c], batch_size=self.batch_size)
             report(0.8)
-            _atomic_write(d / "maps.png", draw.png(draw.maps_image(imgs[0], maps[0], ncols=9, side=96)))
-            _atomic_write(d / "hist.png", draw.png(draw.histogram_figure(ls.stats, c)))
-            _atomic_write(d / "class.png", draw.png(draw.class_figure(ls.stats, c, self.class_names, inf)))
+            atomic_write(d / "maps.png", draw.png(draw.maps_image(imgs[0], maps[0], ncols=9, side=96)))
+            atomic_write(d / "hist.png", draw.png(draw.histogram_figure(ls.stats, c)))
+            atomic_write(d / "class.png", draw.png(draw.class_figure(ls.stats, c, self.class_names, inf)))
             info = {"card": unit_card(ls, c, self._cname(), inf),
                     "influence": [[k, v] for k, v in inf.top(c, len(inf.classes))] if inf is not None else None}
-            _atomic_write(meta, json.dumps(info).encode())
+            atomic_write(meta, json.dumps(info).encode())
             return info
 
         return {**out, **self.worker.submit(f"unit/{layer}/{c}", run).to_dict()}
@@ -723,9 +711,9 @@ class Explorer:
             v = maximize_channels(self.model, layer, [c], st.steps, size=_fv_size(self.model, st), seed=st.seed,
                                   robust=True, cache=FeatureCache(self.cache / "fv", mhash=self.mhash),
                                   progress=lambda d_, t: report(d_ / max(1, t or 1)))
-            _atomic_write(d / "fv.png", draw.png(draw.image_tile(v.of(c)[0], 160)))
+            atomic_write(d / "fv.png", draw.png(draw.image_tile(v.of(c)[0], 160)))
             info = {"activation": float(v.activation[0, 0]), "steps": st.steps, "seed": st.seed, "robust": True}
-            _atomic_write(meta, json.dumps(info).encode())
+            atomic_write(meta, json.dumps(info).encode())
             return info
 
         return {**out, **self.worker.submit(f"fv/{layer}/{c}", run).to_dict()}
@@ -763,7 +751,7 @@ class Explorer:
             out = {"ref": ref, "layer": layer, "grid": list(g), "class": int(bb.classes[0]),
                    "class_name": self.class_names[int(bb.classes[0])], "cells": cells,
                    "total": [[round(float(v), 5) for v in r] for r in bb.contributions[0].sum(0)]}
-            _atomic_write(path, json.dumps(out).encode())
+            atomic_write(path, json.dumps(out).encode())
             return out
 
         return self.worker.run(f"blocks/{ref}/{layer}", run)
@@ -798,7 +786,7 @@ class Explorer:
             header, rows = leaderboard_table(lb)
             info = {"header": header, "rows": rows, "best": {k: lb.best(k) for k in lb.metrics},
                     "scores": lb.rows(), "images": n}
-            _atomic_write(path, json.dumps(jsonable_(info)).encode())
+            atomic_write(path, json.dumps(jsonable_(info)).encode())
             return info
 
         if start:

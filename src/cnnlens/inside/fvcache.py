@@ -27,7 +27,6 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -35,6 +34,8 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+
+from .._files import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -125,16 +126,8 @@ class FeatureCache:
 
     def save(self, layer: str, channel: int, key: str, arrays: dict) -> None:
         """Write the arrays atomically: a temporary file in the same folder, renamed into place."""
-        f = self.path(layer, channel, key)
-        f.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{f.name}.", suffix=".tmp", dir=f.parent)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                np.savez(fh, **{k: torch.as_tensor(arrays[k]).detach().float().cpu().numpy() for k in FIELDS})
-            os.replace(tmp, f)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        arrays = {k: torch.as_tensor(arrays[k]).detach().float().cpu().numpy() for k in FIELDS}
+        atomic_write(self.path(layer, channel, key), lambda fh: np.savez(fh, **arrays))
 
 
 def as_cache(cache, model: nn.Module) -> FeatureCache | None:
