@@ -53,6 +53,20 @@ def chunks(total: int, size: int):
 # on a loaded one (fewer parallel regions per image). So the choice is measured while the work runs.
 
 
+@contextlib.contextmanager
+def num_threads(n: int):
+    """Run the block on ``n`` torch threads (0: as it is); the process's count is restored, also on error."""
+    before = torch.get_num_threads()
+    change = bool(n) and n != before
+    try:
+        if change:
+            torch.set_num_threads(n)
+        yield
+    finally:
+        if change:
+            torch.set_num_threads(before)
+
+
 @dataclass(frozen=True)
 class Arm:
     """One way to run a batch of forwards: ``batch`` images per forward, channels-last or not, on ``threads`` torch
@@ -135,32 +149,16 @@ class Tuner:
                 return a
         return best
 
-    @contextlib.contextmanager
     def threads(self):
         """Run other work of the call (the clean forward) on the thread count of the best arm measured so far."""
-        n = self.best().threads if len(self.arms) > 1 and any(self.seen.values()) else 0
-        before = torch.get_num_threads()
-        try:
-            if n and n != before:
-                torch.set_num_threads(n)
-            yield
-        finally:
-            if n and n != before:
-                torch.set_num_threads(before)
+        return num_threads(self.best().threads if len(self.arms) > 1 and any(self.seen.values()) else 0)
 
     @contextlib.contextmanager
     def timed(self, arm: Arm, n: int):
         """Run a batch of ``n`` images with the arm's thread count, and record its time per image."""
-        before = torch.get_num_threads()
-        change = arm.threads and arm.threads != before
         t = time.perf_counter()
-        try:
-            if change:
-                torch.set_num_threads(arm.threads)
+        with num_threads(arm.threads):
             yield
-        finally:
-            if change:
-                torch.set_num_threads(before)
         seconds = time.perf_counter() - t
         self.tick += 1
         if len(self.arms) == 1 or n != arm.batch:  # a short last batch says little about the arm
