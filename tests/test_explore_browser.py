@@ -205,6 +205,14 @@ def test_units_from_the_overview_to_a_unit_and_back_from_a_sample(server, tmp_pa
         _wait(driver, lambda: driver.find_elements(By.CSS_SELECTOR, "#channels .unit-card"), what="the channel grid")
         assert len(driver.find_elements(By.CSS_SELECTOR, "#channels .unit-card")) == 64
         assert _images_ok(driver) == []
+        # every channel's feature visualisation, rendered in the worker (16 channels per optimisation)
+        assert not any(i.is_displayed() for i in driver.find_elements(By.CSS_SELECTOR, "#channels img.fv"))
+        driver.find_element(By.ID, "fv-start").click()
+        _wait(driver, lambda: all(i.is_displayed() for i in driver.find_elements(By.CSS_SELECTOR, "#channels img.fv")),
+              timeout=300, what="the channels' feature visualisations")
+        assert driver.find_element(By.ID, "layer-fv-status").text.startswith("64 of 64 feature visualisations")
+        assert not driver.find_element(By.ID, "fv-start").is_displayed()
+        assert _images_ok(driver) == []
         driver.execute_script("window.scrollTo(0, 0)")
         driver.save_screenshot(str(shots / "explore-layer.png"))
         driver.find_elements(By.CSS_SELECTOR, "#channels .unit-card")[5].click()

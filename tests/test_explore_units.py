@@ -239,3 +239,58 @@ def test_units_wait_for_the_store_scan_without_touching_the_worker(tmp_path, dat
     finally:
         ex.close()
     assert_unchanged(model, before, "the model")
+
+
+def test_queued_feature_visualisations_of_a_layer_render_in_one_optimisation(served, micro, monkeypatch):
+    """Channels of one layer asked for while the worker is busy are rendered by one maximize_channels call (a batch
+    of images, one channel objective each), and each equals the channel rendered alone."""
+    import threading
+
+    import cnnlens.inside.microscope as mm
+    from cnnlens.microscope_site import Settings
+
+    client, ex, model = served
+    wait(client, "/api/microscope")
+    name, chans = list(micro.layers)[1], [3, 7, 11]
+    calls = []
+    real = mm.maximize_channels
+    monkeypatch.setattr(mm, "maximize_channels", lambda m, layer, channels, *a, **k: (
+        calls.append((layer, list(channels))), real(m, layer, channels, *a, **k))[1])
+    gate = threading.Event()
+    ex.worker.submit("test/hold", lambda report: gate.wait(60))  # the worker is busy: the requests queue up
+    try:
+        queued = [client.get(f"/api/unit/{name}/{c}/fv").json() for c in chans]
+        assert [q["status"] for q in queued] == ["queued"] * 3
+        assert client.get(f"/api/layer/{name}/fv").json()["done"] == 0
+    finally:
+        gate.set()
+    got = [wait(client, f"/api/unit/{name}/{c}/fv").json() for c in chans]
+    assert [g["status"] for g in got] == ["done"] * 3, got
+    assert calls == [(name, chans)]  # one optimisation for the three channels
+    st = Settings()
+    for c, g in zip(chans, got):
+        alone = real(model, name, [c], st.steps, size=32, seed=st.seed, robust=True)
+        assert g["activation"] == pytest.approx(float(alone.activation[0, 0]), rel=1e-4)
+    lay = client.get(f"/api/layer/{name}/fv").json()
+    assert {r["channel"] for r in lay["channels"] if r["status"] == "done"} >= set(chans)
+
+
+def test_layer_feature_visualisations_start_on_a_json_post_only(served, micro):
+    client, ex, _ = served
+    wait(client, "/api/microscope")
+    name = list(micro.layers)[-1]
+    before = client.get(f"/api/layer/{name}/fv").json()
+    assert before["total"] == micro[name].channels and before["done"] == 0
+    assert {r["status"] for r in before["channels"]} == {"missing"}  # a GET never starts work
+    r = client.post(f"/api/layer/{name}/fv", content=b"x", headers={"Content-Type": "text/plain"})
+    assert r.status_code == 415 and "application/json" in r.json()["error"]
+    assert client.get("/api/layer/nolayer/fv").status_code == 404
+    assert client.post(f"/api/layer/{name}/fv", json={}).status_code == 200
+    t0 = time.monotonic()
+    while (j := client.get(f"/api/layer/{name}/fv").json())["done"] < j["total"] and time.monotonic() - t0 < 300:
+        time.sleep(0.2)
+    assert j["done"] == j["total"], j
+    for r in j["channels"]:
+        png = client.get(r["png"])
+        assert png.status_code == 200 and png.content[:4] == b"\x89PNG"
+    ok(client, name)

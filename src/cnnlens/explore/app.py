@@ -263,6 +263,13 @@ def make_app(explorer: Explorer, allowed_hosts: list[str] | None = None) -> Star
         return JSONResponse(jsonable(await run(ex.feature_vis, p["name"], p["channel"])))
 
     @guarded("api")
+    async def api_layer_fv(request: Request):
+        kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if request.method == "POST" and kind != "application/json":  # not a request another site may send
+            raise BadRequest("start the feature visualisations with Content-Type application/json", 415)
+        return JSONResponse(jsonable(await run(ex.layer_fv, request.path_params["name"], request.method == "POST")))
+
+    @guarded("api")
     async def api_blocks(request: Request):
         layer = request.query_params.get("layer")
         if layer is None:
@@ -348,6 +355,7 @@ def make_app(explorer: Explorer, allowed_hosts: list[str] | None = None) -> Star
         Route("/api/microscope", api_microscope),
         Route("/api/layers", api_layers),
         Route("/api/layer/{name}", api_layer),
+        Route("/api/layer/{name}/fv", api_layer_fv, methods=["GET", "POST"]),
         Route("/api/unit/{name}/{channel}", api_unit),
         Route("/api/unit/{name}/{channel}/fv", api_fv),
         Route("/api/sample/{ref}/blocks", api_blocks),

@@ -37,7 +37,7 @@ from torch import nn
 from .._files import atomic_write
 from ..attribution import METHODS
 from .store import Store, _scan_dataset, build_store, dataset_hash, model_hash
-from .worker import Worker
+from .worker import Worker, error_line
 from ..results import jsonable as jsonable_
 
 log = logging.getLogger(__name__)
@@ -59,6 +59,9 @@ FAITH_STEPS = 16
 UNIT_K, INFLUENCE_IMAGES, BLOCKS_K = 9, 64, 6
 #: a unit page's images computed in the worker (the top patches are drawn from the scan)
 UNIT_IMAGES = ("maps", "hist", "class", "fv")
+#: feature visualisations rendered in one optimisation by the explorer's worker (channels of one layer queued
+#: together: the layer page's "render" button, several unit pages)
+FV_GROUP = 16
 #: the leaderboard the explorer runs on request: cheap methods and metrics without ground truth
 LEADERBOARD_METHODS = ("saliency", "gradient_x_input", "integrated_gradients", "gradcam")
 LEADERBOARD_METRICS = ("deletion_auc", "insertion_auc", "faithfulness_correlation", "max_sensitivity")
@@ -690,33 +693,68 @@ class Explorer:
 
     def feature_vis(self, layer: Any, channel: Any) -> dict:
         """The channel's feature visualisation (robust, :func:`maximize_channels` with the microscope site's
-        settings), cached; requested lazily by the unit page and run in the worker."""
+        settings), cached; requested lazily by the unit and layer pages and run in the worker — the job that runs
+        first also takes the other queued channels of its layer (up to :data:`FV_GROUP`), so they render in one
+        optimisation (a batch of images, one channel objective each)."""
         layer = self.check_layer(layer)
         c = self.check_channel(layer, channel)
-        d = self._unit_dir(layer, c)
-        meta = d / "fv.json"
+        meta = self._unit_dir(layer, c) / "fv.json"
         out = {"layer": layer, "channel": c, "png": f"/img/unit/{layer}/{c}/fv.png"}
         if meta.is_file():
             return {**out, "status": "done", "progress": 1.0, **json.loads(meta.read_text())}
 
         def run(report):
-            from .. import microscope_draw as draw
-            from ..inside.fvcache import FeatureCache
-            from ..inside.microscope import maximize_channels
-            from ..microscope_site import Settings, _fv_size
-
-            st = Settings()
-            # kept across datasets and runs in <cache>/fv, keyed by the model's weights, layer, channel and
-            # settings (the microscope site's robust view: `cnnlens microscope --cache <cache>/fv` shares it)
-            v = maximize_channels(self.model, layer, [c], st.steps, size=_fv_size(self.model, st), seed=st.seed,
-                                  robust=True, cache=FeatureCache(self.cache / "fv", mhash=self.mhash),
-                                  progress=lambda d_, t: report(d_ / max(1, t or 1)))
-            atomic_write(d / "fv.png", draw.png(draw.image_tile(v.of(c)[0], 160)))
-            info = {"activation": float(v.activation[0, 0]), "steps": st.steps, "seed": st.seed, "robust": True}
-            atomic_write(meta, json.dumps(info).encode())
-            return info
+            others = self.worker.claim(f"fv/{layer}/", FV_GROUP - 1)
+            try:
+                infos = self._render_fv(layer, [c] + [int(j.key.rsplit("/", 1)[1]) for j in others],
+                                        lambda f: [r(f) for r in [report] + [j.report for j in others]])
+            except Exception as e:  # the claimed jobs fail with this one
+                for j in others:
+                    j.finish(error=error_line(e, j.key))
+                raise
+            for j, info in zip(others, infos[1:]):
+                j.finish(info)
+            return infos[0]
 
         return {**out, **self.worker.submit(f"fv/{layer}/{c}", run).to_dict()}
+
+    def _render_fv(self, layer: str, channels: list[int], report) -> list[dict]:
+        """Render and store the feature visualisations of ``channels`` of ``layer`` (worker only)."""
+        from .. import microscope_draw as draw
+        from ..inside.fvcache import FeatureCache
+        from ..inside.microscope import maximize_channels
+        from ..microscope_site import Settings, _fv_size
+
+        st = Settings()
+        # kept across datasets and runs in <cache>/fv, keyed by the model's weights, layer, channel and
+        # settings (the microscope site's robust view: `cnnlens microscope --cache <cache>/fv` shares it)
+        v = maximize_channels(self.model, layer, channels, st.steps, size=_fv_size(self.model, st), seed=st.seed,
+                              robust=True, cache=FeatureCache(self.cache / "fv", mhash=self.mhash),
+                              progress=lambda d_, t: report(d_ / max(1, t or 1)))
+        infos = []
+        for i, ch in enumerate(channels):
+            d = self._unit_dir(layer, ch)
+            d.mkdir(parents=True, exist_ok=True)
+            atomic_write(d / "fv.png", draw.png(draw.image_tile(v.of(ch)[0], 160)))
+            info = {"activation": float(v.activation[i, 0]), "steps": st.steps, "seed": st.seed, "robust": True}
+            atomic_write(d / "fv.json", json.dumps(info).encode())
+            infos.append(info)
+        return infos
+
+    def layer_fv(self, layer: Any, start: bool = False) -> dict:
+        """Every channel's feature-visualisation status for the layer page (``start``: queue the missing ones;
+        they then render :data:`FV_GROUP` channels per optimisation)."""
+        layer = self.check_layer(layer)
+        rows = []
+        for c in range(self.micro_scan()[layer].channels):
+            if start or (self._unit_dir(layer, c) / "fv.json").is_file():
+                rows.append(self.feature_vis(layer, c))
+                continue
+            job = self.worker.get(f"fv/{layer}/{c}")
+            rows.append({"layer": layer, "channel": c, "png": f"/img/unit/{layer}/{c}/fv.png",
+                         **(job.to_dict() if job is not None else {"status": "missing", "progress": 0.0, "error": None})})
+        done = sum(r["status"] == "done" for r in rows)
+        return {"layer": layer, "channels": rows, "done": done, "total": len(rows)}
 
     def unit_png(self, layer: Any, channel: Any, what: Any) -> bytes:
         layer = self.check_layer(layer)

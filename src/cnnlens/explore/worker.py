@@ -6,6 +6,10 @@ thread, in submission order. Requests never touch the model themselves; they sub
 a job (identical keys share one job) and either wait for it (cheap drawings) or poll
 its progress (heavy methods). So concurrent requests cannot interleave two passes
 through the model, and each pass leaves it as it was (the methods' LayerTap contract).
+
+A running job may :meth:`Worker.claim` queued jobs of the same kind and do their work in
+the same pass (feature visualisations of many channels of a layer in one optimisation);
+the worker then skips them when they come up, and the claimer finishes them.
 """
 
 from __future__ import annotations
@@ -37,6 +41,24 @@ class Job:
     def to_dict(self) -> dict:
         return {"status": self.status, "progress": round(self.progress, 3), "error": self.error}
 
+    def finish(self, value: Any = None, error: str | None = None) -> None:
+        """Mark the job done with ``value``, or failed with ``error`` (a one-line message)."""
+        if error is None:
+            self.value, self.status, self.progress = value, "done", 1.0
+        else:
+            self.error, self.status = error, "error"
+        self.finished = time.perf_counter()
+        self.done.set()
+
+
+def error_line(e: BaseException, key: str) -> str:
+    """A failed job's one-line message (an unexpected exception is also logged with its traceback)."""
+    msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    if not isinstance(e, (ValueError, TypeError)):
+        log.exception("explorer job %s failed", key)
+        msg = f"{type(e).__name__}: {msg}"
+    return msg
+
 
 class Worker:
     """A FIFO of :class:`Job` run by one daemon thread; ``close()`` stops it after the running job."""
@@ -65,6 +87,15 @@ class Worker:
             self._queue.put(job)
             return job
 
+    def claim(self, prefix: str, limit: int) -> list[Job]:
+        """Up to ``limit`` queued jobs whose key starts with ``prefix``, in submission order, now marked running:
+        the caller (a running job) does their work and must :meth:`Job.finish` each of them."""
+        with self._lock:
+            got = [j for k, j in self._jobs.items() if k.startswith(prefix) and j.status == "queued"][:max(0, limit)]
+            for j in got:
+                j.status, j.started = "running", time.perf_counter()
+            return got
+
     def get(self, key: str) -> Job | None:
         with self._lock:
             return self._jobs.get(key)
@@ -83,20 +114,14 @@ class Worker:
             job = self._queue.get()
             if job is None:
                 return
-            job.status, job.started = "running", time.perf_counter()
+            with self._lock:
+                if job.status != "queued":  # claimed and done by another job
+                    continue
+                job.status, job.started = "running", time.perf_counter()
             try:
-                job.value = job.fn(job.report)
-                job.status = "done"
-                job.progress = 1.0
+                job.finish(job.fn(job.report))
             except Exception as e:  # noqa: BLE001 - a failed job is reported, the worker goes on
-                msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-                if not isinstance(e, (ValueError, TypeError)):
-                    log.exception("explorer job %s failed", job.key)
-                    msg = f"{type(e).__name__}: {msg}"
-                job.error, job.status = msg, "error"
-            finally:
-                job.finished = time.perf_counter()
-                job.done.set()
+                job.finish(error=error_line(e, job.key))
 
     def close(self, timeout: float = 30.0) -> None:
         with self._lock:

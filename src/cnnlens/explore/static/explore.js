@@ -277,3 +277,35 @@ function poll(url, parts, done, fail) {
   poll(box.dataset.url, { progress: $("fv-progress"), status: $("fv-status"), img: $("fv-img") },
     j => { $("fv-status").textContent = "mean activation " + j.activation.toFixed(3); });
 })();
+
+// -- layer page: every channel's feature visualisation, rendered in the worker on request ----------
+(function layerFeatureVis() {
+  const box = $("layer-fv");
+  if (!box) return;
+  const url = box.dataset.url, btn = $("fv-start"), bar = $("layer-fv-progress"), status = $("layer-fv-status");
+  const imgs = {};
+  document.querySelectorAll("#channels img.fv").forEach(img => { imgs[img.dataset.channel] = img; });
+  const show = j => {
+    let failed = null;
+    j.channels.forEach(r => {
+      const img = imgs[r.channel];
+      if (r.status === "done" && img && !img.src) { img.onload = () => { img.hidden = false; }; img.src = r.png; }
+      if (r.status === "error") failed = r.error;
+    });
+    bar.querySelector(".bar").style.width = (100 * j.done / Math.max(1, j.total)).toFixed(0) + "%";
+    status.textContent = j.done + " of " + j.total + " feature visualisations" + (failed ? " · failed: " + failed : "");
+    status.classList.toggle("error", !!failed);
+    return j.done < j.total && !failed && j.channels.some(r => r.status === "queued" || r.status === "running");
+  };
+  const tick = () => fetch(url).then(r => r.json()).then(j => {
+    if (j.error) { status.textContent = j.error; status.classList.add("error"); return; }
+    if (show(j)) { bar.hidden = false; setTimeout(tick, 1000); } else { bar.hidden = true; btn.hidden = j.done === j.total; }
+  }).catch(() => setTimeout(tick, 2000));
+  btn.addEventListener("click", () => {
+    btn.disabled = true;
+    bar.hidden = false;
+    fetch(url, { method: "POST", headers: { "Content-Type": "application/json" }, body: "{}" })
+      .then(r => r.json()).then(j => { if (j.error) { status.textContent = j.error; status.classList.add("error"); } else { tick(); } });
+  });
+  tick();
+})();
