@@ -188,6 +188,61 @@ def test_batched_channel_visualisations_go_up_and_equal_separate_runs(untouched)
     assert torch.allclose(v2.images, v.images, atol=1e-4)
 
 
+def test_optimisations_side_by_side_on_copies_equal_one_after_another(untouched, monkeypatch):
+    """With two torch threads and several optimisations, maximize_channels runs them side by side on private
+    copies of the model (one torch thread each): the same images as one after another, progress adds up, the
+    thread count is restored, and the user's model is never used from another thread; a model that cannot be
+    copied runs alone."""
+    import threading
+
+    import cnnlens.inside.microscope as mm
+
+    model = untouched(pixel_chain_net())
+    chans = [0, 2, 3, 5, 1]
+    seq = maximize_channels(model, "features.3", chans, steps=12, lr=0.1, seed=3, batch_size=2)  # one thread
+    made, used = [], set()
+    real_models = mm._fv_models
+    monkeypatch.setattr(mm, "_fv_models", lambda m, parts: made.extend(real_models(m, parts)) or list(made))
+    import importlib
+
+    mx = importlib.import_module("cnnlens.inside.maximize")  # the module (the package exports the function)
+    real = mx.maximize
+    monkeypatch.setattr(mx, "maximize", lambda m, *a, **k: (used.add((id(m), threading.current_thread().name)),
+                                                            real(m, *a, **k))[1])
+    seen = []
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        par = maximize_channels(model, "features.3", chans, steps=12, lr=0.1, seed=3, batch_size=2,
+                                progress=lambda d, t: seen.append((d, t)))
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+    assert len(made) == 2 and all(m is not model for m in made)
+    assert {i for i, _ in used} <= {id(m) for m in made} and all(n.startswith("cnnlens-fv-") for _, n in used)
+    assert torch.allclose(par.images, seq.images, atol=1e-5) and torch.allclose(par.activation, seq.activation,
+                                                                                 rtol=1e-5)
+    assert [d for d, _ in seen] == sorted(d for d, _ in seen) and seen[-1] == (60, 60)
+
+    class Locked(nn.Module):  # deepcopy refuses a lock: runs alone, same result
+        def __init__(self, net):
+            super().__init__()
+            self.net, self.lock = net, threading.Lock()
+
+        def forward(self, x):
+            return self.net(x)
+
+    made.clear()
+    torch.set_num_threads(2)
+    try:
+        alone = maximize_channels(Locked(model), "net.features.3", chans, steps=12, lr=0.1, seed=3, batch_size=2,
+                                  size=16)
+    finally:
+        torch.set_num_threads(before)
+    assert made == [] or made[0].__class__ is Locked and len(made) == 1
+    assert torch.allclose(alone.images, seq.images, atol=1e-5)
+
+
 def test_robust_and_diverse_sets(untouched):
     model = untouched(pixel_chain_net())
     r = maximize_channels(model, "features.3", [0, 2, 4], steps=16, lr=0.1, robust=True)

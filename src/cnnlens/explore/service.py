@@ -59,9 +59,10 @@ FAITH_STEPS = 16
 UNIT_K, INFLUENCE_IMAGES, BLOCKS_K = 9, 64, 6
 #: a unit page's images computed in the worker (the top patches are drawn from the scan)
 UNIT_IMAGES = ("maps", "hist", "class", "fv")
-#: feature visualisations rendered in one optimisation by the explorer's worker (channels of one layer queued
-#: together: the layer page's "render" button, several unit pages)
-FV_GROUP = 16
+#: feature visualisations rendered by one call of maximize_channels in the explorer's worker (channels of one layer
+#: queued together: the layer page's "render" button, several unit pages): 16 per optimisation at 128², two
+#: optimisations side by side on 2 cores
+FV_GROUP = 32
 #: the leaderboard the explorer runs on request: cheap methods and metrics without ground truth
 LEADERBOARD_METHODS = ("saliency", "gradient_x_input", "integrated_gradients", "gradcam")
 LEADERBOARD_METRICS = ("deletion_auc", "insertion_auc", "faithfulness_correlation", "max_sensitivity")
@@ -694,8 +695,8 @@ class Explorer:
     def feature_vis(self, layer: Any, channel: Any) -> dict:
         """The channel's feature visualisation (robust, :func:`maximize_channels` with the microscope site's
         settings), cached; requested lazily by the unit and layer pages and run in the worker — the job that runs
-        first also takes the other queued channels of its layer (up to :data:`FV_GROUP`), so they render in one
-        optimisation (a batch of images, one channel objective each)."""
+        first also takes the other queued channels of its layer (up to :data:`FV_GROUP`), so they render in
+        batched optimisations (a batch of images, one channel objective each)."""
         layer = self.check_layer(layer)
         c = self.check_channel(layer, channel)
         meta = self._unit_dir(layer, c) / "fv.json"
