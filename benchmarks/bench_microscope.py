@@ -179,20 +179,31 @@ def bench_scan(args) -> dict:
     from cnnlens.inside import MicroscopeAccumulator, layer_edges
     from cnnlens.scan import scan
 
-    model = cnnlens.load_model("digits-cnn")
-    data = as_dataset("digits", model)
-    layers = ["net.features.1", "net.features.4", "net.features.7"]
+    if args.scan_model == "resnet18":  # a real-size network: random weights, 512 random 112² images, 10 labels
+        import torchvision
+
+        torch.manual_seed(0)
+        model = torchvision.models.resnet18().eval()
+        g = torch.Generator().manual_seed(0)
+        data = torch.utils.data.TensorDataset(torch.rand(512, 3, 112, 112, generator=g),
+                                              torch.randint(0, 10, (512,), generator=g))
+        layers, size = ["layer2", "layer3", "layer4"], (112, 112)
+    else:
+        model = cnnlens.load_model("digits-cnn")
+        data = as_dataset("digits", model)
+        layers, size = ["net.features.1", "net.features.4", "net.features.7"], (32, 32)
     edges = layer_edges(model, data, layers)  # chosen once, as the microscope does before its scan
-    rfs = {a.layer: a.rf for a in MicroscopeAccumulator(model, layers, 9, edges=edges, input_size=(32, 32)).search.values()}
-    print(f"microscope scan: digits-cnn, top-9 + statistics of every channel of {', '.join(layers)} "
-          f"({len(data)} digits, batch 64, {torch.get_num_threads()} torch thread(s)) vs one evaluation pass; min of "
+    rfs = {a.layer: a.rf for a in MicroscopeAccumulator(model, layers, 9, edges=edges, input_size=size).search.values()}
+    print(f"microscope scan: {args.scan_model}, top-9 + statistics of every channel of {', '.join(layers)} "
+          f"({len(data)} images, batch 64, {torch.get_num_threads()} torch thread(s)) vs one evaluation pass; min of "
           f"{args.scan_repeat} interleaved repeats")
+    classes = 10 if args.scan_model != "resnet18" else 1000
 
     def plain():
-        scan(model, data, [EvaluationAccumulator(num_classes=10)])
+        scan(model, data, [EvaluationAccumulator(num_classes=classes)])
 
     def micro():
-        scan(model, data, [MicroscopeAccumulator(model, layers, 9, edges=edges, input_size=(32, 32), num_classes=10,
+        scan(model, data, [MicroscopeAccumulator(model, layers, 9, edges=edges, input_size=size, num_classes=classes,
                                                  rfs=rfs)])
 
     from cnnlens.inside import SearchAccumulator, StatsAccumulator
@@ -201,7 +212,7 @@ def bench_scan(args) -> dict:
         scan(model, data, [SearchAccumulator(model, n, k=9, rf=rfs[n]) for n in layers])
 
     def stats_only():
-        scan(model, data, [StatsAccumulator(n, edges[n], num_classes=10) for n in layers])
+        scan(model, data, [StatsAccumulator(n, edges[n], num_classes=classes) for n in layers])
 
     runs = {"plain": plain, "micro": micro, "top": top_only, "stats": stats_only}
     best = {k: float("inf") for k in runs}
@@ -217,10 +228,10 @@ def bench_scan(args) -> dict:
           f"wall, {cpu['micro'] / cpu['plain']:.2f}× CPU time (goal ≤ 1.3×)")
     print(f"  where the time goes (each alone, as × the evaluation pass, wall / CPU): top-9 patches "
           f"{best['top'] / best['plain']:.2f} / {cpu['top'] / cpu['plain']:.2f}×, statistics "
-          f"{best['stats'] / best['plain']:.2f} / {cpu['stats'] / cpu['plain']:.2f}× — digits-cnn is three small "
-          f"convolutions: each image's 28.7 k activations of the three layers cost the forward about as much as "
-          f"the few passes over them (max, min, sum, shifted sum of squares, zero count, one histogram binning + "
-          f"bincount) that statistics need")
+          f"{best['stats'] / best['plain']:.2f} / {cpu['stats'] / cpu['plain']:.2f}×" + (
+              " — digits-cnn is three small convolutions: each image's 28.7 k activations of the three layers cost the "
+              "forward about as much as the few passes over them (max, min, sum, shifted sum of squares, zero count, "
+              "one histogram binning + bincount) that statistics need" if args.scan_model == "digits-cnn" else ""))
     return {"scan_ratio": ratio, "scan_ratio_cpu": cpu["micro"] / cpu["plain"], "top_ratio": best["top"] / best["plain"],
             "stats_ratio": best["stats"] / best["plain"]}
 
@@ -231,6 +242,9 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--profile", action="store_true", help="print where the time of a step goes")
     ap.add_argument("--only", choices=["render", "scan"], default=None)
+    ap.add_argument("--scan-model", choices=["digits-cnn", "resnet18"], default="digits-cnn",
+                    help="the scan's network: digits-cnn over digits (the goal's case), or a random-weight ResNet-18 "
+                         "over 512 random 112² images (a real-size network)")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
