@@ -330,7 +330,8 @@ def accs_scan(model, ds, layers, rfs, edges, bs, scan, progress=None):
 
 def bench_memory(args) -> dict:
     out = {}
-    for n in (500, args.n):
+    base = args.base
+    for n in (base, args.n):
         runs = []
         for _ in range(args.memory_runs):  # the allocator's peak varies by a few MB from run to run
             cmd = [sys.executable, __file__, "--memory-child", str(n), "--model", args.model,
@@ -340,15 +341,15 @@ def bench_memory(args) -> dict:
         out[n] = runs
     med = {n: sorted(r["rss_peak_delta_mb"] for r in runs)[len(runs) // 2] for n, runs in out.items()}
     py = {n: max(r["python_peak_mb"] for r in runs) for n, runs in out.items()}
-    grow = (med[args.n] - med[500]) / max(med[500], 1e-9)
+    grow = (med[args.n] - med[base]) / max(med[base], 1e-9)
     fmt = lambda n: "/".join(f"{r['rss_peak_delta_mb']:.1f}" for r in out[n])  # noqa: E731
     within = [r["rss_peak_last_500_mb"] / max(r["rss_peak_first_500_mb"], 1e-9) - 1 for r in out[args.n]]
     print(f"  memory of the one scan (peak RSS above the RSS just before it, psutil sampled every 2 ms; tracemalloc "
-          f"for Python objects). Separate processes, scan and results: 500 images +{fmt(500)} MB (median "
-          f"{med[500]:.1f}), {args.n} images +{fmt(args.n)} MB (median {med[args.n]:.1f}) → {100 * grow:+.0f} % "
+          f"for Python objects). Separate processes, scan and results: {base} images +{fmt(base)} MB (median "
+          f"{med[base]:.1f}), {args.n} images +{fmt(args.n)} MB (median {med[args.n]:.1f}) → {100 * grow:+.0f} % "
           f"(goal within 10 %; the allocator's peak varies by a few MB from process to process). Within each "
           f"{args.n}-image scan, the peak over the batches of its last 500 images vs of its first 500 (equal windows; "
-          f"compute() builds the results after): {', '.join(f'{100 * w:+.0f} %' for w in within)}. Python objects {py[500]:.2f} MB and "
+          f"compute() builds the results after): {', '.join(f'{100 * w:+.0f} %' for w in within)}. Python objects {py[base]:.2f} MB and "
           f"{py[args.n]:.2f} MB at the peak")
     return {"memory": out, "memory_growth": grow, "memory_growth_within": within}
 
@@ -359,6 +360,9 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--model", choices=["cluttered", "resnet18"], default="cluttered")
     ap.add_argument("--n", type=int, default=2000)
+    ap.add_argument("--base", type=int, default=500,
+                    help="with the memory runs: the smaller scan compared with --n images (the goal: 500 and 2,000; "
+                         "2,000 and 4,000 compare two scans that both keep channels × k images)")
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--repeat", type=int, default=None)
     ap.add_argument("--memory-runs", type=int, default=3)

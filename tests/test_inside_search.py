@@ -172,3 +172,24 @@ def test_digits_search_figure_and_save(digits_model, tmp_path):
     assert fig.axes[0].texts[5].get_text().endswith("·" + str(int(r.labels[1, 1]))) or "✂" in fig.axes[0].texts[5].get_text()
     r.save(tmp_path)
     assert (tmp_path / "searchresult.json").exists() and (tmp_path / "searchresult.pt").exists()
+
+
+def test_the_kept_images_store_holds_no_more_rows_than_the_scan_has_images(untouched):
+    """Room for channels × k images at most, and no more than the scan's samples (allocated once, on the first
+    batch); with an iterable dataset (its size unknown) channels × k; the same top-k either way."""
+    model = untouched(pixel_chain_net())
+    ds = _data(n=10)
+    acc = SearchAccumulator(model, "features.7", k=4)
+    (res,) = scan(model, ds, [acc], batch_size=3)
+    C = len(acc.channels)
+    assert acc._mode == "image" and C * 4 > 10
+    assert acc._images.limit == 10 and acc._images.data.shape[0] == 10
+
+    class Stream(torch.utils.data.IterableDataset):
+        def __iter__(self):
+            return iter(zip(*ds.tensors))
+
+    acc2 = SearchAccumulator(model, "features.7", k=4)
+    (res2,) = scan(model, torch.utils.data.DataLoader(Stream(), batch_size=3), [acc2])
+    assert acc2._images.limit == C * 4
+    assert torch.equal(res2.indices, res.indices) and torch.equal(res2.crops, res.crops)

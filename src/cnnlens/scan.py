@@ -34,7 +34,8 @@ class Batch:
 
     x: inputs N×C×H×W in [0, 1]; y: labels (LongTensor N); logits: N×K (detached);
     index: each sample's index in the whole dataset; acts: the tapped layers'
-    outputs (detached); model: the model (for accumulators that run their own passes).
+    outputs (detached); model: the model (for accumulators that run their own passes);
+    samples: how many samples this process's scan has in all (None if unknown).
     """
 
     x: torch.Tensor
@@ -44,6 +45,7 @@ class Batch:
     acts: dict[str, torch.Tensor] = field(default_factory=dict)
     model: nn.Module | None = None
     cache: dict = field(default_factory=dict, repr=False, compare=False)
+    samples: int | None = None
 
     def memo(self, key, fn: Callable[[], Any]) -> Any:
         """``fn()``, computed once per batch and ``key``: accumulators that read the same layer share their
@@ -118,7 +120,8 @@ def _loader_indices(loader, world: int) -> list[int] | None:
 
 
 def _batches(data, batch_size: int, rank: int, world: int, num_workers: int):
-    """Yield (x, y, index) batches of this process's shard, and the shard's batch count."""
+    """Yield (x, y, index) batches of this process's shard, the shard's batch count and its number of samples
+    (None where unknown: an iterable dataset)."""
     loader = data if isinstance(data, torch.utils.data.DataLoader) else None
     dataset = loader.dataset if loader is not None else data
     if loader is not None and isinstance(dataset, torch.utils.data.IterableDataset):
@@ -131,7 +134,7 @@ def _batches(data, batch_size: int, rank: int, world: int, num_workers: int):
                     yield x, y, torch.arange(seen, seen + n)
                 seen += n
 
-        return gen(), None
+        return gen(), None, None
     if not hasattr(dataset, "__getitem__") or not hasattr(dataset, "__len__"):
         raise TypeError(
             f"cannot scan {type(data).__name__}: give a dataset name, an ImageFolder path, "
@@ -152,8 +155,8 @@ def _batches(data, batch_size: int, rank: int, world: int, num_workers: int):
                 items = [shard[i] for i in range(b, min(b + bs, len(shard)))]
                 x, y = collate([(it[0], it[1]) for it in items])
                 yield x, y, torch.tensor([it[2] for it in items])
-        return gen(), (len(shard) + bs - 1) // bs
-    return iter(dl), len(dl)
+        return gen(), (len(shard) + bs - 1) // bs, len(shard)
+    return iter(dl), len(dl), len(shard)
 
 
 def scan(
@@ -189,7 +192,7 @@ def scan(
         device = p.device if p is not None else torch.device("cpu")
     device = torch.device(device)
     layers = sorted({l for a in accs for l in getattr(a, "layers", ())})
-    batches, total = _batches(data, batch_size, rank, world, num_workers)
+    batches, total, samples = _batches(data, batch_size, rank, world, num_workers)
     layouts: dict = {}
     # the forward goes on with the layers' own outputs (no copy per layer and batch); a layer whose output a
     # later in-place op changes (``ReLU(inplace=True)`` after a conv) shows it in its version counter: that
@@ -211,7 +214,7 @@ def scan(
                     "(wrap the model so forward() returns it)"
                 )
             batch = Batch(x=x, y=y, logits=logits.detach(), index=torch.as_tensor(idx),
-                          acts={n: _grid(tap, n, x, layouts) for n in tap.names}, model=model)
+                          acts={n: _grid(tap, n, x, layouts) for n in tap.names}, model=model, samples=samples)
             with tap.paused():  # an accumulator's own forward passes (attacks, saliency) are not recorded
                 for a in accs:
                     a.update(batch)
