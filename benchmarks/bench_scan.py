@@ -42,6 +42,11 @@ thread, 2,000 images, minima of 3 interleaved rounds:
                  within each 2,000-image scan, last 500 vs first 500 images: +3 %, +3 %, +1 %
       cluttered: 500 images +71.7/76.4/72.6 MB, 2,000 images +78.1/81.8/77.3 MB → medians +8 %;
                  within each scan: +9 %, +10 %, +3 %; Python objects 2.73 MB at both sizes
+    since 2026-12-02 a search keeps no more images than the scan has samples (before: channels × k at once):
+      cluttered: 500 images +70.3/66.7/72.1 MB, 2,000 images +81.3/77.2/82.0 MB → +16 %; within: +5, +6, +0 %
+      ResNet-18: 500 images +469.4/495.7/474.6 MB, 2,000 images +699.3/699.5/719.7 MB → +47 %; within: +2, +1, +9 %
+      (the smaller scan got cheaper; where both reach the bound, --base 2000 --n 4000 on cluttered: +79.0 → +84.5 MB,
+      +7 %)
 """
 
 from __future__ import annotations
