@@ -12,6 +12,8 @@ full re-inference in float32 is.
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -249,6 +251,39 @@ def test_the_tuned_full_reinference_gives_the_same_map(untouched, monkeypatch):
         assert torch.allclose(auto.raw, one.raw, rtol=0, atol=1e-9 * float(one.raw.abs().max()))
         assert torch.allclose(auto.extras["probability"], one.extras["probability"], atol=1e-9)
     assert {a.batch for a, _ in ran} == {1, 2, 3} and sum(k for _, k in ran) == 2 * 2 * 36
+
+
+def test_incremental_chunks_run_on_the_thread_count_measured_fastest(untouched, monkeypatch):
+    """On a CPU with two torch threads, the incremental path tries each chunk size on both thread counts (one, the
+    process's) and keeps the faster; exact either way (float64, against full re-inference), the count restored."""
+    import cnnlens._batch as B
+
+    monkeypatch.setattr(B, "_MEASURED", {})
+    monkeypatch.setattr(B, "EXPLORE", 0.5)
+    ran = []
+    real = B.Tuner.timed
+
+    @contextlib.contextmanager
+    def spy(self, arm, n):
+        with real(self, arm, n):
+            ran.append((arm.threads, torch.get_num_threads(), n))  # inside: on the arm's thread count
+            yield
+
+    monkeypatch.setattr(B.Tuner, "timed", spy)
+    model = untouched(Zoo().double().eval())
+    x = torch.rand(2, 3, 24, 24, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        e1, e0 = _agree(model, x, window=4, stride=2, batch_size=8)
+        assert torch.get_num_threads() == 2
+        approx = occlusion(model, x, window=4, stride=2, batch_size=8, approximate={"fraction": 1.0})
+        assert torch.allclose(approx.raw, e0.raw, rtol=0, atol=1e-9 * float(e0.raw.abs().max()))
+    finally:
+        torch.set_num_threads(before)
+    assert {t for t, _, _ in ran} == {0, 1}  # both arms ran
+    assert all(n == (1 if t == 1 else 2) for t, n, _ in ran)  # each on its thread count
+    assert sum(k for _, _, k in ran) >= 2 * 11 * 11  # every position of the exact map went through the tuner
 
 
 @pytest.mark.parametrize("coarse", [1, 2, 3])

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .._batch import Tuner, arms, check_batch_size, chunks, workload
+from .._batch import Arm, Tuner, arms, check_batch_size, chunks, workload
 from ..results import Explanation
 from ..tap import LayerTap
 from .incremental import IncrementalOcclusion, Unsupported, input_box, log_fallback
@@ -362,14 +362,28 @@ def _incremental(model, p, filled, per_sample_fill, rows, cols, wh, ww, drops, p
         rows_all, cols_all = torch.tensor(rows, device=dev), torch.tensor(cols, device=dev)
         done = 0
 
+        tuners: dict = {}
+
+        def tuned(what: str, step: int, n: int):
+            """Run one chunk of ``n`` positions on the thread count measured fastest for chunks of ``step`` positions
+            (on a CPU with several torch threads: the process's count or one — on cores busy with other work, two
+            threads crawl; :class:`cnnlens._batch.Tuner`); the values do not depend on it."""
+            if (what, step) not in tuners:
+                threads = [0, 1] if dev.type == "cpu" and torch.get_num_threads() > 1 else [0]
+                tuners[what, step] = Tuner(workload(f"occlusion-incremental-{what}-{step}", model, p.x),
+                                           tuple(Arm(step, False, t) for t in threads))
+            t = tuners[what, step]
+            return t.timed(t.next(n if n < step else step), n)
+
         def at(xi, fi, env, ci, s0i, p0i, idx: torch.Tensor):
             """drops and probabilities at the flat grid positions ``idx``."""
             d = torch.empty(len(idx), device=dev)
             q = torch.empty(len(idx), device=dev)
             for a, b in chunks(len(idx), per):
-                box, same = input_box(xi, fi, rows_all[idx[a:b] // len(cols)], cols_all[idx[a:b] % len(cols)], wh,
-                                      ww, pairs=True)
-                ob = logits_of(inc.run(env, box, stats))
+                with tuned("pairs", per, b - a):
+                    box, same = input_box(xi, fi, rows_all[idx[a:b] // len(cols)], cols_all[idx[a:b] % len(cols)],
+                                          wh, ww, pairs=True)
+                    ob = logits_of(inc.run(env, box, stats))
                 cb = ci.expand(ob.shape[0])
                 sb = p.target.score(ob, cb).float()
                 d[a:b] = torch.where(same, torch.zeros_like(sb), s0i - sb)
@@ -384,9 +398,11 @@ def _incremental(model, p, filled, per_sample_fill, rows, cols, wh, ww, drops, p
             cols_t = torch.tensor(cc, device=dev)
             d = torch.empty(len(rr) * len(cc), device=dev)
             q = torch.empty(len(rr) * len(cc), device=dev)
-            for a, b in chunks(len(rr), max(1, per // len(cc))):
-                box, same = input_box(xi, fi, rows_t[a:b], cols_t, wh, ww)
-                ob = logits_of(inc.run(env, box, stats))
+            step = max(1, per // len(cc))
+            for a, b in chunks(len(rr), step):
+                with tuned(f"grid{len(cc)}", step * len(cc), (b - a) * len(cc)):
+                    box, same = input_box(xi, fi, rows_t[a:b], cols_t, wh, ww)
+                    ob = logits_of(inc.run(env, box, stats))
                 cb = ci.expand(ob.shape[0])
                 sb = p.target.score(ob, cb).float()
                 lo, hi = a * len(cc), b * len(cc)
