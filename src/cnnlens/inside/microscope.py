@@ -268,7 +268,8 @@ def maximize_channels(model: nn.Module, layer: LayerRef, channels: Sequence[int]
     A batch of images, one channel objective each (``batch_size`` channels per
     optimisation; default on the CPU: :data:`FV_BATCH_VALUES` input values per optimisation,
     16 channels at 3×128×128 — measured fastest, larger batches only thrash the caches;
-    on a GPU :func:`cnnlens._batch.check_batch_size`'s rule); with ``diversity=n`` each channel gets a set of n
+    on a GPU :func:`cnnlens._batch.check_batch_size`'s rule; on a CPU with several torch threads,
+    several optimisations run side by side on private copies of the model, one thread each); with ``diversity=n`` each channel gets a set of n
     images and the objective ``mean a_c + w_c · diversity`` (−mean cosine similarity
     of the set's Gram matrices at the layer) pushes them apart. ``robust=True`` adds
     random jitter, zoom and rotation before each step (:func:`robust_transforms`).
