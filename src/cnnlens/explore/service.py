@@ -692,7 +692,7 @@ class Explorer:
 
         return {**out, **self.worker.submit(f"unit/{layer}/{c}", run).to_dict()}
 
-    def feature_vis(self, layer: Any, channel: Any) -> dict:
+    def feature_vis(self, layer: Any, channel: Any, background: bool = False) -> dict:
         """The channel's feature visualisation (robust, :func:`maximize_channels` with the microscope site's
         settings), cached; requested lazily by the unit and layer pages and run in the worker — the job that runs
         first also takes the other queued channels of its layer (up to :data:`FV_GROUP`), so they render in
@@ -717,7 +717,8 @@ class Explorer:
                 j.finish(info)
             return infos[0]
 
-        return {**out, **self.worker.submit(f"fv/{layer}/{c}", run).to_dict()}
+        # a layer's render (the layer page's button) runs behind the pages' own requests; a unit page's does not
+        return {**out, **self.worker.submit(f"fv/{layer}/{c}", run, background=background).to_dict()}
 
     def _render_fv(self, layer: str, channels: list[int], report) -> list[dict]:
         """Render and store the feature visualisations of ``channels`` of ``layer`` (worker only)."""
@@ -749,7 +750,7 @@ class Explorer:
         rows = []
         for c in range(self.micro_scan()[layer].channels):
             if start or (self._unit_dir(layer, c) / "fv.json").is_file():
-                rows.append(self.feature_vis(layer, c))
+                rows.append(self.feature_vis(layer, c, background=True))
                 continue
             job = self.worker.get(f"fv/{layer}/{c}")
             rows.append({"layer": layer, "channel": c, "png": f"/img/unit/{layer}/{c}/fv.png",

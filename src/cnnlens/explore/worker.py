@@ -15,6 +15,7 @@ the worker then skips them when they come up, and the claimer finishes them.
 from __future__ import annotations
 
 import logging
+import itertools
 import queue
 import threading
 import time
@@ -34,6 +35,7 @@ class Job:
         self.error: str | None = None
         self.done = threading.Event()
         self.started = self.finished = None
+        self.background = False
 
     def report(self, fraction: float) -> None:
         self.progress = max(0.0, min(1.0, float(fraction)))
@@ -64,27 +66,34 @@ class Worker:
     """A FIFO of :class:`Job` run by one daemon thread; ``close()`` stops it after the running job."""
 
     def __init__(self, name: str = "cnnlens-explore-worker"):
-        self._queue: queue.Queue = queue.Queue()
+        self._queue: queue.PriorityQueue = queue.PriorityQueue()  # (priority, order, job): FIFO within a priority
+        self._order = itertools.count()
         self._jobs: dict[str, Job] = {}
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
         self._closed = False
         self._thread.start()
 
-    def submit(self, key: str, fn: Callable[[Callable[[float], None]], Any]) -> Job:
-        """The job for ``key``: the queued/running/finished one if there is one (a failed one is retried)."""
+    def submit(self, key: str, fn: Callable[[Callable[[float], None]], Any], background: bool = False) -> Job:
+        """The job for ``key``: the queued/running/finished one if there is one (a failed one is retried).
+        A ``background`` job (long work nobody waits on, e.g. a layer's feature visualisations) runs after every
+        queued foreground job, so a page's request does not wait behind it."""
         with self._lock:
             if self._closed:
                 raise RuntimeError("the explorer's worker is stopped")
             job = self._jobs.get(key)
             if job is not None and job.status != "error":
+                if job.status == "queued" and job.background and not background:  # now someone waits on it
+                    job.background = False
+                    self._queue.put((0, next(self._order), job))  # its later queue entry is skipped
                 return job
             job = Job(key, fn)
+            job.background = background
             self._jobs[key] = job
             if len(self._jobs) > 2048:  # forget finished jobs (their results are on disk)
                 for k in [k for k, j in self._jobs.items() if j.done.is_set()][:1024]:
                     self._jobs.pop(k, None)
-            self._queue.put(job)
+            self._queue.put((1 if background else 0, next(self._order), job))
             return job
 
     def claim(self, prefix: str, limit: int) -> list[Job]:
@@ -111,7 +120,7 @@ class Worker:
 
     def _loop(self) -> None:
         while True:
-            job = self._queue.get()
+            _, _, job = self._queue.get()
             if job is None:
                 return
             with self._lock:
@@ -126,5 +135,5 @@ class Worker:
     def close(self, timeout: float = 30.0) -> None:
         with self._lock:
             self._closed = True
-        self._queue.put(None)
+        self._queue.put((2, next(self._order), None))  # after every queued job
         self._thread.join(timeout)
