@@ -221,8 +221,15 @@ def test_units_from_the_overview_to_a_unit_and_back_from_a_sample(server, tmp_pa
         _wait(driver, lambda: driver.find_element(By.ID, "fv-img").is_displayed(), timeout=120,
               what="the feature visualisation")
         assert "mean activation" in driver.find_element(By.ID, "fv-status").text
+        driver.find_element(By.ID, "views-start").click()  # the plain one and a diversity set, on request
+        _wait(driver, lambda: driver.find_element(By.ID, "views-img").is_displayed(), timeout=180,
+              what="the plain feature visualisation and the diversity set")
+        assert "the diversity set" in driver.find_element(By.ID, "views-status").text
         assert _images_ok(driver) == []
-        assert len(driver.find_elements(By.CSS_SELECTOR, "img")) == 5  # fv, patches, maps, histogram, classes
+        # fv, plain + diversity set, patches, deconvnet/guided backprop, maps, histogram, classes
+        assert len(driver.find_elements(By.CSS_SELECTOR, "img")) == 7
+        driver.execute_script("document.getElementById('views').scrollIntoView()")
+        driver.save_screenshot(str(shots / "explore-unit-views.png"))
         driver.execute_script("window.scrollTo(0, 0)")
         driver.save_screenshot(str(shots / "explore-unit.png"))
         # a sample's building blocks: click the middle of the grid, follow a channel to its unit page

@@ -115,10 +115,21 @@ def test_unit_page_values_equal_the_library(served, micro, data):
     assert page.status_code == 200
     for i in ls.top.indices[row].tolist():
         assert f'href="/sample/{i}"' in page.text
-    for what in ("top", "topbig", "maps", "hist", "class"):
+    for what in ("top", "topbig", "maps", "hist", "class", "proj"):
         r = client.get(f"/img/unit/{name}/{c}/{what}.png")
         assert r.status_code == 200 and r.content[:8] == b"\x89PNG\r\n\x1a\n", what
     assert client.get(f"/img/unit/{name}/{c}/fv.png").status_code == 404  # lazily: not asked for yet
+    assert client.get(f"/img/unit/{name}/{c}/views.png").status_code == 404
+    # deconvnet and guided backprop of the unit on its top images: the library's, drawn the same way
+    from cnnlens import microscope_draw as draw
+    from cnnlens.inside.microscope import top_maps, unit_projections
+
+    imgs, _ = top_maps(model, data, ls, [c])
+    proj = unit_projections(model, imgs[0], name, c, ls.top.positions[row], ls.rf)
+    assert j["projections"] == ["patch", "deconvnet", "guided backprop"]
+    assert client.get(f"/img/unit/{name}/{c}/proj.png").content == draw.png(
+        draw.projections_image(ls.top.crops[row], proj.deconv, proj.guided, tile=72))
+    assert "What in each top patch drives it" in page.text
 
 
 def test_feature_visualisation_lazily_equals_the_library(served, micro):
@@ -294,3 +305,27 @@ def test_layer_feature_visualisations_start_on_a_json_post_only(served, micro):
         png = client.get(r["png"])
         assert png.status_code == 200 and png.content[:4] == b"\x89PNG"
     ok(client, name)
+
+
+def test_plain_and_diverse_feature_visualisations_equal_the_library(served, micro):
+    from cnnlens import microscope_draw as draw
+    from cnnlens.inside.microscope import maximize_channels
+    from cnnlens.microscope_site import Settings
+
+    client, _, model = served
+    wait(client, "/api/microscope")
+    name, c = list(micro.layers)[0], 4
+    assert 'data-done="0"' in client.get(f"/unit/{name}/{c}").text or wait(client, f"/api/unit/{name}/{c}")
+    j = wait(client, f"/api/unit/{name}/{c}/views").json()
+    assert j["status"] == "done", j
+    st = Settings()
+    plain = maximize_channels(model, name, [c], st.steps, size=32, seed=st.seed, tv=0.0)
+    w = (0.5 * plain.activation[:, 0].abs()).clamp_min(1e-3)
+    div = maximize_channels(model, name, [c], st.steps, size=32, seed=st.seed + 1, robust=True,
+                            diversity=st.diversity, diversity_weight=w)
+    assert j["plain_activation"] == pytest.approx(float(plain.activation[0, 0]), rel=1e-4)
+    assert j["diverse_activations"] == pytest.approx(div.activation[0].tolist(), rel=1e-4)
+    strip = torch.cat([plain.of(c), div.of(c)])
+    assert client.get(j["png"]).content == draw.png(draw.patch_grid(strip, ncols=len(strip), tile=128, pad=4))
+    assert 'data-done="1"' in client.get(f"/unit/{name}/{c}").text  # shown at once the next time
+    assert client.get(f"/api/unit/{name}/99/views").status_code == 404

@@ -263,6 +263,11 @@ def make_app(explorer: Explorer, allowed_hosts: list[str] | None = None) -> Star
         return JSONResponse(jsonable(await run(ex.feature_vis, p["name"], p["channel"])))
 
     @guarded("api")
+    async def api_views(request: Request):
+        p = request.path_params
+        return JSONResponse(jsonable(await run(ex.feature_views, p["name"], p["channel"])))
+
+    @guarded("api")
     async def api_layer_fv(request: Request):
         kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if request.method == "POST" and kind != "application/json":  # not a request another site may send
@@ -358,6 +363,7 @@ def make_app(explorer: Explorer, allowed_hosts: list[str] | None = None) -> Star
         Route("/api/layer/{name}/fv", api_layer_fv, methods=["GET", "POST"]),
         Route("/api/unit/{name}/{channel}", api_unit),
         Route("/api/unit/{name}/{channel}/fv", api_fv),
+        Route("/api/unit/{name}/{channel}/views", api_views),
         Route("/api/sample/{ref}/blocks", api_blocks),
         Route("/img/unit/{name}/{channel}/{what}.png", img_unit),
         Route("/api/status", api_status),

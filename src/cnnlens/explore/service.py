@@ -58,7 +58,7 @@ FAITH_STEPS = 16
 #: top dataset images per channel on the unit pages; images for the class influence; channels per position
 UNIT_K, INFLUENCE_IMAGES, BLOCKS_K = 9, 64, 6
 #: a unit page's images computed in the worker (the top patches are drawn from the scan)
-UNIT_IMAGES = ("maps", "hist", "class", "fv")
+UNIT_IMAGES = ("maps", "hist", "class", "proj", "fv", "views")
 #: feature visualisations rendered by one call of maximize_channels in the explorer's worker (channels of one layer
 #: queued together: the layer page's "render" button, several unit pages): 16 per optimisation at 128², two
 #: optimisations side by side on 2 cores
@@ -669,12 +669,13 @@ class Explorer:
                "top_labels": ls.top.labels[row].tolist(),
                "class_means": ls.stats.class_mean[:, c].tolist() if getattr(ls.stats, "class_mean", None) is not None
                else None}
+        out["views_done"] = (d / "views.json").is_file()
         if meta.is_file():
             return {**out, "status": "done", "progress": 1.0, **json.loads(meta.read_text())}
 
         def run(report):
             from .. import microscope_draw as draw
-            from ..inside.microscope import top_maps
+            from ..inside.microscope import top_maps, unit_projections
 
             inf = None
             if len(ls.shape) == 3:
@@ -685,8 +686,15 @@ class Explorer:
             atomic_write(d / "maps.png", draw.png(draw.maps_image(imgs[0], maps[0], ncols=9, side=96)))
             atomic_write(d / "hist.png", draw.png(draw.histogram_figure(ls.stats, c)))
             atomic_write(d / "class.png", draw.png(draw.class_figure(ls.stats, c, self.class_names, inf)))
+            # deconvnet and guided backprop of the unit on its top images, cut to its receptive field
+            proj = unit_projections(self.model, imgs[0], layer, c, ls.top.positions[row], ls.rf)
+            atomic_write(d / "proj.png", draw.png(draw.projections_image(ls.top.crops[row], proj.deconv, proj.guided,
+                                                                           tile=72)))
             info = {"card": unit_card(ls, c, self._cname(), inf),
-                    "influence": [[k, v] for k, v in inf.top(c, len(inf.classes))] if inf is not None else None}
+                    "influence": [[k, v] for k, v in inf.top(c, len(inf.classes))] if inf is not None else None,
+                    "projections": [n for n, v in (("patch", ls.top.crops), ("deconvnet", proj.deconv),
+                                                   ("guided backprop", proj.guided)) if v is not None],
+                    "projection_errors": [e for e in (proj.deconv_error, proj.guided_error) if e]}
             atomic_write(meta, json.dumps(info).encode())
             return info
 
@@ -719,6 +727,44 @@ class Explorer:
 
         # a layer's render (the layer page's button) runs behind the pages' own requests; a unit page's does not
         return {**out, **self.worker.submit(f"fv/{layer}/{c}", run, background=background).to_dict()}
+
+    def feature_views(self, layer: Any, channel: Any) -> dict:
+        """The channel's other feature visualisations for its unit page, as ``cnnlens microscope`` draws them: plain
+        (no transformation robustness, no penalty) and a diversity set of :attr:`Settings.diversity` robust images
+        pushed apart (weight ½ of the plain image's activation); one strip, computed in the worker when asked for,
+        the optimisations kept in ``CACHE/fv``."""
+        layer = self.check_layer(layer)
+        c = self.check_channel(layer, channel)
+        d = self._unit_dir(layer, c)
+        meta = d / "views.json"
+        out = {"layer": layer, "channel": c, "png": f"/img/unit/{layer}/{c}/views.png"}
+        if meta.is_file():
+            return {**out, "status": "done", "progress": 1.0, **json.loads(meta.read_text())}
+
+        def run(report):
+            from .. import microscope_draw as draw
+            from ..inside.fvcache import FeatureCache
+            from ..inside.microscope import maximize_channels
+            from ..microscope_site import Settings, _fv_size
+
+            st = Settings()
+            fv = FeatureCache(self.cache / "fv", mhash=self.mhash)
+            size = _fv_size(self.model, st)
+            plain = maximize_channels(self.model, layer, [c], st.steps, size=size, seed=st.seed, tv=0.0, cache=fv,
+                                      progress=lambda d_, t: report(0.5 * d_ / max(1, t or 1)))
+            w = (0.5 * plain.activation[:, 0].abs()).clamp_min(1e-3)
+            div = maximize_channels(self.model, layer, [c], st.steps, size=size, seed=st.seed + 1, robust=True,
+                                    diversity=st.diversity, diversity_weight=w, cache=fv,
+                                    progress=lambda d_, t: report(0.5 + 0.5 * d_ / max(1, t or 1)))
+            strip = torch.cat([plain.of(c), div.of(c)])  # plain, then the set
+            d.mkdir(parents=True, exist_ok=True)
+            atomic_write(d / "views.png", draw.png(draw.patch_grid(strip, ncols=len(strip), tile=128, pad=4)))
+            info = {"plain_activation": float(plain.activation[0, 0]),
+                    "diverse_activations": [float(v) for v in div.activation[0]], "diversity": st.diversity}
+            atomic_write(meta, json.dumps(info).encode())
+            return info
+
+        return {**out, **self.worker.submit(f"views/{layer}/{c}", run).to_dict()}
 
     def _render_fv(self, layer: str, channels: list[int], report) -> list[dict]:
         """Render and store the feature visualisations of ``channels`` of ``layer`` (worker only)."""

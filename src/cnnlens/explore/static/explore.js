@@ -309,3 +309,18 @@ function poll(url, parts, done, fail) {
   });
   tick();
 })();
+
+// -- unit page: the plain feature visualisation and a diversity set, on request ----------------------
+(function featureViews() {
+  const box = $("views");
+  if (!box) return;
+  const btn = $("views-start");
+  const go = () => {
+    btn.hidden = true;
+    poll(box.dataset.url, { progress: $("views-progress"), status: $("views-status"), img: $("views-img") },
+      j => { $("views-status").textContent = "first the plain one (mean activation " + j.plain_activation.toFixed(3)
+        + "), then the diversity set (" + j.diverse_activations.map(v => v.toFixed(3)).join(", ") + ")"; });
+  };
+  btn.addEventListener("click", go);
+  if (box.dataset.done === "1") go();  // computed before: shown at once
+})();
