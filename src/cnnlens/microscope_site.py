@@ -118,6 +118,25 @@ class Precomputed:
     shown: dict = field(default_factory=dict)        # layer -> channels shown
 
 
+def plain_view(model, name: str, chans, st: Settings, size: int, cache=None, progress=None):
+    """The plain feature visualisations of ``chans`` (no transformation robustness, no penalty), as the site
+    draws them."""
+    from .inside.microscope import maximize_channels
+
+    return maximize_channels(model, name, chans, st.steps, size=size, seed=st.seed, tv=0.0, cache=cache,
+                             progress=progress)
+
+
+def diverse_view(model, name: str, chans, st: Settings, size: int, plain, cache=None, progress=None):
+    """The diversity sets of ``chans`` (robust, ``st.diversity`` images each), the diversity term weighing half of
+    each channel's ``plain`` activation, so both matter."""
+    from .inside.microscope import maximize_channels
+
+    w = (0.5 * plain.activation[:, 0].abs()).clamp_min(1e-3)
+    return maximize_channels(model, name, chans, st.steps, size=size, seed=st.seed + 1, robust=True,
+                             diversity=st.diversity, diversity_weight=w, cache=cache, progress=progress)
+
+
 def _fv_size(model, settings: Settings) -> int:
     if settings.fv_size:
         return int(settings.fv_size)
@@ -174,16 +193,12 @@ def precompute(model: nn.Module, data, layers: Sequence[str], work: Path, settin
             def step(i, what):
                 prog(stage, i, total)
 
-            views["plain"] = maximize_channels(model, name, chans, st.steps, size=size, seed=st.seed, tv=0.0,
-                                               cache=fv)
+            views["plain"] = plain_view(model, name, chans, st, size, fv)
             step(1, "plain")
             views["robust"] = maximize_channels(model, name, chans, st.steps, size=size, seed=st.seed, robust=True,
                                                 cache=fv)
             step(2, "robust")
-            # the diversity term weighs about half the channel's plain activation, so both matter
-            w = (0.5 * views["plain"].activation[:, 0].abs()).clamp_min(1e-3)
-            views["diverse"] = maximize_channels(model, name, chans, st.steps, size=size, seed=st.seed + 1,
-                                                 robust=True, diversity=st.diversity, diversity_weight=w, cache=fv)
+            views["diverse"] = diverse_view(model, name, chans, st, size, views["plain"], fv)
             wd.save(f"fv-{_slug(name)}", views)
         prog(stage, 3, 3)
         out.views[name] = views

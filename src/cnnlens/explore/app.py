@@ -252,27 +252,29 @@ def make_app(explorer: Explorer, allowed_hosts: list[str] | None = None) -> Star
     async def api_layer(request: Request):
         return JSONResponse(jsonable(await run(ex.layer, request.path_params["name"])))
 
-    @guarded("api")
-    async def api_unit(request: Request):
-        p = request.path_params
-        return JSONResponse(jsonable(await run(ex.unit, p["name"], p["channel"])))
+    def unit_api(method):
+        """A JSON route for one unit (/api/unit/{name}/{channel}...): the explorer's ``method(layer, channel)``."""
 
-    @guarded("api")
-    async def api_fv(request: Request):
-        p = request.path_params
-        return JSONResponse(jsonable(await run(ex.feature_vis, p["name"], p["channel"])))
+        @guarded("api")
+        async def handler(request: Request):
+            p = request.path_params
+            return JSONResponse(jsonable(await run(method, p["name"], p["channel"])))
 
-    @guarded("api")
-    async def api_views(request: Request):
-        p = request.path_params
-        return JSONResponse(jsonable(await run(ex.feature_views, p["name"], p["channel"])))
+        return handler
+
+    api_unit, api_fv, api_views = unit_api(ex.unit), unit_api(ex.feature_vis), unit_api(ex.feature_views)
+
+    def starts_work(request: Request, what: str) -> bool:
+        """A POST starts work and must say Content-Type application/json: not a request another site may send."""
+        kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if request.method == "POST" and kind != "application/json":
+            raise BadRequest(f"start {what} with Content-Type application/json", 415)
+        return request.method == "POST"
 
     @guarded("api")
     async def api_layer_fv(request: Request):
-        kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
-        if request.method == "POST" and kind != "application/json":  # not a request another site may send
-            raise BadRequest("start the feature visualisations with Content-Type application/json", 415)
-        return JSONResponse(jsonable(await run(ex.layer_fv, request.path_params["name"], request.method == "POST")))
+        start = starts_work(request, "the feature visualisations")
+        return JSONResponse(jsonable(await run(ex.layer_fv, request.path_params["name"], start)))
 
     @guarded("api")
     async def api_blocks(request: Request):
@@ -283,10 +285,7 @@ def make_app(explorer: Explorer, allowed_hosts: list[str] | None = None) -> Star
 
     @guarded("api")
     async def api_leaderboard(request: Request):
-        kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
-        if request.method == "POST" and kind != "application/json":  # not a request another site may send
-            raise BadRequest("start the leaderboard with Content-Type application/json", 415)
-        return JSONResponse(jsonable(await run(ex.leaderboard, request.method == "POST")))
+        return JSONResponse(jsonable(await run(ex.leaderboard, starts_work(request, "the leaderboard"))))
 
     @guarded("api")
     async def api_upload(request: Request):

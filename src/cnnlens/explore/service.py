@@ -744,18 +744,14 @@ class Explorer:
         def run(report):
             from .. import microscope_draw as draw
             from ..inside.fvcache import FeatureCache
-            from ..inside.microscope import maximize_channels
-            from ..microscope_site import Settings, _fv_size
+            from ..microscope_site import Settings, _fv_size, diverse_view, plain_view
 
             st = Settings()
             fv = FeatureCache(self.cache / "fv", mhash=self.mhash)
             size = _fv_size(self.model, st)
-            plain = maximize_channels(self.model, layer, [c], st.steps, size=size, seed=st.seed, tv=0.0, cache=fv,
-                                      progress=lambda d_, t: report(0.5 * d_ / max(1, t or 1)))
-            w = (0.5 * plain.activation[:, 0].abs()).clamp_min(1e-3)
-            div = maximize_channels(self.model, layer, [c], st.steps, size=size, seed=st.seed + 1, robust=True,
-                                    diversity=st.diversity, diversity_weight=w, cache=fv,
-                                    progress=lambda d_, t: report(0.5 + 0.5 * d_ / max(1, t or 1)))
+            plain = plain_view(self.model, layer, [c], st, size, fv, lambda d_, t: report(0.5 * d_ / max(1, t or 1)))
+            div = diverse_view(self.model, layer, [c], st, size, plain, fv,
+                               lambda d_, t: report(0.5 + 0.5 * d_ / max(1, t or 1)))
             strip = torch.cat([plain.of(c), div.of(c)])  # plain, then the set
             d.mkdir(parents=True, exist_ok=True)
             atomic_write(d / "views.png", draw.png(draw.patch_grid(strip, ncols=len(strip), tile=128, pad=4)))
