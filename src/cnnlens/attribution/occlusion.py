@@ -375,6 +375,18 @@ def _incremental(model, p, filled, per_sample_fill, rows, cols, wh, ww, drops, p
             t = tuners[what, step]
             return t.timed(t.next(n if n < step else step), n)
 
+        def drops_of(box, same, env, ci, s0i, p0i):
+            """The chunk's drops and probabilities: every position of ``box`` through the incremental model (a
+            position that changes no pixel changes nothing, exactly)."""
+            ob = logits_of(inc.run(env, box, stats))
+            cb = ci.expand(ob.shape[0])
+            sb = p.target.score(ob, cb).float()
+            d = torch.where(same, torch.zeros_like(sb), s0i - sb)
+            if not is_class:
+                return d, d
+            pb = ob.float().softmax(1).gather(1, cb.view(-1, 1)).squeeze(1)
+            return d, torch.where(same, p0i.expand_as(pb), pb)
+
         def at(xi, fi, env, ci, s0i, p0i, idx: torch.Tensor):
             """drops and probabilities at the flat grid positions ``idx``."""
             d = torch.empty(len(idx), device=dev)
@@ -383,13 +395,7 @@ def _incremental(model, p, filled, per_sample_fill, rows, cols, wh, ww, drops, p
                 with tuned("pairs", per, b - a):
                     box, same = input_box(xi, fi, rows_all[idx[a:b] // len(cols)], cols_all[idx[a:b] % len(cols)],
                                           wh, ww, pairs=True)
-                    ob = logits_of(inc.run(env, box, stats))
-                cb = ci.expand(ob.shape[0])
-                sb = p.target.score(ob, cb).float()
-                d[a:b] = torch.where(same, torch.zeros_like(sb), s0i - sb)
-                if is_class:
-                    pb = ob.float().softmax(1).gather(1, cb.view(-1, 1)).squeeze(1)
-                    q[a:b] = torch.where(same, p0i.expand_as(pb), pb)
+                    d[a:b], q[a:b] = drops_of(box, same, env, ci, s0i, p0i)
             return d, q
 
         def grid(xi, fi, env, ci, s0i, p0i, rr: list[int], cc: list[int]):
@@ -402,14 +408,8 @@ def _incremental(model, p, filled, per_sample_fill, rows, cols, wh, ww, drops, p
             for a, b in chunks(len(rr), step):
                 with tuned(f"grid{len(cc)}", step * len(cc), (b - a) * len(cc)):
                     box, same = input_box(xi, fi, rows_t[a:b], cols_t, wh, ww)
-                    ob = logits_of(inc.run(env, box, stats))
-                cb = ci.expand(ob.shape[0])
-                sb = p.target.score(ob, cb).float()
-                lo, hi = a * len(cc), b * len(cc)
-                d[lo:hi] = torch.where(same, torch.zeros_like(sb), s0i - sb)
-                if is_class:
-                    pb = ob.float().softmax(1).gather(1, cb.view(-1, 1)).squeeze(1)
-                    q[lo:hi] = torch.where(same, p0i.expand_as(pb), pb)
+                    lo, hi = a * len(cc), b * len(cc)
+                    d[lo:hi], q[lo:hi] = drops_of(box, same, env, ci, s0i, p0i)
             return d, q
 
         computed = 0
@@ -433,12 +433,12 @@ def _incremental(model, p, filled, per_sample_fill, rows, cols, wh, ww, drops, p
             else:
                 rc, cc = _coarse_index(len(rows), approx["coarse"]), _coarse_index(len(cols), approx["coarse"])
                 dc, qc = grid(xi, fi, env, ci, s0[i], p0i, [rows[r] for r in rc], [cols[c] for c in cc])
+                on = (torch.tensor(rc).view(-1, 1), torch.tensor(cc).view(1, -1))  # the coarse grid in rows × cols
                 known = torch.zeros(len(rows), len(cols), dtype=torch.bool)
-                known[torch.tensor(rc).view(-1, 1), torch.tensor(cc).view(1, -1)] = True
+                known[on] = True
                 d = torch.zeros(len(rows), len(cols), device=dev)
                 q = torch.zeros(len(rows), len(cols), device=dev)
-                d[torch.tensor(rc).view(-1, 1), torch.tensor(cc).view(1, -1)] = dc.view(len(rc), len(cc))
-                q[torch.tensor(rc).view(-1, 1), torch.tensor(cc).view(1, -1)] = qc.view(len(rc), len(cc))
+                d[on], q[on] = dc.view(len(rc), len(cc)), qc.view(len(rc), len(cc))
                 order = _drill_order(dc.view(len(rc), len(cc)), rc, cc, len(rows), len(cols))
                 pick = order[:round(approx["fraction"] * len(order))].to(dev)
                 if len(pick):
