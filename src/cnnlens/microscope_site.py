@@ -127,6 +127,15 @@ def plain_view(model, name: str, chans, st: Settings, size: int, cache=None, pro
                              progress=progress)
 
 
+def robust_view(model, name: str, chans, st: Settings, size: int, cache=None, progress=None):
+    """The feature visualisations of ``chans`` with transformation robustness (jitter, zoom, rotation), as the
+    site's cards and the explorer draw them."""
+    from .inside.microscope import maximize_channels
+
+    return maximize_channels(model, name, chans, st.steps, size=size, seed=st.seed, robust=True, cache=cache,
+                             progress=progress)
+
+
 def diverse_view(model, name: str, chans, st: Settings, size: int, plain, cache=None, progress=None):
     """The diversity sets of ``chans`` (robust, ``st.diversity`` images each), the diversity term weighing half of
     each channel's ``plain`` activation, so both matter."""
@@ -154,10 +163,8 @@ def precompute(model: nn.Module, data, layers: Sequence[str], work: Path, settin
     visualisations across runs, keyed by the model's weights, layer, channel and settings: a second run
     (another dataset, more channels, after the work folder is gone) renders only what it has not seen."""
     from .data import as_dataset
-    from .inside.microscope import (_names, building_blocks, class_influence, dataset_images, maximize_channels,
-                                    microscope_scan)
-
     from .inside.fvcache import as_cache
+    from .inside.microscope import _names, building_blocks, class_influence, dataset_images, microscope_scan
 
     st = settings or Settings()
     prog = progress or (lambda stage, done, total: None)
@@ -195,8 +202,7 @@ def precompute(model: nn.Module, data, layers: Sequence[str], work: Path, settin
 
             views["plain"] = plain_view(model, name, chans, st, size, fv)
             step(1, "plain")
-            views["robust"] = maximize_channels(model, name, chans, st.steps, size=size, seed=st.seed, robust=True,
-                                                cache=fv)
+            views["robust"] = robust_view(model, name, chans, st, size, fv)
             step(2, "robust")
             views["diverse"] = diverse_view(model, name, chans, st, size, views["plain"], fv)
             wd.save(f"fv-{_slug(name)}", views)

@@ -95,6 +95,11 @@ class NotReady(RuntimeError):
     """The scan is still running (HTTP 503)."""
 
 
+def _scaled(report: Callable[[float], None], lo: float = 0.0, span: float = 1.0) -> Callable[[int, Any], None]:
+    """A library ``progress(done, total)`` callback reporting lo + span · done / total to a job."""
+    return lambda done, total: report(lo + span * done / max(1, total or 1))
+
+
 def _png(fig) -> bytes:
     from ..report import _png_bytes
 
@@ -489,7 +494,7 @@ class Explorer:
                 from ..attacks import minimal_eps
 
                 r = minimal_eps(self.model, x, target="second",
-                                progress=lambda d, t: report(0.95 * d / max(1, t or 1)))
+                                progress=_scaled(report, span=0.95))
                 fig = r.figure(x.cpu(), names=[label], class_names=names)
                 eps = float(r.eps[0])
                 info = {"eps": eps if eps != float("inf") else None,
@@ -503,7 +508,7 @@ class Explorer:
                 fn = METHODS[action]
                 kw = dict(SETTINGS.get(action, {}))
                 if "progress" in inspect.signature(fn).parameters:
-                    kw["progress"] = lambda d, t: report(0.7 * d / max(1, t or 1))
+                    kw["progress"] = _scaled(report, span=0.7)
                 e = fn(self.model, x, target=cls, **kw)
                 report(0.75)
                 f = faithfulness(self.model, x, e, steps=FAITH_STEPS)
@@ -579,7 +584,7 @@ class Explorer:
                     m = None
             if m is None:
                 m = microscope_scan(self.model, self.dataset, layers, k=UNIT_K, batch_size=self.batch_size,
-                                    device=self.device, progress=lambda d, t: report(d / max(1, t or 1)))
+                                    device=self.device, progress=_scaled(report))
                 buf = io.BytesIO()
                 torch.save(m, buf)
                 atomic_write(path, buf.getvalue())
@@ -717,7 +722,7 @@ class Explorer:
             try:
                 infos = self._render_fv(layer, [c] + [int(j.key.rsplit("/", 1)[1]) for j in others],
                                         lambda f: [r(f) for r in [report] + [j.report for j in others]])
-            except Exception as e:  # the claimed jobs fail with this one
+            except BaseException as e:  # the claimed jobs fail with this one
                 for j in others:
                     j.finish(error=error_line(e, j.key))
                 raise
@@ -743,15 +748,12 @@ class Explorer:
 
         def run(report):
             from .. import microscope_draw as draw
-            from ..inside.fvcache import FeatureCache
             from ..microscope_site import Settings, _fv_size, diverse_view, plain_view
 
             st = Settings()
-            fv = FeatureCache(self.cache / "fv", mhash=self.mhash)
             size = _fv_size(self.model, st)
-            plain = plain_view(self.model, layer, [c], st, size, fv, lambda d_, t: report(0.5 * d_ / max(1, t or 1)))
-            div = diverse_view(self.model, layer, [c], st, size, plain, fv,
-                               lambda d_, t: report(0.5 + 0.5 * d_ / max(1, t or 1)))
+            plain = plain_view(self.model, layer, [c], st, size, self._fv_cache(), _scaled(report, span=0.5))
+            div = diverse_view(self.model, layer, [c], st, size, plain, self._fv_cache(), _scaled(report, 0.5, 0.5))
             strip = torch.cat([plain.of(c), div.of(c)])  # plain, then the set
             d.mkdir(parents=True, exist_ok=True)
             atomic_write(d / "views.png", draw.png(draw.patch_grid(strip, ncols=len(strip), tile=128, pad=4)))
@@ -762,19 +764,21 @@ class Explorer:
 
         return {**out, **self.worker.submit(f"views/{layer}/{c}", run).to_dict()}
 
+    def _fv_cache(self):
+        """The feature visualisations kept across datasets and runs in ``<cache>/fv``, keyed by the model's
+        weights, layer, channel and settings (the microscope site's views: ``cnnlens microscope --cache
+        <cache>/fv`` shares them)."""
+        from ..inside.fvcache import FeatureCache
+
+        return FeatureCache(self.cache / "fv", mhash=self.mhash)
+
     def _render_fv(self, layer: str, channels: list[int], report) -> list[dict]:
         """Render and store the feature visualisations of ``channels`` of ``layer`` (worker only)."""
         from .. import microscope_draw as draw
-        from ..inside.fvcache import FeatureCache
-        from ..inside.microscope import maximize_channels
-        from ..microscope_site import Settings, _fv_size
+        from ..microscope_site import Settings, _fv_size, robust_view
 
         st = Settings()
-        # kept across datasets and runs in <cache>/fv, keyed by the model's weights, layer, channel and
-        # settings (the microscope site's robust view: `cnnlens microscope --cache <cache>/fv` shares it)
-        v = maximize_channels(self.model, layer, channels, st.steps, size=_fv_size(self.model, st), seed=st.seed,
-                              robust=True, cache=FeatureCache(self.cache / "fv", mhash=self.mhash),
-                              progress=lambda d_, t: report(d_ / max(1, t or 1)))
+        v = robust_view(self.model, layer, channels, st, _fv_size(self.model, st), self._fv_cache(), _scaled(report))
         infos = []
         for i, ch in enumerate(channels):
             d = self._unit_dir(layer, ch)
@@ -864,7 +868,7 @@ class Explorer:
             x = dataset_images(self.dataset, range(n)).to(next(self.model.parameters()).device)
             y = torch.tensor([int(self.dataset[i][1]) for i in range(n)])
             lb = benchmark(self.model, x, y=y, methods=LEADERBOARD_METHODS, metrics=LEADERBOARD_METRICS,
-                           progress=lambda d, t: report(d / max(1, t or 1)))
+                           progress=_scaled(report))
             header, rows = leaderboard_table(lb)
             info = {"header": header, "rows": rows, "best": {k: lb.best(k) for k in lb.metrics},
                     "scores": lb.rows(), "images": n}

@@ -2,7 +2,7 @@
 
 The explorer serialises model access rather than copying the model per worker: the
 scan, every attribution, attack and prediction is a :class:`Job` run by this single
-thread, in submission order. Requests never touch the model themselves; they submit
+thread, in submission order (background jobs after the others). Requests never touch the model themselves; they submit
 a job (identical keys share one job) and either wait for it (cheap drawings) or poll
 its progress (heavy methods). So concurrent requests cannot interleave two passes
 through the model, and each pass leaves it as it was (the methods' LayerTap contract).
@@ -14,8 +14,8 @@ the worker then skips them when they come up, and the claimer finishes them.
 
 from __future__ import annotations
 
-import logging
 import itertools
+import logging
 import queue
 import threading
 import time
@@ -63,7 +63,8 @@ def error_line(e: BaseException, key: str) -> str:
 
 
 class Worker:
-    """A FIFO of :class:`Job` run by one daemon thread; ``close()`` stops it after the running job."""
+    """A queue of :class:`Job` run by one daemon thread: foreground jobs in submission order, then background
+    ones; ``close()`` stops it once the queued jobs have run (waiting ``timeout`` seconds at most)."""
 
     def __init__(self, name: str = "cnnlens-explore-worker"):
         self._queue: queue.PriorityQueue = queue.PriorityQueue()  # (priority, order, job): FIFO within a priority
@@ -131,6 +132,9 @@ class Worker:
                 job.finish(job.fn(job.report))
             except Exception as e:  # noqa: BLE001 - a failed job is reported, the worker goes on
                 job.finish(error=error_line(e, job.key))
+            except BaseException as e:  # the thread is ending: whoever waits on the job still hears of it
+                job.finish(error=error_line(e, job.key))
+                raise
 
     def close(self, timeout: float = 30.0) -> None:
         with self._lock:

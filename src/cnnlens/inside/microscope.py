@@ -29,6 +29,7 @@ What OpenAI Microscope showed for a fixed zoo of models, for the user's own mode
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
@@ -397,8 +398,8 @@ def _render(model, name, chans, w, n, per, steps, H, W, lr, param, seed, redirec
     total = len(chans) * steps
     models = _fv_models(model, -(-len(chans) // per))
     if len(models) > 1:  # whole rounds: every thread busy to the end (112 channels on 2 threads: 8 × 14, not 7 × 16)
-        k = len(models)
-        per = -(-len(chans) // (-(-len(chans) // (per * k)) * k))
+        rounds = math.ceil(len(chans) / (per * len(models)))
+        per = math.ceil(len(chans) / (rounds * len(models)))
     starts_at = list(range(0, len(chans), per))
     done = {s: 0 for s in starts_at}
     lock = threading.Lock()
