@@ -88,6 +88,9 @@ def test_explain_with_occlusion_draws_its_probability_map_and_a_summary_row(run_
     assert code == 0, cap.err
     text = _text(out)
     assert "probability map" in text and "The last column is occlusion's probability map" in text
+    # how it was computed, as it ran: digits-cnn traces, so only what the square changes was recomputed
+    assert "computed by recomputing only each layer's region the square reaches" in text
+    assert "only what changes is recomputed" in text
     assert "replace the pixels by black" in text and "blurred" not in text
     assert "mean over 2 image(s)" in text
     res = json.loads((out / "results.json").read_text())

@@ -80,8 +80,11 @@ INTROS = {
         "<b>Occlusion sensitivity</b> (Zeiler &amp; Fergus 2014): slide a grey square over the image and re-score "
         "at every position. Shown: the drop of the class score when the square covers each pixel (red = hiding it "
         "hurts the class). Its <i>probability map</i> (Zeiler &amp; Fergus 2014, Fig. 7) — the class probability for "
-        "each position of the square, low where the square hides what the model needs — is drawn next to it. Slow (one forward per "
-        "position) but model-agnostic: no gradient at all."),
+        "each position of the square, low where the square hides what the model needs — is drawn next to it. "
+        "Model-agnostic (no gradient at all) but costly as one forward per position — unless, as here, only what "
+        "changes is recomputed: the square alters a small region of the image and, layer by layer, only that "
+        "region's projective field, so cnnlens recomputes just those boxes and reads the rest from the clean "
+        "image's activations (incremental inference, Nakandala et al. 2019): the same map, several times faster."),
     "cam": (
         "<b>Class activation map</b> (Zhou et al. 2016). With a global-average-pool + linear head, "
         "S<sub>c</sub> = Σ<sub>k</sub> w<sub>k</sub><sup>c</sup> F<sub>k</sub> + b<sub>c</sub> with "
@@ -474,7 +477,7 @@ def _section_methods(report, title: str, intro: str, model, x: torch.Tensor, nam
         sec.figure(method_figure(x, names, e, faith.get(m), class_names, extra=extra),
                    f"{title_of(m)} on {what} — under each map: deletion AUC (↓) · insertion AUC (↑).",
                    name=f"attribution-{what}-{m}")
-        note = _method_note(m, e)
+        note = method_note(m, e)
         if note:
             sec.text(note)
         if m in GUIDED:
@@ -490,7 +493,7 @@ def _section_methods(report, title: str, intro: str, model, x: torch.Tensor, nam
     return sec, expls, faith
 
 
-def _method_note(m: str, e: Explanation) -> str:
+def method_note(m: str, e: Explanation) -> str:
     if m == "integrated_gradients":
         gap = e.extras["completeness_gap"].abs()
         tot = (e.extras["score"] - e.extras["baseline_score"]).abs()
@@ -499,6 +502,13 @@ def _method_note(m: str, e: Explanation) -> str:
     if m == "cam" and e.raw is not None:
         return (f"<p>Check: the mean of each raw {e.raw.shape[-2]}×{e.raw.shape[-1]} map equals its score minus "
                 f"the bias to within {float((e.raw.mean((1, 2)) - (e.extras['score'] - e.extras['bias'])).abs().max()):.2g}.</p>")
+    if m == "occlusion":
+        s = e.settings
+        how = ("recomputing only each layer's region the square reaches (incremental inference; the same values as "
+               "running the whole model per position)" if s.get("path") == "incremental" else
+               f"running the whole model per position ({html.escape(str(s.get('full_reason') or 'full re-inference'))})")
+        return (f"<p>{s['positions'][0]}×{s['positions'][1]} positions of a {s['window'][0]}×{s['window'][1]} "
+                f"square, stride {s['stride'][0]}, fill {html.escape(str(s['fill']))}: computed by {how}.</p>")
     if m == "augmented_gradcam":
         s = e.settings
         return (f"<p>Solved on a {s['size'][0]}×{s['size'][1]} grid from {s['augmentations']} augmentations "

@@ -70,11 +70,11 @@ def _png(fig) -> bytes:
 
 def explain_intro(ok: dict, faithfulness: bool, n: int, baseline: str = "blur") -> str:
     """What the page shows, then one paragraph per method that ran (never a method that did not)."""
-    from ..attribution.report import FAITH_INTRO, intro_of
+    from ..attribution.report import FAITH_INTRO, intro_of, method_note
 
     head = (f"<p>Why did the model predict what it did? Each method below turns the prediction for each of the {n} "
             "image(s) into a map over the pixels; they answer different questions, so they are shown side by side.</p>")
-    body = "".join(f"<p>{intro_of(k)}</p>" for k in ok)
+    body = "".join(f"<p>{intro_of(k)}</p>" + method_note(k, e) for k, e in ok.items())
     what = {"blur": "a blurred copy", "grey": "grey", "gray": "grey", "black": "black", "white": "white"}.get(
         str(baseline).strip().lower(), f"the value {baseline}")
     text = FAITH_INTRO.split(" <i>Model randomisation</i>")[0].replace("by a blurred copy", f"by {what}").replace(
