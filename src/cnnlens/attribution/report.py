@@ -507,8 +507,8 @@ def method_note(m: str, e: Explanation) -> str:
         how = ("recomputing only each layer's region the square reaches (incremental inference; the same values as "
                "running the whole model per position)" if s.get("path") == "incremental" else
                f"running the whole model per position ({html.escape(str(s.get('full_reason') or 'full re-inference'))})")
-        return (f"<p>{s['positions'][0]}×{s['positions'][1]} positions of a {s['window'][0]}×{s['window'][1]} "
-                f"square, stride {s['stride'][0]}, fill {html.escape(str(s['fill']))}: computed by {how}.</p>")
+        return (f"<p>{s['positions'][0]}×{s['positions'][1]} positions of a square of {s['window'][0]}×{s['window'][1]} "
+                f"pixels, stride {s['stride'][0]}, fill {html.escape(str(s['fill']))}: computed by {how}.</p>")
     if m == "augmented_gradcam":
         s = e.settings
         return (f"<p>Solved on a {s['size'][0]}×{s['size'][1]} grid from {s['augmentations']} augmentations "
