@@ -461,9 +461,8 @@ def confusion_figure(result: EvaluationResult, normalized: bool = False, max_cla
     ``max_classes`` classes with the most off-diagonal mass (the full matrix is
     in the CSV). ``normalized=True`` shows rows divided by class support.
     """
-    from .viz import _mpl
+    from .viz import subplots
 
-    plt = _mpl()
     K = result.num_classes
     present = present_classes(result)
     if len(present) < K:  # a subset of the model's classes in the data: rows and columns of those only
@@ -484,7 +483,7 @@ def confusion_figure(result: EvaluationResult, normalized: bool = False, max_cla
     M = M.numpy()
     m = len(idx)
     side = max(4.0, 0.42 * m + 2.2)
-    fig, ax = plt.subplots(figsize=(side + 0.8, side))
+    fig, ax = subplots(figsize=(side + 0.8, side))
     vmax = 1.0 if normalized else max(1.0, float(M.max()))
     im = ax.imshow(M, cmap="Blues", vmin=0, vmax=vmax)
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.03, label="fraction of the true class" if normalized else "count")
@@ -566,10 +565,9 @@ def predict_topk(model: torch.nn.Module, x: torch.Tensor, k: int = 5, batch_size
 
 def topk_figure(image: torch.Tensor, top: list[tuple[str, float]], title: str = ""):
     """One photo with a bar chart of its top-k class probabilities."""
-    from .viz import _mpl, show_image
+    from .viz import show_image, subplots
 
-    plt = _mpl()
-    fig, (a0, a1) = plt.subplots(1, 2, figsize=(6.4, 2.4), gridspec_kw={"width_ratios": [1, 1.5]})
+    fig, (a0, a1) = subplots(1, 2, figsize=(6.4, 2.4), gridspec_kw={"width_ratios": [1, 1.5]})
     show_image(a0, image, title)
     names = [_short(n, 22) for n, _ in top][::-1]
     vals = [p for _, p in top][::-1]

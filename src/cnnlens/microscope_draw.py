@@ -12,16 +12,14 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-from .viz import _mpl, show_image, to_pil
+from .viz import show_image, subplots, to_pil
 
 
 def png(image) -> bytes:
-    """PNG bytes of a matplotlib figure (closed after) or a PIL image."""
+    """PNG bytes of a matplotlib figure or a PIL image."""
     buf = io.BytesIO()
     if hasattr(image, "savefig"):
-        plt = _mpl()
         image.savefig(buf, format="png", dpi=90, bbox_inches="tight")
-        plt.close(image)
     else:
         image.save(buf, format="PNG", optimize=False)
     return buf.getvalue()
@@ -85,12 +83,11 @@ def maps_image(images: torch.Tensor, maps: torch.Tensor, ncols: int = 9, side: i
 def maps_figure(images: torch.Tensor, maps: torch.Tensor, titles: Sequence[str] | None = None, ncols: int = 3,
                 size: float = 1.9):
     """A matplotlib figure of :func:`heat_tiles` with a title over each image."""
-    plt = _mpl()
     tiles = heat_tiles(images, maps, 128)
     n = len(tiles)
     ncols = min(ncols, n)
     nrows = (n + ncols - 1) // ncols
-    fig, axes = plt.subplots(nrows, ncols, figsize=(size * ncols, size * nrows), squeeze=False)
+    fig, axes = subplots(nrows, ncols, figsize=(size * ncols, size * nrows), squeeze=False)
     for ax in axes.flat:
         ax.set_axis_off()
     for i in range(n):
@@ -101,8 +98,7 @@ def maps_figure(images: torch.Tensor, maps: torch.Tensor, titles: Sequence[str] 
 
 def histogram_figure(stats, channel: int, size=(3.6, 2.2)):
     """The channel's activation histogram over the dataset (log counts), with mean and sparsity."""
-    plt = _mpl()
-    fig, ax = plt.subplots(figsize=size)
+    fig, ax = subplots(figsize=size)
     e = stats.edges
     centers = ((e[1:] + e[:-1]) / 2).numpy()
     h = stats.histogram[channel].double().numpy()
@@ -125,14 +121,13 @@ def class_figure(stats, channel: int, class_names: Sequence[str] | None = None, 
                  top: int = 12, size=(3.8, 2.4)):
     """Mean activation per class (the most driven ``top`` classes) with the selectivity index; with
     ``influence`` (:class:`cnnlens.inside.ClassInfluence`) a second panel: the classes the unit drives."""
-    plt = _mpl()
     cm = stats.class_mean[:, channel]
     seen = stats.class_count > 0
     order = [int(i) for i in torch.sort(torch.where(seen, cm, torch.full_like(cm, -float("inf"))),
                                         descending=True, stable=True).indices[:top] if bool(seen[i])]
     name = (lambda k: class_names[k] if class_names and k < len(class_names) else str(k))
     panels = 2 if influence is not None else 1
-    fig, axes = plt.subplots(1, panels, figsize=(size[0] * panels, size[1]), squeeze=False)
+    fig, axes = subplots(1, panels, figsize=(size[0] * panels, size[1]), squeeze=False)
     ax = axes[0, 0]
     ax.bar(range(len(order)), [float(cm[i]) for i in order], color="tab:green")
     ax.set_xticks(range(len(order)))
@@ -179,14 +174,13 @@ def projections_image(crops: torch.Tensor, deconv: torch.Tensor | None, guided: 
 def projections_figure(crops: torch.Tensor, deconv: torch.Tensor | None, guided: torch.Tensor | None,
                        size: float = 1.0):
     """A matplotlib figure of :func:`projections_image` with the rows labelled."""
-    plt = _mpl()
     rows = [("patch", crops.float())]
     if deconv is not None:
         rows.append(("deconvnet", _signed01(deconv.float())))
     if guided is not None:
         rows.append(("guided bp", _signed01(guided.float())))
     n = len(crops)
-    fig, axes = plt.subplots(len(rows), n, figsize=(size * n + 0.6, size * len(rows) + 0.2), squeeze=False)
+    fig, axes = subplots(len(rows), n, figsize=(size * n + 0.6, size * len(rows) + 0.2), squeeze=False)
     for r, (label, t) in enumerate(rows):
         for i in range(n):
             show_image(axes[r, i], t[i])

@@ -31,6 +31,7 @@ import json
 import os
 import re
 import shutil
+import sys
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -329,10 +330,10 @@ def _png_bytes(image: Any) -> bytes:
         return Path(image).read_bytes()
     buf = io.BytesIO()
     if hasattr(image, "savefig"):
-        import matplotlib.pyplot as plt
-
         image.savefig(buf, format="png", dpi=100, bbox_inches="tight")
-        plt.close(image)
+        pyplot = sys.modules.get("matplotlib.pyplot")  # a caller's pyplot figure is released (never imported here)
+        if pyplot is not None:
+            pyplot.close(image)
     elif hasattr(image, "save"):
         image.save(buf, format="PNG")
     else:

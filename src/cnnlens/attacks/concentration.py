@@ -93,13 +93,14 @@ def concentration_figure(table: dict, measured: dict | None = None):
 
     ``measured``: ``{model name: (input dimension, tensor of per-image minimal ε)}`` (finite values are used).
     """
-    from ..viz import _mpl
+    import matplotlib
 
-    plt = _mpl()
+    from ..viz import subplots
+
     ncols = 2 if measured else 1
-    fig, axes = plt.subplots(1, ncols, figsize=(5.4 * ncols, 3.9), squeeze=False)
+    fig, axes = subplots(1, ncols, figsize=(5.4 * ncols, 3.9), squeeze=False)
     ax = axes[0, 0]
-    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    colors = matplotlib.rcParams["axes.prop_cycle"].by_key()["color"]
     for k, (e, rows) in enumerate(table.items()):
         c = colors[k % len(colors)]
         dd = torch.logspace(0, math.log10(max(rows["d"]) * 10), 200, dtype=torch.float64).tolist()

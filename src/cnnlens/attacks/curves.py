@@ -325,19 +325,18 @@ class RobustnessResult(Result):
 
     def gallery_figure(self, max_items: int = 6):
         """Rows: clean image, adversarial image, amplified perturbation, saliency before, saliency after."""
-        from ..viz import _mpl, show_image
+        from ..viz import show_image, subplots
 
-        plt = _mpl()
         items = self.gallery[:max_items]
         if not items:
-            fig, ax = plt.subplots(figsize=(4, 1))
+            fig, ax = subplots(figsize=(4, 1))
             ax.text(0.5, 0.5, "no image was flipped at these ε", ha="center", va="center")
             ax.set_axis_off()
             return fig
         names = self.class_names
         nm = (lambda c: f"{c} {names[c]}" if names and names[c] != str(c) else str(c))
         rows = ["clean", "adversarial", "perturbation (amplified)", "saliency before", "saliency after"]
-        fig, axes = plt.subplots(len(rows), len(items), figsize=(1.9 * len(items), 1.95 * len(rows)), squeeze=False)
+        fig, axes = subplots(len(rows), len(items), figsize=(1.9 * len(items), 1.95 * len(rows)), squeeze=False)
         scale = 255 if self.settings.get("norm", "inf") == "inf" else 1
         for c, g in enumerate(items):
             d = g["x_adv"] - g["x"]
@@ -357,12 +356,13 @@ class RobustnessResult(Result):
 
 def curves_figure(results: dict[str, RobustnessResult], title: str | None = None):
     """Robust accuracy against ε for several models (colour) and attacks (line style)."""
-    from ..viz import _mpl
+    import matplotlib
 
-    plt = _mpl()
-    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    from ..viz import subplots
+
+    fig, ax = subplots(figsize=(6.4, 4.0))
     styles = {"fgsm": "--", "pgd": "-", "deepfool": ":", "cw": "-."}
-    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    colors = matplotlib.rcParams["axes.prop_cycle"].by_key()["color"]
     norm = "inf"
     for i, (name, r) in enumerate(results.items()):
         norm = r.settings.get("norm", "inf")

@@ -151,11 +151,10 @@ def eps_text(e: float, norm: str = "inf") -> str:
 
 def attack_figure(x: torch.Tensor, r: AttackResult, names: Sequence[str], class_names=None, size: float = 2.3):
     """One row per image: original (top class, p), adversarial (top class, p), amplified perturbation."""
-    from ..viz import _mpl, show_image
+    from ..viz import show_image, subplots
 
-    plt = _mpl()
     n = len(r)
-    fig, axes = plt.subplots(n, 3, figsize=(3 * size, n * (size + 0.35)), squeeze=False)
+    fig, axes = subplots(n, 3, figsize=(3 * size, n * (size + 0.35)), squeeze=False)
     p0 = r.logits_before.float().softmax(1)
     p1 = r.logits_after.float().softmax(1)
     amp = r.amplified()
@@ -172,10 +171,9 @@ def attack_figure(x: torch.Tensor, r: AttackResult, names: Sequence[str], class_
 
 def topk_figure(r: AttackResult, i: int, class_names=None, k: int = 5, title: str = ""):
     """Top-k probabilities before and after the attack for image ``i``, as two bar charts."""
-    from ..viz import _mpl
+    from ..viz import subplots
 
-    plt = _mpl()
-    fig, axes = plt.subplots(1, 2, figsize=(7.6, 2.2))
+    fig, axes = subplots(1, 2, figsize=(7.6, 2.2))
     for ax, after, head in ((axes[0], False, "before"), (axes[1], True, "after")):
         v, idx = r.topk(k, after=after)
         labels = [_name(class_names, int(c))[:24] for c in idx[i]]
@@ -295,11 +293,10 @@ def stroke_share(saliency_maps: torch.Tensor, x: torch.Tensor, threshold: float 
 def saliency_comparison(models: dict, x: torch.Tensor, y: torch.Tensor, x_all: torch.Tensor, y_all: torch.Tensor):
     """(figure, stroke shares): saliency |∂z_y/∂x| of each model on the same digits, and the mean share on strokes."""
     from ..attribution.gradients import saliency
-    from ..viz import _mpl, show_image
+    from ..viz import show_image, subplots
 
-    plt = _mpl()
     n = len(x)
-    fig, axes = plt.subplots(len(models) + 1, n, figsize=(1.5 * n, 1.6 * (len(models) + 1)), squeeze=False)
+    fig, axes = subplots(len(models) + 1, n, figsize=(1.5 * n, 1.6 * (len(models) + 1)), squeeze=False)
     for c in range(n):
         show_image(axes[0, c], x[c], f"digit {int(y[c])}")
     shares = {}

@@ -262,10 +262,9 @@ def _heat(e: Explanation, i: int, shared: bool) -> tuple[torch.Tensor, bool]:
 
 def overlay_figure(image: torch.Tensor, e: Explanation, i: int, *, title: str = "", shared: bool = False):
     """One map over its image with a colour bar (values in the method's units, or [0, 1]/[−1, 1] if shared)."""
-    from ..viz import _mpl, overlay
+    from ..viz import overlay, subplots
 
-    plt = _mpl()
-    fig, ax = plt.subplots(figsize=(3.4, 3.0))
+    fig, ax = subplots(figsize=(3.4, 3.0))
     m, signed = _heat(e, i, shared)
     kw = {"vmin": 0.0, "vmax": 1.0} if shared and not signed else {}
     overlay(ax, image, m, title=title or title_of(e.method), diverging=signed, label=_unit(e, shared),
@@ -278,14 +277,13 @@ def overlay_figure(image: torch.Tensor, e: Explanation, i: int, *, title: str = 
 def grid_figure(image: torch.Tensor, name: str, expls: dict, i: int, faith: dict | None = None, *,
                 shared: bool = False, caption_top: str = ""):
     """The original and every map side by side, each with its colour bar and deletion/insertion AUC."""
-    from ..viz import _mpl, overlay, show_image
+    from ..viz import overlay, show_image, subplots
 
-    plt = _mpl()
     ok = [(k, e) for k, e in expls.items() if isinstance(e, Explanation)]
     n = len(ok) + 1
     cols = min(n, 4)
     rows = (n + cols - 1) // cols
-    fig, axes = plt.subplots(rows, cols, figsize=(3.3 * cols, 3.2 * rows), squeeze=False)
+    fig, axes = subplots(rows, cols, figsize=(3.3 * cols, 3.2 * rows), squeeze=False)
     show_image(axes[0, 0], image, f"{name}\n{caption_top}" if caption_top else name)
     for j, (k, e) in enumerate(ok, start=1):
         ax = axes.flat[j]
@@ -308,15 +306,14 @@ def images_by_methods_figure(images: torch.Tensor, names: Sequence[str], expls: 
                              class_names: Sequence[str] | None = None):
     """A grid: one row per image (the image with its explained class), one column per method (the map over the
     image, its colour bar with units, deletion/insertion AUC); occlusion adds its probability map."""
-    from ..viz import _mpl, overlay, show_image
+    from ..viz import overlay, show_image, subplots
 
-    plt = _mpl()
     ok = [(k, e) for k, e in expls.items() if isinstance(e, Explanation)]
     rows = list(range(len(names))) if rows is None else list(rows)
     cols = [("image", None)] + [(k, e) for k, e in ok]
     if any(k == "occlusion" and "probability" in e.extras for k, e in ok):
         cols.append(("probability", dict(ok)["occlusion"]))
-    fig, axes = plt.subplots(len(rows), len(cols), figsize=(3.1 * len(cols), 3.0 * len(rows)), squeeze=False)
+    fig, axes = subplots(len(rows), len(cols), figsize=(3.1 * len(cols), 3.0 * len(rows)), squeeze=False)
     for r, i in enumerate(rows):
         for c, (k, e) in enumerate(cols):
             ax = axes[r, c]
@@ -343,12 +340,11 @@ def method_figure(images: torch.Tensor, names: Sequence[str], e: Explanation, fa
 
     ``extra="probability"`` adds a row with the occlusion probability map.
     """
-    from ..viz import _mpl, overlay
+    from ..viz import overlay, subplots
 
-    plt = _mpl()
     n = len(names)
     rows = 2 if extra else 1
-    fig, axes = plt.subplots(rows, n, figsize=(3.2 * n, 3.0 * rows), squeeze=False)
+    fig, axes = subplots(rows, n, figsize=(3.2 * n, 3.0 * rows), squeeze=False)
     for i in range(n):
         m, signed = _heat(e, i, False)
         c = int(e.classes[i])
@@ -370,25 +366,23 @@ def _unit(e: Explanation, shared: bool) -> str:
 
 def probability_panel(ax, e: Explanation, i: int) -> None:
     """Occlusion's probability map: P(class) with the square at each position (sequential map, 0 to 1)."""
-    from ..viz import SEQUENTIAL, _mpl
+    from ..viz import SEQUENTIAL
 
-    plt = _mpl()
     prob = e.extras["probability"][i].float()
     im = ax.imshow(prob.numpy(), cmap=SEQUENTIAL, vmin=0, vmax=1, interpolation="nearest")
     ax.set_title("occlusion: P(class) with\nthe square at each position", fontsize=8)
     ax.set_xticks([])
     ax.set_yticks([])
-    cb = plt.colorbar(im, ax=ax, fraction=0.046, pad=0.02)
+    cb = ax.figure.colorbar(im, ax=ax, fraction=0.046, pad=0.02)
     cb.set_label("probability", fontsize=7)
     cb.ax.tick_params(labelsize=7)
 
 
 def curves_figure(faith: dict, i: int, name: str):
     """Deletion and insertion curves of every method for image i."""
-    from ..viz import _mpl
+    from ..viz import subplots
 
-    plt = _mpl()
-    fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.2))
+    fig, (a, b) = subplots(1, 2, figsize=(9, 3.2))
     for k, f in faith.items():
         a.plot(f.deletion.fractions, f.deletion.scores[i], label=f"{title_of(k)} ({float(f.deletion_auc[i]):.3f})")
         b.plot(f.insertion.fractions, f.insertion.scores[i], label=f"{title_of(k)} ({float(f.insertion_auc[i]):.3f})")
@@ -404,12 +398,11 @@ def curves_figure(faith: dict, i: int, name: str):
 
 def randomization_figure(image: torch.Tensor, results: dict, i: int = 0):
     """Maps of each method as the layers are re-initialised from the top down (with ρ in each title)."""
-    from ..viz import _mpl, overlay
+    from ..viz import overlay, subplots
 
-    plt = _mpl()
     rows = len(results)
     cols = 1 + max(len(r.layers) for r in results.values())
-    fig, axes = plt.subplots(rows, cols, figsize=(2.5 * cols, 2.5 * rows), squeeze=False)
+    fig, axes = subplots(rows, cols, figsize=(2.5 * cols, 2.5 * rows), squeeze=False)
     for r_i, (k, r) in enumerate(results.items()):
         overlay(axes[r_i, 0], image, r.original[i], title=f"{title_of(k)}\ntrained", colorbar=False)
         guided_mark(axes[r_i, 0], k)
@@ -557,11 +550,10 @@ def demo_section(report, ctx) -> None:
 
 
 def _augmented_figure(x, names, e: Explanation):
-    from ..viz import _mpl, overlay
+    from ..viz import overlay, subplots
 
-    plt = _mpl()
     n = len(names)
-    fig, axes = plt.subplots(1, 2 * n + 1, figsize=(2.3 * (2 * n + 1), 2.5), squeeze=False)
+    fig, axes = subplots(1, 2 * n + 1, figsize=(2.3 * (2 * n + 1), 2.5), squeeze=False)
     for i in range(n):
         overlay(axes[0, 2 * i], x[i], e.extras["single"][i], title=f"{names[i]}\nGrad-CAM", colorbar=False)
         overlay(axes[0, 2 * i + 1], x[i], e.maps[i], title="augmented", colorbar=False)

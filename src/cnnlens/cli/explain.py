@@ -143,12 +143,11 @@ def class_means_figure(expls: dict, class_names=None):
     """Each method's mean map over the images of each explained class: a figure and {class: count}."""
 
     from ..attribution.report import is_signed, title_of
-    from ..viz import DIVERGING, SEQUENTIAL, _mpl
+    from ..viz import DIVERGING, SEQUENTIAL, subplots
 
-    plt = _mpl()
     first = next(iter(expls.values()))
     classes = sorted(set(int(c) for c in first.classes))
-    fig, axes = plt.subplots(len(classes), len(expls), figsize=(2.2 * len(expls), 2.2 * len(classes)), squeeze=False)
+    fig, axes = subplots(len(classes), len(expls), figsize=(2.2 * len(expls), 2.2 * len(classes)), squeeze=False)
     counts = {}
     for r, c in enumerate(classes):
         sel = first.classes == c
@@ -228,7 +227,7 @@ def explain(
     from ..data import read_images
     from ..evaluation import predict_topk, topk_figure
     from ..tap import LayerTap
-    from ..viz import _mpl, show_image
+    from ..viz import show_image, subplots
 
     chosen = parse_methods(methods)
     _baseline(baseline)  # check before loading anything
@@ -328,14 +327,13 @@ def explain(
                                                 "per image and method; the last row is the mean over the images.")
     sec.gallery([(topk_figure(x[i], top.labels(i), name), name) for i, name in enumerate(names)],
                 caption="Top-5 predictions of each image.", width=420)
-    plt = _mpl()
     stdout = Console()
     for i, name in enumerate(names):
         cls0 = int(next(iter(ok.values())).classes[i])
         cname = class_names[cls0] if class_names and cls0 < len(class_names) else str(cls0)
         grid = grid_figure(x[i], name, ok, i, faith, shared=shared_scale, caption_top=f"explained: {cname}")
         rep.file(f"{name}/grid.png", _png(grid))
-        fig, ax = plt.subplots(figsize=(3, 3))
+        fig, ax = subplots(figsize=(3, 3))
         show_image(ax, x[i], name)
         rep.file(f"{name}/original.png", _png(fig))
         for k, e in ok.items():

@@ -34,15 +34,14 @@ def mosaic_figure(tiles: torch.Tensor, ncols: int, *, tile: int = 32, labels: Se
                   row_labels: Sequence[str] | None = None, title: str | None = None, scale: float = 1 / 36,
                   fontsize: float = 6.0, cmap: str | None = None):
     """A figure of ``mosaic(tiles)`` with an optional label above each tile and at the left of each row."""
-    from ..viz import _mpl
+    from ..viz import subplots
 
-    plt = _mpl()
     pad, top = 2, (10 if labels else 0)
     img = mosaic(tiles, ncols, tile=tile, pad=pad, top=top)
     c, H, W = img.shape
     th = (H - pad) // max(1, (len(tiles) + ncols - 1) // ncols) - pad - top
     tw = (W - pad) // ncols - pad
-    fig, ax = plt.subplots(figsize=(max(2.0, W * scale + (0.6 if row_labels else 0)), max(1.0, H * scale + (0.3 if title else 0))))
+    fig, ax = subplots(figsize=(max(2.0, W * scale + (0.6 if row_labels else 0)), max(1.0, H * scale + (0.3 if title else 0))))
     arr = img[0].numpy() if c == 1 else img.permute(1, 2, 0).numpy()
     ax.imshow(arr, cmap=cmap or ("gray" if c == 1 else None), vmin=0, vmax=1, interpolation="nearest")
     ax.set_axis_off()

@@ -88,10 +88,9 @@ class FeatureMaps(Result):
     def figure(self, sample: int = 0, channels: Sequence[int] | None = None, max_channels: int = 32,
                ncols: int = 8, tile: int = 48, image: torch.Tensor | None = None):
         """Each channel's map for one image, min–max scaled per map (an inactive map is black), next to the input."""
-        from ..viz import _mpl, show_image
+        from ..viz import show_image, subplots
         from ._plot import mosaic
 
-        plt = _mpl()
         a = self.activations[sample]
         chans = list(channels) if channels is not None else list(range(min(max_channels, a.shape[0])))
         m = a[chans]
@@ -102,10 +101,10 @@ class FeatureMaps(Result):
         grid = mosaic(m[:, None], ncols, tile=tile, pad_value=0.0)
         ratio = grid.shape[2] / grid.shape[1]
         if image is not None:
-            fig, (ax0, ax) = plt.subplots(1, 2, figsize=(2.0 + 2.4 * ratio, 2.6), gridspec_kw={"width_ratios": [1, ratio]})
+            fig, (ax0, ax) = subplots(1, 2, figsize=(2.0 + 2.4 * ratio, 2.6), gridspec_kw={"width_ratios": [1, ratio]})
             show_image(ax0, image, "input")
         else:
-            fig, ax = plt.subplots(figsize=(2.4 * ratio, 2.6))
+            fig, ax = subplots(figsize=(2.4 * ratio, 2.6))
         ax.imshow(grid[0].numpy(), cmap="magma", vmin=0, vmax=1, interpolation="nearest")
         ax.set_axis_off()
         ax.set_title(f"{self.layer}: channels {chans[0]}…{chans[-1]}", fontsize=9)

@@ -62,13 +62,12 @@ class Influence(Result):
 
     def figure(self, top: int = 16):
         """Bars of the top channels (by ablation if computed, else by taylor): the three measures side by side."""
-        from ..viz import _mpl
+        from ..viz import subplots
 
-        plt = _mpl()
         full = self.ablation is not None and not bool(torch.isnan(self.ablation).any())
         key = self.ablation if full else self.taylor
         order = torch.sort(key, descending=True, stable=True).indices[:top]
-        fig, ax = plt.subplots(figsize=(max(4.0, 0.45 * len(order) + 1), 2.8))
+        fig, ax = subplots(figsize=(max(4.0, 0.45 * len(order) + 1), 2.8))
         xs = torch.arange(len(order)).float()
         series = [("a·∂y/∂a", self.taylor), ("∂y/∂a (mean)", self.gradient)]
         if self.ablation is not None:

@@ -127,12 +127,9 @@ def intro_for(key: str, **ran) -> str:
 
 
 def png(fig) -> bytes:
-    """A matplotlib figure as PNG bytes (the figure is closed)."""
-    import matplotlib.pyplot as plt
-
+    """A matplotlib figure as PNG bytes."""
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
-    plt.close(fig)
     return buf.getvalue()
 
 
@@ -222,20 +219,19 @@ def add_search(sec, r, class_names=None, channels: Sequence[int] | None = None, 
 
 
 def class_mean_figure(st, class_names=None, channels=None):
-    from ..viz import _mpl
+    from ..viz import subplots
 
-    plt = _mpl()
     present = [k for k in range(st.class_mean.shape[0]) if int(st.class_count[k]) > 0] or \
         list(range(st.class_mean.shape[0]))  # only the classes that occur in the data
     cm = st.class_mean[present] if channels is None else st.class_mean[present][:, list(channels)]
-    fig, ax = plt.subplots(figsize=(min(14, 1.5 + 0.18 * cm.shape[1]), 0.3 * cm.shape[0] + 1.2))
+    fig, ax = subplots(figsize=(min(14, 1.5 + 0.18 * cm.shape[1]), 0.3 * cm.shape[0] + 1.2))
     im = ax.imshow(cm.numpy(), aspect="auto", cmap="viridis")
     ax.set_yticks(range(cm.shape[0]))
     ax.set_yticklabels([class_names[k] if class_names and k < len(class_names) else str(k) for k in present],
                        fontsize=7)
     ax.set_xlabel(f"channel of {st.layer}")
     ax.set_ylabel("class")
-    plt.colorbar(im, ax=ax, fraction=0.03, pad=0.02)
+    ax.figure.colorbar(im, ax=ax, fraction=0.03, pad=0.02)
     ax.set_title("mean activation per class", fontsize=9)
     fig.tight_layout()
     return fig
@@ -294,13 +290,12 @@ def add_influence(sec, inf, top: int = 12) -> bytes:
 
 def deconv_figure(x, projections, guided=None, labels=None):
     """Rows: images; columns: input, then per channel the deconvnet projection (and guided backprop)."""
-    from ..viz import _mpl, show_image
+    from ..viz import show_image, subplots
 
-    plt = _mpl()
     n = x.shape[0]
     per = 2 if guided is not None else 1
     cols = 1 + per * len(projections)
-    fig, axes = plt.subplots(n, cols, figsize=(1.3 * cols, 1.35 * n + 0.3), squeeze=False)
+    fig, axes = subplots(n, cols, figsize=(1.3 * cols, 1.35 * n + 0.3), squeeze=False)
     for i in range(n):
         show_image(axes[i, 0], x[i], labels[i] if labels else "input")
         for j, p in enumerate(projections):

@@ -72,13 +72,12 @@ class NeuronStats(Result):
 
     def figure(self, channels: Sequence[int] | None = None, ncols: int = 8, size: float = 1.6):
         """Small-multiple histograms (log counts) of the chosen channels, dead ones in red."""
-        from ..viz import _mpl
+        from ..viz import subplots
 
-        plt = _mpl()
         chans = list(channels) if channels is not None else list(range(len(self.mean)))
         ncols = min(ncols, len(chans))
         nrows = (len(chans) + ncols - 1) // ncols
-        fig, axes = plt.subplots(nrows, ncols, figsize=(size * ncols, size * 0.8 * nrows + 0.3), squeeze=False)
+        fig, axes = subplots(nrows, ncols, figsize=(size * ncols, size * 0.8 * nrows + 0.3), squeeze=False)
         centers = ((self.edges[1:] + self.edges[:-1]) / 2).numpy()
         width = float(self.edges[1] - self.edges[0])
         for ax in axes.flat:

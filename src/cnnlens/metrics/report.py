@@ -94,22 +94,19 @@ def _html_table(header, rows) -> str:
 
 def examples_figure(lb: Leaderboard, images, boxes=None, class_names=None):
     """Each method's maps (rows) over the first images (columns), the ground-truth box drawn in white."""
-    import matplotlib
+    from matplotlib.patches import Rectangle
 
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    from ..viz import overlay
+    from ..viz import overlay, subplots
 
     k = min(len(images), min(len(v) for v in lb.examples.values()))
-    fig, axes = plt.subplots(len(lb.methods), k, figsize=(1.9 * k, 1.9 * len(lb.methods)), squeeze=False)
+    fig, axes = subplots(len(lb.methods), k, figsize=(1.9 * k, 1.9 * len(lb.methods)), squeeze=False)
     for r, m in enumerate(lb.methods):
         for c in range(k):
             ax = axes[r][c]
             overlay(ax, images[c], lb.examples[m][c].abs(), colorbar=False, alpha=0.55)
             if boxes is not None:
                 x0, y0, x1, y1 = (float(v) for v in boxes[c])
-                ax.add_patch(plt.Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False, ec="white", lw=1.2))
+                ax.add_patch(Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False, ec="white", lw=1.2))
             if c == 0:
                 ax.text(-0.05, 0.5, m, transform=ax.transAxes, ha="right", va="center", fontsize=9)
                 if m in GUIDED:
@@ -136,14 +133,10 @@ SANITY_INTRO = (
 
 def cascade_figure(s, names=None):
     """Mean Spearman ρ (over the images; each image as a dot) of every method at each cascade step."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
     from ..attribution.report import TITLES
+    from ..viz import subplots
 
-    fig, ax = plt.subplots(figsize=(7.5, 3.6))
+    fig, ax = subplots(figsize=(7.5, 3.6))
     steps = list(range(len(s.layers)))
     for k in s.methods:
         c = s.correlations(k)
