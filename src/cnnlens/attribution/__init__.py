@@ -20,6 +20,7 @@ for any ``nn.Module`` mapping N×C×H×W pixels in [0, 1] to N×K logits:
 ``augmented_gradcam``       super-resolved Grad-CAM from augmented copies (Morbidelli et al. 2020)
 ``ablation_cam``            channels weighted by the score drop when zeroed (Desai & Ramaswamy 2020)
 ``score_cam``               channels weighted by the score of the input masked by them (Wang et al. 2020)
+``segment``                 a map → an object mask: GrabCut seeded by the map (Simonyan et al. 2014 §3)
 ==========================  ===============================================================
 
 Common settings: ``target`` (index, list/tensor per sample, "predicted", "second", "true"
@@ -55,6 +56,7 @@ from .faithfulness import (Curve, Faithfulness, Randomization, deletion, faithfu
 from .gradients import gradient_x_input, integrated_gradients, saliency, smoothgrad
 from .guided import guided_backprop, guided_gradcam
 from .occlusion import occlusion
+from .segment import segment
 
 #: every attribution method by name (``-`` in CLI names maps to ``_``)
 METHODS = {
@@ -81,5 +83,5 @@ __all__ = [
     "METHODS", "Curve", "Faithfulness", "Randomization", "ablation_cam", "augmented_gradcam", "cam", "captum",
     "deletion", "eigencam", "faithfulness", "gradcam", "gradcam_pp", "gradient_x_input", "guided_backprop",
     "guided_gradcam", "hirescam", "insertion", "integrated_gradients", "layercam", "occlusion", "random_affines",
-    "randomization_check", "saliency", "score_cam", "smoothgrad", "superresolve", "xgradcam",
+    "randomization_check", "saliency", "score_cam", "segment", "smoothgrad", "superresolve", "xgradcam",
 ]

@@ -14,6 +14,7 @@ from .common import (DEVICE_OPT, FORCE_OPT, PRETRAINED_OPT, TRUST_OPT, WEIGHTS_O
 
 #: compact column labels for the terminal
 SHORT = {"pointing_game": "PG", "relevance_mass_accuracy": "mass", "relevance_rank_accuracy": "rank",
+         "localisation_iou": "boxIoU", "localisation_accuracy": "loc", "segmentation_iou": "segIoU",
          "deletion_auc": "del", "insertion_auc": "ins", "faithfulness_correlation": "FC", "road_morf": "MoRF",
          "road_lerf": "LeRF", "max_sensitivity": "MS", "model_parameter_randomisation": "MPRT"}
 
@@ -41,7 +42,10 @@ def print_leaderboard(lb, title: str) -> None:
             cells.append(f"[bold]{c}[/]" if best[k] == m else c)
         t.add_row(m, *cells, f"{lb.seconds_per_map[m]:.3f}")
     out.print(t)
-    out.print("PG pointing game · mass/rank relevance mass/rank accuracy · del/ins deletion/insertion AUC · "
+    out.print("PG pointing game · mass/rank relevance mass/rank accuracy · boxIoU IoU of the box cut from the map "
+              "(largest region ≥ 0.2·max, Zhou et al. 2016) · loc share with boxIoU ≥ 0.5 (ILSVRC criterion, "
+              "GT-known) · segIoU IoU of GrabCut seeded by the map's top 5 % / bottom 30 % with the object's "
+              "pixels (Simonyan et al. 2014 §3) · del/ins deletion/insertion AUC · "
               "FC faithfulness correlation · MoRF/LeRF ROAD · MS max-sensitivity · MPRT mean Spearman ρ under "
               "cascading randomisation", style="dim")
 
@@ -84,6 +88,7 @@ def benchmark(
             raise UserError("--data: give an ImageFolder directory (with --boxes for the localisation metrics), "
                             "or use --model cluttered-digits-cnn")
         data = "cluttered-digits"
+    objects = None  # the objects' own pixels, for the segmentation IoU (cluttered-digits: the digit's ink)
     if data == "cluttered-digits":
         from ..data import cluttered_digits
 
@@ -95,6 +100,7 @@ def benchmark(
                             "made for them (cluttered-digits-cnn)")
         ds = cluttered_digits("test")
         x, y, b = ds.x[:n], ds.y[:n], ds.boxes[:n]
+        objects = ds.ink[:n]
     else:
         p = Path(data).expanduser()
         if not p.is_dir():
@@ -123,7 +129,8 @@ def benchmark(
                             f"{', '.join(k.replace('_', '-') for k in METRICS)}")
     dev = next(iter(m.parameters())).device
     with progress_bar(f"benchmarking {len(mnames)} methods on {len(y)} images") as update:
-        lb = run_benchmark(m, x.to(dev), y=y.to(dev), boxes=b, methods=mnames, metrics=knames, progress=update)
+        lb = run_benchmark(m, x.to(dev), y=y.to(dev), boxes=b, objects=objects, methods=mnames, metrics=knames,
+                           progress=update)
 
     print_leaderboard(lb, f"How far to trust each map — {model} on {data}, {lb.n} images")
 

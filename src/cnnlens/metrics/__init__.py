@@ -16,6 +16,9 @@ metric                         question                                   better
 ``road`` (MoRF / LeRF)         removing relevant pixels kills the class?  lower / higher  Rong et al. 2022
 ``max_sensitivity``            how much the map moves under noise         lower   Yeh et al. 2019
 ``model_parameter_randomisation``  does the map change with the weights?  lower   Adebayo et al. 2018
+``localisation_iou``           IoU of the box cut from the map            higher  Zhou et al. 2016
+``localisation_accuracy``      share of boxes with IoU ≥ 0.5 (ILSVRC)     higher  Zhou et al. 2016
+``segmentation_iou``           IoU of the map-seeded GrabCut mask         higher  Simonyan et al. 2014
 =============================  =========================================  ======  =============================
 
 Deletion / insertion AUC (Petsiuk et al. 2018) are :func:`cnnlens.attribution.deletion`
@@ -33,6 +36,7 @@ ground truth: ``boxes`` (N×4 x0, y0, x1, y1 in pixels, end exclusive) or
 from __future__ import annotations
 
 from .faithfulness import ROAD_PERCENTAGES, faithfulness_correlation, noisy_linear_imputation, road
+from .objects import box_from_map, box_iou, localisation_accuracy, localisation_iou, mask_iou, segmentation_iou
 from .localisation import pointing_game, relevance_mass_accuracy, relevance_rank_accuracy
 from .randomisation import model_parameter_randomisation
 from .result import Aggregate, MetricResult, aggregate
@@ -43,5 +47,6 @@ from .benchmark import Leaderboard, benchmark  # noqa: E402  (the module stays i
 __all__ = [
     "Aggregate", "MetricResult", "ROAD_PERCENTAGES", "aggregate", "faithfulness_correlation", "max_sensitivity",
     "model_parameter_randomisation", "noisy_linear_imputation", "pointing_game", "relevance_mass_accuracy",
-    "relevance_rank_accuracy", "road", "SANITY_METHODS", "SanityCheck", "sanity_check", "Leaderboard", "benchmark",
+    "relevance_rank_accuracy", "road", "box_from_map", "box_iou", "localisation_iou", "localisation_accuracy",
+    "mask_iou", "segmentation_iou", "SANITY_METHODS", "SanityCheck", "sanity_check", "Leaderboard", "benchmark",
 ]

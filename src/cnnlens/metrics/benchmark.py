@@ -1,7 +1,9 @@
 """A leaderboard: every attribution method on every metric, with confidence intervals and seconds per map.
 
 :func:`benchmark` explains N images with each method, times it, and scores the
-maps with the localisation metrics (when boxes or masks are given), deletion /
+maps with the localisation metrics (when boxes or masks are given: pointing game, relevance mass and
+rank, the box cut from the map — Zhou et al. 2016 — and the map-seeded GrabCut mask — Simonyan et al.
+2014), deletion /
 insertion AUC, faithfulness correlation, ROAD (MoRF, LeRF), max-sensitivity and
 model-parameter randomisation. Settings are chosen to keep a run short (fewer
 random subsets, ROAD levels and noise samples than the metrics' defaults); all
@@ -20,6 +22,7 @@ from torch import nn
 
 from ..results import Result
 from .faithfulness import faithfulness_correlation, road
+from .objects import localisation_accuracy, localisation_iou, segmentation_iou
 from .localisation import pointing_game, relevance_mass_accuracy, relevance_rank_accuracy
 from .randomisation import model_parameter_randomisation
 from .result import Aggregate, MetricResult, aggregate
@@ -33,6 +36,9 @@ METRICS: dict[str, tuple[bool, bool]] = {
     "pointing_game": (True, True),
     "relevance_mass_accuracy": (True, True),
     "relevance_rank_accuracy": (True, True),
+    "localisation_iou": (True, True),
+    "localisation_accuracy": (True, True),
+    "segmentation_iou": (True, True),
     "deletion_auc": (False, False),
     "insertion_auc": (True, False),
     "faithfulness_correlation": (True, False),
@@ -44,6 +50,9 @@ METRICS: dict[str, tuple[bool, bool]] = {
 
 #: the benchmark's default settings per metric (short runs; the metric functions' own defaults are Quantus')
 DEFAULTS: dict[str, dict] = {
+    "localisation_iou": {"threshold": 0.2},
+    "localisation_accuracy": {"threshold": 0.2, "iou": 0.5},
+    "segmentation_iou": {"foreground": 0.95, "background": 0.30},
     "deletion_auc": {"steps": 16, "baseline": "blur"},
     "insertion_auc": {"steps": 16, "baseline": "blur"},
     "faithfulness_correlation": {"runs": 30, "subset_fraction": 0.05, "baseline": "black", "seed": 0},
@@ -125,7 +134,8 @@ def _check_names(given, known, what):
 
 @needs_autograd
 def benchmark(model: nn.Module, x: torch.Tensor, *, y: torch.Tensor | None = None, boxes: Any = None,
-              masks: Any = None, methods: Sequence[str] | None = None, metrics: Sequence[str] | None = None,
+              masks: Any = None, objects: Any = None, methods: Sequence[str] | None = None,
+              metrics: Sequence[str] | None = None,
               target: Any = None, method_settings: dict | None = None, metric_settings: dict | None = None,
               level: float = 0.95, keep: int = 4,
               progress: Callable[[int, int], None] | None = None) -> Leaderboard:
@@ -133,7 +143,10 @@ def benchmark(model: nn.Module, x: torch.Tensor, *, y: torch.Tensor | None = Non
 
     ``target``: default ``"true"`` when labels ``y`` are given (the box is the labelled object's),
     else ``"predicted"``. ``boxes`` (N×4) or ``masks`` (N×H×W) enable the localisation metrics;
-    without them they are left out. ``method_settings[name]`` / ``metric_settings[name]`` override
+    without them they are left out. ``objects`` (N×H×W): the objects' own pixels for ``segmentation_iou``
+    (``cluttered_digits().ink``; default: ``masks``, else the boxes' rectangles); ``segmentation_iou`` is
+    left out of the default metrics when OpenCV (``cnnlens[segment]``) is not installed.
+    ``method_settings[name]`` / ``metric_settings[name]`` override
     :data:`METHOD_DEFAULTS` / :data:`DEFAULTS`. ``progress(done, total)`` counts (method, metric) pairs.
 
     >>> lb = benchmark(model, ds.x[:16], y=ds.y[:16], boxes=ds.boxes[:16])       # doctest: +SKIP
@@ -150,6 +163,10 @@ def benchmark(model: nn.Module, x: torch.Tensor, *, y: torch.Tensor | None = Non
             raise ValueError(f"{', '.join(dropped)} need a ground truth; give boxes= or masks= "
                              "(for an ImageFolder: a boxes CSV)")
         wanted = [k for k in wanted if not METRICS[k][1]]
+    if "segmentation_iou" in wanted and metrics is None and not _has_opencv():
+        log.info("benchmark: segmentation_iou left out (pip install 'cnnlens[segment]' for OpenCV's GrabCut)")
+        wanted.remove("segmentation_iou")
+    truth = _Truth(boxes, masks, objects, n=x.shape[0], size=tuple(x.shape[-2:])) if has_truth else None
     if target is None:
         target = "true" if y is not None else "predicted"
     msets = {k: dict(v) for k, v in METHOD_DEFAULTS.items()}
@@ -176,7 +193,7 @@ def benchmark(model: nn.Module, x: torch.Tensor, *, y: torch.Tensor | None = Non
         examples[name] = e.maps[:keep].clone()
         row = {}
         for k in wanted:
-            row[k] = _score(k, model, x, e, classes, name, st, boxes, masks, ksets.get(k, {})).scores
+            row[k] = _score(k, model, x, e, classes, name, st, truth, ksets.get(k, {})).scores
             done += 1
             if progress:
                 progress(done, total)
@@ -191,10 +208,45 @@ def benchmark(model: nn.Module, x: torch.Tensor, *, y: torch.Tensor | None = Non
                        settings=settings, examples=examples)
 
 
-def _score(k: str, model, x, e, classes, method: str, method_settings: dict, boxes, masks,
+def _has_opencv() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("cv2") is not None
+
+
+class _Truth:
+    """The ground truth in the forms the metrics take: boxes and masks as given, boxes from masks (their tight
+    box) for the box-cut localisation, and the objects' pixels for the segmentation."""
+
+    def __init__(self, boxes, masks, objects, n: int, size: tuple[int, int]):
+        from ._common import masks_of
+
+        self.boxes, self.masks = boxes, masks
+        region = masks_of(boxes, masks, n, size)
+        if boxes is not None:
+            self.box_list = torch.as_tensor(boxes).reshape(-1, 4)
+        else:
+            rows, cols = region.any(2), region.any(1)
+            idx_r, idx_c = torch.arange(size[0]), torch.arange(size[1])
+            big = max(size)
+            self.box_list = torch.stack([torch.where(cols, idx_c, big).min(1).values,
+                                         torch.where(rows, idx_r, big).min(1).values,
+                                         torch.where(cols, idx_c, -1).max(1).values + 1,
+                                         torch.where(rows, idx_r, -1).max(1).values + 1], 1)
+        self.objects = region if objects is None else masks_of(masks=objects, n=n, size=size)
+
+
+def _score(k: str, model, x, e, classes, method: str, method_settings: dict, truth: "_Truth | None",
            s: dict) -> MetricResult:
     from ..attribution import deletion, insertion
 
+    boxes, masks = (truth.boxes, truth.masks) if truth is not None else (None, None)
+    if k == "localisation_iou":
+        return localisation_iou(e, truth.box_list, **s)
+    if k == "localisation_accuracy":
+        return localisation_accuracy(e, truth.box_list, **s)
+    if k == "segmentation_iou":
+        return segmentation_iou(e, x, truth.objects, **s)
     if k == "pointing_game":
         return pointing_game(e, boxes, masks=masks)
     if k == "relevance_mass_accuracy":

@@ -11,6 +11,9 @@ LABELS = {
     "pointing_game": "pointing game",
     "relevance_mass_accuracy": "mass accuracy",
     "relevance_rank_accuracy": "rank accuracy",
+    "localisation_iou": "box IoU",
+    "localisation_accuracy": "loc. accuracy",
+    "segmentation_iou": "segment IoU",
     "deletion_auc": "deletion AUC",
     "insertion_auc": "insertion AUC",
     "faithfulness_correlation": "faithfulness corr.",
@@ -29,7 +32,13 @@ INTRO = (
     "<ul>"
     "<li><b>Localisation</b> (needs the object's box): <i>pointing game</i> — is the map's maximum in the box; "
     "<i>mass accuracy</i> — share of the map's mass in the box; <i>rank accuracy</i> — share of the "
-    "|box| most relevant pixels in the box (Arras et al. 2022).</li>"
+    "|box| most relevant pixels in the box (Arras et al. 2022); <i>box IoU</i> — the map made into a box as "
+    "Zhou et al. (2016) did for CAM: the largest connected region above 20 % of the map's maximum, its "
+    "bounding box, and that box's intersection over union with the true one; <i>loc. accuracy</i> — the "
+    "share of boxes with IoU ≥ 0.5, the ILSVRC criterion (for the explained class, so “GT-known”); "
+    "<i>segment IoU</i> — the map made into a mask as Simonyan et al. (2014, §3) did: GrabCut seeded with "
+    "the map's top 5 % as foreground and its bottom 30 % as background, the largest foreground region, "
+    "and its IoU with the object's own pixels (on cluttered digits: the digit's ink).</li>"
     "<li><b>Faithfulness</b>: <i>deletion / insertion AUC</i> — the class probability as the most relevant "
     "pixels are blurred away / put back (Petsiuk et al. 2018); <i>faithfulness correlation</i> — does the map's "
     "mass on random pixel subsets predict the logit drop when they are removed (Bhatt et al. 2020); "
@@ -186,7 +195,8 @@ def demo_section(report, ctx) -> None:
              "road_lerf": {"percentages": (20, 60)}, "max_sensitivity": {"samples": 2},
              "deletion_auc": {"steps": 8}, "insertion_auc": {"steps": 8}} if quick else \
         {"faithfulness_correlation": {"runs": 20}, "max_sensitivity": {"samples": 3}}
-    lb = benchmark(model, ds.x[:n].to(ctx.device), y=ds.y[:n].to(ctx.device), boxes=ds.boxes[:n], methods=methods,
+    lb = benchmark(model, ds.x[:n].to(ctx.device), y=ds.y[:n].to(ctx.device), boxes=ds.boxes[:n],
+                   objects=ds.ink[:n], methods=methods,
                    metric_settings=small, progress=lambda d, t: ctx.progress("trust: leaderboard", d, t))
     fig = examples_figure(lb, ds.x[:4], ds.boxes[:4])
     settings = {"model": "cluttered-digits-cnn (97.5 % on the held-out cluttered digits)",

@@ -73,11 +73,16 @@ class ClutteredDigits(Dataset):
 
     ``.x``/``.y`` hold the split as tensors; ``.boxes`` is N×4 long
     (x0, y0, x1, y1) in pixels, end exclusive: the digit's ink is
-    ``x[:, y0:y1, x0:x1]``; ``.masks`` is the same as N×H×W bool.
+    ``x[:, y0:y1, x0:x1]``; ``.masks`` is the same as N×H×W bool. ``.ink``
+    (N×H×W bool) is the digit's own pixels (value > :data:`INK` before the
+    noise: the object's segmentation mask), ``.clutter`` the fragments' pixels
+    (same rule) — the concepts of network dissection on this test bed.
     """
 
-    def __init__(self, x: torch.Tensor, y: torch.Tensor, boxes: torch.Tensor, split: str):
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, boxes: torch.Tensor, split: str,
+                 ink: torch.Tensor | None = None, clutter: torch.Tensor | None = None):
         self.x, self.y, self.boxes, self.split = x, y, boxes, split
+        self.ink, self.clutter = ink, clutter
         self.class_names = CLASS_NAMES
 
     @property
@@ -115,7 +120,8 @@ def _digit_images() -> tuple[np.ndarray, np.ndarray]:
     return x[:, 0].numpy(), d.target.astype(np.int64)
 
 
-def _make(split: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _make(split: str) -> tuple[torch.Tensor, ...]:
+    """(x, y, boxes, ink, clutter) of a split: ink/clutter are the digit's / the fragments' pixels."""
     images, labels = _digit_images()
     idx = split_indices(labels, split)
     rs = np.random.RandomState(SEEDS[split])
@@ -123,6 +129,8 @@ def _make(split: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     xs = np.zeros((n, SIZE, SIZE), dtype=np.float32)
     ys = np.zeros(n, dtype=np.int64)
     boxes = np.zeros((n, 4), dtype=np.int64)
+    ink = np.zeros((n, SIZE, SIZE), dtype=bool)
+    clutter = np.zeros((n, SIZE, SIZE), dtype=bool)
     order = np.concatenate([rs.permutation(idx) for _ in range(COPIES[split])])
     for k, i in enumerate(order):
         canvas = np.zeros((SIZE, SIZE), dtype=np.float32)
@@ -142,18 +150,21 @@ def _make(split: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
             else:
                 continue  # no room outside the digit: drop this fragment
             np.maximum(canvas[pr: pr + h, pc: pc + w], piece, out=canvas[pr: pr + h, pc: pc + w])
+            clutter[k, pr: pr + h, pc: pc + w] |= piece > INK
         digit = images[i]
         np.maximum(canvas[r0: r0 + DIGIT, c0: c0 + DIGIT], digit, out=canvas[r0: r0 + DIGIT, c0: c0 + DIGIT])
         canvas = np.clip(canvas + rs.normal(0.0, NOISE, size=canvas.shape).astype(np.float32), 0.0, 1.0)
         rows = np.flatnonzero((digit > INK).any(1))
         cols = np.flatnonzero((digit > INK).any(0))
         boxes[k] = (c0 + cols[0], r0 + rows[0], c0 + cols[-1] + 1, r0 + rows[-1] + 1)
+        ink[k, r0: r0 + DIGIT, c0: c0 + DIGIT] = digit > INK
         xs[k], ys[k] = canvas, labels[i]
-    return torch.from_numpy(xs).unsqueeze(1), torch.from_numpy(ys), torch.from_numpy(boxes)
+    return (torch.from_numpy(xs).unsqueeze(1), torch.from_numpy(ys), torch.from_numpy(boxes), torch.from_numpy(ink),
+            torch.from_numpy(clutter))
 
 
 @functools.lru_cache(maxsize=2)
-def _cached(split: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _cached(split: str) -> tuple[torch.Tensor, ...]:
     return _make(split)
 
 
@@ -165,5 +176,5 @@ def cluttered_digits(split: str = "test") -> ClutteredDigits:
     """
     if split not in COPIES:
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
-    x, y, b = _cached(split)
-    return ClutteredDigits(x.clone(), y.clone(), b.clone(), split)
+    x, y, b, ink, clutter = _cached(split)
+    return ClutteredDigits(x.clone(), y.clone(), b.clone(), split, ink.clone(), clutter.clone())
