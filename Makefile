@@ -1,11 +1,11 @@
-# The two commands a new machine needs: `make demo` and `make test`.
+# The two commands a new machine needs: `make demo` and `make test` (`make docs` builds the documentation site).
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 OUT    ?= demo-report
 
-.PHONY: demo test install install-test browser bench clean
+.PHONY: demo test install install-test browser bench docs clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -13,14 +13,14 @@ $(VENV)/bin/python:
 
 # torch/torchvision pinned first so pip takes the local CPU-capable build on these machines
 $(VENV)/.installed: pyproject.toml | $(VENV)/bin/python
-	$(PIP) install -q "torch==2.14.1" "torchvision==0.29.1" || $(PIP) install -q "torch>=2.1,<2.15" "torchvision>=0.16,<0.30"
-	$(PIP) install -q -e .
+	$(PIP) install -q "torch==2.14.1" "torchvision==0.29.1" || $(PIP) install -q "torch>=2.1" "torchvision>=0.16"
+	$(PIP) install -q -e ".[all]"
 	touch $@
 
 # torchattacks (the tests' reference for DeepFool and C&W) pins an old `requests`; it needs only torch,
 # numpy and scipy at import, so it goes in without its dependencies, in a step of its own
 $(VENV)/.installed-test: $(VENV)/.installed
-	$(PIP) install -q -e ".[test]"
+	$(PIP) install -q -e ".[all,test]"
 	$(PIP) install -q --no-deps "torchattacks>=3.5"
 	touch $@
 
@@ -45,5 +45,13 @@ bench: install
 	$(PIP) install -q --no-deps "torchattacks>=3.5"
 	$(PY) benchmarks/run.py
 
+# the documentation site, built offline into site/ (strict: a broken reference or link fails); open site/index.html
+$(VENV)/.installed-docs: $(VENV)/.installed
+	$(PIP) install -q -e ".[all,docs]"
+	touch $@
+
+docs: $(VENV)/.installed-docs
+	$(VENV)/bin/mkdocs build --strict --site-dir site
+
 clean:
-	rm -rf $(VENV) $(OUT) .pytest_cache
+	rm -rf $(VENV) $(OUT) .pytest_cache site

@@ -535,7 +535,9 @@ _WNID = re.compile(r"n\d{8}")
 
 def imagenet_wnids() -> tuple[str, ...]:
     """The 1,000 ImageNet-1k WordNet IDs (``n01440764``, ...) in class-index order, from timm's bundled metadata."""
-    from timm.data import ImageNetInfo
+    from .extras import require
+
+    ImageNetInfo = require("timm", "timm.data", what="reading ImageNet WordNet-ID folders").ImageNetInfo
 
     ids = tuple(ImageNetInfo("imagenet-1k").label_names())
     if len(ids) != 1000:  # pragma: no cover - a timm change

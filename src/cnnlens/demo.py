@@ -50,15 +50,17 @@ class DemoContext:
     @cached_property
     def photos(self) -> tuple[list[str], torch.Tensor]:
         """(names, N×3×H×W in [0, 1]) of scikit-image's sample photos, sized for efficientnet-lite0."""
-        import skimage.data
+        from .extras import require
+
+        skimage_data = require("data", "skimage.data", what="the demo's photos")
 
         from .data import load_images
 
         names, arrays = [], []
         for n in PHOTOS:
-            if hasattr(skimage.data, n):
+            if hasattr(skimage_data, n):
                 names.append(n)
-                arrays.append(getattr(skimage.data, n)())
+                arrays.append(getattr(skimage_data, n)())
         return names, load_images(arrays, self.effnet).to(self.device)
 
     @cached_property

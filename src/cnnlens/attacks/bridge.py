@@ -11,7 +11,6 @@ predictions and success of each image before and after.
 
 from __future__ import annotations
 
-import importlib
 import inspect
 import math
 from typing import Any
@@ -19,20 +18,15 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..extras import require
 from ..tap import guarded
 from .gradient import _checked_inputs, _class_names, _describe_target, _goal, _predict, _resolve_classes, _result
 from .result import AttackResult
 from .._autograd import needs_autograd
 
-_MISSING = ("the torchattacks bridge needs the package torchattacks, which is not installed; install it with "
-            "pip install --no-deps torchattacks (it pins an old requests; it needs only torch, numpy and scipy)")
-
 
 def _torchattacks():
-    try:
-        return importlib.import_module("torchattacks")
-    except ImportError:
-        raise ModuleNotFoundError(_MISSING) from None
+    return require("attacks", "torchattacks", what="the torchattacks bridge")
 
 
 def torchattacks_class(attack: Any) -> type:

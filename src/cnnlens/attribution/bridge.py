@@ -26,7 +26,6 @@ Keyword arguments go to the Captum class's constructor when it takes them
 
 from __future__ import annotations
 
-import importlib
 import inspect
 import logging
 import warnings
@@ -36,22 +35,18 @@ import torch
 from torch import nn
 
 from ..results import Explanation
+from ..extras import require
 from ..tap import guarded, resolve_layer
 from ._common import check_reduce, finish, pick_classes, pixel_fill, prepare, reduce_channels, upsample
 from .._autograd import needs_autograd
 
 log = logging.getLogger(__name__)
 
-_MISSING_CAPTUM = ("the Captum bridge needs the package captum, which is not installed; "
-                   "install it with pip install 'cnnlens[captum]' (or pip install captum)")
 _NO_DEFAULT = object()
 
 
 def _captum_attr():
-    try:
-        return importlib.import_module("captum.attr")
-    except ImportError:
-        raise ModuleNotFoundError(_MISSING_CAPTUM) from None
+    return require("captum", "captum.attr", what="the Captum bridge")
 
 
 def captum_class(method: Any) -> type:

@@ -111,7 +111,9 @@ def _ssim(a: torch.Tensor, b: torch.Tensor) -> float:
     """SSIM of map ``a`` against the exact map ``b``: scikit-image's ``structural_similarity`` with its defaults
     (7×7 uniform window, K1 = 0.01, K2 = 0.03; a smaller odd window on maps under 7 pixels) and ``data_range`` the
     exact map's max − min (the maps are logit drops in no fixed range; 1 if the exact map is constant)."""
-    from skimage.metrics import structural_similarity  # noqa: PLC0415
+    from ..extras import require  # noqa: PLC0415
+
+    structural_similarity = require("data", "skimage.metrics", what="occlusion's check=True (SSIM)").structural_similarity
 
     a, b = a.double().cpu().numpy(), b.double().cpu().numpy()
     rng = float(b.max() - b.min()) or 1.0

@@ -31,10 +31,20 @@ class UserError(Exception):
     """A bad input: reported as one line, exit code 2."""
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from .. import __version__
+
+        typer.echo(f"cnnlens {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
 def _root(
     debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log what cnnlens chooses (layers, conversions)."),
+    version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
+                                 help="Print cnnlens' version and exit."),
 ) -> None:
     _state["debug"] = debug
     logging.basicConfig(
@@ -64,8 +74,14 @@ def main() -> None:
         if _state["debug"]:
             raise
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        kind = "error" if isinstance(e, (ValueError, TypeError, FileNotFoundError, UserError, KeyError)) else f"error ({type(e).__name__})"
-        console.print(f"[bold red]{kind}:[/] {msg}", highlight=False, soft_wrap=True)
+        from ..extras import MissingExtra
+
+        kind = ("error" if isinstance(e, (ValueError, TypeError, FileNotFoundError, UserError, KeyError, MissingExtra))
+                else f"error ({type(e).__name__})")
+        from rich.markup import escape
+
+        # escaped: "pip install 'cnnlens[explore]'" is not rich markup
+        console.print(f"[bold red]{kind}:[/] {escape(msg)}", highlight=False, soft_wrap=True)
         console.print("[dim](run with --debug for the traceback)[/]", highlight=False)
         sys.exit(2 if kind == "error" else 1)
 

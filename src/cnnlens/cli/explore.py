@@ -55,6 +55,9 @@ def explore(
     All model work runs in one background thread. `torchrun --nproc_per_node N -m
     cnnlens explore --scan-only ...` fills the store with N processes.
     """
+    from ..extras import require
+
+    require("explore", what="cnnlens explore")  # before any work: the pages need Starlette, the server uvicorn
     from ..explore.service import Explorer
     from ..explore.store import _scan_dataset, build_store
 

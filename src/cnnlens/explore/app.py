@@ -12,12 +12,15 @@ import functools
 import logging
 from pathlib import Path
 
-from starlette.applications import Starlette
-from starlette.exceptions import HTTPException
-from starlette.requests import Request
-from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
-from starlette.routing import Mount, Route
-from starlette.staticfiles import StaticFiles
+from ..extras import require
+
+require("explore", "starlette", what="the explorer's web app")  # one line naming the extra, not a bare ModuleNotFoundError
+from starlette.applications import Starlette  # noqa: E402
+from starlette.exceptions import HTTPException  # noqa: E402
+from starlette.requests import Request  # noqa: E402
+from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response  # noqa: E402
+from starlette.routing import Mount, Route  # noqa: E402
+from starlette.staticfiles import StaticFiles  # noqa: E402
 
 from ..results import jsonable
 from .service import ACTIONS, MAX_UPLOAD, SETTINGS, BadRequest, Computing, Explorer, NotFound, NotReady

@@ -112,7 +112,9 @@ def boxes_to_masks(boxes: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 @functools.lru_cache(maxsize=1)
 def _digit_images() -> tuple[np.ndarray, np.ndarray]:
     """All digits as N×24×24 float32 in [0, 1] (bilinear from value/16) and their labels."""
-    from sklearn.datasets import load_digits
+    from ..extras import require
+
+    load_digits = require("data", "sklearn.datasets", what="the cluttered-digits data").load_digits
 
     d = load_digits()
     x = torch.tensor(d.images, dtype=torch.float32).unsqueeze(1) / 16.0

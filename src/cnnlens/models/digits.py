@@ -79,7 +79,9 @@ def digits_spec(class_names: tuple[str, ...] = CLASS_NAMES) -> ModelSpec:
 
 def _all_digits() -> tuple[torch.Tensor, torch.Tensor]:
     """Every digit image as N×1×32×32 float in [0, 1] (bilinear upsampling of value/16) and labels."""
-    from sklearn.datasets import load_digits
+    from ..extras import require
+
+    load_digits = require("data", "sklearn.datasets", what="the digits data").load_digits
 
     d = load_digits()
     x = torch.tensor(d.images, dtype=torch.float32).unsqueeze(1) / 16.0

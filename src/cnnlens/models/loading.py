@@ -226,7 +226,9 @@ def _weights_path(file: str) -> Path:
 
 # --------------------------------------------------------------------------- timm / torchvision
 def _load_timm(arch, weights, pretrained, trust_pickle, num_classes, class_names, overrides) -> PixelModel:
-    import timm
+    from ..extras import require
+
+    timm = require("timm", "timm", what=f"the model timm:{arch.strip()}")
 
     arch = arch.strip()
     if not timm.is_model(arch):
