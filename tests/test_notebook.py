@@ -55,3 +55,43 @@ def test_figures_leave_backend_and_pyplot_alone(digits, monkeypatch, untouched):
     fig = plt.figure()
     assert plt.get_fignums() == [fig.number]
     plt.close(fig)
+
+
+def test_short_repr_and_html(digits):
+    from cnnlens import attacks, attribution
+
+    model, ds, x = digits
+    e = attribution.gradcam(model, x)
+    r = repr(e)
+    assert len(r) < 600 and len(r.splitlines()) <= 10, r
+    assert r.splitlines()[0].startswith("Explanation: gradcam of 4 image(s), 32×32")
+    assert "maps: float32 4×32×32" in r and f"classes: int64 4 {e.classes.tolist()}" in r
+    html = e._repr_html_()
+    assert "<img" in html and "data:image/png;base64," in html and "maps" in html
+    a = attacks.fgsm(model, x, eps=0.1)
+    ra = repr(a)
+    assert len(ra) < 800 and len(ra.splitlines()) <= 10, ra
+    assert f"success {int(a.success.sum())}/4" in ra.splitlines()[0]
+    assert "<img" in a._repr_html_()
+    # a result whose figure needs no argument shows it; a nested result is described by its headline
+    f = attribution.faithfulness(model, x, e, steps=4)
+    assert repr(f).splitlines()[1] == "  deletion: Curve"
+    ev_html = __import__("cnnlens").evaluate(model, ds, batch_size=128)._repr_html_()
+    assert ev_html.count("<img") == 1 and "top-1" in ev_html
+
+
+def test_dir_and_lazy_submodules():
+    import subprocess
+    import sys
+
+    code = ("import cnnlens, sys; d = dir(cnnlens); "
+            "assert 'annotations' not in d, d; "
+            "assert {'load_model', 'load_images', 'evaluate', 'scan', 'LayerTap', 'Explanation', 'attribution', "
+            "'inside', 'attacks', 'metrics'} <= set(d), d; "
+            "assert 'torch' not in sys.modules; "
+            "assert callable(cnnlens.metrics.pointing_game); "
+            "assert {'robustness', 'from_torchattacks', 'robust'} <= set(dir(cnnlens.attacks)); "
+            "assert cnnlens.attacks.robust.__name__ == 'cnnlens.attacks.robust'; "
+            "assert set(cnnlens.__all__) <= set(d)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr

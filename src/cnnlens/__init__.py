@@ -13,41 +13,36 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-#: names importable from cnnlens, loaded on first use so that `import cnnlens` (and `cnnlens --help`)
-#: does not import torch
+#: names importable from cnnlens (name → the submodule holding it), loaded on first use so that
+#: `import cnnlens` (and `cnnlens --help`) does not import torch
 _LAZY = {
     "Explanation": "results", "Result": "results", "Batch": "scan", "scan": "scan", "LayerTap": "tap",
     "find_last_spatial_layer": "tap", "resolve_layer": "tap", "Target": "targets", "as_target": "targets",
+    "load_model": "models", "ModelSpec": "models", "PixelModel": "models", "known_models": "models",
+    "load_images": "data", "as_dataset": "data",
+    "evaluate": "evaluation", "EvaluationResult": "evaluation", "EvaluationAccumulator": "evaluation",
+    "Report": "report",
 }
+
+#: the documented submodules, each reachable as an attribute (``cnnlens.metrics`` without importing it first)
+SUBMODULES = ("attribution", "inside", "attacks", "metrics", "models", "data", "evaluation", "report", "viz",
+              "results", "targets", "tap", "train", "explore", "microscope_draw", "microscope_site")
+
+__all__ = sorted(_LAZY) + ["SUBMODULES", "__version__"]
 
 
 def __getattr__(name):  # lazy: keep `import cnnlens` light
-    if name in _LAZY:
-        import importlib
+    import importlib
 
+    if name in _LAZY:
         value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
         globals()[name] = value
         return value
-    if name in ("load_model", "ModelSpec", "PixelModel", "known_models"):
-        from . import models
-
-        return getattr(models, name)
-    if name in ("load_images", "as_dataset"):
-        from . import data
-
-        return getattr(data, name)
-    if name in ("evaluate", "EvaluationResult", "EvaluationAccumulator"):
-        from . import evaluation
-
-        return getattr(evaluation, name)
-    if name in ("attribution", "inside", "attacks", "report", "viz"):
-        import importlib
-
+    if name in SUBMODULES:
         return importlib.import_module(f".{name}", __name__)
     raise AttributeError(f"module 'cnnlens' has no attribute {name!r}")
 
 
-__all__ = [
-    "Batch", "Explanation", "LayerTap", "Result", "Target", "as_target", "find_last_spatial_layer",
-    "resolve_layer", "scan", "load_model", "load_images", "evaluate",
-]
+def __dir__():
+    """The public API and the submodules, for ``dir()`` and tab completion (no imported helper names)."""
+    return sorted(set(__all__) | set(SUBMODULES))

@@ -197,6 +197,10 @@ class EvaluationResult(Result):
     n: int
     topk_hits: dict = field(default_factory=dict)
 
+    def headline(self) -> str:
+        acc = ", ".join(f"top-{k} {100 * v:.1f} %" for k, v in self.topk_accuracy.items())
+        return f"EvaluationResult: {self.n} images, {len(self.class_names)} classes, {acc}"
+
     def figure(self, normalized: bool = False):
         """The confusion matrix as an annotated heat map (``normalized=True``: rows divided by class support).
 

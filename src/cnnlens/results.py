@@ -58,8 +58,102 @@ def figure_inputs(images: Any, names: Sequence[str] | None, n: int, hw: tuple, w
     return images.detach().float().cpu(), (list(names) if names is not None else [f"#{i}" for i in range(n)])
 
 
+def describe(v: Any, width: int = 80) -> str:
+    """One short line about a value of a result: a tensor's dtype, shape and range, a list's length, a
+    dict's keys or items, a nested result's headline (never the numbers of a large tensor)."""
+    if torch.is_tensor(v):
+        t = v.detach()
+        text = f"{str(t.dtype).replace('torch.', '')} {'×'.join(map(str, t.shape)) or 'scalar'}"
+        if 0 < t.numel() <= 8 and t.dim() <= 1:
+            vals = [round(x, 4) if isinstance(x, float) else x for x in t.reshape(-1).tolist()]
+            text += f" {vals if t.dim() else vals[0]}"
+        elif t.numel() and t.is_floating_point():
+            finite = t[torch.isfinite(t)]
+            if finite.numel():
+                text += f", range [{float(finite.min()):.3g}, {float(finite.max()):.3g}]"
+    elif isinstance(v, Result):
+        text = v.headline()
+    elif isinstance(v, dict):
+        if all(isinstance(x, (str, int, float, bool)) or x is None for x in v.values()):
+            text = ", ".join(f"{k}={x:.4g}" if isinstance(x, float) else f"{k}={x!r}" for k, x in v.items()) or "{}"
+        else:
+            text = f"{len(v)} entries: " + ", ".join(map(str, v))
+    elif isinstance(v, (list, tuple)):
+        items = ", ".join(repr(x) if isinstance(x, (str, int, float, bool)) else type(x).__name__ for x in v[:6])
+        text = f"{type(v).__name__} of {len(v)}" + (f": {items}{', …' if len(v) > 6 else ''}" if v else "")
+    else:
+        text = repr(v)
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
 class Result:
-    """Mixin for result dataclasses: ``to_dict``, ``save``."""
+    """Mixin for result dataclasses: ``to_dict``, ``save``, a short ``repr`` and a rich display in Jupyter.
+
+    ``repr(result)`` is a few lines (what it is, the shapes, the settings), never a wall of tensor numbers;
+    ``_repr_html_`` is the same as a compact table with the result's picture inline (``preview()``).
+    """
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        # @dataclass writes a field-by-field __repr__ unless the class has its own: give it the short one
+        if "__repr__" not in cls.__dict__:
+            cls.__repr__ = Result.__repr__
+
+    def headline(self) -> str:
+        """The first line of the repr: the type and, where it has one, the number of items."""
+        try:
+            return f"{type(self).__name__} of {len(self)}"  # type: ignore[arg-type]
+        except TypeError:
+            return type(self).__name__
+
+    def describe_fields(self) -> list[tuple[str, str]]:
+        """(field, one-line description) for the repr and the HTML display; empty and None fields left out."""
+        out = []
+        for f in dataclasses.fields(self):  # type: ignore[arg-type]
+            v = getattr(self, f.name)
+            if v is None or (isinstance(v, (dict, list, tuple)) and not v):
+                continue
+            out.append((f.name, describe(v)))
+        return out
+
+    def __repr__(self) -> str:
+        rows = self.describe_fields()
+        lines = [self.headline()] + [f"  {k}: {v}" for k, v in rows[:8]]
+        if len(rows) > 8:
+            lines.append(f"  … and {len(rows) - 8} more: {', '.join(k for k, _ in rows[8:])}"[:90])
+        return "\n".join(lines)
+
+    def preview(self):
+        """The picture shown in Jupyter: ``figure()`` where it needs no argument, else None."""
+        import inspect
+
+        fig = getattr(self, "figure", None)
+        if fig is None:
+            return None
+        params = inspect.signature(fig).parameters.values()
+        if any(p.default is p.empty and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) for p in params):
+            return None
+        return fig()
+
+    def _repr_html_(self) -> str:
+        import base64
+        import html
+        import io
+
+        rows = "".join(f"<tr><th style='text-align:left'>{html.escape(k)}</th><td style='text-align:left'>"
+                       f"{html.escape(v)}</td></tr>" for k, v in self.describe_fields())
+        img = ""
+        picture = self.preview()
+        if picture is not None:
+            buf = io.BytesIO()
+            if hasattr(picture, "savefig"):
+                picture.savefig(buf, format="png", dpi=72, bbox_inches="tight")
+            else:
+                picture.save(buf, format="PNG")
+            img = (f'<img src="data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}" '
+                   f'style="max-width:100%" alt="{html.escape(type(self).__name__)}">')
+        return (f"<div class='cnnlens-result'><strong>{html.escape(self.headline())}</strong>"
+                f"<table>{rows}</table>{img}</div>")
 
     def to_dict(self) -> dict:
         return jsonable(self)
@@ -100,6 +194,17 @@ class Explanation(Result):
 
     def __len__(self) -> int:
         return self.maps.shape[0]
+
+    def headline(self) -> str:
+        h, w = self.maps.shape[-2:]
+        return (f"Explanation: {self.method} of {len(self)} image(s), {h}×{w}"
+                + (f", layer {self.layer!r}" if self.layer else ""))
+
+    def preview(self):
+        """The maps alone (no images are kept), side by side on the method's colour scale (at most 8)."""
+        from .viz import heat_strip
+
+        return heat_strip(self.maps[:8], signed=bool((self.maps < 0).any()))
 
     def figure(self, images: torch.Tensor, names: Sequence[str] | None = None,
                class_names: Sequence[str] | None = None):

@@ -126,6 +126,28 @@ def colormap_rgb(values: torch.Tensor, cmap: str = SEQUENTIAL, vmin: float = 0.0
     return matplotlib.colormaps[cmap](u)[..., :3]
 
 
+def heat_strip(maps: torch.Tensor, *, signed: bool = False, size: int = 96, gap: int = 4):
+    """N×H×W maps side by side as one PIL image (each on its own scale, ``size`` px high; signed maps on
+    :data:`DIVERGING` centred at 0, others on :data:`SEQUENTIAL`): a result's picture when no image is kept."""
+    from PIL import Image
+
+    tiles = []
+    for m in maps.detach().float().cpu():
+        if signed:
+            r = float(m.abs().max()) or 1.0
+            rgb = colormap_rgb(m, DIVERGING, -r, r)
+        else:
+            rgb = colormap_rgb(m, SEQUENTIAL, float(m.min()), float(m.max()))
+        tile = Image.fromarray((rgb * 255).round().astype(np.uint8))
+        tiles.append(tile.resize((max(1, round(size * m.shape[1] / m.shape[0])), size), Image.NEAREST))
+    strip = Image.new("RGB", (sum(t.width for t in tiles) + gap * max(0, len(tiles) - 1), size), "white")
+    x = 0
+    for t in tiles:
+        strip.paste(t, (x, 0))
+        x += t.width + gap
+    return strip
+
+
 def overlay_array(image: torch.Tensor, heat: torch.Tensor, *, cmap: str = SEQUENTIAL, alpha: float = 0.5,
                   vmin: float | None = None, vmax: float | None = None, diverging: bool = False) -> np.ndarray:
     """``heat`` (H×W) over ``image`` (C×H×W in [0, 1]) as an H×W×3 array, the way :func:`overlay` draws it:

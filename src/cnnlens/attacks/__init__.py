@@ -45,4 +45,17 @@ def __getattr__(name):  # keep `import cnnlens.attacks` light
         from .bridge import from_torchattacks
 
         return from_torchattacks
+    if name in SUBMODULES:
+        import importlib
+
+        return importlib.import_module(f".{name}", __name__)
     raise AttributeError(f"module 'cnnlens.attacks' has no attribute {name!r}")
+
+
+#: the documented submodules, reachable as attributes without importing them first
+SUBMODULES = ("robust", "concentration", "curves", "bridge")
+
+
+def __dir__():
+    """The public API (also what loads on first use) and the submodules, for ``dir()`` and tab completion."""
+    return sorted(set(__all__) | set(SUBMODULES) | {k for k in globals() if not k.startswith("_")} - {"annotations"})

@@ -48,6 +48,17 @@ class AttackResult(Result):
     def __len__(self) -> int:
         return self.x_adv.shape[0]
 
+    def headline(self) -> str:
+        what = self.settings.get("method", "attack")
+        return f"AttackResult: {what} on {len(self)} image(s), success {int(self.success.sum())}/{len(self)}"
+
+    def preview(self):
+        """The adversarial images (first row) and their perturbations made visible (second), at most 6."""
+        from ..viz import image_grid
+
+        k = min(len(self), 6)
+        return image_grid(list(self.x_adv[:k]) + list(self.amplified()[:k]), ncols=k, size=1.2)
+
     def figure(self, x: torch.Tensor, names=None, class_names=None):
         """One row per image: the original and the adversarial image with their top class and probability,
         and the perturbation amplified to be seen.
