@@ -66,7 +66,7 @@ class InplaceReluNet(nn.Module):
 
 
 class FunctionalReluNet(nn.Module):
-    """Applies ReLU functionally: nothing for guided backprop to override."""
+    """Applies ReLU functionally (F.relu in forward, no nn.ReLU module)."""
 
     def __init__(self):
         super().__init__()

@@ -162,10 +162,11 @@ def test_clear_errors_name_the_module(untouched):
     x = torch.rand(1, 1, 8, 8)
     res = untouched(_Residual().eval())
     assert deconvnet(res, x, "stem", 0).images.shape == x.shape     # below the residual block it works
-    with pytest.raises(ValueError, match=r"'block\.b' \(Conv2d\).*residual"):  # b takes relu(a(x)), computed in forward()
+    # b takes torch.relu(a(x)) (a functional ReLU: walked through); the shortcut takes the block's input
+    with pytest.raises(ValueError, match=r"'block\.shortcut' \(Conv2d\).*residual"):
         deconvnet(res, x, "block", 0)
     silu = untouched(_Silu().eval())
-    with pytest.raises(ValueError, match=r"'act' \(SiLU\)"):
+    with pytest.raises(ValueError, match=r"applies silu ×1 \(no un-ReLU rule"):
         deconvnet(silu, x, "act", 0)
     shared = untouched(_SharedRelu().eval())
     with pytest.raises(ValueError, match="deconvnet cannot invert this model.*ran twice.*use guided backprop"):

@@ -334,6 +334,11 @@ class LayerTap:
             if cache[n][1] > 1:
                 raise ran_twice_error(n)
 
+    @property
+    def probing(self) -> bool:
+        """True while :meth:`run`'s probe forward (the one that counts a stop layer's calls) runs."""
+        return self._counting is not None
+
     # -- use -----------------------------------------------------------------
     def run(self, x: torch.Tensor, *args, **kwargs):
         """Clear previous records and run the model on ``x``; return its output.

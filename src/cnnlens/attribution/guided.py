@@ -4,71 +4,75 @@ Guided backprop changes the backward rule of every ReLU, for one call only: the
 gradient passes where the forward input was positive (the ordinary ReLU rule)
 *and* where the incoming gradient is positive,
 
-    R_in = 1[f_in > 0] · 1[R_out > 0] · R_out.
+    R_in = 1[f_in > 0] · 1[R_out > 0] · R_out      (ReLU6: 1[0 < f_in < 6] · 1[R_out > 0] · R_out).
 
-It is done with a :class:`~cnnlens.tap.LayerTap` edit on each ``nn.ReLU`` (and
-``nn.ReLU6``): the ReLU's output is passed through an identity function whose
-backward clamps the gradient at 0; the ReLU's own backward supplies the first
-factor. In-place ReLUs work too (the edit acts on the returned tensor). A model
-that applies ReLU functionally has no module to edit and gets a clear error.
+Every ReLU *application* is guided, not only ``nn.ReLU`` modules: the forward runs
+inside :class:`cnnlens.rectifiers.guided_relus`, a torch-function mode that sees
+``nn.ReLU`` / ``nn.ReLU6`` (in place or not), ``F.relu``, ``torch.relu``, ``relu_``,
+``F.relu6`` and ``F.hardtanh(x, 0, hi)`` alike — torchvision's DenseNet ends its
+features with ``F.relu(x, inplace=True)``, hand-written residual blocks call
+``F.relu(out)``. No module is touched. ``settings["guided_relus"]`` is the number of
+ReLU applications guided per forward pass. Activations guided backprop has no rule
+for (GELU, SiLU, Hardswish, LeakyReLU, ...) keep their ordinary gradient: a warning
+says so and ``settings["unguided_activations"]`` counts them. A forward that applies
+no ReLU at all is refused (the result would be the plain gradient).
 """
 
 from __future__ import annotations
 
+import logging
+import math
 from typing import Any
 
 import torch
 from torch import nn
 
+from .._autograd import needs_autograd
+from .._batch import check_batch_size
+from ..rectifiers import guided_relus, skipped_note
 from ..results import Explanation
 from ._common import Layout, check_reduce, finish, prepare, reduce_channels, upsample
 from .cam import gradcam_tap, gradcam_weights, layer_gradient, layer_name, warn_if_flat
 from .gradients import batched_input_gradient
-from .._autograd import needs_autograd
 
-RECTIFIERS = (nn.ReLU, nn.ReLU6)
-
-
-class _GuidedGrad(torch.autograd.Function):
-    """Identity forward; backward passes only the positive part of the gradient."""
-
-    @staticmethod
-    def forward(ctx, x):
-        return x.clone()
-
-    @staticmethod
-    def backward(ctx, g):
-        return g.clamp_min(0)
+log = logging.getLogger("cnnlens.attribution")
 
 
-def _guided(module, inputs, output):
-    return _GuidedGrad.apply(output)
-
-
-def guided_edits(model: nn.Module) -> dict:
-    """``{relu_name: edit}`` for every nn.ReLU/nn.ReLU6 module; a clear error when there is none."""
-    names = [n for n, m in model.named_modules() if isinstance(m, RECTIFIERS)]
-    if not names:
-        others = sorted({type(m).__name__ for m in model.modules()
-                         if type(m).__module__ == "torch.nn.modules.activation"})
-        uses = f"its activations are {', '.join(others)}" if others else "it applies its activations functionally"
-        raise ValueError(
-            f"guided backprop overrides the backward of nn.ReLU modules, but this model has none ({uses}); "
-            "use saliency or gradcam, or build the model with nn.ReLU modules"
-        )
-    return {n: _guided for n in names}
+def guided_summary(mode: guided_relus, forwards: int = 1, what: str = "guided backprop") -> dict:
+    """Settings from a :class:`guided_relus` mode after ``forwards`` forward passes: ``guided_relus`` (ReLU
+    applications guided per forward) and, when some activation kept its ordinary gradient,
+    ``unguided_activations`` (also logged as a warning). A ValueError when no ReLU was applied."""
+    forwards = max(1, int(forwards))
+    skipped = {k: v // forwards for k, v in mode.skipped.items()}
+    if mode.applied == 0:
+        uses = f"its activations are {skipped_note(mode.skipped)}" if skipped else "it applies no activation"
+        raise ValueError(f"{what} changes the backward of ReLUs, but this model's forward applies none ({uses}); "
+                         "use saliency or gradcam")
+    settings = {"guided_relus": mode.applied // forwards}
+    if skipped:
+        note = skipped_note(skipped)
+        settings["unguided_activations"] = skipped
+        log.warning("%s: %d ReLU applications guided per forward; %s keep their ordinary gradient "
+                    "(guided backprop has no rule for them)", what, settings["guided_relus"], note)
+    return settings
 
 
 def _guided_gradient(model, p, batch_size, channels_last):
-    g, s, classes = batched_input_gradient(model, p, batch_size, channels_last, edits=guided_edits(model))
-    return g.float(), s, classes
+    bs = check_batch_size(batch_size, p.x)
+    with guided_relus() as mode:
+        g, s, classes = batched_input_gradient(model, p, bs, channels_last)
+    settings = guided_summary(mode, math.ceil(p.n / bs))
+    return g.float(), s, classes, settings
 
 
 @needs_autograd
 def guided_backprop(model: nn.Module, x: torch.Tensor, target: Any = "predicted", *, reduce: str = "abs_max",
                     y: torch.Tensor | None = None, batch_size: int | None = None,
                     channels_last: bool | None = None) -> Explanation:
-    """Guided backpropagation: ∂S/∂x with every ReLU's backward replaced by 1[f_in>0]·1[R>0]·R.
+    """Guided backpropagation: ∂S/∂x with every ReLU application's backward replaced by 1[f_in>0]·1[R>0]·R.
+
+    Module and functional ReLUs alike, in place or not (see the module docs);
+    ``settings["guided_relus"]`` counts the ReLU applications guided per forward.
 
     ``reduce`` over channels as in :func:`~cnnlens.attribution.saliency` ("none" keeps the
     N×C×H×W image in ``raw``).
@@ -77,8 +81,8 @@ def guided_backprop(model: nn.Module, x: torch.Tensor, target: Any = "predicted"
     """
     check_reduce(reduce)
     p = prepare(model, x, target, y, "guided_backprop")
-    g, s, classes = _guided_gradient(model, p, batch_size, channels_last)
-    return finish(p, reduce_channels(g, reduce), "guided_backprop", classes, settings={"reduce": reduce},
+    g, s, classes, guided = _guided_gradient(model, p, batch_size, channels_last)
+    return finish(p, reduce_channels(g, reduce), "guided_backprop", classes, settings={"reduce": reduce, **guided},
                   raw=g if reduce == "none" else None, extras={"score": s})
 
 
@@ -95,7 +99,7 @@ def guided_gradcam(model: nn.Module, x: torch.Tensor, target: Any = "predicted",
     """
     check_reduce(reduce)
     p = prepare(model, x, target, y, "guided_gradcam")
-    g, s, classes = _guided_gradient(model, p, batch_size, channels_last)
+    g, s, classes, guided = _guided_gradient(model, p, batch_size, channels_last)
     name = layer_name(model, p, layer)
     tap, leaf = gradcam_tap(model, p, name)
     with tap:
@@ -105,5 +109,5 @@ def guided_gradcam(model: nn.Module, x: torch.Tensor, target: Any = "predicted",
     cam = upsample(torch.einsum("nk,nkhw->nhw", gradcam_weights(A, G), A).clamp_min(0), p.size)
     prod = g * cam.unsqueeze(1)
     return finish(p, reduce_channels(prod, reduce), "guided_gradcam", classes, layer=name,
-                  settings={"layer": name, "reduce": reduce}, raw=prod if reduce == "none" else None,
+                  settings={"layer": name, "reduce": reduce, **guided}, raw=prod if reduce == "none" else None,
                   extras={"gradcam": cam, "score": s})

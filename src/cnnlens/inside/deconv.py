@@ -7,7 +7,10 @@ layers below it, each replaced by its transpose:
 
 - max-pool → unpool: each value goes back to the position its switch recorded
   (overlapping windows add up);
-- ReLU → ReLU on the reconstruction ("un-ReLU": keep it non-negative);
+- ReLU → ReLU on the reconstruction ("un-ReLU": keep it non-negative) — every ReLU the forward
+  applies: ``nn.ReLU`` / ``nn.ReLU6`` modules and functional ``F.relu`` / ``relu_`` / ``F.relu6`` calls
+  between the layers, in place or not (seen through :class:`cnnlens.rectifiers.RectifierMode`;
+  ``settings["guided_relus"]`` counts them);
 - convolution → transposed convolution with the same filters (no bias);
 - batch norm (eval) and the model's input normalisation → their per-channel scale;
 - average pooling, flatten, linear, reshape → their transposes.
@@ -15,7 +18,8 @@ layers below it, each replaced by its transpose:
 This is the real switch-based reconstruction, for networks that are a chain of
 these layers (VGG-style stacks, ``digits-cnn``). Anything else on the path — a
 residual connection, a layer of another kind — raises a ValueError naming the
-module; guided backprop (:mod:`cnnlens.attribution`) covers any network.
+module; so does a forward that applies another activation functionally (GELU, SiLU, ...: no
+un-ReLU rule for them). Guided backprop (:mod:`cnnlens.attribution`) covers any network.
 """
 
 from __future__ import annotations
@@ -26,10 +30,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..results import Result
-from ..tap import LayerRef, LayerTap, resolve_layer
 from .._autograd import needs_autograd
 from .._inputs import check_not_empty
+from ..rectifiers import RectifierCall, RectifierMode, Rectify, skipped_note
+from ..results import Result
+from ..tap import LayerRef, LayerTap, resolve_layer
 
 
 @dataclass(frozen=True)
@@ -39,7 +44,8 @@ class Projection(Result):
     images: N×C×H×W in the input's space (signed; see :meth:`normalized`);
     layer, channel: the unit's layer and channel; positions: N×2 unit (row, col),
     or None when the whole map was projected; activations: N, the projected
-    activation; chain: the modules walked back through, input first.
+    activation; chain: the modules walked back through, input first ("<relu>", "<relu_>", "<relu6>" for a
+    functional ReLU between them); settings["guided_relus"]: the ReLU applications un-ReLU-ed on the way back.
     """
 
     images: torch.Tensor
@@ -70,11 +76,28 @@ def _same_data(a: torch.Tensor, b: torch.Tensor) -> bool:
             and a.storage_offset() == b.storage_offset() and a.is_contiguous() and b.is_contiguous())
 
 
+class _RecordedRelus(RectifierMode):
+    """Records every ReLU application (lower bound 0) of a no-grad forward, in order; runs it unchanged."""
+
+    gradient_only = False
+
+    def __init__(self, active=None):
+        super().__init__(active)
+        self.calls: list[tuple[RectifierCall, torch.Tensor]] = []
+
+    def rectify(self, call):
+        if call.lo != 0.0:
+            return None
+        y = Rectify.apply(call.x, call.lo, call.hi, call.inplace)
+        self.calls.append((call, y))
+        return y
+
+
 def _transpose(name: str, m: nn.Module, inp: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
     """The reconstruction at module m's input, given the one at its output."""
     from ..models.spec import Normalize
 
-    if _is_stock(m, nn.ReLU):
+    if _is_stock(m, nn.ReLU) or _is_stock(m, nn.ReLU6):
         return F.relu(r)
     if _is_stock(m, nn.MaxPool2d):
         _, idx = F.max_pool2d(inp, m.kernel_size, m.stride, m.padding, m.dilation, m.ceil_mode, return_indices=True)
@@ -143,22 +166,43 @@ def deconvnet(model: nn.Module, x: torch.Tensor, layer: LayerRef, channel: int, 
     leaves = [n for n, m in modules.items() if n and next(m.children(), None) is None]
     try:
         tap = LayerTap(model, leaves + [name], stop_after=name)
-        with tap, torch.no_grad():
+        relus = _RecordedRelus(active=lambda: not tap.probing)
+        with tap, torch.no_grad(), relus:
             x = x.to(tap.dtype or x.dtype)  # the chain starts from the tensor the model receives
             tap.run(x)
             out = tap[name]
-            # walk the executed leaves: each must take the previous one's output
-            chain, prev = [], x
+            if relus.skipped:
+                raise ValueError(f"deconvnet cannot invert this model: its forward applies {skipped_note(relus.skipped)} "
+                                 "(no un-ReLU rule for them); it inverts plain conv/ReLU/max-pool chains — use guided "
+                                 "backprop")
+            # functional ReLU calls (not the ones inside nn.ReLU / nn.ReLU6 modules), in order
+            module_outs = [tap.outputs[n] for n in tap.outputs if isinstance(modules.get(n), (nn.ReLU, nn.ReLU6))]
+            functional = [(c, y) for c, y in relus.calls if not any(y is o for o in module_outs)]
+            # walk the executed leaves: each must take the previous one's output (through functional ReLUs)
+            chain, steps, prev, used = [], [], x, 0
+
+            def through_relus(cursor):
+                nonlocal used
+                while used < len(functional) and _same_data(functional[used][0].x, cursor):
+                    c, y = functional[used]
+                    chain.append(f"<{c.name}>")
+                    steps.append((None, c.x.shape))
+                    cursor, used = y, used + 1
+                return cursor
+
             for n in tap.outputs:
                 if n not in leaves or n in chain:
                     continue
                 inp = tap.inputs[n][0] if tap.inputs.get(n) else None
+                prev = through_relus(prev)
                 if inp is None or not _same_data(prev, inp):
                     raise ValueError(f"deconvnet cannot invert module {n!r} ({type(modules[n]).__name__}): its input is "
                                      "not the previous layer's output (a residual connection or a computation in "
                                      "forward()); it inverts plain conv/ReLU/max-pool chains — use guided backprop")
                 chain.append(n)
+                steps.append((n, inp.shape))
                 prev = tap.passed_on.get(n, tap.outputs[n])  # what the next layer received
+            prev = through_relus(prev)
             if not _same_data(prev, out):
                 raise ValueError(f"deconvnet cannot invert layer {name!r}: its output is not the last sub-layer's "
                                  "output (it computes something in forward()); pick one of its sub-layers")
@@ -187,7 +231,10 @@ def deconvnet(model: nn.Module, x: torch.Tensor, layer: LayerRef, channel: int, 
                 ar = torch.arange(N)
                 vals = act[ar, channel, positions[:, 0], positions[:, 1]]
                 r[ar, channel, positions[:, 0], positions[:, 1]] = vals
-            for n in reversed(chain):
+            for n, shape in reversed(steps):
+                if n is None:  # a functional ReLU / ReLU6: un-ReLU, as for the modules
+                    r = F.relu(r).reshape(shape)
+                    continue
                 inp = tap.inputs[n][0]
                 r = _transpose(n, modules[n], inp.detach().float(), r)
                 r = r.reshape(inp.shape)
@@ -197,4 +244,7 @@ def deconvnet(model: nn.Module, x: torch.Tensor, layer: LayerRef, channel: int, 
                              "input is not a plain conv/ReLU/max-pool sequence — use guided backprop") from e
         raise
     return Projection(r.detach().cpu(), name, int(channel), None if positions is None else positions.cpu(),
-                      vals.detach().cpu(), tuple(chain), settings={"position": position if isinstance(position, str) else list(position)})
+                      vals.detach().cpu(), tuple(chain),
+                      settings={"position": position if isinstance(position, str) else list(position),
+                                "guided_relus": sum(1 for n, _ in steps
+                                                    if n is None or isinstance(modules[n], (nn.ReLU, nn.ReLU6)))})

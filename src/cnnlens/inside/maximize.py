@@ -33,8 +33,8 @@ from typing import Any, Callable, Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.overrides import TorchFunctionMode
 
+from ..rectifiers import RectifierMode, Rectify, clamp_gradient
 from ..results import Result
 from ..tap import LayerTap, resolve_layer
 from ..targets import Target, as_target
@@ -422,34 +422,18 @@ def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
 
 # ---------------------------------------------------------------------------
 # redirected ReLU gradients (Lucid's ``redirected_relu_grad`` and ``redirected_relu6_grad``)
-class _RedirectedReLU(torch.autograd.Function):
+class _RedirectedReLU(Rectify):
     """y = clamp(x, lo, hi) (a ReLU: lo = 0, hi = ∞; ReLU6: hi = 6); backward: the clamp's own gradient for
     every image whose gradient through it is not all zero, else the incoming gradient wherever following it
     moves x back into (lo, hi) or within it — not below lo, not above hi (so an image whose unit starts inactive
-    is pushed toward activating it instead of getting no gradient at all).
-
-    ``inplace``: overwrite x with y and keep y for the backward instead of x (the masks are the same:
-    lo < y < hi ⇔ lo < x < hi, y ≤ lo ⇔ x ≤ lo, y ≥ hi ⇔ x ≥ hi).
+    is pushed toward activating it instead of getting no gradient at all). The forward is :class:`Rectify`'s.
     """
-
-    @staticmethod
-    def forward(ctx, x, lo, hi, inplace):
-        if inplace:  # as torch's own in-place relu: x is overwritten and the output is kept for the backward
-            ctx.mark_dirty(x)
-            y = x.clamp_min_(lo) if hi is None else x.clamp_(lo, hi)
-        else:
-            y = x.clamp_min(lo) if hi is None else x.clamp(lo, hi)
-        ctx.save_for_backward(y if inplace else x)
-        ctx.lo, ctx.hi = lo, hi
-        return y
 
     @staticmethod
     def backward(ctx, g):
         (x,) = ctx.saved_tensors
         lo, hi = ctx.lo, ctx.hi
-        # the clamp's gradient, by the kernels autograd uses for relu / hardtanh (one pass)
-        grad = (torch.ops.aten.threshold_backward(g, x, lo) if hi is None
-                else torch.ops.aten.hardtanh_backward(g, x, lo, hi))
+        grad = clamp_gradient(g, x, lo, hi)  # the clamp's gradient (one pass)
         if g.dim() > 1:
             dims = tuple(range(1, grad.dim()))  # not flatten(1): a channels-last gradient would be copied
             dead = grad.amax(dims) == 0  # one pass (aminmax is 3× slower on the CPU); amin only if some max is 0
@@ -466,46 +450,18 @@ class _RedirectedReLU(torch.autograd.Function):
         return grad, None, None, None
 
 
-def _relu_call(func, args, kwargs):
-    """(x, lo, hi, inplace) of a ReLU-like call, or None."""
-    if func is F.hardtanh:
-        a = dict(zip(("input", "min_val", "max_val", "inplace"), args), **kwargs)
-        return a["input"], float(a.get("min_val", -1.0)), float(a.get("max_val", 1.0)), bool(a.get("inplace", False))
-    if func is F.relu6:
-        a = dict(zip(("input", "inplace"), args), **kwargs)
-        return a["input"], 0.0, 6.0, bool(a.get("inplace", False))
-    if func is F.relu:
-        a = dict(zip(("input", "inplace"), args), **kwargs)
-        return a["input"], 0.0, None, bool(a.get("inplace", False))
-    if func in (torch.relu, torch.Tensor.relu):
-        return (args[0] if args else kwargs["input"]), 0.0, None, False
-    if func in (torch.relu_, torch.Tensor.relu_):
-        return (args[0] if args else kwargs["input"]), 0.0, None, True
-    return None
-
-
-_RELU_FUNCS = frozenset([F.hardtanh, F.relu6, F.relu, torch.relu, torch.Tensor.relu, torch.relu_, torch.Tensor.relu_])
-
-
-class redirected_relus(TorchFunctionMode):
+class redirected_relus(RectifierMode):
     """Within this block, every ReLU / ReLU6 / hardtanh call that records a gradient backpropagates the
     redirected gradient (:class:`_RedirectedReLU`); forward values are unchanged.
 
-    A mode around the calls rather than a hook on the modules: an in-place ReLU (``nn.ReLU(inplace=True)``,
-    as in torchvision's ResNets) overwrites its input, so a forward hook sees no
-    pre-activation to send the gradient to. An in-place call still writes its result into its input.
-    No module is touched.
+    A mode around the calls (:class:`cnnlens.rectifiers.RectifierMode`) rather than a hook on the modules:
+    an in-place ReLU (``nn.ReLU(inplace=True)``, as in torchvision's ResNets) overwrites its input, so a
+    forward hook sees no pre-activation to send the gradient to, and a functional ``F.relu`` has no module.
+    An in-place call still writes its result into its input. No module is touched.
     """
 
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        if func in _RELU_FUNCS and torch.is_grad_enabled():
-            call = _relu_call(func, args, kwargs)
-            x = call[0] if call else None
-            if torch.is_tensor(x) and x.requires_grad and x.is_floating_point():
-                _, lo, hi, inplace = call
-                return _RedirectedReLU.apply(x, lo, hi, inplace)
-        return func(*args, **kwargs)
+    def rectify(self, call):
+        return _RedirectedReLU.apply(call.x, call.lo, call.hi, call.inplace)
 
 
 # ---------------------------------------------------------------------------

@@ -678,7 +678,8 @@ def unit_projections(model: nn.Module, images: torch.Tensor, layer: LayerRef, ch
     """Deconvnet (Zeiler & Fergus) and guided backprop of unit (channel, positions[n]) on image n, both
     cropped to the unit's receptive field. Guided backprop runs once for the whole batch (each image's
     score is its own unit, so the per-image gradients do not mix)."""
-    from ..attribution.guided import guided_edits
+    from ..attribution.guided import guided_summary
+    from ..rectifiers import guided_relus
     from .deconv import deconvnet
 
     name = resolve_layer(model, layer)[0]
@@ -693,14 +694,14 @@ def unit_projections(model: nn.Module, images: torch.Tensor, layer: LayerRef, ch
         derr = str(e).splitlines()[0]
     gui = gerr = None
     try:
-        edits = guided_edits(model)
         x = images.to(_device(model)).detach().requires_grad_(True)
-        with torch.enable_grad(), LayerTap(model, [name], stop_after=name, edits=edits) as tap:
+        with guided_relus() as mode, torch.enable_grad(), LayerTap(model, [name], stop_after=name) as tap:
             tap.run(x)
             a = tap[name]
             n = torch.arange(len(x), device=a.device)
             score = a[n, channel, pos[:, 0].to(a.device), pos[:, 1].to(a.device)] if a.dim() == 4 else a[n, channel]
             (g,) = torch.autograd.grad(score.sum(), x)
+        guided_summary(mode)  # refuses a forward with no ReLU up to the layer, warns about other activations
         gui = crop_fields(g.detach().float().cpu(), boxes)
     except ValueError as e:
         gerr = str(e).splitlines()[0]
