@@ -75,7 +75,7 @@ def test_layers_page_computes_once_then_lists_the_scanned_layers(served, micro):
     assert ex.worker.get("microscope").status == "done"  # one scan for every layer
 
 
-def test_layer_grid_and_top_patches_from_the_scan(served, micro):
+def test_layer_grid_and_top_patches_from_the_scan(served, micro, data):
     from cnnlens import microscope_draw as draw
 
     client, _, _ = served
@@ -90,7 +90,7 @@ def test_layer_grid_and_top_patches_from_the_scan(served, micro):
     assert page.status_code == 200 and page.text.count('class="card unit-card') == ls.channels
     png = client.get(f"/img/unit/{name}/5/top.png")
     assert png.status_code == 200
-    assert png.content == draw.png(draw.patch_grid(ls.top.crops[ls.top.row(5)], ncols=3, tile=36))
+    assert png.content == draw.png(draw.patch_grid(ls.top.patches(data, [5])[0], ncols=3, tile=36))
 
 
 def test_unit_page_values_equal_the_library(served, micro, data):
@@ -128,7 +128,7 @@ def test_unit_page_values_equal_the_library(served, micro, data):
     proj = unit_projections(model, imgs[0], name, c, ls.top.positions[row], ls.rf)
     assert j["projections"] == ["patch", "deconvnet", "guided backprop"]
     assert client.get(f"/img/unit/{name}/{c}/proj.png").content == draw.png(
-        draw.projections_image(ls.top.crops[row], proj.deconv, proj.guided, tile=72))
+        draw.projections_image(ls.top.patches(data, [c])[0], proj.deconv, proj.guided, tile=72))
     assert "What in each top patch drives it" in page.text
 
 

@@ -75,7 +75,7 @@ def test_one_scan_gives_the_brute_force_top_k_patches_of_every_layer(untouched):
     calls = []
     h = model.register_forward_pre_hook(lambda m, i: calls.append(len(i[0])))
     try:
-        micro = microscope_scan(model, ds, LAYERS, k=4, batch_size=7)
+        micro = microscope_scan(model, ds, LAYERS, k=4, batch_size=7, patches=True)
     finally:
         h.remove()
     # over the data: one look at the first samples for the histogram edges, then one forward per batch
@@ -93,11 +93,49 @@ def test_one_scan_gives_the_brute_force_top_k_patches_of_every_layer(untouched):
             assert torch.allclose(ls.top.activations[c], torch.tensor([v for v, *_ in rows]))
             for s, (_, i, r, q) in enumerate(rows):
                 assert torch.equal(ls.top.crops[c, s], _crop(x[i], ls.rf.box(r, q))), (layer, c, s)
+        # the same patches cut again from the dataset, as a scan that keeps no patches draws them
+        assert torch.equal(_uncut(ls.top).patches(ds), ls.top.crops)
         # the statistics of the same scan equal a computation over all activations at once
         v = a.transpose(0, 1).reshape(a.shape[1], -1).double()
         assert torch.allclose(ls.stats.mean.double(), v.mean(1), atol=1e-6)
         assert torch.allclose(ls.stats.max.double(), v.max(1).values)
         assert int(ls.stats.histogram.sum() + ls.stats.below.sum() + ls.stats.above.sum()) == v.numel()
+
+
+def _uncut(top):
+    """The same search result without its kept patches (as a microscope scan stores it)."""
+    import dataclasses
+
+    return dataclasses.replace(top, crops=None)
+
+
+def test_patches_cut_when_drawn_equal_the_patches_a_scan_kept_on_digits_cnn(untouched):
+    """The microscope scan keeps (image index, position, activation) per channel's top-k, no pixels; the patches
+    cut from the dataset when drawn equal the float32 crops the scan used to keep, bit for bit (digits-cnn, every
+    default layer: fields inside the image, clipped at the border, and larger than the image)."""
+    import io
+
+    from cnnlens import load_model
+    from cnnlens.data import as_dataset
+    from cnnlens.inside.microscope import default_layers, top_maps
+
+    model = untouched(load_model("digits-cnn"))
+    data = torch.utils.data.Subset(as_dataset("digits", model), range(300))
+    layers = default_layers(model)
+    old = microscope_scan(model, data, layers, k=9, batch_size=64, patches=True)
+    new = microscope_scan(model, data, layers, k=9, batch_size=64)
+    for n in layers:
+        a, b = old[n].top, new[n].top
+        assert b.crops is None and a.crops is not None
+        assert torch.equal(a.indices, b.indices) and torch.equal(a.positions, b.positions)
+        assert torch.equal(b.patches(data), a.crops), n                      # from the dataset, by index
+        chans = [0, 3, a.activations.shape[0] - 1]
+        imgs, _ = top_maps(model, data, new[n], chans)
+        assert torch.equal(b.patches(channels=chans, images=imgs), a.crops[chans]), n  # from the top images
+        assert bool(a.clipped.any()) or a.rf.is_global or n == layers[0]
+    # what is written to disk: no pixels, a small fraction of the old scan
+    size = lambda m: len((lambda buf: (torch.save(m, buf), buf.getvalue())[1])(io.BytesIO()))  # noqa: E731
+    assert size(new) < size(old) / 3
 
 
 def _constant_images(values, labels):
@@ -132,13 +170,14 @@ def test_class_selectivity_equals_the_hand_computation(untouched):
     assert st.preferred_class[[0, 2]].tolist() == [2, 2]
 
 
-def test_sharded_scans_merge_to_one_pass(untouched):
+@pytest.mark.parametrize("patches", [False, True])
+def test_sharded_scans_merge_to_one_pass(untouched, patches):
     model = untouched(pixel_chain_net())
     ds = _data(21)
     edges = layer_edges(model, ds, LAYERS)
 
     def run(indices):
-        acc = MicroscopeAccumulator(model, LAYERS, 3, edges=edges, input_size=(16, 16))
+        acc = MicroscopeAccumulator(model, LAYERS, 3, edges=edges, input_size=(16, 16), patches=patches)
         loader = torch.utils.data.DataLoader(ds, batch_size=4, sampler=indices)
         scan(model, loader, [acc])
         return acc
@@ -149,8 +188,10 @@ def test_sharded_scans_merge_to_one_pass(untouched):
         assert merged.count == one.count == 21
         for layer in LAYERS:
             m, o = merged[layer], one[layer]
-            for f in ("indices", "positions", "labels", "crops", "boxes", "clipped"):
+            for f in ("indices", "positions", "labels", "boxes", "clipped"):
                 assert torch.equal(getattr(m.top, f), getattr(o.top, f)), (layer, f)
+            assert (m.top.crops is None) == (o.top.crops is None) == (not patches)
+            assert torch.equal(m.top.patches(ds), o.top.patches(ds))
             assert torch.allclose(m.top.activations, o.top.activations)
             for f in ("histogram", "below", "above", "class_count"):
                 assert torch.equal(getattr(m.stats, f), getattr(o.stats, f)), (layer, f)
@@ -305,7 +346,7 @@ def test_unit_page_pieces(untouched):
             assert float(maps[r, s, i, j]) == pytest.approx(float(ls.top.activations[c, s]), rel=1e-6)
     p = unit_projections(model, imgs[0], "features.4", 1, ls.top.positions[1], ls.rf)
     assert p.deconv is not None and p.guided is not None
-    assert p.deconv.shape == p.guided.shape == ls.top.crops[1].shape
+    assert p.deconv.shape == p.guided.shape == ls.top.patches(ds, [1])[0].shape
     # on a conv/ReLU/max-pool chain, deconvnet and guided backprop of the same unit agree in sign pattern mostly
     assert float(torch.corrcoef(torch.stack([p.deconv.flatten(), p.guided.flatten()]))[0, 1]) > 0
     inf = class_influence(model, x[:6], "features.4")

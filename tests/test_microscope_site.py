@@ -175,3 +175,23 @@ def test_a_second_run_reads_the_feature_visualisations_from_the_cache(tmp_path, 
     assert code == 0 and len(calls) == 2 * first
     code, cap = run_cli("microscope", *SMALL, "--out", out, "--cache", out / "fv")
     assert code == 2 and "inside the output folder" in cap.err
+
+
+def test_site_draws_the_patches_a_scan_that_kept_crops_draws(site):
+    """The scan keeps no pixels: the site cuts each channel's patches from its top images when drawing, and
+    its top-patch PNGs are byte-equal to the ones drawn from the float32 crops the scan used to keep."""
+    from cnnlens import load_model, microscope_draw as draw
+    from cnnlens.data import as_dataset
+    from cnnlens.inside.microscope import microscope_scan
+
+    model = load_model("digits-cnn")
+    ds = torch.utils.data.Subset(as_dataset("digits", model), range(20))
+    old = microscope_scan(model, ds, ["features.4", "features.7"], k=3, patches=True)
+    for name, slug in (("net.features.4", "net-features-4"), ("net.features.7", "net-features-7")):
+        top = old[name].top
+        for c in range(3):
+            crops = top.crops[top.row(c)]
+            assert (site / "img" / slug / f"top-{c}.png").read_bytes() == draw.png(
+                draw.patch_grid(crops, ncols=3, tile=36)), (name, c)
+            assert (site / "img" / slug / f"topbig-{c}.png").read_bytes() == draw.png(
+                draw.patch_grid(crops, ncols=9, tile=96, pad=3)), (name, c)

@@ -64,10 +64,10 @@ def test_the_scan_reruns_only_the_first_batch_of_an_inplace_twin_with_the_plain_
     calls = []
     h = twin.register_forward_pre_hook(lambda m, i: calls.append(len(i[0])))
     try:
-        b = microscope_scan(twin, ds, layers, k=3, batch_size=4)
+        b = microscope_scan(twin, ds, layers, k=3, batch_size=4, patches=True)
     finally:
         h.remove()
-    a = microscope_scan(plain, ds, layers, k=3, batch_size=4)
+    a = microscope_scan(plain, ds, layers, k=3, batch_size=4, patches=True)
     # the edges' look at the first samples, the probe and field tracing aside: 4, 4 again with a copy, 4, 3
     assert [c for c in calls if c > 1][-4:] == [4, 4, 4, 3]
     for n in a.layers:
@@ -178,9 +178,9 @@ def test_a_microscope_scan_in_small_chunks_equals_one_in_whole_batches(untouched
     g = torch.Generator().manual_seed(11)
     ds = torch.utils.data.TensorDataset(torch.rand(13, 1, 16, 16, generator=g), torch.randint(0, 3, (13,), generator=g))
     layers = ["features.1", "features.4", "features.7"]
-    whole = microscope_scan(model, ds, layers, k=3, batch_size=6)
+    whole = microscope_scan(model, ds, layers, k=3, batch_size=6, patches=True)
     monkeypatch.setattr(stats, "_CHUNK_VALUES", 150)  # one or two images per chunk
-    small = microscope_scan(model, ds, layers, k=3, batch_size=6)
+    small = microscope_scan(model, ds, layers, k=3, batch_size=6, patches=True)
     for n in whole.layers:
         a, b = whole[n], small[n]
         for f in ("activations", "indices", "positions", "crops"):

@@ -324,13 +324,14 @@ def _write(model, data, pre: Precomputed, root: Path, model_name, data_name, cla
             for s, im in enumerate(views["diverse"].of(c)):
                 (d / f"fvd-{c}-{s}.png").write_bytes(draw.png(draw.image_tile(im, 112)))
             row = ls.top.row(c)
-            (d / f"top-{c}.png").write_bytes(draw.png(draw.patch_grid(ls.top.crops[row], ncols=3, tile=36)))
-            (d / f"topbig-{c}.png").write_bytes(draw.png(draw.patch_grid(ls.top.crops[row], ncols=9, tile=96, pad=3)))
+            crops = ls.top.patches(channels=[c], images=imgs[r:r + 1])[0]  # cut from its top images now
+            (d / f"top-{c}.png").write_bytes(draw.png(draw.patch_grid(crops, ncols=3, tile=36)))
+            (d / f"topbig-{c}.png").write_bytes(draw.png(draw.patch_grid(crops, ncols=9, tile=96, pad=3)))
             (d / f"maps-{c}.png").write_bytes(draw.png(draw.maps_image(imgs[r], maps[r], ncols=9, side=96)))
             (d / f"hist-{c}.png").write_bytes(draw.png(draw.histogram_figure(st, c)))
             (d / f"class-{c}.png").write_bytes(draw.png(draw.class_figure(st, c, class_names, pre.influence[name])))
             proj = unit_projections(model, imgs[r], name, c, ls.top.positions[row], ls.rf)
-            (d / f"proj-{c}.png").write_bytes(draw.png(draw.projections_image(ls.top.crops[row], proj.deconv,
+            (d / f"proj-{c}.png").write_bytes(draw.png(draw.projections_image(crops, proj.deconv,
                                                                                proj.guided, tile=72)))
             card_rows = ["patch"] + (["deconvnet"] if proj.deconv is not None else []) + \
                 (["guided backprop"] if proj.guided is not None else [])

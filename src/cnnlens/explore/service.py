@@ -561,7 +561,8 @@ class Explorer:
         return int(s)
 
     def _micro_dir(self) -> Path:
-        key = json.dumps({"layers": self.unit_layers(), "k": UNIT_K, "bins": 40}, sort_keys=True)
+        key = json.dumps({"layers": self.unit_layers(), "k": UNIT_K, "bins": 40, "patches": "cut when drawn"},
+                         sort_keys=True)
         return self.results / "micro" / hashlib.sha1(key.encode()).hexdigest()[:12]
 
     def microscope(self) -> dict:
@@ -628,7 +629,7 @@ class Explorer:
         layer = self.check_layer(layer)
         c = self.check_channel(layer, channel)
         ls = self._micro[layer]
-        crops = ls.top.crops[ls.top.row(c)]
+        crops = ls.top.patches(self.dataset, [c])[0]  # cut from the dataset's images (the scan keeps no pixels)
         img = draw.patch_grid(crops, ncols=9, tile=96, pad=3) if big else draw.patch_grid(crops, ncols=3, tile=36)
         return draw.png(img)
 
@@ -693,11 +694,11 @@ class Explorer:
             atomic_write(d / "class.png", draw.png(draw.class_figure(ls.stats, c, self.class_names, inf)))
             # deconvnet and guided backprop of the unit on its top images, cut to its receptive field
             proj = unit_projections(self.model, imgs[0], layer, c, ls.top.positions[row], ls.rf)
-            atomic_write(d / "proj.png", draw.png(draw.projections_image(ls.top.crops[row], proj.deconv, proj.guided,
-                                                                           tile=72)))
+            crops = ls.top.patches(channels=[c], images=imgs)[0]
+            atomic_write(d / "proj.png", draw.png(draw.projections_image(crops, proj.deconv, proj.guided, tile=72)))
             info = {"card": unit_card(ls, c, self._cname(), inf),
                     "influence": [[k, v] for k, v in inf.top(c, len(inf.classes))] if inf is not None else None,
-                    "projections": [n for n, v in (("patch", ls.top.crops), ("deconvnet", proj.deconv),
+                    "projections": [n for n, v in (("patch", crops), ("deconvnet", proj.deconv),
                                                    ("guided backprop", proj.guided)) if v is not None],
                     "projection_errors": [e for e in (proj.deconv_error, proj.guided_error) if e]}
             atomic_write(meta, json.dumps(info).encode())

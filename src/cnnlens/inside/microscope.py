@@ -3,11 +3,12 @@
 What OpenAI Microscope showed for a fixed zoo of models, for the user's own model and data:
 
 - :func:`microscope_scan` — ONE streaming scan (:func:`cnnlens.scan.scan`) that keeps,
-  for every channel of every chosen layer, its top-k dataset images with the patch
-  its strongest unit sees (cropped to the receptive field) and its statistics
+  for every channel of every chosen layer, its top-k dataset images (index, position
+  of its strongest unit, activation; the receptive-field patch is cut from the
+  dataset when drawn, :meth:`SearchResult.patches`) and its statistics
   (histogram, mean, sparsity, mean activation per class and the class-selectivity
-  index). Memory is O(layers × channels × k), whatever the dataset size; the
-  accumulator merges, so the scan runs sharded under ``torchrun``.
+  index). Memory is O(layers × channels × (k + classes)) numbers, whatever the dataset
+  and image size; the accumulator merges, so the scan runs sharded under ``torchrun``.
 
   Class selectivity (Morcos et al. 2018), per channel:
   ``(μ_max − μ_rest) / (μ_max + μ_rest)`` where μ_c is the channel's mean
@@ -96,7 +97,8 @@ class MicroscopeAccumulator:
 
     def __init__(self, model: nn.Module, layers: Sequence[LayerRef], k: int = 9, *, edges: dict,
                  input_size: tuple[int, int] | None = None, num_classes: int | None = None,
-                 max_crop: int | None = None, zero: float = 0.0, rfs: dict | None = None):
+                 max_crop: int | None = None, zero: float = 0.0, rfs: dict | None = None,
+                 patches: bool = False):
         names = _names(model, layers)
         missing = [n for n in names if n not in edges]
         if missing:
@@ -104,7 +106,9 @@ class MicroscopeAccumulator:
         self.layers = tuple(names)
         self.k = int(k)
         rfs = rfs or {}  # receptive fields known already (by layer name), else traced here
-        self.search = {n: SearchAccumulator(model, n, k=k, input_size=input_size, max_crop=max_crop, rf=rfs.get(n))
+        # patches=False: each channel's top-k as (image index, position, activation), the patches cut when drawn
+        self.search = {n: SearchAccumulator(model, n, k=k, input_size=input_size, max_crop=max_crop, rf=rfs.get(n),
+                                            patches=patches)
                        for n in names}
         self.stats = {n: StatsAccumulator(n, edges[n], num_classes=num_classes, zero=zero) for n in names}
         self.shapes: dict[str, tuple[int, ...]] = {}
@@ -178,13 +182,17 @@ def layer_edges(model: nn.Module, data, layers: Sequence[LayerRef], bins: int = 
 @needs_autograd
 def microscope_scan(model: nn.Module, data, layers: Sequence[LayerRef], k: int = 9, *, bins: int = 40,
                     edges: dict | None = None, batch_size: int = 64, device=None, progress=None,
-                    max_crop: int | None = None) -> MicroscopeScan:
-    """Every channel of every layer in ``layers``: top-k patches and statistics, in ONE scan over ``data``.
+                    max_crop: int | None = None, patches: bool = False) -> MicroscopeScan:
+    """Every channel of every layer in ``layers``: top-k images and statistics, in ONE scan over ``data``.
+
+    Each channel keeps its top-k as (image index, position, activation); its patches are cut from ``data`` when
+    drawn (``.top.patches(data, channels)``), so the result stays small on a real network (``patches=True`` keeps
+    float32 patches in ``.top.crops``, as :func:`dataset_search` does).
 
     Example::
 
         micro = microscope_scan(cnnlens.load_model("digits-cnn"), "digits", ["features.1", "features.4"])
-        micro["features.4"].top.crops[5]          # channel 5's nine best patches (9×1×h×w)
+        micro["features.4"].top.patches("digits", [5])[0]   # channel 5's nine best patches (9×1×h×w)
         micro["features.4"].stats.selectivity     # per channel, (μ_max − μ_rest)/(μ_max + μ_rest)
     """
     from ..data import as_dataset
@@ -196,7 +204,8 @@ def microscope_scan(model: nn.Module, data, layers: Sequence[LayerRef], k: int =
         edges = layer_edges(model, data, names, bins)
     spec = getattr(model, "spec", None)
     acc = MicroscopeAccumulator(model, names, k, edges=edges, input_size=_input_size(data, model),
-                                num_classes=getattr(spec, "num_classes", None) or None, max_crop=max_crop)
+                                num_classes=getattr(spec, "num_classes", None) or None, max_crop=max_crop,
+                                patches=patches)
     (res,) = scan(model, data, [acc], batch_size=batch_size, device=device, progress=progress)
     return res
 

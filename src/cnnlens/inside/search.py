@@ -43,7 +43,8 @@ class SearchResult(Result):
     activations: C×k, descending per row; indices: C×k dataset indices; positions:
     C×k×2 (row, col) in the layer's grid; labels: C×k true labels of those images;
     crops: C×k×Cin×h×w image patches (h, w = the receptive field, at most the image;
-    parts outside the image are ``fill``); boxes: C×k×4 (top, left, bottom, right)
+    parts outside the image are ``fill``), or None for a search that kept no patches
+    (``patches=False``: :meth:`patches` cuts them from the dataset when drawn); boxes: C×k×4 (top, left, bottom, right)
     of each unit's field in image pixels, end exclusive, before clipping;
     clipped: C×k, True where the field extends past the image border;
     class_histogram: C×K, how many of a channel's top-k images are of each class.
@@ -55,7 +56,7 @@ class SearchResult(Result):
     indices: torch.Tensor
     positions: torch.Tensor
     labels: torch.Tensor
-    crops: torch.Tensor
+    crops: torch.Tensor | None
     boxes: torch.Tensor
     clipped: torch.Tensor
     class_histogram: torch.Tensor
@@ -72,17 +73,49 @@ class SearchResult(Result):
             raise ValueError(f"channel {channel} was not searched; searched: {list(self.channels)[:10]}...")
         return self.channels.index(channel)
 
+    def patches(self, data=None, channels: Sequence[int] | None = None, *, images: torch.Tensor | None = None
+                ) -> torch.Tensor:
+        """C'×k×Cin×h×w: the top-k patches of ``channels`` (default: all searched), the kept ones, or cut now from
+        the images of ``data`` (the dataset that was searched: its images are read again by index) or from
+        ``images`` (C'×k×Cin×H×W, each channel's top-k images, e.g. from :func:`cnnlens.inside.top_maps`) —
+        the same patches a search that kept them holds (:func:`cut_patches`, same fill and ``max_crop``).
+
+            r = dataset_search(model, "digits", "features.3", patches=False)
+            r.patches("digits", [5])[0]     # channel 5's nine patches, 9×1×h×w
+        """
+        chans = list(self.channels) if channels is None else [int(c) for c in channels]
+        rows = [self.row(c) for c in chans]
+        if self.crops is not None:
+            return self.crops[rows]
+        k2 = self.indices.shape[1]
+        boxes = self.boxes[rows].reshape(-1, 4)
+        if images is None:
+            if data is None:
+                raise ValueError("this search kept no patches: pass the dataset it searched (data=...) to cut them")
+            from .microscope import dataset_images
+
+            uniq, inv = torch.unique(self.indices[rows].flatten(), return_inverse=True)
+            imgs, n = dataset_images(data, uniq.tolist()), inv
+        else:
+            imgs = images.reshape(-1, *images.shape[2:])
+            n = torch.arange(len(imgs))
+        c = cut_patches(imgs, n, boxes, self.rf, fill=self.settings.get("fill", 0.0),
+                        max_crop=self.settings.get("max_crop"))
+        return c.view(len(rows), k2, *c.shape[1:])
+
     def figure(self, channels: Sequence[int] | None = None, n: int | None = None,
-               class_names: Sequence[str] | None = None, tile: int = 64):
+               class_names: Sequence[str] | None = None, tile: int = 64, data=None):
         """One row per channel: its top-n patches, each titled "activation · class" (✂: clipped at the border).
 
-        Patches are upsampled nearest-neighbour to ``tile`` px (a 3×3 field stays a visible 3×3 block)."""
+        ``data``: the searched dataset, for a search that kept no patches. Patches are upsampled
+        nearest-neighbour to ``tile`` px (a 3×3 field stays a visible 3×3 block)."""
         from ._plot import mosaic_figure
 
         chans = list(channels) if channels is not None else list(self.channels)
         n = min(n or self.k, self.k)
         rows = [self.row(c) for c in chans]
-        tiles = self.crops[rows, :n].reshape(len(rows) * n, *self.crops.shape[2:])
+        crops = self.patches(data, chans)[:, :n]
+        tiles = crops.reshape(len(rows) * n, *crops.shape[2:])
         labels = []
         for r in rows:
             for j in range(n):
@@ -139,7 +172,7 @@ class SearchAccumulator:
 
     def __init__(self, model: nn.Module, layer: LayerRef, channels: Sequence[int] | None = None, k: int = 9, *,
                  input_size: tuple[int, int] | int | None = None, rf: ReceptiveField | None = None,
-                 max_crop: int | None = None, fill: float = 0.0):
+                 max_crop: int | None = None, fill: float = 0.0, patches: bool = True):
         if k < 1:
             raise ValueError(f"k must be ≥ 1 (the number of images kept per channel), got {k}")
         name, _ = resolve_layer(model, layer)
@@ -152,6 +185,9 @@ class SearchAccumulator:
         self.rf = rf or receptive_field(model, name, input_size=input_size, probe=False)
         self.max_crop = max_crop
         self.fill = float(fill)
+        # False: keep (image index, position, activation) only — the patches are cut when drawn
+        # (:meth:`SearchResult.patches`), so the state is O(C × k) numbers whatever the image size
+        self.keep_patches = bool(patches)
         self.num_classes = 0
         self._state: dict[str, torch.Tensor] | None = None
 
@@ -205,6 +241,8 @@ class SearchAccumulator:
             self._hw, self._win = hw, win
             small = C * self.k * x[0].numel() <= _IMAGE_STORE_VALUES  # every winner's image would fit anyway
             self._mode = "image" if small or 2 * win[0] * win[1] >= hw[0] * hw[1] else "crop"
+            if not self.keep_patches:
+                self._mode = "none"
             # never more images kept at once than channels × k, nor than the scan has
             self._images = _ImageStore(C * self.k if batch.samples is None else max(1, min(C * self.k, batch.samples)))
             self._crops_store = None
@@ -244,7 +282,9 @@ class SearchAccumulator:
             box = self._boxes(ij, hw)
             out["boxes"][cn, sn] = box
             out["clipped"][cn, sn] = (box[:, 0] < 0) | (box[:, 1] < 0) | (box[:, 2] > hw[0]) | (box[:, 3] > hw[1])
-            if self._mode == "crop":
+            if self._mode == "none":
+                pass
+            elif self._mode == "crop":
                 if self._crops_store is None:
                     self._crops_store = torch.zeros(C, self.k, x.shape[1], *self._crop_size(win))  # taken now
                 self._crops_store[cn, out["slot"][cn, sn]] = self._crops(x, s_new, box, win, hw)
@@ -265,6 +305,8 @@ class SearchAccumulator:
         """C×k'×Cin×h×w patches in rank order."""
         st = self._state
         C, k2 = st["values"].shape
+        if self._mode == "none":
+            return None
         if self._mode == "crop":
             return self._crops_store[torch.arange(C).view(-1, 1), st["slot"]]
         keys = st["indices"].flatten()
@@ -282,41 +324,11 @@ class SearchAccumulator:
         return torch.stack([t, l, t + self.rf.size[0], l + self.rf.size[1]], 1).long()
 
     def _crops(self, x, n, box, win, hw) -> torch.Tensor:
-        """The E patches (E×Cin×h×w) of the fields ``box`` in the images ``x[n]``, gathered at once;
-        the parts outside the image are ``fill``."""
-        t, l = box[:, 0].clone(), box[:, 1].clone()
-        if self.rf.is_global:
-            t.zero_(), l.zero_()
-        # a field larger than the image: the crop is the whole image along that axis
-        if self.rf.size[0] > hw[0]:
-            t.zero_()
-        if self.rf.size[1] > hw[1]:
-            l.zero_()
-        dev = x.device
-        # each image once, padded with the fill only where a field leaves it; the windows are a strided view,
-        # so the E patches are one gather
-        uniq, inv = torch.unique(n, return_inverse=True)
-        imgs = x[uniq.to(dev)]
-        pt, pl = max(0, -int(t.min())), max(0, -int(l.min()))
-        pb, pr = max(0, int((t + win[0]).max()) - hw[0]), max(0, int((l + win[1]).max()) - hw[1])
-        if pt or pl or pb or pr:
-            imgs = F.pad(imgs, (pl, pr, pt, pb), value=self.fill)
-            t, l = t + pt, l + pl
-        if tuple(win) == tuple(imgs.shape[-2:]):  # every patch is its whole image
-            c = imgs[inv.to(dev)]
-        else:
-            wins = imgs.unfold(2, win[0], 1).unfold(3, win[1], 1)  # U×Cin×H'×W'×h×w
-            c = wins[inv.to(dev), :, t.to(dev), l.to(dev)]  # E×Cin×h×w
-        size = self._crop_size(win)
-        if tuple(size) != tuple(win):
-            c = F.interpolate(c.float(), size=size, mode="bilinear", antialias=True, align_corners=False)
-        return c.detach().float().cpu()
+        """The E patches (E×Cin×h×w) of the fields ``box`` in the images ``x[n]`` (:func:`cut_patches`)."""
+        return cut_patches(x, n, box, self.rf, fill=self.fill, max_crop=self.max_crop)
 
     def _crop_size(self, win):
-        if self.max_crop is None or max(win) <= self.max_crop:
-            return win
-        s = self.max_crop / max(win)
-        return (max(1, round(win[0] * s)), max(1, round(win[1] * s)))
+        return _crop_size(win, self.max_crop)
 
     def merge(self, other: "SearchAccumulator") -> "SearchAccumulator":
         if other._state is None:
@@ -334,11 +346,13 @@ class SearchAccumulator:
         pick = _rank(cat["values"], cat["indices"], self.k)
         rows = torch.arange(pick.shape[0]).view(-1, 1)
         state = {key: v[rows, pick] for key, v in cat.items()}
-        if self._mode == "crop":
+        if self._mode == "none":
+            pass
+        elif self._mode == "crop":
             crops = torch.cat([self._ranked_crops(), other._ranked_crops()], 1)[rows, pick]
             self._crops_store = torch.empty(pick.shape[0], self.k, *crops.shape[2:])
             self._crops_store[:, :pick.shape[1]] = crops
-        else:
+        elif self._mode == "image":
             self._images.update(other._images)
         if self._mode == "crop":
             state["slot"] = torch.arange(pick.shape[1]).expand_as(pick).clone()
@@ -359,8 +373,55 @@ class SearchAccumulator:
             layer=self.layer, channels=tuple(self.channels), activations=st["values"], indices=st["indices"],
             positions=st["positions"], labels=st["labels"], crops=self._ranked_crops(), boxes=st["boxes"],
             clipped=st["clipped"], class_histogram=hist, rf=self.rf,
-            settings={"k": self.k, "max_crop": self.max_crop, "fill": self.fill},
+            settings={"k": self.k, "max_crop": self.max_crop, "fill": self.fill, "patches": self.keep_patches},
         )
+
+
+def _crop_size(win, max_crop):
+    if max_crop is None or max(win) <= max_crop:
+        return tuple(win)
+    s = max_crop / max(win)
+    return (max(1, round(win[0] * s)), max(1, round(win[1] * s)))
+
+
+def cut_patches(x: torch.Tensor, n: torch.Tensor, box: torch.Tensor, rf: ReceptiveField, *, fill: float = 0.0,
+                max_crop: int | None = None) -> torch.Tensor:
+    """The E patches (E×Cin×h×w, float32, CPU) of the receptive fields ``box`` (E×4: top, left, bottom, right, end
+    exclusive, as :class:`SearchResult` keeps them) in the images ``x[n]`` (x: U×Cin×H×W), gathered at once; parts
+    outside the image are ``fill``; h×w is the field, at most the image, scaled down to ``max_crop`` px if given
+    (bilinear, antialiased). The dataset search cuts its kept patches with this, and
+    :meth:`SearchResult.patches` cuts them again from the dataset when drawn."""
+    hw = tuple(x.shape[-2:])
+    win = (min(rf.size[0], hw[0]), min(rf.size[1], hw[1]))
+    n = torch.as_tensor(n).long().view(-1)
+    box = torch.as_tensor(box).long().view(-1, 4)
+    t, l = box[:, 0].clone(), box[:, 1].clone()
+    if rf.is_global:
+        t.zero_(), l.zero_()
+    # a field larger than the image: the crop is the whole image along that axis
+    if rf.size[0] > hw[0]:
+        t.zero_()
+    if rf.size[1] > hw[1]:
+        l.zero_()
+    dev = x.device
+    # each image once, padded with the fill only where a field leaves it; the windows are a strided view,
+    # so the E patches are one gather
+    uniq, inv = torch.unique(n, return_inverse=True)
+    imgs = x[uniq.to(dev)]
+    pt, pl = max(0, -int(t.min())), max(0, -int(l.min()))
+    pb, pr = max(0, int((t + win[0]).max()) - hw[0]), max(0, int((l + win[1]).max()) - hw[1])
+    if pt or pl or pb or pr:
+        imgs = F.pad(imgs, (pl, pr, pt, pb), value=fill)
+        t, l = t + pt, l + pl
+    if tuple(win) == tuple(imgs.shape[-2:]):  # every patch is its whole image
+        c = imgs[inv.to(dev)]
+    else:
+        wins = imgs.unfold(2, win[0], 1).unfold(3, win[1], 1)  # U×Cin×H'×W'×h×w
+        c = wins[inv.to(dev), :, t.to(dev), l.to(dev)]  # E×Cin×h×w
+    size = _crop_size(win, max_crop)
+    if tuple(size) != tuple(win):
+        c = F.interpolate(c.float(), size=size, mode="bilinear", antialias=True, align_corners=False)
+    return c.detach().float().cpu()
 
 
 class _ImageStore:
@@ -426,11 +487,14 @@ def _input_size(data, model) -> tuple[int, int] | None:
 
 @needs_autograd
 def dataset_search(model: nn.Module, data, layer: LayerRef, channels: Sequence[int] | None = None, k: int = 9, *,
-                   batch_size: int = 64, device=None, progress=None, max_crop: int | None = None) -> SearchResult:
+                   batch_size: int = 64, device=None, progress=None, max_crop: int | None = None,
+                   patches: bool = True) -> SearchResult:
     """Maximally activating images and patches: each channel's top-k over a dataset, in one scan.
 
     score(image, c) = max_ij a_c,ij(image); the patch is the receptive field of
     the unit at the arg-max, cut from the image (clipped at the border and marked so).
+    ``patches=False`` keeps only (activation, image index, position, field) per entry:
+    :meth:`SearchResult.patches` cuts the same patches from ``data`` when they are drawn.
 
     Example::
 
@@ -442,6 +506,7 @@ def dataset_search(model: nn.Module, data, layer: LayerRef, channels: Sequence[i
     from ..scan import scan
 
     data = as_dataset(data, model)
-    acc = SearchAccumulator(model, layer, channels, k, input_size=_input_size(data, model), max_crop=max_crop)
+    acc = SearchAccumulator(model, layer, channels, k, input_size=_input_size(data, model), max_crop=max_crop,
+                            patches=patches)
     (res,) = scan(model, data, [acc], batch_size=batch_size, device=device, progress=progress)
     return res
