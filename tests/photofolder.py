@@ -30,9 +30,8 @@ def _photos() -> dict:
 
     out = {}
     for name in PHOTO_CLASSES:
-        a = np.asarray(getattr(skimage.data, name)())
-        if name == "stereo_motorcycle":
-            a = a[0]
+        a = getattr(skimage.data, name)()
+        a = np.asarray(a[0] if isinstance(a, tuple) else a)  # stereo_motorcycle: (left, right, disparity)
         if a.ndim == 2:
             a = np.stack([a] * 3, -1)
         out[name] = a[..., :3].astype(np.uint8)
