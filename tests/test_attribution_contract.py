@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from attribution_nets import BoomGapNet
-from cnnlens.attribution import METHODS
+from cnnlens.attribution import METHODS, REGISTRY
 from conftest import TinyGapNet
 
 
@@ -24,8 +24,7 @@ FAST = {
     "occlusion": {"window": 3, "stride": 2},
     "augmented_gradcam": {"augmentations": 3, "steps": 5},
 }
-LAYERED = {"cam", "gradcam", "gradcam_pp", "guided_gradcam", "augmented_gradcam", "xgradcam", "hirescam", "layercam",
-           "eigencam", "ablation_cam", "score_cam"}
+LAYERED = {name for name, m in REGISTRY.items() if m.layered}
 ALL = sorted(METHODS)
 
 

@@ -56,31 +56,15 @@ from .faithfulness import (Curve, Faithfulness, Randomization, deletion, faithfu
 from .gradients import gradient_x_input, integrated_gradients, saliency, smoothgrad
 from .guided import guided_backprop, guided_gradcam
 from .occlusion import occlusion
+from ..registry import REGISTRY, Method, method_info
 from .segment import segment
 
-#: every attribution method by name (``-`` in CLI names maps to ``_``)
-METHODS = {
-    "saliency": saliency,
-    "smoothgrad": smoothgrad,
-    "gradient_x_input": gradient_x_input,
-    "integrated_gradients": integrated_gradients,
-    "occlusion": occlusion,
-    "cam": cam,
-    "gradcam": gradcam,
-    "gradcam_pp": gradcam_pp,
-    "xgradcam": xgradcam,
-    "hirescam": hirescam,
-    "layercam": layercam,
-    "eigencam": eigencam,
-    "guided_backprop": guided_backprop,
-    "guided_gradcam": guided_gradcam,
-    "augmented_gradcam": augmented_gradcam,
-    "ablation_cam": ablation_cam,
-    "score_cam": score_cam,
-}
+#: every attribution method by name (``-`` in CLI names maps to ``_``); what is known of each: ``REGISTRY``
+METHODS = {name: m.fn for name, m in REGISTRY.items()}
 
 __all__ = [
-    "METHODS", "Curve", "Faithfulness", "Randomization", "ablation_cam", "augmented_gradcam", "cam", "captum",
+    "METHODS", "REGISTRY", "Method", "method_info",
+    "Curve", "Faithfulness", "Randomization", "ablation_cam", "augmented_gradcam", "cam", "captum",
     "deletion", "eigencam", "faithfulness", "gradcam", "gradcam_pp", "gradient_x_input", "guided_backprop",
     "guided_gradcam", "hirescam", "insertion", "integrated_gradients", "layercam", "occlusion", "random_affines",
     "randomization_check", "saliency", "score_cam", "segment", "smoothgrad", "superresolve", "xgradcam",

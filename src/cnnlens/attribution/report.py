@@ -15,164 +15,29 @@ from typing import Any, Callable, Sequence
 import torch
 
 from ..results import Explanation
-from . import METHODS
 from .faithfulness import Faithfulness, faithfulness
+from ..registry import lookup, method_info
 
 log = logging.getLogger(__name__)
-
-TITLES = {
-    "saliency": "Saliency", "smoothgrad": "SmoothGrad", "gradient_x_input": "Gradient × input",
-    "integrated_gradients": "Integrated Gradients", "occlusion": "Occlusion", "cam": "CAM", "gradcam": "Grad-CAM",
-    "gradcam_pp": "Grad-CAM++", "guided_backprop": "Guided backprop", "guided_gradcam": "Guided Grad-CAM",
-    "augmented_gradcam": "Augmented Grad-CAM", "xgradcam": "XGrad-CAM", "hirescam": "HiResCAM",
-    "layercam": "LayerCAM", "eigencam": "Eigen-CAM",
-    "ablation_cam": "Ablation-CAM", "score_cam": "Score-CAM",
-}
-
-#: maps whose sign means something (drawn with a diverging colour map centred at 0)
-SIGNED = {"cam", "occlusion", "integrated_gradients", "gradient_x_input"}
-#: pixel-level gradient maps: a few extreme pixels would wash out the rest, so their display is clipped
-#: at the 99.5th percentile of |value| (the numbers in results.json are not)
-CLIPPED = {"saliency", "smoothgrad", "gradient_x_input", "integrated_gradients", "guided_backprop", "guided_gradcam"}
-
-#: what a map's values mean, for its colour bar (signed maps are drawn centred on 0)
-UNITS = {
-    "saliency": "|∂S/∂x| (score per pixel unit)", "smoothgrad": "mean |∂S/∂x| over noisy copies",
-    "gradient_x_input": "x·∂S/∂x (score units)", "integrated_gradients": "share of S(x) − S(black) (score units)",
-    "occlusion": "drop of the class score (logit) when hidden", "cam": "Σ w·f (logit units; mean = score − bias)",
-    "gradcam": "ReLU(Σ α·A) (score units)", "gradcam_pp": "ReLU(Σ w·A) (score units)",
-    "guided_backprop": "guided |∂S/∂x|", "guided_gradcam": "guided backprop × Grad-CAM",
-    "augmented_gradcam": "super-resolved Grad-CAM (score units)", "xgradcam": "ReLU(Σ w·A), w = Σ A·∂S/∂A / Σ A",
-    "hirescam": "ReLU(Σ_k A ⊙ ∂S/∂A) (score units)", "layercam": "ReLU(Σ_k ReLU(∂S/∂A) ⊙ A)",
-    "eigencam": "first principal component of the activations",
-}
-
-#: a short description per method, shown above its maps
-INTROS = {
-    "ablation_cam": (
-        "<b>Ablation-CAM</b> (Desai &amp; Ramaswamy 2020): weigh each channel A<sub>k</sub> of the layer by how much "
-        "the class score drops when the channel is set to zero, w<sub>k</sub> = (S<sub>c</sub> − "
-        "S<sub>c</sub><sup>(k)</sup>)/S<sub>c</sub>, and draw ReLU(Σ<sub>k</sub> w<sub>k</sub> A<sub>k</sub>). No "
-        "gradient. Before a global-average-pool + linear head the drop is exactly w<sub>k</sub><sup>c</sup> · "
-        "mean(A<sub>k</sub>); elsewhere only the layers after the tapped one run again."),
-    "score_cam": (
-        "<b>Score-CAM</b> (Wang et al. 2020): mask the image with each channel's activation map (upsampled, scaled "
-        "to [0, 1]), score each masked image, and weigh the channels by the softmax of those scores. No gradient; "
-        "one forward per channel."),
-    "saliency": (
-        "<b>Saliency</b> (Simonyan et al. 2014): back-propagate the class score <i>before</i> the softmax, "
-        "S<sub>c</sub>, to the pixels: M(i, j) = max<sub>channel</sub> |∂S<sub>c</sub>/∂x<sub>i,j</sub>|. "
-        "Large values are pixels whose small change moves the score most. The pre-softmax score matters: the "
-        "probability can also be raised by lowering the <i>other</i> classes' scores, which says nothing about "
-        "this class. One forward and one backward pass: the quick check that the model looks at the object."),
-    "smoothgrad": (
-        "<b>SmoothGrad</b> (Smilkov et al. 2017): the saliency map averaged over noisy copies x + ε, "
-        "ε ~ N(0, σ²) in pixel units. The gradient of a ReLU network jumps from pixel to pixel; averaging over a "
-        "small neighbourhood keeps what is stable."),
-    "gradient_x_input": (
-        "<b>Gradient × input</b>: x ⊙ ∂S<sub>c</sub>/∂x, summed over colour channels. For a linear model it is "
-        "each pixel's exact share of the score (relative to a black image)."),
-    "integrated_gradients": (
-        "<b>Integrated Gradients</b> (Sundararajan et al. 2017): the gradient averaged along the straight path "
-        "from a baseline x' (here black) to x, times (x − x'). The attributions add up to S(x) − S(x') "
-        "(completeness); what the numerical integral misses is reported as the completeness gap."),
-    "occlusion": (
-        "<b>Occlusion sensitivity</b> (Zeiler &amp; Fergus 2014): slide a grey square over the image and re-score "
-        "at every position. Shown: the drop of the class score when the square covers each pixel (red = hiding it "
-        "hurts the class). Its <i>probability map</i> (Zeiler &amp; Fergus 2014, Fig. 7) — the class probability for "
-        "each position of the square, low where the square hides what the model needs — is drawn next to it. "
-        "Model-agnostic (no gradient at all) but costly as one forward per position — unless, as here, only what "
-        "changes is recomputed: the square alters a small region of the image and, layer by layer, only that "
-        "region's projective field, so cnnlens recomputes just those boxes and reads the rest from the clean "
-        "image's activations (incremental inference, Nakandala et al. 2019): the same map, several times faster."),
-    "cam": (
-        "<b>Class activation map</b> (Zhou et al. 2016). With a global-average-pool + linear head, "
-        "S<sub>c</sub> = Σ<sub>k</sub> w<sub>k</sub><sup>c</sup> F<sub>k</sub> + b<sub>c</sub> with "
-        "F<sub>k</sub> = mean<sub>x,y</sub> f<sub>k</sub>(x, y), so "
-        "S<sub>c</sub> − b<sub>c</sub> = mean<sub>x,y</sub> M<sub>c</sub>(x, y) with "
-        "M<sub>c</sub>(x, y) = Σ<sub>k</sub> w<sub>k</sub><sup>c</sup> f<sub>k</sub>(x, y): the score is exactly "
-        "the average of the map (Zhou et al. write Σ<sub>x,y</sub> M<sub>c</sub> = S<sub>c</sub>, with the sum "
-        "that a sum-pool would take). Global average pooling keeps where each feature fired; the map is upsampled "
-        "from the last layer's grid."),
-    "gradcam": (
-        "<b>Grad-CAM</b> (Selvaraju et al. 2017) works for any head and any layer A: the importance of channel k "
-        "for class c is α<sub>k</sub><sup>c</sup> = (1/#pixels) Σ<sub>ij</sub> ∂y<sub>c</sub>/∂A<sup>k</sup><sub>ij</sub>, "
-        "and the map is ReLU(Σ<sub>k</sub> α<sub>k</sub><sup>c</sup> A<sup>k</sup>). On a GAP + linear head "
-        "α<sub>k</sub><sup>c</sup> = w<sub>k</sub><sup>c</sup>/(H·W): Grad-CAM is then CAM/(H·W) before the ReLU. "
-        "Only the backward from the score to that layer runs, so it costs about one forward pass."),
-    "gradcam_pp": (
-        "<b>Grad-CAM++</b> (Chattopadhay et al. 2018) weights each position's positive gradient, "
-        "w<sub>k</sub> = Σ<sub>ij</sub> a<sub>ij</sub><sup>k</sup> ReLU(∂y<sub>c</sub>/∂A<sub>ij</sub><sup>k</sup>), "
-        "so several instances of a class each count."),
-    "guided_backprop": (
-        "<b>Guided backprop</b> (Springenberg et al. 2015) changes the backward rule of every ReLU: the signal "
-        "passes only where the forward input was positive <i>and</i> the gradient is positive (the deconvnet's "
-        "'un-ReLU' combined with the ordinary one). Sharp, image-like maps — but the sanity check below shows "
-        "they barely depend on the weights of the top layers."),
-    "guided_gradcam": (
-        "<b>Guided Grad-CAM</b>: guided backprop ⊙ the upsampled Grad-CAM — fine detail, restricted to the "
-        "class-discriminative region."),
-    "augmented_gradcam": (
-        "<b>Augmented Grad-CAM</b> (Morbidelli et al. 2020): Grad-CAM is coarse (7×7 for this network). Show the "
-        "network L randomly rotated and shifted copies of the image; each gives a low-resolution map g<sub>l</sub>, "
-        "modelled as the same high-resolution map h, moved by the known augmentation A<sub>l</sub> and "
-        "down-sampled by D. Recover h from the inverse problem "
-        "argmin<sub>h</sub> ½ Σ<sub>l</sub> ‖D(A<sub>l</sub>(h)) − g<sub>l</sub>‖² + λ TV<sub>ℓ1</sub>(h) + "
-        "(μ/2)‖h‖², solved by (sub)gradient descent; the anisotropic total variation keeps edges."),
-    "xgradcam": (
-        "<b>XGrad-CAM</b> (Fu et al. 2020): Grad-CAM with each channel's gradient averaged with the channel's own "
-        "activations as weights, α<sub>k</sub> = Σ<sub>ij</sub> A<sup>k</sup><sub>ij</sub> "
-        "∂y<sub>c</sub>/∂A<sup>k</sup><sub>ij</sub> / Σ<sub>ij</sub> A<sup>k</sup><sub>ij</sub>, chosen so that the "
-        "map adds up to the score where the head is linear (conservation)."),
-    "hirescam": (
-        "<b>HiResCAM</b> (Draelos &amp; Carin 2020): Σ<sub>k</sub> ∂y<sub>c</sub>/∂A<sup>k</sup> ⊙ A<sup>k</sup> — "
-        "the gradient is not averaged over positions, so the map shows exactly which positions raise the score "
-        "(on a global-average-pool head it adds up to the score minus the bias)."),
-    "layercam": (
-        "<b>LayerCAM</b> (Jiang et al. 2021): Σ<sub>k</sub> ReLU(∂y<sub>c</sub>/∂A<sup>k</sup>) ⊙ A<sup>k</sup>, "
-        "each position weighted by its own positive gradient, which keeps fine detail at earlier layers; maps of "
-        "several layers can be fused."),
-    "eigencam": (
-        "<b>Eigen-CAM</b> (Muhammad &amp; Yeasin 2020): no gradient and no class — the layer's activations "
-        "projected on their first principal component (what varies most across positions). It shows what the "
-        "layer attends to, the same map for every class."),
-}
-
-def _captum_takes_layer(name: str) -> bool:
-    import inspect
-
-    from .bridge import captum_class
-
-    try:
-        return "layer" in inspect.signature(captum_class(name.split(":", 1)[1]).__init__).parameters
-    except (ImportError, ValueError, TypeError):
-        return False
 
 
 def title_of(method: str) -> str:
     """The display name of a method (``captum:DeepLift`` → ``DeepLift (Captum)``)."""
-    if method.startswith("captum:"):
-        return f"{method.split(':', 1)[1]} (Captum)"
-    return TITLES.get(method, method)
+    m = lookup(method)
+    return m.title if m else method
 
 
 def intro_of(method: str) -> str:
     """The lesson shown above a method's maps (a short line for a bridged Captum class)."""
-    if method.startswith("captum:"):
-        name = html.escape(method.split(":", 1)[1])
-        return (f"<b>{name}</b>, computed by Captum (<code>captum.attr.{name}</code>) through cnnlens's bridge: the "
-                "attributions summed over colour channels, scored for faithfulness like every other map.")
-    return INTROS.get(method, "")
+    m = lookup(method)
+    return m.intro if m else ""
 
 
 def is_signed(method: str) -> bool:
     """Whether a map's sign means something (a diverging colour map centred at 0)."""
-    return method in SIGNED or method.startswith("captum:")
+    m = lookup(method)
+    return bool(m and m.signed)
 
-
-#: methods that read one layer (``layer=`` is passed on to them)
-LAYERED = ("cam", "gradcam", "gradcam_pp", "guided_gradcam", "augmented_gradcam", "xgradcam", "hirescam",
-           "layercam", "eigencam", "ablation_cam", "score_cam")
 
 FAITH_INTRO = (
     "<b>How faithful is a map?</b> <i>Deletion</i> (Petsiuk et al. 2018): replace the pixels by a blurred copy in "
@@ -189,14 +54,10 @@ def run_methods(model, x: torch.Tensor, methods: Sequence[str], target: Any = "p
     """Run each method on the batch; a method that does not apply (ValueError) is kept as its error."""
     out: dict[str, Explanation | Exception] = {}
     for i, name in enumerate(methods):
-        if name.startswith("captum:"):
-            from .bridge import captum
-
-            fn = (lambda cls: lambda model, x, **kw: captum(model, x, cls, **kw))(name.split(":", 1)[1])
-        else:
-            fn = METHODS[name]
+        info = method_info(name)
+        fn = info.fn
         kw = dict((settings or {}).get(name, {}))
-        if layer is not None and (name in LAYERED or (name.startswith("captum:") and _captum_takes_layer(name))):
+        if layer is not None and info.layered:
             kw.setdefault("layer", layer)
         if progress:
             progress(name, i, len(methods))
@@ -250,7 +111,8 @@ def guided_mark(ax, method: str) -> None:
 def _heat(e: Explanation, i: int, shared: bool) -> tuple[torch.Tensor, bool]:
     m = e.maps[i].float()
     signed = is_signed(e.method)  # by the kind of map, never per image
-    if e.method in CLIPPED and m.numel() > 1:
+    info = lookup(e.method)
+    if info and info.clipped and m.numel() > 1:
         q = float(torch.quantile(m.abs().flatten(), 0.995))
         if q > 0:
             m = m.clamp(-q, q)
@@ -361,7 +223,7 @@ def method_figure(images: torch.Tensor, names: Sequence[str], e: Explanation, fa
 
 
 def _unit(e: Explanation, shared: bool) -> str:
-    return "fraction of the largest |value|" if shared else UNITS.get(e.method, "attribution")
+    return "fraction of the largest |value|" if shared else (lookup(e.method).unit if lookup(e.method) else "attribution")
 
 
 def probability_panel(ax, e: Explanation, i: int) -> None:
@@ -458,7 +320,7 @@ def _section_methods(report, title: str, intro: str, model, x: torch.Tensor, nam
         "methods": ", ".join(title_of(m) for m in methods), "target": "the predicted class",
         "faithfulness": f"deletion/insertion, {steps} steps, {'blurred' if baseline == 'blur' else baseline} "
                         "baseline, softmax probability",
-        **{TITLES[k]: ", ".join(f"{a}={b}" for a, b in v.items()) for k, v in shown.items() if v},
+        **{title_of(k): ", ".join(f"{a}={b}" for a, b in v.items()) for k, v in shown.items() if v},
         "seconds (maps and faithfulness)": round(time.perf_counter() - t0, 1)})
     for m in methods:
         e = expls[m]

@@ -10,10 +10,15 @@ from typing import List, Optional
 
 import typer
 
+from ..registry import REGISTRY
 from .common import (DEVICE_OPT, FORCE_OPT, MODEL_OPT, OUT_OPT, PRETRAINED_OPT, TRUST_OPT, WEIGHTS_OPT, app, console,
                      load_model_from_options, model_options, new_report, out_dir, progress_bar, UserError)
 
 DEFAULT_METHODS = "saliency,occlusion,cam,gradcam,augmented-gradcam,guided-gradcam"
+#: the registry's names (importing it does not import torch: the CLI's --help stays fast)
+METHODS_HELP = ("Comma-separated: " + ", ".join(m.cli_name for m in REGISTRY.values()) + "; or all (the native "
+                "ones); captum:<Class> runs a Captum attribution class, e.g. captum:DeepLift,captum:KernelShap "
+                "(pip install 'cnnlens[captum]').")
 
 
 def parse_methods(text: str) -> list[str]:
@@ -87,11 +92,12 @@ def explain_settings(model: str, target: str, chosen: list, ok: dict, layer, sha
                      baseline: str, n: int) -> dict:
     """The settings that ran: the layer each CAM-family method read (named, also when chosen automatically),
     each method's own settings as it ran, the faithfulness curves."""
-    from ..attribution.report import LAYERED, title_of
+    from ..registry import lookup
+    from ..attribution.report import title_of
     from ..report import show_setting
 
     out = {"model": model, "images": n, "target": target, "methods": ", ".join(title_of(k) for k in chosen)}
-    layers = {k: e.layer for k, e in ok.items() if k in LAYERED and e.layer}
+    layers = {k: e.layer for k, e in ok.items() if (lookup(k) and lookup(k).layered) and e.layer}
     if layers:
         used = sorted(set(layers.values()))
         how = "given with --layer" if layer else "chosen automatically: the last spatial layer"
@@ -189,11 +195,7 @@ def explain(
     weights: Optional[Path] = WEIGHTS_OPT,
     pretrained: bool = PRETRAINED_OPT,
     trust_pickle: bool = TRUST_OPT,
-    methods: str = typer.Option(DEFAULT_METHODS, "--methods", help="Comma-separated: saliency, smoothgrad, "
-                                "gradient-x-input, integrated-gradients, occlusion, cam, gradcam, gradcam-pp, "
-                                "guided-backprop, guided-gradcam, augmented-gradcam, xgradcam, hirescam, layercam, "
-                                "eigencam; or all (the native ones); captum:<Class> runs a Captum attribution class, "
-                                "e.g. captum:DeepLift,captum:KernelShap (pip install 'cnnlens[captum]')."),
+    methods: str = typer.Option(DEFAULT_METHODS, "--methods", help=METHODS_HELP),
     target: str = typer.Option("predicted", "--target", "-t", help="predicted, second, a class index or a class name."),
     layer: Optional[str] = typer.Option(None, "--layer", "-l", help="Layer for the CAM family (default: the last "
                                         "spatial layer; see `cnnlens layers --model M`)."),

@@ -142,14 +142,14 @@ SANITY_INTRO = (
 
 def cascade_figure(s, names=None):
     """Mean Spearman ρ (over the images; each image as a dot) of every method at each cascade step."""
-    from ..attribution.report import TITLES
+    from ..attribution.report import title_of
     from ..viz import subplots
 
     fig, ax = subplots(figsize=(7.5, 3.6))
     steps = list(range(len(s.layers)))
     for k in s.methods:
         c = s.correlations(k)
-        line, = ax.plot(steps, c.mean(1).numpy(), marker="o", label=TITLES.get(k, k))
+        line, = ax.plot(steps, c.mean(1).numpy(), marker="o", label=title_of(k))
         for j in steps:
             ax.scatter([j] * c.shape[1], c[j].numpy(), s=8, color=line.get_color(), alpha=0.5)
     ax.set_xticks(steps)
@@ -168,9 +168,9 @@ def cascade_figure(s, names=None):
 
 def sanity_rows(s) -> tuple[list[str], list[list]]:
     header = ["method"] + [lbl.replace("net.", "").replace(".0.conv_pw", "") + " ↓" for lbl in s.layers]
-    from ..attribution.report import TITLES
+    from ..attribution.report import title_of
 
-    rows = [[TITLES.get(k, k)] + [round(v, 3) for v in s.mean(k).tolist()] for k in s.methods]
+    rows = [[title_of(k)] + [round(v, 3) for v in s.mean(k).tolist()] for k in s.methods]
     return header, rows
 
 
