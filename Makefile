@@ -20,7 +20,7 @@ $(VENV)/.installed: pyproject.toml | $(VENV)/bin/python
 # torchattacks (the tests' reference for DeepFool and C&W) pins an old `requests`; it needs only torch,
 # numpy and scipy at import, so it goes in without its dependencies, in a step of its own
 $(VENV)/.installed-test: $(VENV)/.installed
-	$(PIP) install -q -e ".[all,test]"
+	$(PIP) install -q -e ".[all,test,docs]"
 	$(PIP) install -q --no-deps "torchattacks>=3.5"
 	touch $@
 

@@ -52,10 +52,11 @@ def check_page(index: Path, screenshot: Path | None = None) -> dict:
         shutil.rmtree(driver.profile_dir, ignore_errors=True)
 
 
-def chromium_driver():
+def chromium_driver(flags: tuple[str, ...] = (), performance: bool = False):
     """A headless Debian Chromium driven by selenium (skips when it is not installed; fails under CI).
 
-    The caller quits it (``driver.quit()``) and removes ``driver.profile_dir``.
+    ``flags``: more command-line switches; ``performance``: keep the DevTools network log
+    (``driver.get_log("performance")``). The caller quits it (``driver.quit()``) and removes ``driver.profile_dir``.
     """
     if not Path(CHROMIUM).exists() or not Path(CHROMEDRIVER).exists():
         msg = "Debian's chromium and chromium-driver are not installed (`make install-test` installs them)"
@@ -71,9 +72,9 @@ def chromium_driver():
     profile = tempfile.mkdtemp(prefix="cnnlens-chromium-")
     for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--disable-dev-shm-usage", "--window-size=1400,1000", f"--user-data-dir={profile}"):
+                 "--disable-dev-shm-usage", "--window-size=1400,1000", f"--user-data-dir={profile}", *flags):
         opts.add_argument(flag)
-    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    opts.set_capability("goog:loggingPrefs", {"browser": "ALL", **({"performance": "ALL"} if performance else {})})
     try:
         driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
     except BaseException:

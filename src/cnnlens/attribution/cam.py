@@ -209,6 +209,33 @@ def gradcam(model: nn.Module, x: torch.Tensor, target: Any = "predicted", *, lay
     input size; ``extras["pre_relu"]`` = Σ_k α_k A^k, ``extras["weights"]`` = α.
 
     >>> e = gradcam(model, x, target="second", layer="layer4")     # doctest: +SKIP
+
+    Args:
+        model: any ``nn.Module`` mapping N×C×H×W to N×K logits (left exactly as it was).
+        x: the images, N×C×H×W (pixel space, [0, 1], for models loaded by cnnlens).
+        target: the class c whose score y_c is explained: ``"predicted"``, ``"second"`` (the runner-up),
+            ``"true"`` (needs ``y``), a class index or name, a per-image list or tensor of classes,
+            or a :class:`~cnnlens.targets.Target`.
+        layer: the layer A is read at, by dotted name (``"layer4"``, ``"features.3"``) or module;
+            ``None`` picks the last layer with a spatial output (logged). Token and channels-last
+            layers (ViT, Swin, ConvNeXt) are read as grids.
+        relu: apply the final ReLU (the paper's map, positive evidence only); ``False`` keeps the signed
+            map Σ_k α_k A^k, whose negative part is evidence against the class.
+        y: the true labels (N integers), needed only for ``target="true"``.
+        channels_last: the input's memory layout for the forward and backward. ``None`` (default) passes
+            image-sized batches (≥ 3 channels, ≥ 64×64) of convolutional models channels-last, which is
+            faster on the CPU and gives the same map up to float rounding; ``False`` forces the default
+            (contiguous) layout, ``True`` forces channels-last. A model that refuses channels-last is
+            retried contiguous.
+
+    Returns:
+        Explanation: ``maps`` N×H×W at the input's size, ``raw`` N×h×w at the layer's grid,
+        ``classes`` the explained class of each image, ``layer`` the layer used, and
+        ``extras["pre_relu"]`` and ``extras["weights"]`` (α, N×K).
+
+    Raises:
+        ValueError: an unknown layer (with close matches), a layer without a spatial grid, a layer that runs
+            twice in one forward, a class out of range, ``target="true"`` without ``y``, or no image.
     """
     return _gradcam(model, x, target, layer, relu, y, "gradcam", channels_last)
 

@@ -74,8 +74,8 @@ METHOD_DEFAULTS: dict[str, dict] = {
 class Leaderboard(Result):
     """Methods × metrics: per-map scores, their mean with a 95 % t interval, and seconds per map.
 
-    scores[method][metric]: N float64 per-map scores (NaN where undefined);
-    aggregates[method][metric]: :class:`Aggregate`; seconds_per_map[method]: wall time of the
+    ``scores[method][metric]``: N float64 per-map scores (NaN where undefined);
+    ``aggregates[method][metric]``: :class:`Aggregate`; seconds_per_map[method]: wall time of the
     method's call / N (on a shared machine, a rough figure); higher_is_better[metric];
     examples[method]: the maps of the first ``keep`` images (for figures).
     """
