@@ -1,5 +1,5 @@
 """Looking inside the network: filters, receptive fields, dataset search, activation
-maximisation, deconvnet, Deep Dream, neuron statistics and channel influence.
+maximisation, deconvnet, Deep Dream, neuron statistics, channel influence and concepts (TCAV).
 
     from cnnlens.inside import receptive_field, dataset_search, maximize, objectives
     rf = receptive_field(model, "features.3")                 # size, stride, offset (+ gradient probe)
@@ -24,6 +24,7 @@ from .maximize import Objective, Visualization, maximize, objectives, total_vari
 from .receptive import ReceptiveField, RFProbe, receptive_field
 from .search import SearchAccumulator, SearchResult, dataset_search
 from .stats import NeuronStats, StatsAccumulator, neuron_stats
+from .tcav import TCAV, tcav
 
 __all__ = [
     "filters", "feature_maps", "receptive_field", "ReceptiveField", "dataset_search", "SearchResult",
@@ -32,5 +33,5 @@ __all__ = [
     "NeuronStats", "StatsAccumulator", "Influence", "InfluenceAccumulator", "total_variation",
     "microscope_scan", "MicroscopeScan", "MicroscopeAccumulator", "LayerScan", "layer_edges", "maximize_channels",
     "ChannelViews", "building_blocks", "BuildingBlocks", "class_influence", "ClassInfluence", "top_maps",
-    "unit_projections", "UnitProjections",
+    "unit_projections", "UnitProjections", "tcav", "TCAV",
 ]

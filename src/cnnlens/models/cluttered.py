@@ -165,6 +165,35 @@ def _make(split: str) -> tuple[torch.Tensor, ...]:
             torch.from_numpy(clutter))
 
 
+def fragment_canvases(digit: int | None, n: int, *, seed: int = 0, split: str = "train",
+                      pieces: tuple[int, int] = (2, 4), side: tuple[int, int] = (10, 16)) -> torch.Tensor:
+    """Concept images for TCAV: n 64×64 canvases (N×1×64×64 in [0, 1]) of ``pieces`` fragments (``side``
+    pixels a side, of the 24) of digits of class ``digit`` — or of any class for ``digit=None``, a random
+    concept — placed anywhere, with the test bed's noise; drawn from the digits of ``split``.
+
+    >>> fragment_canvases(3, 4).shape
+    torch.Size([4, 1, 64, 64])
+    """
+    images, labels = _digit_images()
+    idx = split_indices(labels, split)
+    if digit is not None:
+        idx = idx[labels[idx] == digit]
+        if len(idx) == 0:
+            raise ValueError(f"digit must be one of 0–9 or None, got {digit!r}")
+    rs = np.random.RandomState(seed)
+    out = np.zeros((n, SIZE, SIZE), dtype=np.float32)
+    for k in range(n):
+        for _ in range(rs.randint(pieces[0], pieces[1] + 1)):
+            j = idx[rs.randint(len(idx))]
+            h, w = rs.randint(side[0], side[1] + 1, size=2)
+            fr, fc = rs.randint(0, DIGIT - h + 1), rs.randint(0, DIGIT - w + 1)
+            pr, pc = rs.randint(0, SIZE - h + 1), rs.randint(0, SIZE - w + 1)
+            np.maximum(out[k, pr: pr + h, pc: pc + w], images[j, fr: fr + h, fc: fc + w],
+                       out=out[k, pr: pr + h, pc: pc + w])
+        out[k] = np.clip(out[k] + rs.normal(0.0, NOISE, size=(SIZE, SIZE)).astype(np.float32), 0.0, 1.0)
+    return torch.from_numpy(out).unsqueeze(1)
+
+
 @functools.lru_cache(maxsize=2)
 def _cached(split: str) -> tuple[torch.Tensor, ...]:
     return _make(split)
