@@ -104,3 +104,33 @@ def test_bad_input_is_one_line(model):
         tcav(model, LAYER, concepts={"a": x}, random=x[:3], inputs=x, target=1)
     with pytest.raises(TypeError, match="N×C×H×W"):
         tcav(model, LAYER, concepts={"a": x[0]}, random=x, inputs=x, target=1)
+
+
+def _write(folder, imgs):
+    import numpy as np
+    from PIL import Image
+
+    folder.mkdir(parents=True)
+    for i, t in enumerate(imgs):
+        Image.fromarray((t[0].numpy() * 255).round().astype(np.uint8)).save(folder / f"{i:03d}.png")
+
+
+def test_cli_tcav_writes_the_report(tmp_path, run_cli):
+    _write(tmp_path / "three", fragment_canvases(3, 20, seed=1))
+    _write(tmp_path / "random", fragment_canvases(None, 60, seed=3))
+    out = tmp_path / "out"
+    code, cap = run_cli("inside", "tcav", "--model", "cluttered-digits-cnn", "--layer", LAYER,
+                        "--concept", f"three={tmp_path / 'three'}", "--random", tmp_path / "random",
+                        "--target", "3", "--n", "20", "--runs", "3", "--out", out)
+    assert code == 0, cap.out + cap.err
+    assert "TCAV for class 3" in cap.out and "three" in cap.out
+    html = (out / "index.html").read_text()
+    assert "Concepts: TCAV" in html and "Kim et al." in html and (out / "tcav.png").stat().st_size > 1000
+    import json
+
+    saved = json.loads((out / "tcav.json").read_text())
+    assert saved["concepts"] == ["three"] and saved["target"] == 3 and saved["settings"]["runs"] == 3
+    code, cap = run_cli("inside", "tcav", "-m", "cluttered-digits-cnn", "--layer", LAYER, "--concept", "three",
+                        "--random", tmp_path / "random",
+                        "--target", "3", "--out", tmp_path / "o2")
+    assert code == 2 and "NAME=folder" in cap.err

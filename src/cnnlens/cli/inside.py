@@ -512,3 +512,103 @@ def influence_cmd(
         img = add_influence(sec, inf)
         _finish(rep, out, {"influence.png": img, "influence.json": _json(inf), "influence.pt": tensors_file(inf)},
                 f"{len(inf.channels)} channels")
+
+
+# ---------------------------------------------------------------------------
+def _folder_images(model, spec: str, what: str):
+    """The images of a folder (flat, or an ImageFolder) as one N×C×H×W tensor."""
+    import torch
+
+    from ..data import image_folder
+
+    p = Path(spec).expanduser()
+    if not p.is_dir():
+        raise UserError(f"{what} {spec}: no such folder; give a folder of images")
+    try:
+        ds = image_folder(p, model)
+    except ValueError as e:
+        raise UserError(f"{what} {spec}: {e}") from None
+    return torch.stack([torch.as_tensor(ds[i][0]) for i in range(len(ds))])
+
+
+@inside_app.command("tcav")
+@model_options
+def tcav_cmd(
+    model: str = MODEL_OPT, layer: str = LAYER_OPT,
+    concept: List[str] = typer.Option(..., "--concept", help="NAME=folder of the concept's example images "
+                                      "(repeat the option for several concepts)."),
+    random: str = typer.Option(..., "--random", help="Folder of random images: each run draws two disjoint sets "
+                               "of the concept's size from it (counter-examples, and a random concept)."),
+    target: str = typer.Option(..., "--target", "-t", help="The class tested: index or name."),
+    data: Optional[str] = typer.Option(None, "--data", "-d", help="The class's images: those labelled --target in "
+                                       "a dataset (digits, cluttered-digits, an ImageFolder); default "
+                                       "cluttered-digits for cluttered-digits-cnn."),
+    image: Optional[List[str]] = typer.Option(None, "--image", "-i", help="The class's images as files, a folder "
+                                              "or a glob (instead of --data)."),
+    n: int = typer.Option(100, "--n", min=2, help="At most this many images of the class."),
+    runs: int = typer.Option(10, "--runs", min=2, help="Random counter-example sets (Kim et al.: the t-test's "
+                             "sample size)."),
+    classifier: str = typer.Option("sgd", "--classifier", help="sgd (Captum's default SGDClassifier) or logistic."),
+    bonferroni: bool = typer.Option(False, "--bonferroni", help="Divide the 0.05 level by the number of concepts."),
+    weights: Optional[Path] = WEIGHTS_OPT, pretrained: bool = PRETRAINED_OPT, trust_pickle: bool = TRUST_OPT,
+    device: str = DEVICE_OPT, out: Path = OUT_OPT, force: bool = FORCE_OPT,
+) -> None:
+    """TCAV (Kim et al. 2018): does a concept, given as example images, raise a class's score at a layer? Scores
+    over several random counter-example sets, a t-test against random CAVs, a bar chart and a report."""
+    import torch
+
+    from ..inside import tcav
+    from ..inside.report import add_tcav, tensors_file
+
+    concepts = {}
+    for c in concept:
+        name, sep, folder = c.partition("=")
+        if not sep or not name.strip() or not folder.strip():
+            raise UserError(f"--concept {c!r}: give NAME=folder, e.g. --concept stripes=images/stripes")
+        concepts[name.strip()] = folder.strip()
+    out = out_dir(out, force, data, image, random, *concepts.values(), weights)
+    M = _Model(model, weights, pretrained, trust_pickle, device)
+    if classifier not in ("sgd", "logistic"):
+        raise UserError(f"--classifier {classifier!r}: choose sgd or logistic")
+    imgs = {k: _folder_images(M.m, v, f"--concept {k}=") for k, v in concepts.items()}
+    pool = _folder_images(M.m, random, "--random")
+    from ..inside.tcav import _class_index
+
+    try:
+        k, _ = _class_index(M.m, target)
+    except (TypeError, ValueError) as e:
+        raise UserError(f"--target: {e}") from None
+    if image:
+        x, _ = _images(M.m, image, None, n)
+    else:
+        if data is None and model == "cluttered-digits-cnn":
+            data = "cluttered-digits"
+        ds = _dataset(M.m, data, None)
+        if not is_labelled(ds):
+            raise UserError(f"--data {data}: has no labels, so no images of class {target}; give --image")
+        xs = [torch.as_tensor(xi) for xi, yi in (ds[i] for i in range(len(ds))) if int(yi) == k][:n]
+        if len(xs) < 2:
+            raise UserError(f"--data {data}: {len(xs)} image(s) of class {target}; need at least 2")
+        x = torch.stack(xs)
+    dev = next(iter(M.m.parameters())).device
+    with progress_bar(f"TCAV of {len(imgs)} concept(s) at {layer}, {runs} runs") as update:
+        r = tcav(M.m, layer, concepts={c: v.to(dev) for c, v in imgs.items()}, random=pool.to(dev),
+                 inputs=x.to(dev), target=k, runs=runs, classifier=classifier, bonferroni=bonferroni,
+                 progress=update)
+    from rich.table import Table
+
+    t = Table(title=f"TCAV for class {r.target_name or r.target} at {r.layer} ({runs} runs)", title_justify="left")
+    for h in ("concept", "score", "random", "p", "significant"):
+        t.add_column(h, justify="right")
+    for row in r.rows():
+        t.add_row(row["concept"], f"{row['score']:.2f}±{row['score_std']:.2f}", f"{row['random']:.2f}",
+                  f"{row['p_value']:.2g}", "yes" if row["significant"] else "n.s.")
+    print_table(t)
+    rep, sec = _report(f"cnnlens inside tcav: {model}", "Concepts: TCAV", "tcav",
+                       {"model": model, "layer": r.layer, "target": r.target_name or r.target,
+                        "class images": r.n_inputs, "concepts": ", ".join(f"{c} ({len(v)})" for c, v in imgs.items()),
+                        "random pool": len(pool), "runs": runs, "classifier": classifier,
+                        "Bonferroni": bonferroni}, model=M.m)
+    img = add_tcav(sec, r)
+    _finish(rep, out, {"tcav.png": img, "tcav.json": _json(r), "tcav.pt": tensors_file(r)},
+            f"{len(imgs)} concept(s)")

@@ -76,6 +76,17 @@ INTROS = {
         "step, the image randomly rolled (jitter), and done at several scales (octaves) so the patterns grow at "
         "several sizes — dogs in clouds."
     ),
+    "tcav": (
+        "Testing with concept activation vectors (TCAV; Kim et al., ICML 2018) asks whether a human concept, "
+        "given as a set of example images, matters to a class. A linear classifier separates the layer's "
+        "activations of the concept's images from those of random images; the normal of its boundary, pointing "
+        "to the concept, is the concept activation vector (CAV). The TCAV score is the share of the class's "
+        "images whose class score rises when the layer's activation moves along the CAV (a positive directional "
+        "derivative). A CAV trained on random images scores something too, so the training is repeated against "
+        "several random sets and the concept's scores are compared with those of random-against-random CAVs by a "
+        "two-sided t-test: a concept with p ≥ 0.05 is marked not significant (n.s.), whatever its score. The "
+        "scores equal Captum's TCAV on the same CAV."
+    ),
 }
 
 
@@ -285,6 +296,23 @@ def add_influence(sec, inf, top: int = 12) -> bytes:
     sec.table(rows, header=["rank", "channel", "a·∂y/∂a", "mean ∂y/∂a", "drop when zeroed"],
               caption=f"channels ranked by a·∂y/∂a{agree}")
     sec.data(f"influence {inf.layer}", inf.to_dict())
+    return img
+
+
+def add_tcav(sec, r) -> bytes:
+    """The TCAV bar chart and a table of each concept's score, the random CAVs' score and the p-value."""
+    img = png(r.figure())
+    name = r.target_name if r.target_name is not None else r.target
+    sec.figure(img, f"TCAV scores for class {name} at {r.layer}: mean over {r.settings.get('runs')} runs (±1 std); "
+                    "* significant, n.s. not (two-sided t-test against random CAVs)")
+    rows = [[x["concept"], round(x["score"], 3), round(x["score_std"], 3), round(x["random"], 3),
+             f"{x['p_value']:.2g}", "yes" if x["significant"] else "no (n.s.)", round(x["cav_accuracy"], 3)]
+            for x in r.rows()]
+    sec.table(rows, header=["concept", "TCAV score", "std", "random CAVs", "p", "significant", "CAV accuracy"],
+              caption=f"{r.n_inputs} images of the class; significance level {r.settings.get('level'):g}"
+                      + (" (Bonferroni)" if r.settings.get("bonferroni") else "")
+                      + "; CAV accuracy: the linear classifier on its held-out third")
+    sec.data(f"tcav {r.layer}", r.to_dict())
     return img
 
 

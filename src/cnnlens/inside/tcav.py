@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import warnings
-from typing import Any, Sequence
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -212,7 +212,7 @@ def _random_sets(random: Any, runs: int, size: int, seed: int) -> list[tuple[tor
 @needs_autograd
 def tcav(model: nn.Module, layer: str, *, concepts: dict, random: Any, inputs: torch.Tensor, target: Any,
          runs: int = 10, classifier: str = "sgd", alpha: float = ALPHA, bonferroni: bool = False, seed: int = 0,
-         batch_size: int | None = None) -> TCAV:
+         batch_size: int | None = None, progress: Callable[[int, int], None] | None = None) -> TCAV:
     """TCAV scores of each concept for class ``target`` at ``layer`` over ``runs`` random counter-example sets,
     with Kim et al.'s two-sided t-test against random CAVs.
 
@@ -221,7 +221,7 @@ def tcav(model: nn.Module, layer: str, *, concepts: dict, random: Any, inputs: t
     ≥ 2 fixed random sets; ``inputs``: images of the class (X_k); ``target``: class index or name;
     ``classifier``: ``"sgd"`` (Captum's default) or ``"logistic"``; ``bonferroni``: divide ``alpha`` by the
     number of concepts. Run r trains the concept's CAV against random set r and the random CAV of random set
-    r' against r, both with seed ``seed + r``.
+    r' against r, both with seed ``seed + r``. ``progress(done, total)`` counts the runs.
 
     >>> r = tcav(model, "net.features.9", concepts={"3": c3}, random=pool, inputs=x3, target=3)  # doctest: +SKIP
     >>> r.figure()                                                                               # doctest: +SKIP
@@ -261,6 +261,8 @@ def tcav(model: nn.Module, layer: str, *, concepts: dict, random: Any, inputs: t
         for i, c in enumerate(cimgs):
             cavs[i, r], accs[i, r] = train_cav(acts[c], a_neg, classifier, seed + r)
         rcavs[r], _ = train_cav(act_of(other), a_neg, classifier, seed + r)
+        if progress:
+            progress(r + 1, runs)
     scores, mags = tcav_scores(grads, cavs.reshape(C * runs, -1))
     rscores, rmags = tcav_scores(grads, rcavs)
     scores, mags = scores.view(C, runs), mags.view(C, runs)
