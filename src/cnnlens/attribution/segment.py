@@ -24,11 +24,9 @@ BACKGROUND_QUANTILE = 0.30
 
 
 def _cv2():
-    try:
-        import cv2
-    except ImportError:
-        raise ImportError("segment needs OpenCV; pip install 'cnnlens[segment]'") from None
-    return cv2
+    from ..extras import require
+
+    return require("segment", "cv2", what="attribution.segment (OpenCV's GrabCut)")
 
 
 def _maps(e: Any) -> torch.Tensor:
@@ -73,7 +71,9 @@ def segment(explanation: Any, x: torch.Tensor, *, foreground: float = FOREGROUND
     if x.shape[1] not in (1, 3):
         raise ValueError(f"GrabCut works on grey or RGB images; got {x.shape[1]} channels")
     cv2 = _cv2()
-    from skimage.measure import label
+    from ..extras import require
+
+    label = require("data", "skimage.measure", what="segment's largest component").label
 
     img = (x.detach().float().cpu().clamp(0, 1) * 255).round().to(torch.uint8)
     img = img.expand(-1, 3, -1, -1) if img.shape[1] == 1 else img

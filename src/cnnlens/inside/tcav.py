@@ -165,7 +165,10 @@ def train_cav(positive: torch.Tensor, negative: torch.Tensor, classifier: str = 
     """(unit CAV pointing from ``negative`` to ``positive`` activations, held-out accuracy): a linear classifier
     (``"sgd"``: Captum's default SGDClassifier; ``"logistic"``: LogisticRegression) fitted on a random
     2/3 of the examples, its accuracy measured on the rest."""
-    from sklearn.linear_model import LogisticRegression, SGDClassifier
+    from ..extras import require
+
+    lin = require("data", "sklearn.linear_model", what="TCAV's linear classifier")
+    LogisticRegression, SGDClassifier = lin.LogisticRegression, lin.SGDClassifier
 
     xs = torch.cat([positive, negative]).double().numpy()
     ys = np.r_[np.ones(len(positive)), np.zeros(len(negative))].astype(np.int64)

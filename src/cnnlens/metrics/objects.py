@@ -42,8 +42,9 @@ def box_from_map(explanation: Any, threshold: float = 0.2) -> torch.Tensor:
     >>> box_from_map(m).tolist()
     [[5, 4, 7, 8]]
     """
-    from skimage.measure import label
+    from ..extras import require
 
+    label = require("data", "skimage.measure", what="box_from_map (connected regions)").label
     if not 0 <= float(threshold) <= 1:
         raise ValueError(f"threshold must be in [0, 1] (a share of the map's maximum), got {threshold}; "
                          "Zhou et al. use 0.2")
