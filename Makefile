@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 OUT    ?= demo-report
 
-.PHONY: demo test install install-test browser bench docs clean
+.PHONY: demo test lint install install-test browser bench docs clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -37,7 +37,13 @@ demo: install
 	$(VENV)/bin/cnnlens demo --out $(OUT)
 	@echo "open $(OUT)/index.html in a browser"
 
-test: install-test
+# ruff's lint, no import circle in src/cnnlens, mypy (basic); configured in pyproject.toml
+lint: install-test
+	$(VENV)/bin/ruff check .
+	$(PY) tools/import_graph.py
+	$(VENV)/bin/mypy
+
+test: install-test lint
 	$(PY) -m pytest -q
 
 bench: install

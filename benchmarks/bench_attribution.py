@@ -53,7 +53,7 @@ def photos(n: int, size: int = 224) -> torch.Tensor:
 def interleaved(fns: dict, repeat: int) -> dict:
     """min wall time of each fn over `repeat` rounds, the fns alternating within a round."""
     best = {k: float("inf") for k in fns}
-    for k, f in fns.items():  # warm-up
+    for f in fns.values():  # warm-up
         f()
     for _ in range(repeat):
         for k, f in fns.items():

@@ -158,12 +158,10 @@ def bench_concurrent(ex, refs, rows, n: int = 50) -> None:
                 results[i] = (r.status_code, time.perf_counter() - t0)
 
         ts = [threading.Thread(target=get, args=(i,)) for i in range(n)]
-        t0 = time.perf_counter()
         for t in ts:
             t.start()
         for t in ts:
             t.join()
-        wall = time.perf_counter() - t0
         ok = sum(1 for s, _ in results if s == 200)
         lat = sorted(d for _, d in results)
         print(f"{n} concurrent cached requests (`cnnlens explore` in its own process): {ok}/{n} succeeded, "

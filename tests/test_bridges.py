@@ -34,7 +34,7 @@ def test_deeplift_on_a_linear_model_is_weight_times_input_difference(untouched):
 
 
 def test_the_bridge_gives_what_captum_gives_directly(tiny_gap_net):
-    from captum.attr import DeepLift, IntegratedGradients, LayerGradCam
+    from captum.attr import DeepLift, IntegratedGradients
 
     x = torch.rand(3, 3, 8, 8)
     m2 = copy.deepcopy(tiny_gap_net)

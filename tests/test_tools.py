@@ -1,0 +1,39 @@
+"""tools/import_graph.py: finds import circles (CI fails on one) and finds none in src/cnnlens."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+TOOL = ROOT / "tools" / "import_graph.py"
+
+
+def run(*args):
+    return subprocess.run([sys.executable, str(TOOL), *map(str, args)], capture_output=True, text=True, cwd=ROOT)
+
+
+def test_no_circle_in_cnnlens():
+    out = run("src/cnnlens")
+    assert out.returncode == 0 and out.stdout == "", out.stdout
+
+
+def test_a_circle_is_found_and_a_late_import_is_not_one(tmp_path):
+    pkg = tmp_path / "pkg"
+    (pkg / "sub").mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    (pkg / "sub" / "__init__.py").write_text("from . import b\n")
+    (pkg / "a.py").write_text("from .sub.b import f\n")
+    (pkg / "sub" / "b.py").write_text("import typing\nif typing.TYPE_CHECKING:\n    from .. import c\n"
+                                      "def f():\n    from ..a import g\n")
+    (pkg / "c.py").write_text("from .sub import b\n")
+    assert run(pkg).returncode == 0  # b → a only inside a function; b → c only for the type checker
+    out = run(pkg, "--late")
+    assert out.returncode == 1 and out.stdout.strip() == "circle: pkg.a <-> pkg.sub <-> pkg.sub.b"
+    (pkg / "c.py").write_text("try:\n    from .sub.b import f\nexcept ImportError:\n    pass\n")
+    (pkg / "sub" / "b.py").write_text("from ..c import f\n")
+    out = run(pkg)
+    assert out.returncode == 1 and out.stdout.strip() == "circle: pkg.c <-> pkg.sub <-> pkg.sub.b"
+    edges = run(pkg, "--edges").stdout
+    assert "pkg.a -> pkg.sub.b" in edges and "pkg.sub -> pkg.sub.b" in edges
