@@ -46,57 +46,9 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
+from ..traced import Unsupported, trace  # noqa: F401  (Unsupported: re-exported for occlusion and CAM)
+
 log = logging.getLogger("cnnlens.attribution")
-
-
-class Unsupported(Exception):
-    """The model cannot run incrementally (the message says why)."""
-
-
-# ---------------------------------------------------------------------------------------------- tracing
-
-def _timm_fx():
-    try:
-        from timm.layers import _fx as tfx  # noqa: PLC0415
-    except Exception:  # pragma: no cover - timm is a dependency, but be safe
-        return set(), ()
-    return set(tfx.get_notrace_modules()), tuple(tfx.get_notrace_functions())
-
-
-class _Root(nn.Module):
-    """Traced in place of the user's model, so that fx stores any tensor constant here, not on the model."""
-
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        self.m = model
-
-    def forward(self, x):
-        return self.m(x)
-
-
-class _Tracer(fx.Tracer):
-    def __init__(self, leaves: tuple[str, ...] = ()):
-        self.leaves, fns = _timm_fx()
-        self.named = {"m." + n for n in leaves}
-        super().__init__(autowrap_functions=fns)
-
-    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        from ..models.spec import Normalize  # noqa: PLC0415
-
-        return (qualname in self.named or isinstance(m, Normalize) or type(m) in self.leaves
-                or super().is_leaf_module(m, qualname))
-
-
-def trace(model: nn.Module, leaves: tuple[str, ...] = ()) -> tuple[nn.Module, fx.Graph]:
-    """(root, graph): the model's forward as an fx graph (the modules named in ``leaves`` kept whole; their
-    nodes' targets are ``"m." + name``); raises :class:`Unsupported` if it does not trace."""
-    root = _Root(model)
-    try:
-        graph = _Tracer(leaves).trace(root)
-    except Exception as e:  # any tracing failure means: run the model as it is
-        raise Unsupported(f"the model does not trace with torch.fx ({type(e).__name__}: "
-                          f"{str(e).splitlines()[0] if str(e) else ''})") from None
-    return root, graph
 
 
 # ------------------------------------------------------------------------------------------- box algebra
