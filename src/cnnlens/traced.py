@@ -161,6 +161,7 @@ class CallSites:
     * functional activations and pools (``F.relu``, ``torch.relu``, ``x.relu()``, ``F.relu6``,
       ``F.hardswish``, ``F.silu``, ``F.gelu``, ``F.adaptive_avg_pool2d``, ...) become the
       equivalent ``nn`` modules;
+    * ``nn.Flatten`` runs as ``torch.flatten`` (a reshape, which no rule needs);
     * in-place activations and in-place additions (``nn.ReLU(inplace=True)``, ``out += identity``)
       run out of place, the later uses of their input pointed at their output (the same values).
 
@@ -179,6 +180,10 @@ class CallSites:
         for node in list(graph.nodes):
             if node.op == "call_module":
                 orig = root.get_submodule(node.target)
+                if type(orig) is nn.Flatten:  # a reshape: no rule to attach, and a hook on it cannot resize
+                    node.op, node.target = "call_function", torch.flatten
+                    node.kwargs = {"start_dim": orig.start_dim, "end_dim": orig.end_dim}
+                    continue
                 name = _site_name(node.target, used)
                 mod = shallow_module(orig)
                 node.target = name

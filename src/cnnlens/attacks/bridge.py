@@ -51,6 +51,18 @@ def torchattacks_class(attack: Any) -> type:
     return known[key]
 
 
+def bridged_error(attack: str, e: Exception, *, targeted: bool = False) -> Exception:
+    """One line naming the cause and the fix for a torchattacks failure (the caller chains the original as the
+    cause; ``cnnlens --debug`` shows its traceback)."""
+    text = " ".join(str(e).split())[:200] or type(e).__name__
+    if targeted and ("targeted" in text.lower() or isinstance(e, (NotImplementedError, AttributeError))):
+        return ValueError(f"torchattacks' {attack} cannot attack toward a class ({type(e).__name__}: {text}); "
+                          "drop target= for an untargeted attack, or pick an attack with a targeted mode (PGD, CW)")
+    kind = ValueError if isinstance(e, (ValueError, TypeError, IndexError, KeyError)) else RuntimeError
+    return kind(f"torchattacks' {attack} failed on this model ({type(e).__name__}: {text}); check its arguments "
+                f"with help(torchattacks.{attack}) (cnnlens --debug shows torchattacks' traceback)")
+
+
 class _InModelDtype(nn.Module):
     """The model, called with its input cast to the model's floating dtype (as LayerTap.run does)."""
 
@@ -90,10 +102,13 @@ def from_torchattacks(attack_class: Any, model: nn.Module, x: torch.Tensor, y: t
     with guarded(model):
         net = _InModelDtype(model)  # a bfloat16/float16 model gets its own dtype; the images stay as given
         logits0, classes = _resolve_classes(net, x, y, t)
-        atk = cls(net, **kwargs)
-        if t is not None:
-            atk.set_mode_targeted_by_label(quiet=True)
-        x_adv = atk(x.clone(), classes.clone()).detach()
+        try:
+            atk = cls(net, **kwargs)
+            if t is not None:
+                atk.set_mode_targeted_by_label(quiet=True)
+            x_adv = atk(x.clone(), classes.clone()).detach()
+        except Exception as e:  # noqa: BLE001 - one line; torchattacks' own error is kept as the cause (--debug)
+            raise bridged_error(cls.__name__, e, targeted=t is not None) from e
         logits1 = _predict(net, x_adv)
     if x_adv.shape != x.shape:
         raise ValueError(f"{cls.__name__} returned images of shape {tuple(x_adv.shape)} for inputs {tuple(x.shape)}")

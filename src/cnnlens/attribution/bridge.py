@@ -26,8 +26,10 @@ Keyword arguments go to the Captum class's constructor when it takes them
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import logging
+import threading
 import warnings
 from typing import Any
 
@@ -37,6 +39,8 @@ from torch import nn
 from ..results import Explanation
 from ..extras import require
 from ..tap import guarded, resolve_layer
+from ..traced import CallSites, Unsupported
+from .completeness import completeness
 from ._common import check_reduce, finish, pick_classes, pixel_fill, prepare, reduce_channels, upsample
 from .._autograd import needs_autograd
 
@@ -73,21 +77,119 @@ def captum_class(method: Any) -> type:
 
 #: Captum warnings that say nothing to a cnnlens user (the bridge does what they warn about on purpose)
 _NOISE = (r"Input Tensor \d+ did not already require gradients", r"Setting forward, backward hooks and attributes",
-          r"You are providing multiple inputs for Lime")
+          r"You are providing multiple inputs for Lime", r"Setting backward hooks on ReLU activations")
 
 
-def _lrp_rules(model: nn.Module, settings: dict) -> None:
+def _lrp_rules(net: nn.Module, settings: dict, names: dict | None = None) -> None:
     """Give cnnlens's normalisation layer (an affine map per channel) LRP's identity rule, for this call only
-    (the guard removes the ``rule`` attribute afterwards)."""
+    (on the call-site copy; on the model, the guard removes the ``rule`` attribute afterwards)."""
     from captum.attr._utils.lrp_rules import IdentityRule
 
     from ..models.spec import Normalize
 
-    named = [n for n, m in model.named_modules() if isinstance(m, Normalize) and not hasattr(m, "rule")]
+    named = [n for n, m in net.named_modules() if isinstance(m, Normalize) and not hasattr(m, "rule")]
     for n in named:
-        model.get_submodule(n).rule = IdentityRule()
+        net.get_submodule(n).rule = IdentityRule()
     if named:
-        settings["lrp_rules"] = f"identity for the normalisation layer {', '.join(named)}; Captum's defaults elsewhere"
+        shown = [names.get(n, n) if names else n for n in named]
+        settings["lrp_rules"] = f"identity for the normalisation layer {', '.join(shown)}; Captum's defaults elsewhere"
+
+
+#: Captum methods that attach their rules to modules: they run on a copy with one module per call site
+ON_CALL_SITES = frozenset({"DeepLift", "DeepLiftShap", "LayerDeepLift", "LayerDeepLiftShap", "LRP", "LayerLRP",
+                           "GuidedBackprop", "Deconvolution", "GuidedGradCam"})
+#: element-wise activations Captum's DeepLift has no rule for: they get its rescale rule, Δy/Δx times the
+#: multiplier of y (Shrikumar et al. 2017, §3.5.1: valid for any element-wise non-linearity)
+DEEPLIFT_RESCALE = (nn.ReLU6, nn.Hardswish, nn.Hardsigmoid, nn.SiLU, nn.Mish, nn.GELU, nn.SELU, nn.CELU,
+                    nn.Softsign)
+#: layers Captum's LRP has no rule for that change no relevance: element-wise activations pass the relevance
+#: of their output to their input unchanged — the rule Captum applies to ReLU, and LRP's treatment of every
+#: activation, whose rules redistribute over the linear layers only (Montavon et al. 2019, "Layer-wise
+#: relevance propagation: an overview", §10.2; Bach et al. 2015) —; identity and dropout likewise
+LRP_PASS = (nn.ReLU6, nn.Hardswish, nn.Hardsigmoid, nn.SiLU, nn.Mish, nn.GELU, nn.ELU, nn.LeakyReLU, nn.SELU,
+            nn.CELU, nn.Softplus, nn.Sigmoid, nn.Identity, nn.Dropout2d)
+_RULES_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def captum_rules():
+    """Captum's rule tables extended by :data:`DEEPLIFT_RESCALE` and :data:`LRP_PASS` for one call.
+
+    Captum keys its rules by module type in module-level tables; the entries it lacks are added on
+    entry and removed on exit (under a lock, so two threads never see half a table); the entries it
+    has are never changed.
+    """
+    from captum.attr._core import deep_lift, lrp
+
+    with _RULES_LOCK:
+        dl = [t for t in DEEPLIFT_RESCALE if t not in deep_lift.SUPPORTED_NON_LINEAR]
+        lr = [t for t in LRP_PASS if t not in lrp.SUPPORTED_NON_LINEAR_LAYERS]
+        try:
+            for t in dl:
+                deep_lift.SUPPORTED_NON_LINEAR[t] = deep_lift.nonlinear
+            lrp.SUPPORTED_NON_LINEAR_LAYERS.extend(lr)
+            yield
+        finally:
+            for t in dl:
+                deep_lift.SUPPORTED_NON_LINEAR.pop(t, None)
+            for t in lr:
+                if t in lrp.SUPPORTED_NON_LINEAR_LAYERS:
+                    lrp.SUPPORTED_NON_LINEAR_LAYERS.remove(t)
+
+
+def _call_sites(model: nn.Module, x: torch.Tensor, logits: torch.Tensor, method: str, layer_name: str | None,
+                init_kw: dict, settings: dict) -> tuple[nn.Module, dict]:
+    """The model as Captum needs it for ``method``: a traced copy with one module per call site
+    (:class:`~cnnlens.traced.CallSites`), checked to compute the model's logits; a layer method's layer
+    mapped onto it. One-line error when the model does not trace."""
+    need = (f"Captum's {method} needs one module per call of a layer and activations written as modules "
+            "(it attaches its rules to modules)")
+    try:
+        cs = CallSites(model)
+        with torch.no_grad():
+            got = cs.module(x)
+        if not (torch.is_tensor(got) and got.shape == logits.shape
+                and torch.allclose(got.float(), logits.float(), rtol=1e-4, atol=1e-5 * float(logits.abs().max()) + 1e-6)):
+            raise Unsupported("the traced copy's output differs from the model's")
+        if layer_name is not None:
+            init_kw["layer"] = cs.layer(layer_name)
+    except Unsupported as e:
+        raise ValueError(f"{need}; cnnlens runs it on a torch.fx trace of the model, and {e}; give each call its "
+                         "own module (e.g. one nn.ReLU per use) or use a gradient method (IntegratedGradients)") from e
+    split = {k: len(v) for k, v in cs.sites.items() if len(v) > 1}
+    done = []
+    if split:
+        done.append(f"{len(split)} module(s) called more than once split per call ({', '.join(list(split)[:3])}"
+                    f"{', ...' if len(split) > 3 else ''})")
+    if cs.converted:
+        done.append(f"{len(cs.converted)} functional op(s) run as modules ({', '.join(sorted(set(cs.converted)))})")
+    settings["traced"] = "; ".join(done) if done else "one module per call site (nothing to split)"
+    return cs.module, cs.origin
+
+
+def _logits(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return torch.cat([model(images[i:i + 64]) for i in range(0, images.shape[0], 64)])
+
+
+def bridged_error(method: str, e: Exception) -> Exception:
+    """One line naming the cause and the fix for a Captum failure (the caller chains Captum's as the cause;
+    ``cnnlens --debug`` shows it)."""
+    text = str(e).strip()
+    first = " ".join(text.split())[:200] if text else type(e).__name__
+    if "has no rule defined" in text:
+        import re
+
+        t = re.search(r"Module of type <class '([^']+)'>", text)
+        kind = t.group(1).rsplit(".", 1)[-1] if t else "one of the model's layers"
+        return TypeError(f"Captum's {method} has no rule for {kind} layers; set one on the layer "
+                         "(layer.rule = EpsilonRule() from captum.attr._utils.lrp_rules) or use DeepLift")
+    if "more than once" in text or "does not contain some of the input/output attributes" in text:
+        return ValueError(f"Captum's {method} found a module called more than once in the forward; "
+                          "give each call its own module")
+    kind = ValueError if isinstance(e, (ValueError, TypeError, IndexError, KeyError)) else RuntimeError
+    return kind(f"Captum's {method} failed on this model ({type(e).__name__}: {first}); check its arguments "
+                f"with help(captum.attr.{method}) or try another method (cnnlens --debug shows Captum's traceback)")
 
 
 def block_mask(size: tuple[int, int], blocks: int, device=None) -> torch.Tensor:
@@ -160,15 +262,26 @@ def captum(model: nn.Module, x: torch.Tensor, method: Any, target: Any = "predic
                      if k not in ("baselines", "feature_mask", "layer") and isinstance(v, (int, float, str, bool, tuple))})
     if layer_name:
         settings["layer"] = layer_name
-    with guarded(model), warnings.catch_warnings():
+    with guarded(model), warnings.catch_warnings(), captum_rules():
         for text in _NOISE:
             warnings.filterwarnings("ignore", message=text)
         with torch.no_grad():
-            classes = pick_classes(p, model(p.x), p.n)
-        if cls.__name__ == "LRP":
-            _lrp_rules(model, settings)
-        obj = cls(model, **init_kw)
-        out = obj.attribute(p.x.clone(), target=classes, **kwargs)
+            logits = model(p.x)
+        classes = pick_classes(p, logits, p.n)
+        net, names = model, None
+        if cls.__name__ in ON_CALL_SITES:
+            net, names = _call_sites(model, p.x, logits, cls.__name__, layer_name, init_kw, settings)
+        if cls.__name__ in ("LRP", "LayerLRP"):
+            _lrp_rules(net, settings, names)
+        try:
+            obj = cls(net, **init_kw)
+            out = obj.attribute(p.x.clone(), target=classes, **kwargs)
+        except Exception as e:  # noqa: BLE001 - every Captum failure becomes one line, Captum's kept as the cause
+            raise bridged_error(cls.__name__, e) from e
+        found = out[0] if isinstance(out, tuple) else out
+        check = completeness(found, cls.__name__, lambda images: _logits(model, images), classes, p.x,
+                             kwargs.get("baselines"), multiply_by_inputs=init_kw.get("multiply_by_inputs", True)) \
+            if torch.is_tensor(found) else {}
     delta = None
     if isinstance(out, tuple) and len(out) == 2 and torch.is_tensor(out[0]) and torch.is_tensor(out[1]) \
             and kwargs.get("return_convergence_delta"):
@@ -184,5 +297,5 @@ def captum(model: nn.Module, x: torch.Tensor, method: Any, target: Any = "predic
         raise ValueError(f"{cls.__name__} returned attributions of shape {tuple(a.shape)}, not N×C×H×W; "
                          "use an attribution method for the input or a layer")
     maps = upsample(maps, p.size)
-    extras = {} if delta is None else {"delta": delta}
+    extras = {**check, **({} if delta is None else {"delta": delta})}
     return finish(p, maps, name, classes, layer=layer_name, settings=settings, raw=a, extras=extras)

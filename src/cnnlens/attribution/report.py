@@ -108,6 +108,14 @@ def guided_mark(ax, method: str) -> None:
                 color="#b35900")
 
 
+def completeness_mark(ax, e: Explanation) -> None:
+    """Add the completeness warning to the title of a map whose attributions do not add up to the score."""
+    from .completeness import MARK, incomplete_note
+
+    if incomplete_note(e.extras):
+        ax.set_title(f"{ax.get_title()}\n{MARK}".lstrip("\n"), fontsize=ax.title.get_fontsize(), color="#b00020")
+
+
 def _heat(e: Explanation, i: int, shared: bool) -> tuple[torch.Tensor, bool]:
     m = e.maps[i].float()
     signed = is_signed(e.method)  # by the kind of map, never per image
@@ -132,6 +140,7 @@ def overlay_figure(image: torch.Tensor, e: Explanation, i: int, *, title: str = 
     overlay(ax, image, m, title=title or title_of(e.method), diverging=signed, label=_unit(e, shared),
             **kw)
     guided_mark(ax, e.method)
+    completeness_mark(ax, e)
     fig.tight_layout()
     return fig
 
@@ -157,6 +166,7 @@ def grid_figure(image: torch.Tensor, name: str, expls: dict, i: int, faith: dict
         kw = {"vmin": 0.0, "vmax": 1.0} if shared and not signed else {}
         overlay(ax, image, m, title=t, diverging=signed, label=_unit(e, shared), **kw)
         guided_mark(ax, e.method)
+        completeness_mark(ax, e)
     for ax in list(axes.flat)[n:]:
         ax.set_axis_off()
     fig.tight_layout()
@@ -216,6 +226,7 @@ def method_figure(images: torch.Tensor, names: Sequence[str], e: Explanation, fa
             t += f"\ndel {float(faith.deletion_auc[i]):.3f} · ins {float(faith.insertion_auc[i]):.3f}"
         overlay(axes[0, i], images[i], m, title=t, diverging=signed, label=_unit(e, False))
         guided_mark(axes[0, i], e.method)
+        completeness_mark(axes[0, i], e)
         if extra == "probability":
             probability_panel(axes[1, i], e, i)
     fig.tight_layout()
@@ -300,6 +311,8 @@ def summary(e: Explanation, f: Faithfulness | None, i: int) -> dict:
         d["insertion_auc"] = float(f.insertion_auc[i])
     if "completeness_gap" in e.extras:
         d["completeness_gap"] = float(e.extras["completeness_gap"][i])
+    if e.extras.get("completeness_note"):
+        d["completeness"] = e.extras["completeness_note"]
     return d
 
 
@@ -349,6 +362,25 @@ def _section_methods(report, title: str, intro: str, model, x: torch.Tensor, nam
 
 
 def method_note(m: str, e: Explanation) -> str:
+    """The paragraph under a method's maps: the completeness warning, if any, and what the method ran with."""
+    return completeness_html(e) + _method_note(m, e)
+
+
+def completeness_html(e: Explanation) -> str:
+    """The completeness warning as a paragraph (empty when the attributions add up or were not checked)."""
+    from .completeness import incomplete_note
+
+    warn = incomplete_note(e.extras)
+    if not warn:
+        return ""
+    gap = e.extras["completeness_gap"]
+    worst = float(gap.max())
+    return (f"<p class=\"warning\"><b>⚠ {html.escape(warn)}</b>: Σ attributions misses what the method promises "
+            f"by {'an unbounded amount' if worst == float('inf') else f'{worst:.1%}'} "
+            f"(tolerance {e.extras['completeness_tolerance']:.0%}).</p>")
+
+
+def _method_note(m: str, e: Explanation) -> str:
     if m == "integrated_gradients":
         gap = e.extras["completeness_gap"].abs()
         tot = (e.extras["score"] - e.extras["baseline_score"]).abs()

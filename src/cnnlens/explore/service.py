@@ -503,6 +503,7 @@ class Explorer:
                         "toward": int(r.classes[0]), "toward_name": names[int(r.classes[0])]}
             else:
                 from ..attribution import faithfulness
+                from ..attribution.completeness import incomplete_note
                 from ..attribution.report import method_figure
 
                 fn = METHODS[action]
@@ -517,7 +518,8 @@ class Explorer:
                 info = {"deletion_auc": float(f.deletion_auc[0]), "insertion_auc": float(f.insertion_auc[0]),
                         "layer": e.layer, "settings": {k: v for k, v in kw.items() if k != "progress"},
                         "empty": bool(e.extras.get("empty", torch.zeros(1))[0]) if torch.is_tensor(
-                            e.extras.get("empty")) else False}
+                            e.extras.get("empty")) else False,
+                        "note": incomplete_note(e.extras)}
         except ValueError as err:  # a method that does not apply to this model: kept as its message
             msg = str(err).strip().splitlines()[0]
             atomic_write(meta_path, json.dumps({"error": msg}).encode())

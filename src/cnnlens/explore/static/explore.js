@@ -122,7 +122,7 @@ function poll(url, parts, done, fail) {
     const url = "/api/sample/" + encodeURIComponent(ref) + "/method/" + encodeURIComponent(method.value) + "?target=" + encodeURIComponent(t);
     stop = poll(url, parts, j => {
       parts.status.textContent = method.value.replace(/_/g, " ") + " toward " + j.class_name + " (" + j.target + ")" + (j.layer ? ", layer " + j.layer : "") + ", " + j.seconds + " s";
-      $("method-aucs").textContent = "deletion AUC " + j.deletion_auc.toFixed(3) + " · insertion AUC " + j.insertion_auc.toFixed(3);
+      $("method-aucs").textContent = "deletion AUC " + j.deletion_auc.toFixed(3) + " · insertion AUC " + j.insertion_auc.toFixed(3) + (j.note ? " · ⚠ " + j.note : "");
       parts.img.alt = method.value + " toward " + j.class_name;
     });
   }
@@ -144,7 +144,7 @@ function poll(url, parts, done, fail) {
       const url = "/api/sample/" + encodeURIComponent(ref) + "/method/" + encodeURIComponent(opt.value) + "?target=" + encodeURIComponent(t);
       await new Promise(resolve => poll(url, p, j => {
         p.status.textContent = "toward " + j.class_name + " (" + j.target + "), " + j.seconds + " s";
-        card.querySelector(".aucs").textContent = "deletion " + j.deletion_auc.toFixed(3) + " · insertion " + j.insertion_auc.toFixed(3);
+        card.querySelector(".aucs").textContent = "deletion " + j.deletion_auc.toFixed(3) + " · insertion " + j.insertion_auc.toFixed(3) + (j.note ? " · ⚠ " + j.note : "");
         p.img.alt = opt.value + " toward " + j.class_name;
         resolve();
       }, resolve));
