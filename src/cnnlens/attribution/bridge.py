@@ -275,7 +275,9 @@ def captum(model: nn.Module, x: torch.Tensor, method: Any, target: Any = "predic
             _lrp_rules(net, settings, names)
         try:
             obj = cls(net, **init_kw)
-            out = obj.attribute(p.x.clone(), target=classes, **kwargs)
+            # a layer method's layer output needs a graph: the parameters are frozen, so the input carries it
+            inp = p.x.clone().requires_grad_(layer_name is not None)
+            out = obj.attribute(inp, target=classes, **kwargs)
         except Exception as e:  # noqa: BLE001 - every Captum failure becomes one line, Captum's kept as the cause
             raise bridged_error(cls.__name__, e) from e
         found = out[0] if isinstance(out, tuple) else out
