@@ -1,5 +1,5 @@
 """Looking inside the network: filters, receptive fields, dataset search, activation
-maximisation, deconvnet, Deep Dream, neuron statistics, channel influence and concepts (TCAV).
+maximisation, deconvnet, Deep Dream, neuron statistics, channel influence and concepts (TCAV, network dissection).
 
     from cnnlens.inside import receptive_field, dataset_search, maximize, objectives
     rf = receptive_field(model, "features.3")                 # size, stride, offset (+ gradient probe)
@@ -25,6 +25,7 @@ from .receptive import ReceptiveField, RFProbe, receptive_field
 from .search import SearchAccumulator, SearchResult, dataset_search
 from .stats import NeuronStats, StatsAccumulator, neuron_stats
 from .tcav import TCAV, tcav
+from .dissect import Dissection, DissectionAccumulator, LayerDissection, dissect
 
 __all__ = [
     "filters", "feature_maps", "receptive_field", "ReceptiveField", "dataset_search", "SearchResult",
@@ -34,4 +35,5 @@ __all__ = [
     "microscope_scan", "MicroscopeScan", "MicroscopeAccumulator", "LayerScan", "layer_edges", "maximize_channels",
     "ChannelViews", "building_blocks", "BuildingBlocks", "class_influence", "ClassInfluence", "top_maps",
     "unit_projections", "UnitProjections", "tcav", "TCAV",
+    "dissect", "Dissection", "DissectionAccumulator", "LayerDissection",
 ]
