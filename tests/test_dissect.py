@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cnnlens.inside.dissect import GAMMA, DissectionAccumulator, dissect
+from cnnlens.inside.dissect import GAMMA, DissectionAccumulator
 from cnnlens.scan import scan
 
 
