@@ -190,3 +190,101 @@ def test_deconvnet_unrelus_functional_relus_like_modules(untouched, inplace):
     assert torch.allclose(p.images, want.images, atol=1e-5)
     assert p.settings["guided_relus"] == want.settings["guided_relus"] == 2
     assert p.chain == ("conv1", "<relu>", "pool1", "conv2", "<relu_>" if inplace else "<relu6>", "pool2")
+
+
+# ---------------------------------------------------------------------------
+# 3. the default CAM layer has a real grid; a constant map is said
+@pytest.mark.parametrize("arch, layer", [("alexnet", "features.11"), ("vgg11_bn", "features")])
+def test_default_layer_is_a_real_grid_not_a_spreading_pool(untouched, arch, layer, caplog):
+    """At 64², AlexNet's features end at 1×1 and its avgpool spreads that over 6×6; VGG's spreads 2×2 over 7×7."""
+    tv = pytest.importorskip("torchvision")
+    from cnnlens.attribution import gradcam
+    from cnnlens.tap import find_last_spatial_layer
+
+    torch.manual_seed(0)
+    net = untouched(getattr(tv.models, arch)(weights=None, num_classes=5).eval())
+    x = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    with caplog.at_level(logging.INFO, logger="cnnlens"):
+        assert find_last_spatial_layer(net, x) == layer
+    assert "skipped avgpool (spreads a" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="cnnlens"):
+        e = gradcam(net, x, relu=False)
+    assert e.layer == layer and min(e.raw.shape[-2:]) >= 2
+    flat = e.maps.flatten(1)
+    assert bool((flat.amax(1) - flat.amin(1) > 1e-3 * flat.abs().amax(1)).all())  # a map that varies
+    assert not e.extras["constant_map"].any() and "constant" not in caplog.text
+    # the old default, the spreading pool, gives a constant map (AlexNet) or one spread from 2×2 (VGG)
+    if arch == "alexnet":
+        with caplog.at_level(logging.WARNING, logger="cnnlens"):
+            old = gradcam(net, x, layer="avgpool", relu=False)
+        assert old.extras["constant_map"].all()
+        assert "gradcam: 2 of 2 map(s) at layer 'avgpool' constant over the image" in caplog.text
+
+
+class LeNetSharedPool(nn.Module):
+    """LeNet as often written: one MaxPool2d used after both convolutions, functional ReLUs, .view before fc."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.conv2 = nn.Conv2d(1, 6, 5), nn.Conv2d(6, 16, 5)
+        self.pool = nn.MaxPool2d(2)
+        self.fc1, self.fc2 = nn.Linear(16 * 4 * 4, 32), nn.Linear(32, 10)
+        seeded_(self, 3)
+
+    def forward(self, x):
+        x = self.pool(F.relu(self.conv1(x)))
+        x = self.pool(F.relu(self.conv2(x)))
+        return self.fc2(F.relu(self.fc1(x.view(x.size(0), -1))))
+
+
+def test_a_layer_that_runs_twice_is_not_the_default(untouched, caplog):
+    from cnnlens.attribution import gradcam
+    from cnnlens.tap import find_last_spatial_layer
+
+    net = untouched(LeNetSharedPool().eval())
+    x = torch.rand(2, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    with caplog.at_level(logging.INFO, logger="cnnlens"):
+        assert find_last_spatial_layer(net, x) == "conv2"
+    assert "pool (runs 2 times per forward)" in caplog.text
+    e = gradcam(net, x, relu=False)  # usable: cnnlens does not refuse its own default
+    leaf = copy.deepcopy(net).double()
+    x64 = x.double()
+    a = leaf.conv2(leaf.pool(F.relu(leaf.conv1(x64)))).detach().requires_grad_(True)
+    y = leaf.fc2(F.relu(leaf.fc1(leaf.pool(F.relu(a)).flatten(1))))
+    cls = y.argmax(1)
+    (g,) = torch.autograd.grad(y[torch.arange(2), cls].sum(), a)
+    want = torch.einsum("nk,nkhw->nhw", g.mean((2, 3)), a.detach())
+    assert torch.equal(e.classes, cls) and e.layer == "conv2"
+    assert torch.allclose(e.raw.double(), want, atol=1e-5 * float(want.abs().max()))
+
+
+def test_a_constant_map_is_warned_about_whatever_its_size(untouched, caplog):
+    """A layer whose 4×4 output is one value per channel: every CAM map is constant, at any grid size."""
+
+    class Spread(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3, padding=1)
+            self.flat = nn.AdaptiveAvgPool2d(1)
+            self.up = nn.Upsample(size=(4, 4))
+            self.fc = nn.Linear(4, 2)
+            seeded_(self, 0)
+
+        def forward(self, x):
+            return self.fc(self.up(self.flat(self.conv(x))).mean((2, 3)))
+
+    from cnnlens.attribution import gradcam
+
+    net = untouched(Spread().eval())
+    x = torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    with caplog.at_level(logging.WARNING, logger="cnnlens"):
+        e = gradcam(net, x, layer="up", relu=False)
+    assert e.raw.shape[-2:] == (4, 4) and e.extras["constant_map"].all()
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warnings == ["gradcam: 2 of 2 map(s) at layer 'up' constant over the image, showing no location "
+                        "(flagged in extras['constant_map'])"]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="cnnlens"):
+        d = gradcam(net, x, relu=False)  # the default layer is the conv, not the spreading upsample
+    assert d.layer == "conv" and not d.extras["constant_map"].any() and not caplog.records

@@ -418,8 +418,29 @@ class LayerTap:
         return grads[0] if single else list(grads)
 
 
+def _spreads(inp, out: torch.Tensor) -> str | None:
+    """Why a 4-D output has no more spatial information than the module's input (None when it has):
+    a larger grid made from a smaller one (an upsampling or adaptive pool spreading 1×1 over 6×6), or
+    one value per channel over every position."""
+    if torch.is_tensor(inp) and inp.dim() == 4 and inp.shape[1] == out.shape[1]:
+        h, w = inp.shape[-2:]
+        if out.shape[-2] * out.shape[-1] > h * w and out.shape[-2] >= h and out.shape[-1] >= w:
+            return f"spreads a {h}×{w} grid over {out.shape[-2]}×{out.shape[-1]}"
+    if _constant_grid(out) and not (torch.is_tensor(inp) and inp.dim() == 4 and _constant_grid(inp)):
+        return "is constant over its grid"  # (a constant image gives constant grids: those are not skipped)
+    return None
+
+
+def _constant_grid(t: torch.Tensor) -> bool:
+    """Whether a 4-D tensor holds one value per channel over every position (read N×C×h×w or N×h×w×C)."""
+    t = t.detach()
+    if not t.is_floating_point():
+        return False
+    return bool((t.amax((2, 3)) == t.amin((2, 3))).all()) or bool((t.amax((1, 2)) == t.amin((1, 2))).all())
+
+
 def find_last_spatial_layer(model: nn.Module, x: torch.Tensor) -> str:
-    """Name of the last module (in execution order) whose output is a spatial grid with h·w > 1.
+    """Name of the last module (in execution order) whose output is a real spatial grid with h·w > 1.
 
     Containers finish after their children, so a ResNet gives ``layer4``, a timm
     EfficientNet ``bn2`` and a Swin ``norm`` (N×h×w×C). Token outputs N×T×C count when
@@ -427,7 +448,13 @@ def find_last_spatial_layer(model: nn.Module, x: torch.Tensor) -> str:
     (a ViT's class token) the last transformer block's first layer is taken instead
     (``blocks.<last>.norm1`` in timm, as pytorch-grad-cam recommends: after the last
     block only the class token reaches the head, so the patch tokens get no gradient).
-    Logged at INFO.
+
+    One probe forward on the first image records every module's input and output. Skipped:
+    a module that runs more than once per forward (a shared ``MaxPool2d``: cnnlens refuses
+    such a layer), and one whose output has no more spatial information than its input — a
+    larger grid spread from a smaller one (AlexNet's ``avgpool``, ``AdaptiveAvgPool2d(6)``,
+    spreads the 1×1 features of a 64×64 image over 6×6; VGG's spreads 2×2 over 7×7) or an
+    output constant over its grid. Logged at INFO, with what was skipped.
     """
     from .grid import _token_grid, prefix_tokens
 
@@ -438,15 +465,23 @@ def find_last_spatial_layer(model: nn.Module, x: torch.Tensor) -> str:
         return name
     order: list[str] = []
     tokens: list[str] = []
+    calls: dict[str, int] = {}
+    skipped: dict[str, str] = {}
     names = [n for n, _ in model.named_modules() if n]
     H, W = x.shape[-2:]
     prefix = prefix_tokens(model)
 
     def record(name):
         def fn(module, inputs, output):
-            if torch.is_tensor(output) and output.dim() == 4 and output.shape[-1] * output.shape[-2] > 1:
+            calls[name] = calls.get(name, 0) + 1
+            if calls[name] > 1 or not torch.is_tensor(output):
+                return
+            if output.dim() == 4 and output.shape[-1] * output.shape[-2] > 1:
+                why = _spreads(inputs[0] if inputs else None, output)
+                if why:
+                    skipped[name] = why
                 order.append(name)
-            elif (torch.is_tensor(output) and output.dim() == 3 and output.shape[1] - prefix > 1
+            elif (output.dim() == 3 and output.shape[1] - prefix > 1
                   and _token_grid(output.shape[1] - prefix, H, W) is not None):
                 order.append(name)
                 tokens.append(name)
@@ -456,9 +491,15 @@ def find_last_spatial_layer(model: nn.Module, x: torch.Tensor) -> str:
     edits = {n: (lambda n: (lambda m, i, o: (record(n)(m, i, o), o)[1]))(n) for n in names}
     with LayerTap(model, edits=edits, detach=True) as tap, torch.no_grad():
         tap.run(x[:1])
+    skipped.update({n: f"runs {calls[n]} times per forward" for n in order if calls[n] > 1})
+    order = [n for n in order if n not in skipped]
+    tokens = [n for n in tokens if n not in skipped]
+    if skipped:
+        log.info("last spatial layer: skipped %s", "; ".join(f"{n} ({why})" for n, why in skipped.items()))
     if not order:
         raise ValueError(
-            "the model has no layer with a spatial (N×C×H×W or token-grid) output; name a layer with layer=..."
+            "the model has no layer with a spatial (N×C×H×W or token-grid) output that runs once per forward; "
+            "name a layer with layer=..."
         )
     last = order[-1]
     if last in tokens and prefix > 0:

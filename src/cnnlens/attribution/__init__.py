@@ -30,7 +30,8 @@ logged), ``batch_size`` (images per forward for the methods that run several; de
 ``channels_last`` (all but CAM; default: on for image-sized inputs),
 ``progress(done, total)``. Inputs in float16/bfloat16 are computed in the model's dtype
 (float32); results are float32 on the CPU; an all-zero map is flagged in
-``extras["empty"]``, never NaN. The model is never changed: LayerTap restores it, also
+``extras["empty"]``, never NaN; a map constant over the image (it shows no location) is
+flagged in ``extras["constant_map"]`` and logged as a warning. The model is never changed: LayerTap restores it, also
 when the model raises.
 
 ``captum(model, x, "DeepLift")`` runs any Captum attribution class (DeepLift, GradientShap,

@@ -9,7 +9,8 @@ Every method follows the same steps:
 2. The model runs inside one :class:`~cnnlens.tap.LayerTap` (eval mode, frozen
    parameters, hooks removed on exit, also on error).
 3. :func:`finish` builds the :class:`~cnnlens.results.Explanation` (float32, on
-   CPU) and flags all-zero maps in ``extras["empty"]``.
+   CPU), flags all-zero maps in ``extras["empty"]`` and maps constant over the image
+   in ``extras["constant_map"]`` (with a warning).
 """
 
 from __future__ import annotations
@@ -267,9 +268,27 @@ def describe_fill(fill: Any) -> Any:
     return fill
 
 
+def constant_maps(maps: torch.Tensor) -> torch.Tensor:
+    """N booleans: whether each map (N×H×W) is one value over the whole image (up to 10⁻⁶ of its scale)."""
+    flat = maps.reshape(maps.shape[0], -1)
+    if flat.shape[1] == 0:
+        return torch.zeros(maps.shape[0], dtype=torch.bool, device=maps.device)
+    spread = flat.amax(1) - flat.amin(1)
+    return spread <= 1e-6 * flat.abs().amax(1)
+
+
 def finish(p: Prepared, maps: torch.Tensor, method: str, classes: torch.Tensor, *, layer: str | None = None,
-           settings: dict | None = None, raw: torch.Tensor | None = None, extras: dict | None = None) -> Explanation:
-    """Wrap maps (N×H×W) into an Explanation: float32 on CPU, ``extras["empty"]`` flags all-zero maps."""
+           settings: dict | None = None, raw: torch.Tensor | None = None, extras: dict | None = None,
+           note: str | None = None) -> Explanation:
+    """Wrap maps (N×H×W) into an Explanation: float32 on CPU, ``extras["empty"]`` flags all-zero maps.
+
+    The one check every map-producing method goes through: a map that is constant over the
+    image (whatever its size: a 1×1 grid upsampled, a layer that spreads a smaller grid, a
+    ReLU that cut everything) says nothing about where, so it is flagged in
+    ``extras["constant_map"]`` and a warning names the method, the layer and ``note`` (the
+    method's own explanation, e.g. "layer 'avgpool' has a 1×1 grid"). A ``note`` is
+    logged even when no map is constant.
+    """
     maps = maps.detach().float()
     bad = ~torch.isfinite(maps)
     if bad.any():  # never hand out NaN/inf: report and zero them
@@ -278,9 +297,16 @@ def finish(p: Prepared, maps: torch.Tensor, method: str, classes: torch.Tensor, 
     empty = maps.reshape(maps.shape[0], -1).abs().amax(1) == 0
     if empty.any():
         log.info("%s: %d of %d maps are all zero (flagged in extras['empty'])", method, int(empty.sum()), len(empty))
+    constant = constant_maps(maps)
+    if constant.any() or note:
+        where = f" at layer {layer!r}" if layer else ""
+        what = (f"{int(constant.sum())} of {len(constant)} map(s){where} constant over the image, showing no "
+                "location (flagged in extras['constant_map'])" if constant.any() else "")
+        log.warning("%s: %s", method, "; ".join(t for t in (what, note) if t))
     ex = {k: (v.detach().float().cpu() if torch.is_tensor(v) and v.is_floating_point() else
               v.detach().cpu() if torch.is_tensor(v) else v) for k, v in (extras or {}).items()}
     ex["empty"] = empty.cpu()
+    ex["constant_map"] = constant.cpu()
     st = {"target": p.describe(), **(settings or {})}
     if p.in_dtype != p.x.dtype:
         st["input_dtype"] = str(p.in_dtype).replace("torch.", "")

@@ -27,7 +27,7 @@ from torch import nn
 from .._batch import check_batch_size, chunks
 from ..results import Explanation
 from ._common import Layout, Progress, finish, prepare, upsample
-from .cam import gradcam_tap, gradcam_weights, layer_gradient, layer_name, warn_if_flat
+from .cam import gradcam_tap, gradcam_weights, layer_gradient, flat_note, layer_name
 from .._autograd import needs_autograd
 
 PADDINGS = ("reflection", "zeros", "border")
@@ -225,7 +225,7 @@ def augmented_gradcam(model: nn.Module, x: torch.Tensor, target: Any = "predicte
             cams[si, li] = torch.einsum("nk,nkhw->nhw", gradcam_weights(A, G), A).clamp_min(0)
             if progress:
                 progress(b, total + steps)
-    warn_if_flat(model, p, name, A)
+    note = flat_note(model, p, name, A)
     if lam is None or mu is None:
         dl, dm = default_weights(L, size, grid)
         lam = dl if lam is None else lam
@@ -242,4 +242,4 @@ def augmented_gradcam(model: nn.Module, x: torch.Tensor, target: Any = "predicte
                 "seed": seed, "padding": padding, "normalize": normalize}
     return finish(p, upsample(h, (H, W)), "augmented_gradcam", classes, layer=name, raw=h, settings=settings,
                   extras={"cams": cams, "single": upsample(cams[:, 0], (H, W)), "objective": hist,
-                          "thetas": thetas, "scale": scale, "score": s})
+                          "thetas": thetas, "scale": scale, "score": s}, note=note)

@@ -90,14 +90,16 @@ def layer_name(model: nn.Module, p: Prepared, layer: Any) -> str:
     return resolve_layer(model, layer)[0]
 
 
-def warn_if_flat(model: nn.Module, p: Prepared, name: str, A: torch.Tensor) -> None:
-    """Warn (once per call) when the layer's grid is 1×1: its map is one value spread over the image."""
+def flat_note(model: nn.Module, p: Prepared, name: str, A: torch.Tensor) -> str | None:
+    """Why a layer's map is one value spread over the image when its grid is 1×1 (None otherwise), naming a
+    better layer; :func:`~cnnlens.attribution._common.finish` puts it in its warning."""
     if A.dim() == 4 and A.shape[-1] * A.shape[-2] == 1:
         try:
             better = f"the last layer with a real grid is {find_last_spatial_layer(model, p.x)!r}"
         except ValueError:
             better = "the model has no layer with a grid larger than 1×1"
-        log.warning("layer %r has a 1×1 grid, so its map is constant over the image; %s", name, better)
+        return f"layer {name!r} has a 1×1 grid, so its map is constant over the image; {better}"
+    return None
 
 
 def layer_gradient(tap: LayerTap, leaf: LeafAt, p: Prepared, xb: torch.Tensor, classes: torch.Tensor | None = None,
@@ -189,7 +191,7 @@ def _gradcam(model: nn.Module, x: torch.Tensor, target: Any, layer: Any, relu: b
     tap, leaf = gradcam_tap(model, p, name)
     with tap:
         A, G, classes, s = layer_gradient(tap, leaf, p, p.x, layout=Layout(model, p.x, channels_last))
-    warn_if_flat(model, p, name, A)
+    note = flat_note(model, p, name, A)
     A, G = A.float(), G.float()
     lin, w = COMBINE[method](A, G)
     raw = lin.clamp_min(0) if relu else lin
@@ -197,7 +199,7 @@ def _gradcam(model: nn.Module, x: torch.Tensor, target: Any, layer: Any, relu: b
     if w is not None:
         extras["weights"] = w
     return finish(p, upsample(raw, p.size), method, classes, layer=name, raw=raw,
-                  settings={"layer": name, "relu": relu, "grid": tuple(raw.shape[-2:])}, extras=extras)
+                  settings={"layer": name, "relu": relu, "grid": tuple(raw.shape[-2:])}, extras=extras, note=note)
 
 
 @needs_autograd
@@ -415,7 +417,7 @@ def cam(model: nn.Module, x: torch.Tensor, target: Any = "predicted", *, layer: 
         cls_name = order.names[-1]
         lin = dict(model.named_modules())[cls_name]
         log.info("CAM: pooled layer %s, classifier %s", name, cls_name)
-    warn_if_flat(model, p, name, A)
+    note = flat_note(model, p, name, A)
     A_dtype = A.dtype
     A = A.float()
     feats = A.mean((2, 3))
@@ -436,4 +438,4 @@ def cam(model: nn.Module, x: torch.Tensor, target: Any = "predicted", *, layer: 
     raw = torch.einsum("nk,nkhw->nhw", Wt[classes], A)
     return finish(p, upsample(raw, p.size), "cam", classes, layer=name, raw=raw,
                   settings={"layer": name, "classifier": cls_name, "grid": tuple(raw.shape[-2:])},
-                  extras={"bias": b[classes], "score": o.gather(1, classes.view(-1, 1)).squeeze(1)})
+                  extras={"bias": b[classes], "score": o.gather(1, classes.view(-1, 1)).squeeze(1)}, note=note)

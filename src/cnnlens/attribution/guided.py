@@ -32,7 +32,7 @@ from .._batch import check_batch_size
 from ..rectifiers import guided_relus, skipped_note
 from ..results import Explanation
 from ._common import Layout, check_reduce, finish, prepare, reduce_channels, upsample
-from .cam import gradcam_tap, gradcam_weights, layer_gradient, layer_name, warn_if_flat
+from .cam import gradcam_tap, gradcam_weights, layer_gradient, flat_note, layer_name
 from .gradients import batched_input_gradient
 
 log = logging.getLogger("cnnlens.attribution")
@@ -104,10 +104,10 @@ def guided_gradcam(model: nn.Module, x: torch.Tensor, target: Any = "predicted",
     tap, leaf = gradcam_tap(model, p, name)
     with tap:
         A, G, _, _ = layer_gradient(tap, leaf, p, p.x, classes, Layout(model, p.x, channels_last))
-    warn_if_flat(model, p, name, A)
+    note = flat_note(model, p, name, A)
     A, G = A.float(), G.float()
     cam = upsample(torch.einsum("nk,nkhw->nhw", gradcam_weights(A, G), A).clamp_min(0), p.size)
     prod = g * cam.unsqueeze(1)
     return finish(p, reduce_channels(prod, reduce), "guided_gradcam", classes, layer=name,
                   settings={"layer": name, "reduce": reduce, **guided}, raw=prod if reduce == "none" else None,
-                  extras={"gradcam": cam, "score": s})
+                  extras={"gradcam": cam, "score": s}, note=note)
