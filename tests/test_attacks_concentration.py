@@ -7,8 +7,9 @@ import math
 import pytest
 import torch
 
-from cnnlens.attacks.concentration import (concentration_figure, concentration_table, monte_carlo_shell_fraction,
+from cnnlens.attacks.concentration import (concentration_table, monte_carlo_shell_fraction,
                                            sample_ball, shell_fraction)
+from cnnlens.figures.attacks import concentration_figure
 
 
 def test_shell_fraction_closed_form():

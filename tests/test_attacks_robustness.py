@@ -10,7 +10,8 @@ import torch
 from torch.utils.data import TensorDataset
 
 from cnnlens.attacks import fgsm, pgd
-from cnnlens.attacks.curves import RobustnessAccumulator, curves_figure, robustness
+from cnnlens.attacks.curves import RobustnessAccumulator, robustness
+from cnnlens.figures.attacks import curves_figure
 from cnnlens.scan import Batch
 
 from conftest import TinyGapNet

@@ -138,7 +138,7 @@ def test_demo_section_quick(untouched, digits_model):
     dtext = " ".join(b.payload.get("html", "") for b in digits.blocks)
     assert dtext.count("⚠ Sanity check") == 1 and "guided_backprop" in digits.results
     from cnnlens.attribution import guided_backprop
-    from cnnlens.attribution.report import GUIDED_MARK, method_figure
+    from cnnlens.figures.attribution import GUIDED_MARK, method_figure
 
     fig = method_figure(x[:1], ["one"], guided_backprop(photo_net, x[:1]))
     assert any(t.get_text() == GUIDED_MARK for ax in fig.axes for t in ax.texts)

@@ -9,7 +9,7 @@ import pytest
 
 def test_every_method_has_one_complete_record():
     from cnnlens.attribution import METHODS, REGISTRY
-    from cnnlens.attribution.report import intro_of, is_signed, title_of
+    from cnnlens.registry import intro_of, is_signed, title_of
 
     assert list(REGISTRY) == list(METHODS)
     for name, m in REGISTRY.items():

@@ -99,7 +99,7 @@ def test_explain_with_occlusion_draws_its_probability_map_and_a_summary_row(run_
     # the figure the text promises: the last column of the grid is occlusion's probability map
     import cnnlens
     from cnnlens.attribution import occlusion
-    from cnnlens.attribution.report import images_by_methods_figure
+    from cnnlens.figures.attribution import images_by_methods_figure
 
     m = cnnlens.load_model("digits-cnn")
     x = cnnlens.load_images([str(p) for p in paths], m)

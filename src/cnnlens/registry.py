@@ -252,3 +252,21 @@ def _captum_takes_layer(cls: str) -> bool:
         return "layer" in inspect.signature(captum_class(cls).__init__).parameters
     except (ImportError, ValueError, TypeError):
         return False
+
+
+def title_of(method: str) -> str:
+    """The display name of a method (``captum:DeepLift`` → ``DeepLift (Captum)``)."""
+    m = lookup(method)
+    return m.title if m else method
+
+
+def intro_of(method: str) -> str:
+    """The lesson shown above a method's maps (a short line for a bridged Captum class)."""
+    m = lookup(method)
+    return m.intro if m else ""
+
+
+def is_signed(method: str) -> bool:
+    """Whether a map's sign means something (a diverging colour map centred at 0)."""
+    m = lookup(method)
+    return bool(m and m.signed)

@@ -217,7 +217,7 @@ class Explanation(Result):
         >>> e = cnnlens.attribution.gradcam(model, x)                        # doctest: +SKIP
         >>> e.figure(x, class_names=model.spec.class_names).savefig("gradcam.png")  # doctest: +SKIP
         """
-        from .attribution.report import method_figure
+        from .figures.attribution import method_figure
 
         images, names = figure_inputs(images, names, len(self), tuple(self.maps.shape[-2:]), "explained")
         extra = "probability" if "probability" in self.extras else None

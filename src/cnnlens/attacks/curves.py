@@ -321,66 +321,15 @@ class RobustnessResult(Result):
 
     def figure(self, title: str | None = None):
         """Accuracy against ε, one line per attack, clean accuracy dashed."""
+        from ..figures.attacks import curves_figure
+
         return curves_figure({"": self}, title=title)
 
     def gallery_figure(self, max_items: int = 6):
         """Rows: clean image, adversarial image, amplified perturbation, saliency before, saliency after."""
-        from ..viz import show_image, subplots
+        from ..figures.attacks import gallery_figure
 
-        items = self.gallery[:max_items]
-        if not items:
-            fig, ax = subplots(figsize=(4, 1))
-            ax.text(0.5, 0.5, "no image was flipped at these ε", ha="center", va="center")
-            ax.set_axis_off()
-            return fig
-        names = self.class_names
-        nm = (lambda c: f"{c} {names[c]}" if names and names[c] != str(c) else str(c))
-        rows = ["clean", "adversarial", "perturbation (amplified)", "saliency before", "saliency after"]
-        fig, axes = subplots(len(rows), len(items), figsize=(1.9 * len(items), 1.95 * len(rows)), squeeze=False)
-        scale = 255 if self.settings.get("norm", "inf") == "inf" else 1
-        for c, g in enumerate(items):
-            d = g["x_adv"] - g["x"]
-            m = float(d.abs().max()) or 1.0
-            show_image(axes[0, c], g["x"], f"#{g['index']}: {nm(g['label'])}")
-            show_image(axes[1, c], g["x_adv"], f"→ {nm(g['pred_adv'])}  ε={g['eps'] * scale:.3g}{'/255' if scale == 255 else ''}")
-            show_image(axes[2, c], 0.5 + d / (2 * m), f"×{0.5 / m:.0f}")
-            for r, key in ((3, "saliency_before"), (4, "saliency_after")):
-                s = g[key]
-                axes[r, c].imshow(s.numpy(), cmap="inferno")
-                axes[r, c].set_axis_off()
-        for r, name in enumerate(rows):
-            axes[r, 0].text(-0.08, 0.5, name, transform=axes[r, 0].transAxes, rotation=90, ha="right", va="center", fontsize=8)
-        fig.tight_layout()
-        return fig
-
-
-def curves_figure(results: dict[str, RobustnessResult], title: str | None = None):
-    """Robust accuracy against ε for several models (colour) and attacks (line style)."""
-    import matplotlib
-
-    from ..viz import subplots
-
-    fig, ax = subplots(figsize=(6.4, 4.0))
-    styles = {"fgsm": "--", "pgd": "-", "deepfool": ":", "cw": "-."}
-    colors = matplotlib.rcParams["axes.prop_cycle"].by_key()["color"]
-    norm = "inf"
-    for i, (name, r) in enumerate(results.items()):
-        norm = r.settings.get("norm", "inf")
-        scale = 255 if norm == "inf" else 1
-        xs = [e * scale for e in r.eps]
-        for a in r.attacks:
-            label = f"{name} {a.upper()}".strip()
-            ax.plot(xs, r.accuracy[a].tolist(), styles.get(a, "-"), marker="o", ms=3.5, color=colors[i % len(colors)],
-                    label=label)
-    ax.set_xlabel("ε (pixel units × 255, L∞)" if norm == "inf" else "ε (L2, pixel units)")
-    ax.set_ylabel("accuracy under attack")
-    ax.set_ylim(-0.02, 1.02)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    if title:
-        ax.set_title(title, fontsize=10)
-    fig.tight_layout()
-    return fig
+        return gallery_figure(self, max_items)
 
 
 @needs_autograd

@@ -17,6 +17,7 @@ from typing import Sequence
 
 import torch
 
+from ..figures.attacks import attack_figure, class_name, fmt_eps, topk_figure
 from .result import AttackResult
 
 log = logging.getLogger(__name__)
@@ -125,19 +126,6 @@ INTROS = {
 ATTACK_TITLES = {"fgsm": "FGSM", "pgd": "PGD", "deepfool": "DeepFool", "cw": "C&W L2", "minimal": "Minimal-ε PGD"}
 
 
-def _name(class_names, c: int) -> str:
-    if class_names and 0 <= c < len(class_names):
-        return str(class_names[c])
-    return str(c)
-
-
-def _fmt_eps(e: float, norm: str = "inf") -> str:
-    """A short ε for titles: grey levels under L∞ (``2/255``), the L2 norm in pixel units otherwise."""
-    if e != e or e == float("inf"):
-        return "not reached"
-    return f"{e * 255:.3g}/255" if norm == "inf" else f"{e:.3g}"
-
-
 def eps_text(e: float, norm: str = "inf") -> str:
     """ε for tables: pixel units beside grey levels (×255), and the norm for L2.
 
@@ -149,49 +137,12 @@ def eps_text(e: float, norm: str = "inf") -> str:
     return f"{e:.3g} ({e * 255:.3g}/255)" if norm == "inf" else f"{e:.3g} ({e * 255:.3g}/255, L2)"
 
 
-def attack_figure(x: torch.Tensor, r: AttackResult, names: Sequence[str], class_names=None, size: float = 2.3):
-    """One row per image: original (top class, p), adversarial (top class, p), amplified perturbation."""
-    from ..viz import show_image, subplots
-
-    n = len(r)
-    fig, axes = subplots(n, 3, figsize=(3 * size, n * (size + 0.35)), squeeze=False)
-    p0 = r.logits_before.float().softmax(1)
-    p1 = r.logits_after.float().softmax(1)
-    amp = r.amplified()
-    norm = r.settings.get("norm", "inf")
-    for i in range(n):
-        c0, c1 = int(r.pred_before[i]), int(r.pred_after[i])
-        show_image(axes[i, 0], x[i].cpu(), f"{names[i]}: {_name(class_names, c0)[:22]} ({float(p0[i, c0]):.2f})")
-        show_image(axes[i, 1], r.x_adv[i], f"→ {_name(class_names, c1)[:22]} ({float(p1[i, c1]):.2f})")
-        m = float(r.perturbation[i].abs().max())
-        show_image(axes[i, 2], amp[i], f"perturbation, ε={_fmt_eps(float(r.eps[i]), norm)}" + (f" (×{0.5 / m:.0f})" if m > 0 else ""))
-    fig.tight_layout()
-    return fig
-
-
-def topk_figure(r: AttackResult, i: int, class_names=None, k: int = 5, title: str = ""):
-    """Top-k probabilities before and after the attack for image ``i``, as two bar charts."""
-    from ..viz import subplots
-
-    fig, axes = subplots(1, 2, figsize=(7.6, 2.2))
-    for ax, after, head in ((axes[0], False, "before"), (axes[1], True, "after")):
-        v, idx = r.topk(k, after=after)
-        labels = [_name(class_names, int(c))[:24] for c in idx[i]]
-        ax.barh(range(len(labels))[::-1], v[i].tolist(), color="#2f6fdf" if not after else "#d9534f")
-        ax.set_yticks(range(len(labels))[::-1], labels, fontsize=8)
-        ax.set_xlim(0, 1)
-        ax.set_title(f"{title} {head}".strip(), fontsize=9)
-        ax.tick_params(axis="x", labelsize=7)
-    fig.tight_layout()
-    return fig
-
-
 def topk_rows(r: AttackResult, i: int, class_names=None, k: int = 5) -> dict:
     """``{"before": [{index, name, probability}], "after": [...]}`` for image ``i``."""
     out = {}
     for key, after in (("before", False), ("after", True)):
         v, idx = r.topk(k, after=after)
-        out[key] = [{"index": int(c), "name": _name(class_names, int(c)), "probability": float(p)}
+        out[key] = [{"index": int(c), "name": class_name(class_names, int(c)), "probability": float(p)}
                     for p, c in zip(v[i], idx[i])]
     return out
 
@@ -220,11 +171,11 @@ def add_attack_section(report, model, x: torch.Tensor, names: Sequence[str], r: 
     p1 = r.logits_after.float().softmax(1)
     for i, nm in enumerate(names):
         c0, c1, goal = int(r.pred_before[i]), int(r.pred_after[i]), int(r.classes[i])
-        rows.append([nm, f"{_name(class_names, c0)} ({float(p0[i, c0]):.3f})",
-                     ("→ " if r.targeted else "away from ") + _name(class_names, goal),
-                     f"{_name(class_names, c1)} ({float(p1[i, c1]):.3f})", "yes" if bool(r.success[i]) else "no",
+        rows.append([nm, f"{class_name(class_names, c0)} ({float(p0[i, c0]):.3f})",
+                     ("→ " if r.targeted else "away from ") + class_name(class_names, goal),
+                     f"{class_name(class_names, c1)} ({float(p1[i, c1]):.3f})", "yes" if bool(r.success[i]) else "no",
                      eps_text(float(r.eps[i]), norm), f"{float(r.linf()[i]) * 255:.3g}/255", f"{float(r.l2()[i]):.3g}",
-                     int(r.steps[i]), _name(class_names, int(qpred[i]))])
+                     int(r.steps[i]), class_name(class_names, int(qpred[i]))])
         data[nm] = {"before": c0, "after": c1, "goal": goal, "success": bool(r.success[i]), "eps": float(r.eps[i]),
                     "linf": float(r.linf()[i]), "l2": float(r.l2()[i]), "steps": int(r.steps[i]),
                     "after_8bit_rounding": int(qpred[i]), "top5": topk_rows(r, i, class_names)}
@@ -244,7 +195,7 @@ def add_attack_section(report, model, x: torch.Tensor, names: Sequence[str], r: 
 def add_robustness_section(report, results: dict, *, title: str = "Robustness", intro: str | None = None,
                            settings: dict | None = None, gallery_of: str | None = None, robustified: bool = False):
     """Curves of several models (``{name: RobustnessResult}``), a side-by-side table, per-class accuracy, a gallery."""
-    from .curves import curves_figure
+    from ..figures.attacks import curves_figure
 
     first = next(iter(results.values()))
     norm = first.settings.get("norm", "inf")
@@ -317,7 +268,8 @@ def saliency_comparison(models: dict, x: torch.Tensor, y: torch.Tensor, x_all: t
 def demo_section(report, ctx) -> None:
     """The demo's attack part (budget ≈ 90 s on 2 cores; ``ctx.quick``: a few seconds)."""
     from ..models.digits import digits_split
-    from .concentration import concentration_figure, concentration_table
+    from ..figures.attacks import concentration_figure
+    from .concentration import concentration_table
     from .curves import robustness
     from .gradient import minimal_eps
     from .robust import ADV_EPS, GP_LAMBDA, load_digits
@@ -384,7 +336,7 @@ def demo_section(report, ctx) -> None:
     parts = []
     for j in budgets:
         accs = ", ".join(f"{name} {float(r.accuracy['pgd'][j]):.1%}" for name, r in results.items())
-        parts.append(f"at ε = {_fmt_eps(eps[j])} PGD leaves {accs}")
+        parts.append(f"at ε = {fmt_eps(eps[j])} PGD leaves {accs}")
     clean = ", ".join(f"{name} {r.clean_accuracy:.1%}" for name, r in results.items())
     sec.text(f"<p>Clean accuracy: {clean}; {'; '.join(parts)}. Share of the saliency mass on the strokes "
              f"(strokes are {base:.2f} of the pixels): " + ", ".join(f"{k} {v:.2f}" for k, v in shares.items()) +

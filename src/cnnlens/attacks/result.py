@@ -65,7 +65,7 @@ class AttackResult(Result):
 
         >>> attacks.pgd(model, x, eps=2 / 255).figure(x, class_names=model.spec.class_names)   # doctest: +SKIP
         """
-        from .report import attack_figure
+        from ..figures.attacks import attack_figure
 
         x, names = figure_inputs(x, names, len(self), tuple(self.x_adv.shape[-2:]), "attacked")
         return attack_figure(x, self, names, class_names=class_names)

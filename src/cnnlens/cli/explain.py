@@ -75,7 +75,8 @@ def _png(fig) -> bytes:
 
 def explain_intro(ok: dict, faithfulness: bool, n: int, baseline: str = "blur") -> str:
     """What the page shows, then one paragraph per method that ran (never a method that did not)."""
-    from ..attribution.report import FAITH_INTRO, intro_of, method_note
+    from ..attribution.report import FAITH_INTRO, method_note
+    from ..registry import intro_of
 
     head = (f"<p>Why did the model predict what it did? Each method below turns the prediction for each of the {n} "
             "image(s) into a map over the pixels; they answer different questions, so they are shown side by side.</p>")
@@ -93,7 +94,7 @@ def explain_settings(model: str, target: str, chosen: list, ok: dict, layer, sha
     """The settings that ran: the layer each CAM-family method read (named, also when chosen automatically),
     each method's own settings as it ran, the faithfulness curves."""
     from ..registry import lookup
-    from ..attribution.report import title_of
+    from ..registry import title_of
     from ..report import show_setting
 
     out = {"model": model, "images": n, "target": target, "methods": ", ".join(title_of(k) for k in chosen)}
@@ -145,37 +146,6 @@ def _selection(model, ds, misclassified: bool, true_class, confused, n: int) -> 
     return picked
 
 
-def class_means_figure(expls: dict, class_names=None):
-    """Each method's mean map over the images of each explained class: a figure and {class: count}."""
-
-    from ..attribution.report import is_signed, title_of
-    from ..viz import DIVERGING, SEQUENTIAL, subplots
-
-    first = next(iter(expls.values()))
-    classes = sorted(set(int(c) for c in first.classes))
-    fig, axes = subplots(len(classes), len(expls), figsize=(2.2 * len(expls), 2.2 * len(classes)), squeeze=False)
-    counts = {}
-    for r, c in enumerate(classes):
-        sel = first.classes == c
-        counts[str(c)] = int(sel.sum())
-        label = class_names[c] if class_names and c < len(class_names) else str(c)
-        for j, (k, e) in enumerate(expls.items()):
-            mean = e.maps[e.classes == c].float().mean(0)
-            ax = axes[r, j]
-            if is_signed(k):
-                lim = float(mean.abs().max()) or 1.0
-                ax.imshow(mean.numpy(), cmap=DIVERGING, vmin=-lim, vmax=lim)
-            else:
-                ax.imshow(mean.numpy(), cmap=SEQUENTIAL)
-            ax.set_xticks([]), ax.set_yticks([])
-            if r == 0:
-                ax.set_title(title_of(k), fontsize=8)
-            if j == 0:
-                ax.set_ylabel(f"{label} ({counts[str(c)]})", fontsize=8)
-    fig.tight_layout()
-    return fig, counts
-
-
 @app.command()
 @model_options
 def explain(
@@ -224,8 +194,10 @@ def explain(
     from rich.console import Console
 
     from ..results import Explanation
-    from ..attribution.report import (GUIDED, GUIDED_NOTE, grid_figure, images_by_methods_figure, overlay_figure,
-                                      run_methods, score_all, summary, title_of)
+    from ..attribution.report import GUIDED_NOTE, run_methods, score_all, summary
+    from ..figures.attribution import (GUIDED, class_means_figure, grid_figure, images_by_methods_figure,
+                                       overlay_figure)
+    from ..registry import title_of
     from ..data import read_images
     from ..evaluation import predict_topk, topk_figure
     from ..tap import LayerTap

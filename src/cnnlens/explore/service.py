@@ -504,7 +504,7 @@ class Explorer:
             else:
                 from ..attribution import faithfulness
                 from ..attribution.completeness import incomplete_note
-                from ..attribution.report import method_figure
+                from ..figures.attribution import method_figure
 
                 fn = METHODS[action]
                 kw = dict(SETTINGS.get(action, {}))

@@ -3,7 +3,7 @@ presentation code."""
 
 from __future__ import annotations
 
-from ..attribution.report import GUIDED, GUIDED_MARK
+from ..figures.attribution import GUIDED, GUIDED_MARK
 from .benchmark import Leaderboard
 
 #: short column labels
@@ -142,7 +142,7 @@ SANITY_INTRO = (
 
 def cascade_figure(s, names=None):
     """Mean Spearman ρ (over the images; each image as a dot) of every method at each cascade step."""
-    from ..attribution.report import title_of
+    from ..registry import title_of
     from ..viz import subplots
 
     fig, ax = subplots(figsize=(7.5, 3.6))
@@ -168,7 +168,7 @@ def cascade_figure(s, names=None):
 
 def sanity_rows(s) -> tuple[list[str], list[list]]:
     header = ["method"] + [lbl.replace("net.", "").replace(".0.conv_pw", "") + " ↓" for lbl in s.layers]
-    from ..attribution.report import title_of
+    from ..registry import title_of
 
     rows = [[title_of(k)] + [round(v, 3) for v in s.mean(k).tolist()] for k in s.methods]
     return header, rows
@@ -180,7 +180,7 @@ def demo_section(report, ctx) -> None:
     import time
 
     from ..attribution import METHODS
-    from ..attribution.report import randomization_figure
+    from ..figures.attribution import randomization_figure
     from ..data import cluttered_digits
     from .benchmark import benchmark
     from .sanity import SANITY_METHODS, sanity_check
