@@ -14,7 +14,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 def test_demo_section_quick_with_a_stand_in_photo_model(untouched, digits_model):
     from cnnlens.attacks import minimal_eps
-    from cnnlens.attacks.report import demo_section
+    from cnnlens.demo.attacks import demo_section
     from cnnlens.data import as_dataset
     from cnnlens.models.spec import ModelSpec, PixelModel
     from cnnlens.report import Report

@@ -104,7 +104,7 @@ def test_cli_explain_bad_input_is_one_line(tmp_path, monkeypatch, capsys, run_cl
 
 def test_demo_section_quick(untouched, digits_model):
     from cnnlens.attribution import cam, faithfulness, gradcam
-    from cnnlens.attribution.report import demo_section
+    from cnnlens.demo.attribution import demo_section
     from cnnlens.data import as_dataset
     from cnnlens.models.spec import ModelSpec, PixelModel
     from cnnlens.report import Report

@@ -310,7 +310,7 @@ def test_demo_section_with_small_stand_ins(untouched):
     from types import SimpleNamespace
 
     from cnnlens.data import as_dataset
-    from cnnlens.evaluation import demo_section
+    from cnnlens.demo.evaluation import demo_section
     from cnnlens.models.digits import DigitsCNN, digits_spec
     from cnnlens.models.spec import ModelSpec, PixelModel
     from cnnlens.report import Report

@@ -135,7 +135,7 @@ class _TinyEff(nn.Module):
 
 def test_demo_section_quick(untouched, digits_model):
     import cnnlens
-    from cnnlens.inside.report import demo_section
+    from cnnlens.demo.inside import demo_section
     from cnnlens.models.spec import ModelSpec, PixelModel
     from cnnlens.report import Report
 
