@@ -41,6 +41,7 @@ demo: install
 lint: install-test
 	$(VENV)/bin/ruff check .
 	$(PY) tools/import_graph.py
+	PYTHONPATH=src $(PY) tools/check_imports.py
 	$(VENV)/bin/mypy
 
 test: install-test lint

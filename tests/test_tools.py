@@ -37,3 +37,21 @@ def test_a_circle_is_found_and_a_late_import_is_not_one(tmp_path):
     assert out.returncode == 1 and out.stdout.strip() == "circle: pkg.c <-> pkg.sub <-> pkg.sub.b"
     edges = run(pkg, "--edges").stdout
     assert "pkg.a -> pkg.sub.b" in edges and "pkg.sub -> pkg.sub.b" in edges
+
+
+def test_every_import_resolves_also_inside_functions(tmp_path):
+    import os
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    ok = subprocess.run([sys.executable, str(ROOT / "tools" / "check_imports.py")], capture_output=True, text=True,
+                        cwd=ROOT, env=env)
+    assert ok.returncode == 0, ok.stdout
+    pkg = tmp_path / "pk"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "a.py").write_text("def f():\n    from .gone import g\n    from os import not_there\n")
+    bad = subprocess.run([sys.executable, str(ROOT / "tools" / "check_imports.py"), str(pkg)], capture_output=True,
+                         text=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(tmp_path)})
+    assert bad.returncode == 1
+    assert bad.stdout.splitlines() == [f"{pkg / 'a.py'}:2: no module pk.gone (No module named 'pk.gone')",
+                                       f"{pkg / 'a.py'}:3: os has no not_there"]
