@@ -135,3 +135,51 @@ def test_cluttered_digits_units_stand_for_the_digits_their_weights_vote_for(unto
     ok = L.label >= 0
     agree = float((model.net.fc.weight.argmax(0)[ok] == L.label[ok]).double().mean())
     assert agree > 0.3, (agree, L)
+
+
+def test_microscope_scan_labels_units_in_the_same_scan_and_the_pages_show_them(untouched):
+    """microscope_scan on cluttered digits dissects in its one scan (equal to the dissection alone); the layer
+    list, the layer grid and the unit page of the static site and of the explorer show label and IoU."""
+    import cnnlens
+    from cnnlens.data import cluttered_digits
+    from cnnlens.inside.dissect import cluttered_segments
+    from cnnlens.inside.microscope import microscope_scan
+    from cnnlens.microscope_site import _env, layer_row, unit_card
+
+    model = untouched(cnnlens.load_model("cluttered-digits-cnn"))
+    ds = cluttered_digits("test")
+    n = 48
+    seg, names = cluttered_segments(ds)
+    sub = torch.utils.data.Subset(ds, range(n))
+    layers = ["net.features.7", "net.features.10"]
+    micro = microscope_scan(model, sub, layers, k=3, concepts=(seg[:n], names))
+    acc = DissectionAccumulator(layers, seg[:n], names)
+    (alone,) = scan(model, sub, [acc])
+    for name in layers:
+        got, want = micro[name].concepts, alone[name]
+        assert torch.equal(got.iou, want.iou) and torch.equal(got.label, want.label)
+    assert microscope_scan(model, sub, layers[:1], k=3, concepts=False)[layers[0]].concepts is None
+    ls = micro["net.features.10"]
+    row = layer_row(ls)
+    assert row["labelled"] == ls.concepts.labelled > 0
+    top, count = next(iter(ls.concepts.units_per_concept().items()))
+    assert row["concepts"].startswith(f"{top} {count}")
+    c = int(ls.concepts.best_iou.argmax())
+    card = unit_card(ls, c, str)
+    assert card["concept"] == ls.concepts.labels()[c] and card["concept_iou"] == float(ls.concepts.best_iou[c])
+    html = _env().get_template("layer.html.j2").render(layer=row, cards=[card], model_name="m", data_name="d",
+                                                       count=n, generated="now")
+    assert f"{card['concept']} (IoU {card['concept_iou']:.2f})" in html
+    html = _env().get_template("index.html.j2").render(layers=[{**row, "shown": 64}], samples=[], model_name="m",
+                                                       data_name="d", count=n, generated="now")
+    assert "units per concept" in html and row["concepts"] in html
+    from cnnlens.explore.app import Urls, templates
+
+    env = templates()
+    html = env.get_template("layers.html.j2").render(o={"model": "m", "data": "d", "images": n, "layers": [row]},
+                                                     urls=Urls())
+    assert "units per concept" in html and row["concepts"] in html
+    html = env.get_template("layer.html.j2").render(layer={**row, "k": 3, "cards": [card]}, urls=Urls())
+    assert f"{card['concept']} (IoU {card['concept_iou']:.3f})" in html
+    for e in (env, _env()):  # the unit pages' templates compile (their rendering is in the site/explorer tests)
+        assert "Network dissection" in e.loader.get_source(e, "unit.html.j2")[0] and e.get_template("unit.html.j2")

@@ -273,7 +273,25 @@ def layer_row(ls) -> dict:
             "channels": ls.channels,
             "rf": "whole image" if rf.is_global else f"{rf.size[0]}×{rf.size[1]} px",
             "stride": "–" if rf.is_global else f"{rf.stride[0]}×{rf.stride[1]}",
-            "dead": int(ls.stats.dead.sum())}
+            "dead": int(ls.stats.dead.sum()), **concept_row(ls)}
+
+
+def concept_row(ls) -> dict:
+    """A layer's network-dissection summary: how many units each concept labels (empty without concepts)."""
+    d = getattr(ls, "concepts", None)
+    if d is None:
+        return {"concepts": None}
+    per = d.units_per_concept()
+    return {"concepts": ", ".join(f"{k} {v}" for k, v in per.items()) or "none", "labelled": d.labelled}
+
+
+def unit_concept(ls, c: int) -> dict:
+    """A unit's network-dissection label (None when unlabelled or without concepts) and its best IoU."""
+    d = getattr(ls, "concepts", None)
+    if d is None:
+        return {"concept": None, "concept_iou": None}
+    u = d.unit(c)
+    return {"concept": u["label"], "concept_iou": u["iou"], "concept_best": u["best"]}
 
 
 def unit_card(ls, c: int, cname, influence=None) -> dict:
@@ -285,7 +303,7 @@ def unit_card(ls, c: int, cname, influence=None) -> dict:
             "dead": bool(st.dead[c]), "top_act": float(ls.top.activations[row, 0]),
             "labels": [f"{float(ls.top.activations[row, s]):.3g} · {cname(int(ls.top.labels[row, s]))}"
                        for s in range(ls.top.k)],
-            "influence": [(cname(k), v) for k, v in infl]}
+            "influence": [(cname(k), v) for k, v in infl], **unit_concept(ls, c)}
 
 
 def _write(model, data, pre: Precomputed, root: Path, model_name, data_name, class_names, prog) -> None:

@@ -174,6 +174,8 @@ class DissectionAccumulator:
         base = (lab * self.nbins).unsqueeze(1)                                  # N×1×H×W: the pixel's concept
         for n in self.layers:
             a = batch.acts[n].detach().float()
+            if a.dim() != 4:  # no spatial map (a pooled or linear layer): nothing to dissect
+                continue
             C = a.shape[1]
             if n not in self.raw:
                 self.raw[n] = torch.zeros(C, self.nbins, dtype=torch.long)
@@ -201,7 +203,7 @@ class DissectionAccumulator:
     def compute(self) -> Dissection:
         if not self.raw:
             raise ValueError("the dissection saw no images: the dataset (or this shard) is empty")
-        return Dissection({n: self._layer(n) for n in self.layers}, self.count,
+        return Dissection({n: self._layer(n) for n in self.layers if n in self.raw}, self.count,
                           settings={"quantile": self.quantile, "min_iou": self.min_iou, "gamma": self.gamma,
                                     "concepts": self.concepts, "paper": "Bau et al. 2017"})
 

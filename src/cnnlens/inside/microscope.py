@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Sequence
 
 import torch
@@ -56,7 +56,9 @@ class LayerScan(Result):
 
     shape: (C, H, W) of the layer's output for one image; rf: its receptive field;
     top: each channel's top-k images and patches (:class:`SearchResult`);
-    stats: per-channel statistics (:class:`NeuronStats`: histogram, class means, selectivity).
+    stats: per-channel statistics (:class:`NeuronStats`: histogram, class means, selectivity);
+    concepts: each unit's network-dissection label and IoU (:class:`~cnnlens.inside.dissect.LayerDissection`),
+    when the data has concept masks, else None.
     """
 
     layer: str
@@ -64,6 +66,7 @@ class LayerScan(Result):
     rf: ReceptiveField
     top: SearchResult
     stats: NeuronStats
+    concepts: Any = None
 
     @property
     def channels(self) -> int:
@@ -182,12 +185,17 @@ def layer_edges(model: nn.Module, data, layers: Sequence[LayerRef], bins: int = 
 @needs_autograd
 def microscope_scan(model: nn.Module, data, layers: Sequence[LayerRef], k: int = 9, *, bins: int = 40,
                     edges: dict | None = None, batch_size: int = 64, device=None, progress=None,
-                    max_crop: int | None = None, patches: bool = False) -> MicroscopeScan:
+                    max_crop: int | None = None, patches: bool = False, concepts: Any = None) -> MicroscopeScan:
     """Every channel of every layer in ``layers``: top-k images and statistics, in ONE scan over ``data``.
 
     Each channel keeps its top-k as (image index, position, activation); its patches are cut from ``data`` when
     drawn (``.top.patches(data, channels)``), so the result stays small on a real network (``patches=True`` keeps
     float32 patches in ``.top.crops``, as :func:`dataset_search` does).
+
+    ``concepts``: network dissection (Bau et al. 2017, :mod:`cnnlens.inside.dissect`) in the same scan —
+    ``(segments, names)`` (N×H×W concept labels, −1 for none), ``False`` for none, or ``None`` (the default):
+    the data's own concepts where it has them (cluttered digits: the ten digits and the clutter). Each
+    :class:`LayerScan` then has ``.concepts``: every unit's label and IoU.
 
     Example::
 
@@ -206,8 +214,29 @@ def microscope_scan(model: nn.Module, data, layers: Sequence[LayerRef], k: int =
     acc = MicroscopeAccumulator(model, names, k, edges=edges, input_size=_input_size(data, model),
                                 num_classes=getattr(spec, "num_classes", None) or None, max_crop=max_crop,
                                 patches=patches)
-    (res,) = scan(model, data, [acc], batch_size=batch_size, device=device, progress=progress)
+    dis = _dissection(data, names, concepts)
+    res, *more = scan(model, data, [acc] + ([dis] if dis is not None else []), batch_size=batch_size, device=device,
+                      progress=progress)
+    if more:
+        found = more[0].layers
+        res = MicroscopeScan({n: replace(ls, concepts=found.get(n)) for n, ls in res.layers.items()}, res.count,
+                             settings={**res.settings, "dissection": more[0].settings})
     return res
+
+
+def _dissection(data, names: list[str], concepts: Any):
+    """The dissection accumulator for ``microscope_scan(concepts=...)``, or None."""
+    from .dissect import DissectionAccumulator, cluttered_segments
+
+    if concepts is False:
+        return None
+    if concepts is None:
+        if getattr(data, "ink", None) is None or getattr(data, "clutter", None) is None:
+            return None
+        concepts = cluttered_segments(data)
+    if not isinstance(concepts, tuple) or len(concepts) != 2:
+        raise TypeError("concepts must be (segments N×H×W, names), False, or None (the data's own)")
+    return DissectionAccumulator(names, concepts[0], concepts[1])
 
 
 # ---------------------------------------------------------------------------
