@@ -25,8 +25,9 @@ def test_scores_by_hand():
     sign, mag = tcav_scores(g, torch.tensor([[1.0, 0.5], [-1.0, 0.0]]))
     assert sign.tolist() == pytest.approx([2 / 3, 1 / 3]) and mag.tolist() == pytest.approx([1 / 6, 0.0])
     # the CAV points from the counter-examples to the concept, unit length; separable sets: accuracy 1
-    pos = torch.randn(30, 5, dtype=torch.float64) + torch.tensor([4.0, 0, 0, 0, 0], dtype=torch.float64)
-    neg = torch.randn(30, 5, dtype=torch.float64)
+    g = torch.Generator().manual_seed(0)
+    pos = torch.randn(30, 5, dtype=torch.float64, generator=g) + torch.tensor([8.0, 0, 0, 0, 0], dtype=torch.float64)
+    neg = torch.randn(30, 5, dtype=torch.float64, generator=g)
     for clf in ("sgd", "logistic"):
         cav, acc = train_cav(pos, neg, clf, seed=0)
         assert float(cav.norm()) == pytest.approx(1.0) and float(cav[0]) > 0.8 and acc == 1.0
