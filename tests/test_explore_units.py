@@ -107,7 +107,11 @@ def test_unit_page_values_equal_the_library(served, micro, data):
     assert j["top_activations"] == pytest.approx(ls.top.activations[row].tolist(), rel=1e-5)
     assert j["class_means"] == pytest.approx(ls.stats.class_mean[:, c].tolist(), rel=1e-5, abs=1e-6)
     assert j["card"]["sel"] == pytest.approx(float(ls.stats.selectivity[c]), abs=1e-6)
-    inf = class_influence(model, dataset_images(data, range(INFLUENCE_IMAGES)), name, list(range(10)))
+    # over INFLUENCE_IMAGES images spread evenly over the data, the classes in the data (all ten here)
+    m = min(INFLUENCE_IMAGES, len(data))
+    idx = sorted({round(i * (len(data) - 1) / (m - 1)) for i in range(m)})
+    assert j["influence_images"] == len(idx)
+    inf = class_influence(model, dataset_images(data, idx), name, list(range(10)))
     expect = inf.top(c, 10)
     assert [k for k, _ in j["influence"]] == [k for k, _ in expect]
     assert [v for _, v in j["influence"]] == pytest.approx([v for _, v in expect], rel=1e-4, abs=1e-5)

@@ -212,7 +212,7 @@ def precompute(model: nn.Module, data, layers: Sequence[str], work: Path, settin
         inf = wd.get(f"influence-{_slug(name)}")
         if inf is None:
             x = dataset_images(data, range(n_inf))
-            classes = _classes(model, x, st.max_classes)
+            classes = _classes(model, x, st.max_classes, [int(dataset[i][1]) for i in range(n_inf)])
             if micro[name].top.positions.numel() and len(micro[name].shape) == 3:
                 inf = class_influence(model, x, name, classes, channels=chans, ablation=True,
                                       batch_size=st.batch_size)
@@ -230,16 +230,21 @@ def precompute(model: nn.Module, data, layers: Sequence[str], work: Path, settin
     return out
 
 
-def _classes(model, x, limit: int) -> list[int]:
+def _classes(model, x, limit: int, labels=None) -> list[int]:
+    """The classes a class-influence panel names: those the images ``x`` are labelled with (``labels``, −1 for none)
+    or predicted as — never a class absent from both —, the ``limit`` most frequent (ties by class index), sorted."""
     from .tap import LayerTap
 
     with LayerTap(model, [], detach=True) as tap, torch.no_grad():
         logits = tap.run(x[: min(len(x), 64)].to(next(model.parameters()).device))
     K = int(logits.shape[1])
-    if K <= limit:
-        return list(range(K))
     counts = torch.bincount(logits.argmax(1).cpu(), minlength=K)
-    return sorted(torch.sort(counts, descending=True, stable=True).indices[:limit].tolist())
+    if labels is not None:
+        lab = torch.as_tensor(labels).long().view(-1)
+        lab = lab[(lab >= 0) & (lab < K)]
+        counts = counts + torch.bincount(lab, minlength=K)[:K]
+    order = torch.sort(counts, descending=True, stable=True).indices
+    return sorted(int(c) for c in order[:limit] if int(counts[c]) > 0)
 
 
 # ---------------------------------------------------------------------------

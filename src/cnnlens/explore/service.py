@@ -640,25 +640,35 @@ class Explorer:
 
         return self._micro_dir() / _slug(layer) / str(c)
 
-    def _influence(self, layer: str):
-        """The class influence (ablation) of every channel of ``layer`` over the first images (worker only)."""
+    def influence_images(self) -> list[int]:
+        """The dataset indices the class influence is measured on: :data:`INFLUENCE_IMAGES` spread evenly over the
+        dataset (a folder's first images are all of its first class)."""
+        m = min(INFLUENCE_IMAGES, self.n)
+        return sorted({round(i * (self.n - 1) / max(1, m - 1)) for i in range(m)}) if m > 1 else list(range(m))
+
+    def present_classes(self, limit: int | None = None) -> list[int]:
+        """The classes that occur in the data (as labels; for unlabelled data, as predictions), most frequent
+        first (ties by index), at most ``limit``: what a unit page names."""
+        cm = self._ready().confusion()
+        support = cm.sum(1)
+        if int(support.sum()) == 0:
+            support = cm.sum(0)
+        order = torch.sort(support, descending=True, stable=True).indices
+        out = [int(c) for c in order if int(support[c]) > 0]
+        return out[:limit] if limit else out
+
+    def _influence(self, layer: str, c: int, report=None):
+        """The class influence (ablation) of channel ``c`` of ``layer`` on the (at most 20 most frequent) classes of
+        the data, over :meth:`influence_images` (worker only): a channel's values do not depend on the others, so a
+        unit page costs one forward and one ablated forward per image, not one per channel of the layer."""
         from ..inside.microscope import class_influence, dataset_images
 
-        path = self._micro_dir() / f"influence-{hashlib.sha1(layer.encode()).hexdigest()[:10]}.pt"
-        if path.is_file():
-            try:
-                return torch.load(path, map_location="cpu", weights_only=False)
-            except Exception:  # noqa: BLE001
-                pass
-        x = dataset_images(self.dataset, range(min(INFLUENCE_IMAGES, self.n)))
-        from ..microscope_site import _classes
-
-        inf = class_influence(self.model, x, layer, _classes(self.model, x, 20), ablation=True,
-                              batch_size=self.batch_size)  # at most the 20 most predicted classes, as the site
-        buf = io.BytesIO()
-        torch.save(inf, buf)
-        atomic_write(path, buf.getvalue())
-        return inf
+        x = dataset_images(self.dataset, self.influence_images())
+        classes = sorted(self.present_classes(20))
+        if not classes:
+            return None
+        return class_influence(self.model, x, layer, classes, channels=[c], ablation=True, taylor=False,
+                               batch_size=self.batch_size, progress=report)
 
     def unit(self, layer: Any, channel: Any) -> dict:
         """A unit page's values (``status: done``) or its job's state: top patches, activation maps over the
@@ -686,8 +696,9 @@ class Explorer:
             from ..inside.microscope import top_maps, unit_projections
 
             inf = None
+            report(0.01)
             if len(ls.shape) == 3:
-                inf = self._influence(layer)
+                inf = self._influence(layer, c, _scaled(report, 0.01, 0.5))
             report(0.5)
             imgs, maps = top_maps(self.model, self.dataset, ls, [c], batch_size=self.batch_size)
             report(0.8)
@@ -700,6 +711,7 @@ class Explorer:
             atomic_write(d / "proj.png", draw.png(draw.projections_image(crops, proj.deconv, proj.guided, tile=72)))
             info = {"card": unit_card(ls, c, self._cname(), inf),
                     "influence": [[k, v] for k, v in inf.top(c, len(inf.classes))] if inf is not None else None,
+                    "influence_images": len(self.influence_images()),
                     "projections": [n for n, v in (("patch", crops), ("deconvnet", proj.deconv),
                                                    ("guided backprop", proj.guided)) if v is not None],
                     "projection_errors": [e for e in (proj.deconv_error, proj.guided_error) if e]}

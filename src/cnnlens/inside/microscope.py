@@ -569,13 +569,13 @@ def building_blocks(model: nn.Module, x: torch.Tensor, layer: LayerRef, target: 
 class ClassInfluence(Result):
     """How much each channel of a layer drives each class (means over the images seen).
 
-    classes: K' classes; taylor: K'×C' mean Σ_ij a·∂y_c/∂a; ablation: K'×C' mean drop of y_c
-    when the channel is zeroed (None when not computed); C' the channels in ``settings["channels"]``.
+    classes: K' classes; taylor: K'×C' mean Σ_ij a·∂y_c/∂a (None when not computed); ablation: K'×C' mean drop
+    of y_c when the channel is zeroed (None when not computed); C' the channels in ``settings["channels"]``.
     """
 
     layer: str
     classes: tuple[int, ...]
-    taylor: torch.Tensor
+    taylor: torch.Tensor | None
     ablation: torch.Tensor | None
     count: int
     settings: dict = field(default_factory=dict)
@@ -591,22 +591,40 @@ class ClassInfluence(Result):
 
 @needs_autograd
 def class_influence(model: nn.Module, x: torch.Tensor, layer: LayerRef, classes: Sequence[int] | None = None, *,
-                    channels: Sequence[int] | None = None, ablation: bool = True,
-                    batch_size: int = 32, chunk: int = 16) -> ClassInfluence:
+                    channels: Sequence[int] | None = None, ablation: bool = True, taylor: bool = True,
+                    batch_size: int = 32, chunk: int = 16,
+                    progress: Callable[[int, int], None] | None = None) -> ClassInfluence:
     """The influence of each channel on each class's score, over images x (means over the images):
     taylor[c, k] = Σ_ij a_k,ij · ∂y_c/∂a_k,ij, and ablation[c, k] = y_c(x) − y_c(x with channel k zeroed),
     as :func:`cnnlens.inside.influence` for one class — here every class at once: one backward per class
     from the logits down to the layer only, and one ablated forward per channel (chunked) for all classes.
+
+    A channel's values do not depend on the other channels asked for, so a unit page asks for its own channel
+    only (``channels=[c]``: one forward and one ablated forward per image) and ``taylor=False`` skips the
+    backward passes (``taylor`` is then None). ``progress(done, total)`` is called after each backward and each
+    ablated chunk.
     """
     name = resolve_layer(model, layer)[0]
+    if not (taylor or ablation):
+        raise ValueError("ask for taylor=True, ablation=True or both")
     dev = _device(model)
     tay = abl = None
     cls = None
     seen = 0
+    batches = max(1, math.ceil(len(x) / batch_size))
+    done = 0
+
+    def step(total):
+        nonlocal done
+        done += 1
+        if progress is not None:
+            progress(done, total)
+
     for s0 in range(0, len(x), batch_size):
         xb = x[s0:s0 + batch_size].to(dev)
-        with torch.enable_grad(), LayerTap(model, [name]) as tap:
-            logits = tap.run(xb.detach().requires_grad_(True))  # so the graph reaches the layer (weights frozen)
+        with torch.enable_grad() if taylor else torch.no_grad(), LayerTap(model, [name], detach=not taylor) as tap:
+            # so the graph reaches the layer (weights frozen)
+            logits = tap.run(xb.detach().requires_grad_(True) if taylor else xb)
             a = tap[name]
             if a.dim() != 4:
                 raise ValueError(f"layer {name!r} has no spatial grid (N×C); class influence reads N×C×H×W layers")
@@ -619,11 +637,14 @@ def class_influence(model: nn.Module, x: torch.Tensor, layer: LayerRef, classes:
                 cls = tuple(range(K)) if classes is None else tuple(int(c) for c in classes)
                 if cls and (min(cls) < 0 or max(cls) >= K):
                     raise ValueError(f"class {max(cls)} is out of range: the model has {K} classes")
-                tay = torch.zeros(len(cls), len(chans), dtype=torch.float64)
+                tay = torch.zeros(len(cls), len(chans), dtype=torch.float64) if taylor else None
                 abl = torch.zeros(len(cls), len(chans), dtype=torch.float64) if ablation else None
-            for r, c in enumerate(cls):
-                (g,) = torch.autograd.grad(logits[:, c].sum(), a, retain_graph=r + 1 < len(cls))
-                tay[r] += (a.detach() * g).sum((2, 3))[:, chans].double().sum(0).cpu()
+            total = batches * ((len(cls) if taylor else 0) + (math.ceil(len(chans) / chunk) if ablation else 0))
+            if taylor:
+                for r, c in enumerate(cls):
+                    (g,) = torch.autograd.grad(logits[:, c].sum(), a, retain_graph=r + 1 < len(cls))
+                    tay[r] += (a.detach() * g).sum((2, 3))[:, chans].double().sum(0).cpu()
+                    step(total)
             base = logits.detach()[:, list(cls)]
         if ablation:
             n = len(xb)
@@ -638,12 +659,13 @@ def class_influence(model: nn.Module, x: torch.Tensor, layer: LayerRef, classes:
                         l2 = tap2.run(xb.repeat(len(part), *[1] * (xb.dim() - 1)))[:, list(cls)]
                     drop = base.unsqueeze(0) - l2.view(len(part), n, len(cls))  # part × n × classes
                     abl[:, q:q + len(part)] += drop.sum(1).t().double().cpu()
+                    step(total)
         seen += len(xb)
     if cls is None:
         raise ValueError("class influence needs at least one image")
     m = max(1, seen)
-    return ClassInfluence(name, cls, (tay / m).float(), (abl / m).float() if ablation else None, seen,
-                          settings={"ablation": ablation, "channels": chans})
+    return ClassInfluence(name, cls, (tay / m).float() if taylor else None, (abl / m).float() if ablation else None,
+                          seen, settings={"ablation": ablation, "taylor": taylor, "channels": chans})
 
 
 def dataset_images(data, indices: Sequence[int]) -> torch.Tensor:
