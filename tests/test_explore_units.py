@@ -333,3 +333,39 @@ def test_plain_and_diverse_feature_visualisations_equal_the_library(served, micr
     assert client.get(j["png"]).content == draw.png(draw.patch_grid(strip, ncols=len(strip), tile=128, pad=4))
     assert 'data-done="1"' in client.get(f"/unit/{name}/{c}").text  # shown at once the next time
     assert client.get(f"/api/unit/{name}/99/views").status_code == 404
+
+
+def test_a_layer_render_shows_its_time_left_and_can_be_cancelled(served, micro, monkeypatch):
+    """Rendering a layer's feature visualisations reports an estimate of the time left from its first progress and
+    stops on POST .../fv/cancel: the queued channels never start, the running group stops at its next step."""
+    client, ex, _ = served
+    wait(client, "/api/microscope")
+    name = list(micro.layers)[0]
+    steps = []
+
+    def slow_render(layer, channels, report):  # stands in for the optimisation: bounded, reports every 20 ms
+        for i in range(500):
+            report(i / 500)
+            steps.append(i)
+            time.sleep(0.02)
+        raise AssertionError("the render was not cancelled")
+
+    monkeypatch.setattr(ex, "_render_fv", slow_render)
+    monkeypatch.setattr("cnnlens.explore.service.FV_GROUP", 4)  # groups of four channels: most stay queued
+    assert client.post(f"/api/layer/{name}/fv/cancel").status_code == 415  # a JSON POST only
+    assert client.post(f"/api/layer/{name}/fv", json={}).status_code == 200
+    t0 = time.monotonic()
+    while (j := client.get(f"/api/layer/{name}/fv").json())["eta"] is None and time.monotonic() - t0 < 60:
+        time.sleep(0.1)
+    assert j["eta"] > 0 and j["pending"] == j["total"] > 4 and j["done"] == 0
+    r = client.post(f"/api/layer/{name}/fv/cancel", json={})
+    assert r.status_code == 200 and r.json()["cancelled"] == j["total"]
+    while (j := client.get(f"/api/layer/{name}/fv").json())["pending"] and time.monotonic() - t0 < 60:
+        time.sleep(0.1)
+    assert j["pending"] == 0 and j["cancelled"] == j["total"] and j["eta"] is None
+    n = len(steps)
+    time.sleep(0.3)
+    assert len(steps) == n < 500  # stopped
+    page = client.get(f"/layer/{name}")
+    assert 'id="fv-cancel"' in page.text
+    ok(client, name)

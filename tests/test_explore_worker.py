@@ -56,3 +56,40 @@ def test_a_running_job_claims_queued_jobs_and_finishes_them():
         assert failed.done.wait(30) and failed.status == "error" and "ZeroDivisionError" in failed.error
     finally:
         w.close()
+
+
+def test_cancel_stops_a_running_job_between_chunks_and_drops_the_queued_ones():
+    """A cancelled running job stops at its next progress report; queued jobs of the prefix never run; other jobs
+    run; a cancelled key can be asked for again."""
+    import time
+
+    w = Worker()
+    try:
+        chunks, ran = [], []
+        started = threading.Event()
+
+        def long(report):
+            for i in range(2000):  # bounded: 2000 chunks of 10 ms at most
+                report(i / 2000)
+                chunks.append(i)
+                started.set()
+                time.sleep(0.01)
+            return "finished"
+
+        run = w.submit("fv/L/0", long)
+        for c in (1, 2):
+            w.submit(f"fv/L/{c}", lambda report, c=c: ran.append(c))
+        w.submit("fv/M/0", lambda report: ran.append("other layer"))
+        assert started.wait(30)
+        assert w.cancel("fv/L/") == 3
+        assert run.done.wait(30) and run.status == "cancelled" and run.error == "cancelled"
+        n = len(chunks)
+        assert 0 < n < 2000
+        assert w.get("fv/M/0").done.wait(30) and w.get("fv/M/0").status == "done"
+        assert ran == ["other layer"] and {w.get(f"fv/L/{c}").status for c in (1, 2)} == {"cancelled"}
+        assert len(chunks) == n  # nothing ran after the cancel
+        again = w.submit("fv/L/1", lambda report: ran.append("again"))
+        assert again.done.wait(30) and again.status == "done" and ran[-1] == "again"
+        assert w.cancel("fv/L/") == 0
+    finally:
+        w.close()

@@ -280,6 +280,12 @@ def make_app(explorer: Explorer, allowed_hosts: list[str] | None = None) -> Star
         return JSONResponse(jsonable(await run(ex.layer_fv, request.path_params["name"], start)))
 
     @guarded("api")
+    async def api_layer_fv_cancel(request: Request):
+        if not starts_work(request, "the cancellation"):
+            raise BadRequest("cancel with a POST (Content-Type application/json)", 405)
+        return JSONResponse(jsonable(await run(ex.cancel_layer_fv, request.path_params["name"])))
+
+    @guarded("api")
     async def api_blocks(request: Request):
         layer = request.query_params.get("layer")
         if layer is None:
@@ -363,6 +369,7 @@ def make_app(explorer: Explorer, allowed_hosts: list[str] | None = None) -> Star
         Route("/api/layers", api_layers),
         Route("/api/layer/{name}", api_layer),
         Route("/api/layer/{name}/fv", api_layer_fv, methods=["GET", "POST"]),
+        Route("/api/layer/{name}/fv/cancel", api_layer_fv_cancel, methods=["POST"]),
         Route("/api/unit/{name}/{channel}", api_unit),
         Route("/api/unit/{name}/{channel}/fv", api_fv),
         Route("/api/unit/{name}/{channel}/views", api_views),

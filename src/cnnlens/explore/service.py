@@ -171,6 +171,7 @@ class Explorer:
         self._lock = threading.Lock()
         self._unit_layers: list[str] | None = None
         self._micro = None
+        self._fv_runs: dict[str, tuple[float, float]] = {}  # layer -> (start time, work done then): the render's ETA
         self.leaderboard_n = 16
         self._class_names: tuple[str, ...] | None = tuple(spec.class_names) if spec is not None and \
             getattr(spec, "class_names", None) else None
@@ -806,7 +807,9 @@ class Explorer:
 
     def layer_fv(self, layer: Any, start: bool = False) -> dict:
         """Every channel's feature-visualisation status for the layer page (``start``: queue the missing ones;
-        they then render :data:`FV_GROUP` channels per optimisation)."""
+        they then render :data:`FV_GROUP` channels per optimisation), with ``eta``: the seconds left, estimated
+        from the work done since the render started (channels done, and the running ones' progress), once there
+        is some; None before."""
         layer = self.check_layer(layer)
         rows = []
         for c in range(self.micro_scan()[layer].channels):
@@ -817,7 +820,26 @@ class Explorer:
             rows.append({"layer": layer, "channel": c, "png": f"/img/unit/{layer}/{c}/fv.png",
                          **(job.to_dict() if job is not None else {"status": "missing", "progress": 0.0, "error": None})})
         done = sum(r["status"] == "done" for r in rows)
-        return {"layer": layer, "channels": rows, "done": done, "total": len(rows)}
+        work = done + sum(r["progress"] for r in rows if r["status"] == "running")
+        pending = sum(r["status"] in ("queued", "running") for r in rows)
+        now = time.monotonic()
+        if start:
+            self._fv_runs[layer] = (now, work)
+        eta = None
+        run = self._fv_runs.get(layer)
+        if pending and run is not None and work - run[1] > 0.05 and now - run[0] > 1.0:
+            eta = (now - run[0]) / (work - run[1]) * (len(rows) - work)
+        return {"layer": layer, "channels": rows, "done": done, "total": len(rows), "pending": pending,
+                "eta": None if eta is None else round(eta, 1),
+                "cancelled": sum(r["status"] == "cancelled" for r in rows)}
+
+    def cancel_layer_fv(self, layer: Any) -> dict:
+        """Cancel a layer's feature-visualisation render: queued channels never start, the running optimisation
+        stops at its next step; what is done stays done (and cached)."""
+        layer = self.check_layer(layer)
+        n = self.worker.cancel(f"fv/{layer}/")
+        self._fv_runs.pop(layer, None)
+        return {"layer": layer, "cancelled": n}
 
     def unit_png(self, layer: Any, channel: Any, what: Any) -> bytes:
         layer = self.check_layer(layer)

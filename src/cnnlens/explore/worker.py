@@ -24,8 +24,12 @@ from typing import Any, Callable
 log = logging.getLogger(__name__)
 
 
+class Cancelled(Exception):
+    """Raised from a cancelled job's progress report: the work stops at its next report (between chunks)."""
+
+
 class Job:
-    """A unit of model work: ``status`` queued → running → done | error, ``progress`` in [0, 1]."""
+    """A unit of model work: ``status`` queued → running → done | error | cancelled, ``progress`` in [0, 1]."""
 
     def __init__(self, key: str, fn: Callable[[Callable[[float], None]], Any]):
         self.key, self.fn = key, fn
@@ -36,8 +40,12 @@ class Job:
         self.done = threading.Event()
         self.started = self.finished = None
         self.background = False
+        self.cancel_requested = False
 
     def report(self, fraction: float) -> None:
+        """Record progress; raises :class:`Cancelled` once the job was cancelled (so the work stops here)."""
+        if self.cancel_requested:
+            raise Cancelled(f"{self.key}: cancelled")
         self.progress = max(0.0, min(1.0, float(fraction)))
 
     def to_dict(self) -> dict:
@@ -47,6 +55,8 @@ class Job:
         """Mark the job done with ``value``, or failed with ``error`` (a one-line message)."""
         if error is None:
             self.value, self.status, self.progress = value, "done", 1.0
+        elif self.cancel_requested:
+            self.error, self.status = "cancelled", "cancelled"
         else:
             self.error, self.status = error, "error"
         self.finished = time.perf_counter()
@@ -55,6 +65,8 @@ class Job:
 
 def error_line(e: BaseException, key: str) -> str:
     """A failed job's one-line message (an unexpected exception is also logged with its traceback)."""
+    if isinstance(e, Cancelled):
+        return "cancelled"
     msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
     if not isinstance(e, (ValueError, TypeError)):
         log.exception("explorer job %s failed", key)
@@ -83,7 +95,7 @@ class Worker:
             if self._closed:
                 raise RuntimeError("the explorer's worker is stopped")
             job = self._jobs.get(key)
-            if job is not None and job.status != "error":
+            if job is not None and job.status not in ("error", "cancelled"):
                 if job.status == "queued" and job.background and not background:  # now someone waits on it
                     job.background = False
                     self._queue.put((0, next(self._order), job))  # its later queue entry is skipped
@@ -105,6 +117,17 @@ class Worker:
             for j in got:
                 j.status, j.started = "running", time.perf_counter()
             return got
+
+    def cancel(self, prefix: str) -> int:
+        """Cancel the queued and running jobs whose key starts with ``prefix``: a queued one never runs, a running
+        one stops at its next progress report (between chunks of its work). Returns how many were cancelled."""
+        with self._lock:
+            hit = [j for k, j in self._jobs.items() if k.startswith(prefix) and j.status in ("queued", "running")]
+            for j in hit:
+                j.cancel_requested = True
+                if j.status == "queued":
+                    j.finish(error="cancelled")
+            return len(hit)
 
     def get(self, key: str) -> Job | None:
         with self._lock:
@@ -130,6 +153,8 @@ class Worker:
                 job.status, job.started = "running", time.perf_counter()
             try:
                 job.finish(job.fn(job.report))
+            except Cancelled:
+                job.finish(error="cancelled")
             except Exception as e:  # noqa: BLE001 - a failed job is reported, the worker goes on
                 job.finish(error=error_line(e, job.key))
             except BaseException as e:  # the thread is ending: whoever waits on the job still hears of it

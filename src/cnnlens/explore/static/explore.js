@@ -282,9 +282,12 @@ function poll(url, parts, done, fail) {
 (function layerFeatureVis() {
   const box = $("layer-fv");
   if (!box) return;
-  const url = box.dataset.url, btn = $("fv-start"), bar = $("layer-fv-progress"), status = $("layer-fv-status");
+  const url = box.dataset.url, btn = $("fv-start"), cancel = $("fv-cancel");
+  const bar = $("layer-fv-progress"), status = $("layer-fv-status");
   const imgs = {};
   document.querySelectorAll("#channels img.fv").forEach(img => { imgs[img.dataset.channel] = img; });
+  const left = s => s < 90 ? "about " + Math.max(1, Math.round(s)) + " s left"
+    : s < 5400 ? "about " + Math.round(s / 60) + " min left" : "about " + (s / 3600).toFixed(1) + " h left";
   const show = j => {
     let failed = null;
     j.channels.forEach(r => {
@@ -293,19 +296,29 @@ function poll(url, parts, done, fail) {
       if (r.status === "error") failed = r.error;
     });
     bar.querySelector(".bar").style.width = (100 * j.done / Math.max(1, j.total)).toFixed(0) + "%";
-    status.textContent = j.done + " of " + j.total + " feature visualisations" + (failed ? " · failed: " + failed : "");
+    const running = j.pending > 0 && !failed;
+    status.textContent = j.done + " of " + j.total + " feature visualisations"
+      + (running ? " · " + (j.eta == null ? "estimating the time left…" : left(j.eta)) : "")
+      + (!running && j.cancelled ? " · cancelled" : "") + (failed ? " · failed: " + failed : "");
     status.classList.toggle("error", !!failed);
-    return j.done < j.total && !failed && j.channels.some(r => r.status === "queued" || r.status === "running");
+    cancel.hidden = !running;
+    return running;
   };
   const tick = () => fetch(url).then(r => r.json()).then(j => {
     if (j.error) { status.textContent = j.error; status.classList.add("error"); return; }
-    if (show(j)) { bar.hidden = false; setTimeout(tick, 1000); } else { bar.hidden = true; btn.hidden = j.done === j.total; }
+    if (show(j)) { bar.hidden = false; setTimeout(tick, 1000); }
+    else { bar.hidden = true; btn.hidden = j.done === j.total; btn.disabled = false; }
   }).catch(() => setTimeout(tick, 2000));
   btn.addEventListener("click", () => {
     btn.disabled = true;
     bar.hidden = false;
     fetch(url, { method: "POST", headers: { "Content-Type": "application/json" }, body: "{}" })
       .then(r => r.json()).then(j => { if (j.error) { status.textContent = j.error; status.classList.add("error"); } else { tick(); } });
+  });
+  cancel.addEventListener("click", () => {
+    cancel.disabled = true;
+    fetch(url + "/cancel", { method: "POST", headers: { "Content-Type": "application/json" }, body: "{}" })
+      .then(r => r.json()).then(() => { cancel.disabled = false; tick(); });
   });
   tick();
 })();
