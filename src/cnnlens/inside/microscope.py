@@ -170,12 +170,22 @@ def layer_edges(model: nn.Module, data, layers: Sequence[LayerRef], bins: int = 
         xs = torch.stack([torch.as_tensor(dataset[i][0]) for i in range(min(look, len(dataset)))])
     except Exception as e:  # noqa: BLE001
         raise ValueError("cannot look at the first samples to choose histogram bins; pass edges=...") from e
+    from .._batch import check_batch_size
+
+    # in batches (64 images of 224² through EfficientNet at once took 2 GB); only each layer's extremes are kept
+    bs = check_batch_size(None, xs[:1])
+    ext: dict = {}
     with LayerTap(model, names, detach=True) as tap, torch.no_grad():
-        tap.run(xs.to(_device(model)))
-        acts = {n: tap[n].float() for n in names}
+        for s0 in range(0, len(xs), bs):
+            tap.run(xs[s0:s0 + bs].to(_device(model)))
+            for n in names:
+                a = tap[n]
+                lo, hi = float(a.min()), float(a.max())
+                old = ext.get(n)
+                ext[n] = (lo, hi) if old is None else (min(old[0], lo), max(old[1], hi))
     out = {}
-    for n, a in acts.items():
-        lo, hi = min(0.0, float(a.min())), float(a.max())
+    for n, (amin, amax) in ext.items():
+        lo, hi = min(0.0, amin), amax
         if hi <= lo:
             hi = lo + 1.0
         out[n] = torch.linspace(lo, hi + 0.1 * (hi - lo), bins + 1, dtype=torch.float64)
