@@ -117,6 +117,21 @@ def histogram_figure(stats, channel: int, size=(3.6, 2.2)):
     return fig
 
 
+def _class_ticks(ax, labels: Sequence[str], width: float, fontsize: float = 7) -> None:
+    """Class names under the bars without overlap: level when each fits its bar's slot, else slanted at 45°
+    (anchored at the tick), or upright when even that is too tight; names past 22 characters are cut with "…"."""
+    labels = [t if len(t) <= 22 else t[:21] + "…" for t in labels]
+    ax.set_xticks(range(len(labels)))
+    slot = 0.75 * width * 72 / max(1, len(labels))  # points per bar (the axes take about ¾ of the figure)
+    longest = max((len(t) for t in labels), default=0) * 0.62 * fontsize  # an estimate of the widest label
+    if longest <= 0.9 * slot:
+        ax.set_xticklabels(labels, fontsize=fontsize)
+    elif slot * 0.7 >= 1.6 * fontsize:
+        ax.set_xticklabels(labels, fontsize=fontsize, rotation=45, ha="right", rotation_mode="anchor")
+    else:
+        ax.set_xticklabels(labels, fontsize=fontsize, rotation=90)
+
+
 def class_figure(stats, channel: int, class_names: Sequence[str] | None = None, influence=None,
                  top: int = 12, size=(3.8, 2.4)):
     """Mean activation per class (the most driven ``top`` classes) with the selectivity index; with
@@ -130,9 +145,7 @@ def class_figure(stats, channel: int, class_names: Sequence[str] | None = None, 
     fig, axes = subplots(1, panels, figsize=(size[0] * panels, size[1]), squeeze=False)
     ax = axes[0, 0]
     ax.bar(range(len(order)), [float(cm[i]) for i in order], color="tab:green")
-    ax.set_xticks(range(len(order)))
-    ax.set_xticklabels([name(i) for i in order], fontsize=7, rotation=45 if len(order) > 8 else 0, ha="right"
-                       if len(order) > 8 else "center")
+    _class_ticks(ax, [name(i) for i in order], size[0])
     ax.tick_params(axis="y", labelsize=7)
     ax.set_title(f"mean activation per class · selectivity {float(stats.selectivity[channel]):.2f}", fontsize=8)
     if influence is not None:
@@ -140,9 +153,7 @@ def class_figure(stats, channel: int, class_names: Sequence[str] | None = None, 
         rows = influence.top(channel, top)
         vals = [v for _, v in rows]
         ax.bar(range(len(rows)), vals, color=["tab:purple" if v >= 0 else "tab:gray" for v in vals])
-        ax.set_xticks(range(len(rows)))
-        ax.set_xticklabels([name(c) for c, _ in rows], fontsize=7, rotation=45 if len(rows) > 8 else 0,
-                           ha="right" if len(rows) > 8 else "center")
+        _class_ticks(ax, [name(c) for c, _ in rows], size[0])
         ax.axhline(0, color="k", lw=0.5)
         ax.tick_params(axis="y", labelsize=7)
         what = "drop of the class score when zeroed" if influence.ablation is not None else "a·∂y/∂a"

@@ -224,6 +224,18 @@ def make_app(explorer: Explorer, allowed_hosts: list[str] | None = None) -> Star
         return JSONResponse(jsonable(await run(ex.overview)))
 
     @guarded("api")
+    async def api_confusion_json(request: Request):
+        return JSONResponse(jsonable(await run(ex.confusion_table)),
+                            headers={"Content-Disposition": 'attachment; filename="confusion.json"'})
+
+    @guarded("api")
+    async def api_confusion_csv(request: Request):
+        from starlette.responses import Response
+
+        return Response(await run(ex.confusion_csv), media_type="text/csv; charset=utf-8",
+                        headers={"Content-Disposition": 'attachment; filename="confusion.csv"'})
+
+    @guarded("api")
     async def api_cell(request: Request):
         q = request.query_params
         c = await run(lambda: ex.cell(request.path_params["r"], request.path_params["c"], q.get("page", "1"),
@@ -377,6 +389,8 @@ def make_app(explorer: Explorer, allowed_hosts: list[str] | None = None) -> Star
         Route("/img/unit/{name}/{channel}/{what}.png", img_unit),
         Route("/api/status", api_status),
         Route("/api/overview", api_overview),
+        Route("/api/confusion.json", api_confusion_json),
+        Route("/api/confusion.csv", api_confusion_csv),
         Route("/api/cell/{r}/{c}", api_cell),
         Route("/api/sample/{ref}", api_sample),
         Route("/api/sample/{ref}/method/{method}", api_method),

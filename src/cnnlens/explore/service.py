@@ -260,29 +260,59 @@ class Explorer:
             return self._eval
 
     def overview(self, max_classes: int = 30, sub: int = 20) -> dict:
-        """Accuracy, top-k, per-class table, confusion matrix (or the most confused sub-matrix), confused pairs."""
-        from ..evaluation import most_confused_classes
+        """Accuracy, top-k, per-class table, confusion matrix (or a sub-matrix), confused pairs.
 
+        With more than ``max_classes`` classes (an ImageNet head over a folder of a few classes) the page shows only
+        the classes that occur — as a label or as a prediction — ordered by confusions (off-diagonal counts of the
+        row and the column), then support, then index: the sub-matrix takes the first ``sub`` of them, the per-class
+        table all of them. The full matrix is at ``/api/confusion.csv`` and ``/api/confusion.json``."""
         r = self.evaluation()
         K = r.num_classes
         C = r.confusion
-        shown = list(range(K)) if K <= max_classes else most_confused_classes(C, sub)
-        ix = torch.tensor(shown)
         off = C.clone()
         off.fill_diagonal_(0)
+        support = C.sum(1)
+        predicted = C.sum(0)
+        mass = off.sum(0) + off.sum(1)
+        present = [i for i in range(K) if int(support[i]) or int(predicted[i])]
+        ranked = sorted(present, key=lambda i: (-int(mass[i]), -int(support[i]), i))
+        if K <= max_classes:
+            shown, rows = list(range(K)), list(r.per_class)
+        else:
+            shown = ranked[:sub]
+            rows = [r.per_class[i] for i in ranked]
+        ix = torch.tensor(shown, dtype=torch.long)
         nz = off.nonzero().tolist()
-        support = C.sum(1).tolist()
+        sup = support.tolist()
         pairs = sorted(({"true": t, "pred": p, "true_name": r.class_names[t], "pred_name": r.class_names[p],
-                         "count": int(C[t, p]), "share": int(C[t, p]) / max(1, support[t])} for t, p in nz),
+                         "count": int(C[t, p]), "share": int(C[t, p]) / max(1, sup[t])} for t, p in nz),
                        key=lambda d: (-d["count"], d["true"], d["pred"]))
         return {
             "model": self.model_name, "data": self.data_label, "n": r.n, "num_classes": K,
-            "accuracy": r.accuracy, "topk_accuracy": r.topk_accuracy, "topk_hits": r.topk_hits,
-            "per_class": r.per_class, "classes": shown, "class_names": list(r.class_names),
+            "present": len(present), "accuracy": r.accuracy, "topk_accuracy": r.topk_accuracy,
+            "topk_hits": r.topk_hits, "per_class": rows, "classes": shown, "class_names": list(r.class_names),
             "confusion": C[ix][:, ix].tolist(), "confusion_normalized": r.confusion_normalized[ix][:, ix].tolist(),
             "submatrix": len(shown) < K, "confused_pairs": pairs[:1000],
             "most_confused": pairs[0] if pairs else None,
         }
+
+    def confusion_table(self) -> dict:
+        """The full K×K confusion matrix (rows true, columns predicted) with the class names, for download."""
+        r = self.evaluation()
+        return {"model": self.model_name, "data": self.data_label, "class_names": list(r.class_names),
+                "rows": "true class", "columns": "predicted class", "confusion": r.confusion.tolist()}
+
+    def confusion_csv(self) -> str:
+        """The full confusion matrix as CSV: a header of predicted class names, one row per true class."""
+        import csv
+
+        t = self.confusion_table()
+        buf = io.StringIO()
+        w = csv.writer(buf)
+        w.writerow(["true \\ predicted", *t["class_names"]])
+        for name, row in zip(t["class_names"], t["confusion"]):
+            w.writerow([name, *row])
+        return buf.getvalue()
 
     def cell(self, true: Any, pred: Any, page: Any = 1, sort: str = "confidence", order: str | None = None) -> dict:
         """One page of the cell (true, pred): rows with top-k and probabilities."""

@@ -62,11 +62,25 @@ function $(id) { return document.getElementById(id); }
     });
   }
   const search = $("class-search");
-  if (search) search.addEventListener("input", () => {
-    const q = search.value.trim().toLowerCase();
-    for (const tr of document.querySelectorAll("tr[data-names]"))
-      tr.hidden = q !== "" && !tr.dataset.names.split("|").some(n => n.includes(q));
-  });
+  if (search) {
+    // every class of the model can be found, also one the tables leave out (no sample, never predicted)
+    const all = JSON.parse($("class-index").textContent), found = $("class-found");
+    search.addEventListener("input", () => {
+      const q = search.value.trim().toLowerCase();
+      let shown = 0;
+      for (const tr of document.querySelectorAll("tr[data-names]")) {
+        tr.hidden = q !== "" && !tr.dataset.names.split("|").some(n => n.includes(q));
+        if (!tr.hidden) shown++;
+      }
+      if (q === "") { found.textContent = ""; return; }
+      const hits = all.map((n, i) => [n, i]).filter(([n]) => n.toLowerCase().includes(q));
+      const absent = hits.filter(([n]) => !document.querySelector('#per-class tr[data-names="' + CSS.escape(n.toLowerCase()) + '"]'));
+      found.textContent = hits.length === 0 ? "no class name contains “" + search.value.trim() + "”"
+        : absent.length ? absent.slice(0, 5).map(([n, i]) => n + " (class " + i + ")").join(", ")
+          + (absent.length > 5 ? " and " + (absent.length - 5) + " more" : "")
+          + ": no sample in the data and never predicted" : "";
+    });
+  }
 })();
 
 // -- sample page: run a method (or the attack) in the worker, poll its progress ------------
