@@ -527,7 +527,7 @@ class _LabelMap:
 
 
 #: the commands (and functions) that need labelled data: a flat folder of images has none
-NEEDS_LABELS = "evaluate, robustness, and --target true"
+NEEDS_LABELS = "evaluate, explore, robustness, and --target true"
 NO_LABELS = "inside search, inside stats, inside dream, inside influence (other targets), explain"
 
 _WNID = re.compile(r"n\d{8}")
@@ -578,10 +578,13 @@ def _folder_label_map(folder_classes: list[str], model) -> tuple[dict[int, int] 
         return {i: int(c) for i, c in enumerate(folder_classes)}, "folder names read as class indices"
     if len(folder_classes) == len(names):
         return {i: i for i in range(len(names))}, "sorted folder order (as torchvision's ImageFolder)"
+    shown = ", ".join(folder_classes[:4]) + (", ..." if len(folder_classes) > 4 else "")
+    odd = [c for c in folder_classes if c not in names]
+    odd_s = ", ".join(odd[:4]) + (", ..." if len(odd) > 4 else "")
     raise ValueError(
-        f"the ImageFolder has {len(folder_classes)} class folders ({', '.join(folder_classes[:3])}, ...) but "
-        f"the model has {len(names)} classes and the folder names are not its class names; name the folders "
-        "by class name or class index"
+        f"the ImageFolder has {len(folder_classes)} class folders ({shown}) but the model has {len(names)} classes "
+        f"and {odd_s} {'is not one of its class names' if len(odd) == 1 else 'are not its class names'}; name every "
+        "folder one way: all by class name, all by ImageNet WordNet ID (n########) or all by class index"
     )
 
 

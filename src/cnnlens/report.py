@@ -94,34 +94,36 @@ def _foreign(folder: Path, listed: set[str], limit: int = 3) -> list[str]:
     return found
 
 
-def check_out_dir(out: str | os.PathLike, *, force: bool = False, protect: tuple = ()) -> Path:
+def check_out_dir(out: str | os.PathLike, *, force: bool = False, protect: tuple = (), option: str = "--out",
+                  force_hint: str = "--force (force=True)") -> Path:
     """The resolved report folder, or a one-line ``ValueError`` if writing there could lose someone's files.
 
     Allowed: a new folder, an empty one, or a previous cnnlens output (report, export, site)
     that holds only what it wrote (its ``.cnnlens.json`` manifest lists it). A folder with other files is replaced only with ``force=True``. Never replaced, even
     with ``force``: the current directory, the home directory, a folder that holds either, and a
-    folder that is or holds one of the paths in ``protect`` (the run's inputs).
+    folder that is or holds one of the paths in ``protect`` (the run's inputs). ``option`` and ``force_hint``
+    name the folder's option and the way to force in the message (the CLI's ``--export`` and ``--force``).
 
     >>> check_out_dir("/tmp/new-cnnlens-report")                       # doctest: +SKIP
     PosixPath('/tmp/new-cnnlens-report')
     """
     out = Path(out).expanduser().resolve()
     if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {out} is a file; give a directory path for the report")
+        raise ValueError(f"{option} {out} is a file; give a directory path for the report")
     guarded = [(Path.cwd().resolve(), "the current directory"), (Path.home().resolve(), "your home directory")]
     guarded += [(Path(p).expanduser().resolve(), f"the input {p}") for p in protect if p is not None]
     for path, what in guarded:
         if out == path or out in path.parents:
             where = what if out == path else f"a folder that holds {what}"
-            raise ValueError(f"--out {out} is {where}, which a report must never replace; "
+            raise ValueError(f"{option} {out} is {where}, which a report must never replace; "
                              f"give a new folder such as {out / 'cnnlens-report'}")
     if out.is_dir() and not force:
         listed = _listed_files(out)
         foreign = _foreign(out, listed or set())
         if foreign:
             kind = "a previous cnnlens output plus other files" if listed is not None else "files that are not a cnnlens output"
-            raise ValueError(f"--out {out} holds {kind} ({', '.join(foreign)}); give a new or empty folder, "
-                             "or --force (force=True) to replace it and everything in it")
+            raise ValueError(f"{option} {out} holds {kind} ({', '.join(foreign)}); give a new or empty folder, "
+                             f"or {force_hint} to replace it and everything in it")
     return out
 
 

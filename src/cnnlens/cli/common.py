@@ -198,13 +198,15 @@ def input_paths(*items) -> tuple[Path, ...]:
     return tuple(found)
 
 
-def out_dir(path: Path, force: bool = False, *inputs) -> ReportDir:
-    """Check ``--out`` before any work: a new, empty or previous-report folder; never one holding an input."""
+def out_dir(path: Path, force: bool = False, *inputs, option: str = "--out") -> ReportDir:
+    """Check ``--out`` (or ``option``) before any work: a new, empty or previous-report folder; never one holding
+    an input. Errors name the command's own option and --force."""
     from ..report import check_out_dir
 
     protect = input_paths(*inputs)
     try:
-        return ReportDir(check_out_dir(path, force=force, protect=protect), force, protect)
+        return ReportDir(check_out_dir(path, force=force, protect=protect, option=option, force_hint="--force"),
+                         force, protect)
     except ValueError as e:
         raise UserError(str(e)) from None
 

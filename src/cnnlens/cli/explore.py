@@ -64,15 +64,21 @@ def explore(
     cache = (cache or default_cache()).expanduser()
     if cache.exists() and not cache.is_dir():
         raise UserError(f"--cache {cache} is a file; give a folder")
-    target = out_dir(export, force, data, weights) if export is not None else None  # checked before any work
+    target = out_dir(export, force, data, weights, option="--export") if export is not None else None  # checked before any work
     with distributed(device) as (rank, world, dev):
         if world > 1 and not scan_only:
             raise UserError("under torchrun only --scan-only runs (the server is one process); add --scan-only")
         m = load_model_from_options(model, weights, pretrained, trust_pickle, dev)
         ds = _scan_dataset(data, m)
         if scan_only or export is not None:
-            with progress_bar(f"scanning {data} with {model}", total=len(ds), rank=rank, world=world) as update:
-                store = build_store(m, data, cache, batch_size=batch_size, device=dev, progress=update, dataset=ds)
+            try:
+                with progress_bar(f"scanning {data} with {model}", total=len(ds), rank=rank, world=world) as update:
+                    store = build_store(m, data, cache, batch_size=batch_size, device=dev, progress=update,
+                                        dataset=ds)
+            except KeyboardInterrupt:
+                console.print(f"interrupted: the scan's finished chunks are kept in {cache}; run the same command "
+                              "again to resume it", highlight=False)
+                raise SystemExit(130) from None
             if rank != 0:
                 return
             r = store.evaluation()
@@ -136,8 +142,11 @@ def serve(m, data: str, ds, cache: Path, host: str, port: int, batch_size: int, 
         if bar is not None:
             bar.stop()
         ex.close(timeout=2.0)  # a scan still running stops with the process; its written chunks stay
-        if job.status in ("queued", "running"):
-            console.print("the scan stopped before the end; the next `cnnlens explore` with the same model and data "
-                          "resumes it", highlight=False)
+        stopped = job.status in ("queued", "running")
+        if stopped:
+            console.print(f"interrupted: the scan stopped before the end (its finished chunks are kept in {cache}); "
+                          "run the same command again to resume it", highlight=False)
         if job.status == "error":
             console.print(f"[bold red]error:[/] the scan failed: {job.error}", highlight=False)
+    if stopped:
+        raise SystemExit(130)  # stopped by Ctrl-C before the scan finished: not a success

@@ -123,9 +123,11 @@ def decode_upload(data: bytes, model: nn.Module) -> torch.Tensor:
                 im.load()
                 im = ImageOps.exif_transpose(im)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise BadRequest(f"the image is too large to decode safely ({str(e).split('.')[0]}); "
-                         "send an image under Pillow's limit of "
-                         f"{Image.MAX_IMAGE_PIXELS:,} pixels", 413) from None
+        # Pillow's own text names twice the limit for its error and the limit for its warning: name one limit
+        got = re.search(r"\((\d+) pixels\)", str(e))
+        size = f"{int(got.group(1)):,} pixels" if got else "more pixels than the limit"
+        raise BadRequest(f"the image is too large to decode safely ({size}); send an image of at most "
+                         f"{Image.MAX_IMAGE_PIXELS:,} pixels (Pillow's decompression-bomb limit)", 413) from None
     except UnidentifiedImageError:
         raise BadRequest("the upload is not an image Pillow can read; send a PNG, JPEG, BMP, WebP, ... file",
                          415) from None

@@ -280,9 +280,11 @@ def store_path(cache_dir: str | os.PathLike, mhash: str, dhash: str, k: int) -> 
 
 
 def _scan_dataset(data, model):
-    from ..data import as_dataset
+    from ..data import as_dataset, require_labels
 
     ds = as_dataset(data, model)
+    # before any file is written: a flat folder has no labels, and the store's rows need them
+    require_labels(ds, "cnnlens explore")
     if isinstance(ds, torch.utils.data.DataLoader):
         ds = ds.dataset
     if not (hasattr(ds, "__getitem__") and hasattr(ds, "__len__")):

@@ -1,0 +1,102 @@
+"""The explorer's one-line messages for a new user's mistakes: a flat folder, folder names mixing two kinds, an
+image over Pillow's limit, Ctrl-C during a scan, a refused --export folder."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+from PIL import Image
+
+
+def _images(folder, n=3, size=40):
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        Image.fromarray(np.full((size, size, 3), 40 * i, np.uint8)).save(folder / f"im{i}.png")
+
+
+def test_a_flat_folder_says_it_has_no_labels_and_writes_no_store(run_cli, tmp_path):
+    _images(tmp_path / "flat")
+    code, out = run_cli("explore", "--model", "digits-cnn", "--data", tmp_path / "flat", "--cache", tmp_path / "c",
+                        "--scan-only")
+    assert code == 2, out.err
+    err = " ".join(out.err.split())
+    assert "cnnlens explore needs labelled data, and a flat folder of images has none" in err
+    assert "outside the model" not in err
+    assert not list(tmp_path.rglob("*.sqlite"))  # neither a store nor a .partial.sqlite
+
+
+def test_folder_names_mixing_a_class_name_and_a_wordnet_id_are_named_without_a_stray_ellipsis():
+    from cnnlens.data import _folder_label_map
+
+    class Spec:
+        class_names = ("tabby", "espresso", "tiger cat")
+
+    class M:
+        spec = Spec()
+
+    with pytest.raises(ValueError) as e:
+        _folder_label_map(["n07920052", "tabby"], M())
+    msg = str(e.value)
+    assert "(n07920052, tabby)" in msg and "..." not in msg
+    assert "n07920052 is not one of its class names" in msg and "all by class name" in msg
+
+
+def test_the_decompression_bomb_message_names_one_limit(tmp_path):
+    import struct
+    import zlib
+
+    import cnnlens
+    from cnnlens.explore.service import BadRequest, decode_upload
+
+    def chunk(kind, body):
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
+
+    model = cnnlens.load_model("digits-cnn")
+    for side in (40000, 12000):  # Pillow's error (past twice its limit) and its warning (past the limit)
+        ihdr = struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0)
+        bomb = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 100)) + \
+            chunk(b"IEND", b"")
+        with pytest.raises(BadRequest) as e:
+            decode_upload(bomb, model)
+        msg = str(e.value)
+        numbers = {int(n.replace(",", "")) for n in re.findall(r"\d[\d,]{6,}", msg)}
+        assert numbers == {side * side, Image.MAX_IMAGE_PIXELS}, msg  # the image's size and ONE limit
+        assert f"at most {Image.MAX_IMAGE_PIXELS:,} pixels" in msg
+
+
+def test_ctrl_c_during_the_scan_exits_non_zero_and_says_how_to_resume(run_cli, tmp_path, monkeypatch):
+    import cnnlens.explore.store as store
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(store, "build_store", interrupted)
+    code, out = run_cli("explore", "--model", "digits-cnn", "--data", "digits", "--cache", tmp_path, "--scan-only")
+    assert code == 130
+    assert "interrupted" in out.err and "run the same command again to resume" in " ".join(out.err.split())
+
+
+def test_ctrl_c_while_serving_before_the_scan_ends_exits_non_zero(run_cli, tmp_path, monkeypatch):
+    import threading
+
+    import uvicorn
+
+    import cnnlens.explore.service as service
+
+    release = threading.Event()
+
+    def slow_store(*a, **k):  # the scan is still running when the server stops
+        release.wait(20)
+        raise ValueError("the test stopped the scan")
+
+    monkeypatch.setattr(service, "build_store", slow_store)
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: None)  # as if Ctrl-C stopped the server at once
+    try:
+        code, out = run_cli("explore", "--model", "digits-cnn", "--data", "digits", "--cache", tmp_path,
+                            "--port", "0")
+    finally:
+        release.set()
+    assert code == 130
+    assert "run the same command again to resume" in " ".join(out.err.split())
