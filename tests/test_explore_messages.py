@@ -100,3 +100,21 @@ def test_ctrl_c_while_serving_before_the_scan_ends_exits_non_zero(run_cli, tmp_p
         release.set()
     assert code == 130
     assert "run the same command again to resume" in " ".join(out.err.split())
+
+
+def test_a_method_typo_gets_did_you_mean_in_one_spelling_on_the_cli_and_the_web(run_cli, tmp_path):
+    from cnnlens.explore.service import ACTIONS, Explorer, NotFound
+
+    code, out = run_cli("explain", "--model", "digits-cnn", "--data", "digits", "--n", "1", "--methods", "gradcm",
+                        "--out", tmp_path / "o")
+    err = " ".join(out.err.split())
+    assert code == 2 and "did you mean gradcam" in err
+    assert "integrated-gradients" in err and "integrated_gradients" not in err  # one spelling: hyphens
+    ex = Explorer.__new__(Explorer)  # check_action reads nothing of the instance
+    for bad in ("gradcm", "integrated_gradient"):
+        with pytest.raises(NotFound) as e:
+            ex.check_action(bad)
+        msg = str(e.value)
+        assert "did you mean" in msg and "_" not in msg.split("methods:")[1], msg
+    assert ex.check_action("integrated-gradients") == ex.check_action("integrated_gradients") == \
+        "integrated_gradients" and "integrated_gradients" in ACTIONS

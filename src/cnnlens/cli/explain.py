@@ -45,8 +45,13 @@ def parse_methods(text: str) -> list[str]:
             continue
         key = aliases.get(key, key)
         if key not in METHODS:
-            known = ", ".join(k.replace("_", "-") for k in METHODS)
-            raise UserError(f"--methods: unknown method {part.strip()!r}; choose from {known}")
+            import difflib
+
+            # one spelling shown (hyphens, as typed on a command line); hyphens and underscores both accepted
+            known = [k.replace("_", "-") for k in METHODS]
+            close = difflib.get_close_matches(key.replace("_", "-"), known, n=3, cutoff=0.6)
+            hint = f"did you mean {' or '.join(close)}? " if close else ""
+            raise UserError(f"--methods: unknown method {part.strip()!r}; {hint}choose from {', '.join(known)}")
         if key not in out:
             out.append(key)
     if not out:

@@ -250,7 +250,13 @@ class Explorer:
     def check_action(self, method: Any) -> str:
         s = str(method).replace("-", "_")
         if s not in ACTIONS:
-            raise NotFound(f"no method {str(method)[:40]!r}; methods: {', '.join(ACTIONS)}")
+            import difflib
+
+            # named as on the command line (hyphens); hyphens and underscores are both accepted
+            known = [a.replace("_", "-") for a in ACTIONS]
+            close = difflib.get_close_matches(s.replace("_", "-")[:40], known, n=3, cutoff=0.6)
+            hint = f"did you mean {' or '.join(close)}? " if close else ""
+            raise NotFound(f"no method {str(method)[:40]!r}; {hint}methods: {', '.join(known)}")
         return s
 
     # -- store queries --------------------------------------------------------
