@@ -118,3 +118,24 @@ def test_a_method_typo_gets_did_you_mean_in_one_spelling_on_the_cli_and_the_web(
         assert "did you mean" in msg and "_" not in msg.split("methods:")[1], msg
     assert ex.check_action("integrated-gradients") == ex.check_action("integrated_gradients") == \
         "integrated_gradients" and "integrated_gradients" in ACTIONS
+
+
+def test_the_leaderboard_bolds_a_method_only_where_its_interval_clears_the_next_one():
+    from cnnlens.metrics.benchmark import Leaderboard
+    from cnnlens.metrics.result import Aggregate
+
+    def agg(mean, half):
+        return Aggregate(mean=mean, low=mean - half, high=mean + half, std=half, n=16, undefined=0)
+
+    aggs = {"saliency": {"deletion_auc": agg(0.905, 0.13), "insertion_auc": agg(0.80, 0.01)},
+            "gradcam": {"deletion_auc": agg(0.906, 0.13), "insertion_auc": agg(0.60, 0.05)},
+            "ig": {"deletion_auc": agg(0.95, 0.13), "insertion_auc": agg(0.78, 0.015)}}
+    lb = Leaderboard(methods=list(aggs), metrics=["deletion_auc", "insertion_auc"], scores={}, aggregates=aggs,
+                     seconds_per_map={m: 0.1 for m in aggs}, higher_is_better={"deletion_auc": False,
+                                                                               "insertion_auc": True}, n=16)
+    assert lb.best("deletion_auc") == "saliency" and lb.clear_best("deletion_auc") is None  # all overlap
+    assert lb.clear_best("insertion_auc") is None  # 0.80 ± 0.01 vs 0.78 ± 0.015 overlap
+    aggs["ig"]["insertion_auc"] = agg(0.70, 0.02)
+    assert lb.clear_best("insertion_auc") == "saliency"  # 0.79 > 0.72: apart
+    aggs["gradcam"]["deletion_auc"] = agg(0.30, 0.05)
+    assert lb.clear_best("deletion_auc") == "gradcam"  # 0.35 < 0.775: apart, lower is better

@@ -383,6 +383,13 @@ class Explorer:
         row["pred_name"], row["second_name"] = names[row["pred"]], names[row["second"]]
         row["true_name"] = names[row["true"]] if row.get("true") is not None else None
         row["upload"] = ref.startswith("u")
+        true = row.get("true")
+        row["misclassified"] = true is not None and true >= 0 and true != row["pred"]
+        # on a misclassified sample the runner-up is often the true class: the attack to the second class then
+        # makes the model right; "away" is the most likely class that is neither the prediction nor the true class
+        away = [int(k) for k in row["top_classes"] if int(k) not in (row["pred"], true)]
+        row["away"] = away[0] if row["misclassified"] and away else None
+        row["away_name"] = names[row["away"]] if row["away"] is not None else None
         return row
 
     def _upload_prediction(self, ref: str) -> dict:
@@ -495,35 +502,49 @@ class Explorer:
         return role(a), role(b)
 
     # -- heavy methods (polled) ----------------------------------------------
-    def _result_paths(self, ref: str, action: str, cls: int) -> tuple[Path, Path]:
-        stem = self.results / ref / ("attack-second" if action == "attack" else f"{action}-{cls}")
+    def _result_paths(self, ref: str, action: str, cls: int, kind: str = "") -> tuple[Path, Path]:
+        stem = self.results / ref / (f"attack-{'away' if kind == 'away' else 'second'}" if action == "attack"
+                                     else f"{action}-{cls}")
         return stem.with_suffix(".png"), stem.with_suffix(".json")
+
+    def _target(self, ref: str, action: str, target: Any) -> tuple[int, str]:
+        """(class, kind) of a request: the attack goes to the second class, or ``target=away`` on a misclassified
+        sample to the most likely class that is neither the prediction nor the true class."""
+        if action != "attack":
+            return self.resolve_target(ref, target)
+        if target == "away":
+            away = self.sample(ref)["away"]
+            if away is None:
+                raise BadRequest("target=away is for a misclassified sample with a known true class; this one is "
+                                 "not: attack the second class (no target)")
+            return away, "away"
+        return self.resolve_target(ref, "second")
 
     def method(self, ref: Any, method: Any, target: Any = "predicted") -> dict:
         """The cached result of a method (``status: done``) or its job's status (queued / running / error)."""
         ref, action = self.check_ref(ref), self.check_action(method)
-        cls, kind = self.resolve_target(ref, target if action != "attack" else "second")
-        png, meta = self._result_paths(ref, action, cls)
+        cls, kind = self._target(ref, action, target)
+        png, meta = self._result_paths(ref, action, cls, kind)
         out = {"ref": ref, "method": action, "target": kind, "class": cls, "class_name": self.class_names[cls]}
         if meta.is_file():
             info = json.loads(meta.read_text())
             if "error" in info:
                 return {**out, "status": "error", "error": info["error"]}
             return {**out, "status": "done", "progress": 1.0, **info}
-        job = self.worker.submit(f"{action}/{ref}/{cls}", lambda report: self._run(ref, action, cls, report))
+        job = self.worker.submit(f"{action}/{ref}/{cls}", lambda report: self._run(ref, action, cls, report, kind))
         return {**out, **job.to_dict()}
 
     def method_png(self, ref: Any, method: Any, target: Any = "predicted") -> bytes:
         ref, action = self.check_ref(ref), self.check_action(method)
-        cls, _ = self.resolve_target(ref, target if action != "attack" else "second")
-        png, _ = self._result_paths(ref, action, cls)
+        cls, kind = self._target(ref, action, target)
+        png, _ = self._result_paths(ref, action, cls, kind)
         if not png.is_file():
             raise NotFound(f"{action} toward class {cls} of sample {ref} is not computed yet; "
                            "request its JSON endpoint first")
         return png.read_bytes()
 
-    def _run(self, ref: str, action: str, cls: int, report: Callable[[float], None]) -> dict:
-        png_path, meta_path = self._result_paths(ref, action, cls)
+    def _run(self, ref: str, action: str, cls: int, report: Callable[[float], None], kind: str = "") -> dict:
+        png_path, meta_path = self._result_paths(ref, action, cls, kind)
         x = self._device_x(ref)
         names = self.class_names
         label = f"#{ref}" if not ref.startswith("u") else "upload"
@@ -532,7 +553,7 @@ class Explorer:
             if action == "attack":
                 from ..attacks import minimal_eps
 
-                r = minimal_eps(self.model, x, target="second",
+                r = minimal_eps(self.model, x, target=cls if kind == "away" else "second",
                                 progress=_scaled(report, span=0.95))
                 fig = r.figure(x.cpu(), names=[label], class_names=names)
                 eps = float(r.eps[0])
@@ -554,7 +575,13 @@ class Explorer:
                 f = faithfulness(self.model, x, e, steps=FAITH_STEPS)
                 extra = "probability" if "probability" in e.extras else None
                 fig = method_figure(x.cpu().float(), [label], e, f, class_names=names, extra=extra)
+                p_max = float(torch.cat([f.deletion.scores[0], f.insertion.scores[0]]).max())
                 info = {"deletion_auc": float(f.deletion_auc[0]), "insertion_auc": float(f.insertion_auc[0]),
+                        # both AUCs round to 0 when the model gives the class no probability with or without the
+                        # pixels: they cannot rank this map then, and the page says so
+                        "auc_note": (f"the model gives {names[cls]} a probability of at most {p_max:.1e} with or "
+                                     "without the pixels, so deletion and insertion cannot rank this map")
+                        if p_max < 0.01 else None,
                         "layer": e.layer, "settings": {k: v for k, v in kw.items() if k != "progress"},
                         "empty": bool(e.extras.get("empty", torch.zeros(1))[0]) if torch.is_tensor(
                             e.extras.get("empty")) else False,
@@ -945,8 +972,9 @@ class Explorer:
             lb = benchmark(self.model, x, y=y, methods=LEADERBOARD_METHODS, metrics=LEADERBOARD_METRICS,
                            progress=_scaled(report))
             header, rows = leaderboard_table(lb)
-            info = {"header": header, "rows": rows, "best": {k: lb.best(k) for k in lb.metrics},
-                    "scores": lb.rows(), "images": n}
+            info = {"header": header, "rows": rows, "best": {k: lb.clear_best(k) for k in lb.metrics},
+                    "scores": lb.rows(), "images": n, "target": lb.settings.get("target"),
+                    "auc_settings": lb.settings.get("metrics", {}).get("deletion_auc")}
             atomic_write(path, json.dumps(jsonable_(info)).encode())
             return info
 

@@ -113,6 +113,19 @@ class Leaderboard(Result):
             w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
         return buf.getvalue()
 
+    def clear_best(self, metric: str) -> str | None:
+        """The best method on ``metric`` only when its 95 % interval does not overlap the runner-up's (so the
+        ranking is not noise); None otherwise."""
+        vals = sorted(((self.aggregates[m][metric], m) for m in self.methods if self.aggregates[m][metric].n > 0),
+                      key=lambda t: t[0].mean, reverse=self.higher_is_better[metric])
+        if not vals:
+            return None
+        if len(vals) == 1:
+            return vals[0][1]
+        (a, m), (b, _) = vals[0], vals[1]
+        apart = a.low > b.high if self.higher_is_better[metric] else a.high < b.low
+        return m if apart else None
+
     def best(self, metric: str) -> str | None:
         """The method with the best mean on ``metric`` (None if all are undefined)."""
         vals = [(self.aggregates[m][metric].mean, m) for m in self.methods

@@ -136,7 +136,9 @@ function poll(url, parts, done, fail) {
     const url = "/api/sample/" + encodeURIComponent(ref) + "/method/" + encodeURIComponent(method.value) + "?target=" + encodeURIComponent(t);
     stop = poll(url, parts, j => {
       parts.status.textContent = method.value.replace(/_/g, " ") + " toward " + j.class_name + " (" + j.target + ")" + (j.layer ? ", layer " + j.layer : "") + ", " + j.seconds + " s";
-      $("method-aucs").textContent = "deletion AUC " + j.deletion_auc.toFixed(3) + " · insertion AUC " + j.insertion_auc.toFixed(3) + (j.note ? " · ⚠ " + j.note : "");
+      $("method-aucs").textContent = (j.auc_note ? j.auc_note
+        : "deletion AUC " + j.deletion_auc.toFixed(3) + " · insertion AUC " + j.insertion_auc.toFixed(3))
+        + (j.note ? " · ⚠ " + j.note : "");
       parts.img.alt = method.value + " toward " + j.class_name;
     });
   }
@@ -158,7 +160,9 @@ function poll(url, parts, done, fail) {
       const url = "/api/sample/" + encodeURIComponent(ref) + "/method/" + encodeURIComponent(opt.value) + "?target=" + encodeURIComponent(t);
       await new Promise(resolve => poll(url, p, j => {
         p.status.textContent = "toward " + j.class_name + " (" + j.target + "), " + j.seconds + " s";
-        card.querySelector(".aucs").textContent = "deletion " + j.deletion_auc.toFixed(3) + " · insertion " + j.insertion_auc.toFixed(3) + (j.note ? " · ⚠ " + j.note : "");
+        card.querySelector(".aucs").textContent = (j.auc_note ? j.auc_note
+          : "deletion " + j.deletion_auc.toFixed(3) + " · insertion " + j.insertion_auc.toFixed(3))
+          + (j.note ? " · ⚠ " + j.note : "");
         p.img.alt = opt.value + " toward " + j.class_name;
         resolve();
       }, resolve));
@@ -168,17 +172,20 @@ function poll(url, parts, done, fail) {
   input.addEventListener("change", run);
   run();
 
-  const att = $("run-attack");
-  att.addEventListener("click", () => {
-    const url = "/api/sample/" + encodeURIComponent(ref) + "/method/attack";
-    const p = { progress: $("attack-progress"), status: $("attack-status"), img: $("attack-img") };
-    poll(url, p, j => {
-      p.status.textContent = j.success
-        ? "ε = " + j.eps_255.toFixed(2) + "/255 turns it into " + j.pred_after_name + " (" + j.seconds + " s)"
-        : "no ε up to 1 reached " + j.toward_name;
-      p.img.alt = "attack toward " + j.toward_name;
+  for (const att of [$("run-attack"), $("run-attack-away")]) {
+    if (!att) continue;
+    att.addEventListener("click", () => {
+      const url = "/api/sample/" + encodeURIComponent(ref) + "/method/attack"
+        + (att.dataset.target ? "?target=" + encodeURIComponent(att.dataset.target) : "");
+      const p = { progress: $("attack-progress"), status: $("attack-status"), img: $("attack-img") };
+      poll(url, p, j => {
+        p.status.textContent = j.success
+          ? "ε = " + j.eps_255.toFixed(2) + "/255 turns it into " + j.pred_after_name + " (" + j.seconds + " s)"
+          : "no ε up to 1 reached " + j.toward_name;
+        p.img.alt = "attack toward " + j.toward_name;
+      });
     });
-  });
+  }
 })();
 
 // -- upload ---------------------------------------------------------------------------------
