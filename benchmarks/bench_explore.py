@@ -1,6 +1,7 @@
 """The explorer's speed: digits-cnn on digits, and a synthetic dataset of 20,000 noisy digits.
 
     python benchmarks/bench_explore.py [--quick]
+    python benchmarks/bench_explore.py --model efficientnet-lite0 [--n 2000]   (bench_explore_effnet.py)
 
 1. An uncached sample page (the page, Grad-CAM toward two classes, saliency with its
    deletion/insertion AUCs), then the same page cached: server time through Starlette's
@@ -229,6 +230,12 @@ def bench_large(quick: bool) -> None:
 
 
 def main(argv=()) -> None:
+    argv = list(argv)
+    if "--model" in argv and argv[argv.index("--model") + 1:][:1] != ["digits-cnn"]:
+        from bench_explore_effnet import main as effnet  # a real-size network over a folder of photos
+
+        effnet(argv)
+        return
     quick = "--quick" in argv
     torch.manual_seed(0)
     print(f"(shared machine: {os.cpu_count()} cores, torch threads {torch.get_num_threads()}; read the minima)")
