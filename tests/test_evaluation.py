@@ -16,8 +16,9 @@ import torch
 from torch import nn
 
 import cnnlens
-from cnnlens.evaluation import (EvaluationAccumulator, EvaluationResult, confusion_figure, evaluate,
-                                most_confused_classes, predict_topk, true_class_rank)
+from cnnlens.evaluation import (EvaluationAccumulator, EvaluationResult, evaluate, most_confused_classes,
+                                predict_topk, true_class_rank)
+from cnnlens.figures.evaluation import confusion_figure
 from cnnlens.scan import Batch
 
 TESTS = Path(__file__).parent

@@ -16,7 +16,8 @@ from safetensors.torch import save_file
 import cnnlens
 from cnnlens.cli.common import UserError, read_class_names
 from cnnlens.data import as_dataset
-from cnnlens.evaluation import confusion_figure, evaluate, per_class_shown
+from cnnlens.evaluation import evaluate, per_class_shown
+from cnnlens.figures.evaluation import confusion_figure
 from conftest import TinyGapNet
 
 RANDOM = "random initial weights: explanations of an untrained model"

@@ -78,7 +78,8 @@ def benchmark(
     import torch
 
     from ..metrics.benchmark import METRICS, benchmark as run_benchmark
-    from ..metrics.report import examples_figure, leaderboard_section
+    from ..figures.metrics import examples_figure
+    from ..metrics.report import leaderboard_section
     from .explain import parse_methods
 
     out = out_dir(out, force, data, boxes, weights)

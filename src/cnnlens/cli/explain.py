@@ -204,7 +204,8 @@ def explain(
                                        overlay_figure)
     from ..registry import title_of
     from ..data import read_images
-    from ..evaluation import predict_topk, topk_figure
+    from ..evaluation import predict_topk
+    from ..figures.evaluation import topk_figure
     from ..tap import LayerTap
     from ..viz import show_image, subplots
 

@@ -3,7 +3,8 @@
 
 from __future__ import annotations
 
-from ..metrics.report import SANITY_INTRO, cascade_figure, examples_figure, leaderboard_section, sanity_rows
+from ..figures.metrics import cascade_figure, examples_figure
+from ..metrics.report import SANITY_INTRO, leaderboard_section, sanity_rows
 
 
 def demo_section(report, ctx) -> None:

@@ -3,7 +3,6 @@ presentation code."""
 
 from __future__ import annotations
 
-from ..figures.attribution import GUIDED, GUIDED_MARK
 from .benchmark import Leaderboard
 
 #: short column labels
@@ -101,30 +100,6 @@ def _html_table(header, rows) -> str:
     return f'<table class="leaderboard"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
 
 
-def examples_figure(lb: Leaderboard, images, boxes=None, class_names=None):
-    """Each method's maps (rows) over the first images (columns), the ground-truth box drawn in white."""
-    from matplotlib.patches import Rectangle
-
-    from ..viz import overlay, subplots
-
-    k = min(len(images), min(len(v) for v in lb.examples.values()))
-    fig, axes = subplots(len(lb.methods), k, figsize=(1.9 * k, 1.9 * len(lb.methods)), squeeze=False)
-    for r, m in enumerate(lb.methods):
-        for c in range(k):
-            ax = axes[r][c]
-            overlay(ax, images[c], lb.examples[m][c].abs(), colorbar=False, alpha=0.55)
-            if boxes is not None:
-                x0, y0, x1, y1 = (float(v) for v in boxes[c])
-                ax.add_patch(Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False, ec="white", lw=1.2))
-            if c == 0:
-                ax.text(-0.05, 0.5, m, transform=ax.transAxes, ha="right", va="center", fontsize=9)
-                if m in GUIDED:
-                    ax.text(-0.05, 0.3, GUIDED_MARK, transform=ax.transAxes, ha="right", va="center", fontsize=7,
-                            color="#b35900")
-    fig.tight_layout()
-    return fig
-
-
 SANITY_INTRO = (
     "<h3>Sanity check: does the map depend on the model?</h3>"
     "<p>Adebayo et al. (NeurIPS 2018, “Sanity checks for saliency maps”) re-initialised a trained network's "
@@ -138,32 +113,6 @@ SANITY_INTRO = (
     "backprop's.) ρ is computed on the maps "
     "as shown (|gradient| for saliency and guided backprop); a constant map (Grad-CAM is all zero once the "
     "classifier is random, for some images) has no ranks left and counts as ρ = 0.</p>")
-
-
-def cascade_figure(s, names=None):
-    """Mean Spearman ρ (over the images; each image as a dot) of every method at each cascade step."""
-    from ..registry import title_of
-    from ..viz import subplots
-
-    fig, ax = subplots(figsize=(7.5, 3.6))
-    steps = list(range(len(s.layers)))
-    for k in s.methods:
-        c = s.correlations(k)
-        line, = ax.plot(steps, c.mean(1).numpy(), marker="o", label=title_of(k))
-        for j in steps:
-            ax.scatter([j] * c.shape[1], c[j].numpy(), s=8, color=line.get_color(), alpha=0.5)
-    ax.set_xticks(steps)
-    ax.set_xticklabels([lbl.replace("net.", "").replace(".0.conv_pw", "") for lbl in s.layers], rotation=30,
-                       ha="right", fontsize=8)
-    ax.set_xlabel("re-initialised from the top down to", fontsize=9)
-    ax.set_ylabel("Spearman ρ with the trained map", fontsize=9)
-    low = min([-0.2] + [float(s.correlations(k).min()) - 0.05 for k in s.methods])
-    ax.set_ylim(low, 1.05)
-    ax.axhline(0, color="grey", lw=0.5)
-    ax.legend(fontsize=8, loc="lower left")
-    ax.set_title("Cascading randomisation" + (f" ({', '.join(names)})" if names else ""), fontsize=10)
-    fig.tight_layout()
-    return fig
 
 
 def sanity_rows(s) -> tuple[list[str], list[list]]:
