@@ -55,3 +55,18 @@ def test_every_import_resolves_also_inside_functions(tmp_path):
     assert bad.returncode == 1
     assert bad.stdout.splitlines() == [f"{pkg / 'a.py'}:2: no module pk.gone (No module named 'pk.gone')",
                                        f"{pkg / 'a.py'}:3: os has no not_there"]
+
+
+def test_contributing_layout_table_matches_the_tree():
+    import re
+
+    text = (ROOT / "CONTRIBUTING.md").read_text()
+    rows = [line for line in text.splitlines() if re.match(r"\| (core|methods|drawing|presentation) \|", line)]
+    assert rows and all(len(line) < 200 for line in rows)
+    named = {n for line in rows for n in re.findall(r"`([^`]+)`", line.split(" | ")[1])}
+    src = ROOT / "src" / "cnnlens"
+    for n in named:  # every name in the table exists
+        assert (src / n.rstrip("/")).exists(), n
+    covered = {n.rstrip("/").split("/")[0] for n in named} | {"__init__.py", "__main__.py"}
+    on_disk = {p.name for p in src.iterdir() if p.suffix == ".py" or (p.is_dir() and (p / "__init__.py").exists())}
+    assert on_disk - covered == set(), "modules missing from CONTRIBUTING.md's layout table"
