@@ -288,3 +288,187 @@ def test_a_constant_map_is_warned_about_whatever_its_size(untouched, caplog):
     with caplog.at_level(logging.WARNING, logger="cnnlens"):
         d = gradcam(net, x, relu=False)  # the default layer is the conv, not the spreading upsample
     assert d.layer == "conv" and not d.extras["constant_map"].any() and not caplog.records
+
+
+# ---------------------------------------------------------------------------
+# 2. a channels-last layer is read as channels-last, also when C equals the grid width
+class ConvNeXtStyle(nn.Module):
+    """A ConvNeXt block (conv_mlp=False) on a 4×4-patch stem: 16 channels on a 16×16 grid at 64², so the
+    LayerNorm's N×16×16×16 output reads both as N×C×H×W and N×H×W×C."""
+
+    def __init__(self, c: int = 16):
+        super().__init__()
+        self.stem = nn.Conv2d(3, c, 4, stride=4)
+        self.dw = nn.Conv2d(c, c, 7, padding=3, groups=c)
+        self.norm = nn.LayerNorm(c)
+        self.fc1, self.act, self.fc2 = nn.Linear(c, 2 * c), nn.GELU(), nn.Linear(2 * c, c)
+        self.head = nn.Linear(c, 4)
+        seeded_(self, 11, scale=0.8)
+
+    def forward(self, x):
+        x = self.stem(x)
+        h = self.norm(self.dw(x).permute(0, 2, 3, 1))
+        h = self.fc2(self.act(self.fc1(h))).permute(0, 3, 1, 2)
+        return self.head((x + h).mean((2, 3)))
+
+
+def _gradcam_reference(net: ConvNeXtStyle, x, layer: str):
+    """pytorch-grad-cam on the channels-last layer with an explicit N×H×W×C → N×C×H×W reshape_transform."""
+    from pytorch_grad_cam import GradCAM
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    twin = copy.deepcopy(net).eval()
+    with torch.no_grad():
+        classes = twin(x).argmax(1)
+    with GradCAM(twin, [getattr(twin, layer)], reshape_transform=lambda t: t.permute(0, 3, 1, 2)) as gc:
+        gc.compute_input_gradient = False
+        maps = gc(x, [ClassifierOutputTarget(int(c)) for c in classes])  # N×H×W, min-max scaled per image
+    return torch.as_tensor(maps), classes
+
+
+def _scaled(m: torch.Tensor) -> torch.Tensor:
+    flat = m.flatten(1)
+    lo, hi = flat.amin(1, keepdim=True), flat.amax(1, keepdim=True)
+    return ((flat - lo) / (hi - lo + 1e-7)).view_as(m)
+
+
+def test_a_channels_last_layer_with_c_equal_to_its_width_is_read_channels_last(untouched):
+    pytest.importorskip("pytorch_grad_cam")
+    from cnnlens.attribution import gradcam
+
+    net = untouched(ConvNeXtStyle().eval())
+    x = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    e = gradcam(net, x, layer="norm")
+    ref, classes = _gradcam_reference(net, x, "norm")
+    assert torch.equal(e.classes, classes)
+    # by hand in float64: A = the LayerNorm output as N×C×H×W, α = mean over positions of ∂y/∂A
+    n64 = copy.deepcopy(net).double()
+    x64 = x.double()
+    a = n64.norm(n64.dw(n64.stem(x64)).permute(0, 2, 3, 1)).detach().requires_grad_(True)
+    h = n64.fc2(n64.act(n64.fc1(a))).permute(0, 3, 1, 2)
+    y = n64.head((n64.stem(x64) + h).mean((2, 3)))
+    (g,) = torch.autograd.grad(y[torch.arange(2), classes].sum(), a)
+    A, G = a.detach().permute(0, 3, 1, 2), g.permute(0, 3, 1, 2)
+    want = torch.einsum("nk,nkhw->nhw", G.mean((2, 3)), A).clamp_min(0)
+    assert torch.allclose(e.raw.double(), want, atol=1e-5 * float(want.abs().max()))
+    assert float(want.abs().max()) > 0
+    assert float((_scaled(e.maps) - ref).abs().max()) < 1e-3  # pytorch-grad-cam's min-max-scaled maps
+    # the mlp's output (a Linear over the last dimension) too; "nchw" by hand reads it wrongly
+    assert gradcam(net, x, layer="fc2").settings["grid"] == (16, 16)
+    wrong = gradcam(net, x, layer="norm", layout="nchw")
+    assert not torch.allclose(wrong.raw.double(), want, atol=0.1 * float(want.abs().max()))
+
+
+class _MyBlock(nn.Module):
+    """A custom ConvNeXt-style block whose output comes from a functional residual sum: nothing says its layout."""
+
+    def __init__(self, c: int):
+        super().__init__()
+        self.dw, self.norm, self.fc = nn.Conv2d(c, c, 3, padding=1, groups=c), nn.LayerNorm(c), nn.Linear(c, c)
+
+    def forward(self, x):
+        return x + self.fc(self.norm(self.dw(x).permute(0, 2, 3, 1))).permute(0, 3, 1, 2)
+
+
+def test_an_ambiguous_layer_is_refused_in_one_line_and_layout_decides(untouched):
+    from cnnlens.attribution import eigencam, gradcam, hirescam
+
+    net = untouched(seeded_(nn.Sequential(nn.Conv2d(3, 8, 4, stride=4), _MyBlock(8), nn.AdaptiveAvgPool2d(1),
+                                          nn.Flatten(), nn.Linear(8, 3)), 1).eval())
+    x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    for fn in (gradcam, hirescam, eigencam):
+        with pytest.raises(ValueError) as err:
+            fn(net, x, layer="1")
+        msg = str(err.value)
+        assert "\n" not in msg and "reads both as N×C×H×W and N×H×W×C" in msg and "layout='nchw'" in msg
+    e = hirescam(net, x, layer="1", layout="nchw", relu=False)
+    assert e.raw.shape == (2, 8, 8)
+    # by hand: the block's output as N×C×H×W
+    a = net[1](net[0](x)).detach().requires_grad_(True)
+    y = net[4](net[3](net[2](a)))
+    (g,) = torch.autograd.grad(y[torch.arange(2), e.classes].sum(), a)
+    assert torch.allclose(e.raw, (g * a).sum(1).detach(), atol=1e-6)
+    with pytest.raises(ValueError, match="layout must be 'nchw', 'nhwc' or None"):
+        gradcam(net, x, layer="1", layout="NHWC!")
+    # a plain CNN whose channel count equals its grid width is read as N×C×H×W, as always
+    cnn = untouched(nn.Sequential(nn.Conv2d(3, 8, 4, stride=4), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                                  nn.Linear(8, 3)).eval())
+    assert gradcam(cnn, x).raw.shape == (2, 8, 8)
+
+
+@pytest.mark.parametrize("arch", ["convnext_tiny", "swin_t"])
+def test_torchvision_channels_last_modules_are_read_by_what_they_are(arch):
+    tv = pytest.importorskip("torchvision")
+    from cnnlens.grid import module_layout
+
+    net = getattr(tv.models, arch)(weights=None)
+    mods = dict(net.named_modules())
+    if arch == "convnext_tiny":
+        assert module_layout(mods["features.1.0"]) == "nchw"            # CNBlock
+        assert module_layout(mods["features.1.0.block"]) == "nchw"      # ... ending in Permute([0, 3, 1, 2])
+        assert module_layout(mods["features.1.0.block.2"], 96) == "nhwc"  # its LayerNorm
+        assert module_layout(mods["features.1"]) == "nchw"
+    else:
+        assert module_layout(mods["features.0"], 96) == "nhwc"          # conv, Permute, LayerNorm
+        assert module_layout(mods["features.1"]) == "nhwc"              # SwinTransformerBlocks
+        assert module_layout(mods["features.2"]) == "nhwc"              # PatchMerging
+        assert module_layout(mods["permute"]) == "nchw"
+
+
+class _Grab:
+    """A scan accumulator that keeps a layer's grid as the scan hands it over."""
+
+    def __init__(self, layer):
+        self.layers, self.seen = (layer,), []
+
+    def update(self, batch):
+        self.seen.append(batch.acts[self.layers[0]].clone())
+
+    def merge(self, other):
+        self.seen += other.seen
+        return self
+
+    def compute(self):
+        return torch.cat(self.seen)
+
+
+def test_the_scan_reads_layers_the_same_way_and_takes_layout(untouched):
+    from cnnlens.scan import scan
+
+    net = untouched(ConvNeXtStyle().eval())
+    x = torch.rand(3, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    data = torch.utils.data.TensorDataset(x, torch.zeros(3, dtype=torch.long))
+    with torch.no_grad():
+        want = net.norm(net.dw(net.stem(x)).permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+    (got,) = scan(net, data, [_Grab("norm")])
+    assert torch.allclose(got, want, atol=1e-6)
+    (forced,) = scan(net, data, [_Grab("norm")], layout={"norm": "nchw"})  # as told, even if wrong
+    assert torch.allclose(forced, want.permute(0, 2, 3, 1), atol=1e-6)
+    block = untouched(seeded_(nn.Sequential(nn.Conv2d(3, 8, 4, stride=4), _MyBlock(8), nn.AdaptiveAvgPool2d(1),
+                                            nn.Flatten(), nn.Linear(8, 3)), 1).eval())
+    small = torch.utils.data.TensorDataset(x[:, :, :32, :32], torch.zeros(3, dtype=torch.long))
+    with pytest.raises(ValueError, match="reads both as N×C×H×W and N×H×W×C.*pass layout="):
+        scan(block, small, [_Grab("1")])
+    (ok,) = scan(block, small, [_Grab("1")], layout="nchw")
+    with torch.no_grad():
+        assert torch.allclose(ok, block[1](block[0](x[:, :, :32, :32])), atol=1e-6)
+
+
+def test_timm_convnext_blocks_are_read_by_what_they_are(untouched):
+    timm = pytest.importorskip("timm")
+    from cnnlens.grid import grid_layout
+    from cnnlens.tap import LayerTap
+
+    torch.manual_seed(0)
+    net = untouched(timm.create_model("convnext_atto", pretrained=False, conv_mlp=False, dims=(16, 32, 64, 128),
+                                      num_classes=5).eval())
+    x = torch.rand(1, 3, 64, 64)
+    want = {"stem": "nchw", "stages.0.blocks.0.conv_dw": "nchw", "stages.0.blocks.0.norm": "nhwc",
+            "stages.0.blocks.0.mlp": "nhwc", "stages.0.blocks.0.mlp.act": "nhwc", "stages.0.blocks.0": "nchw",
+            "stages.0": "nchw"}
+    mods = dict(net.named_modules())
+    with LayerTap(net, list(want), detach=True) as tap, torch.no_grad():
+        tap.run(x)
+        for name, layout in want.items():
+            assert tuple(tap[name].shape[1:3]) == (16, 16)  # every one of them reads both ways by its shape
+            assert grid_layout(tap[name], net, mods[name], (64, 64), name)[0] == layout, name

@@ -7,10 +7,25 @@ grid so that the CAM family, dataset search and neuron statistics work unchanged
   (class token, distillation token, registers — the count read from the model) are
   dropped and the remaining T − p tokens, which must form an h×w grid with the
   input's aspect ratio, are laid out row by row (timm's patch order);
-* **channels-last** N×h×w×C (timm Swin stages, ConvNeXt's LayerNorm/MLP inside a
-  block): permuted to N×C×h×w when the model declares NHWC outputs (timm's
-  ``output_fmt``) or the module is a LayerNorm/Linear over the last dimension, and
-  only if h×w has the input's aspect ratio.
+* **channels-last** N×h×w×C (timm and torchvision Swin stages, ConvNeXt's LayerNorm/MLP
+  inside a block): permuted to N×C×h×w.
+
+Which of N×C×h×w and N×h×w×C a 4-D output is, is decided from what the module is and
+does, never from a shape that fits both ways (C equal to the grid width: a ConvNeXt
+block's LayerNorm at N×16×16×16, a Swin stage 0 at 384² with 96 channels on 96×96):
+
+1. ``layout="nchw" | "nhwc"`` given by the caller wins;
+2. a shape that fits only one way is read that way;
+3. the module: a stock 2-d convolution, norm or pooling (or timm's ``LayerNorm2d``) → N×C×h×w; a LayerNorm / Linear
+   over a last dimension of size C (not timm's ``LayerNorm2d``) → N×h×w×C; a permute
+   module (torchvision's ``Permute``) → by its ``dims``; timm / torchvision Swin blocks,
+   stages and patch merging → N×h×w×C, ConvNeXt blocks and stages (timm ``ConvNeXtBlock``,
+   ``ConvNeXtStage``, torchvision ``CNBlock``) → N×C×h×w; an ``nn.Sequential`` → as its
+   last layout-setting child; another container → N×h×w×C if everything inside it acts on
+   the last dimension (timm's ``Mlp``), N×C×h×w if nothing inside it is channels-last;
+4. a model with no channels-last part at all (no LayerNorm over channels, permute module
+   or Swin block) → N×C×h×w; a model that declares NHWC outputs (timm's ``output_fmt``) → N×h×w×C;
+5. otherwise a one-line error that asks for ``layout=``.
 
 Each mapping is logged once per call at INFO. A layer whose output cannot be mapped
 (N×C after pooling, a token count that is no grid) gets a one-line error.
@@ -45,17 +60,6 @@ def _declares_nhwc(model: nn.Module) -> bool:
     return any(str(getattr(m, "output_fmt", "")).upper() == "NHWC" for m in model.modules())
 
 
-def _last_dim_module(module: nn.Module | None, c: int) -> bool:
-    """Whether ``module`` ends in a LayerNorm/Linear acting on a last dimension of size c (a channels-last block)."""
-    if module is None:
-        return False
-    last = [m for m in module.modules() if isinstance(m, _LAST_DIM_MODULES)]
-    if not last:
-        return False
-    m = last[-1]
-    return getattr(m, "out_features", None) == c or tuple(getattr(m, "normalized_shape", ()))[-1:] == (c,)
-
-
 def _aspect_ok(h: int, w: int, H: int, W: int) -> bool:
     """Whether an h×w grid covers an H×W input with (about) one stride in both directions."""
     if h < 1 or w < 1 or h > H or w > W:
@@ -72,20 +76,112 @@ def _token_grid(m: int, H: int, W: int) -> tuple[int, int] | None:
     return None
 
 
+LAYOUTS = ("nchw", "nhwc")
+
+#: blocks of timm and torchvision whose outputs are channels-last / channels-first (by class name, from those packages)
+_NHWC_CLASSES = {"SwinTransformerBlock", "SwinTransformerBlockV2", "SwinTransformerStage", "SwinTransformerV2Stage",
+                 "PatchMerging", "PatchMergingV2"}
+_NCHW_CLASSES = {"ConvNeXtBlock", "ConvNeXtStage", "CNBlock"}
+#: layout-neutral leaves: an nn.Sequential's layout is its last child's that is not one of these
+_NEUTRAL = (nn.Identity, nn.Dropout, nn.Dropout2d, nn.ReLU, nn.ReLU6, nn.GELU, nn.SiLU, nn.Hardswish, nn.LeakyReLU,
+            nn.Sigmoid, nn.Tanh, nn.ELU, nn.Mish)
+
+
+def check_layout(layout: str | None) -> str | None:
+    """None, "nchw" or "nhwc"; a ValueError otherwise."""
+    if layout is not None and layout not in LAYOUTS:
+        raise ValueError(f"layout must be 'nchw', 'nhwc' or None (decided from the layer), got {layout!r}")
+    return layout
+
+
+def _library_class(m: nn.Module, names: set) -> bool:
+    t = type(m)
+    return t.__name__ in names and t.__module__.split(".")[0] in ("timm", "torchvision")
+
+
+def _last_dim(m: nn.Module, c: int | None = None) -> bool:
+    """A LayerNorm / Linear acting on the last dimension (of size c when given); not timm's LayerNorm2d."""
+    if not isinstance(m, _LAST_DIM_MODULES) or type(m).__name__.endswith("2d"):
+        return False
+    if c is None:
+        return True
+    return getattr(m, "out_features", None) == c or tuple(getattr(m, "normalized_shape", ()))[-1:] == (c,)
+
+
+def _permute_dims(m: nn.Module) -> tuple | None:
+    dims = getattr(m, "dims", None)
+    if type(m).__name__ == "Permute" and isinstance(dims, (list, tuple)) and len(dims) == 4:
+        return tuple(int(d) for d in dims)
+    return None
+
+
+def _nchw_module(m: nn.Module) -> bool:
+    """A stock 2-d convolution / norm / pooling, timm's ``LayerNorm2d``, a ConvNeXt block or stage."""
+    return (isinstance(m, _NCHW_MODULES) or (isinstance(m, nn.LayerNorm) and type(m).__name__.endswith("2d"))
+            or _library_class(m, _NCHW_CLASSES))
+
+
+def _channels_last_part(m: nn.Module) -> bool:
+    """A module that works on channels-last tensors: a LayerNorm over channels, a permute, a Swin block."""
+    return ((isinstance(m, nn.LayerNorm) and not type(m).__name__.endswith("2d")) or _permute_dims(m) is not None
+            or _library_class(m, _NHWC_CLASSES))
+
+
+def module_layout(module: nn.Module | None, c: int | None = None) -> str | None:
+    """"nchw" | "nhwc" from what ``module`` is and does (see the module docs, rule 3), or None when it does not say."""
+    if module is None:
+        return None
+    if _nchw_module(module):
+        return "nchw"
+    if _library_class(module, _NHWC_CLASSES) or _last_dim(module, c):
+        return "nhwc"
+    dims = _permute_dims(module)
+    if dims is not None:
+        return "nhwc" if dims == (0, 2, 3, 1) else "nchw" if dims == (0, 3, 1, 2) else None
+    children = list(module.children())
+    if not children:
+        return None
+    if isinstance(module, nn.Sequential):
+        for child in reversed(children):
+            if not isinstance(child, _NEUTRAL):
+                return module_layout(child, c)
+        return None
+    inner = list(module.modules())
+    channels_last = any(_channels_last_part(m) for m in inner)
+    if (channels_last or any(_last_dim(m) for m in inner)) and not any(_nchw_module(m) for m in inner):
+        return "nhwc"  # only modules that act on a last dimension (timm's Mlp of Linear layers)
+    return None if channels_last else "nchw"
+
+
 def grid_layout(t: torch.Tensor, model: nn.Module, module: nn.Module | None, input_hw: tuple[int, int],
-                name: str = "the layer") -> tuple[str, int]:
-    """("nchw" | "nhwc" | "tokens", prefix tokens) for a layer output ``t``; a ValueError when it has no grid."""
+                name: str = "the layer", layout: str | None = None) -> tuple[str, int]:
+    """("nchw" | "nhwc" | "tokens", prefix tokens) for a layer output ``t``; a ValueError when it has no grid,
+    or when N×C×h×w and N×h×w×C both fit and nothing says which (then pass ``layout=``)."""
     H, W = (int(v) for v in input_hw)
     shape = tuple(t.shape)
     if t.dim() == 4:
         _, a, b, c = shape
         nchw, nhwc = _aspect_ok(b, c, H, W), _aspect_ok(a, b, H, W)
-        if isinstance(module, _NCHW_MODULES) or not nhwc:
+        if check_layout(layout) is not None:
+            if not (nchw if layout == "nchw" else nhwc):
+                raise ValueError(f"layer {name!r} outputs {shape}, which is no {layout.upper()} grid for a {H}×{W} "
+                                 f"input; pass layout={'nhwc' if layout == 'nchw' else 'nchw'!r} or leave layout=None")
+            return layout, 0
+        said = module_layout(module, c)
+        if not nhwc:
             return "nchw", 0
-        last_dim = _last_dim_module(module, c)
-        if (_declares_nhwc(model) or last_dim) and (not nchw or _declares_nhwc(model)):
+        if not nchw:  # only channels-last fits (an N×C×h×w reading would not have the input's aspect)
+            return ("nchw" if said == "nchw" else "nhwc"), 0
+        if said is not None:
+            return said, 0
+        if not any(_channels_last_part(m) for m in model.modules()):
+            return "nchw", 0
+        if _declares_nhwc(model):
             return "nhwc", 0
-        return "nchw", 0
+        raise ValueError(
+            f"layer {name!r} outputs {shape}, which reads both as N×C×H×W and N×H×W×C, and nothing about "
+            f"{type(module).__name__ if module is not None else 'it'} says which; pass layout='nchw' or layout='nhwc'"
+        )
     if t.dim() == 3:
         _, T, C = shape
         p = prefix_tokens(model)
@@ -113,9 +209,9 @@ def to_grid(t: torch.Tensor, layout: str, prefix: int, input_hw: tuple[int, int]
 
 
 def as_grid(t: torch.Tensor, model: nn.Module, module: nn.Module | None, input_hw: tuple[int, int],
-            name: str = "the layer") -> torch.Tensor:
+            name: str = "the layer", layout: str | None = None) -> torch.Tensor:
     """``t`` as N×C×h×w (see the module docs); logs the mapping when it is not the identity."""
-    layout, prefix = grid_layout(t, model, module, input_hw, name)
+    layout, prefix = grid_layout(t, model, module, input_hw, name, layout)
     g = to_grid(t, layout, prefix, input_hw)
     if layout == "tokens":
         log.info("layer %s: %d tokens → %d prefix token(s) dropped, %d×%d grid", name, t.shape[1], prefix,

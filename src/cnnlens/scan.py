@@ -168,8 +168,13 @@ def scan(
     device: str | torch.device | None = None,
     progress: Progress | None = None,
     num_workers: int = 0,
+    layout: str | dict | None = None,
 ) -> list[Any]:
     """Run ``model`` once over ``data`` and feed every accumulator; return their ``compute()``.
+
+    ``layout``: how 4-D layer outputs are read as grids, "nchw" or "nhwc" for every layer or
+    ``{layer: layout}``; None decides from each module (:mod:`cnnlens.grid`), and a layer whose
+    shape reads both ways with nothing to say which is refused in one line.
 
     ``data``: a dataset name (``"digits"``), an ImageFolder path, a torch
     ``Dataset`` of (x, y) or a ``DataLoader``. Under torch.distributed the shards
@@ -193,7 +198,12 @@ def scan(
     device = torch.device(device)
     layers = sorted({l for a in accs for l in getattr(a, "layers", ())})
     batches, total, samples = _batches(data, batch_size, rank, world, num_workers)
-    layouts: dict = {}
+    from .grid import check_layout
+
+    given = layout if isinstance(layout, dict) else {n: layout for n in layers}
+    for v in given.values():
+        check_layout(v)
+    layouts: dict = {"given": given}
     # the forward goes on with the layers' own outputs (no copy per layer and batch); a layer whose output a
     # later in-place op changes (``ReLU(inplace=True)`` after a conv) shows it in its version counter: that
     # batch runs again with a copy passed on for that layer, as for every later batch
@@ -239,9 +249,10 @@ def _grid(tap: LayerTap, name: str, x: torch.Tensor, layouts: dict | None = None
         hw, module = tuple(x.shape[-2:]), tap._modules.get(name)
         key = (name, tuple(out.shape[1:]), hw)
         if layouts is None or key not in layouts:
-            g = as_grid(out, tap.model, module, hw, name)  # finds the layout and logs it
+            given = (layouts or {}).get("given", {}).get(name)
+            g = as_grid(out, tap.model, module, hw, name, given)  # finds the layout and logs it
             if layouts is not None:
-                layouts[key] = grid_layout(out, tap.model, module, hw, name)
+                layouts[key] = grid_layout(out, tap.model, module, hw, name, given)
             return g
         return to_grid(out, *layouts[key], hw)
     return out

@@ -172,7 +172,8 @@ def augmented_gradcam(model: nn.Module, x: torch.Tensor, target: Any = "predicte
                       size: Any = None, lam: float | None = None, mu: float | None = None, steps: int = 150,
                       lr: float = 0.05, seed: int = 0, padding: str = "reflection", normalize: bool = True,
                       batch_size: int | None = None, y: torch.Tensor | None = None,
-                      progress: Progress | None = None, channels_last: bool | None = None) -> Explanation:
+                      progress: Progress | None = None, channels_last: bool | None = None,
+                      layout: str | None = None) -> Explanation:
     """Augmented Grad-CAM: a high-resolution heat map h from L augmented Grad-CAMs (see module docs).
 
     1. A_1..A_L: random rotations (±``max_angle``°) and translations (±``max_shift`` of
@@ -188,7 +189,8 @@ def augmented_gradcam(model: nn.Module, x: torch.Tensor, target: Any = "predicte
 
     ``maps`` = h at input size, ``raw`` = h on its grid, ``extras["cams"]`` = the g_l
     (N×L×h×w), ``extras["single"]`` = the plain Grad-CAM upsampled, ``extras["objective"]``
-    = the objective per step, ``extras["thetas"]`` = the augmentations.
+    = the objective per step, ``extras["thetas"]`` = the augmentations; ``layout`` as in
+    :func:`~cnnlens.attribution.gradcam`.
 
     >>> e = augmented_gradcam(model, x, augmentations=32, size=(112, 112), steps=150)   # doctest: +SKIP
     """
@@ -204,7 +206,7 @@ def augmented_gradcam(model: nn.Module, x: torch.Tensor, target: Any = "predicte
     L = int(augmentations)
     thetas = random_affines(L, (H, W), max_angle=max_angle, max_shift=max_shift, seed=seed)
     name = layer_name(model, p, layer)
-    tap, leaf = gradcam_tap(model, p, name)
+    tap, leaf = gradcam_tap(model, p, name, layout)
     dev = p.x.device
     th = thetas.to(device=dev, dtype=p.x.dtype)
     total = p.n * L

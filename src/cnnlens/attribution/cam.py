@@ -28,6 +28,11 @@ function each (:data:`COMBINE`), like pytorch-grad-cam's ``get_cam_weights``:
 
 Eigen-CAM (Muhammad & Yeasin 2020) needs no gradient: the projection of the
 activations on their first principal component.
+
+A layer's output is read as a grid by :mod:`cnnlens.grid` (tokens, channels-last).
+Whether a 4-D output is N×C×H×W or N×H×W×C is decided from the module, never from a
+shape that fits both ways; where nothing says, the call is refused in one line and
+``layout="nchw"`` or ``layout="nhwc"`` (every function here takes it) decides.
 """
 
 from __future__ import annotations
@@ -37,7 +42,7 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import nn
 
-from ..grid import as_grid, grid_layout, to_grid
+from ..grid import as_grid, check_layout, grid_layout, to_grid
 from ..results import Explanation
 from ..tap import LayerTap, find_last_spatial_layer, resolve_layer
 from ._common import Layout, Prepared, finish, log, logits_of, pick_classes, prepare, score, target_layers, upsample
@@ -53,8 +58,9 @@ class LeafAt:
     was made a leaf), it is recorded as it is, so one backward reaches every layer.
     """
 
-    def __init__(self, name: str):
+    def __init__(self, name: str, layout: str | None = None):
         self.name = name
+        self.layout = check_layout(layout)  # how a 4-D output is read (None: decided by cnnlens.grid)
         self.A: torch.Tensor | None = None
 
     def __call__(self, module, inputs, output):
@@ -133,7 +139,8 @@ def layer_gradients(tap: LayerTap, leaves: Sequence[LeafAt], p: Prepared, xb: to
     hw = tuple(xb.shape[-2:])
     As, Gs = [], []
     for leaf, g in zip(leaves, gs):  # token and channels-last outputs as N×C×h×w (a linear map: G maps alike)
-        layout, prefix = grid_layout(leaf.A, tap.model, resolve_layer(tap.model, leaf.name)[1], hw, leaf.name)
+        layout, prefix = grid_layout(leaf.A, tap.model, resolve_layer(tap.model, leaf.name)[1], hw, leaf.name,
+                                     leaf.layout)
         if layout != "nchw":
             log.info("layer %s: %s output read as an N×C×h×w grid%s", leaf.name, layout,
                      f" ({prefix} prefix token(s) dropped)" if prefix else "")
@@ -142,8 +149,8 @@ def layer_gradients(tap: LayerTap, leaves: Sequence[LeafAt], p: Prepared, xb: to
     return (As, Gs), classes, s.detach()
 
 
-def gradcam_tap(model: nn.Module, p: Prepared, name: str) -> tuple[LayerTap, LeafAt]:
-    leaf = LeafAt(name)
+def gradcam_tap(model: nn.Module, p: Prepared, name: str, layout: str | None = None) -> tuple[LayerTap, LeafAt]:
+    leaf = LeafAt(name, layout)
     return LayerTap(model, [name] + target_layers(p.target), edits={name: leaf}), leaf
 
 
@@ -185,10 +192,10 @@ COMBINE: dict[str, Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, to
 
 
 def _gradcam(model: nn.Module, x: torch.Tensor, target: Any, layer: Any, relu: bool, y, method: str,
-             channels_last: bool | None = None) -> Explanation:
+             channels_last: bool | None = None, layout: str | None = None) -> Explanation:
     p = prepare(model, x, target, y, method)
     name = layer_name(model, p, layer)
-    tap, leaf = gradcam_tap(model, p, name)
+    tap, leaf = gradcam_tap(model, p, name, layout)
     with tap:
         A, G, classes, s = layer_gradient(tap, leaf, p, p.x, layout=Layout(model, p.x, channels_last))
     note = flat_note(model, p, name, A)
@@ -204,11 +211,14 @@ def _gradcam(model: nn.Module, x: torch.Tensor, target: Any, layer: Any, relu: b
 
 @needs_autograd
 def gradcam(model: nn.Module, x: torch.Tensor, target: Any = "predicted", *, layer: Any = None,
-            relu: bool = True, y: torch.Tensor | None = None, channels_last: bool | None = None) -> Explanation:
+            relu: bool = True, y: torch.Tensor | None = None, channels_last: bool | None = None,
+            layout: str | None = None) -> Explanation:
     """Grad-CAM: L = ReLU(Σ_k α_k A^k), α_k = mean_ij ∂y_c/∂A^k_ij, at ``layer`` (default: the last spatial layer).
 
     ``raw`` is the map at the layer's grid, ``maps`` its bilinear upsampling to the
     input size; ``extras["pre_relu"]`` = Σ_k α_k A^k, ``extras["weights"]`` = α.
+    ``layout``: "nchw" or "nhwc" for a 4-D layer output that reads both ways (C equal to the
+    grid width, e.g. a ConvNeXt block's LayerNorm); None decides from the module (module docs).
 
     >>> e = gradcam(model, x, target="second", layer="layer4")     # doctest: +SKIP
 
@@ -239,22 +249,24 @@ def gradcam(model: nn.Module, x: torch.Tensor, target: Any = "predicted", *, lay
         ValueError: an unknown layer (with close matches), a layer without a spatial grid, a layer that runs
             twice in one forward, a class out of range, ``target="true"`` without ``y``, or no image.
     """
-    return _gradcam(model, x, target, layer, relu, y, "gradcam", channels_last)
+    return _gradcam(model, x, target, layer, relu, y, "gradcam", channels_last, layout)
 
 
 @needs_autograd
 def gradcam_pp(model: nn.Module, x: torch.Tensor, target: Any = "predicted", *, layer: Any = None,
-               relu: bool = True, y: torch.Tensor | None = None, channels_last: bool | None = None) -> Explanation:
+               relu: bool = True, y: torch.Tensor | None = None, channels_last: bool | None = None,
+               layout: str | None = None) -> Explanation:
     """Grad-CAM++: L = ReLU(Σ_k w_k A^k), w_k = Σ_ij a^k_ij ReLU(∂y_c/∂A^k_ij), a = G²/(2G² + Σ_ab A_ab G³).
 
     >>> gradcam_pp(model, x).maps           # doctest: +SKIP
     """
-    return _gradcam(model, x, target, layer, relu, y, "gradcam_pp", channels_last)
+    return _gradcam(model, x, target, layer, relu, y, "gradcam_pp", channels_last, layout)
 
 
 @needs_autograd
 def xgradcam(model: nn.Module, x: torch.Tensor, target: Any = "predicted", *, layer: Any = None,
-             relu: bool = True, y: torch.Tensor | None = None, channels_last: bool | None = None) -> Explanation:
+             relu: bool = True, y: torch.Tensor | None = None, channels_last: bool | None = None,
+             layout: str | None = None) -> Explanation:
     """XGrad-CAM (Fu et al. 2020): L = ReLU(Σ_k α_k A^k), α_k = Σ_ij (A^k_ij / Σ_ab A^k_ab) ∂y_c/∂A^k_ij.
 
     The weights that satisfy the paper's conservation axiom: on a GAP + linear head
@@ -262,12 +274,13 @@ def xgradcam(model: nn.Module, x: torch.Tensor, target: Any = "predicted", *, la
 
     >>> xgradcam(model, x, layer="layer4").extras["weights"]     # doctest: +SKIP
     """
-    return _gradcam(model, x, target, layer, relu, y, "xgradcam", channels_last)
+    return _gradcam(model, x, target, layer, relu, y, "xgradcam", channels_last, layout)
 
 
 @needs_autograd
 def hirescam(model: nn.Module, x: torch.Tensor, target: Any = "predicted", *, layer: Any = None,
-             relu: bool = True, y: torch.Tensor | None = None, channels_last: bool | None = None) -> Explanation:
+             relu: bool = True, y: torch.Tensor | None = None, channels_last: bool | None = None,
+             layout: str | None = None) -> Explanation:
     """HiResCAM (Draelos & Carin 2020): L = ReLU(Σ_k ∂y_c/∂A^k ⊙ A^k), the gradient × activation summed over channels.
 
     No spatial averaging of the gradient, so where the head is linear in A (GAP +
@@ -275,12 +288,13 @@ def hirescam(model: nn.Module, x: torch.Tensor, target: Any = "predicted", *, la
 
     >>> hirescam(model, x, relu=False).raw.sum((1, 2))     # doctest: +SKIP
     """
-    return _gradcam(model, x, target, layer, relu, y, "hirescam", channels_last)
+    return _gradcam(model, x, target, layer, relu, y, "hirescam", channels_last, layout)
 
 
 @needs_autograd
 def layercam(model: nn.Module, x: torch.Tensor, target: Any = "predicted", *, layer: Any = None,
-             gamma: float = 2.0, y: torch.Tensor | None = None, channels_last: bool | None = None) -> Explanation:
+             gamma: float = 2.0, y: torch.Tensor | None = None, channels_last: bool | None = None,
+             layout: str | None = None) -> Explanation:
     """LayerCAM (Jiang et al. 2021): L = ReLU(Σ_k ReLU(∂y_c/∂A^k) ⊙ A^k), also fused over several layers.
 
     ``layer`` is one layer (default: the last spatial layer) or a list of layers.
@@ -292,12 +306,12 @@ def layercam(model: nn.Module, x: torch.Tensor, target: Any = "predicted", *, la
     >>> layercam(model, x, layer=["layer2", "layer3", "layer4"]).maps     # doctest: +SKIP
     """
     if not isinstance(layer, (list, tuple)):
-        return _gradcam(model, x, target, layer, True, y, "layercam", channels_last)
+        return _gradcam(model, x, target, layer, True, y, "layercam", channels_last, layout)
     if not layer:
         raise ValueError("layercam: layer=[] names no layer; give one layer or a list of layers")
     p = prepare(model, x, target, y, "layercam")
     names = list(dict.fromkeys(layer_name(model, p, l) for l in layer))
-    leaves = [LeafAt(n) for n in names]
+    leaves = [LeafAt(n, layout) for n in names]
     with LayerTap(model, names + target_layers(p.target), edits=dict(zip(names, leaves))) as tap:
         (As, Gs), classes, s = layer_gradients(tap, leaves, p, p.x, layout=Layout(model, p.x, channels_last))
     per_layer, fused = [], None
@@ -316,7 +330,8 @@ def layercam(model: nn.Module, x: torch.Tensor, target: Any = "predicted", *, la
 
 @needs_autograd
 def eigencam(model: nn.Module, x: torch.Tensor, target: Any = "predicted", *, layer: Any = None,
-             relu: bool = True, y: torch.Tensor | None = None, channels_last: bool | None = None) -> Explanation:
+             relu: bool = True, y: torch.Tensor | None = None, channels_last: bool | None = None,
+             layout: str | None = None) -> Explanation:
     """Eigen-CAM (Muhammad & Yeasin 2020): the activations projected on their first principal component.
 
     With A the layer's output as an (H·W)×K matrix per image, centred over positions
@@ -333,7 +348,7 @@ def eigencam(model: nn.Module, x: torch.Tensor, target: Any = "predicted", *, la
     name = layer_name(model, p, layer)
     with LayerTap(model, [name] + target_layers(p.target), detach=True) as tap, torch.no_grad():
         out = Layout(model, p.x, channels_last).run(tap, p.x)
-        A = as_grid(tap[name], model, resolve_layer(model, name)[1], p.size, name)
+        A = as_grid(tap[name], model, resolve_layer(model, name)[1], p.size, name, check_layout(layout))
         classes = pick_classes(p, out, p.n)
     A = A.float().contiguous()
     n, k, h, w = A.shape

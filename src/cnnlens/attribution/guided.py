@@ -89,11 +89,11 @@ def guided_backprop(model: nn.Module, x: torch.Tensor, target: Any = "predicted"
 @needs_autograd
 def guided_gradcam(model: nn.Module, x: torch.Tensor, target: Any = "predicted", *, layer: Any = None,
                    reduce: str = "abs_max", y: torch.Tensor | None = None, batch_size: int | None = None,
-                   channels_last: bool | None = None) -> Explanation:
+                   channels_last: bool | None = None, layout: str | None = None) -> Explanation:
     """Guided Grad-CAM: guided backprop ⊙ the Grad-CAM map upsampled to the input, reduced over channels.
 
     Two passes: the guided gradient, then Grad-CAM (ordinary backward) for the same classes.
-    ``extras["gradcam"]`` holds the upsampled Grad-CAM map.
+    ``extras["gradcam"]`` holds the upsampled Grad-CAM map; ``layout`` as in :func:`~cnnlens.attribution.gradcam`.
 
     >>> guided_gradcam(model, x, layer="layer4").maps      # doctest: +SKIP
     """
@@ -101,7 +101,7 @@ def guided_gradcam(model: nn.Module, x: torch.Tensor, target: Any = "predicted",
     p = prepare(model, x, target, y, "guided_gradcam")
     g, s, classes, guided = _guided_gradient(model, p, batch_size, channels_last)
     name = layer_name(model, p, layer)
-    tap, leaf = gradcam_tap(model, p, name)
+    tap, leaf = gradcam_tap(model, p, name, layout)
     with tap:
         A, G, _, _ = layer_gradient(tap, leaf, p, p.x, classes, Layout(model, p.x, channels_last))
     note = flat_note(model, p, name, A)

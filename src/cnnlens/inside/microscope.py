@@ -195,12 +195,14 @@ def layer_edges(model: nn.Module, data, layers: Sequence[LayerRef], bins: int = 
 @needs_autograd
 def microscope_scan(model: nn.Module, data, layers: Sequence[LayerRef], k: int = 9, *, bins: int = 40,
                     edges: dict | None = None, batch_size: int = 64, device=None, progress=None,
-                    max_crop: int | None = None, patches: bool = False, concepts: Any = None) -> MicroscopeScan:
+                    max_crop: int | None = None, patches: bool = False, concepts: Any = None,
+                    layout: str | dict | None = None) -> MicroscopeScan:
     """Every channel of every layer in ``layers``: top-k images and statistics, in ONE scan over ``data``.
 
     Each channel keeps its top-k as (image index, position, activation); its patches are cut from ``data`` when
     drawn (``.top.patches(data, channels)``), so the result stays small on a real network (``patches=True`` keeps
-    float32 patches in ``.top.crops``, as :func:`dataset_search` does).
+    float32 patches in ``.top.crops``, as :func:`dataset_search` does). ``layout``: "nchw" / "nhwc" for a layer
+    output that reads both ways (see :func:`cnnlens.scan.scan`).
 
     ``concepts``: network dissection (Bau et al. 2017, :mod:`cnnlens.inside.dissect`) in the same scan —
     ``(segments, names)`` (N×H×W concept labels, −1 for none), ``False`` for none, or ``None`` (the default):
@@ -226,7 +228,7 @@ def microscope_scan(model: nn.Module, data, layers: Sequence[LayerRef], k: int =
                                 patches=patches)
     dis = _dissection(data, names, concepts)
     res, *more = scan(model, data, [acc] + ([dis] if dis is not None else []), batch_size=batch_size, device=device,
-                      progress=progress)
+                      progress=progress, layout=layout)
     if more:
         found = more[0].layers
         res = MicroscopeScan({n: replace(ls, concepts=found.get(n)) for n, ls in res.layers.items()}, res.count,

@@ -488,13 +488,14 @@ def _input_size(data, model) -> tuple[int, int] | None:
 @needs_autograd
 def dataset_search(model: nn.Module, data, layer: LayerRef, channels: Sequence[int] | None = None, k: int = 9, *,
                    batch_size: int = 64, device=None, progress=None, max_crop: int | None = None,
-                   patches: bool = True) -> SearchResult:
+                   patches: bool = True, layout: str | None = None) -> SearchResult:
     """Maximally activating images and patches: each channel's top-k over a dataset, in one scan.
 
     score(image, c) = max_ij a_c,ij(image); the patch is the receptive field of
     the unit at the arg-max, cut from the image (clipped at the border and marked so).
     ``patches=False`` keeps only (activation, image index, position, field) per entry:
     :meth:`SearchResult.patches` cuts the same patches from ``data`` when they are drawn.
+    ``layout``: "nchw" / "nhwc" for a layer output that reads both ways (see :func:`cnnlens.scan.scan`).
 
     Example::
 
@@ -508,5 +509,5 @@ def dataset_search(model: nn.Module, data, layer: LayerRef, channels: Sequence[i
     data = as_dataset(data, model)
     acc = SearchAccumulator(model, layer, channels, k, input_size=_input_size(data, model), max_crop=max_crop,
                             patches=patches)
-    (res,) = scan(model, data, [acc], batch_size=batch_size, device=device, progress=progress)
+    (res,) = scan(model, data, [acc], batch_size=batch_size, device=device, progress=progress, layout=layout)
     return res

@@ -345,8 +345,10 @@ def default_edges(model: nn.Module, data, layer: str, bins: int = 40, look: int 
 
 @needs_autograd
 def neuron_stats(model: nn.Module, data, layer: LayerRef, *, bins: int = 40, edges: torch.Tensor | None = None,
-                 zero: float = 0.0, batch_size: int = 64, device=None, progress=None) -> NeuronStats:
+                 zero: float = 0.0, batch_size: int = 64, device=None, progress=None,
+                 layout: str | None = None) -> NeuronStats:
     """Per-channel statistics of a layer over a dataset, in one scan (see the module docstring).
+    ``layout``: "nchw" / "nhwc" for a layer output that reads both ways (see :func:`cnnlens.scan.scan`).
 
     Example::
 
@@ -362,5 +364,5 @@ def neuron_stats(model: nn.Module, data, layer: LayerRef, *, bins: int = 40, edg
         edges = default_edges(model, data, name, bins)
     spec = getattr(model, "spec", None)
     acc = StatsAccumulator(name, edges, num_classes=getattr(spec, "num_classes", None) or None, zero=zero)
-    (res,) = scan(model, data, [acc], batch_size=batch_size, device=device, progress=progress)
+    (res,) = scan(model, data, [acc], batch_size=batch_size, device=device, progress=progress, layout=layout)
     return res
