@@ -247,6 +247,6 @@ def test_the_figure_title_carries_the_mark():
     bad = Explanation(**base, extras={"complete": False, "completeness_note": INCOMPLETE,
                                       "completeness_gap": torch.tensor([3.0]), "completeness_tolerance": 0.05})
     titles = [ax.get_title() for ax in bad.figure(x).axes]
-    assert any(MARK in t for t in titles)
+    assert any(MARK in t for t in titles) and repr(bad).splitlines()[0].endswith(INCOMPLETE)
     good = Explanation(**base, extras={"complete": True, "completeness_gap": torch.tensor([0.0])})
-    assert not any(MARK in ax.get_title() for ax in good.figure(x).axes)
+    assert not any(MARK in ax.get_title() for ax in good.figure(x).axes) and "⚠" not in repr(good)

@@ -198,7 +198,8 @@ class Explanation(Result):
     def headline(self) -> str:
         h, w = self.maps.shape[-2:]
         return (f"Explanation: {self.method} of {len(self)} image(s), {h}×{w}"
-                + (f", layer {self.layer!r}" if self.layer else ""))
+                + (f", layer {self.layer!r}" if self.layer else "")
+                + (f" — ⚠ {self.extras['completeness_note']}" if self.extras.get("complete") is False else ""))
 
     def preview(self):
         """The maps alone (no images are kept), side by side on the method's colour scale (at most 8)."""
