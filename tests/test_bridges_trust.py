@@ -250,3 +250,17 @@ def test_the_figure_title_carries_the_mark():
     assert any(MARK in t for t in titles) and repr(bad).splitlines()[0].endswith(INCOMPLETE)
     good = Explanation(**base, extras={"complete": True, "completeness_gap": torch.tensor([0.0])})
     assert not any(MARK in ax.get_title() for ax in good.figure(x).axes) and "⚠" not in repr(good)
+
+
+def test_explain_cli_warns_and_its_page_says_lrp_does_not_add_up(tmp_path, run_cli, caplog):
+    from PIL import Image
+
+    img = tmp_path / "noise.png"
+    g = torch.Generator().manual_seed(4)
+    Image.fromarray((torch.rand(40, 40, 3, generator=g) * 255).byte().numpy()).save(img)
+    code, cap = run_cli("explain", str(img), "--model", "torchvision:resnet18", "--input-size", "32",
+                        "--methods", "captum:LRP", "--faithfulness-steps", "2", "--out", str(tmp_path / "out"))
+    assert code == 0, cap.err
+    # the warning the CLI's logging prints on the terminal (in-process, pytest captures the log record)
+    assert any(r.levelno == logging.WARNING and r.getMessage().startswith("LRP " + INCOMPLETE) for r in caplog.records)
+    assert INCOMPLETE in (tmp_path / "out" / "index.html").read_text()
