@@ -264,3 +264,14 @@ def test_explain_cli_warns_and_its_page_says_lrp_does_not_add_up(tmp_path, run_c
     # the warning the CLI's logging prints on the terminal (in-process, pytest captures the log record)
     assert any(r.levelno == logging.WARNING and r.getMessage().startswith("LRP " + INCOMPLETE) for r in caplog.records)
     assert INCOMPLETE in (tmp_path / "out" / "index.html").read_text()
+
+
+def test_explain_keeps_captums_own_error_for_debug(caplog, untouched):
+    from cnnlens.attribution.report import run_methods
+
+    norm = untouched(nn.Sequential(nn.Conv2d(3, 2, 3), nn.InstanceNorm2d(2), nn.Flatten(), nn.Linear(72, 3)))
+    with caplog.at_level(logging.INFO, logger="cnnlens"):
+        out = run_methods(norm, torch.rand(1, 3, 8, 8), ["captum:LRP"])
+    assert isinstance(out["captum:LRP"], ValueError) and "\n" not in str(out["captum:LRP"])
+    own = [r for r in caplog.records if r.levelno == logging.INFO and r.exc_info]
+    assert own and "has no rule defined" in str(own[0].exc_info[1])  # Captum's message, shown under --debug / -v

@@ -29,6 +29,12 @@ FAITH_INTRO = (
     "that explains the model must change when its weights do.")
 
 
+def _log_cause(name: str, e: Exception) -> None:
+    """A bridged library's own error (chained as the cause of the one-line one), for ``--debug`` / ``-v``."""
+    if e.__cause__ is not None:
+        log.info("%s: the bridged library's own error", name, exc_info=e.__cause__)
+
+
 def run_methods(model, x: torch.Tensor, methods: Sequence[str], target: Any = "predicted", *,
                 layer: Any = None, settings: dict | None = None,
                 progress: Callable[[str, int, int], None] | None = None) -> dict[str, Explanation | Exception]:
@@ -47,11 +53,13 @@ def run_methods(model, x: torch.Tensor, methods: Sequence[str], target: Any = "p
             out[name] = fn(model, x, target=target, **kw)
         except ValueError as e:
             log.warning("%s does not apply: %s", name, e)
+            _log_cause(name, e)
             out[name] = e
         except (TypeError, AssertionError, NotImplementedError) as e:
             if not name.startswith("captum:"):
                 raise
             log.warning("%s does not apply: %s", name, e)  # Captum refuses a layer type, an argument, ...
+            _log_cause(name, e)
             out[name] = ValueError(str(e).splitlines()[0] if str(e) else type(e).__name__)
         else:
             out[name].extras["seconds"] = round(time.perf_counter() - t0, 3)
