@@ -438,3 +438,58 @@ def test_adaptive_pooling_to_the_maps_own_size_is_the_identity(untouched):
     model = untouched(nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d((12, 10)),
                                     nn.Conv2d(4, 4, 3, padding=1), nn.Flatten(), nn.Linear(480, 3)).double().eval())
     _agree(model, torch.rand(1, 3, 12, 10, dtype=torch.float64), window=3, stride=2)
+
+
+class ViewLeNet(nn.Module):
+    """LeNet as it is often written: ``x.view(x.size(0), -1)`` right after the last convolution block."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(3)
+        self.conv1 = nn.Conv2d(3, 6, 5)
+        self.pool = nn.MaxPool2d(2)
+        self.conv2 = nn.Conv2d(6, 8, 5)
+        self.fc1 = nn.Linear(8 * 5 * 5, 20)
+        self.fc2 = nn.Linear(20, 4)
+
+    def forward(self, x):
+        x = self.pool(F.relu(self.conv1(x)))
+        x = self.pool(F.relu(self.conv2(x)))
+        x = x.view(x.size(0), -1)  # needs the contiguous layout the plain forward gives
+        return self.fc2(F.relu(self.fc1(x)))
+
+
+def test_view_after_a_conv_runs_incrementally_and_equals_the_whole_model(untouched):
+    model = untouched(ViewLeNet().double().eval())
+    x = torch.rand(2, 3, 32, 32, dtype=torch.float64)
+    _agree(model, x, window=6, stride=4)
+
+
+class Flaky(ViewLeNet):
+    """Traces, but an op of its forward refuses the values the incremental run gives it (a stand-in for any
+    failure inside the incremental run that tracing cannot foresee)."""
+
+    def forward(self, x):
+        x = self.pool(F.relu(self.conv1(x)))
+        x = self.pool(F.relu(self.conv2(x)))
+        return self.fc2(F.relu(self.fc1(_refuse_positions(x).flatten(1))))
+
+
+@torch.fx.wrap
+def _refuse_positions(x):
+    if x.shape[0] > 2:
+        raise RuntimeError("more images than this model takes")
+    return x
+
+
+def test_a_failing_incremental_run_falls_back_and_says_why(untouched, caplog):
+    model = untouched(Flaky().eval())
+    x = torch.rand(1, 3, 32, 32)
+    with caplog.at_level("INFO", logger="cnnlens.attribution"):
+        e = occlusion(model, x, window=8, stride=8, batch_size=2)
+    assert e.settings["path"] == "full"
+    assert "incremental run failed" in e.settings["full_reason"]
+    assert "more images than this model takes" in e.settings["full_reason"]
+    assert any("more images" in r.getMessage() for r in caplog.records)
+    with pytest.raises(ValueError, match="incremental occlusion is not possible"):
+        occlusion(model, x, window=8, stride=8, batch_size=2, incremental=True)

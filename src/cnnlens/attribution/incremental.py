@@ -208,12 +208,17 @@ def _padded_hwc(clean: torch.Tensor, pad: tuple[int, int, int, int], value: floa
 
 
 def _full(box: Box) -> torch.Tensor:
+    """The whole activation of every position (clean with the box pasted), in the memory layout of the clean
+    activation: the ops after it (``x.view(x.size(0), -1)`` after a convolution) see the strides the model's own
+    forward gives them."""
     P = box.n
     C, H, W = box.clean.shape[1:]
     out = torch.empty(P, H, W, C, dtype=box.data.dtype, device=box.data.device)
     out.copy_(box.clean.permute(0, 2, 3, 1))
     out = out.permute(0, 3, 1, 2)
     _paste(out, box.data, box.rows, box.cols, box.pairs)
+    if box.clean.is_contiguous() and not out.is_contiguous():
+        out = out.contiguous()
     return out
 
 

@@ -183,9 +183,10 @@ def occlusion(model: nn.Module, x: torch.Tensor, target: Any = "predicted", *, w
     ``incremental`` (default: whenever the model allows it) recomputes, per position,
     only the part of each layer that the patch can reach (Krypton, Nakandala et al.
     2019; :mod:`cnnlens.attribution.incremental`) — the same values as full
-    re-inference up to float rounding. A model that does not trace with torch.fx, or
-    a channel/neuron target, runs the whole model per position (logged once);
-    ``settings["path"]`` says which ran ("incremental" or "full"). With
+    re-inference up to float rounding. A model that does not trace with torch.fx, an
+    incremental run that fails for any reason, or a channel/neuron target runs the whole
+    model per position (logged once); ``settings["path"]`` says which ran ("incremental"
+    or "full") and ``settings["full_reason"]`` why the whole model ran. With
     ``incremental``, ``batch_size`` counts window positions per batch.
 
     ``approximate=True`` (or a dict overriding ``tau``, ``coarse`` and ``fraction``;
@@ -246,6 +247,9 @@ def occlusion(model: nn.Module, x: torch.Tensor, target: Any = "predicted", *, w
                 path = "incremental" if approx is None else "approximate"
             except Unsupported as e:
                 why = str(e)
+            except Exception as e:  # noqa: BLE001 - any failure of the incremental run: the whole model instead
+                first = str(e).splitlines()[0] if str(e) else ""
+                why = f"the incremental run failed ({type(e).__name__}: {first[:200]})"
         if why is not None:
             if incremental or approx is not None:
                 raise ValueError(f"incremental occlusion is not possible here: {why}; use incremental=None or False"
