@@ -161,11 +161,31 @@ def distributed(device: str) -> Iterator[tuple[int, int, str]]:
     ours = not dist.is_initialized()
     if ours:
         dist.init_process_group(backend="nccl" if device.startswith("cuda") else "gloo")
+    ok = False
     try:
         yield dist.get_rank(), dist.get_world_size(), device
+        ok = True
     finally:
         if ours:
-            dist.destroy_process_group()
+            _leave_group(dist, ok)
+
+
+def _leave_group(dist, ok: bool) -> None:
+    """End a process group deterministically: every rank meets at a barrier (so no rank tears its connections down
+    while another still talks to it), the group is destroyed (its backend's threads end) and the threads this
+    process started are joined, all before the interpreter shuts down — a backend thread still alive then aborts
+    the process ("terminate called without an active exception"). After an error no barrier (the other ranks may
+    never reach it); the group is still destroyed."""
+    import threading
+
+    try:
+        if ok:
+            dist.barrier()
+    finally:
+        dist.destroy_process_group()
+        for t in threading.enumerate():
+            if t is not threading.current_thread() and not t.daemon and t.is_alive():
+                t.join(timeout=30)
 
 
 @dataclasses.dataclass(frozen=True)
