@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 OUT    ?= demo-report
 
-.PHONY: demo test lint install install-test browser bench docs clean
+.PHONY: demo test test-zoo lint install install-test browser bench docs clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -46,6 +46,10 @@ lint: install-test
 
 test: install-test lint
 	$(PY) -m pytest -q
+
+# the conformance zoo's slow architectures (tests/test_zoo.py; `make test` runs the rest and every pattern)
+test-zoo: install-test
+	$(PY) -m pytest -q -m zoo_slow tests/test_zoo.py
 
 bench: install
 	$(PIP) install -q -e ".[bench]"

@@ -109,6 +109,14 @@ def gradient_x_input(model: nn.Module, x: torch.Tensor, target: Any = "predicted
                   extras={"score": s})
 
 
+#: the default layout of the many-point methods (Integrated Gradients, SmoothGrad): contiguous. Their points sit
+#: near ReLU kinks (a path point near the black baseline has pre-activations near 0), where the channels-last
+#: kernels' different summation order flips a ReLU more often: up to 10³× further from float64 than plain
+#: float32, for a speed-up of at most a few per cent on a CPU (benchmarks/bench_channels_last.py;
+#: docs/guide/architectures.md). ``channels_last=True`` still takes it.
+PATH_LAYOUT = False
+
+
 def _noise(n: int, shape, seed: int, device, dtype) -> torch.Tensor:
     g = torch.Generator().manual_seed(int(seed))
     return torch.randn((n, *shape), generator=g).to(device=device, dtype=dtype)
@@ -123,7 +131,8 @@ def smoothgrad(model: nn.Module, x: torch.Tensor, target: Any = "predicted", *, 
 
     M̂(x) = 1/n Σ_k M(x + ε_k), ε_k ~ N(0, σ²) in pixel units (the input is in [0, 1]);
     the class is fixed from the clean input. Each sample gets the same seeded noise,
-    so a sample's map does not depend on the rest of the batch.
+    so a sample's map does not depend on the rest of the batch. The input is passed
+    contiguous unless ``channels_last=True`` (see :data:`PATH_LAYOUT`).
 
     >>> smoothgrad(model, x, sigma=0.1, n=50, seed=1)   # doctest: +SKIP
     """
@@ -138,7 +147,7 @@ def smoothgrad(model: nn.Module, x: torch.Tensor, target: Any = "predicted", *, 
     N = p.n
     acc = torch.zeros((N, *p.x.shape[1:]) if reduce == "none" else (N, *p.size), device=p.x.device)
     total = N * n
-    layout = Layout(model, p.x, channels_last)
+    layout = Layout(model, p.x, PATH_LAYOUT if channels_last is None else channels_last)
     with LayerTap(model, target_layers(p.target)) as tap:
         classes, s0, _ = clean_pass(tap, p)
         for a, b in chunks(total, batch_size):
@@ -191,7 +200,8 @@ def integrated_gradients(model: nn.Module, x: torch.Tensor, target: Any = "predi
     ``method`` rule ("trapezoid", "midpoint" or "gausslegendre") with ``steps`` points,
     all points batched. Completeness says Σ_i IG_i = S(x) − S(x'); the remainder is
     ``extras["completeness_gap"]`` (it shrinks as ``steps`` grows). ``baseline``:
-    "black" (0), "grey" (0.5), "blur", a number or a tensor, in pixel units.
+    "black" (0), "grey" (0.5), "blur", a number or a tensor, in pixel units. The input
+    is passed contiguous unless ``channels_last=True`` (see :data:`PATH_LAYOUT`).
 
     >>> e = integrated_gradients(model, x, steps=64)          # doctest: +SKIP
     >>> e.extras["completeness_gap"].abs().max()
@@ -209,7 +219,7 @@ def integrated_gradients(model: nn.Module, x: torch.Tensor, target: Any = "predi
     weights = weights.to(device=p.x.device, dtype=torch.float32)
     avg = torch.zeros(p.x.shape, device=p.x.device, dtype=torch.float32)
     total = N * steps
-    layout = Layout(model, p.x, channels_last)
+    layout = Layout(model, p.x, PATH_LAYOUT if channels_last is None else channels_last)
     with LayerTap(model, target_layers(p.target)) as tap:
         classes, s_x, _ = clean_pass(tap, p)
         with torch.no_grad():
