@@ -212,7 +212,6 @@ class ChannelsLastBlock(nn.Module):
         return self.head((x + y).mean((2, 3)))
 
 
-D2 = "issue 20 defect 2, being fixed on branch zoo-fixes"
 CAMS = ("cam", "gradcam", "gradcam_pp", "xgradcam", "hirescam", "layercam", "eigencam", "guided_gradcam",
         "augmented_gradcam", "ablation_cam", "score_cam")
 GUIDED = ("guided_backprop", "guided_gradcam")
@@ -263,7 +262,7 @@ ZOO = [
     Arch("shape_branch", ShapeBranch),
     Arch("shared_modules", SharedModules),
     Arch("dict_output", DictOut),
-    Arch("channels_last_c_eq_w", ChannelsLastBlock, layout="nhwc", known=_all(PEER_CAMS, D2)),
+    Arch("channels_last_c_eq_w", ChannelsLastBlock, layout="nhwc"),
 ]
 BY_NAME = {a.name: a for a in ZOO}
 
