@@ -183,3 +183,38 @@ def test_microscope_scan_labels_units_in_the_same_scan_and_the_pages_show_them(u
     assert f"{card['concept']} (IoU {card['concept_iou']:.3f})" in html
     for e in (env, _env()):  # the unit pages' templates compile (their rendering is in the site/explorer tests)
         assert "Network dissection" in e.loader.get_source(e, "unit.html.j2")[0] and e.get_template("unit.html.j2")
+
+
+@pytest.mark.distributed
+def test_two_processes_under_torchrun_equal_one(tmp_path):
+    import os
+    import shutil
+    import socket
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or shutil.which("torchrun")
+    if torchrun is None:
+        pytest.skip("torchrun is not installed")
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    here = Path(__file__).parent
+    out = tmp_path / "dist.pt"
+    env = dict(os.environ, GLOO_SOCKET_IFNAME="lo", OMP_NUM_THREADS="1")
+    env.pop("WORLD_SIZE", None)
+    p = subprocess.run([torchrun, "--nnodes", "1", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+                        "--master_port", str(port), str(here / "dissect_dist_worker.py"), str(out)],
+                       capture_output=True, text=True, env=env, timeout=300)
+    assert p.returncode == 0, p.stderr[-3000:]
+    two = torch.load(out, weights_only=False)
+    sys.path.insert(0, str(here))
+    from dissect_dist_worker import run_scan
+
+    one = run_scan()
+    assert two["world"] == 2 and two["dissection"].count == one.count == 23
+    for name in ("1", "2"):
+        a, b = two["dissection"][name], one[name]
+        assert torch.equal(a.thresholds, b.thresholds) and torch.equal(a.label, b.label)
+        assert torch.allclose(a.iou, b.iou, rtol=0, atol=1e-12)
