@@ -267,7 +267,7 @@ def test_explain_cli_warns_and_its_page_says_lrp_does_not_add_up(tmp_path, run_c
 
 
 def test_explain_keeps_captums_own_error_for_debug(caplog, untouched):
-    from cnnlens.attribution.report import run_methods
+    from cnnlens.attribution.explain import run_methods
 
     norm = untouched(nn.Sequential(nn.Conv2d(3, 2, 3), nn.InstanceNorm2d(2), nn.Flatten(), nn.Linear(72, 3)))
     with caplog.at_level(logging.INFO, logger="cnnlens"):

@@ -426,9 +426,9 @@ def evaluate(model: torch.nn.Module, data, topk: Sequence[int] | int | None = No
 # ---------------------------------------------------------------------------
 
 def _fig_png(fig) -> bytes:
-    from .report import _png_bytes
+    from .report import png_bytes
 
-    return _png_bytes(fig)
+    return png_bytes(fig)
 
 
 def most_confused_classes(confusion: torch.Tensor, m: int = MAX_FIGURE_CLASSES) -> list[int]:

@@ -280,7 +280,7 @@ class Report:
         return rel.as_posix()
 
     def _add_image(self, image: Any, name: str) -> str:
-        data = _png_bytes(image)
+        data = png_bytes(image)
         stem = _slug(name)[:80]
         fname, i = f"{stem}.png", 1
         while f"images/{fname}" in self._images:
@@ -324,7 +324,7 @@ class Report:
         return write_atomically(out_dir, build, force=force, protect=protect) / "index.html"
 
 
-def _png_bytes(image: Any) -> bytes:
+def png_bytes(image: Any) -> bytes:
     """PNG bytes of a matplotlib Figure, a PIL image, a path to a PNG, or bytes."""
     if isinstance(image, (bytes, bytearray)):
         return bytes(image)

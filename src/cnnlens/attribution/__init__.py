@@ -38,6 +38,9 @@ when the model raises.
 LRP, Lime, KernelShap, FeatureAblation, ...) and returns an Explanation (``pip install
 'cnnlens[captum]'``).
 
+``explain_images(model, x, methods)`` runs several methods and scores them in one call (an
+``ExplainRun``: maps, faithfulness, failures, timings, top-k), what ``cnnlens explain`` shows.
+
 ``faithfulness`` / ``deletion`` / ``insertion`` (Petsiuk et al. 2018) and
 ``randomization_check`` (Adebayo et al. 2018) measure how much a map can be trusted.
 
@@ -52,6 +55,7 @@ from .augmented import augmented_gradcam, random_affines, superresolve
 from .bridge import captum
 from .cam import cam, eigencam, gradcam, gradcam_pp, hirescam, layercam, xgradcam
 from .cam_ablation import ablation_cam, score_cam
+from .explain import ExplainRun, explain_images
 from .faithfulness import (Curve, Faithfulness, Randomization, deletion, faithfulness, insertion,
                            randomization_check)
 from .gradients import gradient_x_input, integrated_gradients, saliency, smoothgrad
@@ -64,7 +68,7 @@ from .segment import segment
 METHODS = {name: m.fn for name, m in REGISTRY.items()}
 
 __all__ = [
-    "METHODS", "REGISTRY", "Method", "method_info",
+    "METHODS", "REGISTRY", "Method", "method_info", "ExplainRun", "explain_images",
     "Curve", "Faithfulness", "Randomization", "ablation_cam", "augmented_gradcam", "cam", "captum",
     "deletion", "eigencam", "faithfulness", "gradcam", "gradcam_pp", "gradient_x_input", "guided_backprop",
     "guided_gradcam", "hirescam", "insertion", "integrated_gradients", "layercam", "occlusion", "random_affines",

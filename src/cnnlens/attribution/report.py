@@ -1,21 +1,25 @@
-"""Attribution in the report: running several methods and scoring them, the tables and notes of a section.
+"""Attribution in the report: :func:`add_explain_section` (an :class:`~cnnlens.attribution.explain.ExplainRun`
+as a section and per-image files), the lessons, notes and tables of a section.
 
 Shared by ``cnnlens explain`` and the demo (:mod:`cnnlens.demo.attribution`); the figures are
-:mod:`cnnlens.figures.attribution`.
+:mod:`cnnlens.figures.attribution`; running and scoring the methods is :mod:`cnnlens.attribution.explain`.
 """
 
 from __future__ import annotations
 
 import html
+import io
+import json
 import logging
-import time
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import torch
 
-from ..registry import method_info, title_of
+from ..registry import intro_of, lookup, title_of
+from ..report import png_bytes, show_setting
 from ..results import Explanation
-from .faithfulness import Faithfulness, faithfulness
+from .explain import ExplainRun
+from .faithfulness import Faithfulness
 
 log = logging.getLogger(__name__)
 
@@ -27,55 +31,6 @@ FAITH_INTRO = (
     "order (high area = faithful). <i>Model randomisation</i> (Adebayo et al. 2018): re-initialise the layers of a "
     "copy of the model from the top down and rank-correlate (Spearman) each map with the trained model's: a map "
     "that explains the model must change when its weights do.")
-
-
-def _log_cause(name: str, e: Exception) -> None:
-    """A bridged library's own error (chained as the cause of the one-line one), for ``--debug`` / ``-v``."""
-    if e.__cause__ is not None:
-        log.info("%s: the bridged library's own error", name, exc_info=e.__cause__)
-
-
-def run_methods(model, x: torch.Tensor, methods: Sequence[str], target: Any = "predicted", *,
-                layer: Any = None, settings: dict | None = None,
-                progress: Callable[[str, int, int], None] | None = None) -> dict[str, Explanation | Exception]:
-    """Run each method on the batch; a method that does not apply (ValueError) is kept as its error."""
-    out: dict[str, Explanation | Exception] = {}
-    for i, name in enumerate(methods):
-        info = method_info(name)
-        fn = info.fn
-        kw = dict((settings or {}).get(name, {}))
-        if layer is not None and info.layered:
-            kw.setdefault("layer", layer)
-        if progress:
-            progress(name, i, len(methods))
-        t0 = time.perf_counter()
-        try:
-            out[name] = fn(model, x, target=target, **kw)
-        except ValueError as e:
-            log.warning("%s does not apply: %s", name, e)
-            _log_cause(name, e)
-            out[name] = e
-        except (TypeError, AssertionError, NotImplementedError) as e:
-            if not name.startswith("captum:"):
-                raise
-            log.warning("%s does not apply: %s", name, e)  # Captum refuses a layer type, an argument, ...
-            _log_cause(name, e)
-            out[name] = ValueError(str(e).splitlines()[0] if str(e) else type(e).__name__)
-        else:
-            out[name].extras["seconds"] = round(time.perf_counter() - t0, 3)
-    return out
-
-
-def score_all(model, x: torch.Tensor, expls: dict, *, steps: int = 16, baseline: Any = "blur",
-              progress: Callable[[str, int, int], None] | None = None) -> dict[str, Faithfulness]:
-    """Deletion and insertion curves of every explanation that ran."""
-    out = {}
-    ok = [(k, e) for k, e in expls.items() if isinstance(e, Explanation)]
-    for i, (name, e) in enumerate(ok):
-        if progress:
-            progress(name, i, len(ok))
-        out[name] = faithfulness(model, x, e, steps=steps, baseline=baseline)
-    return out
 
 
 GUIDED_NOTE = (
@@ -153,3 +108,111 @@ def _method_note(m: str, e: Explanation) -> str:
                 f"(±{s['max_angle']}°, ±{s['max_shift']:.0%} shifts) of the {s['grid'][0]}×{s['grid'][1]} Grad-CAM; "
                 f"λ = {s['lam']:.3g}, μ = {s['mu']:.3g}, {s['steps']} Adam steps.</p>")
     return ""
+
+
+def explain_intro(ok: dict, faithfulness: bool, n: int, baseline: str = "blur") -> str:
+    """What the page shows, then one paragraph per method that ran (never a method that did not)."""
+    head = (f"<p>Why did the model predict what it did? Each method below turns the prediction for each of the {n} "
+            "image(s) into a map over the pixels; they answer different questions, so they are shown side by side.</p>")
+    body = "".join(f"<p>{intro_of(k)}</p>" + method_note(k, e) for k, e in ok.items())
+    what = {"blur": "a blurred copy", "grey": "grey", "gray": "grey", "black": "black", "white": "white"}.get(
+        str(baseline).strip().lower(), f"the value {baseline}")
+    text = FAITH_INTRO.split(" <i>Model randomisation</i>")[0].replace("by a blurred copy", f"by {what}").replace(
+        "start from the blurred image", "start from the image with every pixel removed")
+    faith = f"<p>{text}</p>" if faithfulness else ""
+    return head + body + faith
+
+
+def explain_settings(model: str, target: str, chosen: list, ok: dict, layer, shared: bool, steps: int,
+                     baseline: str, n: int) -> dict:
+    """The settings that ran: the layer each CAM-family method read (named, also when chosen automatically),
+    each method's own settings as it ran, the faithfulness curves."""
+    out = {"model": model, "images": n, "target": target, "methods": ", ".join(title_of(k) for k in chosen)}
+    layers = {k: e.layer for k, e in ok.items() if (lookup(k) and lookup(k).layered) and e.layer}
+    if layers:
+        used = sorted(set(layers.values()))
+        how = "given with --layer" if layer else "chosen automatically: the last spatial layer"
+        out["layer"] = (used[0] if len(used) == 1 else
+                        ", ".join(f"{title_of(k)}: {v}" for k, v in layers.items())) + f" ({how})"
+    for k, e in ok.items():
+        shown = {a: b for a, b in e.settings.items() if a not in ("layer",)}
+        if shown:
+            out[title_of(k)] = ", ".join(f"{a}={show_setting(b)}" for a, b in shown.items())
+    out["scale"] = "shared (each map divided by its largest |value|)" if shared else "each map in its own units"
+    out["faithfulness"] = f"deletion/insertion, {steps} steps, baseline {baseline}" if steps > 0 else "not computed"
+    return out
+
+
+def add_explain_section(report, run: ExplainRun, *, model: str = "model", shared: bool = False,
+                        sources: Sequence[str] | None = None, per_figure: int = 4):
+    """``cnnlens explain``'s page for ``run``: one section (lessons, settings, the images × methods grids, class
+    means, the deletion/insertion table, top-5 bars) and, per image, ``<name>/original.png``, ``<method>.png``,
+    ``top5.png``, ``grid.png``, ``maps.pt`` and ``explanation.json``. Returns the section.
+
+    >>> add_explain_section(cnnlens.report.Report("explain"), explain_images(model, x))   # doctest: +SKIP
+    """
+    from ..figures.attribution import (GUIDED, class_means_figure, grid_figure, images_by_methods_figure,
+                                       overlay_figure)
+    from ..figures.evaluation import topk_figure
+    from ..viz import show_image, subplots
+
+    st, ok, faith, x, names, n = run.settings, run.explanations, run.faithfulness, run.images, run.names, len(run)
+    steps, baseline = st.get("faithfulness_steps", 0), st.get("baseline", "blur")
+    class_names = run.class_names
+    sec = report.section("Explanations", intro=explain_intro(ok, steps > 0, n, baseline),
+                         settings=explain_settings(model, st.get("target"), st.get("methods", list(ok)), ok,
+                                                   st.get("layer"), shared, steps, baseline, n))
+    for k, e in run.failures.items():
+        sec.text(f"<p><i>{title_of(k)} skipped: {html.escape(str(e))}</i></p>")
+    for part in range(0, n, per_figure):
+        rows = list(range(part, min(n, part + per_figure)))
+        fig = images_by_methods_figure(x, names, ok, faith, rows=rows, shared=shared, class_names=class_names)
+        label = f"images {rows[0] + 1}–{rows[-1] + 1} of {n}" if n > per_figure else f"{n} image(s)"
+        sec.figure(png_bytes(fig), f"One row per image ({label}), one column per method: each map over its image "
+                   "with its colour bar (signed maps: blue–white–red centred on 0; non-negative maps: one "
+                   "dark-to-bright scale)" + ("; under each title the deletion AUC (↓) and insertion AUC (↑)"
+                                             if faith else "")
+                   + (". The last column is occlusion's probability map." if "occlusion" in ok else "."),
+                   name=f"explain-grid-{part // per_figure}")
+    if any(k in GUIDED for k in ok):
+        sec.text(GUIDED_NOTE)
+    if n > 1:
+        fig, counts = class_means_figure(ok, class_names)
+        sec.figure(png_bytes(fig), "Mean map per explained class (rows; the number of images in brackets) and "
+                   "method (columns): where the model looks on average for each class among these images.",
+                   name="explain-class-means")
+        sec.data("class_means", counts)
+    if faith:
+        header = ["image", "explained class"] + [f"{title_of(k)} del / ins" for k in faith]
+        table = []
+        for i, name in enumerate(names):
+            cls = int(next(iter(ok.values())).classes[i])
+            table.append([name, class_names[cls] if class_names and cls < len(class_names) else str(cls)] +
+                         [f"{float(f.deletion_auc[i]):.3f} / {float(f.insertion_auc[i]):.3f}" for f in faith.values()])
+        table.append([f"mean over {n} image(s)", ""] + [
+            f"{float(f.deletion_auc.mean()):.3f} / {float(f.insertion_auc.mean()):.3f}" for f in faith.values()])
+        sec.table(table, header=header, caption="Deletion AUC (lower is better) / insertion AUC (higher is better) "
+                                                "per image and method; the last row is the mean over the images.")
+    sec.gallery([(topk_figure(x[i], run.top.labels(i), name), name) for i, name in enumerate(names)],
+                caption="Top-5 predictions of each image.", width=420)
+    for i, name in enumerate(names):
+        cls0 = int(next(iter(ok.values())).classes[i])
+        cname = class_names[cls0] if class_names and cls0 < len(class_names) else str(cls0)
+        grid = grid_figure(x[i], name, ok, i, faith, shared=shared, caption_top=f"explained: {cname}")
+        report.file(f"{name}/grid.png", png_bytes(grid))
+        fig, ax = subplots(figsize=(3, 3))
+        show_image(ax, x[i], name)
+        report.file(f"{name}/original.png", png_bytes(fig))
+        for k, e in ok.items():
+            report.file(f"{name}/{k.replace('_', '-')}.png", png_bytes(overlay_figure(x[i], e, i, shared=shared)))
+        report.file(f"{name}/top5.png", png_bytes(topk_figure(x[i], run.top.labels(i), name)))
+        buf = io.BytesIO()
+        torch.save({k: e.maps[i].clone() for k, e in ok.items()}, buf)
+        report.file(f"{name}/maps.pt", buf.getvalue())
+        info = {"image": name, "source": sources[i] if sources is not None else name,
+                "top5": [{"class": c, "probability": p} for c, p in run.top.labels(i)],
+                "methods": {k: summary(e, faith.get(k), i) for k, e in ok.items()},
+                "skipped": dict(run.failures)}
+        report.file(f"{name}/explanation.json", json.dumps(info, indent=2, default=str))
+        sec.data(name, info)
+    return sec

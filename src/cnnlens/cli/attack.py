@@ -312,6 +312,6 @@ def robustness(
 
 
 def _fig_png(fig) -> bytes:
-    from ..report import _png_bytes
+    from ..report import png_bytes
 
-    return _png_bytes(fig)
+    return png_bytes(fig)

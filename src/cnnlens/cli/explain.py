@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import html
-import io
-import json
 from pathlib import Path
 from typing import List, Optional
 
@@ -70,52 +67,6 @@ def _baseline(text: str):
     if not 0 <= v <= 1:
         raise UserError(f"--baseline {text!r}: a pixel value is in [0, 1]")
     return v
-
-
-def _png(fig) -> bytes:
-    from ..report import _png_bytes
-
-    return _png_bytes(fig)
-
-
-def explain_intro(ok: dict, faithfulness: bool, n: int, baseline: str = "blur") -> str:
-    """What the page shows, then one paragraph per method that ran (never a method that did not)."""
-    from ..attribution.report import FAITH_INTRO, method_note
-    from ..registry import intro_of
-
-    head = (f"<p>Why did the model predict what it did? Each method below turns the prediction for each of the {n} "
-            "image(s) into a map over the pixels; they answer different questions, so they are shown side by side.</p>")
-    body = "".join(f"<p>{intro_of(k)}</p>" + method_note(k, e) for k, e in ok.items())
-    what = {"blur": "a blurred copy", "grey": "grey", "gray": "grey", "black": "black", "white": "white"}.get(
-        str(baseline).strip().lower(), f"the value {baseline}")
-    text = FAITH_INTRO.split(" <i>Model randomisation</i>")[0].replace("by a blurred copy", f"by {what}").replace(
-        "start from the blurred image", "start from the image with every pixel removed")
-    faith = f"<p>{text}</p>" if faithfulness else ""
-    return head + body + faith
-
-
-def explain_settings(model: str, target: str, chosen: list, ok: dict, layer, shared: bool, steps: int,
-                     baseline: str, n: int) -> dict:
-    """The settings that ran: the layer each CAM-family method read (named, also when chosen automatically),
-    each method's own settings as it ran, the faithfulness curves."""
-    from ..registry import lookup
-    from ..registry import title_of
-    from ..report import show_setting
-
-    out = {"model": model, "images": n, "target": target, "methods": ", ".join(title_of(k) for k in chosen)}
-    layers = {k: e.layer for k, e in ok.items() if (lookup(k) and lookup(k).layered) and e.layer}
-    if layers:
-        used = sorted(set(layers.values()))
-        how = "given with --layer" if layer else "chosen automatically: the last spatial layer"
-        out["layer"] = (used[0] if len(used) == 1 else
-                        ", ".join(f"{title_of(k)}: {v}" for k, v in layers.items())) + f" ({how})"
-    for k, e in ok.items():
-        shown = {a: b for a, b in e.settings.items() if a not in ("layer",)}
-        if shown:
-            out[title_of(k)] = ", ".join(f"{a}={show_setting(b)}" for a, b in shown.items())
-    out["scale"] = "shared (each map divided by its largest |value|)" if shared else "each map in its own units"
-    out["faithfulness"] = f"deletion/insertion, {steps} steps, baseline {baseline}" if steps > 0 else "not computed"
-    return out
 
 
 def _selection(model, ds, misclassified: bool, true_class, confused, n: int) -> list[int]:
@@ -195,22 +146,49 @@ def explain(
     <image>/explanation.json (settings, classes, faithfulness) and <image>/maps.pt (the maps as tensors);
     plus index.html and results.json.
     """
-    import torch
     from rich.console import Console
 
-    from ..results import Explanation
-    from ..attribution.report import GUIDED_NOTE, run_methods, score_all, summary
-    from ..figures.attribution import (GUIDED, class_means_figure, grid_figure, images_by_methods_figure,
-                                       overlay_figure)
+    from ..attribution.explain import explain_images
+    from ..attribution.report import add_explain_section
     from ..registry import title_of
-    from ..data import read_images
-    from ..evaluation import predict_topk
-    from ..figures.evaluation import topk_figure
-    from ..tap import LayerTap
-    from ..viz import show_image, subplots
 
     chosen = parse_methods(methods)
-    _baseline(baseline)  # check before loading anything
+    base = _baseline(baseline)  # check before loading anything
+    _check_captum(chosen)
+    out = out_dir(out, force, images, weights)
+    m = load_model_from_options(model, weights, pretrained, trust_pickle, device)
+    if layer is not None:
+        from ..tap import resolve_layer
+
+        layer = resolve_layer(m, layer)[0]  # a named layer must exist: one clear error, before any work
+    x, names, sources = _inputs(m, images, data, n_images, misclassified, true_class, confused)
+    settings = {"occlusion": {k: v for k, v in (("window", window), ("stride", stride)) if v is not None},
+                "augmented_gradcam": {"augmentations": augmentations}}
+    n = len(names)
+    total = n * len(chosen) * (2 if faithfulness_steps > 0 else 1)  # one image × one method, (× faithfulness)
+    with progress_bar(f"explaining {n} image(s) × {len(chosen)} method(s)", total=total) as update:
+        run = explain_images(m, x, chosen, target, names=names, layer=layer, settings=settings,
+                             faithfulness_steps=faithfulness_steps, baseline=base,
+                             progress=lambda stage, done, t: update(done, t))
+    for k, e in run.failures.items():
+        console.print(f"[yellow]{k.replace('_', '-')} skipped:[/] {e}", highlight=False)
+    rep = new_report(f"cnnlens explain: {model}", f"{n} image(s), target {target}, "
+                     f"{len(run.explanations)} method(s).", m)
+    add_explain_section(rep, run, model=model, shared=shared_scale, sources=sources)
+    stdout = Console()
+    for i, name in enumerate(names):
+        c = int(next(iter(run.explanations.values())).classes[i])
+        cname = run.class_names[c] if run.class_names and c < len(run.class_names) else str(c)
+        stdout.print(f"{name}: {cname}  " + "  ".join(
+            f"{title_of(k)} del {float(f.deletion_auc[i]):.3f}/ins {float(f.insertion_auc[i]):.3f}"
+            for k, f in run.faithfulness.items()), highlight=False)
+    index = out.write(rep)
+    console.print(f"wrote {index.parent}: per image original.png, <method>.png, top5.png, grid.png, "
+                  "explanation.json, maps.pt; index.html", highlight=False)
+
+
+def _check_captum(chosen: list[str]) -> None:
+    """Each ``captum:<Class>`` names a Captum class (and Captum is installed): one line before any work."""
     if any(k.startswith("captum:") for k in chosen):
         from ..attribution.bridge import captum_class
 
@@ -220,12 +198,14 @@ def explain(
                     captum_class(k.split(":", 1)[1])
         except (ImportError, ValueError, TypeError) as e:
             raise UserError(f"--methods: {e}") from None
-    out = out_dir(out, force, images, weights)
-    m = load_model_from_options(model, weights, pretrained, trust_pickle, device)
-    if layer is not None:
-        from ..tap import resolve_layer
 
-        layer = resolve_layer(m, layer)[0]  # a named layer must exist: one clear error, before any work
+
+def _inputs(m, images, data, n_images: int, misclassified: bool, true_class, confused):
+    """The images to explain on the model's device, their names and sources: files/folders, or --data."""
+    import torch
+
+    from ..data import read_images
+
     dev = next((p.device for p in m.parameters()), torch.device("cpu"))
     if images and (misclassified or true_class is not None or confused is not None):
         raise UserError("--misclassified, --class and --confused select from --data; give --data D instead of files")
@@ -234,103 +214,14 @@ def explain(
                         "not both")
     if images:
         loaded = read_images(list(images), m)
-        x, names, sources = loaded.images.to(dev), list(loaded.names), list(loaded.sources)
-    else:
-        from ..data import as_dataset
-        from .common import names_from_data
+        return loaded.images.to(dev), list(loaded.names), list(loaded.sources)
+    from ..data import as_dataset
+    from .common import names_from_data
 
-        ds = as_dataset(data, m)
-        names_from_data(m, ds)
-        picked = _selection(m, ds, misclassified, true_class, confused, n_images)
-        items = [ds[i] for i in picked]
-        x = torch.stack([torch.as_tensor(a) for a, _ in items]).to(dev)
-        names = [f"{i}" if int(y) < 0 else f"{i}-label-{int(y)}" for i, (_, y) in zip(picked, items)]
-        sources = [f"{data}[{i}]" for i in picked]
-    class_names = list(getattr(getattr(m, "spec", None), "class_names", ()) or ()) or None
-    settings = {"occlusion": {k: v for k, v in (("window", window), ("stride", stride)) if v is not None},
-                "augmented_gradcam": {"augmentations": augmentations}}
-    n = len(names)
-    steps = 2 if faithfulness_steps > 0 else 1  # each method, then its deletion/insertion curves
-    total = n * len(chosen) * steps  # units: one image × one method (× map, then faithfulness)
-    with progress_bar(f"explaining {n} image(s) × {len(chosen)} method(s)", total=total) as update:
-        expls = run_methods(m, x, chosen, target=target, layer=layer, settings=settings,
-                            progress=lambda name, d, t: update(d * n, total))
-        update(len(chosen) * n, total)
-        failed = {k: e for k, e in expls.items() if not isinstance(e, Explanation)}
-        if len(failed) == len(chosen):
-            raise UserError(f"no method applies: {next(iter(failed.values()))}")
-        for k, e in failed.items():
-            console.print(f"[yellow]{k.replace('_', '-')} skipped:[/] {e}", highlight=False)
-        faith = score_all(m, x, expls, steps=faithfulness_steps, baseline=_baseline(baseline),
-                          progress=lambda name, d, t: update((len(chosen) + d) * n, total)) \
-            if faithfulness_steps > 0 else {}
-        update(total, total)
-    with LayerTap(m) as tap, torch.no_grad():
-        num_classes = tap.run(x[:1]).shape[1]
-    top = predict_topk(m, x, k=min(5, num_classes))
-    ok = {k: e for k, e in expls.items() if isinstance(e, Explanation)}
-    rep = new_report(f"cnnlens explain: {model}", f"{n} image(s), target {target}, {len(ok)} method(s).", m)
-    sec = rep.section("Explanations", intro=explain_intro(ok, faithfulness_steps > 0, n, baseline),
-                      settings=explain_settings(model, target, chosen, ok, layer, shared_scale, faithfulness_steps,
-                                                baseline, n))
-    for k, e in failed.items():
-        sec.text(f"<p><i>{title_of(k)} skipped: {html.escape(str(e))}</i></p>")
-    per_fig = 4
-    for part in range(0, n, per_fig):
-        rows = list(range(part, min(n, part + per_fig)))
-        fig = images_by_methods_figure(x.cpu(), names, ok, faith, rows=rows, shared=shared_scale,
-                                       class_names=class_names)
-        label = f"images {rows[0] + 1}–{rows[-1] + 1} of {n}" if n > per_fig else f"{n} image(s)"
-        sec.figure(_png(fig), f"One row per image ({label}), one column per method: each map over its image with "
-                   "its colour bar (signed maps: blue–white–red centred on 0; non-negative maps: one dark-to-bright "
-                   "scale)" + ("; under each title the deletion AUC (↓) and insertion AUC (↑)" if faith else "")
-                   + (". The last column is occlusion's probability map." if "occlusion" in ok else "."),
-                   name=f"explain-grid-{part // per_fig}")
-    if any(k in GUIDED for k in ok):
-        sec.text(GUIDED_NOTE)
-    if n > 1:
-        fig, counts = class_means_figure(ok, class_names)
-        sec.figure(_png(fig), "Mean map per explained class (rows; the number of images in brackets) and method "
-                   "(columns): where the model looks on average for each class among these images.",
-                   name="explain-class-means")
-        sec.data("class_means", counts)
-    if faith:
-        header = ["image", "explained class"] + [f"{title_of(k)} del / ins" for k in faith]
-        table = []
-        for i, name in enumerate(names):
-            cls = int(next(iter(ok.values())).classes[i])
-            table.append([name, class_names[cls] if class_names and cls < len(class_names) else str(cls)] +
-                         [f"{float(f.deletion_auc[i]):.3f} / {float(f.insertion_auc[i]):.3f}" for f in faith.values()])
-        table.append([f"mean over {n} image(s)", ""] + [
-            f"{float(f.deletion_auc.mean()):.3f} / {float(f.insertion_auc.mean()):.3f}" for f in faith.values()])
-        sec.table(table, header=header, caption="Deletion AUC (lower is better) / insertion AUC (higher is better) "
-                                                "per image and method; the last row is the mean over the images.")
-    sec.gallery([(topk_figure(x[i], top.labels(i), name), name) for i, name in enumerate(names)],
-                caption="Top-5 predictions of each image.", width=420)
-    stdout = Console()
-    for i, name in enumerate(names):
-        cls0 = int(next(iter(ok.values())).classes[i])
-        cname = class_names[cls0] if class_names and cls0 < len(class_names) else str(cls0)
-        grid = grid_figure(x[i], name, ok, i, faith, shared=shared_scale, caption_top=f"explained: {cname}")
-        rep.file(f"{name}/grid.png", _png(grid))
-        fig, ax = subplots(figsize=(3, 3))
-        show_image(ax, x[i], name)
-        rep.file(f"{name}/original.png", _png(fig))
-        for k, e in ok.items():
-            rep.file(f"{name}/{k.replace('_', '-')}.png", _png(overlay_figure(x[i], e, i, shared=shared_scale)))
-        rep.file(f"{name}/top5.png", _png(topk_figure(x[i], top.labels(i), name)))
-        buf = io.BytesIO()
-        torch.save({k: e.maps[i].clone() for k, e in ok.items()}, buf)
-        rep.file(f"{name}/maps.pt", buf.getvalue())
-        info = {"image": name, "source": sources[i],
-                "top5": [{"class": c, "probability": p} for c, p in top.labels(i)],
-                "methods": {k: summary(e, faith.get(k), i) for k, e in ok.items()},
-                "skipped": {k: str(e) for k, e in failed.items()}}
-        rep.file(f"{name}/explanation.json", json.dumps(info, indent=2, default=str))
-        sec.data(name, info)
-        stdout.print(f"{name}: {cname}  " + "  ".join(
-            f"{title_of(k)} del {float(f.deletion_auc[i]):.3f}/ins {float(f.insertion_auc[i]):.3f}" for k, f in faith.items()),
-            highlight=False)
-    index = out.write(rep)
-    console.print(f"wrote {index.parent}: per image original.png, <method>.png, top5.png, grid.png, "
-                  "explanation.json, maps.pt; index.html", highlight=False)
+    ds = as_dataset(data, m)
+    names_from_data(m, ds)
+    picked = _selection(m, ds, misclassified, true_class, confused, n_images)
+    items = [ds[i] for i in picked]
+    x = torch.stack([torch.as_tensor(a) for a, _ in items]).to(dev)
+    names = [f"{i}" if int(y) < 0 else f"{i}-label-{int(y)}" for i, (_, y) in zip(picked, items)]
+    return x, names, [f"{data}[{i}]" for i in picked]

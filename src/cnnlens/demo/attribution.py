@@ -9,8 +9,8 @@ import time
 
 import torch
 
-from ..attribution.report import (FAITH_INTRO, GUIDED_NOTE, faith_table, method_note, run_methods, score_all,
-                                  summary)
+from ..attribution.explain import run_methods, score_all
+from ..attribution.report import FAITH_INTRO, GUIDED_NOTE, faith_table, method_note, summary
 from ..figures.attribution import GUIDED, augmented_figure, curves_figure, method_figure
 from ..registry import intro_of, title_of
 from ..results import Explanation

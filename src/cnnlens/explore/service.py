@@ -101,9 +101,9 @@ def _scaled(report: Callable[[float], None], lo: float = 0.0, span: float = 1.0)
 
 
 def _png(fig) -> bytes:
-    from ..report import _png_bytes
+    from ..report import png_bytes
 
-    return _png_bytes(fig)
+    return png_bytes(fig)
 
 
 def decode_upload(data: bytes, model: nn.Module) -> torch.Tensor:
