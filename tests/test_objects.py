@@ -121,3 +121,21 @@ def test_leaderboard_columns_equal_the_metrics_and_masks_give_the_same_boxes(unt
     # given as masks (the boxes' rectangles), the box cut is scored against the masks' tight boxes: the same
     lb2 = metrics.benchmark(model, x, y=y, masks=ds.masks[:n], methods=["cam"], metrics=keys[:2])
     assert torch.equal(lb2.scores["cam"]["localisation_iou"], lb.scores["cam"]["localisation_iou"])
+
+
+def test_the_leaderboard_keeps_what_each_map_became_and_its_figure_draws_it():
+    model = cnnlens.load_model("cluttered-digits-cnn")
+    ds = cluttered_digits("test")
+    n = 3
+    lb = metrics.benchmark(model, ds.x[:n], y=ds.y[:n], boxes=ds.boxes[:n], objects=ds.ink[:n], methods=["gradcam"],
+                           metrics=["localisation_accuracy", "segmentation_iou"], keep=2)
+    e = attribution.gradcam(model, ds.x[:n], target="true", y=ds.y[:n])
+    assert torch.equal(lb.objects["gradcam"]["boxes"], metrics.box_from_map(e)[:2])
+    assert torch.equal(lb.objects["gradcam"]["masks"], attribution.segment(e, ds.x[:n])[:2])
+    from cnnlens.figures.metrics import examples_figure
+
+    fig = examples_figure(lb, ds.x[:2], ds.boxes[:2])
+    ax = fig.axes[0]
+    styles = [(p.get_edgecolor()[:3], p.get_linestyle()) for p in ax.patches]
+    assert ((1.0, 1.0, 1.0), "solid") in styles and ((1.0, 1.0, 0.0), "--") in styles
+    assert len(ax.collections) >= 1 or any("Contour" in type(a).__name__ for a in ax.get_children())

@@ -142,7 +142,9 @@ def benchmark(
     if lb.examples:
         names = getattr(m.spec, "class_names", None)
         figs.append((examples_figure(lb, x[:4].cpu(), b[:4] if b is not None else None, names),
-                     "Each method's map (|value|) on the first images, the ground-truth box in white."))
+                     "Each method's map (|value|) on the first images, the ground-truth box in white; where "
+                     "scored, the box cut from the map (Zhou et al. 2016) dashed yellow and the outline of "
+                     "the map-seeded GrabCut mask (Simonyan et al. 2014) in cyan."))
     leaderboard_section(rep, lb, settings=settings, figures=figs)
     rep.file("leaderboard.csv", lb.csv())
     rep.file("leaderboard.json", json.dumps(lb.to_dict(), indent=2))

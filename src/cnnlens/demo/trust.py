@@ -39,7 +39,9 @@ def demo_section(report, ctx) -> None:
                 "seconds (leaderboard)": round(time.perf_counter() - t0, 1)}
     sec = leaderboard_section(report, lb, settings=settings,
                               figures=[(fig, "Each method's map (|value|) on four held-out cluttered digits; the "
-                                             "digit's box in white. The clutter is fragments of other digits.")])
+                                             "digit's box in white, the box cut from the map dashed yellow, the "
+                                             "GrabCut mask's outline cyan. The clutter is fragments of other "
+                                             "digits.")])
     sec.text("<p>The test bed: <code>cnnlens.data.cluttered_digits()</code> puts one of scikit-learn's digits "
              "(upsampled to 24×24) at a random place on a 64×64 canvas among fragments of other digits and noise; "
              "the label is that digit and its box is known, so a map can be scored against where the evidence "

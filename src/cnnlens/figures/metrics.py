@@ -18,7 +18,9 @@ if TYPE_CHECKING:
 
 
 def examples_figure(lb: Leaderboard, images, boxes=None, class_names=None):
-    """Each method's maps (rows) over the first images (columns), the ground-truth box drawn in white."""
+    """Each method's maps (rows) over the first images (columns), the ground-truth box drawn in white; where
+    the leaderboard scored them, the box cut from the map (Zhou et al. 2016) dashed in yellow and the outline
+    of the map-seeded GrabCut mask (Simonyan et al. 2014) in cyan."""
     k = min(len(images), min(len(v) for v in lb.examples.values()))
     fig, axes = subplots(len(lb.methods), k, figsize=(1.9 * k, 1.9 * len(lb.methods)), squeeze=False)
     for r, m in enumerate(lb.methods):
@@ -28,6 +30,13 @@ def examples_figure(lb: Leaderboard, images, boxes=None, class_names=None):
             if boxes is not None:
                 x0, y0, x1, y1 = (float(v) for v in boxes[c])
                 ax.add_patch(Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False, ec="white", lw=1.2))
+            got = getattr(lb, "objects", {}).get(m, {})
+            if "masks" in got and bool(got["masks"][c].any()):
+                ax.contour(got["masks"][c].float().numpy(), levels=[0.5], colors="cyan", linewidths=0.8)
+            if "boxes" in got and bool((got["boxes"][c, 2:] > got["boxes"][c, :2]).all()):
+                x0, y0, x1, y1 = (float(v) for v in got["boxes"][c])
+                ax.add_patch(Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False, ec="yellow", lw=1.0,
+                                       ls="--"))
             if c == 0:
                 ax.text(-0.05, 0.5, m, transform=ax.transAxes, ha="right", va="center", fontsize=9)
                 if m in GUIDED:

@@ -77,7 +77,9 @@ class Leaderboard(Result):
     ``scores[method][metric]``: N float64 per-map scores (NaN where undefined);
     ``aggregates[method][metric]``: :class:`Aggregate`; seconds_per_map[method]: wall time of the
     method's call / N (on a shared machine, a rough figure); higher_is_better[metric];
-    examples[method]: the maps of the first ``keep`` images (for figures).
+    examples[method]: the maps of the first ``keep`` images (for figures); objects[method]: for those images,
+    ``"boxes"`` cut from the maps (keep×4, when a box metric ran) and ``"masks"`` segmented by GrabCut
+    (keep×H×W, when segmentation_iou ran).
     """
 
     methods: list
@@ -89,6 +91,7 @@ class Leaderboard(Result):
     n: int
     settings: dict = dataclasses.field(default_factory=dict)
     examples: dict = dataclasses.field(default_factory=dict)
+    objects: dict = dataclasses.field(default_factory=dict)
 
     def rows(self) -> list[dict]:
         """One dict per (method, metric): mean, low, high, n, seconds per map — the CSV's rows."""
@@ -193,6 +196,7 @@ def benchmark(model: nn.Module, x: torch.Tensor, *, y: torch.Tensor | None = Non
     scores: dict = {}
     seconds: dict = {}
     examples: dict = {}
+    kept: dict = {}  # what each map became (boxes, masks) on the first `keep` images
     for name in method_names:
         fn = attribution.METHODS[name]
         st = msets.get(name, {})
@@ -206,7 +210,11 @@ def benchmark(model: nn.Module, x: torch.Tensor, *, y: torch.Tensor | None = Non
         examples[name] = e.maps[:keep].clone()
         row = {}
         for k in wanted:
-            row[k] = _score(k, model, x, e, classes, name, st, truth, ksets.get(k, {})).scores
+            r = _score(k, model, x, e, classes, name, st, truth, ksets.get(k, {}))
+            row[k] = r.scores
+            for what in ("boxes", "masks"):  # what the map became, kept for the figure
+                if what in r.extras:
+                    kept.setdefault(name, {})[what] = r.extras[what][:keep].clone()
             done += 1
             if progress:
                 progress(done, total)
@@ -218,7 +226,7 @@ def benchmark(model: nn.Module, x: torch.Tensor, *, y: torch.Tensor | None = Non
                 "methods": {m: msets.get(m, {}) for m in method_names}, "ground_truth": has_truth}
     return Leaderboard(methods=method_names, metrics=wanted, scores=scores, aggregates=aggs,
                        seconds_per_map=seconds, higher_is_better={k: METRICS[k][0] for k in wanted}, n=n,
-                       settings=settings, examples=examples)
+                       settings=settings, examples=examples, objects=kept)
 
 
 def _has_opencv() -> bool:
