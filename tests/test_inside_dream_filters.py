@@ -80,7 +80,7 @@ def test_feature_maps_are_the_layer_output(untouched):
 
 
 def test_mosaic_places_tiles():
-    from cnnlens.inside._plot import mosaic
+    from cnnlens.figures.inside import mosaic
 
     t = torch.arange(5 * 2 * 2, dtype=torch.float32).view(5, 1, 2, 2) / 20
     m = mosaic(t, ncols=2, pad=1, pad_value=1.0)

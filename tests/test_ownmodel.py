@@ -180,7 +180,7 @@ def test_a_subset_of_1000_classes_shows_the_present_ones(run_cli, tmp_path, unto
 
 def test_neuron_stats_class_means_show_only_present_classes(tmp_path, untouched):
     from cnnlens.inside import neuron_stats
-    from cnnlens.inside.report import class_mean_figure
+    from cnnlens.figures.inside import class_mean_figure
 
     root = _classes(tmp_path / "wn", ["n02124075", "n01440764"])
     m = untouched(cnnlens.load_model("test_ownmodel:gap1000", input_size=16))

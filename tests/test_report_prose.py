@@ -187,7 +187,7 @@ def test_search_names_channels_that_never_fire(run_cli, tmp_path):
 
 
 def test_patches_are_upsampled_nearest_neighbour():
-    from cnnlens.inside._plot import mosaic
+    from cnnlens.figures.inside import mosaic
 
     tile = torch.arange(9, dtype=torch.float32).view(1, 1, 3, 3) / 8
     img = mosaic(tile, 1, tile=63, pad=0)

@@ -48,7 +48,7 @@ def signed_tile(r: torch.Tensor, side: int = 128):
 
 def patch_grid(crops: torch.Tensor, ncols: int = 3, tile: int = 48, pad: int = 2):
     """k×C×h×w patches as one PIL mosaic, ``ncols`` per row, each ``tile`` px on its longer side."""
-    from .inside._plot import mosaic
+    from .figures.inside import mosaic
 
     return to_pil(mosaic(crops.detach().float().cpu(), ncols, tile=tile, pad=pad, pad_value=1.0))
 
@@ -75,7 +75,7 @@ def heat_tiles(images: torch.Tensor, maps: torch.Tensor, side: int = 96, alpha: 
 
 def maps_image(images: torch.Tensor, maps: torch.Tensor, ncols: int = 9, side: int = 96):
     """Whole images with a unit's activation map over each (one colour scale), as one PIL mosaic."""
-    from .inside._plot import mosaic
+    from .figures.inside import mosaic
 
     return to_pil(mosaic(heat_tiles(images, maps, side), ncols, pad=3, pad_value=1.0))
 
@@ -172,7 +172,7 @@ def projections_image(crops: torch.Tensor, deconv: torch.Tensor | None, guided: 
                       tile: int = 72):
     """Rows (as one PIL mosaic): the top patches, their deconvnet projections, their guided backprop
     (signed, grey = 0), each cropped to the unit's receptive field."""
-    from .inside._plot import mosaic
+    from .figures.inside import mosaic
 
     rows = [crops.float()]
     for t in (deconv, guided):

@@ -38,7 +38,7 @@ class Filters(Result):
 
     def figure(self, max_filters: int = 64, max_inputs: int = 16, ncols: int = 16, tile: int = 24):
         """RGB: one tile per filter; grey: one row per filter, one tile per input channel."""
-        from ._plot import mosaic_figure
+        from ..figures.inside import mosaic_figure
 
         n = min(max_filters, self.tiles.shape[0])
         title = f"{self.layer}: {tuple(self.weights.shape)}"
@@ -89,7 +89,7 @@ class FeatureMaps(Result):
                ncols: int = 8, tile: int = 48, image: torch.Tensor | None = None):
         """Each channel's map for one image, min–max scaled per map (an inactive map is black), next to the input."""
         from ..viz import show_image, subplots
-        from ._plot import mosaic
+        from ..figures.inside import mosaic
 
         a = self.activations[sample]
         chans = list(channels) if channels is not None else list(range(min(max_channels, a.shape[0])))

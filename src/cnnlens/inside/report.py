@@ -12,6 +12,8 @@ from typing import Sequence
 
 import torch
 
+from ..figures.inside import class_mean_figure, deconv_figure
+
 log = logging.getLogger(__name__)
 
 #: short introductions to each method, shown above its results
@@ -225,25 +227,6 @@ def add_search(sec, r, class_names=None, channels: Sequence[int] | None = None, 
     return img
 
 
-def class_mean_figure(st, class_names=None, channels=None):
-    from ..viz import subplots
-
-    present = [k for k in range(st.class_mean.shape[0]) if int(st.class_count[k]) > 0] or \
-        list(range(st.class_mean.shape[0]))  # only the classes that occur in the data
-    cm = st.class_mean[present] if channels is None else st.class_mean[present][:, list(channels)]
-    fig, ax = subplots(figsize=(min(14, 1.5 + 0.18 * cm.shape[1]), 0.3 * cm.shape[0] + 1.2))
-    im = ax.imshow(cm.numpy(), aspect="auto", cmap="viridis")
-    ax.set_yticks(range(cm.shape[0]))
-    ax.set_yticklabels([class_names[k] if class_names and k < len(class_names) else str(k) for k in present],
-                       fontsize=7)
-    ax.set_xlabel(f"channel of {st.layer}")
-    ax.set_ylabel("class")
-    ax.figure.colorbar(im, ax=ax, fraction=0.03, pad=0.02)
-    ax.set_title("mean activation per class", fontsize=9)
-    fig.tight_layout()
-    return fig
-
-
 def add_stats(sec, st, class_names=None, channels: Sequence[int] | None = None) -> list[bytes]:
     chans = list(channels) if channels is not None else list(range(min(16, len(st.mean))))
     a = png(st.figure(channels=chans))
@@ -310,26 +293,6 @@ def add_tcav(sec, r) -> bytes:
                       + "; CAV accuracy: the linear classifier on its held-out third")
     sec.data(f"tcav {r.layer}", r.to_dict())
     return img
-
-
-def deconv_figure(x, projections, guided=None, labels=None):
-    """Rows: images; columns: input, then per channel the deconvnet projection (and guided backprop)."""
-    from ..viz import show_image, subplots
-
-    n = x.shape[0]
-    per = 2 if guided is not None else 1
-    cols = 1 + per * len(projections)
-    fig, axes = subplots(n, cols, figsize=(1.3 * cols, 1.35 * n + 0.3), squeeze=False)
-    for i in range(n):
-        show_image(axes[i, 0], x[i], labels[i] if labels else "input")
-        for j, p in enumerate(projections):
-            show_image(axes[i, 1 + per * j], p.normalized()[i], f"deconv ch {p.channel}" if i == 0 else None)
-            if guided is not None:
-                g = guided[j][i]
-                m = g.abs().max().clamp_min(1e-12)
-                show_image(axes[i, 2 + per * j], (0.5 + g / (2 * m)).clamp(0, 1), "guided bp ⚠" if i == 0 else None)
-    fig.tight_layout()
-    return fig
 
 
 def guided_for(model, x, p) -> torch.Tensor | None:

@@ -109,7 +109,7 @@ class SearchResult(Result):
 
         ``data``: the searched dataset, for a search that kept no patches. Patches are upsampled
         nearest-neighbour to ``tile`` px (a 3×3 field stays a visible 3×3 block)."""
-        from ._plot import mosaic_figure
+        from ..figures.inside import mosaic_figure
 
         chans = list(channels) if channels is not None else list(self.channels)
         n = min(n or self.k, self.k)

@@ -1,4 +1,5 @@
-"""Mosaic figures: many small tiles in one image (one matplotlib axes, so large grids stay fast)."""
+"""Inside the network drawn: mosaics (many small tiles in one image, one matplotlib axes, so large grids stay
+fast), class means of neuron statistics, deconvnet projections."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ from typing import Sequence
 
 import torch
 import torch.nn.functional as F
+
+from ..viz import show_image, subplots
 
 
 def mosaic(tiles: torch.Tensor, ncols: int, tile: int | None = None, pad: int = 2, pad_value: float = 1.0,
@@ -34,8 +37,6 @@ def mosaic_figure(tiles: torch.Tensor, ncols: int, *, tile: int = 32, labels: Se
                   row_labels: Sequence[str] | None = None, title: str | None = None, scale: float = 1 / 36,
                   fontsize: float = 6.0, cmap: str | None = None):
     """A figure of ``mosaic(tiles)`` with an optional label above each tile and at the left of each row."""
-    from ..viz import subplots
-
     pad, top = 2, (10 if labels else 0)
     img = mosaic(tiles, ncols, tile=tile, pad=pad, top=top)
     c, H, W = img.shape
@@ -55,5 +56,41 @@ def mosaic_figure(tiles: torch.Tensor, ncols: int, *, tile: int = 32, labels: Se
             ax.text(-2, pad + top + r * (th + pad + top) + th / 2, lab, ha="right", va="center", fontsize=fontsize + 1)
     if title:
         ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def class_mean_figure(st, class_names=None, channels=None):
+    """Each class's mean activation per channel (a :class:`~cnnlens.inside.NeuronStats`) as a heat map."""
+    present = [k for k in range(st.class_mean.shape[0]) if int(st.class_count[k]) > 0] or \
+        list(range(st.class_mean.shape[0]))  # only the classes that occur in the data
+    cm = st.class_mean[present] if channels is None else st.class_mean[present][:, list(channels)]
+    fig, ax = subplots(figsize=(min(14, 1.5 + 0.18 * cm.shape[1]), 0.3 * cm.shape[0] + 1.2))
+    im = ax.imshow(cm.numpy(), aspect="auto", cmap="viridis")
+    ax.set_yticks(range(cm.shape[0]))
+    ax.set_yticklabels([class_names[k] if class_names and k < len(class_names) else str(k) for k in present],
+                       fontsize=7)
+    ax.set_xlabel(f"channel of {st.layer}")
+    ax.set_ylabel("class")
+    ax.figure.colorbar(im, ax=ax, fraction=0.03, pad=0.02)
+    ax.set_title("mean activation per class", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def deconv_figure(x, projections, guided=None, labels=None):
+    """Rows: images; columns: input, then per channel the deconvnet projection (and guided backprop)."""
+    n = x.shape[0]
+    per = 2 if guided is not None else 1
+    cols = 1 + per * len(projections)
+    fig, axes = subplots(n, cols, figsize=(1.3 * cols, 1.35 * n + 0.3), squeeze=False)
+    for i in range(n):
+        show_image(axes[i, 0], x[i], labels[i] if labels else "input")
+        for j, p in enumerate(projections):
+            show_image(axes[i, 1 + per * j], p.normalized()[i], f"deconv ch {p.channel}" if i == 0 else None)
+            if guided is not None:
+                g = guided[j][i]
+                m = g.abs().max().clamp_min(1e-12)
+                show_image(axes[i, 2 + per * j], (0.5 + g / (2 * m)).clamp(0, 1), "guided bp ⚠" if i == 0 else None)
     fig.tight_layout()
     return fig
