@@ -95,3 +95,14 @@ def test_dir_and_lazy_submodules():
             "assert set(cnnlens.__all__) <= set(d)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
+
+
+def test_no_pyplot_and_no_backend_switch_in_the_library():
+    import re
+    from pathlib import Path
+
+    src = Path(__file__).resolve().parents[1] / "src" / "cnnlens"
+    bad = [f"{p.relative_to(src)}:{i}" for p in src.rglob("*.py")
+           for i, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1)
+           if re.search(r"matplotlib\.use\(|import matplotlib\.pyplot|from matplotlib import pyplot|\bplt\.", line)]
+    assert bad == [], "draw on matplotlib.figure.Figure (cnnlens.viz.subplots), never pyplot: " + ", ".join(bad)
