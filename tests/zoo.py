@@ -19,8 +19,8 @@ References (all independent of cnnlens' code paths):
   (correlation of the maps: pytorch-grad-cam scales each map to [0, 1]); CAM against pytorch-grad-cam's Grad-CAM
   (equal up to scale on a GAP + linear head); Grad-CAM++ by hand in float64 (pytorch-grad-cam's ε = 1e-7 dominates
   where gradients are small); guided Grad-CAM: the guided reference times Grad-CAM by hand in float64;
-* Ablation-CAM and Score-CAM: the channel ablations / masked inputs run by hand on the float64 copy (where the
-  layer has at most :data:`HAND_CHANNELS` channels);
+* Ablation-CAM and Score-CAM: the channel ablations / masked inputs run by hand on the float64 copy, in the layer's
+  own layout (where the layer has at most :data:`HAND_CHANNELS` channels);
 * Eigen-CAM, augmented Grad-CAM: no peer computes them the same way; checked finite, and for side effects.
 """
 
@@ -510,30 +510,42 @@ def gradcam_pp_reference(arch: Arch, model, x, layer, classes, plus: bool = True
     return (w[:, :, None, None] * A).sum(1).clamp_min(0)
 
 
+def _grid(arch: Arch, A: torch.Tensor) -> torch.Tensor:
+    t = reshape_for(arch)
+    return A if t is None else t(A)
+
+
 @torch.no_grad()
-def ablation_reference(model, x, layer, classes) -> torch.Tensor:
-    """ReLU(Σ_k w_k A_k), w_k = (y_c − y_c with channel k zeroed) / y_c, at the layer's grid (N×h×w)."""
+def ablation_reference(arch: Arch, model, x, layer, classes) -> torch.Tensor:
+    """ReLU(Σ_k w_k A_k), w_k = (y_c − y_c with channel k zeroed) / y_c, at the layer's grid (N×h×w); channel k
+    zeroed in the layer's own layout (patch tokens only for a token layer)."""
     x = x.double()
     y, A = layer_output(model, x, layer)
     yc = y.gather(1, classes.view(-1, 1)).squeeze(1)
-    w = torch.empty(A.shape[:2], dtype=torch.float64)
-    for k in range(A.shape[1]):
+    C = _grid(arch, A).shape[1]
+    w = torch.empty(A.shape[0], C, dtype=torch.float64)
+    for k in range(C):
         def zero(o, k=k):
             o = o.clone()
-            o[:, k] = 0
+            if arch.layout == "nhwc":
+                o[..., k] = 0
+            elif arch.layout == "tokens":
+                o[:, arch.prefix:, k] = 0
+            else:
+                o[:, k] = 0
             return o
 
         yk, _ = layer_output(model, x, layer, zero)
         w[:, k] = (yc - yk.gather(1, classes.view(-1, 1)).squeeze(1)) / yc
-    return (w[:, :, None, None] * A).sum(1).clamp_min(0)
+    return (w[:, :, None, None] * _grid(arch, A)).sum(1).clamp_min(0)
 
 
 @torch.no_grad()
-def score_reference(model, x, layer, classes) -> torch.Tensor:
+def score_reference(arch: Arch, model, x, layer, classes) -> torch.Tensor:
     """ReLU(Σ_k w_k A_k), w = softmax_k y_c(x ⊙ M_k), M_k = A_k upsampled (bilinear, corners aligned as in
     pytorch-grad-cam's ScoreCAM) and min-max scaled."""
     x = x.double()
-    _, A = layer_output(model, x, layer)
+    A = _grid(arch, layer_output(model, x, layer)[1])
     M = F.interpolate(A, size=x.shape[-2:], mode="bilinear", align_corners=True)  # as pytorch-grad-cam's ScoreCAM
     lo, hi = M.amin((2, 3), keepdim=True), M.amax((2, 3), keepdim=True)
     M = torch.where(hi > lo, (M - lo) / (hi - lo).clamp_min(1e-300), torch.zeros_like(M))
@@ -639,11 +651,11 @@ def evaluate(p: Prepared, method: str) -> dict:
                 row["err"] = rel(e.maps, (g64 * cam[:, None]).abs().amax(1))
             else:
                 row["err"] = 1 - min(corr(a, b) for a, b in zip(mine, ref))
-        elif method in ("ablation_cam", "score_cam") and p.arch.layout == "nchw" and e.raw is not None:
-            A = layer_output(p.twin64, p.x.double(), e.layer)[1]
-            if A.dim() == 4 and A.shape[1] <= HAND_CHANNELS:
+        elif method in ("ablation_cam", "score_cam") and e.raw is not None:
+            A = _grid(p.arch, layer_output(p.twin64, p.x.double(), e.layer)[1])
+            if A.shape[1] <= HAND_CHANNELS:
                 fn = ablation_reference if method == "ablation_cam" else score_reference
-                row["err"] = rel(e.raw, fn(p.twin64, p.x, e.layer, cls))
+                row["err"] = rel(e.raw, fn(p.arch, p.twin64, p.x, e.layer, cls))
     return row
 
 
@@ -664,8 +676,6 @@ def verdict(p: Prepared, method: str, row: dict) -> str | None:
             return None  # CAM needs a GAP + linear head; saying so in one line is the promise
         if method in GUIDED and row["guided"] == 0:
             return None  # no ReLU application to guide
-        if method in ("ablation_cam", "score_cam") and p.arch.layout != "nchw" and "N×C×H×W" in row["message"]:
-            return None  # they read N×C×H×W layers only (tokens are refused in one line)
         return f"refused: {row['message']}"
     if row["outcome"] != "ok":
         return row["outcome"]

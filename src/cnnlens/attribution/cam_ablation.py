@@ -29,8 +29,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from .._batch import Tuner, arms, check_batch_size, chunks, workload
+from ..grid import check_layout, grid_layout, to_grid
 from ..results import Explanation
-from ..tap import LayerTap
+from ..tap import LayerTap, resolve_layer
 from ._common import Layout, Progress, finish, log, logits_of, pick_classes, prepare, upsample
 from .cam import layer_name
 from .incremental import Traced, Unsupported
@@ -75,11 +76,35 @@ def _gap_linear_head(tr: Traced, layer_node) -> nn.Linear | None:
         n = u
 
 
+def _layer_output(tap: LayerTap, name: str) -> torch.Tensor:
+    A = tap[name]
+    if not torch.is_tensor(A):
+        raise ValueError(f"layer {name!r} returns {type(A).__name__}, not a feature map; name a layer with a grid")
+    return A
+
+
+def _ablated(one: torch.Tensor, layout: str, prefix: int, ks: torch.Tensor) -> torch.Tensor:
+    """len(ks) copies of one image's layer output (its own layout), copy j with channel ks[j] zeroed."""
+    Ab = one.repeat(len(ks), *([1] * (one.dim() - 1)))
+    j = torch.arange(len(ks), device=one.device)
+    if layout == "nchw":
+        Ab[j, ks] = 0
+    elif layout == "nhwc":
+        Ab[j, :, :, ks] = 0
+    else:  # tokens: the patch tokens' channel, the prefix tokens untouched
+        Ab[:, prefix:][j, :, ks] = 0
+    return Ab
+
+
 @needs_autograd
 def ablation_cam(model: nn.Module, x: torch.Tensor, target: Any = "predicted", *, layer: Any = None,
                  y: torch.Tensor | None = None, batch_size: int | None = None,
-                 progress: Progress | None = None) -> Explanation:
+                 progress: Progress | None = None, layout: str | None = None) -> Explanation:
     """Ablation-CAM: L = ReLU(Σ_k w_k A_k), w_k = (y_c − y_c with channel k of ``layer`` zeroed) / y_c.
+
+    A channels-last or token layer is read as a grid as the rest of the CAM family reads it
+    (:func:`cnnlens.grid.grid_layout`; ``layout="nchw"|"nhwc"`` decides an ambiguous one); channel k is
+    zeroed in the layer's own layout (on the patch tokens, not the prefix tokens).
 
     On a global-average-pool + linear head the drop is W_ck · mean(A_k), exactly
     (``settings["path"] = "closed form"``); elsewhere only the network after the layer
@@ -97,10 +122,10 @@ def ablation_cam(model: nn.Module, x: torch.Tensor, target: Any = "predicted", *
     per = ABLATIONS_PER_BATCH if batch_size is None else check_batch_size(batch_size)
     with LayerTap(model, [name]) as tap, torch.no_grad():
         out = logits_of(tap.run(p.x))
-        A = tap[name]
-        if not torch.is_tensor(A) or A.dim() != 4:
-            raise ValueError(f"layer {name!r} does not return an N×C×H×W feature map; name a convolutional layer")
-        A = A.detach().clone()
+        native = _layer_output(tap, name)
+        lay, prefix = grid_layout(native, model, resolve_layer(model, name)[1], p.size, name, check_layout(layout))
+        native = native.detach().clone()
+        A = to_grid(native, lay, prefix, p.size)  # N×C×h×w (a view of the layer's own output)
         classes = pick_classes(p, out, p.n)
         s0 = p.target.score(out, classes)
         K = A.shape[1]
@@ -109,7 +134,7 @@ def ablation_cam(model: nn.Module, x: torch.Tensor, target: Any = "predicted", *
             node = tr.module_node(name)
             if node is None:
                 raise Unsupported(f"layer {name!r} is not called once as a module in the traced forward")
-            head = _gap_linear_head(tr, node)
+            head = _gap_linear_head(tr, node) if lay == "nchw" else None
         except Unsupported as e:
             tr, head, why = None, None, str(e)
         if head is not None:
@@ -126,8 +151,7 @@ def ablation_cam(model: nn.Module, x: torch.Tensor, target: Any = "predicted", *
                     env = tr.clean(p.x[i:i + 1]) if tr is not None else None
                     for a, b in chunks(K, per):
                         ks = torch.arange(a, b, device=A.device)
-                        Ab = A[i:i + 1].repeat(b - a, 1, 1, 1)
-                        Ab[torch.arange(b - a), ks] = 0
+                        Ab = _ablated(native[i:i + 1], lay, prefix, ks)
                         if tr is not None:
                             ob = logits_of(tr.rerun(env, node, Ab))
                         else:
@@ -148,7 +172,7 @@ def ablation_cam(model: nn.Module, x: torch.Tensor, target: Any = "predicted", *
 @needs_autograd
 def score_cam(model: nn.Module, x: torch.Tensor, target: Any = "predicted", *, layer: Any = None,
               y: torch.Tensor | None = None, batch_size: int | None = None, progress: Progress | None = None,
-              channels_last: bool | None = None) -> Explanation:
+              channels_last: bool | None = None, layout: str | None = None) -> Explanation:
     """Score-CAM: L = ReLU(Σ_k w_k A_k), w = softmax_k y_c(x ⊙ M_k), M_k = A_k upsampled and scaled to [0, 1].
 
     The layer runs once; the K masked copies of each image run ``batch_size`` at a
@@ -156,7 +180,9 @@ def score_cam(model: nn.Module, x: torch.Tensor, target: Any = "predicted", *, l
     while the work runs, :class:`cnnlens._batch.Tuner`). A channel whose map is
     constant has an all-zero mask: all such channels share one forward of a black
     image. ``extras["scores"]`` = y_c(x ⊙ M_k), ``extras["weights"]`` = w,
-    ``extras["constant"]`` which maps were constant (N×K).
+    ``extras["constant"]`` which maps were constant (N×K). A channels-last or token layer
+    is read as a grid as the rest of the CAM family reads it (``layout=`` decides an
+    ambiguous one).
 
     >>> e = score_cam(model, x, layer="layer4")               # doctest: +SKIP
     """
@@ -166,15 +192,15 @@ def score_cam(model: nn.Module, x: torch.Tensor, target: Any = "predicted", *, l
     if not p.target.is_class:
         raise ValueError("Score-CAM explains a class score; for a channel or neuron target use gradcam(...)")
     name = layer_name(model, p, layer)
+    grid_as = check_layout(layout)
     layout = Layout(model, p.x, channels_last)
     tuner = Tuner(workload("score_cam", model, p.x), arms(p.x, given, layout.channels_last))
     with LayerTap(model, [name]) as tap, torch.no_grad():
         with tuner.threads():
             out = logits_of(tap.run(p.x))
-        A = tap[name]
-        if not torch.is_tensor(A) or A.dim() != 4:
-            raise ValueError(f"layer {name!r} does not return an N×C×H×W feature map; name a convolutional layer")
-        A = A.detach().clone()
+        A = _layer_output(tap, name)
+        lay, prefix = grid_layout(A, model, resolve_layer(model, name)[1], p.size, name, grid_as)
+        A = to_grid(A.detach(), lay, prefix, p.size).clone()  # N×C×h×w, as the rest of the CAM family reads it
         classes = pick_classes(p, out, p.n)
         s0 = p.target.score(out, classes)
         K = A.shape[1]
