@@ -20,7 +20,7 @@ from torch import nn
 
 from ..extras import require
 from ..tap import guarded
-from .gradient import _checked_inputs, _class_names, _describe_target, _goal, _predict, _resolve_classes, _result
+from .common import checked_inputs, class_names_of, describe_target, goal_reached, predict, resolve_classes, attack_result
 from .result import AttackResult
 from .._autograd import needs_autograd
 
@@ -92,7 +92,7 @@ def from_torchattacks(attack_class: Any, model: nn.Module, x: torch.Tensor, y: t
     >>> r = from_torchattacks(torchattacks.Square, model, x, eps=8/255)               # doctest: +SKIP
     """
     cls = torchattacks_class(attack_class)
-    x, y, t = _checked_inputs(model, x, y, target)
+    x, y, t = checked_inputs(model, x, y, target)
     n = x.shape[0]
     params = inspect.signature(cls.__init__).parameters
     if not any(v.kind is inspect.Parameter.VAR_KEYWORD for v in params.values()):
@@ -101,7 +101,7 @@ def from_torchattacks(attack_class: Any, model: nn.Module, x: torch.Tensor, y: t
             raise ValueError(f"{cls.__name__} takes no argument {unknown[0]!r}; see help(torchattacks.{cls.__name__})")
     with guarded(model):
         net = _InModelDtype(model)  # a bfloat16/float16 model gets its own dtype; the images stay as given
-        logits0, classes = _resolve_classes(net, x, y, t)
+        logits0, classes = resolve_classes(net, x, y, t)
         try:
             atk = cls(net, **kwargs)
             if t is not None:
@@ -109,11 +109,11 @@ def from_torchattacks(attack_class: Any, model: nn.Module, x: torch.Tensor, y: t
             x_adv = atk(x.clone(), classes.clone()).detach()
         except Exception as e:  # noqa: BLE001 - one line; torchattacks' own error is kept as the cause (--debug)
             raise bridged_error(cls.__name__, e, targeted=t is not None) from e
-        logits1 = _predict(net, x_adv)
+        logits1 = predict(net, x_adv)
     if x_adv.shape != x.shape:
         raise ValueError(f"{cls.__name__} returned images of shape {tuple(x_adv.shape)} for inputs {tuple(x.shape)}")
     targeted = t is not None
-    ok = _goal(logits1.argmax(1), classes, targeted)
+    ok = goal_reached(logits1.argmax(1), classes, targeted)
     budget = getattr(atk, "eps", None)
     if isinstance(budget, (int, float)) and not isinstance(budget, bool):
         eps = torch.full((n,), float(budget), dtype=x.dtype, device=x.device)
@@ -126,5 +126,5 @@ def from_torchattacks(attack_class: Any, model: nn.Module, x: torch.Tensor, y: t
     l2_attack = "L2" in cls.__name__ or cls.__name__ in ("CW", "DeepFool", "EADL1", "EADEN") or budget is None
     settings = {"method": f"torchattacks:{cls.__name__}", "norm": "2" if l2_attack else "inf",
                 **{k: v for k, v in kwargs.items() if isinstance(v, (int, float, str, bool))},
-                "target": _describe_target(t, _class_names(model))}
-    return _result(x, x_adv, used, logits0, logits1, classes, targeted, eps, settings)
+                "target": describe_target(t, class_names_of(model))}
+    return attack_result(x, x_adv, used, logits0, logits1, classes, targeted, eps, settings)

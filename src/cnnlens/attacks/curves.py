@@ -26,10 +26,10 @@ from torch import nn
 from ..results import Result
 from ..scan import Batch
 from ..tap import LayerTap
-from .gradient import (_check_steps, _eps_tensor, _fgsm_core, _loss_grad, _norm, _parse_target,
-                       _pgd_core, _predict, _step_size)
+from .common import (check_steps, eps_tensor, fgsm_core, loss_grad, parse_norm, parse_target,
+                       pgd_core, predict, resolve_step_size)
 from .._autograd import needs_autograd
-from .minnorm import _cw_core, _deepfool_core
+from .minnorm import cw_core, deepfool_core
 
 log = logging.getLogger(__name__)
 
@@ -95,14 +95,14 @@ class RobustnessAccumulator:
                  cw_steps: int = 100, cw_c: float = 1.0):
         self.eps = _check_eps_list(eps)
         self.attacks = _check_attacks(attacks)
-        self.steps = _check_steps(steps)
-        self.deepfool_steps = _check_steps(deepfool_steps)
-        self.cw_steps = _check_steps(cw_steps)
+        self.steps = check_steps(steps)
+        self.deepfool_steps = check_steps(deepfool_steps)
+        self.cw_steps = check_steps(cw_steps)
         if isinstance(cw_c, bool) or not isinstance(cw_c, (int, float)) or not cw_c > 0:
             raise ValueError(f"cw_c must be a number > 0, got {cw_c!r}")
         self.cw_c = float(cw_c)
         self.step_size = step_size
-        self.norm = _norm(norm)
+        self.norm = parse_norm(norm)
         self.target = target
         self.random_start = bool(random_start)
         self.seed = int(seed)
@@ -136,10 +136,10 @@ class RobustnessAccumulator:
     def _min_norm(self, attack: str, forward, x, classes, targeted, logits):
         """(x found, its perturbation's norm in the curve's norm, inf where the goal was not reached, prediction)."""
         if attack == "deepfool":
-            x_adv, _ = _deepfool_core(forward, x, classes, targeted, self.deepfool_steps, 0.02, 10, logits)
+            x_adv, _ = deepfool_core(forward, x, classes, targeted, self.deepfool_steps, 0.02, 10, logits)
         else:
-            x_adv = _cw_core(forward, x, classes, targeted, self.cw_c, 0.0, self.cw_steps, 0.01, 1)[0]
-        pred = _predict(forward, x_adv).argmax(1)
+            x_adv = cw_core(forward, x, classes, targeted, self.cw_c, 0.0, self.cw_steps, 0.01, 1)[0]
+        pred = predict(forward, x_adv).argmax(1)
         d = (x_adv - x).flatten(1)
         size = d.abs().amax(1) if self.norm == "inf" else d.norm(dim=1)
         reached = (pred == classes) if targeted else (pred != classes)
@@ -174,7 +174,7 @@ class RobustnessAccumulator:
         self.clean_correct += int(clean_ok.sum())
         self.support += torch.bincount(yc, minlength=k)[:k]
         self.clean_class_correct += torch.bincount(yc[clean_ok], minlength=k)[:k]
-        t = _parse_target(self.target, model)
+        t = parse_target(self.target, model)
         targeted = t is not None
         classes = y if t is None else t.classes(logits, y)
         gen = torch.Generator().manual_seed(self.seed)
@@ -187,21 +187,21 @@ class RobustnessAccumulator:
                 direction = None
                 found = self._min_norm(a, tap.run, x, classes, targeted, logits) if a in MIN_NORM else None
                 for j, eps in enumerate(self.eps):
-                    e = _eps_tensor(eps, n, x)
+                    e = eps_tensor(eps, n, x)
                     if found is not None:
                         within = (found[1] <= eps).view(-1, 1, 1, 1)
                         x_adv = torch.where(within, found[0], x)
                         pred = torch.where(within.view(-1), found[2], logits.argmax(1))
                     elif a == "fgsm":
                         if direction is None and eps > 0:
-                            _, direction = _loss_grad(tap.run, x, classes, targeted)
-                        x_adv = x if eps == 0 else _fgsm_core(tap.run, x, classes, targeted, e, self.norm, direction)
+                            _, direction = loss_grad(tap.run, x, classes, targeted)
+                        x_adv = x if eps == 0 else fgsm_core(tap.run, x, classes, targeted, e, self.norm, direction)
                     else:
-                        alpha = _step_size(self.step_size, e, self.steps)
-                        x_adv, _ = _pgd_core(tap.run, x, classes, targeted, e, self.steps, alpha, self.norm,
+                        alpha = resolve_step_size(self.step_size, e, self.steps)
+                        x_adv, _ = pgd_core(tap.run, x, classes, targeted, e, self.steps, alpha, self.norm,
                                              self.random_start, gen, True)
                     if found is None:
-                        pred = _predict(tap.run, x_adv).argmax(1)
+                        pred = predict(tap.run, x_adv).argmax(1)
                     ok = (pred == y).cpu()
                     self.correct[a][j] += int(ok.sum())
                     self.class_correct[a][:, j] += torch.bincount(yc[ok], minlength=k)[:k]
@@ -351,6 +351,6 @@ def robustness(model: nn.Module, data: Any, eps: Sequence[float] = DEFAULT_EPS, 
     acc = RobustnessAccumulator(eps, attacks, steps=steps, step_size=step_size, norm=norm, target=target,
                                 random_start=random_start, seed=seed, gallery=gallery, **minimum_norm)
     if target is not None:
-        _parse_target(target, model)  # validate before the scan
+        parse_target(target, model)  # validate before the scan
     (res,) = scan(model, data, [acc], batch_size=batch_size, device=device, progress=progress)
     return res

@@ -30,8 +30,8 @@ from torch import nn
 
 from .._batch import check_batch_size, chunks
 from ..tap import LayerTap
-from .gradient import (_check_logits, _check_steps, _checked_inputs, _chunk, _class_names, _describe_target, _goal,
-                       _predict, _resolve_classes, _result)
+from .common import (check_logits, check_steps, checked_inputs, chunk_targets, class_names_of, describe_target, goal_reached,
+                       predict, resolve_classes, attack_result)
 from .result import AttackResult
 from .._autograd import needs_autograd
 
@@ -56,7 +56,7 @@ def _check_positive(name: str, v: Any, integer: bool = False, allow_zero: bool =
     return v
 
 
-def _deepfool_core(forward: Forward, x: torch.Tensor, classes: torch.Tensor, targeted: bool, steps: int,
+def deepfool_core(forward: Forward, x: torch.Tensor, classes: torch.Tensor, targeted: bool, steps: int,
                    overshoot: float, candidates: int, logits0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(x_adv, iterations used) for a batch; ``classes`` = the class to leave (untargeted) or reach."""
     n, k = logits0.shape
@@ -70,16 +70,16 @@ def _deepfool_core(forward: Forward, x: torch.Tensor, classes: torch.Tensor, tar
     r_tot = torch.zeros_like(x)
     x_adv = x.clone()
     used = torch.zeros(n, dtype=torch.long, device=x.device)
-    active = ~_goal(logits0.argmax(1), classes, targeted)
+    active = ~goal_reached(logits0.argmax(1), classes, targeted)
     for _ in range(steps):
         idx = active.nonzero().view(-1)
         if len(idx) == 0:
             break
         with torch.enable_grad():
             xa = x_adv[idx].detach().requires_grad_(True)
-            z = _check_logits(forward(xa))
+            z = check_logits(forward(xa))
             pred = z.detach().argmax(1)
-            done = _goal(pred, classes[idx], targeted)
+            done = goal_reached(pred, classes[idx], targeted)
             if done.all():
                 active[idx] = False
                 break
@@ -127,25 +127,25 @@ def deepfool(model: nn.Module, x: torch.Tensor, y: torch.Tensor | None = None, *
     >>> r = deepfool(model, x, y)                   # doctest: +SKIP
     >>> r.success_rate, r.l2().median()             # doctest: +SKIP
     """
-    steps = _check_steps(steps)
+    steps = check_steps(steps)
     _check_positive("overshoot", overshoot, allow_zero=True)
     _check_positive("candidates", candidates, integer=True)
-    x, y, t = _checked_inputs(model, x, y, target)
+    x, y, t = checked_inputs(model, x, y, target)
     n = x.shape[0]
     parts = []
     with LayerTap(model) as tap:
         for a, b in chunks(n, check_batch_size(batch_size, x)):
-            yb, tb = _chunk(a, b, y, t)
-            logits0, classes = _resolve_classes(tap.run, x[a:b], yb, tb)
-            x_adv, used = _deepfool_core(tap.run, x[a:b], classes, t is not None, steps, float(overshoot),
+            yb, tb = chunk_targets(a, b, y, t)
+            logits0, classes = resolve_classes(tap.run, x[a:b], yb, tb)
+            x_adv, used = deepfool_core(tap.run, x[a:b], classes, t is not None, steps, float(overshoot),
                                          int(candidates), logits0)
-            parts.append((x_adv, used, logits0, classes, _predict(tap.run, x_adv)))
+            parts.append((x_adv, used, logits0, classes, predict(tap.run, x_adv)))
     x_adv, used, logits0, classes, logits1 = (torch.cat(v) for v in zip(*parts))
-    ok = _goal(logits1.argmax(1), classes, t is not None)
+    ok = goal_reached(logits1.argmax(1), classes, t is not None)
     eps = torch.where(ok, _flat_norm(x_adv - x), torch.full_like(ok, math.inf, dtype=x.dtype))
     settings = {"method": "deepfool", "norm": "2", "steps": steps, "overshoot": float(overshoot),
-                "candidates": int(candidates), "target": _describe_target(t, _class_names(model))}
-    return _result(x, x_adv, used, logits0, logits1, classes, t is not None, eps, settings)
+                "candidates": int(candidates), "target": describe_target(t, class_names_of(model))}
+    return attack_result(x, x_adv, used, logits0, logits1, classes, t is not None, eps, settings)
 
 
 def _cw_margin(z: torch.Tensor, classes: torch.Tensor, targeted: bool, kappa: float) -> torch.Tensor:
@@ -155,7 +155,7 @@ def _cw_margin(z: torch.Tensor, classes: torch.Tensor, targeted: bool, kappa: fl
     return (other - zc if targeted else zc - other).clamp_min(-kappa)
 
 
-def _cw_core(forward: Forward, x: torch.Tensor, classes: torch.Tensor, targeted: bool, c0: float, kappa: float,
+def cw_core(forward: Forward, x: torch.Tensor, classes: torch.Tensor, targeted: bool, c0: float, kappa: float,
              steps: int, lr: float, search_steps: int):
     """(best x_adv, its squared L2 or inf, Adam steps run, the c that found it) for a batch."""
     n = x.shape[0]
@@ -176,13 +176,13 @@ def _cw_core(forward: Forward, x: torch.Tensor, classes: torch.Tensor, targeted:
             with torch.enable_grad():
                 xa = (torch.tanh(w) + 1) / 2
                 l2 = (xa - x).flatten(1).pow(2).sum(1)
-                z = _check_logits(forward(xa))
+                z = check_logits(forward(xa))
                 cost = l2 + c * _cw_margin(z, classes, targeted, kappa)
                 opt.zero_grad(set_to_none=True)
                 cost.sum().backward()  # Adam is element-wise: each image's steps are its own
             opt.step()
             with torch.no_grad():
-                ok = _goal(z.detach().argmax(1), classes, targeted)
+                ok = goal_reached(z.detach().argmax(1), classes, targeted)
                 better = ok & (l2.detach() < best_l2)
                 best_l2 = torch.where(better, l2.detach(), best_l2)
                 best[better] = xa.detach()[better]
@@ -218,24 +218,24 @@ def cw(model: nn.Module, x: torch.Tensor, y: torch.Tensor | None = None, *, targ
     """
     _check_positive("c", c)
     _check_positive("kappa", kappa, allow_zero=True)
-    steps = _check_steps(steps)
+    steps = check_steps(steps)
     _check_positive("lr", lr)
-    search_steps = _check_steps(search_steps)
-    x, y, t = _checked_inputs(model, x, y, target)
+    search_steps = check_steps(search_steps)
+    x, y, t = checked_inputs(model, x, y, target)
     n = x.shape[0]
     parts = []
     with LayerTap(model) as tap:
         for a, b in chunks(n, check_batch_size(batch_size, x)):
-            yb, tb = _chunk(a, b, y, t)
-            logits0, classes = _resolve_classes(tap.run, x[a:b], yb, tb)
-            best, best_l2, used, cf = _cw_core(tap.run, x[a:b], classes, t is not None, float(c), float(kappa), steps,
+            yb, tb = chunk_targets(a, b, y, t)
+            logits0, classes = resolve_classes(tap.run, x[a:b], yb, tb)
+            best, best_l2, used, cf = cw_core(tap.run, x[a:b], classes, t is not None, float(c), float(kappa), steps,
                                                float(lr), search_steps)
-            parts.append((best, used, logits0, classes, _predict(tap.run, best), cf))
+            parts.append((best, used, logits0, classes, predict(tap.run, best), cf))
     x_adv, used, logits0, classes, logits1, cf = (torch.cat(v) for v in zip(*parts))
-    ok = _goal(logits1.argmax(1), classes, t is not None)
+    ok = goal_reached(logits1.argmax(1), classes, t is not None)
     eps = torch.where(ok, _flat_norm(x_adv - x), torch.full_like(ok, math.inf, dtype=x.dtype))
     settings = {"method": "cw", "norm": "2", "c": float(c), "kappa": float(kappa), "steps": steps, "lr": float(lr),
                 "search_steps": search_steps, "optimizer": "Adam",
-                "target": _describe_target(t, _class_names(model))}
-    return _result(x, x_adv, used, logits0, logits1, classes, t is not None, eps, settings,
+                "target": describe_target(t, class_names_of(model))}
+    return attack_result(x, x_adv, used, logits0, logits1, classes, t is not None, eps, settings,
                    extras={"c": cf.detach().cpu()})

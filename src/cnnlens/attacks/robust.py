@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .gradient import _check_steps, _eps_tensor, _loss_grad, _norm, _project, _random_start, _step, _step_size
+from .common import check_steps, eps_tensor, loss_grad, parse_norm, project, random_start_point, take_step, resolve_step_size
 
 ROBUST = ("none", "adversarial", "gradient-penalty")
 #: defaults of ``--robust adversarial`` (FGSM with a random start) and ``--robust gradient-penalty``
@@ -105,23 +105,23 @@ class AdversarialLoss:
             raise ValueError(f"mix must be in [0, 1] (the weight of the adversarial term), got {self.mix}")
         if not (self.eps > 0):
             raise ValueError(f"eps must be > 0 for adversarial training, got {self.eps}")
-        _check_steps(self.steps)
-        object.__setattr__(self, "norm", _norm(self.norm))
+        check_steps(self.steps)
+        object.__setattr__(self, "norm", parse_norm(self.norm))
 
     def examples(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """The attacked images (detached) for this batch, against the model as it is."""
         x = x.detach()
         n = x.shape[0]
-        e = _eps_tensor(self.eps, n, x)
+        e = eps_tensor(self.eps, n, x)
         gen = torch.Generator().manual_seed(int(torch.randint(0, 2**62, ())))  # from the (seeded) global RNG
-        x_adv = _random_start(x, e, self.norm, gen)
+        x_adv = random_start_point(x, e, self.norm, gen)
         if self.method == "fgsm":
-            steps, alpha = 1, _step_size(self.step_size if self.step_size is not None else 1.25 * self.eps, e, 1)
+            steps, alpha = 1, resolve_step_size(self.step_size if self.step_size is not None else 1.25 * self.eps, e, 1)
         else:
-            steps, alpha = self.steps, _step_size(self.step_size, e, self.steps)
+            steps, alpha = self.steps, resolve_step_size(self.step_size, e, self.steps)
         for _ in range(steps):  # untargeted: raise CE(y); projected around x, clipped to [0, 1]
-            _, direction = _loss_grad(model, x_adv, y, False)
-            x_adv = _project(_step(x_adv, direction, alpha, self.norm), x, e, self.norm)
+            _, direction = loss_grad(model, x_adv, y, False)
+            x_adv = project(take_step(x_adv, direction, alpha, self.norm), x, e, self.norm)
         return x_adv.detach()
 
     def terms(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
