@@ -374,3 +374,23 @@ def test_class_influence_of_every_class_equals_influence_class_by_class(untouche
         assert torch.allclose(ci.taylor[r].double(), one.taylor[[0, 2, 5]].double(), atol=1e-5)
         assert torch.allclose(ci.ablation[r].double(), one.ablation[[0, 2, 5]].double(), atol=1e-5)
     assert ci.top(2, 1)[0][0] == ci.classes[int(torch.argmax(ci.ablation[:, 1]))]
+
+
+def test_class_influence_with_known_logits_skips_the_plain_forward_and_agrees(untouched):
+    """Given the logits of x, one channel's ablation runs only the ablated forwards, with the same values."""
+    model = untouched(pixel_chain_net())
+    x = _data(10).tensors[0]
+    ref = class_influence(model, x, "features.4", [0, 2], channels=[1, 3], taylor=False, batch_size=4)
+    with torch.no_grad():
+        logits = torch.cat([model(x[s:s + 4]) for s in range(0, 10, 4)])
+    calls = []
+    h = model.register_forward_pre_hook(lambda m, i: calls.append(len(i[0])))
+    try:
+        got = class_influence(model, x, "features.4", [0, 2], channels=[1, 3], taylor=False, batch_size=4,
+                              logits=logits)
+    finally:
+        h.remove()
+    assert calls == [8, 8, 4]  # two channels × each batch of 4, 4, 2: ablated forwards only
+    assert torch.allclose(got.ablation, ref.ablation, atol=1e-6) and got.taylor is None
+    with pytest.raises(ValueError, match="rows"):
+        class_influence(model, x, "features.4", [0], channels=[1], taylor=False, logits=logits[:3])

@@ -173,6 +173,7 @@ class Explorer:
         self._lock = threading.Lock()
         self._unit_layers: list[str] | None = None
         self._micro = None
+        self._influence_logits: torch.Tensor | None = None  # the model's logits on influence_images()
         self._fv_runs: dict[str, tuple[float, float]] = {}  # layer -> (start time, work done then): the render's ETA
         self.leaderboard_n = 16
         self._class_names: tuple[str, ...] | None = tuple(spec.class_names) if spec is not None and \
@@ -733,8 +734,19 @@ class Explorer:
         classes = sorted(self.present_classes(20))
         if not classes:
             return None
+        with self._lock:
+            logits = self._influence_logits
+        if logits is None:  # the same for every layer and channel: one plain forward, once, in the same batches
+            from ..tap import LayerTap
+
+            dev = next(self.model.parameters()).device
+            with LayerTap(self.model, [], detach=True) as tap, torch.no_grad():
+                logits = torch.cat([tap.run(x[s:s + self.batch_size].to(dev))
+                                    for s in range(0, len(x), self.batch_size)]).cpu()
+            with self._lock:
+                self._influence_logits = logits
         return class_influence(self.model, x, layer, classes, channels=[c], ablation=True, taylor=False,
-                               batch_size=self.batch_size, progress=report)
+                               batch_size=self.batch_size, logits=logits, progress=report)
 
     def unit(self, layer: Any, channel: Any) -> dict:
         """A unit page's values (``status: done``) or its job's state: top patches, activation maps over the

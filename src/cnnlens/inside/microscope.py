@@ -604,7 +604,7 @@ class ClassInfluence(Result):
 @needs_autograd
 def class_influence(model: nn.Module, x: torch.Tensor, layer: LayerRef, classes: Sequence[int] | None = None, *,
                     channels: Sequence[int] | None = None, ablation: bool = True, taylor: bool = True,
-                    batch_size: int = 32, chunk: int = 16,
+                    batch_size: int = 32, chunk: int = 16, logits: torch.Tensor | None = None,
                     progress: Callable[[int, int], None] | None = None) -> ClassInfluence:
     """The influence of each channel on each class's score, over images x (means over the images):
     taylor[c, k] = Σ_ij a_k,ij · ∂y_c/∂a_k,ij, and ablation[c, k] = y_c(x) − y_c(x with channel k zeroed),
@@ -613,8 +613,9 @@ def class_influence(model: nn.Module, x: torch.Tensor, layer: LayerRef, classes:
 
     A channel's values do not depend on the other channels asked for, so a unit page asks for its own channel
     only (``channels=[c]``: one forward and one ablated forward per image) and ``taylor=False`` skips the
-    backward passes (``taylor`` is then None). ``progress(done, total)`` is called after each backward and each
-    ablated chunk.
+    backward passes (``taylor`` is then None). ``logits``: the model's N×K logits on x, when known (from a cache):
+    with ``taylor=False`` and given ``channels`` the plain forward is skipped, so a channel costs one ablated
+    forward per image. ``progress(done, total)`` is called after each backward and each ablated chunk.
     """
     name = resolve_layer(model, layer)[0]
     if not (taylor or ablation):
@@ -632,8 +633,32 @@ def class_influence(model: nn.Module, x: torch.Tensor, layer: LayerRef, classes:
         if progress is not None:
             progress(done, total)
 
+    skip = logits is not None and not taylor and channels is not None
+    if logits is not None and tuple(logits.shape[:1]) != (len(x),):
+        raise ValueError(f"logits has {logits.shape[0]} rows for {len(x)} images; give the logits of x")
     for s0 in range(0, len(x), batch_size):
         xb = x[s0:s0 + batch_size].to(dev)
+        if skip:  # the plain forward is known: only the ablated ones run
+            chans = [int(c) for c in channels]
+            if cls is None:
+                K = logits.shape[1]
+                cls = tuple(range(K)) if classes is None else tuple(int(c) for c in classes)
+                if cls and (min(cls) < 0 or max(cls) >= K):
+                    raise ValueError(f"class {max(cls)} is out of range: the model has {K} classes")
+                abl = torch.zeros(len(cls), len(chans), dtype=torch.float64)
+            total = batches * math.ceil(len(chans) / chunk)
+            base = logits[s0:s0 + batch_size].to(dev)[:, list(cls)]
+            n = len(xb)
+            with torch.no_grad():
+                for q in range(0, len(chans), chunk):
+                    part = chans[q:q + chunk]
+                    with LayerTap(model, [], edits={name: _zeroing(name, part, n)}) as tap2:
+                        l2 = tap2.run(xb.repeat(len(part), *[1] * (xb.dim() - 1)))[:, list(cls)]
+                    drop = base.unsqueeze(0) - l2.view(len(part), n, len(cls))  # part × n × classes
+                    abl[:, q:q + len(part)] += drop.sum(1).t().double().cpu()
+                    step(total)
+            seen += len(xb)
+            continue
         with torch.enable_grad() if taylor else torch.no_grad(), LayerTap(model, [name], detach=not taylor) as tap:
             # so the graph reaches the layer (weights frozen)
             logits = tap.run(xb.detach().requires_grad_(True) if taylor else xb)
@@ -678,6 +703,22 @@ def class_influence(model: nn.Module, x: torch.Tensor, layer: LayerRef, classes:
     m = max(1, seen)
     return ClassInfluence(name, cls, (tay / m).float() if taylor else None, (abl / m).float() if ablation else None,
                           seen, settings={"ablation": ablation, "taylor": taylor, "channels": chans})
+
+
+def _zeroing(name: str, part: Sequence[int], n: int):
+    """An edit for ``len(part)`` copies of a batch of n: copy i has channel part[i] of the layer zeroed (the same
+    mask as :func:`class_influence` builds after its plain forward)."""
+    def edit(mod, inp, out):
+        if out.dim() != 4:
+            raise ValueError(f"layer {name!r} has no spatial grid (N×C); class influence reads N×C×H×W layers")
+        C = out.shape[1]
+        if max(part) >= C:
+            raise ValueError(f"channel {max(part)} is out of range: layer {name!r} has {C} channels")
+        mask = torch.ones(len(part), 1, C, 1, 1, dtype=out.dtype, device=out.device)
+        for i, ch in enumerate(part):
+            mask[i, 0, ch] = 0
+        return out * mask.expand(len(part), n, C, 1, 1).reshape(len(part) * n, C, 1, 1)
+    return edit
 
 
 def dataset_images(data, indices: Sequence[int]) -> torch.Tensor:
