@@ -47,6 +47,8 @@ def test_figures_leave_backend_and_pyplot_alone(digits, monkeypatch, untouched):
     assert matplotlib.get_backend() == backend
     assert plt.get_fignums() == []
     assert all(isinstance(f, matplotlib.figure.Figure) for f in figs)
+    # shown by Jupyter also before pyplot is imported (its inline formatter is registered only then)
+    assert all(f._repr_png_().startswith(b"\x89PNG\r\n\x1a\n") for f in figs)
     # the same size in pixels as before: figsize × dpi (method_figure: 3.2 in × 3.0 in per image, one row)
     w, h = _png_size(figs[0])
     assert (w, h) == (round(3.2 * 4 * figs[0].dpi), round(3.0 * figs[0].dpi))

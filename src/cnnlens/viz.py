@@ -5,8 +5,10 @@ Torch in; numpy and matplotlib only here, at the edge.
 
 from __future__ import annotations
 
+import io
 from typing import Sequence
 
+import matplotlib.figure as _mpl_figure
 import numpy as np
 import torch
 
@@ -15,14 +17,25 @@ import torch
 _FIGURE_KW = ("figsize", "dpi", "facecolor", "edgecolor", "layout")
 
 
+class Figure(_mpl_figure.Figure):
+    """A ``matplotlib.figure.Figure`` that shows itself in Jupyter (``_repr_png_``) without pyplot.
+
+    IPython draws a plain Figure only once the inline backend has registered its formatter, which happens
+    when pyplot is imported; this one displays either way, once.
+    """
+
+    def _repr_png_(self) -> bytes:
+        buf = io.BytesIO()
+        self.savefig(buf, format="png", bbox_inches="tight")
+        return buf.getvalue()
+
+
 def subplots(nrows: int = 1, ncols: int = 1, **kwargs):
-    """A new figure and its axes, as ``pyplot.subplots`` gives, drawn on ``matplotlib.figure.Figure``.
+    """A new figure and its axes, as ``pyplot.subplots`` gives, drawn on a :class:`Figure` (no pyplot state).
 
     Outside pyplot: the user's backend is never touched, nothing is added to pyplot's list of open figures
     (no "more than 20 figures" warning, no leak), and in Jupyter a returned figure displays once.
     """
-    from matplotlib.figure import Figure
-
     fig = Figure(**{k: kwargs.pop(k) for k in _FIGURE_KW if k in kwargs})
     return fig, fig.subplots(nrows, ncols, **kwargs)
 
