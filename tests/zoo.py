@@ -305,10 +305,34 @@ def _calibrate(model: nn.Module, size: int, g: torch.Generator) -> None:
         head.weight.mul_(3 / spread)
 
 
+class OutOfPlaceMode(TorchFunctionMode):
+    """In-place tensor ops of a forward run out of place (``F.relu(x, inplace=True)``, ``relu_``, ``+=``), so a
+    layer's recorded output stays the layer's own value (DenseNet ends its features with an in-place ReLU)."""
+
+    SWAP = {torch.relu_: torch.relu, F.relu_: torch.relu, torch.Tensor.relu_: torch.relu,
+            torch.Tensor.__iadd__: torch.Tensor.__add__, torch.Tensor.__isub__: torch.Tensor.__sub__,
+            torch.Tensor.__imul__: torch.Tensor.__mul__, torch.Tensor.add_: torch.Tensor.add,
+            torch.Tensor.mul_: torch.Tensor.mul, torch.Tensor.clamp_: torch.Tensor.clamp}
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = dict(kwargs or {})
+        if kwargs.get("inplace") is True:
+            kwargs["inplace"] = False
+        return self.SWAP.get(func, func)(*args, **kwargs)
+
+
 def _out_of_place(model: nn.Module) -> nn.Module:
+    """In-place modules made out of place, and the forward run under :class:`OutOfPlaceMode`."""
     for m in model.modules():
         if getattr(m, "inplace", False) is True:
             m.inplace = False
+    forward = model.forward
+
+    def out_of_place(*a, **k):
+        with OutOfPlaceMode():
+            return forward(*a, **k)
+
+    model.forward = out_of_place
     return model
 
 
@@ -332,7 +356,7 @@ def prepared(name: str) -> Prepared:
     for p in model.parameters():
         p.requires_grad_(True)
     twin32 = _out_of_place(copy.deepcopy(model))
-    twin64 = copy.deepcopy(twin32).double()
+    twin64 = _out_of_place(copy.deepcopy(model).double())
     x = torch.rand(N, 3, arch.size, arch.size, generator=g)
     return Prepared(arch, model, twin32, twin64, x)
 

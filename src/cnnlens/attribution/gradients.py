@@ -46,7 +46,7 @@ def batched_input_gradient(model: nn.Module, p: Prepared, batch_size: int | None
     automatic size keeps the graph of a chunk small (see :func:`check_batch_size`).
     """
     batch_size = check_batch_size(batch_size, p.x)
-    layout = Layout(model, p.x, channels_last)
+    layout = Layout(model, p.x, PATH_LAYOUT if channels_last is None else channels_last)
     parts = []
     with LayerTap(model, target_layers(p.target), edits=edits) as tap:
         for a, b in chunks(p.n, batch_size):
@@ -109,11 +109,12 @@ def gradient_x_input(model: nn.Module, x: torch.Tensor, target: Any = "predicted
                   extras={"score": s})
 
 
-#: the default layout of the many-point methods (Integrated Gradients, SmoothGrad): contiguous. Their points sit
-#: near ReLU kinks (a path point near the black baseline has pre-activations near 0), where the channels-last
-#: kernels' different summation order flips a ReLU more often: up to 10³× further from float64 than plain
-#: float32, for a speed-up of at most a few per cent on a CPU (benchmarks/bench_channels_last.py;
-#: docs/guide/architectures.md). ``channels_last=True`` still takes it.
+#: the default layout of the input-gradient methods (saliency, gradient × input, guided backprop, Integrated
+#: Gradients, SmoothGrad): contiguous. A point near a ReLU kink (every IG point near the black baseline) flips a
+#: ReLU more often under the channels-last kernels' other summation order: up to 10⁴× further from float64 than
+#: plain float32 (IG on ResNet-18, saliency on ReXNet, guided backprop on HRNet in the conformance zoo), for a
+#: speed-up measured by benchmarks/bench_channels_last.py (docs/guide/architectures.md). ``channels_last=True``
+#: still takes it.
 PATH_LAYOUT = False
 
 
