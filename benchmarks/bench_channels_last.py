@@ -25,7 +25,7 @@ from bench_attribution import interleaved  # noqa: E402
 import zoo  # noqa: E402
 from cnnlens.attribution import integrated_gradients, smoothgrad  # noqa: E402
 
-STEPS, NOISE = 16, 6
+STEPS, NOISE = zoo.COST["integrated_gradients"]["steps"], zoo.COST["smoothgrad"]["n"]  # as the references
 
 
 def run(models: list[str], size: int, batch: int, repeat: int) -> list[dict]:
