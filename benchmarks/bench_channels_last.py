@@ -3,7 +3,8 @@
 For each model (random weights, batch-norm statistics measured on random images, as in the conformance zoo),
 IG and SmoothGrad run with ``channels_last=True`` and ``False`` on one image and on a batch, interleaved; printed:
 the time ratio contiguous / channels-last (> 1: channels-last is faster) and each layout's relative max error
-against plain autograd on a float64 copy (IG: the same trapezoid points; SmoothGrad: the same seeded noise).
+(and plain contiguous float32 autograd's, its points batched as the method batches them) against plain autograd on
+a float64 copy (IG: the same trapezoid points; SmoothGrad: the same seeded noise).
 This is the measurement behind the default ``channels_last=False`` of integrated_gradients and smoothgrad
 (docs/guide/architectures.md).
 
@@ -45,11 +46,13 @@ def run(models: list[str], size: int, batch: int, repeat: int) -> list[dict]:
                 ref = zoo.reference(method, p.twin64, x, cls)
                 rows.append({"model": name, "method": method, "n": n, "contiguous/cl": t[False] / t[True],
                              "err_cl": zoo.rel(res[True].maps, ref), "err_contiguous": zoo.rel(res[False].maps, ref),
+                             "err_plain32": zoo.rel(zoo.reference(method, p.twin32, x, cls), ref),
                              "s_cl": t[True], "s_contiguous": t[False]})
                 r = rows[-1]
                 print(f"{name:22s} {method:21s} N={n}  contiguous/channels-last time {r['contiguous/cl']:.2f}  "
                       f"err channels-last {r['err_cl']:.1e}  contiguous {r['err_contiguous']:.1e}  "
-                      f"({r['s_cl']:.2f} s / {r['s_contiguous']:.2f} s)", flush=True)
+                      f"plain float32 {r['err_plain32']:.1e}  ({r['s_cl']:.2f} s / {r['s_contiguous']:.2f} s)",
+                      flush=True)
     return rows
 
 
