@@ -18,6 +18,12 @@ SRC = str(ROOT / "src")
 
 #: every optional package: with these blocked, what is left is the core install
 OPTIONAL = sorted({m for mods in EXTRAS.values() for m, _ in mods})
+try:  # typer ≥ 0.2x vendors click and no longer installs it: the core must not import click then
+    import typer._click  # noqa: F401
+
+    OPTIONAL.append("click")
+except ImportError:
+    pass
 
 
 def _run(code: str, *, block: bool = True, cwd: Path | None = None) -> subprocess.CompletedProcess:

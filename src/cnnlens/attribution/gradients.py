@@ -81,6 +81,26 @@ def saliency(model: nn.Module, x: torch.Tensor, target: Any = "predicted", *, re
 
     >>> e = saliency(model, x)                 # doctest: +SKIP
     >>> e.maps.shape                           # N×H×W
+
+    Args:
+        model: any ``nn.Module`` mapping N×C×H×W to N×K logits (left exactly as it was).
+        x: the images, N×C×H×W (pixel space, [0, 1], for models loaded by cnnlens).
+        target: the class whose score S is differentiated: ``"predicted"``, ``"second"``, ``"true"``
+            (needs ``y``), a class index or name, or one class per image.
+        reduce: how the C channels of the gradient become one map: ``"abs_max"``, ``"signed"``, ``"l2"``
+            or ``"none"`` (see above).
+        y: the true labels (N integers), needed only for ``target="true"``.
+        batch_size: images per forward + backward; ``None`` chooses one (about 600 k input values).
+        channels_last: the input's memory layout; ``None`` passes image-sized batches of convolutional
+            models channels-last (faster on the CPU, the same map up to float rounding), ``False``/``True``
+            force it off/on.
+
+    Returns:
+        Explanation: ``maps`` N×H×W, ``raw`` the gradient itself when ``reduce="none"``,
+        ``extras["score"]`` the differentiated scores.
+
+    Raises:
+        ValueError: an unknown ``reduce``, a class out of range, ``target="true"`` without ``y``, or no image.
     """
     check_reduce(reduce)
     p = prepare(model, x, target, y, "saliency")

@@ -61,14 +61,15 @@ def main() -> None:
     except SystemExit:  # typer/click exits (help, usage errors) pass through
         raise
     except Exception as e:  # noqa: BLE001
-        import click
-
-        if isinstance(e, click.exceptions.Exit):
+        # click's exceptions by name, not by import: typer ≥ 0.2x vendors click (typer._click, its own Exit and
+        # Abort) and no longer installs click itself; older typer raises click's
+        kinds = {c.__name__ for c in type(e).__mro__}
+        if "Exit" in kinds:
             sys.exit(e.exit_code)
-        if isinstance(e, click.ClickException):
+        if "ClickException" in kinds:
             e.show()
             sys.exit(e.exit_code)
-        if isinstance(e, click.exceptions.Abort):
+        if "Abort" in kinds:
             console.print("aborted")
             sys.exit(130)
         if _state["debug"]:
