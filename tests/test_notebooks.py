@@ -86,13 +86,13 @@ def test_a_users_pyplot_figure_displays_after_a_cnnlens_one(tmp_path):
     nb = run(_cells(
         "import matplotlib.pyplot as plt\nimport torch\nimport cnnlens\nfrom cnnlens import attribution\n"
         "model = cnnlens.load_model('digits-cnn')\nx = torch.rand(2, 1, 32, 32)\n"
-        "e = attribution.gradcam(model, x)\ne.figure(x)",
-        "e",
+        "e = attribution.gradcam(model, x)\nfig = e.figure(x)",
+        "e",  # the result's rich display draws its figure
         "plt.plot([0, 1], [1, 0])\nplt.show()",
         "import matplotlib\nprint(matplotlib.get_backend(), len(plt.get_fignums()))",
     ), tmp_path)
-    cnnlens_fig, result, user_fig, state = nb.cells
-    assert images(cnnlens_fig) == 1 and images(result) >= 1
+    _, result, user_fig, state = nb.cells
+    assert images(result) >= 1
     assert images(user_fig) == 1  # shown once, inline
     backend, open_figures = state.outputs[0]["text"].split()
     assert "inline" in backend and open_figures == "0"  # the backend is Jupyter's; nothing piles up in pyplot
