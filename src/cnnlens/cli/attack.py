@@ -10,8 +10,8 @@ from typing import List, Optional
 import typer
 
 from .common import (DEVICE_OPT, FORCE_OPT, MODEL_OPT, OUT_OPT, PRETRAINED_OPT, TRUST_OPT, WEIGHTS_OPT, app, console,
-                     distributed, load_model_from_options, model_options, names_from_data, new_report, out_dir,
-                     print_table, progress_bar, UserError)
+                     model_options, new_report, out_dir, print_table, UserError)
+from .session import session
 
 
 def parse_norm(text: str) -> str:
@@ -140,17 +140,16 @@ def attack(
         raise UserError("--step-size must be > 0")
     tgt = _target(target)
     out = out_dir(out, force, images, weights)
-    with distributed(device) as (rank, world, dev):
-        if world > 1:
-            raise UserError("cnnlens attack runs in one process; use torchrun with `cnnlens robustness`")
-        m = load_model_from_options(model, weights, pretrained, trust_pickle, dev)
+    with session(model, weights, pretrained, trust_pickle, device,
+                 one_process="cnnlens attack runs in one process; use torchrun with `cnnlens robustness`") as S:
+        m, dev = S.model, S.device
         loaded = read_images(list(images), m)
         x = loaded.images.to(dev)
         names = _unique(list(loaded.names))
         class_names = getattr(getattr(m, "spec", None), "class_names", None)
         batch_size = check_batch_size(batch_size, x)
         parts = []
-        with progress_bar(f"attacking {len(names)} image(s)", total=(len(names) + batch_size - 1) // batch_size) as update:
+        with S.progress(f"attacking {len(names)} image(s)", total=(len(names) + batch_size - 1) // batch_size) as update:
             for b, s in enumerate(range(0, len(names), batch_size)):
                 xb = x[s:s + batch_size]
                 if minimal:
@@ -267,23 +266,20 @@ def robustness(
     """
     from ..attacks.curves import robustness as run_robustness
     from ..attacks.report import add_robustness_section
-    from ..data import as_dataset, require_labels
 
     norm = parse_norm(norm)
     budgets = parse_eps_list(eps, norm=norm)
     alpha = parse_eps(step_size, "--step-size", norm) if step_size is not None else None
     atk = [a.strip().lower() for a in attacks.split(",") if a.strip()]
     out = out_dir(out, force, data, weights)
-    with distributed(device) as (rank, world, dev):
-        m = load_model_from_options(model, weights, pretrained, trust_pickle, dev)
-        ds = as_dataset(data, m)
-        require_labels(ds, "cnnlens robustness")
-        names_from_data(m, ds)
-        with progress_bar(f"attacking {data}", rank=rank, world=world) as update:
+    with session(model, weights, pretrained, trust_pickle, device) as S:
+        m, dev, world = S.model, S.device, S.world
+        ds = S.dataset(data, labels_for="cnnlens robustness")
+        with S.progress(f"attacking {data}") as update:
             r = run_robustness(m, ds, eps=budgets, attacks=atk, steps=steps, step_size=alpha, norm=norm,
                                target=_target(target), gallery=gallery, batch_size=batch_size, device=dev,
                                progress=update)
-        if rank != 0:
+        if not S.writes:
             return
         rep = new_report(f"cnnlens robustness: {model}", f"{model} on {data}.", m)
         settings = {"model": model,

@@ -9,7 +9,8 @@ from typing import Optional
 import typer
 
 from .common import (DEVICE_OPT, FORCE_OPT, PRETRAINED_OPT, TRUST_OPT, WEIGHTS_OPT, UserError, app, console,
-                     load_model_from_options, model_options, new_report, out_dir, progress_bar)
+                     model_options, new_report, out_dir)
+from .session import open_model
 
 
 #: compact column labels for the terminal
@@ -83,7 +84,8 @@ def benchmark(
     from .explain import parse_methods
 
     out = out_dir(out, force, data, boxes, weights)
-    m = load_model_from_options(model, weights, pretrained, trust_pickle, device)
+    S = open_model(model, weights, pretrained, trust_pickle, device)
+    m = S.model
     if data is None:
         if model != "cluttered-digits-cnn":
             raise UserError("--data: give an ImageFolder directory (with --boxes for the localisation metrics), "
@@ -129,7 +131,7 @@ def benchmark(
             raise UserError(f"--metrics: unknown {', '.join(bad)}; choose from "
                             f"{', '.join(k.replace('_', '-') for k in METRICS)}")
     dev = next(iter(m.parameters())).device
-    with progress_bar(f"benchmarking {len(mnames)} methods on {len(y)} images") as update:
+    with S.progress(f"benchmarking {len(mnames)} methods on {len(y)} images") as update:
         lb = run_benchmark(m, x.to(dev), y=y.to(dev), boxes=b, objects=objects, methods=mnames, metrics=knames,
                            progress=update)
 

@@ -9,7 +9,8 @@ import typer
 
 from ..registry import REGISTRY
 from .common import (DEVICE_OPT, FORCE_OPT, MODEL_OPT, OUT_OPT, PRETRAINED_OPT, TRUST_OPT, WEIGHTS_OPT, app, console,
-                     load_model_from_options, model_options, new_report, out_dir, progress_bar, UserError)
+                     model_options, new_report, out_dir, UserError)
+from .session import Session, open_model
 
 DEFAULT_METHODS = "saliency,occlusion,cam,gradcam,augmented-gradcam,guided-gradcam"
 #: the registry's names (importing it does not import torch: the CLI's --help stays fast)
@@ -102,42 +103,44 @@ def _selection(model, ds, misclassified: bool, true_class, confused, n: int) -> 
     return picked
 
 
+#: explain's own options, declared once here so that the command reads as what it does
+IMAGES_ARG = typer.Argument(None, help="Image files, folders (a flat folder or one with sub-folders) or globs.")
+DATA_OPT = typer.Option(None, "--data", "-d", help="Or take images from a dataset: digits, an ImageFolder, or a "
+                        "flat folder of images (no labels needed).")
+N_OPT = typer.Option(8, "--n", min=1, help="With --data: how many of its first images (or of the selected ones).")
+MISCLASSIFIED_OPT = typer.Option(False, "--misclassified", help="With --data: only the images the model gets wrong "
+                                 "(needs labels).")
+CLASS_OPT = typer.Option(None, "--class", help="With --data: only images of this true class (index or name; needs "
+                         "labels).")
+CONFUSED_OPT = typer.Option(None, "--confused", help="With --data: only images of true class R predicted as C, "
+                            "given as R,C (a cell of the confusion matrix).")
+METHODS_OPT = typer.Option(DEFAULT_METHODS, "--methods", help=METHODS_HELP)
+TARGET_OPT = typer.Option("predicted", "--target", "-t", help="predicted, second, a class index or a class name.")
+LAYER_OPT = typer.Option(None, "--layer", "-l", help="Layer for the CAM family (default: the last spatial layer; see "
+                         "`cnnlens layers --model M`).")
+SHARED_OPT = typer.Option(False, "--shared-scale", help="Draw every map on one scale (each divided by its largest "
+                          "|value|) instead of each in its own units.")
+STEPS_OPT = typer.Option(16, "--faithfulness-steps", min=0, help="Deletion/insertion steps (0: skip the "
+                         "faithfulness scores).")
+BASELINE_OPT = typer.Option("blur", "--baseline", help="What deleted pixels become in the faithfulness curves: blur, "
+                            "grey, black or a number in [0, 1] (black suits white-on-black digits).")
+WINDOW_OPT = typer.Option(None, "--window", min=1, help="Occlusion patch size in pixels (default: 1/8 of the image).")
+STRIDE_OPT = typer.Option(None, "--stride", min=1, help="Occlusion stride (default: window/2).")
+AUGMENTATIONS_OPT = typer.Option(100, "--augmentations", min=1, help="Augmented Grad-CAM: number of copies.")
+
+
 @app.command()
 @model_options
 def explain(
-    images: Optional[List[str]] = typer.Argument(None, help="Image files, folders (a flat folder or one with "
-                                                 "sub-folders) or globs."),
-    data: Optional[str] = typer.Option(None, "--data", "-d", help="Or take images from a dataset: digits, an "
-                                       "ImageFolder, or a flat folder of images (no labels needed)."),
-    n_images: int = typer.Option(8, "--n", min=1, help="With --data: how many of its first images (or of the "
-                                 "selected ones)."),
-    misclassified: bool = typer.Option(False, "--misclassified", help="With --data: only the images the model gets "
-                                       "wrong (needs labels)."),
-    true_class: Optional[str] = typer.Option(None, "--class", help="With --data: only images of this true class "
-                                             "(index or name; needs labels)."),
-    confused: Optional[str] = typer.Option(None, "--confused", help="With --data: only images of true class R "
-                                           "predicted as C, given as R,C (a cell of the confusion matrix)."),
-    model: str = MODEL_OPT,
-    weights: Optional[Path] = WEIGHTS_OPT,
-    pretrained: bool = PRETRAINED_OPT,
+    images: Optional[List[str]] = IMAGES_ARG, data: Optional[str] = DATA_OPT, n_images: int = N_OPT,
+    misclassified: bool = MISCLASSIFIED_OPT, true_class: Optional[str] = CLASS_OPT,
+    confused: Optional[str] = CONFUSED_OPT,
+    model: str = MODEL_OPT, weights: Optional[Path] = WEIGHTS_OPT, pretrained: bool = PRETRAINED_OPT,
     trust_pickle: bool = TRUST_OPT,
-    methods: str = typer.Option(DEFAULT_METHODS, "--methods", help=METHODS_HELP),
-    target: str = typer.Option("predicted", "--target", "-t", help="predicted, second, a class index or a class name."),
-    layer: Optional[str] = typer.Option(None, "--layer", "-l", help="Layer for the CAM family (default: the last "
-                                        "spatial layer; see `cnnlens layers --model M`)."),
-    shared_scale: bool = typer.Option(False, "--shared-scale", help="Draw every map on one scale (each divided by "
-                                      "its largest |value|) instead of each in its own units."),
-    faithfulness_steps: int = typer.Option(16, "--faithfulness-steps", min=0, help="Deletion/insertion steps "
-                                           "(0: skip the faithfulness scores)."),
-    baseline: str = typer.Option("blur", "--baseline", help="What deleted pixels become in the faithfulness "
-                                 "curves: blur, grey, black or a number in [0, 1] (black suits white-on-black digits)."),
-    window: Optional[int] = typer.Option(None, "--window", min=1, help="Occlusion patch size in pixels "
-                                         "(default: 1/8 of the image)."),
-    stride: Optional[int] = typer.Option(None, "--stride", min=1, help="Occlusion stride (default: window/2)."),
-    augmentations: int = typer.Option(100, "--augmentations", min=1, help="Augmented Grad-CAM: number of copies."),
-    device: str = DEVICE_OPT,
-    out: Path = OUT_OPT,
-    force: bool = FORCE_OPT,
+    methods: str = METHODS_OPT, target: str = TARGET_OPT, layer: Optional[str] = LAYER_OPT,
+    shared_scale: bool = SHARED_OPT, faithfulness_steps: int = STEPS_OPT, baseline: str = BASELINE_OPT,
+    window: Optional[int] = WINDOW_OPT, stride: Optional[int] = STRIDE_OPT, augmentations: int = AUGMENTATIONS_OPT,
+    device: str = DEVICE_OPT, out: Path = OUT_OPT, force: bool = FORCE_OPT,
 ) -> None:
     """Explain the model's prediction on each image with the chosen attribution methods.
 
@@ -146,35 +149,49 @@ def explain(
     <image>/explanation.json (settings, classes, faithfulness) and <image>/maps.pt (the maps as tensors);
     plus index.html and results.json.
     """
-    from rich.console import Console
-
     from ..attribution.explain import explain_images
     from ..attribution.report import add_explain_section
-    from ..registry import title_of
 
     chosen = parse_methods(methods)
     base = _baseline(baseline)  # check before loading anything
     _check_captum(chosen)
     out = out_dir(out, force, images, weights)
-    m = load_model_from_options(model, weights, pretrained, trust_pickle, device)
-    if layer is not None:
-        from ..tap import resolve_layer
-
-        layer = resolve_layer(m, layer)[0]  # a named layer must exist: one clear error, before any work
-    x, names, sources = _inputs(m, images, data, n_images, misclassified, true_class, confused)
+    s = open_model(model, weights, pretrained, trust_pickle, device)
+    layer = _layer(s.model, layer)
+    x, names, sources = _inputs(s, images, data, n_images, misclassified, true_class, confused)
     settings = {"occlusion": {k: v for k, v in (("window", window), ("stride", stride)) if v is not None},
                 "augmented_gradcam": {"augmentations": augmentations}}
-    n = len(names)
-    total = n * len(chosen) * (2 if faithfulness_steps > 0 else 1)  # one image × one method, (× faithfulness)
-    with progress_bar(f"explaining {n} image(s) × {len(chosen)} method(s)", total=total) as update:
-        run = explain_images(m, x, chosen, target, names=names, layer=layer, settings=settings,
+    total = len(names) * len(chosen) * (2 if faithfulness_steps > 0 else 1)  # image × method (× faithfulness)
+    with s.progress(f"explaining {len(names)} image(s) × {len(chosen)} method(s)", total=total) as update:
+        run = explain_images(s.model, x, chosen, target, names=names, layer=layer, settings=settings,
                              faithfulness_steps=faithfulness_steps, baseline=base,
                              progress=lambda stage, done, t: update(done, t))
+    rep = new_report(f"cnnlens explain: {model}", f"{len(names)} image(s), target {target}, "
+                     f"{len(run.explanations)} method(s).", s.model)
+    add_explain_section(rep, run, model=model, shared=shared_scale, sources=sources)
+    _say(run, names)
+    index = out.write(rep)
+    console.print(f"wrote {index.parent}: per image original.png, <method>.png, top5.png, grid.png, "
+                  "explanation.json, maps.pt; index.html", highlight=False)
+
+
+def _layer(m, layer: Optional[str]) -> Optional[str]:
+    """--layer resolved on the model: a named layer must exist (one clear error, before any work)."""
+    if layer is None:
+        return None
+    from ..tap import resolve_layer
+
+    return resolve_layer(m, layer)[0]
+
+
+def _say(run, names: list[str]) -> None:
+    """The skipped methods (stderr), then each image's class and faithfulness scores (stdout)."""
+    from rich.console import Console
+
+    from ..registry import title_of
+
     for k, e in run.failures.items():
         console.print(f"[yellow]{k.replace('_', '-')} skipped:[/] {e}", highlight=False)
-    rep = new_report(f"cnnlens explain: {model}", f"{n} image(s), target {target}, "
-                     f"{len(run.explanations)} method(s).", m)
-    add_explain_section(rep, run, model=model, shared=shared_scale, sources=sources)
     stdout = Console()
     for i, name in enumerate(names):
         c = int(next(iter(run.explanations.values())).classes[i])
@@ -182,9 +199,6 @@ def explain(
         stdout.print(f"{name}: {cname}  " + "  ".join(
             f"{title_of(k)} del {float(f.deletion_auc[i]):.3f}/ins {float(f.insertion_auc[i]):.3f}"
             for k, f in run.faithfulness.items()), highlight=False)
-    index = out.write(rep)
-    console.print(f"wrote {index.parent}: per image original.png, <method>.png, top5.png, grid.png, "
-                  "explanation.json, maps.pt; index.html", highlight=False)
 
 
 def _check_captum(chosen: list[str]) -> None:
@@ -200,11 +214,13 @@ def _check_captum(chosen: list[str]) -> None:
             raise UserError(f"--methods: {e}") from None
 
 
-def _inputs(m, images, data, n_images: int, misclassified: bool, true_class, confused):
+def _inputs(s: Session, images, data, n_images: int, misclassified: bool, true_class, confused):
     """The images to explain on the model's device, their names and sources: files/folders, or --data."""
     import torch
 
     from ..data import read_images
+
+    m = s.model
 
     dev = next((p.device for p in m.parameters()), torch.device("cpu"))
     if images and (misclassified or true_class is not None or confused is not None):
@@ -215,11 +231,7 @@ def _inputs(m, images, data, n_images: int, misclassified: bool, true_class, con
     if images:
         loaded = read_images(list(images), m)
         return loaded.images.to(dev), list(loaded.names), list(loaded.sources)
-    from ..data import as_dataset
-    from .common import names_from_data
-
-    ds = as_dataset(data, m)
-    names_from_data(m, ds)
+    ds = s.dataset(data)
     picked = _selection(m, ds, misclassified, true_class, confused, n_images)
     items = [ds[i] for i in picked]
     x = torch.stack([torch.as_tensor(a) for a, _ in items]).to(dev)

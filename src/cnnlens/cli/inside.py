@@ -10,8 +10,8 @@ from typing import List, Optional
 import typer
 
 from .common import (DEVICE_OPT, FORCE_OPT, MODEL_OPT, OUT_OPT, PRETRAINED_OPT, TRUST_OPT, WEIGHTS_OPT, app, console,
-                     distributed, load_model_from_options, model_options, names_from_data, out_dir, print_table, ReportDir,
-                     progress_bar, UserError)
+                     model_options, names_from_data, out_dir, print_table, ReportDir, progress_bar, UserError)
+from .session import Session, open_model, session
 
 inside_app = typer.Typer(
     name="inside",
@@ -53,20 +53,6 @@ def parse_channels(text: Optional[str]) -> Optional[list[int]]:
     return out
 
 
-class _Model:
-    """The shared model options, resolved once."""
-
-    def __init__(self, model, weights, pretrained, trust_pickle, device):
-        self.name = model
-        self.m = load_model_from_options(model, weights, pretrained, trust_pickle, device)
-
-    @property
-    def class_names(self):
-        """The model's class names (the data's folder names once a dataset named classes the model had not)."""
-        spec = getattr(self.m, "spec", None)
-        return list(getattr(spec, "class_names", ()) or ()) or None
-
-
 def _images(model, image: Optional[List[str]], data: Optional[str], n: int):
     """(N×C×H×W, labels as text) from --image or the first n images of --data."""
     import torch
@@ -90,19 +76,12 @@ def _images(model, image: Optional[List[str]], data: Optional[str], n: int):
     raise UserError("give images with --image FILE (or --data D to take its first --n images)")
 
 
-def _dataset(model, data: Optional[str], n: Optional[int]):
-    import torch
-
-    from ..data import as_dataset
-
+def _dataset(M: Session, data: Optional[str], n: Optional[int]):
+    """--data for the model (the first n items if n): the command's dataset to scan."""
     if not data:
         raise UserError("this command scans a dataset: give --data digits, --data path/to/imagefolder or a flat "
                         "folder of images (no labels needed)")
-    ds = as_dataset(data, model)
-    names_from_data(model, ds)
-    if n:
-        ds = torch.utils.data.Subset(ds, range(min(n, len(ds))))
-    return ds
+    return M.dataset(data, n)
 
 
 def _report(title: str, section: str, intro_key: str, settings: dict, model=None, ran: dict | None = None):
@@ -177,14 +156,14 @@ def filters_cmd(
     from ..inside.report import add_feature_maps, add_filters, tensors_file
 
     out = out_dir(out, force, image, weights)
-    M = _Model(model, weights, pretrained, trust_pickle, device)
-    f = filters(M.m, layer)
+    M = open_model(model, weights, pretrained, trust_pickle, device)
+    f = filters(M.model, layer)
     rep, sec = _report(f"cnnlens inside filters: {model}", "Filters", "filters", {"model": model, "layer": f.layer},
-                       model=M.m, ran={"images": bool(image)})
+                       model=M.model, ran={"images": bool(image)})
     files = {"filters.png": add_filters(sec, f), "filters.json": _json(f), "filters.pt": tensors_file(f)}
     if image:
-        x, names = _images(M.m, image, None, 0)
-        fm = feature_maps(M.m, x, f.layer)
+        x, names = _images(M.model, image, None, 0)
+        fm = feature_maps(M.model, x, f.layer)
         for i, nm in enumerate(names):
             files[f"feature_maps_{i}.png"] = add_feature_maps(sec, fm, image=x[i], sample=i,
                                                             caption=f"feature maps of {f.layer} for {nm}")
@@ -209,15 +188,15 @@ def rf_cmd(
     from ..inside.report import RF_HEADER, add_receptive_fields, rf_rows
 
     out = out_dir(out, force, weights)
-    M = _Model(model, weights, pretrained, trust_pickle, device)
+    M = open_model(model, weights, pretrained, trust_pickle, device)
     names = [s for l in (layer or []) for s in l.split(",") if s]
     if not names:
         kinds = (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d)
-        names = [n for n, m in M.m.named_modules() if isinstance(m, kinds)]
+        names = [n for n, m in M.model.named_modules() if isinstance(m, kinds)]
     rfs = []
     with progress_bar("receptive fields", len(names)) as update:
         for i, n in enumerate(names):
-            rfs.append(receptive_field(M.m, n, probe=probe))
+            rfs.append(receptive_field(M.model, n, probe=probe))
             update(i + 1, len(names))
     t = Table(title=f"receptive fields of {model}", title_justify="left")
     for h in RF_HEADER:
@@ -226,7 +205,7 @@ def rf_cmd(
         t.add_row(*[str(c) for c in row])
     print_table(t)
     rep, sec = _report(f"cnnlens inside rf: {model}", "Receptive fields", "receptive",
-                       {"model": model, "probe": probe, "input size": rfs[0].input_size if rfs else "-"}, model=M.m)
+                       {"model": model, "probe": probe, "input size": rfs[0].input_size if rfs else "-"}, model=M.model)
     add_receptive_fields(sec, rfs)
     _finish(rep, out, {"receptive_fields.json": _json([r.to_dict() for r in rfs])}, "receptive fields")
 
@@ -252,17 +231,16 @@ def search_cmd(
 
     out = out_dir(out, force, data, weights)
     chans = parse_channels(channels)
-    with distributed(device) as (rank, world, dev):
-        M = _Model(model, weights, pretrained, trust_pickle, dev)
-        ds = _dataset(M.m, data, n)
-        with progress_bar(f"searching {layer}", rank=rank, world=world) as update:
-            r = dataset_search(M.m, ds, layer, chans, k, batch_size=batch_size, device=dev,
+    with session(model, weights, pretrained, trust_pickle, device) as M:
+        ds = _dataset(M, data, n)
+        with M.progress(f"searching {layer}") as update:
+            r = dataset_search(M.model, ds, layer, chans, k, batch_size=batch_size, device=M.device,
                                progress=update, max_crop=max_crop)
-        if rank != 0:
+        if not M.writes:
             return
         rep, sec = _report(f"cnnlens inside search: {model}", "Dataset search", "search",
                            {"model": model, "data": data, "labels": getattr(ds, "cnnlens_labels", "given by the data"),
-                            "layer": r.layer, "k": r.k, "images": len(ds), "processes": world}, model=M.m,
+                            "layer": r.layer, "k": r.k, "images": len(ds), "processes": M.world}, model=M.model,
                            ran={"labels": is_labelled(ds)})
         files = {}
         cs = list(r.channels)
@@ -314,7 +292,7 @@ def maximize_cmd(
     from ..targets import as_target
 
     out = out_dir(out, force, weights)
-    M = _Model(model, weights, pretrained, trust_pickle, device)
+    M = open_model(model, weights, pretrained, trust_pickle, device)
     if (layer is None) == (classes is None):
         raise UserError("give --layer L (with --channels) to maximise channels, or --classes to maximise class scores")
     if classes is not None:
@@ -326,11 +304,11 @@ def maximize_cmd(
         J = objectives.neuron(layer, chans) if neuron else objectives.channel(layer, chans)
         titles = [f"{layer} {'unit' if neuron else 'ch'} {c}" for c in chans]
     with progress_bar("maximising", steps) as update:
-        v = maximize(M.m, J, steps, lr=lr, param=param, tv=tv, l2=l2, l2_decay=l2_decay, blur_every=blur_every,
+        v = maximize(M.model, J, steps, lr=lr, param=param, tv=tv, l2=l2, l2_decay=l2_decay, blur_every=blur_every,
                      blur_sigma=blur_sigma, jitter=jitter, scale=scale or None, rotate=rotate or None, size=size,
                      seed=seed, progress=update)
     rep, sec = _report(f"cnnlens inside maximize: {model}", "Activation maximisation", "maximize",
-                       {"model": model, "objective": v.objective, **v.settings}, model=M.m,
+                       {"model": model, "objective": v.objective, **v.settings}, model=M.model,
                        ran={"objective": "class" if classes is not None else "neuron" if neuron else "channel",
                             "regularisers": _regularisers(param, tv, l2, l2_decay, blur_every, blur_sigma, jitter,
                                                           scale, rotate)})
@@ -357,15 +335,15 @@ def deconv_cmd(
     from ..inside.report import add_deconv, tensors_file
 
     out = out_dir(out, force, image, data, weights)
-    M = _Model(model, weights, pretrained, trust_pickle, device)
-    x, names = _images(M.m, image, data, n)
-    x = x.to(next(M.m.parameters()).device)
+    M = open_model(model, weights, pretrained, trust_pickle, device)
+    x, names = _images(M.model, image, data, n)
+    x = x.to(next(M.model.parameters()).device)
     chans = parse_channels(channels) or [0, 1, 2]
-    projs = [deconvnet(M.m, x, layer, c, position=position) for c in chans]
+    projs = [deconvnet(M.model, x, layer, c, position=position) for c in chans]
     rep, sec = _report(f"cnnlens inside deconv: {model}", "Deconvnet", "deconv",
                        {"model": model, "layer": projs[0].layer, "channels": chans, "position": position,
-                        "guided backprop alongside": guided}, model=M.m, ran={"guided": guided})
-    img = add_deconv(sec, M.m, x, projs, labels=names, with_guided=guided)
+                        "guided backprop alongside": guided}, model=M.model, ran={"guided": guided})
+    img = add_deconv(sec, M.model, x, projs, labels=names, with_guided=guided)
     files = {"deconv.png": img}
     for p in projs:
         files[f"deconv_ch{p.channel}.json"] = _json(p)
@@ -392,14 +370,14 @@ def dream_cmd(
     from ..viz import to_pil
 
     out = out_dir(out, force, image, data, weights)
-    M = _Model(model, weights, pretrained, trust_pickle, device)
-    x, names = _images(M.m, image, data, 1 if not image else 0)
-    x = x.to(next(M.m.parameters()).device)
+    M = open_model(model, weights, pretrained, trust_pickle, device)
+    x, names = _images(M.model, image, data, 1 if not image else 0)
+    x = x.to(next(M.model.parameters()).device)
     with progress_bar("dreaming") as update:
-        d = deep_dream(M.m, x, layer, target, octaves=octaves, octave_scale=octave_scale, steps=steps,
+        d = deep_dream(M.model, x, layer, target, octaves=octaves, octave_scale=octave_scale, steps=steps,
                        step_size=step_size, jitter=jitter, seed=seed, progress=update)
     rep, sec = _report(f"cnnlens inside dream: {model}", "Deep Dream", "dream", {"model": model, **d.settings},
-                       model=M.m, ran={"objective": "class" if target is not None else "layer"})
+                       model=M.model, ran={"objective": "class" if target is not None else "layer"})
     files = {"dream.png": add_dream(sec, x, d, f"{d.objective}: {float(d.start[0]):.3g} → {float(d.final[0]):.3g}")}
     for i in range(d.images.shape[0]):
         import io
@@ -429,16 +407,15 @@ def stats_cmd(
     from ..inside.report import add_stats, tensors_file
 
     out = out_dir(out, force, data, weights)
-    with distributed(device) as (rank, world, dev):
-        M = _Model(model, weights, pretrained, trust_pickle, dev)
-        ds = _dataset(M.m, data, n)
-        with progress_bar(f"statistics of {layer}", rank=rank, world=world) as update:
-            st = neuron_stats(M.m, ds, layer, bins=bins, batch_size=batch_size, device=dev, progress=update)
-        if rank != 0:
+    with session(model, weights, pretrained, trust_pickle, device) as M:
+        ds = _dataset(M, data, n)
+        with M.progress(f"statistics of {layer}") as update:
+            st = neuron_stats(M.model, ds, layer, bins=bins, batch_size=batch_size, device=M.device, progress=update)
+        if not M.writes:
             return
         rep, sec = _report(f"cnnlens inside stats: {model}", "Neuron statistics", "stats",
                            {"model": model, "data": data, "labels": getattr(ds, "cnnlens_labels", "given by the data"),
-                            "layer": st.layer, "images": len(ds), "bins": bins, "processes": world}, model=M.m,
+                            "layer": st.layer, "images": len(ds), "bins": bins, "processes": M.world}, model=M.model,
                            ran={"labels": is_labelled(ds)})
         a, b = add_stats(sec, st, M.class_names, channels=parse_channels(channels))
         _say(f"{st.layer}: {len(st.mean)} channels, mean sparsity {float(st.sparsity.mean()):.3f}, dead "
@@ -473,13 +450,12 @@ def influence_cmd(
     from ..inside.report import add_influence, tensors_file
 
     out = out_dir(out, force, data, image, weights)
-    with distributed(device) as (rank, world, dev):
-        M = _Model(model, weights, pretrained, trust_pickle, dev)
+    with session(model, weights, pretrained, trust_pickle, device) as M:
         if image:
-            src, _ = _images(M.m, image, None, 0)
-            src = src.to(dev)
+            src, _ = _images(M.model, image, None, 0)
+            src = src.to(M.device)
         else:
-            src = _dataset(M.m, data, n)
+            src = _dataset(M, data, n)
         if target.strip().lower() == "true" and not image:
             from ..data import require_labels
 
@@ -487,10 +463,10 @@ def influence_cmd(
         top = None if all_channels or not ablation else ablate_top
         what = "gradients" + ("" if not ablation else ", then zeroing every channel" if top is None else
                               f", then zeroing the top {top} channels")
-        with progress_bar(f"influence of {layer} ({what})", rank=rank, world=world) as update:
-            inf = influence(M.m, src, layer, target, ablation=ablation, channels=parse_channels(channels),
-                            ablate_top=top, batch_size=batch_size, device=dev, progress=update)
-        if rank != 0:
+        with M.progress(f"influence of {layer} ({what})") as update:
+            inf = influence(M.model, src, layer, target, ablation=ablation, channels=parse_channels(channels),
+                            ablate_top=top, batch_size=batch_size, device=M.device, progress=update)
+        if not M.writes:
             return
         ablated = inf.settings.get("ablated")
         t = Table(title=f"channels of {inf.layer} by influence on the {inf.target}", title_justify="left")
@@ -507,7 +483,7 @@ def influence_cmd(
         rep, sec = _report(f"cnnlens inside influence: {model}", "Channel influence", "influence",
                            {"model": model, "layer": inf.layer, "target": inf.target, "images": inf.count,
                             "channels ranked": len(inf.channels), "zeroed (ablation)": zeroed,
-                            "processes": world}, model=M.m,
+                            "processes": M.world}, model=M.model,
                            ran={"ablation": None if not ablation else "all" if ablated is None else len(ablated)})
         img = add_influence(sec, inf)
         _finish(rep, out, {"influence.png": img, "influence.json": _json(inf), "influence.pt": tensors_file(inf)},
@@ -567,32 +543,32 @@ def tcav_cmd(
             raise UserError(f"--concept {c!r}: give NAME=folder, e.g. --concept stripes=images/stripes")
         concepts[name.strip()] = folder.strip()
     out = out_dir(out, force, data, image, random, *concepts.values(), weights)
-    M = _Model(model, weights, pretrained, trust_pickle, device)
+    M = open_model(model, weights, pretrained, trust_pickle, device)
     if classifier not in ("sgd", "logistic"):
         raise UserError(f"--classifier {classifier!r}: choose sgd or logistic")
-    imgs = {k: _folder_images(M.m, v, f"--concept {k}=") for k, v in concepts.items()}
-    pool = _folder_images(M.m, random, "--random")
+    imgs = {k: _folder_images(M.model, v, f"--concept {k}=") for k, v in concepts.items()}
+    pool = _folder_images(M.model, random, "--random")
     from ..inside.tcav import _class_index
 
     try:
-        k, _ = _class_index(M.m, target)
+        k, _ = _class_index(M.model, target)
     except (TypeError, ValueError) as e:
         raise UserError(f"--target: {e}") from None
     if image:
-        x, _ = _images(M.m, image, None, n)
+        x, _ = _images(M.model, image, None, n)
     else:
         if data is None and model == "cluttered-digits-cnn":
             data = "cluttered-digits"
-        ds = _dataset(M.m, data, None)
+        ds = _dataset(M, data, None)
         if not is_labelled(ds):
             raise UserError(f"--data {data}: has no labels, so no images of class {target}; give --image")
         xs = [torch.as_tensor(xi) for xi, yi in (ds[i] for i in range(len(ds))) if int(yi) == k][:n]
         if len(xs) < 2:
             raise UserError(f"--data {data}: {len(xs)} image(s) of class {target}; need at least 2")
         x = torch.stack(xs)
-    dev = next(iter(M.m.parameters())).device
+    dev = next(iter(M.model.parameters())).device
     with progress_bar(f"TCAV of {len(imgs)} concept(s) at {layer}, {runs} runs") as update:
-        r = tcav(M.m, layer, concepts={c: v.to(dev) for c, v in imgs.items()}, random=pool.to(dev),
+        r = tcav(M.model, layer, concepts={c: v.to(dev) for c, v in imgs.items()}, random=pool.to(dev),
                  inputs=x.to(dev), target=k, runs=runs, classifier=classifier, bonferroni=bonferroni,
                  progress=update)
     from rich.table import Table
@@ -608,7 +584,7 @@ def tcav_cmd(
                        {"model": model, "layer": r.layer, "target": r.target_name or r.target,
                         "class images": r.n_inputs, "concepts": ", ".join(f"{c} ({len(v)})" for c, v in imgs.items()),
                         "random pool": len(pool), "runs": runs, "classifier": classifier,
-                        "Bonferroni": bonferroni}, model=M.m)
+                        "Bonferroni": bonferroni}, model=M.model)
     img = add_tcav(sec, r)
     _finish(rep, out, {"tcav.png": img, "tcav.json": _json(r), "tcav.pt": tensors_file(r)},
             f"{len(imgs)} concept(s)")
