@@ -15,6 +15,7 @@ from typing import Sequence
 import torch
 
 from ..figures.attacks import attack_figure, class_name, topk_figure
+from .images import AttackRun
 from .result import AttackResult
 
 log = logging.getLogger(__name__)
@@ -186,6 +187,42 @@ def add_attack_section(report, model, x: torch.Tensor, names: Sequence[str], r: 
         sec.gallery([(topk_figure(r, i, class_names, title=nm), nm) for i, nm in enumerate(names)],
                     caption="Top-5 probabilities before (blue) and after (red) the attack.", width=520)
     sec.data("attack", data)
+    return sec
+
+
+def add_attack_run_section(report, model, run: AttackRun, *, settings: dict | None = None):
+    """``cnnlens attack``'s report: :func:`add_attack_section` for an :class:`AttackRun`, and its files —
+    per image <name>/original.png, adversarial.png, perturbation.png (amplified), top5.json; attack.json (all
+    numbers) and x_adv.pt (the exact adversarial images: a PNG rounds to 8 bits, which can undo a perturbation
+    below half a grey level). ``model``: the model attacked (for the 8-bit re-classification)."""
+    import io
+    import json
+
+    from ..viz import to_pil
+
+    def png(img) -> bytes:
+        buf = io.BytesIO()
+        to_pil(img).save(buf, format="PNG")
+        return buf.getvalue()
+
+    r, names, x = run.result, run.names, run.images
+    sec = add_attack_section(report, model, x, names, r, title=f"{ATTACK_TITLES[run.method]} attack",
+                             settings=settings)
+    q = quantized_predictions(model, r)
+    summary = {}
+    for i, nm in enumerate(names):
+        report.file(f"{nm}/original.png", png(x[i]))
+        report.file(f"{nm}/adversarial.png", png(r.x_adv[i]))
+        report.file(f"{nm}/perturbation.png", png(r.amplified()[i]))
+        top = topk_rows(r, i, run.class_names)
+        report.file(f"{nm}/top5.json", json.dumps(top, indent=2))
+        summary[nm] = {"success": bool(r.success[i]), "goal": int(r.classes[i]), "targeted": r.targeted,
+                       "eps": float(r.eps[i]), "linf": float(r.linf()[i]), "l2": float(r.l2()[i]),
+                       "steps": int(r.steps[i]), "after_8bit_rounding": int(q[i]), **top}
+    report.file("attack.json", json.dumps({"settings": r.settings, "images": summary}, indent=2, default=str))
+    buf = io.BytesIO()
+    torch.save({"names": list(names), "x": x, "x_adv": r.x_adv, "eps": r.eps}, buf)
+    report.file("x_adv.pt", buf.getvalue())
     return sec
 
 

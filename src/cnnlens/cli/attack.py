@@ -74,16 +74,6 @@ def _unique(names: List[str]) -> List[str]:
     return out
 
 
-def _png(img) -> bytes:
-    import io
-
-    from ..viz import to_pil
-
-    buf = io.BytesIO()
-    to_pil(img).save(buf, format="PNG")
-    return buf.getvalue()
-
-
 @app.command()
 @model_options
 def attack(
@@ -117,101 +107,51 @@ def attack(
     attack.json (all numbers), x_adv.pt (the exact adversarial images: a PNG rounds to
     8 bits, which can undo a perturbation below half a grey level) and index.html.
     """
-    import torch
-
-    from ..attacks import cw, deepfool, fgsm, minimal_eps, pgd
-    from ..attacks.report import ATTACK_TITLES, add_attack_section, quantized_predictions, topk_rows
-    from .._batch import check_batch_size
+    from ..attacks.images import attack_images
+    from ..attacks.report import ATTACK_TITLES, add_attack_run_section
     from ..data import read_images
 
-    method = method.strip().lower()
-    norm = parse_norm(norm)
+    method, norm = method.strip().lower(), parse_norm(norm)
+    _check_attack(method, minimal, c)
+    e = parse_eps(eps, norm=norm)
+    alpha = parse_eps(step_size, "--step-size", norm) if step_size is not None else None
+    if alpha is not None and alpha <= 0:
+        raise UserError("--step-size must be > 0")
+    out = out_dir(out, force, images, weights)
+    with session(model, weights, pretrained, trust_pickle, device,
+                 one_process="cnnlens attack runs in one process; use torchrun with `cnnlens robustness`") as S:
+        loaded = read_images(list(images), S.model)
+        x, names = loaded.images.to(S.device), _unique(list(loaded.names))
+        batches = -(-len(names) // _check_batch_size(batch_size, x))
+        with S.progress(f"attacking {len(names)} image(s)", total=batches) as update:
+            run = attack_images(S.model, x, method, eps=e, target=_target(target), norm=norm, steps=steps,
+                                step_size=alpha, c=c, overshoot=overshoot, random_start=random_start,
+                                minimal=minimal, seed=seed, batch_size=batch_size, names=names, progress=update)
+        title = ATTACK_TITLES[run.method]
+        rep = new_report(f"cnnlens attack: {model}", f"{title} on {len(names)} image(s).", S.model)
+        settings = {"model": model,
+                    "images": ", ".join(names[:10]) + (" ..." if len(names) > 10 else ""), "device": S.device}
+        add_attack_run_section(rep, S.model, run, settings=settings)
+        index = out.write(rep)
+        _print_attack(names, run.result, run.class_names)
+        console.print(f"wrote {index.parent}: <image>/original.png, adversarial.png, perturbation.png, top5.json; "
+                      "attack.json, x_adv.pt, index.html", highlight=False)
+
+
+def _check_attack(method: str, minimal: bool, c: float) -> None:
+    """--method, --minimal and --c agree: one line before any work."""
     if method not in ("fgsm", "pgd", "deepfool", "cw"):
         raise UserError(f"--method {method!r} is not known; use fgsm, pgd, deepfool or cw")
     if minimal and method != "pgd":
         raise UserError("--minimal searches over PGD; use it with --method pgd (deepfool and cw are minimal already)")
     if method == "cw" and c <= 0:
         raise UserError("--c must be > 0")
-    if steps is None:
-        steps = {"deepfool": 50, "cw": 100}.get(method, 10)
-    e = parse_eps(eps, norm=norm)
-    alpha = parse_eps(step_size, "--step-size", norm) if step_size is not None else None
-    if alpha is not None and alpha <= 0:
-        raise UserError("--step-size must be > 0")
-    tgt = _target(target)
-    out = out_dir(out, force, images, weights)
-    with session(model, weights, pretrained, trust_pickle, device,
-                 one_process="cnnlens attack runs in one process; use torchrun with `cnnlens robustness`") as S:
-        m, dev = S.model, S.device
-        loaded = read_images(list(images), m)
-        x = loaded.images.to(dev)
-        names = _unique(list(loaded.names))
-        class_names = getattr(getattr(m, "spec", None), "class_names", None)
-        batch_size = check_batch_size(batch_size, x)
-        parts = []
-        with S.progress(f"attacking {len(names)} image(s)", total=(len(names) + batch_size - 1) // batch_size) as update:
-            for b, s in enumerate(range(0, len(names), batch_size)):
-                xb = x[s:s + batch_size]
-                if minimal:
-                    r = minimal_eps(m, xb, target=tgt, norm=norm, steps=steps, random_start=random_start, seed=seed)
-                elif method == "fgsm":
-                    r = fgsm(m, xb, eps=e, target=tgt, norm=norm)
-                elif method == "deepfool":
-                    r = deepfool(m, xb, target=tgt, steps=steps, overshoot=overshoot)
-                elif method == "cw":
-                    r = cw(m, xb, target=tgt, c=c, steps=steps)
-                else:
-                    r = pgd(m, xb, eps=e, steps=steps, step_size=alpha, target=tgt, norm=norm,
-                            random_start=random_start, seed=seed)
-                parts.append(r)
-                update(b + 1)
-        r = _concat(parts)
-        title = "Minimal-ε PGD" if minimal else ATTACK_TITLES[method]
-        rep = new_report(f"cnnlens attack: {model}", f"{title} on {len(names)} image(s).", m)
-        settings = {"model": model,
-                    "images": ", ".join(names[:10]) + (" ..." if len(names) > 10 else ""), "device": dev}
-        add_attack_section(rep, m, x.cpu(), names, r, title=f"{title} attack", settings=settings)
-        q = quantized_predictions(m, r)
-        summary = {}
-        for i, nm in enumerate(names):
-            rep.file(f"{nm}/original.png", _png(x[i].cpu()))
-            rep.file(f"{nm}/adversarial.png", _png(r.x_adv[i]))
-            rep.file(f"{nm}/perturbation.png", _png(r.amplified()[i]))
-            top = topk_rows(r, i, class_names)
-            rep.file(f"{nm}/top5.json", json.dumps(top, indent=2))
-            summary[nm] = {"success": bool(r.success[i]), "goal": int(r.classes[i]), "targeted": r.targeted,
-                           "eps": float(r.eps[i]), "linf": float(r.linf()[i]), "l2": float(r.l2()[i]),
-                           "steps": int(r.steps[i]), "after_8bit_rounding": int(q[i]), **top}
-        rep.file("attack.json", json.dumps({"settings": r.settings, "images": summary}, indent=2, default=str))
-        import io
-
-        buf = io.BytesIO()
-        torch.save({"names": names, "x": x.cpu(), "x_adv": r.x_adv, "eps": r.eps}, buf)
-        rep.file("x_adv.pt", buf.getvalue())
-        index = out.write(rep)
-        _print_attack(names, r, class_names)
-        console.print(f"wrote {index.parent}: <image>/original.png, adversarial.png, perturbation.png, top5.json; "
-                      "attack.json, x_adv.pt, index.html", highlight=False)
 
 
-def _concat(parts):
-    import dataclasses
+def _check_batch_size(batch_size, x) -> int:
+    from .._batch import check_batch_size
 
-    import torch
-
-    if len(parts) == 1:
-        return parts[0]
-    first = parts[0]
-    fields = {}
-    for f in dataclasses.fields(first):
-        vals = [getattr(p, f.name) for p in parts]
-        if torch.is_tensor(vals[0]):
-            fields[f.name] = torch.cat(vals)
-        elif f.name == "extras":
-            fields[f.name] = {k: torch.cat([p.extras[k] for p in parts]) for k in first.extras}
-        else:
-            fields[f.name] = vals[0]
-    return type(first)(**fields)
+    return check_batch_size(batch_size, x)
 
 
 def _print_attack(names, r, class_names) -> None:
