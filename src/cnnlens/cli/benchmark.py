@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Optional
 
@@ -76,79 +75,40 @@ def benchmark(
 ) -> None:
     """A leaderboard of every attribution method on every metric, with 95 % confidence intervals over the
     images and seconds per map; printed, and written as leaderboard.csv, leaderboard.json and index.html."""
-    import torch
-
-    from ..metrics.benchmark import METRICS, benchmark as run_benchmark
-    from ..figures.metrics import examples_figure
-    from ..metrics.report import leaderboard_section
+    from ..metrics.benchmark import METRICS
+    from ..metrics.dataset_benchmark import benchmark_dataset, load_benchmark_data
+    from ..metrics.report import add_benchmark_section
     from .explain import parse_methods
 
     out = out_dir(out, force, data, boxes, weights)
     S = open_model(model, weights, pretrained, trust_pickle, device)
-    m = S.model
     if data is None:
         if model != "cluttered-digits-cnn":
             raise UserError("--data: give an ImageFolder directory (with --boxes for the localisation metrics), "
                             "or use --model cluttered-digits-cnn")
         data = "cluttered-digits"
-    objects = None  # the objects' own pixels, for the segmentation IoU (cluttered-digits: the digit's ink)
-    if data == "cluttered-digits":
-        from ..data import cluttered_digits
-
-        if boxes is not None:
-            raise UserError("--boxes: cluttered-digits has its own boxes; leave --boxes out")
-        if tuple(m.spec.input_size) != (64, 64) or m.spec.channels != 1:
-            raise UserError(f"cluttered-digits images are 1×64×64 but {model} takes "
-                            f"{m.spec.channels}×{m.spec.input_size[0]}×{m.spec.input_size[1]}; use a model "
-                            "made for them (cluttered-digits-cnn)")
-        ds = cluttered_digits("test")
-        x, y, b = ds.x[:n], ds.y[:n], ds.boxes[:n]
-        objects = ds.ink[:n]
-    else:
-        p = Path(data).expanduser()
-        if not p.is_dir():
-            raise UserError(f"--data {data}: not cluttered-digits and no such directory; give an ImageFolder")
-        if boxes is not None:
-            from ..data import boxed_image_folder
-
-            ds = boxed_image_folder(p, boxes, m, limit=n)
-            x, y, b = ds.x, ds.y, ds.boxes
-        else:
-            from ..data import image_folder
-
-            ds = image_folder(p, m)
-            k = min(n, len(ds))
-            xs, ys = zip(*[ds[i] for i in range(k)])
-            x, y, b = torch.stack(xs), torch.tensor(ys), None
-    if len(y) < 2:
-        raise UserError(f"--data {data}: only {len(y)} image(s) to score; a confidence interval needs at least 2")
     mnames = parse_methods(methods)
-    knames = None
-    if metrics:
-        knames = [s.strip().lower().replace("-", "_") for s in metrics.split(",") if s.strip()]
-        bad = [k for k in knames if k not in METRICS]
-        if bad:
-            raise UserError(f"--metrics: unknown {', '.join(bad)}; choose from "
-                            f"{', '.join(k.replace('_', '-') for k in METRICS)}")
-    dev = next(iter(m.parameters())).device
-    with S.progress(f"benchmarking {len(mnames)} methods on {len(y)} images") as update:
-        lb = run_benchmark(m, x.to(dev), y=y.to(dev), boxes=b, objects=objects, methods=mnames, metrics=knames,
-                           progress=update)
-
+    knames = _metrics(metrics, METRICS)
+    d = load_benchmark_data(S.model, data, boxes, n)
+    with S.progress(f"benchmarking {len(mnames)} methods on {len(d.y)} images") as update:
+        run = benchmark_dataset(S.model, d, methods=mnames, metrics=knames, progress=update)
+    lb = run.leaderboard
     print_leaderboard(lb, f"How far to trust each map — {model} on {data}, {lb.n} images")
-
-    rep = new_report(f"cnnlens benchmark: {model}", f"{len(mnames)} attribution methods on {data}.", m)
-    settings = {"model": model, "data": data, "boxes": str(boxes) if boxes else ("built in" if b is not None else "none"),
-                "n": lb.n, "target": lb.settings["target"], "device": str(dev)}
-    figs = []
-    if lb.examples:
-        names = getattr(m.spec, "class_names", None)
-        figs.append((examples_figure(lb, x[:4].cpu(), b[:4] if b is not None else None, names),
-                     "Each method's map (|value|) on the first images, the ground-truth box in white; where "
-                     "scored, the box cut from the map (Zhou et al. 2016) dashed yellow and the outline of "
-                     "the map-seeded GrabCut mask (Simonyan et al. 2014) in cyan."))
-    leaderboard_section(rep, lb, settings=settings, figures=figs)
-    rep.file("leaderboard.csv", lb.csv())
-    rep.file("leaderboard.json", json.dumps(lb.to_dict(), indent=2))
+    rep = new_report(f"cnnlens benchmark: {model}", f"{len(mnames)} attribution methods on {data}.", S.model)
+    settings = {"model": model, "data": data, "boxes": run.data.boxes_from, "n": lb.n,
+                "target": lb.settings["target"], "device": str(next(iter(S.model.parameters())).device)}
+    add_benchmark_section(rep, run, settings=settings, class_names=getattr(S.model.spec, "class_names", None))
     index = out.write(rep)
     console.print(f"wrote {index.parent}: index.html, leaderboard.csv, leaderboard.json", highlight=False)
+
+
+def _metrics(text: Optional[str], known) -> Optional[list[str]]:
+    """--metrics as the leaderboard's names (``-`` or ``_``); None: all that apply."""
+    if not text:
+        return None
+    names = [s.strip().lower().replace("-", "_") for s in text.split(",") if s.strip()]
+    bad = [k for k in names if k not in known]
+    if bad:
+        raise UserError(f"--metrics: unknown {', '.join(bad)}; choose from "
+                        f"{', '.join(k.replace('_', '-') for k in known)}")
+    return names

@@ -4,6 +4,7 @@ presentation code."""
 from __future__ import annotations
 
 from .benchmark import Leaderboard
+from .dataset_benchmark import BenchmarkRun
 
 #: short column labels
 LABELS = {
@@ -121,3 +122,24 @@ def sanity_rows(s) -> tuple[list[str], list[list]]:
 
     rows = [[title_of(k)] + [round(v, 3) for v in s.mean(k).tolist()] for k in s.methods]
     return header, rows
+
+
+def add_benchmark_section(report, run: BenchmarkRun, settings: dict | None = None, class_names=None):
+    """``cnnlens benchmark``'s report: :func:`leaderboard_section` for a :class:`BenchmarkRun` with each method's
+    map on the first images (when the leaderboard kept examples), and the files leaderboard.csv and
+    leaderboard.json."""
+    import json
+
+    from ..figures.metrics import examples_figure
+
+    lb, d = run.leaderboard, run.data
+    figs = []
+    if lb.examples:
+        figs.append((examples_figure(lb, d.x[:4].cpu(), d.boxes[:4] if d.boxes is not None else None, class_names),
+                     "Each method's map (|value|) on the first images, the ground-truth box in white; where "
+                     "scored, the box cut from the map (Zhou et al. 2016) dashed yellow and the outline of "
+                     "the map-seeded GrabCut mask (Simonyan et al. 2014) in cyan."))
+    sec = leaderboard_section(report, lb, settings=settings, figures=figs)
+    report.file("leaderboard.csv", lb.csv())
+    report.file("leaderboard.json", json.dumps(lb.to_dict(), indent=2))
+    return sec
