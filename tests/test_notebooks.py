@@ -99,8 +99,6 @@ def test_a_users_pyplot_figure_displays_after_a_cnnlens_one(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=False, reason="issue 23 item 1: a cnnlens Figure returned before pyplot is imported "
-                                        "shows as '<Figure size ...>' until cnnlens gives it a display of its own")
 def test_a_cnnlens_figure_displays_without_pyplot_imported(tmp_path):
     nb = run(_cells(
         "import torch\nimport cnnlens\nfrom cnnlens import attribution\n"
