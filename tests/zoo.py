@@ -464,8 +464,8 @@ class GuidedMode(TorchFunctionMode):
 
 def reshape_for(arch: Arch):
     """pytorch-grad-cam's reshape_transform for the architecture's CAM layer layout."""
-    if arch.layout == "nhwc":
-        return lambda t: t.permute(0, 3, 1, 2)
+    if arch.layout == "nhwc":  # a layer already N×C×h×w (torchvision Swin's final permute) stays as it is
+        return lambda t: t if t.shape[2] == t.shape[3] != t.shape[1] else t.permute(0, 3, 1, 2)
     if arch.layout == "tokens":
         def tokens(t):
             t = t[:, arch.prefix:]
