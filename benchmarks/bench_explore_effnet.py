@@ -1,6 +1,6 @@
 """The explorer on a real-size network: EfficientNet-Lite0 (1000 classes) over a folder of ≥ 2,000 photos.
 
-    python benchmarks/bench_explore.py --model efficientnet-lite0 [--n 2000] [--batch-size 32]
+    python benchmarks/bench_explore.py --model efficientnet-lite0 [--n 2000] [--batch-size 16]
 
 The folder is made in a temporary directory from scikit-image's bundled photos (random crops, flips, colour
 jitter, 20 ImageNet WordNet-ID folders: ``tests/photofolder.py``) and deleted after. Reported:
@@ -88,7 +88,7 @@ def main(argv) -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default="efficientnet-lite0")
     ap.add_argument("--n", type=int, default=2000)
-    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--batch-size", type=int, default=16)
     a = ap.parse_args(argv)
     load = os.getloadavg()[0]
     print(f"(machine: {os.cpu_count()} cores, torch threads {torch.get_num_threads()}, load average {load:.1f} "

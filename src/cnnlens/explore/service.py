@@ -158,6 +158,12 @@ class Explorer:
         self.batch_size, self.device, self.k, self.page_size = batch_size, device, k, page_size
         self.dataset = _scan_dataset(data, model)
         self.n = len(self.dataset)
+        from .._batch import check_batch_size
+
+        # the Units scan and the unit pages record layers (and the scan keeps statistics) besides the forward: on
+        # large images at most 4× the CPU's fastest batch (16 at 3×224²; EfficientNet-Lite0 peaked at 2.5 GB with 32)
+        x0 = self.dataset[0][0]
+        self.model_batch = min(int(batch_size), max(4, 4 * check_batch_size(None, torch.as_tensor(x0)[None])))
         spec = getattr(model, "spec", None)
         self.model_name = getattr(spec, "name", None) or type(model).__name__
         self.mhash, self.dhash = model_hash(model), dataset_hash(self.dataset)
@@ -653,7 +659,7 @@ class Explorer:
                 except Exception:  # noqa: BLE001 - cut short: scan again
                     m = None
             if m is None:
-                m = microscope_scan(self.model, self.dataset, layers, k=UNIT_K, batch_size=self.batch_size,
+                m = microscope_scan(self.model, self.dataset, layers, k=UNIT_K, batch_size=self.model_batch,
                                     device=self.device, progress=_scaled(report))
                 buf = io.BytesIO()
                 torch.save(m, buf)
@@ -741,12 +747,12 @@ class Explorer:
 
             dev = next(self.model.parameters()).device
             with LayerTap(self.model, [], detach=True) as tap, torch.no_grad():
-                logits = torch.cat([tap.run(x[s:s + self.batch_size].to(dev))
-                                    for s in range(0, len(x), self.batch_size)]).cpu()
+                logits = torch.cat([tap.run(x[s:s + self.model_batch].to(dev))
+                                    for s in range(0, len(x), self.model_batch)]).cpu()
             with self._lock:
                 self._influence_logits = logits
         return class_influence(self.model, x, layer, classes, channels=[c], ablation=True, taylor=False,
-                               batch_size=self.batch_size, logits=logits, progress=report)
+                               batch_size=self.model_batch, logits=logits, progress=report)
 
     def unit(self, layer: Any, channel: Any) -> dict:
         """A unit page's values (``status: done``) or its job's state: top patches, activation maps over the
@@ -778,7 +784,7 @@ class Explorer:
             if len(ls.shape) == 3:
                 inf = self._influence(layer, c, _scaled(report, 0.01, 0.5))
             report(0.5)
-            imgs, maps = top_maps(self.model, self.dataset, ls, [c], batch_size=self.batch_size)
+            imgs, maps = top_maps(self.model, self.dataset, ls, [c], batch_size=self.model_batch)
             report(0.8)
             atomic_write(d / "maps.png", draw.png(draw.maps_image(imgs[0], maps[0], ncols=9, side=96)))
             atomic_write(d / "hist.png", draw.png(draw.histogram_figure(ls.stats, c)))
