@@ -790,7 +790,16 @@ class Explorer:
             atomic_write(d / "hist.png", draw.png(draw.histogram_figure(ls.stats, c)))
             atomic_write(d / "class.png", draw.png(draw.class_figure(ls.stats, c, self.class_names, inf)))
             # deconvnet and guided backprop of the unit on its top images, cut to its receptive field
-            proj = unit_projections(self.model, imgs[0], layer, c, ls.top.positions[row], ls.rf)
+            # in groups of a quarter of the model batch (4 images at 224²): each backward keeps the whole graph, and
+            # every image's projection is its own (on digits-sized images: one group, as before)
+            g = max(1, self.model_batch // 4)
+            parts = [unit_projections(self.model, imgs[0][s:s + g], layer, c, ls.top.positions[row][s:s + g], ls.rf)
+                     for s in range(0, len(imgs[0]), g)]
+            proj = parts[0] if len(parts) == 1 else type(parts[0])(
+                parts[0].layer, parts[0].channel,
+                None if any(p.deconv is None for p in parts) else torch.cat([p.deconv for p in parts]),
+                None if any(p.guided is None for p in parts) else torch.cat([p.guided for p in parts]),
+                parts[0].deconv_error, parts[0].guided_error)
             crops = ls.top.patches(channels=[c], images=imgs)[0]
             atomic_write(d / "proj.png", draw.png(draw.projections_image(crops, proj.deconv, proj.guided, tile=72)))
             info = {"card": unit_card(ls, c, self._cname(), inf),
