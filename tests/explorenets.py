@@ -22,12 +22,12 @@ def digits_every(step: int) -> torch.utils.data.TensorDataset:
 
 
 @contextlib.contextmanager
-def serve_digits(cache, data, **kw):
-    """Yield (TestClient, Explorer, model) for digits-cnn on ``data``, scanned; on exit close it and check the
-    model is unchanged."""
+def serve_digits(cache, data, model_name="digits-cnn", **kw):
+    """Yield (TestClient, Explorer, model) for ``model_name`` (digits-cnn) on ``data``, scanned; on exit close it
+    and check the model is unchanged."""
     from starlette.testclient import TestClient
 
-    model = cnnlens.load_model("digits-cnn")
+    model = cnnlens.load_model(model_name)
     before = snapshot(model)
     ex = Explorer(model, data, cache, **kw)
     ex.start_scan()

@@ -4,6 +4,7 @@ the cache, and leaves the server serving and the model unchanged."""
 
 from __future__ import annotations
 
+import importlib.util
 import io
 import struct
 import threading
@@ -111,6 +112,13 @@ def test_a_method_runs_in_the_worker_and_equals_the_library(served, data):
     f = cnnlens.attribution.faithfulness(model, x[5:6], e, steps=16)
     assert j["deletion_auc"] == pytest.approx(float(f.deletion_auc[0]), abs=1e-6)
     assert j["insertion_auc"] == pytest.approx(float(f.insertion_auc[0]), abs=1e-6)
+    # the object cut from the map: Zhou et al.'s box of the same map (and GrabCut's mask, with OpenCV); the
+    # digits have no true boxes, so no IoU
+    assert j["box"] == cnnlens.metrics.box_from_map(e)[0].tolist() and "Zhou et al. 2016" in j["objects"]
+    assert "iou" not in j
+    if importlib.util.find_spec("cv2") is not None:
+        assert j["mask_pixels"] == int(cnnlens.attribution.segment(e, x[5:6])[0].sum())
+        assert "GrabCut" in j["objects"]
     png = client.get(j["png"])
     assert png.status_code == 200 and png.content[:4] == b"\x89PNG"
     _, j2 = wait(client, "/api/sample/5/method/occlusion?target=true")

@@ -572,6 +572,7 @@ class Explorer:
                 from ..attribution import faithfulness
                 from ..attribution.completeness import incomplete_note
                 from ..figures.attribution import method_figure
+                from ..figures.metrics import draw_objects
 
                 fn = METHODS[action]
                 kw = dict(SETTINGS.get(action, {}))
@@ -582,6 +583,8 @@ class Explorer:
                 f = faithfulness(self.model, x, e, steps=FAITH_STEPS)
                 extra = "probability" if "probability" in e.extras else None
                 fig = method_figure(x.cpu().float(), [label], e, f, class_names=names, extra=extra)
+                objects, drawn = self._objects(ref, e, x)
+                draw_objects(fig.axes[0], **drawn)
                 p_max = float(torch.cat([f.deletion.scores[0], f.insertion.scores[0]]).max())
                 info = {"deletion_auc": float(f.deletion_auc[0]), "insertion_auc": float(f.insertion_auc[0]),
                         # both AUCs round to 0 when the model gives the class no probability with or without the
@@ -592,7 +595,7 @@ class Explorer:
                         "layer": e.layer, "settings": {k: v for k, v in kw.items() if k != "progress"},
                         "empty": bool(e.extras.get("empty", torch.zeros(1))[0]) if torch.is_tensor(
                             e.extras.get("empty")) else False,
-                        "note": incomplete_note(e.extras)}
+                        "note": incomplete_note(e.extras), **objects}
         except ValueError as err:  # a method that does not apply to this model: kept as its message
             msg = str(err).strip().splitlines()[0]
             atomic_write(meta_path, json.dumps({"error": msg}).encode())
@@ -601,6 +604,37 @@ class Explorer:
         atomic_write(png_path, _png(fig))
         atomic_write(meta_path, json.dumps(info).encode())
         return info
+
+    def _objects(self, ref: str, e, x: torch.Tensor) -> tuple[dict, dict]:
+        """The object cut from a map: the box of Zhou et al. 2016, the outline of the map-seeded GrabCut mask
+        (Simonyan et al. 2014, with the ``segment`` extra) and, where the dataset knows the sample's box
+        (``.boxes``, as cluttered digits), the box's IoU with it; (JSON fields, :func:`draw_objects` arguments)."""
+        from ..attribution.segment import BACKGROUND_QUANTILE, FOREGROUND_QUANTILE, segment
+        from ..extras import MissingExtra
+        from ..metrics import box_from_map, localisation_iou
+
+        try:
+            box = box_from_map(e)[0]
+        except MissingExtra as err:  # no scikit-image: nothing to cut
+            return {"objects": str(err).splitlines()[0]}, {}
+        out: dict = {"box": box.tolist()}
+        words = ["dashed yellow: the box of the largest region above 20 % of the map's maximum (Zhou et al. 2016)"]
+        try:
+            mask = segment(e, x.cpu())[0]
+            words.append(f"cyan: the outline of GrabCut seeded by the map's top {1 - FOREGROUND_QUANTILE:.0%} and "
+                         f"bottom {BACKGROUND_QUANTILE:.0%} (Simonyan et al. 2014)")
+            out["mask_pixels"] = int(mask.sum())
+        except MissingExtra:
+            mask = None
+            words.append("pip install 'cnnlens[segment]' for the GrabCut outline")
+        truth = getattr(self.dataset, "boxes", None)
+        true_box = None
+        if truth is not None and not ref.startswith("u"):
+            true_box = torch.as_tensor(truth)[int(ref)]
+            out["iou"] = float(localisation_iou(e, true_box[None]).scores[0])
+            words.append(f"white: the true box, IoU {out['iou']:.2f}")
+        out["objects"] = "; ".join(words) + "."
+        return out, {"box": box, "mask": mask, "true_box": true_box}
 
     # -- units (the microscope) ------------------------------------------------
     def unit_layers(self) -> list[str]:

@@ -17,6 +17,20 @@ if TYPE_CHECKING:
     from ..metrics.benchmark import Leaderboard
 
 
+def draw_objects(ax, box=None, mask=None, true_box=None) -> None:
+    """What a map became, over its image on ``ax``: the ground-truth box (x0, y0, x1, y1, end exclusive) in
+    white, the outline of the map-seeded GrabCut mask (H×W) in cyan and the box cut from the map (Zhou et al.
+    2016) dashed in yellow; an empty mask or box is not drawn. The leaderboard and the explorer draw with it."""
+    if true_box is not None:
+        x0, y0, x1, y1 = (float(v) for v in true_box)
+        ax.add_patch(Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False, ec="white", lw=1.2))
+    if mask is not None and bool(mask.any()):
+        ax.contour(mask.float().numpy(), levels=[0.5], colors="cyan", linewidths=0.8)
+    if box is not None and bool((box[2:] > box[:2]).all()):
+        x0, y0, x1, y1 = (float(v) for v in box)
+        ax.add_patch(Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False, ec="yellow", lw=1.0, ls="--"))
+
+
 def examples_figure(lb: Leaderboard, images, boxes=None, class_names=None):
     """Each method's maps (rows) over the first images (columns), the ground-truth box drawn in white; where
     the leaderboard scored them, the box cut from the map (Zhou et al. 2016) dashed in yellow and the outline
@@ -27,16 +41,10 @@ def examples_figure(lb: Leaderboard, images, boxes=None, class_names=None):
         for c in range(k):
             ax = axes[r][c]
             overlay(ax, images[c], lb.examples[m][c].abs(), colorbar=False, alpha=0.55)
-            if boxes is not None:
-                x0, y0, x1, y1 = (float(v) for v in boxes[c])
-                ax.add_patch(Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False, ec="white", lw=1.2))
             got = getattr(lb, "objects", {}).get(m, {})
-            if "masks" in got and bool(got["masks"][c].any()):
-                ax.contour(got["masks"][c].float().numpy(), levels=[0.5], colors="cyan", linewidths=0.8)
-            if "boxes" in got and bool((got["boxes"][c, 2:] > got["boxes"][c, :2]).all()):
-                x0, y0, x1, y1 = (float(v) for v in got["boxes"][c])
-                ax.add_patch(Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False, ec="yellow", lw=1.0,
-                                       ls="--"))
+            draw_objects(ax, box=got["boxes"][c] if "boxes" in got else None,
+                         mask=got["masks"][c] if "masks" in got else None,
+                         true_box=boxes[c] if boxes is not None else None)
             if c == 0:
                 ax.text(-0.05, 0.5, m, transform=ax.transAxes, ha="right", va="center", fontsize=9)
                 if m in GUIDED:

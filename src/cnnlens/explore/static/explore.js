@@ -133,12 +133,14 @@ function poll(url, parts, done, fail) {
     if (t === null) { parts.status.textContent = "type or pick a class name from the list"; return; }
     if (stop) stop();
     $("method-aucs").textContent = "";
+    $("method-objects").textContent = "";
     const url = "/api/sample/" + encodeURIComponent(ref) + "/method/" + encodeURIComponent(method.value) + "?target=" + encodeURIComponent(t);
     stop = poll(url, parts, j => {
       parts.status.textContent = method.value.replace(/_/g, " ") + " toward " + j.class_name + " (" + j.target + ")" + (j.layer ? ", layer " + j.layer : "") + ", " + j.seconds + " s";
       $("method-aucs").textContent = (j.auc_note ? j.auc_note
         : "deletion AUC " + j.deletion_auc.toFixed(3) + " · insertion AUC " + j.insertion_auc.toFixed(3))
         + (j.note ? " · ⚠ " + j.note : "");
+      $("method-objects").textContent = j.objects || "";
       parts.img.alt = method.value + " toward " + j.class_name;
     });
   }
@@ -162,6 +164,7 @@ function poll(url, parts, done, fail) {
         p.status.textContent = "toward " + j.class_name + " (" + j.target + "), " + j.seconds + " s";
         card.querySelector(".aucs").textContent = (j.auc_note ? j.auc_note
           : "deletion " + j.deletion_auc.toFixed(3) + " · insertion " + j.insertion_auc.toFixed(3))
+          + (j.iou != null ? " · box IoU " + j.iou.toFixed(2) : "")
           + (j.note ? " · ⚠ " + j.note : "");
         p.img.alt = opt.value + " toward " + j.class_name;
         resolve();
