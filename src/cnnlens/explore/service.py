@@ -621,8 +621,8 @@ class Explorer:
         words = ["dashed yellow: the box of the largest region above 20 % of the map's maximum (Zhou et al. 2016)"]
         try:
             mask = segment(e, x.cpu())[0]
-            words.append(f"cyan: the outline of GrabCut seeded by the map's top {1 - FOREGROUND_QUANTILE:.0%} and "
-                         f"bottom {BACKGROUND_QUANTILE:.0%} (Simonyan et al. 2014)")
+            words.append(f"cyan: the outline of GrabCut seeded by the map's top {100 * (1 - FOREGROUND_QUANTILE):.0f} % "
+                         f"and bottom {100 * BACKGROUND_QUANTILE:.0f} % (Simonyan et al. 2014)")
             out["mask_pixels"] = int(mask.sum())
         except MissingExtra:
             mask = None
