@@ -27,6 +27,11 @@ import torch
 _RANKS = {"predicted": 0, "pred": 0, "top1": 0, "second": 1, "runner-up": 1}
 
 
+class TargetError(ValueError):
+    """A target (or the labels it reads) that does not fit the inputs or the model's logits: the caller's to fix,
+    never a reason to retry another way."""
+
+
 @dataclass(frozen=True)
 class Target:
     """A class (fixed, per sample, ranked, true label), or a channel or neuron of a layer.
@@ -111,36 +116,36 @@ class Target:
         if self.kind == "class":
             idx = self.index if isinstance(self.index, tuple) else (self.index,)
             if isinstance(self.index, tuple) and len(idx) != n:
-                raise ValueError(f"got {len(idx)} per-sample targets for {n} inputs; give one class per input")
+                raise TargetError(f"got {len(idx)} per-sample targets for {n} inputs; give one class per input")
             neg = [i for i in idx if i < 0]
             if neg:
-                raise ValueError(f"target class {neg[0]} is negative; give a class index from 0"
+                raise TargetError(f"target class {neg[0]} is negative; give a class index from 0"
                                  + (f" to {num_classes - 1}" if num_classes else "") + " (or a class name)")
             if num_classes is not None:
                 bad = [i for i in idx if not 0 <= i < num_classes]
                 if bad:
-                    raise ValueError(f"target class {bad[0]} is out of range: the model has {num_classes} classes (0–{num_classes - 1})")
+                    raise TargetError(f"target class {bad[0]} is out of range: the model has {num_classes} classes (0–{num_classes - 1})")
         elif self.kind == "rank":
             if num_classes is not None and self.index >= num_classes:
-                raise ValueError(f"rank {self.index} needs more than {num_classes} classes")
+                raise TargetError(f"rank {self.index} needs more than {num_classes} classes")
         elif self.kind == "true":
             if labels is None:
-                raise ValueError('target "true" needs labels: pass y=... (or use "predicted")')
+                raise TargetError('target "true" needs labels: pass y=... (or use "predicted")')
             if len(labels) != n:
-                raise ValueError(f"got {len(labels)} labels for {n} inputs")
+                raise TargetError(f"got {len(labels)} labels for {n} inputs")
             lab = torch.as_tensor(labels).reshape(-1)
             if lab.numel() and (lab.is_floating_point() or int(lab.min()) < 0
                                 or (num_classes is not None and int(lab.max()) >= num_classes)):
-                raise ValueError(f"labels must be class indices in 0–{(num_classes or 0) - 1 if num_classes else '…'}, "
+                raise TargetError(f"labels must be class indices in 0–{(num_classes or 0) - 1 if num_classes else '…'}, "
                                  f"got values from {lab.min().item()} to {lab.max().item()}")
         elif self.kind in ("channel", "neuron"):
             if self.index < 0:
-                raise ValueError("channel index must be ≥ 0")
+                raise TargetError("channel index must be ≥ 0")
 
     def classes(self, logits: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         """The class index for each sample (LongTensor N), given the logits N×K."""
         if logits.dim() != 2:
-            raise ValueError(
+            raise TargetError(
                 f"the model returned logits of shape {tuple(logits.shape)}; a classifier must return N×K "
                 "(wrap the model so forward() returns the logits tensor)"
             )
@@ -153,7 +158,7 @@ class Target:
             return logits.detach().topk(self.index + 1, dim=1).indices[:, self.index]
         if self.kind == "true":
             return labels.to(device=logits.device, dtype=torch.long).reshape(-1)
-        raise ValueError(f"a {self.kind} target does not select a class; use it with a layer objective")
+        raise TargetError(f"a {self.kind} target does not select a class; use it with a layer objective")
 
     def score(self, logits: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
         """Pre-softmax score of each sample's class: logits[i, classes[i]] (N)."""

@@ -23,6 +23,7 @@ from torch import nn
 from .._batch import Arm, Tuner, arms, check_batch_size, chunks, workload
 from ..results import Explanation
 from ..tap import LayerTap
+from ..targets import TargetError
 from .incremental import IncrementalOcclusion, Unsupported, input_box, log_fallback
 from ._common import (Layout, Progress, describe_fill, finish, logits_of, pick_classes, pixel_fill, prepare, score,
                       target_layers)
@@ -247,6 +248,8 @@ def occlusion(model: nn.Module, x: torch.Tensor, target: Any = "predicted", *, w
                 path = "incremental" if approx is None else "approximate"
             except Unsupported as e:
                 why = str(e)
+            except TargetError:
+                raise  # the caller's target: the whole model would refuse it too (after one more forward)
             except Exception as e:  # noqa: BLE001 - any failure of the incremental run: the whole model instead
                 first = str(e).splitlines()[0] if str(e) else ""
                 why = f"the incremental run failed ({type(e).__name__}: {first[:200]})"
