@@ -201,6 +201,6 @@ def test_flat_folder_works_where_labels_are_not_needed(run_cli, tmp_path):
     code, cap = run_cli("evaluate", "--model", "conftest:TinyGapNet", "--data", flat, "--out", tmp_path / "e")
     err = " ".join(cap.err.split())
     assert code == 2 and "cnnlens evaluate needs labelled data" in err
-    assert "labels are needed by evaluate, robustness" in err and "a flat folder works for inside search" in err
+    assert "labels are needed by evaluate, explore, robustness" in err and "a flat folder works for inside search" in err
     ds = as_dataset(flat)
     assert len(ds) == 4 and [int(y) for _, y in ds] == [-1] * 4
