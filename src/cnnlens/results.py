@@ -58,6 +58,16 @@ def figure_inputs(images: Any, names: Sequence[str] | None, n: int, hw: tuple, w
     return images.detach().float().cpu(), (list(names) if names is not None else [f"#{i}" for i in range(n)])
 
 
+def layer_entry(layers: dict, layer: str, done: str = "scanned") -> Any:
+    """``layers[layer]``, or the one entry whose dotted name ends with ``.layer``; else a KeyError naming them."""
+    if layer in layers:
+        return layers[layer]
+    hits = [n for n in layers if n.endswith("." + layer)]
+    if len(hits) == 1:
+        return layers[hits[0]]
+    raise KeyError(f"layer {layer!r} was not {done}; {done}: {', '.join(layers)}")
+
+
 def describe(v: Any, width: int = 80) -> str:
     """One short line about a value of a result: a tensor's dtype, shape and range, a list's length, a
     dict's keys or items, a nested result's headline (never the numbers of a large tensor)."""

@@ -35,7 +35,7 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-from ..results import Result
+from ..results import Result, layer_entry
 from ..scan import Batch
 
 #: Bau et al.'s defaults: the top 0.5 % of a unit's activations, a label where IoU > 0.04
@@ -117,12 +117,7 @@ class Dissection(Result):
     settings: dict = field(default_factory=dict)
 
     def __getitem__(self, layer: str) -> LayerDissection:
-        if layer in self.layers:
-            return self.layers[layer]
-        hits = [n for n in self.layers if n.endswith("." + layer)]
-        if len(hits) == 1:
-            return self.layers[hits[0]]
-        raise KeyError(f"layer {layer!r} was not dissected; dissected: {', '.join(self.layers)}")
+        return layer_entry(self.layers, layer, "dissected")
 
     def __repr__(self) -> str:
         return "Dissection(" + "; ".join(f"{n}: {d.labelled}/{len(d.label)} labelled"

@@ -37,7 +37,7 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import nn
 
-from ..results import Result
+from ..results import Result, layer_entry
 from ..scan import Batch
 from ..tap import LayerRef, LayerTap, resolve_layer
 from .receptive import ReceptiveField
@@ -82,12 +82,7 @@ class MicroscopeScan(Result):
     settings: dict = field(default_factory=dict)
 
     def __getitem__(self, layer: str) -> LayerScan:
-        if layer in self.layers:
-            return self.layers[layer]
-        hits = [n for n in self.layers if n.endswith("." + layer)]
-        if len(hits) == 1:
-            return self.layers[hits[0]]
-        raise KeyError(f"layer {layer!r} was not scanned; scanned: {', '.join(self.layers)}")
+        return layer_entry(self.layers, layer, "scanned")
 
 
 class MicroscopeAccumulator:
