@@ -54,12 +54,14 @@ def exact_maps(photos: int, cache: str) -> dict:
 
     names, x = DemoContext().photos
     torch.manual_seed(0)
-    models = {"ResNet-18 (random)": torchvision.models.resnet18().eval(),
-              "EfficientNet-Lite0": cnnlens.load_model("efficientnet-lite0")}
+    models = {
+        "ResNet-18 (random)": torchvision.models.resnet18().eval(),
+        "EfficientNet-Lite0": cnnlens.load_model("efficientnet-lite0"),
+    }
     out = {}
     for label, model in models.items():
         for i, name in enumerate(names[:photos]):
-            xi = x[i:i + 1]
+            xi = x[i : i + 1]
             with torch.no_grad():
                 cls = model(xi).argmax(1)
             e = occlusion(model, xi, cls, window=WINDOW, stride=STRIDE)
@@ -74,8 +76,9 @@ def exact_maps(photos: int, cache: str) -> dict:
 
 def _cubic(t: np.ndarray, a: float = -0.5) -> np.ndarray:
     t = np.abs(t)
-    return np.where(t <= 1, (a + 2) * t ** 3 - (a + 3) * t ** 2 + 1,
-                    np.where(t < 2, a * t ** 3 - 5 * a * t ** 2 + 8 * a * t - 4 * a, 0.0))
+    return np.where(
+        t <= 1, (a + 2) * t**3 - (a + 3) * t**2 + 1, np.where(t < 2, a * t**3 - 5 * a * t**2 + 8 * a * t - 4 * a, 0.0)
+    )
 
 
 def interp_matrix(n: int, coarse: list[int], kind: str) -> torch.Tensor:
@@ -127,7 +130,7 @@ def main(argv=None) -> None:
         for f in (0.05, 0.1, 0.15):
             for kind, rank in (("cnnlens", order), ("oracle", oracle)):
                 known = on.clone()
-                known.view(-1)[rank[:int(round(f * int((~on).sum())))]] = True
+                known.view(-1)[rank[: int(round(f * int((~on).sum())))]] = True
                 add(f"{kind} {f}", _fill(torch.where(known, raw, 0), known, rc, rc, starts, starts))
         L = F.avg_pool2d(d["grad_drop"][None, None], WINDOW, stride=STRIDE)[0, 0] * WINDOW * WINDOW
         dc, lc = raw[rc][:, rc].flatten(), L[rc][:, rc].flatten()

@@ -65,29 +65,42 @@ def main(argv: list[str] | None = None) -> dict:
         "captum FGSM": lambda: fg.__setitem__("captum", FGSM(model, loss, 0.0, 1.0).perturb(x, eps, pred)),
     }
     t = interleaved(fns, repeat)
-    out["fgsm"] = {"cnnlens_s": t["cnnlens fgsm"], "captum_s": t["captum FGSM"],
-                   "captum/cnnlens": t["captum FGSM"] / t["cnnlens fgsm"],
-                   "differing_pixels": float(((fg["ours"] - fg["captum"]).abs() > 1e-6).float().mean())}
+    out["fgsm"] = {
+        "cnnlens_s": t["cnnlens fgsm"],
+        "captum_s": t["captum FGSM"],
+        "captum/cnnlens": t["captum FGSM"] / t["cnnlens fgsm"],
+        "differing_pixels": float(((fg["ours"] - fg["captum"]).abs() > 1e-6).float().mean()),
+    }
     pg = {}
     fns = {
-        "cnnlens pgd": lambda: pg.__setitem__("ours", attacks.pgd(model, x, eps=eps, steps=steps, step_size=alpha,
-                                                                   target="second", early_stop=False).x_adv),
-        "captum PGD": lambda: pg.__setitem__("captum", PGD(model, loss, 0.0, 1.0).perturb(
-            x, eps, alpha, steps, second, targeted=True)),
+        "cnnlens pgd": lambda: pg.__setitem__(
+            "ours",
+            attacks.pgd(model, x, eps=eps, steps=steps, step_size=alpha, target="second", early_stop=False).x_adv,
+        ),
+        "captum PGD": lambda: pg.__setitem__(
+            "captum", PGD(model, loss, 0.0, 1.0).perturb(x, eps, alpha, steps, second, targeted=True)
+        ),
     }
     t = interleaved(fns, repeat)
-    out["pgd"] = {"cnnlens_s": t["cnnlens pgd"], "captum_s": t["captum PGD"],
-                  "captum/cnnlens": t["captum PGD"] / t["cnnlens pgd"],
-                  "differing_pixels": float(((pg["ours"] - pg["captum"]).abs() > 1e-6).float().mean())}
+    out["pgd"] = {
+        "cnnlens_s": t["cnnlens pgd"],
+        "captum_s": t["captum PGD"],
+        "captum/cnnlens": t["captum PGD"] / t["cnnlens pgd"],
+        "differing_pixels": float(((pg["ours"] - pg["captum"]).abs() > 1e-6).float().mean()),
+    }
     with torch.no_grad():
         out["pgd"]["reached_cnnlens"] = float((model(pg["ours"]).argmax(1) == second).float().mean())
         out["pgd"]["reached_captum"] = float((model(pg["captum"]).argmax(1) == second).float().mean())
     print(f"attacks on {args.model}, batch {len(x)}, eps {eps:.4f}, PGD {steps} steps of {alpha:.4f}")
     for k, v in out.items():
-        print(f"  {k:5s} cnnlens {v['cnnlens_s'] * 1e3:8.1f} ms   captum {v['captum_s'] * 1e3:8.1f} ms   "
-              f"captum/cnnlens = {v['captum/cnnlens']:.2f}×   pixels that differ: {v['differing_pixels']:.2%}")
-    print(f"  PGD reached the second class: cnnlens {out['pgd']['reached_cnnlens']:.0%}, "
-          f"captum {out['pgd']['reached_captum']:.0%}")
+        print(
+            f"  {k:5s} cnnlens {v['cnnlens_s'] * 1e3:8.1f} ms   captum {v['captum_s'] * 1e3:8.1f} ms   "
+            f"captum/cnnlens = {v['captum/cnnlens']:.2f}×   pixels that differ: {v['differing_pixels']:.2%}"
+        )
+    print(
+        f"  PGD reached the second class: cnnlens {out['pgd']['reached_cnnlens']:.0%}, "
+        f"captum {out['pgd']['reached_captum']:.0%}"
+    )
     return out
 
 

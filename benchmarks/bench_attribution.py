@@ -83,14 +83,17 @@ def bench_gradients(model, layer, x, repeat):
             for p, f in zip(model.parameters(), flags):
                 p.requires_grad_(f)
 
-    t = interleaved({
-        "forward": forward,
-        "gradcam": lambda: gradcam(model, x, layer=layer),
-        "saliency": lambda: saliency(model, x),
-        "saliency (one batch)": lambda: saliency(model, x, batch_size=len(x)),
-        "autograd": lambda: plain_autograd(torch.contiguous_format),
-        "autograd (channels-last)": lambda: plain_autograd(torch.channels_last),
-    }, repeat)
+    t = interleaved(
+        {
+            "forward": forward,
+            "gradcam": lambda: gradcam(model, x, layer=layer),
+            "saliency": lambda: saliency(model, x),
+            "saliency (one batch)": lambda: saliency(model, x, batch_size=len(x)),
+            "autograd": lambda: plain_autograd(torch.contiguous_format),
+            "autograd (channels-last)": lambda: plain_autograd(torch.channels_last),
+        },
+        repeat,
+    )
     return t
 
 
@@ -105,17 +108,29 @@ def bench_occlusion(model, x, window, stride, repeat, sizes):
     occ = Occlusion(model)
     fns = {}
     for p in sizes:
-        fns[f"captum ppe={p}"] = (lambda p=p: occ.attribute(x, sliding_window_shapes=(C, window, window),
-                                                            strides=(C, stride, stride), baselines=0.5,
-                                                            target=cls.tolist(), perturbations_per_eval=p))
-        fns[f"cnnlens bs={p}"] = (lambda p=p: occlusion(model, x, target=cls, window=window, stride=stride,
-                                                        fill=0.5, batch_size=p))
+        fns[f"captum ppe={p}"] = lambda p=p: occ.attribute(
+            x,
+            sliding_window_shapes=(C, window, window),
+            strides=(C, stride, stride),
+            baselines=0.5,
+            target=cls.tolist(),
+            perturbations_per_eval=p,
+        )
+        fns[f"cnnlens bs={p}"] = lambda p=p: occlusion(
+            model, x, target=cls, window=window, stride=stride, fill=0.5, batch_size=p
+        )
     fns["cnnlens (auto batch)"] = lambda: occlusion(model, x, target=cls, window=window, stride=stride, fill=0.5)
     t = interleaved(fns, repeat)
     ours = occlusion(model, x, target=cls, window=window, stride=stride, fill=0.5, batch_size=sizes[-1]).maps
     with torch.no_grad():
-        theirs = occ.attribute(x, sliding_window_shapes=(C, window, window), strides=(C, stride, stride),
-                               baselines=0.5, target=cls.tolist(), perturbations_per_eval=sizes[-1])[:, 0]
+        theirs = occ.attribute(
+            x,
+            sliding_window_shapes=(C, window, window),
+            strides=(C, stride, stride),
+            baselines=0.5,
+            target=cls.tolist(),
+            perturbations_per_eval=sizes[-1],
+        )[:, 0]
     return t, float((ours - theirs).abs().max())
 
 
@@ -132,8 +147,13 @@ def bench_pytorch_grad_cam(model, layer, x, repeat):
     targets = [ClassifierOutputTarget(c) for c in cls]
     requires = [p.requires_grad for p in model.parameters()]
     with GradCAM(model=model, target_layers=[module]) as cam:
-        t = interleaved({"pytorch-grad-cam": lambda: cam(input_tensor=x, targets=targets),
-                         "cnnlens gradcam": lambda: gradcam(model, x, target=cls, layer=layer)}, repeat)
+        t = interleaved(
+            {
+                "pytorch-grad-cam": lambda: cam(input_tensor=x, targets=targets),
+                "cnnlens gradcam": lambda: gradcam(model, x, target=cls, layer=layer),
+            },
+            repeat,
+        )
         theirs = torch.from_numpy(cam(input_tensor=x, targets=targets))
     for p, r in zip(model.parameters(), requires):  # pytorch-grad-cam leaves .grad behind; clean up after it
         p.grad = None
@@ -160,8 +180,7 @@ def bench_torchcam(model, layer, x, repeat):
             scores = theirs_model(x)
             return extractor(class_idx=cls, scores=scores, normalized=False)[0]
 
-    t = interleaved({"torchcam": theirs, "cnnlens gradcam": lambda: gradcam(model, x, target=cls, layer=layer)},
-                    repeat)
+    t = interleaved({"torchcam": theirs, "cnnlens gradcam": lambda: gradcam(model, x, target=cls, layer=layer)}, repeat)
     ours = gradcam(model, x, target=cls, layer=layer).raw
     other = theirs().detach()
     corr = torch.corrcoef(torch.stack([ours.flatten(), other.flatten()]))[0, 1]
@@ -186,8 +205,10 @@ def main(argv: list[str] | None = None) -> dict:
         model, layer, desc = load("resnet18")
     repeat = 3 if args.quick else 7
     x = photos(args.batch)
-    print(f"attribution benchmark: {desc}, batch {tuple(x.shape)}, {torch.get_num_threads()} threads, "
-          f"min of {repeat} interleaved runs")
+    print(
+        f"attribution benchmark: {desc}, batch {tuple(x.shape)}, {torch.get_num_threads()} threads, "
+        f"min of {repeat} interleaved runs"
+    )
     out = {}
 
     t = bench_gradients(model, layer, x, repeat)
@@ -196,12 +217,16 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"  forward            {t['forward'] * 1e3:8.1f} ms")
     print(f"  gradcam            {t['gradcam'] * 1e3:8.1f} ms   ratio {out['gradcam/forward']:.2f}  (goal ≤ 1.1)")
     print(f"  saliency           {t['saliency'] * 1e3:8.1f} ms   ratio {out['saliency/forward']:.2f}  (goal ≤ 2.1)")
-    print(f"    saliency, all {len(x)} in one forward+backward {t['saliency (one batch)'] * 1e3:8.1f} ms   ratio "
-          f"{t['saliency (one batch)'] / t['forward']:.2f}  (the default splits into batches of "
-          f"{check_batch_size(None, x)})")
+    print(
+        f"    saliency, all {len(x)} in one forward+backward {t['saliency (one batch)'] * 1e3:8.1f} ms   ratio "
+        f"{t['saliency (one batch)'] / t['forward']:.2f}  (the default splits into batches of "
+        f"{check_batch_size(None, x)})"
+    )
     for k in ("autograd", "autograd (channels-last)"):
-        print(f"    plain torch {k:<25} {t[k] * 1e3:8.1f} ms   ratio {t[k] / t['forward']:.2f}"
-              "  (forward + backward to the input, plain autograd, no cnnlens)")
+        print(
+            f"    plain torch {k:<25} {t[k] * 1e3:8.1f} ms   ratio {t[k] / t['forward']:.2f}"
+            "  (forward + backward to the input, plain autograd, no cnnlens)"
+        )
 
     try:
         xo = x[:1] if args.quick else x[:2]
@@ -214,13 +239,17 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"  occlusion ({len(xo)} image(s), window 32, stride 16, 169 positions each)")
         for k, v in t.items():
             print(f"    {k:<18} {v * 1e3:8.1f} ms")
-        print(f"    best captum ({cap[1]}) / best cnnlens ({ours[1]}) = {out['occlusion captum/cnnlens']:.2f}  "
-              f"(goal ≥ 1); max |difference| {diff:.2e} (goal ≤ 1e-5)")
+        print(
+            f"    best captum ({cap[1]}) / best cnnlens ({ours[1]}) = {out['occlusion captum/cnnlens']:.2f}  "
+            f"(goal ≥ 1); max |difference| {diff:.2e} (goal ≤ 1e-5)"
+        )
     except ImportError:
         print("  occlusion vs Captum: captum is not installed (pip install captum)")
 
-    peers = [("pytorch-grad-cam", "pytorch-grad-cam", bench_pytorch_grad_cam, "grad-cam"),
-             ("torchcam", "TorchCAM GradCAM", bench_torchcam, "torchcam")]
+    peers = [
+        ("pytorch-grad-cam", "pytorch-grad-cam", bench_pytorch_grad_cam, "grad-cam"),
+        ("torchcam", "TorchCAM GradCAM", bench_torchcam, "torchcam"),
+    ]
     for key, label, bench, package in peers:
         try:
             t, corr = bench(model, layer, x, repeat)
@@ -228,8 +257,10 @@ def main(argv: list[str] | None = None) -> dict:
             print(f"  {label} is not installed (pip install {package})")
             continue
         out[f"gradcam {key}/cnnlens"] = t[key] / t["cnnlens gradcam"]
-        print(f"  {label:<18} {t[key] * 1e3:8.1f} ms vs cnnlens {t['cnnlens gradcam'] * 1e3:.1f} ms"
-              f" → ratio {out[f'gradcam {key}/cnnlens']:.2f}; correlation of the maps {corr:.4f}")
+        print(
+            f"  {label:<18} {t[key] * 1e3:8.1f} ms vs cnnlens {t['cnnlens gradcam'] * 1e3:.1f} ms"
+            f" → ratio {out[f'gradcam {key}/cnnlens']:.2f}; correlation of the maps {corr:.4f}"
+        )
     return out
 
 

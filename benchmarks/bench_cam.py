@@ -56,29 +56,30 @@ def main(argv=None) -> None:
     if a.quick:
         a.size, a.rounds = 112, 1
     torch.set_num_threads(a.threads)
-    import torchvision
-    import pytorch_grad_cam.score_cam as grad_cam_score
-    from pytorch_grad_cam import AblationCAM, ScoreCAM
-
     import types
+
+    import pytorch_grad_cam.score_cam as grad_cam_score
+    import torchvision
+    from pytorch_grad_cam import AblationCAM, ScoreCAM
 
     # its ScoreCAM draws a tqdm bar per image: off, in this process only (its own code is not changed)
     grad_cam_score.tqdm = types.SimpleNamespace(tqdm=functools.partial(grad_cam_score.tqdm.tqdm, disable=True))
+    from bench_occlusion import competing_load
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
     from cnnlens._batch import chosen, workload
     from cnnlens.attribution import ablation_cam, score_cam
-
-    from bench_occlusion import competing_load
 
     with competing_load(a.load):
         _run(a, AblationCAM, ScoreCAM, ClassifierOutputTarget, ablation_cam, score_cam, chosen, workload, torchvision)
 
 
 def _run(a, AblationCAM, ScoreCAM, ClassifierOutputTarget, ablation_cam, score_cam, chosen, workload, torchvision):
-    print(f"threads {a.threads}, {a.size}² input, batch 1, random weights, competing load: "
-          f"{'a matmul process' if a.load else 'none of our own'}; minima of interleaved rounds on a shared machine",
-          flush=True)
+    print(
+        f"threads {a.threads}, {a.size}² input, batch 1, random weights, competing load: "
+        f"{'a matmul process' if a.load else 'none of our own'}; minima of interleaved rounds on a shared machine",
+        flush=True,
+    )
     x = torch.rand(1, 3, a.size, a.size, generator=torch.Generator().manual_seed(0))
     torch.manual_seed(0)
     r50 = torchvision.models.resnet50().eval()
@@ -88,31 +89,45 @@ def _run(a, AblationCAM, ScoreCAM, ClassifierOutputTarget, ablation_cam, score_c
         ablation_cam(r50, x, cls, layer="layer4")  # warm-up (imports, tracing)
     for layer in () if a.score_only else ("layer4", "layer3"):
         block = getattr(r50, layer)[-1]
-        fns = {"cnnlens": lambda layer=layer: ablation_cam(r50, x, cls, layer=layer),
-               "pytorch-grad-cam": lambda block=block: AblationCAM(r50, [block])(
-                   x, targets=[ClassifierOutputTarget(cls)])}
+        fns = {
+            "cnnlens": lambda layer=layer: ablation_cam(r50, x, cls, layer=layer),
+            "pytorch-grad-cam": lambda block=block: AblationCAM(r50, [block])(x, targets=[ClassifierOutputTarget(cls)]),
+        }
         best, out = _timed(fns, a.rounds)
         e = out["cnnlens"]
-        print(f"Ablation-CAM, ResNet-50 {layer} ({e.settings['path']}): cnnlens {best['cnnlens']:.3f} s, "
-              f"pytorch-grad-cam {best['pytorch-grad-cam']:.2f} s, ratio {best['pytorch-grad-cam'] / best['cnnlens']:.1f}×, "
-              f"maps correlated {_corr(e.maps[0], out['pytorch-grad-cam'][0]):.4f}", flush=True)
+        print(
+            f"Ablation-CAM, ResNet-50 {layer} ({e.settings['path']}): cnnlens {best['cnnlens']:.3f} s, "
+            f"pytorch-grad-cam {best['pytorch-grad-cam']:.2f} s, ratio {best['pytorch-grad-cam'] / best['cnnlens']:.1f}×, "
+            f"maps correlated {_corr(e.maps[0], out['pytorch-grad-cam'][0]):.4f}",
+            flush=True,
+        )
     torch.manual_seed(0)
     sm = getattr(torchvision.models, a.score_model)().eval()
     with torch.no_grad():
         cls = int(sm(x).argmax(1))
-    fns = {"cnnlens": lambda: score_cam(sm, x, cls, layer="layer4"),
-           "pytorch-grad-cam": lambda: ScoreCAM(sm, [sm.layer4[-1]])(x, targets=[ClassifierOutputTarget(cls)])}
+    fns = {
+        "cnnlens": lambda: score_cam(sm, x, cls, layer="layer4"),
+        "pytorch-grad-cam": lambda: ScoreCAM(sm, [sm.layer4[-1]])(x, targets=[ClassifierOutputTarget(cls)]),
+    }
     best, out = _timed(fns, a.rounds)
     e = out["cnnlens"]
-    print(f"Score-CAM, {a.score_model} layer4 ({e.extras['scores'].shape[1]} channels): cnnlens {best['cnnlens']:.2f} s "
-          f"(batch {e.settings['batch_size']}), pytorch-grad-cam {best['pytorch-grad-cam']:.2f} s, ratio "
-          f"{best['pytorch-grad-cam'] / best['cnnlens']:.2f}×, maps correlated "
-          f"{_corr(e.maps[0], out['pytorch-grad-cam'][0]):.4f}; {int(e.extras['constant'][0].sum())}"
-          " constant maps share one forward", flush=True)
+    print(
+        f"Score-CAM, {a.score_model} layer4 ({e.extras['scores'].shape[1]} channels): cnnlens {best['cnnlens']:.2f} s "
+        f"(batch {e.settings['batch_size']}), pytorch-grad-cam {best['pytorch-grad-cam']:.2f} s, ratio "
+        f"{best['pytorch-grad-cam'] / best['cnnlens']:.2f}×, maps correlated "
+        f"{_corr(e.maps[0], out['pytorch-grad-cam'][0]):.4f}; {int(e.extras['constant'][0].sum())}"
+        " constant maps share one forward",
+        flush=True,
+    )
     arms = chosen(workload("score_cam", sm, x))
-    print("  tuner's measurements (ms per image): " + ", ".join(
-        f"{arm.batch}{' CL' if arm.channels_last else ''} on {arm.threads or a.threads} thread(s) {v * 1e3:.1f}"
-        for arm, v in sorted(arms.items(), key=lambda kv: kv[1])), flush=True)
+    print(
+        "  tuner's measurements (ms per image): "
+        + ", ".join(
+            f"{arm.batch}{' CL' if arm.channels_last else ''} on {arm.threads or a.threads} thread(s) {v * 1e3:.1f}"
+            for arm, v in sorted(arms.items(), key=lambda kv: kv[1])
+        ),
+        flush=True,
+    )
 
 
 if __name__ == "__main__":

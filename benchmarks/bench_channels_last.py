@@ -21,9 +21,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+import zoo  # noqa: E402
 from bench_attribution import interleaved  # noqa: E402
 
-import zoo  # noqa: E402
 from cnnlens.attribution import integrated_gradients, smoothgrad  # noqa: E402
 
 STEPS, NOISE = zoo.COST["integrated_gradients"]["steps"], zoo.COST["smoothgrad"]["n"]  # as the references
@@ -38,21 +38,39 @@ def run(models: list[str], size: int, batch: int, repeat: int) -> list[dict]:
         for n in (1, batch):
             x = torch.rand(n, 3, size, size, generator=torch.Generator().manual_seed(1))
             cls = p.model(x).argmax(1)
-            for method, fn, kw in (("integrated_gradients", integrated_gradients, {"steps": STEPS}),
-                                   ("smoothgrad", smoothgrad, {"n": NOISE})):
+            for method, fn, kw in (
+                ("integrated_gradients", integrated_gradients, {"steps": STEPS}),
+                ("smoothgrad", smoothgrad, {"n": NOISE}),
+            ):
                 res = {}
-                t = interleaved({cl: (lambda cl=cl: res.__setitem__(cl, fn(p.model, x, cls, channels_last=cl, **kw)))
-                                 for cl in (True, False)}, repeat)
+                t = interleaved(
+                    {
+                        cl: (lambda cl=cl: res.__setitem__(cl, fn(p.model, x, cls, channels_last=cl, **kw)))
+                        for cl in (True, False)
+                    },
+                    repeat,
+                )
                 ref = zoo.reference(method, p.twin64, x, cls)
-                rows.append({"model": name, "method": method, "n": n, "contiguous/cl": t[False] / t[True],
-                             "err_cl": zoo.rel(res[True].maps, ref), "err_contiguous": zoo.rel(res[False].maps, ref),
-                             "err_plain32": zoo.rel(zoo.reference(method, p.twin32, x, cls), ref),
-                             "s_cl": t[True], "s_contiguous": t[False]})
+                rows.append(
+                    {
+                        "model": name,
+                        "method": method,
+                        "n": n,
+                        "contiguous/cl": t[False] / t[True],
+                        "err_cl": zoo.rel(res[True].maps, ref),
+                        "err_contiguous": zoo.rel(res[False].maps, ref),
+                        "err_plain32": zoo.rel(zoo.reference(method, p.twin32, x, cls), ref),
+                        "s_cl": t[True],
+                        "s_contiguous": t[False],
+                    }
+                )
                 r = rows[-1]
-                print(f"{name:22s} {method:21s} N={n}  contiguous/channels-last time {r['contiguous/cl']:.2f}  "
-                      f"err channels-last {r['err_cl']:.1e}  contiguous {r['err_contiguous']:.1e}  "
-                      f"plain float32 {r['err_plain32']:.1e}  ({r['s_cl']:.2f} s / {r['s_contiguous']:.2f} s)",
-                      flush=True)
+                print(
+                    f"{name:22s} {method:21s} N={n}  contiguous/channels-last time {r['contiguous/cl']:.2f}  "
+                    f"err channels-last {r['err_cl']:.1e}  contiguous {r['err_contiguous']:.1e}  "
+                    f"plain float32 {r['err_plain32']:.1e}  ({r['s_cl']:.2f} s / {r['s_contiguous']:.2f} s)",
+                    flush=True,
+                )
     return rows
 
 

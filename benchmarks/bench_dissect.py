@@ -37,9 +37,11 @@ def main() -> None:
             best[kind] = min(best[kind], time.perf_counter() - t)
             if kind == "with":
                 labelled = {n: ls.concepts.labelled for n, ls in m.layers.items()}
-    print(f"microscope scan, {len(ds)} images, {len(layers)} layers, {a.threads} thread(s): "
-          f"{best['without']:.1f} s without concepts, {best['with']:.1f} s with dissection "
-          f"(× {best['with'] / best['without']:.2f}); labelled units {labelled}")
+    print(
+        f"microscope scan, {len(ds)} images, {len(layers)} layers, {a.threads} thread(s): "
+        f"{best['without']:.1f} s without concepts, {best['with']:.1f} s with dissection "
+        f"(× {best['with'] / best['without']:.2f}); labelled units {labelled}"
+    )
 
 
 if __name__ == "__main__":

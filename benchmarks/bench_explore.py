@@ -74,9 +74,9 @@ def sample_page(client, ref: int, true: int, pred: int) -> None:
 
 
 def bench_pages(quick: bool) -> None:
-    import cnnlens
     from starlette.testclient import TestClient
 
+    import cnnlens
     from cnnlens.explore.app import make_app
     from cnnlens.explore.service import Explorer
 
@@ -100,11 +100,15 @@ def bench_pages(quick: bool) -> None:
                 t0 = time.perf_counter()
                 sample_page(client, r, a, row["pred"])
                 warm.append(time.perf_counter() - t0)
-            print(f"sample page, uncached (page + image + Grad-CAM toward 2 classes + saliency with AUCs): "
-                  f"min {min(cold) * 1e3:.0f} ms, median {statistics.median(cold) * 1e3:.0f} ms, "
-                  f"max {max(cold) * 1e3:.0f} ms over {len(cold)} samples (target < 1000 ms)")
-            print(f"sample page, cached (same 5 requests): min {min(warm) * 1e3:.1f} ms, "
-                  f"median {statistics.median(warm) * 1e3:.1f} ms, max {max(warm) * 1e3:.1f} ms (target < 100 ms)")
+            print(
+                f"sample page, uncached (page + image + Grad-CAM toward 2 classes + saliency with AUCs): "
+                f"min {min(cold) * 1e3:.0f} ms, median {statistics.median(cold) * 1e3:.0f} ms, "
+                f"max {max(cold) * 1e3:.0f} ms over {len(cold)} samples (target < 1000 ms)"
+            )
+            print(
+                f"sample page, cached (same 5 requests): min {min(warm) * 1e3:.1f} ms, "
+                f"median {statistics.median(warm) * 1e3:.1f} ms, max {max(warm) * 1e3:.1f} ms (target < 100 ms)"
+            )
             for url in ("/", "/cell/8/5", "/api/overview"):
                 ts = []
                 for _ in range(10):
@@ -128,9 +132,25 @@ def bench_concurrent(ex, refs, rows, n: int = 50) -> None:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1] / "src"))
-    proc = subprocess.Popen([sys.executable, "-m", "cnnlens", "explore", "--model", "digits-cnn", "--data", "digits",
-                             "--cache", str(ex.cache), "--port", str(port)], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "cnnlens",
+            "explore",
+            "--model",
+            "digits-cnn",
+            "--data",
+            "digits",
+            "--cache",
+            str(ex.cache),
+            "--port",
+            str(port),
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     base = f"http://127.0.0.1:{port}"
     try:
         while True:
@@ -143,8 +163,13 @@ def bench_concurrent(ex, refs, rows, n: int = 50) -> None:
         for r in refs:
             row = rows[r]
             a = row["true"] if row["true"] != row["pred"] else row["second"]
-            urls += [f"/sample/{r}", f"/img/sample/{r}/pair.png?a={a}&b={row['pred']}",
-                     f"/img/sample/{r}/method/saliency.png?target=predicted", "/", f"/api/sample/{r}"]
+            urls += [
+                f"/sample/{r}",
+                f"/img/sample/{r}/pair.png?a={a}&b={row['pred']}",
+                f"/img/sample/{r}/method/saliency.png?target=predicted",
+                "/",
+                f"/api/sample/{r}",
+            ]
         urls = (urls * (n // len(urls) + 1))[:n]
         for u in urls:  # every page cached (and its code warm)
             assert httpx.get(base + u).status_code == 200, u
@@ -165,18 +190,20 @@ def bench_concurrent(ex, refs, rows, n: int = 50) -> None:
             t.join()
         ok = sum(1 for s, _ in results if s == 200)
         lat = sorted(d for _, d in results)
-        print(f"{n} concurrent cached requests (`cnnlens explore` in its own process): {ok}/{n} succeeded, "
-              f"latency median {statistics.median(lat) * 1e3:.0f} ms, max {lat[-1] * 1e3:.0f} ms "
-              f"(all {n} in flight at once: the slowest waits for the others)")
+        print(
+            f"{n} concurrent cached requests (`cnnlens explore` in its own process): {ok}/{n} succeeded, "
+            f"latency median {statistics.median(lat) * 1e3:.0f} ms, max {lat[-1] * 1e3:.0f} ms "
+            f"(all {n} in flight at once: the slowest waits for the others)"
+        )
     finally:
         proc.terminate()
         proc.wait(20)
 
 
 def bench_large(quick: bool) -> None:
-    import cnnlens
     from starlette.testclient import TestClient
 
+    import cnnlens
     from cnnlens.explore.app import make_app
     from cnnlens.explore.service import Explorer
 
@@ -199,8 +226,10 @@ def bench_large(quick: bool) -> None:
         ex.wait_ready()
         scan_s = time.perf_counter() - t0
         mem = ", ".join(f"{25 * q}%: {v - base:+.0f} MB" for q, v in sorted(marks.items()))
-        print(f"scan of {n} synthetic images: {scan_s:.1f} s ({n / scan_s:.0f} images/s); resident memory vs before "
-              f"the scan at each quarter: {mem}")
+        print(
+            f"scan of {n} synthetic images: {scan_s:.1f} s ({n / scan_s:.0f} images/s); resident memory vs before "
+            f"the scan at each quarter: {mem}"
+        )
         C = ex.store.confusion()
         flat = [(int(C[i, j]), i, j) for i in range(10) for j in range(10) if C[i, j] > 0]
         big, small = max(flat), min(flat)
@@ -208,16 +237,21 @@ def bench_large(quick: bool) -> None:
             for count, r, c in (big, small):
                 pages = (count + ex.page_size - 1) // ex.page_size
                 for page in sorted({1, pages}):
-                    for url in (f"/api/cell/{r}/{c}?page={page}", f"/cell/{r}/{c}?page={page}",
-                                f"/cell/{r}/{c}?page={page}&sort=margin&order=desc"):
+                    for url in (
+                        f"/api/cell/{r}/{c}?page={page}",
+                        f"/cell/{r}/{c}?page={page}",
+                        f"/cell/{r}/{c}?page={page}&sort=margin&order=desc",
+                    ):
                         ts = []
                         for _ in range(7):
                             t0 = time.perf_counter()
                             assert client.get(url).status_code == 200
                             ts.append(time.perf_counter() - t0)
-                        print(f"  cell ({r}, {c}) with {count} samples, {url.split('?')[0]} page {page}/{pages}"
-                              f"{' by margin' if 'margin' in url else ''}: min {min(ts) * 1e3:.1f} ms, "
-                              f"median {statistics.median(ts) * 1e3:.1f} ms (target < 200 ms)")
+                        print(
+                            f"  cell ({r}, {c}) with {count} samples, {url.split('?')[0]} page {page}/{pages}"
+                            f"{' by margin' if 'margin' in url else ''}: min {min(ts) * 1e3:.1f} ms, "
+                            f"median {statistics.median(ts) * 1e3:.1f} ms (target < 200 ms)"
+                        )
             ts = []
             for _ in range(5):
                 t0 = time.perf_counter()
@@ -231,7 +265,7 @@ def bench_large(quick: bool) -> None:
 
 def main(argv=()) -> None:
     argv = list(argv)
-    if "--model" in argv and argv[argv.index("--model") + 1:][:1] != ["digits-cnn"]:
+    if "--model" in argv and argv[argv.index("--model") + 1 :][:1] != ["digits-cnn"]:
         from bench_explore_effnet import main as effnet  # a real-size network over a folder of photos
 
         effnet(argv)

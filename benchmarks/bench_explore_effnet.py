@@ -77,13 +77,13 @@ def _poll(client, url, timeout=3600):
 def main(argv) -> None:
     import argparse
 
-    import cnnlens
+    from photofolder import make_photo_folder
     from starlette.testclient import TestClient
 
+    import cnnlens
     from cnnlens.data import as_dataset
     from cnnlens.explore.app import make_app
     from cnnlens.explore.service import Explorer
-    from photofolder import make_photo_folder
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default="efficientnet-lite0")
@@ -91,14 +91,18 @@ def main(argv) -> None:
     ap.add_argument("--batch-size", type=int, default=16)
     a = ap.parse_args(argv)
     load = os.getloadavg()[0]
-    print(f"(machine: {os.cpu_count()} cores, torch threads {torch.get_num_threads()}, load average {load:.1f} "
-          "at the start — other processes share the cores: read the ratios)")
+    print(
+        f"(machine: {os.cpu_count()} cores, torch threads {torch.get_num_threads()}, load average {load:.1f} "
+        "at the start — other processes share the cores: read the ratios)"
+    )
     work = Path(tempfile.mkdtemp(prefix="bench-explore-effnet-"))
     try:
         t0 = time.perf_counter()
         make_photo_folder(work / "photos", a.n)
-        print(f"folder: {a.n} photos in 20 WordNet-ID folders, {du(work / 'photos') / 2**20:.1f} MB, made in "
-              f"{time.perf_counter() - t0:.0f} s")
+        print(
+            f"folder: {a.n} photos in 20 WordNet-ID folders, {du(work / 'photos') / 2**20:.1f} MB, made in "
+            f"{time.perf_counter() - t0:.0f} s"
+        )
         model = cnnlens.load_model(a.model)
         ds = as_dataset(str(work / "photos"), model)
         with PeakRSS() as peak:
@@ -122,8 +126,10 @@ def main(argv) -> None:
             t_store = time.perf_counter() - t0
             t_eval = min(t_eval, evaluate()[0])
             print(f"   (peak memory after the store scan: {peak.peak / 2**30:.2f} GB)")
-            print(f"1. store scan: {a.n / t_store:.1f} images/s; plain no_grad loop {a.n / t_eval:.1f} images/s "
-                  f"(top-1 {correct / a.n:.1%}); ratio {t_eval / t_store:.2f}× (floor 0.9×)")
+            print(
+                f"1. store scan: {a.n / t_store:.1f} images/s; plain no_grad loop {a.n / t_eval:.1f} images/s "
+                f"(top-1 {correct / a.n:.1%}); ratio {t_eval / t_store:.2f}× (floor 0.9×)"
+            )
             with TestClient(make_app(ex)) as client:
                 # 4a. the first sample page
                 s = ex.store.sample(0)
@@ -140,12 +146,16 @@ def main(argv) -> None:
                 assert j["status"] == "done", j
                 t_units = time.perf_counter() - t0
                 t_eval2 = evaluate()[0]
-                print(f"   (peak memory after the Units scan: {peak.peak / 2**30:.2f} GB; an evaluation pass now "
-                      f"{t_eval2:.1f} s)")
+                print(
+                    f"   (peak memory after the Units scan: {peak.peak / 2**30:.2f} GB; an evaluation pass now "
+                    f"{t_eval2:.1f} s)"
+                )
                 t_eval = min(t_eval, t_eval2)
                 scan_pt = next((work / "cache").rglob("scan.pt"))
-                print(f"2. Units scan ({', '.join(ex.unit_layers())}): {t_units:.1f} s = {t_units / t_eval:.2f}× one "
-                      f"evaluation pass (ceiling 1.5×); scan.pt {scan_pt.stat().st_size / 2**20:.1f} MB")
+                print(
+                    f"2. Units scan ({', '.join(ex.unit_layers())}): {t_units:.1f} s = {t_units / t_eval:.2f}× one "
+                    f"evaluation pass (ceiling 1.5×); scan.pt {scan_pt.stat().st_size / 2**20:.1f} MB"
+                )
                 last = ex.unit_layers()[-1]
                 t0 = time.perf_counter()
                 j = _poll(client, f"/api/unit/{last}/0")
@@ -159,10 +169,14 @@ def main(argv) -> None:
                 assert page.status_code == 200
                 cards = page.text.count('class="card unit-card')
             ex.close()
-        print(f"3. cache on disk {du(work / 'cache') / 2**20:.1f} MB; peak resident memory of the process (server, "
-              f"store and Units scan) {peak.peak / 2**30:.2f} GB")
-        print(f"4. first sample page {t_sample:.1f} s; first unit page of {last} (class influence included) "
-              f"{t_unit:.1f} s; layer page of {cards} channels {t_grid:.2f} s")
+        print(
+            f"3. cache on disk {du(work / 'cache') / 2**20:.1f} MB; peak resident memory of the process (server, "
+            f"store and Units scan) {peak.peak / 2**30:.2f} GB"
+        )
+        print(
+            f"4. first sample page {t_sample:.1f} s; first unit page of {last} (class influence included) "
+            f"{t_unit:.1f} s; layer page of {cards} channels {t_grid:.2f} s"
+        )
         print(f"(load average at the end: {os.getloadavg()[0]:.1f})")
     finally:
         shutil.rmtree(work, ignore_errors=True)

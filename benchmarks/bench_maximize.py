@@ -52,12 +52,25 @@ def main(argv: list[str] | None = None) -> dict:
     layer, channel, size = "net.blocks.4", 5, 224
     steps = 32 if args.quick else 128
     repeat = 1 if args.quick else 3
-    print(f"activation maximisation: efficientnet-lite0, {layer} channel {channel}, {size}², {steps} Adam steps, "
-          f"{torch.get_num_threads()} threads, min of {repeat}")
+    print(
+        f"activation maximisation: efficientnet-lite0, {layer} channel {channel}, {size}², {steps} Adam steps, "
+        f"{torch.get_num_threads()} threads, min of {repeat}"
+    )
 
     def ours():
-        v = maximize(model, objectives.channel(layer, channel), steps=steps, size=size, param="fourier",
-                     decorrelate=True, lr=0.05, jitter=8, scale=0.1, rotate=10, seed=0)
+        v = maximize(
+            model,
+            objectives.channel(layer, channel),
+            steps=steps,
+            size=size,
+            param="fourier",
+            decorrelate=True,
+            lr=0.05,
+            jitter=8,
+            scale=0.1,
+            rotate=10,
+            seed=0,
+        )
         return v.images[:1]
 
     try:
@@ -71,9 +84,15 @@ def main(argv: list[str] | None = None) -> dict:
     def theirs():
         torch.manual_seed(0)
         np.random.seed(0)
-        imgs = render.render_vis(theirs_model, f"{layer.replace('.', '_')}:{channel}",
-                                 param_f=lambda: param.image(size, decorrelate=True, fft=True),
-                                 thresholds=(steps,), preprocess=False, progress=False, show_image=False)
+        imgs = render.render_vis(
+            theirs_model,
+            f"{layer.replace('.', '_')}:{channel}",
+            param_f=lambda: param.image(size, decorrelate=True, fft=True),
+            thresholds=(steps,),
+            preprocess=False,
+            progress=False,
+            show_image=False,
+        )
         return torch.from_numpy(np.ascontiguousarray(imgs[-1])).permute(0, 3, 1, 2).float()
 
     best = {"cnnlens": float("inf"), "lucent": float("inf")}
@@ -89,8 +108,11 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"  cnnlens maximize   {best['cnnlens']:7.2f} s   channel mean on the result {value['cnnlens']:8.3f}")
     print(f"  lucent render_vis  {best['lucent']:7.2f} s   channel mean on the result {value['lucent']:8.3f}")
     print(f"  (a grey image: {grey:.3f})   lucent/cnnlens time = {ratio:.2f}")
-    return {"maximize lucent/cnnlens": ratio, "maximize value cnnlens": value["cnnlens"],
-            "maximize value lucent": value["lucent"]}
+    return {
+        "maximize lucent/cnnlens": ratio,
+        "maximize value cnnlens": value["cnnlens"],
+        "maximize value lucent": value["lucent"],
+    }
 
 
 if __name__ == "__main__":

@@ -29,8 +29,10 @@ CALLS = {
     "receptive_field conv_head": ("efficientnet-lite0", "cnnlens.inside.receptive_field(m, 'conv_head')"),
     "pgd 10 steps": ("efficientnet-lite0", "cnnlens.attacks.pgd(m, x, eps=2 / 255, steps=10)"),
     "minimal_eps": ("efficientnet-lite0", "cnnlens.attacks.minimal_eps(m, x, target='second', steps=4)"),
-    "maximize 32 steps": ("efficientnet-lite0",
-                          "cnnlens.inside.maximize(m, cnnlens.inside.objectives.channel('blocks.4', [0]), 32)"),
+    "maximize 32 steps": (
+        "efficientnet-lite0",
+        "cnnlens.inside.maximize(m, cnnlens.inside.objectives.channel('blocks.4', [0]), 32)",
+    ),
     "deep_dream": ("efficientnet-lite0", "cnnlens.inside.deep_dream(m, x, 'blocks.4', octaves=2, steps=4)"),
     "receptive_field (digits)": ("digits-cnn", "cnnlens.inside.receptive_field(m, 'features')"),
     "gradcam (digits)": ("digits-cnn", "cnnlens.attribution.gradcam(m, x)"),
@@ -80,8 +82,11 @@ def main(argv: list[str] | None = None) -> dict:
         d = json.loads(r.stdout.strip().splitlines()[-1])
         extra = d["peak_mb"] - d["loaded_mb"]
         out[f"memory {name} MB"] = extra
-        print(f"  {name:<28} {extra:8.0f} MB   (process peak {d['peak_mb']:.0f} MB, model loaded "
-              f"{d['loaded_mb']:.0f} MB){'' if extra <= GOAL_MB else '   ABOVE THE GOAL'}", flush=True)
+        print(
+            f"  {name:<28} {extra:8.0f} MB   (process peak {d['peak_mb']:.0f} MB, model loaded "
+            f"{d['loaded_mb']:.0f} MB){'' if extra <= GOAL_MB else '   ABOVE THE GOAL'}",
+            flush=True,
+        )
     return out
 
 

@@ -57,26 +57,63 @@ def main(argv: list[str] | None = None) -> dict:
     cases = {
         "relevance rank accuracy": (
             lambda: metrics.relevance_rank_accuracy(e, boxes).scores.numpy(),
-            lambda: np.asarray(quantus.RelevanceRankAccuracy(disable_warnings=True)(
-                model=None, x_batch=xn, y_batch=yn, a_batch=a, s_batch=sn))),
+            lambda: np.asarray(
+                quantus.RelevanceRankAccuracy(disable_warnings=True)(
+                    model=None, x_batch=xn, y_batch=yn, a_batch=a, s_batch=sn
+                )
+            ),
+        ),
         "faithfulness correlation (30 runs)": (
             lambda: metrics.faithfulness_correlation(model, x, e, y, runs=30, subset_size=200, seed=0).scores.numpy(),
-            lambda: (np.random.seed(0), np.asarray(quantus.FaithfulnessCorrelation(
-                nr_runs=30, subset_size=200, disable_warnings=True, return_aggregate=False)(
-                model=model, x_batch=xn, y_batch=yn, a_batch=a)))[1]),
+            lambda: (
+                np.random.seed(0),
+                np.asarray(
+                    quantus.FaithfulnessCorrelation(
+                        nr_runs=30, subset_size=200, disable_warnings=True, return_aggregate=False
+                    )(model=model, x_batch=xn, y_batch=yn, a_batch=a)
+                ),
+            )[1],
+        ),
         "ROAD MoRF (5 levels)": (
             lambda: metrics.road(model, x, e, y, percentages=pcts, seed=0).extras["curve"].numpy(),
-            lambda: (np.random.seed(0), np.array(list(quantus.ROAD(percentages=pcts, disable_warnings=True)(
-                model=model, x_batch=xn, y_batch=yn, a_batch=a, batch_size=n).values())))[1]),
+            lambda: (
+                np.random.seed(0),
+                np.array(
+                    list(
+                        quantus.ROAD(percentages=pcts, disable_warnings=True)(
+                            model=model, x_batch=xn, y_batch=yn, a_batch=a, batch_size=n
+                        ).values()
+                    )
+                ),
+            )[1],
+        ),
         "max-sensitivity (5 samples)": (
             lambda: metrics.max_sensitivity(model, x, "gradcam", y, explanation=e, samples=5, seed=0).scores.numpy(),
-            lambda: (np.random.seed(0), np.asarray(quantus.MaxSensitivity(nr_samples=5, disable_warnings=True)(
-                model=model, x_batch=xn, y_batch=yn, a_batch=a, explain_func=explain)))[1]),
+            lambda: (
+                np.random.seed(0),
+                np.asarray(
+                    quantus.MaxSensitivity(nr_samples=5, disable_warnings=True)(
+                        model=model, x_batch=xn, y_batch=yn, a_batch=a, explain_func=explain
+                    )
+                ),
+            )[1],
+        ),
         "MPRT": (
-            lambda: metrics.model_parameter_randomisation(model, x, "gradcam", y, explanation=e).extras[
-                "correlations"].numpy(),
-            lambda: np.array([v for k, v in quantus.MPRT(disable_warnings=True)(
-                model=model, x_batch=xn, y_batch=yn, a_batch=a, explain_func=explain).items() if k != "original"])),
+            lambda: (
+                metrics.model_parameter_randomisation(model, x, "gradcam", y, explanation=e)
+                .extras["correlations"]
+                .numpy()
+            ),
+            lambda: np.array(
+                [
+                    v
+                    for k, v in quantus.MPRT(disable_warnings=True)(
+                        model=model, x_batch=xn, y_batch=yn, a_batch=a, explain_func=explain
+                    ).items()
+                    if k != "original"
+                ]
+            ),
+        ),
     }
     out = {}
     for name, (ours, theirs) in cases.items():

@@ -86,18 +86,22 @@ def bench_render(args) -> dict:
     layer, size, C = "net.blocks.4", 128, 112
     T = args.timed_steps
     opts = dict(size=size, lr=0.05, param="fourier", seed=0)
-    print(f"batched feature visualisation: efficientnet-lite0 {layer} ({C} channels), {size}², Fourier, Adam; "
-          f"{torch.get_num_threads()} thread(s); each run times {T} steps (a step is the shortest interval between "
-          f"two steps, the fixed cost of a call the rest) and 256-step totals are extrapolated from them; min of "
-          f"{args.repeat} interleaved repeats; shared machine with other busy processes")
+    print(
+        f"batched feature visualisation: efficientnet-lite0 {layer} ({C} channels), {size}², Fourier, Adam; "
+        f"{torch.get_num_threads()} thread(s); each run times {T} steps (a step is the shortest interval between "
+        f"two steps, the fixed cost of a call the rest) and 256-step totals are extrapolated from them; min of "
+        f"{args.repeat} interleaved repeats; shared machine with other busy processes"
+    )
 
     def separate(progress):  # one maximize call for one channel (the baseline), as a user would without batching
-        maximize(model, objectives.channel(layer, 0), steps=T, noise="shared", redirect_relu=True, progress=progress,
-                 **opts)
+        maximize(
+            model, objectives.channel(layer, 0), steps=T, noise="shared", redirect_relu=True, progress=progress, **opts
+        )
 
     def batched(b):
-        return lambda progress: maximize_channels(model, layer, list(range(b)), steps=T, batch_size=b,
-                                                  progress=progress, **opts)
+        return lambda progress: maximize_channels(
+            model, layer, list(range(b)), steps=T, batch_size=b, progress=progress, **opts
+        )
 
     from cnnlens.tap import LayerTap
 
@@ -111,10 +115,14 @@ def bench_render(args) -> dict:
                     tap.run(xi)
                     torch.autograd.grad(tap[layer][:, 0].mean(), xi)
                 progress()
+
         return run
 
-    runs = {"separate": (separate, 1), **{f"batch {b}": (batched(b), b) for b in args.batches},
-            **{f"floor {b}": (floor(b), b) for b in args.batches}}
+    runs = {
+        "separate": (separate, 1),
+        **{f"batch {b}": (batched(b), b) for b in args.batches},
+        **{f"floor {b}": (floor(b), b) for b in args.batches},
+    }
     step = {k: float("inf") for k in runs}
     fixed = {k: float("inf") for k in runs}
     for _ in range(args.repeat):
@@ -128,22 +136,28 @@ def bench_render(args) -> dict:
 
     out = {"threads": torch.get_num_threads()}
     sep64 = total("separate", 64)
-    print(f"  separate maximize calls: {step['separate'] * 1e3:.1f} ms per step (+ {fixed['separate']:.2f} s fixed per "
-          f"call) → 64 channels × 256 steps {sep64 / 60:.1f} min")
+    print(
+        f"  separate maximize calls: {step['separate'] * 1e3:.1f} ms per step (+ {fixed['separate']:.2f} s fixed per "
+        f"call) → 64 channels × 256 steps {sep64 / 60:.1f} min"
+    )
     for b in args.batches:
         k = f"batch {b}"
         t64 = total(k, 64)
-        print(f"  maximize_channels, batch {b:>2}: {step[k] / b * 1e3:.1f} ms per channel per step (the model's own "
-              f"forward + backward to the input: {step[f'floor {b}'] / b * 1e3:.1f} ms per image) (+ {fixed[k]:.2f} s "
-              f"fixed per optimisation) → 64 channels × 256 steps {t64 / 60:.1f} min: {sep64 / t64:.2f}× faster per "
-              f"channel than separate calls; the whole layer {total(k, C) / 60:.1f} min")
+        print(
+            f"  maximize_channels, batch {b:>2}: {step[k] / b * 1e3:.1f} ms per channel per step (the model's own "
+            f"forward + backward to the input: {step[f'floor {b}'] / b * 1e3:.1f} ms per image) (+ {fixed[k]:.2f} s "
+            f"fixed per optimisation) → 64 channels × 256 steps {t64 / 60:.1f} min: {sep64 / t64:.2f}× faster per "
+            f"channel than separate calls; the whole layer {total(k, C) / 60:.1f} min"
+        )
         out[f"ratio_batch_{b}"] = sep64 / t64
         out[f"layer_min_batch_{b}"] = total(k, C) / 60
         out[f"floor_share_batch_{b}"] = step[f"floor {b}"] / step[k]
     best = min(args.batches, key=lambda b: total(f"batch {b}", C))
     out.update(best_batch=best, est_layer_min=total(f"batch {best}", C) / 60)
-    print(f"  fastest: batch {best}, the whole layer ({C} channels × 256 steps) in {out['est_layer_min']:.1f} min "
-          f"(extrapolated, on this loaded machine)")
+    print(
+        f"  fastest: batch {best}, the whole layer ({C} channels × 256 steps) in {out['est_layer_min']:.1f} min "
+        f"(extrapolated, on this loaded machine)"
+    )
 
     # the same objective: batched vs separate, for a few channels (shared starting noise and transforms)
     S = args.check_steps
@@ -151,14 +165,27 @@ def bench_render(args) -> dict:
     v = maximize_channels(model, layer, chans, steps=S, robust=True, **opts)
     worst = 0.0
     for r, c in enumerate(chans):
-        one = maximize(model, objectives.channel(layer, c), steps=S, noise="shared", redirect_relu=True, jitter=8,
-                       scale=0.1, rotate=10, **opts)
+        one = maximize(
+            model,
+            objectives.channel(layer, c),
+            steps=S,
+            noise="shared",
+            redirect_relu=True,
+            jitter=8,
+            scale=0.1,
+            rotate=10,
+            **opts,
+        )
         a, s = channel_mean(model, layer, c, v.images[r, 0]), channel_mean(model, layer, c, one.images[0])
         worst = max(worst, abs(a - s) / max(abs(s), 1e-9))
-        print(f"  channel {c}: mean activation batched {a:.3f}, separate {s:.3f} (grey image "
-              f"{channel_mean(model, layer, c, torch.full((3, size, size), 0.5)):.3f})")
-    print(f"  largest relative difference of the per-channel objective, batched vs separate, {S} robust steps: "
-          f"{worst:.2e} (goal ≤ 10 %)")
+        print(
+            f"  channel {c}: mean activation batched {a:.3f}, separate {s:.3f} (grey image "
+            f"{channel_mean(model, layer, c, torch.full((3, size, size), 0.5)):.3f})"
+        )
+    print(
+        f"  largest relative difference of the per-channel objective, batched vs separate, {S} robust steps: "
+        f"{worst:.2e} (goal ≤ 10 %)"
+    )
     out["objective_rel_diff"] = worst
 
     if args.profile:
@@ -185,8 +212,9 @@ def bench_scan(args) -> dict:
         torch.manual_seed(0)
         model = torchvision.models.resnet18().eval()
         g = torch.Generator().manual_seed(0)
-        data = torch.utils.data.TensorDataset(torch.rand(512, 3, 112, 112, generator=g),
-                                              torch.randint(0, 10, (512,), generator=g))
+        data = torch.utils.data.TensorDataset(
+            torch.rand(512, 3, 112, 112, generator=g), torch.randint(0, 10, (512,), generator=g)
+        )
         layers, size = ["layer2", "layer3", "layer4"], (112, 112)
     else:
         model = cnnlens.load_model("digits-cnn")
@@ -194,17 +222,22 @@ def bench_scan(args) -> dict:
         layers, size = ["net.features.1", "net.features.4", "net.features.7"], (32, 32)
     edges = layer_edges(model, data, layers)  # chosen once, as the microscope does before its scan
     rfs = {a.layer: a.rf for a in MicroscopeAccumulator(model, layers, 9, edges=edges, input_size=size).search.values()}
-    print(f"microscope scan: {args.scan_model}, top-9 + statistics of every channel of {', '.join(layers)} "
-          f"({len(data)} images, batch 64, {torch.get_num_threads()} torch thread(s)) vs one evaluation pass; min of "
-          f"{args.scan_repeat} interleaved repeats")
+    print(
+        f"microscope scan: {args.scan_model}, top-9 + statistics of every channel of {', '.join(layers)} "
+        f"({len(data)} images, batch 64, {torch.get_num_threads()} torch thread(s)) vs one evaluation pass; min of "
+        f"{args.scan_repeat} interleaved repeats"
+    )
     classes = 10 if args.scan_model != "resnet18" else 1000
 
     def plain():
         scan(model, data, [EvaluationAccumulator(num_classes=classes)])
 
     def micro():
-        scan(model, data, [MicroscopeAccumulator(model, layers, 9, edges=edges, input_size=size, num_classes=classes,
-                                                 rfs=rfs)])
+        scan(
+            model,
+            data,
+            [MicroscopeAccumulator(model, layers, 9, edges=edges, input_size=size, num_classes=classes, rfs=rfs)],
+        )
 
     from cnnlens.inside import SearchAccumulator, StatsAccumulator
 
@@ -223,17 +256,29 @@ def bench_scan(args) -> dict:
             fn()
             best[k], cpu[k] = min(best[k], time.perf_counter() - w), min(cpu[k], time.process_time() - c)
     ratio = best["micro"] / best["plain"]
-    print(f"  evaluation pass {best['plain'] * 1e3:.0f} ms, microscope scan {best['micro'] * 1e3:.0f} ms "
-          f"(receptive fields computed before, as in the CLI; both through cnnlens.scan, same batches): {ratio:.2f}× "
-          f"wall, {cpu['micro'] / cpu['plain']:.2f}× CPU time (goal ≤ 1.3×)")
-    print(f"  where the time goes (each alone, as × the evaluation pass, wall / CPU): top-9 patches "
-          f"{best['top'] / best['plain']:.2f} / {cpu['top'] / cpu['plain']:.2f}×, statistics "
-          f"{best['stats'] / best['plain']:.2f} / {cpu['stats'] / cpu['plain']:.2f}×" + (
-              " — digits-cnn is three small convolutions: each image's 28.7 k activations of the three layers cost the "
-              "forward about as much as the few passes over them (max, min, sum, shifted sum of squares, zero count, "
-              "one histogram binning + bincount) that statistics need" if args.scan_model == "digits-cnn" else ""))
-    return {"scan_ratio": ratio, "scan_ratio_cpu": cpu["micro"] / cpu["plain"], "top_ratio": best["top"] / best["plain"],
-            "stats_ratio": best["stats"] / best["plain"]}
+    print(
+        f"  evaluation pass {best['plain'] * 1e3:.0f} ms, microscope scan {best['micro'] * 1e3:.0f} ms "
+        f"(receptive fields computed before, as in the CLI; both through cnnlens.scan, same batches): {ratio:.2f}× "
+        f"wall, {cpu['micro'] / cpu['plain']:.2f}× CPU time (goal ≤ 1.3×)"
+    )
+    print(
+        f"  where the time goes (each alone, as × the evaluation pass, wall / CPU): top-9 patches "
+        f"{best['top'] / best['plain']:.2f} / {cpu['top'] / cpu['plain']:.2f}×, statistics "
+        f"{best['stats'] / best['plain']:.2f} / {cpu['stats'] / cpu['plain']:.2f}×"
+        + (
+            " — digits-cnn is three small convolutions: each image's 28.7 k activations of the three layers cost the "
+            "forward about as much as the few passes over them (max, min, sum, shifted sum of squares, zero count, "
+            "one histogram binning + bincount) that statistics need"
+            if args.scan_model == "digits-cnn"
+            else ""
+        )
+    )
+    return {
+        "scan_ratio": ratio,
+        "scan_ratio_cpu": cpu["micro"] / cpu["plain"],
+        "top_ratio": best["top"] / best["plain"],
+        "stats_ratio": best["stats"] / best["plain"],
+    }
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -242,9 +287,13 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--profile", action="store_true", help="print where the time of a step goes")
     ap.add_argument("--only", choices=["render", "scan"], default=None)
-    ap.add_argument("--scan-model", choices=["digits-cnn", "resnet18"], default="digits-cnn",
-                    help="the scan's network: digits-cnn over digits (the goal's case), or a random-weight ResNet-18 "
-                         "over 512 random 112² images (a real-size network)")
+    ap.add_argument(
+        "--scan-model",
+        choices=["digits-cnn", "resnet18"],
+        default="digits-cnn",
+        help="the scan's network: digits-cnn over digits (the goal's case), or a random-weight ResNet-18 "
+        "over 512 random 112² images (a real-size network)",
+    )
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -96,7 +96,7 @@ def flop_bound(model, x) -> float:
     with torch.no_grad():
         env = inc.clean(x[:1])
         for a in range(0, len(rows), 4):
-            box, _ = input_box(x[:1], x.new_full((1, 1, 1, 1), 0.5), rows[a:a + 4], rows, WINDOW, WINDOW)
+            box, _ = input_box(x[:1], x.new_full((1, 1, 1, 1), 0.5), rows[a : a + 4], rows, WINDOW, WINDOW)
             inc.run(env, box, st)
     return st.bound
 
@@ -119,7 +119,7 @@ def approximate(a) -> None:
     from cnnlens.demo import DemoContext
 
     names, photos = DemoContext().photos
-    names, photos = names[:a.photos], photos[:a.photos]
+    names, photos = names[: a.photos], photos[: a.photos]
     n_fine = positions(4)
     for name in a.models.split(","):
         if name in ("tf_efficientnet_lite0", "efficientnet-lite0"):
@@ -138,40 +138,60 @@ def approximate(a) -> None:
             return r
 
         for i, photo in enumerate(names):
-            x = photos[i:i + 1]
+            x = photos[i : i + 1]
             with torch.no_grad():
                 cls = model(x).argmax(1)
-            es = {f: timed(f"approximate {f}", lambda f=f: occlusion(model, x, cls, window=WINDOW, stride=4,
-                                                                      approximate={"fraction": f}))
-                  for f in fractions}
+            es = {
+                f: timed(
+                    f"approximate {f}",
+                    lambda f=f: occlusion(model, x, cls, window=WINDOW, stride=4, approximate={"fraction": f}),
+                )
+                for f in fractions
+            }
             ex = timed("exact", lambda: occlusion(model, x, cls, window=WINDOW, stride=4))
             assert ex.settings["path"] == "incremental"
             for k in [int(v) for v in a.ppe.split(",")]:
-                timed(f"captum ppe={k}", lambda k=k: Occlusion(model).attribute(
-                    x, sliding_window_shapes=(3, 32, 32), strides=(3, 32, 32), baselines=0.5, target=cls,
-                    perturbations_per_eval=k))
+                timed(
+                    f"captum ppe={k}",
+                    lambda k=k: Occlusion(model).attribute(
+                        x,
+                        sliding_window_shapes=(3, 32, 32),
+                        strides=(3, 32, 32),
+                        baselines=0.5,
+                        target=cls,
+                        perturbations_per_eval=k,
+                    ),
+                )
             for f, e in es.items():
                 assert e.settings["path"] == "approximate"
                 ssim[f].append(_ssim(e.maps[0], ex.maps[0]))
                 computed[f].append(e.settings["approximate"]["computed"])
-            print(f"    {photo}: SSIM " + ", ".join(f"{ssim[f][-1]:.3f}" for f in fractions)
-                  + f" (fraction {', '.join(map(str, fractions))}); exact {best['exact']:.1f} s (minimum so far)",
-                  flush=True)
+            print(
+                f"    {photo}: SSIM "
+                + ", ".join(f"{ssim[f][-1]:.3f}" for f in fractions)
+                + f" (fraction {', '.join(map(str, fractions))}); exact {best['exact']:.1f} s (minimum so far)",
+                flush=True,
+            )
         for k in best:
             if k.startswith("captum"):
                 best[k] *= n_fine / 49
         cap = min((v, k) for k, v in best.items() if k.startswith("captum"))
-        print(f"{label}, window {WINDOW}, stride 4 ({n_fine} positions), {len(names)} photos, threads "
-              f"{torch.get_num_threads()}, minima over the photos on a shared machine:\n"
-              f"  exact incremental {best['exact']:.1f} s, Captum best ({cap[1]}, timed on 49 positions and scaled) "
-              f"{cap[0]:.1f} s: Captum best / exact = {cap[0] / best['exact']:.2f}×", flush=True)
+        print(
+            f"{label}, window {WINDOW}, stride 4 ({n_fine} positions), {len(names)} photos, threads "
+            f"{torch.get_num_threads()}, minima over the photos on a shared machine:\n"
+            f"  exact incremental {best['exact']:.1f} s, Captum best ({cap[1]}, timed on 49 positions and scaled) "
+            f"{cap[0]:.1f} s: Captum best / exact = {cap[0] / best['exact']:.2f}×",
+            flush=True,
+        )
         for f in fractions:
             t = best[f"approximate {f}"]
-            print(f"  approximate {dict(APPROXIMATE, fraction=f)} (computes "
-                  f"{sum(computed[f]) / len(computed[f]):.0%} of the positions): SSIM against exact mean "
-                  f"{sum(ssim[f]) / len(ssim[f]):.3f}, min {min(ssim[f]):.3f}; {t:.1f} s; "
-                  f"Captum best / approximate = {cap[0] / t:.1f}×, exact / approximate = {best['exact'] / t:.2f}×",
-                  flush=True)
+            print(
+                f"  approximate {dict(APPROXIMATE, fraction=f)} (computes "
+                f"{sum(computed[f]) / len(computed[f]):.0%} of the positions): SSIM against exact mean "
+                f"{sum(ssim[f]) / len(ssim[f]):.3f}, min {min(ssim[f]):.3f}; {t:.1f} s; "
+                f"Captum best / approximate = {cap[0] / t:.1f}×, exact / approximate = {best['exact'] / t:.2f}×",
+                flush=True,
+            )
 
 
 def main(argv=None) -> None:
@@ -183,18 +203,31 @@ def main(argv=None) -> None:
     ap.add_argument("--ppe", default="4,8,16,32", help="Captum perturbations_per_eval candidates")
     ap.add_argument("--load", action="store_true", help="run a competing matmul process")
     ap.add_argument("--extrapolate", action="store_true")
-    ap.add_argument("--grid", type=int, default=32,
-                    help="with --extrapolate: window = stride of the coarse grid full re-inference is timed on")
+    ap.add_argument(
+        "--grid",
+        type=int,
+        default=32,
+        help="with --extrapolate: window = stride of the coarse grid full re-inference is timed on",
+    )
     ap.add_argument("--full-only", action="store_true", help="only full re-inference vs Captum (no incremental)")
-    ap.add_argument("--captum-one-thread", action="store_true",
-                    help="also time Captum at its best ppe on one torch thread (what a user could set by hand)")
+    ap.add_argument(
+        "--captum-one-thread",
+        action="store_true",
+        help="also time Captum at its best ppe on one torch thread (what a user could set by hand)",
+    )
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--approximate", action="store_true",
-                    help="instead: approximate mode (defaults) vs exact and Captum, window 16, stride 4, on the bundled "
-                         "photos (--models resnet18,efficientnet-lite0 by default here)")
+    ap.add_argument(
+        "--approximate",
+        action="store_true",
+        help="instead: approximate mode (defaults) vs exact and Captum, window 16, stride 4, on the bundled "
+        "photos (--models resnet18,efficientnet-lite0 by default here)",
+    )
     ap.add_argument("--photos", type=int, default=6, help="with --approximate: how many of the bundled photos")
-    ap.add_argument("--fractions", default="", help="with --approximate: drill-down fractions to compare, e.g. "
-                                                    "0,0.1,0.2 (default: the default's)")
+    ap.add_argument(
+        "--fractions",
+        default="",
+        help="with --approximate: drill-down fractions to compare, e.g. 0,0.1,0.2 (default: the default's)",
+    )
     a = ap.parse_args(argv)
     if a.quick:
         a.models, a.images, a.rounds, a.extrapolate = "resnet18", "1", 2, True
@@ -210,8 +243,11 @@ def main(argv=None) -> None:
         return approximate(a)
     load = contextlib.ExitStack()
     load.enter_context(competing_load(a.load))
-    print(f"threads {a.threads}, competing load: {'a matmul process' if a.load else 'none of our own'}; "
-          "times are minima of interleaved rounds on a shared machine", flush=True)
+    print(
+        f"threads {a.threads}, competing load: {'a matmul process' if a.load else 'none of our own'}; "
+        "times are minima of interleaved rounds on a shared machine",
+        flush=True,
+    )
     try:
         for name in a.models.split(","):
             model = build(name)
@@ -232,14 +268,23 @@ def main(argv=None) -> None:
                         torch.set_num_threads(1 if one_thread else before)
                         try:
                             return Occlusion(model).attribute(
-                                x, sliding_window_shapes=(3, fw, fw), strides=(3, fs, fs), baselines=0.5,
-                                target=cls, perturbations_per_eval=k)
+                                x,
+                                sliding_window_shapes=(3, fw, fw),
+                                strides=(3, fs, fs),
+                                baselines=0.5,
+                                target=cls,
+                                perturbations_per_eval=k,
+                            )
                         finally:
                             torch.set_num_threads(before)
+
                     return run
 
-                fns = {} if a.full_only else {"incremental": lambda: occlusion(model, x, cls, window=WINDOW,
-                                                                               stride=STRIDE)}
+                fns = (
+                    {}
+                    if a.full_only
+                    else {"incremental": lambda: occlusion(model, x, cls, window=WINDOW, stride=STRIDE)}
+                )
                 fns["full"] = lambda: occlusion(model, x, cls, window=fw, stride=fs, incremental=False)
                 for k in [int(v) for v in a.ppe.split(",")]:
                     fns[f"captum ppe={k}"] = captum(k)
@@ -251,8 +296,10 @@ def main(argv=None) -> None:
                 for k, f in fns.items():
                     t = time.perf_counter()
                     f()
-                    print(f"    {k} (warm-up{', tuner trials' if k == 'full' else ''}): "
-                          f"{time.perf_counter() - t:.2f} s", flush=True)
+                    print(
+                        f"    {k} (warm-up{', tuner trials' if k == 'full' else ''}): {time.perf_counter() - t:.2f} s",
+                        flush=True,
+                    )
                 best = {k: float("inf") for k in fns}
                 for r in range(a.rounds):
                     if r == 0 and a.captum_one_thread:  # for reference: Captum at the largest ppe on one thread
@@ -273,18 +320,29 @@ def main(argv=None) -> None:
                 for k, v in best.items():
                     print(f"  {k:22s} {v:8.2f} s  ({v / n / positions(STRIDE) * 1e3:.2f} ms per position)")
                 arms = chosen(workload("occlusion", model, x))
-                print("  tuner's measurements (ms per image): " + ", ".join(
-                    f"{arm.batch}{' CL' if arm.channels_last else ''} on {arm.threads or a.threads} thread(s) "
-                    f"{v * 1e3:.1f}" for arm, v in sorted(arms.items(), key=lambda kv: kv[1])))
-                print(f"  {name}, {n} image(s): Captum best ({cap[1]}) / cnnlens full re-inference = "
-                      f"{cap[0] / best['full']:.2f}×", flush=True)
+                print(
+                    "  tuner's measurements (ms per image): "
+                    + ", ".join(
+                        f"{arm.batch}{' CL' if arm.channels_last else ''} on {arm.threads or a.threads} thread(s) "
+                        f"{v * 1e3:.1f}"
+                        for arm, v in sorted(arms.items(), key=lambda kv: kv[1])
+                    )
+                )
+                print(
+                    f"  {name}, {n} image(s): Captum best ({cap[1]}) / cnnlens full re-inference = "
+                    f"{cap[0] / best['full']:.2f}×",
+                    flush=True,
+                )
                 if not a.full_only:
                     bound = flop_bound(model, x)
                     inc_ratio = cap[0] / best["incremental"]
-                    print(f"  Captum best ({cap[1]}) / incremental = {inc_ratio:.2f}×;  FLOP bound ΣQ/ΣQ_inc = "
-                          f"{bound:.2f}×; Captum/incremental is {inc_ratio / bound:.0%} of it, full/incremental "
-                          f"{best['full'] / best['incremental']:.2f}× = "
-                          f"{best['full'] / best['incremental'] / bound:.0%} of it", flush=True)
+                    print(
+                        f"  Captum best ({cap[1]}) / incremental = {inc_ratio:.2f}×;  FLOP bound ΣQ/ΣQ_inc = "
+                        f"{bound:.2f}×; Captum/incremental is {inc_ratio / bound:.0%} of it, full/incremental "
+                        f"{best['full'] / best['incremental']:.2f}× = "
+                        f"{best['full'] / best['incremental'] / bound:.0%} of it",
+                        flush=True,
+                    )
     finally:
         load.close()
 

@@ -172,7 +172,7 @@ class HookedTopK:
                     l, r = 0, W
                 patch = torch.zeros(x.shape[0], b - t, r - l)
                 tt, ll, bb, rr = max(t, 0), max(l, 0), min(b, H), min(r, W)
-                patch[:, tt - t: bb - t, ll - l: rr - l] = x[:, tt:bb, ll:rr]
+                patch[:, tt - t : bb - t, ll - l : rr - l] = x[:, tt:bb, ll:rr]
                 row.append(patch)
             out.append(torch.stack(row))
         return torch.stack(out)
@@ -230,12 +230,16 @@ def bench_speed(args) -> dict:
         with LayerTap(model, layers, detach=True) as tap:
             tap.run(ds[0][0][None])
             shapes = {n: tuple(tap[n].shape[1:]) for n in layers}
-    print(f"scan speed: {args.model} ({'bundled, trained' if args.model == 'cluttered' else 'random weights'}), "
-          f"{len(ds)} cluttered digits {tuple(ds[0][0].shape)}, batch {bs}, {torch.get_num_threads()} torch "
-          f"thread(s), min of {args.repeat} interleaved repeats; searched + statistics: "
-          + ", ".join(f"{n} {'×'.join(map(str, s))}" for n, s in shapes.items()))
-    print(f"  agreement: confusion matrices equal, top-1/top-5 equal, every channel's top-{K} activations within "
-          f"{worst:.1e} of the hooked pass's")
+    print(
+        f"scan speed: {args.model} ({'bundled, trained' if args.model == 'cluttered' else 'random weights'}), "
+        f"{len(ds)} cluttered digits {tuple(ds[0][0].shape)}, batch {bs}, {torch.get_num_threads()} torch "
+        f"thread(s), min of {args.repeat} interleaved repeats; searched + statistics: "
+        + ", ".join(f"{n} {'×'.join(map(str, s))}" for n, s in shapes.items())
+    )
+    print(
+        f"  agreement: confusion matrices equal, top-1/top-5 equal, every channel's top-{K} activations within "
+        f"{worst:.1e} of the hooked pass's"
+    )
     runs = {
         "evaluate": lambda: cnnlens_evaluate(model, ds, bs),
         "torchmetrics": lambda: torchmetrics_evaluate(model, ds, bs),
@@ -250,16 +254,24 @@ def bench_speed(args) -> dict:
             wall[k], cpu[k] = min(wall[k], w), min(cpu[k], c)
     n = len(ds)
     ips = {k: n / v for k, v in wall.items()}
-    print(f"  evaluate: cnnlens {ips['evaluate']:.0f} images/s, torchmetrics loop {ips['torchmetrics']:.0f} "
-          f"images/s → {wall['torchmetrics'] / wall['evaluate']:.2f}× (CPU time "
-          f"{cpu['torchmetrics'] / cpu['evaluate']:.2f}×)")
+    print(
+        f"  evaluate: cnnlens {ips['evaluate']:.0f} images/s, torchmetrics loop {ips['torchmetrics']:.0f} "
+        f"images/s → {wall['torchmetrics'] / wall['evaluate']:.2f}× (CPU time "
+        f"{cpu['torchmetrics'] / cpu['evaluate']:.2f}×)"
+    )
     ratio = wall["peer"] / wall["scan"]
-    print(f"  evaluate + search + statistics in one scan: cnnlens {ips['scan']:.0f} images/s; torchmetrics pass + "
-          f"hooked search pass {ips['peer']:.0f} images/s → {ratio:.2f}× (CPU time {cpu['peer'] / cpu['scan']:.2f}×; "
-          f"goal ≥ 1.8×)")
+    print(
+        f"  evaluate + search + statistics in one scan: cnnlens {ips['scan']:.0f} images/s; torchmetrics pass + "
+        f"hooked search pass {ips['peer']:.0f} images/s → {ratio:.2f}× (CPU time {cpu['peer'] / cpu['scan']:.2f}×; "
+        f"goal ≥ 1.8×)"
+    )
     print(f"  the one scan costs {wall['scan'] / wall['evaluate']:.2f}× cnnlens' evaluation alone")
-    return {"evaluate_ratio": wall["torchmetrics"] / wall["evaluate"], "scan_ratio": ratio,
-            "scan_ratio_cpu": cpu["peer"] / cpu["scan"], "images_per_s": ips}
+    return {
+        "evaluate_ratio": wall["torchmetrics"] / wall["evaluate"],
+        "scan_ratio": ratio,
+        "scan_ratio_cpu": cpu["peer"] / cpu["scan"],
+        "images_per_s": ips,
+    }
 
 
 # --------------------------------------------------------------------------- memory
@@ -318,9 +330,14 @@ def memory_child(model_name: str, n: int, bs: int, threads: int | None) -> dict:
         stop.set()
         th.join()
     peak[0] = max(peak[0], proc.memory_info().rss)
-    return {"n": n, "rss_before_mb": before / 2**20, "rss_peak_delta_mb": (peak[0] - before) / 2**20,
-            "rss_peak_first_500_mb": (at500.get("peak", peak[0]) - before) / 2**20,
-            "rss_peak_last_500_mb": (at500.get("batches", peak[0]) - before) / 2**20, "python_peak_mb": py_peak / 2**20}
+    return {
+        "n": n,
+        "rss_before_mb": before / 2**20,
+        "rss_peak_delta_mb": (peak[0] - before) / 2**20,
+        "rss_peak_first_500_mb": (at500.get("peak", peak[0]) - before) / 2**20,
+        "rss_peak_last_500_mb": (at500.get("batches", peak[0]) - before) / 2**20,
+        "python_peak_mb": py_peak / 2**20,
+    }
 
 
 def accs_scan(model, ds, layers, rfs, edges, bs, scan, progress=None):
@@ -339,8 +356,16 @@ def bench_memory(args) -> dict:
     for n in (base, args.n):
         runs = []
         for _ in range(args.memory_runs):  # the allocator's peak varies by a few MB from run to run
-            cmd = [sys.executable, __file__, "--memory-child", str(n), "--model", args.model,
-                   "--batch-size", str(args.batch_size)] + (["--threads", str(args.threads)] if args.threads else [])
+            cmd = [
+                sys.executable,
+                __file__,
+                "--memory-child",
+                str(n),
+                "--model",
+                args.model,
+                "--batch-size",
+                str(args.batch_size),
+            ] + (["--threads", str(args.threads)] if args.threads else [])
             res = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ), check=True)
             runs.append(json.loads(res.stdout.strip().splitlines()[-1]))
         out[n] = runs
@@ -349,13 +374,15 @@ def bench_memory(args) -> dict:
     grow = (med[args.n] - med[base]) / max(med[base], 1e-9)
     fmt = lambda n: "/".join(f"{r['rss_peak_delta_mb']:.1f}" for r in out[n])  # noqa: E731
     within = [r["rss_peak_last_500_mb"] / max(r["rss_peak_first_500_mb"], 1e-9) - 1 for r in out[args.n]]
-    print(f"  memory of the one scan (peak RSS above the RSS just before it, psutil sampled every 2 ms; tracemalloc "
-          f"for Python objects). Separate processes, scan and results: {base} images +{fmt(base)} MB (median "
-          f"{med[base]:.1f}), {args.n} images +{fmt(args.n)} MB (median {med[args.n]:.1f}) → {100 * grow:+.0f} % "
-          f"(goal within 10 %; the allocator's peak varies by a few MB from process to process). Within each "
-          f"{args.n}-image scan, the peak over the batches of its last 500 images vs of its first 500 (equal windows; "
-          f"compute() builds the results after): {', '.join(f'{100 * w:+.0f} %' for w in within)}. Python objects {py[base]:.2f} MB and "
-          f"{py[args.n]:.2f} MB at the peak")
+    print(
+        f"  memory of the one scan (peak RSS above the RSS just before it, psutil sampled every 2 ms; tracemalloc "
+        f"for Python objects). Separate processes, scan and results: {base} images +{fmt(base)} MB (median "
+        f"{med[base]:.1f}), {args.n} images +{fmt(args.n)} MB (median {med[args.n]:.1f}) → {100 * grow:+.0f} % "
+        f"(goal within 10 %; the allocator's peak varies by a few MB from process to process). Within each "
+        f"{args.n}-image scan, the peak over the batches of its last 500 images vs of its first 500 (equal windows; "
+        f"compute() builds the results after): {', '.join(f'{100 * w:+.0f} %' for w in within)}. Python objects {py[base]:.2f} MB and "
+        f"{py[args.n]:.2f} MB at the peak"
+    )
     return {"memory": out, "memory_growth": grow, "memory_growth_within": within}
 
 
@@ -365,9 +392,13 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--model", choices=["cluttered", "resnet18"], default="cluttered")
     ap.add_argument("--n", type=int, default=2000)
-    ap.add_argument("--base", type=int, default=500,
-                    help="with the memory runs: the smaller scan compared with --n images (the goal: 500 and 2,000; "
-                         "2,000 and 4,000 compare two scans that both keep channels × k images)")
+    ap.add_argument(
+        "--base",
+        type=int,
+        default=500,
+        help="with the memory runs: the smaller scan compared with --n images (the goal: 500 and 2,000; "
+        "2,000 and 4,000 compare two scans that both keep channels × k images)",
+    )
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--repeat", type=int, default=None)
     ap.add_argument("--memory-runs", type=int, default=3)

@@ -47,8 +47,13 @@ def bench_cams(repeat: int, n: int) -> dict:
     out = {}
     for ours, theirs in ((xgradcam, XGradCAM), (hirescam, HiResCAM), (layercam, LayerCAM), (eigencam, EigenCAM)):
         with theirs(model=peer, target_layers=[peer.get_submodule(layer)]) as cam:
-            t = interleaved({"peer": lambda: cam(input_tensor=x, targets=targets),
-                             "ours": lambda: ours(model, x, target=cls, layer=layer)}, repeat)
+            t = interleaved(
+                {
+                    "peer": lambda: cam(input_tensor=x, targets=targets),
+                    "ours": lambda: ours(model, x, target=cls, layer=layer),
+                },
+                repeat,
+            )
             if ours is eigencam:
                 cam.activations_and_grads(x)
                 ref = torch.from_numpy(get_2d_projection(cam.activations_and_grads.activations[0].numpy()))
@@ -58,8 +63,12 @@ def bench_cams(repeat: int, n: int) -> dict:
                 ref = cam(input_tensor=x, targets=targets)
                 e = ours(model, x, target=cls, layer=layer).maps
                 corr = min(_corr(e[i], ref[i]) for i in range(n))
-        out[ours.__name__] = {"ours_s": t["ours"], "peer_s": t["peer"], "peer/ours": t["peer"] / t["ours"],
-                              "min_corr": corr}
+        out[ours.__name__] = {
+            "ours_s": t["ours"],
+            "peer_s": t["peer"],
+            "peer/ours": t["peer"] / t["ours"],
+            "min_corr": corr,
+        }
     return out
 
 
@@ -89,13 +98,20 @@ def bench_attacks(repeat: int, n: int) -> dict:
         cw_ok = model(res["CW"]).argmax(1) != y
     l2 = lambda a: (a - x).flatten(1).norm(dim=1)  # noqa: E731
     return {
-        "deepfool": {"ours_s": t["cnnlens deepfool"], "peer_s": t["torchattacks DeepFool"],
-                     "peer/ours": t["torchattacks DeepFool"] / t["cnnlens deepfool"],
-                     "success": (res["deepfool"].success_rate, float((lab != y).float().mean())),
-                     "median_l2": (float(res["deepfool"].l2().median()), float(l2(xa).median()))},
-        "cw": {"ours_s": t["cnnlens cw"], "peer_s": t["torchattacks CW"], "peer/ours": t["torchattacks CW"] / t["cnnlens cw"],
-               "success": (res["cw"].success_rate, float(cw_ok.float().mean())),
-               "median_l2": (float(res["cw"].l2()[res["cw"].success].median()), float(l2(res["CW"])[cw_ok].median()))},
+        "deepfool": {
+            "ours_s": t["cnnlens deepfool"],
+            "peer_s": t["torchattacks DeepFool"],
+            "peer/ours": t["torchattacks DeepFool"] / t["cnnlens deepfool"],
+            "success": (res["deepfool"].success_rate, float((lab != y).float().mean())),
+            "median_l2": (float(res["deepfool"].l2().median()), float(l2(xa).median())),
+        },
+        "cw": {
+            "ours_s": t["cnnlens cw"],
+            "peer_s": t["torchattacks CW"],
+            "peer/ours": t["torchattacks CW"] / t["cnnlens cw"],
+            "success": (res["cw"].success_rate, float(cw_ok.float().mean())),
+            "median_l2": (float(res["cw"].l2()[res["cw"].success].median()), float(l2(res["CW"])[cw_ok].median())),
+        },
     }
 
 
@@ -104,16 +120,23 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--quick", action="store_true")
     args = ap.parse_args(argv)
     repeat = 2 if args.quick else 3
-    out = {"cams": bench_cams(repeat, 4 if args.quick else 8), "attacks": bench_attacks(repeat, 16 if args.quick else 32)}
+    out = {
+        "cams": bench_cams(repeat, 4 if args.quick else 8),
+        "attacks": bench_attacks(repeat, 16 if args.quick else 32),
+    }
     print("CAM zoo on efficientnet-lite0 at bn2 (pytorch-grad-cam / cnnlens; min correlation over the batch):")
     for k, v in out["cams"].items():
-        print(f"  {k:9s} cnnlens {v['ours_s'] * 1e3:7.1f} ms  pytorch-grad-cam {v['peer_s'] * 1e3:7.1f} ms  "
-              f"ratio {v['peer/ours']:.2f}×  corr {v['min_corr']:.4f}")
+        print(
+            f"  {k:9s} cnnlens {v['ours_s'] * 1e3:7.1f} ms  pytorch-grad-cam {v['peer_s'] * 1e3:7.1f} ms  "
+            f"ratio {v['peer/ours']:.2f}×  corr {v['min_corr']:.4f}"
+        )
     print("minimum-norm attacks on digits-cnn (torchattacks / cnnlens; success and median L2: cnnlens, torchattacks):")
     for k, v in out["attacks"].items():
-        print(f"  {k:8s} cnnlens {v['ours_s'] * 1e3:7.1f} ms  torchattacks {v['peer_s'] * 1e3:7.1f} ms  "
-              f"ratio {v['peer/ours']:.2f}×  success {v['success'][0]:.2f}/{v['success'][1]:.2f}  "
-              f"median L2 {v['median_l2'][0]:.3f}/{v['median_l2'][1]:.3f}")
+        print(
+            f"  {k:8s} cnnlens {v['ours_s'] * 1e3:7.1f} ms  torchattacks {v['peer_s'] * 1e3:7.1f} ms  "
+            f"ratio {v['peer/ours']:.2f}×  success {v['success'][0]:.2f}/{v['success'][1]:.2f}  "
+            f"median L2 {v['median_l2'][0]:.3f}/{v['median_l2'][1]:.3f}"
+        )
     return out
 
 

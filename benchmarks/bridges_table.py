@@ -26,8 +26,7 @@ from cnnlens.attribution import captum
 from cnnlens.tap import guarded
 
 ARCHS = ("vgg11", "resnet18", "mobilenet_v2", "densenet121")
-METHODS = ("DeepLift", "DeepLiftShap", "LRP", "IntegratedGradients", "GradientShap", "GuidedBackprop",
-           "Deconvolution")
+METHODS = ("DeepLift", "DeepLiftShap", "LRP", "IntegratedGradients", "GradientShap", "GuidedBackprop", "Deconvolution")
 RULE_BASED = ("DeepLift", "DeepLiftShap", "LRP", "GuidedBackprop")
 
 
@@ -60,8 +59,11 @@ def cell(model: nn.Module, x: torch.Tensor, method: str) -> str:
 def alone(model: nn.Module, x: torch.Tensor, method: str) -> str:
     import captum.attr as ca
 
-    kw = {"baselines": torch.cat([torch.zeros_like(x[:1]), torch.full_like(x[:1], 0.5)])} \
-        if method == "DeepLiftShap" else {}
+    kw = (
+        {"baselines": torch.cat([torch.zeros_like(x[:1]), torch.full_like(x[:1], 0.5)])}
+        if method == "DeepLiftShap"
+        else {}
+    )
     try:
         with guarded(model), warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -87,8 +89,10 @@ def main() -> None:
         rows.append([f"{arch}, Captum alone"] + [alone(m, x, k) if k in RULE_BASED else "" for k in METHODS])
     lines = ["| architecture | " + " | ".join(METHODS) + " |", "|---" * (len(METHODS) + 1) + "|"]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
-    text = "\n".join(lines) + f"\n\n{args.size}×{args.size} images, 2 per call, target class 3; " \
-                              f"{time.perf_counter() - t0:.0f} s in all.\n"
+    text = (
+        "\n".join(lines) + f"\n\n{args.size}×{args.size} images, 2 per call, target class 3; "
+        f"{time.perf_counter() - t0:.0f} s in all.\n"
+    )
     print(text)  # noqa: T201 - a script
     if args.out:
         with open(args.out, "w") as f:

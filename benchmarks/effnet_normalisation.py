@@ -52,7 +52,7 @@ def views(a: np.ndarray) -> torch.Tensor:
     h, w = t.shape[-2:]
     s = int(min(h, w) * 0.875)
     y, x = (h - s) // 2, (w - s) // 2
-    crop = F.interpolate(t[..., y: y + s, x: x + s], size=(224, 224), mode="bilinear", antialias=True)
+    crop = F.interpolate(t[..., y : y + s, x : x + s], size=(224, 224), mode="bilinear", antialias=True)
     return torch.cat([full, full.flip(-1), crop, crop.flip(-1)])
 
 
@@ -63,8 +63,10 @@ def main() -> None:
     names = list(imgs)
     x = torch.cat([views(imgs[n]) for n in names])
     bns = [(n, m) for n, m in net.named_modules() if isinstance(m, torch.nn.BatchNorm2d)]
-    for label, (mean, std) in {"ImageNet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
-                               "0.5/0.5": ((0.5,) * 3, (0.5,) * 3)}.items():
+    for label, (mean, std) in {
+        "ImageNet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+        "0.5/0.5": ((0.5,) * 3, (0.5,) * 3),
+    }.items():
         xn = (x - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
         pre = {}
         hooks = [m.register_forward_pre_hook((lambda n: lambda m, i: pre.__setitem__(n, i[0]))(n)) for n, m in bns]
@@ -88,9 +90,11 @@ def main() -> None:
         top = logits.view(len(names), 4, -1).argmax(2)
         ll = [float(lp[i][:, LABELS[n]].logsumexp(1).mean()) for i, n in enumerate(names) if n in LABELS]
         hits = sum(int(torch.isin(top[i], torch.tensor(LABELS[n])).sum()) for i, n in enumerate(names) if n in LABELS)
-        print(f"{label:9s} stem BN |log var ratio| {d[0, 1]:.2f}  |Δμ|/σ {d[0, 0]:.2f} | "
-              f"all {len(bns)} BN: {d[:, 1].mean():.2f}  {d[:, 0].mean():.2f} | "
-              f"mean log p(true) {np.mean(ll):.2f}  top-1 {hits}/{4 * len(ll)}")
+        print(
+            f"{label:9s} stem BN |log var ratio| {d[0, 1]:.2f}  |Δμ|/σ {d[0, 0]:.2f} | "
+            f"all {len(bns)} BN: {d[:, 1].mean():.2f}  {d[:, 0].mean():.2f} | "
+            f"mean log p(true) {np.mean(ll):.2f}  top-1 {hits}/{4 * len(ll)}"
+        )
 
 
 if __name__ == "__main__":

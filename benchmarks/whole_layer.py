@@ -23,9 +23,12 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--batches", default="default", help="comma-separated batch sizes; 'default' for the default")
-    ap.add_argument("--one-at-a-time", action="store_true",
-                    help="run the optimisations one after another on all threads (the behaviour before 2026-12-02), "
-                         "not side by side on private copies with one thread each")
+    ap.add_argument(
+        "--one-at-a-time",
+        action="store_true",
+        help="run the optimisations one after another on all threads (the behaviour before 2026-12-02), "
+        "not side by side on private copies with one thread each",
+    )
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
     import cnnlens
@@ -39,8 +42,11 @@ def main(argv: list[str] | None = None) -> None:
     for bs in [None if b == "default" else int(b) for b in a.batches.split(",")]:
         t = time.perf_counter()
         maximize_channels(model, "net.blocks.4", list(range(112)), steps=256, size=128, batch_size=bs)
-        print(f"whole layer net.blocks.4 (112 channels), 128², 256 steps, batch_size={bs or 'default'}, "
-              f"{a.threads} threads{', one optimisation at a time' if a.one_at_a_time else ''}: {time.perf_counter() - t:.0f} s", flush=True)
+        print(
+            f"whole layer net.blocks.4 (112 channels), 128², 256 steps, batch_size={bs or 'default'}, "
+            f"{a.threads} threads{', one optimisation at a time' if a.one_at_a_time else ''}: {time.perf_counter() - t:.0f} s",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -18,8 +18,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 import torch  # noqa: E402
-
 import zoo  # noqa: E402
+
 from cnnlens.attribution import METHODS  # noqa: E402
 
 

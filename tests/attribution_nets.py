@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import nn
-
 from inside_nets import seeded_  # noqa: F401 (re-exported for the attribution tests)
+from torch import nn
 
 
 class LinearNet(nn.Module):
@@ -120,7 +119,9 @@ class SmoothGapNet(nn.Module):
 
     def __init__(self, seed: int = 6):
         super().__init__()
-        self.features = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.Tanh(), nn.Conv2d(4, 5, 3, padding=1), nn.Tanh())
+        self.features = nn.Sequential(
+            nn.Conv2d(3, 4, 3, padding=1), nn.Tanh(), nn.Conv2d(4, 5, 3, padding=1), nn.Tanh()
+        )
         self.fc = nn.Linear(5, 3)
         seeded_(self, seed, scale=0.8)
 

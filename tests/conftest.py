@@ -12,9 +12,8 @@ import os
 
 import pytest
 import torch
-from torch import nn
-
 from modelstate import assert_unchanged, snapshot
+from torch import nn
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 

@@ -20,14 +20,16 @@ def colour_net() -> PixelModel:
     with torch.no_grad():
         conv.weight.copy_(torch.eye(3).view(3, 3, 1, 1))
     net = nn.Sequential(conv, nn.AdaptiveAvgPool2d(1), nn.Flatten())
-    spec = ModelSpec(name="colour-net", input_size=(8, 8), channels=3, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0),
-                     class_names=CLASSES)
+    spec = ModelSpec(
+        name="colour-net", input_size=(8, 8), channels=3, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), class_names=CLASSES
+    )
     return PixelModel(net, spec).eval()
 
 
 #: (folder, colour of the image) for the ImageFolder the tests write: 13 images, 2 mistakes
-FOLDER_CONTENT = [("red", "red")] * 4 + [("green", "green")] * 3 + [("green", "red")] + \
-    [("blue", "blue")] * 4 + [("blue", "green")]
+FOLDER_CONTENT = (
+    [("red", "red")] * 4 + [("green", "green")] * 3 + [("green", "red")] + [("blue", "blue")] * 4 + [("blue", "green")]
+)
 #: the confusion matrix colour_net gives on it (rows true, columns predicted, order CLASSES)
 EXPECTED_CONFUSION = [[4, 0, 0], [1, 3, 0], [0, 1, 4]]
 #: top-2: the red image in green/ has logits (1, 0, 0): green ties blue, green has the lower index → hit;

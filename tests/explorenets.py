@@ -5,11 +5,11 @@ from __future__ import annotations
 import contextlib
 
 import torch
+from modelstate import assert_unchanged, snapshot
 
 import cnnlens
 from cnnlens.explore.app import make_app
 from cnnlens.explore.service import Explorer
-from modelstate import assert_unchanged, snapshot
 
 
 def digits_every(step: int) -> torch.utils.data.TensorDataset:

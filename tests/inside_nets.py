@@ -9,8 +9,6 @@ from torch import nn
 from cnnlens.models.spec import ModelSpec, PixelModel
 
 
-
-
 def seeded_(module: nn.Module, seed: int, scale: float = 0.5) -> nn.Module:
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
@@ -26,9 +24,14 @@ class ChainNet(nn.Module):
         super().__init__()
         a, b, c = widths
         self.features = nn.Sequential(
-            nn.Conv2d(cin, a, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(a, b, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(b, c, 3, padding=1), nn.ReLU(),
+            nn.Conv2d(cin, a, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(a, b, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(b, c, 3, padding=1),
+            nn.ReLU(),
         )
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(c, k)
@@ -70,7 +73,7 @@ class OddNet(nn.Module):
 
     def __init__(self, seed: int = 1):
         super().__init__()
-        self.stem = nn.Conv2d(3, 4, 3, stride=2)        # padded functionally in forward: (0, 1, 0, 1)
+        self.stem = nn.Conv2d(3, 4, 3, stride=2)  # padded functionally in forward: (0, 1, 0, 1)
         self.block1 = Block(4, 6, 2)
         self.dil = nn.Conv2d(6, 6, 3, padding=2, dilation=2)
         self.wide = nn.Conv2d(6, 4, (1, 5), padding=(0, 2))

@@ -20,8 +20,15 @@ def _hook_counts(model: nn.Module) -> list[int]:
     counts = []
     for m in model.modules():
         n = 0
-        for attr in ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks",
-                     "_forward_hooks_with_kwargs", "_state_dict_hooks", "_load_state_dict_pre_hooks"):
+        for attr in (
+            "_forward_hooks",
+            "_forward_pre_hooks",
+            "_backward_hooks",
+            "_backward_pre_hooks",
+            "_forward_hooks_with_kwargs",
+            "_state_dict_hooks",
+            "_load_state_dict_pre_hooks",
+        ):
             n += len(getattr(m, attr, {}) or {})
         counts.append(n)
     for p in model.parameters():

@@ -62,8 +62,8 @@ def make_photo_folder(root, n: int = 2000, side: int = 256, seed: int = 0, class
         W, H = im.size
         s = rng.uniform(0.45, 1.0)
         ar = rng.uniform(0.8, 1.25)
-        w = int(min(W, max(32, s * min(W, H) * ar ** 0.5)))
-        h = int(min(H, max(32, s * min(W, H) / ar ** 0.5)))
+        w = int(min(W, max(32, s * min(W, H) * ar**0.5)))
+        h = int(min(H, max(32, s * min(W, H) / ar**0.5)))
         x0, y0 = int(rng.integers(0, W - w + 1)), int(rng.integers(0, H - h + 1))
         out = im.crop((x0, y0, x0 + w, y0 + h)).resize((side, side), Image.BILINEAR)
         if rng.random() < 0.5:

@@ -127,22 +127,36 @@ def test_functional_relu_net_is_guided_and_a_gelu_net_refused(untouched):
     y = n64.fc(_Guided.apply(n64.c1(x64), None).mean((2, 3)))
     (ref,) = torch.autograd.grad(y[[0, 1], [0, 1]].sum(), x64)
     assert torch.allclose(e.raw.double(), ref, atol=1e-6) and e.settings["guided_relus"] == 1
-    gelu = untouched(nn.Sequential(nn.Conv2d(3, 4, 3), nn.GELU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-                                   nn.Linear(4, 2)))
+    gelu = untouched(
+        nn.Sequential(nn.Conv2d(3, 4, 3), nn.GELU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2))
+    )
     with pytest.raises(ValueError, match=r"applies none \(its activations are gelu ×1\); use saliency or gradcam"):
         guided_backprop(gelu, torch.rand(1, 3, 5, 5))
 
 
 def test_an_activation_guided_backprop_cannot_guide_is_said(untouched, caplog):
-    net = untouched(nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Conv2d(4, 4, 1), nn.SiLU(), nn.Conv2d(4, 4, 1),
-                                  nn.GELU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2)).eval())
+    net = untouched(
+        nn.Sequential(
+            nn.Conv2d(3, 4, 3),
+            nn.ReLU(),
+            nn.Conv2d(4, 4, 1),
+            nn.SiLU(),
+            nn.Conv2d(4, 4, 1),
+            nn.GELU(),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+            nn.Linear(4, 2),
+        ).eval()
+    )
     with caplog.at_level(logging.WARNING, logger="cnnlens"):
         e = guided_backprop(net, torch.rand(2, 3, 6, 6))
     assert e.settings["guided_relus"] == 1
     assert e.settings["unguided_activations"] == {"gelu": 1, "silu": 1}
     lines = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
-    want = ("guided backprop: 1 ReLU applications guided per forward; gelu ×1, silu ×1 keep their "
-            "ordinary gradient (guided backprop has no rule for them)")
+    want = (
+        "guided backprop: 1 ReLU applications guided per forward; gelu ×1, silu ×1 keep their "
+        "ordinary gradient (guided backprop has no rule for them)"
+    )
     assert lines == [want]
 
 
@@ -175,8 +189,14 @@ class _ChainF(nn.Module):
 
 def _module_twin(net: _ChainF) -> nn.Sequential:
     """The same weights as a chain of modules with nn.ReLU / nn.ReLU6: the case deconvnet always handled."""
-    return nn.Sequential(copy.deepcopy(net.conv1), nn.ReLU(), copy.deepcopy(net.pool1), copy.deepcopy(net.conv2),
-                         nn.ReLU() if net.inplace else nn.ReLU6(), copy.deepcopy(net.pool2)).eval()
+    return nn.Sequential(
+        copy.deepcopy(net.conv1),
+        nn.ReLU(),
+        copy.deepcopy(net.pool1),
+        copy.deepcopy(net.conv2),
+        nn.ReLU() if net.inplace else nn.ReLU6(),
+        copy.deepcopy(net.pool2),
+    ).eval()
 
 
 @pytest.mark.parametrize("inplace", [True, False])
@@ -282,8 +302,10 @@ def test_a_constant_map_is_warned_about_whatever_its_size(untouched, caplog):
         e = gradcam(net, x, layer="up", relu=False)
     assert e.raw.shape[-2:] == (4, 4) and e.extras["constant_map"].all()
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
-    assert warnings == ["gradcam: 2 of 2 map(s) at layer 'up' constant over the image, showing no location "
-                        "(flagged in extras['constant_map'])"]
+    assert warnings == [
+        "gradcam: 2 of 2 map(s) at layer 'up' constant over the image, showing no location "
+        "(flagged in extras['constant_map'])"
+    ]
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="cnnlens"):
         d = gradcam(net, x, relu=False)  # the default layer is the conv, not the spreading upsample
@@ -373,8 +395,14 @@ class _MyBlock(nn.Module):
 def test_an_ambiguous_layer_is_refused_in_one_line_and_layout_decides(untouched):
     from cnnlens.attribution import eigencam, gradcam, hirescam
 
-    net = untouched(seeded_(nn.Sequential(nn.Conv2d(3, 8, 4, stride=4), _MyBlock(8), nn.AdaptiveAvgPool2d(1),
-                                          nn.Flatten(), nn.Linear(8, 3)), 1).eval())
+    net = untouched(
+        seeded_(
+            nn.Sequential(
+                nn.Conv2d(3, 8, 4, stride=4), _MyBlock(8), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 3)
+            ),
+            1,
+        ).eval()
+    )
     x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     for fn in (gradcam, hirescam, eigencam):
         with pytest.raises(ValueError) as err:
@@ -391,8 +419,11 @@ def test_an_ambiguous_layer_is_refused_in_one_line_and_layout_decides(untouched)
     with pytest.raises(ValueError, match="layout must be 'nchw', 'nhwc' or None"):
         gradcam(net, x, layer="1", layout="NHWC!")
     # a plain CNN whose channel count equals its grid width is read as N×C×H×W, as always
-    cnn = untouched(nn.Sequential(nn.Conv2d(3, 8, 4, stride=4), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-                                  nn.Linear(8, 3)).eval())
+    cnn = untouched(
+        nn.Sequential(
+            nn.Conv2d(3, 8, 4, stride=4), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 3)
+        ).eval()
+    )
     assert gradcam(cnn, x).raw.shape == (2, 8, 8)
 
 
@@ -404,14 +435,14 @@ def test_torchvision_channels_last_modules_are_read_by_what_they_are(arch):
     net = getattr(tv.models, arch)(weights=None)
     mods = dict(net.named_modules())
     if arch == "convnext_tiny":
-        assert module_layout(mods["features.1.0"]) == "nchw"            # CNBlock
-        assert module_layout(mods["features.1.0.block"]) == "nchw"      # ... ending in Permute([0, 3, 1, 2])
+        assert module_layout(mods["features.1.0"]) == "nchw"  # CNBlock
+        assert module_layout(mods["features.1.0.block"]) == "nchw"  # ... ending in Permute([0, 3, 1, 2])
         assert module_layout(mods["features.1.0.block.2"], 96) == "nhwc"  # its LayerNorm
         assert module_layout(mods["features.1"]) == "nchw"
     else:
-        assert module_layout(mods["features.0"], 96) == "nhwc"          # conv, Permute, LayerNorm
-        assert module_layout(mods["features.1"]) == "nhwc"              # SwinTransformerBlocks
-        assert module_layout(mods["features.2"]) == "nhwc"              # PatchMerging
+        assert module_layout(mods["features.0"], 96) == "nhwc"  # conv, Permute, LayerNorm
+        assert module_layout(mods["features.1"]) == "nhwc"  # SwinTransformerBlocks
+        assert module_layout(mods["features.2"]) == "nhwc"  # PatchMerging
         assert module_layout(mods["permute"]) == "nchw"
 
 
@@ -444,8 +475,14 @@ def test_the_scan_reads_layers_the_same_way_and_takes_layout(untouched):
     assert torch.allclose(got, want, atol=1e-6)
     (forced,) = scan(net, data, [_Grab("norm")], layout={"norm": "nchw"})  # as told, even if wrong
     assert torch.allclose(forced, want.permute(0, 2, 3, 1), atol=1e-6)
-    block = untouched(seeded_(nn.Sequential(nn.Conv2d(3, 8, 4, stride=4), _MyBlock(8), nn.AdaptiveAvgPool2d(1),
-                                            nn.Flatten(), nn.Linear(8, 3)), 1).eval())
+    block = untouched(
+        seeded_(
+            nn.Sequential(
+                nn.Conv2d(3, 8, 4, stride=4), _MyBlock(8), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 3)
+            ),
+            1,
+        ).eval()
+    )
     small = torch.utils.data.TensorDataset(x[:, :, :32, :32], torch.zeros(3, dtype=torch.long))
     with pytest.raises(ValueError, match="reads both as N×C×H×W and N×H×W×C.*pass layout="):
         scan(block, small, [_Grab("1")])
@@ -460,12 +497,21 @@ def test_timm_convnext_blocks_are_read_by_what_they_are(untouched):
     from cnnlens.tap import LayerTap
 
     torch.manual_seed(0)
-    net = untouched(timm.create_model("convnext_atto", pretrained=False, conv_mlp=False, dims=(16, 32, 64, 128),
-                                      num_classes=5).eval())
+    net = untouched(
+        timm.create_model(
+            "convnext_atto", pretrained=False, conv_mlp=False, dims=(16, 32, 64, 128), num_classes=5
+        ).eval()
+    )
     x = torch.rand(1, 3, 64, 64)
-    want = {"stem": "nchw", "stages.0.blocks.0.conv_dw": "nchw", "stages.0.blocks.0.norm": "nhwc",
-            "stages.0.blocks.0.mlp": "nhwc", "stages.0.blocks.0.mlp.act": "nhwc", "stages.0.blocks.0": "nchw",
-            "stages.0": "nchw"}
+    want = {
+        "stem": "nchw",
+        "stages.0.blocks.0.conv_dw": "nchw",
+        "stages.0.blocks.0.norm": "nhwc",
+        "stages.0.blocks.0.mlp": "nhwc",
+        "stages.0.blocks.0.mlp.act": "nhwc",
+        "stages.0.blocks.0": "nchw",
+        "stages.0": "nchw",
+    }
     mods = dict(net.named_modules())
     with LayerTap(net, list(want), detach=True) as tap, torch.no_grad():
         tap.run(x)

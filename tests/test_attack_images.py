@@ -63,8 +63,15 @@ def test_presenter_writes_the_run_numbers(tiny_gap_net):
     sec = add_attack_run_section(rep, tiny_gap_net, run, settings={"model": "tiny"})
     assert sec.title == "FGSM attack"
     files = rep._files
-    assert {"p/original.png", "p/adversarial.png", "p/perturbation.png", "p/top5.json", "q/top5.json",
-            "attack.json", "x_adv.pt"} <= set(files)
+    assert {
+        "p/original.png",
+        "p/adversarial.png",
+        "p/perturbation.png",
+        "p/top5.json",
+        "q/top5.json",
+        "attack.json",
+        "x_adv.pt",
+    } <= set(files)
     summary = json.loads(files["attack.json"])["images"]
     r = run.result
     for i, nm in enumerate(["p", "q"]):

@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import TinyGapNet
 from torch import nn
 
 from cnnlens.attacks import fgsm, minimal_eps, pgd
-
-from conftest import TinyGapNet
-
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -53,8 +51,12 @@ def rand_images(n=16, shape=(3, 8, 8), seed=1, lo=0.0, hi=1.0, dtype=torch.float
 def test_eps_zero_returns_input_bit_for_bit(untouched, norm):
     net = untouched(TinyGapNet())
     x = rand_images()
-    for r in [fgsm(net, x, eps=0.0, norm=norm), fgsm(net, x, eps=0.0, target="second", norm=norm),
-              pgd(net, x, eps=0.0, norm=norm), pgd(net, x, eps=0, random_start=True, target=None, norm=norm)]:
+    for r in [
+        fgsm(net, x, eps=0.0, norm=norm),
+        fgsm(net, x, eps=0.0, target="second", norm=norm),
+        pgd(net, x, eps=0.0, norm=norm),
+        pgd(net, x, eps=0, random_start=True, target=None, norm=norm),
+    ]:
         assert torch.equal(r.x_adv, x)
         assert torch.equal(r.perturbation, torch.zeros_like(x))
         assert torch.equal(r.pred_after, r.pred_before)
@@ -74,8 +76,16 @@ def test_linf_budget_and_pixel_range(untouched, method):
         if method == "fgsm":
             r = fgsm(net, x, eps=eps)
         else:
-            r = pgd(net, x, eps=eps, steps=7, step_size=eps / 2, random_start=method == "pgd-rs",
-                    target=None, early_stop=False)
+            r = pgd(
+                net,
+                x,
+                eps=eps,
+                steps=7,
+                step_size=eps / 2,
+                random_start=method == "pgd-rs",
+                target=None,
+                early_stop=False,
+            )
         assert float(r.linf().max()) <= eps + 1e-6
         assert float(r.x_adv.min()) >= 0 and float(r.x_adv.max()) <= 1
         assert torch.equal(r.perturbation, r.x_adv - x)
@@ -215,10 +225,10 @@ def test_pgd_early_stop_uses_the_fewest_steps(untouched):
     for k in [1, 3]:  # a few samples: rerun with one step fewer than used → not yet there
         i = int(torch.nonzero(r.steps > 1)[k])
         s = int(r.steps[i])
-        short = pgd(net, x[i:i + 1], eps=0.5, steps=s - 1, step_size=0.02, target=int(r.classes[i]))
+        short = pgd(net, x[i : i + 1], eps=0.5, steps=s - 1, step_size=0.02, target=int(r.classes[i]))
         assert not bool(short.success[0])
-        exact = pgd(net, x[i:i + 1], eps=0.5, steps=s, step_size=0.02, target=int(r.classes[i]))
-        assert bool(exact.success[0]) and torch.allclose(exact.x_adv, r.x_adv[i:i + 1])
+        exact = pgd(net, x[i : i + 1], eps=0.5, steps=s, step_size=0.02, target=int(r.classes[i]))
+        assert bool(exact.success[0]) and torch.allclose(exact.x_adv, r.x_adv[i : i + 1])
 
 
 def test_random_start_is_seeded(untouched):
@@ -369,7 +379,7 @@ def test_attack_result_figure_shows_the_original_and_the_adversarial_image(untou
     x = torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))
     r = pgd(net, x, eps=0.1, steps=3, target="second")
     fig = r.figure(x, names=["a", "b"], class_names=["zero", "one", "two"])
-    rows = [fig.axes[3 * i:3 * i + 3] for i in range(2)]
+    rows = [fig.axes[3 * i : 3 * i + 3] for i in range(2)]
     p0, p1 = r.logits_before.softmax(1), r.logits_after.softmax(1)
     for i, (orig, adv, pert) in enumerate(rows):
         np.testing.assert_allclose(orig.get_images()[0].get_array(), x[i].permute(1, 2, 0).numpy(), atol=1e-6)

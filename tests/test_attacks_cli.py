@@ -9,7 +9,6 @@ import pytest
 import torch
 from PIL import Image
 
-
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
@@ -53,8 +52,22 @@ def test_cli_attack_writes_the_library_result(tmp_path, monkeypatch, capsys, dig
 
     paths = _write_digits(tmp_path / "img", per_class=1, flat=True)[:3]
     out = tmp_path / "out"
-    code, cap = run_cli("attack", *map(str, paths), "--model", "digits-cnn", "--method", "pgd",
-                     "--eps", "8/255", "--steps", "5", "--target", "second", "--out", str(out))
+    code, cap = run_cli(
+        "attack",
+        *map(str, paths),
+        "--model",
+        "digits-cnn",
+        "--method",
+        "pgd",
+        "--eps",
+        "8/255",
+        "--steps",
+        "5",
+        "--target",
+        "second",
+        "--out",
+        str(out),
+    )
     assert code == 0, cap.err
     loaded = read_images([str(p) for p in paths], digits_model)
     ref = pgd(digits_model, loaded.images, eps=8 / 255, steps=5, target="second")
@@ -84,13 +97,26 @@ def test_cli_minimal_and_fgsm(tmp_path, monkeypatch, capsys, digits_model, run_c
 
     paths = _write_digits(tmp_path / "img", per_class=1, flat=True)[:2]
     x = read_images([str(p) for p in paths], digits_model).images
-    code, cap = run_cli("attack", *map(str, paths), "--model", "digits-cnn", "--method", "fgsm",
-                     "--eps", "0.05", "--target", "untargeted", "--out", str(tmp_path / "f"))
+    code, cap = run_cli(
+        "attack",
+        *map(str, paths),
+        "--model",
+        "digits-cnn",
+        "--method",
+        "fgsm",
+        "--eps",
+        "0.05",
+        "--target",
+        "untargeted",
+        "--out",
+        str(tmp_path / "f"),
+    )
     assert code == 0, cap.err
     ref = fgsm(digits_model, x, eps=0.05)
     assert torch.equal(torch.load(tmp_path / "f" / "x_adv.pt")["x_adv"], ref.x_adv)
-    code, cap = run_cli("attack", *map(str, paths), "--model", "digits-cnn", "--minimal",
-                     "--steps", "4", "--out", str(tmp_path / "m"))
+    code, cap = run_cli(
+        "attack", *map(str, paths), "--model", "digits-cnn", "--minimal", "--steps", "4", "--out", str(tmp_path / "m")
+    )
     assert code == 0, cap.err
     ref = minimal_eps(digits_model, x, steps=4)
     eps = json.loads((tmp_path / "m" / "attack.json").read_text())
@@ -103,11 +129,25 @@ def test_cli_robustness_matches_the_library(tmp_path, monkeypatch, capsys, digit
 
     _write_digits(tmp_path / "folder", per_class=2)
     out = tmp_path / "rob"
-    code, cap = run_cli("robustness", "--model", "digits-cnn", "--data", str(tmp_path / "folder"),
-                     "--eps", "0,8/255,32/255", "--steps", "3", "--gallery", "2", "--out", str(out))
+    code, cap = run_cli(
+        "robustness",
+        "--model",
+        "digits-cnn",
+        "--data",
+        str(tmp_path / "folder"),
+        "--eps",
+        "0,8/255,32/255",
+        "--steps",
+        "3",
+        "--gallery",
+        "2",
+        "--out",
+        str(out),
+    )
     assert code == 0, cap.err
-    ref = robustness(digits_model, as_dataset(str(tmp_path / "folder"), digits_model), eps=[0, 8 / 255, 32 / 255],
-                     steps=3, gallery=2)
+    ref = robustness(
+        digits_model, as_dataset(str(tmp_path / "folder"), digits_model), eps=[0, 8 / 255, 32 / 255], steps=3, gallery=2
+    )
     got = json.loads((out / "robustness.json").read_text())
     assert got["accuracy"] == json.loads(json.dumps(ref.to_dict()["accuracy"]))
     assert got["clean_accuracy"] == pytest.approx(ref.clean_accuracy) and got["n"] == 20
@@ -120,16 +160,22 @@ def test_cli_robustness_matches_the_library(tmp_path, monkeypatch, capsys, digit
     assert (out / "curves.png").is_file() and (out / "index.html").is_file()
 
 
-@pytest.mark.parametrize("args, message", [
-    (["attack", "{img}", "--model", "digits-cnn", "--method", "lbfgs"], "--method 'lbfgs' is not known"),
-    (["attack", "{img}", "--model", "digits-cnn", "--eps", "two"], "--eps 'two' is not a number"),
-    (["attack", "{img}", "--model", "digits-cnn", "--target", "12"], "target class 12 is out of range"),
-    (["attack", "{img}", "--model", "digits-cnn", "--norm", "1"], "norm '1' is not supported"),
-    (["robustness", "--model", "digits-cnn", "--data", "digits", "--attacks", "lbfgs"], "unknown attack 'lbfgs'"),
-    (["robustness", "--model", "digits-cnn", "--data", "digits", "--eps", "0,-1/255"], "negative"),
-    (["attack", "{img}", "--model", "digits-cnn", "--eps", "8"], "ε = 8 in pixel units [0, 1]; did you mean 8/255?"),
-    (["robustness", "--model", "digits-cnn", "--data", "digits", "--eps", "0,4"], "did you mean 4/255?"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["attack", "{img}", "--model", "digits-cnn", "--method", "lbfgs"], "--method 'lbfgs' is not known"),
+        (["attack", "{img}", "--model", "digits-cnn", "--eps", "two"], "--eps 'two' is not a number"),
+        (["attack", "{img}", "--model", "digits-cnn", "--target", "12"], "target class 12 is out of range"),
+        (["attack", "{img}", "--model", "digits-cnn", "--norm", "1"], "norm '1' is not supported"),
+        (["robustness", "--model", "digits-cnn", "--data", "digits", "--attacks", "lbfgs"], "unknown attack 'lbfgs'"),
+        (["robustness", "--model", "digits-cnn", "--data", "digits", "--eps", "0,-1/255"], "negative"),
+        (
+            ["attack", "{img}", "--model", "digits-cnn", "--eps", "8"],
+            "ε = 8 in pixel units [0, 1]; did you mean 8/255?",
+        ),
+        (["robustness", "--model", "digits-cnn", "--data", "digits", "--eps", "0,4"], "did you mean 4/255?"),
+    ],
+)
 def test_cli_bad_input_is_one_line(tmp_path, monkeypatch, capsys, args, message, run_cli):
     img = _write_digits(tmp_path / "img", per_class=1, flat=True)[0]
     code, cap = run_cli(*[a.format(img=img) for a in args], "--out", str(tmp_path / "out"))

@@ -7,15 +7,14 @@ import math
 import pytest
 import torch
 
-from cnnlens.attacks.concentration import (concentration_table, monte_carlo_shell_fraction,
-                                           sample_ball, shell_fraction)
+from cnnlens.attacks.concentration import concentration_table, monte_carlo_shell_fraction, sample_ball, shell_fraction
 from cnnlens.figures.attacks import concentration_figure
 
 
 def test_shell_fraction_closed_form():
     assert shell_fraction(1, 0.3) == pytest.approx(0.3)
     assert shell_fraction(2, 0.5) == pytest.approx(0.75)  # ring area π(1 − 0.25)/π
-    assert shell_fraction(3, 0.1) == pytest.approx(1 - 0.9 ** 3)
+    assert shell_fraction(3, 0.1) == pytest.approx(1 - 0.9**3)
     assert shell_fraction(10, 0.0) == 0.0 and shell_fraction(10, 1.0) == 1.0
     # → 1 as d grows, for any ε > 0
     vals = [shell_fraction(d, 0.01) for d in (1, 10, 100, 1000, 10000)]
@@ -53,10 +52,12 @@ def test_table_and_figure():
     t = concentration_table(dims=(1, 10, 100), eps=(0.05,), n=2000)
     rows = t[0.05]
     assert rows["d"] == [1, 10, 100]
-    assert rows["formula"] == pytest.approx([0.05, 1 - 0.95 ** 10, 1 - 0.95 ** 100])
+    assert rows["formula"] == pytest.approx([0.05, 1 - 0.95**10, 1 - 0.95**100])
     for p, f, s in zip(rows["mc"], rows["formula"], rows["stderr"]):
         assert abs(p - f) <= 4 * max(s, math.sqrt(f * (1 - f) / 2000)) + 1 / 2000
-    fig = concentration_figure(t, {"a": (64, torch.tensor([0.01, 0.02, float("inf")])), "b": (4096, torch.tensor([0.001]))})
+    fig = concentration_figure(
+        t, {"a": (64, torch.tensor([0.01, 0.02, float("inf")])), "b": (4096, torch.tensor([0.001]))}
+    )
     left, right = fig.axes
     assert left.get_xscale() == "log" and right.get_yscale() == "log"
     # the measured medians are drawn at (d, median·255)

@@ -6,10 +6,10 @@ import copy
 
 import pytest
 import torch
-
-from cnnlens.attacks import cw, deepfool
 from conftest import TinyGapNet
 from test_attacks import linear_net, rand_images
+
+from cnnlens.attacks import cw, deepfool
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -28,9 +28,19 @@ def test_deepfool_on_a_linear_model_steps_to_the_closest_boundary_in_one_iterati
     z = x.flatten(1) @ w.T + b
     a = z.argmax(1)
     # the closest boundary by hand: min_k |z_k − z_a| / ||w_k − w_a||
-    dist = torch.stack([torch.stack([((z[i, k] - z[i, a[i]]).abs() / (w[k] - w[a[i]]).norm()) if k != a[i]
-                                     else torch.tensor(float("inf"), dtype=torch.float64) for k in range(4)])
-                        for i in range(6)])
+    dist = torch.stack(
+        [
+            torch.stack(
+                [
+                    ((z[i, k] - z[i, a[i]]).abs() / (w[k] - w[a[i]]).norm())
+                    if k != a[i]
+                    else torch.tensor(float("inf"), dtype=torch.float64)
+                    for k in range(4)
+                ]
+            )
+            for i in range(6)
+        ]
+    )
     r = deepfool(net, x, overshoot=0.0)
     assert r.success.all() and (r.steps == 1).all()
     k = dist.argmin(1)
@@ -156,11 +166,23 @@ def test_robustness_curves_of_the_minimum_norm_attacks_are_their_norms(digits_mo
     d = digits_split("test")
     x, y = d.x[:12], d.y[:12]
     eps = [0.0, 0.5, 1.0, 2.0]
-    res = robustness(digits_model, TensorDataset(x, y), eps=eps, attacks=["deepfool", "cw"], norm="2",
-                     deepfool_steps=20, cw_steps=30, cw_c=1.0, gallery=2, batch_size=5)
+    res = robustness(
+        digits_model,
+        TensorDataset(x, y),
+        eps=eps,
+        attacks=["deepfool", "cw"],
+        norm="2",
+        deepfool_steps=20,
+        cw_steps=30,
+        cw_c=1.0,
+        gallery=2,
+        batch_size=5,
+    )
     clean = digits_model(x).argmax(1) == y
-    for name, r in (("deepfool", deepfool(digits_model, x, y, steps=20)),
-                    ("cw", cw(digits_model, x, y, c=1.0, steps=30))):
+    for name, r in (
+        ("deepfool", deepfool(digits_model, x, y, steps=20)),
+        ("cw", cw(digits_model, x, y, c=1.0, steps=30)),
+    ):
         # correct at ε: clean-correct and no adversarial image within ε (the batch does not matter)
         expected = [float((clean & ~(r.success & (r.l2() <= e))).float().mean()) for e in eps]
         assert res.accuracy[name].tolist() == pytest.approx(expected), name
@@ -173,16 +195,30 @@ def test_robustness_curves_of_the_minimum_norm_attacks_are_their_norms(digits_mo
 def test_cli_attack_deepfool_and_cw_write_the_library_result(tmp_path, digits_model, run_cli):
     import json
 
-    from cnnlens.data import read_images
     from test_attacks_cli import _write_digits
+
+    from cnnlens.data import read_images
 
     paths = _write_digits(tmp_path / "img", per_class=1, flat=True)[:2]
     x = read_images([str(p) for p in paths], digits_model).images
-    for method, ref in (("deepfool", deepfool(digits_model, x, steps=50)),
-                        ("cw", cw(digits_model, x, c=2.0, steps=20))):
+    for method, ref in (
+        ("deepfool", deepfool(digits_model, x, steps=50)),
+        ("cw", cw(digits_model, x, c=2.0, steps=20)),
+    ):
         extra = ["--c", "2", "--steps", "20"] if method == "cw" else []
-        code, cap = run_cli("attack", *map(str, paths), "--model", "digits-cnn", "--method", method,
-                            "--target", "untargeted", *extra, "--out", str(tmp_path / method))
+        code, cap = run_cli(
+            "attack",
+            *map(str, paths),
+            "--model",
+            "digits-cnn",
+            "--method",
+            method,
+            "--target",
+            "untargeted",
+            *extra,
+            "--out",
+            str(tmp_path / method),
+        )
         assert code == 0, cap.err
         assert torch.equal(torch.load(tmp_path / method / "x_adv.pt")["x_adv"], ref.x_adv)
         got = json.loads((tmp_path / method / "attack.json").read_text())

@@ -8,33 +8,45 @@ import pytest
 import torch
 from torch import nn
 
-
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_demo_section_quick_with_a_stand_in_photo_model(untouched, digits_model):
     from cnnlens.attacks import minimal_eps
-    from cnnlens.demo.attacks import demo_section
     from cnnlens.data import as_dataset
+    from cnnlens.demo.attacks import demo_section
     from cnnlens.models.spec import ModelSpec, PixelModel
     from cnnlens.report import Report
 
     torch.manual_seed(0)
-    photo_net = untouched(PixelModel(nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-                                                   nn.Linear(4, 6)),
-                                     ModelSpec("p", (16, 16), class_names=tuple("abcdef"))).eval())
+    photo_net = untouched(
+        PixelModel(
+            nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 6)),
+            ModelSpec("p", (16, 16), class_names=tuple("abcdef")),
+        ).eval()
+    )
     x = torch.rand(3, 3, 16, 16, generator=torch.Generator().manual_seed(1))
     calls = []
-    ctx = SimpleNamespace(digits_model=digits_model, digits_data=as_dataset("digits", digits_model), effnet=photo_net,
-                          photos=(["one", "two", "three"], x), device="cpu", quick=True,
-                          progress=lambda what, done, total: calls.append((what, done, total)))
+    ctx = SimpleNamespace(
+        digits_model=digits_model,
+        digits_data=as_dataset("digits", digits_model),
+        effnet=photo_net,
+        photos=(["one", "two", "three"], x),
+        device="cpu",
+        quick=True,
+        progress=lambda what, done, total: calls.append((what, done, total)),
+    )
     rep = Report("t")
     demo_section(rep, ctx)
     attack, robust, conc = rep.sections
     # the prose says what ran: the minimal-ε search over PGD toward the runner-up; three models, two robustified
     assert "second most likely class" in attack.intro and "bisection" in attack.intro
     assert "fast gradient" not in attack.intro and "<p><p>" not in attack.intro
-    assert "adversarial training" in robust.intro and "‖∂L/∂x‖²" in robust.intro and "3 models side by side" in robust.intro
+    assert (
+        "adversarial training" in robust.intro
+        and "‖∂L/∂x‖²" in robust.intro
+        and "3 models side by side" in robust.intro
+    )
     assert "lecture" not in attack.intro + robust.intro + conc.intro
     assert "1 − (1 − ε)^d" in conc.intro
     # the photo table holds the minimal ε that minimal_eps gives with the quick settings (2 photos in quick mode)
@@ -60,7 +72,7 @@ def test_demo_section_quick_with_a_stand_in_photo_model(untouched, digits_model)
     assert all(0 < v < 1 for v in shares.values())
     # concentration data: the formula, and the measured dimensions
     table = conc.results["concentration"]["0.01"]
-    assert table["formula"] == pytest.approx([1 - 0.99 ** d for d in table["d"]])
+    assert table["formula"] == pytest.approx([1 - 0.99**d for d in table["d"]])
     assert conc.results["minimal_eps"]["digits-cnn"]["d"] == 1024
     assert conc.results["minimal_eps"]["efficientnet-lite0"]["d"] == 3 * 16 * 16
     assert any(w.startswith("attacks: efficientnet-lite0") for w, _, _ in calls)

@@ -10,9 +10,15 @@ import torch
 from torch import nn
 
 from cnnlens.attacks import pgd
-from cnnlens.attacks.robust import (AdversarialLoss, adversarial_loss, gradient_penalty_loss, input_gradient_penalty,
-                                    load_digits, robust_loss, robust_weights_path)
-
+from cnnlens.attacks.robust import (
+    AdversarialLoss,
+    adversarial_loss,
+    gradient_penalty_loss,
+    input_gradient_penalty,
+    load_digits,
+    robust_loss,
+    robust_weights_path,
+)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -7,14 +7,13 @@ import pickle
 
 import pytest
 import torch
+from conftest import TinyGapNet
 from torch.utils.data import TensorDataset
 
 from cnnlens.attacks import fgsm, pgd
 from cnnlens.attacks.curves import RobustnessAccumulator, robustness
 from cnnlens.figures.attacks import curves_figure
 from cnnlens.scan import Batch
-
-from conftest import TinyGapNet
 
 scan_mod = importlib.import_module("cnnlens.scan")  # the module (cnnlens.scan the attribute is the function)
 
@@ -63,7 +62,9 @@ def test_curves_equal_the_attack_functions_and_eps0_is_clean_accuracy(net):
 
 def _batches(x, y, size):
     for s in range(0, len(x), size):
-        yield Batch(x=x[s:s + size], y=y[s:s + size], logits=torch.empty(0), index=torch.arange(s, min(s + size, len(x))))
+        yield Batch(
+            x=x[s : s + size], y=y[s : s + size], logits=torch.empty(0), index=torch.arange(s, min(s + size, len(x)))
+        )
 
 
 def test_merge_of_two_shards_equals_one_pass(net, monkeypatch):
@@ -108,20 +109,22 @@ def test_gallery_images_flip_at_their_eps_and_not_before(net):
         i = g["index"]
         assert torch.equal(g["x"], x[i]) and g["label"] == int(y[i])
         e = g["eps"]
-        p = pgd(net, x[i:i + 1], y[i:i + 1], eps=e, steps=5, target=None)
+        p = pgd(net, x[i : i + 1], y[i : i + 1], eps=e, steps=5, target=None)
         assert torch.allclose(p.x_adv[0], g["x_adv"], atol=1e-6) and int(p.pred_after) == g["pred_adv"] != g["label"]
         smaller = [v for v in EPS if 0 < v < e]
         for v in smaller:  # the smallest ε in the list that flips it
-            assert int(pgd(net, x[i:i + 1], y[i:i + 1], eps=v, steps=5, target=None).pred_after) == g["label"]
-        s0 = saliency(net, x[i:i + 1], target=g["label"]).maps[0]
+            assert int(pgd(net, x[i : i + 1], y[i : i + 1], eps=v, steps=5, target=None).pred_after) == g["label"]
+        s0 = saliency(net, x[i : i + 1], target=g["label"]).maps[0]
         assert torch.allclose(g["saliency_before"], s0)
     # the lowest-index clean-correct images that PGD flips at some ε in the list
     flipped = []
     with torch.no_grad():
         ok = net(x).argmax(1) == y
     for i in range(len(x)):
-        if ok[i] and any(int(pgd(net, x[i:i + 1], y[i:i + 1], eps=v, steps=5, target=None).pred_after) != int(y[i])
-                         for v in EPS[1:]):
+        if ok[i] and any(
+            int(pgd(net, x[i : i + 1], y[i : i + 1], eps=v, steps=5, target=None).pred_after) != int(y[i])
+            for v in EPS[1:]
+        ):
             flipped.append(i)
         if len(flipped) == 4:
             break
@@ -177,8 +180,12 @@ class _LayerMean:
 def test_robustness_shares_one_scan_with_a_layer_reading_accumulator(net):
     # the attack's own forward passes must not be recorded by the scan's tap
     x, y = make_data(net, n=10, seed=4)
-    rob, mean = scan_mod.scan(net, TensorDataset(x, y), [RobustnessAccumulator(eps=[0, 0.05], steps=3, gallery=2),
-                                                         _LayerMean("features.1")], batch_size=4)
+    rob, mean = scan_mod.scan(
+        net,
+        TensorDataset(x, y),
+        [RobustnessAccumulator(eps=[0, 0.05], steps=3, gallery=2), _LayerMean("features.1")],
+        batch_size=4,
+    )
     with torch.no_grad():
         want = net.features[1](net.features[0](x)).mean().item()
     assert mean == pytest.approx(want, rel=1e-5)

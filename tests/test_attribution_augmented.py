@@ -9,14 +9,13 @@ from cnnlens.attribution import augmented_gradcam, gradcam, random_affines, supe
 from cnnlens.attribution._common import upsample
 from cnnlens.attribution.augmented import Operator, objective, total_variation, warp
 
-
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _known_map(S: int = 32) -> torch.Tensor:
     yy, xx = torch.meshgrid(torch.arange(S).float(), torch.arange(S).float(), indexing="ij")
     h = torch.zeros(S, S)
-    h[S // 4:S // 2, S // 5:S // 2 + 3] = 1.0  # a sharp-edged block
+    h[S // 4 : S // 2, S // 5 : S // 2 + 3] = 1.0  # a sharp-edged block
     h += 0.7 * torch.exp(-((yy - 0.7 * S) ** 2 + (xx - 0.7 * S) ** 2) / (2 * (S / 10) ** 2))  # and a blob
     return h.unsqueeze(0)
 
@@ -28,7 +27,7 @@ def test_the_operator_is_the_warp_then_area_downsampling():
     op = Operator(th, (S, S), (4, 4))
     got = op(h)  # N×L×4×4
     for l in range(L):
-        w = warp(h.unsqueeze(1), th[l:l + 1].expand(2, 2, 3))  # the same warp the image gets
+        w = warp(h.unsqueeze(1), th[l : l + 1].expand(2, 2, 3))  # the same warp the image gets
         expected = torch.nn.functional.avg_pool2d(w, 4).squeeze(1)  # 4×4 blocks of a 16×16 map
         assert torch.allclose(got[:, l], expected, atol=1e-6)
     assert torch.allclose(th[0], torch.tensor([[1.0, 0, 0], [0, 1.0, 0]]))
@@ -58,14 +57,15 @@ def test_the_solution_recovers_a_known_map_better_than_one_upsampled_cam():
 
 def test_augmented_gradcam_uses_gradcams_of_the_warped_images(tiny_gap_net):
     x = torch.rand(2, 3, 12, 12)
-    e = augmented_gradcam(tiny_gap_net, x, target=[0, 2], augmentations=6, steps=30, layer="features",
-                          max_angle=20, max_shift=0.2, seed=4)
+    e = augmented_gradcam(
+        tiny_gap_net, x, target=[0, 2], augmentations=6, steps=30, layer="features", max_angle=20, max_shift=0.2, seed=4
+    )
     th = e.extras["thetas"]
     assert torch.allclose(th, random_affines(6, (12, 12), max_angle=20, max_shift=0.2, seed=4))
     single = gradcam(tiny_gap_net, x, target=[0, 2], layer="features")
     assert torch.allclose(e.extras["cams"][:, 0], single.raw, atol=1e-6)
     for l in range(1, 6):
-        xw = warp(x, th[l:l + 1].expand(2, 2, 3))
+        xw = warp(x, th[l : l + 1].expand(2, 2, 3))
         g = gradcam(tiny_gap_net, xw, target=[0, 2], layer="features")
         assert torch.allclose(e.extras["cams"][:, l], g.raw, atol=1e-6)
     obj = e.extras["objective"]

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+from attribution_nets import InplaceReluNet, OneConvNet
+from conftest import TinyGapNet
 from torch import nn
 
-from attribution_nets import InplaceReluNet, OneConvNet
 from cnnlens import Target
 from cnnlens.attribution import cam, gradcam, gradcam_pp, guided_backprop, guided_gradcam, saliency
 from cnnlens.models.spec import ModelSpec
-from conftest import TinyGapNet
-
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -46,10 +45,9 @@ def test_gradcam_on_a_gap_head_is_cam_over_hw_before_relu(tiny_gap_net):
 
 def test_gradcam_by_hand_on_a_one_conv_net(untouched):
     net = untouched(OneConvNet())
-    x = torch.tensor([[0.0, 1.0, 0.5, 0.0],
-                      [1.0, 0.5, 0.0, 0.5],
-                      [0.5, 0.0, 1.0, 1.0],
-                      [0.0, 0.5, 1.0, 0.0]]).view(1, 1, 4, 4)
+    x = torch.tensor([[0.0, 1.0, 0.5, 0.0], [1.0, 0.5, 0.0, 0.5], [0.5, 0.0, 1.0, 1.0], [0.0, 0.5, 1.0, 0.0]]).view(
+        1, 1, 4, 4
+    )
     w, b = net.conv.weight.detach(), net.conv.bias.detach()
     fw, fb = net.fc.weight.detach(), net.fc.bias.detach()
     # convolution by loops (zero padding 1), then ReLU
@@ -64,8 +62,13 @@ def test_gradcam_by_hand_on_a_one_conv_net(untouched):
                         if 0 <= ii < 4 and 0 <= jj < 4:
                             s += float(w[k, 0, di, dj]) * float(x[0, 0, ii, jj])
                 A[k, i, j] = max(s, 0.0)
-    y = [float(fb[c]) + sum(float(fw[c, k * 16 + i * 4 + j]) * float(A[k, i, j])
-                            for k in range(2) for i in range(4) for j in range(4)) for c in range(2)]
+    y = [
+        float(fb[c])
+        + sum(
+            float(fw[c, k * 16 + i * 4 + j]) * float(A[k, i, j]) for k in range(2) for i in range(4) for j in range(4)
+        )
+        for c in range(2)
+    ]
     for c in range(2):
         # ∂y_c/∂A^k_ij = fw[c, k·16 + i·4 + j], so α_k = the mean of that block
         alpha = [sum(float(fw[c, k * 16 + t]) for t in range(16)) / 16 for k in range(2)]
@@ -117,8 +120,7 @@ def test_cam_uses_the_spec(untouched):
         def __init__(self):
             super().__init__()
             self.net = TinyGapNet(seed=5)
-            self.spec = ModelSpec("tiny", (6, 6), class_names=("a", "b", "c"), pooled_layer="features",
-                                  classifier="fc")
+            self.spec = ModelSpec("tiny", (6, 6), class_names=("a", "b", "c"), pooled_layer="features", classifier="fc")
 
         def forward(self, x):
             return self.net(x)
@@ -197,7 +199,9 @@ def test_guided_backprop_with_inplace_relus_matches_a_hand_written_rule(untouche
 
 def test_guided_backprop_refuses_a_model_without_relu(untouched):
     # functional ReLUs are guided too (tests/test_architectures.py); a forward with no ReLU at all is refused
-    gelu = untouched(nn.Sequential(nn.Conv2d(3, 4, 3), nn.GELU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2)))
+    gelu = untouched(
+        nn.Sequential(nn.Conv2d(3, 4, 3), nn.GELU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2))
+    )
     with pytest.raises(ValueError, match=r"its activations are gelu ×1\); use saliency or gradcam"):
         guided_backprop(gelu, torch.rand(1, 3, 5, 5))
     with pytest.raises(ValueError, match=r"its activations are gelu ×1\); use saliency or gradcam"):

@@ -41,10 +41,12 @@ def _real_drops(model, x, layer, classes):
         model(x)
         h.remove()
         for c in range(A["a"].shape[1]):
+
             def zero(m, i, o, c=c):
                 o = o.clone()
                 o[:, c] = 0
                 return o
+
             h = mod.register_forward_hook(zero)
             out.append(s0 - model(x)[torch.arange(len(x)), classes])
             h.remove()
@@ -169,7 +171,7 @@ def test_score_cam_sharing_the_forward_of_constant_maps_changes_nothing(batch_si
         for i in range(2):
             for k in range(6):
                 m = (up[i, k] - up[i, k].min()) / (up[i, k].max() - up[i, k].min() + 1e-8)
-                want[i, k] = model(x[i:i + 1] * m)[0, e.classes[i]]
+                want[i, k] = model(x[i : i + 1] * m)[0, e.classes[i]]
     assert bool((up[:, [1, 2, 4]].flatten(2).std(2) == 0).all())  # the three channels really are constant
     assert torch.equal(e.extras["constant"], up.flatten(2).amax(2) == up.flatten(2).amin(2))
     assert torch.allclose(e.extras["scores"].double(), want, rtol=1e-6, atol=1e-9)  # kept as float32

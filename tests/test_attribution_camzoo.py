@@ -8,9 +8,9 @@ import copy
 import numpy as np
 import pytest
 import torch
+from conftest import TinyGapNet
 
 from cnnlens.attribution import METHODS, cam, eigencam, gradcam, hirescam, layercam, xgradcam
-from conftest import TinyGapNet
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -11,7 +11,6 @@ import torch
 from PIL import Image
 from torch import nn
 
-
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
@@ -37,9 +36,25 @@ def test_parse_methods():
     from cnnlens.attribution import METHODS
 
     assert parse_methods(" ALL ") == list(METHODS)
-    assert {"saliency", "smoothgrad", "gradient_x_input", "integrated_gradients", "occlusion", "cam", "gradcam",
-            "gradcam_pp", "guided_backprop", "guided_gradcam", "augmented_gradcam", "xgradcam", "hirescam", "layercam",
-            "eigencam", "ablation_cam", "score_cam"} <= set(METHODS)
+    assert {
+        "saliency",
+        "smoothgrad",
+        "gradient_x_input",
+        "integrated_gradients",
+        "occlusion",
+        "cam",
+        "gradcam",
+        "gradcam_pp",
+        "guided_backprop",
+        "guided_gradcam",
+        "augmented_gradcam",
+        "xgradcam",
+        "hirescam",
+        "layercam",
+        "eigencam",
+        "ablation_cam",
+        "score_cam",
+    } <= set(METHODS)
     with pytest.raises(UserError, match="unknown method 'lime'"):
         parse_methods("saliency,lime")
 
@@ -51,23 +66,50 @@ def test_cli_explain_writes_the_library_result(tmp_path, monkeypatch, capsys, di
 
     paths = _digit_pngs(tmp_path / "img")
     out = tmp_path / "out"
-    code, cap = run_cli("explain", *map(str, paths), "--model", "digits-cnn", "--methods",
-                     "saliency,occlusion,gradcam,augmented-gradcam", "--target", "second", "--window", "8",
-                     "--stride", "4", "--augmentations", "4", "--faithfulness-steps", "4", "--baseline", "black",
-                     "--out", str(out))
+    code, cap = run_cli(
+        "explain",
+        *map(str, paths),
+        "--model",
+        "digits-cnn",
+        "--methods",
+        "saliency,occlusion,gradcam,augmented-gradcam",
+        "--target",
+        "second",
+        "--window",
+        "8",
+        "--stride",
+        "4",
+        "--augmentations",
+        "4",
+        "--faithfulness-steps",
+        "4",
+        "--baseline",
+        "black",
+        "--out",
+        str(out),
+    )
     assert code == 0, cap.err
     loaded = read_images([str(p) for p in paths], digits_model)
     x = loaded.images
-    ref = {"saliency": saliency(digits_model, x, target="second"),
-           "occlusion": occlusion(digits_model, x, target="second", window=8, stride=4),
-           "gradcam": gradcam(digits_model, x, target="second"),
-           "augmented_gradcam": augmented_gradcam(digits_model, x, target="second", augmentations=4)}
+    ref = {
+        "saliency": saliency(digits_model, x, target="second"),
+        "occlusion": occlusion(digits_model, x, target="second", window=8, stride=4),
+        "gradcam": gradcam(digits_model, x, target="second"),
+        "augmented_gradcam": augmented_gradcam(digits_model, x, target="second", augmentations=4),
+    }
     second = digits_model(x).topk(2).indices[:, 1]
     top = predict_topk(digits_model, x, k=5)
     for i, name in enumerate(loaded.names):
         d = out / name
-        for f in ("original.png", "saliency.png", "occlusion.png", "gradcam.png", "augmented-gradcam.png", "top5.png",
-                  "grid.png"):
+        for f in (
+            "original.png",
+            "saliency.png",
+            "occlusion.png",
+            "gradcam.png",
+            "augmented-gradcam.png",
+            "top5.png",
+            "grid.png",
+        ):
             assert (d / f).is_file(), f
         maps = torch.load(d / "maps.pt")
         info = json.loads((d / "explanation.json").read_text())
@@ -86,38 +128,57 @@ def test_cli_explain_writes_the_library_result(tmp_path, monkeypatch, capsys, di
 
 def test_cli_explain_bad_input_is_one_line(tmp_path, monkeypatch, capsys, run_cli):
     paths = _digit_pngs(tmp_path / "img", n=1)
-    code, cap = run_cli("explain", str(paths[0]), "--model", "digits-cnn", "--methods", "lime",
-                     "--out", str(tmp_path / "o"))
+    code, cap = run_cli(
+        "explain", str(paths[0]), "--model", "digits-cnn", "--methods", "lime", "--out", str(tmp_path / "o")
+    )
     assert code == 2 and "unknown method 'lime'" in cap.err and "Traceback" not in cap.err
     bad = tmp_path / "not-an-image.png"
     bad.write_text("hello")
     code, cap = run_cli("explain", str(bad), "--model", "digits-cnn", "--out", str(tmp_path / "o"))
     assert code == 2 and "not-an-image.png" in cap.err and "Traceback" not in cap.err
-    code, cap = run_cli("explain", str(paths[0]), "--model", "digits-cnn", "--target", "11",
-                     "--methods", "saliency", "--out", str(tmp_path / "o"))
+    code, cap = run_cli(
+        "explain",
+        str(paths[0]),
+        "--model",
+        "digits-cnn",
+        "--target",
+        "11",
+        "--methods",
+        "saliency",
+        "--out",
+        str(tmp_path / "o"),
+    )
     assert code == 2 and "out of range" in cap.err
-    code, cap = run_cli("explain", str(paths[0]), "--model", "digits-cnn", "--layer", "features.33",
-                        "--out", str(tmp_path / "o"))
+    code, cap = run_cli(
+        "explain", str(paths[0]), "--model", "digits-cnn", "--layer", "features.33", "--out", str(tmp_path / "o")
+    )
     assert code == 2 and "layer 'features.33' is not in the model" in cap.err and "did you mean" in cap.err
     assert not (tmp_path / "o").exists()  # nothing written for a failed run
 
 
 def test_demo_section_quick(untouched, digits_model):
     from cnnlens.attribution import cam, faithfulness, gradcam
-    from cnnlens.demo.attribution import demo_section
     from cnnlens.data import as_dataset
+    from cnnlens.demo.attribution import demo_section
     from cnnlens.models.spec import ModelSpec, PixelModel
     from cnnlens.report import Report
 
-    photo_net = PixelModel(nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
-                                         nn.Flatten(), nn.Linear(4, 5)),
-                           ModelSpec("p", (32, 32), class_names=tuple("abcde"))).eval()
+    photo_net = PixelModel(
+        nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 5)),
+        ModelSpec("p", (32, 32), class_names=tuple("abcde")),
+    ).eval()
     untouched(photo_net)
     x = torch.rand(2, 3, 32, 32)
     calls = []
-    ctx = SimpleNamespace(digits_model=digits_model, digits_data=as_dataset("digits", digits_model), effnet=photo_net,
-                          photos=(["one", "two"], x), device="cpu", quick=True,
-                          progress=lambda what, done, total: calls.append((what, done, total)))
+    ctx = SimpleNamespace(
+        digits_model=digits_model,
+        digits_data=as_dataset("digits", digits_model),
+        effnet=photo_net,
+        photos=(["one", "two"], x),
+        device="cpu",
+        quick=True,
+        progress=lambda what, done, total: calls.append((what, done, total)),
+    )
     rep = Report("t")
     demo_section(rep, ctx)
     photos, digits = rep.sections
@@ -164,8 +225,9 @@ def test_explanation_figure_draws_each_map_over_its_image(digits_model):
     e = gradcam(digits_model, x)
     fig = e.figure(x, names=["a", "b", "c"], class_names=digits_model.spec.class_names)
     axes = [ax for ax in fig.axes if ax.get_title()]
-    assert [ax.get_title() for ax in axes] == [f"{n}: {digits_model.spec.class_names[int(c)]}"
-                                               for n, c in zip("abc", e.classes)]
+    assert [ax.get_title() for ax in axes] == [
+        f"{n}: {digits_model.spec.class_names[int(c)]}" for n, c in zip("abc", e.classes)
+    ]
     for i, ax in enumerate(axes):
         image, heat = ax.get_images()
         np.testing.assert_allclose(image.get_array(), x[i, 0].numpy(), atol=1e-6)

@@ -8,12 +8,11 @@ import json
 
 import pytest
 import torch
+from attribution_nets import BoomGapNet
+from conftest import TinyGapNet
 from torch import nn
 
-from attribution_nets import BoomGapNet
 from cnnlens.attribution import METHODS, REGISTRY
-from conftest import TinyGapNet
-
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -67,7 +66,7 @@ def test_a_batch_explains_each_sample_as_alone(name, tiny_gap_net):
         batch = run(name, tiny_gap_net, x, target=target)
         for i in range(3):
             t = target if isinstance(target, str) else target[i]
-            one = run(name, tiny_gap_net, x[i:i + 1], target=t)
+            one = run(name, tiny_gap_net, x[i : i + 1], target=t)
             assert one.classes.item() == batch.classes[i].item()
             scale = float(one.maps.abs().max()) + 1e-12
             assert torch.allclose(batch.maps[i], one.maps[0], atol=1e-5 * scale), name
@@ -77,8 +76,16 @@ BATCHED = [n for n in ALL if "batch_size" in inspect.signature(METHODS[n]).param
 
 
 def test_every_multi_forward_method_takes_a_batch_size():
-    assert {"saliency", "gradient_x_input", "guided_backprop", "guided_gradcam", "smoothgrad",
-            "integrated_gradients", "occlusion", "augmented_gradcam"} <= set(BATCHED)
+    assert {
+        "saliency",
+        "gradient_x_input",
+        "guided_backprop",
+        "guided_gradcam",
+        "smoothgrad",
+        "integrated_gradients",
+        "occlusion",
+        "augmented_gradcam",
+    } <= set(BATCHED)
 
 
 @pytest.mark.parametrize("name", BATCHED)
@@ -133,8 +140,12 @@ def test_targets_are_checked_before_any_forward(name, untouched):
 
     model = untouched(CountingNet(ModelSpec("tiny", (6, 6), class_names=("ant", "bee", "cat"))))
     x = torch.rand(3, 3, 6, 6)
-    for target, msg in [([0, 1], "one class per input"), ("true", "labels"), ("tabby", "unknown target"),
-                        (5, "out of range")]:
+    for target, msg in [
+        ([0, 1], "one class per input"),
+        ("true", "labels"),
+        ("tabby", "unknown target"),
+        (5, "out of range"),
+    ]:
         with pytest.raises(ValueError, match=msg):
             run(name, model, x, target=target)
     assert model.calls == 0

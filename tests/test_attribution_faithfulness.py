@@ -5,12 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
 from attribution_nets import LinearNet
+
 from cnnlens.attribution import deletion, faithfulness, gradcam, insertion, randomization_check, saliency
 from cnnlens.attribution.faithfulness import parameter_layers, spearman
 from cnnlens.results import Explanation
-
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -67,7 +66,7 @@ def test_a_true_attribution_beats_its_opposite(untouched):
 
 def test_spearman():
     a = torch.rand(5, 5)
-    assert spearman(a, a ** 3) == pytest.approx(1.0)
+    assert spearman(a, a**3) == pytest.approx(1.0)
     assert spearman(a, -a) == pytest.approx(-1.0)
     assert np.isnan(spearman(a, torch.zeros(5, 5)))  # undefined for a constant map, reported as such
 
@@ -83,8 +82,11 @@ def test_randomization_works_on_a_copy_top_down(tiny_gap_net):
     assert torch.allclose(r.original, gradcam(tiny_gap_net, x, layer="features.1").maps)
     # each step's map is the method on a model re-initialised from the top down to that layer
     for j in range(3):
-        assert all(abs(float(r.correlations[j, i]) - spearman(r.maps[j, i], r.original[i])) < 1e-6 or
-                   np.isnan(float(r.correlations[j, i])) for i in range(2))
+        assert all(
+            abs(float(r.correlations[j, i]) - spearman(r.maps[j, i], r.original[i])) < 1e-6
+            or np.isnan(float(r.correlations[j, i]))
+            for i in range(2)
+        )
     assert (r.correlations[0] < 0.999).all()  # a new classifier changes Grad-CAM
     # seeded: the same numbers again
     r2 = randomization_check(tiny_gap_net, x, "gradcam", layer="features.1")

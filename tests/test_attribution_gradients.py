@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from attribution_nets import LinearNet, SmoothGapNet
-from cnnlens import Target
-from cnnlens.attribution import gradient_x_input, integrated_gradients, saliency, smoothgrad
 from conftest import TinyGapNet
 
+from cnnlens import Target
+from cnnlens.attribution import gradient_x_input, integrated_gradients, saliency, smoothgrad
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -32,8 +31,12 @@ def test_saliency_of_a_linear_model_is_its_weight_row(untouched):
 def test_saliency_equals_autograd_for_any_target(tiny_gap_net):
     x = torch.rand(3, 3, 6, 7)
     logits = tiny_gap_net(x)
-    for target, cls in [("predicted", logits.argmax(1)), ("second", logits.topk(2).indices[:, 1]),
-                        ([0, 2, 1], torch.tensor([0, 2, 1])), (1, torch.tensor([1, 1, 1]))]:
+    for target, cls in [
+        ("predicted", logits.argmax(1)),
+        ("second", logits.topk(2).indices[:, 1]),
+        ([0, 2, 1], torch.tensor([0, 2, 1])),
+        (1, torch.tensor([1, 1, 1])),
+    ]:
         xr = x.clone().requires_grad_(True)
         y = tiny_gap_net(xr)
         (g,) = torch.autograd.grad(y.gather(1, cls.view(-1, 1)).sum(), xr)
@@ -133,8 +136,9 @@ def test_captum_agrees_on_saliency_and_integrated_gradients(tiny_gap_net):
     assert torch.allclose(ours, theirs, atol=1e-7)
     ig = captum.IntegratedGradients(tiny_gap_net)
     e = integrated_gradients(tiny_gap_net, x, target=cls, steps=16, method="midpoint", reduce="none")
-    a, delta = ig.attribute(x, baselines=0.0, target=cls, n_steps=16, method="riemann_middle",
-                            return_convergence_delta=True)
+    a, delta = ig.attribute(
+        x, baselines=0.0, target=cls, n_steps=16, method="riemann_middle", return_convergence_delta=True
+    )
     assert torch.allclose(e.raw, a.float(), atol=1e-6)
     assert torch.allclose(e.extras["completeness_gap"], delta.float(), atol=1e-5)
     # Captum's "riemann_trapezoid" puts n points on [0, 1] but weights them 1/n (ends 1/2n), so its

@@ -192,15 +192,18 @@ def _zoo(name):
     return m
 
 
-@pytest.mark.parametrize("name,size,window,stride,fill", [
-    ("resnet18", (36, 44), 12, 12, "grey"),
-    ("resnet18", (40, 34), 9, 6, "blur"),
-    ("vgg11", (34, 40), 10, 8, "black"),
-    ("mobilenet_v2", (36, 44), 12, 12, "blur"),
-    ("tf_efficientnet_lite0", (44, 36), 11, 9, "grey"),
-    ("densenet121", (36, 44), 12, 12, "blur"),
-    ("digits-cnn", (32, 28), 6, 4, "black"),
-])
+@pytest.mark.parametrize(
+    "name,size,window,stride,fill",
+    [
+        ("resnet18", (36, 44), 12, 12, "grey"),
+        ("resnet18", (40, 34), 9, 6, "blur"),
+        ("vgg11", (34, 40), 10, 8, "black"),
+        ("mobilenet_v2", (36, 44), 12, 12, "blur"),
+        ("tf_efficientnet_lite0", (44, 36), 11, 9, "grey"),
+        ("densenet121", (36, 44), 12, 12, "blur"),
+        ("digits-cnn", (32, 28), 6, 4, "black"),
+    ],
+)
 def test_the_model_zoo_matches_full_reinference_in_float64(untouched, name, size, window, stride, fill):
     model = untouched(_zoo(name).eval().double())
     c = 1 if name == "digits-cnn" else 3
@@ -291,8 +294,9 @@ def test_approximate_mode_with_no_cap_and_every_position_is_exact(untouched, coa
     model = untouched(Zoo().double().eval())
     x = torch.rand(1, 3, 30, 28, dtype=torch.float64)
     exact = occlusion(model, x, window=6, stride=2)
-    full = occlusion(model, x, window=6, stride=2, approximate={"tau": 1.0, "fraction": 1.0, "coarse": coarse},
-                     check=True)
+    full = occlusion(
+        model, x, window=6, stride=2, approximate={"tau": 1.0, "fraction": 1.0, "coarse": coarse}, check=True
+    )
     assert full.settings["path"] == "approximate" and full.settings["approximate"]["tau"] == 1.0
     assert full.settings["approximate"]["computed"] == 1.0
     assert torch.allclose(full.raw, exact.raw, rtol=0, atol=1e-9 * float(exact.raw.abs().max()))
@@ -325,8 +329,14 @@ def test_drill_down_runs_the_coarse_grid_and_its_share_exactly_and_fills_the_res
     assert hit.sum() >= n_run  # and the recomputed share (others may agree by chance, not here)
     assert hit.sum() < Pr * Pc
     # what was not run is the neighbour-weighted mean of what was
-    filled = _fill(torch.where(hit, e.raw[0], torch.zeros_like(e.raw[0])), hit, rc, cc, e.extras["rows"].tolist(),
-                   e.extras["cols"].tolist())
+    filled = _fill(
+        torch.where(hit, e.raw[0], torch.zeros_like(e.raw[0])),
+        hit,
+        rc,
+        cc,
+        e.extras["rows"].tolist(),
+        e.extras["cols"].tolist(),
+    )
     assert torch.allclose(filled.double(), e.raw[0].double(), atol=1e-6)
     assert 0.2 < float(e.extras["ssim"][0]) < 1
 
@@ -406,12 +416,19 @@ def test_approximate_defaults_keep_ssim_on_the_cluttered_digits_model(untouched)
     x = torch.stack([ds[i][0] for i in range(4)])
     e = occlusion(model, x, window=8, stride=2, approximate=True, check=True)
     exact = occlusion(model, x, window=8, stride=2)
-    assert e.settings["approximate"] == {**APPROXIMATE, "coarse_positions": (15, 15),
-                                         "computed": pytest.approx((225 + round(0.2 * (841 - 225))) / 841)}
+    assert e.settings["approximate"] == {
+        **APPROXIMATE,
+        "coarse_positions": (15, 15),
+        "computed": pytest.approx((225 + round(0.2 * (841 - 225))) / 841),
+    }
     ssim = e.extras["ssim"]
     for s, a, b in zip(ssim, e.maps, exact.maps):  # the stored SSIM is scikit-image's, data range of the exact map
-        assert float(s) == pytest.approx(skimage.metrics.structural_similarity(
-            a.double().numpy(), b.double().numpy(), data_range=float(b.max() - b.min())), abs=1e-6)
+        assert float(s) == pytest.approx(
+            skimage.metrics.structural_similarity(
+                a.double().numpy(), b.double().numpy(), data_range=float(b.max() - b.min())
+            ),
+            abs=1e-6,
+        )
     assert float(ssim.mean()) > 0.94 and float(ssim.min()) > 0.93
     coarse_only = occlusion(model, x, window=8, stride=2, approximate={"fraction": 0.0})
     assert coarse_only.settings["approximate"]["computed"] == pytest.approx(225 / 841)
@@ -435,8 +452,18 @@ def test_approximate_mode_rejects_bad_settings():
 def test_adaptive_pooling_to_the_maps_own_size_is_the_identity(untouched):
     """VGG's head at 224²: AdaptiveAvgPool2d((7, 7)) on a 7×7 map."""
     torch.manual_seed(0)
-    model = untouched(nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d((12, 10)),
-                                    nn.Conv2d(4, 4, 3, padding=1), nn.Flatten(), nn.Linear(480, 3)).double().eval())
+    model = untouched(
+        nn.Sequential(
+            nn.Conv2d(3, 4, 3, padding=1),
+            nn.ReLU(),
+            nn.AdaptiveAvgPool2d((12, 10)),
+            nn.Conv2d(4, 4, 3, padding=1),
+            nn.Flatten(),
+            nn.Linear(480, 3),
+        )
+        .double()
+        .eval()
+    )
     _agree(model, torch.rand(1, 3, 12, 10, dtype=torch.float64), window=3, stride=2)
 
 

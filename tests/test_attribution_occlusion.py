@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from attribution_nets import LeftHalfNet, LinearNet
+
 from cnnlens.attribution import occlusion
 from cnnlens.attribution.occlusion import window_starts
-
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -27,13 +26,13 @@ def brute_force(model, x, cls, window, stride, fill):
         for a, r in enumerate(rows):
             for b, q in enumerate(cols):
                 xo = x.clone()
-                xo[:, :, r:r + window, q:q + window] = fill
+                xo[:, :, r : r + window, q : q + window] = fill
                 out = model(xo)
                 d = s0 - out[torch.arange(n), cls]
                 raw[:, a, b] = d
                 prob[:, a, b] = out.softmax(1)[torch.arange(n), cls]
-                total[:, r:r + window, q:q + window] += d.view(n, 1, 1)
-                count[r:r + window, q:q + window] += 1
+                total[:, r : r + window, q : q + window] += d.view(n, 1, 1)
+                count[r : r + window, q : q + window] += 1
     return total / count, raw, prob
 
 
@@ -129,7 +128,8 @@ def test_captum_occlusion_agrees(tiny_gap_net):
     x = torch.rand(2, 3, 12, 12)
     cls = [1, 2]
     e = occlusion(tiny_gap_net, x, target=cls, window=4, stride=2, fill=0.5)
-    a = captum.Occlusion(tiny_gap_net).attribute(x, sliding_window_shapes=(3, 4, 4), strides=(3, 2, 2),
-                                                 baselines=0.5, target=cls, perturbations_per_eval=8)
+    a = captum.Occlusion(tiny_gap_net).attribute(
+        x, sliding_window_shapes=(3, 4, 4), strides=(3, 2, 2), baselines=0.5, target=cls, perturbations_per_eval=8
+    )
     assert torch.allclose(a[:, 0], a[:, 2])
     assert torch.allclose(e.maps, a[:, 0], atol=1e-5)

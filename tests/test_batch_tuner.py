@@ -57,6 +57,7 @@ def test_the_fastest_arm_runs_and_the_others_get_a_bounded_share(fake):
 
 def test_a_change_of_load_changes_the_choice(fake):
     t = B.Tuner("w", (A, S))
+
     def cost(arm, done):  # A is twice as fast as S, until a load arrives after 1000 images
         return (1.0 if arm == A else 2.0) if done < 1000 else (5.0 if arm == A else 2.0)
 

@@ -16,14 +16,24 @@ from cnnlens.data import Preprocess, box_to_input, boxed_image_folder, read_boxe
 
 def test_cli_benchmark_on_cluttered_digits_writes_the_leaderboard(tmp_path, run_cli):
     out = tmp_path / "b"
-    code, cap = run_cli("benchmark", "--n", "3", "--methods", "gradcam,saliency",
-                        "--metrics", "pointing-game,relevance-mass-accuracy,road-morf", "--out", out)
+    code, cap = run_cli(
+        "benchmark",
+        "--n",
+        "3",
+        "--methods",
+        "gradcam,saliency",
+        "--metrics",
+        "pointing-game,relevance-mass-accuracy,road-morf",
+        "--out",
+        out,
+    )
     text = cap.out + cap.err
     assert code == 0, text
     assert "How far to trust each map" in text and "gradcam" in text
     rows = list(csv.DictReader(open(out / "leaderboard.csv")))
     assert {(r["method"], r["metric"]) for r in rows} == {
-        (m, k) for m in ("gradcam", "saliency") for k in ("pointing_game", "relevance_mass_accuracy", "road_morf")}
+        (m, k) for m in ("gradcam", "saliency") for k in ("pointing_game", "relevance_mass_accuracy", "road_morf")
+    }
     # the numbers are the metrics of the maps of the first 3 held-out images, explained for their label
     model = cnnlens.load_model("cluttered-digits-cnn")
     ds = cnnlens.data.cluttered_digits("test")
@@ -52,7 +62,7 @@ def test_box_follows_the_image_through_the_resize(resize):
 
     w, h, box = 400, 300, (100, 50, 200, 150)
     a = np.zeros((h, w, 3), np.uint8)
-    a[box[1]:box[3], box[0]:box[2]] = 255
+    a[box[1] : box[3], box[0] : box[2]] = 255
     pre = Preprocess(size=(224, 224), channels=3, resize=resize)
     t = pre(Image.fromarray(a))[0]
     ys, xs = torch.nonzero(t > 0.5, as_tuple=True)
@@ -73,7 +83,7 @@ def test_image_folder_with_boxes_csv(tmp_path, run_cli):
         for i in range(2):
             a = (rng.rand(40, 48) * 60).astype(np.uint8)
             x0, y0 = 6 + 10 * i, 4 + 8 * i
-            a[y0:y0 + 16, x0:x0 + 12] = 255
+            a[y0 : y0 + 16, x0 : x0 + 12] = 255
             Image.fromarray(a).save(root / c / f"{i}.png")
             lines.append(f"{c}/{i}.png,{x0},{y0},{x0 + 12},{y0 + 16}")
     (tmp_path / "boxes.csv").write_text("\n".join(lines) + "\n")
@@ -84,8 +94,21 @@ def test_image_folder_with_boxes_csv(tmp_path, run_cli):
     outside = (ds.x[:, 0] * ~ds.masks).sum((1, 2)) / (~ds.masks).sum((1, 2))
     assert (inside > 0.8).all() and (outside < 0.3).all()
     out = tmp_path / "b"
-    code, cap = run_cli("benchmark", "--model", "digits-cnn", "--data", root, "--boxes", tmp_path / "boxes.csv",
-                        "--methods", "cam", "--metrics", "pointing-game,deletion-auc", "--out", out)
+    code, cap = run_cli(
+        "benchmark",
+        "--model",
+        "digits-cnn",
+        "--data",
+        root,
+        "--boxes",
+        tmp_path / "boxes.csv",
+        "--methods",
+        "cam",
+        "--metrics",
+        "pointing-game,deletion-auc",
+        "--out",
+        out,
+    )
     assert code == 0, cap
     assert len(list(csv.DictReader(open(out / "leaderboard.csv")))) == 2
     # a bad CSV is named with its line

@@ -21,10 +21,18 @@ METRICS = ["pointing_game", "relevance_mass_accuracy", "deletion_auc"]
 
 def _net(size=(64, 64), channels: int = 1) -> PixelModel:
     torch.manual_seed(0)
-    net = nn.Sequential(nn.Conv2d(channels, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 4, 3, padding=1), nn.ReLU(),
-                        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 10))
-    return PixelModel(net, ModelSpec("tiny", size, channels=channels, mean=(0.5,) * channels,
-                                     std=(0.5,) * channels)).eval()
+    net = nn.Sequential(
+        nn.Conv2d(channels, 4, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(4, 4, 3, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(4, 10),
+    )
+    return PixelModel(
+        net, ModelSpec("tiny", size, channels=channels, mean=(0.5,) * channels, std=(0.5,) * channels)
+    ).eval()
 
 
 def test_run_equals_benchmark_on_the_same_images(untouched):
@@ -34,14 +42,22 @@ def test_run_equals_benchmark_on_the_same_images(untouched):
     d = run.data
     assert torch.equal(d.x, ds.x[:3]) and torch.equal(d.y, ds.y[:3]) and torch.equal(d.boxes, ds.boxes[:3])
     assert torch.equal(d.objects, ds.ink[:3]) and d.boxes_from == "built in"
-    want = benchmark(m, ds.x[:3], y=ds.y[:3], boxes=ds.boxes[:3], objects=ds.ink[:3],
-                     methods=["saliency", "gradcam"], metrics=METRICS)
+    want = benchmark(
+        m,
+        ds.x[:3],
+        y=ds.y[:3],
+        boxes=ds.boxes[:3],
+        objects=ds.ink[:3],
+        methods=["saliency", "gradcam"],
+        metrics=METRICS,
+    )
     lb = run.leaderboard
     assert lb.methods == want.methods and lb.metrics == want.metrics == METRICS
     for meth in lb.methods:
         for k in METRICS:
-            assert torch.allclose(torch.as_tensor(lb.scores[meth][k]), torch.as_tensor(want.scores[meth][k]),
-                                  equal_nan=True)
+            assert torch.allclose(
+                torch.as_tensor(lb.scores[meth][k]), torch.as_tensor(want.scores[meth][k]), equal_nan=True
+            )
     # loaded data given back is used as it is
     again = benchmark_dataset(m, d, methods=["saliency"], metrics=["pointing_game"])
     assert again.data is d

@@ -8,12 +8,12 @@ import sys
 
 import pytest
 import torch
+from attribution_nets import LinearNet
+from conftest import TinyGapNet
 from torch import nn
 
-from attribution_nets import LinearNet
 from cnnlens.attacks import from_torchattacks
 from cnnlens.attribution import captum, gradcam
-from conftest import TinyGapNet
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -58,10 +58,10 @@ def test_feature_ablation_with_the_default_blocks_by_hand(tiny_gap_net):
     for i, c in enumerate([1, 2]):
         for bi in range(4):
             for bj in range(4):
-                xb = x[i:i + 1].clone()
-                xb[..., 2 * bi:2 * bi + 2, 2 * bj:2 * bj + 2] = 0  # Captum's default baseline: 0
+                xb = x[i : i + 1].clone()
+                xb[..., 2 * bi : 2 * bi + 2, 2 * bj : 2 * bj + 2] = 0  # Captum's default baseline: 0
                 drop = y[i, c] - tiny_gap_net(xb).detach()[0, c]
-                assert torch.allclose(e.maps[i, 2 * bi:2 * bi + 2, 2 * bj:2 * bj + 2], drop.expand(2, 2), atol=1e-5)
+                assert torch.allclose(e.maps[i, 2 * bi : 2 * bi + 2, 2 * bj : 2 * bj + 2], drop.expand(2, 2), atol=1e-5)
 
 
 def test_perturbation_methods_and_lrp_run_on_a_cnnlens_model(digits_model):
@@ -104,14 +104,25 @@ def test_explain_cli_runs_captum_classes(tmp_path, digits_model, run_cli):
     from test_attacks_cli import _write_digits
 
     paths = _write_digits(tmp_path / "img", per_class=1, flat=True)[:1]
-    code, cap = run_cli("explain", str(paths[0]), "--model", "digits-cnn", "--methods", "gradcam,captum:DeepLift,captum:LRP",
-                        "--faithfulness-steps", "2", "--out", str(tmp_path / "out"))
+    code, cap = run_cli(
+        "explain",
+        str(paths[0]),
+        "--model",
+        "digits-cnn",
+        "--methods",
+        "gradcam,captum:DeepLift,captum:LRP",
+        "--faithfulness-steps",
+        "2",
+        "--out",
+        str(tmp_path / "out"),
+    )
     assert code == 0, cap.err
     info = json.loads(next((tmp_path / "out").glob("*/explanation.json")).read_text())
     assert {"gradcam", "captum:DeepLift", "captum:LRP"} <= set(info["methods"])
     assert "DeepLift (Captum)" in (tmp_path / "out" / "index.html").read_text()
-    code, cap = run_cli("explain", str(paths[0]), "--model", "digits-cnn", "--methods", "captum:Nope",
-                        "--out", str(tmp_path / "bad"))
+    code, cap = run_cli(
+        "explain", str(paths[0]), "--model", "digits-cnn", "--methods", "captum:Nope", "--out", str(tmp_path / "bad")
+    )
     assert code == 2 and "captum.attr has no attribution class 'Nope'" in cap.err
 
 
@@ -176,10 +187,14 @@ class VandalAttack:
     __call__ = forward
 
 
-@pytest.mark.parametrize("call", [
-    lambda m, x: captum(m, x, VandalAttribution),
-    lambda m, x: from_torchattacks(VandalAttack, m, x),
-], ids=["captum", "torchattacks"])
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda m, x: captum(m, x, VandalAttribution),
+        lambda m, x: from_torchattacks(VandalAttack, m, x),
+    ],
+    ids=["captum", "torchattacks"],
+)
 def test_the_model_is_restored_when_the_bridged_library_raises(untouched, call):
     m = TinyGapNet()
     m.train()

@@ -155,8 +155,9 @@ def test_call_site_copy_shares_every_tensor_and_leaves_the_model_alone(resnet18,
     copies = dict(cs.module.named_parameters(remove_duplicate=False))
     ours = {id(p) for p in resnet18.parameters()}
     assert copies and all(id(p) in ours for p in copies.values())  # the same Parameter objects: nothing copied
-    assert len(cs.sites["layer1.0.relu"]) == 2 and cs.module.get_submodule(cs.sites["layer1.0.relu"][0]) \
-        is not cs.module.get_submodule(cs.sites["layer1.0.relu"][1])
+    assert len(cs.sites["layer1.0.relu"]) == 2 and cs.module.get_submodule(
+        cs.sites["layer1.0.relu"][0]
+    ) is not cs.module.get_submodule(cs.sites["layer1.0.relu"][1])
     with torch.no_grad():
         assert torch.equal(cs.module(x), resnet18(x))
     relu = nn.ReLU(inplace=True)
@@ -244,8 +245,15 @@ def test_integrated_gradients_gap_is_checked_against_an_independent_difference(u
 def test_the_figure_title_carries_the_mark():
     x = torch.rand(1, 3, 6, 6)
     base = dict(maps=torch.rand(1, 6, 6), method="captum:LRP", classes=torch.tensor([0]))
-    bad = Explanation(**base, extras={"complete": False, "completeness_note": INCOMPLETE,
-                                      "completeness_gap": torch.tensor([3.0]), "completeness_tolerance": 0.05})
+    bad = Explanation(
+        **base,
+        extras={
+            "complete": False,
+            "completeness_note": INCOMPLETE,
+            "completeness_gap": torch.tensor([3.0]),
+            "completeness_tolerance": 0.05,
+        },
+    )
     titles = [ax.get_title() for ax in bad.figure(x).axes]
     assert any(MARK in t for t in titles) and repr(bad).splitlines()[0].endswith(INCOMPLETE)
     good = Explanation(**base, extras={"complete": True, "completeness_gap": torch.tensor([0.0])})
@@ -258,8 +266,20 @@ def test_explain_cli_warns_and_its_page_says_lrp_does_not_add_up(tmp_path, run_c
     img = tmp_path / "noise.png"
     g = torch.Generator().manual_seed(4)
     Image.fromarray((torch.rand(40, 40, 3, generator=g) * 255).byte().numpy()).save(img)
-    code, cap = run_cli("explain", str(img), "--model", "torchvision:resnet18", "--input-size", "32",
-                        "--methods", "captum:LRP", "--faithfulness-steps", "2", "--out", str(tmp_path / "out"))
+    code, cap = run_cli(
+        "explain",
+        str(img),
+        "--model",
+        "torchvision:resnet18",
+        "--input-size",
+        "32",
+        "--methods",
+        "captum:LRP",
+        "--faithfulness-steps",
+        "2",
+        "--out",
+        str(tmp_path / "out"),
+    )
     assert code == 0, cap.err
     # the warning the CLI's logging prints on the terminal (in-process, pytest captures the log record)
     assert any(r.levelno == logging.WARNING and r.getMessage().startswith("LRP " + INCOMPLETE) for r in caplog.records)

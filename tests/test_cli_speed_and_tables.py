@@ -16,28 +16,32 @@ def _run(code: str) -> str:
 
 
 def test_help_and_import_do_not_import_torch():
-    out = _run("import sys\n"
-               "import cnnlens\n"
-               "light = 'torch' not in sys.modules\n"
-               "sys.argv = ['cnnlens', '--help']\n"
-               "from cnnlens.cli import main\ncode = 0\n"
-               "try:\n    main()\nexcept SystemExit as e:\n    code = e.code\n"
-               "print('RESULT', light, 'torch' not in sys.modules, code)\n")
+    out = _run(
+        "import sys\n"
+        "import cnnlens\n"
+        "light = 'torch' not in sys.modules\n"
+        "sys.argv = ['cnnlens', '--help']\n"
+        "from cnnlens.cli import main\ncode = 0\n"
+        "try:\n    main()\nexcept SystemExit as e:\n    code = e.code\n"
+        "print('RESULT', light, 'torch' not in sys.modules, code)\n"
+    )
     assert "Usage:" in out and "evaluate" in out and "explain" in out
     assert out.strip().splitlines()[-1] == "RESULT True True 0"
 
 
 def test_lazy_names_still_work():
-    out = _run("import cnnlens, cnnlens.evaluation\n"  # the submodule cnnlens.scan is bound first
-               "from cnnlens import scan, Batch, LayerTap, Target\n"
-               "import torch\n"
-               "class Count:\n    layers = ()\n    def __init__(self): self.n = 0\n"
-               "    def update(self, b): self.n += len(b.x)\n    def merge(self, o): self.n += o.n; return self\n"
-               "    def compute(self): return self.n\n"
-               "data = torch.utils.data.TensorDataset(torch.rand(5, 1, 2, 2), torch.zeros(5).long())\n"
-               "net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 2))\n"
-               "print(scan(net, data, [Count()], batch_size=2)[0], cnnlens.scan(net, data, [Count()])[0], "
-               "cnnlens.Target.__name__)\n")
+    out = _run(
+        "import cnnlens, cnnlens.evaluation\n"  # the submodule cnnlens.scan is bound first
+        "from cnnlens import scan, Batch, LayerTap, Target\n"
+        "import torch\n"
+        "class Count:\n    layers = ()\n    def __init__(self): self.n = 0\n"
+        "    def update(self, b): self.n += len(b.x)\n    def merge(self, o): self.n += o.n; return self\n"
+        "    def compute(self): return self.n\n"
+        "data = torch.utils.data.TensorDataset(torch.rand(5, 1, 2, 2), torch.zeros(5).long())\n"
+        "net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 2))\n"
+        "print(scan(net, data, [Count()], batch_size=2)[0], cnnlens.scan(net, data, [Count()])[0], "
+        "cnnlens.Target.__name__)\n"
+    )
     assert out.split() == ["5", "5", "Target"]
 
 

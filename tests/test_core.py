@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from modelstate import snapshot
 from torch import nn
 
 from cnnlens import LayerTap, Target, as_target, find_last_spatial_layer, resolve_layer, scan
 from cnnlens.results import Explanation, jsonable
-from modelstate import snapshot
 
 
 class Boom(nn.Module):
@@ -25,6 +25,7 @@ class Boom(nn.Module):
 
 
 # -- LayerTap ----------------------------------------------------------------
+
 
 def test_tap_records_exact_outputs_and_gradients(tiny_gap_net):
     x = torch.rand(2, 3, 6, 6, requires_grad=True)
@@ -66,8 +67,16 @@ def test_tap_eval_mode_keeps_batchnorm_buffers(untouched):
 def _bn_net(seed: int = 0) -> nn.Module:
     """conv → BN (affine) → tanh → conv → BN (no affine) → flatten → BN1d → linear, with random statistics."""
     torch.manual_seed(seed)
-    net = nn.Sequential(nn.Conv2d(2, 4, 3), nn.BatchNorm2d(4), nn.Tanh(), nn.Conv2d(4, 3, 3),
-                        nn.BatchNorm2d(3, affine=False), nn.Flatten(), nn.BatchNorm1d(12), nn.Linear(12, 5))
+    net = nn.Sequential(
+        nn.Conv2d(2, 4, 3),
+        nn.BatchNorm2d(4),
+        nn.Tanh(),
+        nn.Conv2d(4, 3, 3),
+        nn.BatchNorm2d(3, affine=False),
+        nn.Flatten(),
+        nn.BatchNorm1d(12),
+        nn.Linear(12, 5),
+    )
     for m in net.modules():
         if isinstance(m, nn.modules.batchnorm._BatchNorm):
             m.running_mean.uniform_(-1, 1)
@@ -98,15 +107,15 @@ def test_tap_frozen_batchnorm_backward_equals_autograd(untouched):
     ref = _bn_net().eval()
     xr = x.clone().requires_grad_(True)
     y_ref = ref(xr)
-    g_ref, = torch.autograd.grad(y_ref[:, 1].sum(), xr, create_graph=True)
-    h_ref, = torch.autograd.grad(g_ref.pow(2).sum(), xr)
+    (g_ref,) = torch.autograd.grad(y_ref[:, 1].sum(), xr, create_graph=True)
+    (h_ref,) = torch.autograd.grad(g_ref.pow(2).sum(), xr)
     with LayerTap(net) as tap:
         xt = x.clone().requires_grad_(True)
         y = tap.run(xt)
         assert "_FrozenBatchNormFnBackward" in _grad_fns(y)
         assert "NativeBatchNormBackward0" not in _grad_fns(y)
-        g, = torch.autograd.grad(y[:, 1].sum(), xt, create_graph=True)
-        h, = torch.autograd.grad(g.pow(2).sum(), xt)
+        (g,) = torch.autograd.grad(y[:, 1].sum(), xt, create_graph=True)
+        (h,) = torch.autograd.grad(g.pow(2).sum(), xt)
     assert torch.equal(y, y_ref.detach())
     torch.testing.assert_close(g, g_ref, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(h, h_ref, rtol=1e-5, atol=1e-6)
@@ -191,8 +200,15 @@ LOGITS = torch.tensor([[0.1, 3.0, 2.0, -1.0], [5.0, 4.0, 0.0, 1.0]])
 
 @pytest.mark.parametrize(
     "spec, expected",
-    [("predicted", [1, 0]), ("second", [2, 1]), (3, [3, 3]), ([2, 0], [2, 0]), (torch.tensor([0, 1]), [0, 1]),
-     ("2", [2, 2]), ("cat", [1, 1])],
+    [
+        ("predicted", [1, 0]),
+        ("second", [2, 1]),
+        (3, [3, 3]),
+        ([2, 0], [2, 0]),
+        (torch.tensor([0, 1]), [0, 1]),
+        ("2", [2, 2]),
+        ("cat", [1, 1]),
+    ],
 )
 def test_targets_resolve(spec, expected):
     t = as_target(spec, class_names=["dog", "cat", "cow", "eel"])
@@ -226,6 +242,7 @@ def test_channel_and_neuron_targets():
 
 # -- Scan --------------------------------------------------------------------
 
+
 class SumAcc:
     """Sums logits and counts samples; records seen indices."""
 
@@ -256,7 +273,7 @@ def test_scan_sees_every_sample_once_and_shards_merge(tiny_gap_net, monkeypatch)
     x = torch.rand(11, 3, 5, 5)
     y = torch.randint(0, 3, (11,))
     ds = torch.utils.data.TensorDataset(x, y)
-    (total, act_total, seen), = scan(tiny_gap_net, ds, [SumAcc()], batch_size=4)
+    ((total, act_total, seen),) = scan(tiny_gap_net, ds, [SumAcc()], batch_size=4)
     with torch.no_grad():
         assert torch.allclose(total, tiny_gap_net(x).sum(0), atol=1e-5)
         assert torch.allclose(act_total, tiny_gap_net.features(x).sum(), rtol=1e-5)
@@ -281,17 +298,25 @@ def test_scan_sees_every_sample_once_and_shards_merge(tiny_gap_net, monkeypatch)
 def test_scan_accepts_dataloader_with_custom_collate(tiny_gap_net):
     x = torch.rand(5, 3, 4, 4)
     ds = [(x[i], i % 3) for i in range(5)]
-    dl = torch.utils.data.DataLoader(ds, batch_size=2, collate_fn=lambda items: (
-        torch.stack([a for a, _ in items]), torch.tensor([b for _, b in items])))
-    (_, _, seen), = scan(tiny_gap_net, dl, [SumAcc()])
+    dl = torch.utils.data.DataLoader(
+        ds,
+        batch_size=2,
+        collate_fn=lambda items: (torch.stack([a for a, _ in items]), torch.tensor([b for _, b in items])),
+    )
+    ((_, _, seen),) = scan(tiny_gap_net, dl, [SumAcc()])
     assert seen == [0, 1, 2, 3, 4]
 
 
 # -- Results -----------------------------------------------------------------
 
+
 def test_explanation_normalized_never_nan_and_json(tmp_path):
-    e = Explanation(maps=torch.stack([torch.zeros(3, 3), torch.arange(9.0).view(3, 3)]), method="m",
-                    classes=torch.tensor([1, 2]), settings={"eps": float("nan")})
+    e = Explanation(
+        maps=torch.stack([torch.zeros(3, 3), torch.arange(9.0).view(3, 3)]),
+        method="m",
+        classes=torch.tensor([1, 2]),
+        settings={"eps": float("nan")},
+    )
     n = e.normalized()
     assert torch.equal(n[0], torch.zeros(3, 3)) and n[1].max() == 1 and n[1].min() == 0
     d = e.to_dict()

@@ -16,12 +16,20 @@ from cnnlens.models.spec import ModelSpec, PixelModel
 
 def spec_model(channels=3, size=(8, 8), classes=("a", "b", "c"), **extra):
     net = nn.Sequential(nn.Conv2d(channels, 2, 1), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(2, len(classes)))
-    spec = ModelSpec(name="tiny", input_size=size, channels=channels, mean=(0.0,) * channels, std=(1.0,) * channels,
-                     class_names=tuple(classes), extra=extra)
+    spec = ModelSpec(
+        name="tiny",
+        input_size=size,
+        channels=channels,
+        mean=(0.0,) * channels,
+        std=(1.0,) * channels,
+        class_names=tuple(classes),
+        extra=extra,
+    )
     return PixelModel(net, spec)
 
 
 # -- decoding ----------------------------------------------------------------
+
 
 def test_exif_orientation_is_applied(tmp_path):
     a = np.zeros((16, 32, 3), np.uint8)  # H=16, W=32: left half black, right half white
@@ -40,8 +48,8 @@ def test_exif_orientation_is_applied(tmp_path):
 def test_rgba_composited_on_background_exactly(tmp_path):
     a = np.zeros((2, 3, 4), np.uint8)
     a[..., 0], a[..., 1], a[..., 2], a[..., 3] = 200, 100, 0, 64
-    a[0, 0, 3] = 0      # fully transparent → background
-    a[0, 1, 3] = 255    # opaque → colour
+    a[0, 0, 3] = 0  # fully transparent → background
+    a[0, 1, 3] = 255  # opaque → colour
     p = tmp_path / "alpha.png"
     Image.fromarray(a, "RGBA").save(p)
     bg = (0.2, 0.4, 1.0)
@@ -125,6 +133,7 @@ def test_arrays_and_tensors_pass_through():
 
 # -- sizes -------------------------------------------------------------------
 
+
 def test_crop_for_rgb_models_and_stretch_for_others(untouched):
     a = np.zeros((16, 32, 3), np.uint8)
     a[..., 2] = 255
@@ -144,6 +153,7 @@ def test_crop_for_rgb_models_and_stretch_for_others(untouched):
 
 
 # -- files, folders, errors ----------------------------------------------------
+
 
 def _write_images(folder, n=2):
     folder.mkdir(parents=True, exist_ok=True)
@@ -189,6 +199,7 @@ def test_folder_mode_skips_and_counts(tmp_path, caplog):
 
 
 # -- datasets ----------------------------------------------------------------
+
 
 def test_as_dataset_image_folder_matches_load_images_and_class_names(tmp_path, untouched):
     root = tmp_path / "folder"

@@ -12,27 +12,48 @@ import sys
 
 from browser import check_page
 
-SECTIONS = ["Evaluation", "Top-5 predictions on photos", "Explaining a prediction: EfficientNet-Lite0",
-            "Explaining a prediction: digits CNN", "How far to trust each map", "Inside: filters and feature maps",
-            "Inside: activation maximisation", "Inside: Deep Dream", "Inside: receptive fields",
-            "Inside: dataset search (maximally activating patches)", "Inside: neuron statistics",
-            "Inside: channel influence", "Inside: deconvnet and guided backprop",
-            "Adversarial examples: to the second class", "Robustness of the digits CNN, plain and robustified",
-            "Why adversarial examples exist: measure concentration"]
+SECTIONS = [
+    "Evaluation",
+    "Top-5 predictions on photos",
+    "Explaining a prediction: EfficientNet-Lite0",
+    "Explaining a prediction: digits CNN",
+    "How far to trust each map",
+    "Inside: filters and feature maps",
+    "Inside: activation maximisation",
+    "Inside: Deep Dream",
+    "Inside: receptive fields",
+    "Inside: dataset search (maximally activating patches)",
+    "Inside: neuron statistics",
+    "Inside: channel influence",
+    "Inside: deconvnet and guided backprop",
+    "Adversarial examples: to the second class",
+    "Robustness of the digits CNN, plain and robustified",
+    "Why adversarial examples exist: measure concentration",
+]
 
 
 def test_quick_demo_end_to_end(tmp_path):
     out = tmp_path / "demo-report"
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")}
-    run = subprocess.run([sys.executable, "-m", "cnnlens", "demo", "--quick", "--out", str(out)],
-                         capture_output=True, text=True, timeout=600, env=env)
+    run = subprocess.run(
+        [sys.executable, "-m", "cnnlens", "demo", "--quick", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+    )
     assert run.returncode == 0, run.stderr[-2000:]
     assert f"report written: {out / 'index.html'}" in (run.stdout + run.stderr).replace("\n", "")
 
     res = json.loads((out / "results.json").read_text())
     assert list(res["sections"]) == SECTIONS
-    assert res["meta"]["quick"] is True and set(res["meta"]["timings_s"]) == {"evaluation", "attribution", "trust",
-                                                                              "inside", "attacks"}
+    assert res["meta"]["quick"] is True and set(res["meta"]["timings_s"]) == {
+        "evaluation",
+        "attribution",
+        "trust",
+        "inside",
+        "attacks",
+    }
     s = res["sections"]
     # the shipped digits CNN on its held-out split, and EfficientNet-Lite0 on scikit-image's photos
     ev = s["Evaluation"]["evaluation"]

@@ -17,9 +17,9 @@ def _square_data(n=6, size=20):
     seg = torch.full((n, size, size), -1, dtype=torch.long)
     for i in range(n):
         r, c = 2 + i, 3 + 2 * i
-        x[i, 0, r:r + 4, c:c + 4] = 1.0          # 16 of 400 pixels: 4 %
-        seg[i, r:r + 4, c:c + 4] = 0             # concept 0: the square
-        seg[i, 15:19, 0:10] = 1                  # concept 1: a band elsewhere
+        x[i, 0, r : r + 4, c : c + 4] = 1.0  # 16 of 400 pixels: 4 %
+        seg[i, r : r + 4, c : c + 4] = 0  # concept 0: the square
+        seg[i, 15:19, 0:10] = 1  # concept 1: a band elsewhere
     return x, seg
 
 
@@ -28,7 +28,7 @@ def test_a_unit_that_is_the_concept_gets_iou_one_and_a_diffuse_unit_no_label(unt
     net = nn.Sequential(nn.Conv2d(1, 2, 1), nn.ReLU()).eval()
     with torch.no_grad():
         net[0].weight.copy_(torch.tensor([1.0, -1.0]).view(2, 1, 1, 1))
-        net[0].bias.copy_(torch.tensor([0.0, 1.0]))          # channel 1 = 1 − x: bright on 96 % of the pixels
+        net[0].bias.copy_(torch.tensor([0.0, 1.0]))  # channel 1 = 1 − x: bright on 96 % of the pixels
     untouched(net)
     ds = torch.utils.data.TensorDataset(x, torch.zeros(len(x), dtype=torch.long))
     acc = DissectionAccumulator(["1"], seg, ["square", "band"], quantile=0.04)
@@ -167,17 +167,24 @@ def test_microscope_scan_labels_units_in_the_same_scan_and_the_pages_show_them(u
     c = int(ls.concepts.best_iou.argmax())
     card = unit_card(ls, c, str)
     assert card["concept"] == ls.concepts.labels()[c] and card["concept_iou"] == float(ls.concepts.best_iou[c])
-    html = _env().get_template("layer.html.j2").render(layer=row, cards=[card], model_name="m", data_name="d",
-                                                       count=n, generated="now")
+    html = (
+        _env()
+        .get_template("layer.html.j2")
+        .render(layer=row, cards=[card], model_name="m", data_name="d", count=n, generated="now")
+    )
     assert f"{card['concept']} (IoU {card['concept_iou']:.2f})" in html
-    html = _env().get_template("index.html.j2").render(layers=[{**row, "shown": 64}], samples=[], model_name="m",
-                                                       data_name="d", count=n, generated="now")
+    html = (
+        _env()
+        .get_template("index.html.j2")
+        .render(layers=[{**row, "shown": 64}], samples=[], model_name="m", data_name="d", count=n, generated="now")
+    )
     assert "units per concept" in html and row["concepts"] in html
     from cnnlens.explore.app import Urls, templates
 
     env = templates()
-    html = env.get_template("layers.html.j2").render(o={"model": "m", "data": "d", "images": n, "layers": [row]},
-                                                     urls=Urls())
+    html = env.get_template("layers.html.j2").render(
+        o={"model": "m", "data": "d", "images": n, "layers": [row]}, urls=Urls()
+    )
     assert "units per concept" in html and row["concepts"] in html
     html = env.get_template("layer.html.j2").render(layer={**row, "k": 3, "cards": [card]}, urls=Urls())
     assert f"{card['concept']} (IoU {card['concept_iou']:.3f})" in html
@@ -204,9 +211,25 @@ def test_two_processes_under_torchrun_equal_one(tmp_path):
     out = tmp_path / "dist.pt"
     env = dict(os.environ, GLOO_SOCKET_IFNAME="lo", OMP_NUM_THREADS="1")
     env.pop("WORLD_SIZE", None)
-    p = subprocess.run([torchrun, "--nnodes", "1", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-                        "--master_port", str(port), str(here / "dissect_dist_worker.py"), str(out)],
-                       capture_output=True, text=True, env=env, timeout=300)
+    p = subprocess.run(
+        [
+            torchrun,
+            "--nnodes",
+            "1",
+            "--nproc_per_node",
+            "2",
+            "--master_addr",
+            "127.0.0.1",
+            "--master_port",
+            str(port),
+            str(here / "dissect_dist_worker.py"),
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert p.returncode == 0, p.stderr[-3000:]
     two = torch.load(out, weights_only=False)
     sys.path.insert(0, str(here))

@@ -36,14 +36,45 @@ def test_two_processes_equal_one(tmp_path, untouched):
         pytest.skip("torchrun is not installed")
     evalnets.write_colour_folder(tmp_path / "colours")  # 13 images: shards of 7 and 6, no padding possible
     out = tmp_path / "dist"
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]),
-               GLOO_SOCKET_IFNAME="lo", OMP_NUM_THREADS="1", COLUMNS="200")
+    env = dict(
+        os.environ,
+        PYTHONPATH=os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]),
+        GLOO_SOCKET_IFNAME="lo",
+        OMP_NUM_THREADS="1",
+        COLUMNS="200",
+    )
     env.pop("WORLD_SIZE", None)
     p = subprocess.run(
-        [torchrun, "--nnodes", "1", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-         "--master_port", str(free_port()), "-m", "cnnlens", "evaluate", "--model", "evalnets:colour_net",
-         "--data", str(tmp_path / "colours"), "--topk", "1", "2", "--batch-size", "3", "--out", str(out)],
-        capture_output=True, text=True, env=env, timeout=300)
+        [
+            torchrun,
+            "--nnodes",
+            "1",
+            "--nproc_per_node",
+            "2",
+            "--master_addr",
+            "127.0.0.1",
+            "--master_port",
+            str(free_port()),
+            "-m",
+            "cnnlens",
+            "evaluate",
+            "--model",
+            "evalnets:colour_net",
+            "--data",
+            str(tmp_path / "colours"),
+            "--topk",
+            "1",
+            "2",
+            "--batch-size",
+            "3",
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert p.returncode == 0, p.stderr[-3000:]
     assert p.stdout.count("13 samples") == 1  # only rank 0 prints
     dist = json.loads((out / "confusion.json").read_text())
@@ -57,5 +88,7 @@ def test_two_processes_equal_one(tmp_path, untouched):
     assert summary["n"] == 13
     assert {int(k): v for k, v in summary["topk_hits"].items()} == one.topk_hits == {1: 11, 2: 12}
     assert {int(k): v for k, v in summary["topk_accuracy"].items()} == one.topk_accuracy
-    assert torch.equal(torch.tensor(dist["confusion_normalized"]),
-                       torch.tensor([[round(v, 6) for v in r] for r in one.confusion_normalized.tolist()]))
+    assert torch.equal(
+        torch.tensor(dist["confusion_normalized"]),
+        torch.tensor([[round(v, 6) for v in r] for r in one.confusion_normalized.tolist()]),
+    )

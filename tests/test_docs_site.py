@@ -14,7 +14,6 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import pytest
-
 from browser import chromium_driver
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -29,9 +28,14 @@ def site(tmp_path_factory) -> Path:
     pytest.importorskip("mkdocstrings")
     pytest.importorskip("mkdocs_jupyter")
     out = tmp_path_factory.mktemp("site")
-    p = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(out)],
-                       cwd=ROOT, capture_output=True, text=True, timeout=600,
-                       env={"PATH": "/usr/bin:/bin", "HOME": str(out), "NO_MKDOCS_2_WARNING": "1"})
+    p = subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={"PATH": "/usr/bin:/bin", "HOME": str(out), "NO_MKDOCS_2_WARNING": "1"},
+    )
     assert p.returncode == 0, p.stderr[-4000:]
     return out
 
@@ -43,8 +47,15 @@ def _pages(site: Path) -> list[str]:
 def test_site_has_every_guide_tutorial_and_reference_page(site):
     pages = _pages(site)
     assert {f"guide/{g}.html" for g in GUIDES} <= set(pages)
-    assert {"index.html", "getting-started.html", "methods.html", "benchmarks.html", "cli.html",
-            "reference/attribution.html", "reference/core.html"} <= set(pages)
+    assert {
+        "index.html",
+        "getting-started.html",
+        "methods.html",
+        "benchmarks.html",
+        "cli.html",
+        "reference/attribution.html",
+        "reference/core.html",
+    } <= set(pages)
     assert len([p for p in pages if p.startswith("tutorials/")]) >= 5
     # a page added under docs/guide/ is in the navigation without being listed anywhere
     nav = (site / "index.html").read_text()
@@ -91,11 +102,16 @@ def test_every_page_loads_without_console_errors_or_outside_requests(site):
                 msg = json.loads(entry["message"])["message"]
                 if msg["method"] == "Network.requestWillBeSent":
                     urls.append(msg["params"]["request"]["url"])
-            outside = [u for u in urls if urlparse(u).scheme not in ("data", "blob", "about", "chrome", "devtools")
-                       and urlparse(u).hostname != "127.0.0.1"]
+            outside = [
+                u
+                for u in urls
+                if urlparse(u).scheme not in ("data", "blob", "about", "chrome", "devtools")
+                and urlparse(u).hostname != "127.0.0.1"
+            ]
             broken = driver.execute_script(
                 "return Array.from(document.images).filter(i => !(i.complete && i.naturalWidth > 0))"
-                ".map(i => i.getAttribute('src'))")
+                ".map(i => i.getAttribute('src'))"
+            )
             if errors or outside or broken or "cnnlens" not in title:
                 problems[page] = {"errors": errors, "outside": outside, "broken": broken, "title": title}
         assert not problems, problems

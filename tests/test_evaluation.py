@@ -16,8 +16,14 @@ import torch
 from torch import nn
 
 import cnnlens
-from cnnlens.evaluation import (EvaluationAccumulator, EvaluationResult, evaluate, most_confused_classes,
-                                predict_topk, true_class_rank)
+from cnnlens.evaluation import (
+    EvaluationAccumulator,
+    EvaluationResult,
+    evaluate,
+    most_confused_classes,
+    predict_topk,
+    true_class_rank,
+)
 from cnnlens.figures.evaluation import confusion_figure
 from cnnlens.scan import Batch
 
@@ -38,11 +44,13 @@ def identity_model():
 
 def batch(logits, y):
     logits = torch.as_tensor(logits, dtype=torch.float32)
-    return Batch(x=torch.zeros(len(logits), 1, 1, 1), y=torch.as_tensor(y), logits=logits,
-                 index=torch.arange(len(logits)))
+    return Batch(
+        x=torch.zeros(len(logits), 1, 1, 1), y=torch.as_tensor(y), logits=logits, index=torch.arange(len(logits))
+    )
 
 
 # -- agreement with scikit-learn ------------------------------------------------
+
 
 @pytest.mark.parametrize("seed", [0, 1])
 def test_confusion_and_per_class_match_sklearn(seed, untouched):
@@ -62,8 +70,9 @@ def test_confusion_and_per_class_match_sklearn(seed, untouched):
     assert np.allclose([c["f1"] for c in r.per_class], f1)
     assert [c["support"] for c in r.per_class] == s.tolist()
     for k in (1, 3, 5):  # no ties in random floats: sklearn's definition applies unchanged
-        assert r.topk_accuracy[k] == pytest.approx(top_k_accuracy_score(y.numpy(), logits.numpy(), k=k,
-                                                                        labels=range(K)), abs=1e-12)
+        assert r.topk_accuracy[k] == pytest.approx(
+            top_k_accuracy_score(y.numpy(), logits.numpy(), k=k, labels=range(K)), abs=1e-12
+        )
     norm = confusion_matrix(y.numpy(), pred, labels=range(K), normalize="true")
     assert np.allclose(r.confusion_normalized[:6].numpy(), norm[:6], atol=1e-6)
     assert r.n == N and r.accuracy == pytest.approx(r.topk_accuracy[1])
@@ -77,8 +86,9 @@ def test_zero_support_class_gives_a_zero_row_not_nan():
     assert torch.isfinite(r.confusion_normalized).all()
     assert r.confusion_normalized.tolist() == [[0.5, 0.5, 0.0], [0.0, 0.0, 0.0], [0.0, 0.0, 1.0]]
     assert r.per_class[1] == {"class": "1", "index": 1, "precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 0}
-    assert r.most_confused == [{"true": "0", "predicted": "1", "true_index": 0, "predicted_index": 1,
-                                "count": 1, "rate": 0.5}]
+    assert r.most_confused == [
+        {"true": "0", "predicted": "1", "true_index": 0, "predicted_index": 1, "count": 1, "rate": 0.5}
+    ]
 
 
 # -- top-k with ties ---------------------------------------------------------------
@@ -103,8 +113,12 @@ def test_topk_with_ties_hand_computed(untouched):
     assert ranks.tolist() == [1, 0, 3, 2, 0]
     assert ranks.tolist() == [brute_force_rank(r, c) for r, c in zip(TIE_LOGITS, TIE_LABELS)]
     model = untouched(identity_model())
-    r = evaluate(model, logits_data(torch.tensor(TIE_LOGITS, dtype=torch.float32), torch.tensor(TIE_LABELS)),
-                 topk=(1, 2, 3, 4), batch_size=2)
+    r = evaluate(
+        model,
+        logits_data(torch.tensor(TIE_LOGITS, dtype=torch.float32), torch.tensor(TIE_LABELS)),
+        topk=(1, 2, 3, 4),
+        batch_size=2,
+    )
     assert r.topk_accuracy == {1: 2 / 5, 2: 3 / 5, 3: 4 / 5, 4: 1.0}
     assert r.topk_hits == {1: 2, 2: 3, 3: 4, 4: 5}
     # predictions follow argmax's first maximum, so top-1 = trace / n even with ties
@@ -136,6 +150,7 @@ def test_bad_labels_and_nan_logits(untouched):
 
 
 # -- shards --------------------------------------------------------------------------
+
 
 def test_merge_of_shards_equals_one_pass(monkeypatch, untouched):
     g = torch.Generator().manual_seed(3)
@@ -189,6 +204,7 @@ def test_dataloader_samplers_are_followed_without_padding(untouched):
 
 
 # -- files, figures, report ------------------------------------------------------------
+
 
 def test_image_folder_evaluation_and_saved_files(tmp_path, untouched):
     evalnets.write_colour_folder(tmp_path / "colours")
@@ -247,6 +263,7 @@ def test_predict_topk_orders_by_probability(untouched):
 
 # -- CLI --------------------------------------------------------------------------------
 
+
 def needs_load_model():
     import importlib
 
@@ -255,23 +272,44 @@ def needs_load_model():
 
 
 def run_cli(*args, timeout=240):
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]),
-               COLUMNS="200")
-    return subprocess.run([sys.executable, "-m", "cnnlens", *args], capture_output=True, text=True, env=env,
-                          timeout=timeout)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]), COLUMNS="200")
+    return subprocess.run(
+        [sys.executable, "-m", "cnnlens", *args], capture_output=True, text=True, env=env, timeout=timeout
+    )
 
 
 def test_cli_evaluate_end_to_end(tmp_path):
     needs_load_model()
     evalnets.write_colour_folder(tmp_path / "colours")
     out = tmp_path / "report"
-    p = run_cli("evaluate", "--model", "evalnets:colour_net", "--data", str(tmp_path / "colours"),
-                "--topk", "1", "2", "--batch-size", "4", "--out", str(out))
+    p = run_cli(
+        "evaluate",
+        "--model",
+        "evalnets:colour_net",
+        "--data",
+        str(tmp_path / "colours"),
+        "--topk",
+        "1",
+        "2",
+        "--batch-size",
+        "4",
+        "--out",
+        str(out),
+    )
     assert p.returncode == 0, p.stderr
     assert "top-1: 84.62%" in p.stdout and "top-2: 92.31%" in p.stdout
     assert "green" in p.stdout and "0.750" in p.stdout  # green's recall in the per-class table
-    for f in ("index.html", "results.json", "confusion.png", "confusion_normalized.png", "confusion.csv",
-              "confusion_normalized.csv", "confusion.json", "per_class.csv", "evaluation.json"):
+    for f in (
+        "index.html",
+        "results.json",
+        "confusion.png",
+        "confusion_normalized.png",
+        "confusion.csv",
+        "confusion_normalized.csv",
+        "confusion.json",
+        "per_class.csv",
+        "evaluation.json",
+    ):
         assert (out / f).is_file(), f
     assert json.loads((out / "confusion.json").read_text())["confusion"] == evalnets.EXPECTED_CONFUSION
     html = (out / "index.html").read_text()
@@ -280,20 +318,30 @@ def test_cli_evaluate_end_to_end(tmp_path):
     assert res["sections"]["Evaluation"]["evaluation"]["topk_hits"] == {"1": 11, "2": 12}
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--data", "{tmp}/nowhere"], "not a dataset name and no such directory"),
-    (["--data", "{tmp}/colours", "--topk", "1", "7"], "top-7 is more than the model's 3 classes"),
-    (["--data", "{tmp}/colours", "--topk", "x"], "--topk 'x' is not an integer"),
-    (["--data", "{tmp}/colours", "--topk", "1", "--batch-size", "4", "stray"], "unexpected argument 'stray'"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--data", "{tmp}/nowhere"], "not a dataset name and no such directory"),
+        (["--data", "{tmp}/colours", "--topk", "1", "7"], "top-7 is more than the model's 3 classes"),
+        (["--data", "{tmp}/colours", "--topk", "x"], "--topk 'x' is not an integer"),
+        (["--data", "{tmp}/colours", "--topk", "1", "--batch-size", "4", "stray"], "unexpected argument 'stray'"),
+    ],
+)
 def test_cli_bad_input_is_one_line_without_traceback(tmp_path, args, message, monkeypatch, capsys):
     """In-process (the subprocess path is covered above): exit code 2, one error line, no traceback."""
     needs_load_model()
     from cnnlens.cli import main
 
     evalnets.write_colour_folder(tmp_path / "colours")
-    argv = ["cnnlens", "evaluate", "--model", "evalnets:colour_net", *[a.format(tmp=tmp_path) for a in args],
-            "--out", str(tmp_path / "out")]
+    argv = [
+        "cnnlens",
+        "evaluate",
+        "--model",
+        "evalnets:colour_net",
+        *[a.format(tmp=tmp_path) for a in args],
+        "--out",
+        str(tmp_path / "out"),
+    ]
     monkeypatch.setattr(sys, "argv", argv)
     with pytest.raises(SystemExit) as e:
         main()
@@ -307,6 +355,7 @@ def test_cli_bad_input_is_one_line_without_traceback(tmp_path, args, message, mo
 
 # -- demo section ------------------------------------------------------------------------
 
+
 def test_demo_section_with_small_stand_ins(untouched):
     from types import SimpleNamespace
 
@@ -318,13 +367,22 @@ def test_demo_section_with_small_stand_ins(untouched):
 
     torch.manual_seed(0)
     digits = untouched(PixelModel(DigitsCNN(widths=(2, 2, 2)), digits_spec()).eval())
-    photo_net = untouched(PixelModel(nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(3, 6)),
-                                     ModelSpec("p", (16, 16), class_names=tuple("abcdef"))).eval())
+    photo_net = untouched(
+        PixelModel(
+            nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(3, 6)),
+            ModelSpec("p", (16, 16), class_names=tuple("abcdef")),
+        ).eval()
+    )
     x = torch.rand(2, 3, 16, 16)
     calls = []
-    ctx = SimpleNamespace(digits_model=digits, digits_data=as_dataset("digits", digits), effnet=photo_net,
-                          photos=(["one", "two"], x), device="cpu",
-                          progress=lambda what, done, total: calls.append((what, done, total)))
+    ctx = SimpleNamespace(
+        digits_model=digits,
+        digits_data=as_dataset("digits", digits),
+        effnet=photo_net,
+        photos=(["one", "two"], x),
+        device="cpu",
+        progress=lambda what, done, total: calls.append((what, done, total)),
+    )
     rep = Report("t")
     demo_section(rep, ctx)
     ev, top = rep.sections

@@ -6,22 +6,28 @@ import json
 
 import pytest
 import torch
+from conftest import TinyGapNet
 
 from cnnlens import attribution
 from cnnlens.attribution.explain import ExplainRun, explain_images
 from cnnlens.attribution.report import add_explain_section
 from cnnlens.report import Report
 
-from conftest import TinyGapNet
-
 
 def test_explain_images_equals_each_method_and_keeps_failures(untouched, one_thread):
     model = untouched(TinyGapNet().eval())
     x = torch.rand(3, 3, 8, 8, generator=torch.Generator().manual_seed(1))
     seen = []
-    run = explain_images(model, x, ["saliency", "gradcam", "ablation_cam"], names=["a", "b", "c"],
-                         settings={"ablation_cam": {"layer": "fc"}}, faithfulness_steps=4, baseline="black",
-                         progress=lambda stage, d, t: seen.append((stage, d, t)))
+    run = explain_images(
+        model,
+        x,
+        ["saliency", "gradcam", "ablation_cam"],
+        names=["a", "b", "c"],
+        settings={"ablation_cam": {"layer": "fc"}},
+        faithfulness_steps=4,
+        baseline="black",
+        progress=lambda stage, d, t: seen.append((stage, d, t)),
+    )
     assert isinstance(run, ExplainRun) and len(run) == 3 and run.names == ["a", "b", "c"]
     assert set(run.explanations) == {"saliency", "gradcam"}
     assert "ablation_cam" in run.failures and "fc" in run.failures["ablation_cam"]  # the reason is kept
@@ -54,7 +60,8 @@ def test_add_explain_section_writes_the_page_and_the_files(untouched, one_thread
         i = ["p", "q"].index(name)
         assert info["source"] == f"{name}.png"
         assert info["methods"]["gradcam"]["deletion_auc"] == pytest.approx(
-            float(run.faithfulness["gradcam"].deletion_auc[i]))
+            float(run.faithfulness["gradcam"].deletion_auc[i])
+        )
         maps = torch.load(out / name / "maps.pt")
         assert torch.equal(maps["saliency"], run.explanations["saliency"].maps[i])
     assert "Grad-CAM" in index.read_text()

@@ -38,8 +38,21 @@ def test_cli_explains_one_confused_cell_with_class_means(digits_model, run_cli, 
     cell = torch.nonzero((y == 8) & (pred == 5)).flatten().tolist()
     assert cell  # the shipped model confuses an 8 for a 5
     out = tmp_path / "rep"
-    code, cap = run_cli("explain", "--data", "digits", "--confused", "8,5", "--model", "digits-cnn",
-                        "--methods", "gradcam", "--faithfulness-steps", "0", "--out", out)
+    code, cap = run_cli(
+        "explain",
+        "--data",
+        "digits",
+        "--confused",
+        "8,5",
+        "--model",
+        "digits-cnn",
+        "--methods",
+        "gradcam",
+        "--faithfulness-steps",
+        "0",
+        "--out",
+        out,
+    )
     assert code == 0, cap.err
     res = json.loads((out / "results.json").read_text())["sections"]["Explanations"]
     shown = [k for k in res if k.endswith("-label-8")]
@@ -50,11 +63,14 @@ def test_cli_explains_one_confused_cell_with_class_means(digits_model, run_cli, 
     assert (out / "images" / "explain-class-means.png").exists()
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--data", "digits", "--class", "10"], "out of range: the model has 10 classes"),
-    (["--data", "digits", "--confused", "8"], "give the true and the predicted class as R,C"),
-    (["--data", "digits", "--confused", "0,0", "--misclassified"], "no image of --data matches the selection"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--data", "digits", "--class", "10"], "out of range: the model has 10 classes"),
+        (["--data", "digits", "--confused", "8"], "give the true and the predicted class as R,C"),
+        (["--data", "digits", "--confused", "0,0", "--misclassified"], "no image of --data matches the selection"),
+    ],
+)
 def test_bad_selections_are_one_line_errors(run_cli, tmp_path, args, message):
     code, cap = run_cli("explain", *args, "--model", "digits-cnn", "--methods", "gradcam", "--out", tmp_path / "r")
     assert code == 2 and message in cap.err

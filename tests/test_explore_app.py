@@ -14,12 +14,12 @@ import zlib
 import numpy as np
 import pytest
 import torch
+from explorenets import digits_every, serve_digits
 from PIL import Image
 
 import cnnlens
 from cnnlens.explore.app import make_app
 from cnnlens.explore.service import MAX_UPLOAD, Explorer
-from explorenets import digits_every, serve_digits
 
 pytest.importorskip("httpx")
 from starlette.testclient import TestClient  # noqa: E402
@@ -60,8 +60,11 @@ def test_overview_and_its_json_equal_evaluate(served, data):
     assert j["topk_accuracy"] == {str(k): v for k, v in ref.topk_accuracy.items()}
     assert [p["recall"] for p in j["per_class"]] == [p["recall"] for p in ref.per_class]
     top = ref.most_confused[0]
-    assert (j["most_confused"]["true"], j["most_confused"]["pred"], j["most_confused"]["count"]) == \
-        (top["true_index"], top["predicted_index"], top["count"])
+    assert (j["most_confused"]["true"], j["most_confused"]["pred"], j["most_confused"]["count"]) == (
+        top["true_index"],
+        top["predicted_index"],
+        top["count"],
+    )
     html = client.get("/").text
     for t, row in enumerate(ref.confusion.tolist()):  # every non-empty cell is a link to its gallery
         for p, v in enumerate(row):
@@ -84,13 +87,19 @@ def test_gallery_pages_cover_the_cell_and_draw_both_gradcams(served, data):
         seen += [s["conf"] for s in rows]
     assert seen == sorted(seen) and len(seen) == diag["count"]  # the diagonal: least confident first
     first = client.get(f"/api/cell/{r}/{c}?sort=margin&order=asc").json()
-    got = {s["idx"] for p in range(1, first["pages"] + 1)
-           for s in client.get(f"/api/cell/{r}/{c}?page={p}").json()["samples"]}
+    got = {
+        s["idx"]
+        for p in range(1, first["pages"] + 1)
+        for s in client.get(f"/api/cell/{r}/{c}?page={p}").json()["samples"]
+    }
     assert got == want and first["count"] == count
     html = client.get(f"/cell/{r}/{c}").text
     i = min(want)
-    assert f'/img/sample/{i}/pair.png?a={r}&amp;b={c}' in html or f'/img/sample/{i}/pair.png?a={r}&b={c}' in html \
+    assert (
+        f"/img/sample/{i}/pair.png?a={r}&amp;b={c}" in html
+        or f"/img/sample/{i}/pair.png?a={r}&b={c}" in html
         or first["pages"] > 1
+    )
     png = client.get(f"/img/sample/{i}/pair.png?a={r}&b={c}")
     assert png.status_code == 200 and png.headers["content-type"] == "image/png"
     assert Image.open(io.BytesIO(png.content)).size[0] > 300
@@ -149,11 +158,14 @@ def _png_bytes(a: np.ndarray) -> bytes:
 
 def _bomb() -> bytes:
     """A PNG whose header claims 40000 × 40000 pixels (beyond Pillow's limit), a few bytes long."""
+
     def chunk(kind, body):
         return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
 
     ihdr = struct.pack(">IIBBBBB", 40000, 40000, 8, 0, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 100)) + chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 100)) + chunk(b"IEND", b"")
+    )
 
 
 def test_upload_gives_a_sample_page(served):
@@ -177,14 +189,17 @@ def test_upload_gives_a_sample_page(served):
     ok(client)
 
 
-@pytest.mark.parametrize("body, status, message", [
-    (b"", 400, "empty"),
-    (b"hello, this is not an image at all", 415, "not an image"),
-    ("torch-pickle", 415, "not an image"),
-    ("truncated", 400, "truncated"),
-    ("bomb", 413, "too large to decode"),
-    ("huge", 413, "limit is 20 MB"),
-])
+@pytest.mark.parametrize(
+    "body, status, message",
+    [
+        (b"", 400, "empty"),
+        (b"hello, this is not an image at all", 415, "not an image"),
+        ("torch-pickle", 415, "not an image"),
+        ("truncated", 400, "truncated"),
+        ("bomb", 413, "too large to decode"),
+        ("huge", 413, "limit is 20 MB"),
+    ],
+)
 def test_bad_uploads_get_a_one_line_4xx_and_the_server_goes_on(served, body, status, message, tmp_path):
     client, ex, model = served
     if body == "torch-pickle":  # a pickle is never unpickled: it is just not an image
@@ -205,29 +220,32 @@ def test_bad_uploads_get_a_one_line_4xx_and_the_server_goes_on(served, body, sta
     ok(client)
 
 
-@pytest.mark.parametrize("url, message", [
-    ("/sample/120", "no sample 120"),
-    ("/api/sample/99999999999", "no sample"),
-    ("/api/sample/-1", "no sample"),
-    ("/api/sample/u0123456789abcdef", "no sample"),
-    ("/sample/../../etc/passwd", None),
-    ("/sample/..%2F..%2Fetc%2Fpasswd", None),
-    ("/img/sample/..%2F..%2F..%2Fetc%2Fpasswd.png", None),
-    ("/img/sample/%2e%2e/%2e%2e/etc/passwd", None),
-    ("/static/../../../etc/passwd", None),
-    ("/static/%2e%2e/%2e%2e/%2e%2e/etc/passwd", None),
-    ("/static/..%2F..%2F..%2F..%2Fetc%2Fpasswd", None),
-    ("/api/cell/10/0", "no class '10'"),
-    ("/api/cell/a/0", "no class 'a'"),
-    ("/api/cell/0/0?page=0", "no page"),
-    ("/api/cell/0/0?page=9999", "no page 9999"),
-    ("/api/sample/3/method/nope", "no method 'nope'"),
-    ("/api/sample/3/method/gradcam?target=10", "no target '10'"),
-    ("/api/sample/3/method/gradcam?target=../../x", "no target"),
-    ("/img/sample/3/method/gradcam.png?target=4", "not computed yet"),
-    ("/img/sample/3/pair.png?a=0&b=77", "no class '77'"),
-    ("/nothing/here", "no such page"),
-])
+@pytest.mark.parametrize(
+    "url, message",
+    [
+        ("/sample/120", "no sample 120"),
+        ("/api/sample/99999999999", "no sample"),
+        ("/api/sample/-1", "no sample"),
+        ("/api/sample/u0123456789abcdef", "no sample"),
+        ("/sample/../../etc/passwd", None),
+        ("/sample/..%2F..%2Fetc%2Fpasswd", None),
+        ("/img/sample/..%2F..%2F..%2Fetc%2Fpasswd.png", None),
+        ("/img/sample/%2e%2e/%2e%2e/etc/passwd", None),
+        ("/static/../../../etc/passwd", None),
+        ("/static/%2e%2e/%2e%2e/%2e%2e/etc/passwd", None),
+        ("/static/..%2F..%2F..%2F..%2Fetc%2Fpasswd", None),
+        ("/api/cell/10/0", "no class '10'"),
+        ("/api/cell/a/0", "no class 'a'"),
+        ("/api/cell/0/0?page=0", "no page"),
+        ("/api/cell/0/0?page=9999", "no page 9999"),
+        ("/api/sample/3/method/nope", "no method 'nope'"),
+        ("/api/sample/3/method/gradcam?target=10", "no target '10'"),
+        ("/api/sample/3/method/gradcam?target=../../x", "no target"),
+        ("/img/sample/3/method/gradcam.png?target=4", "not computed yet"),
+        ("/img/sample/3/pair.png?a=0&b=77", "no class '77'"),
+        ("/nothing/here", "no such page"),
+    ],
+)
 def test_every_unknown_id_is_a_404_that_reads_nothing(served, url, message):
     client, ex, model = served
     r = client.get(url)

@@ -8,7 +8,6 @@ import time
 
 import pytest
 import torch
-
 from explorenets import digits_every, serve_digits
 
 pytest.importorskip("httpx")

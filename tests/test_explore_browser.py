@@ -16,9 +16,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
-
 from browser import chromium_driver
+from PIL import Image
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -37,9 +36,25 @@ def server(tmp_path):
     port = free_port()
     env = dict(os.environ, COLUMNS="200", OMP_NUM_THREADS="1")
     log = open(tmp_path / "server.log", "w")
-    proc = subprocess.Popen([sys.executable, "-m", "cnnlens", "explore", "--model", "digits-cnn", "--data", "digits",
-                             "--cache", str(tmp_path / "cache"), "--port", str(port)],
-                            stdout=log, stderr=subprocess.STDOUT, env=env)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "cnnlens",
+            "explore",
+            "--model",
+            "digits-cnn",
+            "--data",
+            "digits",
+            "--cache",
+            str(tmp_path / "cache"),
+            "--port",
+            str(port),
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=env,
+    )
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 120
@@ -77,17 +92,26 @@ def _wait(driver, cond, timeout=60, what="condition"):
             return v
         time.sleep(0.15)
     statuses = driver.execute_script("return Array.from(document.querySelectorAll('.status')).map(e => e.textContent)")
-    raise AssertionError(f"timed out waiting for {what}; page: {driver.current_url}; status lines: {statuses}; "
-                         f"console: {driver.get_log('browser')}")
+    raise AssertionError(
+        f"timed out waiting for {what}; page: {driver.current_url}; status lines: {statuses}; "
+        f"console: {driver.get_log('browser')}"
+    )
 
 
 def _images_ok(driver) -> list[str]:
     """The src of every shown image that did not load (after scrolling lazy images into view)."""
     driver.execute_script("window.scrollTo(0, document.body.scrollHeight)")
-    _wait(driver, lambda: driver.execute_script(
-        "return Array.from(document.images).filter(i => !i.hidden).every(i => i.complete)"), what="images")
-    return driver.execute_script("return Array.from(document.images).filter(i => !i.hidden)"
-                                 ".filter(i => !(i.complete && i.naturalWidth > 0)).map(i => i.src)")
+    _wait(
+        driver,
+        lambda: driver.execute_script(
+            "return Array.from(document.images).filter(i => !i.hidden).every(i => i.complete)"
+        ),
+        what="images",
+    )
+    return driver.execute_script(
+        "return Array.from(document.images).filter(i => !i.hidden)"
+        ".filter(i => !(i.complete && i.naturalWidth > 0)).map(i => i.src)"
+    )
 
 
 def test_from_the_most_confused_cell_to_a_sample_and_an_upload(server, tmp_path):
@@ -106,7 +130,9 @@ def test_from_the_most_confused_cell_to_a_sample_and_an_upload(server, tmp_path)
         cells = driver.find_elements(By.CSS_SELECTOR, "#confusion td a")
         assert len(cells) == sum(v > 0 for row in overview["confusion"] for v in row)
         # hover shows count and share; the toggle switches to the normalised matrix and back
-        td = driver.find_element(By.CSS_SELECTOR, f'#confusion td[data-true="{top["true"]}"][data-pred="{top["pred"]}"]')
+        td = driver.find_element(
+            By.CSS_SELECTOR, f'#confusion td[data-true="{top["true"]}"][data-pred="{top["pred"]}"]'
+        )
         assert f": {top['count']} (" in td.get_attribute("title")
         driver.find_element(By.ID, "show-norm").click()
         assert td.text.strip() == f"{top['share']:.2f}"
@@ -140,23 +166,35 @@ def test_from_the_most_confused_cell_to_a_sample_and_an_upload(server, tmp_path)
         _wait(driver, lambda: "occlusion toward" in driver.find_element(By.ID, "method-status").text, what="occlusion")
         Select(driver.find_element(By.ID, "target")).select_by_value("true")
         true_name = overview["class_names"][top["true"]]
-        _wait(driver, lambda: f"occlusion toward {true_name} (true)" in driver.find_element(By.ID, "method-status").text,
-              what="occlusion toward the true class")
+        _wait(
+            driver,
+            lambda: f"occlusion toward {true_name} (true)" in driver.find_element(By.ID, "method-status").text,
+            what="occlusion toward the true class",
+        )
         Select(driver.find_element(By.ID, "method")).select_by_value("gradcam")
         Select(driver.find_element(By.ID, "target")).select_by_value("class")
         box = driver.find_element(By.ID, "class-input")
         box.send_keys("3")
         driver.execute_script("arguments[0].dispatchEvent(new Event('change'))", box)
-        _wait(driver, lambda: "gradcam toward 3 (class)" in driver.find_element(By.ID, "method-status").text,
-              what="Grad-CAM toward class 3")
+        _wait(
+            driver,
+            lambda: "gradcam toward 3 (class)" in driver.find_element(By.ID, "method-status").text,
+            what="Grad-CAM toward class 3",
+        )
         driver.execute_script("arguments[0].blur()", box)  # close the class list's pop-up
         driver.find_element(By.TAG_NAME, "h1").click()
         Select(driver.find_element(By.ID, "target")).select_by_value("predicted")
         driver.find_element(By.ID, "run-all").click()  # every attribution method, one after the other
         n_methods = len(Select(driver.find_element(By.ID, "method")).options)
-        _wait(driver, lambda: len(driver.find_elements(By.CSS_SELECTOR, "#all-methods .card img")) == n_methods and all(
-            i.is_displayed() for i in driver.find_elements(By.CSS_SELECTOR, "#all-methods .card img")),
-            timeout=240, what="every method")
+        _wait(
+            driver,
+            lambda: (
+                len(driver.find_elements(By.CSS_SELECTOR, "#all-methods .card img")) == n_methods
+                and all(i.is_displayed() for i in driver.find_elements(By.CSS_SELECTOR, "#all-methods .card img"))
+            ),
+            timeout=240,
+            what="every method",
+        )
         aucs = [e.text for e in driver.find_elements(By.CSS_SELECTOR, "#all-methods .card .aucs")]
         from cnnlens.attribution import METHODS
 
@@ -196,8 +234,12 @@ def test_units_from_the_overview_to_a_unit_and_back_from_a_sample(server, tmp_pa
         driver.set_window_size(1400, 1000)
         driver.get(server + "/")
         driver.find_element(By.LINK_TEXT, "Units").click()
-        _wait(driver, lambda: driver.find_elements(By.CSS_SELECTOR, "#layers tbody tr"), timeout=120,
-              what="the layer list")
+        _wait(
+            driver,
+            lambda: driver.find_elements(By.CSS_SELECTOR, "#layers tbody tr"),
+            timeout=120,
+            what="the layer list",
+        )
         rows = driver.find_elements(By.CSS_SELECTOR, "#layers tbody tr")
         assert len(rows) == 3
         layer = rows[-1].find_element(By.TAG_NAME, "a").text
@@ -208,22 +250,38 @@ def test_units_from_the_overview_to_a_unit_and_back_from_a_sample(server, tmp_pa
         # every channel's feature visualisation, rendered in the worker (16 channels per optimisation)
         assert not any(i.is_displayed() for i in driver.find_elements(By.CSS_SELECTOR, "#channels img.fv"))
         driver.find_element(By.ID, "fv-start").click()
-        _wait(driver, lambda: all(i.is_displayed() for i in driver.find_elements(By.CSS_SELECTOR, "#channels img.fv")),
-              timeout=300, what="the channels' feature visualisations")
+        _wait(
+            driver,
+            lambda: all(i.is_displayed() for i in driver.find_elements(By.CSS_SELECTOR, "#channels img.fv")),
+            timeout=300,
+            what="the channels' feature visualisations",
+        )
         assert driver.find_element(By.ID, "layer-fv-status").text.startswith("64 of 64 feature visualisations")
         assert not driver.find_element(By.ID, "fv-start").is_displayed()
         assert _images_ok(driver) == []
         driver.execute_script("window.scrollTo(0, 0)")
         driver.save_screenshot(str(shots / "explore-layer.png"))
         driver.find_elements(By.CSS_SELECTOR, "#channels .unit-card")[5].click()
-        _wait(driver, lambda: driver.find_element(By.TAG_NAME, "h1").text.startswith(f"Unit {layer} / 5"),
-              timeout=120, what="the unit page")
-        _wait(driver, lambda: driver.find_element(By.ID, "fv-img").is_displayed(), timeout=120,
-              what="the feature visualisation")
+        _wait(
+            driver,
+            lambda: driver.find_element(By.TAG_NAME, "h1").text.startswith(f"Unit {layer} / 5"),
+            timeout=120,
+            what="the unit page",
+        )
+        _wait(
+            driver,
+            lambda: driver.find_element(By.ID, "fv-img").is_displayed(),
+            timeout=120,
+            what="the feature visualisation",
+        )
         assert "mean activation" in driver.find_element(By.ID, "fv-status").text
         driver.find_element(By.ID, "views-start").click()  # the plain one and a diversity set, on request
-        _wait(driver, lambda: driver.find_element(By.ID, "views-img").is_displayed(), timeout=180,
-              what="the plain feature visualisation and the diversity set")
+        _wait(
+            driver,
+            lambda: driver.find_element(By.ID, "views-img").is_displayed(),
+            timeout=180,
+            what="the plain feature visualisation and the diversity set",
+        )
         assert "the diversity set" in driver.find_element(By.ID, "views-status").text
         assert _images_ok(driver) == []
         # fv, plain + diversity set, patches, deconvnet/guided backprop, maps, histogram, classes
@@ -239,14 +297,20 @@ def test_units_from_the_overview_to_a_unit_and_back_from_a_sample(server, tmp_pa
         buttons = driver.find_elements(By.CSS_SELECTOR, "#blocks-grid button")
         assert len(buttons) == 64  # 8×8 at the last layer
         buttons[3 * 8 + 4].click()
-        _wait(driver, lambda: driver.find_elements(By.CSS_SELECTOR, "#blocks-list a"), what="the channels at a position")
+        _wait(
+            driver, lambda: driver.find_elements(By.CSS_SELECTOR, "#blocks-list a"), what="the channels at a position"
+        )
         assert "row 3, column 4" in driver.find_element(By.ID, "blocks-status").text
         driver.save_screenshot(str(shots / "explore-blocks.png"))
         link = driver.find_element(By.CSS_SELECTOR, "#blocks-list a")
         channel = link.text.split()[-1]
         link.click()
-        _wait(driver, lambda: driver.find_element(By.TAG_NAME, "h1").text.startswith(f"Unit {layer} / {channel}"),
-              timeout=120, what="the unit page from a building block")
+        _wait(
+            driver,
+            lambda: driver.find_element(By.TAG_NAME, "h1").text.startswith(f"Unit {layer} / {channel}"),
+            timeout=120,
+            what="the unit page from a building block",
+        )
         assert _images_ok(driver) == []
         errors = [e["message"] for e in driver.get_log("browser") if e["level"] in ("SEVERE", "ERROR")]
         assert errors == []

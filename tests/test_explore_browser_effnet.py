@@ -15,7 +15,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from browser import chromium_driver
 from test_explore_browser import _images_ok, _wait, free_port
 
@@ -28,16 +27,33 @@ N_PHOTOS = 20  # one per folder: every method on EfficientNet-Lite0 dominates th
 def effnet_server(tmp_path):
     """`cnnlens explore` on EfficientNet-Lite0 and N_PHOTOS photos, on 127.0.0.1:<free port>; always stopped."""
     import httpx
-
     from photofolder import make_photo_folder
 
     make_photo_folder(tmp_path / "photos", N_PHOTOS, side=224)
     port = free_port()
     env = dict(os.environ, COLUMNS="200")
     log = open(tmp_path / "server.log", "w")
-    proc = subprocess.Popen([sys.executable, "-m", "cnnlens", "explore", "--model", "efficientnet-lite0", "--data",
-                             str(tmp_path / "photos"), "--cache", str(tmp_path / "cache"), "--port", str(port),
-                             "--batch-size", "12"], stdout=log, stderr=subprocess.STDOUT, env=env)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "cnnlens",
+            "explore",
+            "--model",
+            "efficientnet-lite0",
+            "--data",
+            str(tmp_path / "photos"),
+            "--cache",
+            str(tmp_path / "cache"),
+            "--port",
+            str(port),
+            "--batch-size",
+            "12",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=env,
+    )
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 300
@@ -88,43 +104,68 @@ def test_effnet_from_the_overview_to_a_unit_page_names_only_present_classes(effn
         assert "tench" not in {r.find_element(By.TAG_NAME, "td").text for r in rows}
         search = driver.find_element(By.ID, "class-search")
         search.send_keys("goldfish")
-        _wait(driver, lambda: "never predicted" in driver.find_element(By.ID, "class-found").text,
-              what="the class search naming an absent class")
+        _wait(
+            driver,
+            lambda: "never predicted" in driver.find_element(By.ID, "class-found").text,
+            what="the class search naming an absent class",
+        )
         search.clear()
         driver.execute_script("arguments[0].dispatchEvent(new Event('input'))", search)
         driver.save_screenshot(str(shots / "effnet-overview.png"))
         assert _images_ok(driver) == []
         # a confusion cell, then its first sample
-        cell = driver.find_elements(By.CSS_SELECTOR, "#confusion td.off a") or \
-            driver.find_elements(By.CSS_SELECTOR, "#confusion td a")
+        cell = driver.find_elements(By.CSS_SELECTOR, "#confusion td.off a") or driver.find_elements(
+            By.CSS_SELECTOR, "#confusion td a"
+        )
         cell[0].click()
         _wait(driver, lambda: "/cell/" in driver.current_url, what="the gallery")
         assert _images_ok(driver) == []
         driver.find_element(By.CSS_SELECTOR, "#gallery .sample-link").click()
-        _wait(driver, lambda: driver.find_element(By.ID, "method-img").is_displayed(), timeout=120,
-              what="the first map")
+        _wait(
+            driver, lambda: driver.find_element(By.ID, "method-img").is_displayed(), timeout=120, what="the first map"
+        )
         driver.find_element(By.ID, "run-all").click()  # every attribution method
         n_methods = len(Select(driver.find_element(By.ID, "method")).options)
-        _wait(driver, lambda: len(driver.find_elements(By.CSS_SELECTOR, "#all-methods .card img")) == n_methods and all(
-            i.is_displayed() or "error" in i.find_element(By.XPATH, "..").text
-            for i in driver.find_elements(By.CSS_SELECTOR, "#all-methods .card img")), timeout=900,
-            what="every method")
+        _wait(
+            driver,
+            lambda: (
+                len(driver.find_elements(By.CSS_SELECTOR, "#all-methods .card img")) == n_methods
+                and all(
+                    i.is_displayed() or "error" in i.find_element(By.XPATH, "..").text
+                    for i in driver.find_elements(By.CSS_SELECTOR, "#all-methods .card img")
+                )
+            ),
+            timeout=900,
+            what="every method",
+        )
         driver.save_screenshot(str(shots / "effnet-sample.png"))
         assert _images_ok(driver) == []
         # Units → the last layer → a unit page
         driver.find_element(By.LINK_TEXT, "Units").click()
-        _wait(driver, lambda: driver.find_elements(By.CSS_SELECTOR, "#layers tbody tr"), timeout=300,
-              what="the layer list")
+        _wait(
+            driver,
+            lambda: driver.find_elements(By.CSS_SELECTOR, "#layers tbody tr"),
+            timeout=300,
+            what="the layer list",
+        )
         last = driver.find_elements(By.CSS_SELECTOR, "#layers tbody tr")[-1].find_element(By.TAG_NAME, "a")
         layer = last.text
         last.click()
-        _wait(driver, lambda: driver.find_elements(By.CSS_SELECTOR, "#channels .unit-card"), timeout=120,
-              what="the channel grid")
+        _wait(
+            driver,
+            lambda: driver.find_elements(By.CSS_SELECTOR, "#channels .unit-card"),
+            timeout=120,
+            what="the channel grid",
+        )
         assert len(driver.find_elements(By.CSS_SELECTOR, "#channels .unit-card")) == 1280
         driver.save_screenshot(str(shots / "effnet-layer.png"))
         driver.find_elements(By.CSS_SELECTOR, "#channels .unit-card")[0].click()
-        _wait(driver, lambda: driver.find_element(By.TAG_NAME, "h1").text.startswith(f"Unit {layer} / 0"),
-              timeout=300, what="the unit page")
+        _wait(
+            driver,
+            lambda: driver.find_element(By.TAG_NAME, "h1").text.startswith(f"Unit {layer} / 0"),
+            timeout=300,
+            what="the unit page",
+        )
         u = httpx.get(base + f"/api/unit/{layer}/0", timeout=60).json()
         labels = {i for i in range(1000) if sum(C[i])}
         assert u["influence"] and {k for k, _ in u["influence"]} <= labels  # only classes in the data

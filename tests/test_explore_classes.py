@@ -10,13 +10,13 @@ import time
 
 import pytest
 import torch
+from explorenets import digits_every
+from modelstate import assert_unchanged, snapshot
 from torch import nn
 
 import cnnlens
 from cnnlens.explore.app import make_app
 from cnnlens.explore.service import Explorer
-from explorenets import digits_every
-from modelstate import assert_unchanged, snapshot
 
 pytest.importorskip("httpx")
 from starlette.testclient import TestClient  # noqa: E402
@@ -75,7 +75,7 @@ def test_overview_shows_only_present_classes_by_confusions_then_support(served):
     page = client.get("/").text
     assert "/api/confusion.csv" in page and "/api/confusion.json" in page and 'id="class-search"' in page
     assert f"{len(present)} of them in the data or the predictions" in page
-    assert page.count('<tr data-names=') == len(present) + len(o["confused_pairs"][:200])
+    assert page.count("<tr data-names=") == len(present) + len(o["confused_pairs"][:200])
 
 
 def test_the_full_matrix_downloads_as_csv_and_json(served):
@@ -98,8 +98,10 @@ def test_a_unit_page_names_only_classes_in_the_data(served):
     while client.get("/api/microscope").json()["status"] != "done" and time.monotonic() - t0 < 300:
         time.sleep(0.2)
     layer = ex.unit_layers()[-1]
-    while (j := client.get(f"/api/unit/{layer}/3").json())["status"] not in ("done", "error") \
-            and time.monotonic() - t0 < 300:
+    while (j := client.get(f"/api/unit/{layer}/3").json())["status"] not in (
+        "done",
+        "error",
+    ) and time.monotonic() - t0 < 300:
         time.sleep(0.2)
     assert j["status"] == "done", j
     labels = set(data.tensors[1].tolist())

@@ -12,8 +12,8 @@ from torch import nn
 
 from cnnlens.explore.app import make_app
 from cnnlens.explore.export import export
-from cnnlens.report import MANIFEST
 from cnnlens.explore.service import Explorer
+from cnnlens.report import MANIFEST
 
 
 def test_scan_only_fills_the_store_and_prints_the_evaluation(run_cli, tmp_path):
@@ -28,8 +28,9 @@ def test_host_warning_url_and_a_busy_port(run_cli, tmp_path, monkeypatch):
 
     calls = []
     monkeypatch.setattr(uvicorn, "run", lambda app, **kw: calls.append(kw))  # do not serve: check what would run
-    code, out = run_cli("explore", "--model", "digits-cnn", "--data", "digits", "--cache", tmp_path,
-                        "--host", "0.0.0.0", "--port", "0")
+    code, out = run_cli(
+        "explore", "--model", "digits-cnn", "--data", "digits", "--cache", tmp_path, "--host", "0.0.0.0", "--port", "0"
+    )
     assert code == 0, out.err
     assert "warning" in out.err and "anyone who can reach this machine" in out.err
     assert calls == [{"host": "0.0.0.0", "port": 0, "log_level": "warning"}]
@@ -41,15 +42,25 @@ def test_host_warning_url_and_a_busy_port(run_cli, tmp_path, monkeypatch):
         s.bind(("127.0.0.1", 0))
         s.listen()
         port = s.getsockname()[1]
-        code, out = run_cli("explore", "--model", "digits-cnn", "--data", "digits", "--cache", tmp_path,
-                            "--port", port)
+        code, out = run_cli("explore", "--model", "digits-cnn", "--data", "digits", "--cache", tmp_path, "--port", port)
     assert code == 2 and f"cannot listen on 127.0.0.1:{port}" in out.err
 
 
 def test_export_writes_static_pages_atomically_and_refuses_a_foreign_folder(run_cli, tmp_path):
     out = tmp_path / "site"
-    code, res = run_cli("explore", "--model", "digits-cnn", "--data", "digits", "--cache", tmp_path / "c",
-                        "--export", out, "--cells", "3")
+    code, res = run_cli(
+        "explore",
+        "--model",
+        "digits-cnn",
+        "--data",
+        "digits",
+        "--cache",
+        tmp_path / "c",
+        "--export",
+        out,
+        "--cells",
+        "3",
+    )
     assert code == 0, res.err
     html = (out / "index.html").read_text()
     links = set(re.findall(r'href="(cell-\d+-\d+-\d+\.html)"', html))
@@ -61,22 +72,57 @@ def test_export_writes_static_pages_atomically_and_refuses_a_foreign_folder(run_
         assert "/sample/" not in page and "http" not in page  # no server, no network
     assert (out / "static" / "explore.css").is_file() and (out / MANIFEST).is_file()
     # again: a previous export is replaced; one with a file added to it only with --force
-    code, _ = run_cli("explore", "--model", "digits-cnn", "--data", "digits", "--cache", tmp_path / "c",
-                      "--export", out, "--cells", "1")
+    code, _ = run_cli(
+        "explore",
+        "--model",
+        "digits-cnn",
+        "--data",
+        "digits",
+        "--cache",
+        tmp_path / "c",
+        "--export",
+        out,
+        "--cells",
+        "1",
+    )
     assert code == 0
     (out / "stale.html").write_text("old")
-    code, res = run_cli("explore", "--model", "digits-cnn", "--data", "digits", "--cache", tmp_path / "c",
-                        "--export", out, "--cells", "1")
+    code, res = run_cli(
+        "explore",
+        "--model",
+        "digits-cnn",
+        "--data",
+        "digits",
+        "--cache",
+        tmp_path / "c",
+        "--export",
+        out,
+        "--cells",
+        "1",
+    )
     assert code == 2 and "plus other files (stale.html)" in res.err and (out / "stale.html").read_text() == "old"
-    code, _ = run_cli("explore", "--model", "digits-cnn", "--data", "digits", "--cache", tmp_path / "c",
-                      "--export", out, "--cells", "1", "--force")
+    code, _ = run_cli(
+        "explore",
+        "--model",
+        "digits-cnn",
+        "--data",
+        "digits",
+        "--cache",
+        tmp_path / "c",
+        "--export",
+        out,
+        "--cells",
+        "1",
+        "--force",
+    )
     assert code == 0 and not (out / "stale.html").exists()
     # a folder with the user's files is never replaced
     mine = tmp_path / "mine"
     mine.mkdir()
     (mine / "thesis.tex").write_text("precious")
-    code, res = run_cli("explore", "--model", "digits-cnn", "--data", "digits", "--cache", tmp_path / "c",
-                        "--export", mine)
+    code, res = run_cli(
+        "explore", "--model", "digits-cnn", "--data", "digits", "--cache", tmp_path / "c", "--export", mine
+    )
     assert code == 2 and "not a cnnlens output" in res.err
     assert f"--export {mine.resolve()}" in res.err and "--out" not in res.err and "force=True" not in res.err
     assert "or --force to replace it" in res.err
@@ -111,7 +157,9 @@ def test_more_than_30_classes_show_the_most_confused_submatrix_search_and_pairs(
     from starlette.testclient import TestClient
 
     g = torch.Generator().manual_seed(0)
-    data = torch.utils.data.TensorDataset(torch.rand(300, 1, 4, 4, generator=g), torch.randint(0, 40, (300,), generator=g))
+    data = torch.utils.data.TensorDataset(
+        torch.rand(300, 1, 4, 4, generator=g), torch.randint(0, 40, (300,), generator=g)
+    )
     torch.manual_seed(0)
     model = nn.Sequential(nn.Flatten(), nn.Linear(16, 40))
     ex = Explorer(model, data, tmp_path)

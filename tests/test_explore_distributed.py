@@ -30,14 +30,43 @@ def test_two_processes_write_the_store_of_one(tmp_path, untouched):
     if torchrun is None:
         pytest.skip("torchrun is not installed")
     evalnets.write_colour_folder(tmp_path / "colours")  # 13 images: shards of 7 and 6
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]),
-               GLOO_SOCKET_IFNAME="lo", OMP_NUM_THREADS="1", COLUMNS="200")
+    env = dict(
+        os.environ,
+        PYTHONPATH=os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]),
+        GLOO_SOCKET_IFNAME="lo",
+        OMP_NUM_THREADS="1",
+        COLUMNS="200",
+    )
     env.pop("WORLD_SIZE", None)
     p = subprocess.run(
-        [torchrun, "--nnodes", "1", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-         "--master_port", str(free_port()), "-m", "cnnlens", "explore", "--scan-only", "--model", "evalnets:colour_net",
-         "--data", str(tmp_path / "colours"), "--batch-size", "3", "--cache", str(tmp_path / "dist")],
-        capture_output=True, text=True, env=env, timeout=300)
+        [
+            torchrun,
+            "--nnodes",
+            "1",
+            "--nproc_per_node",
+            "2",
+            "--master_addr",
+            "127.0.0.1",
+            "--master_port",
+            str(free_port()),
+            "-m",
+            "cnnlens",
+            "explore",
+            "--scan-only",
+            "--model",
+            "evalnets:colour_net",
+            "--data",
+            str(tmp_path / "colours"),
+            "--batch-size",
+            "3",
+            "--cache",
+            str(tmp_path / "dist"),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert p.returncode == 0, p.stderr[-3000:]
     assert p.stderr.count("13 samples") == 1  # only rank 0 reports
     (dist,) = (tmp_path / "dist").glob("scan-*.sqlite")

@@ -18,8 +18,9 @@ def _images(folder, n=3, size=40):
 
 def test_a_flat_folder_says_it_has_no_labels_and_writes_no_store(run_cli, tmp_path):
     _images(tmp_path / "flat")
-    code, out = run_cli("explore", "--model", "digits-cnn", "--data", tmp_path / "flat", "--cache", tmp_path / "c",
-                        "--scan-only")
+    code, out = run_cli(
+        "explore", "--model", "digits-cnn", "--data", tmp_path / "flat", "--cache", tmp_path / "c", "--scan-only"
+    )
     assert code == 2, out.err
     err = " ".join(out.err.split())
     assert "cnnlens explore needs labelled data, and a flat folder of images has none" in err
@@ -56,8 +57,12 @@ def test_the_decompression_bomb_message_names_one_limit(tmp_path):
     model = cnnlens.load_model("digits-cnn")
     for side in (40000, 12000):  # Pillow's error (past twice its limit) and its warning (past the limit)
         ihdr = struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0)
-        bomb = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 100)) + \
-            chunk(b"IEND", b"")
+        bomb = (
+            b"\x89PNG\r\n\x1a\n"
+            + chunk(b"IHDR", ihdr)
+            + chunk(b"IDAT", zlib.compress(b"\0" * 100))
+            + chunk(b"IEND", b"")
+        )
         with pytest.raises(BadRequest) as e:
             decode_upload(bomb, model)
         msg = str(e.value)
@@ -94,8 +99,7 @@ def test_ctrl_c_while_serving_before_the_scan_ends_exits_non_zero(run_cli, tmp_p
     monkeypatch.setattr(service, "build_store", slow_store)
     monkeypatch.setattr(uvicorn, "run", lambda app, **kw: None)  # as if Ctrl-C stopped the server at once
     try:
-        code, out = run_cli("explore", "--model", "digits-cnn", "--data", "digits", "--cache", tmp_path,
-                            "--port", "0")
+        code, out = run_cli("explore", "--model", "digits-cnn", "--data", "digits", "--cache", tmp_path, "--port", "0")
     finally:
         release.set()
     assert code == 130
@@ -105,8 +109,19 @@ def test_ctrl_c_while_serving_before_the_scan_ends_exits_non_zero(run_cli, tmp_p
 def test_a_method_typo_gets_did_you_mean_in_one_spelling_on_the_cli_and_the_web(run_cli, tmp_path):
     from cnnlens.explore.service import ACTIONS, Explorer, NotFound
 
-    code, out = run_cli("explain", "--model", "digits-cnn", "--data", "digits", "--n", "1", "--methods", "gradcm",
-                        "--out", tmp_path / "o")
+    code, out = run_cli(
+        "explain",
+        "--model",
+        "digits-cnn",
+        "--data",
+        "digits",
+        "--n",
+        "1",
+        "--methods",
+        "gradcm",
+        "--out",
+        tmp_path / "o",
+    )
     err = " ".join(out.err.split())
     assert code == 2 and "did you mean gradcam" in err
     assert "integrated-gradients" in err and "integrated_gradients" not in err  # one spelling: hyphens
@@ -116,8 +131,10 @@ def test_a_method_typo_gets_did_you_mean_in_one_spelling_on_the_cli_and_the_web(
             ex.check_action(bad)
         msg = str(e.value)
         assert "did you mean" in msg and "_" not in msg.split("methods:")[1], msg
-    assert ex.check_action("integrated-gradients") == ex.check_action("integrated_gradients") == \
-        "integrated_gradients" and "integrated_gradients" in ACTIONS
+    assert (
+        ex.check_action("integrated-gradients") == ex.check_action("integrated_gradients") == "integrated_gradients"
+        and "integrated_gradients" in ACTIONS
+    )
 
 
 def test_the_leaderboard_bolds_a_method_only_where_its_interval_clears_the_next_one():
@@ -127,12 +144,20 @@ def test_the_leaderboard_bolds_a_method_only_where_its_interval_clears_the_next_
     def agg(mean, half):
         return Aggregate(mean=mean, low=mean - half, high=mean + half, std=half, n=16, undefined=0)
 
-    aggs = {"saliency": {"deletion_auc": agg(0.905, 0.13), "insertion_auc": agg(0.80, 0.01)},
-            "gradcam": {"deletion_auc": agg(0.906, 0.13), "insertion_auc": agg(0.60, 0.05)},
-            "ig": {"deletion_auc": agg(0.95, 0.13), "insertion_auc": agg(0.78, 0.015)}}
-    lb = Leaderboard(methods=list(aggs), metrics=["deletion_auc", "insertion_auc"], scores={}, aggregates=aggs,
-                     seconds_per_map={m: 0.1 for m in aggs}, higher_is_better={"deletion_auc": False,
-                                                                               "insertion_auc": True}, n=16)
+    aggs = {
+        "saliency": {"deletion_auc": agg(0.905, 0.13), "insertion_auc": agg(0.80, 0.01)},
+        "gradcam": {"deletion_auc": agg(0.906, 0.13), "insertion_auc": agg(0.60, 0.05)},
+        "ig": {"deletion_auc": agg(0.95, 0.13), "insertion_auc": agg(0.78, 0.015)},
+    }
+    lb = Leaderboard(
+        methods=list(aggs),
+        metrics=["deletion_auc", "insertion_auc"],
+        scores={},
+        aggregates=aggs,
+        seconds_per_map={m: 0.1 for m in aggs},
+        higher_is_better={"deletion_auc": False, "insertion_auc": True},
+        n=16,
+    )
     assert lb.best("deletion_auc") == "saliency" and lb.clear_best("deletion_auc") is None  # all overlap
     assert lb.clear_best("insertion_auc") is None  # 0.80 ± 0.01 vs 0.78 ± 0.015 overlap
     aggs["ig"]["insertion_auc"] = agg(0.70, 0.02)

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from explorenets import serve_digits
 
 import cnnlens
 from cnnlens.models.cluttered import ClutteredDigits, cluttered_digits
-from explorenets import serve_digits
 
 pytest.importorskip("httpx")
 pytest.importorskip("skimage")
@@ -43,12 +43,12 @@ def test_the_box_cut_from_a_map_and_its_iou_with_the_true_box(served, boxed, met
     client, ex, model = served
     j = wait(client, f"/api/sample/{i}/method/{method}?target=true")
     assert j["status"] == "done", j
-    e = cnnlens.attribution.METHODS[method](model, boxed.x[i:i + 1], target=int(boxed.y[i]))
+    e = cnnlens.attribution.METHODS[method](model, boxed.x[i : i + 1], target=int(boxed.y[i]))
     box = cnnlens.metrics.box_from_map(e)
     assert j["box"] == box[0].tolist()
-    iou = cnnlens.metrics.localisation_iou(e, boxed.boxes[i:i + 1]).scores[0]
+    iou = cnnlens.metrics.localisation_iou(e, boxed.boxes[i : i + 1]).scores[0]
     assert j["iou"] == pytest.approx(float(iou), abs=1e-12)
-    assert float(iou) == pytest.approx(float(cnnlens.metrics.box_iou(box, boxed.boxes[i:i + 1])[0]), abs=1e-12)
+    assert float(iou) == pytest.approx(float(cnnlens.metrics.box_iou(box, boxed.boxes[i : i + 1])[0]), abs=1e-12)
     assert f"IoU {j['iou']:.2f}" in j["objects"] and "Zhou et al. 2016" in j["objects"]
     png = client.get(j["png"])
     assert png.status_code == 200 and png.content[:4] == b"\x89PNG"

@@ -67,8 +67,9 @@ def test_store_equals_evaluate_and_each_row_equals_float64_softmax(tmp_path, dig
     # a cell page is the cell's rows, in the asked order, and the pages cover the cell
     C = store.confusion()
     r, c = divmod(int(torch.argmax(C - torch.diag(C.diag())).item()), C.shape[0])  # the most confused cell
-    want = sorted((i for i in range(len(y)) if int(y[i]) == r and int(top2[i, 0]) == c),
-                  key=lambda i: -float(p[i].max()))
+    want = sorted(
+        (i for i in range(len(y)) if int(y[i]) == r and int(top2[i, 0]) == c), key=lambda i: -float(p[i].max())
+    )
     got_rows = store.cell(r, c, offset=0, limit=2) + store.cell(r, c, offset=2, limit=1000)
     assert [g["idx"] for g in got_rows] == want and store.cell_count(r, c) == int(C[r, c]) == len(want)
     diag = store.cell(0, 0, sort="margin", limit=1000)
@@ -124,7 +125,7 @@ def test_a_stopped_scan_resumes_at_the_first_unwritten_chunk(tmp_path, digits_su
 
 
 def test_accumulators_merge_to_the_one_pass_rows():
-    logits = torch.tensor([[2., 0., 2.], [0., 1., 3.], [5., 4., 0.], [1., 1., 1.]])
+    logits = torch.tensor([[2.0, 0.0, 2.0], [0.0, 1.0, 3.0], [5.0, 4.0, 0.0], [1.0, 1.0, 1.0]])
     y = torch.tensor([2, 1, 0, 2])
     whole = SampleAccumulator(k=2)
     whole.update(Batch(x=torch.zeros(4, 1, 1, 1), y=y, logits=logits, index=torch.arange(4)))

@@ -9,12 +9,12 @@ import time
 
 import pytest
 import torch
+from explorenets import digits_every, serve_digits
+from modelstate import assert_unchanged, snapshot
 
 import cnnlens
 from cnnlens.explore.app import make_app
 from cnnlens.explore.service import INFLUENCE_IMAGES, UNIT_K, Explorer
-from explorenets import digits_every, serve_digits
-from modelstate import assert_unchanged, snapshot
 
 pytest.importorskip("httpx")
 from starlette.testclient import TestClient  # noqa: E402
@@ -34,8 +34,7 @@ def served(tmp_path_factory, data):
 @pytest.fixture(scope="module")
 def micro(served, data):
     """The library's own scan of the same layers, computed directly."""
-    from cnnlens.inside.microscope import default_layers
-    from cnnlens.inside.microscope import microscope_scan
+    from cnnlens.inside.microscope import default_layers, microscope_scan
 
     _, _, model = served
     return microscope_scan(model, data, default_layers(model), k=UNIT_K)
@@ -132,7 +131,8 @@ def test_unit_page_values_equal_the_library(served, micro, data):
     proj = unit_projections(model, imgs[0], name, c, ls.top.positions[row], ls.rf)
     assert j["projections"] == ["patch", "deconvnet", "guided backprop"]
     assert client.get(f"/img/unit/{name}/{c}/proj.png").content == draw.png(
-        draw.projections_image(ls.top.patches(data, [c])[0], proj.deconv, proj.guided, tile=72))
+        draw.projections_image(ls.top.patches(data, [c])[0], proj.deconv, proj.guided, tile=72)
+    )
     assert "What in each top patch drives it" in page.text
 
 
@@ -199,12 +199,27 @@ def test_building_blocks_equal_the_library(served, micro, data):
     assert page.status_code == 200 and 'id="blocks-layer"' in page.text and f'value="{name}"' in page.text
 
 
-@pytest.mark.parametrize("url", [
-    "/layer/nope", "/layer/net.fc", "/layer/..%2F..%2Fetc", "/unit/nope/0", "/unit/{L}/999", "/unit/{L}/-1",
-    "/unit/{L}/abc", "/unit/{L}/1e3", "/api/unit/{L}/64", "/api/layer/net", "/img/unit/{L}/0/evil.png",
-    "/img/unit/{L}/99/top.png", "/img/unit/zz/0/top.png", "/api/sample/11/blocks?layer=net.fc",
-    "/api/sample/999999/blocks?layer={L}", "/api/sample/..%2Fx/blocks?layer={L}",
-])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "/layer/nope",
+        "/layer/net.fc",
+        "/layer/..%2F..%2Fetc",
+        "/unit/nope/0",
+        "/unit/{L}/999",
+        "/unit/{L}/-1",
+        "/unit/{L}/abc",
+        "/unit/{L}/1e3",
+        "/api/unit/{L}/64",
+        "/api/layer/net",
+        "/img/unit/{L}/0/evil.png",
+        "/img/unit/{L}/99/top.png",
+        "/img/unit/zz/0/top.png",
+        "/api/sample/11/blocks?layer=net.fc",
+        "/api/sample/999999/blocks?layer={L}",
+        "/api/sample/..%2Fx/blocks?layer={L}",
+    ],
+)
 def test_bad_layer_or_channel_is_404_and_the_next_request_succeeds(served, micro, url):
     client, _, _ = served
     wait(client, "/api/microscope")
@@ -269,8 +284,13 @@ def test_queued_feature_visualisations_of_a_layer_render_in_one_optimisation(ser
     name, chans = list(micro.layers)[1], [3, 7, 11]
     calls = []
     real = mm.maximize_channels
-    monkeypatch.setattr(mm, "maximize_channels", lambda m, layer, channels, *a, **k: (
-        calls.append((layer, list(channels))), real(m, layer, channels, *a, **k))[1])
+    monkeypatch.setattr(
+        mm,
+        "maximize_channels",
+        lambda m, layer, channels, *a, **k: (calls.append((layer, list(channels))), real(m, layer, channels, *a, **k))[
+            1
+        ],
+    )
     gate = threading.Event()
     ex.worker.submit("test/hold", lambda report: gate.wait(60))  # the worker is busy: the requests queue up
     try:
@@ -325,8 +345,9 @@ def test_plain_and_diverse_feature_visualisations_equal_the_library(served, micr
     st = Settings()
     plain = maximize_channels(model, name, [c], st.steps, size=32, seed=st.seed, tv=0.0)
     w = (0.5 * plain.activation[:, 0].abs()).clamp_min(1e-3)
-    div = maximize_channels(model, name, [c], st.steps, size=32, seed=st.seed + 1, robust=True,
-                            diversity=st.diversity, diversity_weight=w)
+    div = maximize_channels(
+        model, name, [c], st.steps, size=32, seed=st.seed + 1, robust=True, diversity=st.diversity, diversity_weight=w
+    )
     assert j["plain_activation"] == pytest.approx(float(plain.activation[0, 0]), rel=1e-4)
     assert j["diverse_activations"] == pytest.approx(div.activation[0].tolist(), rel=1e-4)
     strip = torch.cat([plain.of(c), div.of(c)])

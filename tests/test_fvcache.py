@@ -11,10 +11,10 @@ import importlib
 import numpy as np
 import pytest
 import torch
+from inside_nets import pixel_chain_net
 
 from cnnlens.inside import maximize_channels
 from cnnlens.inside.fvcache import FeatureCache, model_hash
-from inside_nets import pixel_chain_net
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -76,10 +76,22 @@ def test_only_missing_channels_are_rendered_and_they_match_a_render_alone(untouc
     assert float((d.images[1, 0] - d.images[1, 1]).abs().max()) > 1e-2  # the set's members still differ
 
 
-@pytest.mark.parametrize("change", [
-    dict(steps=7), dict(lr=0.2), dict(seed=2), dict(size=(12, 12)), dict(param="pixel"), dict(robust=True),
-    dict(diversity=2), dict(redirect_relu=False), dict(tv=0.01), dict(l2_decay=0.01), dict(jitter=1),
-])
+@pytest.mark.parametrize(
+    "change",
+    [
+        dict(steps=7),
+        dict(lr=0.2),
+        dict(seed=2),
+        dict(size=(12, 12)),
+        dict(param="pixel"),
+        dict(robust=True),
+        dict(diversity=2),
+        dict(redirect_relu=False),
+        dict(tv=0.01),
+        dict(l2_decay=0.01),
+        dict(jitter=1),
+    ],
+)
 def test_any_changed_setting_misses(untouched, renders, tmp_path, change):
     model = untouched(pixel_chain_net())
     maximize_channels(model, LAYER, [1], cache=tmp_path, **BASE)
@@ -111,8 +123,13 @@ def _damage(kind, f):
     elif kind == "empty":
         f.write_bytes(b"")
     elif kind == "wrong shape":
-        np.savez(f, images=np.zeros((1, 1, 3, 3), np.float32), activation=np.zeros(1, np.float32),
-                 start=np.zeros(1, np.float32), objective=np.zeros(1, np.float32))
+        np.savez(
+            f,
+            images=np.zeros((1, 1, 3, 3), np.float32),
+            activation=np.zeros(1, np.float32),
+            start=np.zeros(1, np.float32),
+            objective=np.zeros(1, np.float32),
+        )
     elif kind == "missing array":
         with np.load(f) as z:
             keep = {k: z[k] for k in ("images", "activation", "start")}
@@ -132,8 +149,9 @@ def _damage(kind, f):
             np.savez(fh, **arrays)
 
 
-@pytest.mark.parametrize("kind", ["garbage", "truncated", "empty", "wrong shape", "missing array",
-                                  "pickled object", "nan"])
+@pytest.mark.parametrize(
+    "kind", ["garbage", "truncated", "empty", "wrong shape", "missing array", "pickled object", "nan"]
+)
 def test_a_damaged_file_is_rendered_again_not_crashed_on(untouched, renders, tmp_path, kind):
     model = untouched(pixel_chain_net())
     v1 = maximize_channels(model, LAYER, [0, 4], cache=tmp_path, **BASE)
@@ -159,12 +177,16 @@ def test_the_microscope_site_renders_nothing_the_second_time(untouched, renders,
 
     model = untouched(pixel_chain_net())
     g = torch.Generator().manual_seed(0)
-    data = torch.utils.data.TensorDataset(torch.rand(10, 1, 16, 16, generator=g), torch.randint(0, 3, (10,), generator=g))
+    data = torch.utils.data.TensorDataset(
+        torch.rand(10, 1, 16, 16, generator=g), torch.randint(0, 3, (10,), generator=g)
+    )
     st = Settings(k=2, max_channels=2, steps=3, diversity=2, influence_images=4, samples=0)
     a = precompute(model, data, ["features.4"], tmp_path / "w1", st, cache=tmp_path / "fv")
     assert renders["images"] == 2 + 2 + 2 * 2  # plain, robust, a diversity set of 2 per channel
     # another run (its own work folder, other images: the same model and settings) reads them all back
-    data2 = torch.utils.data.TensorDataset(torch.rand(12, 1, 16, 16, generator=g), torch.randint(0, 3, (12,), generator=g))
+    data2 = torch.utils.data.TensorDataset(
+        torch.rand(12, 1, 16, 16, generator=g), torch.randint(0, 3, (12,), generator=g)
+    )
     b = precompute(model, data2, ["features.4"], tmp_path / "w2", st, cache=tmp_path / "fv")
     assert renders["images"] == 8
     for what in ("plain", "robust", "diverse"):

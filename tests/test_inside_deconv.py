@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from inside_nets import Block, seeded_
 from torch import nn
 
 from cnnlens.inside import deconvnet
 from cnnlens.models.spec import ModelSpec, PixelModel
-from inside_nets import Block, seeded_
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -35,7 +35,7 @@ def _hand(net, x, mode):
         for i in range(H // 2):
             for j in range(H // 2):
                 win = [(relu[o, 2 * i + u, 2 * j + v].item(), 2 * i + u, 2 * j + v) for u in range(2) for v in range(2)]
-                best = max(win, key=lambda t: t[0])          # first maximum in row-major order
+                best = max(win, key=lambda t: t[0])  # first maximum in row-major order
                 best = next(t for t in win if t[0] == best[0])
                 pooled[o, i, j] = best[0]
                 switch[o, i, j] = best[1:]
@@ -76,8 +76,13 @@ def test_one_block_equals_the_hand_computation(untouched, mode):
 class _NoRelu(nn.Module):
     def __init__(self):
         super().__init__()
-        self.features = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.MaxPool2d(2),
-                                      nn.Conv2d(4, 5, 3, stride=2, padding=1), nn.MaxPool2d(3, stride=1, padding=1))
+        self.features = nn.Sequential(
+            nn.Conv2d(3, 4, 3, padding=1),
+            nn.BatchNorm2d(4),
+            nn.MaxPool2d(2),
+            nn.Conv2d(4, 5, 3, stride=2, padding=1),
+            nn.MaxPool2d(3, stride=1, padding=1),
+        )
 
     def forward(self, x):
         return self.features(x).mean((2, 3))
@@ -161,7 +166,7 @@ class _SharedRelu(nn.Module):
 def test_clear_errors_name_the_module(untouched):
     x = torch.rand(1, 1, 8, 8)
     res = untouched(_Residual().eval())
-    assert deconvnet(res, x, "stem", 0).images.shape == x.shape     # below the residual block it works
+    assert deconvnet(res, x, "stem", 0).images.shape == x.shape  # below the residual block it works
     # b takes torch.relu(a(x)) (a functional ReLU: walked through); the shortcut takes the block's input
     with pytest.raises(ValueError, match=r"'block\.shortcut' \(Conv2d\).*residual"):
         deconvnet(res, x, "block", 0)

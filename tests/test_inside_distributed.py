@@ -29,9 +29,25 @@ def test_two_processes_equal_one(tmp_path):
     out = tmp_path / "dist.pt"
     env = dict(os.environ, GLOO_SOCKET_IFNAME="lo", OMP_NUM_THREADS="1")
     env.pop("WORLD_SIZE", None)
-    p = subprocess.run([torchrun, "--nnodes", "1", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-                        "--master_port", str(_free_port()), str(TESTS / "inside_dist_worker.py"), str(out)],
-                       capture_output=True, text=True, env=env, timeout=300)
+    p = subprocess.run(
+        [
+            torchrun,
+            "--nnodes",
+            "1",
+            "--nproc_per_node",
+            "2",
+            "--master_addr",
+            "127.0.0.1",
+            "--master_port",
+            str(_free_port()),
+            str(TESTS / "inside_dist_worker.py"),
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert p.returncode == 0, p.stderr[-3000:]
     two = torch.load(out, weights_only=False)
     assert two["world"] == 2

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from inside_nets import ChainNet, OddNet, pixel_chain_net
 from torch import nn
 
 from cnnlens import LayerTap
 from cnnlens.inside import deep_dream, feature_maps, filters
-from inside_nets import ChainNet, OddNet, pixel_chain_net
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -49,16 +49,21 @@ def test_dream_errors(untouched):
 
 def test_filter_tiles_are_the_normalised_weights(untouched):
     model = untouched(OddNet().eval())
-    f = filters(model)                                   # the first conv: 3 input channels → RGB tiles
+    f = filters(model)  # the first conv: 3 input channels → RGB tiles
     w = model.stem.weight.detach()
     assert f.layer == "stem" and f.mode == "rgb" and torch.equal(f.weights, w)
     for k in range(w.shape[0]):
         m = w[k].abs().max()
         assert torch.allclose(f.tiles[k], 0.5 + w[k] / (2 * m))
-        assert float(f.tiles[k].max() - 0.5) == pytest.approx(0.5) or float(0.5 - f.tiles[k].min()) == pytest.approx(0.5)
-    g = filters(model, "dil")                            # deeper: one grey tile per input channel
+        assert float(f.tiles[k].max() - 0.5) == pytest.approx(0.5) or float(0.5 - f.tiles[k].min()) == pytest.approx(
+            0.5
+        )
+    g = filters(model, "dil")  # deeper: one grey tile per input channel
     assert g.mode == "grey" and g.tiles.shape == (6, 6, 3, 3)
-    assert g.figure(max_filters=4, max_inputs=3).axes[0].images[0].get_array().shape == (4 * 26 + 2, 3 * 26 + 2)  # 24-px tiles, 2 px apart
+    assert g.figure(max_filters=4, max_inputs=3).axes[0].images[0].get_array().shape == (
+        4 * 26 + 2,
+        3 * 26 + 2,
+    )  # 24-px tiles, 2 px apart
     with pytest.raises(ValueError, match="no 4-D conv weight"):
         filters(model, "block1.relu")
 
@@ -70,7 +75,7 @@ def test_feature_maps_are_the_layer_output(untouched):
     with torch.no_grad():
         assert torch.equal(fm.activations, model.features[:5](x))
     fig = fm.figure(sample=1, image=x[1], ncols=3, tile=8)
-    grid = fig.axes[1].images[0].get_array()             # 6 maps, 3 per row, 8 px each, 2 px apart
+    grid = fig.axes[1].images[0].get_array()  # 6 maps, 3 per row, 8 px each, 2 px apart
     m = fm.activations[1, 4]
     want = (m - m.min()) / (m.max() - m.min())
     assert grid.shape == (2 * 10 + 2, 3 * 10 + 2)
@@ -86,4 +91,4 @@ def test_mosaic_places_tiles():
     m = mosaic(t, ncols=2, pad=1, pad_value=1.0)
     assert m.shape == (1, 3 * 3 + 1, 2 * 3 + 1)
     assert torch.equal(m[0, 1:3, 4:6], t[1, 0]) and torch.equal(m[0, 7:9, 1:3], t[4, 0])
-    assert torch.equal(m[0, 7:9, 4:6], torch.ones(2, 2))    # the empty slot stays padding
+    assert torch.equal(m[0, 7:9, 4:6], torch.ones(2, 2))  # the empty slot stays padding

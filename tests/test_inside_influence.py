@@ -6,11 +6,11 @@ import copy
 
 import pytest
 import torch
+from conftest import TinyGapNet
+from inside_nets import pixel_chain_net
 
 from cnnlens import LayerTap, Target
 from cnnlens.inside import influence
-from conftest import TinyGapNet
-from inside_nets import pixel_chain_net
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -23,10 +23,10 @@ def test_gap_linear_influence_equals_ablation_exactly(untouched):
         tap.run(x)
         A = tap["features.3"].double()
     w = model.fc.weight[2].detach().double()
-    drop = (w.view(1, -1) * A.mean((2, 3))).mean(0)          # w_k^c · mean(A_k), averaged over the images
+    drop = (w.view(1, -1) * A.mean((2, 3))).mean(0)  # w_k^c · mean(A_k), averaged over the images
     assert torch.allclose(inf.ablation.double(), drop, atol=1e-5)
     assert torch.allclose(inf.taylor.double(), drop, atol=1e-5)
-    assert torch.allclose(inf.gradient.double(), w / 81, atol=1e-7)   # ∂y/∂A_ij = w / (H·W)
+    assert torch.allclose(inf.gradient.double(), w / 81, atol=1e-7)  # ∂y/∂A_ij = w / (H·W)
     assert inf.ranking == inf.ablation_ranking == torch.argsort(drop, descending=True).tolist()
     assert inf.count == 6 and inf.channels == tuple(range(7))
 
@@ -93,8 +93,15 @@ def test_ablate_top_zeroes_only_the_top_channels_by_taylor(untouched):
     x = torch.rand(5, 1, 16, 16, generator=torch.Generator().manual_seed(1))
     full = influence(model, x, "features.4", target="predicted", batch_size=2)
     seen = []
-    part = influence(model, x, "features.4", target="predicted", ablate_top=3, batch_size=2,
-                     progress=lambda d, t: seen.append((d, t)))
+    part = influence(
+        model,
+        x,
+        "features.4",
+        target="predicted",
+        ablate_top=3,
+        batch_size=2,
+        progress=lambda d, t: seen.append((d, t)),
+    )
     top = full.ranking[:3]
     assert part.settings["ablated"] == top and part.ranking == full.ranking
     torch.testing.assert_close(part.taylor, full.taylor)

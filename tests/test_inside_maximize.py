@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+from inside_nets import ChainNet, pixel_chain_net
 from torch import nn
 
 from cnnlens import LayerTap
 from cnnlens.inside import Objective, maximize, objectives, total_variation
 from cnnlens.inside.maximize import _Ctx, gaussian_blur
 from cnnlens.models.spec import ModelSpec, PixelModel
-from inside_nets import ChainNet, pixel_chain_net
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -37,8 +37,17 @@ def test_raises_the_channel_many_fold(untouched, param):
 def test_all_regularisers_together_still_climb(untouched):
     model = untouched(pixel_chain_net())
     for param in ("pixel", "fourier"):
-        v = maximize(model, objectives.channel("features.4", 2), **{**FAST, "param": param}, jitter=2, scale=0.1,
-                     rotate=10, blur_every=4, blur_sigma=0.5, l2_decay=0.01)
+        v = maximize(
+            model,
+            objectives.channel("features.4", 2),
+            **{**FAST, "param": param},
+            jitter=2,
+            scale=0.1,
+            rotate=10,
+            blur_every=4,
+            blur_sigma=0.5,
+            l2_decay=0.01,
+        )
         assert float(v.final) > 20 * float(v.start), param
         assert v.settings["scale"] == (0.9, 1.1) and v.settings["rotate"] == (-10.0, 10.0)
 
@@ -49,7 +58,7 @@ def test_tv_regularisation_lowers_the_images_tv(untouched):
     smooth = maximize(model, objectives.channel("features.4", 1), **FAST, tv=1.0)
     assert float(total_variation(smooth.images)) < 0.5 * float(total_variation(plain.images))
     same = maximize(model, objectives.channel("features.4", 1) - 1.0 * objectives.tv(), **FAST)
-    assert torch.equal(same.images, smooth.images)   # tv=λ is the objective J − λ·TV
+    assert torch.equal(same.images, smooth.images)  # tv=λ is the objective J − λ·TV
 
 
 def test_blur_lowers_tv_and_keeps_the_mean():
@@ -106,7 +115,7 @@ def test_objectives_add_and_scale():
     assert torch.allclose(sum([ch, ch, -ch])(ctx), ch(ctx))
     n = objectives.neuron("l", [0, 3], 1, 2)
     assert torch.equal(n(ctx), ctx.acts["l"][[0, 1], [0, 3], 1, 2])
-    assert torch.equal(objectives.neuron("l", 2)(ctx), ctx.acts["l"][:, 2, 2, 2])   # centre by default
+    assert torch.equal(objectives.neuron("l", 2)(ctx), ctx.acts["l"][:, 2, 2, 2])  # centre by default
     with pytest.raises(ValueError, match="2 and 3"):
         objectives.channel("l", [0, 1]) + objectives.channel("l", [0, 1, 2])
     assert isinstance(J, Objective) and "TV" in J.name
@@ -157,22 +166,28 @@ def _lucid_redirected(x, g, lo, hi):
     return torch.where(alive.view(-1, 1, 1, 1), own, red)
 
 
-@pytest.mark.parametrize("kind", ["relu", "relu_inplace", "relu6", "relu6_inplace", "module_relu6_inplace",
-                                  "torch_relu"])
+@pytest.mark.parametrize(
+    "kind", ["relu", "relu_inplace", "relu6", "relu6_inplace", "module_relu6_inplace", "torch_relu"]
+)
 def test_redirected_relus_give_lucids_gradient_and_the_same_forward(kind):
-    from cnnlens.inside.maximize import redirected_relus
-
     import torch.nn.functional as F
+
+    from cnnlens.inside.maximize import redirected_relus
 
     g0 = torch.Generator().manual_seed(4)
     x0 = torch.randn(4, 3, 5, 5, generator=g0, dtype=torch.float64) * 4
     x0[1] = -x0[1].abs() - 0.1  # image 1: every unit inactive (the ReLU's own gradient is all zero)
-    x0[2, :, :2] = 7.0          # image 2: some units past 6 (ReLU6 saturates)
+    x0[2, :, :2] = 7.0  # image 2: some units past 6 (ReLU6 saturates)
     w = torch.randn(4, 3, 5, 5, generator=g0, dtype=torch.float64)  # signed incoming gradient
     hi = 6.0 if "relu6" in kind else float("inf")
-    fn = {"relu": lambda h: F.relu(h), "relu_inplace": lambda h: F.relu(h, inplace=True),
-          "relu6": lambda h: F.relu6(h), "relu6_inplace": lambda h: F.hardtanh(h, 0.0, 6.0, True),
-          "module_relu6_inplace": nn.ReLU6(inplace=True), "torch_relu": torch.relu}[kind]
+    fn = {
+        "relu": lambda h: F.relu(h),
+        "relu_inplace": lambda h: F.relu(h, inplace=True),
+        "relu6": lambda h: F.relu6(h),
+        "relu6_inplace": lambda h: F.hardtanh(h, 0.0, 6.0, True),
+        "module_relu6_inplace": nn.ReLU6(inplace=True),
+        "torch_relu": torch.relu,
+    }[kind]
     outs = []
     for redirect in (False, True):
         x = x0.clone().requires_grad_(True)

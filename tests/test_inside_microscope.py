@@ -7,12 +7,22 @@ import copy
 
 import pytest
 import torch
+from inside_nets import pixel_chain_net
 from torch import nn
 
 from cnnlens import scan
-from cnnlens.inside import (MicroscopeAccumulator, building_blocks, class_influence, layer_edges, maximize,
-                            maximize_channels, microscope_scan, objectives, top_maps, unit_projections)
-from inside_nets import pixel_chain_net
+from cnnlens.inside import (
+    MicroscopeAccumulator,
+    building_blocks,
+    class_influence,
+    layer_edges,
+    maximize,
+    maximize_channels,
+    microscope_scan,
+    objectives,
+    top_maps,
+    unit_projections,
+)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -128,7 +138,7 @@ def test_patches_cut_when_drawn_equal_the_patches_a_scan_kept_on_digits_cnn(unto
         a, b = old[n].top, new[n].top
         assert b.crops is None and a.crops is not None
         assert torch.equal(a.indices, b.indices) and torch.equal(a.positions, b.positions)
-        assert torch.equal(b.patches(data), a.crops), n                      # from the dataset, by index
+        assert torch.equal(b.patches(data), a.crops), n  # from the dataset, by index
         chans = [0, 3, a.activations.shape[0] - 1]
         imgs, _ = top_maps(model, data, new[n], chans)
         assert torch.equal(b.patches(channels=chans, images=imgs), a.crops[chans]), n  # from the top images
@@ -218,9 +228,20 @@ def test_batched_channel_visualisations_go_up_and_equal_separate_runs(untouched)
     assert v.images.shape[:2] == (4, 1)
     assert bool((v.objective > v.start + 0.1).all()), (v.start, v.objective)  # each channel's objective goes up
     for r, c in enumerate(chans):
-        assert float(v.activation[r, 0]) == pytest.approx(_channel_mean(model, "features.3", v.images[r, 0], c), rel=1e-5)
-        one = maximize(model, objectives.channel("features.3", c), steps=24, lr=0.1, tv=0.01, seed=3,
-                       noise="shared", size=(16, 16), redirect_relu=True)
+        assert float(v.activation[r, 0]) == pytest.approx(
+            _channel_mean(model, "features.3", v.images[r, 0], c), rel=1e-5
+        )
+        one = maximize(
+            model,
+            objectives.channel("features.3", c),
+            steps=24,
+            lr=0.1,
+            tv=0.01,
+            seed=3,
+            noise="shared",
+            size=(16, 16),
+            redirect_relu=True,
+        )
         alone = _channel_mean(model, "features.3", one.images[0], c)
         assert abs(float(v.activation[r, 0]) - alone) <= 0.1 * abs(alone), (c, float(v.activation[r, 0]), alone)
         assert float(v.objective[r, 0]) == pytest.approx(float(one.final[0]), rel=0.1)
@@ -248,21 +269,31 @@ def test_optimisations_side_by_side_on_copies_equal_one_after_another(untouched,
 
     mx = importlib.import_module("cnnlens.inside.maximize")  # the module (the package exports the function)
     real = mx.maximize
-    monkeypatch.setattr(mx, "maximize", lambda m, *a, **k: (used.add((id(m), threading.current_thread().name)),
-                                                            real(m, *a, **k))[1])
+    monkeypatch.setattr(
+        mx, "maximize", lambda m, *a, **k: (used.add((id(m), threading.current_thread().name)), real(m, *a, **k))[1]
+    )
     seen = []
     before = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
-        par = maximize_channels(model, "features.3", chans, steps=12, lr=0.1, seed=3, batch_size=2,
-                                progress=lambda d, t: seen.append((d, t)))
+        par = maximize_channels(
+            model,
+            "features.3",
+            chans,
+            steps=12,
+            lr=0.1,
+            seed=3,
+            batch_size=2,
+            progress=lambda d, t: seen.append((d, t)),
+        )
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
     assert len(made) == 2 and all(m is not model for m in made)
     assert {i for i, _ in used} <= {id(m) for m in made} and all(n.startswith("cnnlens-fv-") for _, n in used)
-    assert torch.allclose(par.images, seq.images, atol=1e-5) and torch.allclose(par.activation, seq.activation,
-                                                                                 rtol=1e-5)
+    assert torch.allclose(par.images, seq.images, atol=1e-5) and torch.allclose(
+        par.activation, seq.activation, rtol=1e-5
+    )
     assert [d for d, _ in seen] == sorted(d for d, _ in seen) and seen[-1] == (60, 60)
 
     class Locked(nn.Module):  # deepcopy refuses a lock: runs alone, same result
@@ -276,8 +307,9 @@ def test_optimisations_side_by_side_on_copies_equal_one_after_another(untouched,
     made.clear()
     torch.set_num_threads(2)
     try:
-        alone = maximize_channels(Locked(model), "net.features.3", chans, steps=12, lr=0.1, seed=3, batch_size=2,
-                                  size=16)
+        alone = maximize_channels(
+            Locked(model), "net.features.3", chans, steps=12, lr=0.1, seed=3, batch_size=2, size=16
+        )
     finally:
         torch.set_num_threads(before)
     assert made == [] or made[0].__class__ is Locked and len(made) == 1
@@ -382,12 +414,13 @@ def test_class_influence_with_known_logits_skips_the_plain_forward_and_agrees(un
     x = _data(10).tensors[0]
     ref = class_influence(model, x, "features.4", [0, 2], channels=[1, 3], taylor=False, batch_size=4)
     with torch.no_grad():
-        logits = torch.cat([model(x[s:s + 4]) for s in range(0, 10, 4)])
+        logits = torch.cat([model(x[s : s + 4]) for s in range(0, 10, 4)])
     calls = []
     h = model.register_forward_pre_hook(lambda m, i: calls.append(len(i[0])))
     try:
-        got = class_influence(model, x, "features.4", [0, 2], channels=[1, 3], taylor=False, batch_size=4,
-                              logits=logits)
+        got = class_influence(
+            model, x, "features.4", [0, 2], channels=[1, 3], taylor=False, batch_size=4, logits=logits
+        )
     finally:
         h.remove()
     assert calls == [8, 8, 4]  # two channels × each batch of 4, 4, 2: ablated forwards only

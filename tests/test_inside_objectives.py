@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from inside_nets import pixel_chain_net
 
 from cnnlens import LayerTap
 from cnnlens.inside import maximize, objectives
 from cnnlens.inside.maximize import _Ctx
-from inside_nets import pixel_chain_net
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -42,7 +42,9 @@ def test_values_by_hand():
     vs = torch.randn(3, 4, generator=torch.Generator().manual_seed(1))
     per = objectives.direction("l", vs)
     assert per.batch == 3
-    assert torch.allclose(per(c), torch.stack([(a[b] * vs[b].view(4, 1, 1)).sum(0).mean() for b in range(3)]), atol=1e-6)
+    assert torch.allclose(
+        per(c), torch.stack([(a[b] * vs[b].view(4, 1, 1)).sum(0).mean() for b in range(3)]), atol=1e-6
+    )
     # at one position
     dn = objectives.direction_neuron("l", v, 2, 4)
     assert torch.allclose(dn(c), (a[:, :, 2, 4] * v).sum(1), atol=1e-6)
@@ -62,6 +64,7 @@ def test_values_by_hand():
 
 def test_the_same_values_as_lucent():
     from lucent.optvis import objectives as lo  # torch-lucent is in the test extra
+
     c = _ctx(seed=4)
     a = c.acts["l"]
     acts = lambda name: a  # noqa: E731  (Lucent's objectives read a layer through a callable)
@@ -70,8 +73,11 @@ def test_the_same_values_as_lucent():
     assert torch.allclose(lo.diversity("l")(acts), objectives.diversity("l")(c).sum(), atol=1e-5)
     assert torch.allclose(lo.direction("l", v)(acts), -objectives.direction("l", v, cosine=True)(c).mean(), atol=1e-6)
     assert torch.allclose(lo.neuron("l", 2, x=1, y=3)(acts), -objectives.neuron("l", 2, x=1, y=3)(c).mean())
-    assert torch.allclose(lo.direction_neuron("l", v, x=4, y=2)(acts),
-                          -objectives.direction_neuron("l", v, 2, 4, cosine=True)(c).mean(), atol=1e-6)
+    assert torch.allclose(
+        lo.direction_neuron("l", v, x=4, y=2)(acts),
+        -objectives.direction_neuron("l", v, 2, 4, cosine=True)(c).mean(),
+        atol=1e-6,
+    )
 
 
 def _gram_similarity(model, images, layer="features.4"):
@@ -86,10 +92,12 @@ def _gram_similarity(model, images, layer="features.4"):
 
 def test_each_objective_goes_up_under_maximize(untouched):
     model = untouched(pixel_chain_net())
-    for J in (objectives.neuron("features.4", 2, x=1, y=2),
-              objectives.direction("features.4", torch.tensor([1.0, 0.0, -1.0, 0.5, 0.0, 0.0])),
-              objectives.direction_neuron("features.4", torch.tensor([0.0, 1.0, 1.0, 0.0, 0.0, 0.0])),
-              objectives.channel("features.4", 2) - objectives.channel("features.4", 4)):
+    for J in (
+        objectives.neuron("features.4", 2, x=1, y=2),
+        objectives.direction("features.4", torch.tensor([1.0, 0.0, -1.0, 0.5, 0.0, 0.0])),
+        objectives.direction_neuron("features.4", torch.tensor([0.0, 1.0, 1.0, 0.0, 0.0, 0.0])),
+        objectives.channel("features.4", 2) - objectives.channel("features.4", 4),
+    ):
         v = maximize(model, J, **FAST)
         assert float(v.final) > float(v.start) + 0.5, J.name
     # diversity: the images of a batch end up further apart than without it, the channel still high

@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 import torchvision
+from inside_nets import ChainNet, OddNet, Upsampler, pixel_chain_net
 from torch import nn
 
 from cnnlens.inside import receptive_field
 from cnnlens.inside.receptive import _measured
-from inside_nets import ChainNet, OddNet, Upsampler, pixel_chain_net
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -39,13 +39,13 @@ def test_hand_computed_fields_with_residual_padding_dilation_concat_slice(untouc
     model = untouched(OddNet().eval())
     # worked out by hand in inside_nets.OddNet's comments: (size, stride, offset) per axis
     expected = {
-        "stem": ((3, 3), (2, 2), (0, 0)),          # F.pad(0, 1, 0, 1) then 3×3 stride 2
-        "block1": ((15, 15), (4, 4), (-6, -6)),    # branch 3×3 s2 p1 → 3×3 p1 (15) ∪ shortcut 1×1 s2 (3)
-        "dil": ((31, 31), (4, 4), (-14, -14)),     # 3×3 dilation 2, padding 2
-        "wide": ((31, 47), (4, 4), (-14, -22)),    # 1×5 kernel
+        "stem": ((3, 3), (2, 2), (0, 0)),  # F.pad(0, 1, 0, 1) then 3×3 stride 2
+        "block1": ((15, 15), (4, 4), (-6, -6)),  # branch 3×3 s2 p1 → 3×3 p1 (15) ∪ shortcut 1×1 s2 (3)
+        "dil": ((31, 31), (4, 4), (-14, -14)),  # 3×3 dilation 2, padding 2
+        "wide": ((31, 47), (4, 4), (-14, -22)),  # 1×5 kernel
         "narrow": ((39, 39), (4, 4), (-18, -18)),
-        "pool": ((47, 55), (4, 4), (-22, -26)),    # cat(wide, narrow) = union, then 3×3 average pool
-        "crop": ((47, 55), (4, 4), (-18, -22)),    # x[:, :, 1:, 1:] shifts by one stride
+        "pool": ((47, 55), (4, 4), (-22, -26)),  # cat(wide, narrow) = union, then 3×3 average pool
+        "crop": ((47, 55), (4, 4), (-18, -22)),  # x[:, :, 1:, 1:] shifts by one stride
     }
     for layer, (size, stride, offset) in expected.items():
         rf = receptive_field(model, layer, input_size=64, channels=3)
@@ -56,23 +56,31 @@ def test_hand_computed_fields_with_residual_padding_dilation_concat_slice(untouc
 
 
 def test_chain_and_digits_models_probe_agrees(untouched, digits_model):
-    nets = [(untouched(pixel_chain_net()), ["features.0", "features.2", "features.4", "features.5", "features"]),
-            (untouched(ChainNet(cin=3).eval()), ["features.3", "features.7"]),
-            (digits_model, ["features.0", "features.2", "features.5", "features.7"])]
+    nets = [
+        (untouched(pixel_chain_net()), ["features.0", "features.2", "features.4", "features.5", "features"]),
+        (untouched(ChainNet(cin=3).eval()), ["features.3", "features.7"]),
+        (digits_model, ["features.0", "features.2", "features.5", "features.7"]),
+    ]
     for model, layers in nets:
         for layer in layers:
-            rf = receptive_field(model, layer, input_size=16 if not hasattr(model, "spec") else None,
-                                 channels=3 if not hasattr(model, "spec") else None)
+            rf = receptive_field(
+                model,
+                layer,
+                input_size=16 if not hasattr(model, "spec") else None,
+                channels=3 if not hasattr(model, "spec") else None,
+            )
             assert rf.probe is not None and rf.probe.agrees, (layer, rf)
     # digits-cnn: conv3 (3) → pool (4, ×2) → conv3 (4 + 2·2 = 8) → relu → pool (10, ×4) → conv3 (18)
-    sizes = [receptive_field(digits_model, l, probe=False).size[0] for l in ("features.0", "features.2", "features.3",
-                                                                             "features.5", "features.6")]
+    sizes = [
+        receptive_field(digits_model, l, probe=False).size[0]
+        for l in ("features.0", "features.2", "features.3", "features.5", "features.6")
+    ]
     assert sizes == [3, 4, 8, 10, 18]
 
 
 def test_clipped_box_and_centre(untouched):
     model = untouched(pixel_chain_net())
-    rf = receptive_field(model, "features.6", probe=False)   # 18 px, stride 4, offset −7
+    rf = receptive_field(model, "features.6", probe=False)  # 18 px, stride 4, offset −7
     assert (rf.size, rf.stride, rf.offset, rf.grid) == ((18, 18), (4, 4), (-7, -7), (4, 4))
     assert rf.box(0, 3) == (-7, 5, 11, 23)
     assert rf.clipped_box(0, 3) == ((0, 5, 11, 16), True)
@@ -104,8 +112,13 @@ class _PermutedNorm(nn.Module):
 
 def _convnext_like(norm: bool) -> nn.Sequential:
     torch.manual_seed(0)
-    layers = [nn.Conv2d(3, 4, 3, stride=2), _PermutedNorm(4) if norm else nn.Identity(), nn.Conv2d(4, 4, 3, padding=1),
-              nn.ReLU(), nn.Conv2d(4, 4, 5, padding=2, dilation=1, stride=2)]
+    layers = [
+        nn.Conv2d(3, 4, 3, stride=2),
+        _PermutedNorm(4) if norm else nn.Identity(),
+        nn.Conv2d(4, 4, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(4, 4, 5, padding=2, dilation=1, stride=2),
+    ]
     return nn.Sequential(*layers).eval()
 
 
@@ -156,6 +169,6 @@ def test_a_field_much_larger_than_the_image_is_probed_at_two_corners(untouched):
     assert p.position == (0, 0) and len(p.more) == 1 and p.agrees
     # unit (0, 0): the field clipped at the top-left ends at offset + size; the last unit's starts inside the image
     assert p.found == p.expected == (0, 0, far, far)
-    (last, expected, found), = p.more
+    ((last, expected, found),) = p.more
     assert found == expected and 0 < expected[0] == rf.offset[0] + last[0] * 32
     assert expected[2:] == p.input_size

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from inside_nets import pixel_chain_net
 
 from cnnlens import Batch, scan
 from cnnlens.inside import SearchAccumulator, dataset_search, receptive_field
-from inside_nets import pixel_chain_net
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -71,7 +71,7 @@ def test_topk_equals_brute_force_and_crops_are_the_receptive_field(untouched, la
             canvas = F.pad(x[i], (32, 32, 32, 32))
             if rf.size[0] > 16:
                 t, b, l, rr = 0, 16, 0, 16
-            want = canvas[:, t + 32: b + 32, l + 32: rr + 32]
+            want = canvas[:, t + 32 : b + 32, l + 32 : rr + 32]
             assert torch.equal(r.crops[c, s], want)
 
 
@@ -86,9 +86,9 @@ def test_the_unit_sees_only_its_crop(untouched):
     i = int(r.indices[c, s])
     pi, pj = r.positions[c, s].tolist()
     t, l, b, rr = r.boxes[c, s].tolist()
-    x = ds.tensors[0][i: i + 1].clone()
+    x = ds.tensors[0][i : i + 1].clone()
     outside = torch.ones_like(x, dtype=torch.bool)
-    outside[..., max(t, 0): b, max(l, 0): rr] = False
+    outside[..., max(t, 0) : b, max(l, 0) : rr] = False
     x2 = torch.where(outside, torch.rand_like(x), x)
     with LayerTap(model, ["features.4"], detach=True) as tap, torch.no_grad():
         tap.run(x2)
@@ -103,7 +103,7 @@ def _feed(acc, model, ds, idx, bs=4):
     x, y = ds.tensors
     with LayerTap(model, acc.layers, detach=True) as tap, torch.no_grad():
         for start in range(0, len(idx), bs):
-            j = torch.tensor(idx[start:start + bs])
+            j = torch.tensor(idx[start : start + bs])
             logits = tap.run(x[j])
             acc.update(Batch(x=x[j], y=y[j], logits=logits, index=j, acts=dict(tap.outputs), model=model))
 
@@ -164,12 +164,15 @@ def test_digits_search_figure_and_save(digits_model, tmp_path):
 
     ds = torch.utils.data.Subset(cnnlens.as_dataset("digits", digits_model), range(64))
     r = dataset_search(digits_model, ds, "features.4", channels=[0, 1], k=4)
-    assert r.crops.shape[-2:] == (8, 8)   # digits-cnn's second conv sees 8×8 pixels
+    assert r.crops.shape[-2:] == (8, 8)  # digits-cnn's second conv sees 8×8 pixels
     fig = r.figure(tile=8)
-    img = fig.axes[0].images[0].get_array()        # 2 channels × 4 patches of 8 px, 10-px label rows
+    img = fig.axes[0].images[0].get_array()  # 2 channels × 4 patches of 8 px, 10-px label rows
     assert img.shape == (2 * 20 + 2, 4 * 10 + 2)
-    assert torch.allclose(torch.as_tensor(img[2 + 20 + 10: 2 + 20 + 18, 2 + 10: 2 + 18]).float(), r.crops[1, 1, 0])
-    assert fig.axes[0].texts[5].get_text().endswith("·" + str(int(r.labels[1, 1]))) or "✂" in fig.axes[0].texts[5].get_text()
+    assert torch.allclose(torch.as_tensor(img[2 + 20 + 10 : 2 + 20 + 18, 2 + 10 : 2 + 18]).float(), r.crops[1, 1, 0])
+    assert (
+        fig.axes[0].texts[5].get_text().endswith("·" + str(int(r.labels[1, 1])))
+        or "✂" in fig.axes[0].texts[5].get_text()
+    )
     r.save(tmp_path)
     assert (tmp_path / "searchresult.json").exists() and (tmp_path / "searchresult.pt").exists()
 

@@ -7,10 +7,10 @@ import copy
 import numpy as np
 import pytest
 import torch
+from inside_nets import pixel_chain_net
 
 from cnnlens import Batch, LayerTap, scan
 from cnnlens.inside import StatsAccumulator, neuron_stats
-from inside_nets import pixel_chain_net
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -41,18 +41,18 @@ def test_stats_equal_a_non_streaming_computation(untouched, layer):
     edges = torch.linspace(-2, 6, 17, dtype=torch.float64)
     acc = StatsAccumulator(f"net.{layer}", edges, num_classes=3)
     (st,) = scan(model, ds, [acc], batch_size=5)
-    a = _all(model, x, layer)                        # N×C×H×W, every activation at once
-    v = a.transpose(0, 1).reshape(a.shape[1], -1)    # C × (N·H·W)
+    a = _all(model, x, layer)  # N×C×H×W, every activation at once
+    v = a.transpose(0, 1).reshape(a.shape[1], -1)  # C × (N·H·W)
     assert st.count == v.shape[1]
     assert torch.allclose(st.mean.double(), v.mean(1), atol=1e-6)
     assert torch.allclose(st.var.double(), v.var(1, unbiased=False), rtol=1e-5, atol=1e-6)
     assert torch.allclose(st.min.double(), v.min(1).values) and torch.allclose(st.max.double(), v.max(1).values)
     assert torch.allclose(st.sparsity.double(), (v <= 0).double().mean(1))
     for c in range(v.shape[0]):
-        h, _ = np.histogram(v[c].numpy(), bins=edges.numpy())     # numpy: last bin closed, like ours
+        h, _ = np.histogram(v[c].numpy(), bins=edges.numpy())  # numpy: last bin closed, like ours
         assert st.histogram[c].tolist() == h.tolist()
         assert int(st.below[c]) == int((v[c] < -2).sum()) and int(st.above[c]) == int((v[c] > 6).sum())
-    img = a.mean((2, 3))                              # N×C image-level activations
+    img = a.mean((2, 3))  # N×C image-level activations
     cm = torch.stack([img[y == k].mean(0) for k in range(3)])
     assert torch.allclose(st.class_mean.double(), cm, atol=1e-6)
     assert st.class_count.tolist() == torch.bincount(y, minlength=3).tolist()
@@ -75,7 +75,7 @@ def test_merged_shards_equal_one_pass(untouched):
     def feed(acc, idx):
         with LayerTap(model, acc.layers, detach=True) as tap, torch.no_grad():
             for s in range(0, len(idx), 4):
-                j = torch.tensor(idx[s:s + 4])
+                j = torch.tensor(idx[s : s + 4])
                 logits = tap.run(x[j])
                 acc.update(Batch(x=x[j], y=y[j], logits=logits, index=j, acts=dict(tap.outputs)))
         return acc
@@ -97,7 +97,7 @@ def test_neuron_stats_on_digits(digits_model):
     ds = torch.utils.data.Subset(cnnlens.as_dataset("digits", digits_model), range(100))
     st = neuron_stats(digits_model, ds, "features.7", bins=20)
     assert st.count == 100 * 8 * 8
-    assert st.edges[0] == 0 and len(st.edges) == 21                       # ReLU outputs: range from 0
+    assert st.edges[0] == 0 and len(st.edges) == 21  # ReLU outputs: range from 0
     assert int(st.histogram.sum() + st.below.sum() + st.above.sum()) == 64 * st.count
     # a trained digits net: every class has a channel that prefers it
     assert set(st.preferred_class.tolist()) >= set(range(10)) - {c for c in range(10) if st.class_count[c] == 0}

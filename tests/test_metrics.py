@@ -7,12 +7,11 @@ import math
 
 import pytest
 import torch
+from test_metrics_quantus import Tiny
 from torch import nn
 
 from cnnlens import attribution, metrics
 from cnnlens.metrics.benchmark import METRICS, benchmark
-
-from test_metrics_quantus import Tiny
 
 
 def test_aggregate_is_the_t_interval():
@@ -34,8 +33,11 @@ def test_aggregate_is_the_t_interval():
 @pytest.fixture
 def rgb(untouched, one_thread):
     torch.manual_seed(0)
-    model = untouched(nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
-                                    nn.Flatten(), nn.Linear(4, 3)).eval())
+    model = untouched(
+        nn.Sequential(
+            nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3)
+        ).eval()
+    )
     x = torch.rand(5, 3, 12, 12, generator=torch.Generator().manual_seed(2))
     return model, x
 
@@ -93,8 +95,7 @@ def test_mprt_is_one_for_a_map_that_ignores_the_model_and_lower_for_saliency(one
 
     def image_edges(model, x, target="predicted", **kw):  # an "explanation" that never reads the model
         e = attribution.saliency(model, x, target=target)
-        return type(e)(maps=x[:, 0].abs() + 0.01 * torch.arange(256.).view(16, 16), method="edges",
-                       classes=e.classes)
+        return type(e)(maps=x[:, 0].abs() + 0.01 * torch.arange(256.0).view(16, 16), method="edges", classes=e.classes)
 
     r = metrics.model_parameter_randomisation(model, x, image_edges)
     assert torch.allclose(r.extras["correlations"], torch.ones_like(r.extras["correlations"]))
@@ -107,20 +108,27 @@ def test_leaderboard_holds_the_metric_values_and_orders_by_direction(one_thread,
     g = torch.Generator().manual_seed(0)
     x = torch.rand(4, 1, 16, 16, generator=g)
     boxes = torch.tensor([[2, 2, 10, 10], [0, 0, 8, 16], [4, 4, 16, 16], [1, 1, 15, 15]])
-    small = {"faithfulness_correlation": {"runs": 5}, "road_morf": {"percentages": (50,)},
-             "road_lerf": {"percentages": (50,)}, "max_sensitivity": {"samples": 2}}
+    small = {
+        "faithfulness_correlation": {"runs": 5},
+        "road_morf": {"percentages": (50,)},
+        "road_lerf": {"percentages": (50,)},
+        "max_sensitivity": {"samples": 2},
+    }
     lb = benchmark(model, x, boxes=boxes, methods=["gradcam", "saliency"], metric_settings=small)
     assert lb.metrics == list(METRICS)
     e = attribution.gradcam(model, x)
-    torch.testing.assert_close(lb.scores["gradcam"]["relevance_mass_accuracy"],
-                               metrics.relevance_mass_accuracy(e, boxes).scores)
-    torch.testing.assert_close(lb.scores["gradcam"]["deletion_auc"],
-                               attribution.deletion(model, x, e, steps=16).auc.double())
+    torch.testing.assert_close(
+        lb.scores["gradcam"]["relevance_mass_accuracy"], metrics.relevance_mass_accuracy(e, boxes).scores
+    )
+    torch.testing.assert_close(
+        lb.scores["gradcam"]["deletion_auc"], attribution.deletion(model, x, e, steps=16).auc.double()
+    )
     for k in lb.metrics:
         a, b = lb.aggregates["gradcam"][k].mean, lb.aggregates["saliency"][k].mean
         if a != b:
-            assert lb.best(k) == (("gradcam" if a > b else "saliency") if METRICS[k][0] else
-                                  ("gradcam" if a < b else "saliency"))
+            assert lb.best(k) == (
+                ("gradcam" if a > b else "saliency") if METRICS[k][0] else ("gradcam" if a < b else "saliency")
+            )
     lines = lb.csv().splitlines()
     assert lines[0].startswith("method,metric,mean,ci_low,ci_high") and len(lines) == 1 + 2 * len(METRICS)
     # without ground truth the localisation metrics are left out, and asking for one is an error

@@ -21,8 +21,9 @@ class Tiny(nn.Module):
     def __init__(self, seed=0):
         super().__init__()
         g = torch.Generator().manual_seed(seed)
-        self.features = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-                                      nn.Conv2d(4, 6, 3, padding=1), nn.ReLU())
+        self.features = nn.Sequential(
+            nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(4, 6, 3, padding=1), nn.ReLU()
+        )
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(6, 3)
         with torch.no_grad():
@@ -54,9 +55,14 @@ def setup(untouched, one_thread):
 def _q(metric, model, x, y, a=None, s=None, **kw):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        out = metric(model=model, x_batch=x.numpy(), y_batch=y.numpy(),
-                     a_batch=None if a is None else a.unsqueeze(1).numpy(),
-                     s_batch=None if s is None else s.unsqueeze(1).numpy().astype(float), **kw)
+        out = metric(
+            model=model,
+            x_batch=x.numpy(),
+            y_batch=y.numpy(),
+            a_batch=None if a is None else a.unsqueeze(1).numpy(),
+            s_batch=None if s is None else s.unsqueeze(1).numpy().astype(float),
+            **kw,
+        )
     return out
 
 
@@ -103,8 +109,13 @@ def test_empty_box_is_nan_and_left_out(setup):
 def test_faithfulness_correlation_equals_quantus(setup):
     model, x, y, maps, _, _ = setup
     np.random.seed(7)
-    q = _q(quantus.FaithfulnessCorrelation(nr_runs=30, subset_size=40, disable_warnings=True,
-                                           return_aggregate=False), model, x, y, maps)
+    q = _q(
+        quantus.FaithfulnessCorrelation(nr_runs=30, subset_size=40, disable_warnings=True, return_aggregate=False),
+        model,
+        x,
+        y,
+        maps,
+    )
     got = metrics.faithfulness_correlation(model, x, maps, y, runs=30, subset_size=40, seed=7, batch_size=7)
     np.testing.assert_allclose(got.scores.numpy(), np.asarray(q, dtype=float), atol=1e-4)
     # and the gradient × input map of a linear model predicts its logit drops exactly (ρ = 1)
@@ -145,8 +156,14 @@ def test_noisy_linear_imputation_equals_quantus_and_is_harmonic():
 def test_max_sensitivity_equals_quantus(setup, method):
     model, x, y, _, _, _ = setup
     np.random.seed(5)
-    q = _q(quantus.MaxSensitivity(nr_samples=5, lower_bound=0.2, disable_warnings=True), model, x, y,
-           attribution.METHODS[method](model, x, target=y).maps, explain_func=_explain(method))
+    q = _q(
+        quantus.MaxSensitivity(nr_samples=5, lower_bound=0.2, disable_warnings=True),
+        model,
+        x,
+        y,
+        attribution.METHODS[method](model, x, target=y).maps,
+        explain_func=_explain(method),
+    )
     got = metrics.max_sensitivity(model, x, method, y, samples=5, radius=0.2, seed=5)
     np.testing.assert_allclose(got.scores.numpy(), np.asarray(q, dtype=float), rtol=1e-4, atol=1e-4)
     assert (got.scores > 0).all()

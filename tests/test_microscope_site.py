@@ -9,16 +9,47 @@ import shutil
 from pathlib import Path
 
 import pytest
-
-from cnnlens.report import MANIFEST
 import torch
-
 from browser import chromium_driver
 
-ARGS = ["--model", "digits-cnn", "--data", "digits", "--n", "20", "--layers", "features.4,features.7",
-        "--steps", "4", "--max-channels", "3", "--samples", "1", "--k", "3"]
-SMALL = ["--model", "digits-cnn", "--data", "digits", "--n", "20", "--layers", "features.7", "--steps", "4",
-         "--max-channels", "2", "--samples", "0", "--k", "3"]
+from cnnlens.report import MANIFEST
+
+ARGS = [
+    "--model",
+    "digits-cnn",
+    "--data",
+    "digits",
+    "--n",
+    "20",
+    "--layers",
+    "features.4,features.7",
+    "--steps",
+    "4",
+    "--max-channels",
+    "3",
+    "--samples",
+    "1",
+    "--k",
+    "3",
+]
+SMALL = [
+    "--model",
+    "digits-cnn",
+    "--data",
+    "digits",
+    "--n",
+    "20",
+    "--layers",
+    "features.7",
+    "--steps",
+    "4",
+    "--max-channels",
+    "2",
+    "--samples",
+    "0",
+    "--k",
+    "3",
+]
 
 
 @pytest.fixture(scope="module")
@@ -114,7 +145,8 @@ def test_browse_layers_channels_units_and_building_blocks(site, tmp_path):
     def check(name):
         info = driver.execute_script(
             "const i = Array.from(document.images); return {n: i.length,"
-            " broken: i.filter(x => !(x.complete && x.naturalWidth > 0)).map(x => x.getAttribute('src'))};")
+            " broken: i.filter(x => !(x.complete && x.naturalWidth > 0)).map(x => x.getAttribute('src'))};"
+        )
         errors = [e["message"] for e in driver.get_log("browser") if e["level"] in ("SEVERE", "ERROR")]
         driver.save_screenshot(str(shots / f"{name}.png"))
         assert info["broken"] == [] and errors == [], (name, info, errors)
@@ -124,21 +156,23 @@ def test_browse_layers_channels_units_and_building_blocks(site, tmp_path):
         driver.set_page_load_timeout(60)
         driver.get((site / "index.html").resolve().as_uri())
         check("microscope-index")
-        driver.find_elements(By.CSS_SELECTOR, "a.layer-link")[1].click()        # → net.features.7
+        driver.find_elements(By.CSS_SELECTOR, "a.layer-link")[1].click()  # → net.features.7
         assert "net.features.7" in driver.title
-        assert check("microscope-layer") == 6                                     # 3 cards × (FV + patches)
-        driver.find_elements(By.CSS_SELECTOR, "#channels a.card")[1].click()    # → channel 1
+        assert check("microscope-layer") == 6  # 3 cards × (FV + patches)
+        driver.find_elements(By.CSS_SELECTOR, "#channels a.card")[1].click()  # → channel 1
         assert "channel 1" in driver.title
         assert check("microscope-unit") >= 11
         driver.get((site / "sample-0.html").resolve().as_uri())
-        grid = driver.find_elements(By.CSS_SELECTOR, "img.bb-grid")[1]           # features.7: 8×8 grid
+        grid = driver.find_elements(By.CSS_SELECTOR, "img.bb-grid")[1]  # features.7: 8×8 grid
         # a cell where a shown channel fires (from the page's own data), clicked at its centre
         i, j = driver.execute_script(
             "const c = BLOCKS[1].cells; for (let i = 0; i < c.length; i++) for (let j = 0; j < c[i].length; j++)"
-            " if (c[i][j].length) return [i, j]; return [0, 0];")
+            " if (c[i][j].length) return [i, j]; return [0, 0];"
+        )
         w, h = grid.size["width"], grid.size["height"]
-        ActionChains(driver).move_to_element_with_offset(grid, int((j + 0.5) * w / 8 - w / 2),
-                                                         int((i + 0.5) * h / 8 - h / 2)).click().perform()
+        ActionChains(driver).move_to_element_with_offset(
+            grid, int((j + 0.5) * w / 8 - w / 2), int((i + 0.5) * h / 8 - h / 2)
+        ).click().perform()
         assert f"row {i}, column {j}" in driver.find_element(By.ID, "bb-out-1").text
         cards = driver.find_elements(By.CSS_SELECTOR, "#bb-out-1 a.bb-card")
         text = driver.find_element(By.ID, "bb-out-1").text
@@ -180,7 +214,8 @@ def test_a_second_run_reads_the_feature_visualisations_from_the_cache(tmp_path, 
 def test_site_draws_the_patches_a_scan_that_kept_crops_draws(site):
     """The scan keeps no pixels: the site cuts each channel's patches from its top images when drawing, and
     its top-patch PNGs are byte-equal to the ones drawn from the float32 crops the scan used to keep."""
-    from cnnlens import load_model, microscope_draw as draw
+    from cnnlens import load_model
+    from cnnlens import microscope_draw as draw
     from cnnlens.data import as_dataset
     from cnnlens.inside.microscope import microscope_scan
 
@@ -192,6 +227,8 @@ def test_site_draws_the_patches_a_scan_that_kept_crops_draws(site):
         for c in range(3):
             crops = top.crops[top.row(c)]
             assert (site / "img" / slug / f"top-{c}.png").read_bytes() == draw.png(
-                draw.patch_grid(crops, ncols=3, tile=36)), (name, c)
+                draw.patch_grid(crops, ncols=3, tile=36)
+            ), (name, c)
             assert (site / "img" / slug / f"topbig-{c}.png").read_bytes() == draw.png(
-                draw.patch_grid(crops, ncols=9, tile=96, pad=3)), (name, c)
+                draw.patch_grid(crops, ncols=9, tile=96, pad=3)
+            ), (name, c)

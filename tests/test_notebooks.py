@@ -83,14 +83,17 @@ def _cells(*sources):
 @pytest.mark.slow
 def test_a_users_pyplot_figure_displays_after_a_cnnlens_one(tmp_path):
     """No ``%matplotlib`` line: the kernel's default backend, as a user gets it in Jupyter."""
-    nb = run(_cells(
-        "import matplotlib.pyplot as plt\nimport torch\nimport cnnlens\nfrom cnnlens import attribution\n"
-        "model = cnnlens.load_model('digits-cnn')\nx = torch.rand(2, 1, 32, 32)\n"
-        "e = attribution.gradcam(model, x)\nfig = e.figure(x)",
-        "e",  # the result's rich display draws its figure
-        "plt.plot([0, 1], [1, 0])\nplt.show()",
-        "import matplotlib\nprint(matplotlib.get_backend(), len(plt.get_fignums()))",
-    ), tmp_path)
+    nb = run(
+        _cells(
+            "import matplotlib.pyplot as plt\nimport torch\nimport cnnlens\nfrom cnnlens import attribution\n"
+            "model = cnnlens.load_model('digits-cnn')\nx = torch.rand(2, 1, 32, 32)\n"
+            "e = attribution.gradcam(model, x)\nfig = e.figure(x)",
+            "e",  # the result's rich display draws its figure
+            "plt.plot([0, 1], [1, 0])\nplt.show()",
+            "import matplotlib\nprint(matplotlib.get_backend(), len(plt.get_fignums()))",
+        ),
+        tmp_path,
+    )
     _, result, user_fig, state = nb.cells
     assert images(result) >= 1
     assert images(user_fig) == 1  # shown once, inline
@@ -100,9 +103,12 @@ def test_a_users_pyplot_figure_displays_after_a_cnnlens_one(tmp_path):
 
 @pytest.mark.slow
 def test_a_cnnlens_figure_displays_without_pyplot_imported(tmp_path):
-    nb = run(_cells(
-        "import torch\nimport cnnlens\nfrom cnnlens import attribution\n"
-        "model = cnnlens.load_model('digits-cnn')\nx = torch.rand(2, 1, 32, 32)\n"
-        "attribution.gradcam(model, x).figure(x)",
-    ), tmp_path)
+    nb = run(
+        _cells(
+            "import torch\nimport cnnlens\nfrom cnnlens import attribution\n"
+            "model = cnnlens.load_model('digits-cnn')\nx = torch.rand(2, 1, 32, 32)\n"
+            "attribution.gradcam(model, x).figure(x)",
+        ),
+        tmp_path,
+    )
     assert images(nb.cells[0]) == 1

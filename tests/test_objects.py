@@ -26,9 +26,9 @@ def test_a_map_that_is_the_true_mask_gives_iou_one():
 
 def test_two_blobs_give_the_larger_ones_box_and_the_threshold_is_a_share_of_the_max():
     m = torch.zeros(1, 40, 40)
-    m[0, 2:6, 2:6] = 1.0            # small but brightest: 16 pixels
-    m[0, 20:30, 10:35] = 0.5        # larger: 250 pixels, above 0.2 × 1
-    m[0, 32:40, 0:40] = 0.15        # the largest of all, but below 0.2 × max: not a region
+    m[0, 2:6, 2:6] = 1.0  # small but brightest: 16 pixels
+    m[0, 20:30, 10:35] = 0.5  # larger: 250 pixels, above 0.2 × 1
+    m[0, 32:40, 0:40] = 0.15  # the largest of all, but below 0.2 × max: not a region
     assert metrics.box_from_map(m).tolist() == [[10, 20, 35, 30]]
     # at threshold 0.1 the faint band joins: it is now the largest region
     assert metrics.box_from_map(m, threshold=0.1).tolist() == [[0, 32, 40, 40]]
@@ -112,8 +112,9 @@ def test_leaderboard_columns_equal_the_metrics_and_masks_give_the_same_boxes(unt
     lb = metrics.benchmark(model, x, y=y, boxes=ds.boxes[:n], objects=ds.ink[:n], methods=["cam"], metrics=keys)
     e = attribution.cam(model, x, target="true", y=y)
     assert torch.allclose(lb.scores["cam"]["localisation_iou"], metrics.localisation_iou(e, ds.boxes[:n]).scores)
-    assert torch.equal(lb.scores["cam"]["localisation_accuracy"],
-                       (metrics.localisation_iou(e, ds.boxes[:n]).scores >= 0.5).double())
+    assert torch.equal(
+        lb.scores["cam"]["localisation_accuracy"], (metrics.localisation_iou(e, ds.boxes[:n]).scores >= 0.5).double()
+    )
     seg = metrics.segmentation_iou(e, x, ds.ink[:n]).scores
     assert torch.allclose(lb.scores["cam"]["segmentation_iou"], seg, equal_nan=True)
     # on this test bed CAM's box is a fair localisation and its GrabCut mask overlaps the digit's ink
@@ -127,8 +128,16 @@ def test_the_leaderboard_keeps_what_each_map_became_and_its_figure_draws_it():
     model = cnnlens.load_model("cluttered-digits-cnn")
     ds = cluttered_digits("test")
     n = 3
-    lb = metrics.benchmark(model, ds.x[:n], y=ds.y[:n], boxes=ds.boxes[:n], objects=ds.ink[:n], methods=["gradcam"],
-                           metrics=["localisation_accuracy", "segmentation_iou"], keep=2)
+    lb = metrics.benchmark(
+        model,
+        ds.x[:n],
+        y=ds.y[:n],
+        boxes=ds.boxes[:n],
+        objects=ds.ink[:n],
+        methods=["gradcam"],
+        metrics=["localisation_accuracy", "segmentation_iou"],
+        keep=2,
+    )
     e = attribution.gradcam(model, ds.x[:n], target="true", y=ds.y[:n])
     assert torch.equal(lb.objects["gradcam"]["boxes"], metrics.box_from_map(e)[:2])
     assert torch.equal(lb.objects["gradcam"]["masks"], attribution.segment(e, ds.x[:n])[:2])

@@ -34,7 +34,9 @@ def test_explain_refuses_a_folder_with_the_users_files_and_leaves_them(tmp_path,
     assert code == 2
     assert "holds files that are not a cnnlens output (chelsea.png, notes.txt)" in cap.err and "--force" in cap.err
     assert sorted(p.name for p in precious.iterdir()) == ["chelsea.png", "notes.txt"]
-    assert (precious / "notes.txt").read_bytes() == b"do not lose me\n" and (precious / "chelsea.png").read_bytes() == photo
+    assert (precious / "notes.txt").read_bytes() == b"do not lose me\n" and (
+        precious / "chelsea.png"
+    ).read_bytes() == photo
     # a second run over its own report is fine; --force replaces the folder whole
     code, _ = _explain(run_cli, "photos/chelsea.png", "fresh")
     assert code == 0 and (tmp_path / "fresh" / "index.html").exists()

@@ -10,6 +10,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from conftest import TinyGapNet
 from PIL import Image
 from safetensors.torch import save_file
 
@@ -18,7 +19,6 @@ from cnnlens.cli.common import UserError, read_class_names
 from cnnlens.data import as_dataset
 from cnnlens.evaluation import evaluate, per_class_shown
 from cnnlens.figures.evaluation import confusion_figure
-from conftest import TinyGapNet
 
 RANDOM = "random initial weights: explanations of an untrained model"
 
@@ -48,8 +48,23 @@ def _results(out):
 def test_random_weights_warned_and_class_names_from_the_folders(run_cli, tmp_path):
     data = _classes(tmp_path / "data", ["ant", "bee", "cat"])
     out = tmp_path / "ev"
-    code, cap = run_cli("evaluate", "--model", "conftest:TinyGapNet", "--data", data, "--input-size", "16",
-                        "--mean", "0.5", "--std", "0.25", "--topk", "1", "--out", out)
+    code, cap = run_cli(
+        "evaluate",
+        "--model",
+        "conftest:TinyGapNet",
+        "--data",
+        data,
+        "--input-size",
+        "16",
+        "--mean",
+        "0.5",
+        "--std",
+        "0.25",
+        "--topk",
+        "1",
+        "--out",
+        out,
+    )
     assert code == 0, cap.err
     assert RANDOM in " ".join(cap.err.split())  # on the terminal
     html = (out / "index.html").read_text()
@@ -74,8 +89,22 @@ def test_weights_file_and_sha256_in_the_report_and_results(run_cli, tmp_path):
     sha = hashlib.sha256(w.read_bytes()).hexdigest()
     _images(tmp_path / "flat", 3, seed=1)
     out = tmp_path / "st"
-    code, cap = run_cli("inside", "stats", "--model", "conftest:TinyGapNet", "--weights", w, "--data",
-                        tmp_path / "flat", "--layer", "features", "--input-size", "16", "--out", out)
+    code, cap = run_cli(
+        "inside",
+        "stats",
+        "--model",
+        "conftest:TinyGapNet",
+        "--weights",
+        w,
+        "--data",
+        tmp_path / "flat",
+        "--layer",
+        "features",
+        "--input-size",
+        "16",
+        "--out",
+        out,
+    )
     assert code == 0, cap.err
     assert RANDOM not in cap.err
     res = _results(out)
@@ -96,11 +125,33 @@ def test_spec_options_on_the_command_line_equal_load_model_keywords(run_cli, tmp
     names = tmp_path / "names.json"
     names.write_text(json.dumps({"0": "x", "1": "y", "2": "z"}))
     out = tmp_path / "f"
-    code, cap = run_cli("inside", "filters", "--model", "test_ownmodel:gap1000", "--input-size", "20,24", "--mean",
-                        "0.1,0.2,0.3", "--std", "0.5", "--class-names", names, "--num-classes", "3", "--out", out)
+    code, cap = run_cli(
+        "inside",
+        "filters",
+        "--model",
+        "test_ownmodel:gap1000",
+        "--input-size",
+        "20,24",
+        "--mean",
+        "0.1,0.2,0.3",
+        "--std",
+        "0.5",
+        "--class-names",
+        names,
+        "--num-classes",
+        "3",
+        "--out",
+        out,
+    )
     assert code == 0, cap.err
-    lib = cnnlens.load_model("test_ownmodel:gap1000", input_size=(20, 24), mean=(0.1, 0.2, 0.3), std=(0.5,),
-                             class_names=["x", "y", "z"], num_classes=3)
+    lib = cnnlens.load_model(
+        "test_ownmodel:gap1000",
+        input_size=(20, 24),
+        mean=(0.1, 0.2, 0.3),
+        std=(0.5,),
+        class_names=["x", "y", "z"],
+        num_classes=3,
+    )
     assert lib.spec.std == (0.5, 0.5, 0.5)  # one value: every channel
     assert _results(out)["meta"]["model"] == json.loads(json.dumps(lib.spec.settings()))
     assert _results(out)["meta"]["model"]["classes"] == "3: x, y, z (given)"
@@ -110,13 +161,15 @@ def test_spec_options_on_the_command_line_equal_load_model_keywords(run_cli, tmp
     assert "input_size, mean, std" in _results(tmp_path / "g")["meta"]["model"]["defaults used"]
     assert "declares no input_size/mean/std" in " ".join(cap.err.split())
     # a factory without num_classes=, and a wrong number of names: one clear error each
-    code, cap = run_cli("inside", "filters", "--model", "conftest:TinyGapNet", "--num-classes", "4", "--out",
-                        tmp_path / "h")
+    code, cap = run_cli(
+        "inside", "filters", "--model", "conftest:TinyGapNet", "--num-classes", "4", "--out", tmp_path / "h"
+    )
     assert code == 2 and "conftest:TinyGapNet does not take num_classes=" in " ".join(cap.err.split())
     two = tmp_path / "two.txt"
     two.write_text("a\nb\n")
-    code, cap = run_cli("inside", "filters", "--model", "conftest:TinyGapNet", "--class-names", two, "--out",
-                        tmp_path / "h")
+    code, cap = run_cli(
+        "inside", "filters", "--model", "conftest:TinyGapNet", "--class-names", two, "--out", tmp_path / "h"
+    )
     assert code == 2 and "2 class names given but conftest:TinyGapNet has 3 outputs" in " ".join(cap.err.split())
 
 
@@ -128,8 +181,12 @@ def test_class_names_file_formats(tmp_path):
     assert read_class_names(f) == ["cat", "dog"]
     f.write_text('{"1": "dog", "0": "cat"}')
     assert read_class_names(f) == ["cat", "dog"]
-    for bad, msg in (('{"0": "a", "2": "b"}', "without gaps"), ("[1, [2]]", "list of names"), ("", "is empty"),
-                     ('{"a": "b"}', "map class indices")):
+    for bad, msg in (
+        ('{"0": "a", "2": "b"}', "without gaps"),
+        ("[1, [2]]", "list of names"),
+        ("", "is empty"),
+        ('{"a": "b"}', "map class indices"),
+    ):
         f.write_text(bad)
         with pytest.raises(UserError, match=msg):
             read_class_names(f)
@@ -167,8 +224,9 @@ def test_a_subset_of_1000_classes_shows_the_present_ones(run_cli, tmp_path, unto
     assert (xs[3:] == ["other classes"]) == (off > 0)
     # on the command line: the terminal table and the report table list only those; the CSV all 1000
     out = tmp_path / "ev"
-    code, cap = run_cli("evaluate", "--model", "test_ownmodel:gap1000", "--data", root, "--input-size", "16",
-                        "--out", out)
+    code, cap = run_cli(
+        "evaluate", "--model", "test_ownmodel:gap1000", "--data", root, "--input-size", "16", "--out", out
+    )
     assert code == 0, cap.err
     assert "the 3 classes present in the data (of 1000)" in " ".join(cap.out.split())
     assert "│ tench " in cap.out and "│ goldfish " in cap.out and "│ goldfinch " not in cap.out
@@ -179,8 +237,8 @@ def test_a_subset_of_1000_classes_shows_the_present_ones(run_cli, tmp_path, unto
 
 
 def test_neuron_stats_class_means_show_only_present_classes(tmp_path, untouched):
-    from cnnlens.inside import neuron_stats
     from cnnlens.figures.inside import class_mean_figure
+    from cnnlens.inside import neuron_stats
 
     root = _classes(tmp_path / "wn", ["n02124075", "n01440764"])
     m = untouched(cnnlens.load_model("test_ownmodel:gap1000", input_size=16))
@@ -195,12 +253,30 @@ def test_neuron_stats_class_means_show_only_present_classes(tmp_path, untouched)
 def test_flat_folder_works_where_labels_are_not_needed(run_cli, tmp_path):
     flat = tmp_path / "flat"
     _images(flat, 4, seed=2)
-    code, cap = run_cli("inside", "search", "--model", "conftest:TinyGapNet", "--data", flat, "--layer", "features",
-                        "--channels", "0,1", "--k", "2", "--input-size", "16", "--out", tmp_path / "s")
+    code, cap = run_cli(
+        "inside",
+        "search",
+        "--model",
+        "conftest:TinyGapNet",
+        "--data",
+        flat,
+        "--layer",
+        "features",
+        "--channels",
+        "0,1",
+        "--k",
+        "2",
+        "--input-size",
+        "16",
+        "--out",
+        tmp_path / "s",
+    )
     assert code == 0, cap.err
     code, cap = run_cli("evaluate", "--model", "conftest:TinyGapNet", "--data", flat, "--out", tmp_path / "e")
     err = " ".join(cap.err.split())
     assert code == 2 and "cnnlens evaluate needs labelled data" in err
-    assert "labels are needed by evaluate, explore, robustness" in err and "a flat folder works for inside search" in err
+    assert (
+        "labels are needed by evaluate, explore, robustness" in err and "a flat folder works for inside search" in err
+    )
     ds = as_dataset(flat)
     assert len(ds) == 4 and [int(y) for _, y in ds] == [-1] * 4

@@ -31,8 +31,9 @@ def _run(code: str, *, block: bool = True, cwd: Path | None = None) -> subproces
     ``sys.modules[name] = None`` makes ``import name`` raise ModuleNotFoundError, as when it is not installed."""
     pre = f"import sys\nfor m in {OPTIONAL!r}:\n    sys.modules[m] = None\n" if block else ""
     env = {"PYTHONPATH": SRC, "PATH": "/usr/bin:/bin", "MPLBACKEND": "Agg", "HOME": str(cwd or ROOT)}
-    return subprocess.run([sys.executable, "-c", pre + code], capture_output=True, text=True, env=env,
-                          cwd=cwd or ROOT, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-c", pre + code], capture_output=True, text=True, env=env, cwd=cwd or ROOT, timeout=300
+    )
 
 
 def test_version_is_one_value_everywhere(run_cli):
@@ -50,8 +51,11 @@ def test_version_is_one_value_everywhere(run_cli):
 
 def test_require_names_the_extra_and_leaves_broken_packages_alone(monkeypatch):
     monkeypatch.setitem(sys.modules, "sklearn.datasets", None)
-    with pytest.raises(MissingExtra, match=r"^the digits data needs scikit-learn, which is not installed: "
-                                           r"pip install 'cnnlens\[data\]'$"):
+    with pytest.raises(
+        MissingExtra,
+        match=r"^the digits data needs scikit-learn, which is not installed: "
+        r"pip install 'cnnlens\[data\]'$",
+    ):
         require("data", "sklearn.datasets", what="the digits data")
     with pytest.raises(ModuleNotFoundError):  # still an ImportError for code that falls back on one
         require("data", "sklearn.datasets")
@@ -70,7 +74,7 @@ def test_require_names_the_extra_and_leaves_broken_packages_alone(monkeypatch):
 
 
 def test_core_works_without_any_extra_and_each_missing_extra_is_one_line(tmp_path):
-    code = r'''
+    code = r"""
 import torch, cnnlens
 from torch import nn
 from cnnlens import attribution, attacks, inside, metrics
@@ -105,19 +109,24 @@ for call, extra in ((lambda: cnnlens.as_dataset("digits", m), "data"),
     else:
         raise AssertionError(f"no error without the {extra} extra")
 print("core ok")
-'''
+"""
     p = _run(code, cwd=tmp_path)
     assert p.returncode == 0 and "core ok" in p.stdout, p.stderr[-3000:]
-    cli = ("from cnnlens.cli import main\nsys.argv = ['cnnlens', 'explore', '--model', 'digits-cnn', '--data', 'x']\n"
-           "main()")
+    cli = (
+        "from cnnlens.cli import main\nsys.argv = ['cnnlens', 'explore', '--model', 'digits-cnn', '--data', 'x']\n"
+        "main()"
+    )
     p = _run(cli, cwd=tmp_path)
     assert p.returncode == 2, p.stderr
-    assert p.stderr.strip().splitlines()[0] == ("error: cnnlens explore needs starlette, which is not installed: "
-                                                "pip install 'cnnlens[explore]'")
-    p = _run("from cnnlens.cli import main\nsys.argv = ['cnnlens', 'demo', '--quick', '--out', 'rep']\nmain()",
-             cwd=tmp_path)
+    assert p.stderr.strip().splitlines()[0] == (
+        "error: cnnlens explore needs starlette, which is not installed: pip install 'cnnlens[explore]'"
+    )
+    p = _run(
+        "from cnnlens.cli import main\nsys.argv = ['cnnlens', 'demo', '--quick', '--out', 'rep']\nmain()", cwd=tmp_path
+    )
     assert p.returncode == 2 and p.stderr.strip().splitlines()[0] == (
-        "error: cnnlens demo needs scikit-learn, which is not installed: pip install 'cnnlens[demo]'")
+        "error: cnnlens demo needs scikit-learn, which is not installed: pip install 'cnnlens[demo]'"
+    )
     assert not (tmp_path / "rep").exists()
     p = _run("from cnnlens.cli import main\nsys.argv = ['cnnlens', '--version']\nmain()", cwd=tmp_path)
     assert p.returncode == 0 and p.stdout.strip() == f"cnnlens {cnnlens.__version__}"
@@ -128,8 +137,12 @@ def dist(tmp_path_factory):
     """The sdist and the wheel built from it, as ``pip install`` would (``python -m build``; offline: no isolation)."""
     pytest.importorskip("build")
     out = tmp_path_factory.mktemp("dist")
-    p = subprocess.run([sys.executable, "-m", "build", "--no-isolation", "--outdir", str(out), str(ROOT)],
-                       capture_output=True, text=True, timeout=600)
+    p = subprocess.run(
+        [sys.executable, "-m", "build", "--no-isolation", "--outdir", str(out), str(ROOT)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
     (sdist,), (wheel,) = list(out.glob("*.tar.gz")), list(out.glob("*.whl"))
     return sdist, wheel
@@ -141,13 +154,20 @@ def test_wheel_ships_license_types_templates_and_weights(dist):
     names = set(zipfile.ZipFile(wheel).namelist())
     info = f"cnnlens-{cnnlens.__version__}.dist-info"
     assert f"{info}/licenses/LICENSE" in names
-    assert {"cnnlens/py.typed", "cnnlens/templates/report.html.j2", "cnnlens/models/weights/digits_cnn.safetensors",
-            "cnnlens/extras.py"} <= names
+    assert {
+        "cnnlens/py.typed",
+        "cnnlens/templates/report.html.j2",
+        "cnnlens/models/weights/digits_cnn.safetensors",
+        "cnnlens/extras.py",
+    } <= names
     assert any(n.startswith("cnnlens/explore/static/") for n in names)
     meta = zipfile.ZipFile(wheel).read(f"{info}/METADATA").decode()
     assert "License-Expression: MIT" in meta and "Provides-Extra: explore" in meta
     assert "Requires-Dist: torch>=2.1\n" in meta
-    assert "Requires-Dist: starlette" in meta and 'extra == "explore"' in meta.split("Requires-Dist: starlette")[1].split("\n")[0]
+    assert (
+        "Requires-Dist: starlette" in meta
+        and 'extra == "explore"' in meta.split("Requires-Dist: starlette")[1].split("\n")[0]
+    )
     assert not any(n.startswith(("tests/", "docs/")) for n in names)
 
 
@@ -163,13 +183,43 @@ def test_sdist_collects_and_runs_its_own_tests(dist, tmp_path):
     assert not any("__pycache__" in n or n.endswith(".coverage") for n in names)
     root = tmp_path / sdist.name.removesuffix(".tar.gz")
     env = {"PYTHONPATH": str(root / "src"), "PATH": "/usr/bin:/bin", "MPLBACKEND": "Agg", "HOME": str(tmp_path)}
-    p = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--collect-only", "tests"],
-                       capture_output=True, text=True, env=env, cwd=root, timeout=600)
+    p = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--collect-only", "tests"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=root,
+        timeout=600,
+    )
     assert p.returncode == 0 and "error" not in p.stdout.splitlines()[-1], p.stdout[-3000:]
-    p = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-x", "tests/test_core.py",
-                        "tests/test_packaging.py", "-k", "not dist and not sdist and not wheel"],
-                       capture_output=True, text=True, env=env, cwd=root, timeout=600)
+    p = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "-x",
+            "tests/test_core.py",
+            "tests/test_packaging.py",
+            "-k",
+            "not dist and not sdist and not wheel",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=root,
+        timeout=600,
+    )
     assert p.returncode == 0 and " passed" in p.stdout.splitlines()[-1], p.stdout[-3000:]
-    assert str(root / "src" / "cnnlens") in subprocess.run(
-        [sys.executable, "-c", "import cnnlens; print(cnnlens.__file__)"], capture_output=True, text=True, env=env,
-        cwd=root).stdout
+    assert (
+        str(root / "src" / "cnnlens")
+        in subprocess.run(
+            [sys.executable, "-c", "import cnnlens; print(cnnlens.__file__)"],
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=root,
+        ).stdout
+    )

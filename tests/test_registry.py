@@ -20,8 +20,12 @@ def test_every_method_has_one_complete_record():
         assert intro_of(name) == m.intro and is_signed(name) == m.signed
         # layered exactly when the function takes a layer
         assert m.layered == ("layer" in inspect.signature(m.fn).parameters), name
-    assert {k for k, m in REGISTRY.items() if m.signed} == {"cam", "occlusion", "integrated_gradients",
-                                                           "gradient_x_input"}
+    assert {k for k, m in REGISTRY.items() if m.signed} == {
+        "cam",
+        "occlusion",
+        "integrated_gradients",
+        "gradient_x_input",
+    }
 
 
 def test_bridged_and_unknown_names():

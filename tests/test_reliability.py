@@ -47,15 +47,19 @@ def _data(x):
 # every method that reads a recorded layer output, on the layer an in-place ReLU overwrites
 READERS = {
     "saliency/channel": lambda m, x: attribution.saliency(m, x, target=Target.channel("net.features.0", 3)).maps,
-    "gradient_x_input/channel": lambda m, x: attribution.gradient_x_input(
-        m, x, target=Target.channel("net.features.3", 1)).maps,
-    "integrated_gradients/neuron": lambda m, x: attribution.integrated_gradients(
-        m, x, target=Target.neuron("net.features.0", 2, 5, 5), steps=4).maps,
-    "occlusion/channel": lambda m, x: attribution.occlusion(
-        m, x, target=Target.channel("net.features.0", 3), window=8, stride=8).maps,
+    "gradient_x_input/channel": lambda m, x: (
+        attribution.gradient_x_input(m, x, target=Target.channel("net.features.3", 1)).maps
+    ),
+    "integrated_gradients/neuron": lambda m, x: (
+        attribution.integrated_gradients(m, x, target=Target.neuron("net.features.0", 2, 5, 5), steps=4).maps
+    ),
+    "occlusion/channel": lambda m, x: (
+        attribution.occlusion(m, x, target=Target.channel("net.features.0", 3), window=8, stride=8).maps
+    ),
     "gradcam/class": lambda m, x: attribution.gradcam(m, x, layer="net.features.3").maps,
-    "gradcam/channel": lambda m, x: attribution.gradcam(
-        m, x, layer="net.features.0", target=Target.channel("net.features.3", 2)).maps,
+    "gradcam/channel": lambda m, x: (
+        attribution.gradcam(m, x, layer="net.features.0", target=Target.channel("net.features.3", 2)).maps
+    ),
     "gradcam_pp": lambda m, x: attribution.gradcam_pp(m, x, layer="net.features.6").maps,
     "guided_gradcam": lambda m, x: attribution.guided_gradcam(m, x, layer="net.features.3").maps,
     "feature_maps": lambda m, x: inside.feature_maps(m, x, "net.features.0").activations,
@@ -202,9 +206,11 @@ def test_attack_targets_are_checked_against_the_spec_before_any_forward(name, ta
 
     m = Boom(digits_spec())
     x = torch.rand(2, 1, 8, 8)
-    call = {"fgsm": lambda: attacks.fgsm(m, x, eps=0.1, target=target),
-            "pgd": lambda: attacks.pgd(m, x, eps=0.1, steps=1, target=target),
-            "minimal_eps": lambda: attacks.minimal_eps(m, x, target=target)}[name]
+    call = {
+        "fgsm": lambda: attacks.fgsm(m, x, eps=0.1, target=target),
+        "pgd": lambda: attacks.pgd(m, x, eps=0.1, steps=1, target=target),
+        "minimal_eps": lambda: attacks.minimal_eps(m, x, target=target),
+    }[name]
     with pytest.raises(ValueError, match="out of range: the model has 10 classes" if target == 10 else "is negative"):
         call()
 

@@ -9,16 +9,19 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import pytest
+from browser import check_page
 from PIL import Image
 
 from cnnlens.report import Report
-from browser import check_page
 
 
 def _report(title="t"):
     rep = Report(title)
-    sec = rep.section("Evaluation", intro="<p>What a <code>confusion</code> matrix shows.</p>",
-                      settings={"model": "digits-cnn", "topk": [1, 3], "eps": [0.0, 8 / 255], "fill": {"value": 0.5}})
+    sec = rep.section(
+        "Evaluation",
+        intro="<p>What a <code>confusion</code> matrix shows.</p>",
+        settings={"model": "digits-cnn", "topk": [1, 3], "eps": [0.0, 8 / 255], "fill": {"value": 0.5}},
+    )
     fig, ax = plt.subplots()
     ax.plot([0, 1], [1, 0])
     sec.figure(fig, "a line")
@@ -118,8 +121,11 @@ def test_cwd_home_and_folders_holding_an_input_are_never_replaced_even_with_forc
     monkeypatch.chdir(work)
     for target in (".", str(work), str(tmp_path)):
         for force in (False, True):
-            with pytest.raises(ValueError, match="the current directory, which a report must never replace|"
-                                                 "a folder that holds the current directory"):
+            with pytest.raises(
+                ValueError,
+                match="the current directory, which a report must never replace|"
+                "a folder that holds the current directory",
+            ):
                 _report().write(target, force=force)
     _assert_files(work, files)
     home = tmp_path / "home"

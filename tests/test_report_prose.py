@@ -10,9 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
-
 from conftest import TinyGapNet
+from PIL import Image
 
 
 def dead_channel_net(num_classes: int = 3) -> TinyGapNet:
@@ -55,21 +54,42 @@ def _text(out: Path) -> str:
 
 def test_no_report_text_speaks_of_a_course():
     src = Path(__import__("cnnlens").__file__).parent
-    hits = [f"{p.relative_to(src)}:{i + 1}" for p in src.rglob("*.py") for i, line in
-            enumerate(p.read_text(encoding="utf-8").splitlines()) if "lecture" in line.lower()]
+    hits = [
+        f"{p.relative_to(src)}:{i + 1}"
+        for p in src.rglob("*.py")
+        for i, line in enumerate(p.read_text(encoding="utf-8").splitlines())
+        if "lecture" in line.lower()
+    ]
     assert hits == []
 
 
 def test_explain_mentions_only_the_methods_that_ran_and_names_the_layer(run_cli, tmp_path):
     paths = _digit_files(tmp_path / "img")
     out = tmp_path / "ex"
-    code, cap = run_cli("explain", *paths, "--model", "digits-cnn", "--methods", "saliency,gradcam",
-                        "--faithfulness-steps", "0", "--out", out)
+    code, cap = run_cli(
+        "explain",
+        *paths,
+        "--model",
+        "digits-cnn",
+        "--methods",
+        "saliency,gradcam",
+        "--faithfulness-steps",
+        "0",
+        "--out",
+        out,
+    )
     assert code == 0, cap.err
     text = _text(out)
     assert "Saliency (Simonyan et al. 2014)" in text and "Grad-CAM (Selvaraju et al. 2017)" in text
-    for absent in ("Occlusion", "probability map", "Integrated Gradients", "SmoothGrad", "Deletion", "insertion AUC",
-                   "lecture"):
+    for absent in (
+        "Occlusion",
+        "probability map",
+        "Integrated Gradients",
+        "SmoothGrad",
+        "Deletion",
+        "insertion AUC",
+        "lecture",
+    ):
         assert absent not in text, absent
     res = json.loads((out / "results.json").read_text())
     (sec,) = res["sections"].values()  # one section for all images: each method described once
@@ -83,8 +103,22 @@ def test_explain_mentions_only_the_methods_that_ran_and_names_the_layer(run_cli,
 def test_explain_with_occlusion_draws_its_probability_map_and_a_summary_row(run_cli, tmp_path):
     paths = _digit_files(tmp_path / "img", n=2)
     out = tmp_path / "ex"
-    code, cap = run_cli("explain", *paths, "--model", "digits-cnn", "--methods", "occlusion,cam", "--layer",
-                        "features", "--faithfulness-steps", "4", "--baseline", "black", "--out", out)
+    code, cap = run_cli(
+        "explain",
+        *paths,
+        "--model",
+        "digits-cnn",
+        "--methods",
+        "occlusion,cam",
+        "--layer",
+        "features",
+        "--faithfulness-steps",
+        "4",
+        "--baseline",
+        "black",
+        "--out",
+        out,
+    )
     assert code == 0, cap.err
     text = _text(out)
     assert "probability map" in text and "The last column is occlusion's probability map" in text
@@ -108,15 +142,29 @@ def test_explain_with_occlusion_draws_its_probability_map_and_a_summary_row(run_
     titles = [ax.get_title() for ax in fig.axes if ax.get_title()]
     assert sum("P(class)" in t for t in titles) == 2
     drawn = [ax.images[0].get_array() for ax in fig.axes if "P(class)" in ax.get_title()]
-    torch.testing.assert_close(torch.as_tensor(np.asarray(drawn[1]), dtype=torch.float32),
-                               e.extras["probability"][1].float())
+    torch.testing.assert_close(
+        torch.as_tensor(np.asarray(drawn[1]), dtype=torch.float32), e.extras["probability"][1].float()
+    )
 
 
 def test_robustness_on_one_model_speaks_of_what_ran(run_cli, tmp_path):
     data = _digit_folder(tmp_path / "folder", per_class=1)
     out = tmp_path / "rob"
-    code, cap = run_cli("robustness", "--model", "digits-cnn", "--data", data, "--eps", "0,8/255", "--attacks", "fgsm",
-                        "--gallery", "0", "--out", out)
+    code, cap = run_cli(
+        "robustness",
+        "--model",
+        "digits-cnn",
+        "--data",
+        data,
+        "--eps",
+        "0,8/255",
+        "--attacks",
+        "fgsm",
+        "--gallery",
+        "0",
+        "--out",
+        out,
+    )
     assert code == 0, cap.err
     text = _text(out)
     assert "here FGSM, one step of size ε" in text and "solid: PGD" not in text and "dashed: FGSM" in text
@@ -124,8 +172,23 @@ def test_robustness_on_one_model_speaks_of_what_ran(run_cli, tmp_path):
         assert absent not in text, absent
     assert "0.0314 (8/255)" in text  # ε in pixel units beside grey levels
     # L2: ε above 1 is legitimate, and the norm is printed beside it
-    code, cap = run_cli("robustness", "--model", "digits-cnn", "--data", data, "--eps", "0,1.5", "--norm", "2",
-                        "--attacks", "fgsm", "--gallery", "0", "--out", tmp_path / "l2")
+    code, cap = run_cli(
+        "robustness",
+        "--model",
+        "digits-cnn",
+        "--data",
+        data,
+        "--eps",
+        "0,1.5",
+        "--norm",
+        "2",
+        "--attacks",
+        "fgsm",
+        "--gallery",
+        "0",
+        "--out",
+        tmp_path / "l2",
+    )
     assert code == 0, cap.err
     assert "1.5 (382/255, L2)" in _text(tmp_path / "l2") and "ε in pixel units (L2)" in cap.out
 
@@ -133,8 +196,9 @@ def test_robustness_on_one_model_speaks_of_what_ran(run_cli, tmp_path):
 def test_attack_with_the_minimal_search_says_so(run_cli, tmp_path):
     paths = _digit_files(tmp_path / "img", n=1)
     out = tmp_path / "att"
-    code, cap = run_cli("attack", *paths, "--model", "digits-cnn", "--method", "pgd", "--minimal", "--steps", "3",
-                        "--out", out)
+    code, cap = run_cli(
+        "attack", *paths, "--model", "digits-cnn", "--method", "pgd", "--minimal", "--steps", "3", "--out", out
+    )
     assert code == 0, cap.err
     text = _text(out)
     assert "the smallest ε that reaches the goal" in text and "bisection" in text
@@ -146,21 +210,61 @@ def test_inside_commands_describe_only_what_ran(run_cli, tmp_path):
     base = ("--model", "digits-cnn")
     code, cap = run_cli("inside", "filters", *base, "--out", tmp_path / "f")
     assert code == 0 and "Feature maps" not in _text(tmp_path / "f")
-    code, cap = run_cli("inside", "influence", *base, "--layer", "features.7", "--data", "digits", "--n", "4",
-                        "--no-ablation", "--out", tmp_path / "i")
+    code, cap = run_cli(
+        "inside",
+        "influence",
+        *base,
+        "--layer",
+        "features.7",
+        "--data",
+        "digits",
+        "--n",
+        "4",
+        "--no-ablation",
+        "--out",
+        tmp_path / "i",
+    )
     assert code == 0, cap.err
     text = _text(tmp_path / "i")
     assert "no channel was zeroed here" in text and "the ablation measures" not in text
-    code, cap = run_cli("inside", "influence", *base, "--layer", "features.7", "--data", "digits", "--n", "4",
-                        "--ablate-top", "5", "--out", tmp_path / "i5")
+    code, cap = run_cli(
+        "inside",
+        "influence",
+        *base,
+        "--layer",
+        "features.7",
+        "--data",
+        "digits",
+        "--n",
+        "4",
+        "--ablate-top",
+        "5",
+        "--out",
+        tmp_path / "i5",
+    )
     assert code == 0, cap.err
     assert "here for the 5 channels with the largest" in _text(tmp_path / "i5")
-    code, cap = run_cli("inside", "deconv", *base, "--layer", "features.3", "--channels", "0", "--data", "digits",
-                        "--n", "1", "--no-guided", "--out", tmp_path / "d")
+    code, cap = run_cli(
+        "inside",
+        "deconv",
+        *base,
+        "--layer",
+        "features.3",
+        "--channels",
+        "0",
+        "--data",
+        "digits",
+        "--n",
+        "1",
+        "--no-guided",
+        "--out",
+        tmp_path / "d",
+    )
     assert code == 0, cap.err
     assert "Guided backprop" not in _text(tmp_path / "d")
-    code, cap = run_cli("inside", "maximize", *base, "--classes", "3", "--steps", "2", "--param", "pixel", "--out",
-                        tmp_path / "m")
+    code, cap = run_cli(
+        "inside", "maximize", *base, "--classes", "3", "--steps", "2", "--param", "pixel", "--out", tmp_path / "m"
+    )
     assert code == 0, cap.err
     text = _text(tmp_path / "m")
     assert "a class's pre-softmax score" in text and "Here none was used." in text
@@ -174,8 +278,24 @@ def test_search_names_channels_that_never_fire(run_cli, tmp_path):
     for i in range(4):
         Image.fromarray((rng.random((16, 16, 3)) * 255).astype(np.uint8)).save(flat / f"{i}.png")
     out = tmp_path / "s"
-    code, cap = run_cli("inside", "search", "--model", "test_report_prose:dead_channel_net", "--layer", "features.1",
-                        "--channels", "0-2", "--k", "2", "--data", flat, "--input-size", "16", "--out", out)
+    code, cap = run_cli(
+        "inside",
+        "search",
+        "--model",
+        "test_report_prose:dead_channel_net",
+        "--layer",
+        "features.1",
+        "--channels",
+        "0-2",
+        "--k",
+        "2",
+        "--data",
+        flat,
+        "--input-size",
+        "16",
+        "--out",
+        out,
+    )
     assert code == 0, cap.err
     text = _text(out)
     assert "channel 1 never fired (activation ≤ 0 at every position of every image scanned)" in text
@@ -194,7 +314,7 @@ def test_patches_are_upsampled_nearest_neighbour():
     assert img.shape == (1, 63, 63)
     for r in range(3):
         for c in range(3):
-            block = img[0, 21 * r:21 * r + 21, 21 * c:21 * c + 21]
+            block = img[0, 21 * r : 21 * r + 21, 21 * c : 21 * c + 21]
             assert torch.all(block == tile[0, 0, r, c])  # each field pixel is one constant 21×21 block
 
 
@@ -206,8 +326,18 @@ def test_explain_grid_and_wrapping_nav_in_a_browser(run_cli, tmp_path):
 
     paths = _digit_files(tmp_path / "img", n=2)
     out = tmp_path / "ex"
-    code, cap = run_cli("explain", *paths, "--model", "digits-cnn", "--methods", "saliency,occlusion",
-                        "--faithfulness-steps", "2", "--out", out)
+    code, cap = run_cli(
+        "explain",
+        *paths,
+        "--model",
+        "digits-cnn",
+        "--methods",
+        "saliency,occlusion",
+        "--faithfulness-steps",
+        "2",
+        "--out",
+        out,
+    )
     assert code == 0, cap.err
     info = check_page(out / "index.html")
     assert info["broken"] == [] and info["console_errors"] == [] and info["external"] == []
@@ -226,8 +356,21 @@ def test_explain_grid_and_wrapping_nav_in_a_browser(run_cli, tmp_path):
 def test_explain_takes_images_from_a_flat_folder_with_data(run_cli, tmp_path):
     _digit_files(tmp_path / "flat", n=3)
     out = tmp_path / "ex"
-    code, cap = run_cli("explain", "--data", tmp_path / "flat", "--n", "2", "--model", "digits-cnn", "--methods",
-                        "saliency", "--faithfulness-steps", "0", "--out", out)
+    code, cap = run_cli(
+        "explain",
+        "--data",
+        tmp_path / "flat",
+        "--n",
+        "2",
+        "--model",
+        "digits-cnn",
+        "--methods",
+        "saliency",
+        "--faithfulness-steps",
+        "0",
+        "--out",
+        out,
+    )
     assert code == 0, cap.err
     res = json.loads((out / "results.json").read_text())
     (sec,) = res["sections"].values()

@@ -16,8 +16,9 @@ def test_guided_backprop_survives_top_layer_randomisation_gradients_and_gradcam_
     backprop's map still rank-correlates with the trained model's far more than the gradient's and
     Grad-CAM's. 128² input, two photos, three cascade steps (head, conv_head, last block)."""
     x = load_images([skimage.data.chelsea(), skimage.data.coffee()], effnet, size=128)
-    s = sanity_check(effnet, x, ["saliency", "gradcam", "guided_backprop"],
-                     layers=["classifier", "conv_head", "blocks.6"])
+    s = sanity_check(
+        effnet, x, ["saliency", "gradcam", "guided_backprop"], layers=["classifier", "conv_head", "blocks.6"]
+    )
     assert s.layers == ["net.classifier", "net.conv_head", "net.blocks.6.0.conv_pw"]
     gbp, sal, cam = (s.correlations(m) for m in ("guided_backprop", "saliency", "gradcam"))
     assert gbp.shape == (3, 2)

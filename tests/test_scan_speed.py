@@ -9,11 +9,11 @@ import copy
 import numpy as np
 import pytest
 import torch
+from inside_nets import pixel_chain_net
 from torch import nn
 
 from cnnlens import Batch, LayerTap, scan
 from cnnlens.inside import SearchAccumulator, StatsAccumulator, microscope_scan
-from inside_nets import pixel_chain_net
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -83,17 +83,28 @@ def test_the_scan_reruns_only_the_first_batch_of_an_inplace_twin_with_the_plain_
 def _feed_stats(acc, batches):
     for i, a in enumerate(batches):
         n = a.shape[0]
-        acc.update(Batch(x=torch.zeros(n, 1, 1, 1), y=torch.arange(n) % 3, logits=torch.zeros(n, 3),
-                         index=torch.arange(n) + 100 * i, acts={"l": a}))
+        acc.update(
+            Batch(
+                x=torch.zeros(n, 1, 1, 1),
+                y=torch.arange(n) % 3,
+                logits=torch.zeros(n, 3),
+                index=torch.arange(n) + 100 * i,
+                acts={"l": a},
+            )
+        )
     return acc.compute()
 
 
-@pytest.mark.parametrize("edges", [
-    torch.linspace(-1.5, 2.5, 17, dtype=torch.float64),     # uniform: one fused binning pass, int16 slots
-    torch.linspace(-1.5, 2.5, 4097, dtype=torch.float64),   # so many bins that the slots need int32
-    torch.tensor([-1.0, -0.2, 0.0, 0.05, 0.5, 2.0], dtype=torch.float64),  # not uniform: bucketize
-    torch.linspace(0.0, 2.5, 26, dtype=torch.float64),      # from 0 on ReLU outputs: the slot's +1 as an integer
-], ids=["uniform", "int32-slots", "uneven", "from-zero"])
+@pytest.mark.parametrize(
+    "edges",
+    [
+        torch.linspace(-1.5, 2.5, 17, dtype=torch.float64),  # uniform: one fused binning pass, int16 slots
+        torch.linspace(-1.5, 2.5, 4097, dtype=torch.float64),  # so many bins that the slots need int32
+        torch.tensor([-1.0, -0.2, 0.0, 0.05, 0.5, 2.0], dtype=torch.float64),  # not uniform: bucketize
+        torch.linspace(0.0, 2.5, 26, dtype=torch.float64),  # from 0 on ReLU outputs: the slot's +1 as an integer
+    ],
+    ids=["uniform", "int32-slots", "uneven", "from-zero"],
+)
 @pytest.mark.parametrize("chunk", [None, 100], ids=["whole-batches", "chunks-of-2-images"])
 def test_vectorised_histograms_equal_numpy_per_channel(monkeypatch, edges, chunk):
     import cnnlens.inside.stats as stats
@@ -107,7 +118,7 @@ def test_vectorised_histograms_equal_numpy_per_channel(monkeypatch, edges, chunk
     for a in batches:
         if len(edges) > 100:  # float32 binning: keep values 1e-3 bin widths clear of the edges (numpy bins in float64)
             f = torch.frac((a.double() - float(edges[0])) / w)
-            a += (((f < 1e-3) | (f > 1 - 1e-3)).float() * 2e-3 * w)
+            a += ((f < 1e-3) | (f > 1 - 1e-3)).float() * 2e-3 * w
         a[:, 4] = a[:, 4].clamp_min(0)
         if float(edges[0]) == 0.0:  # every channel after a ReLU: exact zeros, and values beyond the last edge
             a.clamp_(min=0)
@@ -141,11 +152,14 @@ def _feed(acc, model, x, y, idx):
     return acc
 
 
-@pytest.mark.parametrize("layer, store, mode", [
-    ("features.4", 0, "crop"),          # patches cut when they arrive, kept in slots
-    ("features.7", 0, "image"),         # features.7's field (18 px) covers the 16-px image: images kept, cut at the end
-    ("features.4", None, "image"),      # small images: always kept whole, cut at the end
-])
+@pytest.mark.parametrize(
+    "layer, store, mode",
+    [
+        ("features.4", 0, "crop"),  # patches cut when they arrive, kept in slots
+        ("features.7", 0, "image"),  # features.7's field (18 px) covers the 16-px image: images kept, cut at the end
+        ("features.4", None, "image"),  # small images: always kept whole, cut at the end
+    ],
+)
 def test_merged_halves_equal_the_whole_in_both_ways_of_keeping_patches(untouched, monkeypatch, layer, store, mode):
     import cnnlens.inside.search as search
 
@@ -158,8 +172,10 @@ def test_merged_halves_equal_the_whole_in_both_ways_of_keeping_patches(untouched
     assert whole._mode == mode
     halves = [_feed(SearchAccumulator(model, layer, k=4), model, x, y, range(r, 19, 2)) for r in (0, 1)]
     one = whole.compute()
-    for merged in (copy.deepcopy(halves[0]).merge(copy.deepcopy(halves[1])).compute(),
-                   halves[1].merge(halves[0]).compute()):
+    for merged in (
+        copy.deepcopy(halves[0]).merge(copy.deepcopy(halves[1])).compute(),
+        halves[1].merge(halves[0]).compute(),
+    ):
         for f in ("activations", "indices", "positions", "labels", "crops", "boxes", "clipped", "class_histogram"):
             assert torch.equal(getattr(merged, f), getattr(one, f)), f
     # the whole equals one batch of everything, and patches are the same whichever way they were kept

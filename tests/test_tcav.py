@@ -35,7 +35,8 @@ def test_scores_by_hand():
 
 def test_equals_captum_tcav_with_the_same_cav(model, tmp_path, untouched):
     """Captum's TCAV with a classifier that returns our CAV gives our sign-count and magnitude scores."""
-    from captum.concept import TCAV as CaptumTCAV, Concept
+    from captum.concept import TCAV as CaptumTCAV
+    from captum.concept import Concept
     from captum.concept._utils.classifier import Classifier
 
     from cnnlens.tap import guarded
@@ -80,8 +81,9 @@ def test_a_digits_fragments_are_significant_for_its_class_and_random_concepts_ar
     concepts = {"3-fragments": fragment_canvases(3, 50, seed=1)}
     for s in range(4):
         concepts[f"random-{s}"] = fragment_canvases(None, 50, seed=10 + s)
-    r = tcav(model, LAYER, concepts=concepts, random=fragment_canvases(None, 500, seed=3), inputs=x, target="3",
-             runs=10)
+    r = tcav(
+        model, LAYER, concepts=concepts, random=fragment_canvases(None, 500, seed=3), inputs=x, target="3", runs=10
+    )
     assert r.concepts[0] == "3-fragments" and r.target == 3
     assert bool(r.significant[0]) and float(r.p_values[0]) < 1e-3 and float(r.scores[0].mean()) > 0.9
     assert not r.significant[1:].any(), r
@@ -120,9 +122,26 @@ def test_cli_tcav_writes_the_report(tmp_path, run_cli):
     _write(tmp_path / "three", fragment_canvases(3, 20, seed=1))
     _write(tmp_path / "random", fragment_canvases(None, 60, seed=3))
     out = tmp_path / "out"
-    code, cap = run_cli("inside", "tcav", "--model", "cluttered-digits-cnn", "--layer", LAYER,
-                        "--concept", f"three={tmp_path / 'three'}", "--random", tmp_path / "random",
-                        "--target", "3", "--n", "20", "--runs", "3", "--out", out)
+    code, cap = run_cli(
+        "inside",
+        "tcav",
+        "--model",
+        "cluttered-digits-cnn",
+        "--layer",
+        LAYER,
+        "--concept",
+        f"three={tmp_path / 'three'}",
+        "--random",
+        tmp_path / "random",
+        "--target",
+        "3",
+        "--n",
+        "20",
+        "--runs",
+        "3",
+        "--out",
+        out,
+    )
     assert code == 0, cap.out + cap.err
     assert "TCAV for class 3" in cap.out and "three" in cap.out
     html = (out / "index.html").read_text()
@@ -131,7 +150,20 @@ def test_cli_tcav_writes_the_report(tmp_path, run_cli):
 
     saved = json.loads((out / "tcav.json").read_text())
     assert saved["concepts"] == ["three"] and saved["target"] == 3 and saved["settings"]["runs"] == 3
-    code, cap = run_cli("inside", "tcav", "-m", "cluttered-digits-cnn", "--layer", LAYER, "--concept", "three",
-                        "--random", tmp_path / "random",
-                        "--target", "3", "--out", tmp_path / "o2")
+    code, cap = run_cli(
+        "inside",
+        "tcav",
+        "-m",
+        "cluttered-digits-cnn",
+        "--layer",
+        LAYER,
+        "--concept",
+        "three",
+        "--random",
+        tmp_path / "random",
+        "--target",
+        "3",
+        "--out",
+        tmp_path / "o2",
+    )
     assert code == 2 and "NAME=folder" in cap.err

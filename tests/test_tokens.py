@@ -26,8 +26,9 @@ def vit():
     import timm
 
     torch.manual_seed(0)
-    return timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32, patch_size=8, depth=2,
-                             num_classes=5).eval()
+    return timm.create_model(
+        "vit_tiny_patch16_224", pretrained=False, img_size=32, patch_size=8, depth=2, num_classes=5
+    ).eval()
 
 
 @pytest.fixture(scope="module")
@@ -35,8 +36,9 @@ def deit():
     import timm
 
     torch.manual_seed(1)
-    return timm.create_model("deit_tiny_distilled_patch16_224", pretrained=False, img_size=32, patch_size=8, depth=2,
-                             num_classes=5).eval()
+    return timm.create_model(
+        "deit_tiny_distilled_patch16_224", pretrained=False, img_size=32, patch_size=8, depth=2, num_classes=5
+    ).eval()
 
 
 @pytest.fixture(scope="module")
@@ -44,8 +46,9 @@ def swin():
     from timm.models.swin_transformer import SwinTransformer
 
     torch.manual_seed(2)
-    return SwinTransformer(img_size=32, patch_size=2, window_size=4, embed_dim=24, depths=(1, 1), num_heads=(1, 2),
-                           num_classes=5).eval()
+    return SwinTransformer(
+        img_size=32, patch_size=2, window_size=4, embed_dim=24, depths=(1, 1), num_heads=(1, 2), num_classes=5
+    ).eval()
 
 
 X = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(3))
@@ -56,7 +59,7 @@ def test_the_default_layer_of_token_models(vit, deit, swin, untouched):
     # after the last block only the prefix tokens reach the head: the last block's first layer is taken
     assert find_last_spatial_layer(untouched(vit), X) == "blocks.1.norm1"
     assert find_last_spatial_layer(untouched(deit), X) == "blocks.1.norm1"
-    assert find_last_spatial_layer(untouched(swin), X) == "norm"   # N×h×w×C before the average pool
+    assert find_last_spatial_layer(untouched(swin), X) == "norm"  # N×h×w×C before the average pool
 
 
 def _vit_reshape(prefix):
@@ -77,8 +80,11 @@ def test_gradcam_and_layercam_agree_with_pytorch_grad_cam(which, vit, deit, swin
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
     model = untouched({"vit": vit, "deit": deit, "swin": swin}[which])
-    layer, reshape = {"vit": ("blocks.1.norm1", _vit_reshape(1)), "deit": ("blocks.1.norm1", _vit_reshape(2)),
-                      "swin": ("layers.1", _swin_reshape)}[which]
+    layer, reshape = {
+        "vit": ("blocks.1.norm1", _vit_reshape(1)),
+        "deit": ("blocks.1.norm1", _vit_reshape(2)),
+        "swin": ("layers.1", _swin_reshape),
+    }[which]
     classes = [1, 3]
     compared = 0
     for ours, theirs in ((gradcam, GradCAM), (layercam, LayerCAM)):

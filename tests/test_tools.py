@@ -25,8 +25,9 @@ def test_a_circle_is_found_and_a_late_import_is_not_one(tmp_path):
     (pkg / "__init__.py").write_text("")
     (pkg / "sub" / "__init__.py").write_text("from . import b\n")
     (pkg / "a.py").write_text("from .sub.b import f\n")
-    (pkg / "sub" / "b.py").write_text("import typing\nif typing.TYPE_CHECKING:\n    from .. import c\n"
-                                      "def f():\n    from ..a import g\n")
+    (pkg / "sub" / "b.py").write_text(
+        "import typing\nif typing.TYPE_CHECKING:\n    from .. import c\ndef f():\n    from ..a import g\n"
+    )
     (pkg / "c.py").write_text("from .sub import b\n")
     assert run(pkg).returncode == 0  # b → a only inside a function; b → c only for the type checker
     out = run(pkg, "--late")
@@ -43,18 +44,26 @@ def test_every_import_resolves_also_inside_functions(tmp_path):
     import os
 
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
-    ok = subprocess.run([sys.executable, str(ROOT / "tools" / "check_imports.py")], capture_output=True, text=True,
-                        cwd=ROOT, env=env)
+    ok = subprocess.run(
+        [sys.executable, str(ROOT / "tools" / "check_imports.py")], capture_output=True, text=True, cwd=ROOT, env=env
+    )
     assert ok.returncode == 0, ok.stdout
     pkg = tmp_path / "pk"
     pkg.mkdir()
     (pkg / "__init__.py").write_text("")
     (pkg / "a.py").write_text("def f():\n    from .gone import g\n    from os import not_there\n")
-    bad = subprocess.run([sys.executable, str(ROOT / "tools" / "check_imports.py"), str(pkg)], capture_output=True,
-                         text=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(tmp_path)})
+    bad = subprocess.run(
+        [sys.executable, str(ROOT / "tools" / "check_imports.py"), str(pkg)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(tmp_path)},
+    )
     assert bad.returncode == 1
-    assert bad.stdout.splitlines() == [f"{pkg / 'a.py'}:2: no module pk.gone (No module named 'pk.gone')",
-                                       f"{pkg / 'a.py'}:3: os has no not_there"]
+    assert bad.stdout.splitlines() == [
+        f"{pkg / 'a.py'}:2: no module pk.gone (No module named 'pk.gone')",
+        f"{pkg / 'a.py'}:3: os has no not_there",
+    ]
 
 
 def test_contributing_layout_table_matches_the_tree():

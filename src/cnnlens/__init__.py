@@ -16,17 +16,46 @@ __version__ = "0.1.0"
 #: names importable from cnnlens (name → the submodule holding it), loaded on first use so that
 #: `import cnnlens` (and `cnnlens --help`) does not import torch
 _LAZY = {
-    "Explanation": "results", "Result": "results", "Batch": "scan", "scan": "scan", "LayerTap": "tap",
-    "find_last_spatial_layer": "tap", "resolve_layer": "tap", "Target": "targets", "as_target": "targets",
-    "load_model": "models", "ModelSpec": "models", "PixelModel": "models", "known_models": "models",
-    "load_images": "data", "as_dataset": "data",
-    "evaluate": "evaluation", "EvaluationResult": "evaluation", "EvaluationAccumulator": "evaluation",
+    "Explanation": "results",
+    "Result": "results",
+    "Batch": "scan",
+    "scan": "scan",
+    "LayerTap": "tap",
+    "find_last_spatial_layer": "tap",
+    "resolve_layer": "tap",
+    "Target": "targets",
+    "as_target": "targets",
+    "load_model": "models",
+    "ModelSpec": "models",
+    "PixelModel": "models",
+    "known_models": "models",
+    "load_images": "data",
+    "as_dataset": "data",
+    "evaluate": "evaluation",
+    "EvaluationResult": "evaluation",
+    "EvaluationAccumulator": "evaluation",
     "Report": "report",
 }
 
 #: the documented submodules, each reachable as an attribute (``cnnlens.metrics`` without importing it first)
-SUBMODULES = ("attribution", "inside", "attacks", "metrics", "models", "data", "evaluation", "report", "viz",
-              "results", "targets", "tap", "train", "explore", "microscope_draw", "microscope_site")
+SUBMODULES = (
+    "attribution",
+    "inside",
+    "attacks",
+    "metrics",
+    "models",
+    "data",
+    "evaluation",
+    "report",
+    "viz",
+    "results",
+    "targets",
+    "tap",
+    "train",
+    "explore",
+    "microscope_draw",
+    "microscope_site",
+)
 
 __all__ = sorted(_LAZY) + ["SUBMODULES", "__version__"]
 

@@ -11,7 +11,8 @@ caller's mode is back when the call returns.
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, TypeVar
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import torch
 from torch import nn
@@ -24,8 +25,10 @@ def _ordinary(v: Any) -> Any:
         return v.clone()
     if isinstance(v, nn.Module):
         if any(t.is_inference() for t in list(v.parameters()) + list(v.buffers())):
-            raise ValueError("the model's weights were created under torch.inference_mode(), so no gradient can pass "
-                             "through them; load or build the model outside inference_mode")
+            raise ValueError(
+                "the model's weights were created under torch.inference_mode(), so no gradient can pass "
+                "through them; load or build the model outside inference_mode"
+            )
     return v
 
 

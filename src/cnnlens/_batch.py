@@ -174,8 +174,15 @@ class Tuner:
 def workload(method: str, model: Any, x: torch.Tensor) -> tuple:
     """The key under which :class:`Tuner` keeps its measurements: method, model, image shape, dtype, device and
     the process's torch thread count."""
-    return (method, id(model), type(model).__name__, tuple(x.shape[1:]), x.dtype, str(x.device),
-            torch.get_num_threads())
+    return (
+        method,
+        id(model),
+        type(model).__name__,
+        tuple(x.shape[1:]),
+        x.dtype,
+        str(x.device),
+        torch.get_num_threads(),
+    )
 
 
 def chosen(key: Any) -> dict:

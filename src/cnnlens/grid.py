@@ -42,8 +42,18 @@ from torch import nn
 
 log = logging.getLogger(__name__)
 
-_NCHW_MODULES = (nn.Conv2d, nn.BatchNorm2d, nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d,
-                 nn.ConvTranspose2d, nn.Upsample, nn.GroupNorm, nn.InstanceNorm2d)
+_NCHW_MODULES = (
+    nn.Conv2d,
+    nn.BatchNorm2d,
+    nn.MaxPool2d,
+    nn.AvgPool2d,
+    nn.AdaptiveAvgPool2d,
+    nn.AdaptiveMaxPool2d,
+    nn.ConvTranspose2d,
+    nn.Upsample,
+    nn.GroupNorm,
+    nn.InstanceNorm2d,
+)
 _LAST_DIM_MODULES = (nn.LayerNorm, nn.Linear)
 
 
@@ -79,12 +89,31 @@ def _token_grid(m: int, H: int, W: int) -> tuple[int, int] | None:
 LAYOUTS = ("nchw", "nhwc")
 
 #: blocks of timm and torchvision whose outputs are channels-last / channels-first (by class name, from those packages)
-_NHWC_CLASSES = {"SwinTransformerBlock", "SwinTransformerBlockV2", "SwinTransformerStage", "SwinTransformerV2Stage",
-                 "PatchMerging", "PatchMergingV2"}
+_NHWC_CLASSES = {
+    "SwinTransformerBlock",
+    "SwinTransformerBlockV2",
+    "SwinTransformerStage",
+    "SwinTransformerV2Stage",
+    "PatchMerging",
+    "PatchMergingV2",
+}
 _NCHW_CLASSES = {"ConvNeXtBlock", "ConvNeXtStage", "CNBlock"}
 #: layout-neutral leaves: an nn.Sequential's layout is its last child's that is not one of these
-_NEUTRAL = (nn.Identity, nn.Dropout, nn.Dropout2d, nn.ReLU, nn.ReLU6, nn.GELU, nn.SiLU, nn.Hardswish, nn.LeakyReLU,
-            nn.Sigmoid, nn.Tanh, nn.ELU, nn.Mish)
+_NEUTRAL = (
+    nn.Identity,
+    nn.Dropout,
+    nn.Dropout2d,
+    nn.ReLU,
+    nn.ReLU6,
+    nn.GELU,
+    nn.SiLU,
+    nn.Hardswish,
+    nn.LeakyReLU,
+    nn.Sigmoid,
+    nn.Tanh,
+    nn.ELU,
+    nn.Mish,
+)
 
 
 def check_layout(layout: str | None) -> str | None:
@@ -117,18 +146,24 @@ def _permute_dims(m: nn.Module) -> tuple | None:
 
 def _nchw_module(m: nn.Module) -> bool:
     """A stock 2-d convolution / norm / pooling, timm's ``LayerNorm2d``, a ConvNeXt block or stage."""
-    return (isinstance(m, _NCHW_MODULES) or (isinstance(m, nn.LayerNorm) and type(m).__name__.endswith("2d"))
-            or _library_class(m, _NCHW_CLASSES))
+    return (
+        isinstance(m, _NCHW_MODULES)
+        or (isinstance(m, nn.LayerNorm) and type(m).__name__.endswith("2d"))
+        or _library_class(m, _NCHW_CLASSES)
+    )
 
 
 def _channels_last_part(m: nn.Module) -> bool:
     """A module that works on channels-last tensors: a LayerNorm over channels, a permute, a Swin block."""
-    return ((isinstance(m, nn.LayerNorm) and not type(m).__name__.endswith("2d")) or _permute_dims(m) is not None
-            or _library_class(m, _NHWC_CLASSES))
+    return (
+        (isinstance(m, nn.LayerNorm) and not type(m).__name__.endswith("2d"))
+        or _permute_dims(m) is not None
+        or _library_class(m, _NHWC_CLASSES)
+    )
 
 
 def module_layout(module: nn.Module | None, c: int | None = None) -> str | None:
-    """"nchw" | "nhwc" from what ``module`` is and does (see the module docs, rule 3), or None when it does not say."""
+    """ "nchw" | "nhwc" from what ``module`` is and does (see the module docs, rule 3), or None when it does not say."""
     if module is None:
         return None
     if _nchw_module(module):
@@ -153,8 +188,14 @@ def module_layout(module: nn.Module | None, c: int | None = None) -> str | None:
     return None if channels_last else "nchw"
 
 
-def grid_layout(t: torch.Tensor, model: nn.Module, module: nn.Module | None, input_hw: tuple[int, int],
-                name: str = "the layer", layout: str | None = None) -> tuple[str, int]:
+def grid_layout(
+    t: torch.Tensor,
+    model: nn.Module,
+    module: nn.Module | None,
+    input_hw: tuple[int, int],
+    name: str = "the layer",
+    layout: str | None = None,
+) -> tuple[str, int]:
     """("nchw" | "nhwc" | "tokens", prefix tokens) for a layer output ``t``; a ValueError when it has no grid,
     or when N×C×h×w and N×h×w×C both fit and nothing says which (then pass ``layout=``)."""
     H, W = (int(v) for v in input_hw)
@@ -164,8 +205,10 @@ def grid_layout(t: torch.Tensor, model: nn.Module, module: nn.Module | None, inp
         nchw, nhwc = _aspect_ok(b, c, H, W), _aspect_ok(a, b, H, W)
         if check_layout(layout) is not None:
             if not (nchw if layout == "nchw" else nhwc):
-                raise ValueError(f"layer {name!r} outputs {shape}, which is no {layout.upper()} grid for a {H}×{W} "
-                                 f"input; pass layout={'nhwc' if layout == 'nchw' else 'nchw'!r} or leave layout=None")
+                raise ValueError(
+                    f"layer {name!r} outputs {shape}, which is no {layout.upper()} grid for a {H}×{W} "
+                    f"input; pass layout={'nhwc' if layout == 'nchw' else 'nchw'!r} or leave layout=None"
+                )
             return layout, 0
         said = module_layout(module, c)
         if not nhwc:
@@ -208,14 +251,26 @@ def to_grid(t: torch.Tensor, layout: str, prefix: int, input_hw: tuple[int, int]
     return t[:, prefix:].transpose(1, 2).reshape(n, C, h, w)
 
 
-def as_grid(t: torch.Tensor, model: nn.Module, module: nn.Module | None, input_hw: tuple[int, int],
-            name: str = "the layer", layout: str | None = None) -> torch.Tensor:
+def as_grid(
+    t: torch.Tensor,
+    model: nn.Module,
+    module: nn.Module | None,
+    input_hw: tuple[int, int],
+    name: str = "the layer",
+    layout: str | None = None,
+) -> torch.Tensor:
     """``t`` as N×C×h×w (see the module docs); logs the mapping when it is not the identity."""
     layout, prefix = grid_layout(t, model, module, input_hw, name, layout)
     g = to_grid(t, layout, prefix, input_hw)
     if layout == "tokens":
-        log.info("layer %s: %d tokens → %d prefix token(s) dropped, %d×%d grid", name, t.shape[1], prefix,
-                 g.shape[-2], g.shape[-1])
+        log.info(
+            "layer %s: %d tokens → %d prefix token(s) dropped, %d×%d grid",
+            name,
+            t.shape[1],
+            prefix,
+            g.shape[-2],
+            g.shape[-1],
+        )
     elif layout == "nhwc":
         log.info("layer %s: channels-last N×H×W×C → N×C×H×W (%d×%d grid)", name, g.shape[-2], g.shape[-1])
     return g

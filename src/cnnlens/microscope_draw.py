@@ -7,7 +7,7 @@ unit looks the same everywhere. Torch in; PIL and matplotlib only here.
 from __future__ import annotations
 
 import io
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -53,8 +53,14 @@ def patch_grid(crops: torch.Tensor, ncols: int = 3, tile: int = 48, pad: int = 2
     return to_pil(mosaic(crops.detach().float().cpu(), ncols, tile=tile, pad=pad, pad_value=1.0))
 
 
-def heat_tiles(images: torch.Tensor, maps: torch.Tensor, side: int = 96, alpha: float = 0.55,
-               cmap: str = "inferno", vmax: float | None = None) -> torch.Tensor:
+def heat_tiles(
+    images: torch.Tensor,
+    maps: torch.Tensor,
+    side: int = 96,
+    alpha: float = 0.55,
+    cmap: str = "inferno",
+    vmax: float | None = None,
+) -> torch.Tensor:
     """Images (N×C×H×W) with their activation maps (N×h×w, bilinear to the image, one colour scale from 0
     to ``vmax`` = the largest value) blended over them: N×3×S×S tiles, ``side`` px on the longer side."""
     import matplotlib
@@ -80,8 +86,9 @@ def maps_image(images: torch.Tensor, maps: torch.Tensor, ncols: int = 9, side: i
     return to_pil(mosaic(heat_tiles(images, maps, side), ncols, pad=3, pad_value=1.0))
 
 
-def maps_figure(images: torch.Tensor, maps: torch.Tensor, titles: Sequence[str] | None = None, ncols: int = 3,
-                size: float = 1.9):
+def maps_figure(
+    images: torch.Tensor, maps: torch.Tensor, titles: Sequence[str] | None = None, ncols: int = 3, size: float = 1.9
+):
     """A matplotlib figure of :func:`heat_tiles` with a title over each image."""
     tiles = heat_tiles(images, maps, 128)
     n = len(tiles)
@@ -111,8 +118,11 @@ def histogram_figure(stats, channel: int, size=(3.6, 2.2)):
     ax.set_xlabel("activation", fontsize=8)
     ax.set_ylabel("count (log)", fontsize=8)
     ax.tick_params(labelsize=7)
-    ax.set_title(f"mean {float(stats.mean[channel]):.3g} · sparsity {float(stats.sparsity[channel]):.2f}"
-                 f" · max {float(stats.max[channel]):.3g}", fontsize=8)
+    ax.set_title(
+        f"mean {float(stats.mean[channel]):.3g} · sparsity {float(stats.sparsity[channel]):.2f}"
+        f" · max {float(stats.max[channel]):.3g}",
+        fontsize=8,
+    )
     fig.tight_layout()
     return fig
 
@@ -132,15 +142,21 @@ def _class_ticks(ax, labels: Sequence[str], width: float, fontsize: float = 7) -
         ax.set_xticklabels(labels, fontsize=fontsize, rotation=90)
 
 
-def class_figure(stats, channel: int, class_names: Sequence[str] | None = None, influence=None,
-                 top: int = 12, size=(3.8, 2.4)):
+def class_figure(
+    stats, channel: int, class_names: Sequence[str] | None = None, influence=None, top: int = 12, size=(3.8, 2.4)
+):
     """Mean activation per class (the most driven ``top`` classes) with the selectivity index; with
     ``influence`` (:class:`cnnlens.inside.ClassInfluence`) a second panel: the classes the unit drives."""
     cm = stats.class_mean[:, channel]
     seen = stats.class_count > 0
-    order = [int(i) for i in torch.sort(torch.where(seen, cm, torch.full_like(cm, -float("inf"))),
-                                        descending=True, stable=True).indices[:top] if bool(seen[i])]
-    name = (lambda k: class_names[k] if class_names and k < len(class_names) else str(k))
+    order = [
+        int(i)
+        for i in torch.sort(
+            torch.where(seen, cm, torch.full_like(cm, -float("inf"))), descending=True, stable=True
+        ).indices[:top]
+        if bool(seen[i])
+    ]
+    name = lambda k: class_names[k] if class_names and k < len(class_names) else str(k)
     panels = 2 if influence is not None else 1
     fig, axes = subplots(1, panels, figsize=(size[0] * panels, size[1]), squeeze=False)
     ax = axes[0, 0]
@@ -168,8 +184,7 @@ def _signed01(t: torch.Tensor) -> torch.Tensor:
     return (0.5 + t / (2 * m)).clamp(0, 1)
 
 
-def projections_image(crops: torch.Tensor, deconv: torch.Tensor | None, guided: torch.Tensor | None,
-                      tile: int = 72):
+def projections_image(crops: torch.Tensor, deconv: torch.Tensor | None, guided: torch.Tensor | None, tile: int = 72):
     """Rows (as one PIL mosaic): the top patches, their deconvnet projections, their guided backprop
     (signed, grey = 0), each cropped to the unit's receptive field."""
     from .figures.inside import mosaic
@@ -182,8 +197,9 @@ def projections_image(crops: torch.Tensor, deconv: torch.Tensor | None, guided: 
     return to_pil(mosaic(torch.cat(rows), n, tile=tile, pad=3, pad_value=1.0))
 
 
-def projections_figure(crops: torch.Tensor, deconv: torch.Tensor | None, guided: torch.Tensor | None,
-                       size: float = 1.0):
+def projections_figure(
+    crops: torch.Tensor, deconv: torch.Tensor | None, guided: torch.Tensor | None, size: float = 1.0
+):
     """A matplotlib figure of :func:`projections_image` with the rows labelled."""
     rows = [("patch", crops.float())]
     if deconv is not None:

@@ -15,9 +15,10 @@ import hashlib
 import json
 import logging
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -36,14 +37,14 @@ Progress = Callable[[str, int, "int | None"], None]
 class Settings:
     """What the microscope computes (defaults: fast on digits-cnn, a few minutes on 2 busy CPU cores)."""
 
-    k: int = 9                      # top dataset images per channel
-    max_channels: int = 64          # channels shown per layer (the first ones; the scan covers all)
-    steps: int = 128                # Adam steps of each feature visualisation
-    fv_size: int | None = None      # feature visualisation side (default: the model's input size, at most 128)
-    diversity: int = 4              # images of the diversity set
-    influence_images: int = 64      # images for the class influence (ablation: one forward per channel chunk)
-    max_classes: int = 20           # classes for the influence (the most predicted, if the model has more)
-    samples: int = 4                # building-block sample pages
+    k: int = 9  # top dataset images per channel
+    max_channels: int = 64  # channels shown per layer (the first ones; the scan covers all)
+    steps: int = 128  # Adam steps of each feature visualisation
+    fv_size: int | None = None  # feature visualisation side (default: the model's input size, at most 128)
+    diversity: int = 4  # images of the diversity set
+    influence_images: int = 64  # images for the class influence (ablation: one forward per channel chunk)
+    max_classes: int = 20  # classes for the influence (the most predicted, if the model has more)
+    samples: int = 4  # building-block sample pages
     batch_size: int = 64
     seed: int = 0
 
@@ -57,8 +58,7 @@ def model_hash(model: nn.Module) -> str:
     for name, t in model.state_dict().items():
         h.update(name.encode())
         h.update(str(tuple(t.shape)).encode())
-        h.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes()
-                 if t.numel() else b"")
+        h.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()[:16]
 
 
@@ -75,8 +75,10 @@ class WorkDir:
         kf = self.path / "key.json"
         if self.path.is_dir() and not kf.exists() and any(self.path.iterdir()):
             # a run deletes its work folder when done: never adopt a folder with someone else's files
-            raise ValueError(f"work folder {self.path} holds files that are not a cnnlens microscope run's; "
-                             "give a new folder with --work")
+            raise ValueError(
+                f"work folder {self.path} holds files that are not a cnnlens microscope run's; "
+                "give a new folder with --work"
+            )
         self.path.mkdir(parents=True, exist_ok=True)
         if kf.exists():
             try:
@@ -110,12 +112,12 @@ class Precomputed:
     """Everything a site needs, in memory (see :func:`precompute`)."""
 
     scan: Any
-    views: dict = field(default_factory=dict)        # layer -> {"plain"|"robust"|"diverse": ChannelViews}
-    influence: dict = field(default_factory=dict)    # layer -> ClassInfluence
-    blocks: dict = field(default_factory=dict)       # layer -> BuildingBlocks of the samples
+    views: dict = field(default_factory=dict)  # layer -> {"plain"|"robust"|"diverse": ChannelViews}
+    influence: dict = field(default_factory=dict)  # layer -> ClassInfluence
+    blocks: dict = field(default_factory=dict)  # layer -> BuildingBlocks of the samples
     samples: torch.Tensor | None = None
     sample_labels: list = field(default_factory=list)
-    shown: dict = field(default_factory=dict)        # layer -> channels shown
+    shown: dict = field(default_factory=dict)  # layer -> channels shown
 
 
 def plain_view(model, name: str, chans, st: Settings, size: int, cache=None, progress=None):
@@ -123,8 +125,9 @@ def plain_view(model, name: str, chans, st: Settings, size: int, cache=None, pro
     draws them."""
     from .inside.microscope import maximize_channels
 
-    return maximize_channels(model, name, chans, st.steps, size=size, seed=st.seed, tv=0.0, cache=cache,
-                             progress=progress)
+    return maximize_channels(
+        model, name, chans, st.steps, size=size, seed=st.seed, tv=0.0, cache=cache, progress=progress
+    )
 
 
 def robust_view(model, name: str, chans, st: Settings, size: int, cache=None, progress=None):
@@ -132,8 +135,9 @@ def robust_view(model, name: str, chans, st: Settings, size: int, cache=None, pr
     site's cards and the explorer draw them."""
     from .inside.microscope import maximize_channels
 
-    return maximize_channels(model, name, chans, st.steps, size=size, seed=st.seed, robust=True, cache=cache,
-                             progress=progress)
+    return maximize_channels(
+        model, name, chans, st.steps, size=size, seed=st.seed, robust=True, cache=cache, progress=progress
+    )
 
 
 def diverse_view(model, name: str, chans, st: Settings, size: int, plain, cache=None, progress=None):
@@ -142,8 +146,19 @@ def diverse_view(model, name: str, chans, st: Settings, size: int, plain, cache=
     from .inside.microscope import maximize_channels
 
     w = (0.5 * plain.activation[:, 0].abs()).clamp_min(1e-3)
-    return maximize_channels(model, name, chans, st.steps, size=size, seed=st.seed + 1, robust=True,
-                             diversity=st.diversity, diversity_weight=w, cache=cache, progress=progress)
+    return maximize_channels(
+        model,
+        name,
+        chans,
+        st.steps,
+        size=size,
+        seed=st.seed + 1,
+        robust=True,
+        diversity=st.diversity,
+        diversity_weight=w,
+        cache=cache,
+        progress=progress,
+    )
 
 
 def _fv_size(model, settings: Settings) -> int:
@@ -154,8 +169,17 @@ def _fv_size(model, settings: Settings) -> int:
     return int(min(128, max(size)))
 
 
-def precompute(model: nn.Module, data, layers: Sequence[str], work: Path, settings: Settings | None = None, *,
-               data_name: str = "", progress: Progress | None = None, cache=None) -> Precomputed:
+def precompute(
+    model: nn.Module,
+    data,
+    layers: Sequence[str],
+    work: Path,
+    settings: Settings | None = None,
+    *,
+    data_name: str = "",
+    progress: Progress | None = None,
+    cache=None,
+) -> Precomputed:
     """Run every stage (or load it from ``work``): the scan, then per layer the feature visualisations
     (plain, robust, diversity set), the class influence and the building blocks of the samples.
 
@@ -171,12 +195,20 @@ def precompute(model: nn.Module, data, layers: Sequence[str], work: Path, settin
     data = as_dataset(data, model)
     names = _names(model, layers)
     fv = as_cache(cache, model)
-    wd = WorkDir(work, {"model": model_hash(model), "data": str(data_name), "n": len(data), "layers": names,
-                        "settings": st.key()})
+    wd = WorkDir(
+        work,
+        {"model": model_hash(model), "data": str(data_name), "n": len(data), "layers": names, "settings": st.key()},
+    )
     micro = wd.get("scan")
     if micro is None:
-        micro = microscope_scan(model, data, names, k=st.k, batch_size=st.batch_size,
-                                progress=lambda d, t: prog("dataset scan (all layers at once)", d, t))
+        micro = microscope_scan(
+            model,
+            data,
+            names,
+            k=st.k,
+            batch_size=st.batch_size,
+            progress=lambda d, t: prog("dataset scan (all layers at once)", d, t),
+        )
         wd.save("scan", micro)
     prog("dataset scan (all layers at once)", 1, 1)
     out = Precomputed(micro)
@@ -214,8 +246,7 @@ def precompute(model: nn.Module, data, layers: Sequence[str], work: Path, settin
             x = dataset_images(data, range(n_inf))
             classes = _classes(model, x, st.max_classes, [int(dataset[i][1]) for i in range(n_inf)])
             if micro[name].top.positions.numel() and len(micro[name].shape) == 3:
-                inf = class_influence(model, x, name, classes, channels=chans, ablation=True,
-                                      batch_size=st.batch_size)
+                inf = class_influence(model, x, name, classes, channels=chans, ablation=True, batch_size=st.batch_size)
             else:
                 inf = False
             wd.save(f"influence-{_slug(name)}", inf)
@@ -252,12 +283,24 @@ def _classes(model, x, limit: int, labels=None) -> list[int]:
 def _env():
     from jinja2 import Environment, PackageLoader, select_autoescape
 
-    return Environment(loader=PackageLoader("cnnlens", "templates/microscope"), autoescape=select_autoescape(["html", "j2"]))
+    return Environment(
+        loader=PackageLoader("cnnlens", "templates/microscope"), autoescape=select_autoescape(["html", "j2"])
+    )
 
 
-def write_site(model: nn.Module, data, pre: Precomputed, out: Path, *, model_name: str = "model",
-               data_name: str = "", class_names: Sequence[str] | None = None,
-               progress: Progress | None = None, force: bool = False, protect: tuple = ()) -> Path:
+def write_site(
+    model: nn.Module,
+    data,
+    pre: Precomputed,
+    out: Path,
+    *,
+    model_name: str = "model",
+    data_name: str = "",
+    class_names: Sequence[str] | None = None,
+    progress: Progress | None = None,
+    force: bool = False,
+    protect: tuple = (),
+) -> Path:
     """Draw the site into a new folder and put it at ``out`` when complete; returns index.html.
 
     Written like every cnnlens output (:func:`cnnlens.report.write_atomically`): ``out`` is replaced
@@ -274,11 +317,16 @@ def write_site(model: nn.Module, data, pre: Precomputed, out: Path, *, model_nam
 def layer_row(ls) -> dict:
     """A layer's line in the layer list: output shape, receptive field size and stride, channels, dead channels."""
     rf = ls.rf
-    return {"name": ls.layer, "slug": _slug(ls.layer), "shape": "×".join(str(s) for s in ls.shape),
-            "channels": ls.channels,
-            "rf": "whole image" if rf.is_global else f"{rf.size[0]}×{rf.size[1]} px",
-            "stride": "–" if rf.is_global else f"{rf.stride[0]}×{rf.stride[1]}",
-            "dead": int(ls.stats.dead.sum()), **concept_row(ls)}
+    return {
+        "name": ls.layer,
+        "slug": _slug(ls.layer),
+        "shape": "×".join(str(s) for s in ls.shape),
+        "channels": ls.channels,
+        "rf": "whole image" if rf.is_global else f"{rf.size[0]}×{rf.size[1]} px",
+        "stride": "–" if rf.is_global else f"{rf.stride[0]}×{rf.stride[1]}",
+        "dead": int(ls.stats.dead.sum()),
+        **concept_row(ls),
+    }
 
 
 def concept_row(ls) -> dict:
@@ -303,12 +351,21 @@ def unit_card(ls, c: int, cname, influence=None) -> dict:
     """A channel's statistics as the channel grid and the unit page show them (from the scan alone)."""
     st, row = ls.stats, ls.top.row(c)
     infl = influence.top(c, 5) if influence is not None else []
-    return {"c": int(c), "sel": float(st.selectivity[c]), "pref": cname(int(st.preferred_class[c])),
-            "mean": float(st.mean[c]), "max": float(st.max[c]), "sparsity": float(st.sparsity[c]),
-            "dead": bool(st.dead[c]), "top_act": float(ls.top.activations[row, 0]),
-            "labels": [f"{float(ls.top.activations[row, s]):.3g} · {cname(int(ls.top.labels[row, s]))}"
-                       for s in range(ls.top.k)],
-            "influence": [(cname(k), v) for k, v in infl], **unit_concept(ls, c)}
+    return {
+        "c": int(c),
+        "sel": float(st.selectivity[c]),
+        "pref": cname(int(st.preferred_class[c])),
+        "mean": float(st.mean[c]),
+        "max": float(st.max[c]),
+        "sparsity": float(st.sparsity[c]),
+        "dead": bool(st.dead[c]),
+        "top_act": float(ls.top.activations[row, 0]),
+        "labels": [
+            f"{float(ls.top.activations[row, s]):.3g} · {cname(int(ls.top.labels[row, s]))}" for s in range(ls.top.k)
+        ],
+        "influence": [(cname(k), v) for k, v in infl],
+        **unit_concept(ls, c),
+    }
 
 
 def _write(model, data, pre: Precomputed, root: Path, model_name, data_name, class_names, prog) -> None:
@@ -318,13 +375,18 @@ def _write(model, data, pre: Precomputed, root: Path, model_name, data_name, cla
     data = as_dataset(data, model)
     env = _env()
     (root / "img").mkdir()
-    cname = (lambda k: class_names[k] if class_names and 0 <= k < len(class_names) else str(k))
-    common = {"model_name": model_name, "data_name": data_name, "count": pre.scan.count,
-              "generated": time.strftime("%Y-%m-%d %H:%M")}
+    cname = lambda k: class_names[k] if class_names and 0 <= k < len(class_names) else str(k)
+    common = {
+        "model_name": model_name,
+        "data_name": data_name,
+        "count": pre.scan.count,
+        "generated": time.strftime("%Y-%m-%d %H:%M"),
+    }
     layers = [{**layer_row(ls), "shown": len(pre.shown[name])} for name, ls in pre.scan.layers.items()]
     samples = [{"i": i, "label": cname(lab)} for i, lab in enumerate(pre.sample_labels)]
-    (root / "index.html").write_text(env.get_template("index.html.j2").render(
-        layers=layers, samples=samples, **common), encoding="utf-8")
+    (root / "index.html").write_text(
+        env.get_template("index.html.j2").render(layers=layers, samples=samples, **common), encoding="utf-8"
+    )
     data_json = {"model": model_name, "data": data_name, "images": pre.scan.count, "layers": {}}
     for li, name in enumerate(pre.scan.layers):
         ls = pre.scan[name]
@@ -347,30 +409,50 @@ def _write(model, data, pre: Precomputed, root: Path, model_name, data_name, cla
             for s, im in enumerate(views["diverse"].of(c)):
                 (d / f"fvd-{c}-{s}.png").write_bytes(draw.png(draw.image_tile(im, 112)))
             row = ls.top.row(c)
-            crops = ls.top.patches(channels=[c], images=imgs[r:r + 1])[0]  # cut from its top images now
+            crops = ls.top.patches(channels=[c], images=imgs[r : r + 1])[0]  # cut from its top images now
             (d / f"top-{c}.png").write_bytes(draw.png(draw.patch_grid(crops, ncols=3, tile=36)))
             (d / f"topbig-{c}.png").write_bytes(draw.png(draw.patch_grid(crops, ncols=9, tile=96, pad=3)))
             (d / f"maps-{c}.png").write_bytes(draw.png(draw.maps_image(imgs[r], maps[r], ncols=9, side=96)))
             (d / f"hist-{c}.png").write_bytes(draw.png(draw.histogram_figure(st, c)))
             (d / f"class-{c}.png").write_bytes(draw.png(draw.class_figure(st, c, class_names, pre.influence[name])))
             proj = unit_projections(model, imgs[r], name, c, ls.top.positions[row], ls.rf)
-            (d / f"proj-{c}.png").write_bytes(draw.png(draw.projections_image(crops, proj.deconv,
-                                                                               proj.guided, tile=72)))
-            card_rows = ["patch"] + (["deconvnet"] if proj.deconv is not None else []) + \
-                (["guided backprop"] if proj.guided is not None else [])
-            card = {**unit_card(ls, c, cname, pre.influence[name]),
-                    "fv_act": float(views["plain"].activation[r, 0]),
-                    "fvr_act": float(views["robust"].activation[r, 0]),
-                    "deconv_error": proj.deconv_error, "guided_error": proj.guided_error, "proj_rows": card_rows}
+            (d / f"proj-{c}.png").write_bytes(
+                draw.png(draw.projections_image(crops, proj.deconv, proj.guided, tile=72))
+            )
+            card_rows = (
+                ["patch"]
+                + (["deconvnet"] if proj.deconv is not None else [])
+                + (["guided backprop"] if proj.guided is not None else [])
+            )
+            card = {
+                **unit_card(ls, c, cname, pre.influence[name]),
+                "fv_act": float(views["plain"].activation[r, 0]),
+                "fvr_act": float(views["robust"].activation[r, 0]),
+                "deconv_error": proj.deconv_error,
+                "guided_error": proj.guided_error,
+                "proj_rows": card_rows,
+            }
             cards.append(card)
             prev = chans[r - 1] if r > 0 else None
             nxt = chans[r + 1] if r + 1 < len(chans) else None
-            (root / f"unit-{slug}-{c}.html").write_text(env.get_template("unit.html.j2").render(
-                layer=layers[li], card=card, prev=prev, next=nxt, k=ls.top.k, diversity=views["diverse"].images.shape[1],
-                settings=views["plain"].settings, rsettings=views["robust"].settings, **common), encoding="utf-8")
+            (root / f"unit-{slug}-{c}.html").write_text(
+                env.get_template("unit.html.j2").render(
+                    layer=layers[li],
+                    card=card,
+                    prev=prev,
+                    next=nxt,
+                    k=ls.top.k,
+                    diversity=views["diverse"].images.shape[1],
+                    settings=views["plain"].settings,
+                    rsettings=views["robust"].settings,
+                    **common,
+                ),
+                encoding="utf-8",
+            )
             prog(stage, r + 1, len(chans))
-        (root / f"layer-{slug}.html").write_text(env.get_template("layer.html.j2").render(
-            layer=layers[li], cards=cards, **common), encoding="utf-8")
+        (root / f"layer-{slug}.html").write_text(
+            env.get_template("layer.html.j2").render(layer=layers[li], cards=cards, **common), encoding="utf-8"
+        )
         data_json["layers"][name] = {"shape": list(ls.shape), "rf": jsonable(ls.rf), "channels": cards}
     # building-block pages: one per sample, every layer's grid clickable
     for s in samples:
@@ -392,10 +474,21 @@ def _write(model, data, pre: Precomputed, root: Path, model_name, data_name, cla
                     top = [t for t in bb.at(i, a, b, k=len(A)) if t["channel"] in shown and t["activation"] > 0][:6]
                     row.append([[t["channel"], round(t["activation"], 4), round(t["contribution"], 4)] for t in top])
                 cells.append(row)
-            blocks.append({"name": name, "slug": slug, "grid": list(g), "img": img, "cells": cells,
-                           "total": [[round(float(v), 4) for v in r] for r in Ct.sum(0)]})
+            blocks.append(
+                {
+                    "name": name,
+                    "slug": slug,
+                    "grid": list(g),
+                    "img": img,
+                    "cells": cells,
+                    "total": [[round(float(v), 4) for v in r] for r in Ct.sum(0)],
+                }
+            )
         cls = int(pre.blocks[next(iter(pre.blocks))].classes[i]) if pre.blocks else -1
-        (root / f"sample-{i}.html").write_text(env.get_template("sample.html.j2").render(
-            sample=s, blocks=blocks, blocks_json=json.dumps(blocks), predicted=cname(cls), **common),
-            encoding="utf-8")
+        (root / f"sample-{i}.html").write_text(
+            env.get_template("sample.html.j2").render(
+                sample=s, blocks=blocks, blocks_json=json.dumps(blocks), predicted=cname(cls), **common
+            ),
+            encoding="utf-8",
+        )
     (root / "microscope.json").write_text(json.dumps(jsonable(data_json), indent=1))

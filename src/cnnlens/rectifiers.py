@@ -33,9 +33,19 @@ RELU_FUNCS = frozenset([F.hardtanh, F.relu6, F.relu, torch.relu, torch.Tensor.re
 
 #: other activations (counted in ``skipped`` when the forward applies them)
 OTHER_ACTIVATIONS = {
-    F.gelu: "gelu", F.silu: "silu", F.hardswish: "hardswish", F.leaky_relu: "leaky_relu", F.elu: "elu",
-    F.selu: "selu", F.celu: "celu", F.mish: "mish", F.softplus: "softplus", F.prelu: "prelu", F.rrelu: "rrelu",
-    F.hardsigmoid: "hardsigmoid", F.glu: "glu",
+    F.gelu: "gelu",
+    F.silu: "silu",
+    F.hardswish: "hardswish",
+    F.leaky_relu: "leaky_relu",
+    F.elu: "elu",
+    F.selu: "selu",
+    F.celu: "celu",
+    F.mish: "mish",
+    F.softplus: "softplus",
+    F.prelu: "prelu",
+    F.rrelu: "rrelu",
+    F.hardsigmoid: "hardsigmoid",
+    F.glu: "glu",
 }
 
 
@@ -54,8 +64,13 @@ def relu_call(func, args, kwargs) -> RectifierCall | None:
     """The :class:`RectifierCall` of ``func(*args, **kwargs)`` when func is one of :data:`RELU_FUNCS`, else None."""
     if func is F.hardtanh:
         a = dict(zip(("input", "min_val", "max_val", "inplace"), args), **kwargs)
-        return RectifierCall(a["input"], float(a.get("min_val", -1.0)), float(a.get("max_val", 1.0)),
-                             bool(a.get("inplace", False)), "hardtanh")
+        return RectifierCall(
+            a["input"],
+            float(a.get("min_val", -1.0)),
+            float(a.get("max_val", 1.0)),
+            bool(a.get("inplace", False)),
+            "hardtanh",
+        )
     if func is F.relu6:
         a = dict(zip(("input", "inplace"), args), **kwargs)
         return RectifierCall(a["input"], 0.0, 6.0, bool(a.get("inplace", False)), "relu6")
@@ -113,10 +128,10 @@ class GuidedRectify(Rectify):
 class RectifierMode(TorchFunctionMode):
     """Within this block, every ReLU / ReLU6 call that records a gradient goes to :meth:`rectify`.
 
-    ``applied`` counts the calls :meth:`rectify` replaced; ``skipped`` counts, by function name, the
-    activation calls it left alone (other activations, or calls it declined). ``active``: a callable
-that turns the mode off while it returns False (a tap's probe forward). ``gradient_only``
-    (default): only calls on a tensor that requires grad, while grad mode is on, are offered.
+        ``applied`` counts the calls :meth:`rectify` replaced; ``skipped`` counts, by function name, the
+        activation calls it left alone (other activations, or calls it declined). ``active``: a callable
+    that turns the mode off while it returns False (a tap's probe forward). ``gradient_only``
+        (default): only calls on a tensor that requires grad, while grad mode is on, are offered.
     """
 
     gradient_only = True

@@ -34,9 +34,10 @@ import shutil
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from .results import jsonable
 
@@ -94,8 +95,14 @@ def _foreign(folder: Path, listed: set[str], limit: int = 3) -> list[str]:
     return found
 
 
-def check_out_dir(out: str | os.PathLike, *, force: bool = False, protect: tuple = (), option: str = "--out",
-                  force_hint: str = "--force (force=True)") -> Path:
+def check_out_dir(
+    out: str | os.PathLike,
+    *,
+    force: bool = False,
+    protect: tuple = (),
+    option: str = "--out",
+    force_hint: str = "--force (force=True)",
+) -> Path:
     """The resolved report folder, or a one-line ``ValueError`` if writing there could lose someone's files.
 
     Allowed: a new folder, an empty one, or a previous cnnlens output (report, export, site)
@@ -115,20 +122,29 @@ def check_out_dir(out: str | os.PathLike, *, force: bool = False, protect: tuple
     for path, what in guarded:
         if out == path or out in path.parents:
             where = what if out == path else f"a folder that holds {what}"
-            raise ValueError(f"{option} {out} is {where}, which a report must never replace; "
-                             f"give a new folder such as {out / 'cnnlens-report'}")
+            raise ValueError(
+                f"{option} {out} is {where}, which a report must never replace; "
+                f"give a new folder such as {out / 'cnnlens-report'}"
+            )
     if out.is_dir() and not force:
         listed = _listed_files(out)
         foreign = _foreign(out, listed or set())
         if foreign:
-            kind = "a previous cnnlens output plus other files" if listed is not None else "files that are not a cnnlens output"
-            raise ValueError(f"{option} {out} holds {kind} ({', '.join(foreign)}); give a new or empty folder, "
-                             f"or {force_hint} to replace it and everything in it")
+            kind = (
+                "a previous cnnlens output plus other files"
+                if listed is not None
+                else "files that are not a cnnlens output"
+            )
+            raise ValueError(
+                f"{option} {out} holds {kind} ({', '.join(foreign)}); give a new or empty folder, "
+                f"or {force_hint} to replace it and everything in it"
+            )
     return out
 
 
-def write_atomically(out: str | os.PathLike, build: Callable[[Path], None], *, force: bool = False,
-                     protect: tuple = ()) -> Path:
+def write_atomically(
+    out: str | os.PathLike, build: Callable[[Path], None], *, force: bool = False, protect: tuple = ()
+) -> Path:
     """Fill a new folder with ``build(tmp)`` and put it at ``out`` only when complete; returns ``out``.
 
     ``out`` is checked first (:func:`check_out_dir`: never a folder with someone's files unless
@@ -176,9 +192,9 @@ class Section:
     settings: dict = field(default_factory=dict)
     blocks: list[_Block] = field(default_factory=list)
     results: dict = field(default_factory=dict)
-    _report: "Report | None" = None
+    _report: Report | None = None
 
-    def text(self, html_text: str) -> "Section":
+    def text(self, html_text: str) -> Section:
         """A paragraph of HTML (trusted: written by cnnlens, not user input)."""
         self.blocks.append(_Block("text", {"html": html_text}))
         return self
@@ -231,9 +247,11 @@ class Report:
         info = spec.settings() if hasattr(spec, "settings") else {"model": str(getattr(spec, "name", spec))}
         self.meta["model"] = info
         if getattr(spec, "random_weights", False):
-            self.meta["warnings"] = [*self.meta.get("warnings", []),
-                                     f"{info['model']}: random initial weights: explanations of an untrained model "
-                                     "(no weights file was given; pass --weights FILE)"]
+            self.meta["warnings"] = [
+                *self.meta.get("warnings", []),
+                f"{info['model']}: random initial weights: explanations of an untrained model "
+                "(no weights file was given; pass --weights FILE)",
+            ]
         for sec in self.sections:
             self._add_weights(sec.settings)
         return info
@@ -272,10 +290,17 @@ class Report:
         ``name`` is a relative path such as ``"confusion.csv"`` or ``"tables/x.csv"``.
         """
         rel = Path(name)
-        if rel.is_absolute() or ".." in rel.parts or not rel.parts or rel.as_posix() in ("index.html", "results.json") \
-                or rel.parts[0] == "images":
-            raise ValueError(f"report file {name!r}: give a relative path inside the report "
-                             "(not index.html, results.json or images/)")
+        if (
+            rel.is_absolute()
+            or ".." in rel.parts
+            or not rel.parts
+            or rel.as_posix() in ("index.html", "results.json")
+            or rel.parts[0] == "images"
+        ):
+            raise ValueError(
+                f"report file {name!r}: give a relative path inside the report "
+                "(not index.html, results.json or images/)"
+            )
         self._files[rel.as_posix()] = data.encode() if isinstance(data, str) else bytes(data)
         return rel.as_posix()
 
@@ -311,6 +336,7 @@ class Report:
         never replaces the current directory, the home directory or a folder holding one of
         ``protect`` (see :func:`check_out_dir`). The folder gets the usual permissions (umask).
         """
+
         def build(tmp: Path) -> None:
             (tmp / "images").mkdir()
             for rel, data in self._images.items():

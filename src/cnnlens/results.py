@@ -10,8 +10,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
@@ -53,8 +54,9 @@ def figure_inputs(images: Any, names: Sequence[str] | None, n: int, hw: tuple, w
     against the result: n images of size hw, else a one-line error naming the fix."""
     if not torch.is_tensor(images) or images.dim() != 4 or images.shape[0] != n or tuple(images.shape[-2:]) != hw:
         got = tuple(images.shape) if torch.is_tensor(images) else type(images).__name__
-        raise ValueError(f"figure() needs the {n} {what} images as N×C×H×W of size {hw}, got {got}; "
-                         f"pass the x you {what}")
+        raise ValueError(
+            f"figure() needs the {n} {what} images as N×C×H×W of size {hw}, got {got}; pass the x you {what}"
+        )
     return images.detach().float().cpu(), (list(names) if names is not None else [f"#{i}" for i in range(n)])
 
 
@@ -150,8 +152,11 @@ class Result:
         import html
         import io
 
-        rows = "".join(f"<tr><th style='text-align:left'>{html.escape(k)}</th><td style='text-align:left'>"
-                       f"{html.escape(v)}</td></tr>" for k, v in self.describe_fields())
+        rows = "".join(
+            f"<tr><th style='text-align:left'>{html.escape(k)}</th><td style='text-align:left'>"
+            f"{html.escape(v)}</td></tr>"
+            for k, v in self.describe_fields()
+        )
         img = ""
         picture = self.preview()
         if picture is not None:
@@ -160,10 +165,14 @@ class Result:
                 picture.savefig(buf, format="png", dpi=72, bbox_inches="tight")
             else:
                 picture.save(buf, format="PNG")
-            img = (f'<img src="data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}" '
-                   f'style="max-width:100%" alt="{html.escape(type(self).__name__)}">')
-        return (f"<div class='cnnlens-result'><strong>{html.escape(self.headline())}</strong>"
-                f"<table>{rows}</table>{img}</div>")
+            img = (
+                f'<img src="data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}" '
+                f'style="max-width:100%" alt="{html.escape(type(self).__name__)}">'
+            )
+        return (
+            f"<div class='cnnlens-result'><strong>{html.escape(self.headline())}</strong>"
+            f"<table>{rows}</table>{img}</div>"
+        )
 
     def to_dict(self) -> dict:
         return jsonable(self)
@@ -174,7 +183,9 @@ class Result:
         d.mkdir(parents=True, exist_ok=True)
         stem = stem or type(self).__name__.lower()
         (d / f"{stem}.json").write_text(json.dumps(self.to_dict(), indent=2))
-        tensors = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if torch.is_tensor(getattr(self, f.name))}
+        tensors = {
+            f.name: getattr(self, f.name) for f in dataclasses.fields(self) if torch.is_tensor(getattr(self, f.name))
+        }
         if tensors:
             torch.save(tensors, d / f"{stem}.pt")
         return d / f"{stem}.json"
@@ -207,9 +218,11 @@ class Explanation(Result):
 
     def headline(self) -> str:
         h, w = self.maps.shape[-2:]
-        return (f"Explanation: {self.method} of {len(self)} image(s), {h}×{w}"
-                + (f", layer {self.layer!r}" if self.layer else "")
-                + (f" — ⚠ {self.extras['completeness_note']}" if self.extras.get("complete") is False else ""))
+        return (
+            f"Explanation: {self.method} of {len(self)} image(s), {h}×{w}"
+            + (f", layer {self.layer!r}" if self.layer else "")
+            + (f" — ⚠ {self.extras['completeness_note']}" if self.extras.get("complete") is False else "")
+        )
 
     def preview(self):
         """The maps alone (no images are kept), side by side on the method's colour scale (at most 8)."""
@@ -217,8 +230,9 @@ class Explanation(Result):
 
         return heat_strip(self.maps[:8], signed=bool((self.maps < 0).any()))
 
-    def figure(self, images: torch.Tensor, names: Sequence[str] | None = None,
-               class_names: Sequence[str] | None = None):
+    def figure(
+        self, images: torch.Tensor, names: Sequence[str] | None = None, class_names: Sequence[str] | None = None
+    ):
         """A matplotlib figure: each map over its image (N×C×H×W in [0, 1]) with a colour bar,
         the explained class in the title; occlusion adds its probability map below.
 
@@ -240,6 +254,6 @@ class Explanation(Result):
         flat = m.reshape(m.shape[0], -1)
         lo = flat.min(1, keepdim=True).values
         hi = flat.max(1, keepdim=True).values
-        span = (hi - lo)
+        span = hi - lo
         out = torch.where(span > 0, (flat - lo) / span.clamp_min(1e-12), torch.zeros_like(flat))
         return out.view_as(m)

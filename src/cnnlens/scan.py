@@ -62,7 +62,7 @@ class Accumulator(Protocol):
 
     def update(self, batch: Batch) -> None: ...
 
-    def merge(self, other: "Accumulator") -> "Accumulator": ...
+    def merge(self, other: Accumulator) -> Accumulator: ...
 
     def compute(self) -> Any: ...
 
@@ -150,11 +150,13 @@ def _batches(data, batch_size: int, rank: int, world: int, num_workers: int):
         shard = _Indexed(dataset, indices[rank::world])
     dl = torch.utils.data.DataLoader(shard, batch_size=bs, shuffle=False, num_workers=workers)
     if collate is not None and collate is not torch.utils.data.default_collate:
+
         def gen():
             for b in range(0, len(shard), bs):
                 items = [shard[i] for i in range(b, min(b + bs, len(shard)))]
                 x, y = collate([(it[0], it[1]) for it in items])
                 yield x, y, torch.tensor([it[2] for it in items])
+
         return gen(), (len(shard) + bs - 1) // bs, len(shard)
     return iter(dl), len(dl), len(shard)
 
@@ -214,8 +216,10 @@ def scan(
             logits = tap.run(x)
             changed = tap.changed()
             if changed:
-                log.info("layer(s) %s are changed in place later in the forward; the scan passes a copy on",
-                         ", ".join(changed))
+                log.info(
+                    "layer(s) %s are changed in place later in the forward; the scan passes a copy on",
+                    ", ".join(changed),
+                )
                 tap.copy = set(tap.copy or ()) | set(changed)
                 logits = tap.run(x)
             if not torch.is_tensor(logits):
@@ -223,8 +227,15 @@ def scan(
                     f"the model returned {type(logits).__name__}; cnnlens needs a tensor of logits "
                     "(wrap the model so forward() returns it)"
                 )
-            batch = Batch(x=x, y=y, logits=logits.detach(), index=torch.as_tensor(idx),
-                          acts={n: _grid(tap, n, x, layouts) for n in tap.names}, model=model, samples=samples)
+            batch = Batch(
+                x=x,
+                y=y,
+                logits=logits.detach(),
+                index=torch.as_tensor(idx),
+                acts={n: _grid(tap, n, x, layouts) for n in tap.names},
+                model=model,
+                samples=samples,
+            )
             with tap.paused():  # an accumulator's own forward passes (attacks, saliency) are not recorded
                 for a in accs:
                     a.update(batch)

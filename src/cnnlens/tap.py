@@ -18,7 +18,6 @@ import difflib
 import logging
 import weakref
 from collections.abc import Callable, Iterable, Mapping
-from typing import Union
 
 import torch
 import torch.nn.functional as F
@@ -27,14 +26,14 @@ from torch.overrides import TorchFunctionMode
 
 log = logging.getLogger(__name__)
 
-LayerRef = Union[str, nn.Module]
+LayerRef = str | nn.Module
 #: an edit receives (module, inputs, output) and returns the output to use instead
 Edit = Callable[[nn.Module, tuple, torch.Tensor], torch.Tensor]
 
 
 #: per model, how often each stopped-at layer runs in one forward: {model: {name: (module, calls)}}
 #: (weak keys: a model that is dropped leaves the cache with it)
-_CALLS: "weakref.WeakKeyDictionary[nn.Module, dict[str, tuple[nn.Module, int]]]" = weakref.WeakKeyDictionary()
+_CALLS: weakref.WeakKeyDictionary[nn.Module, dict[str, tuple[nn.Module, int]]] = weakref.WeakKeyDictionary()
 
 
 def ran_twice_error(name: str) -> ValueError:
@@ -90,8 +89,13 @@ class _FrozenBatchNorm(TorchFunctionMode):
         if func is F.batch_norm:
             a = dict(zip(_BN_ARGS, args), **kwargs)
             x, mean, var, w, b = (a.get(k) for k in _BN_ARGS[:5])
-            if (not a.get("training", False) and mean is not None and var is not None and x.requires_grad
-                    and not any(t is not None and t.requires_grad for t in (mean, var, w, b))):
+            if (
+                not a.get("training", False)
+                and mean is not None
+                and var is not None
+                and x.requires_grad
+                and not any(t is not None and t.requires_grad for t in (mean, var, w, b))
+            ):
                 return _FrozenBatchNormFn.apply(x, mean, var, w, b, float(a.get("eps", 1e-5)))
         return func(*args, **kwargs)
 
@@ -215,8 +219,9 @@ class LayerTap:
             self._stop, mod = resolve_layer(model, stop_after)
             self._modules.setdefault(self._stop, mod)
         #: the model's floating dtype: run() casts float inputs to it
-        self.dtype = next((t.dtype for t in list(model.parameters()) + list(model.buffers())
-                            if t.is_floating_point()), None)
+        self.dtype = next(
+            (t.dtype for t in list(model.parameters()) + list(model.buffers()) if t.is_floating_point()), None
+        )
         self.outputs: dict[str, torch.Tensor] = {}
         self.inputs: dict[str, tuple] = {}
         self._versions: dict[str, int] = {}
@@ -231,7 +236,7 @@ class LayerTap:
         self._paused = False
 
     # -- context management -------------------------------------------------
-    def __enter__(self) -> "LayerTap":
+    def __enter__(self) -> LayerTap:
         if self._active:
             raise RuntimeError("a LayerTap is not re-entrant; make a new one")
         self._active = True
@@ -286,8 +291,9 @@ class LayerTap:
                 if torch.is_tensor(rec):
                     if not rec.is_inference():  # inference tensors keep no version counter (nor change under us)
                         self._versions[name] = rec._version
-                    if name != self._stop and (self.copy is True or rec.is_inference()
-                                               or (self.copy and name in self.copy)):
+                    if name != self._stop and (
+                        self.copy is True or rec.is_inference() or (self.copy and name in self.copy)
+                    ):
                         # the forward goes on with a copy: later in-place ops cannot overwrite the record
                         output = output.clone()
                         self.passed_on[name] = output
@@ -322,8 +328,12 @@ class LayerTap:
                 # image, which is why the forward stops early): what ran until then is what counts
                 if not all(counts[n] for n in todo):
                     raise
-                log.info("the probe forward for %s stopped after the layer (%s: %s); counting the calls seen",
-                         ", ".join(todo), type(e).__name__, str(e).splitlines()[0] if str(e) else "")
+                log.info(
+                    "the probe forward for %s stopped after the layer (%s: %s); counting the calls seen",
+                    ", ".join(todo),
+                    type(e).__name__,
+                    str(e).splitlines()[0] if str(e) else "",
+                )
             finally:
                 self._counting = None
                 for m, flag in flags:
@@ -401,8 +411,11 @@ class LayerTap:
     def changed(self) -> list[str]:
         """The recorded layers whose output was changed in place after the layer ran in the last forward
         (their version counter moved); empty when every record is the layer's own value."""
-        return [n for n, v in self._versions.items()
-                if n in self.outputs and torch.is_tensor(self.outputs[n]) and self.outputs[n]._version != v]
+        return [
+            n
+            for n, v in self._versions.items()
+            if n in self.outputs and torch.is_tensor(self.outputs[n]) and self.outputs[n]._version != v
+        ]
 
     def grad(self, score: torch.Tensor, layers: LayerRef | list[LayerRef], retain_graph: bool = False):
         """Gradient of ``score.sum()`` with respect to the recorded output(s) of ``layers``."""
@@ -481,14 +494,17 @@ def find_last_spatial_layer(model: nn.Module, x: torch.Tensor) -> str:
                 if why:
                     skipped[name] = why
                 order.append(name)
-            elif (output.dim() == 3 and output.shape[1] - prefix > 1
-                  and _token_grid(output.shape[1] - prefix, H, W) is not None):
+            elif (
+                output.dim() == 3
+                and output.shape[1] - prefix > 1
+                and _token_grid(output.shape[1] - prefix, H, W) is not None
+            ):
                 order.append(name)
                 tokens.append(name)
 
         return fn
 
-    edits = {n: (lambda n: (lambda m, i, o: (record(n)(m, i, o), o)[1]))(n) for n in names}
+    edits = {n: (lambda n: lambda m, i, o: (record(n)(m, i, o), o)[1])(n) for n in names}
     with LayerTap(model, edits=edits, detach=True) as tap, torch.no_grad():
         tap.run(x[:1])
     skipped.update({n: f"runs {calls[n]} times per forward" for n in order if calls[n] > 1})
@@ -504,21 +520,38 @@ def find_last_spatial_layer(model: nn.Module, x: torch.Tensor) -> str:
     last = order[-1]
     if last in tokens and prefix > 0:
         blocks = [n for n in tokens if n.rsplit(".", 2)[-2:-1] == ["blocks"] or ".blocks." in n]
-        heads = sorted({n.split(".blocks.")[0] + ".blocks." + n.split(".blocks.")[1].split(".")[0]
-                        if ".blocks." in n else "blocks." + n.split("blocks.")[1].split(".")[0]
-                        for n in blocks if "blocks." in n}, key=lambda n: (n.count("."), int(n.rsplit(".", 1)[1])))
+        heads = sorted(
+            {
+                n.split(".blocks.")[0] + ".blocks." + n.split(".blocks.")[1].split(".")[0]
+                if ".blocks." in n
+                else "blocks." + n.split("blocks.")[1].split(".")[0]
+                for n in blocks
+                if "blocks." in n
+            },
+            key=lambda n: (n.count("."), int(n.rsplit(".", 1)[1])),
+        )
         if heads:
             norm1 = heads[-1] + ".norm1"
             if norm1 in tokens:
-                log.info("last spatial layer (found automatically): %s (the last block's first layer: after it, only "
-                         "the %d prefix token(s) reach the head)", norm1, prefix)
+                log.info(
+                    "last spatial layer (found automatically): %s (the last block's first layer: after it, only "
+                    "the %d prefix token(s) reach the head)",
+                    norm1,
+                    prefix,
+                )
                 return norm1
     log.info("last spatial layer (found automatically): %s", last)
     return last
 
 
-_GLOBAL_HOOKS = ("_global_backward_pre_hooks", "_global_backward_hooks", "_global_forward_pre_hooks",
-                 "_global_forward_hooks", "_global_forward_hooks_always_called", "_global_forward_hooks_with_kwargs")
+_GLOBAL_HOOKS = (
+    "_global_backward_pre_hooks",
+    "_global_backward_hooks",
+    "_global_forward_pre_hooks",
+    "_global_forward_hooks",
+    "_global_forward_hooks_always_called",
+    "_global_forward_hooks_with_kwargs",
+)
 
 
 class guarded:
@@ -565,8 +598,15 @@ class guarded:
         for p in self.model.parameters():
             g = p.grad
             hooks = getattr(p, "_backward_hooks", None)
-            self._params.append((p, p.requires_grad, g, None if g is None else g.detach().clone(),
-                                 None if hooks is None else dict(hooks)))
+            self._params.append(
+                (
+                    p,
+                    p.requires_grad,
+                    g,
+                    None if g is None else g.detach().clone(),
+                    None if hooks is None else dict(hooks),
+                )
+            )
         try:
             if self._eval:
                 self.model.eval()

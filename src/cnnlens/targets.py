@@ -19,8 +19,9 @@ scores the channel's mean activation, ``Target.neuron("layer3", 5, 2, 2)`` one u
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
@@ -50,7 +51,7 @@ class Target:
 
     # -- constructors -------------------------------------------------------
     @staticmethod
-    def cls(index: int | Sequence[int] | torch.Tensor) -> "Target":
+    def cls(index: int | Sequence[int] | torch.Tensor) -> Target:
         """A fixed class, or one class per sample."""
         if torch.is_tensor(index):
             if index.dim() > 1 or index.is_floating_point():
@@ -65,24 +66,24 @@ class Target:
         return Target("class", index)
 
     @staticmethod
-    def rank(r: int = 0) -> "Target":
+    def rank(r: int = 0) -> Target:
         """The r-th most likely class (0 = predicted, 1 = second)."""
         if r < 0:
             raise ValueError("rank must be ≥ 0 (0 = predicted, 1 = second)")
         return Target("rank", r)
 
     @staticmethod
-    def true() -> "Target":
+    def true() -> Target:
         """The ground-truth label given with the input."""
         return Target("true")
 
     @staticmethod
-    def channel(layer: str, channel: int) -> "Target":
+    def channel(layer: str, channel: int) -> Target:
         """The spatial mean activation of one channel of a layer."""
         return Target("channel", int(channel), layer)
 
     @staticmethod
-    def neuron(layer: str, channel: int, i: int, j: int) -> "Target":
+    def neuron(layer: str, channel: int, i: int, j: int) -> Target:
         """One unit (channel, row, column) of a layer."""
         return Target("neuron", int(channel), layer, (int(i), int(j)))
 
@@ -105,7 +106,7 @@ class Target:
             return f"{self.layer} channel {self.index}"
         return f"{self.layer} unit {self.index}@{self.position}"
 
-    def subset(self, start: int, stop: int) -> "Target":
+    def subset(self, start: int, stop: int) -> Target:
         """The target of samples ``start:stop`` of a batch (per-sample classes are sliced; others are shared)."""
         if self.kind == "class" and isinstance(self.index, tuple):
             return Target("class", self.index[start:stop])
@@ -119,12 +120,17 @@ class Target:
                 raise TargetError(f"got {len(idx)} per-sample targets for {n} inputs; give one class per input")
             neg = [i for i in idx if i < 0]
             if neg:
-                raise TargetError(f"target class {neg[0]} is negative; give a class index from 0"
-                                 + (f" to {num_classes - 1}" if num_classes else "") + " (or a class name)")
+                raise TargetError(
+                    f"target class {neg[0]} is negative; give a class index from 0"
+                    + (f" to {num_classes - 1}" if num_classes else "")
+                    + " (or a class name)"
+                )
             if num_classes is not None:
                 bad = [i for i in idx if not 0 <= i < num_classes]
                 if bad:
-                    raise TargetError(f"target class {bad[0]} is out of range: the model has {num_classes} classes (0–{num_classes - 1})")
+                    raise TargetError(
+                        f"target class {bad[0]} is out of range: the model has {num_classes} classes (0–{num_classes - 1})"
+                    )
         elif self.kind == "rank":
             if num_classes is not None and self.index >= num_classes:
                 raise TargetError(f"rank {self.index} needs more than {num_classes} classes")
@@ -134,10 +140,15 @@ class Target:
             if len(labels) != n:
                 raise TargetError(f"got {len(labels)} labels for {n} inputs")
             lab = torch.as_tensor(labels).reshape(-1)
-            if lab.numel() and (lab.is_floating_point() or int(lab.min()) < 0
-                                or (num_classes is not None and int(lab.max()) >= num_classes)):
-                raise TargetError(f"labels must be class indices in 0–{(num_classes or 0) - 1 if num_classes else '…'}, "
-                                 f"got values from {lab.min().item()} to {lab.max().item()}")
+            if lab.numel() and (
+                lab.is_floating_point()
+                or int(lab.min()) < 0
+                or (num_classes is not None and int(lab.max()) >= num_classes)
+            ):
+                raise TargetError(
+                    f"labels must be class indices in 0–{(num_classes or 0) - 1 if num_classes else '…'}, "
+                    f"got values from {lab.min().item()} to {lab.max().item()}"
+                )
         elif self.kind in ("channel", "neuron"):
             if self.index < 0:
                 raise TargetError("channel index must be ≥ 0")
@@ -210,9 +221,7 @@ def as_target(target: Any, class_names: Sequence[str] | None = None) -> Target:
                     f"target {target!r} matches several classes ({', '.join(class_names[i] for i in hits[:5])}); "
                     "give the full name or the index"
                 )
-        raise ValueError(
-            f"unknown target {target!r}: use a class index, a class name, 'predicted', 'second' or 'true'"
-        )
+        raise ValueError(f"unknown target {target!r}: use a class index, a class name, 'predicted', 'second' or 'true'")
     if isinstance(target, (int, list, tuple)) or torch.is_tensor(target):
         return Target.cls(target)
     raise TypeError(f"cannot use {type(target).__name__} as a target; use an int, a list of ints, a tensor or a string")

@@ -21,7 +21,8 @@ from __future__ import annotations
 import copy
 import operator
 import re
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -63,8 +64,12 @@ class Tracer(fx.Tracer):
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
         from .models.spec import Normalize  # noqa: PLC0415
 
-        return (qualname in self.named or isinstance(m, Normalize) or type(m) in self.leaves
-                or super().is_leaf_module(m, qualname))
+        return (
+            qualname in self.named
+            or isinstance(m, Normalize)
+            or type(m) in self.leaves
+            or super().is_leaf_module(m, qualname)
+        )
 
 
 def trace(model: nn.Module, leaves: tuple[str, ...] = ()) -> tuple[nn.Module, fx.Graph]:
@@ -74,12 +79,14 @@ def trace(model: nn.Module, leaves: tuple[str, ...] = ()) -> tuple[nn.Module, fx
     try:
         graph = Tracer(leaves).trace(root)
     except Exception as e:  # any tracing failure means: run the model as it is
-        raise Unsupported(f"the model does not trace with torch.fx ({type(e).__name__}: "
-                          f"{str(e).splitlines()[0] if str(e) else ''})") from None
+        raise Unsupported(
+            f"the model does not trace with torch.fx ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
+        ) from None
     return root, graph
 
 
 # ------------------------------------------------------------------------------ one module per call site
+
 
 def _arg(node: fx.Node, i: int, name: str, default: Any) -> Any:
     return node.args[i] if len(node.args) > i else node.kwargs.get(name, default)
@@ -109,16 +116,30 @@ _FN: dict[Any, Callable[[fx.Node], tuple[nn.Module, bool]]] = {
     torch.tanh: lambda n: (nn.Tanh(), False),
     F.tanh: lambda n: (nn.Tanh(), False),
     F.adaptive_avg_pool2d: lambda n: (nn.AdaptiveAvgPool2d(_arg(n, 1, "output_size", None)), False),
-    F.avg_pool2d: lambda n: (nn.AvgPool2d(**_pool_kw(n, ("kernel_size", "stride", "padding", "ceil_mode",
-                                                          "count_include_pad", "divisor_override"),
-                                                      (None, None, 0, False, True, None))), False),
-    F.max_pool2d: lambda n: (nn.MaxPool2d(**_pool_kw(n, ("kernel_size", "stride", "padding", "dilation",
-                                                          "ceil_mode"), (None, None, 0, 1, False))), False),
+    F.avg_pool2d: lambda n: (
+        nn.AvgPool2d(
+            **_pool_kw(
+                n,
+                ("kernel_size", "stride", "padding", "ceil_mode", "count_include_pad", "divisor_override"),
+                (None, None, 0, False, True, None),
+            )
+        ),
+        False,
+    ),
+    F.max_pool2d: lambda n: (
+        nn.MaxPool2d(
+            **_pool_kw(n, ("kernel_size", "stride", "padding", "dilation", "ceil_mode"), (None, None, 0, 1, False))
+        ),
+        False,
+    ),
 }
 _METHOD: dict[str, Callable[[fx.Node], tuple[nn.Module, bool]]] = {
-    "relu": lambda n: (nn.ReLU(), False), "relu_": lambda n: (nn.ReLU(), True),
-    "sigmoid": lambda n: (nn.Sigmoid(), False), "sigmoid_": lambda n: (nn.Sigmoid(), True),
-    "tanh": lambda n: (nn.Tanh(), False), "tanh_": lambda n: (nn.Tanh(), True),
+    "relu": lambda n: (nn.ReLU(), False),
+    "relu_": lambda n: (nn.ReLU(), True),
+    "sigmoid": lambda n: (nn.Sigmoid(), False),
+    "sigmoid_": lambda n: (nn.Sigmoid(), True),
+    "tanh": lambda n: (nn.Tanh(), False),
+    "tanh_": lambda n: (nn.Tanh(), True),
 }
 _INPLACE_OPS = {operator.iadd: operator.add, operator.imul: operator.mul, operator.isub: operator.sub}
 _INPLACE_METHODS = {"add_": "add", "mul_": "mul", "sub_": "sub"}
@@ -243,11 +264,15 @@ class CallSites:
         if len(calls) == 1:
             return self.module.get_submodule(calls[0])
         if len(calls) > 1:
-            raise Unsupported(f"layer {name!r} is called {len(calls)} times in the forward, so a layer method "
-                              "cannot tell which call to read; name a layer that runs once")
-        inside = [n for n in self.graph.nodes
-                  if any(k == "m." + name or k.startswith("m." + name + ".")
-                         for k in n.meta.get("nn_module_stack", {}))]
+            raise Unsupported(
+                f"layer {name!r} is called {len(calls)} times in the forward, so a layer method "
+                "cannot tell which call to read; name a layer that runs once"
+            )
+        inside = [
+            n
+            for n in self.graph.nodes
+            if any(k == "m." + name or k.startswith("m." + name + ".") for k in n.meta.get("nn_module_stack", {}))
+        ]
         if not inside:
             raise Unsupported(f"layer {name!r} does not appear in the traced forward")
         ins = set(inside)

@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator, Optional
 
 import torch
 import torch.nn.functional as F
@@ -67,8 +67,8 @@ def deterministic(seed: int, threads: int = 1) -> Iterator[torch.Generator]:
 def train_digits(
     seed: int = 0,
     epochs: int = EPOCHS,
-    loss_fn: Optional[LossFn] = None,
-    progress: Optional[Callable[[int, int], None]] = None,
+    loss_fn: LossFn | None = None,
+    progress: Callable[[int, int], None] | None = None,
     *,
     lr: float = LR,
     batch_size: int = BATCH_SIZE,
@@ -83,8 +83,17 @@ def train_digits(
     >>> model = train_digits(seed=0, epochs=1)
     """
     data = digits_split("train")
-    return train_classifier(lambda: PixelModel(DigitsCNN(), digits_spec()), data, seed=seed, epochs=epochs,
-                            loss_fn=loss_fn, progress=progress, lr=lr, batch_size=batch_size, what="digits")
+    return train_classifier(
+        lambda: PixelModel(DigitsCNN(), digits_spec()),
+        data,
+        seed=seed,
+        epochs=epochs,
+        loss_fn=loss_fn,
+        progress=progress,
+        lr=lr,
+        batch_size=batch_size,
+        what="digits",
+    )
 
 
 def train_classifier(
@@ -92,8 +101,8 @@ def train_classifier(
     data,
     seed: int = 0,
     epochs: int = EPOCHS,
-    loss_fn: Optional[LossFn] = None,
-    progress: Optional[Callable[[int, int], None]] = None,
+    loss_fn: LossFn | None = None,
+    progress: Callable[[int, int], None] | None = None,
     *,
     lr: float = LR,
     batch_size: int = BATCH_SIZE,
@@ -122,7 +131,7 @@ def train_classifier(
             order = torch.randperm(n, generator=gen)
             total = 0.0
             for i in range(0, n, batch_size):
-                idx = order[i: i + batch_size]
+                idx = order[i : i + batch_size]
                 loss = loss_fn(model, x_all[idx], y_all[idx])
                 if not (torch.is_tensor(loss) and loss.dim() == 0):
                     raise TypeError("loss_fn must return a scalar tensor; reduce it with .mean()")
@@ -147,8 +156,8 @@ CLUTTERED_EPOCHS = 12
 def train_cluttered(
     seed: int = 0,
     epochs: int = CLUTTERED_EPOCHS,
-    loss_fn: Optional[LossFn] = None,
-    progress: Optional[Callable[[int, int], None]] = None,
+    loss_fn: LossFn | None = None,
+    progress: Callable[[int, int], None] | None = None,
     *,
     lr: float = LR,
     batch_size: int = BATCH_SIZE,
@@ -160,9 +169,17 @@ def train_cluttered(
     from .models.cluttered import ClutteredDigitsCNN, cluttered_digits, cluttered_spec
 
     data = cluttered_digits("train")
-    return train_classifier(lambda: PixelModel(ClutteredDigitsCNN(), cluttered_spec()), data, seed=seed,
-                            epochs=epochs, loss_fn=loss_fn, progress=progress, lr=lr, batch_size=batch_size,
-                            what="cluttered-digits")
+    return train_classifier(
+        lambda: PixelModel(ClutteredDigitsCNN(), cluttered_spec()),
+        data,
+        seed=seed,
+        epochs=epochs,
+        loss_fn=loss_fn,
+        progress=progress,
+        lr=lr,
+        batch_size=batch_size,
+        what="cluttered-digits",
+    )
 
 
 @torch.no_grad()
@@ -182,13 +199,13 @@ def accuracy(model: nn.Module, data=None, batch_size: int = 512) -> float:
     try:
         correct = 0
         for i in range(0, len(y_all), batch_size):
-            correct += int((model(x_all[i: i + batch_size]).argmax(1) == y_all[i: i + batch_size]).sum())
+            correct += int((model(x_all[i : i + batch_size]).argmax(1) == y_all[i : i + batch_size]).sum())
     finally:
         model.train(was)
     return correct / len(y_all)
 
 
-def save_digits(model: nn.Module, path: str | Path, metadata: Optional[dict] = None) -> Path:
+def save_digits(model: nn.Module, path: str | Path, metadata: dict | None = None) -> Path:
     """Write a small CNN's weights (keys of the inner network) to a .safetensors file."""
     from safetensors.torch import save_file
 

@@ -6,12 +6,11 @@ Torch in; numpy and matplotlib only here, at the edge.
 from __future__ import annotations
 
 import io
-from typing import Sequence
+from collections.abc import Sequence
 
 import matplotlib.figure as _mpl_figure
 import numpy as np
 import torch
-
 
 #: keyword arguments of ``pyplot.subplots`` that belong to the figure, not to ``Figure.subplots``
 _FIGURE_KW = ("figsize", "dpi", "facecolor", "edgecolor", "layout")
@@ -70,9 +69,20 @@ SEQUENTIAL = "inferno"
 DIVERGING = "RdBu_r"
 
 
-def overlay(ax, image: torch.Tensor, heat: torch.Tensor, *, title: str | None = None, cmap: str | None = None,
-            alpha: float = 0.7, vmin: float | None = None, vmax: float | None = None, colorbar: bool = True,
-            diverging: bool = False, label: str | None = None):
+def overlay(
+    ax,
+    image: torch.Tensor,
+    heat: torch.Tensor,
+    *,
+    title: str | None = None,
+    cmap: str | None = None,
+    alpha: float = 0.7,
+    vmin: float | None = None,
+    vmax: float | None = None,
+    colorbar: bool = True,
+    diverging: bool = False,
+    label: str | None = None,
+):
     """Draw ``heat`` (H×W) over ``image`` (C×H×W) with a colour bar (``label``: its units); returns the mappable.
 
     Non-negative maps use :data:`SEQUENTIAL`; ``diverging=True`` uses :data:`DIVERGING` centred at zero.
@@ -103,8 +113,13 @@ def overlay(ax, image: torch.Tensor, heat: torch.Tensor, *, title: str | None = 
     return im
 
 
-def image_grid(images: Sequence[torch.Tensor], titles: Sequence[str] | None = None, ncols: int = 6,
-               size: float = 1.8, suptitle: str | None = None):
+def image_grid(
+    images: Sequence[torch.Tensor],
+    titles: Sequence[str] | None = None,
+    ncols: int = 6,
+    size: float = 1.8,
+    suptitle: str | None = None,
+):
     """A grid figure of C×H×W images in [0, 1]."""
     n = max(1, len(images))
     ncols = min(ncols, n)
@@ -161,8 +176,16 @@ def heat_strip(maps: torch.Tensor, *, signed: bool = False, size: int = 96, gap:
     return strip
 
 
-def overlay_array(image: torch.Tensor, heat: torch.Tensor, *, cmap: str = SEQUENTIAL, alpha: float = 0.5,
-                  vmin: float | None = None, vmax: float | None = None, diverging: bool = False) -> np.ndarray:
+def overlay_array(
+    image: torch.Tensor,
+    heat: torch.Tensor,
+    *,
+    cmap: str = SEQUENTIAL,
+    alpha: float = 0.5,
+    vmin: float | None = None,
+    vmax: float | None = None,
+    diverging: bool = False,
+) -> np.ndarray:
     """``heat`` (H×W) over ``image`` (C×H×W in [0, 1]) as an H×W×3 array, the way :func:`overlay` draws it:
     ``(1 − α)·image + α·cmap((heat − vmin)/(vmax − vmin))`` with the one colour map of each kind of map
     (:data:`SEQUENTIAL`; ``diverging`` centres :data:`DIVERGING` at 0), as everywhere in cnnlens.
@@ -186,8 +209,14 @@ def overlay_array(image: torch.Tensor, heat: torch.Tensor, *, cmap: str = SEQUEN
     return (1 - alpha) * a + alpha * colormap_rgb(heat, cmap, vmin, vmax)
 
 
-def panels_image(panels: Sequence[np.ndarray], titles: Sequence[str], *, size: int = 150, gap: int = 12,
-                 bars: Sequence[tuple[str, float, float] | None] | None = None):
+def panels_image(
+    panels: Sequence[np.ndarray],
+    titles: Sequence[str],
+    *,
+    size: int = 150,
+    gap: int = 12,
+    bars: Sequence[tuple[str, float, float] | None] | None = None,
+):
     """H×W×3 arrays side by side, each scaled to ``size`` px, with a title above and, where given,
     a colour bar ``(cmap, vmin, vmax)`` with its end values beside it. Returns a PIL image."""
     from PIL import Image, ImageDraw, ImageFont

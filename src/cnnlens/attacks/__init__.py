@@ -28,8 +28,21 @@ from .gradient import fgsm, minimal_eps, pgd
 from .minnorm import cw, deepfool
 from .result import AttackResult
 
-__all__ = ["AttackResult", "fgsm", "pgd", "minimal_eps", "deepfool", "cw", "from_torchattacks", "robustness", "RobustnessAccumulator", "RobustnessResult",
-           "adversarial_loss", "gradient_penalty_loss", "input_gradient_penalty"]
+__all__ = [
+    "AttackResult",
+    "fgsm",
+    "pgd",
+    "minimal_eps",
+    "deepfool",
+    "cw",
+    "from_torchattacks",
+    "robustness",
+    "RobustnessAccumulator",
+    "RobustnessResult",
+    "adversarial_loss",
+    "gradient_penalty_loss",
+    "input_gradient_penalty",
+]
 
 
 def __getattr__(name):  # keep `import cnnlens.attacks` light

@@ -18,11 +18,19 @@ from typing import Any
 import torch
 from torch import nn
 
+from .._autograd import needs_autograd
 from ..extras import require
 from ..tap import guarded
-from .common import checked_inputs, class_names_of, describe_target, goal_reached, predict, resolve_classes, attack_result
+from .common import (
+    attack_result,
+    checked_inputs,
+    class_names_of,
+    describe_target,
+    goal_reached,
+    predict,
+    resolve_classes,
+)
 from .result import AttackResult
-from .._autograd import needs_autograd
 
 
 def _torchattacks():
@@ -36,11 +44,16 @@ def torchattacks_class(attack: Any) -> type:
             raise TypeError(f"{attack.__name__} is not a torchattacks attack (it has no forward())")
         return attack
     if not isinstance(attack, str):
-        raise TypeError(f"attack_class must be a torchattacks class or its name, e.g. 'PGD', got {type(attack).__name__}")
+        raise TypeError(
+            f"attack_class must be a torchattacks class or its name, e.g. 'PGD', got {type(attack).__name__}"
+        )
     ta = _torchattacks()
     base = ta.attack.Attack
-    known = {n.lower(): getattr(ta, n) for n in dir(ta)
-             if isinstance(getattr(ta, n), type) and issubclass(getattr(ta, n), base) and getattr(ta, n) is not base}
+    known = {
+        n.lower(): getattr(ta, n)
+        for n in dir(ta)
+        if isinstance(getattr(ta, n), type) and issubclass(getattr(ta, n), base) and getattr(ta, n) is not base
+    }
     key = attack.strip().lower()
     if key not in known:
         import difflib
@@ -56,11 +69,15 @@ def bridged_error(attack: str, e: Exception, *, targeted: bool = False) -> Excep
     cause; ``cnnlens --debug`` shows its traceback)."""
     text = " ".join(str(e).split())[:200] or type(e).__name__
     if targeted and ("targeted" in text.lower() or isinstance(e, (NotImplementedError, AttributeError))):
-        return ValueError(f"torchattacks' {attack} cannot attack toward a class ({type(e).__name__}: {text}); "
-                          "drop target= for an untargeted attack, or pick an attack with a targeted mode (PGD, CW)")
+        return ValueError(
+            f"torchattacks' {attack} cannot attack toward a class ({type(e).__name__}: {text}); "
+            "drop target= for an untargeted attack, or pick an attack with a targeted mode (PGD, CW)"
+        )
     kind = ValueError if isinstance(e, (ValueError, TypeError, IndexError, KeyError)) else RuntimeError
-    return kind(f"torchattacks' {attack} failed on this model ({type(e).__name__}: {text}); check its arguments "
-                f"with help(torchattacks.{attack}) (cnnlens --debug shows torchattacks' traceback)")
+    return kind(
+        f"torchattacks' {attack} failed on this model ({type(e).__name__}: {text}); check its arguments "
+        f"with help(torchattacks.{attack}) (cnnlens --debug shows torchattacks' traceback)"
+    )
 
 
 class _InModelDtype(nn.Module):
@@ -70,16 +87,24 @@ class _InModelDtype(nn.Module):
         super().__init__()
         self.model = model
         self.training = model.training  # what the attack library reads (and restores) is the model's own mode
-        self.dtype = next((t.dtype for t in list(model.parameters()) + list(model.buffers())
-                           if t.is_floating_point()), None)
+        self.dtype = next(
+            (t.dtype for t in list(model.parameters()) + list(model.buffers()) if t.is_floating_point()), None
+        )
 
     def forward(self, x):
         return self.model(x if self.dtype is None or x.dtype == self.dtype else x.to(self.dtype))
 
 
 @needs_autograd
-def from_torchattacks(attack_class: Any, model: nn.Module, x: torch.Tensor, y: torch.Tensor | None = None, *,
-                      target: Any = None, **kwargs: Any) -> AttackResult:
+def from_torchattacks(
+    attack_class: Any,
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor | None = None,
+    *,
+    target: Any = None,
+    **kwargs: Any,
+) -> AttackResult:
     """Run ``torchattacks.<attack_class>(model, **kwargs)`` on ``x`` and return an :class:`AttackResult`.
 
     Untargeted (``target=None``): away from ``y``, or from the predicted class without
@@ -124,7 +149,10 @@ def from_torchattacks(attack_class: Any, model: nn.Module, x: torch.Tensor, y: t
     used = torch.full((n,), int(steps) if isinstance(steps, int) else 1, dtype=torch.long)
     # torchattacks' L2 attacks say so in their name (PGDL2, CW, DeepFool are L2; the rest L∞)
     l2_attack = "L2" in cls.__name__ or cls.__name__ in ("CW", "DeepFool", "EADL1", "EADEN") or budget is None
-    settings = {"method": f"torchattacks:{cls.__name__}", "norm": "2" if l2_attack else "inf",
-                **{k: v for k, v in kwargs.items() if isinstance(v, (int, float, str, bool))},
-                "target": describe_target(t, class_names_of(model))}
+    settings = {
+        "method": f"torchattacks:{cls.__name__}",
+        "norm": "2" if l2_attack else "inf",
+        **{k: v for k, v in kwargs.items() if isinstance(v, (int, float, str, bool))},
+        "target": describe_target(t, class_names_of(model)),
+    }
     return attack_result(x, x_adv, used, logits0, logits1, classes, targeted, eps, settings)

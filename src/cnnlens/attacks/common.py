@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -44,7 +45,9 @@ def parse_norm(norm: Any) -> str:
 
 def check_input(x: Any) -> torch.Tensor:
     if not torch.is_tensor(x):
-        raise TypeError(f"x must be a tensor N×C×H×W in [0, 1], got {type(x).__name__}; load images with cnnlens.load_images")
+        raise TypeError(
+            f"x must be a tensor N×C×H×W in [0, 1], got {type(x).__name__}; load images with cnnlens.load_images"
+        )
     if x.dim() != 4 or not x.is_floating_point():
         raise ValueError(
             f"x must be a float tensor N×C×H×W in [0, 1], got {tuple(x.shape)} {x.dtype}; "
@@ -67,7 +70,9 @@ def check_model(model: Any, x: torch.Tensor) -> None:
     if t is None:
         return
     if t.device != x.device:
-        raise ValueError(f"the input is on {x.device} but the model is on {t.device}; move the input with x.to({str(t.device)!r})")
+        raise ValueError(
+            f"the input is on {x.device} but the model is on {t.device}; move the input with x.to({str(t.device)!r})"
+        )
 
 
 def eps_tensor(eps: Any, n: int, x: torch.Tensor, what: str = "eps") -> torch.Tensor:
@@ -80,7 +85,9 @@ def eps_tensor(eps: Any, n: int, x: torch.Tensor, what: str = "eps") -> torch.Te
     if t.numel() != n:
         raise ValueError(f"got {t.numel()} values of {what} for {n} inputs; give one number or one per input")
     if not torch.isfinite(t).all() or (t < 0).any():
-        raise ValueError(f"{what} must be finite and ≥ 0 (pixel units, e.g. 2/255), got {t.min().item():.4g}…{t.max().item():.4g}")
+        raise ValueError(
+            f"{what} must be finite and ≥ 0 (pixel units, e.g. 2/255), got {t.min().item():.4g}…{t.max().item():.4g}"
+        )
     return t.clone().view(n, 1, 1, 1)
 
 
@@ -125,7 +132,9 @@ def goal_reached(pred: torch.Tensor, classes: torch.Tensor, targeted: bool) -> t
     return pred == classes if targeted else pred != classes
 
 
-def loss_grad(forward: Forward, x: torch.Tensor, classes: torch.Tensor, targeted: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def loss_grad(
+    forward: Forward, x: torch.Tensor, classes: torch.Tensor, targeted: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(logits, direction): the ascent direction of the attack objective at ``x``.
 
     direction = ∇ₓ CE(f(x), y) (untargeted) or −∇ₓ CE(f(x), t) (targeted). The
@@ -174,8 +183,15 @@ def random_start_point(x: torch.Tensor, eps: torch.Tensor, norm: str, generator:
     return project(x + delta, x, eps, norm)
 
 
-def fgsm_core(forward: Forward, x: torch.Tensor, classes: torch.Tensor, targeted: bool, eps: torch.Tensor,
-               norm: str = "inf", direction: torch.Tensor | None = None) -> torch.Tensor:
+def fgsm_core(
+    forward: Forward,
+    x: torch.Tensor,
+    classes: torch.Tensor,
+    targeted: bool,
+    eps: torch.Tensor,
+    norm: str = "inf",
+    direction: torch.Tensor | None = None,
+) -> torch.Tensor:
     """x' = clip(x + ε·sign(direction)) (L∞) or x + ε·direction/||direction||₂ (L2), projected and clipped."""
     if direction is None:
         _, direction = loss_grad(forward, x, classes, targeted)
@@ -186,12 +202,22 @@ def fgsm_core(forward: Forward, x: torch.Tensor, classes: torch.Tensor, targeted
     return torch.where(eps == 0, x, x_adv)
 
 
-def pgd_core(forward: Forward, x: torch.Tensor, classes: torch.Tensor, targeted: bool, eps: torch.Tensor,
-              steps: int, alpha: torch.Tensor, norm: str = "inf", random_start: bool = False,
-              generator: torch.Generator | None = None, early_stop: bool = True,
-              reached: torch.Tensor | None = None,
-              first: tuple[torch.Tensor, torch.Tensor] | None = None,
-              start: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def pgd_core(
+    forward: Forward,
+    x: torch.Tensor,
+    classes: torch.Tensor,
+    targeted: bool,
+    eps: torch.Tensor,
+    steps: int,
+    alpha: torch.Tensor,
+    norm: str = "inf",
+    random_start: bool = False,
+    generator: torch.Generator | None = None,
+    early_stop: bool = True,
+    reached: torch.Tensor | None = None,
+    first: tuple[torch.Tensor, torch.Tensor] | None = None,
+    start: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Projected gradient ascent on the attack objective; returns (x_adv, steps used per sample).
 
     With ``early_stop`` a sample stops (and keeps its image) as soon as its goal is
@@ -236,7 +262,9 @@ def pgd_core(forward: Forward, x: torch.Tensor, classes: torch.Tensor, targeted:
     return x_adv, used
 
 
-def resolve_classes(forward: Forward, x: torch.Tensor, y: torch.Tensor | None, t: Target | None) -> tuple[torch.Tensor, torch.Tensor]:
+def resolve_classes(
+    forward: Forward, x: torch.Tensor, y: torch.Tensor | None, t: Target | None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(clean logits, the class each sample is attacked toward or away from)."""
     with torch.no_grad():
         logits = check_logits(forward(x)).detach()
@@ -250,8 +278,9 @@ def resolve_classes(forward: Forward, x: torch.Tensor, y: torch.Tensor | None, t
     return logits, classes
 
 
-def resolve_and_grad(forward: Forward, x: torch.Tensor, y: torch.Tensor | None, t: Target | None
-                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def resolve_and_grad(
+    forward: Forward, x: torch.Tensor, y: torch.Tensor | None, t: Target | None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(clean logits, classes, attack direction at x) from one forward and one backward.
 
     The classes (predicted, second, ...) are read off the same forward whose graph
@@ -343,5 +372,3 @@ def checked_with_eps(model: nn.Module, x: Any, y: Any, target: Any, eps: Any):
 def chunk_targets(a: int, b: int, y: torch.Tensor | None, t: Target | None):
     """Labels and target of samples a:b (per-sample target classes are sliced)."""
     return (None if y is None else y[a:b]), (None if t is None else t.subset(a, b))
-
-

@@ -18,7 +18,7 @@ beside the measured minimal ε of two models of very different input dimension.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 
@@ -52,8 +52,9 @@ def sample_ball(n: int, d: int, generator: torch.Generator | None = None, dtype=
     return g / g.norm(dim=1, keepdim=True) * u.pow(1.0 / d)
 
 
-def monte_carlo_shell_fraction(d: int, eps: float, n: int = 4000, seed: int = 0,
-                               chunk: int = 2_000_000) -> tuple[float, float]:
+def monte_carlo_shell_fraction(
+    d: int, eps: float, n: int = 4000, seed: int = 0, chunk: int = 2_000_000
+) -> tuple[float, float]:
     """(estimate, standard error) of P(||x|| > 1 − ε) for x uniform in the d-ball, from n samples.
 
     stderr = sqrt(p(1 − p)/n); the estimate should match :func:`shell_fraction`
@@ -73,8 +74,9 @@ def monte_carlo_shell_fraction(d: int, eps: float, n: int = 4000, seed: int = 0,
     return p, math.sqrt(max(p * (1 - p), 0.0) / n)
 
 
-def concentration_table(dims: Sequence[int] = DEFAULT_DIMS, eps: Sequence[float] = DEFAULT_EPS, n: int = 4000,
-                        seed: int = 0) -> dict:
+def concentration_table(
+    dims: Sequence[int] = DEFAULT_DIMS, eps: Sequence[float] = DEFAULT_EPS, n: int = 4000, seed: int = 0
+) -> dict:
     """Formula and Monte Carlo estimate (with standard error) for each ε and d: ``{eps: {d, formula, mc, stderr}}``."""
     out = {}
     for j, e in enumerate(eps):
@@ -86,5 +88,3 @@ def concentration_table(dims: Sequence[int] = DEFAULT_DIMS, eps: Sequence[float]
             rows["stderr"].append(se)
         out[float(e)] = rows
     return out
-
-

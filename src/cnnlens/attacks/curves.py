@@ -17,18 +17,28 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from torch import nn
 
+from .._autograd import needs_autograd
 from ..results import Result
 from ..scan import Batch
 from ..tap import LayerTap
-from .common import (check_steps, eps_tensor, fgsm_core, loss_grad, parse_norm, parse_target,
-                       pgd_core, predict, resolve_step_size)
-from .._autograd import needs_autograd
+from .common import (
+    check_steps,
+    eps_tensor,
+    fgsm_core,
+    loss_grad,
+    parse_norm,
+    parse_target,
+    pgd_core,
+    predict,
+    resolve_step_size,
+)
 from .minnorm import cw_core, deepfool_core
 
 log = logging.getLogger(__name__)
@@ -89,10 +99,23 @@ class RobustnessAccumulator:
 
     layers: Sequence[str] = ()
 
-    def __init__(self, eps: Sequence[float] = DEFAULT_EPS, attacks: Sequence[str] = ATTACKS, *, steps: int = 10,
-                 step_size: float | None = None, norm: str = "inf", target: Any = None, random_start: bool = False,
-                 seed: int = 0, gallery: int = 6, class_names: Sequence[str] | None = None, deepfool_steps: int = 50,
-                 cw_steps: int = 100, cw_c: float = 1.0):
+    def __init__(
+        self,
+        eps: Sequence[float] = DEFAULT_EPS,
+        attacks: Sequence[str] = ATTACKS,
+        *,
+        steps: int = 10,
+        step_size: float | None = None,
+        norm: str = "inf",
+        target: Any = None,
+        random_start: bool = False,
+        seed: int = 0,
+        gallery: int = 6,
+        class_names: Sequence[str] | None = None,
+        deepfool_steps: int = 50,
+        cw_steps: int = 100,
+        cw_c: float = 1.0,
+    ):
         self.eps = _check_eps_list(eps)
         self.attacks = _check_attacks(attacks)
         self.steps = check_steps(steps)
@@ -122,11 +145,18 @@ class RobustnessAccumulator:
 
     # ------------------------------------------------------------------ settings
     def settings(self) -> dict:
-        s = {"eps": list(self.eps), "attacks": list(self.attacks), "norm": self.norm, "pgd_steps": self.steps,
-             "pgd_step_size": "2.5·ε/steps" if self.step_size is None else self.step_size,
-             "target": "untargeted (away from the true label)" if self.target is None else str(self.target),
-             "random_start": self.random_start, "seed": self.seed, "gallery_attack": self.gallery_attack,
-             "loss": "cross-entropy on logits"}
+        s = {
+            "eps": list(self.eps),
+            "attacks": list(self.attacks),
+            "norm": self.norm,
+            "pgd_steps": self.steps,
+            "pgd_step_size": "2.5·ε/steps" if self.step_size is None else self.step_size,
+            "target": "untargeted (away from the true label)" if self.target is None else str(self.target),
+            "random_start": self.random_start,
+            "seed": self.seed,
+            "gallery_attack": self.gallery_attack,
+            "loss": "cross-entropy on logits",
+        }
         if "deepfool" in self.attacks:
             s.update(deepfool_steps=self.deepfool_steps, deepfool_overshoot=0.02)
         if "cw" in self.attacks:
@@ -161,8 +191,10 @@ class RobustnessAccumulator:
             raise ValueError("RobustnessAccumulator needs the model in the batch (run it through cnnlens.scan)")
         x, y, logits = batch.x.detach(), batch.y.reshape(-1).long(), batch.logits.detach()
         if x.numel() and (x.min() < 0 or x.max() > 1):
-            raise ValueError("the dataset yields images outside [0, 1]; attacks work in pixel space "
-                             "(normalisation belongs inside the model)")
+            raise ValueError(
+                "the dataset yields images outside [0, 1]; attacks work in pixel space "
+                "(normalisation belongs inside the model)"
+            )
         k = logits.shape[1]
         self._init(k)
         if self.class_names is None and getattr(getattr(model, "spec", None), "class_names", None):
@@ -198,8 +230,9 @@ class RobustnessAccumulator:
                         x_adv = x if eps == 0 else fgsm_core(tap.run, x, classes, targeted, e, self.norm, direction)
                     else:
                         alpha = resolve_step_size(self.step_size, e, self.steps)
-                        x_adv, _ = pgd_core(tap.run, x, classes, targeted, e, self.steps, alpha, self.norm,
-                                             self.random_start, gen, True)
+                        x_adv, _ = pgd_core(
+                            tap.run, x, classes, targeted, e, self.steps, alpha, self.norm, self.random_start, gen, True
+                        )
                     if found is None:
                         pred = predict(tap.run, x_adv).argmax(1)
                     ok = (pred == y).cpu()
@@ -230,14 +263,22 @@ class RobustnessAccumulator:
             sal0 = saliency(model, x[sel], target=yc[sel.cpu()].tolist()).maps
             sal1 = saliency(model, flip_x[sel], target=flip_pred[sel.cpu()].tolist()).maps
         for r, (di, i) in enumerate(cand):
-            self.gallery.append({
-                "index": di, "label": int(yc[i]), "pred_adv": int(flip_pred[i]), "eps": float(flip_eps[i]),
-                "attack": self.gallery_attack, "x": x[i].detach().cpu(), "x_adv": flip_x[i].detach().cpu(),
-                "saliency_before": sal0[r].cpu(), "saliency_after": sal1[r].cpu(),
-            })
+            self.gallery.append(
+                {
+                    "index": di,
+                    "label": int(yc[i]),
+                    "pred_adv": int(flip_pred[i]),
+                    "eps": float(flip_eps[i]),
+                    "attack": self.gallery_attack,
+                    "x": x[i].detach().cpu(),
+                    "x_adv": flip_x[i].detach().cpu(),
+                    "saliency_before": sal0[r].cpu(),
+                    "saliency_after": sal1[r].cpu(),
+                }
+            )
         self.gallery = sorted(self.gallery, key=lambda g: g["index"])[: self.gallery_size]
 
-    def merge(self, other: "RobustnessAccumulator") -> "RobustnessAccumulator":
+    def merge(self, other: RobustnessAccumulator) -> RobustnessAccumulator:
         """Combine two shards' counts (and galleries: the lowest indices win)."""
         if not isinstance(other, RobustnessAccumulator):
             raise TypeError(f"cannot merge a RobustnessAccumulator with {type(other).__name__}")
@@ -262,19 +303,25 @@ class RobustnessAccumulator:
         out.gallery = sorted(self.gallery + other.gallery, key=lambda g: g["index"])[: self.gallery_size]
         return out
 
-    def compute(self) -> "RobustnessResult":
+    def compute(self) -> RobustnessResult:
         if self.n == 0:
             raise ValueError("the robustness scan saw no samples; check that the dataset is not empty")
         k = self.num_classes
 
         def frac(num, den):
-            return torch.where(den > 0, num.double() / den.clamp_min(1).double(), torch.full_like(num, math.nan, dtype=torch.double))
+            return torch.where(
+                den > 0, num.double() / den.clamp_min(1).double(), torch.full_like(num, math.nan, dtype=torch.double)
+            )
 
         return RobustnessResult(
-            eps=self.eps, attacks=self.attacks, n=self.n,
+            eps=self.eps,
+            attacks=self.attacks,
+            n=self.n,
             clean_accuracy=self.clean_correct / self.n,
             accuracy={a: self.correct[a].double() / self.n for a in self.attacks},
-            per_class={a: frac(self.class_correct[a], self.support[:, None].expand(k, len(self.eps))) for a in self.attacks},
+            per_class={
+                a: frac(self.class_correct[a], self.support[:, None].expand(k, len(self.eps))) for a in self.attacks
+            },
             clean_per_class=frac(self.clean_class_correct, self.support),
             support=self.support.clone(),
             gallery=list(self.gallery),
@@ -315,8 +362,10 @@ class RobustnessResult(Result):
         """(header, rows): accuracy per ε for each attack."""
         norm = "L∞" if self.settings.get("norm", "inf") == "inf" else "L2"
         header = [f"ε in pixel units ({norm})", "ε in grey levels (×255)"] + [f"{a} accuracy" for a in self.attacks]
-        rows = [[round(float(e), 6), round(float(e) * 255, 3)] + [float(self.accuracy[a][j]) for a in self.attacks]
-                for j, e in enumerate(self.eps)]
+        rows = [
+            [round(float(e), 6), round(float(e) * 255, 3)] + [float(self.accuracy[a][j]) for a in self.attacks]
+            for j, e in enumerate(self.eps)
+        ]
         return header, rows
 
     def figure(self, title: str | None = None):
@@ -333,10 +382,24 @@ class RobustnessResult(Result):
 
 
 @needs_autograd
-def robustness(model: nn.Module, data: Any, eps: Sequence[float] = DEFAULT_EPS, attacks: Sequence[str] = ATTACKS, *,
-               steps: int = 10, step_size: float | None = None, norm: str = "inf", target: Any = None,
-               random_start: bool = False, seed: int = 0, gallery: int = 6, batch_size: int = 64,
-               device: Any = None, progress=None, **minimum_norm: Any) -> RobustnessResult:
+def robustness(
+    model: nn.Module,
+    data: Any,
+    eps: Sequence[float] = DEFAULT_EPS,
+    attacks: Sequence[str] = ATTACKS,
+    *,
+    steps: int = 10,
+    step_size: float | None = None,
+    norm: str = "inf",
+    target: Any = None,
+    random_start: bool = False,
+    seed: int = 0,
+    gallery: int = 6,
+    batch_size: int = 64,
+    device: Any = None,
+    progress=None,
+    **minimum_norm: Any,
+) -> RobustnessResult:
     """Accuracy under FGSM/PGD (and DeepFool/C&W) for each ε over a dataset, in one :func:`cnnlens.scan` pass.
 
     ``minimum_norm``: ``deepfool_steps``, ``cw_steps``, ``cw_c`` (see :class:`RobustnessAccumulator`).
@@ -348,8 +411,18 @@ def robustness(model: nn.Module, data: Any, eps: Sequence[float] = DEFAULT_EPS, 
     """
     from ..scan import scan
 
-    acc = RobustnessAccumulator(eps, attacks, steps=steps, step_size=step_size, norm=norm, target=target,
-                                random_start=random_start, seed=seed, gallery=gallery, **minimum_norm)
+    acc = RobustnessAccumulator(
+        eps,
+        attacks,
+        steps=steps,
+        step_size=step_size,
+        norm=norm,
+        target=target,
+        random_start=random_start,
+        seed=seed,
+        gallery=gallery,
+        **minimum_norm,
+    )
     if target is not None:
         parse_target(target, model)  # validate before the scan
     (res,) = scan(model, data, [acc], batch_size=batch_size, device=device, progress=progress)

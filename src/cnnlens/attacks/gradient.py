@@ -22,27 +22,55 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from torch import nn
 
+from .._autograd import needs_autograd
 from .._batch import check_batch_size, chunks
 from ..tap import LayerTap
 from ..targets import model_classes
-from .common import (Forward, attack_result, check_input, check_labels, check_logits, check_model, check_steps,
-                     checked_with_eps, chunk_targets, class_names_of, describe_target, fgsm_core, goal_reached,
-                     parse_norm, parse_target, pgd_core, predict, random_start_point, resolve_and_grad,
-                     resolve_classes, resolve_step_size)
+from .common import (
+    Forward,
+    attack_result,
+    check_input,
+    check_labels,
+    check_logits,
+    check_model,
+    check_steps,
+    checked_with_eps,
+    chunk_targets,
+    class_names_of,
+    describe_target,
+    fgsm_core,
+    goal_reached,
+    parse_norm,
+    parse_target,
+    pgd_core,
+    predict,
+    random_start_point,
+    resolve_and_grad,
+    resolve_classes,
+    resolve_step_size,
+)
 from .result import AttackResult
-from .._autograd import needs_autograd
 
 log = logging.getLogger(__name__)
 
 
 @needs_autograd
-def fgsm(model: nn.Module, x: torch.Tensor, y: torch.Tensor | None = None, *, eps: float | Sequence[float] | torch.Tensor,
-         target: Any = None, norm: str = "inf", batch_size: int | None = None) -> AttackResult:
+def fgsm(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor | None = None,
+    *,
+    eps: float | Sequence[float] | torch.Tensor,
+    target: Any = None,
+    norm: str = "inf",
+    batch_size: int | None = None,
+) -> AttackResult:
     """Fast gradient sign method (Goodfellow et al. 2015): one step of size ε.
 
     Untargeted (``target=None``): ``x' = clip(x + ε·sign(∇ₓ CE(f(x), y)))``, with
@@ -65,17 +93,33 @@ def fgsm(model: nn.Module, x: torch.Tensor, y: torch.Tensor | None = None, *, ep
             x_adv = fgsm_core(tap.run, x[a:b], classes, t is not None, e[a:b], nm, direction=direction)
             parts.append((x_adv, logits0, classes, predict(tap.run, x_adv)))
     x_adv, logits0, classes, logits1 = (torch.cat(v) for v in zip(*parts))
-    settings = {"method": "fgsm", "norm": nm, "eps": _eps_setting(e), "target": describe_target(t, class_names_of(model)),
-                "loss": "cross-entropy on logits"}
+    settings = {
+        "method": "fgsm",
+        "norm": nm,
+        "eps": _eps_setting(e),
+        "target": describe_target(t, class_names_of(model)),
+        "loss": "cross-entropy on logits",
+    }
     used = (e.view(-1) > 0).long()
     return attack_result(x, x_adv, used, logits0, logits1, classes, t is not None, e, settings)
 
 
 @needs_autograd
-def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor | None = None, *, eps: float | Sequence[float] | torch.Tensor,
-        steps: int = 10, step_size: float | None = None, target: Any = "second", norm: str = "inf",
-        random_start: bool = False, early_stop: bool = True, seed: int = 0,
-        batch_size: int | None = None) -> AttackResult:
+def pgd(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor | None = None,
+    *,
+    eps: float | Sequence[float] | torch.Tensor,
+    steps: int = 10,
+    step_size: float | None = None,
+    target: Any = "second",
+    norm: str = "inf",
+    random_start: bool = False,
+    early_stop: bool = True,
+    seed: int = 0,
+    batch_size: int | None = None,
+) -> AttackResult:
     """Projected gradient descent / basic iterative method (Kurakin et al. 2017; Madry et al. 2018).
 
     Repeats ``x ← Π_{B(x₀, ε) ∩ [0,1]}(x ± α·sign(∇ₓ CE(f(x), c)))`` (L∞; L2 steps along
@@ -107,20 +151,41 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor | None = None, *, eps
             else:
                 logits0, classes, direction = resolve_and_grad(tap.run, x[a:b], yb, tb)
                 first = (logits0, direction)
-            x_adv, used = pgd_core(tap.run, x[a:b], classes, t is not None, e[a:b], steps, alpha[a:b], nm,
-                                    random_start, gen, early_stop, first=first,
-                                    start=None if start is None else start[a:b])
+            x_adv, used = pgd_core(
+                tap.run,
+                x[a:b],
+                classes,
+                t is not None,
+                e[a:b],
+                steps,
+                alpha[a:b],
+                nm,
+                random_start,
+                gen,
+                early_stop,
+                first=first,
+                start=None if start is None else start[a:b],
+            )
             parts.append((x_adv, used, logits0, classes, predict(tap.run, x_adv)))
     x_adv, used, logits0, classes, logits1 = (torch.cat(v) for v in zip(*parts))
-    settings = {"method": "pgd", "norm": nm, "eps": _eps_setting(e), "steps": steps,
-                "step_size": "2.5·ε/steps" if step_size is None else step_size,
-                "target": describe_target(t, class_names_of(model)), "random_start": bool(random_start),
-                "early_stop": bool(early_stop), "seed": int(seed), "loss": "cross-entropy on logits"}
+    settings = {
+        "method": "pgd",
+        "norm": nm,
+        "eps": _eps_setting(e),
+        "steps": steps,
+        "step_size": "2.5·ε/steps" if step_size is None else step_size,
+        "target": describe_target(t, class_names_of(model)),
+        "random_start": bool(random_start),
+        "early_stop": bool(early_stop),
+        "seed": int(seed),
+        "loss": "cross-entropy on logits",
+    }
     return attack_result(x, x_adv, used, logits0, logits1, classes, t is not None, e, settings)
 
 
-def _linear_eps(forward: Forward, x: torch.Tensor, logits: torch.Tensor, classes: torch.Tensor, targeted: bool,
-                norm: str) -> torch.Tensor:
+def _linear_eps(
+    forward: Forward, x: torch.Tensor, logits: torch.Tensor, classes: torch.Tensor, targeted: bool, norm: str
+) -> torch.Tensor:
     """First-order distance to the goal: margin / ||∇ₓ margin||_dual (exact for a linear model).
 
     margin = z_a − z_b, with (a, b) = (predicted, target) for a targeted attack and
@@ -143,10 +208,23 @@ def _linear_eps(forward: Forward, x: torch.Tensor, logits: torch.Tensor, classes
 
 
 @needs_autograd
-def minimal_eps(model: nn.Module, x: torch.Tensor, y: torch.Tensor | None = None, *, target: Any = "second",
-                norm: str = "inf", steps: int = 10, start: float | str = "linear", max_eps: float | None = None,
-                rtol: float = 0.05, max_iter: int = 20, factor: float = 1.5, random_start: bool = False, seed: int = 0,
-                progress: Callable[[int, int | None], None] | None = None) -> AttackResult:
+def minimal_eps(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor | None = None,
+    *,
+    target: Any = "second",
+    norm: str = "inf",
+    steps: int = 10,
+    start: float | str = "linear",
+    max_eps: float | None = None,
+    rtol: float = 0.05,
+    max_iter: int = 20,
+    factor: float = 1.5,
+    random_start: bool = False,
+    seed: int = 0,
+    progress: Callable[[int, int | None], None] | None = None,
+) -> AttackResult:
     """The smallest ε that reaches the goal for each image: a first-order guess, bracketing, then bisection over PGD.
 
     Each sample starts from ``start``: by default its first-order distance to the
@@ -214,8 +292,20 @@ def minimal_eps(model: nn.Module, x: torch.Tensor, y: torch.Tensor | None = None
             nonlocal runs
             e = eps_try.view(-1, 1, 1, 1)
             ok = torch.zeros(len(idx), dtype=torch.bool, device=x.device)
-            xa, used = pgd_core(tap.run, x[idx], classes[idx], targeted, e, steps, resolve_step_size(None, e, steps), nm,
-                                 random_start, gen, True, reached=ok)
+            xa, used = pgd_core(
+                tap.run,
+                x[idx],
+                classes[idx],
+                targeted,
+                e,
+                steps,
+                resolve_step_size(None, e, steps),
+                nm,
+                random_start,
+                gen,
+                True,
+                reached=ok,
+            )
             rest = (~ok).nonzero().view(-1)  # ran every step: check the last iterate
             if len(rest):
                 ok[rest] = goal_reached(predict(tap.run, xa[rest]).argmax(1), classes[idx][rest], targeted)
@@ -264,13 +354,34 @@ def minimal_eps(model: nn.Module, x: torch.Tensor, y: torch.Tensor | None = None
         if progress is not None:
             progress(total, total)
         logits1 = predict(tap.run, best)
-    settings = {"method": "minimal-eps (first-order start, bracketing, bisection over PGD)", "norm": nm, "steps": steps,
-                "step_size": "2.5·ε/steps", "start": "margin/||∇margin||_dual" if linear_start else float(start),
-                "max_eps": max_eps, "rtol": rtol, "max_iter": max_iter, "factor": factor,
-                "target": describe_target(t, class_names_of(model)), "random_start": bool(random_start),
-                "seed": int(seed), "pgd_runs": runs, "loss": "cross-entropy on logits"}
-    return attack_result(x, best, best_steps, logits0, logits1, classes, targeted, hi, settings,
-                   extras={"eps_lower": lo.detach().cpu(), "eps_linear": guess.detach().cpu()})
+    settings = {
+        "method": "minimal-eps (first-order start, bracketing, bisection over PGD)",
+        "norm": nm,
+        "steps": steps,
+        "step_size": "2.5·ε/steps",
+        "start": "margin/||∇margin||_dual" if linear_start else float(start),
+        "max_eps": max_eps,
+        "rtol": rtol,
+        "max_iter": max_iter,
+        "factor": factor,
+        "target": describe_target(t, class_names_of(model)),
+        "random_start": bool(random_start),
+        "seed": int(seed),
+        "pgd_runs": runs,
+        "loss": "cross-entropy on logits",
+    }
+    return attack_result(
+        x,
+        best,
+        best_steps,
+        logits0,
+        logits1,
+        classes,
+        targeted,
+        hi,
+        settings,
+        extras={"eps_lower": lo.detach().cpu(), "eps_linear": guess.detach().cpu()},
+    )
 
 
 def _eps_setting(e: torch.Tensor):

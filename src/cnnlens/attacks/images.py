@@ -8,7 +8,8 @@ every image, batch by batch, the results joined into one :class:`AttackResult`.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 
@@ -60,11 +61,25 @@ def concat_results(parts: Sequence[AttackResult]) -> AttackResult:
     return type(first)(**fields)
 
 
-def attack_images(model, x: torch.Tensor, method: str = "pgd", *, eps: float = 2 / 255, target: Any = "second",
-                  norm: str = "inf", steps: int | None = None, step_size: float | None = None, c: float = 1.0,
-                  overshoot: float = 0.02, random_start: bool = False, minimal: bool = False, seed: int = 0,
-                  batch_size: int | None = None, names: Sequence[str] | None = None,
-                  progress: Callable[[int], None] | None = None) -> AttackRun:
+def attack_images(
+    model,
+    x: torch.Tensor,
+    method: str = "pgd",
+    *,
+    eps: float = 2 / 255,
+    target: Any = "second",
+    norm: str = "inf",
+    steps: int | None = None,
+    step_size: float | None = None,
+    c: float = 1.0,
+    overshoot: float = 0.02,
+    random_start: bool = False,
+    minimal: bool = False,
+    seed: int = 0,
+    batch_size: int | None = None,
+    names: Sequence[str] | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> AttackRun:
     """Attack ``x`` with ``method`` (fgsm, pgd, deepfool or cw; ``minimal=True``: each image's smallest ε by
     bisection over PGD) in batches of ``batch_size`` (None: automatic), and join the results.
 
@@ -77,13 +92,14 @@ def attack_images(model, x: torch.Tensor, method: str = "pgd", *, eps: float = 2
     if method not in ATTACKS:
         raise ValueError(f"method {method!r} is not known; use one of {', '.join(ATTACKS)}")
     if minimal and method != "pgd":
-        raise ValueError("minimal=True searches over PGD; use it with method='pgd' (deepfool and cw are minimal "
-                         "already)")
+        raise ValueError(
+            "minimal=True searches over PGD; use it with method='pgd' (deepfool and cw are minimal already)"
+        )
     steps = DEFAULT_STEPS[method] if steps is None else steps
     batch_size = check_batch_size(batch_size, x)
     parts = []
     for b, s in enumerate(range(0, x.shape[0], batch_size)):
-        xb = x[s:s + batch_size]
+        xb = x[s : s + batch_size]
         if minimal:
             r = minimal_eps(model, xb, target=target, norm=norm, steps=steps, random_start=random_start, seed=seed)
         elif method == "fgsm":
@@ -93,12 +109,26 @@ def attack_images(model, x: torch.Tensor, method: str = "pgd", *, eps: float = 2
         elif method == "cw":
             r = cw(model, xb, target=target, c=c, steps=steps)
         else:
-            r = pgd(model, xb, eps=eps, steps=steps, step_size=step_size, target=target, norm=norm,
-                    random_start=random_start, seed=seed)
+            r = pgd(
+                model,
+                xb,
+                eps=eps,
+                steps=steps,
+                step_size=step_size,
+                target=target,
+                norm=norm,
+                random_start=random_start,
+                seed=seed,
+            )
         parts.append(r)
         if progress is not None:
             progress(b + 1)
     names = list(names) if names is not None else [str(i) for i in range(x.shape[0])]
     class_names = getattr(getattr(model, "spec", None), "class_names", None)
-    return AttackRun(x.detach().cpu(), names, concat_results(parts), "minimal" if minimal else method,
-                     list(class_names) if class_names else None)
+    return AttackRun(
+        x.detach().cpu(),
+        names,
+        concat_results(parts),
+        "minimal" if minimal else method,
+        list(class_names) if class_names else None,
+    )

@@ -23,17 +23,28 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
 
+from .._autograd import needs_autograd
 from .._batch import check_batch_size, chunks
 from ..tap import LayerTap
-from .common import (check_logits, check_steps, checked_inputs, chunk_targets, class_names_of, describe_target, goal_reached,
-                       predict, resolve_classes, attack_result)
+from .common import (
+    attack_result,
+    check_logits,
+    check_steps,
+    checked_inputs,
+    chunk_targets,
+    class_names_of,
+    describe_target,
+    goal_reached,
+    predict,
+    resolve_classes,
+)
 from .result import AttackResult
-from .._autograd import needs_autograd
 
 log = logging.getLogger(__name__)
 
@@ -56,8 +67,16 @@ def _check_positive(name: str, v: Any, integer: bool = False, allow_zero: bool =
     return v
 
 
-def deepfool_core(forward: Forward, x: torch.Tensor, classes: torch.Tensor, targeted: bool, steps: int,
-                   overshoot: float, candidates: int, logits0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def deepfool_core(
+    forward: Forward,
+    x: torch.Tensor,
+    classes: torch.Tensor,
+    targeted: bool,
+    steps: int,
+    overshoot: float,
+    candidates: int,
+    logits0: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(x_adv, iterations used) for a batch; ``classes`` = the class to leave (untargeted) or reach."""
     n, k = logits0.shape
     if targeted:
@@ -112,9 +131,17 @@ def deepfool_core(forward: Forward, x: torch.Tensor, classes: torch.Tensor, targ
 
 
 @needs_autograd
-def deepfool(model: nn.Module, x: torch.Tensor, y: torch.Tensor | None = None, *, target: Any = None,
-             steps: int = 50, overshoot: float = 0.02, candidates: int = 10,
-             batch_size: int | None = None) -> AttackResult:
+def deepfool(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor | None = None,
+    *,
+    target: Any = None,
+    steps: int = 50,
+    overshoot: float = 0.02,
+    candidates: int = 10,
+    batch_size: int | None = None,
+) -> AttackResult:
     """DeepFool (Moosavi-Dezfooli et al. 2016): the smallest L2 step over the closest decision boundary.
 
     Untargeted (``target=None``): away from ``y`` (or the predicted class without
@@ -137,14 +164,21 @@ def deepfool(model: nn.Module, x: torch.Tensor, y: torch.Tensor | None = None, *
         for a, b in chunks(n, check_batch_size(batch_size, x)):
             yb, tb = chunk_targets(a, b, y, t)
             logits0, classes = resolve_classes(tap.run, x[a:b], yb, tb)
-            x_adv, used = deepfool_core(tap.run, x[a:b], classes, t is not None, steps, float(overshoot),
-                                         int(candidates), logits0)
+            x_adv, used = deepfool_core(
+                tap.run, x[a:b], classes, t is not None, steps, float(overshoot), int(candidates), logits0
+            )
             parts.append((x_adv, used, logits0, classes, predict(tap.run, x_adv)))
     x_adv, used, logits0, classes, logits1 = (torch.cat(v) for v in zip(*parts))
     ok = goal_reached(logits1.argmax(1), classes, t is not None)
     eps = torch.where(ok, _flat_norm(x_adv - x), torch.full_like(ok, math.inf, dtype=x.dtype))
-    settings = {"method": "deepfool", "norm": "2", "steps": steps, "overshoot": float(overshoot),
-                "candidates": int(candidates), "target": describe_target(t, class_names_of(model))}
+    settings = {
+        "method": "deepfool",
+        "norm": "2",
+        "steps": steps,
+        "overshoot": float(overshoot),
+        "candidates": int(candidates),
+        "target": describe_target(t, class_names_of(model)),
+    }
     return attack_result(x, x_adv, used, logits0, logits1, classes, t is not None, eps, settings)
 
 
@@ -155,8 +189,17 @@ def _cw_margin(z: torch.Tensor, classes: torch.Tensor, targeted: bool, kappa: fl
     return (other - zc if targeted else zc - other).clamp_min(-kappa)
 
 
-def cw_core(forward: Forward, x: torch.Tensor, classes: torch.Tensor, targeted: bool, c0: float, kappa: float,
-             steps: int, lr: float, search_steps: int):
+def cw_core(
+    forward: Forward,
+    x: torch.Tensor,
+    classes: torch.Tensor,
+    targeted: bool,
+    c0: float,
+    kappa: float,
+    steps: int,
+    lr: float,
+    search_steps: int,
+):
     """(best x_adv, its squared L2 or inf, Adam steps run, the c that found it) for a batch."""
     n = x.shape[0]
     dev, dt = x.device, x.dtype
@@ -197,9 +240,19 @@ def cw_core(forward: Forward, x: torch.Tensor, classes: torch.Tensor, targeted: 
 
 
 @needs_autograd
-def cw(model: nn.Module, x: torch.Tensor, y: torch.Tensor | None = None, *, target: Any = None, c: float = 1.0,
-       kappa: float = 0.0, steps: int = 100, lr: float = 0.01, search_steps: int = 1,
-       batch_size: int | None = None) -> AttackResult:
+def cw(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor | None = None,
+    *,
+    target: Any = None,
+    c: float = 1.0,
+    kappa: float = 0.0,
+    steps: int = 100,
+    lr: float = 0.01,
+    search_steps: int = 1,
+    batch_size: int | None = None,
+) -> AttackResult:
     """Carlini–Wagner L2 (Carlini & Wagner 2017): min ||x' − x||₂² + c·f(x') over x' = (tanh(w) + 1)/2.
 
     f(x') = max(Z_a(x') − max_{j≠a} Z_j(x'), −κ) to leave class a (``target=None``: ``y``
@@ -228,14 +281,24 @@ def cw(model: nn.Module, x: torch.Tensor, y: torch.Tensor | None = None, *, targ
         for a, b in chunks(n, check_batch_size(batch_size, x)):
             yb, tb = chunk_targets(a, b, y, t)
             logits0, classes = resolve_classes(tap.run, x[a:b], yb, tb)
-            best, best_l2, used, cf = cw_core(tap.run, x[a:b], classes, t is not None, float(c), float(kappa), steps,
-                                               float(lr), search_steps)
+            best, best_l2, used, cf = cw_core(
+                tap.run, x[a:b], classes, t is not None, float(c), float(kappa), steps, float(lr), search_steps
+            )
             parts.append((best, used, logits0, classes, predict(tap.run, best), cf))
     x_adv, used, logits0, classes, logits1, cf = (torch.cat(v) for v in zip(*parts))
     ok = goal_reached(logits1.argmax(1), classes, t is not None)
     eps = torch.where(ok, _flat_norm(x_adv - x), torch.full_like(ok, math.inf, dtype=x.dtype))
-    settings = {"method": "cw", "norm": "2", "c": float(c), "kappa": float(kappa), "steps": steps, "lr": float(lr),
-                "search_steps": search_steps, "optimizer": "Adam",
-                "target": describe_target(t, class_names_of(model))}
-    return attack_result(x, x_adv, used, logits0, logits1, classes, t is not None, eps, settings,
-                   extras={"c": cf.detach().cpu()})
+    settings = {
+        "method": "cw",
+        "norm": "2",
+        "c": float(c),
+        "kappa": float(kappa),
+        "steps": steps,
+        "lr": float(lr),
+        "search_steps": search_steps,
+        "optimizer": "Adam",
+        "target": describe_target(t, class_names_of(model)),
+    }
+    return attack_result(
+        x, x_adv, used, logits0, logits1, classes, t is not None, eps, settings, extras={"c": cf.detach().cpu()}
+    )

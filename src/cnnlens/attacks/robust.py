@@ -28,7 +28,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .common import check_steps, eps_tensor, loss_grad, parse_norm, project, random_start_point, take_step, resolve_step_size
+from .common import (
+    check_steps,
+    eps_tensor,
+    loss_grad,
+    parse_norm,
+    project,
+    random_start_point,
+    resolve_step_size,
+    take_step,
+)
 
 ROBUST = ("none", "adversarial", "gradient-penalty")
 #: defaults of ``--robust adversarial`` (FGSM with a random start) and ``--robust gradient-penalty``
@@ -36,8 +45,9 @@ ADV_EPS = 0.1
 GP_LAMBDA = 1.0
 
 
-def input_gradient_penalty(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
-                           create_graph: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+def input_gradient_penalty(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, create_graph: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(per-sample CE, per-sample ||∂CE_i/∂x_i||²) of ``model`` as it is (N and N).
 
     ``create_graph=True`` keeps the graph so the penalty can itself be
@@ -137,15 +147,29 @@ class AdversarialLoss:
         return self.terms(model, x, y)["loss"]
 
     def describe(self) -> dict:
-        return {"robust": "adversarial", "method": self.method, "eps": self.eps,
-                "steps": self.steps if self.method == "pgd" else 1,
-                "step_size": self.step_size if self.step_size is not None else ("1.25·ε" if self.method == "fgsm" else "2.5·ε/steps"),
-                "mix": self.mix, "norm": self.norm, "random_start": True,
-                "loss": "(1 − mix)·CE(x) + mix·CE(x_adv)"}
+        return {
+            "robust": "adversarial",
+            "method": self.method,
+            "eps": self.eps,
+            "steps": self.steps if self.method == "pgd" else 1,
+            "step_size": self.step_size
+            if self.step_size is not None
+            else ("1.25·ε" if self.method == "fgsm" else "2.5·ε/steps"),
+            "mix": self.mix,
+            "norm": self.norm,
+            "random_start": True,
+            "loss": "(1 − mix)·CE(x) + mix·CE(x_adv)",
+        }
 
 
-def adversarial_loss(eps: float = ADV_EPS, method: str = "fgsm", steps: int = 1, step_size: float | None = None,
-                     mix: float = 0.5, norm: str = "inf") -> AdversarialLoss:
+def adversarial_loss(
+    eps: float = ADV_EPS,
+    method: str = "fgsm",
+    steps: int = 1,
+    step_size: float | None = None,
+    mix: float = 0.5,
+    norm: str = "inf",
+) -> AdversarialLoss:
     """A training loss mixing clean and attacked images (labels kept); see :class:`AdversarialLoss`."""
     return AdversarialLoss(eps=eps, method=method, steps=steps, step_size=step_size, mix=mix, norm=norm)
 
@@ -163,7 +187,9 @@ def robust_loss(robust: str, **kw):
     if key == "none":
         return None
     if key in ("adversarial", "adv"):
-        return adversarial_loss(**{k: v for k, v in kw.items() if k in ("eps", "method", "steps", "step_size", "mix", "norm")})
+        return adversarial_loss(
+            **{k: v for k, v in kw.items() if k in ("eps", "method", "steps", "step_size", "mix", "norm")}
+        )
     if key in ("gradient-penalty", "gp"):
         return gradient_penalty_loss(**{k: v for k, v in kw.items() if k in ("lam",)})
     raise ValueError(f"--robust {robust!r} is not known; use one of {', '.join(ROBUST)}")
@@ -178,9 +204,16 @@ def robust_weights_path(robust: str):
 
     key = str(robust).strip().lower().replace("_", "-")
     if key not in ROBUST[1:]:
-        raise ValueError(f"no shipped weights for --robust {robust!r}; use 'adversarial' or 'gradient-penalty' "
-                         "(the plain model is load_model('digits-cnn'))")
-    return Path(__file__).resolve().parent.parent / "models" / "weights" / f"digits_cnn_{key.replace('-', '_')}.safetensors"
+        raise ValueError(
+            f"no shipped weights for --robust {robust!r}; use 'adversarial' or 'gradient-penalty' "
+            "(the plain model is load_model('digits-cnn'))"
+        )
+    return (
+        Path(__file__).resolve().parent.parent
+        / "models"
+        / "weights"
+        / f"digits_cnn_{key.replace('-', '_')}.safetensors"
+    )
 
 
 def load_digits(robust: str = "none"):

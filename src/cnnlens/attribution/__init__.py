@@ -51,26 +51,54 @@ LRP, Lime, KernelShap, FeatureAblation, ...) and returns an Explanation (``pip i
 
 from __future__ import annotations
 
+from ..registry import REGISTRY, Method, method_info
 from .augmented import augmented_gradcam, random_affines, superresolve
 from .bridge import captum
 from .cam import cam, eigencam, gradcam, gradcam_pp, hirescam, layercam, xgradcam
 from .cam_ablation import ablation_cam, score_cam
 from .explain import ExplainRun, explain_images
-from .faithfulness import (Curve, Faithfulness, Randomization, deletion, faithfulness, insertion,
-                           randomization_check)
+from .faithfulness import Curve, Faithfulness, Randomization, deletion, faithfulness, insertion, randomization_check
 from .gradients import gradient_x_input, integrated_gradients, saliency, smoothgrad
 from .guided import guided_backprop, guided_gradcam
 from .occlusion import occlusion
-from ..registry import REGISTRY, Method, method_info
 from .segment import segment
 
 #: every attribution method by name (``-`` in CLI names maps to ``_``); what is known of each: ``REGISTRY``
 METHODS = {name: m.fn for name, m in REGISTRY.items()}
 
 __all__ = [
-    "METHODS", "REGISTRY", "Method", "method_info", "ExplainRun", "explain_images",
-    "Curve", "Faithfulness", "Randomization", "ablation_cam", "augmented_gradcam", "cam", "captum",
-    "deletion", "eigencam", "faithfulness", "gradcam", "gradcam_pp", "gradient_x_input", "guided_backprop",
-    "guided_gradcam", "hirescam", "insertion", "integrated_gradients", "layercam", "occlusion", "random_affines",
-    "randomization_check", "saliency", "score_cam", "segment", "smoothgrad", "superresolve", "xgradcam",
+    "METHODS",
+    "REGISTRY",
+    "Method",
+    "method_info",
+    "ExplainRun",
+    "explain_images",
+    "Curve",
+    "Faithfulness",
+    "Randomization",
+    "ablation_cam",
+    "augmented_gradcam",
+    "cam",
+    "captum",
+    "deletion",
+    "eigencam",
+    "faithfulness",
+    "gradcam",
+    "gradcam_pp",
+    "gradient_x_input",
+    "guided_backprop",
+    "guided_gradcam",
+    "hirescam",
+    "insertion",
+    "integrated_gradients",
+    "layercam",
+    "occlusion",
+    "random_affines",
+    "randomization_check",
+    "saliency",
+    "score_cam",
+    "segment",
+    "smoothgrad",
+    "superresolve",
+    "xgradcam",
 ]

@@ -18,8 +18,9 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -57,10 +58,14 @@ class Prepared:
     def describe(self) -> str:
         return self.target.describe(self.class_names)
 
-    def subset(self, start: int, stop: int) -> "Prepared":
+    def subset(self, start: int, stop: int) -> Prepared:
         """Samples ``start:stop``, with their labels and per-sample targets."""
-        return dataclasses.replace(self, x=self.x[start:stop], target=self.target.subset(start, stop),
-                                   labels=None if self.labels is None else self.labels[start:stop])
+        return dataclasses.replace(
+            self,
+            x=self.x[start:stop],
+            target=self.target.subset(start, stop),
+            labels=None if self.labels is None else self.labels[start:stop],
+        )
 
 
 def model_dtype(model: nn.Module) -> torch.dtype:
@@ -77,8 +82,9 @@ def model_device(model: nn.Module) -> torch.device | None:
     return None
 
 
-def prepare(model: nn.Module, x: torch.Tensor, target: Any, labels: torch.Tensor | None = None,
-            method: str = "this method") -> Prepared:
+def prepare(
+    model: nn.Module, x: torch.Tensor, target: Any, labels: torch.Tensor | None = None, method: str = "this method"
+) -> Prepared:
     """Check ``model`` and ``x``, validate the target (before any hook); see module docs."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -96,7 +102,9 @@ def prepare(model: nn.Module, x: torch.Tensor, target: Any, labels: torch.Tensor
         raise TypeError(f"x must be a floating-point tensor in [0, 1], got {x.dtype}; divide uint8 images by 255")
     dev = model_device(model)
     if dev is not None and dev != x.device:
-        raise ValueError(f"the input is on {x.device} but the model is on {dev}; move the input with x.to({str(dev)!r})")
+        raise ValueError(
+            f"the input is on {x.device} but the model is on {dev}; move the input with x.to({str(dev)!r})"
+        )
     in_dtype = x.dtype
     mdt = model_dtype(model)
     x = x.detach().to(mdt)
@@ -124,8 +132,12 @@ class Layout:
 
     def __init__(self, model: nn.Module, x: torch.Tensor, channels_last: bool | None = None):
         if channels_last is None:
-            channels_last = (x.dim() == 4 and x.shape[1] >= 3 and x.shape[-1] * x.shape[-2] >= 64 * 64
-                             and any(isinstance(m, nn.Conv2d) for m in model.modules()))
+            channels_last = (
+                x.dim() == 4
+                and x.shape[1] >= 3
+                and x.shape[-1] * x.shape[-2] >= 64 * 64
+                and any(isinstance(m, nn.Conv2d) for m in model.modules())
+            )
         self.channels_last = bool(channels_last)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
@@ -277,9 +289,18 @@ def constant_maps(maps: torch.Tensor) -> torch.Tensor:
     return spread <= 1e-6 * flat.abs().amax(1)
 
 
-def finish(p: Prepared, maps: torch.Tensor, method: str, classes: torch.Tensor, *, layer: str | None = None,
-           settings: dict | None = None, raw: torch.Tensor | None = None, extras: dict | None = None,
-           note: str | None = None) -> Explanation:
+def finish(
+    p: Prepared,
+    maps: torch.Tensor,
+    method: str,
+    classes: torch.Tensor,
+    *,
+    layer: str | None = None,
+    settings: dict | None = None,
+    raw: torch.Tensor | None = None,
+    extras: dict | None = None,
+    note: str | None = None,
+) -> Explanation:
     """Wrap maps (N×H×W) into an Explanation: float32 on CPU, ``extras["empty"]`` flags all-zero maps.
 
     The one check every map-producing method goes through: a map that is constant over the
@@ -300,11 +321,23 @@ def finish(p: Prepared, maps: torch.Tensor, method: str, classes: torch.Tensor, 
     constant = constant_maps(maps)
     if constant.any() or note:
         where = f" at layer {layer!r}" if layer else ""
-        what = (f"{int(constant.sum())} of {len(constant)} map(s){where} constant over the image, showing no "
-                "location (flagged in extras['constant_map'])" if constant.any() else "")
+        what = (
+            f"{int(constant.sum())} of {len(constant)} map(s){where} constant over the image, showing no "
+            "location (flagged in extras['constant_map'])"
+            if constant.any()
+            else ""
+        )
         log.warning("%s: %s", method, "; ".join(t for t in (what, note) if t))
-    ex = {k: (v.detach().float().cpu() if torch.is_tensor(v) and v.is_floating_point() else
-              v.detach().cpu() if torch.is_tensor(v) else v) for k, v in (extras or {}).items()}
+    ex = {
+        k: (
+            v.detach().float().cpu()
+            if torch.is_tensor(v) and v.is_floating_point()
+            else v.detach().cpu()
+            if torch.is_tensor(v)
+            else v
+        )
+        for k, v in (extras or {}).items()
+    }
     ex["empty"] = empty.cpu()
     ex["constant_map"] = constant.cpu()
     st = {"target": p.describe(), **(settings or {})}

@@ -24,19 +24,26 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .._autograd import needs_autograd
 from .._batch import check_batch_size, chunks
 from ..results import Explanation
 from ._common import Layout, Progress, finish, prepare, upsample
-from .cam import gradcam_tap, gradcam_weights, layer_gradient, flat_note, layer_name
-from .._autograd import needs_autograd
+from .cam import flat_note, gradcam_tap, gradcam_weights, layer_gradient, layer_name
 
 PADDINGS = ("reflection", "zeros", "border")
 #: default super-resolution factor: h is solved on a grid SUPER× finer than the CAM grid (at most the input size)
 SUPER = 8
 
 
-def random_affines(L: int, size: tuple[int, int], *, max_angle: float = 15.0, max_shift: float = 0.1,
-                   seed: int = 0, identity_first: bool = True) -> torch.Tensor:
+def random_affines(
+    L: int,
+    size: tuple[int, int],
+    *,
+    max_angle: float = 15.0,
+    max_shift: float = 0.1,
+    seed: int = 0,
+    identity_first: bool = True,
+) -> torch.Tensor:
     """L random rotations (±max_angle degrees) and translations (±max_shift of the size) as L×2×3 thetas.
 
     The thetas are in ``affine_grid``'s normalised coordinates (align_corners=False),
@@ -79,21 +86,33 @@ class Operator:
     (samples as channels, since every sample shares the augmentations).
     """
 
-    def __init__(self, thetas: torch.Tensor, size: tuple[int, int], grid: tuple[int, int],
-                 padding: str = "reflection", device=None):
+    def __init__(
+        self,
+        thetas: torch.Tensor,
+        size: tuple[int, int],
+        grid: tuple[int, int],
+        padding: str = "reflection",
+        device=None,
+    ):
         if padding not in PADDINGS:
             raise ValueError(f"padding={padding!r} is not known; use one of {', '.join(PADDINGS)}")
         self.L = thetas.shape[0]
         self.size = tuple(size)
         self.grid = tuple(grid)
         self.padding = padding
-        self.grids = F.affine_grid(thetas.to(device=device, dtype=torch.float32), [self.L, 1, *self.size],
-                                   align_corners=False)
+        self.grids = F.affine_grid(
+            thetas.to(device=device, dtype=torch.float32), [self.L, 1, *self.size], align_corners=False
+        )
 
     def __call__(self, h: torch.Tensor) -> torch.Tensor:
         n = h.shape[0]
-        a = F.grid_sample(h.unsqueeze(0).expand(self.L, n, *self.size), self.grids, mode="bilinear",
-                          padding_mode=self.padding, align_corners=False)
+        a = F.grid_sample(
+            h.unsqueeze(0).expand(self.L, n, *self.size),
+            self.grids,
+            mode="bilinear",
+            padding_mode=self.padding,
+            align_corners=False,
+        )
         return F.adaptive_avg_pool2d(a, self.grid).transpose(0, 1)
 
 
@@ -118,9 +137,19 @@ def default_weights(L: int, size: tuple[int, int], grid: tuple[int, int]) -> tup
     return 0.02 * L / r2, 0.01 * L / r2
 
 
-def superresolve(g: torch.Tensor, thetas: torch.Tensor, size: tuple[int, int], *, lam: float, mu: float,
-                 steps: int = 300, lr: float = 0.05, padding: str = "reflection", init: torch.Tensor | None = None,
-                 progress: Progress | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def superresolve(
+    g: torch.Tensor,
+    thetas: torch.Tensor,
+    size: tuple[int, int],
+    *,
+    lam: float,
+    mu: float,
+    steps: int = 300,
+    lr: float = 0.05,
+    padding: str = "reflection",
+    init: torch.Tensor | None = None,
+    progress: Progress | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Solve argmin_h ½ Σ_l ‖D(A_l(h)) − g_l‖² + λ TV_ℓ1(h) + μ/2 ‖h‖² for each sample.
 
     ``g``: N×L×h×w low-resolution maps; ``thetas``: L×2×3 (see :func:`random_affines`);
@@ -167,13 +196,29 @@ def superresolve(g: torch.Tensor, thetas: torch.Tensor, size: tuple[int, int], *
 
 
 @needs_autograd
-def augmented_gradcam(model: nn.Module, x: torch.Tensor, target: Any = "predicted", *, layer: Any = None,
-                      augmentations: int = 100, max_angle: float = 15.0, max_shift: float = 0.1,
-                      size: Any = None, lam: float | None = None, mu: float | None = None, steps: int = 150,
-                      lr: float = 0.05, seed: int = 0, padding: str = "reflection", normalize: bool = True,
-                      batch_size: int | None = None, y: torch.Tensor | None = None,
-                      progress: Progress | None = None, channels_last: bool | None = None,
-                      layout: str | None = None) -> Explanation:
+def augmented_gradcam(
+    model: nn.Module,
+    x: torch.Tensor,
+    target: Any = "predicted",
+    *,
+    layer: Any = None,
+    augmentations: int = 100,
+    max_angle: float = 15.0,
+    max_shift: float = 0.1,
+    size: Any = None,
+    lam: float | None = None,
+    mu: float | None = None,
+    steps: int = 150,
+    lr: float = 0.05,
+    seed: int = 0,
+    padding: str = "reflection",
+    normalize: bool = True,
+    batch_size: int | None = None,
+    y: torch.Tensor | None = None,
+    progress: Progress | None = None,
+    channels_last: bool | None = None,
+    layout: str | None = None,
+) -> Explanation:
     """Augmented Grad-CAM: a high-resolution heat map h from L augmented Grad-CAMs (see module docs).
 
     1. A_1..A_L: random rotations (±``max_angle``°) and translations (±``max_shift`` of
@@ -236,12 +281,48 @@ def augmented_gradcam(model: nn.Module, x: torch.Tensor, target: Any = "predicte
     safe = torch.where(scale > 0, scale, torch.ones_like(scale))
     g = cams / safe.view(-1, 1, 1, 1)
     step_progress = (lambda k, n: progress(total + k, total + steps)) if progress else None
-    h, hist = superresolve(g, thetas.to(dev), size, lam=float(lam), mu=float(mu), steps=steps, lr=lr,
-                           padding=padding, progress=step_progress)
+    h, hist = superresolve(
+        g,
+        thetas.to(dev),
+        size,
+        lam=float(lam),
+        mu=float(mu),
+        steps=steps,
+        lr=lr,
+        padding=padding,
+        progress=step_progress,
+    )
     h = h * safe.view(-1, 1, 1) * (scale > 0).view(-1, 1, 1)
-    settings = {"layer": name, "augmentations": L, "max_angle": max_angle, "max_shift": max_shift,
-                "size": size, "grid": grid, "lam": float(lam), "mu": float(mu), "steps": steps, "lr": lr,
-                "seed": seed, "padding": padding, "normalize": normalize}
-    return finish(p, upsample(h, (H, W)), "augmented_gradcam", classes, layer=name, raw=h, settings=settings,
-                  extras={"cams": cams, "single": upsample(cams[:, 0], (H, W)), "objective": hist,
-                          "thetas": thetas, "scale": scale, "score": s}, note=note)
+    settings = {
+        "layer": name,
+        "augmentations": L,
+        "max_angle": max_angle,
+        "max_shift": max_shift,
+        "size": size,
+        "grid": grid,
+        "lam": float(lam),
+        "mu": float(mu),
+        "steps": steps,
+        "lr": lr,
+        "seed": seed,
+        "padding": padding,
+        "normalize": normalize,
+    }
+    return finish(
+        p,
+        upsample(h, (H, W)),
+        "augmented_gradcam",
+        classes,
+        layer=name,
+        raw=h,
+        settings=settings,
+        extras={
+            "cams": cams,
+            "single": upsample(cams[:, 0], (H, W)),
+            "objective": hist,
+            "thetas": thetas,
+            "scale": scale,
+            "score": s,
+        },
+        note=note,
+    )

@@ -36,13 +36,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..results import Explanation
+from .._autograd import needs_autograd
 from ..extras import require
+from ..results import Explanation
 from ..tap import guarded, resolve_layer
 from ..traced import CallSites, Unsupported
-from .completeness import completeness
 from ._common import check_reduce, finish, pick_classes, pixel_fill, prepare, reduce_channels, upsample
-from .._autograd import needs_autograd
+from .completeness import completeness
 
 log = logging.getLogger(__name__)
 
@@ -62,8 +62,11 @@ def captum_class(method: Any) -> type:
         return method
     if not isinstance(method, str):
         raise TypeError(f"method must be a Captum class or its name, e.g. 'DeepLift', got {type(method).__name__}")
-    known = {n.lower(): getattr(ca, n) for n in dir(ca)
-             if isinstance(getattr(ca, n), type) and hasattr(getattr(ca, n), "attribute")}
+    known = {
+        n.lower(): getattr(ca, n)
+        for n in dir(ca)
+        if isinstance(getattr(ca, n), type) and hasattr(getattr(ca, n), "attribute")
+    }
     key = method.strip().lower().replace("_", "").replace("-", "")
     if key not in known:
         import difflib
@@ -76,8 +79,12 @@ def captum_class(method: Any) -> type:
 
 
 #: Captum warnings that say nothing to a cnnlens user (the bridge does what they warn about on purpose)
-_NOISE = (r"Input Tensor \d+ did not already require gradients", r"Setting forward, backward hooks and attributes",
-          r"You are providing multiple inputs for Lime", r"Setting backward hooks on ReLU activations")
+_NOISE = (
+    r"Input Tensor \d+ did not already require gradients",
+    r"Setting forward, backward hooks and attributes",
+    r"You are providing multiple inputs for Lime",
+    r"Setting backward hooks on ReLU activations",
+)
 
 
 def _lrp_rules(net: nn.Module, settings: dict, names: dict | None = None) -> None:
@@ -96,18 +103,42 @@ def _lrp_rules(net: nn.Module, settings: dict, names: dict | None = None) -> Non
 
 
 #: Captum methods that attach their rules to modules: they run on a copy with one module per call site
-ON_CALL_SITES = frozenset({"DeepLift", "DeepLiftShap", "LayerDeepLift", "LayerDeepLiftShap", "LRP", "LayerLRP",
-                           "GuidedBackprop", "Deconvolution", "GuidedGradCam"})
+ON_CALL_SITES = frozenset(
+    {
+        "DeepLift",
+        "DeepLiftShap",
+        "LayerDeepLift",
+        "LayerDeepLiftShap",
+        "LRP",
+        "LayerLRP",
+        "GuidedBackprop",
+        "Deconvolution",
+        "GuidedGradCam",
+    }
+)
 #: element-wise activations Captum's DeepLift has no rule for: they get its rescale rule, Δy/Δx times the
 #: multiplier of y (Shrikumar et al. 2017, §3.5.1: valid for any element-wise non-linearity)
-DEEPLIFT_RESCALE = (nn.ReLU6, nn.Hardswish, nn.Hardsigmoid, nn.SiLU, nn.Mish, nn.GELU, nn.SELU, nn.CELU,
-                    nn.Softsign)
+DEEPLIFT_RESCALE = (nn.ReLU6, nn.Hardswish, nn.Hardsigmoid, nn.SiLU, nn.Mish, nn.GELU, nn.SELU, nn.CELU, nn.Softsign)
 #: layers Captum's LRP has no rule for that change no relevance: element-wise activations pass the relevance
 #: of their output to their input unchanged — the rule Captum applies to ReLU, and LRP's treatment of every
 #: activation, whose rules redistribute over the linear layers only (Montavon et al. 2019, "Layer-wise
 #: relevance propagation: an overview", §10.2; Bach et al. 2015) —; identity and dropout likewise
-LRP_PASS = (nn.ReLU6, nn.Hardswish, nn.Hardsigmoid, nn.SiLU, nn.Mish, nn.GELU, nn.ELU, nn.LeakyReLU, nn.SELU,
-            nn.CELU, nn.Softplus, nn.Sigmoid, nn.Identity, nn.Dropout2d)
+LRP_PASS = (
+    nn.ReLU6,
+    nn.Hardswish,
+    nn.Hardsigmoid,
+    nn.SiLU,
+    nn.Mish,
+    nn.GELU,
+    nn.ELU,
+    nn.LeakyReLU,
+    nn.SELU,
+    nn.CELU,
+    nn.Softplus,
+    nn.Sigmoid,
+    nn.Identity,
+    nn.Dropout2d,
+)
 _RULES_LOCK = threading.Lock()
 
 
@@ -137,30 +168,46 @@ def captum_rules():
                     lrp.SUPPORTED_NON_LINEAR_LAYERS.remove(t)
 
 
-def _call_sites(model: nn.Module, x: torch.Tensor, logits: torch.Tensor, method: str, layer_name: str | None,
-                init_kw: dict, settings: dict) -> tuple[nn.Module, dict]:
+def _call_sites(
+    model: nn.Module,
+    x: torch.Tensor,
+    logits: torch.Tensor,
+    method: str,
+    layer_name: str | None,
+    init_kw: dict,
+    settings: dict,
+) -> tuple[nn.Module, dict]:
     """The model as Captum needs it for ``method``: a traced copy with one module per call site
     (:class:`~cnnlens.traced.CallSites`), checked to compute the model's logits; a layer method's layer
     mapped onto it. One-line error when the model does not trace."""
-    need = (f"Captum's {method} needs one module per call of a layer and activations written as modules "
-            "(it attaches its rules to modules)")
+    need = (
+        f"Captum's {method} needs one module per call of a layer and activations written as modules "
+        "(it attaches its rules to modules)"
+    )
     try:
         cs = CallSites(model)
         with torch.no_grad():
             got = cs.module(x)
-        if not (torch.is_tensor(got) and got.shape == logits.shape
-                and torch.allclose(got.float(), logits.float(), rtol=1e-4, atol=1e-5 * float(logits.abs().max()) + 1e-6)):
+        if not (
+            torch.is_tensor(got)
+            and got.shape == logits.shape
+            and torch.allclose(got.float(), logits.float(), rtol=1e-4, atol=1e-5 * float(logits.abs().max()) + 1e-6)
+        ):
             raise Unsupported("the traced copy's output differs from the model's")
         if layer_name is not None:
             init_kw["layer"] = cs.layer(layer_name)
     except Unsupported as e:
-        raise ValueError(f"{need}; cnnlens runs it on a torch.fx trace of the model, and {e}; give each call its "
-                         "own module (e.g. one nn.ReLU per use) or use a gradient method (IntegratedGradients)") from e
+        raise ValueError(
+            f"{need}; cnnlens runs it on a torch.fx trace of the model, and {e}; give each call its "
+            "own module (e.g. one nn.ReLU per use) or use a gradient method (IntegratedGradients)"
+        ) from e
     split = {k: len(v) for k, v in cs.sites.items() if len(v) > 1}
     done = []
     if split:
-        done.append(f"{len(split)} module(s) called more than once split per call ({', '.join(list(split)[:3])}"
-                    f"{', ...' if len(split) > 3 else ''})")
+        done.append(
+            f"{len(split)} module(s) called more than once split per call ({', '.join(list(split)[:3])}"
+            f"{', ...' if len(split) > 3 else ''})"
+        )
     if cs.converted:
         done.append(f"{len(cs.converted)} functional op(s) run as modules ({', '.join(sorted(set(cs.converted)))})")
     settings["traced"] = "; ".join(done) if done else "one module per call site (nothing to split)"
@@ -169,7 +216,7 @@ def _call_sites(model: nn.Module, x: torch.Tensor, logits: torch.Tensor, method:
 
 def _logits(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
     with torch.no_grad():
-        return torch.cat([model(images[i:i + 64]) for i in range(0, images.shape[0], 64)])
+        return torch.cat([model(images[i : i + 64]) for i in range(0, images.shape[0], 64)])
 
 
 def bridged_error(method: str, e: Exception) -> Exception:
@@ -182,14 +229,19 @@ def bridged_error(method: str, e: Exception) -> Exception:
 
         t = re.search(r"Module of type <class '([^']+)'>", text)
         kind = t.group(1).rsplit(".", 1)[-1] if t else "one of the model's layers"
-        return TypeError(f"Captum's {method} has no rule for {kind} layers; set one on the layer "
-                         "(layer.rule = EpsilonRule() from captum.attr._utils.lrp_rules) or use DeepLift")
+        return TypeError(
+            f"Captum's {method} has no rule for {kind} layers; set one on the layer "
+            "(layer.rule = EpsilonRule() from captum.attr._utils.lrp_rules) or use DeepLift"
+        )
     if "more than once" in text or "does not contain some of the input/output attributes" in text:
-        return ValueError(f"Captum's {method} found a module called more than once in the forward; "
-                          "give each call its own module")
+        return ValueError(
+            f"Captum's {method} found a module called more than once in the forward; give each call its own module"
+        )
     kind = ValueError if isinstance(e, (ValueError, TypeError, IndexError, KeyError)) else RuntimeError
-    return kind(f"Captum's {method} failed on this model ({type(e).__name__}: {first}); check its arguments "
-                f"with help(captum.attr.{method}) or try another method (cnnlens --debug shows Captum's traceback)")
+    return kind(
+        f"Captum's {method} failed on this model ({type(e).__name__}: {first}); check its arguments "
+        f"with help(captum.attr.{method}) or try another method (cnnlens --debug shows Captum's traceback)"
+    )
 
 
 def block_mask(size: tuple[int, int], blocks: int, device=None) -> torch.Tensor:
@@ -201,8 +253,18 @@ def block_mask(size: tuple[int, int], blocks: int, device=None) -> torch.Tensor:
 
 
 @needs_autograd
-def captum(model: nn.Module, x: torch.Tensor, method: Any, target: Any = "predicted", *, y: torch.Tensor | None = None,
-           layer: Any = None, reduce: str = "signed", blocks: int = 8, **kwargs: Any) -> Explanation:
+def captum(
+    model: nn.Module,
+    x: torch.Tensor,
+    method: Any,
+    target: Any = "predicted",
+    *,
+    y: torch.Tensor | None = None,
+    layer: Any = None,
+    reduce: str = "signed",
+    blocks: int = 8,
+    **kwargs: Any,
+) -> Explanation:
     """Run a Captum attribution class on ``model`` and return a cnnlens :class:`Explanation`.
 
     ``method``: a class name in ``captum.attr`` (``"DeepLift"``, ``"GradientShap"``,
@@ -224,9 +286,14 @@ def captum(model: nn.Module, x: torch.Tensor, method: Any, target: Any = "predic
         raise ValueError(f"{name} explains a class; give a class target (an index, 'predicted', 'second', ...)")
     init_params = inspect.signature(cls.__init__).parameters
     attr_params = inspect.signature(cls.attribute).parameters
-    init_kw = {k: kwargs.pop(k) for k in list(kwargs) if k in init_params and k not in ("self", "model", "forward_func")}
-    unknown = [k for k in kwargs if k not in attr_params and not any(
-        v.kind is inspect.Parameter.VAR_KEYWORD for v in attr_params.values())]
+    init_kw = {
+        k: kwargs.pop(k) for k in list(kwargs) if k in init_params and k not in ("self", "model", "forward_func")
+    }
+    unknown = [
+        k
+        for k in kwargs
+        if k not in attr_params and not any(v.kind is inspect.Parameter.VAR_KEYWORD for v in attr_params.values())
+    ]
     if unknown:
         raise ValueError(f"{cls.__name__} takes no argument {unknown[0]!r}; see help(captum.attr.{cls.__name__})")
     layer_name = None
@@ -241,7 +308,9 @@ def captum(model: nn.Module, x: torch.Tensor, method: Any, target: Any = "predic
     if isinstance(b, (str, int, float)) and not isinstance(b, bool):
         settings["baselines"] = b
         kwargs["baselines"] = pixel_fill(b, p.x, what="baselines").expand_as(p.x).contiguous()
-    elif b is _NO_DEFAULT and "baselines" in attr_params and attr_params["baselines"].default is inspect.Parameter.empty:
+    elif (
+        b is _NO_DEFAULT and "baselines" in attr_params and attr_params["baselines"].default is inspect.Parameter.empty
+    ):
         kwargs["baselines"] = torch.cat([torch.zeros_like(p.x[:1]), torch.full_like(p.x[:1], 0.5)])
         settings["baselines"] = "black and grey images"
     elif b is not _NO_DEFAULT:
@@ -254,12 +323,23 @@ def captum(model: nn.Module, x: torch.Tensor, method: Any, target: Any = "predic
         # so the map takes the channel mean (= that value) rather than a sum over channels
         shared = True
         settings["reduce"] = "channel mean (one feature per block)"
-    missing = [k for k, v in attr_params.items() if k not in ("self", "inputs") and v.default is inspect.Parameter.empty
-               and v.kind not in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD) and k not in kwargs]
+    missing = [
+        k
+        for k, v in attr_params.items()
+        if k not in ("self", "inputs")
+        and v.default is inspect.Parameter.empty
+        and v.kind not in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
+        and k not in kwargs
+    ]
     if missing:
         raise ValueError(f"{cls.__name__}.attribute needs {', '.join(missing)}; pass it as a keyword argument")
-    settings.update({k: v for k, v in {**init_kw, **kwargs}.items()
-                     if k not in ("baselines", "feature_mask", "layer") and isinstance(v, (int, float, str, bool, tuple))})
+    settings.update(
+        {
+            k: v
+            for k, v in {**init_kw, **kwargs}.items()
+            if k not in ("baselines", "feature_mask", "layer") and isinstance(v, (int, float, str, bool, tuple))
+        }
+    )
     if layer_name:
         settings["layer"] = layer_name
     with guarded(model), warnings.catch_warnings(), captum_rules():
@@ -281,12 +361,27 @@ def captum(model: nn.Module, x: torch.Tensor, method: Any, target: Any = "predic
         except Exception as e:  # noqa: BLE001 - every Captum failure becomes one line, Captum's kept as the cause
             raise bridged_error(cls.__name__, e) from e
         found = out[0] if isinstance(out, tuple) else out
-        check = completeness(found, cls.__name__, lambda images: _logits(model, images), classes, p.x,
-                             kwargs.get("baselines"), multiply_by_inputs=init_kw.get("multiply_by_inputs", True)) \
-            if torch.is_tensor(found) else {}
+        check = (
+            completeness(
+                found,
+                cls.__name__,
+                lambda images: _logits(model, images),
+                classes,
+                p.x,
+                kwargs.get("baselines"),
+                multiply_by_inputs=init_kw.get("multiply_by_inputs", True),
+            )
+            if torch.is_tensor(found)
+            else {}
+        )
     delta = None
-    if isinstance(out, tuple) and len(out) == 2 and torch.is_tensor(out[0]) and torch.is_tensor(out[1]) \
-            and kwargs.get("return_convergence_delta"):
+    if (
+        isinstance(out, tuple)
+        and len(out) == 2
+        and torch.is_tensor(out[0])
+        and torch.is_tensor(out[1])
+        and kwargs.get("return_convergence_delta")
+    ):
         out, delta = out
     if isinstance(out, tuple):
         out = out[0]
@@ -296,8 +391,10 @@ def captum(model: nn.Module, x: torch.Tensor, method: Any, target: Any = "predic
     elif a.dim() == 3 and a.shape[0] == p.n:
         maps = a
     else:
-        raise ValueError(f"{cls.__name__} returned attributions of shape {tuple(a.shape)}, not N×C×H×W; "
-                         "use an attribution method for the input or a layer")
+        raise ValueError(
+            f"{cls.__name__} returned attributions of shape {tuple(a.shape)}, not N×C×H×W; "
+            "use an attribution method for the input or a layer"
+        )
     maps = upsample(maps, p.size)
     extras = {**check, **({} if delta is None else {"delta": delta})}
     return finish(p, maps, name, classes, layer=layer_name, settings=settings, raw=a, extras=extras)

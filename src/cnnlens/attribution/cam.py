@@ -37,16 +37,17 @@ shape that fits both ways; where nothing says, the call is refused in one line a
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from torch import nn
 
+from .._autograd import needs_autograd
 from ..grid import as_grid, check_layout, grid_layout, to_grid
 from ..results import Explanation
 from ..tap import LayerTap, find_last_spatial_layer, resolve_layer
 from ._common import Layout, Prepared, finish, log, logits_of, pick_classes, prepare, score, target_layers, upsample
-from .._autograd import needs_autograd
 
 
 class LeafAt:
@@ -75,8 +76,9 @@ class LeafAt:
         return leaf.clone()
 
 
-def head_tolerance(feats: torch.Tensor, W: torch.Tensor, b: torch.Tensor, logits: torch.Tensor,
-                   low: torch.dtype = torch.float32) -> float:
+def head_tolerance(
+    feats: torch.Tensor, W: torch.Tensor, b: torch.Tensor, logits: torch.Tensor, low: torch.dtype = torch.float32
+) -> float:
     """How far a GAP + linear head recomputed in float32 may be from logits computed in ``low`` precision.
 
     Each logit Σ_k w_ck f_k + b_c is rounded at ``low``'s unit roundoff u per operation, so it
@@ -108,15 +110,27 @@ def flat_note(model: nn.Module, p: Prepared, name: str, A: torch.Tensor) -> str 
     return None
 
 
-def layer_gradient(tap: LayerTap, leaf: LeafAt, p: Prepared, xb: torch.Tensor, classes: torch.Tensor | None = None,
-                   layout: Layout | None = None):
+def layer_gradient(
+    tap: LayerTap,
+    leaf: LeafAt,
+    p: Prepared,
+    xb: torch.Tensor,
+    classes: torch.Tensor | None = None,
+    layout: Layout | None = None,
+):
     """(A, ∂s/∂A, classes, s) for a batch inside a tap that has ``leaf`` as an edit."""
     (A, G), classes, s = layer_gradients(tap, [leaf], p, xb, classes, layout)
     return A[0], G[0], classes, s
 
 
-def layer_gradients(tap: LayerTap, leaves: Sequence[LeafAt], p: Prepared, xb: torch.Tensor,
-                    classes: torch.Tensor | None = None, layout: Layout | None = None):
+def layer_gradients(
+    tap: LayerTap,
+    leaves: Sequence[LeafAt],
+    p: Prepared,
+    xb: torch.Tensor,
+    classes: torch.Tensor | None = None,
+    layout: Layout | None = None,
+):
     """([A_l], [∂s/∂A_l]), classes, s for several layers from one forward and one backward."""
     for leaf in leaves:
         leaf.A = None
@@ -139,11 +153,16 @@ def layer_gradients(tap: LayerTap, leaves: Sequence[LeafAt], p: Prepared, xb: to
     hw = tuple(xb.shape[-2:])
     As, Gs = [], []
     for leaf, g in zip(leaves, gs):  # token and channels-last outputs as N×C×h×w (a linear map: G maps alike)
-        layout, prefix = grid_layout(leaf.A, tap.model, resolve_layer(tap.model, leaf.name)[1], hw, leaf.name,
-                                     leaf.layout)
+        layout, prefix = grid_layout(
+            leaf.A, tap.model, resolve_layer(tap.model, leaf.name)[1], hw, leaf.name, leaf.layout
+        )
         if layout != "nchw":
-            log.info("layer %s: %s output read as an N×C×h×w grid%s", leaf.name, layout,
-                     f" ({prefix} prefix token(s) dropped)" if prefix else "")
+            log.info(
+                "layer %s: %s output read as an N×C×h×w grid%s",
+                leaf.name,
+                layout,
+                f" ({prefix} prefix token(s) dropped)" if prefix else "",
+            )
         As.append(to_grid(leaf.A.detach(), layout, prefix, hw).contiguous())
         Gs.append(to_grid(g, layout, prefix, hw).contiguous())
     return (As, Gs), classes, s.detach()
@@ -191,8 +210,17 @@ COMBINE: dict[str, Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, to
 }
 
 
-def _gradcam(model: nn.Module, x: torch.Tensor, target: Any, layer: Any, relu: bool, y, method: str,
-             channels_last: bool | None = None, layout: str | None = None) -> Explanation:
+def _gradcam(
+    model: nn.Module,
+    x: torch.Tensor,
+    target: Any,
+    layer: Any,
+    relu: bool,
+    y,
+    method: str,
+    channels_last: bool | None = None,
+    layout: str | None = None,
+) -> Explanation:
     p = prepare(model, x, target, y, method)
     name = layer_name(model, p, layer)
     tap, leaf = gradcam_tap(model, p, name, layout)
@@ -205,14 +233,31 @@ def _gradcam(model: nn.Module, x: torch.Tensor, target: Any, layer: Any, relu: b
     extras = {"pre_relu": lin, "score": s}
     if w is not None:
         extras["weights"] = w
-    return finish(p, upsample(raw, p.size), method, classes, layer=name, raw=raw,
-                  settings={"layer": name, "relu": relu, "grid": tuple(raw.shape[-2:])}, extras=extras, note=note)
+    return finish(
+        p,
+        upsample(raw, p.size),
+        method,
+        classes,
+        layer=name,
+        raw=raw,
+        settings={"layer": name, "relu": relu, "grid": tuple(raw.shape[-2:])},
+        extras=extras,
+        note=note,
+    )
 
 
 @needs_autograd
-def gradcam(model: nn.Module, x: torch.Tensor, target: Any = "predicted", *, layer: Any = None,
-            relu: bool = True, y: torch.Tensor | None = None, channels_last: bool | None = None,
-            layout: str | None = None) -> Explanation:
+def gradcam(
+    model: nn.Module,
+    x: torch.Tensor,
+    target: Any = "predicted",
+    *,
+    layer: Any = None,
+    relu: bool = True,
+    y: torch.Tensor | None = None,
+    channels_last: bool | None = None,
+    layout: str | None = None,
+) -> Explanation:
     """Grad-CAM: L = ReLU(Σ_k α_k A^k), α_k = mean_ij ∂y_c/∂A^k_ij, at ``layer`` (default: the last spatial layer).
 
     ``raw`` is the map at the layer's grid, ``maps`` its bilinear upsampling to the
@@ -253,9 +298,17 @@ def gradcam(model: nn.Module, x: torch.Tensor, target: Any = "predicted", *, lay
 
 
 @needs_autograd
-def gradcam_pp(model: nn.Module, x: torch.Tensor, target: Any = "predicted", *, layer: Any = None,
-               relu: bool = True, y: torch.Tensor | None = None, channels_last: bool | None = None,
-               layout: str | None = None) -> Explanation:
+def gradcam_pp(
+    model: nn.Module,
+    x: torch.Tensor,
+    target: Any = "predicted",
+    *,
+    layer: Any = None,
+    relu: bool = True,
+    y: torch.Tensor | None = None,
+    channels_last: bool | None = None,
+    layout: str | None = None,
+) -> Explanation:
     """Grad-CAM++: L = ReLU(Σ_k w_k A^k), w_k = Σ_ij a^k_ij ReLU(∂y_c/∂A^k_ij), a = G²/(2G² + Σ_ab A_ab G³).
 
     >>> gradcam_pp(model, x).maps           # doctest: +SKIP
@@ -264,9 +317,17 @@ def gradcam_pp(model: nn.Module, x: torch.Tensor, target: Any = "predicted", *, 
 
 
 @needs_autograd
-def xgradcam(model: nn.Module, x: torch.Tensor, target: Any = "predicted", *, layer: Any = None,
-             relu: bool = True, y: torch.Tensor | None = None, channels_last: bool | None = None,
-             layout: str | None = None) -> Explanation:
+def xgradcam(
+    model: nn.Module,
+    x: torch.Tensor,
+    target: Any = "predicted",
+    *,
+    layer: Any = None,
+    relu: bool = True,
+    y: torch.Tensor | None = None,
+    channels_last: bool | None = None,
+    layout: str | None = None,
+) -> Explanation:
     """XGrad-CAM (Fu et al. 2020): L = ReLU(Σ_k α_k A^k), α_k = Σ_ij (A^k_ij / Σ_ab A^k_ab) ∂y_c/∂A^k_ij.
 
     The weights that satisfy the paper's conservation axiom: on a GAP + linear head
@@ -278,9 +339,17 @@ def xgradcam(model: nn.Module, x: torch.Tensor, target: Any = "predicted", *, la
 
 
 @needs_autograd
-def hirescam(model: nn.Module, x: torch.Tensor, target: Any = "predicted", *, layer: Any = None,
-             relu: bool = True, y: torch.Tensor | None = None, channels_last: bool | None = None,
-             layout: str | None = None) -> Explanation:
+def hirescam(
+    model: nn.Module,
+    x: torch.Tensor,
+    target: Any = "predicted",
+    *,
+    layer: Any = None,
+    relu: bool = True,
+    y: torch.Tensor | None = None,
+    channels_last: bool | None = None,
+    layout: str | None = None,
+) -> Explanation:
     """HiResCAM (Draelos & Carin 2020): L = ReLU(Σ_k ∂y_c/∂A^k ⊙ A^k), the gradient × activation summed over channels.
 
     No spatial averaging of the gradient, so where the head is linear in A (GAP +
@@ -292,9 +361,17 @@ def hirescam(model: nn.Module, x: torch.Tensor, target: Any = "predicted", *, la
 
 
 @needs_autograd
-def layercam(model: nn.Module, x: torch.Tensor, target: Any = "predicted", *, layer: Any = None,
-             gamma: float = 2.0, y: torch.Tensor | None = None, channels_last: bool | None = None,
-             layout: str | None = None) -> Explanation:
+def layercam(
+    model: nn.Module,
+    x: torch.Tensor,
+    target: Any = "predicted",
+    *,
+    layer: Any = None,
+    gamma: float = 2.0,
+    y: torch.Tensor | None = None,
+    channels_last: bool | None = None,
+    layout: str | None = None,
+) -> Explanation:
     """LayerCAM (Jiang et al. 2021): L = ReLU(Σ_k ReLU(∂y_c/∂A^k) ⊙ A^k), also fused over several layers.
 
     ``layer`` is one layer (default: the last spatial layer) or a list of layers.
@@ -322,16 +399,34 @@ def layercam(model: nn.Module, x: torch.Tensor, target: Any = "predicted", *, la
         scaled = torch.tanh(float(gamma) * L / torch.where(top > 0, top, torch.ones_like(top)))
         up = upsample(scaled, p.size)
         fused = up if fused is None else torch.maximum(fused, up)
-    return finish(p, fused, "layercam", classes, layer=",".join(names),
-                  settings={"layers": names, "gamma": float(gamma), "fusion": "max of tanh(γ·L/max L)",
-                            "grids": [tuple(L.shape[-2:]) for L in per_layer]},
-                  extras={"per_layer": [L.detach().float().cpu() for L in per_layer], "score": s})
+    return finish(
+        p,
+        fused,
+        "layercam",
+        classes,
+        layer=",".join(names),
+        settings={
+            "layers": names,
+            "gamma": float(gamma),
+            "fusion": "max of tanh(γ·L/max L)",
+            "grids": [tuple(L.shape[-2:]) for L in per_layer],
+        },
+        extras={"per_layer": [L.detach().float().cpu() for L in per_layer], "score": s},
+    )
 
 
 @needs_autograd
-def eigencam(model: nn.Module, x: torch.Tensor, target: Any = "predicted", *, layer: Any = None,
-             relu: bool = True, y: torch.Tensor | None = None, channels_last: bool | None = None,
-             layout: str | None = None) -> Explanation:
+def eigencam(
+    model: nn.Module,
+    x: torch.Tensor,
+    target: Any = "predicted",
+    *,
+    layer: Any = None,
+    relu: bool = True,
+    y: torch.Tensor | None = None,
+    channels_last: bool | None = None,
+    layout: str | None = None,
+) -> Explanation:
     """Eigen-CAM (Muhammad & Yeasin 2020): the activations projected on their first principal component.
 
     With A the layer's output as an (H·W)×K matrix per image, centred over positions
@@ -361,11 +456,19 @@ def eigencam(model: nn.Module, x: torch.Tensor, target: Any = "predicted", *, la
     lin = (proj * sign.view(-1, 1)).view(n, h, w)
     raw = lin.clamp_min(0) if relu else lin
     var = (S * S).sum(1)
-    explained = torch.where(var > 0, S[:, 0] ** 2 / torch.where(var > 0, var, torch.ones_like(var)),
-                            torch.zeros_like(var))
-    return finish(p, upsample(raw, p.size), "eigencam", classes, layer=name, raw=raw,
-                  settings={"layer": name, "relu": relu, "grid": (h, w)},
-                  extras={"pre_relu": lin, "explained": explained})
+    explained = torch.where(
+        var > 0, S[:, 0] ** 2 / torch.where(var > 0, var, torch.ones_like(var)), torch.zeros_like(var)
+    )
+    return finish(
+        p,
+        upsample(raw, p.size),
+        "eigencam",
+        classes,
+        layer=name,
+        raw=raw,
+        settings={"layer": name, "relu": relu, "grid": (h, w)},
+        extras={"pre_relu": lin, "explained": explained},
+    )
 
 
 class _Order:
@@ -382,13 +485,22 @@ class _Order:
         return fn
 
 
-_NO_HEAD = ("{why}; CAM needs a global-average-pool + linear head — use gradcam(model, x) (any head), "
-            "or pass layer= (the pooled layer) and classifier= (the linear layer)")
+_NO_HEAD = (
+    "{why}; CAM needs a global-average-pool + linear head — use gradcam(model, x) (any head), "
+    "or pass layer= (the pooled layer) and classifier= (the linear layer)"
+)
 
 
 @needs_autograd
-def cam(model: nn.Module, x: torch.Tensor, target: Any = "predicted", *, layer: Any = None,
-        classifier: Any = None, y: torch.Tensor | None = None) -> Explanation:
+def cam(
+    model: nn.Module,
+    x: torch.Tensor,
+    target: Any = "predicted",
+    *,
+    layer: Any = None,
+    classifier: Any = None,
+    y: torch.Tensor | None = None,
+) -> Explanation:
     """Class activation map: M_c(x, y) = Σ_k w_k^c f_k(x, y), for a global-average-pool + linear head.
 
     ``layer`` is the pooled layer (f), ``classifier`` the linear layer (w); by default
@@ -424,7 +536,9 @@ def cam(model: nn.Module, x: torch.Tensor, target: Any = "predicted", *, layer: 
         out = logits_of(tap.run(p.x))
         A = tap[name]
         if not torch.is_tensor(A) or A.dim() != 4:
-            raise ValueError(f"layer {name!r} does not return an N×C×H×W feature map; name the pooled layer with layer=...")
+            raise ValueError(
+                f"layer {name!r} does not return an N×C×H×W feature map; name the pooled layer with layer=..."
+            )
         classes = pick_classes(p, out, p.n)
     if classifier is None:
         if not order.names:
@@ -439,18 +553,34 @@ def cam(model: nn.Module, x: torch.Tensor, target: Any = "predicted", *, layer: 
     Wt = lin.weight.detach().float()
     b = lin.bias.detach().float() if lin.bias is not None else torch.zeros(Wt.shape[0], device=Wt.device)
     if Wt.shape[1] != feats.shape[1] or Wt.shape[0] != out.shape[1]:
-        raise ValueError(_NO_HEAD.format(
-            why=f"{cls_name!r} maps {Wt.shape[1]} features to {Wt.shape[0]} outputs, but {name!r} has "
-                f"{feats.shape[1]} channels and the model {out.shape[1]} outputs"))
+        raise ValueError(
+            _NO_HEAD.format(
+                why=f"{cls_name!r} maps {Wt.shape[1]} features to {Wt.shape[0]} outputs, but {name!r} has "
+                f"{feats.shape[1]} channels and the model {out.shape[1]} outputs"
+            )
+        )
     rebuilt = feats @ Wt.T + b
     o = out.float()
     err = float((rebuilt - o).abs().max())
-    tol = head_tolerance(feats, Wt, b, o, low=max((out.dtype, A_dtype, lin.weight.dtype), key=lambda d: torch.finfo(d).eps))
+    tol = head_tolerance(
+        feats, Wt, b, o, low=max((out.dtype, A_dtype, lin.weight.dtype), key=lambda d: torch.finfo(d).eps)
+    )
     if not err <= tol:
-        raise ValueError(_NO_HEAD.format(
-            why=f"{cls_name!r} applied to the spatial mean of {name!r} does not give the logits (off by {err:.3g}, "
-                f"more than the {tol:.2g} that {str(out.dtype).replace('torch.', '')} rounding allows)"))
+        raise ValueError(
+            _NO_HEAD.format(
+                why=f"{cls_name!r} applied to the spatial mean of {name!r} does not give the logits (off by {err:.3g}, "
+                f"more than the {tol:.2g} that {str(out.dtype).replace('torch.', '')} rounding allows)"
+            )
+        )
     raw = torch.einsum("nk,nkhw->nhw", Wt[classes], A)
-    return finish(p, upsample(raw, p.size), "cam", classes, layer=name, raw=raw,
-                  settings={"layer": name, "classifier": cls_name, "grid": tuple(raw.shape[-2:])},
-                  extras={"bias": b[classes], "score": o.gather(1, classes.view(-1, 1)).squeeze(1)}, note=note)
+    return finish(
+        p,
+        upsample(raw, p.size),
+        "cam",
+        classes,
+        layer=name,
+        raw=raw,
+        settings={"layer": name, "classifier": cls_name, "grid": tuple(raw.shape[-2:])},
+        extras={"bias": b[classes], "score": o.gather(1, classes.view(-1, 1)).squeeze(1)},
+        note=note,
+    )

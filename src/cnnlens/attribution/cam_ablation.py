@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .._autograd import needs_autograd
 from .._batch import Tuner, arms, check_batch_size, chunks, workload
 from ..grid import check_layout, grid_layout, to_grid
 from ..results import Explanation
@@ -35,7 +36,6 @@ from ..tap import LayerTap, resolve_layer
 from ._common import Layout, Progress, finish, log, logits_of, pick_classes, prepare, upsample
 from .cam import layer_name
 from .incremental import Traced, Unsupported
-from .._autograd import needs_autograd
 
 #: ablated activations per batch when only the network after the layer runs
 ABLATIONS_PER_BATCH = 64
@@ -57,11 +57,18 @@ def _gap_linear_head(tr: Traced, layer_node) -> nn.Linear | None:
         if u.op == "output":
             return None
         if not pooled:
-            ok = ((isinstance(mod, nn.AdaptiveAvgPool2d) and mod.output_size in (1, (1, 1)))
-                  or (u.op == "call_function" and u.target in _POOL_FUNCTIONS and u.args[1:2] in ((1,), ((1, 1),)))
-                  or (u.op == "call_method" and u.target == "mean" and tuple(u.args[1:2]) in (((2, 3),), ((-2, -1),))
-                      or u.op == "call_function" and u.target is torch.mean
-                      and tuple(u.args[1:2]) in (((2, 3),), ((-2, -1),))))
+            ok = (
+                (isinstance(mod, nn.AdaptiveAvgPool2d) and mod.output_size in (1, (1, 1)))
+                or (u.op == "call_function" and u.target in _POOL_FUNCTIONS and u.args[1:2] in ((1,), ((1, 1),)))
+                or (
+                    u.op == "call_method"
+                    and u.target == "mean"
+                    and tuple(u.args[1:2]) in (((2, 3),), ((-2, -1),))
+                    or u.op == "call_function"
+                    and u.target is torch.mean
+                    and tuple(u.args[1:2]) in (((2, 3),), ((-2, -1),))
+                )
+            )
             if type(mod).__name__ == "SelectAdaptivePool2d":
                 ok = getattr(mod, "pool_type", "") == "avg"
             if not ok:
@@ -69,9 +76,14 @@ def _gap_linear_head(tr: Traced, layer_node) -> nn.Linear | None:
             pooled = True
         elif isinstance(mod, nn.Linear):
             return mod if [v.op for v in u.users] == ["output"] else None
-        elif not (isinstance(mod, _PASS_MODULES) and not (isinstance(mod, nn.Dropout) and mod.training)
-                  or u.op == "call_function" and u.target is torch.flatten
-                  or u.op == "call_method" and u.target in ("flatten", "view", "reshape", "squeeze")):
+        elif not (
+            isinstance(mod, _PASS_MODULES)
+            and not (isinstance(mod, nn.Dropout) and mod.training)
+            or u.op == "call_function"
+            and u.target is torch.flatten
+            or u.op == "call_method"
+            and u.target in ("flatten", "view", "reshape", "squeeze")
+        ):
             return None
         n = u
 
@@ -97,9 +109,17 @@ def _ablated(one: torch.Tensor, layout: str, prefix: int, ks: torch.Tensor) -> t
 
 
 @needs_autograd
-def ablation_cam(model: nn.Module, x: torch.Tensor, target: Any = "predicted", *, layer: Any = None,
-                 y: torch.Tensor | None = None, batch_size: int | None = None,
-                 progress: Progress | None = None, layout: str | None = None) -> Explanation:
+def ablation_cam(
+    model: nn.Module,
+    x: torch.Tensor,
+    target: Any = "predicted",
+    *,
+    layer: Any = None,
+    y: torch.Tensor | None = None,
+    batch_size: int | None = None,
+    progress: Progress | None = None,
+    layout: str | None = None,
+) -> Explanation:
     """Ablation-CAM: L = ReLU(Σ_k w_k A_k), w_k = (y_c − y_c with channel k of ``layer`` zeroed) / y_c.
 
     A channels-last or token layer is read as a grid as the rest of the CAM family reads it
@@ -148,15 +168,15 @@ def ablation_cam(model: nn.Module, x: torch.Tensor, target: Any = "predicted", *
             total, done = p.n * K, 0
             with tap.paused():  # the traced graph calls the tapped layer again
                 for i in range(p.n):
-                    env = tr.clean(p.x[i:i + 1]) if tr is not None else None
+                    env = tr.clean(p.x[i : i + 1]) if tr is not None else None
                     for a, b in chunks(K, per):
                         ks = torch.arange(a, b, device=A.device)
-                        Ab = _ablated(native[i:i + 1], lay, prefix, ks)
+                        Ab = _ablated(native[i : i + 1], lay, prefix, ks)
                         if tr is not None:
                             ob = logits_of(tr.rerun(env, node, Ab))
                         else:
                             with LayerTap(model, [], edits={name: lambda m, inp, o, Ab=Ab: Ab}) as t2:
-                                ob = logits_of(t2.run(p.x[i:i + 1].expand(b - a, *p.x.shape[1:])))
+                                ob = logits_of(t2.run(p.x[i : i + 1].expand(b - a, *p.x.shape[1:])))
                         drops[i, a:b] = s0[i] - p.target.score(ob, classes[i].expand(b - a))
                         done += b - a
                         if progress:
@@ -164,15 +184,31 @@ def ablation_cam(model: nn.Module, x: torch.Tensor, target: Any = "predicted", *
     w = drops / s0.view(-1, 1)
     lin = torch.einsum("nk,nkhw->nhw", w.float(), A.float())
     raw = lin.clamp_min(0)
-    return finish(p, upsample(raw, p.size), "ablation_cam", classes, layer=name, raw=raw,
-                  settings={"layer": name, "path": path, "grid": tuple(raw.shape[-2:])},
-                  extras={"drops": drops, "weights": w, "score": s0, "pre_relu": lin})
+    return finish(
+        p,
+        upsample(raw, p.size),
+        "ablation_cam",
+        classes,
+        layer=name,
+        raw=raw,
+        settings={"layer": name, "path": path, "grid": tuple(raw.shape[-2:])},
+        extras={"drops": drops, "weights": w, "score": s0, "pre_relu": lin},
+    )
 
 
 @needs_autograd
-def score_cam(model: nn.Module, x: torch.Tensor, target: Any = "predicted", *, layer: Any = None,
-              y: torch.Tensor | None = None, batch_size: int | None = None, progress: Progress | None = None,
-              channels_last: bool | None = None, layout: str | None = None) -> Explanation:
+def score_cam(
+    model: nn.Module,
+    x: torch.Tensor,
+    target: Any = "predicted",
+    *,
+    layer: Any = None,
+    y: torch.Tensor | None = None,
+    batch_size: int | None = None,
+    progress: Progress | None = None,
+    channels_last: bool | None = None,
+    layout: str | None = None,
+) -> Explanation:
     """Score-CAM: L = ReLU(Σ_k w_k A_k), w = softmax_k y_c(x ⊙ M_k), M_k = A_k upsampled and scaled to [0, 1].
 
     The layer runs once; the K masked copies of each image run ``batch_size`` at a
@@ -209,7 +245,7 @@ def score_cam(model: nn.Module, x: torch.Tensor, target: Any = "predicted", *, l
         total, done = p.n * K, 0
         with tap.paused():
             for i in range(p.n):
-                up = F.interpolate(A[i:i + 1], size=p.size, mode="bilinear", align_corners=True)[0]  # K×H×W
+                up = F.interpolate(A[i : i + 1], size=p.size, mode="bilinear", align_corners=True)[0]  # K×H×W
                 lo = up.flatten(1).amin(1).view(-1, 1, 1)
                 hi = up.flatten(1).amax(1).view(-1, 1, 1)
                 masks = (up - lo) / (hi - lo + 1e-8)
@@ -218,14 +254,14 @@ def score_cam(model: nn.Module, x: torch.Tensor, target: Any = "predicted", *, l
                 constant[i] = flat
                 if flat.any():
                     with tuner.threads():
-                        zero = layout.run(tap, torch.zeros_like(p.x[i:i + 1]))
-                    scores[i, flat] = p.target.score(logits_of(zero), classes[i:i + 1])[0]
+                        zero = layout.run(tap, torch.zeros_like(p.x[i : i + 1]))
+                    scores[i, flat] = p.target.score(logits_of(zero), classes[i : i + 1])[0]
                 j = 0
                 while j < len(live):
                     arm = tuner.next(len(live) - j)
-                    ks = live[j:j + arm.batch]
+                    ks = live[j : j + arm.batch]
                     with tuner.timed(arm, len(ks)):
-                        xb = p.x[i:i + 1] * masks[ks].unsqueeze(1)
+                        xb = p.x[i : i + 1] * masks[ks].unsqueeze(1)
                         ob = logits_of(layout.run(tap, xb))
                         scores[i, ks] = p.target.score(ob, classes[i].expand(len(ks)))
                     j += len(ks)
@@ -236,7 +272,17 @@ def score_cam(model: nn.Module, x: torch.Tensor, target: Any = "predicted", *, l
     w = scores.float().softmax(1)
     lin = torch.einsum("nk,nkhw->nhw", w, A.float())
     raw = lin.clamp_min(0)
-    return finish(p, upsample(raw, p.size), "score_cam", classes, layer=name, raw=raw,
-                  settings={"layer": name, "grid": tuple(raw.shape[-2:]),
-                            "batch_size": batch_size if given is not None else "auto"},
-                  extras={"scores": scores, "weights": w, "score": s0, "pre_relu": lin, "constant": constant})
+    return finish(
+        p,
+        upsample(raw, p.size),
+        "score_cam",
+        classes,
+        layer=name,
+        raw=raw,
+        settings={
+            "layer": name,
+            "grid": tuple(raw.shape[-2:]),
+            "batch_size": batch_size if given is not None else "auto",
+        },
+        extras={"scores": scores, "weights": w, "score": s0, "pre_relu": lin, "constant": constant},
+    )

@@ -37,8 +37,9 @@ report and the explorer show it) and a warning is logged.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -66,10 +67,12 @@ RULES: dict[str, Rule] = {
     "LayerDeepLift": Rule("delta", 0.01, _EXACT),
     "DeepLiftShap": Rule("mean_delta", 0.01, _EXACT),
     "LayerDeepLiftShap": Rule("mean_delta", 0.01, _EXACT),
-    "LRP": Rule("score", 0.05, "LRP has no conserving rule for skip connections or products, "
-                               "and biases absorb relevance"),
-    "LayerLRP": Rule("score", 0.05, "LRP has no conserving rule for skip connections or products, "
-                                    "and biases absorb relevance"),
+    "LRP": Rule(
+        "score", 0.05, "LRP has no conserving rule for skip connections or products, and biases absorb relevance"
+    ),
+    "LayerLRP": Rule(
+        "score", 0.05, "LRP has no conserving rule for skip connections or products, and biases absorb relevance"
+    ),
     "IntegratedGradients": Rule("delta", 0.05, "raise n_steps"),
     "LayerIntegratedGradients": Rule("delta", 0.05, "raise n_steps"),
     "GradientShap": Rule("mean_delta", 0.25, "raise n_samples"),
@@ -95,8 +98,16 @@ def baseline_batch(baselines: Any, x: torch.Tensor, kind: str) -> torch.Tensor |
         return None
 
 
-def completeness(attributions: torch.Tensor, method: str, logits: Callable[[torch.Tensor], torch.Tensor],
-                 classes: torch.Tensor, x: torch.Tensor, baselines: Any, *, multiply_by_inputs: bool = True) -> dict:
+def completeness(
+    attributions: torch.Tensor,
+    method: str,
+    logits: Callable[[torch.Tensor], torch.Tensor],
+    classes: torch.Tensor,
+    x: torch.Tensor,
+    baselines: Any,
+    *,
+    multiply_by_inputs: bool = True,
+) -> dict:
     """The completeness extras of one bridged run: ``completeness_gap`` (N, relative), ``complete``,
     ``completeness_sum``, ``completeness_expected`` and, above the tolerance, ``completeness_note``.
 
@@ -125,15 +136,25 @@ def completeness(attributions: torch.Tensor, method: str, logits: Callable[[torc
     finite = torch.isfinite(gap)
     gap = torch.where(finite, gap, torch.full_like(gap, float("inf")))
     ok = bool((gap <= rule.tolerance).all())
-    out = {"completeness_gap": gap.cpu(), "complete": ok, "completeness_sum": total.float().cpu(),
-           "completeness_expected": expected.float().cpu(), "completeness_tolerance": rule.tolerance}
+    out = {
+        "completeness_gap": gap.cpu(),
+        "complete": ok,
+        "completeness_sum": total.float().cpu(),
+        "completeness_expected": expected.float().cpu(),
+        "completeness_tolerance": rule.tolerance,
+    }
     if not ok:
         worst = float(gap.max())
         out["completeness_note"] = INCOMPLETE
-        log.warning("%s %s: Σ attributions misses %s by %s (tolerance %.0f %%; %s)", method, INCOMPLETE,
-                    {"score": "f(x)", "delta": "f(x) − f(x′)", "mean_delta": "f(x) − E f(x′)"}[rule.kind],
-                    "a non-finite amount" if worst == float("inf") else f"{worst:.1%}",
-                    100 * rule.tolerance, rule.hint)
+        log.warning(
+            "%s %s: Σ attributions misses %s by %s (tolerance %.0f %%; %s)",
+            method,
+            INCOMPLETE,
+            {"score": "f(x)", "delta": "f(x) − f(x′)", "mean_delta": "f(x) − E f(x′)"}[rule.kind],
+            "a non-finite amount" if worst == float("inf") else f"{worst:.1%}",
+            100 * rule.tolerance,
+            rule.hint,
+        )
     return out
 
 

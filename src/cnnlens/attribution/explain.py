@@ -10,7 +10,8 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 
@@ -47,8 +48,9 @@ class ExplainRun(Result):
         return self.images.shape[0]
 
     def headline(self) -> str:
-        return (f"ExplainRun: {len(self.explanations)} method(s) on {len(self)} image(s)"
-                + (f", {len(self.failures)} did not apply" if self.failures else ""))
+        return f"ExplainRun: {len(self.explanations)} method(s) on {len(self)} image(s)" + (
+            f", {len(self.failures)} did not apply" if self.failures else ""
+        )
 
     def preview(self):
         """Every method's maps over the first images (at most 4): the explain page's grid."""
@@ -56,14 +58,25 @@ class ExplainRun(Result):
 
         if not self.explanations:
             return None
-        return images_by_methods_figure(self.images, self.names, self.explanations, self.faithfulness,
-                                        rows=range(min(4, len(self))))
+        return images_by_methods_figure(
+            self.images, self.names, self.explanations, self.faithfulness, rows=range(min(4, len(self)))
+        )
 
 
-def explain_images(model, x: torch.Tensor, methods: Sequence[str] = ("saliency", "gradcam"),
-                   target: Any = "predicted", *, names: Sequence[str] | None = None, layer: Any = None,
-                   settings: dict | None = None, faithfulness_steps: int = 16, baseline: Any = "blur", topk: int = 5,
-                   progress: Callable[[str, int, int], None] | None = None) -> ExplainRun:
+def explain_images(
+    model,
+    x: torch.Tensor,
+    methods: Sequence[str] = ("saliency", "gradcam"),
+    target: Any = "predicted",
+    *,
+    names: Sequence[str] | None = None,
+    layer: Any = None,
+    settings: dict | None = None,
+    faithfulness_steps: int = 16,
+    baseline: Any = "blur",
+    topk: int = 5,
+    progress: Callable[[str, int, int], None] | None = None,
+) -> ExplainRun:
     """Run each method on ``x``, score each map's deletion/insertion curves, and predict the top-k classes.
 
     ``methods``: registry names or ``captum:<Class>``; ``settings``: {method: keyword arguments}; ``layer``
@@ -84,24 +97,51 @@ def explain_images(model, x: torch.Tensor, methods: Sequence[str] = ("saliency",
     n = x.shape[0]
     total = n * len(methods) * (2 if faithfulness_steps > 0 else 1)
     tick = (lambda stage, done: progress(stage, done, total)) if progress else (lambda stage, done: None)
-    expls = run_methods(model, x, methods, target=target, layer=layer, settings=settings,
-                        progress=lambda name, d, t: tick("maps", d * n))
+    expls = run_methods(
+        model,
+        x,
+        methods,
+        target=target,
+        layer=layer,
+        settings=settings,
+        progress=lambda name, d, t: tick("maps", d * n),
+    )
     tick("maps", len(methods) * n)
     failed = {k: e for k, e in expls.items() if not isinstance(e, Explanation)}
     if len(failed) == len(methods):
         raise ValueError(f"no method applies: {next(iter(failed.values()))}")
-    faith = score_all(model, x, expls, steps=faithfulness_steps, baseline=baseline,
-                      progress=lambda name, d, t: tick("faithfulness", (len(methods) + d) * n)) \
-        if faithfulness_steps > 0 else {}
+    faith = (
+        score_all(
+            model,
+            x,
+            expls,
+            steps=faithfulness_steps,
+            baseline=baseline,
+            progress=lambda name, d, t: tick("faithfulness", (len(methods) + d) * n),
+        )
+        if faithfulness_steps > 0
+        else {}
+    )
     tick("faithfulness", total)
     ok = {k: e for k, e in expls.items() if isinstance(e, Explanation)}
     top = predict_topk(model, x, k=min(topk, _num_classes(model, x)))
-    return ExplainRun(images=x.detach().float().cpu(), names=list(names) if names is not None else
-                      [f"#{i}" for i in range(n)], explanations=ok, failures={k: str(e) for k, e in failed.items()},
-                      faithfulness=faith, seconds={k: e.extras.get("seconds") for k, e in ok.items()}, top=top,
-                      settings={"methods": methods, "target": target, "layer": layer,
-                                "faithfulness_steps": faithfulness_steps, "baseline": baseline},
-                      class_names=list(getattr(getattr(model, "spec", None), "class_names", ()) or ()) or None)
+    return ExplainRun(
+        images=x.detach().float().cpu(),
+        names=list(names) if names is not None else [f"#{i}" for i in range(n)],
+        explanations=ok,
+        failures={k: str(e) for k, e in failed.items()},
+        faithfulness=faith,
+        seconds={k: e.extras.get("seconds") for k, e in ok.items()},
+        top=top,
+        settings={
+            "methods": methods,
+            "target": target,
+            "layer": layer,
+            "faithfulness_steps": faithfulness_steps,
+            "baseline": baseline,
+        },
+        class_names=list(getattr(getattr(model, "spec", None), "class_names", ()) or ()) or None,
+    )
 
 
 def _num_classes(model, x: torch.Tensor) -> int:
@@ -117,9 +157,16 @@ def _log_cause(name: str, e: Exception) -> None:
         log.info("%s: the bridged library's own error", name, exc_info=e.__cause__)
 
 
-def run_methods(model, x: torch.Tensor, methods: Sequence[str], target: Any = "predicted", *,
-                layer: Any = None, settings: dict | None = None,
-                progress: Callable[[str, int, int], None] | None = None) -> dict[str, Explanation | Exception]:
+def run_methods(
+    model,
+    x: torch.Tensor,
+    methods: Sequence[str],
+    target: Any = "predicted",
+    *,
+    layer: Any = None,
+    settings: dict | None = None,
+    progress: Callable[[str, int, int], None] | None = None,
+) -> dict[str, Explanation | Exception]:
     """Run each method on the batch; a method that does not apply (ValueError) is kept as its error."""
     out: dict[str, Explanation | Exception] = {}
     for i, name in enumerate(methods):
@@ -148,8 +195,15 @@ def run_methods(model, x: torch.Tensor, methods: Sequence[str], target: Any = "p
     return out
 
 
-def score_all(model, x: torch.Tensor, expls: dict, *, steps: int = 16, baseline: Any = "blur",
-              progress: Callable[[str, int, int], None] | None = None) -> dict[str, Faithfulness]:
+def score_all(
+    model,
+    x: torch.Tensor,
+    expls: dict,
+    *,
+    steps: int = 16,
+    baseline: Any = "blur",
+    progress: Callable[[str, int, int], None] | None = None,
+) -> dict[str, Faithfulness]:
     """Deletion and insertion curves of every explanation that ran."""
     out = {}
     ok = [(k, e) for k, e in expls.items() if isinstance(e, Explanation)]

@@ -18,16 +18,17 @@ from __future__ import annotations
 import copy
 import dataclasses
 import warnings
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from torch import nn
 
+from .._autograd import needs_autograd
 from .._batch import check_batch_size, chunks
 from ..results import Explanation, Result
 from ..tap import LayerTap
 from ._common import Progress, describe_fill, logits_of, pixel_fill, prepare, upsample
-from .._autograd import needs_autograd
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,8 +57,19 @@ def _maps_of(attribution: Any, n: int, size: tuple[int, int]) -> torch.Tensor:
     return upsample(m.float(), size)
 
 
-def _curve(kind: str, model: nn.Module, x: torch.Tensor, attribution: Any, target: Any, steps: int, baseline: Any,
-           batch_size: int | None, blur_sigma: float | None, y, progress: Progress | None) -> Curve:
+def _curve(
+    kind: str,
+    model: nn.Module,
+    x: torch.Tensor,
+    attribution: Any,
+    target: Any,
+    steps: int,
+    baseline: Any,
+    batch_size: int | None,
+    blur_sigma: float | None,
+    y,
+    progress: Progress | None,
+) -> Curve:
     batch_size = check_batch_size(batch_size, x)
     if not (isinstance(steps, int) and steps >= 1):
         raise ValueError(f"steps must be a positive int, got {steps!r}")
@@ -94,14 +106,30 @@ def _curve(kind: str, model: nn.Module, x: torch.Tensor, attribution: Any, targe
     fr = counts.double().cpu() / (H * W)
     sc = scores.view(p.n, S).cpu()
     auc = torch.trapezoid(sc.double(), fr).float()
-    return Curve(kind=kind, fractions=fr.float(), scores=sc, auc=auc, classes=classes.cpu(),
-                 settings={"steps": steps, "baseline": describe_fill(baseline), "score": "softmax probability"})
+    return Curve(
+        kind=kind,
+        fractions=fr.float(),
+        scores=sc,
+        auc=auc,
+        classes=classes.cpu(),
+        settings={"steps": steps, "baseline": describe_fill(baseline), "score": "softmax probability"},
+    )
 
 
 @needs_autograd
-def deletion(model: nn.Module, x: torch.Tensor, attribution: Any, target: Any = None, *, steps: int = 32,
-             baseline: Any = "blur", batch_size: int | None = None, blur_sigma: float | None = None,
-             y: torch.Tensor | None = None, progress: Progress | None = None) -> Curve:
+def deletion(
+    model: nn.Module,
+    x: torch.Tensor,
+    attribution: Any,
+    target: Any = None,
+    *,
+    steps: int = 32,
+    baseline: Any = "blur",
+    batch_size: int | None = None,
+    blur_sigma: float | None = None,
+    y: torch.Tensor | None = None,
+    progress: Progress | None = None,
+) -> Curve:
     """Deletion curve: p_c(x with its top-k most important pixels replaced by ``baseline``), k = 0 … H·W.
 
     AUC = ∫₀¹ p_c d(fraction) (trapezoid over ``steps`` + 1 points); lower = more
@@ -114,9 +142,19 @@ def deletion(model: nn.Module, x: torch.Tensor, attribution: Any, target: Any = 
 
 
 @needs_autograd
-def insertion(model: nn.Module, x: torch.Tensor, attribution: Any, target: Any = None, *, steps: int = 32,
-              baseline: Any = "blur", batch_size: int | None = None, blur_sigma: float | None = None,
-              y: torch.Tensor | None = None, progress: Progress | None = None) -> Curve:
+def insertion(
+    model: nn.Module,
+    x: torch.Tensor,
+    attribution: Any,
+    target: Any = None,
+    *,
+    steps: int = 32,
+    baseline: Any = "blur",
+    batch_size: int | None = None,
+    blur_sigma: float | None = None,
+    y: torch.Tensor | None = None,
+    progress: Progress | None = None,
+) -> Curve:
     """Insertion curve: p_c(``baseline`` with the top-k most important pixels of x put back); higher AUC = more faithful.
 
     >>> insertion(model, x, gradcam(model, x)).auc          # doctest: +SKIP
@@ -141,9 +179,18 @@ class Faithfulness(Result):
 
 
 @needs_autograd
-def faithfulness(model: nn.Module, x: torch.Tensor, explanation: Any, target: Any = None, *, steps: int = 32,
-                 baseline: Any = "blur", batch_size: int | None = None, blur_sigma: float | None = None,
-                 y: torch.Tensor | None = None) -> Faithfulness:
+def faithfulness(
+    model: nn.Module,
+    x: torch.Tensor,
+    explanation: Any,
+    target: Any = None,
+    *,
+    steps: int = 32,
+    baseline: Any = "blur",
+    batch_size: int | None = None,
+    blur_sigma: float | None = None,
+    y: torch.Tensor | None = None,
+) -> Faithfulness:
     """Both curves for one explanation (same baseline, same steps).
 
     >>> f = faithfulness(model, x, gradcam(model, x)); f.deletion_auc, f.insertion_auc   # doctest: +SKIP
@@ -212,10 +259,20 @@ def _reinit(module: nn.Module, seed: int, devices: list) -> None:
 
 
 @needs_autograd
-def randomization_check(model: nn.Module, x: torch.Tensor, method: Callable | str, target: Any = "predicted", *,
-                        stages: int = 5, layers: Sequence[str] | None = None, seed: int = 0,
-                        keep_maps: bool = False, y: torch.Tensor | None = None, progress: Progress | None = None,
-                        **settings) -> Randomization:
+def randomization_check(
+    model: nn.Module,
+    x: torch.Tensor,
+    method: Callable | str,
+    target: Any = "predicted",
+    *,
+    stages: int = 5,
+    layers: Sequence[str] | None = None,
+    seed: int = 0,
+    keep_maps: bool = False,
+    y: torch.Tensor | None = None,
+    progress: Progress | None = None,
+    **settings,
+) -> Randomization:
     """Adebayo et al.'s cascading randomisation: ρ_s(map on a model re-initialised down to layer ℓ, original map).
 
     Works on ``copy.deepcopy(model)``; the model itself is never touched. The
@@ -275,8 +332,12 @@ def randomization_check(model: nn.Module, x: torch.Tensor, method: Callable | st
         if progress:
             progress(step + 1, len(cuts))
     del twin
-    return Randomization(method=name, layers=names, correlations=torch.tensor(corr, dtype=torch.float32),
-                         classes=classes, settings={"seed": seed, "cascade": "top-down",
-                                                    "parameter_layers": len(order), **settings},
-                         original=original.maps if keep_maps else None,
-                         maps=torch.stack(kept) if keep_maps else None)
+    return Randomization(
+        method=name,
+        layers=names,
+        correlations=torch.tensor(corr, dtype=torch.float32),
+        classes=classes,
+        settings={"seed": seed, "cascade": "top-down", "parameter_layers": len(order), **settings},
+        original=original.maps if keep_maps else None,
+        maps=torch.stack(kept) if keep_maps else None,
+    )

@@ -13,16 +13,29 @@ from typing import Any
 import torch
 from torch import nn
 
+from .._autograd import needs_autograd
 from .._batch import check_batch_size, chunks
 from ..results import Explanation
 from ..tap import LayerTap
-from ._common import (Layout, Progress, Prepared, check_reduce, describe_fill, finish, pick_classes, pixel_fill,
-                      prepare, reduce_channels, score, target_layers)
-from .._autograd import needs_autograd
+from ._common import (
+    Layout,
+    Prepared,
+    Progress,
+    check_reduce,
+    describe_fill,
+    finish,
+    pick_classes,
+    pixel_fill,
+    prepare,
+    reduce_channels,
+    score,
+    target_layers,
+)
 
 
-def input_gradient(tap: LayerTap, p: Prepared, xb: torch.Tensor, classes: torch.Tensor | None = None,
-                   layout: Layout | None = None):
+def input_gradient(
+    tap: LayerTap, p: Prepared, xb: torch.Tensor, classes: torch.Tensor | None = None, layout: Layout | None = None
+):
     """(∂s/∂x, s, classes) for a batch ``xb`` inside ``tap``; classes are picked from this forward if None."""
     leaf: list[torch.Tensor] = []
 
@@ -38,8 +51,9 @@ def input_gradient(tap: LayerTap, p: Prepared, xb: torch.Tensor, classes: torch.
     return g.contiguous(), s.detach(), classes
 
 
-def batched_input_gradient(model: nn.Module, p: Prepared, batch_size: int | None, channels_last: bool | None,
-                           edits: dict | None = None):
+def batched_input_gradient(
+    model: nn.Module, p: Prepared, batch_size: int | None, channels_last: bool | None, edits: dict | None = None
+):
     """(∂s/∂x, s, classes) for all of ``p`` in chunks of ``batch_size`` (automatic for None), in one tap.
 
     Samples are independent, so the result does not depend on the chunking; the
@@ -69,9 +83,16 @@ def _maps_and_raw(a: torch.Tensor, reduce: str):
 
 
 @needs_autograd
-def saliency(model: nn.Module, x: torch.Tensor, target: Any = "predicted", *, reduce: str = "abs_max",
-             y: torch.Tensor | None = None, batch_size: int | None = None,
-             channels_last: bool | None = None) -> Explanation:
+def saliency(
+    model: nn.Module,
+    x: torch.Tensor,
+    target: Any = "predicted",
+    *,
+    reduce: str = "abs_max",
+    y: torch.Tensor | None = None,
+    batch_size: int | None = None,
+    channels_last: bool | None = None,
+) -> Explanation:
     """Saliency map (Simonyan et al. 2014): the gradient of the target's pre-softmax score w.r.t. the pixels.
 
     map(i, j) = max_c |∂S_c/∂x_{c,i,j}| (``reduce="abs_max"``, the paper's choice);
@@ -106,14 +127,20 @@ def saliency(model: nn.Module, x: torch.Tensor, target: Any = "predicted", *, re
     p = prepare(model, x, target, y, "saliency")
     g, s, classes = batched_input_gradient(model, p, batch_size, channels_last)
     maps, raw = _maps_and_raw(g.float(), reduce)
-    return finish(p, maps, "saliency", classes, settings={"reduce": reduce}, raw=raw,
-                  extras={"score": s})
+    return finish(p, maps, "saliency", classes, settings={"reduce": reduce}, raw=raw, extras={"score": s})
 
 
 @needs_autograd
-def gradient_x_input(model: nn.Module, x: torch.Tensor, target: Any = "predicted", *, reduce: str = "signed",
-                     y: torch.Tensor | None = None, batch_size: int | None = None,
-                     channels_last: bool | None = None) -> Explanation:
+def gradient_x_input(
+    model: nn.Module,
+    x: torch.Tensor,
+    target: Any = "predicted",
+    *,
+    reduce: str = "signed",
+    y: torch.Tensor | None = None,
+    batch_size: int | None = None,
+    channels_last: bool | None = None,
+) -> Explanation:
     """Gradient × input: x ⊙ ∂S/∂x, summed over channels by default (``reduce`` as in :func:`saliency`).
 
     For a linear model S = w·x + b this is w ⊙ x, whose sum is S − b.
@@ -125,8 +152,7 @@ def gradient_x_input(model: nn.Module, x: torch.Tensor, target: Any = "predicted
     g, s, classes = batched_input_gradient(model, p, batch_size, channels_last)
     a = (g * p.x).float()
     maps, raw = _maps_and_raw(a, reduce)
-    return finish(p, maps, "gradient_x_input", classes, settings={"reduce": reduce}, raw=raw,
-                  extras={"score": s})
+    return finish(p, maps, "gradient_x_input", classes, settings={"reduce": reduce}, raw=raw, extras={"score": s})
 
 
 #: the default layout of the input-gradient methods (saliency, gradient × input, guided backprop, Integrated
@@ -144,10 +170,20 @@ def _noise(n: int, shape, seed: int, device, dtype) -> torch.Tensor:
 
 
 @needs_autograd
-def smoothgrad(model: nn.Module, x: torch.Tensor, target: Any = "predicted", *, sigma: float = 0.15,
-               n: int = 25, seed: int = 0, reduce: str = "abs_max", batch_size: int | None = None,
-               y: torch.Tensor | None = None, progress: Progress | None = None,
-               channels_last: bool | None = None) -> Explanation:
+def smoothgrad(
+    model: nn.Module,
+    x: torch.Tensor,
+    target: Any = "predicted",
+    *,
+    sigma: float = 0.15,
+    n: int = 25,
+    seed: int = 0,
+    reduce: str = "abs_max",
+    batch_size: int | None = None,
+    y: torch.Tensor | None = None,
+    progress: Progress | None = None,
+    channels_last: bool | None = None,
+) -> Explanation:
     """SmoothGrad (Smilkov et al. 2017): the saliency map averaged over n noisy copies of the input.
 
     M̂(x) = 1/n Σ_k M(x + ε_k), ε_k ~ N(0, σ²) in pixel units (the input is in [0, 1]);
@@ -182,9 +218,15 @@ def smoothgrad(model: nn.Module, x: torch.Tensor, target: Any = "predicted", *, 
                 progress(b, total)
     acc /= n
     maps = acc.sum(1) if reduce == "none" else acc
-    return finish(p, maps, "smoothgrad", classes, raw=acc if reduce == "none" else None,
-                  settings={"sigma": float(sigma), "n": n, "seed": seed, "reduce": reduce},
-                  extras={"score": s0})
+    return finish(
+        p,
+        maps,
+        "smoothgrad",
+        classes,
+        raw=acc if reduce == "none" else None,
+        settings={"sigma": float(sigma), "n": n, "seed": seed, "reduce": reduce},
+        extras={"score": s0},
+    )
 
 
 def _ig_points(steps: int, method: str):
@@ -210,11 +252,21 @@ def _ig_points(steps: int, method: str):
 
 
 @needs_autograd
-def integrated_gradients(model: nn.Module, x: torch.Tensor, target: Any = "predicted", *,
-                         baseline: Any = "black", steps: int = 50, method: str = "trapezoid",
-                         reduce: str = "signed", batch_size: int | None = None, blur_sigma: float | None = None,
-                         y: torch.Tensor | None = None, progress: Progress | None = None,
-                         channels_last: bool | None = None) -> Explanation:
+def integrated_gradients(
+    model: nn.Module,
+    x: torch.Tensor,
+    target: Any = "predicted",
+    *,
+    baseline: Any = "black",
+    steps: int = 50,
+    method: str = "trapezoid",
+    reduce: str = "signed",
+    batch_size: int | None = None,
+    blur_sigma: float | None = None,
+    y: torch.Tensor | None = None,
+    progress: Progress | None = None,
+    channels_last: bool | None = None,
+) -> Explanation:
     """Integrated Gradients (Sundararajan et al. 2017) from a pixel-space baseline x'.
 
     IG_i(x) = (x_i − x'_i) · ∫₀¹ ∂S/∂x_i (x' + α (x − x')) dα, the integral by the
@@ -257,6 +309,12 @@ def integrated_gradients(model: nn.Module, x: torch.Tensor, target: Any = "predi
     attr = diff.float() * avg
     gap = attr.flatten(1).sum(1) - (s_x.float() - s_base.float())
     maps, raw = _maps_and_raw(attr, reduce)
-    return finish(p, maps, "integrated_gradients", classes, raw=raw,
-                  settings={"baseline": describe_fill(baseline), "steps": steps, "method": method, "reduce": reduce},
-                  extras={"completeness_gap": gap, "score": s_x, "baseline_score": s_base})
+    return finish(
+        p,
+        maps,
+        "integrated_gradients",
+        classes,
+        raw=raw,
+        settings={"baseline": describe_fill(baseline), "steps": steps, "method": method, "reduce": reduce},
+        extras={"completeness_gap": gap, "score": s_x, "baseline_score": s_base},
+    )

@@ -32,7 +32,7 @@ from .._batch import check_batch_size
 from ..rectifiers import guided_relus, skipped_note
 from ..results import Explanation
 from ._common import Layout, check_reduce, finish, prepare, reduce_channels, upsample
-from .cam import gradcam_tap, gradcam_weights, layer_gradient, flat_note, layer_name
+from .cam import flat_note, gradcam_tap, gradcam_weights, layer_gradient, layer_name
 from .gradients import batched_input_gradient
 
 log = logging.getLogger("cnnlens.attribution")
@@ -46,14 +46,21 @@ def guided_summary(mode: guided_relus, forwards: int = 1, what: str = "guided ba
     skipped = {k: v // forwards for k, v in mode.skipped.items()}
     if mode.applied == 0:
         uses = f"its activations are {skipped_note(mode.skipped)}" if skipped else "it applies no activation"
-        raise ValueError(f"{what} changes the backward of ReLUs, but this model's forward applies none ({uses}); "
-                         "use saliency or gradcam")
+        raise ValueError(
+            f"{what} changes the backward of ReLUs, but this model's forward applies none ({uses}); "
+            "use saliency or gradcam"
+        )
     settings = {"guided_relus": mode.applied // forwards}
     if skipped:
         note = skipped_note(skipped)
         settings["unguided_activations"] = skipped
-        log.warning("%s: %d ReLU applications guided per forward; %s keep their ordinary gradient "
-                    "(guided backprop has no rule for them)", what, settings["guided_relus"], note)
+        log.warning(
+            "%s: %d ReLU applications guided per forward; %s keep their ordinary gradient "
+            "(guided backprop has no rule for them)",
+            what,
+            settings["guided_relus"],
+            note,
+        )
     return settings
 
 
@@ -66,9 +73,16 @@ def _guided_gradient(model, p, batch_size, channels_last):
 
 
 @needs_autograd
-def guided_backprop(model: nn.Module, x: torch.Tensor, target: Any = "predicted", *, reduce: str = "abs_max",
-                    y: torch.Tensor | None = None, batch_size: int | None = None,
-                    channels_last: bool | None = None) -> Explanation:
+def guided_backprop(
+    model: nn.Module,
+    x: torch.Tensor,
+    target: Any = "predicted",
+    *,
+    reduce: str = "abs_max",
+    y: torch.Tensor | None = None,
+    batch_size: int | None = None,
+    channels_last: bool | None = None,
+) -> Explanation:
     """Guided backpropagation: ∂S/∂x with every ReLU application's backward replaced by 1[f_in>0]·1[R>0]·R.
 
     Module and functional ReLUs alike, in place or not (see the module docs);
@@ -82,14 +96,30 @@ def guided_backprop(model: nn.Module, x: torch.Tensor, target: Any = "predicted"
     check_reduce(reduce)
     p = prepare(model, x, target, y, "guided_backprop")
     g, s, classes, guided = _guided_gradient(model, p, batch_size, channels_last)
-    return finish(p, reduce_channels(g, reduce), "guided_backprop", classes, settings={"reduce": reduce, **guided},
-                  raw=g if reduce == "none" else None, extras={"score": s})
+    return finish(
+        p,
+        reduce_channels(g, reduce),
+        "guided_backprop",
+        classes,
+        settings={"reduce": reduce, **guided},
+        raw=g if reduce == "none" else None,
+        extras={"score": s},
+    )
 
 
 @needs_autograd
-def guided_gradcam(model: nn.Module, x: torch.Tensor, target: Any = "predicted", *, layer: Any = None,
-                   reduce: str = "abs_max", y: torch.Tensor | None = None, batch_size: int | None = None,
-                   channels_last: bool | None = None, layout: str | None = None) -> Explanation:
+def guided_gradcam(
+    model: nn.Module,
+    x: torch.Tensor,
+    target: Any = "predicted",
+    *,
+    layer: Any = None,
+    reduce: str = "abs_max",
+    y: torch.Tensor | None = None,
+    batch_size: int | None = None,
+    channels_last: bool | None = None,
+    layout: str | None = None,
+) -> Explanation:
     """Guided Grad-CAM: guided backprop ⊙ the Grad-CAM map upsampled to the input, reduced over channels.
 
     Two passes: the guided gradient, then Grad-CAM (ordinary backward) for the same classes.
@@ -108,6 +138,14 @@ def guided_gradcam(model: nn.Module, x: torch.Tensor, target: Any = "predicted",
     A, G = A.float(), G.float()
     cam = upsample(torch.einsum("nk,nkhw->nhw", gradcam_weights(A, G), A).clamp_min(0), p.size)
     prod = g * cam.unsqueeze(1)
-    return finish(p, reduce_channels(prod, reduce), "guided_gradcam", classes, layer=name,
-                  settings={"layer": name, "reduce": reduce, **guided}, raw=prod if reduce == "none" else None,
-                  extras={"gradcam": cam, "score": s}, note=note)
+    return finish(
+        p,
+        reduce_channels(prod, reduce),
+        "guided_gradcam",
+        classes,
+        layer=name,
+        settings={"layer": name, "reduce": reduce, **guided},
+        raw=prod if reduce == "none" else None,
+        extras={"gradcam": cam, "score": s},
+        note=note,
+    )

@@ -53,6 +53,7 @@ log = logging.getLogger("cnnlens.attribution")
 
 # ------------------------------------------------------------------------------------------- box algebra
 
+
 @dataclass
 class Box:
     """Per position p = (i, j) of a Pr × Pc grid: rows [rows[i], rows[i] + h), cols [cols[j], cols[j] + w)
@@ -90,8 +91,9 @@ def _ceil_div(a: torch.Tensor, b: int) -> torch.Tensor:
     return -((-a) // b)
 
 
-def _window_dim(starts: torch.Tensor, size: int, n_in: int, n_out: int, k: int, s: int, d: int, pb: int,
-                tau: float | None) -> tuple[torch.Tensor, int]:
+def _window_dim(
+    starts: torch.Tensor, size: int, n_in: int, n_out: int, k: int, s: int, d: int, pb: int, tau: float | None
+) -> tuple[torch.Tensor, int]:
     """Output box (starts, size) along one dim of a sliding-window layer for an input box (starts, size)."""
     lo_all = _ceil_div(starts + pb - (k - 1) * d, s)
     hi_all = torch.div(starts + size - 1 + pb, s, rounding_mode="floor")
@@ -116,8 +118,9 @@ def _union_dim(a: torch.Tensor, la: int, b: torch.Tensor, lb: int, n: int) -> tu
     return lo.clamp(max=n - length), length
 
 
-def _flat(rows: torch.Tensor, h: int, cols: torch.Tensor, w: int, W: int, per: int | None = None,
-          pairs: bool = False) -> torch.Tensor:
+def _flat(
+    rows: torch.Tensor, h: int, cols: torch.Tensor, w: int, W: int, per: int | None = None, pairs: bool = False
+) -> torch.Tensor:
     """Flat pixel indices (row-major, width W) of the window at (rows[i], cols[j]) for every grid position,
     ordered (i, j, row, col); with ``per``, position p's pixels are offset by p · per (one image per position).
     With ``pairs``: the window at (rows[p], cols[p]) for every position p, ordered (p, row, col)."""
@@ -145,24 +148,26 @@ def _nchw(flat: torch.Tensor, P: int, h: int, w: int) -> torch.Tensor:
     return flat.view(P, h, w, flat.shape[1]).permute(0, 3, 1, 2)
 
 
-def _gather(src: torch.Tensor, rows: torch.Tensor, h: int, cols: torch.Tensor, w: int,
-            pairs: bool = False) -> torch.Tensor:
+def _gather(
+    src: torch.Tensor, rows: torch.Tensor, h: int, cols: torch.Tensor, w: int, pairs: bool = False
+) -> torch.Tensor:
     """src 1×C×H×W → P×C×h×w (channels-last): the window at (rows[i], cols[j]) for every grid position."""
     return _gather_hwc(_rows_of(src), src.shape[-1], rows, h, cols, w, pairs)
 
 
-def _gather_hwc(src_hwc: torch.Tensor, W: int, rows: torch.Tensor, h: int, cols: torch.Tensor, w: int,
-                pairs: bool = False) -> torch.Tensor:
+def _gather_hwc(
+    src_hwc: torch.Tensor, W: int, rows: torch.Tensor, h: int, cols: torch.Tensor, w: int, pairs: bool = False
+) -> torch.Tensor:
     P = len(rows) if pairs else len(rows) * len(cols)
     return _nchw(src_hwc.index_select(0, _flat(rows, h, cols, w, W, pairs=pairs)), P, h, w)
 
 
-def _window(src: torch.Tensor, rows: torch.Tensor, h: int, cols: torch.Tensor, w: int,
-            pairs: bool = False) -> torch.Tensor:
+def _window(
+    src: torch.Tensor, rows: torch.Tensor, h: int, cols: torch.Tensor, w: int, pairs: bool = False
+) -> torch.Tensor:
     """src P×C×H×W (one per grid position) → P×C×h×w: position (i, j)'s window at (rows[i], cols[j])."""
     H, W = src.shape[-2:]
-    return _nchw(_rows_of(src).index_select(0, _flat(rows, h, cols, w, W, per=H * W, pairs=pairs)), src.shape[0],
-                 h, w)
+    return _nchw(_rows_of(src).index_select(0, _flat(rows, h, cols, w, W, per=H * W, pairs=pairs)), src.shape[0], h, w)
 
 
 def _paste(dst: torch.Tensor, box: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, pairs: bool = False) -> None:
@@ -176,9 +181,17 @@ def _paste(dst: torch.Tensor, box: torch.Tensor, rows: torch.Tensor, cols: torch
     d.view(-1, dst.shape[1]).index_copy_(0, _flat(rows, h, cols, w, W, per=H * W, pairs=pairs), _rows_of(box))
 
 
-def _region(clean: torch.Tensor, box: Box, rows: torch.Tensor, h: int, cols: torch.Tensor, w: int,
-            pad: tuple[int, int, int, int] = (0, 0, 0, 0), value: float = 0.0,
-            padded: tuple[torch.Tensor, int, int] | None = None) -> torch.Tensor:
+def _region(
+    clean: torch.Tensor,
+    box: Box,
+    rows: torch.Tensor,
+    h: int,
+    cols: torch.Tensor,
+    w: int,
+    pad: tuple[int, int, int, int] = (0, 0, 0, 0),
+    value: float = 0.0,
+    padded: tuple[torch.Tensor, int, int] | None = None,
+) -> torch.Tensor:
     """The activation over a region (per-position starts, uniform size, in padded coordinates): clean outside
     the box, the box's values inside. ``pad`` = (left, right, top, bottom) of the clean tensor; ``padded`` the
     padded clean tensor as (pixels × C, Hp, Wp) when already at hand."""
@@ -188,8 +201,9 @@ def _region(clean: torch.Tensor, box: Box, rows: torch.Tensor, h: int, cols: tor
     src, Hp, Wp = padded
     pairs = box.pairs
     br, bc = box.rows + pt, box.cols + pl  # box starts in padded coordinates
-    fits = bool((br >= rows).all() and (br + box.h <= rows + h).all()
-                and (bc >= cols).all() and (bc + box.w <= cols + w).all())
+    fits = bool(
+        (br >= rows).all() and (br + box.h <= rows + h).all() and (bc >= cols).all() and (bc + box.w <= cols + w).all()
+    )
     if fits:
         out = _gather_hwc(src, Wp, rows, h, cols, w, pairs)
         _paste(out, box.data, br - rows, bc - cols, pairs)
@@ -225,18 +239,79 @@ def _full(box: Box) -> torch.Tensor:
 # ---------------------------------------------------------------------------------------------- the rules
 
 _POINTWISE_MODULES = (
-    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU, nn.Mish, nn.Sigmoid,
-    nn.Tanh, nn.Hardswish, nn.Hardsigmoid, nn.Hardtanh, nn.Softplus, nn.Identity, nn.Dropout, nn.Dropout2d,
+    nn.ReLU,
+    nn.ReLU6,
+    nn.LeakyReLU,
+    nn.PReLU,
+    nn.ELU,
+    nn.SELU,
+    nn.CELU,
+    nn.GELU,
+    nn.SiLU,
+    nn.Mish,
+    nn.Sigmoid,
+    nn.Tanh,
+    nn.Hardswish,
+    nn.Hardsigmoid,
+    nn.Hardtanh,
+    nn.Softplus,
+    nn.Identity,
+    nn.Dropout,
+    nn.Dropout2d,
     nn.AlphaDropout,
 )
 _POINTWISE_FUNCTIONS = {
-    F.relu, torch.relu, F.relu6, F.hardtanh, F.silu, F.gelu, F.hardswish, F.hardsigmoid, torch.sigmoid, F.sigmoid,
-    torch.tanh, F.leaky_relu, F.elu, torch.clamp, F.mish, F.softplus, torch.nn.functional.relu_,
-    operator.add, operator.sub, operator.mul, operator.truediv, operator.iadd, operator.isub, operator.imul,
-    operator.itruediv, operator.neg, torch.add, torch.sub, torch.mul, torch.div, torch.neg,
+    F.relu,
+    torch.relu,
+    F.relu6,
+    F.hardtanh,
+    F.silu,
+    F.gelu,
+    F.hardswish,
+    F.hardsigmoid,
+    torch.sigmoid,
+    F.sigmoid,
+    torch.tanh,
+    F.leaky_relu,
+    F.elu,
+    torch.clamp,
+    F.mish,
+    F.softplus,
+    torch.nn.functional.relu_,
+    operator.add,
+    operator.sub,
+    operator.mul,
+    operator.truediv,
+    operator.iadd,
+    operator.isub,
+    operator.imul,
+    operator.itruediv,
+    operator.neg,
+    torch.add,
+    torch.sub,
+    torch.mul,
+    torch.div,
+    torch.neg,
 }
-_POINTWISE_METHODS = {"relu", "relu_", "sigmoid", "sigmoid_", "tanh", "clamp", "clamp_", "clamp_min", "add", "add_",
-                      "sub", "mul", "mul_", "div", "neg", "contiguous", "hardtanh_"}
+_POINTWISE_METHODS = {
+    "relu",
+    "relu_",
+    "sigmoid",
+    "sigmoid_",
+    "tanh",
+    "clamp",
+    "clamp_",
+    "clamp_min",
+    "add",
+    "add_",
+    "sub",
+    "mul",
+    "mul_",
+    "div",
+    "neg",
+    "contiguous",
+    "hardtanh_",
+}
 _INPLACE_FUNCTIONS = {operator.iadd, operator.isub, operator.imul, operator.itruediv, torch.nn.functional.relu_}
 
 
@@ -251,8 +326,11 @@ def _pointwise_module(m: nn.Module) -> bool:
         return True
     name = type(m).__name__
     if name in ("BatchNormAct2d", "FrozenBatchNormAct2d"):  # timm: batch norm → dropout → activation
-        return (not m.training and _pointwise_module(getattr(m, "drop", nn.Identity()))
-                and _pointwise_module(getattr(m, "act", nn.Identity())))
+        return (
+            not m.training
+            and _pointwise_module(getattr(m, "drop", nn.Identity()))
+            and _pointwise_module(getattr(m, "act", nn.Identity()))
+        )
     if type(m).__module__.startswith("timm.layers.activations"):
         return True
     return False
@@ -294,8 +372,10 @@ def _window_params(node: fx.Node, mod: nn.Module | None, x_shape, out_shape):
             return None
         k, s, d = _pair(mod.kernel_size), _pair(mod.stride), _pair(mod.dilation)
         if name == "Conv2dSame":  # timm: TF "same" padding from the input size
-            pb = [max((math.ceil(n / si) - 1) * si + (ki - 1) * di + 1 - n, 0) // 2
-                  for n, ki, si, di in zip((H, W), k, s, d)]
+            pb = [
+                max((math.ceil(n / si) - 1) * si + (ki - 1) * di + 1 - n, 0) // 2
+                for n, ki, si, di in zip((H, W), k, s, d)
+            ]
         elif mod.padding == "same":
             pb = [di * (ki - 1) // 2 for ki, di in zip(k, d)]
         elif mod.padding == "valid":
@@ -345,6 +425,7 @@ def _spatially_trivial(v: Any) -> bool:
 
 
 # ----------------------------------------------------------------------------------------- the interpreter
+
 
 @dataclass
 class Stats:
@@ -524,8 +605,17 @@ class IncrementalOcclusion(Traced):
                 stats.incremental += macs_per_out * out_elems_inc
 
         # shapes and sizes of a boxed tensor: those of the full batch
-        if boxes and not fulls and (n.op == "call_method" and n.target in ("size", "dim")
-                                    or n.op == "call_function" and n.target is getattr and args[1] == "shape"):
+        if (
+            boxes
+            and not fulls
+            and (
+                n.op == "call_method"
+                and n.target in ("size", "dim")
+                or n.op == "call_function"
+                and n.target is getattr
+                and args[1] == "shape"
+            )
+        ):
             shape = torch.Size((P, *boxes[0].clean.shape[1:]))
             if n.target == "dim":
                 return len(shape)
@@ -533,8 +623,15 @@ class IncrementalOcclusion(Traced):
                 return shape[args[1]]
             return shape
         spatial = torch.is_tensor(clean_out) and clean_out.dim() == 4  # a rule's result is an N×C×H×W box
-        if spatial and not fulls and not nested and len(boxes) == 1 and n.op == "call_module" and len(args) == 1 \
-                and not kwargs:
+        if (
+            spatial
+            and not fulls
+            and not nested
+            and len(boxes) == 1
+            and n.op == "call_module"
+            and len(args) == 1
+            and not kwargs
+        ):
             b = boxes[0]
             if _pointwise_module(mod):
                 # an in-place layer may overwrite the box only when no other node reads it
@@ -542,15 +639,21 @@ class IncrementalOcclusion(Traced):
                 data = b.data.clone() if getattr(mod, "inplace", False) and shared else b.data
                 return Box(mod(data), b.rows, b.cols, clean_out, pairs=b.pairs)
             if isinstance(mod, nn.AdaptiveAvgPool2d) and tuple(clean_out.shape[-2:]) == tuple(b.clean.shape[-2:]):
-                return Box(b.data, b.rows, b.cols, clean_out, pairs=b.pairs)  # adaptive pooling to its own size: the identity
+                return Box(
+                    b.data, b.rows, b.cols, clean_out, pairs=b.pairs
+                )  # adaptive pooling to its own size: the identity
             wp = _window_params(n, mod, b.clean.shape, clean_out.shape)
             if wp is not None and clean_out.dim() == 4:
                 return self._window(n, b, wp, clean_out, padded, count)
         if spatial and not fulls and not nested and boxes and n.op in ("call_function", "call_method"):
-            pointwise = (n.target in _POINTWISE_FUNCTIONS if n.op == "call_function" else n.target in _POINTWISE_METHODS)
+            pointwise = n.target in _POINTWISE_FUNCTIONS if n.op == "call_function" else n.target in _POINTWISE_METHODS
             if n.op == "call_function" and n.target in (F.batch_norm, F.dropout):
-                pointwise = not kwargs.get("training", args[5] if n.target is F.batch_norm and len(args) > 5 else
-                                           (args[2] if n.target is F.dropout and len(args) > 2 else False))
+                pointwise = not kwargs.get(
+                    "training",
+                    args[5]
+                    if n.target is F.batch_norm and len(args) > 5
+                    else (args[2] if n.target is F.dropout and len(args) > 2 else False),
+                )
             others = [a for a in flat if not isinstance(a, Box)]
             if pointwise and all(_spatially_trivial(a) for a in others) and clean_out.dim() == 4:
                 if len(boxes) == 1:
@@ -560,9 +663,17 @@ class IncrementalOcclusion(Traced):
                     k2 = {k: (data if v is b else v) for k, v in kwargs.items()}
                     return Box(self._call(n, a2, k2), b.rows, b.cols, clean_out, pairs=b.pairs)
                 return self._union(n, args, kwargs, boxes, clean_out, padded)
-        if (spatial and not fulls and n.op == "call_function" and n.target is torch.cat and len(args) >= 1
-                and isinstance(args[0], (list, tuple)) and all(isinstance(a, Box) for a in args[0])
-                and (args[1] if len(args) > 1 else kwargs.get("dim", 0)) in (1, -3) and clean_out.dim() == 4):
+        if (
+            spatial
+            and not fulls
+            and n.op == "call_function"
+            and n.target is torch.cat
+            and len(args) >= 1
+            and isinstance(args[0], (list, tuple))
+            and all(isinstance(a, Box) for a in args[0])
+            and (args[1] if len(args) > 1 else kwargs.get("dim", 0)) in (1, -3)
+            and clean_out.dim() == 4
+        ):
             return self._union(n, args, kwargs, list(args[0]), clean_out, padded, cat=True)
         # no rule: full tensors from here on
         if boxes or nested:
@@ -586,8 +697,10 @@ class IncrementalOcclusion(Traced):
         rows, h = _window_dim(b.rows, b.h, H, Ho, k[0], s[0], d[0], pb[0], self.tau)
         cols, w = _window_dim(b.cols, b.w, W, Wo, k[1], s[1], d[1], pb[1], self.tau)
         # padding: the layer's own before, after as far as the last output reads
-        pe = [max(0, (no - 1) * si + (ki - 1) * di + 1 - ni - p)
-              for no, si, ki, di, ni, p in zip((Ho, Wo), s, k, d, (H, W), pb)]
+        pe = [
+            max(0, (no - 1) * si + (ki - 1) * di + 1 - ni - p)
+            for no, si, ki, di, ni, p in zip((Ho, Wo), s, k, d, (H, W), pb)
+        ]
         pad = (pb[1], pe[1], pb[0], pe[0])
         key = (b.node, pad, value)
         if key not in padded:
@@ -640,8 +753,9 @@ def log_fallback(reason: str) -> None:
         log.info("occlusion: full re-inference for every window position (%s)", reason)
 
 
-def input_box(x: torch.Tensor, fill: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, wh: int,
-              ww: int, pairs: bool = False) -> tuple[Box, torch.Tensor]:
+def input_box(
+    x: torch.Tensor, fill: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, wh: int, ww: int, pairs: bool = False
+) -> tuple[Box, torch.Tensor]:
     """The patched input as a box for every grid position (with ``pairs``: for the positions (rows[p], cols[p])),
     and which positions change no pixel."""
     f = fill.expand_as(x) if fill.shape != x.shape else fill

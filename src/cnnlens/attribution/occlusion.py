@@ -20,15 +20,24 @@ from typing import Any
 import torch
 from torch import nn
 
+from .._autograd import needs_autograd
 from .._batch import Arm, Tuner, arms, check_batch_size, chunks, workload
 from ..results import Explanation
 from ..tap import LayerTap
 from ..targets import TargetError
+from ._common import (
+    Layout,
+    Progress,
+    describe_fill,
+    finish,
+    logits_of,
+    pick_classes,
+    pixel_fill,
+    prepare,
+    score,
+    target_layers,
+)
 from .incremental import IncrementalOcclusion, Unsupported, input_box, log_fallback
-from ._common import (Layout, Progress, describe_fill, finish, logits_of, pick_classes, pixel_fill, prepare, score,
-                      target_layers)
-from .._autograd import needs_autograd
-
 
 log = logging.getLogger("cnnlens.attribution")
 
@@ -91,8 +100,9 @@ def _drill_order(dc: torch.Tensor, rc: list[int], cc: list[int], Pr: int, Pc: in
     return order[~coarse.flatten()[order]]
 
 
-def _fill(v: torch.Tensor, known: torch.Tensor, rc: list[int], cc: list[int], rows: list[int],
-          cols: list[int]) -> torch.Tensor:
+def _fill(
+    v: torch.Tensor, known: torch.Tensor, rc: list[int], cc: list[int], rows: list[int], cols: list[int]
+) -> torch.Tensor:
     """Pr × Pc values with the unknown ones estimated: the weighted mean of the known values among the 8
     neighbouring positions (weight 1 for the 4 beside, ½ for the 4 diagonal), or, with none known nearby,
     bilinear interpolation between the coarse grid's positions."""
@@ -114,7 +124,9 @@ def _ssim(a: torch.Tensor, b: torch.Tensor) -> float:
     exact map's max − min (the maps are logit drops in no fixed range; 1 if the exact map is constant)."""
     from ..extras import require  # noqa: PLC0415
 
-    structural_similarity = require("data", "skimage.metrics", what="occlusion's check=True (SSIM)").structural_similarity
+    structural_similarity = require(
+        "data", "skimage.metrics", what="occlusion's check=True (SSIM)"
+    ).structural_similarity
 
     a, b = a.double().cpu().numpy(), b.double().cpu().numpy()
     rng = float(b.max() - b.min()) or 1.0
@@ -160,11 +172,23 @@ def coverage(size: int, starts: list[int], window: int, device=None) -> torch.Te
 
 
 @needs_autograd
-def occlusion(model: nn.Module, x: torch.Tensor, target: Any = "predicted", *, window: Any = None,
-              stride: Any = None, fill: Any = "grey", batch_size: int | None = None, blur_sigma: float | None = None,
-              y: torch.Tensor | None = None, progress: Progress | None = None,
-              channels_last: bool | None = None, incremental: bool | None = None, approximate: Any = False,
-              check: bool = False) -> Explanation:
+def occlusion(
+    model: nn.Module,
+    x: torch.Tensor,
+    target: Any = "predicted",
+    *,
+    window: Any = None,
+    stride: Any = None,
+    fill: Any = "grey",
+    batch_size: int | None = None,
+    blur_sigma: float | None = None,
+    y: torch.Tensor | None = None,
+    progress: Progress | None = None,
+    channels_last: bool | None = None,
+    incremental: bool | None = None,
+    approximate: Any = False,
+    check: bool = False,
+) -> Explanation:
     """Occlusion sensitivity: the drop of the target's logit when a patch hides each region.
 
     For window positions p (the patch covers every channel, filled with ``fill``):
@@ -243,8 +267,22 @@ def occlusion(model: nn.Module, x: torch.Tensor, target: Any = "predicted", *, w
         why = None if is_class else "a channel or neuron target is read inside the model"
         if why is None:
             try:
-                s0, p0, classes = _incremental(model, p, filled, per_sample_fill, rows, cols, wh, ww, drops, probs,
-                                               batch_size_given, batch_size, progress, approx=approx)
+                s0, p0, classes = _incremental(
+                    model,
+                    p,
+                    filled,
+                    per_sample_fill,
+                    rows,
+                    cols,
+                    wh,
+                    ww,
+                    drops,
+                    probs,
+                    batch_size_given,
+                    batch_size,
+                    progress,
+                    approx=approx,
+                )
                 path = "incremental" if approx is None else "approximate"
             except Unsupported as e:
                 why = str(e)
@@ -255,12 +293,28 @@ def occlusion(model: nn.Module, x: torch.Tensor, target: Any = "predicted", *, w
                 why = f"the incremental run failed ({type(e).__name__}: {first[:200]})"
         if why is not None:
             if incremental or approx is not None:
-                raise ValueError(f"incremental occlusion is not possible here: {why}; use incremental=None or False"
-                                 + (" and approximate=False" if approx is not None else ""))
+                raise ValueError(
+                    f"incremental occlusion is not possible here: {why}; use incremental=None or False"
+                    + (" and approximate=False" if approx is not None else "")
+                )
             log_fallback(why)
     if path == "full":
-        s0, p0, classes = _full_reinference(model, p, filled, per_sample_fill, rows, cols, wh, ww, drops, probs,
-                                            batch_size, progress, channels_last, calibrate=not batch_size_given)
+        s0, p0, classes = _full_reinference(
+            model,
+            p,
+            filled,
+            per_sample_fill,
+            rows,
+            cols,
+            wh,
+            ww,
+            drops,
+            probs,
+            batch_size,
+            progress,
+            channels_last,
+            calibrate=not batch_size_given,
+        )
     raw = drops.view(p.n, len(rows), len(cols))
     R = coverage(H, rows, wh, dev)  # H × Ph
     C = coverage(W, cols, ww, dev)  # W × Pw
@@ -271,26 +325,57 @@ def occlusion(model: nn.Module, x: torch.Tensor, target: Any = "predicted", *, w
     if is_class:
         extras["probability"] = probs.view(p.n, len(rows), len(cols))
         extras["clean_probability"] = p0
-    settings = {"window": (wh, ww), "stride": (sh, sw), "fill": describe_fill(fill), "positions": (len(rows), len(cols)),
-                "path": path}
+    settings = {
+        "window": (wh, ww),
+        "stride": (sh, sw),
+        "fill": describe_fill(fill),
+        "positions": (len(rows), len(cols)),
+        "path": path,
+    }
     if why is not None:
         settings["full_reason"] = why
     if approx is not None:
         settings["approximate"] = {k: approx[k] for k in ("tau", "coarse", "fraction")}
-        settings["approximate"]["coarse_positions"] = (len(_coarse_index(len(rows), approx["coarse"])),
-                                                      len(_coarse_index(len(cols), approx["coarse"])))
+        settings["approximate"]["coarse_positions"] = (
+            len(_coarse_index(len(rows), approx["coarse"])),
+            len(_coarse_index(len(cols), approx["coarse"])),
+        )
         settings["approximate"]["computed"] = approx["computed"]  # share of the window positions run
         if check:
-            exact = occlusion(model, x, target, window=window, stride=stride, fill=fill, batch_size=batch_size
-                              if batch_size_given else None, blur_sigma=blur_sigma, y=y, incremental=True)
+            exact = occlusion(
+                model,
+                x,
+                target,
+                window=window,
+                stride=stride,
+                fill=fill,
+                batch_size=batch_size if batch_size_given else None,
+                blur_sigma=blur_sigma,
+                y=y,
+                incremental=True,
+            )
             extras["ssim"] = torch.tensor([_ssim(a, b) for a, b in zip(maps.cpu(), exact.maps)])
     if isinstance(fill, str) and fill == "blur":
         settings["blur_sigma"] = blur_sigma
     return finish(p, maps, "occlusion", classes, settings=settings, raw=raw, extras=extras)
 
 
-def _full_reinference(model, p, filled, per_sample_fill, rows, cols, wh, ww, drops, probs, batch_size, progress,
-                      channels_last, calibrate=False):
+def _full_reinference(
+    model,
+    p,
+    filled,
+    per_sample_fill,
+    rows,
+    cols,
+    wh,
+    ww,
+    drops,
+    probs,
+    batch_size,
+    progress,
+    channels_last,
+    calibrate=False,
+):
     """Every window position through the whole model, ``batch_size`` images per forward (or as calibrated)."""
     H, W = p.size
     P = len(rows) * len(cols)
@@ -350,8 +435,23 @@ def _interp(fine: list[int], coarse: list[int]) -> torch.Tensor:
     return M.float()
 
 
-def _incremental(model, p, filled, per_sample_fill, rows, cols, wh, ww, drops, probs, batch_size_given, batch_size,
-                 progress, stats=None, approx: dict | None = None):
+def _incremental(
+    model,
+    p,
+    filled,
+    per_sample_fill,
+    rows,
+    cols,
+    wh,
+    ww,
+    drops,
+    probs,
+    batch_size_given,
+    batch_size,
+    progress,
+    stats=None,
+    approx: dict | None = None,
+):
     """Every window position through only the part of each layer that the patch reaches (see incremental.py).
 
     With ``approx`` (Krypton §4): boxes capped at τ of each layer, and adaptive drill-down — the positions of a
@@ -379,8 +479,10 @@ def _incremental(model, p, filled, per_sample_fill, rows, cols, wh, ww, drops, p
             threads crawl; :class:`cnnlens._batch.Tuner`); the values do not depend on it."""
             if (what, step) not in tuners:
                 threads = [0, 1] if dev.type == "cpu" and torch.get_num_threads() > 1 else [0]
-                tuners[what, step] = Tuner(workload(f"occlusion-incremental-{what}-{step}", model, p.x),
-                                           tuple(Arm(step, False, t) for t in threads))
+                tuners[what, step] = Tuner(
+                    workload(f"occlusion-incremental-{what}-{step}", model, p.x),
+                    tuple(Arm(step, False, t) for t in threads),
+                )
             t = tuners[what, step]
             return t.timed(t.next(n if n < step else step), n)
 
@@ -402,8 +504,9 @@ def _incremental(model, p, filled, per_sample_fill, rows, cols, wh, ww, drops, p
             q = torch.empty(len(idx), device=dev)
             for a, b in chunks(len(idx), per):
                 with tuned("pairs", per, b - a):
-                    box, same = input_box(xi, fi, rows_all[idx[a:b] // len(cols)], cols_all[idx[a:b] % len(cols)],
-                                          wh, ww, pairs=True)
+                    box, same = input_box(
+                        xi, fi, rows_all[idx[a:b] // len(cols)], cols_all[idx[a:b] % len(cols)], wh, ww, pairs=True
+                    )
                     d[a:b], q[a:b] = drops_of(box, same, env, ci, s0i, p0i)
             return d, q
 
@@ -423,18 +526,21 @@ def _incremental(model, p, filled, per_sample_fill, rows, cols, wh, ww, drops, p
 
         computed = 0
         for i in range(p.n):
-            xi = p.x[i:i + 1]
+            xi = p.x[i : i + 1]
             env = inc.clean(xi)
             o = env[inc.nodes[-1]]
-            if not torch.is_tensor(o) or o.shape != out[i:i + 1].shape or not torch.allclose(
-                    o, out[i:i + 1], rtol=1e-4, atol=1e-4 * float(out[i].abs().max()) + 1e-6):
+            if (
+                not torch.is_tensor(o)
+                or o.shape != out[i : i + 1].shape
+                or not torch.allclose(o, out[i : i + 1], rtol=1e-4, atol=1e-4 * float(out[i].abs().max()) + 1e-6)
+            ):
                 raise Unsupported("the traced model's output differs from the model's")
-            ci = classes[i:i + 1]
+            ci = classes[i : i + 1]
             s0[i] = p.target.score(o, ci).float()[0]
             if is_class:
                 p0[i] = o.float().softmax(1)[0, ci[0]]
             p0i = p0[i] if is_class else s0[i]
-            fi = filled[i:i + 1] if per_sample_fill else filled
+            fi = filled[i : i + 1] if per_sample_fill else filled
             lo, hi = i * P, (i + 1) * P
             if approx is None:
                 d, q = grid(xi, fi, env, ci, s0[i], p0i, rows, cols)
@@ -449,7 +555,7 @@ def _incremental(model, p, filled, per_sample_fill, rows, cols, wh, ww, drops, p
                 q = torch.zeros(len(rows), len(cols), device=dev)
                 d[on], q[on] = dc.view(len(rc), len(cc)), qc.view(len(rc), len(cc))
                 order = _drill_order(dc.view(len(rc), len(cc)), rc, cc, len(rows), len(cols))
-                pick = order[:round(approx["fraction"] * len(order))].to(dev)
+                pick = order[: round(approx["fraction"] * len(order))].to(dev)
                 if len(pick):
                     dp, qp = at(xi, fi, env, ci, s0[i], p0i, pick)
                     d.view(-1)[pick] = dp

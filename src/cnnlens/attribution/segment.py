@@ -40,9 +40,16 @@ def _maps(e: Any) -> torch.Tensor:
     return m.detach().float().cpu()
 
 
-def segment(explanation: Any, x: torch.Tensor, *, foreground: float = FOREGROUND_QUANTILE,
-            background: float = BACKGROUND_QUANTILE, iterations: int = 5, largest: bool = True,
-            seed: int = 0) -> torch.Tensor:
+def segment(
+    explanation: Any,
+    x: torch.Tensor,
+    *,
+    foreground: float = FOREGROUND_QUANTILE,
+    background: float = BACKGROUND_QUANTILE,
+    iterations: int = 5,
+    largest: bool = True,
+    seed: int = 0,
+) -> torch.Tensor:
     """A foreground mask per image (N×H×W bool) from GrabCut seeded by the map (Simonyan et al. 2014 §3).
 
     Seeds: a(p) ≥ q_foreground(a) → foreground, a(p) ≤ q_background(a) → background (quantiles of each map),
@@ -57,8 +64,10 @@ def segment(explanation: Any, x: torch.Tensor, *, foreground: float = FOREGROUND
     >>> cnnlens.metrics.mask_iou(masks, ds.ink[:len(x)])                   # doctest: +SKIP
     """
     if not 0 <= background < foreground <= 1:
-        raise ValueError(f"need 0 ≤ background < foreground ≤ 1 (quantiles of the map), got {background} and "
-                         f"{foreground}; Simonyan et al. use 0.30 and 0.95")
+        raise ValueError(
+            f"need 0 ≤ background < foreground ≤ 1 (quantiles of the map), got {background} and "
+            f"{foreground}; Simonyan et al. use 0.30 and 0.95"
+        )
     if not isinstance(iterations, int) or iterations < 1:
         raise ValueError(f"iterations must be a positive int, got {iterations!r}")
     a = _maps(explanation)
@@ -66,8 +75,10 @@ def segment(explanation: Any, x: torch.Tensor, *, foreground: float = FOREGROUND
         raise TypeError("x must be the explained images as an N×C×H×W tensor in [0, 1]")
     x = x.unsqueeze(0) if x.dim() == 3 else x
     if x.shape[0] != a.shape[0] or tuple(x.shape[-2:]) != tuple(a.shape[-2:]):
-        raise ValueError(f"{a.shape[0]} maps of size {tuple(a.shape[-2:])} for images of shape {tuple(x.shape)}; "
-                         "give the images the maps explain")
+        raise ValueError(
+            f"{a.shape[0]} maps of size {tuple(a.shape[-2:])} for images of shape {tuple(x.shape)}; "
+            "give the images the maps explain"
+        )
     if x.shape[1] not in (1, 3):
         raise ValueError(f"GrabCut works on grey or RGB images; got {x.shape[1]} channels")
     cv2 = _cv2()

@@ -5,12 +5,25 @@ from __future__ import annotations
 import json
 from fractions import Fraction
 from pathlib import Path
-from typing import List, Optional
 
 import typer
 
-from .common import (DEVICE_OPT, FORCE_OPT, MODEL_OPT, OUT_OPT, PRETRAINED_OPT, TRUST_OPT, WEIGHTS_OPT, app, console,
-                     model_options, new_report, out_dir, print_table, UserError)
+from .common import (
+    DEVICE_OPT,
+    FORCE_OPT,
+    MODEL_OPT,
+    OUT_OPT,
+    PRETRAINED_OPT,
+    TRUST_OPT,
+    WEIGHTS_OPT,
+    UserError,
+    app,
+    console,
+    model_options,
+    new_report,
+    out_dir,
+    print_table,
+)
 from .session import session
 
 
@@ -43,8 +56,10 @@ def parse_eps(text: str, option: str = "--eps", norm: str = "inf") -> float:
     if v < 0:
         raise UserError(f"{option} {s!r} is negative; a budget is ≥ 0 (pixel units, e.g. 2/255)")
     if norm == "inf" and v > 1:
-        raise UserError(f"{option} {s}: ε = {s} in pixel units [0, 1]; did you mean {s}/255? (under the L∞ norm a "
-                        "budget above 1 exceeds the whole pixel range)")
+        raise UserError(
+            f"{option} {s}: ε = {s} in pixel units [0, 1]; did you mean {s}/255? (under the L∞ norm a "
+            "budget above 1 exceeds the whole pixel range)"
+        )
     return v
 
 
@@ -63,7 +78,7 @@ def _target(text: str):
     return int(t) if t.lstrip("-").isdigit() else t
 
 
-def _unique(names: List[str]) -> List[str]:
+def _unique(names: list[str]) -> list[str]:
     seen: dict[str, int] = {}
     out = []
     for n in names:
@@ -77,26 +92,38 @@ def _unique(names: List[str]) -> List[str]:
 @app.command()
 @model_options
 def attack(
-    images: List[str] = typer.Argument(..., help="Image files, folders or globs."),
+    images: list[str] = typer.Argument(..., help="Image files, folders or globs."),
     model: str = MODEL_OPT,
-    method: str = typer.Option("pgd", "--method", help="fgsm, pgd, deepfool or cw (Carlini–Wagner L2); the last two "
-                               "find the smallest L2 perturbation and ignore --eps."),
+    method: str = typer.Option(
+        "pgd",
+        "--method",
+        help="fgsm, pgd, deepfool or cw (Carlini–Wagner L2); the last two "
+        "find the smallest L2 perturbation and ignore --eps.",
+    ),
     eps: str = typer.Option("2/255", "--eps", help="Budget per pixel in pixel units ([0, 1]): 2/255, 0.01, ..."),
-    target: str = typer.Option("second", "--target", "-t", help="second (the runner-up class), untargeted, a class index or a class name."),
-    steps: Optional[int] = typer.Option(None, "--steps", min=1, help="PGD steps (default 10), DeepFool iterations "
-                                        "(50) or C&W Adam steps (100)."),
-    step_size: Optional[str] = typer.Option(None, "--step-size", help="PGD step in pixel units (default 2.5·ε/steps)."),
+    target: str = typer.Option(
+        "second", "--target", "-t", help="second (the runner-up class), untargeted, a class index or a class name."
+    ),
+    steps: int | None = typer.Option(
+        None, "--steps", min=1, help="PGD steps (default 10), DeepFool iterations (50) or C&W Adam steps (100)."
+    ),
+    step_size: str | None = typer.Option(None, "--step-size", help="PGD step in pixel units (default 2.5·ε/steps)."),
     norm: str = typer.Option("inf", "--norm", help="inf (L∞: ε ≤ 1, e.g. 8/255) or 2 (L2: ε may exceed 1)."),
     c: float = typer.Option(1.0, "--c", min=0.0, help="C&W: weight c of the misclassification term."),
-    overshoot: float = typer.Option(0.02, "--overshoot", min=0.0, help="DeepFool: how far past the boundary (× the step)."),
+    overshoot: float = typer.Option(
+        0.02, "--overshoot", min=0.0, help="DeepFool: how far past the boundary (× the step)."
+    ),
     random_start: bool = typer.Option(False, "--random-start", help="PGD from a random point of the ε-ball."),
-    minimal: bool = typer.Option(False, "--minimal", help="Find each image's smallest ε (bisection over PGD) instead of using --eps."),
+    minimal: bool = typer.Option(
+        False, "--minimal", help="Find each image's smallest ε (bisection over PGD) instead of using --eps."
+    ),
     seed: int = typer.Option(0, "--seed", help="Seed of the random start."),
-    weights: Optional[Path] = WEIGHTS_OPT,
+    weights: Path | None = WEIGHTS_OPT,
     pretrained: bool = PRETRAINED_OPT,
     trust_pickle: bool = TRUST_OPT,
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", "-b", min=1,
-                                             help="Images attacked together (default: automatic, 4 of 224² on a CPU)."),
+    batch_size: int | None = typer.Option(
+        None, "--batch-size", "-b", min=1, help="Images attacked together (default: automatic, 4 of 224² on a CPU)."
+    ),
     device: str = DEVICE_OPT,
     out: Path = OUT_OPT,
     force: bool = FORCE_OPT,
@@ -118,24 +145,51 @@ def attack(
     if alpha is not None and alpha <= 0:
         raise UserError("--step-size must be > 0")
     out = out_dir(out, force, images, weights)
-    with session(model, weights, pretrained, trust_pickle, device,
-                 one_process="cnnlens attack runs in one process; use torchrun with `cnnlens robustness`") as S:
+    with session(
+        model,
+        weights,
+        pretrained,
+        trust_pickle,
+        device,
+        one_process="cnnlens attack runs in one process; use torchrun with `cnnlens robustness`",
+    ) as S:
         loaded = read_images(list(images), S.model)
         x, names = loaded.images.to(S.device), _unique(list(loaded.names))
         batches = -(-len(names) // _check_batch_size(batch_size, x))
         with S.progress(f"attacking {len(names)} image(s)", total=batches) as update:
-            run = attack_images(S.model, x, method, eps=e, target=_target(target), norm=norm, steps=steps,
-                                step_size=alpha, c=c, overshoot=overshoot, random_start=random_start,
-                                minimal=minimal, seed=seed, batch_size=batch_size, names=names, progress=update)
+            run = attack_images(
+                S.model,
+                x,
+                method,
+                eps=e,
+                target=_target(target),
+                norm=norm,
+                steps=steps,
+                step_size=alpha,
+                c=c,
+                overshoot=overshoot,
+                random_start=random_start,
+                minimal=minimal,
+                seed=seed,
+                batch_size=batch_size,
+                names=names,
+                progress=update,
+            )
         title = ATTACK_TITLES[run.method]
         rep = new_report(f"cnnlens attack: {model}", f"{title} on {len(names)} image(s).", S.model)
-        settings = {"model": model,
-                    "images": ", ".join(names[:10]) + (" ..." if len(names) > 10 else ""), "device": S.device}
+        settings = {
+            "model": model,
+            "images": ", ".join(names[:10]) + (" ..." if len(names) > 10 else ""),
+            "device": S.device,
+        }
         add_attack_run_section(rep, S.model, run, settings=settings)
         index = out.write(rep)
         _print_attack(names, run.result, run.class_names)
-        console.print(f"wrote {index.parent}: <image>/original.png, adversarial.png, perturbation.png, top5.json; "
-                      "attack.json, x_adv.pt, index.html", highlight=False)
+        console.print(
+            f"wrote {index.parent}: <image>/original.png, adversarial.png, perturbation.png, top5.json; "
+            "attack.json, x_adv.pt, index.html",
+            highlight=False,
+        )
 
 
 def _check_attack(method: str, minimal: bool, c: float) -> None:
@@ -165,16 +219,31 @@ def _print_attack(names, r, class_names) -> None:
     from ..attacks.report import eps_text
 
     norm = r.settings.get("norm", "inf")
-    t = Table(title=f"{r.settings.get('method', '').upper()} — goal: {r.settings.get('target')}, "
-                    f"norm {norm_name(norm)}", title_justify="left")
-    for h in ("image", "before (p)", "after (p)", "reached", f"ε ({norm_name(norm)}; pixel units = grey levels/255)",
-              "‖δ‖∞ (grey levels)", "steps"):
+    t = Table(
+        title=f"{r.settings.get('method', '').upper()} — goal: {r.settings.get('target')}, norm {norm_name(norm)}",
+        title_justify="left",
+    )
+    for h in (
+        "image",
+        "before (p)",
+        "after (p)",
+        "reached",
+        f"ε ({norm_name(norm)}; pixel units = grey levels/255)",
+        "‖δ‖∞ (grey levels)",
+        "steps",
+    ):
         t.add_column(h)
     for i, n in enumerate(names):
         c0, c1 = int(r.pred_before[i]), int(r.pred_after[i])
-        t.add_row(n, f"{nm(c0)} ({float(p0[i, c0]):.3f})", f"{nm(c1)} ({float(p1[i, c1]):.3f})",
-                  "yes" if bool(r.success[i]) else "no", eps_text(float(r.eps[i]), norm),
-                  f"{float(r.linf()[i]) * 255:.3g}", str(int(r.steps[i])))
+        t.add_row(
+            n,
+            f"{nm(c0)} ({float(p0[i, c0]):.3f})",
+            f"{nm(c1)} ({float(p1[i, c1]):.3f})",
+            "yes" if bool(r.success[i]) else "no",
+            eps_text(float(r.eps[i]), norm),
+            f"{float(r.linf()[i]) * 255:.3g}",
+            str(int(r.steps[i])),
+        )
     print_table(t)
 
 
@@ -182,16 +251,24 @@ def _print_attack(names, r, class_names) -> None:
 @model_options
 def robustness(
     model: str = MODEL_OPT,
-    data: str = typer.Option(..., "--data", "-d", help="digits, or an ImageFolder directory (one sub-folder per class)."),
+    data: str = typer.Option(
+        ..., "--data", "-d", help="digits, or an ImageFolder directory (one sub-folder per class)."
+    ),
     eps: str = typer.Option("0,1/255,2/255,4/255,8/255", "--eps", help="Comma-separated budgets in pixel units."),
-    attacks: str = typer.Option("fgsm,pgd", "--attacks", help="Comma-separated: fgsm, pgd, deepfool, cw (the last "
-                                "two are minimum-norm L2 attacks: one run gives every ε)."),
+    attacks: str = typer.Option(
+        "fgsm,pgd",
+        "--attacks",
+        help="Comma-separated: fgsm, pgd, deepfool, cw (the last "
+        "two are minimum-norm L2 attacks: one run gives every ε).",
+    ),
     steps: int = typer.Option(10, "--steps", min=1, help="PGD steps."),
-    step_size: Optional[str] = typer.Option(None, "--step-size", help="PGD step in pixel units (default 2.5·ε/steps)."),
+    step_size: str | None = typer.Option(None, "--step-size", help="PGD step in pixel units (default 2.5·ε/steps)."),
     norm: str = typer.Option("inf", "--norm", help="inf (L∞: ε ≤ 1, e.g. 8/255) or 2 (L2: ε may exceed 1)."),
-    target: str = typer.Option("untargeted", "--target", "-t", help="untargeted (away from the true label), second, or a class."),
+    target: str = typer.Option(
+        "untargeted", "--target", "-t", help="untargeted (away from the true label), second, or a class."
+    ),
     gallery: int = typer.Option(6, "--gallery", min=0, help="Attacked images to show with their saliency maps."),
-    weights: Optional[Path] = WEIGHTS_OPT,
+    weights: Path | None = WEIGHTS_OPT,
     pretrained: bool = PRETRAINED_OPT,
     trust_pickle: bool = TRUST_OPT,
     batch_size: int = typer.Option(64, "--batch-size", "-b", min=1, help="Images per batch."),
@@ -216,14 +293,24 @@ def robustness(
         m, dev, world = S.model, S.device, S.world
         ds = S.dataset(data, labels_for="cnnlens robustness")
         with S.progress(f"attacking {data}") as update:
-            r = run_robustness(m, ds, eps=budgets, attacks=atk, steps=steps, step_size=alpha, norm=norm,
-                               target=_target(target), gallery=gallery, batch_size=batch_size, device=dev,
-                               progress=update)
+            r = run_robustness(
+                m,
+                ds,
+                eps=budgets,
+                attacks=atk,
+                steps=steps,
+                step_size=alpha,
+                norm=norm,
+                target=_target(target),
+                gallery=gallery,
+                batch_size=batch_size,
+                device=dev,
+                progress=update,
+            )
         if not S.writes:
             return
         rep = new_report(f"cnnlens robustness: {model}", f"{model} on {data}.", m)
-        settings = {"model": model,
-                    "data": data, "n": r.n, "batch size": batch_size, "device": dev, "processes": world}
+        settings = {"model": model, "data": data, "n": r.n, "batch size": batch_size, "device": dev, "processes": world}
         add_robustness_section(rep, {model: r}, title="Robustness", settings=settings, gallery_of=model)
         fig = r.figure(title=f"{model} on {data}")
         rep.file("curves.png", _fig_png(fig))

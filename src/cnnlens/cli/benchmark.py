@@ -3,20 +3,40 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 
-from .common import (DEVICE_OPT, FORCE_OPT, PRETRAINED_OPT, TRUST_OPT, WEIGHTS_OPT, UserError, app, console,
-                     model_options, new_report, out_dir)
+from .common import (
+    DEVICE_OPT,
+    FORCE_OPT,
+    PRETRAINED_OPT,
+    TRUST_OPT,
+    WEIGHTS_OPT,
+    UserError,
+    app,
+    console,
+    model_options,
+    new_report,
+    out_dir,
+)
 from .session import open_model
 
-
 #: compact column labels for the terminal
-SHORT = {"pointing_game": "PG", "relevance_mass_accuracy": "mass", "relevance_rank_accuracy": "rank",
-         "localisation_iou": "boxIoU", "localisation_accuracy": "loc", "segmentation_iou": "segIoU",
-         "deletion_auc": "del", "insertion_auc": "ins", "faithfulness_correlation": "FC", "road_morf": "MoRF",
-         "road_lerf": "LeRF", "max_sensitivity": "MS", "model_parameter_randomisation": "MPRT"}
+SHORT = {
+    "pointing_game": "PG",
+    "relevance_mass_accuracy": "mass",
+    "relevance_rank_accuracy": "rank",
+    "localisation_iou": "boxIoU",
+    "localisation_accuracy": "loc",
+    "segmentation_iou": "segIoU",
+    "deletion_auc": "del",
+    "insertion_auc": "ins",
+    "faithfulness_correlation": "FC",
+    "road_morf": "MoRF",
+    "road_lerf": "LeRF",
+    "max_sensitivity": "MS",
+    "model_parameter_randomisation": "MPRT",
+}
 
 
 def print_leaderboard(lb, title: str) -> None:
@@ -42,31 +62,47 @@ def print_leaderboard(lb, title: str) -> None:
             cells.append(f"[bold]{c}[/]" if best[k] == m else c)
         t.add_row(m, *cells, f"{lb.seconds_per_map[m]:.3f}")
     out.print(t)
-    out.print("PG pointing game · mass/rank relevance mass/rank accuracy · boxIoU IoU of the box cut from the map "
-              "(largest region ≥ 0.2·max, Zhou et al. 2016) · loc share with boxIoU ≥ 0.5 (ILSVRC criterion, "
-              "GT-known) · segIoU IoU of GrabCut seeded by the map's top 5 % / bottom 30 % with the object's "
-              "pixels (Simonyan et al. 2014 §3) · del/ins deletion/insertion AUC · "
-              "FC faithfulness correlation · MoRF/LeRF ROAD · MS max-sensitivity · MPRT mean Spearman ρ under "
-              "cascading randomisation", style="dim")
+    out.print(
+        "PG pointing game · mass/rank relevance mass/rank accuracy · boxIoU IoU of the box cut from the map "
+        "(largest region ≥ 0.2·max, Zhou et al. 2016) · loc share with boxIoU ≥ 0.5 (ILSVRC criterion, "
+        "GT-known) · segIoU IoU of GrabCut seeded by the map's top 5 % / bottom 30 % with the object's "
+        "pixels (Simonyan et al. 2014 §3) · del/ins deletion/insertion AUC · "
+        "FC faithfulness correlation · MoRF/LeRF ROAD · MS max-sensitivity · MPRT mean Spearman ρ under "
+        "cascading randomisation",
+        style="dim",
+    )
 
 
 @app.command()
 @model_options
 def benchmark(
-    model: str = typer.Option("cluttered-digits-cnn", "--model", "-m",
-                              help="cluttered-digits-cnn (default), or any model cnnlens loads."),
-    data: Optional[str] = typer.Option(None, "--data", "-d", help="cluttered-digits (default for "
-                                       "cluttered-digits-cnn; boxes built in), or an ImageFolder directory."),
-    boxes: Optional[Path] = typer.Option(None, "--boxes", help="Boxes CSV for an ImageFolder: header "
-                                         "path,x0,y0,x1,y1; path relative to the folder; pixels of the stored "
-                                         "image, x1/y1 exclusive. Without it the localisation metrics are left out."),
+    model: str = typer.Option(
+        "cluttered-digits-cnn", "--model", "-m", help="cluttered-digits-cnn (default), or any model cnnlens loads."
+    ),
+    data: str | None = typer.Option(
+        None,
+        "--data",
+        "-d",
+        help="cluttered-digits (default for cluttered-digits-cnn; boxes built in), or an ImageFolder directory.",
+    ),
+    boxes: Path | None = typer.Option(
+        None,
+        "--boxes",
+        help="Boxes CSV for an ImageFolder: header "
+        "path,x0,y0,x1,y1; path relative to the folder; pixels of the stored "
+        "image, x1/y1 exclusive. Without it the localisation metrics are left out.",
+    ),
     methods: str = typer.Option("all", "--methods", help="Comma-separated attribution methods, or all."),
-    metrics: Optional[str] = typer.Option(None, "--metrics", help="Comma-separated metrics (default: all that "
-                                          "apply): pointing-game, relevance-mass-accuracy, relevance-rank-accuracy, "
-                                          "deletion-auc, insertion-auc, faithfulness-correlation, road-morf, "
-                                          "road-lerf, max-sensitivity, model-parameter-randomisation."),
+    metrics: str | None = typer.Option(
+        None,
+        "--metrics",
+        help="Comma-separated metrics (default: all that "
+        "apply): pointing-game, relevance-mass-accuracy, relevance-rank-accuracy, "
+        "deletion-auc, insertion-auc, faithfulness-correlation, road-morf, "
+        "road-lerf, max-sensitivity, model-parameter-randomisation.",
+    ),
     n: int = typer.Option(16, "--n", min=2, help="Images scored (the first n of the held-out split / folder)."),
-    weights: Optional[Path] = WEIGHTS_OPT,
+    weights: Path | None = WEIGHTS_OPT,
     pretrained: bool = PRETRAINED_OPT,
     trust_pickle: bool = TRUST_OPT,
     device: str = DEVICE_OPT,
@@ -84,8 +120,10 @@ def benchmark(
     S = open_model(model, weights, pretrained, trust_pickle, device)
     if data is None:
         if model != "cluttered-digits-cnn":
-            raise UserError("--data: give an ImageFolder directory (with --boxes for the localisation metrics), "
-                            "or use --model cluttered-digits-cnn")
+            raise UserError(
+                "--data: give an ImageFolder directory (with --boxes for the localisation metrics), "
+                "or use --model cluttered-digits-cnn"
+            )
         data = "cluttered-digits"
     mnames = parse_methods(methods)
     knames = _metrics(metrics, METRICS)
@@ -95,20 +133,27 @@ def benchmark(
     lb = run.leaderboard
     print_leaderboard(lb, f"How far to trust each map — {model} on {data}, {lb.n} images")
     rep = new_report(f"cnnlens benchmark: {model}", f"{len(mnames)} attribution methods on {data}.", S.model)
-    settings = {"model": model, "data": data, "boxes": run.data.boxes_from, "n": lb.n,
-                "target": lb.settings["target"], "device": str(next(iter(S.model.parameters())).device)}
+    settings = {
+        "model": model,
+        "data": data,
+        "boxes": run.data.boxes_from,
+        "n": lb.n,
+        "target": lb.settings["target"],
+        "device": str(next(iter(S.model.parameters())).device),
+    }
     add_benchmark_section(rep, run, settings=settings, class_names=getattr(S.model.spec, "class_names", None))
     index = out.write(rep)
     console.print(f"wrote {index.parent}: index.html, leaderboard.csv, leaderboard.json", highlight=False)
 
 
-def _metrics(text: Optional[str], known) -> Optional[list[str]]:
+def _metrics(text: str | None, known) -> list[str] | None:
     """--metrics as the leaderboard's names (``-`` or ``_``); None: all that apply."""
     if not text:
         return None
     names = [s.strip().lower().replace("-", "_") for s in text.split(",") if s.strip()]
     bad = [k for k in names if k not in known]
     if bad:
-        raise UserError(f"--metrics: unknown {', '.join(bad)}; choose from "
-                        f"{', '.join(k.replace('_', '-') for k in known)}")
+        raise UserError(
+            f"--metrics: unknown {', '.join(bad)}; choose from {', '.join(k.replace('_', '-') for k in known)}"
+        )
     return names

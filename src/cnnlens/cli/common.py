@@ -8,8 +8,8 @@ import functools
 import inspect
 import logging
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator, Optional
 
 import typer
 from rich.console import Console
@@ -43,8 +43,9 @@ def _print_version(value: bool) -> None:
 def _root(
     debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log what cnnlens chooses (layers, conversions)."),
-    version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
-                                 help="Print cnnlens' version and exit."),
+    version: bool = typer.Option(
+        False, "--version", callback=_print_version, is_eager=True, help="Print cnnlens' version and exit."
+    ),
 ) -> None:
     _state["debug"] = debug
     logging.basicConfig(
@@ -77,8 +78,11 @@ def main() -> None:
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         from ..extras import MissingExtra
 
-        kind = ("error" if isinstance(e, (ValueError, TypeError, FileNotFoundError, UserError, KeyError, MissingExtra))
-                else f"error ({type(e).__name__})")
+        kind = (
+            "error"
+            if isinstance(e, (ValueError, TypeError, FileNotFoundError, UserError, KeyError, MissingExtra))
+            else f"error ({type(e).__name__})"
+        )
         from rich.markup import escape
 
         # escaped: "pip install 'cnnlens[explore]'" is not rich markup
@@ -88,24 +92,38 @@ def main() -> None:
 
 
 @contextlib.contextmanager
-def progress_bar(description: str, total: Optional[int] = None, rank: int = 0, world: int = 1) -> Iterator:
+def progress_bar(description: str, total: int | None = None, rank: int = 0, world: int = 1) -> Iterator:
     """A rich progress bar on a terminal, silent otherwise. Yields ``update(done, total)``.
 
     Under ``torchrun`` only rank 0 draws (its shard's progress, labelled "rank 0/N").
     """
-    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
-                               TimeRemainingColumn)
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
     if world > 1:
         description += f" (rank {rank}/{world})"
     if not console.is_terminal or rank != 0:
         yield lambda done, tot=None: None
         return
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  TextColumn("eta"), TimeRemainingColumn(), console=console, transient=True) as prog:
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("eta"),
+        TimeRemainingColumn(),
+        console=console,
+        transient=True,
+    ) as prog:
         task = prog.add_task(description, total=total)
 
-        def update(done: int, tot: Optional[int] = None) -> None:
+        def update(done: int, tot: int | None = None) -> None:
             prog.update(task, completed=done, total=tot if tot is not None else total)
 
         yield update
@@ -206,12 +224,12 @@ def input_paths(*items) -> tuple[Path, ...]:
     """The existing paths among a command's inputs (files, folders, globs → their folder), to protect from --out."""
     found: list[Path] = []
     for item in items:
-        for one in (item if isinstance(item, (list, tuple)) else [item]):
+        for one in item if isinstance(item, (list, tuple)) else [item]:
             if one is None:
                 continue
             text = str(one)
             if any(c in text for c in "*?["):
-                text = text[:min(text.index(c) for c in "*?[" if c in text)]
+                text = text[: min(text.index(c) for c in "*?[" if c in text)]
                 text = text.rsplit("/", 1)[0] if "/" in text else "."
             path = Path(text).expanduser()
             if path.exists():
@@ -226,22 +244,33 @@ def out_dir(path: Path, force: bool = False, *inputs, option: str = "--out") -> 
 
     protect = input_paths(*inputs)
     try:
-        return ReportDir(check_out_dir(path, force=force, protect=protect, option=option, force_hint="--force"),
-                         force, protect)
+        return ReportDir(
+            check_out_dir(path, force=force, protect=protect, option=option, force_hint="--force"), force, protect
+        )
     except ValueError as e:
         raise UserError(str(e)) from None
 
 
 # reusable option declarations
-MODEL_OPT = typer.Option(..., "--model", "-m", help="efficientnet-lite0, digits-cnn, timm:NAME, torchvision:NAME, or package.module:factory.")
+MODEL_OPT = typer.Option(
+    ..., "--model", "-m", help="efficientnet-lite0, digits-cnn, timm:NAME, torchvision:NAME, or package.module:factory."
+)
 WEIGHTS_OPT = typer.Option(None, "--weights", "-w", help="Weights file (.safetensors, .pt/.pth).")
 PRETRAINED_OPT = typer.Option(False, "--pretrained", help="Let timm/torchvision download their pretrained weights.")
 TRUST_OPT = typer.Option(False, "--trust-pickle", help="Allow loading a whole pickled model (runs code from the file).")
 DEVICE_OPT = typer.Option("cpu", "--device", help="cpu, cuda, cuda:N or auto.")
-OUT_OPT = typer.Option(Path("cnnlens-out"), "--out", "-o", help="Output directory (files and report); a new, empty or "
-                       "previous-report folder.")
-FORCE_OPT = typer.Option(False, "--force", help="Replace the output folder even if it holds other files (never the current "
-                         "directory, home, or a folder holding an input).")
+OUT_OPT = typer.Option(
+    Path("cnnlens-out"),
+    "--out",
+    "-o",
+    help="Output directory (files and report); a new, empty or previous-report folder.",
+)
+FORCE_OPT = typer.Option(
+    False,
+    "--force",
+    help="Replace the output folder even if it holds other files (never the current "
+    "directory, home, or a folder holding an input).",
+)
 
 
 # what the model expects, on every command that takes --model (added by @model_options)
@@ -252,17 +281,42 @@ def _spec_parameters(taken: set[str]) -> list[inspect.Parameter]:
     chan = ["--input-channels"] if "--channels" in taken else ["--channels", "--input-channels"]
     size = ["--input-size"]
     opts = [
-        ("spec_mean", Optional[str], typer.Option(None, "--mean", help="Per-channel mean the model was trained with, "
-                                                  "e.g. 0.485,0.456,0.406 (one value: every channel).")),
-        ("spec_std", Optional[str], typer.Option(None, "--std", help="Per-channel std, e.g. 0.229,0.224,0.225.")),
-        ("spec_input_size", Optional[str], typer.Option(None, *size, help="Input size the model expects: 224, H,W "
-                                                        "or C,H,W (default: the model's, else 224).")),
-        ("spec_channels", Optional[int], typer.Option(None, *chan, help="Input channels the model expects: 1 (grey) "
-                                                      "or 3 (RGB).")),
-        ("spec_class_names", Optional[Path], typer.Option(None, "--class-names", help="File of class names: one a "
-                                                          "line, or JSON (a list, or {index: name}).")),
-        ("spec_num_classes", Optional[int], typer.Option(None, "--num-classes", min=1, help="Number of classes of "
-                                                         "the model's head (default: from the weights).")),
+        (
+            "spec_mean",
+            str | None,
+            typer.Option(
+                None,
+                "--mean",
+                help="Per-channel mean the model was trained with, e.g. 0.485,0.456,0.406 (one value: every channel).",
+            ),
+        ),
+        ("spec_std", str | None, typer.Option(None, "--std", help="Per-channel std, e.g. 0.229,0.224,0.225.")),
+        (
+            "spec_input_size",
+            str | None,
+            typer.Option(
+                None, *size, help="Input size the model expects: 224, H,W or C,H,W (default: the model's, else 224)."
+            ),
+        ),
+        (
+            "spec_channels",
+            int | None,
+            typer.Option(None, *chan, help="Input channels the model expects: 1 (grey) or 3 (RGB)."),
+        ),
+        (
+            "spec_class_names",
+            Path | None,
+            typer.Option(
+                None, "--class-names", help="File of class names: one a line, or JSON (a list, or {index: name})."
+            ),
+        ),
+        (
+            "spec_num_classes",
+            int | None,
+            typer.Option(
+                None, "--num-classes", min=1, help="Number of classes of the model's head (default: from the weights)."
+            ),
+        ),
     ]
     return [inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, default=d, annotation=a) for n, a, d in opts]
 
@@ -290,9 +344,13 @@ def model_options(fn):
         _state["spec"] = {k: kwargs.pop(k, None) for k in _SPEC_PARAMS}
         return fn(*args, **kwargs)
 
-    wrapper.__signature__ = sig.replace(parameters=[
-        p.replace(kind=inspect.Parameter.KEYWORD_ONLY) if p.kind == inspect.Parameter.POSITIONAL_OR_KEYWORD else p
-        for p in params] + added)
+    wrapper.__signature__ = sig.replace(
+        parameters=[
+            p.replace(kind=inspect.Parameter.KEYWORD_ONLY) if p.kind == inspect.Parameter.POSITIONAL_OR_KEYWORD else p
+            for p in params
+        ]
+        + added
+    )
     wrapper.__annotations__ = {**{p.name: p.annotation for p in params}, **{p.name: p.annotation for p in added}}
     return wrapper
 
@@ -301,8 +359,9 @@ def _floats(text: str, option: str) -> tuple[float, ...]:
     try:
         vals = tuple(float(v) for v in text.replace(" ", ",").split(",") if v)
     except ValueError:
-        raise UserError(f"{option} {text!r}: give numbers separated by commas, e.g. {option} 0.485,0.456,0.406") \
-            from None
+        raise UserError(
+            f"{option} {text!r}: give numbers separated by commas, e.g. {option} 0.485,0.456,0.406"
+        ) from None
     if not vals:
         raise UserError(f"{option}: give at least one number")
     return vals
@@ -318,8 +377,9 @@ def parse_input_size(text: str) -> tuple[int, ...]:
     if len(vals) == 1:
         vals = vals * 2
     if len(vals) not in (2, 3) or min(vals) < 1 or (len(vals) == 3 and vals[0] not in (1, 3)):
-        raise UserError(f"--input-size {text!r}: give one side, H,W or C,H,W in pixels, e.g. --input-size 224, "
-                        "224,192 or 1,28,28")
+        raise UserError(
+            f"--input-size {text!r}: give one side, H,W or C,H,W in pixels, e.g. --input-size 224, 224,192 or 1,28,28"
+        )
     return tuple(vals)
 
 
@@ -336,14 +396,17 @@ def read_class_names(path: Path) -> list[str]:
         try:
             obj = json.loads(stripped)
         except json.JSONDecodeError as e:
-            raise UserError(f"--class-names {p}: not valid JSON ({e.msg} at line {e.lineno}); give a list of names "
-                            "or {index: name}") from None
+            raise UserError(
+                f"--class-names {p}: not valid JSON ({e.msg} at line {e.lineno}); give a list of names "
+                "or {index: name}"
+            ) from None
         if isinstance(obj, dict):
             try:
                 items = sorted((int(k), str(v)) for k, v in obj.items())
             except ValueError:
-                raise UserError(f"--class-names {p}: a JSON object must map class indices to names, e.g. "
-                                '{"0": "cat", "1": "dog"}') from None
+                raise UserError(
+                    f'--class-names {p}: a JSON object must map class indices to names, e.g. {{"0": "cat", "1": "dog"}}'
+                ) from None
             if [i for i, _ in items] != list(range(len(items))):
                 raise UserError(f"--class-names {p}: the indices must be 0..K-1 without gaps")
             return [v for _, v in items]
@@ -382,29 +445,42 @@ def spec_options() -> dict:
     return kw
 
 
-def load_model_from_options(model: str, weights: Optional[Path], pretrained: bool, trust_pickle: bool, device: str):
+def load_model_from_options(model: str, weights: Path | None, pretrained: bool, trust_pickle: bool, device: str):
     """load_model with the command's --weights/--pretrained/--trust-pickle and the spec options; the spec used is
     logged (-v) and a model on random weights is warned about."""
     from .. import load_model
 
     kw = spec_options()
     quiet = logging.getLogger("cnnlens.models.loading")
-    said = lambda record: not any(w in record.getMessage() for w in (  # noqa: E731 - said below instead
-        "random initial weights", "using cnnlens's defaults"))
+    said = lambda record: (
+        not any(
+            w in record.getMessage()
+            for w in (  # noqa: E731 - said below instead
+                "random initial weights",
+                "using cnnlens's defaults",
+            )
+        )
+    )
     quiet.addFilter(said)
     try:
         m = load_model(model, weights=weights, pretrained=pretrained, trust_pickle=trust_pickle, **kw)
     finally:
         quiet.removeFilter(said)
     if getattr(m.spec, "random_weights", False):
-        console.print(f"[bold yellow]warning:[/] {model}: random initial weights: explanations of an untrained "
-                      "model (pass --weights FILE)", highlight=False)
+        console.print(
+            f"[bold yellow]warning:[/] {model}: random initial weights: explanations of an untrained "
+            "model (pass --weights FILE)",
+            highlight=False,
+        )
     guessed = m.spec.extra.get("defaulted")
     if guessed:
-        console.print(f"[bold yellow]warning:[/] {model} declares no {'/'.join(guessed)}: using cnnlens's defaults "
-                      f"(input {m.spec.input_size[0]}×{m.spec.input_size[1]}, mean {list(m.spec.mean)}, std "
-                      f"{list(m.spec.std)}); give {' '.join('--' + g.replace('_', '-') for g in guessed)} if it was "
-                      "trained otherwise", highlight=False)
+        console.print(
+            f"[bold yellow]warning:[/] {model} declares no {'/'.join(guessed)}: using cnnlens's defaults "
+            f"(input {m.spec.input_size[0]}×{m.spec.input_size[1]}, mean {list(m.spec.mean)}, std "
+            f"{list(m.spec.std)}); give {' '.join('--' + g.replace('_', '-') for g in guessed)} if it was "
+            "trained otherwise",
+            highlight=False,
+        )
     logging.getLogger(__name__).info("model spec: %s", _describe(m.spec))
     return m.to(parse_device(device))
 

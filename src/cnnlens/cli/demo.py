@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -12,12 +11,16 @@ from .common import DEVICE_OPT, FORCE_OPT, app, console, out_dir, parse_device
 
 @app.command()
 def demo(
-    out: Path = typer.Option(Path("demo-report"), "--out", "-o", help="Report directory: a new, empty or previous-report "
-                             "folder (replaced atomically)."),
+    out: Path = typer.Option(
+        Path("demo-report"),
+        "--out",
+        "-o",
+        help="Report directory: a new, empty or previous-report folder (replaced atomically).",
+    ),
     force: bool = FORCE_OPT,
     device: str = DEVICE_OPT,
     quick: bool = typer.Option(False, "--quick", help="Fewer samples and steps (a fast smoke run)."),
-    only: Optional[str] = typer.Option(None, "--only", help="Comma-separated section names to run."),
+    only: str | None = typer.Option(None, "--only", help="Comma-separated section names to run."),
 ) -> None:
     """Run every section on the embedded models and photos and write the HTML report."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -32,8 +35,13 @@ def demo(
             raise typer.BadParameter(f"unknown section {bad[0]!r}; choose from {', '.join(names)}", param_hint="--only")
     target = out_dir(out, force)  # checked before any work
     if console.is_terminal:
-        with Progress(TextColumn("{task.description:<28}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                      console=console) as prog:
+        with Progress(
+            TextColumn("{task.description:<28}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=console,
+        ) as prog:
             tasks: dict[str, int] = {}
 
             def progress(what: str, done: int, total: int | None) -> None:
@@ -41,11 +49,16 @@ def demo(
                     tasks[what] = prog.add_task(what, total=total)
                 prog.update(tasks[what], completed=done, total=total)
 
-            index = run_demo(target.path, force=force, device=parse_device(device), quick=quick, only=chosen, progress=progress)
+            index = run_demo(
+                target.path, force=force, device=parse_device(device), quick=quick, only=chosen, progress=progress
+            )
     else:
+
         def progress(what: str, done: int, total: int | None) -> None:
             if done == total:
                 console.print(f"  {what}: done", highlight=False)
 
-        index = run_demo(target.path, force=force, device=parse_device(device), quick=quick, only=chosen, progress=progress)
+        index = run_demo(
+            target.path, force=force, device=parse_device(device), quick=quick, only=chosen, progress=progress
+        )
     console.print(f"report written: {index}", highlight=False)

@@ -3,16 +3,32 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List, Optional
 
 import typer
 
-from .common import (DEVICE_OPT, FORCE_OPT, MODEL_OPT, OUT_OPT, PRETRAINED_OPT, TRUST_OPT, WEIGHTS_OPT, app, console,
-                     distributed, load_model_from_options, model_options, names_from_data, new_report, out_dir,
-                     print_table, progress_bar, UserError)
+from .common import (
+    DEVICE_OPT,
+    FORCE_OPT,
+    MODEL_OPT,
+    OUT_OPT,
+    PRETRAINED_OPT,
+    TRUST_OPT,
+    WEIGHTS_OPT,
+    UserError,
+    app,
+    console,
+    distributed,
+    load_model_from_options,
+    model_options,
+    names_from_data,
+    new_report,
+    out_dir,
+    print_table,
+    progress_bar,
+)
 
 
-def _topk_values(topk: Optional[List[str]], more: Optional[List[str]]) -> tuple[int, ...] | None:
+def _topk_values(topk: list[str] | None, more: list[str] | None) -> tuple[int, ...] | None:
     """``--topk 1 3``, ``--topk 1 --topk 3`` and ``--topk 1,3`` all give (1, 3)."""
     if more and not topk:
         raise UserError(f"unexpected argument {more[0]!r}; options are given as --name value (see --help)")
@@ -26,8 +42,9 @@ def _topk_values(topk: Optional[List[str]], more: Optional[List[str]]) -> tuple[
                     vals.append(int(part))
                 except ValueError:
                     if extra:
-                        raise UserError(f"unexpected argument {part!r}; options are given as --name value "
-                                        "(see --help)") from None
+                        raise UserError(
+                            f"unexpected argument {part!r}; options are given as --name value (see --help)"
+                        ) from None
                     raise UserError(f"--topk {part!r} is not an integer; give k values like --topk 1 5") from None
     return tuple(vals)
 
@@ -61,9 +78,13 @@ def evaluate(
     ctx: typer.Context,
     model: str = MODEL_OPT,
     data: str = typer.Option(..., "--data", "-d", help="digits, an ImageFolder directory (one sub-folder per class)."),
-    topk: Optional[List[str]] = typer.Option(None, "--topk", "-k", help="k values for top-k accuracy, e.g. --topk 1 5 "
-                                             "(default 1 5, without k above the number of classes)."),
-    weights: Optional[Path] = WEIGHTS_OPT,
+    topk: list[str] | None = typer.Option(
+        None,
+        "--topk",
+        "-k",
+        help="k values for top-k accuracy, e.g. --topk 1 5 (default 1 5, without k above the number of classes).",
+    ),
+    weights: Path | None = WEIGHTS_OPT,
     pretrained: bool = PRETRAINED_OPT,
     trust_pickle: bool = TRUST_OPT,
     batch_size: int = typer.Option(64, "--batch-size", "-b", min=1, help="Images per forward pass."),
@@ -90,18 +111,29 @@ def evaluate(
         require_labels(ds, "cnnlens evaluate")
         names_from_data(m, ds)
         with progress_bar(f"evaluating {model}", rank=rank, world=world) as update:
-            result = run_evaluate(m, ds, topk=ks, batch_size=batch_size, device=dev, progress=update,
-                                  num_workers=workers)
+            result = run_evaluate(
+                m, ds, topk=ks, batch_size=batch_size, device=dev, progress=update, num_workers=workers
+            )
         if rank != 0:
             return
         print_result(result)
         rep = new_report(f"cnnlens evaluate: {model}", f"{model} on {data}.", m)
-        settings = {"model": model, "data": data, "labels": getattr(ds, "cnnlens_labels", "given by the data"),
-                    "top-k": list(result.topk_accuracy), "n": result.n, "batch size": batch_size,
-                    "device": dev, "processes": world}
+        settings = {
+            "model": model,
+            "data": data,
+            "labels": getattr(ds, "cnnlens_labels", "given by the data"),
+            "top-k": list(result.topk_accuracy),
+            "n": result.n,
+            "batch size": batch_size,
+            "device": dev,
+            "processes": world,
+        }
         report_section(rep, result, settings=settings)
         for name, blob in result.files().items():
             rep.file(name, blob)
         index = out.write(rep)
-        console.print(f"wrote {index.parent}: confusion.png/.csv/.json (raw and normalised), per_class.csv, "
-                      "evaluation.json, index.html", highlight=False)
+        console.print(
+            f"wrote {index.parent}: confusion.png/.csv/.json (raw and normalised), per_class.csv, "
+            "evaluation.json, index.html",
+            highlight=False,
+        )

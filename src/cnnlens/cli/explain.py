@@ -3,20 +3,34 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List, Optional
 
 import typer
 
 from ..registry import REGISTRY
-from .common import (DEVICE_OPT, FORCE_OPT, MODEL_OPT, OUT_OPT, PRETRAINED_OPT, TRUST_OPT, WEIGHTS_OPT, app, console,
-                     model_options, new_report, out_dir, UserError)
+from .common import (
+    DEVICE_OPT,
+    FORCE_OPT,
+    MODEL_OPT,
+    OUT_OPT,
+    PRETRAINED_OPT,
+    TRUST_OPT,
+    WEIGHTS_OPT,
+    UserError,
+    app,
+    console,
+    model_options,
+    new_report,
+    out_dir,
+)
 from .session import Session, open_model
 
 DEFAULT_METHODS = "saliency,occlusion,cam,gradcam,augmented-gradcam,guided-gradcam"
 #: the registry's names (importing it does not import torch: the CLI's --help stays fast)
-METHODS_HELP = ("Comma-separated: " + ", ".join(m.cli_name for m in REGISTRY.values()) + "; or all (the native "
-                "ones); captum:<Class> runs a Captum attribution class, e.g. captum:DeepLift,captum:KernelShap "
-                "(pip install 'cnnlens[captum]').")
+METHODS_HELP = (
+    "Comma-separated: " + ", ".join(m.cli_name for m in REGISTRY.values()) + "; or all (the native "
+    "ones); captum:<Class> runs a Captum attribution class, e.g. captum:DeepLift,captum:KernelShap "
+    "(pip install 'cnnlens[captum]')."
+)
 
 
 def parse_methods(text: str) -> list[str]:
@@ -27,8 +41,14 @@ def parse_methods(text: str) -> list[str]:
     if str(text).strip().lower() == "all":
         return list(METHODS)
 
-    aliases = {"grad_cam": "gradcam", "gradcampp": "gradcam_pp", "gradcam++": "gradcam_pp", "ig": "integrated_gradients",
-               "guided": "guided_backprop", "augmented": "augmented_gradcam"}
+    aliases = {
+        "grad_cam": "gradcam",
+        "gradcampp": "gradcam_pp",
+        "gradcam++": "gradcam_pp",
+        "ig": "integrated_gradients",
+        "guided": "guided_backprop",
+        "augmented": "augmented_gradcam",
+    }
     out = []
     for part in str(text).split(","):
         if part.strip().lower().startswith("captum:"):  # a Captum class, checked when it runs (Captum is optional)
@@ -98,32 +118,55 @@ def _selection(model, ds, misclassified: bool, true_class, confused, n: int) -> 
         true, predicted = r, c
     picked = select_samples(model, ds, misclassified=misclassified, true=true, predicted=predicted, limit=n)
     if not picked:
-        raise UserError("no image of --data matches the selection (--misclassified/--class/--confused); "
-                        "`cnnlens evaluate` shows which cells of the confusion matrix hold images")
+        raise UserError(
+            "no image of --data matches the selection (--misclassified/--class/--confused); "
+            "`cnnlens evaluate` shows which cells of the confusion matrix hold images"
+        )
     return picked
 
 
 #: explain's own options, declared once here so that the command reads as what it does
 IMAGES_ARG = typer.Argument(None, help="Image files, folders (a flat folder or one with sub-folders) or globs.")
-DATA_OPT = typer.Option(None, "--data", "-d", help="Or take images from a dataset: digits, an ImageFolder, or a "
-                        "flat folder of images (no labels needed).")
+DATA_OPT = typer.Option(
+    None,
+    "--data",
+    "-d",
+    help="Or take images from a dataset: digits, an ImageFolder, or a flat folder of images (no labels needed).",
+)
 N_OPT = typer.Option(8, "--n", min=1, help="With --data: how many of its first images (or of the selected ones).")
-MISCLASSIFIED_OPT = typer.Option(False, "--misclassified", help="With --data: only the images the model gets wrong "
-                                 "(needs labels).")
-CLASS_OPT = typer.Option(None, "--class", help="With --data: only images of this true class (index or name; needs "
-                         "labels).")
-CONFUSED_OPT = typer.Option(None, "--confused", help="With --data: only images of true class R predicted as C, "
-                            "given as R,C (a cell of the confusion matrix).")
+MISCLASSIFIED_OPT = typer.Option(
+    False, "--misclassified", help="With --data: only the images the model gets wrong (needs labels)."
+)
+CLASS_OPT = typer.Option(
+    None, "--class", help="With --data: only images of this true class (index or name; needs labels)."
+)
+CONFUSED_OPT = typer.Option(
+    None,
+    "--confused",
+    help="With --data: only images of true class R predicted as C, given as R,C (a cell of the confusion matrix).",
+)
 METHODS_OPT = typer.Option(DEFAULT_METHODS, "--methods", help=METHODS_HELP)
 TARGET_OPT = typer.Option("predicted", "--target", "-t", help="predicted, second, a class index or a class name.")
-LAYER_OPT = typer.Option(None, "--layer", "-l", help="Layer for the CAM family (default: the last spatial layer; see "
-                         "`cnnlens layers --model M`).")
-SHARED_OPT = typer.Option(False, "--shared-scale", help="Draw every map on one scale (each divided by its largest "
-                          "|value|) instead of each in its own units.")
-STEPS_OPT = typer.Option(16, "--faithfulness-steps", min=0, help="Deletion/insertion steps (0: skip the "
-                         "faithfulness scores).")
-BASELINE_OPT = typer.Option("blur", "--baseline", help="What deleted pixels become in the faithfulness curves: blur, "
-                            "grey, black or a number in [0, 1] (black suits white-on-black digits).")
+LAYER_OPT = typer.Option(
+    None,
+    "--layer",
+    "-l",
+    help="Layer for the CAM family (default: the last spatial layer; see `cnnlens layers --model M`).",
+)
+SHARED_OPT = typer.Option(
+    False,
+    "--shared-scale",
+    help="Draw every map on one scale (each divided by its largest |value|) instead of each in its own units.",
+)
+STEPS_OPT = typer.Option(
+    16, "--faithfulness-steps", min=0, help="Deletion/insertion steps (0: skip the faithfulness scores)."
+)
+BASELINE_OPT = typer.Option(
+    "blur",
+    "--baseline",
+    help="What deleted pixels become in the faithfulness curves: blur, "
+    "grey, black or a number in [0, 1] (black suits white-on-black digits).",
+)
 WINDOW_OPT = typer.Option(None, "--window", min=1, help="Occlusion patch size in pixels (default: 1/8 of the image).")
 STRIDE_OPT = typer.Option(None, "--stride", min=1, help="Occlusion stride (default: window/2).")
 AUGMENTATIONS_OPT = typer.Option(100, "--augmentations", min=1, help="Augmented Grad-CAM: number of copies.")
@@ -132,15 +175,28 @@ AUGMENTATIONS_OPT = typer.Option(100, "--augmentations", min=1, help="Augmented 
 @app.command()
 @model_options
 def explain(
-    images: Optional[List[str]] = IMAGES_ARG, data: Optional[str] = DATA_OPT, n_images: int = N_OPT,
-    misclassified: bool = MISCLASSIFIED_OPT, true_class: Optional[str] = CLASS_OPT,
-    confused: Optional[str] = CONFUSED_OPT,
-    model: str = MODEL_OPT, weights: Optional[Path] = WEIGHTS_OPT, pretrained: bool = PRETRAINED_OPT,
+    images: list[str] | None = IMAGES_ARG,
+    data: str | None = DATA_OPT,
+    n_images: int = N_OPT,
+    misclassified: bool = MISCLASSIFIED_OPT,
+    true_class: str | None = CLASS_OPT,
+    confused: str | None = CONFUSED_OPT,
+    model: str = MODEL_OPT,
+    weights: Path | None = WEIGHTS_OPT,
+    pretrained: bool = PRETRAINED_OPT,
     trust_pickle: bool = TRUST_OPT,
-    methods: str = METHODS_OPT, target: str = TARGET_OPT, layer: Optional[str] = LAYER_OPT,
-    shared_scale: bool = SHARED_OPT, faithfulness_steps: int = STEPS_OPT, baseline: str = BASELINE_OPT,
-    window: Optional[int] = WINDOW_OPT, stride: Optional[int] = STRIDE_OPT, augmentations: int = AUGMENTATIONS_OPT,
-    device: str = DEVICE_OPT, out: Path = OUT_OPT, force: bool = FORCE_OPT,
+    methods: str = METHODS_OPT,
+    target: str = TARGET_OPT,
+    layer: str | None = LAYER_OPT,
+    shared_scale: bool = SHARED_OPT,
+    faithfulness_steps: int = STEPS_OPT,
+    baseline: str = BASELINE_OPT,
+    window: int | None = WINDOW_OPT,
+    stride: int | None = STRIDE_OPT,
+    augmentations: int = AUGMENTATIONS_OPT,
+    device: str = DEVICE_OPT,
+    out: Path = OUT_OPT,
+    force: bool = FORCE_OPT,
 ) -> None:
     """Explain the model's prediction on each image with the chosen attribution methods.
 
@@ -159,23 +215,40 @@ def explain(
     s = open_model(model, weights, pretrained, trust_pickle, device)
     layer = _layer(s.model, layer)
     x, names, sources = _inputs(s, images, data, n_images, misclassified, true_class, confused)
-    settings = {"occlusion": {k: v for k, v in (("window", window), ("stride", stride)) if v is not None},
-                "augmented_gradcam": {"augmentations": augmentations}}
+    settings = {
+        "occlusion": {k: v for k, v in (("window", window), ("stride", stride)) if v is not None},
+        "augmented_gradcam": {"augmentations": augmentations},
+    }
     total = len(names) * len(chosen) * (2 if faithfulness_steps > 0 else 1)  # image × method (× faithfulness)
     with s.progress(f"explaining {len(names)} image(s) × {len(chosen)} method(s)", total=total) as update:
-        run = explain_images(s.model, x, chosen, target, names=names, layer=layer, settings=settings,
-                             faithfulness_steps=faithfulness_steps, baseline=base,
-                             progress=lambda stage, done, t: update(done, t))
-    rep = new_report(f"cnnlens explain: {model}", f"{len(names)} image(s), target {target}, "
-                     f"{len(run.explanations)} method(s).", s.model)
+        run = explain_images(
+            s.model,
+            x,
+            chosen,
+            target,
+            names=names,
+            layer=layer,
+            settings=settings,
+            faithfulness_steps=faithfulness_steps,
+            baseline=base,
+            progress=lambda stage, done, t: update(done, t),
+        )
+    rep = new_report(
+        f"cnnlens explain: {model}",
+        f"{len(names)} image(s), target {target}, {len(run.explanations)} method(s).",
+        s.model,
+    )
     add_explain_section(rep, run, model=model, shared=shared_scale, sources=sources)
     _say(run, names)
     index = out.write(rep)
-    console.print(f"wrote {index.parent}: per image original.png, <method>.png, top5.png, grid.png, "
-                  "explanation.json, maps.pt; index.html", highlight=False)
+    console.print(
+        f"wrote {index.parent}: per image original.png, <method>.png, top5.png, grid.png, "
+        "explanation.json, maps.pt; index.html",
+        highlight=False,
+    )
 
 
-def _layer(m, layer: Optional[str]) -> Optional[str]:
+def _layer(m, layer: str | None) -> str | None:
     """--layer resolved on the model: a named layer must exist (one clear error, before any work)."""
     if layer is None:
         return None
@@ -196,9 +269,14 @@ def _say(run, names: list[str]) -> None:
     for i, name in enumerate(names):
         c = int(next(iter(run.explanations.values())).classes[i])
         cname = run.class_names[c] if run.class_names and c < len(run.class_names) else str(c)
-        stdout.print(f"{name}: {cname}  " + "  ".join(
-            f"{title_of(k)} del {float(f.deletion_auc[i]):.3f}/ins {float(f.insertion_auc[i]):.3f}"
-            for k, f in run.faithfulness.items()), highlight=False)
+        stdout.print(
+            f"{name}: {cname}  "
+            + "  ".join(
+                f"{title_of(k)} del {float(f.deletion_auc[i]):.3f}/ins {float(f.insertion_auc[i]):.3f}"
+                for k, f in run.faithfulness.items()
+            ),
+            highlight=False,
+        )
 
 
 def _check_captum(chosen: list[str]) -> None:
@@ -226,8 +304,7 @@ def _inputs(s: Session, images, data, n_images: int, misclassified: bool, true_c
     if images and (misclassified or true_class is not None or confused is not None):
         raise UserError("--misclassified, --class and --confused select from --data; give --data D instead of files")
     if bool(images) == bool(data):
-        raise UserError("give image files or folders, or --data D (digits, an ImageFolder or a flat folder), "
-                        "not both")
+        raise UserError("give image files or folders, or --data D (digits, an ImageFolder or a flat folder), not both")
     if images:
         loaded = read_images(list(images), m)
         return loaded.images.to(dev), list(loaded.names), list(loaded.sources)

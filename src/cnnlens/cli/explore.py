@@ -5,12 +5,25 @@ from __future__ import annotations
 import os
 import socket
 from pathlib import Path
-from typing import Optional
 
 import typer
 
-from .common import (DEVICE_OPT, FORCE_OPT, MODEL_OPT, PRETRAINED_OPT, TRUST_OPT, WEIGHTS_OPT, UserError, app, console,
-                     distributed, load_model_from_options, model_options, out_dir, progress_bar)
+from .common import (
+    DEVICE_OPT,
+    FORCE_OPT,
+    MODEL_OPT,
+    PRETRAINED_OPT,
+    TRUST_OPT,
+    WEIGHTS_OPT,
+    UserError,
+    app,
+    console,
+    distributed,
+    load_model_from_options,
+    model_options,
+    out_dir,
+    progress_bar,
+)
 
 
 def default_cache() -> Path:
@@ -30,17 +43,23 @@ def _check_port(host: str, port: int) -> None:
 @model_options
 def explore(
     model: str = MODEL_OPT,
-    data: str = typer.Option(..., "--data", "-d", help="digits, or an ImageFolder directory (one sub-folder per class)."),
-    weights: Optional[Path] = WEIGHTS_OPT,
+    data: str = typer.Option(
+        ..., "--data", "-d", help="digits, or an ImageFolder directory (one sub-folder per class)."
+    ),
+    weights: Path | None = WEIGHTS_OPT,
     pretrained: bool = PRETRAINED_OPT,
     trust_pickle: bool = TRUST_OPT,
     host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (0.0.0.0 opens it to the network)."),
     port: int = typer.Option(8765, "--port", min=0, max=65535, help="Port to listen on."),
-    cache: Path = typer.Option(None, "--cache", help="Cache folder for the scan and the explanations "
-                               "(default ~/.cache/cnnlens/explore)."),
+    cache: Path = typer.Option(
+        None, "--cache", help="Cache folder for the scan and the explanations (default ~/.cache/cnnlens/explore)."
+    ),
     scan_only: bool = typer.Option(False, "--scan-only", help="Fill the store and exit (works under torchrun)."),
-    export: Optional[Path] = typer.Option(None, "--export", help="Write the overview and the most confused cells' "
-                                          "galleries as static pages into this folder, then exit."),
+    export: Path | None = typer.Option(
+        None,
+        "--export",
+        help="Write the overview and the most confused cells' galleries as static pages into this folder, then exit.",
+    ),
     cells: int = typer.Option(6, "--cells", min=1, help="With --export: how many of the most confused cells."),
     force: bool = FORCE_OPT,
     batch_size: int = typer.Option(64, "--batch-size", "-b", min=1, help="Images per forward pass of the scan."),
@@ -64,7 +83,9 @@ def explore(
     cache = (cache or default_cache()).expanduser()
     if cache.exists() and not cache.is_dir():
         raise UserError(f"--cache {cache} is a file; give a folder")
-    target = out_dir(export, force, data, weights, option="--export") if export is not None else None  # checked before any work
+    target = (
+        out_dir(export, force, data, weights, option="--export") if export is not None else None
+    )  # checked before any work
     with distributed(device) as (rank, world, dev):
         if world > 1 and not scan_only:
             raise UserError("under torchrun only --scan-only runs (the server is one process); add --scan-only")
@@ -73,11 +94,13 @@ def explore(
         if scan_only or export is not None:
             try:
                 with progress_bar(f"scanning {data} with {model}", total=len(ds), rank=rank, world=world) as update:
-                    store = build_store(m, data, cache, batch_size=batch_size, device=dev, progress=update,
-                                        dataset=ds)
+                    store = build_store(m, data, cache, batch_size=batch_size, device=dev, progress=update, dataset=ds)
             except KeyboardInterrupt:
-                console.print(f"interrupted: the scan's finished chunks are kept in {cache}; run the same command "
-                              "again to resume it", highlight=False)
+                console.print(
+                    f"interrupted: the scan's finished chunks are kept in {cache}; run the same command "
+                    "again to resume it",
+                    highlight=False,
+                )
                 raise SystemExit(130) from None
             if rank != 0:
                 return
@@ -93,8 +116,9 @@ def explore(
                 from ..explore.export import export as run_export
 
                 with progress_bar("drawing the galleries") as update:
-                    index = run_export(ex, target.path, cells=cells, progress=update, force=force,
-                                       protect=target.protect)
+                    index = run_export(
+                        ex, target.path, cells=cells, progress=update, force=force, protect=target.protect
+                    )
             finally:
                 ex.close()
             console.print(f"wrote {index}", highlight=False)
@@ -110,17 +134,26 @@ def serve(m, data: str, ds, cache: Path, host: str, port: int, batch_size: int, 
     from ..explore.service import Explorer
 
     if host not in ("127.0.0.1", "localhost", "::1"):
-        console.print(f"[bold yellow]warning:[/] listening on {host}: anyone who can reach this machine on port "
-                      f"{port} can use the explorer and run your model (use the default --host 127.0.0.1 to keep "
-                      "it local)", highlight=False)
+        console.print(
+            f"[bold yellow]warning:[/] listening on {host}: anyone who can reach this machine on port "
+            f"{port} can use the explorer and run your model (use the default --host 127.0.0.1 to keep "
+            "it local)",
+            highlight=False,
+        )
     _check_port(host, port)
     ex = Explorer(m, data, cache, batch_size=batch_size, device=device, data_label=data)
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     bar = None
     if console.is_terminal:
-        bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                       console=console, transient=True)
+        bar = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=console,
+            transient=True,
+        )
         task = bar.add_task(f"scanning {data}", total=len(ds))
         bar.start()
 
@@ -144,8 +177,11 @@ def serve(m, data: str, ds, cache: Path, host: str, port: int, batch_size: int, 
         ex.close(timeout=2.0)  # a scan still running stops with the process; its written chunks stay
         stopped = job.status in ("queued", "running")
         if stopped:
-            console.print(f"interrupted: the scan stopped before the end (its finished chunks are kept in {cache}); "
-                          "run the same command again to resume it", highlight=False)
+            console.print(
+                f"interrupted: the scan stopped before the end (its finished chunks are kept in {cache}); "
+                "run the same command again to resume it",
+                highlight=False,
+            )
         if job.status == "error":
             console.print(f"[bold red]error:[/] the scan failed: {job.error}", highlight=False)
     if stopped:

@@ -3,10 +3,19 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
-from .common import (DEVICE_OPT, MODEL_OPT, PRETRAINED_OPT, TRUST_OPT, WEIGHTS_OPT, app, load_model_from_options,
-                     model_options, print_table, UserError)
+from .common import (
+    DEVICE_OPT,
+    MODEL_OPT,
+    PRETRAINED_OPT,
+    TRUST_OPT,
+    WEIGHTS_OPT,
+    UserError,
+    app,
+    load_model_from_options,
+    model_options,
+    print_table,
+)
 
 
 def _shape(v) -> str:
@@ -38,8 +47,13 @@ def layer_table(model, x) -> list[dict]:
         def edit(module, inputs, output):
             row = seen.get(name)
             if row is None:
-                seen[name] = {"name": name, "type": type(module).__name__, "shape": _shape(output), "calls": 1,
-                              "params": sum(p.numel() for p in module.parameters(recurse=False))}
+                seen[name] = {
+                    "name": name,
+                    "type": type(module).__name__,
+                    "shape": _shape(output),
+                    "calls": 1,
+                    "params": sum(p.numel() for p in module.parameters(recurse=False)),
+                }
             else:
                 row["calls"] += 1
             return output
@@ -48,15 +62,24 @@ def layer_table(model, x) -> list[dict]:
 
     with LayerTap(model, edits={n: recorder(n) for n in mods}, detach=True) as tap, torch.no_grad():
         tap.run(x)
-    return [seen.get(n) or {"name": n, "type": type(m).__name__, "shape": "—", "calls": 0,
-                            "params": sum(p.numel() for p in m.parameters(recurse=False))} for n, m in mods.items()]
+    return [
+        seen.get(n)
+        or {
+            "name": n,
+            "type": type(m).__name__,
+            "shape": "—",
+            "calls": 0,
+            "params": sum(p.numel() for p in m.parameters(recurse=False)),
+        }
+        for n, m in mods.items()
+    ]
 
 
 @app.command()
 @model_options
 def layers(
     model: str = MODEL_OPT,
-    weights: Optional[Path] = WEIGHTS_OPT,
+    weights: Path | None = WEIGHTS_OPT,
     pretrained: bool = PRETRAINED_OPT,
     trust_pickle: bool = TRUST_OPT,
     device: str = DEVICE_OPT,
@@ -76,8 +99,11 @@ def layers(
     rows = layer_table(m, x)
     marks = {}
     if spec is not None:
-        for label, name in (("last spatial", spec.last_spatial_layer), ("classifier", spec.classifier),
-                            ("pooled (CAM)", spec.pooled_layer)):
+        for label, name in (
+            ("last spatial", spec.last_spatial_layer),
+            ("classifier", spec.classifier),
+            ("pooled (CAM)", spec.pooled_layer),
+        ):
             if name:
                 marks.setdefault(name, []).append(label)
     t = Table(title=f"{model}: layers (dry run on 1×{c}×{h}×{w})", title_justify="left")
@@ -93,6 +119,5 @@ def layers(
             note = [*note, f"runs {r['calls']}× (cannot be tapped)"]
         elif r["calls"] == 0:
             note = [*note, "not run by forward()"]
-        t.add_row(r["name"], r["type"], r["shape"], f"{r['params']:,}" if r["params"] else "",
-                  ", ".join(note))
+        t.add_row(r["name"], r["type"], r["shape"], f"{r['params']:,}" if r["params"] else "", ", ".join(note))
     print_table(t)

@@ -5,12 +5,24 @@ from __future__ import annotations
 
 import contextlib
 from pathlib import Path
-from typing import Optional
 
 import typer
 
-from .common import (DEVICE_OPT, FORCE_OPT, MODEL_OPT, PRETRAINED_OPT, TRUST_OPT, WEIGHTS_OPT, UserError, app,
-                     console, load_model_from_options, model_options, out_dir)
+from .common import (
+    DEVICE_OPT,
+    FORCE_OPT,
+    MODEL_OPT,
+    PRETRAINED_OPT,
+    TRUST_OPT,
+    WEIGHTS_OPT,
+    UserError,
+    app,
+    console,
+    load_model_from_options,
+    model_options,
+    out_dir,
+)
+
 
 class _Bars:
     """One rich progress bar per stage (silent when stderr is not a terminal)."""
@@ -26,8 +38,9 @@ class _Bars:
         if not console.is_terminal:
             yield self
             return
-        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                      console=console) as prog:
+        with Progress(
+            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console
+        ) as prog:
             self.prog = prog
             yield self
 
@@ -44,28 +57,44 @@ class _Bars:
 def microscope_cmd(
     model: str = MODEL_OPT,
     data: str = typer.Option(..., "--data", "-d", help="digits, or an ImageFolder directory."),
-    layers: Optional[str] = typer.Option(None, "--layers", "-l",
-                                         help="Comma-separated layers (default: up to 3 activation layers)."),
-    out: Path = typer.Option(Path("micro"), "--out", "-o", help="Output folder of the site (replaced atomically): "
-                             "a new, empty or previous-output folder."),
+    layers: str | None = typer.Option(
+        None, "--layers", "-l", help="Comma-separated layers (default: up to 3 activation layers)."
+    ),
+    out: Path = typer.Option(
+        Path("micro"),
+        "--out",
+        "-o",
+        help="Output folder of the site (replaced atomically): a new, empty or previous-output folder.",
+    ),
     force: bool = FORCE_OPT,
     k: int = typer.Option(9, "--k", min=1, help="Top dataset images per channel."),
     steps: int = typer.Option(128, "--steps", min=1, help="Adam steps of each feature visualisation."),
     max_channels: int = typer.Option(64, "--max-channels", min=1, help="Channels shown per layer (the first ones)."),
-    fv_size: Optional[int] = typer.Option(None, "--fv-size", min=8,
-                                          help="Feature visualisation side (default: the input size, at most 128)."),
+    fv_size: int | None = typer.Option(
+        None, "--fv-size", min=8, help="Feature visualisation side (default: the input size, at most 128)."
+    ),
     samples: int = typer.Option(4, "--samples", min=0, help="Building-block sample pages."),
-    n: Optional[int] = typer.Option(None, "--n", min=1, help="Scan only the first n images."),
-    work: Optional[Path] = typer.Option(None, "--work", help="Work folder for resuming (default: OUT.work)."),
+    n: int | None = typer.Option(None, "--n", min=1, help="Scan only the first n images."),
+    work: Path | None = typer.Option(None, "--work", help="Work folder for resuming (default: OUT.work)."),
     keep_work: bool = typer.Option(False, "--keep-work", help="Keep the work folder after success."),
-    cache: Optional[Path] = typer.Option(None, "--cache", help="Feature visualisation cache kept across runs, keyed "
-                                         "by the model's weights, layer, channel and settings (default: OUT.fvcache)."),
+    cache: Path | None = typer.Option(
+        None,
+        "--cache",
+        help="Feature visualisation cache kept across runs, keyed "
+        "by the model's weights, layer, channel and settings (default: OUT.fvcache).",
+    ),
     no_cache: bool = typer.Option(False, "--no-cache", help="Render every feature visualisation again; keep none."),
     batch_size: int = typer.Option(64, "--batch-size", "-b", min=1),
-    threads: Optional[int] = typer.Option(None, "--threads", min=1,
-                                          help="Torch threads (default: 1 for inputs up to 64×64 px, where "
-                                               "thread start-up costs more than it gains, else torch's default)."),
-    weights: Optional[Path] = WEIGHTS_OPT, pretrained: bool = PRETRAINED_OPT, trust_pickle: bool = TRUST_OPT,
+    threads: int | None = typer.Option(
+        None,
+        "--threads",
+        min=1,
+        help="Torch threads (default: 1 for inputs up to 64×64 px, where "
+        "thread start-up costs more than it gains, else torch's default).",
+    ),
+    weights: Path | None = WEIGHTS_OPT,
+    pretrained: bool = PRETRAINED_OPT,
+    trust_pickle: bool = TRUST_OPT,
     device: str = DEVICE_OPT,
 ) -> None:
     """Precompute every channel of the chosen layers and write a static site: layer list → channel grid →
@@ -94,25 +123,40 @@ def microscope_cmd(
         ds = torch.utils.data.Subset(ds, range(min(n, len(ds))))
     spec = getattr(m, "spec", None)
     class_names = list(getattr(spec, "class_names", ()) or ()) or None
-    st = Settings(k=k, max_channels=max_channels, steps=steps, fv_size=fv_size, samples=samples,
-                  batch_size=batch_size)
+    st = Settings(k=k, max_channels=max_channels, steps=steps, fv_size=fv_size, samples=samples, batch_size=batch_size)
     work = Path(work) if work else out.with_name(out.name + ".work")
     fv_cache = None if no_cache else (Path(cache) if cache else out.with_name(out.name + ".fvcache"))
     if fv_cache is not None and fv_cache.resolve().is_relative_to(out.resolve()):
-        raise UserError(f"--cache {fv_cache} is inside the output folder, which each run replaces; give a folder "
-                        "outside it")
-    console.print(f"microscope: {model}, layers {', '.join(names)}; work folder {work} (rerun to resume)"
-                  + (f"; feature visualisations cached in {fv_cache}" if fv_cache else ""), highlight=False)
+        raise UserError(
+            f"--cache {fv_cache} is inside the output folder, which each run replaces; give a folder outside it"
+        )
+    console.print(
+        f"microscope: {model}, layers {', '.join(names)}; work folder {work} (rerun to resume)"
+        + (f"; feature visualisations cached in {fv_cache}" if fv_cache else ""),
+        highlight=False,
+    )
     bars = _Bars()
     try:
         with bars.running():
-            pre = precompute(m, ds, names, work, st, data_name=f"{data}" + (f"[:{n}]" if n else ""), progress=bars,
-                             cache=fv_cache)
-            index = write_site(m, ds, pre, out, model_name=model, data_name=str(data), class_names=class_names,
-                               progress=bars, force=force, protect=target.protect)
+            pre = precompute(
+                m, ds, names, work, st, data_name=f"{data}" + (f"[:{n}]" if n else ""), progress=bars, cache=fv_cache
+            )
+            index = write_site(
+                m,
+                ds,
+                pre,
+                out,
+                model_name=model,
+                data_name=str(data),
+                class_names=class_names,
+                progress=bars,
+                force=force,
+                protect=target.protect,
+            )
     except KeyboardInterrupt:
-        console.print(f"interrupted: finished stages are kept in {work}; run the same command again to resume",
-                      highlight=False)
+        console.print(
+            f"interrupted: finished stages are kept in {work}; run the same command again to resume", highlight=False
+        )
         raise SystemExit(130) from None
     if not keep_work:
         shutil.rmtree(work, ignore_errors=True)

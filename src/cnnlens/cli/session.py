@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any
 
 from .common import UserError, distributed, load_model_from_options, names_from_data, parse_device, progress_bar
 
@@ -32,16 +33,16 @@ class Session:
         return self.rank == 0
 
     @property
-    def class_names(self) -> Optional[list[str]]:
+    def class_names(self) -> list[str] | None:
         """The model's class names (the data's folder names once a dataset named classes the model had not)."""
         spec = getattr(self.model, "spec", None)
         return list(getattr(spec, "class_names", ()) or ()) or None
 
-    def progress(self, description: str, total: Optional[int] = None):
+    def progress(self, description: str, total: int | None = None):
         """A progress bar drawn by rank 0 only (see :func:`cnnlens.cli.common.progress_bar`)."""
         return progress_bar(description, total, rank=self.rank, world=self.world)
 
-    def dataset(self, data: str, n: Optional[int] = None, labels_for: Optional[str] = None):
+    def dataset(self, data: str, n: int | None = None, labels_for: str | None = None):
         """``--data`` read for the model (its class names given to the model when it has none); the first ``n``
         items if ``n``; labels required (the error names ``labels_for``) if given."""
         from ..data import as_dataset, require_labels
@@ -57,16 +58,30 @@ class Session:
         return ds
 
 
-def open_model(model: str, weights: Optional[Path], pretrained: bool, trust_pickle: bool, device: str,
-               rank: int = 0, world: int = 1) -> Session:
+def open_model(
+    model: str,
+    weights: Path | None,
+    pretrained: bool,
+    trust_pickle: bool,
+    device: str,
+    rank: int = 0,
+    world: int = 1,
+) -> Session:
     """The command's model from its options, as a :class:`Session` of one process (or of ``rank``/``world``)."""
     m = load_model_from_options(model, weights, pretrained, trust_pickle, device)
     return Session(model, m, parse_device(device), rank, world)
 
 
 @contextlib.contextmanager
-def session(model: str, weights: Optional[Path], pretrained: bool, trust_pickle: bool, device: str, *,
-            one_process: Optional[str] = None) -> Iterator[Session]:
+def session(
+    model: str,
+    weights: Path | None,
+    pretrained: bool,
+    trust_pickle: bool,
+    device: str,
+    *,
+    one_process: str | None = None,
+) -> Iterator[Session]:
     """:func:`open_model` inside :func:`cnnlens.cli.common.distributed`: under ``torchrun`` each process gets its
     rank, and the process group ends with the block. A command that cannot share its work passes
     ``one_process`` (the error shown under ``torchrun``)."""

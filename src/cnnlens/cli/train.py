@@ -17,9 +17,15 @@ app.add_typer(train_app, name="train")
 def digits(
     seed: int = typer.Option(0, "--seed", help="Seed of the initialisation and the batch order."),
     epochs: int = typer.Option(None, "--epochs", help="Passes over the training split (default: as shipped)."),
-    out: Path = typer.Option(Path("digits_cnn.safetensors"), "--out", "-o", help="Weight file to write (.safetensors)."),
-    robust: str = typer.Option("none", "--robust", help="Training objective: none (cross-entropy), adversarial "
-                               "(clean + FGSM-with-random-start images, ε=0.1) or gradient-penalty (CE + λ·||∂CE/∂x||², λ=1)."),
+    out: Path = typer.Option(
+        Path("digits_cnn.safetensors"), "--out", "-o", help="Weight file to write (.safetensors)."
+    ),
+    robust: str = typer.Option(
+        "none",
+        "--robust",
+        help="Training objective: none (cross-entropy), adversarial "
+        "(clean + FGSM-with-random-start images, ε=0.1) or gradient-penalty (CE + λ·||∂CE/∂x||², λ=1).",
+    ),
 ) -> None:
     """Train digits-cnn on scikit-learn's digits (deterministic), print held-out accuracy, write the weights.
 
@@ -31,10 +37,9 @@ def digits(
     """
     import torch
 
+    from ..attacks.robust import robust_loss
     from ..models.digits import digits_split
     from ..train import EPOCHS, accuracy, save_digits, train_digits
-
-    from ..attacks.robust import robust_loss
 
     epochs = EPOCHS if epochs is None else epochs
     try:
@@ -51,19 +56,31 @@ def digits(
     command = f"cnnlens train digits --seed {seed} --epochs {epochs} --out {out}"
     if loss_fn is not None:
         command += f" --robust {robust}"
-    save_digits(model, out, metadata={"seed": seed, "epochs": epochs, "test_accuracy": f"{acc:.4f}",
-                                      "command": command, "torch": torch.__version__,
-                                      **({"robust": loss_fn.describe()} if loss_fn is not None else {})})
-    typer.echo(f"held-out accuracy {acc:.2%} ({len(digits_split('test'))} images) after {epochs} epochs, "
-               f"{seconds:.1f} s; wrote {out}")
+    save_digits(
+        model,
+        out,
+        metadata={
+            "seed": seed,
+            "epochs": epochs,
+            "test_accuracy": f"{acc:.4f}",
+            "command": command,
+            "torch": torch.__version__,
+            **({"robust": loss_fn.describe()} if loss_fn is not None else {}),
+        },
+    )
+    typer.echo(
+        f"held-out accuracy {acc:.2%} ({len(digits_split('test'))} images) after {epochs} epochs, "
+        f"{seconds:.1f} s; wrote {out}"
+    )
 
 
 @train_app.command("cluttered-digits")
 def cluttered_digits_cmd(
     seed: int = typer.Option(0, "--seed", help="Seed of the initialisation and the batch order."),
     epochs: int = typer.Option(None, "--epochs", help="Passes over the training split (default: as shipped)."),
-    out: Path = typer.Option(Path("cluttered_digits_cnn.safetensors"), "--out", "-o",
-                             help="Weight file to write (.safetensors)."),
+    out: Path = typer.Option(
+        Path("cluttered_digits_cnn.safetensors"), "--out", "-o", help="Weight file to write (.safetensors)."
+    ),
 ) -> None:
     """Train cluttered-digits-cnn on the cluttered-digits train split (deterministic), print held-out accuracy,
     write the weights.
@@ -86,6 +103,15 @@ def cluttered_digits_cmd(
     test = cluttered_digits("test")
     acc = accuracy(model, test)
     command = f"cnnlens train cluttered-digits --seed {seed} --epochs {epochs} --out {out}"
-    save_digits(model, out, metadata={"seed": seed, "epochs": epochs, "test_accuracy": f"{acc:.4f}",
-                                      "command": command, "torch": torch.__version__})
+    save_digits(
+        model,
+        out,
+        metadata={
+            "seed": seed,
+            "epochs": epochs,
+            "test_accuracy": f"{acc:.4f}",
+            "command": command,
+            "torch": torch.__version__,
+        },
+    )
     typer.echo(f"held-out accuracy {acc:.2%} ({len(test)} images) after {epochs} epochs, {seconds:.1f} s; wrote {out}")

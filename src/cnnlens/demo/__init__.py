@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Callable
 
 import torch
 
@@ -78,12 +78,23 @@ def sections() -> list[tuple[str, Callable]]:
     from .inside import demo_section as inside
     from .trust import demo_section as trust
 
-    return [("evaluation", evaluation), ("attribution", attribution), ("trust", trust), ("inside", inside),
-            ("attacks", attacks)]
+    return [
+        ("evaluation", evaluation),
+        ("attribution", attribution),
+        ("trust", trust),
+        ("inside", inside),
+        ("attacks", attacks),
+    ]
 
 
-def run_demo(out: str, device: str = "cpu", quick: bool = False, only: list[str] | None = None,
-             progress: Callable[[str, int, int | None], None] | None = None, force: bool = False):
+def run_demo(
+    out: str,
+    device: str = "cpu",
+    quick: bool = False,
+    only: list[str] | None = None,
+    progress: Callable[[str, int, int | None], None] | None = None,
+    force: bool = False,
+):
     """Build the whole demo report into ``out`` (written atomically); returns the index path.
 
     ``out`` must be new, empty or a previous report unless ``force`` (checked before any work).
@@ -96,7 +107,10 @@ def run_demo(out: str, device: str = "cpu", quick: bool = False, only: list[str]
     ctx = DemoContext(device=device, quick=quick)
     if progress is not None:
         ctx.progress = progress
-    rep = Report("cnnlens demo", "EfficientNet-Lite0 (ImageNet) on scikit-image's photos, and a small CNN on scikit-learn's digits.")
+    rep = Report(
+        "cnnlens demo",
+        "EfficientNet-Lite0 (ImageNet) on scikit-image's photos, and a small CNN on scikit-learn's digits.",
+    )
     for name, fn in sections():
         if only and name not in only:
             continue
@@ -104,8 +118,11 @@ def run_demo(out: str, device: str = "cpu", quick: bool = False, only: list[str]
         fn(rep, ctx)
         ctx.timings[name] = round(time.perf_counter() - t0, 2)
         log.info("demo section %s: %.1f s", name, ctx.timings[name])
-    loaded = {k: ctx.__dict__[attr] for k, attr in (("efficientnet-lite0", "effnet"), ("digits-cnn", "digits_model"))
-              if attr in ctx.__dict__}  # the models the sections used (cached_property stores them here)
+    loaded = {
+        k: ctx.__dict__[attr]
+        for k, attr in (("efficientnet-lite0", "effnet"), ("digits-cnn", "digits_model"))
+        if attr in ctx.__dict__
+    }  # the models the sections used (cached_property stores them here)
     rep.describe_models(loaded)
     rep.meta["timings_s"] = ctx.timings
     rep.meta["quick"] = quick

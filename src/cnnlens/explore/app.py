@@ -14,7 +14,9 @@ from pathlib import Path
 
 from ..extras import require
 
-require("explore", "starlette", what="the explorer's web app")  # one line naming the extra, not a bare ModuleNotFoundError
+require(
+    "explore", "starlette", what="the explorer's web app"
+)  # one line naming the extra, not a bare ModuleNotFoundError
 from starlette.applications import Starlette  # noqa: E402
 from starlette.exceptions import HTTPException  # noqa: E402
 from starlette.requests import Request  # noqa: E402
@@ -33,7 +35,9 @@ HERE = Path(__file__).parent
 def templates():
     from jinja2 import Environment, PackageLoader, select_autoescape
 
-    env = Environment(loader=PackageLoader("cnnlens.explore", "templates"), autoescape=select_autoescape(["html", "j2"]))
+    env = Environment(
+        loader=PackageLoader("cnnlens.explore", "templates"), autoescape=select_autoescape(["html", "j2"])
+    )
     env.filters["pct"] = lambda v: "–" if v is None else f"{100 * float(v):.1f} %"
     env.filters["f3"] = lambda v: "–" if v is None else f"{float(v):.3f}"
     return env
@@ -99,14 +103,20 @@ def render_overview(env, ex_overview: dict, urls: Urls) -> str:
         diag, off = scale[key]
         return colour(v / diag) if i == j else colour(0.15 + 0.85 * v / off, ORANGE)
 
-    cells = [[{"raw": v, "norm": norm[i][j], "bg_raw": bg("raw", v, i, j), "bg_norm": bg("norm", norm[i][j], i, j)}
-              for j, v in enumerate(row)] for i, row in enumerate(raw)]
+    cells = [
+        [
+            {"raw": v, "norm": norm[i][j], "bg_raw": bg("raw", v, i, j), "bg_norm": bg("norm", norm[i][j], i, j)}
+            for j, v in enumerate(row)
+        ]
+        for i, row in enumerate(raw)
+    ]
     return env.get_template("overview.html.j2").render(o=o, cells=cells, urls=urls, title="overview")
 
 
 def render_cell(env, cell: dict, urls: Urls, names) -> str:
-    return env.get_template("cell.html.j2").render(c=cell, urls=urls, title=f"{cell['true_name']} → "
-                                                   f"{cell['pred_name']}", names=names)
+    return env.get_template("cell.html.j2").render(
+        c=cell, urls=urls, title=f"{cell['true_name']} → {cell['pred_name']}", names=names
+    )
 
 
 #: CORS-safelisted content types: a web page on another site may POST these to a local server
@@ -128,8 +138,9 @@ def make_app(explorer: Explorer, allowed_hosts: list[str] | None = None) -> Star
         return HTMLResponse(env.get_template(body_tpl).render(urls=urls, title=title, **kw))
 
     def computing(message: str, url: str) -> HTMLResponse:
-        return HTMLResponse(env.get_template("computing.html.j2").render(urls=urls, title="computing",
-                                                                         message=message, url=url))
+        return HTMLResponse(
+            env.get_template("computing.html.j2").render(urls=urls, title="computing", message=message, url=url)
+        )
 
     def guarded(kind: str):
         """Map the explorer's errors to one-line answers: JSON for ``api``/``img``, HTML for pages."""
@@ -154,8 +165,10 @@ def make_app(explorer: Explorer, allowed_hosts: list[str] | None = None) -> Star
                 if kind == "page":
                     if status == 503:
                         return page("scanning", "scanning.html.j2", status=ex.status())
-                    return HTMLResponse(env.get_template("error.html.j2").render(
-                        urls=urls, title="error", status=status, message=msg), status_code=status)
+                    return HTMLResponse(
+                        env.get_template("error.html.j2").render(urls=urls, title="error", status=status, message=msg),
+                        status_code=status,
+                    )
                 return JSONResponse({"error": msg, "status": status}, status_code=status)
 
             return wrapper
@@ -176,15 +189,29 @@ def make_app(explorer: Explorer, allowed_hosts: list[str] | None = None) -> Star
     @guarded("page")
     async def cell(request: Request):
         q = request.query_params
-        c = await run(lambda: ex.cell(request.path_params["r"], request.path_params["c"], q.get("page", "1"),
-                                      q.get("sort", "confidence"), q.get("order")))
+        c = await run(
+            lambda: ex.cell(
+                request.path_params["r"],
+                request.path_params["c"],
+                q.get("page", "1"),
+                q.get("sort", "confidence"),
+                q.get("order"),
+            )
+        )
         return HTMLResponse(render_cell(env, c, urls, ex.class_names))
 
     @guarded("page")
     async def sample(request: Request):
         s = await run(ex.sample, request.path_params["ref"])
-        return page(f"sample {s['ref']}", "sample.html.j2", s=s, actions=ACTIONS, names=ex.class_names,
-                    settings=SETTINGS, unit_layers=await run(ex.unit_layers))
+        return page(
+            f"sample {s['ref']}",
+            "sample.html.j2",
+            s=s,
+            actions=ACTIONS,
+            names=ex.class_names,
+            settings=SETTINGS,
+            unit_layers=await run(ex.unit_layers),
+        )
 
     @guarded("page")
     async def layers_page(request: Request):
@@ -202,8 +229,9 @@ def make_app(explorer: Explorer, allowed_hosts: list[str] | None = None) -> Star
         if u["status"] == "error":
             raise BadRequest(f"unit {u['layer']}/{u['channel']} failed: {u['error']}", 500)
         if u["status"] != "done":
-            return computing(f"computing unit {u['layer']}/{u['channel']} ({u['status']})",
-                             f"/api/unit/{u['layer']}/{u['channel']}")
+            return computing(
+                f"computing unit {u['layer']}/{u['channel']} ({u['status']})", f"/api/unit/{u['layer']}/{u['channel']}"
+            )
         lay = await run(ex.layers)
         row = next(r for r in lay["layers"] if r["name"] == u["layer"])
         return page(f"unit {u['layer']}/{u['channel']}", "unit.html.j2", u=u, layer=row, names=ex.class_names)
@@ -225,21 +253,33 @@ def make_app(explorer: Explorer, allowed_hosts: list[str] | None = None) -> Star
 
     @guarded("api")
     async def api_confusion_json(request: Request):
-        return JSONResponse(jsonable(await run(ex.confusion_table)),
-                            headers={"Content-Disposition": 'attachment; filename="confusion.json"'})
+        return JSONResponse(
+            jsonable(await run(ex.confusion_table)),
+            headers={"Content-Disposition": 'attachment; filename="confusion.json"'},
+        )
 
     @guarded("api")
     async def api_confusion_csv(request: Request):
         from starlette.responses import Response
 
-        return Response(await run(ex.confusion_csv), media_type="text/csv; charset=utf-8",
-                        headers={"Content-Disposition": 'attachment; filename="confusion.csv"'})
+        return Response(
+            await run(ex.confusion_csv),
+            media_type="text/csv; charset=utf-8",
+            headers={"Content-Disposition": 'attachment; filename="confusion.csv"'},
+        )
 
     @guarded("api")
     async def api_cell(request: Request):
         q = request.query_params
-        c = await run(lambda: ex.cell(request.path_params["r"], request.path_params["c"], q.get("page", "1"),
-                                      q.get("sort", "confidence"), q.get("order")))
+        c = await run(
+            lambda: ex.cell(
+                request.path_params["r"],
+                request.path_params["c"],
+                q.get("page", "1"),
+                q.get("sort", "confidence"),
+                q.get("order"),
+            )
+        )
         return JSONResponse(jsonable(c))
 
     @guarded("api")
@@ -251,8 +291,10 @@ def make_app(explorer: Explorer, allowed_hosts: list[str] | None = None) -> Star
         p = request.path_params
         out = await run(ex.method, p["ref"], p["method"], request.query_params.get("target", "predicted"))
         if out.get("status") == "done":
-            out["png"] = (f"/img/sample/{out['ref']}/method/{out['method']}.png?target="
-                          f"{request.query_params.get('target', 'predicted')}")
+            out["png"] = (
+                f"/img/sample/{out['ref']}/method/{out['method']}.png?target="
+                f"{request.query_params.get('target', 'predicted')}"
+            )
         return JSONResponse(jsonable(out))
 
     @guarded("api")
@@ -312,8 +354,11 @@ def make_app(explorer: Explorer, allowed_hosts: list[str] | None = None) -> Star
     async def api_upload(request: Request):
         kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if kind in _SIMPLE_TYPES:
-            raise BadRequest(f"send the image as the request body with Content-Type application/octet-stream "
-                             f"(or image/*), not {kind}", 415)
+            raise BadRequest(
+                f"send the image as the request body with Content-Type application/octet-stream "
+                f"(or image/*), not {kind}",
+                415,
+            )
         size = request.headers.get("content-length")
         if size is not None and size.isdigit() and int(size) > MAX_UPLOAD:
             raise BadRequest(f"the upload is {int(size) / 2**20:.1f} MB; the limit is {MAX_UPLOAD // 2**20} MB", 413)
@@ -355,9 +400,10 @@ def make_app(explorer: Explorer, allowed_hosts: list[str] | None = None) -> Star
             return JSONResponse({"error": msg, "status": exc.status_code}, status_code=exc.status_code)
         if request.url.path.startswith("/static/"):
             return PlainTextResponse(msg, status_code=exc.status_code)
-        return HTMLResponse(env.get_template("error.html.j2").render(urls=urls, title="error",
-                                                                     status=exc.status_code, message=msg),
-                            status_code=exc.status_code)
+        return HTMLResponse(
+            env.get_template("error.html.j2").render(urls=urls, title="error", status=exc.status_code, message=msg),
+            status_code=exc.status_code,
+        )
 
     async def server_error(request: Request, exc: Exception):
         log.exception("explorer: %s failed", request.url.path)
@@ -406,7 +452,6 @@ def make_app(explorer: Explorer, allowed_hosts: list[str] | None = None) -> Star
         from starlette.middleware.trustedhost import TrustedHostMiddleware
 
         middleware.append(Middleware(TrustedHostMiddleware, allowed_hosts=list(allowed_hosts)))
-    return Starlette(routes=routes, middleware=middleware,
-                     exception_handlers={HTTPException: not_found, 500: server_error})
-
-
+    return Starlette(
+        routes=routes, middleware=middleware, exception_handlers={HTTPException: not_found, 500: server_error}
+    )

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from ..report import check_out_dir, write_atomically
 from .app import HERE, Urls, render_cell, render_overview, templates
@@ -29,8 +29,16 @@ class _StaticUrls(Urls):
         return super().cell(r, c, page) if (r, c) in self.cells else None
 
 
-def export(explorer: Explorer, out: str | os.PathLike, *, cells: int = 6, max_per_cell: int = 96,
-           progress: Callable[[int, int], None] | None = None, force: bool = False, protect: tuple = ()) -> Path:
+def export(
+    explorer: Explorer,
+    out: str | os.PathLike,
+    *,
+    cells: int = 6,
+    max_per_cell: int = 96,
+    progress: Callable[[int, int], None] | None = None,
+    force: bool = False,
+    protect: tuple = (),
+) -> Path:
     """Write the static overview and the galleries of the ``cells`` most confused cells; returns index.html."""
     check_out_dir(out, force=force, protect=protect)  # before the wait for the scan
     explorer.wait_ready()
@@ -55,10 +63,12 @@ def export(explorer: Explorer, out: str | os.PathLike, *, cells: int = 6, max_pe
             for s in cell["samples"]:
                 (tmp / "img" / f"sample-{s['ref']}.png").write_bytes(explorer.image_png(s["ref"]))
                 a = s["true"] if s["true"] != s["pred"] else s["second"]
-                (tmp / "img" / f"pair-{s['ref']}-{a}-{s['pred']}.png").write_bytes(explorer.pair_png(s["ref"], a,
-                                                                                                     s["pred"]))
-            (tmp / f"cell-{r}-{c}-{p}.html").write_text(render_cell(env, cell, urls, explorer.class_names),
-                                                        encoding="utf-8")
+                (tmp / "img" / f"pair-{s['ref']}-{a}-{s['pred']}.png").write_bytes(
+                    explorer.pair_png(s["ref"], a, s["pred"])
+                )
+            (tmp / f"cell-{r}-{c}-{p}.html").write_text(
+                render_cell(env, cell, urls, explorer.class_names), encoding="utf-8"
+            )
             if progress is not None:
                 progress(i + 1, len(pages))
 

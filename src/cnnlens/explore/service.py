@@ -28,17 +28,18 @@ import re
 import threading
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn
 
 from .._files import atomic_write
 from ..attribution import METHODS
+from ..results import jsonable as jsonable_
 from .store import Store, _scan_dataset, build_store, dataset_hash, model_hash
 from .worker import Worker, error_line
-from ..results import jsonable as jsonable_
 
 log = logging.getLogger(__name__)
 
@@ -126,14 +127,19 @@ def decode_upload(data: bytes, model: nn.Module) -> torch.Tensor:
         # Pillow's own text names twice the limit for its error and the limit for its warning: name one limit
         got = re.search(r"\((\d+) pixels\)", str(e))
         size = f"{int(got.group(1)):,} pixels" if got else "more pixels than the limit"
-        raise BadRequest(f"the image is too large to decode safely ({size}); send an image of at most "
-                         f"{Image.MAX_IMAGE_PIXELS:,} pixels (Pillow's decompression-bomb limit)", 413) from None
+        raise BadRequest(
+            f"the image is too large to decode safely ({size}); send an image of at most "
+            f"{Image.MAX_IMAGE_PIXELS:,} pixels (Pillow's decompression-bomb limit)",
+            413,
+        ) from None
     except UnidentifiedImageError:
-        raise BadRequest("the upload is not an image Pillow can read; send a PNG, JPEG, BMP, WebP, ... file",
-                         415) from None
+        raise BadRequest(
+            "the upload is not an image Pillow can read; send a PNG, JPEG, BMP, WebP, ... file", 415
+        ) from None
     except (OSError, SyntaxError, ValueError) as e:
-        raise BadRequest(f"the image is corrupt or truncated ({str(e).strip() or type(e).__name__}); "
-                         "send the whole file") from None
+        raise BadRequest(
+            f"the image is corrupt or truncated ({str(e).strip() or type(e).__name__}); send the whole file"
+        ) from None
     try:
         x = Preprocess.for_model(model)(im)
     except (ValueError, TypeError) as e:
@@ -148,8 +154,18 @@ class Explorer:
     >>> ex.start_scan(); ex.wait_ready(); ex.overview()["accuracy"]           # doctest: +SKIP
     """
 
-    def __init__(self, model: nn.Module, data, cache_dir: str | os.PathLike, *, batch_size: int = 64,
-                 device=None, k: int = 5, page_size: int = PAGE_SIZE, data_label: str | None = None):
+    def __init__(
+        self,
+        model: nn.Module,
+        data,
+        cache_dir: str | os.PathLike,
+        *,
+        batch_size: int = 64,
+        device=None,
+        k: int = 5,
+        page_size: int = PAGE_SIZE,
+        data_label: str | None = None,
+    ):
         self.model = model
         self.data = data
         self.data_label = data_label or (data if isinstance(data, str) else type(data).__name__)
@@ -182,8 +198,9 @@ class Explorer:
         self._influence_logits: torch.Tensor | None = None  # the model's logits on influence_images()
         self._fv_runs: dict[str, tuple[float, float]] = {}  # layer -> (start time, work done then): the render's ETA
         self.leaderboard_n = 16
-        self._class_names: tuple[str, ...] | None = tuple(spec.class_names) if spec is not None and \
-            getattr(spec, "class_names", None) else None
+        self._class_names: tuple[str, ...] | None = (
+            tuple(spec.class_names) if spec is not None and getattr(spec, "class_names", None) else None
+        )
 
     # -- scan -----------------------------------------------------------------
     def start_scan(self, progress: Callable[[int, int], None] | None = None):
@@ -196,9 +213,17 @@ class Explorer:
                 if progress is not None:
                     progress(done, total)
 
-            store = build_store(self.model, self.data, self.cache, k=self.k, batch_size=self.batch_size,
-                                device=self.device, progress=prog, dataset=self.dataset,
-                                hashes=(self.mhash, self.dhash))
+            store = build_store(
+                self.model,
+                self.data,
+                self.cache,
+                k=self.k,
+                batch_size=self.batch_size,
+                device=self.device,
+                progress=prog,
+                dataset=self.dataset,
+                hashes=(self.mhash, self.dhash),
+            )
             self.store = store
             return True
 
@@ -217,10 +242,17 @@ class Explorer:
 
     def status(self) -> dict:
         job = self._scan_job
-        state = "ready" if self.store is not None else "error" if job is not None and job.status == "error" \
-            else "scanning"
-        return {"state": state, "done": self.n if state == "ready" else self._scan_done, "total": self.n,
-                "error": job.error if job is not None else None, "model": self.model_name, "data": self.data_label}
+        state = (
+            "ready" if self.store is not None else "error" if job is not None and job.status == "error" else "scanning"
+        )
+        return {
+            "state": state,
+            "done": self.n if state == "ready" else self._scan_done,
+            "total": self.n,
+            "error": job.error if job is not None else None,
+            "model": self.model_name,
+            "data": self.data_label,
+        }
 
     def _ready(self) -> Store:
         if self.store is None:
@@ -299,23 +331,50 @@ class Explorer:
         ix = torch.tensor(shown, dtype=torch.long)
         nz = off.nonzero().tolist()
         sup = support.tolist()
-        pairs = sorted(({"true": t, "pred": p, "true_name": r.class_names[t], "pred_name": r.class_names[p],
-                         "count": int(C[t, p]), "share": int(C[t, p]) / max(1, sup[t])} for t, p in nz),
-                       key=lambda d: (-d["count"], d["true"], d["pred"]))
+        pairs = sorted(
+            (
+                {
+                    "true": t,
+                    "pred": p,
+                    "true_name": r.class_names[t],
+                    "pred_name": r.class_names[p],
+                    "count": int(C[t, p]),
+                    "share": int(C[t, p]) / max(1, sup[t]),
+                }
+                for t, p in nz
+            ),
+            key=lambda d: (-d["count"], d["true"], d["pred"]),
+        )
         return {
-            "model": self.model_name, "data": self.data_label, "n": r.n, "num_classes": K,
-            "present": len(present), "accuracy": r.accuracy, "topk_accuracy": r.topk_accuracy,
-            "topk_hits": r.topk_hits, "per_class": rows, "classes": shown, "class_names": list(r.class_names),
-            "confusion": C[ix][:, ix].tolist(), "confusion_normalized": r.confusion_normalized[ix][:, ix].tolist(),
-            "submatrix": len(shown) < K, "confused_pairs": pairs[:1000],
+            "model": self.model_name,
+            "data": self.data_label,
+            "n": r.n,
+            "num_classes": K,
+            "present": len(present),
+            "accuracy": r.accuracy,
+            "topk_accuracy": r.topk_accuracy,
+            "topk_hits": r.topk_hits,
+            "per_class": rows,
+            "classes": shown,
+            "class_names": list(r.class_names),
+            "confusion": C[ix][:, ix].tolist(),
+            "confusion_normalized": r.confusion_normalized[ix][:, ix].tolist(),
+            "submatrix": len(shown) < K,
+            "confused_pairs": pairs[:1000],
             "most_confused": pairs[0] if pairs else None,
         }
 
     def confusion_table(self) -> dict:
         """The full K×K confusion matrix (rows true, columns predicted) with the class names, for download."""
         r = self.evaluation()
-        return {"model": self.model_name, "data": self.data_label, "class_names": list(r.class_names),
-                "rows": "true class", "columns": "predicted class", "confusion": r.confusion.tolist()}
+        return {
+            "model": self.model_name,
+            "data": self.data_label,
+            "class_names": list(r.class_names),
+            "rows": "true class",
+            "columns": "predicted class",
+            "confusion": r.confusion.tolist(),
+        }
 
     def confusion_csv(self) -> str:
         """The full confusion matrix as CSV: a header of predicted class names, one row per true class."""
@@ -353,11 +412,22 @@ class Explorer:
             row["ref"] = str(row["idx"])
             row["pred_name"], row["true_name"] = names[row["pred"]], names[row["true"]]
             row["second_name"] = names[row["second"]]
-            row["top"] = [{"class": int(k), "name": names[k], "prob": p} for k, p in
-                          zip(row["top_classes"], row["top_probs"])]
-        return {"true": r, "pred": c, "true_name": names[r], "pred_name": names[c], "count": count, "page": page,
-                "pages": pages, "page_size": self.page_size, "sort": sort, "order": "desc" if desc else "asc",
-                "samples": rows}
+            row["top"] = [
+                {"class": int(k), "name": names[k], "prob": p} for k, p in zip(row["top_classes"], row["top_probs"])
+            ]
+        return {
+            "true": r,
+            "pred": c,
+            "true_name": names[r],
+            "pred_name": names[c],
+            "count": count,
+            "page": page,
+            "pages": pages,
+            "page_size": self.page_size,
+            "sort": sort,
+            "order": "desc" if desc else "asc",
+            "samples": rows,
+        }
 
     # -- samples --------------------------------------------------------------
     def _x(self, ref: str) -> torch.Tensor:
@@ -385,8 +455,9 @@ class Explorer:
             if row is None:
                 raise NotFound(f"no sample {ref} in the store")
             row["ref"] = ref
-        row["top"] = [{"class": int(k), "name": names[k], "prob": p} for k, p in zip(row["top_classes"],
-                                                                                     row["top_probs"])]
+        row["top"] = [
+            {"class": int(k), "name": names[k], "prob": p} for k, p in zip(row["top_classes"], row["top_probs"])
+        ]
         row["pred_name"], row["second_name"] = names[row["pred"]], names[row["second"]]
         row["true_name"] = names[row["true"]] if row.get("true") is not None else None
         row["upload"] = ref.startswith("u")
@@ -413,9 +484,15 @@ class Explorer:
             order = torch.sort(-logits[0], stable=True).indices
             p = logits[0].softmax(0)
             pred, second = int(order[0]), int(order[1] if len(order) > 1 else order[0])
-            top = order[:self.k]
-            out = {"pred": pred, "second": second, "conf": float(p[pred]), "margin": float(p[pred] - p[second]),
-                   "top_classes": top.tolist(), "top_probs": [round(float(p[c]), 6) for c in top]}
+            top = order[: self.k]
+            out = {
+                "pred": pred,
+                "second": second,
+                "conf": float(p[pred]),
+                "margin": float(p[pred] - p[second]),
+                "top_classes": top.tolist(),
+                "top_probs": [round(float(p[c]), 6) for c in top],
+            }
             atomic_write(path, json.dumps(out).encode())
             return out
 
@@ -450,8 +527,9 @@ class Explorer:
             return s["true"], "true"
         if re.fullmatch(r"[0-9]{1,9}", t) and int(t) < len(self.class_names):
             return int(t), "class"
-        raise NotFound(f"no target {t[:40]!r}; use predicted, true, second or a class index "
-                       f"0..{len(self.class_names) - 1}")
+        raise NotFound(
+            f"no target {t[:40]!r}; use predicted, true, second or a class index 0..{len(self.class_names) - 1}"
+        )
 
     # -- images ---------------------------------------------------------------
     def image_png(self, ref: Any) -> bytes:
@@ -486,8 +564,17 @@ class Explorer:
             except ValueError as err:  # no spatial layer (an MLP): the input gradient still compares the classes
                 log.info("gallery maps by saliency: %s", err)
                 e, what = saliency(self.model, xx, target=t), "saliency"
-            png = _png(pair_figure(x[0].cpu(), e.maps[0], e.maps[1], self.class_names[a], self.class_names[b],
-                                   roles=self._roles(s, a, b), method=what))
+            png = _png(
+                pair_figure(
+                    x[0].cpu(),
+                    e.maps[0],
+                    e.maps[1],
+                    self.class_names[a],
+                    self.class_names[b],
+                    roles=self._roles(s, a, b),
+                    method=what,
+                )
+            )
             atomic_write(path, png)
             return png
 
@@ -510,8 +597,11 @@ class Explorer:
 
     # -- heavy methods (polled) ----------------------------------------------
     def _result_paths(self, ref: str, action: str, cls: int, kind: str = "") -> tuple[Path, Path]:
-        stem = self.results / ref / (f"attack-{'away' if kind == 'away' else 'second'}" if action == "attack"
-                                     else f"{action}-{cls}")
+        stem = (
+            self.results
+            / ref
+            / (f"attack-{'away' if kind == 'away' else 'second'}" if action == "attack" else f"{action}-{cls}")
+        )
         return stem.with_suffix(".png"), stem.with_suffix(".json")
 
     def _target(self, ref: str, action: str, target: Any) -> tuple[int, str]:
@@ -522,8 +612,10 @@ class Explorer:
         if target == "away":
             away = self.sample(ref)["away"]
             if away is None:
-                raise BadRequest("target=away is for a misclassified sample with a known true class; this one is "
-                                 "not: attack the second class (no target)")
+                raise BadRequest(
+                    "target=away is for a misclassified sample with a known true class; this one is "
+                    "not: attack the second class (no target)"
+                )
             return away, "away"
         return self.resolve_target(ref, "second")
 
@@ -546,8 +638,9 @@ class Explorer:
         cls, kind = self._target(ref, action, target)
         png, _ = self._result_paths(ref, action, cls, kind)
         if not png.is_file():
-            raise NotFound(f"{action} toward class {cls} of sample {ref} is not computed yet; "
-                           "request its JSON endpoint first")
+            raise NotFound(
+                f"{action} toward class {cls} of sample {ref} is not computed yet; request its JSON endpoint first"
+            )
         return png.read_bytes()
 
     def _run(self, ref: str, action: str, cls: int, report: Callable[[float], None], kind: str = "") -> dict:
@@ -560,14 +653,20 @@ class Explorer:
             if action == "attack":
                 from ..attacks import minimal_eps
 
-                r = minimal_eps(self.model, x, target=cls if kind == "away" else "second",
-                                progress=_scaled(report, span=0.95))
+                r = minimal_eps(
+                    self.model, x, target=cls if kind == "away" else "second", progress=_scaled(report, span=0.95)
+                )
                 fig = r.figure(x.cpu(), names=[label], class_names=names)
                 eps = float(r.eps[0])
-                info = {"eps": eps if eps != float("inf") else None,
-                        "eps_255": eps * 255 if eps != float("inf") else None, "success": bool(r.success[0]),
-                        "pred_after": int(r.pred_after[0]), "pred_after_name": names[int(r.pred_after[0])],
-                        "toward": int(r.classes[0]), "toward_name": names[int(r.classes[0])]}
+                info = {
+                    "eps": eps if eps != float("inf") else None,
+                    "eps_255": eps * 255 if eps != float("inf") else None,
+                    "success": bool(r.success[0]),
+                    "pred_after": int(r.pred_after[0]),
+                    "pred_after_name": names[int(r.pred_after[0])],
+                    "toward": int(r.classes[0]),
+                    "toward_name": names[int(r.classes[0])],
+                }
             else:
                 from ..attribution import faithfulness
                 from ..attribution.completeness import incomplete_note
@@ -586,16 +685,25 @@ class Explorer:
                 objects, drawn = self._objects(ref, e, x)
                 draw_objects(fig.axes[0], **drawn)
                 p_max = float(torch.cat([f.deletion.scores[0], f.insertion.scores[0]]).max())
-                info = {"deletion_auc": float(f.deletion_auc[0]), "insertion_auc": float(f.insertion_auc[0]),
-                        # both AUCs round to 0 when the model gives the class no probability with or without the
-                        # pixels: they cannot rank this map then, and the page says so
-                        "auc_note": (f"the model gives {names[cls]} a probability of at most {p_max:.1e} with or "
-                                     "without the pixels, so deletion and insertion cannot rank this map")
-                        if p_max < 0.01 else None,
-                        "layer": e.layer, "settings": {k: v for k, v in kw.items() if k != "progress"},
-                        "empty": bool(e.extras.get("empty", torch.zeros(1))[0]) if torch.is_tensor(
-                            e.extras.get("empty")) else False,
-                        "note": incomplete_note(e.extras), **objects}
+                info = {
+                    "deletion_auc": float(f.deletion_auc[0]),
+                    "insertion_auc": float(f.insertion_auc[0]),
+                    # both AUCs round to 0 when the model gives the class no probability with or without the
+                    # pixels: they cannot rank this map then, and the page says so
+                    "auc_note": (
+                        f"the model gives {names[cls]} a probability of at most {p_max:.1e} with or "
+                        "without the pixels, so deletion and insertion cannot rank this map"
+                    )
+                    if p_max < 0.01
+                    else None,
+                    "layer": e.layer,
+                    "settings": {k: v for k, v in kw.items() if k != "progress"},
+                    "empty": bool(e.extras.get("empty", torch.zeros(1))[0])
+                    if torch.is_tensor(e.extras.get("empty"))
+                    else False,
+                    "note": incomplete_note(e.extras),
+                    **objects,
+                }
         except ValueError as err:  # a method that does not apply to this model: kept as its message
             msg = str(err).strip().splitlines()[0]
             atomic_write(meta_path, json.dumps({"error": msg}).encode())
@@ -621,8 +729,10 @@ class Explorer:
         words = ["dashed yellow: the box of the largest region above 20 % of the map's maximum (Zhou et al. 2016)"]
         try:
             mask = segment(e, x.cpu())[0]
-            words.append(f"cyan: the outline of GrabCut seeded by the map's top {100 * (1 - FOREGROUND_QUANTILE):.0f} % "
-                         f"and bottom {100 * BACKGROUND_QUANTILE:.0f} % (Simonyan et al. 2014)")
+            words.append(
+                f"cyan: the outline of GrabCut seeded by the map's top {100 * (1 - FOREGROUND_QUANTILE):.0f} % "
+                f"and bottom {100 * BACKGROUND_QUANTILE:.0f} % (Simonyan et al. 2014)"
+            )
             out["mask_pixels"] = int(mask.sum())
         except MissingExtra:
             mask = None
@@ -658,8 +768,10 @@ class Explorer:
         layers = self.unit_layers()
         if s not in layers:
             known = s in dict(self.model.named_modules())
-            raise NotFound(f"{'layer' if known else 'no layer'} {s[:60]!r}"
-                           f"{' is not among the layers shown' if known else ''}; layers: {', '.join(layers) or 'none'}")
+            raise NotFound(
+                f"{'layer' if known else 'no layer'} {s[:60]!r}"
+                f"{' is not among the layers shown' if known else ''}; layers: {', '.join(layers) or 'none'}"
+            )
         return s
 
     def check_channel(self, layer: str, channel: Any) -> int:
@@ -670,8 +782,9 @@ class Explorer:
         return int(s)
 
     def _micro_dir(self) -> Path:
-        key = json.dumps({"layers": self.unit_layers(), "k": UNIT_K, "bins": 40, "patches": "cut when drawn"},
-                         sort_keys=True)
+        key = json.dumps(
+            {"layers": self.unit_layers(), "k": UNIT_K, "bins": 40, "patches": "cut when drawn"}, sort_keys=True
+        )
         return self.results / "micro" / hashlib.sha1(key.encode()).hexdigest()[:12]
 
     def microscope(self) -> dict:
@@ -693,8 +806,15 @@ class Explorer:
                 except Exception:  # noqa: BLE001 - cut short: scan again
                     m = None
             if m is None:
-                m = microscope_scan(self.model, self.dataset, layers, k=UNIT_K, batch_size=self.model_batch,
-                                    device=self.device, progress=_scaled(report))
+                m = microscope_scan(
+                    self.model,
+                    self.dataset,
+                    layers,
+                    k=UNIT_K,
+                    batch_size=self.model_batch,
+                    device=self.device,
+                    progress=_scaled(report),
+                )
                 buf = io.BytesIO()
                 torch.save(m, buf)
                 atomic_write(path, buf.getvalue())
@@ -716,8 +836,12 @@ class Explorer:
         from ..microscope_site import layer_row
 
         m = self.micro_scan()
-        return {"model": self.model_name, "data": self.data_label, "images": m.count,
-                "layers": [layer_row(m[n]) for n in m.layers]}
+        return {
+            "model": self.model_name,
+            "data": self.data_label,
+            "images": m.count,
+            "layers": [layer_row(m[n]) for n in m.layers],
+        }
 
     def _cname(self):
         names = self.class_names
@@ -781,12 +905,23 @@ class Explorer:
 
             dev = next(self.model.parameters()).device
             with LayerTap(self.model, [], detach=True) as tap, torch.no_grad():
-                logits = torch.cat([tap.run(x[s:s + self.model_batch].to(dev))
-                                    for s in range(0, len(x), self.model_batch)]).cpu()
+                logits = torch.cat(
+                    [tap.run(x[s : s + self.model_batch].to(dev)) for s in range(0, len(x), self.model_batch)]
+                ).cpu()
             with self._lock:
                 self._influence_logits = logits
-        return class_influence(self.model, x, layer, classes, channels=[c], ablation=True, taylor=False,
-                               batch_size=self.model_batch, logits=logits, progress=report)
+        return class_influence(
+            self.model,
+            x,
+            layer,
+            classes,
+            channels=[c],
+            ablation=True,
+            taylor=False,
+            batch_size=self.model_batch,
+            logits=logits,
+            progress=report,
+        )
 
     def unit(self, layer: Any, channel: Any) -> dict:
         """A unit page's values (``status: done``) or its job's state: top patches, activation maps over the
@@ -799,12 +934,18 @@ class Explorer:
         d = self._unit_dir(layer, c)
         meta = d / "unit.json"
         row = ls.top.row(c)
-        out = {"layer": layer, "channel": c, "channels": ls.channels, "k": ls.top.k,
-               "top_indices": ls.top.indices[row].tolist(),
-               "top_activations": [float(v) for v in ls.top.activations[row]],
-               "top_labels": ls.top.labels[row].tolist(),
-               "class_means": ls.stats.class_mean[:, c].tolist() if getattr(ls.stats, "class_mean", None) is not None
-               else None}
+        out = {
+            "layer": layer,
+            "channel": c,
+            "channels": ls.channels,
+            "k": ls.top.k,
+            "top_indices": ls.top.indices[row].tolist(),
+            "top_activations": [float(v) for v in ls.top.activations[row]],
+            "top_labels": ls.top.labels[row].tolist(),
+            "class_means": ls.stats.class_mean[:, c].tolist()
+            if getattr(ls.stats, "class_mean", None) is not None
+            else None,
+        }
         out["views_done"] = (d / "views.json").is_file()
         if meta.is_file():
             return {**out, "status": "done", "progress": 1.0, **json.loads(meta.read_text())}
@@ -827,21 +968,35 @@ class Explorer:
             # in groups of a quarter of the model batch (4 images at 224²): each backward keeps the whole graph, and
             # every image's projection is its own (on digits-sized images: one group, as before)
             g = max(1, self.model_batch // 4)
-            parts = [unit_projections(self.model, imgs[0][s:s + g], layer, c, ls.top.positions[row][s:s + g], ls.rf)
-                     for s in range(0, len(imgs[0]), g)]
-            proj = parts[0] if len(parts) == 1 else type(parts[0])(
-                parts[0].layer, parts[0].channel,
-                None if any(p.deconv is None for p in parts) else torch.cat([p.deconv for p in parts]),
-                None if any(p.guided is None for p in parts) else torch.cat([p.guided for p in parts]),
-                parts[0].deconv_error, parts[0].guided_error)
+            parts = [
+                unit_projections(self.model, imgs[0][s : s + g], layer, c, ls.top.positions[row][s : s + g], ls.rf)
+                for s in range(0, len(imgs[0]), g)
+            ]
+            proj = (
+                parts[0]
+                if len(parts) == 1
+                else type(parts[0])(
+                    parts[0].layer,
+                    parts[0].channel,
+                    None if any(p.deconv is None for p in parts) else torch.cat([p.deconv for p in parts]),
+                    None if any(p.guided is None for p in parts) else torch.cat([p.guided for p in parts]),
+                    parts[0].deconv_error,
+                    parts[0].guided_error,
+                )
+            )
             crops = ls.top.patches(channels=[c], images=imgs)[0]
             atomic_write(d / "proj.png", draw.png(draw.projections_image(crops, proj.deconv, proj.guided, tile=72)))
-            info = {"card": unit_card(ls, c, self._cname(), inf),
-                    "influence": [[k, v] for k, v in inf.top(c, len(inf.classes))] if inf is not None else None,
-                    "influence_images": len(self.influence_images()),
-                    "projections": [n for n, v in (("patch", crops), ("deconvnet", proj.deconv),
-                                                   ("guided backprop", proj.guided)) if v is not None],
-                    "projection_errors": [e for e in (proj.deconv_error, proj.guided_error) if e]}
+            info = {
+                "card": unit_card(ls, c, self._cname(), inf),
+                "influence": [[k, v] for k, v in inf.top(c, len(inf.classes))] if inf is not None else None,
+                "influence_images": len(self.influence_images()),
+                "projections": [
+                    n
+                    for n, v in (("patch", crops), ("deconvnet", proj.deconv), ("guided backprop", proj.guided))
+                    if v is not None
+                ],
+                "projection_errors": [e for e in (proj.deconv_error, proj.guided_error) if e],
+            }
             atomic_write(meta, json.dumps(info).encode())
             return info
 
@@ -862,8 +1017,11 @@ class Explorer:
         def run(report):
             others = self.worker.claim(f"fv/{layer}/", FV_GROUP - 1)
             try:
-                infos = self._render_fv(layer, [c] + [int(j.key.rsplit("/", 1)[1]) for j in others],
-                                        lambda f: [r(f) for r in [report] + [j.report for j in others]])
+                infos = self._render_fv(
+                    layer,
+                    [c] + [int(j.key.rsplit("/", 1)[1]) for j in others],
+                    lambda f: [r(f) for r in [report] + [j.report for j in others]],
+                )
             except BaseException as e:  # the claimed jobs fail with this one
                 for j in others:
                     j.finish(error=error_line(e, j.key))
@@ -899,8 +1057,11 @@ class Explorer:
             strip = torch.cat([plain.of(c), div.of(c)])  # plain, then the set
             d.mkdir(parents=True, exist_ok=True)
             atomic_write(d / "views.png", draw.png(draw.patch_grid(strip, ncols=len(strip), tile=128, pad=4)))
-            info = {"plain_activation": float(plain.activation[0, 0]),
-                    "diverse_activations": [float(v) for v in div.activation[0]], "diversity": st.diversity}
+            info = {
+                "plain_activation": float(plain.activation[0, 0]),
+                "diverse_activations": [float(v) for v in div.activation[0]],
+                "diversity": st.diversity,
+            }
             atomic_write(meta, json.dumps(info).encode())
             return info
 
@@ -943,8 +1104,14 @@ class Explorer:
                 rows.append(self.feature_vis(layer, c, background=True))
                 continue
             job = self.worker.get(f"fv/{layer}/{c}")
-            rows.append({"layer": layer, "channel": c, "png": f"/img/unit/{layer}/{c}/fv.png",
-                         **(job.to_dict() if job is not None else {"status": "missing", "progress": 0.0, "error": None})})
+            rows.append(
+                {
+                    "layer": layer,
+                    "channel": c,
+                    "png": f"/img/unit/{layer}/{c}/fv.png",
+                    **(job.to_dict() if job is not None else {"status": "missing", "progress": 0.0, "error": None}),
+                }
+            )
         done = sum(r["status"] == "done" for r in rows)
         work = done + sum(r["progress"] for r in rows if r["status"] == "running")
         pending = sum(r["status"] in ("queued", "running") for r in rows)
@@ -955,9 +1122,15 @@ class Explorer:
         run = self._fv_runs.get(layer)
         if pending and run is not None and work - run[1] > 0.05 and now - run[0] > 1.0:
             eta = (now - run[0]) / (work - run[1]) * (len(rows) - work)
-        return {"layer": layer, "channels": rows, "done": done, "total": len(rows), "pending": pending,
-                "eta": None if eta is None else round(eta, 1),
-                "cancelled": sum(r["status"] == "cancelled" for r in rows)}
+        return {
+            "layer": layer,
+            "channels": rows,
+            "done": done,
+            "total": len(rows),
+            "pending": pending,
+            "eta": None if eta is None else round(eta, 1),
+            "cancelled": sum(r["status"] == "cancelled" for r in rows),
+        }
 
     def cancel_layer_fv(self, layer: Any) -> dict:
         """Cancel a layer's feature-visualisation render: queued channels never start, the running optimisation
@@ -994,12 +1167,26 @@ class Explorer:
 
             bb = building_blocks(self.model, self._device_x(ref), layer)
             g = bb.grid
-            cells = [[[[t["channel"], round(t["activation"], 5), round(t["contribution"], 5)]
-                       for t in bb.at(0, i, j, k=BLOCKS_K) if t["activation"] > 0] for j in range(g[1])]
-                     for i in range(g[0])]
-            out = {"ref": ref, "layer": layer, "grid": list(g), "class": int(bb.classes[0]),
-                   "class_name": self.class_names[int(bb.classes[0])], "cells": cells,
-                   "total": [[round(float(v), 5) for v in r] for r in bb.contributions[0].sum(0)]}
+            cells = [
+                [
+                    [
+                        [t["channel"], round(t["activation"], 5), round(t["contribution"], 5)]
+                        for t in bb.at(0, i, j, k=BLOCKS_K)
+                        if t["activation"] > 0
+                    ]
+                    for j in range(g[1])
+                ]
+                for i in range(g[0])
+            ]
+            out = {
+                "ref": ref,
+                "layer": layer,
+                "grid": list(g),
+                "class": int(bb.classes[0]),
+                "class_name": self.class_names[int(bb.classes[0])],
+                "cells": cells,
+                "total": [[round(float(v), 5) for v in r] for r in bb.contributions[0].sum(0)],
+            }
             atomic_write(path, json.dumps(out).encode())
             return out
 
@@ -1007,8 +1194,9 @@ class Explorer:
 
     # -- the leaderboard (cnnlens.metrics) -------------------------------------
     def _leaderboard_path(self) -> Path:
-        key = json.dumps({"n": self.leaderboard_n, "methods": LEADERBOARD_METHODS,
-                          "metrics": LEADERBOARD_METRICS}, sort_keys=True)
+        key = json.dumps(
+            {"n": self.leaderboard_n, "methods": LEADERBOARD_METHODS, "metrics": LEADERBOARD_METRICS}, sort_keys=True
+        )
         return self.results / f"leaderboard-{hashlib.sha1(key.encode()).hexdigest()[:12]}.json"
 
     def leaderboard(self, start: bool = False) -> dict:
@@ -1030,12 +1218,19 @@ class Explorer:
             n = min(self.leaderboard_n, self.n)
             x = dataset_images(self.dataset, range(n)).to(next(self.model.parameters()).device)
             y = torch.tensor([int(self.dataset[i][1]) for i in range(n)])
-            lb = benchmark(self.model, x, y=y, methods=LEADERBOARD_METHODS, metrics=LEADERBOARD_METRICS,
-                           progress=_scaled(report))
+            lb = benchmark(
+                self.model, x, y=y, methods=LEADERBOARD_METHODS, metrics=LEADERBOARD_METRICS, progress=_scaled(report)
+            )
             header, rows = leaderboard_table(lb)
-            info = {"header": header, "rows": rows, "best": {k: lb.clear_best(k) for k in lb.metrics},
-                    "scores": lb.rows(), "images": n, "target": lb.settings.get("target"),
-                    "auc_settings": lb.settings.get("metrics", {}).get("deletion_auc")}
+            info = {
+                "header": header,
+                "rows": rows,
+                "best": {k: lb.clear_best(k) for k in lb.metrics},
+                "scores": lb.rows(),
+                "images": n,
+                "target": lb.settings.get("target"),
+                "auc_settings": lb.settings.get("metrics", {}).get("deletion_auc"),
+            }
             atomic_write(path, json.dumps(jsonable_(info)).encode())
             return info
 
@@ -1050,8 +1245,15 @@ class Explorer:
             self.store.close()
 
 
-def pair_figure(image: torch.Tensor, map_a: torch.Tensor, map_b: torch.Tensor, name_a: str, name_b: str,
-                roles: tuple[str, str] = ("", ""), method: str = "Grad-CAM"):
+def pair_figure(
+    image: torch.Tensor,
+    map_a: torch.Tensor,
+    map_b: torch.Tensor,
+    name_a: str,
+    name_b: str,
+    roles: tuple[str, str] = ("", ""),
+    method: str = "Grad-CAM",
+):
     """A map (Grad-CAM) toward a and toward b over the image, on one shared scale, and b − a (red: evidence
     for b rather than a); a PIL image drawn by :func:`cnnlens.viz.panels_image` (fast: galleries draw many)."""
     from ..viz import DIVERGING, SEQUENTIAL, overlay_array, panels_image
@@ -1062,8 +1264,14 @@ def pair_figure(image: torch.Tensor, map_a: torch.Tensor, map_b: torch.Tensor, n
     m = float(diff.abs().max()) or 1.0
     ra, rb = roles
     pre = "" if method == "Grad-CAM" else f"{method} "
-    panels = [overlay_array(image, map_a, vmin=vmin, vmax=vmax), overlay_array(image, map_b, vmin=vmin, vmax=vmax),
-              overlay_array(image, diff, diverging=True)]
-    titles = [f"{pre}toward {name_a[:14]}" + (f" ({ra})" if ra else ""),  # the bitmap font has ASCII only
-              f"{pre}toward {name_b[:14]}" + (f" ({rb})" if rb else ""), f"{name_b[:10]} - {name_a[:10]}"]
+    panels = [
+        overlay_array(image, map_a, vmin=vmin, vmax=vmax),
+        overlay_array(image, map_b, vmin=vmin, vmax=vmax),
+        overlay_array(image, diff, diverging=True),
+    ]
+    titles = [
+        f"{pre}toward {name_a[:14]}" + (f" ({ra})" if ra else ""),  # the bitmap font has ASCII only
+        f"{pre}toward {name_b[:14]}" + (f" ({rb})" if rb else ""),
+        f"{name_b[:10]} - {name_a[:10]}",
+    ]
     return panels_image(panels, titles, bars=[None, (SEQUENTIAL, vmin, vmax), (DIVERGING, -m, m)])

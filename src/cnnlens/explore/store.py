@@ -50,8 +50,20 @@ SCHEMA = 1
 #: samples per committed chunk (the unit of resumption)
 CHUNK = 2048
 
-_COLUMNS = ("idx", "path", "true", "pred", "second", "conf", "p_true", "margin", "loss", "true_rank",
-            "top_classes", "top_probs")
+_COLUMNS = (
+    "idx",
+    "path",
+    "true",
+    "pred",
+    "second",
+    "conf",
+    "p_true",
+    "margin",
+    "loss",
+    "true_rank",
+    "top_classes",
+    "top_probs",
+)
 
 _SCHEMA_SQL = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -111,11 +123,23 @@ class SampleAccumulator:
         rank = true_class_rank(logits, y)
         idx = batch.index.detach().cpu().long() + self.offset
         for i in range(len(y)):
-            self.rows.append((int(idx[i]), int(y[i]), int(pred[i]), int(second[i]), float(conf[i]), float(p_true[i]),
-                              float(conf[i] - p2[i]) if K > 1 else 1.0, float(loss[i]), int(rank[i]),
-                              top[i].tolist(), [round(float(v), 6) for v in top_p[i]]))
+            self.rows.append(
+                (
+                    int(idx[i]),
+                    int(y[i]),
+                    int(pred[i]),
+                    int(second[i]),
+                    float(conf[i]),
+                    float(p_true[i]),
+                    float(conf[i] - p2[i]) if K > 1 else 1.0,
+                    float(loss[i]),
+                    int(rank[i]),
+                    top[i].tolist(),
+                    [round(float(v), 6) for v in top_p[i]],
+                )
+            )
 
-    def merge(self, other: "SampleAccumulator") -> "SampleAccumulator":
+    def merge(self, other: SampleAccumulator) -> SampleAccumulator:
         if not isinstance(other, SampleAccumulator) or other.k != self.k:
             raise ValueError("can only merge sample accumulators with the same k")
         out = SampleAccumulator(self.k, self.offset)
@@ -129,6 +153,7 @@ class SampleAccumulator:
 # ---------------------------------------------------------------------------
 # keys
 # ---------------------------------------------------------------------------
+
 
 def _update_tensor(h, v: Any) -> None:
     t = torch.as_tensor(v).detach().cpu().contiguous()
@@ -156,8 +181,10 @@ def dataset_hash(ds) -> str:
     h = hashlib.sha256()
     if hasattr(ds, "samples") and hasattr(ds, "root"):
         root = Path(ds.root)
-        h.update(f"folder|{_describe(getattr(ds, 'transform', None))}|"
-                 f"{_describe(getattr(ds, 'target_transform', None))}|".encode())
+        h.update(
+            f"folder|{_describe(getattr(ds, 'transform', None))}|"
+            f"{_describe(getattr(ds, 'target_transform', None))}|".encode()
+        )
         for path, label in ds.samples:
             st = os.stat(path)
             h.update(f"{Path(path).relative_to(root).as_posix()}|{st.st_size}|{st.st_mtime_ns}|{label}\n".encode())
@@ -185,6 +212,7 @@ def sample_paths(ds) -> list[str] | None:
 # ---------------------------------------------------------------------------
 # reading
 # ---------------------------------------------------------------------------
+
 
 class Store:
     """Read access to a finished scan (thread-safe: one read-only connection per thread).
@@ -250,11 +278,22 @@ class Store:
         return None if r is None else self._row(r)
 
     def cell_count(self, true: int, pred: int) -> int:
-        return int(self._conn().execute("SELECT COUNT(*) FROM samples WHERE true = ? AND pred = ?",
-                                        (int(true), int(pred))).fetchone()[0])
+        return int(
+            self._conn()
+            .execute("SELECT COUNT(*) FROM samples WHERE true = ? AND pred = ?", (int(true), int(pred)))
+            .fetchone()[0]
+        )
 
-    def cell(self, true: int, pred: int, *, sort: str = "confidence", descending: bool | None = None,
-             offset: int = 0, limit: int = 24) -> list[dict]:
+    def cell(
+        self,
+        true: int,
+        pred: int,
+        *,
+        sort: str = "confidence",
+        descending: bool | None = None,
+        offset: int = 0,
+        limit: int = 24,
+    ) -> list[dict]:
         """One page of the samples with this true and predicted class (an index range scan).
 
         Default order: on the diagonal the least confident first, off it the most confident first.
@@ -273,6 +312,7 @@ class Store:
 # ---------------------------------------------------------------------------
 # writing
 # ---------------------------------------------------------------------------
+
 
 def store_path(cache_dir: str | os.PathLike, mhash: str, dhash: str, k: int) -> Path:
     key = hashlib.sha256(f"{SCHEMA}|{mhash}|{dhash}|{k}".encode()).hexdigest()[:24]
@@ -301,10 +341,20 @@ def _class_names(model: nn.Module, ds) -> tuple[str, ...] | None:
     return None
 
 
-def build_store(model: nn.Module, data, cache_dir: str | os.PathLike, *, k: int = 5, topk: Sequence[int] | None = None,
-                batch_size: int = 64, chunk: int = CHUNK, device=None,
-                progress: Callable[[int, int], None] | None = None, dataset=None,
-                hashes: tuple[str, str] | None = None) -> Store:
+def build_store(
+    model: nn.Module,
+    data,
+    cache_dir: str | os.PathLike,
+    *,
+    k: int = 5,
+    topk: Sequence[int] | None = None,
+    batch_size: int = 64,
+    chunk: int = CHUNK,
+    device=None,
+    progress: Callable[[int, int], None] | None = None,
+    dataset=None,
+    hashes: tuple[str, str] | None = None,
+) -> Store:
     """Scan ``data`` once (or reuse the stored scan) and return the :class:`Store`.
 
     ``data``: ``"digits"``, an ImageFolder path or a Dataset of (x, y). ``progress(done, total)``
@@ -364,15 +414,20 @@ def build_store(model: nn.Module, data, cache_dir: str | os.PathLike, *, k: int 
                 if progress is not None:
                     progress(min(base + b * batch_size, base + size), n)
 
-            (rows,) = scan(model, sub, [SampleAccumulator(k, offset=lo)], batch_size=batch_size, device=device,
-                           progress=prog)
+            (rows,) = scan(
+                model, sub, [SampleAccumulator(k, offset=lo)], batch_size=batch_size, device=device, progress=prog
+            )
             seen += hi - lo
             if rank == 0:
                 with db:
-                    db.executemany(f"INSERT OR REPLACE INTO samples ({', '.join(_COLUMNS)}) VALUES "
-                                   f"({', '.join('?' * len(_COLUMNS))})",
-                                   [(r[0], paths[r[0]] if paths else None, *r[1:9], json.dumps(r[9]),
-                                     json.dumps(r[10])) for r in rows])
+                    db.executemany(
+                        f"INSERT OR REPLACE INTO samples ({', '.join(_COLUMNS)}) VALUES "
+                        f"({', '.join('?' * len(_COLUMNS))})",
+                        [
+                            (r[0], paths[r[0]] if paths else None, *r[1:9], json.dumps(r[9]), json.dumps(r[10]))
+                            for r in rows
+                        ],
+                    )
                     db.execute("INSERT OR REPLACE INTO chunks VALUES (?)", (c,))
                     _put_meta(db, {"chunk": chunk, "n": n})
             if progress is not None:
@@ -384,11 +439,23 @@ def build_store(model: nn.Module, data, cache_dir: str | os.PathLike, *, k: int 
         ks = tuple(topk) if topk else _default_topk(len(names))
         with db:
             db.executescript(_INDEX_SQL)
-            _put_meta(db, {"schema": SCHEMA, "complete": True, "n": n, "class_names": list(names), "topk": list(ks),
-                           "k": k, "model_hash": mhash, "data_hash": dhash, "chunk": chunk,
-                           "model": getattr(getattr(model, "spec", None), "name", type(model).__name__),
-                           "data": data if isinstance(data, str) else type(ds).__name__,
-                           "root": str(Path(ds.root).resolve()) if paths else None})
+            _put_meta(
+                db,
+                {
+                    "schema": SCHEMA,
+                    "complete": True,
+                    "n": n,
+                    "class_names": list(names),
+                    "topk": list(ks),
+                    "k": k,
+                    "model_hash": mhash,
+                    "data_hash": dhash,
+                    "chunk": chunk,
+                    "model": getattr(getattr(model, "spec", None), "name", type(model).__name__),
+                    "data": data if isinstance(data, str) else type(ds).__name__,
+                    "root": str(Path(ds.root).resolve()) if paths else None,
+                },
+            )
         db.close()
         db = None
         os.replace(partial, final)

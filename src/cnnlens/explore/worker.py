@@ -19,7 +19,8 @@ import logging
 import queue
 import threading
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +114,7 @@ class Worker:
         """Up to ``limit`` queued jobs whose key starts with ``prefix``, in submission order, now marked running:
         the caller (a running job) does their work and must :meth:`Job.finish` each of them."""
         with self._lock:
-            got = [j for k, j in self._jobs.items() if k.startswith(prefix) and j.status == "queued"][:max(0, limit)]
+            got = [j for k, j in self._jobs.items() if k.startswith(prefix) and j.status == "queued"][: max(0, limit)]
             for j in got:
                 j.status, j.started = "running", time.perf_counter()
             return got

@@ -8,7 +8,8 @@ Takes result values (duck-typed: ``AttackResult``, ``RobustnessResult``) and dra
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Sequence
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import matplotlib
 import torch
@@ -47,7 +48,11 @@ def attack_figure(x: torch.Tensor, r: AttackResult, names: Sequence[str], class_
         show_image(axes[i, 0], x[i].cpu(), f"{names[i]}: {class_name(class_names, c0)[:22]} ({float(p0[i, c0]):.2f})")
         show_image(axes[i, 1], r.x_adv[i], f"→ {class_name(class_names, c1)[:22]} ({float(p1[i, c1]):.2f})")
         m = float(r.perturbation[i].abs().max())
-        show_image(axes[i, 2], amp[i], f"perturbation, ε={fmt_eps(float(r.eps[i]), norm)}" + (f" (×{0.5 / m:.0f})" if m > 0 else ""))
+        show_image(
+            axes[i, 2],
+            amp[i],
+            f"perturbation, ε={fmt_eps(float(r.eps[i]), norm)}" + (f" (×{0.5 / m:.0f})" if m > 0 else ""),
+        )
     fig.tight_layout()
     return fig
 
@@ -76,7 +81,7 @@ def gallery_figure(r: RobustnessResult, max_items: int = 6):
         ax.set_axis_off()
         return fig
     names = r.class_names
-    nm = (lambda c: f"{c} {names[c]}" if names and names[c] != str(c) else str(c))
+    nm = lambda c: f"{c} {names[c]}" if names and names[c] != str(c) else str(c)
     rows = ["clean", "adversarial", "perturbation (amplified)", "saliency before", "saliency after"]
     fig, axes = subplots(len(rows), len(items), figsize=(1.9 * len(items), 1.95 * len(rows)), squeeze=False)
     scale = 255 if r.settings.get("norm", "inf") == "inf" else 1
@@ -84,14 +89,18 @@ def gallery_figure(r: RobustnessResult, max_items: int = 6):
         d = g["x_adv"] - g["x"]
         m = float(d.abs().max()) or 1.0
         show_image(axes[0, c], g["x"], f"#{g['index']}: {nm(g['label'])}")
-        show_image(axes[1, c], g["x_adv"], f"→ {nm(g['pred_adv'])}  ε={g['eps'] * scale:.3g}{'/255' if scale == 255 else ''}")
+        show_image(
+            axes[1, c], g["x_adv"], f"→ {nm(g['pred_adv'])}  ε={g['eps'] * scale:.3g}{'/255' if scale == 255 else ''}"
+        )
         show_image(axes[2, c], 0.5 + d / (2 * m), f"×{0.5 / m:.0f}")
         for r, key in ((3, "saliency_before"), (4, "saliency_after")):
             s = g[key]
             axes[r, c].imshow(s.numpy(), cmap="inferno")
             axes[r, c].set_axis_off()
     for r, name in enumerate(rows):
-        axes[r, 0].text(-0.08, 0.5, name, transform=axes[r, 0].transAxes, rotation=90, ha="right", va="center", fontsize=8)
+        axes[r, 0].text(
+            -0.08, 0.5, name, transform=axes[r, 0].transAxes, rotation=90, ha="right", va="center", fontsize=8
+        )
     fig.tight_layout()
     return fig
 
@@ -108,8 +117,15 @@ def curves_figure(results: dict[str, RobustnessResult], title: str | None = None
         xs = [e * scale for e in r.eps]
         for a in r.attacks:
             label = f"{name} {a.upper()}".strip()
-            ax.plot(xs, r.accuracy[a].tolist(), styles.get(a, "-"), marker="o", ms=3.5, color=colors[i % len(colors)],
-                    label=label)
+            ax.plot(
+                xs,
+                r.accuracy[a].tolist(),
+                styles.get(a, "-"),
+                marker="o",
+                ms=3.5,
+                color=colors[i % len(colors)],
+                label=label,
+            )
     ax.set_xlabel("ε (pixel units × 255, L∞)" if norm == "inf" else "ε (L2, pixel units)")
     ax.set_ylabel("accuracy under attack")
     ax.set_ylim(-0.02, 1.02)
@@ -134,10 +150,19 @@ def concentration_figure(table: dict, measured: dict | None = None):
         c = colors[k % len(colors)]
         dd = torch.logspace(0, math.log10(max(rows["d"]) * 10), 200, dtype=torch.float64).tolist()
         # the analytic curve, attacks.concentration.shell_fraction: 1 − (1 − ε)^d
-        ax.plot(dd, [-math.expm1(d * math.log1p(-e)) if e < 1 else 1.0 for d in dd], color=c,
-                label=f"1 − (1 − {e:g})^d")
-        ax.errorbar(rows["d"], rows["mc"], yerr=[2 * s for s in rows["stderr"]], fmt="o", ms=3.5, color=c,
-                    capsize=2, label=f"Monte Carlo, ε = {e:g}")
+        ax.plot(
+            dd, [-math.expm1(d * math.log1p(-e)) if e < 1 else 1.0 for d in dd], color=c, label=f"1 − (1 − {e:g})^d"
+        )
+        ax.errorbar(
+            rows["d"],
+            rows["mc"],
+            yerr=[2 * s for s in rows["stderr"]],
+            fmt="o",
+            ms=3.5,
+            color=c,
+            capsize=2,
+            label=f"Monte Carlo, ε = {e:g}",
+        )
     ax.set_xscale("log")
     ax.set_xlabel("dimension d")
     ax.set_ylabel("share of the ball within ε of its surface")

@@ -8,7 +8,8 @@ Takes result values (duck-typed: ``Explanation``, ``Faithfulness``, randomisatio
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Sequence
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -30,8 +31,7 @@ GUIDED_MARK = "⚠ fails the sanity check"
 def guided_mark(ax, method: str) -> None:
     """Write the sanity-check warning under a guided map's axes (nothing for other methods)."""
     if method in GUIDED:
-        ax.text(0.5, -0.04, GUIDED_MARK, transform=ax.transAxes, ha="center", va="top", fontsize=7,
-                color="#b35900")
+        ax.text(0.5, -0.04, GUIDED_MARK, transform=ax.transAxes, ha="center", va="top", fontsize=7, color="#b35900")
 
 
 def completeness_mark(ax, e: Explanation) -> None:
@@ -61,16 +61,23 @@ def overlay_figure(image: torch.Tensor, e: Explanation, i: int, *, title: str = 
     fig, ax = subplots(figsize=(3.4, 3.0))
     m, signed = _heat(e, i, shared)
     kw = {"vmin": 0.0, "vmax": 1.0} if shared and not signed else {}
-    overlay(ax, image, m, title=title or title_of(e.method), diverging=signed, label=_unit(e, shared),
-            **kw)
+    overlay(ax, image, m, title=title or title_of(e.method), diverging=signed, label=_unit(e, shared), **kw)
     guided_mark(ax, e.method)
     completeness_mark(ax, e)
     fig.tight_layout()
     return fig
 
 
-def grid_figure(image: torch.Tensor, name: str, expls: dict, i: int, faith: dict | None = None, *,
-                shared: bool = False, caption_top: str = ""):
+def grid_figure(
+    image: torch.Tensor,
+    name: str,
+    expls: dict,
+    i: int,
+    faith: dict | None = None,
+    *,
+    shared: bool = False,
+    caption_top: str = "",
+):
     """The original and every map side by side, each with its colour bar and deletion/insertion AUC."""
     ok = [(k, e) for k, e in expls.items() if not isinstance(e, Exception)]
     n = len(ok) + 1
@@ -95,9 +102,16 @@ def grid_figure(image: torch.Tensor, name: str, expls: dict, i: int, faith: dict
     return fig
 
 
-def images_by_methods_figure(images: torch.Tensor, names: Sequence[str], expls: dict, faith: dict | None = None, *,
-                             rows: Sequence[int] | None = None, shared: bool = False,
-                             class_names: Sequence[str] | None = None):
+def images_by_methods_figure(
+    images: torch.Tensor,
+    names: Sequence[str],
+    expls: dict,
+    faith: dict | None = None,
+    *,
+    rows: Sequence[int] | None = None,
+    shared: bool = False,
+    class_names: Sequence[str] | None = None,
+):
     """A grid: one row per image (the image with its explained class), one column per method (the map over the
     image, its colour bar with units, deletion/insertion AUC); occlusion adds its probability map."""
     ok = [(k, e) for k, e in expls.items() if not isinstance(e, Exception)]
@@ -126,8 +140,14 @@ def images_by_methods_figure(images: torch.Tensor, names: Sequence[str], expls: 
     return fig
 
 
-def method_figure(images: torch.Tensor, names: Sequence[str], e: Explanation, faith: Faithfulness | None = None,
-                  class_names: Sequence[str] | None = None, extra: str | None = None):
+def method_figure(
+    images: torch.Tensor,
+    names: Sequence[str],
+    e: Explanation,
+    faith: Faithfulness | None = None,
+    class_names: Sequence[str] | None = None,
+    extra: str | None = None,
+):
     """One method across several images: overlay + colour bar, the class and the AUCs in each title.
 
     ``extra="probability"`` adds a row with the occlusion probability map.
@@ -152,7 +172,9 @@ def method_figure(images: torch.Tensor, names: Sequence[str], e: Explanation, fa
 
 
 def _unit(e: Explanation, shared: bool) -> str:
-    return "fraction of the largest |value|" if shared else (lookup(e.method).unit if lookup(e.method) else "attribution")
+    return (
+        "fraction of the largest |value|" if shared else (lookup(e.method).unit if lookup(e.method) else "attribution")
+    )
 
 
 def probability_panel(ax, e: Explanation, i: int) -> None:
@@ -193,9 +215,16 @@ def randomization_figure(image: torch.Tensor, results: dict, i: int = 0):
         guided_mark(axes[r_i, 0], k)
         for j, layer in enumerate(r.layers):
             rho = float(r.correlations[j, i])
-            overlay(axes[r_i, j + 1], image, r.maps[j, i], colorbar=False,
-                    title=f"down to {short(layer, 16)}\nρ = {rho:.2f}" if rho == rho else f"down to {short(layer, 16)}\nρ undefined")
-        for ax in axes[r_i, len(r.layers) + 1:]:
+            overlay(
+                axes[r_i, j + 1],
+                image,
+                r.maps[j, i],
+                colorbar=False,
+                title=f"down to {short(layer, 16)}\nρ = {rho:.2f}"
+                if rho == rho
+                else f"down to {short(layer, 16)}\nρ undefined",
+            )
+        for ax in axes[r_i, len(r.layers) + 1 :]:
             ax.set_axis_off()
     fig.tight_layout()
     return fig

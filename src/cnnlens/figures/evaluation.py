@@ -32,8 +32,7 @@ def confusion_figure(result: EvaluationResult, normalized: bool = False, max_cla
     present = present_classes(result)
     if len(present) < K:  # a subset of the model's classes in the data: rows and columns of those only
         sub = result.confusion[present][:, present]
-        idx = present if len(present) <= max_classes else [
-            present[i] for i in most_confused_classes(sub, max_classes)]
+        idx = present if len(present) <= max_classes else [present[i] for i in most_confused_classes(sub, max_classes)]
     else:
         idx = list(range(K)) if K <= max_classes else most_confused_classes(result.confusion, max_classes)
     ix = torch.tensor(idx)
@@ -54,8 +53,9 @@ def confusion_figure(result: EvaluationResult, normalized: bool = False, max_cla
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.03, label="fraction of the true class" if normalized else "count")
     long = max(map(len, xlabels)) > 3
     tfs = 10 if m <= 10 else 8
-    ax.set_xticks(range(len(xlabels)), xlabels, rotation=60 if long else 0, ha="right" if long else "center",
-                  fontsize=tfs)
+    ax.set_xticks(
+        range(len(xlabels)), xlabels, rotation=60 if long else 0, ha="right" if long else "center", fontsize=tfs
+    )
     ax.set_yticks(range(m), labels, fontsize=tfs)
     ax.set_xlabel("predicted class")
     ax.set_ylabel("true class")
@@ -66,14 +66,15 @@ def confusion_figure(result: EvaluationResult, normalized: bool = False, max_cla
             txt = f"{v:.2f}" if normalized else f"{int(v)}"
             if v == 0 or txt == "0.00":
                 continue
-            ax.text(j, i, txt, ha="center", va="center", fontsize=fs,
-                    color="white" if v > 0.55 * vmax else "black")
+            ax.text(j, i, txt, ha="center", va="center", fontsize=fs, color="white" if v > 0.55 * vmax else "black")
     what = "normalised by class support (rows sum to 1)" if normalized else "counts"
     title = f"Confusion matrix, {what}"
     if m < K and len(present) < K:
-        title += (f"\nthe {m} classes present in the data" if m == len(present) else
-                  f"\n{m} of the {len(present)} classes present, with the most confusions") + \
-            f" (of {K}; full matrix in the CSV)"
+        title += (
+            f"\nthe {m} classes present in the data"
+            if m == len(present)
+            else f"\n{m} of the {len(present)} classes present, with the most confusions"
+        ) + f" (of {K}; full matrix in the CSV)"
     elif m < K:
         title += f"\n{m} of {K} classes with the most confusions (full matrix in the CSV)"
     ax.set_title(title, fontsize=10)
@@ -94,8 +95,15 @@ def topk_figure(image: torch.Tensor, top: list[tuple[str, float]], title: str = 
     a1.tick_params(axis="x", labelsize=7)
     for b, v in zip(bars, vals):
         inside = v > 0.8
-        a1.text(v - 0.02 if inside else v + 0.02, b.get_y() + b.get_height() / 2, f"{v:.1%}", va="center",
-                ha="right" if inside else "left", fontsize=7, color="white" if inside else "black")
+        a1.text(
+            v - 0.02 if inside else v + 0.02,
+            b.get_y() + b.get_height() / 2,
+            f"{v:.1%}",
+            va="center",
+            ha="right" if inside else "left",
+            fontsize=7,
+            color="white" if inside else "black",
+        )
     for s in ("top", "right"):
         a1.spines[s].set_visible(False)
     fig.tight_layout()

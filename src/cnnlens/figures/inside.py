@@ -3,7 +3,7 @@ fast), class means of neuron statistics, deconvnet projections."""
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -11,8 +11,9 @@ import torch.nn.functional as F
 from ..viz import show_image, subplots
 
 
-def mosaic(tiles: torch.Tensor, ncols: int, tile: int | None = None, pad: int = 2, pad_value: float = 1.0,
-           top: int = 0) -> torch.Tensor:
+def mosaic(
+    tiles: torch.Tensor, ncols: int, tile: int | None = None, pad: int = 2, pad_value: float = 1.0, top: int = 0
+) -> torch.Tensor:
     """N×C×h×w tiles in [0, 1] → one C×H×W image, ``ncols`` per row, each tile scaled (nearest) to ``tile`` px
     on its longer side, ``pad`` pixels between tiles and ``top`` extra pixels above each row (for labels)."""
     n, c, h, w = tiles.shape
@@ -29,28 +30,45 @@ def mosaic(tiles: torch.Tensor, ncols: int, tile: int | None = None, pad: int = 
         r, q = divmod(i, ncols)
         y = pad + top + r * (h + pad + top)
         x = pad + q * (w + pad)
-        out[:, y:y + h, x:x + w] = tiles[i].float().clamp(0, 1)
+        out[:, y : y + h, x : x + w] = tiles[i].float().clamp(0, 1)
     return out
 
 
-def mosaic_figure(tiles: torch.Tensor, ncols: int, *, tile: int = 32, labels: Sequence[str] | None = None,
-                  row_labels: Sequence[str] | None = None, title: str | None = None, scale: float = 1 / 36,
-                  fontsize: float = 6.0, cmap: str | None = None):
+def mosaic_figure(
+    tiles: torch.Tensor,
+    ncols: int,
+    *,
+    tile: int = 32,
+    labels: Sequence[str] | None = None,
+    row_labels: Sequence[str] | None = None,
+    title: str | None = None,
+    scale: float = 1 / 36,
+    fontsize: float = 6.0,
+    cmap: str | None = None,
+):
     """A figure of ``mosaic(tiles)`` with an optional label above each tile and at the left of each row."""
     pad, top = 2, (10 if labels else 0)
     img = mosaic(tiles, ncols, tile=tile, pad=pad, top=top)
     c, H, W = img.shape
     th = (H - pad) // max(1, (len(tiles) + ncols - 1) // ncols) - pad - top
     tw = (W - pad) // ncols - pad
-    fig, ax = subplots(figsize=(max(2.0, W * scale + (0.6 if row_labels else 0)), max(1.0, H * scale + (0.3 if title else 0))))
+    fig, ax = subplots(
+        figsize=(max(2.0, W * scale + (0.6 if row_labels else 0)), max(1.0, H * scale + (0.3 if title else 0)))
+    )
     arr = img[0].numpy() if c == 1 else img.permute(1, 2, 0).numpy()
     ax.imshow(arr, cmap=cmap or ("gray" if c == 1 else None), vmin=0, vmax=1, interpolation="nearest")
     ax.set_axis_off()
     if labels:
         for i, lab in enumerate(labels):
             r, q = divmod(i, ncols)
-            ax.text(pad + q * (tw + pad) + tw / 2, pad + r * (th + pad + top) + top - 2, lab, ha="center", va="bottom",
-                    fontsize=fontsize)
+            ax.text(
+                pad + q * (tw + pad) + tw / 2,
+                pad + r * (th + pad + top) + top - 2,
+                lab,
+                ha="center",
+                va="bottom",
+                fontsize=fontsize,
+            )
     if row_labels:
         for r, lab in enumerate(row_labels):
             ax.text(-2, pad + top + r * (th + pad + top) + th / 2, lab, ha="right", va="center", fontsize=fontsize + 1)
@@ -62,14 +80,16 @@ def mosaic_figure(tiles: torch.Tensor, ncols: int, *, tile: int = 32, labels: Se
 
 def class_mean_figure(st, class_names=None, channels=None):
     """Each class's mean activation per channel (a :class:`~cnnlens.inside.NeuronStats`) as a heat map."""
-    present = [k for k in range(st.class_mean.shape[0]) if int(st.class_count[k]) > 0] or \
-        list(range(st.class_mean.shape[0]))  # only the classes that occur in the data
+    present = [k for k in range(st.class_mean.shape[0]) if int(st.class_count[k]) > 0] or list(
+        range(st.class_mean.shape[0])
+    )  # only the classes that occur in the data
     cm = st.class_mean[present] if channels is None else st.class_mean[present][:, list(channels)]
     fig, ax = subplots(figsize=(min(14, 1.5 + 0.18 * cm.shape[1]), 0.3 * cm.shape[0] + 1.2))
     im = ax.imshow(cm.numpy(), aspect="auto", cmap="viridis")
     ax.set_yticks(range(cm.shape[0]))
-    ax.set_yticklabels([class_names[k] if class_names and k < len(class_names) else str(k) for k in present],
-                       fontsize=7)
+    ax.set_yticklabels(
+        [class_names[k] if class_names and k < len(class_names) else str(k) for k in present], fontsize=7
+    )
     ax.set_xlabel(f"channel of {st.layer}")
     ax.set_ylabel("class")
     ax.figure.colorbar(im, ax=ax, fraction=0.03, pad=0.02)

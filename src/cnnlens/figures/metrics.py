@@ -42,14 +42,25 @@ def examples_figure(lb: Leaderboard, images, boxes=None, class_names=None):
             ax = axes[r][c]
             overlay(ax, images[c], lb.examples[m][c].abs(), colorbar=False, alpha=0.55)
             got = getattr(lb, "objects", {}).get(m, {})
-            draw_objects(ax, box=got["boxes"][c] if "boxes" in got else None,
-                         mask=got["masks"][c] if "masks" in got else None,
-                         true_box=boxes[c] if boxes is not None else None)
+            draw_objects(
+                ax,
+                box=got["boxes"][c] if "boxes" in got else None,
+                mask=got["masks"][c] if "masks" in got else None,
+                true_box=boxes[c] if boxes is not None else None,
+            )
             if c == 0:
                 ax.text(-0.05, 0.5, m, transform=ax.transAxes, ha="right", va="center", fontsize=9)
                 if m in GUIDED:
-                    ax.text(-0.05, 0.3, GUIDED_MARK, transform=ax.transAxes, ha="right", va="center", fontsize=7,
-                            color="#b35900")
+                    ax.text(
+                        -0.05,
+                        0.3,
+                        GUIDED_MARK,
+                        transform=ax.transAxes,
+                        ha="right",
+                        va="center",
+                        fontsize=7,
+                        color="#b35900",
+                    )
     fig.tight_layout()
     return fig
 
@@ -60,12 +71,13 @@ def cascade_figure(s, names=None):
     steps = list(range(len(s.layers)))
     for k in s.methods:
         c = s.correlations(k)
-        line, = ax.plot(steps, c.mean(1).numpy(), marker="o", label=title_of(k))
+        (line,) = ax.plot(steps, c.mean(1).numpy(), marker="o", label=title_of(k))
         for j in steps:
             ax.scatter([j] * c.shape[1], c[j].numpy(), s=8, color=line.get_color(), alpha=0.5)
     ax.set_xticks(steps)
-    ax.set_xticklabels([lbl.replace("net.", "").replace(".0.conv_pw", "") for lbl in s.layers], rotation=30,
-                       ha="right", fontsize=8)
+    ax.set_xticklabels(
+        [lbl.replace("net.", "").replace(".0.conv_pw", "") for lbl in s.layers], rotation=30, ha="right", fontsize=8
+    )
     ax.set_xlabel("re-initialised from the top down to", fontsize=9)
     ax.set_ylabel("Spearman ρ with the trained map", fontsize=9)
     low = min([-0.2] + [float(s.correlations(k).min()) - 0.05 for k in s.methods])

@@ -17,8 +17,14 @@ def tcav_figure(r):
     ax.bar(pos, means, yerr=stds, color=colours, capsize=3)
     for i in range(len(r.concepts)):
         mark = "*" if bool(r.significant[i]) else "n.s."
-        ax.text(i, min(1.02, means[i] + stds[i] + 0.03), f"{mark}\np={float(r.p_values[i]):.2g}", ha="center",
-                va="bottom", fontsize=8)
+        ax.text(
+            i,
+            min(1.02, means[i] + stds[i] + 0.03),
+            f"{mark}\np={float(r.p_values[i]):.2g}",
+            ha="center",
+            va="bottom",
+            fontsize=8,
+        )
     ax.axhline(0.5, color="grey", lw=0.6, ls=":")
     ax.set_xticks(pos)
     ax.set_xticklabels(names, rotation=20, ha="right", fontsize=8)

@@ -71,9 +71,15 @@ def _same_data(a: torch.Tensor, b: torch.Tensor) -> bool:
     """b is a, or a reshaped view of it (flatten/view in forward())."""
     if a is b:
         return True
-    return (torch.is_tensor(a) and torch.is_tensor(b) and a.numel() == b.numel()
-            and a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr()
-            and a.storage_offset() == b.storage_offset() and a.is_contiguous() and b.is_contiguous())
+    return (
+        torch.is_tensor(a)
+        and torch.is_tensor(b)
+        and a.numel() == b.numel()
+        and a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr()
+        and a.storage_offset() == b.storage_offset()
+        and a.is_contiguous()
+        and b.is_contiguous()
+    )
 
 
 class _RecordedRelus(RectifierMode):
@@ -106,15 +112,19 @@ def _transpose(name: str, m: nn.Module, inp: torch.Tensor, r: torch.Tensor) -> t
         return out.view_as(inp)
     if _is_stock(m, nn.Conv2d):
         if m.padding_mode != "zeros":
-            raise ValueError(f"deconvnet cannot invert module {name!r}: padding_mode={m.padding_mode!r} "
-                             "(only zero padding has a transposed convolution)")
+            raise ValueError(
+                f"deconvnet cannot invert module {name!r}: padding_mode={m.padding_mode!r} "
+                "(only zero padding has a transposed convolution)"
+            )
         pad = m.padding
         if isinstance(pad, str):
             total = [d * (k - 1) for d, k in zip(m.dilation, m.kernel_size)]
             if pad == "same" and any(t % 2 for t in total):
                 raise ValueError(f"deconvnet cannot invert module {name!r}: its 'same' padding is asymmetric")
             pad = tuple(t // 2 for t in total) if pad == "same" else (0, 0)
-        return torch.nn.grad.conv2d_input(inp.shape, m.weight.detach().to(r.dtype), r, m.stride, pad, m.dilation, m.groups)
+        return torch.nn.grad.conv2d_input(
+            inp.shape, m.weight.detach().to(r.dtype), r, m.stride, pad, m.dilation, m.groups
+        )
     if _is_stock(m, nn.BatchNorm2d) and m.running_var is not None:
         scale = torch.rsqrt(m.running_var + m.eps)
         if m.weight is not None:
@@ -132,13 +142,17 @@ def _transpose(name: str, m: nn.Module, inp: torch.Tensor, r: torch.Tensor) -> t
         with torch.enable_grad():
             z = torch.zeros_like(inp, dtype=r.dtype).requires_grad_(True)
             if isinstance(m, nn.AvgPool2d):
-                out = F.avg_pool2d(z, m.kernel_size, m.stride, m.padding, m.ceil_mode, m.count_include_pad, m.divisor_override)
+                out = F.avg_pool2d(
+                    z, m.kernel_size, m.stride, m.padding, m.ceil_mode, m.count_include_pad, m.divisor_override
+                )
             else:
                 out = F.adaptive_avg_pool2d(z, m.output_size)
             (g,) = torch.autograd.grad(out, z, r.reshape(out.shape))  # average pooling is linear: this is its transpose
         return g
-    raise ValueError(f"deconvnet cannot invert module {name!r} ({type(m).__name__}); it inverts chains of "
-                     "Conv2d, ReLU, MaxPool2d, BatchNorm2d, pooling and linear layers — use guided backprop for this model")
+    raise ValueError(
+        f"deconvnet cannot invert module {name!r} ({type(m).__name__}); it inverts chains of "
+        "Conv2d, ReLU, MaxPool2d, BatchNorm2d, pooling and linear layers — use guided backprop for this model"
+    )
 
 
 @needs_autograd
@@ -172,9 +186,11 @@ def deconvnet(model: nn.Module, x: torch.Tensor, layer: LayerRef, channel: int, 
             tap.run(x)
             out = tap[name]
             if relus.skipped:
-                raise ValueError(f"deconvnet cannot invert this model: its forward applies {skipped_note(relus.skipped)} "
-                                 "(no un-ReLU rule for them); it inverts plain conv/ReLU/max-pool chains — use guided "
-                                 "backprop")
+                raise ValueError(
+                    f"deconvnet cannot invert this model: its forward applies {skipped_note(relus.skipped)} "
+                    "(no un-ReLU rule for them); it inverts plain conv/ReLU/max-pool chains — use guided "
+                    "backprop"
+                )
             # functional ReLU calls (not the ones inside nn.ReLU / nn.ReLU6 modules), in order
             module_outs = [tap.outputs[n] for n in tap.outputs if isinstance(modules.get(n), (nn.ReLU, nn.ReLU6))]
             functional = [(c, y) for c, y in relus.calls if not any(y is o for o in module_outs)]
@@ -196,16 +212,20 @@ def deconvnet(model: nn.Module, x: torch.Tensor, layer: LayerRef, channel: int, 
                 inp = tap.inputs[n][0] if tap.inputs.get(n) else None
                 prev = through_relus(prev)
                 if inp is None or not _same_data(prev, inp):
-                    raise ValueError(f"deconvnet cannot invert module {n!r} ({type(modules[n]).__name__}): its input is "
-                                     "not the previous layer's output (a residual connection or a computation in "
-                                     "forward()); it inverts plain conv/ReLU/max-pool chains — use guided backprop")
+                    raise ValueError(
+                        f"deconvnet cannot invert module {n!r} ({type(modules[n]).__name__}): its input is "
+                        "not the previous layer's output (a residual connection or a computation in "
+                        "forward()); it inverts plain conv/ReLU/max-pool chains — use guided backprop"
+                    )
                 chain.append(n)
                 steps.append((n, inp.shape))
                 prev = tap.passed_on.get(n, tap.outputs[n])  # what the next layer received
             prev = through_relus(prev)
             if not _same_data(prev, out):
-                raise ValueError(f"deconvnet cannot invert layer {name!r}: its output is not the last sub-layer's "
-                                 "output (it computes something in forward()); pick one of its sub-layers")
+                raise ValueError(
+                    f"deconvnet cannot invert layer {name!r}: its output is not the last sub-layer's "
+                    "output (it computes something in forward()); pick one of its sub-layers"
+                )
             if channel >= out.shape[1]:
                 raise ValueError(f"channel {channel} is out of range: layer {name!r} has {out.shape[1]} channels")
             act = out.detach().float()
@@ -240,11 +260,20 @@ def deconvnet(model: nn.Module, x: torch.Tensor, layer: LayerRef, channel: int, 
                 r = r.reshape(inp.shape)
     except ValueError as e:
         if "ran twice" in str(e):
-            raise ValueError(f"deconvnet cannot invert this model: {str(e).split(';')[0]}, so the chain back to the "
-                             "input is not a plain conv/ReLU/max-pool sequence — use guided backprop") from e
+            raise ValueError(
+                f"deconvnet cannot invert this model: {str(e).split(';')[0]}, so the chain back to the "
+                "input is not a plain conv/ReLU/max-pool sequence — use guided backprop"
+            ) from e
         raise
-    return Projection(r.detach().cpu(), name, int(channel), None if positions is None else positions.cpu(),
-                      vals.detach().cpu(), tuple(chain),
-                      settings={"position": position if isinstance(position, str) else list(position),
-                                "guided_relus": sum(1 for n, _ in steps
-                                                    if n is None or isinstance(modules[n], (nn.ReLU, nn.ReLU6)))})
+    return Projection(
+        r.detach().cpu(),
+        name,
+        int(channel),
+        None if positions is None else positions.cpu(),
+        vals.detach().cpu(),
+        tuple(chain),
+        settings={
+            "position": position if isinstance(position, str) else list(position),
+            "guided_relus": sum(1 for n, _ in steps if n is None or isinstance(modules[n], (nn.ReLU, nn.ReLU6))),
+        },
+    )

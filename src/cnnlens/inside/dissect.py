@@ -29,8 +29,8 @@ concept (a label map, −1 for none): overlapping concept sets such as Broden's 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -99,13 +99,19 @@ class LayerDissection(Result):
     def unit(self, channel: int) -> dict:
         """One unit's label, IoU and threshold, for a unit page."""
         i = int(self.label[channel])
-        return {"label": self.concepts[i] if i >= 0 else None, "iou": float(self.best_iou[channel]),
-                "best": self.concepts[int(self.iou[channel].argmax())], "threshold": float(self.thresholds[channel])}
+        return {
+            "label": self.concepts[i] if i >= 0 else None,
+            "iou": float(self.best_iou[channel]),
+            "best": self.concepts[int(self.iou[channel].argmax())],
+            "threshold": float(self.thresholds[channel]),
+        }
 
     def __repr__(self) -> str:
         per = ", ".join(f"{k}: {v}" for k, v in self.units_per_concept().items()) or "none"
-        return (f"LayerDissection({self.layer!r}, {self.labelled}/{len(self.label)} units labelled "
-                f"(IoU > {self.min_iou:g}); {per})")
+        return (
+            f"LayerDissection({self.layer!r}, {self.labelled}/{len(self.label)} units labelled "
+            f"(IoU > {self.min_iou:g}); {per})"
+        )
 
 
 @dataclass(frozen=True)
@@ -120,8 +126,11 @@ class Dissection(Result):
         return layer_entry(self.layers, layer, "dissected")
 
     def __repr__(self) -> str:
-        return "Dissection(" + "; ".join(f"{n}: {d.labelled}/{len(d.label)} labelled"
-                                         for n, d in self.layers.items()) + f"; {self.count} images)"
+        return (
+            "Dissection("
+            + "; ".join(f"{n}: {d.labelled}/{len(d.label)} labelled" for n, d in self.layers.items())
+            + f"; {self.count} images)"
+        )
 
 
 class DissectionAccumulator:
@@ -130,26 +139,37 @@ class DissectionAccumulator:
     concept; the rows are looked up by ``batch.index``) at the input's size; ``concepts``: their names.
     """
 
-    def __init__(self, layers: Sequence[str], segments: torch.Tensor, concepts: Sequence[str], *,
-                 quantile: float = QUANTILE, min_iou: float = IOU_LABEL, gamma: float = GAMMA):
+    def __init__(
+        self,
+        layers: Sequence[str],
+        segments: torch.Tensor,
+        concepts: Sequence[str],
+        *,
+        quantile: float = QUANTILE,
+        min_iou: float = IOU_LABEL,
+        gamma: float = GAMMA,
+    ):
         if not 0 < quantile < 1:
             raise ValueError(f"quantile must be in (0, 1), got {quantile}; Bau et al. use 0.005 (the top 0.5 %)")
         if not gamma > 1:
             raise ValueError(f"gamma must be > 1 (the sketch's bin ratio), got {gamma}")
         seg = torch.as_tensor(segments)
         if seg.dim() != 3 or seg.is_floating_point():
-            raise ValueError(f"segments must be N×H×W integer label maps (−1: no concept), got "
-                             f"{tuple(seg.shape)} {seg.dtype}")
+            raise ValueError(
+                f"segments must be N×H×W integer label maps (−1: no concept), got {tuple(seg.shape)} {seg.dtype}"
+            )
         self.concepts = [str(c) for c in concepts]
         if seg.numel() and (int(seg.max()) >= len(self.concepts) or int(seg.min()) < -1):
-            raise ValueError(f"segments hold labels {int(seg.min())}..{int(seg.max())} but {len(self.concepts)} "
-                             "concept names; label pixels 0..len(concepts)−1, −1 for none")
+            raise ValueError(
+                f"segments hold labels {int(seg.min())}..{int(seg.max())} but {len(self.concepts)} "
+                "concept names; label pixels 0..len(concepts)−1, −1 for none"
+            )
         self.layers = tuple(layers)
         self.segments = seg.to(torch.int16)
         self.quantile, self.min_iou, self.gamma = float(quantile), float(min_iou), float(gamma)
         self.nbins = _bins(self.gamma)
-        self.raw: dict[str, torch.Tensor] = {}      # C × bins, the raw maps' values
-        self.joint: dict[str, torch.Tensor] = {}    # C × (concepts + 1) × bins, upsampled values by pixel concept
+        self.raw: dict[str, torch.Tensor] = {}  # C × bins, the raw maps' values
+        self.joint: dict[str, torch.Tensor] = {}  # C × (concepts + 1) × bins, upsampled values by pixel concept
         self.count = 0
 
     def __getstate__(self):  # what a torchrun gather sends: the counts, not the label maps
@@ -161,12 +181,14 @@ class DissectionAccumulator:
         seg = self.segments[batch.index.cpu().long()].long()
         H, W = seg.shape[-2:]
         if tuple(batch.x.shape[-2:]) != (H, W):
-            raise ValueError(f"the images are {tuple(batch.x.shape[-2:])} but the concept masks "
-                             f"{(H, W)}; give masks at the model's input size")
+            raise ValueError(
+                f"the images are {tuple(batch.x.shape[-2:])} but the concept masks "
+                f"{(H, W)}; give masks at the model's input size"
+            )
         L = len(self.concepts) + 1
         lab = torch.where(seg < 0, torch.full_like(seg, L - 1), seg)  # the last label: no concept
         self.count += int(seg.shape[0])
-        base = (lab * self.nbins).unsqueeze(1)                                  # N×1×H×W: the pixel's concept
+        base = (lab * self.nbins).unsqueeze(1)  # N×1×H×W: the pixel's concept
         for n in self.layers:
             a = batch.acts[n].detach().float()
             if a.dim() != 4:  # no spatial map (a pooled or linear layer): nothing to dissect
@@ -179,11 +201,11 @@ class DissectionAccumulator:
             off = torch.arange(C).view(C, 1) * self.nbins
             self.raw[n] += torch.bincount((raw + off).reshape(-1), minlength=C * self.nbins).view(C, self.nbins)
             up = F.interpolate(a, size=(H, W), mode="bilinear", align_corners=False)
-            idx = _bin_index(up, self.gamma, self.nbins).cpu()                  # N×C×H×W, then in place:
-            idx.add_(base).add_(torch.arange(C).view(1, C, 1, 1) * (L * self.nbins))   # (k·L + concept)·bins + bin
+            idx = _bin_index(up, self.gamma, self.nbins).cpu()  # N×C×H×W, then in place:
+            idx.add_(base).add_(torch.arange(C).view(1, C, 1, 1) * (L * self.nbins))  # (k·L + concept)·bins + bin
             self.joint[n] += torch.bincount(idx.view(-1), minlength=C * L * self.nbins).view(C, L, self.nbins)
 
-    def merge(self, other: "DissectionAccumulator") -> "DissectionAccumulator":
+    def merge(self, other: DissectionAccumulator) -> DissectionAccumulator:
         if self.layers != other.layers or self.concepts != other.concepts or self.nbins != other.nbins:
             raise ValueError("cannot merge dissections of different layers, concepts or sketches")
         for n in other.raw:
@@ -198,22 +220,30 @@ class DissectionAccumulator:
     def compute(self) -> Dissection:
         if not self.raw:
             raise ValueError("the dissection saw no images: the dataset (or this shard) is empty")
-        return Dissection({n: self._layer(n) for n in self.layers if n in self.raw}, self.count,
-                          settings={"quantile": self.quantile, "min_iou": self.min_iou, "gamma": self.gamma,
-                                    "concepts": self.concepts, "paper": "Bau et al. 2017"})
+        return Dissection(
+            {n: self._layer(n) for n in self.layers if n in self.raw},
+            self.count,
+            settings={
+                "quantile": self.quantile,
+                "min_iou": self.min_iou,
+                "gamma": self.gamma,
+                "concepts": self.concepts,
+                "paper": "Bau et al. 2017",
+            },
+        )
 
     def _layer(self, n: str) -> LayerDissection:
         raw, joint = self.raw[n].double(), self.joint[n].double()
         C = raw.shape[0]
         # the lowest bin whose upper tail holds at most `quantile` of the raw activations
-        tail = raw.flip(1).cumsum(1).flip(1)                              # tail[k, b] = Σ_{b' ≥ b} raw[k, b']
+        tail = raw.flip(1).cumsum(1).flip(1)  # tail[k, b] = Σ_{b' ≥ b} raw[k, b']
         ok = tail <= self.quantile * raw.sum(1, keepdim=True)
         first = torch.where(ok.any(1), ok.double().argmax(1), torch.full((C,), self.nbins - 1)).long()
         first = first.clamp_min(1)  # bin 0 (≤ v_min, the ReLU's zeros) never counts as active
-        jt = joint.flip(2).cumsum(2).flip(2)                              # C × L × bins, upper tails
-        above = jt.gather(2, first.view(C, 1, 1).expand(C, jt.shape[1], 1)).squeeze(2)   # C × L
-        m = above.sum(1, keepdim=True)                                    # |M_k|
-        concept = joint.sum(2)[:, :-1]                                    # |L_c| (the same for every k)
+        jt = joint.flip(2).cumsum(2).flip(2)  # C × L × bins, upper tails
+        above = jt.gather(2, first.view(C, 1, 1).expand(C, jt.shape[1], 1)).squeeze(2)  # C × L
+        m = above.sum(1, keepdim=True)  # |M_k|
+        concept = joint.sum(2)[:, :-1]  # |L_c| (the same for every k)
         inter = above[:, :-1]
         union = m + concept - inter
         iou = torch.where(union > 0, inter / union.clamp_min(1), torch.zeros_like(inter))
@@ -234,9 +264,19 @@ def cluttered_segments(ds) -> tuple[torch.Tensor, list[str]]:
     return seg, [f"digit {i}" for i in range(10)] + ["clutter"]
 
 
-def dissect(model, data, layers: Sequence[str], *, segments: torch.Tensor | None = None,
-            concepts: Sequence[str] | None = None, quantile: float = QUANTILE, min_iou: float = IOU_LABEL,
-            batch_size: int = 64, device=None, progress=None) -> Dissection:
+def dissect(
+    model,
+    data,
+    layers: Sequence[str],
+    *,
+    segments: torch.Tensor | None = None,
+    concepts: Sequence[str] | None = None,
+    quantile: float = QUANTILE,
+    min_iou: float = IOU_LABEL,
+    batch_size: int = 64,
+    device=None,
+    progress=None,
+) -> Dissection:
     """Network dissection of ``layers`` over ``data`` in one scan (:class:`DissectionAccumulator`).
 
     ``data="cluttered-digits"`` (or its dataset) brings its own concepts (:func:`cluttered_segments`); any

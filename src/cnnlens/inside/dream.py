@@ -12,18 +12,18 @@ so the patterns grow at several sizes. The output stays a valid image in [0, 1].
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .._autograd import needs_autograd
+from .._inputs import check_not_empty
 from ..results import Result
 from ..tap import LayerRef, LayerTap, resolve_layer
 from ..targets import as_target
-from .._autograd import needs_autograd
-from .._inputs import check_not_empty
 
 
 @dataclass(frozen=True)
@@ -115,7 +115,7 @@ def deep_dream(
     H, W = base.shape[-2:]
     sizes = []
     for o in reversed(range(octaves)):
-        s = (max(min_size, round(H / octave_scale ** o)), max(min_size, round(W / octave_scale ** o)))
+        s = (max(min_size, round(H / octave_scale**o)), max(min_size, round(W / octave_scale**o)))
         s = (min(s[0], H), min(s[1], W))
         if not sizes or sizes[-1] != s:
             sizes.append(s)
@@ -136,8 +136,10 @@ def deep_dream(
                     val = J(tap, xr)
                 except RuntimeError as e:
                     if size != (H, W):
-                        raise ValueError(f"the model does not take a {size[0]}×{size[1]} input ({e}); "
-                                         "use octaves=1 for a fixed-size model") from e
+                        raise ValueError(
+                            f"the model does not take a {size[0]}×{size[1]} input ({e}); "
+                            "use octaves=1 for a fixed-size model"
+                        ) from e
                     raise
                 (g,) = torch.autograd.grad(val.sum(), xr)
                 g = torch.roll(g, (-dy, -dx), dims=(-2, -1))
@@ -149,6 +151,14 @@ def deep_dream(
             detail = img - b
         with torch.no_grad():
             final = J(tap, img).cpu()
-    settings = {"octaves": len(sizes), "sizes": sizes, "octave_scale": octave_scale, "steps": steps,
-                "step_size": step_size, "jitter": jitter, "seed": seed, "objective": what}
+    settings = {
+        "octaves": len(sizes),
+        "sizes": sizes,
+        "octave_scale": octave_scale,
+        "steps": steps,
+        "step_size": step_size,
+        "jitter": jitter,
+        "seed": seed,
+        "objective": what,
+    }
     return Dream(img.detach().cpu(), what, start, final, settings)

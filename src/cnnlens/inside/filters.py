@@ -9,16 +9,16 @@ normalised on its own, with 0 at mid-grey: ``tile = ½ + w / (2·max|w|)``.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import torch
 from torch import nn
 
-from ..results import Result
-from ..tap import LayerRef, LayerTap, resolve_layer
 from .._autograd import needs_autograd
 from .._inputs import check_not_empty
+from ..results import Result
+from ..tap import LayerRef, LayerTap, resolve_layer
 
 
 @dataclass(frozen=True)
@@ -85,11 +85,18 @@ class FeatureMaps(Result):
     activations: torch.Tensor
     settings: dict = field(default_factory=dict)
 
-    def figure(self, sample: int = 0, channels: Sequence[int] | None = None, max_channels: int = 32,
-               ncols: int = 8, tile: int = 48, image: torch.Tensor | None = None):
+    def figure(
+        self,
+        sample: int = 0,
+        channels: Sequence[int] | None = None,
+        max_channels: int = 32,
+        ncols: int = 8,
+        tile: int = 48,
+        image: torch.Tensor | None = None,
+    ):
         """Each channel's map for one image, min–max scaled per map (an inactive map is black), next to the input."""
-        from ..viz import show_image, subplots
         from ..figures.inside import mosaic
+        from ..viz import show_image, subplots
 
         a = self.activations[sample]
         chans = list(channels) if channels is not None else list(range(min(max_channels, a.shape[0])))

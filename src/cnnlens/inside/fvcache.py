@@ -60,8 +60,11 @@ def _canon(v: Any) -> Any:
     """A JSON value standing for a setting (tensors and arrays by dtype, shape and a hash of their bytes)."""
     if isinstance(v, (torch.Tensor, np.ndarray)):
         t = torch.as_tensor(v).detach().cpu().contiguous()
-        return {"tensor": str(t.dtype), "shape": list(t.shape),
-                "sha256": hashlib.sha256(t.reshape(-1).view(torch.uint8).numpy().tobytes()).hexdigest()}
+        return {
+            "tensor": str(t.dtype),
+            "shape": list(t.shape),
+            "sha256": hashlib.sha256(t.reshape(-1).view(torch.uint8).numpy().tobytes()).hexdigest(),
+        }
     if isinstance(v, dict):
         return {str(k): _canon(x) for k, x in sorted(v.items(), key=lambda kv: str(kv[0]))}
     if isinstance(v, (list, tuple)):
@@ -95,8 +98,16 @@ class FeatureCache:
         self.misses = 0
 
     def key(self, layer: str, channel: int, settings: dict) -> str:
-        blob = json.dumps({"version": VERSION, "model": self.mhash, "layer": layer, "channel": int(channel),
-                           "settings": _canon(settings)}, sort_keys=True)
+        blob = json.dumps(
+            {
+                "version": VERSION,
+                "model": self.mhash,
+                "layer": layer,
+                "channel": int(channel),
+                "settings": _canon(settings),
+            },
+            sort_keys=True,
+        )
         return hashlib.sha256(blob.encode()).hexdigest()
 
     def path(self, layer: str, channel: int, key: str) -> Path:
@@ -117,8 +128,11 @@ class FeatureCache:
             if not bool(torch.isfinite(out["images"]).all()):
                 raise ValueError("images hold non-finite values")
         except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
-            log.warning("feature visualisation cache file %s is unreadable (%s); rendering it again", f,
-                        str(e).splitlines()[0] if str(e) else type(e).__name__)
+            log.warning(
+                "feature visualisation cache file %s is unreadable (%s); rendering it again",
+                f,
+                str(e).splitlines()[0] if str(e) else type(e).__name__,
+            )
             self.misses += 1
             return None
         self.hits += 1

@@ -14,18 +14,19 @@ exactly: the gradient ranking is checked against the real effect.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from torch import nn
 
+from .._autograd import needs_autograd
+from .._inputs import check_not_empty
 from ..results import Result
 from ..scan import Batch
 from ..tap import LayerRef, LayerTap, resolve_layer
 from ..targets import Target, as_target, model_classes
-from .._autograd import needs_autograd
-from .._inputs import check_not_empty
 
 
 @dataclass(frozen=True)
@@ -112,8 +113,17 @@ class InfluenceAccumulator:
 
     layers: tuple = ()
 
-    def __init__(self, model: nn.Module, layer: LayerRef, target="predicted", *, ablation: bool = True,
-                 channels: Sequence[int] | None = None, chunk: int = 16, tick=None):
+    def __init__(
+        self,
+        model: nn.Module,
+        layer: LayerRef,
+        target="predicted",
+        *,
+        ablation: bool = True,
+        channels: Sequence[int] | None = None,
+        chunk: int = 16,
+        tick=None,
+    ):
         self.layer, _ = resolve_layer(model, layer)
         spec = getattr(model, "spec", None)
         self.target = checked_target(model, target)
@@ -126,14 +136,23 @@ class InfluenceAccumulator:
         self.sums: dict[str, torch.Tensor] | None = None
 
     def update(self, batch: Batch) -> None:
-        sums = measure(batch.model, batch.x, self.layer, self.target, y=batch.y, ablation=self.ablation,
-                       channels=self.channels, chunk=self.chunk, tick=self.tick)
+        sums = measure(
+            batch.model,
+            batch.x,
+            self.layer,
+            self.target,
+            y=batch.y,
+            ablation=self.ablation,
+            channels=self.channels,
+            chunk=self.chunk,
+            tick=self.tick,
+        )
         self.channels = sums.pop("channels")
         n = sums.pop("count")
         self.count += n
         self.sums = sums if self.sums is None else {k: self.sums[k] + v for k, v in sums.items()}
 
-    def merge(self, other: "InfluenceAccumulator") -> "InfluenceAccumulator":
+    def merge(self, other: InfluenceAccumulator) -> InfluenceAccumulator:
         if other.sums is None:
             return self
         if self.sums is None:
@@ -147,13 +166,30 @@ class InfluenceAccumulator:
         if self.sums is None:
             raise ValueError("influence saw no images: the dataset (or this shard) is empty")
         n = max(1, self.count)
-        return Influence(self.layer, self.description, self.count, self.sums["gradient"] / n, self.sums["taylor"] / n,
-                         self.sums["ablation"] / n if "ablation" in self.sums else None, tuple(self.channels),
-                         settings={"ablation": self.ablation})
+        return Influence(
+            self.layer,
+            self.description,
+            self.count,
+            self.sums["gradient"] / n,
+            self.sums["taylor"] / n,
+            self.sums["ablation"] / n if "ablation" in self.sums else None,
+            tuple(self.channels),
+            settings={"ablation": self.ablation},
+        )
 
 
-def measure(model: nn.Module, x: torch.Tensor, layer: str, target: Target, *, y=None, ablation: bool = True,
-            channels: Sequence[int] | None = None, chunk: int = 16, tick=None) -> dict:
+def measure(
+    model: nn.Module,
+    x: torch.Tensor,
+    layer: str,
+    target: Target,
+    *,
+    y=None,
+    ablation: bool = True,
+    channels: Sequence[int] | None = None,
+    chunk: int = 16,
+    tick=None,
+) -> dict:
     """Per-channel sums over the batch of gradient, taylor and ablation (float64, CPU), and the count."""
     target.validate(len(x), model_classes(model)[1], labels=y if target.kind == "true" else None)
     score_layers = [layer] + ([] if target.is_class else [target.layer])
@@ -185,7 +221,7 @@ def measure(model: nn.Module, x: torch.Tensor, layer: str, target: Target, *, y=
         n = len(x)
         with torch.no_grad():
             for start in range(0, len(chans), chunk):
-                part = chans[start:start + chunk]
+                part = chans[start : start + chunk]
                 r = len(part)
                 mask = torch.ones(r, 1, C, 1, 1, dtype=a.dtype, device=a.device)
                 for i, c in enumerate(part):
@@ -199,7 +235,7 @@ def measure(model: nn.Module, x: torch.Tensor, layer: str, target: Target, *, y=
                     logits2 = tap2.run(x.repeat(r, *[1] * (x.dim() - 1)))
                     cl = classes.repeat(r) if classes is not None else None
                     s2 = _score(target, tap2, logits2, cl).view(r, n)
-                drops[start:start + r] = (base.view(1, n) - s2).double().sum(1).cpu()
+                drops[start : start + r] = (base.view(1, n) - s2).double().sum(1).cpu()
                 if tick is not None:
                     tick(r * n)
         out["ablation"] = drops
@@ -209,9 +245,21 @@ def measure(model: nn.Module, x: torch.Tensor, layer: str, target: Target, *, y=
 
 
 @needs_autograd
-def influence(model: nn.Module, x_or_data, layer: LayerRef, target="predicted", *, ablation: bool = True,
-              channels: Sequence[int] | None = None, ablate_top: int | None = None, y: torch.Tensor | None = None,
-              batch_size: int = 32, chunk: int = 16, device=None, progress=None) -> Influence:
+def influence(
+    model: nn.Module,
+    x_or_data,
+    layer: LayerRef,
+    target="predicted",
+    *,
+    ablation: bool = True,
+    channels: Sequence[int] | None = None,
+    ablate_top: int | None = None,
+    y: torch.Tensor | None = None,
+    batch_size: int = 32,
+    chunk: int = 16,
+    device=None,
+    progress=None,
+) -> Influence:
     """Rank a layer's channels by their effect on a target: mean ∂y/∂a, a·∂y/∂a, and the drop when zeroed.
 
     ``x_or_data``: images N×C×H×W in [0, 1], or a dataset (``"digits"``, a folder,
@@ -247,25 +295,47 @@ def influence(model: nn.Module, x_or_data, layer: LayerRef, target="predicted", 
         if progress is not None:
             progress(min(done[0], total), total)
 
-    first = _run(model, x_or_data, name, target, ablation=ablation and not two_pass, channels=channels, y=y,
-                 batch_size=batch_size, chunk=chunk, device=device, tick=tick)
+    first = _run(
+        model,
+        x_or_data,
+        name,
+        target,
+        ablation=ablation and not two_pass,
+        channels=channels,
+        y=y,
+        batch_size=batch_size,
+        chunk=chunk,
+        device=device,
+        tick=tick,
+    )
     if not two_pass:
         return first
     top = first.ranking[:k]
-    second = _run(model, x_or_data, name, target, ablation=True, channels=top, y=y, batch_size=batch_size,
-                  chunk=chunk, device=device, tick=tick)
+    second = _run(
+        model,
+        x_or_data,
+        name,
+        target,
+        ablation=True,
+        channels=top,
+        y=y,
+        batch_size=batch_size,
+        chunk=chunk,
+        device=device,
+        tick=tick,
+    )
     abl = torch.full((len(first.channels),), float("nan"), dtype=second.ablation.dtype)
     for i, c in enumerate(second.channels):
         abl[first.channels.index(c)] = second.ablation[i]
-    return replace(first, ablation=abl, settings={**first.settings, "ablation": True, "ablate_top": k,
-                                                   "ablated": list(top)})
+    return replace(
+        first, ablation=abl, settings={**first.settings, "ablation": True, "ablate_top": k, "ablated": list(top)}
+    )
 
 
 def _count(model, x_or_data, device) -> int:
     if torch.is_tensor(x_or_data):
         return 1 if x_or_data.dim() == 3 else len(x_or_data)
     from ..data import as_dataset
-
     from ..scan import distributed_info
 
     data = as_dataset(x_or_data, model)
@@ -304,8 +374,8 @@ def _run(model, x_or_data, name, target, *, ablation, channels, y, batch_size, c
             x = x[None]
         check_not_empty(x)
         for start in range(0, len(x), batch_size):
-            xb = x[start:start + batch_size]
-            yb = None if y is None else torch.as_tensor(y)[start:start + batch_size]
+            xb = x[start : start + batch_size]
+            yb = None if y is None else torch.as_tensor(y)[start : start + batch_size]
             acc.update(Batch(x=xb, y=yb, logits=torch.empty(0), index=torch.arange(len(xb)), model=model))
         return acc.compute()
     from ..data import as_dataset

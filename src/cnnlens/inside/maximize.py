@@ -27,18 +27,19 @@ from __future__ import annotations
 
 import contextlib
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .._autograd import needs_autograd
 from ..rectifiers import RectifierMode, Rectify, clamp_gradient
 from ..results import Result
 from ..tap import LayerTap, resolve_layer
 from ..targets import Target, as_target
-from .._autograd import needs_autograd
 
 
 # ---------------------------------------------------------------------------
@@ -60,8 +61,14 @@ class Objective:
     (('features.3',), False)
     """
 
-    def __init__(self, fn: Callable[[_Ctx], torch.Tensor], name: str, layers: Sequence[str] = (),
-                 needs_logits: bool = False, batch: int | None = None):
+    def __init__(
+        self,
+        fn: Callable[[_Ctx], torch.Tensor],
+        name: str,
+        layers: Sequence[str] = (),
+        needs_logits: bool = False,
+        batch: int | None = None,
+    ):
         self.fn = fn
         self.name = name
         self.layers = tuple(dict.fromkeys(layers))
@@ -76,7 +83,7 @@ class Objective:
         return f"Objective({self.name})"
 
     @staticmethod
-    def _join(a: "Objective", b: "Objective", fn, name: str) -> "Objective":
+    def _join(a: Objective, b: Objective, fn, name: str) -> Objective:
         if a.batch is not None and b.batch is not None and a.batch != b.batch:
             raise ValueError(f"cannot combine objectives for {a.batch} and {b.batch} images; give lists of one length")
         return Objective(fn, name, a.layers + b.layers, a.needs_logits or b.needs_logits, a.batch or b.batch)
@@ -85,7 +92,9 @@ class Objective:
         if isinstance(other, (int, float)):
             if other == 0:
                 return self
-            return Objective(lambda c: self(c) + other, f"{self.name} + {other:g}", self.layers, self.needs_logits, self.batch)
+            return Objective(
+                lambda c: self(c) + other, f"{self.name} + {other:g}", self.layers, self.needs_logits, self.batch
+            )
         if not isinstance(other, Objective):
             return NotImplemented
         return self._join(self, other, lambda c: self(c) + other(c), f"{self.name} + {other.name}")
@@ -108,7 +117,9 @@ class Objective:
     def __mul__(self, k):
         if not isinstance(k, (int, float)):
             return NotImplemented
-        return Objective(lambda c: k * self(c), f"{k:g}·{_paren(self.name)}", self.layers, self.needs_logits, self.batch)
+        return Objective(
+            lambda c: k * self(c), f"{k:g}·{_paren(self.name)}", self.layers, self.needs_logits, self.batch
+        )
 
     __rmul__ = __mul__
 
@@ -166,15 +177,22 @@ class _Objectives:
         def fn(c: _Ctx):  # one gather for the whole batch: image b's channel vals[b]
             a = c.acts[layer]
             if max(vals) >= a.shape[1] or min(vals) < 0:
-                return torch.cat([t.layer_score(a[b:b + 1]) for b, t in enumerate(targets)])  # its error message
+                return torch.cat([t.layer_score(a[b : b + 1]) for b, t in enumerate(targets)])  # its error message
             rows = torch.arange(n, device=a.device)
             return a[rows, idx.to(a.device)].reshape(n, -1).mean(1)
 
         return Objective(fn, f"{layer} channels {vals}", (layer,), False, n)
 
     @staticmethod
-    def neuron(layer: str, channel: int | Sequence[int], i: int | None = None, j: int | None = None, *,
-               x: int | None = None, y: int | None = None) -> Objective:
+    def neuron(
+        layer: str,
+        channel: int | Sequence[int],
+        i: int | None = None,
+        j: int | None = None,
+        *,
+        x: int | None = None,
+        y: int | None = None,
+    ) -> Objective:
         """One unit's activation at row ``i``, column ``j`` (default: the centre of the layer's grid).
 
         ``x``/``y`` name the position as Lucent does (x = column, y = row):
@@ -195,7 +213,7 @@ class _Objectives:
             ts = [Target.neuron(layer, ch, ii, jj) for ch in vals]
             if n is None:
                 return ts[0].layer_score(a)
-            return torch.cat([t.layer_score(a[b:b + 1]) for b, t in enumerate(ts)])
+            return torch.cat([t.layer_score(a[b : b + 1]) for b, t in enumerate(ts)])
 
         where = "centre" if i is None else f"({i}, {j})"
         return Objective(fn, f"{layer} unit {vals if n else vals[0]}@{where}", (layer,), False, n)
@@ -229,8 +247,9 @@ class _Objectives:
         return Objective(fn, f"{layer} {what}", (layer,), False, n)
 
     @staticmethod
-    def direction_neuron(layer: str, vector, i: int | None = None, j: int | None = None, *,
-                         cosine: bool = False) -> Objective:
+    def direction_neuron(
+        layer: str, vector, i: int | None = None, j: int | None = None, *, cosine: bool = False
+    ) -> Objective:
         """⟨a(i, j), v⟩ at one position (default: the centre), or its cosine (Lucent's ``direction_neuron``)."""
         v = torch.as_tensor(vector, dtype=torch.float32)
         if v.dim() not in (1, 2) or v.shape[-1] == 0:
@@ -309,12 +328,19 @@ class _Objectives:
             if t.shape != r.shape:
                 t = t.expand_as(r) if t.dim() < r.dim() or t.shape[0] == 1 else t
             if t.shape != r.shape:
-                raise ValueError(f"the target response has shape {tuple(target.shape)}; the response is {tuple(r.shape)}")
+                raise ValueError(
+                    f"the target response has shape {tuple(target.shape)}; the response is {tuple(r.shape)}"
+                )
             return -((r - t) ** 2).flatten(1).mean(1)
 
         where = "logits" if layer is None else layer
-        return Objective(fn, f"−MSE({where}, target)", () if layer is None else (layer,), layer is None,
-                         target.shape[0] if target.dim() >= 2 and target.shape[0] > 1 else None)
+        return Objective(
+            fn,
+            f"−MSE({where}, target)",
+            () if layer is None else (layer,),
+            layer is None,
+            target.shape[0] if target.dim() >= 2 and target.shape[0] > 1 else None,
+        )
 
 
 objectives = _Objectives()
@@ -344,22 +370,40 @@ def _decorrelate(t: torch.Tensor) -> torch.Tensor:
 class _Param:
     """An image parameterisation: ``image()`` gives B×C×H×W in [0, 1]."""
 
-    def __init__(self, shape, kind: str, decorrelate: bool, gen: torch.Generator, device, init=None, sd: float = 0.01,
-                 shared: bool | int = False):
+    def __init__(
+        self,
+        shape,
+        kind: str,
+        decorrelate: bool,
+        gen: torch.Generator,
+        device,
+        init=None,
+        sd: float = 0.01,
+        shared: bool | int = False,
+    ):
         self.shape, self.kind = shape, kind
         B, C, H, W = shape
         # shared (= 1): every image starts from the noise a batch of one would draw (image b then follows a run of
         # objective b alone, step for step); shared = n: every run of n images starts from the noise a batch of
         # n would draw; otherwise each image draws its own
         n = int(shared)
-        noise = (lambda *s: torch.randn(n, *s[1:], generator=gen).repeat(s[0] // n, *[1] * (len(s) - 1))) if n \
+        noise = (
+            (lambda *s: torch.randn(n, *s[1:], generator=gen).repeat(s[0] // n, *[1] * (len(s) - 1)))
+            if n
             else (lambda *s: torch.randn(*s, generator=gen))
+        )
         self.decorrelate = decorrelate and C == 3
         if kind == "pixel":
             if init is not None:
                 init = torch.as_tensor(init)
-                if init.shape[-3:] != (C, H, W) or init.dim() not in (3, 4) or (init.dim() == 4 and init.shape[0] not in (1, B)):
-                    raise ValueError(f"init has shape {tuple(init.shape)}; give C×H×W or N×C×H×W = {B}×{C}×{H}×{W} in [0, 1]")
+                if (
+                    init.shape[-3:] != (C, H, W)
+                    or init.dim() not in (3, 4)
+                    or (init.dim() == 4 and init.shape[0] not in (1, B))
+                ):
+                    raise ValueError(
+                        f"init has shape {tuple(init.shape)}; give C×H×W or N×C×H×W = {B}×{C}×{H}×{W} in [0, 1]"
+                    )
                 x = init.detach().to(torch.float32).cpu().clamp(1e-4, 1 - 1e-4).expand(shape).clone()
                 p = torch.log(x / (1 - x))
                 if self.decorrelate:
@@ -372,7 +416,7 @@ class _Param:
                 raise ValueError("init= works with param='pixel'; a Fourier image starts from noise")
             fy = torch.fft.fftfreq(H)[:, None]
             fx = torch.fft.rfftfreq(W)[None, :]
-            self.freq = torch.sqrt(fx ** 2 + fy ** 2).to(device)
+            self.freq = torch.sqrt(fx**2 + fy**2).to(device)
             self.scale = 1.0 / self.freq.clamp_min(1.0 / max(H, W))  # 1/f, as Lucid/Lucent
             self.p = (noise(B, C, H, W // 2 + 1, 2) * sd).to(device).requires_grad_(True)
         else:
@@ -398,7 +442,7 @@ class _Param:
     def blur(self, sigma: float) -> None:
         """Gaussian blur of the image's linear part (in the spectrum: × exp(−2π²σ²f²))."""
         if self.kind == "fourier":
-            g = torch.exp(-2 * math.pi ** 2 * sigma ** 2 * self.freq ** 2)
+            g = torch.exp(-2 * math.pi**2 * sigma**2 * self.freq**2)
             self.p.mul_(g[..., None])
         else:
             self.p.copy_(gaussian_blur(self.p, sigma))
@@ -410,7 +454,7 @@ def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
         return x
     r = max(1, int(math.ceil(3 * sigma)))
     k = torch.arange(-r, r + 1, dtype=x.dtype, device=x.device)
-    k = torch.exp(-(k ** 2) / (2 * sigma ** 2))
+    k = torch.exp(-(k**2) / (2 * sigma**2))
     k = k / k.sum()
     C = x.shape[1]
     pad_mode = "reflect" if min(x.shape[-2:]) > r else "replicate"
@@ -485,8 +529,11 @@ def random_transform(x: torch.Tensor, gen: torch.Generator, jitter: int = 0, sca
     if scale is not None or rotate is not None:
         s = _uniform(gen, *scale) if scale else 1.0
         a = math.radians(_uniform(gen, *rotate)) if rotate else 0.0
-        theta = torch.tensor([[math.cos(a) / s, -math.sin(a) / s, 0.0], [math.sin(a) / s, math.cos(a) / s, 0.0]],
-                             dtype=x.dtype, device=x.device)
+        theta = torch.tensor(
+            [[math.cos(a) / s, -math.sin(a) / s, 0.0], [math.sin(a) / s, math.cos(a) / s, 0.0]],
+            dtype=x.dtype,
+            device=x.device,
+        )
         grid = F.affine_grid(theta.expand(x.shape[0], 2, 3), list(x.shape), align_corners=False)
         x = F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
     if jitter:
@@ -610,8 +657,15 @@ def maximize(
         raise ValueError(f"noise must be 'independent', 'shared' or a group size ≥ 1, got {noise!r}")
     if isinstance(noise, int) and B % noise:
         raise ValueError(f"noise={noise}: groups of {noise} images do not divide the batch of {B}")
-    prm = _Param((B, C, H, W), param, decorrelate, gen, dev, init=init,
-                 shared=1 if noise == "shared" else (noise if isinstance(noise, int) else 0))
+    prm = _Param(
+        (B, C, H, W),
+        param,
+        decorrelate,
+        gen,
+        dev,
+        init=init,
+        shared=1 if noise == "shared" else (noise if isinstance(noise, int) else 0),
+    )
     scale_r = _range(scale, 1.0)
     rot_r = _range(rotate, 0.0)
 
@@ -650,10 +704,27 @@ def maximize(
         img = prm.image()
         logits = tap.run(img)
         final = J(_Ctx(img, _acts(tap, J.layers), logits)).detach().cpu()
-    settings = {"steps": steps, "lr": lr, "param": param, "decorrelate": decorrelate and C == 3, "size": [H, W],
-                "batch": B, "tv": tv, "l2": l2, "l2_decay": l2_decay, "blur_every": blur_every,
-                "blur_sigma": blur_sigma, "jitter": jitter, "scale": scale_r, "rotate": rot_r, "seed": seed, "noise": noise,
-                "redirect_relu": redirect_relu,
-                "optimizer": "Adam", "stopped_after": stop}
-    return Visualization(img.detach().cpu(), J.name, start, final,
-                         torch.stack(history) if history else torch.empty(0, B), settings)
+    settings = {
+        "steps": steps,
+        "lr": lr,
+        "param": param,
+        "decorrelate": decorrelate and C == 3,
+        "size": [H, W],
+        "batch": B,
+        "tv": tv,
+        "l2": l2,
+        "l2_decay": l2_decay,
+        "blur_every": blur_every,
+        "blur_sigma": blur_sigma,
+        "jitter": jitter,
+        "scale": scale_r,
+        "rotate": rot_r,
+        "seed": seed,
+        "noise": noise,
+        "redirect_relu": redirect_relu,
+        "optimizer": "Adam",
+        "stopped_after": stop,
+    }
+    return Visualization(
+        img.detach().cpu(), J.name, start, final, torch.stack(history) if history else torch.empty(0, B), settings
+    )

@@ -31,19 +31,20 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 from torch import nn
 
+from .._autograd import needs_autograd
 from ..results import Result, layer_entry
 from ..scan import Batch
 from ..tap import LayerRef, LayerTap, resolve_layer
 from .receptive import ReceptiveField
 from .search import SearchAccumulator, SearchResult, _input_size
 from .stats import NeuronStats, StatsAccumulator
-from .._autograd import needs_autograd
 
 log = logging.getLogger(__name__)
 
@@ -93,10 +94,20 @@ class MicroscopeAccumulator:
         (micro,) = scan(model, data, [acc])
     """
 
-    def __init__(self, model: nn.Module, layers: Sequence[LayerRef], k: int = 9, *, edges: dict,
-                 input_size: tuple[int, int] | None = None, num_classes: int | None = None,
-                 max_crop: int | None = None, zero: float = 0.0, rfs: dict | None = None,
-                 patches: bool = False):
+    def __init__(
+        self,
+        model: nn.Module,
+        layers: Sequence[LayerRef],
+        k: int = 9,
+        *,
+        edges: dict,
+        input_size: tuple[int, int] | None = None,
+        num_classes: int | None = None,
+        max_crop: int | None = None,
+        zero: float = 0.0,
+        rfs: dict | None = None,
+        patches: bool = False,
+    ):
         names = _names(model, layers)
         missing = [n for n in names if n not in edges]
         if missing:
@@ -105,9 +116,12 @@ class MicroscopeAccumulator:
         self.k = int(k)
         rfs = rfs or {}  # receptive fields known already (by layer name), else traced here
         # patches=False: each channel's top-k as (image index, position, activation), the patches cut when drawn
-        self.search = {n: SearchAccumulator(model, n, k=k, input_size=input_size, max_crop=max_crop, rf=rfs.get(n),
-                                            patches=patches)
-                       for n in names}
+        self.search = {
+            n: SearchAccumulator(
+                model, n, k=k, input_size=input_size, max_crop=max_crop, rf=rfs.get(n), patches=patches
+            )
+            for n in names
+        }
         self.stats = {n: StatsAccumulator(n, edges[n], num_classes=num_classes, zero=zero) for n in names}
         self.shapes: dict[str, tuple[int, ...]] = {}
         self.count = 0
@@ -120,7 +134,7 @@ class MicroscopeAccumulator:
             self.stats[n].update(batch)  # first: its pass over the layer leaves each image's maxima for the search
             self.search[n].update(batch)
 
-    def merge(self, other: "MicroscopeAccumulator") -> "MicroscopeAccumulator":
+    def merge(self, other: MicroscopeAccumulator) -> MicroscopeAccumulator:
         if self.layers != other.layers:
             raise ValueError("cannot merge microscope scans of different layers")
         for n in self.layers:
@@ -172,7 +186,7 @@ def layer_edges(model: nn.Module, data, layers: Sequence[LayerRef], bins: int = 
     ext: dict = {}
     with LayerTap(model, names, detach=True) as tap, torch.no_grad():
         for s0 in range(0, len(xs), bs):
-            tap.run(xs[s0:s0 + bs].to(_device(model)))
+            tap.run(xs[s0 : s0 + bs].to(_device(model)))
             for n in names:
                 a = tap[n]
                 lo, hi = float(a.min()), float(a.max())
@@ -188,10 +202,22 @@ def layer_edges(model: nn.Module, data, layers: Sequence[LayerRef], bins: int = 
 
 
 @needs_autograd
-def microscope_scan(model: nn.Module, data, layers: Sequence[LayerRef], k: int = 9, *, bins: int = 40,
-                    edges: dict | None = None, batch_size: int = 64, device=None, progress=None,
-                    max_crop: int | None = None, patches: bool = False, concepts: Any = None,
-                    layout: str | dict | None = None) -> MicroscopeScan:
+def microscope_scan(
+    model: nn.Module,
+    data,
+    layers: Sequence[LayerRef],
+    k: int = 9,
+    *,
+    bins: int = 40,
+    edges: dict | None = None,
+    batch_size: int = 64,
+    device=None,
+    progress=None,
+    max_crop: int | None = None,
+    patches: bool = False,
+    concepts: Any = None,
+    layout: str | dict | None = None,
+) -> MicroscopeScan:
     """Every channel of every layer in ``layers``: top-k images and statistics, in ONE scan over ``data``.
 
     Each channel keeps its top-k as (image index, position, activation); its patches are cut from ``data`` when
@@ -218,16 +244,33 @@ def microscope_scan(model: nn.Module, data, layers: Sequence[LayerRef], k: int =
     if edges is None:
         edges = layer_edges(model, data, names, bins)
     spec = getattr(model, "spec", None)
-    acc = MicroscopeAccumulator(model, names, k, edges=edges, input_size=_input_size(data, model),
-                                num_classes=getattr(spec, "num_classes", None) or None, max_crop=max_crop,
-                                patches=patches)
+    acc = MicroscopeAccumulator(
+        model,
+        names,
+        k,
+        edges=edges,
+        input_size=_input_size(data, model),
+        num_classes=getattr(spec, "num_classes", None) or None,
+        max_crop=max_crop,
+        patches=patches,
+    )
     dis = _dissection(data, names, concepts)
-    res, *more = scan(model, data, [acc] + ([dis] if dis is not None else []), batch_size=batch_size, device=device,
-                      progress=progress, layout=layout)
+    res, *more = scan(
+        model,
+        data,
+        [acc] + ([dis] if dis is not None else []),
+        batch_size=batch_size,
+        device=device,
+        progress=progress,
+        layout=layout,
+    )
     if more:
         found = more[0].layers
-        res = MicroscopeScan({n: replace(ls, concepts=found.get(n)) for n, ls in res.layers.items()}, res.count,
-                             settings={**res.settings, "dissection": more[0].settings})
+        res = MicroscopeScan(
+            {n: replace(ls, concepts=found.get(n)) for n, ls in res.layers.items()},
+            res.count,
+            settings={**res.settings, "dissection": more[0].settings},
+        )
     return res
 
 
@@ -304,11 +347,25 @@ FV_BATCH_VALUES = 16 * 3 * 128 * 128
 
 
 @needs_autograd
-def maximize_channels(model: nn.Module, layer: LayerRef, channels: Sequence[int] | None = None, steps: int = 128, *,
-                      size: int | tuple[int, int] | None = None, robust: bool = False, diversity: int = 1,
-                      diversity_weight: float | Sequence[float] | torch.Tensor = 1.0, batch_size: int | None = None,
-                      lr: float = 0.05, param: str = "fourier", seed: int = 0, redirect_relu: bool = True,
-                      cache=None, progress: Callable[[int, int], None] | None = None, **settings: Any) -> ChannelViews:
+def maximize_channels(
+    model: nn.Module,
+    layer: LayerRef,
+    channels: Sequence[int] | None = None,
+    steps: int = 128,
+    *,
+    size: int | tuple[int, int] | None = None,
+    robust: bool = False,
+    diversity: int = 1,
+    diversity_weight: float | Sequence[float] | torch.Tensor = 1.0,
+    batch_size: int | None = None,
+    lr: float = 0.05,
+    param: str = "fourier",
+    seed: int = 0,
+    redirect_relu: bool = True,
+    cache=None,
+    progress: Callable[[int, int], None] | None = None,
+    **settings: Any,
+) -> ChannelViews:
     """Feature visualisations of many channels in one optimisation: x*_c = argmax_x mean_ij a_c,ij(x).
 
     A batch of images, one channel objective each (``batch_size`` channels per
@@ -337,9 +394,9 @@ def maximize_channels(model: nn.Module, layer: LayerRef, channels: Sequence[int]
         v = maximize_channels(model, "features.4", range(32), steps=128, robust=True, cache="fv-cache")
         v.images[5, 0]      # channel 5's visualisation; v.activation[5, 0] its mean activation
     """
+    from .._batch import check_batch_size
     from .fvcache import as_cache
     from .receptive import _input_shape
-    from .._batch import check_batch_size
 
     name, _ = resolve_layer(model, layer)
     cin, H, W = _input_shape(model, size, settings.get("channels"))
@@ -373,9 +430,18 @@ def maximize_channels(model: nn.Module, layer: LayerRef, channels: Sequence[int]
         for key, v in robust_transforms(min(H, W)).items():
             settings.setdefault(key, v)
     settings.pop("channels", None)
-    settings_out = {"steps": steps, "size": [H, W], "robust": robust, "diversity": n, "batch_size": per, "lr": lr,
-                    "redirect_relu": redirect_relu,
-                    "param": param, "seed": seed, **{k: v for k, v in settings.items()}}
+    settings_out = {
+        "steps": steps,
+        "size": [H, W],
+        "robust": robust,
+        "diversity": n,
+        "batch_size": per,
+        "lr": lr,
+        "redirect_relu": redirect_relu,
+        "param": param,
+        "seed": seed,
+        **{k: v for k, v in settings.items()},
+    }
     if n > 1:
         settings_out["diversity_weight"] = w.tolist()
 
@@ -392,8 +458,27 @@ def maximize_channels(model: nn.Module, layer: LayerRef, channels: Sequence[int]
             if got is not None:
                 found[c] = got
     todo = [i for i, c in enumerate(chans) if c not in found]
-    fresh = _render(model, name, [chans[i] for i in todo], w[todo] if todo else w[:0], n, per, steps, H, W, lr,
-                    param, seed, redirect_relu, progress, settings) if todo else {}
+    fresh = (
+        _render(
+            model,
+            name,
+            [chans[i] for i in todo],
+            w[todo] if todo else w[:0],
+            n,
+            per,
+            steps,
+            H,
+            W,
+            lr,
+            param,
+            seed,
+            redirect_relu,
+            progress,
+            settings,
+        )
+        if todo
+        else {}
+    )
     if store is not None:
         for c, arrays in fresh.items():
             store.save(name, c, keys[c], arrays)
@@ -404,8 +489,9 @@ def maximize_channels(model: nn.Module, layer: LayerRef, channels: Sequence[int]
         cat = {k: torch.stack([r[k].float() for r in rows]) for k in ("images", "activation", "start", "objective")}
     if progress is not None and not todo:
         progress(len(chans) * steps, len(chans) * steps)
-    return ChannelViews(name, tuple(chans), cat["images"], cat["activation"], cat["start"], cat["objective"],
-                        settings_out)
+    return ChannelViews(
+        name, tuple(chans), cat["images"], cat["activation"], cat["start"], cat["objective"], settings_out
+    )
 
 
 def _fv_models(model: nn.Module, parts: int) -> list[nn.Module]:
@@ -423,13 +509,14 @@ def _fv_models(model: nn.Module, parts: int) -> list[nn.Module]:
     try:
         return [copy.deepcopy(model) for _ in range(k)]
     except Exception as e:  # noqa: BLE001 - any failure to copy: run the optimisations one after another
-        log.info("maximize_channels: the model cannot be copied (%s); optimisations run one after another",
-                 str(e).splitlines()[0] if str(e) else type(e).__name__)
+        log.info(
+            "maximize_channels: the model cannot be copied (%s); optimisations run one after another",
+            str(e).splitlines()[0] if str(e) else type(e).__name__,
+        )
         return [model]
 
 
-def _render(model, name, chans, w, n, per, steps, H, W, lr, param, seed, redirect_relu, progress,
-            settings) -> dict:
+def _render(model, name, chans, w, n, per, steps, H, W, lr, param, seed, redirect_relu, progress, settings) -> dict:
     """{channel: {"images": n×Cin×H×W, "activation": n, "start": n, "objective": n}}, ``per`` channels per
     optimisation; each set of n images starts from the noise of a batch of n (so from the same noise
     whichever channels share its optimisation). Optimisations run side by side on private copies of the model
@@ -437,8 +524,8 @@ def _render(model, name, chans, w, n, per, steps, H, W, lr, param, seed, redirec
     import queue
     import threading
 
-    from .maximize import maximize, objectives
     from .._batch import num_threads
+    from .maximize import maximize, objectives
 
     total = len(chans) * steps
     models = _fv_models(model, -(-len(chans) // per))
@@ -451,11 +538,11 @@ def _render(model, name, chans, w, n, per, steps, H, W, lr, param, seed, redirec
     out: dict[int, tuple] = {}
 
     def optimise(mdl: nn.Module, s: int) -> None:
-        part = chans[s:s + per]
+        part = chans[s : s + per]
         J = objectives.channel(name, [c for c in part for _ in range(n)])
         if n > 1:
             div = objectives.diversity(name, n)
-            wp = w[s:s + per].repeat_interleave(n)
+            wp = w[s : s + per].repeat_interleave(n)
             J = J + type(div)(lambda c, div=div, wp=wp: wp.to(c.image) * div(c), div.name, div.layers, False, None)
 
         def prog(d, _tot, s=s, m=len(part)):
@@ -464,8 +551,19 @@ def _render(model, name, chans, w, n, per, steps, H, W, lr, param, seed, redirec
                     done[s] = d * m
                     progress(sum(done.values()), total)
 
-        v = maximize(mdl, J, steps, size=(H, W), lr=lr, param=param, seed=seed, redirect_relu=redirect_relu,
-                     noise="shared" if n == 1 else n, progress=prog, **settings)
+        v = maximize(
+            mdl,
+            J,
+            steps,
+            size=(H, W),
+            lr=lr,
+            param=param,
+            seed=seed,
+            redirect_relu=redirect_relu,
+            noise="shared" if n == 1 else n,
+            progress=prog,
+            **settings,
+        )
         out[s] = (v.images, _mean_channel(mdl, name, v.images, [c for c in part for _ in range(n)]), v.start, v.final)
 
     if len(models) == 1:
@@ -490,8 +588,10 @@ def _render(model, name, chans, w, n, per, steps, H, W, lr, param, seed, redirec
                         errors.append(e)
 
         with num_threads(1):
-            threads = [threading.Thread(target=work, args=(m,), name=f"cnnlens-fv-{i}", daemon=True)
-                       for i, m in enumerate(models)]
+            threads = [
+                threading.Thread(target=work, args=(m,), name=f"cnnlens-fv-{i}", daemon=True)
+                for i, m in enumerate(models)
+            ]
             for t in threads:
                 t.start()
             try:
@@ -506,8 +606,10 @@ def _render(model, name, chans, w, n, per, steps, H, W, lr, param, seed, redirec
     imgs, act, start, final = torch.cat(images), torch.cat(acts), torch.cat(starts), torch.cat(finals)
     m = len(chans)
     imgs, act, start, final = imgs.view(m, n, *imgs.shape[1:]), act.view(m, n), start.view(m, n), final.view(m, n)
-    return {c: {"images": imgs[i], "activation": act[i], "start": start[i], "objective": final[i]}
-            for i, c in enumerate(chans)}
+    return {
+        c: {"images": imgs[i], "activation": act[i], "start": start[i], "objective": final[i]}
+        for i, c in enumerate(chans)
+    }
 
 
 # ---------------------------------------------------------------------------
@@ -545,8 +647,9 @@ class BuildingBlocks(Result):
 
 
 @needs_autograd
-def building_blocks(model: nn.Module, x: torch.Tensor, layer: LayerRef, target: Any = "predicted", *,
-                    y: torch.Tensor | None = None) -> BuildingBlocks:
+def building_blocks(
+    model: nn.Module, x: torch.Tensor, layer: LayerRef, target: Any = "predicted", *, y: torch.Tensor | None = None
+) -> BuildingBlocks:
     """Per position of ``layer``: every channel's activation and its contribution A·∂y/∂A to the target score.
 
     One forward and one backward from the score down to the layer only.
@@ -597,10 +700,20 @@ class ClassInfluence(Result):
 
 
 @needs_autograd
-def class_influence(model: nn.Module, x: torch.Tensor, layer: LayerRef, classes: Sequence[int] | None = None, *,
-                    channels: Sequence[int] | None = None, ablation: bool = True, taylor: bool = True,
-                    batch_size: int = 32, chunk: int = 16, logits: torch.Tensor | None = None,
-                    progress: Callable[[int, int], None] | None = None) -> ClassInfluence:
+def class_influence(
+    model: nn.Module,
+    x: torch.Tensor,
+    layer: LayerRef,
+    classes: Sequence[int] | None = None,
+    *,
+    channels: Sequence[int] | None = None,
+    ablation: bool = True,
+    taylor: bool = True,
+    batch_size: int = 32,
+    chunk: int = 16,
+    logits: torch.Tensor | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> ClassInfluence:
     """The influence of each channel on each class's score, over images x (means over the images):
     taylor[c, k] = Σ_ij a_k,ij · ∂y_c/∂a_k,ij, and ablation[c, k] = y_c(x) − y_c(x with channel k zeroed),
     as :func:`cnnlens.inside.influence` for one class — here every class at once: one backward per class
@@ -632,7 +745,7 @@ def class_influence(model: nn.Module, x: torch.Tensor, layer: LayerRef, classes:
     if logits is not None and tuple(logits.shape[:1]) != (len(x),):
         raise ValueError(f"logits has {logits.shape[0]} rows for {len(x)} images; give the logits of x")
     for s0 in range(0, len(x), batch_size):
-        xb = x[s0:s0 + batch_size].to(dev)
+        xb = x[s0 : s0 + batch_size].to(dev)
         if skip:  # the plain forward is known: only the ablated ones run
             chans = [int(c) for c in channels]
             if cls is None:
@@ -642,15 +755,15 @@ def class_influence(model: nn.Module, x: torch.Tensor, layer: LayerRef, classes:
                     raise ValueError(f"class {max(cls)} is out of range: the model has {K} classes")
                 abl = torch.zeros(len(cls), len(chans), dtype=torch.float64)
             total = batches * math.ceil(len(chans) / chunk)
-            base = logits[s0:s0 + batch_size].to(dev)[:, list(cls)]
+            base = logits[s0 : s0 + batch_size].to(dev)[:, list(cls)]
             n = len(xb)
             with torch.no_grad():
                 for q in range(0, len(chans), chunk):
-                    part = chans[q:q + chunk]
+                    part = chans[q : q + chunk]
                     with LayerTap(model, [], edits={name: _zeroing(name, part, n)}) as tap2:
                         l2 = tap2.run(xb.repeat(len(part), *[1] * (xb.dim() - 1)))[:, list(cls)]
                     drop = base.unsqueeze(0) - l2.view(len(part), n, len(cls))  # part × n × classes
-                    abl[:, q:q + len(part)] += drop.sum(1).t().double().cpu()
+                    abl[:, q : q + len(part)] += drop.sum(1).t().double().cpu()
                     step(total)
             seen += len(xb)
             continue
@@ -682,7 +795,7 @@ def class_influence(model: nn.Module, x: torch.Tensor, layer: LayerRef, classes:
             n = len(xb)
             with torch.no_grad():
                 for q in range(0, len(chans), chunk):
-                    part = chans[q:q + chunk]
+                    part = chans[q : q + chunk]
                     mask = torch.ones(len(part), 1, C, 1, 1, dtype=a.dtype, device=a.device)
                     for i, ch in enumerate(part):
                         mask[i, 0, ch] = 0
@@ -690,19 +803,26 @@ def class_influence(model: nn.Module, x: torch.Tensor, layer: LayerRef, classes:
                     with LayerTap(model, [], edits={name: lambda mod, inp, out, mask=mask: out * mask}) as tap2:
                         l2 = tap2.run(xb.repeat(len(part), *[1] * (xb.dim() - 1)))[:, list(cls)]
                     drop = base.unsqueeze(0) - l2.view(len(part), n, len(cls))  # part × n × classes
-                    abl[:, q:q + len(part)] += drop.sum(1).t().double().cpu()
+                    abl[:, q : q + len(part)] += drop.sum(1).t().double().cpu()
                     step(total)
         seen += len(xb)
     if cls is None:
         raise ValueError("class influence needs at least one image")
     m = max(1, seen)
-    return ClassInfluence(name, cls, (tay / m).float() if taylor else None, (abl / m).float() if ablation else None,
-                          seen, settings={"ablation": ablation, "taylor": taylor, "channels": chans})
+    return ClassInfluence(
+        name,
+        cls,
+        (tay / m).float() if taylor else None,
+        (abl / m).float() if ablation else None,
+        seen,
+        settings={"ablation": ablation, "taylor": taylor, "channels": chans},
+    )
 
 
 def _zeroing(name: str, part: Sequence[int], n: int):
     """An edit for ``len(part)`` copies of a batch of n: copy i has channel part[i] of the layer zeroed (the same
     mask as :func:`class_influence` builds after its plain forward)."""
+
     def edit(mod, inp, out):
         if out.dim() != 4:
             raise ValueError(f"layer {name!r} has no spatial grid (N×C); class influence reads N×C×H×W layers")
@@ -713,6 +833,7 @@ def _zeroing(name: str, part: Sequence[int], n: int):
         for i, ch in enumerate(part):
             mask[i, 0, ch] = 0
         return out * mask.expand(len(part), n, C, 1, 1).reshape(len(part) * n, C, 1, 1)
+
     return edit
 
 
@@ -723,8 +844,9 @@ def dataset_images(data, indices: Sequence[int]) -> torch.Tensor:
 
 
 @needs_autograd
-def top_maps(model: nn.Module, data, layer_scan: LayerScan, channels: Sequence[int] | None = None,
-             batch_size: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+def top_maps(
+    model: nn.Module, data, layer_scan: LayerScan, channels: Sequence[int] | None = None, batch_size: int = 64
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(images C×k×Cin×H×W, activation maps C×k×h×w): each channel's top-k dataset images and
     its map over each, from one batched forward over the distinct images."""
     top = layer_scan.top
@@ -739,7 +861,7 @@ def top_maps(model: nn.Module, data, layer_scan: LayerScan, channels: Sequence[i
     maps = []
     with LayerTap(model, [layer_scan.layer], stop_after=layer_scan.layer, detach=True) as tap, torch.no_grad():
         for s in range(0, len(imgs), batch_size):
-            tap.run(imgs[s:s + batch_size].to(_device(model)))
+            tap.run(imgs[s : s + batch_size].to(_device(model)))
             a = tap[layer_scan.layer].float().cpu()
             maps.append(a if a.dim() == 4 else a[:, :, None, None])
     maps = torch.cat(maps)  # U×C×h×w
@@ -781,8 +903,9 @@ class UnitProjections(Result):
 
 
 @needs_autograd
-def unit_projections(model: nn.Module, images: torch.Tensor, layer: LayerRef, channel: int,
-                     positions: torch.Tensor, rf: ReceptiveField) -> UnitProjections:
+def unit_projections(
+    model: nn.Module, images: torch.Tensor, layer: LayerRef, channel: int, positions: torch.Tensor, rf: ReceptiveField
+) -> UnitProjections:
     """Deconvnet (Zeiler & Fergus) and guided backprop of unit (channel, positions[n]) on image n, both
     cropped to the unit's receptive field. Guided backprop runs once for the whole batch (each image's
     score is its own unit, so the per-image gradients do not mix)."""
@@ -825,8 +948,9 @@ def default_layers(model: nn.Module, most: int = 3) -> list[str]:
     spread evenly in execution order (a module that runs twice, like torchvision's shared ReLU, is skipped)."""
     names = [n for n, m in model.named_modules() if type(m).__name__ in ACTIVATIONS and n]
     if not names:
-        raise ValueError("found no activation modules to look at; name the layers (--layers L1,L2; "
-                         "see `cnnlens layers --model M`)")
+        raise ValueError(
+            "found no activation modules to look at; name the layers (--layers L1,L2; see `cnnlens layers --model M`)"
+        )
     spec = getattr(model, "spec", None)
     size = getattr(spec, "input_size", None) or (64, 64)
     ch = getattr(spec, "channels", None) or 3
@@ -836,6 +960,7 @@ def default_layers(model: nn.Module, most: int = 3) -> list[str]:
         def edit(module, inputs, output):
             seen.setdefault(name, []).append(output.dim() if torch.is_tensor(output) else 0)
             return output
+
         return edit
 
     with LayerTap(model, edits={n: record(n) for n in names}, detach=True) as tap, torch.no_grad():

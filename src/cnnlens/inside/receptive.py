@@ -31,9 +31,9 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
+from .._autograd import needs_autograd
 from ..results import Result
 from ..tap import LayerRef, LayerTap, resolve_layer
-from .._autograd import needs_autograd
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ class _Field:
     hw: Pair = (0, 0)  # spatial size of the tensor this field describes
     why: str = ""
 
-    def conv(self, k: Pair, s: Pair, p: Pair, d: Pair, hw: Pair) -> "_Field":
+    def conv(self, k: Pair, s: Pair, p: Pair, d: Pair, hw: Pair) -> _Field:
         if self.kind != "local":
             return dataclasses.replace(self, hw=hw)
         size = tuple(self.size[a] + d[a] * (k[a] - 1) * self.stride[a] for a in range(2))
@@ -141,8 +141,12 @@ class _FieldTracer(TorchFunctionMode):
         hw = tuple(o.shape[-2:])
         x, f = ins[0]
         if name in _CONV and x is (args[0] if args else kwargs.get("input")):
-            a = _bind(("input", "weight", "bias", "stride", "padding", "dilation", "groups"), args, kwargs,
-                      {"stride": 1, "padding": 0, "dilation": 1})
+            a = _bind(
+                ("input", "weight", "bias", "stride", "padding", "dilation", "groups"),
+                args,
+                kwargs,
+                {"stride": 1, "padding": 0, "dilation": 1},
+            )
             k = tuple(a["weight"].shape[-2:])
             d = _pair(a["dilation"])
             if isinstance(a["padding"], str):
@@ -176,7 +180,9 @@ class _FieldTracer(TorchFunctionMode):
             left, top = int(pad[0]), int(pad[2])
             if f.kind != "local":
                 return dataclasses.replace(f, hw=hw)
-            return _Field("local", f.size, f.stride, (f.offset[0] - top * f.stride[0], f.offset[1] - left * f.stride[1]), hw)
+            return _Field(
+                "local", f.size, f.stride, (f.offset[0] - top * f.stride[0], f.offset[1] - left * f.stride[1]), hw
+            )
         if name == "__getitem__" and len(ins) == 1 and tuple(o.shape[-2:]) != f.hw:
             idx = args[1] if len(args) > 1 else kwargs.get("idx")
             idx = idx if isinstance(idx, tuple) else (idx,)
@@ -193,8 +199,12 @@ class _FieldTracer(TorchFunctionMode):
             return _union(spatial, hw, name)
         if not spatial:
             return _Field("global", hw=hw)
-        return _Field("unknown", hw=hw, why=f"torch call {name!r} changes the spatial grid {spatial[0].hw} → {hw} "
-                                             "in a way receptive_field does not model")
+        return _Field(
+            "unknown",
+            hw=hw,
+            why=f"torch call {name!r} changes the spatial grid {spatial[0].hw} → {hw} "
+            "in a way receptive_field does not model",
+        )
 
 
 # ---------------------------------------------------------------------------
@@ -285,8 +295,7 @@ def _input_shape(model: nn.Module, input_size, channels) -> tuple[int, int, int]
         input_size = tuple(cfg["input_size"][-2:]) if isinstance(cfg, dict) and cfg.get("input_size") else None
     if input_size is None:
         input_size = DEFAULT_INPUT_SIZE
-        log.info("receptive field: the model does not say its input size; using %s (pass input_size=...)",
-                 input_size)
+        log.info("receptive field: the model does not say its input size; using %s (pass input_size=...)", input_size)
     input_size = _pair(input_size)
     return int(channels), input_size[0], input_size[1]
 
@@ -310,8 +319,10 @@ def _trace(model: nn.Module, name: str, x: torch.Tensor) -> tuple[_Field, torch.
 
 def _to_rf(name: str, f: _Field, input_size: Pair, out: torch.Tensor) -> ReceptiveField:
     if f.kind == "unknown":
-        raise ValueError(f"receptive_field cannot follow the path to layer {name!r}: {f.why}; "
-                         "pick an earlier layer or compute the field with the gradient probe")
+        raise ValueError(
+            f"receptive_field cannot follow the path to layer {name!r}: {f.why}; "
+            "pick an earlier layer or compute the field with the gradient probe"
+        )
     grid = tuple(out.shape[-2:]) if out.dim() == 4 else (1, 1)
     if f.kind == "global":
         return ReceptiveField(name, input_size, input_size, (0, 0), input_size, grid, True)
@@ -359,8 +370,12 @@ def receptive_field(
         f, out = _trace(model, name, torch.rand(1, c, H, W, device=dev, generator=None))
     grid = tuple(out.shape[-2:]) if out.dim() == 4 else (1, 1)
     if f.kind == "unknown" and grid[0] <= H and grid[1] <= W:  # not upsampled: an integer stride exists
-        log.info("receptive field of %s: the tracer cannot follow the path (%s); measuring it from the gradient "
-                 "support instead", name, f.why)
+        log.info(
+            "receptive field of %s: the tracer cannot follow the path (%s); measuring it from the gradient "
+            "support instead",
+            name,
+            f.why,
+        )
         return _measured(model, name, c, (H, W), probe_samples, seed, dev, probe_max)
     rf = _to_rf(name, f, (H, W), out)
     if not probe or rf.is_global:
@@ -417,8 +432,10 @@ def _measured(model, name, c, size, samples, seed, dev, probe_max) -> ReceptiveF
                 boxes.append(_support_box(gx))
         box = boxes[0]
         if box is None:
-            raise ValueError(f"no gradient reaches the input from layer {name!r}, so its receptive field cannot "
-                             "be measured; pick another layer")
+            raise ValueError(
+                f"no gradient reaches the input from layer {name!r}, so its receptive field cannot "
+                "be measured; pick another layer"
+            )
         touches = box[0] == 0 or box[1] == 0 or box[2] == hw[0] or box[3] == hw[1]
         if not touches or attempt == 2 or max(hw) >= probe_max:
             break
@@ -453,7 +470,13 @@ def _probe(model, name, c, size, samples, seed, dev, corners: bool = False) -> R
     if not agrees:
         for pos, expected, found in results:
             if found != expected:
-                log.warning("receptive field of %s: analytic box %s, gradient support %s (at unit %s of a %s input)",
-                            name, expected, found, pos, size)
+                log.warning(
+                    "receptive field of %s: analytic box %s, gradient support %s (at unit %s of a %s input)",
+                    name,
+                    expected,
+                    found,
+                    pos,
+                    size,
+                )
     (pos, expected, found), more = results[0], tuple(results[1:])
     return RFProbe(pos, size, expected, found, agrees, more)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import io
 import logging
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 
@@ -97,41 +97,63 @@ def intro_for(key: str, **ran) -> str:
     """
     text = INTROS[key]
     if key == "filters" and not ran.get("images"):
-        text = text.replace(" Feature maps show the other side: a layer's output for one image, one map per channel.",
-                            "")
+        text = text.replace(
+            " Feature maps show the other side: a layer's output for one image, one map per channel.", ""
+        )
     elif key == "search":
-        text = text.replace(" One pass over the data feeds search, statistics and influence together, in "
-                            "O(k × channels) memory.", " One pass over the data, in O(k × channels) memory.")
+        text = text.replace(
+            " One pass over the data feeds search, statistics and influence together, in O(k × channels) memory.",
+            " One pass over the data, in O(k × channels) memory.",
+        )
         if not ran.get("labels", True):
-            text = text.replace(" The class histogram of a channel's top images says which classes it is "
-                                "discriminative for.", " The data has no labels, so no class histogram.")
+            text = text.replace(
+                " The class histogram of a channel's top images says which classes it is discriminative for.",
+                " The data has no labels, so no class histogram.",
+            )
     elif key == "stats" and not ran.get("labels", True):
-        text = text.split(" Averaging a channel's activity per class")[0] + \
-            " The data has no labels, so there are no per-class means or selectivity here."
+        text = (
+            text.split(" Averaging a channel's activity per class")[0]
+            + " The data has no labels, so there are no per-class means or selectivity here."
+        )
     elif key == "influence":
         ablation = ran.get("ablation")
         if ablation is None:
-            text = text.replace("and the ablation measures that cost exactly, one forward pass per channel. Before "
-                                "a global-average-pool + linear head the two agree exactly: the drop for channel k is "
-                                "w_k^c · mean(A_k).", "(no channel was zeroed here: --no-ablation).")
+            text = text.replace(
+                "and the ablation measures that cost exactly, one forward pass per channel. Before "
+                "a global-average-pool + linear head the two agree exactly: the drop for channel k is "
+                "w_k^c · mean(A_k).",
+                "(no channel was zeroed here: --no-ablation).",
+            )
         elif ablation != "all":
-            text = text.replace("one forward pass per channel.", f"one forward pass per channel — here for the "
-                                f"{ablation} channels with the largest a·∂y_c/∂a.")
+            text = text.replace(
+                "one forward pass per channel.",
+                f"one forward pass per channel — here for the {ablation} channels with the largest a·∂y_c/∂a.",
+            )
     elif key == "deconv" and not ran.get("guided", True):
-        text = text.replace(" Guided backprop differs in one rule: at each ReLU it also keeps only where the forward "
-                            "input was positive.", "")
+        text = text.replace(
+            " Guided backprop differs in one rule: at each ReLU it also keeps only where the forward "
+            "input was positive.",
+            "",
+        )
     elif key == "maximize":
-        what = {"class": "a class's pre-softmax score", "channel": "a channel's mean activation",
-                "neuron": "one neuron (the centre unit of a channel)"}.get(ran.get("objective", ""), None)
+        what = {
+            "class": "a class's pre-softmax score",
+            "channel": "a channel's mean activation",
+            "neuron": "one neuron (the centre unit of a channel)",
+        }.get(ran.get("objective", ""), None)
         regs = ran.get("regularisers") or []
-        text = ("Activation maximisation / class model visualisation (Erhan et al. 2009; Simonyan et al. 2014): fix "
-                "the trained weights and run gradient ascent on the pixels of the input to maximise "
-                f"{what or 'an objective'}. Each pixel is pushed independently, so the raw result is "
-                "high-frequency noise; regularisers keep it closer to a natural image. "
-                + (f"Here: {', '.join(regs)}." if regs else "Here none was used."))
+        text = (
+            "Activation maximisation / class model visualisation (Erhan et al. 2009; Simonyan et al. 2014): fix "
+            "the trained weights and run gradient ascent on the pixels of the input to maximise "
+            f"{what or 'an objective'}. Each pixel is pushed independently, so the raw result is "
+            "high-frequency noise; regularisers keep it closer to a natural image. "
+            + (f"Here: {', '.join(regs)}." if regs else "Here none was used.")
+        )
     elif key == "dream" and ran.get("objective") == "class":
-        text = text.replace("boosts whatever a layer already sees in it: gradient ascent on the layer's activation "
-                            "energy", "boosts what makes it look like a class: gradient ascent on the class score")
+        text = text.replace(
+            "boosts whatever a layer already sees in it: gradient ascent on the layer's activation energy",
+            "boosts what makes it look like a class: gradient ascent on the class score",
+        )
     return text
 
 
@@ -147,8 +169,14 @@ def tensors_file(result) -> bytes:
     import dataclasses
 
     buf = io.BytesIO()
-    torch.save({f.name: getattr(result, f.name) for f in dataclasses.fields(result)
-                if torch.is_tensor(getattr(result, f.name))}, buf)
+    torch.save(
+        {
+            f.name: getattr(result, f.name)
+            for f in dataclasses.fields(result)
+            if torch.is_tensor(getattr(result, f.name))
+        },
+        buf,
+    )
     return buf.getvalue()
 
 
@@ -171,9 +199,16 @@ def rf_rows(rfs) -> list[list]:
     rows = []
     for rf in rfs:
         probe = "—" if rf.probe is None else ("agrees" if rf.probe.agrees else f"differs: {rf.probe.found}")
-        rows.append([rf.layer, "whole image" if rf.is_global else f"{rf.size[0]}×{rf.size[1]}",
-                     f"{rf.stride[0]}×{rf.stride[1]}", f"({rf.offset[0]}, {rf.offset[1]})",
-                     f"{rf.grid[0]}×{rf.grid[1]}", probe])
+        rows.append(
+            [
+                rf.layer,
+                "whole image" if rf.is_global else f"{rf.size[0]}×{rf.size[1]}",
+                f"{rf.stride[0]}×{rf.stride[1]}",
+                f"({rf.offset[0]}, {rf.offset[1]})",
+                f"{rf.grid[0]}×{rf.grid[1]}",
+                probe,
+            ]
+        )
     return rows
 
 
@@ -181,8 +216,12 @@ RF_HEADER = ["layer", "receptive field (px)", "stride", "offset of unit (0,0)", 
 
 
 def add_receptive_fields(sec, rfs) -> None:
-    sec.table(rf_rows(rfs), header=RF_HEADER, caption="unit (i, j) sees rows offset + i·stride … + size "
-              "(a negative offset reaches into the padding); the probe compares ∂a_ij/∂x's support with the field")
+    sec.table(
+        rf_rows(rfs),
+        header=RF_HEADER,
+        caption="unit (i, j) sees rows offset + i·stride … + size "
+        "(a negative offset reaches into the padding); the probe compares ∂a_ij/∂x's support with the field",
+    )
     sec.data("receptive fields", [rf.to_dict() for rf in rfs])
 
 
@@ -197,13 +236,18 @@ def add_search(sec, r, class_names=None, channels: Sequence[int] | None = None, 
     h, w = r.rf.size
     if shown:
         img = png(r.figure(channels=shown, n=n, class_names=class_names))
-        sec.figure(img, f"{r.layer}: top-{n or r.k} patches of channels {', '.join(map(str, shown[:12]))}"
-                   f"{', …' if len(shown) > 12 else ''}: each patch is the receptive field of the channel's strongest "
-                   f"unit in that image, {h}×{w} px, upsampled nearest-neighbour so every pixel is a visible block "
-                   "(✂ = field clipped at the border, zero-filled); titles: activation · true class")
+        sec.figure(
+            img,
+            f"{r.layer}: top-{n or r.k} patches of channels {', '.join(map(str, shown[:12]))}"
+            f"{', …' if len(shown) > 12 else ''}: each patch is the receptive field of the channel's strongest "
+            f"unit in that image, {h}×{w} px, upsampled nearest-neighbour so every pixel is a visible block "
+            "(✂ = field clipped at the border, zero-filled); titles: activation · true class",
+        )
     if quiet:
-        sec.text(f"<p>{r.layer}: channel{'s' if len(quiet) > 1 else ''} {', '.join(map(str, quiet))} never fired "
-                 f"(activation ≤ 0 at every position of every image scanned): no patch to show.</p>")
+        sec.text(
+            f"<p>{r.layer}: channel{'s' if len(quiet) > 1 else ''} {', '.join(map(str, quiet))} never fired "
+            f"(activation ≤ 0 at every position of every image scanned): no patch to show.</p>"
+        )
 
     def top_class(c: int):
         hist = r.class_histogram[r.row(c)]
@@ -219,19 +263,33 @@ def add_search(sec, r, class_names=None, channels: Sequence[int] | None = None, 
         else:
             name, count = top_class(c)
             rows.append([c, name, count, float(r.activations[r.row(c), 0])])
-    sec.table(rows, header=["channel", "most frequent class in top-k", "count", "top activation"],
-              caption=f"{r.layer}: which classes the channel's top-{r.k} images belong to")
-    sec.data(f"search {r.layer}", {"channels": list(r.channels), "indices": r.indices, "activations": r.activations,
-                                   "class_histogram": r.class_histogram, "clipped": r.clipped,
-                                   "never_fired": sorted(silent)})
+    sec.table(
+        rows,
+        header=["channel", "most frequent class in top-k", "count", "top activation"],
+        caption=f"{r.layer}: which classes the channel's top-{r.k} images belong to",
+    )
+    sec.data(
+        f"search {r.layer}",
+        {
+            "channels": list(r.channels),
+            "indices": r.indices,
+            "activations": r.activations,
+            "class_histogram": r.class_histogram,
+            "clipped": r.clipped,
+            "never_fired": sorted(silent),
+        },
+    )
     return img
 
 
 def add_stats(sec, st, class_names=None, channels: Sequence[int] | None = None) -> list[bytes]:
     chans = list(channels) if channels is not None else list(range(min(16, len(st.mean))))
     a = png(st.figure(channels=chans))
-    sec.figure(a, f"{st.layer}: activation histograms (log counts) of channels {chans[0]}…{chans[-1]}; "
-               "sp = sparsity, sel = selectivity; dead channels in red")
+    sec.figure(
+        a,
+        f"{st.layer}: activation histograms (log counts) of channels {chans[0]}…{chans[-1]}; "
+        "sp = sparsity, sel = selectivity; dead channels in red",
+    )
     present = int((st.class_count > 0).sum())
     if present == 0:
         b = None
@@ -239,20 +297,44 @@ def add_stats(sec, st, class_names=None, channels: Sequence[int] | None = None) 
     else:
         b = png(class_mean_figure(st, class_names))
         K = st.class_mean.shape[0]
-        sec.figure(b, f"{st.layer}: mean activation of every channel per class, for the {present} classes present "
-                      f"in the data" + (f" (of {K})" if present < K else ""))
+        sec.figure(
+            b,
+            f"{st.layer}: mean activation of every channel per class, for the {present} classes present "
+            f"in the data" + (f" (of {K})" if present < K else ""),
+        )
     order = torch.argsort(st.selectivity, descending=True).tolist()
 
     def name(k: int) -> str:
         return "—" if k < 0 else class_names[k] if class_names and k < len(class_names) else str(k)
 
-    rows = [[c, name(int(st.preferred_class[c])), float(st.selectivity[c]), float(st.mean[c]), float(st.std[c]),
-             float(st.sparsity[c])] for c in order[:8]]
-    sec.table(rows, header=["channel", "preferred class", "selectivity", "mean", "std", "sparsity"],
-              caption=f"{st.layer}: the most class-selective channels; dead channels: "
-                      f"{st.dead_channels or 'none'}; mean sparsity {float(st.sparsity.mean()):.2f}")
-    sec.data(f"stats {st.layer}", {"mean": st.mean, "var": st.var, "sparsity": st.sparsity, "dead": st.dead_channels,
-                                  "selectivity": st.selectivity, "preferred_class": st.preferred_class})
+    rows = [
+        [
+            c,
+            name(int(st.preferred_class[c])),
+            float(st.selectivity[c]),
+            float(st.mean[c]),
+            float(st.std[c]),
+            float(st.sparsity[c]),
+        ]
+        for c in order[:8]
+    ]
+    sec.table(
+        rows,
+        header=["channel", "preferred class", "selectivity", "mean", "std", "sparsity"],
+        caption=f"{st.layer}: the most class-selective channels; dead channels: "
+        f"{st.dead_channels or 'none'}; mean sparsity {float(st.sparsity.mean()):.2f}",
+    )
+    sec.data(
+        f"stats {st.layer}",
+        {
+            "mean": st.mean,
+            "var": st.var,
+            "sparsity": st.sparsity,
+            "dead": st.dead_channels,
+            "selectivity": st.selectivity,
+            "preferred_class": st.preferred_class,
+        },
+    )
     return [a, b]
 
 
@@ -268,12 +350,20 @@ def add_influence(sec, inf, top: int = 12) -> bytes:
     if inf.ablation is not None:
         done = ~torch.isnan(inf.ablation)
         ranked = [c for c in inf.ranking if bool(done[inf.channels.index(c)])]
-        which = "the ablation ranking" if bool(done.all()) else \
-            f"the ablation ranking of the {int(done.sum())} channels zeroed (the top ones by a·∂y/∂a; — : not zeroed)"
-        agree = (f"; the a·∂y/∂a ranking {'equals' if ranked == inf.ablation_ranking else 'differs from'} {which}"
-                 f" (largest |difference| {float((inf.taylor[done] - inf.ablation[done]).abs().max()):.2g})")
-    sec.table(rows, header=["rank", "channel", "a·∂y/∂a", "mean ∂y/∂a", "drop when zeroed"],
-              caption=f"channels ranked by a·∂y/∂a{agree}")
+        which = (
+            "the ablation ranking"
+            if bool(done.all())
+            else f"the ablation ranking of the {int(done.sum())} channels zeroed (the top ones by a·∂y/∂a; — : not zeroed)"
+        )
+        agree = (
+            f"; the a·∂y/∂a ranking {'equals' if ranked == inf.ablation_ranking else 'differs from'} {which}"
+            f" (largest |difference| {float((inf.taylor[done] - inf.ablation[done]).abs().max()):.2g})"
+        )
+    sec.table(
+        rows,
+        header=["rank", "channel", "a·∂y/∂a", "mean ∂y/∂a", "drop when zeroed"],
+        caption=f"channels ranked by a·∂y/∂a{agree}",
+    )
     sec.data(f"influence {inf.layer}", inf.to_dict())
     return img
 
@@ -282,15 +372,30 @@ def add_tcav(sec, r) -> bytes:
     """The TCAV bar chart and a table of each concept's score, the random CAVs' score and the p-value."""
     img = png(r.figure())
     name = r.target_name if r.target_name is not None else r.target
-    sec.figure(img, f"TCAV scores for class {name} at {r.layer}: mean over {r.settings.get('runs')} runs (±1 std); "
-                    "* significant, n.s. not (two-sided t-test against random CAVs)")
-    rows = [[x["concept"], round(x["score"], 3), round(x["score_std"], 3), round(x["random"], 3),
-             f"{x['p_value']:.2g}", "yes" if x["significant"] else "no (n.s.)", round(x["cav_accuracy"], 3)]
-            for x in r.rows()]
-    sec.table(rows, header=["concept", "TCAV score", "std", "random CAVs", "p", "significant", "CAV accuracy"],
-              caption=f"{r.n_inputs} images of the class; significance level {r.settings.get('level'):g}"
-                      + (" (Bonferroni)" if r.settings.get("bonferroni") else "")
-                      + "; CAV accuracy: the linear classifier on its held-out third")
+    sec.figure(
+        img,
+        f"TCAV scores for class {name} at {r.layer}: mean over {r.settings.get('runs')} runs (±1 std); "
+        "* significant, n.s. not (two-sided t-test against random CAVs)",
+    )
+    rows = [
+        [
+            x["concept"],
+            round(x["score"], 3),
+            round(x["score_std"], 3),
+            round(x["random"], 3),
+            f"{x['p_value']:.2g}",
+            "yes" if x["significant"] else "no (n.s.)",
+            round(x["cav_accuracy"], 3),
+        ]
+        for x in r.rows()
+    ]
+    sec.table(
+        rows,
+        header=["concept", "TCAV score", "std", "random CAVs", "p", "significant", "CAV accuracy"],
+        caption=f"{r.n_inputs} images of the class; significance level {r.settings.get('level'):g}"
+        + (" (Bonferroni)" if r.settings.get("bonferroni") else "")
+        + "; CAV accuracy: the linear classifier on its held-out third",
+    )
     sec.data(f"tcav {r.layer}", r.to_dict())
     return img
 
@@ -309,7 +414,7 @@ def guided_for(model, x, p) -> torch.Tensor | None:
             t = Target.channel(p.layer, p.channel)
         else:
             t = Target.neuron(p.layer, p.channel, *p.positions[i].tolist())
-        outs.append(guided_backprop(model, x[i:i + 1], t, reduce="none").raw[0])
+        outs.append(guided_backprop(model, x[i : i + 1], t, reduce="none").raw[0])
     return torch.stack(outs)
 
 
@@ -319,13 +424,17 @@ def add_deconv(sec, model, x, projections, labels=None, with_guided: bool = True
         guided = None
     img = png(deconv_figure(x, projections, guided, labels))
     what = " next to guided backprop of the same unit" if guided is not None else ""
-    sec.figure(img, f"deconvnet projections of the strongest unit of {projections[0].layer}'s channels{what} "
-               "(grey = 0)")
+    sec.figure(
+        img, f"deconvnet projections of the strongest unit of {projections[0].layer}'s channels{what} (grey = 0)"
+    )
     if guided is not None:
         from ..attribution.report import GUIDED_NOTE
 
         sec.text(GUIDED_NOTE)
-        corr = [float(torch.corrcoef(torch.stack([p.images.flatten(), g.flatten()]))[0, 1]) for p, g in zip(projections, guided)]
+        corr = [
+            float(torch.corrcoef(torch.stack([p.images.flatten(), g.flatten()]))[0, 1])
+            for p, g in zip(projections, guided)
+        ]
         sec.data("deconv vs guided backprop correlation", corr)
     return img
 

@@ -20,18 +20,18 @@ by score, descending, ties by dataset index, so a merge of shards equals one pas
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .._autograd import needs_autograd
 from ..results import Result
 from ..scan import Batch
 from ..tap import LayerRef, resolve_layer
 from .receptive import ReceptiveField, receptive_field
-from .._autograd import needs_autograd
 
 log = logging.getLogger(__name__)
 
@@ -73,8 +73,9 @@ class SearchResult(Result):
             raise ValueError(f"channel {channel} was not searched; searched: {list(self.channels)[:10]}...")
         return self.channels.index(channel)
 
-    def patches(self, data=None, channels: Sequence[int] | None = None, *, images: torch.Tensor | None = None
-                ) -> torch.Tensor:
+    def patches(
+        self, data=None, channels: Sequence[int] | None = None, *, images: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """C'×k×Cin×h×w: the top-k patches of ``channels`` (default: all searched), the kept ones, or cut now from
         the images of ``data`` (the dataset that was searched: its images are read again by index) or from
         ``images`` (C'×k×Cin×H×W, each channel's top-k images, e.g. from :func:`cnnlens.inside.top_maps`) —
@@ -99,12 +100,19 @@ class SearchResult(Result):
         else:
             imgs = images.reshape(-1, *images.shape[2:])
             n = torch.arange(len(imgs))
-        c = cut_patches(imgs, n, boxes, self.rf, fill=self.settings.get("fill", 0.0),
-                        max_crop=self.settings.get("max_crop"))
+        c = cut_patches(
+            imgs, n, boxes, self.rf, fill=self.settings.get("fill", 0.0), max_crop=self.settings.get("max_crop")
+        )
         return c.view(len(rows), k2, *c.shape[1:])
 
-    def figure(self, channels: Sequence[int] | None = None, n: int | None = None,
-               class_names: Sequence[str] | None = None, tile: int = 64, data=None):
+    def figure(
+        self,
+        channels: Sequence[int] | None = None,
+        n: int | None = None,
+        class_names: Sequence[str] | None = None,
+        tile: int = 64,
+        data=None,
+    ):
         """One row per channel: its top-n patches, each titled "activation · class" (✂: clipped at the border).
 
         ``data``: the searched dataset, for a search that kept no patches. Patches are upsampled
@@ -123,9 +131,15 @@ class SearchResult(Result):
                 name = class_names[lab] if class_names and 0 <= lab < len(class_names) else "" if lab < 0 else str(lab)
                 labels.append(f"{float(self.activations[r, j]):.2g}·{name}{'✂' if bool(self.clipped[r, j]) else ''}")
         labels = [t.rstrip("·") if t.endswith("·") else t for t in labels]
-        return mosaic_figure(tiles, n, tile=tile, labels=labels, row_labels=[f"ch {c}" for c in chans],
-                             title=f"{self.layer}: top-{n} patches ({self.rf.size[0]}×{self.rf.size[1]} px field, "
-                                   f"shown at {tile} px, nearest-neighbour)")
+        return mosaic_figure(
+            tiles,
+            n,
+            tile=tile,
+            labels=labels,
+            row_labels=[f"ch {c}" for c in chans],
+            title=f"{self.layer}: top-{n} patches ({self.rf.size[0]}×{self.rf.size[1]} px field, "
+            f"shown at {tile} px, nearest-neighbour)",
+        )
 
     def never_fired(self) -> list[int]:
         """Channels whose strongest activation over the whole scan is ≤ 0 (they never fired: no patch to show)."""
@@ -170,9 +184,19 @@ class SearchAccumulator:
         search, evaluation = scan(model, "digits", [acc, ev])
     """
 
-    def __init__(self, model: nn.Module, layer: LayerRef, channels: Sequence[int] | None = None, k: int = 9, *,
-                 input_size: tuple[int, int] | int | None = None, rf: ReceptiveField | None = None,
-                 max_crop: int | None = None, fill: float = 0.0, patches: bool = True):
+    def __init__(
+        self,
+        model: nn.Module,
+        layer: LayerRef,
+        channels: Sequence[int] | None = None,
+        k: int = 9,
+        *,
+        input_size: tuple[int, int] | int | None = None,
+        rf: ReceptiveField | None = None,
+        max_crop: int | None = None,
+        fill: float = 0.0,
+        patches: bool = True,
+    ):
         if k < 1:
             raise ValueError(f"k must be ≥ 1 (the number of images kept per channel), got {k}")
         name, _ = resolve_layer(model, layer)
@@ -210,7 +234,9 @@ class SearchAccumulator:
         if self.channels is None:
             self.channels = tuple(range(a.shape[1]))
         if max(self.channels) >= a.shape[1]:
-            raise ValueError(f"channel {max(self.channels)} is out of range: layer {self.layer!r} has {a.shape[1]} channels")
+            raise ValueError(
+                f"channel {max(self.channels)} is out of range: layer {self.layer!r} has {a.shape[1]} channels"
+            )
         self.num_classes = max(self.num_classes, int(batch.logits.shape[1]) if batch.logits.dim() == 2 else 0)
         n, _, H, W = a.shape
         if self.channels == tuple(range(a.shape[1])):
@@ -251,8 +277,12 @@ class SearchAccumulator:
         k2 = pick.shape[1]
         rows = torch.arange(C).view(-1, 1)
         if st is None:
-            out = {"positions": torch.zeros(C, k2, 2, dtype=torch.long), "labels": torch.zeros(C, k2, dtype=torch.long),
-                   "boxes": torch.zeros(C, k2, 4, dtype=torch.long), "clipped": torch.zeros(C, k2, dtype=torch.bool)}
+            out = {
+                "positions": torch.zeros(C, k2, 2, dtype=torch.long),
+                "labels": torch.zeros(C, k2, dtype=torch.long),
+                "boxes": torch.zeros(C, k2, 4, dtype=torch.long),
+                "clipped": torch.zeros(C, k2, dtype=torch.bool),
+            }
         else:
             oi = pick.clamp_max(m - 1)
             out = {key: st[key][rows, oi] for key in ("positions", "labels", "boxes", "clipped")}
@@ -330,12 +360,17 @@ class SearchAccumulator:
     def _crop_size(self, win):
         return _crop_size(win, self.max_crop)
 
-    def merge(self, other: "SearchAccumulator") -> "SearchAccumulator":
+    def merge(self, other: SearchAccumulator) -> SearchAccumulator:
         if other._state is None:
             return self
         if self._state is None:
-            self.__dict__.update({key: v for key, v in other.__dict__.items()
-                                  if key in ("_state", "channels", "_hw", "_win", "_mode", "_images", "_crops_store")})
+            self.__dict__.update(
+                {
+                    key: v
+                    for key, v in other.__dict__.items()
+                    if key in ("_state", "channels", "_hw", "_win", "_mode", "_images", "_crops_store")
+                }
+            )
             self.num_classes = max(self.num_classes, other.num_classes)
             return self
         if self.channels != other.channels or self.layer != other.layer:
@@ -351,7 +386,7 @@ class SearchAccumulator:
         elif self._mode == "crop":
             crops = torch.cat([self._ranked_crops(), other._ranked_crops()], 1)[rows, pick]
             self._crops_store = torch.empty(pick.shape[0], self.k, *crops.shape[2:])
-            self._crops_store[:, :pick.shape[1]] = crops
+            self._crops_store[:, : pick.shape[1]] = crops
         elif self._mode == "image":
             self._images.update(other._images)
         if self._mode == "crop":
@@ -370,9 +405,17 @@ class SearchAccumulator:
         hist = torch.zeros(st["labels"].shape[0], K, dtype=torch.long)
         hist.scatter_add_(1, st["labels"].clamp_min(0), (st["labels"] >= 0).long())
         return SearchResult(
-            layer=self.layer, channels=tuple(self.channels), activations=st["values"], indices=st["indices"],
-            positions=st["positions"], labels=st["labels"], crops=self._ranked_crops(), boxes=st["boxes"],
-            clipped=st["clipped"], class_histogram=hist, rf=self.rf,
+            layer=self.layer,
+            channels=tuple(self.channels),
+            activations=st["values"],
+            indices=st["indices"],
+            positions=st["positions"],
+            labels=st["labels"],
+            crops=self._ranked_crops(),
+            boxes=st["boxes"],
+            clipped=st["clipped"],
+            class_histogram=hist,
+            rf=self.rf,
             settings={"k": self.k, "max_crop": self.max_crop, "fill": self.fill, "patches": self.keep_patches},
         )
 
@@ -384,8 +427,15 @@ def _crop_size(win, max_crop):
     return (max(1, round(win[0] * s)), max(1, round(win[1] * s)))
 
 
-def cut_patches(x: torch.Tensor, n: torch.Tensor, box: torch.Tensor, rf: ReceptiveField, *, fill: float = 0.0,
-                max_crop: int | None = None) -> torch.Tensor:
+def cut_patches(
+    x: torch.Tensor,
+    n: torch.Tensor,
+    box: torch.Tensor,
+    rf: ReceptiveField,
+    *,
+    fill: float = 0.0,
+    max_crop: int | None = None,
+) -> torch.Tensor:
     """The E patches (E×Cin×h×w, float32, CPU) of the receptive fields ``box`` (E×4: top, left, bottom, right, end
     exclusive, as :class:`SearchResult` keeps them) in the images ``x[n]`` (x: U×Cin×H×W), gathered at once; parts
     outside the image are ``fill``; h×w is the field, at most the image, scaled down to ``max_crop`` px if given
@@ -468,7 +518,7 @@ class _ImageStore:
     def get(self, keys: list[int]) -> torch.Tensor:
         return self.data[torch.tensor([self.row[k] for k in keys], dtype=torch.long)]
 
-    def update(self, other: "_ImageStore") -> None:
+    def update(self, other: _ImageStore) -> None:
         keys = [k for k in other.row if k not in self.row]
         if keys:
             self.add(keys, other.get(keys))
@@ -486,9 +536,20 @@ def _input_size(data, model) -> tuple[int, int] | None:
 
 
 @needs_autograd
-def dataset_search(model: nn.Module, data, layer: LayerRef, channels: Sequence[int] | None = None, k: int = 9, *,
-                   batch_size: int = 64, device=None, progress=None, max_crop: int | None = None,
-                   patches: bool = True, layout: str | None = None) -> SearchResult:
+def dataset_search(
+    model: nn.Module,
+    data,
+    layer: LayerRef,
+    channels: Sequence[int] | None = None,
+    k: int = 9,
+    *,
+    batch_size: int = 64,
+    device=None,
+    progress=None,
+    max_crop: int | None = None,
+    patches: bool = True,
+    layout: str | None = None,
+) -> SearchResult:
     """Maximally activating images and patches: each channel's top-k over a dataset, in one scan.
 
     score(image, c) = max_ij a_c,ij(image); the patch is the receptive field of
@@ -507,7 +568,8 @@ def dataset_search(model: nn.Module, data, layer: LayerRef, channels: Sequence[i
     from ..scan import scan
 
     data = as_dataset(data, model)
-    acc = SearchAccumulator(model, layer, channels, k, input_size=_input_size(data, model), max_crop=max_crop,
-                            patches=patches)
+    acc = SearchAccumulator(
+        model, layer, channels, k, input_size=_input_size(data, model), max_crop=max_crop, patches=patches
+    )
     (res,) = scan(model, data, [acc], batch_size=batch_size, device=device, progress=progress, layout=layout)
     return res

@@ -18,17 +18,16 @@ per channel c of a layer, over every image and position:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import torch
 from torch import nn
 
+from .._autograd import needs_autograd
 from ..results import Result
 from ..scan import Batch
 from ..tap import LayerRef, LayerTap, resolve_layer
-from .._autograd import needs_autograd
-
 
 #: about how many values (float32) one chunk of a batch holds on the CPU: small enough that the passes over it after
 #: the first find it in the cache (on digits-cnn and cluttered-digits-cnn: 5–10 % less time than whole batches of 64;
@@ -119,11 +118,19 @@ class StatsAccumulator:
     def _init(self, C: int, K: int) -> dict:
         B = self.edges.numel() - 1
         z = lambda *s: torch.zeros(*s, dtype=torch.float64)  # noqa: E731
-        return {"n": z(C), "mean": z(C), "m2": z(C), "zeros": z(C),
-                "min": torch.full((C,), float("inf"), dtype=torch.float64),
-                "max": torch.full((C,), float("-inf"), dtype=torch.float64),
-                "hist": torch.zeros(C, B, dtype=torch.long), "below": torch.zeros(C, dtype=torch.long),
-                "above": torch.zeros(C, dtype=torch.long), "csum": z(K, C), "ccount": z(K)}
+        return {
+            "n": z(C),
+            "mean": z(C),
+            "m2": z(C),
+            "zeros": z(C),
+            "min": torch.full((C,), float("inf"), dtype=torch.float64),
+            "max": torch.full((C,), float("-inf"), dtype=torch.float64),
+            "hist": torch.zeros(C, B, dtype=torch.long),
+            "below": torch.zeros(C, dtype=torch.long),
+            "above": torch.zeros(C, dtype=torch.long),
+            "csum": z(K, C),
+            "ccount": z(K),
+        }
 
     def update(self, batch: Batch) -> None:
         a = batch.acts[self.layer].detach()
@@ -155,14 +162,14 @@ class StatsAccumulator:
         zeros = torch.zeros(C, dtype=torch.float64)
         h = below = above = 0
         for s0 in range(0, n, rows):
-            c = v[s0:s0 + rows]
+            c = v[s0 : s0 + rows]
             nc = c.shape[0]
             # the temporaries go to buffers kept from batch to batch: a fresh tensor per operation would cost
             # page faults that take longer than the arithmetic
             buf = self._work(c.shape, torch.float32, v.device)
             raws.append(c.sum(2))
             mn = c.amin(2)
-            mx = c.amax(2) if known is None else known[s0:s0 + rows]
+            mx = c.amax(2) if known is None else known[s0 : s0 + rows]
             mins.append(mn)
             maxs.append(mx)
             torch.sub(c, self.shift, out=buf)
@@ -255,7 +262,7 @@ class StatsAccumulator:
             t = self._work(v.shape, dt, v.device).copy_(t)
             t.add_(torch.arange(C, dtype=dt, device=v.device).view(1, C, 1) * (B + 2) + int(from_zero))
             counts = cpu(torch.bincount(t.flatten(), minlength=C * (B + 2))).view(C, B + 2)
-            h = counts[:, 1:B + 1].clone()
+            h = counts[:, 1 : B + 1].clone()
             # the end slots hold what lies outside plus values that round onto them (v == e1 belongs to the last bin)
             h[:, 0] += counts[:, 0] - below
             h[:, B - 1] += counts[:, B + 1] - above
@@ -272,10 +279,10 @@ class StatsAccumulator:
         n = s["n"] + nb
         delta = mb - s["mean"]
         s["mean"] = s["mean"] + delta * nb / n.clamp_min(1)
-        s["m2"] = s["m2"] + m2b + delta ** 2 * s["n"] * nb / n.clamp_min(1)
+        s["m2"] = s["m2"] + m2b + delta**2 * s["n"] * nb / n.clamp_min(1)
         s["n"] = n
 
-    def merge(self, other: "StatsAccumulator") -> "StatsAccumulator":
+    def merge(self, other: StatsAccumulator) -> StatsAccumulator:
         if other.s is None:
             return self
         if self.s is None:
@@ -312,12 +319,28 @@ class StatsAccumulator:
             pref = torch.full((cm.shape[1],), int(seen.nonzero().flatten()[0]) if seen.any() else -1)
         f = lambda t: t.float()  # noqa: E731
         return NeuronStats(
-            layer=self.layer, count=int(s["n"][0]), mean=f(s["mean"]), var=f(var), std=f(var.sqrt()),
-            min=f(s["min"]), max=f(s["max"]), sparsity=f(s["zeros"] / n), dead=s["max"] <= self.zero,
-            edges=f(self.edges), histogram=s["hist"], below=s["below"], above=s["above"], class_mean=f(cm),
-            class_count=cnt.long(), selectivity=f(sel), preferred_class=pref.long(),
-            settings={"zero": self.zero, "bins": self.edges.numel() - 1,
-                      "range": [float(self.edges[0]), float(self.edges[-1])]},
+            layer=self.layer,
+            count=int(s["n"][0]),
+            mean=f(s["mean"]),
+            var=f(var),
+            std=f(var.sqrt()),
+            min=f(s["min"]),
+            max=f(s["max"]),
+            sparsity=f(s["zeros"] / n),
+            dead=s["max"] <= self.zero,
+            edges=f(self.edges),
+            histogram=s["hist"],
+            below=s["below"],
+            above=s["above"],
+            class_mean=f(cm),
+            class_count=cnt.long(),
+            selectivity=f(sel),
+            preferred_class=pref.long(),
+            settings={
+                "zero": self.zero,
+                "bins": self.edges.numel() - 1,
+                "range": [float(self.edges[0]), float(self.edges[-1])],
+            },
         )
 
 
@@ -344,9 +367,19 @@ def default_edges(model: nn.Module, data, layer: str, bins: int = 40, look: int 
 
 
 @needs_autograd
-def neuron_stats(model: nn.Module, data, layer: LayerRef, *, bins: int = 40, edges: torch.Tensor | None = None,
-                 zero: float = 0.0, batch_size: int = 64, device=None, progress=None,
-                 layout: str | None = None) -> NeuronStats:
+def neuron_stats(
+    model: nn.Module,
+    data,
+    layer: LayerRef,
+    *,
+    bins: int = 40,
+    edges: torch.Tensor | None = None,
+    zero: float = 0.0,
+    batch_size: int = 64,
+    device=None,
+    progress=None,
+    layout: str | None = None,
+) -> NeuronStats:
     """Per-channel statistics of a layer over a dataset, in one scan (see the module docstring).
     ``layout``: "nchw" / "nhwc" for a layer output that reads both ways (see :func:`cnnlens.scan.scan`).
 

@@ -28,7 +28,8 @@ from __future__ import annotations
 
 import dataclasses
 import warnings
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -73,18 +74,31 @@ class TCAV(Result):
     settings: dict = dataclasses.field(default_factory=dict)
 
     def __repr__(self) -> str:
-        parts = [f"{c}: {float(self.scores[i].mean()):.2f} (p={float(self.p_values[i]):.2g}"
-                 f"{'' if bool(self.significant[i]) else ', n.s.'})" for i, c in enumerate(self.concepts)]
+        parts = [
+            f"{c}: {float(self.scores[i].mean()):.2f} (p={float(self.p_values[i]):.2g}"
+            f"{'' if bool(self.significant[i]) else ', n.s.'})"
+            for i, c in enumerate(self.concepts)
+        ]
         name = f" ({self.target_name})" if self.target_name else ""
-        return (f"TCAV(layer={self.layer!r}, target={self.target}{name}, random: "
-                f"{float(self.random_scores.mean()):.2f}, {'; '.join(parts)})")
+        return (
+            f"TCAV(layer={self.layer!r}, target={self.target}{name}, random: "
+            f"{float(self.random_scores.mean()):.2f}, {'; '.join(parts)})"
+        )
 
     def rows(self) -> list[dict]:
         """One dict per concept: mean and std of the score over the runs, the random CAVs' mean, p, significant."""
-        return [{"concept": c, "score": float(self.scores[i].mean()), "score_std": float(self.scores[i].std()),
-                 "random": float(self.random_scores.mean()), "p_value": float(self.p_values[i]),
-                 "significant": bool(self.significant[i]), "cav_accuracy": float(self.accuracies[i].mean())}
-                for i, c in enumerate(self.concepts)]
+        return [
+            {
+                "concept": c,
+                "score": float(self.scores[i].mean()),
+                "score_std": float(self.scores[i].std()),
+                "random": float(self.random_scores.mean()),
+                "p_value": float(self.p_values[i]),
+                "significant": bool(self.significant[i]),
+                "cav_accuracy": float(self.accuracies[i].mean()),
+            }
+            for i, c in enumerate(self.concepts)
+        ]
 
     def figure(self):
         """A bar chart: each concept's mean TCAV score over the runs (±1 std), the random CAVs' beside it;
@@ -102,8 +116,10 @@ def _class_index(model: nn.Module, target: Any) -> tuple[int, str | None]:
         if target.isdigit():
             target = int(target)
         else:
-            raise ValueError(f"target {target!r} is not a class of the model; give a class index or one of "
-                             f"{', '.join(map(str, names or [])) or 'its class names'}")
+            raise ValueError(
+                f"target {target!r} is not a class of the model; give a class index or one of "
+                f"{', '.join(map(str, names or [])) or 'its class names'}"
+            )
     if isinstance(target, bool) or not isinstance(target, (int, np.integer)):
         raise TypeError(f"target must be a class index or name, got {type(target).__name__}")
     t = int(target)
@@ -115,8 +131,9 @@ def _images(v: Any, what: str) -> torch.Tensor:
         got = tuple(v.shape) if torch.is_tensor(v) else type(v).__name__
         raise TypeError(f"{what}: give images as an N×C×H×W tensor in [0, 1], got {got}")
     if v.shape[0] < 2:
-        raise ValueError(f"{what}: {v.shape[0]} image(s); a concept or random set needs at least 2 (Kim et al. use "
-                         "tens to hundreds)")
+        raise ValueError(
+            f"{what}: {v.shape[0]} image(s); a concept or random set needs at least 2 (Kim et al. use tens to hundreds)"
+        )
     return v.detach()
 
 
@@ -131,8 +148,9 @@ def layer_activations(model: nn.Module, layer: str, x: torch.Tensor, batch_size:
     return torch.cat(out)
 
 
-def layer_gradients(model: nn.Module, layer: str, x: torch.Tensor, target: int,
-                    batch_size: int | None = None) -> torch.Tensor:
+def layer_gradients(
+    model: nn.Module, layer: str, x: torch.Tensor, target: int, batch_size: int | None = None
+) -> torch.Tensor:
     """∂ logit_target / ∂ (the layer's output) for each image, flattened: N × features (float64, CPU)."""
     from ..attribution._common import logits_of
 
@@ -160,8 +178,9 @@ def tcav_scores(gradients: torch.Tensor, cavs: torch.Tensor) -> tuple[torch.Tens
     return (s > 0).double().mean(0), s.mean(0)
 
 
-def train_cav(positive: torch.Tensor, negative: torch.Tensor, classifier: str = "sgd",
-              seed: int = 0, test_fraction: float = 1 / 3) -> tuple[torch.Tensor, float]:
+def train_cav(
+    positive: torch.Tensor, negative: torch.Tensor, classifier: str = "sgd", seed: int = 0, test_fraction: float = 1 / 3
+) -> tuple[torch.Tensor, float]:
     """(unit CAV pointing from ``negative`` to ``positive`` activations, held-out accuracy): a linear classifier
     (``"sgd"``: Captum's default SGDClassifier; ``"logistic"``: LogisticRegression) fitted on a random
     2/3 of the examples, its accuracy measured on the rest."""
@@ -198,8 +217,9 @@ def _random_sets(random: Any, runs: int, size: int, seed: int) -> list[tuple[tor
     if isinstance(random, (list, tuple)):
         sets = [_images(s, f"random[{i}]") for i, s in enumerate(random)]
         if len(sets) < 2:
-            raise ValueError("random: give one pool of images or at least 2 random sets (a CAV of random against "
-                             "random needs two)")
+            raise ValueError(
+                "random: give one pool of images or at least 2 random sets (a CAV of random against random needs two)"
+            )
         return [(sets[r % len(sets)], sets[(r + 1) % len(sets)]) for r in range(runs)]
     pool = _images(random, "random")
     m = min(size, pool.shape[0] // 2)
@@ -208,14 +228,27 @@ def _random_sets(random: Any, runs: int, size: int, seed: int) -> list[tuple[tor
     out = []
     for r in range(runs):
         idx = torch.from_numpy(np.random.RandomState(seed + r).permutation(pool.shape[0]))
-        out.append((pool[idx[:m]], pool[idx[m: 2 * m]]))
+        out.append((pool[idx[:m]], pool[idx[m : 2 * m]]))
     return out
 
 
 @needs_autograd
-def tcav(model: nn.Module, layer: str, *, concepts: dict, random: Any, inputs: torch.Tensor, target: Any,
-         runs: int = 10, classifier: str = "sgd", alpha: float = ALPHA, bonferroni: bool = False, seed: int = 0,
-         batch_size: int | None = None, progress: Callable[[int, int], None] | None = None) -> TCAV:
+def tcav(
+    model: nn.Module,
+    layer: str,
+    *,
+    concepts: dict,
+    random: Any,
+    inputs: torch.Tensor,
+    target: Any,
+    runs: int = 10,
+    classifier: str = "sgd",
+    alpha: float = ALPHA,
+    bonferroni: bool = False,
+    seed: int = 0,
+    batch_size: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> TCAV:
     """TCAV scores of each concept for class ``target`` at ``layer`` over ``runs`` random counter-example sets,
     with Kim et al.'s two-sided t-test against random CAVs.
 
@@ -280,11 +313,31 @@ def tcav(model: nn.Module, layer: str, *, concepts: dict, random: Any, inputs: t
                 warnings.simplefilter("ignore", RuntimeWarning)
                 p.append(float(ttest_ind(a, b).pvalue))
     p_values = torch.tensor(p, dtype=torch.float64)
-    settings = {"runs": runs, "classifier": classifier, "alpha": alpha, "bonferroni": bonferroni, "seed": seed,
-                "level": level, "concept_sizes": {c: int(v.shape[0]) for c, v in cimgs.items()},
-                "random": "sets" if isinstance(random, (list, tuple)) else f"pool of {int(random.shape[0])}",
-                "paper": "Kim et al. 2018"}
-    return TCAV(layer=name, target=k, concepts=list(cimgs), scores=scores, magnitudes=mags,
-                random_scores=rscores, random_magnitudes=rmags, p_values=p_values,
-                significant=p_values < level, accuracies=accs, cavs=cavs.float(), random_cavs=rcavs.float(),
-                n_inputs=int(x.shape[0]), target_name=k_name, settings=settings)
+    settings = {
+        "runs": runs,
+        "classifier": classifier,
+        "alpha": alpha,
+        "bonferroni": bonferroni,
+        "seed": seed,
+        "level": level,
+        "concept_sizes": {c: int(v.shape[0]) for c, v in cimgs.items()},
+        "random": "sets" if isinstance(random, (list, tuple)) else f"pool of {int(random.shape[0])}",
+        "paper": "Kim et al. 2018",
+    }
+    return TCAV(
+        layer=name,
+        target=k,
+        concepts=list(cimgs),
+        scores=scores,
+        magnitudes=mags,
+        random_scores=rscores,
+        random_magnitudes=rmags,
+        p_values=p_values,
+        significant=p_values < level,
+        accuracies=accs,
+        cavs=cavs.float(),
+        random_cavs=rcavs.float(),
+        n_inputs=int(x.shape[0]),
+        target_name=k_name,
+        settings=settings,
+    )

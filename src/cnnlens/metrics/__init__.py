@@ -35,18 +35,37 @@ ground truth: ``boxes`` (N×4 x0, y0, x1, y1 in pixels, end exclusive) or
 
 from __future__ import annotations
 
+from .benchmark import Leaderboard, benchmark  # noqa: E402  (the module stays importable as cnnlens.metrics.benchmark)
 from .faithfulness import ROAD_PERCENTAGES, faithfulness_correlation, noisy_linear_imputation, road
-from .objects import box_from_map, box_iou, localisation_accuracy, localisation_iou, mask_iou, segmentation_iou
 from .localisation import pointing_game, relevance_mass_accuracy, relevance_rank_accuracy
+from .objects import box_from_map, box_iou, localisation_accuracy, localisation_iou, mask_iou, segmentation_iou
 from .randomisation import model_parameter_randomisation
 from .result import Aggregate, MetricResult, aggregate
 from .robustness import max_sensitivity
 from .sanity import SANITY_METHODS, SanityCheck, sanity_check
-from .benchmark import Leaderboard, benchmark  # noqa: E402  (the module stays importable as cnnlens.metrics.benchmark)
 
 __all__ = [
-    "Aggregate", "MetricResult", "ROAD_PERCENTAGES", "aggregate", "faithfulness_correlation", "max_sensitivity",
-    "model_parameter_randomisation", "noisy_linear_imputation", "pointing_game", "relevance_mass_accuracy",
-    "relevance_rank_accuracy", "road", "box_from_map", "box_iou", "localisation_iou", "localisation_accuracy",
-    "mask_iou", "segmentation_iou", "SANITY_METHODS", "SanityCheck", "sanity_check", "Leaderboard", "benchmark",
+    "Aggregate",
+    "MetricResult",
+    "ROAD_PERCENTAGES",
+    "aggregate",
+    "faithfulness_correlation",
+    "max_sensitivity",
+    "model_parameter_randomisation",
+    "noisy_linear_imputation",
+    "pointing_game",
+    "relevance_mass_accuracy",
+    "relevance_rank_accuracy",
+    "road",
+    "box_from_map",
+    "box_iou",
+    "localisation_iou",
+    "localisation_accuracy",
+    "mask_iou",
+    "segmentation_iou",
+    "SANITY_METHODS",
+    "SanityCheck",
+    "sanity_check",
+    "Leaderboard",
+    "benchmark",
 ]

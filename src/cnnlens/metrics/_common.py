@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -46,8 +47,10 @@ def masks_of(boxes: Any = None, masks: Any = None, n: int = 0, size: tuple[int, 
         if m.dim() == 2:
             m = m.unsqueeze(0)
         if m.dim() != 3 or m.shape[0] != n or tuple(m.shape[-2:]) != tuple(size):
-            raise ValueError(f"masks of shape {tuple(m.shape)} do not match {n} maps of size {tuple(size)}; "
-                             "give one H×W mask per map")
+            raise ValueError(
+                f"masks of shape {tuple(m.shape)} do not match {n} maps of size {tuple(size)}; "
+                "give one H×W mask per map"
+            )
         return m.detach().cpu() != 0
     b = torch.as_tensor(boxes)
     if b.dim() == 1:
@@ -71,8 +74,14 @@ def resolve_method(method: Callable | str) -> tuple[str, Callable]:
     return getattr(method, "__name__", "method"), method
 
 
-def explained_classes(model: nn.Module, x: torch.Tensor, target: Any, explanation: Any = None,
-                      y: torch.Tensor | None = None, what: str = "metric") -> tuple[torch.Tensor, torch.Tensor]:
+def explained_classes(
+    model: nn.Module,
+    x: torch.Tensor,
+    target: Any,
+    explanation: Any = None,
+    y: torch.Tensor | None = None,
+    what: str = "metric",
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(x checked and in the model's dtype, the class of each sample) — the explanation's classes when
     ``target`` is None and an Explanation is given, else the target resolved on the model."""
     from ..attribution._common import logits_of, prepare
@@ -89,8 +98,9 @@ def explained_classes(model: nn.Module, x: torch.Tensor, target: Any, explanatio
     return p.x, classes.to(p.x.device)
 
 
-def class_scores(model: nn.Module, xs: torch.Tensor, classes: torch.Tensor, batch_size: int | None,
-                 kind: str = "logit") -> torch.Tensor:
+def class_scores(
+    model: nn.Module, xs: torch.Tensor, classes: torch.Tensor, batch_size: int | None, kind: str = "logit"
+) -> torch.Tensor:
     """Scores of ``classes`` on the images ``xs`` (M×C×H×W), batched: the logit, or with kind="argmax"
     the predicted class (long)."""
     from ..attribution._common import logits_of

@@ -15,19 +15,20 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from torch import nn
 
+from .._autograd import needs_autograd
 from ..results import Result
 from .faithfulness import faithfulness_correlation, road
-from .objects import localisation_accuracy, localisation_iou, segmentation_iou
 from .localisation import pointing_game, relevance_mass_accuracy, relevance_rank_accuracy
+from .objects import localisation_accuracy, localisation_iou, segmentation_iou
 from .randomisation import model_parameter_randomisation
 from .result import Aggregate, MetricResult, aggregate
 from .robustness import max_sensitivity
-from .._autograd import needs_autograd
 
 log = logging.getLogger(__name__)
 
@@ -99,9 +100,19 @@ class Leaderboard(Result):
         for m in self.methods:
             for k in self.metrics:
                 a: Aggregate = self.aggregates[m][k]
-                out.append({"method": m, "metric": k, "mean": a.mean, "ci_low": a.low, "ci_high": a.high,
-                            "n": a.n, "undefined": a.undefined, "higher_is_better": self.higher_is_better[k],
-                            "seconds_per_map": self.seconds_per_map[m]})
+                out.append(
+                    {
+                        "method": m,
+                        "metric": k,
+                        "mean": a.mean,
+                        "ci_low": a.low,
+                        "ci_high": a.high,
+                        "n": a.n,
+                        "undefined": a.undefined,
+                        "higher_is_better": self.higher_is_better[k],
+                        "seconds_per_map": self.seconds_per_map[m],
+                    }
+                )
         return out
 
     def csv(self) -> str:
@@ -119,8 +130,11 @@ class Leaderboard(Result):
     def clear_best(self, metric: str) -> str | None:
         """The best method on ``metric`` only when its 95 % interval does not overlap the runner-up's (so the
         ranking is not noise); None otherwise."""
-        vals = sorted(((self.aggregates[m][metric], m) for m in self.methods if self.aggregates[m][metric].n > 0),
-                      key=lambda t: t[0].mean, reverse=self.higher_is_better[metric])
+        vals = sorted(
+            ((self.aggregates[m][metric], m) for m in self.methods if self.aggregates[m][metric].n > 0),
+            key=lambda t: t[0].mean,
+            reverse=self.higher_is_better[metric],
+        )
         if not vals:
             return None
         if len(vals) == 1:
@@ -131,8 +145,7 @@ class Leaderboard(Result):
 
     def best(self, metric: str) -> str | None:
         """The method with the best mean on ``metric`` (None if all are undefined)."""
-        vals = [(self.aggregates[m][metric].mean, m) for m in self.methods
-                if self.aggregates[m][metric].n > 0]
+        vals = [(self.aggregates[m][metric].mean, m) for m in self.methods if self.aggregates[m][metric].n > 0]
         if not vals:
             return None
         return (max if self.higher_is_better[metric] else min)(vals)[1]
@@ -149,12 +162,23 @@ def _check_names(given, known, what):
 
 
 @needs_autograd
-def benchmark(model: nn.Module, x: torch.Tensor, *, y: torch.Tensor | None = None, boxes: Any = None,
-              masks: Any = None, objects: Any = None, methods: Sequence[str] | None = None,
-              metrics: Sequence[str] | None = None,
-              target: Any = None, method_settings: dict | None = None, metric_settings: dict | None = None,
-              level: float = 0.95, keep: int = 4,
-              progress: Callable[[int, int], None] | None = None) -> Leaderboard:
+def benchmark(
+    model: nn.Module,
+    x: torch.Tensor,
+    *,
+    y: torch.Tensor | None = None,
+    boxes: Any = None,
+    masks: Any = None,
+    objects: Any = None,
+    methods: Sequence[str] | None = None,
+    metrics: Sequence[str] | None = None,
+    target: Any = None,
+    method_settings: dict | None = None,
+    metric_settings: dict | None = None,
+    level: float = 0.95,
+    keep: int = 4,
+    progress: Callable[[int, int], None] | None = None,
+) -> Leaderboard:
     """Score every method in ``methods`` (default: all of ``cnnlens.attribution.METHODS``) on every metric.
 
     ``target``: default ``"true"`` when labels ``y`` are given (the box is the labelled object's),
@@ -176,8 +200,9 @@ def benchmark(model: nn.Module, x: torch.Tensor, *, y: torch.Tensor | None = Non
     if not has_truth:
         dropped = [k for k in wanted if METRICS[k][1]]
         if dropped and metrics is not None:
-            raise ValueError(f"{', '.join(dropped)} need a ground truth; give boxes= or masks= "
-                             "(for an ImageFolder: a boxes CSV)")
+            raise ValueError(
+                f"{', '.join(dropped)} need a ground truth; give boxes= or masks= (for an ImageFolder: a boxes CSV)"
+            )
         wanted = [k for k in wanted if not METRICS[k][1]]
     if "segmentation_iou" in wanted and metrics is None and not _has_opencv():
         log.info("benchmark: segmentation_iou left out (pip install 'cnnlens[segment]' for OpenCV's GrabCut)")
@@ -221,12 +246,25 @@ def benchmark(model: nn.Module, x: torch.Tensor, *, y: torch.Tensor | None = Non
         scores[name] = row
         log.info("benchmark: %s done (%.3f s per map)", name, seconds[name])
     aggs = {m: {k: aggregate(scores[m][k], level) for k in wanted} for m in method_names}
-    settings = {"target": target if isinstance(target, str) else "given", "level": level,
-                "metrics": {k: ksets.get(k, {}) for k in wanted},
-                "methods": {m: msets.get(m, {}) for m in method_names}, "ground_truth": has_truth}
-    return Leaderboard(methods=method_names, metrics=wanted, scores=scores, aggregates=aggs,
-                       seconds_per_map=seconds, higher_is_better={k: METRICS[k][0] for k in wanted}, n=n,
-                       settings=settings, examples=examples, objects=kept)
+    settings = {
+        "target": target if isinstance(target, str) else "given",
+        "level": level,
+        "metrics": {k: ksets.get(k, {}) for k in wanted},
+        "methods": {m: msets.get(m, {}) for m in method_names},
+        "ground_truth": has_truth,
+    }
+    return Leaderboard(
+        methods=method_names,
+        metrics=wanted,
+        scores=scores,
+        aggregates=aggs,
+        seconds_per_map=seconds,
+        higher_is_better={k: METRICS[k][0] for k in wanted},
+        n=n,
+        settings=settings,
+        examples=examples,
+        objects=kept,
+    )
 
 
 def _has_opencv() -> bool:
@@ -250,15 +288,21 @@ class _Truth:
             rows, cols = region.any(2), region.any(1)
             idx_r, idx_c = torch.arange(size[0]), torch.arange(size[1])
             big = max(size)
-            self.box_list = torch.stack([torch.where(cols, idx_c, big).min(1).values,
-                                         torch.where(rows, idx_r, big).min(1).values,
-                                         torch.where(cols, idx_c, -1).max(1).values + 1,
-                                         torch.where(rows, idx_r, -1).max(1).values + 1], 1)
+            self.box_list = torch.stack(
+                [
+                    torch.where(cols, idx_c, big).min(1).values,
+                    torch.where(rows, idx_r, big).min(1).values,
+                    torch.where(cols, idx_c, -1).max(1).values + 1,
+                    torch.where(rows, idx_r, -1).max(1).values + 1,
+                ],
+                1,
+            )
         self.objects = region if objects is None else masks_of(masks=objects, n=n, size=size)
 
 
-def _score(k: str, model, x, e, classes, method: str, method_settings: dict, truth: "_Truth | None",
-           s: dict) -> MetricResult:
+def _score(
+    k: str, model, x, e, classes, method: str, method_settings: dict, truth: _Truth | None, s: dict
+) -> MetricResult:
     from ..attribution import deletion, insertion
 
     boxes, masks = (truth.boxes, truth.masks) if truth is not None else (None, None)

@@ -8,8 +8,9 @@ digits' ink built in) or of an ImageFolder (boxes from a CSV, optional) scored b
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 
@@ -37,8 +38,9 @@ class BenchmarkRun:
     data: BenchmarkData
 
 
-def load_benchmark_data(model, data: str = "cluttered-digits", boxes: str | Path | None = None,
-                        n: int = 16) -> BenchmarkData:
+def load_benchmark_data(
+    model, data: str = "cluttered-digits", boxes: str | Path | None = None, n: int = 16
+) -> BenchmarkData:
     """The first ``n`` images of ``data`` for :func:`benchmark`: ``"cluttered-digits"`` (its held-out split,
     boxes and ink built in; for a 1×64×64 model) or an ImageFolder directory, with ``boxes`` a CSV
     (``path,x0,y0,x1,y1``, see :func:`cnnlens.data.boxed_image_folder`) or without boxes."""
@@ -49,9 +51,11 @@ def load_benchmark_data(model, data: str = "cluttered-digits", boxes: str | Path
             raise ValueError("--boxes: cluttered-digits has its own boxes; leave --boxes out")
         spec = model.spec
         if tuple(spec.input_size) != (64, 64) or spec.channels != 1:
-            raise ValueError(f"cluttered-digits images are 1×64×64 but {spec.name} takes "
-                             f"{spec.channels}×{spec.input_size[0]}×{spec.input_size[1]}; use a model "
-                             "made for them (cluttered-digits-cnn)")
+            raise ValueError(
+                f"cluttered-digits images are 1×64×64 but {spec.name} takes "
+                f"{spec.channels}×{spec.input_size[0]}×{spec.input_size[1]}; use a model "
+                "made for them (cluttered-digits-cnn)"
+            )
         ds = cluttered_digits("test")
         found = BenchmarkData(ds.x[:n], ds.y[:n], ds.boxes[:n], ds.ink[:n], data, "built in")
     else:
@@ -70,14 +74,22 @@ def load_benchmark_data(model, data: str = "cluttered-digits", boxes: str | Path
             xs, ys = zip(*[ds[i] for i in range(min(n, len(ds)))])
             found = BenchmarkData(torch.stack(xs), torch.tensor(ys), None, None, data, "none")
     if len(found.y) < 2:
-        raise ValueError(f"--data {data}: only {len(found.y)} image(s) to score; a confidence interval needs at "
-                         "least 2")
+        raise ValueError(
+            f"--data {data}: only {len(found.y)} image(s) to score; a confidence interval needs at least 2"
+        )
     return found
 
 
-def benchmark_dataset(model, data: str | BenchmarkData = "cluttered-digits", *, boxes: str | Path | None = None, n: int = 16,
-                      methods: Sequence[str] | None = None, metrics: Sequence[str] | None = None,
-                      progress: Callable[[int, int], None] | None = None) -> BenchmarkRun:
+def benchmark_dataset(
+    model,
+    data: str | BenchmarkData = "cluttered-digits",
+    *,
+    boxes: str | Path | None = None,
+    n: int = 16,
+    methods: Sequence[str] | None = None,
+    metrics: Sequence[str] | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> BenchmarkRun:
     """:func:`load_benchmark_data` (unless ``data`` is already loaded) then :func:`benchmark` on the model's
     device (methods: default all; metrics: default all that apply). ``progress(done, total)`` counts (method, metric) pairs.
 
@@ -86,6 +98,14 @@ def benchmark_dataset(model, data: str | BenchmarkData = "cluttered-digits", *, 
     """
     d = data if isinstance(data, BenchmarkData) else load_benchmark_data(model, data, boxes, n)
     dev = next(iter(model.parameters())).device
-    lb = benchmark(model, d.x.to(dev), y=d.y.to(dev), boxes=d.boxes, objects=d.objects, methods=methods,
-                   metrics=metrics, progress=progress)
+    lb = benchmark(
+        model,
+        d.x.to(dev),
+        y=d.y.to(dev),
+        boxes=d.boxes,
+        objects=d.objects,
+        methods=methods,
+        metrics=metrics,
+        progress=progress,
+    )
     return BenchmarkRun(lb, d)

@@ -15,16 +15,17 @@ before the Quantus call both give the same numbers (the tests check it).
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
+from .._autograd import needs_autograd
 from .._batch import check_batch_size, chunks
 from ._common import class_scores, explained_classes, maps_of, pearson_rows, rng
 from .result import MetricResult
-from .._autograd import needs_autograd
 
 Progress = Any
 
@@ -50,10 +51,21 @@ def _fill_values(x: torch.Tensor, baseline: Any) -> torch.Tensor:
 
 
 @needs_autograd
-def faithfulness_correlation(model: nn.Module, x: torch.Tensor, explanation: Any, target: Any = None, *,
-                             runs: int = 100, subset_size: int = 224, baseline: Any = "black", seed: int = 0,
-                             abs: bool = False, batch_size: int | None = None, y: torch.Tensor | None = None,
-                             progress: Progress | None = None) -> MetricResult:
+def faithfulness_correlation(
+    model: nn.Module,
+    x: torch.Tensor,
+    explanation: Any,
+    target: Any = None,
+    *,
+    runs: int = 100,
+    subset_size: int = 224,
+    baseline: Any = "black",
+    seed: int = 0,
+    abs: bool = False,
+    batch_size: int | None = None,
+    y: torch.Tensor | None = None,
+    progress: Progress | None = None,
+) -> MetricResult:
     """Faithfulness correlation (Bhatt, Weller & Moura 2020, "Evaluating and aggregating feature-based
     model explanations", IJCAI).
 
@@ -105,19 +117,41 @@ def faithfulness_correlation(model: nn.Module, x: torch.Tensor, explanation: Any
     deltas = (base_scores.view(1, n) - pert.view(runs, n)).T  # n × runs, float32 as Quantus
     sums = torch.stack([a_full.double().gather(1, idx_t[r]).sum(1) for r in range(runs)], 1)
     rho = pearson_rows(sums.cpu(), deltas.cpu())
-    return MetricResult("faithfulness_correlation", rho, True, classes.cpu(), getattr(explanation, "method", None),
-                        settings={"runs": runs, "subset_size": subset_size, "baseline": baseline, "seed": seed,
-                                  "abs": abs, "score": "logit", "paper": "Bhatt et al. 2020"})
+    return MetricResult(
+        "faithfulness_correlation",
+        rho,
+        True,
+        classes.cpu(),
+        getattr(explanation, "method", None),
+        settings={
+            "runs": runs,
+            "subset_size": subset_size,
+            "baseline": baseline,
+            "seed": seed,
+            "abs": abs,
+            "score": "logit",
+            "paper": "Bhatt et al. 2020",
+        },
+    )
 
 
 # -- ROAD ------------------------------------------------------------------------------------------
 
-_OFFSETS = (((1, 1), 1 / 12), ((0, 1), 1 / 6), ((-1, 1), 1 / 12), ((1, -1), 1 / 12), ((0, -1), 1 / 6),
-            ((-1, -1), 1 / 12), ((1, 0), 1 / 6), ((-1, 0), 1 / 6))
+_OFFSETS = (
+    ((1, 1), 1 / 12),
+    ((0, 1), 1 / 6),
+    ((-1, 1), 1 / 12),
+    ((1, -1), 1 / 12),
+    ((0, -1), 1 / 6),
+    ((-1, -1), 1 / 12),
+    ((1, 0), 1 / 6),
+    ((-1, 0), 1 / 6),
+)
 
 
-def noisy_linear_imputation(image: np.ndarray, removed: np.ndarray, noise: float,
-                            rs: np.random.RandomState | None) -> np.ndarray:
+def noisy_linear_imputation(
+    image: np.ndarray, removed: np.ndarray, noise: float, rs: np.random.RandomState | None
+) -> np.ndarray:
     """ROAD's imputation (Rong et al. 2022): each removed pixel becomes the weighted mean of its 8
     neighbours (1/6 for the 4 direct, 1/12 for the diagonal ones; neighbours outside the image
     dropped), removed neighbours solved for jointly — one sparse linear system per image — plus
@@ -164,10 +198,20 @@ def noisy_linear_imputation(image: np.ndarray, removed: np.ndarray, noise: float
 
 
 @needs_autograd
-def road(model: nn.Module, x: torch.Tensor, explanation: Any, target: Any = None, *, order: str = "morf",
-         percentages: Sequence[float] = ROAD_PERCENTAGES, noise: float = 0.01, seed: int = 0,
-         batch_size: int | None = None, y: torch.Tensor | None = None,
-         progress: Progress | None = None) -> MetricResult:
+def road(
+    model: nn.Module,
+    x: torch.Tensor,
+    explanation: Any,
+    target: Any = None,
+    *,
+    order: str = "morf",
+    percentages: Sequence[float] = ROAD_PERCENTAGES,
+    noise: float = 0.01,
+    seed: int = 0,
+    batch_size: int | None = None,
+    y: torch.Tensor | None = None,
+    progress: Progress | None = None,
+) -> MetricResult:
     """ROAD, RemOve And Debias (Rong, Leemann, Borisov, Kasneci & Kasneci 2022, "A consistent and
     efficient evaluation strategy for attribution methods", ICML).
 
@@ -212,8 +256,12 @@ def road(model: nn.Module, x: torch.Tensor, explanation: Any, target: Any = None
     hits = (pred == classes.view(1, n)).T.cpu()  # n × P
     if progress:
         progress(len(pcts) + 1, len(pcts) + 1)
-    return MetricResult(f"road_{order}", hits.double().mean(1), order == "lerf", classes.cpu(),
-                        getattr(explanation, "method", None),
-                        settings={"order": order, "percentages": pcts, "noise": noise, "seed": seed,
-                                  "paper": "Rong et al. 2022"},
-                        extras={"hits": hits, "curve": hits.double().mean(0)})
+    return MetricResult(
+        f"road_{order}",
+        hits.double().mean(1),
+        order == "lerf",
+        classes.cpu(),
+        getattr(explanation, "method", None),
+        settings={"order": order, "percentages": pcts, "noise": noise, "seed": seed, "paper": "Rong et al. 2022"},
+        extras={"hits": hits, "curve": hits.double().mean(0)},
+    )

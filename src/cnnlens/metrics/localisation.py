@@ -50,12 +50,19 @@ def pointing_game(explanation: Any, boxes: Any = None, *, masks: Any = None, abs
     top = a == a.max(1, keepdim=True).values
     hit = (top & s).any(1).double()
     hit[s.sum(1) == 0] = float("nan")
-    return MetricResult("pointing_game", hit, True, _classes(explanation, len(hit)), _method(explanation),
-                        settings={"abs": abs, "paper": "Zhang et al. 2018"})
+    return MetricResult(
+        "pointing_game",
+        hit,
+        True,
+        _classes(explanation, len(hit)),
+        _method(explanation),
+        settings={"abs": abs, "paper": "Zhang et al. 2018"},
+    )
 
 
-def relevance_mass_accuracy(explanation: Any, boxes: Any = None, *, masks: Any = None,
-                            abs: bool = False) -> MetricResult:
+def relevance_mass_accuracy(
+    explanation: Any, boxes: Any = None, *, masks: Any = None, abs: bool = False
+) -> MetricResult:
     """Relevance mass accuracy (Arras et al. 2022, "CLEVR-XAI: a benchmark dataset for the ground truth
     evaluation of neural network explanations", Information Fusion):
 
@@ -69,12 +76,19 @@ def relevance_mass_accuracy(explanation: Any, boxes: Any = None, *, masks: Any =
     total = a.sum(1)
     mass = (a * s).sum(1) / total
     mass[s.sum(1) == 0] = float("nan")
-    return MetricResult("relevance_mass_accuracy", mass, True, _classes(explanation, len(mass)),
-                        _method(explanation), settings={"abs": abs, "paper": "Arras et al. 2022"})
+    return MetricResult(
+        "relevance_mass_accuracy",
+        mass,
+        True,
+        _classes(explanation, len(mass)),
+        _method(explanation),
+        settings={"abs": abs, "paper": "Arras et al. 2022"},
+    )
 
 
-def relevance_rank_accuracy(explanation: Any, boxes: Any = None, *, masks: Any = None,
-                            abs: bool = False) -> MetricResult:
+def relevance_rank_accuracy(
+    explanation: Any, boxes: Any = None, *, masks: Any = None, abs: bool = False
+) -> MetricResult:
     """Relevance rank accuracy (Arras et al. 2022, CLEVR-XAI): of the K = |GT_i| highest-relevance
     pixels, the fraction inside the ground truth.
 
@@ -90,5 +104,11 @@ def relevance_rank_accuracy(explanation: Any, boxes: Any = None, *, masks: Any =
     first_k = torch.arange(a.shape[1]).view(1, -1) < k.view(-1, 1)
     rank = (picked & first_k).sum(1).double() / k.clamp_min(1).double()
     rank[k == 0] = float("nan")
-    return MetricResult("relevance_rank_accuracy", rank, True, _classes(explanation, len(rank)),
-                        _method(explanation), settings={"abs": abs, "paper": "Arras et al. 2022"})
+    return MetricResult(
+        "relevance_rank_accuracy",
+        rank,
+        True,
+        _classes(explanation, len(rank)),
+        _method(explanation),
+        settings={"abs": abs, "paper": "Arras et al. 2022"},
+    )

@@ -46,8 +46,9 @@ def box_from_map(explanation: Any, threshold: float = 0.2) -> torch.Tensor:
 
     label = require("data", "skimage.measure", what="box_from_map (connected regions)").label
     if not 0 <= float(threshold) <= 1:
-        raise ValueError(f"threshold must be in [0, 1] (a share of the map's maximum), got {threshold}; "
-                         "Zhou et al. use 0.2")
+        raise ValueError(
+            f"threshold must be in [0, 1] (a share of the map's maximum), got {threshold}; Zhou et al. use 0.2"
+        )
     a = maps_of(explanation).numpy()
     out = np.zeros((a.shape[0], 4), dtype=np.int64)
     for i, m in enumerate(a):
@@ -105,13 +106,20 @@ def localisation_iou(explanation: Any, boxes: Any, *, threshold: float = 0.2) ->
     truth = _true_boxes(boxes, a.shape[0])
     pred = box_from_map(a, threshold)
     iou = box_iou(pred, truth)
-    return MetricResult("localisation_iou", iou, True, _classes(explanation, len(iou)),
-                        getattr(explanation, "method", None),
-                        settings={"threshold": threshold, "paper": "Zhou et al. 2016"}, extras={"boxes": pred})
+    return MetricResult(
+        "localisation_iou",
+        iou,
+        True,
+        _classes(explanation, len(iou)),
+        getattr(explanation, "method", None),
+        settings={"threshold": threshold, "paper": "Zhou et al. 2016"},
+        extras={"boxes": pred},
+    )
 
 
-def localisation_accuracy(explanation: Any, boxes: Any, *, threshold: float = 0.2,
-                          iou: float = IOU_HIT) -> MetricResult:
+def localisation_accuracy(
+    explanation: Any, boxes: Any, *, threshold: float = 0.2, iou: float = IOU_HIT
+) -> MetricResult:
     """1 where the box cut from the map overlaps the ground-truth box with IoU ≥ ``iou`` (0.5: the ILSVRC
     criterion Zhou et al. 2016 report), else 0; the mean is the GT-known localisation accuracy.
 
@@ -119,9 +127,15 @@ def localisation_accuracy(explanation: Any, boxes: Any, *, threshold: float = 0.
     """
     r = localisation_iou(explanation, boxes, threshold=threshold)
     hit = (r.scores >= iou).double()
-    return MetricResult("localisation_accuracy", hit, True, r.classes, r.method,
-                        settings={"threshold": threshold, "iou": iou, "paper": "Zhou et al. 2016 (ILSVRC criterion)"},
-                        extras={"boxes": r.extras["boxes"], "iou": r.scores})
+    return MetricResult(
+        "localisation_accuracy",
+        hit,
+        True,
+        r.classes,
+        r.method,
+        settings={"threshold": threshold, "iou": iou, "paper": "Zhou et al. 2016 (ILSVRC criterion)"},
+        extras={"boxes": r.extras["boxes"], "iou": r.scores},
+    )
 
 
 def mask_iou(masks: Any, true_masks: Any) -> torch.Tensor:
@@ -152,7 +166,12 @@ def segmentation_iou(explanation: Any, x: torch.Tensor, true_masks: Any, **segme
 
     seg = segment(explanation, x, **segment_settings)
     iou = mask_iou(seg, true_masks)
-    return MetricResult("segmentation_iou", iou, True, _classes(explanation, len(iou)),
-                        getattr(explanation, "method", None),
-                        settings={**segment_settings, "paper": "Simonyan et al. 2014 §3 (GrabCut)"},
-                        extras={"masks": seg})
+    return MetricResult(
+        "segmentation_iou",
+        iou,
+        True,
+        _classes(explanation, len(iou)),
+        getattr(explanation, "method", None),
+        settings={**segment_settings, "paper": "Simonyan et al. 2014 §3 (GrabCut)"},
+        extras={"masks": seg},
+    )

@@ -9,23 +9,33 @@ published ones.
 from __future__ import annotations
 
 import copy
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
 
+from .._autograd import needs_autograd
 from ._common import explained_classes, maps_of, resolve_method, spearman_rows
 from .result import MetricResult
-from .._autograd import needs_autograd
 
 Progress = Any
 
 
 @needs_autograd
-def model_parameter_randomisation(model: nn.Module, x: torch.Tensor, method: Callable | str,
-                                  target: Any = "predicted", *, explanation: Any = None, seed: int = 42,
-                                  abs: bool = True, y: torch.Tensor | None = None,
-                                  progress: Progress | None = None, **settings) -> MetricResult:
+def model_parameter_randomisation(
+    model: nn.Module,
+    x: torch.Tensor,
+    method: Callable | str,
+    target: Any = "predicted",
+    *,
+    explanation: Any = None,
+    seed: int = 42,
+    abs: bool = True,
+    y: torch.Tensor | None = None,
+    progress: Progress | None = None,
+    **settings,
+) -> MetricResult:
     """Model-parameter randomisation test (Adebayo, Gilmer, Muelly, Goodfellow, Hardt & Kim 2018,
     "Sanity checks for saliency maps", NeurIPS), cascading from the top, as Quantus' ``MPRT``:
 
@@ -43,8 +53,9 @@ def model_parameter_randomisation(model: nn.Module, x: torch.Tensor, method: Cal
     >>> model_parameter_randomisation(model, x, "guided_backprop").extras["correlations"]   # doctest: +SKIP
     """
     name, fn = resolve_method(method)
-    x_c, classes = explained_classes(model, x, target if explanation is None else None, explanation, y,
-                                     "model_parameter_randomisation")
+    x_c, classes = explained_classes(
+        model, x, target if explanation is None else None, explanation, y, "model_parameter_randomisation"
+    )
     n = x_c.shape[0]
     a = maps_of(explanation if explanation is not None else fn(model, x_c, target=classes, **settings), n)
     a = a.reshape(n, -1)
@@ -70,7 +81,18 @@ def model_parameter_randomisation(model: nn.Module, x: torch.Tensor, method: Cal
     finally:
         del twin
     c = torch.stack(corr)  # L × n
-    return MetricResult("model_parameter_randomisation", c.mean(0), False, classes.cpu(),
-                        name, settings={"seed": seed, "abs": abs, "cascade": "top-down (reverse registration order)",
-                                        "paper": "Adebayo et al. 2018", **settings},
-                        extras={"layers": names, "correlations": c, "last": c[-1]})
+    return MetricResult(
+        "model_parameter_randomisation",
+        c.mean(0),
+        False,
+        classes.cpu(),
+        name,
+        settings={
+            "seed": seed,
+            "abs": abs,
+            "cascade": "top-down (reverse registration order)",
+            "paper": "Adebayo et al. 2018",
+            **settings,
+        },
+        extras={"layers": names, "correlations": c, "last": c[-1]},
+    )

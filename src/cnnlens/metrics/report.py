@@ -61,16 +61,22 @@ def cell(a) -> str:
 
 def leaderboard_table(lb: Leaderboard) -> tuple[list[str], list[list[str]]]:
     """(header, rows) of the leaderboard: a row per method, ``mean ± half-width`` cells, seconds per map."""
-    header = ["method"] + [f"{LABELS.get(k, k)} {'↑' if lb.higher_is_better[k] else '↓'}" for k in lb.metrics] + \
-        ["s / map"]
+    header = (
+        ["method"] + [f"{LABELS.get(k, k)} {'↑' if lb.higher_is_better[k] else '↓'}" for k in lb.metrics] + ["s / map"]
+    )
     rows = []
     for m in lb.methods:
         rows.append([m] + [cell(lb.aggregates[m][k]) for k in lb.metrics] + [f"{lb.seconds_per_map[m]:.4f}"])
     return header, rows
 
 
-def leaderboard_section(report, lb: Leaderboard, settings: dict | None = None,
-                        title: str = "How far to trust each map", figures: list | None = None):
+def leaderboard_section(
+    report,
+    lb: Leaderboard,
+    settings: dict | None = None,
+    title: str = "How far to trust each map",
+    figures: list | None = None,
+):
     """Add the leaderboard section to ``report`` (a :class:`cnnlens.report.Report`); ``figures``:
     ``[(figure, caption), ...]`` shown below the table."""
     sec = report.section(title, intro=INTRO, settings=settings or {})
@@ -81,8 +87,10 @@ def leaderboard_section(report, lb: Leaderboard, settings: dict | None = None,
             if best[k] == r[0]:
                 r[j] = f"<b>{r[j]}</b>"
     sec.text(_html_table(header, rows))
-    sec.text(f"<p>{lb.n} images. Seconds per map are wall time on this machine (shared CPUs: a rough "
-             "figure). Every per-image score is in results.json and leaderboard.csv.</p>")
+    sec.text(
+        f"<p>{lb.n} images. Seconds per map are wall time on this machine (shared CPUs: a rough "
+        "figure). Every per-image score is in results.json and leaderboard.csv.</p>"
+    )
     for fig, caption in figures or []:
         sec.figure(fig, caption)
     sec.data("leaderboard", lb.to_dict())
@@ -113,7 +121,8 @@ SANITY_INTRO = (
     "times the upsampled Grad-CAM, so its ρ follows the Grad-CAM factor; its fine detail is still guided "
     "backprop's.) ρ is computed on the maps "
     "as shown (|gradient| for saliency and guided backprop); a constant map (Grad-CAM is all zero once the "
-    "classifier is random, for some images) has no ranks left and counts as ρ = 0.</p>")
+    "classifier is random, for some images) has no ranks left and counts as ρ = 0.</p>"
+)
 
 
 def sanity_rows(s) -> tuple[list[str], list[list]]:
@@ -135,10 +144,14 @@ def add_benchmark_section(report, run: BenchmarkRun, settings: dict | None = Non
     lb, d = run.leaderboard, run.data
     figs = []
     if lb.examples:
-        figs.append((examples_figure(lb, d.x[:4].cpu(), d.boxes[:4] if d.boxes is not None else None, class_names),
-                     "Each method's map (|value|) on the first images, the ground-truth box in white; where "
-                     "scored, the box cut from the map (Zhou et al. 2016) dashed yellow and the outline of "
-                     "the map-seeded GrabCut mask (Simonyan et al. 2014) in cyan."))
+        figs.append(
+            (
+                examples_figure(lb, d.x[:4].cpu(), d.boxes[:4] if d.boxes is not None else None, class_names),
+                "Each method's map (|value|) on the first images, the ground-truth box in white; where "
+                "scored, the box cut from the map (Zhou et al. 2016) dashed yellow and the outline of "
+                "the map-seeded GrabCut mask (Simonyan et al. 2014) in cyan.",
+            )
+        )
     sec = leaderboard_section(report, lb, settings=settings, figures=figs)
     report.file("leaderboard.csv", lb.csv())
     report.file("leaderboard.json", json.dumps(lb.to_dict(), indent=2))

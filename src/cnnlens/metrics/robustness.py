@@ -2,22 +2,34 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
 
+from .._autograd import needs_autograd
 from ._common import explained_classes, maps_of, resolve_method, rng
 from .result import MetricResult
-from .._autograd import needs_autograd
 
 Progress = Any
 
 
 @needs_autograd
-def max_sensitivity(model: nn.Module, x: torch.Tensor, method: Callable | str, target: Any = "predicted", *,
-                    explanation: Any = None, radius: float = 0.2, samples: int = 200, seed: int = 0,
-                    y: torch.Tensor | None = None, progress: Progress | None = None, **settings) -> MetricResult:
+def max_sensitivity(
+    model: nn.Module,
+    x: torch.Tensor,
+    method: Callable | str,
+    target: Any = "predicted",
+    *,
+    explanation: Any = None,
+    radius: float = 0.2,
+    samples: int = 200,
+    seed: int = 0,
+    y: torch.Tensor | None = None,
+    progress: Progress | None = None,
+    **settings,
+) -> MetricResult:
     """Max-sensitivity (Yeh, Hsieh, Suggala, Inouye & Ravikumar 2019, "On the (in)fidelity and
     sensitivity of explanations", NeurIPS), Monte-Carlo estimate:
 
@@ -35,8 +47,9 @@ def max_sensitivity(model: nn.Module, x: torch.Tensor, method: Callable | str, t
         raise ValueError(f"samples must be a positive int, got {samples!r}")
     if not radius > 0:
         raise ValueError(f"radius must be > 0 (the half-width of the uniform noise, in pixel units), got {radius}")
-    x_c, classes = explained_classes(model, x, target if explanation is None else None, explanation, y,
-                                     "max_sensitivity")
+    x_c, classes = explained_classes(
+        model, x, target if explanation is None else None, explanation, y, "max_sensitivity"
+    )
     n = x_c.shape[0]
     a = maps_of(explanation if explanation is not None else fn(model, x_c, target=classes, **settings), n)
     a = a.reshape(n, -1)
@@ -53,6 +66,18 @@ def max_sensitivity(model: nn.Module, x: torch.Tensor, method: Callable | str, t
     finite = torch.where(torch.isnan(sens), torch.full_like(sens, float("-inf")), sens)
     score = finite.max(1).values
     score[torch.isneginf(score)] = float("nan")
-    return MetricResult("max_sensitivity", score, False, classes.cpu(), name,
-                        settings={"radius": radius, "samples": samples, "seed": seed, "norm": "Frobenius",
-                                  "paper": "Yeh et al. 2019", **settings})
+    return MetricResult(
+        "max_sensitivity",
+        score,
+        False,
+        classes.cpu(),
+        name,
+        settings={
+            "radius": radius,
+            "samples": samples,
+            "seed": seed,
+            "norm": "Frobenius",
+            "paper": "Yeh et al. 2019",
+            **settings,
+        },
+    )

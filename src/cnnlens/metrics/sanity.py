@@ -14,19 +14,29 @@ each method on the same cascade and collects the correlations.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from torch import nn
 
-from ..results import Result
 from .._autograd import needs_autograd
+from ..results import Result
 
 #: the methods of the published comparison
 SANITY_METHODS = ("saliency", "gradcam", "guided_backprop", "guided_gradcam")
 #: the cascade on efficientnet-lite0 (top first): head, then the blocks of the backbone
-EFFNET_CASCADE = ("classifier", "conv_head", "blocks.6", "blocks.5", "blocks.4", "blocks.3", "blocks.2",
-                  "blocks.1", "conv_stem")
+EFFNET_CASCADE = (
+    "classifier",
+    "conv_head",
+    "blocks.6",
+    "blocks.5",
+    "blocks.4",
+    "blocks.3",
+    "blocks.2",
+    "blocks.1",
+    "conv_stem",
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,16 +65,28 @@ class SanityCheck(Result):
         return self.correlations(method).mean(1)
 
     def to_dict(self) -> dict:
-        return {"methods": self.methods, "layers": self.layers, "settings": self.settings,
-                "classes": self.classes.tolist(),
-                "spearman": {m: self.correlations(m, None).tolist() for m in self.methods}}
+        return {
+            "methods": self.methods,
+            "layers": self.layers,
+            "settings": self.settings,
+            "classes": self.classes.tolist(),
+            "spearman": {m: self.correlations(m, None).tolist() for m in self.methods},
+        }
 
 
 @needs_autograd
-def sanity_check(model: nn.Module, x: torch.Tensor, methods: Sequence[str] = SANITY_METHODS,
-                 layers: Sequence[str] | None = None, target: Any = "predicted", *, seed: int = 0,
-                 keep_maps: bool = True, method_settings: dict | None = None,
-                 progress: Callable[[int, int], None] | None = None) -> SanityCheck:
+def sanity_check(
+    model: nn.Module,
+    x: torch.Tensor,
+    methods: Sequence[str] = SANITY_METHODS,
+    layers: Sequence[str] | None = None,
+    target: Any = "predicted",
+    *,
+    seed: int = 0,
+    keep_maps: bool = True,
+    method_settings: dict | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> SanityCheck:
     """Cascading randomisation (top layer first) of ``model`` for each of ``methods``, all on the same
     cascade: ``layers`` names the cut points (default: :data:`EFFNET_CASCADE` when the model has those
     modules, else five even stages); each method's map on the partly random copy is rank-correlated
@@ -100,7 +122,15 @@ def sanity_check(model: nn.Module, x: torch.Tensor, methods: Sequence[str] = SAN
         cut_names = r.layers
         if progress:
             progress(i + 1, len(methods))
-    return SanityCheck(methods=list(methods), layers=list(cut_names or []), results=results,
-                       classes=classes.cpu(), settings={"seed": seed, "cascade": "top-down, cumulative",
-                                                        "cut_points": list(layers) if layers else "5 stages",
-                                                        "similarity": "Spearman rank correlation"})
+    return SanityCheck(
+        methods=list(methods),
+        layers=list(cut_names or []),
+        results=results,
+        classes=classes.cpu(),
+        settings={
+            "seed": seed,
+            "cascade": "top-down, cumulative",
+            "cut_points": list(layers) if layers else "5 stages",
+            "similarity": "Spearman rank correlation",
+        },
+    )

@@ -63,9 +63,13 @@ class ClutteredDigitsCNN(DigitsCNN):
 
 def cluttered_spec(class_names: tuple[str, ...] = CLASS_NAMES) -> ModelSpec:
     """The spec of ``cluttered-digits-cnn``: 1 channel, 64×64, mean/std 0.5."""
-    return grey_digits_spec("cluttered-digits-cnn", SIZE, class_names,
-                            dataset="cluttered-digits: one 24×24 digit on a 64×64 canvas among fragments of others and noise",
-                            test_split="cluttered_digits('test')")
+    return grey_digits_spec(
+        "cluttered-digits-cnn",
+        SIZE,
+        class_names,
+        dataset="cluttered-digits: one 24×24 digit on a 64×64 canvas among fragments of others and noise",
+        test_split="cluttered_digits('test')",
+    )
 
 
 class ClutteredDigits(Dataset):
@@ -79,8 +83,15 @@ class ClutteredDigits(Dataset):
     (same rule) — the concepts of network dissection on this test bed.
     """
 
-    def __init__(self, x: torch.Tensor, y: torch.Tensor, boxes: torch.Tensor, split: str,
-                 ink: torch.Tensor | None = None, clutter: torch.Tensor | None = None):
+    def __init__(
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        boxes: torch.Tensor,
+        split: str,
+        ink: torch.Tensor | None = None,
+        clutter: torch.Tensor | None = None,
+    ):
         self.x, self.y, self.boxes, self.split = x, y, boxes, split
         self.ink, self.clutter = ink, clutter
         self.class_names = CLASS_NAMES
@@ -105,8 +116,12 @@ def boxes_to_masks(boxes: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     b = torch.as_tensor(boxes).long().view(-1, 4)
     ys = torch.arange(H).view(1, H, 1)
     xs = torch.arange(W).view(1, 1, W)
-    return ((xs >= b[:, 0, None, None]) & (xs < b[:, 2, None, None])
-            & (ys >= b[:, 1, None, None]) & (ys < b[:, 3, None, None]))
+    return (
+        (xs >= b[:, 0, None, None])
+        & (xs < b[:, 2, None, None])
+        & (ys >= b[:, 1, None, None])
+        & (ys < b[:, 3, None, None])
+    )
 
 
 @functools.lru_cache(maxsize=1)
@@ -144,29 +159,41 @@ def _make(split: str) -> tuple[torch.Tensor, ...]:
                 j = idx[rs.randint(len(idx))]
             h, w = rs.randint(FRAGMENT_SIDE[0], FRAGMENT_SIDE[1] + 1, size=2)
             fr, fc = rs.randint(0, DIGIT - h + 1), rs.randint(0, DIGIT - w + 1)
-            piece = images[j, fr: fr + h, fc: fc + w]
+            piece = images[j, fr : fr + h, fc : fc + w]
             for _try in range(20):
                 pr, pc = rs.randint(0, SIZE - h + 1), rs.randint(0, SIZE - w + 1)
                 if pr + h <= r0 or pr >= r0 + DIGIT or pc + w <= c0 or pc >= c0 + DIGIT:
                     break
             else:
                 continue  # no room outside the digit: drop this fragment
-            np.maximum(canvas[pr: pr + h, pc: pc + w], piece, out=canvas[pr: pr + h, pc: pc + w])
-            clutter[k, pr: pr + h, pc: pc + w] |= piece > INK
+            np.maximum(canvas[pr : pr + h, pc : pc + w], piece, out=canvas[pr : pr + h, pc : pc + w])
+            clutter[k, pr : pr + h, pc : pc + w] |= piece > INK
         digit = images[i]
-        np.maximum(canvas[r0: r0 + DIGIT, c0: c0 + DIGIT], digit, out=canvas[r0: r0 + DIGIT, c0: c0 + DIGIT])
+        np.maximum(canvas[r0 : r0 + DIGIT, c0 : c0 + DIGIT], digit, out=canvas[r0 : r0 + DIGIT, c0 : c0 + DIGIT])
         canvas = np.clip(canvas + rs.normal(0.0, NOISE, size=canvas.shape).astype(np.float32), 0.0, 1.0)
         rows = np.flatnonzero((digit > INK).any(1))
         cols = np.flatnonzero((digit > INK).any(0))
         boxes[k] = (c0 + cols[0], r0 + rows[0], c0 + cols[-1] + 1, r0 + rows[-1] + 1)
-        ink[k, r0: r0 + DIGIT, c0: c0 + DIGIT] = digit > INK
+        ink[k, r0 : r0 + DIGIT, c0 : c0 + DIGIT] = digit > INK
         xs[k], ys[k] = canvas, labels[i]
-    return (torch.from_numpy(xs).unsqueeze(1), torch.from_numpy(ys), torch.from_numpy(boxes), torch.from_numpy(ink),
-            torch.from_numpy(clutter))
+    return (
+        torch.from_numpy(xs).unsqueeze(1),
+        torch.from_numpy(ys),
+        torch.from_numpy(boxes),
+        torch.from_numpy(ink),
+        torch.from_numpy(clutter),
+    )
 
 
-def fragment_canvases(digit: int | None, n: int, *, seed: int = 0, split: str = "train",
-                      pieces: tuple[int, int] = (2, 4), side: tuple[int, int] = (10, 16)) -> torch.Tensor:
+def fragment_canvases(
+    digit: int | None,
+    n: int,
+    *,
+    seed: int = 0,
+    split: str = "train",
+    pieces: tuple[int, int] = (2, 4),
+    side: tuple[int, int] = (10, 16),
+) -> torch.Tensor:
     """Concept images for TCAV: n 64×64 canvases (N×1×64×64 in [0, 1]) of ``pieces`` fragments (``side``
     pixels a side, of the 24) of digits of class ``digit`` — or of any class for ``digit=None``, a random
     concept — placed anywhere, with the test bed's noise; drawn from the digits of ``split``.
@@ -188,8 +215,11 @@ def fragment_canvases(digit: int | None, n: int, *, seed: int = 0, split: str = 
             h, w = rs.randint(side[0], side[1] + 1, size=2)
             fr, fc = rs.randint(0, DIGIT - h + 1), rs.randint(0, DIGIT - w + 1)
             pr, pc = rs.randint(0, SIZE - h + 1), rs.randint(0, SIZE - w + 1)
-            np.maximum(out[k, pr: pr + h, pc: pc + w], images[j, fr: fr + h, fc: fc + w],
-                       out=out[k, pr: pr + h, pc: pc + w])
+            np.maximum(
+                out[k, pr : pr + h, pc : pc + w],
+                images[j, fr : fr + h, fc : fc + w],
+                out=out[k, pr : pr + h, pc : pc + w],
+            )
         out[k] = np.clip(out[k] + rs.normal(0.0, NOISE, size=(SIZE, SIZE)).astype(np.float32), 0.0, 1.0)
     return torch.from_numpy(out).unsqueeze(1)
 

