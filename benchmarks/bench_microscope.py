@@ -204,7 +204,7 @@ def bench_scan(args) -> dict:
     from cnnlens.data import as_dataset
     from cnnlens.evaluation import EvaluationAccumulator
     from cnnlens.inside import MicroscopeAccumulator, layer_edges
-    from cnnlens.scan import scan
+    from cnnlens.scanning import scan
 
     if args.scan_model == "resnet18":  # a real-size network: random weights, 512 random 112² images, 10 labels
         import torchvision

@@ -113,7 +113,7 @@ def cnnlens_evaluate(model, ds, bs):
 
 
 def cnnlens_scan(model, ds, layers, rfs, edges, bs):
-    from cnnlens.scan import scan
+    from cnnlens.scanning import scan
 
     return accs_scan(model, ds, layers, rfs, edges, bs, scan)
 
@@ -321,7 +321,7 @@ def memory_child(model_name: str, n: int, bs: int, threads: int | None) -> dict:
 
     tracemalloc.start()
     try:
-        from cnnlens.scan import scan
+        from cnnlens.scanning import scan
 
         accs_scan(model, ds, layers, rfs, edges, bs, scan, progress)
     finally:

@@ -464,7 +464,7 @@ class _Grab:
 
 
 def test_the_scan_reads_layers_the_same_way_and_takes_layout(untouched):
-    from cnnlens.scan import scan
+    from cnnlens.scanning import scan
 
     net = untouched(ConvNeXtStyle().eval())
     x = torch.rand(3, 3, 64, 64, generator=torch.Generator().manual_seed(0))

@@ -13,9 +13,9 @@ from torch.utils.data import TensorDataset
 from cnnlens.attacks import fgsm, pgd
 from cnnlens.attacks.curves import RobustnessAccumulator, robustness
 from cnnlens.figures.attacks import curves_figure
-from cnnlens.scan import Batch
+from cnnlens.scanning import Batch
 
-scan_mod = importlib.import_module("cnnlens.scan")  # the module (cnnlens.scan the attribute is the function)
+scan_mod = importlib.import_module("cnnlens.scanning")  # the module (cnnlens.scan is the function)
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")

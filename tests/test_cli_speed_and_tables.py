@@ -31,7 +31,7 @@ def test_help_and_import_do_not_import_torch():
 
 def test_lazy_names_still_work():
     out = _run(
-        "import cnnlens, cnnlens.evaluation\n"  # the submodule cnnlens.scan is bound first
+        "import cnnlens, cnnlens.evaluation\n"  # cnnlens.scan is the function, the module cnnlens.scanning
         "from cnnlens import scan, Batch, LayerTap, Target\n"
         "import torch\n"
         "class Count:\n    layers = ()\n    def __init__(self): self.n = 0\n"

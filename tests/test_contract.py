@@ -23,7 +23,7 @@ from cnnlens import attacks, attribution, inside, metrics
 from cnnlens.evaluation import evaluate
 from cnnlens.explore import build_store
 from cnnlens.metrics.benchmark import benchmark
-from cnnlens.scan import scan
+from cnnlens.scanning import scan
 
 
 class Net(nn.Module):

@@ -281,7 +281,7 @@ def test_scan_sees_every_sample_once_and_shards_merge(tiny_gap_net, monkeypatch)
     # two shards merged equal one pass, with no sample dropped or repeated
     import sys
 
-    sc = sys.modules["cnnlens.scan"]  # the module (cnnlens.scan is also the function)
+    sc = sys.modules["cnnlens.scanning"]  # the module (cnnlens.scan is the function)
     monkeypatch.setattr(sc, "_gather_merge", lambda accs, world: accs)
     parts = []
     for rank in range(2):

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cnnlens.inside.dissect import GAMMA, DissectionAccumulator
-from cnnlens.scan import scan
+from cnnlens.scanning import scan
 
 
 def _square_data(n=6, size=20):

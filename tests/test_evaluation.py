@@ -25,7 +25,7 @@ from cnnlens.evaluation import (
     true_class_rank,
 )
 from cnnlens.figures.evaluation import confusion_figure
-from cnnlens.scan import Batch
+from cnnlens.scanning import Batch
 
 TESTS = Path(__file__).parent
 sys.path.insert(0, str(TESTS))
@@ -168,7 +168,7 @@ def test_merge_of_shards_equals_one_pass(monkeypatch, untouched):
     with pytest.raises(ValueError, match="same top-k"):
         one.merge(EvaluationAccumulator(5, topk=(1,)))
     # the scan's rank::world shards, merged, equal the single pass (no sample dropped or repeated)
-    scan_mod = sys.modules["cnnlens.scan"]
+    scan_mod = sys.modules["cnnlens.scanning"]
     model = untouched(identity_model())
     data = logits_data(logits, y)
     full = evaluate(model, data, topk=(1, 2, 4), batch_size=4)

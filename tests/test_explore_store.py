@@ -17,7 +17,7 @@ import evalnets  # noqa: E402
 import cnnlens  # noqa: E402
 from cnnlens.explore import SampleAccumulator, Store, build_store  # noqa: E402
 from cnnlens.explore.store import store_path  # noqa: E402
-from cnnlens.scan import Batch  # noqa: E402
+from cnnlens.scanning import Batch  # noqa: E402
 
 
 class Counting(nn.Module):

@@ -18,8 +18,8 @@ __version__ = "0.1.0"
 _LAZY = {
     "Explanation": "results",
     "Result": "results",
-    "Batch": "scan",
-    "scan": "scan",
+    "Batch": "scanning",
+    "scan": "scanning",
     "LayerTap": "tap",
     "find_last_spatial_layer": "tap",
     "resolve_layer": "tap",

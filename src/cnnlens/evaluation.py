@@ -32,7 +32,7 @@ import torch
 
 from ._autograd import needs_autograd
 from .results import Result, jsonable
-from .scan import Batch, scan
+from .scanning import Batch, scan
 
 log = logging.getLogger(__name__)
 

@@ -158,7 +158,7 @@ class LayerTap:
         only for the layers named in a set, or for none (``False``). Without the copy a later
         in-place operation changes the record itself: :meth:`changed` names such layers (their
         version counters moved) and reading them is refused, so a caller that saves the copies
-        (:func:`cnnlens.scan.scan`) runs the batch again with ``tap.copy`` naming them.
+        (:func:`cnnlens.scanning.scan`) runs the batch again with ``tap.copy`` naming them.
         An inference tensor keeps no version counter, so it is always copied.
 
     A recorded output is always the layer's own value: the rest of the forward
@@ -380,7 +380,7 @@ class LayerTap:
         """Within this block the tap's hooks do nothing (no recording, edits or stop).
 
         For code that runs its own forward passes while the tap is active, e.g. an
-        accumulator's ``update`` during :func:`cnnlens.scan.scan`::
+        accumulator's ``update`` during :func:`cnnlens.scanning.scan`::
 
             with tap.paused():
                 acc.update(batch)      # may call the model again

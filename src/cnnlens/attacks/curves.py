@@ -1,6 +1,6 @@
 """Robustness of a model over a dataset: accuracy against ε for each attack, in one scan.
 
-:class:`RobustnessAccumulator` plugs into :func:`cnnlens.scan.scan` like any other
+:class:`RobustnessAccumulator` plugs into :func:`cnnlens.scanning.scan` like any other
 accumulator (``update``, ``merge``, ``compute``), so the same code runs in one
 process or sharded under ``torchrun``. For every batch and every ε it attacks
 each image away from its true label (FGSM: one gradient reused for every ε; PGD:
@@ -26,7 +26,7 @@ from torch import nn
 
 from .._autograd import needs_autograd
 from ..results import Result
-from ..scan import Batch
+from ..scanning import Batch
 from ..tap import LayerTap
 from .common import (
     check_steps,
@@ -409,7 +409,7 @@ def robustness(
     >>> r = robustness(cnnlens.load_model("digits-cnn"), "digits", eps=[0, 2/255, 8/255])   # doctest: +SKIP
     >>> r.clean_accuracy, r.accuracy["pgd"]                                                  # doctest: +SKIP
     """
-    from ..scan import scan
+    from ..scanning import scan
 
     acc = RobustnessAccumulator(
         eps,

@@ -36,7 +36,7 @@ def demo_section(report, ctx) -> None:
     from ..inside.receptive import receptive_field
     from ..inside.search import SearchAccumulator, _input_size
     from ..inside.stats import StatsAccumulator, default_edges
-    from ..scan import scan
+    from ..scanning import scan
 
     q = ctx.quick
     prog = ctx.progress

@@ -41,7 +41,7 @@ from torch import nn
 
 from ..evaluation import EvaluationResult, true_class_rank
 from ..inside.fvcache import model_hash  # SHA-256 of the state_dict and spec (one definition, also the fv cache key)
-from ..scan import Batch, distributed_info, scan
+from ..scanning import Batch, distributed_info, scan
 
 log = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ maximisation, deconvnet, Deep Dream, neuron statistics, channel influence and co
     viz = maximize(model, objectives.channel("features.3", [0, 1, 2]) - 0.05 * objectives.tv(), steps=128)
 
 Dataset-level views (:func:`dataset_search`, :func:`neuron_stats`,
-:func:`influence` on a dataset) are accumulators of :func:`cnnlens.scan.scan`,
+:func:`influence` on a dataset) are accumulators of :func:`cnnlens.scanning.scan`,
 so they share one forward pass with evaluation and run under ``torchrun``.
 """
 

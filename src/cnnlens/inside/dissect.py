@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 
 from ..results import Result, layer_entry
-from ..scan import Batch
+from ..scanning import Batch
 
 #: Bau et al.'s defaults: the top 0.5 % of a unit's activations, a label where IoU > 0.04
 QUANTILE = 0.005
@@ -134,7 +134,7 @@ class Dissection(Result):
 
 
 class DissectionAccumulator:
-    """Mergeable network dissection for :func:`cnnlens.scan.scan`: per layer, the sketch counts described in
+    """Mergeable network dissection for :func:`cnnlens.scanning.scan`: per layer, the sketch counts described in
     the module docstring. ``segments``: the whole dataset's concept label maps (N×H×W integer, −1 for no
     concept; the rows are looked up by ``batch.index``) at the input's size; ``concepts``: their names.
     """
@@ -285,7 +285,7 @@ def dissect(
     >>> d = dissect(cnnlens.load_model("cluttered-digits-cnn"), "cluttered-digits", ["net.features.10"])  # doctest: +SKIP
     """
     from ..data import as_dataset
-    from ..scan import scan
+    from ..scanning import scan
     from ..tap import resolve_layer
 
     ds = as_dataset(data, model)

@@ -24,7 +24,7 @@ from torch import nn
 from .._autograd import needs_autograd
 from .._inputs import check_not_empty
 from ..results import Result
-from ..scan import Batch
+from ..scanning import Batch
 from ..tap import LayerRef, LayerTap, resolve_layer
 from ..targets import Target, as_target, model_classes
 
@@ -107,7 +107,7 @@ class InfluenceAccumulator:
     """Sums per-channel gradient, gradient × activation and ablation drops over batches.
 
     It runs its own forward and backward passes on each batch (the scan's tap is
-    paused meanwhile), so it can sit in the same :func:`cnnlens.scan.scan` as
+    paused meanwhile), so it can sit in the same :func:`cnnlens.scanning.scan` as
     evaluation or dataset search.
     """
 
@@ -336,7 +336,7 @@ def _count(model, x_or_data, device) -> int:
     if torch.is_tensor(x_or_data):
         return 1 if x_or_data.dim() == 3 else len(x_or_data)
     from ..data import as_dataset
-    from ..scan import distributed_info
+    from ..scanning import distributed_info
 
     data = as_dataset(x_or_data, model)
     try:
@@ -379,7 +379,7 @@ def _run(model, x_or_data, name, target, *, ablation, channels, y, batch_size, c
             acc.update(Batch(x=xb, y=yb, logits=torch.empty(0), index=torch.arange(len(xb)), model=model))
         return acc.compute()
     from ..data import as_dataset
-    from ..scan import scan
+    from ..scanning import scan
 
     (res,) = scan(model, as_dataset(x_or_data, model), [acc], batch_size=batch_size, device=device)
     return res

@@ -2,7 +2,7 @@
 
 What OpenAI Microscope showed for a fixed zoo of models, for the user's own model and data:
 
-- :func:`microscope_scan` — ONE streaming scan (:func:`cnnlens.scan.scan`) that keeps,
+- :func:`microscope_scan` — ONE streaming scan (:func:`cnnlens.scanning.scan`) that keeps,
   for every channel of every chosen layer, its top-k dataset images (index, position
   of its strongest unit, activation; the receptive-field patch is cut from the
   dataset when drawn, :meth:`SearchResult.patches`) and its statistics
@@ -40,7 +40,7 @@ from torch import nn
 
 from .._autograd import needs_autograd
 from ..results import Result, layer_entry
-from ..scan import Batch
+from ..scanning import Batch
 from ..tap import LayerRef, LayerTap, resolve_layer
 from .receptive import ReceptiveField
 from .search import SearchAccumulator, SearchResult, _input_size
@@ -223,7 +223,7 @@ def microscope_scan(
     Each channel keeps its top-k as (image index, position, activation); its patches are cut from ``data`` when
     drawn (``.top.patches(data, channels)``), so the result stays small on a real network (``patches=True`` keeps
     float32 patches in ``.top.crops``, as :func:`dataset_search` does). ``layout``: "nchw" / "nhwc" for a layer
-    output that reads both ways (see :func:`cnnlens.scan.scan`).
+    output that reads both ways (see :func:`cnnlens.scanning.scan`).
 
     ``concepts``: network dissection (Bau et al. 2017, :mod:`cnnlens.inside.dissect`) in the same scan —
     ``(segments, names)`` (N×H×W concept labels, −1 for none), ``False`` for none, or ``None`` (the default):
@@ -237,7 +237,7 @@ def microscope_scan(
         micro["features.4"].stats.selectivity     # per channel, (μ_max − μ_rest)/(μ_max + μ_rest)
     """
     from ..data import as_dataset
-    from ..scan import scan
+    from ..scanning import scan
 
     data = as_dataset(data, model)
     names = _names(model, layers)

@@ -8,7 +8,7 @@ all channels) and cut once at the end when every channel's k images are small
 or the field covers most of the image, else each patch is cut when its image
 arrives. Per batch, each image's maximum per channel is one reduction (shared
 with neuron statistics of the same layer); a batch that reaches no channel's
-k-th best costs nothing more. Runs as an accumulator of :func:`cnnlens.scan.scan`,
+k-th best costs nothing more. Runs as an accumulator of :func:`cnnlens.scanning.scan`,
 so it shares the forward pass with evaluation and neuron statistics, and runs
 sharded under ``torchrun``.
 
@@ -29,7 +29,7 @@ from torch import nn
 
 from .._autograd import needs_autograd
 from ..results import Result
-from ..scan import Batch
+from ..scanning import Batch
 from ..tap import LayerRef, resolve_layer
 from .receptive import ReceptiveField, receptive_field
 
@@ -153,7 +153,7 @@ _IMAGE_STORE_VALUES = 16 * 2**20
 
 def image_max(batch: Batch, layer: str) -> torch.Tensor:
     """N×C: each image's largest activation per channel of ``layer`` (N×C×H×W or N×C), computed once per batch
-    and shared by the accumulators of one scan (:meth:`cnnlens.scan.Batch.memo`)."""
+    and shared by the accumulators of one scan (:meth:`cnnlens.scanning.Batch.memo`)."""
 
     def fn():
         a = batch.acts[layer].detach()
@@ -176,7 +176,7 @@ class SearchAccumulator:
     """Keeps each channel's top-k (activation, image index, position, label, patch) during a scan.
 
     Build it before the scan (it computes the layer's receptive field on an input
-    of ``input_size``); feed it to :func:`cnnlens.scan.scan` alone or next to other
+    of ``input_size``); feed it to :func:`cnnlens.scanning.scan` alone or next to other
     accumulators::
 
         acc = SearchAccumulator(model, "features.3", k=9, input_size=(32, 32))
@@ -556,7 +556,7 @@ def dataset_search(
     the unit at the arg-max, cut from the image (clipped at the border and marked so).
     ``patches=False`` keeps only (activation, image index, position, field) per entry:
     :meth:`SearchResult.patches` cuts the same patches from ``data`` when they are drawn.
-    ``layout``: "nchw" / "nhwc" for a layer output that reads both ways (see :func:`cnnlens.scan.scan`).
+    ``layout``: "nchw" / "nhwc" for a layer output that reads both ways (see :func:`cnnlens.scanning.scan`).
 
     Example::
 
@@ -565,7 +565,7 @@ def dataset_search(
         r.figure(channels=[0, 1, 2]).savefig("top9.png")
     """
     from ..data import as_dataset
-    from ..scan import scan
+    from ..scanning import scan
 
     data = as_dataset(data, model)
     acc = SearchAccumulator(

@@ -1,6 +1,6 @@
 """Neuron statistics over a dataset: what a channel's activity looks like, and which classes drive it.
 
-One streaming scan (an accumulator of :func:`cnnlens.scan.scan`, mergeable, so
+One streaming scan (an accumulator of :func:`cnnlens.scanning.scan`, mergeable, so
 it shares the forward with evaluation and runs sharded under ``torchrun``) gives,
 per channel c of a layer, over every image and position:
 
@@ -26,7 +26,7 @@ from torch import nn
 
 from .._autograd import needs_autograd
 from ..results import Result
-from ..scan import Batch
+from ..scanning import Batch
 from ..tap import LayerRef, LayerTap, resolve_layer
 
 #: about how many values (float32) one chunk of a batch holds on the CPU: small enough that the passes over it after
@@ -381,7 +381,7 @@ def neuron_stats(
     layout: str | None = None,
 ) -> NeuronStats:
     """Per-channel statistics of a layer over a dataset, in one scan (see the module docstring).
-    ``layout``: "nchw" / "nhwc" for a layer output that reads both ways (see :func:`cnnlens.scan.scan`).
+    ``layout``: "nchw" / "nhwc" for a layer output that reads both ways (see :func:`cnnlens.scanning.scan`).
 
     Example::
 
@@ -389,7 +389,7 @@ def neuron_stats(
         st.sparsity, st.dead_channels, st.selectivity, st.class_mean  # C, list, C, K×C
     """
     from ..data import as_dataset
-    from ..scan import scan
+    from ..scanning import scan
 
     name, _ = resolve_layer(model, layer)
     data = as_dataset(data, model)

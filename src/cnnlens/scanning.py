@@ -278,17 +278,3 @@ def _gather_merge(accs: list[Accumulator], world: int) -> list[Accumulator]:
     for other in gathered[1:]:
         merged = [m.merge(o) for m, o in zip(merged, other)]
     return merged
-
-
-class _ScanModule(type(logging)):
-    """``cnnlens.scan`` is both this module and the function: ``import cnnlens`` stays light (torch is imported
-    on first use), so the submodule may be bound to the name ``cnnlens.scan`` before the function is; calling
-    it calls :func:`scan`."""
-
-    def __call__(self, *args, **kwargs):
-        return scan(*args, **kwargs)
-
-
-import sys as _sys  # noqa: E402
-
-_sys.modules[__name__].__class__ = _ScanModule
