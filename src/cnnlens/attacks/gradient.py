@@ -245,115 +245,29 @@ def minimal_eps(
     >>> r = minimal_eps(model, x)                         # toward the second class   # doctest: +SKIP
     >>> (r.eps * 255).tolist()                            # in 1/255 units            # doctest: +SKIP
     """
-    nm = parse_norm(norm)
-    steps = check_steps(steps)
-    if not (0 < rtol < 1):
-        raise ValueError(f"rtol must be in (0, 1), got {rtol!r}")
-    if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 0:
-        raise ValueError(f"max_iter must be an integer ≥ 0, got {max_iter!r}")
-    x = check_input(x)
-    check_model(model, x)
+    nm, steps, x, max_eps, linear_start = _check_minimal_eps(
+        model, x, norm, steps, start, max_eps, rtol, max_iter, factor
+    )
     n = x.shape[0]
-    d = x[0].numel() if n else 1
-    max_eps = (1.0 if nm == "inf" else math.sqrt(d)) if max_eps is None else float(max_eps)
-    linear_start = isinstance(start, str)
-    if linear_start and start != "linear":
-        raise ValueError(f"start must be 'linear' or a number in pixel units, got {start!r}")
-    if not linear_start and not (0 < float(start) <= max_eps):
-        raise ValueError(f"need 0 < start ≤ max_eps, got start={start}, max_eps={max_eps}")
-    if not (max_eps > 0):
-        raise ValueError(f"max_eps must be > 0, got {max_eps}")
-    if not (factor > 1):
-        raise ValueError(f"factor must be > 1 (how much ε grows or shrinks while bracketing), got {factor!r}")
     t = parse_target(target, model)
     y = check_labels(y, n, x.device)
     if t is not None:
         t.validate(n, model_classes(model)[1], y)
     gen = torch.Generator().manual_seed(int(seed))
     targeted = t is not None
-    lo = torch.zeros(n, dtype=x.dtype, device=x.device)
-    hi = torch.full((n,), math.inf, dtype=x.dtype, device=x.device)
-    best = x.clone()
-    best_steps = torch.zeros(n, dtype=torch.long, device=x.device)
-    runs = 0
     with LayerTap(model) as tap:
         logits0, classes = resolve_classes(tap.run, x, y, t)
+        search = _EpsSearch(tap.run, x, classes, targeted, nm, steps, random_start, gen)
         at_goal = goal_reached(logits0.argmax(1), classes, targeted)
-        hi[at_goal] = 0.0
+        search.hi[at_goal] = 0.0
         if linear_start:
             guess = _linear_eps(tap.run, x, logits0, classes, targeted, nm)
-            floor = max_eps * 1e-6
-            eps_try = guess.clamp(min=floor, max=max_eps)
+            eps_try = guess.clamp(min=max_eps * 1e-6, max=max_eps)
         else:
             guess = torch.full((n,), float(start), dtype=x.dtype, device=x.device)
             eps_try = guess.clone()
-
-        def attempt(idx: torch.Tensor, eps_try: torch.Tensor) -> torch.Tensor:
-            nonlocal runs
-            e = eps_try.view(-1, 1, 1, 1)
-            ok = torch.zeros(len(idx), dtype=torch.bool, device=x.device)
-            xa, used = pgd_core(
-                tap.run,
-                x[idx],
-                classes[idx],
-                targeted,
-                e,
-                steps,
-                resolve_step_size(None, e, steps),
-                nm,
-                random_start,
-                gen,
-                True,
-                reached=ok,
-            )
-            rest = (~ok).nonzero().view(-1)  # ran every step: check the last iterate
-            if len(rest):
-                ok[rest] = goal_reached(predict(tap.run, xa[rest]).argmax(1), classes[idx][rest], targeted)
-            best[idx[ok]] = xa[ok]
-            best_steps[idx[ok]] = used[ok]
-            runs += 1
-            return ok
-
-        # 1. bracket: from the start, grow ε by `factor` until success (or max_eps fails); where the
-        #    start already succeeds, shrink it by `factor` until a failure (or the floor)
-        floor = max_eps * 1e-6
-        searching = ~at_goal
-        span = max_eps / max(float(eps_try[searching].min()), floor) if searching.any() else 1.0
-        n_bracket = max(1, math.ceil(math.log(max(span, 1.0) * 1e6, factor)) + 1) if searching.any() else 1
-        n_bracket = min(n_bracket, 200)
-        total = n_bracket + max_iter
-        done_runs = 0
-        for _ in range(n_bracket):
-            idx = searching.nonzero().view(-1)
-            if len(idx) == 0:
-                break
-            e = eps_try[idx].clamp(max=max_eps)
-            ok = attempt(idx, e)
-            hi[idx[ok]] = torch.minimum(hi[idx[ok]], e[ok])
-            lo[idx[~ok]] = torch.maximum(lo[idx[~ok]], e[~ok])
-            bracketed = torch.isfinite(hi[idx]) & (lo[idx] > 0)
-            stop = bracketed | (~ok & (e >= max_eps)) | (ok & (e / factor < floor))
-            searching[idx[stop]] = False
-            eps_try[idx] = torch.where(ok, e / factor, e * factor)
-            done_runs += 1
-            if progress is not None:
-                progress(done_runs, total)
-        # 2. bisection
-        for _ in range(max_iter):
-            open_ = torch.isfinite(hi) & (hi > 0) & (hi - lo > rtol * hi)
-            idx = open_.nonzero().view(-1)
-            if len(idx) == 0:
-                break
-            mid = (lo[idx] + hi[idx]) / 2
-            ok = attempt(idx, mid)
-            hi[idx[ok]] = mid[ok]
-            lo[idx[~ok]] = mid[~ok]
-            done_runs += 1
-            if progress is not None:
-                progress(done_runs, total)
-        if progress is not None:
-            progress(total, total)
-        logits1 = predict(tap.run, best)
+        search.run_all(eps_try, ~at_goal, max_eps, factor, rtol, max_iter, progress)
+        logits1 = predict(tap.run, search.best)
     settings = {
         "method": "minimal-eps (first-order start, bracketing, bisection over PGD)",
         "norm": nm,
@@ -367,21 +281,164 @@ def minimal_eps(
         "target": describe_target(t, class_names_of(model)),
         "random_start": bool(random_start),
         "seed": int(seed),
-        "pgd_runs": runs,
+        "pgd_runs": search.runs,
         "loss": "cross-entropy on logits",
     }
+    extras = {"eps_lower": search.lo.detach().cpu(), "eps_linear": guess.detach().cpu()}
     return attack_result(
-        x,
-        best,
-        best_steps,
-        logits0,
-        logits1,
-        classes,
-        targeted,
-        hi,
-        settings,
-        extras={"eps_lower": lo.detach().cpu(), "eps_linear": guess.detach().cpu()},
+        x, search.best, search.best_steps, logits0, logits1, classes, targeted, search.hi, settings, extras=extras
     )
+
+
+def _check_minimal_eps(
+    model: nn.Module,
+    x: torch.Tensor,
+    norm: str,
+    steps: int,
+    start: float | str,
+    max_eps: float | None,
+    rtol: float,
+    max_iter: int,
+    factor: float,
+) -> tuple[str, int, torch.Tensor, float, bool]:
+    """:func:`minimal_eps`'s settings checked: (norm, steps, x, max_eps with its default, start is "linear")."""
+    nm = parse_norm(norm)
+    steps = check_steps(steps)
+    if not (0 < rtol < 1):
+        raise ValueError(f"rtol must be in (0, 1), got {rtol!r}")
+    if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 0:
+        raise ValueError(f"max_iter must be an integer ≥ 0, got {max_iter!r}")
+    x = check_input(x)
+    check_model(model, x)
+    d = x[0].numel() if x.shape[0] else 1
+    max_eps = (1.0 if nm == "inf" else math.sqrt(d)) if max_eps is None else float(max_eps)
+    linear_start = isinstance(start, str)
+    if linear_start and start != "linear":
+        raise ValueError(f"start must be 'linear' or a number in pixel units, got {start!r}")
+    if not linear_start and not (0 < float(start) <= max_eps):
+        raise ValueError(f"need 0 < start ≤ max_eps, got start={start}, max_eps={max_eps}")
+    if not (max_eps > 0):
+        raise ValueError(f"max_eps must be > 0, got {max_eps}")
+    if not (factor > 1):
+        raise ValueError(f"factor must be > 1 (how much ε grows or shrinks while bracketing), got {factor!r}")
+    return nm, steps, x, max_eps, linear_start
+
+
+class _EpsSearch:
+    """The state of :func:`minimal_eps`'s search: per sample the largest failing ε (``lo``), the smallest
+    succeeding one (``hi``, ``inf`` until one succeeds), the image found at ``hi`` and its PGD steps."""
+
+    def __init__(
+        self,
+        run: Forward,
+        x: torch.Tensor,
+        classes: torch.Tensor,
+        targeted: bool,
+        nm: str,
+        steps: int,
+        random_start: bool,
+        gen: torch.Generator,
+    ):
+        n = x.shape[0]
+        self.run, self.x, self.classes, self.targeted = run, x, classes, targeted
+        self.nm, self.steps, self.random_start, self.gen = nm, steps, random_start, gen
+        self.lo = torch.zeros(n, dtype=x.dtype, device=x.device)
+        self.hi = torch.full((n,), math.inf, dtype=x.dtype, device=x.device)
+        self.best = x.clone()
+        self.best_steps = torch.zeros(n, dtype=torch.long, device=x.device)
+        self.runs = 0
+
+    def attempt(self, idx: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+        """One PGD run at ``eps`` on the samples ``idx``; keeps the images that reach the goal; which did."""
+        e = eps.view(-1, 1, 1, 1)
+        ok = torch.zeros(len(idx), dtype=torch.bool, device=self.x.device)
+        xa, used = pgd_core(
+            self.run,
+            self.x[idx],
+            self.classes[idx],
+            self.targeted,
+            e,
+            self.steps,
+            resolve_step_size(None, e, self.steps),
+            self.nm,
+            self.random_start,
+            self.gen,
+            True,
+            reached=ok,
+        )
+        rest = (~ok).nonzero().view(-1)  # ran every step: check the last iterate
+        if len(rest):
+            ok[rest] = goal_reached(predict(self.run, xa[rest]).argmax(1), self.classes[idx][rest], self.targeted)
+        self.best[idx[ok]] = xa[ok]
+        self.best_steps[idx[ok]] = used[ok]
+        self.runs += 1
+        return ok
+
+    def run_all(
+        self,
+        eps_try: torch.Tensor,
+        searching: torch.Tensor,
+        max_eps: float,
+        factor: float,
+        rtol: float,
+        max_iter: int,
+        progress: Callable[[int, int | None], None] | None,
+    ) -> None:
+        """Bracket from ``eps_try`` the samples still ``searching``, then bisect; ``progress(runs, total)``."""
+        floor = max_eps * 1e-6
+        span = max_eps / max(float(eps_try[searching].min()), floor) if searching.any() else 1.0
+        n_bracket = max(1, math.ceil(math.log(max(span, 1.0) * 1e6, factor)) + 1) if searching.any() else 1
+        n_bracket = min(n_bracket, 200)
+        total = n_bracket + max_iter
+        self.bracket(eps_try, searching, n_bracket, max_eps, factor, floor, lambda: _tick(progress, self.runs, total))
+        self.bisect(rtol, max_iter, lambda: _tick(progress, self.runs, total))
+        _tick(progress, total, total)
+
+    def bracket(
+        self,
+        eps_try: torch.Tensor,
+        searching: torch.Tensor,
+        n_bracket: int,
+        max_eps: float,
+        factor: float,
+        floor: float,
+        tick: Callable[[], None],
+    ) -> None:
+        """From the start, grow ε by ``factor`` until success (or ``max_eps`` fails); where the start
+        already succeeds, shrink it by ``factor`` until a failure (or the floor)."""
+        lo, hi = self.lo, self.hi
+        for _ in range(n_bracket):
+            idx = searching.nonzero().view(-1)
+            if len(idx) == 0:
+                break
+            e = eps_try[idx].clamp(max=max_eps)
+            ok = self.attempt(idx, e)
+            hi[idx[ok]] = torch.minimum(hi[idx[ok]], e[ok])
+            lo[idx[~ok]] = torch.maximum(lo[idx[~ok]], e[~ok])
+            bracketed = torch.isfinite(hi[idx]) & (lo[idx] > 0)
+            stop = bracketed | (~ok & (e >= max_eps)) | (ok & (e / factor < floor))
+            searching[idx[stop]] = False
+            eps_try[idx] = torch.where(ok, e / factor, e * factor)
+            tick()
+
+    def bisect(self, rtol: float, max_iter: int, tick: Callable[[], None]) -> None:
+        """Halve each open bracket until ``hi − lo ≤ rtol·hi``, at most ``max_iter`` PGD runs."""
+        lo, hi = self.lo, self.hi
+        for _ in range(max_iter):
+            open_ = torch.isfinite(hi) & (hi > 0) & (hi - lo > rtol * hi)
+            idx = open_.nonzero().view(-1)
+            if len(idx) == 0:
+                break
+            mid = (lo[idx] + hi[idx]) / 2
+            ok = self.attempt(idx, mid)
+            hi[idx[ok]] = mid[ok]
+            lo[idx[~ok]] = mid[~ok]
+            tick()
+
+
+def _tick(progress: Callable[[int, int | None], None] | None, done: int, total: int) -> None:
+    if progress is not None:
+        progress(done, total)
 
 
 def _eps_setting(e: torch.Tensor):
