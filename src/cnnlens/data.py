@@ -296,6 +296,7 @@ class Preprocess:
         from torchvision.transforms.v2 import functional as F
 
         mode = InterpolationMode(self.interpolation)
+        assert self.size is not None  # only called when a size is set
         H, W = self.size
         h, w = t.shape[-2:]
         if self.resize == "crop":

@@ -363,7 +363,7 @@ class PredictionAccumulator:
 
     layers: Sequence[str] = ()
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.index: list[torch.Tensor] = []
         self.y: list[torch.Tensor] = []
         self.pred: list[torch.Tensor] = []

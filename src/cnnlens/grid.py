@@ -203,7 +203,7 @@ def grid_layout(
     if t.dim() == 4:
         _, a, b, c = shape
         nchw, nhwc = _aspect_ok(b, c, H, W), _aspect_ok(a, b, H, W)
-        if check_layout(layout) is not None:
+        if (layout := check_layout(layout)) is not None:
             if not (nchw if layout == "nchw" else nhwc):
                 raise ValueError(
                     f"layer {name!r} outputs {shape}, which is no {layout.upper()} grid for a {H}×{W} "
@@ -247,7 +247,9 @@ def to_grid(t: torch.Tensor, layout: str, prefix: int, input_hw: tuple[int, int]
     if layout == "nhwc":
         return t.permute(0, 3, 1, 2)
     n, T, C = t.shape
-    h, w = _token_grid(T - prefix, *input_hw)
+    hw = _token_grid(T - prefix, *input_hw)
+    assert hw is not None  # grid_layout gives "tokens" only when the tokens form a grid
+    h, w = hw
     return t[:, prefix:].transpose(1, 2).reshape(n, C, h, w)
 
 

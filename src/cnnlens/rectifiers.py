@@ -136,7 +136,7 @@ class RectifierMode(TorchFunctionMode):
 
     gradient_only = True
 
-    def __init__(self, active=None):
+    def __init__(self, active=None) -> None:
         super().__init__()
         self.active = active  # a callable: while it returns False, every call runs unchanged and uncounted
         self.applied = 0

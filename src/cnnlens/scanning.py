@@ -16,12 +16,15 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, cast, runtime_checkable
 
 import torch
 from torch import nn
 
 from .tap import LayerTap
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
 
 log = logging.getLogger(__name__)
 
@@ -58,11 +61,12 @@ class Batch:
 
 @runtime_checkable
 class Accumulator(Protocol):
-    layers: Sequence[str]
+    @property
+    def layers(self) -> Sequence[str]: ...
 
     def update(self, batch: Batch) -> None: ...
 
-    def merge(self, other: Accumulator) -> Accumulator: ...
+    def merge(self, other: Self) -> Self: ...
 
     def compute(self) -> Any: ...
 
@@ -265,7 +269,8 @@ def _grid(tap: LayerTap, name: str, x: torch.Tensor, layouts: dict | None = None
             if layouts is not None:
                 layouts[key] = grid_layout(out, tap.model, module, hw, name, given)
             return g
-        return to_grid(out, *layouts[key], hw)
+        layout, prefix = layouts[key]
+        return to_grid(out, layout, prefix, hw)
     return out
 
 
@@ -274,7 +279,7 @@ def _gather_merge(accs: list[Accumulator], world: int) -> list[Accumulator]:
 
     gathered: list[list[Accumulator] | None] = [None] * world
     dist.all_gather_object(gathered, accs)
-    merged = gathered[0]
-    for other in gathered[1:]:
+    merged, *rest = cast(list[list[Accumulator]], gathered)  # all_gather_object filled every slot
+    for other in rest:
         merged = [m.merge(o) for m, o in zip(merged, other)]
     return merged

@@ -183,6 +183,7 @@ class Target:
             raise ValueError(f"channel {self.index} is out of range: layer {self.layer} has {act.shape[1]} channels")
         a = act[:, self.index]
         if self.kind == "neuron":
+            assert self.position is not None  # Target.neuron sets it
             i, j = self.position
             if a.dim() != 3 or not (0 <= i < a.shape[1] and 0 <= j < a.shape[2]):
                 raise ValueError(f"position {(i, j)} is outside the layer's {tuple(a.shape[1:])} grid")

@@ -20,6 +20,7 @@ import contextlib
 import logging
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -96,8 +97,11 @@ def train_digits(
     )
 
 
+_Model = TypeVar("_Model", bound=nn.Module)
+
+
 def train_classifier(
-    make_model: Callable[[], nn.Module],
+    make_model: Callable[[], _Model],
     data,
     seed: int = 0,
     epochs: int = EPOCHS,
@@ -107,7 +111,7 @@ def train_classifier(
     lr: float = LR,
     batch_size: int = BATCH_SIZE,
     what: str = "model",
-) -> nn.Module:
+) -> _Model:
     """Train ``make_model()`` (built under the seed) on ``data`` (``.x``/``.y`` tensors); returned in eval mode.
 
     The loop behind :func:`train_digits` and :func:`train_cluttered`: Adam with a

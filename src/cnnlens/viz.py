@@ -167,7 +167,7 @@ def heat_strip(maps: torch.Tensor, *, signed: bool = False, size: int = 96, gap:
         else:
             rgb = colormap_rgb(m, SEQUENTIAL, float(m.min()), float(m.max()))
         tile = Image.fromarray((rgb * 255).round().astype(np.uint8))
-        tiles.append(tile.resize((max(1, round(size * m.shape[1] / m.shape[0])), size), Image.NEAREST))
+        tiles.append(tile.resize((max(1, round(size * m.shape[1] / m.shape[0])), size), Image.Resampling.NEAREST))
     strip = Image.new("RGB", (sum(t.width for t in tiles) + gap * max(0, len(tiles) - 1), size), "white")
     x = 0
     for t in tiles:

@@ -37,7 +37,7 @@ def _torchattacks():
     return require("attacks", "torchattacks", what="the torchattacks bridge")
 
 
-def torchattacks_class(attack: Any) -> type:
+def torchattacks_class(attack: Any) -> type[Any]:
     """A torchattacks attack class from its name (``"PGD"``, case-insensitive) or the class itself."""
     if isinstance(attack, type):
         if not callable(getattr(attack, "forward", None)):

@@ -173,7 +173,10 @@ def reduce_channels(a: torch.Tensor, reduce: str) -> torch.Tensor:
 
 def target_layers(t: Target) -> list[str]:
     """Layers a tap must record to score ``t`` (the layer of a channel/neuron target)."""
-    return [] if t.is_class else [t.layer]
+    if t.is_class:
+        return []
+    assert t.layer is not None  # a channel or neuron target names its layer
+    return [t.layer]
 
 
 def logits_of(out: Any) -> torch.Tensor:

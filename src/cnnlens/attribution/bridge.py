@@ -53,7 +53,7 @@ def _captum_attr():
     return require("captum", "captum.attr", what="the Captum bridge")
 
 
-def captum_class(method: Any) -> type:
+def captum_class(method: Any) -> type[Any]:
     """A Captum attribution class from its name (``"DeepLift"``, case-insensitive) or the class itself."""
     ca = _captum_attr()
     if isinstance(method, type):

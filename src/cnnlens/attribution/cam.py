@@ -474,7 +474,7 @@ def eigencam(
 class _Order:
     """A LayerTap edit recording the order in which modules run (output unchanged)."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.names: list[str] = []
 
     def edit(self, name: str):

@@ -175,7 +175,7 @@ def ablation_cam(
                         if tr is not None:
                             ob = logits_of(tr.rerun(env, node, Ab))
                         else:
-                            with LayerTap(model, [], edits={name: lambda m, inp, o, Ab=Ab: Ab}) as t2:
+                            with LayerTap(model, [], edits={name: lambda m, inp, o: Ab}) as t2:
                                 ob = logits_of(t2.run(p.x[i : i + 1].expand(b - a, *p.x.shape[1:])))
                         drops[i, a:b] = s0[i] - p.target.score(ob, classes[i].expand(b - a))
                         done += b - a

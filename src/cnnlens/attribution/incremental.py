@@ -383,20 +383,20 @@ def _window_params(node: fx.Node, mod: nn.Module | None, x_shape, out_shape):
         else:
             pb = list(_pair(mod.padding))
 
-        def run(t, mod=mod, s=s, d=d):
+        def conv(t, mod=mod, s=s, d=d):
             return F.conv2d(t, mod.weight, mod.bias, s, 0, d, mod.groups)
 
         macs = mod.in_channels // mod.groups * k[0] * k[1] * mod.out_channels
-        return k, s, d, pb, 0.0, run, macs
+        return k, s, d, pb, 0.0, conv, macs
     if type(mod) is nn.MaxPool2d:
         k, d = _pair(mod.kernel_size), _pair(mod.dilation)
         s = _pair(mod.stride if mod.stride is not None else mod.kernel_size)
         pb = list(_pair(mod.padding))
 
-        def run(t, k=k, s=s, d=d):
+        def max_pool(t, k=k, s=s, d=d):
             return F.max_pool2d(t, k, s, 0, d)
 
-        return k, s, d, pb, float("-inf"), run, 0
+        return k, s, d, pb, float("-inf"), max_pool, 0
     if type(mod) is nn.AvgPool2d:
         k = _pair(mod.kernel_size)
         s = _pair(mod.stride if mod.stride is not None else mod.kernel_size)
@@ -408,10 +408,10 @@ def _window_params(node: fx.Node, mod: nn.Module | None, x_shape, out_shape):
             if (no - 1) * si + ki > n + 2 * p:
                 return None
 
-        def run(t, k=k, s=s):
+        def avg_pool(t, k=k, s=s):
             return F.avg_pool2d(t, k, s, 0)
 
-        return k, s, (1, 1), pb, 0.0, run, 0
+        return k, s, (1, 1), pb, 0.0, avg_pool, 0
     return None
 
 
@@ -633,6 +633,7 @@ class IncrementalOcclusion(Traced):
             and not kwargs
         ):
             b = boxes[0]
+            assert mod is not None  # a call_module node names one of the model's modules
             if _pointwise_module(mod):
                 # an in-place layer may overwrite the box only when no other node reads it
                 shared = not (b.fresh and b.node is not None and len(b.node.users) == 1)

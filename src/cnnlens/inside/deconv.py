@@ -25,10 +25,12 @@ un-ReLU rule for them). Guided backprop (:mod:`cnnlens.attribution`) covers any 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TypeGuard, TypeVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.grad import conv2d_input
 
 from .._autograd import needs_autograd
 from .._inputs import check_not_empty
@@ -63,7 +65,10 @@ class Projection(Result):
         return (0.5 + r / (2 * m)).clamp(0, 1)
 
 
-def _is_stock(m: nn.Module, cls: type) -> bool:
+_M = TypeVar("_M", bound=nn.Module)
+
+
+def _is_stock(m: nn.Module, cls: type[_M]) -> TypeGuard[_M]:
     return isinstance(m, cls) and type(m).forward is cls.forward
 
 
@@ -71,7 +76,7 @@ def _same_data(a: torch.Tensor, b: torch.Tensor) -> bool:
     """b is a, or a reshaped view of it (flatten/view in forward())."""
     if a is b:
         return True
-    return (
+    return bool(
         torch.is_tensor(a)
         and torch.is_tensor(b)
         and a.numel() == b.numel()
@@ -87,7 +92,7 @@ class _RecordedRelus(RectifierMode):
 
     gradient_only = False
 
-    def __init__(self, active=None):
+    def __init__(self, active=None) -> None:
         super().__init__(active)
         self.calls: list[tuple[RectifierCall, torch.Tensor]] = []
 
@@ -122,9 +127,7 @@ def _transpose(name: str, m: nn.Module, inp: torch.Tensor, r: torch.Tensor) -> t
             if pad == "same" and any(t % 2 for t in total):
                 raise ValueError(f"deconvnet cannot invert module {name!r}: its 'same' padding is asymmetric")
             pad = tuple(t // 2 for t in total) if pad == "same" else (0, 0)
-        return torch.nn.grad.conv2d_input(
-            inp.shape, m.weight.detach().to(r.dtype), r, m.stride, pad, m.dilation, m.groups
-        )
+        return conv2d_input(inp.shape, m.weight.detach().to(r.dtype), r, m.stride, pad, m.dilation, m.groups)
     if _is_stock(m, nn.BatchNorm2d) and m.running_var is not None:
         scale = torch.rsqrt(m.running_var + m.eps)
         if m.weight is not None:

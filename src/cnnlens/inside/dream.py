@@ -113,7 +113,7 @@ def deep_dream(
         return t.score(logits, t.classes(logits))
 
     H, W = base.shape[-2:]
-    sizes = []
+    sizes: list[tuple[int, int]] = []
     for o in reversed(range(octaves)):
         s = (max(min_size, round(H / octave_scale**o)), max(min_size, round(W / octave_scale**o)))
         s = (min(s[0], H), min(s[1], W))

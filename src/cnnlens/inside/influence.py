@@ -286,7 +286,7 @@ def influence(
     two_pass = ablation and ablate_top is not None
     n = _count(model, x_or_data, device)
     C = len(channels) if channels is not None else _channels_of(model, name, x_or_data, device)
-    k = min(ablate_top, C) if two_pass else C
+    k = min(ablate_top, C) if two_pass and ablate_top is not None else C
     total = n * (2 + k) if two_pass else n * (1 + (C if ablation else 0))
     done = [0]
 

@@ -543,7 +543,7 @@ def _render(model, name, chans, w, n, per, steps, H, W, lr, param, seed, redirec
         if n > 1:
             div = objectives.diversity(name, n)
             wp = w[s : s + per].repeat_interleave(n)
-            J = J + type(div)(lambda c, div=div, wp=wp: wp.to(c.image) * div(c), div.name, div.layers, False, None)
+            J = J + type(div)(lambda c: wp.to(c.image) * div(c), div.name, div.layers, False, None)
 
         def prog(d, _tot, s=s, m=len(part)):
             if progress is not None:
@@ -633,7 +633,7 @@ class BuildingBlocks(Result):
 
     @property
     def grid(self) -> tuple[int, int]:
-        return tuple(self.activations.shape[-2:])
+        return int(self.activations.shape[-2]), int(self.activations.shape[-1])
 
     def at(self, n: int, i: int, j: int, k: int = 6, by: str = "activation") -> list[dict]:
         """The ``k`` channels at sample n, position (i, j) with the largest activation (or ``by="contribution"``)."""
@@ -800,7 +800,7 @@ def class_influence(
                     for i, ch in enumerate(part):
                         mask[i, 0, ch] = 0
                     mask = mask.expand(len(part), n, C, 1, 1).reshape(len(part) * n, C, 1, 1)
-                    with LayerTap(model, [], edits={name: lambda mod, inp, out, mask=mask: out * mask}) as tap2:
+                    with LayerTap(model, [], edits={name: lambda mod, inp, out: out * mask}) as tap2:
                         l2 = tap2.run(xb.repeat(len(part), *[1] * (xb.dim() - 1)))[:, list(cls)]
                     drop = base.unsqueeze(0) - l2.view(len(part), n, len(cls))  # part × n × classes
                     abl[:, q : q + len(part)] += drop.sum(1).t().double().cpu()
@@ -858,13 +858,13 @@ def top_maps(
 
     data = as_dataset(data, model)
     imgs = dataset_images(data, uniq.tolist())
-    maps = []
+    parts = []
     with LayerTap(model, [layer_scan.layer], stop_after=layer_scan.layer, detach=True) as tap, torch.no_grad():
         for s in range(0, len(imgs), batch_size):
             tap.run(imgs[s : s + batch_size].to(_device(model)))
             a = tap[layer_scan.layer].float().cpu()
-            maps.append(a if a.dim() == 4 else a[:, :, None, None])
-    maps = torch.cat(maps)  # U×C×h×w
+            parts.append(a if a.dim() == 4 else a[:, :, None, None])
+    maps = torch.cat(parts)  # U×C×h×w
     inv = inv.view(idx.shape)
     ch = torch.as_tensor(chans).view(-1, 1).expand_as(inv)
     return imgs[inv], maps[inv, ch]

@@ -188,10 +188,10 @@ class _FieldTracer(TorchFunctionMode):
             idx = idx if isinstance(idx, tuple) else (idx,)
             if len(idx) == 4 and all(isinstance(i, slice) for i in idx[2:]) and f.kind == "local":
                 off, st = list(f.offset), list(f.stride)
-                for a, sl in enumerate(idx[2:]):
-                    start, _, step = sl.indices(f.hw[a])
-                    off[a] += start * f.stride[a]
-                    st[a] *= step
+                for ax, sl in enumerate(idx[2:]):
+                    start, _, step = sl.indices(f.hw[ax])
+                    off[ax] += start * f.stride[ax]
+                    st[ax] *= step
                 return _Field("local", f.size, tuple(st), tuple(off), hw)
         # anything else: an element-wise / channel op keeps the grid; join the branches
         spatial = [fi for t, fi in ins if t.dim() == 4]

@@ -282,7 +282,7 @@ def add_search(sec, r, class_names=None, channels: Sequence[int] | None = None, 
     return img
 
 
-def add_stats(sec, st, class_names=None, channels: Sequence[int] | None = None) -> list[bytes]:
+def add_stats(sec, st, class_names=None, channels: Sequence[int] | None = None) -> list[bytes | None]:
     chans = list(channels) if channels is not None else list(range(min(16, len(st.mean))))
     a = png(st.figure(channels=chans))
     sec.figure(

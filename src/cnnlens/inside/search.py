@@ -331,7 +331,7 @@ class SearchAccumulator:
         alive = set(self._state["indices"].flatten().tolist())
         self._images.keep(alive)
 
-    def _ranked_crops(self) -> torch.Tensor:
+    def _ranked_crops(self) -> torch.Tensor | None:
         """C×k'×Cin×h×w patches in rank order."""
         st = self._state
         C, k2 = st["values"].shape
@@ -384,7 +384,9 @@ class SearchAccumulator:
         if self._mode == "none":
             pass
         elif self._mode == "crop":
-            crops = torch.cat([self._ranked_crops(), other._ranked_crops()], 1)[rows, pick]
+            mine, theirs = self._ranked_crops(), other._ranked_crops()
+            assert mine is not None and theirs is not None  # the "crop" mode keeps its crops
+            crops = torch.cat([mine, theirs], 1)[rows, pick]
             self._crops_store = torch.empty(pick.shape[0], self.k, *crops.shape[2:])
             self._crops_store[:, : pick.shape[1]] = crops
         elif self._mode == "image":
@@ -529,7 +531,7 @@ def _input_size(data, model) -> tuple[int, int] | None:
     try:
         x0 = dataset[0][0]
         if torch.is_tensor(x0) and x0.dim() == 3:
-            return tuple(x0.shape[-2:])
+            return int(x0.shape[-2]), int(x0.shape[-1])
     except Exception:  # noqa: BLE001 - an iterable dataset: fall back to the model's spec
         pass
     return getattr(getattr(model, "spec", None), "input_size", None)

@@ -210,9 +210,10 @@ class StatsAccumulator:
     def _work(self, shape, dtype, device) -> torch.Tensor:
         """A scratch tensor of ``shape`` kept between batches (one per dtype, grown when needed)."""
         key = (dtype, str(device))
-        work = getattr(self, "_scratch", None)
+        work: dict[tuple[torch.dtype, str], torch.Tensor] | None = getattr(self, "_scratch", None)
         if work is None:
-            work = self._scratch = {}
+            work = {}
+            self._scratch = work
         numel = 1
         for d in shape:
             numel *= int(d)

@@ -83,6 +83,9 @@ class ModelSpec:
 class Normalize(nn.Module):
     """(x − mean) / std per channel; the first step of every cnnlens model."""
 
+    mean: torch.Tensor  # buffers (register_buffer), declared for the type checker
+    std: torch.Tensor
+
     def __init__(self, mean: Sequence[float], std: Sequence[float]):
         super().__init__()
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
