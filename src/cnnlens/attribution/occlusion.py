@@ -10,12 +10,34 @@ batch size. Two readings of the same passes:
 * ``extras["probability"]``: the target's softmax probability with the patch at
   each position — Zeiler & Fergus's probability map (low = the patch hid something
   the model needs).
+
+Three paths compute the passes (``settings["path"]`` says which ran):
+
+* **full** re-inference runs the whole model per position. ``batch_size`` (images per
+  forward) is automatic by default: on a CPU, :class:`cnnlens._batch.Tuner` measures,
+  while the work runs, which batch size (the automatic one or 4× it) and thread count
+  (the process's or one) is fastest per image, and keeps following the machine's load
+  (an explicit ``batch_size`` fixes the size; the thread count is still measured). The
+  map never depends on these choices.
+* **incremental** (Krypton, Nakandala et al. 2019; :mod:`cnnlens.attribution.incremental`)
+  recomputes, per position, only the part of each layer that the patch can reach — the
+  same values as full re-inference up to float rounding.
+* **approximate** (Krypton §4) trades exactness for speed by adaptive drill-down: every
+  ``coarse``-th window position along each axis (and the last) runs first; then the share
+  ``fraction`` of the other positions, those inside a coarse cell first, each group ranked
+  by how much the coarse drops at the cell's corners differ (:func:`_drill_order`); the
+  rest are estimated from the computed positions around them (weighted mean of the 8
+  neighbours, beside 1, diagonal ½: :func:`_fill`). ``tau`` < 1 caps every recomputed box
+  at ⌈τ · size⌉ of its layer, centred on the patch, and reads clean values outside the
+  cap. With ``fraction=1`` and ``tau=1`` the map is exact. How close the defaults come to
+  the exact map, and at what speed, is measured in ``benchmarks/bench_occlusion.py``
+  (docs/benchmarks.md).
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
@@ -195,42 +217,22 @@ def occlusion(
     raw[p] = S(x) − S(x ⊙ (1 − m_p) + fill ⊙ m_p); maps(i, j) = mean of raw[p] over
     the windows with m_p(i, j) = 1. ``fill``: "grey" (0.5, default), "black", "blur"
     (a Gaussian-blurred copy of the image), a number or a tensor, in pixel units.
-    ``window`` defaults to min(H, W)/8, ``stride`` to window/2. On the full
-    re-inference path, ``batch_size`` (images per forward) is automatic by default:
-    on a CPU, :class:`cnnlens._batch.Tuner` measures, while the work runs, which batch
-    size (the automatic one or 4× it) and thread count (the process's or one) is
-    fastest per image, and keeps following the machine's load (an explicit
-    ``batch_size`` fixes the size; the thread count is still measured). The map never
-    depends on these choices.
+    ``window`` defaults to min(H, W)/8, ``stride`` to window/2.
     ``extras["probability"]`` is the target's softmax probability at each position
     (class targets), ``extras["rows"]``/``["cols"]`` the window offsets.
 
-    ``incremental`` (default: whenever the model allows it) recomputes, per position,
-    only the part of each layer that the patch can reach (Krypton, Nakandala et al.
-    2019; :mod:`cnnlens.attribution.incremental`) — the same values as full
-    re-inference up to float rounding. A model that does not trace with torch.fx, an
-    incremental run that fails for any reason, or a channel/neuron target runs the whole
-    model per position (logged once); ``settings["path"]`` says which ran ("incremental"
-    or "full") and ``settings["full_reason"]`` why the whole model ran. With
-    ``incremental``, ``batch_size`` counts window positions per batch.
+    ``incremental`` (default: whenever the model allows it) takes the incremental path (see
+    the module's docstring); ``batch_size`` then counts window positions per batch, else
+    images per forward (automatic by default). A model that does not trace with torch.fx,
+    an incremental run that fails for any reason, or a channel/neuron target runs the whole
+    model per position (logged once); ``settings["path"]`` says which ran ("incremental",
+    "approximate" or "full") and ``settings["full_reason"]`` why the whole model ran.
 
     ``approximate=True`` (or a dict overriding ``tau``, ``coarse`` and ``fraction``;
-    defaults in :data:`APPROXIMATE`) trades exactness for speed as Krypton §4 does.
-    Adaptive drill-down: every ``coarse``-th window position along each axis (and the
-    last) runs first; then the share ``fraction`` of the other positions, those inside a
-    coarse cell first, each group ranked by how much the coarse drops at the cell's
-    corners differ; the rest are estimated from the computed positions around them
-    (weighted mean of the 8 neighbours, beside 1, diagonal ½). ``tau`` < 1 caps every
-    recomputed box at ⌈τ · size⌉ of its layer, centred on the patch, and reads clean
-    values outside the cap. The defaults (τ 1: no cap, coarse 2, fraction 0.2: 41 % of
-    the positions run) keep the mean SSIM against the exact map at 0.94 (min 0.90) on the
-    bundled photos with EfficientNet-Lite0, window 16, stride 4; a cap costs more SSIM
-    than it saves time there (on one photo at stride 8, τ 0.8 gave SSIM 0.83 for 1.3×
-    fewer multiply-adds). With ``fraction=1`` and ``tau=1`` the map is exact. ``settings["approximate"]`` records
-    τ, coarse, fraction, the coarse grid's size and ``computed`` (the share of positions
-    run); ``check=True`` also computes the exact map and stores the SSIM of each
-    approximate map against it in ``extras["ssim"]`` (:func:`_ssim`: scikit-image's
-    ``structural_similarity``, data range = the exact map's max − min).
+    defaults in :data:`APPROXIMATE`) takes the approximate path. ``settings["approximate"]``
+    records τ, coarse, fraction, the coarse grid's size and ``computed`` (the share of
+    positions run); ``check=True`` also computes the exact map and stores the SSIM of each
+    approximate map against it in ``extras["ssim"]`` (:func:`_ssim`).
 
     >>> e = occlusion(model, x, window=32, stride=16)          # doctest: +SKIP
     >>> e.raw.shape, e.extras["probability"].shape             # N×P_h×P_w both
@@ -238,7 +240,43 @@ def occlusion(
     batch_size_given = batch_size is not None
     batch_size = check_batch_size(batch_size, x)
     p = prepare(model, x, target, y, "occlusion")
-    H, W = p.size
+    (wh, ww), (sh, sw), rows, cols = _windows(p.size, window, stride)
+    filled = pixel_fill(fill, p.x, blur_sigma, "fill")
+    approx = _approx_settings(approximate)
+    if approx is not None and incremental is False:
+        raise ValueError("approximate=True needs the incremental path; drop incremental=False")
+    drops, probs, s0, p0, classes, path, why = _run_positions(
+        model, p, filled, rows, cols, wh, ww, batch_size, batch_size_given, progress, channels_last, incremental, approx
+    )
+    raw = drops.view(p.n, len(rows), len(cols))
+    maps = _window_mean(raw, p.size, rows, cols, wh, ww)
+    extras = {"rows": torch.tensor(rows), "cols": torch.tensor(cols), "score": s0}
+    if p.target.is_class:
+        extras["probability"] = probs.view(p.n, len(rows), len(cols))
+        extras["clean_probability"] = p0
+    settings = {
+        "window": (wh, ww),
+        "stride": (sh, sw),
+        "fill": describe_fill(fill),
+        "positions": (len(rows), len(cols)),
+        "path": path,
+    }
+    if why is not None:
+        settings["full_reason"] = why
+    if approx is not None:
+        settings["approximate"] = _approx_record(approx, rows, cols)
+        if check:
+            again = dict(window=window, stride=stride, fill=fill, blur_sigma=blur_sigma, y=y, incremental=True)
+            exact = occlusion(model, x, target, batch_size=batch_size if batch_size_given else None, **again)
+            extras["ssim"] = torch.tensor([_ssim(a, b) for a, b in zip(maps.cpu(), exact.maps)])
+    if isinstance(fill, str) and fill == "blur":
+        settings["blur_sigma"] = blur_sigma
+    return finish(p, maps, "occlusion", classes, settings=settings, raw=raw, extras=extras)
+
+
+def _windows(size: tuple[int, int], window: Any, stride: Any):
+    """The window (h, w) and stride (h, w) with their defaults, checked, and the rows' and columns' offsets."""
+    H, W = size
     if window is None:
         window = max(1, min(H, W) // 8)
     wh, ww = _pair(window, "window")
@@ -251,38 +289,26 @@ def occlusion(
             f"stride {(sh, sw)} is larger than the window {(wh, ww)}, which leaves pixels that no patch covers; "
             "use a stride ≤ the window"
         )
-    rows, cols = window_starts(H, wh, sh), window_starts(W, ww, sw)
-    P = len(rows) * len(cols)
-    dev = p.x.device
-    filled = pixel_fill(fill, p.x, blur_sigma, "fill")
+    return (wh, ww), (sh, sw), window_starts(H, wh, sh), window_starts(W, ww, sw)
+
+
+def _run_positions(
+    model, p, filled, rows, cols, wh, ww, batch_size, batch_size_given, progress, channels_last, incremental, approx
+):
+    """Every window position's drop (and probability, class targets) by the incremental path where it can run
+    (and is wanted), else by full re-inference: (drops, probs, s0, p0, classes, path, why the whole model ran)."""
     per_sample_fill = filled.shape[0] == p.n and p.n > 1
     is_class = p.target.is_class
-    drops = torch.empty(p.n * P, device=dev, dtype=torch.float32)
-    probs = torch.empty(p.n * P, device=dev, dtype=torch.float32) if is_class else None
-    approx = _approx_settings(approximate)
-    if approx is not None and incremental is False:
-        raise ValueError("approximate=True needs the incremental path; drop incremental=False")
+    P = len(rows) * len(cols)
+    drops = torch.empty(p.n * P, device=p.x.device, dtype=torch.float32)
+    probs = torch.empty(p.n * P, device=p.x.device, dtype=torch.float32) if is_class else None
+    grid = (filled, per_sample_fill, rows, cols, wh, ww, drops, probs)
     path, why = "full", None
     if incremental is not False:
         why = None if is_class else "a channel or neuron target is read inside the model"
         if why is None:
             try:
-                s0, p0, classes = _incremental(
-                    model,
-                    p,
-                    filled,
-                    per_sample_fill,
-                    rows,
-                    cols,
-                    wh,
-                    ww,
-                    drops,
-                    probs,
-                    batch_size_given,
-                    batch_size,
-                    progress,
-                    approx=approx,
-                )
+                s0, p0, classes = _incremental(model, p, *grid, batch_size_given, batch_size, progress, approx=approx)
                 path = "incremental" if approx is None else "approximate"
             except Unsupported as e:
                 why = str(e)
@@ -300,64 +326,30 @@ def occlusion(
             log_fallback(why)
     if path == "full":
         s0, p0, classes = _full_reinference(
-            model,
-            p,
-            filled,
-            per_sample_fill,
-            rows,
-            cols,
-            wh,
-            ww,
-            drops,
-            probs,
-            batch_size,
-            progress,
-            channels_last,
-            calibrate=not batch_size_given,
+            model, p, *grid, batch_size, progress, channels_last, calibrate=not batch_size_given
         )
-    raw = drops.view(p.n, len(rows), len(cols))
-    R = coverage(H, rows, wh, dev)  # H × Ph
-    C = coverage(W, cols, ww, dev)  # W × Pw
+    return drops, probs, s0, p0, classes, path, why
+
+
+def _window_mean(raw: torch.Tensor, size: tuple[int, int], rows, cols, wh: int, ww: int) -> torch.Tensor:
+    """N × H × W: each pixel's mean of ``raw`` (N × P_h × P_w) over the windows that cover it."""
+    H, W = size
+    R = coverage(H, rows, wh, raw.device)  # H × Ph
+    C = coverage(W, cols, ww, raw.device)  # W × Pw
     summed = torch.einsum("hp,npq,wq->nhw", R, raw, C)
     count = R.sum(1).view(H, 1) * C.sum(1).view(1, W)
-    maps = summed / count
-    extras = {"rows": torch.tensor(rows), "cols": torch.tensor(cols), "score": s0}
-    if is_class:
-        extras["probability"] = probs.view(p.n, len(rows), len(cols))
-        extras["clean_probability"] = p0
-    settings = {
-        "window": (wh, ww),
-        "stride": (sh, sw),
-        "fill": describe_fill(fill),
-        "positions": (len(rows), len(cols)),
-        "path": path,
-    }
-    if why is not None:
-        settings["full_reason"] = why
-    if approx is not None:
-        settings["approximate"] = {k: approx[k] for k in ("tau", "coarse", "fraction")}
-        settings["approximate"]["coarse_positions"] = (
-            len(_coarse_index(len(rows), approx["coarse"])),
-            len(_coarse_index(len(cols), approx["coarse"])),
-        )
-        settings["approximate"]["computed"] = approx["computed"]  # share of the window positions run
-        if check:
-            exact = occlusion(
-                model,
-                x,
-                target,
-                window=window,
-                stride=stride,
-                fill=fill,
-                batch_size=batch_size if batch_size_given else None,
-                blur_sigma=blur_sigma,
-                y=y,
-                incremental=True,
-            )
-            extras["ssim"] = torch.tensor([_ssim(a, b) for a, b in zip(maps.cpu(), exact.maps)])
-    if isinstance(fill, str) and fill == "blur":
-        settings["blur_sigma"] = blur_sigma
-    return finish(p, maps, "occlusion", classes, settings=settings, raw=raw, extras=extras)
+    return summed / count
+
+
+def _approx_record(approx: dict, rows: list[int], cols: list[int]) -> dict:
+    """``settings["approximate"]``: τ, coarse, fraction, the coarse grid's size and the share of positions run."""
+    record = {k: approx[k] for k in ("tau", "coarse", "fraction")}
+    record["coarse_positions"] = (
+        len(_coarse_index(len(rows), approx["coarse"])),
+        len(_coarse_index(len(cols), approx["coarse"])),
+    )
+    record["computed"] = approx["computed"]  # share of the window positions run
+    return record
 
 
 def _full_reinference(
@@ -460,71 +452,17 @@ def _incremental(
     P = len(rows) * len(cols)
     dev = p.x.device
     is_class = p.target.is_class
-    per = batch_size if batch_size_given else POSITIONS_PER_BATCH
     total = p.n * P
     with LayerTap(model, []) as tap, torch.no_grad():
         out = logits_of(tap.run(p.x))
         classes = pick_classes(p, out, p.n)
         inc = IncrementalOcclusion(model, tau=None if approx is None or approx["tau"] >= 1 else approx["tau"])
+        run = _IncrementalRun(
+            model, p, inc, rows, cols, wh, ww, batch_size if batch_size_given else POSITIONS_PER_BATCH
+        )
         s0 = torch.empty(p.n, device=dev)
         p0 = torch.empty(p.n, device=dev) if is_class else None
-        rows_all, cols_all = torch.tensor(rows, device=dev), torch.tensor(cols, device=dev)
-        done = 0
-
-        tuners: dict = {}
-
-        def tuned(what: str, step: int, n: int):
-            """Run one chunk of ``n`` positions on the thread count measured fastest for chunks of ``step`` positions
-            (on a CPU with several torch threads: the process's count or one — on cores busy with other work, two
-            threads crawl; :class:`cnnlens._batch.Tuner`); the values do not depend on it."""
-            if (what, step) not in tuners:
-                threads = [0, 1] if dev.type == "cpu" and torch.get_num_threads() > 1 else [0]
-                tuners[what, step] = Tuner(
-                    workload(f"occlusion-incremental-{what}-{step}", model, p.x),
-                    tuple(Arm(step, False, t) for t in threads),
-                )
-            t = tuners[what, step]
-            return t.timed(t.next(n if n < step else step), n)
-
-        def drops_of(box, same, env, ci, s0i, p0i):
-            """The chunk's drops and probabilities: every position of ``box`` through the incremental model (a
-            position that changes no pixel changes nothing, exactly)."""
-            ob = logits_of(inc.run(env, box, stats))
-            cb = ci.expand(ob.shape[0])
-            sb = p.target.score(ob, cb).float()
-            d = torch.where(same, torch.zeros_like(sb), s0i - sb)
-            if not is_class:
-                return d, d
-            pb = ob.float().softmax(1).gather(1, cb.view(-1, 1)).squeeze(1)
-            return d, torch.where(same, p0i.expand_as(pb), pb)
-
-        def at(xi, fi, env, ci, s0i, p0i, idx: torch.Tensor):
-            """drops and probabilities at the flat grid positions ``idx``."""
-            d = torch.empty(len(idx), device=dev)
-            q = torch.empty(len(idx), device=dev)
-            for a, b in chunks(len(idx), per):
-                with tuned("pairs", per, b - a):
-                    box, same = input_box(
-                        xi, fi, rows_all[idx[a:b] // len(cols)], cols_all[idx[a:b] % len(cols)], wh, ww, pairs=True
-                    )
-                    d[a:b], q[a:b] = drops_of(box, same, env, ci, s0i, p0i)
-            return d, q
-
-        def grid(xi, fi, env, ci, s0i, p0i, rr: list[int], cc: list[int]):
-            """drops and probabilities (len(rr)·len(cc)) for the grid rr × cc of window offsets."""
-            rows_t = torch.tensor(rr, device=dev)
-            cols_t = torch.tensor(cc, device=dev)
-            d = torch.empty(len(rr) * len(cc), device=dev)
-            q = torch.empty(len(rr) * len(cc), device=dev)
-            step = max(1, per // len(cc))
-            for a, b in chunks(len(rr), step):
-                with tuned(f"grid{len(cc)}", step * len(cc), (b - a) * len(cc)):
-                    box, same = input_box(xi, fi, rows_t[a:b], cols_t, wh, ww)
-                    lo, hi = a * len(cc), b * len(cc)
-                    d[lo:hi], q[lo:hi] = drops_of(box, same, env, ci, s0i, p0i)
-            return d, q
-
-        computed = 0
+        done = computed = 0
         for i in range(p.n):
             xi = p.x[i : i + 1]
             env = inc.clean(xi)
@@ -539,37 +477,119 @@ def _incremental(
             s0[i] = p.target.score(o, ci).float()[0]
             if is_class:
                 p0[i] = o.float().softmax(1)[0, ci[0]]
-            p0i = p0[i] if is_class else s0[i]
             fi = filled[i : i + 1] if per_sample_fill else filled
-            lo, hi = i * P, (i + 1) * P
+            img = _Clean(xi, fi, env, ci, s0[i], p0[i] if is_class else s0[i], stats)
             if approx is None:
-                d, q = grid(xi, fi, env, ci, s0[i], p0i, rows, cols)
+                d, q = run.grid(img, rows, cols)
                 computed += P
             else:
-                rc, cc = _coarse_index(len(rows), approx["coarse"]), _coarse_index(len(cols), approx["coarse"])
-                dc, qc = grid(xi, fi, env, ci, s0[i], p0i, [rows[r] for r in rc], [cols[c] for c in cc])
-                on = (torch.tensor(rc).view(-1, 1), torch.tensor(cc).view(1, -1))  # the coarse grid in rows × cols
-                known = torch.zeros(len(rows), len(cols), dtype=torch.bool)
-                known[on] = True
-                d = torch.zeros(len(rows), len(cols), device=dev)
-                q = torch.zeros(len(rows), len(cols), device=dev)
-                d[on], q[on] = dc.view(len(rc), len(cc)), qc.view(len(rc), len(cc))
-                order = _drill_order(dc.view(len(rc), len(cc)), rc, cc, len(rows), len(cols))
-                pick = order[: round(approx["fraction"] * len(order))].to(dev)
-                if len(pick):
-                    dp, qp = at(xi, fi, env, ci, s0[i], p0i, pick)
-                    d.view(-1)[pick] = dp
-                    q.view(-1)[pick] = qp
-                    known.view(-1)[pick.cpu()] = True
-                computed += int(known.sum())
-                d = _fill(d.cpu(), known, rc, cc, rows, cols).to(dev).flatten()
-                q = _fill(q.cpu(), known, rc, cc, rows, cols).to(dev).flatten()
-            drops[lo:hi] = d
+                d, q, known = run.drill_down(img, approx)
+                computed += known
+            drops[i * P : (i + 1) * P] = d
             if is_class:
-                probs[lo:hi] = q
+                probs[i * P : (i + 1) * P] = q
             done += P
             if progress:
                 progress(done, total)
         if approx is not None:
             approx["computed"] = computed / total
     return s0, p0, classes
+
+
+class _Clean(NamedTuple):
+    """One image on the incremental path: itself, its fill, its clean run (``env``), class, score, probability."""
+
+    x: torch.Tensor
+    fill: torch.Tensor
+    env: Any
+    cls: torch.Tensor
+    s0: torch.Tensor
+    p0: torch.Tensor
+    stats: Any
+
+
+class _IncrementalRun:
+    """The incremental path's chunks of window positions: through the traced model ``inc``, ``per`` positions
+    at a time, each chunk shape on the thread count measured fastest for it."""
+
+    def __init__(self, model, p, inc: IncrementalOcclusion, rows, cols, wh: int, ww: int, per: int):
+        self.model, self.p, self.inc, self.per = model, p, inc, per
+        self.rows, self.cols, self.wh, self.ww = rows, cols, wh, ww
+        self.dev = p.x.device
+        self.rows_all, self.cols_all = torch.tensor(rows, device=self.dev), torch.tensor(cols, device=self.dev)
+        self.tuners: dict = {}
+
+    def tuned(self, what: str, step: int, n: int):
+        """Run one chunk of ``n`` positions on the thread count measured fastest for chunks of ``step`` positions
+        (on a CPU with several torch threads: the process's count or one — on cores busy with other work, two
+        threads crawl; :class:`cnnlens._batch.Tuner`); the values do not depend on it."""
+        if (what, step) not in self.tuners:
+            threads = [0, 1] if self.dev.type == "cpu" and torch.get_num_threads() > 1 else [0]
+            self.tuners[what, step] = Tuner(
+                workload(f"occlusion-incremental-{what}-{step}", self.model, self.p.x),
+                tuple(Arm(step, False, t) for t in threads),
+            )
+        t = self.tuners[what, step]
+        return t.timed(t.next(n if n < step else step), n)
+
+    def drops_of(self, box, same, img: _Clean):
+        """The chunk's drops and probabilities: every position of ``box`` through the incremental model (a
+        position that changes no pixel changes nothing, exactly)."""
+        ob = logits_of(self.inc.run(img.env, box, img.stats))
+        cb = img.cls.expand(ob.shape[0])
+        sb = self.p.target.score(ob, cb).float()
+        d = torch.where(same, torch.zeros_like(sb), img.s0 - sb)
+        if not self.p.target.is_class:
+            return d, d
+        pb = ob.float().softmax(1).gather(1, cb.view(-1, 1)).squeeze(1)
+        return d, torch.where(same, img.p0.expand_as(pb), pb)
+
+    def at(self, img: _Clean, idx: torch.Tensor):
+        """drops and probabilities at the flat grid positions ``idx``."""
+        d = torch.empty(len(idx), device=self.dev)
+        q = torch.empty(len(idx), device=self.dev)
+        nc = len(self.cols)
+        for a, b in chunks(len(idx), self.per):
+            with self.tuned("pairs", self.per, b - a):
+                r, c = self.rows_all[idx[a:b] // nc], self.cols_all[idx[a:b] % nc]
+                box, same = input_box(img.x, img.fill, r, c, self.wh, self.ww, pairs=True)
+                d[a:b], q[a:b] = self.drops_of(box, same, img)
+        return d, q
+
+    def grid(self, img: _Clean, rr: list[int], cc: list[int]):
+        """drops and probabilities (len(rr)·len(cc)) for the grid rr × cc of window offsets."""
+        rows_t = torch.tensor(rr, device=self.dev)
+        cols_t = torch.tensor(cc, device=self.dev)
+        d = torch.empty(len(rr) * len(cc), device=self.dev)
+        q = torch.empty(len(rr) * len(cc), device=self.dev)
+        step = max(1, self.per // len(cc))
+        for a, b in chunks(len(rr), step):
+            with self.tuned(f"grid{len(cc)}", step * len(cc), (b - a) * len(cc)):
+                box, same = input_box(img.x, img.fill, rows_t[a:b], cols_t, self.wh, self.ww)
+                lo, hi = a * len(cc), b * len(cc)
+                d[lo:hi], q[lo:hi] = self.drops_of(box, same, img)
+        return d, q
+
+    def drill_down(self, img: _Clean, approx: dict):
+        """Approximate drops and probabilities (flat, rows × cols): the coarse grid, then the ``fraction`` of the
+        other positions ranked first by :func:`_drill_order`, the rest estimated by :func:`_fill`; and how many
+        positions ran."""
+        rows, cols, dev = self.rows, self.cols, self.dev
+        rc, cc = _coarse_index(len(rows), approx["coarse"]), _coarse_index(len(cols), approx["coarse"])
+        dc, qc = self.grid(img, [rows[r] for r in rc], [cols[c] for c in cc])
+        on = (torch.tensor(rc).view(-1, 1), torch.tensor(cc).view(1, -1))  # the coarse grid in rows × cols
+        known = torch.zeros(len(rows), len(cols), dtype=torch.bool)
+        known[on] = True
+        d = torch.zeros(len(rows), len(cols), device=dev)
+        q = torch.zeros(len(rows), len(cols), device=dev)
+        d[on], q[on] = dc.view(len(rc), len(cc)), qc.view(len(rc), len(cc))
+        order = _drill_order(dc.view(len(rc), len(cc)), rc, cc, len(rows), len(cols))
+        pick = order[: round(approx["fraction"] * len(order))].to(dev)
+        if len(pick):
+            dp, qp = self.at(img, pick)
+            d.view(-1)[pick] = dp
+            q.view(-1)[pick] = qp
+            known.view(-1)[pick.cpu()] = True
+        d = _fill(d.cpu(), known, rc, cc, rows, cols).to(dev).flatten()
+        q = _fill(q.cpu(), known, rc, cc, rows, cols).to(dev).flatten()
+        return d, q, int(known.sum())
