@@ -21,10 +21,9 @@ def check_batch_size(batch_size: int | None, x: torch.Tensor | None = None) -> i
     """A positive int, or for None an automatic size: ~600 k input values per batch on CPU (4 images
     of 3×224×224), ~16 M on a GPU; between 1 and 512.
 
-    On the CPU larger batches only thrash the caches: on 2 cores EfficientNet-Lite0 runs
-    11.4 ms per image in batches of 4 (channels-last), 14.0 in batches of 8, 17.5 in
-    batches of 16, and a forward + backward to the input keeps every activation until
-    the backward, so it gains the same way."""
+    On the CPU larger batches only thrash the caches (docs/benchmarks.md, "Where the speed
+    comes from"), and a forward + backward to the input keeps every activation until the
+    backward, so it gains the same way."""
     if batch_size is None:
         if not torch.is_tensor(x):
             return 4
@@ -47,10 +46,10 @@ def chunks(total: int, size: int):
 # Measured choice for long runs of same-shaped forwards (occlusion's full re-inference, Score-CAM)
 #
 # On a CPU shared with other processes, what is fastest per image changes with the load, and by large factors: on
-# 2 cores busy with other work, two torch threads per forward ran 5–50× slower than one (each parallel region waits
-# for a descheduled thread: EfficientNet-Lite0 186 ms per image in batches of 4 on two threads, 21 ms on one), while
-# on a quiet machine two threads are nearly twice as fast; larger batches lose on a quiet machine (caches) and win
-# on a loaded one (fewer parallel regions per image). So the choice is measured while the work runs.
+# cores busy with other work, two torch threads per forward run many times slower than one (each parallel region
+# waits for a descheduled thread), while on a quiet machine two threads are faster; larger batches lose on a quiet
+# machine (caches) and win on a loaded one (fewer parallel regions per image); docs/benchmarks.md has the figures.
+# So the choice is measured while the work runs.
 
 
 @contextlib.contextmanager

@@ -79,9 +79,9 @@ class _FrozenBatchNorm(TorchFunctionMode):
     :class:`_FrozenBatchNormFn` while a gradient is being recorded.
 
     With frozen parameters, autograd's batch-norm backward still runs the general
-    kernel (it reads the saved input); here the backward is a per-channel scale. On
-    EfficientNet-Lite0 (49 batch norms) this takes ~10 % off a forward + backward to
-    the input. No module is changed: the mode only sees the call.
+    kernel (it reads the saved input); here the backward is a per-channel scale, which
+    makes a forward + backward to the input faster on networks with many batch norms
+    (docs/benchmarks.md). No module is changed: the mode only sees the call.
     """
 
     def __torch_function__(self, func, types, args=(), kwargs=None):

@@ -339,10 +339,8 @@ def _mean_channel(model, layer, images, channels) -> torch.Tensor:
 
 
 #: input values per optimisation of :func:`maximize_channels` on the CPU (16 images of 3×128×128): a forward and a
-#: backward per step keep every activation, so the best batch is not the forward-only rule's; on 2 cores,
-#: EfficientNet-Lite0 ``blocks.4`` at 128², per channel per step: batch 8 2.73×, 16 3.42×, 64 2.49× faster than
-#: separate ``maximize`` calls; the whole 112-channel layer, 256 steps: 298 s at 16, 371 s at 12 (the forward rule)
-#: — ``benchmarks/bench_microscope.py``, ``benchmarks/whole_layer.py``
+#: backward per step keep every activation, so the best batch is not the forward-only rule's; 16 was fastest per
+#: channel in ``benchmarks/bench_microscope.py`` and ``benchmarks/whole_layer.py`` (docs/benchmarks.md, the microscope)
 FV_BATCH_VALUES = 16 * 3 * 128 * 128
 
 
@@ -498,9 +496,9 @@ def _fv_models(model: nn.Module, parts: int) -> list[nn.Module]:
     """The models the optimisations of :func:`maximize_channels` run on: the model itself; or, on a CPU with
     several torch threads and several optimisations to run, a private copy per thread (each runs whole
     optimisations on one torch thread, and the user's model is never touched from another thread, so an
-    interrupted call leaves it as it was: on 2 cores, two EfficientNet-Lite0 optimisations side by side on one thread
-    each ran 1.19–1.26× faster than one after the other on two threads — a batch of 16 128² images does not keep
-    two threads busy through every small convolution). A model that cannot be copied runs alone."""
+    interrupted call leaves it as it was; side by side on one thread each is faster than one after the other on
+    two threads, docs/benchmarks.md — a batch of 16 128² images does not keep two threads busy through every small
+    convolution). A model that cannot be copied runs alone."""
     k = min(torch.get_num_threads(), parts)
     if k < 2 or _device(model).type != "cpu":
         return [model]

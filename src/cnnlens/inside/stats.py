@@ -30,8 +30,8 @@ from ..scanning import Batch
 from ..tap import LayerRef, LayerTap, resolve_layer
 
 #: about how many values (float32) one chunk of a batch holds on the CPU: small enough that the passes over it after
-#: the first find it in the cache (on digits-cnn and cluttered-digits-cnn: 5–10 % less time than whole batches of 64;
-#: smaller chunks cost more in per-chunk overhead than they save)
+#: the first find it in the cache (faster than whole batches, docs/benchmarks.md; smaller chunks cost more in
+#: per-chunk overhead than they save)
 _CHUNK_VALUES = 256 * 1024
 
 

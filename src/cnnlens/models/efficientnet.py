@@ -9,29 +9,13 @@ entry by entry (shape and leaf name). With it, timm's network gives exactly the
 reference package's logits (max |Δ| = 0.0 on scikit-image's ``chelsea``,
 top-1 285 "Egyptian cat"; ``tests/test_models.py`` checks this).
 
-Normalisation — measured, see ``benchmarks/effnet_normalisation.py``. Candidates:
-ImageNet mean/std (0.485, 0.456, 0.406)/(0.229, 0.224, 0.225) and TF-Lite's
-0.5/0.5 (TensorFlow's EfficientNet-Lite uses (x − 127)/128). Inputs: the 10 photos
-that ship with scikit-image / scikit-learn / matplotlib (chelsea, coffee, rocket,
-motorcycle_left, clock, astronaut, camera, grace_hopper, china, flower), 4 views
-each (full resize, 87.5 % centre crop, and their mirror images), 224×224:
-
-    measure                                            ImageNet   0.5/0.5
-    stem BatchNorm: mean |log(batch var / running var)|   1.39      0.35
-    stem BatchNorm: mean |batch mean − running mean|/σ    0.20      0.16
-    all 49 BatchNorms: mean |log var ratio|               0.41      0.24
-    all 49 BatchNorms: mean |Δ mean|/σ                    0.24      0.15
-    6 labelled photos, mean log p(true class set)        −1.21     −0.86
-    6 labelled photos × 4 views, top-1 in class set       19/24     17/24
-
-The BatchNorm running statistics record what the network saw during training:
-with ImageNet mean/std the first layer's pre-BatchNorm variance is e^1.39 ≈ 4×
-the trained one (the input is scaled by 0.5/0.226 ≈ 2.2), with 0.5/0.5 it
-matches within e^0.35. The label-free BatchNorm evidence is consistent through
-the network; the few labelled photos are split (the likelihood favours 0.5/0.5,
-top-1 counts ImageNet by two views out of 24, both keep chelsea a cat and
-coffee an espresso). So these weights want **0.5/0.5**, which is also timm's
-``pretrained_cfg`` for ``tf_efficientnet_lite0`` and TF-Lite's convention.
+Normalisation — measured by ``benchmarks/effnet_normalisation.py`` (its docstring has
+the figures) on the photos that ship with scikit-image, scikit-learn and matplotlib:
+with ImageNet mean/std the first BatchNorm's input variance is several times the trained
+one, with 0.5/0.5 it matches; the BatchNorm evidence is consistent through the
+network and the few labelled photos are split. So these weights want **0.5/0.5**,
+which is also timm's ``pretrained_cfg`` for ``tf_efficientnet_lite0`` and TF-Lite's
+convention.
 """
 
 from __future__ import annotations
