@@ -79,3 +79,18 @@ def test_contributing_layout_table_matches_the_tree():
     covered = {n.rstrip("/").split("/")[0] for n in named} | {"__init__.py", "__main__.py"}
     on_disk = {p.name for p in src.iterdir() if p.suffix == ".py" or (p.is_dir() and (p / "__init__.py").exists())}
     assert on_disk - covered == set(), "modules missing from CONTRIBUTING.md's layout table"
+
+
+def test_a_long_function_needs_a_reason_in_its_docstring(tmp_path):
+    stats = [sys.executable, str(ROOT / "tools" / "code_stats.py")]
+    pkg = tmp_path / "pkg"
+    (pkg / "skipped").mkdir(parents=True)
+    body = "".join(f"    x{i} = {i}\n" for i in range(6))
+    (pkg / "a.py").write_text(f'def short():\n    """Fine."""\n\n\ndef long():\n    """Too long."""\n{body}')
+    (pkg / "b.py").write_text(f'def whole():\n    """One loop. Long because\n    it reads best whole."""\n{body}')
+    (pkg / "skipped" / "c.py").write_text(f"def other():\n{body}")
+    out = subprocess.run([*stats, pkg, "--max-lines", "5", "--skip", pkg / "skipped"], capture_output=True, text=True)
+    why = 'split it, or say why not in its docstring: "Long because …"'
+    assert out.returncode == 1 and out.stdout.splitlines() == [f"{pkg / 'a.py'}:5: long is 8 lines (over 5; {why})"]
+    ok = subprocess.run([*stats, pkg, "--max-lines", "8", "--skip", pkg / "skipped"], capture_output=True, text=True)
+    assert ok.returncode == 0 and ok.stdout == ""
