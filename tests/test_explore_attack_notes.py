@@ -45,7 +45,7 @@ def test_attack_on_a_misclassified_sample_says_it_restores_the_true_class_and_of
     j = wait(client, f"/api/sample/{ref}/method/attack?target=away").json()
     assert j["status"] == "done", j
     assert j["toward"] == away and j["target"] == "away"
-    x = ex._x(ref)
+    x = ex.tensor(ref)
     r = minimal_eps(model, x, target=away)
     assert j["eps"] == pytest.approx(float(r.eps[0]), rel=1e-5)
     assert j["pred_after"] == int(r.pred_after[0])
@@ -64,7 +64,7 @@ def test_aucs_toward_a_class_without_probability_say_they_cannot_rank_the_map(se
     ref = "0"
     s = ex.sample(ref)
     with torch.no_grad():
-        p = model(ex._x(ref)).softmax(1)[0]
+        p = model(ex.tensor(ref)).softmax(1)[0]
     low = int(p.argmin())
     assert float(p[low]) < 1e-3
     j = wait(client, f"/api/sample/{ref}/method/saliency?target={low}").json()

@@ -88,7 +88,7 @@ def test_ctrl_c_while_serving_before_the_scan_ends_exits_non_zero(run_cli, tmp_p
 
     import uvicorn
 
-    import cnnlens.explore.service as service
+    import cnnlens.explore.workspace as workspace
 
     release = threading.Event()
 
@@ -96,7 +96,7 @@ def test_ctrl_c_while_serving_before_the_scan_ends_exits_non_zero(run_cli, tmp_p
         release.wait(20)
         raise ValueError("the test stopped the scan")
 
-    monkeypatch.setattr(service, "build_store", slow_store)
+    monkeypatch.setattr(workspace, "build_store", slow_store)
     monkeypatch.setattr(uvicorn, "run", lambda app, **kw: None)  # as if Ctrl-C stopped the server at once
     try:
         code, out = run_cli("explore", "--model", "digits-cnn", "--data", "digits", "--cache", tmp_path, "--port", "0")

@@ -67,6 +67,6 @@ def test_an_upload_has_a_box_but_no_iou(served, boxed):
     ref = ref.json()["ref"]
     j = wait(client, f"/api/sample/{ref}/method/gradcam?target=predicted")
     assert j["status"] == "done", j
-    e = cnnlens.attribution.gradcam(model, ex._x(ref), target=j["class"])
+    e = cnnlens.attribution.gradcam(model, ex.tensor(ref), target=j["class"])
     assert j["box"] == cnnlens.metrics.box_from_map(e)[0].tolist() and "iou" not in j
-    torch.testing.assert_close(ex._x(ref), boxed.x[5:6], atol=1 / 255, rtol=0)
+    torch.testing.assert_close(ex.tensor(ref), boxed.x[5:6], atol=1 / 255, rtol=0)

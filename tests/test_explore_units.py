@@ -165,7 +165,7 @@ def test_feature_visualisation_comes_from_the_disk_cache_the_second_time(served,
     png = client.get(j["png"]).content
     assert list((ex.cache / "fv").rglob(f"{c}-*.npz"))  # kept in <cache>/fv, keyed by model, layer, channel, settings
     # another dataset's results folder (here: this one's unit files gone, the job forgotten): no optimisation runs
-    d = ex._unit_dir(name, c)
+    d = ex.unit_dir(name, c)
     (d / "fv.json").unlink()
     (d / "fv.png").unlink()
     with ex.worker._lock:
@@ -371,8 +371,8 @@ def test_a_layer_render_shows_its_time_left_and_can_be_cancelled(served, micro, 
             time.sleep(0.02)
         raise AssertionError("the render was not cancelled")
 
-    monkeypatch.setattr(ex, "_render_fv", slow_render)
-    monkeypatch.setattr("cnnlens.explore.service.FV_GROUP", 4)  # groups of four channels: most stay queued
+    monkeypatch.setattr(ex.features, "render", slow_render)
+    monkeypatch.setattr("cnnlens.explore.featurevis.FV_GROUP", 4)  # groups of four channels: most stay queued
     assert client.post(f"/api/layer/{name}/fv/cancel").status_code == 415  # a JSON POST only
     assert client.post(f"/api/layer/{name}/fv", json={}).status_code == 200
     t0 = time.monotonic()

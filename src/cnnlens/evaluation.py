@@ -56,7 +56,7 @@ def _check_topk(topk, num_classes: int | None) -> tuple[int, ...]:
     return ks
 
 
-def _default_topk(num_classes: int | None) -> tuple[int, ...]:
+def default_topk(num_classes: int | None) -> tuple[int, ...]:
     """(1, 5) without the k above the number of classes."""
     return tuple(k for k in (1, 5) if num_classes is None or k <= num_classes) or (1,)
 
@@ -109,7 +109,7 @@ class EvaluationAccumulator:
                 raise ValueError(f"{len(class_names)} class names for {num_classes} classes; give one name per class")
         self.num_classes = num_classes
         self._default_topk = topk is None
-        self.topk = _default_topk(num_classes) if topk is None else _check_topk(topk, num_classes)
+        self.topk = default_topk(num_classes) if topk is None else _check_topk(topk, num_classes)
         self.class_names = class_names
         self.confusion: torch.Tensor | None = None
         self.hits = torch.zeros(len(self.topk), dtype=torch.long)
@@ -118,7 +118,7 @@ class EvaluationAccumulator:
 
     def _init(self, k: int) -> None:
         self.num_classes = k
-        self.topk = _default_topk(k) if self._default_topk else _check_topk(self.topk, k)
+        self.topk = default_topk(k) if self._default_topk else _check_topk(self.topk, k)
         self.hits = torch.zeros(len(self.topk), dtype=torch.long)
         self.confusion = torch.zeros(k, k, dtype=torch.long)
 
@@ -163,7 +163,7 @@ class EvaluationAccumulator:
             raise ValueError("can only merge evaluation accumulators with the same top-k")
         K = self.num_classes or other.num_classes
         mine, theirs = (
-            a.topk if a.num_classes else _default_topk(K) if a._default_topk else a.topk for a in (self, other)
+            a.topk if a.num_classes else default_topk(K) if a._default_topk else a.topk for a in (self, other)
         )
         if mine != theirs:
             raise ValueError("can only merge evaluation accumulators with the same top-k")

@@ -62,7 +62,8 @@ def model_hash(model: nn.Module) -> str:
     return h.hexdigest()[:16]
 
 
-def _slug(name: str) -> str:
+def layer_slug(name: str) -> str:
+    """A layer name as a file name: letters, digits, - and _ kept, anything else (the dots) as -."""
     return "".join(ch if ch.isalnum() or ch in "-_" else "-" for ch in name)
 
 
@@ -161,7 +162,8 @@ def diverse_view(model, name: str, chans, st: Settings, size: int, plain, cache=
     )
 
 
-def _fv_size(model, settings: Settings) -> int:
+def fv_size(model, settings: Settings) -> int:
+    """The side of a feature visualisation: the settings', else the model's input size, at most 128."""
     if settings.fv_size:
         return int(settings.fv_size)
     spec = getattr(model, "spec", None)
@@ -218,13 +220,13 @@ def precompute(
     dataset = data.dataset if isinstance(data, torch.utils.data.DataLoader) else data
     out.sample_labels = [int(dataset[i][1]) for i in range(n_s)]
     n_inf = min(st.influence_images, len(data))
-    size = _fv_size(model, st)
+    size = fv_size(model, st)
     for li, name in enumerate(names):
         C = micro[name].channels
         chans = list(range(min(C, st.max_channels)))
         out.shown[name] = chans
         stage = f"layer {li + 1}/{len(names)} {name}: feature visualisations"
-        views = wd.get(f"fv-{_slug(name)}")
+        views = wd.get(f"fv-{layer_slug(name)}")
         if views is None:
             views = {}
             total = 3
@@ -237,11 +239,11 @@ def precompute(
             views["robust"] = robust_view(model, name, chans, st, size, fv)
             step(2, "robust")
             views["diverse"] = diverse_view(model, name, chans, st, size, views["plain"], fv)
-            wd.save(f"fv-{_slug(name)}", views)
+            wd.save(f"fv-{layer_slug(name)}", views)
         prog(stage, 3, 3)
         out.views[name] = views
         stage = f"layer {li + 1}/{len(names)} {name}: class influence and building blocks"
-        inf = wd.get(f"influence-{_slug(name)}")
+        inf = wd.get(f"influence-{layer_slug(name)}")
         if inf is None:
             x = dataset_images(data, range(n_inf))
             classes = _classes(model, x, st.max_classes, [int(dataset[i][1]) for i in range(n_inf)])
@@ -249,13 +251,13 @@ def precompute(
                 inf = class_influence(model, x, name, classes, channels=chans, ablation=True, batch_size=st.batch_size)
             else:
                 inf = False
-            wd.save(f"influence-{_slug(name)}", inf)
+            wd.save(f"influence-{layer_slug(name)}", inf)
         out.influence[name] = inf or None
         prog(stage, 1, 2)
-        bb = wd.get(f"blocks-{_slug(name)}")
+        bb = wd.get(f"blocks-{layer_slug(name)}")
         if bb is None:
             bb = building_blocks(model, out.samples, name) if n_s and len(micro[name].shape) == 3 else False
-            wd.save(f"blocks-{_slug(name)}", bb)
+            wd.save(f"blocks-{layer_slug(name)}", bb)
         out.blocks[name] = bb or None
         prog(stage, 2, 2)
     return out
@@ -319,7 +321,7 @@ def layer_row(ls) -> dict:
     rf = ls.rf
     return {
         "name": ls.layer,
-        "slug": _slug(ls.layer),
+        "slug": layer_slug(ls.layer),
         "shape": "×".join(str(s) for s in ls.shape),
         "channels": ls.channels,
         "rf": "whole image" if rf.is_global else f"{rf.size[0]}×{rf.size[1]} px",
@@ -390,7 +392,7 @@ def _write(model, data, pre: Precomputed, root: Path, model_name, data_name, cla
     data_json = {"model": model_name, "data": data_name, "images": pre.scan.count, "layers": {}}
     for li, name in enumerate(pre.scan.layers):
         ls = pre.scan[name]
-        slug = _slug(name)
+        slug = layer_slug(name)
         chans = pre.shown[name]
         views = pre.views[name]
         stage = f"layer {li + 1}/{len(pre.scan.layers)} {name}: drawing pages"
@@ -461,7 +463,7 @@ def _write(model, data, pre: Precomputed, root: Path, model_name, data_name, cla
         for name, bb in pre.blocks.items():
             if bb is None:
                 continue
-            slug = _slug(name)
+            slug = layer_slug(name)
             shown = set(pre.shown[name])
             g = bb.grid
             img = f"img/{slug}/sample-{i}.png"

@@ -78,7 +78,7 @@ def explore(
 
     require("explore", what="cnnlens explore")  # before any work: the pages need Starlette, the server uvicorn
     from ..explore.service import Explorer
-    from ..explore.store import _scan_dataset, build_store
+    from ..explore.store import build_store, scan_dataset
 
     cache = (cache or default_cache()).expanduser()
     if cache.exists() and not cache.is_dir():
@@ -90,7 +90,7 @@ def explore(
         if world > 1 and not scan_only:
             raise UserError("under torchrun only --scan-only runs (the server is one process); add --scan-only")
         m = load_model_from_options(model, weights, pretrained, trust_pickle, dev)
-        ds = _scan_dataset(data, m)
+        ds = scan_dataset(data, m)
         if scan_only or export is not None:
             try:
                 with progress_bar(f"scanning {data} with {model}", total=len(ds), rank=rank, world=world) as update:

@@ -26,6 +26,7 @@ rank-1 class (ranks by logit, ties to the lower index, as :mod:`cnnlens.evaluati
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -37,11 +38,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from torch import nn
 
-from ..evaluation import EvaluationResult, true_class_rank
+from ..data import as_dataset, require_labels
+from ..evaluation import EvaluationResult, default_topk, true_class_rank
 from ..inside.fvcache import model_hash  # SHA-256 of the state_dict and spec (one definition, also the fv cache key)
 from ..scanning import Batch, distributed_info, scan
+from ..tap import LayerTap
 
 log = logging.getLogger(__name__)
 
@@ -164,8 +168,6 @@ def _update_tensor(h, v: Any) -> None:
 
 def _describe(obj: Any) -> str:
     """A repr without memory addresses: dataclasses as they print, other objects by type and attributes."""
-    import dataclasses
-
     if obj is None or dataclasses.is_dataclass(obj) or not hasattr(obj, "__dict__"):
         return repr(obj)
     return f"{type(obj).__qualname__}{sorted((k, repr(v)) for k, v in vars(obj).items())}"
@@ -319,9 +321,8 @@ def store_path(cache_dir: str | os.PathLike, mhash: str, dhash: str, k: int) -> 
     return Path(cache_dir) / f"scan-{key}.sqlite"
 
 
-def _scan_dataset(data, model):
-    from ..data import as_dataset, require_labels
-
+def scan_dataset(data, model):
+    """The map-style dataset of ``data`` that the explorer scans (labelled, not empty), built for ``model``."""
     ds = as_dataset(data, model)
     # before any file is written: a flat folder has no labels, and the store's rows need them
     require_labels(ds, "cnnlens explore")
@@ -364,7 +365,7 @@ def build_store(
     """
     if not isinstance(chunk, int) or chunk < 1:
         raise ValueError(f"chunk={chunk!r}: give a positive int")
-    ds = dataset if dataset is not None else _scan_dataset(data, model)
+    ds = dataset if dataset is not None else scan_dataset(data, model)
     n = len(ds)
     cache = Path(cache_dir)
     rank, world = distributed_info()
@@ -380,80 +381,26 @@ def build_store(
         except (ValueError, sqlite3.Error) as e:
             log.warning("ignoring the stored scan %s (%s); rescanning", final, e)
     partial = final.with_name(final.stem + ".partial.sqlite")
-    chunks = list(range((n + chunk - 1) // chunk))
-    db = None
-    done: set[int] = set()
-    if rank == 0:
-        cache.mkdir(parents=True, exist_ok=True)
-        db = sqlite3.connect(partial)
-        db.executescript(_SCHEMA_SQL)
-        meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
-        if meta and (json.loads(meta.get("chunk", "0")) != chunk or json.loads(meta.get("n", "0")) != n):
-            db.executescript("DELETE FROM samples; DELETE FROM chunks; DELETE FROM meta;")
-        done = {c for (c,) in db.execute("SELECT chunk FROM chunks")}
-        if done:
-            log.info("resuming the scan at %d of %d chunks", len(done), len(chunks))
-    if world > 1:
-        import torch.distributed as dist
-
-        box = [sorted(done)]
-        dist.broadcast_object_list(box, src=0)
-        done = set(box[0])
+    db, done = _open_partial(partial, chunk, n, rank, world)
     names = _class_names(model, ds) or tuple(str(i) for i in range(_num_logits(model, ds)))
-    paths = sample_paths(ds)
-    seen = sum(min(chunk, n - c * chunk) for c in done)
     try:
-        for c in chunks:
-            if c in done:
-                continue
-            lo, hi = c * chunk, min(n, (c + 1) * chunk)
-            sub = torch.utils.data.Subset(ds, range(lo, hi))
-            base = seen
-
-            def prog(b, tot, base=base, size=hi - lo):
-                if progress is not None:
-                    progress(min(base + b * batch_size, base + size), n)
-
-            (rows,) = scan(
-                model, sub, [SampleAccumulator(k, offset=lo)], batch_size=batch_size, device=device, progress=prog
-            )
-            seen += hi - lo
-            if rank == 0:
-                with db:
-                    db.executemany(
-                        f"INSERT OR REPLACE INTO samples ({', '.join(_COLUMNS)}) VALUES "
-                        f"({', '.join('?' * len(_COLUMNS))})",
-                        [
-                            (r[0], paths[r[0]] if paths else None, *r[1:9], json.dumps(r[9]), json.dumps(r[10]))
-                            for r in rows
-                        ],
-                    )
-                    db.execute("INSERT OR REPLACE INTO chunks VALUES (?)", (c,))
-                    _put_meta(db, {"chunk": chunk, "n": n})
-            if progress is not None:
-                progress(seen, n)
+        _scan_chunks(model, ds, db, done, k=k, chunk=chunk, batch_size=batch_size, device=device, progress=progress)
         if rank != 0:
             return None
-        from ..evaluation import _default_topk
-
-        ks = tuple(topk) if topk else _default_topk(len(names))
+        ks = tuple(topk) if topk else default_topk(len(names))
+        meta = {"schema": SCHEMA, "complete": True, "n": n, "class_names": list(names), "topk": list(ks), "k": k}
         with db:
             db.executescript(_INDEX_SQL)
             _put_meta(
                 db,
                 {
-                    "schema": SCHEMA,
-                    "complete": True,
-                    "n": n,
-                    "class_names": list(names),
-                    "topk": list(ks),
-                    "k": k,
+                    **meta,
                     "model_hash": mhash,
                     "data_hash": dhash,
                     "chunk": chunk,
                     "model": getattr(getattr(model, "spec", None), "name", type(model).__name__),
                     "data": data if isinstance(data, str) else type(ds).__name__,
-                    "root": str(Path(ds.root).resolve()) if paths else None,
+                    "root": str(Path(ds.root).resolve()) if sample_paths(ds) else None,
                 },
             )
         db.close()
@@ -465,9 +412,65 @@ def build_store(
     return Store(final)
 
 
-def _num_logits(model: nn.Module, ds) -> int:
-    from ..tap import LayerTap
+def _open_partial(
+    partial: Path, chunk: int, n: int, rank: int, world: int
+) -> tuple[sqlite3.Connection | None, set[int]]:
+    """The partial file (rank 0; None elsewhere) and the chunks already in it, the same on every rank."""
+    db = None
+    done: set[int] = set()
+    if rank == 0:
+        partial.parent.mkdir(parents=True, exist_ok=True)
+        db = sqlite3.connect(partial)
+        db.executescript(_SCHEMA_SQL)
+        meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
+        if meta and (json.loads(meta.get("chunk", "0")) != chunk or json.loads(meta.get("n", "0")) != n):
+            db.executescript("DELETE FROM samples; DELETE FROM chunks; DELETE FROM meta;")
+        done = {c for (c,) in db.execute("SELECT chunk FROM chunks")}
+        if done:
+            log.info("resuming the scan at %d of %d chunks", len(done), (n + chunk - 1) // chunk)
+    if world > 1:
+        box = [sorted(done)]
+        dist.broadcast_object_list(box, src=0)
+        done = set(box[0])
+    return db, done
 
+
+def _scan_chunks(model, ds, db, done: set[int], *, k, chunk, batch_size, device, progress) -> None:
+    """Scan every chunk not ``done``, each committed to ``db`` (rank 0) as soon as it is scanned."""
+    n = len(ds)
+    paths = sample_paths(ds)
+    seen = sum(min(chunk, n - c * chunk) for c in done)
+    for c in range((n + chunk - 1) // chunk):
+        if c in done:
+            continue
+        lo, hi = c * chunk, min(n, (c + 1) * chunk)
+        sub = torch.utils.data.Subset(ds, range(lo, hi))
+        base = seen
+
+        def prog(b, tot, base=base, size=hi - lo):
+            if progress is not None:
+                progress(min(base + b * batch_size, base + size), n)
+
+        (rows,) = scan(
+            model, sub, [SampleAccumulator(k, offset=lo)], batch_size=batch_size, device=device, progress=prog
+        )
+        seen += hi - lo
+        if db is not None:
+            with db:
+                db.executemany(
+                    f"INSERT OR REPLACE INTO samples ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))})",
+                    [
+                        (r[0], paths[r[0]] if paths else None, *r[1:9], json.dumps(r[9]), json.dumps(r[10]))
+                        for r in rows
+                    ],
+                )
+                db.execute("INSERT OR REPLACE INTO chunks VALUES (?)", (c,))
+                _put_meta(db, {"chunk": chunk, "n": n})
+        if progress is not None:
+            progress(seen, n)
+
+
+def _num_logits(model: nn.Module, ds) -> int:
     x, _ = ds[0]
     p = next(model.parameters(), None)
     with LayerTap(model) as tap, torch.no_grad():
