@@ -80,7 +80,7 @@ def bench_gradients(model, layer, x, repeat):
             y = model(xr)
             torch.autograd.grad(y.max(1).values.sum(), xr)
         finally:
-            for p, f in zip(model.parameters(), flags):
+            for p, f in zip(model.parameters(), flags, strict=True):
                 p.requires_grad_(f)
 
     t = interleaved(
@@ -155,7 +155,9 @@ def bench_pytorch_grad_cam(model, layer, x, repeat):
             repeat,
         )
         theirs = torch.from_numpy(cam(input_tensor=x, targets=targets))
-    for p, r in zip(model.parameters(), requires):  # pytorch-grad-cam leaves .grad behind; clean up after it
+    for p, r in zip(
+        model.parameters(), requires, strict=True
+    ):  # pytorch-grad-cam leaves .grad behind; clean up after it
         p.grad = None
         p.requires_grad_(r)
     ours = gradcam(model, x, target=cls, layer=layer).normalized()

@@ -72,7 +72,7 @@ def _run_timed(fn, steps: int) -> tuple[float, float]:
     t0 = time.perf_counter()
     fn(lambda *_: ts.append(time.perf_counter()))
     t1 = time.perf_counter()
-    step = min(b - a for a, b in zip(ts, ts[1:]))
+    step = min(b - a for a, b in zip(ts, ts[1:], strict=False))  # neighbouring pairs
     return step, max(0.0, (t1 - t0) - steps * step)
 
 

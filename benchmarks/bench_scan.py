@@ -209,7 +209,7 @@ def check_agreement(model, ds, layers, rfs, edges, bs):
     assert torch.equal(ev.confusion, cm.long()), "confusion matrices differ"
     assert abs(ev.topk_accuracy[1] - float(t1)) < 1e-6 and abs(ev.topk_accuracy[5] - float(t5)) < 1e-6
     worst = 0.0
-    for n, search in zip(layers, rest[: len(layers)]):
+    for n, search in zip(layers, rest[: len(layers)], strict=True):
         mine, theirs = search.activations, hooked[n][0].values
         worst = max(worst, float((mine - theirs).abs().max()))
         assert torch.allclose(mine, theirs, rtol=1e-5, atol=1e-6), n

@@ -17,7 +17,7 @@ def digits_every(step: int) -> torch.utils.data.TensorDataset:
     from cnnlens.models.digits import digits_split
 
     ds = digits_split("test")
-    xs, ys = zip(*(ds[i] for i in range(0, len(ds), step)))
+    xs, ys = zip(*(ds[i] for i in range(0, len(ds), step)), strict=True)
     return torch.utils.data.TensorDataset(torch.stack(xs), torch.tensor(ys))
 
 

@@ -45,7 +45,7 @@ def assert_unchanged(model: nn.Module, before: dict, what: str = "model") -> Non
     for k, v in before["state"].items():
         w = after["state"][k]
         assert v.dtype == w.dtype and v.shape == w.shape and torch.equal(v, w), f"{what}: {k} changed"
-    for i, (g0, g1) in enumerate(zip(before["grad"], after["grad"])):
+    for i, (g0, g1) in enumerate(zip(before["grad"], after["grad"], strict=True)):
         assert (g0 is None) == (g1 is None), f"{what}: .grad of parameter {i} appeared or vanished"
         if g0 is not None:
             assert torch.equal(g0, g1), f"{what}: .grad of parameter {i} changed"

@@ -53,7 +53,7 @@ def test_table_and_figure():
     rows = t[0.05]
     assert rows["d"] == [1, 10, 100]
     assert rows["formula"] == pytest.approx([0.05, 1 - 0.95**10, 1 - 0.95**100])
-    for p, f, s in zip(rows["mc"], rows["formula"], rows["stderr"]):
+    for p, f, s in zip(rows["mc"], rows["formula"], rows["stderr"], strict=True):
         assert abs(p - f) <= 4 * max(s, math.sqrt(f * (1 - f) / 2000)) + 1 / 2000
     fig = concentration_figure(
         t, {"a": (64, torch.tensor([0.01, 0.02, float("inf")])), "b": (4096, torch.tensor([0.001]))}

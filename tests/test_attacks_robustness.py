@@ -88,7 +88,7 @@ def test_merge_of_two_shards_equals_one_pass(net, monkeypatch):
         assert torch.allclose(a.per_class[k], b.per_class[k], rtol=0, atol=0, equal_nan=True)
     assert [g["index"] for g in a.gallery] == [g["index"] for g in b.gallery]
     assert len(a.gallery) == 3
-    for ga, gb in zip(a.gallery, b.gallery):
+    for ga, gb in zip(a.gallery, b.gallery, strict=True):
         assert torch.equal(ga["x_adv"], gb["x_adv"]) and ga["eps"] == gb["eps"]
     # merging with an empty shard changes nothing
     c = RobustnessAccumulator(**kw).merge(shards[0]).merge(RobustnessAccumulator(**kw))

@@ -79,7 +79,7 @@ def test_layercam_fused_over_layers_by_hand(untouched):
     # each layer alone gives the same map as a one-layer call
     singles = [layercam(net, x, target="predicted", layer=n) for n in ("features.1", "features.3")]
     fused = None
-    for s, per in zip(singles, e.extras["per_layer"]):
+    for s, per in zip(singles, e.extras["per_layer"], strict=True):
         assert torch.allclose(per, s.raw, atol=1e-6)
         top = s.raw.flatten(1).amax(1).view(-1, 1, 1)
         t = torch.tanh(2.0 * s.raw / top)

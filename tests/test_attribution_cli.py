@@ -226,7 +226,7 @@ def test_explanation_figure_draws_each_map_over_its_image(digits_model):
     fig = e.figure(x, names=["a", "b", "c"], class_names=digits_model.spec.class_names)
     axes = [ax for ax in fig.axes if ax.get_title()]
     assert [ax.get_title() for ax in axes] == [
-        f"{n}: {digits_model.spec.class_names[int(c)]}" for n, c in zip("abc", e.classes)
+        f"{n}: {digits_model.spec.class_names[int(c)]}" for n, c in zip("abc", e.classes, strict=True)
     ]
     for i, ax in enumerate(axes):
         image, heat = ax.get_images()

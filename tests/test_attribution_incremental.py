@@ -422,7 +422,9 @@ def test_approximate_defaults_keep_ssim_on_the_cluttered_digits_model(untouched)
         "computed": pytest.approx((225 + round(0.2 * (841 - 225))) / 841),
     }
     ssim = e.extras["ssim"]
-    for s, a, b in zip(ssim, e.maps, exact.maps):  # the stored SSIM is scikit-image's, data range of the exact map
+    for s, a, b in zip(
+        ssim, e.maps, exact.maps, strict=True
+    ):  # the stored SSIM is scikit-image's, data range of the exact map
         assert float(s) == pytest.approx(
             skimage.metrics.structural_similarity(
                 a.double().numpy(), b.double().numpy(), data_range=float(b.max() - b.min())
@@ -432,7 +434,7 @@ def test_approximate_defaults_keep_ssim_on_the_cluttered_digits_model(untouched)
     assert float(ssim.mean()) > 0.94 and float(ssim.min()) > 0.93
     coarse_only = occlusion(model, x, window=8, stride=2, approximate={"fraction": 0.0})
     assert coarse_only.settings["approximate"]["computed"] == pytest.approx(225 / 841)
-    ssim0 = [_ssim(a, b) for a, b in zip(coarse_only.maps, exact.maps)]
+    ssim0 = [_ssim(a, b) for a, b in zip(coarse_only.maps, exact.maps, strict=True)]
     assert sum(ssim0) / len(ssim0) < float(ssim.mean()) - 0.03  # the drill-down is what helps
 
 

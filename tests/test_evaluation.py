@@ -111,7 +111,7 @@ def brute_force_rank(row, c):
 def test_topk_with_ties_hand_computed(untouched):
     ranks = true_class_rank(torch.tensor(TIE_LOGITS, dtype=torch.float32), torch.tensor(TIE_LABELS))
     assert ranks.tolist() == [1, 0, 3, 2, 0]
-    assert ranks.tolist() == [brute_force_rank(r, c) for r, c in zip(TIE_LOGITS, TIE_LABELS)]
+    assert ranks.tolist() == [brute_force_rank(r, c) for r, c in zip(TIE_LOGITS, TIE_LABELS, strict=True)]
     model = untouched(identity_model())
     r = evaluate(
         model,

@@ -141,11 +141,12 @@ def test_per_class_chart_labels_do_not_overlap():
         angle = labels[0].get_rotation()
         if angle == 0 or angle == 90:  # level or upright: the boxes are the text's
             boxes = [t.get_window_extent(r) for t in labels]
-            for a, b in zip(boxes, boxes[1:]):
+            for a, b in zip(boxes, boxes[1:], strict=False):  # neighbouring pairs
                 assert not a.overlaps(b), (n_cls, a, b)
         else:  # slanted: neighbouring baselines are slot · sin(angle) apart, more than a line of text
             import math
 
             xs = [ax.transData.transform((i, 0))[0] for i in range(n_cls)]
             line = labels[0].get_size() * fig.dpi / 72
-            assert min(b - a for a, b in zip(xs, xs[1:])) * math.sin(math.radians(angle)) > line, n_cls
+            gap = min(b - a for a, b in zip(xs, xs[1:], strict=False))  # neighbouring pairs
+            assert gap * math.sin(math.radians(angle)) > line, n_cls

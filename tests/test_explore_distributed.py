@@ -78,7 +78,9 @@ def test_two_processes_write_the_store_of_one(tmp_path, untouched):
     assert dist.name == one.path.name  # same model, same files: the same key
     a, b = _rows(dist), _rows(one.path)
     assert len(a) == len(b) == 13
-    for ra, rb in zip(a, b):  # classes and paths exactly; probabilities to float32 rounding (other batches)
+    for ra, rb in zip(
+        a, b, strict=True
+    ):  # classes and paths exactly; probabilities to float32 rounding (other batches)
         ints = (0, 1, 2, 3, 4, 9, 10)  # idx, path, true, pred, second, true_rank, top_classes
         assert [ra[i] for i in ints] == [rb[i] for i in ints]
         assert [*ra[5:9], *json.loads(ra[11])] == pytest.approx([*rb[5:9], *json.loads(rb[11])], abs=1e-5)

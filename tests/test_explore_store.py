@@ -39,7 +39,7 @@ def digits_subset():
     from cnnlens.models.digits import digits_split
 
     ds = digits_split("test")
-    xs, ys = zip(*(ds[i] for i in range(0, len(ds), 3)))  # 120 samples
+    xs, ys = zip(*(ds[i] for i in range(0, len(ds), 3)), strict=True)  # 120 samples
     return torch.utils.data.TensorDataset(torch.stack(xs), torch.tensor(ys))
 
 

@@ -303,7 +303,7 @@ def test_queued_feature_visualisations_of_a_layer_render_in_one_optimisation(ser
     assert [g["status"] for g in got] == ["done"] * 3, got
     assert calls == [(name, chans)]  # one optimisation for the three channels
     st = Settings()
-    for c, g in zip(chans, got):
+    for c, g in zip(chans, got, strict=True):
         alone = real(model, name, [c], st.steps, size=32, seed=st.seed, robust=True)
         assert g["activation"] == pytest.approx(float(alone.activation[0, 0]), rel=1e-4)
     lay = client.get(f"/api/layer/{name}/fv").json()

@@ -165,7 +165,7 @@ def test_filters_maximize_deconv_dream(tmp_path, monkeypatch, capsys, digits_mod
     )
     assert code == 0, io.err
     m = json.loads((tmp_path / "m" / "maximize.json").read_text())
-    assert all(b > a + 5 for a, b in zip(m["start"], m["final"])) and m["settings"]["tv"] == 0.5
+    assert all(b > a + 5 for a, b in zip(m["start"], m["final"], strict=True)) and m["settings"]["tv"] == 0.5
 
     code, io = cli(
         monkeypatch,

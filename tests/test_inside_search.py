@@ -190,7 +190,7 @@ def test_the_kept_images_store_holds_no_more_rows_than_the_scan_has_images(untou
 
     class Stream(torch.utils.data.IterableDataset):
         def __iter__(self):
-            return iter(zip(*ds.tensors))
+            return iter(zip(*ds.tensors, strict=True))
 
     acc2 = SearchAccumulator(model, "features.7", k=4)
     (res2,) = scan(model, torch.utils.data.DataLoader(Stream(), batch_size=3), [acc2])

@@ -407,7 +407,7 @@ def ig_reference(model: nn.Module, x: torch.Tensor, classes: torch.Tensor, steps
     x = x.to(next(model.parameters()).dtype)
     a, w = ig_points(steps)
     out = []
-    for xi, ci in zip(x, classes):
+    for xi, ci in zip(x, classes, strict=True):
         pts = a.to(x.dtype).view(-1, 1, 1, 1) * xi
         g = input_grad(model, pts, ci.expand(steps))
         out.append((xi * (w.to(x.dtype).view(-1, 1, 1, 1) * g).sum(0)).sum(0))
@@ -428,7 +428,7 @@ def reference(method: str, model: nn.Module, x: torch.Tensor, classes: torch.Ten
         n = COST[method]["n"]
         eps = torch.randn((n, *x.shape[1:]), generator=torch.Generator().manual_seed(0)).to(x.dtype) * 0.15
         return torch.stack(
-            [input_grad(model, xi + eps, ci.expand(n)).abs().amax(1).mean(0) for xi, ci in zip(x, classes)]
+            [input_grad(model, xi + eps, ci.expand(n)).abs().amax(1).mean(0) for xi, ci in zip(x, classes, strict=True)]
         )
     raise KeyError(method)
 
@@ -716,7 +716,7 @@ def evaluate(p: Prepared, method: str) -> dict:
                 cam = upsample(gradcam_pp_reference(p.arch, p.twin64, p.x, e.layer, cls, plus=False), p.x.shape[-2:])
                 row["err"] = rel(e.maps, (g64 * cam[:, None]).abs().amax(1))
             else:
-                row["err"] = 1 - min(corr(a, b) for a, b in zip(mine, ref))
+                row["err"] = 1 - min(corr(a, b) for a, b in zip(mine, ref, strict=True))
         elif method in ("ablation_cam", "score_cam") and e.raw is not None:
             A = _grid(p.arch, layer_output(p.twin64, p.x.double(), e.layer)[1])
             if A.shape[1] <= HAND_CHANNELS:

@@ -179,7 +179,9 @@ class EvaluationAccumulator:
     def compute(self) -> EvaluationResult:
         if self.confusion is None or int(self.confusion.sum()) == 0:
             raise ValueError("no samples were evaluated: the dataset is empty")
-        return EvaluationResult.from_counts(self.confusion, dict(zip(self.topk, self.hits.tolist())), self.class_names)
+        return EvaluationResult.from_counts(
+            self.confusion, dict(zip(self.topk, self.hits.tolist(), strict=True)), self.class_names
+        )
 
 
 @dataclass(frozen=True)
@@ -300,7 +302,7 @@ class EvaluationResult(Result):
         buf = io.StringIO()
         w = csv.writer(buf, lineterminator="\n")
         w.writerow(["true \\ predicted", *self.class_names])
-        for name, row in zip(self.class_names, M.tolist()):
+        for name, row in zip(self.class_names, M.tolist(), strict=True):
             w.writerow([name, *(f"{v:.6g}" if normalized else v for v in row)])
         return buf.getvalue()
 
@@ -538,7 +540,7 @@ class TopK(Result):
     names: tuple
 
     def labels(self, i: int) -> list[tuple[str, float]]:
-        return list(zip(self.names[i], self.probs[i].tolist()))
+        return list(zip(self.names[i], self.probs[i].tolist(), strict=True))
 
 
 def predict_topk(model: torch.nn.Module, x: torch.Tensor, k: int = 5, batch_size: int = 32) -> TopK:
@@ -673,7 +675,7 @@ def topk_section(
         {
             n: [
                 {"class": c, "index": int(j), "probability": float(p)}
-                for (c, p), j in zip(r.labels(i), r.classes[i].tolist())
+                for (c, p), j in zip(r.labels(i), r.classes[i].tolist(), strict=True)
             ]
             for i, n in enumerate(names)
         },

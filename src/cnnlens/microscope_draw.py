@@ -69,7 +69,7 @@ def heat_tiles(
     vmax = float(maps.max()) if vmax is None else vmax
     vmax = vmax if vmax > 0 else 1.0
     out = []
-    for im, m in zip(images, maps):
+    for im, m in zip(images, maps, strict=True):
         base = _upscale(im.float().clamp(0, 1), side)
         base = base.expand(3, *base.shape[-2:]) if base.shape[0] == 1 else base
         h = F.interpolate(m[None, None].float(), size=base.shape[-2:], mode="bilinear", align_corners=False)[0, 0]

@@ -63,7 +63,8 @@ class RectifierCall:
 def relu_call(func, args, kwargs) -> RectifierCall | None:
     """The :class:`RectifierCall` of ``func(*args, **kwargs)`` when func is one of :data:`RELU_FUNCS`, else None."""
     if func is F.hardtanh:
-        a = dict(zip(("input", "min_val", "max_val", "inplace"), args), **kwargs)
+        # strict=False: positional args may stop before the last name
+        a = dict(zip(("input", "min_val", "max_val", "inplace"), args, strict=False), **kwargs)
         return RectifierCall(
             a["input"],
             float(a.get("min_val", -1.0)),
@@ -72,10 +73,10 @@ def relu_call(func, args, kwargs) -> RectifierCall | None:
             "hardtanh",
         )
     if func is F.relu6:
-        a = dict(zip(("input", "inplace"), args), **kwargs)
+        a = dict(zip(("input", "inplace"), args, strict=False), **kwargs)
         return RectifierCall(a["input"], 0.0, 6.0, bool(a.get("inplace", False)), "relu6")
     if func is F.relu:
-        a = dict(zip(("input", "inplace"), args), **kwargs)
+        a = dict(zip(("input", "inplace"), args, strict=False), **kwargs)
         return RectifierCall(a["input"], 0.0, None, bool(a.get("inplace", False)), "relu")
     if func in (torch.relu, torch.Tensor.relu):
         return RectifierCall(args[0] if args else kwargs["input"], 0.0, None, False, "relu")

@@ -281,5 +281,5 @@ def _gather_merge(accs: list[Accumulator], world: int) -> list[Accumulator]:
     dist.all_gather_object(gathered, accs)
     merged, *rest = cast(list[list[Accumulator]], gathered)  # all_gather_object filled every slot
     for other in rest:
-        merged = [m.merge(o) for m, o in zip(merged, other)]
+        merged = [m.merge(o) for m, o in zip(merged, other, strict=True)]
     return merged

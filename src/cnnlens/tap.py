@@ -87,7 +87,7 @@ class _FrozenBatchNorm(TorchFunctionMode):
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         if func is F.batch_norm:
-            a = dict(zip(_BN_ARGS, args), **kwargs)
+            a = dict(zip(_BN_ARGS, args, strict=False), **kwargs)  # positional args may stop before the last name
             x, mean, var, w, b = (a.get(k) for k in _BN_ARGS[:5])
             if (
                 not a.get("training", False)

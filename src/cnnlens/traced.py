@@ -93,7 +93,7 @@ def _arg(node: fx.Node, i: int, name: str, default: Any) -> Any:
 
 
 def _pool_kw(node: fx.Node, names: tuple[str, ...], defaults: tuple) -> dict:
-    return {k: _arg(node, i + 1, k, d) for i, (k, d) in enumerate(zip(names, defaults))}
+    return {k: _arg(node, i + 1, k, d) for i, (k, d) in enumerate(zip(names, defaults, strict=True))}
 
 
 # functional activations and pools → (the module that computes the same, in-place?)

@@ -196,7 +196,7 @@ def accuracy(model: nn.Module, data=None, batch_size: int = 512) -> float:
     if hasattr(data, "x") and hasattr(data, "y"):
         x_all, y_all = data.x, data.y
     else:
-        xs, ys = zip(*[data[i] for i in range(len(data))])
+        xs, ys = zip(*[data[i] for i in range(len(data))], strict=True)
         x_all, y_all = torch.stack(xs), torch.as_tensor(ys)
     was = model.training
     model.eval()

@@ -230,7 +230,7 @@ def panels_image(
     out = Image.new("RGB", (W, H), "white")
     draw = ImageDraw.Draw(out)
     x = gap
-    for arr, title, bar, w in zip(panels, titles, bars, widths):
+    for arr, title, bar, w in zip(panels, titles, bars, widths, strict=True):
         im = Image.fromarray((np.clip(arr, 0, 1) * 255).round().astype(np.uint8))
         out.paste(im.resize((size, size), Image.Resampling.NEAREST), (x, top))
         draw.text((x + size // 2, top - 4), title, fill="black", font=font, anchor="ms")

@@ -92,7 +92,7 @@ def fgsm(
             logits0, classes, direction = resolve_and_grad(tap.run, x[a:b], yb, tb)
             x_adv = fgsm_core(tap.run, x[a:b], classes, t is not None, e[a:b], nm, direction=direction)
             parts.append((x_adv, logits0, classes, predict(tap.run, x_adv)))
-    x_adv, logits0, classes, logits1 = (torch.cat(v) for v in zip(*parts))
+    x_adv, logits0, classes, logits1 = (torch.cat(v) for v in zip(*parts, strict=True))
     settings = {
         "method": "fgsm",
         "norm": nm,
@@ -167,7 +167,7 @@ def pgd(
                 start=None if start is None else start[a:b],
             )
             parts.append((x_adv, used, logits0, classes, predict(tap.run, x_adv)))
-    x_adv, used, logits0, classes, logits1 = (torch.cat(v) for v in zip(*parts))
+    x_adv, used, logits0, classes, logits1 = (torch.cat(v) for v in zip(*parts, strict=True))
     settings = {
         "method": "pgd",
         "norm": nm,

@@ -168,7 +168,7 @@ def deepfool(
                 tap.run, x[a:b], classes, t is not None, steps, float(overshoot), int(candidates), logits0
             )
             parts.append((x_adv, used, logits0, classes, predict(tap.run, x_adv)))
-    x_adv, used, logits0, classes, logits1 = (torch.cat(v) for v in zip(*parts))
+    x_adv, used, logits0, classes, logits1 = (torch.cat(v) for v in zip(*parts, strict=True))
     ok = goal_reached(logits1.argmax(1), classes, t is not None)
     eps = torch.where(ok, _flat_norm(x_adv - x), torch.full_like(ok, math.inf, dtype=x.dtype))
     settings = {
@@ -285,7 +285,7 @@ def cw(
                 tap.run, x[a:b], classes, t is not None, float(c), float(kappa), steps, float(lr), search_steps
             )
             parts.append((best, used, logits0, classes, predict(tap.run, best), cf))
-    x_adv, used, logits0, classes, logits1, cf = (torch.cat(v) for v in zip(*parts))
+    x_adv, used, logits0, classes, logits1, cf = (torch.cat(v) for v in zip(*parts, strict=True))
     ok = goal_reached(logits1.argmax(1), classes, t is not None)
     eps = torch.where(ok, _flat_norm(x_adv - x), torch.full_like(ok, math.inf, dtype=x.dtype))
     settings = {

@@ -163,7 +163,7 @@ def topk_rows(r: AttackResult, i: int, class_names=None, k: int = 5) -> dict:
         v, idx = r.topk(k, after=after)
         out[key] = [
             {"index": int(c), "name": class_name(class_names, int(c)), "probability": float(p)}
-            for p, c in zip(v[i], idx[i])
+            for p, c in zip(v[i], idx[i], strict=True)
         ]
     return out
 

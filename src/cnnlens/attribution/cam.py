@@ -144,7 +144,7 @@ def layer_gradients(
     gs = [None] * len(leaves)
     if s.requires_grad:
         gs = list(torch.autograd.grad(s.sum(), [leaf.A for leaf in leaves], allow_unused=True))
-    for leaf, g in zip(leaves, gs):
+    for leaf, g in zip(leaves, gs, strict=True):
         if g is None:
             raise ValueError(
                 f"the target's score does not depend on layer {leaf.name!r}: no path leads from it to the target "
@@ -152,7 +152,9 @@ def layer_gradients(
             )
     hw = tuple(xb.shape[-2:])
     As, Gs = [], []
-    for leaf, g in zip(leaves, gs):  # token and channels-last outputs as N×C×h×w (a linear map: G maps alike)
+    for leaf, g in zip(
+        leaves, gs, strict=True
+    ):  # token and channels-last outputs as N×C×h×w (a linear map: G maps alike)
         layout, prefix = grid_layout(
             leaf.A, tap.model, resolve_layer(tap.model, leaf.name)[1], hw, leaf.name, leaf.layout
         )
@@ -389,10 +391,10 @@ def layercam(
     p = prepare(model, x, target, y, "layercam")
     names = list(dict.fromkeys(layer_name(model, p, l) for l in layer))
     leaves = [LeafAt(n, layout) for n in names]
-    with LayerTap(model, names + target_layers(p.target), edits=dict(zip(names, leaves))) as tap:
+    with LayerTap(model, names + target_layers(p.target), edits=dict(zip(names, leaves, strict=True))) as tap:
         (As, Gs), classes, s = layer_gradients(tap, leaves, p, p.x, layout=Layout(model, p.x, channels_last))
     per_layer, fused = [], None
-    for A, G in zip(As, Gs):
+    for A, G in zip(As, Gs, strict=True):
         L = COMBINE["layercam"](A.float(), G.float())[0].clamp_min(0)
         per_layer.append(L)
         top = L.flatten(1).amax(1).view(-1, 1, 1)

@@ -66,7 +66,7 @@ def batched_input_gradient(
         for a, b in chunks(p.n, batch_size):
             q = p.subset(a, b)
             parts.append(input_gradient(tap, q, q.x, layout=layout))
-    return tuple(torch.cat(t) for t in zip(*parts))
+    return tuple(torch.cat(t) for t in zip(*parts, strict=True))
 
 
 def clean_pass(tap: LayerTap, p: Prepared):

@@ -374,10 +374,10 @@ def _window_params(node: fx.Node, mod: nn.Module | None, x_shape, out_shape):
         if name == "Conv2dSame":  # timm: TF "same" padding from the input size
             pb = [
                 max((math.ceil(n / si) - 1) * si + (ki - 1) * di + 1 - n, 0) // 2
-                for n, ki, si, di in zip((H, W), k, s, d)
+                for n, ki, si, di in zip((H, W), k, s, d, strict=True)
             ]
         elif mod.padding == "same":
-            pb = [di * (ki - 1) // 2 for ki, di in zip(k, d)]
+            pb = [di * (ki - 1) // 2 for ki, di in zip(k, d, strict=True)]
         elif mod.padding == "valid":
             pb = [0, 0]
         else:
@@ -404,7 +404,7 @@ def _window_params(node: fx.Node, mod: nn.Module | None, x_shape, out_shape):
         if mod.divisor_override is not None or (any(pb) and not mod.count_include_pad):
             return None
         # with ceil_mode, a last window that runs past the padding divides by fewer elements: no rule
-        for n, no, ki, si, p in zip((H, W), (Ho, Wo), k, s, pb):
+        for n, no, ki, si, p in zip((H, W), (Ho, Wo), k, s, pb, strict=True):
             if (no - 1) * si + ki > n + 2 * p:
                 return None
 
@@ -700,7 +700,7 @@ class IncrementalOcclusion(Traced):
         # padding: the layer's own before, after as far as the last output reads
         pe = [
             max(0, (no - 1) * si + (ki - 1) * di + 1 - ni - p)
-            for no, si, ki, di, ni, p in zip((Ho, Wo), s, k, d, (H, W), pb)
+            for no, si, ki, di, ni, p in zip((Ho, Wo), s, k, d, (H, W), pb, strict=True)
         ]
         pad = (pb[1], pe[1], pb[0], pe[0])
         key = (b.node, pad, value)

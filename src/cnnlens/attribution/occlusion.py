@@ -268,7 +268,7 @@ def occlusion(
         if check:
             again = dict(window=window, stride=stride, fill=fill, blur_sigma=blur_sigma, y=y, incremental=True)
             exact = occlusion(model, x, target, batch_size=batch_size if batch_size_given else None, **again)
-            extras["ssim"] = torch.tensor([_ssim(a, b) for a, b in zip(maps.cpu(), exact.maps)])
+            extras["ssim"] = torch.tensor([_ssim(a, b) for a, b in zip(maps.cpu(), exact.maps, strict=True)])
     if isinstance(fill, str) and fill == "blur":
         settings["blur_sigma"] = blur_sigma
     return finish(p, maps, "occlusion", classes, settings=settings, raw=raw, extras=extras)

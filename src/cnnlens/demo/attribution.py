@@ -168,7 +168,7 @@ def _digits_section(report, ctx) -> None:
     idx = list(range(0, len(ds), max(1, len(ds) // k)))[:k]
     x = torch.stack([torch.as_tensor(ds[i][0]) for i in idx]).to(ctx.device)
     labels = [int(ds[i][1]) for i in idx]
-    names = [f"#{i} (label {y})" for i, y in zip(idx, labels)]
+    names = [f"#{i} (label {y})" for i, y in zip(idx, labels, strict=True)]
     methods = ["saliency", "occlusion", "cam", "gradcam", "guided_backprop"]
     if not ctx.quick:
         methods[1:1] = ["smoothgrad", "integrated_gradients"]

@@ -93,7 +93,7 @@ def topk_figure(image: torch.Tensor, top: list[tuple[str, float]], title: str = 
     a1.set_xlim(0, 1)
     a1.set_xlabel("probability", fontsize=8)
     a1.tick_params(axis="x", labelsize=7)
-    for b, v in zip(bars, vals):
+    for b, v in zip(bars, vals, strict=True):
         inside = v > 0.8
         a1.text(
             v - 0.02 if inside else v + 0.02,

@@ -123,7 +123,7 @@ def _transpose(name: str, m: nn.Module, inp: torch.Tensor, r: torch.Tensor) -> t
             )
         pad = m.padding
         if isinstance(pad, str):
-            total = [d * (k - 1) for d, k in zip(m.dilation, m.kernel_size)]
+            total = [d * (k - 1) for d, k in zip(m.dilation, m.kernel_size, strict=True)]
             if pad == "same" and any(t % 2 for t in total):
                 raise ValueError(f"deconvnet cannot invert module {name!r}: its 'same' padding is asymmetric")
             pad = tuple(t // 2 for t in total) if pad == "same" else (0, 0)

@@ -600,7 +600,7 @@ def _render(model, name, chans, w, n, per, steps, H, W, lr, param, seed, redirec
                 raise
         if errors:
             raise errors[0]
-    images, acts, starts, finals = zip(*(out[s] for s in starts_at))
+    images, acts, starts, finals = zip(*(out[s] for s in starts_at), strict=True)
     imgs, act, start, final = torch.cat(images), torch.cat(acts), torch.cat(starts), torch.cat(finals)
     m = len(chans)
     imgs, act, start, final = imgs.view(m, n, *imgs.shape[1:]), act.view(m, n), start.view(m, n), final.view(m, n)

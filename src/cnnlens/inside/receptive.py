@@ -72,7 +72,7 @@ def _pair(v: Any) -> Pair:
 
 def _bind(names: tuple[str, ...], args: tuple, kwargs: dict, defaults: dict) -> dict:
     out = dict(defaults)
-    out.update(zip(names, args))
+    out.update(zip(names, args, strict=False))  # positional args may stop before the last name
     out.update(kwargs or {})
     return out
 

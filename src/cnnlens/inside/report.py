@@ -433,7 +433,7 @@ def add_deconv(sec, model, x, projections, labels=None, with_guided: bool = True
         sec.text(GUIDED_NOTE)
         corr = [
             float(torch.corrcoef(torch.stack([p.images.flatten(), g.flatten()]))[0, 1])
-            for p, g in zip(projections, guided)
+            for p, g in zip(projections, guided, strict=True)
         ]
         sec.data("deconv vs guided backprop correlation", corr)
     return img

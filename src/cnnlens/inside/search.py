@@ -511,7 +511,7 @@ class _ImageStore:
             self.free.extend(range(cap + need - 1, cap - 1, -1))
         rows = [self.free.pop() for _ in keys]
         self.data[torch.tensor(rows)] = images
-        self.row.update(zip(keys, rows))
+        self.row.update(zip(keys, rows, strict=True))
 
     def keep(self, alive: set) -> None:
         for key in [k for k in self.row if k not in alive]:

@@ -81,7 +81,7 @@ class NeuronStats(Result):
         width = float(self.edges[1] - self.edges[0])
         for ax in axes.flat:
             ax.set_axis_off()
-        for ax, c in zip(axes.flat, chans):
+        for ax, c in zip(axes.flat, chans, strict=False):  # the grid's last row may have spare axes
             ax.set_axis_on()
             h = self.histogram[c].double().numpy()
             ax.bar(centers, h, width=width, color="tab:red" if bool(self.dead[c]) else "tab:blue")

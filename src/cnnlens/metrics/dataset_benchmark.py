@@ -71,7 +71,7 @@ def load_benchmark_data(
             from ..data import image_folder
 
             ds = image_folder(p, model)
-            xs, ys = zip(*[ds[i] for i in range(min(n, len(ds)))])
+            xs, ys = zip(*[ds[i] for i in range(min(n, len(ds)))], strict=True)
             found = BenchmarkData(torch.stack(xs), torch.tensor(ys), None, None, data, "none")
     if len(found.y) < 2:
         raise ValueError(

@@ -43,7 +43,7 @@ class DigitsCNN(nn.Module):
     def __init__(self, widths: tuple[int, ...] = (16, 32, 64), num_classes: int = 10, in_channels: int = 1):
         super().__init__()
         layers: list[nn.Module] = []
-        for i, (cin, cout) in enumerate(zip((in_channels, *widths[:-1]), widths)):
+        for i, (cin, cout) in enumerate(zip((in_channels, *widths[:-1]), widths, strict=True)):
             layers += [nn.Conv2d(cin, cout, 3, padding=1), nn.ReLU()]
             if i < len(widths) - 1:  # a 2×2 max-pool after every stage but the last
                 layers.append(nn.MaxPool2d(2))

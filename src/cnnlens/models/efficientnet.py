@@ -62,7 +62,7 @@ def convert_state_dict(reference: dict[str, torch.Tensor], target: dict[str, tor
             "install the timm version cnnlens was tested with"
         )
     out = {}
-    for (rk, rv), (tk, tv) in zip(reference.items(), target.items()):
+    for (rk, rv), (tk, tv) in zip(reference.items(), target.items(), strict=True):
         if rv.shape != tv.shape or rk.rsplit(".", 1)[-1] != tk.rsplit(".", 1)[-1]:
             raise ValueError(
                 f"EfficientNet-Lite0 weight {rk} {tuple(rv.shape)} does not match timm's {tk} {tuple(tv.shape)}; "
