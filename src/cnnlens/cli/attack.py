@@ -9,13 +9,6 @@ from pathlib import Path
 import typer
 
 from .common import (
-    DEVICE_OPT,
-    FORCE_OPT,
-    MODEL_OPT,
-    OUT_OPT,
-    PRETRAINED_OPT,
-    TRUST_OPT,
-    WEIGHTS_OPT,
     UserError,
     app,
     console,
@@ -24,6 +17,7 @@ from .common import (
     out_dir,
     print_table,
 )
+from .options import BatchSize, Device, Force, LabelledData, Model, Out, Pretrained, TrustPickle, Weights
 from .session import session
 
 
@@ -92,8 +86,9 @@ def _unique(names: list[str]) -> list[str]:
 @app.command()
 @model_options
 def attack(
+    *,
     images: list[str] = typer.Argument(..., help="Image files, folders or globs."),
-    model: str = MODEL_OPT,
+    model: Model,
     method: str = typer.Option(
         "pgd",
         "--method",
@@ -118,15 +113,15 @@ def attack(
         False, "--minimal", help="Find each image's smallest ε (bisection over PGD) instead of using --eps."
     ),
     seed: int = typer.Option(0, "--seed", help="Seed of the random start."),
-    weights: Path | None = WEIGHTS_OPT,
-    pretrained: bool = PRETRAINED_OPT,
-    trust_pickle: bool = TRUST_OPT,
+    weights: Weights = None,
+    pretrained: Pretrained = False,
+    trust_pickle: TrustPickle = False,
     batch_size: int | None = typer.Option(
         None, "--batch-size", "-b", min=1, help="Images attacked together (default: automatic, 4 of 224² on a CPU)."
     ),
-    device: str = DEVICE_OPT,
-    out: Path = OUT_OPT,
-    force: bool = FORCE_OPT,
+    device: Device = "cpu",
+    out: Out = Path("cnnlens-out"),
+    force: Force = False,
 ) -> None:
     """Attack images: writes, per image, the original, the adversarial image, the amplified perturbation and the top-5 before and after.
 
@@ -250,10 +245,9 @@ def _print_attack(names, r, class_names) -> None:
 @app.command()
 @model_options
 def robustness(
-    model: str = MODEL_OPT,
-    data: str = typer.Option(
-        ..., "--data", "-d", help="digits, or an ImageFolder directory (one sub-folder per class)."
-    ),
+    *,
+    model: Model,
+    data: LabelledData,
     eps: str = typer.Option("0,1/255,2/255,4/255,8/255", "--eps", help="Comma-separated budgets in pixel units."),
     attacks: str = typer.Option(
         "fgsm,pgd",
@@ -268,13 +262,13 @@ def robustness(
         "untargeted", "--target", "-t", help="untargeted (away from the true label), second, or a class."
     ),
     gallery: int = typer.Option(6, "--gallery", min=0, help="Attacked images to show with their saliency maps."),
-    weights: Path | None = WEIGHTS_OPT,
-    pretrained: bool = PRETRAINED_OPT,
-    trust_pickle: bool = TRUST_OPT,
-    batch_size: int = typer.Option(64, "--batch-size", "-b", min=1, help="Images per batch."),
-    device: str = DEVICE_OPT,
-    out: Path = OUT_OPT,
-    force: bool = FORCE_OPT,
+    weights: Weights = None,
+    pretrained: Pretrained = False,
+    trust_pickle: TrustPickle = False,
+    batch_size: BatchSize = 64,
+    device: Device = "cpu",
+    out: Out = Path("cnnlens-out"),
+    force: Force = False,
 ) -> None:
     """Accuracy against ε for FGSM and PGD over a dataset: writes curves.png, robustness.json/.csv and index.html.
 

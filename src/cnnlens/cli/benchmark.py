@@ -7,11 +7,6 @@ from pathlib import Path
 import typer
 
 from .common import (
-    DEVICE_OPT,
-    FORCE_OPT,
-    PRETRAINED_OPT,
-    TRUST_OPT,
-    WEIGHTS_OPT,
     UserError,
     app,
     console,
@@ -19,6 +14,7 @@ from .common import (
     new_report,
     out_dir,
 )
+from .options import Device, Force, Pretrained, TrustPickle, Weights
 from .session import open_model
 
 #: compact column labels for the terminal
@@ -102,12 +98,12 @@ def benchmark(
         "road-lerf, max-sensitivity, model-parameter-randomisation.",
     ),
     n: int = typer.Option(16, "--n", min=2, help="Images scored (the first n of the held-out split / folder)."),
-    weights: Path | None = WEIGHTS_OPT,
-    pretrained: bool = PRETRAINED_OPT,
-    trust_pickle: bool = TRUST_OPT,
-    device: str = DEVICE_OPT,
+    weights: Weights = None,
+    pretrained: Pretrained = False,
+    trust_pickle: TrustPickle = False,
+    device: Device = "cpu",
     out: Path = typer.Option(Path("cnnlens-benchmark"), "--out", "-o", help="Output directory (report, JSON, CSV)."),
-    force: bool = FORCE_OPT,
+    force: Force = False,
 ) -> None:
     """A leaderboard of every attribution method on every metric, with 95 % confidence intervals over the
     images and seconds per map; printed, and written as leaderboard.csv, leaderboard.json and index.html."""

@@ -251,28 +251,6 @@ def out_dir(path: Path, force: bool = False, *inputs, option: str = "--out") -> 
         raise UserError(str(e)) from None
 
 
-# reusable option declarations
-MODEL_OPT = typer.Option(
-    ..., "--model", "-m", help="efficientnet-lite0, digits-cnn, timm:NAME, torchvision:NAME, or package.module:factory."
-)
-WEIGHTS_OPT = typer.Option(None, "--weights", "-w", help="Weights file (.safetensors, .pt/.pth).")
-PRETRAINED_OPT = typer.Option(False, "--pretrained", help="Let timm/torchvision download their pretrained weights.")
-TRUST_OPT = typer.Option(False, "--trust-pickle", help="Allow loading a whole pickled model (runs code from the file).")
-DEVICE_OPT = typer.Option("cpu", "--device", help="cpu, cuda, cuda:N or auto.")
-OUT_OPT = typer.Option(
-    Path("cnnlens-out"),
-    "--out",
-    "-o",
-    help="Output directory (files and report); a new, empty or previous-report folder.",
-)
-FORCE_OPT = typer.Option(
-    False,
-    "--force",
-    help="Replace the output folder even if it holds other files (never the current "
-    "directory, home, or a folder holding an input).",
-)
-
-
 # what the model expects, on every command that takes --model (added by @model_options)
 _SPEC_PARAMS = ("spec_mean", "spec_std", "spec_input_size", "spec_channels", "spec_class_names", "spec_num_classes")
 
@@ -324,8 +302,10 @@ def _spec_parameters(taken: set[str]) -> list[inspect.Parameter]:
 def _option_names(sig: inspect.Signature) -> set[str]:
     out: set[str] = set()
     for p in sig.parameters.values():
-        decls = getattr(p.default, "param_decls", None) or ()
-        out.update(d for d in decls if isinstance(d, str))
+        out.update(d for d in getattr(p.default, "param_decls", None) or () if isinstance(d, str))
+        for info in getattr(p.annotation, "__metadata__", ()):  # an Annotated alias (cnnlens.cli.options):
+            decls = (getattr(info, "default", None), *(getattr(info, "param_decls", None) or ()))  # 1st flag in default
+            out.update(d for d in decls if isinstance(d, str) and d.startswith("-"))
     return out
 
 

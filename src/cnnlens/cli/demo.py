@@ -6,7 +6,8 @@ from pathlib import Path
 
 import typer
 
-from .common import DEVICE_OPT, FORCE_OPT, app, console, out_dir, parse_device
+from .common import app, console, out_dir, parse_device
+from .options import Device, Force
 
 
 @app.command()
@@ -17,8 +18,8 @@ def demo(
         "-o",
         help="Report directory: a new, empty or previous-report folder (replaced atomically).",
     ),
-    force: bool = FORCE_OPT,
-    device: str = DEVICE_OPT,
+    force: Force = False,
+    device: Device = "cpu",
     quick: bool = typer.Option(False, "--quick", help="Fewer samples and steps (a fast smoke run)."),
     only: str | None = typer.Option(None, "--only", help="Comma-separated section names to run."),
 ) -> None:

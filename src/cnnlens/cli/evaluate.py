@@ -7,13 +7,6 @@ from pathlib import Path
 import typer
 
 from .common import (
-    DEVICE_OPT,
-    FORCE_OPT,
-    MODEL_OPT,
-    OUT_OPT,
-    PRETRAINED_OPT,
-    TRUST_OPT,
-    WEIGHTS_OPT,
     UserError,
     app,
     console,
@@ -26,6 +19,7 @@ from .common import (
     print_table,
     progress_bar,
 )
+from .options import BatchSize, Device, Force, LabelledData, Model, Out, Pretrained, TrustPickle, Weights
 
 
 def _topk_values(topk: list[str] | None, more: list[str] | None) -> tuple[int, ...] | None:
@@ -75,23 +69,24 @@ def print_result(result, out=None) -> None:
 @app.command(context_settings={"allow_extra_args": True})
 @model_options
 def evaluate(
+    *,
     ctx: typer.Context,
-    model: str = MODEL_OPT,
-    data: str = typer.Option(..., "--data", "-d", help="digits, an ImageFolder directory (one sub-folder per class)."),
+    model: Model,
+    data: LabelledData,
     topk: list[str] | None = typer.Option(
         None,
         "--topk",
         "-k",
         help="k values for top-k accuracy, e.g. --topk 1 5 (default 1 5, without k above the number of classes).",
     ),
-    weights: Path | None = WEIGHTS_OPT,
-    pretrained: bool = PRETRAINED_OPT,
-    trust_pickle: bool = TRUST_OPT,
-    batch_size: int = typer.Option(64, "--batch-size", "-b", min=1, help="Images per forward pass."),
+    weights: Weights = None,
+    pretrained: Pretrained = False,
+    trust_pickle: TrustPickle = False,
+    batch_size: BatchSize = 64,
     workers: int = typer.Option(0, "--workers", min=0, help="DataLoader worker processes."),
-    device: str = DEVICE_OPT,
-    out: Path = OUT_OPT,
-    force: bool = FORCE_OPT,
+    device: Device = "cpu",
+    out: Out = Path("cnnlens-out"),
+    force: Force = False,
 ) -> None:
     """Top-k accuracy, per-class precision/recall and the confusion matrix (raw and normalised by class support).
 

@@ -8,13 +8,6 @@ import typer
 
 from ..registry import REGISTRY
 from .common import (
-    DEVICE_OPT,
-    FORCE_OPT,
-    MODEL_OPT,
-    OUT_OPT,
-    PRETRAINED_OPT,
-    TRUST_OPT,
-    WEIGHTS_OPT,
     UserError,
     app,
     console,
@@ -22,6 +15,7 @@ from .common import (
     new_report,
     out_dir,
 )
+from .options import Device, Force, Model, Out, Pretrained, TrustPickle, Weights
 from .session import Session, open_model
 
 DEFAULT_METHODS = "saliency,occlusion,cam,gradcam,augmented-gradcam,guided-gradcam"
@@ -175,16 +169,17 @@ AUGMENTATIONS_OPT = typer.Option(100, "--augmentations", min=1, help="Augmented 
 @app.command()
 @model_options
 def explain(
+    *,
     images: list[str] | None = IMAGES_ARG,
     data: str | None = DATA_OPT,
     n_images: int = N_OPT,
     misclassified: bool = MISCLASSIFIED_OPT,
     true_class: str | None = CLASS_OPT,
     confused: str | None = CONFUSED_OPT,
-    model: str = MODEL_OPT,
-    weights: Path | None = WEIGHTS_OPT,
-    pretrained: bool = PRETRAINED_OPT,
-    trust_pickle: bool = TRUST_OPT,
+    model: Model,
+    weights: Weights = None,
+    pretrained: Pretrained = False,
+    trust_pickle: TrustPickle = False,
     methods: str = METHODS_OPT,
     target: str = TARGET_OPT,
     layer: str | None = LAYER_OPT,
@@ -194,9 +189,9 @@ def explain(
     window: int | None = WINDOW_OPT,
     stride: int | None = STRIDE_OPT,
     augmentations: int = AUGMENTATIONS_OPT,
-    device: str = DEVICE_OPT,
-    out: Path = OUT_OPT,
-    force: bool = FORCE_OPT,
+    device: Device = "cpu",
+    out: Out = Path("cnnlens-out"),
+    force: Force = False,
 ) -> None:
     """Explain the model's prediction on each image with the chosen attribution methods.
 

@@ -9,12 +9,6 @@ from pathlib import Path
 import typer
 
 from .common import (
-    DEVICE_OPT,
-    FORCE_OPT,
-    MODEL_OPT,
-    PRETRAINED_OPT,
-    TRUST_OPT,
-    WEIGHTS_OPT,
     UserError,
     app,
     console,
@@ -24,6 +18,7 @@ from .common import (
     out_dir,
     progress_bar,
 )
+from .options import Device, Force, LabelledData, Model, Pretrained, TrustPickle, Weights
 
 
 def default_cache() -> Path:
@@ -42,13 +37,12 @@ def _check_port(host: str, port: int) -> None:
 @app.command()
 @model_options
 def explore(
-    model: str = MODEL_OPT,
-    data: str = typer.Option(
-        ..., "--data", "-d", help="digits, or an ImageFolder directory (one sub-folder per class)."
-    ),
-    weights: Path | None = WEIGHTS_OPT,
-    pretrained: bool = PRETRAINED_OPT,
-    trust_pickle: bool = TRUST_OPT,
+    *,
+    model: Model,
+    data: LabelledData,
+    weights: Weights = None,
+    pretrained: Pretrained = False,
+    trust_pickle: TrustPickle = False,
     host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (0.0.0.0 opens it to the network)."),
     port: int = typer.Option(8765, "--port", min=0, max=65535, help="Port to listen on."),
     cache: Path = typer.Option(
@@ -61,9 +55,9 @@ def explore(
         help="Write the overview and the most confused cells' galleries as static pages into this folder, then exit.",
     ),
     cells: int = typer.Option(6, "--cells", min=1, help="With --export: how many of the most confused cells."),
-    force: bool = FORCE_OPT,
+    force: Force = False,
     batch_size: int = typer.Option(64, "--batch-size", "-b", min=1, help="Images per forward pass of the scan."),
-    device: str = DEVICE_OPT,
+    device: Device = "cpu",
 ) -> None:
     """A local web app from the confusion matrix to the explanation of each sample.
 

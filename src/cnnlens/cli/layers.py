@@ -2,20 +2,14 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from .common import (
-    DEVICE_OPT,
-    MODEL_OPT,
-    PRETRAINED_OPT,
-    TRUST_OPT,
-    WEIGHTS_OPT,
     UserError,
     app,
     load_model_from_options,
     model_options,
     print_table,
 )
+from .options import Device, Model, Pretrained, TrustPickle, Weights
 
 
 def _shape(v) -> str:
@@ -78,11 +72,12 @@ def layer_table(model, x) -> list[dict]:
 @app.command()
 @model_options
 def layers(
-    model: str = MODEL_OPT,
-    weights: Path | None = WEIGHTS_OPT,
-    pretrained: bool = PRETRAINED_OPT,
-    trust_pickle: bool = TRUST_OPT,
-    device: str = DEVICE_OPT,
+    *,
+    model: Model,
+    weights: Weights = None,
+    pretrained: Pretrained = False,
+    trust_pickle: TrustPickle = False,
+    device: Device = "cpu",
 ) -> None:
     """List the model's dotted layer names with their output shapes (for --layer options)."""
     import torch

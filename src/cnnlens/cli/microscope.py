@@ -9,12 +9,6 @@ from pathlib import Path
 import typer
 
 from .common import (
-    DEVICE_OPT,
-    FORCE_OPT,
-    MODEL_OPT,
-    PRETRAINED_OPT,
-    TRUST_OPT,
-    WEIGHTS_OPT,
     UserError,
     app,
     console,
@@ -22,6 +16,7 @@ from .common import (
     model_options,
     out_dir,
 )
+from .options import BatchSize, Device, FirstN, Force, Model, Pretrained, TrustPickle, Weights
 
 
 class _Bars:
@@ -55,7 +50,8 @@ class _Bars:
 @app.command("microscope")
 @model_options
 def microscope_cmd(
-    model: str = MODEL_OPT,
+    *,
+    model: Model,
     data: str = typer.Option(..., "--data", "-d", help="digits, or an ImageFolder directory."),
     layers: str | None = typer.Option(
         None, "--layers", "-l", help="Comma-separated layers (default: up to 3 activation layers)."
@@ -66,7 +62,7 @@ def microscope_cmd(
         "-o",
         help="Output folder of the site (replaced atomically): a new, empty or previous-output folder.",
     ),
-    force: bool = FORCE_OPT,
+    force: Force = False,
     k: int = typer.Option(9, "--k", min=1, help="Top dataset images per channel."),
     steps: int = typer.Option(128, "--steps", min=1, help="Adam steps of each feature visualisation."),
     max_channels: int = typer.Option(64, "--max-channels", min=1, help="Channels shown per layer (the first ones)."),
@@ -74,7 +70,7 @@ def microscope_cmd(
         None, "--fv-size", min=8, help="Feature visualisation side (default: the input size, at most 128)."
     ),
     samples: int = typer.Option(4, "--samples", min=0, help="Building-block sample pages."),
-    n: int | None = typer.Option(None, "--n", min=1, help="Scan only the first n images."),
+    n: FirstN = None,
     work: Path | None = typer.Option(None, "--work", help="Work folder for resuming (default: OUT.work)."),
     keep_work: bool = typer.Option(False, "--keep-work", help="Keep the work folder after success."),
     cache: Path | None = typer.Option(
@@ -84,7 +80,7 @@ def microscope_cmd(
         "by the model's weights, layer, channel and settings (default: OUT.fvcache).",
     ),
     no_cache: bool = typer.Option(False, "--no-cache", help="Render every feature visualisation again; keep none."),
-    batch_size: int = typer.Option(64, "--batch-size", "-b", min=1),
+    batch_size: BatchSize = 64,
     threads: int | None = typer.Option(
         None,
         "--threads",
@@ -92,10 +88,10 @@ def microscope_cmd(
         help="Torch threads (default: 1 for inputs up to 64×64 px, where "
         "thread start-up costs more than it gains, else torch's default).",
     ),
-    weights: Path | None = WEIGHTS_OPT,
-    pretrained: bool = PRETRAINED_OPT,
-    trust_pickle: bool = TRUST_OPT,
-    device: str = DEVICE_OPT,
+    weights: Weights = None,
+    pretrained: Pretrained = False,
+    trust_pickle: TrustPickle = False,
+    device: Device = "cpu",
 ) -> None:
     """Precompute every channel of the chosen layers and write a static site: layer list → channel grid →
     unit pages, plus building-block pages. Interrupted runs resume from the work folder."""

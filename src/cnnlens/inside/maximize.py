@@ -728,3 +728,26 @@ def maximize(
     return Visualization(
         img.detach().cpu(), J.name, start, final, torch.stack(history) if history else torch.empty(0, B), settings
     )
+
+
+def objective_for(
+    layer: str | None = None,
+    channels: Sequence[int] | None = None,
+    classes: Sequence[int | str] | None = None,
+    *,
+    neuron: bool = False,
+    class_names: Sequence[str] | None = None,
+) -> tuple[Objective, list[str]]:
+    """What ``cnnlens inside maximize`` maximises, with one title per image: the class scores of ``classes``
+    (indices or names), else the channels of ``layer`` (default 0–3; their centre units if ``neuron``).
+
+    >>> J, titles = objective_for("features.3", [0, 5])   # titles: ["features.3 ch 0", "features.3 ch 5"]
+    """
+    if classes is not None:
+        idx = [as_target(c.strip() if isinstance(c, str) else c, class_names).index for c in classes]
+        return objectives.class_score(idx), [class_names[i] if class_names else str(i) for i in idx]
+    if layer is None:
+        raise ValueError("give a layer (with channels) to maximise channels, or classes to maximise class scores")
+    chans = list(channels or [0, 1, 2, 3])
+    J = objectives.neuron(layer, chans) if neuron else objectives.channel(layer, chans)
+    return J, [f"{layer} {'unit' if neuron else 'ch'} {c}" for c in chans]

@@ -480,3 +480,12 @@ def _probe(model, name, c, size, samples, seed, dev, corners: bool = False) -> R
                 )
     (pos, expected, found), more = results[0], tuple(results[1:])
     return RFProbe(pos, size, expected, found, agrees, more)
+
+
+def field_layers(model: nn.Module) -> list[str]:
+    """The layers that widen a receptive field: every convolution and pooling layer, in the order of ``model.named_modules()``.
+
+    >>> [receptive_field(model, n) for n in field_layers(model)]   # doctest: +SKIP
+    """
+    kinds = (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d)
+    return [n for n, m in model.named_modules() if isinstance(m, kinds)]

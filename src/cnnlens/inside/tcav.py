@@ -108,7 +108,12 @@ class TCAV(Result):
         return tcav_figure(self)
 
 
-def _class_index(model: nn.Module, target: Any) -> tuple[int, str | None]:
+def class_index(model: nn.Module, target: Any) -> tuple[int, str | None]:
+    """``target`` (a class index, or one of the model's class names) as (index, name or None).
+
+    >>> class_index(model, "cat")   # doctest: +SKIP
+    (3, 'cat')
+    """
     names = getattr(getattr(model, "spec", None), "class_names", None)
     if isinstance(target, str):
         if names and target in names:
@@ -124,6 +129,21 @@ def _class_index(model: nn.Module, target: Any) -> tuple[int, str | None]:
         raise TypeError(f"target must be a class index or name, got {type(target).__name__}")
     t = int(target)
     return t, (str(names[t]) if names and 0 <= t < len(names) else None)
+
+
+def class_images(dataset, k: int, n: int | None = None) -> list[torch.Tensor]:
+    """The images of a labelled dataset whose label is class ``k``: the first ``n`` (all if None), in order.
+
+    >>> x = torch.stack(class_images(cnnlens.data.as_dataset("digits", model), 3, n=50))  # doctest: +SKIP
+    """
+    out: list[torch.Tensor] = []
+    for i in range(len(dataset)):
+        if n is not None and len(out) >= n:
+            break
+        xi, yi = dataset[i]
+        if int(yi) == k:
+            out.append(torch.as_tensor(xi))
+    return out
 
 
 def _images(v: Any, what: str) -> torch.Tensor:
@@ -273,7 +293,7 @@ def tcav(
         raise ValueError(f"runs must be an int ≥ 2 (the t-test needs several random CAVs), got {runs!r}")
     if not 0 < alpha < 1:
         raise ValueError(f"alpha must be in (0, 1), got {alpha}; Kim et al. use 0.05")
-    k, k_name = _class_index(model, target)
+    k, k_name = class_index(model, target)
     cimgs = {str(c): _images(v, f"concept {c!r}") for c, v in concepts.items()}
     x = _images(inputs, "inputs")
     size = max(v.shape[0] for v in cimgs.values())
