@@ -147,7 +147,7 @@ def maximize_page(name: str, model, v, titles, *, kind: str, regularisers: list[
     img = add_visualizations(
         sec,
         v,
-        [f"{t}: {float(s):.3g}→{float(f):.3g}" for t, s, f in zip(titles, v.start, v.final)],
+        [f"{t}: {float(s):.3g}→{float(f):.3g}" for t, s, f in zip(titles, v.start, v.final, strict=False)],
         f"{v.objective}: {steps} steps",
     )
     return rep, {"maximize.png": img, "maximize.json": json_file(v), "maximize.pt": tensors_file(v)}
