@@ -97,7 +97,8 @@ def _run(a, AblationCAM, ScoreCAM, ClassifierOutputTarget, ablation_cam, score_c
         e = out["cnnlens"]
         print(
             f"Ablation-CAM, ResNet-50 {layer} ({e.settings['path']}): cnnlens {best['cnnlens']:.3f} s, "
-            f"pytorch-grad-cam {best['pytorch-grad-cam']:.2f} s, ratio {best['pytorch-grad-cam'] / best['cnnlens']:.1f}×, "
+            f"pytorch-grad-cam {best['pytorch-grad-cam']:.2f} s, ratio "
+            f"{best['pytorch-grad-cam'] / best['cnnlens']:.1f}×, "
             f"maps correlated {_corr(e.maps[0], out['pytorch-grad-cam'][0]):.4f}",
             flush=True,
         )

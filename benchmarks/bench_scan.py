@@ -22,7 +22,8 @@ so wall-clock minima and CPU-time minima are both printed):
    forward loaded), and tracemalloc's peak of Python allocations during the scan (torch tensors' storage is
    not traced by tracemalloc; the RSS covers it). Goal: at 2,000 within 10 % of 500.
 
-Run:  python benchmarks/bench_scan.py [--quick] [--threads N] [--model cluttered|resnet18] [--n 2000] [--only speed|memory]
+Run:  python benchmarks/bench_scan.py [--quick] [--threads N] [--model cluttered|resnet18] [--n 2000]
+        [--only speed|memory]
 
 Measured 2026-12-01 on the 2-core machine shared with three other engineers' jobs (load average 4.5–8), 1 torch
 thread, 2,000 images, minima of 3 interleaved rounds:
@@ -380,7 +381,8 @@ def bench_memory(args) -> dict:
         f"{med[base]:.1f}), {args.n} images +{fmt(args.n)} MB (median {med[args.n]:.1f}) → {100 * grow:+.0f} % "
         f"(goal within 10 %; the allocator's peak varies by a few MB from process to process). Within each "
         f"{args.n}-image scan, the peak over the batches of its last 500 images vs of its first 500 (equal windows; "
-        f"compute() builds the results after): {', '.join(f'{100 * w:+.0f} %' for w in within)}. Python objects {py[base]:.2f} MB and "
+        f"compute() builds the results after): {', '.join(f'{100 * w:+.0f} %' for w in within)}. Python objects "
+        f"{py[base]:.2f} MB and "
         f"{py[args.n]:.2f} MB at the peak"
     )
     return {"memory": out, "memory_growth": grow, "memory_growth_within": within}

@@ -44,7 +44,8 @@ def main(argv: list[str] | None = None) -> None:
         maximize_channels(model, "net.blocks.4", list(range(112)), steps=256, size=128, batch_size=bs)
         print(
             f"whole layer net.blocks.4 (112 channels), 128², 256 steps, batch_size={bs or 'default'}, "
-            f"{a.threads} threads{', one optimisation at a time' if a.one_at_a_time else ''}: {time.perf_counter() - t:.0f} s",
+            f"{a.threads} threads{', one optimisation at a time' if a.one_at_a_time else ''}: "
+            f"{time.perf_counter() - t:.0f} s",
             flush=True,
         )
 

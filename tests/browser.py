@@ -38,7 +38,8 @@ def check_page(index: Path, screenshot: Path | None = None) -> dict:
               nav: (() => { const n = document.querySelector('nav');
                             return n ? {scroll: n.scrollWidth, client: n.clientWidth, height: n.offsetHeight,
                                         links: n.querySelectorAll('a').length,
-                                        line: n.querySelector('a') ? n.querySelector('a').offsetHeight : 0} : null; })(),
+                                        line: n.querySelector('a') ? n.querySelector('a').offsetHeight : 0}
+                                     : null; })(),
               page_scroll: document.documentElement.scrollWidth - document.documentElement.clientWidth,
             };
             """

@@ -171,7 +171,8 @@ def test_torchvision_relu_applications_are_counted(untouched, arch, relus):
 
 
 class _ChainF(nn.Module):
-    """conv → ReLU → max-pool → conv → ReLU6 → max-pool with functional ReLUs (``inplace``: F.relu_ / relu6 in place)."""
+    """conv → ReLU → max-pool → conv → ReLU6 → max-pool with functional ReLUs (``inplace``: F.relu_ / relu6 in
+    place)."""
 
     def __init__(self, inplace: bool):
         super().__init__()

@@ -104,7 +104,8 @@ def _train(net, loss_fn, x, y, steps=40, lr=0.05, seed=0):
 
 
 def _toy_data(n=64, seed=0, noise=0.0):
-    """Two classes: the brighter half of the image is the left (0) or the right (1); ``noise``: share of flipped labels."""
+    """Two classes: the brighter half of the image is the left (0) or the right (1); ``noise``: share of flipped
+    labels."""
     g = torch.Generator().manual_seed(seed)
     x = torch.rand(n, 1, 6, 6, generator=g) * 0.5
     y = torch.arange(n) % 2

@@ -8,10 +8,10 @@ import torch
 def check_not_empty(x: torch.Tensor) -> torch.Tensor:
     """Refuse a batch with no image or an image with no pixel (one line naming the fix); return ``x``.
 
-    >>> check_not_empty(torch.zeros(1, 3, 0, 4))
+    >>> check_not_empty(torch.zeros(1, 3, 0, 4))  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
-    ValueError: x has an empty image (0×4 pixels); pass images at least one pixel high and wide (e.g. resized with cnnlens.load_images)
+    ValueError: x has an empty image (0×4 pixels); pass images at least one pixel high and wide (e.g. resized ...
     """
     if x.dim() >= 1 and x.shape[0] == 0:
         raise ValueError("x holds no image (batch size 0); pass at least one image")

@@ -91,9 +91,9 @@ REGISTRY: dict[str, Method] = {
             unit="mean |∂S/∂x| over noisy copies",
             clipped=True,
             intro=(
-                "<b>SmoothGrad</b> (Smilkov et al. 2017): the saliency map averaged over noisy copies x + ε, "
-                "ε ~ N(0, σ²) in pixel units. The gradient of a ReLU network jumps from pixel to pixel; averaging over a "
-                "small neighbourhood keeps what is stable."
+                "<b>SmoothGrad</b> (Smilkov et al. 2017): the saliency map averaged over noisy copies x + ε, ε ~ "
+                "N(0, σ²) in pixel units. The gradient of a ReLU network jumps from pixel to pixel; averaging over "
+                "a small neighbourhood keeps what is stable."
             ),
         ),
         Method(
@@ -134,14 +134,15 @@ REGISTRY: dict[str, Method] = {
             unit="drop of the class score (logit) when hidden",
             signed=True,
             intro=(
-                "<b>Occlusion sensitivity</b> (Zeiler &amp; Fergus 2014): slide a grey square over the image and re-score "
-                "at every position. Shown: the drop of the class score when the square covers each pixel (red = hiding it "
-                "hurts the class). Its <i>probability map</i> (Zeiler &amp; Fergus 2014, Fig. 7) — the class probability for "
-                "each position of the square, low where the square hides what the model needs — is drawn next to it. "
-                "Model-agnostic (no gradient at all) but costly as one forward per position — unless, as here, only what "
-                "changes is recomputed: the square alters a small region of the image and, layer by layer, only that "
-                "region's projective field, so cnnlens recomputes just those boxes and reads the rest from the clean "
-                "image's activations (incremental inference, Nakandala et al. 2019): the same map, several times faster."
+                "<b>Occlusion sensitivity</b> (Zeiler &amp; Fergus 2014): slide a grey square over the image and "
+                "re-score at every position. Shown: the drop of the class score when the square covers each pixel "
+                "(red = hiding it hurts the class). Its <i>probability map</i> (Zeiler &amp; Fergus 2014, Fig. 7) "
+                "— the class probability for each position of the square, low where the square hides what the "
+                "model needs — is drawn next to it. Model-agnostic (no gradient at all) but costly as one forward "
+                "per position — unless, as here, only what changes is recomputed: the square alters a small region "
+                "of the image and, layer by layer, only that region's projective field, so cnnlens recomputes just "
+                "those boxes and reads the rest from the clean image's activations (incremental inference, "
+                "Nakandala et al. 2019): the same map, several times faster."
             ),
         ),
         Method(
@@ -156,12 +157,12 @@ REGISTRY: dict[str, Method] = {
             intro=(
                 "<b>Class activation map</b> (Zhou et al. 2016). With a global-average-pool + linear head, "
                 "S<sub>c</sub> = Σ<sub>k</sub> w<sub>k</sub><sup>c</sup> F<sub>k</sub> + b<sub>c</sub> with "
-                "F<sub>k</sub> = mean<sub>x,y</sub> f<sub>k</sub>(x, y), so "
-                "S<sub>c</sub> − b<sub>c</sub> = mean<sub>x,y</sub> M<sub>c</sub>(x, y) with "
-                "M<sub>c</sub>(x, y) = Σ<sub>k</sub> w<sub>k</sub><sup>c</sup> f<sub>k</sub>(x, y): the score is exactly "
-                "the average of the map (Zhou et al. write Σ<sub>x,y</sub> M<sub>c</sub> = S<sub>c</sub>, with the sum "
-                "that a sum-pool would take). Global average pooling keeps where each feature fired; the map is upsampled "
-                "from the last layer's grid."
+                "F<sub>k</sub> = mean<sub>x,y</sub> f<sub>k</sub>(x, y), so S<sub>c</sub> − b<sub>c</sub> = "
+                "mean<sub>x,y</sub> M<sub>c</sub>(x, y) with M<sub>c</sub>(x, y) = Σ<sub>k</sub> "
+                "w<sub>k</sub><sup>c</sup> f<sub>k</sub>(x, y): the score is exactly the average of the map (Zhou "
+                "et al. write Σ<sub>x,y</sub> M<sub>c</sub> = S<sub>c</sub>, with the sum that a sum-pool would "
+                "take). Global average pooling keeps where each feature fired; the map is upsampled from the last "
+                "layer's grid."
             ),
         ),
         Method(
@@ -173,11 +174,12 @@ REGISTRY: dict[str, Method] = {
             unit="ReLU(Σ α·A) (score units)",
             layered=True,
             intro=(
-                "<b>Grad-CAM</b> (Selvaraju et al. 2017) works for any head and any layer A: the importance of channel k "
-                "for class c is α<sub>k</sub><sup>c</sup> = (1/#pixels) Σ<sub>ij</sub> ∂y<sub>c</sub>/∂A<sup>k</sup><sub>ij</sub>, "
-                "and the map is ReLU(Σ<sub>k</sub> α<sub>k</sub><sup>c</sup> A<sup>k</sup>). On a GAP + linear head "
-                "α<sub>k</sub><sup>c</sup> = w<sub>k</sub><sup>c</sup>/(H·W): Grad-CAM is then CAM/(H·W) before the ReLU. "
-                "Only the backward from the score to that layer runs, so it costs about one forward pass."
+                "<b>Grad-CAM</b> (Selvaraju et al. 2017) works for any head and any layer A: the importance of "
+                "channel k for class c is α<sub>k</sub><sup>c</sup> = (1/#pixels) Σ<sub>ij</sub> "
+                "∂y<sub>c</sub>/∂A<sup>k</sup><sub>ij</sub>, and the map is ReLU(Σ<sub>k</sub> "
+                "α<sub>k</sub><sup>c</sup> A<sup>k</sup>). On a GAP + linear head α<sub>k</sub><sup>c</sup> = "
+                "w<sub>k</sub><sup>c</sup>/(H·W): Grad-CAM is then CAM/(H·W) before the ReLU. Only the backward "
+                "from the score to that layer runs, so it costs about one forward pass."
             ),
         ),
         Method(
@@ -190,8 +192,8 @@ REGISTRY: dict[str, Method] = {
             layered=True,
             intro=(
                 "<b>Grad-CAM++</b> (Chattopadhay et al. 2018) weights each position's positive gradient, "
-                "w<sub>k</sub> = Σ<sub>ij</sub> a<sub>ij</sub><sup>k</sup> ReLU(∂y<sub>c</sub>/∂A<sub>ij</sub><sup>k</sup>), "
-                "so several instances of a class each count."
+                "w<sub>k</sub> = Σ<sub>ij</sub> a<sub>ij</sub><sup>k</sup> "
+                "ReLU(∂y<sub>c</sub>/∂A<sub>ij</sub><sup>k</sup>), so several instances of a class each count."
             ),
         ),
         Method(
@@ -203,10 +205,10 @@ REGISTRY: dict[str, Method] = {
             unit="ReLU(Σ w·A), w = Σ A·∂S/∂A / Σ A",
             layered=True,
             intro=(
-                "<b>XGrad-CAM</b> (Fu et al. 2020): Grad-CAM with each channel's gradient averaged with the channel's own "
-                "activations as weights, α<sub>k</sub> = Σ<sub>ij</sub> A<sup>k</sup><sub>ij</sub> "
-                "∂y<sub>c</sub>/∂A<sup>k</sup><sub>ij</sub> / Σ<sub>ij</sub> A<sup>k</sup><sub>ij</sub>, chosen so that the "
-                "map adds up to the score where the head is linear (conservation)."
+                "<b>XGrad-CAM</b> (Fu et al. 2020): Grad-CAM with each channel's gradient averaged with the "
+                "channel's own activations as weights, α<sub>k</sub> = Σ<sub>ij</sub> A<sup>k</sup><sub>ij</sub> "
+                "∂y<sub>c</sub>/∂A<sup>k</sup><sub>ij</sub> / Σ<sub>ij</sub> A<sup>k</sup><sub>ij</sub>, chosen so "
+                "that the map adds up to the score where the head is linear (conservation)."
             ),
         ),
         Method(
@@ -218,9 +220,9 @@ REGISTRY: dict[str, Method] = {
             unit="ReLU(Σ_k A ⊙ ∂S/∂A) (score units)",
             layered=True,
             intro=(
-                "<b>HiResCAM</b> (Draelos &amp; Carin 2020): Σ<sub>k</sub> ∂y<sub>c</sub>/∂A<sup>k</sup> ⊙ A<sup>k</sup> — "
-                "the gradient is not averaged over positions, so the map shows exactly which positions raise the score "
-                "(on a global-average-pool head it adds up to the score minus the bias)."
+                "<b>HiResCAM</b> (Draelos &amp; Carin 2020): Σ<sub>k</sub> ∂y<sub>c</sub>/∂A<sup>k</sup> ⊙ "
+                "A<sup>k</sup> — the gradient is not averaged over positions, so the map shows exactly which "
+                "positions raise the score (on a global-average-pool head it adds up to the score minus the bias)."
             ),
         ),
         Method(
@@ -232,9 +234,9 @@ REGISTRY: dict[str, Method] = {
             unit="ReLU(Σ_k ReLU(∂S/∂A) ⊙ A)",
             layered=True,
             intro=(
-                "<b>LayerCAM</b> (Jiang et al. 2021): Σ<sub>k</sub> ReLU(∂y<sub>c</sub>/∂A<sup>k</sup>) ⊙ A<sup>k</sup>, "
-                "each position weighted by its own positive gradient, which keeps fine detail at earlier layers; maps of "
-                "several layers can be fused."
+                "<b>LayerCAM</b> (Jiang et al. 2021): Σ<sub>k</sub> ReLU(∂y<sub>c</sub>/∂A<sup>k</sup>) ⊙ "
+                "A<sup>k</sup>, each position weighted by its own positive gradient, which keeps fine detail at "
+                "earlier layers; maps of several layers can be fused."
             ),
         ),
         Method(
@@ -289,12 +291,12 @@ REGISTRY: dict[str, Method] = {
             unit="super-resolved Grad-CAM (score units)",
             layered=True,
             intro=(
-                "<b>Augmented Grad-CAM</b> (Morbidelli et al. 2020): Grad-CAM is coarse (7×7 for this network). Show the "
-                "network L randomly rotated and shifted copies of the image; each gives a low-resolution map g<sub>l</sub>, "
-                "modelled as the same high-resolution map h, moved by the known augmentation A<sub>l</sub> and "
-                "down-sampled by D. Recover h from the inverse problem "
-                "argmin<sub>h</sub> ½ Σ<sub>l</sub> ‖D(A<sub>l</sub>(h)) − g<sub>l</sub>‖² + λ TV<sub>ℓ1</sub>(h) + "
-                "(μ/2)‖h‖², solved by (sub)gradient descent; the anisotropic total variation keeps edges."
+                "<b>Augmented Grad-CAM</b> (Morbidelli et al. 2020): Grad-CAM is coarse (7×7 for this network). "
+                "Show the network L randomly rotated and shifted copies of the image; each gives a low-resolution "
+                "map g<sub>l</sub>, modelled as the same high-resolution map h, moved by the known augmentation "
+                "A<sub>l</sub> and down-sampled by D. Recover h from the inverse problem argmin<sub>h</sub> ½ "
+                "Σ<sub>l</sub> ‖D(A<sub>l</sub>(h)) − g<sub>l</sub>‖² + λ TV<sub>ℓ1</sub>(h) + (μ/2)‖h‖², solved "
+                "by (sub)gradient descent; the anisotropic total variation keeps edges."
             ),
         ),
         Method(
@@ -306,11 +308,12 @@ REGISTRY: dict[str, Method] = {
             unit="ReLU(Σ w·A), w = relative score drop",
             layered=True,
             intro=(
-                "<b>Ablation-CAM</b> (Desai &amp; Ramaswamy 2020): weigh each channel A<sub>k</sub> of the layer by how much "
-                "the class score drops when the channel is set to zero, w<sub>k</sub> = (S<sub>c</sub> − "
-                "S<sub>c</sub><sup>(k)</sup>)/S<sub>c</sub>, and draw ReLU(Σ<sub>k</sub> w<sub>k</sub> A<sub>k</sub>). No "
-                "gradient. Before a global-average-pool + linear head the drop is exactly w<sub>k</sub><sup>c</sup> · "
-                "mean(A<sub>k</sub>); elsewhere only the layers after the tapped one run again."
+                "<b>Ablation-CAM</b> (Desai &amp; Ramaswamy 2020): weigh each channel A<sub>k</sub> of the layer "
+                "by how much the class score drops when the channel is set to zero, w<sub>k</sub> = (S<sub>c</sub> "
+                "− S<sub>c</sub><sup>(k)</sup>)/S<sub>c</sub>, and draw ReLU(Σ<sub>k</sub> w<sub>k</sub> "
+                "A<sub>k</sub>). No gradient. Before a global-average-pool + linear head the drop is exactly "
+                "w<sub>k</sub><sup>c</sup> · mean(A<sub>k</sub>); elsewhere only the layers after the tapped one "
+                "run again."
             ),
         ),
         Method(
@@ -322,9 +325,9 @@ REGISTRY: dict[str, Method] = {
             unit="ReLU(Σ w·A), w = softmax of masked scores",
             layered=True,
             intro=(
-                "<b>Score-CAM</b> (Wang et al. 2020): mask the image with each channel's activation map (upsampled, scaled "
-                "to [0, 1]), score each masked image, and weigh the channels by the softmax of those scores. No gradient; "
-                "one forward per channel."
+                "<b>Score-CAM</b> (Wang et al. 2020): mask the image with each channel's activation map "
+                "(upsampled, scaled to [0, 1]), score each masked image, and weigh the channels by the softmax of "
+                "those scores. No gradient; one forward per channel."
             ),
         ),
     )

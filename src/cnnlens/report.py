@@ -106,9 +106,10 @@ def check_out_dir(
     """The resolved report folder, or a one-line ``ValueError`` if writing there could lose someone's files.
 
     Allowed: a new folder, an empty one, or a previous cnnlens output (report, export, site)
-    that holds only what it wrote (its ``.cnnlens.json`` manifest lists it). A folder with other files is replaced only with ``force=True``. Never replaced, even
-    with ``force``: the current directory, the home directory, a folder that holds either, and a
-    folder that is or holds one of the paths in ``protect`` (the run's inputs). ``option`` and ``force_hint``
+    that holds only what it wrote (its ``.cnnlens.json`` manifest lists it). A folder with other files
+    is replaced only with ``force=True``. Never replaced, even with ``force``: the current directory, the home
+    directory, a folder that holds either, and a folder that is or holds one of the paths in ``protect`` (the run's
+    inputs). ``option`` and ``force_hint``
     name the folder's option and the way to force in the message (the CLI's ``--export`` and ``--force``).
 
     >>> check_out_dir("/tmp/new-cnnlens-report")                       # doctest: +SKIP

@@ -129,7 +129,8 @@ class Target:
                 bad = [i for i in idx if not 0 <= i < num_classes]
                 if bad:
                     raise TargetError(
-                        f"target class {bad[0]} is out of range: the model has {num_classes} classes (0–{num_classes - 1})"
+                        f"target class {bad[0]} is out of range: the model has {num_classes} classes "
+                        f"(0–{num_classes - 1})"
                     )
         elif self.kind == "rank":
             if num_classes is not None and self.index >= num_classes:

@@ -95,7 +95,8 @@ def check_logits(logits: Any) -> torch.Tensor:
     if not torch.is_tensor(logits) or logits.dim() != 2:
         shape = tuple(logits.shape) if torch.is_tensor(logits) else type(logits).__name__
         raise TypeError(
-            f"the model returned {shape}; attacks need N×K logits (wrap the model so forward() returns the logits tensor)"
+            f"the model returned {shape}; attacks need N×K logits (wrap the model so forward() returns the logits "
+            "tensor)"
         )
     return logits
 
@@ -121,7 +122,8 @@ def parse_target(target: Any, model: nn.Module) -> Target | None:
     t = as_target(target, names)
     if not t.is_class:
         raise ValueError(
-            f"an attack needs a class target, got {t.describe()}; use a class index or name, 'second', or None (untargeted)"
+            f"an attack needs a class target, got {t.describe()}; use a class index or name, 'second', or None "
+            "(untargeted)"
         )
     return t
 

@@ -84,9 +84,9 @@ class RobustnessAccumulator:
     ``"pgd"``, ``"deepfool"``, ``"cw"``; steps / step_size / norm / random_start / seed: PGD
     settings (step size 2.5·ε/steps by default); deepfool_steps, cw_steps, cw_c: the
     minimum-norm attacks' iterations and C&W's c (they minimise the L2 norm; with
-    ``norm="inf"`` the L∞ norm of what they find is used, a weaker attack there); target: ``None`` (untargeted, away from the true label,
-    the usual robust accuracy) or a class target such as ``"second"``; gallery: how
-    many attacked images to keep (the lowest dataset indices that the gallery attack
+    ``norm="inf"`` the L∞ norm of what they find is used, a weaker attack there);
+    target: ``None`` (untargeted, away from the true label, the usual robust accuracy) or a class target such as
+    ``"second"``; gallery: how many attacked images to keep (the lowest dataset indices that the gallery attack
     flips, each at the smallest ε in the list that flips it), with saliency maps
     before and after.
 

@@ -264,7 +264,8 @@ def cw(
     (no early abort: a per-batch abort, as in the reference code, would make an image's
     result depend on the others in its batch).
     ``search_steps > 1``: the paper's binary search over c per image (×10 until one
-    succeeds, then bisection; ``extras["c"]`` is the c that found each image's result). ``result.eps`` = ||x_adv − x||₂ (``inf`` where it failed).
+    succeeds, then bisection; ``extras["c"]`` is the c that found each image's result).
+    ``result.eps`` = ||x_adv − x||₂ (``inf`` where it failed).
 
     >>> r = cw(model, x, y, c=1, steps=100)           # doctest: +SKIP
     >>> r.success_rate, r.l2()[r.success].median()    # doctest: +SKIP

@@ -155,7 +155,8 @@ def insertion(
     y: torch.Tensor | None = None,
     progress: Progress | None = None,
 ) -> Curve:
-    """Insertion curve: p_c(``baseline`` with the top-k most important pixels of x put back); higher AUC = more faithful.
+    """Insertion curve: p_c(``baseline`` with the top-k most important pixels of x put back); higher AUC = more
+    faithful.
 
     >>> insertion(model, x, gradcam(model, x)).auc          # doctest: +SKIP
     """

@@ -103,7 +103,8 @@ def _method_note(m: str, e: Explanation) -> str:
     if m == "cam" and e.raw is not None:
         return (
             f"<p>Check: the mean of each raw {e.raw.shape[-2]}×{e.raw.shape[-1]} map equals its score minus "
-            f"the bias to within {float((e.raw.mean((1, 2)) - (e.extras['score'] - e.extras['bias'])).abs().max()):.2g}.</p>"
+            "the bias to within "
+            f"{float((e.raw.mean((1, 2)) - (e.extras['score'] - e.extras['bias'])).abs().max()):.2g}.</p>"
         )
     if m == "occlusion":
         s = e.settings
@@ -111,7 +112,8 @@ def _method_note(m: str, e: Explanation) -> str:
             "recomputing only each layer's region the square reaches (incremental inference; the same values as "
             "running the whole model per position)"
             if s.get("path") == "incremental"
-            else f"running the whole model per position ({html.escape(str(s.get('full_reason') or 'full re-inference'))})"
+            else "running the whole model per position "
+            f"({html.escape(str(s.get('full_reason') or 'full re-inference'))})"
         )
         return (
             f"<p>{s['positions'][0]}×{s['positions'][1]} positions of a square of {s['window'][0]}×{s['window'][1]} "

@@ -91,7 +91,8 @@ def demo_section(report, ctx) -> None:
             "level, invisible, and sometimes rounded away when the image is stored in 8 bits (last column). "
             f"{names[lo_i]} needed the least ({float(r_eff.eps[lo_i]) * 255:.2g}/255; its top two classes had "
             f"p = {float(top2[lo_i, 0]):.2f} and {float(top2[lo_i, 1]):.2f}), {names[hi_i]} the most "
-            f"({float(r_eff.eps[hi_i]) * 255:.2g}/255; p = {float(top2[hi_i, 0]):.2f} and {float(top2[hi_i, 1]):.2f}).</p>"
+            f"({float(r_eff.eps[hi_i]) * 255:.2g}/255; p = {float(top2[hi_i, 0]):.2f} and "
+            f"{float(top2[hi_i, 1]):.2f}).</p>"
         )
 
     # 2. the three digits models: clean and robust accuracy, curves, saliency
@@ -130,9 +131,14 @@ def demo_section(report, ctx) -> None:
         settings={
             "models": "digits-cnn: plain (shipped), adversarial training, gradient penalty (shipped weights)",
             "data": f"digits held-out split ({results['plain'].n} images)",
-            "adversarial training": f"50 % clean + 50 % FGSM with random start, ε = {ADV_EPS} (≈ {ADV_EPS * 255:.0f}/255), step 1.25·ε",
+            "adversarial training": (
+                f"50 % clean + 50 % FGSM with random start, ε = {ADV_EPS} (≈ {ADV_EPS * 255:.0f}/255), step 1.25·ε"
+            ),
             "gradient penalty": f"CE + λ·‖∂CE/∂x‖², λ = {GP_LAMBDA}",
-            "training": "seed 0, 20 epochs, Adam one-cycle; reproduce with `cnnlens train digits --robust adversarial|gradient-penalty`",
+            "training": (
+                "seed 0, 20 epochs, Adam one-cycle; reproduce with "
+                "`cnnlens train digits --robust adversarial|gradient-penalty`"
+            ),
         },
     )
     pick = torch.tensor([int((test.y == c).nonzero()[0]) for c in range(10)][: (4 if quick else 8)])
@@ -142,7 +148,8 @@ def demo_section(report, ctx) -> None:
     sec.table(
         [[name, f"{s:.3f}"] for name, s in shares.items()] + [["(share of stroke pixels)", f"{base:.3f}"]],
         header=["model", "share of saliency on the digit's strokes"],
-        caption="Mean over the held-out digits of Σ_strokes |∂z_y/∂x| / Σ |∂z_y/∂x|, strokes = pixels brighter than 0.25.",
+        caption="Mean over the held-out digits of Σ_strokes |∂z_y/∂x| / Σ |∂z_y/∂x|, "
+        "strokes = pixels brighter than 0.25.",
     )
     best = max(shares, key=shares.get)
     budgets = [j for j, e in enumerate(eps) if e > 0][-2:]

@@ -73,7 +73,8 @@ def topk_figure(r: AttackResult, i: int, class_names=None, k: int = 5, title: st
 
 
 def gallery_figure(r: RobustnessResult, max_items: int = 6):
-    """A robustness result's gallery. Rows: clean image, adversarial image, amplified perturbation, saliency before, saliency after."""
+    """A robustness result's gallery. Rows: clean image, adversarial image, amplified perturbation, saliency
+    before, saliency after."""
     items = r.gallery[:max_items]
     if not items:
         fig, ax = subplots(figsize=(4, 1))
@@ -138,7 +139,8 @@ def curves_figure(results: dict[str, RobustnessResult], title: str | None = None
 
 
 def concentration_figure(table: dict, measured: dict | None = None):
-    """Left: 1 − (1 − ε)^d against d with Monte Carlo points (±2 s.e.); right: measured minimal ε against input dimension.
+    """Left: 1 − (1 − ε)^d against d with Monte Carlo points (±2 s.e.); right: measured minimal ε against input
+    dimension.
 
     ``measured``: ``{model name: (input dimension, tensor of per-image minimal ε)}`` (finite values are used).
     """

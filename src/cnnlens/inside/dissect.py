@@ -282,7 +282,8 @@ def dissect(
     ``data="cluttered-digits"`` (or its dataset) brings its own concepts (:func:`cluttered_segments`); any
     other data needs ``segments`` (N×H×W labels, −1 for none) and ``concepts`` (names).
 
-    >>> d = dissect(cnnlens.load_model("cluttered-digits-cnn"), "cluttered-digits", ["net.features.10"])  # doctest: +SKIP
+    >>> model = cnnlens.load_model("cluttered-digits-cnn")  # doctest: +SKIP
+    >>> d = dissect(model, "cluttered-digits", ["net.features.10"])  # doctest: +SKIP
     """
     from ..data import as_dataset
     from ..scanning import scan

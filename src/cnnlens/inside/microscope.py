@@ -370,9 +370,9 @@ def maximize_channels(
     optimisation; default on the CPU: :data:`FV_BATCH_VALUES` input values per optimisation,
     16 channels at 3×128×128 — measured fastest, larger batches only thrash the caches;
     on a GPU :func:`cnnlens._batch.check_batch_size`'s rule; on a CPU with several torch threads,
-    several optimisations run side by side on private copies of the model, one thread each); with ``diversity=n`` each channel gets a set of n
-    images and the objective ``mean a_c + w_c · diversity`` (−mean cosine similarity
-    of the set's Gram matrices at the layer) pushes them apart. ``robust=True`` adds
+    several optimisations run side by side on private copies of the model, one thread each); with
+    ``diversity=n`` each channel gets a set of n images and the objective ``mean a_c + w_c · diversity`` (−mean
+    cosine similarity of the set's Gram matrices at the layer) pushes them apart. ``robust=True`` adds
     random jitter, zoom and rotation before each step (:func:`robust_transforms`).
     Other keywords go to :func:`maximize` (``tv``, ``l2_decay``, ``blur_every``, ...).
     ``redirect_relu`` (default on): a channel that is inactive on the starting noise still

@@ -483,7 +483,8 @@ def _probe(model, name, c, size, samples, seed, dev, corners: bool = False) -> R
 
 
 def field_layers(model: nn.Module) -> list[str]:
-    """The layers that widen a receptive field: every convolution and pooling layer, in the order of ``model.named_modules()``.
+    """The layers that widen a receptive field: every convolution and pooling layer, in the order of
+    ``model.named_modules()``.
 
     >>> [receptive_field(model, n) for n in field_layers(model)]   # doctest: +SKIP
     """

@@ -353,7 +353,8 @@ def add_influence(sec, inf, top: int = 12) -> bytes:
         which = (
             "the ablation ranking"
             if bool(done.all())
-            else f"the ablation ranking of the {int(done.sum())} channels zeroed (the top ones by a·∂y/∂a; — : not zeroed)"
+            else f"the ablation ranking of the {int(done.sum())} channels zeroed "
+            "(the top ones by a·∂y/∂a; — : not zeroed)"
         )
         agree = (
             f"; the a·∂y/∂a ranking {'equals' if ranked == inf.ablation_ranking else 'differs from'} {which}"

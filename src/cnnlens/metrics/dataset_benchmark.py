@@ -91,7 +91,8 @@ def benchmark_dataset(
     progress: Callable[[int, int], None] | None = None,
 ) -> BenchmarkRun:
     """:func:`load_benchmark_data` (unless ``data`` is already loaded) then :func:`benchmark` on the model's
-    device (methods: default all; metrics: default all that apply). ``progress(done, total)`` counts (method, metric) pairs.
+    device (methods: default all; metrics: default all that apply). ``progress(done, total)`` counts
+    (method, metric) pairs.
 
     >>> run = benchmark_dataset(load_model("cluttered-digits-cnn"), n=8)      # doctest: +SKIP
     >>> run.leaderboard.aggregates["gradcam"]["pointing_game"].mean          # doctest: +SKIP

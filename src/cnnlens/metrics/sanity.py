@@ -92,8 +92,9 @@ def sanity_check(
     modules, else five even stages); each method's map on the partly random copy is rank-correlated
     with its map on the trained model, for the same class.
 
-    >>> s = sanity_check(load_model("efficientnet-lite0"), x, layers=["classifier", "conv_head", "blocks.6"])   # doctest: +SKIP
-    >>> s.mean("guided_backprop"), s.mean("saliency")                                                       # doctest: +SKIP
+    >>> model = load_model("efficientnet-lite0")  # doctest: +SKIP
+    >>> s = sanity_check(model, x, layers=["classifier", "conv_head", "blocks.6"])  # doctest: +SKIP
+    >>> s.mean("guided_backprop"), s.mean("saliency")  # doctest: +SKIP
     """
     from ..attribution import randomization_check
     from ..tap import resolve_layer

@@ -1,4 +1,5 @@
-"""Models for cnnlens: ``load_model(name, weights)`` → a :class:`PixelModel` (input in [0, 1]) with a :class:`ModelSpec`.
+"""Models for cnnlens: ``load_model(name, weights)`` → a :class:`PixelModel` (input in [0, 1]) with a
+:class:`ModelSpec`.
 
     >>> from cnnlens.models import load_model, known_models
     >>> known_models()
