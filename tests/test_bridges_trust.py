@@ -16,8 +16,9 @@ from torch import nn
 
 from cnnlens.attacks import from_torchattacks
 from cnnlens.attribution import captum
-from cnnlens.attribution.completeness import INCOMPLETE, MARK
+from cnnlens.attribution.completeness import INCOMPLETE
 from cnnlens.attribution.report import method_note
+from cnnlens.figures.attribution import INCOMPLETE_MARK
 from cnnlens.results import Explanation
 from cnnlens.tap import guarded
 from cnnlens.traced import CallSites, shallow_module
@@ -255,9 +256,9 @@ def test_the_figure_title_carries_the_mark():
         },
     )
     titles = [ax.get_title() for ax in bad.figure(x).axes]
-    assert any(MARK in t for t in titles) and repr(bad).splitlines()[0].endswith(INCOMPLETE)
+    assert any(INCOMPLETE_MARK in t for t in titles) and repr(bad).splitlines()[0].endswith(INCOMPLETE)
     good = Explanation(**base, extras={"complete": True, "completeness_gap": torch.tensor([0.0])})
-    assert not any(MARK in ax.get_title() for ax in good.figure(x).axes) and "⚠" not in repr(good)
+    assert not any(INCOMPLETE_MARK in ax.get_title() for ax in good.figure(x).axes) and "⚠" not in repr(good)
 
 
 def test_explain_cli_warns_and_its_page_says_lrp_does_not_add_up(tmp_path, run_cli, caplog):

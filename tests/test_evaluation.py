@@ -20,11 +20,10 @@ from cnnlens.evaluation import (
     EvaluationAccumulator,
     EvaluationResult,
     evaluate,
-    most_confused_classes,
     predict_topk,
     true_class_rank,
 )
-from cnnlens.figures.evaluation import confusion_figure
+from cnnlens.figures.evaluation import confusion_figure, most_confused_classes
 from cnnlens.scanning import Batch
 
 TESTS = Path(__file__).parent

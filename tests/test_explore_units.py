@@ -93,7 +93,8 @@ def test_layer_grid_and_top_patches_from_the_scan(served, micro, data):
 
 
 def test_unit_page_values_equal_the_library(served, micro, data):
-    from cnnlens.inside.microscope import class_influence, dataset_images
+    from cnnlens.data import dataset_images
+    from cnnlens.inside.microscope import class_influence
 
     client, _, model = served
     wait(client, "/api/microscope")

@@ -800,6 +800,25 @@ def as_dataset(data, model=None):
     raise TypeError(f"cannot use {type(data).__name__} as a dataset; give {_ACCEPTED_DATA}")
 
 
+def dataset_images(data, indices: Sequence[int]) -> torch.Tensor:
+    """The images of ``data`` at the given dataset indices (N×C×H×W)."""
+    dataset = data.dataset if isinstance(data, torch.utils.data.DataLoader) else data
+    return torch.stack([torch.as_tensor(dataset[int(i)][0]) for i in indices])
+
+
+def data_input_size(data, model) -> tuple[int, int] | None:
+    """The H×W of ``data``'s first image; for a dataset that cannot be indexed, the model's ``spec.input_size``
+    (None if it has none)."""
+    dataset = data.dataset if isinstance(data, torch.utils.data.DataLoader) else data
+    try:
+        x0 = dataset[0][0]
+        if torch.is_tensor(x0) and x0.dim() == 3:
+            return int(x0.shape[-2]), int(x0.shape[-1])
+    except Exception:  # noqa: BLE001 - an iterable dataset: fall back to the model's spec
+        pass
+    return getattr(getattr(model, "spec", None), "input_size", None)
+
+
 # ---------------------------------------------------------------------------
 # ground-truth boxes for an ImageFolder
 # ---------------------------------------------------------------------------

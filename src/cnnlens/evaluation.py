@@ -36,10 +36,8 @@ from .scanning import Batch, scan
 
 log = logging.getLogger(__name__)
 
+
 #: the most classes a confusion-matrix figure shows; beyond, the most confused sub-matrix
-MAX_FIGURE_CLASSES = 20
-
-
 def _check_topk(topk, num_classes: int | None) -> tuple[int, ...]:
     if isinstance(topk, int) and not isinstance(topk, bool):
         topk = (topk,)
@@ -499,21 +497,6 @@ def _fig_png(fig) -> bytes:
     return png_bytes(fig)
 
 
-def most_confused_classes(confusion: torch.Tensor, m: int = MAX_FIGURE_CLASSES) -> list[int]:
-    """The m classes with the most off-diagonal mass (row + column sums off the diagonal), sorted by index."""
-    off = confusion.double().clone()
-    off.fill_diagonal_(0)
-    mass = off.sum(0) + off.sum(1)
-    order = torch.sort(mass, descending=True, stable=True).indices[:m]
-    return sorted(order.tolist())
-
-
-def present_classes(result: EvaluationResult) -> list[int]:
-    """The classes that occur in the data (support > 0), in index order; all classes when none is empty."""
-    support = result.confusion.sum(1)
-    return [i for i in range(result.num_classes) if int(support[i]) > 0] or list(range(result.num_classes))
-
-
 def per_class_shown(result: EvaluationResult, limit: int = 30, lowest: int = 20) -> tuple[list[dict], str]:
     """The per-class rows a table shows, and what they are: the classes present in the data (support > 0);
     with more than ``limit`` of them, the ``lowest`` by recall."""
@@ -595,7 +578,7 @@ def report_section(
     report, result: EvaluationResult, settings: dict | None = None, title: str = "Evaluation", intro: str = INTRO
 ):
     """Add the evaluation section (figures, top-k, per-class table, most confused pairs) to ``report``."""
-    from .figures.evaluation import confusion_figure
+    from .figures.evaluation import MAX_FIGURE_CLASSES, confusion_figure, present_classes
 
     sec = report.section(title, intro=intro, settings=settings or {})
     acc = ", ".join(f"top-{k}: <b>{v:.2%}</b>" for k, v in result.topk_accuracy.items())

@@ -188,9 +188,9 @@ def precompute(
     ``cache``: a folder (or :class:`cnnlens.inside.fvcache.FeatureCache`) keeping every channel's feature
     visualisations across runs, keyed by the model's weights, layer, channel and settings: a second run
     (another dataset, more channels, after the work folder is gone) renders only what it has not seen."""
-    from .data import as_dataset
+    from .data import as_dataset, dataset_images
     from .inside.fvcache import as_cache
-    from .inside.microscope import _names, building_blocks, class_influence, dataset_images, microscope_scan
+    from .inside.microscope import _names, building_blocks, class_influence, microscope_scan
 
     st = settings or Settings()
     prog = progress or (lambda stage, done, total: None)

@@ -364,9 +364,7 @@ def _bridged(cls: str) -> Method:
     name = f"captum:{cls}"
 
     def call(model, x, **kw):
-        from .attribution.bridge import captum
-
-        return captum(model, x, cls, **kw)
+        return _bridge().captum(model, x, cls, **kw)
 
     return Method(
         name,
@@ -386,11 +384,16 @@ def _bridged(cls: str) -> Method:
     )
 
 
-def _captum_takes_layer(cls: str) -> bool:
-    from .attribution.bridge import captum_class
+def _bridge():
+    """``cnnlens.attribution.bridge``, loaded by name as :attr:`Method.fn` loads every method's module: the
+    registry sits below the methods (the drawing layer reads it) and never imports them."""
+    return importlib.import_module("cnnlens.attribution.bridge")
 
+
+def _captum_takes_layer(cls: str) -> bool:
+    bridge = _bridge()
     try:
-        return "layer" in inspect.signature(captum_class(cls).__init__).parameters
+        return "layer" in inspect.signature(bridge.captum_class(cls).__init__).parameters
     except (ImportError, ValueError, TypeError):
         return False
 

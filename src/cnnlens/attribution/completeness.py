@@ -47,8 +47,6 @@ log = logging.getLogger("cnnlens.attribution")
 
 #: the one-line mark shown wherever an incomplete explanation is drawn
 INCOMPLETE = "does not add up to the score: not a valid explanation for this model"
-#: the short mark in a figure title
-MARK = "⚠ does not add up to the score"
 
 
 @dataclass(frozen=True)

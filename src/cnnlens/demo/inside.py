@@ -28,13 +28,14 @@ log = logging.getLogger(__name__)
 # ---------------------------------------------------------------------------
 def demo_section(report, ctx) -> None:
     """The demo's inside-the-network part (see the module docstring); ``ctx.quick`` for a smoke run."""
+    from ..data import data_input_size
     from ..inside.deconv import deconvnet
     from ..inside.dream import deep_dream
     from ..inside.filters import feature_maps, filters
     from ..inside.influence import InfluenceAccumulator
     from ..inside.maximize import maximize, objectives
     from ..inside.receptive import receptive_field
-    from ..inside.search import SearchAccumulator, _input_size
+    from ..inside.search import SearchAccumulator
     from ..inside.stats import StatsAccumulator, default_edges
     from ..scanning import scan
 
@@ -186,7 +187,7 @@ def demo_section(report, ctx) -> None:
     add_receptive_fields(sec, rfs)
 
     k = 9 if not q else 4
-    hw = _input_size(data, dm)
+    hw = data_input_size(data, dm)
     searches = [SearchAccumulator(dm, l, k=k, input_size=hw) for l in layers]
     stats = [StatsAccumulator(f"net.{l}", default_edges(dm, data, f"net.{l}", 30), num_classes=10) for l in layers]
     inf_data = torch.utils.data.Subset(data, range(min(len(data), 120 if not q else 16)))

@@ -27,6 +27,10 @@ GUIDED = ("guided_backprop", "guided_gradcam")
 
 GUIDED_MARK = "⚠ fails the sanity check"
 
+#: the mark in the title of a map whose attributions do not add up to the score (``extras["complete"]`` False,
+#: set by :func:`cnnlens.attribution.completeness.completeness`)
+INCOMPLETE_MARK = "⚠ does not add up to the score"
+
 
 def guided_mark(ax, method: str) -> None:
     """Write the sanity-check warning under a guided map's axes (nothing for other methods)."""
@@ -36,10 +40,10 @@ def guided_mark(ax, method: str) -> None:
 
 def completeness_mark(ax, e: Explanation) -> None:
     """Add the completeness warning to the title of a map whose attributions do not add up to the score."""
-    from ..attribution.completeness import MARK, incomplete_note
-
-    if incomplete_note(e.extras):
-        ax.set_title(f"{ax.get_title()}\n{MARK}".lstrip("\n"), fontsize=ax.title.get_fontsize(), color="#b00020")
+    if e.extras.get("complete") is False:
+        ax.set_title(
+            f"{ax.get_title()}\n{INCOMPLETE_MARK}".lstrip("\n"), fontsize=ax.title.get_fontsize(), color="#b00020"
+        )
 
 
 def _heat(e: Explanation, i: int, shared: bool) -> tuple[torch.Tensor, bool]:

@@ -9,11 +9,28 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from ..evaluation import MAX_FIGURE_CLASSES, most_confused_classes, present_classes
 from ..viz import show_image, subplots
 
 if TYPE_CHECKING:
     from ..evaluation import EvaluationResult
+
+#: a confusion matrix figure shows at most this many classes (the most confused ones; the CSV has all)
+MAX_FIGURE_CLASSES = 20
+
+
+def most_confused_classes(confusion: torch.Tensor, m: int = MAX_FIGURE_CLASSES) -> list[int]:
+    """The m classes with the most off-diagonal mass (row + column sums off the diagonal), sorted by index."""
+    off = confusion.double().clone()
+    off.fill_diagonal_(0)
+    mass = off.sum(0) + off.sum(1)
+    order = torch.sort(mass, descending=True, stable=True).indices[:m]
+    return sorted(order.tolist())
+
+
+def present_classes(result: EvaluationResult) -> list[int]:
+    """The classes that occur in the data (support > 0), in index order; all classes when none is empty."""
+    support = result.confusion.sum(1)
+    return [i for i in range(result.num_classes) if int(support[i]) > 0] or list(range(result.num_classes))
 
 
 def short(name: str, n: int = 18) -> str:

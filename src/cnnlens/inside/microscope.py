@@ -39,11 +39,12 @@ import torch
 from torch import nn
 
 from .._autograd import needs_autograd
+from ..data import data_input_size, dataset_images
 from ..results import Result, layer_entry
 from ..scanning import Batch
 from ..tap import LayerRef, LayerTap, resolve_layer
 from .receptive import ReceptiveField
-from .search import SearchAccumulator, SearchResult, _input_size
+from .search import SearchAccumulator, SearchResult
 from .stats import NeuronStats, StatsAccumulator
 
 log = logging.getLogger(__name__)
@@ -249,7 +250,7 @@ def microscope_scan(
         names,
         k,
         edges=edges,
-        input_size=_input_size(data, model),
+        input_size=data_input_size(data, model),
         num_classes=getattr(spec, "num_classes", None) or None,
         max_crop=max_crop,
         patches=patches,
@@ -833,12 +834,6 @@ def _zeroing(name: str, part: Sequence[int], n: int):
         return out * mask.expand(len(part), n, C, 1, 1).reshape(len(part) * n, C, 1, 1)
 
     return edit
-
-
-def dataset_images(data, indices: Sequence[int]) -> torch.Tensor:
-    """The images of ``data`` at the given dataset indices (N×C×H×W)."""
-    dataset = data.dataset if isinstance(data, torch.utils.data.DataLoader) else data
-    return torch.stack([torch.as_tensor(dataset[int(i)][0]) for i in indices])
 
 
 @needs_autograd

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .._autograd import needs_autograd
+from ..data import data_input_size, dataset_images
 from ..results import Result
 from ..scanning import Batch
 from ..tap import LayerRef, resolve_layer
@@ -93,8 +94,6 @@ class SearchResult(Result):
         if images is None:
             if data is None:
                 raise ValueError("this search kept no patches: pass the dataset it searched (data=...) to cut them")
-            from .microscope import dataset_images
-
             uniq, inv = torch.unique(self.indices[rows].flatten(), return_inverse=True)
             imgs, n = dataset_images(data, uniq.tolist()), inv
         else:
@@ -526,17 +525,6 @@ class _ImageStore:
             self.add(keys, other.get(keys))
 
 
-def _input_size(data, model) -> tuple[int, int] | None:
-    dataset = data.dataset if isinstance(data, torch.utils.data.DataLoader) else data
-    try:
-        x0 = dataset[0][0]
-        if torch.is_tensor(x0) and x0.dim() == 3:
-            return int(x0.shape[-2]), int(x0.shape[-1])
-    except Exception:  # noqa: BLE001 - an iterable dataset: fall back to the model's spec
-        pass
-    return getattr(getattr(model, "spec", None), "input_size", None)
-
-
 @needs_autograd
 def dataset_search(
     model: nn.Module,
@@ -571,7 +559,7 @@ def dataset_search(
 
     data = as_dataset(data, model)
     acc = SearchAccumulator(
-        model, layer, channels, k, input_size=_input_size(data, model), max_crop=max_crop, patches=patches
+        model, layer, channels, k, input_size=data_input_size(data, model), max_crop=max_crop, patches=patches
     )
     (res,) = scan(model, data, [acc], batch_size=batch_size, device=device, progress=progress, layout=layout)
     return res
