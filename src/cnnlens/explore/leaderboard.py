@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from .._files import atomic_write
-from ..inside.microscope import dataset_images
+from ..data import dataset_images
 from ..metrics import benchmark
 from ..metrics.report import leaderboard_table
 from ..results import jsonable

@@ -16,10 +16,10 @@ import torch
 
 from .. import microscope_draw as draw
 from .._files import atomic_write
+from ..data import dataset_images
 from ..inside.microscope import (
     building_blocks,
     class_influence,
-    dataset_images,
     default_layers,
     microscope_scan,
     top_maps,
