@@ -190,7 +190,7 @@ def bench_torchcam(model, layer, x, repeat):
 
 
 def main(argv: list[str] | None = None) -> dict:
-    from cnnlens._batch import check_batch_size
+    from cnnlens.batching import check_batch_size
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="efficientnet-lite0")

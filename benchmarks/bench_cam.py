@@ -14,7 +14,7 @@ is printed next to each ratio.
 Run:  python benchmarks/bench_cam.py [--quick] [--size 224] [--rounds 2] [--threads 2]
         [--score-model resnet18|resnet50] [--score-only] [--load]
 
-cnnlens' Score-CAM measures its batch size and thread count as it runs (``cnnlens._batch.Tuner``, kept for the
+cnnlens' Score-CAM measures its batch size and thread count as it runs (``cnnlens.batching.Tuner``, kept for the
 process: the first round also pays the trials); its measurements are printed.
 """
 
@@ -67,8 +67,8 @@ def main(argv=None) -> None:
     from bench_occlusion import competing_load
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
-    from cnnlens._batch import chosen, workload
     from cnnlens.attribution import ablation_cam, score_cam
+    from cnnlens.batching import chosen, workload
 
     with competing_load(a.load):
         _run(a, AblationCAM, ScoreCAM, ClassifierOutputTarget, ablation_cam, score_cam, chosen, workload, torchvision)

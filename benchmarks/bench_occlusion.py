@@ -28,7 +28,7 @@ Run:  python benchmarks/bench_occlusion.py [--quick] [--models resnet18,vgg16,ef
       python benchmarks/bench_occlusion.py --approximate [--photos 6] [--models resnet18,efficientnet-lite0]
         [--fractions 0,0.1,0.2]
 
-cnnlens' full re-inference measures its batch size and thread count as it runs (``cnnlens._batch.Tuner``; the
+cnnlens' full re-inference measures its batch size and thread count as it runs (``cnnlens.batching.Tuner``; the
 measurements are kept for the process, so the first round also pays the trials of the choices); the tuner's
 measurements are printed after each case.
 """
@@ -234,8 +234,8 @@ def main(argv=None) -> None:
     torch.set_num_threads(a.threads)
     from captum.attr import Occlusion
 
-    from cnnlens._batch import chosen, workload
     from cnnlens.attribution import occlusion
+    from cnnlens.batching import chosen, workload
 
     if a.approximate:
         if a.models == ap.get_default("models"):

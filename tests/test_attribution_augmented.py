@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from cnnlens.attribution import augmented_gradcam, gradcam, random_affines, superresolve
-from cnnlens.attribution._common import upsample
 from cnnlens.attribution.augmented import Operator, objective, total_variation, warp
+from cnnlens.attribution.common import upsample
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -230,7 +230,7 @@ def test_the_tuned_full_reinference_gives_the_same_map(untouched, monkeypatch):
     map equals one forward at a time."""
     import importlib
 
-    import cnnlens._batch as B
+    import cnnlens.batching as B
 
     occ = importlib.import_module("cnnlens.attribution.occlusion")
     monkeypatch.setattr(B, "_MEASURED", {})
@@ -259,7 +259,7 @@ def test_the_tuned_full_reinference_gives_the_same_map(untouched, monkeypatch):
 def test_incremental_chunks_run_on_the_thread_count_measured_fastest(untouched, monkeypatch):
     """On a CPU with two torch threads, the incremental path tries each chunk size on both thread counts (one, the
     process's) and keeps the faster; exact either way (float64, against full re-inference), the count restored."""
-    import cnnlens._batch as B
+    import cnnlens.batching as B
 
     monkeypatch.setattr(B, "_MEASURED", {})
     monkeypatch.setattr(B, "EXPLORE", 0.5)

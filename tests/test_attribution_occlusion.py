@@ -110,7 +110,7 @@ def test_occlusion_does_not_depend_on_the_batch_size(tiny_gap_net):
 
 
 def test_blur_fill_uses_a_blurred_copy(tiny_gap_net):
-    from cnnlens.attribution._common import gaussian_blur
+    from cnnlens.attribution.common import gaussian_blur
 
     x = torch.rand(2, 3, 8, 8)
     e = occlusion(tiny_gap_net, x, window=8, fill="blur", blur_sigma=1.5)  # one window: the whole image

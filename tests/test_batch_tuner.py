@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-import cnnlens._batch as B
+import cnnlens.batching as B
 
 
 class Clock:

@@ -706,11 +706,11 @@ def evaluate(p: Prepared, method: str) -> dict:
             ref = pgc("gradcam" if method in ("cam", "guided_gradcam") else method, p.arch, p.twin64, p.x, e.layer, cls)
             mine = e.maps
             if method == "cam":  # CAM = Grad-CAM before the ReLU on a GAP + linear head, up to a positive scale
-                from cnnlens.attribution._common import upsample
+                from cnnlens.attribution.common import upsample
 
                 mine = upsample(e.raw.clamp_min(0), tuple(p.x.shape[-2:]))
             if method == "guided_gradcam":  # pytorch-grad-cam's maps are min-max scaled: Grad-CAM by hand instead
-                from cnnlens.attribution._common import upsample
+                from cnnlens.attribution.common import upsample
 
                 g64, row["guided"] = guided_reference(p.twin64, p.x, cls)
                 cam = upsample(gradcam_pp_reference(p.arch, p.twin64, p.x, e.layer, cls, plus=False), p.x.shape[-2:])

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import torch
 
-from ._autograd import needs_autograd
+from .autograd import needs_autograd
 from .results import Result, jsonable
 from .scanning import Batch, scan
 

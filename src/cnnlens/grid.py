@@ -78,7 +78,8 @@ def _aspect_ok(h: int, w: int, H: int, W: int) -> bool:
     return abs(sh - sw) <= 0.2 * max(sh, sw)
 
 
-def _token_grid(m: int, H: int, W: int) -> tuple[int, int] | None:
+def token_grid(m: int, H: int, W: int) -> tuple[int, int] | None:
+    """The (h, w) grid ``m`` tokens form for an H×W input (h·w = m, aspect close to the input's), or None."""
     h = max(1, round(math.sqrt(m * H / W)))
     for hh in (h, h - 1, h + 1):
         if hh >= 1 and m % hh == 0 and _aspect_ok(hh, m // hh, H, W):
@@ -228,7 +229,7 @@ def grid_layout(
     if t.dim() == 3:
         _, T, C = shape
         p = prefix_tokens(model)
-        if T - p >= 1 and _token_grid(T - p, H, W) is not None:
+        if T - p >= 1 and token_grid(T - p, H, W) is not None:
             return "tokens", p
         raise ValueError(
             f"layer {name!r} outputs {T} tokens of {C} values; after {p} prefix token(s) the remaining {T - p} do not "
@@ -247,7 +248,7 @@ def to_grid(t: torch.Tensor, layout: str, prefix: int, input_hw: tuple[int, int]
     if layout == "nhwc":
         return t.permute(0, 3, 1, 2)
     n, T, C = t.shape
-    hw = _token_grid(T - prefix, *input_hw)
+    hw = token_grid(T - prefix, *input_hw)
     assert hw is not None  # grid_layout gives "tokens" only when the tokens form a grid
     h, w = hw
     return t[:, prefix:].transpose(1, 2).reshape(n, C, h, w)

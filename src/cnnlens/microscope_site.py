@@ -24,8 +24,9 @@ import torch
 from torch import nn
 
 from . import microscope_draw as draw
-from ._files import atomic_write
+from .files import atomic_write
 from .results import jsonable
+from .tap import resolve_layers
 
 log = logging.getLogger(__name__)
 
@@ -190,12 +191,12 @@ def precompute(
     (another dataset, more channels, after the work folder is gone) renders only what it has not seen."""
     from .data import as_dataset, dataset_images
     from .inside.fvcache import as_cache
-    from .inside.microscope import _names, building_blocks, class_influence, microscope_scan
+    from .inside.microscope import building_blocks, class_influence, microscope_scan
 
     st = settings or Settings()
     prog = progress or (lambda stage, done, total: None)
     data = as_dataset(data, model)
-    names = _names(model, layers)
+    names = resolve_layers(model, layers)
     fv = as_cache(cache, model)
     wd = WorkDir(
         work,

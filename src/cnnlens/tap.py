@@ -17,7 +17,7 @@ import contextlib
 import difflib
 import logging
 import weakref
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -135,6 +135,16 @@ def resolve_layer(model: nn.Module, layer: LayerRef) -> tuple[str, nn.Module]:
     else:
         hint = "list the names with `cnnlens layers --model M` or model.named_modules()"
     raise ValueError(f"layer {layer!r} is not in the model; {hint}")
+
+
+def resolve_layers(model: nn.Module, layers: LayerRef | Sequence[LayerRef]) -> list[str]:
+    """The dotted names of one or several layers (:func:`resolve_layer` each), in order, without repeats."""
+    if isinstance(layers, (str, nn.Module)):
+        layers = [layers]
+    names = list(dict.fromkeys(resolve_layer(model, l)[0] for l in layers))
+    if not names:
+        raise ValueError("give at least one layer (see `cnnlens layers --model M`)")
+    return names
 
 
 class LayerTap:
@@ -469,7 +479,7 @@ def find_last_spatial_layer(model: nn.Module, x: torch.Tensor) -> str:
     spreads the 1×1 features of a 64×64 image over 6×6; VGG's spreads 2×2 over 7×7) or an
     output constant over its grid. Logged at INFO, with what was skipped.
     """
-    from .grid import _token_grid, prefix_tokens
+    from .grid import prefix_tokens, token_grid
 
     spec = getattr(model, "spec", None)
     if spec is not None and getattr(spec, "last_spatial_layer", None):
@@ -497,7 +507,7 @@ def find_last_spatial_layer(model: nn.Module, x: torch.Tensor) -> str:
             elif (
                 output.dim() == 3
                 and output.shape[1] - prefix > 1
-                and _token_grid(output.shape[1] - prefix, H, W) is not None
+                and token_grid(output.shape[1] - prefix, H, W) is not None
             ):
                 order.append(name)
                 tokens.append(name)

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .._autograd import needs_autograd
+from ..autograd import needs_autograd
 from ..extras import require
 from ..tap import guarded
 from .common import (

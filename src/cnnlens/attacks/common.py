@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .._inputs import check_not_empty
+from ..inputs import check_not_empty
 from ..targets import Target, as_target, model_classes
 from .result import AttackResult
 

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .._autograd import needs_autograd
+from ..autograd import needs_autograd
 from ..results import Result
 from ..scanning import Batch
 from ..tap import LayerTap

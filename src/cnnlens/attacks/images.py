@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from .._batch import check_batch_size
+from ..batching import check_batch_size
 from .gradient import fgsm, minimal_eps, pgd
 from .minnorm import cw, deepfool
 from .result import AttackResult

@@ -29,8 +29,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from .._autograd import needs_autograd
-from .._batch import check_batch_size, chunks
+from ..autograd import needs_autograd
+from ..batching import check_batch_size, chunks
 from ..tap import LayerTap
 from .common import (
     attack_result,

@@ -24,11 +24,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .._autograd import needs_autograd
-from .._batch import check_batch_size, chunks
+from ..autograd import needs_autograd
+from ..batching import check_batch_size, chunks
 from ..results import Explanation
-from ._common import Layout, Progress, finish, prepare, upsample
 from .cam import flat_note, gradcam_tap, gradcam_weights, layer_gradient, layer_name
+from .common import Layout, Progress, finish, prepare, upsample
 
 PADDINGS = ("reflection", "zeros", "border")
 #: default super-resolution factor: h is solved on a grid SUPER× finer than the CAM grid (at most the input size)

@@ -36,12 +36,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from .._autograd import needs_autograd
+from ..autograd import needs_autograd
 from ..extras import require
 from ..results import Explanation
 from ..tap import guarded, resolve_layer
 from ..traced import CallSites, Unsupported
-from ._common import check_reduce, finish, pick_classes, pixel_fill, prepare, reduce_channels, upsample
+from .common import check_reduce, finish, pick_classes, pixel_fill, prepare, reduce_channels, upsample
 from .completeness import completeness
 
 log = logging.getLogger(__name__)

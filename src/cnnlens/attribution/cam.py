@@ -43,11 +43,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from .._autograd import needs_autograd
+from ..autograd import needs_autograd
 from ..grid import as_grid, check_layout, grid_layout, to_grid
 from ..results import Explanation
 from ..tap import LayerTap, find_last_spatial_layer, resolve_layer
-from ._common import Layout, Prepared, finish, log, logits_of, pick_classes, prepare, score, target_layers, upsample
+from .common import Layout, Prepared, finish, log, logits_of, pick_classes, prepare, score, target_layers, upsample
 
 
 class LeafAt:
@@ -100,7 +100,7 @@ def layer_name(model: nn.Module, p: Prepared, layer: Any) -> str:
 
 def flat_note(model: nn.Module, p: Prepared, name: str, A: torch.Tensor) -> str | None:
     """Why a layer's map is one value spread over the image when its grid is 1×1 (None otherwise), naming a
-    better layer; :func:`~cnnlens.attribution._common.finish` puts it in its warning."""
+    better layer; :func:`~cnnlens.attribution.common.finish` puts it in its warning."""
     if A.dim() == 4 and A.shape[-1] * A.shape[-2] == 1:
         try:
             better = f"the last layer with a real grid is {find_last_spatial_layer(model, p.x)!r}"

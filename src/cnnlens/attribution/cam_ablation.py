@@ -28,13 +28,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .._autograd import needs_autograd
-from .._batch import Tuner, arms, check_batch_size, chunks, workload
+from ..autograd import needs_autograd
+from ..batching import Tuner, arms, check_batch_size, chunks, workload
 from ..grid import check_layout, grid_layout, to_grid
 from ..results import Explanation
 from ..tap import LayerTap, resolve_layer
-from ._common import Layout, Progress, finish, log, logits_of, pick_classes, prepare, upsample
 from .cam import layer_name
+from .common import Layout, Progress, finish, log, logits_of, pick_classes, prepare, upsample
 from .incremental import Traced, Unsupported
 
 #: ablated activations per batch when only the network after the layer runs
@@ -213,7 +213,7 @@ def score_cam(
 
     The layer runs once; the K masked copies of each image run ``batch_size`` at a
     time (channels-last; by default the batch size and thread count measured fastest
-    while the work runs, :class:`cnnlens._batch.Tuner`). A channel whose map is
+    while the work runs, :class:`cnnlens.batching.Tuner`). A channel whose map is
     constant has an all-zero mask: all such channels share one forward of a black
     image. ``extras["scores"]`` = y_c(x ⊙ M_k), ``extras["weights"]`` = w,
     ``extras["constant"]`` which maps were constant (N×K). A channels-last or token layer

@@ -24,11 +24,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from .._autograd import needs_autograd
-from .._batch import check_batch_size, chunks
+from ..autograd import needs_autograd
+from ..batching import check_batch_size, chunks
 from ..results import Explanation, Result
 from ..tap import LayerTap
-from ._common import Progress, describe_fill, logits_of, pixel_fill, prepare, upsample
+from .common import Progress, describe_fill, logits_of, pixel_fill, prepare, upsample
 
 
 @dataclasses.dataclass(frozen=True)

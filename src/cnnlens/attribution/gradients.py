@@ -13,11 +13,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from .._autograd import needs_autograd
-from .._batch import check_batch_size, chunks
+from ..autograd import needs_autograd
+from ..batching import check_batch_size, chunks
 from ..results import Explanation
 from ..tap import LayerTap
-from ._common import (
+from .common import (
     Layout,
     Prepared,
     Progress,

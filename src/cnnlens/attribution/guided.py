@@ -27,12 +27,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from .._autograd import needs_autograd
-from .._batch import check_batch_size
+from ..autograd import needs_autograd
+from ..batching import check_batch_size
 from ..rectifiers import guided_relus, skipped_note
 from ..results import Explanation
-from ._common import Layout, check_reduce, finish, prepare, reduce_channels, upsample
 from .cam import flat_note, gradcam_tap, gradcam_weights, layer_gradient, layer_name
+from .common import Layout, check_reduce, finish, prepare, reduce_channels, upsample
 from .gradients import batched_input_gradient
 
 log = logging.getLogger("cnnlens.attribution")

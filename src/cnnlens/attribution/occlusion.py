@@ -14,7 +14,7 @@ batch size. Two readings of the same passes:
 Three paths compute the passes (``settings["path"]`` says which ran):
 
 * **full** re-inference runs the whole model per position. ``batch_size`` (images per
-  forward) is automatic by default: on a CPU, :class:`cnnlens._batch.Tuner` measures,
+  forward) is automatic by default: on a CPU, :class:`cnnlens.batching.Tuner` measures,
   while the work runs, which batch size (the automatic one or 4× it) and thread count
   (the process's or one) is fastest per image, and keeps following the machine's load
   (an explicit ``batch_size`` fixes the size; the thread count is still measured). The
@@ -42,12 +42,12 @@ from typing import Any, NamedTuple
 import torch
 from torch import nn
 
-from .._autograd import needs_autograd
-from .._batch import Arm, Tuner, arms, check_batch_size, chunks, workload
+from ..autograd import needs_autograd
+from ..batching import Arm, Tuner, arms, check_batch_size, chunks, workload
 from ..results import Explanation
 from ..tap import LayerTap
 from ..targets import TargetError
-from ._common import (
+from .common import (
     Layout,
     Progress,
     describe_fill,
@@ -522,7 +522,7 @@ class _IncrementalRun:
     def tuned(self, what: str, step: int, n: int):
         """Run one chunk of ``n`` positions on the thread count measured fastest for chunks of ``step`` positions
         (on a CPU with several torch threads: the process's count or one — on cores busy with other work, two
-        threads crawl; :class:`cnnlens._batch.Tuner`); the values do not depend on it."""
+        threads crawl; :class:`cnnlens.batching.Tuner`); the values do not depend on it."""
         if (what, step) not in self.tuners:
             threads = [0, 1] if self.dev.type == "cpu" and torch.get_num_threads() > 1 else [0]
             self.tuners[what, step] = Tuner(

@@ -198,7 +198,7 @@ def _check_attack(method: str, minimal: bool, c: float) -> None:
 
 
 def _check_batch_size(batch_size, x) -> int:
-    from .._batch import check_batch_size
+    from ..batching import check_batch_size
 
     return check_batch_size(batch_size, x)
 

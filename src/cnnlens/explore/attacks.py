@@ -13,8 +13,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .._files import atomic_write
 from ..attacks import minimal_eps
+from ..files import atomic_write
 from ..report import png_bytes
 from .errors import BadRequest, NotFound
 from .samples import Samples

@@ -17,13 +17,13 @@ from typing import Any
 
 import torch
 
-from .._files import atomic_write
 from ..attribution import METHODS, faithfulness
 from ..attribution.completeness import incomplete_note
 from ..attribution.segment import BACKGROUND_QUANTILE, FOREGROUND_QUANTILE, segment
 from ..extras import MissingExtra
 from ..figures.attribution import method_figure
 from ..figures.metrics import draw_objects
+from ..files import atomic_write
 from ..metrics import box_from_map, localisation_iou
 from ..report import png_bytes
 from .attacks import Attacks

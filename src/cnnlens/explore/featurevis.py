@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from .. import microscope_draw as draw
-from .._files import atomic_write
+from ..files import atomic_write
 from ..inside.fvcache import FeatureCache
 from ..microscope_site import Settings, diverse_view, fv_size, plain_view, robust_view
 from .units import Units

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import torch
 
-from .._files import atomic_write
 from ..data import dataset_images
+from ..files import atomic_write
 from ..metrics import benchmark
 from ..metrics.report import leaderboard_table
 from ..results import jsonable

@@ -14,8 +14,8 @@ from typing import Any
 
 import torch
 
-from .._files import atomic_write
 from ..attribution import gradcam, saliency
+from ..files import atomic_write
 from ..report import png_bytes
 from ..viz import DIVERGING, SEQUENTIAL, overlay_array, panels_image, to_pil
 from .errors import BadRequest, NotFound

@@ -15,8 +15,8 @@ from typing import Any
 import torch
 
 from .. import microscope_draw as draw
-from .._files import atomic_write
 from ..data import dataset_images
+from ..files import atomic_write
 from ..inside.microscope import (
     building_blocks,
     class_influence,

@@ -19,8 +19,8 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from safetensors.torch import save_file
 from torch import nn
 
-from .._files import atomic_write
 from ..data import Preprocess
+from ..files import atomic_write
 from ..tap import LayerTap
 from .errors import BadRequest
 from .workspace import Workspace

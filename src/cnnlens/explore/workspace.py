@@ -19,7 +19,7 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from .._batch import check_batch_size
+from ..batching import check_batch_size
 from .errors import BadRequest, NotFound, NotReady
 from .store import Store, build_store, dataset_hash, model_hash, scan_dataset
 from .worker import Job, Worker

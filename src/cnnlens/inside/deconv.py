@@ -32,8 +32,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.grad import conv2d_input
 
-from .._autograd import needs_autograd
-from .._inputs import check_not_empty
+from ..autograd import needs_autograd
+from ..inputs import check_not_empty
 from ..rectifiers import RectifierCall, RectifierMode, Rectify, skipped_note
 from ..results import Result
 from ..tap import LayerRef, LayerTap, resolve_layer

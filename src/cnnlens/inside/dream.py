@@ -19,8 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .._autograd import needs_autograd
-from .._inputs import check_not_empty
+from ..autograd import needs_autograd
+from ..inputs import check_not_empty
 from ..results import Result
 from ..tap import LayerRef, LayerTap, resolve_layer
 from ..targets import as_target

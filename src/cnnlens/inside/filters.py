@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from .._autograd import needs_autograd
-from .._inputs import check_not_empty
+from ..autograd import needs_autograd
+from ..inputs import check_not_empty
 from ..results import Result
 from ..tap import LayerRef, LayerTap, resolve_layer
 

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .._files import atomic_write
+from ..files import atomic_write
 
 log = logging.getLogger(__name__)
 

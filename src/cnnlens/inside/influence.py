@@ -21,8 +21,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from .._autograd import needs_autograd
-from .._inputs import check_not_empty
+from ..autograd import needs_autograd
+from ..inputs import check_not_empty
 from ..results import Result
 from ..scanning import Batch
 from ..tap import LayerRef, LayerTap, resolve_layer

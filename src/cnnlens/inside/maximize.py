@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .._autograd import needs_autograd
+from ..autograd import needs_autograd
 from ..rectifiers import RectifierMode, Rectify, clamp_gradient
 from ..results import Result
 from ..tap import LayerTap, resolve_layer
@@ -579,9 +579,9 @@ def _as_objective(obj, model) -> Objective:
 
 
 def _input_geometry(model: nn.Module, size, channels) -> tuple[int, int, int]:
-    from .receptive import _input_shape
+    from .receptive import input_shape
 
-    return _input_shape(model, size, channels)
+    return input_shape(model, size, channels)
 
 
 @needs_autograd

@@ -38,11 +38,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from .._autograd import needs_autograd
+from ..autograd import needs_autograd
 from ..data import data_input_size, dataset_images
 from ..results import Result, layer_entry
 from ..scanning import Batch
-from ..tap import LayerRef, LayerTap, resolve_layer
+from ..tap import LayerRef, LayerTap, resolve_layer, resolve_layers
 from .receptive import ReceptiveField
 from .search import SearchAccumulator, SearchResult
 from .stats import NeuronStats, StatsAccumulator
@@ -109,7 +109,7 @@ class MicroscopeAccumulator:
         rfs: dict | None = None,
         patches: bool = False,
     ):
-        names = _names(model, layers)
+        names = resolve_layers(model, layers)
         missing = [n for n in names if n not in edges]
         if missing:
             raise ValueError(f"no histogram edges for layer(s) {', '.join(missing)}; build them with layer_edges()")
@@ -156,15 +156,6 @@ class MicroscopeAccumulator:
         return MicroscopeScan(out, self.count, settings={"k": self.k})
 
 
-def _names(model: nn.Module, layers: Sequence[LayerRef]) -> list[str]:
-    if isinstance(layers, (str, nn.Module)):
-        layers = [layers]
-    names = list(dict.fromkeys(resolve_layer(model, l)[0] for l in layers))
-    if not names:
-        raise ValueError("give at least one layer (see `cnnlens layers --model M`)")
-    return names
-
-
 def _device(model: nn.Module) -> torch.device:
     p = next(model.parameters(), None)
     return p.device if p is not None else torch.device("cpu")
@@ -174,13 +165,13 @@ def _device(model: nn.Module) -> torch.device:
 def layer_edges(model: nn.Module, data, layers: Sequence[LayerRef], bins: int = 40, look: int = 64) -> dict:
     """Histogram bin edges per layer from ONE forward over the first ``look`` samples (as
     :func:`cnnlens.inside.stats.default_edges`, for many layers at once): [min(0, lo), hi + 10 % of the span]."""
-    names = _names(model, layers)
+    names = resolve_layers(model, layers)
     dataset = data.dataset if isinstance(data, torch.utils.data.DataLoader) else data
     try:
         xs = torch.stack([torch.as_tensor(dataset[i][0]) for i in range(min(look, len(dataset)))])
     except Exception as e:  # noqa: BLE001
         raise ValueError("cannot look at the first samples to choose histogram bins; pass edges=...") from e
-    from .._batch import check_batch_size
+    from ..batching import check_batch_size
 
     # in batches (64 images of 224² through EfficientNet at once took 2 GB); only each layer's extremes are kept
     bs = check_batch_size(None, xs[:1])
@@ -241,7 +232,7 @@ def microscope_scan(
     from ..scanning import scan
 
     data = as_dataset(data, model)
-    names = _names(model, layers)
+    names = resolve_layers(model, layers)
     if edges is None:
         edges = layer_edges(model, data, names, bins)
     spec = getattr(model, "spec", None)
@@ -370,7 +361,7 @@ def maximize_channels(
     A batch of images, one channel objective each (``batch_size`` channels per
     optimisation; default on the CPU: :data:`FV_BATCH_VALUES` input values per optimisation,
     16 channels at 3×128×128 — measured fastest, larger batches only thrash the caches;
-    on a GPU :func:`cnnlens._batch.check_batch_size`'s rule; on a CPU with several torch threads,
+    on a GPU :func:`cnnlens.batching.check_batch_size`'s rule; on a CPU with several torch threads,
     several optimisations run side by side on private copies of the model, one thread each); with
     ``diversity=n`` each channel gets a set of n images and the objective ``mean a_c + w_c · diversity`` (−mean
     cosine similarity of the set's Gram matrices at the layer) pushes them apart. ``robust=True`` adds
@@ -393,12 +384,12 @@ def maximize_channels(
         v = maximize_channels(model, "features.4", range(32), steps=128, robust=True, cache="fv-cache")
         v.images[5, 0]      # channel 5's visualisation; v.activation[5, 0] its mean activation
     """
-    from .._batch import check_batch_size
+    from ..batching import check_batch_size
     from .fvcache import as_cache
-    from .receptive import _input_shape
+    from .receptive import input_shape
 
     name, _ = resolve_layer(model, layer)
-    cin, H, W = _input_shape(model, size, settings.get("channels"))
+    cin, H, W = input_shape(model, size, settings.get("channels"))
     with LayerTap(model, [name], stop_after=name, detach=True) as tap, torch.no_grad():
         tap.run(torch.full((1, cin, H, W), 0.5, device=_device(model)))
         C = tap[name].shape[1]
@@ -523,7 +514,7 @@ def _render(model, name, chans, w, n, per, steps, H, W, lr, param, seed, redirec
     import queue
     import threading
 
-    from .._batch import num_threads
+    from ..batching import num_threads
     from .maximize import maximize, objectives
 
     total = len(chans) * steps
@@ -658,8 +649,8 @@ def building_blocks(
         bb = building_blocks(model, x, "features.7")
         bb.at(0, 3, 4)   # the channels that fire most at row 3, column 4 of sample 0, with their contributions
     """
-    from ..attribution._common import prepare
     from ..attribution.cam import gradcam_tap, layer_gradient
+    from ..attribution.common import prepare
 
     p = prepare(model, x, target, y, "building_blocks")
     name = resolve_layer(model, layer)[0]

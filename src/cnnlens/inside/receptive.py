@@ -31,7 +31,7 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from .._autograd import needs_autograd
+from ..autograd import needs_autograd
 from ..results import Result
 from ..tap import LayerRef, LayerTap, resolve_layer
 
@@ -279,7 +279,9 @@ PROBE_PIXELS = 6
 DEFAULT_INPUT_SIZE = (224, 224)
 
 
-def _input_shape(model: nn.Module, input_size, channels) -> tuple[int, int, int]:
+def input_shape(model: nn.Module, input_size, channels) -> tuple[int, int, int]:
+    """(channels, H, W) of the model's input: the given values, else its ``spec``, its first convolution's input
+    channels, timm's ``pretrained_cfg``; the size defaults to :data:`DEFAULT_INPUT_SIZE` (logged)."""
     spec = getattr(model, "spec", None)
     if channels is None:
         channels = getattr(spec, "channels", None)
@@ -364,7 +366,7 @@ def receptive_field(
         rf.size, rf.stride      # ((435, 435), (32, 32))
     """
     name, _ = resolve_layer(model, layer)
-    c, H, W = _input_shape(model, input_size, channels)
+    c, H, W = input_shape(model, input_size, channels)
     dev = _device(model)
     with torch.no_grad():
         f, out = _trace(model, name, torch.rand(1, c, H, W, device=dev, generator=None))

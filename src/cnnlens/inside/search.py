@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .._autograd import needs_autograd
+from ..autograd import needs_autograd
 from ..data import data_input_size, dataset_images
 from ..results import Result
 from ..scanning import Batch

@@ -35,8 +35,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from .._autograd import needs_autograd
-from .._batch import check_batch_size, chunks
+from ..autograd import needs_autograd
+from ..batching import check_batch_size, chunks
 from ..results import Result
 from ..tap import LayerTap, resolve_layer
 
@@ -172,7 +172,7 @@ def layer_gradients(
     model: nn.Module, layer: str, x: torch.Tensor, target: int, batch_size: int | None = None
 ) -> torch.Tensor:
     """∂ logit_target / ∂ (the layer's output) for each image, flattened: N × features (float64, CPU)."""
-    from ..attribution._common import logits_of
+    from ..attribution.common import logits_of
 
     bs = check_batch_size(batch_size, x)
     out = []

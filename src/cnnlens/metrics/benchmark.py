@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .._autograd import needs_autograd
+from ..autograd import needs_autograd
 from ..results import Result
 from .faithfulness import faithfulness_correlation, road
 from .localisation import pointing_game, relevance_mass_accuracy, relevance_rank_accuracy
@@ -278,7 +278,7 @@ class _Truth:
     box) for the box-cut localisation, and the objects' pixels for the segmentation."""
 
     def __init__(self, boxes, masks, objects, n: int, size: tuple[int, int]):
-        from ._common import masks_of
+        from .common import masks_of
 
         self.boxes, self.masks = boxes, masks
         region = masks_of(boxes, masks, n, size)

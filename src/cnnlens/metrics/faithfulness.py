@@ -22,9 +22,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from .._autograd import needs_autograd
-from .._batch import check_batch_size, chunks
-from ._common import class_scores, explained_classes, maps_of, pearson_rows, rng
+from ..autograd import needs_autograd
+from ..batching import check_batch_size, chunks
+from .common import class_scores, explained_classes, maps_of, pearson_rows, rng
 from .result import MetricResult
 
 Progress = Any

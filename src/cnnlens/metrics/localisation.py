@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from ._common import maps_of, masks_of
+from .common import maps_of, masks_of
 from .result import MetricResult
 
 

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ._common import maps_of, masks_of
+from .common import maps_of, masks_of
 from .result import MetricResult
 
 #: the localisation criterion of ILSVRC (and Zhou et al. 2016): IoU ≥ 0.5

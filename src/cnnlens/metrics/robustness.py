@@ -8,8 +8,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from .._autograd import needs_autograd
-from ._common import explained_classes, maps_of, resolve_method, rng
+from ..autograd import needs_autograd
+from .common import explained_classes, maps_of, resolve_method, rng
 from .result import MetricResult
 
 Progress = Any

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .._autograd import needs_autograd
+from ..autograd import needs_autograd
 from ..results import Result
 
 #: the methods of the published comparison
@@ -107,7 +107,7 @@ def sanity_check(
         except ValueError:
             layers = None
     if target == "predicted" or isinstance(target, str):
-        from ..attribution._common import logits_of, prepare
+        from ..attribution.common import logits_of, prepare
         from ..tap import LayerTap
 
         p = prepare(model, x, target, None, "sanity_check")

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .._batch import check_batch_size, chunks
+from ..batching import check_batch_size, chunks
 from ..results import Explanation
 from ..tap import LayerTap
 
@@ -84,7 +84,7 @@ def explained_classes(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(x checked and in the model's dtype, the class of each sample) — the explanation's classes when
     ``target`` is None and an Explanation is given, else the target resolved on the model."""
-    from ..attribution._common import logits_of, prepare
+    from ..attribution.common import logits_of, prepare
 
     if target is None:
         target = explanation.classes if isinstance(explanation, Explanation) else "predicted"
@@ -103,7 +103,7 @@ def class_scores(
 ) -> torch.Tensor:
     """Scores of ``classes`` on the images ``xs`` (M×C×H×W), batched: the logit, or with kind="argmax"
     the predicted class (long)."""
-    from ..attribution._common import logits_of
+    from ..attribution.common import logits_of
 
     bs = check_batch_size(batch_size, xs)
     out = []

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .._inputs import check_not_empty
+from ..inputs import check_not_empty
 from ..results import Explanation
 from ..targets import Target, as_target
 
