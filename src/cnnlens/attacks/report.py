@@ -302,6 +302,26 @@ def add_attack_run_section(report, model, run: AttackRun, *, settings: dict | No
     return sec
 
 
+def add_robustness_run(report, name: str, r, *, settings: dict | None = None, figure_title: str | None = None):
+    """``cnnlens robustness``'s report for one model's :class:`RobustnessResult` ``r`` (``name``: the model):
+    :func:`add_robustness_section` and the files curves.png, robustness.json and robustness.csv. Returns the
+    section."""
+    import csv
+    import io
+    import json
+
+    from ..report import png_bytes
+
+    sec = add_robustness_section(report, {name: r}, title="Robustness", settings=settings, gallery_of=name)
+    report.file("curves.png", png_bytes(r.figure(title=figure_title or name)))
+    report.file("robustness.json", json.dumps(r.to_dict(), indent=2))
+    header, rows = r.table()
+    buf = io.StringIO()
+    csv.writer(buf, lineterminator="\n").writerows([header, *rows])
+    report.file("robustness.csv", buf.getvalue())
+    return sec
+
+
 def add_robustness_section(
     report,
     results: dict,

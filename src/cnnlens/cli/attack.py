@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import json
 from fractions import Fraction
 from pathlib import Path
+from typing import Annotated
 
 import typer
 
@@ -83,42 +83,64 @@ def _unique(names: list[str]) -> list[str]:
     return out
 
 
-@app.command()
-@model_options
-def attack(
-    *,
-    images: list[str] = typer.Argument(..., help="Image files, folders or globs."),
-    model: Model,
-    method: str = typer.Option(
-        "pgd",
+#: attack's own options (--step-size and --norm robustness's too)
+AttackImages = Annotated[list[str], typer.Argument(help="Image files, folders or globs.")]
+AttackMethod = Annotated[
+    str,
+    typer.Option(
         "--method",
         help="fgsm, pgd, deepfool or cw (Carlini–Wagner L2); the last two "
         "find the smallest L2 perturbation and ignore --eps.",
     ),
-    eps: str = typer.Option("2/255", "--eps", help="Budget per pixel in pixel units ([0, 1]): 2/255, 0.01, ..."),
-    target: str = typer.Option(
-        "second", "--target", "-t", help="second (the runner-up class), untargeted, a class index or a class name."
+]
+AttackEps = Annotated[str, typer.Option("--eps", help="Budget per pixel in pixel units ([0, 1]): 2/255, 0.01, ...")]
+AttackTarget = Annotated[
+    str, typer.Option("--target", "-t", help="second (the runner-up class), untargeted, a class index or a class name.")
+]
+AttackSteps = Annotated[
+    int | None,
+    typer.Option("--steps", min=1, help="PGD steps (default 10), DeepFool iterations (50) or C&W Adam steps (100)."),
+]
+StepSize = Annotated[str | None, typer.Option("--step-size", help="PGD step in pixel units (default 2.5·ε/steps).")]
+Norm = Annotated[str, typer.Option("--norm", help="inf (L∞: ε ≤ 1, e.g. 8/255) or 2 (L2: ε may exceed 1).")]
+AttackC = Annotated[float, typer.Option("--c", min=0.0, help="C&W: weight c of the misclassification term.")]
+AttackOvershoot = Annotated[
+    float, typer.Option("--overshoot", min=0.0, help="DeepFool: how far past the boundary (× the step).")
+]
+AttackRandomStart = Annotated[bool, typer.Option("--random-start", help="PGD from a random point of the ε-ball.")]
+AttackMinimal = Annotated[
+    bool, typer.Option("--minimal", help="Find each image's smallest ε (bisection over PGD) instead of using --eps.")
+]
+AttackSeed = Annotated[int, typer.Option("--seed", help="Seed of the random start.")]
+AttackBatchSize = Annotated[
+    int | None,
+    typer.Option(
+        "--batch-size", "-b", min=1, help="Images attacked together (default: automatic, 4 of 224² on a CPU)."
     ),
-    steps: int | None = typer.Option(
-        None, "--steps", min=1, help="PGD steps (default 10), DeepFool iterations (50) or C&W Adam steps (100)."
-    ),
-    step_size: str | None = typer.Option(None, "--step-size", help="PGD step in pixel units (default 2.5·ε/steps)."),
-    norm: str = typer.Option("inf", "--norm", help="inf (L∞: ε ≤ 1, e.g. 8/255) or 2 (L2: ε may exceed 1)."),
-    c: float = typer.Option(1.0, "--c", min=0.0, help="C&W: weight c of the misclassification term."),
-    overshoot: float = typer.Option(
-        0.02, "--overshoot", min=0.0, help="DeepFool: how far past the boundary (× the step)."
-    ),
-    random_start: bool = typer.Option(False, "--random-start", help="PGD from a random point of the ε-ball."),
-    minimal: bool = typer.Option(
-        False, "--minimal", help="Find each image's smallest ε (bisection over PGD) instead of using --eps."
-    ),
-    seed: int = typer.Option(0, "--seed", help="Seed of the random start."),
+]
+
+
+@app.command()
+@model_options
+def attack(
+    *,
+    images: AttackImages,
+    model: Model,
+    method: AttackMethod = "pgd",
+    eps: AttackEps = "2/255",
+    target: AttackTarget = "second",
+    steps: AttackSteps = None,
+    step_size: StepSize = None,
+    norm: Norm = "inf",
+    c: AttackC = 1.0,
+    overshoot: AttackOvershoot = 0.02,
+    random_start: AttackRandomStart = False,
+    minimal: AttackMinimal = False,
+    seed: AttackSeed = 0,
     weights: Weights = None,
     pretrained: Pretrained = False,
     trust_pickle: TrustPickle = False,
-    batch_size: int | None = typer.Option(
-        None, "--batch-size", "-b", min=1, help="Images attacked together (default: automatic, 4 of 224² on a CPU)."
-    ),
+    batch_size: AttackBatchSize = None,
     device: Device = "cpu",
     out: Out = Path("cnnlens-out"),
     force: Force = False,
@@ -133,43 +155,14 @@ def attack(
     from ..attacks.report import ATTACK_TITLES, add_attack_run_section
     from ..data import read_images
 
-    method, norm = method.strip().lower(), parse_norm(norm)
-    _check_attack(method, minimal, c)
-    e = parse_eps(eps, norm=norm)
-    alpha = parse_eps(step_size, "--step-size", norm) if step_size is not None else None
-    if alpha is not None and alpha <= 0:
-        raise UserError("--step-size must be > 0")
+    kw = _attack_options(method, eps, target, steps, step_size, norm, c, overshoot, random_start, minimal, seed)
     out = out_dir(out, force, images, weights)
-    with session(
-        model,
-        weights,
-        pretrained,
-        trust_pickle,
-        device,
-        one_process="cnnlens attack runs in one process; use torchrun with `cnnlens robustness`",
-    ) as S:
+    with session(model, weights, pretrained, trust_pickle, device, one_process=ONE_PROCESS) as S:
         loaded = read_images(list(images), S.model)
         x, names = loaded.images.to(S.device), _unique(list(loaded.names))
         batches = -(-len(names) // _check_batch_size(batch_size, x))
         with S.progress(f"attacking {len(names)} image(s)", total=batches) as update:
-            run = attack_images(
-                S.model,
-                x,
-                method,
-                eps=e,
-                target=_target(target),
-                norm=norm,
-                steps=steps,
-                step_size=alpha,
-                c=c,
-                overshoot=overshoot,
-                random_start=random_start,
-                minimal=minimal,
-                seed=seed,
-                batch_size=batch_size,
-                names=names,
-                progress=update,
-            )
+            run = attack_images(S.model, x, **kw, batch_size=batch_size, names=names, progress=update)
         title = ATTACK_TITLES[run.method]
         rep = new_report(f"cnnlens attack: {model}", f"{title} on {len(names)} image(s).", S.model)
         settings = {
@@ -180,11 +173,34 @@ def attack(
         add_attack_run_section(rep, S.model, run, settings=settings)
         index = out.write(rep)
         _print_attack(names, run.result, run.class_names)
-        console.print(
-            f"wrote {index.parent}: <image>/original.png, adversarial.png, perturbation.png, top5.json; "
-            "attack.json, x_adv.pt, index.html",
-            highlight=False,
-        )
+        console.print(f"wrote {index.parent}: {ATTACK_FILES}", highlight=False)
+
+
+ONE_PROCESS = "cnnlens attack runs in one process; use torchrun with `cnnlens robustness`"
+ATTACK_FILES = "<image>/original.png, adversarial.png, perturbation.png, top5.json; attack.json, x_adv.pt, index.html"
+
+
+def _attack_options(method, eps, target, steps, step_size, norm, c, overshoot, random_start, minimal, seed) -> dict:
+    """attack_images's keyword arguments from the command's options, checked (one line each, before any work)."""
+    method, norm = method.strip().lower(), parse_norm(norm)
+    _check_attack(method, minimal, c)
+    e = parse_eps(eps, norm=norm)
+    alpha = parse_eps(step_size, "--step-size", norm) if step_size is not None else None
+    if alpha is not None and alpha <= 0:
+        raise UserError("--step-size must be > 0")
+    return dict(
+        method=method,
+        eps=e,
+        target=_target(target),
+        norm=norm,
+        steps=steps,
+        step_size=alpha,
+        c=c,
+        overshoot=overshoot,
+        random_start=random_start,
+        minimal=minimal,
+        seed=seed,
+    )
 
 
 def _check_attack(method: str, minimal: bool, c: float) -> None:
@@ -242,26 +258,38 @@ def _print_attack(names, r, class_names) -> None:
     print_table(t)
 
 
+#: robustness's own options
+RobustEps = Annotated[str, typer.Option("--eps", help="Comma-separated budgets in pixel units.")]
+RobustAttacks = Annotated[
+    str,
+    typer.Option(
+        "--attacks",
+        help="Comma-separated: fgsm, pgd, deepfool, cw (the last "
+        "two are minimum-norm L2 attacks: one run gives every ε).",
+    ),
+]
+RobustSteps = Annotated[int, typer.Option("--steps", min=1, help="PGD steps.")]
+RobustTarget = Annotated[
+    str, typer.Option("--target", "-t", help="untargeted (away from the true label), second, or a class.")
+]
+RobustGallery = Annotated[
+    int, typer.Option("--gallery", min=0, help="Attacked images to show with their saliency maps.")
+]
+
+
 @app.command()
 @model_options
 def robustness(
     *,
     model: Model,
     data: LabelledData,
-    eps: str = typer.Option("0,1/255,2/255,4/255,8/255", "--eps", help="Comma-separated budgets in pixel units."),
-    attacks: str = typer.Option(
-        "fgsm,pgd",
-        "--attacks",
-        help="Comma-separated: fgsm, pgd, deepfool, cw (the last "
-        "two are minimum-norm L2 attacks: one run gives every ε).",
-    ),
-    steps: int = typer.Option(10, "--steps", min=1, help="PGD steps."),
-    step_size: str | None = typer.Option(None, "--step-size", help="PGD step in pixel units (default 2.5·ε/steps)."),
-    norm: str = typer.Option("inf", "--norm", help="inf (L∞: ε ≤ 1, e.g. 8/255) or 2 (L2: ε may exceed 1)."),
-    target: str = typer.Option(
-        "untargeted", "--target", "-t", help="untargeted (away from the true label), second, or a class."
-    ),
-    gallery: int = typer.Option(6, "--gallery", min=0, help="Attacked images to show with their saliency maps."),
+    eps: RobustEps = "0,1/255,2/255,4/255,8/255",
+    attacks: RobustAttacks = "fgsm,pgd",
+    steps: RobustSteps = 10,
+    step_size: StepSize = None,
+    norm: Norm = "inf",
+    target: RobustTarget = "untargeted",
+    gallery: RobustGallery = 6,
     weights: Weights = None,
     pretrained: Pretrained = False,
     trust_pickle: TrustPickle = False,
@@ -276,7 +304,7 @@ def robustness(
     shard; the counts are merged and rank 0 writes.
     """
     from ..attacks.curves import robustness as run_robustness
-    from ..attacks.report import add_robustness_section
+    from ..attacks.report import add_robustness_run
 
     norm = parse_norm(norm)
     budgets = parse_eps_list(eps, norm=norm)
@@ -284,11 +312,10 @@ def robustness(
     atk = [a.strip().lower() for a in attacks.split(",") if a.strip()]
     out = out_dir(out, force, data, weights)
     with session(model, weights, pretrained, trust_pickle, device) as S:
-        m, dev, world = S.model, S.device, S.world
         ds = S.dataset(data, labels_for="cnnlens robustness")
         with S.progress(f"attacking {data}") as update:
             r = run_robustness(
-                m,
+                S.model,
                 ds,
                 eps=budgets,
                 attacks=atk,
@@ -298,37 +325,29 @@ def robustness(
                 target=_target(target),
                 gallery=gallery,
                 batch_size=batch_size,
-                device=dev,
+                device=S.device,
                 progress=update,
             )
         if not S.writes:
             return
-        rep = new_report(f"cnnlens robustness: {model}", f"{model} on {data}.", m)
-        settings = {"model": model, "data": data, "n": r.n, "batch size": batch_size, "device": dev, "processes": world}
-        add_robustness_section(rep, {model: r}, title="Robustness", settings=settings, gallery_of=model)
-        fig = r.figure(title=f"{model} on {data}")
-        rep.file("curves.png", _fig_png(fig))
-        rep.file("robustness.json", json.dumps(r.to_dict(), indent=2))
-        header, rows = r.table()
-        import csv
-        import io
-
-        buf = io.StringIO()
-        csv.writer(buf, lineterminator="\n").writerows([header, *rows])
-        rep.file("robustness.csv", buf.getvalue())
+        rep = new_report(f"cnnlens robustness: {model}", f"{model} on {data}.", S.model)
+        settings = {"model": model, "data": data, "n": r.n, "batch size": batch_size, "device": S.device}
+        add_robustness_run(
+            rep, model, r, settings={**settings, "processes": S.world}, figure_title=f"{model} on {data}"
+        )
         index = out.write(rep)
-        from rich.table import Table
-
-        t = Table(title=f"{r.n} samples, clean accuracy {r.clean_accuracy:.2%}", title_justify="left")
-        for h in header:
-            t.add_column(h, justify="right")
-        for row in rows:
-            t.add_row(*[f"{v:.4g}" if isinstance(v, float) else str(v) for v in row])
-        print_table(t)
+        _print_robustness(r)
         console.print(f"wrote {index.parent}: curves.png, robustness.json, robustness.csv, index.html", highlight=False)
 
 
-def _fig_png(fig) -> bytes:
-    from ..report import png_bytes
+def _print_robustness(r) -> None:
+    """Accuracy per attack and budget, in a table on stdout."""
+    from rich.table import Table
 
-    return png_bytes(fig)
+    header, rows = r.table()
+    t = Table(title=f"{r.n} samples, clean accuracy {r.clean_accuracy:.2%}", title_justify="left")
+    for h in header:
+        t.add_column(h, justify="right")
+    for row in rows:
+        t.add_row(*[f"{v:.4g}" if isinstance(v, float) else str(v) for v in row])
+    print_table(t)
