@@ -43,6 +43,7 @@ lint: install-test
 	$(VENV)/bin/ruff format --check .
 	$(PY) tools/import_graph.py --late
 	PYTHONPATH=src $(PY) tools/check_imports.py
+	$(PY) tools/check_layout.py
 	$(VENV)/bin/mypy
 
 test: install-test lint

@@ -14,8 +14,8 @@ def run(*args):
     return subprocess.run([sys.executable, str(TOOL), *map(str, args)], capture_output=True, text=True, cwd=ROOT)
 
 
-def test_no_circle_in_cnnlens():
-    out = run("src/cnnlens")
+def test_no_circle_in_cnnlens_also_counting_late_imports():
+    out = run("src/cnnlens", "--late")
     assert out.returncode == 0 and out.stdout == "", out.stdout
 
 
@@ -66,19 +66,27 @@ def test_every_import_resolves_also_inside_functions(tmp_path):
     ]
 
 
-def test_contributing_layout_table_matches_the_tree():
-    import re
-
-    text = (ROOT / "CONTRIBUTING.md").read_text()
-    rows = [line for line in text.splitlines() if re.match(r"\| (core|methods|drawing|presentation) \|", line)]
-    assert rows and all(len(line) < 200 for line in rows)
-    named = {n for line in rows for n in re.findall(r"`([^`]+)`", line.split(" | ")[1])}
-    src = ROOT / "src" / "cnnlens"
-    for n in named:  # every name in the table exists
-        assert (src / n.rstrip("/")).exists(), n
-    covered = {n.rstrip("/").split("/")[0] for n in named} | {"__init__.py", "__main__.py"}
-    on_disk = {p.name for p in src.iterdir() if p.suffix == ".py" or (p.is_dir() and (p / "__init__.py").exists())}
-    assert on_disk - covered == set(), "modules missing from CONTRIBUTING.md's layout table"
+def test_contributing_layout_table_matches_the_tree(tmp_path):
+    layout = [sys.executable, str(ROOT / "tools" / "check_layout.py")]
+    ok = subprocess.run(layout, capture_output=True, text=True, cwd=ROOT)
+    assert ok.returncode == 0 and ok.stdout == "", ok.stdout
+    pkg = tmp_path / "pkg"
+    (pkg / "sub").mkdir(parents=True)
+    for f in ("__init__.py", "a.py", "b.py", "sub/__init__.py", "sub/c.py"):
+        (pkg / f).write_text("")
+    doc = tmp_path / "C.md"
+    doc.write_text(
+        "Layout:\n\n| layer | module | what |\n| --- | --- | --- |\n| core | `a.py`, `gone.py` | a |\n"
+        f"| core | `sub/c.py` | {'x' * 200} |\n| core | `b.py` |\n\nAfter the table: `b.py`.\n"
+    )
+    bad = subprocess.run([*layout, pkg, "--contributing", doc], capture_output=True, text=True)
+    assert bad.returncode == 1
+    assert bad.stdout.splitlines() == [
+        f"{doc}:5: `gone.py` is not in {pkg}",
+        f"{doc}:6: a row is one line of at most 160 characters (this one 224)",
+        f"{doc}:7: a row has three cells (layer | module | what), this one 2",
+        f"{doc}: the layout table does not name the module `b.py` of {pkg}",
+    ]
 
 
 def test_a_long_function_needs_a_reason_in_its_docstring(tmp_path):
