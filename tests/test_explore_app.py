@@ -148,6 +148,39 @@ def test_the_attack_reports_the_eps_it_needed(served, data):
     assert j["toward"] == second == j["pred_after"]
     adv = cnnlens.attacks.pgd(model, x[2:3], eps=j["eps"] * 1.001, steps=10, target=second)
     assert bool(adv.success[0])  # the reported ε is enough
+    # the attack's own endpoint answers the same job (the method URL above is its older alias)
+    own = client.get("/api/sample/2/attack/second").json()
+    assert own["png"] == "/img/sample/2/attack/second.png"
+    assert {k: v for k, v in own.items() if k != "png"} == {k: v for k, v in j.items() if k != "png"}
+    assert client.get(own["png"]).content == client.get(j["png"]).content
+    bad = client.get("/api/sample/2/attack/nowhere")
+    assert bad.status_code == 404 and "second, away" in bad.json()["error"]
+
+
+def test_a_page_and_its_json_come_from_one_view(served):
+    """PATH.json, and PATH with Accept: application/json, answer what the older /api URL answers; PATH stays HTML;
+    an error is JSON for the JSON and HTML for the page."""
+    client, _, _ = served
+    top = client.get("/api/overview").json()["most_confused"]
+    r, c = top["true"], top["pred"]
+    for page, dot_json, api in (
+        ("/", "/index.json", "/api/overview"),
+        (f"/cell/{r}/{c}?sort=margin", f"/cell/{r}/{c}.json?sort=margin", f"/api/cell/{r}/{c}?sort=margin"),
+        ("/sample/3", "/sample/3.json", "/api/sample/3"),
+        ("/leaderboard", "/leaderboard.json", "/api/leaderboard"),
+    ):
+        want = client.get(api).json()
+        assert client.get(dot_json).json() == want
+        negotiated = client.get(page, headers={"Accept": "application/json"})
+        assert negotiated.headers["content-type"] == "application/json" and negotiated.json() == want
+        html = client.get(page, headers={"Accept": "text/html,application/xhtml+xml,*/*;q=0.8"})
+        assert html.status_code == 200 and html.headers["content-type"].startswith("text/html")
+        assert html.headers["vary"] == "Accept"
+    bad = client.get("/cell/99/0.json")
+    assert bad.status_code == 404 and bad.json() == client.get("/api/cell/99/0").json()
+    page = client.get("/cell/99/0")
+    assert page.status_code == 404 and page.headers["content-type"].startswith("text/html")
+    assert client.post("/leaderboard.json").status_code == 415  # starting work needs a JSON POST, as /api/...
 
 
 def _png_bytes(a: np.ndarray) -> bytes:

@@ -67,6 +67,7 @@ def test_layers_page_computes_once_then_lists_the_scanned_layers(served, micro):
     assert r.status_code == 200
     assert r.json()["layers"] == [layer_row(micro[n]) for n in micro.layers]
     assert r.json()["images"] == micro.count == 90
+    assert client.get("/layers.json").json() == r.json()  # the page's JSON, from the same view
     page = client.get("/layers")
     assert page.status_code == 200 and '<a href="/layers">Units</a>' in page.text
     for n in micro.layers:
@@ -117,6 +118,10 @@ def test_unit_page_values_equal_the_library(served, micro, data):
     assert [v for _, v in j["influence"]] == pytest.approx([v for _, v in expect], rel=1e-4, abs=1e-5)
     page = client.get(f"/unit/{name}/{c}")
     assert page.status_code == 200
+    assert client.get(f"/unit/{name}/{c}.json").json() == j  # the page's JSON, from the same view
+    first = client.get(f"/unit/{name}/3")  # not computed yet: a computing page polling the unit's JSON
+    assert 'id="job-progress"' in first.text and f'data-job-url="/unit/{name}/3.json"' in first.text
+    assert wait(client, f"/unit/{name}/3.json").json()["status"] == "done"
     for i in ls.top.indices[row].tolist():
         assert f'href="/sample/{i}"' in page.text
     for what in ("top", "topbig", "maps", "hist", "class", "proj"):

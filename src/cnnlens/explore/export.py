@@ -16,7 +16,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ..report import check_out_dir, write_atomically
-from .app import HERE, Urls, render_cell, render_overview, templates
+from .app import HERE
+from .render import Urls, render_cell, render_overview, templates
 from .service import Explorer
 
 

@@ -178,8 +178,7 @@ function poll(url, parts, done, fail) {
   for (const att of [$("run-attack"), $("run-attack-away")]) {
     if (!att) continue;
     att.addEventListener("click", () => {
-      const url = "/api/sample/" + encodeURIComponent(ref) + "/method/attack"
-        + (att.dataset.target ? "?target=" + encodeURIComponent(att.dataset.target) : "");
+      const url = "/api/sample/" + encodeURIComponent(ref) + "/attack/" + encodeURIComponent(att.dataset.target || "second");
       const p = { progress: $("attack-progress"), status: $("attack-status"), img: $("attack-img") };
       poll(url, p, j => {
         p.status.textContent = j.success
@@ -280,7 +279,7 @@ function poll(url, parts, done, fail) {
   const btn = $("run-leaderboard");
   if (!btn) return;
   const bar = $("leaderboard-progress"), status = $("leaderboard-status");
-  const tick = () => fetch("/api/leaderboard").then(r => r.json()).then(j => {
+  const tick = () => fetch("/leaderboard.json").then(r => r.json()).then(j => {
     if (j.status === "done") { location.reload(); return; }
     if (j.status === "error") { status.textContent = j.error; status.classList.add("error"); bar.hidden = true; return; }
     bar.querySelector(".bar").style.width = (100 * (j.progress || 0)).toFixed(0) + "%";
@@ -290,7 +289,7 @@ function poll(url, parts, done, fail) {
   btn.addEventListener("click", () => {
     btn.disabled = true;
     bar.hidden = false;
-    fetch("/api/leaderboard", { method: "POST", headers: { "Content-Type": "application/json" }, body: "{}" }).then(() => tick());
+    fetch("/leaderboard.json", { method: "POST", headers: { "Content-Type": "application/json" }, body: "{}" }).then(() => tick());
   });
 })();
 
