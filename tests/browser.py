@@ -1,10 +1,17 @@
-"""Open a report in Debian's headless Chromium and say what a person would see go wrong."""
+"""Open a report in Debian's headless Chromium and say what a person would see go wrong; serve the explorer in a
+subprocess and walk its pages (what the browser tests share)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import socket
+import subprocess
+import sys
 import tempfile
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -94,3 +101,83 @@ def chromium_driver(flags: tuple[str, ...] = (), performance: bool = False):
         raise
     driver.profile_dir = profile
     return driver
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def explorer_server(tmp_path: Path, args: list[str], timeout: float = 120, env: dict | None = None) -> Iterator[str]:
+    """`cnnlens explore ARGS --port <free port>` in a subprocess (its output in ``tmp_path/server.log``); yields
+    its base URL once its scan is ready (at most ``timeout`` s); always stopped."""
+    import httpx
+
+    port = free_port()
+    log = open(tmp_path / "server.log", "w")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cnnlens", "explore", *args, "--port", str(port)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=dict(os.environ, COLUMNS="200", **(env or {})),
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            if proc.poll() is not None:
+                raise AssertionError("the server exited: " + (tmp_path / "server.log").read_text()[-2000:])
+            try:
+                if httpx.get(base + "/api/status", timeout=2).json()["state"] == "ready":
+                    break
+            except (httpx.HTTPError, ValueError):
+                pass
+            if time.monotonic() > deadline:
+                raise AssertionError(f"the scan did not finish in {timeout:.0f} s")
+            time.sleep(0.3)
+        yield base
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+        log.close()
+
+
+def wait_for(driver, cond, timeout=60, what="condition"):
+    """``cond()``'s first true value, polled every 0.15 s; after ``timeout`` s an error naming ``what``, the page,
+    its status lines and its console."""
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        try:
+            v = cond()
+        except Exception:  # noqa: BLE001 - element not there yet
+            v = None
+        if v:
+            return v
+        time.sleep(0.15)
+    statuses = driver.execute_script("return Array.from(document.querySelectorAll('.status')).map(e => e.textContent)")
+    raise AssertionError(
+        f"timed out waiting for {what}; page: {driver.current_url}; status lines: {statuses}; "
+        f"console: {driver.get_log('browser')}"
+    )
+
+
+def broken_images(driver) -> list[str]:
+    """The src of every shown image that did not load (after scrolling lazy images into view)."""
+    driver.execute_script("window.scrollTo(0, document.body.scrollHeight)")
+    wait_for(
+        driver,
+        lambda: driver.execute_script(
+            "return Array.from(document.images).filter(i => !i.hidden).every(i => i.complete)"
+        ),
+        what="images",
+    )
+    return driver.execute_script(
+        "return Array.from(document.images).filter(i => !i.hidden)"
+        ".filter(i => !(i.complete && i.naturalWidth > 0)).map(i => i.src)"
+    )

@@ -8,110 +8,23 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
-from browser import chromium_driver
+from browser import broken_images, chromium_driver, explorer_server, wait_for
 from PIL import Image
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def server(tmp_path):
     """`cnnlens explore` on digits, on 127.0.0.1:<free port>; always stopped."""
-    import httpx
-
-    port = free_port()
-    env = dict(os.environ, COLUMNS="200", OMP_NUM_THREADS="1")
-    log = open(tmp_path / "server.log", "w")
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "cnnlens",
-            "explore",
-            "--model",
-            "digits-cnn",
-            "--data",
-            "digits",
-            "--cache",
-            str(tmp_path / "cache"),
-            "--port",
-            str(port),
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        env=env,
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            if proc.poll() is not None:
-                raise AssertionError("the server exited: " + (tmp_path / "server.log").read_text()[-2000:])
-            try:
-                if httpx.get(base + "/api/status", timeout=2).json()["state"] == "ready":
-                    break
-            except (httpx.HTTPError, ValueError):
-                pass
-            if time.monotonic() > deadline:
-                raise AssertionError("the scan did not finish in 120 s")
-            time.sleep(0.3)
+    args = ["--model", "digits-cnn", "--data", "digits", "--cache", str(tmp_path / "cache")]
+    with explorer_server(tmp_path, args, timeout=120, env={"OMP_NUM_THREADS": "1"}) as base:
         yield base
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
-        log.close()
     assert "127.0.0.1" in (tmp_path / "server.log").read_text()  # it printed its URL
-
-
-def _wait(driver, cond, timeout=60, what="condition"):
-    t0 = time.monotonic()
-    while time.monotonic() - t0 < timeout:
-        try:
-            v = cond()
-        except Exception:  # noqa: BLE001 - element not there yet
-            v = None
-        if v:
-            return v
-        time.sleep(0.15)
-    statuses = driver.execute_script("return Array.from(document.querySelectorAll('.status')).map(e => e.textContent)")
-    raise AssertionError(
-        f"timed out waiting for {what}; page: {driver.current_url}; status lines: {statuses}; "
-        f"console: {driver.get_log('browser')}"
-    )
-
-
-def _images_ok(driver) -> list[str]:
-    """The src of every shown image that did not load (after scrolling lazy images into view)."""
-    driver.execute_script("window.scrollTo(0, document.body.scrollHeight)")
-    _wait(
-        driver,
-        lambda: driver.execute_script(
-            "return Array.from(document.images).filter(i => !i.hidden).every(i => i.complete)"
-        ),
-        what="images",
-    )
-    return driver.execute_script(
-        "return Array.from(document.images).filter(i => !i.hidden)"
-        ".filter(i => !(i.complete && i.naturalWidth > 0)).map(i => i.src)"
-    )
 
 
 def test_from_the_most_confused_cell_to_a_sample_and_an_upload(server, tmp_path):
@@ -139,16 +52,16 @@ def test_from_the_most_confused_cell_to_a_sample_and_an_upload(server, tmp_path)
         driver.save_screenshot(str(shots / "explore-overview.png"))
         driver.find_element(By.ID, "show-raw").click()
         assert td.text.strip() == str(top["count"])
-        assert _images_ok(driver) == []
+        assert broken_images(driver) == []
         # the most confused cell: as many samples across its pages as its count
         td.find_element(By.TAG_NAME, "a").click()
-        _wait(driver, lambda: "/cell/" in driver.current_url, what="the gallery")
+        wait_for(driver, lambda: "/cell/" in driver.current_url, what="the gallery")
         count = int(driver.find_element(By.ID, "cell-count").get_attribute("data-count"))
         assert count == top["count"]
         refs = []
         while True:
             refs += [e.get_attribute("data-ref") for e in driver.find_elements(By.CSS_SELECTOR, "#gallery .item")]
-            assert _images_ok(driver) == []
+            assert broken_images(driver) == []
             nxt = driver.find_elements(By.ID, "next-page")
             if not nxt:
                 break
@@ -160,13 +73,15 @@ def test_from_the_most_confused_cell_to_a_sample_and_an_upload(server, tmp_path)
         driver.set_window_size(1400, 1000)
         # a sample: the default method, then another method and another target
         driver.find_element(By.CSS_SELECTOR, "#gallery .sample-link").click()
-        _wait(driver, lambda: driver.find_element(By.ID, "method-img").is_displayed(), what="the first map")
+        wait_for(driver, lambda: driver.find_element(By.ID, "method-img").is_displayed(), what="the first map")
         assert "deletion AUC" in driver.find_element(By.ID, "method-aucs").text
         Select(driver.find_element(By.ID, "method")).select_by_value("occlusion")
-        _wait(driver, lambda: "occlusion toward" in driver.find_element(By.ID, "method-status").text, what="occlusion")
+        wait_for(
+            driver, lambda: "occlusion toward" in driver.find_element(By.ID, "method-status").text, what="occlusion"
+        )
         Select(driver.find_element(By.ID, "target")).select_by_value("true")
         true_name = overview["class_names"][top["true"]]
-        _wait(
+        wait_for(
             driver,
             lambda: f"occlusion toward {true_name} (true)" in driver.find_element(By.ID, "method-status").text,
             what="occlusion toward the true class",
@@ -176,7 +91,7 @@ def test_from_the_most_confused_cell_to_a_sample_and_an_upload(server, tmp_path)
         box = driver.find_element(By.ID, "class-input")
         box.send_keys("3")
         driver.execute_script("arguments[0].dispatchEvent(new Event('change'))", box)
-        _wait(
+        wait_for(
             driver,
             lambda: "gradcam toward 3 (class)" in driver.find_element(By.ID, "method-status").text,
             what="Grad-CAM toward class 3",
@@ -186,7 +101,7 @@ def test_from_the_most_confused_cell_to_a_sample_and_an_upload(server, tmp_path)
         Select(driver.find_element(By.ID, "target")).select_by_value("predicted")
         driver.find_element(By.ID, "run-all").click()  # every attribution method, one after the other
         n_methods = len(Select(driver.find_element(By.ID, "method")).options)
-        _wait(
+        wait_for(
             driver,
             lambda: (
                 len(driver.find_elements(By.CSS_SELECTOR, "#all-methods .card img")) == n_methods
@@ -201,8 +116,8 @@ def test_from_the_most_confused_cell_to_a_sample_and_an_upload(server, tmp_path)
         assert len(aucs) == n_methods == len(METHODS) and all(a.startswith("deletion ") for a in aucs)
         driver.find_element(By.TAG_NAME, "h1").click()
         driver.find_element(By.ID, "run-attack").click()
-        _wait(driver, lambda: "ε =" in driver.find_element(By.ID, "attack-status").text, timeout=120, what="attack")
-        assert _images_ok(driver) == []
+        wait_for(driver, lambda: "ε =" in driver.find_element(By.ID, "attack-status").text, timeout=120, what="attack")
+        assert broken_images(driver) == []
         # upload an image: its own sample page
         a = np.zeros((48, 48), np.uint8)
         a[10:38, 21:27] = 255
@@ -210,9 +125,9 @@ def test_from_the_most_confused_cell_to_a_sample_and_an_upload(server, tmp_path)
         Image.fromarray(a).save(path)
         driver.get(server + "/upload")
         driver.find_element(By.ID, "file").send_keys(str(path))
-        _wait(driver, lambda: re.search(r"/sample/u[0-9a-f]{16}$", driver.current_url), what="the upload's page")
-        _wait(driver, lambda: driver.find_element(By.ID, "method-img").is_displayed(), what="the upload's map")
-        assert _images_ok(driver) == []
+        wait_for(driver, lambda: re.search(r"/sample/u[0-9a-f]{16}$", driver.current_url), what="the upload's page")
+        wait_for(driver, lambda: driver.find_element(By.ID, "method-img").is_displayed(), what="the upload's map")
+        assert broken_images(driver) == []
         errors = [e["message"] for e in driver.get_log("browser") if e["level"] in ("SEVERE", "ERROR")]
         assert errors == []
     finally:
@@ -234,7 +149,7 @@ def test_units_from_the_overview_to_a_unit_and_back_from_a_sample(server, tmp_pa
         driver.set_window_size(1400, 1000)
         driver.get(server + "/")
         driver.find_element(By.LINK_TEXT, "Units").click()
-        _wait(
+        wait_for(
             driver,
             lambda: driver.find_elements(By.CSS_SELECTOR, "#layers tbody tr"),
             timeout=120,
@@ -244,13 +159,13 @@ def test_units_from_the_overview_to_a_unit_and_back_from_a_sample(server, tmp_pa
         assert len(rows) == 3
         layer = rows[-1].find_element(By.TAG_NAME, "a").text
         rows[-1].find_element(By.TAG_NAME, "a").click()
-        _wait(driver, lambda: driver.find_elements(By.CSS_SELECTOR, "#channels .unit-card"), what="the channel grid")
+        wait_for(driver, lambda: driver.find_elements(By.CSS_SELECTOR, "#channels .unit-card"), what="the channel grid")
         assert len(driver.find_elements(By.CSS_SELECTOR, "#channels .unit-card")) == 64
-        assert _images_ok(driver) == []
+        assert broken_images(driver) == []
         # every channel's feature visualisation, rendered in the worker (16 channels per optimisation)
         assert not any(i.is_displayed() for i in driver.find_elements(By.CSS_SELECTOR, "#channels img.fv"))
         driver.find_element(By.ID, "fv-start").click()
-        _wait(
+        wait_for(
             driver,
             lambda: all(i.is_displayed() for i in driver.find_elements(By.CSS_SELECTOR, "#channels img.fv")),
             timeout=300,
@@ -258,17 +173,17 @@ def test_units_from_the_overview_to_a_unit_and_back_from_a_sample(server, tmp_pa
         )
         assert driver.find_element(By.ID, "layer-fv-status").text.startswith("64 of 64 feature visualisations")
         assert not driver.find_element(By.ID, "fv-start").is_displayed()
-        assert _images_ok(driver) == []
+        assert broken_images(driver) == []
         driver.execute_script("window.scrollTo(0, 0)")
         driver.save_screenshot(str(shots / "explore-layer.png"))
         driver.find_elements(By.CSS_SELECTOR, "#channels .unit-card")[5].click()
-        _wait(
+        wait_for(
             driver,
             lambda: driver.find_element(By.TAG_NAME, "h1").text.startswith(f"Unit {layer} / 5"),
             timeout=120,
             what="the unit page",
         )
-        _wait(
+        wait_for(
             driver,
             lambda: driver.find_element(By.ID, "fv-img").is_displayed(),
             timeout=120,
@@ -276,14 +191,14 @@ def test_units_from_the_overview_to_a_unit_and_back_from_a_sample(server, tmp_pa
         )
         assert "mean activation" in driver.find_element(By.ID, "fv-status").text
         driver.find_element(By.ID, "views-start").click()  # the plain one and a diversity set, on request
-        _wait(
+        wait_for(
             driver,
             lambda: driver.find_element(By.ID, "views-img").is_displayed(),
             timeout=180,
             what="the plain feature visualisation and the diversity set",
         )
         assert "the diversity set" in driver.find_element(By.ID, "views-status").text
-        assert _images_ok(driver) == []
+        assert broken_images(driver) == []
         # fv, plain + diversity set, patches, deconvnet/guided backprop, maps, histogram, classes
         assert len(driver.find_elements(By.CSS_SELECTOR, "img")) == 7
         driver.execute_script("document.getElementById('views').scrollIntoView()")
@@ -292,12 +207,12 @@ def test_units_from_the_overview_to_a_unit_and_back_from_a_sample(server, tmp_pa
         driver.save_screenshot(str(shots / "explore-unit.png"))
         # a sample's building blocks: click the middle of the grid, follow a channel to its unit page
         driver.get(server + "/sample/7")
-        _wait(driver, lambda: driver.find_elements(By.CSS_SELECTOR, "#blocks-grid button"), what="the blocks grid")
+        wait_for(driver, lambda: driver.find_elements(By.CSS_SELECTOR, "#blocks-grid button"), what="the blocks grid")
         assert Select(driver.find_element(By.ID, "blocks-layer")).first_selected_option.text == layer
         buttons = driver.find_elements(By.CSS_SELECTOR, "#blocks-grid button")
         assert len(buttons) == 64  # 8×8 at the last layer
         buttons[3 * 8 + 4].click()
-        _wait(
+        wait_for(
             driver, lambda: driver.find_elements(By.CSS_SELECTOR, "#blocks-list a"), what="the channels at a position"
         )
         assert "row 3, column 4" in driver.find_element(By.ID, "blocks-status").text
@@ -305,13 +220,13 @@ def test_units_from_the_overview_to_a_unit_and_back_from_a_sample(server, tmp_pa
         link = driver.find_element(By.CSS_SELECTOR, "#blocks-list a")
         channel = link.text.split()[-1]
         link.click()
-        _wait(
+        wait_for(
             driver,
             lambda: driver.find_element(By.TAG_NAME, "h1").text.startswith(f"Unit {layer} / {channel}"),
             timeout=120,
             what="the unit page from a building block",
         )
-        assert _images_ok(driver) == []
+        assert broken_images(driver) == []
         errors = [e["message"] for e in driver.get_log("browser") if e["level"] in ("SEVERE", "ERROR")]
         assert errors == []
     finally:

@@ -9,14 +9,10 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
-from browser import chromium_driver
-from test_explore_browser import _images_ok, _wait, free_port
+from browser import broken_images, chromium_driver, explorer_server, wait_for
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -26,57 +22,12 @@ N_PHOTOS = 20  # one per folder: every method on EfficientNet-Lite0 dominates th
 @pytest.fixture
 def effnet_server(tmp_path):
     """`cnnlens explore` on EfficientNet-Lite0 and N_PHOTOS photos, on 127.0.0.1:<free port>; always stopped."""
-    import httpx
     from photofolder import make_photo_folder
 
     make_photo_folder(tmp_path / "photos", N_PHOTOS, side=224)
-    port = free_port()
-    env = dict(os.environ, COLUMNS="200")
-    log = open(tmp_path / "server.log", "w")
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "cnnlens",
-            "explore",
-            "--model",
-            "efficientnet-lite0",
-            "--data",
-            str(tmp_path / "photos"),
-            "--cache",
-            str(tmp_path / "cache"),
-            "--port",
-            str(port),
-            "--batch-size",
-            "12",
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        env=env,
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 300
-        while True:
-            if proc.poll() is not None:
-                raise AssertionError("the server exited: " + (tmp_path / "server.log").read_text()[-2000:])
-            try:
-                if httpx.get(base + "/api/status", timeout=2).json()["state"] == "ready":
-                    break
-            except (httpx.HTTPError, ValueError):
-                pass
-            if time.monotonic() > deadline:
-                raise AssertionError("the scan did not finish in 300 s")
-            time.sleep(0.3)
+    args = ["--model", "efficientnet-lite0", "--data", str(tmp_path / "photos"), "--cache", str(tmp_path / "cache")]
+    with explorer_server(tmp_path, [*args, "--batch-size", "12"], timeout=300) as base:
         yield base
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
-        log.close()
 
 
 def test_effnet_from_the_overview_to_a_unit_page_names_only_present_classes(effnet_server, tmp_path):
@@ -104,7 +55,7 @@ def test_effnet_from_the_overview_to_a_unit_page_names_only_present_classes(effn
         assert "tench" not in {r.find_element(By.TAG_NAME, "td").text for r in rows}
         search = driver.find_element(By.ID, "class-search")
         search.send_keys("goldfish")
-        _wait(
+        wait_for(
             driver,
             lambda: "never predicted" in driver.find_element(By.ID, "class-found").text,
             what="the class search naming an absent class",
@@ -112,21 +63,21 @@ def test_effnet_from_the_overview_to_a_unit_page_names_only_present_classes(effn
         search.clear()
         driver.execute_script("arguments[0].dispatchEvent(new Event('input'))", search)
         driver.save_screenshot(str(shots / "effnet-overview.png"))
-        assert _images_ok(driver) == []
+        assert broken_images(driver) == []
         # a confusion cell, then its first sample
         cell = driver.find_elements(By.CSS_SELECTOR, "#confusion td.off a") or driver.find_elements(
             By.CSS_SELECTOR, "#confusion td a"
         )
         cell[0].click()
-        _wait(driver, lambda: "/cell/" in driver.current_url, what="the gallery")
-        assert _images_ok(driver) == []
+        wait_for(driver, lambda: "/cell/" in driver.current_url, what="the gallery")
+        assert broken_images(driver) == []
         driver.find_element(By.CSS_SELECTOR, "#gallery .sample-link").click()
-        _wait(
+        wait_for(
             driver, lambda: driver.find_element(By.ID, "method-img").is_displayed(), timeout=120, what="the first map"
         )
         driver.find_element(By.ID, "run-all").click()  # every attribution method
         n_methods = len(Select(driver.find_element(By.ID, "method")).options)
-        _wait(
+        wait_for(
             driver,
             lambda: (
                 len(driver.find_elements(By.CSS_SELECTOR, "#all-methods .card img")) == n_methods
@@ -139,10 +90,10 @@ def test_effnet_from_the_overview_to_a_unit_page_names_only_present_classes(effn
             what="every method",
         )
         driver.save_screenshot(str(shots / "effnet-sample.png"))
-        assert _images_ok(driver) == []
+        assert broken_images(driver) == []
         # Units → the last layer → a unit page
         driver.find_element(By.LINK_TEXT, "Units").click()
-        _wait(
+        wait_for(
             driver,
             lambda: driver.find_elements(By.CSS_SELECTOR, "#layers tbody tr"),
             timeout=300,
@@ -151,7 +102,7 @@ def test_effnet_from_the_overview_to_a_unit_page_names_only_present_classes(effn
         last = driver.find_elements(By.CSS_SELECTOR, "#layers tbody tr")[-1].find_element(By.TAG_NAME, "a")
         layer = last.text
         last.click()
-        _wait(
+        wait_for(
             driver,
             lambda: driver.find_elements(By.CSS_SELECTOR, "#channels .unit-card"),
             timeout=120,
@@ -160,7 +111,7 @@ def test_effnet_from_the_overview_to_a_unit_page_names_only_present_classes(effn
         assert len(driver.find_elements(By.CSS_SELECTOR, "#channels .unit-card")) == 1280
         driver.save_screenshot(str(shots / "effnet-layer.png"))
         driver.find_elements(By.CSS_SELECTOR, "#channels .unit-card")[0].click()
-        _wait(
+        wait_for(
             driver,
             lambda: driver.find_element(By.TAG_NAME, "h1").text.startswith(f"Unit {layer} / 0"),
             timeout=300,
@@ -170,7 +121,7 @@ def test_effnet_from_the_overview_to_a_unit_page_names_only_present_classes(effn
         labels = {i for i in range(1000) if sum(C[i])}
         assert u["influence"] and {k for k, _ in u["influence"]} <= labels  # only classes in the data
         assert {n for n, _ in u["card"]["influence"]} <= {names[i] for i in labels}
-        assert _images_ok(driver) == []
+        assert broken_images(driver) == []
         driver.save_screenshot(str(shots / "effnet-unit.png"))
         errors = [e["message"] for e in driver.get_log("browser") if e["level"] in ("SEVERE", "ERROR")]
         assert errors == []
