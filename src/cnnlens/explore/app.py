@@ -32,6 +32,12 @@ __all__ = ["HERE", "ROUTES", "Urls", "make_app", "render_cell", "render_overview
 
 HERE = Path(__file__).parent
 GET, POST, GET_POST = ("GET",), ("POST",), ("GET", "POST")
+#: a POST starts work (with Content-Type application/json): the leaderboard, a layer's render, its cancellation
+RUN_BOARD, RUN_LAYER, CANCEL = (
+    post_json("the leaderboard"),
+    post_json("the feature visualisations"),
+    post_json("the cancellation"),
+)
 
 #: every URL of the app: path, view, methods, kinds (PAGE: the page and its .json), and what to read first
 # fmt: off
@@ -44,7 +50,7 @@ ROUTES = [
     Entry("/layers",                                units.layers,              GET,      PAGE),
     Entry("/layer/{name}",                          units.layer,               GET,      PAGE),
     Entry("/unit/{name}/{channel}",                 units.unit,                GET,      PAGE),
-    Entry("/leaderboard",                           leaderboard.leaderboard,   GET_POST, PAGE, post_json("the leaderboard")),
+    Entry("/leaderboard",                           leaderboard.leaderboard,   GET_POST, PAGE, RUN_BOARD),
     # jobs and other JSON
     Entry("/api/status",                            samples.status,            GET,      JSON),
     Entry("/api/confusion.json",                    samples.confusion_json,    GET,      JSON),
@@ -54,8 +60,8 @@ ROUTES = [
     Entry("/api/sample/{ref}/attack/{toward}",      attacks.attack,            GET,      JSON),
     Entry("/api/sample/{ref}/blocks",               units.blocks,              GET,      JSON),
     Entry("/api/microscope",                        units.microscope,          GET,      JSON),
-    Entry("/api/layer/{name}/fv",                   units.layer_fv,            GET_POST, JSON, post_json("the feature visualisations")),  # noqa: E501
-    Entry("/api/layer/{name}/fv/cancel",            units.cancel_layer_fv,     POST,     JSON, post_json("the cancellation")),
+    Entry("/api/layer/{name}/fv",                   units.layer_fv,            GET_POST, JSON, RUN_LAYER),
+    Entry("/api/layer/{name}/fv/cancel",            units.cancel_layer_fv,     POST,     JSON, CANCEL),
     Entry("/api/unit/{name}/{channel}/fv",          units.feature_vis,         GET,      JSON),
     Entry("/api/unit/{name}/{channel}/views",       units.feature_views,       GET,      JSON),
     # images
@@ -71,7 +77,7 @@ ROUTES = [
     Entry("/api/layers",                            units.layers,              GET,      JSON),
     Entry("/api/layer/{name}",                      units.layer,               GET,      JSON),
     Entry("/api/unit/{name}/{channel}",             units.unit,                GET,      JSON),
-    Entry("/api/leaderboard",                       leaderboard.leaderboard,   GET_POST, JSON, post_json("the leaderboard")),
+    Entry("/api/leaderboard",                       leaderboard.leaderboard,   GET_POST, JSON, RUN_BOARD),
     Entry("/favicon.ico",                           samples.favicon,           GET,      EMPTY),
 ]
 # fmt: on

@@ -65,7 +65,7 @@ class FeatureVis:
                 for j in others:
                     j.finish(error=error_line(e, j.key))
                 raise
-            for j, info in zip(others, infos[1:]):
+            for j, info in zip(others, infos[1:], strict=True):
                 j.finish(info)
             return infos[0]
 

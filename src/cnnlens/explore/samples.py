@@ -121,7 +121,7 @@ class Samples:
         buf = io.StringIO()
         w = csv.writer(buf)
         w.writerow(["true \\ predicted", *t["class_names"]])
-        for name, row in zip(t["class_names"], t["confusion"]):
+        for name, row in zip(t["class_names"], t["confusion"], strict=True):
             w.writerow([name, *row])
         return buf.getvalue()
 
@@ -151,7 +151,8 @@ class Samples:
             row["pred_name"], row["true_name"] = names[row["pred"]], names[row["true"]]
             row["second_name"] = names[row["second"]]
             row["top"] = [
-                {"class": int(k), "name": names[k], "prob": p} for k, p in zip(row["top_classes"], row["top_probs"])
+                {"class": int(k), "name": names[k], "prob": p}
+                for k, p in zip(row["top_classes"], row["top_probs"], strict=True)
             ]
         return {
             "true": r,
@@ -181,7 +182,8 @@ class Samples:
                 raise NotFound(f"no sample {ref} in the store")
             row["ref"] = ref
         row["top"] = [
-            {"class": int(k), "name": names[k], "prob": p} for k, p in zip(row["top_classes"], row["top_probs"])
+            {"class": int(k), "name": names[k], "prob": p}
+            for k, p in zip(row["top_classes"], row["top_probs"], strict=True)
         ]
         row["pred_name"], row["second_name"] = names[row["pred"]], names[row["second"]]
         row["true_name"] = names[row["true"]] if row.get("true") is not None else None

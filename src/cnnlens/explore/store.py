@@ -262,7 +262,7 @@ class Store:
         ks = tuple(ks or self.meta["topk"])
         q = "SELECT " + ", ".join(f"SUM(true_rank < {int(k)})" for k in ks) + " FROM samples"
         row = self._conn().execute(q).fetchone()
-        return {int(k): int(v or 0) for k, v in zip(ks, row)}
+        return {int(k): int(v or 0) for k, v in zip(ks, row, strict=True)}
 
     def evaluation(self, topk: Sequence[int] | None = None) -> EvaluationResult:
         """The same :class:`EvaluationResult` :func:`cnnlens.evaluate` gives on the scanned data."""
