@@ -271,9 +271,9 @@ class Preprocess:
 
             t = _pil_to_tensor(ImageOps.exif_transpose(image), what)  # idempotent after open_image
         elif isinstance(image, np.ndarray):
-            (t,) = _array_images(image, what) if image.ndim <= 3 else (None,)
-            if t is None:
+            if image.ndim > 3:
                 raise ValueError(f"{what}: one image expected, got an array of shape {image.shape}")
+            (t,) = _array_images(image, what)
         elif torch.is_tensor(image):
             ts = _tensor_images(image, what)
             if len(ts) != 1:

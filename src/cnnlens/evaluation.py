@@ -126,6 +126,7 @@ class EvaluationAccumulator:
             raise ValueError(f"the model output has shape {tuple(logits.shape)}; evaluation needs N×K logits")
         if self.confusion is None:
             self._init(logits.shape[1])
+        assert self.confusion is not None  # allocated by __init__ or _init
         K = self.num_classes
         if logits.shape[1] != K:
             raise ValueError(
@@ -170,6 +171,7 @@ class EvaluationAccumulator:
             if part.confusion is not None:
                 if part.num_classes != out.num_classes:
                     raise ValueError(f"cannot merge evaluations over {part.num_classes} and {out.num_classes} classes")
+                assert out.confusion is not None  # out has part's classes (checked above)
                 out.confusion += part.confusion
             out.hits += part.hits
         return out

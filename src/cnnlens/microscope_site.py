@@ -409,8 +409,8 @@ def _write(model, data, pre: Precomputed, root: Path, model_name, data_name, cla
             (d / f"fv-{c}.png").write_bytes(draw.png(draw.image_tile(views["robust"].of(c)[0], 112)))
             (d / f"fvr-{c}.png").write_bytes(draw.png(draw.image_tile(views["robust"].of(c)[0], 160)))
             (d / f"fvp-{c}.png").write_bytes(draw.png(draw.image_tile(fv, 160)))
-            for s, im in enumerate(views["diverse"].of(c)):
-                (d / f"fvd-{c}-{s}.png").write_bytes(draw.png(draw.image_tile(im, 112)))
+            for v, im in enumerate(views["diverse"].of(c)):
+                (d / f"fvd-{c}-{v}.png").write_bytes(draw.png(draw.image_tile(im, 112)))
             row = ls.top.row(c)
             crops = ls.top.patches(channels=[c], images=imgs[r : r + 1])[0]  # cut from its top images now
             (d / f"top-{c}.png").write_bytes(draw.png(draw.patch_grid(crops, ncols=3, tile=36)))

@@ -322,6 +322,7 @@ class LayerTap:
         one probe forward (eval mode, no grad, one sample) counts the calls, cached per
         model and layer.
         """
+        assert self._stop is not None  # run() calls this only with a stop layer
         names = [self._stop] + [n for n in self.names if n != self._stop]
         cache = _CALLS.setdefault(self.model, {})
         todo = [n for n in names if n not in cache or cache[n][0] is not self._modules[n]]
@@ -652,14 +653,14 @@ class guarded:
             g = getattr(mm, k)
             g.clear()
             g.update(saved)
-        for p, flag, g, values, hooks in self._params:
+        for p, flag, g, grad_values, hooks in self._params:
             if p.requires_grad != flag:
                 p.requires_grad_(flag)
             if p.grad is not g:
                 p.grad = g
-            if g is not None and not torch.equal(g, values):
+            if g is not None and not torch.equal(g, grad_values):
                 with torch.no_grad():
-                    g.copy_(values)
+                    g.copy_(grad_values)
             now = getattr(p, "_backward_hooks", None)
             if now is not None and (hooks is None or dict(now) != hooks):
                 now.clear()

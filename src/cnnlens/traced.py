@@ -213,7 +213,7 @@ class CallSites:
                 self.origin[name] = src
                 self.sites.setdefault(src, []).append(name)
                 if getattr(mod, "inplace", False) is True and node.args and isinstance(node.args[0], fx.Node):
-                    mod.inplace = False
+                    mod.inplace = False  # type: ignore[assignment]  # torch types Module.__setattr__ for tensors and modules only
                     _later_uses_to(graph, node.args[0], node, node)
             elif node.op == "get_attr":
                 name = _site_name("attr_" + node.target, used)

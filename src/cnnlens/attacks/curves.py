@@ -204,6 +204,7 @@ class RobustnessAccumulator:
         self.n += n
         clean_ok = (logits.argmax(1) == y).cpu()
         self.clean_correct += int(clean_ok.sum())
+        assert self.support is not None and self.clean_class_correct is not None  # allocated by _init
         self.support += torch.bincount(yc, minlength=k)[:k]
         self.clean_class_correct += torch.bincount(yc[clean_ok], minlength=k)[:k]
         t = parse_target(self.target, model)
@@ -295,6 +296,9 @@ class RobustnessAccumulator:
             raise ValueError(f"cannot merge results for {self.num_classes} and {other.num_classes} classes")
         out.n = self.n + other.n
         out.clean_correct = self.clean_correct + other.clean_correct
+        # both shards saw a batch (num_classes is set), so _init allocated their counts
+        assert self.support is not None and other.support is not None
+        assert self.clean_class_correct is not None and other.clean_class_correct is not None
         out.support = self.support + other.support
         out.clean_class_correct = self.clean_class_correct + other.clean_class_correct
         out.correct = {a: self.correct[a] + other.correct[a] for a in self.attacks}

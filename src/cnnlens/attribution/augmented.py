@@ -257,8 +257,8 @@ def augmented_gradcam(
     total = p.n * L
     cams = None
     with tap:
-        layout = Layout(model, p.x, channels_last)
-        A, G, classes, s = layer_gradient(tap, leaf, p, p.x, layout=layout)
+        run_layout = Layout(model, p.x, channels_last)
+        A, G, classes, s = layer_gradient(tap, leaf, p, p.x, layout=run_layout)
         grid = tuple(A.shape[-2:])
         if size is None:
             size = (min(H, SUPER * grid[0]), min(W, SUPER * grid[1]))
@@ -267,7 +267,7 @@ def augmented_gradcam(
             idx = torch.arange(a, b, device=dev)
             si, li = idx // L, idx % L
             xb = warp(p.x[si], th[li], padding)
-            A, G, _, _ = layer_gradient(tap, leaf, p, xb, classes[si], layout)
+            A, G, _, _ = layer_gradient(tap, leaf, p, xb, classes[si], run_layout)
             A, G = A.float(), G.float()
             cams[si, li] = torch.einsum("nk,nkhw->nhw", gradcam_weights(A, G), A).clamp_min(0)
             if progress:

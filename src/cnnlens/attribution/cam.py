@@ -152,21 +152,20 @@ def layer_gradients(
             )
     hw = tuple(xb.shape[-2:])
     As, Gs = [], []
-    for leaf, g in zip(
-        leaves, gs, strict=True
-    ):  # token and channels-last outputs as N×C×h×w (a linear map: G maps alike)
-        layout, prefix = grid_layout(
+    # token and channels-last outputs as N×C×h×w (a linear map: G maps alike)
+    for leaf, g in zip(leaves, gs, strict=True):
+        grid, prefix = grid_layout(
             leaf.A, tap.model, resolve_layer(tap.model, leaf.name)[1], hw, leaf.name, leaf.layout
         )
-        if layout != "nchw":
+        if grid != "nchw":
             log.info(
                 "layer %s: %s output read as an N×C×h×w grid%s",
                 leaf.name,
-                layout,
+                grid,
                 f" ({prefix} prefix token(s) dropped)" if prefix else "",
             )
-        As.append(to_grid(leaf.A.detach(), layout, prefix, hw).contiguous())
-        Gs.append(to_grid(g, layout, prefix, hw).contiguous())
+        As.append(to_grid(leaf.A.detach(), grid, prefix, hw).contiguous())
+        Gs.append(to_grid(g, grid, prefix, hw).contiguous())
     return (As, Gs), classes, s.detach()
 
 
@@ -526,9 +525,10 @@ def cam(
     name = layer_name(model, p, layer)
     order = _Order()
     if classifier is not None:
-        cls_name, lin = resolve_layer(model, classifier)
-        if not isinstance(lin, nn.Linear):
-            raise ValueError(_NO_HEAD.format(why=f"classifier {cls_name!r} is a {type(lin).__name__}, not nn.Linear"))
+        cls_name, head = resolve_layer(model, classifier)
+        if not isinstance(head, nn.Linear):
+            raise ValueError(_NO_HEAD.format(why=f"classifier {cls_name!r} is a {type(head).__name__}, not nn.Linear"))
+        lin = head
         edits = {}
     else:
         edits = {n: order.edit(n) for n, m in model.named_modules() if isinstance(m, nn.Linear)}
@@ -546,7 +546,9 @@ def cam(
         if not order.names:
             raise ValueError(_NO_HEAD.format(why="no nn.Linear layer ran in the forward pass"))
         cls_name = order.names[-1]
-        lin = dict(model.named_modules())[cls_name]
+        head = dict(model.named_modules())[cls_name]
+        assert isinstance(head, nn.Linear)  # order records nn.Linear layers only
+        lin = head
         log.info("CAM: pooled layer %s, classifier %s", name, cls_name)
     note = flat_note(model, p, name, A)
     A_dtype = A.dtype

@@ -229,8 +229,8 @@ def score_cam(
         raise ValueError("Score-CAM explains a class score; for a channel or neuron target use gradcam(...)")
     name = layer_name(model, p, layer)
     grid_as = check_layout(layout)
-    layout = Layout(model, p.x, channels_last)
-    tuner = Tuner(workload("score_cam", model, p.x), arms(p.x, given, layout.channels_last))
+    run_layout = Layout(model, p.x, channels_last)
+    tuner = Tuner(workload("score_cam", model, p.x), arms(p.x, given, run_layout.channels_last))
     with LayerTap(model, [name]) as tap, torch.no_grad():
         with tuner.threads():
             out = logits_of(tap.run(p.x))
@@ -254,7 +254,7 @@ def score_cam(
                 constant[i] = flat
                 if flat.any():
                     with tuner.threads():
-                        zero = layout.run(tap, torch.zeros_like(p.x[i : i + 1]))
+                        zero = run_layout.run(tap, torch.zeros_like(p.x[i : i + 1]))
                     scores[i, flat] = p.target.score(logits_of(zero), classes[i : i + 1])[0]
                 j = 0
                 while j < len(live):
@@ -262,7 +262,7 @@ def score_cam(
                     ks = live[j : j + arm.batch]
                     with tuner.timed(arm, len(ks)):
                         xb = p.x[i : i + 1] * masks[ks].unsqueeze(1)
-                        ob = logits_of(layout.run(tap, xb))
+                        ob = logits_of(run_layout.run(tap, xb))
                         scores[i, ks] = p.target.score(ob, classes[i].expand(len(ks)))
                     j += len(ks)
                     done += len(ks)

@@ -251,8 +251,9 @@ def parameter_layers(model: nn.Module, x: torch.Tensor) -> list[str]:
 def _reinit(module: nn.Module, seed: int, devices: list) -> None:
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
-        if hasattr(module, "reset_parameters"):
-            module.reset_parameters()
+        reset = getattr(module, "reset_parameters", None)
+        if reset is not None:
+            reset()
         else:
             with torch.no_grad():
                 for prm in module.parameters(recurse=False):

@@ -50,7 +50,7 @@ def guided_summary(mode: guided_relus, forwards: int = 1, what: str = "guided ba
             f"{what} changes the backward of ReLUs, but this model's forward applies none ({uses}); "
             "use saliency or gradcam"
         )
-    settings = {"guided_relus": mode.applied // forwards}
+    settings: dict[str, Any] = {"guided_relus": mode.applied // forwards}
     if skipped:
         note = skipped_note(skipped)
         settings["unguided_activations"] = skipped

@@ -473,6 +473,7 @@ class Traced:
         if n.op == "call_module":
             return self.modules[n.target](*args, **kwargs)
         if n.op == "call_function":
+            assert callable(n.target)  # a call_function node's target is the function
             return n.target(*args, **kwargs)
         if n.op == "call_method":
             self_obj, *rest = args

@@ -150,13 +150,13 @@ def _ssim(a: torch.Tensor, b: torch.Tensor) -> float:
         "data", "skimage.metrics", what="occlusion's check=True (SSIM)"
     ).structural_similarity
 
-    a, b = a.double().cpu().numpy(), b.double().cpu().numpy()
-    rng = float(b.max() - b.min()) or 1.0
-    win = min(7, *a.shape)
+    an, bn = a.double().cpu().numpy(), b.double().cpu().numpy()
+    rng = float(bn.max() - bn.min()) or 1.0
+    win = min(7, *an.shape)
     win -= 1 - win % 2
     if win < 3:
-        raise ValueError(f"check=True needs maps of at least 3×3 pixels for SSIM, got {tuple(a.shape)}")
-    return float(structural_similarity(a, b, data_range=rng, win_size=win))
+        raise ValueError(f"check=True needs maps of at least 3×3 pixels for SSIM, got {tuple(an.shape)}")
+    return float(structural_similarity(an, bn, data_range=rng, win_size=win))
 
 
 #: window positions per batch on the incremental path (a layer's boxes for this many positions are one tensor)

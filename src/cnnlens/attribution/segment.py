@@ -88,7 +88,7 @@ def segment(
 
     img = (x.detach().float().cpu().clamp(0, 1) * 255).round().to(torch.uint8)
     img = img.expand(-1, 3, -1, -1) if img.shape[1] == 1 else img
-    img = img.permute(0, 2, 3, 1).numpy()[..., ::-1]  # OpenCV's BGR
+    bgr = img.permute(0, 2, 3, 1).numpy()[..., ::-1]  # OpenCV's BGR
     out = np.zeros(tuple(a.shape), dtype=bool)
     for i, m in enumerate(a.numpy()):
         hi, lo = np.quantile(m, foreground), np.quantile(m, background)
@@ -100,7 +100,7 @@ def segment(
         mask[bg] = cv2.GC_BGD
         cv2.setRNGSeed(int(seed))
         bgd, fgd = np.zeros((1, 65), np.float64), np.zeros((1, 65), np.float64)
-        cv2.grabCut(np.ascontiguousarray(img[i]), mask, None, bgd, fgd, iterations, cv2.GC_INIT_WITH_MASK)
+        cv2.grabCut(np.ascontiguousarray(bgr[i]), mask, None, bgd, fgd, iterations, cv2.GC_INIT_WITH_MASK)
         obj = (mask == cv2.GC_FGD) | (mask == cv2.GC_PR_FGD)
         if largest and obj.any():
             lab = label(obj, connectivity=2)

@@ -191,7 +191,9 @@ def demo_section(report, ctx) -> None:
     searches = [SearchAccumulator(dm, l, k=k, input_size=hw) for l in layers]
     stats = [StatsAccumulator(f"net.{l}", default_edges(dm, data, f"net.{l}", 30), num_classes=10) for l in layers]
     inf_data = torch.utils.data.Subset(data, range(min(len(data), 120 if not q else 16)))
-    results = scan(dm, data, searches + stats, batch_size=64, progress=lambda d_, t: prog("inside: digits scan", d_, t))
+    results = scan(
+        dm, data, [*searches, *stats], batch_size=64, progress=lambda d_, t: prog("inside: digits scan", d_, t)
+    )
     (inf,) = scan(
         dm,
         inf_data,

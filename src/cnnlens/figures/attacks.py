@@ -94,13 +94,13 @@ def gallery_figure(r: RobustnessResult, max_items: int = 6):
             axes[1, c], g["x_adv"], f"→ {nm(g['pred_adv'])}  ε={g['eps'] * scale:.3g}{'/255' if scale == 255 else ''}"
         )
         show_image(axes[2, c], 0.5 + d / (2 * m), f"×{0.5 / m:.0f}")
-        for r, key in ((3, "saliency_before"), (4, "saliency_after")):
+        for row, key in ((3, "saliency_before"), (4, "saliency_after")):
             s = g[key]
-            axes[r, c].imshow(s.numpy(), cmap="inferno")
-            axes[r, c].set_axis_off()
-    for r, name in enumerate(rows):
-        axes[r, 0].text(
-            -0.08, 0.5, name, transform=axes[r, 0].transAxes, rotation=90, ha="right", va="center", fontsize=8
+            axes[row, c].imshow(s.numpy(), cmap="inferno")
+            axes[row, c].set_axis_off()
+    for row, name in enumerate(rows):
+        axes[row, 0].text(
+            -0.08, 0.5, name, transform=axes[row, 0].transAxes, rotation=90, ha="right", va="center", fontsize=8
         )
     fig.tight_layout()
     return fig

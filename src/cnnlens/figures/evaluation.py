@@ -61,12 +61,12 @@ def confusion_figure(result: EvaluationResult, normalized: bool = False, max_cla
     if len(idx) < K and bool((other > 1e-12).any()):
         M = torch.cat([M, other[:, None]], 1)
         xlabels.append("other classes")
-    M = M.numpy()
+    Mn = M.numpy()
     m = len(idx)
     side = max(4.0, 0.42 * m + 2.2)
     fig, ax = subplots(figsize=(side + 0.8, side))
-    vmax = 1.0 if normalized else max(1.0, float(M.max()))
-    im = ax.imshow(M, cmap="Blues", vmin=0, vmax=vmax)
+    vmax = 1.0 if normalized else max(1.0, float(Mn.max()))
+    im = ax.imshow(Mn, cmap="Blues", vmin=0, vmax=vmax)
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.03, label="fraction of the true class" if normalized else "count")
     long = max(map(len, xlabels)) > 3
     tfs = 10 if m <= 10 else 8
@@ -79,7 +79,7 @@ def confusion_figure(result: EvaluationResult, normalized: bool = False, max_cla
     fs = 9 if m <= 10 else 7 if m <= 16 else 6
     for i in range(m):
         for j in range(len(xlabels)):
-            v = M[i, j]
+            v = Mn[i, j]
             txt = f"{v:.2f}" if normalized else f"{int(v)}"
             if v == 0 or txt == "0.00":
                 continue

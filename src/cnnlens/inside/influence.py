@@ -212,7 +212,7 @@ def measure(
         base = score.detach()
     if tick is not None:
         tick(len(x))
-    out = {
+    out: dict[str, Any] = {
         "gradient": g.mean((2, 3))[:, list(chans)].double().sum(0).cpu(),
         "taylor": (a * g).sum((2, 3))[:, list(chans)].double().sum(0).cpu(),
     }

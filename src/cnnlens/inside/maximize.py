@@ -324,6 +324,7 @@ class _Objectives:
 
         def fn(c: _Ctx):
             r = c.logits if layer is None else c.acts[layer]
+            assert r is not None  # the objective asks for the logits (needs_logits) when it reads them
             t = target.to(r.device)
             if t.shape != r.shape:
                 t = t.expand_as(r) if t.dim() < r.dim() or t.shape[0] == 1 else t

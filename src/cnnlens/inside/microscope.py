@@ -802,8 +802,8 @@ def class_influence(
     return ClassInfluence(
         name,
         cls,
-        (tay / m).float() if taylor else None,
-        (abl / m).float() if ablation else None,
+        (tay / m).float() if tay is not None else None,  # tay is set exactly when taylor, abl when ablation
+        (abl / m).float() if abl is not None else None,
         seen,
         settings={"ablation": ablation, "taylor": taylor, "channels": chans},
     )

@@ -108,10 +108,10 @@ def faithfulness_correlation(
     flat = x_c.reshape(n, -1)
     for s0, s1 in chunks(total, bs):
         k = torch.arange(s0, s1, device=x_c.device)
-        r, i = k // n, k % n
-        xb = flat[i].clone()
-        xb.scatter_(1, idx_t[r, i], fill[i].view(-1, 1).expand(-1, subset_size).to(xb.dtype))
-        pert[s0:s1] = class_scores(model, xb.view(-1, C, H, W), classes[i], bs)
+        run, row = k // n, k % n
+        xb = flat[row].clone()
+        xb.scatter_(1, idx_t[run, row], fill[row].view(-1, 1).expand(-1, subset_size).to(xb.dtype))
+        pert[s0:s1] = class_scores(model, xb.view(-1, C, H, W), classes[row], bs)
         if progress:
             progress(s1, total)
     deltas = (base_scores.view(1, n) - pert.view(runs, n)).T  # n × runs, float32 as Quantus

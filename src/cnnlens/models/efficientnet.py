@@ -109,7 +109,7 @@ def build(num_classes: int | None = None, bundled_weights: bool = True) -> nn.Mo
         net.load_state_dict(_timm_state_dict(net.state_dict()))
     for m in net.modules():
         if getattr(m, "inplace", False) is True:
-            m.inplace = False
+            m.inplace = False  # type: ignore[assignment]  # torch types Module.__setattr__ for tensors and modules only
     return net.eval()
 
 

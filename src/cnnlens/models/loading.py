@@ -358,7 +358,7 @@ def _no_inplace(net: nn.Module) -> None:
     """Switch off in-place activations in a library-built network (same outputs, safe recordings)."""
     for m in net.modules():
         if getattr(m, "inplace", False) is True:
-            m.inplace = False
+            m.inplace = False  # type: ignore[assignment]  # torch types Module.__setattr__ for tensors and modules only
 
 
 # --------------------------------------------------------------------------- user code

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import torch
 from torch import nn
@@ -59,7 +60,7 @@ class ModelSpec:
             "data": "the data's folder names",
         }.get(self.extra.get("class_names_from", ""), "")
         shown = ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")
-        out = {"model": self.name}
+        out: dict[str, Any] = {"model": self.name}
         if self.extra.get("architecture"):
             out["architecture"] = self.extra["architecture"]
         out["weights"] = self.extra.get("weights", "unknown")
