@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import socket
 from pathlib import Path
+from typing import Annotated
 
 import typer
 
@@ -34,6 +35,29 @@ def _check_port(host: str, port: int) -> None:
             raise UserError(f"cannot listen on {host}:{port} ({e.strerror}); choose another --port") from None
 
 
+#: explore's own options
+ExploreHost = Annotated[str, typer.Option("--host", help="Address to listen on (0.0.0.0 opens it to the network).")]
+ExplorePort = Annotated[int, typer.Option("--port", min=0, max=65535, help="Port to listen on.")]
+ExploreCache = Annotated[
+    Path,
+    typer.Option("--cache", help="Cache folder for the scan and the explanations (default ~/.cache/cnnlens/explore)."),
+]
+ExploreScanOnly = Annotated[bool, typer.Option("--scan-only", help="Fill the store and exit (works under torchrun).")]
+ExploreExport = Annotated[
+    Path | None,
+    typer.Option(
+        "--export",
+        help="Write the overview and the most confused cells' galleries as static pages into this folder, then exit.",
+    ),
+]
+ExploreCells = Annotated[
+    int, typer.Option("--cells", min=1, help="With --export: how many of the most confused cells.")
+]
+ExploreBatchSize = Annotated[
+    int, typer.Option("--batch-size", "-b", min=1, help="Images per forward pass of the scan.")
+]
+
+
 @app.command()
 @model_options
 def explore(
@@ -43,20 +67,14 @@ def explore(
     weights: Weights = None,
     pretrained: Pretrained = False,
     trust_pickle: TrustPickle = False,
-    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (0.0.0.0 opens it to the network)."),
-    port: int = typer.Option(8765, "--port", min=0, max=65535, help="Port to listen on."),
-    cache: Path = typer.Option(
-        None, "--cache", help="Cache folder for the scan and the explanations (default ~/.cache/cnnlens/explore)."
-    ),
-    scan_only: bool = typer.Option(False, "--scan-only", help="Fill the store and exit (works under torchrun)."),
-    export: Path | None = typer.Option(
-        None,
-        "--export",
-        help="Write the overview and the most confused cells' galleries as static pages into this folder, then exit.",
-    ),
-    cells: int = typer.Option(6, "--cells", min=1, help="With --export: how many of the most confused cells."),
+    host: ExploreHost = "127.0.0.1",
+    port: ExplorePort = 8765,
+    cache: ExploreCache = None,
+    scan_only: ExploreScanOnly = False,
+    export: ExploreExport = None,
+    cells: ExploreCells = 6,
     force: Force = False,
-    batch_size: int = typer.Option(64, "--batch-size", "-b", min=1, help="Images per forward pass of the scan."),
+    batch_size: ExploreBatchSize = 64,
     device: Device = "cpu",
 ) -> None:
     """A local web app from the confusion matrix to the explanation of each sample.
@@ -71,53 +89,60 @@ def explore(
     from ..extras import require
 
     require("explore", what="cnnlens explore")  # before any work: the pages need Starlette, the server uvicorn
-    from ..explore.service import Explorer
-    from ..explore.store import build_store, scan_dataset
+    from ..explore.store import scan_dataset
 
     cache = (cache or default_cache()).expanduser()
     if cache.exists() and not cache.is_dir():
         raise UserError(f"--cache {cache} is a file; give a folder")
-    target = (
-        out_dir(export, force, data, weights, option="--export") if export is not None else None
-    )  # checked before any work
+    # checked before any work
+    export_to = out_dir(export, force, data, weights, option="--export") if export is not None else None
     with distributed(device) as (rank, world, dev):
         if world > 1 and not scan_only:
             raise UserError("under torchrun only --scan-only runs (the server is one process); add --scan-only")
         m = load_model_from_options(model, weights, pretrained, trust_pickle, dev)
         ds = scan_dataset(data, m)
         if scan_only or export is not None:
-            try:
-                with progress_bar(f"scanning {data} with {model}", total=len(ds), rank=rank, world=world) as update:
-                    store = build_store(m, data, cache, batch_size=batch_size, device=dev, progress=update, dataset=ds)
-            except KeyboardInterrupt:
-                console.print(
-                    f"interrupted: the scan's finished chunks are kept in {cache}; run the same command "
-                    "again to resume it",
-                    highlight=False,
-                )
-                raise SystemExit(130) from None
-            if rank != 0:
-                return
-            r = store.evaluation()
-            acc = "   ".join(f"top-{k}: {v:.2%}" for k, v in r.topk_accuracy.items())
-            console.print(f"{r.n} samples, {r.num_classes} classes   {acc}", highlight=False)
-            console.print(f"store: {store.path}", highlight=False)
-            if export is None:
-                return
-            ex = Explorer(m, data, cache, batch_size=batch_size, device=dev, data_label=data)
-            ex.store = store
-            try:
-                from ..explore.export import export as run_export
-
-                with progress_bar("drawing the galleries") as update:
-                    index = run_export(
-                        ex, target.path, cells=cells, progress=update, force=force, protect=target.protect
-                    )
-            finally:
-                ex.close()
-            console.print(f"wrote {index}", highlight=False)
+            store = _scan(m, model, data, ds, cache, batch_size, dev, rank, world)
+            if rank == 0 and export is not None:
+                _export(m, data, cache, store, export_to, cells, batch_size, dev, force)
             return
         serve(m, data, ds, cache, host, port, batch_size, dev)
+
+
+def _scan(m, model: str, data: str, ds, cache: Path, batch_size: int, device: str, rank: int, world: int):
+    """Fill the store (resuming a stopped scan) and, on rank 0, print the accuracy and where the store is."""
+    from ..explore.store import build_store
+
+    try:
+        with progress_bar(f"scanning {data} with {model}", total=len(ds), rank=rank, world=world) as update:
+            store = build_store(m, data, cache, batch_size=batch_size, device=device, progress=update, dataset=ds)
+    except KeyboardInterrupt:
+        console.print(
+            f"interrupted: the scan's finished chunks are kept in {cache}; run the same command again to resume it",
+            highlight=False,
+        )
+        raise SystemExit(130) from None
+    if rank == 0:
+        r = store.evaluation()
+        acc = "   ".join(f"top-{k}: {v:.2%}" for k, v in r.topk_accuracy.items())
+        console.print(f"{r.n} samples, {r.num_classes} classes   {acc}", highlight=False)
+        console.print(f"store: {store.path}", highlight=False)
+    return store
+
+
+def _export(m, data: str, cache: Path, store, target, cells: int, batch_size: int, device: str, force: bool) -> None:
+    """Write the overview and the most confused cells' galleries as static pages into ``target``."""
+    from ..explore.export import export as run_export
+    from ..explore.service import Explorer
+
+    ex = Explorer(m, data, cache, batch_size=batch_size, device=device, data_label=data)
+    ex.store = store
+    try:
+        with progress_bar("drawing the galleries") as update:
+            index = run_export(ex, target.path, cells=cells, progress=update, force=force, protect=target.protect)
+    finally:
+        ex.close()
+    console.print(f"wrote {index}", highlight=False)
 
 
 def serve(m, data: str, ds, cache: Path, host: str, port: int, batch_size: int, device: str) -> None:
