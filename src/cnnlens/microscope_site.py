@@ -459,7 +459,8 @@ def _write(model, data, pre: Precomputed, root: Path, model_name, data_name, cla
         data_json["layers"][name] = {"shape": list(ls.shape), "rf": jsonable(ls.rf), "channels": cards}
     # building-block pages: one per sample, every layer's grid clickable
     for s in samples:
-        i = s["i"]
+        assert pre.samples is not None  # the precompute draws the sample images
+        i = int(s["i"])
         blocks = []
         for name, bb in pre.blocks.items():
             if bb is None:

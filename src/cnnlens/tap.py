@@ -431,7 +431,7 @@ class LayerTap:
     def grad(self, score: torch.Tensor, layers: LayerRef | list[LayerRef], retain_graph: bool = False):
         """Gradient of ``score.sum()`` with respect to the recorded output(s) of ``layers``."""
         single = not isinstance(layers, list)
-        acts = [self[l] for l in ([layers] if single else layers)]
+        acts = [self[l] for l in (layers if isinstance(layers, list) else [layers])]
         for a in acts:
             if not a.requires_grad:
                 raise ValueError(

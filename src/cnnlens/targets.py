@@ -169,6 +169,7 @@ class Target:
         if self.kind == "rank":
             return logits.detach().topk(self.index + 1, dim=1).indices[:, self.index]
         if self.kind == "true":
+            assert labels is not None  # validate() refuses a "true" target without labels
             return labels.to(device=logits.device, dtype=torch.long).reshape(-1)
         raise TargetError(f"a {self.kind} target does not select a class; use it with a layer objective")
 

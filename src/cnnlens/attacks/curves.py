@@ -197,8 +197,8 @@ class RobustnessAccumulator:
             )
         k = logits.shape[1]
         self._init(k)
-        if self.class_names is None and getattr(getattr(model, "spec", None), "class_names", None):
-            self.class_names = tuple(model.spec.class_names)
+        if self.class_names is None and (names := getattr(getattr(model, "spec", None), "class_names", None)):
+            self.class_names = tuple(names)
         n = len(y)
         yc = y.cpu()
         self.n += n
@@ -311,6 +311,7 @@ class RobustnessAccumulator:
         if self.n == 0:
             raise ValueError("the robustness scan saw no samples; check that the dataset is not empty")
         k = self.num_classes
+        assert self.support is not None and self.clean_class_correct is not None  # a sample was seen
 
         def frac(num, den):
             return torch.where(

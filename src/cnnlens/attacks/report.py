@@ -198,8 +198,9 @@ def add_attack_section(
     qpred = quantized_predictions(model, r)
     norm = r.settings.get("norm", "inf")
     rows, data = [], {}
-    p0 = r.logits_before.float().softmax(1)
-    p1 = r.logits_after.float().softmax(1)
+    p0 = r.probabilities(after=False)
+    p1 = r.probabilities(after=True)
+    assert r.classes is not None  # cnnlens's attacks record each image's goal class
     for i, nm in enumerate(names):
         c0, c1, goal = int(r.pred_before[i]), int(r.pred_after[i]), int(r.classes[i])
         rows.append(
@@ -277,6 +278,7 @@ def add_attack_run_section(report, model, run: AttackRun, *, settings: dict | No
     r, names, x = run.result, run.names, run.images
     sec = add_attack_section(report, model, x, names, r, title=f"{ATTACK_TITLES[run.method]} attack", settings=settings)
     q = quantized_predictions(model, r)
+    assert r.classes is not None  # cnnlens's attacks record each image's goal class
     summary = {}
     for i, nm in enumerate(names):
         report.file(f"{nm}/original.png", png(x[i]))

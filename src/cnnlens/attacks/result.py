@@ -89,11 +89,15 @@ class AttackResult(Result):
         m = d.flatten(1).abs().amax(1).clamp_min(1e-12).view(-1, *([1] * (d.dim() - 1)))
         return (0.5 + d / (2 * m)).clamp(0, 1)
 
-    def topk(self, k: int = 5, after: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-        """(probabilities, classes) of the top-k on ``x_adv`` (``after=True``) or on ``x``; each N×k."""
+    def probabilities(self, after: bool = True) -> torch.Tensor:
+        """N×K class probabilities (softmax of the logits, float32) on ``x_adv`` (``after=True``) or on ``x``."""
         logits = self.logits_after if after else self.logits_before
         if logits is None:
             raise ValueError("this result carries no logits; run the attack through cnnlens.attacks")
-        p = logits.float().softmax(1)
+        return logits.float().softmax(1)
+
+    def topk(self, k: int = 5, after: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        """(probabilities, classes) of the top-k on ``x_adv`` (``after=True``) or on ``x``; each N×k."""
+        p = self.probabilities(after)
         v, i = p.topk(min(k, p.shape[1]), dim=1)
         return v, i

@@ -164,6 +164,7 @@ def layer_gradients(
                 grid,
                 f" ({prefix} prefix token(s) dropped)" if prefix else "",
             )
+        assert leaf.A is not None  # checked after the forward above
         As.append(to_grid(leaf.A.detach(), grid, prefix, hw).contiguous())
         Gs.append(to_grid(g, grid, prefix, hw).contiguous())
     return (As, Gs), classes, s.detach()
@@ -518,10 +519,10 @@ def cam(
     if not p.target.is_class:
         raise ValueError("CAM explains a class; for a channel or neuron target use gradcam(model, x, target=...)")
     spec = getattr(model, "spec", None)
-    if layer is None and getattr(spec, "pooled_layer", None):
-        layer = spec.pooled_layer
-    if classifier is None and getattr(spec, "classifier", None):
-        classifier = spec.classifier
+    if layer is None and (pooled := getattr(spec, "pooled_layer", None)):
+        layer = pooled
+    if classifier is None and (head_name := getattr(spec, "classifier", None)):
+        classifier = head_name
     name = layer_name(model, p, layer)
     order = _Order()
     if classifier is not None:

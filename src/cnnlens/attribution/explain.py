@@ -179,7 +179,8 @@ def run_methods(
             progress(name, i, len(methods))
         t0 = time.perf_counter()
         try:
-            out[name] = fn(model, x, target=target, **kw)
+            e_ok = fn(model, x, target=target, **kw)
+            out[name] = e_ok
         except ValueError as e:
             log.warning("%s does not apply: %s", name, e)
             _log_cause(name, e)
@@ -191,7 +192,7 @@ def run_methods(
             _log_cause(name, e)
             out[name] = ValueError(str(e).splitlines()[0] if str(e) else type(e).__name__)
         else:
-            out[name].extras["seconds"] = round(time.perf_counter() - t0, 3)
+            e_ok.extras["seconds"] = round(time.perf_counter() - t0, 3)
     return out
 
 

@@ -340,7 +340,7 @@ def _inplace(node: fx.Node, mod: nn.Module | None) -> bool:
     if node.op == "call_module":
         return bool(getattr(mod, "inplace", False))
     if node.op == "call_method":
-        return node.target.endswith("_")
+        return isinstance(node.target, str) and node.target.endswith("_")  # a method node's target is its name
     if node.op == "call_function":
         return node.target in _INPLACE_FUNCTIONS or bool(node.kwargs.get("inplace", False))
     return False

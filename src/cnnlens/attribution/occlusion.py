@@ -475,10 +475,10 @@ def _incremental(
                 raise Unsupported("the traced model's output differs from the model's")
             ci = classes[i : i + 1]
             s0[i] = p.target.score(o, ci).float()[0]
-            if is_class:
+            if p0 is not None:  # is_class
                 p0[i] = o.float().softmax(1)[0, ci[0]]
             fi = filled[i : i + 1] if per_sample_fill else filled
-            img = _Clean(xi, fi, env, ci, s0[i], p0[i] if is_class else s0[i], stats)
+            img = _Clean(xi, fi, env, ci, s0[i], p0[i] if p0 is not None else s0[i], stats)
             if approx is None:
                 d, q = run.grid(img, rows, cols)
                 computed += P

@@ -154,7 +154,7 @@ def explain_settings(
     """The settings that ran: the layer each CAM-family method read (named, also when chosen automatically),
     each method's own settings as it ran, the faithfulness curves."""
     out = {"model": model, "images": n, "target": target, "methods": ", ".join(title_of(k) for k in chosen)}
-    layers = {k: e.layer for k, e in ok.items() if (lookup(k) and lookup(k).layered) and e.layer}
+    layers = {k: e.layer for k, e in ok.items() if (m := lookup(k)) is not None and m.layered and e.layer}
     if layers:
         used = sorted(set(layers.values()))
         how = "given with --layer" if layer else "chosen automatically: the last spatial layer"

@@ -80,7 +80,7 @@ def demo_section(report, ctx) -> None:
     sec = report.sections[-1]
     found = [i for i in range(len(names)) if torch.isfinite(r_eff.eps[i]) and float(r_eff.eps[i]) > 0]
     if found:
-        p = r_eff.logits_before.float().softmax(1)
+        p = r_eff.probabilities(after=False)
         top2 = p.topk(2, dim=1).values
         lo_i = min(found, key=lambda i: float(r_eff.eps[i]))
         hi_i = max(found, key=lambda i: float(r_eff.eps[i]))

@@ -39,8 +39,8 @@ def attack_figure(x: torch.Tensor, r: AttackResult, names: Sequence[str], class_
     """One row per image: original (top class, p), adversarial (top class, p), amplified perturbation."""
     n = len(r)
     fig, axes = subplots(n, 3, figsize=(3 * size, n * (size + 0.35)), squeeze=False)
-    p0 = r.logits_before.float().softmax(1)
-    p1 = r.logits_after.float().softmax(1)
+    p0 = r.probabilities(after=False)
+    p1 = r.probabilities(after=True)
     amp = r.amplified()
     norm = r.settings.get("norm", "inf")
     for i in range(n):

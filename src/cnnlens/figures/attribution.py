@@ -176,9 +176,8 @@ def method_figure(
 
 
 def _unit(e: Explanation, shared: bool) -> str:
-    return (
-        "fraction of the largest |value|" if shared else (lookup(e.method).unit if lookup(e.method) else "attribution")
-    )
+    method = lookup(e.method)
+    return "fraction of the largest |value|" if shared else (method.unit if method else "attribution")
 
 
 def probability_panel(ax, e: Explanation, i: int) -> None:

@@ -89,6 +89,7 @@ class Influence(Result):
 def _score(target: Target, tap: LayerTap, logits, classes: torch.Tensor | None) -> torch.Tensor:
     if target.is_class:
         return target.score(logits, classes)
+    assert target.layer is not None  # a channel or neuron target names its layer
     return target.layer_score(tap[target.layer])
 
 
@@ -324,6 +325,7 @@ def influence(
         device=device,
         tick=tick,
     )
+    assert second.ablation is not None  # asked for with ablation=True
     abl = torch.full((len(first.channels),), float("nan"), dtype=second.ablation.dtype)
     for i, c in enumerate(second.channels):
         abl[first.channels.index(c)] = second.ablation[i]

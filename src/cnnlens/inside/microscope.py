@@ -684,7 +684,9 @@ class ClassInfluence(Result):
         """The n classes whose score the channel raises most: (class, drop when zeroed, or a·∂y/∂a)."""
         chans = self.settings.get("channels")
         col = chans.index(channel) if chans is not None else channel
-        v = (self.ablation if self.ablation is not None else self.taylor)[:, col]
+        scores = self.ablation if self.ablation is not None else self.taylor
+        assert scores is not None  # class_influence computes at least one of them
+        v = scores[:, col]
         order = torch.sort(v, descending=True, stable=True).indices[:n]
         return [(self.classes[i], float(v[i])) for i in order.tolist()]
 
@@ -737,6 +739,7 @@ def class_influence(
     for s0 in range(0, len(x), batch_size):
         xb = x[s0 : s0 + batch_size].to(dev)
         if skip:  # the plain forward is known: only the ablated ones run
+            assert channels is not None and logits is not None  # what skip requires
             chans = [int(c) for c in channels]
             if cls is None:
                 K = logits.shape[1]
@@ -753,6 +756,7 @@ def class_influence(
                     with LayerTap(model, [], edits={name: _zeroing(name, part, n)}) as tap2:
                         l2 = tap2.run(xb.repeat(len(part), *[1] * (xb.dim() - 1)))[:, list(cls)]
                     drop = base.unsqueeze(0) - l2.view(len(part), n, len(cls))  # part × n × classes
+                    assert abl is not None  # allocated with the classes above
                     abl[:, q : q + len(part)] += drop.sum(1).t().double().cpu()
                     step(total)
             seen += len(xb)
@@ -776,12 +780,14 @@ def class_influence(
                 abl = torch.zeros(len(cls), len(chans), dtype=torch.float64) if ablation else None
             total = batches * ((len(cls) if taylor else 0) + (math.ceil(len(chans) / chunk) if ablation else 0))
             if taylor:
+                assert tay is not None  # allocated with the classes when taylor
                 for r, c in enumerate(cls):
                     (g,) = torch.autograd.grad(logits[:, c].sum(), a, retain_graph=r + 1 < len(cls))
                     tay[r] += (a.detach() * g).sum((2, 3))[:, chans].double().sum(0).cpu()
                     step(total)
             base = logits.detach()[:, list(cls)]
         if ablation:
+            assert abl is not None  # allocated with the classes when ablation
             n = len(xb)
             with torch.no_grad():
                 for q in range(0, len(chans), chunk):

@@ -442,6 +442,7 @@ def _measured(model, name, c, size, samples, seed, dev, probe_max) -> ReceptiveF
         if not touches or attempt == 2 or max(hw) >= probe_max:
             break
         hw = tuple(min(2 * s, probe_max) for s in hw)
+    assert box is not None  # the loop raised otherwise
     if box == (0, 0, hw[0], hw[1]):
         return ReceptiveField(name, hw, hw, (0, 0), hw, grid, True, method="measured")
     nxt = boxes[1] or box

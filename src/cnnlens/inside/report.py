@@ -411,18 +411,23 @@ def guided_for(model, x, p) -> torch.Tensor | None:
 
     outs = []
     for i in range(x.shape[0]):
-        if p.positions is None:
+        positions = p.positions
+        if positions is None:
             t = Target.channel(p.layer, p.channel)
         else:
-            t = Target.neuron(p.layer, p.channel, *p.positions[i].tolist())
-        outs.append(guided_backprop(model, x[i : i + 1], t, reduce="none").raw[0])
+            t = Target.neuron(p.layer, p.channel, *positions[i].tolist())
+        raw = guided_backprop(model, x[i : i + 1], t, reduce="none").raw
+        assert raw is not None  # reduce="none" keeps the per-channel gradients
+        outs.append(raw[0])
     return torch.stack(outs)
 
 
 def add_deconv(sec, model, x, projections, labels=None, with_guided: bool = True) -> bytes:
-    guided = [guided_for(model, x, p) for p in projections] if with_guided else None
-    if guided is not None and any(g is None for g in guided):
-        guided = None
+    guided: list[torch.Tensor] | None = None
+    if with_guided:
+        found = [guided_for(model, x, p) for p in projections]
+        if all(g is not None for g in found):
+            guided = [g for g in found if g is not None]
     img = png(deconv_figure(x, projections, guided, labels))
     what = " next to guided backprop of the same unit" if guided is not None else ""
     sec.figure(

@@ -251,7 +251,7 @@ class SearchAccumulator:
         idx = batch.index.cpu().long().view(1, n).expand(C, n)
         st = self._state
         m = 0 if st is None else st["values"].shape[1]
-        if m == self.k and not bool((vals >= st["values"][:, -1:]).any()):
+        if st is not None and m == self.k and not bool((vals >= st["values"][:, -1:]).any()):
             return  # no image reaches a channel's k-th best (ties go by dataset index, so ≥)
         cand_v = vals if st is None else torch.cat([st["values"], vals], 1)
         cand_i = idx if st is None else torch.cat([st["indices"], idx], 1)
@@ -327,16 +327,19 @@ class SearchAccumulator:
             self._prune()
 
     def _prune(self) -> None:
+        assert self._state is not None  # called after an update or a merge
         alive = set(self._state["indices"].flatten().tolist())
         self._images.keep(alive)
 
     def _ranked_crops(self) -> torch.Tensor | None:
         """C×k'×Cin×h×w patches in rank order."""
         st = self._state
+        assert st is not None  # called once images were seen
         C, k2 = st["values"].shape
         if self._mode == "none":
             return None
         if self._mode == "crop":
+            assert self._crops_store is not None  # allocated with the first crops
             return self._crops_store[torch.arange(C).view(-1, 1), st["slot"]]
         keys = st["indices"].flatten()
         uniq, inv = torch.unique(keys, return_inverse=True)
@@ -517,6 +520,7 @@ class _ImageStore:
             self.free.append(self.row.pop(key))
 
     def get(self, keys: list[int]) -> torch.Tensor:
+        assert self.data is not None  # images were added
         return self.data[torch.tensor([self.row[k] for k in keys], dtype=torch.long)]
 
     def update(self, other: _ImageStore) -> None:

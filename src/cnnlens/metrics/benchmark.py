@@ -306,11 +306,15 @@ def _score(
     from ..attribution import deletion, insertion
 
     boxes, masks = (truth.boxes, truth.masks) if truth is not None else (None, None)
+    # benchmark() drops the metrics that need a ground truth when there is none
     if k == "localisation_iou":
+        assert truth is not None
         return localisation_iou(e, truth.box_list, **s)
     if k == "localisation_accuracy":
+        assert truth is not None
         return localisation_accuracy(e, truth.box_list, **s)
     if k == "segmentation_iou":
+        assert truth is not None
         return segmentation_iou(e, x, truth.objects, **s)
     if k == "pointing_game":
         return pointing_game(e, boxes, masks=masks)
