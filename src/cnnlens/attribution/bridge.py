@@ -284,6 +284,48 @@ def captum(
     p = prepare(model, x, target, y, name)
     if not p.target.is_class:
         raise ValueError(f"{name} explains a class; give a class target (an index, 'predicted', 'second', ...)")
+    init_kw, layer_name = _init_arguments(cls, model, layer, kwargs)
+    settings: dict[str, Any] = {"captum_class": cls.__name__, "reduce": reduce}
+    shared = _default_inputs(cls, p, blocks, kwargs, settings)
+    settings.update(
+        {
+            k: v
+            for k, v in {**init_kw, **kwargs}.items()
+            if k not in ("baselines", "feature_mask", "layer") and isinstance(v, (int, float, str, bool, tuple))
+        }
+    )
+    if layer_name:
+        settings["layer"] = layer_name
+    out, classes, check = _attribute(cls, model, p, layer_name, init_kw, kwargs, settings)
+    delta = None
+    if (
+        isinstance(out, tuple)
+        and len(out) == 2
+        and torch.is_tensor(out[0])
+        and torch.is_tensor(out[1])
+        and kwargs.get("return_convergence_delta")
+    ):
+        out, delta = out
+    if isinstance(out, tuple):
+        out = out[0]
+    a = out.detach().float()
+    if a.dim() == 4 and a.shape[0] == p.n:
+        maps = a.mean(1) if shared else reduce_channels(a, reduce)
+    elif a.dim() == 3 and a.shape[0] == p.n:
+        maps = a
+    else:
+        raise ValueError(
+            f"{cls.__name__} returned attributions of shape {tuple(a.shape)}, not N×C×H×W; "
+            "use an attribution method for the input or a layer"
+        )
+    maps = upsample(maps, p.size)
+    extras = {**check, **({} if delta is None else {"delta": delta})}
+    return finish(p, maps, name, classes, layer=layer_name, settings=settings, raw=a, extras=extras)
+
+
+def _init_arguments(cls: type[Any], model: nn.Module, layer: Any, kwargs: dict) -> tuple[dict, str | None]:
+    """The keyword arguments of ``cls``'s constructor, taken out of ``kwargs`` (the rest must be ``attribute``'s),
+    with a layer method's layer; and the layer's name (None for an input method)."""
     init_params = inspect.signature(cls.__init__).parameters
     attr_params = inspect.signature(cls.attribute).parameters
     init_kw = {
@@ -303,7 +345,14 @@ def captum(
         layer_name, init_kw["layer"] = resolve_layer(model, layer)
     elif layer is not None:
         raise ValueError(f"{cls.__name__} takes no layer; drop layer= (or use a Layer* class)")
-    settings: dict[str, Any] = {"captum_class": cls.__name__, "reduce": reduce}
+    return init_kw, layer_name
+
+
+def _default_inputs(cls: type[Any], p, blocks: int, kwargs: dict, settings: dict) -> bool:
+    """Fill in ``kwargs``' baselines (a fill name or number in pixel units; black and grey images where the
+    method needs some) and feature mask (``blocks``×``blocks`` squares), noting them in ``settings``; check that
+    nothing ``attribute`` needs is missing. True if each feature spans every channel (the map takes their mean)."""
+    attr_params = inspect.signature(cls.attribute).parameters
     b = kwargs.get("baselines", _NO_DEFAULT)
     if isinstance(b, (str, int, float)) and not isinstance(b, bool):
         settings["baselines"] = b
@@ -333,15 +382,14 @@ def captum(
     ]
     if missing:
         raise ValueError(f"{cls.__name__}.attribute needs {', '.join(missing)}; pass it as a keyword argument")
-    settings.update(
-        {
-            k: v
-            for k, v in {**init_kw, **kwargs}.items()
-            if k not in ("baselines", "feature_mask", "layer") and isinstance(v, (int, float, str, bool, tuple))
-        }
-    )
-    if layer_name:
-        settings["layer"] = layer_name
+    return shared
+
+
+def _attribute(
+    cls: type[Any], model: nn.Module, p, layer_name: str | None, init_kw: dict, kwargs: dict, settings: dict
+):
+    """Captum's ``attribute`` on the model (or the copy the method needs), guarded, with cnnlens' extra rules:
+    (what it returned, the classes explained, the completeness check's extras)."""
     with guarded(model), warnings.catch_warnings(), captum_rules():
         for text in _NOISE:
             warnings.filterwarnings("ignore", message=text)
@@ -374,27 +422,4 @@ def captum(
             if torch.is_tensor(found)
             else {}
         )
-    delta = None
-    if (
-        isinstance(out, tuple)
-        and len(out) == 2
-        and torch.is_tensor(out[0])
-        and torch.is_tensor(out[1])
-        and kwargs.get("return_convergence_delta")
-    ):
-        out, delta = out
-    if isinstance(out, tuple):
-        out = out[0]
-    a = out.detach().float()
-    if a.dim() == 4 and a.shape[0] == p.n:
-        maps = a.mean(1) if shared else reduce_channels(a, reduce)
-    elif a.dim() == 3 and a.shape[0] == p.n:
-        maps = a
-    else:
-        raise ValueError(
-            f"{cls.__name__} returned attributions of shape {tuple(a.shape)}, not N×C×H×W; "
-            "use an attribution method for the input or a layer"
-        )
-    maps = upsample(maps, p.size)
-    extras = {**check, **({} if delta is None else {"delta": delta})}
-    return finish(p, maps, name, classes, layer=layer_name, settings=settings, raw=a, extras=extras)
+    return out, classes, check
