@@ -636,6 +636,29 @@ def maximize(
         v = maximize(model, objectives.channel("features.3", [0, 1, 2, 3]) - 0.05 * objectives.tv(), steps=128)
         v.images   # 4×C×H×W, one per channel
     """
+    J, B, (C, H, W), gen, prm = _setup(
+        model, objective, steps, param, decorrelate, size, channels, batch, tv, l2, init, seed, noise
+    )
+    scale_r = _range(scale, 1.0)
+    rot_r = _range(rotate, 0.0)
+    stop = _stop_layer(model, J, prm)
+    _, start = _evaluate(model, J, prm, stop)
+    transform = dict(jitter=jitter, scale=scale_r, rotate=rot_r)
+    regularise = dict(l2_decay=l2_decay, blur_every=blur_every, blur_sigma=blur_sigma)
+    history = _ascend(model, J, prm, stop, steps, lr, gen, transform, regularise, redirect_relu, progress)
+    img, final = _evaluate(model, J, prm, stop)
+    settings = {"steps": steps, "lr": lr, "param": param, "decorrelate": decorrelate and C == 3, "size": [H, W]}
+    settings |= {"batch": B, "tv": tv, "l2": l2, "l2_decay": l2_decay, "blur_every": blur_every}
+    settings |= {"blur_sigma": blur_sigma, "jitter": jitter, "scale": scale_r, "rotate": rot_r, "seed": seed}
+    settings |= {"noise": noise, "redirect_relu": redirect_relu, "optimizer": "Adam", "stopped_after": stop}
+    return Visualization(
+        img.detach().cpu(), J.name, start, final, torch.stack(history) if history else torch.empty(0, B), settings
+    )
+
+
+def _setup(model, objective, steps, param, decorrelate, size, channels, batch, tv, l2, init, seed, noise):
+    """:func:`maximize`'s settings checked, and what it optimises: (objective with its penalties, batch,
+    (C, H, W), the seeded generator, the parameterised images)."""
     J = _as_objective(objective, model)
     if tv:
         J = J - tv * objectives.tv()
@@ -667,10 +690,11 @@ def maximize(
         init=init,
         shared=1 if noise == "shared" else (noise if isinstance(noise, int) else 0),
     )
-    scale_r = _range(scale, 1.0)
-    rot_r = _range(rotate, 0.0)
+    return J, B, (C, H, W), gen, prm
 
-    # where the forward can stop: the objective's layer, or the last of its layers to run
+
+def _stop_layer(model: nn.Module, J: Objective, prm: _Param) -> str | None:
+    """Where the forward can stop: the objective's layer, or the last of its layers to run (None: the logits)."""
     stop = None
     if not J.needs_logits and len(J.layers) == 1:
         stop = resolve_layer(model, J.layers[0])[0]
@@ -678,57 +702,40 @@ def maximize(
         with LayerTap(model, J.layers, detach=True) as tap, torch.no_grad():
             tap.run(prm.image())
             stop = list(tap.outputs)[-1]
+    return stop
+
+
+def _evaluate(model: nn.Module, J: Objective, prm: _Param, stop: str | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The current images and the objective's value on them (on the CPU), without a gradient."""
     with LayerTap(model, J.layers, stop_after=stop) as tap, torch.no_grad():
         img = prm.image()
         logits = tap.run(img)
-        start = J(_Ctx(img, _acts(tap, J.layers), logits)).detach().cpu()
+        return img, J(_Ctx(img, _acts(tap, J.layers), logits)).detach().cpu()
+
+
+def _ascend(model, J, prm, stop, steps, lr, gen, transform: dict, regularise: dict, redirect_relu, progress):
+    """``steps`` Adam steps of gradient ascent on J through random transforms of the images; J at each step."""
+    scale_r, rot_r = transform["scale"], transform["rotate"]
     history = []
     opt = torch.optim.Adam([prm.p], lr=lr, maximize=True)  # gradient ascent on J
     redirect = redirected_relus() if redirect_relu else contextlib.nullcontext()
     with LayerTap(model, J.layers, stop_after=stop) as tap:
         for step in range(steps):
             img = prm.image()
-            xt = random_transform(img, gen, jitter, scale_r, rot_r)
+            xt = random_transform(img, gen, transform["jitter"], scale_r, rot_r)
             with redirect:
                 logits = tap.run(xt)
             val = J(_Ctx(img, _acts(tap, J.layers), logits))
             (prm.p.grad,) = torch.autograd.grad(val.sum(), prm.p)
             opt.step()
-            if l2_decay:
-                prm.decay(l2_decay)
-            if blur_every and (step + 1) % blur_every == 0:
-                prm.blur(blur_sigma)
+            if regularise["l2_decay"]:
+                prm.decay(regularise["l2_decay"])
+            if regularise["blur_every"] and (step + 1) % regularise["blur_every"] == 0:
+                prm.blur(regularise["blur_sigma"])
             history.append(val.detach().cpu())
             if progress is not None:
                 progress(step + 1, steps)
-    with LayerTap(model, J.layers, stop_after=stop) as tap, torch.no_grad():
-        img = prm.image()
-        logits = tap.run(img)
-        final = J(_Ctx(img, _acts(tap, J.layers), logits)).detach().cpu()
-    settings = {
-        "steps": steps,
-        "lr": lr,
-        "param": param,
-        "decorrelate": decorrelate and C == 3,
-        "size": [H, W],
-        "batch": B,
-        "tv": tv,
-        "l2": l2,
-        "l2_decay": l2_decay,
-        "blur_every": blur_every,
-        "blur_sigma": blur_sigma,
-        "jitter": jitter,
-        "scale": scale_r,
-        "rotate": rot_r,
-        "seed": seed,
-        "noise": noise,
-        "redirect_relu": redirect_relu,
-        "optimizer": "Adam",
-        "stopped_after": stop,
-    }
-    return Visualization(
-        img.detach().cpu(), J.name, start, final, torch.stack(history) if history else torch.empty(0, B), settings
-    )
+    return history
 
 
 def objective_for(
