@@ -334,6 +334,8 @@ def _mean_channel(model, layer, images, channels) -> torch.Tensor:
 #: backward per step keep every activation, so the best batch is not the forward-only rule's; 16 was fastest per
 #: channel in ``benchmarks/bench_microscope.py`` and ``benchmarks/whole_layer.py`` (docs/benchmarks.md, the microscope)
 FV_BATCH_VALUES = 16 * 3 * 128 * 128
+#: the arrays a channel's render gives (and the cache keeps), in :class:`ChannelViews`' order
+_ARRAYS = ("images", "activation", "start", "objective")
 
 
 @needs_autograd
@@ -384,12 +386,48 @@ def maximize_channels(
         v = maximize_channels(model, "features.4", range(32), steps=128, robust=True, cache="fv-cache")
         v.images[5, 0]      # channel 5's visualisation; v.activation[5, 0] its mean activation
     """
-    from ..batching import check_batch_size
     from .fvcache import as_cache
+
+    name, (cin, H, W), chans, n, w, per = _check_channels(
+        model, layer, channels, size, settings.get("channels"), diversity, diversity_weight, batch_size
+    )
+    if robust:
+        for key, v in robust_transforms(min(H, W)).items():
+            settings.setdefault(key, v)
+    settings.pop("channels", None)
+    settings_out = {"steps": steps, "size": [H, W], "robust": robust, "diversity": n, "batch_size": per, "lr": lr}
+    settings_out |= {"redirect_relu": redirect_relu, "param": param, "seed": seed, **settings}
+    if n > 1:
+        settings_out["diversity_weight"] = w.tolist()
+
+    store = as_cache(cache, model)
+    found, keys = _cached(store, name, chans, settings_out, (n, cin, H, W), w)
+    todo = [i for i, c in enumerate(chans) if c not in found]
+    fresh = {}
+    if todo:
+        how = (steps, H, W, lr, param, seed, redirect_relu, progress, settings)
+        fresh = _render(model, name, [chans[i] for i in todo], w[todo], n, per, *how)
+    if store is not None:
+        for c, arrays in fresh.items():
+            store.save(name, c, keys[c], arrays)
+    rows = [found[c] if c in found else fresh[c] for c in chans]
+    as_stored = store is not None  # float32 as stored, so a result read back equals the one computed
+    cat = {k: torch.stack([r[k].float() if as_stored else r[k] for r in rows]) for k in _ARRAYS}
+    if progress is not None and not todo:
+        progress(len(chans) * steps, len(chans) * steps)
+    return ChannelViews(
+        name, tuple(chans), cat["images"], cat["activation"], cat["start"], cat["objective"], settings_out
+    )
+
+
+def _check_channels(model, layer, channels, size, in_channels, diversity, diversity_weight, batch_size):
+    """:func:`maximize_channels`' settings checked: (layer name, input (C, H, W), channels, images per channel,
+    diversity weight per channel, channels per optimisation)."""
+    from ..batching import check_batch_size
     from .receptive import input_shape
 
     name, _ = resolve_layer(model, layer)
-    cin, H, W = input_shape(model, size, settings.get("channels"))
+    cin, H, W = input_shape(model, size, in_channels)
     with LayerTap(model, [name], stop_after=name, detach=True) as tap, torch.no_grad():
         tap.run(torch.full((1, cin, H, W), 0.5, device=_device(model)))
         C = tap[name].shape[1]
@@ -416,29 +454,16 @@ def maximize_channels(
         per = int(batch_size)
     if per < 1:
         raise ValueError("batch_size must be ≥ 1 (channels per optimisation)")
-    if robust:
-        for key, v in robust_transforms(min(H, W)).items():
-            settings.setdefault(key, v)
-    settings.pop("channels", None)
-    settings_out = {
-        "steps": steps,
-        "size": [H, W],
-        "robust": robust,
-        "diversity": n,
-        "batch_size": per,
-        "lr": lr,
-        "redirect_relu": redirect_relu,
-        "param": param,
-        "seed": seed,
-        **{k: v for k, v in settings.items()},
-    }
-    if n > 1:
-        settings_out["diversity_weight"] = w.tolist()
+    return name, (cin, H, W), chans, n, w, per
 
-    store = as_cache(cache, model)
+
+def _cached(store, name: str, chans: list[int], settings_out: dict, shape: tuple, w: torch.Tensor):
+    """The channels ``store`` already holds ({channel: arrays}) and every channel's key ({channel: key});
+    both empty without a store. ``shape``: (images per channel, C, H, W)."""
     found: dict[int, dict] = {}
     keys: dict[int, str] = {}
     if store is not None:
+        n, cin, H, W = shape
         what = {k: v for k, v in settings_out.items() if k not in ("batch_size", "diversity_weight")}
         what["input"] = [cin, H, W]
         shapes = {"images": (n, cin, H, W), "activation": (n,), "start": (n,), "objective": (n,)}
@@ -447,41 +472,7 @@ def maximize_channels(
             got = store.load(name, c, keys[c], shapes)
             if got is not None:
                 found[c] = got
-    todo = [i for i, c in enumerate(chans) if c not in found]
-    fresh = (
-        _render(
-            model,
-            name,
-            [chans[i] for i in todo],
-            w[todo] if todo else w[:0],
-            n,
-            per,
-            steps,
-            H,
-            W,
-            lr,
-            param,
-            seed,
-            redirect_relu,
-            progress,
-            settings,
-        )
-        if todo
-        else {}
-    )
-    if store is not None:
-        for c, arrays in fresh.items():
-            store.save(name, c, keys[c], arrays)
-    rows = [found[c] if c in found else fresh[c] for c in chans]
-    if store is None:
-        cat = {k: torch.stack([r[k] for r in rows]) for k in ("images", "activation", "start", "objective")}
-    else:  # as stored (float32), so a result read back equals the one computed
-        cat = {k: torch.stack([r[k].float() for r in rows]) for k in ("images", "activation", "start", "objective")}
-    if progress is not None and not todo:
-        progress(len(chans) * steps, len(chans) * steps)
-    return ChannelViews(
-        name, tuple(chans), cat["images"], cat["activation"], cat["start"], cat["objective"], settings_out
-    )
+    return found, keys
 
 
 def _fv_models(model: nn.Module, parts: int) -> list[nn.Module]:
@@ -511,10 +502,8 @@ def _render(model, name, chans, w, n, per, steps, H, W, lr, param, seed, redirec
     optimisation; each set of n images starts from the noise of a batch of n (so from the same noise
     whichever channels share its optimisation). Optimisations run side by side on private copies of the model
     when that is faster (:func:`_fv_models`); the results are the same up to float rounding."""
-    import queue
     import threading
 
-    from ..batching import num_threads
     from .maximize import maximize, objectives
 
     total = len(chans) * steps
@@ -560,38 +549,7 @@ def _render(model, name, chans, w, n, per, steps, H, W, lr, param, seed, redirec
         for s in starts_at:
             optimise(model, s)
     else:
-        todo: queue.Queue = queue.Queue()
-        for s in starts_at:
-            todo.put(s)
-        errors: list[BaseException] = []
-
-        def work(mdl: nn.Module) -> None:
-            with torch.enable_grad():
-                while not errors:
-                    try:
-                        s = todo.get_nowait()
-                    except queue.Empty:
-                        return
-                    try:
-                        optimise(mdl, s)
-                    except BaseException as e:  # noqa: BLE001 - re-raised in the caller's thread
-                        errors.append(e)
-
-        with num_threads(1):
-            threads = [
-                threading.Thread(target=work, args=(m,), name=f"cnnlens-fv-{i}", daemon=True)
-                for i, m in enumerate(models)
-            ]
-            for t in threads:
-                t.start()
-            try:
-                for t in threads:
-                    t.join()
-            except BaseException as e:  # Ctrl-C: no new optimisation starts; the copies are dropped
-                errors.append(e)
-                raise
-        if errors:
-            raise errors[0]
+        _side_by_side(models, starts_at, optimise)
     images, acts, starts, finals = zip(*(out[s] for s in starts_at), strict=True)
     imgs, act, start, final = torch.cat(images), torch.cat(acts), torch.cat(starts), torch.cat(finals)
     m = len(chans)
@@ -600,6 +558,47 @@ def _render(model, name, chans, w, n, per, steps, H, W, lr, param, seed, redirec
         c: {"images": imgs[i], "activation": act[i], "start": start[i], "objective": final[i]}
         for i, c in enumerate(chans)
     }
+
+
+def _side_by_side(models: list[nn.Module], parts: list[int], optimise: Callable[[nn.Module, int], None]) -> None:
+    """``optimise(model, part)`` for every part, on a thread per model (one torch thread each), taking the next
+    part as each finishes; the first error is raised here once the threads stop."""
+    import queue
+    import threading
+
+    from ..batching import num_threads
+
+    todo: queue.Queue = queue.Queue()
+    for s in parts:
+        todo.put(s)
+    errors: list[BaseException] = []
+
+    def work(mdl: nn.Module) -> None:
+        with torch.enable_grad():
+            while not errors:
+                try:
+                    s = todo.get_nowait()
+                except queue.Empty:
+                    return
+                try:
+                    optimise(mdl, s)
+                except BaseException as e:  # noqa: BLE001 - re-raised in the caller's thread
+                    errors.append(e)
+
+    with num_threads(1):
+        threads = [
+            threading.Thread(target=work, args=(m,), name=f"cnnlens-fv-{i}", daemon=True) for i, m in enumerate(models)
+        ]
+        for t in threads:
+            t.start()
+        try:
+            for t in threads:
+                t.join()
+        except BaseException as e:  # Ctrl-C: no new optimisation starts; the copies are dropped
+            errors.append(e)
+            raise
+    if errors:
+        raise errors[0]
 
 
 # ---------------------------------------------------------------------------
@@ -721,103 +720,110 @@ def class_influence(
     if not (taylor or ablation):
         raise ValueError("ask for taylor=True, ablation=True or both")
     dev = _device(model)
-    tay = abl = None
-    cls = None
-    seen = 0
     batches = max(1, math.ceil(len(x) / batch_size))
-    done = 0
-
-    def step(total):
-        nonlocal done
-        done += 1
-        if progress is not None:
-            progress(done, total)
-
+    sums = _InfluenceSums(model, name, classes, channels, taylor, ablation, chunk, batches, progress)
     skip = logits is not None and not taylor and channels is not None
     if logits is not None and tuple(logits.shape[:1]) != (len(x),):
         raise ValueError(f"logits has {logits.shape[0]} rows for {len(x)} images; give the logits of x")
     for s0 in range(0, len(x), batch_size):
         xb = x[s0 : s0 + batch_size].to(dev)
-        if skip:  # the plain forward is known: only the ablated ones run
-            assert channels is not None and logits is not None  # what skip requires
-            chans = [int(c) for c in channels]
-            if cls is None:
-                K = logits.shape[1]
-                cls = tuple(range(K)) if classes is None else tuple(int(c) for c in classes)
-                if cls and (min(cls) < 0 or max(cls) >= K):
-                    raise ValueError(f"class {max(cls)} is out of range: the model has {K} classes")
-                abl = torch.zeros(len(cls), len(chans), dtype=torch.float64)
-            total = batches * math.ceil(len(chans) / chunk)
-            base = logits[s0 : s0 + batch_size].to(dev)[:, list(cls)]
-            n = len(xb)
-            with torch.no_grad():
-                for q in range(0, len(chans), chunk):
-                    part = chans[q : q + chunk]
-                    with LayerTap(model, [], edits={name: _zeroing(name, part, n)}) as tap2:
-                        l2 = tap2.run(xb.repeat(len(part), *[1] * (xb.dim() - 1)))[:, list(cls)]
-                    drop = base.unsqueeze(0) - l2.view(len(part), n, len(cls))  # part × n × classes
-                    assert abl is not None  # allocated with the classes above
-                    abl[:, q : q + len(part)] += drop.sum(1).t().double().cpu()
-                    step(total)
-            seen += len(xb)
-            continue
-        with torch.enable_grad() if taylor else torch.no_grad(), LayerTap(model, [name], detach=not taylor) as tap:
+        if skip and logits is not None:  # the plain forward is known: only the ablated ones run
+            sums.add_known(xb, logits[s0 : s0 + batch_size].to(dev))
+        else:
+            sums.add(xb)
+    if sums.cls is None:
+        raise ValueError("class influence needs at least one image")
+    m = max(1, sums.seen)
+    return ClassInfluence(
+        name,
+        sums.cls,
+        (sums.tay / m).float() if taylor else None,
+        (sums.abl / m).float() if ablation else None,
+        sums.seen,
+        settings={"ablation": ablation, "taylor": taylor, "channels": sums.chans},
+    )
+
+
+class _InfluenceSums:
+    """:func:`class_influence`'s sums over the batches: Taylor terms and ablation drops, classes × channels
+    (float64), the classes (from the first batch's logits) and the images seen; ``progress`` after each backward
+    and each ablated chunk."""
+
+    def __init__(self, model, name, classes, channels, taylor, ablation, chunk, batches, progress) -> None:
+        self.model, self.name, self.classes, self.channels = model, name, classes, channels
+        self.taylor, self.ablation, self.chunk, self.batches, self.progress = taylor, ablation, chunk, batches, progress
+        self.tay: Any = None
+        self.abl: Any = None
+        self.cls: tuple[int, ...] | None = None
+        self.chans: list[int] = []
+        self.seen = self.done = 0
+
+    def step(self, total: int) -> None:
+        self.done += 1
+        if self.progress is not None:
+            self.progress(self.done, total)
+
+    def check_classes(self, K: int) -> tuple[int, ...]:
+        cls = tuple(range(K)) if self.classes is None else tuple(int(c) for c in self.classes)
+        if cls and (min(cls) < 0 or max(cls) >= K):
+            raise ValueError(f"class {max(cls)} is out of range: the model has {K} classes")
+        return cls
+
+    def add_known(self, xb: torch.Tensor, logits: torch.Tensor) -> None:
+        """A batch whose plain logits are known: only the ablated forwards run."""
+        chans = self.chans = [int(c) for c in self.channels]
+        if self.cls is None:
+            self.cls = self.check_classes(logits.shape[1])
+            self.abl = torch.zeros(len(self.cls), len(chans), dtype=torch.float64)
+        total = self.batches * math.ceil(len(chans) / self.chunk)
+        self.ablate(xb, logits[:, list(self.cls)], chans, total)
+        self.seen += len(xb)
+
+    def add(self, xb: torch.Tensor) -> None:
+        """A batch: the plain forward, a backward per class to the layer (``taylor``), the ablated forwards."""
+        taylor, name = self.taylor, self.name
+        with torch.enable_grad() if taylor else torch.no_grad(), LayerTap(self.model, [name], detach=not taylor) as tap:
             # so the graph reaches the layer (weights frozen)
             logits = tap.run(xb.detach().requires_grad_(True) if taylor else xb)
             a = tap[name]
             if a.dim() != 4:
                 raise ValueError(f"layer {name!r} has no spatial grid (N×C); class influence reads N×C×H×W layers")
             C = a.shape[1]
-            chans = list(range(C)) if channels is None else [int(c) for c in channels]
+            chans = self.chans = list(range(C)) if self.channels is None else [int(c) for c in self.channels]
             if chans and max(chans) >= C:
                 raise ValueError(f"channel {max(chans)} is out of range: layer {name!r} has {C} channels")
-            if cls is None:
-                K = logits.shape[1]
-                cls = tuple(range(K)) if classes is None else tuple(int(c) for c in classes)
-                if cls and (min(cls) < 0 or max(cls) >= K):
-                    raise ValueError(f"class {max(cls)} is out of range: the model has {K} classes")
-                tay = torch.zeros(len(cls), len(chans), dtype=torch.float64) if taylor else None
-                abl = torch.zeros(len(cls), len(chans), dtype=torch.float64) if ablation else None
-            total = batches * ((len(cls) if taylor else 0) + (math.ceil(len(chans) / chunk) if ablation else 0))
+            if self.cls is None:
+                self.cls = cls = self.check_classes(logits.shape[1])
+                self.tay = torch.zeros(len(cls), len(chans), dtype=torch.float64) if taylor else None
+                self.abl = torch.zeros(len(cls), len(chans), dtype=torch.float64) if self.ablation else None
+            cls = self.cls
+            ablated = math.ceil(len(chans) / self.chunk) if self.ablation else 0
+            total = self.batches * ((len(cls) if taylor else 0) + ablated)
             if taylor:
-                assert tay is not None  # allocated with the classes when taylor
                 for r, c in enumerate(cls):
                     (g,) = torch.autograd.grad(logits[:, c].sum(), a, retain_graph=r + 1 < len(cls))
-                    tay[r] += (a.detach() * g).sum((2, 3))[:, chans].double().sum(0).cpu()
-                    step(total)
+                    self.tay[r] += (a.detach() * g).sum((2, 3))[:, chans].double().sum(0).cpu()
+                    self.step(total)
             base = logits.detach()[:, list(cls)]
-        if ablation:
-            assert abl is not None  # allocated with the classes when ablation
-            n = len(xb)
-            with torch.no_grad():
-                for q in range(0, len(chans), chunk):
-                    part = chans[q : q + chunk]
-                    mask = torch.ones(len(part), 1, C, 1, 1, dtype=a.dtype, device=a.device)
-                    for i, ch in enumerate(part):
-                        mask[i, 0, ch] = 0
-                    mask = mask.expand(len(part), n, C, 1, 1).reshape(len(part) * n, C, 1, 1)
-                    with LayerTap(model, [], edits={name: lambda mod, inp, out: out * mask}) as tap2:
-                        l2 = tap2.run(xb.repeat(len(part), *[1] * (xb.dim() - 1)))[:, list(cls)]
-                    drop = base.unsqueeze(0) - l2.view(len(part), n, len(cls))  # part × n × classes
-                    abl[:, q : q + len(part)] += drop.sum(1).t().double().cpu()
-                    step(total)
-        seen += len(xb)
-    if cls is None:
-        raise ValueError("class influence needs at least one image")
-    m = max(1, seen)
-    return ClassInfluence(
-        name,
-        cls,
-        (tay / m).float() if tay is not None else None,  # tay is set exactly when taylor, abl when ablation
-        (abl / m).float() if abl is not None else None,
-        seen,
-        settings={"ablation": ablation, "taylor": taylor, "channels": chans},
-    )
+        if self.ablation:
+            self.ablate(xb, base, chans, total)
+        self.seen += len(xb)
+
+    def ablate(self, xb: torch.Tensor, base: torch.Tensor, chans: list[int], total: int) -> None:
+        """Add each channel's drop of the class scores when it is zeroed (``chunk`` channels per forward)."""
+        n, cls = len(xb), list(self.cls or ())
+        with torch.no_grad():
+            for q in range(0, len(chans), self.chunk):
+                part = chans[q : q + self.chunk]
+                with LayerTap(self.model, [], edits={self.name: _zeroing(self.name, part, n)}) as tap2:
+                    l2 = tap2.run(xb.repeat(len(part), *[1] * (xb.dim() - 1)))[:, cls]
+                drop = base.unsqueeze(0) - l2.view(len(part), n, len(cls))  # part × n × classes
+                self.abl[:, q : q + len(part)] += drop.sum(1).t().double().cpu()
+                self.step(total)
 
 
 def _zeroing(name: str, part: Sequence[int], n: int):
-    """An edit for ``len(part)`` copies of a batch of n: copy i has channel part[i] of the layer zeroed (the same
-    mask as :func:`class_influence` builds after its plain forward)."""
+    """An edit for ``len(part)`` copies of a batch of n: copy i has channel part[i] of the layer zeroed."""
 
     def edit(mod, inp, out):
         if out.dim() != 4:
