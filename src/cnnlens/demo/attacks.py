@@ -9,8 +9,13 @@ import time
 
 import torch
 
+from ..attacks.concentration import concentration_table
+from ..attacks.curves import robustness
+from ..attacks.gradient import minimal_eps
 from ..attacks.report import INTROS, add_attack_section, add_robustness_section
-from ..figures.attacks import fmt_eps
+from ..attacks.robust import ADV_EPS, GP_LAMBDA, load_digits
+from ..figures.attacks import concentration_figure, fmt_eps
+from ..models.digits import digits_split
 
 log = logging.getLogger(__name__)
 
@@ -50,21 +55,20 @@ def saliency_comparison(models: dict, x: torch.Tensor, y: torch.Tensor, x_all: t
 # --------------------------------------------------------------------------------------------- demo
 def demo_section(report, ctx) -> None:
     """The demo's attack part (budget ≈ 90 s on 2 cores; ``ctx.quick``: a few seconds)."""
-    from ..attacks.concentration import concentration_table
-    from ..attacks.curves import robustness
-    from ..attacks.gradient import minimal_eps
-    from ..attacks.robust import ADV_EPS, GP_LAMBDA, load_digits
-    from ..figures.attacks import concentration_figure
-    from ..models.digits import digits_split
-
     quick = bool(getattr(ctx, "quick", False))
     t_start = time.perf_counter()
+    me_kw = dict(steps=2, rtol=0.5, max_iter=1) if quick else dict(steps=4, rtol=0.25, max_iter=4)
+    names, photos, r_eff = _second_class_section(report, ctx, quick, me_kw)
+    test = _robustness_section(report, ctx, quick)
+    _concentration_section(report, ctx, quick, me_kw, test, names, photos, r_eff)
+    log.info("demo attacks: %.1f s", time.perf_counter() - t_start)
 
-    # 1. efficientnet-lite0 pushed to the second class, with the ε each photo needed
+
+def _second_class_section(report, ctx, quick: bool, me_kw: dict):
+    """EfficientNet-Lite0 pushed to the second class, with the ε each photo needed: (names, photos, result)."""
     names, photos = ctx.photos
     if quick:
         names, photos = names[:2], photos[:2]
-    me_kw = dict(steps=2, rtol=0.5, max_iter=1) if quick else dict(steps=4, rtol=0.25, max_iter=4)
     what = "attacks: efficientnet-lite0 → second class"
     r_eff = minimal_eps(ctx.effnet, photos, target="second", **me_kw, progress=lambda d, t: ctx.progress(what, d, t))
     add_attack_section(
@@ -95,7 +99,11 @@ def demo_section(report, ctx) -> None:
             f"{float(top2[hi_i, 1]):.2f}).</p>"
         )
 
-    # 2. the three digits models: clean and robust accuracy, curves, saliency
+    return names, photos, r_eff
+
+
+def _robustness_section(report, ctx, quick: bool):
+    """The three digits models: clean and robust accuracy, curves, saliency; the digits' test split."""
     models = {
         "plain": ctx.digits_model,
         "adversarial training": load_digits("adversarial").to(ctx.device),
@@ -141,6 +149,12 @@ def demo_section(report, ctx) -> None:
             ),
         },
     )
+    _saliency_part(sec, models, results, eps, test, quick)
+    return test
+
+
+def _saliency_part(sec, models: dict, results: dict, eps: list, test, quick: bool) -> None:
+    """Each digits model's saliency on the same digits, and how much of it falls on the strokes."""
     pick = torch.tensor([int((test.y == c).nonzero()[0]) for c in range(10)][: (4 if quick else 8)])
     sub = slice(None) if not quick else slice(0, 60)
     fig, shares, base = saliency_comparison(models, test.x[pick], test.y[pick], test.x[sub], test.y[sub])
@@ -166,7 +180,9 @@ def demo_section(report, ctx) -> None:
     )
     sec.data("saliency_stroke_share", {**shares, "stroke_pixels": base})
 
-    # 3. measure concentration, and the measured minimal ε against input dimension
+
+def _concentration_section(report, ctx, quick: bool, me_kw: dict, test, names, photos, r_eff) -> None:
+    """Measure concentration, and the measured minimal ε against input dimension."""
     what = "attacks: minimal ε of digits-cnn"
     nd = 4 if quick else 48
     xd = test.x[torch.linspace(0, len(test) - 1, nd).long()].to(ctx.device)
@@ -209,4 +225,3 @@ def demo_section(report, ctx) -> None:
         )
     sec.data("concentration", {str(k): v for k, v in table.items()})
     sec.data("minimal_eps", {k: {"d": d, "eps": torch.as_tensor(e).tolist()} for k, (d, e) in measured.items()})
-    log.info("demo attacks: %.1f s", time.perf_counter() - t_start)

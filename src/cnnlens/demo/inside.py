@@ -9,6 +9,13 @@ import time
 
 import torch
 
+from ..data import data_input_size
+from ..inside.deconv import deconvnet
+from ..inside.dream import deep_dream
+from ..inside.filters import feature_maps, filters
+from ..inside.influence import InfluenceAccumulator
+from ..inside.maximize import maximize, objectives
+from ..inside.receptive import receptive_field
 from ..inside.report import (
     INTROS,
     add_deconv,
@@ -21,6 +28,9 @@ from ..inside.report import (
     add_stats,
     add_visualizations,
 )
+from ..inside.search import SearchAccumulator
+from ..inside.stats import StatsAccumulator, default_edges
+from ..scanning import scan
 
 log = logging.getLogger(__name__)
 
@@ -28,26 +38,24 @@ log = logging.getLogger(__name__)
 # ---------------------------------------------------------------------------
 def demo_section(report, ctx) -> None:
     """The demo's inside-the-network part (see the module docstring); ``ctx.quick`` for a smoke run."""
-    from ..data import data_input_size
-    from ..inside.deconv import deconvnet
-    from ..inside.dream import deep_dream
-    from ..inside.filters import feature_maps, filters
-    from ..inside.influence import InfluenceAccumulator
-    from ..inside.maximize import maximize, objectives
-    from ..inside.receptive import receptive_field
-    from ..inside.search import SearchAccumulator
-    from ..inside.stats import StatsAccumulator, default_edges
-    from ..scanning import scan
-
-    q = ctx.quick
     prog = ctx.progress
     t0 = time.perf_counter()
-
-    # -- EfficientNet-Lite0: filters, feature maps ---------------------------------------
     prog("inside: efficientnet-lite0", 0, 3)
+    _filters_section(report, ctx)
+    prog("inside: efficientnet-lite0", 1, 3)
+    _maximize_section(report, ctx)
+    prog("inside: efficientnet-lite0", 2, 3)
+    _dream_section(report, ctx)
+    prog("inside: efficientnet-lite0", 3, 3)
+    inf = _digits_scan_sections(report, ctx)
+    _deconv_section(report, ctx, inf)
+    log.info("inside demo section: %.1f s", time.perf_counter() - t0)
+
+
+def _filters_section(report, ctx) -> None:
+    """EfficientNet-Lite0's first filters and feature maps, and digits-cnn's second conv layer."""
     eff = ctx.effnet
     names, photos = ctx.photos
-    cls_names = list(eff.spec.class_names)
     sec = report.section(
         "Inside: filters and feature maps",
         INTROS["filters"],
@@ -66,9 +74,14 @@ def demo_section(report, ctx) -> None:
         max_filters=8,
         caption="digits-cnn's second conv layer: one grey tile per input channel (8 of 32 filters, 16 of 16 inputs)",
     )
-    prog("inside: efficientnet-lite0", 1, 3)
 
-    # -- class model visualisation ----------------------------------------------------------
+
+def _maximize_section(report, ctx) -> None:
+    """Class model visualisation: EfficientNet-Lite0's classes, digits-cnn's digits and a target response."""
+    q = ctx.quick
+    prog = ctx.progress
+    eff = ctx.effnet
+    cls_names = list(eff.spec.class_names)
     classes = [130, 949, 980, 1] if not q else [130]
     steps = 2 if q else 96
     size = 96 if q else 160
@@ -100,8 +113,13 @@ def demo_section(report, ctx) -> None:
         f"{size}×{size}, Fourier parameterisation with decorrelated colour, jitter ±8 px, scale ±10 %, "
         "rotation ±5°); p = the model's softmax probability for that class on the image",
     )
+    _digit_visualisations(sec, ctx)
+
+
+def _digit_visualisations(sec, ctx) -> None:
+    """digits-cnn: the image that maximises each digit's score, and one that matches a target response."""
     dm = ctx.digits_model
-    dsteps = 3 if q else 200
+    dsteps = 3 if ctx.quick else 200
     dJ = objectives.class_score(list(range(10))) - 5 * objectives.tv() - 20 * objectives.l2(center=0.0)
     dv = maximize(
         dm,
@@ -113,7 +131,7 @@ def demo_section(report, ctx) -> None:
         blur_every=10,
         blur_sigma=0.5,
         seed=0,
-        progress=lambda d, t: prog("inside: digit visualisation", d, t),
+        progress=lambda d, t: ctx.progress("inside: digit visualisation", d, t),
     )
     add_visualizations(
         sec,
@@ -143,9 +161,12 @@ def demo_section(report, ctx) -> None:
         "minimise ‖f(x) − t‖² for the target response t = 15 on digit 3 and 0 elsewhere "
         f"(J: {float(mv.start[0]):.1f} → {float(mv.final[0]):.2f})",
     )
-    prog("inside: efficientnet-lite0", 2, 3)
 
-    # -- Deep Dream ---------------------------------------------------------------------------
+
+def _dream_section(report, ctx) -> None:
+    """Deep Dream on the first photo with EfficientNet-Lite0's ``blocks.4``."""
+    q = ctx.quick
+    names, photos = ctx.photos
     dream_cfg = dict(octaves=2 if q else 3, steps=1 if q else 6, step_size=0.02, jitter=16, seed=0)
     sec = report.section(
         "Inside: Deep Dream",
@@ -159,7 +180,9 @@ def demo_section(report, ctx) -> None:
         },
     )
     img = photos[:1] if not q else torch.nn.functional.interpolate(photos[:1], size=(112, 112), mode="bilinear")
-    d = deep_dream(eff, img, "blocks.4", **dream_cfg, progress=lambda d_, t: prog("inside: deep dream", d_, t))
+    d = deep_dream(
+        ctx.effnet, img, "blocks.4", **dream_cfg, progress=lambda d_, t: ctx.progress("inside: deep dream", d_, t)
+    )
     add_dream(
         sec,
         img,
@@ -168,9 +191,14 @@ def demo_section(report, ctx) -> None:
         f"{', '.join(f'{h}×{w}' for h, w in d.settings['sizes'])}, {dream_cfg['steps']} steps each; "
         f"blocks.4 energy {float(d.start[0]):.3g} → {float(d.final[0]):.3g}",
     )
-    prog("inside: efficientnet-lite0", 3, 3)
 
-    # -- digits-cnn: receptive fields, one scan for search + stats + influence ------------------
+
+def _digits_scan_sections(report, ctx):
+    """digits-cnn's receptive fields, then one scan for dataset search and statistics and one for channel
+    influence, each in its section; the influence result (the deconvnet section picks its channels)."""
+    q = ctx.quick
+    prog = ctx.progress
+    dm = ctx.digits_model
     data = ctx.digits_data
     if q:
         data = torch.utils.data.Subset(data, range(48))
@@ -201,8 +229,14 @@ def demo_section(report, ctx) -> None:
         batch_size=40,
         progress=lambda d_, t: prog("inside: digits influence", d_, t),
     )
-    sres, sts = results[:3], results[3:]
-    names10 = list(dm.spec.class_names)
+    _search_stats_influence(report, ctx, data, layers, k, results[:3], results[3:], inf)
+    return inf
+
+
+def _search_stats_influence(report, ctx, data, layers, k, sres, sts, inf) -> None:
+    """The sections of the digits scan's results: dataset search, neuron statistics, channel influence."""
+    q = ctx.quick
+    names10 = list(ctx.digits_model.spec.class_names)
     sec = report.section(
         "Inside: dataset search (maximally activating patches)",
         INTROS["search"],
@@ -241,7 +275,11 @@ def demo_section(report, ctx) -> None:
     )
     add_influence(sec, inf)
 
-    # -- deconvnet next to guided backprop --------------------------------------------------------
+
+def _deconv_section(report, ctx, inf) -> None:
+    """Deconvnet next to guided backprop for digits-cnn's most influential ``features.7`` channels."""
+    q = ctx.quick
+    dm = ctx.digits_model
     xs = torch.stack([ctx.digits_data[i][0] for i in range(6 if not q else 2)]).to(next(dm.parameters()).device)
     ys = [int(ctx.digits_data[i][1]) for i in range(xs.shape[0])]
     chans = [int(c) for c in torch.argsort(inf.taylor, descending=True)[: 3 if not q else 1]]
@@ -258,4 +296,3 @@ def demo_section(report, ctx) -> None:
         },
     )
     add_deconv(sec, dm, xs, projs, labels=[f"digit {y}" for y in ys])
-    log.info("inside demo section: %.1f s", time.perf_counter() - t0)

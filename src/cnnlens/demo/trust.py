@@ -2,21 +2,26 @@
 
 from __future__ import annotations
 
+import time
+
+from ..attribution import METHODS
+from ..data import cluttered_digits
+from ..figures.attribution import randomization_figure
 from ..figures.metrics import cascade_figure, examples_figure
+from ..metrics.benchmark import benchmark
 from ..metrics.report import SANITY_INTRO, leaderboard_section, sanity_rows
+from ..metrics.sanity import SANITY_METHODS, sanity_check
 
 
 def demo_section(report, ctx) -> None:
     """The demo's "How far to trust each map": the leaderboard on cluttered digits, then the sanity check on
     EfficientNet-Lite0 and the photos."""
-    import time
+    sec = _leaderboard_part(report, ctx)
+    _sanity_part(sec, ctx)
 
-    from ..attribution import METHODS
-    from ..data import cluttered_digits
-    from ..figures.attribution import randomization_figure
-    from ..metrics.benchmark import benchmark
-    from ..metrics.sanity import SANITY_METHODS, sanity_check
 
+def _leaderboard_part(report, ctx):
+    """The leaderboard on the first held-out cluttered digits, in a section of its own (returned)."""
     quick = ctx.quick
     t0 = time.perf_counter()
     model = ctx.cluttered_model
@@ -75,7 +80,12 @@ def demo_section(report, ctx) -> None:
         "the label is that digit and its box is known, so a map can be scored against where the evidence "
         "is. <code>cnnlens benchmark</code> runs this table (and on any ImageFolder with a boxes CSV).</p>"
     )
-    # the sanity check
+    return sec
+
+
+def _sanity_part(sec, ctx) -> None:
+    """The sanity check (model randomisation cascade) on EfficientNet-Lite0 and the photos."""
+    quick = ctx.quick
     names, x = ctx.photos
     k = 1 if quick else 2
     layers = ["classifier", "blocks.6"] if quick else ["classifier", "conv_head", "blocks.6", "blocks.4"]
