@@ -33,8 +33,10 @@ Preprocessing, in order:
 
 from __future__ import annotations
 
+import csv
 import glob as _glob
 import logging
+import math
 import os
 import re
 from collections import Counter
@@ -45,6 +47,15 @@ from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .extras import require
+from .models.cluttered import boxes_to_masks
+from .models.cluttered import cluttered_digits as make
+from .models.digits import digits_split
+from .models.imagenet import imagenet_class_names
+
+# Late, for start-up (CONTRIBUTING.md, Imports): torchvision, in _resize and image_folder.
 
 log = logging.getLogger(__name__)
 
@@ -123,8 +134,6 @@ def _pil_to_tensor(im, what: str) -> torch.Tensor:
 
 def open_image(path: str | os.PathLike):
     """Open an image file with PIL and apply its EXIF orientation; a clear error naming a bad file."""
-    from PIL import Image, ImageOps, UnidentifiedImageError
-
     p = Path(path)
     try:
         with Image.open(p) as im:
@@ -262,13 +271,9 @@ class Preprocess:
 
     def decode(self, image: Any, what: str = "image") -> torch.Tensor:
         """Any single source (PIL image, array H×W[×C], tensor C×H×W, path) → float C×H×W, alpha composited."""
-        from PIL import Image
-
         if isinstance(image, (str, os.PathLike)):
             image = open_image(image)
         if isinstance(image, Image.Image):
-            from PIL import ImageOps
-
             t = _pil_to_tensor(ImageOps.exif_transpose(image), what)  # idempotent after open_image
         elif isinstance(image, np.ndarray):
             if image.ndim > 3:
@@ -375,8 +380,6 @@ def _folder_files(folder: Path) -> list[Path]:
 
 def _expand(sources) -> list[tuple[Any, str, str, bool]]:
     """Sources → [(item, name, source, from_folder)] with paths expanded (folders, globs)."""
-    from PIL import Image
-
     if isinstance(sources, (str, os.PathLike, Image.Image, np.ndarray)) or torch.is_tensor(sources):
         sources = [sources]
     if not isinstance(sources, Iterable):
@@ -566,8 +569,6 @@ _WNID = re.compile(r"n\d{8}")
 
 def imagenet_wnids() -> tuple[str, ...]:
     """The 1,000 ImageNet-1k WordNet IDs (``n01440764``, ...) in class-index order, from timm's bundled metadata."""
-    from .extras import require
-
     ImageNetInfo = require("timm", "timm.data", what="reading ImageNet WordNet-ID folders").ImageNetInfo
 
     ids = tuple(ImageNetInfo("imagenet-1k").label_names())
@@ -591,8 +592,6 @@ def _folder_label_map(folder_classes: list[str], model) -> tuple[dict[int, int] 
     if all(c in names for c in folder_classes):
         return {i: names.index(c) for i, c in enumerate(folder_classes)}, "folder names = the model's class names"
     if all(_WNID.fullmatch(c) for c in folder_classes):
-        from .models.imagenet import imagenet_class_names
-
         if len(names) == 1000 and tuple(names) == imagenet_class_names():
             ids = imagenet_wnids()
             unknown = [c for c in folder_classes if c not in ids]
@@ -721,8 +720,6 @@ def image_folder(root: str | os.PathLike, model=None, *, background=(1.0, 1.0, 1
 
 
 def _digits(model):
-    from .models.digits import digits_split
-
     ds = digits_split("test")
     spec = getattr(model, "spec", None)
     if spec is not None:
@@ -744,8 +741,6 @@ def cluttered_digits(split: str = "test"):
     >>> ds = cluttered_digits("test"); len(ds), tuple(ds.boxes.shape)
     (718, (718, 4))
     """
-    from .models.cluttered import cluttered_digits as make
-
     return make(split)
 
 
@@ -836,8 +831,6 @@ class BoxedImages(torch.utils.data.Dataset):
 
     @property
     def masks(self) -> torch.Tensor:
-        from .models.cluttered import boxes_to_masks
-
         return boxes_to_masks(self.boxes, tuple(self.x.shape[-2:]))
 
     def __len__(self) -> int:
@@ -855,8 +848,6 @@ def read_boxes_csv(path: str | os.PathLike) -> dict[str, tuple[float, float, flo
     right, y down, x1/y1 exclusive (a box covering a whole W×H image is
     ``0,0,W,H``).
     """
-    import csv
-
     p = Path(path)
     if not p.is_file():
         raise ValueError(f"boxes CSV {p}: no such file; give a CSV with the header path,x0,y0,x1,y1")
@@ -885,8 +876,6 @@ def read_boxes_csv(path: str | os.PathLike) -> dict[str, tuple[float, float, flo
 def box_to_input(box: Sequence[float], image_size: tuple[int, int], pre: Preprocess) -> tuple[int, int, int, int]:
     """A box in original image pixels (W×H = ``image_size`` as (w, h)) → the model's input pixels,
     through ``pre``'s resize (stretch, or cover-and-centre-crop); clipped to the input, rounded outward."""
-    import math
-
     w, h = image_size
     x0, y0, x1, y1 = (float(v) for v in box)
     if pre.size is None:

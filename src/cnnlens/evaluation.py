@@ -31,8 +31,13 @@ from pathlib import Path
 import torch
 
 from .autograd import needs_autograd
+from .data import as_dataset, require_labels
 from .results import Result, jsonable
 from .scanning import Batch, scan
+from .tap import LayerTap
+
+# Late (CONTRIBUTING.md, Imports): the drawing layer (matplotlib) in figure(), files() and the report sections; the
+# report's png_bytes (presentation).
 
 log = logging.getLogger(__name__)
 
@@ -406,8 +411,6 @@ def select_samples(
 
     >>> select_samples(cnnlens.load_model("digits-cnn"), "digits", misclassified=True)[:3]  # doctest: +SKIP
     """
-    from .data import as_dataset
-
     (res,) = scan(model, as_dataset(data, model), [PredictionAccumulator()], batch_size=batch_size, device=device)
     index, y, pred = res
     if (misclassified or true is not None) and len(y) and bool((y < 0).any()):
@@ -453,8 +456,6 @@ def evaluate(
     >>> r.topk_accuracy[3], int(r.confusion.sum())
     (1.0, 10)
     """
-    from .data import as_dataset, require_labels
-
     data = as_dataset(data, model)
     require_labels(data, "evaluation")
     spec = getattr(model, "spec", None)
@@ -538,8 +539,6 @@ def predict_topk(model: torch.nn.Module, x: torch.Tensor, k: int = 5, batch_size
     >>> r.classes.shape, bool((r.probs[:, 0] >= r.probs[:, 1]).all())
     (torch.Size([2, 2]), True)
     """
-    from .tap import LayerTap
-
     outs = []
     with LayerTap(model) as tap, torch.no_grad():
         for b in range(0, x.shape[0], batch_size):

@@ -39,6 +39,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from jinja2 import Environment, PackageLoader, select_autoescape
+
 from .results import jsonable
 
 
@@ -323,8 +325,6 @@ class Report:
         }
 
     def render_html(self) -> str:
-        from jinja2 import Environment, PackageLoader, select_autoescape
-
         env = Environment(loader=PackageLoader("cnnlens", "templates"), autoescape=select_autoescape(["html"]))
         env.filters["setting"] = show_setting
         tpl = env.get_template("report.html.j2")

@@ -7,14 +7,21 @@ tensors as ``.pt``; ``Explanation.figure(x)`` draws the maps over their images.
 
 from __future__ import annotations
 
+import base64
 import dataclasses
+import html
+import inspect
+import io
 import json
 import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
+
+# Late (CONTRIBUTING.md, Imports): the drawing layer (matplotlib), in preview() and figure().
 
 
 def jsonable(v: Any, max_elems: int = 4096) -> Any:
@@ -23,8 +30,6 @@ def jsonable(v: Any, max_elems: int = 4096) -> Any:
     Large tensors become a summary ({shape, dtype}) so JSON stays small; non-finite
     floats become None.
     """
-    import numpy as np
-
     if dataclasses.is_dataclass(v) and not isinstance(v, type):
         return {f.name: jsonable(getattr(v, f.name), max_elems) for f in dataclasses.fields(v)}
     if torch.is_tensor(v):
@@ -137,8 +142,6 @@ class Result:
 
     def preview(self):
         """The picture shown in Jupyter: ``figure()`` where it needs no argument, else None."""
-        import inspect
-
         fig = getattr(self, "figure", None)
         if fig is None:
             return None
@@ -148,10 +151,6 @@ class Result:
         return fig()
 
     def _repr_html_(self) -> str:
-        import base64
-        import html
-        import io
-
         rows = "".join(
             f"<tr><th style='text-align:left'>{html.escape(k)}</th><td style='text-align:left'>"
             f"{html.escape(v)}</td></tr>"

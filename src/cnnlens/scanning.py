@@ -19,8 +19,12 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, cast, runtime_checkable
 
 import torch
+import torch.distributed as dist
 from torch import nn
+from torch.utils.data import BatchSampler, DistributedSampler, RandomSampler, SequentialSampler
 
+from .data import as_dataset
+from .grid import as_grid, check_layout, grid_layout, to_grid
 from .tap import LayerTap
 
 if TYPE_CHECKING:
@@ -73,8 +77,6 @@ class Accumulator(Protocol):
 
 def distributed_info() -> tuple[int, int]:
     """(rank, world_size); (0, 1) when torch.distributed is not initialised."""
-    import torch.distributed as dist
-
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
@@ -103,8 +105,6 @@ def _loader_indices(loader, world: int) -> list[int] | None:
     does not matter to an accumulator); any other sampler (a subset, weights)
     is followed, with rank 0's draw broadcast so every process shards one list.
     """
-    from torch.utils.data import BatchSampler, DistributedSampler, RandomSampler, SequentialSampler
-
     sampler, batch_sampler = loader.sampler, loader.batch_sampler
     if batch_sampler is not None and type(batch_sampler) is not BatchSampler:
         indices = [int(i) for b in batch_sampler for i in b]
@@ -115,8 +115,6 @@ def _loader_indices(loader, world: int) -> list[int] | None:
     else:
         indices = [int(i) for i in sampler]
     if world > 1:
-        import torch.distributed as dist
-
         box = [indices]
         dist.broadcast_object_list(box, src=0)
         indices = box[0]
@@ -191,8 +189,6 @@ def scan(
         acc = cnnlens.evaluation.EvaluationAccumulator(num_classes=10, topk=(1, 3))
         (result,) = scan(model, "digits", [acc])
     """
-    from .data import as_dataset
-
     accs = list(accumulators)
     if not accs:
         raise ValueError("scan needs at least one accumulator")
@@ -204,7 +200,6 @@ def scan(
     device = torch.device(device)
     layers = sorted({l for a in accs for l in getattr(a, "layers", ())})
     batches, total, samples = _batches(data, batch_size, rank, world, num_workers)
-    from .grid import check_layout
 
     given = layout if isinstance(layout, dict) else {n: layout for n in layers}
     for v in given.values():
@@ -259,8 +254,6 @@ def _grid(tap: LayerTap, name: str, x: torch.Tensor, layouts: dict | None = None
     if torch.is_tensor(out):
         out = tap[name]  # refuses a record changed in place through memory it shares with another tensor
     if torch.is_tensor(out) and out.dim() in (3, 4):
-        from .grid import as_grid, grid_layout, to_grid
-
         hw, module = tuple(x.shape[-2:]), tap._modules.get(name)
         key = (name, tuple(out.shape[1:]), hw)
         if layouts is None or key not in layouts:
@@ -275,8 +268,6 @@ def _grid(tap: LayerTap, name: str, x: torch.Tensor, layouts: dict | None = None
 
 
 def _gather_merge(accs: list[Accumulator], world: int) -> list[Accumulator]:
-    import torch.distributed as dist
-
     gathered: list[list[Accumulator] | None] = [None] * world
     dist.all_gather_object(gathered, accs)
     merged, *rest = cast(list[list[Accumulator]], gathered)  # all_gather_object filled every slot

@@ -21,8 +21,11 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
+import torch.nn.modules.module as mm
 from torch import nn
 from torch.overrides import TorchFunctionMode
+
+from .grid import prefix_tokens, token_grid
 
 log = logging.getLogger(__name__)
 
@@ -480,8 +483,6 @@ def find_last_spatial_layer(model: nn.Module, x: torch.Tensor) -> str:
     spreads the 1×1 features of a 64×64 image over 6×6; VGG's spreads 2×2 over 7×7) or an
     output constant over its grid. Logged at INFO, with what was skipped.
     """
-    from .grid import prefix_tokens, token_grid
-
     spec = getattr(model, "spec", None)
     if spec is not None and getattr(spec, "last_spatial_layer", None):
         name = spec.last_spatial_layer
@@ -595,8 +596,6 @@ class guarded:
         self._freeze = freeze
 
     def __enter__(self) -> nn.Module:
-        import torch.nn.modules.module as mm
-
         self._modules = []
         for m in self.model.modules():
             attrs = dict(m.__dict__)
@@ -633,8 +632,6 @@ class guarded:
         self._restore()
 
     def _restore(self) -> None:
-        import torch.nn.modules.module as mm
-
         for m, attrs, contents in self._modules:
             d = m.__dict__
             for k in [k for k in d if k not in attrs]:

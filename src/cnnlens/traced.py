@@ -28,6 +28,10 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
+from .models.spec import Normalize
+
+# Late (CONTRIBUTING.md, Imports): the optional timm, in timm_notrace.
+
 
 class Unsupported(Exception):
     """The model cannot be traced or run as traced (the message says why)."""
@@ -62,8 +66,6 @@ class Tracer(fx.Tracer):
         super().__init__(autowrap_functions=fns)
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        from .models.spec import Normalize  # noqa: PLC0415
-
         return (
             qualname in self.named
             or isinstance(m, Normalize)

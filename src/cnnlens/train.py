@@ -24,8 +24,10 @@ from typing import TypeVar
 
 import torch
 import torch.nn.functional as F
+from safetensors.torch import save_file
 from torch import nn
 
+from .models.cluttered import ClutteredDigitsCNN, cluttered_digits, cluttered_spec
 from .models.digits import DigitsCNN, digits_spec, digits_split
 from .models.spec import PixelModel
 
@@ -170,8 +172,6 @@ def train_cluttered(
 
     >>> model = train_cluttered(seed=0, epochs=1)            # doctest: +SKIP
     """
-    from .models.cluttered import ClutteredDigitsCNN, cluttered_digits, cluttered_spec
-
     data = cluttered_digits("train")
     return train_classifier(
         lambda: PixelModel(ClutteredDigitsCNN(), cluttered_spec()),
@@ -211,8 +211,6 @@ def accuracy(model: nn.Module, data=None, batch_size: int = 512) -> float:
 
 def save_digits(model: nn.Module, path: str | Path, metadata: dict | None = None) -> Path:
     """Write a small CNN's weights (keys of the inner network) to a .safetensors file."""
-    from safetensors.torch import save_file
-
     net = model.net if isinstance(model, PixelModel) else model
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

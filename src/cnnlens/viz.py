@@ -8,9 +8,11 @@ from __future__ import annotations
 import io
 from collections.abc import Sequence
 
+import matplotlib
 import matplotlib.figure as _mpl_figure
 import numpy as np
 import torch
+from PIL import Image, ImageDraw, ImageFont
 
 #: keyword arguments of ``pyplot.subplots`` that belong to the figure, not to ``Figure.subplots``
 _FIGURE_KW = ("figsize", "dpi", "facecolor", "edgecolor", "layout")
@@ -49,8 +51,6 @@ def to_numpy_image(x: torch.Tensor) -> np.ndarray:
 
 def to_pil(x: torch.Tensor):
     """C×H×W tensor in [0, 1] → PIL image."""
-    from PIL import Image
-
     a = (to_numpy_image(x) * 255).round().astype(np.uint8)
     return Image.fromarray(a)
 
@@ -146,8 +146,6 @@ def rescale01(x: torch.Tensor) -> torch.Tensor:
 
 def colormap_rgb(values: torch.Tensor, cmap: str = SEQUENTIAL, vmin: float = 0.0, vmax: float = 1.0) -> np.ndarray:
     """H×W values → H×W×3 float RGB in [0, 1] through a matplotlib colour map (no figure is made)."""
-    import matplotlib
-
     v = values.detach().float().cpu().numpy()
     span = vmax - vmin
     u = np.clip((v - vmin) / span, 0.0, 1.0) if span > 0 else np.full_like(v, 0.5)
@@ -157,8 +155,6 @@ def colormap_rgb(values: torch.Tensor, cmap: str = SEQUENTIAL, vmin: float = 0.0
 def heat_strip(maps: torch.Tensor, *, signed: bool = False, size: int = 96, gap: int = 4):
     """N×H×W maps side by side as one PIL image (each on its own scale, ``size`` px high; signed maps on
     :data:`DIVERGING` centred at 0, others on :data:`SEQUENTIAL`): a result's picture when no image is kept."""
-    from PIL import Image
-
     tiles = []
     for m in maps.detach().float().cpu():
         if signed:
@@ -219,8 +215,6 @@ def panels_image(
 ):
     """H×W×3 arrays side by side, each scaled to ``size`` px, with a title above and, where given,
     a colour bar ``(cmap, vmin, vmax)`` with its end values beside it. Returns a PIL image."""
-    from PIL import Image, ImageDraw, ImageFont
-
     font = ImageFont.load_default(size=12)
     bar_w, label_w, top = 10, 44, 20
     bars = list(bars or [None] * len(panels))

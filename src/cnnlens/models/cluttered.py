@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
+from ..extras import require
 from .digits import CLASS_NAMES, DigitsCNN, grey_digits_spec, split_indices
 from .spec import ModelSpec
 
@@ -127,8 +128,6 @@ def boxes_to_masks(boxes: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 @functools.lru_cache(maxsize=1)
 def _digit_images() -> tuple[np.ndarray, np.ndarray]:
     """All digits as N×24×24 float32 in [0, 1] (bilinear from value/16) and their labels."""
-    from ..extras import require
-
     load_digits = require("data", "sklearn.datasets", what="the cluttered-digits data").load_digits
 
     d = load_digits()

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 
+from ..extras import require
 from .spec import ModelSpec
 
 #: side of the upsampled images
@@ -84,8 +85,6 @@ def digits_spec(class_names: tuple[str, ...] = CLASS_NAMES) -> ModelSpec:
 
 def _all_digits() -> tuple[torch.Tensor, torch.Tensor]:
     """Every digit image as N×1×32×32 float in [0, 1] (bilinear upsampling of value/16) and labels."""
-    from ..extras import require
-
     load_digits = require("data", "sklearn.datasets", what="the digits data").load_digits
 
     d = load_digits()

