@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
 import typer
 
@@ -69,40 +70,57 @@ def print_leaderboard(lb, title: str) -> None:
     )
 
 
-@app.command()
-@model_options
-def benchmark(
-    model: str = typer.Option(
-        "cluttered-digits-cnn", "--model", "-m", help="cluttered-digits-cnn (default), or any model cnnlens loads."
-    ),
-    data: str | None = typer.Option(
-        None,
+#: benchmark's own options
+BenchModel = Annotated[
+    str, typer.Option("--model", "-m", help="cluttered-digits-cnn (default), or any model cnnlens loads.")
+]
+BenchData = Annotated[
+    str | None,
+    typer.Option(
         "--data",
         "-d",
         help="cluttered-digits (default for cluttered-digits-cnn; boxes built in), or an ImageFolder directory.",
     ),
-    boxes: Path | None = typer.Option(
-        None,
+]
+BenchBoxes = Annotated[
+    Path | None,
+    typer.Option(
         "--boxes",
         help="Boxes CSV for an ImageFolder: header "
         "path,x0,y0,x1,y1; path relative to the folder; pixels of the stored "
         "image, x1/y1 exclusive. Without it the localisation metrics are left out.",
     ),
-    methods: str = typer.Option("all", "--methods", help="Comma-separated attribution methods, or all."),
-    metrics: str | None = typer.Option(
-        None,
+]
+BenchMethods = Annotated[str, typer.Option("--methods", help="Comma-separated attribution methods, or all.")]
+BenchMetrics = Annotated[
+    str | None,
+    typer.Option(
         "--metrics",
         help="Comma-separated metrics (default: all that "
         "apply): pointing-game, relevance-mass-accuracy, relevance-rank-accuracy, "
         "deletion-auc, insertion-auc, faithfulness-correlation, road-morf, "
         "road-lerf, max-sensitivity, model-parameter-randomisation.",
     ),
-    n: int = typer.Option(16, "--n", min=2, help="Images scored (the first n of the held-out split / folder)."),
+]
+BenchN = Annotated[int, typer.Option("--n", min=2, help="Images scored (the first n of the held-out split / folder).")]
+BenchOut = Annotated[Path, typer.Option("--out", "-o", help="Output directory (report, JSON, CSV).")]
+
+
+@app.command()
+@model_options
+def benchmark(
+    *,
+    model: BenchModel = "cluttered-digits-cnn",
+    data: BenchData = None,
+    boxes: BenchBoxes = None,
+    methods: BenchMethods = "all",
+    metrics: BenchMetrics = None,
+    n: BenchN = 16,
     weights: Weights = None,
     pretrained: Pretrained = False,
     trust_pickle: TrustPickle = False,
     device: Device = "cpu",
-    out: Path = typer.Option(Path("cnnlens-benchmark"), "--out", "-o", help="Output directory (report, JSON, CSV)."),
+    out: BenchOut = Path("cnnlens-benchmark"),
     force: Force = False,
 ) -> None:
     """A leaderboard of every attribution method on every metric, with 95 % confidence intervals over the

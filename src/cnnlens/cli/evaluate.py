@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
 import typer
 
@@ -10,16 +11,13 @@ from .common import (
     UserError,
     app,
     console,
-    distributed,
-    load_model_from_options,
     model_options,
-    names_from_data,
     new_report,
     out_dir,
     print_table,
-    progress_bar,
 )
 from .options import BatchSize, Device, Force, LabelledData, Model, Out, Pretrained, TrustPickle, Weights
+from .session import session
 
 
 def _topk_values(topk: list[str] | None, more: list[str] | None) -> tuple[int, ...] | None:
@@ -66,6 +64,18 @@ def print_result(result, out=None) -> None:
         c.print(f"most confused (true→predicted): {pairs}")
 
 
+#: evaluate's own options
+EvalTopk = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--topk",
+        "-k",
+        help="k values for top-k accuracy, e.g. --topk 1 5 (default 1 5, without k above the number of classes).",
+    ),
+]
+EvalWorkers = Annotated[int, typer.Option("--workers", min=0, help="DataLoader worker processes.")]
+
+
 @app.command(context_settings={"allow_extra_args": True})
 @model_options
 def evaluate(
@@ -73,17 +83,12 @@ def evaluate(
     ctx: typer.Context,
     model: Model,
     data: LabelledData,
-    topk: list[str] | None = typer.Option(
-        None,
-        "--topk",
-        "-k",
-        help="k values for top-k accuracy, e.g. --topk 1 5 (default 1 5, without k above the number of classes).",
-    ),
+    topk: EvalTopk = None,
     weights: Weights = None,
     pretrained: Pretrained = False,
     trust_pickle: TrustPickle = False,
     batch_size: BatchSize = 64,
-    workers: int = typer.Option(0, "--workers", min=0, help="DataLoader worker processes."),
+    workers: EvalWorkers = 0,
     device: Device = "cpu",
     out: Out = Path("cnnlens-out"),
     force: Force = False,
@@ -94,25 +99,21 @@ def evaluate(
     evaluation.json and index.html into --out. Under `torchrun --nproc_per_node N
     -m cnnlens evaluate ...` each process evaluates a shard; rank 0 writes.
     """
-    from ..data import as_dataset, require_labels
     from ..evaluation import evaluate as run_evaluate
     from ..evaluation import report_section
 
     ks = _topk_values(topk, ctx.args)  # `--topk 1 3`: click leaves the 3 in ctx.args
     out = out_dir(out, force, data, weights)
-    with distributed(device) as (rank, world, dev):
-        m = load_model_from_options(model, weights, pretrained, trust_pickle, dev)
-        ds = as_dataset(data, m)
-        require_labels(ds, "cnnlens evaluate")
-        names_from_data(m, ds)
-        with progress_bar(f"evaluating {model}", rank=rank, world=world) as update:
+    with session(model, weights, pretrained, trust_pickle, device) as S:
+        ds = S.dataset(data, labels_for="cnnlens evaluate")
+        with S.progress(f"evaluating {model}") as update:
             result = run_evaluate(
-                m, ds, topk=ks, batch_size=batch_size, device=dev, progress=update, num_workers=workers
+                S.model, ds, topk=ks, batch_size=batch_size, device=S.device, progress=update, num_workers=workers
             )
-        if rank != 0:
+        if not S.writes:
             return
         print_result(result)
-        rep = new_report(f"cnnlens evaluate: {model}", f"{model} on {data}.", m)
+        rep = new_report(f"cnnlens evaluate: {model}", f"{model} on {data}.", S.model)
         settings = {
             "model": model,
             "data": data,
@@ -120,15 +121,14 @@ def evaluate(
             "top-k": list(result.topk_accuracy),
             "n": result.n,
             "batch size": batch_size,
-            "device": dev,
-            "processes": world,
+            "device": S.device,
+            "processes": S.world,
         }
         report_section(rep, result, settings=settings)
         for name, blob in result.files().items():
             rep.file(name, blob)
         index = out.write(rep)
-        console.print(
-            f"wrote {index.parent}: confusion.png/.csv/.json (raw and normalised), per_class.csv, "
-            "evaluation.json, index.html",
-            highlight=False,
-        )
+        console.print(f"wrote {index.parent}: {EVALUATE_FILES}", highlight=False)
+
+
+EVALUATE_FILES = "confusion.png/.csv/.json (raw and normalised), per_class.csv, evaluation.json, index.html"

@@ -200,7 +200,6 @@ def explain(
     <image>/explanation.json (settings, classes, faithfulness) and <image>/maps.pt (the maps as tensors);
     plus index.html and results.json.
     """
-    from ..attribution.explain import explain_images
     from ..attribution.report import add_explain_section
 
     chosen = parse_methods(methods)
@@ -214,9 +213,25 @@ def explain(
         "occlusion": {k: v for k, v in (("window", window), ("stride", stride)) if v is not None},
         "augmented_gradcam": {"augmentations": augmentations},
     }
-    total = len(names) * len(chosen) * (2 if faithfulness_steps > 0 else 1)  # image × method (× faithfulness)
+    run = _explain(s, x, names, chosen, target, layer, settings, faithfulness_steps, base)
+    subtitle = f"{len(names)} image(s), target {target}, {len(run.explanations)} method(s)."
+    rep = new_report(f"cnnlens explain: {model}", subtitle, s.model)
+    add_explain_section(rep, run, model=model, shared=shared_scale, sources=sources)
+    _say(run, names)
+    index = out.write(rep)
+    console.print(f"wrote {index.parent}: {EXPLAIN_FILES}", highlight=False)
+
+
+EXPLAIN_FILES = "per image original.png, <method>.png, top5.png, grid.png, explanation.json, maps.pt; index.html"
+
+
+def _explain(s: Session, x, names, chosen, target, layer, settings, faithfulness_steps: int, baseline):
+    """:func:`cnnlens.attribution.explain_images` with a progress bar (image × method, × 2 with faithfulness)."""
+    from ..attribution.explain import explain_images
+
+    total = len(names) * len(chosen) * (2 if faithfulness_steps > 0 else 1)
     with s.progress(f"explaining {len(names)} image(s) × {len(chosen)} method(s)", total=total) as update:
-        run = explain_images(
+        return explain_images(
             s.model,
             x,
             chosen,
@@ -225,22 +240,9 @@ def explain(
             layer=layer,
             settings=settings,
             faithfulness_steps=faithfulness_steps,
-            baseline=base,
+            baseline=baseline,
             progress=lambda stage, done, t: update(done, t),
         )
-    rep = new_report(
-        f"cnnlens explain: {model}",
-        f"{len(names)} image(s), target {target}, {len(run.explanations)} method(s).",
-        s.model,
-    )
-    add_explain_section(rep, run, model=model, shared=shared_scale, sources=sources)
-    _say(run, names)
-    index = out.write(rep)
-    console.print(
-        f"wrote {index.parent}: per image original.png, <method>.png, top5.png, grid.png, "
-        "explanation.json, maps.pt; index.html",
-        highlight=False,
-    )
 
 
 def _layer(m, layer: str | None) -> str | None:

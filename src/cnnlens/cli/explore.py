@@ -13,13 +13,12 @@ from .common import (
     UserError,
     app,
     console,
-    distributed,
-    load_model_from_options,
     model_options,
     out_dir,
     progress_bar,
 )
 from .options import Device, Force, LabelledData, Model, Pretrained, TrustPickle, Weights
+from .session import session
 
 
 def default_cache() -> Path:
@@ -96,17 +95,15 @@ def explore(
         raise UserError(f"--cache {cache} is a file; give a folder")
     # checked before any work
     export_to = out_dir(export, force, data, weights, option="--export") if export is not None else None
-    with distributed(device) as (rank, world, dev):
-        if world > 1 and not scan_only:
-            raise UserError("under torchrun only --scan-only runs (the server is one process); add --scan-only")
-        m = load_model_from_options(model, weights, pretrained, trust_pickle, dev)
-        ds = scan_dataset(data, m)
+    one = None if scan_only else "under torchrun only --scan-only runs (the server is one process); add --scan-only"
+    with session(model, weights, pretrained, trust_pickle, device, one_process=one) as S:
+        ds = scan_dataset(data, S.model)
         if scan_only or export is not None:
-            store = _scan(m, model, data, ds, cache, batch_size, dev, rank, world)
-            if rank == 0 and export is not None:
-                _export(m, data, cache, store, export_to, cells, batch_size, dev, force)
+            store = _scan(S.model, model, data, ds, cache, batch_size, S.device, S.rank, S.world)
+            if S.writes and export is not None:
+                _export(S.model, data, cache, store, export_to, cells, batch_size, S.device, force)
             return
-        serve(m, data, ds, cache, host, port, batch_size, dev)
+        serve(S.model, data, ds, cache, host, port, batch_size, S.device)
 
 
 def _scan(m, model: str, data: str, ds, cache: Path, batch_size: int, device: str, rank: int, world: int):
