@@ -3,25 +3,30 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
 import typer
 
 from .common import app, console, out_dir, parse_device
 from .options import Device, Force
 
+#: demo's own options
+DemoOut = Annotated[
+    Path,
+    typer.Option("--out", "-o", help="Report directory: a new, empty or previous-report folder (replaced atomically)."),
+]
+DemoQuick = Annotated[bool, typer.Option("--quick", help="Fewer samples and steps (a fast smoke run).")]
+DemoOnly = Annotated[str | None, typer.Option("--only", help="Comma-separated section names to run.")]
+
 
 @app.command()
 def demo(
-    out: Path = typer.Option(
-        Path("demo-report"),
-        "--out",
-        "-o",
-        help="Report directory: a new, empty or previous-report folder (replaced atomically).",
-    ),
+    *,
+    out: DemoOut = Path("demo-report"),
     force: Force = False,
     device: Device = "cpu",
-    quick: bool = typer.Option(False, "--quick", help="Fewer samples and steps (a fast smoke run)."),
-    only: str | None = typer.Option(None, "--only", help="Comma-separated section names to run."),
+    quick: DemoQuick = False,
+    only: DemoOnly = None,
 ) -> None:
     """Run every section on the embedded models and photos and write the HTML report."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn

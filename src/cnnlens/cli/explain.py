@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
 import typer
 
@@ -120,75 +121,94 @@ def _selection(model, ds, misclassified: bool, true_class, confused, n: int) -> 
 
 
 #: explain's own options, declared once here so that the command reads as what it does
-IMAGES_ARG = typer.Argument(None, help="Image files, folders (a flat folder or one with sub-folders) or globs.")
-DATA_OPT = typer.Option(
-    None,
-    "--data",
-    "-d",
-    help="Or take images from a dataset: digits, an ImageFolder, or a flat folder of images (no labels needed).",
-)
-N_OPT = typer.Option(8, "--n", min=1, help="With --data: how many of its first images (or of the selected ones).")
-MISCLASSIFIED_OPT = typer.Option(
-    False, "--misclassified", help="With --data: only the images the model gets wrong (needs labels)."
-)
-CLASS_OPT = typer.Option(
-    None, "--class", help="With --data: only images of this true class (index or name; needs labels)."
-)
-CONFUSED_OPT = typer.Option(
-    None,
-    "--confused",
-    help="With --data: only images of true class R predicted as C, given as R,C (a cell of the confusion matrix).",
-)
-METHODS_OPT = typer.Option(DEFAULT_METHODS, "--methods", help=METHODS_HELP)
-TARGET_OPT = typer.Option("predicted", "--target", "-t", help="predicted, second, a class index or a class name.")
-LAYER_OPT = typer.Option(
-    None,
-    "--layer",
-    "-l",
-    help="Layer for the CAM family (default: the last spatial layer; see `cnnlens layers --model M`).",
-)
-SHARED_OPT = typer.Option(
-    False,
-    "--shared-scale",
-    help="Draw every map on one scale (each divided by its largest |value|) instead of each in its own units.",
-)
-STEPS_OPT = typer.Option(
-    16, "--faithfulness-steps", min=0, help="Deletion/insertion steps (0: skip the faithfulness scores)."
-)
-BASELINE_OPT = typer.Option(
-    "blur",
-    "--baseline",
-    help="What deleted pixels become in the faithfulness curves: blur, "
-    "grey, black or a number in [0, 1] (black suits white-on-black digits).",
-)
-WINDOW_OPT = typer.Option(None, "--window", min=1, help="Occlusion patch size in pixels (default: 1/8 of the image).")
-STRIDE_OPT = typer.Option(None, "--stride", min=1, help="Occlusion stride (default: window/2).")
-AUGMENTATIONS_OPT = typer.Option(100, "--augmentations", min=1, help="Augmented Grad-CAM: number of copies.")
+ExplainImages = Annotated[
+    list[str] | None, typer.Argument(help="Image files, folders (a flat folder or one with sub-folders) or globs.")
+]
+ExplainData = Annotated[
+    str | None,
+    typer.Option(
+        "--data",
+        "-d",
+        help="Or take images from a dataset: digits, an ImageFolder, or a flat folder of images (no labels needed).",
+    ),
+]
+ExplainN = Annotated[
+    int, typer.Option("--n", min=1, help="With --data: how many of its first images (or of the selected ones).")
+]
+ExplainMisclassified = Annotated[
+    bool, typer.Option("--misclassified", help="With --data: only the images the model gets wrong (needs labels).")
+]
+ExplainClass = Annotated[
+    str | None,
+    typer.Option("--class", help="With --data: only images of this true class (index or name; needs labels)."),
+]
+ExplainConfused = Annotated[
+    str | None,
+    typer.Option(
+        "--confused",
+        help="With --data: only images of true class R predicted as C, given as R,C (a cell of the confusion matrix).",
+    ),
+]
+ExplainMethods = Annotated[str, typer.Option("--methods", help=METHODS_HELP)]
+ExplainTarget = Annotated[str, typer.Option("--target", "-t", help="predicted, second, a class index or a class name.")]
+ExplainLayer = Annotated[
+    str | None,
+    typer.Option(
+        "--layer",
+        "-l",
+        help="Layer for the CAM family (default: the last spatial layer; see `cnnlens layers --model M`).",
+    ),
+]
+ExplainShared = Annotated[
+    bool,
+    typer.Option(
+        "--shared-scale",
+        help="Draw every map on one scale (each divided by its largest |value|) instead of each in its own units.",
+    ),
+]
+ExplainSteps = Annotated[
+    int, typer.Option("--faithfulness-steps", min=0, help="Deletion/insertion steps (0: skip the faithfulness scores).")
+]
+ExplainBaseline = Annotated[
+    str,
+    typer.Option(
+        "--baseline",
+        help="What deleted pixels become in the faithfulness curves: blur, "
+        "grey, black or a number in [0, 1] (black suits white-on-black digits).",
+    ),
+]
+ExplainWindow = Annotated[
+    int | None, typer.Option("--window", min=1, help="Occlusion patch size in pixels (default: 1/8 of the image).")
+]
+ExplainStride = Annotated[int | None, typer.Option("--stride", min=1, help="Occlusion stride (default: window/2).")]
+ExplainAugmentations = Annotated[
+    int, typer.Option("--augmentations", min=1, help="Augmented Grad-CAM: number of copies.")
+]
 
 
 @app.command()
 @model_options
 def explain(
     *,
-    images: list[str] | None = IMAGES_ARG,
-    data: str | None = DATA_OPT,
-    n_images: int = N_OPT,
-    misclassified: bool = MISCLASSIFIED_OPT,
-    true_class: str | None = CLASS_OPT,
-    confused: str | None = CONFUSED_OPT,
+    images: ExplainImages = None,
+    data: ExplainData = None,
+    n_images: ExplainN = 8,
+    misclassified: ExplainMisclassified = False,
+    true_class: ExplainClass = None,
+    confused: ExplainConfused = None,
     model: Model,
     weights: Weights = None,
     pretrained: Pretrained = False,
     trust_pickle: TrustPickle = False,
-    methods: str = METHODS_OPT,
-    target: str = TARGET_OPT,
-    layer: str | None = LAYER_OPT,
-    shared_scale: bool = SHARED_OPT,
-    faithfulness_steps: int = STEPS_OPT,
-    baseline: str = BASELINE_OPT,
-    window: int | None = WINDOW_OPT,
-    stride: int | None = STRIDE_OPT,
-    augmentations: int = AUGMENTATIONS_OPT,
+    methods: ExplainMethods = DEFAULT_METHODS,
+    target: ExplainTarget = "predicted",
+    layer: ExplainLayer = None,
+    shared_scale: ExplainShared = False,
+    faithfulness_steps: ExplainSteps = 16,
+    baseline: ExplainBaseline = "blur",
+    window: ExplainWindow = None,
+    stride: ExplainStride = None,
+    augmentations: ExplainAugmentations = 100,
     device: Device = "cpu",
     out: Out = Path("cnnlens-out"),
     force: Force = False,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Annotated
 
 import typer
 
@@ -13,19 +14,29 @@ train_app = typer.Typer(help="Train the small models that ship with cnnlens.", n
 app.add_typer(train_app, name="train")
 
 
-@train_app.command("digits")
-def digits(
-    seed: int = typer.Option(0, "--seed", help="Seed of the initialisation and the batch order."),
-    epochs: int = typer.Option(None, "--epochs", help="Passes over the training split (default: as shipped)."),
-    out: Path = typer.Option(
-        Path("digits_cnn.safetensors"), "--out", "-o", help="Weight file to write (.safetensors)."
-    ),
-    robust: str = typer.Option(
-        "none",
+#: the train commands' options (--robust: digits only)
+TrainSeed = Annotated[int, typer.Option("--seed", help="Seed of the initialisation and the batch order.")]
+TrainEpochs = Annotated[
+    int | None, typer.Option("--epochs", help="Passes over the training split (default: as shipped).")
+]
+TrainOut = Annotated[Path, typer.Option("--out", "-o", help="Weight file to write (.safetensors).")]
+TrainRobust = Annotated[
+    str,
+    typer.Option(
         "--robust",
         help="Training objective: none (cross-entropy), adversarial "
         "(clean + FGSM-with-random-start images, ε=0.1) or gradient-penalty (CE + λ·||∂CE/∂x||², λ=1).",
     ),
+]
+
+
+@train_app.command("digits")
+def digits(
+    *,
+    seed: TrainSeed = 0,
+    epochs: TrainEpochs = None,
+    out: TrainOut = Path("digits_cnn.safetensors"),
+    robust: TrainRobust = "none",
 ) -> None:
     """Train digits-cnn on scikit-learn's digits (deterministic), print held-out accuracy, write the weights.
 
@@ -76,11 +87,10 @@ def digits(
 
 @train_app.command("cluttered-digits")
 def cluttered_digits_cmd(
-    seed: int = typer.Option(0, "--seed", help="Seed of the initialisation and the batch order."),
-    epochs: int = typer.Option(None, "--epochs", help="Passes over the training split (default: as shipped)."),
-    out: Path = typer.Option(
-        Path("cluttered_digits_cnn.safetensors"), "--out", "-o", help="Weight file to write (.safetensors)."
-    ),
+    *,
+    seed: TrainSeed = 0,
+    epochs: TrainEpochs = None,
+    out: TrainOut = Path("cluttered_digits_cnn.safetensors"),
 ) -> None:
     """Train cluttered-digits-cnn on the cluttered-digits train split (deterministic), print held-out accuracy,
     write the weights.
