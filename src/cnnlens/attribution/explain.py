@@ -15,9 +15,13 @@ from typing import Any
 
 import torch
 
+from ..evaluation import predict_topk
 from ..registry import method_info
 from ..results import Explanation, Result
+from ..tap import LayerTap
 from .faithfulness import Faithfulness, faithfulness
+
+# Late (CONTRIBUTING.md, Imports): the drawing layer (matplotlib), in ExplainRun.preview().
 
 log = logging.getLogger(__name__)
 
@@ -87,8 +91,6 @@ def explain_images(
     >>> run = explain_images(model, x, ["saliency", "gradcam"], faithfulness_steps=8)      # doctest: +SKIP
     >>> run.faithfulness["gradcam"].deletion_auc                                           # doctest: +SKIP
     """
-    from ..evaluation import predict_topk
-
     methods = list(methods)
     if not methods:
         raise ValueError("give at least one method, e.g. methods=['saliency', 'gradcam']")
@@ -145,8 +147,6 @@ def explain_images(
 
 
 def _num_classes(model, x: torch.Tensor) -> int:
-    from ..tap import LayerTap
-
     with LayerTap(model) as tap, torch.no_grad():
         return tap.run(x[:1]).shape[1]
 

@@ -27,8 +27,11 @@ from torch import nn
 from ..autograd import needs_autograd
 from ..batching import check_batch_size, chunks
 from ..results import Explanation, Result
-from ..tap import LayerTap
+from ..tap import LayerTap, resolve_layer
 from .common import Progress, describe_fill, logits_of, pixel_fill, prepare, upsample
+
+# Late (CONTRIBUTING.md, Imports): scipy (start-up), in spearman; METHODS, in randomization_check (cnnlens.attribution
+# imports this module first).
 
 
 @dataclasses.dataclass(frozen=True)
@@ -301,8 +304,6 @@ def randomization_check(
         raise ValueError("the model has no parameters to re-initialise")
     if layers is not None:
         idx = []
-        from ..tap import resolve_layer
-
         for ln in layers:
             full = resolve_layer(model, ln)[0]
             hits = [i for i, o in enumerate(order) if o == full or o.startswith(full + ".")]

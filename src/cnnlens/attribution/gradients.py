@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -241,8 +242,6 @@ def _ig_points(steps: int, method: str):
         alphas = (torch.arange(steps, dtype=torch.float64) + 0.5) / steps
         w = torch.full((steps,), 1.0 / steps, dtype=torch.float64)
     elif method == "gausslegendre":
-        import numpy as np
-
         t, wt = np.polynomial.legendre.leggauss(steps)
         alphas = torch.from_numpy((t + 1) / 2)
         w = torch.from_numpy(wt / 2)

@@ -46,6 +46,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
+from ..models.spec import Normalize
 from ..traced import Unsupported, trace  # noqa: F401  (Unsupported: re-exported for occlusion and CAM)
 
 log = logging.getLogger("cnnlens.attribution")
@@ -320,7 +321,6 @@ def _pointwise_module(m: nn.Module) -> bool:
         return True
     if isinstance(m, nn.BatchNorm2d):
         return not m.training
-    from ..models.spec import Normalize  # noqa: PLC0415
 
     if isinstance(m, Normalize):
         return True

@@ -40,10 +40,12 @@ import logging
 from typing import Any, NamedTuple
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..autograd import needs_autograd
 from ..batching import Arm, Tuner, arms, check_batch_size, chunks, workload
+from ..extras import require
 from ..results import Explanation
 from ..tap import LayerTap
 from ..targets import TargetError
@@ -128,8 +130,6 @@ def _fill(
     """Pr × Pc values with the unknown ones estimated: the weighted mean of the known values among the 8
     neighbouring positions (weight 1 for the 4 beside, ½ for the 4 diagonal), or, with none known nearby,
     bilinear interpolation between the coarse grid's positions."""
-    import torch.nn.functional as F  # noqa: PLC0415
-
     v = v.double()
     est = _interp(rows, [rows[i] for i in rc]).double() @ v[rc][:, cc] @ _interp(cols, [cols[j] for j in cc]).double().T
     k = known.double()
@@ -144,8 +144,6 @@ def _ssim(a: torch.Tensor, b: torch.Tensor) -> float:
     """SSIM of map ``a`` against the exact map ``b``: scikit-image's ``structural_similarity`` with its defaults
     (7×7 uniform window, K1 = 0.01, K2 = 0.03; a smaller odd window on maps under 7 pixels) and ``data_range`` the
     exact map's max − min (the maps are logit drops in no fixed range; 1 if the exact map is constant)."""
-    from ..extras import require  # noqa: PLC0415
-
     structural_similarity = require(
         "data", "skimage.metrics", what="occlusion's check=True (SSIM)"
     ).structural_similarity

@@ -16,9 +16,13 @@ from typing import Any
 
 import torch
 
+from ..figures.attribution import GUIDED, class_means_figure, grid_figure, images_by_methods_figure, overlay_figure
+from ..figures.evaluation import topk_figure
 from ..registry import intro_of, lookup, title_of
 from ..report import png_bytes, show_setting
 from ..results import Explanation
+from ..viz import show_image, subplots
+from .completeness import incomplete_note
 from .explain import ExplainRun
 from .faithfulness import Faithfulness
 
@@ -78,8 +82,6 @@ def method_note(m: str, e: Explanation) -> str:
 
 def completeness_html(e: Explanation) -> str:
     """The completeness warning as a paragraph (empty when the attributions add up or were not checked)."""
-    from .completeness import incomplete_note
-
     warn = incomplete_note(e.extras)
     if not warn:
         return ""
@@ -185,10 +187,6 @@ def add_explain_section(
 
     >>> add_explain_section(cnnlens.report.Report("explain"), explain_images(model, x))   # doctest: +SKIP
     """
-    from ..figures.attribution import GUIDED, class_means_figure, grid_figure, images_by_methods_figure, overlay_figure
-    from ..figures.evaluation import topk_figure
-    from ..viz import show_image, subplots
-
     st, ok, faith, x, names, n = run.settings, run.explanations, run.faithfulness, run.images, run.names, len(run)
     steps, baseline = st.get("faithfulness_steps", 0), st.get("baseline", "blur")
     class_names = run.class_names

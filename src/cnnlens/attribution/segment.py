@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..extras import require
 from ..results import Explanation
 
 #: Simonyan et al.'s seeds: foreground above this quantile of the map, background below the next
@@ -24,8 +25,6 @@ BACKGROUND_QUANTILE = 0.30
 
 
 def _cv2():
-    from ..extras import require
-
     return require("segment", "cv2", what="attribution.segment (OpenCV's GrabCut)")
 
 
@@ -82,7 +81,6 @@ def segment(
     if x.shape[1] not in (1, 3):
         raise ValueError(f"GrabCut works on grey or RGB images; got {x.shape[1]} channels")
     cv2 = _cv2()
-    from ..extras import require
 
     label = require("data", "skimage.measure", what="segment's largest component").label
 

@@ -12,7 +12,10 @@ of them are recorded in ``Leaderboard.settings``.
 
 from __future__ import annotations
 
+import csv
 import dataclasses
+import importlib.util
+import io
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -21,8 +24,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from .. import attribution
+from ..attribution import deletion, insertion
 from ..autograd import needs_autograd
 from ..results import Result
+from .common import masks_of
 from .faithfulness import faithfulness_correlation, road
 from .localisation import pointing_game, relevance_mass_accuracy, relevance_rank_accuracy
 from .objects import localisation_accuracy, localisation_iou, segmentation_iou
@@ -116,9 +122,6 @@ class Leaderboard(Result):
         return out
 
     def csv(self) -> str:
-        import csv
-        import io
-
         buf = io.StringIO()
         rows = self.rows()
         w = csv.DictWriter(buf, fieldnames=list(rows[0]) if rows else ["method", "metric"], lineterminator="\n")
@@ -192,8 +195,6 @@ def benchmark(
     >>> lb = benchmark(model, ds.x[:16], y=ds.y[:16], boxes=ds.boxes[:16])       # doctest: +SKIP
     >>> lb.aggregates["gradcam"]["pointing_game"].mean                          # doctest: +SKIP
     """
-    from .. import attribution
-
     method_names = _check_names(methods, list(attribution.METHODS), "method")
     has_truth = boxes is not None or masks is not None
     wanted = _check_names(metrics, list(METRICS), "metric")
@@ -268,8 +269,6 @@ def benchmark(
 
 
 def _has_opencv() -> bool:
-    import importlib.util
-
     return importlib.util.find_spec("cv2") is not None
 
 
@@ -278,8 +277,6 @@ class _Truth:
     box) for the box-cut localisation, and the objects' pixels for the segmentation."""
 
     def __init__(self, boxes, masks, objects, n: int, size: tuple[int, int]):
-        from .common import masks_of
-
         self.boxes, self.masks = boxes, masks
         region = masks_of(boxes, masks, n, size)
         if boxes is not None:
@@ -303,8 +300,6 @@ class _Truth:
 def _score(
     k: str, model, x, e, classes, method: str, method_settings: dict, truth: _Truth | None, s: dict
 ) -> MetricResult:
-    from ..attribution import deletion, insertion
-
     boxes, masks = (truth.boxes, truth.masks) if truth is not None else (None, None)
     # benchmark() drops the metrics that need a ground truth when there is none
     if k == "localisation_iou":

@@ -9,9 +9,14 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..attribution import METHODS
+from ..attribution.common import logits_of, prepare
 from ..batching import check_batch_size, chunks
+from ..models.cluttered import boxes_to_masks
 from ..results import Explanation
 from ..tap import LayerTap
+
+# Late, for start-up (CONTRIBUTING.md, Imports): scipy, in spearman_rows.
 
 
 def maps_of(explanation: Any, n: int | None = None, what: str = "maps") -> torch.Tensor:
@@ -36,8 +41,6 @@ def maps_of(explanation: Any, n: int | None = None, what: str = "maps") -> torch
 def masks_of(boxes: Any = None, masks: Any = None, n: int = 0, size: tuple[int, int] = (0, 0)) -> torch.Tensor:
     """Ground truth as N×H×W bool: from ``masks`` (N×H×W, non-zero = inside) or ``boxes``
     (N×4 x0, y0, x1, y1 in pixels of the map, end exclusive)."""
-    from ..models.cluttered import boxes_to_masks
-
     if (boxes is None) == (masks is None):
         raise ValueError("give the ground truth as boxes=N×4 (x0, y0, x1, y1) or masks=N×H×W, exactly one of them")
     if masks is not None:
@@ -62,8 +65,6 @@ def masks_of(boxes: Any = None, masks: Any = None, n: int = 0, size: tuple[int, 
 
 def resolve_method(method: Callable | str) -> tuple[str, Callable]:
     """A method name (``-`` or ``_``) or callable → (name, function)."""
-    from ..attribution import METHODS
-
     if isinstance(method, str):
         fn = METHODS.get(method.replace("-", "_"))
         if fn is None:
@@ -84,8 +85,6 @@ def explained_classes(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(x checked and in the model's dtype, the class of each sample) — the explanation's classes when
     ``target`` is None and an Explanation is given, else the target resolved on the model."""
-    from ..attribution.common import logits_of, prepare
-
     if target is None:
         target = explanation.classes if isinstance(explanation, Explanation) else "predicted"
     p = prepare(model, x, target, y, what)
@@ -103,8 +102,6 @@ def class_scores(
 ) -> torch.Tensor:
     """Scores of ``classes`` on the images ``xs`` (M×C×H×W), batched: the logit, or with kind="argmax"
     the predicted class (long)."""
-    from ..attribution.common import logits_of
-
     bs = check_batch_size(batch_size, xs)
     out = []
     with LayerTap(model) as tap, torch.no_grad():

@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from ..data import boxed_image_folder, cluttered_digits, image_folder
 from .benchmark import Leaderboard, benchmark
 
 
@@ -45,8 +46,6 @@ def load_benchmark_data(
     boxes and ink built in; for a 1×64×64 model) or an ImageFolder directory, with ``boxes`` a CSV
     (``path,x0,y0,x1,y1``, see :func:`cnnlens.data.boxed_image_folder`) or without boxes."""
     if data == "cluttered-digits":
-        from ..data import cluttered_digits
-
         if boxes is not None:
             raise ValueError("--boxes: cluttered-digits has its own boxes; leave --boxes out")
         spec = model.spec
@@ -63,13 +62,9 @@ def load_benchmark_data(
         if not p.is_dir():
             raise ValueError(f"--data {data}: not cluttered-digits and no such directory; give an ImageFolder")
         if boxes is not None:
-            from ..data import boxed_image_folder
-
             bx = boxed_image_folder(p, boxes, model, limit=n)
             found = BenchmarkData(bx.x, bx.y, bx.boxes, None, data, str(boxes))
         else:
-            from ..data import image_folder
-
             ds = image_folder(p, model)
             xs, ys = zip(*[ds[i] for i in range(min(n, len(ds)))], strict=True)
             found = BenchmarkData(torch.stack(xs), torch.tensor(ys), None, None, data, "none")

@@ -27,6 +27,8 @@ from ..batching import check_batch_size, chunks
 from .common import class_scores, explained_classes, maps_of, pearson_rows, rng
 from .result import MetricResult
 
+# Late, for start-up (CONTRIBUTING.md, Imports): scipy, in noisy_linear_imputation.
+
 Progress = Any
 
 #: ROAD's default removal percentages (Quantus' default: 1, 3, …, 99)

@@ -22,6 +22,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..attribution.segment import segment
+from ..extras import require
 from .common import maps_of, masks_of
 from .result import MetricResult
 
@@ -42,8 +44,6 @@ def box_from_map(explanation: Any, threshold: float = 0.2) -> torch.Tensor:
     >>> box_from_map(m).tolist()
     [[5, 4, 7, 8]]
     """
-    from ..extras import require
-
     label = require("data", "skimage.measure", what="box_from_map (connected regions)").label
     if not 0 <= float(threshold) <= 1:
         raise ValueError(
@@ -162,8 +162,6 @@ def segmentation_iou(explanation: Any, x: torch.Tensor, true_masks: Any, **segme
 
     >>> segmentation_iou(saliency(model, x), x, ds.ink[:8]).mean              # doctest: +SKIP
     """
-    from ..attribution.segment import segment
-
     seg = segment(explanation, x, **segment_settings)
     iou = mask_iou(seg, true_masks)
     return MetricResult(

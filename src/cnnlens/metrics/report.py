@@ -3,6 +3,11 @@ presentation code."""
 
 from __future__ import annotations
 
+import json
+from html import escape
+
+from ..figures.metrics import examples_figure
+from ..registry import title_of
 from .benchmark import Leaderboard
 from .dataset_benchmark import BenchmarkRun
 
@@ -98,8 +103,6 @@ def leaderboard_section(
 
 
 def _html_table(header, rows) -> str:
-    from html import escape
-
     def c(v):
         s = str(v)
         return s if s.startswith("<b>") else escape(s)
@@ -127,7 +130,6 @@ SANITY_INTRO = (
 
 def sanity_rows(s) -> tuple[list[str], list[list]]:
     header = ["method"] + [lbl.replace("net.", "").replace(".0.conv_pw", "") + " ↓" for lbl in s.layers]
-    from ..registry import title_of
 
     rows = [[title_of(k)] + [round(v, 3) for v in s.mean(k).tolist()] for k in s.methods]
     return header, rows
@@ -137,10 +139,6 @@ def add_benchmark_section(report, run: BenchmarkRun, settings: dict | None = Non
     """``cnnlens benchmark``'s report: :func:`leaderboard_section` for a :class:`BenchmarkRun` with each method's
     map on the first images (when the leaderboard kept examples), and the files leaderboard.csv and
     leaderboard.json."""
-    import json
-
-    from ..figures.metrics import examples_figure
-
     lb, d = run.leaderboard, run.data
     figs = []
     if lb.examples:

@@ -9,6 +9,8 @@ import torch
 
 from ..results import Result
 
+# Late, for start-up (CONTRIBUTING.md, Imports): scipy, in aggregate.
+
 
 @dataclasses.dataclass(frozen=True)
 class Aggregate(Result):

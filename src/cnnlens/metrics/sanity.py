@@ -20,8 +20,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..attribution import randomization_check
+from ..attribution.common import logits_of, prepare
 from ..autograd import needs_autograd
 from ..results import Result
+from ..tap import LayerTap, resolve_layer
 
 #: the methods of the published comparison
 SANITY_METHODS = ("saliency", "gradcam", "guided_backprop", "guided_gradcam")
@@ -96,9 +99,6 @@ def sanity_check(
     >>> s = sanity_check(model, x, layers=["classifier", "conv_head", "blocks.6"])  # doctest: +SKIP
     >>> s.mean("guided_backprop"), s.mean("saliency")  # doctest: +SKIP
     """
-    from ..attribution import randomization_check
-    from ..tap import resolve_layer
-
     if layers is None:
         try:
             for ln in EFFNET_CASCADE:
@@ -107,9 +107,6 @@ def sanity_check(
         except ValueError:
             layers = None
     if target == "predicted" or isinstance(target, str):
-        from ..attribution.common import logits_of, prepare
-        from ..tap import LayerTap
-
         p = prepare(model, x, target, None, "sanity_check")
         with LayerTap(model) as tap, torch.no_grad():
             classes = p.target.classes(logits_of(tap.run(p.x)), p.labels)
