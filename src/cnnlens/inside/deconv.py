@@ -194,66 +194,10 @@ def deconvnet(model: nn.Module, x: torch.Tensor, layer: LayerRef, channel: int, 
                     "(no un-ReLU rule for them); it inverts plain conv/ReLU/max-pool chains — use guided "
                     "backprop"
                 )
-            # functional ReLU calls (not the ones inside nn.ReLU / nn.ReLU6 modules), in order
-            module_outs = [tap.outputs[n] for n in tap.outputs if isinstance(modules.get(n), (nn.ReLU, nn.ReLU6))]
-            functional = [(c, y) for c, y in relus.calls if not any(y is o for o in module_outs)]
-            # walk the executed leaves: each must take the previous one's output (through functional ReLUs)
-            chain, steps, prev, used = [], [], x, 0
-
-            def through_relus(cursor):
-                nonlocal used
-                while used < len(functional) and _same_data(functional[used][0].x, cursor):
-                    c, y = functional[used]
-                    chain.append(f"<{c.name}>")
-                    steps.append((None, c.x.shape))
-                    cursor, used = y, used + 1
-                return cursor
-
-            for n in tap.outputs:
-                if n not in leaves or n in chain:
-                    continue
-                inp = tap.inputs[n][0] if tap.inputs.get(n) else None
-                prev = through_relus(prev)
-                if inp is None or not _same_data(prev, inp):
-                    raise ValueError(
-                        f"deconvnet cannot invert module {n!r} ({type(modules[n]).__name__}): its input is "
-                        "not the previous layer's output (a residual connection or a computation in "
-                        "forward()); it inverts plain conv/ReLU/max-pool chains — use guided backprop"
-                    )
-                chain.append(n)
-                steps.append((n, inp.shape))
-                prev = tap.passed_on.get(n, tap.outputs[n])  # what the next layer received
-            prev = through_relus(prev)
-            if not _same_data(prev, out):
-                raise ValueError(
-                    f"deconvnet cannot invert layer {name!r}: its output is not the last sub-layer's "
-                    "output (it computes something in forward()); pick one of its sub-layers"
-                )
+            chain, steps = _chain(tap, relus, modules, leaves, x, out, name)
             if channel >= out.shape[1]:
                 raise ValueError(f"channel {channel} is out of range: layer {name!r} has {out.shape[1]} channels")
-            act = out.detach().float()
-            r = torch.zeros_like(act)
-            N = act.shape[0]
-            positions = None
-            if act.dim() == 2:
-                r[:, channel] = act[:, channel]
-                vals = act[:, channel]
-            elif position == "all":
-                r[:, channel] = act[:, channel]
-                vals = act[:, channel].flatten(1).sum(1)
-            else:
-                H, W = act.shape[-2:]
-                if position == "max":
-                    flat = act[:, channel].flatten(1).argmax(1)
-                    positions = torch.stack([flat // W, flat % W], 1)
-                else:
-                    i, j = int(position[0]), int(position[1])
-                    if not (0 <= i < H and 0 <= j < W):
-                        raise ValueError(f"position {(i, j)} is outside the layer's {H}×{W} grid")
-                    positions = torch.tensor([[i, j]] * N)
-                ar = torch.arange(N)
-                vals = act[ar, channel, positions[:, 0], positions[:, 1]]
-                r[ar, channel, positions[:, 0], positions[:, 1]] = vals
+            r, positions, vals = _seed(out.detach().float(), channel, position)
             for n, shape in reversed(steps):
                 if n is None:  # a functional ReLU / ReLU6: un-ReLU, as for the modules
                     r = F.relu(r).reshape(shape)
@@ -280,3 +224,74 @@ def deconvnet(model: nn.Module, x: torch.Tensor, layer: LayerRef, channel: int, 
             "guided_relus": sum(1 for n, _ in steps if n is None or isinstance(modules[n], (nn.ReLU, nn.ReLU6))),
         },
     )
+
+
+def _chain(tap: LayerTap, relus, modules: dict, leaves: list[str], x: torch.Tensor, out: torch.Tensor, name: str):
+    """The executed leaves up to the layer, each taking the previous one's output (through functional ReLUs):
+    (their names, with ``<relu>`` for a functional call; (module name or None for a functional ReLU, input shape)
+    for each step). A leaf whose input is anything else cannot be inverted: ValueError."""
+    # functional ReLU calls (not the ones inside nn.ReLU / nn.ReLU6 modules), in order
+    module_outs = [tap.outputs[n] for n in tap.outputs if isinstance(modules.get(n), (nn.ReLU, nn.ReLU6))]
+    functional = [(c, y) for c, y in relus.calls if not any(y is o for o in module_outs)]
+    chain: list[str] = []
+    steps: list[tuple[str | None, torch.Size]] = []
+    prev, used = x, 0
+
+    def through_relus(cursor):
+        nonlocal used
+        while used < len(functional) and _same_data(functional[used][0].x, cursor):
+            c, y = functional[used]
+            chain.append(f"<{c.name}>")
+            steps.append((None, c.x.shape))
+            cursor, used = y, used + 1
+        return cursor
+
+    for n in tap.outputs:
+        if n not in leaves or n in chain:
+            continue
+        inp = tap.inputs[n][0] if tap.inputs.get(n) else None
+        prev = through_relus(prev)
+        if inp is None or not _same_data(prev, inp):
+            raise ValueError(
+                f"deconvnet cannot invert module {n!r} ({type(modules[n]).__name__}): its input is "
+                "not the previous layer's output (a residual connection or a computation in "
+                "forward()); it inverts plain conv/ReLU/max-pool chains — use guided backprop"
+            )
+        chain.append(n)
+        steps.append((n, inp.shape))
+        prev = tap.passed_on.get(n, tap.outputs[n])  # what the next layer received
+    prev = through_relus(prev)
+    if not _same_data(prev, out):
+        raise ValueError(
+            f"deconvnet cannot invert layer {name!r}: its output is not the last sub-layer's "
+            "output (it computes something in forward()); pick one of its sub-layers"
+        )
+    return chain, steps
+
+
+def _seed(act: torch.Tensor, channel: int, position):
+    """What is projected back: the layer's activations ``act`` with all but the chosen units of ``channel``
+    zeroed; (that tensor, the units' (row, col) per image or None, their values per image)."""
+    r = torch.zeros_like(act)
+    N = act.shape[0]
+    positions = None
+    if act.dim() == 2:
+        r[:, channel] = act[:, channel]
+        vals = act[:, channel]
+    elif position == "all":
+        r[:, channel] = act[:, channel]
+        vals = act[:, channel].flatten(1).sum(1)
+    else:
+        H, W = act.shape[-2:]
+        if position == "max":
+            flat = act[:, channel].flatten(1).argmax(1)
+            positions = torch.stack([flat // W, flat % W], 1)
+        else:
+            i, j = int(position[0]), int(position[1])
+            if not (0 <= i < H and 0 <= j < W):
+                raise ValueError(f"position {(i, j)} is outside the layer's {H}×{W} grid")
+            positions = torch.tensor([[i, j]] * N)
+        ar = torch.arange(N)
+        vals = act[ar, channel, positions[:, 0], positions[:, 1]]
+        r[ar, channel, positions[:, 0], positions[:, 1]] = vals
+    return r, positions, vals
