@@ -94,6 +94,46 @@ def deep_dream(
         raise ValueError("image values must be in [0, 1] (pixel space); load it with cnnlens.load_images")
     p0 = next(model.parameters(), None)
     base = base.to(p0.device if p0 is not None else base.device)
+    layers, stop, what, J = _dream_objective(model, base, layer, target)
+    H, W = base.shape[-2:]
+    sizes = _octave_sizes(H, W, octaves, octave_scale, min_size)
+    gen = torch.Generator().manual_seed(int(seed))
+    total, done = len(sizes) * steps, 0
+
+    def tick() -> None:
+        nonlocal done
+        done += 1
+        if progress is not None:
+            progress(done, total)
+
+    with LayerTap(model, layers, stop_after=stop) as tap:
+        with torch.no_grad():
+            start = J(tap, base).cpu()
+        detail = None
+        img = base
+        for size in sizes:
+            b = _resize(base, size)
+            img = b if detail is None else (b + _resize(detail, size)).clamp(0, 1)
+            img = _ascend(tap, J, img, size, size == (H, W), steps, step_size, jitter, gen, tick)
+            detail = img - b
+        with torch.no_grad():
+            final = J(tap, img).cpu()
+    settings = {
+        "octaves": len(sizes),
+        "sizes": sizes,
+        "octave_scale": octave_scale,
+        "steps": steps,
+        "step_size": step_size,
+        "jitter": jitter,
+        "seed": seed,
+        "objective": what,
+    }
+    return Dream(img.detach().cpu(), what, start, final, settings)
+
+
+def _dream_objective(model: nn.Module, base: torch.Tensor, layer, target):
+    """What :func:`deep_dream` amplifies: (layers to tap, where the forward stops, its description,
+    J(tap, x) → one value per image: the layer's mean(a²) or the class score)."""
     names = getattr(getattr(model, "spec", None), "class_names", None) or None
     if layer is not None:
         name, _ = resolve_layer(model, layer)
@@ -112,53 +152,36 @@ def deep_dream(
             return tap[layers[0]].pow(2).flatten(1).mean(1)
         return t.score(logits, t.classes(logits))
 
-    H, W = base.shape[-2:]
+    return layers, stop, what, J
+
+
+def _octave_sizes(H: int, W: int, octaves: int, octave_scale: float, min_size: int) -> list[tuple[int, int]]:
+    """The octaves' sizes, smallest first: (H, W) / octave_scale**o, at least ``min_size``, repeats dropped."""
     sizes: list[tuple[int, int]] = []
     for o in reversed(range(octaves)):
         s = (max(min_size, round(H / octave_scale**o)), max(min_size, round(W / octave_scale**o)))
         s = (min(s[0], H), min(s[1], W))
         if not sizes or sizes[-1] != s:
             sizes.append(s)
-    gen = torch.Generator().manual_seed(int(seed))
-    total, done = len(sizes) * steps, 0
-    with LayerTap(model, layers, stop_after=stop) as tap:
-        with torch.no_grad():
-            start = J(tap, base).cpu()
-        detail = None
-        img = base
-        for size in sizes:
-            b = _resize(base, size)
-            img = b if detail is None else (b + _resize(detail, size)).clamp(0, 1)
-            for _ in range(steps):
-                dy, dx = (int(v) for v in torch.randint(-jitter, jitter + 1, (2,), generator=gen)) if jitter else (0, 0)
-                xr = torch.roll(img, (dy, dx), dims=(-2, -1)).requires_grad_(True)
-                try:
-                    val = J(tap, xr)
-                except RuntimeError as e:
-                    if size != (H, W):
-                        raise ValueError(
-                            f"the model does not take a {size[0]}×{size[1]} input ({e}); "
-                            "use octaves=1 for a fixed-size model"
-                        ) from e
-                    raise
-                (g,) = torch.autograd.grad(val.sum(), xr)
-                g = torch.roll(g, (-dy, -dx), dims=(-2, -1))
-                g = g / (g.abs().flatten(1).mean(1).view(-1, 1, 1, 1) + 1e-8)
-                img = (img + step_size * g).clamp(0, 1).detach()
-                done += 1
-                if progress is not None:
-                    progress(done, total)
-            detail = img - b
-        with torch.no_grad():
-            final = J(tap, img).cpu()
-    settings = {
-        "octaves": len(sizes),
-        "sizes": sizes,
-        "octave_scale": octave_scale,
-        "steps": steps,
-        "step_size": step_size,
-        "jitter": jitter,
-        "seed": seed,
-        "objective": what,
-    }
-    return Dream(img.detach().cpu(), what, start, final, settings)
+    return sizes
+
+
+def _ascend(tap, J, img, size, full_size: bool, steps: int, step_size: float, jitter: int, gen, tick) -> torch.Tensor:
+    """``steps`` normalised gradient steps on J at one octave, each through a random roll of the image."""
+    for _ in range(steps):
+        dy, dx = (int(v) for v in torch.randint(-jitter, jitter + 1, (2,), generator=gen)) if jitter else (0, 0)
+        xr = torch.roll(img, (dy, dx), dims=(-2, -1)).requires_grad_(True)
+        try:
+            val = J(tap, xr)
+        except RuntimeError as e:
+            if not full_size:
+                raise ValueError(
+                    f"the model does not take a {size[0]}×{size[1]} input ({e}); use octaves=1 for a fixed-size model"
+                ) from e
+            raise
+        (g,) = torch.autograd.grad(val.sum(), xr)
+        g = torch.roll(g, (-dy, -dx), dims=(-2, -1))
+        g = g / (g.abs().flatten(1).mean(1).view(-1, 1, 1, 1) + 1e-8)
+        img = (img + step_size * g).clamp(0, 1).detach()
+        tick()
+    return img
