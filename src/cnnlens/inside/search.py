@@ -230,6 +230,35 @@ class SearchAccumulator:
             a = a[:, :, None, None]
         if a.dim() != 4:
             raise ValueError(f"layer {self.layer!r} gives {a.dim()}-D outputs; dataset search needs N×C×H×W or N×C")
+        vals, chan = self._channel_maxima(batch, a)
+        C, n = vals.shape
+        idx = batch.index.cpu().long().view(1, n).expand(C, n)
+        st = self._state
+        m = 0 if st is None else st["values"].shape[1]
+        if st is not None and m == self.k and not bool((vals >= st["values"][:, -1:]).any()):
+            return  # no image reaches a channel's k-th best (ties go by dataset index, so ≥)
+        cand_v = vals if st is None else torch.cat([st["values"], vals], 1)
+        cand_i = idx if st is None else torch.cat([st["indices"], idx], 1)
+        pick = _rank(cand_v, cand_i, self.k)  # C×k' positions into the candidates
+        new = pick >= m
+        if st is not None and m == pick.shape[1] and not bool(new.any()):
+            return
+        x = batch.x.detach()
+        hw = tuple(x.shape[-2:])
+        win = (min(self.rf.size[0], hw[0]), min(self.rf.size[1], hw[1]))
+        if st is None:
+            self._start(batch, C, hw, win)
+        out = self._survivors(st, pick, new, m)
+        out["values"], out["indices"] = cand_v.gather(1, pick), cand_i.gather(1, pick)
+        if bool(new.any()):
+            self._add_new(out, batch, a, chan, (pick - m).clamp_min(0), new, hw, win)
+        self._state = out
+        if self._mode == "image":
+            self._prune()
+
+    def _channel_maxima(self, batch: Batch, a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Each image's strongest unit per searched channel (C×N, on the CPU), and the channels' indices into the
+        layer (None: all of them, in order); checks the channels on the first batch."""
         if self.channels is None:
             self.channels = tuple(range(a.shape[1]))
         if max(self.channels) >= a.shape[1]:
@@ -246,34 +275,24 @@ class SearchAccumulator:
         else:
             chan = torch.tensor(self.channels, device=a.device)
             vals = a[:, chan].reshape(n, len(self.channels), H * W).amax(2)
-        vals = vals.t().float().cpu()  # C×N
-        C = vals.shape[0]
-        idx = batch.index.cpu().long().view(1, n).expand(C, n)
-        st = self._state
-        m = 0 if st is None else st["values"].shape[1]
-        if st is not None and m == self.k and not bool((vals >= st["values"][:, -1:]).any()):
-            return  # no image reaches a channel's k-th best (ties go by dataset index, so ≥)
-        cand_v = vals if st is None else torch.cat([st["values"], vals], 1)
-        cand_i = idx if st is None else torch.cat([st["indices"], idx], 1)
-        pick = _rank(cand_v, cand_i, self.k)  # C×k' positions into the candidates
-        new = pick >= m
-        if st is not None and m == pick.shape[1] and not bool(new.any()):
-            return
-        x = batch.x.detach()
-        hw = tuple(x.shape[-2:])
-        win = (min(self.rf.size[0], hw[0]), min(self.rf.size[1], hw[1]))
-        if st is None:
-            self._hw, self._win = hw, win
-            small = C * self.k * x[0].numel() <= _IMAGE_STORE_VALUES  # every winner's image would fit anyway
-            self._mode = "image" if small or 2 * win[0] * win[1] >= hw[0] * hw[1] else "crop"
-            if not self.keep_patches:
-                self._mode = "none"
-            # never more images kept at once than channels × k, nor than the scan has
-            self._images = _ImageStore(C * self.k if batch.samples is None else max(1, min(C * self.k, batch.samples)))
-            self._crops_store = None
-        sample = (pick - m).clamp_min(0)  # for a new entry: its sample's index in this batch
-        cn, sn = new.nonzero(as_tuple=True)
-        k2 = pick.shape[1]
+        return vals.t().float().cpu(), chan
+
+    def _start(self, batch: Batch, C: int, hw: tuple, win: tuple) -> None:
+        """On the first batch with winners: how patches are kept (whole images, crops or not at all)."""
+        x = batch.x
+        self._hw, self._win = hw, win
+        small = C * self.k * x[0].numel() <= _IMAGE_STORE_VALUES  # every winner's image would fit anyway
+        self._mode = "image" if small or 2 * win[0] * win[1] >= hw[0] * hw[1] else "crop"
+        if not self.keep_patches:
+            self._mode = "none"
+        # never more images kept at once than channels × k, nor than the scan has
+        self._images = _ImageStore(C * self.k if batch.samples is None else max(1, min(C * self.k, batch.samples)))
+        self._crops_store: torch.Tensor | None = None
+
+    def _survivors(self, st: dict | None, pick: torch.Tensor, new: torch.Tensor, m: int) -> dict:
+        """The new state's positions, labels, boxes, clip flags (and crop slots) as far as the surviving entries
+        give them (zeros where a new entry goes)."""
+        C, k2 = pick.shape
         rows = torch.arange(C).view(-1, 1)
         if st is None:
             out = {
@@ -297,34 +316,36 @@ class SearchAccumulator:
             free = torch.sort(kept.to(torch.uint8), dim=1, stable=True).indices
             nth = (new.long().cumsum(1) - 1).clamp_min(0)
             out["slot"] = torch.where(new, free.gather(1, nth), old_slot)
-        out["values"], out["indices"] = cand_v.gather(1, pick), cand_i.gather(1, pick)
-        if len(cn):
-            # the new entries only: the position of each one's strongest unit (the first maximum, row-major),
-            # its label, field and patch (or image)
-            s_new = sample[cn, sn]
-            ch = cn if chan is None else chan.cpu()[cn]
-            maps = a.reshape(n, a.shape[1], H * W)[s_new.to(a.device), ch.to(a.device)]  # E×HW
-            flat = maps.argmax(1).cpu()
-            ij = torch.stack([flat // W, flat % W], -1)
-            out["positions"][cn, sn] = ij
-            out["labels"][cn, sn] = batch.y.detach().view(-1).cpu().long()[s_new]
-            box = self._boxes(ij, hw)
-            out["boxes"][cn, sn] = box
-            out["clipped"][cn, sn] = (box[:, 0] < 0) | (box[:, 1] < 0) | (box[:, 2] > hw[0]) | (box[:, 3] > hw[1])
-            if self._mode == "none":
-                pass
-            elif self._mode == "crop":
-                if self._crops_store is None:
-                    self._crops_store = torch.zeros(C, self.k, x.shape[1], *self._crop_size(win))  # taken now
-                self._crops_store[cn, out["slot"][cn, sn]] = self._crops(x, s_new, box, win, hw)
-            else:
-                ids = batch.index.cpu().long()
-                fresh = [s_i for s_i in torch.unique(s_new).tolist() if int(ids[s_i]) not in self._images]
-                if fresh:
-                    self._images.add(ids[fresh].tolist(), x[torch.tensor(fresh, device=x.device)].detach())
-        self._state = out
-        if self._mode == "image":
-            self._prune()
+        return out
+
+    def _add_new(self, out: dict, batch: Batch, a, chan, sample, new, hw: tuple, win: tuple) -> None:
+        """The new entries only: the position of each one's strongest unit (the first maximum, row-major), its
+        label, field and patch (or image); ``sample``: for a new entry, its sample's index in this batch."""
+        cn, sn = new.nonzero(as_tuple=True)
+        x = batch.x.detach()
+        n, _, H, W = a.shape
+        s_new = sample[cn, sn]
+        ch = cn if chan is None else chan.cpu()[cn]
+        maps = a.reshape(n, a.shape[1], H * W)[s_new.to(a.device), ch.to(a.device)]  # E×HW
+        flat = maps.argmax(1).cpu()
+        ij = torch.stack([flat // W, flat % W], -1)
+        out["positions"][cn, sn] = ij
+        out["labels"][cn, sn] = batch.y.detach().view(-1).cpu().long()[s_new]
+        box = self._boxes(ij, hw)
+        out["boxes"][cn, sn] = box
+        out["clipped"][cn, sn] = (box[:, 0] < 0) | (box[:, 1] < 0) | (box[:, 2] > hw[0]) | (box[:, 3] > hw[1])
+        if self._mode == "none":
+            pass
+        elif self._mode == "crop":
+            if self._crops_store is None:
+                C = new.shape[0]
+                self._crops_store = torch.zeros(C, self.k, x.shape[1], *self._crop_size(win))  # taken now
+            self._crops_store[cn, out["slot"][cn, sn]] = self._crops(x, s_new, box, win, hw)
+        else:
+            ids = batch.index.cpu().long()
+            fresh = [s_i for s_i in torch.unique(s_new).tolist() if int(ids[s_i]) not in self._images]
+            if fresh:
+                self._images.add(ids[fresh].tolist(), x[torch.tensor(fresh, device=x.device)].detach())
 
     def _prune(self) -> None:
         assert self._state is not None  # called after an update or a merge
