@@ -831,7 +831,7 @@ class BoxedImages(torch.utils.data.Dataset):
 
     @property
     def masks(self) -> torch.Tensor:
-        return boxes_to_masks(self.boxes, tuple(self.x.shape[-2:]))
+        return boxes_to_masks(self.boxes, (int(self.x.shape[-2]), int(self.x.shape[-1])))
 
     def __len__(self) -> int:
         return len(self.y)

@@ -257,7 +257,8 @@ def precompute(
         prog(stage, 1, 2)
         bb = wd.get(f"blocks-{layer_slug(name)}")
         if bb is None:
-            bb = building_blocks(model, out.samples, name) if n_s and len(micro[name].shape) == 3 else False
+            samples = out.samples  # drawn when n_s > 0
+            bb = building_blocks(model, samples, name) if samples is not None and len(micro[name].shape) == 3 else False
             wd.save(f"blocks-{layer_slug(name)}", bb)
         out.blocks[name] = bb or None
         prog(stage, 2, 2)

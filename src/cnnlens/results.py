@@ -16,7 +16,7 @@ import json
 import math
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -109,6 +109,9 @@ class Result:
     ``repr(result)`` is a few lines (what it is, the shapes, the settings), never a wall of tensor numbers;
     ``_repr_html_`` is the same as a compact table with the result's picture inline (``preview()``).
     """
+
+    # every Result is a dataclass (declared for the type checker, which reads dataclasses.fields(self))
+    __dataclass_fields__: ClassVar[dict[str, dataclasses.Field[Any]]]
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)

@@ -219,6 +219,7 @@ def scan(
                     "layer(s) %s are changed in place later in the forward; the scan passes a copy on",
                     ", ".join(changed),
                 )
+                assert tap.copy is not True  # the tap starts with copy=False; only names are added
                 tap.copy = set(tap.copy or ()) | set(changed)
                 logits = tap.run(x)
             if not torch.is_tensor(logits):
@@ -254,7 +255,7 @@ def _grid(tap: LayerTap, name: str, x: torch.Tensor, layouts: dict | None = None
     if torch.is_tensor(out):
         out = tap[name]  # refuses a record changed in place through memory it shares with another tensor
     if torch.is_tensor(out) and out.dim() in (3, 4):
-        hw, module = tuple(x.shape[-2:]), tap._modules.get(name)
+        hw, module = (int(x.shape[-2]), int(x.shape[-1])), tap._modules.get(name)
         key = (name, tuple(out.shape[1:]), hw)
         if layouts is None or key not in layouts:
             given = (layouts or {}).get("given", {}).get(name)

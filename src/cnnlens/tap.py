@@ -655,7 +655,7 @@ class guarded:
                 p.requires_grad_(flag)
             if p.grad is not g:
                 p.grad = g
-            if g is not None and not torch.equal(g, grad_values):
+            if g is not None and grad_values is not None and not torch.equal(g, grad_values):  # both or neither
                 with torch.no_grad():
                     g.copy_(grad_values)
             now = getattr(p, "_backward_hooks", None)

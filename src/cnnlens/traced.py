@@ -236,9 +236,10 @@ class CallSites:
             return
         if node.op == "call_method" and t in _INPLACE_METHODS:
             node.target = _INPLACE_METHODS[t]
+            assert isinstance(node.args[0], fx.Node)  # a method node's first argument is the object it is called on
             _later_uses_to(graph, node.args[0], node, node)
             return
-        make = _FN.get(t) if node.op == "call_function" else _METHOD.get(t)
+        make = _FN.get(t) if node.op == "call_function" else _METHOD.get(t) if isinstance(t, str) else None
         if make is None or not node.args or not isinstance(node.args[0], fx.Node):
             return
         try:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 
@@ -80,7 +81,7 @@ def concentration_table(
     """Formula and Monte Carlo estimate (with standard error) for each ε and d: ``{eps: {d, formula, mc, stderr}}``."""
     out = {}
     for j, e in enumerate(eps):
-        rows = {"d": list(dims), "formula": [], "mc": [], "stderr": []}
+        rows: dict[str, list[Any]] = {"d": list(dims), "formula": [], "mc": [], "stderr": []}
         for i, d in enumerate(dims):
             p, se = monte_carlo_shell_fraction(int(d), float(e), n=n, seed=seed + 1000 * j + i)
             rows["formula"].append(shell_fraction(d, e))

@@ -311,7 +311,8 @@ class RobustnessAccumulator:
         if self.n == 0:
             raise ValueError("the robustness scan saw no samples; check that the dataset is not empty")
         k = self.num_classes
-        assert self.support is not None and self.clean_class_correct is not None  # a sample was seen
+        # a sample was seen, so _init set the classes and allocated the counts
+        assert k is not None and self.support is not None and self.clean_class_correct is not None
 
         def frac(num, den):
             return torch.where(

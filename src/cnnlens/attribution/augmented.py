@@ -97,8 +97,8 @@ class Operator:
         if padding not in PADDINGS:
             raise ValueError(f"padding={padding!r} is not known; use one of {', '.join(PADDINGS)}")
         self.L = thetas.shape[0]
-        self.size = tuple(size)
-        self.grid = tuple(grid)
+        self.size = (int(size[0]), int(size[1]))
+        self.grid = (int(grid[0]), int(grid[1]))
         self.padding = padding
         self.grids = F.affine_grid(
             thetas.to(device=device, dtype=torch.float32), [self.L, 1, *self.size], align_corners=False
@@ -165,9 +165,9 @@ def superresolve(
     if lam < 0 or mu < 0:
         raise ValueError(f"lam and mu must be ≥ 0, got lam={lam}, mu={mu}")
     g = g.detach().float()
-    op = Operator(thetas, size, g.shape[-2:], padding, g.device)
+    op = Operator(thetas, size, (int(g.shape[-2]), int(g.shape[-1])), padding, g.device)
     if init is None:
-        init = upsample(g[:, 0], tuple(size))
+        init = upsample(g[:, 0], (int(size[0]), int(size[1])))
     h = init.detach().float().clone().requires_grad_(True)
     best = h.detach().clone()
     best_f = torch.full((g.shape[0],), float("inf"), device=g.device)

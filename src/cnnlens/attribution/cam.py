@@ -135,28 +135,30 @@ def layer_gradients(
     for leaf in leaves:
         leaf.A = None
     out = layout.run(tap, xb) if layout is not None else tap.run(xb)
+    acts: list[torch.Tensor] = []
     for leaf in leaves:
         if leaf.A is None:
             raise ValueError(f"layer {leaf.name!r} did not run in the forward pass; name a layer that forward() uses")
+        acts.append(leaf.A)
     if classes is None:
         classes = pick_classes(p, out, xb.shape[0])
     s = score(p, tap, out, classes)
-    gs = [None] * len(leaves)
+    gs: list[torch.Tensor | None] = [None] * len(leaves)
     if s.requires_grad:
-        gs = list(torch.autograd.grad(s.sum(), [leaf.A for leaf in leaves], allow_unused=True))
+        gs = list(torch.autograd.grad(s.sum(), acts, allow_unused=True))
+    grads: list[torch.Tensor] = []
     for leaf, g in zip(leaves, gs, strict=True):
         if g is None:
             raise ValueError(
                 f"the target's score does not depend on layer {leaf.name!r}: no path leads from it to the target "
                 "(a side branch, or a layer after the target); name a layer on the way from the input to the target"
             )
-    hw = tuple(xb.shape[-2:])
+        grads.append(g)
+    hw = (int(xb.shape[-2]), int(xb.shape[-1]))
     As, Gs = [], []
     # token and channels-last outputs as N×C×h×w (a linear map: G maps alike)
-    for leaf, g in zip(leaves, gs, strict=True):
-        grid, prefix = grid_layout(
-            leaf.A, tap.model, resolve_layer(tap.model, leaf.name)[1], hw, leaf.name, leaf.layout
-        )
+    for leaf, A, g in zip(leaves, acts, grads, strict=True):
+        grid, prefix = grid_layout(A, tap.model, resolve_layer(tap.model, leaf.name)[1], hw, leaf.name, leaf.layout)
         if grid != "nchw":
             log.info(
                 "layer %s: %s output read as an N×C×h×w grid%s",
@@ -164,8 +166,7 @@ def layer_gradients(
                 grid,
                 f" ({prefix} prefix token(s) dropped)" if prefix else "",
             )
-        assert leaf.A is not None  # checked after the forward above
-        As.append(to_grid(leaf.A.detach(), grid, prefix, hw).contiguous())
+        As.append(to_grid(A.detach(), grid, prefix, hw).contiguous())
         Gs.append(to_grid(g, grid, prefix, hw).contiguous())
     return (As, Gs), classes, s.detach()
 
@@ -401,6 +402,7 @@ def layercam(
         scaled = torch.tanh(float(gamma) * L / torch.where(top > 0, top, torch.ones_like(top)))
         up = upsample(scaled, p.size)
         fused = up if fused is None else torch.maximum(fused, up)
+    assert fused is not None  # layer names at least one layer (checked above)
     return finish(
         p,
         fused,

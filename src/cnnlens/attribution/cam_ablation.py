@@ -173,6 +173,7 @@ def ablation_cam(
                         ks = torch.arange(a, b, device=A.device)
                         Ab = _ablated(native[i : i + 1], lay, prefix, ks)
                         if tr is not None:
+                            assert env is not None and node is not None  # both set along with tr
                             ob = logits_of(tr.rerun(env, node, Ab))
                         else:
                             with LayerTap(model, [], edits={name: lambda m, inp, o: Ab}) as t2:

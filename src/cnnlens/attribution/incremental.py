@@ -477,6 +477,7 @@ class Traced:
             return n.target(*args, **kwargs)
         if n.op == "call_method":
             self_obj, *rest = args
+            assert isinstance(n.target, str)  # a method node's target is the method's name
             return getattr(self_obj, n.target)(*rest, **kwargs)
         raise AssertionError(n.op)
 

@@ -151,7 +151,7 @@ def explain_intro(ok: dict, faithfulness: bool, n: int, baseline: str = "blur") 
 
 
 def explain_settings(
-    model: str, target: str, chosen: list, ok: dict, layer, shared: bool, steps: int, baseline: str, n: int
+    model: str, target: str | None, chosen: list, ok: dict, layer, shared: bool, steps: int, baseline: str, n: int
 ) -> dict:
     """The settings that ran: the layer each CAM-family method read (named, also when chosen automatically),
     each method's own settings as it ran, the faithfulness curves."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import Any
 
 import torch
 
@@ -57,7 +58,7 @@ def demo_section(report, ctx) -> None:
     """The demo's attack part (budget ≈ 90 s on 2 cores; ``ctx.quick``: a few seconds)."""
     quick = bool(getattr(ctx, "quick", False))
     t_start = time.perf_counter()
-    me_kw = dict(steps=2, rtol=0.5, max_iter=1) if quick else dict(steps=4, rtol=0.25, max_iter=4)
+    me_kw: dict[str, Any] = dict(steps=2, rtol=0.5, max_iter=1) if quick else dict(steps=4, rtol=0.25, max_iter=4)
     names, photos, r_eff = _second_class_section(report, ctx, quick, me_kw)
     test = _robustness_section(report, ctx, quick)
     _concentration_section(report, ctx, quick, me_kw, test, names, photos, r_eff)

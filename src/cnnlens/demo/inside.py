@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import Any
 
 import torch
 
@@ -85,7 +86,9 @@ def _maximize_section(report, ctx) -> None:
     classes = [130, 949, 980, 1] if not q else [130]
     steps = 2 if q else 96
     size = 96 if q else 160
-    mx_settings = dict(steps=steps, lr=0.05, param="fourier", size=size, jitter=8, scale=0.1, rotate=5, seed=0)
+    mx_settings: dict[str, Any] = dict(
+        steps=steps, lr=0.05, param="fourier", size=size, jitter=8, scale=0.1, rotate=5, seed=0
+    )
     sec = report.section(
         "Inside: activation maximisation",
         INTROS["maximize"],
@@ -167,7 +170,7 @@ def _dream_section(report, ctx) -> None:
     """Deep Dream on the first photo with EfficientNet-Lite0's ``blocks.4``."""
     q = ctx.quick
     names, photos = ctx.photos
-    dream_cfg = dict(octaves=2 if q else 3, steps=1 if q else 6, step_size=0.02, jitter=16, seed=0)
+    dream_cfg: dict[str, Any] = dict(octaves=2 if q else 3, steps=1 if q else 6, step_size=0.02, jitter=16, seed=0)
     sec = report.section(
         "Inside: Deep Dream",
         INTROS["dream"],

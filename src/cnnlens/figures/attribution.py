@@ -64,8 +64,10 @@ def overlay_figure(image: torch.Tensor, e: Explanation, i: int, *, title: str = 
     """One map over its image with a colour bar (values in the method's units, or [0, 1]/[−1, 1] if shared)."""
     fig, ax = subplots(figsize=(3.4, 3.0))
     m, signed = _heat(e, i, shared)
-    kw = {"vmin": 0.0, "vmax": 1.0} if shared and not signed else {}
-    overlay(ax, image, m, title=title or title_of(e.method), diverging=signed, label=_unit(e, shared), **kw)
+    vmin, vmax = (0.0, 1.0) if shared and not signed else (None, None)
+    overlay(
+        ax, image, m, title=title or title_of(e.method), diverging=signed, label=_unit(e, shared), vmin=vmin, vmax=vmax
+    )
     guided_mark(ax, e.method)
     completeness_mark(ax, e)
     fig.tight_layout()
@@ -96,8 +98,8 @@ def grid_figure(
         if faith and k in faith:
             f = faith[k]
             t += f"\ndel {float(f.deletion_auc[i]):.3f} · ins {float(f.insertion_auc[i]):.3f}"
-        kw = {"vmin": 0.0, "vmax": 1.0} if shared and not signed else {}
-        overlay(ax, image, m, title=t, diverging=signed, label=_unit(e, shared), **kw)
+        vmin, vmax = (0.0, 1.0) if shared and not signed else (None, None)
+        overlay(ax, image, m, title=t, diverging=signed, label=_unit(e, shared), vmin=vmin, vmax=vmax)
         guided_mark(ax, e.method)
         completeness_mark(ax, e)
     for ax in list(axes.flat)[n:]:
@@ -138,8 +140,8 @@ def images_by_methods_figure(
                 t = title_of(k)
                 if faith and k in faith:
                     t += f"\ndel {float(faith[k].deletion_auc[i]):.3f} · ins {float(faith[k].insertion_auc[i]):.3f}"
-                kw = {"vmin": 0.0, "vmax": 1.0} if shared and not signed else {}
-                overlay(ax, images[i], m, title=t, diverging=signed, label=_unit(e, shared), **kw)
+                vmin, vmax = (0.0, 1.0) if shared and not signed else (None, None)
+                overlay(ax, images[i], m, title=t, diverging=signed, label=_unit(e, shared), vmin=vmin, vmax=vmax)
     fig.tight_layout()
     return fig
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -65,8 +65,9 @@ class Influence(Result):
         """Bars of the top channels (by ablation if computed, else by taylor): the three measures side by side."""
         from ..viz import subplots
 
-        full = self.ablation is not None and not bool(torch.isnan(self.ablation).any())
-        key = self.ablation if full else self.taylor
+        abl = self.ablation
+        full = abl is not None and not bool(torch.isnan(abl).any())
+        key = abl if abl is not None and full else self.taylor
         order = torch.sort(key, descending=True, stable=True).indices[:top]
         fig, ax = subplots(figsize=(max(4.0, 0.45 * len(order) + 1), 2.8))
         xs = torch.arange(len(order)).float()
@@ -88,6 +89,7 @@ class Influence(Result):
 
 def _score(target: Target, tap: LayerTap, logits, classes: torch.Tensor | None) -> torch.Tensor:
     if target.is_class:
+        assert classes is not None  # measure() picks the classes of a class target
         return target.score(logits, classes)
     assert target.layer is not None  # a channel or neuron target names its layer
     return target.layer_score(tap[target.layer])
@@ -100,6 +102,7 @@ def checked_target(model: nn.Module, target: Any) -> Target:
     if t.kind == "class":
         t.validate(len(t.index) if isinstance(t.index, tuple) else 1, k)
     if not t.is_class:
+        assert t.layer is not None  # a channel or neuron target names its layer
         resolve_layer(model, t.layer)
     return t
 
@@ -137,6 +140,8 @@ class InfluenceAccumulator:
         self.sums: dict[str, torch.Tensor] | None = None
 
     def update(self, batch: Batch) -> None:
+        if batch.model is None:
+            raise ValueError("InfluenceAccumulator needs the model in the batch (run it through cnnlens.scan)")
         sums = measure(
             batch.model,
             batch.x,
@@ -174,7 +179,7 @@ class InfluenceAccumulator:
             self.sums["gradient"] / n,
             self.sums["taylor"] / n,
             self.sums["ablation"] / n if "ablation" in self.sums else None,
-            tuple(self.channels),
+            tuple(self.channels or ()),  # set by the first update
             settings={"ablation": self.ablation},
         )
 
@@ -193,7 +198,10 @@ def measure(
 ) -> dict:
     """Per-channel sums over the batch of gradient, taylor and ablation (float64, CPU), and the count."""
     target.validate(len(x), model_classes(model)[1], labels=y if target.kind == "true" else None)
-    score_layers = [layer] + ([] if target.is_class else [target.layer])
+    score_layers: list[str] = [layer]
+    if not target.is_class:
+        assert target.layer is not None  # a channel or neuron target names its layer
+        score_layers.append(target.layer)
     with torch.enable_grad():
         with LayerTap(model, score_layers) as tap:
             logits = tap.run(x.detach().requires_grad_(True))  # so the graph reaches the layer (weights are frozen)
@@ -342,8 +350,8 @@ def _count(model, x_or_data, device) -> int:
 
     data = as_dataset(x_or_data, model)
     try:
-        n = len(data.dataset if isinstance(data, torch.utils.data.DataLoader) else data)
-    except TypeError:  # an iterable dataset: unknown
+        n = len(data.dataset if isinstance(data, torch.utils.data.DataLoader) else data)  # type: ignore[arg-type]
+    except TypeError:  # torch's Dataset declares no __len__: an unsized one raises here  # an iterable dataset: unknown
         return 0
     rank, world = distributed_info()
     return len(range(rank, n, world))  # this process's shard
@@ -378,7 +386,10 @@ def _run(model, x_or_data, name, target, *, ablation, channels, y, batch_size, c
         for start in range(0, len(x), batch_size):
             xb = x[start : start + batch_size]
             yb = None if y is None else torch.as_tensor(y)[start : start + batch_size]
-            acc.update(Batch(x=xb, y=yb, logits=torch.empty(0), index=torch.arange(len(xb)), model=model))
+            # y is None without labels: measure() asks for them only for a "true" target
+            acc.update(
+                Batch(x=xb, y=cast(torch.Tensor, yb), logits=torch.empty(0), index=torch.arange(len(xb)), model=model)
+            )
         return acc.compute()
     from ..data import as_dataset
     from ..scanning import scan

@@ -153,10 +153,13 @@ class _Objectives:
             n = len(t.index) if t.kind == "class" and isinstance(t.index, tuple) else None
 
             def fn(c: _Ctx):
+                assert c.logits is not None  # the objective asks for the logits (needs_logits=True)
                 return t.score(c.logits, t.classes(c.logits))
 
             return Objective(fn, t.describe(class_names), (), True, n)
-        return Objective(lambda c: t.layer_score(c.acts[t.layer]), t.describe(), (t.layer,), False, None)
+        layer = t.layer
+        assert layer is not None  # a channel or neuron target names its layer
+        return Objective(lambda c: t.layer_score(c.acts[layer]), t.describe(), (layer,), False, None)
 
     @staticmethod
     def class_score(cls: int | Sequence[int], class_names: Sequence[str] | None = None) -> Objective:

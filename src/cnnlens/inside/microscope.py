@@ -168,7 +168,8 @@ def layer_edges(model: nn.Module, data, layers: Sequence[LayerRef], bins: int = 
     names = resolve_layers(model, layers)
     dataset = data.dataset if isinstance(data, torch.utils.data.DataLoader) else data
     try:
-        xs = torch.stack([torch.as_tensor(dataset[i][0]) for i in range(min(look, len(dataset)))])
+        available = len(dataset)  # type: ignore[arg-type]  # torch's Dataset declares no __len__; an unsized one raises here, caught below
+        xs = torch.stack([torch.as_tensor(dataset[i][0]) for i in range(min(look, available))])
     except Exception as e:  # noqa: BLE001
         raise ValueError("cannot look at the first samples to choose histogram bins; pass edges=...") from e
     from ..batching import check_batch_size

@@ -24,8 +24,9 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -38,6 +39,16 @@ from ..tap import LayerRef, LayerTap, resolve_layer
 log = logging.getLogger(__name__)
 
 Pair = tuple[int, int]
+
+
+def _per_axis(f: Callable[[int], int]) -> Pair:
+    """(f(0), f(1)): one value per axis (rows, columns)."""
+    return f(0), f(1)
+
+
+def _hw(t: torch.Tensor) -> Pair:
+    """The spatial size (H, W) of a tensor ...×H×W."""
+    return int(t.shape[-2]), int(t.shape[-1])
 
 
 # ---------------------------------------------------------------------------
@@ -54,9 +65,9 @@ class _Field:
     def conv(self, k: Pair, s: Pair, p: Pair, d: Pair, hw: Pair) -> _Field:
         if self.kind != "local":
             return dataclasses.replace(self, hw=hw)
-        size = tuple(self.size[a] + d[a] * (k[a] - 1) * self.stride[a] for a in range(2))
-        stride = tuple(self.stride[a] * s[a] for a in range(2))
-        offset = tuple(self.offset[a] - p[a] * self.stride[a] for a in range(2))
+        size = _per_axis(lambda a: self.size[a] + d[a] * (k[a] - 1) * self.stride[a])
+        stride = _per_axis(lambda a: self.stride[a] * s[a])
+        offset = _per_axis(lambda a: self.offset[a] - p[a] * self.stride[a])
         return _Field("local", size, stride, offset, hw)
 
 
@@ -96,9 +107,9 @@ def _union(fields: list[_Field], hw: Pair, op: str) -> _Field:
     strides = {f.stride for f in fields}
     if len(strides) > 1:
         return _Field("unknown", hw=hw, why=f"{op} joins branches with different strides {sorted(strides)}")
-    start = tuple(min(f.offset[a] for f in fields) for a in range(2))
-    end = tuple(max(f.offset[a] + f.size[a] for f in fields) for a in range(2))
-    return _Field("local", tuple(end[a] - start[a] for a in range(2)), fields[0].stride, start, hw)
+    start = _per_axis(lambda a: min(f.offset[a] for f in fields))
+    end = _per_axis(lambda a: max(f.offset[a] + f.size[a] for f in fields))
+    return _Field("local", _per_axis(lambda a: end[a] - start[a]), fields[0].stride, start, hw)
 
 
 _CONV = ("conv2d",)
@@ -111,7 +122,7 @@ class _FieldTracer(TorchFunctionMode):
 
     def __init__(self, x: torch.Tensor):
         super().__init__()
-        self.fields: dict[int, _Field] = {id(x): _Field("local", hw=tuple(x.shape[-2:]))}
+        self.fields: dict[int, _Field] = {id(x): _Field("local", hw=_hw(x))}
         self._keep = [x]  # keep tensors alive so ids are not reused during the pass
 
     def field(self, t: torch.Tensor) -> _Field | None:
@@ -138,7 +149,8 @@ class _FieldTracer(TorchFunctionMode):
         return out
 
     def _rule(self, name: str, args, kwargs, ins, o: torch.Tensor) -> _Field:
-        hw = tuple(o.shape[-2:])
+        # (H, W) of a spatial output; a flat one gives fewer values, which no rule reads as a grid
+        hw = cast(Pair, tuple(o.shape[-2:]))
         x, f = ins[0]
         if name in _CONV and x is (args[0] if args else kwargs.get("input")):
             a = _bind(
@@ -147,10 +159,10 @@ class _FieldTracer(TorchFunctionMode):
                 kwargs,
                 {"stride": 1, "padding": 0, "dilation": 1},
             )
-            k = tuple(a["weight"].shape[-2:])
+            k = _hw(a["weight"])
             d = _pair(a["dilation"])
             if isinstance(a["padding"], str):
-                p = (0, 0) if a["padding"] == "valid" else tuple(d[i] * (k[i] - 1) // 2 for i in range(2))
+                p = (0, 0) if a["padding"] == "valid" else _per_axis(lambda i: d[i] * (k[i] - 1) // 2)
             else:
                 p = _pair(a["padding"])
             return f.conv(k, _pair(a["stride"]), p, d, hw)
@@ -167,11 +179,11 @@ class _FieldTracer(TorchFunctionMode):
             s = _pair(a["stride"]) if a["stride"] is not None else None
             return f.conv(k, s or k, _pair(a["padding"]), _pair(a["dilation"]), hw)
         if name in _ADAPTIVE:
-            hin = tuple(x.shape[-2:])
+            hin = _hw(x)
             if hw == (1, 1):
                 return _Field("global", hw=hw) if f.kind != "unknown" else f
             if all(hin[i] % hw[i] == 0 for i in range(2)):
-                k = tuple(hin[i] // hw[i] for i in range(2))
+                k = _per_axis(lambda i: hin[i] // hw[i])
                 return f.conv(k, k, (0, 0), (1, 1), hw)
             return _Field("unknown", hw=hw, why=f"{name} from {hin} to {hw} has bins of unequal size")
         if name == "pad":
@@ -325,7 +337,7 @@ def _to_rf(name: str, f: _Field, input_size: Pair, out: torch.Tensor) -> Recepti
             f"receptive_field cannot follow the path to layer {name!r}: {f.why}; "
             "pick an earlier layer or compute the field with the gradient probe"
         )
-    grid = tuple(out.shape[-2:]) if out.dim() == 4 else (1, 1)
+    grid = _hw(out) if out.dim() == 4 else (1, 1)
     if f.kind == "global":
         return ReceptiveField(name, input_size, input_size, (0, 0), input_size, grid, True)
     return ReceptiveField(name, f.size, f.stride, f.offset, input_size, grid, False)
@@ -370,7 +382,7 @@ def receptive_field(
     dev = _device(model)
     with torch.no_grad():
         f, out = _trace(model, name, torch.rand(1, c, H, W, device=dev, generator=None))
-    grid = tuple(out.shape[-2:]) if out.dim() == 4 else (1, 1)
+    grid = _hw(out) if out.dim() == 4 else (1, 1)
     if f.kind == "unknown" and grid[0] <= H and grid[1] <= W:  # not upsampled: an integer stride exists
         log.info(
             "receptive field of %s: the tracer cannot follow the path (%s); measuring it from the gradient "
@@ -389,7 +401,7 @@ def receptive_field(
     # a field much larger than the image (851 px for a 224 px EfficientNet): probing the centre unit would need
     # an input of ~915² (about 4 GB of autograd graph). Probe two corner units on an input just larger than
     # unit (0, 0)'s far edge instead: unit (0, 0) checks where fields end, the last unit where they begin.
-    far = tuple(rf.offset[a] + rf.size[a] for a in (0, 1))
+    far = _per_axis(lambda a: rf.offset[a] + rf.size[a])
     size = tuple(min(max(s, far[a] + 2 * rf.stride[a]), probe_max) for a, s in enumerate((H, W)))
     log.info("receptive field of %s (%s px): probing corner units on a %s input to bound memory", name, rf.size, size)
     return dataclasses.replace(rf, probe=_probe(model, name, c, size, 1, seed, dev, corners=True))
@@ -415,7 +427,7 @@ def _measured(model, name, c, size, samples, seed, dev, probe_max) -> ReceptiveF
     them) keep ReLUs open; a dead path can only make the measured field smaller.
     """
     g = torch.Generator().manual_seed(seed)
-    hw = tuple(size)
+    hw: Pair = (int(size[0]), int(size[1]))
     for attempt in range(3):
         x = torch.rand(samples, c, *hw, generator=g).to(dev).requires_grad_(True)
         with LayerTap(model, [name], stop_after=name) as tap:
@@ -423,7 +435,7 @@ def _measured(model, name, c, size, samples, seed, dev, probe_max) -> ReceptiveF
             out = tap[name]
             if out.dim() != 4:
                 return ReceptiveField(name, hw, hw, (0, 0), hw, (1, 1), True, method="measured")
-            grid = tuple(out.shape[-2:])
+            grid = _hw(out)
             i, j = grid[0] // 2, grid[1] // 2
             units = [(i, j), (min(i + 1, grid[0] - 1), min(j + 1, grid[1] - 1))]
             boxes = []
@@ -441,13 +453,13 @@ def _measured(model, name, c, size, samples, seed, dev, probe_max) -> ReceptiveF
         touches = box[0] == 0 or box[1] == 0 or box[2] == hw[0] or box[3] == hw[1]
         if not touches or attempt == 2 or max(hw) >= probe_max:
             break
-        hw = tuple(min(2 * s, probe_max) for s in hw)
+        hw = (min(2 * hw[0], probe_max), min(2 * hw[1], probe_max))
     assert box is not None  # the loop raised otherwise
     if box == (0, 0, hw[0], hw[1]):
         return ReceptiveField(name, hw, hw, (0, 0), hw, grid, True, method="measured")
     nxt = boxes[1] or box
-    stride = tuple((nxt[a] - box[a]) if units[1][a] != units[0][a] else hw[a] for a in (0, 1))
-    stride = tuple(max(1, st) for st in stride)
+    stride = _per_axis(lambda a: (nxt[a] - box[a]) if units[1][a] != units[0][a] else hw[a])
+    stride = (max(1, stride[0]), max(1, stride[1]))
     rf_size = (box[2] - box[0], box[3] - box[1])
     offset = (box[0] - i * stride[0], box[1] - j * stride[1])
     return ReceptiveField(name, rf_size, stride, offset, hw, grid, False, method="measured")

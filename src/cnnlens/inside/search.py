@@ -431,7 +431,7 @@ class SearchAccumulator:
         hist.scatter_add_(1, st["labels"].clamp_min(0), (st["labels"] >= 0).long())
         return SearchResult(
             layer=self.layer,
-            channels=tuple(self.channels),
+            channels=tuple(self.channels or ()),  # set by the first update
             activations=st["values"],
             indices=st["indices"],
             positions=st["positions"],

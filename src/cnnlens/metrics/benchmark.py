@@ -208,7 +208,9 @@ def benchmark(
     if "segmentation_iou" in wanted and metrics is None and not _has_opencv():
         log.info("benchmark: segmentation_iou left out (pip install 'cnnlens[segment]' for OpenCV's GrabCut)")
         wanted.remove("segmentation_iou")
-    truth = _Truth(boxes, masks, objects, n=x.shape[0], size=tuple(x.shape[-2:])) if has_truth else None
+    truth = (
+        _Truth(boxes, masks, objects, n=x.shape[0], size=(int(x.shape[-2]), int(x.shape[-1]))) if has_truth else None
+    )
     if target is None:
         target = "true" if y is not None else "predicted"
     msets = {k: dict(v) for k, v in METHOD_DEFAULTS.items()}

@@ -149,7 +149,7 @@ def mask_iou(masks: Any, true_masks: Any) -> torch.Tensor:
     if p.dim() == 2:
         p = p.unsqueeze(0)
     p = p.detach().cpu() != 0
-    t = masks_of(masks=true_masks, n=p.shape[0], size=tuple(p.shape[-2:]))
+    t = masks_of(masks=true_masks, n=p.shape[0], size=(int(p.shape[-2]), int(p.shape[-1])))
     inter = (p & t).flatten(1).sum(1).double()
     union = (p | t).flatten(1).sum(1).double()
     return torch.where(union > 0, inter / union.clamp_min(1), torch.full_like(inter, float("nan")))

@@ -37,7 +37,7 @@ import zipfile
 from collections.abc import Callable, Mapping, Sequence
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, Union, cast
 
 import torch
 from safetensors.torch import load_file
@@ -759,11 +759,12 @@ def _finish(
     x = torch.rand(1, spec.channels, *spec.input_size, generator=torch.Generator().manual_seed(0))
     if known:
         # a built-in architecture: the head size is known; check the output only if the geometry was overridden
-        k = (
-            _check_output(_forward(model, x, what), x, what)
-            if overrides
-            else resolve_layer(model, spec.classifier)[1].out_features
-        )
+        if overrides:
+            k = _check_output(_forward(model, x, what), x, what)
+        else:
+            assert spec.classifier is not None  # every built-in architecture names its classifier
+            # torch types a module attribute as Tensor | Module; the classifier's out_features is an int
+            k = cast(int, resolve_layer(model, spec.classifier)[1].out_features)
         names, source = _class_names(class_names, spec.class_names, k, what)
         model.spec = spec.with_(class_names=names, extra={**spec.extra, "class_names_from": source})
         log.info("%s", describe_spec(model.spec))
