@@ -191,7 +191,7 @@ def precompute(
     (another dataset, more channels, after the work folder is gone) renders only what it has not seen."""
     from .data import as_dataset, dataset_images
     from .inside.fvcache import as_cache
-    from .inside.microscope import building_blocks, class_influence, microscope_scan
+    from .inside.microscope import building_blocks, microscope_scan
 
     st = settings or Settings()
     prog = progress or (lambda stage, done, total: None)
@@ -227,31 +227,12 @@ def precompute(
         chans = list(range(min(C, st.max_channels)))
         out.shown[name] = chans
         stage = f"layer {li + 1}/{len(names)} {name}: feature visualisations"
-        views = wd.get(f"fv-{layer_slug(name)}")
-        if views is None:
-            views = {}
-            total = 3
-
-            def step(i, what):
-                prog(stage, i, total)
-
-            views["plain"] = plain_view(model, name, chans, st, size, fv)
-            step(1, "plain")
-            views["robust"] = robust_view(model, name, chans, st, size, fv)
-            step(2, "robust")
-            views["diverse"] = diverse_view(model, name, chans, st, size, views["plain"], fv)
-            wd.save(f"fv-{layer_slug(name)}", views)
-        prog(stage, 3, 3)
-        out.views[name] = views
+        out.views[name] = _feature_views(model, name, chans, st, size, fv, wd, lambda i: prog(stage, i, 3))
         stage = f"layer {li + 1}/{len(names)} {name}: class influence and building blocks"
         inf = wd.get(f"influence-{layer_slug(name)}")
         if inf is None:
-            x = dataset_images(data, range(n_inf))
-            classes = _classes(model, x, st.max_classes, [int(dataset[i][1]) for i in range(n_inf)])
-            if micro[name].top.positions.numel() and len(micro[name].shape) == 3:
-                inf = class_influence(model, x, name, classes, channels=chans, ablation=True, batch_size=st.batch_size)
-            else:
-                inf = False
+            labels = [int(dataset[i][1]) for i in range(n_inf)]
+            inf = _influence(model, dataset_images(data, range(n_inf)), labels, name, micro[name], chans, st)
             wd.save(f"influence-{layer_slug(name)}", inf)
         out.influence[name] = inf or None
         prog(stage, 1, 2)
@@ -263,6 +244,33 @@ def precompute(
         out.blocks[name] = bb or None
         prog(stage, 2, 2)
     return out
+
+
+def _feature_views(model, name: str, chans: list[int], st: Settings, size, fv, wd: WorkDir, step) -> dict:
+    """A layer's feature visualisations (plain, robust, diversity set), from the work folder or rendered and
+    saved there; ``step(i)`` after each of the three."""
+    views = wd.get(f"fv-{layer_slug(name)}")
+    if views is None:
+        views = {}
+        views["plain"] = plain_view(model, name, chans, st, size, fv)
+        step(1)
+        views["robust"] = robust_view(model, name, chans, st, size, fv)
+        step(2)
+        views["diverse"] = diverse_view(model, name, chans, st, size, views["plain"], fv)
+        wd.save(f"fv-{layer_slug(name)}", views)
+    step(3)
+    return views
+
+
+def _influence(model, x: torch.Tensor, labels: list[int], name: str, layer_scan, chans: list[int], st: Settings):
+    """The class influence of a layer's shown channels on the images ``x``, or False for a layer without a
+    spatial grid or without a top image."""
+    from .inside.microscope import class_influence
+
+    classes = _classes(model, x, st.max_classes, labels)
+    if layer_scan.top.positions.numel() and len(layer_scan.shape) == 3:
+        return class_influence(model, x, name, classes, channels=chans, ablation=True, batch_size=st.batch_size)
+    return False
 
 
 def _classes(model, x, limit: int, labels=None) -> list[int]:
@@ -374,7 +382,6 @@ def unit_card(ls, c: int, cname, influence=None) -> dict:
 
 def _write(model, data, pre: Precomputed, root: Path, model_name, data_name, class_names, prog) -> None:
     from .data import as_dataset
-    from .inside.microscope import top_maps, unit_projections
 
     data = as_dataset(data, model)
     env = _env()
@@ -394,101 +401,17 @@ def _write(model, data, pre: Precomputed, root: Path, model_name, data_name, cla
     data_json = {"model": model_name, "data": data_name, "images": pre.scan.count, "layers": {}}
     for li, name in enumerate(pre.scan.layers):
         ls = pre.scan[name]
-        slug = layer_slug(name)
-        chans = pre.shown[name]
-        views = pre.views[name]
         stage = f"layer {li + 1}/{len(pre.scan.layers)} {name}: drawing pages"
-        imgs, maps = top_maps(model, data, ls, chans)
-        cards = []
-        d = root / "img" / slug
-        d.mkdir(parents=True)
-        st = ls.stats
-        for r, c in enumerate(chans):
-            # the images of a card and a unit page
-            fv = views["plain"].of(c)[0]
-            # cards show the robust one: transformation robustness removes most of the high-frequency noise
-            (d / f"fv-{c}.png").write_bytes(draw.png(draw.image_tile(views["robust"].of(c)[0], 112)))
-            (d / f"fvr-{c}.png").write_bytes(draw.png(draw.image_tile(views["robust"].of(c)[0], 160)))
-            (d / f"fvp-{c}.png").write_bytes(draw.png(draw.image_tile(fv, 160)))
-            for v, im in enumerate(views["diverse"].of(c)):
-                (d / f"fvd-{c}-{v}.png").write_bytes(draw.png(draw.image_tile(im, 112)))
-            row = ls.top.row(c)
-            crops = ls.top.patches(channels=[c], images=imgs[r : r + 1])[0]  # cut from its top images now
-            (d / f"top-{c}.png").write_bytes(draw.png(draw.patch_grid(crops, ncols=3, tile=36)))
-            (d / f"topbig-{c}.png").write_bytes(draw.png(draw.patch_grid(crops, ncols=9, tile=96, pad=3)))
-            (d / f"maps-{c}.png").write_bytes(draw.png(draw.maps_image(imgs[r], maps[r], ncols=9, side=96)))
-            (d / f"hist-{c}.png").write_bytes(draw.png(draw.histogram_figure(st, c)))
-            (d / f"class-{c}.png").write_bytes(draw.png(draw.class_figure(st, c, class_names, pre.influence[name])))
-            proj = unit_projections(model, imgs[r], name, c, ls.top.positions[row], ls.rf)
-            (d / f"proj-{c}.png").write_bytes(
-                draw.png(draw.projections_image(crops, proj.deconv, proj.guided, tile=72))
-            )
-            card_rows = (
-                ["patch"]
-                + (["deconvnet"] if proj.deconv is not None else [])
-                + (["guided backprop"] if proj.guided is not None else [])
-            )
-            card = {
-                **unit_card(ls, c, cname, pre.influence[name]),
-                "fv_act": float(views["plain"].activation[r, 0]),
-                "fvr_act": float(views["robust"].activation[r, 0]),
-                "deconv_error": proj.deconv_error,
-                "guided_error": proj.guided_error,
-                "proj_rows": card_rows,
-            }
-            cards.append(card)
-            prev = chans[r - 1] if r > 0 else None
-            nxt = chans[r + 1] if r + 1 < len(chans) else None
-            (root / f"unit-{slug}-{c}.html").write_text(
-                env.get_template("unit.html.j2").render(
-                    layer=layers[li],
-                    card=card,
-                    prev=prev,
-                    next=nxt,
-                    k=ls.top.k,
-                    diversity=views["diverse"].images.shape[1],
-                    settings=views["plain"].settings,
-                    rsettings=views["robust"].settings,
-                    **common,
-                ),
-                encoding="utf-8",
-            )
-            prog(stage, r + 1, len(chans))
-        (root / f"layer-{slug}.html").write_text(
+        tick = lambda done, total: prog(stage, done, total)
+        cards = _unit_pages(model, data, pre, root, env, name, layers[li], cname, class_names, common, tick)
+        (root / f"layer-{layer_slug(name)}.html").write_text(
             env.get_template("layer.html.j2").render(layer=layers[li], cards=cards, **common), encoding="utf-8"
         )
         data_json["layers"][name] = {"shape": list(ls.shape), "rf": jsonable(ls.rf), "channels": cards}
     # building-block pages: one per sample, every layer's grid clickable
     for s in samples:
-        assert pre.samples is not None  # the precompute draws the sample images
         i = int(s["i"])
-        blocks = []
-        for name, bb in pre.blocks.items():
-            if bb is None:
-                continue
-            slug = layer_slug(name)
-            shown = set(pre.shown[name])
-            g = bb.grid
-            img = f"img/{slug}/sample-{i}.png"
-            draw.grid_overlay(pre.samples[i], g, 288).save(root / img)
-            A, Ct = bb.activations[i], bb.contributions[i]
-            cells = []
-            for a in range(g[0]):
-                row = []
-                for b in range(g[1]):
-                    top = [t for t in bb.at(i, a, b, k=len(A)) if t["channel"] in shown and t["activation"] > 0][:6]
-                    row.append([[t["channel"], round(t["activation"], 4), round(t["contribution"], 4)] for t in top])
-                cells.append(row)
-            blocks.append(
-                {
-                    "name": name,
-                    "slug": slug,
-                    "grid": list(g),
-                    "img": img,
-                    "cells": cells,
-                    "total": [[round(float(v), 4) for v in r] for r in Ct.sum(0)],
-                }
-            )
+        blocks = _sample_blocks(root, pre, i)
         cls = int(pre.blocks[next(iter(pre.blocks))].classes[i]) if pre.blocks else -1
         (root / f"sample-{i}.html").write_text(
             env.get_template("sample.html.j2").render(
@@ -497,3 +420,111 @@ def _write(model, data, pre: Precomputed, root: Path, model_name, data_name, cla
             encoding="utf-8",
         )
     (root / "microscope.json").write_text(json.dumps(jsonable(data_json), indent=1))
+
+
+def _unit_pages(
+    model, data, pre: Precomputed, root: Path, env, name: str, layer: dict, cname, class_names, common, tick
+):
+    """A layer's unit pages and their images; the units' cards (for the layer page and microscope.json)."""
+    from .inside.microscope import top_maps
+
+    ls = pre.scan[name]
+    slug = layer_slug(name)
+    chans = pre.shown[name]
+    views = pre.views[name]
+    imgs, maps = top_maps(model, data, ls, chans)
+    cards = []
+    d = root / "img" / slug
+    d.mkdir(parents=True)
+    for r, c in enumerate(chans):
+        proj = _unit_images(model, d, name, ls, views, r, c, imgs, maps, class_names, pre.influence[name])
+        card_rows = (
+            ["patch"]
+            + (["deconvnet"] if proj.deconv is not None else [])
+            + (["guided backprop"] if proj.guided is not None else [])
+        )
+        card = {
+            **unit_card(ls, c, cname, pre.influence[name]),
+            "fv_act": float(views["plain"].activation[r, 0]),
+            "fvr_act": float(views["robust"].activation[r, 0]),
+            "deconv_error": proj.deconv_error,
+            "guided_error": proj.guided_error,
+            "proj_rows": card_rows,
+        }
+        cards.append(card)
+        prev = chans[r - 1] if r > 0 else None
+        nxt = chans[r + 1] if r + 1 < len(chans) else None
+        (root / f"unit-{slug}-{c}.html").write_text(
+            env.get_template("unit.html.j2").render(
+                layer=layer,
+                card=card,
+                prev=prev,
+                next=nxt,
+                k=ls.top.k,
+                diversity=views["diverse"].images.shape[1],
+                settings=views["plain"].settings,
+                rsettings=views["robust"].settings,
+                **common,
+            ),
+            encoding="utf-8",
+        )
+        tick(r + 1, len(chans))
+    return cards
+
+
+def _unit_images(model, d: Path, name: str, ls, views: dict, r: int, c: int, imgs, maps, class_names, influence):
+    """The images of channel c's card and unit page, written to ``d``; its deconvnet and guided-backprop
+    projections."""
+    from .inside.microscope import unit_projections
+
+    st = ls.stats
+    fv = views["plain"].of(c)[0]
+    # cards show the robust one: transformation robustness removes most of the high-frequency noise
+    (d / f"fv-{c}.png").write_bytes(draw.png(draw.image_tile(views["robust"].of(c)[0], 112)))
+    (d / f"fvr-{c}.png").write_bytes(draw.png(draw.image_tile(views["robust"].of(c)[0], 160)))
+    (d / f"fvp-{c}.png").write_bytes(draw.png(draw.image_tile(fv, 160)))
+    for v, im in enumerate(views["diverse"].of(c)):
+        (d / f"fvd-{c}-{v}.png").write_bytes(draw.png(draw.image_tile(im, 112)))
+    row = ls.top.row(c)
+    crops = ls.top.patches(channels=[c], images=imgs[r : r + 1])[0]  # cut from its top images now
+    (d / f"top-{c}.png").write_bytes(draw.png(draw.patch_grid(crops, ncols=3, tile=36)))
+    (d / f"topbig-{c}.png").write_bytes(draw.png(draw.patch_grid(crops, ncols=9, tile=96, pad=3)))
+    (d / f"maps-{c}.png").write_bytes(draw.png(draw.maps_image(imgs[r], maps[r], ncols=9, side=96)))
+    (d / f"hist-{c}.png").write_bytes(draw.png(draw.histogram_figure(st, c)))
+    (d / f"class-{c}.png").write_bytes(draw.png(draw.class_figure(st, c, class_names, influence)))
+    proj = unit_projections(model, imgs[r], name, c, ls.top.positions[row], ls.rf)
+    (d / f"proj-{c}.png").write_bytes(draw.png(draw.projections_image(crops, proj.deconv, proj.guided, tile=72)))
+    return proj
+
+
+def _sample_blocks(root: Path, pre: Precomputed, i: int) -> list[dict]:
+    """Sample i's building blocks, one entry per layer that has them (its grid drawn over the image)."""
+    assert pre.samples is not None  # the precompute draws the sample images
+    blocks = []
+    for name, bb in pre.blocks.items():
+        if bb is None:
+            continue
+        slug = layer_slug(name)
+        shown = set(pre.shown[name])
+        g = bb.grid
+        img = f"img/{slug}/sample-{i}.png"
+        draw.grid_overlay(pre.samples[i], g, 288).save(root / img)
+        A, Ct = bb.activations[i], bb.contributions[i]
+        cells = []
+        for a in range(g[0]):
+            row = []
+            for b in range(g[1]):
+                top = [t for t in bb.at(i, a, b, k=len(A)) if t["channel"] in shown and t["activation"] > 0][:6]
+                row.append([[t["channel"], round(t["activation"], 4), round(t["contribution"], 4)] for t in top])
+            cells.append(row)
+        blocks.append(
+            {
+                "name": name,
+                "slug": slug,
+                "grid": list(g),
+                "img": img,
+                "cells": cells,
+                "total": [[round(float(v), 4) for v in r] for r in Ct.sum(0)],
+            }
+        )
+    return blocks
