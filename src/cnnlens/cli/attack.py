@@ -20,6 +20,9 @@ from .common import (
 from .options import BatchSize, Device, Force, LabelledData, Model, Out, Pretrained, TrustPickle, Weights
 from .session import session
 
+# Imported late, inside functions: torch and the cnnlens modules that import it (attacks, data, batching),
+# rich.table (≈7 ms). `cnnlens --help` imports this module, and torch alone would add ≈2 s to it.
+
 
 def parse_norm(text: str) -> str:
     """``inf``/``linf``/``L∞`` → "inf"; ``2``/``l2`` → "2"."""

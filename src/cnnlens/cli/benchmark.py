@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.console import Console
 
 from .common import (
     UserError,
@@ -15,8 +16,12 @@ from .common import (
     new_report,
     out_dir,
 )
+from .explain import parse_methods
 from .options import Device, Force, Pretrained, TrustPickle, Weights
 from .session import open_model
+
+# Imported late, inside functions: cnnlens.metrics (imports torch), rich.table (≈7 ms). `cnnlens --help` imports
+# this module, and torch alone would add ≈2 s to it.
 
 #: compact column labels for the terminal
 SHORT = {
@@ -38,7 +43,6 @@ SHORT = {
 
 def print_leaderboard(lb, title: str) -> None:
     """The leaderboard as a rich table on stdout (mean±half-width of the 95 % interval; best per column bold)."""
-    from rich.console import Console
     from rich.table import Table
 
     out = Console()
@@ -128,7 +132,6 @@ def benchmark(
     from ..metrics.benchmark import METRICS
     from ..metrics.dataset_benchmark import benchmark_dataset, load_benchmark_data
     from ..metrics.report import add_benchmark_section
-    from .explain import parse_methods
 
     out = out_dir(out, force, data, boxes, weights)
     S = open_model(model, weights, pretrained, trust_pickle, device)

@@ -6,13 +6,23 @@ import contextlib
 import dataclasses
 import functools
 import inspect
+import json
 import logging
+import os
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.markup import escape
+
+from .. import __version__
+from ..extras import MissingExtra
+
+# Imported late, inside functions: torch and the cnnlens modules that import it (report, models, load_model),
+# rich.progress (≈13 ms). `cnnlens --help` imports this module, and torch alone would add ≈2 s to it.
 
 app = typer.Typer(
     name="cnnlens",
@@ -33,8 +43,6 @@ class UserError(Exception):
 
 def _print_version(value: bool) -> None:
     if value:
-        from .. import __version__
-
         typer.echo(f"cnnlens {__version__}")
         raise typer.Exit()
 
@@ -76,14 +84,12 @@ def main() -> None:
         if _state["debug"]:
             raise
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        from ..extras import MissingExtra
 
         kind = (
             "error"
             if isinstance(e, (ValueError, TypeError, FileNotFoundError, UserError, KeyError, MissingExtra))
             else f"error ({type(e).__name__})"
         )
-        from rich.markup import escape
 
         # escaped: "pip install 'cnnlens[explore]'" is not rich markup
         console.print(f"[bold red]{kind}:[/] {escape(msg)}", highlight=False, soft_wrap=True)
@@ -133,8 +139,6 @@ def print_table(table, out=None) -> None:
     """Print a rich table on stdout without cutting anything off: piped or redirected (where rich assumes 80
     columns) at the table's natural width; on a narrow terminal cells wrap (``overflow="fold"``) instead of
     ending in "…"."""
-    from rich.console import Console
-
     c = out or Console()
     for col in table.columns:
         col.overflow = "fold"
@@ -162,8 +166,6 @@ def distributed(device: str) -> Iterator[tuple[int, int, str]]:
     NCCL on CUDA (each process on ``cuda:LOCAL_RANK``), gloo on CPU; the group is
     destroyed on exit. Commands print and write files on rank 0 only.
     """
-    import os
-
     import torch
 
     device = parse_device(device)
@@ -195,8 +197,6 @@ def _leave_group(dist, ok: bool) -> None:
     process started are joined, all before the interpreter shuts down — a backend thread still alive then aborts
     the process ("terminate called without an active exception"). After an error no barrier (the other ranks may
     never reach it); the group is still destroyed."""
-    import threading
-
     try:
         if ok:
             dist.barrier()
@@ -365,8 +365,6 @@ def parse_input_size(text: str) -> tuple[int, ...]:
 
 def read_class_names(path: Path) -> list[str]:
     """Class names from a file: JSON (a list, or {index: name}) or one name a line (blank lines skipped)."""
-    import json
-
     p = Path(path)
     if not p.is_file():
         raise UserError(f"--class-names {p}: no such file; give a text file with one class name a line, or JSON")

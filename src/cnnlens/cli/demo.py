@@ -10,6 +10,9 @@ import typer
 from .common import app, console, out_dir, parse_device
 from .options import Device, Force
 
+# Imported late, inside functions: cnnlens.demo (imports torch), rich.progress (≈13 ms). `cnnlens --help` imports
+# this module, and torch alone would add ≈2 s to it.
+
 #: demo's own options
 DemoOut = Annotated[
     Path,

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.console import Console
 
 from .common import (
     UserError,
@@ -18,6 +19,9 @@ from .common import (
 )
 from .options import BatchSize, Device, Force, LabelledData, Model, Out, Pretrained, TrustPickle, Weights
 from .session import session
+
+# Imported late, inside functions: cnnlens.evaluation (imports torch), rich.table (≈7 ms). `cnnlens --help` imports
+# this module, and torch alone would add ≈2 s to it.
 
 
 def _topk_values(topk: list[str] | None, more: list[str] | None) -> tuple[int, ...] | None:
@@ -43,7 +47,6 @@ def _topk_values(topk: list[str] | None, more: list[str] | None) -> tuple[int, .
 
 def print_result(result, out=None) -> None:
     """Top-k accuracy and the per-class table on the terminal (stdout)."""
-    from rich.console import Console
     from rich.table import Table
 
     c = out or Console()

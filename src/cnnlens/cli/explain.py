@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import difflib
 from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.console import Console
 
-from ..registry import REGISTRY
+from ..registry import REGISTRY, title_of
 from .common import (
     UserError,
     app,
@@ -18,6 +20,9 @@ from .common import (
 )
 from .options import Device, Force, Model, Out, Pretrained, TrustPickle, Weights
 from .session import Session, open_model
+
+# Imported late, inside functions: torch and the cnnlens modules that import it (attribution, data, evaluation,
+# targets, tap). `cnnlens --help` imports this module, and torch alone would add ≈2 s to it.
 
 DEFAULT_METHODS = "saliency,occlusion,cam,gradcam,augmented-gradcam,guided-gradcam"
 #: the registry's names (importing it does not import torch: the CLI's --help stays fast)
@@ -58,8 +63,6 @@ def parse_methods(text: str) -> list[str]:
             continue
         key = aliases.get(key, key)
         if key not in METHODS:
-            import difflib
-
             # one spelling shown (hyphens, as typed on a command line); hyphens and underscores both accepted
             known = [k.replace("_", "-") for k in METHODS]
             close = difflib.get_close_matches(key.replace("_", "-"), known, n=3, cutoff=0.6)
@@ -276,10 +279,6 @@ def _layer(m, layer: str | None) -> str | None:
 
 def _say(run, names: list[str]) -> None:
     """The skipped methods (stderr), then each image's class and faithfulness scores (stdout)."""
-    from rich.console import Console
-
-    from ..registry import title_of
-
     for k, e in run.failures.items():
         console.print(f"[yellow]{k.replace('_', '-')} skipped:[/] {e}", highlight=False)
     stdout = Console()

@@ -9,6 +9,7 @@ from typing import Annotated
 
 import typer
 
+from ..extras import require
 from .common import (
     UserError,
     app,
@@ -19,6 +20,9 @@ from .common import (
 )
 from .options import Device, Force, LabelledData, Model, Pretrained, TrustPickle, Weights
 from .session import session
+
+# Imported late, inside functions: cnnlens.explore (torch, Starlette), uvicorn (≈70 ms, optional), rich.progress
+# (≈13 ms). `cnnlens --help` imports this module, and torch alone would add ≈2 s to it.
 
 
 def default_cache() -> Path:
@@ -85,8 +89,6 @@ def explore(
     All model work runs in one background thread. `torchrun --nproc_per_node N -m
     cnnlens explore --scan-only ...` fills the store with N processes.
     """
-    from ..extras import require
-
     require("explore", what="cnnlens explore")  # before any work: the pages need Starlette, the server uvicorn
     from ..explore.store import scan_dataset
 

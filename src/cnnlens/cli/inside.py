@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.console import Console
 
 from .common import (
     ReportDir,
@@ -36,6 +37,9 @@ from .options import (
     Weights,
 )
 from .session import Session, open_model, session
+
+# Imported late, inside functions: torch and the cnnlens modules that import it (inside, data), rich.table (≈7 ms).
+# `cnnlens --help` imports this module, and torch alone would add ≈2 s to it.
 
 inside_app = typer.Typer(
     name="inside",
@@ -137,8 +141,6 @@ def _write(page, out: ReportDir, what: str) -> None:
 
 def _say(*objs) -> None:
     """Results go to stdout (the status lines and errors to stderr)."""
-    from rich.console import Console
-
     Console().print(*objs, highlight=False)
 
 

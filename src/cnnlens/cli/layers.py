@@ -11,6 +11,9 @@ from .common import (
 )
 from .options import Device, Model, Pretrained, TrustPickle, Weights
 
+# Imported late, inside functions: torch, cnnlens.tap (imports torch), rich.table (≈7 ms). `cnnlens --help` imports
+# this module, and torch alone would add ≈2 s to it.
+
 
 def _shape(v) -> str:
     import torch

@@ -4,6 +4,7 @@ statistics, influence, building blocks — as a static site (layer list → chan
 from __future__ import annotations
 
 import contextlib
+import shutil
 from pathlib import Path
 from typing import Annotated
 
@@ -18,6 +19,9 @@ from .common import (
     out_dir,
 )
 from .options import BatchSize, Device, FirstN, Force, Model, Pretrained, TrustPickle, Weights
+
+# Imported late, inside functions: torch and the cnnlens modules that import it (inside, microscope_site, data,
+# tap), rich.progress. `cnnlens --help` imports this module, and torch alone would add ≈2 s to it.
 
 
 class _Bars:
@@ -119,8 +123,6 @@ def microscope_cmd(
 ) -> None:
     """Precompute every channel of the chosen layers and write a static site: layer list → channel grid →
     unit pages, plus building-block pages. Interrupted runs resume from the work folder."""
-    import shutil
-
     import torch
 
     from ..data import as_dataset

@@ -16,6 +16,9 @@ from typing import Any
 
 from .common import UserError, distributed, load_model_from_options, names_from_data, parse_device, progress_bar
 
+# Imported late, inside functions: torch, cnnlens.data (imports torch). `cnnlens --help` imports this module, and
+# torch alone would add ≈2 s to it.
+
 
 @dataclasses.dataclass
 class Session:

@@ -10,6 +10,9 @@ import typer
 
 from .common import app, progress_bar
 
+# Imported late, inside functions: torch and the cnnlens modules that import it (train, models, attacks). `cnnlens
+# --help` imports this module, and torch alone would add ≈2 s to it.
+
 train_app = typer.Typer(help="Train the small models that ship with cnnlens.", no_args_is_help=True)
 app.add_typer(train_app, name="train")
 
