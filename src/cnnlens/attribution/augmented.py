@@ -251,17 +251,42 @@ def augmented_gradcam(
     L = int(augmentations)
     thetas = random_affines(L, (H, W), max_angle=max_angle, max_shift=max_shift, seed=seed)
     name = layer_name(model, p, layer)
+    total = p.n * L
+    cams, A, classes, s = _augmented_cams(
+        model, p, name, layout, channels_last, thetas, padding, batch_size, progress, steps
+    )
+    grid = tuple(A.shape[-2:])
+    if size is None:
+        size = (min(H, SUPER * grid[0]), min(W, SUPER * grid[1]))
+    note = flat_note(model, p, name, A)
+    if lam is None or mu is None:
+        dl, dm = default_weights(L, size, grid)
+        lam = dl if lam is None else lam
+        mu = dm if mu is None else mu
+    step_progress = (lambda k, n: progress(total + k, total + steps)) if progress else None
+    fit = dict(lam=float(lam), mu=float(mu), steps=steps, lr=lr, padding=padding, progress=step_progress)
+    h, hist, scale = _superresolve_cams(cams, thetas, size, normalize, fit)
+    settings = {"layer": name, "augmentations": L, "max_angle": max_angle, "max_shift": max_shift, "size": size}
+    settings |= {"grid": grid, "lam": float(lam), "mu": float(mu), "steps": steps, "lr": lr, "seed": seed}
+    settings |= {"padding": padding, "normalize": normalize}
+    extras = {"cams": cams, "single": upsample(cams[:, 0], (H, W)), "objective": hist, "thetas": thetas}
+    extras |= {"scale": scale, "score": s}
+    maps = upsample(h, (H, W))
+    return finish(p, maps, "augmented_gradcam", classes, layer=name, raw=h, settings=settings, extras=extras, note=note)
+
+
+def _augmented_cams(model, p, name: str, layout, channels_last, thetas, padding: str, batch_size: int, progress, steps):
+    """The Grad-CAM of every augmented image for the class of the clean image (N×L×h×w, ``batch_size`` warped
+    images per forward); the layer's activations of the last batch, the classes and their scores."""
+    L = thetas.shape[0]
     tap, leaf = gradcam_tap(model, p, name, layout)
     dev = p.x.device
     th = thetas.to(device=dev, dtype=p.x.dtype)
     total = p.n * L
-    cams = None
     with tap:
         run_layout = Layout(model, p.x, channels_last)
         A, G, classes, s = layer_gradient(tap, leaf, p, p.x, layout=run_layout)
         grid = tuple(A.shape[-2:])
-        if size is None:
-            size = (min(H, SUPER * grid[0]), min(W, SUPER * grid[1]))
         cams = torch.empty(p.n, L, *grid, device=dev)
         for a, b in chunks(total, batch_size):
             idx = torch.arange(a, b, device=dev)
@@ -272,57 +297,16 @@ def augmented_gradcam(
             cams[si, li] = torch.einsum("nk,nkhw->nhw", gradcam_weights(A, G), A).clamp_min(0)
             if progress:
                 progress(b, total + steps)
-    note = flat_note(model, p, name, A)
-    if lam is None or mu is None:
-        dl, dm = default_weights(L, size, grid)
-        lam = dl if lam is None else lam
-        mu = dm if mu is None else mu
-    scale = cams.flatten(1).amax(1) if normalize else torch.ones(p.n, device=dev)
+    return cams, A, classes, s
+
+
+def _superresolve_cams(cams: torch.Tensor, thetas: torch.Tensor, size, normalize: bool, fit: dict):
+    """h from the cams by :func:`superresolve` (``fit``: its settings), each image's cams divided by their
+    maximum first with ``normalize`` and h scaled back: (h, the objective per step, the scale)."""
+    dev = cams.device
+    scale = cams.flatten(1).amax(1) if normalize else torch.ones(cams.shape[0], device=dev)
     safe = torch.where(scale > 0, scale, torch.ones_like(scale))
     g = cams / safe.view(-1, 1, 1, 1)
-    step_progress = (lambda k, n: progress(total + k, total + steps)) if progress else None
-    h, hist = superresolve(
-        g,
-        thetas.to(dev),
-        size,
-        lam=float(lam),
-        mu=float(mu),
-        steps=steps,
-        lr=lr,
-        padding=padding,
-        progress=step_progress,
-    )
+    h, hist = superresolve(g, thetas.to(dev), size, **fit)
     h = h * safe.view(-1, 1, 1) * (scale > 0).view(-1, 1, 1)
-    settings = {
-        "layer": name,
-        "augmentations": L,
-        "max_angle": max_angle,
-        "max_shift": max_shift,
-        "size": size,
-        "grid": grid,
-        "lam": float(lam),
-        "mu": float(mu),
-        "steps": steps,
-        "lr": lr,
-        "seed": seed,
-        "padding": padding,
-        "normalize": normalize,
-    }
-    return finish(
-        p,
-        upsample(h, (H, W)),
-        "augmented_gradcam",
-        classes,
-        layer=name,
-        raw=h,
-        settings=settings,
-        extras={
-            "cams": cams,
-            "single": upsample(cams[:, 0], (H, W)),
-            "objective": hist,
-            "thetas": thetas,
-            "scale": scale,
-            "score": s,
-        },
-        note=note,
-    )
+    return h, hist, scale
