@@ -282,17 +282,7 @@ def tcav(
     >>> r = tcav(model, "net.features.9", concepts={"3": c3}, random=pool, inputs=x3, target=3)  # doctest: +SKIP
     >>> r.figure()                                                                               # doctest: +SKIP
     """
-    from scipy.stats import ttest_ind
-
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    name, _ = resolve_layer(model, layer)
-    if not isinstance(concepts, dict) or not concepts:
-        raise ValueError("concepts: give a dict {name: images}, at least one concept")
-    if not isinstance(runs, int) or runs < 2:
-        raise ValueError(f"runs must be an int ≥ 2 (the t-test needs several random CAVs), got {runs!r}")
-    if not 0 < alpha < 1:
-        raise ValueError(f"alpha must be in (0, 1), got {alpha}; Kim et al. use 0.05")
+    name = _check_tcav(model, layer, concepts, runs, alpha)
     k, k_name = class_index(model, target)
     cimgs = {str(c): _images(v, f"concept {c!r}") for c, v in concepts.items()}
     x = _images(inputs, "inputs")
@@ -300,39 +290,13 @@ def tcav(
     pairs = _random_sets(random, runs, size, seed)
     grads = layer_gradients(model, name, x, k, batch_size)
     acts = {c: layer_activations(model, name, v, batch_size) for c, v in cimgs.items()}
-    cache: dict[int, torch.Tensor] = {}
-
-    def act_of(t: torch.Tensor) -> torch.Tensor:
-        key = id(t)
-        if key not in cache:
-            cache[key] = layer_activations(model, name, t, batch_size)
-        return cache[key]
-
+    cavs, accs, rcavs = _train_cavs(model, name, acts, pairs, grads.shape[1], classifier, seed, batch_size, progress)
     C = len(cimgs)
-    cavs = torch.zeros(C, runs, grads.shape[1], dtype=torch.float64)
-    accs = torch.zeros(C, runs, dtype=torch.float64)
-    rcavs = torch.zeros(runs, grads.shape[1], dtype=torch.float64)
-    for r, (neg, other) in enumerate(pairs):
-        a_neg = act_of(neg)
-        for i, c in enumerate(cimgs):
-            cavs[i, r], accs[i, r] = train_cav(acts[c], a_neg, classifier, seed + r)
-        rcavs[r], _ = train_cav(act_of(other), a_neg, classifier, seed + r)
-        if progress:
-            progress(r + 1, runs)
     scores, mags = tcav_scores(grads, cavs.reshape(C * runs, -1))
     rscores, rmags = tcav_scores(grads, rcavs)
     scores, mags = scores.view(C, runs), mags.view(C, runs)
     level = alpha / C if bonferroni else alpha
-    p = []
-    for i in range(C):
-        a, b = scores[i].numpy(), rscores.numpy()
-        if np.ptp(a) == 0 and np.ptp(b) == 0:  # no spread on either side: the t statistic is undefined
-            p.append(0.0 if a[0] != b[0] else 1.0)
-        else:
-            with warnings.catch_warnings():  # nearly equal samples: scipy warns of precision loss, p stays valid
-                warnings.simplefilter("ignore", RuntimeWarning)
-                p.append(float(ttest_ind(a, b).pvalue))
-    p_values = torch.tensor(p, dtype=torch.float64)
+    p_values = _p_values(scores, rscores)
     settings = {
         "runs": runs,
         "classifier": classifier,
@@ -361,3 +325,58 @@ def tcav(
         target_name=k_name,
         settings=settings,
     )
+
+
+def _check_tcav(model, layer, concepts, runs, alpha) -> str:
+    """:func:`tcav`'s settings checked; the layer's name."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    name, _ = resolve_layer(model, layer)
+    if not isinstance(concepts, dict) or not concepts:
+        raise ValueError("concepts: give a dict {name: images}, at least one concept")
+    if not isinstance(runs, int) or runs < 2:
+        raise ValueError(f"runs must be an int ≥ 2 (the t-test needs several random CAVs), got {runs!r}")
+    if not 0 < alpha < 1:
+        raise ValueError(f"alpha must be in (0, 1), got {alpha}; Kim et al. use 0.05")
+    return name
+
+
+def _train_cavs(model, name: str, acts: dict, pairs, dim: int, classifier: str, seed: int, batch_size, progress):
+    """Run r's CAV of each concept against random set r, and the random CAV of the other random set against it
+    (seed ``seed + r``): (concepts × runs × dim CAVs, their accuracies, runs × dim random CAVs)."""
+    cache: dict[int, torch.Tensor] = {}
+
+    def act_of(t: torch.Tensor) -> torch.Tensor:
+        key = id(t)
+        if key not in cache:
+            cache[key] = layer_activations(model, name, t, batch_size)
+        return cache[key]
+
+    runs = len(pairs)
+    cavs = torch.zeros(len(acts), runs, dim, dtype=torch.float64)
+    accs = torch.zeros(len(acts), runs, dtype=torch.float64)
+    rcavs = torch.zeros(runs, dim, dtype=torch.float64)
+    for r, (neg, other) in enumerate(pairs):
+        a_neg = act_of(neg)
+        for i, c in enumerate(acts):
+            cavs[i, r], accs[i, r] = train_cav(acts[c], a_neg, classifier, seed + r)
+        rcavs[r], _ = train_cav(act_of(other), a_neg, classifier, seed + r)
+        if progress:
+            progress(r + 1, runs)
+    return cavs, accs, rcavs
+
+
+def _p_values(scores: torch.Tensor, rscores: torch.Tensor) -> torch.Tensor:
+    """Two-sided t-test of each concept's TCAV scores (one row per concept) against the random CAVs' scores."""
+    from scipy.stats import ttest_ind
+
+    p = []
+    for i in range(scores.shape[0]):
+        a, b = scores[i].numpy(), rscores.numpy()
+        if np.ptp(a) == 0 and np.ptp(b) == 0:  # no spread on either side: the t statistic is undefined
+            p.append(0.0 if a[0] != b[0] else 1.0)
+        else:
+            with warnings.catch_warnings():  # nearly equal samples: scipy warns of precision loss, p stays valid
+                warnings.simplefilter("ignore", RuntimeWarning)
+                p.append(float(ttest_ind(a, b).pvalue))
+    return torch.tensor(p, dtype=torch.float64)
