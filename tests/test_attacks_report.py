@@ -77,3 +77,29 @@ def test_demo_section_quick_with_a_stand_in_photo_model(untouched, digits_model)
     assert conc.results["minimal_eps"]["efficientnet-lite0"]["d"] == 3 * 16 * 16
     assert any(w.startswith("attacks: efficientnet-lite0") for w, _, _ in calls)
     assert sum(b.kind == "figure" for b in robust.blocks) == 3  # curves, gallery, saliency
+
+
+def test_robustness_run_writes_the_section_and_curves_json_csv():
+    """``cnnlens robustness``'s presenter: one section and the three files, the CSV being the result's table."""
+    import csv
+    import io
+    import json
+
+    from inside_nets import pixel_chain_net
+
+    from cnnlens.attacks.curves import robustness
+    from cnnlens.attacks.report import add_robustness_run
+    from cnnlens.report import Report
+
+    m = pixel_chain_net()
+    g = torch.Generator().manual_seed(0)
+    data = [(torch.rand(1, 16, 16, generator=g), i % 3) for i in range(6)]
+    r = robustness(m, data, eps=[0.0, 4 / 255], attacks=["fgsm"], gallery=0, batch_size=4)
+    rep = Report("robustness")
+    sec = add_robustness_run(rep, "chain", r, settings={"model": "chain"}, figure_title="chain on noise")
+    assert [s.title for s in rep.sections] == ["Robustness"] and sec is rep.sections[0]
+    assert set(rep._files) == {"curves.png", "robustness.json", "robustness.csv"}
+    assert json.loads(rep._files["robustness.json"]) == json.loads(json.dumps(r.to_dict()))
+    header, rows = r.table()
+    got = list(csv.reader(io.StringIO(rep._files["robustness.csv"].decode())))
+    assert got[0] == header and len(got) == len(rows) + 1
