@@ -16,12 +16,12 @@ from .common import (
     new_report,
     out_dir,
 )
-from .explain import parse_methods
 from .options import Device, Force, Pretrained, TrustPickle, Weights
 from .session import open_model
 
 # Imported late, inside functions: cnnlens.metrics (imports torch), rich.table (≈7 ms). `cnnlens --help` imports
-# this module, and torch alone would add ≈2 s to it.
+# this module, and torch alone would add ≈2 s to it. `.explain` too: imported first it would list `explain` above
+# `benchmark` in `cnnlens --help` (commands are listed in the order they register).
 
 #: compact column labels for the terminal
 SHORT = {
@@ -132,6 +132,7 @@ def benchmark(
     from ..metrics.benchmark import METRICS
     from ..metrics.dataset_benchmark import benchmark_dataset, load_benchmark_data
     from ..metrics.report import add_benchmark_section
+    from .explain import parse_methods
 
     out = out_dir(out, force, data, boxes, weights)
     S = open_model(model, weights, pretrained, trust_pickle, device)

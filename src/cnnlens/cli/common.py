@@ -256,47 +256,20 @@ _SPEC_PARAMS = ("spec_mean", "spec_std", "spec_input_size", "spec_channels", "sp
 
 
 def _spec_parameters(taken: set[str]) -> list[inspect.Parameter]:
-    chan = ["--input-channels"] if "--channels" in taken else ["--channels", "--input-channels"]
-    size = ["--input-size"]
+    """The spec options as keyword parameters (cnnlens.cli.options); the input channels are --input-channels
+    alone where the command has its own --channels."""
+    from . import options as o
+
+    chan = o.InputChannels if "--channels" in taken else o.ChannelsOrInputChannels
     opts = [
-        (
-            "spec_mean",
-            str | None,
-            typer.Option(
-                None,
-                "--mean",
-                help="Per-channel mean the model was trained with, e.g. 0.485,0.456,0.406 (one value: every channel).",
-            ),
-        ),
-        ("spec_std", str | None, typer.Option(None, "--std", help="Per-channel std, e.g. 0.229,0.224,0.225.")),
-        (
-            "spec_input_size",
-            str | None,
-            typer.Option(
-                None, *size, help="Input size the model expects: 224, H,W or C,H,W (default: the model's, else 224)."
-            ),
-        ),
-        (
-            "spec_channels",
-            int | None,
-            typer.Option(None, *chan, help="Input channels the model expects: 1 (grey) or 3 (RGB)."),
-        ),
-        (
-            "spec_class_names",
-            Path | None,
-            typer.Option(
-                None, "--class-names", help="File of class names: one a line, or JSON (a list, or {index: name})."
-            ),
-        ),
-        (
-            "spec_num_classes",
-            int | None,
-            typer.Option(
-                None, "--num-classes", min=1, help="Number of classes of the model's head (default: from the weights)."
-            ),
-        ),
+        ("spec_mean", o.Mean),
+        ("spec_std", o.Std),
+        ("spec_input_size", o.InputSize),
+        ("spec_channels", chan),
+        ("spec_class_names", o.ClassNames),
+        ("spec_num_classes", o.NumClasses),
     ]
-    return [inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, default=d, annotation=a) for n, a, d in opts]
+    return [inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=a) for n, a in opts]
 
 
 def _option_names(sig: inspect.Signature) -> set[str]:

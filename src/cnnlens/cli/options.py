@@ -3,7 +3,8 @@
 A command writes ``model: Model`` or ``device: Device = "cpu"`` (the default stays in the command's signature, the
 flags and help text live here), so ``--model`` reads the same in every ``cnnlens X --help``. An option whose help
 says something of its own command (``explain --data``, ``attack --batch-size``) is declared in that command.
-The spec options (``--mean``, ``--std``, ``--input-size``, ...) are added by :func:`cnnlens.cli.common.model_options`.
+The spec options (``--mean``, ``--std``, ``--input-size``, ...) are here too; :func:`cnnlens.cli.common.model_options`
+adds them to every command that takes ``--model``.
 """
 
 from __future__ import annotations
@@ -28,6 +29,32 @@ TrustPickle = Annotated[
     bool, typer.Option("--trust-pickle", help="Allow loading a whole pickled model (runs code from the file).")
 ]
 Device = Annotated[str, typer.Option("--device", help="cpu, cuda, cuda:N or auto.")]
+
+# what the model expects (added by model_options; all default to None: the model's own spec)
+Mean = Annotated[
+    str | None,
+    typer.Option(
+        "--mean", help="Per-channel mean the model was trained with, e.g. 0.485,0.456,0.406 (one value: every channel)."
+    ),
+]
+Std = Annotated[str | None, typer.Option("--std", help="Per-channel std, e.g. 0.229,0.224,0.225.")]
+InputSize = Annotated[
+    str | None,
+    typer.Option(
+        "--input-size", help="Input size the model expects: 224, H,W or C,H,W (default: the model's, else 224)."
+    ),
+]
+_CHANNELS_HELP = "Input channels the model expects: 1 (grey) or 3 (RGB)."
+ChannelsOrInputChannels = Annotated[int | None, typer.Option("--channels", "--input-channels", help=_CHANNELS_HELP)]
+InputChannels = Annotated[int | None, typer.Option("--input-channels", help=_CHANNELS_HELP)]  # beside a --channels
+ClassNames = Annotated[
+    Path | None,
+    typer.Option("--class-names", help="File of class names: one a line, or JSON (a list, or {index: name})."),
+]
+NumClasses = Annotated[
+    int | None,
+    typer.Option("--num-classes", min=1, help="Number of classes of the model's head (default: from the weights)."),
+]
 
 # where results go
 Out = Annotated[
