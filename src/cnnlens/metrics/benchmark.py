@@ -197,56 +197,33 @@ def benchmark(
     """
     method_names = _check_names(methods, list(attribution.METHODS), "method")
     has_truth = boxes is not None or masks is not None
-    wanted = _check_names(metrics, list(METRICS), "metric")
-    if not has_truth:
-        dropped = [k for k in wanted if METRICS[k][1]]
-        if dropped and metrics is not None:
-            raise ValueError(
-                f"{', '.join(dropped)} need a ground truth; give boxes= or masks= (for an ImageFolder: a boxes CSV)"
-            )
-        wanted = [k for k in wanted if not METRICS[k][1]]
-    if "segmentation_iou" in wanted and metrics is None and not _has_opencv():
-        log.info("benchmark: segmentation_iou left out (pip install 'cnnlens[segment]' for OpenCV's GrabCut)")
-        wanted.remove("segmentation_iou")
-    truth = (
-        _Truth(boxes, masks, objects, n=x.shape[0], size=(int(x.shape[-2]), int(x.shape[-1]))) if has_truth else None
-    )
+    wanted = _wanted_metrics(metrics, has_truth)
+    size = (int(x.shape[-2]), int(x.shape[-1]))
+    truth = _Truth(boxes, masks, objects, n=x.shape[0], size=size) if has_truth else None
     if target is None:
         target = "true" if y is not None else "predicted"
-    msets = {k: dict(v) for k, v in METHOD_DEFAULTS.items()}
-    for k, v in (method_settings or {}).items():
-        msets.setdefault(k, {}).update(v)
-    ksets = {k: dict(v) for k, v in DEFAULTS.items()}
-    for k, v in (metric_settings or {}).items():
-        ksets.setdefault(k, {}).update(v)
-    n = x.shape[0]
+    msets = _merged(METHOD_DEFAULTS, method_settings)
+    ksets = _merged(DEFAULTS, metric_settings)
     total, done = len(method_names) * (1 + len(wanted)), 0
+
+    def tick() -> None:  # after each method's maps and each metric
+        nonlocal done
+        done += 1
+        if progress:
+            progress(done, total)
+
     scores: dict = {}
     seconds: dict = {}
     examples: dict = {}
     kept: dict = {}  # what each map became (boxes, masks) on the first `keep` images
     for name in method_names:
-        fn = attribution.METHODS[name]
         st = msets.get(name, {})
         t0 = time.perf_counter()
-        e = fn(model, x, target=target, y=y, **st)
-        seconds[name] = (time.perf_counter() - t0) / n
-        done += 1
-        if progress:
-            progress(done, total)
-        classes = e.classes.to(x.device)
+        e = attribution.METHODS[name](model, x, target=target, y=y, **st)
+        seconds[name] = (time.perf_counter() - t0) / x.shape[0]
+        tick()
         examples[name] = e.maps[:keep].clone()
-        row = {}
-        for k in wanted:
-            r = _score(k, model, x, e, classes, name, st, truth, ksets.get(k, {}))
-            row[k] = r.scores
-            for what in ("boxes", "masks"):  # what the map became, kept for the figure
-                if what in r.extras:
-                    kept.setdefault(name, {})[what] = r.extras[what][:keep].clone()
-            done += 1
-            if progress:
-                progress(done, total)
-        scores[name] = row
+        scores[name] = _score_maps(model, x, e, name, st, truth, wanted, ksets, keep, kept, tick)
         log.info("benchmark: %s done (%.3f s per map)", name, seconds[name])
     aggs = {m: {k: aggregate(scores[m][k], level) for k in wanted} for m in method_names}
     settings = {
@@ -263,11 +240,51 @@ def benchmark(
         aggregates=aggs,
         seconds_per_map=seconds,
         higher_is_better={k: METRICS[k][0] for k in wanted},
-        n=n,
+        n=x.shape[0],
         settings=settings,
         examples=examples,
         objects=kept,
     )
+
+
+def _wanted_metrics(metrics: Sequence[str] | None, has_truth: bool) -> list[str]:
+    """The metrics to run: those asked for (default: all), less those needing a ground truth when there is none
+    (an error if asked for by name) and, by default, ``segmentation_iou`` without OpenCV."""
+    wanted = _check_names(metrics, list(METRICS), "metric")
+    if not has_truth:
+        dropped = [k for k in wanted if METRICS[k][1]]
+        if dropped and metrics is not None:
+            raise ValueError(
+                f"{', '.join(dropped)} need a ground truth; give boxes= or masks= (for an ImageFolder: a boxes CSV)"
+            )
+        wanted = [k for k in wanted if not METRICS[k][1]]
+    if "segmentation_iou" in wanted and metrics is None and not _has_opencv():
+        log.info("benchmark: segmentation_iou left out (pip install 'cnnlens[segment]' for OpenCV's GrabCut)")
+        wanted.remove("segmentation_iou")
+    return wanted
+
+
+def _merged(defaults: dict, overrides: dict | None) -> dict:
+    """{name: settings}: a copy of ``defaults`` with each name's ``overrides`` laid over it."""
+    out = {k: dict(v) for k, v in defaults.items()}
+    for k, v in (overrides or {}).items():
+        out.setdefault(k, {}).update(v)
+    return out
+
+
+def _score_maps(model, x, e, name: str, st: dict, truth, wanted: list[str], ksets: dict, keep: int, kept: dict, tick):
+    """One method's maps ``e`` scored on every wanted metric ({metric: per-map scores}); what each map became
+    (boxes, masks) on the first ``keep`` images goes into ``kept[name]``; ``tick()`` after each metric."""
+    classes = e.classes.to(x.device)
+    row = {}
+    for k in wanted:
+        r = _score(k, model, x, e, classes, name, st, truth, ksets.get(k, {}))
+        row[k] = r.scores
+        for what in ("boxes", "masks"):  # what the map became, kept for the figure
+            if what in r.extras:
+                kept.setdefault(name, {})[what] = r.extras[what][:keep].clone()
+        tick()
+    return row
 
 
 def _has_opencv() -> bool:
