@@ -163,6 +163,27 @@ def _batches(data, batch_size: int, rank: int, world: int, num_workers: int):
     return iter(dl), len(dl), len(shard)
 
 
+def _forward(tap: LayerTap, x: torch.Tensor) -> torch.Tensor:
+    """The logits of one batch through the tap; a layer whose output a later in-place op changes gets a copy
+    passed on (the batch runs again), for this and every later batch."""
+    logits = tap.run(x)
+    changed = tap.changed()
+    if changed:
+        log.info(
+            "layer(s) %s are changed in place later in the forward; the scan passes a copy on",
+            ", ".join(changed),
+        )
+        assert tap.copy is not True  # the tap starts with copy=False; only names are added
+        tap.copy = set(tap.copy or ()) | set(changed)
+        logits = tap.run(x)
+    if not torch.is_tensor(logits):
+        raise TypeError(
+            f"the model returned {type(logits).__name__}; cnnlens needs a tensor of logits "
+            "(wrap the model so forward() returns it)"
+        )
+    return logits
+
+
 def scan(
     model: nn.Module,
     data,
@@ -212,21 +233,7 @@ def scan(
         for b, (x, y, idx) in enumerate(batches):
             x = x.to(device)
             y = torch.as_tensor(y).to(device)
-            logits = tap.run(x)
-            changed = tap.changed()
-            if changed:
-                log.info(
-                    "layer(s) %s are changed in place later in the forward; the scan passes a copy on",
-                    ", ".join(changed),
-                )
-                assert tap.copy is not True  # the tap starts with copy=False; only names are added
-                tap.copy = set(tap.copy or ()) | set(changed)
-                logits = tap.run(x)
-            if not torch.is_tensor(logits):
-                raise TypeError(
-                    f"the model returned {type(logits).__name__}; cnnlens needs a tensor of logits "
-                    "(wrap the model so forward() returns it)"
-                )
+            logits = _forward(tap, x)
             batch = Batch(
                 x=x,
                 y=y,
