@@ -52,6 +52,19 @@ def _fill_values(x: torch.Tensor, baseline: Any) -> torch.Tensor:
     raise TypeError(f"baseline must be a name or a number, got {type(baseline).__name__}")
 
 
+def _subsets(runs: int, n: int, features: int, size: int, seed: int, uniform_draw: bool) -> np.ndarray:
+    """runs × n × size feature indices, each image's subset drawn without replacement, in Quantus' order of
+    draws (with ``uniform_draw``, one uniform draw per run for its baseline table)."""
+    rs = rng(seed)
+    idx = np.empty((runs, n, size), dtype=np.int64)
+    for r in range(runs):
+        for i in range(n):
+            idx[r, i] = rs.choice(features, size, replace=False)
+        if uniform_draw:
+            rs.uniform(size=n)  # Quantus builds its baseline table with a uniform draw each run
+    return idx
+
+
 @needs_autograd
 def faithfulness_correlation(
     model: nn.Module,
@@ -93,14 +106,7 @@ def faithfulness_correlation(
         raise ValueError(f"runs must be an int ≥ 2 (a correlation needs points), got {runs!r}")
     if not (isinstance(subset_size, int) and 1 <= subset_size < F_):
         raise ValueError(f"subset_size must be an int in [1, {F_}) (the C·H·W input features), got {subset_size!r}")
-    rs = rng(seed)
-    idx = np.empty((runs, n, subset_size), dtype=np.int64)
-    for r in range(runs):
-        for i in range(n):
-            idx[r, i] = rs.choice(F_, subset_size, replace=False)
-        if isinstance(baseline, str):
-            rs.uniform(size=n)  # Quantus builds its baseline table with a uniform draw each run
-    idx_t = torch.from_numpy(idx).to(x_c.device)
+    idx_t = torch.from_numpy(_subsets(runs, n, F_, subset_size, seed, isinstance(baseline, str))).to(x_c.device)
     a_full = a.to(x_c.device).unsqueeze(1).expand(n, C, H, W).reshape(n, -1)
     fill = _fill_values(x_c, baseline)
     base_scores = class_scores(model, x_c, classes, batch_size)
