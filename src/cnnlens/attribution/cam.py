@@ -495,6 +495,35 @@ _NO_HEAD = (
 )
 
 
+def _checked_head(lin: nn.Linear, A: torch.Tensor, A_dtype, out: torch.Tensor, name: str, cls_name: str):
+    """The head's weights and bias (float32), checked to give the logits ``out`` from the spatial mean of the
+    layer's map A (up to the rounding of the dtypes involved); and the logits in float32."""
+    feats = A.mean((2, 3))
+    Wt = lin.weight.detach().float()
+    b = lin.bias.detach().float() if lin.bias is not None else torch.zeros(Wt.shape[0], device=Wt.device)
+    if Wt.shape[1] != feats.shape[1] or Wt.shape[0] != out.shape[1]:
+        raise ValueError(
+            _NO_HEAD.format(
+                why=f"{cls_name!r} maps {Wt.shape[1]} features to {Wt.shape[0]} outputs, but {name!r} has "
+                f"{feats.shape[1]} channels and the model {out.shape[1]} outputs"
+            )
+        )
+    rebuilt = feats @ Wt.T + b
+    o = out.float()
+    err = float((rebuilt - o).abs().max())
+    tol = head_tolerance(
+        feats, Wt, b, o, low=max((out.dtype, A_dtype, lin.weight.dtype), key=lambda d: torch.finfo(d).eps)
+    )
+    if not err <= tol:
+        raise ValueError(
+            _NO_HEAD.format(
+                why=f"{cls_name!r} applied to the spatial mean of {name!r} does not give the logits (off by {err:.3g}, "
+                f"more than the {tol:.2g} that {str(out.dtype).replace('torch.', '')} rounding allows)"
+            )
+        )
+    return Wt, b, o
+
+
 @needs_autograd
 def cam(
     model: nn.Module,
@@ -556,29 +585,7 @@ def cam(
     note = flat_note(model, p, name, A)
     A_dtype = A.dtype
     A = A.float()
-    feats = A.mean((2, 3))
-    Wt = lin.weight.detach().float()
-    b = lin.bias.detach().float() if lin.bias is not None else torch.zeros(Wt.shape[0], device=Wt.device)
-    if Wt.shape[1] != feats.shape[1] or Wt.shape[0] != out.shape[1]:
-        raise ValueError(
-            _NO_HEAD.format(
-                why=f"{cls_name!r} maps {Wt.shape[1]} features to {Wt.shape[0]} outputs, but {name!r} has "
-                f"{feats.shape[1]} channels and the model {out.shape[1]} outputs"
-            )
-        )
-    rebuilt = feats @ Wt.T + b
-    o = out.float()
-    err = float((rebuilt - o).abs().max())
-    tol = head_tolerance(
-        feats, Wt, b, o, low=max((out.dtype, A_dtype, lin.weight.dtype), key=lambda d: torch.finfo(d).eps)
-    )
-    if not err <= tol:
-        raise ValueError(
-            _NO_HEAD.format(
-                why=f"{cls_name!r} applied to the spatial mean of {name!r} does not give the logits (off by {err:.3g}, "
-                f"more than the {tol:.2g} that {str(out.dtype).replace('torch.', '')} rounding allows)"
-            )
-        )
+    Wt, b, o = _checked_head(lin, A, A_dtype, out, name, cls_name)
     raw = torch.einsum("nk,nkhw->nhw", Wt[classes], A)
     return finish(
         p,
