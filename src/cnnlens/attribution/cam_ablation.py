@@ -108,6 +108,44 @@ def _ablated(one: torch.Tensor, layout: str, prefix: int, ks: torch.Tensor) -> t
     return Ab
 
 
+def _traced_head(model: nn.Module, name: str, lay: str):
+    """The model traced with the layer as a leaf, the layer's node and, on an NCHW layer followed by global
+    average pooling and a linear head, that head; (None, None, None, why) when the model does not trace."""
+    try:
+        tr = Traced(model, leaves=(name,))
+        node = tr.module_node(name)
+        if node is None:
+            raise Unsupported(f"layer {name!r} is not called once as a module in the traced forward")
+        head = _gap_linear_head(tr, node) if lay == "nchw" else None
+        return tr, node, head, None
+    except Unsupported as e:
+        return None, None, None, str(e)
+
+
+def _ablated_drops(model, p, name: str, tr, node, native, layout: tuple, classes, s0, K: int, per: int, progress):
+    """N × K: each image's drop of the class score with each channel of the layer zeroed, ``per`` channels per
+    forward — from the layer on through the traced graph, or through the whole model without one."""
+    lay, prefix = layout
+    drops = torch.empty(p.n, K, dtype=native.dtype, device=native.device)
+    total, done = p.n * K, 0
+    for i in range(p.n):
+        env = tr.clean(p.x[i : i + 1]) if tr is not None else None
+        for a, b in chunks(K, per):
+            ks = torch.arange(a, b, device=native.device)
+            Ab = _ablated(native[i : i + 1], lay, prefix, ks)
+            if tr is not None:
+                assert env is not None and node is not None  # both set along with tr
+                ob = logits_of(tr.rerun(env, node, Ab))
+            else:
+                with LayerTap(model, [], edits={name: lambda m, inp, o: Ab}) as t2:
+                    ob = logits_of(t2.run(p.x[i : i + 1].expand(b - a, *p.x.shape[1:])))
+            drops[i, a:b] = s0[i] - p.target.score(ob, classes[i].expand(b - a))
+            done += b - a
+            if progress:
+                progress(done, total)
+    return drops
+
+
 @needs_autograd
 def ablation_cam(
     model: nn.Module,
@@ -149,14 +187,7 @@ def ablation_cam(
         classes = pick_classes(p, out, p.n)
         s0 = p.target.score(out, classes)
         K = A.shape[1]
-        try:
-            tr = Traced(model, leaves=(name,))
-            node = tr.module_node(name)
-            if node is None:
-                raise Unsupported(f"layer {name!r} is not called once as a module in the traced forward")
-            head = _gap_linear_head(tr, node) if lay == "nchw" else None
-        except Unsupported as e:
-            tr, head, why = None, None, str(e)
+        tr, node, head, why = _traced_head(model, name, lay)
         if head is not None:
             path = "closed form"
             drops = head.weight[classes].to(A.dtype) * A.mean((2, 3))  # N × K
@@ -164,24 +195,8 @@ def ablation_cam(
             path = "after the layer" if tr is not None else "whole model"
             if tr is None:
                 log.info("ablation_cam: running the whole model per ablation (%s)", why)
-            drops = torch.empty(p.n, K, dtype=A.dtype, device=A.device)
-            total, done = p.n * K, 0
             with tap.paused():  # the traced graph calls the tapped layer again
-                for i in range(p.n):
-                    env = tr.clean(p.x[i : i + 1]) if tr is not None else None
-                    for a, b in chunks(K, per):
-                        ks = torch.arange(a, b, device=A.device)
-                        Ab = _ablated(native[i : i + 1], lay, prefix, ks)
-                        if tr is not None:
-                            assert env is not None and node is not None  # both set along with tr
-                            ob = logits_of(tr.rerun(env, node, Ab))
-                        else:
-                            with LayerTap(model, [], edits={name: lambda m, inp, o: Ab}) as t2:
-                                ob = logits_of(t2.run(p.x[i : i + 1].expand(b - a, *p.x.shape[1:])))
-                        drops[i, a:b] = s0[i] - p.target.score(ob, classes[i].expand(b - a))
-                        done += b - a
-                        if progress:
-                            progress(done, total)
+                drops = _ablated_drops(model, p, name, tr, node, native, (lay, prefix), classes, s0, K, per, progress)
     w = drops / s0.view(-1, 1)
     lin = torch.einsum("nk,nkhw->nhw", w.float(), A.float())
     raw = lin.clamp_min(0)
@@ -195,6 +210,34 @@ def ablation_cam(
         settings={"layer": name, "path": path, "grid": tuple(raw.shape[-2:])},
         extras={"drops": drops, "weights": w, "score": s0, "pre_relu": lin},
     )
+
+
+def _masked_scores(p, i: int, A, classes, tap, tuner, run_layout, scores, report) -> torch.Tensor:
+    """Image i's class score with the image masked by each channel's upsampled, min-max normalised map, into
+    ``scores[i]`` (constant maps share one forward of the all-zero mask); which maps were constant.
+    ``report(k)`` after each batch, k = the masks of this image done."""
+    up = F.interpolate(A[i : i + 1], size=p.size, mode="bilinear", align_corners=True)[0]  # K×H×W
+    lo = up.flatten(1).amin(1).view(-1, 1, 1)
+    hi = up.flatten(1).amax(1).view(-1, 1, 1)
+    masks = (up - lo) / (hi - lo + 1e-8)
+    flat = (hi == lo).flatten()  # a constant map: all-zero mask, one forward for all of them
+    live = (~flat).nonzero().flatten()
+    if flat.any():
+        with tuner.threads():
+            zero = run_layout.run(tap, torch.zeros_like(p.x[i : i + 1]))
+        scores[i, flat] = p.target.score(logits_of(zero), classes[i : i + 1])[0]
+    j = 0
+    while j < len(live):
+        arm = tuner.next(len(live) - j)
+        ks = live[j : j + arm.batch]
+        with tuner.timed(arm, len(ks)):
+            xb = p.x[i : i + 1] * masks[ks].unsqueeze(1)
+            ob = logits_of(run_layout.run(tap, xb))
+            scores[i, ks] = p.target.score(ob, classes[i].expand(len(ks)))
+        j += len(ks)
+        if report:
+            report(j + int(flat.sum()))
+    return flat
 
 
 @needs_autograd
@@ -243,33 +286,11 @@ def score_cam(
         K = A.shape[1]
         scores = torch.empty(p.n, K, dtype=A.dtype, device=A.device)
         constant = torch.zeros(p.n, K, dtype=torch.bool, device=A.device)
-        total, done = p.n * K, 0
+        total = p.n * K
         with tap.paused():
             for i in range(p.n):
-                up = F.interpolate(A[i : i + 1], size=p.size, mode="bilinear", align_corners=True)[0]  # K×H×W
-                lo = up.flatten(1).amin(1).view(-1, 1, 1)
-                hi = up.flatten(1).amax(1).view(-1, 1, 1)
-                masks = (up - lo) / (hi - lo + 1e-8)
-                flat = (hi == lo).flatten()  # a constant map: all-zero mask, one forward for all of them
-                live = (~flat).nonzero().flatten()
-                constant[i] = flat
-                if flat.any():
-                    with tuner.threads():
-                        zero = run_layout.run(tap, torch.zeros_like(p.x[i : i + 1]))
-                    scores[i, flat] = p.target.score(logits_of(zero), classes[i : i + 1])[0]
-                j = 0
-                while j < len(live):
-                    arm = tuner.next(len(live) - j)
-                    ks = live[j : j + arm.batch]
-                    with tuner.timed(arm, len(ks)):
-                        xb = p.x[i : i + 1] * masks[ks].unsqueeze(1)
-                        ob = logits_of(run_layout.run(tap, xb))
-                        scores[i, ks] = p.target.score(ob, classes[i].expand(len(ks)))
-                    j += len(ks)
-                    done += len(ks)
-                    if progress:
-                        progress(done + int(flat.sum()), total)
-                done += int(flat.sum())
+                report = (lambda k, i=i: progress(i * K + k, total)) if progress else None
+                constant[i] = _masked_scores(p, i, A, classes, tap, tuner, run_layout, scores, report)
     w = scores.float().softmax(1)
     lin = torch.einsum("nk,nkhw->nhw", w, A.float())
     raw = lin.clamp_min(0)
