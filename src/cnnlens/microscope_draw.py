@@ -9,9 +9,12 @@ from __future__ import annotations
 import io
 from collections.abc import Sequence
 
+import matplotlib
 import torch
 import torch.nn.functional as F
+from PIL import ImageDraw
 
+from .figures.inside import mosaic
 from .viz import show_image, subplots, to_pil
 
 
@@ -48,8 +51,6 @@ def signed_tile(r: torch.Tensor, side: int = 128):
 
 def patch_grid(crops: torch.Tensor, ncols: int = 3, tile: int = 48, pad: int = 2):
     """k×C×h×w patches as one PIL mosaic, ``ncols`` per row, each ``tile`` px on its longer side."""
-    from .figures.inside import mosaic
-
     return to_pil(mosaic(crops.detach().float().cpu(), ncols, tile=tile, pad=pad, pad_value=1.0))
 
 
@@ -63,8 +64,6 @@ def heat_tiles(
 ) -> torch.Tensor:
     """Images (N×C×H×W) with their activation maps (N×h×w, bilinear to the image, one colour scale from 0
     to ``vmax`` = the largest value) blended over them: N×3×S×S tiles, ``side`` px on the longer side."""
-    import matplotlib
-
     lut = torch.tensor(matplotlib.colormaps[cmap](torch.linspace(0, 1, 256).numpy())[:, :3], dtype=torch.float32)
     vmax = float(maps.max()) if vmax is None else vmax
     vmax = vmax if vmax > 0 else 1.0
@@ -81,8 +80,6 @@ def heat_tiles(
 
 def maps_image(images: torch.Tensor, maps: torch.Tensor, ncols: int = 9, side: int = 96):
     """Whole images with a unit's activation map over each (one colour scale), as one PIL mosaic."""
-    from .figures.inside import mosaic
-
     return to_pil(mosaic(heat_tiles(images, maps, side), ncols, pad=3, pad_value=1.0))
 
 
@@ -187,8 +184,6 @@ def _signed01(t: torch.Tensor) -> torch.Tensor:
 def projections_image(crops: torch.Tensor, deconv: torch.Tensor | None, guided: torch.Tensor | None, tile: int = 72):
     """Rows (as one PIL mosaic): the top patches, their deconvnet projections, their guided backprop
     (signed, grey = 0), each cropped to the unit's receptive field."""
-    from .figures.inside import mosaic
-
     rows = [crops.float()]
     for t in (deconv, guided):
         if t is not None:
@@ -218,8 +213,6 @@ def projections_figure(
 
 def grid_overlay(image: torch.Tensor, grid: tuple[int, int], side: int = 256):
     """An image upscaled to ``side`` px with the layer's grid drawn over it (for clicking a position)."""
-    from PIL import ImageDraw
-
     im = image_tile(image, side).convert("RGB")
     d = ImageDraw.Draw(im)
     W, H = im.size

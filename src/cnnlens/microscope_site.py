@@ -21,12 +21,26 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from jinja2 import Environment, PackageLoader, select_autoescape
 from torch import nn
 
 from . import microscope_draw as draw
+from .data import as_dataset, dataset_images
 from .files import atomic_write
+from .inside.fvcache import as_cache
+from .inside.microscope import (
+    building_blocks,
+    class_influence,
+    microscope_scan,
+    top_maps,
+    unit_projections,
+)
+from .report import write_atomically
 from .results import jsonable
-from .tap import resolve_layers
+from .tap import LayerTap, resolve_layers
+
+# Late (CONTRIBUTING.md, Imports): maximize_channels in the three views, looked up at each call (the explorer's tests
+# count its calls through cnnlens.inside.microscope).
 
 log = logging.getLogger(__name__)
 
@@ -189,10 +203,6 @@ def precompute(
     ``cache``: a folder (or :class:`cnnlens.inside.fvcache.FeatureCache`) keeping every channel's feature
     visualisations across runs, keyed by the model's weights, layer, channel and settings: a second run
     (another dataset, more channels, after the work folder is gone) renders only what it has not seen."""
-    from .data import as_dataset, dataset_images
-    from .inside.fvcache import as_cache
-    from .inside.microscope import building_blocks, microscope_scan
-
     st = settings or Settings()
     prog = progress or (lambda stage, done, total: None)
     data = as_dataset(data, model)
@@ -265,8 +275,6 @@ def _feature_views(model, name: str, chans: list[int], st: Settings, size, fv, w
 def _influence(model, x: torch.Tensor, labels: list[int], name: str, layer_scan, chans: list[int], st: Settings):
     """The class influence of a layer's shown channels on the images ``x``, or False for a layer without a
     spatial grid or without a top image."""
-    from .inside.microscope import class_influence
-
     classes = _classes(model, x, st.max_classes, labels)
     if layer_scan.top.positions.numel() and len(layer_scan.shape) == 3:
         return class_influence(model, x, name, classes, channels=chans, ablation=True, batch_size=st.batch_size)
@@ -276,8 +284,6 @@ def _influence(model, x: torch.Tensor, labels: list[int], name: str, layer_scan,
 def _classes(model, x, limit: int, labels=None) -> list[int]:
     """The classes a class-influence panel names: those the images ``x`` are labelled with (``labels``, −1 for none)
     or predicted as — never a class absent from both —, the ``limit`` most frequent (ties by class index), sorted."""
-    from .tap import LayerTap
-
     with LayerTap(model, [], detach=True) as tap, torch.no_grad():
         logits = tap.run(x[: min(len(x), 64)].to(next(model.parameters()).device))
     K = int(logits.shape[1])
@@ -293,8 +299,6 @@ def _classes(model, x, limit: int, labels=None) -> list[int]:
 # ---------------------------------------------------------------------------
 # writing the site
 def _env():
-    from jinja2 import Environment, PackageLoader, select_autoescape
-
     return Environment(
         loader=PackageLoader("cnnlens", "templates/microscope"), autoescape=select_autoescape(["html", "j2"])
     )
@@ -318,7 +322,6 @@ def write_site(
     Written like every cnnlens output (:func:`cnnlens.report.write_atomically`): ``out`` is replaced
     only when new, empty or a previous cnnlens output holding nothing else (unless ``force``).
     """
-    from .report import write_atomically
 
     def build(tmp: Path) -> None:
         _write(model, data, pre, tmp, model_name, data_name, class_names, progress or (lambda *a: None))
@@ -381,8 +384,6 @@ def unit_card(ls, c: int, cname, influence=None) -> dict:
 
 
 def _write(model, data, pre: Precomputed, root: Path, model_name, data_name, class_names, prog) -> None:
-    from .data import as_dataset
-
     data = as_dataset(data, model)
     env = _env()
     (root / "img").mkdir()
@@ -426,8 +427,6 @@ def _unit_pages(
     model, data, pre: Precomputed, root: Path, env, name: str, layer: dict, cname, class_names, common, tick
 ):
     """A layer's unit pages and their images; the units' cards (for the layer page and microscope.json)."""
-    from .inside.microscope import top_maps
-
     ls = pre.scan[name]
     slug = layer_slug(name)
     chans = pre.shown[name]
@@ -475,8 +474,6 @@ def _unit_pages(
 def _unit_images(model, d: Path, name: str, ls, views: dict, r: int, c: int, imgs, maps, class_names, influence):
     """The images of channel c's card and unit page, written to ``d``; its deconvnet and guided-backprop
     projections."""
-    from .inside.microscope import unit_projections
-
     st = ls.stats
     fv = views["plain"].of(c)[0]
     # cards show the robust one: transformation robustness removes most of the high-frequency noise

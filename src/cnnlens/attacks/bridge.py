@@ -11,6 +11,7 @@ predictions and success of each image before and after.
 
 from __future__ import annotations
 
+import difflib
 import inspect
 import math
 from typing import Any
@@ -56,8 +57,6 @@ def torchattacks_class(attack: Any) -> type[Any]:
     }
     key = attack.strip().lower()
     if key not in known:
-        import difflib
-
         close = [known[c].__name__ for c in difflib.get_close_matches(key, list(known), n=3, cutoff=0.6)]
         hint = f"did you mean {', '.join(close)}?" if close else "e.g. PGD, PGDL2, DeepFool, CW, Square, AutoAttack"
         raise ValueError(f"torchattacks has no attack {attack!r}; {hint}")

@@ -24,9 +24,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..attribution.gradients import saliency
 from ..autograd import needs_autograd
 from ..results import Result
-from ..scanning import Batch
+from ..scanning import Batch, scan
 from ..tap import LayerTap
 from .common import (
     check_steps,
@@ -40,6 +41,8 @@ from .common import (
     resolve_step_size,
 )
 from .minnorm import cw_core, deepfool_core
+
+# Late (CONTRIBUTING.md, Imports): the drawing layer (matplotlib), in figure() and preview().
 
 log = logging.getLogger(__name__)
 
@@ -257,7 +260,6 @@ class RobustnessAccumulator:
         cand = [(di, i) for di, i in cand if di < worst][:room]
         if not cand:
             return
-        from ..attribution.gradients import saliency
 
         sel = torch.tensor([i for _, i in cand], device=x.device)
         with torch.enable_grad():  # the scan runs under no_grad
@@ -415,8 +417,6 @@ def robustness(
     >>> r = robustness(cnnlens.load_model("digits-cnn"), "digits", eps=[0, 2/255, 8/255])   # doctest: +SKIP
     >>> r.clean_accuracy, r.accuracy["pgd"]                                                  # doctest: +SKIP
     """
-    from ..scanning import scan
-
     acc = RobustnessAccumulator(
         eps,
         attacks,

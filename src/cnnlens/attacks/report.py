@@ -8,13 +8,19 @@ the figures :mod:`cnnlens.figures.attacks`.
 
 from __future__ import annotations
 
+import csv
 import html
+import io
+import json
 import logging
 from collections.abc import Sequence
 
 import torch
 
-from ..figures.attacks import attack_figure, class_name, topk_figure
+from ..figures.attacks import attack_figure, class_name, curves_figure, topk_figure
+from ..report import png_bytes
+from ..tap import LayerTap
+from ..viz import to_pil
 from .images import AttackRun
 from .result import AttackResult
 
@@ -170,8 +176,6 @@ def topk_rows(r: AttackResult, i: int, class_names=None, k: int = 5) -> dict:
 
 def quantized_predictions(model, r: AttackResult) -> torch.Tensor:
     """The prediction on ``x_adv`` rounded to 8 bits (as a saved PNG would hold it)."""
-    from ..tap import LayerTap
-
     xq = (r.x_adv * 255).round() / 255
     dev = next((p.device for p in model.parameters()), torch.device("cpu"))
     with LayerTap(model) as tap, torch.no_grad():
@@ -265,10 +269,6 @@ def add_attack_run_section(report, model, run: AttackRun, *, settings: dict | No
     per image <name>/original.png, adversarial.png, perturbation.png (amplified), top5.json; attack.json (all
     numbers) and x_adv.pt (the exact adversarial images: a PNG rounds to 8 bits, which can undo a perturbation
     below half a grey level). ``model``: the model attacked (for the 8-bit re-classification)."""
-    import io
-    import json
-
-    from ..viz import to_pil
 
     def png(img) -> bytes:
         buf = io.BytesIO()
@@ -308,12 +308,6 @@ def add_robustness_run(report, name: str, r, *, settings: dict | None = None, fi
     """``cnnlens robustness``'s report for one model's :class:`RobustnessResult` ``r`` (``name``: the model):
     :func:`add_robustness_section` and the files curves.png, robustness.json and robustness.csv. Returns the
     section."""
-    import csv
-    import io
-    import json
-
-    from ..report import png_bytes
-
     sec = add_robustness_section(report, {name: r}, title="Robustness", settings=settings, gallery_of=name)
     report.file("curves.png", png_bytes(r.figure(title=figure_title or name)))
     report.file("robustness.json", json.dumps(r.to_dict(), indent=2))
@@ -335,8 +329,6 @@ def add_robustness_section(
     robustified: bool = False,
 ):
     """Curves of several models (``{name: RobustnessResult}``), a side-by-side table, per-class accuracy, a gallery."""
-    from ..figures.attacks import curves_figure
-
     first = next(iter(results.values()))
     norm = first.settings.get("norm", "inf")
     shown = dict(first.settings)

@@ -8,6 +8,8 @@ import torch
 
 from ..results import Result, figure_inputs
 
+# Late (CONTRIBUTING.md, Imports): the drawing layer (matplotlib), in figure() and preview().
+
 
 @dataclasses.dataclass(frozen=True)
 class AttackResult(Result):

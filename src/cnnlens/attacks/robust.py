@@ -23,11 +23,13 @@ parameters' ``.grad`` alone, and the optimiser step sees only the training loss.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..models import load_model
 from .common import (
     check_steps,
     eps_tensor,
@@ -200,8 +202,6 @@ def robust_weights_path(robust: str):
 
     Reproduce with ``cnnlens train digits --seed 0 --epochs 20 --robust <kind> --out <this path>``.
     """
-    from pathlib import Path
-
     key = str(robust).strip().lower().replace("_", "-")
     if key not in ROBUST[1:]:
         raise ValueError(
@@ -221,8 +221,6 @@ def load_digits(robust: str = "none"):
 
     >>> models = {k: load_digits(k) for k in ("none", "adversarial", "gradient-penalty")}   # doctest: +SKIP
     """
-    from ..models import load_model
-
     if str(robust).strip().lower() == "none":
         return load_model("digits-cnn")
     return load_model("digits-cnn", weights=robust_weights_path(robust))

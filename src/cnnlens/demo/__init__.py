@@ -14,6 +14,16 @@ from functools import cached_property
 
 import torch
 
+from ..data import as_dataset, load_images
+from ..extras import require
+from ..models import load_model
+from ..report import Report, check_out_dir
+from .attacks import demo_section as attacks
+from .attribution import demo_section as attribution
+from .evaluation import demo_section as evaluation
+from .inside import demo_section as inside
+from .trust import demo_section as trust
+
 log = logging.getLogger(__name__)
 
 #: scikit-image sample photos shown in the demo (name, short description)
@@ -31,30 +41,20 @@ class DemoContext:
 
     @cached_property
     def digits_model(self):
-        from ..models import load_model
-
         return load_model("digits-cnn").to(self.device)
 
     @cached_property
     def cluttered_model(self):
-        from ..models import load_model
-
         return load_model("cluttered-digits-cnn").to(self.device)
 
     @cached_property
     def effnet(self):
-        from ..models import load_model
-
         return load_model("efficientnet-lite0").to(self.device)
 
     @cached_property
     def photos(self) -> tuple[list[str], torch.Tensor]:
         """(names, N×3×H×W in [0, 1]) of scikit-image's sample photos, sized for efficientnet-lite0."""
-        from ..extras import require
-
         skimage_data = require("data", "skimage.data", what="the demo's photos")
-
-        from ..data import load_images
 
         names, arrays = [], []
         for n in PHOTOS:
@@ -65,19 +65,11 @@ class DemoContext:
 
     @cached_property
     def digits_data(self):
-        from ..data import as_dataset
-
         return as_dataset("digits", self.digits_model)
 
 
 def sections() -> list[tuple[str, Callable]]:
     """The demo's sections in order: (name, fn(report, ctx))."""
-    from .attacks import demo_section as attacks
-    from .attribution import demo_section as attribution
-    from .evaluation import demo_section as evaluation
-    from .inside import demo_section as inside
-    from .trust import demo_section as trust
-
     return [
         ("evaluation", evaluation),
         ("attribution", attribution),
@@ -99,9 +91,6 @@ def run_demo(
 
     ``out`` must be new, empty or a previous report unless ``force`` (checked before any work).
     """
-    from ..extras import require
-    from ..report import Report, check_out_dir
-
     require("demo", what="cnnlens demo")  # its data, photos and ImageNet model: one line before any work
     check_out_dir(out, force=force)
     ctx = DemoContext(device=device, quick=quick)

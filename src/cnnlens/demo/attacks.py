@@ -15,8 +15,10 @@ from ..attacks.curves import robustness
 from ..attacks.gradient import minimal_eps
 from ..attacks.report import INTROS, add_attack_section, add_robustness_section
 from ..attacks.robust import ADV_EPS, GP_LAMBDA, load_digits
+from ..attribution.gradients import saliency
 from ..figures.attacks import concentration_figure, fmt_eps
 from ..models.digits import digits_split
+from ..viz import show_image, subplots
 
 log = logging.getLogger(__name__)
 
@@ -30,9 +32,6 @@ def stroke_share(saliency_maps: torch.Tensor, x: torch.Tensor, threshold: float 
 
 def saliency_comparison(models: dict, x: torch.Tensor, y: torch.Tensor, x_all: torch.Tensor, y_all: torch.Tensor):
     """(figure, stroke shares): saliency |∂z_y/∂x| of each model on the same digits, and the mean share on strokes."""
-    from ..attribution.gradients import saliency
-    from ..viz import show_image, subplots
-
     n = len(x)
     fig, axes = subplots(len(models) + 1, n, figsize=(1.5 * n, 1.6 * (len(models) + 1)), squeeze=False)
     for c in range(n):

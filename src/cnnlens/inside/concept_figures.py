@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+from ..viz import subplots
+
 
 def tcav_figure(r):
     """Bars: each concept's mean TCAV score (±1 std over the runs) and the random CAVs' mean; ``*`` above a
     significant concept, ``n.s.`` above one that is not, with the p-value."""
-    from ..viz import subplots
-
     names = list(r.concepts) + ["random"]
     means = [float(r.scores[i].mean()) for i in range(len(r.concepts))] + [float(r.random_scores.mean())]
     stds = [float(r.scores[i].std()) for i in range(len(r.concepts))] + [float(r.random_scores.std())]

@@ -34,6 +34,7 @@ from torch.nn.grad import conv2d_input
 
 from ..autograd import needs_autograd
 from ..inputs import check_not_empty
+from ..models.spec import Normalize
 from ..rectifiers import RectifierCall, RectifierMode, Rectify, skipped_note
 from ..results import Result
 from ..tap import LayerRef, LayerTap, resolve_layer
@@ -106,8 +107,6 @@ class _RecordedRelus(RectifierMode):
 
 def _transpose(name: str, m: nn.Module, inp: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
     """The reconstruction at module m's input, given the one at its output."""
-    from ..models.spec import Normalize
-
     if _is_stock(m, nn.ReLU) or _is_stock(m, nn.ReLU6):
         return F.relu(r)
     if _is_stock(m, nn.MaxPool2d):

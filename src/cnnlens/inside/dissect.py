@@ -35,8 +35,10 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+from ..data import as_dataset
 from ..results import Result, layer_entry
-from ..scanning import Batch
+from ..scanning import Batch, scan
+from ..tap import resolve_layer
 
 #: Bau et al.'s defaults: the top 0.5 % of a unit's activations, a label where IoU > 0.04
 QUANTILE = 0.005
@@ -285,10 +287,6 @@ def dissect(
     >>> model = cnnlens.load_model("cluttered-digits-cnn")  # doctest: +SKIP
     >>> d = dissect(model, "cluttered-digits", ["net.features.10"])  # doctest: +SKIP
     """
-    from ..data import as_dataset
-    from ..scanning import scan
-    from ..tap import resolve_layer
-
     ds = as_dataset(data, model)
     if segments is None:
         segments, names = cluttered_segments(ds)

@@ -25,6 +25,8 @@ from ..results import Result
 from ..tap import LayerRef, LayerTap, resolve_layer
 from ..targets import as_target
 
+# Late (CONTRIBUTING.md, Imports): the drawing layer (matplotlib), in figure() and preview().
+
 
 @dataclass(frozen=True)
 class Dream(Result):

@@ -20,6 +20,8 @@ from ..inputs import check_not_empty
 from ..results import Result
 from ..tap import LayerRef, LayerTap, resolve_layer
 
+# Late (CONTRIBUTING.md, Imports): the drawing layer (matplotlib), in figure() and preview().
+
 
 @dataclass(frozen=True)
 class Filters(Result):

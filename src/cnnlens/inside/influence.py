@@ -22,11 +22,14 @@ import torch
 from torch import nn
 
 from ..autograd import needs_autograd
+from ..data import as_dataset
 from ..inputs import check_not_empty
 from ..results import Result
-from ..scanning import Batch
+from ..scanning import Batch, distributed_info, scan
 from ..tap import LayerRef, LayerTap, resolve_layer
 from ..targets import Target, as_target, model_classes
+
+# Late (CONTRIBUTING.md, Imports): the drawing layer (matplotlib), in figure() and preview().
 
 
 @dataclass(frozen=True)
@@ -345,8 +348,6 @@ def influence(
 def _count(model, x_or_data, device) -> int:
     if torch.is_tensor(x_or_data):
         return 1 if x_or_data.dim() == 3 else len(x_or_data)
-    from ..data import as_dataset
-    from ..scanning import distributed_info
 
     data = as_dataset(x_or_data, model)
     try:
@@ -363,8 +364,6 @@ def _channels_of(model, layer: str, x_or_data, device) -> int:
         x = x_or_data if x_or_data.dim() == 4 else x_or_data[None]
         x = x[:1]
     else:
-        from ..data import as_dataset
-
         data = as_dataset(x_or_data, model)
         ds = data.dataset if isinstance(data, torch.utils.data.DataLoader) else data
         x = torch.as_tensor(ds[0][0])[None]
@@ -391,8 +390,6 @@ def _run(model, x_or_data, name, target, *, ablation, channels, y, batch_size, c
                 Batch(x=xb, y=cast(torch.Tensor, yb), logits=torch.empty(0), index=torch.arange(len(xb)), model=model)
             )
         return acc.compute()
-    from ..data import as_dataset
-    from ..scanning import scan
 
     (res,) = scan(model, as_dataset(x_or_data, model), [acc], batch_size=batch_size, device=device)
     return res

@@ -40,6 +40,9 @@ from ..rectifiers import RectifierMode, Rectify, clamp_gradient
 from ..results import Result
 from ..tap import LayerTap, resolve_layer
 from ..targets import Target, as_target
+from .receptive import input_shape
+
+# Late (CONTRIBUTING.md, Imports): the drawing layer (matplotlib), in figure() and preview().
 
 
 # ---------------------------------------------------------------------------
@@ -583,8 +586,6 @@ def _as_objective(obj, model) -> Objective:
 
 
 def _input_geometry(model: nn.Module, size, channels) -> tuple[int, int, int]:
-    from .receptive import input_shape
-
     return input_shape(model, size, channels)
 
 

@@ -29,8 +29,11 @@ What OpenAI Microscope showed for a fixed zoo of models, for the user's own mode
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
+import queue
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -38,14 +41,25 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..attribution.cam import gradcam_tap, layer_gradient
+from ..attribution.common import prepare
+from ..attribution.guided import guided_summary
 from ..autograd import needs_autograd
-from ..data import data_input_size, dataset_images
+from ..batching import check_batch_size, num_threads
+from ..data import as_dataset, data_input_size, dataset_images
+from ..rectifiers import guided_relus
 from ..results import Result, layer_entry
-from ..scanning import Batch
+from ..scanning import Batch, scan
 from ..tap import LayerRef, LayerTap, resolve_layer, resolve_layers
-from .receptive import ReceptiveField
+from .deconv import deconvnet
+from .dissect import DissectionAccumulator, cluttered_segments
+from .fvcache import as_cache
+from .receptive import ReceptiveField, input_shape
 from .search import SearchAccumulator, SearchResult
 from .stats import NeuronStats, StatsAccumulator
+
+# Late (CONTRIBUTING.md, Imports): the drawing layer (matplotlib) in figure(); maximize in _render, looked up when a
+# render starts (the tests count its calls through cnnlens.inside.maximize).
 
 log = logging.getLogger(__name__)
 
@@ -172,7 +186,6 @@ def layer_edges(model: nn.Module, data, layers: Sequence[LayerRef], bins: int = 
         xs = torch.stack([torch.as_tensor(dataset[i][0]) for i in range(min(look, available))])
     except Exception as e:  # noqa: BLE001
         raise ValueError("cannot look at the first samples to choose histogram bins; pass edges=...") from e
-    from ..batching import check_batch_size
 
     # in batches (64 images of 224² through EfficientNet at once took 2 GB); only each layer's extremes are kept
     bs = check_batch_size(None, xs[:1])
@@ -229,9 +242,6 @@ def microscope_scan(
         micro["features.4"].top.patches("digits", [5])[0]   # channel 5's nine best patches (9×1×h×w)
         micro["features.4"].stats.selectivity     # per channel, (μ_max − μ_rest)/(μ_max + μ_rest)
     """
-    from ..data import as_dataset
-    from ..scanning import scan
-
     data = as_dataset(data, model)
     names = resolve_layers(model, layers)
     if edges is None:
@@ -269,8 +279,6 @@ def microscope_scan(
 
 def _dissection(data, names: list[str], concepts: Any):
     """The dissection accumulator for ``microscope_scan(concepts=...)``, or None."""
-    from .dissect import DissectionAccumulator, cluttered_segments
-
     if concepts is False:
         return None
     if concepts is None:
@@ -387,8 +395,6 @@ def maximize_channels(
         v = maximize_channels(model, "features.4", range(32), steps=128, robust=True, cache="fv-cache")
         v.images[5, 0]      # channel 5's visualisation; v.activation[5, 0] its mean activation
     """
-    from .fvcache import as_cache
-
     name, (cin, H, W), chans, n, w, per = _check_channels(
         model, layer, channels, size, settings.get("channels"), diversity, diversity_weight, batch_size
     )
@@ -424,9 +430,6 @@ def maximize_channels(
 def _check_channels(model, layer, channels, size, in_channels, diversity, diversity_weight, batch_size):
     """:func:`maximize_channels`' settings checked: (layer name, input (C, H, W), channels, images per channel,
     diversity weight per channel, channels per optimisation)."""
-    from ..batching import check_batch_size
-    from .receptive import input_shape
-
     name, _ = resolve_layer(model, layer)
     cin, H, W = input_shape(model, size, in_channels)
     with LayerTap(model, [name], stop_after=name, detach=True) as tap, torch.no_grad():
@@ -486,7 +489,6 @@ def _fv_models(model: nn.Module, parts: int) -> list[nn.Module]:
     k = min(torch.get_num_threads(), parts)
     if k < 2 or _device(model).type != "cpu":
         return [model]
-    import copy
 
     try:
         return [copy.deepcopy(model) for _ in range(k)]
@@ -503,8 +505,6 @@ def _render(model, name, chans, w, n, per, steps, H, W, lr, param, seed, redirec
     optimisation; each set of n images starts from the noise of a batch of n (so from the same noise
     whichever channels share its optimisation). Optimisations run side by side on private copies of the model
     when that is faster (:func:`_fv_models`); the results are the same up to float rounding."""
-    import threading
-
     from .maximize import maximize, objectives
 
     total = len(chans) * steps
@@ -564,11 +564,6 @@ def _render(model, name, chans, w, n, per, steps, H, W, lr, param, seed, redirec
 def _side_by_side(models: list[nn.Module], parts: list[int], optimise: Callable[[nn.Module, int], None]) -> None:
     """``optimise(model, part)`` for every part, on a thread per model (one torch thread each), taking the next
     part as each finishes; the first error is raised here once the threads stop."""
-    import queue
-    import threading
-
-    from ..batching import num_threads
-
     todo: queue.Queue = queue.Queue()
     for s in parts:
         todo.put(s)
@@ -649,9 +644,6 @@ def building_blocks(
         bb = building_blocks(model, x, "features.7")
         bb.at(0, 3, 4)   # the channels that fire most at row 3, column 4 of sample 0, with their contributions
     """
-    from ..attribution.cam import gradcam_tap, layer_gradient
-    from ..attribution.common import prepare
-
     p = prepare(model, x, target, y, "building_blocks")
     name = resolve_layer(model, layer)[0]
     tap, leaf = gradcam_tap(model, p, name)
@@ -851,7 +843,6 @@ def top_maps(
     rows = [top.row(c) for c in chans]
     idx = top.indices[rows]  # C×k
     uniq, inv = torch.unique(idx.flatten(), return_inverse=True)
-    from ..data import as_dataset
 
     data = as_dataset(data, model)
     imgs = dataset_images(data, uniq.tolist())
@@ -906,10 +897,6 @@ def unit_projections(
     """Deconvnet (Zeiler & Fergus) and guided backprop of unit (channel, positions[n]) on image n, both
     cropped to the unit's receptive field. Guided backprop runs once for the whole batch (each image's
     score is its own unit, so the per-image gradients do not mix)."""
-    from ..attribution.guided import guided_summary
-    from ..rectifiers import guided_relus
-    from .deconv import deconvnet
-
     name = resolve_layer(model, layer)[0]
     pos = torch.as_tensor(positions).long().view(-1, 2)
     boxes = torch.stack([torch.tensor(rf.box(int(i), int(j))) for i, j in pos.tolist()])

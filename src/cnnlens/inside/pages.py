@@ -13,9 +13,12 @@ the method and writes what these return. ``name`` is the model as given on the c
 
 from __future__ import annotations
 
+import io
 import json
 from typing import Any
 
+from ..report import Report
+from ..viz import to_pil
 from .report import (
     add_deconv,
     add_dream,
@@ -35,8 +38,6 @@ from .report import (
 def page(title: str, section: str, intro_key: str, settings: dict, *, model=None, ran: dict | None = None):
     """A report titled ``title`` (describing ``model`` if given) and its one section: the introduction of
     ``intro_key`` (as it ``ran``) and ``settings`` (values that are not numbers or text shown as text)."""
-    from ..report import Report
-
     rep = Report(title)
     if model is not None:
         rep.describe_model(model)
@@ -178,10 +179,6 @@ def deconv_page(name: str, model, x, projs, labels, *, channels, position: str, 
 
 def dream_page(name: str, model, x, d, *, kind: str):
     """Deep Dream ``d`` of the images ``x`` (``kind``: layer or class), each dream also as a PNG of its own."""
-    import io
-
-    from ..viz import to_pil
-
     rep, sec = page(
         f"cnnlens inside dream: {name}",
         "Deep Dream",

@@ -6,13 +6,17 @@ Each ``add_*`` function renders one result into a report section; the demo's par
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import logging
 from collections.abc import Sequence
 
 import torch
 
+from ..attribution import guided_backprop
+from ..attribution.report import GUIDED_NOTE
 from ..figures.inside import class_mean_figure, deconv_figure
+from ..targets import Target
 
 log = logging.getLogger(__name__)
 
@@ -166,8 +170,6 @@ def png(fig) -> bytes:
 
 def tensors_file(result) -> bytes:
     """The tensors of a result dataclass, as ``torch.save`` bytes."""
-    import dataclasses
-
     buf = io.BytesIO()
     torch.save(
         {
@@ -403,12 +405,6 @@ def add_tcav(sec, r) -> bytes:
 
 def guided_for(model, x, p) -> torch.Tensor | None:
     """Guided backprop of the same units a deconvnet projection used (N×C×H×W), or None if unavailable."""
-    try:
-        from ..attribution import guided_backprop
-    except ImportError:  # pragma: no cover - the attribution package is optional here
-        return None
-    from ..targets import Target
-
     outs = []
     for i in range(x.shape[0]):
         positions = p.positions
@@ -434,8 +430,6 @@ def add_deconv(sec, model, x, projections, labels=None, with_guided: bool = True
         img, f"deconvnet projections of the strongest unit of {projections[0].layer}'s channels{what} (grey = 0)"
     )
     if guided is not None:
-        from ..attribution.report import GUIDED_NOTE
-
         sec.text(GUIDED_NOTE)
         corr = [
             float(torch.corrcoef(torch.stack([p.images.flatten(), g.flatten()]))[0, 1])

@@ -28,11 +28,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..autograd import needs_autograd
-from ..data import data_input_size, dataset_images
+from ..data import as_dataset, data_input_size, dataset_images
 from ..results import Result
-from ..scanning import Batch
+from ..scanning import Batch, scan
 from ..tap import LayerRef, resolve_layer
 from .receptive import ReceptiveField, receptive_field
+
+# Late (CONTRIBUTING.md, Imports): the drawing layer (matplotlib), in figure() and preview().
 
 log = logging.getLogger(__name__)
 
@@ -579,9 +581,6 @@ def dataset_search(
         r.activations[5]        # channel 5's nine best scores, descending
         r.figure(channels=[0, 1, 2]).savefig("top9.png")
     """
-    from ..data import as_dataset
-    from ..scanning import scan
-
     data = as_dataset(data, model)
     acc = SearchAccumulator(
         model, layer, channels, k, input_size=data_input_size(data, model), max_crop=max_crop, patches=patches

@@ -25,9 +25,12 @@ import torch
 from torch import nn
 
 from ..autograd import needs_autograd
+from ..data import as_dataset
 from ..results import Result
-from ..scanning import Batch
+from ..scanning import Batch, scan
 from ..tap import LayerRef, LayerTap, resolve_layer
+
+# Late (CONTRIBUTING.md, Imports): the drawing layer (matplotlib), in figure() and preview().
 
 #: about how many values (float32) one chunk of a batch holds on the CPU: small enough that the passes over it after
 #: the first find it in the cache (faster than whole batches, docs/benchmarks.md; smaller chunks cost more in
@@ -390,9 +393,6 @@ def neuron_stats(
         st = neuron_stats(cnnlens.load_model("digits-cnn"), "digits", "features.1")
         st.sparsity, st.dead_channels, st.selectivity, st.class_mean  # C, list, C, K×C
     """
-    from ..data import as_dataset
-    from ..scanning import scan
-
     name, _ = resolve_layer(model, layer)
     data = as_dataset(data, model)
     if edges is None:

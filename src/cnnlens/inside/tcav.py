@@ -35,10 +35,14 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..attribution.common import logits_of
 from ..autograd import needs_autograd
 from ..batching import check_batch_size, chunks
+from ..extras import require
 from ..results import Result
 from ..tap import LayerTap, resolve_layer
+
+# Late (CONTRIBUTING.md, Imports): the drawing layer (matplotlib) in figure(); scipy (start-up) in tcav.
 
 #: Kim et al.'s significance level
 ALPHA = 0.05
@@ -172,8 +176,6 @@ def layer_gradients(
     model: nn.Module, layer: str, x: torch.Tensor, target: int, batch_size: int | None = None
 ) -> torch.Tensor:
     """∂ logit_target / ∂ (the layer's output) for each image, flattened: N × features (float64, CPU)."""
-    from ..attribution.common import logits_of
-
     bs = check_batch_size(batch_size, x)
     out = []
     with LayerTap(model, [layer]) as tap:
@@ -204,8 +206,6 @@ def train_cav(
     """(unit CAV pointing from ``negative`` to ``positive`` activations, held-out accuracy): a linear classifier
     (``"sgd"``: Captum's default SGDClassifier; ``"logistic"``: LogisticRegression) fitted on a random
     2/3 of the examples, its accuracy measured on the rest."""
-    from ..extras import require
-
     lin = require("data", "sklearn.linear_model", what="TCAV's linear classifier")
     LogisticRegression, SGDClassifier = lin.LogisticRegression, lin.SGDClassifier
 
