@@ -307,35 +307,12 @@ def influence(
         if progress is not None:
             progress(min(done[0], total), total)
 
-    first = _run(
-        model,
-        x_or_data,
-        name,
-        target,
-        ablation=ablation and not two_pass,
-        channels=channels,
-        y=y,
-        batch_size=batch_size,
-        chunk=chunk,
-        device=device,
-        tick=tick,
-    )
+    run = dict(y=y, batch_size=batch_size, chunk=chunk, device=device, tick=tick)
+    first = _run(model, x_or_data, name, target, ablation=ablation and not two_pass, channels=channels, **run)
     if not two_pass:
         return first
     top = first.ranking[:k]
-    second = _run(
-        model,
-        x_or_data,
-        name,
-        target,
-        ablation=True,
-        channels=top,
-        y=y,
-        batch_size=batch_size,
-        chunk=chunk,
-        device=device,
-        tick=tick,
-    )
+    second = _run(model, x_or_data, name, target, ablation=True, channels=top, **run)
     assert second.ablation is not None  # asked for with ablation=True
     abl = torch.full((len(first.channels),), float("nan"), dtype=second.ablation.dtype)
     for i, c in enumerate(second.channels):
