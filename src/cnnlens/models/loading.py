@@ -707,10 +707,9 @@ def _first_conv_channels(net: nn.Module) -> int | None:
     return None
 
 
-def _finish(
-    net: nn.Module, base: ModelSpec, *, class_names, overrides, what: str, known: bool = False, own: bool = False
-) -> PixelModel:
-    """Complete the spec (user declarations, overrides, dry forward, layer names) and wrap the network."""
+def _completed_spec(net: nn.Module, base: ModelSpec, overrides: dict, what: str, own: bool) -> ModelSpec:
+    """The spec with the user's declarations (``own``: read from the network) and ``overrides`` laid over it,
+    mean/std checked per channel; what nobody declared takes cnnlens's defaults, said in the log."""
     fields = {}
     guessed = bool(base.extra.get("_guessed"))
     if guessed:
@@ -753,6 +752,14 @@ def _finish(
             ", ".join(f"{f}=" for f in defaulted),
             " ".join("--" + f.replace("_", "-") for f in defaulted),
         )
+    return spec
+
+
+def _finish(
+    net: nn.Module, base: ModelSpec, *, class_names, overrides, what: str, known: bool = False, own: bool = False
+) -> PixelModel:
+    """Complete the spec (user declarations, overrides, dry forward, layer names) and wrap the network."""
+    spec = _completed_spec(net, base, overrides, what, own)
     model = PixelModel(net, spec if known else spec.with_(last_spatial_layer=None, pooled_layer=None))
     model.eval()
     # a fixed random probe (not zeros: a constant input would hide a head that is not a plain average pool)
