@@ -27,8 +27,10 @@ Keyword arguments go to the Captum class's constructor when it takes them
 from __future__ import annotations
 
 import contextlib
+import difflib
 import inspect
 import logging
+import re
 import threading
 import warnings
 from typing import Any
@@ -38,11 +40,14 @@ from torch import nn
 
 from ..autograd import needs_autograd
 from ..extras import require
+from ..models.spec import Normalize
 from ..results import Explanation
 from ..tap import guarded, resolve_layer
 from ..traced import CallSites, Unsupported
 from .common import check_reduce, finish, pick_classes, pixel_fill, prepare, reduce_channels, upsample
 from .completeness import completeness
+
+# Late (CONTRIBUTING.md, Imports): the optional captum, in _lrp_rules and captum_rules (elsewhere through require).
 
 log = logging.getLogger(__name__)
 
@@ -69,8 +74,6 @@ def captum_class(method: Any) -> type[Any]:
     }
     key = method.strip().lower().replace("_", "").replace("-", "")
     if key not in known:
-        import difflib
-
         close = difflib.get_close_matches(key, list(known), n=3, cutoff=0.6)
         names = [known[c].__name__ for c in close]
         hint = f"did you mean {', '.join(names)}?" if names else "e.g. DeepLift, GradientShap, LRP, Lime, KernelShap"
@@ -91,8 +94,6 @@ def _lrp_rules(net: nn.Module, settings: dict, names: dict | None = None) -> Non
     """Give cnnlens's normalisation layer (an affine map per channel) LRP's identity rule, for this call only
     (on the call-site copy; on the model, the guard removes the ``rule`` attribute afterwards)."""
     from captum.attr._utils.lrp_rules import IdentityRule
-
-    from ..models.spec import Normalize
 
     named = [n for n, m in net.named_modules() if isinstance(m, Normalize) and not hasattr(m, "rule")]
     for n in named:
@@ -225,8 +226,6 @@ def bridged_error(method: str, e: Exception) -> Exception:
     text = str(e).strip()
     first = " ".join(text.split())[:200] if text else type(e).__name__
     if "has no rule defined" in text:
-        import re
-
         t = re.search(r"Module of type <class '([^']+)'>", text)
         kind = t.group(1).rsplit(".", 1)[-1] if t else "one of the model's layers"
         return TypeError(
