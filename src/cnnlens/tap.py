@@ -530,30 +530,37 @@ def find_last_spatial_layer(model: nn.Module, x: torch.Tensor) -> str:
             "name a layer with layer=..."
         )
     last = order[-1]
-    if last in tokens and prefix > 0:
-        blocks = [n for n in tokens if n.rsplit(".", 2)[-2:-1] == ["blocks"] or ".blocks." in n]
-        heads = sorted(
-            {
-                n.split(".blocks.")[0] + ".blocks." + n.split(".blocks.")[1].split(".")[0]
-                if ".blocks." in n
-                else "blocks." + n.split("blocks.")[1].split(".")[0]
-                for n in blocks
-                if "blocks." in n
-            },
-            key=lambda n: (n.count("."), int(n.rsplit(".", 1)[1])),
+    norm1 = _last_block_norm1(tokens) if last in tokens and prefix > 0 else None
+    if norm1 is not None:
+        log.info(
+            "last spatial layer (found automatically): %s (the last block's first layer: after it, only "
+            "the %d prefix token(s) reach the head)",
+            norm1,
+            prefix,
         )
-        if heads:
-            norm1 = heads[-1] + ".norm1"
-            if norm1 in tokens:
-                log.info(
-                    "last spatial layer (found automatically): %s (the last block's first layer: after it, only "
-                    "the %d prefix token(s) reach the head)",
-                    norm1,
-                    prefix,
-                )
-                return norm1
+        return norm1
     log.info("last spatial layer (found automatically): %s", last)
     return last
+
+
+def _last_block_norm1(tokens: list[str]) -> str | None:
+    """``<...>blocks.<last>.norm1`` among the token-grid layers (timm's naming of a ViT's blocks), if there."""
+    blocks = [n for n in tokens if n.rsplit(".", 2)[-2:-1] == ["blocks"] or ".blocks." in n]
+    heads = sorted(
+        {
+            n.split(".blocks.")[0] + ".blocks." + n.split(".blocks.")[1].split(".")[0]
+            if ".blocks." in n
+            else "blocks." + n.split("blocks.")[1].split(".")[0]
+            for n in blocks
+            if "blocks." in n
+        },
+        key=lambda n: (n.count("."), int(n.rsplit(".", 1)[1])),
+    )
+    if heads:
+        norm1 = heads[-1] + ".norm1"
+        if norm1 in tokens:
+            return norm1
+    return None
 
 
 _GLOBAL_HOOKS = (
