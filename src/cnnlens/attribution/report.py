@@ -224,50 +224,63 @@ def add_explain_section(
         )
         sec.data("class_means", counts)
     if faith:
-        header = ["image", "explained class"] + [f"{title_of(k)} del / ins" for k in faith]
-        table = []
-        for i, name in enumerate(names):
-            cls = int(next(iter(ok.values())).classes[i])
-            table.append(
-                [name, class_names[cls] if class_names and cls < len(class_names) else str(cls)]
-                + [f"{float(f.deletion_auc[i]):.3f} / {float(f.insertion_auc[i]):.3f}" for f in faith.values()]
-            )
-        table.append(
-            [f"mean over {n} image(s)", ""]
-            + [f"{float(f.deletion_auc.mean()):.3f} / {float(f.insertion_auc.mean()):.3f}" for f in faith.values()]
-        )
-        sec.table(
-            table,
-            header=header,
-            caption="Deletion AUC (lower is better) / insertion AUC (higher is better) "
-            "per image and method; the last row is the mean over the images.",
-        )
+        _faithfulness_table(sec, run)
     sec.gallery(
         [(topk_figure(x[i], run.top.labels(i), name), name) for i, name in enumerate(names)],
         caption="Top-5 predictions of each image.",
         width=420,
     )
-    for i, name in enumerate(names):
-        cls0 = int(next(iter(ok.values())).classes[i])
-        cname = class_names[cls0] if class_names and cls0 < len(class_names) else str(cls0)
-        grid = grid_figure(x[i], name, ok, i, faith, shared=shared, caption_top=f"explained: {cname}")
-        report.file(f"{name}/grid.png", png_bytes(grid))
-        fig, ax = subplots(figsize=(3, 3))
-        show_image(ax, x[i], name)
-        report.file(f"{name}/original.png", png_bytes(fig))
-        for k, e in ok.items():
-            report.file(f"{name}/{k.replace('_', '-')}.png", png_bytes(overlay_figure(x[i], e, i, shared=shared)))
-        report.file(f"{name}/top5.png", png_bytes(topk_figure(x[i], run.top.labels(i), name)))
-        buf = io.BytesIO()
-        torch.save({k: e.maps[i].clone() for k, e in ok.items()}, buf)
-        report.file(f"{name}/maps.pt", buf.getvalue())
-        info = {
-            "image": name,
-            "source": sources[i] if sources is not None else name,
-            "top5": [{"class": c, "probability": p} for c, p in run.top.labels(i)],
-            "methods": {k: summary(e, faith.get(k), i) for k, e in ok.items()},
-            "skipped": dict(run.failures),
-        }
-        report.file(f"{name}/explanation.json", json.dumps(info, indent=2, default=str))
-        sec.data(name, info)
+    for i in range(len(names)):
+        _image_files(report, sec, run, i, shared, sources)
     return sec
+
+
+def _faithfulness_table(sec, run: ExplainRun) -> None:
+    """Deletion / insertion AUC per image and method, and their means, as a table of the section."""
+    ok, faith, names, class_names, n = run.explanations, run.faithfulness, run.names, run.class_names, len(run)
+    header = ["image", "explained class"] + [f"{title_of(k)} del / ins" for k in faith]
+    table = []
+    for i, name in enumerate(names):
+        cls = int(next(iter(ok.values())).classes[i])
+        table.append(
+            [name, class_names[cls] if class_names and cls < len(class_names) else str(cls)]
+            + [f"{float(f.deletion_auc[i]):.3f} / {float(f.insertion_auc[i]):.3f}" for f in faith.values()]
+        )
+    table.append(
+        [f"mean over {n} image(s)", ""]
+        + [f"{float(f.deletion_auc.mean()):.3f} / {float(f.insertion_auc.mean()):.3f}" for f in faith.values()]
+    )
+    sec.table(
+        table,
+        header=header,
+        caption="Deletion AUC (lower is better) / insertion AUC (higher is better) "
+        "per image and method; the last row is the mean over the images.",
+    )
+
+
+def _image_files(report, sec, run: ExplainRun, i: int, shared: bool, sources: Sequence[str] | None) -> None:
+    """Image i's files (``<name>/``: grid, original, a map per method, top-5, maps.pt, explanation.json)
+    and its data in the section."""
+    ok, faith, x, name, class_names = run.explanations, run.faithfulness, run.images, run.names[i], run.class_names
+    cls0 = int(next(iter(ok.values())).classes[i])
+    cname = class_names[cls0] if class_names and cls0 < len(class_names) else str(cls0)
+    grid = grid_figure(x[i], name, ok, i, faith, shared=shared, caption_top=f"explained: {cname}")
+    report.file(f"{name}/grid.png", png_bytes(grid))
+    fig, ax = subplots(figsize=(3, 3))
+    show_image(ax, x[i], name)
+    report.file(f"{name}/original.png", png_bytes(fig))
+    for k, e in ok.items():
+        report.file(f"{name}/{k.replace('_', '-')}.png", png_bytes(overlay_figure(x[i], e, i, shared=shared)))
+    report.file(f"{name}/top5.png", png_bytes(topk_figure(x[i], run.top.labels(i), name)))
+    buf = io.BytesIO()
+    torch.save({k: e.maps[i].clone() for k, e in ok.items()}, buf)
+    report.file(f"{name}/maps.pt", buf.getvalue())
+    info = {
+        "image": name,
+        "source": sources[i] if sources is not None else name,
+        "top5": [{"class": c, "probability": p} for c, p in run.top.labels(i)],
+        "methods": {k: summary(e, faith.get(k), i) for k, e in ok.items()},
+        "skipped": dict(run.failures),
+    }
+    report.file(f"{name}/explanation.json", json.dumps(info, indent=2, default=str))
+    sec.data(name, info)
