@@ -585,6 +585,10 @@ class IncrementalOcclusion(Traced):
         return out
 
     def _step(self, n: fx.Node, args, kwargs, env, padded, P, stats: Stats | None):
+        """One node of the incremental run: the first rule that applies to its arguments — a boxed tensor's
+        shape, a pointwise or windowed module, a pointwise function or method, a channel concatenation — or,
+        with none, the node on full tensors (counting multiply-adds into ``stats``). Long because the rules are
+        tried in order, and which one takes precedence is read from that order in one place."""
         mod = self.modules.get(n.target) if n.op == "call_module" else None
         flat = [a for a in list(args) + list(kwargs.values())]
         boxes = [a for a in flat if isinstance(a, Box)]
