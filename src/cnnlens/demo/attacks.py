@@ -54,7 +54,7 @@ def saliency_comparison(models: dict, x: torch.Tensor, y: torch.Tensor, x_all: t
 
 # --------------------------------------------------------------------------------------------- demo
 def demo_section(report, ctx) -> None:
-    """The demo's attack part (budget ≈ 90 s on 2 cores; ``ctx.quick``: a few seconds)."""
+    """The demo's attack part (``ctx.quick``: the smallest settings, a smoke run)."""
     quick = bool(getattr(ctx, "quick", False))
     t_start = time.perf_counter()
     me_kw: dict[str, Any] = dict(steps=2, rtol=0.5, max_iter=1) if quick else dict(steps=4, rtol=0.25, max_iter=4)
