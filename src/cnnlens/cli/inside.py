@@ -1,5 +1,5 @@
 """`cnnlens inside ...`: filters, receptive fields, dataset search, activation maximisation, deconvnet,
-Deep Dream, neuron statistics and channel influence. Each command writes figures, JSON and a report."""
+Deep Dream, neuron statistics, channel influence and TCAV. Each command writes figures, JSON and a report."""
 
 from __future__ import annotations
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 from .common import (
     UserError,
     app,
-    load_model_from_options,
     model_options,
     print_table,
 )
 from .options import Device, Model, Pretrained, TrustPickle, Weights
+from .session import open_model
 
 # Imported late, inside functions: torch, cnnlens.tap (imports torch), rich.table (≈7 ms). `cnnlens --help` imports
 # this module, and torch alone would add ≈2 s to it.
@@ -86,7 +86,7 @@ def layers(
     import torch
     from rich.table import Table
 
-    m = load_model_from_options(model, weights, pretrained, trust_pickle, device)
+    m = open_model(model, weights, pretrained, trust_pickle, device).model
     spec = getattr(m, "spec", None)
     if spec is not None:  # --input-size / --channels set the spec
         c, (h, w) = spec.channels, spec.input_size

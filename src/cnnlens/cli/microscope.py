@@ -14,11 +14,11 @@ from .common import (
     UserError,
     app,
     console,
-    load_model_from_options,
     model_options,
     out_dir,
 )
 from .options import BatchSize, Device, FirstN, Force, Model, Pretrained, TrustPickle, Weights
+from .session import open_model
 
 # Imported late, inside functions: torch and the cnnlens modules that import it (inside, microscope_site, data,
 # tap), rich.progress. `cnnlens --help` imports this module, and torch alone would add ≈2 s to it.
@@ -128,7 +128,7 @@ def microscope_cmd(
     from ..data import as_dataset
     from ..microscope_site import Settings
 
-    m = load_model_from_options(model, weights, pretrained, trust_pickle, device)
+    m = open_model(model, weights, pretrained, trust_pickle, device).model
     _set_threads(m, threads)
     target = out_dir(out, force, data, weights)  # refuse before any work, not after it
     out = target.path

@@ -1,9 +1,10 @@
 """A command's skeleton, once: where it runs (torchrun or not) → the model → the data → a progress bar.
 
-``cnnlens explain``, ``attack``, ``robustness``, ``benchmark`` and the ``inside`` commands all open a model from
-the shared options (``--model --weights --pretrained --trust-pickle --device`` and the spec options), take data from
-``--data`` and show progress; :func:`session` (under ``torchrun`` with a process group) and :func:`open_model` (one
-process) are that sequence.
+Every command that takes ``--model`` (explain, attack, robustness, benchmark, evaluate, explore, layers,
+microscope and the ``inside`` commands) opens it from the shared options (``--model --weights --pretrained
+--trust-pickle --device`` and the spec options, see :mod:`cnnlens.cli.options`), takes data from ``--data`` and
+shows progress; :func:`session` (under ``torchrun`` with a process group) and :func:`open_model` (one process) are
+that sequence.
 """
 
 from __future__ import annotations
