@@ -41,9 +41,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..attribution.cam import gradcam_tap, layer_gradient
-from ..attribution.common import prepare
-from ..attribution.guided import guided_summary
 from ..autograd import needs_autograd
 from ..batching import check_batch_size, num_threads
 from ..data import as_dataset, data_input_size, dataset_images
@@ -58,8 +55,9 @@ from .receptive import ReceptiveField, input_shape
 from .search import SearchAccumulator, SearchResult
 from .stats import NeuronStats, StatsAccumulator
 
-# Late (CONTRIBUTING.md, Imports): the drawing layer (matplotlib) in figure(); maximize in _render, looked up when a
-# render starts (the tests count its calls through cnnlens.inside.maximize).
+# Late (CONTRIBUTING.md, Imports): the drawing layer (matplotlib) in figure(); cnnlens.attribution in building_blocks
+# and unit_projections (start-up: `import cnnlens.inside` does not load it, 0.1–0.2 s); maximize in _render, looked up
+# when a render starts (the tests count its calls through cnnlens.inside.maximize).
 
 log = logging.getLogger(__name__)
 
@@ -644,6 +642,9 @@ def building_blocks(
         bb = building_blocks(model, x, "features.7")
         bb.at(0, 3, 4)   # the channels that fire most at row 3, column 4 of sample 0, with their contributions
     """
+    from ..attribution.cam import gradcam_tap, layer_gradient
+    from ..attribution.common import prepare
+
     p = prepare(model, x, target, y, "building_blocks")
     name = resolve_layer(model, layer)[0]
     tap, leaf = gradcam_tap(model, p, name)
@@ -897,6 +898,8 @@ def unit_projections(
     """Deconvnet (Zeiler & Fergus) and guided backprop of unit (channel, positions[n]) on image n, both
     cropped to the unit's receptive field. Guided backprop runs once for the whole batch (each image's
     score is its own unit, so the per-image gradients do not mix)."""
+    from ..attribution.guided import guided_summary
+
     name = resolve_layer(model, layer)[0]
     pos = torch.as_tensor(positions).long().view(-1, 2)
     boxes = torch.stack([torch.tensor(rf.box(int(i), int(j))) for i, j in pos.tolist()])

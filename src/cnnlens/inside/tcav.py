@@ -35,14 +35,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..attribution.common import logits_of
 from ..autograd import needs_autograd
 from ..batching import check_batch_size, chunks
 from ..extras import require
 from ..results import Result
 from ..tap import LayerTap, resolve_layer
 
-# Late (CONTRIBUTING.md, Imports): the drawing layer (matplotlib) in figure(); scipy (start-up) in tcav.
+# Late (CONTRIBUTING.md, Imports): the drawing layer (matplotlib) in figure(); scipy (start-up) in tcav;
+# cnnlens.attribution (start-up: `import cnnlens.inside` does not load it) in layer_gradients.
 
 #: Kim et al.'s significance level
 ALPHA = 0.05
@@ -176,6 +176,8 @@ def layer_gradients(
     model: nn.Module, layer: str, x: torch.Tensor, target: int, batch_size: int | None = None
 ) -> torch.Tensor:
     """∂ logit_target / ∂ (the layer's output) for each image, flattened: N × features (float64, CPU)."""
+    from ..attribution.common import logits_of
+
     bs = check_batch_size(batch_size, x)
     out = []
     with LayerTap(model, [layer]) as tap:
