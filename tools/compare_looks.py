@@ -1,4 +1,10 @@
-"""Compare what two source trees of cnnlens produce: the demo report, the microscope site and the explorer export.
+"""Compare what two source trees of cnnlens produce: the demo report, the microscope site, the explorer's export
+and the live explorer.
+
+The outputs (``--only``): ``report`` (``cnnlens demo --quick``), ``microscope`` (a small static site on the
+digits model), ``explore`` (``cnnlens explore --export`` on digits, 3 cells) and ``live`` (``cnnlens explore``
+served on a free local port: its pages' HTML and the JSON of its /api URLs saved, the pages shot once filled in,
+and shot again after pressing the sample page's attack and the leaderboard's run button).
 
 Each tree is run with the same command, seed and environment (``PYTHONPATH=<tree>/src``), into its own folder
 under ``--work``; then the two outputs are compared:
@@ -16,21 +22,24 @@ Run it from a checkout (standard library, numpy, pillow and selenium; Debian's `
 ``chromedriver``)::
 
     nice /work/main/.venv/bin/python tools/compare_looks.py --before /path/to/old/tree --after /path/to/new/tree \\
-        --work /tmp/looks [--only report,microscope,explore] [--no-run] [--no-shots]
+        --work /tmp/looks [--only report,microscope,explore,live] [--no-run] [--no-shots]
 
 ``--no-run`` compares the outputs already in ``--work`` (runs nothing). Results are printed and written to
-``<work>/summary.json``; screenshots are ``<work>/<output>/shots/<side>-<page>.png`` and ``...-diff.png``.
+``<work>/summary.json``; screenshots are ``<work>/<output>/shots/<side>-<page>.png`` and ``diff-<page>.png``.
+Each output takes 10 s (export) to 80 s (report) per tree on 2 busy cores.
 The exit code is 0 when every file, PNG and screenshot is equal after normalisation, else 1.
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
 import difflib
 import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -82,7 +91,14 @@ PAGES = {
     "report": [("index.html", 1)],
     "microscope": [("index.html", 1), ("layer-*.html", 2), ("unit-*.html", 2), ("sample-*.html", 1)],
     "explore": [("index.html", 1), ("cell-*.html", 2)],
+    "live": [],  # screenshots taken while the server runs (see run_live)
 }
+# the live explorer: pages fetched and shot (found on the first server: a cell's first sample, the first layer
+# and its first unit), and the JSON of the older /api URLs
+LIVE_PAGES = ["/", "/cell/8/5", "/upload", "/layers", "/leaderboard"]
+LIVE_JSON = ["/api/overview", "/api/cell/8/5", "/api/layers"]
+# buttons pressed on pages (path prefix: button id), each then shot again
+LIVE_CLICKS = {"/sample/": "run-attack", "/leaderboard": "run-leaderboard"}
 
 # volatile text: (pattern, replacement), applied in order
 VOLATILE = [
@@ -187,6 +203,120 @@ def run_output(kind: str, tree: Path, out: Path, work: Path, log: Path) -> float
     return time.monotonic() - t0
 
 
+def run_live(kind: str, tree: Path, out: Path, work: Path, log: Path) -> float:
+    """Serve the explorer from ``tree``, save its pages' HTML and JSON into ``out`` and their screenshots into
+    ``out``/../shots; returns the seconds it took. The pages are found on the first run and reused."""
+    import urllib.error
+    import urllib.request
+
+    for stale in (out, work):
+        if stale.exists():
+            shutil.rmtree(stale)
+    out.mkdir(parents=True)
+    work.mkdir(parents=True)
+    shots = out.parent / "shots"
+    shots.mkdir(exist_ok=True)
+    home = work / "home"
+    home.mkdir()
+    env = dict(os.environ, **ENV, PYTHONPATH=str(tree / "src"), HOME=str(home), XDG_CACHE_HOME=str(home / ".cache"))
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    base = f"http://127.0.0.1:{port}"
+    args = ["--model", "digits-cnn", "--data", "digits", "--cache", str(work / "cache"), "--port", str(port)]
+    t0 = time.monotonic()
+    with open(log, "w") as f:
+        proc = subprocess.Popen(
+            ["nice", "-n", "10", PYTHON, "-m", "cnnlens", "explore", *args],
+            cwd=work,
+            env=env,
+            stdout=f,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            wait_ready(base, proc, log)
+
+            def get(path: str) -> str:
+                """The body of ``path`` (an error status as "HTTP <code>" and its body)."""
+                try:
+                    with urllib.request.urlopen(base + path, timeout=120) as r:
+                        return r.read().decode("utf-8", "replace")
+                except urllib.error.HTTPError as e:
+                    return f"HTTP {e.code}\n" + e.read().decode("utf-8", "replace")
+
+            t1 = time.monotonic()  # the unit pages answer 503 while the layer statistics are computed
+            while get("/api/layers").startswith("HTTP 5") and time.monotonic() - t1 < 300:
+                time.sleep(1)
+            listing = out.parent / "paths.json"
+            if listing.exists():
+                pages = json.loads(listing.read_text())
+            else:
+                cell, layers = get("/cell/8/5"), get("/layers")
+                found = [re.search(r'href="(/sample/[^"?#]+)"', cell), re.search(r'href="(/layer/[^"?#]+)"', layers)]
+                pages = LIVE_PAGES + [m.group(1) for m in found if m]
+                if found[1]:
+                    unit = re.search(r'href="(/unit/[^"?#]+)"', get(found[1].group(1)))
+                    pages += [unit.group(1)] if unit else []
+                listing.write_text(json.dumps(pages))
+            for path in pages + LIVE_JSON:
+                name = path.strip("/").replace("/", "_") or "index"
+                (out / (name + (".json" if path in LIVE_JSON else ".html"))).write_text(get(path))
+            driver = chromium()
+            try:
+                for path in pages:
+                    name = path.strip("/").replace("/", "_") or "index"
+                    screenshot(driver, base + path, shots / f"{out.name}-{name}.png", settle=True)
+                    for prefix, button in LIVE_CLICKS.items():
+                        if path.startswith(prefix):
+                            png = shots / f"{out.name}-{name}-{button}.png"
+                            screenshot(driver, base + path, png, settle=True, click=button)
+            finally:
+                driver.quit()
+                shutil.rmtree(driver.profile_dir, ignore_errors=True)
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(10)
+    return time.monotonic() - t0
+
+
+def wait_ready(base: str, proc: subprocess.Popen, log: Path, timeout: float = 300) -> None:
+    """Until the explorer at ``base`` says its scan is ready."""
+    import urllib.request
+
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        if proc.poll() is not None:
+            raise SystemExit(f"the explorer exited ({proc.returncode}); see {log}")
+        try:
+            with urllib.request.urlopen(base + "/api/status", timeout=5) as r:
+                if json.loads(r.read()).get("state") == "ready":
+                    return
+        except (OSError, ValueError):
+            pass
+        time.sleep(0.5)
+    raise SystemExit(f"the explorer was not ready in {timeout:.0f} s; see {log}")
+
+
+def live_shots(work: Path) -> dict:
+    """Compare the live explorer's screenshots taken by ``run_live``."""
+    folder = work / "live" / "shots"
+    out: dict = {}
+    for diff in folder.glob("diff-*.png"):
+        diff.unlink()
+    for a in sorted(folder.glob("before-*.png")):
+        name = a.name.removeprefix("before-").removesuffix(".png")
+        b = folder / f"after-{name}.png"
+        if b.exists():
+            out[name] = {**shot_diff(a, b, folder / f"diff-{name}.png"), "shot": str(b)}
+        else:
+            out[name] = {"size": [], "max": None, "frac": 1.0, "shot": "missing after"}
+    return out
+
+
 def files_of(root: Path) -> set[str]:
     return {p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()}
 
@@ -265,10 +395,46 @@ def chromium():
     return driver
 
 
-def screenshot(driver, page: Path, png: Path) -> None:
-    """A full-page screenshot of ``page`` (every lazy image loaded, animations off) into ``png``."""
+def screenshot(driver, page: Path | str, png: Path, settle: bool = False, click: str | None = None) -> None:
+    """A full-page screenshot of ``page`` (a file or URL; every lazy image loaded, animations off) into ``png``.
+
+    ``settle``: wait until the page stops changing (a live page filling itself in), then blank its timings;
+    ``click``: the id of a button to press first (then settle again)."""
     driver.set_window_size(WIDTH, 1000)
-    driver.get(page.resolve().as_uri())
+    driver.get(page if isinstance(page, str) else page.resolve().as_uri())
+    still_images(driver)
+    if settle:
+        wait_settled(driver)
+    if click:
+        driver.find_element("id", click).click()
+        time.sleep(1)
+        wait_settled(driver)
+        still_images(driver)
+    if settle:
+        driver.execute_script(
+            "const w = document.createTreeWalker(document.body, NodeFilter.SHOW_TEXT); let n;"
+            "while ((n = w.nextNode())) n.nodeValue = n.nodeValue"
+            ".replace(/\\d+(\\.\\d+)?\\s*(ms|s|min)\\b/g, '<DUR>')"
+            ".replace(/\\d{4}-\\d\\d-\\d\\d[ T]\\d\\d:\\d\\d(:\\d\\d)?/g, '<DATETIME>');"
+            # the cells of a table column headed by a timing ("s / map", "seconds …")
+            "document.querySelectorAll('table').forEach(t => { const h = Array.from(t.rows[0] ? t.rows[0].cells : []);"
+            " h.forEach((c, i) => { if (/^\\s*(s\\s*\\/\\s*\\w+|seconds\\b.*|time\\b.*)$/i.test(c.textContent))"
+            " Array.from(t.rows).slice(1).forEach(r => { if (r.cells[i]) r.cells[i].textContent = '<V>'; }); }); });"
+        )
+    height = driver.execute_script("return Math.max(document.body.scrollHeight, document.documentElement.scrollHeight)")
+    shot = driver.execute_cdp_cmd(
+        "Page.captureScreenshot",
+        {
+            "format": "png",
+            "captureBeyondViewport": True,
+            "clip": {"x": 0, "y": 0, "width": WIDTH, "height": min(int(height), MAX_HEIGHT), "scale": 1},
+        },
+    )
+    png.write_bytes(base64.b64decode(shot["data"]))
+
+
+def still_images(driver) -> None:
+    """Lazy images loaded eagerly, animations and transitions off; until every image is loaded (30 s at most)."""
     driver.execute_script(
         "document.querySelectorAll('img[loading]').forEach(i => i.loading = 'eager');"
         "const s = document.createElement('style');"
@@ -280,18 +446,23 @@ def screenshot(driver, page: Path, png: Path) -> None:
         if driver.execute_script("return Array.from(document.images).every(i => i.complete)"):
             break
         time.sleep(0.2)
-    height = driver.execute_script("return Math.max(document.body.scrollHeight, document.documentElement.scrollHeight)")
-    shot = driver.execute_cdp_cmd(
-        "Page.captureScreenshot",
-        {
-            "format": "png",
-            "captureBeyondViewport": True,
-            "clip": {"x": 0, "y": 0, "width": WIDTH, "height": min(int(height), MAX_HEIGHT), "scale": 1},
-        },
-    )
-    import base64
 
-    png.write_bytes(base64.b64decode(shot["data"]))
+
+def wait_settled(driver, timeout: float = 300) -> None:
+    """Until the page has not changed for 2 s, shows no progress bar and says nothing is running or queued."""
+    last, same, t0 = None, 0, time.monotonic()
+    while same < 4 and time.monotonic() - t0 < timeout:
+        try:
+            now = driver.execute_script(
+                "return [document.body.innerHTML.length, Array.from(document.images).every(i => i.complete),"
+                " Array.from(document.querySelectorAll('.progress')).some(e => e.offsetParent !== null)"
+                " || /\\b(running|queued|computing)\\b/.test(document.body.innerText)]"
+            )
+        except Exception:  # noqa: BLE001 - the page is reloading
+            now = None
+        same = same + 1 if now is not None and now == last and now[1] and not now[2] else 0
+        last = now
+        time.sleep(0.5)
 
 
 def shot_diff(a: Path, b: Path, out: Path) -> dict:
@@ -362,7 +533,9 @@ def compare(kind: str, work: Path, shots: bool) -> dict:
             res["other"]["equal"] += 1
         else:
             res["other"]["differ"].append(rel)
-    if shots:
+    if shots and kind == "live":
+        res["shots"] = live_shots(work)
+    elif shots:
         res["shots"] = compare_shots(kind, work, sorted(set(pages_of(kind, a)) & set(pages_of(kind, b))), roots)
     return res
 
@@ -394,7 +567,7 @@ def compare_shots(kind: str, work: Path, pages: list[str], roots: list[str]) -> 
 
 def summary_lines(kind: str, res: dict) -> list[str]:
     png, text = res["png"], res["text"]
-    worst = max((d["max"] or 256 for d in png["differ"]), default=0)
+    worst = max((256 if d["max"] is None else d["max"] for d in png["differ"]), default=0)
     lines = [
         f"== {kind}: {res['files']} files; only before: {len(res['only_before'])}, "
         f"only after: {len(res['only_after'])}",
@@ -413,7 +586,7 @@ def summary_lines(kind: str, res: dict) -> list[str]:
     for page, d in res.get("shots", {}).items():
         lines.append(
             f"   screenshot {page}: sizes {d['size']}, max {d['max']}, frac {d['frac']:.5f}"
-            + (f", box {d['box']}, rows {d['row_bands'][:6]}" if d["max"] else "")
+            + (f", box {d['box']}, rows {d['row_bands'][:6]}" if d.get("box") else "")
         )
     return lines
 
@@ -423,7 +596,7 @@ def main() -> int:
     ap.add_argument("--before", type=Path, required=True, help="the old source tree (holds src/cnnlens)")
     ap.add_argument("--after", type=Path, required=True, help="the new source tree")
     ap.add_argument("--work", type=Path, default=Path("/tmp/compare-looks"), help="where outputs are written")
-    ap.add_argument("--only", default="report,microscope,explore", help="comma-separated outputs to compare")
+    ap.add_argument("--only", default="report,microscope,explore,live", help="comma-separated outputs to compare")
     ap.add_argument("--no-run", action="store_true", help="compare the outputs already in --work")
     ap.add_argument("--no-shots", action="store_true", help="no browser screenshots")
     args = ap.parse_args()
@@ -435,8 +608,10 @@ def main() -> int:
     results: dict = {}
     for kind in kinds:
         if not args.no_run:
+            if kind == "live" and (work / "live" / "paths.json").exists():
+                (work / "live" / "paths.json").unlink()
             for side, tree in (("before", args.before), ("after", args.after)):
-                secs = run_output(
+                secs = (run_live if kind == "live" else run_output)(
                     kind,
                     tree.resolve(),
                     work / kind / side,
@@ -453,7 +628,7 @@ def main() -> int:
         and not r["png"]["differ"]
         and not r["text"]["differ"]
         and not r["other"]["differ"]
-        and all(s["max"] == 0 for s in r.get("shots", {}).values())
+        and all(s.get("max") == 0 for s in r.get("shots", {}).values())
         for r in results.values()
     )
     return 0 if equal else 1
