@@ -148,7 +148,8 @@ def attack(
     out: Out = Path("cnnlens-out"),
     force: Force = False,
 ) -> None:
-    """Attack images: writes, per image, the original, the adversarial image, the amplified perturbation and the top-5 before and after.
+    """Attack images: writes, per image, the original, the adversarial image, the amplified perturbation and the
+    top-5 before and after.
 
     Files in --out: <name>/original.png, adversarial.png, perturbation.png, top5.json;
     attack.json (all numbers), x_adv.pt (the exact adversarial images: a PNG rounds to
@@ -159,7 +160,7 @@ def attack(
     from ..data import read_images
 
     kw = _attack_options(method, eps, target, steps, step_size, norm, c, overshoot, random_start, minimal, seed)
-    out = out_dir(out, force, images, weights)
+    report_dir = out_dir(out, force, images, weights)
     with session(model, weights, pretrained, trust_pickle, device, one_process=ONE_PROCESS) as S:
         loaded = read_images(list(images), S.model)
         x, names = loaded.images.to(S.device), _unique(list(loaded.names))
@@ -174,7 +175,7 @@ def attack(
             "device": S.device,
         }
         add_attack_run_section(rep, S.model, run, settings=settings)
-        index = out.write(rep)
+        index = report_dir.write(rep)
         _print_attack(names, run.result, run.class_names)
         console.print(f"wrote {index.parent}: {ATTACK_FILES}", highlight=False)
 
@@ -313,7 +314,7 @@ def robustness(
     budgets = parse_eps_list(eps, norm=norm)
     alpha = parse_eps(step_size, "--step-size", norm) if step_size is not None else None
     atk = [a.strip().lower() for a in attacks.split(",") if a.strip()]
-    out = out_dir(out, force, data, weights)
+    report_dir = out_dir(out, force, data, weights)
     with session(model, weights, pretrained, trust_pickle, device) as S:
         ds = S.dataset(data, labels_for="cnnlens robustness")
         with S.progress(f"attacking {data}") as update:
@@ -338,7 +339,7 @@ def robustness(
         add_robustness_run(
             rep, model, r, settings={**settings, "processes": S.world}, figure_title=f"{model} on {data}"
         )
-        index = out.write(rep)
+        index = report_dir.write(rep)
         _print_robustness(r)
         console.print(f"wrote {index.parent}: curves.png, robustness.json, robustness.csv, index.html", highlight=False)
 

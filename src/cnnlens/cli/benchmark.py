@@ -134,7 +134,7 @@ def benchmark(
     from ..metrics.report import add_benchmark_section
     from .explain import parse_methods
 
-    out = out_dir(out, force, data, boxes, weights)
+    report_dir = out_dir(out, force, data, boxes, weights)
     S = open_model(model, weights, pretrained, trust_pickle, device)
     if data is None:
         if model != "cluttered-digits-cnn":
@@ -160,7 +160,7 @@ def benchmark(
         "device": str(next(iter(S.model.parameters())).device),
     }
     add_benchmark_section(rep, run, settings=settings, class_names=getattr(S.model.spec, "class_names", None))
-    index = out.write(rep)
+    index = report_dir.write(rep)
     console.print(f"wrote {index.parent}: index.html, leaderboard.csv, leaderboard.json", highlight=False)
 
 

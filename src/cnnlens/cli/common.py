@@ -13,6 +13,7 @@ import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any, cast
 
 import typer
 from rich.console import Console
@@ -26,7 +27,8 @@ from ..extras import MissingExtra
 
 app = typer.Typer(
     name="cnnlens",
-    help="Explain what an image CNN does: evaluate, explain, look inside, attack. Every command writes files and a report.",
+    help="Explain what an image CNN does: evaluate, explain, look inside, attack. "
+    "Every command writes files and a report.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -34,7 +36,7 @@ app = typer.Typer(
 )
 
 console = Console(stderr=True)
-_state = {"debug": False}
+_state: dict[str, Any] = {"debug": False}
 
 
 class UserError(Exception):
@@ -73,11 +75,12 @@ def main() -> None:
         # click's exceptions by name, not by import: typer ≥ 0.2x vendors click (typer._click, its own Exit and
         # Abort) and no longer installs click itself; older typer raises click's
         kinds = {c.__name__ for c in type(e).__mro__}
+        click_error = cast(Any, e)  # matched by class name: Exit and ClickException carry exit_code
         if "Exit" in kinds:
-            sys.exit(e.exit_code)
+            sys.exit(click_error.exit_code)
         if "ClickException" in kinds:
-            e.show()
-            sys.exit(e.exit_code)
+            click_error.show()
+            sys.exit(click_error.exit_code)
         if "Abort" in kinds:
             console.print("aborted")
             sys.exit(130)

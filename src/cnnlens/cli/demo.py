@@ -32,7 +32,7 @@ def demo(
     only: DemoOnly = None,
 ) -> None:
     """Run every section on the embedded models and photos and write the HTML report."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
     from ..demo import run_demo, sections
 
@@ -51,7 +51,7 @@ def demo(
             TimeElapsedColumn(),
             console=console,
         ) as prog:
-            tasks: dict[str, int] = {}
+            tasks: dict[str, TaskID] = {}
 
             def progress(what: str, done: int, total: int | None) -> None:
                 if what not in tasks:

@@ -106,7 +106,7 @@ def evaluate(
     from ..evaluation import report_section
 
     ks = _topk_values(topk, ctx.args)  # `--topk 1 3`: click leaves the 3 in ctx.args
-    out = out_dir(out, force, data, weights)
+    report_dir = out_dir(out, force, data, weights)
     with session(model, weights, pretrained, trust_pickle, device) as S:
         ds = S.dataset(data, labels_for="cnnlens evaluate")
         with S.progress(f"evaluating {model}") as update:
@@ -130,7 +130,7 @@ def evaluate(
         report_section(rep, result, settings=settings)
         for name, blob in result.files().items():
             rep.file(name, blob)
-        index = out.write(rep)
+        index = report_dir.write(rep)
         console.print(f"wrote {index.parent}: {EVALUATE_FILES}", highlight=False)
 
 

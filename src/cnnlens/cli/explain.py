@@ -228,7 +228,7 @@ def explain(
     chosen = parse_methods(methods)
     base = _baseline(baseline)  # check before loading anything
     _check_captum(chosen)
-    out = out_dir(out, force, images, weights)
+    report_dir = out_dir(out, force, images, weights)
     s = open_model(model, weights, pretrained, trust_pickle, device)
     layer = _layer(s.model, layer)
     x, names, sources = _inputs(s, images, data, n_images, misclassified, true_class, confused)
@@ -241,7 +241,7 @@ def explain(
     rep = new_report(f"cnnlens explain: {model}", subtitle, s.model)
     add_explain_section(rep, run, model=model, shared=shared_scale, sources=sources)
     _say(run, names)
-    index = out.write(rep)
+    index = report_dir.write(rep)
     console.print(f"wrote {index.parent}: {EXPLAIN_FILES}", highlight=False)
 
 
@@ -328,5 +328,5 @@ def _inputs(s: Session, images, data, n_images: int, misclassified: bool, true_c
     picked = _selection(m, ds, misclassified, true_class, confused, n_images)
     items = [ds[i] for i in picked]
     x = torch.stack([torch.as_tensor(a) for a, _ in items]).to(dev)
-    names = [f"{i}" if int(y) < 0 else f"{i}-label-{int(y)}" for i, (_, y) in zip(picked, items)]
+    names = [f"{i}" if int(y) < 0 else f"{i}-label-{int(y)}" for i, (_, y) in zip(picked, items, strict=True)]
     return x, names, [f"{data}[{i}]" for i in picked]

@@ -42,7 +42,7 @@ def _check_port(host: str, port: int) -> None:
 ExploreHost = Annotated[str, typer.Option("--host", help="Address to listen on (0.0.0.0 opens it to the network).")]
 ExplorePort = Annotated[int, typer.Option("--port", min=0, max=65535, help="Port to listen on.")]
 ExploreCache = Annotated[
-    Path,
+    Path | None,
     typer.Option("--cache", help="Cache folder for the scan and the explanations (default ~/.cache/cnnlens/explore)."),
 ]
 ExploreScanOnly = Annotated[bool, typer.Option("--scan-only", help="Fill the store and exit (works under torchrun).")]
@@ -122,6 +122,7 @@ def _scan(m, model: str, data: str, ds, cache: Path, batch_size: int, device: st
         )
         raise SystemExit(130) from None
     if rank == 0:
+        assert store is not None  # rank 0 builds the store
         r = store.evaluation()
         acc = "   ".join(f"top-{k}: {v:.2%}" for k, v in r.topk_accuracy.items())
         console.print(f"{r.n} samples, {r.num_classes} classes   {acc}", highlight=False)

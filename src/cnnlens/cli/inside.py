@@ -4,7 +4,7 @@ Deep Dream, neuron statistics, channel influence and TCAV. Each command writes f
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -40,6 +40,9 @@ from .session import Session, open_model, session
 
 # Imported late, inside functions: torch and the cnnlens modules that import it (inside, data), rich.table (≈7 ms).
 # `cnnlens --help` imports this module, and torch alone would add ≈2 s to it.
+
+if TYPE_CHECKING:
+    from rich.console import JustifyMethod
 
 inside_app = typer.Typer(
     name="inside",
@@ -144,7 +147,7 @@ def _say(*objs) -> None:
     Console().print(*objs, highlight=False)
 
 
-def _table(title: str, header, rows, justify: str = "left") -> None:
+def _table(title: str, header, rows, justify: JustifyMethod = "left") -> None:
     """A table of results on stdout."""
     from rich.table import Table
 
@@ -175,7 +178,7 @@ def filters_cmd(
     from ..inside import feature_maps, filters
     from ..inside.pages import filters_page
 
-    out = out_dir(out, force, image, weights)
+    report_dir = out_dir(out, force, image, weights)
     M = open_model(model, weights, pretrained, trust_pickle, device)
     f = filters(M.model, layer)
     x, names, fm = None, [], None
@@ -183,7 +186,7 @@ def filters_cmd(
         x, names = _images(M.model, image, None, 0)
         fm = feature_maps(M.model, x, f.layer)
     _say(f"{f.layer}: {tuple(f.weights.shape)} weights, shown as {f.mode} tiles")
-    _write(filters_page(model, M.model, f, x, fm, names), out, "filters")
+    _write(filters_page(model, M.model, f, x, fm, names), report_dir, "filters")
 
 
 @inside_app.command("rf")
@@ -202,13 +205,14 @@ def rf_cmd(
     out: Out = Path("cnnlens-out"),
     force: Force = False,
 ) -> None:
-    """Receptive field (size, stride, offset) of each layer, computed from the forward pass and checked by a gradient probe."""
+    """Receptive field (size, stride, offset) of each layer, computed from the forward pass and checked by a
+    gradient probe."""
     from ..inside import receptive_field
     from ..inside.pages import receptive_page
     from ..inside.receptive import field_layers
     from ..inside.report import RF_HEADER, rf_rows
 
-    out = out_dir(out, force, weights)
+    report_dir = out_dir(out, force, weights)
     M = open_model(model, weights, pretrained, trust_pickle, device)
     names = [s for l in (layer or []) for s in l.split(",") if s] or field_layers(M.model)
     rfs = []
@@ -217,7 +221,7 @@ def rf_cmd(
             rfs.append(receptive_field(M.model, n, probe=probe))
             update(i + 1, len(names))
     _table(f"receptive fields of {model}", RF_HEADER, rf_rows(rfs))
-    _write(receptive_page(model, M.model, rfs, probe), out, "receptive fields")
+    _write(receptive_page(model, M.model, rfs, probe), report_dir, "receptive fields")
 
 
 @inside_app.command("search")
@@ -248,7 +252,7 @@ def search_cmd(
     from ..inside import dataset_search
     from ..inside.pages import search_page
 
-    out = out_dir(out, force, data, weights)
+    report_dir = out_dir(out, force, data, weights)
     chans = parse_channels(channels)
     with session(model, weights, pretrained, trust_pickle, device) as M:
         ds = _dataset(M, data, n)
@@ -271,7 +275,7 @@ def search_cmd(
             class_names=M.class_names,
         )
         _say_search(r, M.class_names)
-        _write(pg, out, f"{len(r.channels)} channels")
+        _write(pg, report_dir, f"{len(r.channels)} channels")
 
 
 def _say_search(r, class_names) -> None:
@@ -350,21 +354,23 @@ def maximize_cmd(
     from ..inside.maximize import objective_for
     from ..inside.pages import maximize_page, regularisers
 
-    out = out_dir(out, force, weights)
+    report_dir = out_dir(out, force, weights)
     M = open_model(model, weights, pretrained, trust_pickle, device)
     if (layer is None) == (classes is None):
         raise UserError("give --layer L (with --channels) to maximise channels, or --classes to maximise class scores")
     wanted = [c for c in classes.split(",") if c.strip()] if classes is not None else None
     J, titles = objective_for(layer, parse_channels(channels), wanted, neuron=neuron, class_names=M.class_names)
-    regs = dict(tv=tv, l2=l2, l2_decay=l2_decay, blur_every=blur_every, blur_sigma=blur_sigma, jitter=jitter)
+    regs: dict[str, Any] = dict(
+        tv=tv, l2=l2, l2_decay=l2_decay, blur_every=blur_every, blur_sigma=blur_sigma, jitter=jitter
+    )
     regs.update(scale=scale or None, rotate=rotate or None)
     with progress_bar("maximising", steps) as update:
         v = maximize(M.model, J, steps, lr=lr, param=param, size=size, seed=seed, progress=update, **regs)
     kind = "class" if classes is not None else "neuron" if neuron else "channel"
     pg = maximize_page(model, M.model, v, titles, kind=kind, regularisers=regularisers(param, **regs), steps=steps)
-    for t, s, f in zip(titles, v.start, v.final):
+    for t, s, f in zip(titles, v.start, v.final, strict=True):  # one image per title
         _say(f"{t}: {float(s):.4g} → {float(f):.4g}")
-    _write(pg, out, v.objective)
+    _write(pg, report_dir, v.objective)
 
 
 @inside_app.command("deconv")
@@ -394,14 +400,14 @@ def deconv_cmd(
     from ..inside import deconvnet
     from ..inside.pages import deconv_page
 
-    out = out_dir(out, force, image, data, weights)
+    report_dir = out_dir(out, force, image, data, weights)
     M = open_model(model, weights, pretrained, trust_pickle, device)
     x, names = _images(M.model, image, data, n)
     x = x.to(next(M.model.parameters()).device)
     chans = parse_channels(channels) or [0, 1, 2]
     projs = [deconvnet(M.model, x, layer, c, position=position) for c in chans]
     pg = deconv_page(model, M.model, x, projs, names, channels=chans, position=position, guided=guided)
-    _write(pg, out, f"{len(chans)} channels × {len(names)} images")
+    _write(pg, report_dir, f"{len(chans)} channels × {len(names)} images")
 
 
 @inside_app.command("dream")
@@ -430,7 +436,7 @@ def dream_cmd(
     from ..inside import deep_dream
     from ..inside.pages import dream_page
 
-    out = out_dir(out, force, image, data, weights)
+    report_dir = out_dir(out, force, image, data, weights)
     M = open_model(model, weights, pretrained, trust_pickle, device)
     x, names = _images(M.model, image, data, 1 if not image else 0)
     x = x.to(next(M.model.parameters()).device)
@@ -449,7 +455,7 @@ def dream_cmd(
             progress=update,
         )
     pg = dream_page(model, M.model, x, d, kind="class" if target is not None else "layer")
-    _write(pg, out, d.objective)
+    _write(pg, report_dir, d.objective)
 
 
 @inside_app.command("stats")
@@ -472,14 +478,15 @@ def stats_cmd(
     out: Out = Path("cnnlens-out"),
     force: Force = False,
 ) -> None:
-    """Neuron statistics over a dataset: mean, variance, sparsity, histograms, dead channels, per-class means, selectivity.
+    """Neuron statistics over a dataset: mean, variance, sparsity, histograms, dead channels, per-class means,
+    selectivity.
 
     Runs under `torchrun --nproc_per_node N -m cnnlens inside stats ...` (rank 0 writes).
     """
     from ..inside import neuron_stats
     from ..inside.pages import stats_page
 
-    out = out_dir(out, force, data, weights)
+    report_dir = out_dir(out, force, data, weights)
     with session(model, weights, pretrained, trust_pickle, device) as M:
         ds = _dataset(M, data, n)
         with M.progress(f"statistics of {layer}") as update:
@@ -503,7 +510,7 @@ def stats_cmd(
             f"{st.layer}: {len(st.mean)} channels, mean sparsity {float(st.sparsity.mean()):.3f}, dead "
             f"channels: {st.dead_channels or 'none'}"
         )
-        _write(pg, out, "neuron statistics")
+        _write(pg, report_dir, "neuron statistics")
 
 
 #: influence's own options
@@ -554,7 +561,7 @@ def influence_cmd(
     from ..inside import influence
     from ..inside.pages import influence_page
 
-    out = out_dir(out, force, data, image, weights)
+    report_dir = out_dir(out, force, data, image, weights)
     with session(model, weights, pretrained, trust_pickle, device) as M:
         src = _images(M.model, image, None, 0)[0].to(M.device) if image else _dataset(M, data, n)
         if target.strip().lower() == "true" and not image:
@@ -587,7 +594,7 @@ def influence_cmd(
         _say_influence(inf)
         _write(
             influence_page(model, M.model, inf, ablation=ablation, processes=M.world),
-            out,
+            report_dir,
             f"{len(inf.channels)} channels",
         )
 
@@ -670,7 +677,7 @@ def tcav_cmd(
     from ..inside.pages import tcav_page
 
     concepts = _concepts(concept)
-    out = out_dir(out, force, data, image, random, *concepts.values(), weights)
+    report_dir = out_dir(out, force, data, image, random, *concepts.values(), weights)
     M = open_model(model, weights, pretrained, trust_pickle, device)
     if classifier not in ("sgd", "logistic"):
         raise UserError(f"--classifier {classifier!r}: choose sgd or logistic")
@@ -696,7 +703,7 @@ def tcav_cmd(
     pg = tcav_page(
         model, M.model, r, concepts=counts, pool=len(pool), runs=runs, classifier=classifier, bonferroni=bonferroni
     )
-    _write(pg, out, f"{len(imgs)} concept(s)")
+    _write(pg, report_dir, f"{len(imgs)} concept(s)")
 
 
 def _say_tcav(r, runs: int) -> None:

@@ -95,7 +95,7 @@ def layers(
     p = next(m.parameters(), None)
     x = torch.zeros(1, c, h, w, device=p.device if p is not None else "cpu")
     rows = layer_table(m, x)
-    marks = {}
+    marks: dict[str, list[str]] = {}
     if spec is not None:
         for label, name in (
             ("last spatial", spec.last_spatial_layer),

@@ -6,7 +6,7 @@ from __future__ import annotations
 import contextlib
 import shutil
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -27,8 +27,8 @@ from .session import open_model
 class _Bars:
     """One rich progress bar per stage (silent when stderr is not a terminal)."""
 
-    def __init__(self):
-        self.prog = None
+    def __init__(self) -> None:
+        self.prog: Any = None  # the rich Progress while running() is open
         self.tasks: dict = {}
 
     @contextlib.contextmanager

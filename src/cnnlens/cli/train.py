@@ -46,8 +46,10 @@ def digits(
     The shipped weights come from:
     cnnlens train digits --seed 0 --epochs 20 --out src/cnnlens/models/weights/digits_cnn.safetensors
     and the robust variants (see cnnlens.attacks.robust) from:
-    cnnlens train digits --seed 0 --epochs 20 --robust adversarial --out src/cnnlens/models/weights/digits_cnn_adversarial.safetensors
-    cnnlens train digits --seed 0 --epochs 20 --robust gradient-penalty --out src/cnnlens/models/weights/digits_cnn_gradient_penalty.safetensors
+    cnnlens train digits --seed 0 --epochs 20 --robust adversarial
+    --out src/cnnlens/models/weights/digits_cnn_adversarial.safetensors
+    cnnlens train digits --seed 0 --epochs 20 --robust gradient-penalty
+    --out src/cnnlens/models/weights/digits_cnn_gradient_penalty.safetensors
     """
     import torch
 
@@ -99,7 +101,8 @@ def cluttered_digits_cmd(
     write the weights.
 
     The shipped weights come from:
-    cnnlens train cluttered-digits --seed 0 --epochs 12 --out src/cnnlens/models/weights/cluttered_digits_cnn.safetensors
+    cnnlens train cluttered-digits --seed 0 --epochs 12
+    --out src/cnnlens/models/weights/cluttered_digits_cnn.safetensors
     """
     import torch
 

@@ -7,6 +7,7 @@ order, sharing the loaded models and images in :class:`DemoContext`.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -80,7 +81,7 @@ def sections() -> list[tuple[str, Callable]]:
 
 
 def run_demo(
-    out: str,
+    out: str | os.PathLike,
     device: str = "cpu",
     quick: bool = False,
     only: list[str] | None = None,

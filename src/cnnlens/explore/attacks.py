@@ -84,6 +84,7 @@ class Attacks:
             r = minimal_eps(ws.model, x, target=cls if kind == "away" else "second", progress=scaled(report, span=0.95))
             fig = r.figure(x.cpu(), names=[label], class_names=names)
             eps = float(r.eps[0])
+            assert r.classes is not None  # cnnlens's attacks record each image's goal class
             info = {
                 "eps": eps if eps != float("inf") else None,
                 "eps_255": eps * 255 if eps != float("inf") else None,

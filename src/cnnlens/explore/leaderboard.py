@@ -43,6 +43,7 @@ class Leaderboard:
             return {**out, "status": "none", "progress": 0.0, "error": None}
         if start:
             job = self.ws.worker.submit("leaderboard", lambda report: self.run(path, report))
+        assert job is not None  # found, or just submitted
         return {**out, **job.to_dict()}
 
     def run(self, path: Path, report) -> dict:

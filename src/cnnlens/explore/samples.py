@@ -177,9 +177,10 @@ class Samples:
             row = {"ref": ref, "idx": None, "path": None, "true": None, **pred}
         else:
             store = self.ws.ready()
-            row = store.sample(int(ref))
-            if row is None:
+            stored = store.sample(int(ref))
+            if stored is None:
                 raise NotFound(f"no sample {ref} in the store")
+            row = stored
             row["ref"] = ref
         row["top"] = [
             {"class": int(k), "name": names[k], "prob": p}

@@ -355,7 +355,7 @@ def build_store(
     progress: Callable[[int, int], None] | None = None,
     dataset=None,
     hashes: tuple[str, str] | None = None,
-) -> Store:
+) -> Store | None:
     """Scan ``data`` once (or reuse the stored scan) and return the :class:`Store`.
 
     ``data``: ``"digits"``, an ImageFolder path or a Dataset of (x, y). ``progress(done, total)``
@@ -387,6 +387,7 @@ def build_store(
         _scan_chunks(model, ds, db, done, k=k, chunk=chunk, batch_size=batch_size, device=device, progress=progress)
         if rank != 0:
             return None
+        assert db is not None  # rank 0 opened the partial file
         ks = tuple(topk) if topk else default_topk(len(names))
         meta = {"schema": SCHEMA, "complete": True, "n": n, "class_names": list(names), "topk": list(ks), "k": k}
         with db:

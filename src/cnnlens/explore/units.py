@@ -18,6 +18,7 @@ from .. import microscope_draw as draw
 from ..data import dataset_images
 from ..files import atomic_write
 from ..inside.microscope import (
+    MicroscopeScan,
     building_blocks,
     class_influence,
     default_layers,
@@ -42,7 +43,7 @@ class Units:
     def __init__(self, ws: Workspace):
         self.ws = ws
         self._layers: list[str] | None = None
-        self._micro = None
+        self._micro: MicroscopeScan | None = None
         self._influence_logits: torch.Tensor | None = None  # the model's logits on influence_images()
 
     def unit_layers(self) -> list[str]:
@@ -122,7 +123,7 @@ class Units:
 
         return ws.worker.submit("microscope", run).to_dict()
 
-    def micro_scan(self):
+    def micro_scan(self) -> MicroscopeScan:
         """The microscope scan, or Computing (a "computing" page) while the worker runs it."""
         st = self.microscope()
         if self._micro is None:
@@ -150,7 +151,7 @@ class Units:
         """A channel's top-k dataset patches (drawn from the scan; no model work)."""
         layer = self.check_layer(layer)
         c = self.check_channel(layer, channel)
-        ls = self._micro[layer]
+        ls = self.micro_scan()[layer]
         crops = ls.top.patches(self.ws.dataset, [c])[0]  # cut from the dataset's images (the scan keeps no pixels)
         img = draw.patch_grid(crops, ncols=9, tile=96, pad=3) if big else draw.patch_grid(crops, ncols=3, tile=36)
         return draw.png(img)
@@ -210,7 +211,7 @@ class Units:
         top images, histogram, per-class means and selectivity, class influence (computed in the worker)."""
         layer = self.check_layer(layer)
         c = self.check_channel(layer, channel)
-        ls = self._micro[layer]
+        ls = self.micro_scan()[layer]
         d = self.unit_dir(layer, c)
         meta = d / "unit.json"
         row = ls.top.row(c)
@@ -235,7 +236,7 @@ class Units:
     def _draw_unit(self, layer: str, c: int, report) -> dict:
         """Compute and keep a unit page's images and values (worker only)."""
         ws = self.ws
-        ls = self._micro[layer]
+        ls = self.micro_scan()[layer]
         d = self.unit_dir(layer, c)
         row = ls.top.row(c)
         inf = None
@@ -256,14 +257,16 @@ class Units:
             unit_projections(ws.model, imgs[0][s : s + g], layer, c, ls.top.positions[row][s : s + g], ls.rf)
             for s in range(0, len(imgs[0]), g)
         ]
+        deconvs = [p.deconv for p in parts if p.deconv is not None]
+        guideds = [p.guided for p in parts if p.guided is not None]
         proj = (
             parts[0]
             if len(parts) == 1
             else type(parts[0])(
                 parts[0].layer,
                 parts[0].channel,
-                None if any(p.deconv is None for p in parts) else torch.cat([p.deconv for p in parts]),
-                None if any(p.guided is None for p in parts) else torch.cat([p.guided for p in parts]),
+                None if len(deconvs) < len(parts) else torch.cat(deconvs),
+                None if len(guideds) < len(parts) else torch.cat(guideds),
                 parts[0].deconv_error,
                 parts[0].guided_error,
             )

@@ -39,7 +39,8 @@ class Job:
         self.value: Any = None
         self.error: str | None = None
         self.done = threading.Event()
-        self.started = self.finished = None
+        self.started: float | None = None
+        self.finished: float | None = None
         self.background = False
         self.cancel_requested = False
 
