@@ -194,45 +194,16 @@ def test_microscope_scan_labels_units_in_the_same_scan_and_the_pages_show_them(u
 
 @pytest.mark.distributed
 def test_two_processes_under_torchrun_equal_one(tmp_path):
-    import os
-    import shutil
-    import socket
-    import subprocess
     import sys
     from pathlib import Path
 
-    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or shutil.which("torchrun")
-    if torchrun is None:
-        pytest.skip("torchrun is not installed")
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     here = Path(__file__).parent
-    out = tmp_path / "dist.pt"
-    env = dict(os.environ, GLOO_SOCKET_IFNAME="lo", OMP_NUM_THREADS="1")
-    env.pop("WORLD_SIZE", None)
-    p = subprocess.run(
-        [
-            torchrun,
-            "--nnodes",
-            "1",
-            "--nproc_per_node",
-            "2",
-            "--master_addr",
-            "127.0.0.1",
-            "--master_port",
-            str(port),
-            str(here / "dissect_dist_worker.py"),
-            str(out),
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-    )
-    assert p.returncode == 0, p.stderr[-3000:]
-    two = torch.load(out, weights_only=False)
     sys.path.insert(0, str(here))
+    from torchrun_two import run_two
+
+    out = tmp_path / "dist.pt"
+    run_two(str(here / "dissect_dist_worker.py"), str(out))
+    two = torch.load(out, weights_only=False)
     from dissect_dist_worker import run_scan
 
     one = run_scan()

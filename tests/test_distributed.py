@@ -3,10 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import socket
-import subprocess
 import sys
 from pathlib import Path
 
@@ -16,14 +12,9 @@ import torch
 TESTS = Path(__file__).parent
 sys.path.insert(0, str(TESTS))
 import evalnets  # noqa: E402
+from torchrun_two import run_two  # noqa: E402
 
 pytestmark = pytest.mark.distributed
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_two_processes_equal_one(tmp_path, untouched):
@@ -31,51 +22,24 @@ def test_two_processes_equal_one(tmp_path, untouched):
 
     if not hasattr(importlib.import_module("cnnlens.models"), "load_model"):
         pytest.skip("cnnlens.models.load_model is not there yet")
-    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or shutil.which("torchrun")
-    if torchrun is None:
-        pytest.skip("torchrun is not installed")
     evalnets.write_colour_folder(tmp_path / "colours")  # 13 images: shards of 7 and 6, no padding possible
     out = tmp_path / "dist"
-    env = dict(
-        os.environ,
-        PYTHONPATH=os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]),
-        GLOO_SOCKET_IFNAME="lo",
-        OMP_NUM_THREADS="1",
-        COLUMNS="200",
+    p = run_two(
+        "-m",
+        "cnnlens",
+        "evaluate",
+        "--model",
+        "evalnets:colour_net",
+        "--data",
+        str(tmp_path / "colours"),
+        "--topk",
+        "1",
+        "2",
+        "--batch-size",
+        "3",
+        "--out",
+        str(out),
     )
-    env.pop("WORLD_SIZE", None)
-    p = subprocess.run(
-        [
-            torchrun,
-            "--nnodes",
-            "1",
-            "--nproc_per_node",
-            "2",
-            "--master_addr",
-            "127.0.0.1",
-            "--master_port",
-            str(free_port()),
-            "-m",
-            "cnnlens",
-            "evaluate",
-            "--model",
-            "evalnets:colour_net",
-            "--data",
-            str(tmp_path / "colours"),
-            "--topk",
-            "1",
-            "2",
-            "--batch-size",
-            "3",
-            "--out",
-            str(out),
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-    )
-    assert p.returncode == 0, p.stderr[-3000:]
     assert p.stdout.count("13 samples") == 1  # only rank 0 prints
     dist = json.loads((out / "confusion.json").read_text())
     summary = json.loads((out / "evaluation.json").read_text())

@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import sqlite3
-import subprocess
 import sys
 from pathlib import Path
 
@@ -15,7 +12,7 @@ import pytest
 TESTS = Path(__file__).parent
 sys.path.insert(0, str(TESTS))
 import evalnets  # noqa: E402
-from test_distributed import free_port  # noqa: E402
+from torchrun_two import run_two  # noqa: E402
 
 pytestmark = [pytest.mark.distributed, pytest.mark.slow]
 
@@ -26,48 +23,21 @@ def _rows(path: Path) -> list[tuple]:
 
 
 def test_two_processes_write_the_store_of_one(tmp_path, untouched):
-    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or shutil.which("torchrun")
-    if torchrun is None:
-        pytest.skip("torchrun is not installed")
     evalnets.write_colour_folder(tmp_path / "colours")  # 13 images: shards of 7 and 6
-    env = dict(
-        os.environ,
-        PYTHONPATH=os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]),
-        GLOO_SOCKET_IFNAME="lo",
-        OMP_NUM_THREADS="1",
-        COLUMNS="200",
+    p = run_two(
+        "-m",
+        "cnnlens",
+        "explore",
+        "--scan-only",
+        "--model",
+        "evalnets:colour_net",
+        "--data",
+        str(tmp_path / "colours"),
+        "--batch-size",
+        "3",
+        "--cache",
+        str(tmp_path / "dist"),
     )
-    env.pop("WORLD_SIZE", None)
-    p = subprocess.run(
-        [
-            torchrun,
-            "--nnodes",
-            "1",
-            "--nproc_per_node",
-            "2",
-            "--master_addr",
-            "127.0.0.1",
-            "--master_port",
-            str(free_port()),
-            "-m",
-            "cnnlens",
-            "explore",
-            "--scan-only",
-            "--model",
-            "evalnets:colour_net",
-            "--data",
-            str(tmp_path / "colours"),
-            "--batch-size",
-            "3",
-            "--cache",
-            str(tmp_path / "dist"),
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-    )
-    assert p.returncode == 0, p.stderr[-3000:]
     assert p.stderr.count("13 samples") == 1  # only rank 0 reports
     (dist,) = (tmp_path / "dist").glob("scan-*.sqlite")
     import cnnlens
