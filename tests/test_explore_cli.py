@@ -72,49 +72,14 @@ def test_export_writes_static_pages_atomically_and_refuses_a_foreign_folder(run_
         assert "/sample/" not in page and "http" not in page  # no server, no network
     assert (out / "static" / "explore.css").is_file() and (out / MANIFEST).is_file()
     # again: a previous export is replaced; one with a file added to it only with --force
-    code, _ = run_cli(
-        "explore",
-        "--model",
-        "digits-cnn",
-        "--data",
-        "digits",
-        "--cache",
-        tmp_path / "c",
-        "--export",
-        out,
-        "--cells",
-        "1",
-    )
+    again = ("explore", "--model", "digits-cnn", "--data", "digits", "--cache", tmp_path / "c", "--export", out)
+    again += ("--cells", "1")
+    code, _ = run_cli(*again)
     assert code == 0
     (out / "stale.html").write_text("old")
-    code, res = run_cli(
-        "explore",
-        "--model",
-        "digits-cnn",
-        "--data",
-        "digits",
-        "--cache",
-        tmp_path / "c",
-        "--export",
-        out,
-        "--cells",
-        "1",
-    )
+    code, res = run_cli(*again)
     assert code == 2 and "plus other files (stale.html)" in res.err and (out / "stale.html").read_text() == "old"
-    code, _ = run_cli(
-        "explore",
-        "--model",
-        "digits-cnn",
-        "--data",
-        "digits",
-        "--cache",
-        tmp_path / "c",
-        "--export",
-        out,
-        "--cells",
-        "1",
-        "--force",
-    )
+    code, _ = run_cli(*again, "--force")
     assert code == 0 and not (out / "stale.html").exists()
     # a folder with the user's files is never replaced
     mine = tmp_path / "mine"
